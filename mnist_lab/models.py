@@ -1,0 +1,257 @@
+"""Network configs, the four lab presets, the model builder, and a per-layer summary whose
+parameter formulas add up to exactly what PyTorch counts.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+MAX_CONV_BLOCKS = 4
+KERNEL_RANGE = (1, 9)
+MAX_HIDDEN_CNN = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "cnn"  # "cnn" or "fc"
+    conv_channels: tuple[int, ...] = (10, 20)  # output channels of each conv block (CNN only)
+    kernel_size: int = 5  # square kernel, same for every block
+    padding: str = "valid"  # "valid" (shrinks by k-1) or "same" (keeps H, W)
+    pool_before_relu: bool = False  # Lab-5 order conv -> pool -> ReLU; default conv -> ReLU -> pool
+    batch_norm: bool = False  # BatchNorm2d after each conv
+    dropout: float = 0.0  # probability, before every fully-connected layer after the first
+    hidden: tuple[int, ...] = ()  # widths of hidden fully-connected layers
+    softmax_before_loss: bool = False  # the course notes' mistake: softmax fed to CrossEntropyLoss
+    in_channels: int = 1
+    image_size: int = 28  # square input, pixels per side
+    n_classes: int = 10
+
+    @property
+    def conv_layers(self) -> int:
+        return len(self.conv_channels) if self.kind == "cnn" else 0
+
+    def validate(self) -> None:
+        """Raise ValueError with a message that says which layer, which size, what to change."""
+        if self.kind not in ("cnn", "fc"):
+            raise ValueError(f"Model kind must be 'cnn' or 'fc', not '{self.kind}'.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"Dropout is a probability in [0, 1); got {self.dropout}.")
+        for i, w in enumerate(self.hidden, 1):
+            if not 1 <= w <= 4096:
+                raise ValueError(f"Hidden layer {i} has {w} units; choose 1 to 4096.")
+        if self.kind == "fc":
+            return
+        n = len(self.conv_channels)
+        if not 1 <= n <= MAX_CONV_BLOCKS:
+            raise ValueError(f"A CNN has 1 to {MAX_CONV_BLOCKS} conv blocks; got {n}.")
+        lo, hi = KERNEL_RANGE
+        if not lo <= self.kernel_size <= hi:
+            raise ValueError(f"Kernel size must be {lo} to {hi}; got {self.kernel_size}.")
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"Padding must be 'valid' or 'same'; got '{self.padding}'.")
+        for i, c in enumerate(self.conv_channels, 1):
+            if not 1 <= c <= 512:
+                raise ValueError(f"Conv block {i} has {c} channels; choose 1 to 512.")
+        if len(self.hidden) > MAX_HIDDEN_CNN:
+            raise ValueError(f"A CNN here has 0 to {MAX_HIDDEN_CNN} hidden FC layers; got {len(self.hidden)}.")
+        sizes = [self.image_size]
+        for i in range(1, n + 1):
+            size = sizes[-1]
+            after_conv = size if self.padding == "same" else size - self.kernel_size + 1
+            if after_conv < 1:
+                raise ValueError(
+                    f"Conv block {i}: a {self.kernel_size}x{self.kernel_size} kernel does not fit the "
+                    f"{size}x{size} input left by block {i - 1} (sizes so far: {_arrow(sizes)}). "
+                    "Use 'same' padding, a smaller kernel, or fewer conv layers."
+                )
+            if after_conv < 2:
+                raise ValueError(
+                    f"Conv block {i}: its {after_conv}x{after_conv} output is too small for the 2x2 max-pool "
+                    f"(sizes so far: {_arrow(sizes)} -> {after_conv}). "
+                    "Use 'same' padding, a smaller kernel, or fewer conv layers."
+                )
+            sizes.append(after_conv // 2)
+
+
+def _arrow(sizes: list[int]) -> str:
+    return " -> ".join(str(s) for s in sizes)
+
+
+def cnn_config(conv_layers: int, kernel_size: int, base_channels: int = 16, padding: str = "same",
+               hidden: tuple[int, ...] = (), **kw) -> ModelConfig:
+    """A CNN whose channels start at `base_channels` and double every block (the sweep's family)."""
+    channels = tuple(base_channels * 2**i for i in range(conv_layers))
+    return ModelConfig(kind="cnn", conv_channels=channels, kernel_size=kernel_size, padding=padding,
+                       hidden=tuple(hidden), **kw)
+
+
+# ------------------------------------------------------------------------------------ presets
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: ModelConfig
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.5
+    batch_size: int = 64
+    normalize: str = "mnist"  # key of data.NORMALIZATIONS
+    published: str = ""  # the lab's published single-run result
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p for p in (
+        Preset("lab5", "Lab-5 net: Conv(1→10,k5) → MaxPool2 → ReLU → Conv(10→20,k5) → MaxPool2 → ReLU → Linear(320→10)",
+               ModelConfig(conv_channels=(10, 20), kernel_size=5, pool_before_relu=True),
+               published="96.88% after epoch 1, 98.91% after epoch 10"),
+        Preset("padded-16-32", "Padded 16/32 CNN: two same-padded k5 blocks (16, 32 channels), Linear(1568→256) → Linear(256→10)",
+               ModelConfig(conv_channels=(16, 32), kernel_size=5, padding="same", hidden=(256,)),
+               lr=0.001, momentum=0.9, batch_size=128, normalize="half",
+               published="10 epochs; loss printed every 100 steps"),
+        Preset("tiny-fc", "Tiny FC (FC2Layer): Linear(784→8) → ReLU → Linear(8→8) → ReLU → Linear(8→10)",
+               ModelConfig(kind="fc", conv_channels=(), hidden=(8, 8)),
+               published="88% after 1 epoch (85% on permuted pixels)"),
+        Preset("tiny-cnn", "Tiny CNN: two k5 blocks of 6 feature maps, Linear(96→50) → Linear(50→10)",
+               ModelConfig(conv_channels=(6, 6), kernel_size=5, hidden=(50,)),
+               published="96% after 1 epoch (80% on permuted pixels)"),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset '{name}'. Choose one of: {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+# ------------------------------------------------------------------------------------ summary
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str  # module name inside the built nn.Sequential
+    layer: str  # human description, e.g. "Conv2d(1→10, k5)"
+    output_shape: tuple[int, ...]  # per example, (C, H, W) or (features,)
+    params: int
+    formula: str  # how `params` was computed
+
+
+def summarize(cfg: ModelConfig) -> list[LayerRow]:
+    """Every layer in build order with its output shape, parameter count and formula.
+    Pure arithmetic (no torch), so the UI can show it as sliders move."""
+    cfg.validate()
+    rows: list[LayerRow] = []
+    c, h = cfg.in_channels, cfg.image_size
+    if cfg.kind == "cnn":
+        k = cfg.kernel_size
+        for i, out_c in enumerate(cfg.conv_channels, 1):
+            h = h if cfg.padding == "same" else h - k + 1
+            pad = ", same" if cfg.padding == "same" else ""
+            n = out_c * c * k * k + out_c
+            rows.append(LayerRow(f"conv{i}", f"Conv2d({c}→{out_c}, k{k}{pad})", (out_c, h, h), n,
+                                 f"{out_c}×({c}×{k}×{k}) + {out_c} = {n}"))
+            c = out_c
+            if cfg.batch_norm:
+                rows.append(LayerRow(f"bn{i}", f"BatchNorm2d({c})", (c, h, h), 2 * c, f"2×{c} = {2 * c}"))
+            act = LayerRow(f"relu{i}", "ReLU", (c, h, h), 0, "no parameters")
+            pool = LayerRow(f"pool{i}", "MaxPool2d(2)", (c, h // 2, h // 2), 0, "no parameters")
+            if cfg.pool_before_relu:
+                rows += [pool, replace(act, output_shape=pool.output_shape)]
+            else:
+                rows += [act, pool]
+            h //= 2
+    features = c * h * h
+    rows.append(LayerRow("flatten", "Flatten", (features,), 0, f"{c}×{h}×{h} = {features} features"))
+    widths = [*cfg.hidden, cfg.n_classes]
+    for j, width in enumerate(widths, 1):
+        if cfg.dropout > 0 and j > 1:
+            rows.append(LayerRow(f"drop{j}", f"Dropout({cfg.dropout:g})", (features,), 0, "no parameters"))
+        n = features * width + width
+        last = j == len(widths)
+        rows.append(LayerRow(f"fc{j}", f"Linear({features}→{width})", (width,), n,
+                             f"{features}×{width} + {width} = {n}"))
+        if not last:
+            rows.append(LayerRow(f"fc_relu{j}", "ReLU", (width,), 0, "no parameters"))
+        features = width
+    if cfg.softmax_before_loss:
+        rows.append(LayerRow("softmax", "Softmax (before the loss!)", (cfg.n_classes,), 0, "no parameters"))
+    return rows
+
+
+def count_params(model_or_cfg: nn.Module | ModelConfig) -> int:
+    """Trainable parameters of a built model, or of a config (by arithmetic, without building)."""
+    if isinstance(model_or_cfg, ModelConfig):
+        return sum(r.params for r in summarize(model_or_cfg))
+    return sum(p.numel() for p in model_or_cfg.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------------ builder
+
+def build_model(cfg: ModelConfig) -> nn.Sequential:
+    """The network described by `cfg`, module names matching `summarize(cfg)`.
+    Outputs logits, or probabilities when `softmax_before_loss` is on."""
+    rows = summarize(cfg)  # validates
+    layers: dict[str, nn.Module] = {}
+    c = cfg.in_channels
+    features = None
+    for row in rows:
+        name = row.name
+        if name.startswith("conv"):
+            out_c = row.output_shape[0]
+            layers[name] = nn.Conv2d(c, out_c, cfg.kernel_size, padding=cfg.padding)
+            c = out_c
+        elif name.startswith("bn"):
+            layers[name] = nn.BatchNorm2d(c)
+        elif name.startswith("relu") or name.startswith("fc_relu"):
+            layers[name] = nn.ReLU()
+        elif name.startswith("pool"):
+            layers[name] = nn.MaxPool2d(2)
+        elif name == "flatten":
+            layers[name] = nn.Flatten()
+            features = row.output_shape[0]
+        elif name.startswith("drop"):
+            layers[name] = nn.Dropout(cfg.dropout)
+        elif name.startswith("fc"):
+            layers[name] = nn.Linear(features, row.output_shape[0])
+            features = row.output_shape[0]
+        elif name == "softmax":
+            layers[name] = nn.Softmax(dim=1)
+    return nn.Sequential(OrderedDict(layers))
+
+
+# ------------------------------------------------------------------------------------ matching
+
+def fc_params(widths: tuple[int, ...], n_inputs: int = 784, n_classes: int = 10) -> int:
+    sizes = [n_inputs, *widths, n_classes]
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def match_fc_width(target: ModelConfig | int, n_hidden: int = 2) -> ModelConfig:
+    """The FC net with `n_hidden` equal-width hidden layers whose parameter count is closest
+    to `target` (a CNN config or a count): the equal-parameter experiment's opponent."""
+    if isinstance(target, ModelConfig):
+        n_inputs = target.in_channels * target.image_size**2
+        n_classes = target.n_classes
+        target_params = count_params(target)
+    else:
+        n_inputs, n_classes, target_params = 784, 10, int(target)
+    if n_hidden < 1:
+        raise ValueError("The matched FC net needs at least one hidden layer.")
+    best = min(range(1, 4097), key=lambda w: (abs(fc_params((w,) * n_hidden, n_inputs, n_classes) - target_params), w))
+    image_size = int(math.isqrt(n_inputs // (target.in_channels if isinstance(target, ModelConfig) else 1)))
+    in_channels = target.in_channels if isinstance(target, ModelConfig) else 1
+    return ModelConfig(kind="fc", conv_channels=(), hidden=(best,) * n_hidden, in_channels=in_channels,
+                       image_size=image_size, n_classes=n_classes)
+
+
+def describe(cfg: ModelConfig) -> str:
+    """One-line architecture label for tables and legends."""
+    if cfg.kind == "fc":
+        return "FC " + "-".join(str(w) for w in (*cfg.hidden, cfg.n_classes))
+    conv = "-".join(str(c) for c in cfg.conv_channels)
+    hid = ("+FC " + "-".join(str(w) for w in cfg.hidden)) if cfg.hidden else ""
+    return f"CNN {len(cfg.conv_channels)}×k{cfg.kernel_size} {cfg.padding} [{conv}]{hid}"
