@@ -1,0 +1,225 @@
+"""Command line: `python -m mnist_lab presets | train | sweep | compare`, writing the same
+CSV tables as the app. Bad input ends with one clear line and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from .data import DataConfig, DataUnavailableError
+from .experiments import (CompareConfig, SweepConfig, run_compare, run_single, run_sweep,
+                          summarize_over_seeds)
+from .models import PRESETS, ModelConfig, count_params, get_preset
+from .store import ResultStore, default_db_path
+from .train import Progress, TrainConfig
+
+
+class _Bar:
+    """A tqdm bar on stderr fed by training progress events (iterations across all runs)."""
+
+    def __init__(self, total: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="it", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+
+    def __call__(self, event: Progress) -> None:
+        if event.kind == "iterations":
+            self.bar.update(len(event.losses))
+        elif event.kind == "epoch" and event.metrics is not None:
+            m = event.metrics
+            self.bar.set_postfix_str(f"epoch {m.epoch} test acc {100 * m.test_acc:.2f}%")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--optimizer", choices=["sgd", "adam"])
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-shuffle", action="store_true", help="same batch order every epoch")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    d = p.add_argument_group("data")
+    d.add_argument("--train-limit", type=int, help="use only the first N training images")
+    d.add_argument("--normalize", choices=["mnist", "half", "none"])
+    d.add_argument("--permute-pixels", action="store_true", help="shuffle pixels by one fixed permutation")
+    d.add_argument("--permutation-seed", type=int, default=0)
+    d.add_argument("--data-dir", help="MNIST in torchvision's layout (ROOT/MNIST/raw)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, help="directory for the CSV tables")
+    o.add_argument("--db", type=Path, help=f"SQLite results database (default {default_db_path()})")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("architecture (overrides the preset)")
+    g.add_argument("--preset", choices=list(PRESETS), help="start from one of the lab's networks")
+    g.add_argument("--kind", choices=["cnn", "fc"])
+    g.add_argument("--conv-channels", type=int, nargs="+", help="channels of each conv block, e.g. 10 20")
+    g.add_argument("--kernel-size", type=int)
+    g.add_argument("--padding", choices=["valid", "same"])
+    g.add_argument("--pool-before-relu", action="store_true", default=None)
+    g.add_argument("--batch-norm", action="store_true", default=None)
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--hidden", type=int, nargs="*", help="widths of hidden FC layers (none: --hidden)")
+    g.add_argument("--softmax-before-loss", action="store_true", default=None)
+
+
+def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConfig, DataConfig]:
+    preset = get_preset(getattr(args, "preset", None) or default_preset)
+    model = preset.model
+    overrides = {k: getattr(args, k, None) for k in ("kind", "kernel_size", "padding", "pool_before_relu",
+                                                     "batch_norm", "dropout", "softmax_before_loss")}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "conv_channels", None) is not None:
+        overrides["conv_channels"] = tuple(args.conv_channels)
+    if getattr(args, "hidden", None) is not None:
+        overrides["hidden"] = tuple(args.hidden)
+    if overrides.get("kind") == "fc" and "conv_channels" not in overrides:
+        overrides["conv_channels"] = ()
+    model = replace(model, **overrides)
+    pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
+    train_cfg = TrainConfig(epochs=pick(args.epochs, 1), batch_size=pick(args.batch_size, preset.batch_size),
+                            optimizer=pick(args.optimizer, preset.optimizer), lr=pick(args.lr, preset.lr),
+                            momentum=pick(args.momentum, preset.momentum), seed=args.seed,
+                            device=args.device, shuffle=not args.no_shuffle)
+    data_cfg = DataConfig(normalize=pick(args.normalize, preset.normalize), train_limit=args.train_limit,
+                          permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
+                          data_dir=args.data_dir)
+    model.validate()
+    data_cfg.validate()
+    train_cfg.validate()
+    return model, train_cfg, data_cfg
+
+
+def _steps(train_cfg: TrainConfig, data_cfg: DataConfig) -> int:
+    n = data_cfg.train_limit or 60000
+    return -(-min(n, 60000) // train_cfg.batch_size) * train_cfg.epochs
+
+
+def _export(store: ResultStore, out: Path | None, run_ids: list[str], extra: dict[str, pd.DataFrame]) -> None:
+    if out is None:
+        return
+    paths = store.export_csv(out, run_ids)
+    for name, frame in extra.items():
+        paths[name] = out / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_presets(args) -> int:
+    rows = [dict(name=p.name, params=count_params(p.model), optimizer=f"{p.optimizer} lr {p.lr:g}",
+                 batch=p.batch_size, description=p.description) for p in PRESETS.values()]
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def cmd_train(args) -> int:
+    model, train_cfg, data_cfg = _configs(args)
+    store = ResultStore(args.db)
+    bar = _Bar(_steps(train_cfg, data_cfg), args.quiet)
+    try:
+        result = run_single(model, train_cfg, data_cfg, store=store, on_progress=bar)
+    finally:
+        bar.close()
+    table = pd.DataFrame([dict(epoch=m.epoch, train_loss=round(m.train_loss, 4), test_loss=round(m.test_loss, 4),
+                               test_acc=f"{100 * m.test_acc:.2f}%", seconds=round(m.seconds, 2))
+                          for m in result.epochs])
+    print(f"run {result.run_id}: {result.status}, {result.params:,} parameters, {len(result.losses)} iterations "
+          f"on {result.device} ({result.engine} engine), {result.seconds:.1f} s")
+    if len(table):
+        print(table.to_string(index=False))
+    _export(store, args.out, [result.run_id], {})
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    _, train_cfg, data_cfg = _configs(args)
+    sweep = SweepConfig(conv_layers=tuple(args.conv_layers), kernel_sizes=tuple(args.kernel_sizes),
+                        hidden_units=tuple(args.hidden_units), seeds=args.seeds,
+                        base_channels=args.base_channels, padding=args.sweep_padding)
+    cells, skipped = sweep.cells()
+    for s in skipped:
+        print(f"skipped {s['conv_layers']} conv × k{s['kernel_size']}: {s['reason']}", file=sys.stderr)
+    store = ResultStore(args.db)
+    bar = _Bar(_steps(train_cfg, data_cfg) * len(cells) * sweep.seeds, args.quiet)
+    try:
+        result = run_sweep(sweep, train_cfg, data_cfg, store=store, on_progress=bar)
+    finally:
+        bar.close()
+    summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
+    print(summary[["conv_layers", "kernel_size", "hidden_units", "n", "text"]]
+          .rename(columns={"text": "test acc (mean ± sd)"}).to_string(index=False))
+    _export(store, args.out, list(result.table["run_id"]), {"sweep": result.table})
+    return 0
+
+
+def cmd_compare(args) -> int:
+    _, train_cfg, data_cfg = _configs(args, default_preset="tiny-cnn")
+    compare = CompareConfig(cnn=get_preset(args.cnn_preset).model, seeds=args.seeds,
+                            permutation_seed=args.permutation_seed)
+    models = compare.models()
+    print(" vs ".join(f"{name}: {count_params(cfg):,} parameters" for name, cfg in models.items()))
+    store = ResultStore(args.db)
+    bar = _Bar(_steps(train_cfg, data_cfg) * 4 * compare.seeds, args.quiet)
+    try:
+        result = run_compare(compare, train_cfg, data_cfg, store=store, on_progress=bar)
+    finally:
+        bar.close()
+    pivot = result.summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
+    print(f"test accuracy, mean ± sd over {compare.seeds} seed(s):")
+    print(pivot.to_string())
+    print(result.reading)
+    _export(store, args.out, list(result.table["run_id"]),
+            {"compare": result.table[["model", "pixels", "seed", "params", "test_acc", "run_id"]]})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mnist_lab", description="MNIST CNN Lab, headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets", help="the lab's networks with their parameter counts").set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("train", help="train one network")
+    _add_model_flags(p)
+    _add_training_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="conv layers × kernel sizes (× hidden units) × seeds")
+    p.add_argument("--conv-layers", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 5, 7])
+    p.add_argument("--hidden-units", type=int, nargs="+", default=[0], help="one hidden FC layer; 0 = none")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--base-channels", type=int, default=16, help="first block's channels, doubling per block")
+    p.add_argument("--sweep-padding", choices=["valid", "same"], default="same")
+    _add_training_flags(p, epochs=1)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("compare", help="FC vs CNN with equal parameters, normal vs permuted pixels")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--cnn-preset", choices=[n for n, v in PRESETS.items() if v.model.kind == "cnn"],
+                   default="tiny-cnn")
+    _add_training_flags(p, epochs=1)
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, DataUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished iterations and epochs are kept in the results database", file=sys.stderr)
+        return 130
