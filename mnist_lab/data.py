@@ -50,6 +50,7 @@ class DataConfig:
     dataset: str = "mnist"
     normalize: str = "mnist"  # a key of NORMALIZATIONS
     train_limit: int | None = None  # keep only the first N training images (quick runs)
+    test_limit: int | None = None  # evaluate on the first N test images only (tests, tiny demos)
     permute_pixels: bool = False  # shuffle pixels by one fixed permutation, train and test alike
     permutation_seed: int = 0
     data_dir: str | None = None  # torchvision-layout directory tried first; env MNIST_LAB_DATA_DIR
@@ -63,6 +64,8 @@ class DataConfig:
             )
         if self.train_limit is not None and self.train_limit < 1:
             raise ValueError(f"train_limit must be at least 1 image (got {self.train_limit}); leave it empty for all.")
+        if self.test_limit is not None and self.test_limit < 1:
+            raise ValueError(f"test_limit must be at least 1 image (got {self.test_limit}); leave it empty for all.")
 
 
 @dataclass
@@ -364,7 +367,9 @@ def prepare_data(cfg: DataConfig, device: str | torch.device = "cpu", raw: RawSp
     x_train, y_train = raw.x_train, raw.y_train
     if cfg.train_limit is not None:
         x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
-    x_test = raw.x_test
+    x_test, y_test = raw.x_test, raw.y_test
+    if cfg.test_limit is not None:
+        x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
     perm = None
     if cfg.permute_pixels:
         perm = make_permutation(x_train.shape[-1] * x_train.shape[-2], cfg.permutation_seed)
@@ -374,7 +379,7 @@ def prepare_data(cfg: DataConfig, device: str | torch.device = "cpu", raw: RawSp
         x_train=to_float(x_train, cfg.normalize).to(device),
         y_train=y_train.to(device),
         x_test=to_float(x_test, cfg.normalize).to(device),
-        y_test=raw.y_test.to(device),
+        y_test=y_test.to(device),
         source=raw.source,
         permutation=perm,
         config=cfg,

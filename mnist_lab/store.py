@@ -28,7 +28,7 @@ RUN_COLUMNS = [
     # training config
     "epochs", "batch_size", "optimizer", "lr", "momentum", "shuffle",
     # data config
-    "dataset", "normalize", "train_limit", "permute_pixels", "permutation_seed", "data_source",
+    "dataset", "normalize", "train_limit", "test_limit", "permute_pixels", "permutation_seed", "data_source",
     "torch_version", "python_version", "mnist_lab_version",
 ]
 EPOCH_COLUMNS = ["run_id", "epoch", "train_loss", "test_loss", "test_acc", "seconds"]
@@ -84,6 +84,10 @@ class ResultStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+            for column in RUN_COLUMNS:  # a database from an older version gains new config fields
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
 
     def close(self) -> None:
         self._conn.close()
