@@ -2,8 +2,6 @@
 training tests, an isolated cache directory, and the rule that `gpu` tests need CUDA."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -30,8 +28,7 @@ def mnist_raw() -> data.RawSplits:
 def tiny_data(mnist_raw) -> data.TensorData:
     """The first 512 training images and 1,000 test images, normalised, on the CPU.
     Shared by many tests: never modify its tensors in place."""
-    prepared = data.prepare_data(data.DataConfig(train_limit=512), device="cpu", raw=mnist_raw)
-    return dataclasses.replace(prepared, x_test=prepared.x_test[:1000], y_test=prepared.y_test[:1000])
+    return data.prepare_data(data.DataConfig(train_limit=512, test_limit=1000), device="cpu", raw=mnist_raw)
 
 
 @pytest.fixture

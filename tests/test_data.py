@@ -289,8 +289,10 @@ def test_prepared_tensors_shapes_and_subset(tiny_data, mnist_raw):
     assert tiny_data.x_train.dtype == torch.float32 and tiny_data.y_train.dtype == torch.int64
     assert tiny_data.device == torch.device("cpu")
     assert torch.equal(tiny_data.y_train, mnist_raw.y_train[:512])  # train_limit keeps the first N
+    assert tuple(tiny_data.x_test.shape) == (1000, 1, 28, 28)
+    assert torch.equal(tiny_data.y_test, mnist_raw.y_test[:1000])  # and test_limit the first N test images
     prepared = data.prepare_data(data.DataConfig(train_limit=512), raw=mnist_raw)
-    assert tuple(prepared.x_test.shape) == (10000, 1, 28, 28)  # the test set is never cut
+    assert tuple(prepared.x_test.shape) == (10000, 1, 28, 28)  # the test set is whole by default
     assert prepared.source == mnist_raw.source
 
 
@@ -311,6 +313,7 @@ def test_other_normalisations(mnist_raw, normalize, lo, hi):
 @pytest.mark.parametrize("cfg,message", [
     (data.DataConfig(normalize="zscore"), "Unknown normalisation 'zscore'. Choose one of: mnist, half, none."),
     (data.DataConfig(train_limit=0), "train_limit must be at least 1 image"),
+    (data.DataConfig(test_limit=-5), "test_limit must be at least 1 image"),
     (data.DataConfig(dataset="emnist"), "Unknown dataset 'emnist'. Choose one of: mnist."),
 ])
 def test_data_config_refusals(cfg, message):

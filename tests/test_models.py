@@ -1,0 +1,224 @@
+"""Model configs: the four presets' exact parameter counts, the per-layer summary against the
+built network, geometry refusals a student can act on, and the equal-parameter FC match."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_lab.models import (PRESETS, LayerRow, ModelConfig, build_model, cnn_config, count_params, describe,
+                              fc_params, get_preset, match_fc_width, summarize)
+
+PINNED_PARAMS = {"lab5": 8490, "padded-16-32": 417482, "tiny-fc": 6442, "tiny-cnn": 6422}  # lab-spec.md
+
+# Configs whose summary is checked layer by layer against the built network.
+SHAPE_CASES = {
+    **{name: p.model for name, p in PRESETS.items()},
+    "lab5+bn": ModelConfig(conv_channels=(10, 20), pool_before_relu=True, batch_norm=True),
+    "tiny-cnn+dropout": ModelConfig(conv_channels=(6, 6), hidden=(50,), dropout=0.5),
+    "3x k3 valid": cnn_config(3, 3, base_channels=4, padding="valid", hidden=(32, 16)),
+    "4x k9 same": cnn_config(4, 9, padding="same"),
+    "1x k1": cnn_config(1, 1, base_channels=2),
+    "softmax": ModelConfig(softmax_before_loss=True),
+    "fc+dropout": ModelConfig(kind="fc", conv_channels=(), hidden=(32, 16), dropout=0.2),
+}
+
+
+def layer_outputs(model: nn.Sequential, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Per-example output shape of each named layer of a Sequential."""
+    shapes = {}
+    for name, layer in model.named_children():
+        x = layer(x)
+        shapes[name] = tuple(x.shape[1:])
+    return shapes
+
+
+# ------------------------------------------------------------------------- presets
+
+def test_presets_are_the_four_lab_networks():
+    assert list(PRESETS) == ["lab5", "padded-16-32", "tiny-fc", "tiny-cnn"]
+
+
+@pytest.mark.parametrize("name", PINNED_PARAMS)
+def test_preset_parameter_counts(name):
+    cfg = get_preset(name).model
+    model = build_model(cfg)
+    assert count_params(cfg) == PINNED_PARAMS[name]  # by arithmetic, without building
+    assert sum(p.numel() for p in model.parameters()) == PINNED_PARAMS[name]  # what PyTorch counts
+    assert count_params(model) == PINNED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name,optimizer,lr,momentum,batch,normalize", [
+    ("lab5", "sgd", 0.01, 0.5, 64, "mnist"),
+    ("padded-16-32", "sgd", 0.001, 0.9, 128, "half"),
+    ("tiny-fc", "sgd", 0.01, 0.5, 64, "mnist"),
+    ("tiny-cnn", "sgd", 0.01, 0.5, 64, "mnist"),
+])
+def test_preset_training_settings(name, optimizer, lr, momentum, batch, normalize):
+    p = get_preset(name)
+    assert (p.optimizer, p.lr, p.momentum, p.batch_size, p.normalize) == (optimizer, lr, momentum, batch, normalize)
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ValueError, match="Unknown preset 'lenet'. Choose one of: lab5, padded-16-32, tiny-fc, tiny-cnn."):
+        get_preset("lenet")
+
+
+def test_lab5_summary_rows():
+    assert summarize(get_preset("lab5").model) == [
+        LayerRow("conv1", "Conv2d(1→10, k5)", (10, 24, 24), 260, "10×(1×5×5) + 10 = 260"),
+        LayerRow("pool1", "MaxPool2d(2)", (10, 12, 12), 0, "no parameters"),
+        LayerRow("relu1", "ReLU", (10, 12, 12), 0, "no parameters"),
+        LayerRow("conv2", "Conv2d(10→20, k5)", (20, 8, 8), 5020, "20×(10×5×5) + 20 = 5020"),
+        LayerRow("pool2", "MaxPool2d(2)", (20, 4, 4), 0, "no parameters"),
+        LayerRow("relu2", "ReLU", (20, 4, 4), 0, "no parameters"),
+        LayerRow("flatten", "Flatten", (320,), 0, "20×4×4 = 320 features"),
+        LayerRow("fc1", "Linear(320→10)", (10,), 3210, "320×10 + 10 = 3210"),
+    ]
+
+
+def test_lab5_order_is_conv_pool_relu():
+    model = build_model(get_preset("lab5").model)
+    kinds = [type(m) for m in model]
+    assert kinds == [nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.Flatten, nn.Linear]
+    # the other CNNs use conv -> ReLU -> pool
+    assert [type(m) for m in build_model(get_preset("tiny-cnn").model)][:3] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+
+
+@pytest.mark.parametrize("name,flatten,fc_rows", [
+    ("padded-16-32", 1568, [("fc1", "Linear(1568→256)", "1568×256 + 256 = 401664"),
+                            ("fc2", "Linear(256→10)", "256×10 + 10 = 2570")]),
+    ("tiny-cnn", 96, [("fc1", "Linear(96→50)", "96×50 + 50 = 4850"), ("fc2", "Linear(50→10)", "50×10 + 10 = 510")]),
+    ("tiny-fc", 784, [("fc1", "Linear(784→8)", "784×8 + 8 = 6280"), ("fc2", "Linear(8→8)", "8×8 + 8 = 72"),
+                      ("fc3", "Linear(8→10)", "8×10 + 10 = 90")]),
+])
+def test_fully_connected_rows(name, flatten, fc_rows):
+    rows = {r.name: r for r in summarize(get_preset(name).model)}
+    assert rows["flatten"].output_shape == (flatten,)
+    for row_name, layer, formula in fc_rows:
+        assert (rows[row_name].layer, rows[row_name].formula) == (layer, formula)
+
+
+@pytest.mark.parametrize("case", SHAPE_CASES)
+def test_summary_matches_the_built_network(case):
+    cfg = SHAPE_CASES[case]
+    rows = summarize(cfg)
+    model = build_model(cfg).eval()
+    assert [name for name, _ in model.named_children()] == [r.name for r in rows]
+    x = torch.randn(3, cfg.in_channels, cfg.image_size, cfg.image_size)
+    shapes = layer_outputs(model, x)
+    for row, (name, layer) in zip(rows, model.named_children()):
+        assert shapes[name] == row.output_shape, name
+        assert sum(p.numel() for p in layer.parameters()) == row.params, name
+        if row.params:  # the formula shown to the student is arithmetic that gives the count
+            left, right = row.formula.split(" = ")
+            assert eval(left.replace("×", "*")) == int(right) == row.params, row.formula
+    assert tuple(model(x).shape) == (3, cfg.n_classes)
+    assert count_params(cfg) == count_params(model) == sum(r.params for r in rows)
+
+
+def test_same_padding_keeps_four_k9_blocks_possible():
+    cfg = cnn_config(4, 9, padding="same")
+    assert cfg.conv_channels == (16, 32, 64, 128)
+    rows = {r.name: r for r in summarize(cfg)}
+    assert [rows[f"pool{i}"].output_shape[1] for i in range(1, 5)] == [14, 7, 3, 1]
+    assert rows["flatten"].output_shape == (128,)
+    assert count_params(cfg) == 873738
+
+
+# ------------------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("cfg,fragments", [
+    (cnn_config(4, 7, padding="valid"),
+     ["Conv block 3", "7x7 kernel does not fit the 2x2 input", "28 -> 11 -> 2", "'same' padding"]),
+    (ModelConfig(image_size=5, conv_channels=(4,), kernel_size=5),
+     ["Conv block 1", "1x1 output is too small for the 2x2 max-pool", "'same' padding"]),
+    (ModelConfig(kernel_size=10), ["Kernel size must be 1 to 9; got 10."]),
+    (ModelConfig(kernel_size=0), ["Kernel size must be 1 to 9; got 0."]),
+    (cnn_config(5, 3), ["A CNN has 1 to 4 conv blocks; got 5."]),
+    (ModelConfig(conv_channels=()), ["A CNN has 1 to 4 conv blocks; got 0."]),
+    (ModelConfig(conv_channels=(10, 0)), ["Conv block 2 has 0 channels; choose 1 to 512."]),
+    (ModelConfig(hidden=(50, 50, 50)), ["A CNN here has 0 to 2 hidden FC layers; got 3."]),
+    (ModelConfig(hidden=(0,)), ["Hidden layer 1 has 0 units; choose 1 to 4096."]),
+    (ModelConfig(padding="full"), ["Padding must be 'valid' or 'same'; got 'full'."]),
+    (ModelConfig(dropout=1.0), ["Dropout is a probability in [0, 1); got 1.0."]),
+    (ModelConfig(kind="rnn"), ["Model kind must be 'cnn' or 'fc', not 'rnn'."]),
+])
+def test_impossible_networks_are_refused_with_a_useful_message(cfg, fragments):
+    for step in (cfg.validate, lambda: summarize(cfg), lambda: build_model(cfg)):
+        with pytest.raises(ValueError) as info:
+            step()
+        for fragment in fragments:
+            assert fragment in str(info.value)
+
+
+def test_fc_nets_may_have_more_hidden_layers():
+    cfg = ModelConfig(kind="fc", conv_channels=(), hidden=(8, 8, 8))
+    assert count_params(cfg) == fc_params((8, 8, 8)) == 784 * 8 + 8 + 2 * (8 * 8 + 8) + 8 * 10 + 10
+
+
+# ------------------------------------------------------------------------- extras
+
+def test_softmax_before_loss_outputs_probabilities():
+    cfg = ModelConfig(softmax_before_loss=True)
+    model = build_model(cfg).eval()
+    assert isinstance(list(model)[-1], nn.Softmax)
+    assert summarize(cfg)[-1].name == "softmax"
+    assert count_params(cfg) == 8490  # adds no parameters
+    out = model(torch.randn(4, 1, 28, 28))
+    assert (out >= 0).all()
+    torch.testing.assert_close(out.sum(dim=1), torch.ones(4))
+    assert not isinstance(list(build_model(ModelConfig()))[-1], nn.Softmax)
+
+
+def test_batch_norm_adds_two_parameters_per_channel():
+    cfg = ModelConfig(conv_channels=(10, 20), pool_before_relu=True, batch_norm=True)
+    assert count_params(cfg) == 8490 + 2 * 10 + 2 * 20
+    rows = {r.name: r for r in summarize(cfg)}
+    assert (rows["bn1"].params, rows["bn1"].formula) == (20, "2×10 = 20")
+    model = build_model(cfg)
+    assert [name for name, _ in model.named_children()][:4] == ["conv1", "bn1", "pool1", "relu1"]
+    assert count_params(model) == 8550  # running mean/var are buffers, not parameters
+
+
+def test_dropout_sits_before_later_fc_layers_and_adds_no_parameters():
+    cfg = ModelConfig(conv_channels=(6, 6), hidden=(50,), dropout=0.5)
+    names = [r.name for r in summarize(cfg)]
+    assert names[-4:] == ["fc1", "fc_relu1", "drop2", "fc2"]
+    assert count_params(cfg) == 6422
+    drop = dict(build_model(cfg).named_children())["drop2"]
+    assert isinstance(drop, nn.Dropout) and drop.p == 0.5
+
+
+def test_describe():
+    assert describe(get_preset("lab5").model) == "CNN 2×k5 valid [10-20]"
+    assert describe(get_preset("tiny-cnn").model) == "CNN 2×k5 valid [6-6]+FC 50"
+    assert describe(get_preset("tiny-fc").model) == "FC 8-8-10"
+
+
+# ------------------------------------------------------------------------- equal-parameter match
+
+def test_match_for_the_tiny_cnn_is_the_tiny_fc():
+    fc = match_fc_width(get_preset("tiny-cnn").model)
+    assert fc.kind == "fc" and fc.hidden == (8, 8)
+    assert count_params(fc) == 6442 == PINNED_PARAMS["tiny-fc"]
+
+
+@pytest.mark.parametrize("target,n_hidden", [
+    (cnn_config(3, 5), 2), (cnn_config(2, 3), 2), (get_preset("lab5").model, 2),
+    (get_preset("padded-16-32").model, 2), (get_preset("tiny-cnn").model, 1), (100_000, 2), (50_000, 3),
+])
+def test_match_is_the_closest_width(target, n_hidden):
+    goal = target if isinstance(target, int) else count_params(target)
+    fc = match_fc_width(target, n_hidden=n_hidden)
+    [w] = set(fc.hidden)
+    assert len(fc.hidden) == n_hidden
+    gap = abs(count_params(fc) - goal)
+    for neighbour in (w - 1, w + 1):
+        if neighbour >= 1:
+            assert abs(fc_params((neighbour,) * n_hidden) - goal) >= gap
+
+
+def test_match_needs_a_hidden_layer():
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        match_fc_width(6422, n_hidden=0)
