@@ -111,10 +111,11 @@ class ResultStore:
         self._write("INSERT OR REPLACE INTO iterations VALUES (?, ?, ?, ?)", rows)
 
     def add_epoch(self, run_id: str, m: EpochMetrics) -> None:
-        self._write("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds))
-        self._write("UPDATE runs SET epochs_done = ?, final_test_acc = ? WHERE run_id = ?",
-                    (m.epoch, m.test_acc, run_id))
+        with self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
+            self._conn.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
+                               (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds))
+            self._conn.execute("UPDATE runs SET epochs_done = ?, final_test_acc = ? WHERE run_id = ?",
+                               (m.epoch, m.test_acc, run_id))
 
     def finish_run(self, run_id: str, status: str, seconds: float, **fields) -> None:
         sets = ", ".join(f"{k} = ?" for k in ("status", "seconds", *fields))

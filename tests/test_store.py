@@ -1,0 +1,134 @@
+"""The SQLite result store: pinned CSV columns, writes as runs progress, deletion, and a
+database that survives a training process killed mid-run."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mnist_lab.data import DataConfig
+from mnist_lab.experiments import results_frames, run_single
+from mnist_lab.models import PRESETS
+from mnist_lab.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
+from mnist_lab.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = DataConfig(train_limit=256, test_limit=500)
+
+
+def test_csv_columns_are_pinned(tmp_path):
+    assert EPOCH_COLUMNS == ["run_id", "epoch", "train_loss", "test_loss", "test_acc", "seconds"]
+    assert ITERATION_COLUMNS == ["run_id", "epoch", "iteration", "loss"]
+    for required in ("run_id", "status", "params", "device", "engine", "seed", "final_test_acc", "started_at",
+                     "conv_channels", "kernel_size", "padding", "hidden", "epochs", "batch_size", "optimizer",
+                     "lr", "momentum", "train_limit", "permute_pixels", "torch_version", "mnist_lab_version"):
+        assert required in RUN_COLUMNS
+    store = ResultStore(tmp_path / "r.sqlite")
+    paths = store.export_csv(tmp_path / "out")
+    assert list(pd.read_csv(paths["runs"]).columns) == RUN_COLUMNS
+    assert list(pd.read_csv(paths["epochs"]).columns) == EPOCH_COLUMNS
+    assert list(pd.read_csv(paths["iterations"]).columns) == ITERATION_COLUMNS
+
+
+def test_run_is_recorded_while_it_trains(tmp_path, mnist_raw):
+    store = ResultStore(tmp_path / "r.sqlite")
+    seen = []
+
+    def peek(event):  # the store is written before the UI's callback sees the event
+        if event.kind == "epoch":
+            seen.append((len(store.epochs()), len(store.iterations())))
+
+    result = run_single(PRESETS["tiny-cnn"].model, TrainConfig(epochs=2, batch_size=64), TINY, store=store,
+                        on_progress=peek)
+    assert seen == [(1, 4), (2, 8)]  # 256 images / 64 = 4 iterations per epoch
+    runs = store.runs()
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row.run_id == result.run_id and row.status == "finished" and row.params == 6422
+    assert row.epochs_done == 2 and row.final_test_acc == pytest.approx(result.final_test_acc)
+    assert row.conv_channels == "6-6" and row.hidden == "50" and row.engine == result.engine
+    iters = store.iterations()
+    assert iters["loss"].tolist() == pytest.approx(result.losses)
+    assert iters["iteration"].tolist() == list(range(1, 9))
+    assert iters["epoch"].tolist() == [1] * 4 + [2] * 4
+
+
+def test_results_frames_match_the_store(tmp_path, mnist_raw):
+    store = ResultStore(tmp_path / "r.sqlite")
+    result = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1), TINY, store=store)
+    frames = results_frames([result])
+    pd.testing.assert_frame_equal(frames["iterations"], store.iterations(), check_dtype=False)
+    pd.testing.assert_frame_equal(frames["epochs"], store.epochs(), check_dtype=False)
+    assert list(frames["runs"].columns) == RUN_COLUMNS
+
+
+def test_delete_and_filter_by_run(tmp_path, mnist_raw):
+    store = ResultStore(tmp_path / "r.sqlite")
+    a = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, seed=1), TINY, store=store)
+    b = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, seed=2), TINY, store=store)
+    assert set(store.runs()["run_id"]) == {a.run_id, b.run_id}
+    assert set(store.iterations([a.run_id])["run_id"]) == {a.run_id}
+    assert store.delete_runs([a.run_id]) == 1
+    assert set(store.runs()["run_id"]) == {b.run_id}
+    assert set(store.iterations()["run_id"]) == {b.run_id}
+    assert set(store.epochs()["run_id"]) == {b.run_id}
+    # a second connection (another app process, or after a restart) sees the same history
+    assert set(ResultStore(tmp_path / "r.sqlite").runs()["run_id"]) == {b.run_id}
+
+
+def test_older_database_gains_new_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT)")
+        conn.execute("INSERT INTO runs VALUES ('old-1', 'finished')")
+    store = ResultStore(path)
+    runs = store.runs()
+    assert list(runs.columns) == RUN_COLUMNS and runs.iloc[0].run_id == "old-1"
+
+
+@pytest.mark.slow
+def test_store_survives_a_killed_process(tmp_path, mnist_raw):
+    """SIGKILL a CLI training run after its first epoch: the database opens, keeps the run
+    (still marked running), its finished epoch and every iteration written up to then."""
+    db = tmp_path / "killed.sqlite"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_lab", "train", "--preset", "tiny-fc", "--epochs", "50", "--train-limit",
+         "20000", "--device", "cpu", "--db", str(db), "--quiet"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=5) as conn:
+                        if conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] >= 1:
+                            break
+                except sqlite3.OperationalError:
+                    pass  # tables not created yet
+            time.sleep(0.2)
+        else:
+            pytest.fail("the first epoch never reached the database")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    store = ResultStore(db)
+    runs = store.runs()
+    assert len(runs) == 1 and runs.iloc[0].status == "running"
+    epochs = store.epochs()
+    iters = store.iterations()
+    steps_per_epoch = 20000 // 64 + 1
+    assert len(epochs) >= 1
+    assert len(iters) >= len(epochs) * steps_per_epoch
+    assert iters["iteration"].tolist() == list(range(1, len(iters) + 1))  # no gaps, no duplicates
+    assert runs.iloc[0].epochs_done == len(epochs)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
