@@ -35,6 +35,16 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
         return _DATA_MEMO[key]
 
 
+def check_input_shape(model_cfg: ModelConfig, data: TensorData) -> None:
+    """A network built for one image shape refuses a dataset of another, before training."""
+    want = (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
+    got = tuple(data.x_train.shape[1:])
+    if got != want:
+        raise ValueError(f"The network expects {want[0]}×{want[1]}×{want[2]} images but dataset "
+                         f"'{data.config.dataset}' has {got[0]}×{got[1]}×{got[2]}: set the model's "
+                         "in_channels and image_size to match.")
+
+
 def _chain(*fns: ProgressFn | None) -> ProgressFn:
     live = [f for f in fns if f is not None]
 
@@ -54,6 +64,7 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
     device = resolve_device(train_cfg.device)
     data = data if data is not None else get_data(data_cfg, str(device))
     train_cfg.validate(n_train=len(data.x_train))
+    check_input_shape(model_cfg, data)
     run_id = new_run_id()
     record = None
     if store is not None:

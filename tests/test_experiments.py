@@ -116,3 +116,13 @@ def test_compare_on_real_mnist_shows_the_lesson(mnist_raw):
     assert mean["CNN", "normal"] > mean["FC", "normal"]
     assert mean["CNN", "permuted"] < mean["FC", "permuted"]
     assert mean["CNN", "normal"] > 0.93 and mean["FC", "normal"] > 0.80
+
+
+def test_a_network_for_other_images_is_refused_before_training(mnist_raw):
+    from dataclasses import replace
+
+    from mnist_lab.experiments import run_single
+
+    cifar_shaped = replace(PRESETS["lab5"].model, in_channels=3, image_size=32)
+    with pytest.raises(ValueError, match="expects 3×32×32 images but dataset 'mnist' has 1×28×28"):
+        run_single(cifar_shaped, FAST, TINY)
