@@ -1,0 +1,101 @@
+"""Plotly figures for the pages, built from plain lists and DataFrames. No streamlit here."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+SMOOTH = 20  # iterations in the moving average drawn over the raw loss
+LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), height=340, legend=dict(orientation="h", y=-0.2))
+
+
+def smooth(values: list[float] | pd.Series, window: int = SMOOTH) -> pd.Series:
+    """Mean of the last `window` values (fewer at the start)."""
+    return pd.Series(values, dtype=float).rolling(window, min_periods=1).mean()
+
+
+def loss_figure(losses: list[float], steps_per_epoch: int = 0, title: str = "Loss of every iteration") -> go.Figure:
+    """One run: every iteration's loss, its moving average, and dotted lines at epoch ends."""
+    x = np.arange(1, len(losses) + 1)
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=losses, mode="lines", name="loss (each iteration)", line=dict(width=1, color="#9db4d8"))
+    fig.add_scatter(x=x, y=smooth(losses), mode="lines", name=f"mean of last {SMOOTH}",
+                    line=dict(width=2.5, color="#1f4e99"))
+    if steps_per_epoch:
+        for end in range(steps_per_epoch, len(losses), steps_per_epoch):
+            fig.add_vline(x=end + 0.5, line=dict(dash="dot", width=1, color="grey"))
+    fig.update_layout(title=title, xaxis_title="iteration", yaxis_title="cross-entropy loss", **LAYOUT)
+    return fig
+
+
+def overlay_figure(curves: pd.DataFrame, title: str = "Loss curves (moving average)") -> go.Figure:
+    """Several runs: `curves` has columns run, iteration, loss; each run drawn smoothed."""
+    fig = go.Figure()
+    for run, part in curves.groupby("run", sort=False):
+        fig.add_scatter(x=part["iteration"], y=smooth(part["loss"]), mode="lines", name=str(run), line=dict(width=1.8))
+    fig.update_layout(title=title, xaxis_title="iteration", yaxis_title=f"loss (mean of last {SMOOTH})", **LAYOUT)
+    return fig
+
+
+def accuracy_figure(epochs: pd.DataFrame, color: str | None = None, title: str = "Test accuracy per epoch") -> go.Figure:
+    """`epochs` has columns epoch, test_acc (fraction) and optionally `color`."""
+    fig = px.line(epochs, x="epoch", y=epochs["test_acc"] * 100, color=color, markers=True, title=title)
+    fig.update_layout(yaxis_title="test accuracy (%)", xaxis=dict(dtick=1), **LAYOUT)
+    return fig
+
+
+def error_line_figure(summary: pd.DataFrame, x: str, color: str, title: str) -> go.Figure:
+    """Mean test accuracy vs `x`, one line per `color`, error bars = sd over seeds."""
+    frame = summary.assign(acc=summary["mean"] * 100, sd_pct=summary["sd"] * 100, **{color: summary[color].astype(str)})
+    fig = px.line(frame.sort_values(x), x=x, y="acc", color=color, error_y="sd_pct", markers=True, title=title,
+                  hover_data={"n": True, "text": True})
+    fig.update_layout(yaxis_title="test accuracy (%)", xaxis=dict(dtick=1 if x == "conv_layers" else 2), **LAYOUT)
+    return fig
+
+
+def heatmap_figure(summary: pd.DataFrame) -> go.Figure:
+    """Mean test accuracy over conv layers (rows) x kernel size (columns)."""
+    grid = summary.pivot(index="conv_layers", columns="kernel_size", values="mean") * 100
+    fig = px.imshow(grid, text_auto=".2f", color_continuous_scale="Blues", aspect="auto",
+                    labels=dict(x="kernel size", y="conv layers", color="accuracy %"),
+                    title="Mean test accuracy (%): depth × kernel size")
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    fig.update_layout(**{**LAYOUT, "legend": {}})
+    return fig
+
+
+def params_figure(table: pd.DataFrame) -> go.Figure:
+    """Each run: parameters (log axis) vs test accuracy."""
+    frame = table.dropna(subset=["test_acc"]).assign(acc=lambda t: t["test_acc"] * 100,
+                                                     conv_layers=lambda t: t["conv_layers"].astype(str),
+                                                     kernel_size=lambda t: t["kernel_size"].astype(str))
+    fig = px.scatter(frame, x="params", y="acc", color="conv_layers", symbol="kernel_size", log_x=True,
+                     hover_data=["seed", "channels"], title="Parameters vs test accuracy")
+    fig.update_traces(marker=dict(size=10))
+    fig.update_layout(yaxis_title="test accuracy (%)", xaxis_title="parameters", **LAYOUT)
+    return fig
+
+
+def compare_figure(summary: pd.DataFrame) -> go.Figure:
+    """FC vs CNN on normal and permuted pixels: mean with sd error bars."""
+    frame = summary.assign(acc=summary["mean"] * 100, sd_pct=summary["sd"] * 100)
+    fig = px.bar(frame, x="model", y="acc", color="pixels", barmode="group", error_y="sd_pct", text="text",
+                 title="Test accuracy, mean ± sd over seeds")
+    fig.update_layout(yaxis_title="test accuracy (%)", **LAYOUT)
+    return fig
+
+
+def digits_figure(images: np.ndarray, labels: np.ndarray, cols: int, titles: list[str] | None = None) -> go.Figure:
+    """A grid of 28x28 uint8 digits with a title above each."""
+    rows = -(-len(images) // cols)
+    fig = px.imshow(images, facet_col=0, facet_col_wrap=cols, binary_string=True, facet_row_spacing=0.08,
+                    facet_col_spacing=0.01)
+    names = titles or [f"label {y}" for y in labels]
+    for ann in fig.layout.annotations:  # facet titles are 'facet_col=i'
+        ann.text = names[int(ann.text.split("=")[1])]
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=120 * rows + 20, margin=dict(l=0, r=0, t=25, b=0))
+    return fig

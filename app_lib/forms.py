@@ -1,0 +1,82 @@
+"""Widget values <-> the core's configs, for the pages. Plain dicts of what the widgets show
+(numbers, strings, booleans), so they also fit in a URL. No streamlit here."""
+from __future__ import annotations
+
+from mnist_lab.data import DataConfig
+from mnist_lab.experiments import CompareConfig, SweepConfig
+from mnist_lab.models import PRESETS, ModelConfig, Preset
+from mnist_lab.train import TrainConfig
+
+SUBSETS = [256, 500, 1000, 2000, 5000, 10000, 20000, 30000, 60000]  # training images
+BATCH_SIZES = [16, 32, 64, 128, 256, 512]
+
+
+def preset_title(name: str) -> str:
+    """'Lab-5 net' from the preset's description."""
+    return PRESETS[name].description.split(":")[0]
+
+
+def model_values(m: ModelConfig) -> dict:
+    channels = m.conv_channels or (16,)
+    return dict(kind=m.kind, layers=max(len(m.conv_channels), 1), kernel=m.kernel_size, padding=m.padding,
+                channels=channels[0], double=len(channels) > 1 and channels[1] == 2 * channels[0],
+                hidden=", ".join(str(h) for h in m.hidden), pool_first=m.pool_before_relu,
+                batch_norm=m.batch_norm, dropout=m.dropout, softmax=m.softmax_before_loss)
+
+
+def preset_values(p: Preset) -> dict:
+    """Every Train widget that a preset decides."""
+    return dict(model_values(p.model), optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
+                batch_size=p.batch_size, normalize=p.normalize)
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """'50' or '8, 8' -> widths of the hidden fully-connected layers; '' -> none."""
+    parts = [t for t in text.replace(";", ",").replace(" ", ",").split(",") if t]
+    try:
+        return tuple(int(t) for t in parts)
+    except ValueError:
+        raise ValueError(f"Hidden units must be whole numbers separated by commas, e.g. '50' or '8, 8'; "
+                         f"got '{text}'.") from None
+
+
+def build_model_cfg(v: dict) -> ModelConfig:
+    """The network the widgets describe; `validate()` it for the core's message."""
+    if v["kind"] == "fc":
+        return ModelConfig(kind="fc", conv_channels=(), hidden=parse_widths(v["hidden"]), dropout=v["dropout"],
+                           softmax_before_loss=v["softmax"])
+    channels = tuple(v["channels"] * (2**i if v["double"] else 1) for i in range(v["layers"]))
+    return ModelConfig(kind="cnn", conv_channels=channels, kernel_size=v["kernel"], padding=v["padding"],
+                       pool_before_relu=v["pool_first"], batch_norm=v["batch_norm"], dropout=v["dropout"],
+                       hidden=parse_widths(v["hidden"]), softmax_before_loss=v["softmax"])
+
+
+def build_train_cfg(v: dict) -> TrainConfig:
+    return TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], optimizer=v["optimizer"], lr=v["lr"],
+                       momentum=v["momentum"], seed=v["seed"])
+
+
+def build_data_cfg(v: dict) -> DataConfig:
+    limit = v["train_limit"]
+    return DataConfig(normalize=v["normalize"], train_limit=None if limit >= 60000 else limit,
+                      permute_pixels=v["permute"])
+
+
+def matching_preset(v: dict) -> str | None:
+    """The preset the widgets currently equal, if any."""
+    for name, p in PRESETS.items():
+        if all(v.get(k) == val for k, val in preset_values(p).items()):
+            return name
+    return None
+
+
+def build_sweep_cfg(v: dict) -> SweepConfig:
+    hidden = int(v["hidden"])
+    return SweepConfig(conv_layers=tuple(sorted(v["layers"])), kernel_sizes=tuple(sorted(v["kernels"])),
+                       hidden_units=(hidden,), seeds=v["seeds"], base_channels=v["channels"], padding=v["padding"])
+
+
+def build_compare_cfg(v: dict) -> CompareConfig:
+    cnn = build_model_cfg(dict(model_values(PRESETS["tiny-cnn"].model), layers=v["layers"], kernel=v["kernel"],
+                               channels=v["channels"], double=v["double"], hidden=v["hidden"]))
+    return CompareConfig(cnn=cnn, seeds=v["seeds"], permutation_seed=v["perm_seed"])

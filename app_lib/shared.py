@@ -1,0 +1,134 @@
+"""Objects every session shares (job manager, result store, MNIST, the device) and the
+per-session state around them: owned job ids, widget values that survive page switches,
+and the query string that mirrors a page's setup."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from mnist_lab.data import DataConfig, RawSplits, load_raw, make_permutation, permute_pixels
+from mnist_lab.jobs import JobManager
+from mnist_lab.store import ResultStore, default_db_path
+from mnist_lab.train import device_label, resolve_device
+
+JOB_SLOTS = {"train_job": "Train", "sweep_job": "Sweep", "cmp_job": "FC vs CNN"}  # session key -> page
+KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_")  # page-only widget keys kept across pages
+
+
+@st.cache_resource
+def job_manager() -> JobManager:
+    """One per process: a single training slot, whatever the number of sessions."""
+    return JobManager(slots=1)
+
+
+@st.cache_resource
+def _store(path: str) -> ResultStore:
+    return ResultStore(path)
+
+
+def result_store() -> ResultStore:
+    return _store(str(default_db_path()))  # keyed by path, so $MNIST_LAB_DB is honoured
+
+
+@st.cache_resource
+def device_name() -> str:
+    return device_label(resolve_device("auto"))
+
+
+def on_gpu() -> bool:
+    return device_name().startswith("cuda")
+
+
+def quick_defaults() -> dict[str, int]:
+    """Sizes that finish in about a minute: a subset on a CPU (hosted free tiers), all on a GPU."""
+    if on_gpu():
+        return dict(train_limit=60000, epochs=3, sweep_limit=10000, seeds=3)
+    return dict(train_limit=10000, epochs=1, sweep_limit=2000, seeds=2)
+
+
+@st.cache_resource(show_spinner="Loading MNIST (once per server)…")
+def _mnist() -> RawSplits:
+    return load_raw(DataConfig())
+
+
+def mnist() -> tuple[RawSplits | None, str]:
+    """(the decoded MNIST tensors, '') or (None, why it is unavailable)."""
+    try:
+        return _mnist(), ""
+    except Exception as exc:  # noqa: BLE001 - shown on the page, retried on the next run
+        return None, str(exc)
+
+
+@st.cache_data
+def sample_digits(n: int, permutation_seed: int | None = None, one_per_class: bool = False):
+    """(images uint8 (n, 28, 28), labels (n,)) from the training set, optionally pixel-permuted
+    by the same fixed permutation the experiments use."""
+    raw, _ = mnist()
+    if raw is None:
+        return None, None
+    if one_per_class:
+        idx = [int(np.flatnonzero(raw.y_train.numpy() == c)[0]) for c in range(n)]
+    else:
+        idx = list(range(n))
+    x = raw.x_train[idx]
+    if permutation_seed is not None:
+        x = permute_pixels(x, make_permutation(x.shape[-1] * x.shape[-2], permutation_seed))
+    return x.numpy(), raw.y_train[idx].numpy()
+
+
+# ------------------------------------------------------------------------- session state
+
+def keep_page_state() -> None:
+    """Streamlit forgets the values of widgets not drawn in a run; re-assigning them keeps each
+    page's setup while the user visits another page. Buttons (keys ending '_btn') can't be set."""
+    for key in list(st.session_state):
+        if isinstance(key, str) and key.startswith(KEPT_PREFIXES) and not key.endswith("_btn"):
+            st.session_state[key] = st.session_state[key]
+
+
+def _cast(text: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(float(text))
+    if isinstance(like, float):
+        return float(text)
+    if isinstance(like, (list, tuple)):
+        return [_cast(t, like[0] if like else "") for t in text.split(",") if t != ""]
+    return text
+
+
+def init_state(prefix: str, defaults: dict[str, Any]) -> None:
+    """Set each `prefix + name` session key once per session: from the URL's query string when
+    it names the key (a shared link), else from `defaults`. Bad values fall back quietly."""
+    params = st.query_params
+    for name, default in defaults.items():
+        key = prefix + name
+        if key in st.session_state:
+            continue
+        value = default
+        if name in params:
+            try:
+                value = _cast(params[name], default)
+            except ValueError:
+                pass
+        st.session_state[key] = value
+
+
+def values(prefix: str, names) -> dict[str, Any]:
+    return {name: st.session_state[prefix + name] for name in names}
+
+
+def mirror_query(current: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Write the values that differ from `defaults` into the URL, so a copied link reopens them."""
+    def text(v: Any) -> str:
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        if isinstance(v, (list, tuple)):
+            return ",".join(str(x) for x in v)
+        return str(v)
+    wanted = {k: text(v) for k, v in current.items() if v != defaults.get(k)}
+    if wanted != st.query_params.to_dict():
+        st.query_params.from_dict(wanted)

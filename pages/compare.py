@@ -1,0 +1,105 @@
+"""FC vs CNN: the equal-parameter experiment — a CNN and the fully-connected net with the
+closest parameter count, each trained on normal and on pixel-permuted MNIST, over seeds."""
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app_lib.charts import compare_figure, digits_figure, loss_figure, overlay_figure
+from app_lib.forms import SUBSETS, build_compare_cfg
+from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_digits, values
+from app_lib.widgets import csv_button, job_active, job_panel, start_job
+from mnist_lab.data import DataConfig
+from mnist_lab.experiments import compare_default_train, read_compare, run_compare
+from mnist_lab.models import count_params, describe
+
+quick = quick_defaults()
+DEFAULTS = dict(layers=2, kernel=5, channels=6, double=False, hidden="50", seeds=quick["seeds"], epochs=1,
+                train_limit=quick["train_limit"], perm_seed=0)
+init_state("cmp_", DEFAULTS)
+
+st.title("🔀 FC vs CNN with the same number of parameters")
+st.markdown("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
+            "trained on normal digits and on digits whose 784 pixels are shuffled by **one fixed permutation** "
+            "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")
+c1, c2, c3, c4 = st.columns(4)
+c1.slider("CNN conv + pool layers", 1, 3, key="cmp_layers")
+c1.slider("Kernel size", 1, 9, key="cmp_kernel")
+c2.number_input("Channels per block", 1, 64, key="cmp_channels")
+c2.text_input("CNN hidden FC units", key="cmp_hidden")
+c3.slider("Seeds", 1, 5, key="cmp_seeds")
+c3.slider("Epochs", 1, 5, key="cmp_epochs")
+c4.select_slider("Training images", SUBSETS, key="cmp_train_limit", format_func="{:,}".format)
+c4.number_input("Permutation seed", 0, 10_000, key="cmp_perm_seed")
+
+v = values("cmp_", DEFAULTS)
+mirror_query(v, DEFAULTS)
+try:
+    compare = build_compare_cfg(v)
+    models = compare.models()  # validates, and matches the FC width to the CNN
+    problem = ""
+except ValueError as exc:
+    problem = str(exc)
+    st.error(problem, icon="⚠️")
+if not problem:
+    m1, m2, m3 = st.columns([1, 1, 2])
+    m1.metric("CNN parameters", f"{count_params(models['CNN']):,}", help=describe(models["CNN"]))
+    m2.metric("FC parameters", f"{count_params(models['FC']):,}", help=describe(models["FC"]))
+    m3.markdown(f"**CNN:** {describe(models['CNN'])}  \n**FC, width matched automatically:** "
+                f"784 → {models['FC'].hidden[0]} → {models['FC'].hidden[1]} → 10")
+
+originals, labels = sample_digits(10, one_per_class=True)
+shuffled, _ = sample_digits(10, permutation_seed=v["perm_seed"], one_per_class=True)
+if originals is not None:
+    st.plotly_chart(digits_figure(np.concatenate([originals, shuffled]), np.concatenate([labels, labels]), cols=10,
+                                  titles=[f"{y}" for y in labels] + ["permuted"] * 10),
+                    key="cmp_digits", config={"staticPlot": True})
+
+busy = job_active("cmp_job")
+if st.button("Run comparison", type="primary", key="cmp_go_btn", disabled=bool(problem) or busy):
+    train_cfg = replace(compare_default_train(), epochs=v["epochs"])
+    data_cfg = DataConfig(train_limit=None if v["train_limit"] >= 60000 else v["train_limit"])
+    st.session_state.cmp_job_plan = [(p, m, s) for p in ("normal", "permuted") for m in models
+                                     for s in range(compare.seeds)]
+    start_job("cmp_job", "compare", partial(run_compare, compare, train_cfg, data_cfg, store=result_store()),
+              label="FC vs CNN", runs_total=4 * compare.seeds)
+    st.rerun()
+st.divider()
+
+
+def draw(snap) -> None:
+    if snap.active:
+        plan = st.session_state.get("cmp_job_plan", [])
+        done = [dict(zip(("pixels", "model", "seed"), plan[i]), test_acc=r.epochs[-1].test_acc)
+                for i, r in enumerate(snap.runs) if r.epochs and r.status != "running" and i < len(plan)]
+        if snap.runs:
+            st.plotly_chart(loss_figure(snap.runs[-1].losses, title=f"Run {len(snap.runs)}: loss of every iteration"),
+                            key="cmp_live_chart")
+        if done:
+            st.dataframe(pd.DataFrame(done), hide_index=True)
+        return
+    result = snap.result
+    if result is None or result.table.empty:
+        return
+    summary = result.summary
+    grid = summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
+    params = result.table.groupby("model")["params"].first()
+    a, b = st.columns([2, 3])
+    with a:
+        st.subheader("Test accuracy, mean ± sd")
+        st.dataframe(grid.assign(parameters=params), width="stretch")
+        csv_button(summary, "compare_summary.csv", key="cmp_summary_csv_btn")
+        st.info(read_compare(summary))
+    b.plotly_chart(compare_figure(summary), key="cmp_bars")
+    st.subheader("Runs")
+    st.dataframe(result.table, hide_index=True)
+    csv_button(result.table, "compare_runs.csv", key="cmp_runs_csv_btn")
+    labels = {r.run_id: f"{r.model} / {r.pixels} / seed {r.seed}" for r in result.table.itertuples()}
+    curves = result_store().iterations(list(labels))
+    st.plotly_chart(overlay_figure(curves.assign(run=curves["run_id"].map(labels))), key="cmp_overlay")
+    csv_button(curves, "compare_iterations.csv", key="cmp_iterations_csv_btn")
+
+
+job_panel("cmp_job", draw)

@@ -1,0 +1,79 @@
+"""Runs: every run in the result store (it survives refreshes and restarts) — filter, overlay
+loss curves, compare configurations, export as CSV, delete."""
+import streamlit as st
+
+from app_lib.charts import accuracy_figure, overlay_figure
+from app_lib.shared import result_store
+from app_lib.widgets import csv_button
+
+SHOWN = ["started_at", "label", "experiment", "status", "final_test_acc", "params", "epochs_done", "epochs",
+         "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds", "run_id"]
+
+st.title("🗂️ Runs")
+store = result_store()
+runs = store.runs()
+st.caption(f"{len(runs):,} runs in `{store.path}`, newest first. Runs are saved while they train, so a stopped "
+           "or interrupted run keeps what it finished.")
+if runs.empty:
+    st.info("No runs yet: train something on the Train, Sweep or FC vs CNN page.")
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+experiments = c1.multiselect("Experiment", sorted(runs["experiment"].unique()), key="runs_experiment",
+                             placeholder="all")
+statuses = c2.multiselect("Status", sorted(runs["status"].unique()), key="runs_status", placeholder="all")
+text = c3.text_input("Label contains", key="runs_text", placeholder="e.g. CNN 2×k5")
+shown = runs
+if experiments:
+    shown = shown[shown["experiment"].isin(experiments)]
+if statuses:
+    shown = shown[shown["status"].isin(statuses)]
+if text:
+    shown = shown[shown["label"].str.contains(text, case=False, regex=False)]
+
+st.dataframe(shown[SHOWN], hide_index=True, width="stretch", column_config={
+    "final_test_acc": st.column_config.ProgressColumn("test acc", format="percent", min_value=0, max_value=1),
+    "started_at": st.column_config.TextColumn("started (UTC)"),
+})
+csv_button(shown, "runs.csv", key="runs_table_csv_btn")
+
+names = {r.run_id: f"{r.label} · {r.status} · {r.started_at[:19].replace('T', ' ')} · {r.run_id[-6:]}"
+         for r in runs.itertuples()}
+st.session_state.setdefault("runs_selected", list(shown["run_id"][:3]))
+st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r in names]  # deleted ones go
+options = list(dict.fromkeys([*shown["run_id"], *st.session_state.runs_selected]))
+selected = st.multiselect("Runs to compare", options, format_func=names.get, key="runs_selected")
+if not selected:
+    st.stop()
+
+iterations, epochs = store.iterations(selected), store.epochs(selected)
+short = {rid: f"{names[rid].split(' · ')[0]} · {rid[-6:]}" for rid in selected}
+a, b = st.columns(2)
+with a:
+    st.plotly_chart(overlay_figure(iterations.assign(run=iterations["run_id"].map(short))), key="runs_overlay")
+    csv_button(iterations, "iterations.csv", key="runs_iterations_csv_btn")
+with b:
+    if not epochs.empty:
+        st.plotly_chart(accuracy_figure(epochs.assign(run=epochs["run_id"].map(short)), color="run"),
+                        key="runs_accuracy")
+    csv_button(epochs, "epochs.csv", key="runs_epochs_csv_btn")
+
+st.subheader("Configurations side by side")
+configs = runs.set_index("run_id").loc[selected].T
+configs.columns = [short[c] for c in configs.columns]
+differs = configs.astype(str).nunique(axis=1) > 1
+if st.toggle("Only fields that differ", value=len(selected) > 1, key="runs_only_diff") and differs.any():
+    configs = configs[differs]
+st.dataframe(configs.astype(str), width="stretch")
+csv_button(configs.reset_index(names="field"), "configs.csv", key="runs_configs_csv_btn")
+
+
+def delete() -> None:
+    store.delete_runs(st.session_state.runs_selected)
+    st.session_state.runs_selected = []
+    st.session_state.runs_sure = False
+
+
+with st.expander(f"Delete the {len(selected)} selected run(s)"):
+    sure = st.checkbox("Yes, delete them with their iterations and epochs", key="runs_sure")
+    st.button("Delete", key="runs_delete_btn", disabled=not sure, on_click=delete)

@@ -1,0 +1,106 @@
+"""Sweep: the lab's tasks 2 and 3 — vary the number of conv/pool layers and the kernel size,
+train each network with several seeds, and compare test accuracy with its spread."""
+from functools import partial
+
+import pandas as pd
+import streamlit as st
+
+from app_lib.charts import error_line_figure, heatmap_figure, loss_figure, overlay_figure, params_figure
+from app_lib.forms import SUBSETS, build_sweep_cfg
+from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
+from app_lib.widgets import csv_button, job_active, job_panel, start_job
+from mnist_lab.data import DataConfig
+from mnist_lab.experiments import run_sweep, summarize_over_seeds
+from mnist_lab.models import count_params
+from mnist_lab.train import TrainConfig
+
+quick = quick_defaults()
+DEFAULTS = dict(layers=[1, 2, 3], kernels=[3, 5, 7], seeds=quick["seeds"], epochs=1,
+                train_limit=quick["sweep_limit"], channels=16 if on_gpu() else 8, padding="same",
+                hidden=0, optimizer="adam", lr=0.001)
+init_state("sweep_", DEFAULTS)
+
+st.title("🧪 Sweep: conv layers × kernel size")
+st.markdown("Each cell is a CNN with *n* conv → ReLU → max-pool blocks (channels doubling every block) and a "
+            "*k*×*k* kernel, trained once per seed. Error bars show the standard deviation over seeds.")
+c1, c2, c3, c4 = st.columns(4)
+c1.multiselect("Conv + pool layers", [1, 2, 3, 4], key="sweep_layers")
+c1.multiselect("Kernel sizes", [1, 3, 5, 7, 9], key="sweep_kernels")
+c2.slider("Seeds per cell", 1, 5, key="sweep_seeds")
+c2.slider("Epochs", 1, 5, key="sweep_epochs")
+c3.select_slider("Training images", SUBSETS, key="sweep_train_limit", format_func="{:,}".format)
+c3.number_input("Channels, block 1", 1, 64, key="sweep_channels")
+c4.radio("Padding", ["same", "valid"], key="sweep_padding", horizontal=True,
+         help="'valid' shrinks the image by k−1 per block, so deep nets with big kernels do not fit.")
+c4.selectbox("Hidden FC units", [0, 32, 64, 128], key="sweep_hidden", format_func=lambda h: str(h or "none"))
+optimizer = c2.selectbox("Optimiser", ["adam", "sgd"], format_func=str.upper, key="sweep_optimizer")
+c3.number_input("Learning rate", 0.0001, 1.0, step=0.001, format="%.4f", key="sweep_lr")
+
+v = values("sweep_", DEFAULTS)
+mirror_query(v, DEFAULTS)
+train_cfg = TrainConfig(epochs=v["epochs"], optimizer=optimizer, lr=v["lr"], momentum=0.9 if optimizer == "sgd" else 0.0)
+data_cfg = DataConfig(train_limit=None if v["train_limit"] >= 60000 else v["train_limit"])
+try:
+    sweep = build_sweep_cfg(v)
+    cells, skipped = sweep.cells()
+    problem = ""
+except ValueError as exc:
+    cells, skipped, problem = [], [], str(exc)
+    st.error(problem, icon="⚠️")
+if cells:
+    plan = pd.DataFrame([dict(conv_layers=n, kernel_size=k, channels="-".join(map(str, cfg.conv_channels)),
+                              params=count_params(cfg)) for n, k, _, cfg in cells])
+    with st.expander(f"{len(cells)} networks × {sweep.seeds} seeds = {len(cells) * sweep.seeds} runs"
+                     + (f" ({len(skipped)} invalid cells skipped)" if skipped else "")):
+        st.dataframe(plan, hide_index=True)
+if skipped:
+    st.warning("Skipped cells:\n\n" + "\n".join(f"- {s['conv_layers']} layers × k{s['kernel_size']}: {s['reason']}"
+                                               for s in skipped))
+busy = job_active("sweep_job")
+if st.button("Run sweep", type="primary", key="sweep_go_btn", disabled=bool(problem) or busy):
+    st.session_state.sweep_job_plan = [(n, k, s) for n, k, _, _ in cells for s in range(sweep.seeds)]
+    start_job("sweep_job", "sweep", partial(run_sweep, sweep, train_cfg, data_cfg, store=result_store()),
+              label=f"sweep of {len(cells)} networks", runs_total=len(cells) * sweep.seeds)
+    st.rerun()
+st.divider()
+
+
+def draw(snap) -> None:
+    if snap.active:
+        plan = st.session_state.get("sweep_job_plan", [])
+        done = [dict(zip(("conv_layers", "kernel_size", "seed"), plan[i]), test_acc=r.epochs[-1].test_acc)
+                for i, r in enumerate(snap.runs) if r.epochs and r.status != "running" and i < len(plan)]
+        if snap.runs:
+            st.plotly_chart(loss_figure(snap.runs[-1].losses, title=f"Run {len(snap.runs)}: loss of every iteration"),
+                            key="sweep_live_chart")
+        if done:
+            st.dataframe(pd.DataFrame(done), hide_index=True)
+        return
+    result = snap.result
+    if result is None or result.table.empty:
+        return
+    table = result.table
+    summary = summarize_over_seeds(table, ["conv_layers", "kernel_size"])
+    if summary.empty:
+        st.info("No run finished all its epochs, so there is nothing to summarise.")
+        return
+    a, b = st.columns(2)
+    a.plotly_chart(error_line_figure(summary, "conv_layers", "kernel_size", "Test accuracy vs conv layers"),
+                   key="sweep_depth_chart")
+    b.plotly_chart(error_line_figure(summary, "kernel_size", "conv_layers", "Test accuracy vs kernel size"),
+                   key="sweep_kernel_chart")
+    a.plotly_chart(heatmap_figure(summary), key="sweep_heatmap")
+    b.plotly_chart(params_figure(table), key="sweep_params_chart")
+    csv_button(summary, "sweep_summary.csv", key="sweep_summary_csv_btn")
+    st.subheader("Runs")
+    st.dataframe(table, hide_index=True)
+    csv_button(table, "sweep_runs.csv", key="sweep_runs_csv_btn")
+    labels = {r.run_id: f"{r.conv_layers}×k{r.kernel_size} seed {r.seed}" for r in table.itertuples()}
+    curves = result_store().iterations(list(labels))
+    st.plotly_chart(overlay_figure(curves.assign(run=curves["run_id"].map(labels))), key="sweep_overlay")
+    csv_button(curves, "sweep_iterations.csv", key="sweep_iterations_csv_btn")
+    if result.skipped:
+        st.caption("Skipped: " + "; ".join(f"{s['conv_layers']}×k{s['kernel_size']}" for s in result.skipped))
+
+
+job_panel("sweep_job", draw)

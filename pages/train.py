@@ -1,0 +1,122 @@
+"""Train: pick a lab network or build one, see its layers and parameters as you change it,
+train it in the background and watch every iteration's loss live."""
+from functools import partial
+
+import pandas as pd
+import streamlit as st
+
+from app_lib.charts import loss_figure
+from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
+                           preset_title, preset_values)
+from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
+from app_lib.widgets import csv_button, job_active, job_panel, layer_table, start_job
+from mnist_lab.data import NORMALIZATIONS
+from mnist_lab.experiments import run_single
+from mnist_lab.models import PRESETS, describe
+
+quick = quick_defaults()
+BASE = dict(preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epochs"], seed=0,
+            train_limit=quick["train_limit"], permute=False)
+# A shared link names a preset; its other parameters are differences from that preset.
+link_preset = st.query_params.get("preset") if st.query_params.get("preset") in PRESETS else "lab5"
+DEFAULTS = {**BASE, "preset": link_preset, **preset_values(PRESETS[link_preset])}
+init_state("train_", DEFAULTS)
+
+
+def load_preset() -> None:
+    for name, value in preset_values(PRESETS[st.session_state.train_preset]).items():
+        st.session_state["train_" + name] = value
+
+
+st.title("🏋️ Train a network")
+left, right = st.columns([1, 2], gap="large")
+with left:
+    st.selectbox("Preset", list(PRESETS), format_func=preset_title, key="train_preset", on_change=load_preset,
+                 help="Loads one of the lab's four networks with its optimiser settings.")
+    kind = st.radio("Network", ["cnn", "fc"], key="train_kind", horizontal=True,
+                    format_func={"cnn": "Convolutional", "fc": "Fully connected"}.get)
+    c1, c2 = st.columns(2)
+    if kind == "cnn":
+        c1.slider("Conv + pool layers", 1, 4, key="train_layers")
+        c2.slider("Kernel size", 1, 9, key="train_kernel")
+        c1.radio("Padding", ["valid", "same"], key="train_padding", horizontal=True)
+        c2.number_input("Channels, block 1", 1, 512, key="train_channels")
+        st.checkbox("Double the channels every block", key="train_double")
+        st.checkbox("Pool before ReLU (Lab-5 order)", key="train_pool_first")
+        st.checkbox("BatchNorm after each conv", key="train_batch_norm")
+    st.text_input("Hidden FC units (comma-separated, empty for none)", key="train_hidden")
+    c1, c2 = st.columns(2)
+    c1.slider("Dropout", 0.0, 0.8, step=0.05, key="train_dropout")
+    c2.checkbox("Softmax before the loss", key="train_softmax",
+                help="The course notes' mistake: CrossEntropyLoss already applies log-softmax.")
+    st.divider()
+    c1, c2 = st.columns(2)
+    optimizer = c1.selectbox("Optimiser", ["sgd", "adam"], format_func=str.upper, key="train_optimizer")
+    c2.number_input("Learning rate", 0.0001, 10.0, step=0.001, format="%.4f", key="train_lr")
+    c1.slider("Momentum", 0.0, 0.99, step=0.01, key="train_momentum", disabled=optimizer == "adam")
+    c2.select_slider("Batch size", BATCH_SIZES, key="train_batch_size")
+    c1.slider("Epochs", 1, 20, key="train_epochs")
+    c2.number_input("Seed", 0, 1_000_000, key="train_seed")
+    st.select_slider("Training images", SUBSETS, key="train_train_limit", format_func="{:,}".format,
+                     help="The first N of the 60,000; the test set is always all 10,000.")
+    c1, c2 = st.columns(2)
+    c1.selectbox("Normalisation", list(NORMALIZATIONS), key="train_normalize",
+                 format_func=lambda n: f"{n} (mean {NORMALIZATIONS[n][0]}, std {NORMALIZATIONS[n][1]})")
+    c2.checkbox("Permuted pixels", key="train_permute", help="One fixed shuffle of the 784 pixel positions.")
+
+    v = values("train_", DEFAULTS)
+    mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})
+    try:
+        model_cfg, train_cfg, data_cfg = build_model_cfg(v), build_train_cfg(v), build_data_cfg(v)
+        layers = layer_table(model_cfg)  # validates the geometry
+        train_cfg.validate(n_train=v["train_limit"])
+        problem = ""
+    except ValueError as exc:
+        problem = str(exc)
+        st.error(problem, icon="⚠️")
+    busy = job_active("train_job")
+    if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem) or busy, width="stretch",
+                 help="Training runs in the background; you can keep changing settings meanwhile."):
+        st.session_state.train_job_epochs = train_cfg.epochs
+        start_job("train_job", "train", partial(run_single, model_cfg, train_cfg, data_cfg, store=result_store()),
+                  label=describe(model_cfg))
+        st.rerun()
+    if busy:
+        st.caption("A run of yours is in progress: stop it or let it finish to start another.")
+
+with right:
+    if not problem:
+        same = matching_preset(v)
+        m1, m2 = st.columns([1, 3])
+        m1.metric("Parameters", f"{int(layers['params'].sum()):,}")
+        m2.markdown(f"**{describe(model_cfg)}**  \n" + (f"The lab's {preset_title(same)}; published result: "
+                                                         f"{PRESETS[same].published}." if same else "A custom network."))
+        st.dataframe(layers, hide_index=True, width="stretch",
+                     column_config={"params": st.column_config.NumberColumn("params", format="%d")})
+        csv_button(layers, "layers.csv", key="train_layers_csv_btn")
+    st.divider()
+
+
+def draw(snap) -> None:
+    run = snap.runs[-1] if snap.runs else None
+    if run is None:
+        return
+    epochs = st.session_state.get("train_job_epochs", 1)
+    st.plotly_chart(loss_figure(run.losses, run.total_steps // epochs), key="train_loss_chart")
+    if run.epochs:
+        table = pd.DataFrame([dict(epoch=m.epoch, train_loss=m.train_loss, test_loss=m.test_loss,
+                                   test_accuracy=f"{100 * m.test_acc:.2f}%", seconds=round(m.seconds, 1))
+                              for m in run.epochs])
+        st.metric(f"Test accuracy after epoch {run.epochs[-1].epoch}", f"{100 * run.epochs[-1].test_acc:.2f}%")
+        st.dataframe(table, hide_index=True, width="stretch")
+    if not snap.active:
+        store, ids = result_store(), [run.run_id]
+        st.caption(f"Run `{run.run_id}`: {len(run.losses):,} iterations recorded.")
+        cols = st.columns(3)
+        for col, name in zip(cols, ("iterations", "epochs", "runs")):
+            with col:
+                csv_button(partial(getattr(store, name), ids), f"{name}.csv", key=f"train_{name}_csv_btn")
+
+
+with right:
+    job_panel("train_job", draw)
