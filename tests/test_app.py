@@ -1,0 +1,160 @@
+"""Every dashboard page through streamlit's AppTest: it loads, the parameter count follows the
+sliders, an impossible network disables training with the core's message, and tiny runs
+(256 images, 1 epoch) finish with their charts and CSV downloads. Results go to a tmp SQLite."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_lib.shared import job_manager
+from mnist_lab.experiments import run_single
+from mnist_lab.models import PRESETS, count_params
+from mnist_lab.store import DB_ENV, ResultStore
+from mnist_lab.train import TrainConfig
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+PAGES = ["home", "train", "sweep", "compare", "runs"]
+
+
+@pytest.fixture(autouse=True)
+def db(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "results.sqlite"
+    monkeypatch.setenv(DB_ENV, str(path))
+    return path
+
+
+def open_page(page: str, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(query or {})
+    at.run()
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def finish(at: AppTest, slot: str) -> None:
+    """Wait for this session's job in `slot`, then rerun the page as its poll would."""
+    job = job_manager().get(at.session_state[slot])
+    assert job.wait(180), "the job did not finish"
+    assert job.status == "finished", job.error
+    at.run()
+    assert not at.exception, at.exception
+
+
+def params_shown(at: AppTest, label: str = "Parameters") -> int:
+    return int(next(m.value for m in at.metric if m.label == label).replace(",", ""))
+
+
+def downloads(at: AppTest) -> list[str]:
+    return [b.label for b in at.get("download_button")]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_loads(page):
+    at = open_page(page)
+    assert at.title[0].value
+
+
+def test_home_shows_the_device_mnist_and_digits():
+    at = open_page("home")
+    assert any("60,000 training" in s.value for s in at.success)
+    assert len(at.get("plotly_chart")) == 1  # the 4x5 grid
+    assert len(at.get("page_link")) == 4
+
+
+def test_train_parameter_count_follows_the_controls():
+    at = open_page("train")
+    assert params_shown(at) == 8490  # the Lab-5 net
+    for name, count in (("tiny-cnn", 6422), ("tiny-fc", 6442), ("padded-16-32", 417482)):
+        at.selectbox(key="train_preset").set_value(name).run()
+        assert params_shown(at) == count
+    at.slider(key="train_layers").set_value(3).run()  # padded: 16-32-64 channels, same padding
+    expected = replace(PRESETS["padded-16-32"].model, conv_channels=(16, 32, 64))
+    assert params_shown(at) == count_params(expected)
+    assert list(at.dataframe[0].value["name"][:3]) == ["conv1", "relu1", "pool1"]  # the per-layer table
+    assert "conv3" in list(at.dataframe[0].value["name"])
+
+
+def test_an_impossible_network_disables_training_with_the_core_message():
+    at = open_page("train")
+    at.slider(key="train_layers").set_value(3).run()  # Lab-5: k5, valid padding: 28 -> 12 -> 4 -> no room
+    assert "Conv block 3" in at.error[0].value and "does not fit" in at.error[0].value
+    assert at.button(key="train_go_btn").disabled
+    at.radio(key="train_padding").set_value("same").run()
+    assert not at.error and not at.button(key="train_go_btn").disabled
+    at.select_slider(key="train_train_limit").set_value(256).run()
+    at.select_slider(key="train_batch_size").set_value(512).run()
+    assert "larger than the 256 training images" in at.error[0].value
+    assert at.button(key="train_go_btn").disabled
+
+
+def test_a_link_reopens_the_same_setup():
+    at = open_page("train", query={"preset": "tiny-cnn", "kernel": "3", "epochs": "2"})
+    assert at.slider(key="train_kernel").value == 3 and at.slider(key="train_epochs").value == 2
+    assert params_shown(at) == count_params(replace(PRESETS["tiny-cnn"].model, kernel_size=3))
+    at.slider(key="train_layers").set_value(1).run()
+    assert at.query_params["preset"] == "tiny-cnn" and at.query_params["layers"] == "1"
+    assert "kernel" in at.query_params and "lr" not in at.query_params  # only what differs from the preset
+
+
+def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
+    at = open_page("train")
+    at.selectbox(key="train_preset").set_value("tiny-fc").run()
+    at.select_slider(key="train_train_limit").set_value(256).run()
+    at.slider(key="train_epochs").set_value(1).run()
+    at.button(key="train_go_btn").click().run()
+    finish(at, "train_job")
+    assert at.success[0].value.startswith("Finished")
+    assert len(at.get("plotly_chart")) == 1  # the loss of every iteration
+    assert {"⬇ iterations.csv", "⬇ epochs.csv", "⬇ runs.csv"} <= set(downloads(at))
+    run_id = ResultStore(db).runs()["run_id"].item()
+    assert len(ResultStore(db).iterations([run_id])) == 4  # 256 images / batch 64
+
+
+def test_a_tiny_sweep_lists_skipped_cells_and_draws_every_chart():
+    at = open_page("sweep")
+    at.multiselect(key="sweep_layers").set_value([1, 4]).run()
+    at.multiselect(key="sweep_kernels").set_value([3]).run()
+    at.radio(key="sweep_padding").set_value("valid").run()
+    at.select_slider(key="sweep_train_limit").set_value(256).run()
+    at.slider(key="sweep_seeds").set_value(2).run()
+    assert "4 layers × k3" in at.warning[0].value  # skipped, with the reason
+    at.button(key="sweep_go_btn").click().run()
+    finish(at, "sweep_job")
+    assert len(at.get("plotly_chart")) == 5  # vs depth, vs kernel, heatmap, params, loss curves
+    assert {"⬇ sweep_summary.csv", "⬇ sweep_runs.csv", "⬇ sweep_iterations.csv"} <= set(downloads(at))
+
+
+def test_fc_vs_cnn_matches_the_fc_width_and_reads_the_result():
+    at = open_page("compare")
+    assert params_shown(at, "CNN parameters") == 6422 and params_shown(at, "FC parameters") == 6442
+    at.slider(key="cmp_kernel").set_value(3).run()
+    assert params_shown(at, "CNN parameters") == count_params(replace(PRESETS["tiny-cnn"].model, kernel_size=3))
+    at.slider(key="cmp_kernel").set_value(5).run()
+    at.select_slider(key="cmp_train_limit").set_value(256).run()
+    at.slider(key="cmp_seeds").set_value(1).run()
+    at.button(key="cmp_go_btn").click().run()
+    finish(at, "cmp_job")
+    assert any("Shuffling the pixels costs the CNN" in i.value for i in at.info)
+    assert {"⬇ compare_summary.csv", "⬇ compare_runs.csv", "⬇ compare_iterations.csv"} <= set(downloads(at))
+
+
+def test_runs_page_overlays_and_deletes_stored_runs(db, tiny_data):
+    store = ResultStore(db)
+    for seed in (0, 1):
+        run_single(PRESETS["tiny-fc"].model, TrainConfig(seed=seed, device="cpu"), tiny_data.config, store=store,
+                   data=tiny_data)
+    at = open_page("runs")
+    assert len(at.multiselect(key="runs_selected").value) == 2
+    assert len(at.get("plotly_chart")) == 2  # loss curves, accuracy per epoch
+    assert {"⬇ runs.csv", "⬇ iterations.csv", "⬇ epochs.csv", "⬇ configs.csv"} <= set(downloads(at))
+    keep = at.multiselect(key="runs_selected").value[0]
+    at.multiselect(key="runs_selected").set_value([keep]).run()
+    at.checkbox(key="runs_sure").check().run()
+    at.button(key="runs_delete_btn").click().run()
+    assert not at.exception
+    left = list(store.runs()["run_id"])
+    assert len(left) == 1 and keep not in left
