@@ -1,19 +1,26 @@
 """MNIST CNN Lab — the dashboard's entry point: `streamlit run streamlit_app.py`.
 Sets up what every page shares, then runs the page the user picked (pages/)."""
-import streamlit as st
+import os
 
-from app_lib.shared import keep_page_state
-from app_lib.widgets import sidebar_jobs
+# Before torch loads: OpenMP threads that spin while waiting make each training step 10-30x
+# slower when the cores are shared (hosted free tiers, a busy machine); passive waiting costs
+# little when they are not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import streamlit as st  # noqa: E402
+
+from app_lib.shared import keep_page_state  # noqa: E402
+from app_lib.widgets import sidebar_jobs  # noqa: E402
 
 st.set_page_config(page_title="MNIST CNN Lab", page_icon="🔢", layout="wide")
 keep_page_state()
 
 page = st.navigation([
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/train.py", title="Train", icon="🏋️", url_path="train"),
-    st.Page("pages/sweep.py", title="Sweep: depth × kernel", icon="🧪", url_path="sweep"),
-    st.Page("pages/compare.py", title="FC vs CNN", icon="🔀", url_path="compare"),
-    st.Page("pages/runs.py", title="Runs", icon="🗂️", url_path="runs"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("pages/sweep.py", title="Sweep: depth × kernel", icon=":material/grid_on:", url_path="sweep"),
+    st.Page("pages/compare.py", title="FC vs CNN", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ])
 with st.sidebar:
     sidebar_jobs()

@@ -87,7 +87,8 @@ def compare_figure(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def digits_figure(images: np.ndarray, labels: np.ndarray, cols: int, titles: list[str] | None = None) -> go.Figure:
+def digits_figure(images: np.ndarray, labels: np.ndarray, cols: int, titles: list[str] | None = None,
+                  row_height: int = 100) -> go.Figure:
     """A grid of 28x28 uint8 digits with a title above each."""
     rows = -(-len(images) // cols)
     fig = px.imshow(images, facet_col=0, facet_col_wrap=cols, binary_string=True, facet_row_spacing=0.08,
@@ -97,5 +98,5 @@ def digits_figure(images: np.ndarray, labels: np.ndarray, cols: int, titles: lis
         ann.text = names[int(ann.text.split("=")[1])]
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(height=120 * rows + 20, margin=dict(l=0, r=0, t=25, b=0))
+    fig.update_layout(height=row_height * rows + 20, margin=dict(l=0, r=0, t=25, b=0))
     return fig

@@ -86,8 +86,8 @@ def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str,
     """A download button for `frame` as CSV; a callable frame is only built when clicked."""
     def data() -> str:
         return (frame() if callable(frame) else frame).to_csv(index=False)
-    st.download_button(label or f"⬇ {file_name}", data=data if callable(frame) else data(), file_name=file_name,
-                       mime="text/csv", on_click="ignore", key=key or f"{file_name}_btn")
+    st.download_button(label or file_name, data=data if callable(frame) else data(), file_name=file_name,
+                       mime="text/csv", on_click="ignore", key=key or f"{file_name}_btn", icon=":material/download:")
 
 
 def layer_table(cfg: ModelConfig) -> pd.DataFrame:
@@ -110,6 +110,6 @@ def sidebar_jobs() -> None:
         for page, snap in mine():
             manager.poll(snap.id)
             where = f"queued #{snap.position}" if snap.status == "queued" else f"{100 * snap.fraction:.0f}%"
-            st.caption(f"⏳ {page}: {where}")
+            st.caption(f":material/hourglass_top: {page}: {where}")
 
     jobs()

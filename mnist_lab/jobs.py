@@ -32,6 +32,7 @@ class RunTrace:
     step: int = 0  # iterations done
     total_steps: int = 0
     status: str = "running"  # then the run's own end status: "finished" or "stopped"
+    eta_s: float | None = None  # the training loop's own estimate for this run
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Job:
                 run = self._runs[event.run_id] = RunTrace(event.run_id)
             run.total_steps = event.total_steps
             run.step = max(run.step, event.step)
+            run.eta_s = event.eta_s
             if event.kind == "iterations":
                 run.losses.extend(event.losses)
             elif event.kind == "epoch" and event.metrics is not None:
@@ -143,7 +145,7 @@ class Job:
 
     def snapshot(self, position: int = 0) -> JobSnapshot:
         with self._lock:
-            runs = tuple(RunTrace(r.run_id, list(r.losses), list(r.epochs), r.step, r.total_steps, r.status)
+            runs = tuple(RunTrace(r.run_id, list(r.losses), list(r.epochs), r.step, r.total_steps, r.status, r.eta_s)
                          for r in self._runs.values())
             status = self.status
             result, error, detail, reason = self.result, self.error, self.error_detail, self.stop_reason
@@ -156,6 +158,8 @@ class Job:
         eta = None
         if status not in ACTIVE:
             eta = 0.0
+        elif status == "running" and self.runs_total == 1 and current is not None:
+            eta = current.eta_s  # measured from the run's own start, without the data loading
         elif status == "running" and fraction > 0:
             eta = elapsed / fraction * (1 - fraction)
         return JobSnapshot(self.id, self.kind, self.label, status, position if status == "queued" else 0,

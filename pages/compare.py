@@ -20,7 +20,7 @@ DEFAULTS = dict(layers=2, kernel=5, channels=6, double=False, hidden="50", seeds
                 train_limit=quick["train_limit"], perm_seed=0)
 init_state("cmp_", DEFAULTS)
 
-st.title("🔀 FC vs CNN with the same number of parameters")
+st.title("FC vs CNN with the same number of parameters")
 st.markdown("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
             "trained on normal digits and on digits whose 784 pixels are shuffled by **one fixed permutation** "
             "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")
@@ -42,7 +42,7 @@ try:
     problem = ""
 except ValueError as exc:
     problem = str(exc)
-    st.error(problem, icon="⚠️")
+    st.error(problem, icon=":material/warning:")
 if not problem:
     m1, m2, m3 = st.columns([1, 1, 2])
     m1.metric("CNN parameters", f"{count_params(models['CNN']):,}", help=describe(models["CNN"]))

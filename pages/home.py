@@ -5,46 +5,39 @@ from app_lib.charts import digits_figure
 from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits
 from mnist_lab.models import PRESETS, count_params
 
-st.title("🔢 MNIST CNN Lab")
-st.markdown(
-    "An interactive companion to **Experiment 5: classify MNIST with a convolutional neural network**. "
-    "Train the lab's networks and watch the loss of every iteration, change the number of conv/pool "
-    "layers and the kernel size and see what happens to test accuracy, and find out why a CNN beats a "
-    "fully-connected net with the same number of parameters — until the pixels are shuffled."
-)
-
-col_device, col_data = st.columns(2)
-with col_device:
-    st.subheader("Training device")
+st.title("MNIST CNN Lab")
+intro, digits = st.columns([3, 2], gap="large")
+with intro:
+    st.markdown(
+        "An interactive companion to **Experiment 5: classify MNIST with a convolutional neural network**. "
+        "Train the lab's networks and watch the loss of every iteration, change the number of conv/pool "
+        "layers and the kernel size and see what happens to test accuracy, and find out why a CNN beats a "
+        "fully-connected net with the same number of parameters — until the pixels are shuffled."
+    )
     if on_gpu():
-        st.success(f"GPU: {device_name()}")
+        st.success(f"**Training device:** GPU, {device_name()}", icon=":material/memory:")
     else:
-        quick = quick_defaults()
-        st.info(f"CPU only. Pages start with quick settings (a {quick['train_limit']:,}-image training "
-                "subset); raise them when you have time.")
-with col_data:
-    st.subheader("MNIST")
+        st.info(f"**Training device:** CPU only. Pages start with quick settings (a {quick_defaults()['train_limit']:,}"
+                "-image training subset); raise them when you have time.", icon=":material/memory:")
     raw, problem = mnist()
     if raw is None:
-        st.error(problem)
+        st.error(f"**MNIST is not available.** {problem}", icon=":material/error:")
     else:
-        st.success(f"Ready: {len(raw.x_train):,} training and {len(raw.x_test):,} test images, "
-                   f"28×28 grey, from {raw.source}.")
-
-images, labels = sample_digits(20)
-if images is not None:
-    st.subheader("The first 20 training images")
-    st.plotly_chart(digits_figure(images, labels, cols=5), key="home_digits", config={"staticPlot": True})
-
-st.subheader("What you can do")
-left, right = st.columns(2)
-with left:
-    st.page_link("pages/train.py", label="**Train** one network and watch every iteration's loss live", icon="🏋️")
-    st.page_link("pages/sweep.py", label="**Sweep** conv layers × kernel size (lab tasks 2 and 3)", icon="🧪")
-with right:
+        st.success(f"**MNIST ready:** {len(raw.x_train):,} training and {len(raw.x_test):,} test images, "
+                   f"28×28 grey, from {raw.source}.", icon=":material/check_circle:")
+    st.page_link("pages/train.py", label="**Train** one network and watch every iteration's loss live",
+                 icon=":material/model_training:")
+    st.page_link("pages/sweep.py", label="**Sweep** conv layers × kernel size (lab tasks 2 and 3)",
+                 icon=":material/grid_on:")
     st.page_link("pages/compare.py", label="**FC vs CNN** with equal parameters, on normal and permuted pixels",
-                 icon="🔀")
-    st.page_link("pages/runs.py", label="**Runs**: every run so far, compared, exported as CSV", icon="🗂️")
+                 icon=":material/compare_arrows:")
+    st.page_link("pages/runs.py", label="**Runs**: every run so far, compared, exported as CSV",
+                 icon=":material/history:")
+with digits:
+    images, labels = sample_digits(20)
+    if images is not None:
+        st.markdown("**The first 20 training images**")
+        st.plotly_chart(digits_figure(images, labels, cols=5), key="home_digits", config={"staticPlot": True})
 
 st.subheader("The lab's networks")
 st.dataframe(

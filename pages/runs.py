@@ -9,7 +9,7 @@ from app_lib.widgets import csv_button
 SHOWN = ["started_at", "label", "experiment", "status", "final_test_acc", "params", "epochs_done", "epochs",
          "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds", "run_id"]
 
-st.title("🗂️ Runs")
+st.title("Runs")
 store = result_store()
 runs = store.runs()
 st.caption(f"{len(runs):,} runs in `{store.path}`, newest first. Runs are saved while they train, so a stopped "

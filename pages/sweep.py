@@ -20,7 +20,7 @@ DEFAULTS = dict(layers=[1, 2, 3], kernels=[3, 5, 7], seeds=quick["seeds"], epoch
                 hidden=0, optimizer="adam", lr=0.001)
 init_state("sweep_", DEFAULTS)
 
-st.title("🧪 Sweep: conv layers × kernel size")
+st.title("Sweep: conv layers × kernel size")
 st.markdown("Each cell is a CNN with *n* conv → ReLU → max-pool blocks (channels doubling every block) and a "
             "*k*×*k* kernel, trained once per seed. Error bars show the standard deviation over seeds.")
 c1, c2, c3, c4 = st.columns(4)
@@ -46,7 +46,7 @@ try:
     problem = ""
 except ValueError as exc:
     cells, skipped, problem = [], [], str(exc)
-    st.error(problem, icon="⚠️")
+    st.error(problem, icon=":material/warning:")
 if cells:
     plan = pd.DataFrame([dict(conv_layers=n, kernel_size=k, channels="-".join(map(str, cfg.conv_channels)),
                               params=count_params(cfg)) for n, k, _, cfg in cells])

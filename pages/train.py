@@ -28,7 +28,7 @@ def load_preset() -> None:
         st.session_state["train_" + name] = value
 
 
-st.title("🏋️ Train a network")
+st.title("Train a network")
 left, right = st.columns([1, 2], gap="large")
 with left:
     st.selectbox("Preset", list(PRESETS), format_func=preset_title, key="train_preset", on_change=load_preset,
@@ -45,9 +45,8 @@ with left:
         st.checkbox("Pool before ReLU (Lab-5 order)", key="train_pool_first")
         st.checkbox("BatchNorm after each conv", key="train_batch_norm")
     st.text_input("Hidden FC units (comma-separated, empty for none)", key="train_hidden")
-    c1, c2 = st.columns(2)
-    c1.slider("Dropout", 0.0, 0.8, step=0.05, key="train_dropout")
-    c2.checkbox("Softmax before the loss", key="train_softmax",
+    st.slider("Dropout", 0.0, 0.8, step=0.05, key="train_dropout")
+    st.checkbox("Softmax before the loss", key="train_softmax",
                 help="The course notes' mistake: CrossEntropyLoss already applies log-softmax.")
     st.divider()
     c1, c2 = st.columns(2)
@@ -59,10 +58,9 @@ with left:
     c2.number_input("Seed", 0, 1_000_000, key="train_seed")
     st.select_slider("Training images", SUBSETS, key="train_train_limit", format_func="{:,}".format,
                      help="The first N of the 60,000; the test set is always all 10,000.")
-    c1, c2 = st.columns(2)
-    c1.selectbox("Normalisation", list(NORMALIZATIONS), key="train_normalize",
-                 format_func=lambda n: f"{n} (mean {NORMALIZATIONS[n][0]}, std {NORMALIZATIONS[n][1]})")
-    c2.checkbox("Permuted pixels", key="train_permute", help="One fixed shuffle of the 784 pixel positions.")
+    st.selectbox("Normalisation", list(NORMALIZATIONS), key="train_normalize",
+                 format_func=lambda n: f"{n}: mean {NORMALIZATIONS[n][0]}, std {NORMALIZATIONS[n][1]}")
+    st.checkbox("Permuted pixels", key="train_permute", help="One fixed shuffle of the 784 pixel positions.")
 
     v = values("train_", DEFAULTS)
     mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})
@@ -73,7 +71,7 @@ with left:
         problem = ""
     except ValueError as exc:
         problem = str(exc)
-        st.error(problem, icon="⚠️")
+        st.caption(":material/warning: Fix the network first: see the message beside the controls.")
     busy = job_active("train_job")
     if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem) or busy, width="stretch",
                  help="Training runs in the background; you can keep changing settings meanwhile."):
@@ -85,16 +83,18 @@ with left:
         st.caption("A run of yours is in progress: stop it or let it finish to start another.")
 
 with right:
-    if not problem:
+    if problem:
+        st.error(problem, icon=":material/warning:")
+    else:
         same = matching_preset(v)
         m1, m2 = st.columns([1, 3])
         m1.metric("Parameters", f"{int(layers['params'].sum()):,}")
         m2.markdown(f"**{describe(model_cfg)}**  \n" + (f"The lab's {preset_title(same)}; published result: "
                                                          f"{PRESETS[same].published}." if same else "A custom network."))
-        st.dataframe(layers, hide_index=True, width="stretch",
-                     column_config={"params": st.column_config.NumberColumn("params", format="%d")})
-        csv_button(layers, "layers.csv", key="train_layers_csv_btn")
-    st.divider()
+        with st.expander("Layers: output shape and parameters", expanded="train_job" not in st.session_state):
+            st.dataframe(layers, hide_index=True, width="stretch",
+                         column_config={"params": st.column_config.NumberColumn("params", format="%d")})
+            csv_button(layers, "layers.csv", key="train_layers_csv_btn")
 
 
 def draw(snap) -> None:

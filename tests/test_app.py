@@ -109,7 +109,7 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     finish(at, "train_job")
     assert at.success[0].value.startswith("Finished")
     assert len(at.get("plotly_chart")) == 1  # the loss of every iteration
-    assert {"⬇ iterations.csv", "⬇ epochs.csv", "⬇ runs.csv"} <= set(downloads(at))
+    assert {"iterations.csv", "epochs.csv", "runs.csv"} <= set(downloads(at))
     run_id = ResultStore(db).runs()["run_id"].item()
     assert len(ResultStore(db).iterations([run_id])) == 4  # 256 images / batch 64
 
@@ -125,7 +125,7 @@ def test_a_tiny_sweep_lists_skipped_cells_and_draws_every_chart():
     at.button(key="sweep_go_btn").click().run()
     finish(at, "sweep_job")
     assert len(at.get("plotly_chart")) == 5  # vs depth, vs kernel, heatmap, params, loss curves
-    assert {"⬇ sweep_summary.csv", "⬇ sweep_runs.csv", "⬇ sweep_iterations.csv"} <= set(downloads(at))
+    assert {"sweep_summary.csv", "sweep_runs.csv", "sweep_iterations.csv"} <= set(downloads(at))
 
 
 def test_fc_vs_cnn_matches_the_fc_width_and_reads_the_result():
@@ -139,7 +139,7 @@ def test_fc_vs_cnn_matches_the_fc_width_and_reads_the_result():
     at.button(key="cmp_go_btn").click().run()
     finish(at, "cmp_job")
     assert any("Shuffling the pixels costs the CNN" in i.value for i in at.info)
-    assert {"⬇ compare_summary.csv", "⬇ compare_runs.csv", "⬇ compare_iterations.csv"} <= set(downloads(at))
+    assert {"compare_summary.csv", "compare_runs.csv", "compare_iterations.csv"} <= set(downloads(at))
 
 
 def test_runs_page_overlays_and_deletes_stored_runs(db, tiny_data):
@@ -150,7 +150,7 @@ def test_runs_page_overlays_and_deletes_stored_runs(db, tiny_data):
     at = open_page("runs")
     assert len(at.multiselect(key="runs_selected").value) == 2
     assert len(at.get("plotly_chart")) == 2  # loss curves, accuracy per epoch
-    assert {"⬇ runs.csv", "⬇ iterations.csv", "⬇ epochs.csv", "⬇ configs.csv"} <= set(downloads(at))
+    assert {"runs.csv", "iterations.csv", "epochs.csv", "configs.csv"} <= set(downloads(at))
     keep = at.multiselect(key="runs_selected").value[0]
     at.multiselect(key="runs_selected").set_value([keep]).run()
     at.checkbox(key="runs_sure").check().run()

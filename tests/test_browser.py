@@ -93,7 +93,7 @@ def test_train_live_chart_stop_and_csv(app, browser):
     line = page.locator(".js-plotly-plot .scatterlayer path.js-line").first  # the loss, drawn as SVG
     expect(line).to_be_visible()
     assert len(line.get_attribute("d")) > 10
-    rows = download_rows(page, "⬇ iterations.csv")
+    rows = download_rows(page, "iterations.csv")
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert all(float(r["loss"]) > 0 for r in rows)
     run_id = rows[0]["run_id"]
@@ -102,12 +102,13 @@ def test_train_live_chart_stop_and_csv(app, browser):
     # A longer run (60,000 images x 20 epochs), stopped once its chart is live.
     page.goto(f"{url}/train?preset=tiny-fc&train_limit=60000&epochs=20")
     page.get_by_role("button", name="Train", exact=True).click()
-    stop = page.get_by_role("button", name="Stop")
+    # (the page's own Stop: Streamlit's header shows another "Stop" while a rerun is in flight)
+    stop = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
     expect(stop).to_be_visible(timeout=60_000)
     expect(page.locator(".js-plotly-plot .scatterlayer path.js-line").first).to_be_visible(timeout=30_000)
     stop.click()
     expect(page.get_by_text("Stopped (stopped by the user)")).to_be_visible(timeout=10_000)
-    rows = download_rows(page, "⬇ iterations.csv")
+    rows = download_rows(page, "iterations.csv")
     run = ResultStore(db).runs([rows[0]["run_id"]])
     assert run["status"].item() == "stopped"
     assert 0 < len(rows) < 20 * 938  # partial, and every recorded iteration is in the file
