@@ -1,5 +1,7 @@
 """MNIST CNN Lab — the dashboard's entry point: `streamlit run streamlit_app.py`.
-Sets up what every page shares, then runs the page the user picked (pages/)."""
+Sets up what every page shares, then runs the page the user picked (app_pages/; not `pages/`,
+which Streamlit would also auto-load as an old-style multipage app for the first visitor of a
+deep link such as /train)."""
 import os
 
 # Before torch loads: OpenMP threads that spin while waiting make each training step 10-30x
@@ -16,11 +18,11 @@ st.set_page_config(page_title="MNIST CNN Lab", page_icon="🔢", layout="wide")
 keep_page_state()
 
 page = st.navigation([
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
-    st.Page("pages/sweep.py", title="Sweep: depth × kernel", icon=":material/grid_on:", url_path="sweep"),
-    st.Page("pages/compare.py", title="FC vs CNN", icon=":material/compare_arrows:", url_path="compare"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("app_pages/sweep.py", title="Sweep: depth × kernel", icon=":material/grid_on:", url_path="sweep"),
+    st.Page("app_pages/compare.py", title="FC vs CNN", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page("app_pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ])
 with st.sidebar:
     sidebar_jobs()

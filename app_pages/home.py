@@ -25,13 +25,13 @@ with intro:
     else:
         st.success(f"**MNIST ready:** {len(raw.x_train):,} training and {len(raw.x_test):,} test images, "
                    f"28×28 grey, from {raw.source}.", icon=":material/check_circle:")
-    st.page_link("pages/train.py", label="**Train** one network and watch every iteration's loss live",
+    st.page_link("app_pages/train.py", label="**Train** one network and watch every iteration's loss live",
                  icon=":material/model_training:")
-    st.page_link("pages/sweep.py", label="**Sweep** conv layers × kernel size (lab tasks 2 and 3)",
+    st.page_link("app_pages/sweep.py", label="**Sweep** conv layers × kernel size (lab tasks 2 and 3)",
                  icon=":material/grid_on:")
-    st.page_link("pages/compare.py", label="**FC vs CNN** with equal parameters, on normal and permuted pixels",
+    st.page_link("app_pages/compare.py", label="**FC vs CNN** with equal parameters, on normal and permuted pixels",
                  icon=":material/compare_arrows:")
-    st.page_link("pages/runs.py", label="**Runs**: every run so far, compared, exported as CSV",
+    st.page_link("app_pages/runs.py", label="**Runs**: every run so far, compared, exported as CSV",
                  icon=":material/history:")
 with digits:
     images, labels = sample_digits(20)

@@ -88,6 +88,8 @@ def test_train_live_chart_stop_and_csv(app, browser):
     page.goto(f"{url}/train?preset=tiny-fc&train_limit=256&epochs=1")
     train = page.get_by_role("button", name="Train", exact=True)
     expect(train).to_be_enabled(timeout=60_000)
+    # the app's own navigation, even when a deep link is the server's first visitor
+    expect(page.get_by_test_id("stSidebarNav").get_by_role("link", name="FC vs CNN")).to_be_visible()
     train.click()
     expect(page.get_by_text("Finished in")).to_be_visible(timeout=90_000)
     line = page.locator(".js-plotly-plot .scatterlayer path.js-line").first  # the loss, drawn as SVG
