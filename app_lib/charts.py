@@ -50,7 +50,8 @@ def error_line_figure(summary: pd.DataFrame, x: str, color: str, title: str) -> 
     frame = summary.assign(acc=summary["mean"] * 100, sd_pct=summary["sd"] * 100, **{color: summary[color].astype(str)})
     fig = px.line(frame.sort_values(x), x=x, y="acc", color=color, error_y="sd_pct", markers=True, title=title,
                   hover_data={"n": True, "text": True})
-    fig.update_layout(yaxis_title="test accuracy (%)", xaxis=dict(dtick=1 if x == "conv_layers" else 2), **LAYOUT)
+    fig.update_layout(yaxis_title="test accuracy (%)", xaxis=dict(tickmode="array", tickvals=sorted(frame[x].unique())),
+                      **LAYOUT)
     return fig
 
 
@@ -81,8 +82,8 @@ def params_figure(table: pd.DataFrame) -> go.Figure:
 def compare_figure(summary: pd.DataFrame) -> go.Figure:
     """FC vs CNN on normal and permuted pixels: mean with sd error bars."""
     frame = summary.assign(acc=summary["mean"] * 100, sd_pct=summary["sd"] * 100)
-    fig = px.bar(frame, x="model", y="acc", color="pixels", barmode="group", error_y="sd_pct", text="text",
-                 title="Test accuracy, mean ± sd over seeds")
+    fig = px.bar(frame, x="model", y="acc", color="pixels", barmode="group", error_y="sd_pct",
+                 hover_data={"text": True, "n": True}, title="Test accuracy, mean ± sd over seeds")
     fig.update_layout(yaxis_title="test accuracy (%)", **LAYOUT)
     return fig
 

@@ -17,7 +17,7 @@ from mnist_lab.models import count_params, describe
 
 quick = quick_defaults()
 DEFAULTS = dict(layers=2, kernel=5, channels=6, double=False, hidden="50", seeds=quick["seeds"], epochs=1,
-                train_limit=quick["train_limit"], perm_seed=0)
+                train_limit=60000, perm_seed=0)
 init_state("cmp_", DEFAULTS)
 
 st.title("FC vs CNN with the same number of parameters")

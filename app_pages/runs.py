@@ -31,7 +31,8 @@ if statuses:
 if text:
     shown = shown[shown["label"].str.contains(text, case=False, regex=False)]
 
-st.dataframe(shown[SHOWN], hide_index=True, width="stretch", column_config={
+started = shown["started_at"].str[:19].str.replace("T", " ")
+st.dataframe(shown[SHOWN].assign(started_at=started), hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.ProgressColumn("test acc", format="percent", min_value=0, max_value=1),
     "started_at": st.column_config.TextColumn("started (UTC)"),
 })
@@ -59,7 +60,7 @@ with b:
     csv_button(epochs, "epochs.csv", key="runs_epochs_csv_btn")
 
 st.subheader("Configurations side by side")
-configs = runs.set_index("run_id").loc[selected].T
+configs = runs.set_index("run_id").loc[selected].round(4).T
 configs.columns = [short[c] for c in configs.columns]
 differs = configs.astype(str).nunique(axis=1) > 1
 if st.toggle("Only fields that differ", value=len(selected) > 1, key="runs_only_diff") and differs.any():

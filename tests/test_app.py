@@ -26,6 +26,15 @@ def db(tmp_path, monkeypatch) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_job_left_running():
+    """A torch thread still training when the interpreter exits aborts it; stop them all."""
+    yield
+    for job in job_manager().active():
+        job.stop("the tests ended")
+        job.wait(10)
+
+
 def open_page(page: str, query: dict | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params.update(query or {})
@@ -112,6 +121,21 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     assert {"iterations.csv", "epochs.csv", "runs.csv"} <= set(downloads(at))
     run_id = ResultStore(db).runs()["run_id"].item()
     assert len(ResultStore(db).iterations([run_id])) == 4  # 256 images / batch 64
+
+
+def test_touching_widgets_leaves_a_running_job_alone_and_stop_keeps_its_results():
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "60000", "epochs": "20"})
+    at.button(key="train_go_btn").click().run()
+    job = job_manager().get(at.session_state["train_job"])
+    assert at.button(key="train_go_btn").disabled  # one run per session at a time
+    at.number_input(key="train_seed").set_value(7).run()
+    at.selectbox(key="train_preset").set_value("lab5").run()
+    assert at.session_state["train_job"] == job.id and not job.done  # same job, still going
+    at.button(key="train_job_stop_btn").click().run()  # the panel's Stop
+    assert job.wait(1.0) and job.status == "stopped"
+    at.run()
+    assert at.warning[0].value.startswith("Stopped (stopped by the user)")
+    assert "iterations.csv" in downloads(at)
 
 
 def test_a_tiny_sweep_lists_skipped_cells_and_draws_every_chart():
