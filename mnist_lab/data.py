@@ -280,7 +280,7 @@ def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits
         except Exception as exc:  # noqa: BLE001 - every failure is reported together below
             attempts.append(f"  - {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
-        if use_cache:
+        if use_cache and not data_dir:  # a given directory is read directly each time (fast IDX)
             _write_cache(cache, raw)
         return raw
     raise DataUnavailableError(
@@ -370,15 +370,16 @@ def prepare_data(cfg: DataConfig, device: str | torch.device = "cpu", raw: RawSp
     x_test, y_test = raw.x_test, raw.y_test
     if cfg.test_limit is not None:
         x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
+    x_train, x_test = to_float(x_train, cfg.normalize), to_float(x_test, cfg.normalize)  # (N, C, H, W)
     perm = None
     if cfg.permute_pixels:
         perm = make_permutation(x_train.shape[-1] * x_train.shape[-2], cfg.permutation_seed)
         x_train, x_test = permute_pixels(x_train, perm), permute_pixels(x_test, perm)
     device = torch.device(device)
     return TensorData(
-        x_train=to_float(x_train, cfg.normalize).to(device),
+        x_train=x_train.to(device),
         y_train=y_train.to(device),
-        x_test=to_float(x_test, cfg.normalize).to(device),
+        x_test=x_test.to(device),
         y_test=y_test.to(device),
         source=raw.source,
         permutation=perm,

@@ -120,6 +120,16 @@ def test_data_dir_from_environment_wins_over_the_cache(mnist_dir, mnist_raw, tmp
     raw = data.load_mnist()
     assert raw.source == f"directory {mnist_dir}"  # an explicit directory is read, not the cache
     assert_same_tensors(raw, mnist_raw)
+    monkeypatch.delenv(data.DATA_DIR_ENV)
+    assert data.load_mnist().source.startswith("package")  # ... and never written into it
+
+
+def test_permutation_of_channel_images_moves_whole_pixels():
+    """(N, C, H, W) images: every channel of a pixel moves together (a 32x32 RGB set later)."""
+    x = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    perm = data.make_permutation(16, seed=1)
+    y = data.permute_pixels(x, perm)
+    assert torch.equal(y.reshape(2, 3, 16), x.reshape(2, 3, 16)[..., perm])
 
 
 def test_offline_package_is_byte_identical_to_the_published_files():
