@@ -32,7 +32,8 @@ if text:
     shown = shown[shown["label"].str.contains(text, case=False, regex=False)]
 
 started = shown["started_at"].str[:19].str.replace("T", " ")
-st.dataframe(shown[SHOWN].assign(started_at=started), hide_index=True, width="stretch", column_config={
+images = shown["train_limit"].map(lambda n: "all" if n is None or n != n else f"{int(n):,}")  # None/NaN: all
+st.dataframe(shown[SHOWN].assign(started_at=started, train_limit=images), hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.ProgressColumn("test acc", format="percent", min_value=0, max_value=1),
     "started_at": st.column_config.TextColumn("started (UTC)"),
 })
