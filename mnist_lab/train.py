@@ -1,15 +1,17 @@
 """The training engine: data resident on the device, batches as index slices of a per-epoch
 randperm, every iteration's loss kept on the device and read back in chunks, progress through
-a callback, a cancel flag that keeps everything finished so far.
+a callback, a cancel flag that keeps everything finished so far. The loop in `train` is the
+reference; `fast.py` replays the same step as a CUDA graph (engine 'cuda-graph').
 """
 from __future__ import annotations
 
 import math
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from .data import DataConfig, TensorData
 from .models import ModelConfig, build_model, count_params
 
 OPTIMIZERS = ("sgd", "adam")
+ENGINES = ("auto", "plain", "cuda-graph")  # "auto": the fastest path that supports the run
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,9 @@ class TrainConfig:
     seed: int = 0  # weight init and batch order
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     shuffle: bool = True  # a new random batch order every epoch
-    eval_batch_size: int = 2000  # test-set chunk; affects memory only, not results
+    eval_batch_size: int = 1000  # test-set chunk; affects memory and speed only, not results
     progress_every_s: float = 0.25  # at most this often an iterations event is sent
+    engine: str = "auto"  # one of ENGINES; an engine that cannot run this config falls back to "plain"
 
     def validate(self, n_train: int | None = None) -> None:
         if not 1 <= self.epochs <= 1000:
@@ -47,6 +51,8 @@ class TrainConfig:
             raise ValueError(f"Learning rate must be above 0 and at most 10; got {self.lr}.")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"Momentum must be in [0, 1); got {self.momentum}.")
+        if self.engine not in ENGINES:
+            raise ValueError(f"Engine must be one of {', '.join(ENGINES)}; got '{self.engine}'.")
         resolve_device(self.device)
 
 
@@ -105,7 +111,7 @@ class RunResult:
     data_cfg: DataConfig
     params: int
     device: str
-    engine: str  # which training path ran ("plain", ...)
+    engine: str  # which training path ran: "plain" or "cuda-graph"
     status: str  # "finished" or "stopped"
     losses: list[float] = field(default_factory=list)  # one per iteration, in order
     epochs: list[EpochMetrics] = field(default_factory=list)
@@ -127,9 +133,11 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam. `capturable`: Adam keeps its step count on the device so its
+    update can be captured in a CUDA graph (SGD's foreach update needs nothing)."""
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, **({"capturable": True} if capturable else {}))
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
 
 
@@ -138,15 +146,35 @@ def init_model(model_cfg: ModelConfig, seed: int, device: torch.device) -> torch
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(model_cfg)
-    model = model.to(device)
+    return model.to(device, memory_format=fast_memory_format(model_cfg, device))
+
+
+def fast_memory_format(model_cfg: ModelConfig, device: torch.device) -> torch.memory_format:
+    """The layout the convolutions run fastest in: channels_last (NHWC) for a CNN on the CPU,
+    where oneDNN's kernels want it (bench/bench_cpu.py measured it); NCHW otherwise."""
     if device.type == "cpu" and model_cfg.kind == "cnn":
-        model = model.to(memory_format=torch.channels_last)  # faster CPU convolutions
-    return model
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def select_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> str:
+    """The path `train` runs: the asked-for fast engine when it supports this run, else 'plain'."""
+    if train_cfg.engine == "plain":
+        return "plain"
+    from .fast import cuda_graph_unsupported
+
+    return "plain" if cuda_graph_unsupported(model_cfg, train_cfg, device) else "cuda-graph"
+
+
+def epoch_order(n: int, shuffle: bool, generator: torch.Generator) -> torch.Tensor:
+    """This epoch's batch order: a permutation of range(n) drawn on the CPU (same on every device)."""
+    return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over the whole of x, y; one host sync."""
+def _evaluate_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, number correct) over x, y as device tensors; no host sync."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
@@ -157,8 +185,81 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
         loss_sum += F.cross_entropy(out, yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
-    loss, acc = torch.stack([loss_sum, correct.double().to(loss_sum.dtype)]).tolist()
-    return loss / len(x), acc / len(x)
+    return loss_sum, correct
+
+
+def _read_sums(loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> tuple[float, float]:
+    loss, acc = torch.stack([loss_sum, correct.double().to(loss_sum.dtype)]).tolist()  # one host sync
+    return loss / n, acc / n
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over the whole of x, y; one host sync."""
+    return _read_sums(*_evaluate_sums(model, x, y, batch_size), len(x))
+
+
+def _on_device(data: TensorData, device: torch.device) -> TensorData:
+    if data.device == device:
+        return data
+    return TensorData(data.x_train.to(device), data.y_train.to(device), data.x_test.to(device),
+                      data.y_test.to(device), data.source, data.permutation, data.config)
+
+
+class _RunLog:
+    """What every engine does around its steps: the result record, the device-side loss buffer
+    read back in chunks, progress events, epoch metrics."""
+
+    def __init__(self, run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
+                 model: torch.nn.Module, engine: str, emit: Callable[[Progress], None]):
+        device = data.device
+        self.steps_per_epoch = math.ceil(len(data.x_train) / train_cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        self.losses = torch.zeros(self.total_steps, device=device)  # filled on the device
+        self.result = RunResult(run_id=run_id, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data.config,
+                                params=count_params(model), device=device_label(device), engine=engine,
+                                status="running", steps_per_epoch=self.steps_per_epoch,
+                                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                data_source=data.source)
+        self.emit = emit
+        self.every_s = train_cfg.progress_every_s
+        self.t0 = time.perf_counter()
+        self.next_emit = self.t0 + self.every_s
+        self.step = 0  # iterations done (or, on the GPU, queued)
+        self.sent = 0  # iterations already handed to the callback
+
+    def _eta(self) -> float:
+        return (time.perf_counter() - self.t0) / self.step * (self.total_steps - self.step)
+
+    def due(self) -> bool:
+        return time.perf_counter() >= self.next_emit
+
+    def flush(self, epoch: int, timed: bool = False) -> None:
+        """Read the new losses back (one host sync) and send them as one 'iterations' event."""
+        if self.step > self.sent:
+            chunk = self.losses[self.sent:self.step].tolist()
+            self.result.losses.extend(chunk)
+            emit_first, self.sent = self.sent + 1, self.step
+            self.emit(Progress(self.result.run_id, "iterations", epoch, self.step, self.total_steps, tuple(chunk),
+                               emit_first, elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
+        if timed:
+            self.next_emit = time.perf_counter() + self.every_s
+
+    def epoch_done(self, epoch: int, epoch_t0: float, test_loss: float, test_acc: float) -> None:
+        n = self.steps_per_epoch
+        epoch_losses = self.result.losses[(epoch - 1) * n:epoch * n]
+        metrics = EpochMetrics(epoch, sum(epoch_losses) / len(epoch_losses), test_loss, test_acc,
+                               time.perf_counter() - epoch_t0)
+        self.result.epochs.append(metrics)
+        self.emit(Progress(self.result.run_id, "epoch", epoch, self.step, self.total_steps, metrics=metrics,
+                           elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
+
+    def finish(self, stopped: bool) -> RunResult:
+        result = self.result
+        result.status = "stopped" if stopped else "finished"
+        result.seconds = time.perf_counter() - self.t0
+        self.emit(Progress(result.run_id, "end", len(result.epochs), self.step, self.total_steps,
+                           elapsed_s=result.seconds, eta_s=0.0, status=result.status))
+        return result
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
@@ -167,87 +268,173 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
     """Train one model; return every iteration's loss and every finished epoch's metrics.
 
     A set `cancel` flag ends the run at the next iteration with status 'stopped'; what was
-    finished (iterations, whole epochs) is kept. Same seed and device give the same losses."""
+    finished (iterations, whole epochs) is kept. Same seed and device give the same losses.
+    `train_cfg.engine` picks the path; `RunResult.engine` says which one ran."""
     model_cfg.validate()
     train_cfg.validate(n_train=len(data.x_train))
     device = resolve_device(train_cfg.device)
-    if data.device != device:
-        data = TensorData(data.x_train.to(device), data.y_train.to(device), data.x_test.to(device),
-                          data.y_test.to(device), data.source, data.permutation, data.config)
-    emit = on_progress or (lambda event: None)
-    run_id = run_id or new_run_id()
+    data = _on_device(data, device)
+    engine = select_engine(model_cfg, train_cfg, device)
 
     model = init_model(model_cfg, train_cfg.seed, device)
-    optimizer = make_optimizer(model, train_cfg)
+    if engine == "cuda-graph":
+        from .fast import GraphStep, fast_convs
+
+        model = fast_convs(model)
+    optimizer = make_optimizer(model, train_cfg, capturable=engine == "cuda-graph")
     order_gen = torch.Generator().manual_seed(train_cfg.seed)  # batch order, on the CPU for portability
-
-    x_train, y_train = data.x_train, data.y_train
-    if device.type == "cpu" and model_cfg.kind == "cnn":
-        x_train = x_train.contiguous(memory_format=torch.channels_last)
+    x_train, y_train = data.x_train.contiguous(memory_format=fast_memory_format(model_cfg, device)), data.y_train
     n, bs = len(x_train), train_cfg.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = steps_per_epoch * train_cfg.epochs
-    losses = torch.zeros(total_steps, device=device)  # filled on the device, read back in chunks
-
-    result = RunResult(run_id=run_id, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data.config,
-                       params=count_params(model), device=device_label(device), engine="plain",
-                       status="running", steps_per_epoch=steps_per_epoch,
-                       started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       data_source=data.source)
-    t0 = time.perf_counter()
-    step = 0  # iterations done
-    sent = 0  # iterations already handed to the callback
-    next_emit = t0 + train_cfg.progress_every_s
-
-    def flush(epoch: int) -> None:
-        nonlocal sent
-        if step > sent:
-            chunk = losses[sent:step].tolist()  # the one host sync for this chunk
-            result.losses.extend(chunk)
-            elapsed = time.perf_counter() - t0
-            eta = elapsed / step * (total_steps - step)
-            emit(Progress(run_id, "iterations", epoch, step, total_steps, tuple(chunk), sent + 1,
-                          elapsed_s=elapsed, eta_s=eta))
-            sent = step
+    log = _RunLog(run_id or new_run_id(), model_cfg, train_cfg, data, model, engine, on_progress or (lambda e: None))
+    losses = log.losses
 
     stopped = False
-    for epoch in range(1, train_cfg.epochs + 1):
-        epoch_t0 = time.perf_counter()
-        model.train()
-        if train_cfg.shuffle:
-            order = torch.randperm(n, generator=order_gen).to(device)
-        else:
-            order = torch.arange(n, device=device)
-        for i in range(steps_per_epoch):
-            if cancel is not None and cancel.is_set():
-                stopped = True
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(train_cfg.seed)  # dropout masks follow the seed too
+        graph = None
+        if engine == "cuda-graph":
+            graph = GraphStep(model, optimizer, x_train, y_train, bs, losses)  # captures the step below
+        for epoch in range(1, train_cfg.epochs + 1):
+            epoch_t0 = time.perf_counter()
+            model.train()
+            order = epoch_order(n, train_cfg.shuffle, order_gen)
+            if graph is not None:
+                graph.start_epoch(order)
+            else:
+                order = order.to(device)
+            for i in range(log.steps_per_epoch):
+                if cancel is not None and cancel.is_set():
+                    stopped = True
+                    break
+                if graph is not None:
+                    graph.step(i)  # the five lines below, replayed as one captured CUDA graph
+                else:
+                    idx = order[i * bs:(i + 1) * bs]
+                    x, y = x_train[idx], y_train[idx]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x), y)
+                    loss.backward()
+                    optimizer.step()
+                    losses[log.step] = loss.detach()
+                log.step += 1
+                if log.due():
+                    log.flush(epoch, timed=True)
+            log.flush(epoch)
+            if stopped:
                 break
-            idx = order[i * bs:(i + 1) * bs]
-            x, y = x_train[idx], y_train[idx]
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()
-            step += 1
-            if time.perf_counter() >= next_emit:
-                flush(epoch)
-                next_emit = time.perf_counter() + train_cfg.progress_every_s
-        flush(epoch)
-        if stopped:
-            break
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, train_cfg.eval_batch_size)
-        epoch_losses = result.losses[(epoch - 1) * steps_per_epoch:epoch * steps_per_epoch]
-        metrics = EpochMetrics(epoch, sum(epoch_losses) / len(epoch_losses), test_loss, test_acc,
-                               time.perf_counter() - epoch_t0)
-        result.epochs.append(metrics)
-        elapsed = time.perf_counter() - t0
-        emit(Progress(run_id, "epoch", epoch, step, total_steps, metrics=metrics, elapsed_s=elapsed,
-                      eta_s=elapsed / step * (total_steps - step)))
+            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, train_cfg.eval_batch_size)
+            log.epoch_done(epoch, epoch_t0, test_loss, test_acc)
+    return log.finish(stopped)
 
-    result.status = "stopped" if stopped else "finished"
-    result.seconds = time.perf_counter() - t0
-    emit(Progress(run_id, "end", len(result.epochs), step, total_steps, elapsed_s=result.seconds,
-                  eta_s=0.0, status=result.status))
-    return result
+
+def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData,
+               on_progress: Callable[[Progress], None] | None = None, cancel: CancelFlag | None = None,
+               run_ids: Sequence[str] | None = None) -> list[RunResult]:
+    """Train every (model_cfg, train_cfg) job; result k is what `train(*jobs[k], data)` returns
+    alone. On a GPU the runs the cuda-graph engine supports train side by side, each replaying
+    its own graph on its own CUDA stream (the same kernels, so the same losses); the rest run
+    one after another. Events from all runs go to `on_progress`, told apart by run_id."""
+    jobs = list(jobs)
+    for model_cfg, train_cfg in jobs:
+        model_cfg.validate()
+        train_cfg.validate(n_train=len(data.x_train))
+    run_ids = list(run_ids) if run_ids is not None else [new_run_id() for _ in jobs]
+    emit = on_progress or (lambda e: None)
+    results: list[RunResult | None] = [None] * len(jobs)
+
+    devices = [resolve_device(t.device) for _, t in jobs]
+    together = [k for k, (m, t) in enumerate(jobs)
+                if select_engine(m, t, devices[k]) == "cuda-graph" and devices[k] == devices[0]]
+    if len(together) > 1:
+        done = _train_side_by_side([jobs[k] for k in together], _on_device(data, devices[0]), emit, cancel,
+                                   [run_ids[k] for k in together])
+        for k, result in zip(together, done):
+            results[k] = result
+    for k, (model_cfg, train_cfg) in enumerate(jobs):
+        if results[k] is None:
+            results[k] = train(model_cfg, train_cfg, data, emit, cancel, run_ids[k])
+    return results
+
+
+@dataclass
+class _SideRun:
+    """One run of `_train_side_by_side`: its stream, graph and where it is."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    graph: object  # fast.GraphStep
+    log: _RunLog
+    stream: torch.cuda.Stream
+    order_gen: torch.Generator
+    epoch: int = 1
+    i: int = 0  # iteration within the epoch
+    epoch_t0: float = 0.0
+
+
+def _train_side_by_side(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData,
+                        emit: Callable[[Progress], None], cancel: CancelFlag | None,
+                        run_ids: list[str]) -> list[RunResult]:
+    """Runs that all take the cuda-graph engine on one device, one CUDA stream each, their graph
+    replays issued in turn; host syncs only to read losses back and at epoch ends."""
+    from .fast import GraphStep, fast_convs
+
+    device = data.device
+    runs: list[_SideRun] = []
+    for (model_cfg, train_cfg), run_id in zip(jobs, run_ids):
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))  # the data was made there
+        with torch.cuda.stream(stream):
+            model = fast_convs(init_model(model_cfg, train_cfg.seed, device))
+            optimizer = make_optimizer(model, train_cfg, capturable=True)
+            log = _RunLog(run_id, model_cfg, train_cfg, data, model, "cuda-graph", emit)
+            graph = GraphStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, log.losses)
+        runs.append(_SideRun(train_cfg, model, graph, log, stream, torch.Generator().manual_seed(train_cfg.seed)))
+
+    active = list(runs)
+    stopped = False
+    marks: deque[list[torch.cuda.Event]] = deque()  # one event per active stream, every 8 rounds
+    rounds = 0
+    while active:
+        if cancel is not None and cancel.is_set():
+            stopped = True
+            break
+        ending = []
+        for run in active:
+            with torch.cuda.stream(run.stream):
+                if run.i == 0:
+                    run.epoch_t0 = time.perf_counter()
+                    run.graph.start_epoch(epoch_order(len(data.x_train), run.cfg.shuffle, run.order_gen))
+                run.graph.step(run.i)
+            run.i += 1
+            run.log.step += 1
+            if run.i == run.log.steps_per_epoch:
+                ending.append(run)
+        rounds += 1
+        if rounds % 8 == 0:  # keep at most ~24 rounds queued: progress, cancel and epoch ends stay prompt
+            marks.append([run.stream.record_event() for run in active])
+            if len(marks) > 2:
+                for event in marks.popleft():
+                    event.synchronize()
+        if ending:
+            sums = []
+            for run in ending:  # queue every evaluation before waiting for any
+                with torch.cuda.stream(run.stream):
+                    sums.append(_evaluate_sums(run.model, data.x_test, data.y_test, run.cfg.eval_batch_size))
+            for run, (loss_sum, correct) in zip(ending, sums):
+                with torch.cuda.stream(run.stream):
+                    run.log.flush(run.epoch)
+                    test_loss, test_acc = _read_sums(loss_sum, correct, len(data.x_test))
+                run.log.epoch_done(run.epoch, run.epoch_t0, test_loss, test_acc)
+                run.epoch, run.i = run.epoch + 1, 0
+                if run.epoch > run.cfg.epochs:
+                    active.remove(run)
+                    run.log.finish(False)
+        elif active and active[0].log.due():
+            for run in active:
+                with torch.cuda.stream(run.stream):
+                    run.log.flush(run.epoch, timed=True)
+    for run in active:
+        with torch.cuda.stream(run.stream):
+            run.log.flush(run.epoch)
+        run.log.finish(stopped)
+    return [run.log.result for run in runs]

@@ -1,0 +1,188 @@
+"""The engine selector and the fast paths against the plain loop: on the CPU every fast engine
+falls back to 'plain' and says so; on a GPU the CUDA-graph engine and `train_many` give the
+plain loop's losses for the same seed."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import pytest
+import torch
+
+from mnist_lab import fast
+from mnist_lab.models import ModelConfig, build_model, cnn_config, get_preset
+from mnist_lab.train import ENGINES, TrainConfig, select_engine, train, train_many
+
+LAB5 = get_preset("lab5").model
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 1, "batch_size": 64, "lr": 0.01, "momentum": 0.5, "device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def data500(tiny_data):
+    """500 images: 7 batches of 64 and a short one of 52, like MNIST's 937 x 64 + 32."""
+    return dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:500], y_train=tiny_data.y_train[:500])
+
+
+# ------------------------------------------------------------------------- selection (CPU)
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_is_plain_on_the_cpu(engine):
+    assert select_engine(LAB5, cfg(engine=engine), CPU) == "plain"
+
+
+def test_the_selector_picks_cuda_graphs_only_where_they_can_run():
+    # decided from the config alone, so it is checked without a GPU
+    assert select_engine(LAB5, cfg(engine="auto"), CUDA) == "cuda-graph"
+    assert select_engine(LAB5, cfg(engine="cuda-graph", optimizer="adam"), CUDA) == "cuda-graph"
+    assert select_engine(cnn_config(2, 5, batch_norm=True), cfg(), CUDA) == "cuda-graph"
+    assert select_engine(LAB5, cfg(engine="plain"), CUDA) == "plain"
+    dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
+    assert select_engine(dropout, cfg(engine="cuda-graph"), CUDA) == "plain"
+
+
+def test_a_fast_engine_asked_for_on_the_cpu_falls_back_and_says_so(data500):
+    plain = train(LAB5, cfg(engine="plain"), data500)
+    asked = train(LAB5, cfg(engine="cuda-graph"), data500)
+    assert (plain.engine, asked.engine) == ("plain", "plain")
+    assert asked.losses == plain.losses
+
+
+def test_an_unknown_engine_is_refused(data500):
+    with pytest.raises(ValueError, match="Engine must be one of auto, plain, cuda-graph; got 'turbo'."):
+        train(LAB5, cfg(engine="turbo"), data500)
+
+
+@pytest.mark.parametrize("model_cfg", [LAB5, cnn_config(3, 7), cnn_config(2, 3, padding="valid", batch_norm=True)])
+@pytest.mark.parametrize("fast_conv", ["bias", "bias+wgrad"])
+def test_fast_convs_keep_the_parameters_and_the_gradients(monkeypatch, model_cfg, fast_conv):
+    monkeypatch.setattr(fast, "FAST_CONV", fast_conv)
+    torch.manual_seed(0)
+    plain, swapped = build_model(model_cfg), build_model(model_cfg)
+    swapped.load_state_dict(plain.state_dict())
+    params = list(swapped.parameters())
+    fast.fast_convs(swapped)
+    assert list(swapped.parameters()) == params  # the very same tensors: an optimiser keeps working
+    assert sum(type(m).__name__ == "_FastGradConv2d" for m in swapped.modules()) == model_cfg.conv_layers
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    for model in (plain, swapped):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(swapped(x), plain(x))
+    for a, b in zip(plain.parameters(), swapped.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)  # BN makes conv bias grads ~1e-7
+
+
+def test_fast_convs_leave_even_kernels_with_same_padding_alone():
+    model = fast.fast_convs(build_model(cnn_config(2, 4)))  # 'same' with k=4 pads unevenly
+    assert not any(type(m).__name__ == "_FastGradConv2d" for m in model.modules())
+
+
+def test_train_many_on_the_cpu_is_each_run_alone(data500):
+    jobs = [(LAB5, cfg(seed=0)), (cnn_config(1, 3), cfg(seed=1, batch_size=100)), (LAB5, cfg(seed=2))]
+    events = []
+    many = train_many(jobs, data500, on_progress=events.append, run_ids=["a", "b", "c"])
+    assert [r.run_id for r in many] == ["a", "b", "c"]
+    for (model_cfg, train_cfg), result in zip(jobs, many):
+        alone = train(model_cfg, train_cfg, data500)
+        assert (result.engine, result.status) == ("plain", "finished")
+        assert result.losses == alone.losses and result.model_cfg == model_cfg
+    assert [e.run_id for e in events if e.kind == "end"] == ["a", "b", "c"]
+
+
+def test_train_many_cancelled_before_the_start_trains_nothing(data500):
+    cancel = threading.Event()
+    cancel.set()
+    many = train_many([(LAB5, cfg()), (LAB5, cfg(seed=1))], data500, cancel=cancel)
+    assert [(r.status, r.losses) for r in many] == [("stopped", []), ("stopped", [])]
+
+
+# ------------------------------------------------------------------------- GPU
+
+def gpu_cfg(**kw) -> TrainConfig:
+    return cfg(device="cuda", **kw)
+
+
+def assert_same_run(fast, plain, rtol=2e-4, atol=2e-5):
+    """Same losses up to float rounding: the graph path sums some gradients in another order
+    (fast.fast_convs), which moves losses by ~1e-5 relative within a few epochs."""
+    assert len(fast.losses) == len(plain.losses)
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(plain.losses), rtol=rtol, atol=atol)
+    assert [m.epoch for m in fast.epochs] == [m.epoch for m in plain.epochs]
+    for f, p in zip(fast.epochs, plain.epochs):
+        assert f.test_acc == pytest.approx(p.test_acc, abs=0.003)
+        assert f.test_loss == pytest.approx(p.test_loss, rel=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_cfg,extra", [
+    (LAB5, {}),
+    (cnn_config(2, 3, batch_norm=True, hidden=(32,)), {}),
+    (get_preset("tiny-fc").model, {"shuffle": False}),
+])
+def test_cuda_graph_gives_the_plain_losses(data500, model_cfg, extra):
+    plain = train(model_cfg, gpu_cfg(epochs=3, engine="plain", **extra), data500)
+    fast = train(model_cfg, gpu_cfg(epochs=3, engine="cuda-graph", **extra), data500)
+    assert (plain.engine, fast.engine) == ("plain", "cuda-graph")
+    assert len(fast.losses) == 3 * math.ceil(500 / 64)  # the short last batch of each epoch included
+    assert_same_run(fast, plain)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_with_adam_is_close_to_plain(data500):
+    plain = train(LAB5, gpu_cfg(epochs=2, engine="plain", optimizer="adam", lr=0.003), data500)
+    fast = train(LAB5, gpu_cfg(epochs=2, engine="cuda-graph", optimizer="adam", lr=0.003), data500)
+    # capturable Adam computes its bias corrections on the device: the same maths, other rounding
+    assert_same_run(fast, plain, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_auto_takes_cuda_graphs_and_repeats_itself(data500):
+    first = train(LAB5, gpu_cfg(epochs=2), data500)
+    again = train(LAB5, gpu_cfg(epochs=2), data500)
+    assert first.engine == "cuda-graph"
+    # cuDNN's default backward kernels add with atomics (so does the plain CUDA path): equal up to rounding
+    assert_same_run(again, first, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_cancel_and_progress_keep_every_finished_iteration(data500):
+    reference = train(LAB5, gpu_cfg(epochs=3, engine="cuda-graph"), data500)
+    cancel = threading.Event()
+    events = []
+
+    def on_progress(event):
+        events.append(event)
+        if event.kind == "iterations" and event.step >= 11:
+            cancel.set()
+
+    result = train(LAB5, gpu_cfg(epochs=3, engine="cuda-graph", progress_every_s=0), data500,
+                   on_progress=on_progress, cancel=cancel)
+    assert result.status == "stopped" and result.engine == "cuda-graph"
+    n = len(result.losses)
+    assert 11 <= n < 24
+    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(reference.losses[:n]), rtol=1e-4, atol=1e-5)
+    assert [loss for e in events if e.kind == "iterations" for loss in e.losses] == result.losses
+    assert len(result.epochs) == 1  # epoch 2 never finished
+
+
+@pytest.mark.gpu
+def test_train_many_on_a_gpu_is_each_run_alone(data500):
+    dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)  # falls back to plain
+    jobs = [(LAB5, gpu_cfg(epochs=2, seed=0)), (LAB5, gpu_cfg(epochs=2, seed=1)),
+            (cnn_config(3, 7), gpu_cfg(epochs=2, seed=0)), (cnn_config(1, 3), gpu_cfg(epochs=1, batch_size=100)),
+            (dropout, gpu_cfg(epochs=1))]
+    events = []
+    many = train_many(jobs, data500, on_progress=events.append)
+    assert [r.engine for r in many] == ["cuda-graph"] * 4 + ["plain"]
+    for (model_cfg, train_cfg), result in zip(jobs, many):
+        alone = train(model_cfg, train_cfg, data500)
+        assert result.status == "finished" and result.model_cfg == model_cfg
+        assert_same_run(result, alone, rtol=1e-4, atol=1e-5)  # the same graphs; cuDNN's atomics aside
+        mine = [e for e in events if e.run_id == result.run_id]
+        assert [loss for e in mine if e.kind == "iterations" for loss in e.losses] == result.losses
+        assert [e.metrics for e in mine if e.kind == "epoch"] == result.epochs
+        assert mine[-1].kind == "end"
