@@ -15,7 +15,8 @@ import pandas as pd
 from .data import DataConfig, TensorData, prepare_data
 from .models import PRESETS, ModelConfig, cnn_config, count_params, describe, match_fc_width
 from .store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
-from .train import CancelFlag, Progress, RunResult, TrainConfig, device_label, new_run_id, resolve_device, train
+from .train import (CancelFlag, Progress, RunResult, TrainConfig, device_label, new_run_id, resolve_device,
+                    train, train_many)
 
 ProgressFn = Callable[[Progress], None]
 
@@ -58,6 +59,32 @@ def _chain(*fns: ProgressFn | None) -> ProgressFn:
     return call
 
 
+def _check(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData) -> None:
+    model_cfg.validate()
+    train_cfg.validate(n_train=len(data.x_train))
+    check_input_shape(model_cfg, data)
+
+
+def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainConfig, str]], run_ids: list[str],
+                data_cfg: DataConfig, data: TensorData, experiment: str, group_id: str) -> ProgressFn | None:
+    """Write each run's row (status 'running') before it trains; return the callback that
+    records iterations and epochs as they arrive."""
+    if store is None:
+        return None
+    for (model_cfg, train_cfg, label), run_id in zip(jobs, run_ids):
+        store.start_run(run_row(run_id, model_cfg, train_cfg, data_cfg, experiment=experiment, group_id=group_id,
+                                label=label, device=device_label(data.device), params=count_params(model_cfg),
+                                data_source=data.source, started_at=pd.Timestamp.now(tz="UTC").isoformat()))
+    steps_per_epoch = -(-len(data.x_train) // jobs[0][1].batch_size)
+    return store.recorder(steps_per_epoch)
+
+
+def _finish_runs(store: ResultStore | None, results: list[RunResult]) -> None:
+    for result in results if store is not None else ():
+        store.finish_run(result.run_id, result.status, result.seconds, engine=result.engine,
+                         epochs_done=len(result.epochs), final_test_acc=result.final_test_acc)
+
+
 def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
                store: ResultStore | None = None, on_progress: ProgressFn | None = None,
                cancel: CancelFlag | None = None, experiment: str = "single", group_id: str = "",
@@ -65,18 +92,10 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
     """Train one model; with a store, every iteration and epoch is written as it finishes."""
     model_cfg.validate()
     data_cfg.validate()
-    device = resolve_device(train_cfg.device)
-    data = data if data is not None else get_data(data_cfg, str(device))
-    train_cfg.validate(n_train=len(data.x_train))
-    check_input_shape(model_cfg, data)
+    data = data if data is not None else get_data(data_cfg, train_cfg.device)
+    _check(model_cfg, train_cfg, data)
     run_id = new_run_id()
-    record = None
-    if store is not None:
-        store.start_run(run_row(run_id, model_cfg, train_cfg, data_cfg, experiment=experiment, group_id=group_id,
-                                label=label, device=device_label(device), params=count_params(model_cfg),
-                                data_source=data.source, started_at=pd.Timestamp.now(tz="UTC").isoformat()))
-        steps_per_epoch = -(-len(data.x_train) // train_cfg.batch_size)
-        record = store.recorder(steps_per_epoch)
+    record = _start_runs(store, [(model_cfg, train_cfg, label)], [run_id], data_cfg, data, experiment, group_id)
     try:
         result = train(model_cfg, train_cfg, data, on_progress=_chain(record, on_progress), cancel=cancel,
                        run_id=run_id)
@@ -84,10 +103,40 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
         if store is not None:
             store.finish_run(run_id, "failed", 0.0)
         raise
-    if store is not None:
-        store.finish_run(run_id, result.status, result.seconds, engine=result.engine,
-                         epochs_done=len(result.epochs), final_test_acc=result.final_test_acc)
+    _finish_runs(store, [result])
     return result
+
+
+def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataConfig, *,
+             store: ResultStore | None = None, on_progress: ProgressFn | None = None,
+             cancel: CancelFlag | None = None, experiment: str = "sweep", group_id: str = "") -> list[RunResult]:
+    """Train (model, training, label) jobs sharing one dataset. On a GPU they train side by
+    side (`train_many`); elsewhere one after another. Each result is what it would be alone."""
+    if not jobs:
+        return []
+    data = get_data(data_cfg, jobs[0][1].device)
+    for model_cfg, train_cfg, _ in jobs:
+        _check(model_cfg, train_cfg, data)
+    if data.device.type != "cuda" or len(jobs) == 1:
+        results = []
+        for model_cfg, train_cfg, label in jobs:
+            if cancel is not None and cancel.is_set():
+                break
+            results.append(run_single(model_cfg, train_cfg, data_cfg, store=store, on_progress=on_progress,
+                                      cancel=cancel, experiment=experiment, group_id=group_id, label=label,
+                                      data=data))
+        return results
+    run_ids = [new_run_id() for _ in jobs]
+    record = _start_runs(store, jobs, run_ids, data_cfg, data, experiment, group_id)
+    try:
+        results = train_many([(m, t) for m, t, _ in jobs], data, on_progress=_chain(record, on_progress),
+                             cancel=cancel, run_ids=run_ids)
+    except BaseException:
+        for run_id in run_ids if store is not None else ():
+            store.finish_run(run_id, "failed", 0.0)
+        raise
+    _finish_runs(store, results)
+    return results
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -147,26 +196,26 @@ def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, 
               cancel: CancelFlag | None = None) -> SweepResult:
     """Every valid (conv layers, kernel, hidden) cell, `sweep.seeds` times; one row per run."""
     cells, skipped = sweep.cells()
-    group_id = "sweep-" + new_run_id()
-    data = get_data(data_cfg, train_cfg.device)
-    results, rows = [], []
+    jobs, keys = [], []
     for layers, kernel, hidden, cfg in cells:
         for seed in range(sweep.seeds):
-            if cancel is not None and cancel.is_set():
-                return SweepResult(results, pd.DataFrame(rows, columns=SWEEP_COLUMNS), skipped, "stopped")
-            result = run_single(cfg, replace(train_cfg, seed=seed), data_cfg, store=store, on_progress=on_progress,
-                                cancel=cancel, experiment="sweep", group_id=group_id, data=data,
-                                label=f"{layers} conv × k{kernel}" + (f" + FC {hidden}" if hidden else ""))
-            results.append(result)
-            last = result.epochs[-1] if result.epochs else None
-            rows.append(dict(run_id=result.run_id, conv_layers=layers, kernel_size=kernel, hidden_units=hidden,
-                             channels="-".join(map(str, cfg.conv_channels)), seed=seed, params=result.params,
-                             status=result.status, epochs_done=len(result.epochs),
-                             train_loss=last.train_loss if last else None, test_loss=last.test_loss if last else None,
-                             test_acc=last.test_acc if last else None, seconds=result.seconds,
-                             engine=result.engine, device=result.device))
-    status = "stopped" if any(r.status == "stopped" for r in results) else "finished"
-    return SweepResult(results, pd.DataFrame(rows, columns=SWEEP_COLUMNS), skipped, status)
+            label = f"{layers} conv × k{kernel}" + (f" + FC {hidden}" if hidden else "")
+            jobs.append((cfg, replace(train_cfg, seed=seed), label))
+            keys.append((layers, kernel, hidden, seed))
+    results = run_many(jobs, data_cfg, store=store, on_progress=on_progress, cancel=cancel, experiment="sweep",
+                       group_id="sweep-" + new_run_id())
+    rows = []
+    for result, (layers, kernel, hidden, seed) in zip(results, keys):
+        last = result.epochs[-1] if result.epochs else None
+        rows.append(dict(run_id=result.run_id, conv_layers=layers, kernel_size=kernel, hidden_units=hidden,
+                         channels="-".join(map(str, result.model_cfg.conv_channels)), seed=seed,
+                         params=result.params, status=result.status, epochs_done=len(result.epochs),
+                         train_loss=last.train_loss if last else None, test_loss=last.test_loss if last else None,
+                         test_acc=last.test_acc if last else None, seconds=result.seconds,
+                         engine=result.engine, device=result.device))
+    stopped = len(results) < len(jobs) or any(r.status == "stopped" for r in results)
+    return SweepResult(results, pd.DataFrame(rows, columns=SWEEP_COLUMNS), skipped,
+                       "stopped" if stopped else "finished")
 
 
 # ------------------------------------------------------------------------------------ FC vs CNN
@@ -215,23 +264,18 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
     models = compare.models()
     group_id = "compare-" + new_run_id()
     results, rows = [], []
-    status = "finished"
     for pixels, permute in (("normal", False), ("permuted", True)):
         cell_data_cfg = replace(data_cfg, permute_pixels=permute, permutation_seed=compare.permutation_seed)
-        data = get_data(cell_data_cfg, train_cfg.device)
-        for name, cfg in models.items():
-            for seed in range(compare.seeds):
-                if cancel is not None and cancel.is_set():
-                    status = "stopped"
-                    break
-                result = run_single(cfg, replace(train_cfg, seed=seed), cell_data_cfg, store=store,
-                                    on_progress=on_progress, cancel=cancel, experiment="compare",
-                                    group_id=group_id, data=data, label=f"{name} / {pixels}")
-                results.append(result)
-                status = "stopped" if result.status == "stopped" else status
-                rows.append(dict(model=name, pixels=pixels, seed=seed, params=result.params,
-                                 test_acc=result.final_test_acc, run_id=result.run_id,
-                                 architecture=describe(cfg), status=result.status))
+        keys = [(name, cfg, seed) for name, cfg in models.items() for seed in range(compare.seeds)]
+        jobs = [(cfg, replace(train_cfg, seed=seed), f"{name} / {pixels}") for name, cfg, seed in keys]
+        done = run_many(jobs, cell_data_cfg, store=store, on_progress=on_progress, cancel=cancel,
+                        experiment="compare", group_id=group_id)
+        results += done
+        rows += [dict(model=name, pixels=pixels, seed=seed, params=r.params, test_acc=r.final_test_acc,
+                      run_id=r.run_id, architecture=describe(cfg), status=r.status)
+                 for r, (name, cfg, seed) in zip(done, keys)]
+    expected = 2 * len(models) * compare.seeds
+    status = "stopped" if len(results) < expected or any(r.status == "stopped" for r in results) else "finished"
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     return CompareResult(results, table, summarize_over_seeds(table, ["model", "pixels"]), status)
 

@@ -126,3 +126,24 @@ def test_a_network_for_other_images_is_refused_before_training(mnist_raw):
     cifar_shaped = replace(PRESETS["lab5"].model, in_channels=3, image_size=32)
     with pytest.raises(ValueError, match="expects 3×32×32 images but dataset 'mnist' has 1×28×28"):
         run_single(cifar_shaped, FAST, TINY)
+
+
+@pytest.mark.gpu
+def test_sweep_on_a_gpu_trains_side_by_side_and_records_every_run(tmp_path, mnist_raw):
+    """On CUDA the sweep's runs share the GPU (train_many); each is stored and matches the
+    same run trained alone within float tolerance."""
+    from mnist_lab.experiments import run_single
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    sweep = SweepConfig(conv_layers=(1, 2), kernel_sizes=(3, 5), seeds=2, base_channels=8)
+    cuda = TrainConfig(epochs=2, batch_size=64, device="cuda")
+    result = run_sweep(sweep, cuda, TINY, store=store)
+    assert len(result.table) == 8 and result.table["status"].eq("finished").all()
+    assert set(result.table["engine"]) == {"cuda-graph"}
+    runs = store.runs().set_index("run_id")
+    assert set(runs.index) == set(result.table["run_id"]) and runs["status"].eq("finished").all()
+    iters = store.iterations()
+    assert iters.groupby("run_id").size().eq(2 * 2).all()  # 128 images / 64 = 2 steps, 2 epochs
+    first = result.results[0]
+    alone = run_single(first.model_cfg, first.train_cfg, TINY)
+    assert alone.losses == pytest.approx(first.losses, rel=1e-3, abs=1e-4)
