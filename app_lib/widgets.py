@@ -10,6 +10,7 @@ import streamlit as st
 from mnist_lab.jobs import JobFn, JobSnapshot
 from mnist_lab.models import ModelConfig, summarize
 
+from .charts import loss_figure
 from .shared import JOB_SLOTS, job_manager
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
@@ -113,3 +114,15 @@ def sidebar_jobs() -> None:
             st.caption(f":material/hourglass_top: {page}: {where}")
 
     jobs()
+
+
+def live_runs(snap: JobSnapshot, plan: list[tuple], columns: tuple[str, ...], key: str) -> None:
+    """While a many-run job trains: the newest run's loss curve and the finished runs so far,
+    labelled by `plan` (one tuple of `columns` values per run, in start order)."""
+    done = [dict(zip(columns, plan[i]), test_acc=r.epochs[-1].test_acc)
+            for i, r in enumerate(snap.runs) if r.epochs and r.status != "running" and i < len(plan)]
+    if snap.runs:
+        st.plotly_chart(loss_figure(snap.runs[-1].losses, title=f"Run {len(snap.runs)}: loss of every iteration"),
+                        key=key)
+    if done:
+        st.dataframe(pd.DataFrame(done), hide_index=True)

@@ -4,13 +4,12 @@ from dataclasses import replace
 from functools import partial
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-from app_lib.charts import compare_figure, digits_figure, loss_figure, overlay_figure
+from app_lib.charts import compare_figure, digits_figure, overlay_figure
 from app_lib.forms import SUBSETS, build_compare_cfg
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_digits, values
-from app_lib.widgets import csv_button, job_active, job_panel, start_job
+from app_lib.widgets import csv_button, job_active, job_panel, live_runs, start_job
 from mnist_lab.data import DataConfig
 from mnist_lab.experiments import compare_default_train, read_compare, run_compare
 from mnist_lab.models import count_params, describe
@@ -71,14 +70,7 @@ st.divider()
 
 def draw(snap) -> None:
     if snap.active:
-        plan = st.session_state.get("cmp_job_plan", [])
-        done = [dict(zip(("pixels", "model", "seed"), plan[i]), test_acc=r.epochs[-1].test_acc)
-                for i, r in enumerate(snap.runs) if r.epochs and r.status != "running" and i < len(plan)]
-        if snap.runs:
-            st.plotly_chart(loss_figure(snap.runs[-1].losses, title=f"Run {len(snap.runs)}: loss of every iteration"),
-                            key="cmp_live_chart")
-        if done:
-            st.dataframe(pd.DataFrame(done), hide_index=True)
+        live_runs(snap, st.session_state.get("cmp_job_plan", []), ("pixels", "model", "seed"), key="cmp_live_chart")
         return
     result = snap.result
     if result is None or result.table.empty:

@@ -5,10 +5,10 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from app_lib.charts import error_line_figure, heatmap_figure, loss_figure, overlay_figure, params_figure
+from app_lib.charts import error_line_figure, heatmap_figure, overlay_figure, params_figure
 from app_lib.forms import SUBSETS, build_sweep_cfg
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
-from app_lib.widgets import csv_button, job_active, job_panel, start_job
+from app_lib.widgets import csv_button, job_active, job_panel, live_runs, start_job
 from mnist_lab.data import DataConfig
 from mnist_lab.experiments import run_sweep, summarize_over_seeds
 from mnist_lab.models import count_params
@@ -67,14 +67,7 @@ st.divider()
 
 def draw(snap) -> None:
     if snap.active:
-        plan = st.session_state.get("sweep_job_plan", [])
-        done = [dict(zip(("conv_layers", "kernel_size", "seed"), plan[i]), test_acc=r.epochs[-1].test_acc)
-                for i, r in enumerate(snap.runs) if r.epochs and r.status != "running" and i < len(plan)]
-        if snap.runs:
-            st.plotly_chart(loss_figure(snap.runs[-1].losses, title=f"Run {len(snap.runs)}: loss of every iteration"),
-                            key="sweep_live_chart")
-        if done:
-            st.dataframe(pd.DataFrame(done), hide_index=True)
+        live_runs(snap, st.session_state.get("sweep_job_plan", []), ("conv_layers", "kernel_size", "seed"), key="sweep_live_chart")
         return
     result = snap.result
     if result is None or result.table.empty:

@@ -7,7 +7,6 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-import torch
 from torch import nn
 
 MAX_CONV_BLOCKS = 4
