@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\nper run: " + "; ".join(f"{r.path} seed {r.seed}: setup {r.setup_s:.3f} s, total {r.total_s:.3f} s, "
                                     f"acc {100 * r.test_acc:.2f}%" for r in rows))
     print("(s/epoch: median epoch wall time, training + test evaluation, epochs after the first when "
-          f"--epochs > 1; first: the first epoch; total: the whole call, setup included)")
+          "--epochs > 1; first: the first epoch; total: the whole call, setup included)")
     if classic and f"engine:{auto}" in by_path:
         engine_spe = per_epoch(by_path[f"engine:{auto}"])
         print(f"engine (auto = {auto}) vs classic")
