@@ -102,10 +102,24 @@ def _cast(text: str, like: Any) -> Any:
     return text
 
 
-def init_state(prefix: str, defaults: dict[str, Any]) -> None:
+def _allowed(value: Any, rule: Any) -> bool:
+    """Whether a value read from a link fits its widget: `rule` is `(low, high)` for a slider or
+    number input, a list of options for a select or radio (every item of a multiselect's list)."""
+    if isinstance(rule, tuple):
+        low, high = rule
+        return low <= value <= high  # False for NaN too
+    if isinstance(value, list):
+        return all(item in rule for item in value)
+    return value in rule
+
+
+def init_state(prefix: str, defaults: dict[str, Any], limits: dict[str, Any] | None = None) -> None:
     """Set each `prefix + name` session key once per session: from the URL's query string when
-    it names the key (a shared link), else from `defaults`. Bad values fall back quietly."""
-    params = st.query_params
+    it names the key (a shared link), else from `defaults`. A link value that does not parse or
+    lies outside `limits[name]` (see `_allowed`) falls back to the default, with one warning
+    naming what was ignored: a widget given an out-of-range value would stop the page."""
+    params, limits = st.query_params, limits or {}
+    ignored = []
     for name, default in defaults.items():
         key = prefix + name
         if key in st.session_state:
@@ -114,9 +128,15 @@ def init_state(prefix: str, defaults: dict[str, Any]) -> None:
         if name in params:
             try:
                 value = _cast(params[name], default)
-            except ValueError:
-                pass
+                if name in limits and not _allowed(value, limits[name]):
+                    raise ValueError(name)
+            except (ValueError, OverflowError):  # int('inf') overflows
+                value = default
+                ignored.append(f"{name}={params[name]}")
         st.session_state[key] = value
+    if ignored:
+        st.warning("This link has values the page cannot use, so their defaults are shown instead: "
+                   + ", ".join(f"`{i}`" for i in ignored) + ".", icon=":material/link_off:")
 
 
 def values(prefix: str, names) -> dict[str, Any]:

@@ -17,21 +17,23 @@ from mnist_lab.models import count_params, describe
 quick = quick_defaults()
 DEFAULTS = dict(layers=2, kernel=5, channels=6, double=False, hidden="50", seeds=quick["seeds"], epochs=1,
                 train_limit=60000, perm_seed=0)
-init_state("cmp_", DEFAULTS)
+LIMITS = dict(layers=(1, 3), kernel=(1, 9), channels=(1, 64), seeds=(1, 5), epochs=(1, 5), train_limit=SUBSETS,
+              perm_seed=(0, 10_000))  # what each widget accepts; a link's values are checked against it
+init_state("cmp_", DEFAULTS, LIMITS)
 
 st.title("FC vs CNN with the same number of parameters")
 st.markdown("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
             "trained on normal digits and on digits whose 784 pixels are shuffled by **one fixed permutation** "
             "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")
 c1, c2, c3, c4 = st.columns(4)
-c1.slider("CNN conv + pool layers", 1, 3, key="cmp_layers")
-c1.slider("Kernel size", 1, 9, key="cmp_kernel")
-c2.number_input("Channels per block", 1, 64, key="cmp_channels")
+c1.slider("CNN conv + pool layers", *LIMITS["layers"], key="cmp_layers")
+c1.slider("Kernel size", *LIMITS["kernel"], key="cmp_kernel")
+c2.number_input("Channels per block", *LIMITS["channels"], key="cmp_channels")
 c2.text_input("CNN hidden FC units", key="cmp_hidden")
-c3.slider("Seeds", 1, 5, key="cmp_seeds")
-c3.slider("Epochs", 1, 5, key="cmp_epochs")
-c4.select_slider("Training images", SUBSETS, key="cmp_train_limit", format_func="{:,}".format)
-c4.number_input("Permutation seed", 0, 10_000, key="cmp_perm_seed")
+c3.slider("Seeds", *LIMITS["seeds"], key="cmp_seeds")
+c3.slider("Epochs", *LIMITS["epochs"], key="cmp_epochs")
+c4.select_slider("Training images", LIMITS["train_limit"], key="cmp_train_limit", format_func="{:,}".format)
+c4.number_input("Permutation seed", *LIMITS["perm_seed"], key="cmp_perm_seed")
 
 v = values("cmp_", DEFAULTS)
 mirror_query(v, DEFAULTS)

@@ -18,23 +18,26 @@ quick = quick_defaults()
 DEFAULTS = dict(layers=[1, 2, 3], kernels=[3, 5, 7], seeds=quick["seeds"], epochs=1,
                 train_limit=quick["sweep_limit"], channels=16 if on_gpu() else 8, padding="same",
                 hidden=0, optimizer="adam", lr=0.001)
-init_state("sweep_", DEFAULTS)
+LIMITS = dict(layers=[1, 2, 3, 4], kernels=[1, 3, 5, 7, 9], seeds=(1, 5), epochs=(1, 5), train_limit=SUBSETS,
+              channels=(1, 64), padding=["same", "valid"], hidden=[0, 32, 64, 128], optimizer=["adam", "sgd"],
+              lr=(0.0001, 1.0))  # what each widget accepts; a link's values are checked against it
+init_state("sweep_", DEFAULTS, LIMITS)
 
 st.title("Sweep: conv layers × kernel size")
 st.markdown("Each cell is a CNN with *n* conv → ReLU → max-pool blocks (channels doubling every block) and a "
             "*k*×*k* kernel, trained once per seed. Error bars show the standard deviation over seeds.")
 c1, c2, c3, c4 = st.columns(4)
-c1.multiselect("Conv + pool layers", [1, 2, 3, 4], key="sweep_layers")
-c1.multiselect("Kernel sizes", [1, 3, 5, 7, 9], key="sweep_kernels")
-c2.slider("Seeds per cell", 1, 5, key="sweep_seeds")
-c2.slider("Epochs", 1, 5, key="sweep_epochs")
-c3.select_slider("Training images", SUBSETS, key="sweep_train_limit", format_func="{:,}".format)
-c3.number_input("Channels, block 1", 1, 64, key="sweep_channels")
-c4.radio("Padding", ["same", "valid"], key="sweep_padding", horizontal=True,
+c1.multiselect("Conv + pool layers", LIMITS["layers"], key="sweep_layers")
+c1.multiselect("Kernel sizes", LIMITS["kernels"], key="sweep_kernels")
+c2.slider("Seeds per cell", *LIMITS["seeds"], key="sweep_seeds")
+c2.slider("Epochs", *LIMITS["epochs"], key="sweep_epochs")
+c3.select_slider("Training images", LIMITS["train_limit"], key="sweep_train_limit", format_func="{:,}".format)
+c3.number_input("Channels, block 1", *LIMITS["channels"], key="sweep_channels")
+c4.radio("Padding", LIMITS["padding"], key="sweep_padding", horizontal=True,
          help="'valid' shrinks the image by k−1 per block, so deep nets with big kernels do not fit.")
-c4.selectbox("Hidden FC units", [0, 32, 64, 128], key="sweep_hidden", format_func=lambda h: str(h or "none"))
-optimizer = c2.selectbox("Optimiser", ["adam", "sgd"], format_func=str.upper, key="sweep_optimizer")
-c3.number_input("Learning rate", 0.0001, 1.0, step=0.001, format="%.4f", key="sweep_lr")
+c4.selectbox("Hidden FC units", LIMITS["hidden"], key="sweep_hidden", format_func=lambda h: str(h or "none"))
+optimizer = c2.selectbox("Optimiser", LIMITS["optimizer"], format_func=str.upper, key="sweep_optimizer")
+c3.number_input("Learning rate", *LIMITS["lr"], step=0.001, format="%.4f", key="sweep_lr")
 
 v = values("sweep_", DEFAULTS)
 mirror_query(v, DEFAULTS)

@@ -20,7 +20,12 @@ BASE = dict(preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epoch
 # A shared link names a preset; its other parameters are differences from that preset.
 link_preset = st.query_params.get("preset") if st.query_params.get("preset") in PRESETS else "lab5"
 DEFAULTS = {**BASE, "preset": link_preset, **preset_values(PRESETS[link_preset])}
-init_state("train_", DEFAULTS)
+# What each widget accepts: (low, high) or the options; a link's values are checked against it.
+LIMITS = dict(preset=list(PRESETS), kind=["cnn", "fc"], layers=(1, 4), kernel=(1, 9), padding=["valid", "same"],
+              channels=(1, 512), dropout=(0.0, 0.8), optimizer=["sgd", "adam"], lr=(0.0001, 10.0),
+              momentum=(0.0, 0.99), batch_size=BATCH_SIZES, epochs=(1, 20), seed=(0, 1_000_000),
+              train_limit=SUBSETS, normalize=list(NORMALIZATIONS))
+init_state("train_", DEFAULTS, LIMITS)
 
 
 def load_preset() -> None:
@@ -31,34 +36,34 @@ def load_preset() -> None:
 st.title("Train a network")
 left, right = st.columns([1, 2], gap="large")
 with left:
-    st.selectbox("Preset", list(PRESETS), format_func=preset_title, key="train_preset", on_change=load_preset,
+    st.selectbox("Preset", LIMITS["preset"], format_func=preset_title, key="train_preset", on_change=load_preset,
                  help="Loads one of the lab's four networks with its optimiser settings.")
-    kind = st.radio("Network", ["cnn", "fc"], key="train_kind", horizontal=True,
+    kind = st.radio("Network", LIMITS["kind"], key="train_kind", horizontal=True,
                     format_func={"cnn": "Convolutional", "fc": "Fully connected"}.get)
     c1, c2 = st.columns(2)
     if kind == "cnn":
-        c1.slider("Conv + pool layers", 1, 4, key="train_layers")
-        c2.slider("Kernel size", 1, 9, key="train_kernel")
-        c1.radio("Padding", ["valid", "same"], key="train_padding", horizontal=True)
-        c2.number_input("Channels, block 1", 1, 512, key="train_channels")
+        c1.slider("Conv + pool layers", *LIMITS["layers"], key="train_layers")
+        c2.slider("Kernel size", *LIMITS["kernel"], key="train_kernel")
+        c1.radio("Padding", LIMITS["padding"], key="train_padding", horizontal=True)
+        c2.number_input("Channels, block 1", *LIMITS["channels"], key="train_channels")
         st.checkbox("Double the channels every block", key="train_double")
         st.checkbox("Pool before ReLU (Lab-5 order)", key="train_pool_first")
         st.checkbox("BatchNorm after each conv", key="train_batch_norm")
     st.text_input("Hidden FC units (comma-separated, empty for none)", key="train_hidden")
-    st.slider("Dropout", 0.0, 0.8, step=0.05, key="train_dropout")
+    st.slider("Dropout", *LIMITS["dropout"], step=0.05, key="train_dropout")
     st.checkbox("Softmax before the loss", key="train_softmax",
                 help="The course notes' mistake: CrossEntropyLoss already applies log-softmax.")
     st.divider()
     c1, c2 = st.columns(2)
-    optimizer = c1.selectbox("Optimiser", ["sgd", "adam"], format_func=str.upper, key="train_optimizer")
-    c2.number_input("Learning rate", 0.0001, 10.0, step=0.001, format="%.4f", key="train_lr")
-    c1.slider("Momentum", 0.0, 0.99, step=0.01, key="train_momentum", disabled=optimizer == "adam")
-    c2.select_slider("Batch size", BATCH_SIZES, key="train_batch_size")
-    c1.slider("Epochs", 1, 20, key="train_epochs")
-    c2.number_input("Seed", 0, 1_000_000, key="train_seed")
-    st.select_slider("Training images", SUBSETS, key="train_train_limit", format_func="{:,}".format,
+    optimizer = c1.selectbox("Optimiser", LIMITS["optimizer"], format_func=str.upper, key="train_optimizer")
+    c2.number_input("Learning rate", *LIMITS["lr"], step=0.001, format="%.4f", key="train_lr")
+    c1.slider("Momentum", *LIMITS["momentum"], step=0.01, key="train_momentum", disabled=optimizer == "adam")
+    c2.select_slider("Batch size", LIMITS["batch_size"], key="train_batch_size")
+    c1.slider("Epochs", *LIMITS["epochs"], key="train_epochs")
+    c2.number_input("Seed", *LIMITS["seed"], key="train_seed")
+    st.select_slider("Training images", LIMITS["train_limit"], key="train_train_limit", format_func="{:,}".format,
                      help="The first N of the 60,000; the test set is always all 10,000.")
-    st.selectbox("Normalisation", list(NORMALIZATIONS), key="train_normalize",
+    st.selectbox("Normalisation", LIMITS["normalize"], key="train_normalize",
                  format_func=lambda n: f"{n}: mean {NORMALIZATIONS[n][0]}, std {NORMALIZATIONS[n][1]}")
     st.checkbox("Permuted pixels", key="train_permute", help="One fixed shuffle of the 784 pixel positions.")
 

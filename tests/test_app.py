@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_lib.shared import job_manager
+from app_lib.shared import job_manager, quick_defaults
 from mnist_lab.experiments import run_single
 from mnist_lab.models import PRESETS, count_params
 from mnist_lab.store import DB_ENV, ResultStore
@@ -107,6 +107,25 @@ def test_a_link_reopens_the_same_setup():
     at.slider(key="train_layers").set_value(1).run()
     assert at.query_params["preset"] == "tiny-cnn" and at.query_params["layers"] == "1"
     assert "kernel" in at.query_params and "lr" not in at.query_params  # only what differs from the preset
+
+
+@pytest.mark.parametrize("page, query, defaults", [
+    ("train", {"kernel": "50", "padding": "full", "lr": "nan", "epochs": "2"},
+     {"kernel": 5, "padding": "valid", "lr": PRESETS["lab5"].lr}),
+    ("sweep", {"kernels": "2,11", "seeds": "1"}, {"kernels": [3, 5, 7]}),
+    ("compare", {"seeds": "99", "layers": "x", "epochs": "2"}, {"seeds": quick_defaults()["seeds"], "layers": 2}),
+])
+def test_a_bad_link_loads_with_the_defaults_and_says_what_it_ignored(page, query, defaults):
+    at = open_page(page, query=query)  # a slider given kernel=50 would raise StreamlitValueAboveMaxError
+    prefix = {"train": "train_", "sweep": "sweep_", "compare": "cmp_"}[page]
+    assert len(at.warning) == 1
+    for name, text in query.items():
+        if name in defaults:  # ignored, named in the warning, the default used
+            assert f"{name}={text}" in at.warning[0].value
+            assert at.session_state[prefix + name] == defaults[name]
+        else:  # the link's good values are still used
+            assert f"{name}=" not in at.warning[0].value
+            assert str(at.session_state[prefix + name]) == text
 
 
 def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
