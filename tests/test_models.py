@@ -2,6 +2,8 @@
 built network, geometry refusals a student can act on, and the equal-parameter FC match."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -181,10 +183,10 @@ def test_batch_norm_adds_two_parameters_per_channel():
     assert count_params(model) == 8550  # running mean/var are buffers, not parameters
 
 
-def test_dropout_sits_before_later_fc_layers_and_adds_no_parameters():
+def test_dropout_sits_before_every_fc_layer_and_adds_no_parameters():
     cfg = ModelConfig(conv_channels=(6, 6), hidden=(50,), dropout=0.5)
     names = [r.name for r in summarize(cfg)]
-    assert names[-4:] == ["fc1", "fc_relu1", "drop2", "fc2"]
+    assert names[-6:] == ["flatten", "drop1", "fc1", "fc_relu1", "drop2", "fc2"]
     assert count_params(cfg) == 6422
     drop = dict(build_model(cfg).named_children())["drop2"]
     assert isinstance(drop, nn.Dropout) and drop.p == 0.5
@@ -222,3 +224,14 @@ def test_match_is_the_closest_width(target, n_hidden):
 def test_match_needs_a_hidden_layer():
     with pytest.raises(ValueError, match="at least one hidden layer"):
         match_fc_width(6422, n_hidden=0)
+
+
+def test_dropout_acts_on_a_single_fc_layer_too():
+    cfg = replace(get_preset("lab5").model, dropout=0.5)
+    assert [n for n, m in build_model(cfg).named_children() if isinstance(m, nn.Dropout)] == ["drop1"]
+
+
+@pytest.mark.parametrize("extra", [dict(conv_channels=(10, 20)), dict(batch_norm=True)])
+def test_fc_refuses_cnn_only_settings(extra):
+    with pytest.raises(ValueError, match="no conv blocks"):
+        ModelConfig(kind="fc", **{"conv_channels": (), "hidden": (8,), **extra}).validate()
