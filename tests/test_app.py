@@ -171,6 +171,29 @@ def test_a_tiny_sweep_lists_skipped_cells_and_draws_every_chart():
     assert {"sweep_summary.csv", "sweep_runs.csv", "sweep_iterations.csv"} <= set(downloads(at))
 
 
+def test_a_sweep_with_no_valid_cell_disables_run_with_the_core_message():
+    at = open_page("sweep")
+    at.radio(key="sweep_padding").set_value("valid").run()
+    at.multiselect(key="sweep_layers").set_value([4]).run()
+    at.multiselect(key="sweep_kernels").set_value([9]).run()  # 28 -> 10 -> 1 -> no room for block 3
+    assert "No cell of this sweep is a valid network" in at.error[0].value
+    assert "Conv block 3" in at.error[0].value and "does not fit" in at.error[0].value
+    assert at.button(key="sweep_go_btn").disabled
+    at.radio(key="sweep_padding").set_value("same").run()
+    assert not at.error and not at.button(key="sweep_go_btn").disabled
+
+
+def test_a_cnn_that_does_not_fit_disables_the_comparison_with_the_core_message():
+    at = open_page("compare")
+    at.slider(key="cmp_layers").set_value(3).run()
+    at.slider(key="cmp_kernel").set_value(9).run()  # valid padding: 28 -> 10 -> 1 -> no room for block 3
+    assert "Conv block 3" in at.error[0].value and "does not fit" in at.error[0].value
+    assert at.button(key="cmp_go_btn").disabled
+    assert not [m for m in at.metric if m.label == "CNN parameters"]
+    at.slider(key="cmp_kernel").set_value(3).run()
+    assert not at.error and not at.button(key="cmp_go_btn").disabled
+
+
 def test_fc_vs_cnn_matches_the_fc_width_and_reads_the_result():
     at = open_page("compare")
     assert params_shown(at, "CNN parameters") == 6422 and params_shown(at, "FC parameters") == 6442
