@@ -249,12 +249,17 @@ class JobManager:
                 job._finish("stopped")  # never started: nothing to keep
                 return
             self._running += 1
-            job.status = "running"
-            job.started = time.monotonic()
+            with job._lock:  # snapshot() reads them under the job's lock
+                job.status = "running"
+                job.started = time.monotonic()
         try:
             result = job.fn(on_progress=job.on_progress, cancel=job.cancel)
-            stopped = job.cancel.is_set() or getattr(result, "status", "") == "stopped"
-            job._finish("stopped" if stopped else "finished", result=result)
+            # The result knows whether every run completed; a Stop (or the reaper) landing after
+            # the last iteration sets the flag but stopped nothing. Plain callables: the flag.
+            status = getattr(result, "status", None)
+            if status not in ("finished", "stopped"):
+                status = "stopped" if job.cancel.is_set() else "finished"
+            job._finish(status, result=result)
         except BaseException as exc:  # noqa: BLE001 - the page shows it; the runs so far are in the store
             job._finish("failed", error=readable_error(exc), detail=traceback.format_exc())
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from functools import partial
 
 import pytest
@@ -83,6 +84,26 @@ def test_stop_ends_a_real_run_within_a_second_and_keeps_what_it_did(manager, tin
     assert [m.epoch for m in snap.runs[0].epochs] == [m.epoch for m in result.epochs]
     assert len(store.iterations([result.run_id])) == len(result.losses)
     assert store.runs([result.run_id])["status"].item() == "stopped"
+
+
+def test_a_stop_after_the_work_is_done_does_not_label_a_finished_job_stopped(manager):
+    """Stop (or the reaper) can land between the last iteration and the job's end: the result's
+    own status decides; a callable whose result has none falls back to the cancel flag."""
+    @dataclass
+    class Result:
+        status: str
+
+    def late_stop(result):
+        def fn(on_progress, cancel):
+            cancel.set()  # as if Stop arrived just after the last iteration
+            return result
+        return fn
+    finished = manager.submit("train", late_stop(Result("finished")))
+    stopped = manager.submit("train", late_stop(Result("stopped")))
+    plain = manager.submit("train", late_stop("done"))
+    assert all(j.wait(5) for j in (finished, stopped, plain))
+    assert [j.snapshot().status for j in (finished, stopped, plain)] == ["finished", "stopped", "stopped"]
+    assert finished.snapshot().fraction == 1.0
 
 
 def test_a_job_whose_page_stopped_polling_is_stopped():
