@@ -24,12 +24,12 @@ RUN_COLUMNS = [
     "params", "seed", "final_test_acc", "epochs_done",
     # model config
     "kind", "conv_layers", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
-    "dropout", "hidden", "softmax_before_loss",
+    "dropout", "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes",
     # training config
-    "epochs", "batch_size", "optimizer", "lr", "momentum", "shuffle",
+    "epochs", "batch_size", "optimizer", "lr", "momentum", "shuffle", "eval_batch_size", "engine_requested",
     # data config
-    "dataset", "normalize", "train_limit", "test_limit", "permute_pixels", "permutation_seed", "data_source",
-    "torch_version", "python_version", "mnist_lab_version",
+    "dataset", "normalize", "train_limit", "test_limit", "permute_pixels", "permutation_seed", "data_dir", "data_source",
+    "torch_version", "torchvision_version", "python_version", "mnist_lab_version",
 ]
 EPOCH_COLUMNS = ["run_id", "epoch", "train_loss", "test_loss", "test_acc", "seconds"]
 ITERATION_COLUMNS = ["run_id", "epoch", "iteration", "loss"]
@@ -63,12 +63,22 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
     model = {k: (_fmt_tuple(v) if isinstance(v, tuple) else v) for k, v in asdict(model_cfg).items()}
     # config fields first, so what actually happened (device, engine) overrides what was asked
     row = {**asdict(data_cfg), **asdict(train_cfg), **model}
+    row["engine_requested"] = row.get("engine", "")
     row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or describe(model_cfg),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
-               conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__,
+               conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__, torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
     return {c: row.get(c) for c in RUN_COLUMNS}
+
+
+def _torchvision_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchvision")
+    except PackageNotFoundError:
+        return ""
 
 
 class ResultStore:
@@ -106,14 +116,17 @@ class ResultStore:
         self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row[c] for c in RUN_COLUMNS))
 
     def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
-        rows = [(run_id, (it - 1) // steps_per_epoch + 1, it, loss)
+        rows = [(run_id, (it - 1) // steps_per_epoch + 1, it, loss, run_id)
                 for it, loss in enumerate(losses, start=first_iteration)]
-        self._write("INSERT OR REPLACE INTO iterations VALUES (?, ?, ?, ?)", rows)
+        # a run deleted while it trains gets no orphan rows
+        self._write("INSERT OR REPLACE INTO iterations SELECT ?, ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)", rows)
 
     def add_epoch(self, run_id: str, m: EpochMetrics) -> None:
         with self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
-            self._conn.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
-                               (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds))
+            self._conn.execute("INSERT OR REPLACE INTO epochs SELECT ?, ?, ?, ?, ?, ? "
+                               "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
+                               (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds, run_id))
             self._conn.execute("UPDATE runs SET epochs_done = ?, final_test_acc = ? WHERE run_id = ?",
                                (m.epoch, m.test_acc, run_id))
 

@@ -132,3 +132,14 @@ def test_store_survives_a_killed_process(tmp_path, mnist_raw):
     assert runs.iloc[0].epochs_done == len(epochs)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_run_deleted_while_training_leaves_no_orphan_rows(tmp_path, mnist_raw):
+    store = ResultStore(tmp_path / "r.sqlite")
+
+    def delete_midway(event):
+        if event.kind == "epoch" and event.epoch == 1:
+            store.delete_runs([event.run_id])
+
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=2), TINY, store=store, on_progress=delete_midway)
+    assert store.runs().empty and store.epochs().empty and store.iterations().empty
