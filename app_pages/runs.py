@@ -70,12 +70,20 @@ st.dataframe(configs.astype(str), width="stretch")
 csv_button(configs.reset_index(names="field"), "configs.csv", key="runs_configs_csv_btn")
 
 
+# A run still training would keep writing rows for a run that no longer exists: stop it first.
+training = set(runs.loc[runs["status"] == "running", "run_id"]) & set(selected)
+deletable = [r for r in selected if r not in training]
+
+
 def delete() -> None:
-    store.delete_runs(st.session_state.runs_selected)
-    st.session_state.runs_selected = []
+    store.delete_runs(deletable)
+    st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r in training]
     st.session_state.runs_sure = False
 
 
-with st.expander(f"Delete the {len(selected)} selected run(s)"):
-    sure = st.checkbox("Yes, delete them with their iterations and epochs", key="runs_sure")
-    st.button("Delete", key="runs_delete_btn", disabled=not sure, on_click=delete)
+with st.expander(f"Delete the {len(deletable)} selected run(s)"):
+    if training:
+        st.caption(f":material/info: {len(training)} selected run(s) are still training and are not deleted: "
+                   "stop it first (the Stop button on its page), then delete it.")
+    sure = st.checkbox("Yes, delete them with their iterations and epochs", key="runs_sure", disabled=not deletable)
+    st.button("Delete", key="runs_delete_btn", disabled=not (sure and deletable), on_click=delete)

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from app_lib.shared import job_manager, quick_defaults
 from mnist_lab.experiments import run_single
 from mnist_lab.models import PRESETS, count_params
-from mnist_lab.store import DB_ENV, ResultStore
+from mnist_lab.store import DB_ENV, ResultStore, run_row
 from mnist_lab.train import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -224,3 +224,20 @@ def test_runs_page_overlays_and_deletes_stored_runs(db, tiny_data):
     assert not at.exception
     left = list(store.runs()["run_id"])
     assert len(left) == 1 and keep not in left
+
+
+def test_runs_page_does_not_delete_a_run_still_training(db, tiny_data):
+    store = ResultStore(db)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=store, data=tiny_data)
+    done = store.runs()["run_id"].item()
+    store.start_run(run_row("training-now", PRESETS["tiny-fc"].model, TrainConfig(), tiny_data.config,
+                            label="still training"))  # status 'running', as the recorder writes it
+    at = open_page("runs")
+    at.multiselect(key="runs_selected").set_value([done, "training-now"]).run()
+    assert any("still training" in c.value and "stop it first" in c.value for c in at.caption)
+    at.checkbox(key="runs_sure").check().run()
+    at.button(key="runs_delete_btn").click().run()
+    assert not at.exception
+    assert list(store.runs()["run_id"]) == ["training-now"]
+    assert at.multiselect(key="runs_selected").value == ["training-now"]
+    assert at.button(key="runs_delete_btn").disabled  # nothing left that may be deleted
