@@ -4,7 +4,10 @@ CSV tables as the app. Bad input ends with one clear line and exit code 2, never
 from __future__ import annotations
 
 import argparse
+import signal
+import sqlite3
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,7 +99,7 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
                           data_dir=args.data_dir)
     model.validate()
     data_cfg.validate()
-    train_cfg.validate()
+    train_cfg.validate(n_train=min(args.train_limit or 60000, 60000))  # before loading anything
     return model, train_cfg, data_cfg
 
 
@@ -127,7 +130,7 @@ def cmd_train(args) -> int:
     store = ResultStore(args.db)
     bar = _Bar(_steps(train_cfg, data_cfg), args.quiet)
     try:
-        result = run_single(model, train_cfg, data_cfg, store=store, on_progress=bar)
+        result = run_single(model, train_cfg, data_cfg, store=store, on_progress=bar, cancel=args.cancel)
     finally:
         bar.close()
     table = pd.DataFrame([dict(epoch=m.epoch, train_loss=round(m.train_loss, 4), test_loss=round(m.test_loss, 4),
@@ -152,7 +155,7 @@ def cmd_sweep(args) -> int:
     store = ResultStore(args.db)
     bar = _Bar(_steps(train_cfg, data_cfg) * len(cells) * sweep.seeds, args.quiet)
     try:
-        result = run_sweep(sweep, train_cfg, data_cfg, store=store, on_progress=bar)
+        result = run_sweep(sweep, train_cfg, data_cfg, store=store, on_progress=bar, cancel=args.cancel)
     finally:
         bar.close()
     summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
@@ -163,7 +166,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    _, train_cfg, data_cfg = _configs(args, default_preset="tiny-cnn")
+    _, train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)  # its optimiser and batch
     compare = CompareConfig(cnn=get_preset(args.cnn_preset).model, seeds=args.seeds,
                             permutation_seed=args.permutation_seed)
     models = compare.models()
@@ -171,7 +174,7 @@ def cmd_compare(args) -> int:
     store = ResultStore(args.db)
     bar = _Bar(_steps(train_cfg, data_cfg) * 4 * compare.seeds, args.quiet)
     try:
-        result = run_compare(compare, train_cfg, data_cfg, store=store, on_progress=bar)
+        result = run_compare(compare, train_cfg, data_cfg, store=store, on_progress=bar, cancel=args.cancel)
     finally:
         bar.close()
     pivot = result.summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
@@ -212,14 +215,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_ctrl_c(stop: threading.Event):
+    """First Ctrl-C: finish the current iteration, keep and write everything done ('stopped').
+    Second Ctrl-C: abort at once. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this iteration; what finished is kept (Ctrl-C again to abort)", file=sys.stderr)
+    return signal.signal(signal.SIGINT, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.cancel = threading.Event()
+    previous = _stop_on_ctrl_c(args.cancel)
     try:
-        return args.func(args)
+        code = args.func(args)
+        return 130 if args.cancel.is_set() else code
     except (ValueError, DataUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as exc:
+        print(f"error: {exc} (check the --out and --db paths)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: finished iterations and epochs are kept in the results database", file=sys.stderr)
+        print("aborted: finished iterations and epochs are kept in the results database", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -51,6 +51,8 @@ class TrainConfig:
             raise ValueError(f"Learning rate must be above 0 and at most 10; got {self.lr}.")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"Momentum must be in [0, 1); got {self.momentum}.")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"Seed must be between 0 and 2**63 - 1; got {self.seed}.")
         if self.engine not in ENGINES:
             raise ValueError(f"Engine must be one of {', '.join(ENGINES)}; got '{self.engine}'.")
         resolve_device(self.device)

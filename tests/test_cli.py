@@ -24,6 +24,10 @@ def test_presets_lists_the_four_networks(capsys):
     (["train", "--train-limit", "0"], ["train_limit"]),
     (["sweep", "--conv-layers", "4", "--kernel-sizes", "9", "--sweep-padding", "valid"], ["No cell"]),
     (["compare", "--seeds", "0"], ["seed"]),
+    (["train", "--seed", "99999999999999999999"], ["Seed must be"]),
+    (["train", "--train-limit", "10"], ["Batch size 64 is larger than the 10 training images"]),
+    (["train", "--kind", "fc", "--conv-channels", "10", "20"], ["no conv blocks"]),
+    (["train", "--data-dir", "/nonexistent/mnist"], ["/nonexistent/mnist", "does not exist"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, capsys, tmp_path):
     assert main([*argv, "--db", str(tmp_path / "r.sqlite"), "--quiet"]) == 2
@@ -75,3 +79,48 @@ def test_lab5_one_epoch_reaches_the_lab_accuracy(tmp_path, mnist_raw):
     iters = pd.read_csv(out / "iterations.csv")
     assert len(iters) == 938
     assert pd.read_csv(out / "epochs.csv").iloc[0].test_acc >= 0.955
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, capsys, mnist_raw):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    common = ["train", "--preset", "tiny-fc", "--train-limit", "64", "--device", "cpu", "--quiet"]
+    assert main([*common, "--db", str(tmp_path / "r.sqlite"), "--out", str(a_file)]) == 2
+    assert main([*common, "--db", str(a_file / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 2 and "Traceback" not in err and "--out and --db" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_keeps_and_writes_what_finished(tmp_path, mnist_raw):
+    """SIGINT after the first epoch: exit 130, the run is 'stopped', its CSVs are written."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_lab", "train", "--preset", "tiny-fc", "--epochs", "50",
+                             "--train-limit", "20000", "--device", "cpu", "--db", str(db), "--out", str(out),
+                             "--quiet"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(db, timeout=5) as conn:
+                if conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] >= 1:
+                    break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    runs = pd.read_csv(out / "runs.csv")
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert runs.iloc[0].status == "stopped" and runs.iloc[0].epochs_done == len(epochs) >= 1
+    assert len(pd.read_csv(out / "iterations.csv")) >= len(epochs) * (20000 // 64 + 1)
