@@ -100,6 +100,8 @@ def test_train_live_chart_stop_and_csv(app, browser):
     assert all(float(r["loss"]) > 0 for r in rows)
     run_id = rows[0]["run_id"]
     assert ResultStore(db).runs([run_id])["status"].item() == "finished"
+    stored = ResultStore(db).iterations([run_id])
+    assert [float(r["loss"]) for r in rows] == pytest.approx(list(stored["loss"]), rel=1e-6)  # the store's losses
 
     # A longer run (60,000 images x 20 epochs), stopped once its chart is live.
     page.goto(f"{url}/train?preset=tiny-fc&train_limit=60000&epochs=20")
@@ -115,4 +117,6 @@ def test_train_live_chart_stop_and_csv(app, browser):
     assert run["status"].item() == "stopped"
     assert 0 < len(rows) < 20 * 938  # partial, and every recorded iteration is in the file
     assert [int(r["iteration"]) for r in rows] == list(range(1, len(rows) + 1))
+    stored = ResultStore(db).iterations([rows[0]["run_id"]])
+    assert [float(r["loss"]) for r in rows] == pytest.approx(list(stored["loss"]), rel=1e-6)
     page.close()
