@@ -174,14 +174,18 @@ def epoch_order(n: int, shuffle: bool, generator: torch.Generator) -> torch.Tens
 
 
 @torch.inference_mode()
-def _evaluate_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy, number correct) over x, y as device tensors; no host sync."""
+def _evaluate_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   cancel: CancelFlag | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(summed cross-entropy, number correct) over x, y as device tensors; no host sync.
+    None when `cancel` is set part-way (a big network on a CPU evaluates for many seconds)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for i in range(0, len(x), batch_size):
+        if cancel is not None and cancel.is_set():
+            model.train(was_training)
+            return None
         out = model(x[i:i + batch_size])
         yb = y[i:i + batch_size]
         loss_sum += F.cross_entropy(out, yb, reduction="sum")
@@ -325,7 +329,11 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
             log.flush(epoch)
             if stopped:
                 break
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, train_cfg.eval_batch_size)
+            sums = _evaluate_sums(model, data.x_test, data.y_test, train_cfg.eval_batch_size, cancel)
+            if sums is None:  # stopped while evaluating: this epoch's metrics are not kept
+                stopped = True
+                break
+            test_loss, test_acc = _read_sums(*sums, len(data.x_test))
             log.epoch_done(epoch, epoch_t0, test_loss, test_acc)
     return log.finish(stopped)
 

@@ -169,6 +169,20 @@ def test_cancel_mid_epoch_keeps_the_finished_iterations(tiny_data, reference):
     assert metrics_without_time(result) == metrics_without_time(reference)[:1]  # epoch 2 never finished
 
 
+def test_cancel_during_the_test_evaluation_drops_only_that_epoch(tiny_data, reference):
+    """Stop lands after an epoch's last iteration, before its evaluation ends: the iterations
+    are kept, the unfinished epoch's metrics are not."""
+    cancel = threading.Event()
+
+    def on_progress(event):
+        if event.kind == "iterations" and event.step == 8:  # epoch 1's last step
+            cancel.set()
+
+    result = train(LAB5, cfg(epochs=3, progress_every_s=0), tiny_data, on_progress=on_progress, cancel=cancel)
+    assert result.status == "stopped"
+    assert result.losses == reference.losses[:8] and result.epochs == []
+
+
 def test_cancel_before_the_start(tiny_data):
     cancel = threading.Event()
     cancel.set()
