@@ -288,7 +288,8 @@ def summarize_over_seeds(table: pd.DataFrame, by: list[str], value: str = "test_
     grouped = done.groupby(by, sort=False)[value]
     out = grouped.agg(n="count", mean="mean", sd="std").reset_index()
     out["sd"] = out["sd"].fillna(0.0)
-    out["text"] = [f"{100 * m:.2f}% ± {100 * s:.2f}" for m, s in zip(out["mean"], out["sd"])]
+    out["text"] = [f"{100 * m:.2f}% ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}% (1 run, no spread)"
+                   for m, s, n in zip(out["mean"], out["sd"], out["n"])]
     return out
 
 
@@ -317,7 +318,10 @@ def read_compare(summary: pd.DataFrame) -> str:
                      "try more seeds or another epoch.")
     sds = [100 * cell[k].sd for k in need]
     n = min(cell[k].n for k in need)
-    lines.append(f"Spread over {n} seed(s): standard deviations between {min(sds):.2f} and {max(sds):.2f} points.")
+    if n > 1:
+        lines.append(f"Spread over {n} seeds: standard deviations between {min(sds):.2f} and {max(sds):.2f} points.")
+    else:
+        lines.append("One seed per cell gives no spread: run 3 or more seeds before trusting a gap of a point or two.")
     return " ".join(lines)
 
 

@@ -89,6 +89,7 @@ def test_summary_is_mean_and_sample_sd():
     s = summarize_over_seeds(table, ["model"]).set_index("model")
     assert s.loc["A", "mean"] == pytest.approx(0.92) and s.loc["A", "sd"] == pytest.approx(0.02)
     assert s.loc["B", "sd"] == 0.0 and s.loc["A", "text"] == "92.00% ± 2.00"
+    assert s.loc["B", "text"] == "50.00% (1 run, no spread)"
     stopped = table.assign(status=["finished", "finished", "stopped", "finished"])
     assert summarize_over_seeds(stopped, ["model"]).set_index("model").loc["A", "n"] == 2
 
@@ -105,6 +106,7 @@ def test_reading_follows_the_numbers():
     odd = read_compare(_summary(0.96, 0.88, 0.85, 0.80))
     assert "trails" in odd and "locality" not in odd
     assert "nothing to compare" in read_compare(_summary(0.9, 0.9, 0.9, 0.9).iloc[:2])
+    assert "no spread" in read_compare(_summary(0.88, 0.96, 0.85, 0.80).assign(n=1))
 
 
 @pytest.mark.slow
