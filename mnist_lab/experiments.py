@@ -71,12 +71,13 @@ def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainCo
     records iterations and epochs as they arrive."""
     if store is None:
         return None
+    recorders = {}
     for (model_cfg, train_cfg, label), run_id in zip(jobs, run_ids):
         store.start_run(run_row(run_id, model_cfg, train_cfg, data_cfg, experiment=experiment, group_id=group_id,
                                 label=label, device=device_label(data.device), params=count_params(model_cfg),
                                 data_source=data.source, started_at=pd.Timestamp.now(tz="UTC").isoformat()))
-    steps_per_epoch = -(-len(data.x_train) // jobs[0][1].batch_size)
-    return store.recorder(steps_per_epoch)
+        recorders[run_id] = store.recorder(-(-len(data.x_train) // train_cfg.batch_size))  # steps per epoch
+    return lambda event: recorders[event.run_id](event)
 
 
 def _finish_runs(store: ResultStore | None, results: list[RunResult]) -> None:

@@ -149,3 +149,14 @@ def test_sweep_on_a_gpu_trains_side_by_side_and_records_every_run(tmp_path, mnis
     first = result.results[0]
     alone = run_single(first.model_cfg, first.train_cfg, TINY)
     assert alone.losses == pytest.approx(first.losses, rel=1e-3, abs=1e-4)
+
+
+def test_run_many_records_each_run_with_its_own_epoch_length(tmp_path, mnist_raw):
+    from mnist_lab.experiments import run_many
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    jobs = [(PRESETS["tiny-fc"].model, TrainConfig(epochs=2, batch_size=bs), f"batch {bs}") for bs in (64, 32)]
+    results = run_many(jobs, TINY, store=store)
+    for result, per_epoch in zip(results, (2, 4)):  # 128 images / 64 and / 32
+        iters = store.iterations([result.run_id])
+        assert iters["epoch"].tolist() == [1] * per_epoch + [2] * per_epoch
