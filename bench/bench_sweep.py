@@ -5,6 +5,7 @@ optimiser (SGD lr 0.01, momentum 0.5), by the fastest path this machine has.
     python bench/bench_sweep.py                     # the whole sweep (135 model-epochs)
     python bench/bench_sweep.py --quick             # a CPU smoke run: 2 x 2 cells, 1 seed, 2,000 images
     python bench/bench_sweep.py --mode sequential   # one run after another through train()
+    python bench/bench_sweep.py --engine stacked    # each cell's seeds as one stacked network
 
 Prints a table of every run's final test accuracy, then `sweep wall: X.XX s`.
 """
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=None, help="runs per cell (default 3; 1 with --quick)")
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--kernels", type=int, nargs="+", default=[3, 5, 7])
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images only")
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="CPU smoke: 1-2 layers x k3/k5, 1 seed, 1 epoch, 2,000 images")
     args = parser.parse_args(argv)
     if args.quick:
-        args.layers, args.kernels, args.seeds, args.epochs = [1, 2], [3, 5], 1, 1
+        args.layers, args.kernels, args.epochs = [1, 2], [3, 5], 1
+        args.seeds = args.seeds or 1
         args.train_limit = args.train_limit or 2000
+    args.seeds = args.seeds or 3
 
     device = resolve_device(args.device)
     preset = get_preset("lab5")

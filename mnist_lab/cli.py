@@ -18,7 +18,7 @@ from .experiments import (CompareConfig, SweepConfig, run_compare, run_single, r
                           summarize_over_seeds)
 from .models import PRESETS, ModelConfig, count_params, get_preset
 from .store import ResultStore, default_db_path
-from .train import Progress, TrainConfig
+from .train import ENGINES, Progress, TrainConfig
 
 
 class _Bar:
@@ -50,6 +50,9 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-shuffle", action="store_true", help="same batch order every epoch")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    g.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="training path: auto (the fastest measured: CUDA graphs on a GPU), plain (the reference "
+                        "loop), cuda-graph, stacked (sweep/compare: a cell's seeds as one network)")
     d = p.add_argument_group("data")
     d.add_argument("--train-limit", type=int, help="use only the first N training images")
     d.add_argument("--normalize", choices=["mnist", "half", "none"])
@@ -93,7 +96,7 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
     train_cfg = TrainConfig(epochs=pick(args.epochs, 1), batch_size=pick(args.batch_size, preset.batch_size),
                             optimizer=pick(args.optimizer, preset.optimizer), lr=pick(args.lr, preset.lr),
                             momentum=pick(args.momentum, preset.momentum), seed=args.seed,
-                            device=args.device, shuffle=not args.no_shuffle)
+                            device=args.device, shuffle=not args.no_shuffle, engine=args.engine)
     data_cfg = DataConfig(normalize=pick(args.normalize, preset.normalize), train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
                           data_dir=args.data_dir)

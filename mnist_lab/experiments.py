@@ -111,14 +111,16 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
 def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataConfig, *,
              store: ResultStore | None = None, on_progress: ProgressFn | None = None,
              cancel: CancelFlag | None = None, experiment: str = "sweep", group_id: str = "") -> list[RunResult]:
-    """Train (model, training, label) jobs sharing one dataset. On a GPU they train side by
-    side (`train_many`); elsewhere one after another. Each result is what it would be alone."""
+    """Train (model, training, label) jobs sharing one dataset. On a GPU, or when they ask for
+    the 'stacked' engine, through `train_many` (side by side, or stacked); otherwise one after
+    another. Each result is what it would be alone."""
     if not jobs:
         return []
     data = get_data(data_cfg, jobs[0][1].device)
     for model_cfg, train_cfg, _ in jobs:
         _check(model_cfg, train_cfg, data)
-    if data.device.type != "cuda" or len(jobs) == 1:
+    together = data.device.type == "cuda" or any(t.engine == "stacked" for _, t, _ in jobs)
+    if not together or len(jobs) == 1:
         results = []
         for model_cfg, train_cfg, label in jobs:
             if cancel is not None and cancel.is_set():

@@ -106,7 +106,7 @@ class GraphStep:
         self.pos = torch.zeros((), dtype=torch.long, device=device)  # where the next batch starts in `order`
         self.at = torch.zeros((), dtype=torch.long, device=device)  # the global iteration: its slot in `losses`
         self.offsets = torch.arange(batch_size, device=device)
-        self.graph = self._capture(warmup_steps) if self.full_steps else None
+        self.graph = capture_graph(self, warmup_steps) if self.full_steps else None
 
     def _step(self, size: int) -> None:
         """The plain loop's step (zero_grad aside: a replay overwrites the grads it captured)."""
@@ -118,46 +118,6 @@ class GraphStep:
         self.losses.index_copy_(0, self.at.view(1), loss.detach().view(1))
         self.pos += size
         self.at += 1
-
-    def _capture(self, warmup_steps: int) -> torch.cuda.CUDAGraph:
-        model, optimizer = self.model, self.optimizer
-        start = {k: v.clone() for k, v in model.state_dict().items()}
-        device = self.x_train.device
-        stream = torch.cuda.current_stream(device)
-        # Capture needs a stream other than the default one. A run that already has its own
-        # (train_many) captures there: PyTorch's pool holds 32 streams, and a second one per run
-        # would hand two runs the same stream and serialise them.
-        side = stream if stream != torch.cuda.default_stream(device) else torch.cuda.Stream(device)
-        side.wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(side):
-            # Eager warm-up steps create the optimiser state and let cuDNN/cuBLAS settle.
-            for _ in range(warmup_steps):
-                self.pos.zero_()
-                self.at.zero_()
-                optimizer.zero_grad(set_to_none=True)
-                self._step(self.batch_size)
-            self.pos.zero_()
-            self.at.zero_()
-            optimizer.zero_grad(set_to_none=True)  # backward allocates the grads inside the graph
-            graph.capture_begin(capture_error_mode="thread_local")
-            try:
-                self._step(self.batch_size)
-            finally:
-                graph.capture_end()
-            # Capturing ran nothing, but the warm-up trained: go back to the run's start. Zeroed
-            # optimiser state is exactly a fresh one (SGD: momentum 0*m + g = g; Adam: step 0).
-            with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    v.copy_(start[k])
-            for state in optimizer.state.values():
-                for v in state.values():
-                    if torch.is_tensor(v):
-                        v.zero_()
-            self.pos.zero_()
-            self.at.zero_()
-        stream.wait_stream(side)
-        return graph
 
     def start_epoch(self, order: torch.Tensor) -> None:
         """Make `order` (a CPU or device permutation of the training set) this epoch's batch order."""
@@ -173,3 +133,47 @@ class GraphStep:
         else:
             self.optimizer.zero_grad(set_to_none=True)  # fresh grads, not added to the graph's
             self._step(self.tail)
+
+
+def capture_graph(stepper, warmup_steps: int = 2) -> torch.cuda.CUDAGraph:
+    """Capture `stepper._step(stepper.batch_size)` as a CUDA graph, after a few eager warm-up steps,
+    then put the model, the optimiser state and the counters back where the run starts. `stepper`
+    has model, optimizer, pos, at, batch_size, x_train and _step (GraphStep, stacked.StackedStep)."""
+    model, optimizer = stepper.model, stepper.optimizer
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    device = stepper.x_train.device
+    stream = torch.cuda.current_stream(device)
+    # Capture needs a stream other than the default one. A run that already has its own
+    # (train_many) captures there: PyTorch's pool holds 32 streams, and a second one per run
+    # would hand two runs the same stream and serialise them.
+    side = stream if stream != torch.cuda.default_stream(device) else torch.cuda.Stream(device)
+    side.wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        # Eager warm-up steps create the optimiser state and let cuDNN/cuBLAS settle.
+        for _ in range(warmup_steps):
+            stepper.pos.zero_()
+            stepper.at.zero_()
+            optimizer.zero_grad(set_to_none=True)
+            stepper._step(stepper.batch_size)
+        stepper.pos.zero_()
+        stepper.at.zero_()
+        optimizer.zero_grad(set_to_none=True)  # backward allocates the grads inside the graph
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            stepper._step(stepper.batch_size)
+        finally:
+            graph.capture_end()
+        # Capturing ran nothing, but the warm-up trained: go back to the run's start. Zeroed
+        # optimiser state is exactly a fresh one (SGD: momentum 0*m + g = g; Adam: step 0).
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(start[k])
+        for state in optimizer.state.values():
+            for v in state.values():
+                if torch.is_tensor(v):
+                    v.zero_()
+        stepper.pos.zero_()
+        stepper.at.zero_()
+    stream.wait_stream(side)
+    return graph

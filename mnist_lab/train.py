@@ -5,11 +5,12 @@ reference; `fast.py` replays the same step as a CUDA graph (engine 'cuda-graph')
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, Protocol, Sequence
 
@@ -20,7 +21,10 @@ from .data import DataConfig, TensorData
 from .models import ModelConfig, build_model, count_params
 
 OPTIMIZERS = ("sgd", "adam")
-ENGINES = ("auto", "plain", "cuda-graph")  # "auto": the fastest path that supports the run
+# "auto": the fastest measured path that supports the run. "stacked" (train_many only): runs that
+# differ only in their seed train as one vmapped network (stacked.py); "auto" does not pick it
+# until it is measured faster on a GPU.
+ENGINES = ("auto", "plain", "cuda-graph", "stacked")
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ class RunResult:
     data_cfg: DataConfig
     params: int
     device: str
-    engine: str  # which training path ran: "plain" or "cuda-graph"
+    engine: str  # which training path ran: "plain", "cuda-graph" or "stacked"
     status: str  # "finished" or "stopped"
     losses: list[float] = field(default_factory=list)  # one per iteration, in order
     epochs: list[EpochMetrics] = field(default_factory=list)
@@ -216,11 +220,13 @@ class _RunLog:
     read back in chunks, progress events, epoch metrics."""
 
     def __init__(self, run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
-                 model: torch.nn.Module, engine: str, emit: Callable[[Progress], None]):
+                 model: torch.nn.Module, engine: str, emit: Callable[[Progress], None],
+                 losses: torch.Tensor | None = None):
         device = data.device
         self.steps_per_epoch = math.ceil(len(data.x_train) / train_cfg.batch_size)
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
-        self.losses = torch.zeros(self.total_steps, device=device)  # filled on the device
+        # filled on the device; a run in a stack gets its row of the stack's buffer
+        self.losses = torch.zeros(self.total_steps, device=device) if losses is None else losses
         self.result = RunResult(run_id=run_id, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data.config,
                                 params=count_params(model), device=device_label(device), engine=engine,
                                 status="running", steps_per_epoch=self.steps_per_epoch,
@@ -343,8 +349,10 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
                run_ids: Sequence[str] | None = None) -> list[RunResult]:
     """Train every (model_cfg, train_cfg) job; result k is what `train(*jobs[k], data)` returns
     alone. On a GPU the runs the cuda-graph engine supports train side by side, each replaying
-    its own graph on its own CUDA stream (the same kernels, so the same losses); the rest run
-    one after another. Events from all runs go to `on_progress`, told apart by run_id."""
+    its own graph on its own CUDA stream (the same kernels, so the same losses). Runs that ask
+    for engine 'stacked' and differ only in their seed train as one stacked network (stacked.py),
+    alongside the others on a GPU; the rest run one after another. Events from all runs go to
+    `on_progress`, told apart by run_id."""
     jobs = list(jobs)
     for model_cfg, train_cfg in jobs:
         model_cfg.validate()
@@ -352,56 +360,106 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
     run_ids = list(run_ids) if run_ids is not None else [new_run_id() for _ in jobs]
     emit = on_progress or (lambda e: None)
     results: list[RunResult | None] = [None] * len(jobs)
-
     devices = [resolve_device(t.device) for _, t in jobs]
-    together = [k for k, (m, t) in enumerate(jobs)
-                if select_engine(m, t, devices[k]) == "cuda-graph" and devices[k] == devices[0]]
-    if len(together) > 1:
-        done = _train_side_by_side([jobs[k] for k in together], _on_device(data, devices[0]), emit, cancel,
-                                   [run_ids[k] for k in together])
-        for k, result in zip(together, done):
-            results[k] = result
+
+    units: dict[torch.device, list[list[int]]] = {}  # per device: groups of job indices trained together
+    for group in _stack_groups(jobs, devices):
+        units.setdefault(devices[group[0]], []).append(group)
+    stacked = {k for groups in units.values() for group in groups for k in group}
+    singles = [k for k, (m, t) in enumerate(jobs) if k not in stacked
+               and select_engine(m, t, devices[k]) == "cuda-graph" and devices[k] == devices[0]]
+    if len(singles) > 1 or (singles and devices[0] in units):
+        units.setdefault(devices[0], []).extend([k] for k in singles)
+    for device, groups in units.items():
+        done = _train_side_by_side([[jobs[k] for k in group] for group in groups], _on_device(data, device),
+                                   emit, cancel, [[run_ids[k] for k in group] for group in groups])
+        for group, group_results in zip(groups, done):
+            for k, result in zip(group, group_results):
+                results[k] = result
     for k, (model_cfg, train_cfg) in enumerate(jobs):
         if results[k] is None:
             results[k] = train(model_cfg, train_cfg, data, emit, cancel, run_ids[k])
     return results
 
 
+def _stack_groups(jobs: list[tuple[ModelConfig, TrainConfig]], devices: list[torch.device]) -> list[list[int]]:
+    """Indices of the jobs that train as stacks: two or more that ask for 'stacked', whose network
+    can be stacked, and that differ in nothing but their seed."""
+    from .stacked import stacked_unsupported
+
+    groups: dict[tuple, list[int]] = {}
+    for k, (model_cfg, train_cfg) in enumerate(jobs):
+        if train_cfg.engine == "stacked" and stacked_unsupported(model_cfg) is None:
+            key = (model_cfg, replace(train_cfg, seed=0), devices[k])
+            groups.setdefault(key, []).append(k)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 @dataclass
-class _SideRun:
-    """One run of `_train_side_by_side`: its stream, graph and where it is."""
+class _Unit:
+    """What `_train_side_by_side` steps as one: a single run's graph, or a stack of runs (all
+    sharing one TrainConfig but the seed), with its stream and where it is."""
 
     cfg: TrainConfig
-    model: torch.nn.Module
-    graph: object  # fast.GraphStep
-    log: _RunLog
-    stream: torch.cuda.Stream
-    order_gen: torch.Generator
+    stepper: object  # fast.GraphStep or stacked.StackedStep
+    logs: list[_RunLog]
+    models: list[torch.nn.Module]  # one per run, for the test evaluation
+    stream: torch.cuda.Stream | None
+    order_gens: list[torch.Generator]
     epoch: int = 1
     i: int = 0  # iteration within the epoch
     epoch_t0: float = 0.0
 
+    def start_epoch(self, n: int) -> None:
+        self.epoch_t0 = time.perf_counter()
+        orders = [epoch_order(n, self.cfg.shuffle, gen) for gen in self.order_gens]
+        self.stepper.start_epoch(orders if len(self.logs) > 1 else orders[0])  # a stack has 2 or more runs
 
-def _train_side_by_side(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData,
-                        emit: Callable[[Progress], None], cancel: CancelFlag | None,
-                        run_ids: list[str]) -> list[RunResult]:
-    """Runs that all take the cuda-graph engine on one device, one CUDA stream each, their graph
-    replays issued in turn; host syncs only to read losses back and at epoch ends."""
-    from .fast import GraphStep, fast_convs
 
+def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, emit: Callable[[Progress], None],
+               run_ids: list[str]) -> _Unit:
     device = data.device
-    runs: list[_SideRun] = []
-    for (model_cfg, train_cfg), run_id in zip(jobs, run_ids):
-        stream = torch.cuda.Stream(device)
+    model_cfg, train_cfg = jobs[0]
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    if stream is not None:
         stream.wait_stream(torch.cuda.current_stream(device))  # the data was made there
-        with torch.cuda.stream(stream):
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        gens = [torch.Generator().manual_seed(t.seed) for _, t in jobs]
+        if len(jobs) == 1:
+            from .fast import GraphStep, fast_convs
+
             model = fast_convs(init_model(model_cfg, train_cfg.seed, device))
             optimizer = make_optimizer(model, train_cfg, capturable=True)
-            log = _RunLog(run_id, model_cfg, train_cfg, data, model, "cuda-graph", emit)
-            graph = GraphStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, log.losses)
-        runs.append(_SideRun(train_cfg, model, graph, log, stream, torch.Generator().manual_seed(train_cfg.seed)))
+            log = _RunLog(run_ids[0], model_cfg, train_cfg, data, model, "cuda-graph", emit)
+            stepper = GraphStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, log.losses)
+            return _Unit(train_cfg, stepper, [log], [model], stream, gens)
+        from .stacked import StackedModel, StackedStep
 
-    active = list(runs)
+        members = [init_model(m, t.seed, device) for m, t in jobs]
+        model = StackedModel(members)
+        optimizer = make_optimizer(model, train_cfg, capturable=device.type == "cuda")
+        steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
+        losses = torch.zeros(len(jobs), steps, device=device)
+        logs = [_RunLog(run_id, m, t, data, members[s], "stacked", emit, losses=losses[s])
+                for s, ((m, t), run_id) in enumerate(zip(jobs, run_ids))]
+        stepper = StackedStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, losses)
+        return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens)
+
+
+def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
+                        emit: Callable[[Progress], None], cancel: CancelFlag | None,
+                        run_ids: list[list[str]]) -> list[list[RunResult]]:
+    """Units of runs on one device, stepped in turn: on a GPU each unit (one run's CUDA graph, or a
+    stack of runs) on its own CUDA stream, host syncs only to read losses back and at epoch ends;
+    on the CPU one step after another. Returns each unit's results."""
+    device = data.device
+    on_gpu = device.type == "cuda"
+    units = [_make_unit(jobs, data, emit, ids) for jobs, ids in zip(units_jobs, run_ids)]
+
+    def on_stream(unit: _Unit):
+        return torch.cuda.stream(unit.stream) if on_gpu else contextlib.nullcontext()
+
+    active = list(units)
     stopped = False
     marks: deque[list[torch.cuda.Event]] = deque()  # one event per active stream, every 8 rounds
     rounds = 0
@@ -410,42 +468,51 @@ def _train_side_by_side(jobs: list[tuple[ModelConfig, TrainConfig]], data: Tenso
             stopped = True
             break
         ending = []
-        for run in active:
-            with torch.cuda.stream(run.stream):
-                if run.i == 0:
-                    run.epoch_t0 = time.perf_counter()
-                    run.graph.start_epoch(epoch_order(len(data.x_train), run.cfg.shuffle, run.order_gen))
-                run.graph.step(run.i)
-            run.i += 1
-            run.log.step += 1
-            if run.i == run.log.steps_per_epoch:
-                ending.append(run)
+        for unit in active:
+            with on_stream(unit):
+                if unit.i == 0:
+                    unit.start_epoch(len(data.x_train))
+                unit.stepper.step(unit.i)
+            unit.i += 1
+            for log in unit.logs:
+                log.step += 1
+            if unit.i == unit.logs[0].steps_per_epoch:
+                ending.append(unit)
         rounds += 1
-        if rounds % 8 == 0:  # keep at most ~24 rounds queued: progress, cancel and epoch ends stay prompt
-            marks.append([run.stream.record_event() for run in active])
+        if on_gpu and rounds % 8 == 0:  # keep at most ~24 rounds queued: progress, cancel and epoch ends stay prompt
+            marks.append([unit.stream.record_event() for unit in active])
             if len(marks) > 2:
                 for event in marks.popleft():
                     event.synchronize()
         if ending:
             sums = []
-            for run in ending:  # queue every evaluation before waiting for any
-                with torch.cuda.stream(run.stream):
-                    sums.append(_evaluate_sums(run.model, data.x_test, data.y_test, run.cfg.eval_batch_size))
-            for run, (loss_sum, correct) in zip(ending, sums):
-                with torch.cuda.stream(run.stream):
-                    run.log.flush(run.epoch)
-                    test_loss, test_acc = _read_sums(loss_sum, correct, len(data.x_test))
-                run.log.epoch_done(run.epoch, run.epoch_t0, test_loss, test_acc)
-                run.epoch, run.i = run.epoch + 1, 0
-                if run.epoch > run.cfg.epochs:
-                    active.remove(run)
-                    run.log.finish(False)
-        elif active and active[0].log.due():
-            for run in active:
-                with torch.cuda.stream(run.stream):
-                    run.log.flush(run.epoch, timed=True)
-    for run in active:
-        with torch.cuda.stream(run.stream):
-            run.log.flush(run.epoch)
-        run.log.finish(stopped)
-    return [run.log.result for run in runs]
+            for unit in ending:  # queue every evaluation before waiting for any
+                with on_stream(unit):
+                    sums.append([_evaluate_sums(model, data.x_test, data.y_test, unit.cfg.eval_batch_size, cancel)
+                                 for model in unit.models])
+            if any(s is None for unit_sums in sums for s in unit_sums):  # stopped while evaluating
+                stopped = True
+                break
+            for unit, unit_sums in zip(ending, sums):
+                for log, (loss_sum, correct) in zip(unit.logs, unit_sums):
+                    with on_stream(unit):
+                        log.flush(unit.epoch)
+                        test_loss, test_acc = _read_sums(loss_sum, correct, len(data.x_test))
+                    log.epoch_done(unit.epoch, unit.epoch_t0, test_loss, test_acc)
+                unit.epoch, unit.i = unit.epoch + 1, 0
+                if unit.epoch > unit.cfg.epochs:
+                    active.remove(unit)
+                    for log in unit.logs:
+                        log.finish(False)
+        elif active and active[0].logs[0].due():
+            for unit in active:
+                with on_stream(unit):
+                    for log in unit.logs:
+                        log.flush(unit.epoch, timed=True)
+    for unit in active:
+        with on_stream(unit):
+            for log in unit.logs:
+                log.flush(unit.epoch)
+        for log in unit.logs:
+            log.finish(stopped)
+    return [[log.result for log in unit.logs] for unit in units]

@@ -70,6 +70,21 @@ def test_sweep_and_compare_write_their_tables(tmp_path, capsys, mnist_raw):
     assert "FC: 6,442 parameters vs CNN: 6,422 parameters" in printed and "permuted" in printed
 
 
+def test_a_sweep_can_stack_each_cells_seeds(tmp_path, capsys, mnist_raw):
+    argv = ["sweep", "--conv-layers", "1", "2", "--kernel-sizes", "3", "--seeds", "2", "--base-channels", "4",
+            "--epochs", "1", "--train-limit", "128", "--device", "cpu", "--db", str(tmp_path / "r.sqlite"), "--quiet"]
+    assert main([*argv, "--engine", "stacked", "--out", str(tmp_path / "stacked")]) == 0
+    assert main([*argv, "--engine", "plain", "--out", str(tmp_path / "plain")]) == 0
+    stacked, plain = (pd.read_csv(tmp_path / d / "runs.csv") for d in ("stacked", "plain"))
+    assert set(stacked["engine"]) == {"stacked"} and set(plain["engine"]) == {"plain"}
+    assert set(stacked["engine_requested"]) == {"stacked"}
+    a, b = (pd.read_csv(tmp_path / d / "sweep.csv").sort_values(["conv_layers", "seed"]) for d in ("stacked", "plain"))
+    assert a["test_acc"].tolist() == pytest.approx(b["test_acc"].tolist(), abs=0.01)
+    with pytest.raises(SystemExit) as exit_:  # argparse's own refusal: usage line and the choices
+        main(["train", "--engine", "turbo", "--quiet"])
+    assert exit_.value.code == 2 and "invalid choice: 'turbo'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_lab5_one_epoch_reaches_the_lab_accuracy(tmp_path, mnist_raw):
     """The issue's acceptance run: lab5, 1 epoch on the CPU, ≥ 95.5% and 938 iteration rows."""

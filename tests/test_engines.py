@@ -53,7 +53,7 @@ def test_a_fast_engine_asked_for_on_the_cpu_falls_back_and_says_so(data500):
 
 
 def test_an_unknown_engine_is_refused(data500):
-    with pytest.raises(ValueError, match="Engine must be one of auto, plain, cuda-graph; got 'turbo'."):
+    with pytest.raises(ValueError, match="Engine must be one of auto, plain, cuda-graph, stacked; got 'turbo'."):
         train(LAB5, cfg(engine="turbo"), data500)
 
 
@@ -98,6 +98,69 @@ def test_train_many_cancelled_before_the_start_trains_nothing(data500):
     cancel.set()
     many = train_many([(LAB5, cfg()), (LAB5, cfg(seed=1))], data500, cancel=cancel)
     assert [(r.status, r.losses) for r in many] == [("stopped", []), ("stopped", [])]
+
+
+# ------------------------------------------------------------------------- stacked seeds
+
+def assert_alone(result, alone, rtol=1e-4, atol=2e-6):
+    """A stacked run against the same run trained alone: the grouped convolution sums in another
+    order, so the losses agree to float rounding, and every epoch's test metrics with them."""
+    assert (result.status, len(result.losses)) == (alone.status, len(alone.losses))
+    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(alone.losses), rtol=rtol, atol=atol)
+    for f, p in zip(result.epochs, alone.epochs, strict=True):
+        assert (f.epoch, f.test_acc) == (p.epoch, pytest.approx(p.test_acc, abs=0.003))
+        assert f.test_loss == pytest.approx(p.test_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("model_cfg,extra", [
+    (LAB5, {}),
+    (cnn_config(2, 3, hidden=(32,), padding="same"), {"optimizer": "adam", "lr": 0.003}),
+    (dataclasses.replace(get_preset("tiny-fc").model, softmax_before_loss=True), {"shuffle": False}),
+])
+def test_stacked_seeds_train_as_if_each_were_alone(data500, model_cfg, extra):
+    jobs = [(model_cfg, cfg(epochs=2, seed=seed, engine="stacked", **extra)) for seed in (3, 1, 4)]
+    events = []
+    many = train_many(jobs, data500, on_progress=events.append, run_ids=["a", "b", "c"])
+    assert [(r.run_id, r.engine) for r in many] == [("a", "stacked"), ("b", "stacked"), ("c", "stacked")]
+    assert len({tuple(r.losses) for r in many}) == 3  # three different runs, not one run three times
+    for (m, t), result in zip(jobs, many):
+        alone = train(m, dataclasses.replace(t, engine="plain"), data500)
+        assert result.train_cfg == t and result.model_cfg == m
+        assert_alone(result, alone)
+        mine = [e for e in events if e.run_id == result.run_id]
+        assert [loss for e in mine if e.kind == "iterations" for loss in e.losses] == result.losses
+        assert [e.metrics for e in mine if e.kind == "epoch"] == result.epochs
+        assert mine[-1].kind == "end" and mine[-1].status == "finished"
+
+
+def test_only_runs_that_differ_in_the_seed_alone_are_stacked(data500):
+    dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
+    jobs = [(LAB5, cfg(seed=0, engine="stacked")), (LAB5, cfg(seed=1, engine="stacked")),
+            (LAB5, cfg(seed=2, engine="stacked", lr=0.05)),  # another learning rate: trains alone
+            (dropout, cfg(seed=0, engine="stacked")), (dropout, cfg(seed=1, engine="stacked")),  # dropout: alone
+            (LAB5, cfg(seed=3))]  # did not ask
+    many = train_many(jobs, data500)
+    assert [r.engine for r in many] == ["stacked", "stacked", "plain", "plain", "plain", "plain"]
+    for (m, t), result in zip(jobs[2:], many[2:]):
+        assert result.losses == train(m, t, data500).losses  # the plain loop itself, bit for bit
+
+
+def test_a_stopped_stack_keeps_every_finished_iteration_of_every_member(data500):
+    jobs = [(LAB5, cfg(epochs=3, seed=seed, engine="stacked", progress_every_s=0)) for seed in (0, 1)]
+    cancel = threading.Event()
+
+    def on_progress(event):
+        if event.kind == "iterations" and event.step >= 11:
+            cancel.set()
+
+    many = train_many(jobs, data500, on_progress=on_progress, cancel=cancel)
+    assert [r.status for r in many] == ["stopped", "stopped"]
+    n = len(many[0].losses)
+    assert 11 <= n < 16 and len(many[1].losses) == n
+    assert [len(r.epochs) for r in many] == [1, 1]  # epoch 2 never finished
+    for (m, t), result in zip(jobs, many):
+        alone = train(m, dataclasses.replace(t, engine="plain", epochs=1), data500)
+        torch.testing.assert_close(torch.tensor(result.losses[:8]), torch.tensor(alone.losses), rtol=1e-4, atol=2e-6)
 
 
 # ------------------------------------------------------------------------- GPU
@@ -186,3 +249,14 @@ def test_train_many_on_a_gpu_is_each_run_alone(data500):
         assert [loss for e in mine if e.kind == "iterations" for loss in e.losses] == result.losses
         assert [e.metrics for e in mine if e.kind == "epoch"] == result.epochs
         assert mine[-1].kind == "end"
+
+
+@pytest.mark.gpu
+def test_stacked_seeds_on_a_gpu_replay_one_graph_per_stack(data500):
+    jobs = [(cnn_config(layers, 5, base_channels=16, padding="same"), gpu_cfg(epochs=2, seed=seed, engine="stacked"))
+            for layers in (1, 2) for seed in range(3)] + [(LAB5, gpu_cfg(epochs=2))]  # plus one lone graph
+    many = train_many(jobs, data500)
+    assert [r.engine for r in many] == ["stacked"] * 6 + ["cuda-graph"]
+    for (model_cfg, train_cfg), result in zip(jobs, many):
+        alone = train(model_cfg, dataclasses.replace(train_cfg, engine="plain"), data500)
+        assert_same_run(result, alone)
