@@ -11,9 +11,10 @@ SHOWN = ["started_at", "label", "experiment", "status", "final_test_acc", "param
 
 st.title("Runs")
 store = result_store()
+store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
 runs = store.runs()
 st.caption(f"{len(runs):,} runs in `{store.path}`, newest first. Runs are saved while they train, so a stopped "
-           "or interrupted run keeps what it finished.")
+           "or interrupted run (its process ended without finishing it) keeps what it finished.")
 if runs.empty:
     st.info("No runs yet: train something on the Train, Sweep or FC vs CNN page.")
     st.stop()

@@ -5,7 +5,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from app_lib.charts import loss_figure
+from app_lib.charts import accuracy_figure, loss_figure
 from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
                            preset_title, preset_values)
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
@@ -114,6 +114,9 @@ def draw(snap) -> None:
                               for m in run.epochs])
         st.metric(f"Test accuracy after epoch {run.epochs[-1].epoch}", f"{100 * run.epochs[-1].test_acc:.2f}%")
         st.dataframe(table, hide_index=True, width="stretch")
+        if len(run.epochs) > 1:
+            accuracy = pd.DataFrame({"epoch": [m.epoch for m in run.epochs], "test_acc": [m.test_acc for m in run.epochs]})
+            st.plotly_chart(accuracy_figure(accuracy), key="train_accuracy_chart")
     if not snap.active:
         store, ids = result_store(), [run.run_id]
         st.caption(f"Run `{run.run_id}`: {len(run.losses):,} iterations recorded.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import sqlite3
 import threading
 from dataclasses import asdict
@@ -34,8 +35,13 @@ RUN_COLUMNS = [
 EPOCH_COLUMNS = ["run_id", "epoch", "train_loss", "test_loss", "test_acc", "seconds"]
 ITERATION_COLUMNS = ["run_id", "epoch", "iteration", "loss"]
 
+# Not exported: which process writes a running run ("host:pid"), so a run left 'running' by a
+# process that died can be told apart from one still training elsewhere.
+_OWNER = "owner"
+
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS runs ({", ".join(c + (" TEXT PRIMARY KEY" if c == "run_id" else "") for c in RUN_COLUMNS)});
+CREATE TABLE IF NOT EXISTS runs ({", ".join(c + (" TEXT PRIMARY KEY" if c == "run_id" else "") for c in RUN_COLUMNS)},
+    {_OWNER} TEXT);
 CREATE TABLE IF NOT EXISTS epochs (run_id TEXT, epoch INTEGER, train_loss REAL, test_loss REAL,
     test_acc REAL, seconds REAL, PRIMARY KEY (run_id, epoch));
 CREATE TABLE IF NOT EXISTS iterations (run_id TEXT, epoch INTEGER, iteration INTEGER, loss REAL,
@@ -81,6 +87,16 @@ def _torchvision_version() -> str:
         return ""
 
 
+def _process_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OSError):
+        return True  # someone else's process, or nothing we can tell: assume it still trains
+    return True
+
+
 class ResultStore:
     """SQLite (WAL) store of runs, epochs and iterations. Safe to share between threads; every
     write is its own transaction, so a killed process loses at most the write in flight."""
@@ -95,9 +111,10 @@ class ResultStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
             have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-            for column in RUN_COLUMNS:  # a database from an older version gains new config fields
+            for column in [*RUN_COLUMNS, _OWNER]:  # a database from an older version gains new fields
                 if column not in have:
                     self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+        self.mark_interrupted()
 
     def close(self) -> None:
         self._conn.close()
@@ -111,9 +128,25 @@ class ResultStore:
                 self._conn.executemany(sql, rows)
 
     def start_run(self, row: dict) -> None:
-        cols = ", ".join(RUN_COLUMNS)
-        marks = ", ".join("?" for _ in RUN_COLUMNS)
-        self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row[c] for c in RUN_COLUMNS))
+        cols = ", ".join([*RUN_COLUMNS, _OWNER])
+        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + 1))
+        self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
+                    (*(row[c] for c in RUN_COLUMNS), f"{socket.gethostname()}:{os.getpid()}"))
+
+    def mark_interrupted(self) -> int:
+        """Mark 'interrupted' every run still 'running' whose process, on this machine, no longer
+        exists (killed, crashed, machine restarted): it keeps what it finished and can be deleted.
+        Runs of live processes and of other machines are left alone. Returns how many changed."""
+        host = socket.gethostname()
+        with self._lock:
+            rows = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
+        dead = [run_id for run_id, owner in rows
+                if owner and owner.rpartition(":")[0] == host and not _process_alive(owner.rpartition(":")[2])]
+        if dead:
+            marks = ", ".join("?" for _ in dead)
+            self._write(f"UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND run_id IN ({marks})",
+                        tuple(dead))
+        return len(dead)
 
     def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
         rows = [(run_id, (it - 1) // steps_per_epoch + 1, it, loss, run_id)

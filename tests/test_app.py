@@ -3,6 +3,10 @@ sliders, an impossible network disables training with the core's message, and ti
 (256 images, 1 epoch) finish with their charts and CSV downloads. Results go to a tmp SQLite."""
 from __future__ import annotations
 
+import socket
+import sqlite3
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -142,6 +146,14 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     assert len(ResultStore(db).iterations([run_id])) == 4  # 256 images / batch 64
 
 
+def test_two_epochs_add_the_test_accuracy_chart():
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "2"})
+    at.button(key="train_go_btn").click().run()
+    finish(at, "train_job")
+    assert len(at.get("plotly_chart")) == 2  # loss of every iteration, test accuracy per epoch
+    assert len(at.dataframe[-1].value) == 2  # one row per epoch
+
+
 def test_touching_widgets_leaves_a_running_job_alone_and_stop_keeps_its_results():
     at = open_page("train", query={"preset": "tiny-fc", "train_limit": "60000", "epochs": "20"})
     at.button(key="train_go_btn").click().run()
@@ -241,3 +253,20 @@ def test_runs_page_does_not_delete_a_run_still_training(db, tiny_data):
     assert list(store.runs()["run_id"]) == ["training-now"]
     assert at.multiselect(key="runs_selected").value == ["training-now"]
     assert at.button(key="runs_delete_btn").disabled  # nothing left that may be deleted
+
+
+def test_runs_page_lets_a_run_whose_process_died_be_deleted(db, tiny_data):
+    store = ResultStore(db)
+    store.start_run(run_row("orphan", PRESETS["tiny-fc"].model, TrainConfig(), tiny_data.config,
+                            label="left running by a killed process"))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with sqlite3.connect(db) as conn:  # as if a process that no longer exists had started it
+        conn.execute("UPDATE runs SET owner = ? WHERE run_id = 'orphan'", (f"{socket.gethostname()}:{gone.pid}",))
+    at = open_page("runs")
+    assert store.runs()["status"].item() == "interrupted"
+    at.multiselect(key="runs_selected").set_value(["orphan"]).run()
+    assert not any("still training" in c.value for c in at.caption)
+    at.checkbox(key="runs_sure").check().run()
+    at.button(key="runs_delete_btn").click().run()
+    assert not at.exception and store.runs().empty

@@ -96,7 +96,8 @@ def test_older_database_gains_new_columns(tmp_path):
 @pytest.mark.slow
 def test_store_survives_a_killed_process(tmp_path, mnist_raw):
     """SIGKILL a CLI training run after its first epoch: the database opens, keeps the run
-    (still marked running), its finished epoch and every iteration written up to then."""
+    (marked interrupted, since its process is gone), its finished epoch and every iteration
+    written up to then."""
     db = tmp_path / "killed.sqlite"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
@@ -122,7 +123,7 @@ def test_store_survives_a_killed_process(tmp_path, mnist_raw):
         proc.wait()
     store = ResultStore(db)
     runs = store.runs()
-    assert len(runs) == 1 and runs.iloc[0].status == "running"
+    assert len(runs) == 1 and runs.iloc[0].status == "interrupted"
     epochs = store.epochs()
     iters = store.iterations()
     steps_per_epoch = 20000 // 64 + 1
@@ -132,6 +133,27 @@ def test_store_survives_a_killed_process(tmp_path, mnist_raw):
     assert runs.iloc[0].epochs_done == len(epochs)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_interrupted(tmp_path):
+    path = tmp_path / "r.sqlite"
+    store = ResultStore(path)
+    for run_id in ("dead", "alive", "elsewhere", "unknown", "done"):
+        store.start_run({c: None for c in RUN_COLUMNS} | {"run_id": run_id, "status": "running"})
+    store.finish_run("done", "finished", 1.0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = __import__("socket").gethostname()
+    with sqlite3.connect(path) as conn:
+        conn.executemany("UPDATE runs SET owner = ? WHERE run_id = ?", [
+            (f"{host}:{gone.pid}", "dead"), ("another-machine:1", "elsewhere"), (None, "unknown")])
+    assert store.runs().set_index("run_id").loc["alive", "status"] == "running"  # this very process
+
+    again = ResultStore(path)  # opening the store checks the running runs' processes
+    status = again.runs().set_index("run_id")["status"].to_dict()
+    assert status == {"dead": "interrupted", "alive": "running", "elsewhere": "running", "unknown": "running",
+                      "done": "finished"}
+    assert again.mark_interrupted() == 0
 
 
 def test_a_run_deleted_while_training_leaves_no_orphan_rows(tmp_path, mnist_raw):
