@@ -3,6 +3,7 @@ per-session state around them: owned job ids, widget values that survive page sw
 and the query string that mirrors a page's setup."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import streamlit as st
 from mnist_lab.data import DataConfig, RawSplits, load_raw, make_permutation, permute_pixels
 from mnist_lab.jobs import JobManager
 from mnist_lab.store import ResultStore, default_db_path
-from mnist_lab.train import device_label, resolve_device
+from mnist_lab.train import device_label, resolve_device, warm_up
 
 JOB_SLOTS = {"train_job": "Train", "sweep_job": "Sweep", "cmp_job": "FC vs CNN"}  # session key -> page
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_")  # page-only widget keys kept across pages
@@ -34,7 +35,10 @@ def result_store() -> ResultStore:
 
 @st.cache_resource
 def device_name() -> str:
-    return device_label(resolve_device("auto"))
+    device = resolve_device("auto")
+    if device.type == "cuda":  # pay cuDNN's start-up (seconds) now, not in the first student's run
+        threading.Thread(target=warm_up, args=(device,), name="cuda-warm-up", daemon=True).start()
+    return device_label(device)
 
 
 def on_gpu() -> bool:

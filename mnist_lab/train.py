@@ -172,6 +172,21 @@ def select_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.
     return "plain" if cuda_graph_unsupported(model_cfg, train_cfg, device) else "cuda-graph"
 
 
+def warm_up(device: str | torch.device = "auto") -> float:
+    """One forward and backward pass of a small CNN on `device`, so the libraries' one-time
+    start-up (on CUDA, cuDNN and cuBLAS: about 4.6 s of the first run in a fresh process on an
+    H100, docs/BENCHMARKS.md) is paid before anyone waits for it. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    device = resolve_device(str(device))
+    with torch.random.fork_rng(devices=[]):  # the global RNG stays as it was
+        model = build_model(ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))).to(device)
+    x = torch.zeros(8, 1, 28, 28, device=device)
+    F.cross_entropy(model(x), torch.zeros(8, dtype=torch.long, device=device)).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def epoch_order(n: int, shuffle: bool, generator: torch.Generator) -> torch.Tensor:
     """This epoch's batch order: a permutation of range(n) drawn on the CPU (same on every device)."""
     return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)

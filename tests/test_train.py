@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mnist_lab import data
 from mnist_lab.models import ModelConfig, get_preset
-from mnist_lab.train import TrainConfig, evaluate, init_model, make_optimizer, resolve_device, train
+from mnist_lab.train import TrainConfig, evaluate, init_model, make_optimizer, resolve_device, train, warm_up
 
 LAB5 = get_preset("lab5").model
 
@@ -69,6 +69,12 @@ def test_training_does_not_touch_the_global_rng(tiny_data):
     torch.manual_seed(123)
     train(get_preset("tiny-fc").model, cfg(), tiny_data)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_warm_up_runs_a_step_and_leaves_the_global_rng_alone():
+    before = torch.get_rng_state()
+    assert warm_up("cpu") > 0
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_adam_runs_and_learns(tiny_data):
