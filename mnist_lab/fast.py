@@ -150,30 +150,33 @@ def capture_graph(stepper, warmup_steps: int = 2) -> torch.cuda.CUDAGraph:
     side.wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(side):
-        # Eager warm-up steps create the optimiser state and let cuDNN/cuBLAS settle.
-        for _ in range(warmup_steps):
+        try:
+            # Eager warm-up steps create the optimiser state and let cuDNN/cuBLAS settle.
+            for _ in range(warmup_steps):
+                stepper.pos.zero_()
+                stepper.at.zero_()
+                optimizer.zero_grad(set_to_none=True)
+                stepper._step(stepper.batch_size)
             stepper.pos.zero_()
             stepper.at.zero_()
-            optimizer.zero_grad(set_to_none=True)
-            stepper._step(stepper.batch_size)
-        stepper.pos.zero_()
-        stepper.at.zero_()
-        optimizer.zero_grad(set_to_none=True)  # backward allocates the grads inside the graph
-        graph.capture_begin(capture_error_mode="thread_local")
-        try:
-            stepper._step(stepper.batch_size)
+            optimizer.zero_grad(set_to_none=True)  # backward allocates the grads inside the graph
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                stepper._step(stepper.batch_size)
+            finally:
+                graph.capture_end()
         finally:
-            graph.capture_end()
-        # Capturing ran nothing, but the warm-up trained: go back to the run's start. Zeroed
-        # optimiser state is exactly a fresh one (SGD: momentum 0*m + g = g; Adam: step 0).
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(start[k])
-        for state in optimizer.state.values():
-            for v in state.values():
-                if torch.is_tensor(v):
-                    v.zero_()
-        stepper.pos.zero_()
-        stepper.at.zero_()
+            # Capturing ran nothing, but the warm-up trained: go back to the run's start, also
+            # when capturing failed (the caller may then step eagerly). Zeroed optimiser state
+            # is exactly a fresh one (SGD: momentum 0*m + g = g; Adam: step 0).
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    v.copy_(start[k])
+            for state in optimizer.state.values():
+                for v in state.values():
+                    if torch.is_tensor(v):
+                        v.zero_()
+            stepper.pos.zero_()
+            stepper.at.zero_()
     stream.wait_stream(side)
     return graph

@@ -11,6 +11,7 @@ is its own mean over its own batch: what it would have trained alone, up to floa
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -110,10 +111,16 @@ class StackedStep:
         self.at = torch.zeros((), dtype=torch.long, device=device)
         self.offsets = torch.arange(batch_size, device=device)
         self.graph = None
+        self.graph_error = ""  # why the step runs eagerly on CUDA, if it does
         if device.type == "cuda" and self.full_steps:
             from .fast import capture_graph
 
-            self.graph = capture_graph(self, warmup_steps)
+            try:
+                self.graph = capture_graph(self, warmup_steps)
+            except RuntimeError as error:  # the same step, eagerly: slower, same results
+                self.graph_error = f"{type(error).__name__}: {error}".splitlines()[0]
+                warnings.warn(f"stacked step not captured as a CUDA graph, running it eagerly ({self.graph_error})",
+                              RuntimeWarning, stacklevel=2)
 
     def _step(self, size: int) -> None:
         idx = self.order.index_select(1, self.pos + self.offsets[:size])  # (S, size)

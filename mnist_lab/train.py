@@ -386,11 +386,14 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
     if len(singles) > 1 or (singles and devices[0] in units):
         units.setdefault(devices[0], []).extend([k] for k in singles)
     for device, groups in units.items():
-        done = _train_side_by_side([[jobs[k] for k in group] for group in groups], _on_device(data, device),
-                                   emit, cancel, [[run_ids[k] for k in group] for group in groups])
-        for group, group_results in zip(groups, done):
-            for k, result in zip(group, group_results):
-                results[k] = result
+        # A GPU runs the units side by side; a CPU gains nothing from interleaving them, so there
+        # each stack trains on its own and its results, timings and Stop are its own.
+        for batch in [groups] if device.type == "cuda" else [[group] for group in groups]:
+            done = _train_side_by_side([[jobs[k] for k in group] for group in batch], _on_device(data, device),
+                                       emit, cancel, [[run_ids[k] for k in group] for group in batch])
+            for group, group_results in zip(batch, done):
+                for k, result in zip(group, group_results):
+                    results[k] = result
     for k, (model_cfg, train_cfg) in enumerate(jobs):
         if results[k] is None:
             results[k] = train(model_cfg, train_cfg, data, emit, cancel, run_ids[k])
@@ -405,7 +408,9 @@ def _stack_groups(jobs: list[tuple[ModelConfig, TrainConfig]], devices: list[tor
     groups: dict[tuple, list[int]] = {}
     for k, (model_cfg, train_cfg) in enumerate(jobs):
         if train_cfg.engine == "stacked" and stacked_unsupported(model_cfg) is None:
-            key = (model_cfg, replace(train_cfg, seed=0), devices[k])
+            # what may differ besides the seed: how the device is named, and what changes no result
+            key = (model_cfg, replace(train_cfg, seed=0, device=str(devices[k]), progress_every_s=0,
+                                      eval_batch_size=0), devices[k])
             groups.setdefault(key, []).append(k)
     return [group for group in groups.values() if len(group) > 1]
 
@@ -450,7 +455,7 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
             return _Unit(train_cfg, stepper, [log], [model], stream, gens)
         from .stacked import StackedModel, StackedStep
 
-        members = [init_model(m, t.seed, device) for m, t in jobs]
+        members = [init_model(m, t.seed, device).to(memory_format=STACK_LAYOUT) for m, t in jobs]
         model = StackedModel(members)
         optimizer = make_optimizer(model, train_cfg, capturable=device.type == "cuda")
         steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
@@ -459,6 +464,11 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
                 for s, ((m, t), run_id) in enumerate(zip(jobs, run_ids))]
         stepper = StackedStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, losses)
         return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens)
+
+
+# A stack's weights in NCHW even on the CPU: vmap's grouped convolutions ran 1.2x faster so than
+# with channels_last weights (bench figures in docs/BENCHMARKS.md, 2026-11-23).
+STACK_LAYOUT = torch.contiguous_format
 
 
 def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,

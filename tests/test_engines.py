@@ -136,13 +136,23 @@ def test_stacked_seeds_train_as_if_each_were_alone(data500, model_cfg, extra):
 def test_only_runs_that_differ_in_the_seed_alone_are_stacked(data500):
     dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
     jobs = [(LAB5, cfg(seed=0, engine="stacked")), (LAB5, cfg(seed=1, engine="stacked")),
+            (LAB5, cfg(seed=5, engine="stacked", eval_batch_size=250, progress_every_s=1)),  # no effect on results
             (LAB5, cfg(seed=2, engine="stacked", lr=0.05)),  # another learning rate: trains alone
             (dropout, cfg(seed=0, engine="stacked")), (dropout, cfg(seed=1, engine="stacked")),  # dropout: alone
             (LAB5, cfg(seed=3))]  # did not ask
     many = train_many(jobs, data500)
-    assert [r.engine for r in many] == ["stacked", "stacked", "plain", "plain", "plain", "plain"]
-    for (m, t), result in zip(jobs[2:], many[2:]):
+    assert [r.engine for r in many] == ["stacked"] * 3 + ["plain"] * 4
+    for (m, t), result in zip(jobs[3:], many[3:]):
         assert result.losses == train(m, t, data500).losses  # the plain loop itself, bit for bit
+
+
+def test_on_the_cpu_one_stack_trains_after_the_other(data500):
+    jobs = [(model_cfg, cfg(seed=seed, engine="stacked")) for model_cfg in (LAB5, cnn_config(1, 3)) for seed in (0, 1)]
+    events = []
+    many = train_many(jobs, data500, on_progress=events.append, run_ids=["a0", "a1", "b0", "b1"])
+    assert [r.engine for r in many] == ["stacked"] * 4
+    runs_in_order = [e.run_id[0] for e in events]
+    assert runs_in_order == sorted(runs_in_order)  # every event of stack a before any of stack b
 
 
 def test_a_stopped_stack_keeps_every_finished_iteration_of_every_member(data500):
