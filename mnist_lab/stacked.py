@@ -1,12 +1,7 @@
-"""The 'stacked' engine: runs that differ only in their seed (one sweep cell's seeds, one
-compare arm's seeds) trained as one network. Their parameters are stacked along a new first
-dimension and the step runs under `torch.func.vmap`, which turns S convolutions into one
-grouped convolution and S linear layers into one batched matmul: S times fewer, wider kernels.
-
-Each member keeps its own initialisation, its own batch order and its own optimiser state
-(SGD and Adam update element by element, so a stacked update is S separate ones), and its loss
-is its own mean over its own batch: what it would have trained alone, up to float rounding.
-`train_many` drives it (engine='stacked'); on CUDA the stacked step is captured as one graph.
+"""The 'stacked' engine: runs that differ only in their seed trained as one network, their
+parameters stacked along a new first dimension and the step under `torch.func.vmap` (S convs
+become one grouped conv). Each member keeps its own init, batch order, optimiser state and
+loss: what it would train alone, up to float rounding. `train.train_many` drives it.
 """
 from __future__ import annotations
 
