@@ -436,6 +436,11 @@ class _Unit:
         self.stepper.start_epoch(orders if len(self.logs) > 1 else orders[0])  # a stack has 2 or more runs
 
 
+# A stack keeps its weights in NCHW even on the CPU (where single runs use channels_last): its
+# grouped convolutions ran 1.2x faster that way (docs/BENCHMARKS.md, 2026-11-23).
+STACK_LAYOUT = torch.contiguous_format
+
+
 def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, emit: Callable[[Progress], None],
                run_ids: list[str]) -> _Unit:
     device = data.device
@@ -464,11 +469,6 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
                 for s, ((m, t), run_id) in enumerate(zip(jobs, run_ids))]
         stepper = StackedStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, losses)
         return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens)
-
-
-# A stack's weights in NCHW even on the CPU: vmap's grouped convolutions ran 1.2x faster so than
-# with channels_last weights (bench figures in docs/BENCHMARKS.md, 2026-11-23).
-STACK_LAYOUT = torch.contiguous_format
 
 
 def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
