@@ -1,9 +1,10 @@
 """Runs: every run in the result store (it survives refreshes and restarts) — filter, overlay
-loss curves, compare configurations, export as CSV, delete."""
+loss curves, compare configurations, export as CSV, delete. The filters and the selection are
+mirrored in the URL, so a link reopens the same comparison."""
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
-from app_lib.shared import result_store
+from app_lib.shared import init_state, mirror_query, result_store
 from app_lib.widgets import csv_button
 
 SHOWN = ["started_at", "label", "experiment", "status", "final_test_acc", "params", "epochs_done", "epochs",
@@ -19,10 +20,12 @@ if runs.empty:
     st.info("No runs yet: train something on the Train, Sweep or FC vs CNN page.")
     st.stop()
 
+EXPERIMENTS, STATUSES = sorted(runs["experiment"].unique()), sorted(runs["status"].unique())
+FILTERS = dict(experiment=[], status=[], text="")
+init_state("runs_", FILTERS, dict(experiment=EXPERIMENTS, status=STATUSES))
 c1, c2, c3 = st.columns(3)
-experiments = c1.multiselect("Experiment", sorted(runs["experiment"].unique()), key="runs_experiment",
-                             placeholder="all")
-statuses = c2.multiselect("Status", sorted(runs["status"].unique()), key="runs_status", placeholder="all")
+experiments = c1.multiselect("Experiment", EXPERIMENTS, key="runs_experiment", placeholder="all")
+statuses = c2.multiselect("Status", STATUSES, key="runs_status", placeholder="all")
 text = c3.text_input("Label contains", key="runs_text", placeholder="e.g. CNN 2×k5")
 shown = runs
 if experiments:
@@ -42,10 +45,13 @@ csv_button(shown, "runs.csv", key="runs_table_csv_btn")
 
 names = {r.run_id: f"{r.label} · {r.status} · {r.started_at[:19].replace('T', ' ')} · {r.run_id[-6:]}"
          for r in runs.itertuples()}
-st.session_state.setdefault("runs_selected", list(shown["run_id"][:3]))
+SELECTED = list(shown["run_id"][:3])
+init_state("runs_", dict(selected=SELECTED), dict(selected=list(names)))
 st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r in names]  # deleted ones go
 options = list(dict.fromkeys([*shown["run_id"], *st.session_state.runs_selected]))
 selected = st.multiselect("Runs to compare", options, format_func=names.get, key="runs_selected")
+mirror_query(dict(experiment=experiments, status=statuses, text=text, selected=selected),
+             {**FILTERS, "selected": SELECTED})
 if not selected:
     st.stop()
 

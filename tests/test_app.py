@@ -270,3 +270,23 @@ def test_runs_page_lets_a_run_whose_process_died_be_deleted(db, tiny_data):
     at.checkbox(key="runs_sure").check().run()
     at.button(key="runs_delete_btn").click().run()
     assert not at.exception and store.runs().empty
+
+
+def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
+    store = ResultStore(db)
+    for seed in (0, 1, 2, 3):
+        run_single(PRESETS["tiny-fc"].model, TrainConfig(seed=seed, device="cpu"), tiny_data.config, store=store,
+                   data=tiny_data, label=f"seed {seed}")
+    ids = list(store.runs()["run_id"])
+    at = open_page("runs")
+    at.text_input(key="runs_text").set_value("seed").run()
+    at.multiselect(key="runs_selected").set_value([ids[3], ids[1]]).run()
+    link = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert link == {"text": "seed", "selected": f"{ids[3]},{ids[1]}"}
+
+    again = open_page("runs", query=link)  # another browser opening the copied link
+    assert again.text_input(key="runs_text").value == "seed"
+    assert again.multiselect(key="runs_selected").value == [ids[3], ids[1]]
+    gone = open_page("runs", query={"selected": "no-such-run", "status": "finished"})
+    assert gone.multiselect(key="runs_status").value == ["finished"]
+    assert any("selected=no-such-run" in w.value for w in gone.warning)
