@@ -436,6 +436,11 @@ class _Unit:
         self.stepper.start_epoch(orders if len(self.logs) > 1 else orders[0])  # a stack has 2 or more runs
 
 
+def _on_stream(stream: torch.cuda.Stream | None):
+    """Make `stream` current (a unit's CUDA stream), or do nothing on the CPU (no stream)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
 # A stack keeps its weights in NCHW even on the CPU (where single runs use channels_last): its
 # grouped convolutions ran 1.2x faster that way (docs/BENCHMARKS.md, 2026-11-23).
 STACK_LAYOUT = torch.contiguous_format
@@ -448,7 +453,7 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     if stream is not None:
         stream.wait_stream(torch.cuda.current_stream(device))  # the data was made there
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+    with _on_stream(stream):
         gens = [torch.Generator().manual_seed(t.seed) for _, t in jobs]
         if len(jobs) == 1:
             from .fast import GraphStep, fast_convs
@@ -481,9 +486,6 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
     on_gpu = device.type == "cuda"
     units = [_make_unit(jobs, data, emit, ids) for jobs, ids in zip(units_jobs, run_ids)]
 
-    def on_stream(unit: _Unit):
-        return torch.cuda.stream(unit.stream) if on_gpu else contextlib.nullcontext()
-
     active = list(units)
     stopped = False
     marks: deque[list[torch.cuda.Event]] = deque()  # one event per active stream, every 8 rounds
@@ -494,7 +496,7 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
             break
         ending = []
         for unit in active:
-            with on_stream(unit):
+            with _on_stream(unit.stream):
                 if unit.i == 0:
                     unit.start_epoch(len(data.x_train))
                 unit.stepper.step(unit.i)
@@ -512,7 +514,7 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
         if ending:
             sums = []
             for unit in ending:  # queue every evaluation before waiting for any
-                with on_stream(unit):
+                with _on_stream(unit.stream):
                     sums.append([_evaluate_sums(model, data.x_test, data.y_test, unit.cfg.eval_batch_size, cancel)
                                  for model in unit.models])
             if any(s is None for unit_sums in sums for s in unit_sums):  # stopped while evaluating
@@ -520,7 +522,7 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
                 break
             for unit, unit_sums in zip(ending, sums):
                 for log, (loss_sum, correct) in zip(unit.logs, unit_sums):
-                    with on_stream(unit):
+                    with _on_stream(unit.stream):
                         log.flush(unit.epoch)
                         test_loss, test_acc = _read_sums(loss_sum, correct, len(data.x_test))
                     log.epoch_done(unit.epoch, unit.epoch_t0, test_loss, test_acc)
@@ -531,11 +533,11 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
                         log.finish(False)
         elif active and active[0].logs[0].due():
             for unit in active:
-                with on_stream(unit):
+                with _on_stream(unit.stream):
                     for log in unit.logs:
                         log.flush(unit.epoch, timed=True)
     for unit in active:
-        with on_stream(unit):
+        with _on_stream(unit.stream):
             for log in unit.logs:
                 log.flush(unit.epoch)
         for log in unit.logs:
