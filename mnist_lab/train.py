@@ -1,7 +1,8 @@
 """The training engine: data resident on the device, batches as index slices of a per-epoch
 randperm, every iteration's loss kept on the device and read back in chunks, progress through
 a callback, a cancel flag that keeps everything finished so far. The loop in `train` is the
-reference; `fast.py` replays the same step as a CUDA graph (engine 'cuda-graph').
+reference; `fast.py` replays the same step as a CUDA graph (engine 'cuda-graph'), `native.py` runs a
+CNN's conv blocks in hand-written C++ on the CPU (engine 'cpu-native').
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ OPTIMIZERS = ("sgd", "adam")
 # "auto": the fastest measured path that supports the run. "stacked" (train_many only): runs that
 # differ only in their seed train as one vmapped network (stacked.py); "auto" does not pick it
 # until it is measured faster on a GPU.
-ENGINES = ("auto", "plain", "cuda-graph", "stacked")
+ENGINES = ("auto", "plain", "cuda-graph", "stacked", "cpu-native")
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class RunResult:
     data_cfg: DataConfig
     params: int
     device: str
-    engine: str  # which training path ran: "plain", "cuda-graph" or "stacked"
+    engine: str  # which training path ran: "plain", "cuda-graph", "stacked" or "cpu-native"
     status: str  # "finished" or "stopped"
     losses: list[float] = field(default_factory=list)  # one per iteration, in order
     epochs: list[EpochMetrics] = field(default_factory=list)
@@ -164,12 +165,21 @@ def fast_memory_format(model_cfg: ModelConfig, device: torch.device) -> torch.me
 
 
 def select_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> str:
-    """The path `train` runs: the asked-for fast engine when it supports this run, else 'plain'."""
+    """The path `train` runs: the asked-for fast engine when it supports this run, else 'plain'.
+    'auto' means 'cuda-graph' on a GPU and 'cpu-native' on the CPU."""
     if train_cfg.engine == "plain":
         return "plain"
+    if device.type == "cpu":
+        if train_cfg.engine not in ("auto", "cpu-native"):
+            return "plain"
+        from .native import native_unsupported
+
+        return "plain" if native_unsupported(model_cfg, device) else "cpu-native"
     from .fast import cuda_graph_unsupported
 
-    return "plain" if cuda_graph_unsupported(model_cfg, train_cfg, device) else "cuda-graph"
+    if train_cfg.engine == "cpu-native" or cuda_graph_unsupported(model_cfg, train_cfg, device):
+        return "plain"
+    return "cuda-graph"
 
 
 def warm_up(device: str | torch.device = "auto") -> float:
@@ -305,13 +315,18 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
     engine = select_engine(model_cfg, train_cfg, device)
 
     model = init_model(model_cfg, train_cfg.seed, device)
+    layout = fast_memory_format(model_cfg, device)
     if engine == "cuda-graph":
         from .fast import GraphStep, fast_convs
 
         model = fast_convs(model)
+    elif engine == "cpu-native":
+        from .native import NativeCNN
+
+        model, layout = NativeCNN(model, model_cfg), torch.contiguous_format  # its kernels read NCHW
     optimizer = make_optimizer(model, train_cfg, capturable=engine == "cuda-graph")
     order_gen = torch.Generator().manual_seed(train_cfg.seed)  # batch order, on the CPU for portability
-    x_train, y_train = data.x_train.contiguous(memory_format=fast_memory_format(model_cfg, device)), data.y_train
+    x_train, y_train = data.x_train.contiguous(memory_format=layout), data.y_train
     n, bs = len(x_train), train_cfg.batch_size
     log = _RunLog(run_id or new_run_id(), model_cfg, train_cfg, data, model, engine, on_progress or (lambda e: None))
     losses = log.losses

@@ -1,6 +1,7 @@
-"""The engine selector and the fast paths against the plain loop: on the CPU every fast engine
-falls back to 'plain' and says so; on a GPU the CUDA-graph engine and `train_many` give the
-plain loop's losses for the same seed."""
+"""The engine selector and the fast paths against the plain loop: on the CPU the cpu-native
+engine gives the plain loop's losses up to float rounding and the GPU engines fall back to
+'plain' and say so; on a GPU the CUDA-graph engine and `train_many` give the plain loop's losses
+for the same seed. (tests/test_native.py checks the C++ kernels layer by layer.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,8 @@ def data500(tiny_data):
 
 # ------------------------------------------------------------------------- selection (CPU)
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_every_engine_is_plain_on_the_cpu(engine):
+@pytest.mark.parametrize("engine", [e for e in ENGINES if e not in ("auto", "cpu-native")])
+def test_the_gpu_engines_are_plain_on_the_cpu(engine):
     assert select_engine(LAB5, cfg(engine=engine), CPU) == "plain"
 
 
@@ -53,7 +54,7 @@ def test_a_fast_engine_asked_for_on_the_cpu_falls_back_and_says_so(data500):
 
 
 def test_an_unknown_engine_is_refused(data500):
-    with pytest.raises(ValueError, match="Engine must be one of auto, plain, cuda-graph, stacked; got 'turbo'."):
+    with pytest.raises(ValueError, match="Engine must be one of auto, plain, cuda-graph, stacked, cpu-native; got 'turbo'."):
         train(LAB5, cfg(engine="turbo"), data500)
 
 
@@ -88,7 +89,7 @@ def test_train_many_on_the_cpu_is_each_run_alone(data500):
     assert [r.run_id for r in many] == ["a", "b", "c"]
     for (model_cfg, train_cfg), result in zip(jobs, many):
         alone = train(model_cfg, train_cfg, data500)
-        assert (result.engine, result.status) == ("plain", "finished")
+        assert (result.engine, result.status) == ("cpu-native", "finished")
         assert result.losses == alone.losses and result.model_cfg == model_cfg
     assert [e.run_id for e in events if e.kind == "end"] == ["a", "b", "c"]
 
@@ -98,6 +99,51 @@ def test_train_many_cancelled_before_the_start_trains_nothing(data500):
     cancel.set()
     many = train_many([(LAB5, cfg()), (LAB5, cfg(seed=1))], data500, cancel=cancel)
     assert [(r.status, r.losses) for r in many] == [("stopped", []), ("stopped", [])]
+
+
+# ------------------------------------------------------------------------- cpu-native
+
+def assert_same_run(fast, plain, rtol=2e-4, atol=2e-5):
+    """Same losses up to float rounding: the fast paths sum some gradients in another order
+    (fast.fast_convs, the C++ kernels), which moves losses by ~1e-5 relative within a few epochs."""
+    assert len(fast.losses) == len(plain.losses)
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(plain.losses), rtol=rtol, atol=atol)
+    assert [m.epoch for m in fast.epochs] == [m.epoch for m in plain.epochs]
+    for f, p in zip(fast.epochs, plain.epochs):
+        assert f.test_acc == pytest.approx(p.test_acc, abs=0.003)
+        assert f.test_loss == pytest.approx(p.test_loss, rel=1e-3)
+
+
+@pytest.mark.parametrize("model_cfg,extra", [
+    (LAB5, {}),
+    (ModelConfig(conv_channels=(6, 6), hidden=(50,), dropout=0.3), {}),  # dropout masks follow the seed
+    (cnn_config(2, 3, hidden=(32,)), {"optimizer": "adam", "lr": 0.003, "shuffle": False}),
+])
+def test_cpu_native_gives_the_plain_losses(data500, model_cfg, extra):
+    plain = train(model_cfg, cfg(epochs=3, engine="plain", **extra), data500)
+    fast = train(model_cfg, cfg(epochs=3, engine="cpu-native", **extra), data500)
+    assert (plain.engine, fast.engine) == ("plain", "cpu-native")
+    assert_same_run(fast, plain)
+
+
+def test_cpu_native_gives_the_same_losses_for_the_same_seed(data500):
+    runs = [train(LAB5, cfg(epochs=2, seed=7), data500) for _ in range(2)]
+    assert runs[0].engine == "cpu-native" and runs[0].losses == runs[1].losses
+
+
+def test_a_stopped_cpu_native_run_keeps_its_finished_iterations(data500):
+    cancel = threading.Event()
+
+    def on_progress(event):
+        if event.kind == "iterations" and event.step >= 10:
+            cancel.set()
+
+    result = train(LAB5, cfg(epochs=3, progress_every_s=0), data500, on_progress=on_progress, cancel=cancel)
+    plain = train(LAB5, cfg(epochs=2, engine="plain"), data500)
+    assert (result.engine, result.status, len(result.epochs)) == ("cpu-native", "stopped", 1)
+    assert 10 <= len(result.losses) < 16
+    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(plain.losses[:len(result.losses)]),
+                               rtol=2e-4, atol=2e-5)
 
 
 # ------------------------------------------------------------------------- stacked seeds
@@ -141,9 +187,9 @@ def test_only_runs_that_differ_in_the_seed_alone_are_stacked(data500):
             (dropout, cfg(seed=0, engine="stacked")), (dropout, cfg(seed=1, engine="stacked")),  # dropout: alone
             (LAB5, cfg(seed=3))]  # did not ask
     many = train_many(jobs, data500)
-    assert [r.engine for r in many] == ["stacked"] * 3 + ["plain"] * 4
+    assert [r.engine for r in many] == ["stacked"] * 3 + ["plain"] * 3 + ["cpu-native"]
     for (m, t), result in zip(jobs[3:], many[3:]):
-        assert result.losses == train(m, t, data500).losses  # the plain loop itself, bit for bit
+        assert result.losses == train(m, t, data500).losses  # each as if trained alone, bit for bit
 
 
 def test_on_the_cpu_one_stack_trains_after_the_other(data500):
@@ -177,17 +223,6 @@ def test_a_stopped_stack_keeps_every_finished_iteration_of_every_member(data500)
 
 def gpu_cfg(**kw) -> TrainConfig:
     return cfg(device="cuda", **kw)
-
-
-def assert_same_run(fast, plain, rtol=2e-4, atol=2e-5):
-    """Same losses up to float rounding: the graph path sums some gradients in another order
-    (fast.fast_convs), which moves losses by ~1e-5 relative within a few epochs."""
-    assert len(fast.losses) == len(plain.losses)
-    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(plain.losses), rtol=rtol, atol=atol)
-    assert [m.epoch for m in fast.epochs] == [m.epoch for m in plain.epochs]
-    for f, p in zip(fast.epochs, plain.epochs):
-        assert f.test_acc == pytest.approx(p.test_acc, abs=0.003)
-        assert f.test_loss == pytest.approx(p.test_loss, rel=1e-3)
 
 
 @pytest.mark.gpu

@@ -47,7 +47,7 @@ def test_one_loss_per_iteration_including_a_short_last_batch(tiny_data):
         assert m.train_loss == pytest.approx(sum(epoch_losses) / steps)
         assert 0.0 <= m.test_acc <= 1.0 and m.test_loss > 0
     assert result.final_test_acc == result.epochs[-1].test_acc
-    assert (result.status, result.engine, result.device, result.params) == ("finished", "plain", "cpu", 8490)
+    assert (result.status, result.engine, result.device, result.params) == ("finished", "cpu-native", "cpu", 8490)
     assert result.data_cfg == tiny_data.config and result.data_source == tiny_data.source
 
 

@@ -1,0 +1,377 @@
+// The conv blocks of a small CNN on the CPU, forward and backward, for the 'cpu-native' engine
+// (mnist_lab/native.py builds this file with the system C++ compiler and calls it via ctypes).
+//
+// A block is conv (stride 1, square kernel, zero padding) -> 2x2 max-pool -> ReLU; the other
+// order, ReLU before the pool, gives the same values and gradients. Per image and per thread:
+// the forward keeps each pooled output's winning position (the first maximum in row-major
+// order, as PyTorch's max_pool2d, or -1 where ReLU is off), so the backward only visits those
+// positions: a quarter of the conv outputs or fewer, where oneDNN works on all of them.
+//
+// Layouts (float32, C-contiguous): a block's input is (N, Cin, Hp, Wp) with the padding already
+// in place (its border stays zero); weights are PyTorch's (Cout, Cin, k, k).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+constexpr int kLanes = 8;     // output columns computed together (one AVX register of floats)
+constexpr int kChunk = 32;    // im2col rows are padded to a multiple of this (4 registers)
+constexpr int kCoBlock = 6;   // output channels computed together, at most (2 rows x 6 x 1 register)
+
+struct Block {
+  int cin, hp, wp;      // input, padding included
+  int cout, k;
+  int ho, wo;           // conv output
+  int po_h, po_w;       // pooled output
+  int out_pad;          // zero border of the buffer the pooled output is written into
+  int64_t in_size() const { return (int64_t)cin * hp * wp; }
+  int64_t pooled_size() const { return (int64_t)cout * po_h * po_w; }
+  int out_wp() const { return po_w + 2 * out_pad; }
+  int out_hp() const { return po_h + 2 * out_pad; }
+};
+
+typedef float v8 __attribute__((vector_size(32)));  // kLanes floats; GCC and Clang vector extension
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8 load8(const float* p) {  // unaligned
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+
+inline int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+// z (cout, ho, zw) = conv(in) + bias, computed in chunks of kLanes columns; zw = round_up(wo).
+// The last chunk of a row reads up to kLanes - 1 floats past the row: `in` has that much slack.
+template <int CB, int R>
+void conv_rows(const Block& b, const float* in, const float* wt, const float* bias, int co0, int y0, float* z, int zw) {
+  // R output rows x CB channels x kLanes columns in registers; wt: (cin, k, k, cout), so the CB
+  // weights of one tap are adjacent and each is loaded once for R rows
+  const int k = b.k;
+  for (int x0 = 0; x0 < b.wo; x0 += kLanes) {
+    v8 acc[R][CB];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < CB; ++c) acc[r][c] = v8{} + bias[co0 + c];
+    for (int ci = 0; ci < b.cin; ++ci) {
+      for (int ky = 0; ky < k; ++ky) {
+        const float* row = in + ((int64_t)ci * b.hp + y0 + ky) * b.wp + x0;
+        const float* w = wt + (((int64_t)ci * k + ky) * k) * b.cout + co0;
+        for (int kx = 0; kx < k; ++kx) {
+          v8 v[R];
+          for (int r = 0; r < R; ++r) v[r] = load8(row + r * b.wp + kx);
+          for (int c = 0; c < CB; ++c) {
+            const float wc = w[kx * b.cout + c];
+            for (int r = 0; r < R; ++r) acc[r][c] += wc * v[r];
+          }
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < CB; ++c) store8(z + ((int64_t)(co0 + c) * b.ho + y0 + r) * zw + x0, acc[r][c]);
+  }
+}
+
+template <int CB>
+void conv_channels(const Block& b, const float* in, const float* wt, const float* bias, int co0, float* z, int zw) {
+  int y = 0;
+  for (; y + 2 <= b.ho; y += 2) conv_rows<CB, 2>(b, in, wt, bias, co0, y, z, zw);
+  if (y < b.ho) conv_rows<CB, 1>(b, in, wt, bias, co0, y, z, zw);
+}
+
+// z (cout, ho, zw) = conv(in) + bias, zw = round_up(wo, kLanes). The last chunk of a row reads
+// up to kLanes - 1 floats past the row's end: `in` has that much slack.
+void conv(const Block& b, const float* in, const float* wt, const float* bias, float* z, int zw) {
+  const int n_groups = (b.cout + kCoBlock - 1) / kCoBlock;  // groups of near-equal size
+  for (int g = 0, co = 0; g < n_groups; ++g) {
+    const int cb = b.cout / n_groups + (g < b.cout % n_groups ? 1 : 0);
+    switch (cb) {
+      case 6: conv_channels<6>(b, in, wt, bias, co, z, zw); break;
+      case 5: conv_channels<5>(b, in, wt, bias, co, z, zw); break;
+      case 4: conv_channels<4>(b, in, wt, bias, co, z, zw); break;
+      case 3: conv_channels<3>(b, in, wt, bias, co, z, zw); break;
+      case 2: conv_channels<2>(b, in, wt, bias, co, z, zw); break;
+      case 1: conv_channels<1>(b, in, wt, bias, co, z, zw); break;
+    }
+    co += cb;
+  }
+}
+
+// Max-pool 2x2 then ReLU from z into `out` (interior of a buffer with a zero border of
+// b.out_pad), keeping each output's winning flat index into (ho, wo), or -1 where ReLU is off.
+void pool_relu(const Block& b, const float* z, int zw, float* out, int32_t* win) {
+  // branch-free over kLanes outputs at a time: a max with data-dependent branches mispredicts
+  const int owp = b.out_wp(), ohp = b.out_hp(), p = b.out_pad;
+  for (int c = 0; c < b.cout; ++c) {
+    for (int py = 0; py < b.po_h; ++py) {
+      const float* r0 = z + ((int64_t)c * b.ho + 2 * py) * zw;
+      const float* r1 = r0 + zw;
+      for (int px0 = 0; px0 < b.po_w; px0 += kLanes) {
+        const int lanes = std::min(kLanes, b.po_w - px0);
+        v8 q[4] = {};  // the 2x2 window's values in row-major order, one lane per output
+        for (int l = 0; l < lanes; ++l) {
+          const int x = 2 * (px0 + l);
+          q[0][l] = r0[x]; q[1][l] = r0[x + 1]; q[2][l] = r1[x]; q[3][l] = r1[x + 1];
+        }
+        v8 best = q[0];
+        v8i at = v8i{} + 0;
+        for (int j = 1; j < 4; ++j) {  // strictly greater: the first maximum wins
+          const v8i gt = q[j] > best;
+          best = gt ? q[j] : best;
+          at = gt ? v8i{} + j : at;
+        }
+        const v8i on = best > v8{};
+        for (int l = 0; l < lanes; ++l) {
+          const int px = px0 + l;
+          out[((int64_t)c * ohp + py + p) * owp + px + p] = on[l] ? best[l] : 0.0f;
+          win[((int64_t)c * b.po_h + py) * b.po_w + px] =
+              on[l] ? (2 * py + at[l] / 2) * b.wo + 2 * px + at[l] % 2 : -1;
+        }
+      }
+    }
+  }
+}
+
+std::vector<Block> read_blocks(int n_blocks, const int* dims) {
+  // dims per block: cin, hp, wp, cout, k, out_pad
+  std::vector<Block> blocks(n_blocks);
+  for (int i = 0; i < n_blocks; ++i) {
+    const int* d = dims + 6 * i;
+    Block& b = blocks[i];
+    b.cin = d[0]; b.hp = d[1]; b.wp = d[2]; b.cout = d[3]; b.k = d[4]; b.out_pad = d[5];
+    b.ho = b.hp - b.k + 1; b.wo = b.wp - b.k + 1;
+    b.po_h = b.ho / 2; b.po_w = b.wo / 2;
+  }
+  return blocks;
+}
+
+// ---------------------------------------------------------------------------------- backward
+// Per image and block, only the conv outputs that won their pool window (and passed the ReLU)
+// carry a gradient. Their input patches are copied into rows of kChunk-padded length (im2col):
+// a channel's weight gradient is the sum of its winners' rows times their gradients, and the
+// input gradient at a position is the sum of its winners' weight rows, added back into the
+// input's pixels (col2im).
+
+struct BackwardBlock {
+  int kp;                  // im2col row length: cin * k * k rounded up to kChunk
+  int64_t w_off, b_off;    // where this block's weight and bias gradients sit in a thread's sums
+  std::vector<float> wpad; // (cout, kp) weights, zero-padded rows
+  v8 mask[2];              // lanes < k of the first and second kLanes of a kernel row
+  void init(const Block& b, const float* w, int64_t offset) {
+    const int kn = b.cin * b.k * b.k;
+    kp = round_up(kn, kChunk);
+    w_off = offset;
+    b_off = offset + (int64_t)b.cout * kp;
+    wpad.assign((int64_t)b.cout * kp, 0.0f);
+    for (int co = 0; co < b.cout; ++co) std::memcpy(wpad.data() + (int64_t)co * kp, w + (int64_t)co * kn, sizeof(float) * kn);
+    for (int l = 0; l < kLanes; ++l) {
+      mask[0][l] = l < b.k ? 1.0f : 0.0f;
+      mask[1][l] = l + kLanes < b.k ? 1.0f : 0.0f;
+    }
+  }
+};
+
+struct BackwardScratch {  // one per thread
+  std::vector<float> g_in, g_next;  // gradient of a block's input / of its pooled output
+  std::vector<float> cols, g_col;   // im2col rows of the used positions; one position's input gradient
+  std::vector<int32_t> count;       // winners per position, then where each position's winners start
+  std::vector<int32_t> win_pos, win_at, by_pos, used;
+  std::vector<int> ch_start;        // where each channel's winners start in win_*
+  std::vector<float> win_g;
+  BackwardScratch(const std::vector<Block>& blocks, const std::vector<BackwardBlock>& bb) {
+    int64_t g_max = 0, cols_max = 0, pos_max = 0, kp_max = 0, win_max = 0;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      const Block& b = blocks[i];
+      g_max = std::max({g_max, b.in_size(), b.pooled_size()});
+      pos_max = std::max<int64_t>(pos_max, (int64_t)b.ho * b.wo);
+      cols_max = std::max(cols_max, (int64_t)b.ho * b.wo * bb[i].kp);
+      kp_max = std::max<int64_t>(kp_max, bb[i].kp);
+      win_max = std::max(win_max, b.pooled_size());
+    }
+    g_in.resize(g_max + 2 * kLanes);  // col2im reads and rewrites up to 2 * kLanes - 1 past a row
+    g_next.resize(g_max);
+    cols.resize(cols_max + 2 * kLanes);  // im2col writes whole registers
+    g_col.resize(kp_max + 2 * kLanes);  // col2im reads whole registers
+    count.resize(pos_max + 1);
+    win_pos.resize(win_max); win_at.resize(win_max); by_pos.resize(win_max); used.resize(pos_max);
+    win_g.resize(win_max);
+    int cout_max = 0;
+    for (const Block& b : blocks) cout_max = std::max(cout_max, b.cout);
+    ch_start.resize(cout_max + 1);
+  }
+};
+
+void backward_block(const std::vector<Block>& blocks, const std::vector<BackwardBlock>& bbs, int i,
+                    const float* in, const int32_t* win, float* acc, BackwardScratch& s) {
+  const Block& b = blocks[i];
+  const BackwardBlock& bb = bbs[i];
+  const int k = b.k, kp = bb.kp, n_pos = b.ho * b.wo, po = b.po_h * b.po_w;
+  // the winners with a gradient, in channel order, without data-dependent branches
+  std::fill(s.count.begin(), s.count.begin() + n_pos + 1, 0);
+  std::vector<int>& ch_start = s.ch_start;
+  int n_win = 0;
+  for (int co = 0; co < b.cout; ++co) {
+    ch_start[co] = n_win;
+    for (int q = 0; q < po; ++q) {
+      const int j = co * po + q;
+      const int32_t pos = win[j];
+      const float g = s.g_next[j];
+      const int on = pos >= 0 && g != 0.0f;
+      s.win_pos[n_win] = pos; s.win_g[n_win] = g; s.win_at[n_win] = co;
+      s.count[pos + 1] += on;  // pos -1 (ReLU off) counts into count[0], reset below
+      n_win += on;
+    }
+  }
+  ch_start[b.cout] = n_win;
+  s.count[0] = 0;
+  int n_used = 0;
+  for (int pos = 0; pos < n_pos; ++pos) {
+    s.used[n_used] = pos;
+    n_used += s.count[pos + 1] != 0;
+    s.count[pos + 1] += s.count[pos];  // count[pos]: where pos's winners start in by_pos
+  }
+  for (int u = 0; u < n_used; ++u) {  // im2col of the used positions; the padding lanes zero
+    const int pos = s.used[u], y = pos / b.wo, x = pos % b.wo;
+    float* col = s.cols.data() + (int64_t)pos * kp;
+    for (int ci = 0; ci < b.cin; ++ci)
+      for (int ky = 0; ky < k; ++ky) {
+        const float* src = in + ((int64_t)ci * b.hp + y + ky) * b.wp + x;
+        float* dst = col + (ci * k + ky) * k;
+        for (int kx = 0; kx < k; kx += kLanes) store8(dst + kx, load8(src + kx));  // spills into the next row, rewritten next
+      }
+    std::fill(col + b.cin * k * k, col + kp, 0.0f);
+  }
+  for (int co = 0; co < b.cout; ++co) {  // weight and bias gradients, a channel at a time
+    float* gw = acc + bb.w_off + (int64_t)co * kp;
+    for (int t = 0; t < kp; t += kChunk) {
+      v8 sum[kChunk / kLanes];
+      for (int v = 0; v < kChunk / kLanes; ++v) sum[v] = load8(gw + t + v * kLanes);
+      for (int w = ch_start[co]; w < ch_start[co + 1]; ++w) {
+        const float* col = s.cols.data() + (int64_t)s.win_pos[w] * kp + t;
+        for (int v = 0; v < kChunk / kLanes; ++v) sum[v] += s.win_g[w] * load8(col + v * kLanes);
+      }
+      for (int v = 0; v < kChunk / kLanes; ++v) store8(gw + t + v * kLanes, sum[v]);
+    }
+    float gb = 0.0f;
+    for (int w = ch_start[co]; w < ch_start[co + 1]; ++w) gb += s.win_g[w];
+    acc[bb.b_off + co] += gb;
+  }
+  if (i == 0) return;  // the images need no gradient
+  for (int w = 0; w < n_win; ++w) s.by_pos[s.count[s.win_pos[w]]++] = w;  // now count[pos]: where pos's winners end
+  std::fill(s.g_in.begin(), s.g_in.begin() + b.in_size(), 0.0f);
+  for (int u = 0; u < n_used; ++u) {  // the input gradient of each used position's patch, then col2im
+    const int pos = s.used[u], y = pos / b.wo, x = pos % b.wo;
+    const int begin = pos == 0 ? 0 : s.count[pos - 1], end = s.count[pos];
+    for (int t = 0; t < kp; t += kChunk) {
+      v8 sum[kChunk / kLanes] = {};
+      for (int j = begin; j < end; ++j) {
+        const int w = s.by_pos[j];
+        const float* wrow = bb.wpad.data() + (int64_t)s.win_at[w] * kp + t;
+        for (int v = 0; v < kChunk / kLanes; ++v) sum[v] += s.win_g[w] * load8(wrow + v * kLanes);
+      }
+      for (int v = 0; v < kChunk / kLanes; ++v) store8(s.g_col.data() + t + v * kLanes, sum[v]);
+    }
+    for (int ci = 0; ci < b.cin; ++ci)
+      for (int ky = 0; ky < k; ++ky) {
+        float* dst = s.g_in.data() + ((int64_t)ci * b.hp + y + ky) * b.wp + x;
+        const float* src = s.g_col.data() + (ci * k + ky) * k;
+        for (int kx = 0, h = 0; kx < k; kx += kLanes, ++h)  // lanes >= k add zero
+          store8(dst + kx, load8(dst + kx) + load8(src + kx) * bb.mask[h]);
+      }
+  }
+  const Block& prev = blocks[i - 1];  // its pooled output is this block's input interior
+  const int p = prev.out_pad;
+  for (int c = 0; c < b.cin; ++c)
+    for (int y = 0; y < prev.po_h; ++y)
+      for (int x = 0; x < prev.po_w; ++x)
+        s.g_next[((int64_t)c * prev.po_h + y) * prev.po_w + x] = s.g_in[((int64_t)c * b.hp + y + p) * b.wp + x + p];
+}
+
+}  // namespace
+
+extern "C" {
+
+// Forward of all blocks for images [0, n). bufs[i]: block i's input (N, cin, hp, wp); bufs[n_blocks]:
+// the last pooled output (N, cout, po_h, po_w), which the fully-connected part flattens.
+// wins[i]: (N, cout, po_h, po_w) int32. The buffers carry kLanes floats of slack at their end.
+int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const* weights,
+                        const float* const* biases, float* const* bufs, int32_t* const* wins, int n_threads) {
+  const std::vector<Block> blocks = read_blocks(n_blocks, dims);
+  std::vector<std::vector<float>> wts(n_blocks);
+  int64_t z_max = 0;
+  for (int i = 0; i < n_blocks; ++i) {
+    const Block& b = blocks[i];
+    if (b.ho < 2 || b.wo < 2) return 1;
+    wts[i].resize((int64_t)b.cout * b.cin * b.k * b.k);
+    for (int co = 0; co < b.cout; ++co)  // (cout, cin, k, k) -> (cin, k, k, cout)
+      for (int t = 0; t < b.cin * b.k * b.k; ++t) wts[i][(int64_t)t * b.cout + co] = weights[i][(int64_t)co * b.cin * b.k * b.k + t];
+    z_max = std::max(z_max, (int64_t)b.cout * b.ho * round_up(b.wo, kLanes));
+  }
+#pragma omp parallel num_threads(n_threads)
+  {
+    std::vector<float> z(z_max);
+#pragma omp for schedule(static)
+    for (int img = 0; img < n; ++img) {
+      for (int i = 0; i < n_blocks; ++i) {
+        const Block& b = blocks[i];
+        const int zw = round_up(b.wo, kLanes);
+        const float* in = bufs[i] + img * b.in_size();
+        conv(b, in, wts[i].data(), biases[i], z.data(), zw);
+        const int64_t out_size = (int64_t)b.cout * b.out_hp() * b.out_wp();
+        pool_relu(b, z.data(), zw, bufs[i + 1] + img * out_size, wins[i] + img * b.pooled_size());
+      }
+    }
+  }
+  return 0;
+}
+
+// Backward: grad_out (N, cout, po_h, po_w) of the last block -> grad_w[i], grad_b[i] (overwritten).
+// Each thread sums its images' gradients; the threads' sums are added in thread order, so a
+// given thread count gives the same result every time.
+int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* const* weights,
+                         const float* const* bufs, const int32_t* const* wins, const float* grad_out,
+                         float* const* grad_w, float* const* grad_b, int n_threads) {
+  const std::vector<Block> blocks = read_blocks(n_blocks, dims);
+  std::vector<BackwardBlock> bb(n_blocks);
+  int64_t acc_total = 0;
+  for (int i = 0; i < n_blocks; ++i) {
+    bb[i].init(blocks[i], weights[i], acc_total);
+    acc_total = bb[i].b_off + blocks[i].cout;
+  }
+  std::vector<std::vector<float>> sums(n_threads);
+#pragma omp parallel num_threads(n_threads)
+  {
+    std::vector<float>& acc = sums[omp_get_thread_num()];
+    acc.assign(acc_total, 0.0f);
+    BackwardScratch scratch(blocks, bb);
+#pragma omp for schedule(static)
+    for (int img = 0; img < n; ++img) {
+      const Block& last = blocks[n_blocks - 1];
+      std::memcpy(scratch.g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
+      for (int i = n_blocks - 1; i >= 0; --i)
+        backward_block(blocks, bb, i, bufs[i] + img * blocks[i].in_size(), wins[i] + img * blocks[i].pooled_size(),
+                       acc.data(), scratch);
+    }
+  }
+  for (int i = 0; i < n_blocks; ++i) {
+    const Block& b = blocks[i];
+    const int kn = b.cin * b.k * b.k;
+    for (int co = 0; co < b.cout; ++co) {
+      float* dst = grad_w[i] + (int64_t)co * kn;
+      const int64_t at = bb[i].w_off + (int64_t)co * bb[i].kp;
+      std::memcpy(dst, sums[0].data() + at, sizeof(float) * kn);
+      for (int t = 1; t < n_threads; ++t)
+        for (int j = 0; j < kn; ++j) dst[j] += sums[t][at + j];
+    }
+    std::memcpy(grad_b[i], sums[0].data() + bb[i].b_off, sizeof(float) * b.cout);
+    for (int t = 1; t < n_threads; ++t)
+      for (int j = 0; j < b.cout; ++j) grad_b[i][j] += sums[t][bb[i].b_off + j];
+  }
+  return 0;
+}
+
+}  // extern "C"

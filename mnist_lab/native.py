@@ -1,0 +1,261 @@
+"""The 'cpu-native' engine: a CNN's conv blocks (conv -> 2x2 max-pool -> ReLU, either order), forward
+and backward, in hand-written C++ (conv_blocks.cpp) that the system compiler builds once per
+machine; the fully-connected layers, the loss and the optimiser stay PyTorch's. `train` uses it
+on the CPU; the plain loop there is the reference, and tests check the two agree.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import default_cache_dir
+from .models import ModelConfig
+
+SOURCE = Path(__file__).with_name("conv_blocks.cpp")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+SLACK = 16  # floats past the end of every buffer: the kernels read and write whole 8-float registers
+
+
+class NativeUnavailable(RuntimeError):
+    """The kernels cannot be built or loaded here; the message says why."""
+
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_error: str | None = None
+
+
+def _cpu_flags() -> str:
+    try:
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def library_path(compiler: str) -> Path:
+    """Where the built kernels are cached: one file per source, compiler, flags and CPU (-march=native)."""
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), _cpu_flags()])
+                         .encode()).hexdigest()[:16]
+    return default_cache_dir() / "native" / f"conv_blocks-{key}.so"
+
+
+def load_library() -> ctypes.CDLL:
+    """The kernels, built on first use (about 2 s) and cached; raises NativeUnavailable, with the
+    reason, where there is no working C++ compiler with OpenMP (then training uses the plain loop)."""
+    global _library, _error
+    with _lock:
+        if _library is None and _error is None:
+            try:
+                _library = _build_and_load()
+            except NativeUnavailable as e:
+                _error = str(e)
+        if _library is None:
+            raise NativeUnavailable(_error)
+        return _library
+
+
+def _build_and_load() -> ctypes.CDLL:
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler or not shutil.which(compiler):
+        raise NativeUnavailable(f"no C++ compiler found ({'CXX=' + compiler if compiler else 'g++ or c++'}); "
+                                "install g++ for the faster CPU engine")
+    path = library_path(compiler)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                                  timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {e}") from None
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            first = (done.stderr.strip().splitlines() or ["no message"])[0]
+            raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {first}")
+        os.replace(tmp, path)  # atomic: a process building at the same time never loads half a file
+    try:
+        lib = ctypes.CDLL(str(path))  # after torch: its OpenMP runtime is the one the kernels use
+    except OSError as e:
+        raise NativeUnavailable(f"the built CPU kernels do not load: {e}") from None
+    ptrs = ctypes.POINTER(ctypes.c_void_p)
+    c_int = ctypes.c_int
+    lib.conv_blocks_forward.argtypes = [c_int, c_int, ctypes.POINTER(c_int), ptrs, ptrs, ptrs, ptrs, c_int]
+    lib.conv_blocks_backward.argtypes = [c_int, c_int, ctypes.POINTER(c_int), ptrs, ptrs, ptrs, ctypes.c_void_p,
+                                         ptrs, ptrs, c_int]
+    lib.conv_blocks_forward.restype = lib.conv_blocks_backward.restype = c_int
+    return lib
+
+
+def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str | None]:
+    """The conv layers of `model`'s blocks and the layers after them, or why the kernels can't run it."""
+    children = list(model.children())
+    flatten = next((i for i, m in enumerate(children) if isinstance(m, nn.Flatten)), None)
+    if flatten is None:
+        return [], [], "the network has no conv blocks"
+    convs, block = [], []
+    for m in children[:flatten] + [None]:  # None closes the last block
+        if isinstance(m, nn.Conv2d) or m is None:
+            if block and sorted(type(b).__name__ for b in block[1:]) != ["MaxPool2d", "ReLU"]:
+                return [], [], "the kernels run conv -> max-pool -> ReLU blocks only (no BatchNorm)"
+            block = [m]
+            if m is not None:
+                convs.append(m)
+        else:
+            block.append(m)
+    for conv in convs:
+        k = conv.kernel_size[0]
+        pad = {"same": (k - 1) // 2, "valid": 0}.get(conv.padding) if isinstance(conv.padding, str) else conv.padding[0]
+        if conv.padding == "same" and k % 2 == 0:
+            return [], [], "'same' padding with an even kernel pads unevenly"
+        if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.bias is None
+                or conv.kernel_size[0] != conv.kernel_size[1] or pad is None):
+            return [], [], "the kernels run square stride-1 convolutions with a bias only"
+    pools = [m for m in children[:flatten] if isinstance(m, nn.MaxPool2d)]
+    if any(p.kernel_size not in (2, (2, 2)) or p.stride not in (2, (2, 2)) or p.padding not in (0, (0, 0))
+           or p.ceil_mode or p.dilation not in (1, (1, 1)) for p in pools):
+        return [], [], "the kernels pool 2x2 with stride 2 only"
+    return convs, children[flatten:], None
+
+
+def native_unsupported(model_cfg: ModelConfig, device: torch.device) -> str | None:
+    """Why the cpu-native engine cannot run this network here (then `train` uses 'plain'), or None."""
+    from .models import build_model
+
+    if device.type != "cpu":
+        return "the hand-written kernels are for the CPU"
+    if model_cfg.kind != "cnn":
+        return "a fully-connected net has no conv blocks"
+    with torch.device("meta"):
+        reason = _split(build_model(model_cfg))[2]
+    if reason:
+        return reason
+    try:
+        load_library()
+    except NativeUnavailable as e:
+        return str(e)
+    return None
+
+
+def _pad_of(conv: nn.Conv2d) -> int:
+    return (conv.kernel_size[0] - 1) // 2 if conv.padding == "same" else (0 if conv.padding == "valid" else conv.padding[0])
+
+
+class _Buffers:
+    """Every block's input (with its zero border), the last block's output and the pool winners,
+    for up to `capacity` images; a smaller batch uses the first images' part."""
+
+    def __init__(self, blocks: list[tuple[int, ...]], capacity: int):
+        self.capacity = capacity
+        self.acts = [torch.zeros(capacity * cin * hp * wp + SLACK) for cin, hp, wp, *_ in blocks]
+        cout, hp, wp, k, out_pad = blocks[-1][3], blocks[-1][1], blocks[-1][2], blocks[-1][4], blocks[-1][5]
+        self.last_shape = (cout, (hp - k + 1) // 2, (wp - k + 1) // 2)
+        self.acts.append(torch.zeros(capacity * cout * self.last_shape[1] * self.last_shape[2] + SLACK))
+        self.wins = [torch.zeros(capacity * cout * ((hp - k + 1) // 2) * ((wp - k + 1) // 2) + SLACK, dtype=torch.int32)
+                     for _, hp, wp, cout, k, _ in blocks]
+        self.act_ptrs = (ctypes.c_void_p * len(self.acts))(*[t.data_ptr() for t in self.acts])
+        self.win_ptrs = (ctypes.c_void_p * len(self.wins))(*[t.data_ptr() for t in self.wins])
+
+
+class ConvBlocks:
+    """The C++ kernels bound to one network's conv layers (their parameters are read at every call)."""
+
+    def __init__(self, convs: list[nn.Conv2d], in_channels: int, image_size: int):
+        self.lib = load_library()
+        self.convs = convs
+        self.blocks: list[tuple[int, ...]] = []  # per block: cin, hp, wp, cout, k, out_pad
+        c, size = in_channels, image_size
+        pads = [_pad_of(conv) for conv in convs]
+        for i, conv in enumerate(convs):
+            k, p = conv.kernel_size[0], pads[i]
+            out_pad = pads[i + 1] if i + 1 < len(convs) else 0  # written straight into the next block's border
+            self.blocks.append((c, size + 2 * p, size + 2 * p, conv.out_channels, k, out_pad))
+            c, size = conv.out_channels, (size + 2 * p - k + 1) // 2
+        self.dims = (ctypes.c_int * (6 * len(self.blocks)))(*[d for b in self.blocks for d in b])
+        self.buffers: _Buffers | None = None
+        self.generation = 0  # forward calls so far: a backward must belong to the latest
+
+    def _buffers(self, n: int) -> _Buffers:
+        if self.buffers is None or self.buffers.capacity < n:
+            with torch.inference_mode(False):  # first called while evaluating, the buffers still serve training
+                self.buffers = _Buffers(self.blocks, n)
+        return self.buffers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N, C', H', W') output of the last block (a new tensor)."""
+        n = len(x)
+        buf = self._buffers(n)
+        cin, hp, wp = self.blocks[0][:3]
+        p = (hp - x.shape[-1]) // 2
+        buf.acts[0][:n * cin * hp * wp].view(n, cin, hp, wp)[:, :, p:hp - p, p:wp - p].copy_(x.detach())
+        weights = [conv.weight.detach().contiguous() for conv in self.convs]
+        biases = [conv.bias.detach().contiguous() for conv in self.convs]
+        rc = self.lib.conv_blocks_forward(n, len(self.blocks), self.dims, _ptrs(weights), _ptrs(biases),
+                                          buf.act_ptrs, buf.win_ptrs, torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError("conv_blocks_forward refused the network's sizes")
+        self.generation += 1
+        c, h, w = buf.last_shape
+        return buf.acts[-1][:n * c * h * w].view(n, c, h, w).clone()
+
+    def backward(self, grad: torch.Tensor, n: int, generation: int) -> list[torch.Tensor]:
+        """Gradients [w1, b1, w2, b2, ...] of the conv layers, from the last block output's gradient."""
+        if generation != self.generation:
+            raise RuntimeError("cpu-native: a backward pass must follow its own forward pass, with no other in between")
+        buf = self.buffers
+        weights = [conv.weight.detach().contiguous() for conv in self.convs]
+        grads_w = [torch.empty_like(w) for w in weights]
+        grads_b = [torch.empty_like(conv.bias) for conv in self.convs]
+        grad = grad.contiguous()
+        rc = self.lib.conv_blocks_backward(n, len(self.blocks), self.dims, _ptrs(weights), buf.act_ptrs,
+                                           buf.win_ptrs, grad.data_ptr(), _ptrs(grads_w), _ptrs(grads_b),
+                                           torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError("conv_blocks_backward refused the network's sizes")
+        return [g for pair in zip(grads_w, grads_b) for g in pair]
+
+
+def _ptrs(tensors: list[torch.Tensor]):
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+class _ConvBlocksFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, blocks: ConvBlocks, *params):
+        out = blocks.forward(x)
+        ctx.blocks, ctx.n, ctx.generation = blocks, len(x), blocks.generation
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, *ctx.blocks.backward(grad, ctx.n, ctx.generation)
+
+
+class NativeCNN(nn.Module):
+    """A `build_model` CNN whose conv blocks run in the C++ kernels: the same parameter tensors
+    (an optimiser, `count_params` and `state_dict` see the wrapped model's), the same outputs and
+    gradients up to float rounding. The layers after the blocks (FC, dropout, softmax) run as they are."""
+
+    def __init__(self, model: nn.Sequential, model_cfg: ModelConfig):
+        super().__init__()
+        convs, head, reason = _split(model)
+        if reason:
+            raise ValueError(f"cpu-native cannot run this network: {reason}")
+        self.model = model.to(memory_format=torch.contiguous_format)  # the kernels read NCHW weights
+        self.blocks = ConvBlocks(convs, model_cfg.in_channels, model_cfg.image_size)
+        self._head = head  # a plain list: the modules are registered once, under self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = [t for conv in self.blocks.convs for t in (conv.weight, conv.bias)]
+        out = _ConvBlocksFn.apply(x, self.blocks, *params)
+        for layer in self._head:
+            out = layer(out)
+        return out

@@ -1,0 +1,147 @@
+"""The cpu-native engine's C++ conv blocks against PyTorch's own layers (outputs and gradients,
+ties in the max-pool included), how the engine is chosen on the CPU, and how it falls back when
+the kernels cannot be built."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnist_lab import native
+from mnist_lab.models import ModelConfig, build_model, cnn_config, get_preset
+from mnist_lab.train import TrainConfig, select_engine, train
+
+LAB5 = get_preset("lab5").model
+CPU = torch.device("cpu")
+
+NETS = {
+    "lab5": LAB5,  # conv -> pool -> ReLU
+    "tiny-cnn": get_preset("tiny-cnn").model,  # conv -> ReLU -> pool, a hidden FC layer
+    "same-k7-3-blocks": cnn_config(3, 7),  # 16/32/64 channels, borders of 3, 28 -> 14 -> 7 -> 3
+    "valid-k4-odd-sizes": ModelConfig(conv_channels=(3, 5), kernel_size=4),  # 25x25 and 9x9 conv outputs
+    "k1": ModelConfig(conv_channels=(8, 8), kernel_size=1),
+    "k9-one-block": ModelConfig(conv_channels=(13,), kernel_size=9, hidden=(20,)),
+    "same-k3-4-blocks": ModelConfig(conv_channels=(3, 5, 7, 9), kernel_size=3, padding="same"),
+    "rgb-32px": ModelConfig(conv_channels=(16, 32), kernel_size=5, in_channels=3, image_size=32, hidden=(120, 84)),
+}
+
+
+def images(n: int, model_cfg: ModelConfig, real: torch.Tensor) -> torch.Tensor:
+    if model_cfg.in_channels == 1 and model_cfg.image_size == 28:
+        return real[:n].clone()  # digits: flat background, so many pool windows hold equal values
+    return torch.randn(n, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size,
+                       generator=torch.Generator().manual_seed(n))
+
+
+@pytest.mark.parametrize("n", [1, 7, 65])
+@pytest.mark.parametrize("name", list(NETS))
+def test_the_kernels_give_pytorchs_outputs_and_gradients(tiny_data, name, n):
+    model_cfg = NETS[name]
+    torch.manual_seed(0)
+    plain = build_model(model_cfg)
+    fast = native.NativeCNN(copy.deepcopy(plain), model_cfg)
+    x, y = images(n, model_cfg, tiny_data.x_train), tiny_data.y_train[:n]
+    outputs = []
+    for model in (plain, fast):
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    named = dict(plain.named_parameters())
+    for key, p in fast.model.named_parameters():
+        torch.testing.assert_close(p.grad, named[key].grad, rtol=1e-4, atol=1e-6, msg=f"gradient of {key}")
+
+
+def test_ties_go_to_the_first_maximum_as_in_pytorch():
+    """A blank image: every conv output is its bias, every pool window a four-way tie."""
+    torch.manual_seed(1)
+    plain = build_model(LAB5)
+    with torch.no_grad():
+        plain.conv1.bias.fill_(0.3)  # positive, so the ReLU lets the tied maxima through
+        plain.conv2.bias.abs_()
+    fast = native.NativeCNN(copy.deepcopy(plain), LAB5)
+    x = torch.zeros(4, 1, 28, 28)
+    x[1, 0, 10:14, 10:14] = 1.0
+    for model in (plain, fast):
+        model(x).square().sum().backward()
+    for (key, p), q in zip(fast.model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {key}")
+
+
+def test_the_wrapper_keeps_the_very_same_parameters():
+    model = build_model(LAB5)
+    params = list(model.parameters())
+    fast = native.NativeCNN(model, LAB5)
+    assert list(fast.parameters()) == params  # an optimiser made from either trains both
+    assert [k.removeprefix("model.") for k in fast.state_dict()] == list(model.state_dict())
+
+
+def test_a_backward_pass_must_follow_its_own_forward():
+    fast = native.NativeCNN(build_model(LAB5), LAB5)
+    first = fast(torch.randn(8, 1, 28, 28)).sum()
+    fast(torch.randn(8, 1, 28, 28))  # overwrites what the first pass kept
+    with pytest.raises(RuntimeError, match="must follow its own forward"):
+        first.backward()
+
+
+# ------------------------------------------------------------------------- selection
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 1, "batch_size": 64, "lr": 0.01, "momentum": 0.5, "device": "cpu", **kw})
+
+
+def test_on_the_cpu_auto_means_cpu_native_for_the_nets_it_runs():
+    for engine in ("auto", "cpu-native"):
+        assert select_engine(LAB5, cfg(engine=engine), CPU) == "cpu-native"
+        assert select_engine(cnn_config(3, 7, dropout=0.5, hidden=(32,)), cfg(engine=engine), CPU) == "cpu-native"
+    for engine in ("plain", "cuda-graph", "stacked"):
+        assert select_engine(LAB5, cfg(engine=engine), CPU) == "plain"
+    assert select_engine(LAB5, cfg(engine="cpu-native"), torch.device("cuda")) == "plain"
+
+
+@pytest.mark.parametrize("model_cfg,reason", [
+    (get_preset("tiny-fc").model, "no conv blocks"),
+    (cnn_config(2, 5, batch_norm=True), "no BatchNorm"),
+    (cnn_config(2, 4), "even kernel"),  # 'same' with k=4 pads one side more
+])
+def test_nets_the_kernels_do_not_run_train_on_the_plain_loop(model_cfg, reason):
+    assert reason in native.native_unsupported(model_cfg, CPU)
+    assert select_engine(model_cfg, cfg(engine="cpu-native"), CPU) == "plain"
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """Forget the process's built kernels and build into an empty cache, as on a new machine."""
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setenv("MNIST_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_without_a_compiler_training_falls_back_to_the_plain_loop(fresh_build, monkeypatch, tiny_data):
+    monkeypatch.setenv("CXX", str(fresh_build / "no-such-g++"))
+    assert "no C++ compiler found" in native.native_unsupported(LAB5, CPU)
+    small = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:128], y_train=tiny_data.y_train[:128])
+    result = train(LAB5, cfg(), small)
+    assert (result.engine, result.status) == ("plain", "finished")
+
+
+def test_a_failed_build_says_what_the_compiler_said(fresh_build, monkeypatch):
+    fake = fresh_build / "g++"
+    fake.write_text("#!/bin/sh\necho 'error: omp.h: No such file or directory' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    reason = native.native_unsupported(LAB5, CPU)
+    assert "could not build the CPU kernels: error: omp.h: No such file or directory" in reason
+    assert not list((fresh_build / "cache").rglob("*.so"))  # nothing half-built is left to load
+
+
+def test_a_fresh_build_is_cached_for_the_next_process(fresh_build):
+    assert native.native_unsupported(LAB5, CPU) is None
+    built = list((fresh_build / "cache" / "native").glob("conv_blocks-*.so"))
+    assert len(built) == 1 and built[0] == native.library_path(os.environ.get("CXX") or native.shutil.which("g++")
+                                                               or native.shutil.which("c++"))
