@@ -36,8 +36,8 @@ def result_store() -> ResultStore:
 @st.cache_resource
 def device_name() -> str:
     device = resolve_device("auto")
-    if device.type == "cuda":  # pay cuDNN's start-up (seconds) now, not in the first student's run
-        threading.Thread(target=warm_up, args=(device,), name="cuda-warm-up", daemon=True).start()
+    # pay cuDNN's start-up, or the build of the CPU kernels (seconds), now, not in the first student's run
+    threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True).start()
     return device_label(device)
 
 

@@ -18,7 +18,7 @@ from .experiments import (CompareConfig, SweepConfig, run_compare, run_single, r
                           summarize_over_seeds)
 from .models import PRESETS, ModelConfig, count_params, get_preset
 from .store import ResultStore, default_db_path
-from .train import ENGINES, Progress, TrainConfig
+from .train import ENGINES, Progress, TrainConfig, fallback_reason, resolve_device
 
 
 class _Bar:
@@ -51,8 +51,9 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--no-shuffle", action="store_true", help="same batch order every epoch")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="training path: auto (the fastest measured: CUDA graphs on a GPU), plain (the reference "
-                        "loop), cuda-graph, stacked (sweep/compare: a cell's seeds as one network)")
+                   help="training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "
+                        "CPU), plain (the reference loop), cuda-graph, stacked (sweep/compare: a cell's seeds as "
+                        "one network), cpu-native")
     d = p.add_argument_group("data")
     d.add_argument("--train-limit", type=int, help="use only the first N training images")
     d.add_argument("--normalize", choices=["mnist", "half", "none"])
@@ -141,6 +142,8 @@ def cmd_train(args) -> int:
                           for m in result.epochs])
     print(f"run {result.run_id}: {result.status}, {result.params:,} parameters, {len(result.losses)} iterations "
           f"on {result.device} ({result.engine} engine), {result.seconds:.1f} s")
+    if why := fallback_reason(model, train_cfg, resolve_device(train_cfg.device)):
+        print(f"note: the plain loop ran because {why}")
     if len(table):
         print(table.to_string(index=False))
     _export(store, args.out, [result.run_id], {})

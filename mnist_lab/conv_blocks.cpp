@@ -19,6 +19,7 @@ namespace {
 
 constexpr int kLanes = 8;     // output columns computed together (one AVX register of floats)
 constexpr int kChunk = 32;    // im2col rows are padded to a multiple of this (4 registers)
+constexpr int kSlots = 8;     // weight-gradient registers summed together
 constexpr int kCoBlock = 6;   // output channels computed together, at most (2 rows x 6 x 1 register)
 
 struct Block {
@@ -48,24 +49,25 @@ inline int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
 // z (cout, ho, zw) = conv(in) + bias, computed in chunks of kLanes columns; zw = round_up(wo).
 // The last chunk of a row reads up to kLanes - 1 floats past the row: `in` has that much slack.
-template <int CB, int R>
+template <int CB, int R, int K>
 void conv_rows(const Block& b, const float* in, const float* wt, const float* bias, int co0, int y0, float* z, int zw) {
-  // R output rows x CB channels x kLanes columns in registers; wt: (cin, k, k, cout), so the CB
-  // weights of one tap are adjacent and each is loaded once for R rows
-  const int k = b.k;
+  // R output rows x CB channels x kLanes columns in registers. wt: this group's weights as
+  // (cin, k, k, CB), so the CB weights of a tap are adjacent and each is loaded once for R rows.
+  // K: the kernel size when known at compile time (the loops over it unroll), else 0.
+  const int k = K ? K : b.k;
   for (int x0 = 0; x0 < b.wo; x0 += kLanes) {
     v8 acc[R][CB];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < CB; ++c) acc[r][c] = v8{} + bias[co0 + c];
+    const float* w = wt;
     for (int ci = 0; ci < b.cin; ++ci) {
-      for (int ky = 0; ky < k; ++ky) {
+      for (int ky = 0; ky < k; ++ky, w += k * CB) {
         const float* row = in + ((int64_t)ci * b.hp + y0 + ky) * b.wp + x0;
-        const float* w = wt + (((int64_t)ci * k + ky) * k) * b.cout + co0;
         for (int kx = 0; kx < k; ++kx) {
           v8 v[R];
           for (int r = 0; r < R; ++r) v[r] = load8(row + r * b.wp + kx);
           for (int c = 0; c < CB; ++c) {
-            const float wc = w[kx * b.cout + c];
+            const float wc = w[kx * CB + c];
             for (int r = 0; r < R; ++r) acc[r][c] += wc * v[r];
           }
         }
@@ -76,28 +78,54 @@ void conv_rows(const Block& b, const float* in, const float* wt, const float* bi
   }
 }
 
-template <int CB>
+template <int CB, int K>
 void conv_channels(const Block& b, const float* in, const float* wt, const float* bias, int co0, float* z, int zw) {
   int y = 0;
-  for (; y + 2 <= b.ho; y += 2) conv_rows<CB, 2>(b, in, wt, bias, co0, y, z, zw);
-  if (y < b.ho) conv_rows<CB, 1>(b, in, wt, bias, co0, y, z, zw);
+  for (; y + 2 <= b.ho; y += 2) conv_rows<CB, 2, K>(b, in, wt, bias, co0, y, z, zw);
+  if (y < b.ho) conv_rows<CB, 1, K>(b, in, wt, bias, co0, y, z, zw);
+}
+
+template <int CB>
+void conv_group(const Block& b, const float* in, const float* wt, const float* bias, int co0, float* z, int zw) {
+  switch (b.k) {  // the usual sizes unrolled
+    case 3: conv_channels<CB, 3>(b, in, wt, bias, co0, z, zw); break;
+    case 5: conv_channels<CB, 5>(b, in, wt, bias, co0, z, zw); break;
+    case 7: conv_channels<CB, 7>(b, in, wt, bias, co0, z, zw); break;
+    default: conv_channels<CB, 0>(b, in, wt, bias, co0, z, zw);
+  }
+}
+
+// Output channels go in groups of near-equal size, at most kCoBlock.
+inline int n_groups(int cout) { return (cout + kCoBlock - 1) / kCoBlock; }
+inline int group_size(int cout, int g) { return cout / n_groups(cout) + (g < cout % n_groups(cout) ? 1 : 0); }
+
+// PyTorch's (cout, cin, k, k) weights -> per group of cb channels, (cin, k, k, cb), groups in order.
+std::vector<float> pack_weights(const Block& b, const float* w) {
+  const int taps = b.cin * b.k * b.k;
+  std::vector<float> packed((int64_t)b.cout * taps);
+  for (int g = 0, co0 = 0; g < n_groups(b.cout); co0 += group_size(b.cout, g), ++g) {
+    const int cb = group_size(b.cout, g);
+    float* dst = packed.data() + (int64_t)co0 * taps;
+    for (int c = 0; c < cb; ++c)
+      for (int t = 0; t < taps; ++t) dst[(int64_t)t * cb + c] = w[(int64_t)(co0 + c) * taps + t];
+  }
+  return packed;
 }
 
 // z (cout, ho, zw) = conv(in) + bias, zw = round_up(wo, kLanes). The last chunk of a row reads
 // up to kLanes - 1 floats past the row's end: `in` has that much slack.
-void conv(const Block& b, const float* in, const float* wt, const float* bias, float* z, int zw) {
-  const int n_groups = (b.cout + kCoBlock - 1) / kCoBlock;  // groups of near-equal size
-  for (int g = 0, co = 0; g < n_groups; ++g) {
-    const int cb = b.cout / n_groups + (g < b.cout % n_groups ? 1 : 0);
-    switch (cb) {
-      case 6: conv_channels<6>(b, in, wt, bias, co, z, zw); break;
-      case 5: conv_channels<5>(b, in, wt, bias, co, z, zw); break;
-      case 4: conv_channels<4>(b, in, wt, bias, co, z, zw); break;
-      case 3: conv_channels<3>(b, in, wt, bias, co, z, zw); break;
-      case 2: conv_channels<2>(b, in, wt, bias, co, z, zw); break;
-      case 1: conv_channels<1>(b, in, wt, bias, co, z, zw); break;
+void conv(const Block& b, const float* in, const float* packed, const float* bias, float* z, int zw) {
+  const int64_t taps = (int64_t)b.cin * b.k * b.k;
+  for (int g = 0, co = 0; g < n_groups(b.cout); co += group_size(b.cout, g), ++g) {
+    const float* wt = packed + co * taps;
+    switch (group_size(b.cout, g)) {
+      case 6: conv_group<6>(b, in, wt, bias, co, z, zw); break;
+      case 5: conv_group<5>(b, in, wt, bias, co, z, zw); break;
+      case 4: conv_group<4>(b, in, wt, bias, co, z, zw); break;
+      case 3: conv_group<3>(b, in, wt, bias, co, z, zw); break;
+      case 2: conv_group<2>(b, in, wt, bias, co, z, zw); break;
+      case 1: conv_group<1>(b, in, wt, bias, co, z, zw); break;
     }
-    co += cb;
   }
 }
 
@@ -151,21 +179,29 @@ std::vector<Block> read_blocks(int n_blocks, const int* dims) {
 
 // ---------------------------------------------------------------------------------- backward
 // Per image and block, only the conv outputs that won their pool window (and passed the ReLU)
-// carry a gradient. Their input patches are copied into rows of kChunk-padded length (im2col):
-// a channel's weight gradient is the sum of its winners' rows times their gradients, and the
-// input gradient at a position is the sum of its winners' weight rows, added back into the
-// input's pixels (col2im).
+// carry a gradient. A channel's weight gradient sums its winners' input patches (times their
+// gradients), a kernel row at a time in registers. The input gradient at a position is the sum
+// of its winners' weight rows, added back into the input's pixels (col2im).
 
 struct BackwardBlock {
-  int kp;                  // im2col row length: cin * k * k rounded up to kChunk
+  int kv;                  // registers per kernel row: a weight-gradient row is kv * kLanes floats
+  int n_slots;             // registers per channel's weight gradient: cin * k * kv, rounded up to kSlots
+  std::vector<int> slot_in;  // per register: its kernel row's offset in the block input, from the patch corner
+  int kp;                  // a weight row for the input gradient: cin * k * k rounded up to kChunk
   int64_t w_off, b_off;    // where this block's weight and bias gradients sit in a thread's sums
   std::vector<float> wpad; // (cout, kp) weights, zero-padded rows
   v8 mask[2];              // lanes < k of the first and second kLanes of a kernel row
   void init(const Block& b, const float* w, int64_t offset) {
     const int kn = b.cin * b.k * b.k;
+    kv = (b.k + kLanes - 1) / kLanes;
+    n_slots = round_up(b.cin * b.k * kv, kSlots);
+    slot_in.assign(n_slots, 0);  // the padding registers read the corner and are never kept
+    for (int ci = 0; ci < b.cin; ++ci)
+      for (int ky = 0; ky < b.k; ++ky)
+        for (int h = 0; h < kv; ++h) slot_in[(ci * b.k + ky) * kv + h] = (ci * b.hp + ky) * b.wp + h * kLanes;
     kp = round_up(kn, kChunk);
     w_off = offset;
-    b_off = offset + (int64_t)b.cout * kp;
+    b_off = offset + (int64_t)b.cout * n_slots * kLanes;
     wpad.assign((int64_t)b.cout * kp, 0.0f);
     for (int co = 0; co < b.cout; ++co) std::memcpy(wpad.data() + (int64_t)co * kp, w + (int64_t)co * kn, sizeof(float) * kn);
     for (int l = 0; l < kLanes; ++l) {
@@ -173,28 +209,30 @@ struct BackwardBlock {
       mask[1][l] = l + kLanes < b.k ? 1.0f : 0.0f;
     }
   }
+  // the gradient of weight (co, ci, ky, kx) in a thread's sums
+  int64_t grad_at(const Block& b, int co, int ci, int ky, int kx) const {
+    return w_off + (int64_t)co * n_slots * kLanes + ((ci * b.k + ky) * kv + kx / kLanes) * kLanes + kx % kLanes;
+  }
 };
 
 struct BackwardScratch {  // one per thread
   std::vector<float> g_in, g_next;  // gradient of a block's input / of its pooled output
-  std::vector<float> cols, g_col;   // im2col rows of the used positions; one position's input gradient
+  std::vector<float> g_col;         // one position's input gradient, as a weight row
   std::vector<int32_t> count;       // winners per position, then where each position's winners start
   std::vector<int32_t> win_pos, win_at, by_pos, used;
   std::vector<int> ch_start;        // where each channel's winners start in win_*
   std::vector<float> win_g;
   BackwardScratch(const std::vector<Block>& blocks, const std::vector<BackwardBlock>& bb) {
-    int64_t g_max = 0, cols_max = 0, pos_max = 0, kp_max = 0, win_max = 0;
+    int64_t g_max = 0, pos_max = 0, kp_max = 0, win_max = 0;
     for (size_t i = 0; i < blocks.size(); ++i) {
       const Block& b = blocks[i];
       g_max = std::max({g_max, b.in_size(), b.pooled_size()});
       pos_max = std::max<int64_t>(pos_max, (int64_t)b.ho * b.wo);
-      cols_max = std::max(cols_max, (int64_t)b.ho * b.wo * bb[i].kp);
       kp_max = std::max<int64_t>(kp_max, bb[i].kp);
       win_max = std::max(win_max, b.pooled_size());
     }
     g_in.resize(g_max + 2 * kLanes);  // col2im reads and rewrites up to 2 * kLanes - 1 past a row
     g_next.resize(g_max);
-    cols.resize(cols_max + 2 * kLanes);  // im2col writes whole registers
     g_col.resize(kp_max + 2 * kLanes);  // col2im reads whole registers
     count.resize(pos_max + 1);
     win_pos.resize(win_max); win_at.resize(win_max); by_pos.resize(win_max); used.resize(pos_max);
@@ -234,27 +272,19 @@ void backward_block(const std::vector<Block>& blocks, const std::vector<Backward
     n_used += s.count[pos + 1] != 0;
     s.count[pos + 1] += s.count[pos];  // count[pos]: where pos's winners start in by_pos
   }
-  for (int u = 0; u < n_used; ++u) {  // im2col of the used positions; the padding lanes zero
-    const int pos = s.used[u], y = pos / b.wo, x = pos % b.wo;
-    float* col = s.cols.data() + (int64_t)pos * kp;
-    for (int ci = 0; ci < b.cin; ++ci)
-      for (int ky = 0; ky < k; ++ky) {
-        const float* src = in + ((int64_t)ci * b.hp + y + ky) * b.wp + x;
-        float* dst = col + (ci * k + ky) * k;
-        for (int kx = 0; kx < k; kx += kLanes) store8(dst + kx, load8(src + kx));  // spills into the next row, rewritten next
-      }
-    std::fill(col + b.cin * k * k, col + kp, 0.0f);
-  }
   for (int co = 0; co < b.cout; ++co) {  // weight and bias gradients, a channel at a time
-    float* gw = acc + bb.w_off + (int64_t)co * kp;
-    for (int t = 0; t < kp; t += kChunk) {
-      v8 sum[kChunk / kLanes];
-      for (int v = 0; v < kChunk / kLanes; ++v) sum[v] = load8(gw + t + v * kLanes);
+    float* gw = acc + bb.w_off + (int64_t)co * bb.n_slots * kLanes;
+    for (int s0 = 0; s0 < bb.n_slots; s0 += kSlots) {
+      v8 sum[kSlots];
+      const int* off = bb.slot_in.data() + s0;
+      for (int j = 0; j < kSlots; ++j) sum[j] = load8(gw + (s0 + j) * kLanes);
       for (int w = ch_start[co]; w < ch_start[co + 1]; ++w) {
-        const float* col = s.cols.data() + (int64_t)s.win_pos[w] * kp + t;
-        for (int v = 0; v < kChunk / kLanes; ++v) sum[v] += s.win_g[w] * load8(col + v * kLanes);
+        const int pos = s.win_pos[w];
+        const float* corner = in + (pos / b.wo) * b.wp + pos % b.wo;  // the patch's top-left pixel
+        const float g = s.win_g[w];
+        for (int j = 0; j < kSlots; ++j) sum[j] += g * load8(corner + off[j]);
       }
-      for (int v = 0; v < kChunk / kLanes; ++v) store8(gw + t + v * kLanes, sum[v]);
+      for (int j = 0; j < kSlots; ++j) store8(gw + (s0 + j) * kLanes, sum[j]);
     }
     float gb = 0.0f;
     for (int w = ch_start[co]; w < ch_start[co + 1]; ++w) gb += s.win_g[w];
@@ -306,9 +336,7 @@ int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const
   for (int i = 0; i < n_blocks; ++i) {
     const Block& b = blocks[i];
     if (b.ho < 2 || b.wo < 2) return 1;
-    wts[i].resize((int64_t)b.cout * b.cin * b.k * b.k);
-    for (int co = 0; co < b.cout; ++co)  // (cout, cin, k, k) -> (cin, k, k, cout)
-      for (int t = 0; t < b.cin * b.k * b.k; ++t) wts[i][(int64_t)t * b.cout + co] = weights[i][(int64_t)co * b.cin * b.k * b.k + t];
+    wts[i] = pack_weights(b, weights[i]);
     z_max = std::max(z_max, (int64_t)b.cout * b.ho * round_up(b.wo, kLanes));
   }
 #pragma omp parallel num_threads(n_threads)
@@ -359,14 +387,15 @@ int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* cons
   }
   for (int i = 0; i < n_blocks; ++i) {
     const Block& b = blocks[i];
-    const int kn = b.cin * b.k * b.k;
-    for (int co = 0; co < b.cout; ++co) {
-      float* dst = grad_w[i] + (int64_t)co * kn;
-      const int64_t at = bb[i].w_off + (int64_t)co * bb[i].kp;
-      std::memcpy(dst, sums[0].data() + at, sizeof(float) * kn);
-      for (int t = 1; t < n_threads; ++t)
-        for (int j = 0; j < kn; ++j) dst[j] += sums[t][at + j];
-    }
+    float* dst = grad_w[i];  // (cout, cin, k, k)
+    for (int co = 0; co < b.cout; ++co)
+      for (int ci = 0; ci < b.cin; ++ci)
+        for (int ky = 0; ky < b.k; ++ky)
+          for (int kx = 0; kx < b.k; ++kx, ++dst) {
+            const int64_t at = bb[i].grad_at(b, co, ci, ky, kx);
+            *dst = sums[0][at];
+            for (int t = 1; t < n_threads; ++t) *dst += sums[t][at];
+          }
     std::memcpy(grad_b[i], sums[0].data() + bb[i].b_off, sizeof(float) * b.cout);
     for (int t = 1; t < n_threads; ++t)
       for (int j = 0; j < b.cout; ++j) grad_b[i][j] += sums[t][bb[i].b_off + j];

@@ -182,12 +182,34 @@ def select_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.
     return "cuda-graph"
 
 
+def fallback_reason(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> str | None:
+    """Why the fast engine asked for ('auto' included) does not run this config on `device`, so
+    `train` uses the plain loop; None when it runs, or when 'plain' was asked for."""
+    if train_cfg.engine == "plain" or select_engine(model_cfg, train_cfg, device) != "plain":
+        return None
+    if train_cfg.engine in ("auto", "cpu-native") and device.type == "cpu":
+        from .native import native_unsupported
+
+        return f"cpu-native: {native_unsupported(model_cfg, device)}"
+    if train_cfg.engine in ("auto", "cuda-graph", "stacked") and device.type == "cuda":
+        from .fast import cuda_graph_unsupported
+
+        return f"cuda-graph: {cuda_graph_unsupported(model_cfg, train_cfg, device)}"
+    return f"{train_cfg.engine} does not run on {device.type}"
+
+
 def warm_up(device: str | torch.device = "auto") -> float:
-    """One forward and backward pass of a small CNN on `device`, so the libraries' one-time
-    start-up (on CUDA, cuDNN and cuBLAS: about 4.6 s of the first run in a fresh process on an
-    H100, docs/BENCHMARKS.md) is paid before anyone waits for it. Returns the seconds it took."""
+    """Pay the one-time start-up costs of `device` before anyone waits for them: on CUDA, cuDNN
+    and cuBLAS (about 4.6 s of the first run in a fresh process on an H100, docs/BENCHMARKS.md);
+    on the CPU, building the cpu-native kernels (a few seconds, once per machine; then a cache
+    hit). Then one forward and backward pass of a small CNN. Returns the seconds it took."""
     t0 = time.perf_counter()
     device = resolve_device(str(device))
+    if device.type == "cpu":
+        from .native import NativeUnavailable, load_library
+
+        with contextlib.suppress(NativeUnavailable):  # then training uses the plain loop, and says why
+            load_library()
     with torch.random.fork_rng(devices=[]):  # the global RNG stays as it was
         model = build_model(ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))).to(device)
     x = torch.zeros(8, 1, 28, 28, device=device)

@@ -145,3 +145,14 @@ def test_a_fresh_build_is_cached_for_the_next_process(fresh_build):
     built = list((fresh_build / "cache" / "native").glob("conv_blocks-*.so"))
     assert len(built) == 1 and built[0] == native.library_path(os.environ.get("CXX") or native.shutil.which("g++")
                                                                or native.shutil.which("c++"))
+
+
+def test_the_cli_says_why_the_plain_loop_ran(fresh_build, monkeypatch, capsys):
+    from mnist_lab.cli import main
+
+    monkeypatch.setenv("CXX", str(fresh_build / "no-such-g++"))
+    argv = ["train", "--preset", "lab5", "--train-limit", "256", "--quiet", "--db", str(fresh_build / "runs.db")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(plain engine)" in out
+    assert "note: the plain loop ran because cpu-native: no C++ compiler found" in out
