@@ -12,13 +12,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 #include <omp.h>
 
 namespace {
 
 constexpr int kLanes = 8;     // output columns computed together (one AVX register of floats)
-constexpr int kChunk = 32;    // im2col rows are padded to a multiple of this (4 registers)
+constexpr int kChunk = 32;    // a position's input-gradient row is padded to a multiple of this (4 registers)
 constexpr int kSlots = 8;     // weight-gradient registers summed together
 constexpr int kCoBlock = 6;   // output channels computed together, at most (2 rows x 6 x 1 register)
 
@@ -47,8 +48,6 @@ inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
 
 inline int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
-// z (cout, ho, zw) = conv(in) + bias, computed in chunks of kLanes columns; zw = round_up(wo).
-// The last chunk of a row reads up to kLanes - 1 floats past the row: `in` has that much slack.
 template <int CB, int R, int K>
 void conv_rows(const Block& b, const float* in, const float* wt, const float* bias, int co0, int y0, float* z, int zw) {
   // R output rows x CB channels x kLanes columns in registers. wt: this group's weights as
@@ -147,12 +146,12 @@ void pool_relu(const Block& b, const float* z, int zw, float* out, int32_t* win)
         }
         v8 best = q[0];
         v8i at = v8i{} + 0;
-        for (int j = 1; j < 4; ++j) {  // strictly greater: the first maximum wins
-          const v8i gt = q[j] > best;
+        for (int j = 1; j < 4; ++j) {  // as PyTorch: strictly greater wins (the first maximum), or NaN
+          const v8i gt = (q[j] > best) | (q[j] != q[j]);
           best = gt ? q[j] : best;
           at = gt ? v8i{} + j : at;
         }
-        const v8i on = best > v8{};
+        const v8i on = (best > v8{}) | (best != best);  // ReLU keeps NaN
         for (int l = 0; l < lanes; ++l) {
           const int px = px0 + l;
           out[((int64_t)c * ohp + py + p) * owp + px + p] = on[l] ? best[l] : 0.0f;
@@ -190,7 +189,7 @@ struct BackwardBlock {
   int kp;                  // a weight row for the input gradient: cin * k * k rounded up to kChunk
   int64_t w_off, b_off;    // where this block's weight and bias gradients sit in a thread's sums
   std::vector<float> wpad; // (cout, kp) weights, zero-padded rows
-  v8 mask[2];              // lanes < k of the first and second kLanes of a kernel row
+  v8i mask[2];             // lanes < k of the first and second kLanes of a kernel row (all ones)
   void init(const Block& b, const float* w, int64_t offset) {
     const int kn = b.cin * b.k * b.k;
     kv = (b.k + kLanes - 1) / kLanes;
@@ -205,8 +204,8 @@ struct BackwardBlock {
     wpad.assign((int64_t)b.cout * kp, 0.0f);
     for (int co = 0; co < b.cout; ++co) std::memcpy(wpad.data() + (int64_t)co * kp, w + (int64_t)co * kn, sizeof(float) * kn);
     for (int l = 0; l < kLanes; ++l) {
-      mask[0][l] = l < b.k ? 1.0f : 0.0f;
-      mask[1][l] = l + kLanes < b.k ? 1.0f : 0.0f;
+      mask[0][l] = l < b.k ? -1 : 0;
+      mask[1][l] = l + kLanes < b.k ? -1 : 0;
     }
   }
   // the gradient of weight (co, ci, ky, kx) in a thread's sums
@@ -310,7 +309,7 @@ void backward_block(const std::vector<Block>& blocks, const std::vector<Backward
         float* dst = s.g_in.data() + ((int64_t)ci * b.hp + y + ky) * b.wp + x;
         const float* src = s.g_col.data() + (ci * k + ky) * k;
         for (int kx = 0, h = 0; kx < k; kx += kLanes, ++h)  // lanes >= k add zero
-          store8(dst + kx, load8(dst + kx) + load8(src + kx) * bb.mask[h]);
+          store8(dst + kx, load8(dst + kx) + (bb.mask[h] ? load8(src + kx) : v8{}));
       }
   }
   const Block& prev = blocks[i - 1];  // its pooled output is this block's input interior
@@ -325,82 +324,94 @@ void backward_block(const std::vector<Block>& blocks, const std::vector<Backward
 
 extern "C" {
 
+// Both entry points allocate everything before their parallel region, so nothing inside it can
+// throw, and catch what the allocations throw: 2 means out of memory, 1 impossible sizes.
+
 // Forward of all blocks for images [0, n). bufs[i]: block i's input (N, cin, hp, wp); bufs[n_blocks]:
 // the last pooled output (N, cout, po_h, po_w), which the fully-connected part flattens.
-// wins[i]: (N, cout, po_h, po_w) int32. The buffers carry kLanes floats of slack at their end.
+// wins[i]: (N, cout, po_h, po_w) int32. The buffers carry 2 * kLanes floats of slack at their end.
 int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const* weights,
                         const float* const* biases, float* const* bufs, int32_t* const* wins, int n_threads) {
-  const std::vector<Block> blocks = read_blocks(n_blocks, dims);
-  std::vector<std::vector<float>> wts(n_blocks);
-  int64_t z_max = 0;
-  for (int i = 0; i < n_blocks; ++i) {
-    const Block& b = blocks[i];
-    if (b.ho < 2 || b.wo < 2) return 1;
-    wts[i] = pack_weights(b, weights[i]);
-    z_max = std::max(z_max, (int64_t)b.cout * b.ho * round_up(b.wo, kLanes));
-  }
+  try {
+    const std::vector<Block> blocks = read_blocks(n_blocks, dims);
+    std::vector<std::vector<float>> wts(n_blocks);
+    int64_t z_max = 0;
+    for (int i = 0; i < n_blocks; ++i) {
+      const Block& b = blocks[i];
+      if (b.ho < 2 || b.wo < 2) return 1;
+      wts[i] = pack_weights(b, weights[i]);
+      z_max = std::max(z_max, (int64_t)b.cout * b.ho * round_up(b.wo, kLanes));
+    }
+    std::vector<std::vector<float>> zs(n_threads, std::vector<float>(z_max));  // conv outputs, per thread
 #pragma omp parallel num_threads(n_threads)
-  {
-    std::vector<float> z(z_max);
+    {
+      float* z = zs[omp_get_thread_num()].data();
 #pragma omp for schedule(static)
-    for (int img = 0; img < n; ++img) {
-      for (int i = 0; i < n_blocks; ++i) {
-        const Block& b = blocks[i];
-        const int zw = round_up(b.wo, kLanes);
-        const float* in = bufs[i] + img * b.in_size();
-        conv(b, in, wts[i].data(), biases[i], z.data(), zw);
-        const int64_t out_size = (int64_t)b.cout * b.out_hp() * b.out_wp();
-        pool_relu(b, z.data(), zw, bufs[i + 1] + img * out_size, wins[i] + img * b.pooled_size());
+      for (int img = 0; img < n; ++img) {
+        for (int i = 0; i < n_blocks; ++i) {
+          const Block& b = blocks[i];
+          const int zw = round_up(b.wo, kLanes);
+          conv(b, bufs[i] + img * b.in_size(), wts[i].data(), biases[i], z, zw);
+          const int64_t out_size = (int64_t)b.cout * b.out_hp() * b.out_wp();
+          pool_relu(b, z, zw, bufs[i + 1] + img * out_size, wins[i] + img * b.pooled_size());
+        }
       }
     }
+    return 0;
+  } catch (const std::bad_alloc&) {
+    return 2;
   }
-  return 0;
 }
 
 // Backward: grad_out (N, cout, po_h, po_w) of the last block -> grad_w[i], grad_b[i] (overwritten).
-// Each thread sums its images' gradients; the threads' sums are added in thread order, so a
-// given thread count gives the same result every time.
+// Each thread sums its images' gradients; the sums are added in thread order, so a given thread
+// count gives the same result every time (a thread OpenMP did not start adds its zeros).
 int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* const* weights,
                          const float* const* bufs, const int32_t* const* wins, const float* grad_out,
                          float* const* grad_w, float* const* grad_b, int n_threads) {
-  const std::vector<Block> blocks = read_blocks(n_blocks, dims);
-  std::vector<BackwardBlock> bb(n_blocks);
-  int64_t acc_total = 0;
-  for (int i = 0; i < n_blocks; ++i) {
-    bb[i].init(blocks[i], weights[i], acc_total);
-    acc_total = bb[i].b_off + blocks[i].cout;
-  }
-  std::vector<std::vector<float>> sums(n_threads);
-#pragma omp parallel num_threads(n_threads)
-  {
-    std::vector<float>& acc = sums[omp_get_thread_num()];
-    acc.assign(acc_total, 0.0f);
-    BackwardScratch scratch(blocks, bb);
-#pragma omp for schedule(static)
-    for (int img = 0; img < n; ++img) {
-      const Block& last = blocks[n_blocks - 1];
-      std::memcpy(scratch.g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
-      for (int i = n_blocks - 1; i >= 0; --i)
-        backward_block(blocks, bb, i, bufs[i] + img * blocks[i].in_size(), wins[i] + img * blocks[i].pooled_size(),
-                       acc.data(), scratch);
+  try {
+    const std::vector<Block> blocks = read_blocks(n_blocks, dims);
+    std::vector<BackwardBlock> bb(n_blocks);
+    int64_t acc_total = 0;
+    for (int i = 0; i < n_blocks; ++i) {
+      bb[i].init(blocks[i], weights[i], acc_total);
+      acc_total = bb[i].b_off + blocks[i].cout;
     }
+    std::vector<std::vector<float>> sums(n_threads, std::vector<float>(acc_total, 0.0f));
+    std::vector<BackwardScratch> scratch(n_threads, BackwardScratch(blocks, bb));
+#pragma omp parallel num_threads(n_threads)
+    {
+      const int t = omp_get_thread_num();
+      BackwardScratch& s = scratch[t];
+      const Block& last = blocks[n_blocks - 1];
+#pragma omp for schedule(static)
+      for (int img = 0; img < n; ++img) {
+        std::memcpy(s.g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
+        for (int i = n_blocks - 1; i >= 0; --i)
+          backward_block(blocks, bb, i, bufs[i] + img * blocks[i].in_size(), wins[i] + img * blocks[i].pooled_size(),
+                         sums[t].data(), s);
+      }
+    }
+    for (int i = 0; i < n_blocks; ++i) {
+      const Block& b = blocks[i];
+      float* dst = grad_w[i];  // (cout, cin, k, k)
+      for (int co = 0; co < b.cout; ++co)
+        for (int ci = 0; ci < b.cin; ++ci)
+          for (int ky = 0; ky < b.k; ++ky)
+            for (int kx = 0; kx < b.k; ++kx, ++dst) {
+              const int64_t at = bb[i].grad_at(b, co, ci, ky, kx);
+              *dst = sums[0][at];
+              for (int t = 1; t < n_threads; ++t) *dst += sums[t][at];
+            }
+      for (int j = 0; j < b.cout; ++j) {
+        grad_b[i][j] = sums[0][bb[i].b_off + j];
+        for (int t = 1; t < n_threads; ++t) grad_b[i][j] += sums[t][bb[i].b_off + j];
+      }
+    }
+    return 0;
+  } catch (const std::bad_alloc&) {
+    return 2;
   }
-  for (int i = 0; i < n_blocks; ++i) {
-    const Block& b = blocks[i];
-    float* dst = grad_w[i];  // (cout, cin, k, k)
-    for (int co = 0; co < b.cout; ++co)
-      for (int ci = 0; ci < b.cin; ++ci)
-        for (int ky = 0; ky < b.k; ++ky)
-          for (int kx = 0; kx < b.k; ++kx, ++dst) {
-            const int64_t at = bb[i].grad_at(b, co, ci, ky, kx);
-            *dst = sums[0][at];
-            for (int t = 1; t < n_threads; ++t) *dst += sums[t][at];
-          }
-    std::memcpy(grad_b[i], sums[0].data() + bb[i].b_off, sizeof(float) * b.cout);
-    for (int t = 1; t < n_threads; ++t)
-      for (int j = 0; j < b.cout; ++j) grad_b[i][j] += sums[t][bb[i].b_off + j];
-  }
-  return 0;
 }
 
 }  // extern "C"

@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .models import ModelConfig
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 SLACK = 16  # floats past the end of every buffer: the kernels read and write whole 8-float registers
+SCRATCH_LIMIT = 256 * 2**20  # bytes of per-thread gradient sums beyond which a network trains on the plain loop
 
 
 class NativeUnavailable(RuntimeError):
@@ -49,7 +51,7 @@ def library_path(compiler: str) -> Path:
 
 
 def load_library() -> ctypes.CDLL:
-    """The kernels, built on first use (about 2 s) and cached; raises NativeUnavailable, with the
+    """The kernels, built on first use (about 3 s) and cached; raises NativeUnavailable, with the
     reason, where there is no working C++ compiler with OpenMP (then training uses the plain loop)."""
     global _library, _error
     with _lock:
@@ -58,9 +60,20 @@ def load_library() -> ctypes.CDLL:
                 _library = _build_and_load()
             except NativeUnavailable as e:
                 _error = str(e)
+            except Exception as e:  # noqa: BLE001 - whatever goes wrong here, training must go on
+                _error = f"the CPU kernels could not be prepared: {type(e).__name__}: {e}"
         if _library is None:
             raise NativeUnavailable(_error)
         return _library
+
+
+def kernel_state() -> tuple[str, str | None]:
+    """Without waiting for a build: ('ready', None), ('unavailable', why) or ('not built', None)."""
+    if _library is not None:
+        return "ready", None
+    if _error is not None:
+        return "unavailable", _error
+    return "not built", None
 
 
 def _build_and_load() -> ctypes.CDLL:
@@ -70,22 +83,16 @@ def _build_and_load() -> ctypes.CDLL:
                                 "install g++ for the faster CPU engine")
     path = library_path(compiler)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
-                                  timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {e}") from None
-        if done.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            first = (done.stderr.strip().splitlines() or ["no message"])[0]
-            raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {first}")
-        os.replace(tmp, path)  # atomic: a process building at the same time never loads half a file
+        _build(compiler, path)
     try:
         lib = ctypes.CDLL(str(path))  # after torch: its OpenMP runtime is the one the kernels use
-    except OSError as e:
-        raise NativeUnavailable(f"the built CPU kernels do not load: {e}") from None
+    except OSError:  # a broken cached file: build it again, once
+        path.unlink(missing_ok=True)
+        _build(compiler, path)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            raise NativeUnavailable(f"the built CPU kernels do not load: {e}") from None
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     c_int = ctypes.c_int
     lib.conv_blocks_forward.argtypes = [c_int, c_int, ctypes.POINTER(c_int), ptrs, ptrs, ptrs, ptrs, c_int]
@@ -93,6 +100,25 @@ def _build_and_load() -> ctypes.CDLL:
                                          ptrs, ptrs, c_int]
     lib.conv_blocks_forward.restype = lib.conv_blocks_backward.restype = c_int
     return lib
+
+
+def _build(compiler: str, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {e}") from None
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["no message"])[0]
+            raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {first}")
+        os.replace(tmp, path)  # atomic: a process building at the same time never loads half a file
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {e}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str | None]:
@@ -111,14 +137,15 @@ def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str 
                 convs.append(m)
         else:
             block.append(m)
+    if not convs:
+        return [], [], "the network has no conv blocks"
     for conv in convs:
-        k = conv.kernel_size[0]
-        pad = {"same": (k - 1) // 2, "valid": 0}.get(conv.padding) if isinstance(conv.padding, str) else conv.padding[0]
-        if conv.padding == "same" and k % 2 == 0:
+        if conv.padding == "same" and conv.kernel_size[0] % 2 == 0:
             return [], [], "'same' padding with an even kernel pads unevenly"
         if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.bias is None
-                or conv.kernel_size[0] != conv.kernel_size[1] or pad is None):
-            return [], [], "the kernels run square stride-1 convolutions with a bias only"
+                or conv.kernel_size[0] != conv.kernel_size[1] or conv.padding_mode != "zeros"
+                or (isinstance(conv.padding, tuple) and conv.padding[0] != conv.padding[1])):
+            return [], [], "the kernels run square stride-1 convolutions with a bias and even zero padding only"
     pools = [m for m in children[:flatten] if isinstance(m, nn.MaxPool2d)]
     if any(p.kernel_size not in (2, (2, 2)) or p.stride not in (2, (2, 2)) or p.padding not in (0, (0, 0))
            or p.ceil_mode or p.dilation not in (1, (1, 1)) for p in pools):
@@ -135,14 +162,25 @@ def native_unsupported(model_cfg: ModelConfig, device: torch.device) -> str | No
     if model_cfg.kind != "cnn":
         return "a fully-connected net has no conv blocks"
     with torch.device("meta"):
-        reason = _split(build_model(model_cfg))[2]
+        convs, _, reason = _split(build_model(model_cfg))
     if reason:
         return reason
+    scratch = 4 * torch.get_num_threads() * sum(_gradient_floats(conv) for conv in convs)
+    if scratch > SCRATCH_LIMIT:
+        return (f"the network is too big for the CPU kernels ({scratch / 2**20:.0f} MiB of gradient sums per step, "
+                f"more than {SCRATCH_LIMIT // 2**20} MiB)")
     try:
         load_library()
     except NativeUnavailable as e:
         return str(e)
     return None
+
+
+def _gradient_floats(conv: nn.Conv2d) -> int:
+    """A thread's weight-gradient sums for `conv` in the kernels: every kernel row padded to whole
+    8-float registers (conv_blocks.cpp, BackwardBlock)."""
+    k, registers = conv.kernel_size[0], -(-conv.kernel_size[0] // 8)
+    return conv.out_channels * (-(-conv.in_channels * k * registers // 8) * 8) * 8 + conv.out_channels
 
 
 def _pad_of(conv: nn.Conv2d) -> int:
@@ -192,35 +230,43 @@ class ConvBlocks:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N, C', H', W') output of the last block (a new tensor)."""
         n = len(x)
-        buf = self._buffers(n)
         cin, hp, wp = self.blocks[0][:3]
-        p = (hp - x.shape[-1]) // 2
+        p = _pad_of(self.convs[0])
+        if tuple(x.shape[1:]) != (cin, hp - 2 * p, wp - 2 * p):
+            raise ValueError(f"This network takes images of shape ({cin}, {hp - 2 * p}, {wp - 2 * p}); "
+                             f"got {tuple(x.shape[1:])}.")
+        buf = self._buffers(n)
         buf.acts[0][:n * cin * hp * wp].view(n, cin, hp, wp)[:, :, p:hp - p, p:wp - p].copy_(x.detach())
         weights = [conv.weight.detach().contiguous() for conv in self.convs]
         biases = [conv.bias.detach().contiguous() for conv in self.convs]
-        rc = self.lib.conv_blocks_forward(n, len(self.blocks), self.dims, _ptrs(weights), _ptrs(biases),
-                                          buf.act_ptrs, buf.win_ptrs, torch.get_num_threads())
-        if rc != 0:
-            raise RuntimeError("conv_blocks_forward refused the network's sizes")
+        _check(self.lib.conv_blocks_forward(n, len(self.blocks), self.dims, _ptrs(weights), _ptrs(biases),
+                                            buf.act_ptrs, buf.win_ptrs, torch.get_num_threads()))
         self.generation += 1
         c, h, w = buf.last_shape
         return buf.acts[-1][:n * c * h * w].view(n, c, h, w).clone()
 
-    def backward(self, grad: torch.Tensor, n: int, generation: int) -> list[torch.Tensor]:
-        """Gradients [w1, b1, w2, b2, ...] of the conv layers, from the last block output's gradient."""
+    def backward(self, grad: torch.Tensor, weights: list[torch.Tensor], n: int, generation: int) -> list[torch.Tensor]:
+        """Gradients [w1, b1, w2, b2, ...] of the conv layers (`weights` as the forward pass saw
+        them), from the gradient of the last block's output."""
         if generation != self.generation:
             raise RuntimeError("cpu-native: a backward pass must follow its own forward pass, with no other in between")
         buf = self.buffers
-        weights = [conv.weight.detach().contiguous() for conv in self.convs]
+        weights = [w.detach().contiguous() for w in weights]
         grads_w = [torch.empty_like(w) for w in weights]
-        grads_b = [torch.empty_like(conv.bias) for conv in self.convs]
+        grads_b = [torch.empty(w.shape[0]) for w in weights]
         grad = grad.contiguous()
-        rc = self.lib.conv_blocks_backward(n, len(self.blocks), self.dims, _ptrs(weights), buf.act_ptrs,
-                                           buf.win_ptrs, grad.data_ptr(), _ptrs(grads_w), _ptrs(grads_b),
-                                           torch.get_num_threads())
-        if rc != 0:
-            raise RuntimeError("conv_blocks_backward refused the network's sizes")
+        _check(self.lib.conv_blocks_backward(n, len(self.blocks), self.dims, _ptrs(weights), buf.act_ptrs,
+                                             buf.win_ptrs, grad.data_ptr(), _ptrs(grads_w), _ptrs(grads_b),
+                                             torch.get_num_threads()))
         return [g for pair in zip(grads_w, grads_b) for g in pair]
+
+
+def _check(rc: int) -> None:
+    if rc == 2:
+        raise MemoryError("cpu-native: not enough memory for the C++ kernels' scratch; use a smaller batch or "
+                          "network, or the engine 'plain'")
+    if rc != 0:
+        raise RuntimeError("cpu-native: the C++ kernels refused the network's sizes")
 
 
 def _ptrs(tensors: list[torch.Tensor]):
@@ -229,14 +275,15 @@ def _ptrs(tensors: list[torch.Tensor]):
 
 class _ConvBlocksFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, blocks: ConvBlocks, *params):
+    def forward(ctx, x, blocks: ConvBlocks, *params):  # params: w1, b1, w2, b2, ...
         out = blocks.forward(x)
+        ctx.save_for_backward(*params[0::2])  # so autograd refuses weights changed in place before backward
         ctx.blocks, ctx.n, ctx.generation = blocks, len(x), blocks.generation
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        return None, None, *ctx.blocks.backward(grad, ctx.n, ctx.generation)
+        return None, None, *ctx.blocks.backward(grad, list(ctx.saved_tensors), ctx.n, ctx.generation)
 
 
 class NativeCNN(nn.Module):

@@ -78,6 +78,19 @@ def test_home_shows_the_device_mnist_and_digits():
     assert len(at.get("page_link")) == 4
 
 
+def test_home_says_which_path_trains_cnns_on_the_cpu(monkeypatch):
+    from mnist_lab import native
+
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_error", "no C++ compiler found (g++ or c++)")
+    at = open_page("home")
+    assert any("plain PyTorch loop here: no C++ compiler found" in c.value for c in at.caption)
+    monkeypatch.setattr(native, "_error", None)
+    native.load_library()
+    at = open_page("home")
+    assert any("C++ conv kernels built for this CPU" in c.value for c in at.caption)
+
+
 def test_train_parameter_count_follows_the_controls():
     at = open_page("train")
     assert params_shown(at) == 8490  # the Lab-5 net

@@ -72,6 +72,45 @@ def test_ties_go_to_the_first_maximum_as_in_pytorch():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {key}")
 
 
+def test_nan_goes_through_the_pool_and_relu_as_in_pytorch(tiny_data):
+    torch.manual_seed(2)
+    plain = build_model(LAB5)
+    fast = native.NativeCNN(copy.deepcopy(plain), LAB5)
+    x = tiny_data.x_train[:4].clone()
+    x[1, 0, 5, 5] = float("nan")  # a diverged run: the plain loop shows NaN, so must this
+    a, b = plain(x), fast(x)
+    assert torch.equal(torch.isnan(b), torch.isnan(a)) and torch.isnan(a[1]).all()
+    torch.testing.assert_close(b[[0, 2, 3]], a[[0, 2, 3]], rtol=1e-5, atol=1e-5)
+
+
+def test_buffers_first_made_while_evaluating_serve_a_larger_then_a_training_batch(tiny_data):
+    torch.manual_seed(3)
+    plain = build_model(LAB5)
+    fast = native.NativeCNN(copy.deepcopy(plain), LAB5)
+    with torch.inference_mode():
+        fast(tiny_data.x_train[:8])  # buffers for 8 images, made under inference mode
+    x, y = tiny_data.x_train[:100], tiny_data.y_train[:100]  # more images: the buffers grow
+    for model in (plain, fast):
+        F.cross_entropy(model(x), y).backward()
+    for p, q in zip(fast.parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_images_of_another_shape_are_refused_with_the_expected_shape():
+    fast = native.NativeCNN(build_model(LAB5), LAB5)
+    with pytest.raises(ValueError, match=r"takes images of shape \(1, 28, 28\); got \(3, 28, 28\)"):
+        fast(torch.zeros(2, 3, 28, 28))
+
+
+def test_weights_changed_between_forward_and_backward_are_refused():
+    fast = native.NativeCNN(build_model(LAB5), LAB5)
+    loss = fast(torch.randn(4, 1, 28, 28)).sum()
+    with torch.no_grad():
+        fast.model.conv1.weight.mul_(2)  # as an optimiser step would
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_the_wrapper_keeps_the_very_same_parameters():
     model = build_model(LAB5)
     params = list(model.parameters())
@@ -107,6 +146,7 @@ def test_on_the_cpu_auto_means_cpu_native_for_the_nets_it_runs():
     (get_preset("tiny-fc").model, "no conv blocks"),
     (cnn_config(2, 5, batch_norm=True), "no BatchNorm"),
     (cnn_config(2, 4), "even kernel"),  # 'same' with k=4 pads one side more
+    (ModelConfig(conv_channels=(512, 512, 512, 512), kernel_size=9, padding="same"), "too big for the CPU kernels"),
 ])
 def test_nets_the_kernels_do_not_run_train_on_the_plain_loop(model_cfg, reason):
     assert reason in native.native_unsupported(model_cfg, CPU)
@@ -156,3 +196,10 @@ def test_the_cli_says_why_the_plain_loop_ran(fresh_build, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "(plain engine)" in out
     assert "note: the plain loop ran because cpu-native: no C++ compiler found" in out
+
+
+def test_a_cache_that_cannot_be_written_falls_back_too(fresh_build, monkeypatch):
+    blocker = fresh_build / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("MNIST_LAB_CACHE_DIR", str(blocker / "cache"))
+    assert "could not build the CPU kernels" in native.native_unsupported(LAB5, CPU)
