@@ -119,7 +119,9 @@ def draw(snap) -> None:
             st.plotly_chart(accuracy_figure(accuracy), key="train_accuracy_chart")
     if not snap.active:
         store, ids = result_store(), [run.run_id]
-        st.caption(f"Run `{run.run_id}`: {len(run.losses):,} iterations recorded.")
+        row = store.runs(ids)
+        where = f", trained on {row['device'].item()} ({row['engine'].item()} engine)" if len(row) else ""
+        st.caption(f"Run `{run.run_id}`: {len(run.losses):,} iterations recorded{where}.")
         cols = st.columns(3)
         for col, name in zip(cols, ("iterations", "epochs", "runs")):
             with col:

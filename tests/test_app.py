@@ -157,6 +157,14 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     assert {"iterations.csv", "epochs.csv", "runs.csv"} <= set(downloads(at))
     run_id = ResultStore(db).runs()["run_id"].item()
     assert len(ResultStore(db).iterations([run_id])) == 4  # 256 images / batch 64
+    assert any("trained on cpu (plain engine)" in c.value for c in at.caption)  # an FC net: the plain loop
+
+
+def test_a_cnn_trains_on_the_cpu_kernels_and_says_so(db):
+    at = open_page("train", query={"preset": "lab5", "train_limit": "256", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    finish(at, "train_job")
+    assert any("trained on cpu (cpu-native engine)" in c.value for c in at.caption)
 
 
 def test_two_epochs_add_the_test_accuracy_chart():
