@@ -195,7 +195,9 @@ def fallback_reason(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torc
         from .fast import cuda_graph_unsupported
 
         return f"cuda-graph: {cuda_graph_unsupported(model_cfg, train_cfg, device)}"
-    return f"{train_cfg.engine} does not run on {device.type}"
+    if train_cfg.engine == "stacked":
+        return "stacked trains two or more seeds of one config together (sweep, compare); a lone run on the CPU does not"
+    return {"cuda-graph": "cuda-graph needs a CUDA device", "cpu-native": "cpu-native runs on the CPU only"}[train_cfg.engine]
 
 
 def warm_up(device: str | torch.device = "auto") -> float:

@@ -13,7 +13,7 @@ import torch
 
 from mnist_lab import fast
 from mnist_lab.models import ModelConfig, build_model, cnn_config, get_preset
-from mnist_lab.train import ENGINES, TrainConfig, select_engine, train, train_many
+from mnist_lab.train import ENGINES, TrainConfig, fallback_reason, select_engine, train, train_many
 
 LAB5 = get_preset("lab5").model
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -305,3 +305,18 @@ def test_stacked_seeds_on_a_gpu_replay_one_graph_per_stack(data500):
     for (model_cfg, train_cfg), result in zip(jobs, many):
         alone = train(model_cfg, dataclasses.replace(train_cfg, engine="plain"), data500)
         assert_same_run(result, alone)
+
+
+@pytest.mark.parametrize("engine,device,why", [
+    ("plain", CPU, None),
+    ("auto", CPU, None),  # cpu-native runs
+    ("cuda-graph", CPU, "cuda-graph needs a CUDA device"),
+    ("stacked", CPU, "stacked trains two or more seeds of one config together"),
+    ("cpu-native", CUDA, "cpu-native runs on the CPU only"),
+    ("auto", CUDA, None),  # cuda-graph runs
+])
+def test_the_fallback_reason_names_what_to_change(engine, device, why):
+    reason = fallback_reason(LAB5, cfg(engine=engine), device)
+    assert reason == why if why is None else why in reason
+    dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
+    assert "dropout inside a graph" in fallback_reason(dropout, cfg(engine="auto"), CUDA)
