@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <vector>
 #include <omp.h>
@@ -214,7 +215,7 @@ struct BackwardBlock {
   }
 };
 
-struct BackwardScratch {  // one per thread
+struct BackwardScratch {  // one per thread and call
   std::vector<float> g_in, g_next;  // gradient of a block's input / of its pooled output
   std::vector<float> g_col;         // one position's input gradient, as a weight row
   std::vector<int32_t> count;       // winners per position, then where each position's winners start
@@ -223,12 +224,14 @@ struct BackwardScratch {  // one per thread
   std::vector<float> win_g;
   BackwardScratch(const std::vector<Block>& blocks, const std::vector<BackwardBlock>& bb) {
     int64_t g_max = 0, pos_max = 0, kp_max = 0, win_max = 0;
+    int cout_max = 0;
     for (size_t i = 0; i < blocks.size(); ++i) {
       const Block& b = blocks[i];
       g_max = std::max({g_max, b.in_size(), b.pooled_size()});
       pos_max = std::max<int64_t>(pos_max, (int64_t)b.ho * b.wo);
       kp_max = std::max<int64_t>(kp_max, bb[i].kp);
       win_max = std::max(win_max, b.pooled_size());
+      cout_max = std::max(cout_max, b.cout);
     }
     g_in.resize(g_max + 2 * kLanes);  // col2im reads and rewrites up to 2 * kLanes - 1 past a row
     g_next.resize(g_max);
@@ -236,8 +239,6 @@ struct BackwardScratch {  // one per thread
     count.resize(pos_max + 1);
     win_pos.resize(win_max); win_at.resize(win_max); by_pos.resize(win_max); used.resize(pos_max);
     win_g.resize(win_max);
-    int cout_max = 0;
-    for (const Block& b : blocks) cout_max = std::max(cout_max, b.cout);
     ch_start.resize(cout_max + 1);
   }
 };
@@ -324,8 +325,9 @@ void backward_block(const std::vector<Block>& blocks, const std::vector<Backward
 
 extern "C" {
 
-// Both entry points allocate everything before their parallel region, so nothing inside it can
-// throw, and catch what the allocations throw: 2 means out of memory, 1 impossible sizes.
+// Both entry points catch what allocating their per-thread scratch throws inside the parallel
+// region (an exception must not leave it), and then skip the work: 2 means out of memory, 1
+// impossible sizes.
 
 // Forward of all blocks for images [0, n). bufs[i]: block i's input (N, cin, hp, wp); bufs[n_blocks]:
 // the last pooled output (N, cout, po_h, po_w), which the fully-connected part flattens.
@@ -342,22 +344,34 @@ int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const
       wts[i] = pack_weights(b, weights[i]);
       z_max = std::max(z_max, (int64_t)b.cout * b.ho * round_up(b.wo, kLanes));
     }
-    std::vector<std::vector<float>> zs(n_threads, std::vector<float>(z_max));  // conv outputs, per thread
+    int failed = 0;
 #pragma omp parallel num_threads(n_threads)
     {
-      float* z = zs[omp_get_thread_num()].data();
+      std::vector<float> z;  // conv outputs
+      try {
+        z.resize(z_max);
+      } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+        failed = 1;
+      }
+#pragma omp barrier
+      int stop;
+#pragma omp atomic read
+      stop = failed;
+      if (!stop) {
 #pragma omp for schedule(static)
-      for (int img = 0; img < n; ++img) {
-        for (int i = 0; i < n_blocks; ++i) {
-          const Block& b = blocks[i];
-          const int zw = round_up(b.wo, kLanes);
-          conv(b, bufs[i] + img * b.in_size(), wts[i].data(), biases[i], z, zw);
-          const int64_t out_size = (int64_t)b.cout * b.out_hp() * b.out_wp();
-          pool_relu(b, z, zw, bufs[i + 1] + img * out_size, wins[i] + img * b.pooled_size());
+        for (int img = 0; img < n; ++img) {
+          for (int i = 0; i < n_blocks; ++i) {
+            const Block& b = blocks[i];
+            const int zw = round_up(b.wo, kLanes);
+            conv(b, bufs[i] + img * b.in_size(), wts[i].data(), biases[i], z.data(), zw);
+            const int64_t out_size = (int64_t)b.cout * b.out_hp() * b.out_wp();
+            pool_relu(b, z.data(), zw, bufs[i + 1] + img * out_size, wins[i] + img * b.pooled_size());
+          }
         }
       }
     }
-    return 0;
+    return failed ? 2 : 0;
   } catch (const std::bad_alloc&) {
     return 2;
   }
@@ -365,7 +379,7 @@ int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const
 
 // Backward: grad_out (N, cout, po_h, po_w) of the last block -> grad_w[i], grad_b[i] (overwritten).
 // Each thread sums its images' gradients; the sums are added in thread order, so a given thread
-// count gives the same result every time (a thread OpenMP did not start adds its zeros).
+// count gives the same result every time.
 int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* const* weights,
                          const float* const* bufs, const int32_t* const* wins, const float* grad_out,
                          float* const* grad_w, float* const* grad_b, int n_threads) {
@@ -377,21 +391,35 @@ int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* cons
       bb[i].init(blocks[i], weights[i], acc_total);
       acc_total = bb[i].b_off + blocks[i].cout;
     }
-    std::vector<std::vector<float>> sums(n_threads, std::vector<float>(acc_total, 0.0f));
-    std::vector<BackwardScratch> scratch(n_threads, BackwardScratch(blocks, bb));
+    std::vector<std::vector<float>> sums(n_threads);  // each thread's gradient sums
+    int failed = 0;
 #pragma omp parallel num_threads(n_threads)
     {
       const int t = omp_get_thread_num();
-      BackwardScratch& s = scratch[t];
+      std::unique_ptr<BackwardScratch> s;
+      try {
+        s = std::make_unique<BackwardScratch>(blocks, bb);
+        sums[t].assign(acc_total, 0.0f);
+      } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+        failed = 1;
+      }
+#pragma omp barrier
+      int stop;
+#pragma omp atomic read
+      stop = failed;
       const Block& last = blocks[n_blocks - 1];
+      if (!stop) {
 #pragma omp for schedule(static)
-      for (int img = 0; img < n; ++img) {
-        std::memcpy(s.g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
-        for (int i = n_blocks - 1; i >= 0; --i)
-          backward_block(blocks, bb, i, bufs[i] + img * blocks[i].in_size(), wins[i] + img * blocks[i].pooled_size(),
-                         sums[t].data(), s);
+        for (int img = 0; img < n; ++img) {
+          std::memcpy(s->g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
+          for (int i = n_blocks - 1; i >= 0; --i)
+            backward_block(blocks, bb, i, bufs[i] + img * blocks[i].in_size(),
+                           wins[i] + img * blocks[i].pooled_size(), sums[t].data(), *s);
+        }
       }
     }
+    if (failed) return 2;
     for (int i = 0; i < n_blocks; ++i) {
       const Block& b = blocks[i];
       float* dst = grad_w[i];  // (cout, cin, k, k)
@@ -400,12 +428,14 @@ int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* cons
           for (int ky = 0; ky < b.k; ++ky)
             for (int kx = 0; kx < b.k; ++kx, ++dst) {
               const int64_t at = bb[i].grad_at(b, co, ci, ky, kx);
-              *dst = sums[0][at];
-              for (int t = 1; t < n_threads; ++t) *dst += sums[t][at];
+              *dst = 0.0f;
+              for (int t = 0; t < n_threads; ++t)
+                if (!sums[t].empty()) *dst += sums[t][at];  // empty: a thread OpenMP did not start
             }
       for (int j = 0; j < b.cout; ++j) {
-        grad_b[i][j] = sums[0][bb[i].b_off + j];
-        for (int t = 1; t < n_threads; ++t) grad_b[i][j] += sums[t][bb[i].b_off + j];
+        grad_b[i][j] = 0.0f;
+        for (int t = 0; t < n_threads; ++t)
+          if (!sums[t].empty()) grad_b[i][j] += sums[t][bb[i].b_off + j];
       }
     }
     return 0;

@@ -24,7 +24,7 @@ from .models import ModelConfig
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 SLACK = 16  # floats past the end of every buffer: the kernels read and write whole 8-float registers
-SCRATCH_LIMIT = 256 * 2**20  # bytes of per-thread gradient sums beyond which a network trains on the plain loop
+SCRATCH_LIMIT = 256 * 2**20  # bytes of gradient sums (all threads together) beyond which a network trains on the plain loop
 
 
 class NativeUnavailable(RuntimeError):
