@@ -185,7 +185,7 @@ std::vector<Block> read_blocks(int n_blocks, const int* dims) {
 
 struct BackwardBlock {
   int kv;                  // registers per kernel row: a weight-gradient row is kv * kLanes floats
-  int n_slots;             // registers per channel's weight gradient: cin * k * kv, rounded up to kSlots
+  int n_slots;             // registers per channel's weight gradient: cin * k * kv
   std::vector<int> slot_in;  // per register: its kernel row's offset in the block input, from the patch corner
   int kp;                  // a weight row for the input gradient: cin * k * k rounded up to kChunk
   int64_t w_off, b_off;    // where this block's weight and bias gradients sit in a thread's sums
@@ -194,8 +194,8 @@ struct BackwardBlock {
   void init(const Block& b, const float* w, int64_t offset) {
     const int kn = b.cin * b.k * b.k;
     kv = (b.k + kLanes - 1) / kLanes;
-    n_slots = round_up(b.cin * b.k * kv, kSlots);
-    slot_in.assign(n_slots, 0);  // the padding registers read the corner and are never kept
+    n_slots = b.cin * b.k * kv;
+    slot_in.assign(n_slots, 0);
     for (int ci = 0; ci < b.cin; ++ci)
       for (int ky = 0; ky < b.k; ++ky)
         for (int h = 0; h < kv; ++h) slot_in[(ci * b.k + ky) * kv + h] = (ci * b.hp + ky) * b.wp + h * kLanes;
@@ -243,6 +243,23 @@ struct BackwardScratch {  // one per thread and call
   }
 };
 
+// gw[s0 .. s0 + S) += the winners w0..w1's gradients times their input patches' kernel rows
+// s0 .. s0 + S, in S registers.
+template <int S>
+void sum_patches(const Block& b, const BackwardBlock& bb, const BackwardScratch& s, const float* in, int w0, int w1,
+                 int s0, float* gw) {
+  v8 sum[S];
+  const int* off = bb.slot_in.data() + s0;
+  for (int j = 0; j < S; ++j) sum[j] = load8(gw + (s0 + j) * kLanes);
+  for (int w = w0; w < w1; ++w) {
+    const int pos = s.win_pos[w];
+    const float* corner = in + (pos / b.wo) * b.wp + pos % b.wo;  // the patch's top-left pixel
+    const float g = s.win_g[w];
+    for (int j = 0; j < S; ++j) sum[j] += g * load8(corner + off[j]);
+  }
+  for (int j = 0; j < S; ++j) store8(gw + (s0 + j) * kLanes, sum[j]);
+}
+
 void backward_block(const std::vector<Block>& blocks, const std::vector<BackwardBlock>& bbs, int i,
                     const float* in, const int32_t* win, float* acc, BackwardScratch& s) {
   const Block& b = blocks[i];
@@ -274,20 +291,20 @@ void backward_block(const std::vector<Block>& blocks, const std::vector<Backward
   }
   for (int co = 0; co < b.cout; ++co) {  // weight and bias gradients, a channel at a time
     float* gw = acc + bb.w_off + (int64_t)co * bb.n_slots * kLanes;
-    for (int s0 = 0; s0 < bb.n_slots; s0 += kSlots) {
-      v8 sum[kSlots];
-      const int* off = bb.slot_in.data() + s0;
-      for (int j = 0; j < kSlots; ++j) sum[j] = load8(gw + (s0 + j) * kLanes);
-      for (int w = ch_start[co]; w < ch_start[co + 1]; ++w) {
-        const int pos = s.win_pos[w];
-        const float* corner = in + (pos / b.wo) * b.wp + pos % b.wo;  // the patch's top-left pixel
-        const float g = s.win_g[w];
-        for (int j = 0; j < kSlots; ++j) sum[j] += g * load8(corner + off[j]);
-      }
-      for (int j = 0; j < kSlots; ++j) store8(gw + (s0 + j) * kLanes, sum[j]);
+    const int w0 = ch_start[co], w1 = ch_start[co + 1];
+    int s0 = 0;
+    for (; s0 + kSlots <= bb.n_slots; s0 += kSlots) sum_patches<kSlots>(b, bb, s, in, w0, w1, s0, gw);
+    switch (bb.n_slots - s0) {  // the last few kernel rows
+      case 7: sum_patches<7>(b, bb, s, in, w0, w1, s0, gw); break;
+      case 6: sum_patches<6>(b, bb, s, in, w0, w1, s0, gw); break;
+      case 5: sum_patches<5>(b, bb, s, in, w0, w1, s0, gw); break;
+      case 4: sum_patches<4>(b, bb, s, in, w0, w1, s0, gw); break;
+      case 3: sum_patches<3>(b, bb, s, in, w0, w1, s0, gw); break;
+      case 2: sum_patches<2>(b, bb, s, in, w0, w1, s0, gw); break;
+      case 1: sum_patches<1>(b, bb, s, in, w0, w1, s0, gw); break;
     }
     float gb = 0.0f;
-    for (int w = ch_start[co]; w < ch_start[co + 1]; ++w) gb += s.win_g[w];
+    for (int w = w0; w < w1; ++w) gb += s.win_g[w];
     acc[bb.b_off + co] += gb;
   }
   if (i == 0) return;  // the images need no gradient

@@ -180,7 +180,7 @@ def _gradient_floats(conv: nn.Conv2d) -> int:
     """A thread's weight-gradient sums for `conv` in the kernels: every kernel row padded to whole
     8-float registers (conv_blocks.cpp, BackwardBlock)."""
     k, registers = conv.kernel_size[0], -(-conv.kernel_size[0] // 8)
-    return conv.out_channels * (-(-conv.in_channels * k * registers // 8) * 8) * 8 + conv.out_channels
+    return conv.out_channels * conv.in_channels * k * registers * 8 + conv.out_channels
 
 
 def _pad_of(conv: nn.Conv2d) -> int:
