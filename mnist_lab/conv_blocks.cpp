@@ -338,13 +338,30 @@ void backward_block(const std::vector<Block>& blocks, const std::vector<Backward
         s.g_next[((int64_t)c * prev.po_h + y) * prev.po_w + x] = s.g_in[((int64_t)c * b.hp + y + p) * b.wp + x + p];
 }
 
+// Inside a parallel region: every thread runs `allocate`; an out-of-memory is caught (an
+// exception must not leave the region) and marked in *failed. True when no thread failed, the
+// same answer for all, so the work-sharing loop after it is entered by all or by none.
+template <class F>
+bool every_thread_allocated(F allocate, int* failed) {
+  try {
+    allocate();
+  } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+    *failed = 1;
+  }
+#pragma omp barrier
+  int stop;
+#pragma omp atomic read
+  stop = *failed;
+  return !stop;
+}
+
 }  // namespace
 
 extern "C" {
 
-// Both entry points catch what allocating their per-thread scratch throws inside the parallel
-// region (an exception must not leave it), and then skip the work: 2 means out of memory, 1
-// impossible sizes.
+// Both entry points return 2 when their scratch memory could not be allocated (nothing computed),
+// 1 for impossible sizes.
 
 // Forward of all blocks for images [0, n). bufs[i]: block i's input (N, cin, hp, wp); bufs[n_blocks]:
 // the last pooled output (N, cout, po_h, po_w), which the fully-connected part flattens.
@@ -365,17 +382,7 @@ int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const
 #pragma omp parallel num_threads(n_threads)
     {
       std::vector<float> z;  // conv outputs
-      try {
-        z.resize(z_max);
-      } catch (const std::bad_alloc&) {
-#pragma omp atomic write
-        failed = 1;
-      }
-#pragma omp barrier
-      int stop;
-#pragma omp atomic read
-      stop = failed;
-      if (!stop) {
+      if (every_thread_allocated([&] { z.resize(z_max); }, &failed)) {
 #pragma omp for schedule(static)
         for (int img = 0; img < n; ++img) {
           for (int i = 0; i < n_blocks; ++i) {
@@ -414,19 +421,9 @@ int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* cons
     {
       const int t = omp_get_thread_num();
       std::unique_ptr<BackwardScratch> s;
-      try {
-        s = std::make_unique<BackwardScratch>(blocks, bb);
-        sums[t].assign(acc_total, 0.0f);
-      } catch (const std::bad_alloc&) {
-#pragma omp atomic write
-        failed = 1;
-      }
-#pragma omp barrier
-      int stop;
-#pragma omp atomic read
-      stop = failed;
       const Block& last = blocks[n_blocks - 1];
-      if (!stop) {
+      if (every_thread_allocated([&] { s = std::make_unique<BackwardScratch>(blocks, bb); sums[t].assign(acc_total, 0.0f); },
+                                 &failed)) {
 #pragma omp for schedule(static)
         for (int img = 0; img < n; ++img) {
           std::memcpy(s->g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
