@@ -194,7 +194,7 @@ class _Buffers:
     def __init__(self, blocks: list[tuple[int, ...]], capacity: int):
         self.capacity = capacity
         self.acts = [torch.zeros(capacity * cin * hp * wp + SLACK) for cin, hp, wp, *_ in blocks]
-        cout, hp, wp, k, out_pad = blocks[-1][3], blocks[-1][1], blocks[-1][2], blocks[-1][4], blocks[-1][5]
+        _, hp, wp, cout, k, _ = blocks[-1]
         self.last_shape = (cout, (hp - k + 1) // 2, (wp - k + 1) // 2)
         self.acts.append(torch.zeros(capacity * cout * self.last_shape[1] * self.last_shape[2] + SLACK))
         self.wins = [torch.zeros(capacity * cout * ((hp - k + 1) // 2) * ((wp - k + 1) // 2) + SLACK, dtype=torch.int32)
