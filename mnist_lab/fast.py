@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import ModelConfig
+from .models import ModelConfig, plain_conv_padding
 
 # How `fast_convs` rewrites convolution gradients: "" (cuDNN's own), "bias" (two short
 # reductions for the bias gradient), "bias+wgrad" (also one GEMM for a 1-channel input's weight
@@ -73,14 +73,11 @@ def fast_convs(model: nn.Module) -> nn.Module:
         if type(module) is not nn.Conv2d:
             fast_convs(module)
             continue
-        k = module.kernel_size[0]
-        padding = {"same": k // 2 if k % 2 else None, "valid": 0}.get(module.padding, None)
-        if isinstance(module.padding, tuple) and module.padding[0] == module.padding[1]:
-            padding = module.padding[0]
-        if (padding is None or module.bias is None or module.stride != (1, 1) or module.dilation != (1, 1)
-                or module.groups != 1 or module.padding_mode != "zeros" or module.kernel_size != (k, k)):
+        padding = plain_conv_padding(module)
+        if padding is None:
             continue
-        fast = _FastGradConv2d(module.in_channels, module.out_channels, k, padding=padding, device="meta")
+        fast = _FastGradConv2d(module.in_channels, module.out_channels, module.kernel_size[0], padding=padding,
+                               device="meta")
         fast.weight, fast.bias = module.weight, module.bias  # the same Parameters, so optimisers still see them
         setattr(model, name, fast)
     return model

@@ -225,6 +225,22 @@ def build_model(cfg: ModelConfig) -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
+def plain_conv_padding(conv: nn.Conv2d) -> int | None:
+    """The zero padding on every side of `conv` when it is a plain convolution (stride 1, no
+    dilation or groups, square kernel, with a bias, the same padding on all four sides), else
+    None. 'same' with an even kernel pads one side more, so it is None too. The fast paths
+    (fast.py, native.py) rewrite only such convolutions."""
+    k = conv.kernel_size[0]
+    if isinstance(conv.padding, str):
+        padding = {"same": k // 2 if k % 2 else None, "valid": 0}[conv.padding]
+    else:
+        padding = conv.padding[0] if conv.padding[0] == conv.padding[1] else None
+    if (padding is None or conv.bias is None or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
+            or conv.padding_mode != "zeros" or conv.kernel_size != (k, k)):
+        return None
+    return padding
+
+
 # ------------------------------------------------------------------------------------ matching
 
 def fc_params(widths: tuple[int, ...], n_inputs: int = 784, n_classes: int = 10) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import default_cache_dir
-from .models import ModelConfig
+from .models import ModelConfig, plain_conv_padding
 
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
@@ -142,9 +142,7 @@ def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str 
     for conv in convs:
         if conv.padding == "same" and conv.kernel_size[0] % 2 == 0:
             return [], [], "'same' padding with an even kernel pads unevenly"
-        if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.bias is None
-                or conv.kernel_size[0] != conv.kernel_size[1] or conv.padding_mode != "zeros"
-                or (isinstance(conv.padding, tuple) and conv.padding[0] != conv.padding[1])):
+        if plain_conv_padding(conv) is None:
             return [], [], "the kernels run square stride-1 convolutions with a bias and even zero padding only"
     pools = [m for m in children[:flatten] if isinstance(m, nn.MaxPool2d)]
     if any(p.kernel_size not in (2, (2, 2)) or p.stride not in (2, (2, 2)) or p.padding not in (0, (0, 0))
@@ -183,10 +181,6 @@ def _gradient_floats(conv: nn.Conv2d) -> int:
     return conv.out_channels * conv.in_channels * k * registers * 8 + conv.out_channels
 
 
-def _pad_of(conv: nn.Conv2d) -> int:
-    return (conv.kernel_size[0] - 1) // 2 if conv.padding == "same" else (0 if conv.padding == "valid" else conv.padding[0])
-
-
 class _Buffers:
     """Every block's input (with its zero border), the last block's output and the pool winners,
     for up to `capacity` images; a smaller batch uses the first images' part."""
@@ -211,7 +205,7 @@ class ConvBlocks:
         self.convs = convs
         self.blocks: list[tuple[int, ...]] = []  # per block: cin, hp, wp, cout, k, out_pad
         c, size = in_channels, image_size
-        pads = [_pad_of(conv) for conv in convs]
+        pads = [plain_conv_padding(conv) for conv in convs]
         for i, conv in enumerate(convs):
             k, p = conv.kernel_size[0], pads[i]
             out_pad = pads[i + 1] if i + 1 < len(convs) else 0  # written straight into the next block's border
@@ -231,7 +225,7 @@ class ConvBlocks:
         """(N, C, H, W) images -> (N, C', H', W') output of the last block (a new tensor)."""
         n = len(x)
         cin, hp, wp = self.blocks[0][:3]
-        p = _pad_of(self.convs[0])
+        p = plain_conv_padding(self.convs[0])
         if tuple(x.shape[1:]) != (cin, hp - 2 * p, wp - 2 * p):
             raise ValueError(f"This network takes images of shape ({cin}, {hp - 2 * p}, {wp - 2 * p}); "
                              f"got {tuple(x.shape[1:])}.")

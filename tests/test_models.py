@@ -235,3 +235,17 @@ def test_dropout_acts_on_a_single_fc_layer_too():
 def test_fc_refuses_cnn_only_settings(extra):
     with pytest.raises(ValueError, match="no conv blocks"):
         ModelConfig(kind="fc", **{"conv_channels": (), "hidden": (8,), **extra}).validate()
+
+
+def test_plain_conv_padding_names_the_convolutions_the_fast_paths_rewrite():
+    from torch import nn
+
+    from mnist_lab.models import plain_conv_padding
+
+    assert plain_conv_padding(nn.Conv2d(1, 4, 5, padding="same")) == 2
+    assert plain_conv_padding(nn.Conv2d(1, 4, 5, padding="valid")) == 0
+    assert plain_conv_padding(nn.Conv2d(1, 4, 3, padding=1)) == 1
+    for odd_one in (nn.Conv2d(1, 4, 4, padding="same"), nn.Conv2d(1, 4, 3, padding=(1, 0)),
+                    nn.Conv2d(1, 4, 3, stride=2), nn.Conv2d(1, 4, 3, bias=False), nn.Conv2d(1, 4, (3, 5)),
+                    nn.Conv2d(2, 4, 3, groups=2), nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect")):
+        assert plain_conv_padding(odd_one) is None
