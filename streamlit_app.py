@@ -11,11 +11,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
-from app_lib.shared import keep_page_state  # noqa: E402
-from app_lib.widgets import sidebar_jobs  # noqa: E402
+from app_lib.shared import ensure_workers, keep_page_state, server_policy, workspace  # noqa: E402
+from app_lib.widgets import share_link, sidebar_jobs  # noqa: E402
 
 st.set_page_config(page_title="MNIST CNN Lab", page_icon="🔢", layout="wide")
+policy = server_policy()
+if policy.shared:  # no traceback, file path or other workspace's data reaches a browser
+    st.set_option("client.showErrorDetails", "none")
 keep_page_state()
+workspace()  # shared mode: this browser's token, kept in the URL
+ensure_workers()  # training happens in worker processes, never in this server
 
 page = st.navigation([
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -26,4 +31,9 @@ page = st.navigation([
 ])
 with st.sidebar:
     sidebar_jobs()
+    if policy.shared:
+        share_link()
+        if policy.teacher_token:
+            st.text_input("Teacher token", type="password", key="teacher_token",
+                          help="Shows and exports every run on this server.")
 page.run()

@@ -15,13 +15,30 @@ def smooth(values: list[float] | pd.Series, window: int = SMOOTH) -> pd.Series:
     return pd.Series(values, dtype=float).rolling(window, min_periods=1).mean()
 
 
-def loss_figure(losses: list[float], steps_per_epoch: int = 0, title: str = "Loss of every iteration") -> go.Figure:
-    """One run: every iteration's loss, its moving average, and dotted lines at epoch ends."""
+MAX_POINTS = 2000  # drawn per curve; the CSVs and the store keep every iteration
+
+
+def display_points(x: np.ndarray, y: np.ndarray, n_out: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most `n_out` points of a curve for drawing (MinMaxLTTB: the spikes stay visible)."""
+    if len(y) <= n_out:
+        return x, y
+    from tsdownsample import MinMaxLTTBDownsampler
+
+    y = np.asarray(y, dtype=np.float64)
+    keep = MinMaxLTTBDownsampler().downsample(np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0), n_out=n_out)
+    return x[keep], y[keep]
+
+
+def loss_figure(losses, steps_per_epoch: int = 0, title: str = "Loss of every iteration") -> go.Figure:
+    """One run: every iteration's loss, its moving average, and dotted lines at epoch ends
+    (at most MAX_POINTS drawn per curve)."""
+    losses = np.asarray(losses, dtype=float)
     x = np.arange(1, len(losses) + 1)
     fig = go.Figure()
-    fig.add_scatter(x=x, y=losses, mode="lines", name="loss (each iteration)", line=dict(width=1, color="#9db4d8"))
-    fig.add_scatter(x=x, y=smooth(losses), mode="lines", name=f"mean of last {SMOOTH}",
-                    line=dict(width=2.5, color="#1f4e99"))
+    for y, name, line in ((losses, "loss (each iteration)", dict(width=1, color="#9db4d8")),
+                          (smooth(losses).to_numpy(), f"mean of last {SMOOTH}", dict(width=2.5, color="#1f4e99"))):
+        xs, ys = display_points(x, y)
+        fig.add_scatter(x=xs, y=ys, mode="lines", name=name, line=line)
     if steps_per_epoch:
         for end in range(steps_per_epoch, len(losses), steps_per_epoch):
             fig.add_vline(x=end + 0.5, line=dict(dash="dot", width=1, color="grey"))
@@ -33,7 +50,8 @@ def overlay_figure(curves: pd.DataFrame, title: str = "Loss curves (moving avera
     """Several runs: `curves` has columns run, iteration, loss; each run drawn smoothed."""
     fig = go.Figure()
     for run, part in curves.groupby("run", sort=False):
-        fig.add_scatter(x=part["iteration"], y=smooth(part["loss"]), mode="lines", name=str(run), line=dict(width=1.8))
+        x, y = display_points(part["iteration"].to_numpy(), smooth(part["loss"]).to_numpy())
+        fig.add_scatter(x=x, y=y, mode="lines", name=str(run), line=dict(width=1.8))
     fig.update_layout(title=title, xaxis_title="iteration", yaxis_title=f"loss (mean of last {SMOOTH})", **LAYOUT)
     return fig
 

@@ -1,27 +1,34 @@
-"""Objects every session shares (job manager, result store, MNIST, the device) and the
-per-session state around them: owned job ids, widget values that survive page switches,
-and the query string that mirrors a page's setup."""
+"""Objects every session shares (the result store and its job runner, the worker processes,
+MNIST, the device, the server's policy) and the per-session state around them: the workspace,
+widget values that survive page switches, and the query string that mirrors a page's setup."""
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import threading
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from mnist_lab.data import DataConfig, RawSplits, load_raw, make_permutation, permute_pixels
-from mnist_lab.jobs import JobManager
-from mnist_lab.store import ResultStore, default_db_path
+from mnist_lab.data import DataConfig, RawSplits, default_cache_dir, load_raw, make_permutation, permute_pixels
+from mnist_lab.jobs import StoreRunner
+from mnist_lab.policy import ServerPolicy
+from mnist_lab.store import LOCAL_WORKSPACE, ResultStore, default_db_path
 from mnist_lab.train import device_label, resolve_device, warm_up
+from mnist_lab.worker import spawn_worker
 
-JOB_SLOTS = {"train_job": "Train", "sweep_job": "Sweep", "cmp_job": "FC vs CNN"}  # session key -> page
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_")  # page-only widget keys kept across pages
+PAGE_KINDS = {"train": "Train", "sweep": "Sweep", "compare": "FC vs CNN"}  # job kind -> page
+RESERVED_QUERY = ("ws",)  # kept in the URL on every page: the workspace token (shared mode)
+WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-@st.cache_resource
-def job_manager() -> JobManager:
-    """One per process: a single training slot, whatever the number of sessions."""
-    return JobManager(slots=1)
+def server_policy() -> ServerPolicy:
+    """Read on every run (cheap), so a changed environment needs no restart of cached objects."""
+    return ServerPolicy.from_env()
 
 
 @st.cache_resource
@@ -31,6 +38,71 @@ def _store(path: str) -> ResultStore:
 
 def result_store() -> ResultStore:
     return _store(str(default_db_path()))  # keyed by path, so $MNIST_LAB_DB is honoured
+
+
+def runner() -> StoreRunner:
+    return StoreRunner(result_store(), queue_limit=server_policy().queue_limit)
+
+
+@st.cache_resource
+def _spawned() -> dict:
+    return {}  # (database, slot) -> the worker Popen this server started
+
+
+def ensure_workers() -> None:
+    """Start the worker processes this store lacks: one per GPU, one on a CPU machine (or
+    MNIST_LAB_WORKERS). A worker started elsewhere (`python -m mnist_lab worker`) counts."""
+    import torch
+
+    store, policy = result_store(), server_policy()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = policy.workers or max(gpus, 1)
+    live = {w["slot"] for w in store.live_workers()}
+    spawned = _spawned()
+    idle = os.environ.get(WORKER_IDLE_ENV)
+    for slot in range(wanted):
+        key = (str(store.path), slot)
+        proc = spawned.get(key)
+        if slot in live or (proc is not None and proc.poll() is None):
+            continue
+        device = f"cuda:{slot % gpus}" if gpus else "cpu"
+        spawned[key] = spawn_worker(store.path, slot, device, parent_pid=os.getpid(),
+                                    idle_exit_s=float(idle) if idle else None,
+                                    max_job_s=2 * policy.max_job_seconds if policy.shared else None,
+                                    log=default_cache_dir() / "worker.log")
+
+
+def workspace() -> str:
+    """This browser session's workspace: 'local' on a local install; in shared mode an
+    unguessable token kept in the URL (`ws`), so a refresh or a second tab finds the same runs."""
+    if not server_policy().shared:
+        return LOCAL_WORKSPACE
+    token = st.session_state.get("_workspace")
+    if token is None:
+        given = st.query_params.get("ws", "")
+        token = given if _TOKEN.fullmatch(given or "") else secrets.token_urlsafe(18)
+        st.session_state["_workspace"] = token
+    if st.query_params.get("ws") != token:
+        st.query_params["ws"] = token
+    return token
+
+
+def is_teacher() -> bool:
+    return server_policy().is_teacher(st.session_state.get("teacher_token"))
+
+
+def run_scope() -> str | None:
+    """Whose runs this session may see: None for every run (a local user, a teacher, or a
+    shared server with the class view on), else its own workspace."""
+    policy = server_policy()
+    if not policy.shared or policy.class_view or is_teacher():
+        return None
+    return workspace()
+
+
+def may_change(run_workspace: str | None) -> bool:
+    """Whether this session may stop or delete a run of `run_workspace`."""
+    return not server_policy().shared or is_teacher() or run_workspace == workspace()
 
 
 @st.cache_resource
@@ -156,5 +228,6 @@ def mirror_query(current: dict[str, Any], defaults: dict[str, Any]) -> None:
             return ",".join(str(x) for x in v)
         return str(v)
     wanted = {k: text(v) for k, v in current.items() if v != defaults.get(k)}
+    wanted.update({k: st.query_params[k] for k in RESERVED_QUERY if k in st.query_params})
     if wanted != st.query_params.to_dict():
         st.query_params.from_dict(wanted)

@@ -1,85 +1,141 @@
-"""Pieces several pages draw: a polled job panel (status, progress with ETA, Stop), CSV
-download buttons, the per-layer table, and the sidebar list of this session's jobs."""
+"""Pieces several pages draw: a job panel that follows a job through the store (status,
+progress with ETA, Stop), the live loss curves read incrementally, CSV download buttons, the
+per-layer table, and the sidebar list of this workspace's jobs."""
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mnist_lab.jobs import JobFn, JobSnapshot
+from mnist_lab.jobs import JobSpec, JobView
 from mnist_lab.models import ModelConfig, summarize
+from mnist_lab.policy import estimate_seconds
 
 from .charts import loss_figure
-from .shared import JOB_SLOTS, job_manager
+from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
 
 
-def start_job(slot: str, kind: str, fn: JobFn, label: str, runs_total: int = 1) -> None:
-    """Submit `fn` and remember its id in this session only (other sessions never see it)."""
-    job = job_manager().submit(kind, fn, label=label, runs_total=runs_total)
-    st.session_state[slot] = job.id
+def start_job(kind: str, spec: JobSpec) -> str | None:
+    """Queue `spec` for this workspace; remember it as the page's job. A refusal (the server's
+    limits, a full queue, a bad config) is shown as a message and nothing is queued."""
+    from mnist_lab.train import resolve_device
+
+    try:
+        server_policy().check(spec, resolve_device(spec.train.device).type)
+        job_id = runner().submit(spec, workspace())
+    except ValueError as exc:
+        st.session_state[f"_{kind}_refused"] = str(exc)
+        return None
+    ensure_workers()
+    st.session_state[f"_{kind}_job"] = job_id
+    st.session_state.pop(f"_{kind}_refused", None)
+    return job_id
 
 
-def job_active(slot: str) -> bool:
-    snap = job_manager().snapshot(st.session_state.get(slot))
-    return snap is not None and snap.active
+def page_job(kind: str) -> JobView | None:
+    """The job this page shows: the one started here, else the workspace's newest of its kind,
+    so a refresh, a second tab or a reopened link finds a live or recent job again."""
+    run = runner()
+    job_id = st.session_state.get(f"_{kind}_job")
+    view = run.poll(job_id) if job_id else None
+    if view is None or view.workspace != workspace():
+        newest = run.jobs(workspace(), kinds=(kind,), limit=1)
+        view = newest[0] if newest else None
+        if view is not None:
+            st.session_state[f"_{kind}_job"] = view.id
+    return view
 
 
-def _duration(seconds: float | None) -> str:
+def job_active(kind: str) -> bool:
+    view = page_job(kind)
+    return view is not None and view.active
+
+
+def refusal(kind: str) -> None:
+    """The last refused start on this page, if any (shown until a start succeeds)."""
+    if why := st.session_state.get(f"_{kind}_refused"):
+        st.error(why, icon=":material/block:")
+
+
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "…"
     seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _status(snap: JobSnapshot, slot: str) -> None:
-    job = job_manager().get(snap.id)
-    if snap.status == "queued":
-        st.info(f"Queued — position {snap.position} in line for the training device (one job trains at a time).")
-        st.button("Cancel", key=f"{slot}_cancel_btn", on_click=job.stop)
-    elif snap.status == "running":
-        runs = f"run {len(snap.runs)} of {snap.runs_total} · " if snap.runs_total > 1 else ""
-        run = snap.runs[-1] if snap.runs else None
-        steps = f"step {run.step} of {run.total_steps} · " if run else "preparing data · "
-        st.progress(snap.fraction, text=f"{runs}{steps}{_duration(snap.elapsed_s)} elapsed · "
-                                        f"ETA {_duration(snap.eta_s)}")
-        st.button("Stop", key=f"{slot}_stop_btn", type="primary", on_click=job.stop,
-                  help="Ends the run at its next iteration; what it did so far is kept.")
-    elif snap.status == "finished":
-        st.success(f"Finished in {_duration(snap.elapsed_s)}.")
-    elif snap.status == "stopped":
-        why = snap.stop_reason or "stopped"
-        st.warning(f"Stopped ({why}) after {_duration(snap.elapsed_s)}. Everything finished before the "
-                   "stop is kept, here and on the Runs page.")
+def expected_time(spec: JobSpec) -> str:
+    from mnist_lab.train import resolve_device
+
+    return duration(estimate_seconds(spec, resolve_device(spec.train.device).type))
+
+
+def _status(view: JobView) -> None:
+    stop = lambda: runner().stop(view.id, "stopped by you")  # noqa: E731
+    if view.status == "queued":
+        st.info(f"Queued — position {view.position} in line for the training device (one job trains at a time).")
+        st.button("Cancel", key=f"{view.kind}_cancel_btn", on_click=stop)
+    elif view.status == "running":
+        runs = f"run {len(view.runs)} of {view.runs_total} · " if view.runs_total > 1 else ""
+        run = view.runs[-1] if view.runs else None
+        steps = f"step {run.step:,} of {run.total_steps:,} · " if run and run.total_steps else "preparing data · "
+        st.progress(view.fraction, text=f"{runs}{steps}{duration(view.elapsed_s)} elapsed · ETA {duration(view.eta_s)}")
+        if view.stop_requested:
+            st.caption(":material/hourglass_top: Stopping after the current iteration…")
+        else:
+            st.button("Stop", key=f"{view.kind}_stop_btn", type="primary", on_click=stop,
+                      help="Ends the run at its next iteration; what it did so far is kept.")
+    elif view.status == "finished":
+        st.success(f"Finished in {duration(view.elapsed_s)}.")
+    elif view.status in ("stopped", "interrupted"):
+        why = view.stop_reason or view.status
+        st.warning(f"{view.status.capitalize()} ({why}) after {duration(view.elapsed_s)}. Everything finished "
+                   "before that is kept, here and on the Runs page.")
     else:
-        st.error(f"The job failed: {snap.error}")
-        with st.expander("Details"):
-            st.code(snap.error_detail)
+        st.error(f"The job failed: {view.error}")
 
 
-def job_panel(slot: str, draw: Callable[[JobSnapshot], None]) -> None:
-    """Status and `draw(snapshot)` for this session's job in `slot`, refreshed every POLL_S
-    seconds while it is queued or running (each refresh is also the job's heartbeat)."""
-    manager = job_manager()
-    job_id = st.session_state.get(slot)
-    first = manager.snapshot(job_id)
+def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
+    """Status and `draw(view)` of the page's job, refreshed every POLL_S seconds from the store
+    while it is queued or running. Closing the tab stops nothing: the worker trains on."""
+    first = page_job(kind)
     if first is None:
-        if job_id:
-            st.info("This job is no longer in memory (the server restarted); its runs are on the Runs page.")
         return
+    if first.active:
+        ensure_workers()  # a worker that died (or a server restarted) is replaced
     polling = first.active
 
     @st.fragment(run_every=POLL_S if polling else None)
     def panel() -> None:
-        snap = manager.poll(job_id)
-        if polling and not snap.active:
+        view = runner().poll(first.id)
+        if view is None:
+            st.info("This job is no longer in the store.")
+            return
+        if polling and not view.active:
             st.rerun()  # ended: one full run redraws the page (downloads, summaries) without the timer
-        _status(snap, slot)
-        draw(snap)
+        _status(view)
+        draw(view)
 
     panel()
+
+
+def live_losses(run_id: str) -> np.ndarray:
+    """Every stored iteration loss of `run_id`, read incrementally: each call fetches only the
+    iterations after the last one this session already has."""
+    cache = st.session_state.setdefault("_curves", {})
+    have = cache.get(run_id)
+    losses = have if have is not None else np.zeros(0)
+    _, new = result_store().iterations_after(run_id, len(losses))
+    if new:
+        losses = np.concatenate([losses, np.asarray(new, dtype=float)])
+        if len(cache) > 50:  # a long session's many runs: keep the newest
+            cache.pop(next(iter(cache)))
+        cache[run_id] = losses
+    return losses
 
 
 def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str, label: str | None = None,
@@ -98,31 +154,39 @@ def layer_table(cfg: ModelConfig) -> pd.DataFrame:
 
 
 def sidebar_jobs() -> None:
-    """This session's queued or running jobs (call it inside `with st.sidebar`), on every page;
-    the refresh keeps them alive while the user looks at another page of the same tab."""
-    manager = job_manager()
-
-    def mine() -> list[tuple[str, JobSnapshot]]:
-        snaps = [(page, manager.snapshot(st.session_state.get(slot))) for slot, page in JOB_SLOTS.items()]
-        return [(page, s) for page, s in snaps if s is not None and s.active]
+    """This workspace's queued and running jobs (call it inside `with st.sidebar`), on every page."""
+    def mine() -> list[JobView]:
+        return [v for v in runner().jobs(workspace(), limit=10) if v.active]
 
     @st.fragment(run_every=2 * POLL_S if mine() else None)
     def jobs() -> None:
-        for page, snap in mine():
-            manager.poll(snap.id)
-            where = f"queued #{snap.position}" if snap.status == "queued" else f"{100 * snap.fraction:.0f}%"
-            st.caption(f":material/hourglass_top: {page}: {where}")
+        for view in mine():
+            where = f"queued #{view.position}" if view.status == "queued" else f"{100 * view.fraction:.0f}%"
+            st.caption(f":material/hourglass_top: {PAGE_KINDS.get(view.kind, view.kind)}: {where}")
 
     jobs()
 
 
-def live_runs(snap: JobSnapshot, plan: list[tuple], columns: tuple[str, ...], key: str) -> None:
+def live_runs(view: JobView, plan: list[tuple], columns: tuple[str, ...], key: str) -> None:
     """While a many-run job trains: the newest run's loss curve and the finished runs so far,
     labelled by `plan` (one tuple of `columns` values per run, in start order)."""
-    done = [dict(zip(columns, plan[i]), test_acc=r.epochs[-1].test_acc)
-            for i, r in enumerate(snap.runs) if r.epochs and r.status != "running" and i < len(plan)]
-    if snap.runs:
-        st.plotly_chart(loss_figure(snap.runs[-1].losses, title=f"Run {len(snap.runs)}: loss of every iteration"),
-                        key=key)
+    done = [dict(zip(columns, plan[i]), test_acc=r.final_test_acc)
+            for i, r in enumerate(view.runs) if r.epochs_done and r.status != "running" and i < len(plan)]
+    if view.runs:
+        run = view.runs[-1]
+        st.plotly_chart(loss_figure(live_losses(run.run_id), run.steps_per_epoch,
+                                    title=f"Run {len(view.runs)}: loss of every iteration"), key=key)
     if done:
         st.dataframe(pd.DataFrame(done), hide_index=True)
+
+
+def share_link() -> None:
+    """Shared mode: a link to this page and its settings without the workspace token, so
+    whoever opens it gets the same setup in a workspace of their own."""
+    from urllib.parse import urlencode, urlsplit, urlunsplit
+
+    with st.popover("Share this setup", icon=":material/share:"):
+        base = urlsplit(st.context.url or "")
+        query = {k: v for k, v in st.query_params.to_dict().items() if k != "ws"}
+        st.code(urlunsplit((base.scheme, base.netloc, base.path, urlencode(query), "")), language=None)
+        st.caption("The link carries the page's settings, never your workspace: your runs stay yours.")

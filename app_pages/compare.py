@@ -1,7 +1,6 @@
 """FC vs CNN: the equal-parameter experiment — a CNN and the fully-connected net with the
 closest parameter count, each trained on normal and on pixel-permuted MNIST, over seeds."""
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 import streamlit as st
@@ -9,9 +8,10 @@ import streamlit as st
 from app_lib.charts import compare_figure, digits_figure, overlay_figure
 from app_lib.forms import SUBSETS, build_compare_cfg
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_digits, values
-from app_lib.widgets import csv_button, job_active, job_panel, live_runs, start_job
+from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
 from mnist_lab.data import DataConfig
-from mnist_lab.experiments import compare_default_train, read_compare, run_compare
+from mnist_lab.experiments import compare_default_train, compare_table, read_compare, summarize_over_seeds
+from mnist_lab.jobs import JobSpec
 from mnist_lab.models import count_params, describe
 
 quick = quick_defaults()
@@ -58,28 +58,35 @@ if originals is not None:
                                   titles=[f"{y}" for y in labels] + ["permuted"] * 10),
                     key="cmp_digits", config={"staticPlot": True})
 
-busy = job_active("cmp_job")
-if st.button("Run comparison", type="primary", key="cmp_go_btn", disabled=bool(problem) or busy):
+busy = job_active("compare")
+if not problem:
     train_cfg = replace(compare_default_train(), epochs=v["epochs"])
     data_cfg = DataConfig(train_limit=None if v["train_limit"] >= 60000 else v["train_limit"])
-    st.session_state.cmp_job_plan = [(p, m, s) for p in ("normal", "permuted") for m in models
-                                     for s in range(compare.seeds)]
-    start_job("cmp_job", "compare", partial(run_compare, compare, train_cfg, data_cfg, store=result_store()),
-              label="FC vs CNN", runs_total=4 * compare.seeds)
-    st.rerun()
+    spec = JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN")
+    st.caption(f"Expected training time on this device: about {expected_time(spec)}.")
+if st.button("Run comparison", type="primary", key="cmp_go_btn", disabled=bool(problem) or busy):
+    if start_job("compare", spec):
+        st.rerun()
+refusal("compare")
 st.divider()
 
 
-def draw(snap) -> None:
-    if snap.active:
-        live_runs(snap, st.session_state.get("cmp_job_plan", []), ("pixels", "model", "seed"), key="cmp_live_chart")
+def draw(view) -> None:
+    models = view.spec.compare.models()
+    plan = [(p, m, s) for p in ("normal", "permuted") for m in models for s in range(view.spec.compare.seeds)]
+    if view.active:
+        live_runs(view, plan, ("pixels", "model", "seed"), key="cmp_live_chart")
         return
-    result = snap.result
-    if result is None or result.table.empty:
+    store = result_store()
+    table = compare_table(store.job_runs(view.id), view.spec.compare)
+    if table.empty:
         return
-    summary = result.summary
+    summary = summarize_over_seeds(table, ["model", "pixels"])
+    if summary.empty:
+        st.info("No run finished, so there is nothing to summarise.")
+        return
     grid = summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
-    params = result.table.groupby("model")["params"].first()
+    params = table.groupby("model")["params"].first()
     a, b = st.columns([2, 3])
     with a:
         st.subheader("Test accuracy, mean ± sd")
@@ -88,12 +95,12 @@ def draw(snap) -> None:
         st.info(read_compare(summary))
     b.plotly_chart(compare_figure(summary), key="cmp_bars")
     st.subheader("Runs")
-    st.dataframe(result.table, hide_index=True)
-    csv_button(result.table, "compare_runs.csv", key="cmp_runs_csv_btn")
-    labels = {r.run_id: f"{r.model} / {r.pixels} / seed {r.seed}" for r in result.table.itertuples()}
-    curves = result_store().iterations(list(labels))
+    st.dataframe(table, hide_index=True)
+    csv_button(table, "compare_runs.csv", key="cmp_runs_csv_btn")
+    labels = {r.run_id: f"{r.model} / {r.pixels} / seed {r.seed}" for r in table.itertuples()}
+    curves = store.iterations(list(labels))
     st.plotly_chart(overlay_figure(curves.assign(run=curves["run_id"].map(labels))), key="cmp_overlay")
     csv_button(curves, "compare_iterations.csv", key="cmp_iterations_csv_btn")
 
 
-job_panel("cmp_job", draw)
+job_panel("compare", draw)

@@ -4,18 +4,19 @@ mirrored in the URL, so a link reopens the same comparison."""
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
-from app_lib.shared import init_state, mirror_query, result_store
+from app_lib.shared import init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy
 from app_lib.widgets import csv_button
 
-SHOWN = ["started_at", "label", "experiment", "status", "final_test_acc", "params", "epochs_done", "epochs",
-         "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds", "run_id"]
+SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
+         "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds", "run_id"]
 
 st.title("Runs")
 store = result_store()
 store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
-runs = store.runs()
-st.caption(f"{len(runs):,} runs in `{store.path}`, newest first. Runs are saved while they train, so a stopped "
-           "or interrupted run (its process ended without finishing it) keeps what it finished.")
+runs = store.visible_runs(run_scope())
+where = "on this server" if server_policy().shared else f"in `{store.path}`"  # no server path to a shared browser
+st.caption(f"{len(runs):,} runs {where}, newest first. Runs are saved while they train, so a stopped "
+           "or interrupted run (its process ended without finishing it) keeps what it finished, and says why.")
 if runs.empty:
     st.info("No runs yet: train something on the Train, Sweep or FC vs CNN page.")
     st.stop()
@@ -37,11 +38,12 @@ if text:
 
 started = shown["started_at"].str[:19].str.replace("T", " ")
 images = shown["train_limit"].map(lambda n: "all" if n is None or n != n else f"{int(n):,}")  # None/NaN: all
-st.dataframe(shown[SHOWN].assign(started_at=started, train_limit=images), hide_index=True, width="stretch", column_config={
+st.dataframe(shown[SHOWN].assign(started_at=started, train_limit=images, stop_reason=shown["stop_reason"].fillna("")),
+             hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.ProgressColumn("test acc", format="percent", min_value=0, max_value=1),
     "started_at": st.column_config.TextColumn("started (UTC)"),
 })
-csv_button(shown, "runs.csv", key="runs_table_csv_btn")
+csv_button(shown.drop(columns=["workspace", "job_id"]), "runs.csv", key="runs_table_csv_btn")
 
 names = {r.run_id: f"{r.label} · {r.status} · {r.started_at[:19].replace('T', ' ')} · {r.run_id[-6:]}"
          for r in runs.itertuples()}
@@ -68,7 +70,7 @@ with b:
     csv_button(epochs, "epochs.csv", key="runs_epochs_csv_btn")
 
 st.subheader("Configurations side by side")
-configs = runs.set_index("run_id").loc[selected].round(4).T
+configs = runs.drop(columns=["workspace", "job_id"]).set_index("run_id").loc[selected].round(4).T
 configs.columns = [short[c] for c in configs.columns]
 differs = configs.astype(str).nunique(axis=1) > 1
 if st.toggle("Only fields that differ", value=len(selected) > 1, key="runs_only_diff") and differs.any():
@@ -78,19 +80,35 @@ csv_button(configs.reset_index(names="field"), "configs.csv", key="runs_configs_
 
 
 # A run still training would keep writing rows for a run that no longer exists: stop it first.
-training = set(runs.loc[runs["status"] == "running", "run_id"]) & set(selected)
-deletable = [r for r in selected if r not in training]
+owners = runs.set_index("run_id")["workspace"]
+mine = [r for r in selected if may_change(owners.get(r))]
+training = set(runs.loc[runs["status"] == "running", "run_id"]) & set(mine)
+deletable = [r for r in mine if r not in training]
+if training:
+    jobs = store.run_jobs(training)
+
+    def stop() -> None:
+        for job_id in set(jobs.values()):
+            runner().stop(job_id, "stopped by you")
+    st.button(f"Stop the {len(training)} selected run(s) still training", key="runs_stop_btn", on_click=stop,
+              disabled=not jobs, help="Ends each at its next iteration (a sweep or comparison stops as a whole); "
+                                      "what it finished is kept.")
+    if len(jobs) < len(training):
+        st.caption("A run trained by `python -m mnist_lab` in a terminal of an older version stops with Ctrl-C there.")
 
 
 def delete() -> None:
     store.delete_runs(deletable)
-    st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r in training]
+    st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r not in deletable]
     st.session_state.runs_sure = False
 
 
 with st.expander(f"Delete the {len(deletable)} selected run(s)"):
     if training:
         st.caption(f":material/info: {len(training)} selected run(s) are still training and are not deleted: "
-                   "stop it first (the Stop button on its page), then delete it.")
+                   "stop them first, then delete them.")
+    if len(mine) < len(selected):
+        st.caption(f":material/lock: {len(selected) - len(mine)} selected run(s) belong to someone else: "
+                   "you can look at them, not stop or delete them.")
     sure = st.checkbox("Yes, delete them with their iterations and epochs", key="runs_sure", disabled=not deletable)
     st.button("Delete", key="runs_delete_btn", disabled=not (sure and deletable), on_click=delete)

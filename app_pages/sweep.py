@@ -1,16 +1,15 @@
 """Sweep: the lab's tasks 2 and 3 — vary the number of conv/pool layers and the kernel size,
 train each network with several seeds, and compare test accuracy with its spread."""
-from functools import partial
-
 import pandas as pd
 import streamlit as st
 
 from app_lib.charts import error_line_figure, heatmap_figure, overlay_figure, params_figure
 from app_lib.forms import SUBSETS, build_sweep_cfg
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
-from app_lib.widgets import csv_button, job_active, job_panel, live_runs, start_job
+from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
 from mnist_lab.data import DataConfig
-from mnist_lab.experiments import run_sweep, summarize_over_seeds
+from mnist_lab.experiments import summarize_over_seeds, sweep_table
+from mnist_lab.jobs import JobSpec
 from mnist_lab.models import count_params
 from mnist_lab.train import TrainConfig
 
@@ -59,23 +58,27 @@ if cells:
 if skipped:
     st.warning("Skipped cells:\n\n" + "\n".join(f"- {s['conv_layers']} layers × k{s['kernel_size']}: {s['reason']}"
                                                for s in skipped))
-busy = job_active("sweep_job")
+busy = job_active("sweep")
+if cells:
+    spec = JobSpec("sweep", train_cfg, data_cfg, sweep=sweep, label=f"sweep of {len(cells)} networks")
+    st.caption(f"Expected training time on this device: about {expected_time(spec)}.")
 if st.button("Run sweep", type="primary", key="sweep_go_btn", disabled=bool(problem) or busy):
-    st.session_state.sweep_job_plan = [(n, k, s) for n, k, _, _ in cells for s in range(sweep.seeds)]
-    start_job("sweep_job", "sweep", partial(run_sweep, sweep, train_cfg, data_cfg, store=result_store()),
-              label=f"sweep of {len(cells)} networks", runs_total=len(cells) * sweep.seeds)
-    st.rerun()
+    if start_job("sweep", spec):
+        st.rerun()
+refusal("sweep")
 st.divider()
 
 
-def draw(snap) -> None:
-    if snap.active:
-        live_runs(snap, st.session_state.get("sweep_job_plan", []), ("conv_layers", "kernel_size", "seed"), key="sweep_live_chart")
+def draw(view) -> None:
+    plan = [(n, k, seed) for n, k, _, _ in view.spec.sweep.cells()[0] for seed in range(view.spec.sweep.seeds)]
+    if view.active:
+        live_runs(view, plan, ("conv_layers", "kernel_size", "seed"), key="sweep_live_chart")
         return
-    result = snap.result
-    if result is None or result.table.empty:
+    store = result_store()
+    runs = store.job_runs(view.id)
+    table = sweep_table(runs, store.epochs(list(runs["run_id"])))
+    if table.empty:
         return
-    table = result.table
     summary = summarize_over_seeds(table, ["conv_layers", "kernel_size"])
     if summary.empty:
         st.info("No run finished all its epochs, so there is nothing to summarise.")
@@ -92,11 +95,12 @@ def draw(snap) -> None:
     st.dataframe(table, hide_index=True)
     csv_button(table, "sweep_runs.csv", key="sweep_runs_csv_btn")
     labels = {r.run_id: f"{r.conv_layers}×k{r.kernel_size} seed {r.seed}" for r in table.itertuples()}
-    curves = result_store().iterations(list(labels))
+    curves = store.iterations(list(labels))
     st.plotly_chart(overlay_figure(curves.assign(run=curves["run_id"].map(labels))), key="sweep_overlay")
     csv_button(curves, "sweep_iterations.csv", key="sweep_iterations_csv_btn")
-    if result.skipped:
-        st.caption("Skipped: " + "; ".join(f"{s['conv_layers']}×k{s['kernel_size']}" for s in result.skipped))
+    skipped = view.spec.sweep.cells()[1]
+    if skipped:
+        st.caption("Skipped: " + "; ".join(f"{s['conv_layers']}×k{s['kernel_size']}" for s in skipped))
 
 
-job_panel("sweep_job", draw)
+job_panel("sweep", draw)

@@ -9,9 +9,10 @@ from app_lib.charts import accuracy_figure, loss_figure
 from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
                            preset_title, preset_values)
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
-from app_lib.widgets import csv_button, job_active, job_panel, layer_table, start_job
+from app_lib.widgets import (csv_button, expected_time, job_active, job_panel, layer_table, live_losses, refusal,
+                             start_job)
 from mnist_lab.data import NORMALIZATIONS
-from mnist_lab.experiments import run_single
+from mnist_lab.jobs import JobSpec
 from mnist_lab.models import PRESETS, describe
 
 quick = quick_defaults()
@@ -77,13 +78,15 @@ with left:
     except ValueError as exc:
         problem = str(exc)
         st.caption(":material/warning: Fix the network first: see the message beside the controls.")
-    busy = job_active("train_job")
+    busy = job_active("train")
+    if not problem:
+        spec = JobSpec("train", train_cfg, data_cfg, model=model_cfg)
+        st.caption(f"Expected training time on this device: about {expected_time(spec)}.")
     if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem) or busy, width="stretch",
-                 help="Training runs in the background; you can keep changing settings meanwhile."):
-        st.session_state.train_job_epochs = train_cfg.epochs
-        start_job("train_job", "train", partial(run_single, model_cfg, train_cfg, data_cfg, store=result_store()),
-                  label=describe(model_cfg))
-        st.rerun()
+                 help="Training runs in a worker process; you can change settings, or close the tab, meanwhile."):
+        if start_job("train", spec):
+            st.rerun()
+    refusal("train")
     if busy:
         st.caption("A run of yours is in progress: stop it or let it finish to start another.")
 
@@ -96,32 +99,32 @@ with right:
         m1.metric("Parameters", f"{int(layers['params'].sum()):,}")
         m2.markdown(f"**{describe(model_cfg)}**  \n" + (f"The lab's {preset_title(same)}; published result: "
                                                          f"{PRESETS[same].published}." if same else "A custom network."))
-        with st.expander("Layers: output shape and parameters", expanded="train_job" not in st.session_state):
+        with st.expander("Layers: output shape and parameters", expanded="_train_job" not in st.session_state):
             st.dataframe(layers, hide_index=True, width="stretch",
                          column_config={"params": st.column_config.NumberColumn("params", format="%d")})
             csv_button(layers, "layers.csv", key="train_layers_csv_btn")
 
 
-def draw(snap) -> None:
-    run = snap.runs[-1] if snap.runs else None
+def draw(view) -> None:
+    run = view.runs[-1] if view.runs else None
     if run is None:
         return
-    epochs = st.session_state.get("train_job_epochs", 1)
-    st.plotly_chart(loss_figure(run.losses, run.total_steps // epochs), key="train_loss_chart")
-    if run.epochs:
-        table = pd.DataFrame([dict(epoch=m.epoch, train_loss=m.train_loss, test_loss=m.test_loss,
-                                   test_accuracy=f"{100 * m.test_acc:.2f}%", seconds=round(m.seconds, 1))
-                              for m in run.epochs])
-        st.metric(f"Test accuracy after epoch {run.epochs[-1].epoch}", f"{100 * run.epochs[-1].test_acc:.2f}%")
-        st.dataframe(table, hide_index=True, width="stretch")
-        if len(run.epochs) > 1:
-            accuracy = pd.DataFrame({"epoch": [m.epoch for m in run.epochs], "test_acc": [m.test_acc for m in run.epochs]})
-            st.plotly_chart(accuracy_figure(accuracy), key="train_accuracy_chart")
-    if not snap.active:
-        store, ids = result_store(), [run.run_id]
+    st.markdown(f"**{view.label}**")  # the job's own network, whatever the widgets show now
+    st.plotly_chart(loss_figure(live_losses(run.run_id), run.steps_per_epoch), key="train_loss_chart")
+    store, ids = result_store(), [run.run_id]
+    epochs = store.epochs(ids)
+    if len(epochs):
+        last = epochs.iloc[-1]
+        table = epochs.assign(test_acc=(100 * epochs["test_acc"]).map("{:.2f}%".format),
+                              seconds=epochs["seconds"].round(1)).drop(columns="run_id")
+        st.metric(f"Test accuracy after epoch {int(last['epoch'])}", f"{100 * last['test_acc']:.2f}%")
+        st.dataframe(table.rename(columns={"test_acc": "test_accuracy"}), hide_index=True, width="stretch")
+        if len(epochs) > 1:
+            st.plotly_chart(accuracy_figure(epochs[["epoch", "test_acc"]]), key="train_accuracy_chart")
+    if not view.active:
         row = store.runs(ids)
         where = f", trained on {row['device'].item()} ({row['engine'].item()} engine)" if len(row) else ""
-        st.caption(f"Run `{run.run_id}`: {len(run.losses):,} iterations recorded{where}.")
+        st.caption(f"Run `{run.run_id}`: {run.step:,} iterations recorded{where}.")
         cols = st.columns(3)
         for col, name in zip(cols, ("iterations", "epochs", "runs")):
             with col:
@@ -129,4 +132,4 @@ def draw(snap) -> None:
 
 
 with right:
-    job_panel("train_job", draw)
+    job_panel("train", draw)

@@ -1,5 +1,7 @@
-"""Command line: `python -m mnist_lab presets | train | sweep | compare`, writing the same
-CSV tables as the app. Bad input ends with one clear line and exit code 2, never a traceback.
+"""Command line: `python -m mnist_lab presets | train | sweep | compare | worker`, writing the
+same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
+local workspace (so the app's Runs page can stop them); `worker` serves the app's queued jobs.
+Bad input ends with one clear line and exit code 2, never a traceback.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DataConfig, DataUnavailableError
-from .experiments import (CompareConfig, SweepConfig, run_compare, run_single, run_sweep,
-                          summarize_over_seeds)
+from .experiments import CompareConfig, SweepConfig, summarize_over_seeds
+from .jobs import JobSpec, run_inline
 from .models import PRESETS, ModelConfig, count_params, get_preset
 from .store import ResultStore, default_db_path
 from .train import ENGINES, Progress, TrainConfig, fallback_reason, resolve_device
@@ -134,7 +136,7 @@ def cmd_train(args) -> int:
     store = ResultStore(args.db)
     bar = _Bar(_steps(train_cfg, data_cfg), args.quiet)
     try:
-        result = run_single(model, train_cfg, data_cfg, store=store, on_progress=bar, cancel=args.cancel)
+        result = run_inline(JobSpec("train", train_cfg, data_cfg, model=model), store, args.cancel, on_progress=bar)
     finally:
         bar.close()
     table = pd.DataFrame([dict(epoch=m.epoch, train_loss=round(m.train_loss, 4), test_loss=round(m.test_loss, 4),
@@ -161,7 +163,8 @@ def cmd_sweep(args) -> int:
     store = ResultStore(args.db)
     bar = _Bar(_steps(train_cfg, data_cfg) * len(cells) * sweep.seeds, args.quiet)
     try:
-        result = run_sweep(sweep, train_cfg, data_cfg, store=store, on_progress=bar, cancel=args.cancel)
+        result = run_inline(JobSpec("sweep", train_cfg, data_cfg, sweep=sweep, label=f"sweep of {len(cells)} networks"),
+                            store, args.cancel, on_progress=bar)
     finally:
         bar.close()
     summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
@@ -180,7 +183,8 @@ def cmd_compare(args) -> int:
     store = ResultStore(args.db)
     bar = _Bar(_steps(train_cfg, data_cfg) * 4 * compare.seeds, args.quiet)
     try:
-        result = run_compare(compare, train_cfg, data_cfg, store=store, on_progress=bar, cancel=args.cancel)
+        result = run_inline(JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN"), store,
+                            args.cancel, on_progress=bar)
     finally:
         bar.close()
     pivot = result.summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
@@ -190,6 +194,16 @@ def cmd_compare(args) -> int:
     _export(store, args.out, list(result.table["run_id"]),
             {"compare": result.table[["model", "pixels", "seed", "params", "test_acc", "run_id"]]})
     return 0
+
+
+def cmd_worker(args) -> int:
+    from .worker import Worker, WorkerConfig
+
+    if args.slot < 0:
+        raise ValueError(f"--slot must be 0 or more; got {args.slot}.")
+    return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,
+                               parent_pid=args.parent_pid, idle_exit_s=args.idle_exit,
+                               max_job_s=args.max_job_seconds, warm=not args.no_warm)).run(max_jobs=args.max_jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default="tiny-cnn")
     _add_training_flags(p, epochs=1)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("worker", help="train the app's queued jobs (one worker per GPU; the app starts one itself)")
+    p.add_argument("--db", type=Path, help=f"SQLite results database to serve (default {default_db_path()})")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--slot", type=int, default=0, help="worker number, 0 .. workers-1 (one per GPU)")
+    p.add_argument("--max-job-seconds", type=float, help="stop a job that trains longer than this (timed out)")
+    p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a job")
+    p.add_argument("--no-warm", action="store_true", help="do not load MNIST and warm the device up first")
+    p.add_argument("--max-jobs", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the app's server: end with it
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

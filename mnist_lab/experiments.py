@@ -73,10 +73,12 @@ def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainCo
         return None
     recorders = {}
     for (model_cfg, train_cfg, label), run_id in zip(jobs, run_ids):
+        steps_per_epoch = -(-len(data.x_train) // train_cfg.batch_size)
         store.start_run(run_row(run_id, model_cfg, train_cfg, data_cfg, experiment=experiment, group_id=group_id,
                                 label=label, device=device_label(data.device), params=count_params(model_cfg),
-                                data_source=data.source, started_at=pd.Timestamp.now(tz="UTC").isoformat()))
-        recorders[run_id] = store.recorder(-(-len(data.x_train) // train_cfg.batch_size))  # steps per epoch
+                                data_source=data.source, started_at=pd.Timestamp.now(tz="UTC").isoformat(),
+                                steps_per_epoch=steps_per_epoch))
+        recorders[run_id] = store.recorder(steps_per_epoch)
     return lambda event: recorders[event.run_id](event)
 
 
@@ -221,6 +223,24 @@ def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, 
                        "stopped" if stopped else "finished")
 
 
+def sweep_table(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """SWEEP_COLUMNS rows rebuilt from a sweep's stored runs and epochs (what a page shows for a
+    job trained by a worker, or reopened later)."""
+    last = epochs.sort_values("epoch").groupby("run_id").last() if len(epochs) else pd.DataFrame()
+    rows = []
+    for r in runs.itertuples():
+        end = last.loc[r.run_id] if r.run_id in last.index else None
+        hidden = str(r.hidden or "")
+        rows.append(dict(run_id=r.run_id, conv_layers=int(r.conv_layers), kernel_size=int(r.kernel_size),
+                         hidden_units=int(hidden.split("-")[0]) if hidden else 0, channels=r.conv_channels,
+                         seed=int(r.seed), params=int(r.params), status=r.status, epochs_done=int(r.epochs_done or 0),
+                         train_loss=None if end is None else end["train_loss"],
+                         test_loss=None if end is None else end["test_loss"],
+                         test_acc=None if end is None else end["test_acc"], seconds=r.seconds, engine=r.engine,
+                         device=r.device))
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
 # ------------------------------------------------------------------------------------ FC vs CNN
 
 @dataclass(frozen=True)
@@ -281,6 +301,19 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
     status = "stopped" if len(results) < expected or any(r.status == "stopped" for r in results) else "finished"
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     return CompareResult(results, table, summarize_over_seeds(table, ["model", "pixels"]), status)
+
+
+def compare_table(runs: pd.DataFrame, compare: CompareConfig) -> pd.DataFrame:
+    """COMPARE_COLUMNS rows rebuilt from a comparison's stored runs."""
+    models = compare.models()
+    rows = []
+    for r in runs.itertuples():
+        name = "FC" if r.kind == "fc" else "CNN"
+        acc = None if r.status != "finished" or r.final_test_acc != r.final_test_acc else r.final_test_acc
+        rows.append(dict(model=name, pixels="permuted" if r.permute_pixels else "normal", seed=int(r.seed),
+                         params=int(r.params), test_acc=acc, run_id=r.run_id, architecture=describe(models[name]),
+                         status=r.status))
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
 def summarize_over_seeds(table: pd.DataFrame, by: list[str], value: str = "test_acc") -> pd.DataFrame:

@@ -1,67 +1,136 @@
-"""Background jobs for the dashboard: experiment callables run in worker threads, one at a
-time per training device (the rest wait, 'queued'), their progress buffered for a UI to poll,
-stopped on request or when no page has polled them for a while. Never imports streamlit.
+"""Training jobs as data in the results store: a `JobSpec` (what to train, as JSON), the small
+runner interface the pages and the CLI use (submit, poll, stop), the store-backed runner, and
+`execute`, which a worker process (worker.py) or the CLI calls to train one job. Another
+executor (a Ray cluster, say) can run the same specs. Never imports streamlit.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
-import traceback
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from typing import Any, Callable, Protocol
 
-from .data import DataUnavailableError
-from .train import EpochMetrics, Progress
+from .data import DataConfig, DataUnavailableError
+from .experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
+from .models import ModelConfig, describe
+from .store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
+from .train import CancelFlag, Progress, TrainConfig
 
-# fn(on_progress=..., cancel=...) -> result; run_single, run_sweep and run_compare fit once
-# their configs are bound with functools.partial.
-JobFn = Callable[..., Any]
-
-ACTIVE = ("queued", "running")
+KINDS = ("train", "sweep", "compare")
+QUEUE_LIMIT = 2  # jobs a workspace may have waiting besides the one that trains
 
 
-@dataclass
-class RunTrace:
-    """What one training run inside a job has reported so far."""
-
-    run_id: str
-    losses: list[float] = field(default_factory=list)  # one per iteration, in order
-    epochs: list[EpochMetrics] = field(default_factory=list)
-    step: int = 0  # iterations done
-    total_steps: int = 0
-    status: str = "running"  # then the run's own end status: "finished" or "stopped"
-    eta_s: float | None = None  # the training loop's own estimate for this run
+class QueueFullError(ValueError):
+    """A workspace already has a job training and the most it may queue."""
 
 
 @dataclass(frozen=True)
-class JobSnapshot:
-    """A consistent copy of a job's state, safe to draw while the worker keeps training."""
+class JobSpec:
+    """Everything a worker needs to train a job: its kind and its configs, whole."""
 
-    id: str
-    kind: str
-    label: str
-    status: str  # "queued", "running", "finished", "stopped" or "failed"
-    position: int  # 1-based place in the queue while queued, else 0
-    runs: tuple[RunTrace, ...]  # in the order they started
-    runs_total: int  # how many runs the job will train
-    fraction: float  # of the whole job, in [0, 1]
-    elapsed_s: float  # since the job left the queue
-    eta_s: float | None
-    result: Any = None
-    error: str = ""  # a readable message when status is "failed"
-    error_detail: str = ""  # the traceback, for an expander
-    stop_reason: str = ""
+    kind: str  # one of KINDS
+    train: TrainConfig
+    data: DataConfig
+    model: ModelConfig | None = None  # kind "train"
+    sweep: SweepConfig | None = None  # kind "sweep"
+    compare: CompareConfig | None = None  # kind "compare"
+    label: str = ""
 
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown job kind '{self.kind}'; choose one of {', '.join(KINDS)}.")
+        part = {"train": self.model, "sweep": self.sweep, "compare": self.compare}[self.kind]
+        if part is None:
+            raise ValueError(f"A '{self.kind}' job needs its {self.kind} configuration.")
 
     @property
-    def losses(self) -> list[float]:
-        """Every iteration loss of the job's runs, concatenated."""
-        return [x for r in self.runs for x in r.losses]
+    def title(self) -> str:
+        if self.label:
+            return self.label
+        return describe(self.model) if self.kind == "train" and self.model else self.kind
+
+    def runs_total(self) -> int:
+        """How many runs the job will train (1, a sweep's valid cells × seeds, or 4 × seeds)."""
+        if self.kind == "sweep":
+            return len(self.sweep.cells()[0]) * self.sweep.seeds
+        if self.kind == "compare":
+            return 4 * self.compare.seeds
+        return 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        raw = json.loads(text)
+        parts = dict(train=TrainConfig, data=DataConfig, model=ModelConfig, sweep=SweepConfig, compare=CompareConfig)
+        values = {k: (_build(parts[k], v) if k in parts and v is not None else v) for k, v in raw.items()}
+        return _build(cls, values)
+
+
+def _build(cls, values: dict) -> Any:
+    """A config dataclass from its `asdict` form: lists become tuples again, a comparison's nested
+    dicts model configs again; an unknown field is an error, not silently dropped."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}; the job was written by "
+                         "another version of mnist_lab.")
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and cls is CompareConfig:
+            v = _build(ModelConfig, v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        out[k] = v
+    return cls(**out)
+
+
+def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> Any:
+    """Train the job in this process, every run recorded in `store` as it goes; returns the
+    experiment's result (its `.status` is 'finished' or 'stopped'). Raises what the core raises
+    (ValueError for bad input)."""
+    spec.validate()
+    if spec.kind == "train":
+        return run_single(spec.model, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel,
+                          label=spec.label)
+    if spec.kind == "sweep":
+        return run_sweep(spec.sweep, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+    return run_compare(spec.compare, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+
+
+def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
+               on_progress: Callable[[Progress], None] | None = None, poll_s: float = 0.25) -> Any:
+    """Train a job in this process (the CLI) as a job of the local workspace: it is listed beside
+    the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
+    spec.validate()
+    job_id = uuid.uuid4().hex
+    store.start_job_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            if store.stop_requested(job_id):
+                cancel.set()
+    watcher = threading.Thread(target=watch, name="mnist-lab-stop-watch", daemon=True)
+    watcher.start()
+    try:
+        with store.context(job_id=job_id, workspace=LOCAL_WORKSPACE):
+            result = execute(spec, store, cancel=cancel, on_progress=on_progress)
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        store.finish_job(job_id, "interrupted" if interrupted else "failed",
+                         reason="aborted with a second Ctrl-C" if interrupted else "", error=readable_error(exc))
+        raise
+    finally:
+        done.set()
+        watcher.join()
+    store.finish_job(job_id, result.status, reason="stopped with Ctrl-C" if result.status == "stopped" else "")
+    return result
 
 
 def readable_error(exc: BaseException) -> str:
@@ -74,204 +143,141 @@ def readable_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class Job:
-    """One submitted callable. The worker writes progress under a lock; readers take snapshots."""
+# ------------------------------------------------------------------------------------ views
 
-    def __init__(self, kind: str, fn: JobFn, label: str, runs_total: int, wake: threading.Condition):
-        self.id = uuid.uuid4().hex  # unguessable: a session only reaches the jobs whose ids it holds
-        self.kind = kind
-        self.label = label
-        self.runs_total = max(int(runs_total), 1)
-        self.cancel = threading.Event()
-        self.fn = fn
-        self.status = "queued"
-        self.result: Any = None
-        self.error = ""
-        self.error_detail = ""
-        self.stop_reason = ""
-        self.created = time.monotonic()
-        self.started: float | None = None
-        self.finished: float | None = None
-        self.last_polled = self.created  # monotonic seconds of the last heartbeat
-        self._runs: OrderedDict[str, RunTrace] = OrderedDict()
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._wake = wake  # the manager's queue condition, notified when a queued job is stopped
+@dataclass(frozen=True)
+class RunView:
+    """One run of a job as the store has it now."""
 
-    # ---------------------------------------------------------------- called by the worker
-    def on_progress(self, event: Progress) -> None:
-        with self._lock:
-            run = self._runs.get(event.run_id)
-            if run is None:
-                run = self._runs[event.run_id] = RunTrace(event.run_id)
-            run.total_steps = event.total_steps
-            run.step = max(run.step, event.step)
-            run.eta_s = event.eta_s
-            if event.kind == "iterations":
-                run.losses.extend(event.losses)
-            elif event.kind == "epoch" and event.metrics is not None:
-                run.epochs.append(event.metrics)
-            elif event.kind == "end":
-                run.status = event.status
+    run_id: str
+    label: str
+    status: str
+    step: int  # iterations stored so far
+    total_steps: int
+    steps_per_epoch: int
+    epochs_done: int
+    final_test_acc: float | None
+    engine: str
+    stop_reason: str
 
-    def _finish(self, status: str, result: Any = None, error: str = "", detail: str = "") -> None:
-        with self._lock:
-            self.status, self.result, self.error, self.error_detail = status, result, error, detail
-            self.finished = time.monotonic()
-        self._done.set()
 
-    # ---------------------------------------------------------------- called by the UI
-    def heartbeat(self) -> None:
-        """The page showing this job is still open."""
-        self.last_polled = time.monotonic()
+@dataclass(frozen=True)
+class JobView:
+    """A job and its runs, read from the store: what a page draws and polls."""
 
-    def stop(self, reason: str = "stopped by the user") -> None:
-        """Ask the run to end at its next iteration; what it finished is kept."""
-        if self.done:
-            return
-        with self._lock:
-            self.stop_reason = self.stop_reason or reason
-        self.cancel.set()
-        with self._wake:
-            self._wake.notify_all()
+    id: str
+    workspace: str
+    kind: str
+    label: str
+    status: str  # queued, running, finished, stopped, failed or interrupted
+    position: int  # 1-based place in the queue while queued, else 0
+    runs: tuple[RunView, ...]  # in the order they started
+    runs_total: int
+    fraction: float  # of the whole job, in [0, 1]
+    elapsed_s: float  # since the job left the queue
+    eta_s: float | None
+    error: str
+    stop_reason: str
+    stop_requested: bool
+    spec: JobSpec | None
+    created_at: float
 
     @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job ends; True if it did within `timeout` seconds."""
-        return self._done.wait(timeout)
-
-    def snapshot(self, position: int = 0) -> JobSnapshot:
-        with self._lock:
-            runs = tuple(RunTrace(r.run_id, list(r.losses), list(r.epochs), r.step, r.total_steps, r.status, r.eta_s)
-                         for r in self._runs.values())
-            status = self.status
-            result, error, detail, reason = self.result, self.error, self.error_detail, self.stop_reason
-        done_runs = sum(r.status != "running" for r in runs)
-        current = next((r for r in reversed(runs) if r.status == "running" and r.total_steps), None)
-        part = current.step / current.total_steps if current else 0.0
-        fraction = 1.0 if status == "finished" else min((done_runs + part) / self.runs_total, 1.0)
-        end = self.finished or time.monotonic()
-        elapsed = end - self.started if self.started else 0.0
-        eta = None
-        if status not in ACTIVE:
-            eta = 0.0
-        elif status == "running" and self.runs_total == 1 and current is not None:
-            eta = current.eta_s  # measured from the run's own start, without the data loading
-        elif status == "running" and fraction > 0:
-            eta = elapsed / fraction * (1 - fraction)
-        return JobSnapshot(self.id, self.kind, self.label, status, position if status == "queued" else 0,
-                           runs, self.runs_total, fraction, elapsed, eta, result, error, detail, reason)
+    def active(self) -> bool:
+        return self.status in JOB_ACTIVE
 
 
-class JobManager:
-    """Runs jobs in daemon threads, `slots` at a time (1: one GPU, or a CPU shared by every
-    session of the process), first come first served. A job nobody has polled for
-    `heartbeat_timeout_s` is stopped, so a closed browser tab does not train forever."""
+def _seconds_since(iso: str | None, now: float) -> float | None:
+    try:
+        return max(now - datetime.fromisoformat(iso).timestamp(), 0.0) if iso else None
+    except ValueError:
+        return None
 
-    def __init__(self, slots: int = 1, heartbeat_timeout_s: float = 120.0, watchdog_every_s: float = 5.0,
-                 keep_finished: int = 100):
-        self.slots = slots
-        self.heartbeat_timeout_s = heartbeat_timeout_s
-        self.watchdog_every_s = watchdog_every_s
-        self.keep_finished = keep_finished  # finished jobs kept in memory for their pages
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._queue: list[Job] = []  # waiting, oldest first
-        self._running = 0
-        self._cond = threading.Condition()
-        self._closed = threading.Event()
-        self._watchdog: threading.Thread | None = None
 
-    def submit(self, kind: str, fn: JobFn, *, label: str = "", runs_total: int = 1) -> Job:
-        """Queue `fn(on_progress=..., cancel=...)`; it starts when a slot is free."""
-        job = Job(kind, fn, label or kind, runs_total, self._cond)
-        with self._cond:
-            self._jobs[job.id] = job
-            self._queue.append(job)
-            self._prune()
-            if self._watchdog is None:
-                self._watchdog = threading.Thread(target=self._watch, name="mnist-lab-job-watchdog", daemon=True)
-                self._watchdog.start()
-        threading.Thread(target=self._work, args=(job,), name=f"mnist-lab-job-{job.id[:8]}", daemon=True).start()
-        return job
+def job_view(store: ResultStore, row: dict) -> JobView:
+    now = time.time()
+    frame = store.job_runs(row["job_id"]) if row["status"] != "queued" else None
+    runs = []
+    for r in (frame.itertuples() if frame is not None else ()):
+        spe = int(r.steps_per_epoch or 0)
+        runs.append(RunView(r.run_id, r.label or "", r.status, int(r.iterations_done), spe * int(r.epochs or 0), spe,
+                            int(r.epochs_done or 0), None if r.final_test_acc != r.final_test_acc else r.final_test_acc,
+                            r.engine or "", r.stop_reason or ""))
+    total = max(int(row["runs_total"] or 1), 1)
+    done = sum(r.status != "running" for r in runs)
+    current = next((r for r in reversed(runs) if r.status == "running" and r.total_steps), None)
+    part = min(current.step / current.total_steps, 1.0) if current else 0.0
+    status = row["status"]
+    fraction = 1.0 if status == "finished" else min((done + part) / total, 1.0)
+    started, finished = row["started_at"], row["finished_at"]
+    elapsed = ((finished or now) - started) if started else 0.0
+    eta = None
+    if status not in JOB_ACTIVE:
+        eta = 0.0
+    elif status == "running" and total == 1 and current is not None and current.step:
+        run_elapsed = _seconds_since(frame["started_at"].iloc[-1], now)  # without the data loading
+        if run_elapsed is not None:
+            eta = run_elapsed / part * (1 - part)
+    elif status == "running" and fraction > 0:
+        eta = elapsed / fraction * (1 - fraction)
+    try:
+        spec = JobSpec.from_json(row["spec"])
+    except (ValueError, TypeError):
+        spec = None
+    return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
+                   store.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
+                   elapsed, eta, row["error"] or "", row["stop_reason"] or "", bool(row["stop_requested"]), spec,
+                   row["created_at"] or 0.0)
 
-    def get(self, job_id: str | None) -> Job | None:
-        with self._cond:
-            return self._jobs.get(job_id) if job_id else None
 
-    def position(self, job: Job) -> int:
-        """1-based place among the waiting jobs (0 when not waiting)."""
-        with self._cond:
-            return self._queue.index(job) + 1 if job in self._queue else 0
+# ------------------------------------------------------------------------------------ runners
 
-    def snapshot(self, job_id: str | None) -> JobSnapshot | None:
-        job = self.get(job_id)
-        return job.snapshot(self.position(job)) if job else None
+class JobRunner(Protocol):
+    """What a page or a tool needs to have jobs trained somewhere else."""
 
-    def poll(self, job_id: str | None) -> JobSnapshot | None:
-        """Heartbeat and snapshot in one call: what a UI does every refresh."""
-        job = self.get(job_id)
-        if job is None:
-            return None
-        job.heartbeat()
-        return job.snapshot(self.position(job))
+    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str: ...
 
-    def active(self) -> list[Job]:
-        with self._cond:
-            return [j for j in self._jobs.values() if not j.done]
+    def poll(self, job_id: str) -> JobView | None: ...
 
-    def reap_abandoned(self, now: float | None = None) -> list[Job]:
-        """Stop every unfinished job whose page has not polled it within the timeout."""
-        now = time.monotonic() if now is None else now
-        stale = [j for j in self.active() if now - j.last_polled > self.heartbeat_timeout_s]
-        for job in stale:
-            job.stop(f"no page polled it for {self.heartbeat_timeout_s:.0f} s (tab closed?)")
-        return stale
+    def stop(self, job_id: str, reason: str = "stopped by you") -> bool: ...
 
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every job and the watchdog (tests; a process that exits needs nothing)."""
-        self._closed.set()
-        for job in self.active():
-            job.stop("the job manager shut down")
-        for job in self.active():
-            job.wait(timeout)
 
-    # ---------------------------------------------------------------- internals
-    def _work(self, job: Job) -> None:
-        with self._cond:
-            while not job.cancel.is_set() and (self._queue[0] is not job or self._running >= self.slots):
-                self._cond.wait(timeout=1.0)
-            self._queue.remove(job)
-            self._cond.notify_all()  # the next in line may now be first
-            if job.cancel.is_set():
-                job._finish("stopped")  # never started: nothing to keep
-                return
-            self._running += 1
-            with job._lock:  # snapshot() reads them under the job's lock
-                job.status = "running"
-                job.started = time.monotonic()
-        try:
-            result = job.fn(on_progress=job.on_progress, cancel=job.cancel)
-            # The result knows whether every run completed; a Stop (or the reaper) landing after
-            # the last iteration sets the flag but stopped nothing. Plain callables: the flag.
-            status = getattr(result, "status", None)
-            if status not in ("finished", "stopped"):
-                status = "stopped" if job.cancel.is_set() else "finished"
-            job._finish(status, result=result)
-        except BaseException as exc:  # noqa: BLE001 - the page shows it; the runs so far are in the store
-            job._finish("failed", error=readable_error(exc), detail=traceback.format_exc())
-        finally:
-            with self._cond:
-                self._running -= 1
-                self._cond.notify_all()
+class StoreRunner:
+    """Jobs queued in the results store and trained by worker processes that watch it
+    (`python -m mnist_lab worker`, or the one the app starts). A workspace may have one job
+    training and `queue_limit` more waiting."""
 
-    def _watch(self) -> None:
-        while not self._closed.wait(self.watchdog_every_s):
-            self.reap_abandoned()
+    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT):
+        self.store = store
+        self.queue_limit = queue_limit
 
-    def _prune(self) -> None:
-        finished = [j for j in self._jobs.values() if j.done]
-        for job in finished[: max(len(finished) - self.keep_finished, 0)]:
-            del self._jobs[job.id]
+    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str:
+        spec.validate()
+        runs_total = spec.runs_total()  # validates a sweep's cells too
+        active = [j for j in self.store.jobs(workspace=workspace, limit=1000) if j["status"] in JOB_ACTIVE]
+        if len(active) >= 1 + self.queue_limit:
+            raise QueueFullError(f"You already have {len(active)} jobs training or waiting (at most "
+                                 f"{1 + self.queue_limit}): wait for one to finish, or stop one, then start this one.")
+        job_id = uuid.uuid4().hex  # unguessable
+        self.store.submit_job(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total)
+        return job_id
+
+    def poll(self, job_id: str) -> JobView | None:
+        row = self.store.job(job_id) if job_id else None
+        return job_view(self.store, row) if row else None
+
+    def stop(self, job_id: str, reason: str = "stopped by you") -> bool:
+        return self.store.request_stop(job_id, reason)
+
+    def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, limit: int = 20) -> list[JobView]:
+        """A workspace's jobs (every workspace's for None), newest first."""
+        return [job_view(self.store, row) for row in self.store.jobs(workspace=workspace, kinds=kinds, limit=limit)]
+
+    def wait(self, job_id: str, timeout: float, every_s: float = 0.1) -> JobView | None:
+        """Poll until the job ends or `timeout` seconds pass (tests, scripts); its last view."""
+        deadline = time.monotonic() + timeout
+        view = self.poll(job_id)
+        while view is not None and view.active and time.monotonic() < deadline:
+            time.sleep(every_s)
+            view = self.poll(job_id)
+        return view

@@ -1,5 +1,6 @@
-"""Results: tidy tables (runs, epochs, iterations) in SQLite, written as runs progress so an
-interrupted run keeps what it finished, and exported to CSV.
+"""Results and jobs: tidy tables (runs, epochs, iterations) in SQLite, written as runs progress
+so an interrupted run keeps what it finished, exported to CSV; and the `jobs` and `workers`
+tables through which the app, the CLI and worker processes submit, follow and stop training.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import platform
 import socket
 import sqlite3
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,17 +34,34 @@ RUN_COLUMNS = [
     # data config
     "dataset", "normalize", "train_limit", "test_limit", "permute_pixels", "permutation_seed", "data_dir", "data_source",
     "torch_version", "torchvision_version", "python_version", "mnist_lab_version",
+    # why a run ended early ("stopped by you", "the worker was killed", ...), and its epoch length
+    "stop_reason", "steps_per_epoch",
 ]
 EPOCH_COLUMNS = ["run_id", "epoch", "train_loss", "test_loss", "test_acc", "seconds"]
 ITERATION_COLUMNS = ["run_id", "epoch", "iteration", "loss"]
 
 # Not exported: which process writes a running run ("host:pid"), so a run left 'running' by a
-# process that died can be told apart from one still training elsewhere.
+# process that died can be told apart from one still training elsewhere; the job that trained
+# it and that job's workspace (who may see, stop and delete it on a shared server).
 _OWNER = "owner"
+_PRIVATE = (_OWNER, "job_id", "workspace")
+WORKER_STALE_S = 30.0  # a worker that has not written its heartbeat for this long is gone
+LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
+
+JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
+               "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
+JOB_ACTIVE = ("queued", "running")
+WORKER_COLUMNS = ["worker", "slot", "device", "parent_pid", "started_at", "heartbeat_at", "job_id"]
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs ({", ".join(c + (" TEXT PRIMARY KEY" if c == "run_id" else "") for c in RUN_COLUMNS)},
-    {_OWNER} TEXT);
+    {", ".join(f"{c} TEXT" for c in _PRIVATE)});
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, seq INTEGER, workspace TEXT, kind TEXT, label TEXT,
+    spec TEXT, status TEXT, runs_total INTEGER, stop_requested INTEGER DEFAULT 0, stop_reason TEXT DEFAULT '',
+    error TEXT DEFAULT '', created_at REAL, started_at REAL, finished_at REAL, worker TEXT DEFAULT '');
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, slot INTEGER, device TEXT, parent_pid INTEGER,
+    started_at REAL, heartbeat_at REAL, job_id TEXT);
 CREATE TABLE IF NOT EXISTS epochs (run_id TEXT, epoch INTEGER, train_loss REAL, test_loss REAL,
     test_acc REAL, seconds REAL, PRIMARY KEY (run_id, epoch));
 CREATE TABLE IF NOT EXISTS iterations (run_id TEXT, epoch INTEGER, iteration INTEGER, loss REAL,
@@ -60,7 +80,8 @@ def _fmt_tuple(values: tuple[int, ...]) -> str:
 def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
             experiment: str = "single", group_id: str = "", label: str = "", status: str = "running",
             started_at: str = "", seconds: float = 0.0, device: str = "", engine: str = "", params: int = 0,
-            final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "") -> dict:
+            final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
+            steps_per_epoch: int = 0, stop_reason: str = "") -> dict:
     """One `runs` row: identity, outcome, every config field (tuples as 'a-b'), library versions."""
     import torch
 
@@ -73,7 +94,8 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
     row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or describe(model_cfg),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
-               conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__, torchvision_version=_torchvision_version(),
+               conv_layers=model_cfg.conv_layers, data_source=data_source, steps_per_epoch=steps_per_epoch,
+               stop_reason=stop_reason, torch_version=torch.__version__, torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
     return {c: row.get(c) for c in RUN_COLUMNS}
 
@@ -87,31 +109,52 @@ def _torchvision_version() -> str:
         return ""
 
 
-def _process_alive(pid: str) -> bool:
+def _process_alive(pid: str | int) -> bool:
+    import psutil  # not os.kill(pid, 0): on Windows that terminates the process
+
     try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
+        pid = int(pid)
+    except ValueError:
+        return True  # nothing we can tell: assume it still trains
+    if not psutil.pid_exists(pid):
         return False
-    except (PermissionError, ValueError, OSError):
-        return True  # someone else's process, or nothing we can tell: assume it still trains
-    return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # exited, not yet reaped by its parent
+    except psutil.Error:
+        return True
+
+
+def owner_id(pid: int | None = None) -> str:
+    """'host:pid' of a process, as written in runs.owner, jobs.worker and workers.worker."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def owner_dead(owner: str | None) -> bool:
+    """Whether the process `owner` ('host:pid') is known to be gone: on this machine and not alive.
+    Processes of other machines, and rows with no owner, are never called dead."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    return host == socket.gethostname() and not _process_alive(pid)
 
 
 class ResultStore:
-    """SQLite (WAL) store of runs, epochs and iterations. Safe to share between threads; every
-    write is its own transaction, so a killed process loses at most the write in flight."""
+    """SQLite (WAL) store of runs, epochs, iterations, jobs and workers. Safe to share between
+    threads and processes; every write is its own transaction, so a killed process loses at most
+    the write in flight."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else default_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._context: dict[str, str] = {}  # job_id / workspace written into the runs started
         with self._lock, self._conn:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
             have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-            for column in [*RUN_COLUMNS, _OWNER]:  # a database from an older version gains new fields
+            for column in [*RUN_COLUMNS, *_PRIVATE]:  # a database from an older version gains new fields
                 if column not in have:
                     self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
         self.mark_interrupted()
@@ -127,25 +170,43 @@ class ResultStore:
             else:
                 self._conn.executemany(sql, rows)
 
+    @contextmanager
+    def context(self, job_id: str = "", workspace: str = LOCAL_WORKSPACE):
+        """Runs started inside belong to `job_id` and `workspace` (a worker sets it per job)."""
+        previous = self._context
+        self._context = dict(job_id=job_id, workspace=workspace)
+        try:
+            yield self
+        finally:
+            self._context = previous
+
     def start_run(self, row: dict) -> None:
-        cols = ", ".join([*RUN_COLUMNS, _OWNER])
-        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + 1))
+        cols = ", ".join([*RUN_COLUMNS, *_PRIVATE])
+        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(_PRIVATE)))
+        ctx = self._context
         self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
-                    (*(row[c] for c in RUN_COLUMNS), f"{socket.gethostname()}:{os.getpid()}"))
+                    (*(row.get(c) for c in RUN_COLUMNS), owner_id(), ctx.get("job_id", ""),
+                     ctx.get("workspace", LOCAL_WORKSPACE)))
 
     def mark_interrupted(self) -> int:
-        """Mark 'interrupted' every run still 'running' whose process, on this machine, no longer
-        exists (killed, crashed, machine restarted): it keeps what it finished and can be deleted.
-        Runs of live processes and of other machines are left alone. Returns how many changed."""
-        host = socket.gethostname()
+        """Mark 'interrupted' every run and job still 'running' whose process, on this machine, no
+        longer exists (killed, crashed, machine restarted), with that reason: a run keeps what it
+        finished and can be deleted. Runs of live processes and of other machines are left alone.
+        Returns how many runs changed."""
         with self._lock:
-            rows = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
-        dead = [run_id for run_id, owner in rows
-                if owner and owner.rpartition(":")[0] == host and not _process_alive(owner.rpartition(":")[2])]
+            runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
+            jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
+        dead_jobs = [job_id for job_id, worker in jobs if owner_dead(worker)]
+        for job_id in dead_jobs:
+            worker = dict(jobs)[job_id]
+            self.finish_job(job_id, "interrupted",
+                            reason=f"the worker process ({worker}) ended before the job finished (killed or crashed)")
+        dead = [run_id for run_id, owner in runs if owner_dead(owner)]
         if dead:
             marks = ", ".join("?" for _ in dead)
-            self._write(f"UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND run_id IN ({marks})",
-                        tuple(dead))
+            self._write(f"UPDATE runs SET status = 'interrupted', stop_reason = COALESCE(NULLIF(stop_reason, ''), "
+                        f"'its process (' || {_OWNER} || ') ended before the run finished (killed or crashed)') "
+                        f"WHERE status = 'running' AND run_id IN ({marks})", tuple(dead))
         return len(dead)
 
     def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
@@ -160,8 +221,9 @@ class ResultStore:
             self._conn.execute("INSERT OR REPLACE INTO epochs SELECT ?, ?, ?, ?, ?, ? "
                                "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
                                (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds, run_id))
-            self._conn.execute("UPDATE runs SET epochs_done = ?, final_test_acc = ? WHERE run_id = ?",
-                               (m.epoch, m.test_acc, run_id))
+            self._conn.execute("UPDATE runs SET epochs_done = ?, final_test_acc = ?, "
+                               "seconds = COALESCE(seconds, 0) + ? WHERE run_id = ?",
+                               (m.epoch, m.test_acc, m.seconds, run_id))
 
     def finish_run(self, run_id: str, status: str, seconds: float, **fields) -> None:
         sets = ", ".join(f"{k} = ?" for k in ("status", "seconds", *fields))
@@ -174,6 +236,8 @@ class ResultStore:
                 self.add_iterations(event.run_id, event.first_iteration, event.losses, steps_per_epoch)
             elif event.kind == "epoch" and event.metrics is not None:
                 self.add_epoch(event.run_id, event.metrics)
+            elif event.kind == "start":  # the path that trains it is known once training starts
+                self._write("UPDATE runs SET engine = ? WHERE run_id = ?", (event.engine, event.run_id))
         return record
 
     def save_result(self, result: RunResult, **row_fields) -> None:
@@ -186,6 +250,8 @@ class ResultStore:
         self.add_iterations(result.run_id, 1, result.losses, max(result.steps_per_epoch, 1))
         for m in result.epochs:
             self.add_epoch(result.run_id, m)
+        self._write("UPDATE runs SET seconds = ?, steps_per_epoch = ? WHERE run_id = ?",
+                    (result.seconds, result.steps_per_epoch, result.run_id))
 
     def delete_runs(self, run_ids: Iterable[str]) -> int:
         ids = list(run_ids)
@@ -197,6 +263,176 @@ class ResultStore:
             self._conn.execute(f"DELETE FROM epochs WHERE run_id IN ({marks})", ids)
             self._conn.execute(f"DELETE FROM iterations WHERE run_id IN ({marks})", ids)
         return n
+
+    # ------------------------------------------------------------------------------ jobs
+    def submit_job(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
+        """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
+        with self._lock, self._conn:
+            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
+                               "created_at) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, "
+                               "'queued', ?, ?)", (job_id, workspace, kind, label, spec, runs_total, time.time()))
+
+    def start_job_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
+        """A job that this process trains itself (the CLI): 'running' at once, owned by this process."""
+        with self._lock, self._conn:
+            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
+                               "created_at, started_at, worker) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
+                               "jobs), ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                               (job_id, workspace, kind, label, spec, runs_total, time.time(), time.time(), owner_id()))
+
+    def claim_job(self, worker: str) -> dict | None:
+        """Atomically take the oldest queued job whose workspace has nothing running (one job per
+        workspace at a time, however many workers), mark it 'running' for `worker`; None if none."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
+            try:
+                row = self._conn.execute(
+                    f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE status = 'queued' AND workspace NOT IN "
+                    "(SELECT workspace FROM jobs WHERE status = 'running') ORDER BY seq LIMIT 1").fetchone()
+                if row is not None:
+                    self._conn.execute("UPDATE jobs SET status = 'running', started_at = ?, worker = ? "
+                                       "WHERE job_id = ?", (time.time(), worker, row[0]))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        if row is None:
+            return None
+        job = dict(zip(JOB_COLUMNS, row))
+        job.update(status="running", worker=worker)
+        return job
+
+    def request_stop(self, job_id: str, reason: str = "stopped by you") -> bool:
+        """Ask a job to stop: a queued one ends at once, a running one at its next iteration (its
+        worker reads the request). Returns whether the job was still active."""
+        with self._lock, self._conn:
+            n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
+                                   "finished_at = ? WHERE job_id = ? AND status = 'queued'",
+                                   (reason, time.time(), job_id)).rowcount
+            n += self._conn.execute("UPDATE jobs SET stop_requested = 1, stop_reason = ? WHERE job_id = ? AND "
+                                    "status = 'running' AND stop_requested = 0", (reason, job_id)).rowcount
+        return n > 0
+
+    def stop_requested(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT stop_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def finish_job(self, job_id: str, status: str, reason: str = "", error: str = "") -> None:
+        """End a job, and give its runs that ended early (stopped, interrupted) the job's reason."""
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
+                               "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
+                               (status, reason, reason, error, time.time(), job_id))
+            why = self._conn.execute("SELECT stop_reason FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            why = why[0] if why else reason
+            if status == "interrupted":  # the run it was training was cut short with it
+                self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
+                                   "('running', 'stopped')", (job_id,))
+            self._conn.execute("UPDATE runs SET stop_reason = ? WHERE job_id = ? AND status IN ('stopped', "
+                               "'interrupted') AND COALESCE(stop_reason, '') = ''", (why, job_id))
+
+    def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
+             kinds: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
+        """Jobs newest first, optionally of one workspace, some ids or some kinds."""
+        where, params = [], []
+        if workspace is not None:
+            where.append("workspace = ?")
+            params.append(workspace)
+        for column, values in (("job_id", job_ids), ("kind", kinds)):
+            if values is not None:
+                values = list(values)
+                where.append(f"{column} IN ({', '.join('?' for _ in values) or 'NULL'})")
+                params += values
+        sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
+        return [dict(zip(JOB_COLUMNS, r)) for r in rows]
+
+    def job(self, job_id: str) -> dict | None:
+        found = self.jobs(job_ids=[job_id], limit=1)
+        return found[0] if found else None
+
+    def queue_position(self, job_id: str) -> int:
+        """1-based place among the queued jobs (0 when not queued)."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
+                                     "(SELECT seq FROM jobs WHERE job_id = ? AND status = 'queued')",
+                                     (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def job_runs(self, job_id: str) -> pd.DataFrame:
+        """The runs a job has started, in start order, with how many iterations each has stored."""
+        with self._lock:
+            return pd.read_sql_query(
+                f"SELECT {', '.join(RUN_COLUMNS)}, (SELECT COALESCE(MAX(iteration), 0) FROM iterations i "
+                "WHERE i.run_id = runs.run_id) AS iterations_done FROM runs WHERE job_id = ? ORDER BY rowid",
+                self._conn, params=[job_id])
+
+    def iterations_after(self, run_id: str, after: int) -> tuple[list[int], list[float]]:
+        """(iteration numbers, losses) of `run_id` past iteration `after`: what a page polling
+        a live run reads each time, instead of the whole curve."""
+        with self._lock:
+            rows = self._conn.execute("SELECT iteration, loss FROM iterations WHERE run_id = ? AND iteration > ? "
+                                      "ORDER BY iteration", (run_id, after)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def visible_runs(self, workspace: str | None) -> pd.DataFrame:
+        """`runs()` plus each run's workspace and job, restricted to one workspace (None: every
+        run, for a local user or a teacher)."""
+        sql = f"SELECT {', '.join(RUN_COLUMNS)}, COALESCE(workspace, '{LOCAL_WORKSPACE}') AS workspace, job_id FROM runs"
+        params: list = []
+        if workspace is not None:
+            sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') = ?"
+            params.append(workspace)
+        with self._lock:
+            return pd.read_sql_query(sql + " ORDER BY started_at DESC, run_id", self._conn, params=params)
+
+    def run_jobs(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """run_id -> the job that trains or trained it (runs of no job are left out)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(f"SELECT run_id, job_id FROM runs WHERE run_id IN "
+                                      f"({', '.join('?' for _ in ids)}) AND COALESCE(job_id, '') != ''",
+                                      ids).fetchall()
+        return dict(rows)
+
+    # ------------------------------------------------------------------------------ workers
+    def register_worker(self, worker: str, slot: int, device: str, parent_pid: int | None) -> bool:
+        """Claim worker slot `slot` for `worker`, unless a live worker already holds it."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute("SELECT worker, heartbeat_at FROM workers WHERE slot = ?", (slot,)).fetchall()
+                live = [w for w, beat in rows if w != worker and not owner_dead(w)
+                        and time.time() - (beat or 0) < WORKER_STALE_S]
+                if not live:
+                    self._conn.execute("DELETE FROM workers WHERE slot = ?", (slot,))
+                    self._conn.execute("INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, '')",
+                                       (worker, slot, device, parent_pid, time.time(), time.time()))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return not live
+
+    def worker_heartbeat(self, worker: str, job_id: str = "") -> None:
+        self._write("UPDATE workers SET heartbeat_at = ?, job_id = ? WHERE worker = ?", (time.time(), job_id, worker))
+
+    def unregister_worker(self, worker: str) -> None:
+        self._write("DELETE FROM workers WHERE worker = ?", (worker,))
+
+    def live_workers(self) -> list[dict]:
+        """Workers whose process is alive (on this machine) and whose heartbeat is recent."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers").fetchall()
+        now = time.time()
+        return [dict(zip(WORKER_COLUMNS, r)) for r in rows
+                if not owner_dead(r[0]) and now - (r[5] or 0) < WORKER_STALE_S]
 
     # ------------------------------------------------------------------------------ reads
     def _read(self, table: str, columns: list[str], run_ids: Iterable[str] | None, order: str) -> pd.DataFrame:

@@ -95,7 +95,8 @@ class EpochMetrics:
 
 @dataclass(frozen=True)
 class Progress:
-    """What `on_progress` receives. kind: 'iterations' (new losses), 'epoch', or 'end'."""
+    """What `on_progress` receives. kind: 'start' (the run's engine is known), 'iterations' (new
+    losses), 'epoch', or 'end'."""
 
     run_id: str
     kind: str
@@ -108,6 +109,7 @@ class Progress:
     elapsed_s: float = 0.0
     eta_s: float | None = None
     status: str = "running"
+    engine: str = ""  # the training path ('start' events)
 
 
 @dataclass
@@ -287,6 +289,7 @@ class _RunLog:
         self.next_emit = self.t0 + self.every_s
         self.step = 0  # iterations done (or, on the GPU, queued)
         self.sent = 0  # iterations already handed to the callback
+        emit(Progress(run_id, "start", 1, 0, self.total_steps, engine=engine))
 
     def _eta(self) -> float:
         return (time.perf_counter() - self.t0) / self.step * (self.total_steps - self.step)

@@ -1,19 +1,23 @@
 """Every dashboard page through streamlit's AppTest: it loads, the parameter count follows the
 sliders, an impossible network disables training with the core's message, and tiny runs
-(256 images, 1 epoch) finish with their charts and CSV downloads. Results go to a tmp SQLite."""
+(256 images, 1 epoch) finish with their charts and CSV downloads. Results go to a tmp SQLite;
+jobs are trained by the worker process the app starts for it, as in production."""
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_lib.shared import job_manager, quick_defaults
+from app_lib.shared import WORKER_IDLE_ENV, _spawned, quick_defaults
+from mnist_lab.jobs import StoreRunner
 from mnist_lab.experiments import run_single
 from mnist_lab.models import PRESETS, count_params
 from mnist_lab.store import DB_ENV, ResultStore, run_row
@@ -27,16 +31,19 @@ PAGES = ["home", "train", "sweep", "compare", "runs"]
 def db(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "results.sqlite"
     monkeypatch.setenv(DB_ENV, str(path))
+    monkeypatch.setenv(WORKER_IDLE_ENV, "5")  # each test's worker leaves soon after its test
+    monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")  # tiny jobs: no need to load all of MNIST ahead
     return path
 
 
 @pytest.fixture(autouse=True, scope="module")
-def no_job_left_running():
-    """A torch thread still training when the interpreter exits aborts it; stop them all."""
+def no_worker_left_running():
+    """The workers the app started for these tests end with them."""
     yield
-    for job in job_manager().active():
-        job.stop("the tests ended")
-        job.wait(10)
+    for proc in _spawned().values():
+        proc.terminate()
+    for proc in _spawned().values():
+        proc.wait(30)
 
 
 def open_page(page: str, query: dict | None = None) -> AppTest:
@@ -48,11 +55,15 @@ def open_page(page: str, query: dict | None = None) -> AppTest:
     return at
 
 
-def finish(at: AppTest, slot: str) -> None:
-    """Wait for this session's job in `slot`, then rerun the page as its poll would."""
-    job = job_manager().get(at.session_state[slot])
-    assert job.wait(180), "the job did not finish"
-    assert job.status == "finished", job.error
+def job_of(at: AppTest, kind: str):
+    return StoreRunner(ResultStore(os.environ[DB_ENV])).poll(at.session_state[f"_{kind}_job"])
+
+
+def finish(at: AppTest, kind: str) -> None:
+    """Wait for the page's job (trained by the app's worker), then rerun the page as its poll would."""
+    view = StoreRunner(ResultStore(os.environ[DB_ENV])).wait(at.session_state[f"_{kind}_job"], timeout=180)
+    assert not view.active, "the job did not finish"
+    assert view.status == "finished", view.error
     at.run()
     assert not at.exception, at.exception
 
@@ -151,7 +162,7 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     at.select_slider(key="train_train_limit").set_value(256).run()
     at.slider(key="train_epochs").set_value(1).run()
     at.button(key="train_go_btn").click().run()
-    finish(at, "train_job")
+    finish(at, "train")
     assert at.success[0].value.startswith("Finished")
     assert len(at.get("plotly_chart")) == 1  # the loss of every iteration
     assert {"iterations.csv", "epochs.csv", "runs.csv"} <= set(downloads(at))
@@ -163,14 +174,14 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
 def test_a_cnn_trains_on_the_cpu_kernels_and_says_so(db):
     at = open_page("train", query={"preset": "lab5", "train_limit": "256", "epochs": "1"})
     at.button(key="train_go_btn").click().run()
-    finish(at, "train_job")
+    finish(at, "train")
     assert any("trained on cpu (cpu-native engine)" in c.value for c in at.caption)
 
 
 def test_two_epochs_add_the_test_accuracy_chart():
     at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "2"})
     at.button(key="train_go_btn").click().run()
-    finish(at, "train_job")
+    finish(at, "train")
     assert len(at.get("plotly_chart")) == 2  # loss of every iteration, test accuracy per epoch
     assert len(at.dataframe[-1].value) == 2  # one row per epoch
 
@@ -178,16 +189,36 @@ def test_two_epochs_add_the_test_accuracy_chart():
 def test_touching_widgets_leaves_a_running_job_alone_and_stop_keeps_its_results():
     at = open_page("train", query={"preset": "tiny-fc", "train_limit": "60000", "epochs": "20"})
     at.button(key="train_go_btn").click().run()
-    job = job_manager().get(at.session_state["train_job"])
-    assert at.button(key="train_go_btn").disabled  # one run per session at a time
+    job_id = at.session_state["_train_job"]
+    assert at.button(key="train_go_btn").disabled  # one run per page at a time
     at.number_input(key="train_seed").set_value(7).run()
     at.selectbox(key="train_preset").set_value("lab5").run()
-    assert at.session_state["train_job"] == job.id and not job.done  # same job, still going
-    at.button(key="train_job_stop_btn").click().run()  # the panel's Stop
-    assert job.wait(1.0) and job.status == "stopped"
+    assert at.session_state["_train_job"] == job_id and job_of(at, "train").active  # same job, still going
+    runner = StoreRunner(ResultStore(os.environ[DB_ENV]))
+    deadline = time.monotonic() + 120
+    while not runner.poll(job_id).runs or not runner.poll(job_id).runs[0].step:  # training, not loading
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     at.run()
-    assert at.warning[0].value.startswith("Stopped (stopped by the user)")
+    at.button(key="train_stop_btn").click().run()  # the panel's Stop
+    view = runner.wait(job_id, timeout=60)
+    assert view.status == "stopped" and view.stop_reason == "stopped by you"
+    assert 0 < view.runs[0].step < view.runs[0].total_steps  # partial, and kept
+    at.run()
+    assert at.warning[0].value.startswith("Stopped (stopped by you)")
     assert "iterations.csv" in downloads(at)
+
+
+def test_a_refreshed_page_finds_its_job_again():
+    """A refresh is a new session: the page finds the workspace's newest job of its kind."""
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    job_id = at.session_state["_train_job"]
+    finish(at, "train")
+    again = open_page("train", query={"preset": "tiny-fc"})  # a new session, as after F5
+    assert again.session_state["_train_job"] == job_id
+    assert again.success[0].value.startswith("Finished")
+    assert "iterations.csv" in downloads(again)
 
 
 def test_a_tiny_sweep_lists_skipped_cells_and_draws_every_chart():
@@ -199,7 +230,7 @@ def test_a_tiny_sweep_lists_skipped_cells_and_draws_every_chart():
     at.slider(key="sweep_seeds").set_value(2).run()
     assert "4 layers × k3" in at.warning[0].value  # skipped, with the reason
     at.button(key="sweep_go_btn").click().run()
-    finish(at, "sweep_job")
+    finish(at, "sweep")
     assert len(at.get("plotly_chart")) == 5  # vs depth, vs kernel, heatmap, params, loss curves
     assert {"sweep_summary.csv", "sweep_runs.csv", "sweep_iterations.csv"} <= set(downloads(at))
 
@@ -236,7 +267,7 @@ def test_fc_vs_cnn_matches_the_fc_width_and_reads_the_result():
     at.select_slider(key="cmp_train_limit").set_value(256).run()
     at.slider(key="cmp_seeds").set_value(1).run()
     at.button(key="cmp_go_btn").click().run()
-    finish(at, "cmp_job")
+    finish(at, "compare")
     assert any("Shuffling the pixels costs the CNN" in i.value for i in at.info)
     assert {"compare_summary.csv", "compare_runs.csv", "compare_iterations.csv"} <= set(downloads(at))
 
@@ -267,7 +298,7 @@ def test_runs_page_does_not_delete_a_run_still_training(db, tiny_data):
                             label="still training"))  # status 'running', as the recorder writes it
     at = open_page("runs")
     at.multiselect(key="runs_selected").set_value([done, "training-now"]).run()
-    assert any("still training" in c.value and "stop it first" in c.value for c in at.caption)
+    assert any("still training" in c.value and "stop them first" in c.value for c in at.caption)
     at.checkbox(key="runs_sure").check().run()
     at.button(key="runs_delete_btn").click().run()
     assert not at.exception
