@@ -1,156 +1,228 @@
-"""The dashboard's job runner: one training slot with a queue, Stop within a second keeping
-partial results, the heartbeat timeout for closed tabs, and errors turned into messages."""
+"""Jobs as data in the store, trained by worker processes: specs survive JSON, workers take
+jobs in order and one per workspace, a stop request from another process ends a job and keeps
+what it did, queue limits hold per workspace, and a worker killed mid-epoch (SIGKILL, SIGTERM,
+its server gone) loses no finished epoch and leaves the run marked with the reason."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from mnist_lab.experiments import run_single
-from mnist_lab.jobs import JobManager
+from mnist_lab.data import DataConfig
+from mnist_lab.experiments import CompareConfig, SweepConfig
+from mnist_lab.jobs import JobSpec, QueueFullError, StoreRunner
 from mnist_lab.models import PRESETS
 from mnist_lab.store import ResultStore
-from mnist_lab.train import Progress, TrainConfig
+from mnist_lab.train import TrainConfig
+from mnist_lab.worker import Worker, WorkerConfig, spawn_worker
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = DataConfig(train_limit=256, test_limit=1000)
+
+
+def tiny_job(**train) -> JobSpec:
+    return JobSpec("train", TrainConfig(device="cpu", **train), TINY, model=PRESETS["tiny-fc"].model)
+
+
+def long_job() -> JobSpec:
+    """Tiny FC on 20,000 images for 50 epochs: long enough to stop or kill mid-epoch."""
+    return JobSpec("train", TrainConfig(epochs=50, device="cpu", progress_every_s=0.05),
+                   DataConfig(train_limit=20000), model=PRESETS["tiny-fc"].model, label="long")
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 @pytest.fixture
-def manager():
-    m = JobManager(slots=1, heartbeat_timeout_s=60, watchdog_every_s=0.05)
-    yield m
-    m.shutdown()
+def db(tmp_path) -> Path:
+    return tmp_path / "results.sqlite"
 
 
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+@pytest.fixture
+def worker_proc(db, tmp_path, monkeypatch):
+    """A worker subprocess serving `db`, as the app or a terminal starts one."""
+    monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")  # its jobs load their own (small) data
+    procs = []
+
+    def start(parent_pid: int | None = None) -> subprocess.Popen:
+        log = tmp_path / f"worker{len(procs)}.log"
+        proc = spawn_worker(db, parent_pid=parent_pid, log=log)
+        proc.log = log
+        procs.append(proc)
+        return proc
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
 
 
-def until(release: threading.Event):
-    """A job that works until `release` is set (result 'done') or it is cancelled."""
-    def fn(on_progress, cancel):
-        while not (release.is_set() or cancel.is_set()):
-            time.sleep(0.01)
-        return "done"
-    return fn
+def running_epoch(store: ResultStore, job_id: str, epochs_done: int) -> bool:
+    """The job's run has finished `epochs_done` epochs and is part-way through the next."""
+    runs = store.job_runs(job_id)
+    return len(runs) == 1 and (runs["epochs_done"].fillna(0).item() >= epochs_done and
+                               runs["iterations_done"].item() > epochs_done * runs["steps_per_epoch"].item())
 
 
-def test_jobs_queue_for_the_one_slot_and_know_their_place(manager):
-    release = threading.Event()
-    first = manager.submit("train", until(release))
-    wait_until(lambda: manager.snapshot(first.id).status == "running")
-    second, third = manager.submit("train", until(release)), manager.submit("sweep", until(release))
-    time.sleep(0.1)
-    assert [manager.snapshot(j.id).status for j in (first, second, third)] == ["running", "queued", "queued"]
-    assert [manager.snapshot(j.id).position for j in (first, second, third)] == [0, 1, 2]
-    release.set()
-    assert all(j.wait(5) for j in (first, second, third))
-    assert [(j.status, j.result) for j in (first, second, third)] == [("finished", "done")] * 3
+# ------------------------------------------------------------------------------------ specs
+
+@pytest.mark.parametrize("spec", [
+    tiny_job(epochs=2, lr=0.05),
+    JobSpec("sweep", TrainConfig(epochs=1), TINY, sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=2)),
+    JobSpec("compare", TrainConfig(), TINY, compare=CompareConfig(seeds=1)),
+])
+def test_a_spec_survives_json_whole(spec):
+    again = JobSpec.from_json(spec.to_json())
+    assert again == spec
+    assert isinstance(again.data, DataConfig) and (again.kind != "compare" or again.compare.cnn == spec.compare.cnn)
 
 
-def test_a_stopped_queued_job_never_runs(manager):
-    release = threading.Event()
-    ran = threading.Event()
-    first = manager.submit("train", until(release))
-    wait_until(lambda: first.status == "running")
-    queued = manager.submit("train", lambda on_progress, cancel: ran.set())
-    queued.stop()
-    assert queued.wait(1.0)
-    assert queued.status == "stopped" and queued.snapshot().runs == ()
-    release.set()
-    assert first.wait(5) and first.status == "finished"
-    assert not ran.is_set()
+def test_a_spec_with_an_unknown_field_is_refused_not_dropped():
+    text = tiny_job().to_json().replace('"batch_size"', '"batch_sise"')
+    with pytest.raises(ValueError, match="no field.*batch_sise"):
+        JobSpec.from_json(text)
 
 
-def test_stop_ends_a_real_run_within_a_second_and_keeps_what_it_did(manager, tiny_data, tmp_path):
-    store = ResultStore(tmp_path / "results.sqlite")
-    train_cfg = TrainConfig(epochs=500, device="cpu", progress_every_s=0.05)
-    job = manager.submit("train", partial(run_single, PRESETS["tiny-fc"].model, train_cfg, tiny_data.config,
-                                          store=store, data=tiny_data))
-    wait_until(lambda: len(job.snapshot().losses) >= 40, timeout=60)
-    t0 = time.monotonic()
-    job.stop()
-    assert job.wait(1.0), "the run did not end within a second of Stop"
-    assert time.monotonic() - t0 < 1.0
-    snap = job.snapshot()
-    assert snap.status == "stopped" and snap.stop_reason == "stopped by the user"
-    result = snap.result
-    assert result.status == "stopped" and len(result.losses) >= 40
-    assert snap.losses == result.losses  # the UI's buffer saw every iteration the run did
-    assert [m.epoch for m in snap.runs[0].epochs] == [m.epoch for m in result.epochs]
-    assert len(store.iterations([result.run_id])) == len(result.losses)
-    assert store.runs([result.run_id])["status"].item() == "stopped"
+# ------------------------------------------------------------------------------------ queue
+
+def test_a_workspace_may_queue_two_jobs_behind_its_running_one(db):
+    runner = StoreRunner(ResultStore(db), queue_limit=2)
+    mine = [runner.submit(tiny_job(), "ws-a") for _ in range(3)]
+    with pytest.raises(QueueFullError, match="at most 3"):
+        runner.submit(tiny_job(), "ws-a")
+    other = runner.submit(tiny_job(), "ws-b")  # another workspace is not held up by ws-a's queue
+    assert [runner.poll(j).position for j in mine + [other]] == [1, 2, 3, 4]
+    runner.stop(mine[0])  # a queued job stopped: never runs, frees a place
+    assert runner.poll(mine[0]).status == "stopped"
+    runner.submit(tiny_job(), "ws-a")
 
 
-def test_a_stop_after_the_work_is_done_does_not_label_a_finished_job_stopped(manager):
-    """Stop (or the reaper) can land between the last iteration and the job's end: the result's
-    own status decides; a callable whose result has none falls back to the cancel flag."""
-    @dataclass
-    class Result:
-        status: str
-
-    def late_stop(result):
-        def fn(on_progress, cancel):
-            cancel.set()  # as if Stop arrived just after the last iteration
-            return result
-        return fn
-    finished = manager.submit("train", late_stop(Result("finished")))
-    stopped = manager.submit("train", late_stop(Result("stopped")))
-    plain = manager.submit("train", late_stop("done"))
-    assert all(j.wait(5) for j in (finished, stopped, plain))
-    assert [j.snapshot().status for j in (finished, stopped, plain)] == ["finished", "stopped", "stopped"]
-    assert finished.snapshot().fraction == 1.0
+def test_a_workspace_trains_one_job_at_a_time_however_many_workers(db):
+    store = ResultStore(db)
+    runner = StoreRunner(store)
+    a1, a2, b1 = runner.submit(tiny_job(), "a"), runner.submit(tiny_job(), "a"), runner.submit(tiny_job(), "b")
+    assert store.claim_job("w1")["job_id"] == a1
+    assert store.claim_job("w2")["job_id"] == b1  # a2 waits: workspace a already trains a1
+    assert store.claim_job("w3") is None
+    store.finish_job(a1, "finished")
+    assert store.claim_job("w3")["job_id"] == a2
 
 
-def test_a_job_whose_page_stopped_polling_is_stopped():
-    manager = JobManager(heartbeat_timeout_s=0.5, watchdog_every_s=0.05)
-    never = threading.Event()
-    watched = manager.submit("train", until(never))
-    forgotten = manager.submit("train", until(never))  # queued behind `watched`, never polled
-    t_end = time.monotonic() + 1.2
-    while time.monotonic() < t_end:  # a page polling `watched` twice a second... then the tab closes
-        manager.poll(watched.id)
-        time.sleep(0.1)
-    assert forgotten.done and forgotten.status == "stopped" and "polled" in forgotten.stop_reason
-    assert watched.status == "running"
-    assert watched.wait(2.0), "an abandoned running job kept running"
-    assert watched.status == "stopped" and "tab closed" in watched.stop_reason
-    manager.shutdown()
+def test_a_worker_trains_queued_jobs_in_order_and_a_page_need_not_watch(db):
+    store = ResultStore(db)
+    runner = StoreRunner(store)
+    first, second = runner.submit(tiny_job(seed=1)), runner.submit(tiny_job(seed=2, epochs=2))
+    bad = runner.submit(tiny_job(batch_size=1024))  # larger than the 256 images: the core's message
+    Worker(WorkerConfig(db=str(db), warm=False)).run(max_jobs=3)  # nobody polls meanwhile
+    views = [runner.poll(j) for j in (first, second, bad)]
+    assert [v.status for v in views] == ["finished", "finished", "failed"]
+    assert views[0].runs[0].step == 4 and views[1].runs[0].step == 8  # 256 / 64 per epoch, every one stored
+    assert views[0].created_at < views[1].created_at
+    started = [store.job(j)["started_at"] for j in (first, second)]
+    assert started[0] < started[1]
+    assert views[2].error.startswith("Batch size 1024 is larger than the 256 training images")
+    runs = store.runs()
+    assert set(runs["status"]) == {"finished"} and len(store.iterations()) == 12
+    assert set(runs["engine"]) == {"plain"} and (runs["seconds"] > 0).all()
 
 
-def test_errors_become_messages_and_keep_partial_progress(manager, tiny_data):
-    def fails(on_progress, cancel):
-        on_progress(Progress("r1", "iterations", 1, 2, 10, losses=(2.3, 2.2), first_iteration=1))
-        raise RuntimeError("CUDA out of memory")
-    job = manager.submit("train", fails)
-    assert job.wait(5)
-    snap = job.snapshot()
-    assert snap.status == "failed" and snap.error == "RuntimeError: CUDA out of memory"
-    assert snap.losses == [2.3, 2.2] and "Traceback" in snap.error_detail
+# ------------------------------------------------------------------------------------ stop and kill
 
-    too_big = TrainConfig(batch_size=1024, device="cpu")  # the core's own ValueError, shown as is
-    job = manager.submit("train", partial(run_single, PRESETS["tiny-fc"].model, too_big, tiny_data.config, data=tiny_data))
-    assert job.wait(5) and job.status == "failed"
-    assert job.error.startswith("Batch size 1024 is larger than the 512 training images")
+def test_stop_from_another_process_ends_the_job_and_keeps_what_it_did(db, worker_proc):
+    store = ResultStore(db)
+    job_id = StoreRunner(store).submit(long_job())
+    worker = worker_proc()
+    wait_until(lambda: running_epoch(store, job_id, 1), what="the second epoch")
+    code = ("import sys; from mnist_lab.store import ResultStore; "
+            "sys.exit(0 if ResultStore(sys.argv[1]).request_stop(sys.argv[2], 'stopped by you') else 1)")
+    subprocess.run([sys.executable, "-c", code, str(db), job_id], cwd=ROOT, check=True)
+    view = StoreRunner(store).wait(job_id, timeout=30)
+    assert view.status == "stopped" and view.stop_reason == "stopped by you"
+    run = store.runs()
+    assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
+    done = len(store.iterations())
+    assert run["epochs_done"].item() * 313 < done < 50 * 313  # finished epochs and the iterations after them
+    assert worker.poll() is None  # the worker lives on for the next job
 
 
-def test_progress_of_a_job_of_several_runs(manager):
-    gate = threading.Event()
+def test_kill_9_mid_epoch_loses_no_finished_epoch_and_marks_the_run(db, worker_proc):
+    store = ResultStore(db)
+    job_id = StoreRunner(store).submit(long_job())
+    worker = worker_proc()
+    wait_until(lambda: running_epoch(store, job_id, 2), what="the third epoch")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    kept = ResultStore(db)  # the next opening (the app, a new worker) marks what was cut short
+    run = kept.runs()
+    assert run["status"].item() == "interrupted"
+    assert "ended before" in run["stop_reason"].item() and str(worker.pid) in run["stop_reason"].item()
+    epochs = kept.epochs()
+    assert list(epochs["epoch"]) == list(range(1, run["epochs_done"].item() + 1)) and len(epochs) >= 2
+    assert run["engine"].item() == "plain" and run["seconds"].item() >= epochs["seconds"].sum() - 1e-6 > 0
+    its = kept.iterations()
+    assert list(its["iteration"]) == list(range(1, len(its) + 1)) and len(its) >= 2 * 313  # no gap, no half row
+    job = kept.job(job_id)
+    assert job["status"] == "interrupted" and str(worker.pid) in job["stop_reason"]
 
-    def two_runs(on_progress, cancel):
-        on_progress(Progress("a", "iterations", 1, 10, 10, losses=(1.0,) * 10, first_iteration=1))
-        on_progress(Progress("a", "end", 1, 10, 10, status="finished"))
-        on_progress(Progress("b", "iterations", 1, 5, 10, losses=(0.5,) * 5, first_iteration=1))
-        gate.wait(5)
-        return "ok"
-    job = manager.submit("sweep", two_runs, runs_total=2)
-    wait_until(lambda: len(job.snapshot().runs) == 2)
-    snap = job.snapshot()
-    assert snap.fraction == pytest.approx(0.75) and snap.eta_s is not None
-    assert [r.status for r in snap.runs] == ["finished", "running"] and len(snap.losses) == 15
-    gate.set()
-    assert job.wait(5) and job.snapshot().fraction == 1.0 and job.snapshot().eta_s == 0.0
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_worker_ends_cleanly_and_says_why(db, worker_proc, sig):
+    store = ResultStore(db)
+    job_id = StoreRunner(store).submit(long_job())
+    worker = worker_proc()
+    wait_until(lambda: running_epoch(store, job_id, 1), what="the second epoch")
+    worker.send_signal(sig)
+    assert worker.wait(30) == 0
+    log = worker.log.read_text()
+    assert "terminate called" not in log and "Traceback" not in log
+    run = ResultStore(db).runs()
+    assert run["status"].item() == "interrupted"
+    assert run["stop_reason"].item() == f"the worker was stopped ({signal.Signals(sig).name}) while it trained"
+    assert store.job(job_id)["status"] == "interrupted" and not store.live_workers()
+
+
+def test_a_worker_whose_server_is_gone_stops_and_marks_the_run(db, worker_proc):
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # stands in for streamlit
+    store = ResultStore(db)
+    job_id = StoreRunner(store).submit(long_job())
+    worker = worker_proc(parent_pid=server.pid)
+    wait_until(lambda: running_epoch(store, job_id, 1), what="the second epoch")
+    server.kill()
+    server.wait()
+    assert worker.wait(30) == 0
+    run = ResultStore(db).runs()
+    assert run["status"].item() == "interrupted" and "server stopped" in run["stop_reason"].item()
+    assert run["epochs_done"].item() >= 1
+
+
+def test_one_worker_per_slot(db):
+    store = ResultStore(db)
+    live = Worker(WorkerConfig(db=str(db), warm=False))
+    thread = threading.Thread(target=live.run, daemon=True)
+    thread.start()
+    wait_until(lambda: any(w["worker"] == live.id for w in store.live_workers()), what="the worker to register")
+    second = Worker(WorkerConfig(db=str(db), warm=False))
+    second.id = "otherhost:42"  # another process; slot 0 is held by a live worker
+    assert second.run(max_jobs=1) == 1
+    assert [w["worker"] for w in store.live_workers()] == [live.id]
+    live.quit_reason = "the test ended"
+    thread.join(10)
+    assert not thread.is_alive() and store.live_workers() == []
+
+
+def test_a_worker_started_by_the_app_gives_running_jobs_the_device(db):
+    """A spec asking for 'auto' trains on the worker's own device."""
+    store = ResultStore(db)
+    job_id = StoreRunner(store).submit(replace(tiny_job(), train=TrainConfig(device="auto")))
+    Worker(WorkerConfig(db=str(db), device="cpu", warm=False)).run(max_jobs=1)
+    assert store.job(job_id)["status"] == "finished" and store.runs()["device"].item() == "cpu"

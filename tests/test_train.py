@@ -120,7 +120,8 @@ def test_evaluate_is_independent_of_its_chunk_size(tiny_data):
 def test_progress_events_carry_every_loss_once(tiny_data, every_s):
     events = []
     result = train(LAB5, cfg(epochs=2, progress_every_s=every_s), tiny_data, on_progress=events.append)
-    assert {e.kind for e in events} <= {"iterations", "epoch", "end"}
+    assert {e.kind for e in events} <= {"start", "iterations", "epoch", "end"}
+    assert events[0].kind == "start" and events[0].engine == result.engine and events[0].step == 0
     assert events[-1].kind == "end" and events[-1].status == "finished"
     assert [e.kind for e in events].count("end") == 1
     assert {e.run_id for e in events} == {result.run_id}
@@ -195,7 +196,7 @@ def test_cancel_before_the_start(tiny_data):
     events = []
     result = train(LAB5, cfg(), tiny_data, on_progress=events.append, cancel=cancel)
     assert (result.status, result.losses, result.epochs) == ("stopped", [], [])
-    assert [e.kind for e in events] == ["end"]
+    assert [e.kind for e in events] == ["start", "end"]
 
 
 # ------------------------------------------------------------------------- refusals
