@@ -69,7 +69,7 @@ def ensure_workers() -> None:
         spawned[key] = spawn_worker(store.path, slot, device, parent_pid=os.getpid(),
                                     idle_exit_s=float(idle) if idle else None,
                                     max_job_s=2 * policy.max_job_seconds if policy.shared else None,
-                                    log=default_cache_dir() / "worker.log")
+                                    log=store.path.with_name("worker.log"))  # beside its database
 
 
 def workspace() -> str:

@@ -1,67 +1,47 @@
-"""The one end-to-end test in a real browser: `streamlit run` on a free local port, Debian's
-Chromium driven by Playwright. A tiny run draws its loss chart and its iterations.csv has one
-row per step; a longer run is stopped from the page and keeps what it did."""
+"""End to end in a real browser: `streamlit run` on a free local port (its worker process started
+by the app, as in production), Debian's Chromium driven by Playwright. A tiny run draws its
+chart and its iterations.csv is the store's; a refresh mid-run finds the same job, its chart
+continues and Stop works; a second tab sees the job; a server restart mid-run leaves the run
+'interrupted' with its reason and finished epochs; in shared mode two workspaces neither see
+nor stop each other's runs."""
 from __future__ import annotations
 
 import csv
 import os
-import socket
-import subprocess
-import sys
+import re
+import signal
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[1]
+from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; `make browsers` does it)",
                 allow_module_level=True)
 
-from mnist_lab.store import DB_ENV, ResultStore  # noqa: E402
+from mnist_lab.store import ResultStore  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+expect = sync_api.expect
+LONG = "preset=tiny-fc&train_limit=60000&epochs=20"  # ~938 iterations an epoch: long enough to act on
+LINE = ".js-plotly-plot .scatterlayer path.js-line"  # the loss, drawn as SVG
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """(base URL, result store path) of a headless `streamlit run` of the dashboard."""
+def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
-    db, port = tmp / "results.sqlite", free_port()
-    log = open(tmp / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, DB_ENV: str(db)}, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield url, db
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    app = AppServer(tmp / "results.sqlite", tmp / "streamlit.log").start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shared")
+    app = AppServer(tmp / "results.sqlite", tmp / "streamlit.log", env={"MNIST_LAB_MODE": "shared"}).start()
+    yield app
+    app.stop()
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +52,10 @@ def browser():
         b.close()
 
 
+def new_page(browser):
+    return browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+
+
 def download_rows(page, label: str) -> list[dict]:
     with page.expect_download(timeout=30_000) as info:
         page.get_by_role("button", name=label).click()
@@ -79,44 +63,128 @@ def download_rows(page, label: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_train_live_chart_stop_and_csv(app, browser):
-    url, db = app
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    expect = sync_api.expect
+def page_stop(page):
+    # (the page's own Stop: Streamlit's header shows another "Stop" while a rerun is in flight)
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
 
-    # A tiny run, set up by a link: Tiny FC on 256 images, 1 epoch = 4 iterations of 64.
-    page.goto(f"{url}/train?preset=tiny-fc&train_limit=256&epochs=1")
+
+def step_shown(page) -> int:
+    """The step the progress bar reports ('step 123 of 18,760')."""
+    text = page.get_by_text(re.compile(r"step [\d,]+ of")).first.inner_text()
+    return int(re.search(r"step ([\d,]+) of", text).group(1).replace(",", ""))
+
+
+def wait_for_training(page) -> None:
+    expect(page.get_by_text(re.compile(r"step [\d,]+ of"))).to_be_visible(timeout=90_000)
+    expect(page.locator(LINE).first).to_be_visible(timeout=30_000)
+
+
+def assert_csv_is_the_store(rows: list[dict], db) -> None:
+    stored = ResultStore(db).iterations([rows[0]["run_id"]])
+    assert [int(r["iteration"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(list(stored["loss"]), rel=1e-6)
+
+
+def test_a_tiny_run_draws_its_chart_and_its_csv_is_the_store(server, browser):
+    page = new_page(browser)
+    page.goto(f"{server.url}/train?preset=tiny-fc&train_limit=256&epochs=1")  # 4 iterations of 64
     train = page.get_by_role("button", name="Train", exact=True)
     expect(train).to_be_enabled(timeout=60_000)
     # the app's own navigation, even when a deep link is the server's first visitor
     expect(page.get_by_test_id("stSidebarNav").get_by_role("link", name="FC vs CNN")).to_be_visible()
     train.click()
     expect(page.get_by_text("Finished in")).to_be_visible(timeout=90_000)
-    line = page.locator(".js-plotly-plot .scatterlayer path.js-line").first  # the loss, drawn as SVG
-    expect(line).to_be_visible()
-    assert len(line.get_attribute("d")) > 10
+    assert len(page.locator(LINE).first.get_attribute("d")) > 10
     rows = download_rows(page, "iterations.csv")
-    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
-    assert all(float(r["loss"]) > 0 for r in rows)
-    run_id = rows[0]["run_id"]
-    assert ResultStore(db).runs([run_id])["status"].item() == "finished"
-    stored = ResultStore(db).iterations([run_id])
-    assert [float(r["loss"]) for r in rows] == pytest.approx(list(stored["loss"]), rel=1e-6)  # the store's losses
-
-    # A longer run (60,000 images x 20 epochs), stopped once its chart is live.
-    page.goto(f"{url}/train?preset=tiny-fc&train_limit=60000&epochs=20")
-    page.get_by_role("button", name="Train", exact=True).click()
-    # (the page's own Stop: Streamlit's header shows another "Stop" while a rerun is in flight)
-    stop = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
-    expect(stop).to_be_visible(timeout=60_000)
-    expect(page.locator(".js-plotly-plot .scatterlayer path.js-line").first).to_be_visible(timeout=30_000)
-    stop.click()
-    expect(page.get_by_text("Stopped (stopped by the user)")).to_be_visible(timeout=10_000)
-    rows = download_rows(page, "iterations.csv")
-    run = ResultStore(db).runs([rows[0]["run_id"]])
-    assert run["status"].item() == "stopped"
-    assert 0 < len(rows) < 20 * 938  # partial, and every recorded iteration is in the file
-    assert [int(r["iteration"]) for r in rows] == list(range(1, len(rows) + 1))
-    stored = ResultStore(db).iterations([rows[0]["run_id"]])
-    assert [float(r["loss"]) for r in rows] == pytest.approx(list(stored["loss"]), rel=1e-6)
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4] and all(float(r["loss"]) > 0 for r in rows)
+    assert ResultStore(server.db).runs([rows[0]["run_id"]])["status"].item() == "finished"
+    assert_csv_is_the_store(rows, server.db)
     page.close()
+
+
+def test_refresh_and_a_second_tab_find_the_job_and_stop_works(server, browser):
+    page = new_page(browser)
+    page.goto(f"{server.url}/train?{LONG}")
+    page.get_by_role("button", name="Train", exact=True).click()
+    wait_for_training(page)
+    before = step_shown(page)
+
+    t0 = time.monotonic()
+    page.reload()  # a new Streamlit session: nothing of the old one survives but the URL
+    wait_for_training(page)
+    reattach_s = time.monotonic() - t0
+    expect(page.get_by_role("button", name="Train", exact=True)).to_be_disabled()  # no second job
+    deadline = time.monotonic() + 30
+    while step_shown(page) <= before:  # the same job, still training: its chart goes on
+        assert time.monotonic() < deadline, "the refreshed page shows no progress"
+        time.sleep(0.5)
+
+    other = new_page(browser)  # a second tab of the same (local) workspace
+    other.goto(f"{server.url}/train")
+    wait_for_training(other)
+    runs = ResultStore(server.db).runs()
+    assert (runs["status"] == "running").sum() == 1  # one job, seen from both tabs
+    other.close()
+
+    page_stop(page).click()
+    expect(page.get_by_text("Stopped (stopped by you)")).to_be_visible(timeout=10_000)
+    rows = download_rows(page, "iterations.csv")
+    run = ResultStore(server.db).runs([rows[0]["run_id"]])
+    assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
+    assert 0 < len(rows) < 20 * 938
+    assert_csv_is_the_store(rows, server.db)
+    print(f"refresh reattached in {reattach_s:.2f} s")
+    page.close()
+
+
+def test_a_server_restart_mid_run_leaves_the_run_interrupted_with_its_reason(server, browser):
+    page = new_page(browser)
+    page.goto(f"{server.url}/train?{LONG}")
+    page.get_by_role("button", name="Train", exact=True).click()
+    wait_for_training(page)
+    store = ResultStore(server.db)
+    deadline = time.monotonic() + 120
+    while not (store.runs()["epochs_done"].fillna(0) >= 1).any():  # at least one epoch finished
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    server.stop(signal.SIGKILL)  # no chance to clean up: the worker notices its server is gone
+    server.start()
+    page.reload()
+    expect(page.get_by_text(re.compile(r"Interrupted \(the server stopped"))).to_be_visible(timeout=60_000)
+    run = ResultStore(server.db).runs().iloc[0]
+    assert run["status"] == "interrupted" and "server stopped" in run["stop_reason"]
+    assert run["epochs_done"] >= 1 and run["engine"] == "plain" and run["seconds"] > 0
+    assert len(ResultStore(server.db).epochs([run["run_id"]])) == run["epochs_done"]
+    page.goto(f"{server.url}/runs")
+    expect(page.get_by_text("interrupted").first).to_be_visible(timeout=30_000)
+    page.close()
+    assert "terminate called" not in server.log.read_text()
+
+
+def test_two_workspaces_in_shared_mode_neither_see_nor_stop_each_other(shared_server, browser):
+    alice, bob = new_page(browser), browser.new_context().new_page()  # two browsers, two sessions
+    alice.goto(f"{shared_server.url}/train?{LONG}")
+    alice.get_by_role("button", name="Train", exact=True).click()
+    wait_for_training(alice)
+    token = re.search(r"[?&]ws=([\w-]+)", alice.url).group(1)
+    assert len(token) >= 16
+
+    bob.goto(f"{shared_server.url}/train?{LONG}")
+    expect(bob.get_by_role("button", name="Train", exact=True)).to_be_enabled(timeout=60_000)
+    assert token not in bob.url
+    expect(bob.get_by_text(re.compile(r"step [\d,]+ of"))).to_have_count(0)  # Alice's job is not Bob's
+    bob.goto(f"{shared_server.url}/runs")
+    expect(bob.get_by_text("No runs yet")).to_be_visible(timeout=30_000)
+    assert "results.sqlite" not in bob.content()  # no server path in shared mode
+
+    store = ResultStore(shared_server.db)
+    assert store.runs()["status"].item() == "running"  # untouched by Bob
+    alice.goto(f"{shared_server.url}/runs?ws={token}")
+    expect(alice.get_by_text("1 runs on this server")).to_be_visible(timeout=30_000)
+    alice.goto(f"{shared_server.url}/train?ws={token}")
+    wait_for_training(alice)  # her job, found again through her token
+    page_stop(alice).click()
+    expect(alice.get_by_text("Stopped (stopped by you)")).to_be_visible(timeout=15_000)
+    assert store.runs()["stop_reason"].item() == "stopped by you"
+    alice.close()
+    bob.close()
