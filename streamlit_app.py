@@ -2,17 +2,10 @@
 Sets up what every page shares, then runs the page the user picked (app_pages/; not `pages/`,
 which Streamlit would also auto-load as an old-style multipage app for the first visitor of a
 deep link such as /train)."""
-import os
+import streamlit as st
 
-# Before torch loads: OpenMP threads that spin while waiting make each training step 10-30x
-# slower when the cores are shared (hosted free tiers, a busy machine); passive waiting costs
-# little when they are not.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import streamlit as st  # noqa: E402
-
-from app_lib.shared import ensure_workers, keep_page_state, server_policy, workspace  # noqa: E402
-from app_lib.widgets import share_link, sidebar_jobs  # noqa: E402
+from app_lib.shared import ensure_workers, keep_page_state, server_policy, workspace
+from app_lib.widgets import share_link, sidebar_jobs
 
 st.set_page_config(page_title="MNIST CNN Lab", page_icon="🔢", layout="wide")
 policy = server_policy()

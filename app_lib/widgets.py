@@ -156,7 +156,7 @@ def layer_table(cfg: ModelConfig) -> pd.DataFrame:
 def sidebar_jobs() -> None:
     """This workspace's queued and running jobs (call it inside `with st.sidebar`), on every page."""
     def mine() -> list[JobView]:
-        return [v for v in runner().jobs(workspace(), limit=10) if v.active]
+        return runner().jobs(workspace(), active=True, limit=10)
 
     @st.fragment(run_every=2 * POLL_S if mine() else None)
     def jobs() -> None:

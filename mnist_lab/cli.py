@@ -201,9 +201,12 @@ def cmd_worker(args) -> int:
 
     if args.slot < 0:
         raise ValueError(f"--slot must be 0 or more; got {args.slot}.")
+    if not 0 <= args.nice <= 19:
+        raise ValueError(f"--nice must be 0 to 19; got {args.nice}.")
     return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,
                                parent_pid=args.parent_pid, idle_exit_s=args.idle_exit,
-                               max_job_s=args.max_job_seconds, warm=not args.no_warm)).run(max_jobs=args.max_jobs)
+                               max_job_s=args.max_job_seconds, warm=not args.no_warm,
+                               nice=args.nice)).run(max_jobs=args.max_jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-job-seconds", type=float, help="stop a job that trains longer than this (timed out)")
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a job")
     p.add_argument("--no-warm", action="store_true", help="do not load MNIST and warm the device up first")
+    p.add_argument("--nice", type=int, default=0, help="lower the worker's CPU priority by this much (0-19)")
     p.add_argument("--max-jobs", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the app's server: end with it
     p.set_defaults(func=cmd_worker)

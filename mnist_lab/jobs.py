@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Callable, Protocol
 
 from .data import DataConfig, DataUnavailableError
@@ -194,15 +195,25 @@ def _seconds_since(iso: str | None, now: float) -> float | None:
         return None
 
 
+_VIEW_COLUMNS = ("run_id", "label", "status", "started_at", "steps_per_epoch", "epochs", "epochs_done",
+                 "final_test_acc", "engine", "stop_reason")
+
+
+@lru_cache(maxsize=256)
+def _spec(text: str) -> JobSpec | None:
+    try:
+        return JobSpec.from_json(text)
+    except (ValueError, TypeError):
+        return None
+
+
 def job_view(store: ResultStore, row: dict) -> JobView:
     now = time.time()
-    frame = store.job_runs(row["job_id"]) if row["status"] != "queued" else None
-    runs = []
-    for r in (frame.itertuples() if frame is not None else ()):
-        spe = int(r.steps_per_epoch or 0)
-        runs.append(RunView(r.run_id, r.label or "", r.status, int(r.iterations_done), spe * int(r.epochs or 0), spe,
-                            int(r.epochs_done or 0), None if r.final_test_acc != r.final_test_acc else r.final_test_acc,
-                            r.engine or "", r.stop_reason or ""))
+    rows = store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
+    runs = [RunView(r["run_id"], r["label"] or "", r["status"], int(r["iterations_done"]),
+                    int(r["steps_per_epoch"] or 0) * int(r["epochs"] or 0), int(r["steps_per_epoch"] or 0),
+                    int(r["epochs_done"] or 0), r["final_test_acc"], r["engine"] or "", r["stop_reason"] or "")
+            for r in rows]
     total = max(int(row["runs_total"] or 1), 1)
     done = sum(r.status != "running" for r in runs)
     current = next((r for r in reversed(runs) if r.status == "running" and r.total_steps), None)
@@ -215,19 +226,15 @@ def job_view(store: ResultStore, row: dict) -> JobView:
     if status not in JOB_ACTIVE:
         eta = 0.0
     elif status == "running" and total == 1 and current is not None and current.step:
-        run_elapsed = _seconds_since(frame["started_at"].iloc[-1], now)  # without the data loading
+        run_elapsed = _seconds_since(rows[-1]["started_at"], now)  # without the data loading
         if run_elapsed is not None:
             eta = run_elapsed / part * (1 - part)
     elif status == "running" and fraction > 0:
         eta = elapsed / fraction * (1 - fraction)
-    try:
-        spec = JobSpec.from_json(row["spec"])
-    except (ValueError, TypeError):
-        spec = None
     return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
                    store.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
-                   elapsed, eta, row["error"] or "", row["stop_reason"] or "", bool(row["stop_requested"]), spec,
-                   row["created_at"] or 0.0)
+                   elapsed, eta, row["error"] or "", row["stop_reason"] or "", bool(row["stop_requested"]),
+                   _spec(row["spec"]), row["created_at"] or 0.0)
 
 
 # ------------------------------------------------------------------------------------ runners
@@ -269,9 +276,12 @@ class StoreRunner:
     def stop(self, job_id: str, reason: str = "stopped by you") -> bool:
         return self.store.request_stop(job_id, reason)
 
-    def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, limit: int = 20) -> list[JobView]:
-        """A workspace's jobs (every workspace's for None), newest first."""
-        return [job_view(self.store, row) for row in self.store.jobs(workspace=workspace, kinds=kinds, limit=limit)]
+    def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, active: bool = False,
+             limit: int = 20) -> list[JobView]:
+        """A workspace's jobs (every workspace's for None), newest first; only queued and
+        running ones if `active`."""
+        rows = self.store.jobs(workspace=workspace, kinds=kinds, statuses=JOB_ACTIVE if active else None, limit=limit)
+        return [job_view(self.store, row) for row in rows]
 
     def wait(self, job_id: str, timeout: float, every_s: float = 0.1) -> JobView | None:
         """Poll until the job ends or `timeout` seconds pass (tests, scripts); its last view."""

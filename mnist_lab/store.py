@@ -333,13 +333,13 @@ class ResultStore:
                                "'interrupted') AND COALESCE(stop_reason, '') = ''", (why, job_id))
 
     def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
-             kinds: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
-        """Jobs newest first, optionally of one workspace, some ids or some kinds."""
+             kinds: Iterable[str] | None = None, statuses: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
+        """Jobs newest first, optionally of one workspace, some ids, kinds or statuses."""
         where, params = [], []
         if workspace is not None:
             where.append("workspace = ?")
             params.append(workspace)
-        for column, values in (("job_id", job_ids), ("kind", kinds)):
+        for column, values in (("job_id", job_ids), ("kind", kinds), ("status", statuses)):
             if values is not None:
                 values = list(values)
                 where.append(f"{column} IN ({', '.join('?' for _ in values) or 'NULL'})")
@@ -365,11 +365,16 @@ class ResultStore:
 
     def job_runs(self, job_id: str) -> pd.DataFrame:
         """The runs a job has started, in start order, with how many iterations each has stored."""
+        return pd.DataFrame(self.job_run_rows(job_id), columns=[*RUN_COLUMNS, "iterations_done"])
+
+    def job_run_rows(self, job_id: str, columns: Iterable[str] = RUN_COLUMNS) -> list[dict]:
+        """`job_runs` as plain dicts (no DataFrame: a page polls this every second)."""
+        columns = list(columns)
         with self._lock:
-            return pd.read_sql_query(
-                f"SELECT {', '.join(RUN_COLUMNS)}, (SELECT COALESCE(MAX(iteration), 0) FROM iterations i "
-                "WHERE i.run_id = runs.run_id) AS iterations_done FROM runs WHERE job_id = ? ORDER BY rowid",
-                self._conn, params=[job_id])
+            rows = self._conn.execute(
+                f"SELECT {', '.join(columns)}, (SELECT COALESCE(MAX(iteration), 0) FROM iterations i "
+                "WHERE i.run_id = runs.run_id) FROM runs WHERE job_id = ? ORDER BY rowid", (job_id,)).fetchall()
+        return [dict(zip([*columns, "iterations_done"], r)) for r in rows]
 
     def iterations_after(self, run_id: str, after: int) -> tuple[list[int], list[float]]:
         """(iteration numbers, losses) of `run_id` past iteration `after`: what a page polling

@@ -18,6 +18,8 @@ from .jobs import JobSpec, execute, readable_error
 from .store import ResultStore, owner_dead, owner_id
 from .train import device_label, resolve_device, warm_up
 
+NICE_ENV = "MNIST_LAB_WORKER_NICE"  # CPU priority a server's worker gives up (POSIX nice, 0-19)
+SERVER_NICE = 5
 POLL_S = 0.25  # how often an idle worker looks for a job, and a busy one for a stop request
 HEARTBEAT_S = 2.0
 
@@ -31,6 +33,7 @@ class WorkerConfig:
     idle_exit_s: float | None = None  # exit after this long without a job (None: never)
     max_job_s: float | None = None  # stop a job that trains longer ("timed out")
     warm: bool = True  # load MNIST and warm the device up before the first job
+    nice: int = 0  # lower CPU priority (POSIX nice): a server's pages stay responsive while it trains
 
 
 class Worker:
@@ -58,6 +61,8 @@ class Worker:
         """Serve jobs until a signal, the parent's end, `idle_exit_s` idle or `max_jobs` jobs.
         Returns the process exit code (0; 1 when another worker already holds the slot)."""
         device = resolve_device(self.cfg.device)
+        if self.cfg.nice > 0:
+            _lower_priority(self.cfg.nice)
         if not self.store.register_worker(self.id, self.cfg.slot, device_label(device), self.cfg.parent_pid):
             print(f"worker: slot {self.cfg.slot} of {self.store.path} is served by another live worker",
                   file=sys.stderr)
@@ -146,14 +151,26 @@ class Worker:
             self.store.worker_heartbeat(self.id)
 
 
+def _lower_priority(nice: int) -> None:
+    import psutil
+
+    try:
+        if hasattr(psutil, "BELOW_NORMAL_PRIORITY_CLASS"):  # Windows
+            psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
+        else:
+            psutil.Process().nice(min(psutil.Process().nice() + nice, 19))
+    except psutil.Error:
+        pass  # not allowed here: train at the same priority
+
+
 def spawn_worker(db: str | Path, slot: int = 0, device: str = "auto", parent_pid: int | None = None,
                  idle_exit_s: float | None = None, max_job_s: float | None = None,
                  log: str | Path | None = None) -> subprocess.Popen:
     """Start `python -m mnist_lab worker` for the store `db` as a child process (the app's way)."""
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "mnist_lab", "worker", "--db", str(db), "--slot", str(slot), "--device", device]
-    if parent_pid is not None:
-        cmd += ["--parent-pid", str(parent_pid)]
+    if parent_pid is not None:  # started by a server: end with it, and leave its pages the CPU they need
+        cmd += ["--parent-pid", str(parent_pid), "--nice", os.environ.get(NICE_ENV, str(SERVER_NICE))]
     if idle_exit_s is not None:
         cmd += ["--idle-exit", str(idle_exit_s)]
     if max_job_s is not None:
