@@ -342,3 +342,24 @@ def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
     gone = open_page("runs", query={"selected": "no-such-run", "status": "finished"})
     assert gone.multiselect(key="runs_status").value == ["finished"]
     assert any("selected=no-such-run" in w.value for w in gone.warning)
+
+
+def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_limits(db, monkeypatch, tiny_data):
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    monkeypatch.setenv("MNIST_LAB_MAX_EPOCHS", "2")
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "3"})
+    token = at.query_params["ws"]
+    assert len(token) >= 16
+    at.button(key="train_go_btn").click().run()
+    assert any("at most 2 epochs" in e.value and "make run" in e.value for e in at.error)
+    assert ResultStore(db).jobs() == []  # refused before anything was queued
+
+    store = ResultStore(db)  # a run of another workspace (and a CLI run of the local one)
+    with store.context(job_id="j-other", workspace="someone-else-entirely"):
+        run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=store, data=tiny_data)
+    runs = open_page("runs")
+    assert any("No runs yet" in i.value for i in runs.info)  # not this session's
+    assert not any(str(db) in c.value for c in runs.caption)  # no server path in shared mode
+    again = open_page("runs", query={"ws": "someone-else-entirely"})  # its owner's link
+    assert len(again.multiselect(key="runs_selected").value) == 1
+    assert not any("belong to someone else" in c.value for c in again.caption)

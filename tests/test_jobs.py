@@ -226,3 +226,14 @@ def test_a_worker_started_by_the_app_gives_running_jobs_the_device(db):
     job_id = StoreRunner(store).submit(replace(tiny_job(), train=TrainConfig(device="auto")))
     Worker(WorkerConfig(db=str(db), device="cpu", warm=False)).run(max_jobs=1)
     assert store.job(job_id)["status"] == "finished" and store.runs()["device"].item() == "cpu"
+
+
+def test_a_job_over_the_workers_time_limit_is_stopped_as_timed_out(db):
+    store = ResultStore(db)
+    job_id = StoreRunner(store).submit(long_job())
+    Worker(WorkerConfig(db=str(db), warm=False, max_job_s=4.0)).run(max_jobs=1)  # data loading counts too
+    view = StoreRunner(store).poll(job_id)
+    assert view.status == "stopped" and view.stop_reason.startswith("timed out")
+    run = store.runs()
+    assert run["status"].item() == "stopped" and run["stop_reason"].item().startswith("timed out")
+    assert 0 < len(store.iterations()) < 50 * 313

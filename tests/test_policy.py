@@ -1,0 +1,68 @@
+"""The server's policy: local vs shared mode from the environment or `--mode`, limits that
+refuse a too-large job in shared mode only (naming the limit and the way out), and the
+training-time estimate those limits use."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mnist_lab.data import DataConfig
+from mnist_lab.experiments import CompareConfig, SweepConfig
+from mnist_lab.jobs import JobSpec
+from mnist_lab.models import PRESETS
+from mnist_lab.policy import LimitError, ServerPolicy, estimate_seconds, forward_macs
+from mnist_lab.train import TrainConfig
+
+
+def lab5(epochs: int = 1, train_limit: int | None = None) -> JobSpec:
+    return JobSpec("train", TrainConfig(epochs=epochs), DataConfig(train_limit=train_limit),
+                   model=PRESETS["lab5"].model)
+
+
+def test_the_mode_comes_from_the_environment_or_the_script_arguments():
+    assert ServerPolicy.from_env({}, []).mode == "local"
+    assert ServerPolicy.from_env({"MNIST_LAB_MODE": "shared"}, []).shared
+    assert ServerPolicy.from_env({}, ["--mode", "shared"]).shared
+    p = ServerPolicy.from_env({"MNIST_LAB_MODE": "shared", "MNIST_LAB_MAX_EPOCHS": "3", "MNIST_LAB_CLASS_VIEW": "1",
+                               "MNIST_LAB_QUEUE_LIMIT": "0", "MNIST_LAB_TEACHER_TOKEN": "t0k"}, [])
+    assert (p.max_epochs, p.class_view, p.queue_limit) == (3, True, 0)
+    assert p.is_teacher("t0k") and not p.is_teacher("") and not ServerPolicy().is_teacher("")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MNIST_LAB_MODE": "public"}, "must be 'local' or 'shared'"),
+    ({"MNIST_LAB_MAX_EPOCHS": "many"}, "MNIST_LAB_MAX_EPOCHS must be a number"),
+    ({"MNIST_LAB_MAX_PARAMS": "-5"}, "MNIST_LAB_MAX_PARAMS must be above 0"),
+])
+def test_a_bad_setting_says_which_and_why(env, message):
+    with pytest.raises(ValueError, match=message):
+        ServerPolicy.from_env(env, [])
+
+
+def test_limits_refuse_a_big_job_in_shared_mode_only():
+    shared = ServerPolicy(mode="shared", max_epochs=5, max_train_images=20000, max_params=100_000,
+                          max_job_seconds=60)
+    shared.check(lab5(epochs=5, train_limit=20000), "cpu")  # within every limit
+    ServerPolicy().check(lab5(epochs=500), "cpu")  # local: the user's own machine, no limits
+    for spec, words in ((lab5(epochs=6, train_limit=20000), "at most 5 epochs"),
+                        (lab5(train_limit=None), "at most 20,000 images"),
+                        (JobSpec("train", TrainConfig(), DataConfig(train_limit=1000),
+                                 model=PRESETS["padded-16-32"].model), "at most 100,000 parameters")):
+        with pytest.raises(LimitError, match=words) as info:
+            shared.check(spec, "cpu")
+        assert "make run" in str(info.value)  # and how to run it anyway
+    slow = JobSpec("sweep", TrainConfig(epochs=5), DataConfig(train_limit=20000), sweep=SweepConfig(seeds=3))
+    with pytest.raises(LimitError, match=r"about \d+ s here.*allows 60 s"):
+        replace(shared, max_params=10**7).check(slow, "cpu")
+
+
+def test_the_estimate_grows_with_the_work():
+    assert forward_macs(PRESETS["lab5"].model) == 24 * 24 * 260 + 8 * 8 * 5020 + 3210  # conv1, conv2, fc
+    one = estimate_seconds(lab5(epochs=1), "cpu")
+    assert 1 < one < 10  # measured 2.2-2.6 s per Lab-5 epoch on the 2-core CPU (docs/BENCHMARKS.md)
+    assert estimate_seconds(lab5(epochs=3), "cpu") == pytest.approx(3 * one)
+    assert estimate_seconds(lab5(epochs=1), "cuda") < one / 5
+    compare = JobSpec("compare", TrainConfig(), DataConfig(), compare=CompareConfig(seeds=2))
+    assert estimate_seconds(compare, "cpu") > estimate_seconds(JobSpec("train", TrainConfig(), DataConfig(),
+                                                                       model=PRESETS["tiny-cnn"].model), "cpu")
