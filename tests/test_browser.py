@@ -144,14 +144,14 @@ def test_a_server_restart_mid_run_leaves_the_run_interrupted_with_its_reason(ser
     wait_for_training(page)
     store = ResultStore(server.db)
     deadline = time.monotonic() + 120
-    while not (store.runs()["epochs_done"].fillna(0) >= 1).any():  # at least one epoch finished
+    while not store.runs().query("status == 'running'")["epochs_done"].fillna(0).ge(1).any():  # an epoch done
         assert time.monotonic() < deadline
         time.sleep(0.3)
     server.stop(signal.SIGKILL)  # no chance to clean up: the worker notices its server is gone
     server.start()
     page.reload()
     expect(page.get_by_text(re.compile(r"Interrupted \(the server stopped"))).to_be_visible(timeout=60_000)
-    run = ResultStore(server.db).runs().iloc[0]
+    run = ResultStore(server.db).runs().iloc[0]  # the newest
     assert run["status"] == "interrupted" and "server stopped" in run["stop_reason"]
     assert run["epochs_done"] >= 1 and run["engine"] == "plain" and run["seconds"] > 0
     assert len(ResultStore(server.db).epochs([run["run_id"]])) == run["epochs_done"]
