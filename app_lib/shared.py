@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from mnist_lab.data import DataConfig, RawSplits, default_cache_dir, load_raw, make_permutation, permute_pixels
+from mnist_lab.data import DataConfig, RawSplits, load_raw, make_permutation, permute_pixels
 from mnist_lab.jobs import StoreRunner
 from mnist_lab.policy import ServerPolicy
 from mnist_lab.store import LOCAL_WORKSPACE, ResultStore, default_db_path

@@ -105,12 +105,13 @@ def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
     first = page_job(kind)
     if first is None:
         return
-    if first.active:
-        ensure_workers()  # a worker that died (or a server restarted) is replaced
     polling = first.active
 
     @st.fragment(run_every=POLL_S if polling else None)
     def panel() -> None:
+        if polling:
+            result_store().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
+            ensure_workers()  # and replace it, so queued jobs go on
         view = runner().poll(first.id)
         if view is None:
             st.info("This job is no longer in the store.")

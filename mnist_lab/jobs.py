@@ -130,7 +130,8 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     finally:
         done.set()
         watcher.join()
-    store.finish_job(job_id, result.status, reason="stopped with Ctrl-C" if result.status == "stopped" else "")
+    by_ctrl_c = result.status == "stopped" and not store.stop_requested(job_id)  # else the request says why
+    store.finish_job(job_id, result.status, reason="stopped with Ctrl-C" if by_ctrl_c else "")
     return result
 
 

@@ -363,3 +363,30 @@ def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_li
     again = open_page("runs", query={"ws": "someone-else-entirely"})  # its owner's link
     assert len(again.multiselect(key="runs_selected").value) == 1
     assert not any("belong to someone else" in c.value for c in again.caption)
+
+
+def test_runs_page_stops_a_run_trained_elsewhere_and_shows_why(db, tiny_data):
+    """A CLI run (its own process in real life; a thread here) is a job of the local workspace:
+    the Runs page stops it through the store, and the run says why it ended."""
+    import threading
+
+    from mnist_lab.jobs import JobSpec, run_inline
+
+    store = ResultStore(db)
+    spec = JobSpec("train", TrainConfig(epochs=500, device="cpu"), tiny_data.config, model=PRESETS["tiny-fc"].model)
+    cancel = threading.Event()
+    thread = threading.Thread(target=run_inline, args=(spec, store, cancel), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while store.runs().empty or not len(store.iterations()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    at = open_page("runs")
+    assert at.multiselect(key="runs_selected").value == [store.runs()["run_id"].item()]
+    at.button(key="runs_stop_btn").click().run()
+    thread.join(30)
+    assert not thread.is_alive() and cancel.is_set()
+    run = store.runs()
+    assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
+    at.run()
+    assert "stopped by you" in list(at.dataframe[0].value["stop_reason"])
