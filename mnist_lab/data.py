@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import ConfigError, need_bool, need_choice, need_int, need_seed
+
 DATA_DIR_ENV = "MNIST_LAB_DATA_DIR"
 CACHE_DIR_ENV = "MNIST_LAB_CACHE_DIR"
 
@@ -57,16 +59,24 @@ class DataConfig:
     data_dir: str | None = None  # torchvision-layout directory tried first; env MNIST_LAB_DATA_DIR
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"Unknown dataset '{self.dataset}'. Choose one of: {', '.join(DATASETS)}.")
-        if self.normalize not in NORMALIZATIONS:
-            raise ValueError(
-                f"Unknown normalisation '{self.normalize}'. Choose one of: {', '.join(NORMALIZATIONS)}."
-            )
-        if self.train_limit is not None and self.train_limit < 1:
-            raise ValueError(f"train_limit must be at least 1 image (got {self.train_limit}); leave it empty for all.")
-        if self.test_limit is not None and self.test_limit < 1:
-            raise ValueError(f"test_limit must be at least 1 image (got {self.test_limit}); leave it empty for all.")
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        need_choice("dataset", self.dataset, "Dataset", tuple(DATASETS),
+                    "Unknown dataset {value!r}. Choose one of: {options}.")
+        need_choice("normalize", self.normalize, "Normalisation", tuple(NORMALIZATIONS),
+                    "Unknown normalisation {value!r}. Choose one of: {options}.")
+        for name in ("train_limit", "test_limit"):
+            limit = getattr(self, name)
+            if limit is None:
+                continue
+            need_int(name, limit, name, 1000)
+            if limit < 1:
+                raise ConfigError(name, limit, "{name} must be at least 1 image (got {value!r}); leave it empty for "
+                                  "all.", name=name)
+        need_bool("permute_pixels", self.permute_pixels, "Permute pixels")
+        need_seed("permutation_seed", self.permutation_seed, "Permutation seed")
+        if self.data_dir is not None and not (isinstance(self.data_dir, str) and self.data_dir):
+            raise ConfigError("data_dir", self.data_dir, "The data directory must be a path given as text; got "
+                              "{value!r}. Give a folder such as '/data', or leave it out.")
 
 
 @dataclass

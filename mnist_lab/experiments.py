@@ -13,10 +13,12 @@ from typing import Callable
 import pandas as pd
 
 from .data import DataConfig, TensorData, prepare_data
-from .models import PRESETS, ModelConfig, cnn_config, count_params, describe, match_fc_width
+from .errors import ConfigError, need_bool, need_choice, need_int, need_ints, need_seed
+from .models import (KERNEL_RANGE, MAX_CHANNELS, MAX_CONV_BLOCKS, MAX_WIDTH, PRESETS, ModelConfig, cnn_config,
+                     count_params, describe, match_fc_width)
 from .store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
-from .train import (CancelFlag, Progress, RunResult, TrainConfig, device_label, new_run_id, resolve_device,
-                    train, train_many)
+from .train import (CancelFlag, Progress, RunResult, TrainConfig, check_fits, check_memory, device_label, new_run_id,
+                    resolve_device, train, train_many)
 
 ProgressFn = Callable[[Progress], None]
 
@@ -25,6 +27,8 @@ _DATA_LOCK = threading.Lock()
 # Prepared datasets kept per process (~220 MB each at 60,000 images): 2 covers the FC-vs-CNN
 # comparison (normal + permuted); a hosted 1 GB tier may want 1.
 DATA_MEMO_SIZE = int(os.environ.get("MNIST_LAB_DATA_MEMO", "2"))
+MAX_SEEDS = 100  # runs per cell of a sweep or comparison
+MAX_SWEEP_VALUES = 16  # values per sweep axis
 
 
 def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
@@ -40,16 +44,6 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
         return _DATA_MEMO[key]
 
 
-def check_input_shape(model_cfg: ModelConfig, data: TensorData) -> None:
-    """A network built for one image shape refuses a dataset of another, before training."""
-    want = (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
-    got = tuple(data.x_train.shape[1:])
-    if got != want:
-        raise ValueError(f"The network expects {want[0]}×{want[1]}×{want[2]} images but dataset "
-                         f"'{data.config.dataset}' has {got[0]}×{got[1]}×{got[2]}: set the model's "
-                         "in_channels and image_size to match.")
-
-
 def _chain(*fns: ProgressFn | None) -> ProgressFn:
     live = [f for f in fns if f is not None]
 
@@ -62,7 +56,8 @@ def _chain(*fns: ProgressFn | None) -> ProgressFn:
 def _check(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData) -> None:
     model_cfg.validate()
     train_cfg.validate(n_train=len(data.x_train))
-    check_input_shape(model_cfg, data)
+    check_fits(model_cfg, data)
+    check_memory(model_cfg, train_cfg, data.device)
 
 
 def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainConfig, str]], run_ids: list[str],
@@ -158,12 +153,36 @@ class SweepConfig:
         return cnn_config(layers, kernel, base_channels=self.base_channels, padding=self.padding,
                           hidden=(hidden,) if hidden else (), pool_before_relu=self.pool_before_relu)
 
+    def validate(self) -> None:
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        lo, hi = KERNEL_RANGE
+        for name, what, low, high, example in (("conv_layers", "conv-layer count", 1, MAX_CONV_BLOCKS, (1, 2, 3)),
+                                               ("kernel_sizes", "kernel size", lo, hi, (3, 5, 7)),
+                                               ("hidden_units", "hidden width", 0, MAX_WIDTH, (0,))):
+            value = need_ints(name, getattr(self, name), name.replace("_", " ").capitalize(), example)
+            if not value:
+                raise ConfigError(name, value, "Choose at least one {what} ({name} is empty).", what=what, name=name)
+            if not 1 <= len(value) <= MAX_SWEEP_VALUES:
+                raise ConfigError(name, value, "A sweep takes at most {high} values of {name}; got {value!r}.",
+                                  high=MAX_SWEEP_VALUES, name=name)
+            for v in value:
+                if not low <= v <= high:
+                    raise ConfigError(name, value, "Every {what} must be {low} to {high}; {name} = {value!r} has "
+                                      "{v!r}.", what=what, low=low, high=high, name=name, v=v)
+        need_int("seeds", self.seeds, "Seeds", 3)
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise ConfigError("seeds", self.seeds, "A sweep needs at least 1 seed per cell (at most {high}); got "
+                              "{value!r}. Use 3, say.", high=MAX_SEEDS)
+        need_int("base_channels", self.base_channels, "Base channels", 16)
+        if not 1 <= self.base_channels <= MAX_CHANNELS:
+            raise ConfigError("base_channels", self.base_channels, "The first block's channels must be 1 to {high}; "
+                              "got {value!r}. Use 16, say.", high=MAX_CHANNELS)
+        need_choice("padding", self.padding, "Padding", ("valid", "same"))
+        need_bool("pool_before_relu", self.pool_before_relu, "Pool before ReLU")
+
     def cells(self) -> tuple[list[tuple[int, int, int, ModelConfig]], list[dict]]:
         """(valid cells as (layers, kernel, hidden, cfg), skipped cells with the reason)."""
-        if self.seeds < 1:
-            raise ValueError(f"A sweep needs at least 1 seed per cell; got {self.seeds}.")
-        if not (self.conv_layers and self.kernel_sizes and self.hidden_units):
-            raise ValueError("Choose at least one conv-layer count, one kernel size and one hidden width.")
+        self.validate()
         valid, skipped = [], []
         for layers in self.conv_layers:
             for kernel in self.kernel_sizes:
@@ -177,8 +196,9 @@ class SweepConfig:
                         continue
                     valid.append((layers, kernel, hidden, cfg))
         if not valid:
-            raise ValueError("No cell of this sweep is a valid network:\n" +
-                             "\n".join(s["reason"] for s in skipped))
+            raise ConfigError("kernel_sizes", self.kernel_sizes, "No cell of this sweep is a valid network "
+                              "(kernel_sizes = {value!r}, conv_layers = {layers!r}):\n{reasons}",
+                              layers=self.conv_layers, reasons="\n".join(s["reason"] for s in skipped))
         return valid, skipped
 
 
@@ -230,9 +250,22 @@ class CompareConfig:
     seeds: int = 3  # runs per cell, seeds 0 .. seeds-1
     permutation_seed: int = 0  # picks the one fixed pixel permutation
 
+    def validate(self) -> None:
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        if not isinstance(self.cnn, ModelConfig) or self.cnn.kind != "cnn":
+            raise ConfigError("cnn", self.cnn, "The comparison's cnn must be a ModelConfig of kind 'cnn'; got "
+                              "{value!r}. Pass a CNN config, e.g. the tiny-cnn preset's.")
+        if self.fc is not None and (not isinstance(self.fc, ModelConfig) or self.fc.kind != "fc"):
+            raise ConfigError("fc", self.fc, "The comparison's fc must be None (matched to the CNN) or a ModelConfig "
+                              "of kind 'fc'; got {value!r}.")
+        need_int("seeds", self.seeds, "Seeds", 3)
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise ConfigError("seeds", self.seeds, "The comparison needs at least 1 seed (at most {high}); got "
+                              "{value!r}. Use 3, say.", high=MAX_SEEDS)
+        need_seed("permutation_seed", self.permutation_seed, "Permutation seed")
+
     def models(self) -> dict[str, ModelConfig]:
-        if self.seeds < 1:
-            raise ValueError(f"The comparison needs at least 1 seed; got {self.seeds}.")
+        self.validate()
         self.cnn.validate()
         fc = self.fc or match_fc_width(self.cnn)
         fc.validate()

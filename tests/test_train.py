@@ -204,7 +204,7 @@ def test_cancel_before_the_start(tiny_data):
     (dict(batch_size=1000), "Batch size 1000 is larger than the 512 training images"),
     (dict(batch_size=0), "Batch size must be at least 1; got 0."),
     (dict(lr=0.0), "Learning rate must be above 0 and at most 10; got 0.0."),
-    (dict(lr=float("nan")), "Learning rate must be above 0"),
+    (dict(lr=float("nan")), "Learning rate must be a finite number; got nan."),
     (dict(optimizer="rmsprop"), "Optimizer must be one of sgd, adam; got 'rmsprop'."),
     (dict(epochs=0), "Epochs must be 1 to 1000; got 0."),
     (dict(momentum=1.0), "Momentum must be in [0, 1); got 1.0."),
