@@ -78,7 +78,8 @@ def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainCo
 def _finish_runs(store: ResultStore | None, results: list[RunResult]) -> None:
     for result in results if store is not None else ():
         store.finish_run(result.run_id, result.status, result.seconds, engine=result.engine,
-                         epochs_done=len(result.epochs), final_test_acc=result.final_test_acc)
+                         epochs_done=len(result.epochs), final_test_acc=result.final_test_acc,
+                         diverged_at=result.diverged_at, message=result.message)
 
 
 def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
@@ -317,16 +318,29 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
 
 
 def summarize_over_seeds(table: pd.DataFrame, by: list[str], value: str = "test_acc") -> pd.DataFrame:
-    """Mean, sample standard deviation and count of `value` per group (finished runs only)."""
+    """Mean, sample standard deviation and count `n` of `value` per group, over finished runs
+    only; `diverged` counts the group's runs whose loss became NaN or infinite (never averaged in),
+    and `text` says so."""
     done = table.dropna(subset=[value])
     if "status" in done:
         done = done[done["status"] == "finished"]
     grouped = done.groupby(by, sort=False)[value]
     out = grouped.agg(n="count", mean="mean", sd="std").reset_index()
     out["sd"] = out["sd"].fillna(0.0)
-    out["text"] = [f"{100 * m:.2f}% ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}% (1 run, no spread)"
-                   for m, s, n in zip(out["mean"], out["sd"], out["n"])]
+    if "status" in table and len(out):
+        counts = table[table["status"] == "diverged"].groupby(by, sort=False).size()
+        out["diverged"] = [int(counts.get(key if len(by) > 1 else key[0], 0))
+                           for key in out[by].itertuples(index=False, name=None)]
+    else:
+        out["diverged"] = 0
+    out["text"] = [(f"{100 * m:.2f}% ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}% (1 run, no spread)")
+                   + (f", {d} diverged (not counted)" if d else "")
+                   for m, s, n, d in zip(out["mean"], out["sd"], out["n"], out["diverged"])]
     return out
+
+
+def diverged_runs(results: list[RunResult]) -> list[RunResult]:
+    return [r for r in results if r.status == "diverged"]
 
 
 def read_compare(summary: pd.DataFrame) -> str:
@@ -370,7 +384,8 @@ def results_frames(results: list[RunResult], experiment: str = "single") -> dict
         runs.append(run_row(r.run_id, r.model_cfg, r.train_cfg, r.data_cfg, experiment=experiment,
                             status=r.status, started_at=r.started_at, seconds=r.seconds, device=r.device,
                             engine=r.engine, params=r.params, final_test_acc=r.final_test_acc,
-                            epochs_done=len(r.epochs), data_source=r.data_source))
+                            epochs_done=len(r.epochs), data_source=r.data_source, diverged_at=r.diverged_at,
+                            message=r.message))
         epochs += [dict(run_id=r.run_id, **asdict(m)) for m in r.epochs]
         spe = max(r.steps_per_epoch, 1)
         iterations += [dict(run_id=r.run_id, epoch=(i // spe) + 1, iteration=i + 1, loss=loss)

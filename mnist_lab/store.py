@@ -22,7 +22,7 @@ DB_ENV = "MNIST_LAB_DB"
 
 RUN_COLUMNS = [
     "run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device", "engine",
-    "params", "seed", "final_test_acc", "epochs_done",
+    "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message",
     # model config
     "kind", "conv_layers", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
     "dropout", "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes",
@@ -60,7 +60,8 @@ def _fmt_tuple(values: tuple[int, ...]) -> str:
 def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
             experiment: str = "single", group_id: str = "", label: str = "", status: str = "running",
             started_at: str = "", seconds: float = 0.0, device: str = "", engine: str = "", params: int = 0,
-            final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "") -> dict:
+            final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
+            diverged_at: int | None = None, message: str = "") -> dict:
     """One `runs` row: identity, outcome, every config field (tuples as 'a-b'), library versions."""
     import torch
 
@@ -73,6 +74,7 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
     row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or describe(model_cfg),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
+               diverged_at=diverged_at, message=message,
                conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__, torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
     return {c: row.get(c) for c in RUN_COLUMNS}
@@ -182,7 +184,8 @@ class ResultStore:
                                status=result.status, started_at=result.started_at, seconds=result.seconds,
                                device=result.device, engine=result.engine, params=result.params,
                                final_test_acc=result.final_test_acc, epochs_done=len(result.epochs),
-                               data_source=result.data_source, **row_fields))
+                               data_source=result.data_source, diverged_at=result.diverged_at,
+                               message=result.message, **row_fields))
         self.add_iterations(result.run_id, 1, result.losses, max(result.steps_per_epoch, 1))
         for m in result.epochs:
             self.add_epoch(result.run_id, m)

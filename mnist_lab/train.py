@@ -186,6 +186,7 @@ class Progress:
     elapsed_s: float = 0.0
     eta_s: float | None = None
     status: str = "running"
+    message: str = ""  # on 'end': why a run ended early (diverged)
 
 
 @dataclass
@@ -197,13 +198,15 @@ class RunResult:
     params: int
     device: str
     engine: str  # which training path ran: "plain", "cuda-graph", "stacked" or "cpu-native"
-    status: str  # "finished" or "stopped"
+    status: str  # "finished", "stopped" or "diverged" (the loss became NaN or infinite)
     losses: list[float] = field(default_factory=list)  # one per iteration, in order
     epochs: list[EpochMetrics] = field(default_factory=list)
     steps_per_epoch: int = 0
     started_at: str = ""
     seconds: float = 0.0
     data_source: str = ""
+    diverged_at: int | None = None  # 1-based iteration whose loss was NaN or infinite
+    message: str = ""  # why the run ended early, for a person (diverged runs)
 
     @property
     def final_test_acc(self) -> float | None:
@@ -365,6 +368,7 @@ class _RunLog:
         self.next_emit = self.t0 + self.every_s
         self.step = 0  # iterations done (or, on the GPU, queued)
         self.sent = 0  # iterations already handed to the callback
+        self.closed = False  # finish() has run (a diverged run in a stack ends before the others)
 
     def _eta(self) -> float:
         return (time.perf_counter() - self.t0) / self.step * (self.total_steps - self.step)
@@ -372,10 +376,20 @@ class _RunLog:
     def due(self) -> bool:
         return time.perf_counter() >= self.next_emit
 
+    @property
+    def diverged(self) -> bool:
+        return self.result.diverged_at is not None
+
     def flush(self, epoch: int, timed: bool = False) -> None:
-        """Read the new losses back (one host sync) and send them as one 'iterations' event."""
-        if self.step > self.sent:
+        """Read the new losses back (one host sync) and send them as one 'iterations' event.
+        A NaN or infinite loss among them marks the run diverged: the losses before it are kept,
+        and the engine stops the run (`diverged`)."""
+        if self.step > self.sent and not self.diverged:
             chunk = self.losses[self.sent:self.step].tolist()
+            bad = next((j for j, loss in enumerate(chunk) if not math.isfinite(loss)), None)
+            if bad is not None:
+                self._diverge(self.sent + bad + 1, chunk[bad])
+                chunk, self.step = chunk[:bad], self.sent + bad
             self.result.losses.extend(chunk)
             emit_first, self.sent = self.sent + 1, self.step
             self.emit(Progress(self.result.run_id, "iterations", epoch, self.step, self.total_steps, tuple(chunk),
@@ -383,7 +397,19 @@ class _RunLog:
         if timed:
             self.next_emit = time.perf_counter() + self.every_s
 
+    def _diverge(self, iteration: int, value: float, what: str = "loss") -> None:
+        lr = self.result.train_cfg.lr
+        self.result.diverged_at = iteration
+        self.result.message = (f"The {what} became {value} at iteration {iteration}: training diverged. Lower the "
+                               f"learning rate (now {lr:g}, try {lr / 10:g}), or use a smaller momentum or batch "
+                               "normalisation.")
+
     def epoch_done(self, epoch: int, epoch_t0: float, test_loss: float, test_acc: float) -> None:
+        if self.diverged:
+            return
+        if not (math.isfinite(test_loss) and math.isfinite(test_acc)):  # weights blew up between two losses
+            self._diverge(self.step, test_loss, what="test loss")
+            return
         n = self.steps_per_epoch
         epoch_losses = self.result.losses[(epoch - 1) * n:epoch * n]
         metrics = EpochMetrics(epoch, sum(epoch_losses) / len(epoch_losses), test_loss, test_acc,
@@ -394,10 +420,13 @@ class _RunLog:
 
     def finish(self, stopped: bool) -> RunResult:
         result = self.result
-        result.status = "stopped" if stopped else "finished"
+        if self.closed:
+            return result
+        self.closed = True
+        result.status = "diverged" if self.diverged else "stopped" if stopped else "finished"
         result.seconds = time.perf_counter() - self.t0
         self.emit(Progress(result.run_id, "end", len(result.epochs), self.step, self.total_steps,
-                           elapsed_s=result.seconds, eta_s=0.0, status=result.status))
+                           elapsed_s=result.seconds, eta_s=0.0, status=result.status, message=result.message))
         return result
 
 
@@ -427,6 +456,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
 
     model = init_model(model_cfg, train_cfg.seed, device)
     layout = fast_memory_format(model_cfg, device)
+    on_cpu = device.type == "cpu"
     if engine == "cuda-graph":
         from .fast import GraphStep, fast_convs
 
@@ -471,10 +501,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
                     optimizer.step()
                     losses[log.step] = loss.detach()
                 log.step += 1
-                if log.due():
+                # on the CPU reading the loss costs nothing, so a NaN stops the run at once; on a GPU
+                # it is seen when the losses are read back (no host sync per step)
+                if log.due() or (on_cpu and not math.isfinite(losses[log.step - 1].item())):
                     log.flush(epoch, timed=True)
+                    if log.diverged:
+                        break
             log.flush(epoch)
-            if stopped:
+            if stopped or log.diverged:
                 break
             sums = _evaluate_sums(model, data.x_test, data.y_test, train_cfg.eval_batch_size, cancel)
             if sums is None:  # stopped while evaluating: this epoch's metrics are not kept
@@ -482,6 +516,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
                 break
             test_loss, test_acc = _read_sums(*sums, len(data.x_test))
             log.epoch_done(epoch, epoch_t0, test_loss, test_acc)
+            if log.diverged:
+                break
     return log.finish(stopped)
 
 
@@ -601,6 +637,17 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
         return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens)
 
 
+def _end_diverged(active: list[_Unit]) -> None:
+    """Finish every diverged run at once; a unit all of whose runs diverged stops stepping (a
+    stack's other seeds train on: each member's weights are its own)."""
+    for unit in list(active):
+        for log in unit.logs:
+            if log.diverged:
+                log.finish(False)
+        if all(log.closed for log in unit.logs):
+            active.remove(unit)
+
+
 def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
                         emit: Callable[[Progress], None], cancel: CancelFlag | None,
                         run_ids: list[list[str]]) -> list[list[RunResult]]:
@@ -631,6 +678,13 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
             if unit.i == unit.logs[0].steps_per_epoch:
                 ending.append(unit)
         rounds += 1
+        if not on_gpu:  # reading a loss on the CPU costs nothing, so a NaN ends its run at once
+            for unit in active:
+                for log in unit.logs:
+                    if not log.closed and not math.isfinite(log.losses[log.step - 1].item()):
+                        log.flush(unit.epoch)
+            _end_diverged(active)
+            ending = [unit for unit in ending if unit in active]
         if on_gpu and rounds % 8 == 0:  # keep at most ~24 rounds queued: progress, cancel and epoch ends stay prompt
             marks.append([unit.stream.record_event() for unit in active])
             if len(marks) > 2:
@@ -656,11 +710,13 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
                     active.remove(unit)
                     for log in unit.logs:
                         log.finish(False)
+            _end_diverged(active)
         elif active and active[0].logs[0].due():
             for unit in active:
                 with _on_stream(unit.stream):
                     for log in unit.logs:
                         log.flush(unit.epoch, timed=True)
+            _end_diverged(active)
     for unit in active:
         with _on_stream(unit.stream):
             for log in unit.logs:
