@@ -14,6 +14,8 @@ from mnist_lab.jobs import JobManager
 from mnist_lab.store import ResultStore, default_db_path
 from mnist_lab.train import device_label, resolve_device, warm_up
 
+from .text import plain
+
 JOB_SLOTS = {"train_job": "Train", "sweep_job": "Sweep", "cmp_job": "FC vs CNN"}  # session key -> page
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_")  # page-only widget keys kept across pages
 
@@ -138,9 +140,9 @@ def init_state(prefix: str, defaults: dict[str, Any], limits: dict[str, Any] | N
                 value = default
                 ignored.append(f"{name}={params[name]}")
         st.session_state[key] = value
-    if ignored:
+    if ignored:  # the values are the link's own text: shown as text, never as markdown
         st.warning("This link has values the page cannot use, so their defaults are shown instead: "
-                   + ", ".join(f"`{i}`" for i in ignored) + ".", icon=":material/link_off:")
+                   + ", ".join(plain(i) for i in ignored) + ".", icon=":material/link_off:")
 
 
 def values(prefix: str, names) -> dict[str, Any]:

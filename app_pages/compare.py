@@ -9,6 +9,7 @@ import streamlit as st
 from app_lib.charts import compare_figure, digits_figure, overlay_figure
 from app_lib.forms import SUBSETS, build_compare_cfg
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_digits, values
+from app_lib.text import plain
 from app_lib.widgets import csv_button, job_active, job_panel, live_runs, start_job
 from mnist_lab.data import DataConfig
 from mnist_lab.experiments import compare_default_train, read_compare, run_compare
@@ -43,7 +44,7 @@ try:
     problem = ""
 except ValueError as exc:
     problem = str(exc)
-    st.error(problem, icon=":material/warning:")
+    st.error(plain(problem), icon=":material/warning:")
 if not problem:
     m1, m2, m3 = st.columns([1, 1, 2])
     m1.metric("CNN parameters", f"{count_params(models['CNN']):,}", help=describe(models["CNN"]))

@@ -3,6 +3,7 @@ import streamlit as st
 
 from app_lib.charts import digits_figure
 from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits
+from app_lib.text import plain
 from mnist_lab.models import PRESETS, count_params
 from mnist_lab.native import kernel_state
 
@@ -22,16 +23,16 @@ with intro:
                 "-image training subset); raise them when you have time.", icon=":material/memory:")
         state, why = kernel_state()
         if state == "unavailable":
-            st.caption(f"CNNs train on the plain PyTorch loop here: {why}.")
+            st.caption(f"CNNs train on the plain PyTorch loop here: {plain(why)}.")
         else:
             st.caption("CNNs train on C++ conv kernels built for this CPU (engine cpu-native, about 2x the plain "
                        "PyTorch loop)" + ("." if state == "ready" else "; they are being built (a few seconds)."))
     raw, problem = mnist()
     if raw is None:
-        st.error(f"**MNIST is not available.** {problem}", icon=":material/error:")
+        st.error(f"**MNIST is not available.** {plain(problem)}", icon=":material/error:")
     else:
         st.success(f"**MNIST ready:** {len(raw.x_train):,} training and {len(raw.x_test):,} test images, "
-                   f"28×28 grey, from {raw.source}.", icon=":material/check_circle:")
+                   f"28×28 grey, from {plain(raw.source)}.", icon=":material/check_circle:")
     st.page_link("app_pages/train.py", label="**Train** one network and watch every iteration's loss live",
                  icon=":material/model_training:")
     st.page_link("app_pages/sweep.py", label="**Sweep** conv layers × kernel size (lab tasks 2 and 3)",

@@ -5,16 +5,22 @@ import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
 from app_lib.shared import init_state, mirror_query, result_store
+from app_lib.text import plain
 from app_lib.widgets import csv_button
+from mnist_lab.errors import StoreError
 
 SHOWN = ["started_at", "label", "experiment", "status", "final_test_acc", "params", "epochs_done", "epochs",
          "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds", "run_id"]
 
 st.title("Runs")
-store = result_store()
-store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
-runs = store.runs()
-st.caption(f"{len(runs):,} runs in `{store.path}`, newest first. Runs are saved while they train, so a stopped "
+try:
+    store = result_store()
+    store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
+    runs = store.runs()
+except StoreError as exc:
+    st.error(plain(str(exc)), icon=":material/database:")
+    st.stop()
+st.caption(f"{len(runs):,} runs in {plain(store.path)}, newest first. Runs are saved while they train, so a stopped "
            "or interrupted run (its process ended without finishing it) keeps what it finished.")
 if runs.empty:
     st.info("No runs yet: train something on the Train, Sweep or FC vs CNN page.")

@@ -8,6 +8,7 @@ import streamlit as st
 from app_lib.charts import error_line_figure, heatmap_figure, overlay_figure, params_figure
 from app_lib.forms import SUBSETS, build_sweep_cfg
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
+from app_lib.text import plain
 from app_lib.widgets import csv_button, job_active, job_panel, live_runs, start_job
 from mnist_lab.data import DataConfig
 from mnist_lab.experiments import run_sweep, summarize_over_seeds
@@ -49,7 +50,7 @@ try:
     problem = ""
 except ValueError as exc:
     cells, skipped, problem = [], [], str(exc)
-    st.error(problem, icon=":material/warning:")
+    st.error(plain(problem), icon=":material/warning:")
 if cells:
     plan = pd.DataFrame([dict(conv_layers=n, kernel_size=k, channels="-".join(map(str, cfg.conv_channels)),
                               params=count_params(cfg)) for n, k, _, cfg in cells])
@@ -57,8 +58,8 @@ if cells:
                      + (f" ({len(skipped)} invalid cells skipped)" if skipped else "")):
         st.dataframe(plan, hide_index=True)
 if skipped:
-    st.warning("Skipped cells:\n\n" + "\n".join(f"- {s['conv_layers']} layers × k{s['kernel_size']}: {s['reason']}"
-                                               for s in skipped))
+    st.warning("Skipped cells:\n\n" + "\n".join(f"- {s['conv_layers']} layers × k{s['kernel_size']}: "
+                                               f"{plain(s['reason'])}" for s in skipped))
 busy = job_active("sweep_job")
 if st.button("Run sweep", type="primary", key="sweep_go_btn", disabled=bool(problem) or busy):
     st.session_state.sweep_job_plan = [(n, k, s) for n, k, _, _ in cells for s in range(sweep.seeds)]

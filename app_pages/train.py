@@ -9,8 +9,10 @@ from app_lib.charts import accuracy_figure, loss_figure
 from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
                            preset_title, preset_values)
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
+from app_lib.text import plain
 from app_lib.widgets import csv_button, job_active, job_panel, layer_table, start_job
 from mnist_lab.data import NORMALIZATIONS
+from mnist_lab.errors import StoreError
 from mnist_lab.experiments import run_single
 from mnist_lab.models import PRESETS, describe
 
@@ -26,6 +28,11 @@ LIMITS = dict(preset=list(PRESETS), kind=["cnn", "fc"], layers=(1, 4), kernel=(1
               momentum=(0.0, 0.99), batch_size=BATCH_SIZES, epochs=(1, 20), seed=(0, 1_000_000),
               train_limit=SUBSETS, normalize=list(NORMALIZATIONS))
 init_state("train_", DEFAULTS, LIMITS)
+try:
+    result_store()  # opened and checked once per server: a damaged database is explained, not trained into
+    store_problem = ""
+except StoreError as exc:
+    store_problem = str(exc)
 
 
 def load_preset() -> None:
@@ -78,7 +85,8 @@ with left:
         problem = str(exc)
         st.caption(":material/warning: Fix the network first: see the message beside the controls.")
     busy = job_active("train_job")
-    if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem) or busy, width="stretch",
+    if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem or store_problem) or busy,
+                 width="stretch",
                  help="Training runs in the background; you can keep changing settings meanwhile."):
         st.session_state.train_job_epochs = train_cfg.epochs
         start_job("train_job", "train", partial(run_single, model_cfg, train_cfg, data_cfg, store=result_store()),
@@ -88,8 +96,10 @@ with left:
         st.caption("A run of yours is in progress: stop it or let it finish to start another.")
 
 with right:
+    if store_problem:
+        st.error(plain(store_problem), icon=":material/database:")
     if problem:
-        st.error(problem, icon=":material/warning:")
+        st.error(plain(problem), icon=":material/warning:")
     else:
         same = matching_preset(v)
         m1, m2 = st.columns([1, 3])

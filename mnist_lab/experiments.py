@@ -4,6 +4,7 @@ of mean ± standard deviation over seeds.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -13,7 +14,7 @@ from typing import Callable
 import pandas as pd
 
 from .data import DataConfig, TensorData, prepare_data
-from .errors import ConfigError, need_bool, need_choice, need_int, need_ints, need_seed
+from .errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
 from .models import (KERNEL_RANGE, MAX_CHANNELS, MAX_CONV_BLOCKS, MAX_WIDTH, PRESETS, ModelConfig, cnn_config,
                      count_params, describe, match_fc_width)
 from .store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
@@ -98,7 +99,8 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
                        run_id=run_id)
     except BaseException:
         if store is not None:
-            store.finish_run(run_id, "failed", 0.0)
+            with contextlib.suppress(StoreError):  # the database itself may be what failed
+                store.finish_run(run_id, "failed", 0.0)
         raise
     _finish_runs(store, [result])
     return result
@@ -132,7 +134,8 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
                              cancel=cancel, run_ids=run_ids)
     except BaseException:
         for run_id in run_ids if store is not None else ():
-            store.finish_run(run_id, "failed", 0.0)
+            with contextlib.suppress(StoreError):
+                store.finish_run(run_id, "failed", 0.0)
         raise
     _finish_runs(store, results)
     return results

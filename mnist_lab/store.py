@@ -3,6 +3,7 @@ interrupted run keeps what it finished, and exported to CSV.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
@@ -15,6 +16,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from .data import DataConfig, default_cache_dir
+from .errors import StoreError
 from .models import ModelConfig, describe
 from .train import EpochMetrics, Progress, RunResult, TrainConfig
 
@@ -104,26 +106,51 @@ class ResultStore:
     write is its own transaction, so a killed process loses at most the write in flight."""
 
     def __init__(self, path: str | Path | None = None):
+        """Open (or create) the database and check it (PRAGMA quick_check): a damaged or unwritable
+        file raises StoreError naming it and how to move it aside, before anything trains."""
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        with self._lock, self._conn:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-            have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-            for column in [*RUN_COLUMNS, _OWNER]:  # a database from an older version gains new fields
-                if column not in have:
-                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-        self.mark_interrupted()
+        if self.path.is_dir():
+            raise StoreError(self.path, "it is a directory", "The results database {path} is a directory, not a file: "
+                             "give a file name with --db or MNIST_LAB_DB, e.g. {path}/results.sqlite.")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(self.path, f"its folder cannot be created: {exc.strerror or exc}",
+                             "The results database {path} cannot be created ({detail}): choose another file with "
+                             "--db or MNIST_LAB_DB.") from None
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(self.path, str(exc)) from None
+        with self._guard():
+            with self._lock, self._conn:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(f"the file is damaged: {problems[0]}")
+                self._conn.executescript(_SCHEMA)
+                have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+                for column in [*RUN_COLUMNS, _OWNER]:  # a database from an older version gains new fields
+                    if column not in have:
+                        self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            self.mark_interrupted()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Any SQLite failure (a malformed file, a full disk, a read-only file) as one StoreError."""
+        try:
+            yield
+        except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps the reads' errors
+            raise StoreError(self.path, str(exc).rpartition(": ")[2] or str(exc)) from None
 
     def close(self) -> None:
         self._conn.close()
 
     # ------------------------------------------------------------------------------ writes
     def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             if isinstance(rows, tuple):
                 self._conn.execute(sql, rows)
             else:
@@ -140,7 +167,7 @@ class ResultStore:
         exists (killed, crashed, machine restarted): it keeps what it finished and can be deleted.
         Runs of live processes and of other machines are left alone. Returns how many changed."""
         host = socket.gethostname()
-        with self._lock:
+        with self._guard(), self._lock:
             rows = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
         dead = [run_id for run_id, owner in rows
                 if owner and owner.rpartition(":")[0] == host and not _process_alive(owner.rpartition(":")[2])]
@@ -158,7 +185,7 @@ class ResultStore:
                     "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)", rows)
 
     def add_epoch(self, run_id: str, m: EpochMetrics) -> None:
-        with self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
+        with self._guard(), self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
             self._conn.execute("INSERT OR REPLACE INTO epochs SELECT ?, ?, ?, ?, ?, ? "
                                "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
                                (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds, run_id))
@@ -195,7 +222,7 @@ class ResultStore:
         if not ids:
             return 0
         marks = ", ".join("?" for _ in ids)
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             n = self._conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", ids).rowcount
             self._conn.execute(f"DELETE FROM epochs WHERE run_id IN ({marks})", ids)
             self._conn.execute(f"DELETE FROM iterations WHERE run_id IN ({marks})", ids)
@@ -210,7 +237,7 @@ class ResultStore:
             if not params:
                 return pd.DataFrame(columns=columns)
             sql += f" WHERE run_id IN ({', '.join('?' for _ in params)})"
-        with self._lock:
+        with self._guard(), self._lock:
             return pd.read_sql_query(sql + f" ORDER BY {order}", self._conn, params=params)
 
     def runs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:

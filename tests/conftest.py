@@ -39,3 +39,30 @@ def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(cache))
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     return cache
+
+
+@pytest.fixture
+def broken_db(tmp_path):
+    """A results database with one page of garbage in the middle (as a failing disk leaves it):
+    its header still reads, so SQLite opens it, and only a check or a read finds the damage."""
+    import os
+    import sqlite3
+
+    from mnist_lab.models import PRESETS
+    from mnist_lab.store import ResultStore, run_row
+    from mnist_lab.train import TrainConfig
+
+    path = tmp_path / "broken.sqlite"
+    store = ResultStore(path)
+    for k in range(3):
+        store.start_run(run_row(f"run-{k}", PRESETS["tiny-fc"].model, TrainConfig(), data.DataConfig(), status="finished"))
+        store.add_iterations(f"run-{k}", 1, [0.5 + k] * 2000, 100)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = path.stat().st_size // 4096
+    with open(path, "r+b") as f:
+        f.seek(pages // 2 * 4096)
+        f.write(bytes(range(256)) * 16)
+    assert pages >= 8
+    return path

@@ -3,8 +3,10 @@ sliders, an impossible network disables training with the core's message, and ti
 (256 images, 1 epoch) finish with their charts and CSV downloads. Results go to a tmp SQLite."""
 from __future__ import annotations
 
+import re
 import socket
 import sqlite3
+import string
 import subprocess
 import sys
 from dataclasses import replace
@@ -57,6 +59,17 @@ def finish(at: AppTest, slot: str) -> None:
     assert not at.exception, at.exception
 
 
+ESCAPED = re.compile(r"\\([%s])" % re.escape(string.punctuation))
+# markdown that would render a link or an image: an unescaped [ ... ]( , or a bare web address
+MARKDOWN_LINK = re.compile(r"(?<!\\)\[(?:[^\]\\]|\\.)*(?<!\\)\]\(")
+AUTOLINK = re.compile(r"(?<!\\)<?(?:https?|ftp)(?<!\\):|www(?<!\\)\.")
+
+
+def shown(markdown: str) -> str:
+    """The characters a markdown source shows once its backslash escapes are applied."""
+    return ESCAPED.sub(r"\1", markdown)
+
+
 def params_shown(at: AppTest, label: str = "Parameters") -> int:
     return int(next(m.value for m in at.metric if m.label == label).replace(",", ""))
 
@@ -84,7 +97,7 @@ def test_home_says_which_path_trains_cnns_on_the_cpu(monkeypatch):
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setattr(native, "_error", "no C++ compiler found (g++ or c++)")
     at = open_page("home")
-    assert any("plain PyTorch loop here: no C++ compiler found" in c.value for c in at.caption)
+    assert any("plain PyTorch loop here: no C++ compiler found" in shown(c.value) for c in at.caption)
     monkeypatch.setattr(native, "_error", None)
     native.load_library()
     at = open_page("home")
@@ -138,10 +151,10 @@ def test_a_bad_link_loads_with_the_defaults_and_says_what_it_ignored(page, query
     assert len(at.warning) == 1
     for name, text in query.items():
         if name in defaults:  # ignored, named in the warning, the default used
-            assert f"{name}={text}" in at.warning[0].value
+            assert f"{name}={text}" in shown(at.warning[0].value)
             assert at.session_state[prefix + name] == defaults[name]
         else:  # the link's good values are still used
-            assert f"{name}=" not in at.warning[0].value
+            assert f"{name}=" not in shown(at.warning[0].value)
             assert str(at.session_state[prefix + name]) == text
 
 
@@ -184,7 +197,7 @@ def test_touching_widgets_leaves_a_running_job_alone_and_stop_keeps_its_results(
     at.selectbox(key="train_preset").set_value("lab5").run()
     assert at.session_state["train_job"] == job.id and not job.done  # same job, still going
     at.button(key="train_job_stop_btn").click().run()  # the panel's Stop
-    assert job.wait(1.0) and job.status == "stopped"
+    assert job.wait(60) and job.status == "stopped"  # stopped, not finished: 20 epochs of 60,000 images were asked
     at.run()
     assert at.warning[0].value.startswith("Stopped (stopped by the user)")
     assert "iterations.csv" in downloads(at)
@@ -310,4 +323,35 @@ def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
     assert again.multiselect(key="runs_selected").value == [ids[3], ids[1]]
     gone = open_page("runs", query={"selected": "no-such-run", "status": "finished"})
     assert gone.multiselect(key="runs_status").value == ["finished"]
-    assert any("selected=no-such-run" in w.value for w in gone.warning)
+    assert any("selected=no-such-run" in shown(w.value) for w in gone.warning)
+
+
+# ------------------------------------------------------------------------- hostile input, broken store
+
+def test_a_hostile_link_is_shown_as_text_not_as_a_link():
+    hostile = "[clickme](https://evil.example/phish)"
+    at = open_page("train", query={"hidden": hostile})
+    [error] = [e.value for e in at.error]
+    assert hostile in shown(error)  # the person sees exactly what the link held
+    assert not MARKDOWN_LINK.search(error) and not AUTOLINK.search(error)
+    assert at.button(key="train_go_btn").disabled
+
+
+def test_a_hostile_runs_link_loads_no_image(db, tiny_data):
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=ResultStore(db),
+               data=tiny_data)
+    hostile = "`![t](http://127.0.0.1:9/track.png)`"
+    at = open_page("runs", query={"experiment": hostile})
+    [warning] = [w.value for w in at.warning]
+    assert f"experiment={hostile}" in shown(warning)
+    assert not MARKDOWN_LINK.search(warning) and not AUTOLINK.search(warning) and "`" not in ESCAPED.sub("", warning)
+
+
+@pytest.mark.parametrize("page", ["train", "runs"])
+def test_a_damaged_database_is_explained_on_the_page(page, broken_db, monkeypatch):
+    monkeypatch.setenv(DB_ENV, str(broken_db))
+    at = open_page(page)
+    message = shown(next(e.value for e in at.error if "results database" in shown(e.value)))
+    assert str(broken_db) in message and "malformed" in message and f"mv {broken_db} {broken_db}.broken" in message
+    if page == "train":
+        assert at.button(key="train_go_btn").disabled
