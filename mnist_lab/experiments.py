@@ -167,12 +167,12 @@ class SweepConfig:
             if not value:
                 raise ConfigError(name, value, "Choose at least one {what} ({name} is empty).", what=what, name=name)
             if not 1 <= len(value) <= MAX_SWEEP_VALUES:
-                raise ConfigError(name, value, "A sweep takes at most {high} values of {name}; got {value!r}.",
+                raise ConfigError(name, value, "A sweep takes at most {high} values of {name}; got {value!r}. Use fewer.",
                                   high=MAX_SWEEP_VALUES, name=name)
             for v in value:
                 if not low <= v <= high:
                     raise ConfigError(name, value, "Every {what} must be {low} to {high}; {name} = {value!r} has "
-                                      "{v!r}.", what=what, low=low, high=high, name=name, v=v)
+                                      "{v!r}: use values from {low} to {high}.", what=what, low=low, high=high, name=name, v=v)
         need_int("seeds", self.seeds, "Seeds", 3)
         if not 1 <= self.seeds <= MAX_SEEDS:
             raise ConfigError("seeds", self.seeds, "A sweep needs at least 1 seed per cell (at most {high}); got "
@@ -201,7 +201,8 @@ class SweepConfig:
                     valid.append((layers, kernel, hidden, cfg))
         if not valid:
             raise ConfigError("kernel_sizes", self.kernel_sizes, "No cell of this sweep is a valid network "
-                              "(kernel_sizes = {value!r}, conv_layers = {layers!r}):\n{reasons}",
+                              "(kernel_sizes = {value!r}, conv_layers = {layers!r}); use smaller kernels, fewer "
+                              "layers or 'same' padding:\n{reasons}",
                               layers=self.conv_layers, reasons="\n".join(s["reason"] for s in skipped))
         return valid, skipped
 
@@ -258,10 +259,10 @@ class CompareConfig:
         """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
         if not isinstance(self.cnn, ModelConfig) or self.cnn.kind != "cnn":
             raise ConfigError("cnn", self.cnn, "The comparison's cnn must be a ModelConfig of kind 'cnn'; got "
-                              "{value!r}. Pass a CNN config, e.g. the tiny-cnn preset's.")
+                              "{value!r}. Use a CNN config, e.g. the tiny-cnn preset's.")
         if self.fc is not None and (not isinstance(self.fc, ModelConfig) or self.fc.kind != "fc"):
             raise ConfigError("fc", self.fc, "The comparison's fc must be None (matched to the CNN) or a ModelConfig "
-                              "of kind 'fc'; got {value!r}.")
+                              "of kind 'fc'; got {value!r}. Use None to match the CNN's size.")
         need_int("seeds", self.seeds, "Seeds", 3)
         if not 1 <= self.seeds <= MAX_SEEDS:
             raise ConfigError("seeds", self.seeds, "The comparison needs at least 1 seed (at most {high}); got "

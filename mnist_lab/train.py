@@ -58,9 +58,10 @@ class TrainConfig:
         need_bool("shuffle", self.shuffle, "Shuffle")
         need_int("eval_batch_size", self.eval_batch_size, "Evaluation batch size", 1000)
         need_float("progress_every_s", self.progress_every_s, "Progress interval", 0.25)
-        need_choice("engine", self.engine, "Engine", ENGINES, "Engine must be one of {options}; got {value!r}.")
+        need_choice("engine", self.engine, "Engine", ENGINES,
+                    "Engine must be one of {options}; got {value!r}. Pick one of those (auto is the fastest).")
         if not 1 <= self.epochs <= MAX_EPOCHS:
-            raise ConfigError("epochs", self.epochs, "Epochs must be 1 to {high}; got {value!r}. Choose fewer epochs.",
+            raise ConfigError("epochs", self.epochs, "Epochs must be 1 to {high}; got {value!r}. Use 1 for a quick run.",
                               high=MAX_EPOCHS)
         if self.batch_size < 1:
             raise ConfigError("batch_size", self.batch_size, "Batch size must be at least 1; got {value!r}. Use 64, "
@@ -86,7 +87,7 @@ class TrainConfig:
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; refuse a device that is not there."""
     if not isinstance(name, str):
-        raise ConfigError("device", name, "Device must be a name such as 'auto', 'cpu' or 'cuda'; got {value!r}.")
+        raise ConfigError("device", name, "Device must be a name; got {value!r}. Use 'auto', 'cpu' or 'cuda'.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -103,7 +104,7 @@ def resolve_device(name: str) -> torch.device:
                               "--device cpu or auto.")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError("device", name, "Device {value!r} does not exist: this machine has {n} CUDA GPU(s), "
-                              "cuda:0 to cuda:{last}.", n=torch.cuda.device_count(), last=torch.cuda.device_count() - 1)
+                              "use cuda:0 to cuda:{last}.", n=torch.cuda.device_count(), last=torch.cuda.device_count() - 1)
     return device
 
 

@@ -1,6 +1,10 @@
 """Shared fixtures: real MNIST loaded once per session, a small prepared subset for fast
-training tests, an isolated cache directory, and the rule that `gpu` tests need CUDA."""
+training tests, an isolated cache directory, and the rules that `gpu` tests need CUDA and
+`native` tests a C++ compiler."""
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 import torch
@@ -8,13 +12,22 @@ import torch
 from mnist_lab import data
 
 
+def _compiler() -> str | None:
+    """The C++ compiler mnist_lab.native would build with (the same search), or None."""
+    found = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    return found if found and shutil.which(found) else None
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if _compiler() is None:
+        skips["native"] = pytest.mark.skip(reason="needs a C++ compiler for the cpu-native kernels (no g++, c++ or $CXX)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

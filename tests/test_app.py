@@ -91,6 +91,7 @@ def test_home_shows_the_device_mnist_and_digits():
     assert len(at.get("page_link")) == 4
 
 
+@pytest.mark.native
 def test_home_says_which_path_trains_cnns_on_the_cpu(monkeypatch):
     from mnist_lab import native
 
@@ -173,6 +174,7 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     assert any("trained on cpu (plain engine)" in c.value for c in at.caption)  # an FC net: the plain loop
 
 
+@pytest.mark.native
 def test_a_cnn_trains_on_the_cpu_kernels_and_says_so(db):
     at = open_page("train", query={"preset": "lab5", "train_limit": "256", "epochs": "1"})
     at.button(key="train_go_btn").click().run()

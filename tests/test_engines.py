@@ -82,6 +82,7 @@ def test_fast_convs_leave_even_kernels_with_same_padding_alone():
     assert not any(type(m).__name__ == "_FastGradConv2d" for m in model.modules())
 
 
+@pytest.mark.native
 def test_train_many_on_the_cpu_is_each_run_alone(data500):
     jobs = [(LAB5, cfg(seed=0)), (cnn_config(1, 3), cfg(seed=1, batch_size=100)), (LAB5, cfg(seed=2))]
     events = []
@@ -119,6 +120,7 @@ def assert_same_run(fast, plain, rtol=2e-4, atol=2e-5):
     (ModelConfig(conv_channels=(6, 6), hidden=(50,), dropout=0.3), {}),  # dropout masks follow the seed
     (cnn_config(2, 3, hidden=(32,)), {"optimizer": "adam", "lr": 0.003, "shuffle": False}),
 ])
+@pytest.mark.native
 def test_cpu_native_gives_the_plain_losses(data500, model_cfg, extra):
     plain = train(model_cfg, cfg(epochs=3, engine="plain", **extra), data500)
     fast = train(model_cfg, cfg(epochs=3, engine="cpu-native", **extra), data500)
@@ -126,11 +128,13 @@ def test_cpu_native_gives_the_plain_losses(data500, model_cfg, extra):
     assert_same_run(fast, plain)
 
 
+@pytest.mark.native
 def test_cpu_native_gives_the_same_losses_for_the_same_seed(data500):
     runs = [train(LAB5, cfg(epochs=2, seed=7), data500) for _ in range(2)]
     assert runs[0].engine == "cpu-native" and runs[0].losses == runs[1].losses
 
 
+@pytest.mark.native
 def test_a_stopped_cpu_native_run_keeps_its_finished_iterations(data500):
     cancel = threading.Event()
 
@@ -179,6 +183,7 @@ def test_stacked_seeds_train_as_if_each_were_alone(data500, model_cfg, extra):
         assert mine[-1].kind == "end" and mine[-1].status == "finished"
 
 
+@pytest.mark.native
 def test_only_runs_that_differ_in_the_seed_alone_are_stacked(data500):
     dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
     jobs = [(LAB5, cfg(seed=0, engine="stacked")), (LAB5, cfg(seed=1, engine="stacked")),
@@ -309,7 +314,7 @@ def test_stacked_seeds_on_a_gpu_replay_one_graph_per_stack(data500):
 
 @pytest.mark.parametrize("engine,device,why", [
     ("plain", CPU, None),
-    ("auto", CPU, None),  # cpu-native runs
+    pytest.param("auto", CPU, None, marks=pytest.mark.native),  # cpu-native runs
     ("cuda-graph", CPU, "cuda-graph needs a CUDA device"),
     ("stacked", CPU, "stacked trains two or more seeds of one config together"),
     ("cpu-native", CUDA, "cpu-native runs on the CPU only"),

@@ -34,6 +34,7 @@ def reference(tiny_data):
 
 # ------------------------------------------------------------------------- what a run returns
 
+@pytest.mark.native
 def test_one_loss_per_iteration_including_a_short_last_batch(tiny_data):
     sub = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:500], y_train=tiny_data.y_train[:500])
     result = train(LAB5, cfg(epochs=2), sub)
