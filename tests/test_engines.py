@@ -325,3 +325,46 @@ def test_the_fallback_reason_names_what_to_change(engine, device, why):
     assert reason == why if why is None else why in reason
     dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
     assert "dropout inside a graph" in fallback_reason(dropout, cfg(engine="auto"), CUDA)
+
+
+# ------------------------------------------------------------------------- divergence
+
+def poisoned(data500, image: int):
+    """data500 with one NaN pixel in training image `image`: its batch's loss is NaN."""
+    x = data500.x_train.clone()
+    x[image, 0, 14, 14] = float("nan")
+    return dataclasses.replace(data500, x_train=x)
+
+
+def assert_diverged_at(result, iteration: int) -> None:
+    assert (result.status, result.diverged_at, result.epochs) == ("diverged", iteration, [])
+    assert len(result.losses) == iteration - 1 and all(math.isfinite(v) for v in result.losses)
+    assert f"at iteration {iteration}" in result.message and "learning rate" in result.message
+
+
+@pytest.mark.parametrize("engine", ["plain", pytest.param("cpu-native", marks=pytest.mark.native)])
+def test_a_nan_loss_ends_the_run_at_once_as_diverged(data500, engine):
+    events = []
+    result = train(LAB5, cfg(epochs=3, shuffle=False, engine=engine), poisoned(data500, 3 * 64 + 5),
+                   on_progress=events.append)
+    assert result.engine == engine
+    assert_diverged_at(result, 4)  # the fourth batch holds image 197; no later step ran
+    assert [e.status for e in events if e.kind == "end"] == ["diverged"]
+    assert sum(len(e.losses) for e in events if e.kind == "iterations") == 3
+
+
+def test_every_member_of_a_stack_reports_its_own_divergence(data500):
+    """The members share the data, so both meet the NaN batch; each ends as a lone run would."""
+    jobs = [(LAB5, cfg(seed=s, shuffle=False, engine="stacked")) for s in (0, 1)]
+    results = train_many(jobs, poisoned(data500, 2 * 64))
+    assert [r.engine for r in results] == ["stacked", "stacked"]
+    for result in results:
+        assert_diverged_at(result, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ["plain", "cuda-graph"])
+def test_a_nan_loss_on_the_gpu_is_caught_when_the_losses_are_read(data500, engine):
+    result = train(LAB5, cfg(epochs=2, shuffle=False, engine=engine, device="cuda"), poisoned(data500, 3 * 64))
+    assert result.engine == engine
+    assert_diverged_at(result, 4)
