@@ -354,17 +354,28 @@ def read_compare(summary: pd.DataFrame) -> str:
     if any(k not in cell for k in need):
         return "Not every cell has a finished run yet, so there is nothing to compare."
     fcn, cnnn, fcp, cnnp = (100 * cell[k].mean for k in need)
-    lines = []
-    lines.append(f"On normal digits the CNN {'beats' if cnnn > fcn else 'trails'} the FC net by "
-                 f"{abs(cnnn - fcn):.1f} points ({cnnn:.1f}% vs {fcn:.1f}%).")
-    lines.append(f"Shuffling the pixels costs the CNN {cnnn - cnnp:.1f} points and the FC net "
-                 f"{fcn - fcp:.1f} points.")
-    if cnnn > fcn and cnnp < fcp:
-        lines.append("With the same number of parameters, convolution and pooling help only while "
-                     "neighbouring pixels belong together: the permutation destroys that locality, "
-                     "so the CNN's advantage disappears, while the FC net, which never used pixel "
-                     "positions, barely notices.")
-    elif cnnn > fcn:
+    lead_normal, lead_permuted = cnnn - fcn, cnnp - fcp  # the CNN's lead in points; negative: it trails
+
+    def versus(lead: float) -> str:
+        if abs(lead) < 0.05:
+            return "ties with the FC net"
+        return f"{'beats' if lead > 0 else 'trails'} the FC net by {abs(lead):.1f} points"
+
+    lines = [f"On normal digits the CNN {versus(lead_normal)} ({cnnn:.1f}% vs {fcn:.1f}%); on permuted pixels it "
+             f"{versus(lead_permuted)} ({cnnp:.1f}% vs {fcp:.1f}%).",
+             f"Shuffling the pixels costs the CNN {cnnn - cnnp:.1f} points and the FC net {fcn - fcp:.1f} points."]
+    locality = ("convolution and pooling help only while neighbouring pixels belong together, and the "
+                "permutation destroys that locality, while the FC net never used pixel positions")
+    if lead_normal > 0 and lead_permuted < -0.5:
+        lines.append(f"With the same number of parameters the CNN's lead of {lead_normal:.1f} points turns into a "
+                     f"deficit of {-lead_permuted:.1f} points: {locality}.")
+    elif lead_normal > 0 and abs(lead_permuted) <= 0.5:
+        lines.append(f"With the same number of parameters the CNN's lead of {lead_normal:.1f} points disappears on "
+                     f"permuted pixels: {locality}.")
+    elif lead_normal > 0 and lead_permuted < lead_normal:
+        lines.append(f"The CNN's lead shrinks from {lead_normal:.1f} to {lead_permuted:.1f} points but does not "
+                     "vanish here; with more seeds or epochs the picture may change.")
+    elif lead_normal > 0:
         lines.append("The CNN keeps its lead even on permuted pixels here; with more seeds or epochs "
                      "the picture may change.")
     else:

@@ -320,9 +320,12 @@ def match_fc_width(target: ModelConfig | int, n_hidden: int = 2) -> ModelConfig:
 
 
 def describe(cfg: ModelConfig) -> str:
-    """One-line architecture label for tables and legends."""
+    """One-line architecture label for tables and legends: two networks that train differently
+    get different labels (BatchNorm, dropout and the softmax mistake included)."""
+    extras = ([" +BN"] if cfg.batch_norm else []) + ([f" dropout {cfg.dropout:g}"] if cfg.dropout else []) \
+        + ([" +softmax before loss"] if cfg.softmax_before_loss else [])
     if cfg.kind == "fc":
-        return "FC " + "-".join(str(w) for w in (*cfg.hidden, cfg.n_classes))
+        return "FC " + "-".join(str(w) for w in (*cfg.hidden, cfg.n_classes)) + "".join(extras)
     conv = "-".join(str(c) for c in cfg.conv_channels)
     hid = ("+FC " + "-".join(str(w) for w in cfg.hidden)) if cfg.hidden else ""
-    return f"CNN {len(cfg.conv_channels)}×k{cfg.kernel_size} {cfg.padding} [{conv}]{hid}"
+    return f"CNN {len(cfg.conv_channels)}×k{cfg.kernel_size} {cfg.padding} [{conv}]{hid}" + "".join(extras)

@@ -73,13 +73,26 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
     # config fields first, so what actually happened (device, engine) overrides what was asked
     row = {**asdict(data_cfg), **asdict(train_cfg), **model}
     row["engine_requested"] = row.get("engine", "")
-    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or describe(model_cfg),
+    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or run_label(model_cfg, data_cfg),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
                diverged_at=diverged_at, message=message,
                conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__, torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
     return {c: row.get(c) for c in RUN_COLUMNS}
+
+
+def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
+    """A run's default label: its network, and the data settings that change results when they
+    are not the lab's defaults (normalisation, permuted pixels, a subset)."""
+    parts = [describe(model_cfg)]
+    if data_cfg.normalize != "mnist":
+        parts.append(f"{data_cfg.normalize} normalisation")
+    if data_cfg.permute_pixels:
+        parts.append("permuted pixels")
+    if data_cfg.train_limit is not None:
+        parts.append(f"{data_cfg.train_limit:,} images")
+    return " · ".join(parts)
 
 
 def _torchvision_version() -> str:

@@ -103,8 +103,17 @@ def test_reading_follows_the_numbers():
     lesson = read_compare(_summary(0.88, 0.96, 0.85, 0.80))
     assert "beats the FC net by 8.0 points" in lesson and "locality" in lesson
     assert "costs the CNN 16.0 points and the FC net 3.0 points" in lesson
+    assert "lead of 8.0 points turns into a deficit of 5.0 points" in lesson
     odd = read_compare(_summary(0.96, 0.88, 0.85, 0.80))
     assert "trails" in odd and "locality" not in odd
+    # the CNN 4.5 points below the FC net on permuted pixels: a deficit, never "disappears"
+    behind = read_compare(_summary(0.90, 0.97, 0.89, 0.845))
+    assert "on permuted pixels it trails the FC net by 4.5 points" in behind and "disappears" not in behind
+    assert "turns into a deficit of 4.5 points" in behind
+    level = read_compare(_summary(0.90, 0.97, 0.89, 0.892))
+    assert "disappears" in level and "deficit" not in level
+    kept = read_compare(_summary(0.90, 0.97, 0.85, 0.88))
+    assert "shrinks from 7.0 to 3.0 points" in kept and "locality" not in kept
     assert "nothing to compare" in read_compare(_summary(0.9, 0.9, 0.9, 0.9).iloc[:2])
     assert "no spread" in read_compare(_summary(0.88, 0.96, 0.85, 0.80).assign(n=1))
 
