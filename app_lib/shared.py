@@ -3,6 +3,7 @@ per-session state around them: owned job ids, widget values that survive page sw
 and the query string that mirrors a page's setup."""
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -48,12 +49,14 @@ def on_gpu() -> bool:
 
 
 def quick_defaults() -> dict[str, int]:
-    """Sizes that finish in a minute or two: a subset on a CPU (hosted free tiers), all on a GPU.
-    (The FC vs CNN page always starts on all 60,000 images: its tiny nets are cheap, and fewer
-    images leave them too untrained to show the lesson.)"""
+    """Sizes that finish in a minute or two. One run trains on all 60,000 images wherever an epoch
+    of a lab net takes seconds: a GPU, or a CPU with 2 or more cores (2.5-6 s per Lab-5 epoch on 2
+    cores, docs/BENCHMARKS.md), so its accuracy can be held against the published one; a 1-core
+    CPU (a hosted free tier) starts on 10,000. A sweep trains dozens of networks: a subset on a CPU.
+    (The FC vs CNN page always starts on all 60,000 images: its tiny nets are cheap.)"""
     if on_gpu():
         return dict(train_limit=60000, epochs=3, sweep_limit=60000, seeds=3)
-    return dict(train_limit=10000, epochs=1, sweep_limit=10000, seeds=2)
+    return dict(train_limit=60000 if (os.cpu_count() or 1) >= 2 else 10000, epochs=1, sweep_limit=10000, seeds=2)
 
 
 @st.cache_resource(show_spinner="Loading MNIST (once per server)…")

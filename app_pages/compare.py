@@ -88,8 +88,13 @@ def draw(snap) -> None:
         csv_button(summary, "compare_summary.csv", key="cmp_summary_csv_btn")
         st.info(read_compare(summary))
     b.plotly_chart(compare_figure(summary), key="cmp_bars")
+    diverged = int((result.table["status"] == "diverged").sum())
+    if diverged:
+        st.caption(f":material/trending_up: {diverged} of {len(result.table)} runs diverged (the loss became NaN or "
+                   "infinite) and are not in the means; lower the learning rate.")
     st.subheader("Runs")
-    st.dataframe(result.table, hide_index=True)
+    st.dataframe(result.table.assign(test_acc=result.table["test_acc"] * 100), hide_index=True,
+                 column_config={"test_acc": st.column_config.NumberColumn("test acc (%)", format="%.2f")})
     csv_button(result.table, "compare_runs.csv", key="cmp_runs_csv_btn")
     labels = {r.run_id: f"{r.model} / {r.pixels} / seed {r.seed}" for r in result.table.itertuples()}
     curves = result_store().iterations(list(labels))

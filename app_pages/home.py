@@ -1,4 +1,5 @@
 """Home: what the lab is, which device trains, whether MNIST is ready, a grid of digits."""
+import pandas as pd
 import streamlit as st
 
 from app_lib.charts import digits_figure
@@ -19,8 +20,10 @@ with intro:
     if on_gpu():
         st.success(f"**Training device:** GPU, {device_name()}", icon=":material/memory:")
     else:
-        st.info(f"**Training device:** CPU only. Pages start with quick settings (a {quick_defaults()['train_limit']:,}"
-                "-image training subset); raise them when you have time.", icon=":material/memory:")
+        quick = quick_defaults()
+        st.info(f"**Training device:** CPU only. Train starts on {quick['train_limit']:,} training images, the Sweep "
+                f"page on a {quick['sweep_limit']:,}-image subset (it trains many networks); raise them when you have "
+                "time.", icon=":material/memory:")
         state, why = kernel_state()
         if state == "unavailable":
             st.caption(f"CNNs train on the plain PyTorch loop here: {plain(why)}.")
@@ -48,10 +51,11 @@ with digits:
         st.plotly_chart(digits_figure(images, labels, cols=5), key="home_digits", config={"staticPlot": True})
 
 st.subheader("The lab's networks")
-st.dataframe(
-    [dict(preset=p.description.split(":")[0], layers=p.description.split(": ", 1)[1], parameters=count_params(p.model),
-          optimiser=f"{p.optimizer.upper()} lr {p.lr:g}" + (f", momentum {p.momentum:g}" if p.optimizer == "sgd" else ""),
-          batch=p.batch_size, published=p.published) for p in PRESETS.values()],
-    hide_index=True, width="stretch",
+st.table(  # a static table wraps its long layer lists instead of cutting them off
+    pd.DataFrame([dict(preset=p.description.split(":")[0], layers=p.description.split(": ", 1)[1],
+                       parameters=f"{count_params(p.model):,}",
+                       optimiser=f"{p.optimizer.upper()} lr {p.lr:g}" + (f", momentum {p.momentum:g}"
+                                                                         if p.optimizer == "sgd" else ""),
+                       batch=p.batch_size, published=p.published) for p in PRESETS.values()]).set_index("preset"),
 )
 st.caption("Every run is saved as it trains (SQLite), so results survive a refresh or a restart.")

@@ -89,8 +89,13 @@ def draw(snap) -> None:
     a.plotly_chart(heatmap_figure(summary), key="sweep_heatmap")
     b.plotly_chart(params_figure(table), key="sweep_params_chart")
     csv_button(summary, "sweep_summary.csv", key="sweep_summary_csv_btn")
+    diverged = int((table["status"] == "diverged").sum())
+    if diverged:
+        st.caption(f":material/trending_up: {diverged} of {len(table)} runs diverged (the loss became NaN or infinite) "
+                   "and are not in the means; lower the learning rate.")
     st.subheader("Runs")
-    st.dataframe(table, hide_index=True)
+    st.dataframe(table.assign(test_acc=table["test_acc"] * 100), hide_index=True,
+                 column_config={"test_acc": st.column_config.NumberColumn("test acc (%)", format="%.2f")})
     csv_button(table, "sweep_runs.csv", key="sweep_runs_csv_btn")
     labels = {r.run_id: f"{r.conv_layers}×k{r.kernel_size} seed {r.seed}" for r in table.itertuples()}
     curves = result_store().iterations(list(labels))

@@ -89,6 +89,9 @@ with left:
                  width="stretch",
                  help="Training runs in the background; you can keep changing settings meanwhile."):
         st.session_state.train_job_epochs = train_cfg.epochs
+        # the live run's header describes the job's own network, whatever the widgets say later
+        st.session_state.train_job_about = (f"{describe(model_cfg)} · {int(layers['params'].sum()):,} parameters · "
+                                            f"{train_cfg.epochs} epoch(s) on {v['train_limit']:,} images")
         start_job("train_job", "train", partial(run_single, model_cfg, train_cfg, data_cfg, store=result_store()),
                   label=describe(model_cfg))
         st.rerun()
@@ -116,6 +119,9 @@ def draw(snap) -> None:
     run = snap.runs[-1] if snap.runs else None
     if run is None:
         return
+    if run.status == "diverged":  # the job itself ended normally: say what the run did
+        message = getattr(snap.result, "message", "") or "The loss became NaN or infinite."
+        st.error(f"**Diverged.** {plain(message)}", icon=":material/trending_up:")
     epochs = st.session_state.get("train_job_epochs", 1)
     st.plotly_chart(loss_figure(run.losses, run.total_steps // epochs), key="train_loss_chart")
     if run.epochs:
@@ -139,4 +145,6 @@ def draw(snap) -> None:
 
 
 with right:
+    if st.session_state.get("train_job"):
+        st.markdown(f"**This run:** {plain(st.session_state.get('train_job_about', ''))}")
     job_panel("train_job", draw)

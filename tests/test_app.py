@@ -357,3 +357,76 @@ def test_a_damaged_database_is_explained_on_the_page(page, broken_db, monkeypatc
     assert str(broken_db) in message and "malformed" in message and f"mv {broken_db} {broken_db}.broken" in message
     if page == "train":
         assert at.button(key="train_go_btn").disabled
+
+
+# ------------------------------------------------------------------------- what the pages say
+
+def test_runs_show_accuracy_in_percent_and_a_diverged_run_with_its_message(db, tiny_data):
+    store = ResultStore(db)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=store, data=tiny_data)
+    fine = store.runs()
+    store.start_run(run_row("went-nan", PRESETS["tiny-fc"].model, TrainConfig(lr=10), tiny_data.config,
+                            status="diverged", diverged_at=7, message="The loss became nan at iteration 7: lower it."))
+    at = open_page("runs")
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc[fine["run_id"].item(), "final_test_acc"] == pytest.approx(100 * fine["final_test_acc"].item())
+    assert table.loc["went-nan", "status"] == "diverged" and "iteration 7" in table.loc["went-nan", "message"]
+    assert any("1 run(s) diverged" in c.value for c in at.caption)
+    at.multiselect(key="runs_selected").set_value([fine["run_id"].item(), "went-nan"]).run()
+    at.run()  # a rerun with the toggle's value in Session State: no default-and-state warning
+    assert not at.warning and not at.exception
+
+
+def test_local_times_follow_the_browsers_time_zone():
+    from app_lib.text import local_times, percent
+
+    stamps = ["2026-12-01T19:30:00+00:00", "2026-12-01T23:59:59+00:00"]
+    assert list(local_times(stamps, "Asia/Shanghai")) == ["2026-12-02 03:30:00", "2026-12-02 07:59:59"]
+    assert list(local_times(stamps, "Not/AZone")) == ["2026-12-01 19:30:00", "2026-12-01 23:59:59"]  # UTC then
+    assert percent(0.96875) == "96.88%" and percent(None) == "" and percent(float("nan")) == ""
+
+
+def test_the_live_runs_header_describes_its_own_network_not_the_widgets():
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    at.selectbox(key="train_preset").set_value("padded-16-32").run()  # the widgets now show another network
+    finish(at, "train_job")
+    header = shown(next(m.value for m in at.markdown if m.value.startswith("**This run:**")))
+    assert "FC 8" in header and "6,442 parameters" in header and "417,482" not in header
+
+
+def test_a_diverging_run_is_shown_as_diverged_with_its_message(db):
+    at = open_page("train", query={"preset": "tiny-fc", "hidden": "256, 256", "lr": "10", "momentum": "0.9",
+                                   "batch_size": "16", "train_limit": "2000", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    finish(at, "train_job")
+    error = shown(next(e.value for e in at.error if "Diverged" in e.value))
+    assert "at iteration" in error and "Lower the learning rate" in error
+    assert ResultStore(db).runs()["status"].item() == "diverged"
+
+
+def test_home_lists_every_network_in_full():
+    at = open_page("home")
+    [table] = at.table
+    layers = list(table.value["layers"])
+    assert layers[0] == PRESETS["lab5"].description.split(": ", 1)[1]  # the whole layer list, wrapped, not cut
+    assert list(table.value["parameters"]) == ["8,490", "417,482", "6,442", "6,422"]
+
+
+def test_a_sweep_without_kernel_sizes_asks_for_one():
+    at = open_page("sweep")
+    at.multiselect(key="sweep_kernels").set_value([]).run()
+    assert "Choose at least one kernel size" in shown(at.error[0].value)
+    assert "hidden width" not in shown(at.error[0].value)  # the hidden width is a single choice, never empty
+
+
+def test_a_cpu_with_two_cores_trains_on_all_60000_images_by_default(monkeypatch):
+    import os
+
+    from app_lib import shared
+
+    monkeypatch.setattr(shared, "on_gpu", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert shared.quick_defaults()["train_limit"] == 60000
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # a 1-core hosted tier: a subset
+    assert shared.quick_defaults()["train_limit"] == 10000
