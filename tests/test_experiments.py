@@ -80,7 +80,9 @@ def test_compare_matches_fc_to_cnn_and_fills_the_2x2(mnist_raw):
     counts = result.table.groupby(["model", "pixels"]).size()
     assert counts.eq(2).all() and len(counts) == 4
     assert set(result.summary.columns) >= {"model", "pixels", "n", "mean", "sd", "text"}
-    assert isinstance(result.reading, str) and result.reading
+    # the reading quotes this run's own numbers (the CNN on normal pixels, one decimal)
+    cnn_normal = result.summary.set_index(["model", "pixels"]).loc[("CNN", "normal"), "mean"]
+    assert f"({100 * cnn_normal:.1f}% vs" in result.reading
 
 
 def test_summary_is_mean_and_sample_sd():

@@ -72,9 +72,14 @@ def test_training_does_not_touch_the_global_rng(tiny_data):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_warm_up_runs_a_step_and_leaves_the_global_rng_alone():
+def test_warm_up_builds_the_cpu_kernels_and_leaves_the_global_rng_alone(monkeypatch):
+    from mnist_lab import native
+
+    built = []
+    monkeypatch.setattr(native, "load_library", lambda: built.append("kernels"))
     before = torch.get_rng_state()
-    assert warm_up("cpu") > 0
+    warm_up("cpu")
+    assert built == ["kernels"]  # the one-time cost is paid here, not in the first run
     assert torch.equal(torch.get_rng_state(), before)
 
 
