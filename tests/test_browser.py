@@ -93,7 +93,7 @@ def test_train_live_chart_stop_and_csv(app, browser):
     train.click()
     expect(page.get_by_text("Finished in")).to_be_visible(timeout=90_000)
     line = page.locator(".js-plotly-plot .scatterlayer path.js-line").first  # the loss, drawn as SVG
-    expect(line).to_be_visible()
+    expect(line).to_be_visible(timeout=30_000)  # drawn after the status line, once plotly.js has loaded
     assert len(line.get_attribute("d")) > 10
     rows = download_rows(page, "iterations.csv")
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
