@@ -171,3 +171,12 @@ def test_run_many_records_each_run_with_its_own_epoch_length(tmp_path, mnist_raw
     for result, per_epoch in zip(results, (2, 4)):  # 128 images / 64 and / 32
         iters = store.iterations([result.run_id])
         assert iters["epoch"].tolist() == [1] * per_epoch + [2] * per_epoch
+
+
+def test_summaries_leave_diverged_runs_out_and_say_how_many():
+    table = pd.DataFrame({"model": ["A", "A", "A", "B"], "test_acc": [0.90, 0.94, 0.11, 0.10],
+                          "status": ["finished", "finished", "diverged", "diverged"]})
+    s = summarize_over_seeds(table, ["model"]).set_index("model")
+    assert s.loc["A", "n"] == 2 and s.loc["A", "mean"] == pytest.approx(0.92)  # the diverged run is not averaged in
+    assert s.loc["A", "diverged"] == 1 and s.loc["A", "text"] == "92.00% ± 2.83, 1 diverged (not counted)"
+    assert "B" not in s.index  # no finished run: nothing to summarise

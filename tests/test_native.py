@@ -209,6 +209,7 @@ def test_the_cli_says_why_the_plain_loop_ran(fresh_build, monkeypatch, capsys):
     assert "note: the plain loop ran because cpu-native: no C++ compiler found" in out
 
 
+@pytest.mark.native  # a compiler that is there, and a cache it cannot write into
 def test_a_cache_that_cannot_be_written_falls_back_too(fresh_build, monkeypatch):
     blocker = fresh_build / "a-file"
     blocker.write_text("not a directory")
