@@ -399,9 +399,11 @@ class _RunLog:
             self.next_emit = time.perf_counter() + self.every_s
 
     def _diverge(self, iteration: int, value: float, what: str = "loss") -> None:
+        """`iteration`: the one whose loss was not finite, or for the test loss the last one trained."""
         lr = self.result.train_cfg.lr
         self.result.diverged_at = iteration
-        self.result.message = (f"The {what} became {value} at iteration {iteration}: training diverged. Lower the "
+        when = "at" if what == "loss" else "after"
+        self.result.message = (f"The {what} became {value} {when} iteration {iteration}: training diverged. Lower the "
                                f"learning rate (now {lr:g}, try {lr / 10:g}), or use a smaller momentum or batch "
                                "normalisation.")
 

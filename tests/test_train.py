@@ -257,3 +257,13 @@ def test_lab5_one_real_epoch(mnist_raw):
     assert len(result.losses) == 938 == math.ceil(60000 / 64)
     assert result.final_test_acc >= 0.955  # the lab reports 96.88% after epoch 1
     assert sum(result.losses[-100:]) / 100 < 0.5 < result.losses[0]
+
+
+def test_weights_that_blow_up_between_two_losses_end_the_run_as_diverged(tiny_data, monkeypatch):
+    """Every training loss finite, but the test loss is not: still 'diverged', never 'finished'."""
+    import mnist_lab.train as train_module
+
+    monkeypatch.setattr(train_module, "_read_sums", lambda loss_sum, correct, n: (float("inf"), 0.1))
+    result = train(LAB5, cfg(epochs=2), tiny_data)
+    assert (result.status, result.epochs, result.diverged_at) == ("diverged", [], len(result.losses))
+    assert result.message.startswith(f"The test loss became inf after iteration {len(result.losses)}")
