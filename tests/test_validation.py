@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ MODEL_FIELDS = dict(
 )
 TRAIN_FIELDS = dict(
     epochs=(st.just(1), 1001),
-    batch_size=(st.sampled_from([8, 16, 32, 64]), 65),  # 65: more than the 64 images
+    batch_size=(st.sampled_from([16, 32, 64]), 65),  # 65: more than the 64 images
     optimizer=(st.sampled_from(["sgd", "adam"]), "rmsprop"),
     lr=(st.one_of(st.floats(1e-4, 0.1), st.floats(5.0, 10.0)), 11.0),  # 5 to 10: often diverges
     momentum=(st.floats(0.0, 0.99), 1.0),
@@ -62,7 +63,7 @@ DATA_FIELDS = dict(
     dataset=(st.just("mnist"), "emnist"),
     normalize=(st.sampled_from(list(data.NORMALIZATIONS)), "zscore"),
     train_limit=(st.one_of(st.none(), st.integers(16, 64)),),
-    test_limit=(st.integers(16, 64),),
+    test_limit=(st.integers(16, 32),),
     permute_pixels=(st.booleans(),),
     permutation_seed=(st.integers(0, 2**63 - 1), 2**63, -5),
     data_dir=(st.none(), 3, b"/data"),
@@ -93,9 +94,13 @@ def maybe(valid: st.SearchStrategy, *wrong) -> st.SearchStrategy:
 
 @pytest.fixture(scope="module")
 def small_raw(mnist_raw) -> data.RawSplits:
-    """64 training and 64 test images: the runs that pass validation train in milliseconds."""
-    return data.RawSplits(mnist_raw.x_train[:64], mnist_raw.y_train[:64], mnist_raw.x_test[:64],
-                          mnist_raw.y_test[:64], mnist_raw.source)
+    """64 training and 64 test images: the runs that pass validation train in milliseconds (on
+    one thread: a pool of threads costs more than it saves on such tiny nets, more so on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield data.RawSplits(mnist_raw.x_train[:64], mnist_raw.y_train[:64], mnist_raw.x_test[:64],
+                         mnist_raw.y_test[:64], mnist_raw.source)
+    torch.set_num_threads(threads)
 
 
 def assert_explains(exc: ConfigError, *configs) -> None:
