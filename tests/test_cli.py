@@ -277,3 +277,19 @@ def test_a_diverging_run_ends_with_exit_3_and_says_where(tmp_path, capsys, mnist
     assert iters["loss"].notna().all() and row.epochs_done == 0  # stopped at once, in the first epoch
     assert f"at iteration {row.diverged_at}" in row.message and "lower the learning rate" in row.message.lower()
     assert f"diverged: run {row.run_id}: {row.message}" in err and ": diverged," in printed
+
+
+def test_a_database_that_fails_while_training_stops_with_one_line(tmp_path, capsys, monkeypatch, mnist_raw):
+    from mnist_lab.store import ResultStore
+
+    def disk_full(self, *args, **kwargs):
+        with self._guard():
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ResultStore, "add_iterations", disk_full)
+    db = tmp_path / "r.sqlite"
+    code = main(["train", "--preset", "tiny-fc", "--train-limit", "256", "--device", "cpu", "--db", str(db), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("error:") == 1 and len(err.strip().splitlines()) == 1
+    assert f"{db} cannot be used (database or disk is full)" in err and f"mv {db} {db}.broken" in err
+    assert ResultStore(db).runs()["status"].item() == "failed"  # the run's row says it did not finish
