@@ -6,6 +6,7 @@ import streamlit as st
 
 from app_lib.shared import ensure_workers, keep_page_state, server_policy, workspace
 from app_lib.widgets import share_link, sidebar_jobs
+from mnist_lab.errors import StoreError
 
 st.set_page_config(page_title="MNIST CNN Lab", page_icon="🔢", layout="wide")
 policy = server_policy()
@@ -13,7 +14,11 @@ if policy.shared:  # no traceback, file path or other workspace's data reaches a
     st.set_option("client.showErrorDetails", "none")
 keep_page_state()
 workspace()  # shared mode: this browser's token, kept in the URL
-ensure_workers()  # training happens in worker processes, never in this server
+try:
+    ensure_workers()  # training happens in worker processes, never in this server
+    store_ok = True
+except StoreError:  # a damaged database: the pages say so and how to move it aside
+    store_ok = False
 
 page = st.navigation([
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -23,7 +28,8 @@ page = st.navigation([
     st.Page("app_pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ])
 with st.sidebar:
-    sidebar_jobs()
+    if store_ok:
+        sidebar_jobs()
     if policy.shared:
         share_link()
         if policy.teacher_token:

@@ -58,10 +58,39 @@ def overlay_figure(curves: pd.DataFrame, title: str = "Loss curves (moving avera
     return fig
 
 
+MIN_SPAN = 5.0  # accuracy points an accuracy axis spans at least, so a 0.6-point change stays small
+WIDE_SPREAD = 30.0  # beyond this spread the axis shows 0-100 %
+
+
+def accuracy_range(values_pct) -> list[float]:
+    """A y range (in %) for accuracies: 0-100 when they spread widely, else their span widened to at
+    least MIN_SPAN points around them (never past 0 or 100), never plotly's auto-zoom."""
+    values = pd.Series(values_pct, dtype=float).dropna()
+    if values.empty:
+        return [0.0, 100.0]
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo > WIDE_SPREAD:
+        return [0.0, 100.0]
+    pad = max((MIN_SPAN - (hi - lo)) / 2, 0.5)
+    lo, hi = lo - pad, hi + pad
+    if lo < 0:
+        lo, hi = 0.0, min(100.0, hi - lo)
+    if hi > 100:
+        lo, hi = max(0.0, lo - (hi - 100)), 100.0
+    return [lo, hi]
+
+
 def accuracy_figure(epochs: pd.DataFrame, color: str | None = None, title: str = "Test accuracy per epoch") -> go.Figure:
-    """`epochs` has columns epoch, test_acc (fraction) and optionally `color`."""
-    fig = px.line(epochs, x="epoch", y=epochs["test_acc"] * 100, color=color, markers=True, title=title)
-    fig.update_layout(yaxis_title="test accuracy (%)", xaxis=dict(dtick=1), **LAYOUT)
+    """`epochs` has columns epoch, test_acc (fraction) and optionally `color`. The accuracy axis
+    spans at least MIN_SPAN points; the epoch axis shows whole epochs only, so a 1-epoch run is
+    a marker at epoch 1, not a dot on a 0-2 axis."""
+    frame = epochs.assign(test_acc_pct=epochs["test_acc"] * 100)
+    fig = px.line(frame, x="epoch", y="test_acc_pct", color=color, markers=True, title=title,
+                  labels={"test_acc_pct": "test accuracy (%)"})
+    last = int(frame["epoch"].max()) if len(frame) else 1
+    fig.update_traces(marker=dict(size=9))
+    fig.update_layout(yaxis_title="test accuracy (%)", yaxis=dict(range=accuracy_range(frame["test_acc_pct"])),
+                      xaxis=dict(dtick=1, range=[0.5, last + 0.5]), **LAYOUT)
     return fig
 
 
@@ -71,7 +100,8 @@ def error_line_figure(summary: pd.DataFrame, x: str, color: str, title: str) -> 
     fig = px.line(frame.sort_values(x), x=x, y="acc", color=color, error_y="sd_pct", markers=True, title=title,
                   hover_data={"n": True, "text": True})
     fig.update_layout(yaxis_title="test accuracy (%)", xaxis=dict(tickmode="array", tickvals=sorted(frame[x].unique())),
-                      **LAYOUT)
+                      yaxis=dict(range=accuracy_range(pd.concat([frame["acc"] - frame["sd_pct"],
+                                                                 frame["acc"] + frame["sd_pct"]]))), **LAYOUT)
     return fig
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mnist_lab.data import DataConfig
+from mnist_lab.errors import ConfigError
 from mnist_lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.models import PRESETS, ModelConfig, Preset
 from mnist_lab.train import TrainConfig
@@ -36,8 +37,8 @@ def parse_widths(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in parts)
     except ValueError:
-        raise ValueError(f"Hidden units must be whole numbers separated by commas, e.g. '50' or '8, 8'; "
-                         f"got '{text}'.") from None
+        raise ConfigError("hidden", text, "Hidden units must be whole numbers separated by commas; got {value!r}. "
+                          "Write them like '50' or '8, 8'.") from None
 
 
 def build_model_cfg(v: dict) -> ModelConfig:

@@ -19,6 +19,8 @@ from mnist_lab.store import LOCAL_WORKSPACE, ResultStore, default_db_path
 from mnist_lab.train import device_label, resolve_device, warm_up
 from mnist_lab.worker import spawn_worker
 
+from .text import plain
+
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_")  # page-only widget keys kept across pages
 PAGE_KINDS = {"train": "Train", "sweep": "Sweep", "compare": "FC vs CNN"}  # job kind -> page
 RESERVED_QUERY = ("ws",)  # kept in the URL on every page: the workspace token (shared mode)
@@ -118,12 +120,14 @@ def on_gpu() -> bool:
 
 
 def quick_defaults() -> dict[str, int]:
-    """Sizes that finish in a minute or two: a subset on a CPU (hosted free tiers), all on a GPU.
-    (The FC vs CNN page always starts on all 60,000 images: its tiny nets are cheap, and fewer
-    images leave them too untrained to show the lesson.)"""
+    """Sizes that finish in a minute or two. One run trains on all 60,000 images wherever an epoch
+    of a lab net takes seconds: a GPU, or a CPU with 2 or more cores (2.5-6 s per Lab-5 epoch on 2
+    cores, docs/BENCHMARKS.md), so its accuracy can be held against the published one; a 1-core
+    CPU (a hosted free tier) starts on 10,000. A sweep trains dozens of networks: a subset on a CPU.
+    (The FC vs CNN page always starts on all 60,000 images: its tiny nets are cheap.)"""
     if on_gpu():
         return dict(train_limit=60000, epochs=3, sweep_limit=60000, seeds=3)
-    return dict(train_limit=10000, epochs=1, sweep_limit=10000, seeds=2)
+    return dict(train_limit=60000 if (os.cpu_count() or 1) >= 2 else 10000, epochs=1, sweep_limit=10000, seeds=2)
 
 
 @st.cache_resource(show_spinner="Loading MNIST (once per server)…")
@@ -210,9 +214,9 @@ def init_state(prefix: str, defaults: dict[str, Any], limits: dict[str, Any] | N
                 value = default
                 ignored.append(f"{name}={params[name]}")
         st.session_state[key] = value
-    if ignored:
+    if ignored:  # the values are the link's own text: shown as text, never as markdown
         st.warning("This link has values the page cannot use, so their defaults are shown instead: "
-                   + ", ".join(f"`{i}`" for i in ignored) + ".", icon=":material/link_off:")
+                   + ", ".join(plain(i) for i in ignored) + ".", icon=":material/link_off:")
 
 
 def values(prefix: str, names) -> dict[str, Any]:

@@ -91,6 +91,10 @@ def _status(view: JobView) -> None:
                       help="Ends the run at its next iteration; what it did so far is kept.")
     elif view.status == "finished":
         st.success(f"Finished in {duration(view.elapsed_s)}.")
+    elif view.status == "diverged":
+        st.error(f"Diverged after {duration(view.elapsed_s)}: the loss became NaN or infinite. Lower the learning "
+                 "rate (or the momentum) and train again; what it did is kept on the Runs page.",
+                 icon=":material/trending_up:")
     elif view.status in ("stopped", "interrupted"):
         why = view.stop_reason or view.status
         st.warning(f"{view.status.capitalize()} ({why}) after {duration(view.elapsed_s)}. Everything finished "

@@ -8,6 +8,7 @@ import streamlit as st
 from app_lib.charts import compare_figure, digits_figure, overlay_figure
 from app_lib.forms import SUBSETS, build_compare_cfg
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_digits, values
+from app_lib.text import plain
 from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
 from mnist_lab.data import DataConfig
 from mnist_lab.experiments import compare_default_train, compare_table, read_compare, summarize_over_seeds
@@ -43,7 +44,7 @@ try:
     problem = ""
 except ValueError as exc:
     problem = str(exc)
-    st.error(problem, icon=":material/warning:")
+    st.error(plain(problem), icon=":material/warning:")
 if not problem:
     m1, m2, m3 = st.columns([1, 1, 2])
     m1.metric("CNN parameters", f"{count_params(models['CNN']):,}", help=describe(models["CNN"]))
@@ -94,8 +95,13 @@ def draw(view) -> None:
         csv_button(summary, "compare_summary.csv", key="cmp_summary_csv_btn")
         st.info(read_compare(summary))
     b.plotly_chart(compare_figure(summary), key="cmp_bars")
+    diverged = int((table["status"] == "diverged").sum())
+    if diverged:
+        st.caption(f":material/trending_up: {diverged} of {len(table)} runs diverged (the loss became NaN or "
+                   "infinite) and are not in the means; lower the learning rate.")
     st.subheader("Runs")
-    st.dataframe(table, hide_index=True)
+    st.dataframe(table.assign(test_acc=table["test_acc"] * 100), hide_index=True,
+                 column_config={"test_acc": st.column_config.NumberColumn("test acc (%)", format="%.2f")})
     csv_button(table, "compare_runs.csv", key="cmp_runs_csv_btn")
     labels = {r.run_id: f"{r.model} / {r.pixels} / seed {r.seed}" for r in table.itertuples()}
     curves = store.iterations(list(labels))

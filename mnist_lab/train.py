@@ -13,19 +13,23 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .data import DataConfig, TensorData
-from .models import ModelConfig, build_model, count_params
+from .data import DATASETS, DataConfig, TensorData
+from .errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
+from .models import ModelConfig, build_model, count_params, summarize
 
 OPTIMIZERS = ("sgd", "adam")
 # "auto": the fastest measured path that supports the run. "stacked" (train_many only): runs that
 # differ only in their seed train as one vmapped network (stacked.py); "auto" does not pick it
 # until it is measured faster on a GPU.
 ENGINES = ("auto", "plain", "cuda-graph", "stacked", "cpu-native")
+MAX_EPOCHS = 1000
+MAX_EVAL_BATCH = 100_000
 
 
 @dataclass(frozen=True)
@@ -43,39 +47,114 @@ class TrainConfig:
     engine: str = "auto"  # one of ENGINES; an engine that cannot run this config falls back to "plain"
 
     def validate(self, n_train: int | None = None) -> None:
-        if not 1 <= self.epochs <= 1000:
-            raise ValueError(f"Epochs must be 1 to 1000; got {self.epochs}.")
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        need_int("epochs", self.epochs, "Epochs", 1)
+        need_int("batch_size", self.batch_size, "Batch size", 64)
+        need_choice("optimizer", self.optimizer, "Optimizer", OPTIMIZERS,
+                    "Optimizer must be one of {options}; got {value!r}. Pick one of those.")
+        need_float("lr", self.lr, "Learning rate", 0.01)
+        need_float("momentum", self.momentum, "Momentum", 0.5)
+        need_seed("seed", self.seed, "Seed")
+        need_bool("shuffle", self.shuffle, "Shuffle")
+        need_int("eval_batch_size", self.eval_batch_size, "Evaluation batch size", 1000)
+        need_float("progress_every_s", self.progress_every_s, "Progress interval", 0.25)
+        need_choice("engine", self.engine, "Engine", ENGINES,
+                    "Engine must be one of {options}; got {value!r}. Pick one of those (auto is the fastest).")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ConfigError("epochs", self.epochs, "Epochs must be 1 to {high}; got {value!r}. Use 1 for a quick run.",
+                              high=MAX_EPOCHS)
         if self.batch_size < 1:
-            raise ValueError(f"Batch size must be at least 1; got {self.batch_size}.")
+            raise ConfigError("batch_size", self.batch_size, "Batch size must be at least 1; got {value!r}. Use 64, "
+                              "say.")
         if n_train is not None and self.batch_size > n_train:
-            raise ValueError(f"Batch size {self.batch_size} is larger than the {n_train} training images; "
-                             "lower the batch size or use more training images.")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"Optimizer must be one of {', '.join(OPTIMIZERS)}; got '{self.optimizer}'.")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.lr > 10:
-            raise ValueError(f"Learning rate must be above 0 and at most 10; got {self.lr}.")
+            raise ConfigError("batch_size", self.batch_size, "Batch size {value!r} is larger than the {n} training "
+                              "images; lower the batch size or use more training images.", n=n_train)
+        if not 0 < self.lr <= 10:
+            raise ConfigError("lr", self.lr, "Learning rate must be above 0 and at most 10; got {value!r}. Try 0.01 "
+                              "(SGD) or 0.001 (Adam).")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"Momentum must be in [0, 1); got {self.momentum}.")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"Seed must be between 0 and 2**63 - 1; got {self.seed}.")
-        if self.engine not in ENGINES:
-            raise ValueError(f"Engine must be one of {', '.join(ENGINES)}; got '{self.engine}'.")
+            raise ConfigError("momentum", self.momentum, "Momentum must be in [0, 1); got {value!r}. Use 0 (none) to "
+                              "0.99, e.g. 0.9.")
+        if not 1 <= self.eval_batch_size <= MAX_EVAL_BATCH:
+            raise ConfigError("eval_batch_size", self.eval_batch_size, "Evaluation batch size must be 1 to {high}; "
+                              "got {value!r}. Use 1000, say.", high=MAX_EVAL_BATCH)
+        if not 0 <= self.progress_every_s <= 3600:
+            raise ConfigError("progress_every_s", self.progress_every_s, "Progress interval must be 0 to 3600 "
+                              "seconds; got {value!r}. Use 0.25, say.")
         resolve_device(self.device)
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; refuse a CUDA device that is not there."""
+    """'auto' -> CUDA when available, else CPU; refuse a device that is not there."""
+    if not isinstance(name, str):
+        raise ConfigError("device", name, "Device must be a name; got {value!r}. Use 'auto', 'cpu' or 'cuda'.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"Unknown device '{name}'; use auto, cpu or cuda.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("Device 'cuda' was asked for but this machine has no CUDA GPU; use --device cpu or auto.")
+    except (RuntimeError, ValueError):
+        raise ConfigError("device", name, "Unknown device {value!r}; use auto, cpu or cuda.") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"Device '{name}' is not supported; use auto, cpu or cuda.")
+        raise ConfigError("device", name, "Device {value!r} is not supported; use auto, cpu or cuda.")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ConfigError("device", name, "Device {value!r}: the CPU is one device; use cpu (or auto).")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", name, "Device {value!r} was asked for but this machine has no CUDA GPU; use "
+                              "--device cpu or auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError("device", name, "Device {value!r} does not exist: this machine has {n} CUDA GPU(s), "
+                              "use cuda:0 to cuda:{last}.", n=torch.cuda.device_count(), last=torch.cuda.device_count() - 1)
     return device
+
+
+def check_fits(model_cfg: ModelConfig, data: TensorData) -> None:
+    """A network built for one image shape and number of classes refuses a dataset of another."""
+    want = (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
+    got = tuple(data.x_train.shape[1:])
+    if got != want:
+        field = "in_channels" if got[0] != want[0] else "image_size"
+        raise ConfigError(field, getattr(model_cfg, field), "The network expects {want} images but dataset {dataset!r} "
+                          "has {got}: set the model's in_channels and image_size to match ({field} = {value!r}).",
+                          want="×".join(map(str, want)), got="×".join(map(str, got)), dataset=data.config.dataset,
+                          field=field)
+    n_classes = DATASETS[data.config.dataset].n_classes
+    if model_cfg.n_classes != n_classes:
+        raise ConfigError("n_classes", model_cfg.n_classes, "The network has {value!r} outputs but dataset {dataset!r} "
+                          "has {n} classes: set n_classes to {n}.", dataset=data.config.dataset, n=n_classes)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for training on `device`, or None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    line = next((line for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
+    return int(line.split()[1]) * 1024 if line else None
+
+
+def training_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
+    """A rough upper estimate of what training needs beyond the data: float32 weights, gradients
+    and optimiser state, and every layer's output and its gradient for one batch."""
+    rows = summarize(model_cfg)
+    params = sum(r.params for r in rows)
+    states = 2 if train_cfg.optimizer == "adam" else 1
+    activations = sum(math.prod(r.output_shape) for r in rows)
+    batch = max(train_cfg.batch_size, train_cfg.eval_batch_size // 2)  # evaluation keeps no gradients
+    return 4 * (params * (2 + states) + 3 * activations * batch)
+
+
+def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before training, a run that would not fit in the device's free memory."""
+    need, free = training_bytes(model_cfg, train_cfg), _available_bytes(device)
+    if free is not None and need > 0.8 * free:
+        raise ConfigError("batch_size", train_cfg.batch_size, "Training this network with batch size {value!r} needs "
+                          "about {need:,} MiB, but {device} has {free:,} MiB free: use a smaller batch (and "
+                          "evaluation batch) or a smaller network.", need=need // 2**20, free=free // 2**20,
+                          device=device.type)
 
 
 def device_label(device: torch.device) -> str:
@@ -110,6 +189,7 @@ class Progress:
     eta_s: float | None = None
     status: str = "running"
     engine: str = ""  # the training path ('start' events)
+    message: str = ""  # on 'end': why a run ended early (diverged)
 
 
 @dataclass
@@ -121,13 +201,15 @@ class RunResult:
     params: int
     device: str
     engine: str  # which training path ran: "plain", "cuda-graph", "stacked" or "cpu-native"
-    status: str  # "finished" or "stopped"
+    status: str  # "finished", "stopped" or "diverged" (the loss became NaN or infinite)
     losses: list[float] = field(default_factory=list)  # one per iteration, in order
     epochs: list[EpochMetrics] = field(default_factory=list)
     steps_per_epoch: int = 0
     started_at: str = ""
     seconds: float = 0.0
     data_source: str = ""
+    diverged_at: int | None = None  # 1-based iteration whose loss was NaN or infinite
+    message: str = ""  # why the run ended early, for a person (diverged runs)
 
     @property
     def final_test_acc(self) -> float | None:
@@ -290,6 +372,7 @@ class _RunLog:
         self.step = 0  # iterations done (or, on the GPU, queued)
         self.sent = 0  # iterations already handed to the callback
         emit(Progress(run_id, "start", 1, 0, self.total_steps, engine=engine))
+        self.closed = False  # finish() has run (a diverged run in a stack ends before the others)
 
     def _eta(self) -> float:
         return (time.perf_counter() - self.t0) / self.step * (self.total_steps - self.step)
@@ -297,10 +380,20 @@ class _RunLog:
     def due(self) -> bool:
         return time.perf_counter() >= self.next_emit
 
+    @property
+    def diverged(self) -> bool:
+        return self.result.diverged_at is not None
+
     def flush(self, epoch: int, timed: bool = False) -> None:
-        """Read the new losses back (one host sync) and send them as one 'iterations' event."""
-        if self.step > self.sent:
+        """Read the new losses back (one host sync) and send them as one 'iterations' event.
+        A NaN or infinite loss among them marks the run diverged: the losses before it are kept,
+        and the engine stops the run (`diverged`)."""
+        if self.step > self.sent and not self.diverged:
             chunk = self.losses[self.sent:self.step].tolist()
+            bad = next((j for j, loss in enumerate(chunk) if not math.isfinite(loss)), None)
+            if bad is not None:
+                self._diverge(self.sent + bad + 1, chunk[bad])
+                chunk, self.step = chunk[:bad], self.sent + bad
             self.result.losses.extend(chunk)
             emit_first, self.sent = self.sent + 1, self.step
             self.emit(Progress(self.result.run_id, "iterations", epoch, self.step, self.total_steps, tuple(chunk),
@@ -308,7 +401,21 @@ class _RunLog:
         if timed:
             self.next_emit = time.perf_counter() + self.every_s
 
+    def _diverge(self, iteration: int, value: float, what: str = "loss") -> None:
+        """`iteration`: the one whose loss was not finite, or for the test loss the last one trained."""
+        lr = self.result.train_cfg.lr
+        self.result.diverged_at = iteration
+        when = "at" if what == "loss" else "after"
+        self.result.message = (f"The {what} became {value} {when} iteration {iteration}: training diverged. Lower the "
+                               f"learning rate (now {lr:g}, try {lr / 10:g}), or use a smaller momentum or batch "
+                               "normalisation.")
+
     def epoch_done(self, epoch: int, epoch_t0: float, test_loss: float, test_acc: float) -> None:
+        if self.diverged:
+            return
+        if not (math.isfinite(test_loss) and math.isfinite(test_acc)):  # weights blew up between two losses
+            self._diverge(self.step, test_loss, what="test loss")
+            return
         n = self.steps_per_epoch
         epoch_losses = self.result.losses[(epoch - 1) * n:epoch * n]
         metrics = EpochMetrics(epoch, sum(epoch_losses) / len(epoch_losses), test_loss, test_acc,
@@ -319,11 +426,25 @@ class _RunLog:
 
     def finish(self, stopped: bool) -> RunResult:
         result = self.result
-        result.status = "stopped" if stopped else "finished"
+        if self.closed:
+            return result
+        self.closed = True
+        result.status = "diverged" if self.diverged else "stopped" if stopped else "finished"
         result.seconds = time.perf_counter() - self.t0
         self.emit(Progress(result.run_id, "end", len(result.epochs), self.step, self.total_steps,
-                           elapsed_s=result.seconds, eta_s=0.0, status=result.status))
+                           elapsed_s=result.seconds, eta_s=0.0, status=result.status, message=result.message))
         return result
+
+
+def _check_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData) -> torch.device:
+    """Everything that can be checked before training: each config, the data's shape and classes,
+    memory. Returns the device."""
+    model_cfg.validate()
+    train_cfg.validate(n_train=len(data.x_train))
+    check_fits(model_cfg, data)
+    device = resolve_device(train_cfg.device)
+    check_memory(model_cfg, train_cfg, device)
+    return device
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
@@ -335,14 +456,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
     finished (iterations, whole epochs) is kept. The same seed gives the same losses: bit for bit
     on the CPU, within about 1e-5 on CUDA (cuDNN's backward kernels add with atomics).
     `train_cfg.engine` picks the path; `RunResult.engine` says which one ran."""
-    model_cfg.validate()
-    train_cfg.validate(n_train=len(data.x_train))
-    device = resolve_device(train_cfg.device)
+    device = _check_run(model_cfg, train_cfg, data)
     data = _on_device(data, device)
     engine = select_engine(model_cfg, train_cfg, device)
 
     model = init_model(model_cfg, train_cfg.seed, device)
     layout = fast_memory_format(model_cfg, device)
+    on_cpu = device.type == "cpu"
     if engine == "cuda-graph":
         from .fast import GraphStep, fast_convs
 
@@ -387,10 +507,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
                     optimizer.step()
                     losses[log.step] = loss.detach()
                 log.step += 1
-                if log.due():
+                # on the CPU reading the loss costs nothing, so a NaN stops the run at once; on a GPU
+                # it is seen when the losses are read back (no host sync per step)
+                if log.due() or (on_cpu and not math.isfinite(losses[log.step - 1].item())):
                     log.flush(epoch, timed=True)
+                    if log.diverged:
+                        break
             log.flush(epoch)
-            if stopped:
+            if stopped or log.diverged:
                 break
             sums = _evaluate_sums(model, data.x_test, data.y_test, train_cfg.eval_batch_size, cancel)
             if sums is None:  # stopped while evaluating: this epoch's metrics are not kept
@@ -398,6 +522,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
                 break
             test_loss, test_acc = _read_sums(*sums, len(data.x_test))
             log.epoch_done(epoch, epoch_t0, test_loss, test_acc)
+            if log.diverged:
+                break
     return log.finish(stopped)
 
 
@@ -412,8 +538,7 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
     `on_progress`, told apart by run_id."""
     jobs = list(jobs)
     for model_cfg, train_cfg in jobs:
-        model_cfg.validate()
-        train_cfg.validate(n_train=len(data.x_train))
+        _check_run(model_cfg, train_cfg, data)
     run_ids = list(run_ids) if run_ids is not None else [new_run_id() for _ in jobs]
     emit = on_progress or (lambda e: None)
     results: list[RunResult | None] = [None] * len(jobs)
@@ -518,6 +643,17 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
         return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens)
 
 
+def _end_diverged(active: list[_Unit]) -> None:
+    """Finish every diverged run at once; a unit all of whose runs diverged stops stepping (a
+    stack's other seeds train on: each member's weights are its own)."""
+    for unit in list(active):
+        for log in unit.logs:
+            if log.diverged:
+                log.finish(False)
+        if all(log.closed for log in unit.logs):
+            active.remove(unit)
+
+
 def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
                         emit: Callable[[Progress], None], cancel: CancelFlag | None,
                         run_ids: list[list[str]]) -> list[list[RunResult]]:
@@ -548,6 +684,13 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
             if unit.i == unit.logs[0].steps_per_epoch:
                 ending.append(unit)
         rounds += 1
+        if not on_gpu:  # reading a loss on the CPU costs nothing, so a NaN ends its run at once
+            for unit in active:
+                for log in unit.logs:
+                    if not log.closed and not math.isfinite(log.losses[log.step - 1].item()):
+                        log.flush(unit.epoch)
+            _end_diverged(active)
+            ending = [unit for unit in ending if unit in active]
         if on_gpu and rounds % 8 == 0:  # keep at most ~24 rounds queued: progress, cancel and epoch ends stay prompt
             marks.append([unit.stream.record_event() for unit in active])
             if len(marks) > 2:
@@ -573,11 +716,13 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
                     active.remove(unit)
                     for log in unit.logs:
                         log.finish(False)
+            _end_diverged(active)
         elif active and active[0].logs[0].due():
             for unit in active:
                 with _on_stream(unit.stream):
                     for log in unit.logs:
                         log.flush(unit.epoch, timed=True)
+            _end_diverged(active)
     for unit in active:
         with _on_stream(unit.stream):
             for log in unit.logs:

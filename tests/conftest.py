@@ -1,6 +1,10 @@
 """Shared fixtures: real MNIST loaded once per session, a small prepared subset for fast
-training tests, an isolated cache directory, and the rule that `gpu` tests need CUDA."""
+training tests, an isolated cache directory, and the rules that `gpu` tests need CUDA and
+`native` tests a C++ compiler."""
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 import torch
@@ -8,13 +12,22 @@ import torch
 from mnist_lab import data
 
 
+def _compiler() -> str | None:
+    """The C++ compiler mnist_lab.native would build with (the same search), or None."""
+    found = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    return found if found and shutil.which(found) else None
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if _compiler() is None:
+        skips["native"] = pytest.mark.skip(reason="needs a C++ compiler for the cpu-native kernels (no g++, c++ or $CXX)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +52,30 @@ def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(cache))
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     return cache
+
+
+@pytest.fixture
+def broken_db(tmp_path):
+    """A results database with one page of garbage in the middle (as a failing disk leaves it):
+    its header still reads, so SQLite opens it, and only a check or a read finds the damage."""
+    import os
+    import sqlite3
+
+    from mnist_lab.models import PRESETS
+    from mnist_lab.store import ResultStore, run_row
+    from mnist_lab.train import TrainConfig
+
+    path = tmp_path / "broken.sqlite"
+    store = ResultStore(path)
+    for k in range(3):
+        store.start_run(run_row(f"run-{k}", PRESETS["tiny-fc"].model, TrainConfig(), data.DataConfig(), status="finished"))
+        store.add_iterations(f"run-{k}", 1, [0.5 + k] * 2000, 100)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = path.stat().st_size // 4096
+    with open(path, "r+b") as f:
+        f.seek(pages // 2 * 4096)
+        f.write(bytes(range(256)) * 16)
+    assert pages >= 8
+    return path

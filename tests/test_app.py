@@ -5,8 +5,10 @@ jobs are trained by the worker process the app starts for it, as in production."
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
+import string
 import subprocess
 import sys
 import time
@@ -59,13 +61,24 @@ def job_of(at: AppTest, kind: str):
     return StoreRunner(ResultStore(os.environ[DB_ENV])).poll(at.session_state[f"_{kind}_job"])
 
 
-def finish(at: AppTest, kind: str) -> None:
+def finish(at: AppTest, kind: str, status: str = "finished") -> None:
     """Wait for the page's job (trained by the app's worker), then rerun the page as its poll would."""
     view = StoreRunner(ResultStore(os.environ[DB_ENV])).wait(at.session_state[f"_{kind}_job"], timeout=180)
     assert not view.active, "the job did not finish"
-    assert view.status == "finished", view.error
+    assert view.status == status, view.error
     at.run()
     assert not at.exception, at.exception
+
+
+ESCAPED = re.compile(r"\\([%s])" % re.escape(string.punctuation))
+# markdown that would render a link or an image: an unescaped [ ... ]( , or a bare web address
+MARKDOWN_LINK = re.compile(r"(?<!\\)\[(?:[^\]\\]|\\.)*(?<!\\)\]\(")
+AUTOLINK = re.compile(r"(?<!\\)<?(?:https?|ftp)(?<!\\):|www(?<!\\)\.")
+
+
+def shown(markdown: str) -> str:
+    """The characters a markdown source shows once its backslash escapes are applied."""
+    return ESCAPED.sub(r"\1", markdown)
 
 
 def params_shown(at: AppTest, label: str = "Parameters") -> int:
@@ -89,13 +102,14 @@ def test_home_shows_the_device_mnist_and_digits():
     assert len(at.get("page_link")) == 4
 
 
+@pytest.mark.native
 def test_home_says_which_path_trains_cnns_on_the_cpu(monkeypatch):
     from mnist_lab import native
 
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setattr(native, "_error", "no C++ compiler found (g++ or c++)")
     at = open_page("home")
-    assert any("plain PyTorch loop here: no C++ compiler found" in c.value for c in at.caption)
+    assert any("plain PyTorch loop here: no C++ compiler found" in shown(c.value) for c in at.caption)
     monkeypatch.setattr(native, "_error", None)
     native.load_library()
     at = open_page("home")
@@ -149,10 +163,10 @@ def test_a_bad_link_loads_with_the_defaults_and_says_what_it_ignored(page, query
     assert len(at.warning) == 1
     for name, text in query.items():
         if name in defaults:  # ignored, named in the warning, the default used
-            assert f"{name}={text}" in at.warning[0].value
+            assert f"{name}={text}" in shown(at.warning[0].value)
             assert at.session_state[prefix + name] == defaults[name]
         else:  # the link's good values are still used
-            assert f"{name}=" not in at.warning[0].value
+            assert f"{name}=" not in shown(at.warning[0].value)
             assert str(at.session_state[prefix + name]) == text
 
 
@@ -171,6 +185,7 @@ def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     assert any("trained on cpu (plain engine)" in c.value for c in at.caption)  # an FC net: the plain loop
 
 
+@pytest.mark.native
 def test_a_cnn_trains_on_the_cpu_kernels_and_says_so(db):
     at = open_page("train", query={"preset": "lab5", "train_limit": "256", "epochs": "1"})
     at.button(key="train_go_btn").click().run()
@@ -341,7 +356,7 @@ def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
     assert again.multiselect(key="runs_selected").value == [ids[3], ids[1]]
     gone = open_page("runs", query={"selected": "no-such-run", "status": "finished"})
     assert gone.multiselect(key="runs_status").value == ["finished"]
-    assert any("selected=no-such-run" in w.value for w in gone.warning)
+    assert any("selected=no-such-run" in shown(w.value) for w in gone.warning)
 
 
 def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_limits(db, monkeypatch, tiny_data):
@@ -390,3 +405,108 @@ def test_runs_page_stops_a_run_trained_elsewhere_and_shows_why(db, tiny_data):
     assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
     at.run()
     assert "stopped by you" in list(at.dataframe[0].value["stop_reason"])
+
+
+
+# ------------------------------------------------------------------------- hostile input, broken store
+
+def test_a_hostile_link_is_shown_as_text_not_as_a_link():
+    hostile = "[clickme](https://evil.example/phish)"
+    at = open_page("train", query={"hidden": hostile})
+    [error] = [e.value for e in at.error]
+    assert hostile in shown(error)  # the person sees exactly what the link held
+    assert not MARKDOWN_LINK.search(error) and not AUTOLINK.search(error)
+    assert at.button(key="train_go_btn").disabled
+
+
+def test_a_hostile_runs_link_loads_no_image(db, tiny_data):
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=ResultStore(db),
+               data=tiny_data)
+    hostile = "`![t](http://127.0.0.1:9/track.png)`"
+    at = open_page("runs", query={"experiment": hostile})
+    [warning] = [w.value for w in at.warning]
+    assert f"experiment={hostile}" in shown(warning)
+    assert not MARKDOWN_LINK.search(warning) and not AUTOLINK.search(warning) and "`" not in ESCAPED.sub("", warning)
+
+
+@pytest.mark.parametrize("page", ["train", "runs"])
+def test_a_damaged_database_is_explained_on_the_page(page, broken_db, monkeypatch):
+    monkeypatch.setenv(DB_ENV, str(broken_db))
+    at = open_page(page)
+    message = shown(next(e.value for e in at.error if "results database" in shown(e.value)))
+    assert str(broken_db) in message and "malformed" in message and f"mv {broken_db} {broken_db}.broken" in message
+    if page == "train":
+        assert at.button(key="train_go_btn").disabled
+
+
+# ------------------------------------------------------------------------- what the pages say
+
+def test_runs_show_accuracy_in_percent_and_a_diverged_run_with_its_message(db, tiny_data):
+    store = ResultStore(db)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=store, data=tiny_data)
+    fine = store.runs()
+    store.start_run(run_row("went-nan", PRESETS["tiny-fc"].model, TrainConfig(lr=10), tiny_data.config,
+                            status="diverged", diverged_at=7, message="The loss became nan at iteration 7: lower it."))
+    at = open_page("runs")
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc[fine["run_id"].item(), "final_test_acc"] == pytest.approx(100 * fine["final_test_acc"].item())
+    assert table.loc["went-nan", "status"] == "diverged" and "iteration 7" in table.loc["went-nan", "message"]
+    assert any("1 run(s) diverged" in c.value for c in at.caption)
+    at.multiselect(key="runs_selected").set_value([fine["run_id"].item(), "went-nan"]).run()
+    at.run()  # a rerun with the toggle's value in Session State: no default-and-state warning
+    assert not at.warning and not at.exception
+
+
+def test_local_times_follow_the_browsers_time_zone():
+    from app_lib.text import local_times, percent
+
+    stamps = ["2026-12-01T19:30:00+00:00", "2026-12-01T23:59:59+00:00"]
+    assert list(local_times(stamps, "Asia/Shanghai")) == ["2026-12-02 03:30:00", "2026-12-02 07:59:59"]
+    assert list(local_times(stamps, "Not/AZone")) == ["2026-12-01 19:30:00", "2026-12-01 23:59:59"]  # UTC then
+    assert percent(0.96875) == "96.88%" and percent(None) == "" and percent(float("nan")) == ""
+
+
+def test_the_live_runs_header_describes_its_own_network_not_the_widgets():
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    at.selectbox(key="train_preset").set_value("padded-16-32").run()  # the widgets now show another network
+    finish(at, "train")
+    header = shown(next(m.value for m in at.markdown if m.value.startswith("**This run:**")))
+    assert "FC 8" in header and "6,442 parameters" in header and "417,482" not in header
+
+
+def test_a_diverging_run_is_shown_as_diverged_with_its_message(db):
+    at = open_page("train", query={"preset": "tiny-fc", "hidden": "256, 256", "lr": "10", "momentum": "0.9",
+                                   "batch_size": "16", "train_limit": "2000", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    finish(at, "train", status="diverged")
+    error = shown(next(e.value for e in at.error if "Diverged." in e.value))
+    assert "at iteration" in error and "Lower the learning rate" in error
+    assert ResultStore(db).runs()["status"].item() == "diverged"
+
+
+def test_home_lists_every_network_in_full():
+    at = open_page("home")
+    [table] = at.table
+    layers = list(table.value["layers"])
+    assert layers[0] == PRESETS["lab5"].description.split(": ", 1)[1]  # the whole layer list, wrapped, not cut
+    assert list(table.value["parameters"]) == ["8,490", "417,482", "6,442", "6,422"]
+
+
+def test_a_sweep_without_kernel_sizes_asks_for_one():
+    at = open_page("sweep")
+    at.multiselect(key="sweep_kernels").set_value([]).run()
+    assert "Choose at least one kernel size" in shown(at.error[0].value)
+    assert "hidden width" not in shown(at.error[0].value)  # the hidden width is a single choice, never empty
+
+
+def test_a_cpu_with_two_cores_trains_on_all_60000_images_by_default(monkeypatch):
+    import os
+
+    from app_lib import shared
+
+    monkeypatch.setattr(shared, "on_gpu", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert shared.quick_defaults()["train_limit"] == 60000
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # a 1-core hosted tier: a subset
+    assert shared.quick_defaults()["train_limit"] == 10000

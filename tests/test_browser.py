@@ -94,7 +94,9 @@ def test_a_tiny_run_draws_its_chart_and_its_csv_is_the_store(server, browser):
     expect(page.get_by_test_id("stSidebarNav").get_by_role("link", name="FC vs CNN")).to_be_visible()
     train.click()
     expect(page.get_by_text("Finished in")).to_be_visible(timeout=90_000)
-    assert len(page.locator(LINE).first.get_attribute("d")) > 10
+    line = page.locator(LINE).first
+    expect(line).to_be_visible(timeout=30_000)  # drawn after the status line, once plotly.js has loaded
+    assert len(line.get_attribute("d")) > 10
     rows = download_rows(page, "iterations.csv")
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4] and all(float(r["loss"]) > 0 for r in rows)
     assert ResultStore(server.db).runs([rows[0]["run_id"]])["status"].item() == "finished"

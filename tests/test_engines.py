@@ -82,6 +82,7 @@ def test_fast_convs_leave_even_kernels_with_same_padding_alone():
     assert not any(type(m).__name__ == "_FastGradConv2d" for m in model.modules())
 
 
+@pytest.mark.native
 def test_train_many_on_the_cpu_is_each_run_alone(data500):
     jobs = [(LAB5, cfg(seed=0)), (cnn_config(1, 3), cfg(seed=1, batch_size=100)), (LAB5, cfg(seed=2))]
     events = []
@@ -119,6 +120,7 @@ def assert_same_run(fast, plain, rtol=2e-4, atol=2e-5):
     (ModelConfig(conv_channels=(6, 6), hidden=(50,), dropout=0.3), {}),  # dropout masks follow the seed
     (cnn_config(2, 3, hidden=(32,)), {"optimizer": "adam", "lr": 0.003, "shuffle": False}),
 ])
+@pytest.mark.native
 def test_cpu_native_gives_the_plain_losses(data500, model_cfg, extra):
     plain = train(model_cfg, cfg(epochs=3, engine="plain", **extra), data500)
     fast = train(model_cfg, cfg(epochs=3, engine="cpu-native", **extra), data500)
@@ -126,11 +128,13 @@ def test_cpu_native_gives_the_plain_losses(data500, model_cfg, extra):
     assert_same_run(fast, plain)
 
 
+@pytest.mark.native
 def test_cpu_native_gives_the_same_losses_for_the_same_seed(data500):
     runs = [train(LAB5, cfg(epochs=2, seed=7), data500) for _ in range(2)]
     assert runs[0].engine == "cpu-native" and runs[0].losses == runs[1].losses
 
 
+@pytest.mark.native
 def test_a_stopped_cpu_native_run_keeps_its_finished_iterations(data500):
     cancel = threading.Event()
 
@@ -179,6 +183,7 @@ def test_stacked_seeds_train_as_if_each_were_alone(data500, model_cfg, extra):
         assert mine[-1].kind == "end" and mine[-1].status == "finished"
 
 
+@pytest.mark.native
 def test_only_runs_that_differ_in_the_seed_alone_are_stacked(data500):
     dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
     jobs = [(LAB5, cfg(seed=0, engine="stacked")), (LAB5, cfg(seed=1, engine="stacked")),
@@ -309,7 +314,7 @@ def test_stacked_seeds_on_a_gpu_replay_one_graph_per_stack(data500):
 
 @pytest.mark.parametrize("engine,device,why", [
     ("plain", CPU, None),
-    ("auto", CPU, None),  # cpu-native runs
+    pytest.param("auto", CPU, None, marks=pytest.mark.native),  # cpu-native runs
     ("cuda-graph", CPU, "cuda-graph needs a CUDA device"),
     ("stacked", CPU, "stacked trains two or more seeds of one config together"),
     ("cpu-native", CUDA, "cpu-native runs on the CPU only"),
@@ -320,3 +325,46 @@ def test_the_fallback_reason_names_what_to_change(engine, device, why):
     assert reason == why if why is None else why in reason
     dropout = ModelConfig(conv_channels=(10, 20), hidden=(50,), dropout=0.5)
     assert "dropout inside a graph" in fallback_reason(dropout, cfg(engine="auto"), CUDA)
+
+
+# ------------------------------------------------------------------------- divergence
+
+def poisoned(data500, image: int):
+    """data500 with one NaN pixel in training image `image`: its batch's loss is NaN."""
+    x = data500.x_train.clone()
+    x[image, 0, 14, 14] = float("nan")
+    return dataclasses.replace(data500, x_train=x)
+
+
+def assert_diverged_at(result, iteration: int) -> None:
+    assert (result.status, result.diverged_at, result.epochs) == ("diverged", iteration, [])
+    assert len(result.losses) == iteration - 1 and all(math.isfinite(v) for v in result.losses)
+    assert f"at iteration {iteration}" in result.message and "learning rate" in result.message
+
+
+@pytest.mark.parametrize("engine", ["plain", pytest.param("cpu-native", marks=pytest.mark.native)])
+def test_a_nan_loss_ends_the_run_at_once_as_diverged(data500, engine):
+    events = []
+    result = train(LAB5, cfg(epochs=3, shuffle=False, engine=engine), poisoned(data500, 3 * 64 + 5),
+                   on_progress=events.append)
+    assert result.engine == engine
+    assert_diverged_at(result, 4)  # the fourth batch holds image 197; no later step ran
+    assert [e.status for e in events if e.kind == "end"] == ["diverged"]
+    assert sum(len(e.losses) for e in events if e.kind == "iterations") == 3
+
+
+def test_every_member_of_a_stack_reports_its_own_divergence(data500):
+    """The members share the data, so both meet the NaN batch; each ends as a lone run would."""
+    jobs = [(LAB5, cfg(seed=s, shuffle=False, engine="stacked")) for s in (0, 1)]
+    results = train_many(jobs, poisoned(data500, 2 * 64))
+    assert [r.engine for r in results] == ["stacked", "stacked"]
+    for result in results:
+        assert_diverged_at(result, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ["plain", "cuda-graph"])
+def test_a_nan_loss_on_the_gpu_is_caught_when_the_losses_are_read(data500, engine):
+    result = train(LAB5, cfg(epochs=2, shuffle=False, engine=engine, device="cuda"), poisoned(data500, 3 * 64))
+    assert result.engine == engine
+    assert_diverged_at(result, 4)

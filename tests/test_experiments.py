@@ -80,7 +80,9 @@ def test_compare_matches_fc_to_cnn_and_fills_the_2x2(mnist_raw):
     counts = result.table.groupby(["model", "pixels"]).size()
     assert counts.eq(2).all() and len(counts) == 4
     assert set(result.summary.columns) >= {"model", "pixels", "n", "mean", "sd", "text"}
-    assert isinstance(result.reading, str) and result.reading
+    # the reading quotes this run's own numbers (the CNN on normal pixels, one decimal)
+    cnn_normal = result.summary.set_index(["model", "pixels"]).loc[("CNN", "normal"), "mean"]
+    assert f"({100 * cnn_normal:.1f}% vs" in result.reading
 
 
 def test_summary_is_mean_and_sample_sd():
@@ -103,8 +105,17 @@ def test_reading_follows_the_numbers():
     lesson = read_compare(_summary(0.88, 0.96, 0.85, 0.80))
     assert "beats the FC net by 8.0 points" in lesson and "locality" in lesson
     assert "costs the CNN 16.0 points and the FC net 3.0 points" in lesson
+    assert "lead of 8.0 points turns into a deficit of 5.0 points" in lesson
     odd = read_compare(_summary(0.96, 0.88, 0.85, 0.80))
     assert "trails" in odd and "locality" not in odd
+    # the CNN 4.5 points below the FC net on permuted pixels: a deficit, never "disappears"
+    behind = read_compare(_summary(0.90, 0.97, 0.89, 0.845))
+    assert "on permuted pixels it trails the FC net by 4.5 points" in behind and "disappears" not in behind
+    assert "turns into a deficit of 4.5 points" in behind
+    level = read_compare(_summary(0.90, 0.97, 0.89, 0.892))
+    assert "disappears" in level and "deficit" not in level
+    kept = read_compare(_summary(0.90, 0.97, 0.85, 0.88))
+    assert "shrinks from 7.0 to 3.0 points" in kept and "locality" not in kept
     assert "nothing to compare" in read_compare(_summary(0.9, 0.9, 0.9, 0.9).iloc[:2])
     assert "no spread" in read_compare(_summary(0.88, 0.96, 0.85, 0.80).assign(n=1))
 
@@ -160,3 +171,12 @@ def test_run_many_records_each_run_with_its_own_epoch_length(tmp_path, mnist_raw
     for result, per_epoch in zip(results, (2, 4)):  # 128 images / 64 and / 32
         iters = store.iterations([result.run_id])
         assert iters["epoch"].tolist() == [1] * per_epoch + [2] * per_epoch
+
+
+def test_summaries_leave_diverged_runs_out_and_say_how_many():
+    table = pd.DataFrame({"model": ["A", "A", "A", "B"], "test_acc": [0.90, 0.94, 0.11, 0.10],
+                          "status": ["finished", "finished", "diverged", "diverged"]})
+    s = summarize_over_seeds(table, ["model"]).set_index("model")
+    assert s.loc["A", "n"] == 2 and s.loc["A", "mean"] == pytest.approx(0.92)  # the diverged run is not averaged in
+    assert s.loc["A", "diverged"] == 1 and s.loc["A", "text"] == "92.00% ± 2.83, 1 diverged (not counted)"
+    assert "B" not in s.index  # no finished run: nothing to summarise

@@ -37,6 +37,7 @@ def images(n: int, model_cfg: ModelConfig, real: torch.Tensor) -> torch.Tensor:
                        generator=torch.Generator().manual_seed(n))
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("n", [1, 7, 65])
 @pytest.mark.parametrize("name", list(NETS))
 def test_the_kernels_give_pytorchs_outputs_and_gradients(tiny_data, name, n):
@@ -56,6 +57,7 @@ def test_the_kernels_give_pytorchs_outputs_and_gradients(tiny_data, name, n):
         torch.testing.assert_close(p.grad, named[key].grad, rtol=1e-4, atol=1e-6, msg=f"gradient of {key}")
 
 
+@pytest.mark.native
 def test_ties_go_to_the_first_maximum_as_in_pytorch():
     """A blank image: every conv output is its bias, every pool window a four-way tie."""
     torch.manual_seed(1)
@@ -72,6 +74,7 @@ def test_ties_go_to_the_first_maximum_as_in_pytorch():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {key}")
 
 
+@pytest.mark.native
 def test_nan_goes_through_the_pool_and_relu_as_in_pytorch(tiny_data):
     torch.manual_seed(2)
     plain = build_model(LAB5)
@@ -83,6 +86,7 @@ def test_nan_goes_through_the_pool_and_relu_as_in_pytorch(tiny_data):
     torch.testing.assert_close(b[[0, 2, 3]], a[[0, 2, 3]], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.native
 def test_buffers_first_made_while_evaluating_serve_a_larger_then_a_training_batch(tiny_data):
     torch.manual_seed(3)
     plain = build_model(LAB5)
@@ -96,12 +100,14 @@ def test_buffers_first_made_while_evaluating_serve_a_larger_then_a_training_batc
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.native
 def test_images_of_another_shape_are_refused_with_the_expected_shape():
     fast = native.NativeCNN(build_model(LAB5), LAB5)
     with pytest.raises(ValueError, match=r"takes images of shape \(1, 28, 28\); got \(3, 28, 28\)"):
         fast(torch.zeros(2, 3, 28, 28))
 
 
+@pytest.mark.native
 def test_weights_changed_between_forward_and_backward_are_refused():
     fast = native.NativeCNN(build_model(LAB5), LAB5)
     loss = fast(torch.randn(4, 1, 28, 28)).sum()
@@ -111,6 +117,7 @@ def test_weights_changed_between_forward_and_backward_are_refused():
         loss.backward()
 
 
+@pytest.mark.native
 def test_the_wrapper_keeps_the_very_same_parameters():
     model = build_model(LAB5)
     params = list(model.parameters())
@@ -119,6 +126,7 @@ def test_the_wrapper_keeps_the_very_same_parameters():
     assert [k.removeprefix("model.") for k in fast.state_dict()] == list(model.state_dict())
 
 
+@pytest.mark.native
 def test_a_backward_pass_must_follow_its_own_forward():
     fast = native.NativeCNN(build_model(LAB5), LAB5)
     first = fast(torch.randn(8, 1, 28, 28)).sum()
@@ -133,6 +141,7 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{"epochs": 1, "batch_size": 64, "lr": 0.01, "momentum": 0.5, "device": "cpu", **kw})
 
 
+@pytest.mark.native
 def test_on_the_cpu_auto_means_cpu_native_for_the_nets_it_runs():
     for engine in ("auto", "cpu-native"):
         assert select_engine(LAB5, cfg(engine=engine), CPU) == "cpu-native"
@@ -146,7 +155,8 @@ def test_on_the_cpu_auto_means_cpu_native_for_the_nets_it_runs():
     (get_preset("tiny-fc").model, "no conv blocks"),
     (cnn_config(2, 5, batch_norm=True), "no BatchNorm"),
     (cnn_config(2, 4), "even kernel"),  # 'same' with k=4 pads one side more
-    (ModelConfig(conv_channels=(512, 512, 512, 512), kernel_size=9, padding="same"), "too big for the CPU kernels"),
+    pytest.param(ModelConfig(conv_channels=(512, 512, 512), kernel_size=9, padding="same"),
+                 "too big for the CPU kernels", marks=pytest.mark.native),  # the kernels say how big
 ])
 def test_nets_the_kernels_do_not_run_train_on_the_plain_loop(model_cfg, reason):
     assert reason in native.native_unsupported(model_cfg, CPU)
@@ -180,6 +190,7 @@ def test_a_failed_build_says_what_the_compiler_said(fresh_build, monkeypatch):
     assert not list((fresh_build / "cache").rglob("*.so"))  # nothing half-built is left to load
 
 
+@pytest.mark.native
 def test_a_fresh_build_is_cached_for_the_next_process(fresh_build):
     assert native.native_unsupported(LAB5, CPU) is None
     built = list((fresh_build / "cache" / "native").glob("conv_blocks-*.so"))
@@ -198,8 +209,53 @@ def test_the_cli_says_why_the_plain_loop_ran(fresh_build, monkeypatch, capsys):
     assert "note: the plain loop ran because cpu-native: no C++ compiler found" in out
 
 
+@pytest.mark.native  # a compiler that is there, and a cache it cannot write into
 def test_a_cache_that_cannot_be_written_falls_back_too(fresh_build, monkeypatch):
     blocker = fresh_build / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("MNIST_LAB_CACHE_DIR", str(blocker / "cache"))
     assert "could not build the CPU kernels" in native.native_unsupported(LAB5, CPU)
+
+
+# ------------------------------------------------------------------------- the first test
+
+@pytest.mark.native
+def test_the_first_test_refuses_kernels_that_compute_wrong_results():
+    lib = native.load_library()
+    native.first_test(lib)  # the real kernels agree with PyTorch
+    torch.manual_seed(1)
+    other = build_model(native.FIRST_TEST_NET)  # other weights, so other outputs than the kernels compute
+    with pytest.raises(native.NativeUnavailable, match="compute something other than PyTorch's layers"):
+        native.first_test(lib, reference=other)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("command, why", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGILL)", "crashed in their first test (SIGILL)"),
+    ("import sys; sys.exit('the outputs differ')", "failed their first test: the outputs differ"),
+])
+def test_a_library_that_fails_its_first_test_is_never_loaded(fresh_build, monkeypatch, command, why):
+    """The first test runs in a subprocess: an illegal instruction kills it, not this process."""
+    import sys
+
+    monkeypatch.setattr(native, "PROVE_COMMAND", [sys.executable, "-c", command])
+    bound = []
+    monkeypatch.setattr(native, "_bind", lambda lib: bound.append(lib) or lib)
+    assert why in native.native_unsupported(LAB5, CPU)
+    assert bound == []  # this process never loaded it
+    assert not list((fresh_build / "cache").rglob("conv_blocks-*"))  # nor will the next one: it builds afresh
+    assert select_engine(LAB5, cfg(engine="cpu-native"), CPU) == "plain"
+
+
+def test_the_cache_key_holds_the_cpu_and_the_compiler(monkeypatch):
+    import platform
+
+    identity = native.cpu_identity()
+    assert platform.machine() in identity
+    if os.path.exists("/proc/cpuinfo"):
+        assert any(line.startswith(("model name", "flags", "Features")) for line in identity.splitlines())
+    here = native.library_path("g++")
+    monkeypatch.setattr(native, "compiler_identity", lambda compiler: "g++ (another version) 99.0")
+    other_compiler = native.library_path("g++")
+    monkeypatch.setattr(native, "cpu_identity", lambda: "another CPU")
+    assert len({here, other_compiler, native.library_path("g++")}) == 3

@@ -30,11 +30,22 @@ def test_csv_columns_are_pinned(tmp_path):
                      "conv_channels", "kernel_size", "padding", "hidden", "epochs", "batch_size", "optimizer",
                      "lr", "momentum", "train_limit", "permute_pixels", "torch_version", "mnist_lab_version"):
         assert required in RUN_COLUMNS
+    assert RUN_COLUMNS[:15] == ["run_id", "experiment", "group_id", "label", "status", "started_at", "seconds",
+                                "device", "engine", "params", "seed", "final_test_acc", "epochs_done", "diverged_at",
+                                "message"]
+
+
+def test_the_csvs_hold_what_was_trained_with_accuracy_as_a_fraction(tmp_path, mnist_raw):
     store = ResultStore(tmp_path / "r.sqlite")
+    result = run_single(PRESETS["tiny-cnn"].model, TrainConfig(epochs=1, batch_size=64), TINY, store=store)
     paths = store.export_csv(tmp_path / "out")
-    assert list(pd.read_csv(paths["runs"]).columns) == RUN_COLUMNS
-    assert list(pd.read_csv(paths["epochs"]).columns) == EPOCH_COLUMNS
-    assert list(pd.read_csv(paths["iterations"]).columns) == ITERATION_COLUMNS
+    runs, epochs, iters = (pd.read_csv(paths[t]) for t in ("runs", "epochs", "iterations"))
+    [row] = runs.itertuples()
+    assert (row.run_id, row.status, row.params, row.conv_channels, row.hidden) == (result.run_id, "finished", 6422,
+                                                                                   "6-6", 50)
+    assert row.final_test_acc == pytest.approx(result.final_test_acc) and 0 < row.final_test_acc <= 1
+    assert epochs["test_acc"].tolist() == pytest.approx([m.test_acc for m in result.epochs])
+    assert iters["loss"].tolist() == pytest.approx(result.losses) and len(iters) == 4
 
 
 def test_run_is_recorded_while_it_trains(tmp_path, mnist_raw):
@@ -66,7 +77,9 @@ def test_results_frames_match_the_store(tmp_path, mnist_raw):
     frames = results_frames([result])
     pd.testing.assert_frame_equal(frames["iterations"], store.iterations(), check_dtype=False)
     pd.testing.assert_frame_equal(frames["epochs"], store.epochs(), check_dtype=False)
-    assert list(frames["runs"].columns) == RUN_COLUMNS
+    # the same run row, field by field (the start time is taken at two moments)
+    pd.testing.assert_frame_equal(frames["runs"].drop(columns="started_at"), store.runs().drop(columns="started_at"),
+                                  check_dtype=False)
 
 
 def test_delete_and_filter_by_run(tmp_path, mnist_raw):

@@ -34,6 +34,7 @@ def reference(tiny_data):
 
 # ------------------------------------------------------------------------- what a run returns
 
+@pytest.mark.native
 def test_one_loss_per_iteration_including_a_short_last_batch(tiny_data):
     sub = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:500], y_train=tiny_data.y_train[:500])
     result = train(LAB5, cfg(epochs=2), sub)
@@ -71,9 +72,14 @@ def test_training_does_not_touch_the_global_rng(tiny_data):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_warm_up_runs_a_step_and_leaves_the_global_rng_alone():
+def test_warm_up_builds_the_cpu_kernels_and_leaves_the_global_rng_alone(monkeypatch):
+    from mnist_lab import native
+
+    built = []
+    monkeypatch.setattr(native, "load_library", lambda: built.append("kernels"))
     before = torch.get_rng_state()
-    assert warm_up("cpu") > 0
+    warm_up("cpu")
+    assert built == ["kernels"]  # the one-time cost is paid here, not in the first run
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -205,7 +211,7 @@ def test_cancel_before_the_start(tiny_data):
     (dict(batch_size=1000), "Batch size 1000 is larger than the 512 training images"),
     (dict(batch_size=0), "Batch size must be at least 1; got 0."),
     (dict(lr=0.0), "Learning rate must be above 0 and at most 10; got 0.0."),
-    (dict(lr=float("nan")), "Learning rate must be above 0"),
+    (dict(lr=float("nan")), "Learning rate must be a finite number; got nan."),
     (dict(optimizer="rmsprop"), "Optimizer must be one of sgd, adam; got 'rmsprop'."),
     (dict(epochs=0), "Epochs must be 1 to 1000; got 0."),
     (dict(momentum=1.0), "Momentum must be in [0, 1); got 1.0."),
@@ -252,3 +258,13 @@ def test_lab5_one_real_epoch(mnist_raw):
     assert len(result.losses) == 938 == math.ceil(60000 / 64)
     assert result.final_test_acc >= 0.955  # the lab reports 96.88% after epoch 1
     assert sum(result.losses[-100:]) / 100 < 0.5 < result.losses[0]
+
+
+def test_weights_that_blow_up_between_two_losses_end_the_run_as_diverged(tiny_data, monkeypatch):
+    """Every training loss finite, but the test loss is not: still 'diverged', never 'finished'."""
+    import mnist_lab.train as train_module
+
+    monkeypatch.setattr(train_module, "_read_sums", lambda loss_sum, correct, n: (float("inf"), 0.1))
+    result = train(LAB5, cfg(epochs=2), tiny_data)
+    assert (result.status, result.epochs, result.diverged_at) == ("diverged", [], len(result.losses))
+    assert result.message.startswith(f"The test loss became inf after iteration {len(result.losses)}")

@@ -1,0 +1,38 @@
+"""Text from outside the code (a URL, a form, the result store, an exception message) made safe
+for Streamlit's markdown, which st.markdown, st.caption, st.error, st.warning and st.info all
+render: shown as the characters it is, never as a link, an image or formatting; and the few
+formats a person reads (percentages, local times). No streamlit here."""
+from __future__ import annotations
+
+import string
+
+_PUNCTUATION = frozenset(string.punctuation)  # CommonMark lets a backslash escape any of these
+
+
+def plain(text: object) -> str:
+    """`text` as markdown that renders to exactly its characters: every ASCII punctuation mark
+    is backslash-escaped, so no link, image, emphasis, code span, HTML, entity, autolink
+    ('https\\://...'), icon (':material/x:') or LaTeX survives."""
+    return "".join("\\" + c if c in _PUNCTUATION else c for c in str(text))
+
+
+def percent(fraction: object) -> str:
+    """An accuracy stored as a fraction, as a person reads it: '97.12%' ('' when missing)."""
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        return ""
+    return "" if value != value else f"{100 * value:.2f}%"
+
+
+def local_times(iso_utc, tz: str):
+    """ISO timestamps in UTC (as the store keeps them) as 'YYYY-MM-DD HH:MM:SS' in time zone `tz`
+    (an IANA name such as the browser reports; UTC when it is unknown)."""
+    import pandas as pd
+
+    times = pd.to_datetime(pd.Series(iso_utc), utc=True, errors="coerce", format="ISO8601")
+    try:
+        times = times.dt.tz_convert(tz)
+    except Exception:  # noqa: BLE001 - an unknown zone name: keep UTC
+        pass
+    return times.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("")

@@ -1,0 +1,86 @@
+"""Refusals the core raises, as data: which config field, the value given, and the message as a
+template with its values (so a UI can render it through a gettext catalog); str() is the English
+sentence. Also the small checks every config's `validate()` is written with.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+SQLITE_INT_MAX = 2**63 - 1  # seeds are stored as SQLite's signed 64-bit INTEGER
+
+
+class ConfigError(ValueError):
+    """A config field that cannot be used. `field` is the dataclass field (e.g. 'batch_size'),
+    `value` what was given, `template` the English message with `{name}` placeholders and
+    `params` their values (`value` among them)."""
+
+    def __init__(self, field: str, value: Any, template: str, /, **params: Any):
+        self.field, self.value, self.template = field, value, template
+        self.params = {"value": value, **params}
+        super().__init__(template.format(**self.params))
+
+
+class StoreError(RuntimeError):
+    """The results database cannot be read or written; the message names the file and what to do."""
+
+    def __init__(self, path: Any, detail: str, template: str | None = None):
+        self.path, self.detail = str(path), detail
+        self.template = template or ("The results database {path} cannot be used ({detail}). Move it aside "
+                                     "(mv {path} {path}.broken) and run again: a new, empty one is created; "
+                                     "or choose another file with --db or MNIST_LAB_DB.")
+        super().__init__(self.template.format(path=self.path, detail=detail))
+
+
+# ------------------------------------------------------------------------------------ checks
+# Types only; each config's validate() then checks ranges with its own sentence.
+
+def is_int(value: Any) -> bool:
+    """A whole number: a Python int, not a bool (True would mean 1) and not a float."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def need_int(field: str, value: Any, name: str, example: Any) -> int:
+    if not is_int(value):
+        raise ConfigError(field, value, "{name} must be a whole number; got {value!r}. Use a whole number such "
+                          "as {example!r}.", name=name, example=example)
+    return value
+
+
+def need_float(field: str, value: Any, name: str, example: Any) -> float:
+    """A finite real number (an int is fine: lr=1 means 1.0); never a bool, None or NaN."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
+        raise ConfigError(field, value, "{name} must be a finite number; got {value!r}. Use a number such as "
+                          "{example!r}.", name=name, example=example)
+    return value
+
+
+def need_bool(field: str, value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(field, value, "{name} is a yes/no setting; got {value!r}. Use True or False.", name=name)
+    return value
+
+
+def need_choice(field: str, value: Any, name: str, options: Sequence[str], template: str | None = None) -> str:
+    """One of `options`; `template` may word the refusal (placeholders value, name, options)."""
+    if not isinstance(value, str) or value not in options:
+        raise ConfigError(field, value, template or "{name} must be one of {options}; got {value!r}. Pick one "
+                          "of those.", name=name, options=", ".join(options))
+    return value
+
+
+def need_ints(field: str, value: Any, name: str, example: tuple[int, ...]) -> tuple[int, ...]:
+    """A tuple of whole numbers (a list would be stored wrongly, a lone int is not a tuple)."""
+    if not isinstance(value, tuple) or not all(is_int(v) for v in value):
+        raise ConfigError(field, value, "{name} must be a tuple of whole numbers; got {value!r}. Write it like "
+                          "{example!r}.", name=name, example=example)
+    return value
+
+
+def need_seed(field: str, value: Any, name: str) -> int:
+    """A seed: a whole number that fits SQLite's signed 64-bit INTEGER and torch's generator."""
+    need_int(field, value, name, 0)
+    if not 0 <= value <= SQLITE_INT_MAX:
+        raise ConfigError(field, value, "{name} must be between 0 and 2**63 - 1; got {value!r}. Choose a "
+                          "smaller, non-negative seed such as 0.", name=name)
+    return value
