@@ -45,6 +45,9 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
         return _DATA_MEMO[key]
 
 
+check_input_shape = check_fits  # the former name (it now checks the number of classes too)
+
+
 def _chain(*fns: ProgressFn | None) -> ProgressFn:
     live = [f for f in fns if f is not None]
 

@@ -3,7 +3,7 @@ interrupted run keeps what it finished, and exported to CSV.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
 import platform
 import socket
@@ -114,56 +114,67 @@ def _process_alive(pid: str) -> bool:
     return True
 
 
+def _explained(method: Callable) -> Callable:
+    """Any failure of the database file (malformed, full disk, read-only, a folder that cannot be
+    made) as one StoreError naming the file and how to move it aside."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:  # pandas' DatabaseError, which wraps read errors, is an OSError
+            detail = getattr(exc, "strerror", None) or str(exc).rpartition(": ")[2] or str(exc)
+            raise StoreError(getattr(self, "path", "?"), detail) from None
+    return run
+
+
+def _check_place(path: Path) -> None:
+    if path.is_dir():
+        raise StoreError(path, "it is a directory", "The results database {path} is a directory, not a file: give a "
+                         "file name with --db or MNIST_LAB_DB, e.g. {path}/results.sqlite.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise StoreError(path, f"{path.parent} is a file", "The results database {path} cannot be created ({detail}): "
+                         "choose another file with --db or MNIST_LAB_DB.")
+
+
+def _quick_check(conn: sqlite3.Connection) -> None:
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(problems[0])
+
+
 class ResultStore:
     """SQLite (WAL) store of runs, epochs and iterations. Safe to share between threads; every
     write is its own transaction, so a killed process loses at most the write in flight."""
 
+    @_explained
     def __init__(self, path: str | Path | None = None):
         """Open (or create) the database and check it (PRAGMA quick_check): a damaged or unwritable
         file raises StoreError naming it and how to move it aside, before anything trains."""
         self.path = Path(path) if path else default_db_path()
+        _check_place(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        if self.path.is_dir():
-            raise StoreError(self.path, "it is a directory", "The results database {path} is a directory, not a file: "
-                             "give a file name with --db or MNIST_LAB_DB, e.g. {path}/results.sqlite.")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(self.path, f"its folder cannot be created: {exc.strerror or exc}",
-                             "The results database {path} cannot be created ({detail}): choose another file with "
-                             "--db or MNIST_LAB_DB.") from None
-        try:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        except sqlite3.Error as exc:
-            raise StoreError(self.path, str(exc)) from None
-        with self._guard():
-            with self._lock, self._conn:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
-                if problems != ["ok"]:
-                    raise sqlite3.DatabaseError(f"the file is damaged: {problems[0]}")
-                self._conn.executescript(_SCHEMA)
-                have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-                for column in [*RUN_COLUMNS, _OWNER]:  # a database from an older version gains new fields
-                    if column not in have:
-                        self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-            self.mark_interrupted()
-
-    @contextlib.contextmanager
-    def _guard(self):
-        """Any SQLite failure (a malformed file, a full disk, a read-only file) as one StoreError."""
-        try:
-            yield
-        except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps the reads' errors
-            raise StoreError(self.path, str(exc).rpartition(": ")[2] or str(exc)) from None
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        with self._lock, self._conn:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            _quick_check(self._conn)
+            self._conn.executescript(_SCHEMA)
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+            for column in [*RUN_COLUMNS, _OWNER]:  # a database from an older version gains new fields
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+        self.mark_interrupted()
 
     def close(self) -> None:
         self._conn.close()
 
     # ------------------------------------------------------------------------------ writes
+    @_explained
     def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             if isinstance(rows, tuple):
                 self._conn.execute(sql, rows)
             else:
@@ -175,12 +186,13 @@ class ResultStore:
         self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
                     (*(row[c] for c in RUN_COLUMNS), f"{socket.gethostname()}:{os.getpid()}"))
 
+    @_explained
     def mark_interrupted(self) -> int:
         """Mark 'interrupted' every run still 'running' whose process, on this machine, no longer
         exists (killed, crashed, machine restarted): it keeps what it finished and can be deleted.
         Runs of live processes and of other machines are left alone. Returns how many changed."""
         host = socket.gethostname()
-        with self._guard(), self._lock:
+        with self._lock:
             rows = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
         dead = [run_id for run_id, owner in rows
                 if owner and owner.rpartition(":")[0] == host and not _process_alive(owner.rpartition(":")[2])]
@@ -197,8 +209,9 @@ class ResultStore:
         self._write("INSERT OR REPLACE INTO iterations SELECT ?, ?, ?, ? "
                     "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)", rows)
 
+    @_explained
     def add_epoch(self, run_id: str, m: EpochMetrics) -> None:
-        with self._guard(), self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
+        with self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
             self._conn.execute("INSERT OR REPLACE INTO epochs SELECT ?, ?, ?, ?, ?, ? "
                                "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
                                (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds, run_id))
@@ -230,18 +243,20 @@ class ResultStore:
         for m in result.epochs:
             self.add_epoch(result.run_id, m)
 
+    @_explained
     def delete_runs(self, run_ids: Iterable[str]) -> int:
         ids = list(run_ids)
         if not ids:
             return 0
         marks = ", ".join("?" for _ in ids)
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             n = self._conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", ids).rowcount
             self._conn.execute(f"DELETE FROM epochs WHERE run_id IN ({marks})", ids)
             self._conn.execute(f"DELETE FROM iterations WHERE run_id IN ({marks})", ids)
         return n
 
     # ------------------------------------------------------------------------------ reads
+    @_explained
     def _read(self, table: str, columns: list[str], run_ids: Iterable[str] | None, order: str) -> pd.DataFrame:
         sql = f"SELECT {', '.join(columns)} FROM {table}"
         params: list = []
@@ -250,7 +265,7 @@ class ResultStore:
             if not params:
                 return pd.DataFrame(columns=columns)
             sql += f" WHERE run_id IN ({', '.join('?' for _ in params)})"
-        with self._guard(), self._lock:
+        with self._lock:
             return pd.read_sql_query(sql + f" ORDER BY {order}", self._conn, params=params)
 
     def runs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
