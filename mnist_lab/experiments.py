@@ -45,6 +45,9 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
         return _DATA_MEMO[key]
 
 
+check_input_shape = check_fits  # the former name (it now checks the number of classes too)
+
+
 def _chain(*fns: ProgressFn | None) -> ProgressFn:
     live = [f for f in fns if f is not None]
 
@@ -169,12 +172,14 @@ class SweepConfig:
             if not value:
                 raise ConfigError(name, value, "Choose at least one {what} ({name} is empty).", what=what, name=name)
             if not 1 <= len(value) <= MAX_SWEEP_VALUES:
-                raise ConfigError(name, value, "A sweep takes at most {high} values of {name}; got {value!r}. Use fewer.",
+                raise ConfigError(name, value, "A sweep takes at most {high} values of {name}; got {value!r}. "
+                                  "Use fewer.",
                                   high=MAX_SWEEP_VALUES, name=name)
             for v in value:
                 if not low <= v <= high:
                     raise ConfigError(name, value, "Every {what} must be {low} to {high}; {name} = {value!r} has "
-                                      "{v!r}: use values from {low} to {high}.", what=what, low=low, high=high, name=name, v=v)
+                                      "{v!r}: use values from {low} to {high}.", what=what, low=low, high=high,
+                                      name=name, v=v)
         need_int("seeds", self.seeds, "Seeds", 3)
         if not 1 <= self.seeds <= MAX_SEEDS:
             raise ConfigError("seeds", self.seeds, "A sweep needs at least 1 seed per cell (at most {high}); got "

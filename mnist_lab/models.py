@@ -72,7 +72,8 @@ class ModelConfig:
                               "Use the dataset's number of classes (10 for MNIST).", high=MAX_CLASSES)
         for i, w in enumerate(self.hidden, 1):
             if not 1 <= w <= MAX_WIDTH:
-                raise ConfigError("hidden", self.hidden, "Hidden layer {i} has {w} units; choose 1 to {high}.", i=i, w=w, high=MAX_WIDTH)
+                raise ConfigError("hidden", self.hidden, "Hidden layer {i} has {w} units; choose 1 to {high}.",
+                                  i=i, w=w, high=MAX_WIDTH)
         if self.kind == "fc":
             if self.conv_channels or self.batch_norm:
                 field = "conv_channels" if self.conv_channels else "batch_norm"
@@ -312,7 +313,8 @@ def match_fc_width(target: ModelConfig | int, n_hidden: int = 2) -> ModelConfig:
         n_inputs, n_classes, target_params = 784, 10, int(target)
     if not is_int(n_hidden) or n_hidden < 1:
         raise ConfigError("n_hidden", n_hidden, "The matched FC net needs at least one hidden layer; got {value!r}.")
-    best = min(range(1, MAX_WIDTH + 1), key=lambda w: (abs(fc_params((w,) * n_hidden, n_inputs, n_classes) - target_params), w))
+    best = min(range(1, MAX_WIDTH + 1),
+               key=lambda w: (abs(fc_params((w,) * n_hidden, n_inputs, n_classes) - target_params), w))
     image_size = int(math.isqrt(n_inputs // (target.in_channels if isinstance(target, ModelConfig) else 1)))
     in_channels = target.in_channels if isinstance(target, ModelConfig) else 1
     return ModelConfig(kind="fc", conv_channels=(), hidden=(best,) * n_hidden, in_channels=in_channels,

@@ -4,7 +4,7 @@ tables through which the app, the CLI and worker processes submit, follow and st
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
 import platform
 import socket
@@ -154,58 +154,69 @@ def owner_dead(owner: str | None) -> bool:
     return host == socket.gethostname() and not _process_alive(pid)
 
 
+def _explained(method: Callable) -> Callable:
+    """Any failure of the database file (malformed, full disk, read-only, a folder that cannot be
+    made) as one StoreError naming the file and how to move it aside."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:  # pandas' DatabaseError, which wraps read errors, is an OSError
+            detail = getattr(exc, "strerror", None) or str(exc).rpartition(": ")[2] or str(exc)
+            raise StoreError(getattr(self, "path", "?"), detail) from None
+    return run
+
+
+def _check_place(path: Path) -> None:
+    if path.is_dir():
+        raise StoreError(path, "it is a directory", "The results database {path} is a directory, not a file: give a "
+                         "file name with --db or MNIST_LAB_DB, e.g. {path}/results.sqlite.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise StoreError(path, f"{path.parent} is a file", "The results database {path} cannot be created ({detail}): "
+                         "choose another file with --db or MNIST_LAB_DB.")
+
+
+def _quick_check(conn: sqlite3.Connection) -> None:
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(problems[0])
+
+
 class ResultStore:
     """SQLite (WAL) store of runs, epochs, iterations, jobs and workers. Safe to share between
     threads and processes; every write is its own transaction, so a killed process loses at most
     the write in flight."""
 
+    @_explained
     def __init__(self, path: str | Path | None = None):
         """Open (or create) the database and check it (PRAGMA quick_check): a damaged or unwritable
         file raises StoreError naming it and how to move it aside, before anything trains."""
         self.path = Path(path) if path else default_db_path()
+        _check_place(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        if self.path.is_dir():
-            raise StoreError(self.path, "it is a directory", "The results database {path} is a directory, not a file: "
-                             "give a file name with --db or MNIST_LAB_DB, e.g. {path}/results.sqlite.")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(self.path, f"its folder cannot be created: {exc.strerror or exc}",
-                             "The results database {path} cannot be created ({detail}): choose another file with "
-                             "--db or MNIST_LAB_DB.") from None
-        try:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        except sqlite3.Error as exc:
-            raise StoreError(self.path, str(exc)) from None
         self._context: dict[str, str] = {}  # job_id / workspace written into the runs started
-        with self._guard():
-            with self._lock, self._conn:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
-                if problems != ["ok"]:
-                    raise sqlite3.DatabaseError(f"the file is damaged: {problems[0]}")
-                self._conn.executescript(_SCHEMA)
-                have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-                for column in [*RUN_COLUMNS, *_PRIVATE]:  # a database from an older version gains new fields
-                    if column not in have:
-                        self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-            self.mark_interrupted()
-
-    @contextlib.contextmanager
-    def _guard(self):
-        """Any SQLite failure (a malformed file, a full disk, a read-only file) as one StoreError."""
-        try:
-            yield
-        except (sqlite3.Error, pd.errors.DatabaseError) as exc:  # pandas wraps the reads' errors
-            raise StoreError(self.path, str(exc).rpartition(": ")[2] or str(exc)) from None
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        with self._lock, self._conn:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            _quick_check(self._conn)
+            self._conn.executescript(_SCHEMA)
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+            for column in [*RUN_COLUMNS, *_PRIVATE]:  # a database from an older version gains new fields
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+        self.mark_interrupted()
 
     def close(self) -> None:
         self._conn.close()
 
     # ------------------------------------------------------------------------------ writes
+    @_explained
     def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             if isinstance(rows, tuple):
                 self._conn.execute(sql, rows)
             else:
@@ -229,12 +240,13 @@ class ResultStore:
                     (*(row.get(c) for c in RUN_COLUMNS), owner_id(), ctx.get("job_id", ""),
                      ctx.get("workspace", LOCAL_WORKSPACE)))
 
+    @_explained
     def mark_interrupted(self) -> int:
         """Mark 'interrupted' every run and job still 'running' whose process, on this machine, no
         longer exists (killed, crashed, machine restarted), with that reason: a run keeps what it
         finished and can be deleted. Runs of live processes and of other machines are left alone.
         Returns how many runs changed."""
-        with self._guard(), self._lock:
+        with self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
             jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
         for job_id, worker in jobs:
@@ -256,8 +268,9 @@ class ResultStore:
         self._write("INSERT OR REPLACE INTO iterations SELECT ?, ?, ?, ? "
                     "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)", rows)
 
+    @_explained
     def add_epoch(self, run_id: str, m: EpochMetrics) -> None:
-        with self._guard(), self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
+        with self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
             self._conn.execute("INSERT OR REPLACE INTO epochs SELECT ?, ?, ?, ?, ?, ? "
                                "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
                                (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds, run_id))
@@ -294,37 +307,41 @@ class ResultStore:
         self._write("UPDATE runs SET seconds = ?, steps_per_epoch = ? WHERE run_id = ?",
                     (result.seconds, result.steps_per_epoch, result.run_id))
 
+    @_explained
     def delete_runs(self, run_ids: Iterable[str]) -> int:
         ids = list(run_ids)
         if not ids:
             return 0
         marks = ", ".join("?" for _ in ids)
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             n = self._conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", ids).rowcount
             self._conn.execute(f"DELETE FROM epochs WHERE run_id IN ({marks})", ids)
             self._conn.execute(f"DELETE FROM iterations WHERE run_id IN ({marks})", ids)
         return n
 
     # ------------------------------------------------------------------------------ jobs
+    @_explained
     def submit_job(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
         """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
                                "created_at) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, "
                                "'queued', ?, ?)", (job_id, workspace, kind, label, spec, runs_total, time.time()))
 
+    @_explained
     def start_job_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
         """A job that this process trains itself (the CLI): 'running' at once, owned by this process."""
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
                                "created_at, started_at, worker) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
                                "jobs), ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                                (job_id, workspace, kind, label, spec, runs_total, time.time(), time.time(), owner_id()))
 
+    @_explained
     def claim_job(self, worker: str) -> dict | None:
         """Atomically take the oldest queued job whose workspace has nothing running (one job per
         workspace at a time, however many workers), mark it 'running' for `worker`; None if none."""
-        with self._guard(), self._lock:
+        with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
             try:
                 row = self._conn.execute(
@@ -343,10 +360,11 @@ class ResultStore:
         job.update(status="running", worker=worker)
         return job
 
+    @_explained
     def request_stop(self, job_id: str, reason: str = "stopped by you") -> bool:
         """Ask a job to stop: a queued one ends at once, a running one at its next iteration (its
         worker reads the request). Returns whether the job was still active."""
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
                                    "finished_at = ? WHERE job_id = ? AND status = 'queued'",
                                    (reason, time.time(), job_id)).rowcount
@@ -354,14 +372,16 @@ class ResultStore:
                                     "status = 'running' AND stop_requested = 0", (reason, job_id)).rowcount
         return n > 0
 
+    @_explained
     def stop_requested(self, job_id: str) -> bool:
-        with self._guard(), self._lock:
+        with self._lock:
             row = self._conn.execute("SELECT stop_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
 
+    @_explained
     def finish_job(self, job_id: str, status: str, reason: str = "", error: str = "") -> None:
         """End a job, and give its runs that ended early (stopped, interrupted) the job's reason."""
-        with self._guard(), self._lock, self._conn:
+        with self._lock, self._conn:
             self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
                                "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
                                (status, reason, reason, error, time.time(), job_id))
@@ -373,6 +393,7 @@ class ResultStore:
             self._conn.execute("UPDATE runs SET stop_reason = ? WHERE job_id = ? AND status IN ('stopped', "
                                "'interrupted') AND COALESCE(stop_reason, '') = ''", (why, job_id))
 
+    @_explained
     def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
              kinds: Iterable[str] | None = None, statuses: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
         """Jobs newest first, optionally of one workspace, some ids, kinds or statuses."""
@@ -388,7 +409,7 @@ class ResultStore:
         sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._guard(), self._lock:
+        with self._lock:
             rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
         return [dict(zip(JOB_COLUMNS, r)) for r in rows]
 
@@ -396,9 +417,10 @@ class ResultStore:
         found = self.jobs(job_ids=[job_id], limit=1)
         return found[0] if found else None
 
+    @_explained
     def queue_position(self, job_id: str) -> int:
         """1-based place among the queued jobs (0 when not queued)."""
-        with self._guard(), self._lock:
+        with self._lock:
             row = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
                                      "(SELECT seq FROM jobs WHERE job_id = ? AND status = 'queued')",
                                      (job_id,)).fetchone()
@@ -408,23 +430,26 @@ class ResultStore:
         """The runs a job has started, in start order, with how many iterations each has stored."""
         return pd.DataFrame(self.job_run_rows(job_id), columns=[*RUN_COLUMNS, "iterations_done"])
 
+    @_explained
     def job_run_rows(self, job_id: str, columns: Iterable[str] = RUN_COLUMNS) -> list[dict]:
         """`job_runs` as plain dicts (no DataFrame: a page polls this every second)."""
         columns = list(columns)
-        with self._guard(), self._lock:
+        with self._lock:
             rows = self._conn.execute(
                 f"SELECT {', '.join(columns)}, (SELECT COALESCE(MAX(iteration), 0) FROM iterations i "
                 "WHERE i.run_id = runs.run_id) FROM runs WHERE job_id = ? ORDER BY rowid", (job_id,)).fetchall()
         return [dict(zip([*columns, "iterations_done"], r)) for r in rows]
 
+    @_explained
     def iterations_after(self, run_id: str, after: int) -> tuple[list[int], list[float]]:
         """(iteration numbers, losses) of `run_id` past iteration `after`: what a page polling
         a live run reads each time, instead of the whole curve."""
-        with self._guard(), self._lock:
+        with self._lock:
             rows = self._conn.execute("SELECT iteration, loss FROM iterations WHERE run_id = ? AND iteration > ? "
                                       "ORDER BY iteration", (run_id, after)).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
+    @_explained
     def visible_runs(self, workspace: str | None) -> pd.DataFrame:
         """`runs()` plus each run's workspace and job, restricted to one workspace (None: every
         run, for a local user or a teacher)."""
@@ -433,24 +458,26 @@ class ResultStore:
         if workspace is not None:
             sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') = ?"
             params.append(workspace)
-        with self._guard(), self._lock:
+        with self._lock:
             return pd.read_sql_query(sql + " ORDER BY started_at DESC, run_id", self._conn, params=params)
 
+    @_explained
     def run_jobs(self, run_ids: Iterable[str]) -> dict[str, str]:
         """run_id -> the job that trains or trained it (runs of no job are left out)."""
         ids = list(run_ids)
         if not ids:
             return {}
-        with self._guard(), self._lock:
+        with self._lock:
             rows = self._conn.execute(f"SELECT run_id, job_id FROM runs WHERE run_id IN "
                                       f"({', '.join('?' for _ in ids)}) AND COALESCE(job_id, '') != ''",
                                       ids).fetchall()
         return dict(rows)
 
     # ------------------------------------------------------------------------------ workers
+    @_explained
     def register_worker(self, worker: str, slot: int, device: str, parent_pid: int | None) -> bool:
         """Claim worker slot `slot` for `worker`, unless a live worker already holds it."""
-        with self._guard(), self._lock:
+        with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._conn.execute("SELECT worker, heartbeat_at FROM workers WHERE slot = ?", (slot,)).fetchall()
@@ -472,15 +499,17 @@ class ResultStore:
     def unregister_worker(self, worker: str) -> None:
         self._write("DELETE FROM workers WHERE worker = ?", (worker,))
 
+    @_explained
     def live_workers(self) -> list[dict]:
         """Workers whose process is alive (on this machine) and whose heartbeat is recent."""
-        with self._guard(), self._lock:
+        with self._lock:
             rows = self._conn.execute(f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers").fetchall()
         now = time.time()
         return [dict(zip(WORKER_COLUMNS, r)) for r in rows
                 if not owner_dead(r[0]) and now - (r[5] or 0) < WORKER_STALE_S]
 
     # ------------------------------------------------------------------------------ reads
+    @_explained
     def _read(self, table: str, columns: list[str], run_ids: Iterable[str] | None, order: str) -> pd.DataFrame:
         sql = f"SELECT {', '.join(columns)} FROM {table}"
         params: list = []
@@ -489,7 +518,7 @@ class ResultStore:
             if not params:
                 return pd.DataFrame(columns=columns)
             sql += f" WHERE run_id IN ({', '.join('?' for _ in params)})"
-        with self._guard(), self._lock:
+        with self._lock:
             return pd.read_sql_query(sql + f" ORDER BY {order}", self._conn, params=params)
 
     def runs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:

@@ -61,8 +61,8 @@ class TrainConfig:
         need_choice("engine", self.engine, "Engine", ENGINES,
                     "Engine must be one of {options}; got {value!r}. Pick one of those (auto is the fastest).")
         if not 1 <= self.epochs <= MAX_EPOCHS:
-            raise ConfigError("epochs", self.epochs, "Epochs must be 1 to {high}; got {value!r}. Use 1 for a quick run.",
-                              high=MAX_EPOCHS)
+            raise ConfigError("epochs", self.epochs, "Epochs must be 1 to {high}; got {value!r}. Use 1 for a quick "
+                              "run.", high=MAX_EPOCHS)
         if self.batch_size < 1:
             raise ConfigError("batch_size", self.batch_size, "Batch size must be at least 1; got {value!r}. Use 64, "
                               "say.")
@@ -104,7 +104,8 @@ def resolve_device(name: str) -> torch.device:
                               "--device cpu or auto.")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError("device", name, "Device {value!r} does not exist: this machine has {n} CUDA GPU(s), "
-                              "use cuda:0 to cuda:{last}.", n=torch.cuda.device_count(), last=torch.cuda.device_count() - 1)
+                              "use cuda:0 to cuda:{last}.", n=torch.cuda.device_count(),
+                              last=torch.cuda.device_count() - 1)
     return device
 
 

@@ -23,7 +23,8 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     if _compiler() is None:
-        skips["native"] = pytest.mark.skip(reason="needs a C++ compiler for the cpu-native kernels (no g++, c++ or $CXX)")
+        skips["native"] = pytest.mark.skip(reason="needs a C++ compiler for the cpu-native kernels "
+                                                  "(no g++, c++ or $CXX)")
     for item in items:
         for marker, skip in skips.items():
             if marker in item.keywords:
@@ -58,7 +59,6 @@ def tmp_cache(tmp_path, monkeypatch):
 def broken_db(tmp_path):
     """A results database with one page of garbage in the middle (as a failing disk leaves it):
     its header still reads, so SQLite opens it, and only a check or a read finds the damage."""
-    import os
     import sqlite3
 
     from mnist_lab.models import PRESETS
@@ -68,7 +68,8 @@ def broken_db(tmp_path):
     path = tmp_path / "broken.sqlite"
     store = ResultStore(path)
     for k in range(3):
-        store.start_run(run_row(f"run-{k}", PRESETS["tiny-fc"].model, TrainConfig(), data.DataConfig(), status="finished"))
+        store.start_run(run_row(f"run-{k}", PRESETS["tiny-fc"].model, TrainConfig(), data.DataConfig(),
+                                status="finished"))
         store.add_iterations(f"run-{k}", 1, [0.5 + k] * 2000, 100)
     store.close()
     with sqlite3.connect(path) as conn:

@@ -280,11 +280,11 @@ def test_a_diverging_run_ends_with_exit_3_and_says_where(tmp_path, capsys, mnist
 
 
 def test_a_database_that_fails_while_training_stops_with_one_line(tmp_path, capsys, monkeypatch, mnist_raw):
-    from mnist_lab.store import ResultStore
+    from mnist_lab.store import ResultStore, _explained
 
+    @_explained  # as every method that touches the file
     def disk_full(self, *args, **kwargs):
-        with self._guard():
-            raise sqlite3.OperationalError("database or disk is full")
+        raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(ResultStore, "add_iterations", disk_full)
     db = tmp_path / "r.sqlite"
