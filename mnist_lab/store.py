@@ -4,6 +4,7 @@ tables through which the app, the CLI and worker processes submit, follow and st
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
