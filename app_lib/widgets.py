@@ -14,6 +14,7 @@ from mnist_lab.models import ModelConfig, summarize
 from mnist_lab.policy import estimate_seconds
 
 from .charts import loss_figure
+from .text import percent, plain
 from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
@@ -28,7 +29,7 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
         server_policy().check(spec, resolve_device(spec.train.device).type)
         job_id = runner().submit(spec, workspace())
     except ValueError as exc:
-        st.session_state[f"_{kind}_refused"] = str(exc)
+        st.session_state[f"_{kind}_refused"] = plain(str(exc))
         return None
     ensure_workers()
     st.session_state[f"_{kind}_job"] = job_id
@@ -96,11 +97,11 @@ def _status(view: JobView) -> None:
                  "rate (or the momentum) and train again; what it did is kept on the Runs page.",
                  icon=":material/trending_up:")
     elif view.status in ("stopped", "interrupted"):
-        why = view.stop_reason or view.status
+        why = plain(view.stop_reason or view.status)
         st.warning(f"{view.status.capitalize()} ({why}) after {duration(view.elapsed_s)}. Everything finished "
                    "before that is kept, here and on the Runs page.")
     else:
-        st.error(f"The job failed: {view.error}")
+        st.error(f"The job failed: {plain(view.error)}")
 
 
 def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
@@ -175,7 +176,7 @@ def sidebar_jobs() -> None:
 def live_runs(view: JobView, plan: list[tuple], columns: tuple[str, ...], key: str) -> None:
     """While a many-run job trains: the newest run's loss curve and the finished runs so far,
     labelled by `plan` (one tuple of `columns` values per run, in start order)."""
-    done = [dict(zip(columns, plan[i]), test_acc=r.final_test_acc)
+    done = [dict(zip(columns, plan[i]), test_acc=percent(r.final_test_acc))
             for i, r in enumerate(view.runs) if r.epochs_done and r.status != "running" and i < len(plan)]
     if view.runs:
         run = view.runs[-1]

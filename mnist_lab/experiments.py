@@ -438,6 +438,7 @@ def results_frames(results: list[RunResult], experiment: str = "single") -> dict
                             status=r.status, started_at=r.started_at, seconds=r.seconds, device=r.device,
                             engine=r.engine, params=r.params, final_test_acc=r.final_test_acc,
                             epochs_done=len(r.epochs), data_source=r.data_source, diverged_at=r.diverged_at,
+                            steps_per_epoch=r.steps_per_epoch,
                             message=r.message))
         epochs += [dict(run_id=r.run_id, **asdict(m)) for m in r.epochs]
         spe = max(r.steps_per_epoch, 1)
