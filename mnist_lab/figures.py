@@ -129,5 +129,5 @@ def compare_figure(cells: dict[tuple[str, str], tuple[float, float]], _: Callabl
         ax.set_ylim(max(0.0, low - 10), 100)
         ax.set_xticks(range(len(models)), [_("FC net"), _("CNN")])
         ax.set_ylabel(_("test accuracy (%)"))
-        ax.legend(frameon=False, loc="lower right")
+        ax.legend(frameon=False, loc="best")
         return _png(fig)
