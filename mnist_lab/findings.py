@@ -184,6 +184,7 @@ def feature_map(cfg: ModelConfig) -> int:
 
 
 def _group(level: str, runs: pd.DataFrame) -> Group:
+    runs = runs.sort_values("seed")
     acc = [float(v) for v in runs["final_test_acc"]]
     sd = float(pd.Series(acc).std()) if len(acc) > 1 else 0.0
     return Group(level=level, n=len(acc), mean=float(sum(acc) / len(acc)), sd=sd, params=int(runs["params"].max()),
@@ -263,14 +264,15 @@ def loss_window(n: int) -> int:
 
 
 def level_off(ma: list[float], band: float) -> int | None:
-    """Index into `ma` after which it stays within `band` of its final value (None: never)."""
+    """Index into `ma` from which on it stays within `band` of its final value (None: only the
+    final value is, so it is still moving)."""
     if not ma or band <= 0:
         return None
-    final = ma[-1]
+    final, tol = ma[-1], 1e-9 * max(abs(ma[-1]), 1.0)  # rounding must not move the boundary
     i = len(ma)
-    while i > 0 and abs(ma[i - 1] - final) <= band:
+    while i > 0 and abs(ma[i - 1] - final) <= band + tol:
         i -= 1
-    return i if i < len(ma) else None
+    return i if i < len(ma) - 1 else None  # only the final value itself: still moving
 
 
 def newest_finished(runs: pd.DataFrame) -> str | None:

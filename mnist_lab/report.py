@@ -169,10 +169,11 @@ def _loss(w: _Writer, f: Finding, store: ResultStore) -> str:
         _todo(w, f)
         return ""
     n, s = f.numbers, f.numbers["settings"]
+    lr, momentum = f"{s['lr']:g}", f"{s['momentum']:g}"
     w.para("Run {run_id}: {label}; {epochs} epoch(s), batch size {batch}, {optimizer}, learning rate {lr}, momentum "
         "{momentum}, random seed {seed}; trained on {device} ({engine} engine); data: {dataset} from {source}.",
         run_id=n["run_id"], label=s["label"], epochs=s["epochs"], batch=s["batch_size"], optimizer=s["optimizer"],
-        lr=f"{s['lr']:g}", momentum=f"{s['momentum']:g}", seed=s["seed"], device=s["device"] or "—",
+        lr=lr, momentum=momentum, seed=s["seed"], device=s["device"] or "—",
         engine=s["engine"] or "—", dataset=s["dataset"], source=s["data_source"] or "—")
     w.para("The loss of every one of its {n} iterations is recorded: the full table is iterations.csv (columns "
         "run_id, epoch, iteration, loss).", n=integer(n["iterations"]))
