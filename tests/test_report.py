@@ -50,9 +50,15 @@ def store(tmp_path) -> ResultStore:
     return ResultStore(tmp_path / "r.sqlite")
 
 
-@pytest.fixture
-def full(tmp_path) -> ResultStore:
-    return full_store(tmp_path / "full.sqlite")
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> ResultStore:
+    """Read only: a sweep, a comparison, a softmax pair and a single run."""
+    return full_store(tmp_path_factory.mktemp("full") / "full.sqlite")
+
+
+@pytest.fixture(scope="module")
+def full_text(full) -> dict[str, str]:
+    return {lang: text_of(build_report(full, lang)) for lang in ("en", "zh")}
 
 
 # ------------------------------------------------------------------------------ the rule
@@ -130,23 +136,22 @@ def test_deeper_networks_that_do_better_point_up(store):
     assert "测试准确率提高了 3.00 个百分点（95.00% → 98.00%）" in text_of(build_report(store, "zh"))
 
 
-def test_deeper_networks_that_do_worse_point_down_and_say_why(full):
+def test_deeper_networks_that_do_worse_point_down_and_say_why(full, full_text):
     f = compute_findings(full).depth
     assert f.direction == DOWN and f.numbers["best"] == "1" and f.numbers["feature_map"] == {"1": 14, "2": 7, "3": 3}
     assert f.params == 70282 and f.seconds == pytest.approx(27.0)  # 3 seeds × (2 + 3 + 4) s
-    en, zh = text_of(build_report(full, "en")), text_of(build_report(full, "zh"))
+    en, zh = full_text["en"], full_text["zh"]
     assert "From 1 conv+pool layer to 3 conv+pool layers, test accuracy fell by 3.50 points" in en
     assert "only 1 epoch(s) of training" in en and "only 3×3 pixels" in en and "vanishing gradients" in en
     assert "从 1 个卷积+池化层 到 3 个卷积+池化层，测试准确率下降了 3.50 个百分点" in zh
     assert "只训练了 1 个轮次" in zh and "梯度消失" in zh
 
 
-def test_kernel_sizes_within_the_seed_spread_are_not_distinguishable(full):
+def test_kernel_sizes_within_the_seed_spread_are_not_distinguishable(full, full_text):
     f = compute_findings(full).kernel
     assert f.direction == UNCLEAR and f.overall.reason == "within_spread"
     assert [g.level for g in f.groups] == ["3", "5", "7"] and f.fixed["conv_layers"] == 2
-    assert "the two cannot be distinguished" in text_of(build_report(full, "en"))
-    assert "二者无法区分" in text_of(build_report(full, "zh"))
+    assert "the two cannot be distinguished" in full_text["en"] and "二者无法区分" in full_text["zh"]
 
 
 def test_a_tiny_but_clear_change_is_flat(store):
@@ -177,7 +182,7 @@ def test_a_repeated_sweep_adds_no_seeds_and_other_settings_are_not_pooled(store)
 
 # ------------------------------------------------------------------------------ section 4
 
-def test_fc_vs_cnn_shows_locality_and_weight_sharing(full):
+def test_fc_vs_cnn_shows_locality_and_weight_sharing(full, full_text):
     f = compute_findings(full).analysis
     assert f.direction == UP
     assert [s.direction for s in f.steps] == [UP, DOWN, DOWN, DOWN, UP]
@@ -186,7 +191,7 @@ def test_fc_vs_cnn_shows_locality_and_weight_sharing(full):
     assert c["cnn"]["params"] == 6422 and c["fc"]["params"] == 6442
     assert c["weight_sharing"]["params"] == 156 and c["weight_sharing"]["dense_params"] == 784 * 3456 + 3456
     assert f.numbers["softmax"]["comparison"]["direction"] == DOWN
-    en, zh = text_of(build_report(full, "en")), text_of(build_report(full, "zh"))
+    en, zh = full_text["en"], full_text["zh"]
     assert "shuffling the pixels cost the CNN 15.00 points more than the FC net" in en
     assert "The softmax before the loss hurt" in en and "2,712,960 parameters" in en
     assert "局部性：像素打乱使卷积神经网络比全连接网络多损失了 15.00 个百分点" in zh
@@ -261,10 +266,9 @@ def test_report_writes_every_file(full, tmp_path):
     assert set(iters["run_id"]) == {found["loss"]["numbers"]["run_id"]}
 
 
-def test_both_languages_give_the_same_numbers(full):
-    en, zh = build_report(full, "en"), build_report(full, "zh")
+def test_both_languages_give_the_same_numbers(full_text):
     number = re.compile(r"[-+]?\d[\d,]*\.\d+%?|\d{1,3}(?:,\d{3})+")
-    assert sorted(number.findall(text_of(en))) == sorted(number.findall(text_of(zh)))
+    assert sorted(number.findall(full_text["en"])) == sorted(number.findall(full_text["zh"]))
     assert i18n.pct(0.9891) == "98.91%" and i18n.integer(1234) == "1,234" and i18n.points(-0.0123) == "-1.23"
 
 
