@@ -101,7 +101,9 @@ def judge(a: str, b: str, diff: float, spread: float, n_min: int, flat: float) -
 class Finding:
     section: str  # "loss", "depth", "kernel", "analysis"
     available: bool
-    direction: str | None = None  # the section's headline direction
+    # the headline: loss, last window against first; depth and kernel, last level against first;
+    # analysis, how much more the CNN loses to shuffled pixels than the FC net (up: locality)
+    direction: str | None = None
     numbers: dict = field(default_factory=dict)
     groups: list[Group] = field(default_factory=list)
     steps: list[Comparison] = field(default_factory=list)  # consecutive levels
@@ -202,7 +204,7 @@ def _slices(runs: pd.DataFrame, factor: str) -> list[pd.DataFrame]:
     the newest, so a repeated sweep adds seeds instead of counting one seed twice."""
     free = FACTOR_FREE[factor]
     context = [c for c in CONTEXT if c not in free]
-    keyed = runs.assign(_ctx=[tuple(_key(r[c]) for c in context) for _, r in runs.iterrows()])
+    keyed = runs.assign(_ctx=runs[context].map(_key).apply(tuple, axis=1)) if len(runs) else runs.assign(_ctx=[])
     out = []
     for _, part in keyed.groupby("_ctx", sort=False):
         part = part.sort_values("started_at", ascending=False).drop_duplicates([factor, "seed"])
@@ -260,7 +262,8 @@ def moving_mean(losses: list[float], window: int) -> list[float]:
 
 
 def loss_window(n: int) -> int:
-    return max(1, min(100, n // 20))
+    """Iterations per moving-mean window: a twentieth of the run, 2 to 100 (1 for a run of < 4)."""
+    return 1 if n < 4 else min(100, max(2, n // 20))
 
 
 def level_off(ma: list[float], band: float) -> int | None:
@@ -282,6 +285,7 @@ def newest_finished(runs: pd.DataFrame) -> str | None:
 
 def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> Finding:
     """Section 1: a run's every-iteration loss, where it levelled off, its per-epoch accuracy."""
+    chosen = run_id is not None
     run_id = run_id or newest_finished(runs)
     if run_id is None:
         return Finding("loss", available=False, todo=[_todo("loss")])
@@ -290,6 +294,8 @@ def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> 
     row = runs[runs["run_id"] == run_id].iloc[0]
     iters = store.iterations([run_id])
     losses = [float(v) for v in iters["loss"]]
+    if len(losses) < 2 and not chosen:
+        return Finding("loss", available=False, todo=[_todo("loss")])
     if len(losses) < 2:
         raise ValueError(f"Run '{run_id}' has {len(losses)} recorded iteration(s); choose a run that trained.")
     w = loss_window(len(losses))
@@ -312,7 +318,7 @@ def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> 
                    first_loss=losses[0], last_loss=losses[-1], fell=fell, fell_frac=fell / ma[0] if ma[0] else 0.0,
                    band=band, level_off_iteration=level_it,
                    level_off_frac=None if level_it is None else level_it / len(losses),
-                   steps_per_epoch=int(row["steps_per_epoch"] or 0) if not _blank(row["steps_per_epoch"]) else 0,
+                   steps_per_epoch=0 if _blank(row["steps_per_epoch"]) else int(row["steps_per_epoch"]),
                    per_epoch=per_epoch, final_test_acc=float(row["final_test_acc"]), settings=_clean(settings))
     return Finding("loss", True, trend.direction, numbers, overall=trend, params=int(row["params"]),
                    seconds=float(row["seconds"]), run_ids=[run_id])

@@ -320,12 +320,17 @@ def _kernel_analysis(w: _Writer, f: Finding) -> None:
             "so the network sees larger shapes with the same number of layers.", **values)
     elif f.direction == DOWN:
         w.para("Larger kernels did worse here ({a}: {ma}, {b}: {mb}). Likely reasons, from these runs' settings:", **values)
-        reasons = [w.say("{b} has {pb} parameters against {pa} for {a}: more weights to fit in {epochs} epoch(s);",
-                         epochs=n["epochs"], **values)]
+        reasons = []
+        if last.params > first.params:
+            reasons.append(w.say("{b} has {pb} parameters against {pa} for {a}: more weights to fit in {epochs} "
+                                 "epoch(s);", epochs=n["epochs"], **values))
         if n["padding"] == "valid":
             reasons.append(w.say("with valid padding each convolution cuts k−1 pixels, so larger kernels leave "
                                  "smaller feature maps ({sa_map}×{sa_map} against {sb_map}×{sb_map});",
                                  sa_map=n["feature_map"][first.level], sb_map=n["feature_map"][last.level]))
+        if not reasons:
+            reasons.append(w._("none of the usual causes (more weights, smaller feature maps) applies here: compare "
+                               "the runs' loss curves on the Runs page."))
         w.add("list", items=reasons)
     else:
         w.para("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on 28×28 digits with pooling "

@@ -112,6 +112,13 @@ def test_loss_that_rises_or_stays_says_so(store):
     assert "did not learn" in text_of(build_report(store, "en", run_id=noisy))
 
 
+def test_a_run_without_iterations(store):
+    rid = add_run(store, PRESETS["lab5"].model, 0.9, losses=[])
+    assert not compute_findings(store).loss.available  # the default: says what to train
+    with pytest.raises(ValueError, match="0 recorded iteration"):
+        compute_findings(store, run_id=rid)
+
+
 def test_the_newest_finished_run_is_the_default_and_a_run_can_be_chosen(store):
     old = add_run(store, PRESETS["lab5"].model, 0.9)
     new = add_run(store, PRESETS["tiny-fc"].model, 0.8)
@@ -152,6 +159,18 @@ def test_kernel_sizes_within_the_seed_spread_are_not_distinguishable(full, full_
     assert f.direction == UNCLEAR and f.overall.reason == "within_spread"
     assert [g.level for g in f.groups] == ["3", "5", "7"] and f.fixed["conv_layers"] == 2
     assert "the two cannot be distinguished" in full_text["en"] and "二者无法区分" in full_text["zh"]
+
+
+def test_larger_kernels_that_do_worse_say_why(store):
+    add_sweep(store, {(2, 3): 0.98, (2, 7): 0.95}, padding="valid")
+    f = compute_findings(store).kernel
+    assert f.direction == DOWN and f.numbers["feature_map"] == {"3": 5, "7": 2}
+    assert [g.params for g in f.groups] == [12810, 27210]  # 160 + 4,640 + 8,010 and 800 + 25,120 + 1,290
+    en, zh = text_of(build_report(store, "en")), text_of(build_report(store, "zh"))
+    assert "Larger kernels did worse here" in en
+    assert "kernel size 7×7 has 27,210 parameters against 12,810 for kernel size 3×3" in en
+    assert "smaller feature maps (5×5 against 2×2)" in en
+    assert "更大的卷积核在这里效果更差" in zh and "（5×5 对 2×2）" in zh
 
 
 def test_a_tiny_but_clear_change_is_flat(store):
