@@ -397,3 +397,33 @@ def test_report_page_shows_the_sections_and_downloads(full, monkeypatch):
     at.run()
     assert not at.exception, at.exception
     assert at.title[0].value.startswith("Lab 5") and any(f"Run {run}:" in m.value for m in at.markdown)
+
+
+def test_report_from_runs_that_really_trained(tmp_path, mnist_raw):
+    """The store as training writes it (not row by row): a tiny sweep, a one-seed comparison and
+    a 2-epoch run on 256 images."""
+    from mnist_lab.data import DataConfig
+    from mnist_lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
+    from mnist_lab.train import TrainConfig
+
+    store = ResultStore(tmp_path / "trained.sqlite")
+    tiny, cfg = DataConfig(train_limit=256, test_limit=500), TrainConfig(epochs=1, device="cpu")
+    sweep = run_sweep(SweepConfig(conv_layers=(1, 2), kernel_sizes=(5,), seeds=2, base_channels=4), cfg, tiny,
+                      store=store)
+    run_compare(CompareConfig(seeds=1), cfg, tiny, store=store)
+    single = run_single(PRESETS["lab5"].model, TrainConfig(epochs=2, device="cpu"), tiny, store=store)
+    fs = compute_findings(store)
+    assert fs.loss.numbers["run_id"] == single.run_id and fs.loss.numbers["iterations"] == len(single.losses) == 8
+    assert fs.loss.numbers["per_epoch"][-1]["test_acc"] == pytest.approx(single.final_test_acc)
+    depth = fs.depth
+    assert [g.level for g in depth.groups] == ["1", "2"] and [g.n for g in depth.groups] == [2, 2]
+    by_cell = sweep.table.groupby("conv_layers")["test_acc"].mean()
+    assert [g.mean for g in depth.groups] == pytest.approx([by_cell[1], by_cell[2]])
+    assert depth.numbers["feature_map"] == {"1": 14, "2": 7} and [g.params for g in depth.groups] == \
+        [int(p) for p in sweep.table.groupby("conv_layers")["params"].first()]
+    assert not fs.kernel.available and fs.kernel.todo[0].why == "missing"
+    analysis = fs.analysis
+    assert analysis.direction == UNCLEAR and analysis.steps[-1].reason == "one_seed"
+    assert [(t.experiment, t.why) for t in analysis.todo] == [("compare", "one_seed"), ("softmax", "missing")]
+    paths = write_report(build_report(store, "en"), tmp_path / "out")
+    assert len(pd.read_csv(paths["iterations.csv"])) == 8
