@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from .models import ModelConfig, summarize
+from .models import ModelConfig, describe, summarize
 from .store import ResultStore
 
 FLAT_ACC = 0.001  # 0.1 accuracy points, as a fraction
@@ -185,6 +185,11 @@ def feature_map(cfg: ModelConfig) -> int:
         math.sqrt(flatten.output_shape[0] / cfg.conv_channels[-1])))
 
 
+def _formulas(cfg: ModelConfig) -> list[dict]:
+    """Each layer with parameters: its description, count and formula (models.summarize)."""
+    return [dict(layer=r.layer, params=r.params, formula=r.formula) for r in summarize(cfg) if r.params]
+
+
 def _group(level: str, runs: pd.DataFrame) -> Group:
     runs = runs.sort_values("seed")
     acc = [float(v) for v in runs["final_test_acc"]]
@@ -242,8 +247,7 @@ def factor_finding(runs: pd.DataFrame, section: str, factor: str, todo_key: str)
     for level in levels:
         cfg = model_from_row(part[part[factor].astype(int) == level].iloc[0])
         maps[str(level)] = feature_map(cfg)
-        formulas[str(level)] = [dict(layer=r.layer, params=r.params, formula=r.formula)
-                                for r in summarize(cfg) if r.params]
+        formulas[str(level)] = _formulas(cfg)
     numbers = dict(factor=factor, levels=[int(v) for v in levels], best=best.level, feature_map=maps,
                    formulas=formulas, epochs=int(part["epochs"].iloc[0]), padding=part["padding"].iloc[0],
                    batch_norm=bool(part["batch_norm"].iloc[0]))
@@ -393,10 +397,8 @@ def analysis_finding(runs: pd.DataFrame) -> Finding:
         fc_cfg = model_from_row(cells[("FC", "normal")].iloc[0])
         numbers["compare"] = dict(
             epochs=int(cells[("CNN", "normal")]["epochs"].iloc[0]),
-            cnn=dict(label=str(cells[("CNN", "normal")]["label"].iloc[0]).split(" / ")[0], params=g[("CNN", "normal")].params,
-                     formulas=[dict(layer=r.layer, params=r.params, formula=r.formula) for r in summarize(cnn_cfg) if r.params]),
-            fc=dict(params=g[("FC", "normal")].params,
-                    formulas=[dict(layer=r.layer, params=r.params, formula=r.formula) for r in summarize(fc_cfg) if r.params]),
+            cnn=dict(architecture=describe(cnn_cfg), params=g[("CNN", "normal")].params, formulas=_formulas(cnn_cfg)),
+            fc=dict(architecture=describe(fc_cfg), params=g[("FC", "normal")].params, formulas=_formulas(fc_cfg)),
             weight_sharing=_weight_sharing(cnn_cfg))
         for frame in cells.values():
             ids += list(frame["run_id"])

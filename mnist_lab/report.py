@@ -153,9 +153,10 @@ def _direction_table(w: _Writer, steps: list[Comparison], names: dict[str, str])
 
 def _setup(w: _Writer, fs: Findings, db: str) -> None:
     w.add("h2", w._(H_SETUP))
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     w.para("Generated on {date} from the {n} finished runs in the results database {db}. Devices: {devices}. "
-        "Data: {sources}.", date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), n=integer(fs.runs_considered),
-        db=db, devices=", ".join(fs.devices) or "—", sources=", ".join(fs.data_sources) or "—")
+           "Data: {sources}.", date=date, n=integer(fs.runs_considered), db=db,
+           devices=", ".join(fs.devices) or "—", sources=", ".join(fs.data_sources) or "—")
     w.add("h3", w._(H_RULE))
     w.para("Accuracy is the share of the 10,000 test images classified correctly. A difference between two settings "
         "counts only when it is larger than the sum of their standard deviations over seeds (sd A + sd B); with "
@@ -231,9 +232,10 @@ def _factor_results(w: _Writer, f: Finding, heading: str, factor: str) -> None:
             "number of conv+pool blocks changes (the channels double from block to block).", k=fx["kernel_size"],
             padding=fx["padding"], epochs=fx["epochs"], seeds=", ".join(map(str, fx["seeds"])))
     else:
-        w.para("Sweep runs with {layers} conv+pool block(s) (channels {channels}), {padding} padding, {epochs} epoch(s), "
-            "random seeds {seeds}: only the kernel size changes.", layers=fx["conv_layers"], channels=fx["conv_channels"],
-            padding=fx["padding"], epochs=fx["epochs"], seeds=", ".join(map(str, fx["seeds"])))
+        w.para("Sweep runs with {layers} conv+pool block(s) (channels {channels}), {padding} padding, {epochs} "
+               "epoch(s), random seeds {seeds}: only the kernel size changes.",
+               layers=fx["conv_layers"], channels=fx["conv_channels"], padding=fx["padding"], epochs=fx["epochs"],
+               seeds=", ".join(map(str, fx["seeds"])))
     names = {g.level: _level_name(w, factor, g.level) for g in f.groups}
     w.add("table", header=[w._("setting"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"), w._("parameters"),
                            w._("seconds per run"), w._("last feature map")],
@@ -294,9 +296,9 @@ def _depth_analysis(w: _Writer, f: Finding) -> None:
                                "compare the deep and the shallow runs' loss curves on the Runs page."))
         w.add("list", items=reasons)
     else:
-        w.para("In these runs the number of conv+pool layers made no distinguishable difference ({a}: {ma}, {b}: {mb}): "
-            "MNIST digits are simple enough that a shallow network already finds the useful patterns; more seeds, "
-            "more epochs or a harder dataset may separate them.", a=a, b=b, ma=_acc(first), mb=_acc(last))
+        w.para("In these runs the number of conv+pool layers made no distinguishable difference ({a}: {ma}, {b}: "
+               "{mb}): MNIST digits are simple enough that a shallow network already finds the useful patterns; more "
+               "seeds, more epochs or a harder dataset may separate them.", a=a, b=b, ma=_acc(first), mb=_acc(last))
     w.para("What the extra depth cost: {pa} parameters and {sa} s per run with {a}, {pb} parameters and {sb} s per run "
         "with {b}.", a=a, b=b, pa=integer(first.params), pb=integer(last.params), sa=number(first.seconds, 1),
         sb=number(last.seconds, 1))
@@ -316,10 +318,11 @@ def _kernel_analysis(w: _Writer, f: Finding) -> None:
     values = dict(a=a, b=b, ma=_acc(first), mb=_acc(last), pa=integer(first.params), pb=integer(last.params),
                   sa=number(first.seconds, 1), sb=number(last.seconds, 1))
     if f.direction == UP:
-        w.para("Larger kernels did better here ({a}: {ma}, {b}: {mb}): each convolution covers more of a stroke at once, "
-            "so the network sees larger shapes with the same number of layers.", **values)
+        w.para("Larger kernels did better here ({a}: {ma}, {b}: {mb}): each convolution covers more of a stroke at "
+               "once, so the network sees larger shapes with the same number of layers.", **values)
     elif f.direction == DOWN:
-        w.para("Larger kernels did worse here ({a}: {ma}, {b}: {mb}). Likely reasons, from these runs' settings:", **values)
+        w.para("Larger kernels did worse here ({a}: {ma}, {b}: {mb}). Likely reasons, from these runs' settings:",
+               **values)
         reasons = []
         if last.params > first.params:
             reasons.append(w.say("{b} has {pb} parameters against {pa} for {a}: more weights to fit in {epochs} "
@@ -333,9 +336,9 @@ def _kernel_analysis(w: _Writer, f: Finding) -> None:
                                "the runs' loss curves on the Runs page."))
         w.add("list", items=reasons)
     else:
-        w.para("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on 28×28 digits with pooling "
-            "between the layers, even small kernels cover a whole stroke after a block or two, while larger kernels "
-            "mostly add parameters ({pa} → {pb}) and time ({sa} s → {sb} s per run).", **values)
+        w.para("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on 28×28 digits with "
+               "pooling between the layers, even small kernels cover a whole stroke after a block or two, while "
+               "larger kernels mostly add parameters ({pa} → {pb}) and time ({sa} s → {sb} s per run).", **values)
 
 
 def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
@@ -349,9 +352,10 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
                  "FC / permuted": w._("the FC net on permuted pixels"),
                  "CNN / permuted": w._("the CNN on permuted pixels"),
                  "FC drop": w._("the FC net's loss from shuffling"), "CNN drop": w._("the CNN's loss from shuffling")}
-        w.para("Evidence from the equal-parameter experiment ({epochs} epoch(s)): a CNN with {cnn} parameters against a "
-            "fully-connected net with {fc}, each on normal digits and on digits whose pixels are shuffled by one fixed "
-            "permutation.", epochs=c["epochs"], cnn=integer(c["cnn"]["params"]), fc=integer(c["fc"]["params"]))
+        w.para("Evidence from the equal-parameter experiment ({epochs} epoch(s)): a CNN with {cnn} parameters "
+               "against a fully-connected net with {fc}, each on normal digits and on digits whose pixels are "
+               "shuffled by one fixed permutation.",
+               epochs=c["epochs"], cnn=integer(c["cnn"]["params"]), fc=integer(c["fc"]["params"]))
         w.add("table", header=[w._("network"), w._("pixels"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
                                w._("parameters")],
               rows=[[w._("CNN") if m == "CNN" else w._("FC net"), w._(PIXELS[p]), str(g[f"{m} / {p}"].n),
@@ -395,9 +399,10 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
             "the result tolerant of small shifts;"),
         w._("a hierarchy of features: stacked conv+pool blocks build strokes into parts and parts into digits."),
     ])
-    w.para("The role of the loss function: cross-entropy measures how far the predicted class probabilities are from the "
-        "true label (minus the log of the probability given to the right class); its gradient is the only signal "
-        "back-propagation uses to change the weights, so training is the search for weights that make it small.")
+    w.para("The role of the loss function: cross-entropy measures how far the predicted class probabilities are from "
+           "the true label (minus the log of the probability given to the right class); its gradient is the only "
+           "signal back-propagation uses to change the weights, so training is the search for weights that make it "
+           "small.")
     if loss.available:
         if loss.direction == DOWN:
             w.para("In requirement 1 the loss fell from {first} to {last} while the weights were adjusted, and test "
@@ -421,9 +426,9 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
             w.para("The softmax before the loss did not hurt in these runs, which is unusual: CrossEntropyLoss already "
                 "applies log-softmax, so a second softmax usually shrinks the gradients; check the runs' settings.")
         else:
-            w.para("With these runs the effect of the softmax before the loss cannot be told from seed noise; with more "
-                "seeds or epochs it usually shows as lower accuracy, since CrossEntropyLoss already applies "
-                "log-softmax.")
+            w.para("With these runs the effect of the softmax before the loss cannot be told from seed noise; with "
+                   "more seeds or epochs it usually shows as lower accuracy, since CrossEntropyLoss already applies "
+                   "log-softmax.")
     _todo(w, f)
     if f.available:
         _cost(w, f)

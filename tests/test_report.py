@@ -5,7 +5,6 @@ findings.json, iterations.csv), CJK figures, the gettext catalog, the CLI and th
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import string
@@ -22,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from mnist_lab import cli, figures, i18n
 from mnist_lab.findings import DOWN, FLAT, TODO, UNCLEAR, UP, compute_findings, judge, level_off, moving_mean
 from mnist_lab.models import PRESETS
-from mnist_lab.report import build_report, to_docx, to_html, to_markdown, to_markdown_zip, write_report
+from mnist_lab.report import build_report, to_markdown, write_report
 from mnist_lab.store import DB_ENV, ITERATION_COLUMNS, ResultStore
 
 from report_fixtures import add_compare, add_run, add_softmax_pair, add_sweep, full_store
