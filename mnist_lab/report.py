@@ -352,10 +352,12 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
                  "FC / permuted": w._("the FC net on permuted pixels"),
                  "CNN / permuted": w._("the CNN on permuted pixels"),
                  "FC drop": w._("the FC net's loss from shuffling"), "CNN drop": w._("the CNN's loss from shuffling")}
-        w.para("Evidence from the equal-parameter experiment ({epochs} epoch(s)): a CNN with {cnn} parameters "
-               "against a fully-connected net with {fc}, each on normal digits and on digits whose pixels are "
-               "shuffled by one fixed permutation.",
-               epochs=c["epochs"], cnn=integer(c["cnn"]["params"]), fc=integer(c["fc"]["params"]))
+        seeds = sorted({seed for grp in f.groups for seed in grp.seeds})
+        w.para("Evidence from the equal-parameter experiment ({epochs} epoch(s), random seeds {seeds}): a CNN with "
+               "{cnn} parameters ({cnn_arch}) against a fully-connected net with {fc} ({fc_arch}), each on normal "
+               "digits and on digits whose pixels are shuffled by one fixed permutation.",
+               epochs=c["epochs"], seeds=", ".join(map(str, seeds)), cnn=integer(c["cnn"]["params"]),
+               cnn_arch=c["cnn"]["architecture"], fc=integer(c["fc"]["params"]), fc_arch=c["fc"]["architecture"])
         w.add("table", header=[w._("network"), w._("pixels"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
                                w._("parameters")],
               rows=[[w._("CNN") if m == "CNN" else w._("FC net"), w._(PIXELS[p]), str(g[f"{m} / {p}"].n),
