@@ -185,6 +185,9 @@ def _loss(w: _Writer, f: Finding, store: ResultStore) -> str:
     elif f.direction == UP:
         w.para("The moving mean of the loss over {w} iterations rose from {first} to {last}: training diverged; lower "
             "the learning rate.", **values)
+    elif f.direction == FLAT:
+        w.para("The moving mean of the loss over {w} iterations stayed flat, {first} → {last} (a change under 0.01): "
+               "the network had already learned what it could with these settings.", **values)
     else:
         w.para("The moving mean of the loss over {w} iterations went from {first} to {last}, a change no larger than "
             "the iteration-to-iteration noise: the network did not learn in these iterations.", **values)
@@ -214,11 +217,10 @@ def _loss(w: _Writer, f: Finding, store: ResultStore) -> str:
     return iters.to_csv(index=False)
 
 
-def _level_name(w: _Writer, factor: str, level: str, t=None) -> str:
-    t = t or w.t
+def _level_name(w: _Writer, factor: str, level: str) -> str:
     if factor == "conv_layers":
-        return t.ngettext("{n} conv+pool layer", "{n} conv+pool layers", int(level)).format(n=level)
-    return t.gettext("kernel size {k}×{k}").format(k=level)
+        return w.t.ngettext("{n} conv+pool layer", "{n} conv+pool layers", int(level)).format(n=level)
+    return w.say("kernel size {k}×{k}", k=level)
 
 
 def _factor_results(w: _Writer, f: Finding, heading: str, factor: str) -> None:

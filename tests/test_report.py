@@ -109,6 +109,10 @@ def test_loss_that_rises_or_stays_says_so(store):
     f = compute_findings(store, run_id=noisy).loss
     assert f.direction == UNCLEAR and f.numbers["level_off_iteration"] is None
     assert "did not learn" in text_of(build_report(store, "en", run_id=noisy))
+    settled = add_run(store, PRESETS["lab5"].model, 0.98, losses=[0.110] * 20 + [0.105] * 20)
+    assert compute_findings(store, run_id=settled).loss.direction == FLAT
+    assert "stayed flat, 0.110 → 0.105" in text_of(build_report(store, "en", run_id=settled))
+    assert "保持平稳，0.110 → 0.105" in text_of(build_report(store, "zh", run_id=settled))
 
 
 def test_a_run_without_iterations(store):
@@ -238,7 +242,7 @@ def test_sections_without_runs_say_what_to_run(store):
         assert command in en and command in zh
     assert "python -m mnist_lab sweep --conv-layers 1 2 3 --kernel-sizes 5 --seeds 3 --epochs 1" in en
     assert "run the experiment on the “Sweep: depth × kernel” page" in en
-    assert "请在“扫描：层数 × 卷积核”页面运行该实验" in zh
+    assert "请在“Sweep: depth × kernel”页面运行该实验" in zh  # the page as the app names it
     for command in TODO.values():  # every command the report suggests is one the CLI accepts
         if "for s in" not in command[1]:
             cli.build_parser().parse_args(command[1].split()[3:])
