@@ -129,7 +129,10 @@ class Findings:
         return [self.loss, self.depth, self.kernel, self.analysis]
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        """Every section, and the rule its directions follow."""
+        rule = dict(spread="sd(A) + sd(B), sample sd over seeds", min_runs_per_group=2, flat_accuracy=FLAT_ACC,
+                    flat_loss=FLAT_LOSS, level_off_band=f"{LEVEL_BAND:g} of the moving mean's total fall")
+        return _clean(dict(rule=rule, **asdict(self)))
 
 
 def _clean(value):

@@ -38,6 +38,7 @@ H_CONVPOOL = N_("2. Analyse how the convolution and pooling layers affect the ne
 H_KERNEL = N_("3. Analyse how the kernel size affects the network.")
 H_SUMMARY = N_("4. Summarise the traits of convolutional neural networks and explain the role of the loss "
                "function in training.")
+H_REFLECT = N_("Reflections")  # the lab sheet's 实验心得体会, left for the student
 H_SETUP = N_("Setup")
 H_RULE = N_("How a direction is decided")
 DIRECTIONS = {UP: N_("up"), DOWN: N_("down"), FLAT: N_("flat"), UNCLEAR: N_("not distinguishable")}
@@ -461,6 +462,8 @@ def build_report(store: ResultStore, lang: str | None = None, run_id: str | None
     _depth_analysis(w, fs.depth)
     _kernel_analysis(w, fs.kernel)
     _summary(w, fs.analysis, fs.loss)
+    w.add("h2", w._(H_REFLECT))
+    w.para("(Your own thoughts: what surprised you, what you would change, what you would try next.)")
     return Report(lang, w.blocks, fs, csv, warnings)
 
 

@@ -35,7 +35,7 @@ HEADINGS_ZH = ["实验五 采用卷积神经网络分类MNIST数据集", "【实
                "实验要求 2：改变卷积神经网络的卷积层和池化层的数量，观察分类准确率。思考网络层数的多少对分类准确性的影响；",
                "实验要求 3：改变卷积神经网络的卷积核大小，观察分类的准确率。思考网络卷积核大小对分类准确率的影响。",
                "2. 分析卷积层和池化层对网络的影响。", "3. 分析卷积核大小对网络的影响。",
-               "4. 总结卷积神经网络的特点，并说明损失函数在网络训练中的作用。"]
+               "4. 总结卷积神经网络的特点，并说明损失函数在网络训练中的作用。", "实验心得体会"]
 needs_cjk = pytest.mark.skipif(figures.cjk_font() is None,
                                reason="no CJK font installed (make fonts, or apt-get install fonts-noto-cjk)")
 
@@ -279,7 +279,7 @@ def test_report_writes_every_file(full, tmp_path):
         pictures = re.findall(r"\]\((figures/[^)]+)\)", md)
         assert len(pictures) == 5 and all(z.read(p)[:4] == b"\x89PNG" for p in pictures)
     found = json.loads(paths["findings.json"].read_text("utf-8"))
-    assert found["lang"] == "zh_CN"
+    assert found["lang"] == "zh_CN" and found["rule"]["flat_accuracy"] == 0.001 and found["rule"]["min_runs_per_group"] == 2
     assert {k: found[k]["direction"] for k in ("loss", "depth", "kernel", "analysis")} == \
         {"loss": DOWN, "depth": DOWN, "kernel": UNCLEAR, "analysis": UP}
     assert found["depth"]["groups"][0]["values"] == pytest.approx([0.973, 0.975, 0.977])
