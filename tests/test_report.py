@@ -279,7 +279,8 @@ def test_report_writes_every_file(full, tmp_path):
         pictures = re.findall(r"\]\((figures/[^)]+)\)", md)
         assert len(pictures) == 5 and all(z.read(p)[:4] == b"\x89PNG" for p in pictures)
     found = json.loads(paths["findings.json"].read_text("utf-8"))
-    assert found["lang"] == "zh_CN" and found["rule"]["flat_accuracy"] == 0.001 and found["rule"]["min_runs_per_group"] == 2
+    assert found["lang"] == "zh_CN" and found["rule"]["flat_accuracy"] == 0.001
+    assert found["rule"]["min_runs_per_group"] == 2
     assert {k: found[k]["direction"] for k in ("loss", "depth", "kernel", "analysis")} == \
         {"loss": DOWN, "depth": DOWN, "kernel": UNCLEAR, "analysis": UP}
     assert found["depth"]["groups"][0]["values"] == pytest.approx([0.973, 0.975, 0.977])
