@@ -431,3 +431,32 @@ def test_report_from_runs_that_really_trained(tmp_path, mnist_raw):
     assert [(t.experiment, t.why) for t in analysis.todo] == [("compare", "one_seed"), ("softmax", "missing")]
     paths = write_report(build_report(store, "en"), tmp_path / "out")
     assert len(pd.read_csv(paths["iterations.csv"])) == 8
+
+
+# English term in a msgid -> the Chinese term its translation must use (docs/GLOSSARY.md)
+GLOSSARY = {"test accuracy": "测试准确率", "random seed": "随机种子", "learning rate": "学习率", "momentum": "动量",
+            "batch size": "批大小", "epoch": "轮次", "iteration": "迭代", "moving mean": "滑动平均",
+            "kernel size": "卷积核", "feature map": "特征图", "fully-connected": "全连接", "parameters": "参数",
+            "locality": "局部性", "weight sharing": "权值共享", "translation invariance": "平移不变性",
+            "BatchNorm": "批归一化", "permuted": "打乱", "shuffl": "打乱", "conv+pool": "卷积+池化",
+            "receptive field": "感受野", "vanishing gradients": "梯度消失", "cross-entropy": "交叉熵",
+            "points": "百分点", "mean ± sd": "均值 ± 标准差", "loss": "损失"}
+
+
+def test_the_catalog_uses_the_glossary_terms():
+    from mnist_lab.report import H_REQ2, H_REQ3
+
+    exempt = {H_REQ2, H_REQ3}  # the lab sheet's own words: it says 分类准确率
+    with open(i18n.catalog_path("zh_CN"), "rb") as f:
+        catalog = read_po(f, locale="zh_CN")
+    wrong = []
+    for entry in catalog:
+        msgid = entry.id if isinstance(entry.id, str) else entry.id[0]
+        if not msgid or msgid in exempt:
+            continue
+        msgstr = entry.string if isinstance(entry.string, str) else entry.string[0]
+        msgid = re.sub(r"\(columns [^)]*\)", "", msgid)  # CSV column names stay as they are
+        for en, zh in GLOSSARY.items():
+            if re.search(r"\b" + re.escape(en), msgid, re.IGNORECASE) and zh not in msgstr:
+                wrong.append(f"{en!r} → {zh!r}: {msgid!r} = {msgstr!r}")
+    assert not wrong, "\n".join(wrong)
