@@ -182,10 +182,9 @@ def model_from_row(row) -> ModelConfig:
 
 
 def feature_map(cfg: ModelConfig) -> int:
-    """Side of the last feature map before Flatten, in pixels."""
-    flatten = next(r for r in summarize(cfg) if r.name == "flatten")
-    return flatten.output_shape[0] if cfg.kind == "fc" else int(round(
-        math.sqrt(flatten.output_shape[0] / cfg.conv_channels[-1])))
+    """Side in pixels of the last feature map a CNN flattens (the image itself for an FC net)."""
+    pools = [r for r in summarize(cfg) if r.name.startswith("pool")]
+    return pools[-1].output_shape[1] if pools else cfg.image_size
 
 
 def _formulas(cfg: ModelConfig) -> list[dict]:
@@ -229,9 +228,9 @@ def _pick_slice(slices: list[pd.DataFrame], factor: str) -> pd.DataFrame | None:
 
 
 def _fixed(part: pd.DataFrame, factor: str) -> dict:
+    """The settings a slice's runs share, and their seeds."""
     row = part.iloc[0]
-    keep = [c for c in CONTEXT if c not in FACTOR_FREE[factor]] + ["seed"]
-    fixed = {c: (None if _blank(row[c]) else row[c]) for c in keep if c != "seed"}
+    fixed = {c: (None if _blank(row[c]) else row[c]) for c in CONTEXT if c not in FACTOR_FREE[factor]}
     fixed["seeds"] = sorted({int(s) for s in part["seed"]})
     return _clean(fixed)
 
