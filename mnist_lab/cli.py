@@ -262,6 +262,19 @@ def cmd_worker(args) -> int:
                                nice=args.nice)).run(max_jobs=args.max_jobs)
 
 
+def cmd_report(args) -> int:
+    from .report import FILES, build_report, write_report
+
+    if args.db is not None and not Path(args.db).is_file():
+        raise ValueError(f"No results database at {args.db}: train something first, or pass the right --db.")
+    report = build_report(ResultStore(args.db), args.lang, run_id=args.run)
+    paths = write_report(report, args.out)
+    for warning in report.warnings:
+        print(f"note: {warning}", file=sys.stderr)
+    print("wrote " + ", ".join(str(paths[name]) for name in FILES if name in paths))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m mnist_lab", description="MNIST CNN Lab, headless.",
                      epilog="Exit codes: 0 done, 2 bad input (nothing trained), 3 a run diverged (its loss became NaN "
@@ -290,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default="tiny-cnn")
     _add_training_flags(p, epochs=1)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="the lab report from the stored runs: HTML, Word, Markdown, findings.json")
+    p.add_argument("--out", type=Path, required=True, help="directory for the report's files")
+    p.add_argument("--lang", help="zh or en (default: from LANG / LC_ALL)")
+    p.add_argument("--db", type=Path, help=f"SQLite results database (default {default_db_path()})")
+    p.add_argument("--run", help="run for requirement 1, the loss of every iteration (default: the newest finished)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("worker", help="train the app's queued jobs (one worker per GPU; the app starts one itself)")
     p.add_argument("--db", type=Path, help=f"SQLite results database to serve (default {default_db_path()})")
