@@ -4,16 +4,25 @@ render: shown as the characters it is, never as a link, an image or formatting; 
 formats a person reads (percentages, local times). No streamlit here."""
 from __future__ import annotations
 
+import re
 import string
 
 _PUNCTUATION = frozenset(string.punctuation)  # CommonMark lets a backslash escape any of these
 
 
+# GFM's literal autolinks (https://..., www...., user@host) ignore backslash escapes in the
+# browser's renderer: an invisible word joiner inside the trigger keeps them text.
+_JOINER = "\u2060"
+_AUTOLINK_TRIGGERS = re.compile(r"(?i)(https?|ftp|mailto)(?=:)|\b(www)(?=\.)|(?=@)")
+
+
 def plain(text: object) -> str:
     """`text` as markdown that renders to exactly its characters: every ASCII punctuation mark
-    is backslash-escaped, so no link, image, emphasis, code span, HTML, entity, autolink
-    ('https\\://...'), icon (':material/x:') or LaTeX survives."""
-    return "".join("\\" + c if c in _PUNCTUATION else c for c in str(text))
+    is backslash-escaped, so no link, image, emphasis, code span, HTML, entity, icon
+    (':material/x:') or LaTeX survives, and a word joiner (invisible) breaks the literal
+    autolinks ('https://...', 'www.', 'a@b') that a browser would otherwise still link."""
+    text = _AUTOLINK_TRIGGERS.sub(lambda m: (m.group(1) or m.group(2) or "") + _JOINER, str(text))
+    return "".join("\\" + c if c in _PUNCTUATION else c for c in text)
 
 
 def percent(fraction: object) -> str:

@@ -77,8 +77,9 @@ AUTOLINK = re.compile(r"(?<!\\)<?(?:https?|ftp)(?<!\\):|www(?<!\\)\.")
 
 
 def shown(markdown: str) -> str:
-    """The characters a markdown source shows once its backslash escapes are applied."""
-    return ESCAPED.sub(r"\1", markdown)
+    """The characters a markdown source shows once its backslash escapes are applied (the word
+    joiner that breaks autolinks is invisible)."""
+    return ESCAPED.sub(r"\1", markdown).replace("\u2060", "")
 
 
 def params_shown(at: AppTest, label: str = "Parameters") -> int:
@@ -510,3 +511,12 @@ def test_a_cpu_with_two_cores_trains_on_all_60000_images_by_default(monkeypatch)
     assert shared.quick_defaults()["train_limit"] == 60000
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # a 1-core hosted tier: a subset
     assert shared.quick_defaults()["train_limit"] == 10000
+
+
+def test_plain_text_breaks_the_autolinks_a_browser_would_still_make():
+    from app_lib.text import plain
+
+    for text in ("https://evil.example/phish", "see www.evil.example", "mail me@evil.example"):
+        rendered = plain(text)
+        assert "\u2060" in rendered and not AUTOLINK.search(rendered)
+        assert rendered.replace("\u2060", "").replace("\\", "") == text  # the same characters, shown

@@ -101,6 +101,11 @@ def test_a_tiny_run_draws_its_chart_and_its_csv_is_the_store(server, browser):
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4] and all(float(r["loss"]) > 0 for r in rows)
     assert ResultStore(server.db).runs([rows[0]["run_id"]])["status"].item() == "finished"
     assert_csv_is_the_store(rows, server.db)
+
+    # A hostile link: the browser's markdown renderer must show it as text, bare URL included.
+    page.goto(f"{server.url}/train?hidden=[clickme](https://evil.example/phish)")
+    expect(page.get_by_text("Hidden units must be whole numbers")).to_be_visible(timeout=30_000)
+    assert page.locator("a[href*='evil']").count() == 0
     page.close()
 
 
