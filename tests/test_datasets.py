@@ -234,6 +234,42 @@ def test_a_network_for_another_dataset_is_refused_with_what_to_change():
         data.check_model_fits(types.SimpleNamespace(in_channels=1, image_size=28, n_classes=7), data.MNIST)
 
 
+def test_the_cli_refuses_a_network_that_does_not_fit_before_loading_anything(capsys, tmp_path, tmp_cache,
+                                                                             monkeypatch):
+    from mnist_lab.cli import main
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("nothing may be loaded"))
+    code = main(["train", "--dataset", "cifar10", "--preset", "lab5", "--db", str(tmp_path / "r.sqlite"), "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: The network has in_channels = 1 but CIFAR-10 needs 3 (3×32×32 images, 10 classes): set in_channels "
+        "to 3, or choose a network made for CIFAR-10.")
+
+
+def test_experiments_refuse_a_network_that_does_not_fit_before_loading(monkeypatch):
+    from mnist_lab import experiments
+    from mnist_lab.models import PRESETS
+    from mnist_lab.train import TrainConfig
+
+    monkeypatch.setattr(experiments, "get_data", lambda *a, **k: pytest.fail("nothing may be loaded"))
+    lab5 = PRESETS["lab5"].model
+    with pytest.raises(ConfigError, match="in_channels = 1 but CIFAR-10 needs 3"):
+        experiments.run_single(lab5, TrainConfig(device="cpu"), data.DataConfig(dataset="cifar10"))
+    with pytest.raises(ConfigError, match="in_channels = 1 but CIFAR-10 needs 3"):
+        experiments.run_many([(lab5, TrainConfig(device="cpu"), "a")], data.DataConfig(dataset="cifar10"))
+
+
+def test_subset_sizes_come_from_the_spec():
+    from app_lib.forms import SUBSETS, data_limit
+
+    assert SUBSETS[-1] == data.MNIST.train_count
+    assert data_limit(60000) is None and data_limit(59999) == 59999
+    assert data_limit(50000, "cifar10") is None and data_limit(49999, "cifar10") == 49999
+    assert data.DataConfig(train_limit=100).n_train() == 100
+    assert data.DataConfig(dataset="cifar10", train_limit=10**6).n_train() == 50000
+    assert data.DataConfig().n_train() == 60000
+
+
 # ------------------------------------------------------------------ CIFAR-10: the fixture is the real format
 
 def test_the_fixture_pickles_are_numpy_arrays_as_python2_wrote_them(small_cifar):
@@ -598,6 +634,9 @@ def test_a_grey_sample_grid_permuted(small_fashion):
 # ------------------------------------------------------------------ Fashion-MNIST from Debian, for real
 
 FASHION_ON_DISK = (data.FASHION_DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+# Measured on the 2-core CPU: 81.8% test accuracy (seed 0; seeds 1 and 2: 84.4%, 82.9%) after one
+# epoch on 10,000 images; the floor leaves room for other CPUs' float rounding, not for a broken loader.
+ACCURACY_FLOOR = 0.78
 
 
 @pytest.mark.slow
@@ -625,5 +664,3 @@ def test_fashion_mnist_from_debian_is_the_original_and_trains(tmp_cache):
     assert result.status == "finished" and len(result.losses) == 157
     assert result.epochs[-1].test_acc > ACCURACY_FLOOR, result.epochs[-1]
 
-
-ACCURACY_FLOOR = 0.70  # measured: see the commit that set it
