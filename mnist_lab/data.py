@@ -786,7 +786,7 @@ _HOW_TO_GET = {
              "  3. an internet connection, so torchvision can download it.\n"
              "What was tried:\n{attempts}",
     "fashion-mnist": "{title} could not be loaded. Provide it in one of three ways:\n"
-                     "  1. the Debian package: sudo apt-get install {package} (make setup-data does this where apt "
+                     "  1. the Debian package: sudo apt-get install {package} (make datasets does this where apt "
                      "works);\n"
                      "  2. a directory in torchvision's layout (ROOT/FashionMNIST/raw/*-ubyte[.gz]): pass --data-dir "
                      "ROOT or set {env}=ROOT;\n"

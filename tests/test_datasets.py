@@ -641,7 +641,7 @@ ACCURACY_FLOOR = 0.78
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_ON_DISK, reason=f"Debian's {data.FASHION_DEBIAN_PACKAGE} is not installed "
-                                                f"({data.FASHION_DEBIAN_DIR} is missing): make setup-data installs it "
+                                                f"({data.FASHION_DEBIAN_DIR} is missing): make datasets installs it "
                                                 "where apt works")
 def test_fashion_mnist_from_debian_is_the_original_and_trains(tmp_cache):
     from mnist_lab.models import cnn_config
