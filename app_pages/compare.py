@@ -24,7 +24,8 @@ init_state("cmp_", DEFAULTS, LIMITS)
 
 st.title("FC vs CNN with the same number of parameters")
 st.markdown("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
-            f"trained on normal digits and on digits whose {MNIST.n_pixels} pixels are shuffled by **one fixed permutation** "
+            f"trained on normal digits and on digits whose {MNIST.n_pixels} pixels are shuffled by **one fixed "
+            "permutation** "
             "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")
 c1, c2, c3, c4 = st.columns(4)
 c1.slider("CNN conv + pool layers", *LIMITS["layers"], key="cmp_layers")

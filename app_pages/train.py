@@ -72,7 +72,8 @@ with left:
                      help=f"The first N of the {MNIST.train_count:,}; the test set is always all {MNIST.test_count:,}.")
     st.selectbox("Normalisation", LIMITS["normalize"], key="train_normalize",
                  format_func=describe_normalization)
-    st.checkbox("Permuted pixels", key="train_permute", help=f"One fixed shuffle of the {MNIST.n_pixels} pixel positions.")
+    st.checkbox("Permuted pixels", key="train_permute",
+                help=f"One fixed shuffle of the {MNIST.n_pixels} pixel positions.")
 
     v = values("train_", DEFAULTS)
     mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})

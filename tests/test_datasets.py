@@ -591,7 +591,8 @@ def test_fashion_chain_tries_debian_then_the_download(small_fashion, tmp_cache, 
         data.load_dataset(spec, use_cache=False)
     msg = str(info.value)
     assert "sudo apt-get install dataset-fashion-mnist" in msg and "ROOT/FashionMNIST/raw" in msg
-    assert f"  - Debian package dataset-fashion-mnist: FileNotFoundError: {tmp_path / 'not-installed'} is missing" in msg
+    missing = tmp_path / "not-installed"
+    assert f"  - Debian package dataset-fashion-mnist: FileNotFoundError: {missing} is missing" in msg
     assert "  - torchvision download: ConnectionError: no internet in this test" in msg
 
 
