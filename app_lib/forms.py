@@ -8,7 +8,7 @@ from mnist_lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.models import PRESETS, ModelConfig, Preset
 from mnist_lab.train import TrainConfig
 
-SUBSETS = [256, 500, 1000, 2000, 5000, 10000, 20000, 30000, DATASETS["mnist"].train_count]  # training images; last = all
+SUBSETS = [256, 500, 1000, 2000, 5000, 10000, 20000, 30000, DATASETS["mnist"].train_count]  # last: all images
 BATCH_SIZES = [16, 32, 64, 128, 256, 512]
 
 
