@@ -528,7 +528,7 @@ class _PickledArray:
         if not (isinstance(state, tuple) and len(state) == 5):
             raise pickle.UnpicklingError("an array state of an unknown form")
         _version, shape, dtype, fortran, payload = state
-        if not isinstance(dtype, _PickledDtype) or fortran is not False:
+        if getattr(dtype, "descr", None) != "u1" or fortran not in (False, 0):  # 0: older numpy wrote an int
             raise pickle.UnpicklingError("an array that is not C-order uint8")
         if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
             raise pickle.UnpicklingError(f"an array shape {shape!r}")

@@ -442,6 +442,14 @@ def test_a_pickle_of_another_object_type_is_refused(small_cifar, tmp_path):
     (folder / "test_batch").write_bytes(b"\x80\x02cnumpy\nndarray\nK\x01\x85R.")
     with pytest.raises(data.DataFileError, match="test_batch is not a usable CIFAR-10 pickle"):
         data.load_cifar10_folder(folder, _trusting(small_cifar, folder))
+    # a dtype made without its constructor (NEWOBJ) is not a checked uint8 dtype
+    good = (small_cifar.folder / "test_batch").read_bytes()
+    bypass = good.replace(b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R", b"cnumpy\ndtype\n)\x81", 1)
+    assert bypass != good
+    (folder / "test_batch").write_bytes(bypass)
+    with pytest.raises(data.DataFileError, match="test_batch is not a usable CIFAR-10 pickle \\(an array that is "
+                                                 "not C-order uint8\\)"):
+        data.load_cifar10_folder(folder, _trusting(small_cifar, folder))
 
 
 def test_wrong_label_names_in_the_meta_file_are_refused(small_cifar, tmp_path):
