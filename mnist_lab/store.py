@@ -20,8 +20,8 @@ import pandas as pd
 
 from .data import DataConfig, default_cache_dir
 from .errors import StoreError
-from .models import ModelConfig, describe
-from .train import EpochMetrics, Progress, RunResult, TrainConfig
+from .models import ModelConfig
+from .train import EpochMetrics, Progress, RunResult, TrainConfig, run_label  # noqa: F401 - run_label re-exported
 
 DB_ENV = "MNIST_LAB_DB"
 
@@ -102,19 +102,6 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
                torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
     return {c: row.get(c) for c in RUN_COLUMNS}
-
-
-def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
-    """A run's default label: its network, and the data settings that change results when they
-    are not the lab's defaults (normalisation, permuted pixels, a subset)."""
-    parts = [describe(model_cfg)]
-    if data_cfg.normalize != "mnist":
-        parts.append(f"{data_cfg.normalize} normalisation")
-    if data_cfg.permute_pixels:
-        parts.append("permuted pixels")
-    if data_cfg.train_limit is not None:
-        parts.append(f"{data_cfg.train_limit:,} images")
-    return " · ".join(parts)
 
 
 def _torchvision_version() -> str:
