@@ -104,6 +104,8 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--optimizer", choices=["sgd", "adam"])
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-shuffle", action="store_true", help="same batch order every epoch")
+    g.add_argument("--augment", action="store_true", help="random shifts (and flips for colour images) per batch")
+    g.add_argument("--sort-by-label", action="store_true", help="train on the images in label order (with --no-shuffle)")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "
@@ -152,7 +154,8 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
     train_cfg = TrainConfig(epochs=pick(args.epochs, 1), batch_size=pick(args.batch_size, preset.batch_size),
                             optimizer=pick(args.optimizer, preset.optimizer), lr=pick(args.lr, preset.lr),
                             momentum=pick(args.momentum, preset.momentum), seed=args.seed,
-                            device=args.device, shuffle=not args.no_shuffle, engine=args.engine)
+                            device=args.device, shuffle=not args.no_shuffle, engine=args.engine,
+                            augment=args.augment, sort_by_label=args.sort_by_label)
     data_cfg = DataConfig(dataset=preset.dataset, normalize=pick(args.normalize, preset.normalize),
                           train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
