@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DataConfig, DataUnavailableError
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .experiments import CompareConfig, SweepConfig, diverged_runs, summarize_over_seeds
 from .jobs import JobSpec, run_inline
 from .models import PRESETS, ModelConfig, count_params, get_preset
@@ -149,6 +149,11 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
         overrides["hidden"] = tuple(args.hidden)
     if overrides.get("kind") == "fc" and "conv_channels" not in overrides:
         overrides["conv_channels"] = ()
+    family = sorted(overrides.keys() & {"conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm"})
+    if model.blocks and family:  # those flags shape the sliders' family, not a block list
+        raise ConfigError(family[0], overrides[family[0]], "Preset {preset!r} is a list of blocks, so --{flag} does "
+                          "not apply to it; leave the flag out, or start from a preset such as lab5.",
+                          preset=preset.name, flag=family[0].replace("_", "-"))
     model = replace(model, **overrides)
     pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
     train_cfg = TrainConfig(epochs=pick(args.epochs, 1), batch_size=pick(args.batch_size, preset.batch_size),
