@@ -36,7 +36,7 @@ def long_job() -> JobSpec:
                    DataConfig(train_limit=20000), model=PRESETS["tiny-fc"].model, label="long")
 
 
-def wait_until(condition, timeout: float = 60.0, what: str = "the condition") -> None:
+def wait_until(condition, timeout: float = 120.0, what: str = "the condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
