@@ -1,4 +1,4 @@
-"""Command line: `python -m mnist_lab presets | train | sweep | compare | worker`, writing the
+"""Command line: `python -m mnist_lab presets | train | sweep | compare | lesson | worker`, writing the
 same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
 local workspace (so the app's Runs page can stop them); `worker` serves the app's queued jobs.
 Bad input ends with one `error:` line and exit code 2 before anything trains, never a
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default="tiny-cnn")
     _add_training_flags(p, epochs=1)
     p.set_defaults(func=cmd_compare)
+
+    from .cli_lesson import add_parser as add_lesson_parser
+
+    add_lesson_parser(sub)
 
     p = sub.add_parser("report", help="the lab report from the stored runs: HTML, Word, Markdown, findings.json")
     p.add_argument("--out", type=Path, required=True, help="directory for the report's files")

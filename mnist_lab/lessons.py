@@ -177,6 +177,10 @@ class LessonConfig:
     dataset: str = ""  # "" : the lesson's default dataset
     seeds: int | None = None  # None: the lesson's default
     full: bool = False  # the lab's full settings: every image, more epochs
+    # overrides of the quick or full settings (None: the lesson's): tests, tiny demos, a bigger run
+    epochs: int | None = None
+    train_limit: int | None = None  # training images
+    test_limit: int | None = None  # test images evaluated
 
     @property
     def lesson(self) -> Lesson:
@@ -204,6 +208,11 @@ class LessonConfig:
                 raise ConfigError("seeds", self.seeds, "A lesson needs 1 to {high} seeds per variant; got {value!r}. "
                                   "Use 3, say.", high=MAX_SEEDS)
         need_bool("full", self.full, "Full settings")
+        for name, example in (("epochs", 1), ("train_limit", 5000), ("test_limit", 1000)):
+            value = getattr(self, name)
+            if value is not None and need_int(name, value, name, example) < 1:
+                raise ConfigError(name, value, "{name} must be at least 1 (got {value!r}); leave it out for the "
+                                  "lesson's own setting.", name=name)
         if lost := unavailable(lesson):
             raise ConfigError("name", self.name, "The lesson {value!r} is not available in this build: it needs "
                               "{needs}.", needs=", ".join(lost))
@@ -244,13 +253,14 @@ def base_configs(cfg: LessonConfig, device: str = "auto", engine: str = "auto",
     cfg.validate()
     lesson, dataset = cfg.lesson, cfg.resolved_dataset()
     preset = PRESETS[lesson.preset]
-    train = TrainConfig(epochs=lesson.full_epochs if cfg.full else lesson.epochs, batch_size=preset.batch_size,
+    epochs = cfg.epochs or (lesson.full_epochs if cfg.full else lesson.epochs)
+    train = TrainConfig(epochs=epochs, batch_size=preset.batch_size,
                         optimizer=preset.optimizer, lr=preset.lr, momentum=preset.momentum, device=device,
                         engine=engine)
     train = replace(train, **lesson.base_train)
     data = DataConfig(dataset=dataset, normalize=_normalize(preset.normalize, dataset),
-                      train_limit=None if cfg.full else lesson.train_limit,
-                      test_limit=None if cfg.full else lesson.test_limit, data_dir=data_dir)
+                      train_limit=cfg.train_limit or (None if cfg.full else lesson.train_limit),
+                      test_limit=cfg.test_limit or (None if cfg.full else lesson.test_limit), data_dir=data_dir)
     return train, data
 
 
@@ -455,8 +465,8 @@ def _accuracy_line(c: Contrast) -> Line:
 
 def _cost_line(c: Contrast) -> Line:
     ratio = c.seconds_b / c.seconds_a if c.seconds_a > 0 else float("nan")
-    return Line(N_("Cost of {b}: {pb:,} parameters against {pa:,} ({pdiff:+,}); {sb:.1f} s per run against "
-                   "{sa:.1f} s ({ratio:.2f}×)."),
+    return Line(N_("Cost of {b}: {pb:,} parameters against {pa:,} ({pdiff:+,}); {sb:.2f} s per run against "
+                   "{sa:.2f} s ({ratio:.2f}×)."),
                 dict(a=c.baseline, b=c.variant, pa=c.params_a, pb=c.params_b, pdiff=c.params_b - c.params_a,
                      sa=c.seconds_a, sb=c.seconds_b, ratio=ratio), ("a", "b"))
 
