@@ -153,7 +153,8 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
                             optimizer=pick(args.optimizer, preset.optimizer), lr=pick(args.lr, preset.lr),
                             momentum=pick(args.momentum, preset.momentum), seed=args.seed,
                             device=args.device, shuffle=not args.no_shuffle, engine=args.engine)
-    data_cfg = DataConfig(normalize=pick(args.normalize, preset.normalize), train_limit=args.train_limit,
+    data_cfg = DataConfig(dataset=preset.dataset, normalize=pick(args.normalize, preset.normalize),
+                          train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
                           data_dir=args.data_dir)
     model.validate()

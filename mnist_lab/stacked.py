@@ -20,7 +20,7 @@ def stacked_unsupported(model_cfg: ModelConfig) -> str | None:
     """Why runs of this network cannot be stacked (then they train one by one), or None."""
     if model_cfg.dropout > 0:
         return "dropout masks drawn for a stack differ from those of a run alone"
-    if model_cfg.batch_norm:
+    if model_cfg.has_batch_norm:
         return "BatchNorm's running statistics are not stacked"
     return None
 
