@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .data import DataUnavailableError
 from .i18n import resolve_lang, translator
 from .lessons import LESSONS, LessonConfig, datasets_for, lesson_spec, plan, unavailable
 from .store import default_db_path
@@ -49,7 +50,7 @@ def _list(_) -> int:
 
 
 def cmd_lesson(args) -> int:
-    from .cli import _Bar, _check_data_dir, _check_out, _export, _report_diverged
+    from .cli import EXIT_BAD_INPUT, _Bar, _check_data_dir, _check_out, _export, _report_diverged
     from .jobs import run_inline
     from .policy import estimate_seconds
     from .store import ResultStore
@@ -79,6 +80,13 @@ def cmd_lesson(args) -> int:
     bar = _Bar(steps * cfg.n_seeds(), args.quiet)
     try:
         result = run_inline(spec, store, args.cancel, on_progress=bar)
+    except DataUnavailableError as exc:  # how to get the files, then where the lesson runs without them
+        print(f"error: {exc}", file=sys.stderr)
+        others = [d for d in datasets_for(lesson) if d != spec.data.dataset]
+        if others:
+            print(_("This lesson also runs on {datasets}: add --dataset {first}.").format(
+                datasets=", ".join(others), first=others[0]), file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         bar.close()
     table = result.summary.assign(variant=[_(v) for v in result.summary["variant"]])

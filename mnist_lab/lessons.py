@@ -8,7 +8,6 @@ the lab report word. Never imports streamlit.
 """
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Mapping
@@ -62,13 +61,10 @@ class Lesson:
     needs: tuple[str, ...] = ()
 
 
-def _head_option() -> bool:
-    return "head" in inspect.signature(cnn_config).parameters
-
-
 def missing(need: str) -> bool:
-    """Whether this build lacks a feature: 'train.FIELD' (a TrainConfig field), 'preset.NAME',
-    'dataset.NAME', 'normalize.NAME' or 'cnn_config.head' (the 1x1-conv / GAP head)."""
+    """Whether this build lacks a feature: 'train.FIELD' / 'model.FIELD' (a TrainConfig or
+    ModelConfig field, e.g. model.head: the 1x1-conv / GAP head), 'preset.NAME', 'dataset.NAME'
+    or 'normalize.NAME'."""
     kind, _, name = need.partition(".")
     if kind == "train":
         return name not in {f.name for f in fields(TrainConfig)}
@@ -78,8 +74,8 @@ def missing(need: str) -> bool:
         return name not in DATASETS
     if kind == "normalize":
         return name not in NORMALIZATIONS
-    if kind == "cnn_config":
-        return not _head_option()
+    if kind == "model":
+        return name not in {f.name for f in fields(ModelConfig)}
     raise KeyError(need)
 
 
@@ -115,14 +111,14 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
                    model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="fc"))),
             Change(N_("1×1 convolution → global average pooling head"),
                    model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="gap")))),
-           base_train=_SEQ, needs=("cnn_config.head",)),
+           base_train=_SEQ, needs=("model.head",)),
     Lesson("residual", N_("Residual learning"),
            N_("Does a deep CNN train better with shortcut connections (residual blocks) than the same depth "
               "without them?"),
            (Change(N_("plain deep CNN"), model="plain-small"),
             Change(N_("the same depth with shortcuts"), model="resnet-small")),
-           base_train=_SEQ, needs=("preset.plain-small", "preset.resnet-small"),
-           datasets=("mnist", "fashion-mnist", "cifar10")),
+           preset="resnet-small", needs=("preset.plain-small", "preset.resnet-small"),
+           datasets=("mnist", "fashion-mnist", "cifar10"), train_limit=2000, test_limit=1000),  # 13 convs: slow
     Lesson("softmax", N_("Softmax before CrossEntropyLoss"),
            N_("What happens to accuracy when a softmax is put before CrossEntropyLoss, which already applies "
               "log-softmax?"),
@@ -503,8 +499,8 @@ def read_lesson(lesson: Lesson, summary: pd.DataFrame) -> Reading:
                           dict(best=best), ("best",)))
     else:
         n = min(int(r.n) for r in rows)
-        lines.append(Line(N_("No variant is ahead of all the others by more than the spread over seeds ({n} seeds "
-                             "per variant at the least)."), dict(n=n)))
+        lines.append(Line(N_("No variant is ahead of all the others by more than the spread over seeds (at least "
+                             "{n} seed(s) per variant)."), dict(n=n)))
     return Reading(lesson.name, contrasts, best, lines)
 
 

@@ -122,7 +122,7 @@ def forward_macs(cfg) -> int:
     """Multiply-adds of one forward pass of one image (convolutions and linear layers)."""
     total = 0
     for row in summarize(cfg):
-        if row.layer.startswith("Conv2d"):
+        if row.layer.startswith(("Conv2d", "Residual")):  # a residual block: its convs at its output size
             total += row.params * math.prod(row.output_shape[1:])
         elif row.layer.startswith("Linear"):
             total += row.params

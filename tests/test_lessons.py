@@ -239,6 +239,31 @@ def test_cli_bad_lesson_input_is_one_error_line(args, message, capsys, tmp_path)
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_cli_without_cifar10_says_how_to_get_it_and_where_the_lesson_runs_without(tmp_path, capsys):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    code = cli.main(["lesson", "cifar-nets", "--seeds", "1", "--train-limit", "256", "--device", "cpu", "--quiet",
+                     "--data-dir", str(empty), "--db", str(tmp_path / "r.sqlite")])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_BAD_INPUT
+    assert f"The CIFAR-10 directory {empty}" in err and "cifar-10-python.tar.gz" in err
+    assert err.splitlines()[-1] == "This lesson also runs on mnist, fashion-mnist: add --dataset mnist."
+
+
+def test_the_cifar_nets_on_mnist_leave_out_vgg16_with_the_reason():
+    cfg = tiny("cifar-nets")
+    spec = lesson_spec(cfg)
+    variants, skipped = plan(cfg, spec.train, spec.data)
+    assert [v.label for v in variants] == ["the course's CIFAR-10 net", "LeNet"]
+    assert all((v.model.in_channels, v.model.image_size) == (1, 28) for v in variants)
+    assert skipped[0].label == "VGG16 with BatchNorm" and "Block 5" in skipped[0].reason
+    cifar = LessonConfig("cifar-nets")
+    assert cifar.resolved_dataset() == "cifar10"
+    variants, skipped = plan(cifar, lesson_spec(cifar).train, lesson_spec(cifar).data)
+    assert not skipped and [PRESETS[n].model for n in ("cifar-course", "lenet-cifar", "vgg16-cifar")] == \
+        [v.model for v in variants]
+
+
 # ------------------------------------------------------------------------------ the report
 
 def add_lesson(store, group: str, accs: dict[str, list[float]]) -> None:
