@@ -13,10 +13,21 @@ from mnist_lab.lessons import (LESSONS, LessonConfig, datasets_for, lesson_spec,
                                summarize_lesson, unavailable)
 from mnist_lab.models import count_params, describe
 
-DEFAULTS = dict(lesson="shuffle", full=False)
-LIMITS = dict(lesson=list(LESSONS), full=[False, True])  # what a link may set
+DEFAULTS = dict(lesson="shuffle", full=False, seeds=LESSONS["shuffle"].seeds, images=LESSONS["shuffle"].train_limit)
+LIMITS = dict(lesson=list(LESSONS), full=[False, True], seeds=(1, 5), images=SUBSETS)  # what a link may set
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+def lesson_defaults() -> None:
+    """The picked lesson's own seeds and training images (they finish in about 2 minutes)."""
+    picked = LESSONS[st.session_state.w2_lesson]
+    st.session_state.w2_seeds, st.session_state.w2_images = picked.seeds, picked.train_limit or 60000
+
+
+first_visit = "w2_lesson" not in st.session_state
 init_state("w2_", DEFAULTS, LIMITS)
+if first_visit and not {"seeds", "images"} & set(st.query_params):
+    lesson_defaults()  # a link to a lesson starts from that lesson's settings
 
 st.title(_("Week 2: the notes' questions as experiments"))
 st.markdown(_("Each lesson trains a few variants of one network, several seeds each, on the same images, and "
@@ -29,7 +40,7 @@ def title(name: str) -> str:
     return _(LESSONS[name].title) + (" — " + _("not available in this build") if lost else "")
 
 
-name = st.selectbox(_("Lesson"), list(LESSONS), format_func=title, key="w2_lesson")
+name = st.selectbox(_("Lesson"), list(LESSONS), format_func=title, key="w2_lesson", on_change=lesson_defaults)
 lesson = LESSONS[name]
 st.subheader(_(lesson.title))
 st.markdown(_(lesson.question))
@@ -40,18 +51,17 @@ if lost:
     st.warning(_("Not available in this build: this lesson needs {needs}.").format(needs=", ".join(lost)),
                icon=":material/block:")
 else:
-    for key, default in ((f"w2_dataset_{name}", datasets[0]), (f"w2_seeds_{name}", lesson.seeds),
-                         (f"w2_images_{name}", lesson.train_limit or 60000)):
-        st.session_state.setdefault(key, default)
+    st.session_state.setdefault(f"w2_dataset_{name}", datasets[0])
     c1, c2, c3 = st.columns(3)
     dataset = c1.radio(_("Dataset"), datasets, format_func=DATASET_NAMES.get, key=f"w2_dataset_{name}",
                        horizontal=True)
-    seeds = c2.slider(_("Seeds per variant"), 1, 5, key=f"w2_seeds_{name}")
+    seeds = c2.slider(_("Seeds per variant"), *LIMITS["seeds"], key="w2_seeds")
     full = c3.toggle(_("Full settings: every image, {epochs} epochs").format(epochs=lesson.full_epochs),
                      key="w2_full")
-    images = c2.select_slider(_("Training images"), sorted({*SUBSETS, lesson.train_limit or 60000}),
-                              format_func="{:,}".format, key=f"w2_images_{name}", disabled=full)
-    cfg = LessonConfig(name, dataset=dataset, seeds=seeds, full=full, train_limit=None if full else images)
+    images = c2.select_slider(_("Training images"), SUBSETS, format_func="{:,}".format, key="w2_images",
+                              disabled=full)
+    cfg = LessonConfig(name, dataset=dataset, seeds=seeds, full=full,
+                       train_limit=None if full or images >= 60000 else images)
     try:
         spec = lesson_spec(cfg)
         variants, skipped = plan(cfg, spec.train, spec.data)

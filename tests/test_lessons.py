@@ -347,9 +347,14 @@ def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
         at.selectbox(key="w2_lesson").set_value(name).run()
         assert not at.exception, (name, at.exception)
         assert at.button(key="w2_go_btn").disabled == (not runnable(name))
+        if runnable(name):  # each lesson starts from its own seeds
+            assert at.slider(key="w2_seeds").value == LESSONS[name].seeds
+        else:
+            assert "Not available in this build" in at.warning[0].value
     at.selectbox(key="w2_lesson").set_value("softmax").run()
-    at.select_slider(key="w2_images_softmax").set_value(256).run()
-    at.slider(key="w2_seeds_softmax").set_value(2).run()
+    assert (at.slider(key="w2_seeds").value, at.select_slider(key="w2_images").value) == (3, 10000)
+    at.select_slider(key="w2_images").set_value(256).run()
+    at.slider(key="w2_seeds").set_value(2).run()
     assert any("4 runs, 1 epoch(s) each" in c.value for c in at.caption)
     at.button(key="w2_go_btn").click().run()
     assert not at.exception, at.exception
