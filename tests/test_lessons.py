@@ -365,3 +365,31 @@ def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
     assert len(at.get("plotly_chart")) == 1  # test accuracy, mean ± sd (softmax compares no seconds)
     assert any("test accuracy against" in i.value for i in at.info)
     assert {"Summary (CSV)", "Runs (CSV)"} <= {b.label for b in at.get("download_button")}
+
+
+def test_week2_page_without_cifar10_says_how_to_get_it_and_offers_mnist(app_db, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from mnist_lab import data
+    from mnist_lab.jobs import StoreRunner
+
+    empty = tmp_path / "no-cifar"
+    empty.mkdir()
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(empty))  # the worker inherits it: no download is tried
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/week2.py").run()
+    at.selectbox(key="w2_lesson").set_value("cifar-nets").run()
+    assert at.radio(key="w2_dataset_cifar-nets").value == "cifar10"
+    assert any("CIFAR-10 comes with no package here" in i.value for i in at.info)
+    at.select_slider(key="w2_images").set_value(256).run()
+    at.slider(key="w2_seeds").set_value(1).run()
+    at.button(key="w2_go_btn").click().run()
+    view = StoreRunner(ResultStore(app_db)).wait(at.session_state["_lesson_job"], timeout=120)
+    assert view.status == "failed" and "CIFAR-10" in view.error and "cifar-10-python.tar.gz" in view.error
+    at.run()
+    assert not at.exception, at.exception
+    assert any("CIFAR" in e.value for e in at.error)  # the job panel shows the data helper's how-to
+    assert any("Choose MNIST above" in c.value for c in at.caption)
+    at.radio(key="w2_dataset_cifar-nets").set_value("mnist").run()
+    assert not at.exception and not at.button(key="w2_go_btn").disabled
+    assert any("VGG16 with BatchNorm" in c.value for c in at.caption)  # skipped on 28×28, with the reason
