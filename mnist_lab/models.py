@@ -4,7 +4,6 @@ formulas add up to exactly what PyTorch counts (timm's byobnet in miniature).
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -89,11 +88,6 @@ def block_from_dict(d: Any) -> Block:
                           kind=d["type"], names=", ".join(unknown), known=", ".join(sorted(known)))
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "type"}
     return cls(**args)
-
-
-def blocks_json(blocks: tuple[Block, ...]) -> str:
-    """The block list as JSON text (the store's `blocks` column, JobSpec)."""
-    return json.dumps([block_to_dict(b) for b in blocks])
 
 
 class ResidualBlock(nn.Module):
