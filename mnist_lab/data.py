@@ -528,7 +528,7 @@ class _PickledArray:
         if not (isinstance(state, tuple) and len(state) == 5):
             raise pickle.UnpicklingError("an array state of an unknown form")
         _version, shape, dtype, fortran, payload = state
-        if not isinstance(dtype, _PickledDtype) or fortran is not False:
+        if getattr(dtype, "descr", None) != "u1" or fortran not in (False, 0):  # 0: older numpy wrote an int
             raise pickle.UnpicklingError("an array that is not C-order uint8")
         if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
             raise pickle.UnpicklingError(f"an array shape {shape!r}")
@@ -786,7 +786,7 @@ _HOW_TO_GET = {
              "  3. an internet connection, so torchvision can download it.\n"
              "What was tried:\n{attempts}",
     "fashion-mnist": "{title} could not be loaded. Provide it in one of three ways:\n"
-                     "  1. the Debian package: sudo apt-get install {package} (make setup-data does this where apt "
+                     "  1. the Debian package: sudo apt-get install {package} (make datasets does this where apt "
                      "works);\n"
                      "  2. a directory in torchvision's layout (ROOT/FashionMNIST/raw/*-ubyte[.gz]): pass --data-dir "
                      "ROOT or set {env}=ROOT;\n"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import engines
-from .data import DATASETS, DataConfig, TensorData
+from .data import DATASETS, DataConfig, TensorData, normalization
 from .engines import ENGINE_NAMES as ENGINES  # noqa: F401 - the names a TrainConfig may ask for
 from .engines import fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
 from .errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
@@ -254,7 +254,7 @@ def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
     """A run's default label: its network, and the data settings that change results when they
     are not the lab's defaults (normalisation, permuted pixels, a subset)."""
     parts = [describe(model_cfg)]
-    if data_cfg.normalize != "mnist":
+    if normalization(data_cfg.normalize, data_cfg.dataset) != normalization("dataset", data_cfg.dataset):
         parts.append(f"{data_cfg.normalize} normalisation")
     if data_cfg.permute_pixels:
         parts.append("permuted pixels")

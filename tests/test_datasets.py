@@ -234,6 +234,42 @@ def test_a_network_for_another_dataset_is_refused_with_what_to_change():
         data.check_model_fits(types.SimpleNamespace(in_channels=1, image_size=28, n_classes=7), data.MNIST)
 
 
+def test_the_cli_refuses_a_network_that_does_not_fit_before_loading_anything(capsys, tmp_path, tmp_cache,
+                                                                             monkeypatch):
+    from mnist_lab.cli import main
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("nothing may be loaded"))
+    code = main(["train", "--dataset", "cifar10", "--preset", "lab5", "--db", str(tmp_path / "r.sqlite"), "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: The network has in_channels = 1 but CIFAR-10 needs 3 (3×32×32 images, 10 classes): set in_channels "
+        "to 3, or choose a network made for CIFAR-10.")
+
+
+def test_experiments_refuse_a_network_that_does_not_fit_before_loading(monkeypatch):
+    from mnist_lab import experiments
+    from mnist_lab.models import PRESETS
+    from mnist_lab.train import TrainConfig
+
+    monkeypatch.setattr(experiments, "get_data", lambda *a, **k: pytest.fail("nothing may be loaded"))
+    lab5 = PRESETS["lab5"].model
+    with pytest.raises(ConfigError, match="in_channels = 1 but CIFAR-10 needs 3"):
+        experiments.run_single(lab5, TrainConfig(device="cpu"), data.DataConfig(dataset="cifar10"))
+    with pytest.raises(ConfigError, match="in_channels = 1 but CIFAR-10 needs 3"):
+        experiments.run_many([(lab5, TrainConfig(device="cpu"), "a")], data.DataConfig(dataset="cifar10"))
+
+
+def test_subset_sizes_come_from_the_spec():
+    from app_lib.forms import SUBSETS, data_limit
+
+    assert SUBSETS[-1] == data.MNIST.train_count
+    assert data_limit(60000) is None and data_limit(59999) == 59999
+    assert data_limit(50000, "cifar10") is None and data_limit(49999, "cifar10") == 49999
+    assert data.DataConfig(train_limit=100).n_train() == 100
+    assert data.DataConfig(dataset="cifar10", train_limit=10**6).n_train() == 50000
+    assert data.DataConfig().n_train() == 60000
+
+
 # ------------------------------------------------------------------ CIFAR-10: the fixture is the real format
 
 def test_the_fixture_pickles_are_numpy_arrays_as_python2_wrote_them(small_cifar):
@@ -406,6 +442,14 @@ def test_a_pickle_of_another_object_type_is_refused(small_cifar, tmp_path):
     (folder / "test_batch").write_bytes(b"\x80\x02cnumpy\nndarray\nK\x01\x85R.")
     with pytest.raises(data.DataFileError, match="test_batch is not a usable CIFAR-10 pickle"):
         data.load_cifar10_folder(folder, _trusting(small_cifar, folder))
+    # a dtype made without its constructor (NEWOBJ) is not a checked uint8 dtype
+    good = (small_cifar.folder / "test_batch").read_bytes()
+    bypass = good.replace(b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R", b"cnumpy\ndtype\n)\x81", 1)
+    assert bypass != good
+    (folder / "test_batch").write_bytes(bypass)
+    with pytest.raises(data.DataFileError, match="test_batch is not a usable CIFAR-10 pickle \\(an array that is "
+                                                 "not C-order uint8\\)"):
+        data.load_cifar10_folder(folder, _trusting(small_cifar, folder))
 
 
 def test_wrong_label_names_in_the_meta_file_are_refused(small_cifar, tmp_path):
@@ -555,7 +599,8 @@ def test_fashion_chain_tries_debian_then_the_download(small_fashion, tmp_cache, 
         data.load_dataset(spec, use_cache=False)
     msg = str(info.value)
     assert "sudo apt-get install dataset-fashion-mnist" in msg and "ROOT/FashionMNIST/raw" in msg
-    assert f"  - Debian package dataset-fashion-mnist: FileNotFoundError: {tmp_path / 'not-installed'} is missing" in msg
+    missing = tmp_path / "not-installed"
+    assert f"  - Debian package dataset-fashion-mnist: FileNotFoundError: {missing} is missing" in msg
     assert "  - torchvision download: ConnectionError: no internet in this test" in msg
 
 
@@ -598,11 +643,14 @@ def test_a_grey_sample_grid_permuted(small_fashion):
 # ------------------------------------------------------------------ Fashion-MNIST from Debian, for real
 
 FASHION_ON_DISK = (data.FASHION_DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+# Measured on the 2-core CPU: 81.8% test accuracy (seed 0; seeds 1 and 2: 84.4%, 82.9%) after one
+# epoch on 10,000 images; the floor leaves room for other CPUs' float rounding, not for a broken loader.
+ACCURACY_FLOOR = 0.78
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_ON_DISK, reason=f"Debian's {data.FASHION_DEBIAN_PACKAGE} is not installed "
-                                                f"({data.FASHION_DEBIAN_DIR} is missing): make setup-data installs it "
+                                                f"({data.FASHION_DEBIAN_DIR} is missing): make datasets installs it "
                                                 "where apt works")
 def test_fashion_mnist_from_debian_is_the_original_and_trains(tmp_cache):
     from mnist_lab.models import cnn_config
@@ -625,5 +673,3 @@ def test_fashion_mnist_from_debian_is_the_original_and_trains(tmp_cache):
     assert result.status == "finished" and len(result.losses) == 157
     assert result.epochs[-1].test_acc > ACCURACY_FLOOR, result.epochs[-1]
 
-
-ACCURACY_FLOOR = 0.70  # measured: see the commit that set it
