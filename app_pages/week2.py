@@ -108,7 +108,7 @@ def draw(view) -> None:
         st.info(_("No run finished, so there is nothing to summarise."))
         return
     shown_summary = summary.assign(variant=[_(v) for v in summary["variant"]])
-    a, b = st.columns([3, 2])
+    a, b = st.columns(2)
     a.plotly_chart(lesson_figure(shown_summary, "test_acc", _("Test accuracy, mean ± sd over seeds"),
                                  _("test accuracy (%)")), key="w2_acc_chart")
     with b:
@@ -117,9 +117,10 @@ def draw(view) -> None:
             "seconds": _("seconds per run"), "iterations": _("iterations per run")}), hide_index=True)
         csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
     st.info("\n\n".join(plain(line) for line in read_lesson(shown, summary).render(_)), icon=":material/lightbulb:")
-    for metric, axis in (("seconds", _("seconds per run")), ("iterations", _("iterations per run"))):
-        if metric in shown.metrics:
-            st.plotly_chart(lesson_figure(shown_summary, metric, axis, axis), key=f"w2_{metric}_chart")
+    costs = [(m, axis) for m, axis in (("seconds", _("seconds per run")), ("iterations", _("iterations per run")))
+             if m in shown.metrics]
+    for col, (metric, axis) in zip(st.columns(2) if costs else [], costs):
+        col.plotly_chart(lesson_figure(shown_summary, metric, axis, axis), key=f"w2_{metric}_chart")
     st.dataframe(table.assign(variant=[_(v) for v in table["variant"]], test_acc=table["test_acc"] * 100),
                  hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
     csv_button(table, f"lesson_{cfg.name}_runs.csv", label=_("Runs (CSV)"), key="w2_runs_csv_btn")
