@@ -42,9 +42,9 @@ def _list(_) -> int:
     rows = []
     for name, lesson in LESSONS.items():
         lost = unavailable(lesson)
+        available = _("yes") if not lost else _("not available in this build") + f" ({', '.join(lost)})"
         rows.append(dict(name=name, title=_(lesson.title), datasets=", ".join(datasets_for(lesson)) or "—",
-                         seeds=lesson.seeds,
-                         available=_("yes") if not lost else _("not available in this build") + f" ({', '.join(lost)})"))
+                         seeds=lesson.seeds, available=available))
     print(pd.DataFrame(rows).to_string(index=False))
     return 0
 
@@ -76,7 +76,7 @@ def cmd_lesson(args) -> int:
     _check_out(args.out)
     _check_data_dir(args.data_dir)
     store = ResultStore(args.db)
-    steps = sum(-(-(v.data.train_limit or 60000) // v.train.batch_size) * v.train.epochs for v in variants)
+    steps = sum(-(-v.data.n_train() // v.train.batch_size) * v.train.epochs for v in variants)
     bar = _Bar(steps * cfg.n_seeds(), args.quiet)
     try:
         result = run_inline(spec, store, args.cancel, on_progress=bar)

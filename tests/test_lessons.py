@@ -98,7 +98,7 @@ def test_variants_are_the_base_with_one_change():
     norm_spec = lesson_spec(cfg)
     variants, _ = plan(cfg, norm_spec.train, norm_spec.data)
     assert [v.data.normalize for v in variants][:2] == ["none", "half"]
-    assert variants[2].data.normalize in ("dataset", "mnist")  # MNIST's own mean and std either way
+    assert variants[2].data.normalize == "dataset" and spec.data.normalize == "dataset"  # lab5's 'mnist' stats
     softmax = plan(tiny("softmax"), spec.train, spec.data)[0]
     assert [v.model.softmax_before_loss for v in softmax] == [False, True]
 
@@ -152,7 +152,8 @@ def test_a_clear_drop_reads_down_with_its_numbers_and_cost():
                        "run against 2.00 s (1.50×).")
     assert r.best == "logits into CrossEntropyLoss" and text[-1].startswith("Best here: logits into")
     zh = r.render(ZH)
-    assert zh[0].startswith("CrossEntropyLoss 之前加 softmax：测试准确率 91.00%") and "6.20 个百分点" in zh[0]
+    assert zh[0].startswith("CrossEntropyLoss 之前加 softmax：测试准确率 91.00%")
+    assert "6.20 个百分点" in zh[0]
 
 
 def test_a_rise_reads_up_and_overlapping_seeds_are_not_distinguishable():
@@ -170,7 +171,8 @@ def test_a_rise_reads_up_and_overlapping_seeds_are_not_distinguishable():
 
 
 def test_one_seed_and_a_tiny_clear_change():
-    s = summary(("without BatchNorm", [0.95], 8490, 2.0, 79), ("BatchNorm after each convolution", [0.99], 8550, 2.0, 79))
+    s = summary(("without BatchNorm", [0.95], 8490, 2.0, 79),
+                ("BatchNorm after each convolution", [0.99], 8550, 2.0, 79))
     r = read_lesson(LESSONS["batchnorm"], s)
     assert r.contrasts[0].comparison.reason == "one_seed" and "not distinguishable with 1 seed" in r.render()[0]
     s = summary(("without BatchNorm", [0.9500, 0.9500], 8490, 2.0, 79),
