@@ -90,10 +90,16 @@ st.divider()
 
 
 def draw(view) -> None:
+    if view.spec is None or view.spec.lesson is None or view.spec.lesson.name not in LESSONS:
+        st.info(_("This lesson was started by another version of mnist_lab; its runs are on the Runs page."))
+        return
     cfg = view.spec.lesson
     shown = cfg.lesson
     st.subheader(_(shown.title))
-    order = [v.label for v in plan(cfg, view.spec.train, view.spec.data)[0]]
+    try:
+        order = [v.label for v in plan(cfg, view.spec.train, view.spec.data)[0]]
+    except ValueError:  # this build can no longer plan it: the runs' own labels, in start order
+        order = []
     if view.active:
         runs = [(_(label), seed) for label in order for seed in range(cfg.n_seeds())]
         live_runs(view, runs, ("variant", "seed"), key="w2_live_chart")
@@ -103,7 +109,7 @@ def draw(view) -> None:
     store = result_store()
     runs = store.job_runs(view.id)
     table = lesson_table(runs, store.epochs(list(runs["run_id"])))
-    summary = summarize_lesson(table, order)
+    summary = summarize_lesson(table, order or None)
     if summary.empty:
         st.info(_("No run finished, so there is nothing to summarise."))
         return
