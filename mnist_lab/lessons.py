@@ -511,7 +511,8 @@ class StoredLesson:
     dataset: str
     epochs: int
     train_limit: int | None
-    summary: list[dict]
+    summary: list[dict]  # summarize_lesson's rows
+    values: list[list[float]]  # each summary row's per-seed test accuracies, by seed
     reading: Reading
 
 
@@ -540,8 +541,10 @@ def stored_lessons(store: ResultStore, workspace: str | None = None) -> list[Sto
         summary = summarize_lesson(table, order)
         first = part.iloc[0]
         limit = first["train_limit"]
+        done = table.dropna(subset=["test_acc"]).sort_values("seed")
+        values = [[float(v) for v in done.loc[done["variant"] == label, "test_acc"]] for label in summary["variant"]]
         out.append(StoredLesson(name, newest, str(first["dataset"]), int(first["epochs"]),
-                                None if pd.isna(limit) else int(limit), summary.to_dict("records"),
+                                None if pd.isna(limit) else int(limit), summary.to_dict("records"), values,
                                 read_lesson(lesson, summary)))
     return out
 

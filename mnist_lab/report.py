@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -460,6 +461,11 @@ def _lessons(w: _Writer, stored: list) -> None:
                                w._("parameters"), w._("seconds per run")],
               rows=[[w._(r["variant"]), str(r["n"]), f"{pct(r['mean'])} ± {pct(r['sd'])[:-1]}",
                      integer(r["params"]), number(r["seconds"], 2)] for r in item.summary])
+        labels = ["\n".join(textwrap.wrap(w.fig_t.gettext(r["variant"]), 22)) for r in item.summary]
+        w.figure(f"lesson_{item.name}.png", figures.levels_figure(
+            labels, item.values, [r["mean"] for r in item.summary], [r["sd"] for r in item.summary], "",
+            w.fig_t.gettext, w.cjk, line=False), w.say("Figure: {title}, the test accuracy of each variant (mean ± sd over "
+                                           "seeds, one dot per seed).", title=w._(lesson.title)))
         for text in item.reading.render(w._):
             w.add("p", text)
 

@@ -291,6 +291,9 @@ def test_the_report_has_each_lessons_newest_result(tmp_path):
     assert any("91.00% test accuracy against 97.20%" in t and "6.20 points lower" in t for t in text)
     table = next(b for b in report.blocks[i:] if b.kind == "table")
     assert table.rows[0][:3] == ["logits into CrossEntropyLoss", "3", "97.20% ± 0.20"]
+    figure = next(b for b in report.blocks[i:] if b.kind == "figure")
+    assert figure.name == "lesson_softmax.png" and figure.png[:4] == b"\x89PNG"
+    assert stored[0].values == [pytest.approx([0.97, 0.972, 0.974]), pytest.approx([0.90, 0.91, 0.92])]
     zh = [b.text for b in build_report(store, "zh").blocks]
     assert "第 2 周：讲义中的问题作为实验" in zh and any("6.20 个百分点" in t for t in zh)
     assert report.findings.to_dict()["lessons"][0]["reading"]["contrasts"][0]["comparison"]["direction"] == "down"
