@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     vgg_iterations = 2 if args.quick else args.vgg_iterations
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"# bench_cifar | device {device} ({name}) | torch {torch.__version__} | threads {torch.get_num_threads()} "
-          f"| cpus {os.cpu_count()} | {time.strftime('%Y-%m-%d %H:%M')}" + (" | QUICK: not figures" if args.quick else ""))
+          f"| cpus {os.cpu_count()} | {time.strftime('%Y-%m-%d %H:%M')}"
+          + (" | QUICK: not figures" if args.quick else ""))
     print(f"# CIFAR rows: RANDOM uint8 images of CIFAR-10's shape ({n_train:,} x 32 x 32 x 3 train, {n_test:,} "
           "test); no CIFAR-10 offline here. s/epoch = training + test evaluation.")
     rows = []

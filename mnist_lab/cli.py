@@ -105,7 +105,8 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-shuffle", action="store_true", help="same batch order every epoch")
     g.add_argument("--augment", action="store_true", help="random shifts (and flips for colour images) per batch")
-    g.add_argument("--sort-by-label", action="store_true", help="train on the images in label order (with --no-shuffle)")
+    g.add_argument("--sort-by-label", action="store_true",
+                   help="train on the images in label order (with --no-shuffle)")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "

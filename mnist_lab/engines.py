@@ -190,7 +190,7 @@ class Engine:
     measured: str  # what a benchmark shows it buys (docs/BENCHMARKS.md), or "" where none does yet
 
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (
+REGISTRY: dict[str, Engine] = {e.name: e for e in (
     Engine("plain", _plain_can_run, _prepare_plain, "the reference path"),
     Engine("cuda-graph", _graph_can_run, _prepare_graph, "default on CUDA: faster Lab-5 epochs (bench_train.py, "
            "bench_gpu_step.py)"),
@@ -220,7 +220,7 @@ def why_not(name: str, model_cfg: ModelConfig, train_cfg, device: torch.device, 
         return "runs on the CPU only"
     if name == "stacked" and alone:
         return ("trains two or more seeds of one config together (sweep, compare); a lone run does not")
-    return ENGINES[name].can_run(model_cfg, train_cfg, device)
+    return REGISTRY[name].can_run(model_cfg, train_cfg, device)
 
 
 def select_engine(model_cfg: ModelConfig, train_cfg, device: torch.device) -> tuple[str, str | None]:

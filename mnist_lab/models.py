@@ -49,7 +49,8 @@ class ConvStage:
 class Residual:
     """Two 3x3 convolutions (each with BatchNorm; ReLU between) added to a shortcut, then ReLU:
     out = relu(F(x) + x). The shortcut is the identity when the shape is kept, else a 1x1
-    convolution (stride 2 when the block halves H, W) with BatchNorm: the projection shortcut."""
+    convolution (of every other pixel when the block halves H, W) with BatchNorm: the projection
+    shortcut."""
 
     channels: int  # output channels of both convolutions
     stride: int = 1  # 2: the first convolution (and the shortcut) halves H and W
@@ -101,16 +102,18 @@ class ResidualBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.use_shortcut = use_shortcut
+        self.stride, self.use_shortcut = stride, use_shortcut
         if use_shortcut and (stride != 1 or in_channels != channels):
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(channels))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
         else:
             self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))  # (N, C, H', W')
         if self.use_shortcut:
+            # a 1x1 convolution with stride 2 is the 1x1 convolution of every other pixel; written so
+            # because torch 2.14.1's CPU backward of a strided 1x1 conv in channels_last segfaults
+            x = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
             out = out + self.shortcut(x)
         return F.relu(out)
 

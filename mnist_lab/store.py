@@ -302,7 +302,8 @@ class ResultStore:
             elif event.kind == "epoch" and event.metrics is not None:
                 self.add_epoch(event.run_id, event.metrics)
             elif event.kind == "start":  # the path that trains it is known once training starts
-                self._write("UPDATE runs SET engine = ? WHERE run_id = ?", (event.engine, event.run_id))
+                self._write("UPDATE runs SET engine = ?, steps_per_epoch = ? WHERE run_id = ?",
+                            (event.engine, event.steps_per_epoch or steps_per_epoch, event.run_id))
         return record
 
     def save_result(self, result: RunResult, **row_fields) -> None:

@@ -559,7 +559,7 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
         gens = [torch.Generator().manual_seed(t.seed) for _, t in jobs]  # batch order, on the CPU for portability
         if engine != "stacked":
             log = _RunLog(run_ids[0], model_cfg, train_cfg, data, engine, emit, label=labels[0])
-            run = engines.ENGINES[engine].prepare(model_cfg, train_cfg, data.x_train, data.y_train, log.losses)
+            run = engines.REGISTRY[engine].prepare(model_cfg, train_cfg, data.x_train, data.y_train, log.losses)
             log.weights = lambda: _cpu_state(run.net)
             return _Unit(train_cfg, run.stepper, [log], [run.model], stream, gens, label_order)
         from .stacked import StackedModel, StackedStep

@@ -361,3 +361,16 @@ def test_block_lists_round_trip_through_json():
         assert tuple(block_from_dict(block_to_dict(b)) for b in blocks) == blocks
     with pytest.raises(ValueError, match="no setting colour"):
         block_from_dict({"type": "conv", "channels": [4], "colour": 1})
+
+
+def test_a_halving_residual_block_projects_every_other_pixel():
+    """The projection shortcut equals a 1x1 convolution with stride 2 (what ResNet writes)."""
+    from mnist_lab.models import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(4, 8, stride=2).eval()
+    x = torch.randn(2, 4, 7, 7)
+    conv, bn = block.shortcut
+    strided = bn(nn.functional.conv2d(x, conv.weight, stride=2))
+    body = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+    torch.testing.assert_close(block(x), torch.relu(body + strided))

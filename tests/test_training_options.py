@@ -145,3 +145,23 @@ def test_the_start_event_carries_the_label_and_epoch_length(data256):
     train(LAB5, cfg(), data256, on_progress=events.append, label="my run")
     start = events[0]
     assert (start.kind, start.label, start.steps_per_epoch) == ("start", "my run", 4)
+
+
+def test_the_registry_knows_every_engine_and_which_one_no_benchmark_backs():
+    assert set(engines.REGISTRY) == set(engines.ENGINE_NAMES) - {"auto"}
+    assert set(engines.DEFAULT_ENGINE.values()) <= set(engines.REGISTRY)
+    # 'stacked' is neither a default nor measured faster anywhere yet (docs/BENCHMARKS.md): a cost
+    assert [name for name, e in engines.REGISTRY.items() if not e.measured] == ["stacked"]
+    assert engines.why_not("cuda-graph", LAB5, cfg(), CPU) == "needs a CUDA device"
+    assert engines.why_not("plain", get_preset("vgg16-cifar").model, cfg(augment=True), CPU) is None  # runs anything
+
+
+def test_a_residual_net_trains_and_its_weights_include_batchnorm_statistics(data256):
+    from mnist_lab.models import ConvStage, ModelConfig, Residual
+
+    model_cfg = ModelConfig(conv_channels=(), blocks=(ConvStage((4,), batch_norm=True, pool=False), Residual(4),
+                                                      Residual(8, stride=2)), head="gap-fc")
+    result = train(model_cfg, cfg(engine="auto", augment=True, epochs=2), data256)
+    assert (result.engine, result.status) == ("plain", "finished")  # cpu-native does not run BatchNorm
+    assert "res1.bn1.running_mean" in result.state_dict
+    assert_weights_give_the_run(result, model_cfg, data256)
