@@ -151,3 +151,15 @@ def digits_figure(images: np.ndarray, labels: np.ndarray, cols: int, titles: lis
     fig.update_yaxes(visible=False)
     fig.update_layout(height=row_height * rows + 20, margin=dict(l=0, r=0, t=25, b=0))
     return fig
+
+
+def lesson_figure(summary: pd.DataFrame, metric: str, title: str, axis: str) -> go.Figure:
+    """A lesson's variants side by side (`variant` already in the page's language): test accuracy
+    as mean ± sd over seeds (metric 'test_acc', in %), or the mean 'seconds' / 'iterations' per run."""
+    if metric == "test_acc":
+        frame = summary.assign(y=summary["mean"] * 100, err=summary["sd"] * 100)
+        fig = px.bar(frame, x="variant", y="y", error_y="err", hover_data={"text": True, "n": True}, title=title)
+    else:
+        fig = px.bar(summary, x="variant", y=metric, title=title)
+    fig.update_layout(yaxis_title=axis, xaxis_title="", **LAYOUT)
+    return fig

@@ -20,9 +20,9 @@ from mnist_lab.worker import spawn_worker
 
 from .text import plain
 
-KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_")  # page-only widget keys kept across pages
-PAGE_KINDS = {"train": "Train", "sweep": "Sweep", "compare": "FC vs CNN"}  # job kind -> page
-RESERVED_QUERY = ("ws",)  # kept in the URL on every page: the workspace token (shared mode)
+KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_", "w2_")  # page-only widget keys kept across pages
+PAGE_KINDS = {"train": "Train", "sweep": "Sweep", "compare": "FC vs CNN", "lesson": "Week 2"}  # job kind -> page
+RESERVED_QUERY = ("ws", "lang")  # kept in the URL on every page: the workspace token (shared mode), the language
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 

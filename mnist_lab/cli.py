@@ -1,4 +1,4 @@
-"""Command line: `python -m mnist_lab presets | train | sweep | compare | worker`, writing the
+"""Command line: `python -m mnist_lab presets | train | sweep | compare | lesson | worker`, writing the
 same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
 local workspace (so the app's Runs page can stop them); `worker` serves the app's queued jobs.
 Bad input ends with one `error:` line and exit code 2 before anything trains, never a
@@ -114,7 +114,7 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
                         "one network), cpu-native")
     d = p.add_argument_group("data")
     d.add_argument("--train-limit", type=int, help="use only the first N training images")
-    d.add_argument("--dataset", choices=list(DATASETS), default=None)
+    d.add_argument("--dataset", choices=list(DATASETS), help="default: the preset's (mnist for the lab's nets)")
     d.add_argument("--normalize", choices=list(NORMALIZATIONS))
     d.add_argument("--permute-pixels", action="store_true", help="shuffle pixels by one fixed permutation")
     d.add_argument("--permutation-seed", type=int, default=0)
@@ -164,7 +164,8 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
                             momentum=pick(args.momentum, preset.momentum), seed=args.seed,
                             device=args.device, shuffle=not args.no_shuffle, engine=args.engine,
                             augment=args.augment, sort_by_label=args.sort_by_label)
-    data_cfg = DataConfig(dataset=pick(args.dataset, preset.dataset), normalize=pick(args.normalize, preset.normalize),
+    data_cfg = DataConfig(dataset=pick(args.dataset, preset.dataset),
+                          normalize=pick(args.normalize, preset.normalize),
                           train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
                           data_dir=args.data_dir)
@@ -315,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default="tiny-cnn")
     _add_training_flags(p, epochs=1)
     p.set_defaults(func=cmd_compare)
+
+    from .cli_lesson import add_parser as add_lesson_parser
+
+    add_lesson_parser(sub)
 
     p = sub.add_parser("report", help="the lab report from the stored runs: HTML, Word, Markdown, findings.json")
     p.add_argument("--out", type=Path, required=True, help="directory for the report's files")

@@ -93,8 +93,9 @@ def epoch_figure(epochs: list[int], test_acc: list[float], _: Callable[[str], st
 
 
 def levels_figure(levels: list[str], values: list[list[float]], means: list[float], sds: list[float],
-                  xlabel: str, _: Callable[[str], str], cjk: bool) -> bytes:
-    """Mean ± sd of test accuracy per level, each seed's run as a dot."""
+                  xlabel: str, _: Callable[[str], str], cjk: bool, line: bool = True) -> bytes:
+    """Mean ± sd of test accuracy per level, each seed's run as a dot; `line` joins the means
+    (ordered levels such as depth; not for unordered variants)."""
     with _style(cjk):
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
@@ -103,7 +104,7 @@ def levels_figure(levels: list[str], values: list[list[float]], means: list[floa
             ax.scatter([i] * len(vs), [100 * v for v in vs], color=GREY, s=12, zorder=2,
                        label=_("one seed") if i == 0 else None)
         ax.errorbar(x, [100 * m for m in means], yerr=[100 * s for s in sds], color=BLUE, marker="o", capsize=4,
-                    zorder=3, label=_("mean ± sd"))
+                    zorder=3, label=_("mean ± sd"), linestyle="-" if line else "none")
         ax.set_xticks(x, levels)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(_("test accuracy (%)"))

@@ -125,6 +125,7 @@ class Findings:
     runs_considered: int  # finished runs in the store (in the reader's scope)
     devices: list[str]
     data_sources: list[str]
+    lessons: list = field(default_factory=list)  # lessons.StoredLesson: each week-2 lesson's newest runs
 
     def sections(self) -> list[Finding]:
         return [self.loss, self.depth, self.kernel, self.analysis]
@@ -438,6 +439,8 @@ def analysis_finding(runs: pd.DataFrame) -> Finding:
 def compute_findings(store: ResultStore, run_id: str | None = None, workspace: str | None = None) -> Findings:
     """Every section's finding from the runs `workspace` may see (None: all of them);
     section 1 reads `run_id` (default: the newest finished run)."""
+    from .lessons import stored_lessons
+
     runs = store.visible_runs(workspace)
     done = _finished(runs)
     return Findings(loss=loss_finding(store, runs, run_id),
@@ -445,4 +448,5 @@ def compute_findings(store: ResultStore, run_id: str | None = None, workspace: s
                     kernel=factor_finding(runs, "kernel", "kernel_size", "kernel"),
                     analysis=analysis_finding(runs), runs_considered=len(done),
                     devices=sorted({str(d) for d in done["device"] if not _blank(d)}),
-                    data_sources=sorted({str(d) for d in done["data_source"] if not _blank(d)}))
+                    data_sources=sorted({str(d) for d in done["data_source"] if not _blank(d)}),
+                    lessons=stored_lessons(store, workspace))

@@ -80,3 +80,40 @@ def integer(n: float) -> str:
 
 def number(x: float, digits: int = 3) -> str:
     return f"{x:,.{digits}f}"
+
+
+# ------------------------------------------------------------------------------ messages
+# Where pybabel and the catalog test find msgids: gettext's own names, the report's `say`/`para`,
+# `N_` (a msgid kept in a table), and the core's refusals, whose template is a positional argument
+# (ConfigError's 3rd, StoreError's 3rd) and whose `name` argument (the need_* checks' 3rd) is a
+# field's English name, translated when the message is rendered.
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": None, "para": None,
+            "ConfigError": (3,), "StoreError": (3,), "need_int": (3,), "need_float": (3,), "need_bool": (3,),
+            "need_choice": (3,), "need_ints": (3,), "need_seed": (3,)}
+_UNTRANSLATED = ("value",)  # a refusal's params that are the user's own input: shown as given
+
+
+def N_(message: str) -> str:
+    """Marks a msgid kept in a table or passed on as data (extracted by pybabel, translated
+    where it is shown): returns it unchanged."""
+    return message
+
+
+def render(err: BaseException, lang: str | None = None) -> str:
+    """An exception as a sentence in `lang`: its `.template` translated through the catalog and
+    formatted with its `.params` (ConfigError, StoreError, DataUnavailableError, ...), each param
+    that is itself a msgid (a field's name, a detail) translated too; the user's own `value` is
+    shown as given. An exception without a template, or whose translation does not format, gives
+    its English str()."""
+    template = getattr(err, "template", None)
+    if not isinstance(template, str) or not template:
+        return str(err)
+    t = translator(lang)
+    params = dict(getattr(err, "params", None) or {})
+    for key, value in params.items():
+        if key not in _UNTRANSLATED and isinstance(value, str) and value:
+            params[key] = t.gettext(value)
+    try:
+        return t.gettext(template).format(**params)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return str(err)

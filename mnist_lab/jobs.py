@@ -16,11 +16,12 @@ from typing import Any, Callable, Protocol
 
 from .data import DataConfig, DataUnavailableError
 from .experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
+from .lessons import LessonConfig, lesson_jobs, run_lesson
 from .models import ModelConfig, block_from_dict, describe
 from .store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
 from .train import CancelFlag, Progress, TrainConfig
 
-KINDS = ("train", "sweep", "compare")
+KINDS = ("train", "sweep", "compare", "lesson")
 QUEUE_LIMIT = 2  # jobs a workspace may have waiting besides the one that trains
 
 
@@ -38,12 +39,13 @@ class JobSpec:
     model: ModelConfig | None = None  # kind "train"
     sweep: SweepConfig | None = None  # kind "sweep"
     compare: CompareConfig | None = None  # kind "compare"
+    lesson: LessonConfig | None = None  # kind "lesson"
     label: str = ""
 
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"Unknown job kind '{self.kind}'; choose one of {', '.join(KINDS)}.")
-        part = {"train": self.model, "sweep": self.sweep, "compare": self.compare}[self.kind]
+        part = {"train": self.model, "sweep": self.sweep, "compare": self.compare, "lesson": self.lesson}[self.kind]
         if part is None:
             raise ValueError(f"A '{self.kind}' job needs its {self.kind} configuration.")
 
@@ -54,11 +56,14 @@ class JobSpec:
         return describe(self.model) if self.kind == "train" and self.model else self.kind
 
     def runs_total(self) -> int:
-        """How many runs the job will train (1, a sweep's valid cells × seeds, or 4 × seeds)."""
+        """How many runs the job will train (1, a sweep's valid cells × seeds, 4 × seeds, or a lesson's
+        variants × seeds)."""
         if self.kind == "sweep":
             return len(self.sweep.cells()[0]) * self.sweep.seeds
         if self.kind == "compare":
             return 4 * self.compare.seeds
+        if self.kind == "lesson":
+            return len(lesson_jobs(self))
         return 1
 
     def to_json(self) -> str:
@@ -67,7 +72,8 @@ class JobSpec:
     @classmethod
     def from_json(cls, text: str) -> "JobSpec":
         raw = json.loads(text)
-        parts = dict(train=TrainConfig, data=DataConfig, model=ModelConfig, sweep=SweepConfig, compare=CompareConfig)
+        parts = dict(train=TrainConfig, data=DataConfig, model=ModelConfig, sweep=SweepConfig, compare=CompareConfig,
+                     lesson=LessonConfig)
         values = {k: (_build(parts[k], v) if k in parts and v is not None else v) for k, v in raw.items()}
         return _build(cls, values)
 
@@ -104,6 +110,8 @@ def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None 
                           label=spec.label)
     if spec.kind == "sweep":
         return run_sweep(spec.sweep, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+    if spec.kind == "lesson":
+        return run_lesson(spec.lesson, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
     return run_compare(spec.compare, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
 
 

@@ -103,6 +103,10 @@ def job_models(spec) -> list[tuple[object, int]]:
         cfgs = [spec.model]
     elif spec.kind == "sweep":
         cfgs = [cfg for *_, cfg in spec.sweep.cells()[0] for _ in range(spec.sweep.seeds)]
+    elif spec.kind == "lesson":
+        from .lessons import lesson_jobs
+
+        cfgs = [run.model for run in lesson_jobs(spec)]
     else:
         cfgs = [cfg for cfg in spec.compare.models().values() for _ in range(2 * spec.compare.seeds)]
     return [(cfg, count_params(cfg)) for cfg in cfgs]
@@ -118,7 +122,7 @@ def forward_macs(cfg) -> int:
     """Multiply-adds of one forward pass of one image (convolutions and linear layers)."""
     total = 0
     for row in summarize(cfg):
-        if row.layer.startswith("Conv2d"):
+        if row.layer.startswith(("Conv2d", "Residual")):  # a residual block: its convs at its output size
             total += row.params * math.prod(row.output_shape[1:])
         elif row.layer.startswith("Linear"):
             total += row.params
@@ -128,6 +132,10 @@ def forward_macs(cfg) -> int:
 def estimate_seconds(spec, device_type: str = "cpu") -> float:
     """Expected training time of a job on a device of this type: forward + backward (3x the
     forward's multiply-adds) of every training image, one forward of every test image, per epoch."""
+    if spec.kind == "lesson":  # its variants differ in batch size, data and epochs: run by run
+        from .lessons import lesson_jobs
+
+        return sum(estimate_seconds(run, device_type) for run in lesson_jobs(spec))
     rate, per_step = _RATE.get(device_type, _RATE["cpu"])
     n_train = spec.data.train_limit or 60000
     n_test = spec.data.test_limit or 10000

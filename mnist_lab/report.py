@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ H_SUMMARY = N_("4. Summarise the traits of convolutional neural networks and exp
 H_REFLECT = N_("Reflections")  # the lab sheet's 实验心得体会, left for the student
 H_SETUP = N_("Setup")
 H_RULE = N_("How a direction is decided")
+H_LESSONS = N_("Week 2: the notes' questions as experiments")
 DIRECTIONS = {UP: N_("up"), DOWN: N_("down"), FLAT: N_("flat"), UNCLEAR: N_("not distinguishable")}
 PIXELS = {"normal": N_("normal pixels"), "permuted": N_("permuted pixels")}
 PAGES = (N_("Train"), N_("Sweep: depth × kernel"), N_("FC vs CNN"))  # findings.TODO's pages, as the app names them
@@ -439,6 +441,35 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
         _cost(w, f)
 
 
+def _lessons(w: _Writer, stored: list) -> None:
+    """Each week-2 lesson's newest runs: the question, the settings, mean ± sd per variant, the reading."""
+    from .lessons import LESSONS
+
+    w.add("h2", w._(H_LESSONS))
+    if not stored:
+        w.para("No lesson has been run yet: run one on the “Week 2” page, or on the command line:")
+        w.add("code", "python -m mnist_lab lesson --list")
+        return
+    for item in stored:
+        lesson = LESSONS[item.name]
+        w.add("h3", w._(lesson.title))
+        w.add("p", w._(lesson.question))
+        w.para("Dataset {dataset}, {epochs} epoch(s), {images} training images; command: "
+               "python -m mnist_lab lesson {name}.", dataset=item.dataset, epochs=item.epochs, name=item.name,
+               images=integer(item.train_limit) if item.train_limit else w._("all"))
+        w.add("table", header=[w._("variant"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
+                               w._("parameters"), w._("seconds per run")],
+              rows=[[w._(r["variant"]), str(r["n"]), f"{pct(r['mean'])} ± {pct(r['sd'])[:-1]}",
+                     integer(r["params"]), number(r["seconds"], 2)] for r in item.summary])
+        labels = ["\n".join(textwrap.wrap(w.fig_t.gettext(r["variant"]), 22)) for r in item.summary]
+        w.figure(f"lesson_{item.name}.png", figures.levels_figure(
+            labels, item.values, [r["mean"] for r in item.summary], [r["sd"] for r in item.summary], "",
+            w.fig_t.gettext, w.cjk, line=False), w.say("Figure: {title}, the test accuracy of each variant (mean ± sd over "
+                                           "seeds, one dot per seed).", title=w._(lesson.title)))
+        for text in item.reading.render(w._):
+            w.add("p", text)
+
+
 def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
                  workspace: str | None = None, findings: Findings | None = None) -> Report:
     """The whole report in `lang` ('zh', 'zh_CN' or 'en'; None: from the environment)."""
@@ -462,6 +493,7 @@ def build_report(store: ResultStore, lang: str | None = None, run_id: str | None
     _depth_analysis(w, fs.depth)
     _kernel_analysis(w, fs.kernel)
     _summary(w, fs.analysis, fs.loss)
+    _lessons(w, fs.lessons)
     w.add("h2", w._(H_REFLECT))
     w.para("(Your own thoughts: what surprised you, what you would change, what you would try next.)")
     return Report(lang, w.blocks, fs, csv, warnings)

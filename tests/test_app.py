@@ -26,7 +26,7 @@ from mnist_lab.store import DB_ENV, ResultStore, run_row
 from mnist_lab.train import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
-PAGES = ["home", "train", "sweep", "compare", "runs"]
+PAGES = ["home", "train", "sweep", "compare", "week2", "runs"]
 
 
 @pytest.fixture(autouse=True)

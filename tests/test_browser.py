@@ -3,7 +3,7 @@ by the app, as in production), Debian's Chromium driven by Playwright. A tiny ru
 chart and its iterations.csv is the store's; a refresh mid-run finds the same job, its chart
 continues and Stop works; a second tab sees the job; a server restart mid-run leaves the run
 'interrupted' with its reason and finished epochs; in shared mode two workspaces neither see
-nor stop each other's runs."""
+nor stop each other's runs; a week-2 lesson runs from its page."""
 from __future__ import annotations
 
 import csv
@@ -195,3 +195,20 @@ def test_two_workspaces_in_shared_mode_neither_see_nor_stop_each_other(shared_se
     assert store.runs()["stop_reason"].item() == "stopped by you"
     alice.close()
     bob.close()
+
+
+def test_a_lesson_runs_from_the_week2_page(server, browser):
+    page = new_page(browser)
+    page.goto(f"{server.url}/week2?lesson=softmax&seeds=1&images=256")  # 2 runs of 4 iterations
+    run = page.get_by_role("button", name="Run lesson")
+    expect(run).to_be_enabled(timeout=60_000)
+    run.click()
+    expect(page.get_by_text("Finished in")).to_be_visible(timeout=120_000)
+    reading = re.compile(r"softmax before CrossEntropyLoss: [\d.]+% test accuracy against [\d.]+% for logits")
+    expect(page.get_by_text(reading)).to_be_visible(timeout=30_000)
+    expect(page.locator(".js-plotly-plot .barlayer path").first).to_be_visible(timeout=30_000)
+    rows = download_rows(page, "Runs (CSV)")
+    assert [r["variant"] for r in rows] == ["logits into CrossEntropyLoss", "softmax before CrossEntropyLoss"]
+    stored = ResultStore(server.db).runs([r["run_id"] for r in rows])
+    assert set(stored["status"]) == {"finished"} and set(stored["experiment"]) == {"lesson"}
+    page.close()

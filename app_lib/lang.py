@@ -1,0 +1,77 @@
+"""The page side of the languages: this session's language (the `lang` query parameter of a
+shared link, else the browser's, then whatever the sidebar picks), kept in the URL, and `_()` /
+`ngettext` / `render_error` bound to it. Usage on a page::
+
+    from app_lib.lang import _, ngettext, render_error
+
+    st.title(_("Train a network"))
+    st.caption(ngettext("{n} run", "{n} runs", n).format(n=f"{n:,}"))
+    except ValueError as exc:
+        st.error(plain(render_error(exc)))
+
+Cheap per rerun: one session-state lookup and a cached catalog (mnist_lab/i18n.py). Msgids are
+English; see docs/I18N.md for adding one. No pages' words here beyond the picker's label."""
+from __future__ import annotations
+
+import streamlit as st
+
+from mnist_lab.i18n import DEFAULT, LANGUAGES, N_, render, translator
+
+__all__ = ["_", "ngettext", "N_", "render_error", "current", "language_picker", "keep_in_url", "QUERY"]
+
+KEY = "_lang"  # session state: the session's language code, 'en' or 'zh_CN'
+PICK = "lang_pick"  # the sidebar's picker
+QUERY = "lang"  # ?lang=zh_CN|en
+
+
+def code(value: str | None) -> str | None:
+    """'zh_CN' / 'en' from a query value or a browser locale ('zh-CN', 'zh-Hans-CN', 'en-US'),
+    None for anything else."""
+    text = (value or "").strip().replace("-", "_").lower()
+    if text.startswith("zh"):
+        return "zh_CN"
+    if text.startswith("en"):
+        return "en"
+    return None
+
+
+def current() -> str:
+    """This session's language: fixed on its first run from the link's `lang`, else the
+    browser's locale (st.context.locale), else English; then changed only by the picker."""
+    lang = st.session_state.get(KEY)
+    if lang is None:
+        lang = code(st.query_params.get(QUERY)) or code(st.context.locale) or DEFAULT
+        st.session_state[KEY] = lang
+    return lang
+
+
+def _(message: str) -> str:
+    return translator(current()).gettext(message)
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    return translator(current()).ngettext(singular, plural, n)
+
+
+def render_error(err: BaseException) -> str:
+    """The core's refusal in this session's language (its template and values), else its str().
+    Plain text: wrap it with app_lib.text.plain before markdown shows it."""
+    return render(err, current())
+
+
+def keep_in_url() -> None:
+    """Mirror the language into the URL (every run: a page switch drops the query string)."""
+    lang = current()
+    if st.query_params.get(QUERY) != lang:
+        st.query_params[QUERY] = lang
+
+
+def _picked() -> None:
+    st.session_state[KEY] = st.session_state[PICK]
+
+
+def language_picker() -> None:
+    """The sidebar's language switch (call it inside `with st.sidebar`); the page's other
+    settings and query parameters stay as they are."""
+    st.session_state[PICK] = current()
+    st.selectbox("Language / 语言", list(LANGUAGES), format_func=LANGUAGES.get, key=PICK, on_change=_picked)

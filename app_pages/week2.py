@@ -1,0 +1,135 @@
+"""Week 2: the course notes' questions as ready experiments (mnist_lab/lessons.py) — pick a lesson,
+train its variants over seeds as a worker job, and read the chart, the mean ± sd table and the
+reading computed from the numbers."""
+import streamlit as st
+
+from app_lib.charts import lesson_figure
+from app_lib.forms import SUBSETS
+from app_lib.lang import _, render_error
+from app_lib.shared import init_state, mirror_query, result_store, values
+from app_lib.text import plain
+from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
+from mnist_lab.lessons import (LESSONS, LessonConfig, datasets_for, lesson_spec, lesson_table, plan, read_lesson,
+                               summarize_lesson, unavailable)
+from mnist_lab.models import count_params, describe
+
+DEFAULTS = dict(lesson="shuffle", full=False, seeds=LESSONS["shuffle"].seeds, images=LESSONS["shuffle"].train_limit)
+LIMITS = dict(lesson=list(LESSONS), full=[False, True], seeds=(1, 5), images=SUBSETS)  # what a link may set
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+def lesson_defaults() -> None:
+    """The picked lesson's own seeds and training images (they finish in about 2 minutes)."""
+    picked = LESSONS[st.session_state.w2_lesson]
+    st.session_state.w2_seeds, st.session_state.w2_images = picked.seeds, picked.train_limit or 60000
+
+
+first_visit = "w2_lesson" not in st.session_state
+init_state("w2_", DEFAULTS, LIMITS)
+if first_visit and not {"seeds", "images"} & set(st.query_params):
+    lesson_defaults()  # a link to a lesson starts from that lesson's settings
+
+st.title(_("Week 2: the notes' questions as experiments"))
+st.markdown(_("Each lesson trains a few variants of one network, several seeds each, on the same images, and "
+              "reads the result from the numbers: a difference counts only when it is larger than the spread "
+              "over seeds."))
+
+
+def title(name: str) -> str:
+    lost = unavailable(LESSONS[name])
+    return _(LESSONS[name].title) + (" — " + _("not available in this build") if lost else "")
+
+
+name = st.selectbox(_("Lesson"), list(LESSONS), format_func=title, key="w2_lesson", on_change=lesson_defaults)
+lesson = LESSONS[name]
+st.subheader(_(lesson.title))
+st.markdown(_(lesson.question))
+lost = unavailable(lesson)
+datasets = datasets_for(lesson)
+spec, problem = None, ""
+if lost:
+    st.warning(_("Not available in this build: this lesson needs {needs}.").format(needs=", ".join(lost)),
+               icon=":material/block:")
+else:
+    st.session_state.setdefault(f"w2_dataset_{name}", datasets[0])
+    c1, c2, c3 = st.columns(3)
+    dataset = c1.radio(_("Dataset"), datasets, format_func=DATASET_NAMES.get, key=f"w2_dataset_{name}",
+                       horizontal=True)
+    seeds = c2.slider(_("Seeds per variant"), *LIMITS["seeds"], key="w2_seeds")
+    full = c3.toggle(_("Full settings: every image, {epochs} epochs").format(epochs=lesson.full_epochs),
+                     key="w2_full")
+    images = c2.select_slider(_("Training images"), SUBSETS, format_func="{:,}".format, key="w2_images",
+                              disabled=full)
+    cfg = LessonConfig(name, dataset=dataset, seeds=seeds, full=full,
+                       train_limit=None if full or images >= 60000 else images)
+    try:
+        spec = lesson_spec(cfg)
+        variants, skipped = plan(cfg, spec.train, spec.data)
+    except ValueError as exc:
+        problem = render_error(exc)
+        st.error(plain(problem), icon=":material/warning:")
+if spec is not None and not problem:
+    st.dataframe([{_("variant"): _(v.label), _("network"): describe(v.model), _("parameters"): count_params(v.model),
+                   _("batch size"): v.train.batch_size, _("normalisation"): v.data.normalize} for v in variants],
+                 hide_index=True)
+    for s in skipped:
+        st.caption(plain(_("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason)))
+    if spec.data.dataset == "cifar10":
+        st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
+                  "data directory, or let torchvision download it. MNIST and Fashion-MNIST run this lesson "
+                  "without it."), icon=":material/info:")
+    st.caption(_("{runs} runs, {epochs} epoch(s) each. Expected training time on this device: about {time}.")
+               .format(runs=spec.runs_total(), epochs=spec.train.epochs, time=expected_time(spec)))
+mirror_query(values("w2_", DEFAULTS), DEFAULTS)
+busy = job_active("lesson")
+if st.button(_("Run lesson"), type="primary", key="w2_go_btn", disabled=spec is None or bool(problem) or busy):
+    if start_job("lesson", spec):
+        st.rerun()
+refusal("lesson")
+st.divider()
+
+
+def draw(view) -> None:
+    if view.spec is None or view.spec.lesson is None or view.spec.lesson.name not in LESSONS:
+        st.info(_("This lesson was started by another version of mnist_lab; its runs are on the Runs page."))
+        return
+    cfg = view.spec.lesson
+    shown = cfg.lesson
+    st.subheader(_(shown.title))
+    try:
+        order = [v.label for v in plan(cfg, view.spec.train, view.spec.data)[0]]
+    except ValueError:  # this build can no longer plan it: the runs' own labels, in start order
+        order = []
+    if view.active:
+        runs = [(_(label), seed) for label in order for seed in range(cfg.n_seeds())]
+        live_runs(view, runs, ("variant", "seed"), key="w2_live_chart")
+        return
+    if view.status == "failed" and view.spec.data.dataset != "mnist":
+        st.caption(_("Choose MNIST above to run this lesson on data that is always here."))
+    store = result_store()
+    runs = store.job_runs(view.id)
+    table = lesson_table(runs, store.epochs(list(runs["run_id"])))
+    summary = summarize_lesson(table, order or None)
+    if summary.empty:
+        st.info(_("No run finished, so there is nothing to summarise."))
+        return
+    shown_summary = summary.assign(variant=[_(v) for v in summary["variant"]])
+    a, b = st.columns(2)
+    a.plotly_chart(lesson_figure(shown_summary, "test_acc", _("Test accuracy, mean ± sd over seeds"),
+                                 _("test accuracy (%)")), key="w2_acc_chart")
+    with b:
+        st.dataframe(shown_summary[["variant", "n", "text", "params", "seconds", "iterations"]].rename(columns={
+            "variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"), "params": _("parameters"),
+            "seconds": _("seconds per run"), "iterations": _("iterations per run")}), hide_index=True)
+        csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
+    st.info("\n\n".join(plain(line) for line in read_lesson(shown, summary).render(_)), icon=":material/lightbulb:")
+    costs = [(m, axis) for m, axis in (("seconds", _("seconds per run")), ("iterations", _("iterations per run")))
+             if m in shown.metrics]
+    for col, (metric, axis) in zip(st.columns(2) if costs else [], costs):
+        col.plotly_chart(lesson_figure(shown_summary, metric, axis, axis), key=f"w2_{metric}_chart")
+    st.dataframe(table.assign(variant=[_(v) for v in table["variant"]], test_acc=table["test_acc"] * 100),
+                 hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
+    csv_button(table, f"lesson_{cfg.name}_runs.csv", label=_("Runs (CSV)"), key="w2_runs_csv_btn")
+
+
+job_panel("lesson", draw)
