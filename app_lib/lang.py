@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mnist_lab.i18n import DEFAULT, LANGUAGES, N_, render, translator
+from mnist_lab.i18n import LANGUAGES, N_, render, resolve_lang, translator
 
 __all__ = ["_", "ngettext", "N_", "render_error", "current", "language_picker", "keep_in_url", "QUERY"]
 
@@ -37,10 +37,11 @@ def code(value: str | None) -> str | None:
 
 def current() -> str:
     """This session's language: fixed on its first run from the link's `lang`, else the
-    browser's locale (st.context.locale), else English; then changed only by the picker."""
+    browser's locale (st.context.locale), else the server's LANGUAGE / LC_ALL / LANG; then
+    changed only by the picker."""
     lang = st.session_state.get(KEY)
     if lang is None:
-        lang = code(st.query_params.get(QUERY)) or code(st.context.locale) or DEFAULT
+        lang = code(st.query_params.get(QUERY)) or code(st.context.locale) or resolve_lang()
         st.session_state[KEY] = lang
     return lang
 

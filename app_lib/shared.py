@@ -13,16 +13,18 @@ import numpy as np
 import streamlit as st
 
 from mnist_lab.data import DataConfig, RawSplits, load_raw, make_permutation, permute_pixels
+from mnist_lab.i18n import N_
 from mnist_lab.jobs import StoreRunner
 from mnist_lab.policy import ServerPolicy
 from mnist_lab.store import LOCAL_WORKSPACE, ResultStore, default_db_path
 from mnist_lab.train import device_label, resolve_device, warm_up
 from mnist_lab.worker import spawn_worker
 
+from .lang import _, render_error
 from .text import plain
 
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_")  # page-only widget keys kept across pages
-PAGE_KINDS = {"train": "Train", "sweep": "Sweep", "compare": "FC vs CNN"}  # job kind -> page
+PAGE_KINDS = {"train": N_("Train"), "sweep": N_("Sweep"), "compare": N_("FC vs CNN")}  # job kind -> page (msgids)
 RESERVED_QUERY = ("ws", "lang")  # kept in the URL on every page: the workspace token (shared mode), the language
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -130,7 +132,7 @@ def quick_defaults() -> dict[str, int]:
     return dict(train_limit=60000 if (os.cpu_count() or 1) >= 2 else 10000, epochs=1, sweep_limit=10000, seeds=2)
 
 
-@st.cache_resource(show_spinner="Loading MNIST (once per server)…")
+@st.cache_resource(show_spinner=False)  # the spinner is mnist()'s, in the session's language
 def _mnist() -> RawSplits:
     return load_raw(DataConfig())
 
@@ -138,16 +140,17 @@ def _mnist() -> RawSplits:
 def mnist() -> tuple[RawSplits | None, str]:
     """(the decoded MNIST tensors, '') or (None, why it is unavailable)."""
     try:
-        return _mnist(), ""
+        with st.spinner(_("Loading MNIST (once per server)…")):  # shown only if it takes a moment
+            return _mnist(), ""
     except Exception as exc:  # noqa: BLE001 - shown on the page, retried on the next run
-        return None, str(exc)
+        return None, render_error(exc)  # in the session's language where the error is a template
 
 
 @st.cache_data
 def sample_digits(n: int, permutation_seed: int | None = None, one_per_class: bool = False):
     """(images uint8 (n, 28, 28), labels (n,)) from the training set, optionally pixel-permuted
     by the same fixed permutation the experiments use."""
-    raw, _ = mnist()
+    raw = mnist()[0]
     if raw is None:
         return None, None
     if one_per_class:
@@ -215,8 +218,8 @@ def init_state(prefix: str, defaults: dict[str, Any], limits: dict[str, Any] | N
                 ignored.append(f"{name}={params[name]}")
         st.session_state[key] = value
     if ignored:  # the values are the link's own text: shown as text, never as markdown
-        st.warning("This link has values the page cannot use, so their defaults are shown instead: "
-                   + ", ".join(plain(i) for i in ignored) + ".", icon=":material/link_off:")
+        st.warning(_("This link has values the page cannot use, so their defaults are shown instead: {values}.")
+                   .format(values=", ".join(plain(i) for i in ignored)), icon=":material/link_off:")
 
 
 def values(prefix: str, names) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gettext
 import io
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
@@ -93,14 +94,26 @@ KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": N
 _UNTRANSLATED = ("value",)  # a refusal's params that are the user's own input: shown as given
 
 
+@dataclass(frozen=True)
+class Message:
+    """A sentence as data: its English `template` (a msgid with named placeholders) and the
+    `params` to format it with (numbers already formatted; a param that is itself a msgid is
+    translated with it). The core returns these; `render(msg, lang)` words them; str() is English."""
+    template: str
+    params: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.template.format(**self.params)
+
+
 def N_(message: str) -> str:
     """Marks a msgid kept in a table or passed on as data (extracted by pybabel, translated
     where it is shown): returns it unchanged."""
     return message
 
 
-def render(err: BaseException, lang: str | None = None) -> str:
-    """An exception as a sentence in `lang`: its `.template` translated through the catalog and
+def render(err: BaseException | Message, lang: str | None = None) -> str:
+    """An exception (or a Message) as a sentence in `lang`: its `.template` translated through the catalog and
     formatted with its `.params` (ConfigError, StoreError, DataUnavailableError, ...), each param
     that is itself a msgid (a field's name, a detail) translated too; the user's own `value` is
     shown as given. An exception without a template, or whose translation does not format, gives

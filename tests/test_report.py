@@ -396,7 +396,7 @@ def test_report_page_shows_the_sections_and_downloads(full, monkeypatch):
     assert [s.value for s in at.subheader][1:4] == [h for h in HEADINGS_ZH if h.startswith("实验要求")]
     assert len(at.get("download_button")) == 4 and len(at.get("image")) == 5
     run = compute_findings(full).depth.groups[-1].run_ids[0]
-    at.radio(key="report_lang").set_value("en")
+    at.session_state["_lang"] = "en"  # what the app's sidebar switch sets (app_lib/lang.py)
     at.selectbox(key="report_run").set_value(run)
     at.run()
     assert not at.exception, at.exception
