@@ -87,10 +87,11 @@ def number(x: float, digits: int = 3) -> str:
 # Where pybabel and the catalog test find msgids: gettext's own names, the report's `say`/`para`,
 # `N_` (a msgid kept in a table), and the core's refusals, whose template is a positional argument
 # (ConfigError's 3rd, StoreError's 3rd) and whose `name` argument (the need_* checks' 3rd) is a
-# field's English name, translated when the message is rendered.
+# field's English name, translated when the message is rendered; need_choice's own template, when
+# it is given one, is its 5th (Babel's per-arity spec: pybabel's `-k need_choice:5,5t`).
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": None, "para": None,
             "ConfigError": (3,), "StoreError": (3,), "need_int": (3,), "need_float": (3,), "need_bool": (3,),
-            "need_choice": (3,), "need_ints": (3,), "need_seed": (3,)}
+            "need_choice": {4: (3,), 5: (5,)}, "need_ints": (3,), "need_seed": (3,)}
 _UNTRANSLATED = ("value",)  # a refusal's params that are the user's own input: shown as given
 
 
