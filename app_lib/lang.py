@@ -13,11 +13,13 @@ Cheap per rerun: one session-state lookup and a cached catalog (mnist_lab/i18n.p
 English; see docs/I18N.md for adding one. No pages' words here beyond the picker's label."""
 from __future__ import annotations
 
+from typing import Callable
+
 import streamlit as st
 
 from mnist_lab.i18n import LANGUAGES, N_, render, resolve_lang, translator
 
-__all__ = ["_", "ngettext", "N_", "render_error", "current", "language_picker", "keep_in_url", "QUERY"]
+__all__ = ["_", "bound", "ngettext", "N_", "render_error", "current", "language_picker", "keep_in_url", "QUERY"]
 
 KEY = "_lang"  # session state: the session's language code, 'en' or 'zh_CN'
 PICK = "lang_pick"  # the sidebar's picker
@@ -48,6 +50,12 @@ def current() -> str:
 
 def _(message: str) -> str:
     return translator(current()).gettext(message)
+
+
+def bound() -> Callable[[str], str]:
+    """The session's gettext bound now, for a widget's format_func (which AppTest, unlike a
+    browser session, may call outside the page's run)."""
+    return translator(current()).gettext
 
 
 def ngettext(singular: str, plural: str, n: int) -> str:

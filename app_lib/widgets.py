@@ -50,12 +50,45 @@ COLUMNS = {
     "device": N_("device"), "message": N_("message"), "mean": N_("mean"), "sd": N_("sd"), "n": N_("runs"),
     "text": N_("mean ± sd"), "parameters": N_("parameters"), "preset": N_("network"), "layers": N_("layers"),
     "optimiser": N_("optimiser"), "batch": N_("batch size"), "published": N_("published result"),
-    "field": N_("field"), "engine": N_("engine"),
+    "field": N_("field"), "engine": N_("engine"), "test_loss": N_("test loss"), "hidden_units": N_("hidden FC units"),
+    "iteration": N_("iteration"), "loss": N_("loss"), "diverged": N_("diverged"), "kind": N_("network type"),
+    "group_id": N_("group"), "diverged_at": N_("diverged at iteration"), "conv_channels": N_("conv channels"),
+    "padding": N_("padding"), "pool_before_relu": N_("pool before ReLU"), "batch_norm": N_("BatchNorm"),
+    "dropout": N_("dropout"), "softmax_before_loss": N_("softmax before the loss"),
+    "in_channels": N_("input channels"), "image_size": N_("image size"), "n_classes": N_("classes"),
+    "momentum": N_("momentum"), "shuffle": N_("shuffle batches"), "eval_batch_size": N_("evaluation batch size"),
+    "engine_requested": N_("engine asked for"), "dataset": N_("dataset"), "normalize": N_("normalisation"),
+    "test_limit": N_("test images"), "permutation_seed": N_("permutation seed"), "data_dir": N_("data directory"),
+    "data_source": N_("data source"), "torch_version": N_("PyTorch version"),
+    "torchvision_version": N_("torchvision version"), "python_version": N_("Python version"),
+    "mnist_lab_version": N_("mnist_lab version"), "steps_per_epoch": N_("iterations per epoch"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = {w: w for w in (N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"),
                         N_("diverged"), N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"),
                         N_("compare"), N_("none"), N_("all"))}
+
+
+# A run's label is stored in English (mnist_lab.store.run_label, the experiments' cell names): its
+# known parts are worded here where it is shown; anything else (a label a person wrote) stays as it is.
+_LABEL_PARTS = [(re.compile(r"^([\d,]+) images$"), N_("{n} images")),
+                (re.compile(r"^(\w+) normalisation$"), N_("{n} normalisation")),
+                (re.compile(r"^(\d+) conv × (k\d+.*)$"), N_("{n} conv × {rest}"))]
+
+
+def label_words(label: str) -> str:
+    """A stored run label ('FC 8-8-10 · 256 images', 'CNN / permuted') in the session's language."""
+    parts = []
+    for part in str(label).split(" · "):
+        if " / " in part:
+            part = " / ".join(_(w) if w in WORDS else w for w in part.split(" / "))
+        elif part == "permuted pixels":
+            part = _("permuted pixels")
+        for pattern, template in _LABEL_PARTS:
+            if m := pattern.match(part):
+                part = _(template).format(n=m.group(1), rest=m.group(2) if pattern.groups > 1 else "")
+        parts.append(part)
+    return " · ".join(parts)
 
 
 def words(column: pd.Series) -> pd.Series:

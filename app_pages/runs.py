@@ -4,10 +4,10 @@ mirrored in the URL, so a link reopens the same comparison."""
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
-from app_lib.lang import _, ngettext, render_error
+from app_lib.lang import _, bound, ngettext, render_error
 from app_lib.shared import init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy
 from app_lib.text import local_times, percent, plain
-from app_lib.widgets import COLUMNS, STOPPED_BY_YOU, csv_button, headers, table, words
+from app_lib.widgets import COLUMNS, STOPPED_BY_YOU, csv_button, headers, label_words, table, words
 from mnist_lab.errors import StoreError
 
 SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
@@ -38,8 +38,9 @@ FILTERS = dict(experiment=[], status=[], text="")
 init_state("runs_", FILTERS, dict(experiment=EXPERIMENTS, status=STATUSES))
 c1, c2, c3 = st.columns(3)
 experiments = c1.multiselect(_("Experiment"), EXPERIMENTS, key="runs_experiment", placeholder=_("all"),
-                             format_func=_)
-statuses = c2.multiselect(_("Status"), STATUSES, key="runs_status", placeholder=_("all"), format_func=_)
+                             format_func=bound())
+statuses = c2.multiselect(_("Status"), STATUSES, key="runs_status", placeholder=_("all"),
+                          format_func=bound())
 text = c3.text_input(_("Label contains"), key="runs_text", placeholder=_("e.g. CNN 2×k5"))
 shown = runs
 if experiments:
@@ -54,7 +55,7 @@ started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
                           stop_reason=words(shown["stop_reason"].fillna("").map(_)), status=words(shown["status"]),
-                          experiment=words(shown["experiment"])),
+                          experiment=words(shown["experiment"]), label=shown["label"].map(label_words)),
       hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),
     "started_at": st.column_config.TextColumn(_("started ({tz})").format(tz=tz)),
@@ -65,7 +66,7 @@ if (shown["status"] == "diverged").any():
                .format(n=(shown["status"] == "diverged").sum()))
 csv_button(shown.drop(columns=["workspace", "job_id"]), "runs.csv", key="runs_table_csv_btn")
 
-names = {r.run_id: f"{r.label} · {_(r.status)} · {t} · {r.run_id[-6:]}"
+names = {r.run_id: f"{label_words(r.label)} · {_(r.status)} · {t} · {r.run_id[-6:]}"
          for r, t in zip(runs.itertuples(), local_times(runs["started_at"], tz))}
 SELECTED = list(shown["run_id"][:3])
 init_state("runs_", dict(selected=SELECTED), dict(selected=list(names)))
@@ -79,7 +80,8 @@ if not selected:
     st.stop()
 
 iterations, epochs = store.iterations(selected), store.epochs(selected)
-short = {rid: f"{names[rid].split(' · ')[0]} · {rid[-6:]}" for rid in selected}
+labels = runs.set_index("run_id")["label"].map(label_words)
+short = {rid: f"{labels[rid].split(' · ')[0]} · {rid[-6:]}" for rid in selected}
 a, b = st.columns(2)
 with a:
     st.plotly_chart(overlay_figure(iterations.assign(run=iterations["run_id"].map(short)), _=_), key="runs_overlay")

@@ -37,7 +37,8 @@ c2.slider(_("Epochs"), *LIMITS["epochs"], key="sweep_epochs")
 c3.select_slider(_("Training images"), LIMITS["train_limit"], key="sweep_train_limit", format_func="{:,}".format)
 c3.number_input(_("Channels, block 1"), *LIMITS["channels"], key="sweep_channels")
 c4.radio(_("Padding"), LIMITS["padding"], key="sweep_padding", horizontal=True, help=_(PADDING_HELP))
-c4.selectbox(_("Hidden FC units"), LIMITS["hidden"], key="sweep_hidden", format_func=lambda h: str(h or _("none")))
+c4.selectbox(_("Hidden FC units"), LIMITS["hidden"], key="sweep_hidden",
+             format_func=lambda h, none=_("none"): str(h or none))
 optimizer = c2.selectbox(_("Optimiser"), LIMITS["optimizer"], format_func=str.upper, key="sweep_optimizer")
 c3.number_input(_("Learning rate"), *LIMITS["lr"], step=0.001, format="%.4f", key="sweep_lr")
 

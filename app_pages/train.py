@@ -7,7 +7,7 @@ import streamlit as st
 from app_lib.charts import accuracy_figure, loss_figure
 from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
                            preset_title, preset_values, preset_words)
-from app_lib.lang import _, render_error
+from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel, layer_table,
@@ -44,8 +44,8 @@ def load_preset() -> None:
 st.title(_("Train a network"))
 left, right = st.columns([1, 2], gap="large")
 with left:
-    st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p: preset_title(p, _), key="train_preset",
-                 on_change=load_preset, help=_("Loads one of the lab's four networks with its optimiser settings."))
+    st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p, t=bound(): preset_title(p, t),
+                 key="train_preset", on_change=load_preset, help=_("Loads one of the lab's four networks with its optimiser settings."))
     kind = st.radio(_("Network"), LIMITS["kind"], key="train_kind", horizontal=True,
                     format_func={"cnn": _("Convolutional"), "fc": _("Fully connected")}.get)
     c1, c2 = st.columns(2)
@@ -79,8 +79,8 @@ with left:
     st.select_slider(_("Training images"), LIMITS["train_limit"], key="train_train_limit", format_func="{:,}".format,
                      help=_("The first N of the 60,000; the test set is always all 10,000."))
     st.selectbox(_("Normalisation"), LIMITS["normalize"], key="train_normalize",
-                 format_func=lambda n: _("{name}: mean {mean}, sd {sd}").format(name=n, mean=NORMALIZATIONS[n][0],
-                                                                                sd=NORMALIZATIONS[n][1]),
+                 format_func=lambda n, text=_("{name}: mean {mean}, sd {sd}"): text.format(
+                     name=n, mean=NORMALIZATIONS[n][0], sd=NORMALIZATIONS[n][1]),
                  help=_("Each pixel becomes (pixel − mean) / sd before it enters the network."))
     st.checkbox(_("Permuted pixels"), key="train_permute", help=_("One fixed shuffle of the 784 pixel positions."))
 
