@@ -249,7 +249,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    _, train_cfg, data_cfg = _configs(args)
+    train_cfg, data_cfg = _configs(args)[1:]
     sweep = SweepConfig(conv_layers=tuple(args.conv_layers), kernel_sizes=tuple(args.kernel_sizes),
                         hidden_units=tuple(args.hidden_units), seeds=args.seeds,
                         base_channels=args.base_channels, padding=args.sweep_padding)
@@ -272,7 +272,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    _, train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)  # its optimiser and batch
+    train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)[1:]  # its optimiser and batch
     compare = CompareConfig(cnn=get_preset(args.cnn_preset).model, seeds=args.seeds,
                             permutation_seed=args.permutation_seed)
     models = compare.models()

@@ -242,7 +242,7 @@ def test_sections_without_runs_say_what_to_run(store):
         assert command in en and command in zh
     assert "python -m mnist_lab sweep --conv-layers 1 2 3 --kernel-sizes 5 --seeds 3 --epochs 1" in en
     assert "run the experiment on the “Sweep: depth × kernel” page" in en
-    assert "请在“Sweep: depth × kernel”页面运行该实验" in zh  # the page as the app names it
+    assert "请在“扫描：层数 × 卷积核”页面运行该实验" in zh  # the page as the app names it
     for command in TODO.values():  # every command the report suggests is one the CLI accepts
         if "for s in" not in command[1]:
             cli.build_parser().parse_args(command[1].split()[3:])
