@@ -113,7 +113,8 @@ def error_line_figure(summary: pd.DataFrame, x: str, color: str, title: str, _=_
     fig = px.line(frame.sort_values(x), x=x, y="acc", color=color, error_y="sd_pct", markers=True, title=title,
                   hover_data={"n": True, "text": True},
                   labels={x: _(AXES[x]), color: _(AXES[color]), "n": _("runs"), "text": _("mean ± sd")})
-    fig.update_layout(yaxis_title=_("test accuracy (%)"), xaxis_title=_(AXES[x]), xaxis=dict(tickmode="array", tickvals=sorted(frame[x].unique())),
+    fig.update_layout(yaxis_title=_("test accuracy (%)"), xaxis_title=_(AXES[x]),
+                      xaxis=dict(tickmode="array", tickvals=sorted(frame[x].unique())),
                       yaxis=dict(range=accuracy_range(pd.concat([frame["acc"] - frame["sd_pct"],
                                                                  frame["acc"] + frame["sd_pct"]]))), **LAYOUT)
     return fig
@@ -138,8 +139,9 @@ def params_figure(table: pd.DataFrame, _=_english) -> go.Figure:
                                                      kernel_size=lambda t: t["kernel_size"].astype(str))
     fig = px.scatter(frame, x="params", y="acc", color="conv_layers", symbol="kernel_size", log_x=True,
                      hover_data=["seed", "channels"], title=_("Parameters vs test accuracy"),
-                     labels={"conv_layers": _("conv+pool layers"), "kernel_size": _("kernel size"), "seed": _("random seed"),
-                             "channels": _("channels"), "params": _("parameters"), "acc": _("test accuracy (%)")})
+                     labels={"conv_layers": _("conv+pool layers"), "kernel_size": _("kernel size"),
+                             "seed": _("random seed"), "channels": _("channels"), "params": _("parameters"),
+                             "acc": _("test accuracy (%)")})
     fig.update_traces(marker=dict(size=10))
     fig.update_layout(yaxis_title=_("test accuracy (%)"), xaxis_title=_("parameters"), **LAYOUT)
     return fig

@@ -21,6 +21,7 @@ from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_pol
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
 STOPPED_BY_YOU = N_("stopped by you")  # a stop reason the store keeps in English; shown through _()
+# The reasons the app and the CLI store (in English, as data), as msgids: the Runs page shows them via _().
 STOP_REASONS = (STOPPED_BY_YOU, N_("stopped with Ctrl-C"), N_("aborted with a second Ctrl-C"), N_("stopped"),
                 N_("interrupted"))
 
@@ -64,9 +65,9 @@ COLUMNS = {
     "mnist_lab_version": N_("mnist_lab version"), "steps_per_epoch": N_("iterations per epoch"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
-WORDS = {w: w for w in (N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"),
-                        N_("diverged"), N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"),
-                        N_("compare"), N_("none"), N_("all"))}
+WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
+                   N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"), N_("compare"), N_("none"),
+                   N_("all")))
 
 
 # A run's label is stored in English (mnist_lab.store.run_label, the experiments' cell names): its
@@ -263,7 +264,7 @@ def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str,
                        mime="text/csv", on_click="ignore", key=key or f"{file_name}_btn", icon=":material/download:")
 
 
-LAYER_WORDS = {w: w for w in (N_("no parameters"), N_("Softmax (before the loss!)"))}  # the core's words in it
+LAYER_WORDS = frozenset((N_("no parameters"), N_("Softmax (before the loss!)")))  # the core's words in its rows
 _FEATURES = re.compile(r"^(.*) = (\d+) features$")  # the flatten row's formula: '20×4×4 = 320 features'
 
 
@@ -279,7 +280,8 @@ def layer_table(cfg: ModelConfig) -> pd.DataFrame:
     """One row per layer (name, layer, output shape, parameters, formula), its words in the
     session's language; `cfg` is validated (a ConfigError says what to change)."""
     rows = summarize(cfg)
-    return pd.DataFrame([dict(name=r.name, layer=_layer_words(r.layer), output_shape=" × ".join(map(str, r.output_shape)),
+    return pd.DataFrame([dict(name=r.name, layer=_layer_words(r.layer),
+                              output_shape=" × ".join(map(str, r.output_shape)),
                               params=r.params, formula=_layer_words(r.formula)) for r in rows])
 
 

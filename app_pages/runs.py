@@ -61,8 +61,8 @@ table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc
     "started_at": st.column_config.TextColumn(_("started ({tz})").format(tz=tz)),
 })
 if (shown["status"] == "diverged").any():
-    st.caption(":material/trending_up: " + _("{n} run(s) diverged (the loss became NaN or infinite): the message column "
-                                             "says where; lower the learning rate.")
+    st.caption(":material/trending_up: " + _("{n} run(s) diverged (the loss became NaN or infinite): the message "
+                                             "column says where; lower the learning rate.")
                .format(n=(shown["status"] == "diverged").sum()))
 csv_button(shown.drop(columns=["workspace", "job_id"]), "runs.csv", key="runs_table_csv_btn")
 

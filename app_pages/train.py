@@ -10,8 +10,8 @@ from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg
 from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
 from app_lib.text import plain
-from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel, layer_table,
-                             live_losses, refusal, start_job, table)
+from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel,
+                             layer_table, live_losses, refusal, start_job, table)
 from mnist_lab.data import NORMALIZATIONS
 from mnist_lab.errors import StoreError
 from mnist_lab.jobs import JobSpec
@@ -45,7 +45,8 @@ st.title(_("Train a network"))
 left, right = st.columns([1, 2], gap="large")
 with left:
     st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p, t=bound(): preset_title(p, t),
-                 key="train_preset", on_change=load_preset, help=_("Loads one of the lab's four networks with its optimiser settings."))
+                 key="train_preset", on_change=load_preset,
+                 help=_("Loads one of the lab's four networks with its optimiser settings."))
     kind = st.radio(_("Network"), LIMITS["kind"], key="train_kind", horizontal=True,
                     format_func={"cnn": _("Convolutional"), "fc": _("Fully connected")}.get)
     c1, c2 = st.columns(2)

@@ -61,7 +61,8 @@ def _language(value: str) -> str:
     try:
         return i18n.resolve_lang(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(_("Unknown language '{value}': choose zh or en.").format(value=value)) from None
+        raise argparse.ArgumentTypeError(_("Unknown language '{value}': choose zh or en.")
+                                         .format(value=value)) from None
 
 
 class _Parser(argparse.ArgumentParser):

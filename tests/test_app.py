@@ -350,7 +350,7 @@ def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
     at.text_input(key="runs_text").set_value("seed").run()
     at.multiselect(key="runs_selected").set_value([ids[3], ids[1]]).run()
     link = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
-    assert link == {"text": "seed", "selected": f"{ids[3]},{ids[1]}"}
+    assert link == {"text": "seed", "selected": f"{ids[3]},{ids[1]}", "lang": "en"}  # the language, kept in links
 
     again = open_page("runs", query=link)  # another browser opening the copied link
     assert again.text_input(key="runs_text").value == "seed"
