@@ -49,13 +49,15 @@ def current() -> str:
 
 
 def _(message: str) -> str:
-    return translator(current()).gettext(message)
+    """`message` in the session's language ('' stays '': gettext would give the catalog's header)."""
+    return translator(current()).gettext(message) if message else message
 
 
 def bound() -> Callable[[str], str]:
     """The session's gettext bound now, for a widget's format_func (which AppTest, unlike a
     browser session, may call outside the page's run)."""
-    return translator(current()).gettext
+    gettext = translator(current()).gettext
+    return lambda message: gettext(message) if message else message
 
 
 def ngettext(singular: str, plural: str, n: int) -> str:

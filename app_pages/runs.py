@@ -54,7 +54,7 @@ tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UT
 started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
-                          stop_reason=words(shown["stop_reason"].fillna("").map(_)), status=words(shown["status"]),
+                          stop_reason=shown["stop_reason"].fillna("").map(_), status=words(shown["status"]),
                           experiment=words(shown["experiment"]), label=shown["label"].map(label_words)),
       hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),

@@ -157,8 +157,8 @@ def draw(view) -> None:
         row = store.runs(ids)
         if len(row):
             st.caption(_("Run {id}: {n} iterations recorded, trained on {device} ({engine} engine).").format(
-                id=f"`{run.run_id}`", n=f"{run.step:,}", device=plain(row["device"].item()),
-                engine=plain(row["engine"].item())), help=_(ENGINE_HELP))
+                id=f"`{run.run_id}`", n=f"{run.step:,}", device=row["device"].item(),  # the app's own names
+                engine=row["engine"].item()), help=_(ENGINE_HELP))
         else:
             st.caption(_("Run {id}: {n} iterations recorded.").format(id=f"`{run.run_id}`", n=f"{run.step:,}"))
         cols = st.columns(3)
