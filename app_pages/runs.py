@@ -95,13 +95,18 @@ with b:
 st.subheader(_("Configurations side by side"))
 chosen = runs.drop(columns=["workspace", "job_id"]).set_index("run_id").loc[selected]
 configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent)).round(4).T.rename_axis("field")
-configs.columns = [short[c] for c in configs.columns]
+configs.columns = [short[c] for c in configs.columns]  # the CSV's: the store's values and field names
+shown_configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent),
+                              label=chosen["label"].map(label_words), status=words(chosen["status"]),
+                              experiment=words(chosen["experiment"]),
+                              started_at=list(local_times(chosen["started_at"], tz))).round(4).T.astype(str)
+shown_configs = shown_configs.rename_axis("field")
+shown_configs.columns = configs.columns  # what the table shows: words and times in the session's language and zone
 differs = configs.astype(str).nunique(axis=1) > 1
 st.session_state.setdefault("runs_only_diff", len(selected) > 1)  # set once; a value= too would warn
 if st.toggle(_("Only fields that differ"), key="runs_only_diff") and differs.any():
-    configs = configs[differs]
-st.dataframe(headers(configs.astype(str).rename(index=lambda f: _(COLUMNS[f]) if f in COLUMNS else f)),
-             width="stretch")
+    configs, shown_configs = configs[differs], shown_configs[differs]
+st.dataframe(headers(shown_configs.rename(index=lambda f: _(COLUMNS[f]) if f in COLUMNS else f)), width="stretch")
 csv_button(configs.reset_index(names="field"), "configs.csv", key="runs_configs_csv_btn")
 
 

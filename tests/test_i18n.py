@@ -185,6 +185,11 @@ def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkey
     assert set(table["状态"]) == {"已完成"} and set(table["停止原因"]) == {""}  # gettext("") is the catalog's header
     assert at.multiselect(key="runs_selected").value  # the newest three, compared below
     assert len(at.get("plotly_chart")) == 2
+    at.toggle(key="runs_only_diff").set_value(False).run()  # every field, not only those that differ
+    configs = at.dataframe[-1].value  # side by side: field names, statuses and times worded, times local
+    assert configs.index.name == "字段" and "开始时间" in configs.index and "测试准确率（%）" in configs.index
+    assert set(configs.loc["状态"]) == {"已完成"}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in configs.loc["开始时间"])
 
 
 # ---------------------------------------------------------------------------------- the core's words on pages
