@@ -114,11 +114,11 @@ def N_(message: str) -> str:
 
 
 def render(err: BaseException | Message, lang: str | None = None) -> str:
-    """An exception (or a Message) as a sentence in `lang`: its `.template` translated through the catalog and
-    formatted with its `.params` (ConfigError, StoreError, DataUnavailableError, ...), each param
-    that is itself a msgid (a field's name, a detail) translated too; the user's own `value` is
-    shown as given. An exception without a template, or whose translation does not format, gives
-    its English str()."""
+    """An exception (or a Message) as a sentence in `lang`: its `.template` translated through the
+    catalog and formatted with its `.params` (ConfigError, StoreError, DataUnavailableError, ...),
+    each param that is itself a msgid (a field's name, a detail) translated too; the user's own
+    `value` is shown as given. An exception without a template, or whose translation does not
+    format, gives its English str()."""
     template = getattr(err, "template", None)
     if not isinstance(template, str) or not template:
         return str(err)
