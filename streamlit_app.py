@@ -9,7 +9,7 @@ from app_lib.shared import ensure_workers, keep_page_state, server_policy, works
 from app_lib.widgets import share_link, sidebar_jobs
 from mnist_lab.errors import StoreError
 
-st.set_page_config(page_title="MNIST CNN Lab", page_icon="🔢", layout="wide")
+st.set_page_config(page_title=_("MNIST CNN Lab"), page_icon="🔢", layout="wide")  # the browser tab, too
 policy = server_policy()
 if policy.shared:  # no traceback, file path or other workspace's data reaches a browser
     st.set_option("client.showErrorDetails", "none")

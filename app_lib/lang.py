@@ -13,11 +13,13 @@ Cheap per rerun: one session-state lookup and a cached catalog (mnist_lab/i18n.p
 English; see docs/I18N.md for adding one. No pages' words here beyond the picker's label."""
 from __future__ import annotations
 
+from typing import Callable
+
 import streamlit as st
 
-from mnist_lab.i18n import DEFAULT, LANGUAGES, N_, render, translator
+from mnist_lab.i18n import LANGUAGES, N_, render, resolve_lang, translator
 
-__all__ = ["_", "ngettext", "N_", "render_error", "current", "language_picker", "keep_in_url", "QUERY"]
+__all__ = ["_", "bound", "ngettext", "N_", "render_error", "current", "language_picker", "keep_in_url", "QUERY"]
 
 KEY = "_lang"  # session state: the session's language code, 'en' or 'zh_CN'
 PICK = "lang_pick"  # the sidebar's picker
@@ -37,16 +39,25 @@ def code(value: str | None) -> str | None:
 
 def current() -> str:
     """This session's language: fixed on its first run from the link's `lang`, else the
-    browser's locale (st.context.locale), else English; then changed only by the picker."""
+    browser's locale (st.context.locale), else the server's LANGUAGE / LC_ALL / LANG; then
+    changed only by the picker."""
     lang = st.session_state.get(KEY)
     if lang is None:
-        lang = code(st.query_params.get(QUERY)) or code(st.context.locale) or DEFAULT
+        lang = code(st.query_params.get(QUERY)) or code(st.context.locale) or resolve_lang()
         st.session_state[KEY] = lang
     return lang
 
 
 def _(message: str) -> str:
-    return translator(current()).gettext(message)
+    """`message` in the session's language ('' stays '': gettext would give the catalog's header)."""
+    return translator(current()).gettext(message) if message else message
+
+
+def bound() -> Callable[[str], str]:
+    """The session's gettext bound now, for a widget's format_func (which AppTest, unlike a
+    browser session, may call outside the page's run)."""
+    gettext = translator(current()).gettext
+    return lambda message: gettext(message) if message else message
 
 
 def ngettext(singular: str, plural: str, n: int) -> str:

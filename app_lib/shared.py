@@ -12,16 +12,19 @@ from typing import Any
 import streamlit as st
 
 from mnist_lab.data import DATASETS, MNIST, DataConfig, RawSplits, SampleGrid, load_raw, sample_grid
+from mnist_lab.i18n import N_
 from mnist_lab.jobs import StoreRunner
 from mnist_lab.policy import ServerPolicy
 from mnist_lab.store import LOCAL_WORKSPACE, ResultStore, default_db_path
 from mnist_lab.train import device_label, resolve_device, warm_up
 from mnist_lab.worker import spawn_worker
 
+from .lang import _, render_error
 from .text import plain
 
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_", "w2_")  # page-only widget keys kept across pages
-PAGE_KINDS = {"train": "Train", "sweep": "Sweep", "compare": "FC vs CNN", "lesson": "Week 2"}  # job kind -> page
+PAGE_KINDS = {"train": N_("Train"), "sweep": N_("Sweep"), "compare": N_("FC vs CNN"),
+              "lesson": N_("Week 2")}  # job kind -> page (msgids)
 RESERVED_QUERY = ("ws", "lang")  # kept in the URL on every page: the workspace token (shared mode), the language
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -130,7 +133,7 @@ def quick_defaults() -> dict[str, int]:
                 seeds=2)
 
 
-@st.cache_resource(show_spinner="Loading the dataset (once per server)…")
+@st.cache_resource(show_spinner=False)  # the spinner is dataset_raw()'s, in the session's language
 def _raw(dataset: str) -> RawSplits:
     return load_raw(DataConfig(dataset=dataset))
 
@@ -138,9 +141,10 @@ def _raw(dataset: str) -> RawSplits:
 def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
     """(the decoded tensors of `dataset`, '') or (None, why it is unavailable)."""
     try:
-        return _raw(dataset), ""
+        with st.spinner(_("Loading {dataset} (once per server)…").format(dataset=DATASETS[dataset].title)):
+            return _raw(dataset), ""  # the spinner shows only if it takes a moment
     except Exception as exc:  # noqa: BLE001 - shown on the page, retried on the next run
-        return None, str(exc)
+        return None, render_error(exc)  # in the session's language where the error is a template
 
 
 def mnist() -> tuple[RawSplits | None, str]:
@@ -153,7 +157,7 @@ def sample_images(n: int, dataset: str = "mnist", permutation_seed: int | None =
                   lang: str = "en") -> SampleGrid | None:
     """A grid of `dataset`'s first training images (grey or colour) with class names in `lang`,
     and with `permutation_seed` their pixel-permuted copies; None while the data is unavailable."""
-    raw, _ = dataset_raw(dataset)
+    raw, _why = dataset_raw(dataset)
     return None if raw is None else sample_grid(raw, DATASETS[dataset], n, permutation_seed, one_per_class, lang)
 
 
@@ -221,8 +225,8 @@ def init_state(prefix: str, defaults: dict[str, Any], limits: dict[str, Any] | N
                 ignored.append(f"{name}={params[name]}")
         st.session_state[key] = value
     if ignored:  # the values are the link's own text: shown as text, never as markdown
-        st.warning("This link has values the page cannot use, so their defaults are shown instead: "
-                   + ", ".join(plain(i) for i in ignored) + ".", icon=":material/link_off:")
+        st.warning(_("This link has values the page cannot use, so their defaults are shown instead: {values}.")
+                   .format(values=", ".join(plain(i) for i in ignored)), icon=":material/link_off:")
 
 
 def values(prefix: str, names) -> dict[str, Any]:

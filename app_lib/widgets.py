@@ -3,6 +3,7 @@ progress with ETA, Stop), the live loss curves read incrementally, CSV download 
 per-layer table, and the sidebar list of this workspace's jobs."""
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -14,11 +15,112 @@ from mnist_lab.models import ModelConfig, summarize
 from mnist_lab.policy import estimate_seconds
 
 from .charts import loss_figure
+from .lang import N_, _, render_error
 from .text import percent, plain
 from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
 QUEUED_POLL_S = 3.0  # a queued job only moves up the queue: every refresh costs its browser a redraw
+STOPPED_BY_YOU = N_("stopped by you")  # a stop reason the store keeps in English; shown through _()
+# The reasons the app and the CLI store (in English, as data), as msgids: the Runs page shows them via _().
+STOP_REASONS = (STOPPED_BY_YOU, N_("stopped with Ctrl-C"), N_("aborted with a second Ctrl-C"), N_("stopped"),
+                N_("interrupted"))
+
+# The jargon the pages use, explained once (msgids; shown through _() as help texts).
+PADDING_HELP = N_("'valid': no padding, so each k×k convolution shrinks the image by k−1 pixels (28 → 24 for k=5) "
+                  "and deep nets with big kernels do not fit. 'same': zeros are added around the border so the "
+                  "convolution keeps the size; only the pooling halves it.")
+SEED_HELP = N_("The random seed fixes the initial weights and the order of the mini-batches: the same seed "
+               "trains the same network again. Different seeds show how much a result varies by chance.")
+ENGINE_HELP = N_("The engine is the code path that trains: 'plain' is PyTorch's own loop; 'cpu-native' (C++ "
+                 "conv kernels) and the GPU's fast paths compute the same steps faster.")
+MEAN_SD_HELP = N_("mean ± sd: the average test accuracy over the seeds and its standard deviation (in points); "
+                  "a difference smaller than the sd is not distinguishable with this many seeds.")
+
+# Table headers: the data's column names (kept in CSVs) -> what a person reads, translated where shown.
+COLUMNS = {
+    "name": N_("name"), "layer": N_("layer"), "output_shape": N_("output shape"), "params": N_("parameters"),
+    "formula": N_("formula"), "epoch": N_("epoch"), "test_acc": N_("test accuracy (%)"),
+    "test_accuracy": N_("test accuracy"), "train_loss": N_("mean training loss"), "seconds": N_("seconds"),
+    "conv_layers": N_("conv+pool layers"), "kernel_size": N_("kernel size"), "channels": N_("channels"),
+    "seed": N_("random seed"), "status": N_("status"), "run_id": N_("run"), "model": N_("network"),
+    "pixels": N_("pixels"), "architecture": N_("architecture"), "hidden": N_("hidden FC units"),
+    "started_at": N_("started"), "label": N_("label"), "experiment": N_("experiment"),
+    "stop_reason": N_("why it stopped"), "final_test_acc": N_("test accuracy (%)"), "epochs_done": N_("epochs done"),
+    "epochs": N_("epochs"), "train_limit": N_("training images"), "optimizer": N_("optimiser"),
+    "lr": N_("learning rate"), "batch_size": N_("batch size"), "permute_pixels": N_("permuted pixels"),
+    "device": N_("device"), "message": N_("message"), "mean": N_("mean"), "sd": N_("sd"), "n": N_("runs"),
+    "text": N_("mean ± sd"), "parameters": N_("parameters"), "preset": N_("network"), "layers": N_("layers"),
+    "optimiser": N_("optimiser"), "batch": N_("batch size"), "published": N_("published result"),
+    "field": N_("field"), "engine": N_("engine"), "test_loss": N_("test loss"), "hidden_units": N_("hidden FC units"),
+    "iteration": N_("iteration"), "loss": N_("loss"), "diverged": N_("diverged"), "kind": N_("network type"),
+    "group_id": N_("group"), "diverged_at": N_("diverged at iteration"), "conv_channels": N_("conv channels"),
+    "padding": N_("padding"), "pool_before_relu": N_("pool before ReLU"), "batch_norm": N_("BatchNorm"),
+    "dropout": N_("dropout"), "softmax_before_loss": N_("softmax before the loss"),
+    "in_channels": N_("input channels"), "image_size": N_("image size"), "n_classes": N_("classes"),
+    "momentum": N_("momentum"), "shuffle": N_("shuffle batches"), "eval_batch_size": N_("evaluation batch size"),
+    "engine_requested": N_("engine asked for"), "dataset": N_("dataset"), "normalize": N_("normalisation"),
+    "test_limit": N_("test images"), "permutation_seed": N_("permutation seed"), "data_dir": N_("data directory"),
+    "data_source": N_("data source"), "torch_version": N_("PyTorch version"),
+    "torchvision_version": N_("torchvision version"), "python_version": N_("Python version"),
+    "mnist_lab_version": N_("mnist_lab version"), "steps_per_epoch": N_("iterations per epoch"),
+}
+# Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
+WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
+                   N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"), N_("compare"), N_("none"),
+                   N_("all")))
+
+
+# A run's label is stored in English (mnist_lab.store.run_label, the experiments' cell names): its
+# known parts are worded here where it is shown; anything else (a label a person wrote) stays as it is.
+_LABEL_PARTS = [(re.compile(r"^([\d,]+) images$"), N_("{n} images")),
+                (re.compile(r"^(\w+) normalisation$"), N_("{n} normalisation")),
+                (re.compile(r"^(\d+) conv × (k\d+.*)$"), N_("{n} conv × {rest}"))]
+
+
+def label_words(label: str) -> str:
+    """A stored run label ('FC 8-8-10 · 256 images', 'CNN / permuted') in the session's language."""
+    parts = []
+    for part in str(label).split(" · "):
+        if " / " in part:
+            part = " / ".join(_(w) if w in WORDS else w for w in part.split(" / "))
+        elif part == "permuted pixels":
+            part = _("permuted pixels")
+        for pattern, template in _LABEL_PARTS:
+            if m := pattern.match(part):
+                part = _(template).format(n=m.group(1), rest=m.group(2) if pattern.groups > 1 else "")
+        parts.append(part)
+    return " · ".join(parts)
+
+
+def words(column: pd.Series) -> pd.Series:
+    """A column of status / pixels / experiment words in the session's language."""
+    return column.map(lambda w: _(w) if isinstance(w, str) and w in WORDS else w)
+
+
+def headers(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its column headers (and its index's name) in the session's language."""
+    shown = frame.rename(columns={c: _(COLUMNS[c]) for c in frame.columns if c in COLUMNS})
+    if isinstance(shown.index.name, str) and shown.index.name in COLUMNS:
+        shown = shown.rename_axis(_(COLUMNS[shown.index.name]))
+    return shown
+
+
+def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> None:
+    """st.dataframe of `frame` with its headers in the session's language; `column_config` is
+    keyed by the data's own column names."""
+    config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in (column_config or {}).items()}
+    st.dataframe(headers(frame), column_config=config, **kwargs)
+
+
+def mean_sd(mean: float, sd: float, n: int, diverged: int = 0) -> str:
+    """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
+    '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean."""
+    text = (f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n > 1
+            else _("{acc} (1 run, no spread)").format(acc=f"{100 * mean:.2f}%"))
+    if diverged:
+        text = _("{text}, {n} diverged (not counted)").format(text=text, n=diverged)
+    return text
 
 
 def start_job(kind: str, spec: JobSpec) -> str | None:
@@ -30,7 +132,7 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
         server_policy().check(spec, resolve_device(spec.train.device).type)
         job_id = runner().submit(spec, workspace())
     except ValueError as exc:
-        st.session_state[f"_{kind}_refused"] = plain(str(exc))
+        st.session_state[f"_{kind}_refused"] = plain(render_error(exc))
         return None
     ensure_workers()
     st.session_state[f"_{kind}_job"] = job_id
@@ -67,7 +169,9 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "…"
     seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+    if seconds >= 60:
+        return _("{min} min {s} s").format(min=seconds // 60, s=f"{seconds % 60:02d}")
+    return _("{s} s").format(s=seconds)
 
 
 def expected_time(spec: JobSpec) -> str:
@@ -77,32 +181,39 @@ def expected_time(spec: JobSpec) -> str:
 
 
 def _status(view: JobView) -> None:
-    stop = lambda: runner().stop(view.id, "stopped by you")  # noqa: E731
+    stop = lambda: runner().stop(view.id, STOPPED_BY_YOU)  # noqa: E731
     if view.status == "queued":
-        st.info(f"Queued — position {view.position} in line for the training device (one job trains at a time).")
-        st.button("Cancel", key=f"{view.kind}_cancel_btn", on_click=stop)
+        st.info(_("Queued — position {n} in line for the training device (one job trains at a time).")
+                .format(n=view.position))
+        st.button(_("Cancel"), key=f"{view.kind}_cancel_btn", on_click=stop)
     elif view.status == "running":
-        runs = f"run {len(view.runs)} of {view.runs_total} · " if view.runs_total > 1 else ""
         run = view.runs[-1] if view.runs else None
-        steps = f"step {run.step:,} of {run.total_steps:,} · " if run and run.total_steps else "preparing data · "
-        st.progress(view.fraction, text=f"{runs}{steps}{duration(view.elapsed_s)} elapsed · ETA {duration(view.eta_s)}")
+        parts = [_("run {i} of {n}").format(i=len(view.runs), n=view.runs_total)] if view.runs_total > 1 else []
+        parts.append(_("step {i} of {n}").format(i=f"{run.step:,}", n=f"{run.total_steps:,}")
+                     if run and run.total_steps else _("preparing data"))
+        parts.append(_("{time} elapsed").format(time=duration(view.elapsed_s)))
+        parts.append(_("ETA {time}").format(time=duration(view.eta_s)))
+        st.progress(view.fraction, text=" · ".join(parts))
         if view.stop_requested:
-            st.caption(":material/hourglass_top: Stopping after the current iteration…")
+            st.caption(":material/hourglass_top: " + _("Stopping after the current iteration…"))
         else:
-            st.button("Stop", key=f"{view.kind}_stop_btn", type="primary", on_click=stop,
-                      help="Ends the run at its next iteration; what it did so far is kept.")
+            st.button(_("Stop"), key=f"{view.kind}_stop_btn", type="primary", on_click=stop,
+                      help=_("Ends the run at its next iteration; what it did so far is kept."))
     elif view.status == "finished":
-        st.success(f"Finished in {duration(view.elapsed_s)}.")
+        st.success(_("Finished in {time}.").format(time=duration(view.elapsed_s)))
     elif view.status == "diverged":
-        st.error(f"Diverged after {duration(view.elapsed_s)}: the loss became NaN or infinite. Lower the learning "
-                 "rate (or the momentum) and train again; what it did is kept on the Runs page.",
-                 icon=":material/trending_up:")
+        st.error(_("Diverged after {time}: the loss became NaN or infinite. Lower the learning rate (or the "
+                   "momentum) and train again; what it did is kept on the Runs page.")
+                 .format(time=duration(view.elapsed_s)), icon=":material/trending_up:")
     elif view.status in ("stopped", "interrupted"):
-        why = plain(view.stop_reason or view.status)
-        st.warning(f"{view.status.capitalize()} ({why}) after {duration(view.elapsed_s)}. Everything finished "
-                   "before that is kept, here and on the Runs page.")
+        why = plain(_(view.stop_reason or view.status))  # the app's own reasons are msgids; others show as given
+        template = (_("Stopped ({why}) after {time}. Everything finished before that is kept, here and on the Runs "
+                      "page.") if view.status == "stopped" else
+                    _("Interrupted ({why}) after {time}. Everything finished before that is kept, here and on the "
+                      "Runs page."))
+        st.warning(template.format(why=why, time=duration(view.elapsed_s)))
     else:
-        st.error(f"The job failed: {plain(view.error)}")
+        st.error(_("The job failed: {error}").format(error=plain(view.error)))
 
 
 def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
@@ -121,7 +232,7 @@ def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
             ensure_workers()  # and replace it, so queued jobs go on
         view = runner().poll(first.id)
         if view is None:
-            st.info("This job is no longer in the store.")
+            st.info(_("This job is no longer in the store."))
             return
         if (polling and not view.active) or (queued and view.status != "queued"):
             st.rerun()  # ended (or started): one full run redraws the page with the right timer
@@ -137,7 +248,7 @@ def live_losses(run_id: str) -> np.ndarray:
     cache = st.session_state.setdefault("_curves", {})
     have = cache.get(run_id)
     losses = have if have is not None else np.zeros(0)
-    _, new = result_store().iterations_after(run_id, len(losses))
+    new = result_store().iterations_after(run_id, len(losses))[1]
     if new:
         losses = np.concatenate([losses, np.asarray(new, dtype=float)])
         if len(cache) > 50:  # a long session's many runs: keep the newest
@@ -155,10 +266,25 @@ def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str,
                        mime="text/csv", on_click="ignore", key=key or f"{file_name}_btn", icon=":material/download:")
 
 
+LAYER_WORDS = frozenset((N_("no parameters"), N_("Softmax (before the loss!)")))  # the core's words in its rows
+_FEATURES = re.compile(r"^(.*) = (\d+) features$")  # the flatten row's formula: '20×4×4 = 320 features'
+
+
+def _layer_words(text: str) -> str:
+    if text in LAYER_WORDS:
+        return _(text)
+    if m := _FEATURES.match(text):
+        return _("{product} = {n} features").format(product=m.group(1), n=m.group(2))
+    return text
+
+
 def layer_table(cfg: ModelConfig) -> pd.DataFrame:
+    """One row per layer (name, layer, output shape, parameters, formula), its words in the
+    session's language; `cfg` is validated (a ConfigError says what to change)."""
     rows = summarize(cfg)
-    return pd.DataFrame([dict(name=r.name, layer=r.layer, output_shape=" × ".join(map(str, r.output_shape)),
-                              params=r.params, formula=r.formula) for r in rows])
+    return pd.DataFrame([dict(name=r.name, layer=_layer_words(r.layer),
+                              output_shape=" × ".join(map(str, r.output_shape)),
+                              params=r.params, formula=_layer_words(r.formula)) for r in rows])
 
 
 def sidebar_jobs() -> None:
@@ -169,8 +295,9 @@ def sidebar_jobs() -> None:
     @st.fragment(run_every=2 * POLL_S if mine() else None)
     def jobs() -> None:
         for view in mine():
-            where = f"queued #{view.position}" if view.status == "queued" else f"{100 * view.fraction:.0f}%"
-            st.caption(f":material/hourglass_top: {PAGE_KINDS.get(view.kind, view.kind)}: {where}")
+            where = (_("queued #{n}").format(n=view.position) if view.status == "queued"
+                     else f"{100 * view.fraction:.0f}%")
+            st.caption(f":material/hourglass_top: {_(PAGE_KINDS.get(view.kind, view.kind))}: {where}")
 
     jobs()
 
@@ -183,9 +310,11 @@ def live_runs(view: JobView, plan: list[tuple], columns: tuple[str, ...], key: s
     if view.runs:
         run = view.runs[-1]
         st.plotly_chart(loss_figure(live_losses(run.run_id), run.steps_per_epoch,
-                                    title=f"Run {len(view.runs)}: loss of every iteration"), key=key)
+                                    title=_("Run {n}: loss of every iteration").format(n=len(view.runs)), _=_),
+                        key=key)
     if done:
-        st.dataframe(pd.DataFrame(done), hide_index=True)
+        table(pd.DataFrame(done).assign(test_acc=lambda f: f["test_acc"].str.rstrip("%")).pipe(
+            lambda f: f.assign(**{c: words(f[c]) for c in ("pixels",) if c in f})), hide_index=True)
 
 
 def share_link() -> None:
@@ -193,8 +322,8 @@ def share_link() -> None:
     whoever opens it gets the same setup in a workspace of their own."""
     from urllib.parse import urlencode, urlsplit, urlunsplit
 
-    with st.popover("Share this setup", icon=":material/share:"):
+    with st.popover(_("Share this setup"), icon=":material/share:"):
         base = urlsplit(st.context.url or "")
         query = {k: v for k, v in st.query_params.to_dict().items() if k != "ws"}
         st.code(urlunsplit((base.scheme, base.netloc, base.path, urlencode(query), "")), language=None)
-        st.caption("The link carries the page's settings, never your workspace: your runs stay yours.")
+        st.caption(_("The link carries the page's settings, never your workspace: your runs stay yours."))

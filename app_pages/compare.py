@@ -7,11 +7,13 @@ import streamlit as st
 
 from app_lib.charts import compare_figure, digits_figure, overlay_figure
 from app_lib.forms import SUBSETS, build_compare_cfg, data_limit
+from app_lib.lang import _, current, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_images, values
 from app_lib.text import plain
-from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
+from app_lib.widgets import (MEAN_SD_HELP, SEED_HELP, csv_button, expected_time, headers, job_active, job_panel,
+                             live_runs, mean_sd, refusal, start_job, table, words)
 from mnist_lab.data import MNIST, DataConfig
-from mnist_lab.experiments import compare_default_train, compare_table, read_compare, summarize_over_seeds
+from mnist_lab.experiments import compare_default_train, compare_reading, compare_table, summarize_over_seeds
 from mnist_lab.jobs import JobSpec
 from mnist_lab.models import count_params, describe
 
@@ -22,20 +24,21 @@ LIMITS = dict(layers=(1, 3), kernel=(1, 9), channels=(1, 64), seeds=(1, 5), epoc
               perm_seed=(0, 10_000))  # what each widget accepts; a link's values are checked against it
 init_state("cmp_", DEFAULTS, LIMITS)
 
-st.title("FC vs CNN with the same number of parameters")
-st.markdown("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
-            f"trained on normal digits and on digits whose {MNIST.n_pixels} pixels are shuffled by **one fixed "
-            "permutation** "
-            "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")
+st.title(_("FC vs CNN with the same number of parameters"))
+st.markdown(_("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
+              "trained on normal digits and on digits whose {n} pixels are shuffled by **one fixed permutation** "
+              "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")
+            .format(n=MNIST.n_pixels))
 c1, c2, c3, c4 = st.columns(4)
-c1.slider("CNN conv + pool layers", *LIMITS["layers"], key="cmp_layers")
-c1.slider("Kernel size", *LIMITS["kernel"], key="cmp_kernel")
-c2.number_input("Channels per block", *LIMITS["channels"], key="cmp_channels")
-c2.text_input("CNN hidden FC units", key="cmp_hidden")
-c3.slider("Seeds", *LIMITS["seeds"], key="cmp_seeds")
-c3.slider("Epochs", *LIMITS["epochs"], key="cmp_epochs")
-c4.select_slider("Training images", LIMITS["train_limit"], key="cmp_train_limit", format_func="{:,}".format)
-c4.number_input("Permutation seed", *LIMITS["perm_seed"], key="cmp_perm_seed")
+c1.slider(_("CNN conv + pool layers"), *LIMITS["layers"], key="cmp_layers")
+c1.slider(_("Kernel size"), *LIMITS["kernel"], key="cmp_kernel")
+c2.number_input(_("Channels per block"), *LIMITS["channels"], key="cmp_channels")
+c2.text_input(_("CNN hidden FC units"), key="cmp_hidden")
+c3.slider(_("Seeds"), *LIMITS["seeds"], key="cmp_seeds", help=_(SEED_HELP))
+c3.slider(_("Epochs"), *LIMITS["epochs"], key="cmp_epochs")
+c4.select_slider(_("Training images"), LIMITS["train_limit"], key="cmp_train_limit", format_func="{:,}".format)
+c4.number_input(_("Permutation seed"), *LIMITS["perm_seed"], key="cmp_perm_seed",
+                help=_("Picks the one fixed shuffle of the 784 pixel positions; every image gets the same one."))
 
 v = values("cmp_", DEFAULTS)
 mirror_query(v, DEFAULTS)
@@ -44,20 +47,21 @@ try:
     models = compare.models()  # validates, and matches the FC width to the CNN
     problem = ""
 except ValueError as exc:
-    problem = str(exc)
+    problem = render_error(exc)
     st.error(plain(problem), icon=":material/warning:")
 if not problem:
     m1, m2, m3 = st.columns([1, 1, 2])
-    m1.metric("CNN parameters", f"{count_params(models['CNN']):,}", help=describe(models["CNN"]))
-    m2.metric("FC parameters", f"{count_params(models['FC']):,}", help=describe(models["FC"]))
-    m3.markdown(f"**CNN:** {describe(models['CNN'])}  \n**FC, width matched automatically:** "
-                f"{models['FC'].in_channels * models['FC'].image_size ** 2} → {models['FC'].hidden[0]} → "
-                f"{models['FC'].hidden[1]} → {models['FC'].n_classes}")
+    m1.metric(_("CNN parameters"), f"{count_params(models['CNN']):,}", help=describe(models["CNN"]))
+    m2.metric(_("FC parameters"), f"{count_params(models['FC']):,}", help=describe(models["FC"]))
+    fc = models["FC"]
+    m3.markdown(_("**CNN:** {cnn}  \n**FC, width matched automatically:** {fc}").format(
+        cnn=plain(describe(models["CNN"])),
+        fc=f"{fc.in_channels * fc.image_size ** 2} → {fc.hidden[0]} → {fc.hidden[1]} → {fc.n_classes}"))
 
-grid = sample_images(10, permutation_seed=v["perm_seed"], one_per_class=True)  # originals and permuted copies
+grid = sample_images(10, permutation_seed=v["perm_seed"], one_per_class=True, lang=current())  # and permuted copies
 if grid is not None:
     st.plotly_chart(digits_figure(np.concatenate([grid.images, grid.permuted]), np.concatenate([grid.labels] * 2),
-                                  cols=10, titles=grid.names + ["permuted"] * 10),
+                                  cols=10, titles=grid.names + [_("permuted")] * 10, _=_),
                     key="cmp_digits", config={"staticPlot": True})
 
 busy = job_active("compare")
@@ -65,8 +69,8 @@ if not problem:
     train_cfg = replace(compare_default_train(), epochs=v["epochs"])
     data_cfg = DataConfig(train_limit=data_limit(v["train_limit"]))
     spec = JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN")
-    st.caption(f"Expected training time on this device: about {expected_time(spec)}.")
-if st.button("Run comparison", type="primary", key="cmp_go_btn", disabled=bool(problem) or busy):
+    st.caption(_("Expected training time on this device: about {time}.").format(time=expected_time(spec)))
+if st.button(_("Run comparison"), type="primary", key="cmp_go_btn", disabled=bool(problem) or busy):
     if start_job("compare", spec):
         st.rerun()
 refusal("compare")
@@ -80,33 +84,39 @@ def draw(view) -> None:
         live_runs(view, plan, ("pixels", "model", "seed"), key="cmp_live_chart")
         return
     store = result_store()
-    table = compare_table(store.job_runs(view.id), view.spec.compare)
-    if table.empty:
+    runs_table = compare_table(store.job_runs(view.id), view.spec.compare)
+    if runs_table.empty:
         return
-    summary = summarize_over_seeds(table, ["model", "pixels"])
+    summary = summarize_over_seeds(runs_table, ["model", "pixels"])
     if summary.empty:
-        st.info("No run finished, so there is nothing to summarise.")
+        st.info(_("No run finished, so there is nothing to summarise."))
         return
-    grid = summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
-    params = table.groupby("model")["params"].first()
+    shown = summary.assign(text=[mean_sd(m, s, n, d) for m, s, n, d in summary[["mean", "sd", "n", "diverged"]]
+                                 .itertuples(index=False)], pixels=words(summary["pixels"]))
+    grid = shown.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
+    params = runs_table.groupby("model")["params"].first()
     a, b = st.columns([2, 3])
     with a:
-        st.subheader("Test accuracy, mean ± sd")
-        st.dataframe(grid.assign(parameters=params), width="stretch")
+        st.subheader(_("Test accuracy, mean ± sd"), help=_(MEAN_SD_HELP))
+        st.dataframe(headers(grid.assign(parameters=params).rename_axis("model").rename_axis(columns=None)),
+                     width="stretch")
         csv_button(summary, "compare_summary.csv", key="cmp_summary_csv_btn")
-        st.info(read_compare(summary))
-    b.plotly_chart(compare_figure(summary), key="cmp_bars")
-    diverged = int((table["status"] == "diverged").sum())
+        st.info(" ".join(plain(render_error(m)) for m in compare_reading(summary)))
+    b.plotly_chart(compare_figure(summary, _=_), key="cmp_bars")
+    diverged = int((runs_table["status"] == "diverged").sum())
     if diverged:
-        st.caption(f":material/trending_up: {diverged} of {len(table)} runs diverged (the loss became NaN or "
-                   "infinite) and are not in the means; lower the learning rate.")
-    st.subheader("Runs")
-    st.dataframe(table.assign(test_acc=table["test_acc"] * 100), hide_index=True,
-                 column_config={"test_acc": st.column_config.NumberColumn("test acc (%)", format="%.2f")})
-    csv_button(table, "compare_runs.csv", key="cmp_runs_csv_btn")
-    labels = {r.run_id: f"{r.model} / {r.pixels} / seed {r.seed}" for r in table.itertuples()}
+        st.caption(":material/trending_up: " + _("{n} of {total} runs diverged (the loss became NaN or infinite) and "
+                                                 "are not in the means; lower the learning rate.")
+                   .format(n=diverged, total=len(runs_table)))
+    st.subheader(_("Runs"))
+    table(runs_table.assign(test_acc=runs_table["test_acc"] * 100, status=words(runs_table["status"]),
+                            pixels=words(runs_table["pixels"])),
+          hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
+    csv_button(runs_table, "compare_runs.csv", key="cmp_runs_csv_btn")
+    labels = {r.run_id: _("{model} / {pixels} / seed {seed}").format(model=r.model, pixels=_(r.pixels), seed=r.seed)
+              for r in runs_table.itertuples()}
     curves = store.iterations(list(labels))
-    st.plotly_chart(overlay_figure(curves.assign(run=curves["run_id"].map(labels))), key="cmp_overlay")
+    st.plotly_chart(overlay_figure(curves.assign(run=curves["run_id"].map(labels)), _=_), key="cmp_overlay")
     csv_button(curves, "compare_iterations.csv", key="cmp_iterations_csv_btn")
 
 

@@ -1,21 +1,20 @@
-"""Report: the lab report written from the stored runs, in Chinese or English — each section's
-numbers, direction and figures — and its files to download (HTML, Word, Markdown, findings.json).
-The words come from the gettext catalogs (mnist_lab/locale); the page only lays them out."""
+"""Report: the lab report written from the stored runs, in the session's language (the sidebar's
+switch) — each section's numbers, direction and figures — and its files to download (HTML, Word,
+Markdown, findings.json). The words come from the gettext catalogs (mnist_lab/locale); the page
+only lays them out."""
 import re
 
 import pandas as pd
 import streamlit as st
 
+from app_lib.lang import N_, _, current
 from app_lib.shared import result_store, run_scope
-from mnist_lab.i18n import LANGUAGES, resolve_lang, translator
+from app_lib.text import local_times
+from app_lib.widgets import label_words
 from mnist_lab.report import build_report, findings_json, to_docx, to_html, to_markdown_zip
 
 MIME = {"report.html": "text/html", "report.docx": "application/vnd.openxmlformats-officedocument."
         "wordprocessingml.document", "report_md.zip": "application/zip", "findings.json": "application/json"}
-
-
-def N_(message: str) -> str:
-    return message
 
 
 LABELS = {"report.html": N_("HTML (print to PDF)"), "report.docx": N_("Word (.docx)"),
@@ -36,16 +35,14 @@ def md(text: str) -> str:
 
 
 store = result_store()
-if "report_lang" not in st.session_state:
-    st.session_state.report_lang = resolve_lang()  # the server's LANG / LC_ALL, until one is picked
-lang = st.radio("Language / 语言", list(LANGUAGES), format_func=LANGUAGES.get, horizontal=True, key="report_lang")
-_ = translator(lang).gettext
+lang = current()
 
 scope = run_scope()
 runs = store.visible_runs(scope)
 done = runs[runs["status"] == "finished"]
-names = {r.run_id: f"{r.label} · {str(r.started_at)[:19].replace('T', ' ')} · {r.run_id[-6:]}"
-         for r in done.itertuples()}
+tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
+names = {r.run_id: f"{label_words(r.label)} · {t} · {r.run_id[-6:]}"
+         for r, t in zip(done.itertuples(), local_times(done["started_at"], tz))}
 run_id = st.selectbox(_("Run for requirement 1 (the loss of every iteration)"), list(names), format_func=names.get,
                       key="report_run", placeholder=_("no finished run yet"),
                       help=_("Newest first; the report's other sections use every finished sweep and comparison."))

@@ -5,13 +5,14 @@ from functools import partial
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, loss_figure
-from app_lib.forms import (BATCH_SIZES, SLIDER_PRESETS, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
-                           preset_title, preset_values)
+from app_lib.forms import (BATCH_SIZES, SLIDER_PRESETS, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg,
+                           matching_preset, preset_title, preset_values, preset_words)
+from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
 from app_lib.text import plain
-from app_lib.widgets import (csv_button, expected_time, job_active, job_panel, layer_table, live_losses, refusal,
-                             start_job)
-from mnist_lab.data import MNIST, NORMALIZATIONS, describe_normalization
+from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel,
+                             layer_table, live_losses, refusal, start_job, table)
+from mnist_lab.data import MNIST, NORMALIZATIONS, normalization
 from mnist_lab.errors import StoreError
 from mnist_lab.jobs import JobSpec
 from mnist_lab.models import PRESETS, count_params, describe
@@ -32,7 +33,7 @@ try:
     result_store()  # opened and checked once per server: a damaged database is explained, not trained into
     store_problem = ""
 except StoreError as exc:
-    store_problem = str(exc)
+    store_problem = render_error(exc)
 
 
 def load_preset() -> None:
@@ -40,40 +41,52 @@ def load_preset() -> None:
         st.session_state["train_" + name] = value
 
 
-st.title("Train a network")
+st.title(_("Train a network"))
 left, right = st.columns([1, 2], gap="large")
 with left:
-    st.selectbox("Preset", LIMITS["preset"], format_func=preset_title, key="train_preset", on_change=load_preset,
-                 help="Loads one of the lab's four networks with its optimiser settings.")
-    kind = st.radio("Network", LIMITS["kind"], key="train_kind", horizontal=True,
-                    format_func={"cnn": "Convolutional", "fc": "Fully connected"}.get)
+    st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p, t=bound(): preset_title(p, t),
+                 key="train_preset", on_change=load_preset,
+                 help=_("Loads one of the lab's four networks with its optimiser settings."))
+    kind = st.radio(_("Network"), LIMITS["kind"], key="train_kind", horizontal=True,
+                    format_func={"cnn": _("Convolutional"), "fc": _("Fully connected")}.get)
     c1, c2 = st.columns(2)
     if kind == "cnn":
-        c1.slider("Conv + pool layers", *LIMITS["layers"], key="train_layers")
-        c2.slider("Kernel size", *LIMITS["kernel"], key="train_kernel")
-        c1.radio("Padding", LIMITS["padding"], key="train_padding", horizontal=True)
-        c2.number_input("Channels, block 1", *LIMITS["channels"], key="train_channels")
-        st.checkbox("Double the channels every block", key="train_double")
-        st.checkbox("Pool before ReLU (Lab-5 order)", key="train_pool_first")
-        st.checkbox("BatchNorm after each conv", key="train_batch_norm")
-    st.text_input("Hidden FC units (comma-separated, empty for none)", key="train_hidden")
-    st.slider("Dropout", *LIMITS["dropout"], step=0.05, key="train_dropout")
-    st.checkbox("Softmax before the loss", key="train_softmax",
-                help="The course notes' mistake: CrossEntropyLoss already applies log-softmax.")
+        c1.slider(_("Conv + pool layers"), *LIMITS["layers"], key="train_layers",
+                  help=_("How many conv → ReLU → max-pool blocks the network has."))
+        c2.slider(_("Kernel size"), *LIMITS["kernel"], key="train_kernel",
+                  help=_("The side k of each k×k convolution kernel, in pixels."))
+        c1.radio(_("Padding"), LIMITS["padding"], key="train_padding", horizontal=True, help=_(PADDING_HELP))
+        c2.number_input(_("Channels, block 1"), *LIMITS["channels"], key="train_channels",
+                        help=_("Feature maps of the first conv layer."))
+        st.checkbox(_("Double the channels every block"), key="train_double")
+        st.checkbox(_("Pool before ReLU (Lab-5 order)"), key="train_pool_first")
+        st.checkbox(_("BatchNorm after each conv"), key="train_batch_norm")
+    st.text_input(_("Hidden FC units (comma-separated, empty for none)"), key="train_hidden")
+    st.slider(_("Dropout"), *LIMITS["dropout"], step=0.05, key="train_dropout",
+              help=_("The probability that each input of a fully-connected layer is zeroed during training."))
+    st.checkbox(_("Softmax before the loss"), key="train_softmax",
+                help=_("The course notes' mistake: CrossEntropyLoss already applies log-softmax."))
     st.divider()
     c1, c2 = st.columns(2)
-    optimizer = c1.selectbox("Optimiser", LIMITS["optimizer"], format_func=str.upper, key="train_optimizer")
-    c2.number_input("Learning rate", *LIMITS["lr"], step=0.001, format="%.4f", key="train_lr")
-    c1.slider("Momentum", *LIMITS["momentum"], step=0.01, key="train_momentum", disabled=optimizer == "adam")
-    c2.select_slider("Batch size", LIMITS["batch_size"], key="train_batch_size")
-    c1.slider("Epochs", *LIMITS["epochs"], key="train_epochs")
-    c2.number_input("Seed", *LIMITS["seed"], key="train_seed")
-    st.select_slider("Training images", LIMITS["train_limit"], key="train_train_limit", format_func="{:,}".format,
-                     help=f"The first N of the {MNIST.train_count:,}; the test set is always all {MNIST.test_count:,}.")
-    st.selectbox("Normalisation", LIMITS["normalize"], key="train_normalize",
-                 format_func=describe_normalization)
-    st.checkbox("Permuted pixels", key="train_permute",
-                help=f"One fixed shuffle of the {MNIST.n_pixels} pixel positions.")
+    optimizer = c1.selectbox(_("Optimiser"), LIMITS["optimizer"], format_func=str.upper, key="train_optimizer")
+    c2.number_input(_("Learning rate"), *LIMITS["lr"], step=0.001, format="%.4f", key="train_lr")
+    c1.slider(_("Momentum"), *LIMITS["momentum"], step=0.01, key="train_momentum", disabled=optimizer == "adam",
+              help=_("SGD only: how much of the previous step each step keeps."))
+    c2.select_slider(_("Batch size"), LIMITS["batch_size"], key="train_batch_size",
+                     help=_("Images per iteration: one iteration is one optimiser step on one mini-batch."))
+    c1.slider(_("Epochs"), *LIMITS["epochs"], key="train_epochs",
+              help=_("One epoch is one pass over all the training images."))
+    c2.number_input(_("Seed"), *LIMITS["seed"], key="train_seed", help=_(SEED_HELP))
+    st.select_slider(_("Training images"), LIMITS["train_limit"], key="train_train_limit", format_func="{:,}".format,
+                     help=_("The first N of the {train}; the test set is always all {test}.").format(
+                         train=f"{MNIST.train_count:,}", test=f"{MNIST.test_count:,}"))
+    norm_labels = {n: _("{name}: mean {mean}, sd {sd}").format(
+        name=n, mean=", ".join(f"{x:g}" for x in sorted(set(normalization(n, "mnist")[0]))),
+        sd=", ".join(f"{x:g}" for x in sorted(set(normalization(n, "mnist")[1])))) for n in LIMITS["normalize"]}
+    st.selectbox(_("Normalisation"), LIMITS["normalize"], key="train_normalize", format_func=norm_labels.get,
+                 help=_("Each pixel becomes (pixel − mean) / sd before it enters the network."))
+    st.checkbox(_("Permuted pixels"), key="train_permute",
+                help=_("One fixed shuffle of the {n} pixel positions.").format(n=MNIST.n_pixels))
 
     v = values("train_", DEFAULTS)
     mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})
@@ -83,20 +96,20 @@ with left:
         train_cfg.validate(n_train=v["train_limit"])
         problem = ""
     except ValueError as exc:
-        problem = str(exc)
-        st.caption(":material/warning: Fix the network first: see the message beside the controls.")
+        problem = render_error(exc)
+        st.caption(":material/warning: " + _("Fix the network first: see the message beside the controls."))
     busy = not store_problem and job_active("train")
     if not problem:
         spec = JobSpec("train", train_cfg, data_cfg, model=model_cfg)
-        st.caption(f"Expected training time on this device: about {expected_time(spec)}.")
-    if st.button("Train", type="primary", key="train_go_btn", disabled=bool(problem or store_problem) or busy,
+        st.caption(_("Expected training time on this device: about {time}.").format(time=expected_time(spec)))
+    if st.button(_("Train"), type="primary", key="train_go_btn", disabled=bool(problem or store_problem) or busy,
                  width="stretch",
-                 help="Training runs in a worker process; you can change settings, or close the tab, meanwhile."):
+                 help=_("Training runs in a worker process; you can change settings, or close the tab, meanwhile.")):
         if start_job("train", spec):
             st.rerun()
     refusal("train")
     if busy:
-        st.caption("A run of yours is in progress: stop it or let it finish to start another.")
+        st.caption(_("A run of yours is in progress: stop it or let it finish to start another."))
 
 with right:
     if store_problem:
@@ -106,12 +119,16 @@ with right:
     else:
         same = matching_preset(v)
         m1, m2 = st.columns([1, 3])
-        m1.metric("Parameters", f"{int(layers['params'].sum()):,}")
-        m2.markdown(f"**{describe(model_cfg)}**  \n" + (f"The lab's {preset_title(same)}; published result: "
-                                                         f"{PRESETS[same].published}." if same else "A custom network."))
-        with st.expander("Layers: output shape and parameters", expanded="_train_job" not in st.session_state):
-            st.dataframe(layers, hide_index=True, width="stretch",
-                         column_config={"params": st.column_config.NumberColumn("params", format="%d")})
+        m1.metric(_("Parameters"), f"{int(layers['params'].sum()):,}")
+        if same:
+            title, _layers, published = preset_words(same, _)
+            about = _("The lab's {preset}; published result: {result}.").format(preset=title, result=published)
+        else:
+            about = _("A custom network.")
+        m2.markdown(f"**{plain(describe(model_cfg))}**  \n" + plain(about))
+        with st.expander(_("Layers: output shape and parameters"), expanded="_train_job" not in st.session_state):
+            table(layers, hide_index=True, width="stretch",
+                  column_config={"params": st.column_config.NumberColumn(format="%d")})
             csv_button(layers, "layers.csv", key="train_layers_csv_btn")
 
 
@@ -119,29 +136,34 @@ def draw(view) -> None:
     if view.spec is not None and view.spec.model is not None:  # the job's own network, whatever the widgets say now
         spec = view.spec
         images = spec.data.n_train()
-        st.markdown(f"**This run:** {plain(describe(spec.model))} · {count_params(spec.model):,} parameters · "
-                    f"{spec.train.epochs} epoch(s) on {images:,} images")
+        st.markdown(_("**This run:** {network} · {params} parameters · {epochs} epoch(s) on {images} images")
+                    .format(network=plain(describe(spec.model)), params=f"{count_params(spec.model):,}",
+                            epochs=spec.train.epochs, images=f"{images:,}"))
     run = view.runs[-1] if view.runs else None
     if run is None:
         return
     if run.status == "diverged":
-        message = result_store().runs([run.run_id])["message"].item() or "The loss became NaN or infinite."
-        st.error(f"**Diverged.** {plain(message)}", icon=":material/trending_up:")
-    st.plotly_chart(loss_figure(live_losses(run.run_id), run.steps_per_epoch), key="train_loss_chart")
+        message = result_store().runs([run.run_id])["message"].item() or _("The loss became NaN or infinite.")
+        st.error(_("**Diverged.** {message}").format(message=plain(message)), icon=":material/trending_up:")
+    st.plotly_chart(loss_figure(live_losses(run.run_id), run.steps_per_epoch, _=_), key="train_loss_chart")
     store, ids = result_store(), [run.run_id]
     epochs = store.epochs(ids)
     if len(epochs):
         last = epochs.iloc[-1]
-        table = epochs.assign(test_acc=(100 * epochs["test_acc"]).map("{:.2f}%".format),
+        shown = epochs.assign(test_acc=(100 * epochs["test_acc"]).map("{:.2f}%".format),
                               seconds=epochs["seconds"].round(1)).drop(columns="run_id")
-        st.metric(f"Test accuracy after epoch {int(last['epoch'])}", f"{100 * last['test_acc']:.2f}%")
-        st.dataframe(table.rename(columns={"test_acc": "test_accuracy"}), hide_index=True, width="stretch")
+        st.metric(_("Test accuracy after epoch {n}").format(n=int(last["epoch"])), f"{100 * last['test_acc']:.2f}%")
+        table(shown.rename(columns={"test_acc": "test_accuracy"}), hide_index=True, width="stretch")
         if len(epochs) > 1:
-            st.plotly_chart(accuracy_figure(epochs[["epoch", "test_acc"]]), key="train_accuracy_chart")
+            st.plotly_chart(accuracy_figure(epochs[["epoch", "test_acc"]], _=_), key="train_accuracy_chart")
     if not view.active:
         row = store.runs(ids)
-        where = f", trained on {row['device'].item()} ({row['engine'].item()} engine)" if len(row) else ""
-        st.caption(f"Run `{run.run_id}`: {run.step:,} iterations recorded{where}.")
+        if len(row):
+            st.caption(_("Run {id}: {n} iterations recorded, trained on {device} ({engine} engine).").format(
+                id=f"`{run.run_id}`", n=f"{run.step:,}", device=row["device"].item(),  # the app's own names
+                engine=row["engine"].item()), help=_(ENGINE_HELP))
+        else:
+            st.caption(_("Run {id}: {n} iterations recorded.").format(id=f"`{run.run_id}`", n=f"{run.step:,}"))
         cols = st.columns(3)
         for col, name in zip(cols, ("iterations", "epochs", "runs")):
             with col:

@@ -2,7 +2,8 @@
 same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
 local workspace (so the app's Runs page can stop them); `worker` serves the app's queued jobs.
 Bad input ends with one `error:` line and exit code 2 before anything trains, never a
-traceback; a run whose loss became NaN or infinite ends with exit code 3.
+traceback; a run whose loss became NaN or infinite ends with exit code 3. Help and messages are in
+the language of `--lang zh|en` (any command) or LANGUAGE / LC_ALL / LANG, through the catalogs.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import i18n
 from .data import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError, check_model_fits
 from .errors import ConfigError, StoreError
-from .experiments import CompareConfig, SweepConfig, diverged_runs, summarize_over_seeds
+from .experiments import CompareConfig, SweepConfig, diverged_runs, read_compare, summarize_over_seeds
+from .i18n import N_
 from .jobs import JobSpec, run_inline
 from .models import PRESETS, ModelConfig, count_params, get_preset
 from .store import ResultStore, default_db_path
@@ -29,12 +32,45 @@ EXIT_BAD_INPUT = 2  # a bad command line, unusable data, database or output fold
 EXIT_DIVERGED = 3  # a run's loss became NaN or infinite: it is kept as 'diverged', the tables are written
 EXIT_STOPPED = 130  # Ctrl-C
 
+# This run's gettext (set by main from --lang or the environment; English until then).
+_ = i18n.translator("en").gettext
+# argparse's own words (its 'usage: ', section titles and refusals), worded through our catalog too.
+ARGPARSE_WORDS = (N_("usage: "), N_("positional arguments"), N_("options"), N_("show this help message and exit"),
+                  N_("the following arguments are required: %s"), N_("unrecognized arguments: %s"),
+                  N_("invalid choice: %(value)r (choose from %(choices)s)"), N_("invalid %(type)s value: %(value)r"),
+                  N_("argument %(argument_name)s: %(message)s"), N_("expected one argument"),
+                  N_("expected at least one argument"), N_("ambiguous option: %(option)s could match %(matches)s"))
+
+
+def _lang_of(argv: list[str]) -> str:
+    """The language a command line asks for (`--lang X` or `--lang=X` anywhere), else the
+    environment's; read before argparse so that its help is in that language."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--lang" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--lang="):
+            value = arg.split("=", 1)[1]
+    try:
+        return i18n.resolve_lang(value)
+    except ValueError:
+        return i18n.resolve_lang(None)  # argparse then refuses the value, in the environment's language
+
+
+def _language(value: str) -> str:
+    try:
+        return i18n.resolve_lang(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(_("Unknown language '{value}': choose zh or en.")
+                                         .format(value=value)) from None
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its refusal as one `error:` line like every other refusal (no usage block)."""
 
     def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_BAD_INPUT, _("error: {message} (see {prog} --help)").format(message=message, prog=self.prog)
+                  + "\n")
 
 
 def _check_out(out: Path | None) -> None:
@@ -42,21 +78,24 @@ def _check_out(out: Path | None) -> None:
     if out is None:
         return
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory: name a directory (it is created if missing).")
+        raise ValueError(_("--out {out} is a file, not a directory: name a directory (it is created if missing).")
+                         .format(out=out))
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
-        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc}): choose a directory you can "
-                         "write to.") from None
+        raise ValueError(_("--out {out} cannot be written ({why}): choose a directory you can write to.")
+                         .format(out=out, why=exc.strerror or exc)) from None
 
 
 def _check_data_dir(data_dir: str | None) -> None:
     if data_dir is not None and not Path(data_dir).is_dir():
-        what = "is a file, not a directory" if Path(data_dir).exists() else "does not exist"
-        raise ValueError(f"--data-dir {data_dir} {what}: give the folder that holds MNIST/raw, or leave --data-dir "
-                         "out to use the offline package.")
+        template = (_("--data-dir {dir} is a file, not a directory: give the folder that holds MNIST/raw, or leave "
+                      "--data-dir out to use the offline package.") if Path(data_dir).exists() else
+                    _("--data-dir {dir} does not exist: give the folder that holds MNIST/raw, or leave --data-dir out "
+                      "to use the offline package."))
+        raise ValueError(template.format(dir=data_dir))
 
 
 def _open(args) -> ResultStore:
@@ -70,9 +109,10 @@ def _report_diverged(results: list[RunResult]) -> int:
     """One stderr line per diverged run; the exit code."""
     bad = diverged_runs(results)
     for r in bad:
-        print(f"diverged: run {r.run_id}: {r.message}", file=sys.stderr)
+        print(_("diverged: run {id}: {message}").format(id=r.run_id, message=r.message), file=sys.stderr)
     if bad and len(results) > 1:
-        print(f"{len(bad)} of {len(results)} runs diverged; the summaries count finished runs only.", file=sys.stderr)
+        print(_("{n} of {total} runs diverged; the summaries count finished runs only.").format(
+            n=len(bad), total=len(results)), file=sys.stderr)
     return EXIT_DIVERGED if bad else 0
 
 
@@ -89,55 +129,58 @@ class _Bar:
             self.bar.update(len(event.losses))
         elif event.kind == "epoch" and event.metrics is not None:
             m = event.metrics
-            self.bar.set_postfix_str(f"epoch {m.epoch} test acc {100 * m.test_acc:.2f}%")
+            self.bar.set_postfix_str(_("epoch {epoch} test accuracy {acc}").format(epoch=m.epoch,
+                                                                                     acc=i18n.pct(m.test_acc)))
 
     def close(self) -> None:
         self.bar.close()
 
 
 def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--optimizer", choices=["sgd", "adam"])
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--no-shuffle", action="store_true", help="same batch order every epoch")
-    g.add_argument("--augment", action="store_true", help="random shifts (and flips for colour images) per batch")
+    g = p.add_argument_group(_("training"))
+    g.add_argument("--epochs", type=int, default=epochs, help=_("passes over the training images"))
+    g.add_argument("--batch-size", type=int, help=_("images per iteration"))
+    g.add_argument("--lr", type=float, help=_("learning rate"))
+    g.add_argument("--momentum", type=float, help=_("momentum (SGD)"))
+    g.add_argument("--optimizer", choices=["sgd", "adam"], help=_("optimiser"))
+    g.add_argument("--seed", type=int, default=0, help=_("random seed: initial weights and batch order"))
+    g.add_argument("--no-shuffle", action="store_true", help=_("same batch order every epoch"))
+    g.add_argument("--augment", action="store_true", help=_("random shifts (and flips for colour images) per batch"))
     g.add_argument("--sort-by-label", action="store_true",
-                   help="train on the images in label order (with --no-shuffle)")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+                   help=_("train on the images in label order (with --no-shuffle)"))
+    g.add_argument("--device", default="auto", help=_("auto (CUDA if present), cpu, cuda"))
     g.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "
-                        "CPU), plain (the reference loop), cuda-graph, stacked (sweep/compare: a cell's seeds as "
-                        "one network), cpu-native")
-    d = p.add_argument_group("data")
-    d.add_argument("--train-limit", type=int, help="use only the first N training images")
-    d.add_argument("--dataset", choices=list(DATASETS), help="default: the preset's (mnist for the lab's nets)")
-    d.add_argument("--normalize", choices=list(NORMALIZATIONS))
-    d.add_argument("--permute-pixels", action="store_true", help="shuffle pixels by one fixed permutation")
-    d.add_argument("--permutation-seed", type=int, default=0)
-    d.add_argument("--data-dir", help="datasets in torchvision's layout (ROOT/MNIST/raw, ROOT/FashionMNIST/raw, "
-                                      "ROOT/cifar-10-batches-py or ROOT/cifar-10-python.tar.gz)")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, help="directory for the CSV tables")
-    o.add_argument("--db", type=Path, help=f"SQLite results database (default {default_db_path()})")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help=_("training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "
+                          "CPU), plain (the reference loop), cuda-graph, stacked (sweep/compare: a cell's seeds as "
+                          "one network), cpu-native"))
+    d = p.add_argument_group(_("data"))
+    d.add_argument("--train-limit", type=int, help=_("use only the first N training images"))
+    d.add_argument("--dataset", choices=list(DATASETS), help=_("default: the preset's (mnist for the lab's nets)"))
+    d.add_argument("--normalize", choices=list(NORMALIZATIONS), help=_("pixel normalisation"))
+    d.add_argument("--permute-pixels", action="store_true", help=_("shuffle pixels by one fixed permutation"))
+    d.add_argument("--permutation-seed", type=int, default=0, help=_("which fixed permutation"))
+    d.add_argument("--data-dir", help=_("datasets in torchvision's layout (ROOT/MNIST/raw, ROOT/FashionMNIST/raw, "
+                                        "ROOT/cifar-10-batches-py or ROOT/cifar-10-python.tar.gz)"))
+    o = p.add_argument_group(_("output"))
+    o.add_argument("--out", type=Path, help=_("directory for the CSV tables"))
+    o.add_argument("--db", type=Path, help=_("SQLite results database (default {path})").format(path=default_db_path()))
+    o.add_argument("--quiet", action="store_true", help=_("no progress bar"))
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("architecture (overrides the preset)")
-    g.add_argument("--preset", choices=list(PRESETS), help="start from one of the lab's networks")
-    g.add_argument("--kind", choices=["cnn", "fc"])
-    g.add_argument("--conv-channels", type=int, nargs="+", help="channels of each conv block, e.g. 10 20")
-    g.add_argument("--kernel-size", type=int)
-    g.add_argument("--padding", choices=["valid", "same"])
-    g.add_argument("--pool-before-relu", action="store_true", default=None)
-    g.add_argument("--batch-norm", action="store_true", default=None)
-    g.add_argument("--dropout", type=float)
-    g.add_argument("--hidden", type=int, nargs="*", help="widths of hidden FC layers (none: --hidden)")
-    g.add_argument("--softmax-before-loss", action="store_true", default=None)
+    g = p.add_argument_group(_("architecture (overrides the preset)"))
+    g.add_argument("--preset", choices=list(PRESETS), help=_("start from one of the lab's networks"))
+    g.add_argument("--kind", choices=["cnn", "fc"], help=_("convolutional or fully connected"))
+    g.add_argument("--conv-channels", type=int, nargs="+", help=_("channels of each conv block, e.g. 10 20"))
+    g.add_argument("--kernel-size", type=int, help=_("side of each conv kernel, in pixels"))
+    g.add_argument("--padding", choices=["valid", "same"],
+                   help=_("valid: no padding, each conv shrinks the image by k-1; same: the conv keeps the size"))
+    g.add_argument("--pool-before-relu", action="store_true", default=None, help=_("the Lab-5 order"))
+    g.add_argument("--batch-norm", action="store_true", default=None, help=_("BatchNorm after each conv"))
+    g.add_argument("--dropout", type=float, help=_("dropout probability before each FC layer"))
+    g.add_argument("--hidden", type=int, nargs="*", help=_("widths of hidden FC layers (none: --hidden)"))
+    g.add_argument("--softmax-before-loss", action="store_true", default=None,
+                   help=_("the course notes' mistake: softmax before CrossEntropyLoss"))
 
 
 def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConfig, DataConfig]:
@@ -187,7 +230,7 @@ def _export(store: ResultStore, out: Path | None, run_ids: list[str], extra: dic
     for name, frame in extra.items():
         paths[name] = out / f"{name}.csv"
         frame.to_csv(paths[name], index=False)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(_("wrote {files}").format(files=", ".join(str(p) for p in paths.values())))
 
 
 def cmd_presets(args) -> int:
@@ -208,10 +251,11 @@ def cmd_train(args) -> int:
     table = pd.DataFrame([dict(epoch=m.epoch, train_loss=round(m.train_loss, 4), test_loss=round(m.test_loss, 4),
                                test_acc=f"{100 * m.test_acc:.2f}%", seconds=round(m.seconds, 2))
                           for m in result.epochs])
-    print(f"run {result.run_id}: {result.status}, {result.params:,} parameters, {len(result.losses)} iterations "
-          f"on {result.device} ({result.engine} engine), {result.seconds:.1f} s")
+    print(_("run {id}: {status}, {params} parameters, {n} iterations on {device} ({engine} engine), {seconds} s")
+          .format(id=result.run_id, status=_(result.status), params=i18n.integer(result.params), n=len(result.losses),
+                  device=result.device, engine=result.engine, seconds=f"{result.seconds:.1f}"))
     if why := fallback_reason(model, train_cfg, resolve_device(train_cfg.device)):
-        print(f"note: the plain loop ran because {why}")
+        print(_("note: the plain loop ran because {why}").format(why=why))
     if len(table):
         print(table.to_string(index=False))
     _export(store, args.out, [result.run_id], {})
@@ -219,13 +263,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    _, train_cfg, data_cfg = _configs(args)
+    train_cfg, data_cfg = _configs(args)[1:]
     sweep = SweepConfig(conv_layers=tuple(args.conv_layers), kernel_sizes=tuple(args.kernel_sizes),
                         hidden_units=tuple(args.hidden_units), seeds=args.seeds,
                         base_channels=args.base_channels, padding=args.sweep_padding)
     cells, skipped = sweep.cells()
     for s in skipped:
-        print(f"skipped {s['conv_layers']} conv × k{s['kernel_size']}: {s['reason']}", file=sys.stderr)
+        print(_("skipped {layers} conv × k{k}: {why}").format(layers=s["conv_layers"], k=s["kernel_size"],
+                                                              why=i18n.render(s["error"], LANG)), file=sys.stderr)
     store = _open(args)
     bar = _Bar(_steps(train_cfg, data_cfg) * len(cells) * sweep.seeds, args.quiet)
     try:
@@ -235,17 +280,18 @@ def cmd_sweep(args) -> int:
         bar.close()
     summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
     print(summary[["conv_layers", "kernel_size", "hidden_units", "n", "diverged", "text"]]
-          .rename(columns={"text": "test acc (mean ± sd)"}).to_string(index=False))
+          .rename(columns={"text": _("test accuracy (mean ± sd)")}).to_string(index=False))
     _export(store, args.out, list(result.table["run_id"]), {"sweep": result.table})
     return _report_diverged(result.results)
 
 
 def cmd_compare(args) -> int:
-    _, train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)  # its optimiser and batch
+    train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)[1:]  # its optimiser and batch
     compare = CompareConfig(cnn=get_preset(args.cnn_preset).model, seeds=args.seeds,
                             permutation_seed=args.permutation_seed)
     models = compare.models()
-    print(" vs ".join(f"{name}: {count_params(cfg):,} parameters" for name, cfg in models.items()))
+    print(" vs ".join(_("{name}: {n} parameters").format(name=name, n=i18n.integer(count_params(cfg)))
+                      for name, cfg in models.items()))
     store = _open(args)
     bar = _Bar(_steps(train_cfg, data_cfg) * 4 * compare.seeds, args.quiet)
     try:
@@ -254,9 +300,9 @@ def cmd_compare(args) -> int:
     finally:
         bar.close()
     pivot = result.summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
-    print(f"test accuracy, mean ± sd over {compare.seeds} seed(s):")
+    print(_("test accuracy, mean ± sd over {n} seed(s):").format(n=compare.seeds))
     print(pivot.to_string())
-    print(result.reading)
+    print(read_compare(result.summary, LANG))
     _export(store, args.out, list(result.table["run_id"]),
             {"compare": result.table[["model", "pixels", "seed", "params", "test_acc", "run_id"]]})
     return _report_diverged(result.results)
@@ -266,9 +312,9 @@ def cmd_worker(args) -> int:
     from .worker import Worker, WorkerConfig
 
     if args.slot < 0:
-        raise ValueError(f"--slot must be 0 or more; got {args.slot}.")
+        raise ValueError(_("--slot must be 0 or more; got {value}.").format(value=args.slot))
     if not 0 <= args.nice <= 19:
-        raise ValueError(f"--nice must be 0 to 19; got {args.nice}.")
+        raise ValueError(_("--nice must be 0 to 19; got {value}.").format(value=args.nice))
     return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,
                                parent_pid=args.parent_pid, idle_exit_s=args.idle_exit,
                                max_job_s=args.max_job_seconds, warm=not args.no_warm,
@@ -279,63 +325,73 @@ def cmd_report(args) -> int:
     from .report import FILES, build_report, write_report
 
     if args.db is not None and not Path(args.db).is_file():
-        raise ValueError(f"No results database at {args.db}: train something first, or pass the right --db.")
-    report = build_report(ResultStore(args.db), args.lang, run_id=args.run)
+        raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
+                         .format(db=args.db))
+    report = build_report(ResultStore(args.db), LANG, run_id=args.run)
     paths = write_report(report, args.out)
     for warning in report.warnings:
-        print(f"note: {warning}", file=sys.stderr)
-    print("wrote " + ", ".join(str(paths[name]) for name in FILES if name in paths))
+        print(_("note: {warning}").format(warning=warning), file=sys.stderr)
+    print(_("wrote {files}").format(files=", ".join(str(paths[name]) for name in FILES if name in paths)))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m mnist_lab", description="MNIST CNN Lab, headless.",
-                     epilog="Exit codes: 0 done, 2 bad input (nothing trained), 3 a run diverged (its loss became NaN "
-                            "or infinite), 130 stopped by Ctrl-C.")
+    """The parser, its help in this run's language (main sets it first)."""
+    lang = argparse.ArgumentParser(add_help=False)  # --lang on every command, before or after its name
+    lang.add_argument("--lang", type=_language, default=argparse.SUPPRESS, metavar="{zh,en}",
+                      help=_("language of help and messages: zh or en (default: from LANGUAGE / LC_ALL / LANG)"))
+    parser = _Parser(prog="python -m mnist_lab", description=_("MNIST CNN Lab, headless."), parents=[lang],
+                     epilog=_("Exit codes: 0 done, 2 bad input (nothing trained), 3 a run diverged (its loss became "
+                              "NaN or infinite), 130 stopped by Ctrl-C."))
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("presets", help="the lab's networks with their parameter counts").set_defaults(func=cmd_presets)
+    db_help = _("SQLite results database (default {path})").format(path=default_db_path())
 
-    p = sub.add_parser("train", help="train one network")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[lang])
+
+    command("presets", _("the lab's networks with their parameter counts")).set_defaults(func=cmd_presets)
+
+    p = command("train", _("train one network"))
     _add_model_flags(p)
     _add_training_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sweep", help="conv layers × kernel sizes (× hidden units) × seeds")
-    p.add_argument("--conv-layers", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 5, 7])
-    p.add_argument("--hidden-units", type=int, nargs="+", default=[0], help="one hidden FC layer; 0 = none")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--base-channels", type=int, default=16, help="first block's channels, doubling per block")
-    p.add_argument("--sweep-padding", choices=["valid", "same"], default="same")
+    p = command("sweep", _("conv layers × kernel sizes (× hidden units) × seeds"))
+    p.add_argument("--conv-layers", type=int, nargs="+", default=[1, 2, 3], help=_("numbers of conv+pool blocks"))
+    p.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 5, 7], help=_("kernel sizes"))
+    p.add_argument("--hidden-units", type=int, nargs="+", default=[0], help=_("one hidden FC layer; 0 = none"))
+    p.add_argument("--seeds", type=int, default=3, help=_("random seeds per cell"))
+    p.add_argument("--base-channels", type=int, default=16, help=_("first block's channels, doubling per block"))
+    p.add_argument("--sweep-padding", choices=["valid", "same"], default="same", help=_("padding of every cell"))
     _add_training_flags(p, epochs=1)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("compare", help="FC vs CNN with equal parameters, normal vs permuted pixels")
-    p.add_argument("--seeds", type=int, default=3)
+    p = command("compare", _("FC vs CNN with equal parameters, normal vs permuted pixels"))
+    p.add_argument("--seeds", type=int, default=3, help=_("random seeds per network and pixel order"))
     p.add_argument("--cnn-preset", choices=[n for n, v in PRESETS.items() if v.model.kind == "cnn"],
-                   default="tiny-cnn")
+                   default="tiny-cnn", help=_("the CNN; the FC net is matched to its parameter count"))
     _add_training_flags(p, epochs=1)
     p.set_defaults(func=cmd_compare)
 
     from .cli_lesson import add_parser as add_lesson_parser
 
-    add_lesson_parser(sub)
+    add_lesson_parser(sub, parents=[lang], gettext=_)
 
-    p = sub.add_parser("report", help="the lab report from the stored runs: HTML, Word, Markdown, findings.json")
-    p.add_argument("--out", type=Path, required=True, help="directory for the report's files")
-    p.add_argument("--lang", help="zh or en (default: from LANG / LC_ALL)")
-    p.add_argument("--db", type=Path, help=f"SQLite results database (default {default_db_path()})")
-    p.add_argument("--run", help="run for requirement 1, the loss of every iteration (default: the newest finished)")
+    p = command("report", _("the lab report from the stored runs: HTML, Word, Markdown, findings.json"))
+    p.add_argument("--out", type=Path, required=True, help=_("directory for the report's files"))
+    p.add_argument("--db", type=Path, help=db_help)
+    p.add_argument("--run", help=_("run for requirement 1, the loss of every iteration (default: the newest finished)"))
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("worker", help="train the app's queued jobs (one worker per GPU; the app starts one itself)")
-    p.add_argument("--db", type=Path, help=f"SQLite results database to serve (default {default_db_path()})")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--slot", type=int, default=0, help="worker number, 0 .. workers-1 (one per GPU)")
-    p.add_argument("--max-job-seconds", type=float, help="stop a job that trains longer than this (timed out)")
-    p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a job")
-    p.add_argument("--no-warm", action="store_true", help="do not load MNIST and warm the device up first")
-    p.add_argument("--nice", type=int, default=0, help="lower the worker's CPU priority by this much (0-19)")
+    p = command("worker", _("train the app's queued jobs (one worker per GPU; the app starts one itself)"))
+    p.add_argument("--db", type=Path, help=_("SQLite results database to serve (default {path})")
+                   .format(path=default_db_path()))
+    p.add_argument("--device", default="auto", help=_("auto (CUDA if present), cpu, cuda, cuda:1, ..."))
+    p.add_argument("--slot", type=int, default=0, help=_("worker number, 0 .. workers-1 (one per GPU)"))
+    p.add_argument("--max-job-seconds", type=float, help=_("stop a job that trains longer than this (timed out)"))
+    p.add_argument("--idle-exit", type=float, help=_("exit after this many seconds without a job"))
+    p.add_argument("--no-warm", action="store_true", help=_("do not load MNIST and warm the device up first"))
+    p.add_argument("--nice", type=int, default=0, help=_("lower the worker's CPU priority by this much (0-19)"))
     p.add_argument("--max-jobs", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the app's server: end with it
     p.set_defaults(func=cmd_worker)
@@ -352,11 +408,31 @@ def _stop_on_ctrl_c(stop: threading.Event):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping after this iteration; what finished is kept (Ctrl-C again to abort)", file=sys.stderr)
+        print("\n" + _("stopping after this iteration; what finished is kept (Ctrl-C again to abort)"), file=sys.stderr)
     return signal.signal(signal.SIGINT, handler)
 
 
+def _set_language(lang: str) -> None:
+    """This run's words: our messages, and argparse's (which looks its `_` up at each call)."""
+    global _, LANG
+    LANG, _ = lang, i18n.translator(lang).gettext
+    argparse._ = _
+    argparse.ngettext = i18n.translator(lang).ngettext
+
+
+LANG = "en"  # this run's language, 'en' or 'zh_CN'
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _set_language(_lang_of(argv))
+    try:
+        return _main(argv)
+    finally:
+        _set_language("en")  # argparse's words back to English for whoever parses next in this process
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -368,13 +444,13 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         return EXIT_STOPPED if args.cancel.is_set() else code
     except (ValueError, DataUnavailableError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(_("error: {message}").format(message=i18n.render(exc, LANG)), file=sys.stderr)
         return EXIT_BAD_INPUT
     except (OSError, sqlite3.Error) as exc:
-        print(f"error: {exc} (check the --out and --db paths)", file=sys.stderr)
+        print(_("error: {message} (check the --out and --db paths)").format(message=exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("aborted: finished iterations and epochs are kept in the results database", file=sys.stderr)
+        print(_("aborted: finished iterations and epochs are kept in the results database"), file=sys.stderr)
         return EXIT_STOPPED
     finally:
         if previous is not None:

@@ -16,24 +16,28 @@ from .store import default_db_path
 from .train import ENGINES
 
 
-def add_parser(sub) -> None:
-    """Register the `lesson` subcommand on the main parser's subparsers."""
-    p = sub.add_parser("lesson", help="a week-2 question as a ready experiment over seeds (--list: which ones)")
-    p.add_argument("name", nargs="?", help="the lesson: " + ", ".join(LESSONS))
-    p.add_argument("--list", action="store_true", help="list the lessons and whether this build can run them")
-    p.add_argument("--dataset", help="mnist, fashion-mnist or cifar10 (default: the lesson's own)")
-    p.add_argument("--seeds", type=int, help="runs per variant (default: the lesson's, usually 3)")
-    p.add_argument("--full", action="store_true", help="the lab's full settings: every image, more epochs")
-    p.add_argument("--epochs", type=int, help="override the lesson's epochs")
-    p.add_argument("--train-limit", type=int, help="override the lesson's number of training images")
-    p.add_argument("--test-limit", type=int, help="override the lesson's number of test images")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+def add_parser(sub, parents=(), gettext=lambda s: s) -> None:
+    """Register the `lesson` subcommand on the main parser's subparsers; `parents` brings the
+    shared --lang, `gettext` words the help in this run's language."""
+    _ = gettext
+    text = _("a week-2 question as a ready experiment over seeds (--list: which ones)")
+    p = sub.add_parser("lesson", help=text, description=text, parents=list(parents))
+    p.add_argument("name", nargs="?", help=_("the lesson: {names}").format(names=", ".join(LESSONS)))
+    p.add_argument("--list", action="store_true", help=_("list the lessons and whether this build can run them"))
+    p.add_argument("--dataset", help=_("mnist, fashion-mnist or cifar10 (default: the lesson's own)"))
+    p.add_argument("--seeds", type=int, help=_("runs per variant (default: the lesson's, usually 3)"))
+    p.add_argument("--full", action="store_true", help=_("the lab's full settings: every image, more epochs"))
+    p.add_argument("--epochs", type=int, help=_("override the lesson's epochs"))
+    p.add_argument("--train-limit", type=int, help=_("override the lesson's number of training images"))
+    p.add_argument("--test-limit", type=int, help=_("override the lesson's number of test images"))
+    p.add_argument("--device", default="auto", help=_("auto (CUDA if present), cpu, cuda"))
     p.add_argument("--engine", choices=ENGINES, default="auto")
-    p.add_argument("--data-dir", help="datasets in torchvision's layout")
-    p.add_argument("--lang", help="zh or en (default: from LANG / LC_ALL)")
-    p.add_argument("--out", type=Path, help="directory for the CSV tables")
-    p.add_argument("--db", type=Path, help=f"SQLite results database (default {default_db_path()})")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--data-dir", help=_("datasets in torchvision's layout"))
+    if not parents:
+        p.add_argument("--lang", help=_("zh or en (default: from LANG / LC_ALL)"))
+    p.add_argument("--out", type=Path, help=_("directory for the CSV tables"))
+    p.add_argument("--db", type=Path, help=_("SQLite results database (default {path})").format(path=default_db_path()))
+    p.add_argument("--quiet", action="store_true", help=_("no progress bar"))
     p.set_defaults(func=cmd_lesson)
 
 
@@ -56,7 +60,7 @@ def cmd_lesson(args) -> int:
     from .store import ResultStore
     from .train import resolve_device
 
-    _ = translator(resolve_lang(args.lang)).gettext
+    _ = translator(resolve_lang(getattr(args, 'lang', None))).gettext
     if args.list:
         return _list(_)
     if not args.name:

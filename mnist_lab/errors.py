@@ -7,13 +7,16 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from .i18n import N_
+
 SQLITE_INT_MAX = 2**63 - 1  # seeds are stored as SQLite's signed 64-bit INTEGER
 
 
 class ConfigError(ValueError):
     """A config field that cannot be used. `field` is the dataclass field (e.g. 'batch_size'),
     `value` what was given, `template` the English message with `{name}` placeholders and
-    `params` their values (`value` among them)."""
+    `params` their values (`value` among them). The template is ConfigError's 3rd argument, a
+    pybabel keyword (i18n.KEYWORDS); one built elsewhere is marked with i18n.N_."""
 
     def __init__(self, field: str, value: Any, template: str, /, **params: Any):
         self.field, self.value, self.template = field, value, template
@@ -22,14 +25,16 @@ class ConfigError(ValueError):
 
 
 class StoreError(RuntimeError):
-    """The results database cannot be read or written; the message names the file and what to do."""
+    """The results database cannot be read or written; the message names the file and what to do
+    (`template` with `params` path and detail, as ConfigError)."""
 
     def __init__(self, path: Any, detail: str, template: str | None = None):
         self.path, self.detail = str(path), detail
-        self.template = template or ("The results database {path} cannot be used ({detail}). Move it aside "
-                                     "(mv {path} {path}.broken) and run again: a new, empty one is created; "
-                                     "or choose another file with --db or MNIST_LAB_DB.")
-        super().__init__(self.template.format(path=self.path, detail=detail))
+        self.template = template or N_("The results database {path} cannot be used ({detail}). Move it aside "
+                                       "(mv {path} {path}.broken) and run again: a new, empty one is created; "
+                                       "or choose another file with --db or MNIST_LAB_DB.")
+        self.params = {"path": self.path, "detail": detail}
+        super().__init__(self.template.format(**self.params))
 
 
 # ------------------------------------------------------------------------------------ checks

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .data import DataConfig, TensorData, check_model_fits, prepare_data
 from .errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
+from .i18n import N_, Message, render
 from .models import (KERNEL_RANGE, MAX_CHANNELS, MAX_CONV_BLOCKS, MAX_WIDTH, PRESETS, ModelConfig, cnn_config,
                      count_params, describe, match_fc_width)
 from .store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
@@ -168,10 +169,11 @@ class SweepConfig:
     def validate(self) -> None:
         """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
         lo, hi = KERNEL_RANGE
-        for name, what, low, high, example in (("conv_layers", "conv-layer count", 1, MAX_CONV_BLOCKS, (1, 2, 3)),
-                                               ("kernel_sizes", "kernel size", lo, hi, (3, 5, 7)),
-                                               ("hidden_units", "hidden width", 0, MAX_WIDTH, (0,))):
-            value = need_ints(name, getattr(self, name), name.replace("_", " ").capitalize(), example)
+        for name, label, what, low, high, example in (
+                ("conv_layers", N_("Conv layers"), N_("conv-layer count"), 1, MAX_CONV_BLOCKS, (1, 2, 3)),
+                ("kernel_sizes", N_("Kernel sizes"), N_("kernel size"), lo, hi, (3, 5, 7)),
+                ("hidden_units", N_("Hidden units"), N_("hidden width"), 0, MAX_WIDTH, (0,))):
+            value = need_ints(name, getattr(self, name), label, example)
             if not value:
                 raise ConfigError(name, value, "Choose at least one {what} ({name} is empty).", what=what, name=name)
             if not 1 <= len(value) <= MAX_SWEEP_VALUES:
@@ -195,7 +197,8 @@ class SweepConfig:
         need_bool("pool_before_relu", self.pool_before_relu, "Pool before ReLU")
 
     def cells(self) -> tuple[list[tuple[int, int, int, ModelConfig]], list[dict]]:
-        """(valid cells as (layers, kernel, hidden, cfg), skipped cells with the reason)."""
+        """(valid cells as (layers, kernel, hidden, cfg), skipped cells with the reason: its English
+        `reason` and the ConfigError as `error`)."""
         self.validate()
         valid, skipped = [], []
         for layers in self.conv_layers:
@@ -206,7 +209,7 @@ class SweepConfig:
                         cfg.validate()
                     except ValueError as exc:
                         skipped.append(dict(conv_layers=layers, kernel_size=kernel, hidden_units=hidden,
-                                            reason=str(exc)))
+                                            reason=str(exc), error=exc))  # error: for a UI to word it
                         continue
                     valid.append((layers, kernel, hidden, cfg))
         if not valid:
@@ -388,47 +391,66 @@ def diverged_runs(results: list[RunResult]) -> list[RunResult]:
     return [r for r in results if r.status == "diverged"]
 
 
-def read_compare(summary: pd.DataFrame) -> str:
-    """A plain-language reading of the 2x2 result, computed from the numbers."""
+_LOCALITY = N_("convolution and pooling help only while neighbouring pixels belong together, and the permutation "
+               "destroys that locality, while the FC net never used pixel positions")
+# The CNN against the FC net, on normal digits (first half of a sentence) and on permuted pixels (second half).
+_VERSUS = {"normal": {"beats": N_("On normal digits the CNN beats the FC net by {lead} points ({cnn}% vs {fc}%);"),
+                      "trails": N_("On normal digits the CNN trails the FC net by {lead} points ({cnn}% vs {fc}%);"),
+                      "ties": N_("On normal digits the CNN ties with the FC net ({cnn}% vs {fc}%);")},
+           "permuted": {"beats": N_("on permuted pixels it beats the FC net by {lead} points ({cnn}% vs {fc}%)."),
+                        "trails": N_("on permuted pixels it trails the FC net by {lead} points ({cnn}% vs {fc}%)."),
+                        "ties": N_("on permuted pixels it ties with the FC net ({cnn}% vs {fc}%).")}}
+
+
+def compare_reading(summary: pd.DataFrame) -> list[Message]:
+    """A plain-language reading of the 2x2 result, computed from the numbers, as sentences
+    (templates with their values) that a page or the CLI renders in its language."""
     cell = {(r.model, r.pixels): r for r in summary.itertuples()}
     need = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permuted")]
     if any(k not in cell for k in need):
-        return "Not every cell has a finished run yet, so there is nothing to compare."
+        return [Message(N_("Not every cell has a finished run yet, so there is nothing to compare."))]
     fcn, cnnn, fcp, cnnp = (100 * cell[k].mean for k in need)
     lead_normal, lead_permuted = cnnn - fcn, cnnp - fcp  # the CNN's lead in points; negative: it trails
+    one = "{:.1f}".format  # accuracies and points here: one decimal
 
-    def versus(lead: float) -> str:
-        if abs(lead) < 0.05:
-            return "ties with the FC net"
-        return f"{'beats' if lead > 0 else 'trails'} the FC net by {abs(lead):.1f} points"
+    def versus(pixels: str, lead: float, cnn: float, fc: float) -> Message:
+        word = "ties" if abs(lead) < 0.05 else "beats" if lead > 0 else "trails"
+        return Message(_VERSUS[pixels][word], dict(lead=one(abs(lead)), cnn=one(cnn), fc=one(fc)))
 
-    lines = [f"On normal digits the CNN {versus(lead_normal)} ({cnnn:.1f}% vs {fcn:.1f}%); on permuted pixels it "
-             f"{versus(lead_permuted)} ({cnnp:.1f}% vs {fcp:.1f}%).",
-             f"Shuffling the pixels costs the CNN {cnnn - cnnp:.1f} points and the FC net {fcn - fcp:.1f} points."]
-    locality = ("convolution and pooling help only while neighbouring pixels belong together, and the "
-                "permutation destroys that locality, while the FC net never used pixel positions")
+    lines = [versus("normal", lead_normal, cnnn, fcn), versus("permuted", lead_permuted, cnnp, fcp),
+             Message(N_("Shuffling the pixels costs the CNN {cnn} points and the FC net {fc} points."),
+                     dict(cnn=one(cnnn - cnnp), fc=one(fcn - fcp)))]
     if lead_normal > 0 and lead_permuted < -0.5:
-        lines.append(f"With the same number of parameters the CNN's lead of {lead_normal:.1f} points turns into a "
-                     f"deficit of {-lead_permuted:.1f} points: {locality}.")
+        lines.append(Message(N_("With the same number of parameters the CNN's lead of {lead} points turns into a "
+                                "deficit of {deficit} points: {why}."),
+                             dict(lead=one(lead_normal), deficit=one(-lead_permuted), why=_LOCALITY)))
     elif lead_normal > 0 and abs(lead_permuted) <= 0.5:
-        lines.append(f"With the same number of parameters the CNN's lead of {lead_normal:.1f} points disappears on "
-                     f"permuted pixels: {locality}.")
+        lines.append(Message(N_("With the same number of parameters the CNN's lead of {lead} points disappears on "
+                                "permuted pixels: {why}."), dict(lead=one(lead_normal), why=_LOCALITY)))
     elif lead_normal > 0 and lead_permuted < lead_normal:
-        lines.append(f"The CNN's lead shrinks from {lead_normal:.1f} to {lead_permuted:.1f} points but does not "
-                     "vanish here; with more seeds or epochs the picture may change.")
+        lines.append(Message(N_("The CNN's lead shrinks from {before} to {after} points but does not vanish here; "
+                                "with more seeds or epochs the picture may change."),
+                             dict(before=one(lead_normal), after=one(lead_permuted))))
     elif lead_normal > 0:
-        lines.append("The CNN keeps its lead even on permuted pixels here; with more seeds or epochs "
-                     "the picture may change.")
+        lines.append(Message(N_("The CNN keeps its lead even on permuted pixels here; with more seeds or epochs "
+                                "the picture may change.")))
     else:
-        lines.append("The CNN did not win on normal pixels in these runs, which is unusual: "
-                     "try more seeds or another epoch.")
+        lines.append(Message(N_("The CNN did not win on normal pixels in these runs, which is unusual: "
+                                "try more seeds or another epoch.")))
     sds = [100 * cell[k].sd for k in need]
     n = min(cell[k].n for k in need)
     if n > 1:
-        lines.append(f"Spread over {n} seeds: standard deviations between {min(sds):.2f} and {max(sds):.2f} points.")
+        lines.append(Message(N_("Spread over {n} seeds: standard deviations between {low} and {high} points."),
+                             dict(n=n, low=f"{min(sds):.2f}", high=f"{max(sds):.2f}")))
     else:
-        lines.append("One seed per cell gives no spread: run 3 or more seeds before trusting a gap of a point or two.")
-    return " ".join(lines)
+        lines.append(Message(N_("One seed per cell gives no spread: run 3 or more seeds before trusting a gap of a "
+                                "point or two.")))
+    return lines
+
+
+def read_compare(summary: pd.DataFrame, lang: str | None = "en") -> str:
+    """compare_reading's sentences as one paragraph in `lang` (English unless told)."""
+    return " ".join(render(m, lang) for m in compare_reading(summary))
 
 
 # ------------------------------------------------------------------------------------ tables

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gettext
 import io
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
@@ -86,11 +87,24 @@ def number(x: float, digits: int = 3) -> str:
 # Where pybabel and the catalog test find msgids: gettext's own names, the report's `say`/`para`,
 # `N_` (a msgid kept in a table), and the core's refusals, whose template is a positional argument
 # (ConfigError's 3rd, StoreError's 3rd) and whose `name` argument (the need_* checks' 3rd) is a
-# field's English name, translated when the message is rendered.
+# field's English name, translated when the message is rendered; need_choice's own template, when
+# it is given one, is its 5th (Babel's per-arity spec: pybabel's `-k need_choice:5,5t`).
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": None, "para": None,
             "ConfigError": (3,), "StoreError": (3,), "need_int": (3,), "need_float": (3,), "need_bool": (3,),
-            "need_choice": (3,), "need_ints": (3,), "need_seed": (3,)}
+            "need_choice": {4: (3,), 5: (5,)}, "need_ints": (3,), "need_seed": (3,)}
 _UNTRANSLATED = ("value",)  # a refusal's params that are the user's own input: shown as given
+
+
+@dataclass(frozen=True)
+class Message:
+    """A sentence as data: its English `template` (a msgid with named placeholders) and the
+    `params` to format it with (numbers already formatted; a param that is itself a msgid is
+    translated with it). The core returns these; `render(msg, lang)` words them; str() is English."""
+    template: str
+    params: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.template.format(**self.params)
 
 
 def N_(message: str) -> str:
@@ -99,12 +113,12 @@ def N_(message: str) -> str:
     return message
 
 
-def render(err: BaseException, lang: str | None = None) -> str:
-    """An exception as a sentence in `lang`: its `.template` translated through the catalog and
-    formatted with its `.params` (ConfigError, StoreError, DataUnavailableError, ...), each param
-    that is itself a msgid (a field's name, a detail) translated too; the user's own `value` is
-    shown as given. An exception without a template, or whose translation does not format, gives
-    its English str()."""
+def render(err: BaseException | Message, lang: str | None = None) -> str:
+    """An exception (or a Message) as a sentence in `lang`: its `.template` translated through the
+    catalog and formatted with its `.params` (ConfigError, StoreError, DataUnavailableError, ...),
+    each param that is itself a msgid (a field's name, a detail) translated too; the user's own
+    `value` is shown as given. An exception without a template, or whose translation does not
+    format, gives its English str()."""
     template = getattr(err, "template", None)
     if not isinstance(template, str) or not template:
         return str(err)

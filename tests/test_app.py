@@ -100,7 +100,7 @@ def test_home_shows_the_device_mnist_and_digits():
     at = open_page("home")
     assert any("60,000 training" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) == 1  # the 4x5 grid
-    assert len(at.get("page_link")) == 4
+    assert len(at.get("page_link")) == 5  # Train, Sweep, FC vs CNN, Runs, Report
 
 
 @pytest.mark.native
@@ -350,7 +350,7 @@ def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
     at.text_input(key="runs_text").set_value("seed").run()
     at.multiselect(key="runs_selected").set_value([ids[3], ids[1]]).run()
     link = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
-    assert link == {"text": "seed", "selected": f"{ids[3]},{ids[1]}"}
+    assert link == {"text": "seed", "selected": f"{ids[3]},{ids[1]}", "lang": "en"}  # the language, kept in links
 
     again = open_page("runs", query=link)  # another browser opening the copied link
     assert again.text_input(key="runs_text").value == "seed"
@@ -405,7 +405,7 @@ def test_runs_page_stops_a_run_trained_elsewhere_and_shows_why(db, tiny_data):
     run = store.runs()
     assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
     at.run()
-    assert "stopped by you" in list(at.dataframe[0].value["stop_reason"])
+    assert "stopped by you" in list(at.dataframe[0].value["why it stopped"])  # the header a person reads
 
 
 
@@ -449,8 +449,8 @@ def test_runs_show_accuracy_in_percent_and_a_diverged_run_with_its_message(db, t
     store.start_run(run_row("went-nan", PRESETS["tiny-fc"].model, TrainConfig(lr=10), tiny_data.config,
                             status="diverged", diverged_at=7, message="The loss became nan at iteration 7: lower it."))
     at = open_page("runs")
-    table = at.dataframe[0].value.set_index("run_id")
-    assert table.loc[fine["run_id"].item(), "final_test_acc"] == pytest.approx(100 * fine["final_test_acc"].item())
+    table = at.dataframe[0].value.set_index("run")  # the headers a person reads (app_lib.widgets.COLUMNS)
+    assert table.loc[fine["run_id"].item(), "test accuracy (%)"] == pytest.approx(100 * fine["final_test_acc"].item())
     assert table.loc["went-nan", "status"] == "diverged" and "iteration 7" in table.loc["went-nan", "message"]
     assert any("1 run(s) diverged" in c.value for c in at.caption)
     at.multiselect(key="runs_selected").set_value([fine["run_id"].item(), "went-nan"]).run()

@@ -3,7 +3,8 @@ by the app, as in production), Debian's Chromium driven by Playwright. A tiny ru
 chart and its iterations.csv is the store's; a refresh mid-run finds the same job, its chart
 continues and Stop works; a second tab sees the job; a server restart mid-run leaves the run
 'interrupted' with its reason and finished epochs; in shared mode two workspaces neither see
-nor stop each other's runs; a week-2 lesson runs from its page."""
+nor stop each other's runs; a week-2 lesson runs from its page; the sidebar's language switch
+survives a reload with the page's settings, and a Chinese browser opens in Chinese."""
 from __future__ import annotations
 
 import csv
@@ -187,7 +188,7 @@ def test_two_workspaces_in_shared_mode_neither_see_nor_stop_each_other(shared_se
     store = ResultStore(shared_server.db)
     assert store.runs()["status"].item() == "running"  # untouched by Bob
     alice.goto(f"{shared_server.url}/runs?ws={token}")
-    expect(alice.get_by_text("1 runs on this server")).to_be_visible(timeout=30_000)
+    expect(alice.get_by_text("1 run on this server")).to_be_visible(timeout=30_000)
     alice.goto(f"{shared_server.url}/train?ws={token}")
     wait_for_training(alice)  # her job, found again through her token
     page_stop(alice).click()
@@ -212,3 +213,31 @@ def test_a_lesson_runs_from_the_week2_page(server, browser):
     stored = ResultStore(server.db).runs([r["run_id"] for r in rows])
     assert set(stored["status"]) == {"finished"} and set(stored["experiment"]) == {"lesson"}
     page.close()
+def test_the_language_switch_survives_a_reload_with_the_settings(server, browser):
+    from dataclasses import replace
+
+    from mnist_lab.models import PRESETS, count_params
+
+    params = f"{count_params(replace(PRESETS['tiny-cnn'].model, kernel_size=3)):,}"
+    page = new_page(browser)
+    page.goto(f"{server.url}/train?preset=tiny-cnn&kernel=3")
+    expect(page.get_by_role("heading", name="Train a network")).to_be_visible(timeout=60_000)
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
+    page.get_by_role("option", name="简体中文").click()
+    expect(page.get_by_role("heading", name="训练网络")).to_be_visible(timeout=30_000)
+    expect(page).to_have_url(re.compile(r"lang=zh_CN"), timeout=10_000)
+    assert "kernel=3" in page.url and "preset=tiny-cnn" in page.url
+    page.reload()  # a new session: only the URL carries the language and the settings
+    expect(page.get_by_role("heading", name="训练网络")).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stMetricValue").first).to_have_text(params)  # kernel 3 of the tiny CNN
+    expect(page.get_by_test_id("stSidebarNav").get_by_role("link", name="运行记录")).to_be_visible()
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="运行记录").click()
+    expect(page.get_by_role("heading", name="运行记录")).to_be_visible(timeout=30_000)
+    assert "lang=zh_CN" in page.url
+    page.close()
+
+    chinese = browser.new_page(locale="zh-CN")  # a browser set to Chinese, no lang in the link
+    chinese.goto(f"{server.url}/")
+    expect(chinese.get_by_role("heading", name="MNIST 卷积神经网络实验")).to_be_visible(timeout=60_000)
+    expect(chinese).to_have_url(re.compile(r"lang=zh_CN"), timeout=10_000)
+    chinese.close()

@@ -242,7 +242,7 @@ def test_sections_without_runs_say_what_to_run(store):
         assert command in en and command in zh
     assert "python -m mnist_lab sweep --conv-layers 1 2 3 --kernel-sizes 5 --seeds 3 --epochs 1" in en
     assert "run the experiment on the “Sweep: depth × kernel” page" in en
-    assert "请在“Sweep: depth × kernel”页面运行该实验" in zh  # the page as the app names it
+    assert "请在“扫描：层数 × 卷积核”页面运行该实验" in zh  # the page as the app names it
     for command in TODO.values():  # every command the report suggests is one the CLI accepts
         if "for s in" not in command[1]:
             cli.build_parser().parse_args(command[1].split()[3:])
@@ -396,7 +396,7 @@ def test_report_page_shows_the_sections_and_downloads(full, monkeypatch):
     assert [s.value for s in at.subheader][1:4] == [h for h in HEADINGS_ZH if h.startswith("实验要求")]
     assert len(at.get("download_button")) == 4 and len(at.get("image")) == 5
     run = compute_findings(full).depth.groups[-1].run_ids[0]
-    at.radio(key="report_lang").set_value("en")
+    at.session_state["_lang"] = "en"  # what the app's sidebar switch sets (app_lib/lang.py)
     at.selectbox(key="report_run").set_value(run)
     at.run()
     assert not at.exception, at.exception

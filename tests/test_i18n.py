@@ -1,0 +1,319 @@
+"""The bilingual interface: every page rendered in zh_CN (AppTest) shows no English sentence,
+every msgid the code uses has a zh_CN translation, the core's refusals reach the Train page and
+the CLI in Chinese, and the language follows the link, the browser and the sidebar's switch.
+Tiny jobs (256 images) are trained in this process into a tmp store, so the job panels, tables
+and charts of every page are drawn; the app's worker process has nothing to do."""
+from __future__ import annotations
+
+import json
+import re
+import string
+import threading
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_file
+from babel.messages.pofile import read_po
+from streamlit.testing.v1 import AppTest
+
+from app_lib.shared import WORKER_IDLE_ENV, _spawned
+from mnist_lab import cli, i18n
+from mnist_lab.data import DataConfig
+from mnist_lab.errors import ConfigError, StoreError
+from mnist_lab.experiments import CompareConfig, SweepConfig, compare_reading, read_compare
+from mnist_lab.jobs import JobSpec, run_inline
+from mnist_lab.models import PRESETS
+from mnist_lab.store import DB_ENV, ResultStore
+from mnist_lab.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "streamlit_app.py")
+PAGES = ["home", "train", "sweep", "compare", "runs", "report"]
+SOURCES = ["streamlit_app.py", "app_pages", "app_lib", "mnist_lab"]  # every file that words something
+
+CJK = re.compile(r"[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]")
+# What may stay as it is in Chinese: names of things (datasets, layers, optimisers, engines, file
+# formats, the options 'valid' / 'same'), units, numbers and symbols. Nothing here is a sentence.
+ALLOWED = re.compile(r"""\b(?:English|MNIST|CNN|FC|ReLU|SGD|ADAM|Adam|CSV|CUDA|GPU|CPU|cpu|cuda|plain|cpu-native|valid|same
+                      |Softmax|BatchNorm|Dropout|Conv2d|Linear|MaxPool2d|Flatten|HTML|Word|Markdown|docx|zip|json
+                      |findings|csv|iterations|epochs|runs|layers|configs|sweep_summary|sweep_runs|sweep_iterations
+                      |compare_summary|compare_runs|compare_iterations|report|UTC|k\d+|r\d+|lr|\w+\.(?:csv|json|html|docx|zip))\b""",
+                     re.VERBOSE)
+ICON = re.compile(r":material/[a-z_]+:")
+RUN_ID = re.compile(r"\b(?:\d{8}-\d{6}-)?[0-9a-f]{6}\b|\br\d+\b")  # run ids (and their last 6 hex digits)
+
+
+def english_left(text: str) -> str:
+    """The letters of `text` that are neither Chinese nor an allowed technical token ('' if none)."""
+    if CJK.search(text):
+        return ""
+    rest = ALLOWED.sub(" ", RUN_ID.sub(" ", ICON.sub(" ", text.replace("\\", ""))))
+    return "".join(c for c in rest if c.isalpha())
+
+
+def texts(at: AppTest) -> list[tuple[str, str]]:
+    """(where, text) of everything a person reads on the page AppTest drew: text elements, widget
+    labels, helps, placeholders and options, metric and expander labels, table headers, chart
+    titles and axes, page links and download buttons."""
+    found = []
+
+    def add(where, value):
+        if isinstance(value, str) and value.strip():
+            found.append((where, value))
+
+    def walk(node):
+        kind = type(node).__name__
+        for attr in ("value",) if kind in ("Title", "Header", "Subheader", "Markdown", "Caption", "Info", "Warning",
+                                           "Error", "Success", "Text") else ():
+            add(kind, getattr(node, attr))
+        for attr in ("label", "help", "placeholder"):
+            try:
+                add(f"{kind}.{attr}", getattr(node, attr, None))
+            except (AttributeError, KeyError, TypeError):
+                pass
+        if kind in ("Radio", "Selectbox", "Multiselect") and node.key not in ("runs_selected", "report_run"):
+            for option in node.options:  # the run pickers' options are the runs' own labels
+                add(f"{kind}.options", str(option))
+        if kind in ("Dataframe", "Table"):
+            frame = node.value
+            for name in [*frame.columns, frame.index.name]:
+                add(f"{kind}.header", str(name) if name is not None else None)
+        if kind == "UnknownElement" and node.type == "plotly_chart":
+            layout = json.loads(node.proto.spec)["layout"]
+            for part in ("title", "xaxis", "yaxis"):
+                title = layout.get(part, {}) if part != "title" else {"title": layout.get("title", {})}
+                text = title.get("title", {})
+                add(f"chart.{part}", text.get("text") if isinstance(text, dict) else text)
+        if kind == "UnknownElement" and node.type in ("page_link", "download_button"):
+            add(node.type, node.proto.label)
+        children = getattr(node, "children", None)
+        if isinstance(children, dict):
+            for child in children.values():
+                walk(child)
+
+    walk(at._tree)
+    return found
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def trained_db(tmp_path_factory, mnist_raw) -> Path:
+    """A store with one finished job of each page's kind (2 epochs, a 2-seed sweep cell, a
+    1-seed comparison), trained here on 256 images, as the app's worker would."""
+    path = tmp_path_factory.mktemp("i18n") / "results.sqlite"
+    store, cancel = ResultStore(path), threading.Event()
+    data = DataConfig(train_limit=256, test_limit=500)
+    train = TrainConfig(epochs=2, device="cpu", engine="plain")
+    run_inline(JobSpec("train", train, data, model=PRESETS["tiny-fc"].model), store, cancel)
+    one = TrainConfig(epochs=1, device="cpu", engine="plain")
+    run_inline(JobSpec("sweep", one, data, sweep=SweepConfig(conv_layers=(1,), kernel_sizes=(3, 5), seeds=2,
+                                                            base_channels=2), label="sweep"), store, cancel)
+    run_inline(JobSpec("compare", one, data, compare=CompareConfig(seeds=1), label="FC vs CNN"), store, cancel)
+    store.close()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "results.sqlite"))
+    monkeypatch.setenv(WORKER_IDLE_ENV, "5")
+    monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_worker_left_running():
+    yield
+    for proc in _spawned().values():
+        proc.terminate()
+    for proc in _spawned().values():
+        proc.wait(30)
+
+
+def open_page(page: str, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(query or {})
+    at.run()
+    at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def assert_chinese(at: AppTest) -> int:
+    shown = texts(at)
+    english = [(where, text) for where, text in shown if english_left(text)]
+    assert not english, "\n".join(f"{where}: {text!r}" for where, text in english)
+    return len(shown)
+
+
+# ---------------------------------------------------------------------------------- pages
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_in_chinese_shows_no_english_sentence(page, trained_db, monkeypatch):
+    """With runs: each page's job panel, tables and charts are drawn too."""
+    monkeypatch.setenv(DB_ENV, str(trained_db))
+    at = open_page(page, {"lang": "zh_CN"})
+    assert at.session_state["_lang"] == "zh_CN" and at.query_params["lang"] == "zh_CN"
+    assert assert_chinese(at) >= 8
+    charts = len(at.get("plotly_chart"))
+    if page in ("train", "sweep", "compare"):  # the finished job's panel, with its results
+        assert at.success[0].value.startswith("用时") and charts >= {"train": 2, "sweep": 5, "compare": 3}[page]
+    if page == "compare":
+        assert "卷积神经网络" in at.info[0].value and "百分点" in at.info[0].value
+
+
+@pytest.mark.parametrize("page", ["runs", "sweep", "compare", "report"])
+def test_every_page_in_chinese_without_runs(page):
+    at = open_page(page, {"lang": "zh_CN"})
+    assert_chinese(at)
+
+
+def test_the_checker_can_fail():
+    assert english_left("Train a network") == "Trainanetwork"
+    assert english_left("训练网络") == "" and english_left("CNN 2×k5 valid [10-20]") == ""
+    at = open_page("train")  # English
+    assert any(english_left(text) for _, text in texts(at))
+
+
+def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkeypatch):
+    monkeypatch.setenv(DB_ENV, str(trained_db))
+    at = open_page("runs", {"lang": "zh_CN"})
+    table = at.dataframe[0].value
+    assert {"测试准确率（%）", "开始时间", "状态", "标签"} <= set(table.columns)
+    assert set(table["状态"]) == {"已完成"} and set(table["停止原因"]) == {""}  # gettext("") is the catalog's header
+    assert at.multiselect(key="runs_selected").value  # the newest three, compared below
+    assert len(at.get("plotly_chart")) == 2
+    at.toggle(key="runs_only_diff").set_value(False).run()  # every field, not only those that differ
+    configs = at.dataframe[-1].value  # side by side: field names, statuses and times worded, times local
+    assert configs.index.name == "字段" and "开始时间" in configs.index and "测试准确率（%）" in configs.index
+    assert set(configs.loc["状态"]) == {"已完成"}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in configs.loc["开始时间"])
+
+
+# ---------------------------------------------------------------------------------- the core's words on pages
+
+def test_the_cores_refusals_show_in_chinese_on_the_train_page():
+    at = open_page("train", {"lang": "zh_CN"})
+    at.slider(key="train_layers").set_value(3).run()  # Lab-5: k5, valid padding: 28 -> 12 -> 4 -> no room
+    assert "第 3 个卷积模块" in at.error[0].value and "放不进" in at.error[0].value
+    assert at.button(key="train_go_btn").disabled
+    at.slider(key="train_layers").set_value(2).run()
+    at.select_slider(key="train_train_limit").set_value(256).run()
+    at.select_slider(key="train_batch_size").set_value(512).run()
+    assert "批大小 512 大于 256 张训练图像" in at.error[0].value
+    at.select_slider(key="train_batch_size").set_value(64).run()
+    at.text_input(key="train_hidden").set_value("5x").run()
+    assert "隐藏单元数必须是用逗号分隔的整数" in at.error[0].value
+    assert_chinese(at)
+
+
+def test_a_sweep_without_a_valid_cell_says_so_in_chinese():
+    at = open_page("sweep", {"lang": "zh_CN", "padding": "valid", "layers": "4", "kernels": "9"})
+    assert "没有一个单元格是有效的网络" in at.error[0].value
+
+
+def test_switching_the_language_keeps_the_pages_settings_and_query():
+    at = open_page("train", {"preset": "tiny-cnn", "kernel": "3"})
+    assert at.title[0].value == "Train a network" and at.query_params["lang"] == "en"
+    at.selectbox(key="lang_pick").set_value("zh_CN").run()
+    assert at.title[0].value == "训练网络"
+    assert at.slider(key="train_kernel").value == 3
+    assert at.query_params["lang"] == "zh_CN" and at.query_params["kernel"] == "3"
+    assert at.query_params["preset"] == "tiny-cnn"
+    at.slider(key="train_epochs").set_value(2).run()  # the page mirrors its settings, the language stays
+    assert at.query_params["epochs"] == "2" and at.query_params["lang"] == "zh_CN"
+    at.switch_page("app_pages/runs.py").run()
+    assert at.title[0].value == "运行记录" and at.query_params["lang"] == "zh_CN"
+    at.selectbox(key="lang_pick").set_value("en").run()
+    assert at.title[0].value == "Runs" and at.query_params["lang"] == "en"
+
+
+def test_the_language_of_the_server_is_the_default_without_a_link(monkeypatch):
+    monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+    assert open_page("home").title[0].value == "MNIST 卷积神经网络实验"
+    assert open_page("home", {"lang": "en"}).title[0].value == "MNIST CNN Lab"  # a link wins
+
+
+# ---------------------------------------------------------------------------------- rendering
+
+def test_render_translates_templates_and_word_params_not_the_users_value():
+    err = ConfigError("batch_size", "Batch size", "{name} must be a whole number; got {value!r}. Use a whole number "
+                      "such as {example!r}.", name="Batch size", example=64)
+    assert i18n.render(err, "zh_CN") == "批大小必须是整数；收到的是 'Batch size'。请使用整数，例如 64。"
+    assert i18n.render(err, "en") == str(err)
+    store = StoreError("/x/r.sqlite", "file is not a database")
+    assert i18n.render(store, "zh_CN").startswith("结果数据库 /x/r.sqlite 无法使用（file is not a database）")
+    assert i18n.render(ValueError("plain words"), "zh_CN") == "plain words"  # no template: as it is
+
+
+def test_the_fc_vs_cnn_reading_is_data_rendered_in_either_language():
+    import pandas as pd
+
+    rows = [("FC", "normal", 0.88), ("CNN", "normal", 0.96), ("FC", "permuted", 0.85), ("CNN", "permuted", 0.80)]
+    summary = pd.DataFrame([dict(model=m, pixels=p, n=3, mean=v, sd=0.01) for m, p, v in rows])
+    reading = compare_reading(summary)
+    assert reading[0].params == {"lead": "8.0", "cnn": "96.0", "fc": "88.0"}
+    zh = read_compare(summary, "zh_CN")
+    assert "卷积神经网络比全连接网络高 8.0 个百分点（96.0% 对 88.0%）" in zh and "局部性" in zh
+    assert "beats the FC net by 8.0 points" in read_compare(summary)
+
+
+# ---------------------------------------------------------------------------------- catalog
+
+def _placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+
+
+def used_msgids() -> set[str]:
+    files = [ROOT / s for s in SOURCES if s.endswith(".py")]
+    files += [f for s in SOURCES if not s.endswith(".py") for f in sorted((ROOT / s).glob("*.py"))]
+    used = set()
+    for path in files:
+        for _, message, _, _ in extract_from_file("python", path, keywords=i18n.KEYWORDS):
+            msgid = message if isinstance(message, str) else message[0]
+            if msgid:
+                used.add(msgid)
+    return used
+
+
+def test_every_msgid_in_the_code_has_a_chinese_translation():
+    with open(i18n.catalog_path("zh_CN"), "rb") as f:
+        catalog = read_po(f, locale="zh_CN")
+    used = used_msgids()
+    assert len(used) > 500
+    assert "Train a network" in used and "Epochs must be 1 to {high}; got {value!r}. Use 1 for a quick run." in used
+    problems = []
+    for msgid in sorted(used):
+        entry = catalog.get(msgid)
+        strings = () if entry is None else entry.string if isinstance(entry.string, tuple) else (entry.string,)
+        if entry is None or entry.fuzzy or not all(s.strip() for s in strings):
+            problems.append(f"no translation: {msgid!r}")
+        elif not all(_placeholders(s) == _placeholders(msgid) for s in strings):
+            problems.append(f"other placeholders: {msgid!r}")
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+def test_cli_help_and_errors_in_chinese(capsys, monkeypatch):
+    assert cli.main(["--lang", "zh", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("用法：") and "训练一个网络" in out and "帮助和消息的语言" in out
+    assert cli.main(["train", "--lang", "zh", "--help"]) == 0
+    assert "网络结构（覆盖预设网络）" in capsys.readouterr().out
+    assert cli.main(["train", "--lang", "zh", "--epochs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "错误：轮次必须在 1 到 1000 之间；收到的是 0。快速运行可用 1。"
+    assert cli.main(["--lang=zh", "sweep", "--kernel-sizes", "2", "--nope"]) == 2
+    assert capsys.readouterr().err.startswith("错误：无法识别的参数：--nope")
+    monkeypatch.setenv("LANG", "zh_CN.UTF-8")  # the environment, without --lang
+    assert cli.main(["train", "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.startswith("错误：批大小至少为 1")
+    assert cli.main(["train", "--lang", "en", "--batch-size", "0"]) == 2  # --lang wins
+    assert capsys.readouterr().err.startswith("error: Batch size must be at least 1")
+    monkeypatch.delenv("LANG")
+    assert cli.main(["train", "--epochs", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: Epochs must be 1 to")  # English again, argparse's too
+    assert cli.main(["train", "--nope"]) == 2
+    assert "unrecognized arguments: --nope" in capsys.readouterr().err
