@@ -211,6 +211,8 @@ class RunResult:
     data_source: str = ""
     diverged_at: int | None = None  # 1-based iteration whose loss was NaN or infinite
     message: str = ""  # why the run ended early, for a person (diverged runs)
+    # final weights on the CPU, keys of build_model(model_cfg).state_dict(); None if not kept
+    state_dict: dict[str, torch.Tensor] | None = None
 
     @property
     def final_test_acc(self) -> float | None:
@@ -462,6 +464,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
     engine = select_engine(model_cfg, train_cfg, device)
 
     model = init_model(model_cfg, train_cfg.seed, device)
+    net = model  # the build_model network: the engines below wrap it or swap its convs in place
     layout = fast_memory_format(model_cfg, device)
     on_cpu = device.type == "cpu"
     if engine == "cuda-graph":
@@ -525,6 +528,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
             log.epoch_done(epoch, epoch_t0, test_loss, test_acc)
             if log.diverged:
                 break
+    log.result.state_dict = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
     return log.finish(stopped)
 
 
