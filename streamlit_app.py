@@ -26,6 +26,7 @@ page = st.navigation([
     st.Page("app_pages/sweep.py", title="Sweep: depth × kernel", icon=":material/grid_on:", url_path="sweep"),
     st.Page("app_pages/compare.py", title="FC vs CNN", icon=":material/compare_arrows:", url_path="compare"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+    st.Page("app_pages/inspect.py", title="Inspect", icon=":material/visibility:", url_path="inspect"),
     st.Page("app_pages/report.py", title="Report", icon=":material/description:", url_path="report"),
 ])
 with st.sidebar:

@@ -4,14 +4,15 @@ mirrored in the URL, so a link reopens the same comparison."""
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
-from app_lib.shared import init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy
+from app_lib.shared import (init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy,
+                            workspace)
 from app_lib.text import local_times, percent, plain
 from app_lib.widgets import csv_button
 from mnist_lab.errors import StoreError
 
 SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
          "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds",
-         "message", "run_id"]
+         "message", "inspect", "run_id"]
 
 st.title("Runs")
 try:
@@ -44,6 +45,9 @@ if text:
     shown = shown[shown["label"].str.contains(text, case=False, regex=False)]
 
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
+kept = store.inspectable(shown["run_id"])  # runs whose weights are kept open on the Inspect page
+ws = f"&ws={workspace()}" if server_policy().shared else ""
+shown = shown.assign(inspect=[f"./inspect?run={r}{ws}" if r in kept else None for r in shown["run_id"]])
 started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: "all" if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 st.dataframe(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
@@ -51,11 +55,13 @@ st.dataframe(shown[SHOWN].assign(started_at=started, train_limit=images, final_t
              hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn("test acc (%)", format="%.2f"),
     "started_at": st.column_config.TextColumn(f"started ({tz})"),
+    "inspect": st.column_config.LinkColumn("inspect", display_text="Inspect",
+                                           help="Runs whose weights are kept: open one on the Inspect page"),
 })
 if (shown["status"] == "diverged").any():
     st.caption(f":material/trending_up: {(shown['status'] == 'diverged').sum()} run(s) diverged (the loss became NaN "
                "or infinite): the message column says where; lower the learning rate.")
-csv_button(shown.drop(columns=["workspace", "job_id"]), "runs.csv", key="runs_table_csv_btn")
+csv_button(shown.drop(columns=["workspace", "job_id", "inspect"]), "runs.csv", key="runs_table_csv_btn")
 
 names = {r.run_id: f"{r.label} · {r.status} · {t} · {r.run_id[-6:]}"
          for r, t in zip(runs.itertuples(), local_times(runs["started_at"], tz))}

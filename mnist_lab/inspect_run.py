@@ -271,20 +271,31 @@ def feature_maps(run: LoadedRun, x: torch.Tensor) -> list[FeatureMap]:
     return found
 
 
-def saliency(run: LoadedRun, x: torch.Tensor, target: int) -> np.ndarray:
+def saliency(run: LoadedRun, x: torch.Tensor, target: int, original_order: bool = True) -> np.ndarray:
     """|d output[target] / d input| for one image x (1, C, H, W), the largest over channels:
-    (H, W), in the pixel order the network saw (unpermute it to draw on the original)."""
+    (H, W). For a permuted-pixel run the gradient is put back in the original pixel order
+    (`original_order`), so it can be laid over the digit."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         out = run.model(x)
         (grad,) = torch.autograd.grad(out[0, target], x)
-    return grad.abs().amax(dim=1)[0].numpy()
+    grad = grad.abs().amax(dim=1)  # (1, H, W)
+    if original_order and run.permutation is not None:
+        grad = unpermute(grad, run.permutation)
+    return grad[0].numpy()
 
 
 # ------------------------------------------------------------------------ your own digit
 
 class ImageRefused(ValueError):
     """An upload that is not a usable image: the message says why and what to upload instead."""
+
+
+def check_size(n_bytes: int, name: str = "the file", max_bytes: int = MAX_UPLOAD_BYTES) -> None:
+    """Refuse (ImageRefused) a file larger than `max_bytes`, before reading it."""
+    if n_bytes > max_bytes:
+        raise ImageRefused(f"{name} is {n_bytes / 2**20:.1f} MiB; images up to {max_bytes // 2**20} MiB are "
+                           "accepted. Upload a smaller picture of one digit.")
 
 
 def decode_image(blob: bytes, name: str = "the file", max_bytes: int = MAX_UPLOAD_BYTES,
@@ -294,9 +305,7 @@ def decode_image(blob: bytes, name: str = "the file", max_bytes: int = MAX_UPLOA
     a huge picture, found from its header before the pixels are decoded)."""
     from PIL import Image, UnidentifiedImageError
 
-    if len(blob) > max_bytes:
-        raise ImageRefused(f"{name} is {len(blob) / 2**20:.1f} MiB; images up to {max_bytes // 2**20} MiB are "
-                           "accepted. Upload a smaller picture of one digit.")
+    check_size(len(blob), name, max_bytes)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -381,9 +390,14 @@ class Prediction:
     top: list[tuple[int, str, float]]  # top-3: (class, name, probability)
 
 
+def network_input(run: LoadedRun, image: np.ndarray) -> torch.Tensor:
+    """One prepared uint8 image (H, W[, C]) as the network's input (1, C, H, W)."""
+    return run.inputs(torch.from_numpy(np.ascontiguousarray(image))[None])
+
+
 def predict(run: LoadedRun, image: np.ndarray, k: int = 3) -> Prediction:
     """One prepared uint8 image through the run's network."""
-    x = run.inputs(torch.from_numpy(np.ascontiguousarray(image))[None])
+    x = network_input(run, image)
     probs = probabilities(run, x)[0]
     return Prediction(image, x[0].numpy(), probs.numpy(), top_k(probs, run.class_names, k))
 
