@@ -229,3 +229,16 @@ def test_inspect_page(kept, monkeypatch):
     at.selectbox(key="insp_run").set_value(fc).run()
     assert not at.exception, at.exception
     assert any("no feature maps" in i.value for i in at.info)
+
+
+def test_the_lab_report_shows_the_runs_confusion_matrix(kept):
+    from mnist_lab.report import build_report
+
+    result, _ = kept["lab5"]
+    for lang, pairs in (("en", "The pairs it confused most"), ("zh", "最常混淆")):
+        report = build_report(kept["store"], lang, run_id=result.run_id)
+        table = next(b for b in report.blocks if b.kind == "table" and b.header[1:] == [str(c) for c in range(10)])
+        counts = np.array([[int(v.replace(",", "")) for v in row[1:]] for row in table.rows])
+        assert counts.sum() == 1000 and np.trace(counts) == round(1000 * result.final_test_acc)
+        assert any(pairs in b.text for b in report.blocks if b.kind == "p")
+    assert report.findings.loss.numbers["confusion"]["n"] == 1000
