@@ -88,10 +88,12 @@ with tab_cm:
     with a:
         st.subheader(_("Per-class accuracy"))
         st.dataframe(conf.per_class().drop(columns="class_id"), hide_index=True, column_config={
+            "name": _("class"), "images": _("images"), "correct": _("correct"),
             "accuracy": st.column_config.ProgressColumn(_("accuracy"), format="percent", min_value=0, max_value=1)})
     with b:
         st.subheader(_("Most confused pairs"))
         st.dataframe(pairs[["true_name", "predicted_name", "count", "share"]], hide_index=True, column_config={
+            "true_name": _("true"), "predicted_name": _("predicted"), "count": _("images"),
             "share": st.column_config.NumberColumn(_("share of the true class"), format="percent")})
     st.subheader(_("Gallery"))
     c1, c2 = st.columns(2)
@@ -105,7 +107,9 @@ with tab_cm:
         st.image([enlarge(x_test[i], 3) for i in shown], caption=[
             f"#{i}: {names[int(y_test[i])]} → {names[int(conf.y_pred[i])]} ({conf.confidence[i]:.0%})" for i in shown])
 
-with tab_digit:
+@st.fragment
+def own_digit() -> None:
+    """Drawing reruns only this part of the page: the drawn digit reaches its prediction fast."""
     mnist_like = run.data_cfg.dataset == "mnist"
     st.caption(_("Draw a digit (white on black) or upload a picture of one. It is prepared as MNIST's digits were: "
                  "its bounding box scaled into 20×20, centred by its centre of mass in 28×28.") if mnist_like
@@ -116,7 +120,7 @@ with tab_digit:
 
         drawn = st_canvas(stroke_width=18, stroke_color="#FFFFFF", background_color="#000000", height=224, width=224,
                           drawing_mode="freedraw", return_image_data=True, key="insp_canvas")
-        rgba = drawn.image_data if drawn is not None else None
+        rgba = drawn.image_data if drawn is not None else None  # (H, W, 4) uint8
         if rgba is not None and rgba[..., :3].max() > 0:
             ink = (rgba[..., :3].max(axis=2) * (rgba[..., 3] / 255.0)).astype(np.float32)
     upload = st.file_uploader(_("…or upload an image"), type=[f.lower() for f in ir.UPLOAD_FORMATS] + ["jpg"],
@@ -130,28 +134,33 @@ with tab_digit:
             image = ir.prepare_digit(ink)
     except ValueError as exc:  # ImageRefused, or an empty drawing
         st.error(plain(str(exc)))
-    st.session_state.insp_digit = image
-    if image is not None:
-        others = [r for r in labels if r != run_id]
-        second = st.selectbox(_("Compare with another run"), [None, *others], key="insp_second",
-                              format_func=lambda r: _("(none)") if r is None else labels[r])
-        for rid, col in zip([run_id, second], st.columns(2)):
-            if rid is None:
-                continue
-            other = loaded(db, rid)
-            result = ir.predict(other, image)
-            with col:
-                st.image([enlarge(image, 6), enlarge(tile(result.seen), 6)], caption=[
-                    _("prepared 28×28"), _("what the network receives (permuted)") if other.permutation is not None
-                    else _("what the network receives (normalised)")])
-                st.plotly_chart(probability_figure(result.probs, other.class_names, labels[rid]), key=f"insp_p_{rid}")
-                st.markdown(" · ".join(f"**{plain(n)}** {p:.1%}" for _c, n, p in result.top))
+    st.session_state.insp_digit = image  # for the feature maps tab
+    if image is None:
+        return
+    others = [r for r in labels if r != run_id]
+    second = st.selectbox(_("Compare with another run"), [None, *others], key="insp_second",
+                          format_func=lambda r: _("(none)") if r is None else labels[r])
+    for rid, col in zip([run_id, second], st.columns(2)):
+        if rid is None:
+            continue
+        other = loaded(db, rid)
+        result = ir.predict(other, image)
+        with col:
+            st.image([enlarge(image, 6), enlarge(tile(result.seen), 6)], caption=[
+                _("prepared 28×28"), _("what the network receives (permuted)") if other.permutation is not None
+                else _("what the network receives (normalised)")])
+            st.markdown(" · ".join(f"**{plain(n)}** {p:.1%}" for _c, n, p in result.top))
+            st.plotly_chart(probability_figure(result.probs, other.class_names, labels[rid]), key=f"insp_p_{rid}")
+
+
+with tab_digit:
+    own_digit()
 
 with tab_maps:
     filters = ir.first_layer_filters(run)  # (out, C, kh, kw)
     st.subheader(_("First layer's filters"))
-    st.image(tile(filters[:, 0], columns=min(len(filters), 16), scale=max(1, 96 // filters.shape[-1])),
-             caption=_("{n} filters of {k}×{k} (channel 1)").format(n=len(filters), k=filters.shape[-1]))
+    grid = tile(filters[:, 0], columns=min(len(filters), 16), scale=max(1, 48 // filters.shape[-1]))
+    st.image(grid, width=min(grid.shape[1], 1000), caption=_("{n} filters of {k}×{k} (channel 1)").format(n=len(filters), k=filters.shape[-1]))
     source = st.radio(_("Image"), [_("a test image"), _("your drawing")], horizontal=True, key="insp_source",
                       disabled=st.session_state.get("insp_digit") is None)
     if source == _("your drawing") and st.session_state.get("insp_digit") is not None:
@@ -178,7 +187,8 @@ with tab_maps:
         stages = [m for m in maps if m.block == block]
         st.markdown(_("**Block {b}**").format(b=block) if block else _("**Input layers**"))
         for m, col in zip(stages, st.columns(len(stages))):
-            col.image(tile(m.maps, scale=max(1, 96 // m.shape[-1])), caption=f"{m.name} {m.shape}")
+            grid = tile(m.maps, scale=max(1, 96 // m.shape[-1]))
+            col.image(grid, width=min(grid.shape[1], 400), caption=f"{m.name} {m.shape}")
 
 with tab_export:
     st.caption(_("A zip with the weights (safetensors and a PyTorch state_dict) and train_{run}.py: the network as an "

@@ -18,7 +18,7 @@ from torch import nn
 from . import data as data_mod
 from .data import DataConfig, RawSplits
 from .models import ModelConfig, build_model
-from .train import TrainConfig
+from .train import TrainConfig, fast_memory_format
 from .weights import SavedRun
 
 MAX_UPLOAD_BYTES = 5 * 2**20  # an uploaded image file
@@ -95,6 +95,8 @@ def rebuild(saved: SavedRun) -> LoadedRun:
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; the global RNG stays as it was
         model = build_model(saved.model_cfg)
     model.load_state_dict(saved.state_dict, strict=True)
+    # the layout training used on the CPU (channels_last for a CNN): its convolutions run ~1.5x faster
+    model = model.to(memory_format=fast_memory_format(saved.model_cfg, torch.device("cpu")))
     return LoadedRun(saved, model.eval())
 
 
@@ -190,7 +192,7 @@ class Confusion:
 
 def confusion(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor) -> Confusion:
     """The confusion matrix of the run on uint8 `images` (N, H, W[, C]) with `labels` (N,)."""
-    x = run.inputs(images)
+    x = run.inputs(images).contiguous(memory_format=fast_memory_format(run.model_cfg, torch.device("cpu")))
     probs = probabilities(run, x, run.train_cfg.eval_batch_size)
     confidence, pred = probs.max(dim=1)
     k = run.model_cfg.n_classes
