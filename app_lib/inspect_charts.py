@@ -12,18 +12,18 @@ from .charts import LAYOUT
 def confusion_figure(counts: np.ndarray, names: list[str], normalized: bool, title: str, x_title: str,
                      y_title: str) -> go.Figure:
     """counts (K, K), rows true. Each cell also carries an invisible marker, so a click selects
-    it (plotly reports clicks on scatter points; `customdata` is [true, predicted])."""
+    it (plotly reports clicks on scatter points): trace 1, point index true * K + predicted."""
     k = len(names)
     rows = counts.sum(axis=1, keepdims=True)
     z = counts / np.maximum(rows, 1) if normalized else counts
     text = [[f"{z[t, p]:.2f}" if normalized else f"{int(z[t, p])}" for p in range(k)] for t in range(k)]
     fig = go.Figure(go.Heatmap(z=z, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
-                               hovertemplate=f"{y_title} %{{y}} → {x_title} %{{x}}: %{{text}}<extra></extra>",
-                               showscale=False))
+                               hoverinfo="skip", showscale=False))
     t, p = np.divmod(np.arange(k * k), k)
+    # the markers take the hover and the click ("skip" would drop both events)
     fig.add_trace(go.Scatter(x=[names[i] for i in p], y=[names[i] for i in t], mode="markers",
-                             marker=dict(size=28, opacity=0.0, symbol="square"), customdata=np.stack([t, p], 1),
-                             hoverinfo="skip", showlegend=False))
+                             marker=dict(size=28, opacity=0.0, symbol="square"), text=[text[i][j] for i, j in zip(t, p)], showlegend=False,
+                             hovertemplate=f"{y_title} %{{y}} → {x_title} %{{x}}: %{{text}}<extra></extra>"))
     fig.update_layout(**{**LAYOUT, "height": 480}, title=title, xaxis_title=x_title, yaxis_title=y_title,
                       clickmode="event+select", dragmode=False)
     fig.update_yaxes(autorange="reversed", type="category")

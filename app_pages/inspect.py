@@ -76,11 +76,11 @@ with tab_cm:
     fig = confusion_figure(conf.counts, names, normalized, _("Confusion matrix (click a cell)"), _("predicted"),
                            _("true"))
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="insp_cm")
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    clicked = tuple(points[0]["customdata"]) if points and "customdata" in points[0] else None
+    points = [q for q in (event or {}).get("selection", {}).get("points", []) if q.get("curve_number") == 1]
+    clicked = divmod(int(points[0]["point_index"]), len(names)) if points else None  # the markers: (true, pred)
     if clicked and clicked != st.session_state.get("insp_clicked"):  # a new click sets the selectboxes below
         st.session_state.insp_clicked = clicked
-        st.session_state.insp_true, st.session_state.insp_pred = int(clicked[0]), int(clicked[1])
+        st.session_state.insp_true, st.session_state.insp_pred = clicked
     pairs = conf.confused_pairs(5)
     if "insp_true" not in st.session_state and len(pairs):
         st.session_state.insp_true, st.session_state.insp_pred = int(pairs["true"][0]), int(pairs["predicted"][0])

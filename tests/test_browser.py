@@ -195,3 +195,48 @@ def test_two_workspaces_in_shared_mode_neither_see_nor_stop_each_other(shared_se
     assert store.runs()["stop_reason"].item() == "stopped by you"
     alice.close()
     bob.close()
+
+
+def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, tiny_data):
+    """The drawing canvas (streamlit-drawable-canvas) with real mouse strokes: a prediction
+    appears; a click on a confusion-matrix cell opens its gallery; the Runs page links the run."""
+    from mnist_lab.experiments import run_single
+    from mnist_lab.models import PRESETS
+    from mnist_lab.train import TrainConfig
+
+    run = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), tiny_data.config, store=ResultStore(server.db),
+                     data=tiny_data)
+    page = new_page(browser)
+    page.goto(f"{server.url}/inspect?run={run.run_id}")
+    expect(page.get_by_text("Confusion matrix (click a cell)")).to_be_visible(timeout=60_000)
+    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    expect(plot).to_be_visible(timeout=30_000)
+    gallery = page.get_by_text(re.compile(r"test image\(s\) of class 9 predicted as 4"))
+    for _ in range(5):  # plotly binds its click handler a moment after the plot is drawn
+        box = plot.bounding_box()
+        page.mouse.click(box["x"] + 4.5 * box["width"] / 10, box["y"] + 9.5 * box["height"] / 10)  # true 9 → 4
+        try:
+            expect(gallery).to_be_visible(timeout=6_000)
+            break
+        except AssertionError:
+            continue
+    expect(gallery).to_be_visible(timeout=1_000)
+
+    page.get_by_role("tab", name="Your own digit").click()
+    canvas = page.locator("canvas.upper-canvas").first
+    expect(canvas).to_be_visible(timeout=30_000)
+    box = canvas.bounding_box()
+    x0, y0 = box["x"], box["y"]
+    page.mouse.move(x0 + 70, y0 + 50)
+    page.mouse.down()
+    for k in range(20):  # a 7: the bar, then the stem
+        page.mouse.move(x0 + 70 + 4 * k, y0 + 50, steps=2)
+    for k in range(30):
+        page.mouse.move(x0 + 150 - 2 * k, y0 + 50 + 5 * k, steps=2)
+    page.mouse.up()
+    expect(page.get_by_text("prepared 28×28")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text(re.compile(r"^\d \d+\.\d% · \d \d+\.\d% · \d \d+\.\d%$"))).to_be_visible(timeout=10_000)
+
+    page.goto(f"{server.url}/runs")
+    expect(page.get_by_text("Inspect").first).to_be_visible(timeout=60_000)
+    page.close()
