@@ -140,7 +140,7 @@ def own_digit() -> None:
     others = [r for r in labels if r != run_id]
     second = st.selectbox(_("Compare with another run"), [None, *others], key="insp_second",
                           format_func=lambda r: _("(none)") if r is None else labels[r])
-    for rid, col in zip([run_id, second], st.columns(2)):
+    for slot, (rid, col) in enumerate(zip([run_id, second], st.columns(2))):
         if rid is None:
             continue
         other = loaded(db, rid)
@@ -149,7 +149,8 @@ def own_digit() -> None:
             st.image([enlarge(image, 6), enlarge(tile(result.seen), 6)], caption=[
                 _("prepared 28×28"), _("what the network receives (permuted)") if other.permutation is not None
                 else _("what the network receives (normalised)")])
-            st.markdown(" · ".join(f"**{plain(n)}** {p:.1%}" for _c, n, p in result.top))
+            with st.container(key=f"insp_top_{slot}"):  # top-3; the key marks it for the browser test and bench
+                st.markdown(" · ".join(f"**{plain(n)}** {p:.1%}" for _c, n, p in result.top))
             st.plotly_chart(probability_figure(result.probs, other.class_names, labels[rid]), key=f"insp_p_{rid}")
 
 
