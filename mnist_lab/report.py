@@ -229,7 +229,7 @@ def _confusion(w: _Writer, c: dict | None) -> None:
     w.add("table", header=[w._("true / predicted"), *names],
           rows=[[names[t], *(integer(v) for v in row)] for t, row in enumerate(c["counts"])])
     if c["pairs"]:
-        w.para("The pairs it confused most: {pairs}.", pairs=", ".join(
+        w.para("The pairs it confused most: {pairs}.", pairs=w._("; ").join(
             w.say("{true} taken for {pred} {count} times ({share} of the {true}s)", true=p["true_name"],
                   pred=p["predicted_name"], count=integer(p["count"]), share=pct(p["share"], 1))
             for p in c["pairs"]))

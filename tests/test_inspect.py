@@ -242,3 +242,26 @@ def test_the_lab_report_shows_the_runs_confusion_matrix(kept):
         assert counts.sum() == 1000 and np.trace(counts) == round(1000 * result.final_test_acc)
         assert any(pairs in b.text for b in report.blocks if b.kind == "p")
     assert report.findings.loss.numbers["confusion"]["n"] == 1000
+
+
+def test_the_inspect_strings_have_chinese_translations():
+    """Every msgid of the Inspect page and the inspect/predict/export commands is in zh_CN, with
+    the same placeholders (the report's own are checked in test_report.py)."""
+    import string
+
+    from babel.messages.extract import extract_from_file
+    from babel.messages.pofile import read_po
+
+    from mnist_lab import i18n
+
+    with open(i18n.catalog_path("zh_CN"), "rb") as f:
+        catalog = read_po(f, locale="zh_CN")
+    root = Path(__file__).resolve().parents[1]
+    names = lambda text: {n for _, n, _, _ in string.Formatter().parse(text) if n is not None}  # noqa: E731
+    used = {m for source in ("app_pages/inspect.py", "mnist_lab/cli_inspect.py")
+            for _, m, _, _ in extract_from_file("python", root / source, keywords={"_": None})}
+    assert len(used) > 40
+    for msgid in used:
+        entry = catalog.get(msgid)
+        assert entry is not None and entry.string.strip(), f"not in the zh_CN catalog: {msgid!r}"
+        assert names(entry.string) == names(msgid), msgid
