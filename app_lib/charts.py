@@ -140,7 +140,7 @@ def compare_figure(summary: pd.DataFrame) -> go.Figure:
 
 def digits_figure(images: np.ndarray, labels: np.ndarray, cols: int, titles: list[str] | None = None,
                   row_height: int = 100) -> go.Figure:
-    """A grid of 28x28 uint8 digits with a title above each."""
+    """A grid of uint8 images, (n, H, W) grey or (n, H, W, 3) colour, with a title above each."""
     rows = -(-len(images) // cols)
     fig = px.imshow(images, facet_col=0, facet_col_wrap=cols, binary_string=True, facet_row_spacing=0.08,
                     facet_col_spacing=0.01)

@@ -2,13 +2,13 @@
 (numbers, strings, booleans), so they also fit in a URL. No streamlit here."""
 from __future__ import annotations
 
-from mnist_lab.data import DataConfig
+from mnist_lab.data import DATASETS, DataConfig
 from mnist_lab.errors import ConfigError
 from mnist_lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.models import PRESETS, ModelConfig, Preset
 from mnist_lab.train import TrainConfig
 
-SUBSETS = [256, 500, 1000, 2000, 5000, 10000, 20000, 30000, 60000]  # training images
+SUBSETS = [256, 500, 1000, 2000, 5000, 10000, 20000, 30000, DATASETS["mnist"].train_count]  # last: all images
 BATCH_SIZES = [16, 32, 64, 128, 256, 512]
 
 
@@ -57,9 +57,14 @@ def build_train_cfg(v: dict) -> TrainConfig:
                        momentum=v["momentum"], seed=v["seed"])
 
 
+def data_limit(images: int, dataset: str = "mnist") -> int | None:
+    """The train_limit for a subset size: None (every image) at or above the dataset's training count."""
+    return None if images >= DATASETS[dataset].train_count else images
+
+
 def build_data_cfg(v: dict) -> DataConfig:
-    limit = v["train_limit"]
-    return DataConfig(normalize=v["normalize"], train_limit=None if limit >= 60000 else limit,
+    dataset = v.get("dataset", "mnist")
+    return DataConfig(dataset=dataset, normalize=v["normalize"], train_limit=data_limit(v["train_limit"], dataset),
                       permute_pixels=v["permute"])
 
 

@@ -48,7 +48,10 @@ def tile(maps: np.ndarray, columns: int | None = None, scale: int = 1, pad: int 
 
 
 def enlarge(image: np.ndarray, scale: int) -> np.ndarray:
-    """Nearest-neighbour upscaling, so a 28×28 digit shows its pixels sharp."""
+    """A dataset image, grey (H, W) or colour (C, H, W) as the datasets store it, as a picture
+    (H, W[, C]) upscaled nearest-neighbour, so a 28×28 digit shows its pixels sharp."""
+    if image.ndim == 3:
+        image = image.transpose(1, 2, 0)
     return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 

@@ -9,10 +9,9 @@ import secrets
 import threading
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
-from mnist_lab.data import DataConfig, RawSplits, load_raw, make_permutation, permute_pixels
+from mnist_lab.data import DATASETS, MNIST, DataConfig, RawSplits, SampleGrid, load_raw, sample_grid
 from mnist_lab.jobs import StoreRunner
 from mnist_lab.policy import ServerPolicy
 from mnist_lab.store import LOCAL_WORKSPACE, ResultStore, default_db_path
@@ -126,38 +125,45 @@ def quick_defaults() -> dict[str, int]:
     CPU (a hosted free tier) starts on 10,000. A sweep trains dozens of networks: a subset on a CPU.
     (The FC vs CNN page always starts on all 60,000 images: its tiny nets are cheap.)"""
     if on_gpu():
-        return dict(train_limit=60000, epochs=3, sweep_limit=60000, seeds=3)
-    return dict(train_limit=60000 if (os.cpu_count() or 1) >= 2 else 10000, epochs=1, sweep_limit=10000, seeds=2)
+        return dict(train_limit=MNIST.train_count, epochs=3, sweep_limit=MNIST.train_count, seeds=3)
+    return dict(train_limit=MNIST.train_count if (os.cpu_count() or 1) >= 2 else 10000, epochs=1, sweep_limit=10000,
+                seeds=2)
 
 
-@st.cache_resource(show_spinner="Loading MNIST (once per server)…")
-def _mnist() -> RawSplits:
-    return load_raw(DataConfig())
+@st.cache_resource(show_spinner="Loading the dataset (once per server)…")
+def _raw(dataset: str) -> RawSplits:
+    return load_raw(DataConfig(dataset=dataset))
 
 
-def mnist() -> tuple[RawSplits | None, str]:
-    """(the decoded MNIST tensors, '') or (None, why it is unavailable)."""
+def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
+    """(the decoded tensors of `dataset`, '') or (None, why it is unavailable)."""
     try:
-        return _mnist(), ""
+        return _raw(dataset), ""
     except Exception as exc:  # noqa: BLE001 - shown on the page, retried on the next run
         return None, str(exc)
 
 
+def mnist() -> tuple[RawSplits | None, str]:
+    """(the decoded MNIST tensors, '') or (None, why it is unavailable)."""
+    return dataset_raw("mnist")
+
+
 @st.cache_data
+def sample_images(n: int, dataset: str = "mnist", permutation_seed: int | None = None, one_per_class: bool = False,
+                  lang: str = "en") -> SampleGrid | None:
+    """A grid of `dataset`'s first training images (grey or colour) with class names in `lang`,
+    and with `permutation_seed` their pixel-permuted copies; None while the data is unavailable."""
+    raw, _ = dataset_raw(dataset)
+    return None if raw is None else sample_grid(raw, DATASETS[dataset], n, permutation_seed, one_per_class, lang)
+
+
 def sample_digits(n: int, permutation_seed: int | None = None, one_per_class: bool = False):
-    """(images uint8 (n, 28, 28), labels (n,)) from the training set, optionally pixel-permuted
-    by the same fixed permutation the experiments use."""
-    raw, _ = mnist()
-    if raw is None:
+    """(images uint8 (n, 28, 28), labels (n,)) from MNIST's training set, pixel-permuted by the
+    experiments' fixed permutation when a seed is given; (None, None) while MNIST is unavailable."""
+    grid = sample_images(n, "mnist", permutation_seed, one_per_class)
+    if grid is None:
         return None, None
-    if one_per_class:
-        idx = [int(np.flatnonzero(raw.y_train.numpy() == c)[0]) for c in range(n)]
-    else:
-        idx = list(range(n))
-    x = raw.x_train[idx]
-    if permutation_seed is not None:
-        x = permute_pixels(x, make_permutation(x.shape[-1] * x.shape[-2], permutation_seed))
-    return x.numpy(), raw.y_train[idx].numpy()
+    return (grid.images if permutation_seed is None else grid.permuted), grid.labels
 
 
 # ------------------------------------------------------------------------- session state

@@ -18,6 +18,7 @@ from .text import percent, plain
 from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
+QUEUED_POLL_S = 3.0  # a queued job only moves up the queue: every refresh costs its browser a redraw
 
 
 def start_job(kind: str, spec: JobSpec) -> str | None:
@@ -111,8 +112,9 @@ def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
     if first is None:
         return
     polling = first.active
+    queued = first.status == "queued"
 
-    @st.fragment(run_every=POLL_S if polling else None)
+    @st.fragment(run_every=(QUEUED_POLL_S if queued else POLL_S) if polling else None)
     def panel() -> None:
         if polling:
             result_store().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
@@ -121,8 +123,8 @@ def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
         if view is None:
             st.info("This job is no longer in the store.")
             return
-        if polling and not view.active:
-            st.rerun()  # ended: one full run redraws the page (downloads, summaries) without the timer
+        if (polling and not view.active) or (queued and view.status != "queued"):
+            st.rerun()  # ended (or started): one full run redraws the page with the right timer
         _status(view)
         draw(view)
 

@@ -6,25 +6,26 @@ import numpy as np
 import streamlit as st
 
 from app_lib.charts import compare_figure, digits_figure, overlay_figure
-from app_lib.forms import SUBSETS, build_compare_cfg
-from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_digits, values
+from app_lib.forms import SUBSETS, build_compare_cfg, data_limit
+from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_images, values
 from app_lib.text import plain
 from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
-from mnist_lab.data import DataConfig
+from mnist_lab.data import MNIST, DataConfig
 from mnist_lab.experiments import compare_default_train, compare_table, read_compare, summarize_over_seeds
 from mnist_lab.jobs import JobSpec
 from mnist_lab.models import count_params, describe
 
 quick = quick_defaults()
 DEFAULTS = dict(layers=2, kernel=5, channels=6, double=False, hidden="50", seeds=quick["seeds"], epochs=1,
-                train_limit=60000, perm_seed=0)
+                train_limit=SUBSETS[-1], perm_seed=0)
 LIMITS = dict(layers=(1, 3), kernel=(1, 9), channels=(1, 64), seeds=(1, 5), epochs=(1, 5), train_limit=SUBSETS,
               perm_seed=(0, 10_000))  # what each widget accepts; a link's values are checked against it
 init_state("cmp_", DEFAULTS, LIMITS)
 
 st.title("FC vs CNN with the same number of parameters")
 st.markdown("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
-            "trained on normal digits and on digits whose 784 pixels are shuffled by **one fixed permutation** "
+            f"trained on normal digits and on digits whose {MNIST.n_pixels} pixels are shuffled by **one fixed "
+            "permutation** "
             "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")
 c1, c2, c3, c4 = st.columns(4)
 c1.slider("CNN conv + pool layers", *LIMITS["layers"], key="cmp_layers")
@@ -50,19 +51,19 @@ if not problem:
     m1.metric("CNN parameters", f"{count_params(models['CNN']):,}", help=describe(models["CNN"]))
     m2.metric("FC parameters", f"{count_params(models['FC']):,}", help=describe(models["FC"]))
     m3.markdown(f"**CNN:** {describe(models['CNN'])}  \n**FC, width matched automatically:** "
-                f"784 → {models['FC'].hidden[0]} → {models['FC'].hidden[1]} → 10")
+                f"{models['FC'].in_channels * models['FC'].image_size ** 2} → {models['FC'].hidden[0]} → "
+                f"{models['FC'].hidden[1]} → {models['FC'].n_classes}")
 
-originals, labels = sample_digits(10, one_per_class=True)
-shuffled, _ = sample_digits(10, permutation_seed=v["perm_seed"], one_per_class=True)
-if originals is not None:
-    st.plotly_chart(digits_figure(np.concatenate([originals, shuffled]), np.concatenate([labels, labels]), cols=10,
-                                  titles=[f"{y}" for y in labels] + ["permuted"] * 10),
+grid = sample_images(10, permutation_seed=v["perm_seed"], one_per_class=True)  # originals and permuted copies
+if grid is not None:
+    st.plotly_chart(digits_figure(np.concatenate([grid.images, grid.permuted]), np.concatenate([grid.labels] * 2),
+                                  cols=10, titles=grid.names + ["permuted"] * 10),
                     key="cmp_digits", config={"staticPlot": True})
 
 busy = job_active("compare")
 if not problem:
     train_cfg = replace(compare_default_train(), epochs=v["epochs"])
-    data_cfg = DataConfig(train_limit=None if v["train_limit"] >= 60000 else v["train_limit"])
+    data_cfg = DataConfig(train_limit=data_limit(v["train_limit"]))
     spec = JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN")
     st.caption(f"Expected training time on this device: about {expected_time(spec)}.")
 if st.button("Run comparison", type="primary", key="cmp_go_btn", disabled=bool(problem) or busy):

@@ -5,6 +5,7 @@ import streamlit as st
 from app_lib.charts import digits_figure
 from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits
 from app_lib.text import plain
+from mnist_lab.data import MNIST
 from mnist_lab.models import PRESETS, count_params
 from mnist_lab.native import kernel_state
 
@@ -35,7 +36,8 @@ with intro:
         st.error(f"**MNIST is not available.** {plain(problem)}", icon=":material/error:")
     else:
         st.success(f"**MNIST ready:** {len(raw.x_train):,} training and {len(raw.x_test):,} test images, "
-                   f"28×28 grey, from {plain(raw.source)}.", icon=":material/check_circle:")
+                   f"{MNIST.image_size}×{MNIST.image_size} grey, from {plain(raw.source)}.",
+                   icon=":material/check_circle:")
     st.page_link("app_pages/train.py", label="**Train** one network and watch every iteration's loss live",
                  icon=":material/model_training:")
     st.page_link("app_pages/sweep.py", label="**Sweep** conv layers × kernel size (lab tasks 2 and 3)",

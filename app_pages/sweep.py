@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app_lib.charts import error_line_figure, heatmap_figure, overlay_figure, params_figure
-from app_lib.forms import SUBSETS, build_sweep_cfg
+from app_lib.forms import SUBSETS, build_sweep_cfg, data_limit
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
@@ -42,7 +42,7 @@ c3.number_input("Learning rate", *LIMITS["lr"], step=0.001, format="%.4f", key="
 v = values("sweep_", DEFAULTS)
 mirror_query(v, DEFAULTS)
 train_cfg = TrainConfig(epochs=v["epochs"], optimizer=optimizer, lr=v["lr"], momentum=0.9 if optimizer == "sgd" else 0.0)
-data_cfg = DataConfig(train_limit=None if v["train_limit"] >= 60000 else v["train_limit"])
+data_cfg = DataConfig(train_limit=data_limit(v["train_limit"]))
 try:
     sweep = build_sweep_cfg(v)
     cells, skipped = sweep.cells()

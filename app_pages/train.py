@@ -11,7 +11,7 @@ from app_lib.shared import init_state, mirror_query, quick_defaults, result_stor
 from app_lib.text import plain
 from app_lib.widgets import (csv_button, expected_time, job_active, job_panel, layer_table, live_losses, refusal,
                              start_job)
-from mnist_lab.data import NORMALIZATIONS
+from mnist_lab.data import MNIST, NORMALIZATIONS, describe_normalization
 from mnist_lab.errors import StoreError
 from mnist_lab.jobs import JobSpec
 from mnist_lab.models import PRESETS, count_params, describe
@@ -69,10 +69,11 @@ with left:
     c1.slider("Epochs", *LIMITS["epochs"], key="train_epochs")
     c2.number_input("Seed", *LIMITS["seed"], key="train_seed")
     st.select_slider("Training images", LIMITS["train_limit"], key="train_train_limit", format_func="{:,}".format,
-                     help="The first N of the 60,000; the test set is always all 10,000.")
+                     help=f"The first N of the {MNIST.train_count:,}; the test set is always all {MNIST.test_count:,}.")
     st.selectbox("Normalisation", LIMITS["normalize"], key="train_normalize",
-                 format_func=lambda n: f"{n}: mean {NORMALIZATIONS[n][0]}, std {NORMALIZATIONS[n][1]}")
-    st.checkbox("Permuted pixels", key="train_permute", help="One fixed shuffle of the 784 pixel positions.")
+                 format_func=describe_normalization)
+    st.checkbox("Permuted pixels", key="train_permute",
+                help=f"One fixed shuffle of the {MNIST.n_pixels} pixel positions.")
 
     v = values("train_", DEFAULTS)
     mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})
@@ -117,7 +118,7 @@ with right:
 def draw(view) -> None:
     if view.spec is not None and view.spec.model is not None:  # the job's own network, whatever the widgets say now
         spec = view.spec
-        images = spec.data.train_limit or 60000
+        images = spec.data.n_train()
         st.markdown(f"**This run:** {plain(describe(spec.model))} · {count_params(spec.model):,} parameters · "
                     f"{spec.train.epochs} epoch(s) on {images:,} images")
     run = view.runs[-1] if view.runs else None

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_lab.data import NORMALIZATIONS, DataConfig, encode_idx, load_mnist, prepare_data  # noqa: E402
+from mnist_lab.data import DataConfig, encode_idx, load_mnist, normalization, prepare_data  # noqa: E402
 from mnist_lab.models import build_model, get_preset  # noqa: E402
 from mnist_lab.train import ENGINES, TrainConfig, resolve_device, select_engine, train  # noqa: E402
 
@@ -57,7 +57,7 @@ def run_classic(root: Path, epochs: int, seed: int, device: torch.device, worker
     from torchvision import datasets, transforms
 
     preset = get_preset("lab5")
-    mean, std = NORMALIZATIONS[preset.normalize]
+    (mean,), (std,) = normalization(preset.normalize)  # MNIST: one channel
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])

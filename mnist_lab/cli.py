@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import DataConfig, DataUnavailableError
+from .data import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError, check_model_fits
 from .errors import StoreError
 from .experiments import CompareConfig, SweepConfig, diverged_runs, summarize_over_seeds
 from .jobs import JobSpec, run_inline
@@ -111,10 +111,12 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
                         "one network), cpu-native")
     d = p.add_argument_group("data")
     d.add_argument("--train-limit", type=int, help="use only the first N training images")
-    d.add_argument("--normalize", choices=["mnist", "half", "none"])
+    d.add_argument("--dataset", choices=list(DATASETS), default="mnist")
+    d.add_argument("--normalize", choices=list(NORMALIZATIONS))
     d.add_argument("--permute-pixels", action="store_true", help="shuffle pixels by one fixed permutation")
     d.add_argument("--permutation-seed", type=int, default=0)
-    d.add_argument("--data-dir", help="MNIST in torchvision's layout (ROOT/MNIST/raw)")
+    d.add_argument("--data-dir", help="datasets in torchvision's layout (ROOT/MNIST/raw, ROOT/FashionMNIST/raw, "
+                                      "ROOT/cifar-10-batches-py or ROOT/cifar-10-python.tar.gz)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="directory for the CSV tables")
     o.add_argument("--db", type=Path, help=f"SQLite results database (default {default_db_path()})")
@@ -153,18 +155,19 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
                             optimizer=pick(args.optimizer, preset.optimizer), lr=pick(args.lr, preset.lr),
                             momentum=pick(args.momentum, preset.momentum), seed=args.seed,
                             device=args.device, shuffle=not args.no_shuffle, engine=args.engine)
-    data_cfg = DataConfig(normalize=pick(args.normalize, preset.normalize), train_limit=args.train_limit,
+    data_cfg = DataConfig(dataset=args.dataset, normalize=pick(args.normalize, preset.normalize),
+                          train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
                           data_dir=args.data_dir)
     model.validate()
     data_cfg.validate()
-    train_cfg.validate(n_train=min(args.train_limit or 60000, 60000))  # before loading anything
+    check_model_fits(model, data_cfg.spec)
+    train_cfg.validate(n_train=data_cfg.n_train())  # before loading anything
     return model, train_cfg, data_cfg
 
 
 def _steps(train_cfg: TrainConfig, data_cfg: DataConfig) -> int:
-    n = data_cfg.train_limit or 60000
-    return -(-min(n, 60000) // train_cfg.batch_size) * train_cfg.epochs
+    return -(-data_cfg.n_train() // train_cfg.batch_size) * train_cfg.epochs
 
 
 def _export(store: ResultStore, out: Path | None, run_ids: list[str], extra: dict[str, pd.DataFrame]) -> None:

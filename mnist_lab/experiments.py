@@ -13,7 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
-from .data import DataConfig, TensorData, prepare_data
+from .data import DataConfig, TensorData, check_model_fits, prepare_data
 from .errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
 from .models import (KERNEL_RANGE, MAX_CHANNELS, MAX_CONV_BLOCKS, MAX_WIDTH, PRESETS, ModelConfig, cnn_config,
                      count_params, describe, match_fc_width)
@@ -96,6 +96,7 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
     """Train one model; with a store, every iteration and epoch is written as it finishes."""
     model_cfg.validate()
     data_cfg.validate()
+    check_model_fits(model_cfg, data_cfg.spec)  # before any data is loaded
     data = data if data is not None else get_data(data_cfg, train_cfg.device)
     _check(model_cfg, train_cfg, data)
     run_id = new_run_id()
@@ -120,6 +121,8 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
     another. Each result is what it would be alone."""
     if not jobs:
         return []
+    for model_cfg, _, _ in jobs:
+        check_model_fits(model_cfg, data_cfg.spec)  # before any data is loaded
     data = get_data(data_cfg, jobs[0][1].device)
     for model_cfg, train_cfg, _ in jobs:
         _check(model_cfg, train_cfg, data)

@@ -20,8 +20,7 @@ from .inspect_run import LoadedRun, normalization
 from .models import count_params, describe, summarize
 
 # the lab's dataset names -> torchvision's dataset classes
-TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "fashion_mnist": "FashionMNIST",
-                        "fashion": "FashionMNIST", "cifar10": "CIFAR10", "cifar-10": "CIFAR10"}
+TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
 
 # ------------------------------------------------------------------------ the network as code
@@ -195,11 +194,7 @@ def load_split(root, train, limit):
     if limit is not None:
         x, y = x[:limit], y[:limit]
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-    x = x.float().div(255.0)
-    if len(MEAN) == 1:
-        x = x.sub(MEAN[0]).div(STD[0])
-    else:
-        x = x.sub(torch.tensor(MEAN).view(1, -1, 1, 1)).div(torch.tensor(STD).view(1, -1, 1, 1))
+    x = x.float().div(255.0).sub(torch.tensor(MEAN).view(1, -1, 1, 1)).div(torch.tensor(STD).view(1, -1, 1, 1))
     if PERMUTE_PIXELS:
         perm = torch.load(HERE / "permutation.pt", weights_only=True)
         x = x.reshape(*x.shape[:2], -1)[..., perm].reshape(x.shape)

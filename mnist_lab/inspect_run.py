@@ -28,28 +28,22 @@ DIGIT_BOX = 20  # MNIST's digits: the bounding box scaled into 20x20 ...
 DIGIT_FIELD = 28  # ... and centred by centre of mass in 28x28
 
 
-# ------------------------------------------------------------------------ dataset adapter
-# Today `data` has scalar NORMALIZATIONS and no class names; the "data" work adds per-channel
-# mean/std and class names to `DATASETS[name]`. Only these three functions read either.
+# ------------------------------------------------------------------------ the dataset
+# Only these three functions read the dataset's spec (data.DATASETS) and normalisation.
 
 def normalization(data_cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean per channel, std per channel) applied to pixels scaled to [0, 1]."""
-    mean, std = data_mod.NORMALIZATIONS[data_cfg.normalize]
-    def as_tuple(v) -> tuple[float, ...]:
-        return tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else (float(v),)
-    return as_tuple(mean), as_tuple(std)
+    return data_mod.normalization(data_cfg.normalize, data_cfg.dataset)
 
 
-def class_names(data_cfg: DataConfig) -> list[str]:
-    spec = data_mod.DATASETS[data_cfg.dataset]
-    names = getattr(spec, "class_names", None) or getattr(spec, "classes", None)
-    return [str(n) for n in names] if names else [str(i) for i in range(spec.n_classes)]
+def class_names(data_cfg: DataConfig, lang: str = "en") -> list[str]:
+    return list(data_mod.DATASETS[data_cfg.dataset].class_names(lang))
 
 
 def to_network_input(images: torch.Tensor, data_cfg: DataConfig, permutation: torch.Tensor | None) -> torch.Tensor:
-    """uint8 (N, H, W[, C]) -> float32 (N, C, H, W) exactly as the run's training data was made:
-    the run's normalisation, then its pixel permutation (data.prepare_data's order)."""
-    x = data_mod.to_float(images, data_cfg.normalize)
+    """uint8 (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W) exactly as the run's training data
+    was made: the run's normalisation, then its pixel permutation (data.prepare_data's order)."""
+    x = data_mod.to_float(images, data_cfg.normalize, data_cfg.dataset)
     return data_mod.permute_pixels(x, permutation) if permutation is not None else x
 
 
@@ -106,8 +100,8 @@ def load_run(store, run_id: str) -> LoadedRun:
 
 
 def test_images(run: LoadedRun, raw: RawSplits | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test set the run was evaluated on (its test limit kept): uint8 images as stored and
-    int64 labels (N,)."""
+    """The test set the run was evaluated on (its test limit kept): uint8 images as stored,
+    (N, H, W) or (N, C, H, W), and int64 labels (N,)."""
     raw = raw if raw is not None else data_mod.load_raw(run.data_cfg)
     n = run.data_cfg.test_limit or len(raw.x_test)
     return raw.x_test[:n], raw.y_test[:n]
@@ -191,7 +185,7 @@ class Confusion:
 
 
 def confusion(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor) -> Confusion:
-    """The confusion matrix of the run on uint8 `images` (N, H, W[, C]) with `labels` (N,)."""
+    """The confusion matrix of the run on uint8 `images` (N, H, W) or (N, C, H, W) with `labels` (N,)."""
     x = run.inputs(images).contiguous(memory_format=fast_memory_format(run.model_cfg, torch.device("cpu")))
     probs = probabilities(run, x, run.train_cfg.eval_batch_size)
     confidence, pred = probs.max(dim=1)
@@ -372,28 +366,31 @@ def prepare_digit(ink: np.ndarray) -> np.ndarray:
 
 
 def prepare_upload(img, run: LoadedRun) -> np.ndarray:
-    """An uploaded image as the run's dataset expects it: MNIST's digit preparation for MNIST;
-    for another dataset the picture resized to its size (uint8 (S, S) grey or (S, S, 3) colour)."""
+    """An uploaded image as the run's dataset's images are: MNIST's digit preparation for MNIST;
+    for a grey dataset (Fashion-MNIST) light on dark, resized to its size, uint8 (S, S); for a
+    colour one (CIFAR-10) resized, uint8 (3, S, S) as the dataset stores it."""
     from PIL import Image
 
     cfg = run.model_cfg
     if run.data_cfg.dataset == "mnist":
         return prepare_digit(grey_ink(img))
     size = (cfg.image_size, cfg.image_size)
-    mode = "L" if cfg.in_channels == 1 else "RGB"
-    return np.asarray(img.convert(mode).resize(size, Image.LANCZOS), dtype=np.uint8)
+    if cfg.in_channels == 1:
+        return np.asarray(Image.fromarray(grey_ink(img)).resize(size, Image.LANCZOS), dtype=np.uint8)
+    rgb = np.asarray(img.convert("RGB").resize(size, Image.LANCZOS), dtype=np.uint8)  # (S, S, 3)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
 @dataclass
 class Prediction:
-    image: np.ndarray  # uint8 (H, W[, C]), what was prepared, in the original pixel order
+    image: np.ndarray  # uint8 (H, W) or (C, H, W), what was prepared, in the original pixel order
     seen: np.ndarray  # float32 (C, H, W), the network's input (normalised, permuted if the run was)
     probs: np.ndarray  # (K,)
     top: list[tuple[int, str, float]]  # top-3: (class, name, probability)
 
 
 def network_input(run: LoadedRun, image: np.ndarray) -> torch.Tensor:
-    """One prepared uint8 image (H, W[, C]) as the network's input (1, C, H, W)."""
+    """One prepared uint8 image (H, W) or (C, H, W) as the network's input (1, C, H, W)."""
     return run.inputs(torch.from_numpy(np.ascontiguousarray(image))[None])
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from .data import DataConfig, default_cache_dir
+from .data import DataConfig, default_cache_dir, normalization
 from .errors import StoreError
 from .models import ModelConfig, describe
 from .train import EpochMetrics, Progress, RunResult, TrainConfig
@@ -108,7 +108,7 @@ def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
     """A run's default label: its network, and the data settings that change results when they
     are not the lab's defaults (normalisation, permuted pixels, a subset)."""
     parts = [describe(model_cfg)]
-    if data_cfg.normalize != "mnist":
+    if normalization(data_cfg.normalize, data_cfg.dataset) != normalization("dataset", data_cfg.dataset):
         parts.append(f"{data_cfg.normalize} normalisation")
     if data_cfg.permute_pixels:
         parts.append("permuted pixels")

@@ -357,10 +357,10 @@ def test_other_normalisations(mnist_raw, normalize, lo, hi):
 
 
 @pytest.mark.parametrize("cfg,message", [
-    (data.DataConfig(normalize="zscore"), "Unknown normalisation 'zscore'. Choose one of: mnist, half, none."),
+    (data.DataConfig(normalize="zscore"), "Unknown normalisation 'zscore'. Choose one of: dataset, half, none, mnist."),
     (data.DataConfig(train_limit=0), "train_limit must be at least 1 image"),
     (data.DataConfig(test_limit=-5), "test_limit must be at least 1 image"),
-    (data.DataConfig(dataset="emnist"), "Unknown dataset 'emnist'. Choose one of: mnist."),
+    (data.DataConfig(dataset="emnist"), "Unknown dataset 'emnist'. Choose one of: mnist, fashion-mnist, cifar10."),
 ])
 def test_data_config_refusals(cfg, message):
     with pytest.raises(ValueError) as info:

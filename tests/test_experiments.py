@@ -137,8 +137,8 @@ def test_a_network_for_other_images_is_refused_before_training(mnist_raw):
     from mnist_lab.experiments import run_single
 
     cifar_shaped = replace(PRESETS["lab5"].model, in_channels=3, image_size=32)
-    with pytest.raises(ValueError, match="expects 3×32×32 images but dataset 'mnist' has 1×28×28"):
-        run_single(cifar_shaped, FAST, TINY)
+    with pytest.raises(ValueError, match=r"in_channels = 3 but MNIST needs 1 \(1×28×28 images, 10 classes\)"):
+        run_single(cifar_shaped, FAST, TINY)  # data.check_model_fits, before any data is loaded
 
 
 @pytest.mark.gpu
