@@ -391,7 +391,7 @@ class Prediction:
 
 def network_input(run: LoadedRun, image: np.ndarray) -> torch.Tensor:
     """One prepared uint8 image (H, W) or (C, H, W) as the network's input (1, C, H, W)."""
-    return run.inputs(torch.from_numpy(np.ascontiguousarray(image))[None])
+    return run.inputs(torch.from_numpy(np.array(image, dtype=np.uint8))[None])  # a copy: PIL arrays are read-only
 
 
 def predict(run: LoadedRun, image: np.ndarray, k: int = 3) -> Prediction:

@@ -140,3 +140,39 @@ def test_export_refuses_what_it_cannot_write(exported, tmp_path, capsys):
     assert (tmp_path / f"run_{result.run_id}.zip").is_file()
     assert main(["export", "../etc", "--out", str(tmp_path), "--db", db]) == 2
     assert "No run ../etc" in capsys.readouterr().err
+
+
+def test_a_fashion_mnist_run_is_inspected_and_exported_with_its_class_names(tmp_path):
+    """Another dataset through the same path: the spec's class names, an upload resized (not
+    digit-centred), and the script's torchvision FashionMNIST giving exactly the run's accuracy."""
+    import io
+
+    from PIL import Image
+
+    from mnist_lab.data import DataUnavailableError, load_raw
+
+    data_cfg = DataConfig(dataset="fashion-mnist", train_limit=256, test_limit=500)
+    try:
+        raw = load_raw(data_cfg)
+    except DataUnavailableError:
+        pytest.skip("no offline Fashion-MNIST (Debian: apt-get install dataset-fashion-mnist)")
+    store = ResultStore(tmp_path / "results.sqlite")
+    result = run_single(ModelConfig(conv_channels=(6, 6), hidden=(50,)), TrainConfig(epochs=1), data_cfg, store=store)
+    run = ir.load_run(store, result.run_id)
+    assert run.class_names[0] == "T-shirt/top" and len(run.class_names) == 10
+    assert ir.confusion(run, *ir.test_images(run)).accuracy == result.final_test_acc
+    picture = io.BytesIO()
+    Image.new("RGB", (90, 60), "white").save(picture, format="PNG")
+    assert ir.prepare_upload(ir.decode_image(picture.getvalue()), run).shape == (28, 28)
+    root = tmp_path / "torchvision"
+    folder = root / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    for name, array in (("train-images-idx3-ubyte", raw.x_train[:300]), ("train-labels-idx1-ubyte", raw.y_train[:300]),
+                        ("t10k-images-idx3-ubyte", raw.x_test), ("t10k-labels-idx1-ubyte", raw.y_test)):
+        (folder / name).write_bytes(encode_idx(array.numpy().astype("uint8")))
+    zipfile.ZipFile(export_run(run, tmp_path / "zip")).extractall(tmp_path / "x")
+    script = tmp_path / "x" / f"train_{result.run_id}.py"
+    assert "datasets.FashionMNIST" in script.read_text()
+    out = _run(script, "--data-dir", str(root), "--evaluate")
+    correct, n = map(int, re.search(r"\((\d+)/(\d+)\)", out).groups())
+    assert n == 500 and correct / n == result.final_test_acc
