@@ -25,12 +25,12 @@ def loaded(db: str, run_id: str) -> ir.LoadedRun:
 @st.cache_data(max_entries=16, show_spinner=_("Predicting every test image…"))
 def confusion_of(db: str, run_id: str) -> ir.Confusion:
     run = loaded(db, run_id)
-    return ir.confusion(run, *ir.test_images(run))
+    return ir.confusion(run, *ir.evaluated_images(run))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def test_arrays(db: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = ir.test_images(loaded(db, run_id))
+    x, y = ir.evaluated_images(loaded(db, run_id))
     return x.numpy(), y.numpy()
 
 

@@ -47,7 +47,7 @@ def server_side(repeats: int) -> None:
     torch.manual_seed(0)
     run = ir.rebuild(SavedRun("bench", cfg, TrainConfig(), DataConfig(), build_model(cfg).state_dict(), None,
                               "finished", None))
-    x_test, y_test = ir.test_images(run, load_raw(DataConfig()))
+    x_test, y_test = ir.evaluated_images(run, load_raw(DataConfig()))
     image = x_test[0].numpy()
     stroke = np.zeros((224, 224), np.float32)
     stroke[40:190, 100:120] = 255  # a drawn '1' at the canvas's size

@@ -36,11 +36,11 @@ def _open_run(args):
 
 def cmd_inspect(args) -> int:
     from .cli import _check_out
-    from .inspect_run import confusion, test_images
+    from .inspect_run import confusion, evaluated_images
 
     _check_out(args.out)
     run = _open_run(args)
-    conf = confusion(run, *test_images(run))
+    conf = confusion(run, *evaluated_images(run))
     names = run.class_names
     counts = pd.DataFrame(conf.counts, index=pd.Index(names, name="true"), columns=names)
     paths = [args.out / "confusion.csv", args.out / "per_class.csv", args.out / "misclassified.csv"]

@@ -335,13 +335,13 @@ def confusion_numbers(store: ResultStore, run_id: str, pairs: int = 5) -> dict |
     """The run's confusion matrix on its test set and its most confused pairs, when its weights
     are kept (None otherwise, or when its data cannot be loaded here)."""
     from .data import DataUnavailableError
-    from .inspect_run import confusion, load_run, test_images
+    from .inspect_run import confusion, load_run, evaluated_images
 
     if run_id not in store.inspectable([run_id]):
         return None
     try:
         run = load_run(store, run_id)
-        conf = confusion(run, *test_images(run))
+        conf = confusion(run, *evaluated_images(run))
     except (OSError, ValueError, DataUnavailableError):
         return None
     return dict(class_names=conf.class_names, counts=conf.counts.tolist(), n=conf.n, accuracy=conf.accuracy,

@@ -99,7 +99,7 @@ def load_run(store, run_id: str) -> LoadedRun:
     return rebuild(store.load_weights(run_id))
 
 
-def test_images(run: LoadedRun, raw: RawSplits | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluated_images(run: LoadedRun, raw: RawSplits | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The test set the run was evaluated on (its test limit kept): uint8 images as stored,
     (N, H, W) or (N, C, H, W), and int64 labels (N,)."""
     raw = raw if raw is not None else data_mod.load_raw(run.data_cfg)

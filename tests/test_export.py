@@ -160,7 +160,7 @@ def test_a_fashion_mnist_run_is_inspected_and_exported_with_its_class_names(tmp_
     result = run_single(ModelConfig(conv_channels=(6, 6), hidden=(50,)), TrainConfig(epochs=1), data_cfg, store=store)
     run = ir.load_run(store, result.run_id)
     assert run.class_names[0] == "T-shirt/top" and len(run.class_names) == 10
-    assert ir.confusion(run, *ir.test_images(run)).accuracy == result.final_test_acc
+    assert ir.confusion(run, *ir.evaluated_images(run)).accuracy == result.final_test_acc
     picture = io.BytesIO()
     Image.new("RGB", (90, 60), "white").save(picture, format="PNG")
     assert ir.prepare_upload(ir.decode_image(picture.getvalue()), run).shape == (28, 28)

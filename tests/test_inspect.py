@@ -57,7 +57,7 @@ def test_weights_round_trip_to_the_runs_exact_accuracy(kept, mnist_raw):
         else:
             assert torch.equal(run.permutation, data.permutation)
         assert (run.model_cfg, run.train_cfg, run.data_cfg) == (result.model_cfg, result.train_cfg, result.data_cfg)
-        conf = ir.confusion(run, *ir.test_images(run, mnist_raw))
+        conf = ir.confusion(run, *ir.evaluated_images(run, mnist_raw))
         assert conf.n == conf.counts.sum() == 1000
         assert conf.accuracy == result.final_test_acc  # exactly: the same weights, the same images
         assert np.trace(conf.counts) == round(result.final_test_acc * 1000)
@@ -85,7 +85,7 @@ def test_weights_are_safetensors_and_go_with_the_run(tmp_path, tiny_data):
 def test_gallery_holds_exactly_the_images_misclassified_that_way(kept, mnist_raw):
     result, _ = kept["lab5"]
     run = ir.load_run(kept["store"], result.run_id)
-    x, y = ir.test_images(run, mnist_raw)
+    x, y = ir.evaluated_images(run, mnist_raw)
     conf = ir.confusion(run, x, y)
     pairs = conf.confused_pairs(3)
     assert len(pairs) and (pairs["count"].diff().dropna() <= 0).all()
