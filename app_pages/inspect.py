@@ -189,7 +189,7 @@ with tab_maps:
         st.markdown(_("**Block {b}**").format(b=block) if block else _("**Input layers**"))
         for m, col in zip(stages, st.columns(len(stages))):
             grid = tile(m.maps, scale=max(1, 96 // m.shape[-1]))
-            col.image(grid, width=min(grid.shape[1], 400), caption=f"{m.name} {m.shape}")
+            col.image(grid, width="stretch", caption=f"{m.name} {m.shape}")  # as wide as its column
 
 with tab_export:
     st.caption(_("A zip with the weights (safetensors and a PyTorch state_dict) and train_{run}.py: the network as an "
