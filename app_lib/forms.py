@@ -52,6 +52,11 @@ def build_model_cfg(v: dict) -> ModelConfig:
                        hidden=parse_widths(v["hidden"]), softmax_before_loss=v["softmax"])
 
 
+# The presets the Train form's widgets can show whole (the sliders' family on MNIST-shaped data);
+# block lists (VGG16, residual nets) and colour nets train from the CLI and the lessons.
+SLIDER_PRESETS = [name for name, p in PRESETS.items() if build_model_cfg(model_values(p.model)) == p.model]
+
+
 def build_train_cfg(v: dict) -> TrainConfig:
     return TrainConfig(epochs=v["epochs"], batch_size=v["batch_size"], optimizer=v["optimizer"], lr=v["lr"],
                        momentum=v["momentum"], seed=v["seed"])
@@ -70,7 +75,7 @@ def build_data_cfg(v: dict) -> DataConfig:
 
 def matching_preset(v: dict) -> str | None:
     """The preset the widgets currently equal, if any."""
-    for name, p in PRESETS.items():
+    for name, p in ((n, PRESETS[n]) for n in SLIDER_PRESETS):
         if all(v.get(k) == val for k, val in preset_values(p).items()):
             return name
     return None

@@ -5,7 +5,7 @@ from functools import partial
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, loss_figure
-from app_lib.forms import (BATCH_SIZES, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
+from app_lib.forms import (BATCH_SIZES, SLIDER_PRESETS, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg, matching_preset,
                            preset_title, preset_values)
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
 from app_lib.text import plain
@@ -20,10 +20,10 @@ quick = quick_defaults()
 BASE = dict(preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epochs"], seed=0,
             train_limit=quick["train_limit"], permute=False)
 # A shared link names a preset; its other parameters are differences from that preset.
-link_preset = st.query_params.get("preset") if st.query_params.get("preset") in PRESETS else "lab5"
+link_preset = st.query_params.get("preset") if st.query_params.get("preset") in SLIDER_PRESETS else "lab5"
 DEFAULTS = {**BASE, "preset": link_preset, **preset_values(PRESETS[link_preset])}
 # What each widget accepts: (low, high) or the options; a link's values are checked against it.
-LIMITS = dict(preset=list(PRESETS), kind=["cnn", "fc"], layers=(1, 4), kernel=(1, 9), padding=["valid", "same"],
+LIMITS = dict(preset=SLIDER_PRESETS, kind=["cnn", "fc"], layers=(1, 4), kernel=(1, 9), padding=["valid", "same"],
               channels=(1, 512), dropout=(0.0, 0.8), optimizer=["sgd", "adam"], lr=(0.0001, 10.0),
               momentum=(0.0, 0.99), batch_size=BATCH_SIZES, epochs=(1, 20), seed=(0, 1_000_000),
               train_limit=SUBSETS, normalize=list(NORMALIZATIONS))

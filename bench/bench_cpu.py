@@ -18,27 +18,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from mnist_lab.data import DataConfig, prepare_data  # noqa: E402
+from mnist_lab.engines import PlainStep  # noqa: E402
 from mnist_lab.models import build_model, get_preset  # noqa: E402
 
-VARIANTS = {  # name -> options of `run`; "engine" is what train() does on the CPU
+VARIANTS = {  # name -> options of `run`; "engine" is what train() does on the CPU (engines.PlainStep)
     "engine": {},  # channels_last, default (for-loop) SGD, randperm slice gathered per step, loss into a buffer
     "nchw": dict(channels_last=False),
     "fused-sgd": dict(opt=dict(fused=True)),
     "foreach-sgd": dict(opt=dict(foreach=True)),
     "pre-permuted": dict(prepermute=True),  # gather the whole epoch once, then contiguous slices
-    "loss-list": dict(store="list"),  # keep loss tensors in a list, stack once
     "no-mkldnn": dict(mkldnn=False),
     "1-thread": dict(threads=1),
     "compile": dict(compile=True),  # torch.compile(model); compile time not included
 }
 
 
-def run(data, steps: int, channels_last: bool = True, opt: dict | None = None, store: str = "index",
-        prepermute: bool = False, mkldnn: bool = True, threads: int | None = None, compile: bool = False) -> float:
-    """Seconds per 938 steps for one variant (after 10 warm-up steps)."""
+def run(data, steps: int, channels_last: bool = True, opt: dict | None = None, prepermute: bool = False,
+        mkldnn: bool = True, threads: int | None = None, compile: bool = False) -> float:
+    """Seconds per 938 steps for one variant (after 10 warm-up steps), each step the engine's own
+    (engines.PlainStep): only the set-up around it varies."""
     preset = get_preset("lab5")
     threads_before = torch.get_num_threads()
     if threads:
@@ -48,38 +48,24 @@ def run(data, steps: int, channels_last: bool = True, opt: dict | None = None, s
         torch.manual_seed(0)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         model = build_model(preset.model).to(memory_format=layout)
-        step_model = torch.compile(model) if compile else model
         optimizer = torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=preset.momentum,
                                     **(opt or {}))
         x_train, y_train = data.x_train.contiguous(memory_format=layout), data.y_train
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
-        bs = preset.batch_size
-        if prepermute:
-            x_train, y_train = x_train[order], y_train[order]
-        losses = torch.zeros(steps + 10)
-        kept = []
+        if prepermute:  # the epoch's images gathered once: each batch is then a contiguous slice
+            x_train, y_train, order = x_train[order], y_train[order], torch.arange(len(x_train))
+        step = PlainStep(torch.compile(model) if compile else model, optimizer, x_train, y_train,
+                         preset.batch_size, torch.zeros(steps + 10))
+        step.start_epoch(order)
         for i in range(steps + 10):
             if i == 10:
                 t0 = time.perf_counter()
-            if prepermute:
-                x, y = x_train[i * bs:(i + 1) * bs], y_train[i * bs:(i + 1) * bs]
-            else:
-                idx = order[i * bs:(i + 1) * bs]
-                x, y = x_train[idx], y_train[idx]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(step_model(x), y)
-            loss.backward()
-            optimizer.step()
-            if store == "index":
-                losses[i] = loss.detach()
-            else:
-                kept.append(loss.detach())
-        if kept:
-            torch.stack(kept)
+            step.step(i)
         return (time.perf_counter() - t0) / steps * 938
     finally:
         torch.set_num_threads(threads_before)
         torch.backends.mkldnn.enabled = True
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

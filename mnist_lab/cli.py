@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError, check_model_fits
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .experiments import CompareConfig, SweepConfig, diverged_runs, summarize_over_seeds
 from .jobs import JobSpec, run_inline
 from .models import PRESETS, ModelConfig, count_params, get_preset
@@ -104,6 +104,9 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--optimizer", choices=["sgd", "adam"])
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-shuffle", action="store_true", help="same batch order every epoch")
+    g.add_argument("--augment", action="store_true", help="random shifts (and flips for colour images) per batch")
+    g.add_argument("--sort-by-label", action="store_true",
+                   help="train on the images in label order (with --no-shuffle)")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "
@@ -111,7 +114,7 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
                         "one network), cpu-native")
     d = p.add_argument_group("data")
     d.add_argument("--train-limit", type=int, help="use only the first N training images")
-    d.add_argument("--dataset", choices=list(DATASETS), default="mnist")
+    d.add_argument("--dataset", choices=list(DATASETS), default=None)
     d.add_argument("--normalize", choices=list(NORMALIZATIONS))
     d.add_argument("--permute-pixels", action="store_true", help="shuffle pixels by one fixed permutation")
     d.add_argument("--permutation-seed", type=int, default=0)
@@ -149,13 +152,19 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
         overrides["hidden"] = tuple(args.hidden)
     if overrides.get("kind") == "fc" and "conv_channels" not in overrides:
         overrides["conv_channels"] = ()
+    family = sorted(overrides.keys() & {"conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm"})
+    if model.blocks and family:  # those flags shape the sliders' family, not a block list
+        raise ConfigError(family[0], overrides[family[0]], "Preset {preset!r} is a list of blocks, so --{flag} does "
+                          "not apply to it; leave the flag out, or start from a preset such as lab5.",
+                          preset=preset.name, flag=family[0].replace("_", "-"))
     model = replace(model, **overrides)
     pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
     train_cfg = TrainConfig(epochs=pick(args.epochs, 1), batch_size=pick(args.batch_size, preset.batch_size),
                             optimizer=pick(args.optimizer, preset.optimizer), lr=pick(args.lr, preset.lr),
                             momentum=pick(args.momentum, preset.momentum), seed=args.seed,
-                            device=args.device, shuffle=not args.no_shuffle, engine=args.engine)
-    data_cfg = DataConfig(dataset=args.dataset, normalize=pick(args.normalize, preset.normalize),
+                            device=args.device, shuffle=not args.no_shuffle, engine=args.engine,
+                            augment=args.augment, sort_by_label=args.sort_by_label)
+    data_cfg = DataConfig(dataset=pick(args.dataset, preset.dataset), normalize=pick(args.normalize, preset.normalize),
                           train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
                           data_dir=args.data_dir)

@@ -103,7 +103,7 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
     record = _start_runs(store, [(model_cfg, train_cfg, label)], [run_id], data_cfg, data, experiment, group_id)
     try:
         result = train(model_cfg, train_cfg, data, on_progress=_chain(record, on_progress), cancel=cancel,
-                       run_id=run_id)
+                       run_id=run_id, label=label)
     except BaseException:
         if store is not None:
             with contextlib.suppress(StoreError):  # the database itself may be what failed
@@ -140,7 +140,7 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
     record = _start_runs(store, jobs, run_ids, data_cfg, data, experiment, group_id)
     try:
         results = train_many([(m, t) for m, t, _ in jobs], data, on_progress=_chain(record, on_progress),
-                             cancel=cancel, run_ids=run_ids)
+                             cancel=cancel, run_ids=run_ids, labels=[label for _, _, label in jobs])
     except BaseException:
         for run_id in run_ids if store is not None else ():
             with contextlib.suppress(StoreError):

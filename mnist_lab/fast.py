@@ -24,6 +24,8 @@ def cuda_graph_unsupported(model_cfg: ModelConfig, train_cfg, device: torch.devi
     or None when it can."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
+    if train_cfg.augment:
+        return "augmentation draws its crops and flips outside the captured step"
     if model_cfg.dropout > 0:
         return "dropout inside a graph draws other masks than the plain loop, so the runs would not agree"
     return None

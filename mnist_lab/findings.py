@@ -13,12 +13,13 @@ seeds a lab can afford, a t-test's p-value would pretend to more precision than 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from .models import ModelConfig, describe, summarize
+from .models import ModelConfig, block_from_dict, describe, summarize
 from .store import ResultStore
 
 FLAT_ACC = 0.001  # 0.1 accuracy points, as a fraction
@@ -171,14 +172,21 @@ def _ints(text) -> tuple[int, ...]:
 
 
 def model_from_row(row) -> ModelConfig:
-    """The ModelConfig a stored run was trained with (runs rows hold tuples as 'a-b')."""
+    """The ModelConfig a stored run was trained with (runs rows hold tuples as 'a-b', block lists
+    as JSON)."""
     get = row.get if isinstance(row, dict) else row.__getitem__
     return ModelConfig(kind=get("kind"), conv_channels=_ints(get("conv_channels")), kernel_size=int(get("kernel_size")),
                        padding=get("padding"), pool_before_relu=bool(get("pool_before_relu")),
                        batch_norm=bool(get("batch_norm")), dropout=float(get("dropout") or 0.0),
                        hidden=_ints(get("hidden")), softmax_before_loss=bool(get("softmax_before_loss")),
                        in_channels=int(get("in_channels") or 1), image_size=int(get("image_size") or 28),
-                       n_classes=int(get("n_classes") or 10))
+                       n_classes=int(get("n_classes") or 10), blocks=_blocks(get("blocks")),
+                       head=get("head") if not _blank(get("head")) else "fc")
+
+
+def _blocks(text) -> tuple:
+    """A stored block list (JSON text; blank in rows of the sliders' family and older databases)."""
+    return () if _blank(text) else tuple(block_from_dict(b) for b in json.loads(text))
 
 
 def feature_map(cfg: ModelConfig) -> int:

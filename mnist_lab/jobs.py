@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 from .data import DataConfig, DataUnavailableError
 from .experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
-from .models import ModelConfig, describe
+from .models import ModelConfig, block_from_dict, describe
 from .store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
 from .train import CancelFlag, Progress, TrainConfig
 
@@ -74,7 +74,8 @@ class JobSpec:
 
 def _build(cls, values: dict) -> Any:
     """A config dataclass from its `asdict` form: lists become tuples again, a comparison's nested
-    dicts model configs again; an unknown field is an error, not silently dropped."""
+    dicts model configs again, a model's block list typed blocks again; an unknown field is an
+    error, not silently dropped."""
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
     if unknown:
@@ -84,6 +85,8 @@ def _build(cls, values: dict) -> Any:
     for k, v in values.items():
         if isinstance(v, dict) and cls is CompareConfig:
             v = _build(ModelConfig, v)
+        elif cls is ModelConfig and k == "blocks" and isinstance(v, list):
+            v = tuple(block_from_dict(b) for b in v)
         elif isinstance(v, list):
             v = tuple(v)
         out[k] = v

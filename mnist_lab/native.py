@@ -222,7 +222,10 @@ def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str 
     for m in children[:flatten] + [None]:  # None closes the last block
         if isinstance(m, nn.Conv2d) or m is None:
             if block and sorted(type(b).__name__ for b in block[1:]) != ["MaxPool2d", "ReLU"]:
-                return [], [], "the kernels run conv -> max-pool -> ReLU blocks only (no BatchNorm)"
+                found = ", ".join(sorted({type(b).__name__ for b in block[1:]} - {"MaxPool2d", "ReLU"})) or \
+                    "a block without its pool"
+                return [], [], ("the kernels run conv -> max-pool -> ReLU blocks only (no BatchNorm); this net has "
+                                f"{found}")
             block = [m]
             if m is not None:
                 convs.append(m)

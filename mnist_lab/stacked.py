@@ -16,11 +16,14 @@ from torch.func import functional_call, stack_module_state, vmap
 from .models import ModelConfig
 
 
-def stacked_unsupported(model_cfg: ModelConfig) -> str | None:
-    """Why runs of this network cannot be stacked (then they train one by one), or None."""
+def stacked_unsupported(model_cfg: ModelConfig, train_cfg=None) -> str | None:
+    """Why runs of this network (and training config) cannot be stacked (then they train one by
+    one), or None."""
+    if train_cfg is not None and train_cfg.augment:
+        return "augmentation is drawn per run, not per stack member"
     if model_cfg.dropout > 0:
         return "dropout masks drawn for a stack differ from those of a run alone"
-    if model_cfg.batch_norm:
+    if model_cfg.has_batch_norm:
         return "BatchNorm's running statistics are not stacked"
     return None
 
@@ -41,6 +44,7 @@ class StackedModel(nn.Module):
         for name, value in buffers.items():
             self.register_buffer("buf__" + name.replace(".", "__"), value.clone())
         self._buffer_names = list(buffers)
+        self._state_names = list(members[0].state_dict())  # the members' own order
         skeleton = copy.deepcopy(members[0]).to("meta")  # architecture only; weights come from the stack
         object.__setattr__(self, "_skeleton", skeleton)  # not a submodule: its meta tensors stay out of state_dict
 
@@ -59,6 +63,12 @@ class StackedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return vmap(self._call_one)(self.stacked_params(), self.stacked_buffers(), x)
+
+    def member_state_dict(self, s: int) -> dict[str, torch.Tensor]:
+        """Member s's weights on the CPU under the names of the network it was stacked from
+        (build_model's), so `build_model(cfg).load_state_dict` takes them."""
+        tensors = {**self.stacked_params(), **self.stacked_buffers()}
+        return {name: tensors[name][s].detach().to("cpu", copy=True).contiguous() for name in self._state_names}
 
     def member(self, s: int) -> nn.Module:
         """Member s as an ordinary module over views of the stack (for evaluation)."""

@@ -12,29 +12,44 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import asdict
+import json
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 
-from .data import DataConfig, default_cache_dir, normalization
+from .data import DataConfig, default_cache_dir
 from .errors import StoreError
-from .models import ModelConfig, describe
-from .train import EpochMetrics, Progress, RunResult, TrainConfig
+from .models import ModelConfig
+from .train import EpochMetrics, Progress, RunResult, TrainConfig, run_label  # noqa: F401 - run_label re-exported
 
 DB_ENV = "MNIST_LAB_DB"
 
+IDENTITY_COLUMNS = ["run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device",
+                    "engine", "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message"]
+# Config fields are stored under their own names, except where the name already holds what
+# actually happened: the engine and device a run asked for, beside the ones it got.
+RENAMED = {"engine": "engine_requested", "device": "device_requested"}
+
+
+def _config_columns(cls, derived: dict[str, str] | None = None) -> list[str]:
+    """Every field of a config dataclass, as a column (a new field is one more column, no edit
+    here); `derived` read-only values are inserted after the field named as their value."""
+    out = []
+    for f in fields(cls):
+        if RENAMED.get(f.name, f.name) in IDENTITY_COLUMNS:  # the seed is one already
+            continue
+        out.append(RENAMED.get(f.name, f.name))
+        out += [name for name, after in (derived or {}).items() if after == f.name]
+    return out
+
+
 RUN_COLUMNS = [
-    "run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device", "engine",
-    "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message",
-    # model config
-    "kind", "conv_layers", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
-    "dropout", "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes",
-    # training config
-    "epochs", "batch_size", "optimizer", "lr", "momentum", "shuffle", "eval_batch_size", "engine_requested",
-    # data config
-    "dataset", "normalize", "train_limit", "test_limit", "permute_pixels", "permutation_seed", "data_dir", "data_source",
+    *IDENTITY_COLUMNS,
+    *_config_columns(ModelConfig, {"conv_layers": "kind"}),  # conv_layers: convolutions in the feature blocks
+    *_config_columns(TrainConfig),
+    *_config_columns(DataConfig, {"data_source": "data_dir"}),
     "torch_version", "torchvision_version", "python_version", "mnist_lab_version",
     # why a run ended early ("stopped by you", "the worker was killed", ...), and its epoch length
     "stop_reason", "steps_per_epoch",
@@ -75,8 +90,18 @@ def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or default_cache_dir() / "results.sqlite")
 
 
-def _fmt_tuple(values: tuple[int, ...]) -> str:
-    return "-".join(str(v) for v in values)
+def _cell(value):
+    """A config value as an SQLite/CSV cell: a tuple of whole numbers as 'a-b' (the lab's channel
+    and width lists), anything else that is not a plain value (a block list) as JSON text."""
+    if isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return "-".join(str(v) for v in value)
+    if isinstance(value, (tuple, list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _config_cells(cfg) -> dict:
+    return {RENAMED.get(k, k): _cell(v) for k, v in asdict(cfg).items()}
 
 
 def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
@@ -85,15 +110,14 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
             final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
             steps_per_epoch: int = 0, stop_reason: str = "", diverged_at: int | None = None,
             message: str = "") -> dict:
-    """One `runs` row: identity, outcome, every config field (tuples as 'a-b'), library versions."""
+    """One `runs` row: identity, outcome, every config field (tuples as 'a-b', block lists as
+    JSON), library versions."""
     import torch
 
     from . import __version__
 
-    model = {k: (_fmt_tuple(v) if isinstance(v, tuple) else v) for k, v in asdict(model_cfg).items()}
-    # config fields first, so what actually happened (device, engine) overrides what was asked
-    row = {**asdict(data_cfg), **asdict(train_cfg), **model}
-    row["engine_requested"] = row.get("engine", "")
+    # every key here is a column: RUN_COLUMNS derives from the same dataclass fields
+    row = {**_config_cells(data_cfg), **_config_cells(train_cfg), **_config_cells(model_cfg)}
     row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or run_label(model_cfg, data_cfg),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
@@ -102,19 +126,6 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
                torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
     return {c: row.get(c) for c in RUN_COLUMNS}
-
-
-def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
-    """A run's default label: its network, and the data settings that change results when they
-    are not the lab's defaults (normalisation, permuted pixels, a subset)."""
-    parts = [describe(model_cfg)]
-    if normalization(data_cfg.normalize, data_cfg.dataset) != normalization("dataset", data_cfg.dataset):
-        parts.append(f"{data_cfg.normalize} normalisation")
-    if data_cfg.permute_pixels:
-        parts.append("permuted pixels")
-    if data_cfg.train_limit is not None:
-        parts.append(f"{data_cfg.train_limit:,} images")
-    return " · ".join(parts)
 
 
 def _torchvision_version() -> str:
@@ -291,7 +302,8 @@ class ResultStore:
             elif event.kind == "epoch" and event.metrics is not None:
                 self.add_epoch(event.run_id, event.metrics)
             elif event.kind == "start":  # the path that trains it is known once training starts
-                self._write("UPDATE runs SET engine = ? WHERE run_id = ?", (event.engine, event.run_id))
+                self._write("UPDATE runs SET engine = ?, steps_per_epoch = ? WHERE run_id = ?",
+                            (event.engine, event.steps_per_epoch or steps_per_epoch, event.run_id))
         return record
 
     def save_result(self, result: RunResult, **row_fields) -> None:

@@ -1,8 +1,8 @@
-"""The training engine: data resident on the device, batches as index slices of a per-epoch
+"""The training loop: data resident on the device, batches as index slices of a per-epoch
 randperm, every iteration's loss kept on the device and read back in chunks, progress through
-a callback, a cancel flag that keeps everything finished so far. The loop in `train` is the
-reference; `fast.py` replays the same step as a CUDA graph (engine 'cuda-graph'), `native.py` runs a
-CNN's conv blocks in hand-written C++ on the CPU (engine 'cpu-native').
+a callback, a cancel flag that keeps everything finished so far. ONE epoch loop (`_train_units`)
+drives every engine's stepper (engines.py: the plain reference step, `fast.py`'s CUDA graph,
+`native.py`'s C++ conv blocks, `stacked.py`'s vmapped seeds), for `train` and `train_many` alike.
 """
 from __future__ import annotations
 
@@ -19,15 +19,14 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from .data import DATASETS, DataConfig, TensorData
+from . import engines
+from .data import DATASETS, DataConfig, TensorData, normalization
+from .engines import ENGINE_NAMES as ENGINES  # noqa: F401 - the names a TrainConfig may ask for
+from .engines import fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
 from .errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
-from .models import ModelConfig, build_model, count_params, summarize
+from .models import ModelConfig, build_model, count_params, describe, summarize
 
 OPTIMIZERS = ("sgd", "adam")
-# "auto": the fastest measured path that supports the run. "stacked" (train_many only): runs that
-# differ only in their seed train as one vmapped network (stacked.py); "auto" does not pick it
-# until it is measured faster on a GPU.
-ENGINES = ("auto", "plain", "cuda-graph", "stacked", "cpu-native")
 MAX_EPOCHS = 1000
 MAX_EVAL_BATCH = 100_000
 
@@ -45,6 +44,12 @@ class TrainConfig:
     eval_batch_size: int = 1000  # test-set chunk; affects memory and speed only, not results
     progress_every_s: float = 0.25  # at most this often an iterations event is sent
     engine: str = "auto"  # one of ENGINES; an engine that cannot run this config falls back to "plain"
+    # per-batch augmentation on the device, seeded by `seed` (engines.Augment): random crop (4 px
+    # padding) and horizontal flip for 3-channel images, shifts of up to 2 px for grey ones
+    augment: bool = False
+    # train on the images sorted by label (a stable sort: 0s first, then 1s, ...); meant with
+    # shuffle=False, to show what an unshuffled order does to training
+    sort_by_label: bool = False
 
     def validate(self, n_train: int | None = None) -> None:
         """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
@@ -56,6 +61,8 @@ class TrainConfig:
         need_float("momentum", self.momentum, "Momentum", 0.5)
         need_seed("seed", self.seed, "Seed")
         need_bool("shuffle", self.shuffle, "Shuffle")
+        need_bool("augment", self.augment, "Augmentation")
+        need_bool("sort_by_label", self.sort_by_label, "Sort by label")
         need_int("eval_batch_size", self.eval_batch_size, "Evaluation batch size", 1000)
         need_float("progress_every_s", self.progress_every_s, "Progress interval", 0.25)
         need_choice("engine", self.engine, "Engine", ENGINES,
@@ -191,6 +198,8 @@ class Progress:
     status: str = "running"
     engine: str = ""  # the training path ('start' events)
     message: str = ""  # on 'end': why a run ended early (diverged)
+    label: str = ""  # the run's label for legends ('start' events)
+    steps_per_epoch: int = 0  # iterations per epoch ('start' events)
 
 
 @dataclass
@@ -211,8 +220,10 @@ class RunResult:
     data_source: str = ""
     diverged_at: int | None = None  # 1-based iteration whose loss was NaN or infinite
     message: str = ""  # why the run ended early, for a person (diverged runs)
-    # final weights on the CPU, keys of build_model(model_cfg).state_dict(); None if not kept
-    state_dict: dict[str, torch.Tensor] | None = None
+    # the final weights on the CPU, keys exactly those of build_model(model_cfg).state_dict(),
+    # for finished, stopped and diverged runs alike (the inspect and export features read them)
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    label: str = ""
 
     @property
     def final_test_acc(self) -> float | None:
@@ -227,64 +238,29 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam. `capturable`: Adam keeps its step count on the device so its
-    update can be captured in a CUDA graph (SGD's foreach update needs nothing)."""
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, **({"capturable": True} if capturable else {}))
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-
-
-def init_model(model_cfg: ModelConfig, seed: int, device: torch.device) -> torch.nn.Module:
-    """Build with weights drawn from `seed` only, leaving the global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(model_cfg)
-    return model.to(device, memory_format=fast_memory_format(model_cfg, device))
-
-
-def fast_memory_format(model_cfg: ModelConfig, device: torch.device) -> torch.memory_format:
-    """The layout the convolutions run fastest in: channels_last (NHWC) for a CNN on the CPU,
-    where oneDNN's kernels want it (bench/bench_cpu.py measured it); NCHW otherwise."""
-    if device.type == "cpu" and model_cfg.kind == "cnn":
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def select_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> str:
     """The path `train` runs: the asked-for fast engine when it supports this run, else 'plain'.
-    'auto' means 'cuda-graph' on a GPU and 'cpu-native' on the CPU."""
-    if train_cfg.engine == "plain":
-        return "plain"
-    if device.type == "cpu":
-        if train_cfg.engine not in ("auto", "cpu-native"):
-            return "plain"
-        from .native import native_unsupported
-
-        return "plain" if native_unsupported(model_cfg, device) else "cpu-native"
-    from .fast import cuda_graph_unsupported
-
-    if train_cfg.engine == "cpu-native" or cuda_graph_unsupported(model_cfg, train_cfg, device):
-        return "plain"
-    return "cuda-graph"
+    'auto' means 'cuda-graph' on a GPU and 'cpu-native' on the CPU (engines.DEFAULT_ENGINE)."""
+    return engines.select_engine(model_cfg, train_cfg, device)[0]
 
 
 def fallback_reason(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> str | None:
     """Why the fast engine asked for ('auto' included) does not run this config on `device`, so
     `train` uses the plain loop; None when it runs, or when 'plain' was asked for."""
-    if train_cfg.engine == "plain" or select_engine(model_cfg, train_cfg, device) != "plain":
-        return None
-    if train_cfg.engine in ("auto", "cpu-native") and device.type == "cpu":
-        from .native import native_unsupported
+    return engines.select_engine(model_cfg, train_cfg, device)[1]
 
-        return f"cpu-native: {native_unsupported(model_cfg, device)}"
-    if train_cfg.engine in ("auto", "cuda-graph", "stacked") and device.type == "cuda":
-        from .fast import cuda_graph_unsupported
 
-        return f"cuda-graph: {cuda_graph_unsupported(model_cfg, train_cfg, device)}"
-    if train_cfg.engine == "stacked":
-        return "stacked trains two or more seeds of one config together (sweep, compare); a lone run on the CPU does not"
-    return {"cuda-graph": "cuda-graph needs a CUDA device", "cpu-native": "cpu-native runs on the CPU only"}[train_cfg.engine]
+def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
+    """A run's default label: its network, and the data settings that change results when they
+    are not the lab's defaults (normalisation, permuted pixels, a subset)."""
+    parts = [describe(model_cfg)]
+    if normalization(data_cfg.normalize, data_cfg.dataset) != normalization("dataset", data_cfg.dataset):
+        parts.append(f"{data_cfg.normalize} normalisation")
+    if data_cfg.permute_pixels:
+        parts.append("permuted pixels")
+    if data_cfg.train_limit is not None:
+        parts.append(f"{data_cfg.train_limit:,} images")
+    return " · ".join(parts)
 
 
 def warm_up(device: str | torch.device = "auto") -> float:
@@ -356,25 +332,27 @@ class _RunLog:
     read back in chunks, progress events, epoch metrics."""
 
     def __init__(self, run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
-                 model: torch.nn.Module, engine: str, emit: Callable[[Progress], None],
-                 losses: torch.Tensor | None = None):
+                 engine: str, emit: Callable[[Progress], None], losses: torch.Tensor | None = None,
+                 label: str = ""):
         device = data.device
         self.steps_per_epoch = math.ceil(len(data.x_train) / train_cfg.batch_size)
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         # filled on the device; a run in a stack gets its row of the stack's buffer
         self.losses = torch.zeros(self.total_steps, device=device) if losses is None else losses
         self.result = RunResult(run_id=run_id, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data.config,
-                                params=count_params(model), device=device_label(device), engine=engine,
+                                params=count_params(model_cfg), device=device_label(device), engine=engine,
                                 status="running", steps_per_epoch=self.steps_per_epoch,
                                 started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                data_source=data.source)
+                                data_source=data.source, label=label or run_label(model_cfg, data.config))
+        self.weights: Callable[[], dict[str, torch.Tensor]] | None = None  # the run's weights, read at finish()
         self.emit = emit
         self.every_s = train_cfg.progress_every_s
         self.t0 = time.perf_counter()
         self.next_emit = self.t0 + self.every_s
         self.step = 0  # iterations done (or, on the GPU, queued)
         self.sent = 0  # iterations already handed to the callback
-        emit(Progress(run_id, "start", 1, 0, self.total_steps, engine=engine))
+        emit(Progress(run_id, "start", 1, 0, self.total_steps, engine=engine, label=self.result.label,
+                      steps_per_epoch=self.steps_per_epoch))
         self.closed = False  # finish() has run (a diverged run in a stack ends before the others)
 
     def _eta(self) -> float:
@@ -433,6 +411,8 @@ class _RunLog:
             return result
         self.closed = True
         result.status = "diverged" if self.diverged else "stopped" if stopped else "finished"
+        if self.weights is not None:
+            result.state_dict = self.weights()
         result.seconds = time.perf_counter() - self.t0
         self.emit(Progress(result.run_id, "end", len(result.epochs), self.step, self.total_steps,
                            elapsed_s=result.seconds, eta_s=0.0, status=result.status, message=result.message))
@@ -452,8 +432,9 @@ def _check_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData)
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
           on_progress: Callable[[Progress], None] | None = None, cancel: CancelFlag | None = None,
-          run_id: str | None = None) -> RunResult:
-    """Train one model; return every iteration's loss and every finished epoch's metrics.
+          run_id: str | None = None, label: str = "") -> RunResult:
+    """Train one model; return every iteration's loss, every finished epoch's metrics and the
+    final weights.
 
     A set `cancel` flag ends the run at the next iteration with status 'stopped'; what was
     finished (iterations, whole epochs) is kept. The same seed gives the same losses: bit for bit
@@ -462,79 +443,16 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
     device = _check_run(model_cfg, train_cfg, data)
     data = _on_device(data, device)
     engine = select_engine(model_cfg, train_cfg, device)
-
-    model = init_model(model_cfg, train_cfg.seed, device)
-    net = model  # the build_model network: the engines below wrap it or swap its convs in place
-    layout = fast_memory_format(model_cfg, device)
-    on_cpu = device.type == "cpu"
-    if engine == "cuda-graph":
-        from .fast import GraphStep, fast_convs
-
-        model = fast_convs(model)
-    elif engine == "cpu-native":
-        from .native import NativeCNN
-
-        model, layout = NativeCNN(model, model_cfg), torch.contiguous_format  # its kernels read NCHW
-    optimizer = make_optimizer(model, train_cfg, capturable=engine == "cuda-graph")
-    order_gen = torch.Generator().manual_seed(train_cfg.seed)  # batch order, on the CPU for portability
-    x_train, y_train = data.x_train.contiguous(memory_format=layout), data.y_train
-    n, bs = len(x_train), train_cfg.batch_size
-    log = _RunLog(run_id or new_run_id(), model_cfg, train_cfg, data, model, engine, on_progress or (lambda e: None))
-    losses = log.losses
-
-    stopped = False
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(train_cfg.seed)  # dropout masks follow the seed too
-        graph = None
-        if engine == "cuda-graph":
-            graph = GraphStep(model, optimizer, x_train, y_train, bs, losses)  # captures the step below
-        for epoch in range(1, train_cfg.epochs + 1):
-            epoch_t0 = time.perf_counter()
-            model.train()
-            order = epoch_order(n, train_cfg.shuffle, order_gen)
-            if graph is not None:
-                graph.start_epoch(order)
-            else:
-                order = order.to(device)
-            for i in range(log.steps_per_epoch):
-                if cancel is not None and cancel.is_set():
-                    stopped = True
-                    break
-                if graph is not None:
-                    graph.step(i)  # the five lines below, replayed as one captured CUDA graph
-                else:
-                    idx = order[i * bs:(i + 1) * bs]
-                    x, y = x_train[idx], y_train[idx]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x), y)
-                    loss.backward()
-                    optimizer.step()
-                    losses[log.step] = loss.detach()
-                log.step += 1
-                # on the CPU reading the loss costs nothing, so a NaN stops the run at once; on a GPU
-                # it is seen when the losses are read back (no host sync per step)
-                if log.due() or (on_cpu and not math.isfinite(losses[log.step - 1].item())):
-                    log.flush(epoch, timed=True)
-                    if log.diverged:
-                        break
-            log.flush(epoch)
-            if stopped or log.diverged:
-                break
-            sums = _evaluate_sums(model, data.x_test, data.y_test, train_cfg.eval_batch_size, cancel)
-            if sums is None:  # stopped while evaluating: this epoch's metrics are not kept
-                stopped = True
-                break
-            test_loss, test_acc = _read_sums(*sums, len(data.x_test))
-            log.epoch_done(epoch, epoch_t0, test_loss, test_acc)
-            if log.diverged:
-                break
-    log.result.state_dict = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
-    return log.finish(stopped)
+        [[result]] = _train_units([[(model_cfg, train_cfg)]], data, on_progress or (lambda e: None), cancel,
+                                  [[run_id or new_run_id()]], [[label]], [engine])
+    return result
 
 
 def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData,
                on_progress: Callable[[Progress], None] | None = None, cancel: CancelFlag | None = None,
-               run_ids: Sequence[str] | None = None) -> list[RunResult]:
+               run_ids: Sequence[str] | None = None, labels: Sequence[str] | None = None) -> list[RunResult]:
     """Train every (model_cfg, train_cfg) job; result k is what `train(*jobs[k], data)` returns
     alone. On a GPU the runs the cuda-graph engine supports train side by side, each replaying
     its own graph on its own CUDA stream (the same kernels, so the same losses). Runs that ask
@@ -545,6 +463,7 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
     for model_cfg, train_cfg in jobs:
         _check_run(model_cfg, train_cfg, data)
     run_ids = list(run_ids) if run_ids is not None else [new_run_id() for _ in jobs]
+    labels = list(labels) if labels is not None else [""] * len(jobs)
     emit = on_progress or (lambda e: None)
     results: list[RunResult | None] = [None] * len(jobs)
     devices = [resolve_device(t.device) for _, t in jobs]
@@ -561,25 +480,26 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
         # A GPU runs the units side by side; a CPU gains nothing from interleaving them, so there
         # each stack trains on its own and its results, timings and Stop are its own.
         for batch in [groups] if device.type == "cuda" else [[group] for group in groups]:
-            done = _train_side_by_side([[jobs[k] for k in group] for group in batch], _on_device(data, device),
-                                       emit, cancel, [[run_ids[k] for k in group] for group in batch])
+            done = _train_units([[jobs[k] for k in group] for group in batch], _on_device(data, device), emit, cancel,
+                                [[run_ids[k] for k in group] for group in batch],
+                                [[labels[k] for k in group] for group in batch],
+                                ["stacked" if len(group) > 1 else "cuda-graph" for group in batch])
             for group, group_results in zip(batch, done):
                 for k, result in zip(group, group_results):
                     results[k] = result
     for k, (model_cfg, train_cfg) in enumerate(jobs):
         if results[k] is None:
-            results[k] = train(model_cfg, train_cfg, data, emit, cancel, run_ids[k])
+            results[k] = train(model_cfg, train_cfg, data, emit, cancel, run_ids[k], labels[k])
     return results
 
 
 def _stack_groups(jobs: list[tuple[ModelConfig, TrainConfig]], devices: list[torch.device]) -> list[list[int]]:
     """Indices of the jobs that train as stacks: two or more that ask for 'stacked', whose network
     can be stacked, and that differ in nothing but their seed."""
-    from .stacked import stacked_unsupported
-
     groups: dict[tuple, list[int]] = {}
     for k, (model_cfg, train_cfg) in enumerate(jobs):
-        if train_cfg.engine == "stacked" and stacked_unsupported(model_cfg) is None:
+        if train_cfg.engine == "stacked" and engines.why_not("stacked", model_cfg, train_cfg, devices[k],
+                                                             alone=False) is None:
             # what may differ besides the seed: how the device is named, and what changes no result
             key = (model_cfg, replace(train_cfg, seed=0, device=str(devices[k]), progress_every_s=0,
                                       eval_batch_size=0), devices[k])
@@ -589,15 +509,16 @@ def _stack_groups(jobs: list[tuple[ModelConfig, TrainConfig]], devices: list[tor
 
 @dataclass
 class _Unit:
-    """What `_train_side_by_side` steps as one: a single run's graph, or a stack of runs (all
-    sharing one TrainConfig but the seed), with its stream and where it is."""
+    """What `_train_units` steps as one: a single run, or a stack of runs (all sharing one
+    TrainConfig but the seed), with its stepper, its stream and where it is."""
 
     cfg: TrainConfig
-    stepper: object  # fast.GraphStep or stacked.StackedStep
+    stepper: engines.Stepper
     logs: list[_RunLog]
     models: list[torch.nn.Module]  # one per run, for the test evaluation
     stream: torch.cuda.Stream | None
     order_gens: list[torch.Generator]
+    label_order: torch.Tensor | None = None  # sort_by_label: the training images' stable order by label
     epoch: int = 1
     i: int = 0  # iteration within the epoch
     epoch_t0: float = 0.0
@@ -605,6 +526,8 @@ class _Unit:
     def start_epoch(self, n: int) -> None:
         self.epoch_t0 = time.perf_counter()
         orders = [epoch_order(n, self.cfg.shuffle, gen) for gen in self.order_gens]
+        if self.label_order is not None:  # the same draws, over the label-sorted training set
+            orders = [self.label_order[order] for order in orders]
         self.stepper.start_epoch(orders if len(self.logs) > 1 else orders[0])  # a stack has 2 or more runs
 
 
@@ -618,23 +541,27 @@ def _on_stream(stream: torch.cuda.Stream | None):
 STACK_LAYOUT = torch.contiguous_format
 
 
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of `net`'s state_dict on the CPU, in NCHW (whatever layout training used)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
+
+
 def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, emit: Callable[[Progress], None],
-               run_ids: list[str]) -> _Unit:
+               run_ids: list[str], labels: list[str], engine: str) -> _Unit:
+    """A unit for `jobs` (one run, or a stack when `engine` is 'stacked'), set up by the engine."""
     device = data.device
     model_cfg, train_cfg = jobs[0]
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     if stream is not None:
         stream.wait_stream(torch.cuda.current_stream(device))  # the data was made there
+    label_order = torch.sort(data.y_train.cpu(), stable=True).indices if train_cfg.sort_by_label else None
     with _on_stream(stream):
-        gens = [torch.Generator().manual_seed(t.seed) for _, t in jobs]
-        if len(jobs) == 1:
-            from .fast import GraphStep, fast_convs
-
-            model = fast_convs(init_model(model_cfg, train_cfg.seed, device))
-            optimizer = make_optimizer(model, train_cfg, capturable=True)
-            log = _RunLog(run_ids[0], model_cfg, train_cfg, data, model, "cuda-graph", emit)
-            stepper = GraphStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, log.losses)
-            return _Unit(train_cfg, stepper, [log], [model], stream, gens)
+        gens = [torch.Generator().manual_seed(t.seed) for _, t in jobs]  # batch order, on the CPU for portability
+        if engine != "stacked":
+            log = _RunLog(run_ids[0], model_cfg, train_cfg, data, engine, emit, label=labels[0])
+            run = engines.REGISTRY[engine].prepare(model_cfg, train_cfg, data.x_train, data.y_train, log.losses)
+            log.weights = lambda: _cpu_state(run.net)
+            return _Unit(train_cfg, run.stepper, [log], [run.model], stream, gens, label_order)
         from .stacked import StackedModel, StackedStep
 
         members = [init_model(m, t.seed, device).to(memory_format=STACK_LAYOUT) for m, t in jobs]
@@ -642,10 +569,12 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
         optimizer = make_optimizer(model, train_cfg, capturable=device.type == "cuda")
         steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
         losses = torch.zeros(len(jobs), steps, device=device)
-        logs = [_RunLog(run_id, m, t, data, members[s], "stacked", emit, losses=losses[s])
-                for s, ((m, t), run_id) in enumerate(zip(jobs, run_ids))]
+        logs = [_RunLog(run_id, m, t, data, "stacked", emit, losses=losses[s], label=label)
+                for s, ((m, t), run_id, label) in enumerate(zip(jobs, run_ids, labels))]
+        for s, log in enumerate(logs):
+            log.weights = lambda s=s: model.member_state_dict(s)
         stepper = StackedStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, losses)
-        return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens)
+        return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens, label_order)
 
 
 def _end_diverged(active: list[_Unit]) -> None:
@@ -654,20 +583,23 @@ def _end_diverged(active: list[_Unit]) -> None:
     for unit in list(active):
         for log in unit.logs:
             if log.diverged:
-                log.finish(False)
+                with _on_stream(unit.stream):
+                    log.finish(False)
         if all(log.closed for log in unit.logs):
             active.remove(unit)
 
 
-def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
-                        emit: Callable[[Progress], None], cancel: CancelFlag | None,
-                        run_ids: list[list[str]]) -> list[list[RunResult]]:
-    """Units of runs on one device, stepped in turn: on a GPU each unit (one run's CUDA graph, or a
-    stack of runs) on its own CUDA stream, host syncs only to read losses back and at epoch ends;
-    on the CPU one step after another. Returns each unit's results."""
+def _train_units(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
+                 emit: Callable[[Progress], None], cancel: CancelFlag | None, run_ids: list[list[str]],
+                 labels: list[list[str]], unit_engines: list[str]) -> list[list[RunResult]]:
+    """THE epoch loop, for one run (`train`) or several units of runs on one device
+    (`train_many`), stepped in turn: on a GPU each unit (one run, or a stack of runs) on its own
+    CUDA stream, host syncs only to read losses back and at epoch ends; on the CPU one step after
+    another, each loss checked at once (reading it costs nothing there). Returns each unit's results."""
     device = data.device
     on_gpu = device.type == "cuda"
-    units = [_make_unit(jobs, data, emit, ids) for jobs, ids in zip(units_jobs, run_ids)]
+    units = [_make_unit(jobs, data, emit, ids, names, engine)
+             for jobs, ids, names, engine in zip(units_jobs, run_ids, labels, unit_engines)]
 
     active = list(units)
     stopped = False
@@ -689,7 +621,7 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
             if unit.i == unit.logs[0].steps_per_epoch:
                 ending.append(unit)
         rounds += 1
-        if not on_gpu:  # reading a loss on the CPU costs nothing, so a NaN ends its run at once
+        if not on_gpu:  # a NaN ends its run at once
             for unit in active:
                 for log in unit.logs:
                     if not log.closed and not math.isfinite(log.losses[log.step - 1].item()):
@@ -701,6 +633,13 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
             if len(marks) > 2:
                 for event in marks.popleft():
                     event.synchronize()
+        if active and active[0].logs[0].due():  # progress first: a Stop it prompts skips the evaluation
+            for unit in active:
+                with _on_stream(unit.stream):
+                    for log in unit.logs:
+                        log.flush(unit.epoch, timed=True)
+            _end_diverged(active)
+            ending = [unit for unit in ending if unit in active]
         if ending:
             sums = []
             for unit in ending:  # queue every evaluation before waiting for any
@@ -719,19 +658,14 @@ def _train_side_by_side(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]],
                 unit.epoch, unit.i = unit.epoch + 1, 0
                 if unit.epoch > unit.cfg.epochs:
                     active.remove(unit)
-                    for log in unit.logs:
-                        log.finish(False)
-            _end_diverged(active)
-        elif active and active[0].logs[0].due():
-            for unit in active:
-                with _on_stream(unit.stream):
-                    for log in unit.logs:
-                        log.flush(unit.epoch, timed=True)
+                    with _on_stream(unit.stream):
+                        for log in unit.logs:
+                            log.finish(False)
             _end_diverged(active)
     for unit in active:
         with _on_stream(unit.stream):
             for log in unit.logs:
                 log.flush(unit.epoch)
-        for log in unit.logs:
-            log.finish(stopped)
+            for log in unit.logs:
+                log.finish(stopped)
     return [[log.result for log in unit.logs] for unit in units]

@@ -491,7 +491,8 @@ def test_home_lists_every_network_in_full():
     [table] = at.table
     layers = list(table.value["layers"])
     assert layers[0] == PRESETS["lab5"].description.split(": ", 1)[1]  # the whole layer list, wrapped, not cut
-    assert list(table.value["parameters"]) == ["8,490", "417,482", "6,442", "6,422"]
+    assert list(table.value["parameters"]) == ["8,490", "417,482", "6,442", "6,422", "62,006", "121,182", "14,728,266",
+                                              "174,986", "172,234"]
 
 
 def test_a_sweep_without_kernel_sizes_asks_for_one():

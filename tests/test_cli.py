@@ -29,6 +29,7 @@ def test_presets_lists_the_four_networks(capsys):
     (["train", "--train-limit", "10"], ["Batch size 64 is larger than the 10 training images"]),
     (["train", "--kind", "fc", "--conv-channels", "10", "20"], ["no conv blocks"]),
     (["train", "--data-dir", "/nonexistent/mnist"], ["/nonexistent/mnist", "does not exist"]),
+    (["train", "--preset", "vgg16-cifar", "--kernel-size", "5"], ["list of blocks", "--kernel-size"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, capsys, tmp_path):
     assert main([*argv, "--db", str(tmp_path / "r.sqlite"), "--quiet"]) == 2

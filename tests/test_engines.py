@@ -315,9 +315,9 @@ def test_stacked_seeds_on_a_gpu_replay_one_graph_per_stack(data500):
 @pytest.mark.parametrize("engine,device,why", [
     ("plain", CPU, None),
     pytest.param("auto", CPU, None, marks=pytest.mark.native),  # cpu-native runs
-    ("cuda-graph", CPU, "cuda-graph needs a CUDA device"),
-    ("stacked", CPU, "stacked trains two or more seeds of one config together"),
-    ("cpu-native", CUDA, "cpu-native runs on the CPU only"),
+    ("cuda-graph", CPU, "cuda-graph: needs a CUDA device"),
+    ("stacked", CPU, "stacked: trains two or more seeds of one config together"),
+    ("cpu-native", CUDA, "cpu-native: runs on the CPU only"),
     ("auto", CUDA, None),  # cuda-graph runs
 ])
 def test_the_fallback_reason_names_what_to_change(engine, device, why):

@@ -80,11 +80,20 @@ def running_epoch(store: ResultStore, job_id: str, epochs_done: int) -> bool:
     tiny_job(epochs=2, lr=0.05),
     JobSpec("sweep", TrainConfig(epochs=1), TINY, sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=2)),
     JobSpec("compare", TrainConfig(), TINY, compare=CompareConfig(seeds=1)),
+    JobSpec("train", TrainConfig(), TINY, model=PRESETS["resnet-small"].model),  # a block list
+    JobSpec("train", TrainConfig(), TINY, model=PRESETS["vgg16-cifar"].model),
 ])
 def test_a_spec_survives_json_whole(spec):
     again = JobSpec.from_json(spec.to_json())
     assert again == spec
     assert isinstance(again.data, DataConfig) and (again.kind != "compare" or again.compare.cnn == spec.compare.cnn)
+    assert again.kind != "train" or type(again.model.blocks) is tuple and again.model.blocks == spec.model.blocks
+
+
+def test_a_block_with_an_unknown_setting_is_refused_not_dropped():
+    text = JobSpec("train", TrainConfig(), TINY, model=PRESETS["resnet-small"].model).to_json()
+    with pytest.raises(ValueError, match="no setting widen"):
+        JobSpec.from_json(text.replace('"stride"', '"widen"'))
 
 
 def test_a_spec_with_an_unknown_field_is_refused_not_dropped():

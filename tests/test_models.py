@@ -8,10 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lab.models import (PRESETS, LayerRow, ModelConfig, build_model, cnn_config, count_params, describe,
-                              fc_params, get_preset, match_fc_width, summarize)
+from mnist_lab.models import (PRESETS, Conv1x1, ConvStage, LayerRow, ModelConfig, Residual, build_model,
+                              cnn_config, count_params, describe, fc_config, fc_params, get_preset, match_fc_width,
+                              summarize)
 
-PINNED_PARAMS = {"lab5": 8490, "padded-16-32": 417482, "tiny-fc": 6442, "tiny-cnn": 6422}  # lab-spec.md
+PINNED_PARAMS = {"lab5": 8490, "padded-16-32": 417482, "tiny-fc": 6442, "tiny-cnn": 6422,  # lab-spec.md
+                 "cifar-course": 62006, "lenet-cifar": 121182, "vgg16-cifar": 14728266,  # lab-spec.md, week 2
+                 # ours: 3x3 stem (16) + six residual blocks (16, 16, 32/2, 32, 64/2, 64) + Linear(64->10);
+                 # plain-small is the same without the two 1x1 projection shortcuts (16->32, 32->64, with BN)
+                 "resnet-small": 174986, "plain-small": 174986 - (32 * 16 + 64) - (64 * 32 + 128)}
 
 # Configs whose summary is checked layer by layer against the built network.
 SHAPE_CASES = {
@@ -23,6 +28,15 @@ SHAPE_CASES = {
     "1x k1": cnn_config(1, 1, base_channels=2),
     "softmax": ModelConfig(softmax_before_loss=True),
     "fc+dropout": ModelConfig(kind="fc", conv_channels=(), hidden=(32, 16), dropout=0.2),
+    # every block type and head of a block list
+    "stages": ModelConfig(conv_channels=(), blocks=(ConvStage((4, 6), 3, "valid", batch_norm=True),
+                                                    ConvStage((8,), 5, pool_before_relu=True),
+                                                    ConvStage((8,), 3, pool=False)), hidden=(12,)),
+    "residual": ModelConfig(conv_channels=(), blocks=(Residual(4), Residual(8, stride=2), Residual(8),
+                                                      Residual(6, shortcut=False)), head="gap-fc", dropout=0.1),
+    "1x1": ModelConfig(conv_channels=(), blocks=(ConvStage((8,)), Conv1x1(4), Conv1x1(6, relu=False))),
+    "gap head": cnn_config(2, 3, base_channels=4, head="gap", batch_norm=True),
+    "gap-fc head rgb": cnn_config(2, 3, base_channels=4, head="gap-fc", hidden=(8,), in_channels=3, image_size=32),
 }
 
 
@@ -37,8 +51,11 @@ def layer_outputs(model: nn.Sequential, x: torch.Tensor) -> dict[str, tuple[int,
 
 # ------------------------------------------------------------------------- presets
 
-def test_presets_are_the_four_lab_networks():
-    assert list(PRESETS) == ["lab5", "padded-16-32", "tiny-fc", "tiny-cnn"]
+def test_presets_are_the_four_lab_networks_then_week_two():
+    assert list(PRESETS) == ["lab5", "padded-16-32", "tiny-fc", "tiny-cnn", "cifar-course", "lenet-cifar",
+                             "vgg16-cifar", "resnet-small", "plain-small"]
+    assert {p.dataset for p in PRESETS.values() if p.model.in_channels == 3} == {"cifar10"}
+    assert all(p.dataset == "mnist" for p in PRESETS.values() if p.model.in_channels == 1)
 
 
 @pytest.mark.parametrize("name", PINNED_PARAMS)
@@ -55,6 +72,7 @@ def test_preset_parameter_counts(name):
     ("padded-16-32", "sgd", 0.001, 0.9, 128, "half"),
     ("tiny-fc", "sgd", 0.01, 0.5, 64, "mnist"),
     ("tiny-cnn", "sgd", 0.01, 0.5, 64, "mnist"),
+    ("cifar-course", "sgd", 0.01, 0.9, 64, "half"),
 ])
 def test_preset_training_settings(name, optimizer, lr, momentum, batch, normalize):
     p = get_preset(name)
@@ -62,7 +80,7 @@ def test_preset_training_settings(name, optimizer, lr, momentum, batch, normaliz
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ValueError, match="Unknown preset 'lenet'. Choose one of: lab5, padded-16-32, tiny-fc, tiny-cnn."):
+    with pytest.raises(ValueError, match="Unknown preset 'lenet'. Choose one of: lab5, padded-16-32, tiny-fc, tiny-cnn, cifar-course"):
         get_preset("lenet")
 
 
@@ -267,3 +285,92 @@ def test_networks_that_train_differently_get_different_labels():
     labels = {run_label(base, DataConfig(normalize=n)) for n in ("mnist", "half", "none")}
     assert len(labels) == 3 and run_label(base, DataConfig()) == "CNN 2×k5 valid [10-20]"
     assert run_label(base, DataConfig(permute_pixels=True, train_limit=1000)).endswith("permuted pixels · 1,000 images")
+
+
+# ------------------------------------------------------------------------- week 2: block lists
+
+def test_week_two_layer_lists():
+    kinds = lambda name: [type(m).__name__ for m in build_model(get_preset(name).model)]  # noqa: E731
+    assert kinds("cifar-course") == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
+                                     "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert kinds("lenet-cifar")[:6] == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU"]
+    vgg = build_model(get_preset("vgg16-cifar").model)
+    convs = [m for m in vgg.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    assert all(c.kernel_size == (3, 3) for c in convs) and sum(isinstance(m, nn.BatchNorm2d) for m in vgg) == 13
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg) == 5
+    assert {r.name: r for r in summarize(get_preset("vgg16-cifar").model)}["flatten"].output_shape == (512,)
+
+
+def test_residual_net_takes_grey_or_colour_images():
+    for cfg in (get_preset("resnet-small").model, replace(get_preset("resnet-small").model, in_channels=3,
+                                                          image_size=32)):
+        model = build_model(cfg).eval()
+        assert tuple(model(torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)).shape) == (2, 10)
+    plain = build_model(get_preset("plain-small").model)
+    assert sum(isinstance(m, nn.Conv2d) for m in plain.modules()) == 13  # the same depth, no projections
+
+
+def test_residual_block_adds_its_shortcut():
+    from mnist_lab.models import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(4, 4).eval()
+    x = torch.randn(2, 4, 6, 6)
+    body = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+    torch.testing.assert_close(block(x), torch.relu(body + x))
+    block.use_shortcut = False
+    torch.testing.assert_close(block(x), torch.relu(body))
+
+
+def test_gap_head_is_a_1x1_conv_and_global_average():
+    cfg = cnn_config(2, 3, base_channels=4, head="gap")
+    names = [r.name for r in summarize(cfg)]
+    assert names[-3:] == ["head_conv", "gap", "flatten"] and not any(n.startswith("fc") for n in names)
+    assert count_params(cfg) == (4 * 9 + 4) + (8 * 4 * 9 + 8) + (10 * 8 + 10)
+    assert describe(cfg) == "CNN 2×k3 same [4-8] 1x1+GAP head"
+
+
+@pytest.mark.parametrize("cfg,field,fragments", [
+    (ModelConfig(conv_channels=(), blocks=(ConvStage((4,), 5, "valid"),) * 3), "blocks",
+     ["Block 3 (conv)", "5x5 kernel does not fit the 4x4 input", "28 -> 12 -> 4)"]),
+    (ModelConfig(conv_channels=(), blocks=(ConvStage((4,), 9), Residual(8, stride=3))), "blocks",
+     ["Block 2 (residual)", "stride must be 1"]),
+    (ModelConfig(conv_channels=(), blocks=(Conv1x1(0),)), "blocks", ["Block 1 (conv1x1)", "1 to 512"]),
+    (ModelConfig(conv_channels=(), blocks=(ConvStage((4,), pool=False, pool_before_relu=True),)), "blocks",
+     ["Block 1 (conv)", "needs the stage's pool"]),
+    (ModelConfig(blocks=(ConvStage((4,)),)), "conv_channels", ["given as a block list", "conv_channels"]),
+    (ModelConfig(blocks=("conv",), conv_channels=()), "blocks", ["tuple of ConvStage"]),
+    (cnn_config(2, 3, head="gap", hidden=(8,)), "hidden", ["'gap' head", "gap-fc"]),
+    (fc_config((8,), head="gap"), "head", ["use head 'fc'"]),
+    (ModelConfig(head="mean"), "head", ["Head must be one of fc, gap, gap-fc"]),
+])
+def test_block_lists_are_refused_naming_the_block(cfg, field, fragments):
+    with pytest.raises(ValueError) as info:
+        cfg.validate()
+    assert info.value.field == field and info.value.value is getattr(cfg, field)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_block_lists_round_trip_through_json():
+    from mnist_lab.models import block_from_dict, block_to_dict
+
+    for name in ("vgg16-cifar", "resnet-small"):
+        blocks = get_preset(name).model.blocks
+        assert tuple(block_from_dict(block_to_dict(b)) for b in blocks) == blocks
+    with pytest.raises(ValueError, match="no setting colour"):
+        block_from_dict({"type": "conv", "channels": [4], "colour": 1})
+
+
+def test_a_halving_residual_block_projects_every_other_pixel():
+    """The projection shortcut equals a 1x1 convolution with stride 2 (what ResNet writes)."""
+    from mnist_lab.models import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(4, 8, stride=2).eval()
+    x = torch.randn(2, 4, 7, 7)
+    conv, bn = block.shortcut
+    strided = bn(nn.functional.conv2d(x, conv.weight, stride=2))
+    body = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+    torch.testing.assert_close(block(x), torch.relu(body + strided))

@@ -178,3 +178,31 @@ def test_a_run_deleted_while_training_leaves_no_orphan_rows(tmp_path, mnist_raw)
 
     run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=2), TINY, store=store, on_progress=delete_midway)
     assert store.runs().empty and store.epochs().empty and store.iterations().empty
+
+
+def test_run_columns_derive_from_the_config_dataclasses():
+    """A new config field is a column without a hand edit; the two that would shadow what
+    happened are stored as what was asked for."""
+    import dataclasses
+
+    from mnist_lab.models import ModelConfig
+    from mnist_lab.store import RENAMED
+
+    for cls in (ModelConfig, TrainConfig, DataConfig):
+        for f in dataclasses.fields(cls):
+            assert RENAMED.get(f.name, f.name) in RUN_COLUMNS, f.name
+    assert {"blocks", "head", "augment", "sort_by_label", "engine_requested", "device_requested"} <= set(RUN_COLUMNS)
+
+
+def test_a_block_list_is_stored_as_json_and_read_back(tmp_path):
+    from mnist_lab.findings import model_from_row
+    from mnist_lab.store import run_row
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    for name in ("resnet-small", "lab5"):
+        model = PRESETS[name].model
+        store.start_run(run_row(f"run-{name}", model, TrainConfig(augment=True), TINY, status="finished"))
+        row = store.runs().set_index("run_id").loc[f"run-{name}"]
+        assert model_from_row(row.to_dict()) == model
+        assert row["augment"] in (1, True) and row["engine_requested"] == "auto"
+    assert store.runs().set_index("run_id").loc["run-lab5", "blocks"] in ("", None)
