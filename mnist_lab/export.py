@@ -101,12 +101,29 @@ def _custom_call(m: nn.Module, classes: dict[str, str]) -> str:
     classes.setdefault(cls.__name__, inspect.getsource(cls))
     params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"
               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    missing = [p.name for p in params if not hasattr(m, p.name) and p.default is p.empty]
+    values = {p.name: _argument(m, p.name) for p in params}
+    missing = [p.name for p in params if values[p.name] is _MISSING and p.default is p.empty]
     if missing:
         raise ValueError(f"{cls.__name__} keeps no attribute for its argument(s) {', '.join(missing)}, so the "
                          "exporter cannot write its constructor call.")
-    args = [f"{p.name}={getattr(m, p.name)!r}" for p in params if hasattr(m, p.name)]
+    args = [f"{name}={value!r}" for name, value in values.items() if value is not _MISSING]
     return f"{cls.__name__}({', '.join(args)})"
+
+
+_MISSING = object()
+
+
+def _argument(m: nn.Module, name: str):
+    """A constructor argument of a lab block, read back: the attribute of that name, or the
+    channel counts of its first convolution (in_channels; channels / out_channels)."""
+    if hasattr(m, name):
+        return getattr(m, name)
+    conv = next((c for c in m.modules() if isinstance(c, nn.Conv2d)), None)
+    if conv is not None and name == "in_channels":
+        return conv.in_channels
+    if conv is not None and name in ("channels", "out_channels"):
+        return conv.out_channels
+    return _MISSING
 
 
 def layer_call(m: nn.Module, classes: dict[str, str]) -> str:

@@ -48,13 +48,15 @@ def weights_path(db_path: str | Path, run_id: str) -> Path:
 
 
 def _configs_from(meta: dict[str, str]) -> tuple[ModelConfig, TrainConfig, DataConfig]:
-    """Dataclasses from JSON, keeping only the fields this version knows (a newer file's extra
-    fields are dropped; missing ones take their defaults). JSON lists become tuples again."""
+    """Dataclasses from their `asdict` JSON, read back as jobs read theirs (lists to tuples, a
+    block list to typed blocks), keeping only the fields this version knows (a newer file's
+    extra fields are dropped; missing ones take their defaults)."""
+    from .jobs import _build
+
     out = []
     for cls, key in ((ModelConfig, "model"), (TrainConfig, "train"), (DataConfig, "data")):
-        values = json.loads(meta[key])
         known = {f.name for f in fields(cls)}
-        out.append(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}))
+        out.append(_build(cls, {k: v for k, v in json.loads(meta[key]).items() if k in known}))
     return out[0], out[1], out[2]
 
 

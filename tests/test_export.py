@@ -176,3 +176,30 @@ def test_a_fashion_mnist_run_is_inspected_and_exported_with_its_class_names(tmp_
     out = _run(script, "--data-dir", str(root), "--evaluate")
     correct, n = map(int, re.search(r"\((\d+)/(\d+)\)", out).groups())
     assert n == 500 and correct / n == result.final_test_acc
+
+
+def test_a_residual_network_is_inspected_and_exported_with_its_block_source(exported, mnist_dir, tmp_path):
+    """A block-list network (models.ResidualBlock): the weights file reads its block list back,
+    the confusion matrix gives its accuracy, and the script carries the block's own source."""
+    from dataclasses import replace
+
+    from mnist_lab.models import ResidualBlock, summarize
+
+    cfg = replace(PRESETS["resnet-small"].model, in_channels=1, image_size=28)
+    store = ResultStore(tmp_path / "results.sqlite")
+    result = run_single(cfg, TrainConfig(epochs=1, lr=0.05, momentum=0.9, engine="plain"),
+                        DataConfig(train_limit=128, test_limit=2000), store=store)
+    run = ir.load_run(store, result.run_id)
+    assert run.model_cfg == cfg
+    x, y = ir.evaluated_images(run)
+    assert ir.confusion(run, x, y).accuracy == result.final_test_acc
+    rows = {r.name: r.output_shape for r in summarize(cfg)}
+    maps = ir.feature_maps(run, run.inputs(x[:1]))
+    assert all(m.shape == rows[m.name] for m in maps if m.name in rows) and any("." in m.name for m in maps)
+    zipfile.ZipFile(export_run(run, tmp_path / "zip")).extractall(tmp_path / "x")
+    script = tmp_path / "x" / f"train_{result.run_id}.py"
+    assert "class ResidualBlock(nn.Module):" in script.read_text() and ResidualBlock.__doc__.split()[0] in \
+        script.read_text()
+    out = _run(script, "--data-dir", str(mnist_dir), "--evaluate")
+    correct, n = map(int, re.search(r"\((\d+)/(\d+)\)", out).groups())
+    assert f"{result.params:,} parameters" in out and correct / n == result.final_test_acc
