@@ -29,6 +29,7 @@ page = st.navigation([
     st.Page("app_pages/compare.py", title=_("FC vs CNN"), icon=":material/compare_arrows:", url_path="compare"),
     st.Page("app_pages/week2.py", title=_("Week 2"), icon=":material/science:", url_path="week2"),
     st.Page("app_pages/runs.py", title=_("Runs"), icon=":material/history:", url_path="runs"),
+    st.Page("app_pages/inspect.py", title=_("Inspect"), icon=":material/visibility:", url_path="inspect"),
     st.Page("app_pages/report.py", title=_("Report"), icon=":material/description:", url_path="report"),
 ])
 with st.sidebar:

@@ -5,14 +5,15 @@ import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
 from app_lib.lang import _, bound, ngettext, render_error
-from app_lib.shared import init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy
+from app_lib.shared import (init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy,
+                            workspace)
 from app_lib.text import local_times, percent, plain
 from app_lib.widgets import COLUMNS, STOPPED_BY_YOU, csv_button, headers, label_words, table, words
 from mnist_lab.errors import StoreError
 
 SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
          "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds",
-         "message", "run_id"]
+         "message", "inspect", "run_id"]
 
 st.title(_("Runs"))
 try:
@@ -51,6 +52,9 @@ if text:
     shown = shown[shown["label"].str.contains(text, case=False, regex=False)]
 
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
+kept = store.inspectable(shown["run_id"])  # runs whose weights are kept open on the Inspect page
+ws = f"&ws={workspace()}" if server_policy().shared else ""
+shown = shown.assign(inspect=[f"./inspect?run={r}{ws}" if r in kept else None for r in shown["run_id"]])
 started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
@@ -59,12 +63,14 @@ table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc
       hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),
     "started_at": st.column_config.TextColumn(_("started ({tz})").format(tz=tz)),
+    "inspect": st.column_config.LinkColumn(_("inspect"), display_text=_("Inspect"),
+                                           help=_("Runs whose weights are kept: open one on the Inspect page")),
 })
 if (shown["status"] == "diverged").any():
     st.caption(":material/trending_up: " + _("{n} run(s) diverged (the loss became NaN or infinite): the message "
                                              "column says where; lower the learning rate.")
                .format(n=(shown["status"] == "diverged").sum()))
-csv_button(shown.drop(columns=["workspace", "job_id"]), "runs.csv", key="runs_table_csv_btn")
+csv_button(shown.drop(columns=["workspace", "job_id", "inspect"]), "runs.csv", key="runs_table_csv_btn")
 
 names = {r.run_id: f"{label_words(r.label)} · {_(r.status)} · {t} · {r.run_id[-6:]}"
          for r, t in zip(runs.itertuples(), local_times(runs["started_at"], tz))}

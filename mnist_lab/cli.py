@@ -395,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-jobs", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the app's server: end with it
     p.set_defaults(func=cmd_worker)
+
+    from .cli_inspect import add_inspect_commands  # inspect, predict, export
+
+    add_inspect_commands(sub)
     return parser
 
 

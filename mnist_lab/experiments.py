@@ -82,8 +82,9 @@ def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainCo
     return lambda event: recorders[event.run_id](event)
 
 
-def _finish_runs(store: ResultStore | None, results: list[RunResult]) -> None:
+def _finish_runs(store: ResultStore | None, results: list[RunResult], data: TensorData | None = None) -> None:
     for result in results if store is not None else ():
+        store.save_weights(result, data.permutation if data is not None else None)  # before 'finished' is seen
         store.finish_run(result.run_id, result.status, result.seconds, engine=result.engine,
                          epochs_done=len(result.epochs), final_test_acc=result.final_test_acc,
                          diverged_at=result.diverged_at, message=result.message)
@@ -109,7 +110,7 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
             with contextlib.suppress(StoreError):  # the database itself may be what failed
                 store.finish_run(run_id, "failed", 0.0)
         raise
-    _finish_runs(store, [result])
+    _finish_runs(store, [result], data)
     return result
 
 
@@ -146,7 +147,7 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
             with contextlib.suppress(StoreError):
                 store.finish_run(run_id, "failed", 0.0)
         raise
-    _finish_runs(store, results)
+    _finish_runs(store, results, data)
     return results
 
 

@@ -334,9 +334,27 @@ def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> 
                    band=band, level_off_iteration=level_it,
                    level_off_frac=None if level_it is None else level_it / len(losses),
                    steps_per_epoch=0 if _blank(row["steps_per_epoch"]) else int(row["steps_per_epoch"]),
-                   per_epoch=per_epoch, final_test_acc=float(row["final_test_acc"]), settings=_clean(settings))
+                   per_epoch=per_epoch, final_test_acc=float(row["final_test_acc"]), settings=_clean(settings),
+                   confusion=confusion_numbers(store, run_id))
     return Finding("loss", True, trend.direction, numbers, overall=trend, params=int(row["params"]),
                    seconds=float(row["seconds"]), run_ids=[run_id])
+
+
+def confusion_numbers(store: ResultStore, run_id: str, pairs: int = 5) -> dict | None:
+    """The run's confusion matrix on its test set and its most confused pairs, when its weights
+    are kept (None otherwise, or when its data cannot be loaded here)."""
+    from .data import DataUnavailableError
+    from .inspect_run import confusion, load_run, evaluated_images
+
+    if run_id not in store.inspectable([run_id]):
+        return None
+    try:
+        run = load_run(store, run_id)
+        conf = confusion(run, *evaluated_images(run))
+    except (OSError, ValueError, DataUnavailableError):
+        return None
+    return dict(class_names=conf.class_names, counts=conf.counts.tolist(), n=conf.n, accuracy=conf.accuracy,
+                pairs=conf.confused_pairs(pairs).to_dict("records"))
 
 
 # ------------------------------------------------------------------------------ section 4: analysis

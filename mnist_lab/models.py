@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, is_int, need_bool, need_choice, need_float, need_int, need_ints
+from .i18n import N_
 
 MAX_CONV_BLOCKS = 4  # conv blocks of the sliders' family (one conv each)
 MAX_BLOCKS = 16  # blocks of an explicit block list (VGG16 has 5 stages, 13 convolutions)
@@ -438,6 +439,17 @@ def _residual_row(name: str, c: int, b: Residual, h: int) -> LayerRow:
                     " + ".join(terms) + f" = {n}")
 
 
+# The geometry refusals, by whether the network is the sliders' family (True) or a block list.
+_NO_FIT = {True: N_("Conv block {i}: a {k}x{k} kernel does not fit the {size}x{size} input left by block {prev} "
+                    "(sizes so far: {sizes}). Use 'same' padding, a smaller kernel, or fewer conv layers."),
+           False: N_("Block {i} ({kind}): a {k}x{k} kernel does not fit the {size}x{size} input left by block {prev} "
+                     "(sizes so far: {sizes}). Use 'same' padding, a smaller kernel, or fewer blocks.")}
+_NO_POOL = {True: N_("Conv block {i}: its {out}x{out} output is too small for the 2x2 max-pool (sizes so far: "
+                     "{sizes} -> {out}). Use 'same' padding, a smaller kernel, or fewer conv layers."),
+            False: N_("Block {i} ({kind}): its {out}x{out} output is too small for the 2x2 max-pool (sizes so far: "
+                      "{sizes} -> {out}). Use 'same' padding, a smaller kernel, or fewer blocks.")}
+
+
 def _layers(cfg: ModelConfig) -> Iterator[tuple[LayerRow, Callable[[], nn.Module]]]:
     """(row, make the module) for every layer in build order: the one walk that the summary, the
     parameter count, the geometry checks and the builder share. Raises ConfigError naming the
@@ -447,7 +459,6 @@ def _layers(cfg: ModelConfig) -> Iterator[tuple[LayerRow, Callable[[], nn.Module
     sizes = [h]  # H (= W) after each block, for the error messages
     n_conv = n_pool = n_res = n_pw = 0
     for i, block in enumerate(cfg.stages(), 1):
-        where = f"Conv block {i}" if family else f"Block {i} ({block.type})"
         field = "kernel_size" if family else "blocks"
         if isinstance(block, ConvStage):
             k, same = block.kernel_size, block.padding == "same"
@@ -456,15 +467,11 @@ def _layers(cfg: ModelConfig) -> Iterator[tuple[LayerRow, Callable[[], nn.Module
                 n_conv += 1
                 after = h if same else h - k + 1
                 if after < 1:
-                    raise ConfigError(field, getattr(cfg, field), "{where}: a {k}x{k} kernel does not fit the "
-                                      "{size}x{size} input left by block {prev} (sizes so far: {sizes}). Use 'same' "
-                                      "padding, a smaller kernel, or fewer conv layers.", where=where, k=k, size=h,
-                                      prev=i - 1, sizes=_arrow(sizes))
+                    raise ConfigError(field, getattr(cfg, field), _NO_FIT[family], i=i, kind=block.type, k=k,
+                                      size=h, prev=i - 1, sizes=_arrow(sizes))
                 if last and block.pool and after < 2:
-                    raise ConfigError(field, getattr(cfg, field), "{where}: its {out}x{out} output is too small for "
-                                      "the 2x2 max-pool (sizes so far: {sizes} -> {out}). Use 'same' padding, a "
-                                      "smaller kernel, or fewer conv layers.", where=where, out=after,
-                                      sizes=_arrow(sizes))
+                    raise ConfigError(field, getattr(cfg, field), _NO_POOL[family], i=i, kind=block.type,
+                                      out=after, sizes=_arrow(sizes))
                 h = after
                 yield _conv_row(f"conv{n_conv}", c, out_c, k, h, same), \
                     lambda c=c, out_c=out_c, k=k, p=block.padding: nn.Conv2d(c, out_c, k, padding=p)

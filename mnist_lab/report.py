@@ -216,8 +216,25 @@ def _loss(w: _Writer, f: Finding, store: ResultStore) -> str:
         w.figure("accuracy_per_epoch.png",
                  figures.epoch_figure([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], w.fig_t.gettext,
                                       w.cjk), w._("Figure: test accuracy after each epoch."))
+    _confusion(w, n.get("confusion"))
     _cost(w, f)
     return iters.to_csv(index=False)
+
+
+def _confusion(w: _Writer, c: dict | None) -> None:
+    """The run's confusion matrix (rows: true class, columns: predicted) and its most confused pairs."""
+    if not c:
+        return
+    names = c["class_names"]
+    w.para("Confusion matrix of this run on its {n} test images (rows: the true class; columns: the predicted "
+           "class; the diagonal is what it got right, {acc} in all):", n=integer(c["n"]), acc=pct(c["accuracy"]))
+    w.add("table", header=[w._("true / predicted"), *names],
+          rows=[[names[t], *(integer(v) for v in row)] for t, row in enumerate(c["counts"])])
+    if c["pairs"]:
+        w.para("The pairs it confused most: {pairs}.", pairs=w._("; ").join(
+            w.say("{true} taken for {pred} {count} times ({share} of the {true}s)", true=p["true_name"],
+                  pred=p["predicted_name"], count=integer(p["count"]), share=pct(p["share"], 1))
+            for p in c["pairs"]))
 
 
 def _level_name(w: _Writer, factor: str, level: str) -> str:

@@ -330,7 +330,31 @@ class ResultStore:
             n = self._conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", ids).rowcount
             self._conn.execute(f"DELETE FROM epochs WHERE run_id IN ({marks})", ids)
             self._conn.execute(f"DELETE FROM iterations WHERE run_id IN ({marks})", ids)
+        from .weights import delete_weights
+
+        delete_weights(self.path, ids)
         return n
+
+    # ------------------------------------------------------------------------------ weights
+    @_explained
+    def save_weights(self, result: RunResult, permutation=None) -> Path | None:
+        """Keep a run's final weights (and the pixel permutation it trained on) beside the
+        database, in `<db>.weights/<run_id>.safetensors`; nothing when the result has none."""
+        from .weights import save_weights
+
+        return save_weights(self.path, result, permutation)
+
+    def load_weights(self, run_id: str):
+        """The run's `weights.SavedRun`; FileNotFoundError when it has none."""
+        from .weights import load_weights
+
+        return load_weights(self.path, run_id)
+
+    def inspectable(self, run_ids: Iterable[str]) -> set[str]:
+        """The runs among `run_ids` whose weights are kept (the Inspect page can open them)."""
+        from .weights import has_weights
+
+        return has_weights(self.path, run_ids)
 
     # ------------------------------------------------------------------------------ jobs
     @_explained

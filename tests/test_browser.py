@@ -213,6 +213,8 @@ def test_a_lesson_runs_from_the_week2_page(server, browser):
     stored = ResultStore(server.db).runs([r["run_id"] for r in rows])
     assert set(stored["status"]) == {"finished"} and set(stored["experiment"]) == {"lesson"}
     page.close()
+
+
 def test_the_language_switch_survives_a_reload_with_the_settings(server, browser):
     from dataclasses import replace
 
@@ -241,3 +243,49 @@ def test_the_language_switch_survives_a_reload_with_the_settings(server, browser
     expect(chinese.get_by_role("heading", name="MNIST 卷积神经网络实验")).to_be_visible(timeout=60_000)
     expect(chinese).to_have_url(re.compile(r"lang=zh_CN"), timeout=10_000)
     chinese.close()
+
+
+def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, tiny_data):
+    """The drawing canvas (streamlit-drawable-canvas) with real mouse strokes: a prediction
+    appears; a click on a confusion-matrix cell opens its gallery; the Runs page links the run."""
+    from mnist_lab.experiments import run_single
+    from mnist_lab.models import PRESETS
+    from mnist_lab.train import TrainConfig
+
+    run = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), tiny_data.config, store=ResultStore(server.db),
+                     data=tiny_data)
+    page = new_page(browser)
+    page.goto(f"{server.url}/inspect?run={run.run_id}")
+    expect(page.get_by_text("Confusion matrix (click a cell)")).to_be_visible(timeout=60_000)
+    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    expect(plot).to_be_visible(timeout=30_000)
+    gallery = page.get_by_text(re.compile(r"test image\(s\) of class 9 predicted as 4"))
+    for _ in range(5):  # plotly binds its click handler a moment after the plot is drawn
+        box = plot.bounding_box()
+        page.mouse.click(box["x"] + 4.5 * box["width"] / 10, box["y"] + 9.5 * box["height"] / 10)  # true 9 → 4
+        try:
+            expect(gallery).to_be_visible(timeout=6_000)
+            break
+        except AssertionError:
+            continue
+    expect(gallery).to_be_visible(timeout=1_000)
+
+    page.get_by_role("tab", name="Your own digit").click()
+    canvas = page.locator("canvas.upper-canvas").first
+    expect(canvas).to_be_visible(timeout=30_000)
+    box = canvas.bounding_box()
+    x0, y0 = box["x"], box["y"]
+    page.mouse.move(x0 + 70, y0 + 50)
+    page.mouse.down()
+    for k in range(20):  # a 7: the bar, then the stem
+        page.mouse.move(x0 + 70 + 4 * k, y0 + 50, steps=2)
+    for k in range(30):
+        page.mouse.move(x0 + 150 - 2 * k, y0 + 50 + 5 * k, steps=2)
+    page.mouse.up()
+    expect(page.get_by_text("prepared 28×28")).to_be_visible(timeout=30_000)
+    top3 = page.locator(".st-key-insp_top_0")
+    expect(top3).to_have_text(re.compile(r"^\d \d+\.\d% · \d \d+\.\d% · \d \d+\.\d%$"), timeout=10_000)
+
+    page.goto(f"{server.url}/runs")
+    expect(page.get_by_text("Inspect").first).to_be_visible(timeout=60_000)
+    page.close()

@@ -28,7 +28,7 @@ from mnist_lab.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
-PAGES = ["home", "train", "sweep", "compare", "runs", "report"]
+PAGES = ["home", "train", "sweep", "compare", "week2", "runs", "inspect", "report"]
 SOURCES = ["streamlit_app.py", "app_pages", "app_lib", "mnist_lab"]  # every file that words something
 
 CJK = re.compile(r"[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]")
@@ -164,7 +164,7 @@ def test_every_page_in_chinese_shows_no_english_sentence(page, trained_db, monke
         assert "卷积神经网络" in at.info[0].value and "百分点" in at.info[0].value
 
 
-@pytest.mark.parametrize("page", ["runs", "sweep", "compare", "report"])
+@pytest.mark.parametrize("page", ["runs", "sweep", "compare", "week2", "inspect", "report"])
 def test_every_page_in_chinese_without_runs(page):
     at = open_page(page, {"lang": "zh_CN"})
     assert_chinese(at)

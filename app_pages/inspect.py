@@ -1,0 +1,203 @@
+"""Inspect: look inside a trained run whose weights are kept — its confusion matrix (click a cell
+for those test images), per-class accuracy, the most confused pairs; a drawn or uploaded digit
+as the network receives it, predicted by one or two runs; the first layer's filters, every
+block's feature maps before and after pooling, top-3 and saliency; the run as a standalone
+PyTorch program. Deep link: /inspect?run=RUN_ID."""
+import numpy as np
+import streamlit as st
+
+from app_lib.inspect_charts import (
+    confusion_figure,
+    enlarge,
+    heat,
+    probability_figure,
+    tile,
+)
+from app_lib.lang import _, current
+from app_lib.shared import result_store, run_scope
+from app_lib.text import percent, plain
+from mnist_lab import inspect_run as ir
+from mnist_lab.errors import StoreError
+from mnist_lab.export import export_zip
+
+@st.cache_resource(max_entries=6, show_spinner=False)
+def loaded(db: str, run_id: str) -> ir.LoadedRun:
+    return ir.load_run(result_store(), run_id)  # eval mode, never trained again: safe to share
+
+
+@st.cache_data(max_entries=16, show_spinner=_("Predicting every test image…"))
+def confusion_of(db: str, run_id: str) -> ir.Confusion:
+    run = loaded(db, run_id)
+    return ir.confusion(run, *ir.evaluated_images(run))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def test_arrays(db: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = ir.evaluated_images(loaded(db, run_id))
+    return x.numpy(), y.numpy()
+
+
+st.title(_("Inspect a trained network"))
+try:
+    store = result_store()
+    runs = store.visible_runs(run_scope())
+except StoreError as exc:
+    st.error(plain(str(exc)), icon=":material/database:")
+    st.stop()
+kept = store.inspectable(runs["run_id"])
+runs = runs[runs["run_id"].isin(kept)]
+if runs.empty:
+    st.info(_("No run can be inspected yet: runs keep their weights from this version on. Train one on the Train "
+              "page, then come back."))
+    st.stop()
+labels = {r.run_id: f"{r.label} · {percent(r.final_test_acc)} · {r.run_id}" for r in runs.itertuples()}
+asked = st.query_params.get("run")
+if "insp_run" not in st.session_state or (asked in labels and asked != st.session_state.get("insp_asked")):
+    st.session_state.insp_run = asked if asked in labels else next(iter(labels))
+    st.session_state.insp_asked = asked
+if st.session_state.insp_run not in labels:
+    st.session_state.insp_run = next(iter(labels))
+run_id = st.selectbox(_("Run"), list(labels), format_func=labels.get, key="insp_run")
+st.query_params["run"] = run_id
+db = str(store.path)
+try:
+    run = loaded(db, run_id)
+    conf = confusion_of(db, run_id)
+    x_test, y_test = test_arrays(db, run_id)
+except (OSError, ValueError, RuntimeError) as exc:  # weights deleted meanwhile, data unavailable
+    st.error(plain(str(exc)))
+    st.stop()
+names, permuted = ir.class_names(run.data_cfg, current()), run.permutation is not None
+st.caption(_("{n:,} test images · test accuracy {acc} · {status}{perm}").format(
+    n=conf.n, acc=percent(conf.accuracy), status=run.saved.status,
+    perm=_(" · trained on permuted pixels") if permuted else ""))
+
+tab_cm, tab_digit, tab_maps, tab_export = st.tabs([_("Confusion matrix"), _("Your own digit"),
+                                                   _("Filters and feature maps"), _("Export")])
+with tab_cm:
+    normalized = st.toggle(_("Row-normalised (share of each true class)"), key="insp_norm")
+    fig = confusion_figure(conf.counts, names, normalized, _("Confusion matrix (click a cell)"), _("predicted"),
+                           _("true"))
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="insp_cm")
+    points = [q for q in (event or {}).get("selection", {}).get("points", []) if q.get("curve_number") == 1]
+    clicked = divmod(int(points[0]["point_index"]), len(names)) if points else None  # the markers: (true, pred)
+    if clicked and clicked != st.session_state.get("insp_clicked"):  # a new click sets the selectboxes below
+        st.session_state.insp_clicked = clicked
+        st.session_state.insp_true, st.session_state.insp_pred = clicked
+    pairs = conf.confused_pairs(5)
+    if "insp_true" not in st.session_state and len(pairs):
+        st.session_state.insp_true, st.session_state.insp_pred = int(pairs["true"][0]), int(pairs["predicted"][0])
+    a, b = st.columns(2)
+    with a:
+        st.subheader(_("Per-class accuracy"))
+        st.dataframe(conf.per_class().drop(columns="class_id"), hide_index=True, column_config={
+            "name": _("class"), "images": _("images"), "correct": _("correct"),
+            "accuracy": st.column_config.ProgressColumn(_("accuracy"), format="percent", min_value=0, max_value=1)})
+    with b:
+        st.subheader(_("Most confused pairs"))
+        st.dataframe(pairs[["true_name", "predicted_name", "count", "share"]], hide_index=True, column_config={
+            "true_name": _("true"), "predicted_name": _("predicted"), "count": _("images"),
+            "share": st.column_config.NumberColumn(_("share of the true class"), format="percent")})
+    st.subheader(_("Gallery"))
+    c1, c2 = st.columns(2)
+    true = c1.selectbox(_("True class"), range(len(names)), format_func=names.__getitem__, key="insp_true")
+    pred = c2.selectbox(_("Predicted as"), range(len(names)), format_func=names.__getitem__, key="insp_pred")
+    cell = conf.cell(true, pred)
+    st.caption(_("{n} test image(s) of class {t} predicted as {p}, most confident first.").format(
+        n=len(cell), t=names[true], p=names[pred]))
+    shown = cell[:24]
+    if len(shown):
+        st.image([enlarge(x_test[i], 3) for i in shown], caption=[
+            f"#{i}: {names[int(y_test[i])]} → {names[int(conf.y_pred[i])]} ({conf.confidence[i]:.0%})" for i in shown])
+
+@st.fragment
+def own_digit() -> None:
+    """Drawing reruns only this part of the page: the drawn digit reaches its prediction fast."""
+    mnist_like = run.data_cfg.dataset == "mnist"
+    st.caption(_("Draw a digit (white on black) or upload a picture of one. It is prepared as MNIST's digits were: "
+                 "its bounding box scaled into 20×20, centred by its centre of mass in 28×28.") if mnist_like
+               else _("Upload a picture: it is resized to the dataset's image size."))
+    ink = None
+    if mnist_like:
+        from streamlit_drawable_canvas import st_canvas
+
+        drawn = st_canvas(stroke_width=18, stroke_color="#FFFFFF", background_color="#000000", height=224, width=224,
+                          drawing_mode="freedraw", return_image_data=True, key="insp_canvas")
+        rgba = drawn.image_data if drawn is not None else None  # (H, W, 4) uint8
+        if rgba is not None and rgba[..., :3].max() > 0:
+            ink = (rgba[..., :3].max(axis=2) * (rgba[..., 3] / 255.0)).astype(np.float32)
+    upload = st.file_uploader(_("…or upload an image"), type=[f.lower() for f in ir.UPLOAD_FORMATS] + ["jpg"],
+                              key="insp_upload")
+    image = None
+    try:
+        if upload is not None:
+            ir.check_size(upload.size, upload.name)
+            image = ir.prepare_upload(ir.decode_image(upload.getvalue(), name=upload.name), run)
+        elif ink is not None:
+            image = ir.prepare_digit(ink)
+    except ValueError as exc:  # ImageRefused, or an empty drawing
+        st.error(plain(str(exc)))
+    st.session_state.insp_digit = image  # for the feature maps tab
+    if image is None:
+        return
+    others = [r for r in labels if r != run_id]
+    second = st.selectbox(_("Compare with another run"), [None, *others], key="insp_second",
+                          format_func=lambda r: _("(none)") if r is None else labels[r])
+    for slot, (rid, col) in enumerate(zip([run_id, second], st.columns(2))):
+        if rid is None:
+            continue
+        other = loaded(db, rid)
+        result = ir.predict(other, image)
+        with col:
+            st.image([enlarge(image, 6), enlarge(tile(result.seen), 6)], caption=[
+                _("prepared 28×28"), _("what the network receives (permuted)") if other.permutation is not None
+                else _("what the network receives (normalised)")])
+            with st.container(key=f"insp_top_{slot}"):  # top-3; the key marks it for the browser test and bench
+                st.markdown(" · ".join(f"**{plain(n)}** {p:.1%}" for _c, n, p in result.top))
+            st.plotly_chart(probability_figure(result.probs, ir.class_names(other.data_cfg, current()), labels[rid]), key=f"insp_p_{rid}")
+
+
+with tab_digit:
+    own_digit()
+
+with tab_maps:
+    filters = ir.first_layer_filters(run)  # (out, C, kh, kw)
+    st.subheader(_("First layer's filters"))
+    grid = tile(filters[:, 0], columns=min(len(filters), 16), scale=max(1, 48 // filters.shape[-1]))
+    st.image(grid, width=min(grid.shape[1], 1000), caption=_("{n} filters of {k}×{k} (channel 1)").format(n=len(filters), k=filters.shape[-1]))
+    source = st.radio(_("Image"), [_("a test image"), _("your drawing")], horizontal=True, key="insp_source",
+                      disabled=st.session_state.get("insp_digit") is None)
+    if source == _("your drawing") and st.session_state.get("insp_digit") is not None:
+        image = st.session_state.insp_digit
+    else:
+        index = st.number_input(_("Test image number"), 0, len(x_test) - 1, 0, key="insp_index")
+        image = x_test[int(index)]
+    result = ir.predict(run, image)
+    x = ir.network_input(run, image)
+    target = result.top[0][0]
+    sal = ir.saliency(run, x, target)  # in the original pixel order
+    cols = st.columns(4 if permuted else 3)
+    cols[0].image(enlarge(image, 6), caption=_("the image"))
+    if permuted:
+        cols[1].image(enlarge(tile(result.seen), 6), caption=_("what the network sees: the same pixels shuffled"))
+    cols[-2].markdown("\n".join(f"{k}. **{plain(n)}** {p:.1%}" for k, (_c, n, p) in enumerate(result.top, 1)))
+    cols[-1].plotly_chart(heat(sal, _("saliency for {c}").format(c=names[target])), key="insp_sal")
+    st.subheader(_("Feature maps, block by block"))
+    maps = ir.feature_maps(run, x)
+    if not maps:
+        st.info(_("A fully-connected network flattens the image at once: it has no feature maps. Its first layer's "
+                  "weights, drawn above as images, are what it looks for."))
+    for block in sorted({m.block for m in maps}):
+        stages = [m for m in maps if m.block == block]
+        st.markdown(_("**Block {b}**").format(b=block) if block else _("**Input layers**"))
+        for m, col in zip(stages, st.columns(len(stages))):
+            grid = tile(m.maps, scale=max(1, 96 // m.shape[-1]))
+            col.image(grid, width="stretch", caption=f"{m.name} {m.shape}")  # as wide as its column
+
+with tab_export:
+    st.caption(_("A zip with the weights (safetensors and a PyTorch state_dict) and train_{run}.py: the network as an "
+                 "nn.Module, the data, the optimiser and a training loop printing every iteration's loss; "
+                 "`--evaluate` reports this run's test accuracy. It needs only torch and torchvision.").format(
+        run=run_id))
+    st.download_button(_("Download the run as a program (.zip)"), data=lambda: export_zip(run),
+                       file_name=f"run_{run_id}.zip", mime="application/zip", key="insp_export")
