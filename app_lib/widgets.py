@@ -64,6 +64,9 @@ COLUMNS = {
     "data_source": N_("data source"), "torch_version": N_("PyTorch version"),
     "torchvision_version": N_("torchvision version"), "python_version": N_("Python version"),
     "mnist_lab_version": N_("mnist_lab version"), "steps_per_epoch": N_("iterations per epoch"),
+    "inspect": N_("inspect"), "class": N_("class"), "images": N_("images"), "correct": N_("correct"),
+    "accuracy": N_("accuracy"), "true_name": N_("true"), "predicted_name": N_("predicted"), "count": N_("images"),
+    "share": N_("share of the true class"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),

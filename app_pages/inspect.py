@@ -16,6 +16,7 @@ from app_lib.inspect_charts import (
 from app_lib.lang import _, current
 from app_lib.shared import result_store, run_scope
 from app_lib.text import percent, plain
+from app_lib.widgets import label_words, table
 from mnist_lab import inspect_run as ir
 from mnist_lab.errors import StoreError
 from mnist_lab.export import export_zip
@@ -50,7 +51,7 @@ if runs.empty:
     st.info(_("No run can be inspected yet: runs keep their weights from this version on. Train one on the Train "
               "page, then come back."))
     st.stop()
-labels = {r.run_id: f"{r.label} · {percent(r.final_test_acc)} · {r.run_id}" for r in runs.itertuples()}
+labels = {r.run_id: f"{label_words(r.label)} · {percent(r.final_test_acc)} · {r.run_id}" for r in runs.itertuples()}
 asked = st.query_params.get("run")
 if "insp_run" not in st.session_state or (asked in labels and asked != st.session_state.get("insp_asked")):
     st.session_state.insp_run = asked if asked in labels else next(iter(labels))
@@ -90,14 +91,12 @@ with tab_cm:
     a, b = st.columns(2)
     with a:
         st.subheader(_("Per-class accuracy"))
-        st.dataframe(conf.per_class().drop(columns="class_id"), hide_index=True, column_config={
-            "name": _("class"), "images": _("images"), "correct": _("correct"),
-            "accuracy": st.column_config.ProgressColumn(_("accuracy"), format="percent", min_value=0, max_value=1)})
+        table(conf.per_class().drop(columns="class_id").rename(columns={"name": "class"}), hide_index=True,
+              column_config={"accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
     with b:
         st.subheader(_("Most confused pairs"))
-        st.dataframe(pairs[["true_name", "predicted_name", "count", "share"]], hide_index=True, column_config={
-            "true_name": _("true"), "predicted_name": _("predicted"), "count": _("images"),
-            "share": st.column_config.NumberColumn(_("share of the true class"), format="percent")})
+        table(pairs[["true_name", "predicted_name", "count", "share"]], hide_index=True,
+              column_config={"share": st.column_config.NumberColumn(format="percent")})
     st.subheader(_("Gallery"))
     c1, c2 = st.columns(2)
     true = c1.selectbox(_("True class"), range(len(names)), format_func=names.__getitem__, key="insp_true")

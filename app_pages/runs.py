@@ -63,7 +63,7 @@ table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc
       hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),
     "started_at": st.column_config.TextColumn(_("started ({tz})").format(tz=tz)),
-    "inspect": st.column_config.LinkColumn(_("inspect"), display_text=_("Inspect"),
+    "inspect": st.column_config.LinkColumn(display_text=_("Inspect"),
                                            help=_("Runs whose weights are kept: open one on the Inspect page")),
 })
 if (shown["status"] == "diverged").any():

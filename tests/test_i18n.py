@@ -34,7 +34,7 @@ SOURCES = ["streamlit_app.py", "app_pages", "app_lib", "mnist_lab"]  # every fil
 CJK = re.compile(r"[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]")
 # What may stay as it is in Chinese: names of things (datasets, layers, optimisers, engines, file
 # formats, the options 'valid' / 'same'), units, numbers and symbols. Nothing here is a sentence.
-ALLOWED = re.compile(r"""\b(?:English|MNIST|CNN|FC|ReLU|SGD|ADAM|Adam|CSV|CUDA|GPU|CPU|cpu|cuda|plain|cpu-native|valid|same
+ALLOWED = re.compile(r"""\b(?:English|Fashion-MNIST|CIFAR-10|MNIST|CNN|FC|ReLU|SGD|ADAM|Adam|CSV|CUDA|GPU|CPU|cpu|cuda|plain|cpu-native|valid|same
                       |Softmax|BatchNorm|Dropout|Conv2d|Linear|MaxPool2d|Flatten|HTML|Word|Markdown|docx|zip|json
                       |findings|csv|iterations|epochs|runs|layers|configs|sweep_summary|sweep_runs|sweep_iterations
                       |compare_summary|compare_runs|compare_iterations|report|UTC|k\d+|r\d+|lr|\w+\.(?:csv|json|html|docx|zip))\b""",
@@ -71,7 +71,7 @@ def texts(at: AppTest) -> list[tuple[str, str]]:
                 add(f"{kind}.{attr}", getattr(node, attr, None))
             except (AttributeError, KeyError, TypeError):
                 pass
-        if kind in ("Radio", "Selectbox", "Multiselect") and node.key not in ("runs_selected", "report_run"):
+        if kind in ("Radio", "Selectbox", "Multiselect") and node.key not in ("runs_selected", "report_run", "insp_run", "insp_second"):
             for option in node.options:  # the run pickers' options are the runs' own labels
                 add(f"{kind}.options", str(option))
         if kind in ("Dataframe", "Table"):
