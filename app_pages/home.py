@@ -54,8 +54,12 @@ with intro:
                  icon=":material/grid_on:")
     st.page_link("app_pages/compare.py", label=_("**FC vs CNN** with equal parameters, on normal and permuted pixels"),
                  icon=":material/compare_arrows:")
+    st.page_link("app_pages/week2.py", label=_("**Week 2**: the course notes' questions as ready experiments"),
+                 icon=":material/science:")
     st.page_link("app_pages/runs.py", label=_("**Runs**: every run so far, compared, exported as CSV"),
                  icon=":material/history:")
+    st.page_link("app_pages/inspect.py", label=_("**Inspect** a trained network: confusion matrix, feature maps, "
+                                                 "your own digit"), icon=":material/visibility:")
     st.page_link("app_pages/report.py", label=_("**Report**: the lab report written from your runs"),
                  icon=":material/description:")
 with digits:
