@@ -100,7 +100,7 @@ def test_home_shows_the_device_mnist_and_digits():
     at = open_page("home")
     assert any("60,000 training" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) == 1  # the 4x5 grid
-    assert len(at.get("page_link")) == 5  # Train, Sweep, FC vs CNN, Runs, Report
+    assert len(at.get("page_link")) == 7  # Train, Sweep, FC vs CNN, Week 2, Runs, Inspect, Report
 
 
 @pytest.mark.native
