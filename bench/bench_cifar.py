@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench_train import run_classic, run_engine, write_torchvision_layout  # noqa: E402
-from mnist_lab.data import DATASETS, NORMALIZATIONS, DataConfig, TensorData, prepare_data  # noqa: E402
+from mnist_lab.data import DataConfig, TensorData, normalization, prepare_data  # noqa: E402
 from mnist_lab.models import build_model, get_preset  # noqa: E402
 from mnist_lab.train import TrainConfig, evaluate, resolve_device, train  # noqa: E402
 
@@ -65,8 +65,8 @@ def classic_cifar_epoch(name: str, arrays, device: torch.device, workers: int) -
     from torchvision import transforms
 
     preset = get_preset(name)
-    mean, std = NORMALIZATIONS[preset.normalize]
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,) * 3, (std,) * 3)])
+    mean, std = normalization(preset.normalize, "cifar10")  # per channel
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     x_train, y_train, x_test, y_test = arrays
     kw = dict(num_workers=workers, pin_memory=device.type == "cuda")
     train_loader = torch.utils.data.DataLoader(ClassicCIFAR(x_train, y_train, transform),
@@ -93,14 +93,13 @@ def classic_cifar_epoch(name: str, arrays, device: torch.device, workers: int) -
 
 def engine_data(arrays, normalize: str, device: torch.device) -> TensorData:
     """The same random images as the engine holds them: (N, 3, 32, 32) float32, normalised, on the device."""
-    mean, std = NORMALIZATIONS[normalize]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization(normalize, "cifar10"))
 
     def floats(x: np.ndarray) -> torch.Tensor:
         return ((torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std).contiguous().to(device)
 
     x_train, y_train, x_test, y_test = arrays
-    # the class count check reads the dataset's entry: CIFAR-10's where data.py has one, else MNIST's (also 10)
-    dataset = "cifar10" if "cifar10" in DATASETS else "mnist"
+    dataset = "cifar10"
     return TensorData(floats(x_train), torch.from_numpy(y_train).to(device), floats(x_test),
                       torch.from_numpy(y_test).to(device), "random uint8, CIFAR-10's shape",
                       config=DataConfig(dataset=dataset, normalize=normalize))
