@@ -209,7 +209,8 @@ def main() -> None:
         ones = [sessions(browser, 1, tmp, env, tag=f"b{i}") for i in range(args.baseline)]
         base = statistics.median(o["seconds"][0] for o in ones)
         one = ones[0]
-        print(f"1 session:  runs {', '.join(f'{o["seconds"][0]:.2f}' for o in ones)} s, median {base:.2f} s "
+        each = ", ".join(f"{o['seconds'][0]:.2f}" for o in ones)
+        print(f"1 session:  runs {each} s, median {base:.2f} s "
               f"(epoch {one['epoch_s']:.2f} s), server CPU {one['cpu']:.1f}% of a core, RSS {one['rss']:.0f} MiB")
         five = sessions(browser, args.sessions, tmp, env)
         ratios = [s / base for s in five["seconds"]]
