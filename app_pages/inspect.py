@@ -70,7 +70,7 @@ except (OSError, ValueError, RuntimeError) as exc:  # weights deleted meanwhile,
     st.stop()
 names, permuted = ir.class_names(run.data_cfg, current()), run.permutation is not None
 st.caption(_("{n:,} test images · test accuracy {acc} · {status}{perm}").format(
-    n=conf.n, acc=percent(conf.accuracy), status=run.saved.status,
+    n=conf.n, acc=percent(conf.accuracy), status=_(run.saved.status),
     perm=_(" · trained on permuted pixels") if permuted else ""))
 
 tab_cm, tab_digit, tab_maps, tab_export = st.tabs([_("Confusion matrix"), _("Your own digit"),
