@@ -96,6 +96,31 @@ def label_words(label: str) -> str:
     return " · ".join(parts)
 
 
+# The stop reasons the worker and the store write with values inside (stored in English, as data).
+_REASONS = [
+    (re.compile(r"^the worker process \((?P<worker>.+)\) ended before the job finished \(killed or crashed\)$"),
+     N_("the worker process ({worker}) ended before the job finished (killed or crashed)")),
+    (re.compile(r"^its process \((?P<owner>.+)\) ended before the run finished \(killed or crashed\)$"),
+     N_("its process ({owner}) ended before the run finished (killed or crashed)")),
+    (re.compile(r"^timed out: jobs on this server may train for at most (?P<limit>\d+) s$"),
+     N_("timed out: jobs on this server may train for at most {limit} s")),
+    (re.compile(r"^the server was stopped \((?P<signal>\w+)\) while it trained$"),
+     N_("the server was stopped ({signal}) while it trained")),
+    (re.compile(r"^the worker was stopped \((?P<signal>\w+)\) while it trained$"),
+     N_("the worker was stopped ({signal}) while it trained")),
+]
+FIXED_REASONS = (N_("the server stopped (restarted or killed) while it trained"),)
+
+
+def reason_words(reason: str) -> str:
+    """A stored stop reason in the session's language: the app's fixed reasons are msgids, the
+    ones with a value inside (a process, a limit, a signal) are matched and worded here."""
+    for pattern, template in _REASONS:
+        if m := pattern.match(str(reason)):
+            return _(template).format(**m.groupdict())
+    return _(reason) if reason else ""
+
+
 def words(column: pd.Series) -> pd.Series:
     """A column of status / pixels / experiment words in the session's language."""
     return column.map(lambda w: _(w) if isinstance(w, str) and w in WORDS else w)
@@ -209,7 +234,7 @@ def _status(view: JobView) -> None:
                    "momentum) and train again; what it did is kept on the Runs page.")
                  .format(time=duration(view.elapsed_s)), icon=":material/trending_up:")
     elif view.status in ("stopped", "interrupted"):
-        why = plain(_(view.stop_reason or view.status))  # the app's own reasons are msgids; others show as given
+        why = plain(reason_words(view.stop_reason or view.status))  # the app's own reasons are msgids; others show as given
         template = (_("Stopped ({why}) after {time}. Everything finished before that is kept, here and on the Runs "
                       "page.") if view.status == "stopped" else
                     _("Interrupted ({why}) after {time}. Everything finished before that is kept, here and on the "

@@ -8,7 +8,7 @@ from app_lib.lang import _, bound, ngettext, render_error
 from app_lib.shared import (init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy,
                             workspace)
 from app_lib.text import local_times, percent, plain
-from app_lib.widgets import COLUMNS, STOPPED_BY_YOU, csv_button, headers, label_words, table, words
+from app_lib.widgets import COLUMNS, STOPPED_BY_YOU, csv_button, headers, label_words, reason_words, table, words
 from mnist_lab.errors import StoreError
 
 SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
@@ -58,7 +58,7 @@ shown = shown.assign(inspect=[f"./inspect?run={r}{ws}" if r in kept else None fo
 started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
-                          stop_reason=shown["stop_reason"].fillna("").map(_), status=words(shown["status"]),
+                          stop_reason=shown["stop_reason"].fillna("").map(reason_words), status=words(shown["status"]),
                           experiment=words(shown["experiment"]), label=shown["label"].map(label_words)),
       hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),

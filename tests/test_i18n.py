@@ -317,3 +317,18 @@ def test_cli_help_and_errors_in_chinese(capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("error: Epochs must be 1 to")  # English again, argparse's too
     assert cli.main(["train", "--nope"]) == 2
     assert "unrecognized arguments: --nope" in capsys.readouterr().err
+
+
+def test_stored_stop_reasons_with_values_are_worded_in_chinese(monkeypatch):
+    """The worker and the store keep their reasons in English (data); the pages word them."""
+    import streamlit as st
+
+    from app_lib.widgets import reason_words
+
+    monkeypatch.setitem(st.session_state, "_lang", "zh_CN")
+    assert reason_words("the worker process (host:123) ended before the job finished (killed or crashed)") == \
+        "训练进程（host:123）在任务完成前结束了（被终止或崩溃）"
+    assert reason_words("timed out: jobs on this server may train for at most 600 s") == "超时：这个服务器上的任务最多只能训练 600 秒"
+    assert reason_words("the server was stopped (SIGTERM) while it trained") == "训练过程中服务器被停止了（SIGTERM）"
+    assert reason_words("stopped by you") == "由你停止" and reason_words("") == ""
+    assert reason_words("a reason someone wrote") == "a reason someone wrote"  # unknown: shown as given
