@@ -188,7 +188,7 @@ struct BackwardBlock {
   int n_slots;             // registers per channel's weight gradient: cin * k * kv
   std::vector<int> slot_in;  // per register: its kernel row's offset in the block input, from the patch corner
   int kp;                  // a weight row for the input gradient: cin * k * k rounded up to kChunk
-  int64_t w_off, b_off;    // where this block's weight and bias gradients sit in a thread's sums
+  int64_t w_off, b_off;    // where this block's weight and bias gradients sit in a run's sums
   std::vector<float> wpad; // (cout, kp) weights, zero-padded rows
   v8i mask[2];             // lanes < k of the first and second kLanes of a kernel row (all ones)
   void init(const Block& b, const float* w, int64_t offset) {
@@ -209,7 +209,7 @@ struct BackwardBlock {
       mask[1][l] = l + kLanes < b.k ? -1 : 0;
     }
   }
-  // the gradient of weight (co, ci, ky, kx) in a thread's sums
+  // the gradient of weight (co, ci, ky, kx) in a run's sums
   int64_t grad_at(const Block& b, int co, int ci, int ky, int kx) const {
     return w_off + (int64_t)co * n_slots * kLanes + ((ci * b.k + ky) * kv + kx / kLanes) * kLanes + kx % kLanes;
   }
@@ -338,6 +338,11 @@ void backward_block(const std::vector<Block>& blocks, const std::vector<Backward
         s.g_next[((int64_t)c * prev.po_h + y) * prev.po_w + x] = s.g_in[((int64_t)c * b.hp + y + p) * b.wp + x + p];
 }
 
+// Runs of images a backward sums separately: enough for up to kMaxChunks threads to share the
+// batch, at least kMinImages images each (each run's sums cost a buffer to clear and add).
+constexpr int kMaxChunks = 8, kMinImages = 4;
+int chunks(int n) { return std::max(1, std::min(kMaxChunks, n / kMinImages)); }
+
 // Inside a parallel region: every thread runs `allocate`; an out-of-memory is caught (an
 // exception must not leave the region) and marked in *failed. True when no thread failed, the
 // same answer for all, so the work-sharing loop after it is entered by all or by none.
@@ -364,7 +369,10 @@ extern "C" {
 // Floats of slack every buffer carries past its end: whole registers are read and written there.
 int conv_blocks_buffer_slack() { return 2 * kLanes; }
 
-// Floats of one thread's weight- and bias-gradient sums for a block (as BackwardBlock lays them
+// How many separately summed runs of images a backward of n images uses (native.py sizes by it).
+int conv_blocks_chunks(int n) { return chunks(n); }
+
+// Floats of one run's weight- and bias-gradient sums for a block (as BackwardBlock lays them
 // out: every kernel row padded to whole registers).
 int64_t conv_blocks_gradient_floats(int cin, int cout, int k) {
   const int kv = (k + kLanes - 1) / kLanes;
@@ -394,7 +402,7 @@ int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const
     {
       std::vector<float> z;  // conv outputs
       if (every_thread_allocated([&] { z.resize(z_max); }, &failed)) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)  // a thread the OS pauses holds up a few images, not half the batch
         for (int img = 0; img < n; ++img) {
           for (int i = 0; i < n_blocks; ++i) {
             const Block& b = blocks[i];
@@ -413,8 +421,9 @@ int conv_blocks_forward(int n, int n_blocks, const int* dims, const float* const
 }
 
 // Backward: grad_out (N, cout, po_h, po_w) of the last block -> grad_w[i], grad_b[i] (overwritten).
-// Each thread sums its images' gradients; the sums are added in thread order, so a given thread
-// count gives the same result every time.
+// The batch is cut into conv_blocks_chunks(n) fixed runs of images; each run's gradients are summed
+// on their own and the sums added in run order, so the result is the same for any thread count
+// (the trainer may change it between steps) and the runs go to whichever thread is free.
 int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* const* weights,
                          const float* const* bufs, const int32_t* const* wins, const float* grad_out,
                          float* const* grad_w, float* const* grad_b, int n_threads) {
@@ -426,21 +435,23 @@ int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* cons
       bb[i].init(blocks[i], weights[i], acc_total);
       acc_total = bb[i].b_off + blocks[i].cout;
     }
-    std::vector<std::vector<float>> sums(n_threads);  // each thread's gradient sums
+    const int n_chunks = chunks(n);
+    std::vector<std::vector<float>> sums(n_chunks);  // each run of images' gradient sums
+    for (auto& chunk : sums) chunk.assign(acc_total, 0.0f);
     int failed = 0;
 #pragma omp parallel num_threads(n_threads)
     {
-      const int t = omp_get_thread_num();
       std::unique_ptr<BackwardScratch> s;
       const Block& last = blocks[n_blocks - 1];
-      if (every_thread_allocated([&] { s = std::make_unique<BackwardScratch>(blocks, bb); sums[t].assign(acc_total, 0.0f); },
-                                 &failed)) {
-#pragma omp for schedule(static)
-        for (int img = 0; img < n; ++img) {
-          std::memcpy(s->g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
-          for (int i = n_blocks - 1; i >= 0; --i)
-            backward_block(blocks, bb, i, bufs[i] + img * blocks[i].in_size(),
-                           wins[i] + img * blocks[i].pooled_size(), sums[t].data(), *s);
+      if (every_thread_allocated([&] { s = std::make_unique<BackwardScratch>(blocks, bb); }, &failed)) {
+#pragma omp for schedule(dynamic, 1)
+        for (int c = 0; c < n_chunks; ++c) {
+          for (int img = (int64_t)c * n / n_chunks; img < (int64_t)(c + 1) * n / n_chunks; ++img) {
+            std::memcpy(s->g_next.data(), grad_out + img * last.pooled_size(), sizeof(float) * last.pooled_size());
+            for (int i = n_blocks - 1; i >= 0; --i)
+              backward_block(blocks, bb, i, bufs[i] + img * blocks[i].in_size(),
+                             wins[i] + img * blocks[i].pooled_size(), sums[c].data(), *s);
+          }
         }
       }
     }
@@ -454,13 +465,11 @@ int conv_blocks_backward(int n, int n_blocks, const int* dims, const float* cons
             for (int kx = 0; kx < b.k; ++kx, ++dst) {
               const int64_t at = bb[i].grad_at(b, co, ci, ky, kx);
               *dst = 0.0f;
-              for (int t = 0; t < n_threads; ++t)
-                if (!sums[t].empty()) *dst += sums[t][at];  // empty: a thread OpenMP did not start
+              for (int c = 0; c < n_chunks; ++c) *dst += sums[c][at];
             }
       for (int j = 0; j < b.cout; ++j) {
         grad_b[i][j] = 0.0f;
-        for (int t = 0; t < n_threads; ++t)
-          if (!sums[t].empty()) grad_b[i][j] += sums[t][bb[i].b_off + j];
+        for (int c = 0; c < n_chunks; ++c) grad_b[i][j] += sums[c][bb[i].b_off + j];
       }
     }
     return 0;

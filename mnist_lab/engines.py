@@ -1,10 +1,11 @@
 """The engines: the reference training step (`PlainStep`), the small `Stepper` interface every
-fast path implements (fast.GraphStep, stacked.StackedStep; cpu-native is the plain step over its
+fast path implements (fast.GraphStep, stacked.StackedStep; NativeStep, the plain step over the
 C++ conv blocks), per-batch augmentation, and ONE registry that says which engine can run a
 config and, if not, why. train.py's loop drives whichever stepper the registry gives it.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -59,6 +60,27 @@ class PlainStep:
         self.optimizer.step()
         self.losses[self.at] = loss.detach()
         self.at += 1
+
+
+class NativeStep(PlainStep):
+    """The reference step over the C++ conv blocks (native.NativeCNN). Their results are the same for
+    any number of kernel threads, so a ThreadGovernor picks that number step by step (fewer while
+    another program takes cores); PyTorch's part of the step (the FC layers, the loss, SGD) runs on
+    one thread, which keeps a run's losses independent of the machine's thread count."""
+
+    def __init__(self, model, *args, **kwargs):
+        from .threads import ThreadGovernor
+
+        super().__init__(model, *args, **kwargs)
+        self.governor = ThreadGovernor(model.blocks.set_threads, model.blocks.threads)
+
+    def step(self, i: int) -> None:
+        from .threads import one_torch_thread
+
+        t0 = time.perf_counter()
+        with one_torch_thread():
+            super().step(i)
+        self.governor.after_step(time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------ augmentation
@@ -172,7 +194,7 @@ def _prepare_native(model_cfg, train_cfg, x_train, y_train, losses) -> Prepared:
     net = init_model(model_cfg, train_cfg.seed, x_train.device)
     model = NativeCNN(net, model_cfg)  # its kernels read NCHW, so the data stays NCHW
     augment = Augment(x_train, train_cfg.seed) if train_cfg.augment else None
-    step = PlainStep(model, make_optimizer(model, train_cfg), x_train, y_train, train_cfg.batch_size, losses, augment)
+    step = NativeStep(model, make_optimizer(model, train_cfg), x_train, y_train, train_cfg.batch_size, losses, augment)
     return Prepared(model, step, model.model)
 
 

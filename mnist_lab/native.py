@@ -26,10 +26,11 @@ from torch import nn
 
 from .data import default_cache_dir
 from .models import ModelConfig, plain_conv_padding
+from .threads import one_torch_thread
 
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
-SCRATCH_LIMIT = 256 * 2**20  # bytes of gradient sums (all threads together) beyond which a network trains on the plain loop
+SCRATCH_LIMIT = 256 * 2**20  # bytes of gradient sums (all runs of images together) beyond which a network trains on the plain loop
 
 
 class NativeUnavailable(RuntimeError):
@@ -141,6 +142,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.conv_blocks_buffer_slack.restype = c_int
     lib.conv_blocks_gradient_floats.argtypes = [c_int, c_int, c_int]
     lib.conv_blocks_gradient_floats.restype = ctypes.c_int64
+    lib.conv_blocks_chunks.argtypes = [c_int]
+    lib.conv_blocks_chunks.restype = c_int
     return lib
 
 
@@ -261,8 +264,9 @@ def native_unsupported(model_cfg: ModelConfig, device: torch.device) -> str | No
         lib = load_library()
     except NativeUnavailable as e:
         return str(e)
-    scratch = 4 * torch.get_num_threads() * sum(lib.conv_blocks_gradient_floats(c.in_channels, c.out_channels,
-                                                                                c.kernel_size[0]) for c in convs)
+    most_chunks = lib.conv_blocks_chunks(2**30)  # a big batch's separately summed runs of images
+    scratch = 4 * most_chunks * sum(lib.conv_blocks_gradient_floats(c.in_channels, c.out_channels, c.kernel_size[0])
+                                    for c in convs)
     if scratch > SCRATCH_LIMIT:
         return (f"the network is too big for the CPU kernels ({scratch / 2**20:.0f} MiB of gradient sums per step, "
                 f"more than {SCRATCH_LIMIT // 2**20} MiB)")
@@ -302,7 +306,11 @@ class ConvBlocks:
             c, size = conv.out_channels, (size + 2 * p - k + 1) // 2
         self.dims = (ctypes.c_int * (6 * len(self.blocks)))(*[d for b in self.blocks for d in b])
         self.buffers: _Buffers | None = None
+        self.threads = torch.get_num_threads()  # the kernels' threads: any count gives the same results
         self.generation = 0  # forward calls so far: a backward must belong to the latest
+
+    def set_threads(self, n: int) -> None:
+        self.threads = max(1, int(n))
 
     def _buffers(self, n: int) -> _Buffers:
         if self.buffers is None or self.buffers.capacity < n:
@@ -323,7 +331,7 @@ class ConvBlocks:
         weights = [conv.weight.detach().contiguous() for conv in self.convs]
         biases = [conv.bias.detach().contiguous() for conv in self.convs]
         _check(self.lib.conv_blocks_forward(n, len(self.blocks), self.dims, _ptrs(weights), _ptrs(biases),
-                                            buf.act_ptrs, buf.win_ptrs, torch.get_num_threads()))
+                                            buf.act_ptrs, buf.win_ptrs, self.threads))
         self.generation += 1
         c, h, w = buf.last_shape
         return buf.acts[-1][:n * c * h * w].view(n, c, h, w).clone()
@@ -340,7 +348,7 @@ class ConvBlocks:
         grad = grad.contiguous()
         _check(self.lib.conv_blocks_backward(n, len(self.blocks), self.dims, _ptrs(weights), buf.act_ptrs,
                                              buf.win_ptrs, grad.data_ptr(), _ptrs(grads_w), _ptrs(grads_b),
-                                             torch.get_num_threads()))
+                                             self.threads))
         return [g for pair in zip(grads_w, grads_b) for g in pair]
 
 
@@ -386,8 +394,9 @@ class NativeCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = [t for conv in self.blocks.convs for t in (conv.weight, conv.bias)]
         out = _ConvBlocksFn.apply(x, self.blocks, *params)
-        for layer in self._head:
-            out = layer(out)
+        with one_torch_thread():  # the same results for any thread count (the blocks' are too)
+            for layer in self._head:
+                out = layer(out)
         return out
 
 

@@ -259,3 +259,47 @@ def test_the_cache_key_holds_the_cpu_and_the_compiler(monkeypatch):
     other_compiler = native.library_path("g++")
     monkeypatch.setattr(native, "cpu_identity", lambda: "another CPU")
     assert len({here, other_compiler, native.library_path("g++")}) == 3
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("name", ["lab5", "same-k7-3-blocks"])
+def test_the_gradients_are_the_same_for_any_thread_count(tiny_data, name):
+    """Fixed runs of images are summed apart and added in order, whoever computes them: the
+    trainer may change the kernels' thread count between steps without changing a result."""
+    model_cfg = NETS[name]
+    torch.manual_seed(0)
+    fast = native.NativeCNN(build_model(model_cfg), model_cfg)
+    x, y = images(65, model_cfg, tiny_data.x_train), tiny_data.y_train[:65]
+    grads = {}
+    for n in (1, 2, 3, 5):
+        fast.blocks.set_threads(n)
+        fast.zero_grad()
+        F.cross_entropy(fast(x), y).backward()
+        grads[n] = [p.grad.clone() for p in fast.parameters()]
+    for n in (2, 3, 5):
+        assert all(torch.equal(a, b) for a, b in zip(grads[1], grads[n])), f"{n} threads"
+
+
+@pytest.mark.native
+def test_a_run_trains_the_same_whatever_the_threads_do(tiny_data, monkeypatch):
+    """Losses bit for bit: with PyTorch on 1 or 2 threads, and with the governor changing the
+    kernels' count every few steps."""
+    from mnist_lab import threads
+
+    cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", engine="cpu-native")
+    threads_before = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(train(LAB5, cfg, tiny_data).losses)
+        changes = []
+        monkeypatch.setattr(threads, "WINDOW_S", 0.0)  # decide after every step
+        monkeypatch.setattr(threads.ThreadGovernor, "_decide",
+                            lambda self: (changes.append(self.n), self._use(1 + self.n % 2)))
+        runs.append(train(LAB5, cfg, tiny_data).losses)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert len(changes) >= 10
+    assert runs[0] == runs[1] == runs[2]
+    assert len(runs[0]) == -(-len(tiny_data.x_train) // 32)
