@@ -20,7 +20,7 @@ from .text import percent, plain
 from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
-QUEUED_POLL_S = 3.0  # a queued job only moves up the queue: every refresh costs its browser a redraw
+QUEUED_POLL_S = 3.0  # a job with others ahead only moves up the queue: every refresh costs its browser a redraw
 STOPPED_BY_YOU = N_("stopped by you")  # a stop reason the store keeps in English; shown through _()
 # The reasons the app and the CLI store (in English, as data), as msgids: the Runs page shows them via _().
 STOP_REASONS = (STOPPED_BY_YOU, N_("stopped with Ctrl-C"), N_("aborted with a second Ctrl-C"), N_("stopped"),
@@ -141,6 +141,19 @@ def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> N
     st.dataframe(headers(frame), column_config=config, **kwargs)
 
 
+def light_table(frame: pd.DataFrame) -> None:
+    """A small table as Markdown, headers in the session's language: what a live panel shows, where
+    a first data grid (or a second chart) cost the browser 2-3 s of a core to draw beside a
+    training run on the same CPU (docs/BENCHMARKS.md)."""
+    def cell(value) -> str:  # plain() escapes every '|' inside a cell
+        return plain(f"{value:.4g}" if isinstance(value, float) else value)
+
+    shown = headers(frame)
+    lines = ["| " + " | ".join(cell(c) for c in shown.columns) + " |", "|" + " --- |" * len(shown.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    st.markdown("\n".join(lines))
+
+
 def mean_sd(mean: float, sd: float, n: int, diverged: int = 0) -> str:
     """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
     '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean."""
@@ -252,8 +265,10 @@ def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
         return
     polling = first.active
     queued = first.status == "queued"
+    # next in line: it starts once the device is free (the worker looks every 0.25 s); look as often as when running
+    waiting = queued and first.position > 1
 
-    @st.fragment(run_every=(QUEUED_POLL_S if queued else POLL_S) if polling else None)
+    @st.fragment(run_every=(QUEUED_POLL_S if waiting else POLL_S) if polling else None)
     def panel() -> None:
         if polling:
             result_store().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever

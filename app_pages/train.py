@@ -11,7 +11,7 @@ from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel,
-                             layer_table, live_losses, refusal, start_job, table)
+                             layer_table, light_table, live_losses, refusal, start_job, table)
 from mnist_lab.data import MNIST, NORMALIZATIONS, normalization
 from mnist_lab.errors import StoreError
 from mnist_lab.jobs import JobSpec
@@ -153,9 +153,13 @@ def draw(view) -> None:
         shown = epochs.assign(test_acc=(100 * epochs["test_acc"]).map("{:.2f}%".format),
                               seconds=epochs["seconds"].round(1)).drop(columns="run_id")
         st.metric(_("Test accuracy after epoch {n}").format(n=int(last["epoch"])), f"{100 * last['test_acc']:.2f}%")
-        table(shown.rename(columns={"test_acc": "test_accuracy"}), hide_index=True, width="stretch")
-        if len(epochs) > 1:
-            st.plotly_chart(accuracy_figure(epochs[["epoch", "test_acc"]], _=_), key="train_accuracy_chart")
+        shown = shown.rename(columns={"test_acc": "test_accuracy"})
+        if view.active:  # light while it trains: the grid and the accuracy chart come when it ends
+            light_table(shown)
+        else:
+            table(shown, hide_index=True, width="stretch")
+            if len(epochs) > 1:
+                st.plotly_chart(accuracy_figure(epochs[["epoch", "test_acc"]], _=_), key="train_accuracy_chart")
     if not view.active:
         row = store.runs(ids)
         if len(row):

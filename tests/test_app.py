@@ -225,6 +225,29 @@ def test_touching_widgets_leaves_a_running_job_alone_and_stop_keeps_its_results(
     assert "iterations.csv" in downloads(at)
 
 
+def test_while_it_trains_the_epochs_are_a_light_table_and_the_grid_comes_at_the_end():
+    """A first data grid or a second chart costs a browser on the same CPU seconds to draw: the
+    live panel shows each finished epoch as Markdown, the full table and accuracy chart at the end."""
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "60000", "epochs": "20"})
+    at.button(key="train_go_btn").click().run()
+    job_id = at.session_state["_train_job"]
+    runner = StoreRunner(ResultStore(os.environ[DB_ENV]))
+    deadline = time.monotonic() + 120
+    while not runner.poll(job_id).runs or runner.poll(job_id).runs[0].epochs_done < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    at.run()
+    assert job_of(at, "train").active
+    epoch_rows = [m.value for m in at.markdown if m.value.startswith("| epoch |")]
+    assert len(epoch_rows) == 1 and "\n| 1 |" in epoch_rows[0] and "%" in epoch_rows[0]
+    assert len(at.get("plotly_chart")) == 1 and not [d for d in at.dataframe if "epoch" in d.value.columns]
+    at.button(key="train_stop_btn").click().run()
+    runner.wait(job_id, timeout=60)
+    at.run()
+    assert not [m for m in at.markdown if m.value.startswith("| epoch |")]
+    assert [d for d in at.dataframe if "epoch" in d.value.columns]
+
+
 def test_a_refreshed_page_finds_its_job_again():
     """A refresh is a new session: the page finds the workspace's newest job of its kind."""
     at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "1"})
