@@ -277,8 +277,8 @@ def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
         if view is None:
             st.info(_("This job is no longer in the store."))
             return
-        if (polling and not view.active) or (queued and view.status != "queued"):
-            st.rerun()  # ended (or started): one full run redraws the page with the right timer
+        if (polling and not view.active) or (waiting and (view.status != "queued" or view.position <= 1)):
+            st.rerun()  # ended, or no longer waiting behind others: one full run redraws the page with the right timer
         _status(view)
         draw(view)
 
