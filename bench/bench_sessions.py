@@ -13,7 +13,8 @@ Measures, in one run:
   median of the 1-session runs; `--trials` rounds of both, interleaved;
 - the server process's CPU (% of one core) and RSS while N sessions poll their jobs;
 - `--many` sessions polling queued jobs: every page shows its own queue position, every job ends;
-- refresh mid-run (once per trial): seconds until the reloaded page shows the job again; Stop: seconds until the
+- refresh mid-run (once per trial, while the Tiny FC net trains on the plain engine and while
+  Lab-5 trains on cpu-native): seconds until the reloaded page shows the job again; Stop: seconds until the
   run is 'stopped' in the store;
 - a Lab-5 epoch through the app's worker (no browser) against the CLI's, same run, same machine.
 """
@@ -128,11 +129,15 @@ def many(browser, n: int, tmp: Path, env: dict) -> dict:
         server.stop()
 
 
-def refresh_and_stop(browser, tmp: Path, env: dict, tag: str = "") -> dict:
+REFRESH_JOBS = {"Tiny FC, plain engine": "preset=tiny-fc&train_limit=60000&epochs=20",
+                "Lab-5, cpu-native": "preset=lab5&train_limit=60000&epochs=20"}
+
+
+def refresh_and_stop(browser, tmp: Path, env: dict, tag: str = "", query: str = REFRESH_JOBS["Tiny FC, plain engine"]) -> dict:
     server = AppServer(tmp / f"refresh{tag}.sqlite", tmp / f"refresh{tag}.log", env=env).start()
     try:
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        page.goto(f"{server.url}/train?preset=tiny-fc&train_limit=60000&epochs=20")
+        page.goto(f"{server.url}/train?{query}")
         page.get_by_role("button", name="Train", exact=True).click()
         page.get_by_text(PROGRESS).first.wait_for(timeout=90_000)
         time.sleep(2)
@@ -233,11 +238,12 @@ def main() -> None:
             print(f"{args.many} sessions polling: queue positions shown {m['positions']}, jobs "
                   f"{dict((s, m['statuses'].count(s)) for s in set(m['statuses']))}, server CPU {m['cpu']:.1f}% "
                   f"of a core, RSS {m['rss']:.0f} MiB")
-        rs = [refresh_and_stop(browser, tmp, env, tag=str(t)) for t in range(args.trials)]
-        reattach = ", ".join(f"{r['reattach']:.2f}" for r in rs)
-        stops = ", ".join(f"{r['stop']:.2f}" for r in rs)
-        print(f"refresh mid-run reattached in {reattach} s (median {statistics.median(r['reattach'] for r in rs):.2f}); "
-              f"Stop honoured in {stops} s")
+        for name, query in REFRESH_JOBS.items():
+            rs = [refresh_and_stop(browser, tmp, env, tag=f"{name[:4]}{t}", query=query) for t in range(args.trials)]
+            reattach = ", ".join(f"{r['reattach']:.2f}" for r in rs)
+            stops = ", ".join(f"{r['stop']:.2f}" for r in rs)
+            print(f"refresh mid-run ({name}) reattached in {reattach} s (median "
+                  f"{statistics.median(r['reattach'] for r in rs):.2f}); Stop honoured in {stops} s")
         browser.close()
         c = app_vs_cli(tmp, args.epochs)
         ratio = statistics.median(c["app"]) / statistics.median(c["cli"])
