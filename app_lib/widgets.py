@@ -141,19 +141,6 @@ def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> N
     st.dataframe(headers(frame), column_config=config, **kwargs)
 
 
-def light_table(frame: pd.DataFrame) -> None:
-    """A small table as Markdown, headers in the session's language: what a live panel shows, where
-    a first data grid (or a second chart) cost the browser 2-3 s of a core to draw beside a
-    training run on the same CPU (docs/BENCHMARKS.md)."""
-    def cell(value) -> str:  # plain() escapes every '|' inside a cell
-        return plain(f"{value:.4g}" if isinstance(value, float) else value)
-
-    shown = headers(frame)
-    lines = ["| " + " | ".join(cell(c) for c in shown.columns) + " |", "|" + " --- |" * len(shown.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    st.markdown("\n".join(lines))
-
-
 def mean_sd(mean: float, sd: float, n: int, diverged: int = 0) -> str:
     """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
     '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean."""

@@ -10,8 +10,8 @@ from app_lib.forms import (BATCH_SIZES, SLIDER_PRESETS, SUBSETS, build_data_cfg,
 from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
 from app_lib.text import plain
-from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel,
-                             layer_table, light_table, live_losses, refusal, start_job, table)
+from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, headers, job_active,
+                             job_panel, layer_table, live_losses, refusal, start_job, table)
 from mnist_lab.data import MNIST, NORMALIZATIONS, normalization
 from mnist_lab.errors import StoreError
 from mnist_lab.jobs import JobSpec
@@ -154,8 +154,9 @@ def draw(view) -> None:
                               seconds=epochs["seconds"].round(1)).drop(columns="run_id")
         st.metric(_("Test accuracy after epoch {n}").format(n=int(last["epoch"])), f"{100 * last['test_acc']:.2f}%")
         shown = shown.rename(columns={"test_acc": "test_accuracy"})
-        if view.active:  # light while it trains: the grid and the accuracy chart come when it ends
-            light_table(shown)
+        if view.active:  # a static table while it trains: a first data grid or a second chart cost a
+            # browser on the same CPU 2-3 s of a core to draw (docs/BENCHMARKS.md); both come when it ends
+            st.table(headers(shown.set_index("epoch").round(4)))
         else:
             table(shown, hide_index=True, width="stretch")
             if len(epochs) > 1:

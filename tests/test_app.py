@@ -225,9 +225,9 @@ def test_touching_widgets_leaves_a_running_job_alone_and_stop_keeps_its_results(
     assert "iterations.csv" in downloads(at)
 
 
-def test_while_it_trains_the_epochs_are_a_light_table_and_the_grid_comes_at_the_end():
+def test_while_it_trains_the_epochs_are_a_static_table_and_the_grid_comes_at_the_end():
     """A first data grid or a second chart costs a browser on the same CPU seconds to draw: the
-    live panel shows each finished epoch as Markdown, the full table and accuracy chart at the end."""
+    live panel shows the finished epochs as a static table, the data grid and accuracy chart at the end."""
     at = open_page("train", query={"preset": "tiny-fc", "train_limit": "60000", "epochs": "20"})
     at.button(key="train_go_btn").click().run()
     job_id = at.session_state["_train_job"]
@@ -238,13 +238,13 @@ def test_while_it_trains_the_epochs_are_a_light_table_and_the_grid_comes_at_the_
         time.sleep(0.2)
     at.run()
     assert job_of(at, "train").active
-    epoch_rows = [m.value for m in at.markdown if m.value.startswith("| epoch |")]
-    assert len(epoch_rows) == 1 and "\n| 1 |" in epoch_rows[0] and "%" in epoch_rows[0]
+    epoch_rows = [t.value for t in at.table if t.value.index.name == "epoch"]
+    assert len(epoch_rows) == 1 and 1 in epoch_rows[0].index and epoch_rows[0]["test accuracy"].str.endswith("%").all()
     assert len(at.get("plotly_chart")) == 1 and not [d for d in at.dataframe if "epoch" in d.value.columns]
     at.button(key="train_stop_btn").click().run()
     runner.wait(job_id, timeout=60)
     at.run()
-    assert not [m for m in at.markdown if m.value.startswith("| epoch |")]
+    assert not [t for t in at.table if t.value.index.name == "epoch"]
     assert [d for d in at.dataframe if "epoch" in d.value.columns]
 
 
