@@ -168,22 +168,25 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
     return job_id
 
 
-def page_job(kind: str) -> JobView | None:
+def page_job(kind: str, shows: Callable[[JobView], bool] | None = None) -> JobView | None:
     """The job this page shows: the one started here, else the workspace's newest of its kind,
-    so a refresh, a second tab or a reopened link finds a live or recent job again."""
+    so a refresh, a second tab or a reopened link finds a live or recent job again. With
+    `shows` (what the page's widgets pick, e.g. one lesson), a finished job it rejects gives way
+    to the newest one it accepts; a queued or running job is shown whatever is picked."""
     run = runner()
     job_id = st.session_state.get(f"_{kind}_job")
     view = run.poll(job_id) if job_id else None
-    if view is None or view.workspace != workspace():
-        newest = run.jobs(workspace(), kinds=(kind,), limit=1)
-        view = newest[0] if newest else None
+    if view is None or view.workspace != workspace() or not (shows is None or view.active or shows(view)):
+        live = run.jobs(workspace(), kinds=(kind,), active=True, limit=1)
+        recent = live or run.jobs(workspace(), kinds=(kind,), limit=20 if shows else 1)
+        view = next((v for v in recent if shows is None or v.active or shows(v)), None)
         if view is not None:
             st.session_state[f"_{kind}_job"] = view.id
     return view
 
 
-def job_active(kind: str) -> bool:
-    view = page_job(kind)
+def job_active(kind: str, shows: Callable[[JobView], bool] | None = None) -> bool:
+    view = page_job(kind, shows)
     return view is not None and view.active
 
 
@@ -244,10 +247,10 @@ def _status(view: JobView) -> None:
         st.error(_("The job failed: {error}").format(error=plain(view.error)))
 
 
-def job_panel(kind: str, draw: Callable[[JobView], None]) -> None:
-    """Status and `draw(view)` of the page's job, refreshed every POLL_S seconds from the store
-    while it is queued or running. Closing the tab stops nothing: the worker trains on."""
-    first = page_job(kind)
+def job_panel(kind: str, draw: Callable[[JobView], None], shows: Callable[[JobView], bool] | None = None) -> None:
+    """Status and `draw(view)` of the page's job (`page_job`), refreshed every POLL_S seconds
+    from the store while it is queued or running. Closing the tab stops nothing: the worker trains on."""
+    first = page_job(kind, shows)
     if first is None:
         return
     polling = first.active

@@ -81,7 +81,14 @@ if spec is not None and not problem:
     st.caption(_("{runs} runs, {epochs} epoch(s) each. Expected training time on this device: about {time}.")
                .format(runs=spec.runs_total(), epochs=spec.train.epochs, time=expected_time(spec)))
 mirror_query(values("w2_", DEFAULTS), DEFAULTS)
-busy = job_active("lesson")
+
+
+def picked(view) -> bool:
+    """A finished lesson job is shown under the lesson it ran, not under another one picked since."""
+    return view.spec is not None and view.spec.lesson is not None and view.spec.lesson.name == name
+
+
+busy = job_active("lesson", picked)
 if st.button(_("Run lesson"), type="primary", key="w2_go_btn", disabled=spec is None or bool(problem) or busy):
     if start_job("lesson", spec):
         st.rerun()
@@ -132,4 +139,4 @@ def draw(view) -> None:
     csv_button(table, f"lesson_{cfg.name}_runs.csv", label=_("Runs (CSV)"), key="w2_runs_csv_btn")
 
 
-job_panel("lesson", draw)
+job_panel("lesson", draw, picked)
