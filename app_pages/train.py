@@ -156,7 +156,8 @@ def draw(view) -> None:
         shown = shown.rename(columns={"test_acc": "test_accuracy"})
         if view.active:  # a static table while it trains: a first data grid or a second chart cost a
             # browser on the same CPU 2-3 s of a core to draw (docs/BENCHMARKS.md); both come when it ends
-            st.table(headers(shown.set_index("epoch").round(4).astype({"seconds": str})))  # '5.7', not '5.7000'
+            st.table(headers(shown.set_index("epoch").round(4).astype({"seconds": str})),  # "5.7", not "5.7000"
+                     hide_index=False)  # epochs 1..n would pass for a default index and be hidden
         else:
             table(shown, hide_index=True, width="stretch")
             if len(epochs) > 1:
