@@ -23,7 +23,11 @@ try:
 except StoreError as exc:
     st.error(plain(render_error(exc)), icon=":material/database:")
     st.stop()
-if server_policy().shared:  # no server path to a shared browser
+if server_policy().shared and run_scope() is not None:  # no server path to a shared browser
+    where = ngettext("{n} run of yours (other people's runs on this server are not shown)",
+                     "{n} runs of yours (other people's runs on this server are not shown)",
+                     len(runs)).format(n=f"{len(runs):,}")
+elif server_policy().shared:
     where = ngettext("{n} run on this server", "{n} runs on this server", len(runs)).format(n=f"{len(runs):,}")
 else:
     where = ngettext("{n} run in {path}", "{n} runs in {path}", len(runs)).format(n=f"{len(runs):,}",

@@ -400,9 +400,11 @@ def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_li
     runs = open_page("runs")
     assert any("No runs yet" in i.value for i in runs.info)  # not this session's
     assert not any(str(db) in c.value for c in runs.caption)  # no server path in shared mode
+    assert any("0 runs of yours (other people's runs on this server are not shown)" in c.value for c in runs.caption)
     again = open_page("runs", query={"ws": "someone-else-entirely"})  # its owner's link
     assert len(again.multiselect(key="runs_selected").value) == 1
     assert not any("belong to someone else" in c.value for c in again.caption)
+    assert any(c.value.startswith("1 run of yours") for c in again.caption)
 
 
 def test_runs_page_stops_a_run_trained_elsewhere_and_shows_why(db, tiny_data):
