@@ -159,7 +159,8 @@ def draw(view) -> None:
             st.table(headers(shown.set_index("epoch").round(4).astype({"seconds": str})),  # "5.7", not "5.7000"
                      hide_index=False)  # epochs 1..n would pass for a default index and be hidden
         else:
-            table(shown, hide_index=True, width="stretch")
+            table(shown, hide_index=True, width="stretch",
+                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("train_loss", "test_loss")})
             if len(epochs) > 1:
                 st.plotly_chart(accuracy_figure(epochs[["epoch", "test_acc"]], _=_), key="train_accuracy_chart")
     if not view.active:
