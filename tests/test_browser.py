@@ -188,7 +188,7 @@ def test_two_workspaces_in_shared_mode_neither_see_nor_stop_each_other(shared_se
     store = ResultStore(shared_server.db)
     assert store.runs()["status"].item() == "running"  # untouched by Bob
     alice.goto(f"{shared_server.url}/runs?ws={token}")
-    expect(alice.get_by_text("1 run on this server")).to_be_visible(timeout=30_000)
+    expect(alice.get_by_text(re.compile(r"^1 run of yours \(other people.s runs"))).to_be_visible(timeout=30_000)
     alice.goto(f"{shared_server.url}/train?ws={token}")
     wait_for_training(alice)  # her job, found again through her token
     page_stop(alice).click()
