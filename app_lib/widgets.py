@@ -173,13 +173,15 @@ def page_job(kind: str, shows: Callable[[JobView], bool] | None = None) -> JobVi
     so a refresh, a second tab or a reopened link finds a live or recent job again. With
     `shows` (what the page's widgets pick, e.g. one lesson), a finished job it rejects gives way
     to the newest one it accepts; a queued or running job is shown whatever is picked."""
+    def wanted(v: JobView) -> bool:
+        return shows is None or v.active or shows(v)
+
     run = runner()
     job_id = st.session_state.get(f"_{kind}_job")
     view = run.poll(job_id) if job_id else None
-    if view is None or view.workspace != workspace() or not (shows is None or view.active or shows(view)):
-        live = run.jobs(workspace(), kinds=(kind,), active=True, limit=1)
-        recent = live or run.jobs(workspace(), kinds=(kind,), limit=20 if shows else 1)
-        view = next((v for v in recent if shows is None or v.active or shows(v)), None)
+    if view is None or view.workspace != workspace() or not wanted(view):
+        # newest first; a workspace's jobs run in order, so its queued and running ones lead
+        view = next(filter(wanted, run.jobs(workspace(), kinds=(kind,), limit=20 if shows else 1)), None)
         if view is not None:
             st.session_state[f"_{kind}_job"] = view.id
     return view

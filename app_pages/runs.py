@@ -19,11 +19,12 @@ st.title(_("Runs"))
 try:
     store = result_store()
     store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
-    runs = store.visible_runs(run_scope())
+    scope = run_scope()  # None: every run; else this session's own workspace (shared mode)
+    runs = store.visible_runs(scope)
 except StoreError as exc:
     st.error(plain(render_error(exc)), icon=":material/database:")
     st.stop()
-if server_policy().shared and run_scope() is not None:  # no server path to a shared browser
+if scope is not None:  # no server path to a shared browser
     where = ngettext("{n} run of yours (other people's runs on this server are not shown)",
                      "{n} runs of yours (other people's runs on this server are not shown)",
                      len(runs)).format(n=f"{len(runs):,}")

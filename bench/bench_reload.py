@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer, free_port  # noqa: E402
+from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer  # noqa: E402
 from bench_sessions import PROGRESS, REFRESH_JOBS  # noqa: E402
 
 LINE = ".js-plotly-plot .scatterlayer path.js-line"
@@ -36,8 +35,11 @@ window.__tl = {}; window.__ws = [];
 const marks = {title: '[data-testid="stMainBlockContainer"] h1',
                shell: '[data-testid="stApp"]', chart: '.js-plotly-plot .scatterlayer path.js-line'};
 const look = () => {
-  for (const [k, s] of Object.entries(marks)) if (!(k in window.__tl) && document.querySelector(s)) window.__tl[k] = performance.now();
-  if (!('progress' in window.__tl) && document.body && /step [\d,]+ of/.test(document.body.innerText)) window.__tl.progress = performance.now();
+  const now = performance.now();
+  for (const [k, s] of Object.entries(marks)) if (!(k in window.__tl) && document.querySelector(s)) window.__tl[k] = now;
+  if (!('progress' in window.__tl) && document.body && /step [\d,]+ of/.test(document.body.innerText)) {
+    window.__tl.progress = now;
+  }
 };
 new MutationObserver(look).observe(document, {subtree: true, childList: true});
 const Native = window.WebSocket;
@@ -104,24 +106,13 @@ def train_page_reloads(browser, tmp: Path, reloads: int, query: str) -> list[dic
 def chart_reloads(browser, tmp: Path, reloads: int) -> dict[str, list[float]]:
     app = tmp / "chart_app.py"
     app.write_text(CHART_APP)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    server = AppServer(tmp / "charts.sqlite", tmp / "charts.log", script=app).start()
     try:
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        url = f"http://127.0.0.1:{port}/?kind="
-        for _ in range(60):  # the server's first answer
-            try:
-                page.goto(url + "none", timeout=5_000)
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                time.sleep(0.5)
         times: dict[str, list[float]] = {k: [] for k in CHART_DRAWN}
         for r in range(reloads + 1):  # the first round warms the browser's caches and is not counted
             for kind, drawn in CHART_DRAWN.items():
-                page.goto(url + kind)
+                page.goto(f"{server.url}/?kind={kind}")
                 page.locator(drawn).first.wait_for(timeout=30_000)
                 time.sleep(0.5)
                 t0 = time.monotonic()
@@ -131,8 +122,7 @@ def chart_reloads(browser, tmp: Path, reloads: int) -> dict[str, list[float]]:
                     times[kind].append(time.monotonic() - t0)
         return times
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def main() -> None:

@@ -24,8 +24,9 @@ def free_port() -> int:
 
 
 class AppServer:
-    def __init__(self, db: Path, log: Path, env: dict[str, str] | None = None):
-        self.db, self.log, self.env = db, log, env or {}
+    def __init__(self, db: Path, log: Path, env: dict[str, str] | None = None,
+                 script: Path = ROOT / "streamlit_app.py"):
+        self.db, self.log, self.env, self.script = db, log, env or {}, script
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -33,7 +34,7 @@ class AppServer:
     def start(self, timeout: float = 90) -> "AppServer":
         out = open(self.log, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
+            [sys.executable, "-m", "streamlit", "run", str(self.script), "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
             cwd=ROOT, env={**os.environ, "MNIST_LAB_DB": str(self.db), **self.env}, stdout=out,
             stderr=subprocess.STDOUT)

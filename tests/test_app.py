@@ -238,9 +238,10 @@ def test_while_it_trains_the_epochs_are_a_static_table_and_the_grid_comes_at_the
         time.sleep(0.2)
     at.run()
     assert job_of(at, "train").active
-    epoch_rows = [t.value for t in at.table if t.value.index.name == "epoch"]
+    epoch_tables = [t for t in at.table if t.value.index.name == "epoch"]
+    epoch_rows = [t.value for t in epoch_tables]
     assert len(epoch_rows) == 1 and 1 in epoch_rows[0].index and epoch_rows[0]["test accuracy"].str.endswith("%").all()
-    assert not [t for t in at.table if t.value.index.name == "epoch"][0].proto.hide_index  # the browser shows the epochs
+    assert not epoch_tables[0].proto.hide_index  # the browser shows the epochs
     assert len(at.get("plotly_chart")) == 1 and not [d for d in at.dataframe if "epoch" in d.value.columns]
     at.button(key="train_stop_btn").click().run()
     runner.wait(job_id, timeout=60)
