@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from mnist_lab import i18n
 from mnist_lab.jobs import JobSpec, JobView
 from mnist_lab.models import ModelConfig, summarize
 from mnist_lab.policy import estimate_seconds
@@ -141,14 +142,9 @@ def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> N
     st.dataframe(headers(frame), column_config=config, **kwargs)
 
 
-def mean_sd(mean: float, sd: float, n: int, diverged: int = 0) -> str:
-    """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
-    '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean."""
-    text = (f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n > 1
-            else _("{acc} (1 run, no spread)").format(acc=f"{100 * mean:.2f}%"))
-    if diverged:
-        text = _("{text}, {n} diverged (not counted)").format(text=text, n=diverged)
-    return text
+def mean_sd_texts(summary: pd.DataFrame) -> list[str]:
+    """Each row's test accuracy over seeds in the session's language (`mnist_lab.i18n.mean_sd`)."""
+    return i18n.mean_sd_texts(summary, _)
 
 
 def start_job(kind: str, spec: JobSpec) -> str | None:

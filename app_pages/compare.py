@@ -11,7 +11,7 @@ from app_lib.lang import _, current, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_images, values
 from app_lib.text import plain
 from app_lib.widgets import (MEAN_SD_HELP, SEED_HELP, csv_button, expected_time, headers, job_active, job_panel,
-                             live_runs, mean_sd, refusal, start_job, table, words)
+                             live_runs, mean_sd_texts, refusal, start_job, table, words)
 from mnist_lab.data import MNIST, DataConfig
 from mnist_lab.experiments import compare_default_train, compare_reading, compare_table, summarize_over_seeds
 from mnist_lab.jobs import JobSpec
@@ -91,8 +91,7 @@ def draw(view) -> None:
     if summary.empty:
         st.info(_("No run finished, so there is nothing to summarise."))
         return
-    shown = summary.assign(text=[mean_sd(m, s, n, d) for m, s, n, d in summary[["mean", "sd", "n", "diverged"]]
-                                 .itertuples(index=False)], pixels=words(summary["pixels"]))
+    shown = summary.assign(text=mean_sd_texts(summary), pixels=words(summary["pixels"]))
     grid = shown.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
     params = runs_table.groupby("model")["params"].first()
     a, b = st.columns([2, 3])

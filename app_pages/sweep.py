@@ -9,7 +9,7 @@ from app_lib.lang import _, ngettext, render_error
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (MEAN_SD_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel,
-                             live_runs, mean_sd, refusal, start_job, table, words)
+                             live_runs, mean_sd_texts, refusal, start_job, table, words)
 from mnist_lab.data import DataConfig
 from mnist_lab.experiments import summarize_over_seeds, sweep_table
 from mnist_lab.jobs import JobSpec
@@ -93,8 +93,7 @@ def draw(view) -> None:
     if summary.empty:
         st.info(_("No run finished all its epochs, so there is nothing to summarise."))
         return
-    summary = summary.assign(text=[mean_sd(m, s, n, d) for m, s, n, d in summary[["mean", "sd", "n", "diverged"]]
-                                   .itertuples(index=False)])
+    summary = summary.assign(text=mean_sd_texts(summary))
     a, b = st.columns(2)
     a.plotly_chart(error_line_figure(summary, "conv_layers", "kernel_size", _("Test accuracy vs conv layers"), _=_),
                    key="sweep_depth_chart")

@@ -8,7 +8,8 @@ from app_lib.forms import SUBSETS
 from app_lib.lang import _, render_error
 from app_lib.shared import init_state, mirror_query, result_store, values
 from app_lib.text import plain
-from app_lib.widgets import csv_button, expected_time, job_active, job_panel, live_runs, refusal, start_job
+from app_lib.widgets import (csv_button, expected_time, job_active, job_panel, live_runs, mean_sd_texts, refusal,
+                             start_job)
 from mnist_lab.lessons import (LESSONS, LessonConfig, datasets_for, lesson_spec, lesson_table, plan, read_lesson,
                                summarize_lesson, unavailable)
 from mnist_lab.models import count_params, describe
@@ -120,7 +121,7 @@ def draw(view) -> None:
     if summary.empty:
         st.info(_("No run finished, so there is nothing to summarise."))
         return
-    shown_summary = summary.assign(variant=[_(v) for v in summary["variant"]])
+    shown_summary = summary.assign(variant=[_(v) for v in summary["variant"]], text=mean_sd_texts(summary))
     a, b = st.columns(2)
     a.plotly_chart(lesson_figure(shown_summary, "test_acc", _("Test accuracy, mean ± sd over seeds"),
                                  _("test accuracy (%)")), key="w2_acc_chart")

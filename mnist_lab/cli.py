@@ -279,6 +279,7 @@ def cmd_sweep(args) -> int:
     finally:
         bar.close()
     summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
+    summary = summary.assign(text=i18n.mean_sd_texts(summary, _))
     print(summary[["conv_layers", "kernel_size", "hidden_units", "n", "diverged", "text"]]
           .rename(columns={"text": _("test accuracy (mean ± sd)")}).to_string(index=False))
     _export(store, args.out, list(result.table["run_id"]), {"sweep": result.table})
@@ -299,7 +300,8 @@ def cmd_compare(args) -> int:
                             args.cancel, on_progress=bar)
     finally:
         bar.close()
-    pivot = result.summary.pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"])
+    pivot = (result.summary.assign(text=i18n.mean_sd_texts(result.summary, _))
+             .pivot(index="model", columns="pixels", values="text").reindex(["FC", "CNN"]))
     print(_("test accuracy, mean ± sd over {n} seed(s):").format(n=compare.seeds))
     print(pivot.to_string())
     print(read_compare(result.summary, LANG))

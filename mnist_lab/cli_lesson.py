@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DataUnavailableError
-from .i18n import resolve_lang, translator
+from .i18n import mean_sd_texts, resolve_lang, translator
 from .lessons import LESSONS, LessonConfig, datasets_for, lesson_spec, plan, unavailable
 from .store import default_db_path
 from .train import ENGINES
@@ -93,7 +93,8 @@ def cmd_lesson(args) -> int:
         return EXIT_BAD_INPUT
     finally:
         bar.close()
-    table = result.summary.assign(variant=[_(v) for v in result.summary["variant"]])
+    table = result.summary.assign(variant=[_(v) for v in result.summary["variant"]],
+                                  text=mean_sd_texts(result.summary, _))
     columns = {"variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"),
                "params": _("parameters"), "seconds": _("seconds per run")}
     if "iterations" in lesson.metrics:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .data import DataConfig, TensorData, check_model_fits, prepare_data
 from .errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
-from .i18n import N_, Message, render
+from .i18n import N_, Message, mean_sd_texts, render
 from .models import (KERNEL_RANGE, MAX_CHANNELS, MAX_CONV_BLOCKS, MAX_WIDTH, PRESETS, ModelConfig, cnn_config,
                      count_params, describe, match_fc_width)
 from .store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
@@ -382,9 +382,7 @@ def summarize_over_seeds(table: pd.DataFrame, by: list[str], value: str = "test_
                            for key in out[by].itertuples(index=False, name=None)]
     else:
         out["diverged"] = 0
-    out["text"] = [(f"{100 * m:.2f}% ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}% (1 run, no spread)")
-                   + (f", {d} diverged (not counted)" if d else "")
-                   for m, s, n, d in zip(out["mean"], out["sd"], out["n"], out["diverged"])]
+    out["text"] = mean_sd_texts(out)  # English; a page or the CLI words it again in its language
     return out
 
 

@@ -83,6 +83,23 @@ def number(x: float, digits: int = 3) -> str:
     return f"{x:,.{digits}f}"
 
 
+def mean_sd(mean: float, sd: float, n: int, diverged: int = 0, gettext=None) -> str:
+    """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
+    '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean.
+    Worded by `gettext` (English without one)."""
+    _ = gettext or (lambda s: s)
+    text = f"{pct(mean)} ± {100 * sd:.2f}" if n > 1 else _(N_("{acc} (1 run, no spread)")).format(acc=pct(mean))
+    if diverged:
+        text = _(N_("{text}, {n} diverged (not counted)")).format(text=text, n=diverged)
+    return text
+
+
+def mean_sd_texts(summary, gettext=None) -> list[str]:
+    """`mean_sd` of each row of a `summarize_over_seeds` frame (mean, sd, n, diverged)."""
+    return [mean_sd(m, s, n, d, gettext) for m, s, n, d in
+            summary[["mean", "sd", "n", "diverged"]].itertuples(index=False)]
+
+
 # ------------------------------------------------------------------------------ messages
 # Where pybabel and the catalog test find msgids: gettext's own names, the report's `say`/`para`,
 # `N_` (a msgid kept in a table), and the core's refusals, whose template is a positional argument

@@ -332,3 +332,19 @@ def test_stored_stop_reasons_with_values_are_worded_in_chinese(monkeypatch):
     assert reason_words("the server was stopped (SIGTERM) while it trained") == "训练过程中服务器被停止了（SIGTERM）"
     assert reason_words("stopped by you") == "由你停止" and reason_words("") == ""
     assert reason_words("a reason someone wrote") == "a reason someone wrote"  # unknown: shown as given
+
+
+def test_an_accuracy_over_seeds_is_worded_in_the_readers_language():
+    """The core's summaries carry English text; the pages and the CLI word mean ± sd again
+    through their own gettext (Week 2 and `lesson --lang zh` showed '(1 run, no spread)')."""
+    import pandas as pd
+
+    from mnist_lab.experiments import summarize_over_seeds
+
+    table = pd.DataFrame(dict(variant=["a", "a", "a", "a", "b"], test_acc=[0.98, 0.983, 0.9817, None, 0.1173],
+                              status=["finished"] * 3 + ["diverged", "finished"]))
+    summary = summarize_over_seeds(table, ["variant"])
+    assert list(summary["text"]) == i18n.mean_sd_texts(summary) == ["98.16% ± 0.15, 1 diverged (not counted)",
+                                                                   "11.73% (1 run, no spread)"]
+    assert i18n.mean_sd_texts(summary, i18n.translator("zh_CN").gettext) == ["98.16% ± 0.15，1 次发散（未计入）",
+                                                                            "11.73%（1 次运行，无离散程度）"]
