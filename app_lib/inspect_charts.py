@@ -22,7 +22,8 @@ def confusion_figure(counts: np.ndarray, names: list[str], normalized: bool, tit
     t, p = np.divmod(np.arange(k * k), k)
     # the markers take the hover and the click ("skip" would drop both events)
     fig.add_trace(go.Scatter(x=[names[i] for i in p], y=[names[i] for i in t], mode="markers",
-                             marker=dict(size=28, opacity=0.0, symbol="square"), text=[text[i][j] for i, j in zip(t, p)], showlegend=False,
+                             marker=dict(size=28, opacity=0.0, symbol="square"),
+                             text=[text[i][j] for i, j in zip(t, p)], showlegend=False,
                              hovertemplate=f"{y_title} %{{y}} → {x_title} %{{x}}: %{{text}}<extra></extra>"))
     fig.update_layout(**{**LAYOUT, "height": 480}, title=title, xaxis_title=x_title, yaxis_title=y_title,
                       clickmode="event+select", dragmode=False)

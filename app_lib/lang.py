@@ -13,7 +13,7 @@ Cheap per rerun: one session-state lookup and a cached catalog (mnist_lab/i18n.p
 English; see docs/I18N.md for adding one. No pages' words here beyond the picker's label."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import streamlit as st
 

@@ -11,13 +11,14 @@ from typing import Any
 
 import streamlit as st
 
-from mnist_lab.data import DATASETS, MNIST, DataConfig, RawSplits, SampleGrid, load_raw, sample_grid
+from mnist_lab.data.datasets import DATASETS, MNIST, DataConfig, RawSplits, SampleGrid, load_raw, sample_grid
 from mnist_lab.i18n import N_
-from mnist_lab.jobs import StoreRunner
-from mnist_lab.policy import ServerPolicy
-from mnist_lab.store import LOCAL_WORKSPACE, ResultStore, default_db_path
-from mnist_lab.train import device_label, resolve_device, warm_up
-from mnist_lab.worker import spawn_worker
+from mnist_lab.paths import default_db_path
+from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
+from mnist_lab.service.jobs import StoreRunner
+from mnist_lab.service.policy import ServerPolicy
+from mnist_lab.service.worker import spawn_worker
+from mnist_lab.training.loop import device_label, resolve_device, warm_up
 
 from .lang import _, render_error
 from .text import plain
@@ -49,7 +50,7 @@ def runner() -> StoreRunner:
 
 
 @st.cache_resource
-def _spawned() -> dict:
+def spawned_workers() -> dict:
     return {}  # (database, slot) -> the worker Popen this server started
 
 
@@ -62,7 +63,7 @@ def ensure_workers() -> None:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     wanted = policy.workers or max(gpus, 1)
     live = {w["slot"] for w in store.live_workers()}
-    spawned = _spawned()
+    spawned = spawned_workers()
     idle = os.environ.get(WORKER_IDLE_ENV)
     for slot in range(wanted):
         key = (str(store.path), slot)

@@ -4,21 +4,21 @@ per-layer table, and the sidebar list of this workspace's jobs."""
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from mnist_lab import i18n
-from mnist_lab.jobs import JobSpec, JobView
-from mnist_lab.models import ModelConfig, summarize
-from mnist_lab.policy import estimate_seconds
+from mnist_lab.nets.models import ModelConfig, summarize
+from mnist_lab.service.jobs import JobSpec, JobView
+from mnist_lab.service.policy import estimate_seconds
 
 from .charts import loss_figure
 from .lang import N_, _, render_error
-from .text import percent, plain
 from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
+from .text import percent, plain
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
 QUEUED_POLL_S = 3.0  # a job with others ahead only moves up the queue: every refresh costs its browser a redraw
@@ -150,7 +150,7 @@ def mean_sd_texts(summary: pd.DataFrame) -> list[str]:
 def start_job(kind: str, spec: JobSpec) -> str | None:
     """Queue `spec` for this workspace; remember it as the page's job. A refusal (the server's
     limits, a full queue, a bad config) is shown as a message and nothing is queued."""
-    from mnist_lab.train import resolve_device
+    from mnist_lab.training.loop import resolve_device
 
     try:
         server_policy().check(spec, resolve_device(spec.train.device).type)
@@ -204,7 +204,7 @@ def duration(seconds: float | None) -> str:
 
 
 def expected_time(spec: JobSpec) -> str:
-    from mnist_lab.train import resolve_device
+    from mnist_lab.training.loop import resolve_device
 
     return duration(estimate_seconds(spec, resolve_device(spec.train.device).type))
 
@@ -235,7 +235,8 @@ def _status(view: JobView) -> None:
                    "momentum) and train again; what it did is kept on the Runs page.")
                  .format(time=duration(view.elapsed_s)), icon=":material/trending_up:")
     elif view.status in ("stopped", "interrupted"):
-        why = plain(reason_words(view.stop_reason or view.status))  # the app's own reasons are msgids; others show as given
+        # the app's own reasons are msgids; others show as given
+        why = plain(reason_words(view.stop_reason or view.status))
         template = (_("Stopped ({why}) after {time}. Everything finished before that is kept, here and on the Runs "
                       "page.") if view.status == "stopped" else
                     _("Interrupted ({why}) after {time}. Everything finished before that is kept, here and on the "

@@ -10,12 +10,25 @@ from app_lib.forms import SUBSETS, build_compare_cfg, data_limit
 from app_lib.lang import _, current, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, sample_images, values
 from app_lib.text import plain
-from app_lib.widgets import (MEAN_SD_HELP, SEED_HELP, csv_button, expected_time, headers, job_active, job_panel,
-                             live_runs, mean_sd_texts, refusal, start_job, table, words)
-from mnist_lab.data import MNIST, DataConfig
-from mnist_lab.experiments import compare_default_train, compare_reading, compare_table, summarize_over_seeds
-from mnist_lab.jobs import JobSpec
-from mnist_lab.models import count_params, describe
+from app_lib.widgets import (
+    MEAN_SD_HELP,
+    SEED_HELP,
+    csv_button,
+    expected_time,
+    headers,
+    job_active,
+    job_panel,
+    live_runs,
+    mean_sd_texts,
+    refusal,
+    start_job,
+    table,
+    words,
+)
+from mnist_lab.data.datasets import MNIST, DataConfig
+from mnist_lab.lab.experiments import compare_default_train, compare_reading, compare_table, summarize_over_seeds
+from mnist_lab.nets.models import count_params, describe
+from mnist_lab.service.jobs import JobSpec
 
 quick = quick_defaults()
 DEFAULTS = dict(layers=2, kernel=5, channels=6, double=False, hidden="50", seeds=quick["seeds"], epochs=1,

@@ -7,10 +7,10 @@ from app_lib.forms import preset_words
 from app_lib.lang import _
 from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits
 from app_lib.text import plain
-from mnist_lab.data import MNIST
 from app_lib.widgets import headers
-from mnist_lab.models import PRESETS, count_params
-from mnist_lab.native import kernel_state
+from mnist_lab.data.datasets import MNIST
+from mnist_lab.nets.models import PRESETS, count_params
+from mnist_lab.training.native import kernel_state
 
 st.title(_("MNIST CNN Lab"))
 intro, digits = st.columns([3, 2], gap="large")

@@ -17,9 +17,10 @@ from app_lib.lang import _, current
 from app_lib.shared import result_store, run_scope
 from app_lib.text import percent, plain
 from app_lib.widgets import label_words, table
-from mnist_lab import inspect_run as ir
 from mnist_lab.errors import StoreError
-from mnist_lab.export import export_zip
+from mnist_lab.lab import inspection as ir
+from mnist_lab.lab.export import export_zip
+
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def loaded(db: str, run_id: str) -> ir.LoadedRun:
@@ -153,7 +154,8 @@ def own_digit() -> None:
                 else _("what the network receives (normalised)")])
             with st.container(key=f"insp_top_{slot}"):  # top-3; the key marks it for the browser test and bench
                 st.markdown(" · ".join(f"**{plain(n)}** {p:.1%}" for _c, n, p in result.top))
-            st.plotly_chart(probability_figure(result.probs, ir.class_names(other.data_cfg, current()), labels[rid]), key=f"insp_p_{rid}")
+            st.plotly_chart(probability_figure(result.probs, ir.class_names(other.data_cfg, current()), labels[rid]),
+                            key=f"insp_p_{rid}")
 
 
 with tab_digit:
@@ -163,7 +165,8 @@ with tab_maps:
     filters = ir.first_layer_filters(run)  # (out, C, kh, kw)
     st.subheader(_("First layer's filters"))
     grid = tile(filters[:, 0], columns=min(len(filters), 16), scale=max(1, 48 // filters.shape[-1]))
-    st.image(grid, width=min(grid.shape[1], 1000), caption=_("{n} filters of {k}×{k} (channel 1)").format(n=len(filters), k=filters.shape[-1]))
+    st.image(grid, width=min(grid.shape[1], 1000),
+             caption=_("{n} filters of {k}×{k} (channel 1)").format(n=len(filters), k=filters.shape[-1]))
     source = st.radio(_("Image"), [_("a test image"), _("your drawing")], horizontal=True, key="insp_source",
                       disabled=st.session_state.get("insp_digit") is None)
     if source == _("your drawing") and st.session_state.get("insp_digit") is not None:

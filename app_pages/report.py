@@ -11,7 +11,7 @@ from app_lib.lang import N_, _, current
 from app_lib.shared import result_store, run_scope
 from app_lib.text import local_times
 from app_lib.widgets import label_words
-from mnist_lab.report import build_report, findings_json, to_docx, to_html, to_markdown_zip
+from mnist_lab.lab.report import build_report, findings_json, to_docx, to_html, to_markdown_zip
 
 MIME = {"report.html": "text/html", "report.docx": "application/vnd.openxmlformats-officedocument."
         "wordprocessingml.document", "report_md.zip": "application/zip", "findings.json": "application/json"}

@@ -5,8 +5,16 @@ import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
 from app_lib.lang import _, bound, ngettext, render_error
-from app_lib.shared import (init_state, may_change, mirror_query, result_store, run_scope, runner, server_policy,
-                            workspace)
+from app_lib.shared import (
+    init_state,
+    may_change,
+    mirror_query,
+    result_store,
+    run_scope,
+    runner,
+    server_policy,
+    workspace,
+)
 from app_lib.text import local_times, percent, plain
 from app_lib.widgets import COLUMNS, STOPPED_BY_YOU, csv_button, headers, label_words, reason_words, table, words
 from mnist_lab.errors import StoreError

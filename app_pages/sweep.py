@@ -8,13 +8,26 @@ from app_lib.forms import SUBSETS, build_sweep_cfg, data_limit
 from app_lib.lang import _, ngettext, render_error
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
 from app_lib.text import plain
-from app_lib.widgets import (MEAN_SD_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, job_active, job_panel,
-                             live_runs, mean_sd_texts, refusal, start_job, table, words)
-from mnist_lab.data import DataConfig
-from mnist_lab.experiments import summarize_over_seeds, sweep_table
-from mnist_lab.jobs import JobSpec
-from mnist_lab.models import count_params
-from mnist_lab.train import TrainConfig
+from app_lib.widgets import (
+    MEAN_SD_HELP,
+    PADDING_HELP,
+    SEED_HELP,
+    csv_button,
+    expected_time,
+    job_active,
+    job_panel,
+    live_runs,
+    mean_sd_texts,
+    refusal,
+    start_job,
+    table,
+    words,
+)
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.lab.experiments import summarize_over_seeds, sweep_table
+from mnist_lab.nets.models import count_params
+from mnist_lab.service.jobs import JobSpec
+from mnist_lab.training.loop import TrainConfig
 
 quick = quick_defaults()
 DEFAULTS = dict(layers=[1, 2, 3], kernels=[3, 5, 7], seeds=quick["seeds"], epochs=1,
@@ -37,14 +50,16 @@ c2.slider(_("Epochs"), *LIMITS["epochs"], key="sweep_epochs")
 c3.select_slider(_("Training images"), LIMITS["train_limit"], key="sweep_train_limit", format_func="{:,}".format)
 c3.number_input(_("Channels, block 1"), *LIMITS["channels"], key="sweep_channels")
 c4.radio(_("Padding"), LIMITS["padding"], key="sweep_padding", horizontal=True, help=_(PADDING_HELP))
+none_label = _("none")
 c4.selectbox(_("Hidden FC units"), LIMITS["hidden"], key="sweep_hidden",
-             format_func=lambda h, none=_("none"): str(h or none))
+             format_func=lambda h, none=none_label: str(h or none))
 optimizer = c2.selectbox(_("Optimiser"), LIMITS["optimizer"], format_func=str.upper, key="sweep_optimizer")
 c3.number_input(_("Learning rate"), *LIMITS["lr"], step=0.001, format="%.4f", key="sweep_lr")
 
 v = values("sweep_", DEFAULTS)
 mirror_query(v, DEFAULTS)
-train_cfg = TrainConfig(epochs=v["epochs"], optimizer=optimizer, lr=v["lr"], momentum=0.9 if optimizer == "sgd" else 0.0)
+train_cfg = TrainConfig(epochs=v["epochs"], optimizer=optimizer, lr=v["lr"],
+                        momentum=0.9 if optimizer == "sgd" else 0.0)
 data_cfg = DataConfig(train_limit=data_limit(v["train_limit"]))
 try:
     sweep = build_sweep_cfg(v)

@@ -5,17 +5,40 @@ from functools import partial
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, loss_figure
-from app_lib.forms import (BATCH_SIZES, SLIDER_PRESETS, SUBSETS, build_data_cfg, build_model_cfg, build_train_cfg,
-                           matching_preset, preset_title, preset_values, preset_words)
+from app_lib.forms import (
+    BATCH_SIZES,
+    SLIDER_PRESETS,
+    SUBSETS,
+    build_data_cfg,
+    build_model_cfg,
+    build_train_cfg,
+    matching_preset,
+    preset_title,
+    preset_values,
+    preset_words,
+)
 from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
 from app_lib.text import plain
-from app_lib.widgets import (ENGINE_HELP, PADDING_HELP, SEED_HELP, csv_button, expected_time, headers, job_active,
-                             job_panel, layer_table, live_losses, refusal, start_job, table)
-from mnist_lab.data import MNIST, NORMALIZATIONS, normalization
+from app_lib.widgets import (
+    ENGINE_HELP,
+    PADDING_HELP,
+    SEED_HELP,
+    csv_button,
+    expected_time,
+    headers,
+    job_active,
+    job_panel,
+    layer_table,
+    live_losses,
+    refusal,
+    start_job,
+    table,
+)
+from mnist_lab.data.datasets import MNIST, NORMALIZATIONS, normalization
 from mnist_lab.errors import StoreError
-from mnist_lab.jobs import JobSpec
-from mnist_lab.models import PRESETS, count_params, describe
+from mnist_lab.nets.models import PRESETS, count_params, describe
+from mnist_lab.service.jobs import JobSpec
 
 quick = quick_defaults()
 BASE = dict(preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epochs"], seed=0,
@@ -44,7 +67,8 @@ def load_preset() -> None:
 st.title(_("Train a network"))
 left, right = st.columns([1, 2], gap="large")
 with left:
-    st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p, t=bound(): preset_title(p, t),
+    gettext_now = bound()
+    st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p, t=gettext_now: preset_title(p, t),
                  key="train_preset", on_change=load_preset,
                  help=_("Loads one of the lab's four networks with its optimiser settings."))
     kind = st.radio(_("Network"), LIMITS["kind"], key="train_kind", horizontal=True,

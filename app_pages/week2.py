@@ -1,4 +1,4 @@
-"""Week 2: the course notes' questions as ready experiments (mnist_lab/lessons.py) — pick a lesson,
+"""Week 2: the course notes' questions as ready experiments (mnist_lab/lab/lessons.py) — pick a lesson,
 train its variants over seeds as a worker job, and read the chart, the mean ± sd table and the
 reading computed from the numbers."""
 import streamlit as st
@@ -8,11 +8,28 @@ from app_lib.forms import SUBSETS
 from app_lib.lang import _, render_error
 from app_lib.shared import init_state, mirror_query, result_store, values
 from app_lib.text import plain
-from app_lib.widgets import (csv_button, expected_time, job_active, job_panel, live_runs, mean_sd_texts, refusal,
-                             start_job)
-from mnist_lab.lessons import (LESSONS, LessonConfig, datasets_for, lesson_spec, lesson_table, plan, read_lesson,
-                               summarize_lesson, unavailable)
-from mnist_lab.models import count_params, describe
+from app_lib.widgets import (
+    csv_button,
+    expected_time,
+    job_active,
+    job_panel,
+    live_runs,
+    mean_sd_texts,
+    refusal,
+    start_job,
+)
+from mnist_lab.lab.lessons import (
+    LESSONS,
+    LessonConfig,
+    datasets_for,
+    lesson_table,
+    plan,
+    read_lesson,
+    summarize_lesson,
+    unavailable,
+)
+from mnist_lab.nets.models import count_params, describe
+from mnist_lab.service.jobs import lesson_spec
 
 DEFAULTS = dict(lesson="shuffle", full=False, seeds=LESSONS["shuffle"].seeds, images=LESSONS["shuffle"].train_limit)
 LIMITS = dict(lesson=list(LESSONS), full=[False, True], seeds=(1, 5), images=SUBSETS)  # what a link may set

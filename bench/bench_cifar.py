@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from bench_train import run_classic, run_engine, write_torchvision_layout  # noqa: E402
-from mnist_lab.data import DataConfig, TensorData, normalization, prepare_data  # noqa: E402
-from mnist_lab.models import build_model, get_preset  # noqa: E402
-from mnist_lab.train import TrainConfig, evaluate, resolve_device, train  # noqa: E402
+
+from mnist_lab.data.datasets import DataConfig, TensorData, normalization, prepare_data  # noqa: E402
+from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.training.loop import TrainConfig, evaluate, resolve_device, train  # noqa: E402
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # CIFAR-10's counts (lab-spec.md)
 

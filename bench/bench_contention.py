@@ -1,5 +1,5 @@
 """Benchmark: cpu-native training while other programs take cores (a browser, a server's pages, a
-second run), with the thread governor (mnist_lab/threads.py) against fixed thread counts.
+second run), with the thread governor (mnist_lab/training/threads.py) against fixed thread counts.
 
     python bench/bench_contention.py              # Lab-5, 20,000 images, 1 epoch per case
     python bench/bench_contention.py --nice 5     # the trainer at the app worker's priority
@@ -26,11 +26,11 @@ CASE = r"""
 import json, os, subprocess, sys, time
 sys.path.insert(0, {root!r})
 import torch
-from mnist_lab import threads
-from mnist_lab.data import DataConfig
-from mnist_lab.experiments import get_data
-from mnist_lab.models import PRESETS
-from mnist_lab.train import TrainConfig, train
+from mnist_lab.training import threads
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.lab.experiments import get_data
+from mnist_lab.nets.models import PRESETS
+from mnist_lab.training.loop import TrainConfig, train
 
 mode, hogs, nice = {mode!r}, {hogs}, {nice}
 if nice:

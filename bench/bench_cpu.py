@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mnist_lab.data import DataConfig, prepare_data  # noqa: E402
-from mnist_lab.engines import PlainStep  # noqa: E402
-from mnist_lab.models import build_model, get_preset  # noqa: E402
+from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
+from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.training.engines import PlainStep  # noqa: E402
 
 VARIANTS = {  # name -> options of `run`; "engine" is what train() does on the CPU (engines.PlainStep)
     "engine": {},  # channels_last, default (for-loop) SGD, randperm slice gathered per step, loss into a buffer

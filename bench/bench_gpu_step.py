@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_lab.data import DataConfig, prepare_data  # noqa: E402
 from mnist_lab import fast  # noqa: E402
-from mnist_lab.fast import GraphStep, fast_convs  # noqa: E402
-from mnist_lab.models import cnn_config, get_preset  # noqa: E402
-from mnist_lab.train import TrainConfig, init_model, make_optimizer  # noqa: E402
+from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
+from mnist_lab.nets.models import cnn_config, get_preset  # noqa: E402
+from mnist_lab.training.cuda_graph import GraphStep, fast_convs  # noqa: E402
+from mnist_lab.training.loop import TrainConfig, init_model, make_optimizer  # noqa: E402
 
 MODELS = {"lab5": get_preset("lab5").model, "sweep 1xk3": cnn_config(1, 3), "sweep 3xk7": cnn_config(3, 7),
           "sweep 2xk5": cnn_config(2, 5)}
@@ -121,8 +121,8 @@ def main(argv=None) -> None:
                     model, opt, x = setup(MODELS[name], data, layout, fast_conv=fc)
                     fn, cap = graph_step_fn(model, opt, x, data.y_train)
                     graph = timed(fn, args.steps)
-                    print(f"{name:12s} {str(layout).split('.')[-1]:14s} {str(bench):>11s} {fc or '-':>10s} {eager:9.3f} "
-                          f"{graph:9.3f} {cap:9.3f} {graph * 938 / 1000:15.3f}", flush=True)
+                    print(f"{name:12s} {str(layout).split('.')[-1]:14s} {str(bench):>11s} {fc or '-':>10s} "
+                          f"{eager:9.3f} {graph:9.3f} {cap:9.3f} {graph * 938 / 1000:15.3f}", flush=True)
     torch.backends.cudnn.benchmark = False
     fast.FAST_CONV = default_fast_conv
 
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
             streams.append(s)
         torch.cuda.synchronize()
 
-        def round_():
+        def round_(streams=streams, fns=fns):
             for s, fn in zip(streams, fns):
                 with torch.cuda.stream(s):
                     fn()
@@ -149,8 +149,8 @@ def main(argv=None) -> None:
             round_()
         torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) * 1000 / args.steps
-        print(f"side by side {group:7s} x{len(cfgs):3d} fast conv {fc or '-':10s}: {ms:7.3f} ms per round ({ms / len(cfgs):.3f} ms per "
-              f"model-step; one epoch of all of them {ms * 938 / 1000:.2f} s)", flush=True)
+        print(f"side by side {group:7s} x{len(cfgs):3d} fast conv {fc or '-':10s}: {ms:7.3f} ms per round "
+              f"({ms / len(cfgs):.3f} ms per model-step; one epoch of all of them {ms * 938 / 1000:.2f} s)", flush=True)
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mnist_lab import inspect_run as ir  # noqa: E402
-from mnist_lab.data import DataConfig, load_raw  # noqa: E402
-from mnist_lab.models import build_model, get_preset  # noqa: E402
-from mnist_lab.train import TrainConfig  # noqa: E402
-from mnist_lab.weights import SavedRun  # noqa: E402
+from mnist_lab.data.datasets import DataConfig, load_raw  # noqa: E402
+from mnist_lab.lab import inspection as ir  # noqa: E402
+from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.runs.weights import SavedRun  # noqa: E402
+from mnist_lab.training.loop import TrainConfig  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -52,8 +52,8 @@ def server_side(repeats: int) -> None:
     stroke = np.zeros((224, 224), np.float32)
     stroke[40:190, 100:120] = 255  # a drawn '1' at the canvas's size
     rows = [
-        ("confusion matrix, 10,000 test images", timed(lambda: ir.confusion(run, x_test, y_test), max(3, repeats // 10)),
-         1.0),
+        ("confusion matrix, 10,000 test images",
+         timed(lambda: ir.confusion(run, x_test, y_test), max(3, repeats // 10)), 1.0),
         ("feature maps, one image", timed(lambda: ir.feature_maps(run, ir.network_input(run, image)), repeats), 0.15),
         ("prediction (top-3), one image", timed(lambda: ir.predict(run, image), repeats), 0.15),
         ("drawn digit: prepare + predict", timed(lambda: ir.predict(run, ir.prepare_digit(stroke)), repeats), 0.15),
@@ -66,11 +66,11 @@ def server_side(repeats: int) -> None:
 
 
 def browser(strokes: int) -> None:
+    from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer
     from playwright.sync_api import sync_playwright
 
-    from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer
-    from mnist_lab.experiments import run_single
-    from mnist_lab.store import ResultStore
+    from mnist_lab.lab.experiments import run_single
+    from mnist_lab.runs.store import ResultStore
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_inspect_"))
     store = ResultStore(tmp / "results.sqlite")

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mnist_lab.models import ModelConfig, build_model, cnn_config, get_preset  # noqa: E402
-from mnist_lab.native import NativeCNN, load_library  # noqa: E402
+from mnist_lab.nets.models import ModelConfig, build_model, cnn_config, get_preset  # noqa: E402
+from mnist_lab.training.native import NativeCNN, load_library  # noqa: E402
 
 NETS = {
     "Lab-5 (1-10-20, k5)": get_preset("lab5").model,
@@ -82,10 +82,10 @@ def bench(name: str, model_cfg: ModelConfig, batch: int, rounds: int) -> dict:
 
 
 def fast_blocks_forward(fast: NativeCNN, x: torch.Tensor) -> torch.Tensor:
-    from mnist_lab.native import _ConvBlocksFn
+    from mnist_lab.training.native import ConvBlocksFn
 
     params = [t for conv in fast.blocks.convs for t in (conv.weight, conv.bias)]
-    return _ConvBlocksFn.apply(x, fast.blocks, *params)
+    return ConvBlocksFn.apply(x, fast.blocks, *params)
 
 
 def main() -> None:
@@ -101,7 +101,8 @@ def main() -> None:
     print(f"# conv blocks forward + backward, batch {args.batch} | {platform.machine()} | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | {datetime.now():%Y-%m-%d %H:%M} | kernels ready in "
           f"{time.perf_counter() - t0:.2f} s")
-    print(f"{'net':30s} {'plain ms':>9s} {'native ms':>10s} {'(fwd)':>7s} {'ratio':>6s} {'grad err':>9s} {'out err':>8s}")
+    print(f"{'net':30s} {'plain ms':>9s} {'native ms':>10s} {'(fwd)':>7s} {'ratio':>6s} {'grad err':>9s} "
+          f"{'out err':>8s}")
     for name, model_cfg in NETS.items():
         r = bench(name, model_cfg, args.batch, args.rounds)
         print(f"{r['net']:30s} {r['plain_ms']:9.3f} {r['native_ms']:10.3f} {r['native_fwd_ms']:7.3f} "

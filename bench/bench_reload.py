@@ -36,7 +36,8 @@ const marks = {title: '[data-testid="stMainBlockContainer"] h1',
                shell: '[data-testid="stApp"]', chart: '.js-plotly-plot .scatterlayer path.js-line'};
 const look = () => {
   const now = performance.now();
-  for (const [k, s] of Object.entries(marks)) if (!(k in window.__tl) && document.querySelector(s)) window.__tl[k] = now;
+  for (const [k, s] of Object.entries(marks))
+    if (!(k in window.__tl) && document.querySelector(s)) window.__tl[k] = now;
   if (!('progress' in window.__tl) && document.body && /step [\d,]+ of/.test(document.body.innerText)) {
     window.__tl.progress = now;
   }

@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import psutil  # noqa: E402
 from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer  # noqa: E402
 
-from mnist_lab.store import ResultStore  # noqa: E402
+from mnist_lab.runs.store import ResultStore  # noqa: E402
 
 JOB = "preset=lab5&train_limit=20000&epochs=3"
 PROGRESS = re.compile(r"step [\d,]+ of")
@@ -133,7 +133,8 @@ REFRESH_JOBS = {"Tiny FC, plain engine": "preset=tiny-fc&train_limit=60000&epoch
                 "Lab-5, cpu-native": "preset=lab5&train_limit=60000&epochs=20"}
 
 
-def refresh_and_stop(browser, tmp: Path, env: dict, tag: str = "", query: str = REFRESH_JOBS["Tiny FC, plain engine"]) -> dict:
+def refresh_and_stop(browser, tmp: Path, env: dict, tag: str = "",
+                     query: str = REFRESH_JOBS["Tiny FC, plain engine"]) -> dict:
     server = AppServer(tmp / f"refresh{tag}.sqlite", tmp / f"refresh{tag}.log", env=env).start()
     try:
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
@@ -162,11 +163,11 @@ def refresh_and_stop(browser, tmp: Path, env: dict, tag: str = "", query: str = 
 
 def app_vs_cli(tmp: Path, epochs: int) -> dict:
     """Lab-5 on all 60,000 images: per-epoch seconds through a worker vs the CLI."""
-    from mnist_lab.data import DataConfig
-    from mnist_lab.jobs import JobSpec, StoreRunner
-    from mnist_lab.models import PRESETS
-    from mnist_lab.train import TrainConfig
-    from mnist_lab.worker import spawn_worker
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.service.jobs import JobSpec, StoreRunner
+    from mnist_lab.service.worker import spawn_worker
+    from mnist_lab.training.loop import TrainConfig
 
     out = {}
     cli_db = tmp / "cli.sqlite"
@@ -193,7 +194,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=5)
     parser.add_argument("--many", type=int, default=20, help="sessions polling queued jobs (0: skip)")
     parser.add_argument("--epochs", type=int, default=3, help="Lab-5 epochs for the app-vs-CLI comparison")
-    parser.add_argument("--baseline", type=int, default=1, help="1-session runs per trial; the median of all is the baseline")
+    parser.add_argument("--baseline", type=int, default=1,
+                        help="1-session runs per trial; the median of all is the baseline")
     parser.add_argument("--trials", type=int, default=3,
                         help="rounds of 1-session and N-session runs (and of the refresh), interleaved: this "
                              "shared 2-core machine's speed drifts by 20-30%% from minute to minute")

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mnist_lab.data import DataConfig, prepare_data  # noqa: E402
-from mnist_lab.models import cnn_config, get_preset  # noqa: E402
-from mnist_lab.train import TrainConfig, resolve_device, train, train_many  # noqa: E402
+from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
+from mnist_lab.nets.models import cnn_config, get_preset  # noqa: E402
+from mnist_lab.training.loop import TrainConfig, resolve_device, train, train_many  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", default="auto", help="TrainConfig.engine for every run")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the sweep N times in one process (later runs find cuDNN's plans warm)")
-    parser.add_argument("--quick", action="store_true", help="CPU smoke: 1-2 layers x k3/k5, 1 seed, 1 epoch, 2,000 images")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU smoke: 1-2 layers x k3/k5, 1 seed, 1 epoch, 2,000 images")
     args = parser.parse_args(argv)
     if args.quick:
         args.layers, args.kernels, args.epochs = [1, 2], [3, 5], 1
@@ -56,19 +57,20 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(cnn_config(layers, kernel, base_channels=16, padding="same"), replace(base, seed=seed))
             for layers in args.layers for kernel in args.kernels for seed in range(args.seeds)]
     print(f"# sweep: {len(jobs)} runs x {args.epochs} epochs = {len(jobs) * args.epochs} model-epochs | "
-          f"device {device} ({name}) | torch {torch.__version__} | mode {args.mode} | {time.strftime('%Y-%m-%d %H:%M')}")
+          f"device {device} ({name}) | torch {torch.__version__} | mode {args.mode} | "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
 
     data = prepare_data(DataConfig(normalize=preset.normalize, train_limit=args.train_limit), device=device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     for repeat in range(1, args.repeat + 1):
         first_event: list[float] = []
+        t0 = time.perf_counter()
 
-        def on_progress(event) -> None:
+        def on_progress(event, first_event=first_event, t0=t0) -> None:
             if not first_event:
                 first_event.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
         if args.mode == "many":
             results = train_many(jobs, data, on_progress=on_progress)
         else:

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_lab.data import DataConfig, encode_idx, load_mnist, normalization, prepare_data  # noqa: E402
-from mnist_lab.models import build_model, get_preset  # noqa: E402
-from mnist_lab.train import ENGINES, TrainConfig, resolve_device, select_engine, train  # noqa: E402
+from mnist_lab.data.datasets import DataConfig, encode_idx, load_mnist, normalization, prepare_data  # noqa: E402
+from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.training.loop import ENGINES, TrainConfig, resolve_device, select_engine, train  # noqa: E402
 
 
 @dataclass
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classic-epochs", type=int, default=None,
                         help="epochs of the classic loop (default --epochs; fewer saves time on slow machines)")
     parser.add_argument("--classic-workers", type=int, default=None,
-                        help="DataLoader workers of the classic loop (default: 0 on CPU, 1 on CUDA as in pytorch/examples)")
+                        help="DataLoader workers of the classic loop "
+                             "(default: 0 on CPU, 1 on CUDA as in pytorch/examples)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every path")
     parser.add_argument("--engines", nargs="*", default=None,
                         help="engine paths to time (default: plain and every fast path this device runs)")
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     data = prepare_data(DataConfig(normalize=get_preset("lab5").normalize), device=device)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    print(f"engine data: load + normalise + copy to {device}: {time.perf_counter() - t0:.2f} s (once, outside the timings)")
+    print(f"engine data: load + normalise + copy to {device}: {time.perf_counter() - t0:.2f} s "
+          "(once, outside the timings)")
 
     lab5 = get_preset("lab5").model
     engines = ["plain", *[e for e in ENGINES if e not in ("auto", "plain")
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
             for engine in engines:
                 rows.append(run_engine(engine, data, args.epochs, seed, str(device)))
 
-    print(f"\n{'path':28s} {'s/epoch':>8s} {'first':>7s} {'setup s':>8s} {'total s':>8s} {'test acc':>9s} {'vs classic':>10s}")
+    print(f"\n{'path':28s} {'s/epoch':>8s} {'first':>7s} {'setup s':>8s} {'total s':>8s} {'test acc':>9s} "
+          f"{'vs classic':>10s}")
     by_path: dict[str, list[Row]] = {}
     for r in rows:
         by_path.setdefault(r.path.replace(" (auto)", ""), []).append(r)

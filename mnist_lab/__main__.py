@@ -1,6 +1,6 @@
 """Entry point for `python -m mnist_lab`."""
 import sys
 
-from .cli import main
+from mnist_lab.cli.main import main
 
 sys.exit(main())

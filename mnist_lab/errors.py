@@ -5,9 +5,10 @@ sentence. Also the small checks every config's `validate()` is written with.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from .i18n import N_
+from mnist_lab.i18n import N_
 
 SQLITE_INT_MAX = 2**63 - 1  # seeds are stored as SQLite's signed 64-bit INTEGER
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import gettext
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Mapping
 
 DOMAIN = "mnist_lab"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
@@ -41,7 +41,7 @@ def resolve_lang(value: str | None = None, environ: Mapping[str, str] | None = N
     return DEFAULT
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(lang: str) -> gettext.NullTranslations:
     if lang == DEFAULT:
         return gettext.NullTranslations()

@@ -31,7 +31,7 @@ class AppServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "AppServer":
+    def start(self, timeout: float = 90) -> AppServer:
         out = open(self.log, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(self.script), "--server.headless", "true",

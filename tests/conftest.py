@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from mnist_lab import data
+from mnist_lab import paths
+from mnist_lab.data import datasets as data
 
 
 def _compiler() -> str | None:
@@ -50,7 +51,7 @@ def tmp_cache(tmp_path, monkeypatch):
     """Point the decoded-MNIST cache at an empty temporary directory (and forget any
     MNIST_LAB_DATA_DIR), so a test neither reads nor writes the user's cache."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(cache))
+    monkeypatch.setenv(paths.CACHE_DIR_ENV, str(cache))
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     return cache
 
@@ -61,9 +62,9 @@ def broken_db(tmp_path):
     its header still reads, so SQLite opens it, and only a check or a read finds the damage."""
     import sqlite3
 
-    from mnist_lab.models import PRESETS
-    from mnist_lab.store import ResultStore, run_row
-    from mnist_lab.train import TrainConfig
+    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.runs.store import ResultStore, run_row
+    from mnist_lab.training.loop import TrainConfig
 
     path = tmp_path / "broken.sqlite"
     store = ResultStore(path)

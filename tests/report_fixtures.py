@@ -4,17 +4,18 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from mnist_lab.data import DataConfig
-from mnist_lab.models import PRESETS, ModelConfig, cnn_config, count_params, match_fc_width
-from mnist_lab.store import ResultStore, run_row
-from mnist_lab.train import EpochMetrics, TrainConfig
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.nets.models import PRESETS, ModelConfig, cnn_config, count_params, match_fc_width
+from mnist_lab.runs.store import ResultStore, run_row
+from mnist_lab.training.loop import EpochMetrics, TrainConfig
 
 SPREAD = (-0.002, 0.0, 0.002)  # per-seed offsets: sample sd 0.2 points
 _clock = [0]
+DEFAULT_DATA = DataConfig()
 
 
 def add_run(store: ResultStore, model: ModelConfig, acc: float, *, seed: int = 0, experiment: str = "single",
-            group_id: str = "", data: DataConfig = DataConfig(), epochs: int = 1, steps: int = 40,
+            group_id: str = "", data: DataConfig = DEFAULT_DATA, epochs: int = 1, steps: int = 40,
             seconds: float = 2.0, losses: list[float] | None = None, status: str = "finished",
             label: str = "") -> str:
     """One finished run with `epochs` epochs (the last at test accuracy `acc`) and `steps`

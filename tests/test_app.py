@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_lib.shared import WORKER_IDLE_ENV, _spawned, quick_defaults
-from mnist_lab.jobs import StoreRunner
-from mnist_lab.experiments import run_single
-from mnist_lab.models import PRESETS, count_params
-from mnist_lab.store import DB_ENV, ResultStore, run_row
-from mnist_lab.train import TrainConfig
+from app_lib.shared import WORKER_IDLE_ENV, quick_defaults, spawned_workers
+from mnist_lab.lab.experiments import run_single
+from mnist_lab.nets.models import PRESETS, count_params
+from mnist_lab.paths import DB_ENV
+from mnist_lab.runs.store import ResultStore, run_row
+from mnist_lab.service.jobs import StoreRunner
+from mnist_lab.training.loop import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 PAGES = ["home", "train", "sweep", "compare", "week2", "runs"]
@@ -42,9 +43,9 @@ def db(tmp_path, monkeypatch) -> Path:
 def no_worker_left_running():
     """The workers the app started for these tests end with them."""
     yield
-    for proc in _spawned().values():
+    for proc in spawned_workers().values():
         proc.terminate()
-    for proc in _spawned().values():
+    for proc in spawned_workers().values():
         proc.wait(30)
 
 
@@ -70,7 +71,7 @@ def finish(at: AppTest, kind: str, status: str = "finished") -> None:
     assert not at.exception, at.exception
 
 
-ESCAPED = re.compile(r"\\([%s])" % re.escape(string.punctuation))
+ESCAPED = re.compile(rf"\\([{re.escape(string.punctuation)}])")
 # markdown that would render a link or an image: an unescaped [ ... ]( , or a bare web address
 MARKDOWN_LINK = re.compile(r"(?<!\\)\[(?:[^\]\\]|\\.)*(?<!\\)\]\(")
 AUTOLINK = re.compile(r"(?<!\\)<?(?:https?|ftp)(?<!\\):|www(?<!\\)\.")
@@ -105,7 +106,7 @@ def test_home_shows_the_device_mnist_and_digits():
 
 @pytest.mark.native
 def test_home_says_which_path_trains_cnns_on_the_cpu(monkeypatch):
-    from mnist_lab import native
+    from mnist_lab.training import native
 
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setattr(native, "_error", "no C++ compiler found (g++ or c++)")
@@ -414,7 +415,7 @@ def test_runs_page_stops_a_run_trained_elsewhere_and_shows_why(db, tiny_data):
     the Runs page stops it through the store, and the run says why it ended."""
     import threading
 
-    from mnist_lab.jobs import JobSpec, run_inline
+    from mnist_lab.service.jobs import JobSpec, run_inline
 
     store = ResultStore(db)
     spec = JobSpec("train", TrainConfig(epochs=500, device="cpu"), tiny_data.config, model=PRESETS["tiny-fc"].model)

@@ -14,7 +14,6 @@ import signal
 import time
 
 import pytest
-
 from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
@@ -22,7 +21,7 @@ if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; `make browsers` does it)",
                 allow_module_level=True)
 
-from mnist_lab.store import ResultStore  # noqa: E402
+from mnist_lab.runs.store import ResultStore  # noqa: E402
 
 expect = sync_api.expect
 LONG = "preset=tiny-fc&train_limit=60000&epochs=20"  # ~938 iterations an epoch: long enough to act on
@@ -218,7 +217,7 @@ def test_a_lesson_runs_from_the_week2_page(server, browser):
 def test_the_language_switch_survives_a_reload_with_the_settings(server, browser):
     from dataclasses import replace
 
-    from mnist_lab.models import PRESETS, count_params
+    from mnist_lab.nets.models import PRESETS, count_params
 
     params = f"{count_params(replace(PRESETS['tiny-cnn'].model, kernel_size=3)):,}"
     page = new_page(browser)
@@ -248,9 +247,9 @@ def test_the_language_switch_survives_a_reload_with_the_settings(server, browser
 def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, tiny_data):
     """The drawing canvas (streamlit-drawable-canvas) with real mouse strokes: a prediction
     appears; a click on a confusion-matrix cell opens its gallery; the Runs page links the run."""
-    from mnist_lab.experiments import run_single
-    from mnist_lab.models import PRESETS
-    from mnist_lab.train import TrainConfig
+    from mnist_lab.lab.experiments import run_single
+    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.training.loop import TrainConfig
 
     run = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), tiny_data.config, store=ResultStore(server.db),
                      data=tiny_data)

@@ -6,7 +6,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from mnist_lab.cli import main
+from mnist_lab.cli.main import main
 
 
 def test_presets_lists_the_four_networks(capsys):
@@ -281,9 +281,9 @@ def test_a_diverging_run_ends_with_exit_3_and_says_where(tmp_path, capsys, mnist
 
 
 def test_a_database_that_fails_while_training_stops_with_one_line(tmp_path, capsys, monkeypatch, mnist_raw):
-    from mnist_lab.store import ResultStore, _explained
+    from mnist_lab.runs.store import ResultStore, explained
 
-    @_explained  # as every method that touches the file
+    @explained  # as every method that touches the file
     def disk_full(self, *args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
 

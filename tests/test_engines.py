@@ -11,9 +11,9 @@ import threading
 import pytest
 import torch
 
-from mnist_lab import fast
-from mnist_lab.models import ModelConfig, build_model, cnn_config, get_preset
-from mnist_lab.train import ENGINES, TrainConfig, fallback_reason, select_engine, train, train_many
+from mnist_lab.nets.models import ModelConfig, build_model, cnn_config, get_preset
+from mnist_lab.training import cuda_graph as fast
+from mnist_lab.training.loop import ENGINES, TrainConfig, fallback_reason, select_engine, train, train_many
 
 LAB5 = get_preset("lab5").model
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -54,7 +54,8 @@ def test_a_fast_engine_asked_for_on_the_cpu_falls_back_and_says_so(data500):
 
 
 def test_an_unknown_engine_is_refused(data500):
-    with pytest.raises(ValueError, match="Engine must be one of auto, plain, cuda-graph, stacked, cpu-native; got 'turbo'."):
+    with pytest.raises(ValueError,
+                       match="Engine must be one of auto, plain, cuda-graph, stacked, cpu-native; got 'turbo'."):
         train(LAB5, cfg(engine="turbo"), data500)
 
 

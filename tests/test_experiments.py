@@ -7,13 +7,21 @@ import threading
 import pandas as pd
 import pytest
 
-from mnist_lab.data import DataConfig
-from mnist_lab.experiments import (COMPARE_COLUMNS, SWEEP_COLUMNS, CompareConfig, SweepConfig,
-                                   compare_default_train, read_compare, run_compare, run_sweep,
-                                   summarize_over_seeds)
-from mnist_lab.models import PRESETS, count_params, match_fc_width
-from mnist_lab.store import ResultStore
-from mnist_lab.train import TrainConfig
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.lab.experiments import (
+    COMPARE_COLUMNS,
+    SWEEP_COLUMNS,
+    CompareConfig,
+    SweepConfig,
+    compare_default_train,
+    read_compare,
+    run_compare,
+    run_sweep,
+    summarize_over_seeds,
+)
+from mnist_lab.nets.models import PRESETS, count_params, match_fc_width
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.training.loop import TrainConfig
 
 TINY = DataConfig(train_limit=128, test_limit=300)
 FAST = TrainConfig(epochs=1, batch_size=64)
@@ -134,7 +142,7 @@ def test_compare_on_real_mnist_shows_the_lesson(mnist_raw):
 def test_a_network_for_other_images_is_refused_before_training(mnist_raw):
     from dataclasses import replace
 
-    from mnist_lab.experiments import run_single
+    from mnist_lab.lab.experiments import run_single
 
     cifar_shaped = replace(PRESETS["lab5"].model, in_channels=3, image_size=32)
     with pytest.raises(ValueError, match=r"in_channels = 3 but MNIST needs 1 \(1×28×28 images, 10 classes\)"):
@@ -145,7 +153,7 @@ def test_a_network_for_other_images_is_refused_before_training(mnist_raw):
 def test_sweep_on_a_gpu_trains_side_by_side_and_records_every_run(tmp_path, mnist_raw):
     """On CUDA the sweep's runs share the GPU (train_many); each is stored and matches the
     same run trained alone within float tolerance."""
-    from mnist_lab.experiments import run_single
+    from mnist_lab.lab.experiments import run_single
 
     store = ResultStore(tmp_path / "r.sqlite")
     sweep = SweepConfig(conv_layers=(1, 2), kernel_sizes=(3, 5), seeds=2, base_channels=8)
@@ -163,7 +171,7 @@ def test_sweep_on_a_gpu_trains_side_by_side_and_records_every_run(tmp_path, mnis
 
 
 def test_run_many_records_each_run_with_its_own_epoch_length(tmp_path, mnist_raw):
-    from mnist_lab.experiments import run_many
+    from mnist_lab.lab.experiments import run_many
 
     store = ResultStore(tmp_path / "r.sqlite")
     jobs = [(PRESETS["tiny-fc"].model, TrainConfig(epochs=2, batch_size=bs), f"batch {bs}") for bs in (64, 32)]

@@ -16,15 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from mnist_lab import inspect_run as ir
-from mnist_lab.cli import main
-from mnist_lab.data import DataConfig, encode_idx, prepare_data
-from mnist_lab.experiments import run_single
-from mnist_lab.export import build_script, export_run, network_source
-from mnist_lab.models import PRESETS, ModelConfig, build_model
-from mnist_lab.store import ResultStore
-from mnist_lab.train import TrainConfig
-from mnist_lab.weights import SavedRun
+from mnist_lab.cli.main import main
+from mnist_lab.data.datasets import DataConfig, encode_idx, prepare_data
+from mnist_lab.lab import inspection as ir
+from mnist_lab.lab.experiments import run_single
+from mnist_lab.lab.export import build_script, export_run, network_source
+from mnist_lab.nets.models import PRESETS, ModelConfig, build_model
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.runs.weights import SavedRun
+from mnist_lab.training.loop import TrainConfig
 
 RUFF = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
 
@@ -125,7 +125,7 @@ def test_network_source_rebuilds_every_layer():
 def test_export_refuses_what_it_cannot_write(exported, tmp_path, capsys):
     from torch import nn
 
-    from mnist_lab.export import layer_call
+    from mnist_lab.lab.export import layer_call
 
     result, folder = exported["lab5"]
     db = str(folder.parent / "results.sqlite")
@@ -149,7 +149,7 @@ def test_a_fashion_mnist_run_is_inspected_and_exported_with_its_class_names(tmp_
 
     from PIL import Image
 
-    from mnist_lab.data import DataUnavailableError, load_raw
+    from mnist_lab.data.datasets import DataUnavailableError, load_raw
 
     data_cfg = DataConfig(dataset="fashion-mnist", train_limit=256, test_limit=500)
     try:
@@ -183,7 +183,7 @@ def test_a_residual_network_is_inspected_and_exported_with_its_block_source(expo
     the confusion matrix gives its accuracy, and the script carries the block's own source."""
     from dataclasses import replace
 
-    from mnist_lab.models import ResidualBlock, summarize
+    from mnist_lab.nets.models import ResidualBlock, summarize
 
     cfg = replace(PRESETS["resnet-small"].model, in_channels=1, image_size=28)
     store = ResultStore(tmp_path / "results.sqlite")

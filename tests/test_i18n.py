@@ -16,15 +16,17 @@ from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
 from streamlit.testing.v1 import AppTest
 
-from app_lib.shared import WORKER_IDLE_ENV, _spawned
-from mnist_lab import cli, i18n
-from mnist_lab.data import DataConfig
+from app_lib.shared import WORKER_IDLE_ENV, spawned_workers
+from mnist_lab import i18n
+from mnist_lab.cli import main as cli
+from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError, StoreError
-from mnist_lab.experiments import CompareConfig, SweepConfig, compare_reading, read_compare
-from mnist_lab.jobs import JobSpec, run_inline
-from mnist_lab.models import PRESETS
-from mnist_lab.store import DB_ENV, ResultStore
-from mnist_lab.train import TrainConfig
+from mnist_lab.lab.experiments import CompareConfig, SweepConfig, compare_reading, read_compare
+from mnist_lab.nets.models import PRESETS
+from mnist_lab.paths import DB_ENV
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.jobs import JobSpec, run_inline
+from mnist_lab.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
@@ -34,7 +36,8 @@ SOURCES = ["streamlit_app.py", "app_pages", "app_lib", "mnist_lab"]  # every fil
 CJK = re.compile(r"[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]")
 # What may stay as it is in Chinese: names of things (datasets, layers, optimisers, engines, file
 # formats, the options 'valid' / 'same'), units, numbers and symbols. Nothing here is a sentence.
-ALLOWED = re.compile(r"""\b(?:English|Fashion-MNIST|CIFAR-10|MNIST|CNN|FC|ReLU|SGD|ADAM|Adam|CSV|CUDA|GPU|CPU|cpu|cuda|plain|cpu-native|valid|same
+ALLOWED = re.compile(r"""\b(?:English|Fashion-MNIST|CIFAR-10|MNIST|CNN|FC|ReLU|SGD|ADAM|Adam|CSV|CUDA|GPU|CPU|cpu|cuda
+                      |plain|cpu-native|valid|same
                       |Softmax|BatchNorm|Dropout|Conv2d|Linear|MaxPool2d|Flatten|HTML|Word|Markdown|docx|zip|json
                       |findings|csv|iterations|epochs|runs|layers|configs|sweep_summary|sweep_runs|sweep_iterations
                       |compare_summary|compare_runs|compare_iterations|report|UTC|k\d+|r\d+|lr|\w+\.(?:csv|json|html|docx|zip))\b""",
@@ -71,7 +74,8 @@ def texts(at: AppTest) -> list[tuple[str, str]]:
                 add(f"{kind}.{attr}", getattr(node, attr, None))
             except (AttributeError, KeyError, TypeError):
                 pass
-        if kind in ("Radio", "Selectbox", "Multiselect") and node.key not in ("runs_selected", "report_run", "insp_run", "insp_second"):
+        if kind in ("Radio", "Selectbox", "Multiselect") and node.key not in ("runs_selected", "report_run",
+                                                                               "insp_run", "insp_second"):
             for option in node.options:  # the run pickers' options are the runs' own labels
                 add(f"{kind}.options", str(option))
         if kind in ("Dataframe", "Table"):
@@ -126,9 +130,9 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True, scope="module")
 def no_worker_left_running():
     yield
-    for proc in _spawned().values():
+    for proc in spawned_workers().values():
         proc.terminate()
-    for proc in _spawned().values():
+    for proc in spawned_workers().values():
         proc.wait(30)
 
 
@@ -328,7 +332,8 @@ def test_stored_stop_reasons_with_values_are_worded_in_chinese(monkeypatch):
     monkeypatch.setitem(st.session_state, "_lang", "zh_CN")
     assert reason_words("the worker process (host:123) ended before the job finished (killed or crashed)") == \
         "训练进程（host:123）在任务完成前结束了（被终止或崩溃）"
-    assert reason_words("timed out: jobs on this server may train for at most 600 s") == "超时：这个服务器上的任务最多只能训练 600 秒"
+    assert reason_words("timed out: jobs on this server may train for at most 600 s") == \
+        "超时：这个服务器上的任务最多只能训练 600 秒"
     assert reason_words("the server was stopped (SIGTERM) while it trained") == "训练过程中服务器被停止了（SIGTERM）"
     assert reason_words("stopped by you") == "由你停止" and reason_words("") == ""
     assert reason_words("a reason someone wrote") == "a reason someone wrote"  # unknown: shown as given
@@ -339,7 +344,7 @@ def test_an_accuracy_over_seeds_is_worded_in_the_readers_language():
     through their own gettext (Week 2 and `lesson --lang zh` showed '(1 run, no spread)')."""
     import pandas as pd
 
-    from mnist_lab.experiments import summarize_over_seeds
+    from mnist_lab.lab.experiments import summarize_over_seeds
 
     table = pd.DataFrame(dict(variant=["a", "a", "a", "a", "b"], test_acc=[0.98, 0.983, 0.9817, None, 0.1173],
                               status=["finished"] * 3 + ["diverged", "finished"]))

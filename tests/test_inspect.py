@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_lab import inspect_run as ir
-from mnist_lab.cli import main
-from mnist_lab.data import DataConfig, permute_pixels, prepare_data, to_float
-from mnist_lab.experiments import run_single
-from mnist_lab.models import PRESETS, ModelConfig, build_model, summarize
-from mnist_lab.store import ResultStore
-from mnist_lab.train import TrainConfig
-from mnist_lab.weights import SavedRun, weights_path
+from mnist_lab.cli.main import main
+from mnist_lab.data.datasets import DataConfig, permute_pixels, prepare_data, to_float
+from mnist_lab.lab import inspection as ir
+from mnist_lab.lab.experiments import run_single
+from mnist_lab.nets.models import PRESETS, ModelConfig, build_model, summarize
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.runs.weights import SavedRun, weights_path
+from mnist_lab.training.loop import TrainConfig
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "inspect.py")
 
@@ -231,7 +231,7 @@ def test_inspect_page(kept, monkeypatch):
 
 
 def test_the_lab_report_shows_the_runs_confusion_matrix(kept):
-    from mnist_lab.report import build_report
+    from mnist_lab.lab.report import build_report
 
     result, _ = kept["lab5"]
     for lang, pairs in (("en", "The pairs it confused most"), ("zh", "最常混淆")):
@@ -257,7 +257,7 @@ def test_the_inspect_strings_have_chinese_translations():
         catalog = read_po(f, locale="zh_CN")
     root = Path(__file__).resolve().parents[1]
     names = lambda text: {n for _, n, _, _ in string.Formatter().parse(text) if n is not None}  # noqa: E731
-    used = {m for source in ("app_pages/inspect.py", "mnist_lab/cli_inspect.py")
+    used = {m for source in ("app_pages/inspect.py", "mnist_lab/cli/inspect_cmd.py")
             for _, m, _, _ in extract_from_file("python", root / source, keywords={"_": None})}
     assert len(used) > 40
     for msgid in used:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from mnist_lab.data import DataConfig
-from mnist_lab.experiments import CompareConfig, SweepConfig
-from mnist_lab.jobs import JobSpec, QueueFullError, StoreRunner
-from mnist_lab.models import PRESETS
-from mnist_lab.store import ResultStore
-from mnist_lab.train import TrainConfig
-from mnist_lab.worker import Worker, WorkerConfig, spawn_worker
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.lab.experiments import CompareConfig, SweepConfig
+from mnist_lab.nets.models import PRESETS
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.jobs import JobSpec, QueueFullError, StoreRunner
+from mnist_lab.service.worker import Worker, WorkerConfig, spawn_worker
+from mnist_lab.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = DataConfig(train_limit=256, test_limit=1000)
@@ -152,7 +152,7 @@ def test_stop_from_another_process_ends_the_job_and_keeps_what_it_did(db, worker
     job_id = StoreRunner(store).submit(long_job())
     worker = worker_proc()
     wait_until(lambda: running_epoch(store, job_id, 1), what="the second epoch")
-    code = ("import sys; from mnist_lab.store import ResultStore; "
+    code = ("import sys; from mnist_lab.runs.store import ResultStore; "
             "sys.exit(0 if ResultStore(sys.argv[1]).request_stop(sys.argv[2], 'stopped by you') else 1)")
     subprocess.run([sys.executable, "-c", code, str(db), job_id], cwd=ROOT, check=True)
     view = StoreRunner(store).wait(job_id, timeout=30)

@@ -13,18 +13,18 @@ import pandas as pd
 import pytest
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
-
-from mnist_lab import cli, i18n, lessons
-from mnist_lab.findings import FLAT_ACC, judge
-from mnist_lab.jobs import JobSpec
-from mnist_lab.lessons import (LESSONS, LessonConfig, lesson_jobs, lesson_spec, plan, read_lesson, run_lesson,
-                               stored_lessons, summarize_lesson)
-from mnist_lab.models import PRESETS
-from mnist_lab.policy import estimate_seconds, job_models
-from mnist_lab.report import build_report
-from mnist_lab.store import ResultStore
-
 from report_fixtures import add_run
+
+from mnist_lab import i18n
+from mnist_lab.cli import main as cli
+from mnist_lab.lab import lessons
+from mnist_lab.lab.lessons import LESSONS, LessonConfig, plan, read_lesson, run_lesson, stored_lessons, summarize_lesson
+from mnist_lab.lab.report import build_report
+from mnist_lab.lab.verdicts import FLAT_ACC, judge
+from mnist_lab.nets.models import PRESETS
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.jobs import JobSpec, lesson_jobs, lesson_spec
+from mnist_lab.service.policy import estimate_seconds, job_models
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(seeds=2, epochs=1, train_limit=256, test_limit=200)
@@ -309,7 +309,7 @@ def test_every_lesson_msgid_has_a_chinese_translation_with_the_same_placeholders
     with open(i18n.catalog_path("zh_CN"), "rb") as f:
         catalog = read_po(f, locale="zh_CN")
     used = set()
-    for source in ("mnist_lab/lessons.py", "mnist_lab/cli_lesson.py", "app_pages/week2.py"):
+    for source in ("mnist_lab/lab/lessons.py", "mnist_lab/cli/lesson_cmd.py", "app_pages/week2.py"):
         for _, message, _, _ in extract_from_file("python", ROOT / source, keywords=i18n.KEYWORDS):
             if isinstance(message, str) and message:
                 used.add(message)
@@ -325,16 +325,16 @@ def test_every_lesson_msgid_has_a_chinese_translation_with_the_same_placeholders
 @pytest.fixture
 def app_db(tmp_path, monkeypatch):
     from app_lib.shared import WORKER_IDLE_ENV
-    from mnist_lab.store import DB_ENV
+    from mnist_lab.paths import DB_ENV
 
     path = tmp_path / "results.sqlite"
     monkeypatch.setenv(DB_ENV, str(path))
     monkeypatch.setenv(WORKER_IDLE_ENV, "5")
     monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")
     yield path
-    from app_lib.shared import _spawned
+    from app_lib.shared import spawned_workers
 
-    for proc in _spawned().values():
+    for proc in spawned_workers().values():
         proc.terminate()
         proc.wait(30)
 
@@ -342,7 +342,7 @@ def app_db(tmp_path, monkeypatch):
 def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
     from streamlit.testing.v1 import AppTest
 
-    from mnist_lab.jobs import StoreRunner
+    from mnist_lab.service.jobs import StoreRunner
 
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     at.switch_page("app_pages/week2.py").run()
@@ -381,8 +381,8 @@ def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
 def test_week2_page_without_cifar10_says_how_to_get_it_and_offers_mnist(app_db, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from mnist_lab import data
-    from mnist_lab.jobs import StoreRunner
+    from mnist_lab.data import datasets as data
+    from mnist_lab.service.jobs import StoreRunner
 
     empty = tmp_path / "no-cifar"
     empty.mkdir()

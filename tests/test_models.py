@@ -8,9 +8,23 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lab.models import (PRESETS, Conv1x1, ConvStage, LayerRow, ModelConfig, Residual, build_model,
-                              cnn_config, count_params, describe, fc_config, fc_params, get_preset, match_fc_width,
-                              summarize)
+from mnist_lab.nets.models import (
+    PRESETS,
+    Conv1x1,
+    ConvStage,
+    LayerRow,
+    ModelConfig,
+    Residual,
+    build_model,
+    cnn_config,
+    count_params,
+    describe,
+    fc_config,
+    fc_params,
+    get_preset,
+    match_fc_width,
+    summarize,
+)
 
 PINNED_PARAMS = {"lab5": 8490, "padded-16-32": 417482, "tiny-fc": 6442, "tiny-cnn": 6422,  # lab-spec.md
                  "cifar-course": 62006, "lenet-cifar": 121182, "vgg16-cifar": 14728266,  # lab-spec.md, week 2
@@ -80,7 +94,8 @@ def test_preset_training_settings(name, optimizer, lr, momentum, batch, normaliz
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ValueError, match="Unknown preset 'lenet'. Choose one of: lab5, padded-16-32, tiny-fc, tiny-cnn, cifar-course"):
+    with pytest.raises(ValueError, match="Unknown preset 'lenet'. Choose one of: lab5, padded-16-32, tiny-fc, "
+                                         "tiny-cnn, cifar-course"):
         get_preset("lenet")
 
 
@@ -262,7 +277,7 @@ def test_fc_refuses_cnn_only_settings(extra):
 def test_plain_conv_padding_names_the_convolutions_the_fast_paths_rewrite():
     from torch import nn
 
-    from mnist_lab.models import plain_conv_padding
+    from mnist_lab.nets.models import plain_conv_padding
 
     assert plain_conv_padding(nn.Conv2d(1, 4, 5, padding="same")) == 2
     assert plain_conv_padding(nn.Conv2d(1, 4, 5, padding="valid")) == 0
@@ -274,8 +289,8 @@ def test_plain_conv_padding_names_the_convolutions_the_fast_paths_rewrite():
 
 
 def test_networks_that_train_differently_get_different_labels():
-    from mnist_lab.data import DataConfig
-    from mnist_lab.store import run_label
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.runs.store import run_label
 
     base = get_preset("lab5").model
     variants = [base, replace(base, batch_norm=True), replace(base, softmax_before_loss=True),
@@ -312,7 +327,7 @@ def test_residual_net_takes_grey_or_colour_images():
 
 
 def test_residual_block_adds_its_shortcut():
-    from mnist_lab.models import ResidualBlock
+    from mnist_lab.nets.models import ResidualBlock
 
     torch.manual_seed(0)
     block = ResidualBlock(4, 4).eval()
@@ -354,7 +369,7 @@ def test_block_lists_are_refused_naming_the_block(cfg, field, fragments):
 
 
 def test_block_lists_round_trip_through_json():
-    from mnist_lab.models import block_from_dict, block_to_dict
+    from mnist_lab.nets.models import block_from_dict, block_to_dict
 
     for name in ("vgg16-cifar", "resnet-small"):
         blocks = get_preset(name).model.blocks
@@ -365,7 +380,7 @@ def test_block_lists_round_trip_through_json():
 
 def test_a_halving_residual_block_projects_every_other_pixel():
     """The projection shortcut equals a 1x1 convolution with stride 2 (what ResNet writes)."""
-    from mnist_lab.models import ResidualBlock
+    from mnist_lab.nets.models import ResidualBlock
 
     torch.manual_seed(0)
     block = ResidualBlock(4, 8, stride=2).eval()

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_lab import native
-from mnist_lab.models import ModelConfig, build_model, cnn_config, get_preset
-from mnist_lab.train import TrainConfig, select_engine, train
+from mnist_lab.nets.models import ModelConfig, build_model, cnn_config, get_preset
+from mnist_lab.training import native
+from mnist_lab.training.loop import TrainConfig, select_engine, train
 
 LAB5 = get_preset("lab5").model
 CPU = torch.device("cpu")
@@ -199,7 +199,7 @@ def test_a_fresh_build_is_cached_for_the_next_process(fresh_build):
 
 
 def test_the_cli_says_why_the_plain_loop_ran(fresh_build, monkeypatch, capsys):
-    from mnist_lab.cli import main
+    from mnist_lab.cli.main import main
 
     monkeypatch.setenv("CXX", str(fresh_build / "no-such-g++"))
     argv = ["train", "--preset", "lab5", "--train-limit", "256", "--quiet", "--db", str(fresh_build / "runs.db")]
@@ -284,7 +284,7 @@ def test_the_gradients_are_the_same_for_any_thread_count(tiny_data, name):
 def test_a_run_trains_the_same_whatever_the_threads_do(tiny_data, monkeypatch):
     """Losses bit for bit: with PyTorch on 1 or 2 threads, and with the governor changing the
     kernels' count every few steps."""
-    from mnist_lab import threads
+    from mnist_lab.training import threads
 
     cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", engine="cpu-native")
     threads_before = torch.get_num_threads()

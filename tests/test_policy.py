@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from mnist_lab.data import DataConfig
-from mnist_lab.experiments import CompareConfig, SweepConfig
-from mnist_lab.jobs import JobSpec
-from mnist_lab.models import PRESETS
-from mnist_lab.policy import LimitError, ServerPolicy, estimate_seconds, forward_macs
-from mnist_lab.train import TrainConfig
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.lab.experiments import CompareConfig, SweepConfig
+from mnist_lab.nets.models import PRESETS
+from mnist_lab.service.jobs import JobSpec
+from mnist_lab.service.policy import LimitError, ServerPolicy, estimate_seconds, forward_macs
+from mnist_lab.training.loop import TrainConfig
 
 
 def lab5(epochs: int = 1, train_limit: int | None = None) -> JobSpec:

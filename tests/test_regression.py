@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_lab import data
-from mnist_lab.models import PRESETS, build_model, count_params
-from mnist_lab.train import TrainConfig, train
+from mnist_lab.data import datasets as data
+from mnist_lab.nets.models import PRESETS, build_model, count_params
+from mnist_lab.training.loop import TrainConfig, train
 
 PINNED = {
     "lab5": (8490, [2.32511687, 2.2764852, 2.29883409, 2.31965852, 2.30724216, 2.30099344, 2.32282662,

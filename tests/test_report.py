@@ -16,23 +16,27 @@ import pandas as pd
 import pytest
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
+from report_fixtures import add_compare, add_run, add_softmax_pair, add_sweep, full_store
 from streamlit.testing.v1 import AppTest
 
-from mnist_lab import cli, figures, i18n
-from mnist_lab.findings import DOWN, FLAT, TODO, UNCLEAR, UP, compute_findings, judge, level_off, moving_mean
-from mnist_lab.models import PRESETS
-from mnist_lab.report import build_report, to_markdown, write_report
-from mnist_lab.store import DB_ENV, ITERATION_COLUMNS, ResultStore
-
-from report_fixtures import add_compare, add_run, add_softmax_pair, add_sweep, full_store
+from mnist_lab import i18n
+from mnist_lab.cli import main as cli
+from mnist_lab.lab import figures
+from mnist_lab.lab.findings import TODO, compute_findings, level_off, moving_mean
+from mnist_lab.lab.report import build_report, to_markdown, write_report
+from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, judge
+from mnist_lab.nets.models import PRESETS
+from mnist_lab.paths import DB_ENV
+from mnist_lab.runs.store import ITERATION_COLUMNS, ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 # The files whose msgids this catalog covers, and the keywords their sentences go through.
-SOURCES = ["mnist_lab/report.py", "mnist_lab/figures.py", "mnist_lab/findings.py", "app_pages/report.py"]
+SOURCES = ["mnist_lab/lab/report.py", "mnist_lab/lab/figures.py", "mnist_lab/lab/findings.py", "app_pages/report.py"]
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": None, "para": None}
 HEADINGS_ZH = ["实验五 采用卷积神经网络分类MNIST数据集", "【实验内容及总结】",
                "实验要求 1：使用MNIST数据集训练编写好的网络，要求记下每次迭代的损失值；",
-               "实验要求 2：改变卷积神经网络的卷积层和池化层的数量，观察分类准确率。思考网络层数的多少对分类准确性的影响；",
+               ("实验要求 2：改变卷积神经网络的卷积层和池化层的数量，观察分类准确率。"
+                "思考网络层数的多少对分类准确性的影响；"),
                "实验要求 3：改变卷积神经网络的卷积核大小，观察分类的准确率。思考网络卷积核大小对分类准确率的影响。",
                "2. 分析卷积层和池化层对网络的影响。", "3. 分析卷积核大小对网络的影响。",
                "4. 总结卷积神经网络的特点，并说明损失函数在网络训练中的作用。", "实验心得体会"]
@@ -238,7 +242,7 @@ def test_sections_without_runs_say_what_to_run(store):
     assert not any(f.available for f in fs.sections())
     assert [t.experiment for f in fs.sections() for t in f.todo] == ["loss", "depth", "kernel", "compare", "softmax"]
     en, zh = text_of(build_report(store, "en")), text_of(build_report(store, "zh"))
-    for key, (page, command) in TODO.items():
+    for _key, (_page, command) in TODO.items():
         assert command in en and command in zh
     assert "python -m mnist_lab sweep --conv-layers 1 2 3 --kernel-sizes 5 --seeds 3 --epochs 1" in en
     assert "run the experiment on the “Sweep: depth × kernel” page" in en
@@ -406,9 +410,9 @@ def test_report_page_shows_the_sections_and_downloads(full, monkeypatch):
 def test_report_from_runs_that_really_trained(tmp_path, mnist_raw):
     """The store as training writes it (not row by row): a tiny sweep, a one-seed comparison and
     a 2-epoch run on 256 images."""
-    from mnist_lab.data import DataConfig
-    from mnist_lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
-    from mnist_lab.train import TrainConfig
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
+    from mnist_lab.training.loop import TrainConfig
 
     store = ResultStore(tmp_path / "trained.sqlite")
     tiny, cfg = DataConfig(train_limit=256, test_limit=500), TrainConfig(epochs=1, device="cpu")
@@ -444,7 +448,7 @@ GLOSSARY = {"test accuracy": "测试准确率", "random seed": "随机种子", "
 
 
 def test_the_catalog_uses_the_glossary_terms():
-    from mnist_lab.report import H_REQ2, H_REQ3
+    from mnist_lab.lab.report import H_REQ2, H_REQ3
 
     exempt = {H_REQ2, H_REQ3}  # the lab sheet's own words: it says 分类准确率
     with open(i18n.catalog_path("zh_CN"), "rb") as f:

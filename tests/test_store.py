@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mnist_lab.data import DataConfig
-from mnist_lab.experiments import results_frames, run_single
-from mnist_lab.models import PRESETS
-from mnist_lab.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
-from mnist_lab.train import TrainConfig
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.lab.experiments import results_frames, run_single
+from mnist_lab.nets.models import PRESETS
+from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
+from mnist_lab.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = DataConfig(train_limit=256, test_limit=500)
@@ -185,8 +185,8 @@ def test_run_columns_derive_from_the_config_dataclasses():
     happened are stored as what was asked for."""
     import dataclasses
 
-    from mnist_lab.models import ModelConfig
-    from mnist_lab.store import RENAMED
+    from mnist_lab.nets.models import ModelConfig
+    from mnist_lab.runs.store import RENAMED
 
     for cls in (ModelConfig, TrainConfig, DataConfig):
         for f in dataclasses.fields(cls):
@@ -195,8 +195,8 @@ def test_run_columns_derive_from_the_config_dataclasses():
 
 
 def test_a_block_list_is_stored_as_json_and_read_back(tmp_path):
-    from mnist_lab.findings import model_from_row
-    from mnist_lab.store import run_row
+    from mnist_lab.lab.findings import model_from_row
+    from mnist_lab.runs.store import run_row
 
     store = ResultStore(tmp_path / "r.sqlite")
     for name in ("resnet-small", "lab5"):

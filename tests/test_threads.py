@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_lab import threads
-from mnist_lab.threads import ThreadGovernor
+from mnist_lab.training import threads
+from mnist_lab.training.threads import ThreadGovernor
 
 
 class Machine:

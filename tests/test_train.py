@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_lab import data
-from mnist_lab.models import ModelConfig, get_preset
-from mnist_lab.train import TrainConfig, evaluate, init_model, make_optimizer, resolve_device, train, warm_up
+from mnist_lab.data import datasets as data
+from mnist_lab.nets.models import ModelConfig, get_preset
+from mnist_lab.training.loop import TrainConfig, evaluate, init_model, make_optimizer, resolve_device, train, warm_up
 
 LAB5 = get_preset("lab5").model
 
@@ -73,7 +73,7 @@ def test_training_does_not_touch_the_global_rng(tiny_data):
 
 
 def test_warm_up_builds_the_cpu_kernels_and_leaves_the_global_rng_alone(monkeypatch):
-    from mnist_lab import native
+    from mnist_lab.training import native
 
     built = []
     monkeypatch.setattr(native, "load_library", lambda: built.append("kernels"))
@@ -262,7 +262,7 @@ def test_lab5_one_real_epoch(mnist_raw):
 
 def test_weights_that_blow_up_between_two_losses_end_the_run_as_diverged(tiny_data, monkeypatch):
     """Every training loss finite, but the test loss is not: still 'diverged', never 'finished'."""
-    import mnist_lab.train as train_module
+    import mnist_lab.training.loop as train_module
 
     monkeypatch.setattr(train_module, "_read_sums", lambda loss_sum, correct, n: (float("inf"), 0.1))
     result = train(LAB5, cfg(epochs=2), tiny_data)

@@ -8,11 +8,11 @@ import itertools
 import pytest
 import torch
 
-from mnist_lab import engines
-from mnist_lab.engines import Augment
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import build_model, cnn_config, get_preset
-from mnist_lab.train import TrainConfig, evaluate, fallback_reason, select_engine, train, train_many
+from mnist_lab.nets.models import build_model, cnn_config, get_preset
+from mnist_lab.training import engines
+from mnist_lab.training.engines import Augment
+from mnist_lab.training.loop import TrainConfig, evaluate, fallback_reason, select_engine, train, train_many
 
 LAB5 = get_preset("lab5").model
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -157,7 +157,7 @@ def test_the_registry_knows_every_engine_and_which_one_no_benchmark_backs():
 
 
 def test_a_residual_net_trains_and_its_weights_include_batchnorm_statistics(data256):
-    from mnist_lab.models import ConvStage, ModelConfig, Residual
+    from mnist_lab.nets.models import ConvStage, ModelConfig, Residual
 
     model_cfg = ModelConfig(conv_channels=(), blocks=(ConvStage((4,), batch_norm=True, pool=False), Residual(4),
                                                       Residual(8, stride=2)), head="gap-fc")

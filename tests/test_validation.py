@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mnist_lab import data
+from mnist_lab.data import datasets as data
 from mnist_lab.errors import ConfigError
-from mnist_lab.experiments import CompareConfig, SweepConfig
-from mnist_lab.models import ModelConfig
-from mnist_lab.train import ENGINES, TrainConfig, train
+from mnist_lab.lab.experiments import CompareConfig, SweepConfig
+from mnist_lab.nets.models import ModelConfig
+from mnist_lab.training.loop import ENGINES, TrainConfig, train
 
 FIX = re.compile(r"\b(use|choose|give|set|lower|leave|pick|write|put|try)\b", re.IGNORECASE)
 NAN = float("nan")

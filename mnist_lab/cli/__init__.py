@@ -1,0 +1,1 @@
+"""The command line, `python -m mnist_lab` / `mnist-lab`."""

@@ -1,0 +1,177 @@
+"""What every command of the CLI shares: its one gettext (`_`, in the language of `--lang` or the
+environment), the exit codes, the one-line refusals, the checks of --out and --data-dir, the
+progress bar, the CSV export and Ctrl-C. Command modules import these; none imports another's.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_lab import i18n
+from mnist_lab.i18n import N_
+from mnist_lab.lab.experiments import diverged_runs
+from mnist_lab.paths import default_db_path
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.training.loop import Progress, RunResult
+
+_lang = i18n.DEFAULT  # this run's language, 'en' or 'zh_CN' (set_language)
+
+
+def gettext(message: str) -> str:
+    """`message` in this run's language (the CLI's one `_`)."""
+    return i18n.translator(_lang).gettext(message)
+
+
+_ = gettext
+
+
+def lang() -> str:
+    return _lang
+
+
+def set_language(code: str) -> None:
+    """This run's words: our messages, and argparse's (which looks its `_` up at each call)."""
+    global _lang
+    _lang = code
+    argparse._ = gettext
+    argparse.ngettext = i18n.translator(code).ngettext
+
+
+def db_help() -> str:
+    return _("SQLite results database (default {path})").format(path=default_db_path())
+
+
+EXIT_BAD_INPUT = 2  # a bad command line, unusable data, database or output folder: nothing (more) trained
+EXIT_DIVERGED = 3  # a run's loss became NaN or infinite: it is kept as 'diverged', the tables are written
+EXIT_STOPPED = 130  # Ctrl-C
+
+# argparse's own words (its 'usage: ', section titles and refusals), worded through our catalog too.
+ARGPARSE_WORDS = (N_("usage: "), N_("positional arguments"), N_("options"), N_("show this help message and exit"),
+                  N_("the following arguments are required: %s"), N_("unrecognized arguments: %s"),
+                  N_("invalid choice: %(value)r (choose from %(choices)s)"), N_("invalid %(type)s value: %(value)r"),
+                  N_("argument %(argument_name)s: %(message)s"), N_("expected one argument"),
+                  N_("expected at least one argument"), N_("ambiguous option: %(option)s could match %(matches)s"))
+
+
+def lang_of(argv: list[str]) -> str:
+    """The language a command line asks for (`--lang X` or `--lang=X` anywhere), else the
+    environment's; read before argparse so that its help is in that language."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--lang" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--lang="):
+            value = arg.split("=", 1)[1]
+    try:
+        return i18n.resolve_lang(value)
+    except ValueError:
+        return i18n.resolve_lang(None)  # argparse then refuses the value, in the environment's language
+
+
+def language(value: str) -> str:
+    try:
+        return i18n.resolve_lang(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(_("Unknown language '{value}': choose zh or en.")
+                                         .format(value=value)) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its refusal as one `error:` line like every other refusal (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, _("error: {message} (see {prog} --help)").format(message=message, prog=self.prog)
+                  + "\n")
+
+
+def check_out(out: Path | None) -> None:
+    """--out must be a directory this process can write, checked before anything trains."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(_("--out {out} is a file, not a directory: name a directory (it is created if missing).")
+                         .format(out=out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(_("--out {out} cannot be written ({why}): choose a directory you can write to.")
+                         .format(out=out, why=exc.strerror or exc)) from None
+
+
+def check_data_dir(data_dir: str | None) -> None:
+    if data_dir is not None and not Path(data_dir).is_dir():
+        template = (_("--data-dir {dir} is a file, not a directory: give the folder that holds MNIST/raw, or leave "
+                      "--data-dir out to use the offline package.") if Path(data_dir).exists() else
+                    _("--data-dir {dir} does not exist: give the folder that holds MNIST/raw, or leave --data-dir out "
+                      "to use the offline package."))
+        raise ValueError(template.format(dir=data_dir))
+
+
+def open_store(args) -> ResultStore:
+    """Every output checked before training: --out, --data-dir, then the database (opened and checked)."""
+    check_out(args.out)
+    check_data_dir(args.data_dir)
+    return ResultStore(args.db)
+
+
+def report_diverged(results: list[RunResult]) -> int:
+    """One stderr line per diverged run; the exit code."""
+    bad = diverged_runs(results)
+    for r in bad:
+        print(_("diverged: run {id}: {message}").format(id=r.run_id, message=r.message), file=sys.stderr)
+    if bad and len(results) > 1:
+        print(_("{n} of {total} runs diverged; the summaries count finished runs only.").format(
+            n=len(bad), total=len(results)), file=sys.stderr)
+    return EXIT_DIVERGED if bad else 0
+
+
+class ProgressBar:
+    """A tqdm bar on stderr fed by training progress events (iterations across all runs)."""
+
+    def __init__(self, total: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="it", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+
+    def __call__(self, event: Progress) -> None:
+        if event.kind == "iterations":
+            self.bar.update(len(event.losses))
+        elif event.kind == "epoch" and event.metrics is not None:
+            m = event.metrics
+            self.bar.set_postfix_str(_("epoch {epoch} test accuracy {acc}").format(epoch=m.epoch,
+                                                                                     acc=i18n.pct(m.test_acc)))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def export_tables(store: ResultStore, out: Path | None, run_ids: list[str], extra: dict[str, pd.DataFrame]) -> None:
+    if out is None:
+        return
+    paths = store.export_csv(out, run_ids)
+    for name, frame in extra.items():
+        paths[name] = out / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    print(_("wrote {files}").format(files=", ".join(str(p) for p in paths.values())))
+
+
+def stop_on_ctrl_c(stop: threading.Event):
+    """First Ctrl-C: finish the current iteration, keep and write everything done ('stopped').
+    Second Ctrl-C: abort at once. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\n" + _("stopping after this iteration; what finished is kept (Ctrl-C again to abort)"), file=sys.stderr)
+    return signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,100 @@
+"""Command line for looking inside a kept run: `inspect RUN_ID --out DIR` (confusion.csv,
+per_class.csv, misclassified.csv), `predict RUN_ID IMAGE...` (top-3 per image) and
+`export RUN_ID --out DIR` (the zip with the weights and the standalone script). Refusals are
+ValueErrors, printed by cli.main as one `error:` line.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_lab.cli.common import check_out, db_help
+from mnist_lab.cli.common import gettext as _
+from mnist_lab.runs.store import ResultStore
+
+
+def _open_run(args):
+    from mnist_lab.lab.inspection import load_run
+
+    if args.db is not None and not Path(args.db).is_file():
+        raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
+                         .format(db=args.db))
+    store = ResultStore(args.db)
+    if store.runs([args.run_id]).empty:
+        raise ValueError(_("No run {run_id} in {db}: copy a run id from `runs.csv` or the Runs page.")
+                         .format(run_id=args.run_id, db=store.path))
+    try:
+        return load_run(store, args.run_id)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def cmd_inspect(args) -> int:
+    from mnist_lab.lab.inspection import confusion, evaluated_images
+
+    check_out(args.out)
+    run = _open_run(args)
+    conf = confusion(run, *evaluated_images(run))
+    names = run.class_names
+    counts = pd.DataFrame(conf.counts, index=pd.Index(names, name="true"), columns=names)
+    paths = [args.out / "confusion.csv", args.out / "per_class.csv", args.out / "misclassified.csv"]
+    counts.to_csv(paths[0])
+    conf.per_class().to_csv(paths[1], index=False)
+    conf.misclassified().to_csv(paths[2], index=False)
+    print(_("run {run_id}: test accuracy {acc:.2f}% on {n:,} images; most confused:").format(
+        run_id=run.run_id, acc=100 * conf.accuracy, n=conf.n))
+    pairs = conf.confused_pairs(5)
+    if len(pairs):
+        print(pairs[["true_name", "predicted_name", "count"]].to_string(index=False))
+    print(_("wrote {paths}").format(paths=", ".join(str(p) for p in paths)))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from mnist_lab.lab.inspection import check_size, decode_image, predict, prepare_upload
+
+    run = _open_run(args)
+    for path in args.images:
+        if not path.is_file():
+            raise ValueError(_("{path} is not a file: give image files (PNG, JPEG).").format(path=path))
+        check_size(path.stat().st_size, str(path))  # before reading it
+        image = prepare_upload(decode_image(path.read_bytes(), name=str(path)), run)
+        top = predict(run, image).top
+        print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for _c, name, p in top))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mnist_lab.lab.export import export_run
+
+    check_out(args.out)
+    run = _open_run(args)
+    print(_("wrote {path}").format(path=export_run(run, args.out)))
+    return 0
+
+
+def add_inspect_commands(sub, parents=()) -> None:
+    """Register inspect, predict and export on the main parser's subcommands; `parents` brings
+    the shared --lang."""
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, parents=list(parents))
+        p.add_argument("run_id", help=_("a run id from runs.csv or the Runs page"))
+        return p
+
+    p = command("inspect", _("confusion matrix, per-class accuracy, misclassified test images of a run"))
+    p.add_argument("--out", type=Path, required=True, help=_("directory for confusion.csv, per_class.csv, "
+                                                             "misclassified.csv"))
+    p.add_argument("--db", type=Path, help=db_help())
+    p.set_defaults(func=cmd_inspect)
+
+    p = command("predict", _("a run's top-3 classes for image files (a digit on paper or screen)"))
+    p.add_argument("images", type=Path, nargs="+", help=_("image files (PNG, JPEG)"))
+    p.add_argument("--db", type=Path, help=db_help())
+    p.set_defaults(func=cmd_predict)
+
+    p = command("export", _("a run as a zip: weights and a standalone PyTorch script"))
+    p.add_argument("--out", type=Path, required=True, help=_("directory for run_<id>.zip"))
+    p.add_argument("--db", type=Path, help=db_help())
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,2 @@
+"""Datasets as specs (shapes, classes, counts, checksums, sources), their loading, verification and
+cache, and the tensors training reads."""

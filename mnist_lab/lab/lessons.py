@@ -1,0 +1,532 @@
+"""The course's week-2 questions as ready experiments ("lessons"). A lesson is data: a title and a
+question (English msgids), variants made from a base network and training with
+`dataclasses.replace`, a number of seeds and the metrics to compare. `run_lesson` trains every
+variant over the seeds through `run_many`; `summarize_lesson` gives mean ± sd per variant and
+`read_lesson` a reading computed from those numbers with the findings' direction rule
+(`findings.judge`), as message templates with their values, which the CLI, the Week 2 page and
+the lab report word. Never imports streamlit.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+
+import pandas as pd
+
+from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig
+from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int
+from mnist_lab.i18n import N_
+from mnist_lab.lab.experiments import MAX_SEEDS, ProgressFn, run_many, summarize_over_seeds
+from mnist_lab.lab.verdicts import FLAT_ACC, Comparison, judge
+from mnist_lab.nets.models import PRESETS, ModelConfig, cnn_config
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig, new_run_id
+
+EXPERIMENT = "lesson"  # the runs' `experiment` in the store; their group_id is "lesson:NAME:ID"
+
+
+# ------------------------------------------------------------------------------------ lessons as data
+
+@dataclass(frozen=True)
+class Change:
+    """One variant of a lesson: what differs from the lesson's base, applied with `replace`."""
+
+    label: str  # English msgid, e.g. "same order every epoch"
+    # None: the base network; "name": that preset's network; {field: value}: replace() on the base;
+    # ("cnn", {kwargs}): models.cnn_config(**kwargs)
+    model: str | Mapping | tuple | None = None
+    train: Mapping = field(default_factory=dict)  # TrainConfig fields to replace
+    data: Mapping = field(default_factory=dict)  # DataConfig fields to replace
+    needs: tuple[str, ...] = ()  # features of this build it needs (see `missing`)
+
+
+@dataclass(frozen=True)
+class Lesson:
+    name: str  # the CLI's NAME
+    title: str  # msgid
+    question: str  # msgid: the course notes' question
+    changes: tuple[Change, ...]  # the first is the baseline every other variant is compared with
+    preset: str = "lab5"  # base network and its optimiser, batch size and normalisation
+    base_train: Mapping = field(default_factory=dict)  # TrainConfig fields replaced on the preset's
+    datasets: tuple[str, ...] = ("mnist", "fashion-mnist")  # where it makes sense; the first is the default
+    metrics: tuple[str, ...] = ("test_acc",)  # test_acc (always read), seconds, iterations: what is charted
+    seeds: int = 3
+    # quick settings (about 2 minutes on a 2-core CPU); "full settings" train every image
+    epochs: int = 1
+    train_limit: int | None = 10000  # training images
+    test_limit: int | None = None  # test images evaluated (None: all)
+    full_epochs: int = 3
+    needs: tuple[str, ...] = ()
+
+
+def missing(need: str) -> bool:
+    """Whether this build lacks a feature: 'train.FIELD' / 'model.FIELD' (a TrainConfig or
+    ModelConfig field, e.g. model.head: the 1x1-conv / GAP head), 'preset.NAME', 'dataset.NAME'
+    or 'normalize.NAME'."""
+    kind, _, name = need.partition(".")
+    if kind == "train":
+        return name not in {f.name for f in fields(TrainConfig)}
+    if kind == "preset":
+        return name not in PRESETS
+    if kind == "dataset":
+        return name not in DATASETS
+    if kind == "normalize":
+        return name not in NORMALIZATIONS
+    if kind == "model":
+        return name not in {f.name for f in fields(ModelConfig)}
+    raise KeyError(need)
+
+
+_SEQ = dict(optimizer="adam", lr=0.001, momentum=0.0)  # the lessons whose nets train poorly with SGD 0.01
+
+LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
+    Lesson("shuffle", N_("Shuffle on or off"),
+           N_("Does a new random batch order every epoch (shuffle=True) train better than the same order every "
+              "epoch, and what does an order sorted by label do?"),
+           (Change(N_("shuffled every epoch")),
+            Change(N_("same order every epoch"), train={"shuffle": False}),
+            Change(N_("sorted by label"), train={"shuffle": False, "sort_by_label": True},
+                   needs=("train.sort_by_label",))),
+           epochs=2),
+    Lesson("normalize", N_("Normalisation"),
+           N_("Does it matter how the pixels are normalised: not at all, with mean 0.5 and std 0.5, or with the "
+              "dataset's own mean and standard deviation?"),
+           (Change(N_("no normalisation (pixels in [0, 1])"), data={"normalize": "none"}),
+            Change(N_("mean 0.5, std 0.5"), data={"normalize": "half"}),
+            Change(N_("the dataset's mean and std"), data={"normalize": "dataset"}, needs=("normalize.dataset",))),
+           datasets=("mnist", "fashion-mnist", "cifar10")),
+    Lesson("epoch-batch", N_("Epoch vs batch"),
+           N_("One epoch shows the network every training image once; the batch size decides how many iterations "
+              "that takes. With the same images, how do iterations, wall time and accuracy change?"),
+           (Change(N_("batch size 16"), train={"batch_size": 16}),
+            Change(N_("batch size 64"), train={"batch_size": 64}),
+            Change(N_("batch size 256"), train={"batch_size": 256})),
+           metrics=("test_acc", "seconds", "iterations")),
+    Lesson("head", N_("1×1 convolution vs a fully-connected head"),
+           N_("A 1×1 convolution keeps the spatial layout and changes the number of channels; a fully-connected "
+              "head flattens the feature map and loses it. How do parameters and accuracy compare?"),
+           (Change(N_("flatten → fully-connected head"),
+                   model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="fc"))),
+            Change(N_("1×1 convolution → global average pooling head"),
+                   model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="gap")))),
+           base_train=_SEQ, needs=("model.head",)),
+    Lesson("residual", N_("Residual learning"),
+           N_("Does a deep CNN train better with shortcut connections (residual blocks) than the same depth "
+              "without them?"),
+           (Change(N_("plain deep CNN"), model="plain-small"),
+            Change(N_("the same depth with shortcuts"), model="resnet-small")),
+           preset="resnet-small", needs=("preset.plain-small", "preset.resnet-small"),
+           datasets=("mnist", "fashion-mnist", "cifar10"), train_limit=2000, test_limit=1000),  # 13 convs: slow
+    Lesson("softmax", N_("Softmax before CrossEntropyLoss"),
+           N_("What happens to accuracy when a softmax is put before CrossEntropyLoss, which already applies "
+              "log-softmax?"),
+           (Change(N_("logits into CrossEntropyLoss")),
+            Change(N_("softmax before CrossEntropyLoss"), model={"softmax_before_loss": True}))),
+    Lesson("batchnorm", N_("BatchNorm on or off"),
+           N_("Does BatchNorm after each convolution raise accuracy?"),
+           (Change(N_("without BatchNorm")),
+            Change(N_("BatchNorm after each convolution"), model={"batch_norm": True}))),
+    Lesson("augment", N_("Data augmentation"),
+           N_("Does augmenting the training images (small random shifts; crops and flips on CIFAR-10) raise test "
+              "accuracy?"),
+           (Change(N_("no augmentation")),
+            Change(N_("augmentation on"), train={"augment": True})),
+           needs=("train.augment",), epochs=2, datasets=("mnist", "fashion-mnist", "cifar10")),
+    Lesson("cifar-nets", N_("The course's CIFAR-10 net vs LeNet vs VGG16"),
+           N_("The notes' CIFAR-10 net reaches 62% after 10 epochs; how do LeNet and a VGG16 with BatchNorm "
+              "compare on the same images?"),
+           (Change(N_("the course's CIFAR-10 net"), model="cifar-course"),
+            Change(N_("LeNet"), model="lenet-cifar"),
+            Change(N_("VGG16 with BatchNorm"), model="vgg16-cifar", needs=("preset.vgg16-cifar",))),
+           preset="cifar-course", needs=("preset.cifar-course", "preset.lenet-cifar"),
+           datasets=("cifar10", "mnist", "fashion-mnist"), seeds=2, train_limit=1000, test_limit=1000,
+           full_epochs=10, metrics=("test_acc", "seconds")),
+)}
+
+
+def get_lesson(name: str) -> Lesson:
+    if name not in LESSONS:
+        raise ConfigError("lesson", name, "Unknown lesson {value!r}. Choose one of: {options}.",
+                          options=", ".join(LESSONS))
+    return LESSONS[name]
+
+
+def datasets_for(lesson: Lesson) -> list[str]:
+    """The lesson's datasets that this build knows (their files may still be missing)."""
+    return [d for d in lesson.datasets if d in DATASETS]
+
+
+def unavailable(lesson: Lesson) -> list[str]:
+    """The features this build lacks for the lesson as a whole (empty: it can run)."""
+    return [n for n in lesson.needs if missing(n)]
+
+
+# ------------------------------------------------------------------------------------ what to train
+
+@dataclass(frozen=True)
+class LessonConfig:
+    """What a student picks for a lesson: which one, on which dataset, how many seeds, quick or full."""
+
+    name: str = "shuffle"  # a key of LESSONS
+    dataset: str = ""  # "" : the lesson's default dataset
+    seeds: int | None = None  # None: the lesson's default
+    full: bool = False  # the lab's full settings: every image, more epochs
+    # overrides of the quick or full settings (None: the lesson's): tests, tiny demos, a bigger run
+    epochs: int | None = None
+    train_limit: int | None = None  # training images
+    test_limit: int | None = None  # test images evaluated
+
+    @property
+    def lesson(self) -> Lesson:
+        return get_lesson(self.name)
+
+    def resolved_dataset(self) -> str:
+        return self.dataset or (datasets_for(self.lesson) or [self.lesson.datasets[0]])[0]
+
+    def n_seeds(self) -> int:
+        return self.lesson.seeds if self.seeds is None else self.seeds
+
+    def validate(self) -> None:
+        """Raise ConfigError (a ValueError) naming the field, the value and what to change."""
+        need_choice("name", self.name, "Lesson", tuple(LESSONS), "Unknown lesson {value!r}. Choose one of: {options}.")
+        lesson = self.lesson
+        if self.dataset:
+            need_choice("dataset", self.dataset, "Dataset", lesson.datasets,
+                        "The lesson does not run on {value!r}; choose one of: {options}.")
+            if missing(f"dataset.{self.dataset}"):
+                raise ConfigError("dataset", self.dataset, "The dataset {value!r} is not available in this build; "
+                                  "choose one of: {options}.", options=", ".join(datasets_for(lesson)) or "—")
+        if self.seeds is not None:
+            need_int("seeds", self.seeds, "Seeds", 3)
+            if not 1 <= self.seeds <= MAX_SEEDS:
+                raise ConfigError("seeds", self.seeds, "A lesson needs 1 to {high} seeds per variant; got {value!r}. "
+                                  "Use 3, say.", high=MAX_SEEDS)
+        need_bool("full", self.full, "Full settings")
+        for name, example in (("epochs", 1), ("train_limit", 5000), ("test_limit", 1000)):
+            value = getattr(self, name)
+            if value is not None and need_int(name, value, name, example) < 1:
+                raise ConfigError(name, value, "{name} must be at least 1 (got {value!r}); leave it out for the "
+                                  "lesson's own setting.", name=name)
+        if lost := unavailable(lesson):
+            raise ConfigError("name", self.name, "The lesson {value!r} is not available in this build: it needs "
+                              "{needs}.", needs=", ".join(lost))
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str  # msgid
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig
+
+
+@dataclass(frozen=True)
+class Skipped:
+    label: str  # msgid
+    reason: str  # English text (a need this build lacks, or the network's geometry refusal)
+
+
+def fit(model: ModelConfig, dataset: str) -> ModelConfig:
+    """The network for the dataset's images: its channels, size and number of classes."""
+    spec = DATASETS[dataset]
+    return replace(model, in_channels=spec.channels, image_size=spec.image_size, n_classes=spec.n_classes)
+
+
+def _normalize(name: str) -> str:
+    """A preset's 'mnist' (MNIST's mean/std, the older name) becomes 'dataset': the same numbers on
+    MNIST, and each other dataset's own mean/std there."""
+    return "dataset" if name == "mnist" else name
+
+
+def base_configs(cfg: LessonConfig, device: str = "auto", engine: str = "auto",
+                 data_dir: str | None = None) -> tuple[TrainConfig, DataConfig]:
+    """The lesson's base training and data settings (quick or full) every variant starts from."""
+    cfg.validate()
+    lesson, dataset = cfg.lesson, cfg.resolved_dataset()
+    preset = PRESETS[lesson.preset]
+    epochs = cfg.epochs or (lesson.full_epochs if cfg.full else lesson.epochs)
+    train = TrainConfig(epochs=epochs, batch_size=preset.batch_size,
+                        optimizer=preset.optimizer, lr=preset.lr, momentum=preset.momentum, device=device,
+                        engine=engine)
+    train = replace(train, **lesson.base_train)
+    data = DataConfig(dataset=dataset, normalize=_normalize(preset.normalize),
+                      train_limit=cfg.train_limit or (None if cfg.full else lesson.train_limit),
+                      test_limit=cfg.test_limit or (None if cfg.full else lesson.test_limit), data_dir=data_dir)
+    return train, data
+
+
+def _model(change: Change, base: ModelConfig) -> ModelConfig:
+    if change.model is None:
+        return base
+    if isinstance(change.model, str):
+        return PRESETS[change.model].model
+    if isinstance(change.model, tuple):
+        _, kwargs = change.model
+        return cnn_config(**kwargs)
+    return replace(base, **change.model)
+
+
+def plan(cfg: LessonConfig, train: TrainConfig, data: DataConfig) -> tuple[list[Variant], list[Skipped]]:
+    """The lesson's variants built from `train` and `data` with `replace`, and those that cannot
+    run here (a feature this build lacks, or a network that does not fit the dataset's images)."""
+    cfg.validate()
+    lesson = cfg.lesson
+    base = PRESETS[lesson.preset].model
+    variants, skipped = [], []
+    for change in lesson.changes:
+        if lost := [n for n in change.needs if missing(n)]:
+            skipped.append(Skipped(change.label, "not available in this build: needs " + ", ".join(lost)))
+            continue
+        try:
+            model = fit(_model(change, base), data.dataset)
+            model.validate()
+        except ValueError as exc:
+            skipped.append(Skipped(change.label, str(exc)))
+            continue
+        vdata = replace(data, **change.data)
+        vdata = replace(vdata, normalize=_normalize(vdata.normalize))
+        variants.append(Variant(change.label, model, replace(train, **change.train), vdata))
+    return variants, skipped
+
+
+# ------------------------------------------------------------------------------------ running
+
+LESSON_COLUMNS = ["variant", "seed", "params", "batch_size", "test_acc", "test_loss", "seconds", "iterations",
+                  "run_id", "status"]
+
+
+@dataclass
+class LessonResult:
+    config: LessonConfig
+    results: list[RunResult]
+    table: pd.DataFrame  # LESSON_COLUMNS, one row per run
+    summary: pd.DataFrame  # see summarize_lesson
+    reading: Reading
+    skipped: list[Skipped] = field(default_factory=list)
+    status: str = "finished"  # or "stopped"
+
+
+def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, store: ResultStore | None = None,
+               on_progress: ProgressFn | None = None, cancel: CancelFlag | None = None) -> LessonResult:
+    """Every variant of the lesson, `cfg.n_seeds()` times (seeds 0 ..), variants that share their
+    data settings trained together by `run_many`; one table row per run."""
+    variants, skipped = plan(cfg, train, data)
+    if len(variants) < 2:
+        raise ConfigError("name", cfg.name, "The lesson {value!r} cannot compare anything on {dataset}: {why}. "
+                          "Choose another dataset.", dataset=data.dataset,
+                          why="; ".join(f"{s.label}: {s.reason}" for s in skipped) or "fewer than 2 variants")
+    group_id = f"{EXPERIMENT}:{cfg.name}:{new_run_id()}"
+    by_data: OrderedDict[DataConfig, list[tuple[Variant, int]]] = OrderedDict()
+    for v in variants:
+        by_data.setdefault(v.data, []).extend((v, seed) for seed in range(cfg.n_seeds()))
+    results, rows = [], []
+    for data_cfg, keys in by_data.items():
+        if cancel is not None and cancel.is_set():
+            break
+        jobs = [(v.model, replace(v.train, seed=seed), v.label) for v, seed in keys]
+        done = run_many(jobs, data_cfg, store=store, on_progress=on_progress, cancel=cancel, experiment=EXPERIMENT,
+                        group_id=group_id)
+        results += done
+        for r, (v, seed) in zip(done, keys):
+            last = r.epochs[-1] if r.epochs else None
+            rows.append(dict(variant=v.label, seed=seed, params=r.params, batch_size=v.train.batch_size,
+                             test_acc=last.test_acc if last else None, test_loss=last.test_loss if last else None,
+                             seconds=r.seconds, iterations=len(r.losses), run_id=r.run_id, status=r.status))
+    table = pd.DataFrame(rows, columns=LESSON_COLUMNS)
+    expected = len(variants) * cfg.n_seeds()
+    stopped = len(results) < expected or any(r.status == "stopped" for r in results)
+    summary = summarize_lesson(table, [v.label for v in variants])
+    return LessonResult(cfg, results, table, summary, read_lesson(cfg.lesson, summary), skipped,
+                        "stopped" if stopped else "finished")
+
+
+def lesson_table(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """LESSON_COLUMNS rows rebuilt from a lesson's stored runs and epochs (a worker's job, or a
+    lesson reopened later): the variant is the run's label."""
+    last = epochs.sort_values("epoch").groupby("run_id").last() if len(epochs) else pd.DataFrame()
+    rows = []
+    for r in runs.itertuples():
+        end = last.loc[r.run_id] if r.run_id in last.index else None
+        finished = r.status == "finished" and end is not None
+        rows.append(dict(variant=r.label, seed=int(r.seed), params=int(r.params), batch_size=int(r.batch_size),
+                         test_acc=float(end["test_acc"]) if finished else None,
+                         test_loss=float(end["test_loss"]) if finished else None, seconds=float(r.seconds or 0.0),
+                         iterations=int(r.steps_per_epoch or 0) * int(r.epochs_done or 0), run_id=r.run_id,
+                         status=r.status))
+    return pd.DataFrame(rows, columns=LESSON_COLUMNS)
+
+
+def summarize_lesson(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """Per variant, over its finished runs: n, test accuracy mean and sd (and `text`, mean ± sd),
+    diverged runs, parameters, median seconds (one run may pay a warm-up) and mean iterations per
+    run; in `order` if given."""
+    acc = summarize_over_seeds(table, ["variant"])
+    done = table[(table["status"] == "finished") & table["test_acc"].notna()]
+    cost = done.groupby("variant", sort=False).agg(params=("params", "max"), seconds=("seconds", "median"),
+                                                   iterations=("iterations", "mean")).reset_index()
+    out = acc.merge(cost, on="variant", how="left")
+    if order is not None:
+        rank = {label: i for i, label in enumerate(order)}
+        out = out.assign(_rank=out["variant"].map(rank)).sort_values("_rank").drop(columns="_rank")
+    return out.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------ the reading
+
+@dataclass(frozen=True)
+class Line:
+    """A sentence as a msgid and its values; values named in `terms` are msgids too (variant labels)."""
+
+    msgid: str
+    values: dict = field(default_factory=dict)
+    terms: tuple[str, ...] = ()
+
+    def render(self, gettext: Callable[[str], str] = lambda s: s) -> str:
+        values = {k: (gettext(v) if k in self.terms else v) for k, v in self.values.items()}
+        return gettext(self.msgid).format(**values)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A variant against the lesson's baseline (the first variant with finished runs)."""
+
+    baseline: str
+    variant: str
+    comparison: Comparison  # test accuracy, variant minus baseline, by the findings' rule
+    mean_a: float  # test accuracy, fractions
+    mean_b: float
+    params_a: int
+    params_b: int
+    seconds_a: float  # median wall time per run
+    seconds_b: float
+    iterations_a: float  # mean iterations per run
+    iterations_b: float
+
+
+@dataclass
+class Reading:
+    lesson: str
+    contrasts: list[Contrast]
+    best: str | None  # the variant ahead of every other by more than the spread, if one is
+    lines: list[Line]
+
+    def render(self, gettext: Callable[[str], str] = lambda s: s) -> list[str]:
+        return [line.render(gettext) for line in self.lines]
+
+
+def _accuracy_line(c: Contrast) -> Line:
+    cmp = c.comparison
+    values = dict(a=c.baseline, b=c.variant, ma=100 * c.mean_a, mb=100 * c.mean_b, diff=100 * abs(cmp.diff),
+                  signed=100 * cmp.diff, spread=100 * cmp.spread, n=cmp.n_min)
+    if cmp.direction == "up":
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a}, {diff:.2f} points higher, more than "
+                   "the spread over seeds ({spread:.2f} points).")
+    elif cmp.direction == "down":
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a}, {diff:.2f} points lower, more than "
+                   "the spread over seeds ({spread:.2f} points).")
+    elif cmp.direction == "flat":
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a}, a difference of {signed:+.2f} points: "
+                   "beyond the spread over seeds but under 0.1 points, so flat.")
+    elif cmp.reason == "one_seed":
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a} ({signed:+.2f} points), but with 1 seed "
+                   "there is no spread: not distinguishable with 1 seed.")
+    else:
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a} ({signed:+.2f} points), within the "
+                   "spread over seeds ({spread:.2f} points): not distinguishable with {n} seeds.")
+    return Line(msgid, values, ("a", "b"))
+
+
+def _cost_line(c: Contrast) -> Line:
+    ratio = c.seconds_b / c.seconds_a if c.seconds_a > 0 else float("nan")
+    return Line(N_("Cost of {b}: {pb:,} parameters against {pa:,} ({pdiff:+,}); {sb:.2f} s per run against "
+                   "{sa:.2f} s ({ratio:.2f}×)."),
+                dict(a=c.baseline, b=c.variant, pa=c.params_a, pb=c.params_b, pdiff=c.params_b - c.params_a,
+                     sa=c.seconds_a, sb=c.seconds_b, ratio=ratio), ("a", "b"))
+
+
+def read_lesson(lesson: Lesson, summary: pd.DataFrame) -> Reading:
+    """The reading of a lesson's summary: every variant against the baseline by the findings'
+    rule (|diff| > sd A + sd B, at least 2 seeds each), its cost in parameters and seconds (and
+    iterations where the lesson compares them), and the best variant if one is ahead of all."""
+    rows = [r for r in summary.itertuples() if r.n >= 1]
+    if len(rows) < 2:
+        return Reading(lesson.name, [], None, [Line(N_("Not enough finished runs to compare: at least two variants "
+                                                        "need a finished run."))])
+    a = rows[0]
+    contrasts = [Contrast(a.variant, b.variant, judge(a.variant, b.variant, b.mean - a.mean, a.sd + b.sd,
+                                                      min(a.n, b.n), FLAT_ACC),
+                          float(a.mean), float(b.mean), int(a.params), int(b.params), float(a.seconds),
+                          float(b.seconds), float(a.iterations), float(b.iterations)) for b in rows[1:]]
+    lines = []
+    for c in contrasts:
+        lines.append(_accuracy_line(c))
+        if "iterations" in lesson.metrics:
+            lines.append(Line(N_("{b} takes {ib:,.0f} iterations per run against {ia:,.0f} for {a}, for the same "
+                                 "training images."),
+                              dict(a=c.baseline, b=c.variant, ia=c.iterations_a, ib=c.iterations_b), ("a", "b")))
+        lines.append(_cost_line(c))
+    best = None
+    for r in rows:  # ahead of every other variant beyond the spread
+        beats = [judge(o.variant, r.variant, r.mean - o.mean, r.sd + o.sd, min(r.n, o.n), FLAT_ACC)
+                 for o in rows if o is not r]
+        if all(b.direction == "up" for b in beats):
+            best = r.variant
+    if best is not None:
+        lines.append(Line(N_("Best here: {best}, ahead of every other variant by more than the spread over seeds."),
+                          dict(best=best), ("best",)))
+    else:
+        n = min(int(r.n) for r in rows)
+        lines.append(Line(N_("No variant is ahead of all the others by more than the spread over seeds (at least "
+                             "{n} seed(s) per variant)."), dict(n=n)))
+    return Reading(lesson.name, contrasts, best, lines)
+
+
+# ------------------------------------------------------------------------------------ from the store
+
+@dataclass
+class StoredLesson:
+    """A lesson's newest group of runs in the store, summarised and read (the report's section)."""
+
+    name: str
+    group_id: str
+    dataset: str
+    epochs: int
+    train_limit: int | None
+    summary: list[dict]  # summarize_lesson's rows
+    values: list[list[float]]  # each summary row's per-seed test accuracies, by seed
+    reading: Reading
+
+
+def group_lesson(group_id: str) -> str | None:
+    """The lesson a group_id ('lesson:NAME:ID') belongs to, None for other groups."""
+    parts = str(group_id or "").split(":")
+    return parts[1] if len(parts) == 3 and parts[0] == EXPERIMENT and parts[1] in LESSONS else None
+
+
+def stored_lessons(store: ResultStore, workspace: str | None = None) -> list[StoredLesson]:
+    """Each lesson's newest stored group with a finished run, in LESSONS order."""
+    runs = store.visible_runs(workspace)
+    if not len(runs):
+        return []
+    runs = runs[runs["experiment"] == EXPERIMENT]
+    out = []
+    for name, lesson in LESSONS.items():
+        mine = runs[runs["group_id"].map(group_lesson) == name]
+        mine = mine[mine.groupby("group_id")["status"].transform(lambda s: (s == "finished").any())]
+        if not len(mine):
+            continue
+        newest = mine.groupby("group_id")["started_at"].max().idxmax()
+        part = mine[mine["group_id"] == newest]
+        table = lesson_table(part, store.epochs(list(part["run_id"])))
+        order = [c.label for c in lesson.changes]
+        summary = summarize_lesson(table, order)
+        first = part.iloc[0]
+        limit = first["train_limit"]
+        done = table.dropna(subset=["test_acc"]).sort_values("seed")
+        values = [[float(v) for v in done.loc[done["variant"] == label, "test_acc"]] for label in summary["variant"]]
+        out.append(StoredLesson(name, newest, str(first["dataset"]), int(first["epochs"]),
+                                None if pd.isna(limit) else int(limit), summary.to_dict("records"), values,
+                                read_lesson(lesson, summary)))
+    return out
+

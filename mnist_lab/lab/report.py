@@ -1,0 +1,659 @@
+"""The lab report: `findings` worded through the gettext catalogs (zh_CN or en), laid out under the
+lab sheet's own headings, and written as self-contained HTML, a Word document, a Markdown zip,
+findings.json and the chosen run's every-iteration CSV. Every sentence is a msgid with values;
+which sentence is said follows from the findings' directions, never from what a lab expects.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import textwrap
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mnist_lab.i18n import integer, number, pct, resolve_lang, translator
+from mnist_lab.lab import figures
+from mnist_lab.lab.findings import Finding, Findings, compute_findings, moving_mean
+from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, Comparison, Group
+from mnist_lab.runs.store import ResultStore
+
+
+def N_(message: str) -> str:
+    """Mark a msgid for extraction; it is translated where it is shown."""
+    return message
+
+
+TITLE = N_("Lab 5: classifying the MNIST dataset with a convolutional neural network")
+SUBTITLE = N_("Lab report")
+H_CONTENT = N_("【Lab content and summary】")
+H_RESULTS = N_("1. Give the results the lab requirements ask for.")
+H_REQ1 = N_("Requirement 1: train the network on MNIST and record the loss of every iteration.")
+H_REQ2 = N_("Requirement 2: change the number of convolution and pooling layers and observe the test accuracy; "
+            "think about how the number of layers affects accuracy.")
+H_REQ3 = N_("Requirement 3: change the kernel size and observe the test accuracy; think about how the kernel size "
+            "affects accuracy.")
+H_CONVPOOL = N_("2. Analyse how the convolution and pooling layers affect the network.")
+H_KERNEL = N_("3. Analyse how the kernel size affects the network.")
+H_SUMMARY = N_("4. Summarise the traits of convolutional neural networks and explain the role of the loss "
+               "function in training.")
+H_REFLECT = N_("Reflections")  # the lab sheet's 实验心得体会, left for the student
+H_SETUP = N_("Setup")
+H_RULE = N_("How a direction is decided")
+H_LESSONS = N_("Week 2: the notes' questions as experiments")
+DIRECTIONS = {UP: N_("up"), DOWN: N_("down"), FLAT: N_("flat"), UNCLEAR: N_("not distinguishable")}
+PIXELS = {"normal": N_("normal pixels"), "permuted": N_("permuted pixels")}
+PAGES = (N_("Train"), N_("Sweep: depth × kernel"), N_("FC vs CNN"))  # findings.TODO's pages, as the app names them
+FILES = ("report.html", "report.docx", "report_md.zip", "findings.json", "iterations.csv")
+
+
+@dataclass
+class Block:
+    kind: str  # "h1", "h2", "h3", "p", "list", "table", "figure", "code", "note"
+    text: str = ""  # heading, paragraph, caption, code
+    items: list[str] = field(default_factory=list)  # list items
+    header: list[str] = field(default_factory=list)  # table
+    rows: list[list[str]] = field(default_factory=list)
+    png: bytes = b""  # figure
+    name: str = ""  # figure file name
+
+
+@dataclass
+class Report:
+    lang: str
+    blocks: list[Block]
+    findings: Findings
+    iterations_csv: str  # the chosen run's every-iteration losses
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return self.blocks[0].text
+
+    def figures(self) -> list[Block]:
+        return [b for b in self.blocks if b.kind == "figure"]
+
+
+class _Writer:
+    """Builds the blocks in one language; `say` is gettext then str.format with the values."""
+
+    def __init__(self, lang: str, cjk_figures: bool):
+        self.t = translator(lang)
+        self.fig_t = self.t if cjk_figures or lang == "en" else translator("en")
+        self.cjk = cjk_figures and lang != "en"
+        self.blocks: list[Block] = []
+
+    def _(self, msgid: str) -> str:
+        return self.t.gettext(msgid)
+
+    def say(self, msgid: str, **values) -> str:
+        return self.t.gettext(msgid).format(**values)
+
+    def add(self, kind: str, text: str = "", **kw) -> None:
+        self.blocks.append(Block(kind, text, **kw))
+
+    def para(self, msgid: str, **values) -> None:
+        self.add("p", self.say(msgid, **values))
+
+    def figure(self, name: str, png: bytes, caption: str) -> None:
+        self.add("figure", caption, png=png, name=name)
+
+
+# ------------------------------------------------------------------------------ shared sentences
+
+def _acc(g: Group) -> str:
+    return f"{pct(g.mean)} ± {pct(g.sd)[:-1]}" if g.n > 1 else pct(g.mean)
+
+
+def _comparison(w: _Writer, c: Comparison, a: str, b: str, ma: float, mb: float) -> str:
+    """One sentence: how test accuracy moved from group a to group b, and whether that counts."""
+    values = dict(a=a, b=b, diff=f"{100 * abs(c.diff):.2f}", signed=f"{100 * c.diff:+.2f}", ma=pct(ma), mb=pct(mb),
+                  spread=f"{100 * c.spread:.2f}")
+    if c.direction == UP:
+        return w.say("From {a} to {b}, test accuracy rose by {diff} points ({ma} → {mb}), more than the spread "
+                     "over seeds ({spread} points).", **values)
+    if c.direction == DOWN:
+        return w.say("From {a} to {b}, test accuracy fell by {diff} points ({ma} → {mb}), more than the spread "
+                     "over seeds ({spread} points).", **values)
+    if c.direction == FLAT:
+        return w.say("From {a} to {b}, test accuracy is flat: it moved {signed} points ({ma} → {mb}), beyond the "
+                     "spread over seeds but under 0.1 points.", **values)
+    if c.reason == "one_seed":
+        return w.say("From {a} to {b}, test accuracy moved {signed} points ({ma} → {mb}), but with 1 seed per "
+                     "setting there is no spread, so the two cannot be distinguished.", **values)
+    return w.say("From {a} to {b}, test accuracy moved {signed} points ({ma} → {mb}), not more than the spread over "
+                 "seeds ({spread} points): the two cannot be distinguished.", **values)
+
+
+def _todo(w: _Writer, f: Finding) -> None:
+    for todo in f.todo:
+        if todo.why == "missing":
+            w.para("Not enough runs for this yet: run the experiment on the “{page}” page, or on the command line:",
+                page=w._(todo.page))
+        else:
+            w.para("Each setting here has a single seed, so a difference cannot be told from seed-to-seed noise: "
+                "repeat it with 3 seeds on the “{page}” page, or on the command line:", page=w._(todo.page))
+        w.add("code", todo.command)
+
+
+def _cost(w: _Writer, f: Finding) -> None:
+    n = len(f.run_ids)
+    w.add("p", w.t.ngettext("Cost: {n} run, up to {params} parameters, {seconds} s of training in total.",
+                            "Cost: {n} runs, up to {params} parameters, {seconds} s of training in total.", n)
+          .format(n=n, params=integer(f.params), seconds=number(f.seconds, 1)))
+
+
+def _direction_table(w: _Writer, steps: list[Comparison], names: dict[str, str]) -> None:
+    w.add("table", header=[w._("from"), w._("to"), w._("difference (points)"), w._("spread sd A + sd B (points)"),
+                           w._("direction")],
+          rows=[[names.get(c.a, c.a), names.get(c.b, c.b), f"{100 * c.diff:+.2f}", f"{100 * c.spread:.2f}",
+                 w._(DIRECTIONS[c.direction])] for c in steps])
+
+
+# ------------------------------------------------------------------------------ sections
+
+def _setup(w: _Writer, fs: Findings, db: str) -> None:
+    w.add("h2", w._(H_SETUP))
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    w.para("Generated on {date} from the {n} finished runs in the results database {db}. Devices: {devices}. "
+           "Data: {sources}.", date=date, n=integer(fs.runs_considered), db=db,
+           devices=", ".join(fs.devices) or "—", sources=", ".join(fs.data_sources) or "—")
+    w.add("h3", w._(H_RULE))
+    w.para("Accuracy is the share of the 10,000 test images classified correctly. A difference between two settings "
+        "counts only when it is larger than the sum of their standard deviations over seeds (sd A + sd B); with "
+        "one seed per setting there is no spread, so it cannot be distinguished. A change that counts but is "
+        "under 0.1 points is called flat.")
+
+
+def _loss(w: _Writer, f: Finding, store: ResultStore) -> str:
+    w.add("h3", w._(H_REQ1))
+    if not f.available:
+        _todo(w, f)
+        return ""
+    n, s = f.numbers, f.numbers["settings"]
+    lr, momentum = f"{s['lr']:g}", f"{s['momentum']:g}"
+    w.para("Run {run_id}: {label}; {epochs} epoch(s), batch size {batch}, {optimizer}, learning rate {lr}, momentum "
+        "{momentum}, random seed {seed}; trained on {device} ({engine} engine); data: {dataset} from {source}.",
+        run_id=n["run_id"], label=s["label"], epochs=s["epochs"], batch=s["batch_size"], optimizer=s["optimizer"],
+        lr=lr, momentum=momentum, seed=s["seed"], device=s["device"] or "—",
+        engine=s["engine"] or "—", dataset=s["dataset"], source=s["data_source"] or "—")
+    w.para("The loss of every one of its {n} iterations is recorded: the full table is iterations.csv (columns "
+        "run_id, epoch, iteration, loss).", n=integer(n["iterations"]))
+    values = dict(w=n["window"], first=number(n["first_mean"]), last=number(n["last_mean"]),
+                  frac=pct(abs(n["fell_frac"]), 1))
+    if f.direction == DOWN:
+        w.para("The moving mean of the loss over {w} iterations fell from {first} to {last}, {frac} lower.", **values)
+    elif f.direction == UP:
+        w.para("The moving mean of the loss over {w} iterations rose from {first} to {last}: training diverged; lower "
+            "the learning rate.", **values)
+    elif f.direction == FLAT:
+        w.para("The moving mean of the loss over {w} iterations stayed flat, {first} → {last} (a change under 0.01): "
+               "the network had already learned what it could with these settings.", **values)
+    else:
+        w.para("The moving mean of the loss over {w} iterations went from {first} to {last}, a change no larger than "
+            "the iteration-to-iteration noise: the network did not learn in these iterations.", **values)
+    if n["level_off_iteration"] is not None:
+        w.para("It levelled off after iteration {it} of {n} ({frac} of the training): from there on the moving mean "
+            "stays within {band} of its final value (10% of its total fall).", it=integer(n["level_off_iteration"]),
+            n=integer(n["iterations"]), frac=pct(n["level_off_frac"], 0), band=number(n["band"]))
+        if n["level_off_frac"] > 0.9:
+            w.para("That is late in the training, so the loss was still falling at the end: more epochs would "
+                "probably lower it further.")
+    iters = store.iterations([n["run_id"]])
+    its, losses = [int(i) for i in iters["iteration"]], [float(x) for x in iters["loss"]]
+    w.figure("loss.png", figures.loss_figure(its, losses, moving_mean(losses, n["window"]), n["window"],
+                                             n["level_off_iteration"], n["steps_per_epoch"], w.fig_t.gettext, w.cjk),
+             w.say("Figure: the loss of every iteration of run {run_id} and its moving mean.", run_id=n["run_id"]))
+    epochs = n["per_epoch"]
+    if epochs:
+        w.add("table", header=[w._("epoch"), w._("train loss"), w._("test loss"), w._("test accuracy")],
+              rows=[[str(e["epoch"]), number(e["train_loss"]), number(e["test_loss"]), pct(e["test_acc"])]
+                    for e in epochs])
+        w.para("Test accuracy after the last epoch: {acc}.", acc=pct(epochs[-1]["test_acc"]))
+    if len(epochs) > 1:
+        w.figure("accuracy_per_epoch.png",
+                 figures.epoch_figure([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], w.fig_t.gettext,
+                                      w.cjk), w._("Figure: test accuracy after each epoch."))
+    _confusion(w, n.get("confusion"))
+    _cost(w, f)
+    return iters.to_csv(index=False)
+
+
+def _confusion(w: _Writer, c: dict | None) -> None:
+    """The run's confusion matrix (rows: true class, columns: predicted) and its most confused pairs."""
+    if not c:
+        return
+    names = c["class_names"]
+    w.para("Confusion matrix of this run on its {n} test images (rows: the true class; columns: the predicted "
+           "class; the diagonal is what it got right, {acc} in all):", n=integer(c["n"]), acc=pct(c["accuracy"]))
+    w.add("table", header=[w._("true / predicted"), *names],
+          rows=[[names[t], *(integer(v) for v in row)] for t, row in enumerate(c["counts"])])
+    if c["pairs"]:
+        w.para("The pairs it confused most: {pairs}.", pairs=w._("; ").join(
+            w.say("{true} taken for {pred} {count} times ({share} of the {true}s)", true=p["true_name"],
+                  pred=p["predicted_name"], count=integer(p["count"]), share=pct(p["share"], 1))
+            for p in c["pairs"]))
+
+
+def _level_name(w: _Writer, factor: str, level: str) -> str:
+    if factor == "conv_layers":
+        return w.t.ngettext("{n} conv+pool layer", "{n} conv+pool layers", int(level)).format(n=level)
+    return w.say("kernel size {k}×{k}", k=level)
+
+
+def _factor_results(w: _Writer, f: Finding, heading: str, factor: str) -> None:
+    w.add("h3", w._(heading))
+    if not f.available:
+        _todo(w, f)
+        return
+    n, fx = f.numbers, f.fixed
+    if factor == "conv_layers":
+        w.para("Sweep runs with kernel size {k}, {padding} padding, {epochs} epoch(s), random seeds {seeds}: only the "
+            "number of conv+pool blocks changes (the channels double from block to block).", k=fx["kernel_size"],
+            padding=fx["padding"], epochs=fx["epochs"], seeds=", ".join(map(str, fx["seeds"])))
+    else:
+        w.para("Sweep runs with {layers} conv+pool block(s) (channels {channels}), {padding} padding, {epochs} "
+               "epoch(s), random seeds {seeds}: only the kernel size changes.",
+               layers=fx["conv_layers"], channels=fx["conv_channels"], padding=fx["padding"], epochs=fx["epochs"],
+               seeds=", ".join(map(str, fx["seeds"])))
+    names = {g.level: _level_name(w, factor, g.level) for g in f.groups}
+    w.add("table", header=[w._("setting"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"), w._("parameters"),
+                           w._("seconds per run"), w._("last feature map")],
+          rows=[[names[g.level], str(g.n), _acc(g), integer(g.params), number(g.seconds, 1),
+                 f"{n['feature_map'][g.level]}×{n['feature_map'][g.level]}"] for g in f.groups])
+    first, last = f.groups[0], f.groups[-1]
+    w.add("p", _comparison(w, f.overall, names[first.level], names[last.level], first.mean, last.mean))
+    if len(f.groups) > 2:
+        _direction_table(w, f.steps, names)
+    best = max(f.groups, key=lambda g: g.mean)
+    w.para("The highest mean test accuracy: {best} ({acc}).", best=names[best.level], acc=_acc(best))
+    xlabel = w.fig_t.gettext("conv+pool layers") if factor == "conv_layers" else w.fig_t.gettext("kernel size")
+    w.figure(f"accuracy_vs_{factor}.png",
+             figures.levels_figure([g.level for g in f.groups], [g.values for g in f.groups],
+                                   [g.mean for g in f.groups], [g.sd for g in f.groups], xlabel, w.fig_t.gettext,
+                                   w.cjk),
+             w._("Figure: test accuracy (mean ± sd over seeds, each dot one seed) against the number of conv+pool "
+                 "layers.") if factor == "conv_layers" else
+             w._("Figure: test accuracy (mean ± sd over seeds, each dot one seed) against the kernel size."))
+    _todo(w, f)
+    _cost(w, f)
+
+
+def _depth_analysis(w: _Writer, f: Finding) -> None:
+    w.add("h2", w._(H_CONVPOOL))
+    w.para("A convolution layer slides small kernels, the same weights at every position, over its input and responds "
+        "to local patterns such as strokes and corners; a 2×2 max-pooling layer keeps the strongest response in "
+        "each window, halving the feature map, which makes the features tolerant of small shifts and cuts the "
+        "cost of later layers.")
+    if not f.available:
+        w.para("Without sweep runs over the number of layers, the report cannot say how depth changed accuracy here "
+            "(see requirement 2).")
+        return
+    first, last = f.groups[0], f.groups[-1]
+    a, b = _level_name(w, "conv_layers", first.level), _level_name(w, "conv_layers", last.level)
+    n = f.numbers
+    if f.direction == UP:
+        w.para("In these runs more conv+pool layers helped ({a}: {ma}, {b}: {mb}): each further block sees a larger "
+            "part of the digit (a larger receptive field) and combines simpler patterns into more abstract ones.",
+            a=a, b=b, ma=_acc(first), mb=_acc(last))
+    elif f.direction == DOWN:
+        w.para("In these runs more conv+pool layers did worse ({a}: {ma}, {b}: {mb}). Likely reasons, from these runs' "
+            "settings:", a=a, b=b, ma=_acc(first), mb=_acc(last))
+        reasons = []
+        if n["epochs"] <= 2:
+            reasons.append(w.say("only {epochs} epoch(s) of training: a deeper network has more to fit and usually "
+                                 "needs more epochs to catch up;", epochs=n["epochs"]))
+        size = n["feature_map"][last.level]
+        if size <= 3:
+            reasons.append(w.say("after {b} the feature map is only {size}×{size} pixels ({padding} padding, each "
+                                 "pooling halves it), so little spatial layout is left for the classifier;",
+                                 b=b, size=size, padding=n["padding"]))
+        if not n["batch_norm"] and int(last.level) >= 3:
+            reasons.append(w._("without BatchNorm or residual connections the training signal weakens on its way "
+                               "back through more layers (vanishing gradients), so the first layers learn slowly;"))
+        if not reasons:
+            reasons.append(w._("none of the usual causes (few epochs, tiny feature maps, no BatchNorm) applies here: "
+                               "compare the deep and the shallow runs' loss curves on the Runs page."))
+        w.add("list", items=reasons)
+    else:
+        w.para("In these runs the number of conv+pool layers made no distinguishable difference ({a}: {ma}, {b}: "
+               "{mb}): MNIST digits are simple enough that a shallow network already finds the useful patterns; more "
+               "seeds, more epochs or a harder dataset may separate them.", a=a, b=b, ma=_acc(first), mb=_acc(last))
+    w.para("What the extra depth cost: {pa} parameters and {sa} s per run with {a}, {pb} parameters and {sb} s per run "
+        "with {b}.", a=a, b=b, pa=integer(first.params), pb=integer(last.params), sa=number(first.seconds, 1),
+        sb=number(last.seconds, 1))
+
+
+def _kernel_analysis(w: _Writer, f: Finding) -> None:
+    w.add("h2", w._(H_KERNEL))
+    w.para("The kernel size sets how much of the image one convolution sees at once (its receptive field) and how many "
+        "weights it has: a k×k kernel has k² weights per input and output channel.")
+    if not f.available:
+        w.para("Without sweep runs over the kernel size, the report cannot say how it changed accuracy here (see "
+            "requirement 3).")
+        return
+    first, last = f.groups[0], f.groups[-1]
+    a, b = _level_name(w, "kernel_size", first.level), _level_name(w, "kernel_size", last.level)
+    n = f.numbers
+    values = dict(a=a, b=b, ma=_acc(first), mb=_acc(last), pa=integer(first.params), pb=integer(last.params),
+                  sa=number(first.seconds, 1), sb=number(last.seconds, 1))
+    if f.direction == UP:
+        w.para("Larger kernels did better here ({a}: {ma}, {b}: {mb}): each convolution covers more of a stroke at "
+               "once, so the network sees larger shapes with the same number of layers.", **values)
+    elif f.direction == DOWN:
+        w.para("Larger kernels did worse here ({a}: {ma}, {b}: {mb}). Likely reasons, from these runs' settings:",
+               **values)
+        reasons = []
+        if last.params > first.params:
+            reasons.append(w.say("{b} has {pb} parameters against {pa} for {a}: more weights to fit in {epochs} "
+                                 "epoch(s);", epochs=n["epochs"], **values))
+        if n["padding"] == "valid":
+            reasons.append(w.say("with valid padding each convolution cuts k−1 pixels, so larger kernels leave "
+                                 "smaller feature maps ({sa_map}×{sa_map} against {sb_map}×{sb_map});",
+                                 sa_map=n["feature_map"][first.level], sb_map=n["feature_map"][last.level]))
+        if not reasons:
+            reasons.append(w._("none of the usual causes (more weights, smaller feature maps) applies here: compare "
+                               "the runs' loss curves on the Runs page."))
+        w.add("list", items=reasons)
+    else:
+        w.para("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on 28×28 digits with "
+               "pooling between the layers, even small kernels cover a whole stroke after a block or two, while "
+               "larger kernels mostly add parameters ({pa} → {pb}) and time ({sa} s → {sb} s per run).", **values)
+
+
+def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
+    w.add("h2", w._(H_SUMMARY))
+    n = f.numbers
+    if "compare" in n:
+        c = n["compare"]
+        g = {grp.level: grp for grp in f.groups}
+        cells = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permuted")]
+        names = {"FC / normal": w._("the FC net on normal pixels"), "CNN / normal": w._("the CNN on normal pixels"),
+                 "FC / permuted": w._("the FC net on permuted pixels"),
+                 "CNN / permuted": w._("the CNN on permuted pixels"),
+                 "FC drop": w._("the FC net's loss from shuffling"), "CNN drop": w._("the CNN's loss from shuffling")}
+        seeds = sorted({seed for grp in f.groups for seed in grp.seeds})
+        w.para("Evidence from the equal-parameter experiment ({epochs} epoch(s), random seeds {seeds}): a CNN with "
+               "{cnn} parameters ({cnn_arch}) against a fully-connected net with {fc} ({fc_arch}), each on normal "
+               "digits and on digits whose pixels are shuffled by one fixed permutation.",
+               epochs=c["epochs"], seeds=", ".join(map(str, seeds)), cnn=integer(c["cnn"]["params"]),
+               cnn_arch=c["cnn"]["architecture"], fc=integer(c["fc"]["params"]), fc_arch=c["fc"]["architecture"])
+        w.add("table", header=[w._("network"), w._("pixels"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
+                               w._("parameters")],
+              rows=[[w._("CNN") if m == "CNN" else w._("FC net"), w._(PIXELS[p]), str(g[f"{m} / {p}"].n),
+                     _acc(g[f"{m} / {p}"]), integer(g[f"{m} / {p}"].params)] for m, p in cells])
+        w.figure("fc_vs_cnn.png", figures.compare_figure(
+            {(m, p): (g[f"{m} / {p}"].mean, g[f"{m} / {p}"].sd) for m, p in cells}, w.fig_t.gettext, w.cjk),
+            w._("Figure: FC net and CNN with about the same number of parameters, on normal and on permuted pixels "
+                "(mean ± sd over seeds)."))
+        for cmp in f.steps[:4]:
+            w.add("p", _comparison(w, cmp, names[cmp.a], names[cmp.b], g[cmp.a].mean, g[cmp.b].mean))
+        gap = f.steps[4]
+        values = dict(gap=f"{100 * abs(gap.diff):.2f}", spread=f"{100 * gap.spread:.2f}")
+        if gap.direction == UP:
+            w.para("Locality: shuffling the pixels cost the CNN {gap} points more than the FC net. Convolution "
+                "and pooling rely on neighbouring pixels belonging together; one fixed permutation destroys that, "
+                "while the FC net, which treats every pixel as an unrelated input, hardly notices.", **values)
+        elif gap.direction == DOWN:
+            w.para("Shuffling the pixels cost the FC net {gap} points more than the CNN here, the opposite of what "
+                "locality predicts: check these runs, or repeat them with more seeds.", **values)
+        else:
+            w.para("How much the CNN and the FC net lose from shuffling cannot be told apart here (difference {gap} "
+                "points, spread {spread} points): repeat with more seeds or epochs before reading locality into it.",
+                **values)
+        ws = c["weight_sharing"]
+        w.para("Weight sharing: the first convolution {layer} has {params} parameters ({formula}) and yet "
+            "produces {outputs} outputs; a fully-connected layer from the same {inputs} inputs to as many outputs "
+            "would need {dense} parameters ({dense_formula}), {ratio} times as many.", layer=ws["layer"],
+            params=integer(ws["params"]), formula=ws["formula"], outputs=integer(ws["outputs"]),
+            inputs=integer(ws["inputs"]), dense=integer(ws["dense_params"]),
+            dense_formula=ws["dense_formula"], ratio=integer(ws["ratio"]))
+        w.add("table", header=[w._("network"), w._("layer"), w._("parameters"), w._("formula")],
+              rows=[[w._("CNN"), r["layer"], integer(r["params"]), r["formula"]] for r in c["cnn"]["formulas"]]
+              + [[w._("FC net"), r["layer"], integer(r["params"]), r["formula"]] for r in c["fc"]["formulas"]])
+    w.para("The traits of a CNN, as these experiments show them:")
+    w.add("list", items=[
+        w._("locality: each output looks at a small neighbourhood of its input, so nearby pixels are "
+            "combined first;"),
+        w._("weight sharing: one kernel is used at every position, so a convolution needs far fewer "
+            "parameters than a fully-connected layer with the same inputs and outputs;"),
+        w._("translation invariance: the same kernel finds a pattern wherever it is, and pooling makes "
+            "the result tolerant of small shifts;"),
+        w._("a hierarchy of features: stacked conv+pool blocks build strokes into parts and parts into digits."),
+    ])
+    w.para("The role of the loss function: cross-entropy measures how far the predicted class probabilities are from "
+           "the true label (minus the log of the probability given to the right class); its gradient is the only "
+           "signal back-propagation uses to change the weights, so training is the search for weights that make it "
+           "small.")
+    if loss.available:
+        if loss.direction == DOWN:
+            w.para("In requirement 1 the loss fell from {first} to {last} while the weights were adjusted, and test "
+                "accuracy reached {acc}.", first=number(loss.numbers["first_mean"]),
+                last=number(loss.numbers["last_mean"]), acc=pct(loss.numbers["final_test_acc"]))
+        else:
+            w.para("In requirement 1 the loss did not fall ({first} → {last}), and test accuracy stayed at {acc}.",
+                first=number(loss.numbers["first_mean"]), last=number(loss.numbers["last_mean"]),
+                acc=pct(loss.numbers["final_test_acc"]))
+    if "softmax" in n:
+        sm = n["softmax"]
+        without, with_sm = Group(**sm["without"]), Group(**sm["with_softmax"])
+        cmp = Comparison(**sm["comparison"])
+        w.add("p", _comparison(w, cmp, w._("the network without softmax"), w._("the same network with a softmax "
+                                                                              "before CrossEntropyLoss"),
+                               without.mean, with_sm.mean))
+        if cmp.direction == DOWN:
+            w.para("The softmax before the loss hurt: CrossEntropyLoss already applies log-softmax, so the outputs are "
+                "squashed twice, the gradients shrink and training slows down.")
+        elif cmp.direction in (UP, FLAT):
+            w.para("The softmax before the loss did not hurt in these runs, which is unusual: CrossEntropyLoss already "
+                "applies log-softmax, so a second softmax usually shrinks the gradients; check the runs' settings.")
+        else:
+            w.para("With these runs the effect of the softmax before the loss cannot be told from seed noise; with "
+                   "more seeds or epochs it usually shows as lower accuracy, since CrossEntropyLoss already applies "
+                   "log-softmax.")
+    _todo(w, f)
+    if f.available:
+        _cost(w, f)
+
+
+def _lessons(w: _Writer, stored: list) -> None:
+    """Each week-2 lesson's newest runs: the question, the settings, mean ± sd per variant, the reading."""
+    from mnist_lab.lab.lessons import LESSONS
+
+    w.add("h2", w._(H_LESSONS))
+    if not stored:
+        w.para("No lesson has been run yet: run one on the “Week 2” page, or on the command line:")
+        w.add("code", "python -m mnist_lab lesson --list")
+        return
+    for item in stored:
+        lesson = LESSONS[item.name]
+        w.add("h3", w._(lesson.title))
+        w.add("p", w._(lesson.question))
+        w.para("Dataset {dataset}, {epochs} epoch(s), {images} training images; command: "
+               "python -m mnist_lab lesson {name}.", dataset=item.dataset, epochs=item.epochs, name=item.name,
+               images=integer(item.train_limit) if item.train_limit else w._("all"))
+        w.add("table", header=[w._("variant"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
+                               w._("parameters"), w._("seconds per run")],
+              rows=[[w._(r["variant"]), str(r["n"]), f"{pct(r['mean'])} ± {pct(r['sd'])[:-1]}",
+                     integer(r["params"]), number(r["seconds"], 2)] for r in item.summary])
+        labels = ["\n".join(textwrap.wrap(w.fig_t.gettext(r["variant"]), 22)) for r in item.summary]
+        w.figure(f"lesson_{item.name}.png", figures.levels_figure(
+            labels, item.values, [r["mean"] for r in item.summary], [r["sd"] for r in item.summary], "",
+            w.fig_t.gettext, w.cjk, line=False),
+            w.say("Figure: {title}, the test accuracy of each variant (mean ± sd over "
+                  "seeds, one dot per seed).", title=w._(lesson.title)))
+        for text in item.reading.render(w._):
+            w.add("p", text)
+
+
+def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
+                 workspace: str | None = None, findings: Findings | None = None) -> Report:
+    """The whole report in `lang` ('zh', 'zh_CN' or 'en'; None: from the environment)."""
+    lang = resolve_lang(lang)
+    fs = findings or compute_findings(store, run_id=run_id, workspace=workspace)
+    cjk = figures.cjk_font() is not None
+    w = _Writer(lang, cjk)
+    w.add("h1", w._(TITLE))
+    w.add("p", w._(SUBTITLE))
+    warnings = []
+    if lang != "en" and not cjk:
+        warnings.append(w._("No font with Chinese glyphs (Noto Sans CJK) was found, so the figures are labelled in "
+                            "English; install fonts-noto-cjk (make fonts) for Chinese labels."))
+        w.add("note", warnings[-1])
+    _setup(w, fs, store.path.name)
+    w.add("h2", w._(H_CONTENT))
+    w.add("h2", w._(H_RESULTS))
+    csv = _loss(w, fs.loss, store)
+    _factor_results(w, fs.depth, H_REQ2, "conv_layers")
+    _factor_results(w, fs.kernel, H_REQ3, "kernel_size")
+    _depth_analysis(w, fs.depth)
+    _kernel_analysis(w, fs.kernel)
+    _summary(w, fs.analysis, fs.loss)
+    _lessons(w, fs.lessons)
+    w.add("h2", w._(H_REFLECT))
+    w.para("(Your own thoughts: what surprised you, what you would change, what you would try next.)")
+    return Report(lang, w.blocks, fs, csv, warnings)
+
+
+# ------------------------------------------------------------------------------ renderers
+
+_CSS = """
+body { font-family: "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", sans-serif;
+       max-width: 52em; margin: 2em auto; padding: 0 1em; line-height: 1.6; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.3em; margin-top: 1.6em; } h3 { font-size: 1.1em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; }
+figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { font-size: 0.9em; color: #555; }
+pre { background: #f6f6f6; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
+.note { border-left: 4px solid #e0a000; padding-left: 0.8em; }
+@media print { body { margin: 0; max-width: none; } h2, h3 { page-break-after: avoid; }
+  figure, table, pre { page-break-inside: avoid; } }
+"""
+
+
+def to_html(report: Report) -> str:
+    """One self-contained page: styles inline, figures as base64 PNG."""
+    e = html.escape
+    parts = []
+    for b in report.blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            parts.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            parts.append(f"<p>{e(b.text)}</p>")
+        elif b.kind == "note":
+            parts.append(f'<p class="note">{e(b.text)}</p>')
+        elif b.kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "code":
+            parts.append(f"<pre><code>{e(b.text)}</code></pre>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in b.header)
+            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "figure":
+            data = base64.b64encode(b.png).decode("ascii")
+            parts.append(f'<figure><img alt="{e(b.text)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{e(b.text)}</figcaption></figure>")
+    lang = "zh-CN" if report.lang == "zh_CN" else "en"
+    return (f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8"><title>{e(report.title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(report: Report) -> str:
+    out = []
+    for b in report.blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.text)
+        elif b.kind == "p":
+            out.append(b.text)
+        elif b.kind == "note":
+            out.append("> " + b.text)
+        elif b.kind == "list":
+            out.append("\n".join(f"- {i}" for i in b.items))
+        elif b.kind == "code":
+            out.append(f"```bash\n{b.text}\n```")
+        elif b.kind == "table":
+            out.append("\n".join(["| " + " | ".join(_md_cell(h) for h in b.header) + " |",
+                                  "|" + "---|" * len(b.header)]
+                                 + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]))
+        elif b.kind == "figure":
+            out.append(f"![{b.text}](figures/{b.name})\n\n*{b.text}*")
+    return "\n\n".join(out) + "\n"
+
+
+def to_markdown_zip(report: Report) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("report.md", to_markdown(report))
+        for b in report.figures():
+            z.writestr(f"figures/{b.name}", b.png)
+    return buffer.getvalue()
+
+
+def to_docx(report: Report) -> bytes:
+    """A Word document (what students hand in): headings, paragraphs, tables, figures embedded."""
+    from docx import Document
+    from docx.oxml.ns import qn
+    from docx.shared import Cm, Pt
+
+    doc = Document()
+    for style_name, east_asia in (("Normal", "SimSun"), ("Title", "SimHei"), ("Heading 1", "SimHei"),
+                                  ("Heading 2", "SimHei"), ("Heading 3", "SimHei")):
+        style = doc.styles[style_name]
+        style.element.get_or_add_rPr().get_or_add_rFonts().set(qn("w:eastAsia"), east_asia)
+    doc.styles["Normal"].font.size = Pt(10.5)
+    for b in report.blocks:
+        if b.kind == "h1":
+            doc.add_heading(b.text, level=0)
+        elif b.kind in ("h2", "h3"):
+            doc.add_heading(b.text, level=int(b.kind[1]) - 1)
+        elif b.kind in ("p", "note"):
+            doc.add_paragraph(b.text)
+        elif b.kind == "list":
+            for item in b.items:
+                doc.add_paragraph(item, style="List Bullet")
+        elif b.kind == "code":
+            run = doc.add_paragraph().add_run(b.text)
+            run.font.name = "Consolas"
+            run.font.size = Pt(9)
+        elif b.kind == "table":
+            table = doc.add_table(rows=1, cols=len(b.header))
+            table.style = "Table Grid"
+            for cell, text in zip(table.rows[0].cells, b.header):
+                cell.text = text
+            for row in b.rows:
+                for cell, text in zip(table.add_row().cells, row):
+                    cell.text = text
+        elif b.kind == "figure":
+            doc.add_picture(io.BytesIO(b.png), width=Cm(15))
+            doc.add_paragraph(b.text, style="Caption")
+    buffer = io.BytesIO()
+    doc.save(buffer)
+    return buffer.getvalue()
+
+
+def findings_json(report: Report) -> str:
+    return json.dumps(dict(lang=report.lang, **report.findings.to_dict()), ensure_ascii=False, indent=2)
+
+
+def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """report.html, report.docx, report_md.zip, findings.json and (with a chosen run) iterations.csv."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    contents = {"report.html": to_html(report).encode("utf-8"), "report.docx": to_docx(report),
+                "report_md.zip": to_markdown_zip(report), "findings.json": findings_json(report).encode("utf-8")}
+    if report.iterations_csv:
+        contents["iterations.csv"] = report.iterations_csv.encode("utf-8")
+    paths = {}
+    for name, data in contents.items():
+        paths[name] = out / name
+        paths[name].write_bytes(data)
+    return paths

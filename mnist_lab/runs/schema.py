@@ -1,0 +1,101 @@
+"""The results database's tables and their history: `PRAGMA user_version` says which version a
+file is at, and MIGRATIONS, in order, bring any older file to the newest. Every change to the
+tables is one more migration here, with a test that starts from the version before it.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mnist_lab.errors import StoreError
+
+# The runs table of version 1 (what the app wrote before versions were counted, 2026-12): identity
+# and outcome, every config field, the library versions, and the private owner/job/workspace.
+RUNS_V1 = [
+    "run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device", "engine", "params",
+    "seed", "final_test_acc", "epochs_done", "diverged_at", "message",
+    "kind", "conv_layers", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm", "dropout",
+    "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes", "blocks", "head",
+    "epochs", "batch_size", "optimizer", "lr", "momentum", "device_requested", "shuffle", "eval_batch_size",
+    "progress_every_s", "engine_requested", "augment", "sort_by_label",
+    "dataset", "normalize", "train_limit", "test_limit", "permute_pixels", "permutation_seed", "data_dir",
+    "data_source", "torch_version", "torchvision_version", "python_version", "mnist_lab_version", "stop_reason",
+    "steps_per_epoch", "owner", "job_id", "workspace",
+]
+
+_TABLES_V1 = f"""
+CREATE TABLE IF NOT EXISTS runs ({", ".join(c + (" TEXT PRIMARY KEY" if c == "run_id" else "") for c in RUNS_V1)});
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, seq INTEGER, workspace TEXT, kind TEXT, label TEXT,
+    spec TEXT, status TEXT, runs_total INTEGER, stop_requested INTEGER DEFAULT 0, stop_reason TEXT DEFAULT '',
+    error TEXT DEFAULT '', created_at REAL, started_at REAL, finished_at REAL, worker TEXT DEFAULT '');
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, slot INTEGER, device TEXT, parent_pid INTEGER,
+    started_at REAL, heartbeat_at REAL, job_id TEXT);
+CREATE TABLE IF NOT EXISTS epochs (run_id TEXT, epoch INTEGER, train_loss REAL, test_loss REAL,
+    test_acc REAL, seconds REAL, PRIMARY KEY (run_id, epoch));
+CREATE TABLE IF NOT EXISTS iterations (run_id TEXT, epoch INTEGER, iteration INTEGER, loss REAL,
+    PRIMARY KEY (run_id, iteration));
+"""
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: list[str]) -> None:
+    have = _columns(conn, table)
+    for column in columns:
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    """Version 1: the tables as the app wrote them before versions were counted. A file from
+    then (user_version 0) may lack columns that later releases of that time added: they are
+    added, empty (NULL: the codec reads a config field's default)."""
+    for statement in _TABLES_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    _add_columns(conn, "runs", RUNS_V1)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int  # the user_version a file has after it
+    what: str  # one line for a person
+    apply: Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "the runs, epochs, iterations, jobs and workers tables", _v1),
+]
+VERSION = MIGRATIONS[-1].version  # the version this code writes
+
+
+def version_of(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection, path: object = "?") -> int:
+    """Bring the database to VERSION, one migration per transaction (a failure leaves the file at
+    the last version reached). A file written by a newer version is refused, not altered. Returns
+    the version it was at."""
+    found = version_of(conn)
+    if found > VERSION:
+        raise StoreError(path, f"schema version {found}; this program reads up to {VERSION}",
+                         "The results database {path} was written by a newer version of MNIST CNN Lab ({detail}): "
+                         "update this program, or choose another file with --db or MNIST_LAB_DB.")
+    for migration in MIGRATIONS:
+        if migration.version <= found:
+            continue
+        conn.execute("BEGIN IMMEDIATE")  # one writer: two processes opening an old file migrate it once
+        try:
+            if version_of(conn) < migration.version:
+                migration.apply(conn)
+                conn.execute(f"PRAGMA user_version = {migration.version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found

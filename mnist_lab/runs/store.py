@@ -1,0 +1,548 @@
+"""Results and jobs: tidy tables (runs, epochs, iterations) in SQLite, written as runs progress
+so an interrupted run keeps what it finished, exported to CSV; and the `jobs` and `workers`
+tables through which the app, the CLI and worker processes submit, follow and stop training.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_lab import codec
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.errors import StoreError
+from mnist_lab.nets.models import ModelConfig
+from mnist_lab.paths import default_db_path
+from mnist_lab.runs import schema
+from mnist_lab.training.loop import EpochMetrics, Progress, RunResult, TrainConfig, run_label  # noqa: F401 - run_label re-exported
+
+IDENTITY_COLUMNS = ["run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device",
+                    "engine", "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message"]
+# Config fields are stored under their own names, except where the name already holds what
+# actually happened: the engine and device a run asked for, beside the ones it got.
+RENAMED = {"engine": "engine_requested", "device": "device_requested"}
+
+
+def _config_columns(cls, derived: dict[str, str] | None = None) -> list[str]:
+    """Every field of a config dataclass, as a column (a new field is one more column, no edit
+    here); `derived` read-only values are inserted after the field named as their value."""
+    out = []
+    for f in fields(cls):
+        if RENAMED.get(f.name, f.name) in IDENTITY_COLUMNS:  # the seed is one already
+            continue
+        out.append(RENAMED.get(f.name, f.name))
+        out += [name for name, after in (derived or {}).items() if after == f.name]
+    return out
+
+
+RUN_COLUMNS = [
+    *IDENTITY_COLUMNS,
+    *_config_columns(ModelConfig, {"conv_layers": "kind"}),  # conv_layers: convolutions in the feature blocks
+    *_config_columns(TrainConfig),
+    *_config_columns(DataConfig, {"data_source": "data_dir"}),
+    "torch_version", "torchvision_version", "python_version", "mnist_lab_version",
+    # why a run ended early ("stopped by you", "the worker was killed", ...), and its epoch length
+    "stop_reason", "steps_per_epoch",
+]
+EPOCH_COLUMNS = ["run_id", "epoch", "train_loss", "test_loss", "test_acc", "seconds"]
+ITERATION_COLUMNS = ["run_id", "epoch", "iteration", "loss"]
+
+# Not exported: which process writes a running run ("host:pid"), so a run left 'running' by a
+# process that died can be told apart from one still training elsewhere; the job that trained
+# it and that job's workspace (who may see, stop and delete it on a shared server).
+_OWNER = "owner"
+_PRIVATE = (_OWNER, "job_id", "workspace")
+WORKER_STALE_S = 30.0  # a worker that has not written its heartbeat for this long is gone
+LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
+
+JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
+               "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
+JOB_ACTIVE = ("queued", "running")
+WORKER_COLUMNS = ["worker", "slot", "device", "parent_pid", "started_at", "heartbeat_at", "job_id"]
+
+
+
+
+def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
+            experiment: str = "single", group_id: str = "", label: str = "", status: str = "running",
+            started_at: str = "", seconds: float = 0.0, device: str = "", engine: str = "", params: int = 0,
+            final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
+            steps_per_epoch: int = 0, stop_reason: str = "", diverged_at: int | None = None,
+            message: str = "") -> dict:
+    """One `runs` row: identity, outcome, every config field (tuples as 'a-b', block lists as
+    JSON), library versions."""
+    import torch
+
+    from mnist_lab import __version__
+
+    # every key here is a column: RUN_COLUMNS derives from the same dataclass fields
+    row = {**codec.to_row(data_cfg, RENAMED), **codec.to_row(train_cfg, RENAMED), **codec.to_row(model_cfg, RENAMED)}
+    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or run_label(model_cfg, data_cfg),
+               status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
+               params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
+               diverged_at=diverged_at, message=message, steps_per_epoch=steps_per_epoch, stop_reason=stop_reason,
+               conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__,
+               torchvision_version=_torchvision_version(),
+               python_version=platform.python_version(), mnist_lab_version=__version__)
+    return {c: row.get(c) for c in RUN_COLUMNS}
+
+
+def _torchvision_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchvision")
+    except PackageNotFoundError:
+        return ""
+
+
+def _process_alive(pid: str | int) -> bool:
+    import psutil  # not os.kill(pid, 0): on Windows that terminates the process
+
+    try:
+        pid = int(pid)
+    except ValueError:
+        return True  # nothing we can tell: assume it still trains
+    if not psutil.pid_exists(pid):
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # exited, not yet reaped by its parent
+    except psutil.Error:
+        return True
+
+
+def owner_id(pid: int | None = None) -> str:
+    """'host:pid' of a process, as written in runs.owner, jobs.worker and workers.worker."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def owner_dead(owner: str | None) -> bool:
+    """Whether the process `owner` ('host:pid') is known to be gone: on this machine and not alive.
+    Processes of other machines, and rows with no owner, are never called dead."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    return host == socket.gethostname() and not _process_alive(pid)
+
+
+def explained(method: Callable) -> Callable:
+    """Any failure of the database file (malformed, full disk, read-only, a folder that cannot be
+    made) as one StoreError naming the file and how to move it aside."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:  # pandas' DatabaseError, which wraps read errors, is an OSError
+            detail = getattr(exc, "strerror", None) or str(exc).rpartition(": ")[2] or str(exc)
+            raise StoreError(getattr(self, "path", "?"), detail) from None
+    return run
+
+
+def _check_place(path: Path) -> None:
+    if path.is_dir():
+        raise StoreError(path, "it is a directory", "The results database {path} is a directory, not a file: give a "
+                         "file name with --db or MNIST_LAB_DB, e.g. {path}/results.sqlite.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise StoreError(path, f"{path.parent} is a file", "The results database {path} cannot be created ({detail}): "
+                         "choose another file with --db or MNIST_LAB_DB.")
+
+
+def _quick_check(conn: sqlite3.Connection) -> None:
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(problems[0])
+
+
+class ResultStore:
+    """SQLite (WAL) store of runs, epochs, iterations, jobs and workers. Safe to share between
+    threads and processes; every write is its own transaction, so a killed process loses at most
+    the write in flight."""
+
+    @explained
+    def __init__(self, path: str | Path | None = None):
+        """Open (or create) the database and check it (PRAGMA quick_check): a damaged or unwritable
+        file raises StoreError naming it and how to move it aside, before anything trains."""
+        self.path = Path(path) if path else default_db_path()
+        _check_place(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._context: dict[str, str] = {}  # job_id / workspace written into the runs started
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        with self._lock, self._conn:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            _quick_check(self._conn)
+        schema.migrate(self._conn, self.path)  # an older file is brought up to date, a newer one refused
+        self.mark_interrupted()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ------------------------------------------------------------------------------ writes
+    @explained
+    def _write(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
+        with self._lock, self._conn:
+            if isinstance(rows, tuple):
+                self._conn.execute(sql, rows)
+            else:
+                self._conn.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def context(self, job_id: str = "", workspace: str = LOCAL_WORKSPACE):
+        """Runs started inside belong to `job_id` and `workspace` (a worker sets it per job)."""
+        previous = self._context
+        self._context = dict(job_id=job_id, workspace=workspace)
+        try:
+            yield self
+        finally:
+            self._context = previous
+
+    def start_run(self, row: dict) -> None:
+        cols = ", ".join([*RUN_COLUMNS, *_PRIVATE])
+        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(_PRIVATE)))
+        ctx = self._context
+        self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
+                    (*(row.get(c) for c in RUN_COLUMNS), owner_id(), ctx.get("job_id", ""),
+                     ctx.get("workspace", LOCAL_WORKSPACE)))
+
+    @explained
+    def mark_interrupted(self) -> int:
+        """Mark 'interrupted' every run and job still 'running' whose process, on this machine, no
+        longer exists (killed, crashed, machine restarted), with that reason: a run keeps what it
+        finished and can be deleted. Runs of live processes and of other machines are left alone.
+        Returns how many runs changed."""
+        with self._lock:
+            runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
+            jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
+        for job_id, worker in jobs:
+            if owner_dead(worker):
+                self.finish_job(job_id, "interrupted",
+                                reason=f"the worker process ({worker}) ended before the job finished "
+                                       "(killed or crashed)")
+        dead = [run_id for run_id, owner in runs if owner_dead(owner)]
+        if dead:
+            marks = ", ".join("?" for _ in dead)
+            self._write(f"UPDATE runs SET status = 'interrupted', stop_reason = COALESCE(NULLIF(stop_reason, ''), "
+                        f"'its process (' || {_OWNER} || ') ended before the run finished (killed or crashed)') "
+                        f"WHERE status = 'running' AND run_id IN ({marks})", tuple(dead))
+        return len(dead)
+
+    def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
+        rows = [(run_id, (it - 1) // steps_per_epoch + 1, it, loss, run_id)
+                for it, loss in enumerate(losses, start=first_iteration)]
+        # a run deleted while it trains gets no orphan rows
+        self._write("INSERT OR REPLACE INTO iterations SELECT ?, ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)", rows)
+
+    @explained
+    def add_epoch(self, run_id: str, m: EpochMetrics) -> None:
+        with self._lock, self._conn:  # one transaction: the epoch and the run's progress agree
+            self._conn.execute("INSERT OR REPLACE INTO epochs SELECT ?, ?, ?, ?, ?, ? "
+                               "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
+                               (run_id, m.epoch, m.train_loss, m.test_loss, m.test_acc, m.seconds, run_id))
+            self._conn.execute("UPDATE runs SET epochs_done = ?, final_test_acc = ?, "
+                               "seconds = COALESCE(seconds, 0) + ? WHERE run_id = ?",
+                               (m.epoch, m.test_acc, m.seconds, run_id))
+
+    def finish_run(self, run_id: str, status: str, seconds: float, **fields) -> None:
+        sets = ", ".join(f"{k} = ?" for k in ("status", "seconds", *fields))
+        self._write(f"UPDATE runs SET {sets} WHERE run_id = ?", (status, seconds, *fields.values(), run_id))
+
+    def recorder(self, steps_per_epoch: int) -> Callable[[Progress], None]:
+        """An `on_progress` callback that writes each event as it arrives."""
+        def record(event: Progress) -> None:
+            if event.kind == "iterations":
+                self.add_iterations(event.run_id, event.first_iteration, event.losses, steps_per_epoch)
+            elif event.kind == "epoch" and event.metrics is not None:
+                self.add_epoch(event.run_id, event.metrics)
+            elif event.kind == "start":  # the path that trains it is known once training starts
+                self._write("UPDATE runs SET engine = ?, steps_per_epoch = ? WHERE run_id = ?",
+                            (event.engine, event.steps_per_epoch or steps_per_epoch, event.run_id))
+        return record
+
+    def save_result(self, result: RunResult, **row_fields) -> None:
+        """Write a finished RunResult whole (for runs not recorded while they trained)."""
+        self.start_run(run_row(result.run_id, result.model_cfg, result.train_cfg, result.data_cfg,
+                               status=result.status, started_at=result.started_at, seconds=result.seconds,
+                               device=result.device, engine=result.engine, params=result.params,
+                               final_test_acc=result.final_test_acc, epochs_done=len(result.epochs),
+                               data_source=result.data_source, diverged_at=result.diverged_at,
+                               message=result.message, **row_fields))
+        self.add_iterations(result.run_id, 1, result.losses, max(result.steps_per_epoch, 1))
+        for m in result.epochs:
+            self.add_epoch(result.run_id, m)
+        self._write("UPDATE runs SET seconds = ?, steps_per_epoch = ? WHERE run_id = ?",
+                    (result.seconds, result.steps_per_epoch, result.run_id))
+
+    @explained
+    def delete_runs(self, run_ids: Iterable[str]) -> int:
+        ids = list(run_ids)
+        if not ids:
+            return 0
+        marks = ", ".join("?" for _ in ids)
+        with self._lock, self._conn:
+            n = self._conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", ids).rowcount
+            self._conn.execute(f"DELETE FROM epochs WHERE run_id IN ({marks})", ids)
+            self._conn.execute(f"DELETE FROM iterations WHERE run_id IN ({marks})", ids)
+        from mnist_lab.runs.weights import delete_weights
+
+        delete_weights(self.path, ids)
+        return n
+
+    # ------------------------------------------------------------------------------ weights
+    @explained
+    def save_weights(self, result: RunResult, permutation=None) -> Path | None:
+        """Keep a run's final weights (and the pixel permutation it trained on) beside the
+        database, in `<db>.weights/<run_id>.safetensors`; nothing when the result has none."""
+        from mnist_lab.runs.weights import save_weights
+
+        return save_weights(self.path, result, permutation)
+
+    def load_weights(self, run_id: str):
+        """The run's `weights.SavedRun`; FileNotFoundError when it has none."""
+        from mnist_lab.runs.weights import load_weights
+
+        return load_weights(self.path, run_id)
+
+    def inspectable(self, run_ids: Iterable[str]) -> set[str]:
+        """The runs among `run_ids` whose weights are kept (the Inspect page can open them)."""
+        from mnist_lab.runs.weights import has_weights
+
+        return has_weights(self.path, run_ids)
+
+    # ------------------------------------------------------------------------------ jobs
+    @explained
+    def submit_job(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
+        """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
+        with self._lock, self._conn:
+            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
+                               "created_at) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, "
+                               "'queued', ?, ?)", (job_id, workspace, kind, label, spec, runs_total, time.time()))
+
+    @explained
+    def start_job_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
+        """A job that this process trains itself (the CLI): 'running' at once, owned by this process."""
+        with self._lock, self._conn:
+            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
+                               "created_at, started_at, worker) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
+                               "jobs), ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                               (job_id, workspace, kind, label, spec, runs_total, time.time(), time.time(), owner_id()))
+
+    @explained
+    def claim_job(self, worker: str) -> dict | None:
+        """Atomically take the oldest queued job whose workspace has nothing running (one job per
+        workspace at a time, however many workers), mark it 'running' for `worker`; None if none."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
+            try:
+                row = self._conn.execute(
+                    f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE status = 'queued' AND workspace NOT IN "
+                    "(SELECT workspace FROM jobs WHERE status = 'running') ORDER BY seq LIMIT 1").fetchone()
+                if row is not None:
+                    self._conn.execute("UPDATE jobs SET status = 'running', started_at = ?, worker = ? "
+                                       "WHERE job_id = ?", (time.time(), worker, row[0]))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        if row is None:
+            return None
+        job = dict(zip(JOB_COLUMNS, row))
+        job.update(status="running", worker=worker)
+        return job
+
+    @explained
+    def request_stop(self, job_id: str, reason: str = "stopped by you") -> bool:
+        """Ask a job to stop: a queued one ends at once, a running one at its next iteration (its
+        worker reads the request). Returns whether the job was still active."""
+        with self._lock, self._conn:
+            n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
+                                   "finished_at = ? WHERE job_id = ? AND status = 'queued'",
+                                   (reason, time.time(), job_id)).rowcount
+            n += self._conn.execute("UPDATE jobs SET stop_requested = 1, stop_reason = ? WHERE job_id = ? AND "
+                                    "status = 'running' AND stop_requested = 0", (reason, job_id)).rowcount
+        return n > 0
+
+    @explained
+    def stop_requested(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT stop_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    @explained
+    def finish_job(self, job_id: str, status: str, reason: str = "", error: str = "") -> None:
+        """End a job, and give its runs that ended early (stopped, interrupted) the job's reason."""
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
+                               "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
+                               (status, reason, reason, error, time.time(), job_id))
+            why = self._conn.execute("SELECT stop_reason FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            why = why[0] if why else reason
+            if status == "interrupted":  # the run it was training was cut short with it
+                self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
+                                   "('running', 'stopped')", (job_id,))
+            self._conn.execute("UPDATE runs SET stop_reason = ? WHERE job_id = ? AND status IN ('stopped', "
+                               "'interrupted') AND COALESCE(stop_reason, '') = ''", (why, job_id))
+
+    @explained
+    def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
+             kinds: Iterable[str] | None = None, statuses: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
+        """Jobs newest first, optionally of one workspace, some ids, kinds or statuses."""
+        where, params = [], []
+        if workspace is not None:
+            where.append("workspace = ?")
+            params.append(workspace)
+        for column, values in (("job_id", job_ids), ("kind", kinds), ("status", statuses)):
+            if values is not None:
+                values = list(values)
+                where.append(f"{column} IN ({', '.join('?' for _ in values) or 'NULL'})")
+                params += values
+        sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
+        return [dict(zip(JOB_COLUMNS, r)) for r in rows]
+
+    def job(self, job_id: str) -> dict | None:
+        found = self.jobs(job_ids=[job_id], limit=1)
+        return found[0] if found else None
+
+    @explained
+    def queue_position(self, job_id: str) -> int:
+        """1-based place among the queued jobs (0 when not queued)."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
+                                     "(SELECT seq FROM jobs WHERE job_id = ? AND status = 'queued')",
+                                     (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def job_runs(self, job_id: str) -> pd.DataFrame:
+        """The runs a job has started, in start order, with how many iterations each has stored."""
+        return pd.DataFrame(self.job_run_rows(job_id), columns=[*RUN_COLUMNS, "iterations_done"])
+
+    @explained
+    def job_run_rows(self, job_id: str, columns: Iterable[str] = RUN_COLUMNS) -> list[dict]:
+        """`job_runs` as plain dicts (no DataFrame: a page polls this every second)."""
+        columns = list(columns)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {', '.join(columns)}, (SELECT COALESCE(MAX(iteration), 0) FROM iterations i "
+                "WHERE i.run_id = runs.run_id) FROM runs WHERE job_id = ? ORDER BY rowid", (job_id,)).fetchall()
+        return [dict(zip([*columns, "iterations_done"], r)) for r in rows]
+
+    @explained
+    def iterations_after(self, run_id: str, after: int) -> tuple[list[int], list[float]]:
+        """(iteration numbers, losses) of `run_id` past iteration `after`: what a page polling
+        a live run reads each time, instead of the whole curve."""
+        with self._lock:
+            rows = self._conn.execute("SELECT iteration, loss FROM iterations WHERE run_id = ? AND iteration > ? "
+                                      "ORDER BY iteration", (run_id, after)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    @explained
+    def visible_runs(self, workspace: str | None) -> pd.DataFrame:
+        """`runs()` plus each run's workspace and job, restricted to one workspace (None: every
+        run, for a local user or a teacher)."""
+        sql = (f"SELECT {', '.join(RUN_COLUMNS)}, COALESCE(workspace, '{LOCAL_WORKSPACE}') AS workspace, "
+               "job_id FROM runs")
+        params: list = []
+        if workspace is not None:
+            sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') = ?"
+            params.append(workspace)
+        with self._lock:
+            return pd.read_sql_query(sql + " ORDER BY started_at DESC, run_id", self._conn, params=params)
+
+    @explained
+    def run_jobs(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """run_id -> the job that trains or trained it (runs of no job are left out)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(f"SELECT run_id, job_id FROM runs WHERE run_id IN "
+                                      f"({', '.join('?' for _ in ids)}) AND COALESCE(job_id, '') != ''",
+                                      ids).fetchall()
+        return dict(rows)
+
+    # ------------------------------------------------------------------------------ workers
+    @explained
+    def register_worker(self, worker: str, slot: int, device: str, parent_pid: int | None) -> bool:
+        """Claim worker slot `slot` for `worker`, unless a live worker already holds it."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute("SELECT worker, heartbeat_at FROM workers WHERE slot = ?", (slot,)).fetchall()
+                live = [w for w, beat in rows if w != worker and not owner_dead(w)
+                        and time.time() - (beat or 0) < WORKER_STALE_S]
+                if not live:
+                    self._conn.execute("DELETE FROM workers WHERE slot = ?", (slot,))
+                    self._conn.execute("INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, '')",
+                                       (worker, slot, device, parent_pid, time.time(), time.time()))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return not live
+
+    def worker_heartbeat(self, worker: str, job_id: str = "") -> None:
+        self._write("UPDATE workers SET heartbeat_at = ?, job_id = ? WHERE worker = ?", (time.time(), job_id, worker))
+
+    def unregister_worker(self, worker: str) -> None:
+        self._write("DELETE FROM workers WHERE worker = ?", (worker,))
+
+    @explained
+    def live_workers(self) -> list[dict]:
+        """Workers whose process is alive (on this machine) and whose heartbeat is recent."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers").fetchall()
+        now = time.time()
+        return [dict(zip(WORKER_COLUMNS, r)) for r in rows
+                if not owner_dead(r[0]) and now - (r[5] or 0) < WORKER_STALE_S]
+
+    # ------------------------------------------------------------------------------ reads
+    @explained
+    def _read(self, table: str, columns: list[str], run_ids: Iterable[str] | None, order: str) -> pd.DataFrame:
+        sql = f"SELECT {', '.join(columns)} FROM {table}"
+        params: list = []
+        if run_ids is not None:
+            params = list(run_ids)
+            if not params:
+                return pd.DataFrame(columns=columns)
+            sql += f" WHERE run_id IN ({', '.join('?' for _ in params)})"
+        with self._lock:
+            return pd.read_sql_query(sql + f" ORDER BY {order}", self._conn, params=params)
+
+    def runs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return self._read("runs", RUN_COLUMNS, run_ids, "started_at DESC, run_id")
+
+    def epochs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return self._read("epochs", EPOCH_COLUMNS, run_ids, "run_id, epoch")
+
+    def iterations(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return self._read("iterations", ITERATION_COLUMNS, run_ids, "run_id, iteration")
+
+    def export_csv(self, out_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict[str, Path]:
+        """Write runs.csv, epochs.csv and iterations.csv; return their paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        ids = list(run_ids) if run_ids is not None else None
+        paths = {}
+        for name, frame in (("runs", self.runs(ids)), ("epochs", self.epochs(ids)),
+                            ("iterations", self.iterations(ids))):
+            paths[name] = out / f"{name}.csv"
+            frame.to_csv(paths[name], index=False)
+        return paths
+

@@ -1,0 +1,296 @@
+"""Training jobs as data in the results store: a `JobSpec` (what to train, as JSON), the small
+runner interface the pages and the CLI use (submit, poll, stop), the store-backed runner, and
+`execute`, which a worker process (worker.py) or the CLI calls to train one job. Another
+executor (a Ray cluster, say) can run the same specs. Never imports streamlit.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Protocol
+
+from mnist_lab import codec
+from mnist_lab.data.datasets import DataConfig, DataUnavailableError
+from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
+from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
+from mnist_lab.nets.models import ModelConfig, describe
+from mnist_lab.runs.store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
+from mnist_lab.training.loop import CancelFlag, Progress, TrainConfig
+
+KINDS = ("train", "sweep", "compare", "lesson")
+QUEUE_LIMIT = 2  # jobs a workspace may have waiting besides the one that trains
+
+
+class QueueFullError(ValueError):
+    """A workspace already has a job training and the most it may queue."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to train a job: its kind and its configs, whole."""
+
+    kind: str  # one of KINDS
+    train: TrainConfig
+    data: DataConfig
+    model: ModelConfig | None = None  # kind "train"
+    sweep: SweepConfig | None = None  # kind "sweep"
+    compare: CompareConfig | None = None  # kind "compare"
+    lesson: LessonConfig | None = None  # kind "lesson"
+    label: str = ""
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown job kind '{self.kind}'; choose one of {', '.join(KINDS)}.")
+        part = {"train": self.model, "sweep": self.sweep, "compare": self.compare, "lesson": self.lesson}[self.kind]
+        if part is None:
+            raise ValueError(f"A '{self.kind}' job needs its {self.kind} configuration.")
+
+    @property
+    def title(self) -> str:
+        if self.label:
+            return self.label
+        return describe(self.model) if self.kind == "train" and self.model else self.kind
+
+    def runs_total(self) -> int:
+        """How many runs the job will train (1, a sweep's valid cells × seeds, 4 × seeds, or a lesson's
+        variants × seeds)."""
+        if self.kind == "sweep":
+            return len(self.sweep.cells()[0]) * self.sweep.seeds
+        if self.kind == "compare":
+            return 4 * self.compare.seeds
+        if self.kind == "lesson":
+            return len(lesson_jobs(self))
+        return 1
+
+    def to_json(self) -> str:
+        return codec.to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """The spec `to_json` wrote (ConfigError, naming the field, for anything else)."""
+        return codec.from_json(cls, text, "job")
+
+
+def lesson_jobs(spec: JobSpec) -> list[JobSpec]:
+    """One 'train' JobSpec per run of a 'lesson' job (variant × seed): what the time estimate and
+    the server's limits look at."""
+    variants, _ = plan(spec.lesson, spec.train, spec.data)
+    return [JobSpec("train", replace(v.train, seed=s), v.data, model=v.model, label=v.label)
+            for v in variants for s in range(spec.lesson.n_seeds())]
+
+
+def lesson_spec(cfg: LessonConfig, device: str = "auto", engine: str = "auto", data_dir: str | None = None) -> JobSpec:
+    """The job that trains the lesson (kind 'lesson'), for a worker or `run_inline`."""
+    train, data = base_configs(cfg, device, engine, data_dir)
+    return JobSpec("lesson", train, data, lesson=cfg, label=cfg.lesson.title)
+
+
+def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> Any:
+    """Train the job in this process, every run recorded in `store` as it goes; returns the
+    experiment's result (its `.status` is 'finished' or 'stopped'). Raises what the core raises
+    (ValueError for bad input)."""
+    spec.validate()
+    if spec.kind == "train":
+        return run_single(spec.model, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel,
+                          label=spec.label)
+    if spec.kind == "sweep":
+        return run_sweep(spec.sweep, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+    if spec.kind == "lesson":
+        return run_lesson(spec.lesson, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+    return run_compare(spec.compare, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+
+
+def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
+               on_progress: Callable[[Progress], None] | None = None, poll_s: float = 0.25) -> Any:
+    """Train a job in this process (the CLI) as a job of the local workspace: it is listed beside
+    the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
+    spec.validate()
+    job_id = uuid.uuid4().hex
+    store.start_job_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            if store.stop_requested(job_id):
+                cancel.set()
+    watcher = threading.Thread(target=watch, name="mnist-lab-stop-watch", daemon=True)
+    watcher.start()
+    try:
+        with store.context(job_id=job_id, workspace=LOCAL_WORKSPACE):
+            result = execute(spec, store, cancel=cancel, on_progress=on_progress)
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        store.finish_job(job_id, "interrupted" if interrupted else "failed",
+                         reason="aborted with a second Ctrl-C" if interrupted else "", error=readable_error(exc))
+        raise
+    finally:
+        done.set()
+        watcher.join()
+    by_ctrl_c = result.status == "stopped" and not store.stop_requested(job_id)  # else the request says why
+    store.finish_job(job_id, result.status, reason="stopped with Ctrl-C" if by_ctrl_c else "")
+    return result
+
+
+def readable_error(exc: BaseException) -> str:
+    """A message a student can act on: the core's own ValueError text, or the exception named."""
+    if isinstance(exc, (ValueError, DataUnavailableError)):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Out of memory: use a smaller training subset, batch size or network."
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------ views
+
+@dataclass(frozen=True)
+class RunView:
+    """One run of a job as the store has it now."""
+
+    run_id: str
+    label: str
+    status: str
+    step: int  # iterations stored so far
+    total_steps: int
+    steps_per_epoch: int
+    epochs_done: int
+    final_test_acc: float | None
+    engine: str
+    stop_reason: str
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job and its runs, read from the store: what a page draws and polls."""
+
+    id: str
+    workspace: str
+    kind: str
+    label: str
+    status: str  # queued, running, finished, stopped, failed or interrupted
+    position: int  # 1-based place in the queue while queued, else 0
+    runs: tuple[RunView, ...]  # in the order they started
+    runs_total: int
+    fraction: float  # of the whole job, in [0, 1]
+    elapsed_s: float  # since the job left the queue
+    eta_s: float | None
+    error: str
+    stop_reason: str
+    stop_requested: bool
+    spec: JobSpec | None
+    created_at: float
+
+    @property
+    def active(self) -> bool:
+        return self.status in JOB_ACTIVE
+
+
+def _seconds_since(iso: str | None, now: float) -> float | None:
+    try:
+        return max(now - datetime.fromisoformat(iso).timestamp(), 0.0) if iso else None
+    except ValueError:
+        return None
+
+
+_VIEW_COLUMNS = ("run_id", "label", "status", "started_at", "steps_per_epoch", "epochs", "epochs_done",
+                 "final_test_acc", "engine", "stop_reason")
+
+
+@lru_cache(maxsize=256)
+def _spec(text: str) -> JobSpec | None:
+    try:
+        return JobSpec.from_json(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def job_view(store: ResultStore, row: dict) -> JobView:
+    now = time.time()
+    rows = store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
+    runs = [RunView(r["run_id"], r["label"] or "", r["status"], int(r["iterations_done"]),
+                    int(r["steps_per_epoch"] or 0) * int(r["epochs"] or 0), int(r["steps_per_epoch"] or 0),
+                    int(r["epochs_done"] or 0), r["final_test_acc"], r["engine"] or "", r["stop_reason"] or "")
+            for r in rows]
+    total = max(int(row["runs_total"] or 1), 1)
+    done = sum(r.status != "running" for r in runs)
+    current = next((r for r in reversed(runs) if r.status == "running" and r.total_steps), None)
+    part = min(current.step / current.total_steps, 1.0) if current else 0.0
+    status = row["status"]
+    fraction = 1.0 if status == "finished" else min((done + part) / total, 1.0)
+    started, finished = row["started_at"], row["finished_at"]
+    elapsed = ((finished or now) - started) if started else 0.0
+    eta = None
+    if status not in JOB_ACTIVE:
+        eta = 0.0
+    elif status == "running" and total == 1 and current is not None and current.step:
+        run_elapsed = _seconds_since(rows[-1]["started_at"], now)  # without the data loading
+        if run_elapsed is not None:
+            eta = run_elapsed / part * (1 - part)
+    elif status == "running" and fraction > 0:
+        eta = elapsed / fraction * (1 - fraction)
+    return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
+                   store.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
+                   elapsed, eta, row["error"] or "", row["stop_reason"] or "", bool(row["stop_requested"]),
+                   _spec(row["spec"]), row["created_at"] or 0.0)
+
+
+# ------------------------------------------------------------------------------------ runners
+
+class JobRunner(Protocol):
+    """What a page or a tool needs to have jobs trained somewhere else."""
+
+    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str: ...
+
+    def poll(self, job_id: str) -> JobView | None: ...
+
+    def stop(self, job_id: str, reason: str = "stopped by you") -> bool: ...
+
+
+class StoreRunner:
+    """Jobs queued in the results store and trained by worker processes that watch it
+    (`python -m mnist_lab worker`, or the one the app starts). A workspace may have one job
+    training and `queue_limit` more waiting."""
+
+    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT):
+        self.store = store
+        self.queue_limit = queue_limit
+
+    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str:
+        spec.validate()
+        runs_total = spec.runs_total()  # validates a sweep's cells too
+        active = [j for j in self.store.jobs(workspace=workspace, limit=1000) if j["status"] in JOB_ACTIVE]
+        if len(active) >= 1 + self.queue_limit:
+            raise QueueFullError(f"You already have {len(active)} jobs training or waiting (at most "
+                                 f"{1 + self.queue_limit}): wait for one to finish, or stop one, then start this one.")
+        job_id = uuid.uuid4().hex  # unguessable
+        self.store.submit_job(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total)
+        return job_id
+
+    def poll(self, job_id: str) -> JobView | None:
+        row = self.store.job(job_id) if job_id else None
+        return job_view(self.store, row) if row else None
+
+    def stop(self, job_id: str, reason: str = "stopped by you") -> bool:
+        return self.store.request_stop(job_id, reason)
+
+    def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, active: bool = False,
+             limit: int = 20) -> list[JobView]:
+        """A workspace's jobs (every workspace's for None), newest first; only queued and
+        running ones if `active`."""
+        rows = self.store.jobs(workspace=workspace, kinds=kinds, statuses=JOB_ACTIVE if active else None, limit=limit)
+        return [job_view(self.store, row) for row in rows]
+
+    def wait(self, job_id: str, timeout: float, every_s: float = 0.1) -> JobView | None:
+        """Poll until the job ends or `timeout` seconds pass (tests, scripts); its last view."""
+        deadline = time.monotonic() + timeout
+        view = self.poll(job_id)
+        while view is not None and view.active and time.monotonic() < deadline:
+            time.sleep(every_s)
+            view = self.poll(job_id)
+        return view

@@ -1,0 +1,147 @@
+"""How a server shares itself: the mode (local: one user; shared: a class or a hosted demo, each
+browser its own workspace), the teacher token, the queue and per-job limits, and the estimate
+of a job's training time those limits use. Read from the environment (or `--mode` after
+`streamlit run streamlit_app.py --`). No streamlit here.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mnist_lab.nets.models import summarize
+
+MODES = ("local", "shared")
+ENV = dict(mode="MNIST_LAB_MODE", teacher_token="MNIST_LAB_TEACHER_TOKEN", class_view="MNIST_LAB_CLASS_VIEW",
+           queue_limit="MNIST_LAB_QUEUE_LIMIT", workers="MNIST_LAB_WORKERS", max_epochs="MNIST_LAB_MAX_EPOCHS",
+           max_train_images="MNIST_LAB_MAX_TRAIN_IMAGES", max_params="MNIST_LAB_MAX_PARAMS",
+           max_job_seconds="MNIST_LAB_MAX_JOB_SECONDS")
+
+
+class LimitError(ValueError):
+    """A job larger than this shared server allows."""
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    mode: str = "local"  # "local" (every run is yours) or "shared" (a workspace per browser)
+    teacher_token: str = ""  # shared mode: whoever gives it sees and exports every run
+    class_view: bool = False  # shared mode: everyone may see (not stop or delete) every run
+    queue_limit: int = 2  # jobs a workspace may have waiting besides the one training
+    workers: int | None = None  # training processes; None: one per GPU, one on a CPU machine
+    # Shared mode only: the largest job one workspace may start.
+    max_epochs: int = 20
+    max_train_images: int = 60000
+    max_params: int = 2_000_000
+    max_job_seconds: float = 900.0  # estimated before it starts; enforced by the worker too
+
+    @property
+    def shared(self) -> bool:
+        return self.mode == "shared"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, argv: Sequence[str] | None = None) -> ServerPolicy:
+        env = os.environ if env is None else env
+        argv = sys.argv[1:] if argv is None else argv
+        mode = env.get(ENV["mode"], "local").strip().lower() or "local"
+        if "--mode" in argv[:-1]:
+            mode = argv[list(argv).index("--mode") + 1].strip().lower()
+        if mode not in MODES:
+            raise ValueError(f"{ENV['mode']} (or --mode) must be 'local' or 'shared'; got '{mode}'.")
+
+        def number(name: str, kind, default):
+            text = env.get(ENV[name], "").strip()
+            if not text:
+                return default
+            try:
+                value = kind(text)
+            except ValueError:
+                raise ValueError(f"{ENV[name]} must be a number; got '{text}'.") from None
+            if not value > 0 and not (name == "queue_limit" and value == 0):
+                raise ValueError(f"{ENV[name]} must be above 0; got '{text}'.")
+            return value
+        return cls(mode=mode, teacher_token=env.get(ENV["teacher_token"], ""),
+                   class_view=env.get(ENV["class_view"], "").strip().lower() in ("1", "true", "yes", "on"),
+                   queue_limit=number("queue_limit", int, cls.queue_limit), workers=number("workers", int, None),
+                   max_epochs=number("max_epochs", int, cls.max_epochs),
+                   max_train_images=number("max_train_images", int, cls.max_train_images),
+                   max_params=number("max_params", int, cls.max_params),
+                   max_job_seconds=number("max_job_seconds", float, cls.max_job_seconds))
+
+    def is_teacher(self, token: str | None) -> bool:
+        return bool(self.teacher_token) and token == self.teacher_token
+
+    def check(self, spec, device_type: str) -> None:
+        """Refuse, in shared mode, a job over this server's limits, saying how to run it locally."""
+        if not self.shared:
+            return
+        local = "Run bigger jobs on your own machine: `make run` there, or `python -m mnist_lab`."
+        n_images = spec.data.train_limit or 60000
+        if spec.train.epochs > self.max_epochs:
+            raise LimitError(f"This shared server trains at most {self.max_epochs} epochs per run; you asked for "
+                             f"{spec.train.epochs}. {local}")
+        if n_images > self.max_train_images:
+            raise LimitError(f"This shared server trains on at most {self.max_train_images:,} images; choose "
+                             f"fewer training images. {local}")
+        params = max(count for _, count in job_models(spec))
+        if params > self.max_params:
+            raise LimitError(f"This shared server trains networks of at most {self.max_params:,} parameters; this "
+                             f"one has {params:,}. {local}")
+        seconds = estimate_seconds(spec, device_type)
+        if seconds > self.max_job_seconds:
+            raise LimitError(f"This job would train for about {seconds:.0f} s here, and this shared server allows "
+                             f"{self.max_job_seconds:.0f} s per job: use fewer epochs, images or seeds. {local}")
+
+
+def job_models(spec) -> list[tuple[object, int]]:
+    """(model config, parameters) of every run a job trains."""
+    from mnist_lab.nets.models import count_params
+
+    if spec.kind == "train":
+        cfgs = [spec.model]
+    elif spec.kind == "sweep":
+        cfgs = [cfg for *_, cfg in spec.sweep.cells()[0] for _ in range(spec.sweep.seeds)]
+    elif spec.kind == "lesson":
+        from mnist_lab.service.jobs import lesson_jobs
+
+        cfgs = [run.model for run in lesson_jobs(spec)]
+    else:
+        cfgs = [cfg for cfg in spec.compare.models().values() for _ in range(2 * spec.compare.seeds)]
+    return [(cfg, count_params(cfg)) for cfg in cfgs]
+
+
+# Effective multiply-adds per second of a training step, and a fixed cost per step, measured on
+# the Lab-5 net (docs/BENCHMARKS.md: 2.5 s per CPU epoch on 2 cores, 0.18 s on an H100). Rough
+# by design: a limit needs the order of magnitude, not the second.
+_RATE = {"cpu": (30e9, 0.4e-3), "cuda": (1.5e12, 0.15e-3)}
+
+
+def forward_macs(cfg) -> int:
+    """Multiply-adds of one forward pass of one image (convolutions and linear layers)."""
+    total = 0
+    for row in summarize(cfg):
+        if row.layer.startswith(("Conv2d", "Residual")):  # a residual block: its convs at its output size
+            total += row.params * math.prod(row.output_shape[1:])
+        elif row.layer.startswith("Linear"):
+            total += row.params
+    return total
+
+
+def estimate_seconds(spec, device_type: str = "cpu") -> float:
+    """Expected training time of a job on a device of this type: forward + backward (3x the
+    forward's multiply-adds) of every training image, one forward of every test image, per epoch."""
+    if spec.kind == "lesson":  # its variants differ in batch size, data and epochs: run by run
+        from mnist_lab.service.jobs import lesson_jobs
+
+        return sum(estimate_seconds(run, device_type) for run in lesson_jobs(spec))
+    rate, per_step = _RATE.get(device_type, _RATE["cpu"])
+    n_train = spec.data.train_limit or 60000
+    n_test = spec.data.test_limit or 10000
+    steps = math.ceil(n_train / spec.train.batch_size)
+    seconds = 0.0
+    for cfg, _ in job_models(spec):
+        macs = forward_macs(cfg)
+        seconds += spec.train.epochs * ((3 * n_train + n_test) * macs / rate + steps * per_step)
+    return seconds

@@ -1,0 +1,75 @@
+"""The results database's versions: a new file is at the newest version with exactly the columns
+the code writes; each migration brings a file of the version before it up; a newer file is refused."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mnist_lab.errors import StoreError
+from mnist_lab.runs import schema
+from mnist_lab.runs.store import RUN_COLUMNS, ResultStore
+
+
+def _columns(path, table: str) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _version(path) -> int:
+    with sqlite3.connect(path) as conn:
+        return schema.version_of(conn)
+
+
+def test_a_new_database_is_at_the_newest_version_with_every_column_the_code_writes(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).close()
+    assert _version(path) == schema.VERSION
+    # a config field added without a migration would be a column the table lacks: this fails first
+    assert set(RUN_COLUMNS) <= set(_columns(path, "runs"))
+    assert [m.version for m in schema.MIGRATIONS] == list(range(1, schema.VERSION + 1))
+
+
+def test_version_0_a_file_from_before_versions_gains_the_missing_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # an early file: fewer run columns, no version
+        conn.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT, label TEXT, kind TEXT, "
+                     "conv_channels TEXT, kernel_size, final_test_acc)")
+        conn.execute("INSERT INTO runs VALUES ('r1', 'finished', 'lab5', 'cnn', '10-20', 5, 0.97)")
+    store = ResultStore(path)
+    assert _version(path) == schema.VERSION
+    assert set(schema.RUNS_V1) <= set(_columns(path, "runs"))
+    row = store.runs().iloc[0]
+    assert (row.run_id, row.status, row.final_test_acc) == ("r1", "finished", 0.97)
+    assert row["head"] is None and row["blocks"] is None  # columns added empty: the codec reads defaults
+
+
+def test_every_migration_from_the_version_before(tmp_path):
+    for migration in schema.MIGRATIONS[1:]:
+        path = tmp_path / f"v{migration.version - 1}.sqlite"
+        with sqlite3.connect(path) as conn:
+            conn.isolation_level = None
+            for earlier in schema.MIGRATIONS:
+                if earlier.version < migration.version:
+                    earlier.apply(conn)
+            conn.execute(f"PRAGMA user_version = {migration.version - 1}")
+        ResultStore(path).close()
+        assert _version(path) == schema.VERSION
+
+
+def test_opening_twice_migrates_once(tmp_path):
+    path = tmp_path / "r.sqlite"
+    first, second = ResultStore(path), ResultStore(path)
+    assert _version(path) == schema.VERSION
+    first.close(), second.close()
+
+
+def test_a_file_from_a_newer_version_is_refused_untouched(tmp_path):
+    path = tmp_path / "new.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE future (x)")
+        conn.execute(f"PRAGMA user_version = {schema.VERSION + 1}")
+    with pytest.raises(StoreError, match="newer version") as caught:
+        ResultStore(path)
+    assert str(path) in str(caught.value)
+    assert _columns(path, "runs") == [] and _version(path) == schema.VERSION + 1
