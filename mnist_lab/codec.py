@@ -25,6 +25,8 @@ _NOT_OBJECT = N_("{where} must be an object of settings (JSON {{...}}); got {val
 _UNKNOWN = N_("{where} has no setting {names} (its settings: {known}); leave it out. It may have been written by "
               "another version of mnist_lab.")
 _WRONG_TYPE = N_("{where} must be {kind}; got {value!r}. Write it as {kind}.")
+_MISSING = N_("{where} lacks the setting(s) {names}, which have no default; it was written by another program, "
+              "or damaged.")
 _NO_TYPE = N_("{where} must name its block type as one of {options}; got {value!r}.")
 _NOT_JSON = N_("{where} is not JSON text ({detail}); it was written by another program, or damaged.")
 
@@ -78,7 +80,12 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
                           known=", ".join(settable))
     for name, default in fixed.items():  # a block's 'type': it must say what the class is
         if name in data and data[name] != default:
-            raise ConfigError(f"{where}.{name}", data[name], _WRONG_TYPE, where=f"{where}.{name}", kind=repr(default))
+            field = f"{where}.{name}"
+            raise ConfigError(field, data[name], _WRONG_TYPE, where=field, kind=repr(default))
+    missing = [name for name, f in settable.items() if name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(where, dict(data), _MISSING, where=where, names=", ".join(missing))
     values = {name: _value(hints[name], data[name], f"{where}.{name}") for name in settable if name in data}
     return cls(**values)
 

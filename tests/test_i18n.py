@@ -272,7 +272,7 @@ def _placeholders(text: str) -> set[str]:
 
 def used_msgids() -> set[str]:
     files = [ROOT / s for s in SOURCES if s.endswith(".py")]
-    files += [f for s in SOURCES if not s.endswith(".py") for f in sorted((ROOT / s).glob("*.py"))]
+    files += [f for s in SOURCES if not s.endswith(".py") for f in sorted((ROOT / s).rglob("*.py"))]
     used = set()
     for path in files:
         for _, message, _, _ in extract_from_file("python", path, keywords=i18n.KEYWORDS):

@@ -23,15 +23,15 @@ import torch
 from safetensors import safe_open
 
 # ---- every mnist_lab import of this file ----
-from mnist_lab.cli import main as cli_main
-from mnist_lab.data import DataConfig, DataUnavailableError, load_mnist, prepare_data
-from mnist_lab.findings import model_from_row
-from mnist_lab.jobs import JobSpec, StoreRunner
-from mnist_lab.lessons import plan
-from mnist_lab.models import PRESETS, build_model, count_params, describe
-from mnist_lab.store import ResultStore
-from mnist_lab.train import TrainConfig, train
-from mnist_lab.weights import load_weights
+from mnist_lab.cli.main import main as cli_main
+from mnist_lab.data.datasets import DataConfig, DataUnavailableError, load_mnist, prepare_data
+from mnist_lab.lab.findings import model_from_row
+from mnist_lab.lab.lessons import plan
+from mnist_lab.nets.models import PRESETS, build_model, count_params, describe
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.runs.weights import load_weights
+from mnist_lab.service.jobs import JobSpec, StoreRunner
+from mnist_lab.training.loop import TrainConfig, train
 
 PINNED = Path(__file__).parent / "pinned"
 LAB = json.loads((PINNED / "lab_presets.json").read_text(encoding="utf-8"))
@@ -212,7 +212,8 @@ def test_old_db_weights_files_load_with_their_configs(old_db, file):
         assert (f.metadata(), sorted(f.keys())) == (pin["metadata"], pin["keys"])
     meta = pin["metadata"]
     saved = load_weights(old_db, meta["run_id"])
-    assert (saved.run_id, saved.status, saved.test_acc) == (meta["run_id"], meta["status"], json.loads(meta["test_acc"]))
+    assert (saved.run_id, saved.status, saved.test_acc) == \
+        (meta["run_id"], meta["status"], json.loads(meta["test_acc"]))
     assert (plain(saved.model_cfg), plain(saved.train_cfg), plain(saved.data_cfg)) == \
         tuple(json.loads(meta[k]) for k in ("model", "train", "data"))
     with torch.random.fork_rng(devices=[]):
