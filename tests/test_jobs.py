@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mnist_lab.data.datasets import DataConfig
+from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.nets.models import PRESETS
 from mnist_lab.runs.store import ResultStore
@@ -98,8 +99,9 @@ def test_a_block_with_an_unknown_setting_is_refused_not_dropped():
 
 def test_a_spec_with_an_unknown_field_is_refused_not_dropped():
     text = tiny_job().to_json().replace('"batch_size"', '"batch_sise"')
-    with pytest.raises(ValueError, match="no field.*batch_sise"):
+    with pytest.raises(ConfigError, match="no setting batch_sise") as caught:
         JobSpec.from_json(text)
+    assert caught.value.field == "job.train"
 
 
 # ------------------------------------------------------------------------------------ queue

@@ -267,3 +267,13 @@ def test_old_db_builds_the_report(old_db, tmp_path, mnist, english, lang):
     assert (sorted(findings), findings["lang"]) == (pin["findings_keys"], pin["findings_lang"])
     assert (findings["loss"]["numbers"]["run_id"], findings["loss"]["numbers"]["iterations"]) == \
         (pin["loss_run_id"], pin["loss_iterations"])
+
+
+def test_old_db_inspects_a_run_in_chinese_through_lang(old_db, tmp_path, mnist, english, capsys):
+    """--lang now reaches inspect, predict and export too (they followed only the environment)."""
+    pin = EXPECTED["inspect"]
+    out = tmp_path / "inspect"
+    assert cli_main(["inspect", pin["run_id"], "--out", str(out), "--db", str(old_db), "--lang", "zh"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first != pin["first_line"] and "测试准确率" in first
+    assert sorted(p.name for p in out.iterdir()) == pin["files"]
