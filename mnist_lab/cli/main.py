@@ -41,7 +41,8 @@ from mnist_lab.nets.models import PRESETS, ModelConfig, count_params, get_preset
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline
-from mnist_lab.training.loop import ENGINES, TrainConfig, fallback_reason, resolve_device
+from mnist_lab.training.engines import ENGINE_NAMES
+from mnist_lab.training.loop import TrainConfig, fallback_reason, resolve_device
 
 
 def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
@@ -57,7 +58,7 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--sort-by-label", action="store_true",
                    help=_("train on the images in label order (with --no-shuffle)"))
     g.add_argument("--device", default="auto", help=_("auto (CUDA if present), cpu, cuda"))
-    g.add_argument("--engine", choices=ENGINES, default="auto",
+    g.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
                    help=_("training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "
                           "CPU), plain (the reference loop), cuda-graph, stacked (sweep/compare: a cell's seeds as "
                           "one network), cpu-native"))

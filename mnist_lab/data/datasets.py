@@ -190,11 +190,6 @@ CIFAR10 = DatasetSpec(
 )
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10)}
 
-# Kept for the callers and stored runs that name them.
-MNIST_TRAIN_COUNTS = MNIST.train_class_counts
-MNIST_TEST_COUNTS = MNIST.test_class_counts
-MNIST_IDX_MD5 = MNIST.md5
-
 # name -> what it does. 'mnist' is the name older runs and command lines use: MNIST's mean/std.
 NORMALIZATIONS = {
     "dataset": "the dataset's own per-channel mean and std",
@@ -282,6 +277,11 @@ class DataConfig:
         total = self.spec.train_count
         return min(self.train_limit or total, total)
 
+    def n_test(self) -> int:
+        """Test images this config evaluates (the limit, at most the whole test set)."""
+        total = self.spec.test_count
+        return min(self.test_limit or total, total)
+
 
 @dataclass
 class RawSplits:
@@ -361,11 +361,6 @@ def load_idx_dir(root: str | Path, spec: DatasetSpec = MNIST) -> RawSplits:
     return _splits_from_arrays(arrays, source=f"directory {root}")
 
 
-def load_mnist_from_dir(root: str | Path) -> RawSplits:
-    """MNIST from a torchvision-layout directory (ROOT/MNIST/raw/*-ubyte[.gz])."""
-    return load_idx_dir(root, MNIST)
-
-
 def _splits_from_arrays(arrays: dict[str, np.ndarray], source: str) -> RawSplits:
     tr_x, tr_y = _IDX_FILES["train"]
     te_x, te_y = _IDX_FILES["test"]
@@ -395,15 +390,6 @@ def verify_idx_md5(raw: RawSplits, spec: DatasetSpec = MNIST) -> None:
             raise DataFileError("{title} {stem} from {source} has MD5 {md5}, not the original {want}: the copy is "
                                 "altered or incomplete", title=spec.title, stem=stem, source=raw.source, md5=md5,
                                 want=spec.md5[stem])
-
-
-def verify_mnist(raw: RawSplits) -> None:
-    """Refuse anything that is not the 60,000/10,000 MNIST digits (shape and label counts)."""
-    MNIST.verify(raw)
-
-
-def verify_mnist_md5(raw: RawSplits) -> None:
-    verify_idx_md5(raw, MNIST)
 
 
 # ---------------------------------------------------------------- MNIST's and Fashion-MNIST's sources

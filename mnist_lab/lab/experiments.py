@@ -9,7 +9,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -28,7 +28,7 @@ from mnist_lab.nets.models import (
     describe,
     match_fc_width,
 )
-from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
+from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.training.loop import (
     CancelFlag,
     Progress,
@@ -65,9 +65,6 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
                 _DATA_MEMO.popitem(last=False)
         _DATA_MEMO.move_to_end(key)
         return _DATA_MEMO[key]
-
-
-check_input_shape = check_fits  # the former name (it now checks the number of classes too)
 
 
 def _chain(*fns: ProgressFn | None) -> ProgressFn:
@@ -471,23 +468,3 @@ def compare_reading(summary: pd.DataFrame) -> list[Message]:
 def read_compare(summary: pd.DataFrame, lang: str | None = "en") -> str:
     """compare_reading's sentences as one paragraph in `lang` (English unless told)."""
     return " ".join(render(m, lang) for m in compare_reading(summary))
-
-
-# ------------------------------------------------------------------------------------ tables
-
-def results_frames(results: list[RunResult], experiment: str = "single") -> dict[str, pd.DataFrame]:
-    """runs / epochs / iterations tables (the store's columns) for results held in memory."""
-    runs, epochs, iterations = [], [], []
-    for r in results:
-        runs.append(run_row(r.run_id, r.model_cfg, r.train_cfg, r.data_cfg, experiment=experiment,
-                            status=r.status, started_at=r.started_at, seconds=r.seconds, device=r.device,
-                            engine=r.engine, params=r.params, final_test_acc=r.final_test_acc,
-                            epochs_done=len(r.epochs), data_source=r.data_source, diverged_at=r.diverged_at,
-                            steps_per_epoch=r.steps_per_epoch,
-                            message=r.message))
-        epochs += [dict(run_id=r.run_id, **asdict(m)) for m in r.epochs]
-        spe = max(r.steps_per_epoch, 1)
-        iterations += [dict(run_id=r.run_id, epoch=(i // spe) + 1, iteration=i + 1, loss=loss)
-                       for i, loss in enumerate(r.losses)]
-    return {"runs": pd.DataFrame(runs), "epochs": pd.DataFrame(epochs, columns=EPOCH_COLUMNS),
-            "iterations": pd.DataFrame(iterations, columns=ITERATION_COLUMNS)}

@@ -24,8 +24,7 @@ from mnist_lab.data.datasets import DATASETS, DataConfig, TensorData, normalizat
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
 from mnist_lab.nets.models import ModelConfig, build_model, count_params, describe, summarize
 from mnist_lab.training import engines
-from mnist_lab.training.engines import ENGINE_NAMES as ENGINES  # noqa: F401 - the names a TrainConfig may ask for
-from mnist_lab.training.engines import fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
+from mnist_lab.training.engines import ENGINE_NAMES, fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 1000
@@ -44,7 +43,7 @@ class TrainConfig:
     shuffle: bool = True  # a new random batch order every epoch
     eval_batch_size: int = 1000  # test-set chunk; affects memory and speed only, not results
     progress_every_s: float = 0.25  # at most this often an iterations event is sent
-    engine: str = "auto"  # one of ENGINES; an engine that cannot run this config falls back to "plain"
+    engine: str = "auto"  # one of ENGINE_NAMES; an engine that cannot run this config falls back to "plain"
     # per-batch augmentation on the device, seeded by `seed` (engines.Augment): random crop (4 px
     # padding) and horizontal flip for 3-channel images, shifts of up to 2 px for grey ones
     augment: bool = False
@@ -66,7 +65,7 @@ class TrainConfig:
         need_bool("sort_by_label", self.sort_by_label, "Sort by label")
         need_int("eval_batch_size", self.eval_batch_size, "Evaluation batch size", 1000)
         need_float("progress_every_s", self.progress_every_s, "Progress interval", 0.25)
-        need_choice("engine", self.engine, "Engine", ENGINES,
+        need_choice("engine", self.engine, "Engine", ENGINE_NAMES,
                     "Engine must be one of {options}; got {value!r}. Pick one of those (auto is the fastest).")
         if not 1 <= self.epochs <= MAX_EPOCHS:
             raise ConfigError("epochs", self.epochs, "Epochs must be 1 to {high}; got {value!r}. Use 1 for a quick "
