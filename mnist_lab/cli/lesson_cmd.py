@@ -61,7 +61,7 @@ def cmd_lesson(args) -> int:
     from mnist_lab.runs.store import ResultStore
     from mnist_lab.service.jobs import run_inline
     from mnist_lab.service.policy import estimate_seconds
-    from mnist_lab.training.loop import resolve_device
+    from mnist_lab.training.preflight import resolve_device
 
     if args.list:
         return _list()

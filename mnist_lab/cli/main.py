@@ -34,7 +34,7 @@ from mnist_lab.cli.common import (
     stop_on_ctrl_c,
 )
 from mnist_lab.cli.common import gettext as _
-from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError, check_model_fits
+from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError
 from mnist_lab.errors import ConfigError, StoreError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, summarize_over_seeds
 from mnist_lab.nets.models import PRESETS, ModelConfig, count_params, get_preset
@@ -42,7 +42,8 @@ from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.training.engines import ENGINE_NAMES
-from mnist_lab.training.loop import TrainConfig, fallback_reason, resolve_device
+from mnist_lab.training.loop import TrainConfig, fallback_reason
+from mnist_lab.training.preflight import preflight, resolve_device
 
 
 def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
@@ -121,10 +122,7 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
                           train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
                           data_dir=args.data_dir)
-    model.validate()
-    data_cfg.validate()
-    check_model_fits(model, data_cfg.spec)
-    train_cfg.validate(n_train=data_cfg.n_train())  # before loading anything
+    preflight(model, train_cfg, data_cfg)  # before loading anything
     return model, train_cfg, data_cfg
 
 

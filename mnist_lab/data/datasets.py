@@ -222,20 +222,6 @@ def describe_normalization(name: str, dataset: str = "mnist") -> str:
     return f"{name}: mean {show(mean)}, std {show(std)}"
 
 
-def check_model_fits(model_cfg: Any, spec: DatasetSpec) -> None:
-    """Refuse a network built for another input shape or number of classes than `spec`'s, naming
-    the model field and the value it needs. `model_cfg` is a models.ModelConfig (read by its
-    in_channels, image_size and n_classes), so this runs before any data is loaded."""
-    for fld, want in (("in_channels", spec.channels), ("image_size", spec.image_size),
-                      ("n_classes", spec.n_classes)):
-        value = getattr(model_cfg, fld)
-        if value != want:
-            raise ConfigError(fld, value, "The network has {field} = {value!r} but {title} needs {want} ({shape} "
-                              "images, {n} classes): set {field} to {want}, or choose a network made for {title}.",
-                              field=fld, want=want, title=spec.title,
-                              shape=f"{spec.channels}×{spec.image_size}×{spec.image_size}", n=spec.n_classes)
-
-
 # ------------------------------------------------------------------------------------ config
 
 @dataclass(frozen=True)

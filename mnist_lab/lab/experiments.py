@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from mnist_lab.data.datasets import DataConfig, TensorData, check_model_fits, prepare_data
+from mnist_lab.data.datasets import DataConfig, TensorData, prepare_data
 from mnist_lab.errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
 from mnist_lab.i18n import N_, Message, mean_sd_texts, render
 from mnist_lab.nets.models import (
@@ -34,14 +34,12 @@ from mnist_lab.training.loop import (
     Progress,
     RunResult,
     TrainConfig,
-    check_fits,
-    check_memory,
     device_label,
     new_run_id,
-    resolve_device,
     train,
     train_many,
 )
+from mnist_lab.training.preflight import preflight, resolve_device
 
 ProgressFn = Callable[[Progress], None]
 
@@ -76,13 +74,6 @@ def _chain(*fns: ProgressFn | None) -> ProgressFn:
     return call
 
 
-def _check(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData) -> None:
-    model_cfg.validate()
-    train_cfg.validate(n_train=len(data.x_train))
-    check_fits(model_cfg, data)
-    check_memory(model_cfg, train_cfg, data.device)
-
-
 def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainConfig, str]], run_ids: list[str],
                 data_cfg: DataConfig, data: TensorData, experiment: str, group_id: str) -> ProgressFn | None:
     """Write each run's row (status 'running') before it trains; return the callback that
@@ -113,11 +104,8 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
                cancel: CancelFlag | None = None, experiment: str = "single", group_id: str = "",
                label: str = "", data: TensorData | None = None) -> RunResult:
     """Train one model; with a store, every iteration and epoch is written as it finishes."""
-    model_cfg.validate()
-    data_cfg.validate()
-    check_model_fits(model_cfg, data_cfg.spec)  # before any data is loaded
+    preflight(model_cfg, train_cfg, data_cfg, n_train=None if data is None else len(data.x_train))  # before data loads
     data = data if data is not None else get_data(data_cfg, train_cfg.device)
-    _check(model_cfg, train_cfg, data)
     run_id = new_run_id()
     record = _start_runs(store, [(model_cfg, train_cfg, label)], [run_id], data_cfg, data, experiment, group_id)
     try:
@@ -140,11 +128,9 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
     another. Each result is what it would be alone."""
     if not jobs:
         return []
-    for model_cfg, _, _ in jobs:
-        check_model_fits(model_cfg, data_cfg.spec)  # before any data is loaded
-    data = get_data(data_cfg, jobs[0][1].device)
     for model_cfg, train_cfg, _ in jobs:
-        _check(model_cfg, train_cfg, data)
+        preflight(model_cfg, train_cfg, data_cfg)  # every run, before any data loads
+    data = get_data(data_cfg, jobs[0][1].device)
     together = data.device.type == "cuda" or any(t.engine == "stacked" for _, t, _ in jobs)
     if not together or len(jobs) == 1:
         results = []

@@ -22,6 +22,7 @@ from mnist_lab.lab.verdicts import FLAT_ACC, Comparison, judge
 from mnist_lab.nets.models import PRESETS, ModelConfig, cnn_config
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig, new_run_id
+from mnist_lab.training.preflight import preflight
 
 EXPERIMENT = "lesson"  # the runs' `experiment` in the store; their group_id is "lesson:NAME:ID"
 
@@ -281,6 +282,8 @@ def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, store
         raise ConfigError("name", cfg.name, "The lesson {value!r} cannot compare anything on {dataset}: {why}. "
                           "Choose another dataset.", dataset=data.dataset,
                           why="; ".join(f"{s.label}: {s.reason}" for s in skipped) or "fewer than 2 variants")
+    for v in variants:  # every variant, before any data loads (run_many checks only its own group)
+        preflight(v.model, v.train, v.data)
     group_id = f"{EXPERIMENT}:{cfg.name}:{new_run_id()}"
     by_data: OrderedDict[DataConfig, list[tuple[Variant, int]]] = OrderedDict()
     for v in variants:
