@@ -202,8 +202,9 @@ def warm_up(device: str | torch.device = "auto") -> float:
         with contextlib.suppress(NativeUnavailable):  # then training uses the plain loop, and says why
             load_library()
     with torch.random.fork_rng(devices=[]):  # the global RNG stays as it was
-        model = build_model(ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))).to(device)
-    x = torch.zeros(8, 1, 28, 28, device=device)
+        cfg = ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))
+        model = build_model(cfg).to(device)
+    x = torch.zeros(8, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)  # (B, C, H, W)
     F.cross_entropy(model(x), torch.zeros(8, dtype=torch.long, device=device)).backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
