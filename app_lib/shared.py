@@ -18,7 +18,8 @@ from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.policy import ServerPolicy
 from mnist_lab.service.worker import spawn_worker
-from mnist_lab.training.loop import device_label, resolve_device, warm_up
+from mnist_lab.training.loop import device_label, warm_up
+from mnist_lab.training.preflight import resolve_device
 
 from .lang import _, render_error
 from .text import plain

@@ -150,7 +150,7 @@ def mean_sd_texts(summary: pd.DataFrame) -> list[str]:
 def start_job(kind: str, spec: JobSpec) -> str | None:
     """Queue `spec` for this workspace; remember it as the page's job. A refusal (the server's
     limits, a full queue, a bad config) is shown as a message and nothing is queued."""
-    from mnist_lab.training.loop import resolve_device
+    from mnist_lab.training.preflight import resolve_device
 
     try:
         server_policy().check(spec, resolve_device(spec.train.device).type)
@@ -204,7 +204,7 @@ def duration(seconds: float | None) -> str:
 
 
 def expected_time(spec: JobSpec) -> str:
-    from mnist_lab.training.loop import resolve_device
+    from mnist_lab.training.preflight import resolve_device
 
     return duration(estimate_seconds(spec, resolve_device(spec.train.device).type))
 

@@ -51,7 +51,8 @@ c3.slider(_("Seeds"), *LIMITS["seeds"], key="cmp_seeds", help=_(SEED_HELP))
 c3.slider(_("Epochs"), *LIMITS["epochs"], key="cmp_epochs")
 c4.select_slider(_("Training images"), LIMITS["train_limit"], key="cmp_train_limit", format_func="{:,}".format)
 c4.number_input(_("Permutation seed"), *LIMITS["perm_seed"], key="cmp_perm_seed",
-                help=_("Picks the one fixed shuffle of the 784 pixel positions; every image gets the same one."))
+                help=_("Picks the one fixed shuffle of the {n} pixel positions; every image gets the same one.")
+                .format(n=MNIST.n_pixels))
 
 v = values("cmp_", DEFAULTS)
 mirror_query(v, DEFAULTS)

@@ -24,7 +24,9 @@ from mnist_lab.lab.export import export_zip
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def loaded(db: str, run_id: str) -> ir.LoadedRun:
-    return ir.load_run(result_store(), run_id)  # eval mode, never trained again: safe to share
+    # Shared by every session: eval mode, never trained again, and nothing here changes it (feature
+    # maps run its layers one by one instead of hooking it), so two students never see each other's.
+    return ir.load_run(result_store(), run_id)
 
 
 @st.cache_data(max_entries=16, show_spinner=_("Predicting every test image…"))

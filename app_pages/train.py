@@ -39,6 +39,7 @@ from mnist_lab.data.datasets import MNIST, NORMALIZATIONS, normalization
 from mnist_lab.errors import StoreError
 from mnist_lab.nets.models import PRESETS, count_params, describe
 from mnist_lab.service.jobs import JobSpec
+from mnist_lab.training.preflight import preflight
 
 quick = quick_defaults()
 BASE = dict(preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epochs"], seed=0,
@@ -116,8 +117,8 @@ with left:
     mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})
     try:
         model_cfg, train_cfg, data_cfg = build_model_cfg(v), build_train_cfg(v), build_data_cfg(v)
-        layers = layer_table(model_cfg)  # validates the geometry
-        train_cfg.validate(n_train=v["train_limit"])
+        preflight(model_cfg, train_cfg, data_cfg)  # the core's one check: configs, fit, batch, device, memory
+        layers = layer_table(model_cfg)
         problem = ""
     except ValueError as exc:
         problem = render_error(exc)

@@ -18,6 +18,7 @@ from app_lib.widgets import (
     refusal,
     start_job,
 )
+from mnist_lab.data.datasets import DATASETS
 from mnist_lab.lab.lessons import (
     LESSONS,
     LessonConfig,
@@ -26,20 +27,18 @@ from mnist_lab.lab.lessons import (
     plan,
     read_lesson,
     summarize_lesson,
-    unavailable,
 )
 from mnist_lab.nets.models import count_params, describe
 from mnist_lab.service.jobs import lesson_spec
 
 DEFAULTS = dict(lesson="shuffle", full=False, seeds=LESSONS["shuffle"].seeds, images=LESSONS["shuffle"].train_limit)
 LIMITS = dict(lesson=list(LESSONS), full=[False, True], seeds=(1, 5), images=SUBSETS)  # what a link may set
-DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 
 def lesson_defaults() -> None:
     """The picked lesson's own seeds and training images (they finish in about 2 minutes)."""
     picked = LESSONS[st.session_state.w2_lesson]
-    st.session_state.w2_seeds, st.session_state.w2_images = picked.seeds, picked.train_limit or 60000
+    st.session_state.w2_seeds, st.session_state.w2_images = picked.seeds, picked.train_limit or SUBSETS[-1]
 
 
 first_visit = "w2_lesson" not in st.session_state
@@ -52,40 +51,28 @@ st.markdown(_("Each lesson trains a few variants of one network, several seeds e
               "reads the result from the numbers: a difference counts only when it is larger than the spread "
               "over seeds."))
 
-
-def title(name: str) -> str:
-    lost = unavailable(LESSONS[name])
-    return _(LESSONS[name].title) + (" — " + _("not available in this build") if lost else "")
-
-
-name = st.selectbox(_("Lesson"), list(LESSONS), format_func=title, key="w2_lesson", on_change=lesson_defaults)
+name = st.selectbox(_("Lesson"), list(LESSONS), format_func=lambda n: _(LESSONS[n].title), key="w2_lesson",
+                    on_change=lesson_defaults)
 lesson = LESSONS[name]
 st.subheader(_(lesson.title))
 st.markdown(_(lesson.question))
-lost = unavailable(lesson)
 datasets = datasets_for(lesson)
 spec, problem = None, ""
-if lost:
-    st.warning(_("Not available in this build: this lesson needs {needs}.").format(needs=", ".join(lost)),
-               icon=":material/block:")
-else:
-    st.session_state.setdefault(f"w2_dataset_{name}", datasets[0])
-    c1, c2, c3 = st.columns(3)
-    dataset = c1.radio(_("Dataset"), datasets, format_func=DATASET_NAMES.get, key=f"w2_dataset_{name}",
-                       horizontal=True)
-    seeds = c2.slider(_("Seeds per variant"), *LIMITS["seeds"], key="w2_seeds")
-    full = c3.toggle(_("Full settings: every image, {epochs} epochs").format(epochs=lesson.full_epochs),
-                     key="w2_full")
-    images = c2.select_slider(_("Training images"), SUBSETS, format_func="{:,}".format, key="w2_images",
-                              disabled=full)
-    cfg = LessonConfig(name, dataset=dataset, seeds=seeds, full=full,
-                       train_limit=None if full or images >= 60000 else images)
-    try:
-        spec = lesson_spec(cfg)
-        variants, skipped = plan(cfg, spec.train, spec.data)
-    except ValueError as exc:
-        problem = render_error(exc)
-        st.error(plain(problem), icon=":material/warning:")
+st.session_state.setdefault(f"w2_dataset_{name}", datasets[0])
+c1, c2, c3 = st.columns(3)
+dataset = c1.radio(_("Dataset"), datasets, format_func=lambda d: DATASETS[d].title, key=f"w2_dataset_{name}",
+                   horizontal=True)
+seeds = c2.slider(_("Seeds per variant"), *LIMITS["seeds"], key="w2_seeds")
+full = c3.toggle(_("Full settings: every image, {epochs} epochs").format(epochs=lesson.full_epochs), key="w2_full")
+images = c2.select_slider(_("Training images"), SUBSETS, format_func="{:,}".format, key="w2_images", disabled=full)
+cfg = LessonConfig(name, dataset=dataset, seeds=seeds, full=full,
+                   train_limit=None if full or images >= DATASETS[dataset].train_count else images)
+try:
+    spec = lesson_spec(cfg)
+    variants, skipped = plan(cfg, spec.train, spec.data)
+except ValueError as exc:
+    problem = render_error(exc)
+    st.error(plain(problem), icon=":material/warning:")
 if spec is not None and not problem:
     st.dataframe([{_("variant"): _(v.label), _("network"): describe(v.model), _("parameters"): count_params(v.model),
                    _("batch size"): v.train.batch_size, _("normalisation"): v.data.normalize} for v in variants],

@@ -31,7 +31,8 @@ from bench_train import run_classic, run_engine, write_torchvision_layout  # noq
 
 from mnist_lab.data.datasets import DataConfig, TensorData, normalization, prepare_data  # noqa: E402
 from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
-from mnist_lab.training.loop import TrainConfig, evaluate, resolve_device, train  # noqa: E402
+from mnist_lab.training.loop import TrainConfig, evaluate, train  # noqa: E402
+from mnist_lab.training.preflight import resolve_device  # noqa: E402
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # CIFAR-10's counts (lab-spec.md)
 

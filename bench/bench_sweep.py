@@ -24,7 +24,8 @@ import torch  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
 from mnist_lab.nets.models import cnn_config, get_preset  # noqa: E402
-from mnist_lab.training.loop import TrainConfig, resolve_device, train, train_many  # noqa: E402
+from mnist_lab.training.loop import TrainConfig, train, train_many  # noqa: E402
+from mnist_lab.training.preflight import resolve_device  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, encode_idx, load_mnist, normalization, prepare_data  # noqa: E402
 from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
-from mnist_lab.training.loop import ENGINES, TrainConfig, resolve_device, select_engine, train  # noqa: E402
+from mnist_lab.training.engines import ENGINE_NAMES  # noqa: E402
+from mnist_lab.training.loop import TrainConfig, select_engine, train  # noqa: E402
+from mnist_lab.training.preflight import resolve_device  # noqa: E402
 
 
 @dataclass
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
           "(once, outside the timings)")
 
     lab5 = get_preset("lab5").model
-    engines = ["plain", *[e for e in ENGINES if e not in ("auto", "plain")
+    engines = ["plain", *[e for e in ENGINE_NAMES if e not in ("auto", "plain")
                           and select_engine(lab5, TrainConfig(engine=e), device) == e]]
     auto = select_engine(lab5, TrainConfig(engine="auto"), device)
     if args.engines is not None:

@@ -97,8 +97,8 @@ def test_decode_idx_refuses_other_files():
 # ------------------------------------------------------------------------- the three sources
 
 def test_session_data_is_the_original_mnist(mnist_raw):
-    assert data.idx_md5s(mnist_raw) == data.MNIST_IDX_MD5
-    data.verify_mnist(mnist_raw)
+    assert data.idx_md5s(mnist_raw) == data.MNIST.md5
+    data.MNIST.verify(mnist_raw)
 
 
 def test_local_directory_in_torchvision_layout(mnist_dir, mnist_raw, tmp_cache):
@@ -139,10 +139,10 @@ def test_offline_package_is_byte_identical_to_the_published_files():
     assert raw.source == PACKAGE_SOURCE
     assert tuple(raw.x_train.shape) == (60000, 28, 28) and tuple(raw.x_test.shape) == (10000, 28, 28)
     assert raw.x_train.dtype == torch.uint8 and raw.y_train.dtype == torch.int64
-    assert data.idx_md5s(raw) == data.MNIST_IDX_MD5
-    assert tuple(torch.bincount(raw.y_train).tolist()) == data.MNIST_TRAIN_COUNTS
-    assert tuple(torch.bincount(raw.y_test).tolist()) == data.MNIST_TEST_COUNTS
-    assert sum(data.MNIST_TRAIN_COUNTS) == 60000 and sum(data.MNIST_TEST_COUNTS) == 10000
+    assert data.idx_md5s(raw) == data.MNIST.md5
+    assert tuple(torch.bincount(raw.y_train).tolist()) == data.MNIST.train_class_counts
+    assert tuple(torch.bincount(raw.y_test).tolist()) == data.MNIST.test_class_counts
+    assert sum(data.MNIST.train_class_counts) == 60000 and sum(data.MNIST.test_class_counts) == 10000
 
 
 def test_no_source_left_names_all_three_ways(tmp_cache, monkeypatch, no_download):

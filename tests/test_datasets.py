@@ -25,6 +25,7 @@ import torch
 
 from mnist_lab.data import datasets as data
 from mnist_lab.errors import ConfigError
+from mnist_lab.training.preflight import check_fits
 
 TRAIN_PER_BATCH = 10  # one image of each class per training batch: 5 per class over five batches
 TEST_PER_CLASS = 2
@@ -197,7 +198,7 @@ def test_the_three_specs_pin_the_published_facts():
     assert f.md5["train-images-idx3-ubyte"] == "f4a8712d7a061bf5bd6d2ca38dc4d50a"
     assert c.md5[data.CIFAR_ARCHIVE] == "c58f30108f718f92721af3b95e74349a"
     assert c.md5["batches.meta"] == "5ff9c542aee3614f3951f8cda6e48888" and len(c.md5) == 8
-    assert data.MNIST_IDX_MD5 is m.md5 and sum(data.MNIST_TRAIN_COUNTS) == 60000
+    assert sum(m.train_class_counts) == 60000 and m.md5["train-images-idx3-ubyte"] == "6bbc9ace898e44ae57da46a324031adb"
 
 
 def test_normalisation_is_per_channel():
@@ -221,17 +222,17 @@ def test_cache_files_are_named_per_dataset(tmp_cache):
 
 def test_a_network_for_another_dataset_is_refused_with_what_to_change():
     mnist_net = types.SimpleNamespace(in_channels=1, image_size=28, n_classes=10)
-    data.check_model_fits(mnist_net, data.MNIST)
-    data.check_model_fits(mnist_net, data.FASHION_MNIST)
+    check_fits(mnist_net, data.MNIST)
+    check_fits(mnist_net, data.FASHION_MNIST)
     with pytest.raises(ConfigError) as info:
-        data.check_model_fits(mnist_net, data.CIFAR10)
+        check_fits(mnist_net, data.CIFAR10)
     assert info.value.field == "in_channels" and info.value.params["want"] == 3
     assert str(info.value) == ("The network has in_channels = 1 but CIFAR-10 needs 3 (3×32×32 images, 10 classes): "
                                "set in_channels to 3, or choose a network made for CIFAR-10.")
     with pytest.raises(ConfigError, match="image_size = 28 but CIFAR-10 needs 32"):
-        data.check_model_fits(types.SimpleNamespace(in_channels=3, image_size=28, n_classes=10), data.CIFAR10)
+        check_fits(types.SimpleNamespace(in_channels=3, image_size=28, n_classes=10), data.CIFAR10)
     with pytest.raises(ConfigError, match="n_classes = 7 but MNIST needs 10"):
-        data.check_model_fits(types.SimpleNamespace(in_channels=1, image_size=28, n_classes=7), data.MNIST)
+        check_fits(types.SimpleNamespace(in_channels=1, image_size=28, n_classes=7), data.MNIST)
 
 
 def test_the_cli_refuses_a_network_that_does_not_fit_before_loading_anything(capsys, tmp_path, tmp_cache,
@@ -667,7 +668,7 @@ def test_fashion_mnist_from_debian_is_the_original_and_trains(tmp_cache):
     prepared = data.prepare_data(data.DataConfig(dataset="fashion-mnist", train_limit=10000, test_limit=2000),
                                  raw=raw)
     model_cfg = cnn_config(2, 5, base_channels=8)
-    data.check_model_fits(model_cfg, data.FASHION_MNIST)
+    check_fits(model_cfg, data.FASHION_MNIST)
     result = train(model_cfg, TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=0.003, seed=0,
                                           device="cpu", engine="plain"), prepared)
     assert result.status == "finished" and len(result.losses) == 157

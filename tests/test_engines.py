@@ -13,7 +13,8 @@ import torch
 
 from mnist_lab.nets.models import ModelConfig, build_model, cnn_config, get_preset
 from mnist_lab.training import cuda_graph as fast
-from mnist_lab.training.loop import ENGINES, TrainConfig, fallback_reason, select_engine, train, train_many
+from mnist_lab.training.engines import ENGINE_NAMES
+from mnist_lab.training.loop import TrainConfig, fallback_reason, select_engine, train, train_many
 
 LAB5 = get_preset("lab5").model
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -31,7 +32,7 @@ def data500(tiny_data):
 
 # ------------------------------------------------------------------------- selection (CPU)
 
-@pytest.mark.parametrize("engine", [e for e in ENGINES if e not in ("auto", "cpu-native")])
+@pytest.mark.parametrize("engine", [e for e in ENGINE_NAMES if e not in ("auto", "cpu-native")])
 def test_the_gpu_engines_are_plain_on_the_cpu(engine):
     assert select_engine(LAB5, cfg(engine=engine), CPU) == "plain"
 

@@ -146,7 +146,7 @@ def test_a_network_for_other_images_is_refused_before_training(mnist_raw):
 
     cifar_shaped = replace(PRESETS["lab5"].model, in_channels=3, image_size=32)
     with pytest.raises(ValueError, match=r"in_channels = 3 but MNIST needs 1 \(1×28×28 images, 10 classes\)"):
-        run_single(cifar_shaped, FAST, TINY)  # data.check_model_fits, before any data is loaded
+        run_single(cifar_shaped, FAST, TINY)  # preflight's check_fits, before any data is loaded
 
 
 @pytest.mark.gpu

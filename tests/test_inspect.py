@@ -5,6 +5,7 @@ uploads refused, the CLI's inspect and predict, and the Inspect page through App
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,48 @@ def test_the_inspect_strings_have_chinese_translations():
         entry = catalog.get(msgid)
         assert entry is not None and entry.string.strip(), f"not in the zh_CN catalog: {msgid!r}"
         assert names(entry.string) == names(msgid), msgid
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("preset", ["lab5", "resnet-small"])  # resnet-small: convolutions inside its blocks
+def test_two_sessions_computing_feature_maps_of_one_shared_run_get_their_own(preset):
+    """The Inspect page shares one LoadedRun between sessions: concurrent feature maps of two
+    images each match that image's maps computed alone, and the shared network keeps no hook."""
+    import threading
+
+    torch.manual_seed(0)
+    cfg = PRESETS[preset].model
+    if (cfg.in_channels, cfg.image_size) != (1, 28):
+        cfg = replace(cfg, in_channels=1, image_size=28)
+    saved = SavedRun("r", cfg, TrainConfig(), DataConfig(), build_model(cfg).state_dict(), None, "finished", None)
+    run = ir.rebuild(saved)
+    images = [torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    alone = [ir.feature_maps(run, x) for x in images]
+    assert alone[0] and [m.name for m in alone[0]] == [m.name for m in alone[1]]
+    if preset == "resnet-small":
+        assert any("." in m.name for m in alone[0])  # a block's own convolutions are reported too
+    rounds, barrier, got, errors = 8, threading.Barrier(2), [[], []], []
+
+    def session(k: int) -> None:
+        try:
+            for _ in range(rounds):
+                barrier.wait()
+                got[k].append(ir.feature_maps(run, images[k]))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+    threads = [threading.Thread(target=session, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for k in (0, 1):
+        assert len(got[k]) == rounds
+        for maps in got[k]:
+            assert [m.name for m in maps] == [m.name for m in alone[k]]
+            for m, want in zip(maps, alone[k]):
+                np.testing.assert_allclose(m.maps, want.maps, rtol=1e-5, atol=1e-6, err_msg=m.name)
+    assert _hooks(run.model) == 0

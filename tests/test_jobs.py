@@ -18,7 +18,7 @@ from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.nets.models import PRESETS
-from mnist_lab.runs.store import ResultStore
+from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import JobSpec, QueueFullError, StoreRunner
 from mnist_lab.service.worker import Worker, WorkerConfig, spawn_worker
 from mnist_lab.training.loop import TrainConfig
@@ -133,7 +133,11 @@ def test_a_worker_trains_queued_jobs_in_order_and_a_page_need_not_watch(db):
     store = ResultStore(db)
     runner = StoreRunner(store)
     first, second = runner.submit(tiny_job(seed=1)), runner.submit(tiny_job(seed=2, epochs=2))
-    bad = runner.submit(tiny_job(batch_size=1024))  # larger than the 256 images: the core's message
+    bad_spec = tiny_job(batch_size=1024)  # larger than the 256 images: the core's message ...
+    with pytest.raises(ValueError, match="Batch size 1024 is larger than the 256 training images"):
+        runner.submit(bad_spec)  # ... refused at submit by the pre-flight check, so nothing is queued ...
+    bad = "queued-before-the-check"  # ... and a worker handed such a job anyway fails it with the same message
+    store.submit_job(bad, LOCAL_WORKSPACE, bad_spec.kind, bad_spec.title, bad_spec.to_json(), 1)
     Worker(WorkerConfig(db=str(db), warm=False)).run(max_jobs=3)  # nobody polls meanwhile
     views = [runner.poll(j) for j in (first, second, bad)]
     assert [v.status for v in views] == ["finished", "finished", "failed"]

@@ -37,16 +37,10 @@ def tiny(name: str, **kw) -> LessonConfig:
     return LessonConfig(name, dataset=dataset, **{**TINY, **kw})
 
 
-def runnable(name: str) -> bool:
-    return not lessons.unavailable(LESSONS[name])
-
-
 # ------------------------------------------------------------------------------ end to end
 
 @pytest.mark.parametrize("name", list(LESSONS))
 def test_every_lesson_runs_end_to_end_and_its_reading_matches_its_numbers(name, tmp_path):
-    if not runnable(name):
-        pytest.skip(f"not available in this build: needs {', '.join(lessons.unavailable(LESSONS[name]))}")
     cfg = tiny(name)
     spec = lesson_spec(cfg, device="cpu")
     variants, skipped = plan(cfg, spec.train, spec.data)
@@ -75,16 +69,6 @@ def test_every_lesson_runs_end_to_end_and_its_reading_matches_its_numbers(name, 
     assert [s.name for s in stored] == [name]
     assert [r["mean"] for r in stored[0].summary] == pytest.approx(list(result.summary["mean"]))
     assert [r["params"] for r in stored[0].summary] == list(result.summary["params"])
-
-
-def test_sorted_order_is_listed_until_the_build_has_it(monkeypatch):
-    cfg = tiny("shuffle")
-    spec = lesson_spec(cfg, device="cpu")
-    monkeypatch.setattr(lessons, "missing", lambda need: need == "train.sort_by_label")
-    variants, skipped = plan(cfg, spec.train, spec.data)
-    assert [v.label for v in variants] == ["shuffled every epoch", "same order every epoch"]
-    assert [v.train.shuffle for v in variants] == [True, False]
-    assert skipped[0].label == "sorted by label" and "not available in this build" in skipped[0].reason
 
 
 def test_variants_are_the_base_with_one_change():
@@ -118,12 +102,6 @@ def test_bad_lesson_settings_name_the_field(cfg, field):
     with pytest.raises(ValueError) as err:
         cfg.validate()
     assert err.value.field == field
-
-
-def test_a_lesson_this_build_lacks_says_so(monkeypatch):
-    monkeypatch.setattr(lessons, "missing", lambda need: need.startswith("preset."))
-    with pytest.raises(ValueError, match="not available in this build: it needs preset.plain-small"):
-        LessonConfig("residual").validate()
 
 
 # ------------------------------------------------------------------------------ readings from synthetic numbers
@@ -348,14 +326,11 @@ def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
     at.switch_page("app_pages/week2.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Week 2: the notes' questions as experiments"
-    for name in LESSONS:  # every lesson shows its question, or why this build cannot run it
+    for name in LESSONS:  # every lesson shows its question and starts from its own seeds
         at.selectbox(key="w2_lesson").set_value(name).run()
         assert not at.exception, (name, at.exception)
-        assert at.button(key="w2_go_btn").disabled == (not runnable(name))
-        if runnable(name):  # each lesson starts from its own seeds
-            assert at.slider(key="w2_seeds").value == LESSONS[name].seeds
-        else:
-            assert "Not available in this build" in at.warning[0].value
+        assert not at.button(key="w2_go_btn").disabled
+        assert at.slider(key="w2_seeds").value == LESSONS[name].seeds
     at.selectbox(key="w2_lesson").set_value("softmax").run()
     assert (at.slider(key="w2_seeds").value, at.select_slider(key="w2_images").value) == (3, 10000)
     at.select_slider(key="w2_images").set_value(256).run()

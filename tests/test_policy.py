@@ -66,3 +66,17 @@ def test_the_estimate_grows_with_the_work():
     compare = JobSpec("compare", TrainConfig(), DataConfig(), compare=CompareConfig(seeds=2))
     assert estimate_seconds(compare, "cpu") > estimate_seconds(JobSpec("train", TrainConfig(), DataConfig(),
                                                                        model=PRESETS["tiny-cnn"].model), "cpu")
+
+
+def test_a_cifar10_job_is_limited_and_estimated_on_its_50000_images():
+    whole = JobSpec("train", TrainConfig(), DataConfig(dataset="cifar10"), model=PRESETS["cifar-course"].model)
+    assert (whole.data.n_train(), whole.data.n_test()) == (50_000, 10_000)  # the spec's counts, not MNIST's
+    counted = replace(whole, data=replace(whole.data, train_limit=50_000, test_limit=10_000))
+    assert estimate_seconds(whole, "cpu") == pytest.approx(estimate_seconds(counted, "cpu"))
+    mnist_sized = replace(whole, data=replace(whole.data, dataset="mnist"))  # the same net on 60,000 images
+    assert estimate_seconds(whole, "cpu") < estimate_seconds(mnist_sized, "cpu")
+    shared = ServerPolicy(mode="shared", max_train_images=50_000, max_params=10**8, max_job_seconds=10**9)
+    shared.check(whole, "cpu")  # all 50,000 CIFAR-10 images are within a 50,000-image limit
+    with pytest.raises(LimitError, match="at most 49,999 images"):
+        replace(shared, max_train_images=49_999).check(whole, "cpu")
+    assert ServerPolicy().max_train_images == 60_000  # by default every image of the largest dataset

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from mnist_lab.data.datasets import DataConfig
-from mnist_lab.lab.experiments import results_frames, run_single
+from mnist_lab.lab.experiments import run_single
 from mnist_lab.nets.models import PRESETS
 from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
 from mnist_lab.training.loop import TrainConfig
@@ -69,17 +69,6 @@ def test_run_is_recorded_while_it_trains(tmp_path, mnist_raw):
     assert iters["loss"].tolist() == pytest.approx(result.losses)
     assert iters["iteration"].tolist() == list(range(1, 9))
     assert iters["epoch"].tolist() == [1] * 4 + [2] * 4
-
-
-def test_results_frames_match_the_store(tmp_path, mnist_raw):
-    store = ResultStore(tmp_path / "r.sqlite")
-    result = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1), TINY, store=store)
-    frames = results_frames([result])
-    pd.testing.assert_frame_equal(frames["iterations"], store.iterations(), check_dtype=False)
-    pd.testing.assert_frame_equal(frames["epochs"], store.epochs(), check_dtype=False)
-    # the same run row, field by field (the start time is taken at two moments)
-    pd.testing.assert_frame_equal(frames["runs"].drop(columns="started_at"), store.runs().drop(columns="started_at"),
-                                  check_dtype=False)
 
 
 def test_delete_and_filter_by_run(tmp_path, mnist_raw):

@@ -19,7 +19,8 @@ from mnist_lab.data import datasets as data
 from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.nets.models import ModelConfig
-from mnist_lab.training.loop import ENGINES, TrainConfig, train
+from mnist_lab.training.engines import ENGINE_NAMES
+from mnist_lab.training.loop import TrainConfig, train
 
 FIX = re.compile(r"\b(use|choose|give|set|lower|leave|pick|write|put|try)\b", re.IGNORECASE)
 NAN = float("nan")
@@ -57,7 +58,7 @@ TRAIN_FIELDS = dict(
     progress_every_s=(st.floats(0.0, 1.0),),
     # the engines that run a lone CPU run on the plain loop (the fast paths are checked against it
     # in test_engines.py; here they would only add their start-up cost to a thousand runs)
-    engine=(st.sampled_from(["plain", "cuda-graph", "stacked"]), "turbo", *[e for e in ENGINES if e != "plain"]),
+    engine=(st.sampled_from(["plain", "cuda-graph", "stacked"]), "turbo", *[e for e in ENGINE_NAMES if e != "plain"]),
 )
 DATA_FIELDS = dict(
     dataset=(st.just("mnist"), "emnist"),

@@ -22,9 +22,9 @@ from mnist_lab.cli.common import (
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.data.datasets import DataUnavailableError
 from mnist_lab.i18n import mean_sd_texts, render
-from mnist_lab.lab.lessons import LESSONS, LessonConfig, datasets_for, plan, unavailable
+from mnist_lab.lab.lessons import LESSONS, LessonConfig, datasets_for, plan
 from mnist_lab.service.jobs import lesson_spec
-from mnist_lab.training.loop import ENGINES
+from mnist_lab.training.engines import ENGINE_NAMES
 
 
 def add_parser(sub, parents=()) -> None:
@@ -33,7 +33,7 @@ def add_parser(sub, parents=()) -> None:
     text = _("a week-2 question as a ready experiment over seeds (--list: which ones)")
     p = sub.add_parser("lesson", help=text, description=text, parents=list(parents))
     p.add_argument("name", nargs="?", help=_("the lesson: {names}").format(names=", ".join(LESSONS)))
-    p.add_argument("--list", action="store_true", help=_("list the lessons and whether this build can run them"))
+    p.add_argument("--list", action="store_true", help=_("list the lessons"))
     p.add_argument("--dataset", help=_("mnist, fashion-mnist or cifar10 (default: the lesson's own)"))
     p.add_argument("--seeds", type=int, help=_("runs per variant (default: the lesson's, usually 3)"))
     p.add_argument("--full", action="store_true", help=_("the lab's full settings: every image, more epochs"))
@@ -41,7 +41,7 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--train-limit", type=int, help=_("override the lesson's number of training images"))
     p.add_argument("--test-limit", type=int, help=_("override the lesson's number of test images"))
     p.add_argument("--device", default="auto", help=_("auto (CUDA if present), cpu, cuda"))
-    p.add_argument("--engine", choices=ENGINES, default="auto")
+    p.add_argument("--engine", choices=ENGINE_NAMES, default="auto")
     p.add_argument("--data-dir", help=_("datasets in torchvision's layout"))
     p.add_argument("--out", type=Path, help=_("directory for the CSV tables"))
     p.add_argument("--db", type=Path, help=db_help())
@@ -50,13 +50,9 @@ def add_parser(sub, parents=()) -> None:
 
 
 def _list() -> int:
-    """The lessons, their datasets and whether this build can run them."""
-    rows = []
-    for name, lesson in LESSONS.items():
-        lost = unavailable(lesson)
-        available = _("yes") if not lost else _("not available in this build") + f" ({', '.join(lost)})"
-        rows.append(dict(name=name, title=_(lesson.title), datasets=", ".join(datasets_for(lesson)) or "—",
-                         seeds=lesson.seeds, available=available))
+    """The lessons, their datasets and seeds."""
+    rows = [dict(name=name, title=_(lesson.title), datasets=", ".join(datasets_for(lesson)) or "—",
+                 seeds=lesson.seeds) for name, lesson in LESSONS.items()]
     print(pd.DataFrame(rows).to_string(index=False))
     return 0
 
@@ -65,7 +61,7 @@ def cmd_lesson(args) -> int:
     from mnist_lab.runs.store import ResultStore
     from mnist_lab.service.jobs import run_inline
     from mnist_lab.service.policy import estimate_seconds
-    from mnist_lab.training.loop import resolve_device
+    from mnist_lab.training.preflight import resolve_device
 
     if args.list:
         return _list()

@@ -34,14 +34,16 @@ from mnist_lab.cli.common import (
     stop_on_ctrl_c,
 )
 from mnist_lab.cli.common import gettext as _
-from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError, check_model_fits
+from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError
 from mnist_lab.errors import ConfigError, StoreError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, summarize_over_seeds
 from mnist_lab.nets.models import PRESETS, ModelConfig, count_params, get_preset
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline
-from mnist_lab.training.loop import ENGINES, TrainConfig, fallback_reason, resolve_device
+from mnist_lab.training.engines import ENGINE_NAMES
+from mnist_lab.training.loop import TrainConfig, fallback_reason
+from mnist_lab.training.preflight import preflight, resolve_device
 
 
 def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
@@ -57,7 +59,7 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--sort-by-label", action="store_true",
                    help=_("train on the images in label order (with --no-shuffle)"))
     g.add_argument("--device", default="auto", help=_("auto (CUDA if present), cpu, cuda"))
-    g.add_argument("--engine", choices=ENGINES, default="auto",
+    g.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
                    help=_("training path: auto (the fastest measured: CUDA graphs on a GPU, C++ conv kernels on the "
                           "CPU), plain (the reference loop), cuda-graph, stacked (sweep/compare: a cell's seeds as "
                           "one network), cpu-native"))
@@ -120,10 +122,7 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
                           train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
                           data_dir=args.data_dir)
-    model.validate()
-    data_cfg.validate()
-    check_model_fits(model, data_cfg.spec)
-    train_cfg.validate(n_train=data_cfg.n_train())  # before loading anything
+    preflight(model, train_cfg, data_cfg)  # before loading anything
     return model, train_cfg, data_cfg
 
 

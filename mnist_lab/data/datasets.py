@@ -190,11 +190,6 @@ CIFAR10 = DatasetSpec(
 )
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10)}
 
-# Kept for the callers and stored runs that name them.
-MNIST_TRAIN_COUNTS = MNIST.train_class_counts
-MNIST_TEST_COUNTS = MNIST.test_class_counts
-MNIST_IDX_MD5 = MNIST.md5
-
 # name -> what it does. 'mnist' is the name older runs and command lines use: MNIST's mean/std.
 NORMALIZATIONS = {
     "dataset": "the dataset's own per-channel mean and std",
@@ -225,20 +220,6 @@ def describe_normalization(name: str, dataset: str = "mnist") -> str:
     mean, std = normalization(name, dataset)
     show = lambda v: ", ".join(f"{x:g}" for x in v) if len(set(v)) > 1 else f"{v[0]:g}"  # noqa: E731
     return f"{name}: mean {show(mean)}, std {show(std)}"
-
-
-def check_model_fits(model_cfg: Any, spec: DatasetSpec) -> None:
-    """Refuse a network built for another input shape or number of classes than `spec`'s, naming
-    the model field and the value it needs. `model_cfg` is a models.ModelConfig (read by its
-    in_channels, image_size and n_classes), so this runs before any data is loaded."""
-    for fld, want in (("in_channels", spec.channels), ("image_size", spec.image_size),
-                      ("n_classes", spec.n_classes)):
-        value = getattr(model_cfg, fld)
-        if value != want:
-            raise ConfigError(fld, value, "The network has {field} = {value!r} but {title} needs {want} ({shape} "
-                              "images, {n} classes): set {field} to {want}, or choose a network made for {title}.",
-                              field=fld, want=want, title=spec.title,
-                              shape=f"{spec.channels}×{spec.image_size}×{spec.image_size}", n=spec.n_classes)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -281,6 +262,11 @@ class DataConfig:
         """Training images this config uses (the limit, at most the whole training set)."""
         total = self.spec.train_count
         return min(self.train_limit or total, total)
+
+    def n_test(self) -> int:
+        """Test images this config evaluates (the limit, at most the whole test set)."""
+        total = self.spec.test_count
+        return min(self.test_limit or total, total)
 
 
 @dataclass
@@ -361,11 +347,6 @@ def load_idx_dir(root: str | Path, spec: DatasetSpec = MNIST) -> RawSplits:
     return _splits_from_arrays(arrays, source=f"directory {root}")
 
 
-def load_mnist_from_dir(root: str | Path) -> RawSplits:
-    """MNIST from a torchvision-layout directory (ROOT/MNIST/raw/*-ubyte[.gz])."""
-    return load_idx_dir(root, MNIST)
-
-
 def _splits_from_arrays(arrays: dict[str, np.ndarray], source: str) -> RawSplits:
     tr_x, tr_y = _IDX_FILES["train"]
     te_x, te_y = _IDX_FILES["test"]
@@ -395,15 +376,6 @@ def verify_idx_md5(raw: RawSplits, spec: DatasetSpec = MNIST) -> None:
             raise DataFileError("{title} {stem} from {source} has MD5 {md5}, not the original {want}: the copy is "
                                 "altered or incomplete", title=spec.title, stem=stem, source=raw.source, md5=md5,
                                 want=spec.md5[stem])
-
-
-def verify_mnist(raw: RawSplits) -> None:
-    """Refuse anything that is not the 60,000/10,000 MNIST digits (shape and label counts)."""
-    MNIST.verify(raw)
-
-
-def verify_mnist_md5(raw: RawSplits) -> None:
-    verify_idx_md5(raw, MNIST)
 
 
 # ---------------------------------------------------------------- MNIST's and Fashion-MNIST's sources

@@ -9,11 +9,11 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from mnist_lab.data.datasets import DataConfig, TensorData, check_model_fits, prepare_data
+from mnist_lab.data.datasets import DataConfig, TensorData, prepare_data
 from mnist_lab.errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
 from mnist_lab.i18n import N_, Message, mean_sd_texts, render
 from mnist_lab.nets.models import (
@@ -28,20 +28,18 @@ from mnist_lab.nets.models import (
     describe,
     match_fc_width,
 )
-from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
+from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.training.loop import (
     CancelFlag,
     Progress,
     RunResult,
     TrainConfig,
-    check_fits,
-    check_memory,
     device_label,
     new_run_id,
-    resolve_device,
     train,
     train_many,
 )
+from mnist_lab.training.preflight import preflight, resolve_device
 
 ProgressFn = Callable[[Progress], None]
 
@@ -67,9 +65,6 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
         return _DATA_MEMO[key]
 
 
-check_input_shape = check_fits  # the former name (it now checks the number of classes too)
-
-
 def _chain(*fns: ProgressFn | None) -> ProgressFn:
     live = [f for f in fns if f is not None]
 
@@ -77,13 +72,6 @@ def _chain(*fns: ProgressFn | None) -> ProgressFn:
         for f in live:
             f(event)
     return call
-
-
-def _check(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData) -> None:
-    model_cfg.validate()
-    train_cfg.validate(n_train=len(data.x_train))
-    check_fits(model_cfg, data)
-    check_memory(model_cfg, train_cfg, data.device)
 
 
 def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainConfig, str]], run_ids: list[str],
@@ -116,11 +104,8 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
                cancel: CancelFlag | None = None, experiment: str = "single", group_id: str = "",
                label: str = "", data: TensorData | None = None) -> RunResult:
     """Train one model; with a store, every iteration and epoch is written as it finishes."""
-    model_cfg.validate()
-    data_cfg.validate()
-    check_model_fits(model_cfg, data_cfg.spec)  # before any data is loaded
+    preflight(model_cfg, train_cfg, data_cfg, n_train=None if data is None else len(data.x_train))  # before data loads
     data = data if data is not None else get_data(data_cfg, train_cfg.device)
-    _check(model_cfg, train_cfg, data)
     run_id = new_run_id()
     record = _start_runs(store, [(model_cfg, train_cfg, label)], [run_id], data_cfg, data, experiment, group_id)
     try:
@@ -143,11 +128,9 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
     another. Each result is what it would be alone."""
     if not jobs:
         return []
-    for model_cfg, _, _ in jobs:
-        check_model_fits(model_cfg, data_cfg.spec)  # before any data is loaded
-    data = get_data(data_cfg, jobs[0][1].device)
     for model_cfg, train_cfg, _ in jobs:
-        _check(model_cfg, train_cfg, data)
+        preflight(model_cfg, train_cfg, data_cfg)  # every run, before any data loads
+    data = get_data(data_cfg, jobs[0][1].device)
     together = data.device.type == "cuda" or any(t.engine == "stacked" for _, t, _ in jobs)
     if not together or len(jobs) == 1:
         results = []
@@ -471,23 +454,3 @@ def compare_reading(summary: pd.DataFrame) -> list[Message]:
 def read_compare(summary: pd.DataFrame, lang: str | None = "en") -> str:
     """compare_reading's sentences as one paragraph in `lang` (English unless told)."""
     return " ".join(render(m, lang) for m in compare_reading(summary))
-
-
-# ------------------------------------------------------------------------------------ tables
-
-def results_frames(results: list[RunResult], experiment: str = "single") -> dict[str, pd.DataFrame]:
-    """runs / epochs / iterations tables (the store's columns) for results held in memory."""
-    runs, epochs, iterations = [], [], []
-    for r in results:
-        runs.append(run_row(r.run_id, r.model_cfg, r.train_cfg, r.data_cfg, experiment=experiment,
-                            status=r.status, started_at=r.started_at, seconds=r.seconds, device=r.device,
-                            engine=r.engine, params=r.params, final_test_acc=r.final_test_acc,
-                            epochs_done=len(r.epochs), data_source=r.data_source, diverged_at=r.diverged_at,
-                            steps_per_epoch=r.steps_per_epoch,
-                            message=r.message))
-        epochs += [dict(run_id=r.run_id, **asdict(m)) for m in r.epochs]
-        spe = max(r.steps_per_epoch, 1)
-        iterations += [dict(run_id=r.run_id, epoch=(i // spe) + 1, iteration=i + 1, loss=loss)
-                       for i, loss in enumerate(r.losses)]
-    return {"runs": pd.DataFrame(runs), "epochs": pd.DataFrame(epochs, columns=EPOCH_COLUMNS),
-            "iterations": pd.DataFrame(iterations, columns=ITERATION_COLUMNS)}

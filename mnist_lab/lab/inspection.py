@@ -5,6 +5,7 @@ drawn or uploaded digit prepared the way MNIST's digits were.
 """
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ MAX_UPLOAD_BYTES = 5 * 2**20  # an uploaded image file
 MAX_UPLOAD_PIXELS = 4096 * 4096  # width x height after decoding: refuses decompression bombs
 UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 DIGIT_BOX = 20  # MNIST's digits: the bounding box scaled into 20x20 ...
-DIGIT_FIELD = 28  # ... and centred by centre of mass in 28x28
+DIGIT_FIELD = data_mod.MNIST.image_size  # ... and centred by centre of mass in 28x28
 
 
 # ------------------------------------------------------------------------ the dataset
@@ -233,37 +234,41 @@ class FeatureMap:
         return tuple(self.maps.shape)
 
 
-@torch.inference_mode()
 def feature_maps(run: LoadedRun, x: torch.Tensor) -> list[FeatureMap]:
     """Every layer's output that is still an image (C, H, W), for one input x (1, C, H, W), in
-    forward order: each top-level layer, and each Conv2d inside a custom block."""
+    forward order: each top-level layer, and each Conv2d inside a custom block.
+
+    `run.model` may be shared by every session (the Inspect page caches it), so it is never
+    changed here: its top-level layers run one after another, and only a private copy of a block
+    that holds convolutions of its own (a residual block) carries the hooks that report them."""
     if x.dim() != 4 or len(x) != 1:
         raise ValueError(f"feature_maps takes one image (1, C, H, W); got shape {tuple(x.shape)}")
     found: list[FeatureMap] = []
     block = 0
-    hooks = []
 
-    def keep(name: str, module: nn.Module, block_of: list[int]):
-        def hook(_module, _inputs, out):
+    def keep(name: str, module: nn.Module, in_block: int) -> None:
+        def hook(_module, _inputs, out) -> None:
             if isinstance(out, torch.Tensor) and out.dim() == 4:
-                found.append(FeatureMap(name, repr(module), block_of[0], out[0].float().numpy().copy()))
-        return hook
+                found.append(FeatureMap(name, repr(module), in_block, out[0].float().numpy().copy()))
+        module.register_forward_hook(hook)
 
-    current = [0]  # the block number seen by every hook, updated by a pre-hook on each top-level layer
+    layers = []  # (name, the module to run, its block): the shared layer, or a hooked copy of it
     for name, child in run.model.named_children():
-        holds_conv = any(isinstance(m, nn.Conv2d) for m in child.modules())
-        if holds_conv:
+        if any(isinstance(m, nn.Conv2d) for m in child.modules()):
             block += 1
-        hooks.append(child.register_forward_pre_hook(lambda _m, _i, b=block: current.__setitem__(0, b)))
-        for sub_name, sub in child.named_modules():
-            if sub is not child and isinstance(sub, nn.Conv2d):
-                hooks.append(sub.register_forward_hook(keep(f"{name}.{sub_name}", sub, current)))
-        hooks.append(child.register_forward_hook(keep(name, child, current)))
-    try:
-        run.model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+        nested = [sub_name for sub_name, sub in child.named_modules()
+                  if sub is not child and isinstance(sub, nn.Conv2d)]
+        if nested:
+            child = copy.deepcopy(child)  # this call's own copy (small: one block), hooked below
+            subs = dict(child.named_modules())
+            for sub_name in nested:
+                keep(f"{name}.{sub_name}", subs[sub_name], block)
+        layers.append((name, child, block))
+    with torch.inference_mode():
+        for name, layer, layer_block in layers:
+            x = layer(x)
+            if x.dim() == 4:
+                found.append(FeatureMap(name, repr(layer), layer_block, x[0].float().numpy().copy()))
     return found
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig
+from mnist_lab.data.datasets import DATASETS, DataConfig
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int
 from mnist_lab.i18n import N_
 from mnist_lab.lab.experiments import MAX_SEEDS, ProgressFn, run_many, summarize_over_seeds
@@ -22,6 +22,7 @@ from mnist_lab.lab.verdicts import FLAT_ACC, Comparison, judge
 from mnist_lab.nets.models import PRESETS, ModelConfig, cnn_config
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig, new_run_id
+from mnist_lab.training.preflight import preflight
 
 EXPERIMENT = "lesson"  # the runs' `experiment` in the store; their group_id is "lesson:NAME:ID"
 
@@ -38,7 +39,6 @@ class Change:
     model: str | Mapping | tuple | None = None
     train: Mapping = field(default_factory=dict)  # TrainConfig fields to replace
     data: Mapping = field(default_factory=dict)  # DataConfig fields to replace
-    needs: tuple[str, ...] = ()  # features of this build it needs (see `missing`)
 
 
 @dataclass(frozen=True)
@@ -57,25 +57,6 @@ class Lesson:
     train_limit: int | None = 10000  # training images
     test_limit: int | None = None  # test images evaluated (None: all)
     full_epochs: int = 3
-    needs: tuple[str, ...] = ()
-
-
-def missing(need: str) -> bool:
-    """Whether this build lacks a feature: 'train.FIELD' / 'model.FIELD' (a TrainConfig or
-    ModelConfig field, e.g. model.head: the 1x1-conv / GAP head), 'preset.NAME', 'dataset.NAME'
-    or 'normalize.NAME'."""
-    kind, _, name = need.partition(".")
-    if kind == "train":
-        return name not in {f.name for f in fields(TrainConfig)}
-    if kind == "preset":
-        return name not in PRESETS
-    if kind == "dataset":
-        return name not in DATASETS
-    if kind == "normalize":
-        return name not in NORMALIZATIONS
-    if kind == "model":
-        return name not in {f.name for f in fields(ModelConfig)}
-    raise KeyError(need)
 
 
 _SEQ = dict(optimizer="adam", lr=0.001, momentum=0.0)  # the lessons whose nets train poorly with SGD 0.01
@@ -86,15 +67,14 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
               "epoch, and what does an order sorted by label do?"),
            (Change(N_("shuffled every epoch")),
             Change(N_("same order every epoch"), train={"shuffle": False}),
-            Change(N_("sorted by label"), train={"shuffle": False, "sort_by_label": True},
-                   needs=("train.sort_by_label",))),
+            Change(N_("sorted by label"), train={"shuffle": False, "sort_by_label": True})),
            epochs=2),
     Lesson("normalize", N_("Normalisation"),
            N_("Does it matter how the pixels are normalised: not at all, with mean 0.5 and std 0.5, or with the "
               "dataset's own mean and standard deviation?"),
            (Change(N_("no normalisation (pixels in [0, 1])"), data={"normalize": "none"}),
             Change(N_("mean 0.5, std 0.5"), data={"normalize": "half"}),
-            Change(N_("the dataset's mean and std"), data={"normalize": "dataset"}, needs=("normalize.dataset",))),
+            Change(N_("the dataset's mean and std"), data={"normalize": "dataset"})),
            datasets=("mnist", "fashion-mnist", "cifar10")),
     Lesson("epoch-batch", N_("Epoch vs batch"),
            N_("One epoch shows the network every training image once; the batch size decides how many iterations "
@@ -110,13 +90,13 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
                    model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="fc"))),
             Change(N_("1×1 convolution → global average pooling head"),
                    model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="gap")))),
-           base_train=_SEQ, needs=("model.head",)),
+           base_train=_SEQ),
     Lesson("residual", N_("Residual learning"),
            N_("Does a deep CNN train better with shortcut connections (residual blocks) than the same depth "
               "without them?"),
            (Change(N_("plain deep CNN"), model="plain-small"),
             Change(N_("the same depth with shortcuts"), model="resnet-small")),
-           preset="resnet-small", needs=("preset.plain-small", "preset.resnet-small"),
+           preset="resnet-small",
            datasets=("mnist", "fashion-mnist", "cifar10"), train_limit=2000, test_limit=1000),  # 13 convs: slow
     Lesson("softmax", N_("Softmax before CrossEntropyLoss"),
            N_("What happens to accuracy when a softmax is put before CrossEntropyLoss, which already applies "
@@ -132,14 +112,14 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
               "accuracy?"),
            (Change(N_("no augmentation")),
             Change(N_("augmentation on"), train={"augment": True})),
-           needs=("train.augment",), epochs=2, datasets=("mnist", "fashion-mnist", "cifar10")),
+           epochs=2, datasets=("mnist", "fashion-mnist", "cifar10")),
     Lesson("cifar-nets", N_("The course's CIFAR-10 net vs LeNet vs VGG16"),
            N_("The notes' CIFAR-10 net reaches 62% after 10 epochs; how do LeNet and a VGG16 with BatchNorm "
               "compare on the same images?"),
            (Change(N_("the course's CIFAR-10 net"), model="cifar-course"),
             Change(N_("LeNet"), model="lenet-cifar"),
-            Change(N_("VGG16 with BatchNorm"), model="vgg16-cifar", needs=("preset.vgg16-cifar",))),
-           preset="cifar-course", needs=("preset.cifar-course", "preset.lenet-cifar"),
+            Change(N_("VGG16 with BatchNorm"), model="vgg16-cifar")),
+           preset="cifar-course",
            datasets=("cifar10", "mnist", "fashion-mnist"), seeds=2, train_limit=1000, test_limit=1000,
            full_epochs=10, metrics=("test_acc", "seconds")),
 )}
@@ -155,11 +135,6 @@ def get_lesson(name: str) -> Lesson:
 def datasets_for(lesson: Lesson) -> list[str]:
     """The lesson's datasets that this build knows (their files may still be missing)."""
     return [d for d in lesson.datasets if d in DATASETS]
-
-
-def unavailable(lesson: Lesson) -> list[str]:
-    """The features this build lacks for the lesson as a whole (empty: it can run)."""
-    return [n for n in lesson.needs if missing(n)]
 
 
 # ------------------------------------------------------------------------------------ what to train
@@ -194,9 +169,6 @@ class LessonConfig:
         if self.dataset:
             need_choice("dataset", self.dataset, "Dataset", lesson.datasets,
                         "The lesson does not run on {value!r}; choose one of: {options}.")
-            if missing(f"dataset.{self.dataset}"):
-                raise ConfigError("dataset", self.dataset, "The dataset {value!r} is not available in this build; "
-                                  "choose one of: {options}.", options=", ".join(datasets_for(lesson)) or "—")
         if self.seeds is not None:
             need_int("seeds", self.seeds, "Seeds", 3)
             if not 1 <= self.seeds <= MAX_SEEDS:
@@ -208,9 +180,6 @@ class LessonConfig:
             if value is not None and need_int(name, value, name, example) < 1:
                 raise ConfigError(name, value, "{name} must be at least 1 (got {value!r}); leave it out for the "
                                   "lesson's own setting.", name=name)
-        if lost := unavailable(lesson):
-            raise ConfigError("name", self.name, "The lesson {value!r} is not available in this build: it needs "
-                              "{needs}.", needs=", ".join(lost))
 
 
 @dataclass(frozen=True)
@@ -224,7 +193,7 @@ class Variant:
 @dataclass(frozen=True)
 class Skipped:
     label: str  # msgid
-    reason: str  # English text (a need this build lacks, or the network's geometry refusal)
+    reason: str  # English text: the network's geometry refusal
 
 
 def fit(model: ModelConfig, dataset: str) -> ModelConfig:
@@ -269,15 +238,12 @@ def _model(change: Change, base: ModelConfig) -> ModelConfig:
 
 def plan(cfg: LessonConfig, train: TrainConfig, data: DataConfig) -> tuple[list[Variant], list[Skipped]]:
     """The lesson's variants built from `train` and `data` with `replace`, and those that cannot
-    run here (a feature this build lacks, or a network that does not fit the dataset's images)."""
+    run here (a network that does not fit the dataset's images)."""
     cfg.validate()
     lesson = cfg.lesson
     base = PRESETS[lesson.preset].model
     variants, skipped = [], []
     for change in lesson.changes:
-        if lost := [n for n in change.needs if missing(n)]:
-            skipped.append(Skipped(change.label, "not available in this build: needs " + ", ".join(lost)))
-            continue
         try:
             model = fit(_model(change, base), data.dataset)
             model.validate()
@@ -316,6 +282,8 @@ def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, store
         raise ConfigError("name", cfg.name, "The lesson {value!r} cannot compare anything on {dataset}: {why}. "
                           "Choose another dataset.", dataset=data.dataset,
                           why="; ".join(f"{s.label}: {s.reason}" for s in skipped) or "fewer than 2 variants")
+    for v in variants:  # every variant, before any data loads (run_many checks only its own group)
+        preflight(v.model, v.train, v.data)
     group_id = f"{EXPERIMENT}:{cfg.name}:{new_run_id()}"
     by_data: OrderedDict[DataConfig, list[tuple[Variant, int]]] = OrderedDict()
     for v in variants:

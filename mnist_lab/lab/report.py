@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mnist_lab.data.datasets import MNIST
 from mnist_lab.i18n import integer, number, pct, resolve_lang, translator
 from mnist_lab.lab import figures
 from mnist_lab.lab.findings import Finding, Findings, compute_findings, moving_mean
@@ -162,10 +163,10 @@ def _setup(w: _Writer, fs: Findings, db: str) -> None:
            "Data: {sources}.", date=date, n=integer(fs.runs_considered), db=db,
            devices=", ".join(fs.devices) or "—", sources=", ".join(fs.data_sources) or "—")
     w.add("h3", w._(H_RULE))
-    w.para("Accuracy is the share of the 10,000 test images classified correctly. A difference between two settings "
+    w.para("Accuracy is the share of the {n} test images classified correctly. A difference between two settings "
         "counts only when it is larger than the sum of their standard deviations over seeds (sd A + sd B); with "
         "one seed per setting there is no spread, so it cannot be distinguished. A change that counts but is "
-        "under 0.1 points is called flat.")
+        "under 0.1 points is called flat.", n=integer(MNIST.test_count))
 
 
 def _loss(w: _Writer, f: Finding, store: ResultStore) -> str:
@@ -359,9 +360,10 @@ def _kernel_analysis(w: _Writer, f: Finding) -> None:
                                "the runs' loss curves on the Runs page."))
         w.add("list", items=reasons)
     else:
-        w.para("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on 28×28 digits with "
-               "pooling between the layers, even small kernels cover a whole stroke after a block or two, while "
-               "larger kernels mostly add parameters ({pa} → {pb}) and time ({sa} s → {sb} s per run).", **values)
+        w.para("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on {size}×{size} digits "
+               "with pooling between the layers, even small kernels cover a whole stroke after a block or two, while "
+               "larger kernels mostly add parameters ({pa} → {pb}) and time ({sa} s → {sb} s per run).",
+               size=MNIST.image_size, **values)
 
 
 def _summary(w: _Writer, f: Finding, loss: Finding) -> None:

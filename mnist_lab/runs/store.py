@@ -272,20 +272,6 @@ class ResultStore:
                             (event.engine, event.steps_per_epoch or steps_per_epoch, event.run_id))
         return record
 
-    def save_result(self, result: RunResult, **row_fields) -> None:
-        """Write a finished RunResult whole (for runs not recorded while they trained)."""
-        self.start_run(run_row(result.run_id, result.model_cfg, result.train_cfg, result.data_cfg,
-                               status=result.status, started_at=result.started_at, seconds=result.seconds,
-                               device=result.device, engine=result.engine, params=result.params,
-                               final_test_acc=result.final_test_acc, epochs_done=len(result.epochs),
-                               data_source=result.data_source, diverged_at=result.diverged_at,
-                               message=result.message, **row_fields))
-        self.add_iterations(result.run_id, 1, result.losses, max(result.steps_per_epoch, 1))
-        for m in result.epochs:
-            self.add_epoch(result.run_id, m)
-        self._write("UPDATE runs SET seconds = ?, steps_per_epoch = ? WHERE run_id = ?",
-                    (result.seconds, result.steps_per_epoch, result.run_id))
-
     @explained
     def delete_runs(self, run_ids: Iterable[str]) -> int:
         ids = list(run_ids)

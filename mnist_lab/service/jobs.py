@@ -21,6 +21,7 @@ from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
 from mnist_lab.nets.models import ModelConfig, describe
 from mnist_lab.runs.store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
 from mnist_lab.training.loop import CancelFlag, Progress, TrainConfig
+from mnist_lab.training.preflight import preflight
 
 KINDS = ("train", "sweep", "compare", "lesson")
 QUEUE_LIMIT = 2  # jobs a workspace may have waiting besides the one that trains
@@ -49,6 +50,24 @@ class JobSpec:
         part = {"train": self.model, "sweep": self.sweep, "compare": self.compare, "lesson": self.lesson}[self.kind]
         if part is None:
             raise ValueError(f"A '{self.kind}' job needs its {self.kind} configuration.")
+
+    def run_configs(self) -> list[tuple[ModelConfig, TrainConfig, DataConfig]]:
+        """(network, training, data) of each distinct run the job trains, seeds aside: one, a
+        sweep's valid cells, the comparison's two networks, a lesson's variants."""
+        self.validate()
+        if self.kind == "train":
+            return [(self.model, self.train, self.data)]
+        if self.kind == "sweep":
+            return [(cfg, self.train, self.data) for *_, cfg in self.sweep.cells()[0]]
+        if self.kind == "compare":
+            return [(cfg, self.train, self.data) for cfg in self.compare.models().values()]
+        return [(v.model, v.train, v.data) for v in plan(self.lesson, self.train, self.data)[0]]
+
+    def preflight(self) -> None:
+        """The one pre-flight check (training.preflight) of every run of the job, before it is
+        queued or any data loads: a ConfigError names the field, the value and what to change."""
+        for model_cfg, train_cfg, data_cfg in self.run_configs():
+            preflight(model_cfg, train_cfg, data_cfg)
 
     @property
     def title(self) -> str:
@@ -110,7 +129,7 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
                on_progress: Callable[[Progress], None] | None = None, poll_s: float = 0.25) -> Any:
     """Train a job in this process (the CLI) as a job of the local workspace: it is listed beside
     the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
-    spec.validate()
+    spec.preflight()
     job_id = uuid.uuid4().hex
     store.start_job_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
     done = threading.Event()
@@ -262,7 +281,7 @@ class StoreRunner:
         self.queue_limit = queue_limit
 
     def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str:
-        spec.validate()
+        spec.preflight()  # refused here, not by a worker after it has loaded the data
         runs_total = spec.runs_total()  # validates a sweep's cells too
         active = [j for j in self.store.jobs(workspace=workspace, limit=1000) if j["status"] in JOB_ACTIVE]
         if len(active) >= 1 + self.queue_limit:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mnist_lab.data.datasets import DATASETS
 from mnist_lab.nets.models import summarize
 
 MODES = ("local", "shared")
@@ -33,7 +34,7 @@ class ServerPolicy:
     workers: int | None = None  # training processes; None: one per GPU, one on a CPU machine
     # Shared mode only: the largest job one workspace may start.
     max_epochs: int = 20
-    max_train_images: int = 60000
+    max_train_images: int = max(spec.train_count for spec in DATASETS.values())  # every image of any dataset
     max_params: int = 2_000_000
     max_job_seconds: float = 900.0  # estimated before it starts; enforced by the worker too
 
@@ -78,7 +79,7 @@ class ServerPolicy:
         if not self.shared:
             return
         local = "Run bigger jobs on your own machine: `make run` there, or `python -m mnist_lab`."
-        n_images = spec.data.train_limit or 60000
+        n_images = spec.data.n_train()  # the dataset's own count when there is no limit
         if spec.train.epochs > self.max_epochs:
             raise LimitError(f"This shared server trains at most {self.max_epochs} epochs per run; you asked for "
                              f"{spec.train.epochs}. {local}")
@@ -137,8 +138,7 @@ def estimate_seconds(spec, device_type: str = "cpu") -> float:
 
         return sum(estimate_seconds(run, device_type) for run in lesson_jobs(spec))
     rate, per_step = _RATE.get(device_type, _RATE["cpu"])
-    n_train = spec.data.train_limit or 60000
-    n_test = spec.data.test_limit or 10000
+    n_train, n_test = spec.data.n_train(), spec.data.n_test()  # the dataset spec's counts where there is no limit
     steps = math.ceil(n_train / spec.train.batch_size)
     seconds = 0.0
     for cfg, _ in job_models(spec):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from mnist_lab.runs.store import ResultStore, owner_dead, owner_id
 from mnist_lab.service.jobs import JobSpec, execute, readable_error
-from mnist_lab.training.loop import device_label, resolve_device, warm_up
+from mnist_lab.training.loop import device_label, warm_up
+from mnist_lab.training.preflight import resolve_device
 
 NICE_ENV = "MNIST_LAB_WORKER_NICE"  # CPU priority a server's worker gives up (POSIX nice, 0-19)
 SERVER_NICE = 5

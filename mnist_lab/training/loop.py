@@ -14,18 +14,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from mnist_lab.data.datasets import DATASETS, DataConfig, TensorData, normalization
+from mnist_lab.data.datasets import DataConfig, TensorData, normalization
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
-from mnist_lab.nets.models import ModelConfig, build_model, count_params, describe, summarize
+from mnist_lab.nets.models import ModelConfig, build_model, count_params, describe
 from mnist_lab.training import engines
-from mnist_lab.training.engines import ENGINE_NAMES as ENGINES  # noqa: F401 - the names a TrainConfig may ask for
-from mnist_lab.training.engines import fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
+from mnist_lab.training.engines import ENGINE_NAMES, fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
+from mnist_lab.training.preflight import preflight, resolve_device
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 1000
@@ -44,7 +43,7 @@ class TrainConfig:
     shuffle: bool = True  # a new random batch order every epoch
     eval_batch_size: int = 1000  # test-set chunk; affects memory and speed only, not results
     progress_every_s: float = 0.25  # at most this often an iterations event is sent
-    engine: str = "auto"  # one of ENGINES; an engine that cannot run this config falls back to "plain"
+    engine: str = "auto"  # one of ENGINE_NAMES; an engine that cannot run this config falls back to "plain"
     # per-batch augmentation on the device, seeded by `seed` (engines.Augment): random crop (4 px
     # padding) and horizontal flip for 3-channel images, shifts of up to 2 px for grey ones
     augment: bool = False
@@ -66,7 +65,7 @@ class TrainConfig:
         need_bool("sort_by_label", self.sort_by_label, "Sort by label")
         need_int("eval_batch_size", self.eval_batch_size, "Evaluation batch size", 1000)
         need_float("progress_every_s", self.progress_every_s, "Progress interval", 0.25)
-        need_choice("engine", self.engine, "Engine", ENGINES,
+        need_choice("engine", self.engine, "Engine", ENGINE_NAMES,
                     "Engine must be one of {options}; got {value!r}. Pick one of those (auto is the fastest).")
         if not 1 <= self.epochs <= MAX_EPOCHS:
             raise ConfigError("epochs", self.epochs, "Epochs must be 1 to {high}; got {value!r}. Use 1 for a quick "
@@ -90,80 +89,6 @@ class TrainConfig:
             raise ConfigError("progress_every_s", self.progress_every_s, "Progress interval must be 0 to 3600 "
                               "seconds; got {value!r}. Use 0.25, say.")
         resolve_device(self.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; refuse a device that is not there."""
-    if not isinstance(name, str):
-        raise ConfigError("device", name, "Device must be a name; got {value!r}. Use 'auto', 'cpu' or 'cuda'.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError("device", name, "Unknown device {value!r}; use auto, cpu or cuda.") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError("device", name, "Device {value!r} is not supported; use auto, cpu or cuda.")
-    if device.type == "cpu" and device.index not in (None, 0):
-        raise ConfigError("device", name, "Device {value!r}: the CPU is one device; use cpu (or auto).")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device", name, "Device {value!r} was asked for but this machine has no CUDA GPU; use "
-                              "--device cpu or auto.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError("device", name, "Device {value!r} does not exist: this machine has {n} CUDA GPU(s), "
-                              "use cuda:0 to cuda:{last}.", n=torch.cuda.device_count(),
-                              last=torch.cuda.device_count() - 1)
-    return device
-
-
-def check_fits(model_cfg: ModelConfig, data: TensorData) -> None:
-    """A network built for one image shape and number of classes refuses a dataset of another."""
-    want = (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
-    got = tuple(data.x_train.shape[1:])
-    if got != want:
-        field = "in_channels" if got[0] != want[0] else "image_size"
-        raise ConfigError(field, getattr(model_cfg, field), "The network expects {want} images but dataset {dataset!r} "
-                          "has {got}: set the model's in_channels and image_size to match ({field} = {value!r}).",
-                          want="×".join(map(str, want)), got="×".join(map(str, got)), dataset=data.config.dataset,
-                          field=field)
-    n_classes = DATASETS[data.config.dataset].n_classes
-    if model_cfg.n_classes != n_classes:
-        raise ConfigError("n_classes", model_cfg.n_classes, "The network has {value!r} outputs but dataset {dataset!r} "
-                          "has {n} classes: set n_classes to {n}.", dataset=data.config.dataset, n=n_classes)
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    """Memory free for training on `device`, or None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    line = next((line for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
-    return int(line.split()[1]) * 1024 if line else None
-
-
-def training_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
-    """A rough upper estimate of what training needs beyond the data: float32 weights, gradients
-    and optimiser state, and every layer's output and its gradient for one batch."""
-    rows = summarize(model_cfg)
-    params = sum(r.params for r in rows)
-    states = 2 if train_cfg.optimizer == "adam" else 1
-    activations = sum(math.prod(r.output_shape) for r in rows)
-    batch = max(train_cfg.batch_size, train_cfg.eval_batch_size // 2)  # evaluation keeps no gradients
-    return 4 * (params * (2 + states) + 3 * activations * batch)
-
-
-def check_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before training, a run that would not fit in the device's free memory."""
-    need, free = training_bytes(model_cfg, train_cfg), _available_bytes(device)
-    if free is not None and need > 0.8 * free:
-        raise ConfigError("batch_size", train_cfg.batch_size, "Training this network with batch size {value!r} needs "
-                          "about {need:,} MiB, but {device} has {free:,} MiB free: use a smaller batch (and "
-                          "evaluation batch) or a smaller network.", need=need // 2**20, free=free // 2**20,
-                          device=device.type)
 
 
 def device_label(device: torch.device) -> str:
@@ -277,8 +202,9 @@ def warm_up(device: str | torch.device = "auto") -> float:
         with contextlib.suppress(NativeUnavailable):  # then training uses the plain loop, and says why
             load_library()
     with torch.random.fork_rng(devices=[]):  # the global RNG stays as it was
-        model = build_model(ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))).to(device)
-    x = torch.zeros(8, 1, 28, 28, device=device)
+        cfg = ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))
+        model = build_model(cfg).to(device)
+    x = torch.zeros(8, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)  # (B, C, H, W)
     F.cross_entropy(model(x), torch.zeros(8, dtype=torch.long, device=device)).backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -421,14 +347,9 @@ class _RunLog:
 
 
 def _check_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData) -> torch.device:
-    """Everything that can be checked before training: each config, the data's shape and classes,
-    memory. Returns the device."""
-    model_cfg.validate()
-    train_cfg.validate(n_train=len(data.x_train))
-    check_fits(model_cfg, data)
-    device = resolve_device(train_cfg.device)
-    check_memory(model_cfg, train_cfg, device)
-    return device
+    """The pre-flight check against the data in hand (its own number of training images).
+    Returns the device."""
+    return preflight(model_cfg, train_cfg, data.config, n_train=len(data.x_train))
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,

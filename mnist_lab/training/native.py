@@ -184,7 +184,8 @@ def first_test(lib: ctypes.CDLL, reference: nn.Module | None = None) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         plain = build_model(FIRST_TEST_NET)
-        x, y = torch.randn(5, 1, 28, 28), torch.arange(5)
+        cfg = FIRST_TEST_NET
+        x, y = torch.randn(5, cfg.in_channels, cfg.image_size, cfg.image_size), torch.arange(5)
     fast = NativeCNN(copy.deepcopy(plain), FIRST_TEST_NET, lib=lib)
     results = []
     for model, params in ((reference or plain, (reference or plain).parameters()), (fast, fast.model.parameters())):
