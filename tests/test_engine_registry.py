@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mnist_lab.nets.models import ModelConfig, cnn_config, get_preset
-from mnist_lab.training import engines
+from mnist_lab.training import engines, native
 from mnist_lab.training.cuda_graph import GraphStep
 from mnist_lab.training.loop import TrainConfig, train, train_many
 from mnist_lab.training.stacked import StackedModel, StackedStep
@@ -85,6 +85,10 @@ class ToyEngine(PlainEngine):
     devices = ("cpu",)
     wrong_device = "toy engines stay on the CPU"
     prepared: list = []
+    warmed: list = []
+
+    def warm_up(self, device):
+        self.warmed.append(device.type)
 
     def unsupported(self, model_cfg, train_cfg, device):
         return "toys skip Adam" if train_cfg.optimizer == "adam" else None
@@ -106,6 +110,10 @@ def test_an_engine_added_to_the_registry_trains_with_no_other_change(monkeypatch
     asked = engines.select(LAB5, dataclasses.replace(cfg(optimizer="adam"), engine="toy"), CPU)
     assert (asked.engine, asked.why_not) == (engines.FALLBACK, "toy: toys skip Adam")
     assert engines.select(LAB5, cfg(engine="auto"), CUDA).engine.name == "cuda-graph"  # not a CUDA default
+    monkeypatch.setattr(native, "load_library", lambda: None)  # no build in this test
+    engines.warm_up(CUDA)
+    engines.warm_up(CPU)
+    assert toy.warmed == ["cpu"]  # its one-time set-up, only for a device it runs on
 
 
 # ------------------------------------------------------------------------- names live in the registry only

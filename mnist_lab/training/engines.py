@@ -61,6 +61,13 @@ def select(model_cfg: ModelConfig, train_cfg, device: torch.device) -> Choice:
     return Choice(FALLBACK, "; ".join(reasons) or None)
 
 
+def warm_up(device: torch.device) -> None:
+    """Pay the one-time set-up of every engine that runs on `device`."""
+    for engine in REGISTRY.values():
+        if device.type in engine.devices:
+            engine.warm_up(device)
+
+
 def asks_to_stack(train_cfg) -> bool:
     """Whether the run asks for an engine that trains runs differing only in their seed as one."""
     engine = REGISTRY.get(train_cfg.engine)

@@ -268,15 +268,12 @@ def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
 def warm_up(device: str | torch.device = "auto") -> float:
     """Pay the one-time start-up costs of `device` before anyone waits for them: on CUDA, cuDNN
     and cuBLAS (about 4.6 s of the first run in a fresh process on an H100, docs/BENCHMARKS.md);
-    on the CPU, building the cpu-native kernels (a few seconds, once per machine; then a cache
-    hit). Then one forward and backward pass of a small CNN. Returns the seconds it took."""
+    each engine's own (engines.warm_up: on the CPU, building the cpu-native kernels, a few
+    seconds once per machine, then a cache hit). Then one forward and backward pass of a small
+    CNN. Returns the seconds it took."""
     t0 = time.perf_counter()
     device = resolve_device(str(device))
-    if device.type == "cpu":
-        from mnist_lab.training.native import NativeUnavailable, load_library
-
-        with contextlib.suppress(NativeUnavailable):  # then training uses the plain loop, and says why
-            load_library()
+    engines.warm_up(device)
     with torch.random.fork_rng(devices=[]):  # the global RNG stays as it was
         model = build_model(ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))).to(device)
     x = torch.zeros(8, 1, 28, 28, device=device)

@@ -9,6 +9,7 @@ wrong result ends that subprocess, not the server or worker that wanted the kern
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -423,6 +424,10 @@ class NativeEngine(Engine):
 
     def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
         return native_unsupported(model_cfg)
+
+    def warm_up(self, device: torch.device) -> None:
+        with contextlib.suppress(NativeUnavailable):  # then training uses the plain loop, and says why
+            load_library()
 
     def prepare(self, runs, x_train, y_train, losses) -> Prepared:
         [(model_cfg, train_cfg)] = runs

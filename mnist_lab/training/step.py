@@ -181,6 +181,9 @@ class Engine:
         """Why it cannot train this config on a device it runs on, or None."""
         return None
 
+    def warm_up(self, device: torch.device) -> None:
+        """Pay a one-time set-up cost (a build, a load) before a run waits for it; never raises."""
+
     def prepare(self, runs: list[Run], x_train: torch.Tensor, y_train: torch.Tensor,
                 losses: torch.Tensor) -> Prepared:
         """Set up `runs` (one run; for a stacking engine two or more that differ only in their seed)
