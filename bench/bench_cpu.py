@@ -21,9 +21,9 @@ import torch  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
 from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
-from mnist_lab.training.engines import PlainStep  # noqa: E402
+from mnist_lab.training.step import PlainStep  # noqa: E402
 
-VARIANTS = {  # name -> options of `run`; "engine" is what train() does on the CPU (engines.PlainStep)
+VARIANTS = {  # name -> options of `run`; "engine" is what train() does on the CPU (step.PlainStep)
     "engine": {},  # channels_last, default (for-loop) SGD, randperm slice gathered per step, loss into a buffer
     "nchw": dict(channels_last=False),
     "fused-sgd": dict(opt=dict(fused=True)),
@@ -38,7 +38,7 @@ VARIANTS = {  # name -> options of `run`; "engine" is what train() does on the C
 def run(data, steps: int, channels_last: bool = True, opt: dict | None = None, prepermute: bool = False,
         mkldnn: bool = True, threads: int | None = None, compile: bool = False) -> float:
     """Seconds per 938 steps for one variant (after 10 warm-up steps), each step the engine's own
-    (engines.PlainStep): only the set-up around it varies."""
+    (step.PlainStep): only the set-up around it varies."""
     preset = get_preset("lab5")
     threads_before = torch.get_num_threads()
     if threads:

@@ -23,7 +23,8 @@ from mnist_lab import fast  # noqa: E402
 from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
 from mnist_lab.nets.models import cnn_config, get_preset  # noqa: E402
 from mnist_lab.training.cuda_graph import GraphStep, fast_convs  # noqa: E402
-from mnist_lab.training.loop import TrainConfig, init_model, make_optimizer  # noqa: E402
+from mnist_lab.training.loop import TrainConfig  # noqa: E402
+from mnist_lab.training.step import init_model, make_optimizer  # noqa: E402
 
 MODELS = {"lab5": get_preset("lab5").model, "sweep 1xk3": cnn_config(1, 3), "sweep 3xk7": cnn_config(3, 7),
           "sweep 2xk5": cnn_config(2, 5)}

@@ -159,7 +159,7 @@ def test_on_the_cpu_auto_means_cpu_native_for_the_nets_it_runs():
                  "too big for the CPU kernels", marks=pytest.mark.native),  # the kernels say how big
 ])
 def test_nets_the_kernels_do_not_run_train_on_the_plain_loop(model_cfg, reason):
-    assert reason in native.native_unsupported(model_cfg, CPU)
+    assert reason in native.native_unsupported(model_cfg)
     assert select_engine(model_cfg, cfg(engine="cpu-native"), CPU) == "plain"
 
 
@@ -174,7 +174,7 @@ def fresh_build(monkeypatch, tmp_path):
 
 def test_without_a_compiler_training_falls_back_to_the_plain_loop(fresh_build, monkeypatch, tiny_data):
     monkeypatch.setenv("CXX", str(fresh_build / "no-such-g++"))
-    assert "no C++ compiler found" in native.native_unsupported(LAB5, CPU)
+    assert "no C++ compiler found" in native.native_unsupported(LAB5)
     small = dataclasses.replace(tiny_data, x_train=tiny_data.x_train[:128], y_train=tiny_data.y_train[:128])
     result = train(LAB5, cfg(), small)
     assert (result.engine, result.status) == ("plain", "finished")
@@ -185,14 +185,14 @@ def test_a_failed_build_says_what_the_compiler_said(fresh_build, monkeypatch):
     fake.write_text("#!/bin/sh\necho 'error: omp.h: No such file or directory' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CXX", str(fake))
-    reason = native.native_unsupported(LAB5, CPU)
+    reason = native.native_unsupported(LAB5)
     assert "could not build the CPU kernels: error: omp.h: No such file or directory" in reason
     assert not list((fresh_build / "cache").rglob("*.so"))  # nothing half-built is left to load
 
 
 @pytest.mark.native
 def test_a_fresh_build_is_cached_for_the_next_process(fresh_build):
-    assert native.native_unsupported(LAB5, CPU) is None
+    assert native.native_unsupported(LAB5) is None
     built = list((fresh_build / "cache" / "native").glob("conv_blocks-*.so"))
     assert len(built) == 1 and built[0] == native.library_path(os.environ.get("CXX") or native.shutil.which("g++")
                                                                or native.shutil.which("c++"))
@@ -214,7 +214,7 @@ def test_a_cache_that_cannot_be_written_falls_back_too(fresh_build, monkeypatch)
     blocker = fresh_build / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("MNIST_LAB_CACHE_DIR", str(blocker / "cache"))
-    assert "could not build the CPU kernels" in native.native_unsupported(LAB5, CPU)
+    assert "could not build the CPU kernels" in native.native_unsupported(LAB5)
 
 
 # ------------------------------------------------------------------------- the first test
@@ -241,7 +241,7 @@ def test_a_library_that_fails_its_first_test_is_never_loaded(fresh_build, monkey
     monkeypatch.setattr(native, "PROVE_COMMAND", [sys.executable, "-c", command])
     bound = []
     monkeypatch.setattr(native, "_bind", lambda lib: bound.append(lib) or lib)
-    assert why in native.native_unsupported(LAB5, CPU)
+    assert why in native.native_unsupported(LAB5)
     assert bound == []  # this process never loaded it
     assert not list((fresh_build / "cache").rglob("conv_blocks-*"))  # nor will the next one: it builds afresh
     assert select_engine(LAB5, cfg(engine="cpu-native"), CPU) == "plain"

@@ -11,8 +11,8 @@ import torch
 from mnist_lab.errors import ConfigError
 from mnist_lab.nets.models import build_model, cnn_config, get_preset
 from mnist_lab.training import engines
-from mnist_lab.training.engines import Augment
 from mnist_lab.training.loop import TrainConfig, evaluate, fallback_reason, select_engine, train, train_many
+from mnist_lab.training.step import Augment
 
 LAB5 = get_preset("lab5").model
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -69,8 +69,8 @@ def test_augmented_training_is_seeded_and_differs_from_plain(data256):
 def test_the_graph_and_stacked_engines_refuse_augmentation_and_say_why():
     assert select_engine(LAB5, cfg(engine="auto", augment=True), CUDA) == "plain"
     assert "augmentation" in fallback_reason(LAB5, cfg(engine="auto", augment=True), CUDA)
-    assert "augmentation" in engines.why_not("stacked", LAB5, cfg(augment=True), CPU, alone=False)
-    assert engines.why_not("stacked", LAB5, cfg(), CPU, alone=False) is None
+    assert "augmentation" in engines.REGISTRY["stacked"].can_run(LAB5, cfg(augment=True), CPU, alone=False)
+    assert engines.REGISTRY["stacked"].can_run(LAB5, cfg(), CPU, alone=False) is None
     assert select_engine(LAB5, cfg(engine="auto", sort_by_label=True), CUDA) == "cuda-graph"  # the order is data
 
 
@@ -149,11 +149,12 @@ def test_the_start_event_carries_the_label_and_epoch_length(data256):
 
 def test_the_registry_knows_every_engine_and_which_one_no_benchmark_backs():
     assert set(engines.REGISTRY) == set(engines.ENGINE_NAMES) - {"auto"}
-    assert set(engines.DEFAULT_ENGINE.values()) <= set(engines.REGISTRY)
+    defaults = [(device, e.name) for e in engines.REGISTRY.values() for device in e.default_on]
+    assert sorted(defaults) == [("cpu", "cpu-native"), ("cuda", "cuda-graph")]  # one per device type
     # 'stacked' is neither a default nor measured faster anywhere yet (docs/BENCHMARKS.md): a cost
     assert [name for name, e in engines.REGISTRY.items() if not e.measured] == ["stacked"]
-    assert engines.why_not("cuda-graph", LAB5, cfg(), CPU) == "needs a CUDA device"
-    assert engines.why_not("plain", get_preset("vgg16-cifar").model, cfg(augment=True), CPU) is None  # runs anything
+    assert engines.REGISTRY["cuda-graph"].can_run(LAB5, cfg(), CPU) == "needs a CUDA device"
+    assert engines.REGISTRY["plain"].can_run(get_preset("vgg16-cifar").model, cfg(augment=True), CPU) is None
 
 
 def test_a_residual_net_trains_and_its_weights_include_batchnorm_statistics(data256):

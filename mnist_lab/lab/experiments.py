@@ -29,6 +29,7 @@ from mnist_lab.nets.models import (
     match_fc_width,
 )
 from mnist_lab.runs.store import ResultStore, run_row
+from mnist_lab.training import engines
 from mnist_lab.training.loop import (
     CancelFlag,
     Progress,
@@ -124,14 +125,14 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
              store: ResultStore | None = None, on_progress: ProgressFn | None = None,
              cancel: CancelFlag | None = None, experiment: str = "sweep", group_id: str = "") -> list[RunResult]:
     """Train (model, training, label) jobs sharing one dataset. On a GPU, or when they ask for
-    the 'stacked' engine, through `train_many` (side by side, or stacked); otherwise one after
+    a stacking engine, through `train_many` (side by side, or stacked); otherwise one after
     another. Each result is what it would be alone."""
     if not jobs:
         return []
     for model_cfg, train_cfg, _ in jobs:
         preflight(model_cfg, train_cfg, data_cfg)  # every run, before any data loads
     data = get_data(data_cfg, jobs[0][1].device)
-    together = data.device.type == "cuda" or any(t.engine == "stacked" for _, t, _ in jobs)
+    together = data.device.type == "cuda" or any(engines.asks_to_stack(t) for _, t, _ in jobs)
     if not together or len(jobs) == 1:
         results = []
         for model_cfg, train_cfg, label in jobs:

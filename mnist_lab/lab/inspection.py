@@ -20,7 +20,8 @@ from mnist_lab.data import datasets as data_mod
 from mnist_lab.data.datasets import DataConfig, RawSplits
 from mnist_lab.nets.models import ModelConfig, build_model
 from mnist_lab.runs.weights import SavedRun
-from mnist_lab.training.loop import TrainConfig, fast_memory_format
+from mnist_lab.training.loop import TrainConfig
+from mnist_lab.training.step import fast_memory_format
 
 MAX_UPLOAD_BYTES = 5 * 2**20  # an uploaded image file
 MAX_UPLOAD_PIXELS = 4096 * 4096  # width x height after decoding: refuses decompression bombs

@@ -1,7 +1,7 @@
 """The 'cuda-graph' engine: the whole training step (batch gather by a device-side counter,
-forward, loss, backward, optimiser update, loss store) captured once as a CUDA graph and
-replayed every iteration, so a small network costs one launch per step instead of dozens.
-`train` and `train_many` (train.py) drive it; the plain loop there is the reference.
+PlainStep's body: forward, loss, backward, optimiser update, loss store) captured once as a CUDA
+graph and replayed every iteration, so a small network costs one launch per step instead of
+dozens. `train` and `train_many` (loop.py) drive it; the plain step is the reference.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_lab.nets.models import ModelConfig, plain_conv_padding
+from mnist_lab.training.step import Engine, PlainStep, Prepared, cpu_state, init_model, make_optimizer
 
 # How `fast_convs` rewrites convolution gradients: "" (cuDNN's own), "bias" (two short
 # reductions for the bias gradient), "bias+wgrad" (also one GEMM for a 1-channel input's weight
@@ -17,18 +18,6 @@ from mnist_lab.nets.models import ModelConfig, plain_conv_padding
 # 8% faster per Lab-5 step and neutral in the side-by-side sweep, "bias+wgrad" 4% faster again
 # for one Lab-5 net but 9% slower in the sweep.
 FAST_CONV = "bias"
-
-
-def cuda_graph_unsupported(model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
-    """Why the cuda-graph engine cannot run this config (then `train` falls back to 'plain'),
-    or None when it can."""
-    if device.type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    if train_cfg.augment:
-        return "augmentation draws its crops and flips outside the captured step"
-    if model_cfg.dropout > 0:
-        return "dropout inside a graph draws other masks than the plain loop, so the runs would not agree"
-    return None
 
 
 class _ConvFastGrad(torch.autograd.Function):
@@ -85,59 +74,68 @@ def fast_convs(model: nn.Module) -> nn.Module:
     return model
 
 
-class GraphStep:
-    """One training step of `model` on a batch of `batch_size` images, captured as a CUDA graph.
+class GraphStep(PlainStep):
+    """PlainStep's body on batches of `batch_size` images gathered on the device by counters, so that
+    on CUDA it is captured once as a CUDA graph and replayed every iteration.
 
-    The batch is gathered on the device from `order` (this epoch's permutation, rewritten in
-    place by `start_epoch`) at the position `pos`, and the loss is written to `losses[at]`; the
-    graph advances both counters itself, so a replay needs nothing from the host. The epoch's
-    short last batch (60,000 = 937 x 64 + 32) runs the same code eagerly. Everything runs on the
-    stream that is current when the object is made; keep that stream current when calling it."""
+    The batch is gathered from `order` (this epoch's permutation, rewritten in place by
+    `start_epoch`; (S, N) for a stack) at the position `pos`, and the loss is written to slot
+    `at` of `losses`; the step advances both counters itself, so a replay needs nothing from the
+    host. The epoch's short last batch (60,000 = 937 x 64 + 32) runs the same body eagerly, and so
+    does every batch on the CPU (no graph there). Everything runs on the stream that is current
+    when the object is made; keep that stream current when calling it."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x_train: torch.Tensor,
                  y_train: torch.Tensor, batch_size: int, losses: torch.Tensor, warmup_steps: int = 2):
+        super().__init__(model, optimizer, x_train, y_train, batch_size, losses)
         device = x_train.device
-        self.model, self.optimizer = model, optimizer
-        self.x_train, self.y_train, self.losses = x_train, y_train, losses
-        self.batch_size = batch_size
         self.full_steps, self.tail = divmod(len(x_train), batch_size)
-        self.order = torch.arange(len(x_train), device=device)  # the epoch's batch order, rewritten in place
+        n = len(x_train)
+        self.order = torch.arange(n, device=device).expand(*losses.shape[:-1], n).clone()  # each run's order
         self.pos = torch.zeros((), dtype=torch.long, device=device)  # where the next batch starts in `order`
         self.at = torch.zeros((), dtype=torch.long, device=device)  # the global iteration: its slot in `losses`
         self.offsets = torch.arange(batch_size, device=device)
-        self.graph = capture_graph(self, warmup_steps) if self.full_steps else None
+        self.graph = self.capture(warmup_steps) if device.type == "cuda" and self.full_steps else None
 
-    def _step(self, size: int) -> None:
-        """The plain loop's step (zero_grad aside: a replay overwrites the grads it captured)."""
-        idx = self.order.index_select(0, self.pos + self.offsets[:size])
-        x, y = self.x_train.index_select(0, idx), self.y_train.index_select(0, idx)
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.optimizer.step()
-        self.losses.index_copy_(0, self.at.view(1), loss.detach().view(1))
+    def capture(self, warmup_steps: int) -> torch.cuda.CUDAGraph | None:
+        return capture_graph(self, warmup_steps)
+
+    def run_batch(self, size: int) -> None:
+        """The next `size` images of the epoch through the step body (zero_grad aside: a replay
+        overwrites the grads it captured)."""
+        self.update(*self.gather(size))
+
+    def gather(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.index_select(-1, self.pos + self.offsets[:size])  # (size,), or (S, size) for a stack
         self.pos += size
+        x = self.x_train.index_select(0, idx.flatten()).unflatten(0, idx.shape)
+        y = self.y_train.index_select(0, idx.flatten()).view(idx.shape)
+        return x, y
+
+    def keep(self, loss: torch.Tensor) -> None:
+        self.losses.index_copy_(self.losses.dim() - 1, self.at.view(1), loss.unsqueeze(-1))
         self.at += 1
 
     def start_epoch(self, order: torch.Tensor) -> None:
         """Make `order` (a CPU or device permutation of the training set) this epoch's batch order."""
-        if order.device.type == "cpu":
+        if order.device.type == "cpu" and self.order.device.type == "cuda":
             order = order.pin_memory()  # so the copy is asynchronous, ordered on the stream
         self.order.copy_(order, non_blocking=True)
         self.pos.zero_()
 
     def step(self, i: int) -> None:
-        """Iteration `i` of the epoch: a replay, or the short last batch run eagerly."""
-        if i < self.full_steps:
+        """Iteration `i` of the epoch: a replay, or the batch run eagerly (the short last one, or no graph)."""
+        if self.graph is not None and i < self.full_steps:
             self.graph.replay()
         else:
             self.optimizer.zero_grad(set_to_none=True)  # fresh grads, not added to the graph's
-            self._step(self.tail)
+            self.run_batch(self.batch_size if i < self.full_steps else self.tail)
 
 
-def capture_graph(stepper, warmup_steps: int = 2) -> torch.cuda.CUDAGraph:
-    """Capture `stepper._step(stepper.batch_size)` as a CUDA graph, after a few eager warm-up steps,
-    then put the model, the optimiser state and the counters back where the run starts. `stepper`
-    has model, optimizer, pos, at, batch_size, x_train and _step (GraphStep, stacked.StackedStep)."""
+def capture_graph(stepper: GraphStep, warmup_steps: int = 2) -> torch.cuda.CUDAGraph:
+    """Capture `stepper.run_batch(stepper.batch_size)` as a CUDA graph, after a few eager warm-up
+    steps, then put the model, the optimiser state and the counters back where the run starts
+    (a GraphStep, or a stacked.StackedStep)."""
     model, optimizer = stepper.model, stepper.optimizer
     start = {k: v.clone() for k, v in model.state_dict().items()}
     device = stepper.x_train.device
@@ -155,13 +153,13 @@ def capture_graph(stepper, warmup_steps: int = 2) -> torch.cuda.CUDAGraph:
                 stepper.pos.zero_()
                 stepper.at.zero_()
                 optimizer.zero_grad(set_to_none=True)
-                stepper._step(stepper.batch_size)
+                stepper.run_batch(stepper.batch_size)
             stepper.pos.zero_()
             stepper.at.zero_()
             optimizer.zero_grad(set_to_none=True)  # backward allocates the grads inside the graph
             graph.capture_begin(capture_error_mode="thread_local")
             try:
-                stepper._step(stepper.batch_size)
+                stepper.run_batch(stepper.batch_size)
             finally:
                 graph.capture_end()
         finally:
@@ -179,3 +177,25 @@ def capture_graph(stepper, warmup_steps: int = 2) -> torch.cuda.CUDAGraph:
             stepper.at.zero_()
     stream.wait_stream(side)
     return graph
+
+
+class GraphEngine(Engine):
+    """GraphStep over a network whose convolutions have the faster backward (fast_convs), on CUDA."""
+
+    devices = ("cuda",)
+    wrong_device = "needs a CUDA device"
+    side_by_side = True
+
+    def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
+        if train_cfg.augment:
+            return "augmentation draws its crops and flips outside the captured step"
+        if model_cfg.dropout > 0:
+            return "dropout inside a graph draws other masks than the plain loop, so the runs would not agree"
+        return None
+
+    def prepare(self, runs, x_train, y_train, losses) -> Prepared:
+        [(model_cfg, train_cfg)] = runs
+        model = fast_convs(init_model(model_cfg, train_cfg.seed, x_train.device))
+        optimizer = make_optimizer(model, train_cfg, capturable=True)
+        step = GraphStep(model, optimizer, x_train, y_train, train_cfg.batch_size, losses[0])
+        return Prepared(step, [model], [lambda: cpu_state(model)])

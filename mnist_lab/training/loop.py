@@ -1,8 +1,9 @@
 """The training loop: data resident on the device, batches as index slices of a per-epoch
 randperm, every iteration's loss kept on the device and read back in chunks, progress through
 a callback, a cancel flag that keeps everything finished so far. ONE epoch loop (`_train_units`)
-drives every engine's stepper (engines.py: the plain reference step, `fast.py`'s CUDA graph,
-`native.py`'s C++ conv blocks, `stacked.py`'s vmapped seeds), for `train` and `train_many` alike.
+drives the stepper of whichever engine the registry (engines.py) picks (step.py's plain
+reference step, cuda_graph.py's CUDA graph, native.py's C++ conv blocks, stacked.py's vmapped
+seeds), for `train` and `train_many` alike.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from mnist_lab.data.datasets import DataConfig, TensorData, normalization
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
 from mnist_lab.nets.models import ModelConfig, build_model, count_params, describe
 from mnist_lab.training import engines
-from mnist_lab.training.engines import ENGINE_NAMES, fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
+from mnist_lab.training.engines import ENGINE_NAMES
 from mnist_lab.training.preflight import preflight, resolve_device
+from mnist_lab.training.step import Stepper
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 1000
@@ -165,15 +167,15 @@ def new_run_id() -> str:
 
 
 def select_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> str:
-    """The path `train` runs: the asked-for fast engine when it supports this run, else 'plain'.
-    'auto' means 'cuda-graph' on a GPU and 'cpu-native' on the CPU (engines.DEFAULT_ENGINE)."""
-    return engines.select_engine(model_cfg, train_cfg, device)[0]
+    """The name of the engine `train` runs: the one asked for when it supports this run, else the
+    plain loop; what 'auto' means on each device type is the registry's (engines.select)."""
+    return engines.select(model_cfg, train_cfg, device).engine.name
 
 
 def fallback_reason(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> str | None:
     """Why the fast engine asked for ('auto' included) does not run this config on `device`, so
-    `train` uses the plain loop; None when it runs, or when 'plain' was asked for."""
-    return engines.select_engine(model_cfg, train_cfg, device)[1]
+    `train` uses the plain loop; None when it runs, or when the plain loop was asked for."""
+    return engines.select(model_cfg, train_cfg, device).why_not
 
 
 def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
@@ -192,15 +194,12 @@ def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
 def warm_up(device: str | torch.device = "auto") -> float:
     """Pay the one-time start-up costs of `device` before anyone waits for them: on CUDA, cuDNN
     and cuBLAS (about 4.6 s of the first run in a fresh process on an H100, docs/BENCHMARKS.md);
-    on the CPU, building the cpu-native kernels (a few seconds, once per machine; then a cache
-    hit). Then one forward and backward pass of a small CNN. Returns the seconds it took."""
+    each engine's own (engines.warm_up: on the CPU, building the cpu-native kernels, a few
+    seconds once per machine, then a cache hit). Then one forward and backward pass of a small
+    CNN. Returns the seconds it took."""
     t0 = time.perf_counter()
     device = resolve_device(str(device))
-    if device.type == "cpu":
-        from mnist_lab.training.native import NativeUnavailable, load_library
-
-        with contextlib.suppress(NativeUnavailable):  # then training uses the plain loop, and says why
-            load_library()
+    engines.warm_up(device)
     with torch.random.fork_rng(devices=[]):  # the global RNG stays as it was
         cfg = ModelConfig(conv_channels=(4, 8), kernel_size=5, hidden=(16,))
         model = build_model(cfg).to(device)
@@ -364,7 +363,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
     `train_cfg.engine` picks the path; `RunResult.engine` says which one ran."""
     device = _check_run(model_cfg, train_cfg, data)
     data = _on_device(data, device)
-    engine = select_engine(model_cfg, train_cfg, device)
+    engine = engines.select(model_cfg, train_cfg, device).engine
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(train_cfg.seed)  # dropout masks follow the seed too
         [[result]] = _train_units([[(model_cfg, train_cfg)]], data, on_progress or (lambda e: None), cancel,
@@ -376,9 +375,9 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
                on_progress: Callable[[Progress], None] | None = None, cancel: CancelFlag | None = None,
                run_ids: Sequence[str] | None = None, labels: Sequence[str] | None = None) -> list[RunResult]:
     """Train every (model_cfg, train_cfg) job; result k is what `train(*jobs[k], data)` returns
-    alone. On a GPU the runs the cuda-graph engine supports train side by side, each replaying
-    its own graph on its own CUDA stream (the same kernels, so the same losses). Runs that ask
-    for engine 'stacked' and differ only in their seed train as one stacked network (stacked.py),
+    alone. On a GPU the runs whose engine trains side by side (cuda-graph) do, each replaying its
+    own graph on its own CUDA stream (the same kernels, so the same losses). Runs that ask for a
+    stacking engine and differ only in their seed train as one stacked network (stacked.py),
     alongside the others on a GPU; the rest run one after another. Events from all runs go to
     `on_progress`, told apart by run_id."""
     jobs = list(jobs)
@@ -390,23 +389,23 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
     results: list[RunResult | None] = [None] * len(jobs)
     devices = [resolve_device(t.device) for _, t in jobs]
 
-    units: dict[torch.device, list[list[int]]] = {}  # per device: groups of job indices trained together
-    for group in _stack_groups(jobs, devices):
-        units.setdefault(devices[group[0]], []).append(group)
-    stacked = {k for groups in units.values() for group in groups for k in group}
-    singles = [k for k, (m, t) in enumerate(jobs) if k not in stacked
-               and select_engine(m, t, devices[k]) == "cuda-graph" and devices[k] == devices[0]]
+    # per device: the units trained together, each an engine and the indices of its jobs
+    units: dict[torch.device, list[tuple[engines.Engine, list[int]]]] = {}
+    for engine, group in _stack_groups(jobs, devices):
+        units.setdefault(devices[group[0]], []).append((engine, group))
+    stacked = {k for unit in units.values() for _, group in unit for k in group}
+    singles = [(engine, [k]) for k, (m, t) in enumerate(jobs) if k not in stacked and devices[k] == devices[0]
+               and (engine := engines.select(m, t, devices[k]).engine).side_by_side]
     if len(singles) > 1 or (singles and devices[0] in units):
-        units.setdefault(devices[0], []).extend([k] for k in singles)
-    for device, groups in units.items():
+        units.setdefault(devices[0], []).extend(singles)
+    for device, device_units in units.items():
         # A GPU runs the units side by side; a CPU gains nothing from interleaving them, so there
         # each stack trains on its own and its results, timings and Stop are its own.
-        for batch in [groups] if device.type == "cuda" else [[group] for group in groups]:
-            done = _train_units([[jobs[k] for k in group] for group in batch], _on_device(data, device), emit, cancel,
-                                [[run_ids[k] for k in group] for group in batch],
-                                [[labels[k] for k in group] for group in batch],
-                                ["stacked" if len(group) > 1 else "cuda-graph" for group in batch])
-            for group, group_results in zip(batch, done):
+        for batch in [device_units] if device.type == "cuda" else [[unit] for unit in device_units]:
+            done = _train_units([[jobs[k] for k in group] for _, group in batch], _on_device(data, device), emit,
+                                cancel, [[run_ids[k] for k in group] for _, group in batch],
+                                [[labels[k] for k in group] for _, group in batch], [engine for engine, _ in batch])
+            for (_, group), group_results in zip(batch, done):
                 for k, result in zip(group, group_results):
                     results[k] = result
     for k, (model_cfg, train_cfg) in enumerate(jobs):
@@ -415,18 +414,18 @@ def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData
     return results
 
 
-def _stack_groups(jobs: list[tuple[ModelConfig, TrainConfig]], devices: list[torch.device]) -> list[list[int]]:
-    """Indices of the jobs that train as stacks: two or more that ask for 'stacked', whose network
-    can be stacked, and that differ in nothing but their seed."""
-    groups: dict[tuple, list[int]] = {}
+def _stack_groups(jobs: list[tuple[ModelConfig, TrainConfig]],
+                  devices: list[torch.device]) -> list[tuple[engines.Engine, list[int]]]:
+    """The jobs that train as stacks, with the engine that stacks them: two or more that ask for
+    a stacking engine that can stack their network, and that differ in nothing but their seed."""
+    groups: dict[tuple, tuple[engines.Engine, list[int]]] = {}
     for k, (model_cfg, train_cfg) in enumerate(jobs):
-        if train_cfg.engine == "stacked" and engines.why_not("stacked", model_cfg, train_cfg, devices[k],
-                                                             alone=False) is None:
+        if (engine := engines.for_stack(model_cfg, train_cfg, devices[k])) is not None:
             # what may differ besides the seed: how the device is named, and what changes no result
             key = (model_cfg, replace(train_cfg, seed=0, device=str(devices[k]), progress_every_s=0,
                                       eval_batch_size=0), devices[k])
-            groups.setdefault(key, []).append(k)
-    return [group for group in groups.values() if len(group) > 1]
+            groups.setdefault(key, (engine, []))[1].append(k)
+    return [(engine, group) for engine, group in groups.values() if len(group) > 1]
 
 
 @dataclass
@@ -435,7 +434,7 @@ class _Unit:
     TrainConfig but the seed), with its stepper, its stream and where it is."""
 
     cfg: TrainConfig
-    stepper: engines.Stepper
+    stepper: Stepper
     logs: list[_RunLog]
     models: list[torch.nn.Module]  # one per run, for the test evaluation
     stream: torch.cuda.Stream | None
@@ -458,19 +457,9 @@ def _on_stream(stream: torch.cuda.Stream | None):
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
-# A stack keeps its weights in NCHW even on the CPU (where single runs use channels_last): its
-# grouped convolutions ran 1.2x faster that way (docs/BENCHMARKS.md, 2026-11-23).
-STACK_LAYOUT = torch.contiguous_format
-
-
-def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of `net`'s state_dict on the CPU, in NCHW (whatever layout training used)."""
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
-
-
 def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, emit: Callable[[Progress], None],
-               run_ids: list[str], labels: list[str], engine: str) -> _Unit:
-    """A unit for `jobs` (one run, or a stack when `engine` is 'stacked'), set up by the engine."""
+               run_ids: list[str], labels: list[str], engine: engines.Engine) -> _Unit:
+    """A unit for `jobs` (one run, or a stack for a stacking engine), set up by the engine."""
     device = data.device
     model_cfg, train_cfg = jobs[0]
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -479,24 +468,14 @@ def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, em
     label_order = torch.sort(data.y_train.cpu(), stable=True).indices if train_cfg.sort_by_label else None
     with _on_stream(stream):
         gens = [torch.Generator().manual_seed(t.seed) for _, t in jobs]  # batch order, on the CPU for portability
-        if engine != "stacked":
-            log = _RunLog(run_ids[0], model_cfg, train_cfg, data, engine, emit, label=labels[0])
-            run = engines.REGISTRY[engine].prepare(model_cfg, train_cfg, data.x_train, data.y_train, log.losses)
-            log.weights = lambda: _cpu_state(run.net)
-            return _Unit(train_cfg, run.stepper, [log], [run.model], stream, gens, label_order)
-        from mnist_lab.training.stacked import StackedModel, StackedStep
-
-        members = [init_model(m, t.seed, device).to(memory_format=STACK_LAYOUT) for m, t in jobs]
-        model = StackedModel(members)
-        optimizer = make_optimizer(model, train_cfg, capturable=device.type == "cuda")
         steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
-        losses = torch.zeros(len(jobs), steps, device=device)
-        logs = [_RunLog(run_id, m, t, data, "stacked", emit, losses=losses[s], label=label)
+        losses = torch.zeros(len(jobs), steps, device=device)  # run s's iteration losses in row s
+        logs = [_RunLog(run_id, m, t, data, engine.name, emit, losses=losses[s], label=label)
                 for s, ((m, t), run_id, label) in enumerate(zip(jobs, run_ids, labels))]
-        for s, log in enumerate(logs):
-            log.weights = lambda s=s: model.member_state_dict(s)
-        stepper = StackedStep(model, optimizer, data.x_train, data.y_train, train_cfg.batch_size, losses)
-        return _Unit(train_cfg, stepper, logs, [model.member(s) for s in range(len(jobs))], stream, gens, label_order)
+        run = engine.prepare(jobs, data.x_train, data.y_train, losses)
+        for log, weights in zip(logs, run.weights):
+            log.weights = weights
+        return _Unit(train_cfg, run.stepper, logs, run.models, stream, gens, label_order)
 
 
 def _end_diverged(active: list[_Unit]) -> None:
@@ -513,7 +492,7 @@ def _end_diverged(active: list[_Unit]) -> None:
 
 def _train_units(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
                  emit: Callable[[Progress], None], cancel: CancelFlag | None, run_ids: list[list[str]],
-                 labels: list[list[str]], unit_engines: list[str]) -> list[list[RunResult]]:
+                 labels: list[list[str]], unit_engines: list[engines.Engine]) -> list[list[RunResult]]:
     """THE epoch loop, for one run (`train`) or several units of runs on one device
     (`train_many`), stepped in turn: on a GPU each unit (one run, or a stack of runs) on its own
     CUDA stream, host syncs only to read losses back and at epoch ends; on the CPU one step after

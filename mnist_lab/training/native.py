@@ -9,6 +9,7 @@ wrong result ends that subprocess, not the server or worker that wanted the kern
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -19,14 +20,16 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mnist_lab.nets.models import ModelConfig, plain_conv_padding
+from mnist_lab.nets.models import ModelConfig, build_model, plain_conv_padding
 from mnist_lab.paths import default_cache_dir
-from mnist_lab.training.threads import one_torch_thread
+from mnist_lab.training.step import Augment, Engine, PlainStep, Prepared, cpu_state, init_model, make_optimizer
+from mnist_lab.training.threads import ThreadGovernor, one_torch_thread
 
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
@@ -179,8 +182,6 @@ def first_test(lib: ctypes.CDLL, reference: nn.Module | None = None) -> None:
     NativeUnavailable where the outputs or the gradients differ."""
     import copy
 
-    from mnist_lab.nets.models import build_model
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         plain = build_model(FIRST_TEST_NET)
@@ -250,12 +251,9 @@ def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str 
     return convs, children[flatten:], None
 
 
-def native_unsupported(model_cfg: ModelConfig, device: torch.device) -> str | None:
-    """Why the cpu-native engine cannot run this network here (then `train` uses 'plain'), or None."""
-    from mnist_lab.nets.models import build_model
-
-    if device.type != "cpu":
-        return "the hand-written kernels are for the CPU"
+def native_unsupported(model_cfg: ModelConfig) -> str | None:
+    """Why the kernels cannot run this network on this machine's CPU (then `train` uses the plain
+    loop), or None."""
     if model_cfg.kind != "cnn":
         return "a fully-connected net has no conv blocks"
     with torch.device("meta"):
@@ -400,6 +398,45 @@ class NativeCNN(nn.Module):
             for layer in self._head:
                 out = layer(out)
         return out
+
+
+class NativeStep(PlainStep):
+    """The reference step over the C++ conv blocks (NativeCNN). Their results are the same for any
+    number of kernel threads, so a ThreadGovernor picks that number step by step (fewer while
+    another program takes cores); PyTorch's part of the step (the FC layers, the loss, SGD) runs on
+    one thread, which keeps a run's losses independent of the machine's thread count."""
+
+    def __init__(self, model: NativeCNN, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.governor = ThreadGovernor(model.blocks.set_threads, model.blocks.threads)
+
+    def step(self, i: int) -> None:
+        t0 = time.perf_counter()
+        with one_torch_thread():
+            super().step(i)
+        self.governor.after_step(time.perf_counter() - t0)
+
+
+class NativeEngine(Engine):
+    """PlainStep over a CNN whose conv blocks run in the C++ kernels (NativeCNN), on the CPU."""
+
+    devices = ("cpu",)
+    wrong_device = "runs on the CPU only"
+
+    def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
+        return native_unsupported(model_cfg)
+
+    def warm_up(self, device: torch.device) -> None:
+        with contextlib.suppress(NativeUnavailable):  # then training uses the plain loop, and says why
+            load_library()
+
+    def prepare(self, runs, x_train, y_train, losses) -> Prepared:
+        [(model_cfg, train_cfg)] = runs
+        model = NativeCNN(init_model(model_cfg, train_cfg.seed, x_train.device), model_cfg)  # the data stays NCHW
+        augment = Augment(x_train, train_cfg.seed) if train_cfg.augment else None
+        step = NativeStep(model, make_optimizer(model, train_cfg), x_train, y_train, train_cfg.batch_size, losses[0],
+                          augment)
+        return Prepared(step, [model], [lambda: cpu_state(model.model)])
 
 
 if __name__ == "__main__":  # the first test, in its own process: python -m mnist_lab.training.native PATH

@@ -1,7 +1,7 @@
 """The 'stacked' engine: runs that differ only in their seed trained as one network, their
 parameters stacked along a new first dimension and the step under `torch.func.vmap` (S convs
 become one grouped conv). Each member keeps its own init, batch order, optimiser state and
-loss: what it would train alone, up to float rounding. `train.train_many` drives it.
+loss: what it would train alone, up to float rounding. `loop.train_many` drives it.
 """
 from __future__ import annotations
 
@@ -14,18 +14,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from mnist_lab.nets.models import ModelConfig
-
-
-def stacked_unsupported(model_cfg: ModelConfig, train_cfg=None) -> str | None:
-    """Why runs of this network (and training config) cannot be stacked (then they train one by
-    one), or None."""
-    if train_cfg is not None and train_cfg.augment:
-        return "augmentation is drawn per run, not per stack member"
-    if model_cfg.dropout > 0:
-        return "dropout masks drawn for a stack differ from those of a run alone"
-    if model_cfg.has_batch_norm:
-        return "BatchNorm's running statistics are not stacked"
-    return None
+from mnist_lab.training.cuda_graph import GraphStep, capture_graph
+from mnist_lab.training.step import Engine, Prepared, init_model, make_optimizer
 
 
 class StackedModel(nn.Module):
@@ -98,57 +88,55 @@ def stacked_losses(model: StackedModel, x: torch.Tensor, y: torch.Tensor) -> tor
     return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
 
 
-class StackedStep:
-    """One training step of a `StackedModel`: member s takes its batch from its own epoch order
+class StackedStep(GraphStep):
+    """GraphStep over a `StackedModel`: member s takes its batch from its own epoch order
     `order[s]` at position `pos`, and its loss goes to `losses[s, at]`. On CUDA the step is
-    captured once as a graph and replayed (as `fast.GraphStep` does for one run); on the CPU it
-    runs eagerly. The epoch's short last batch always runs eagerly."""
+    captured once as a graph and replayed, and runs eagerly where capturing fails (slower, the
+    same results); on the CPU it runs eagerly. The epoch's short last batch always runs eagerly."""
 
-    def __init__(self, model: StackedModel, optimizer: torch.optim.Optimizer, x_train: torch.Tensor,
-                 y_train: torch.Tensor, batch_size: int, losses: torch.Tensor, warmup_steps: int = 2):
-        device = x_train.device
-        self.model, self.optimizer = model, optimizer
-        self.x_train, self.y_train, self.losses = x_train, y_train, losses
-        self.full_steps, self.tail = divmod(len(x_train), batch_size)
-        self.batch_size = batch_size
-        self.order = torch.arange(len(x_train), device=device).repeat(model.size, 1)  # (S, N), rewritten per epoch
-        self.pos = torch.zeros((), dtype=torch.long, device=device)
-        self.at = torch.zeros((), dtype=torch.long, device=device)
-        self.offsets = torch.arange(batch_size, device=device)
-        self.graph = None
-        self.graph_error = ""  # why the step runs eagerly on CUDA, if it does
-        if device.type == "cuda" and self.full_steps:
-            from mnist_lab.training.cuda_graph import capture_graph
+    graph_error = ""  # why the step runs eagerly on CUDA, if it does
 
-            try:
-                self.graph = capture_graph(self, warmup_steps)
-            except RuntimeError as error:  # the same step, eagerly: slower, same results
-                self.graph_error = f"{type(error).__name__}: {error}".splitlines()[0]
-                warnings.warn(f"stacked step not captured as a CUDA graph, running it eagerly ({self.graph_error})",
-                              RuntimeWarning, stacklevel=2)
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return stacked_losses(self.model, x, y)  # members share no parameter: each gets exactly its own gradient
 
-    def _step(self, size: int) -> None:
-        idx = self.order.index_select(1, self.pos + self.offsets[:size])  # (S, size)
-        x = self.x_train.index_select(0, idx.flatten()).unflatten(0, idx.shape)
-        y = self.y_train.index_select(0, idx.flatten()).view(idx.shape)
-        loss = stacked_losses(self.model, x, y)
-        loss.sum().backward()  # members share no parameter: each gets exactly its own gradient
-        self.optimizer.step()
-        self.losses.index_copy_(1, self.at.view(1), loss.detach().view(-1, 1))
-        self.pos += size
-        self.at += 1
+    def capture(self, warmup_steps: int) -> torch.cuda.CUDAGraph | None:
+        try:
+            return capture_graph(self, warmup_steps)
+        except RuntimeError as error:  # the same step, eagerly: slower, same results
+            self.graph_error = f"{type(error).__name__}: {error}".splitlines()[0]
+            warnings.warn(f"stacked step not captured as a CUDA graph, running it eagerly ({self.graph_error})",
+                          RuntimeWarning, stacklevel=3)
+            return None
 
     def start_epoch(self, orders: list[torch.Tensor]) -> None:
         """Make orders[s] (CPU permutations) member s's batch order for this epoch."""
-        order = torch.stack(orders)
-        if self.order.device.type == "cuda":
-            order = order.pin_memory()
-        self.order.copy_(order, non_blocking=True)
-        self.pos.zero_()
+        super().start_epoch(torch.stack(orders))
 
-    def step(self, i: int) -> None:
-        if self.graph is not None and i < self.full_steps:
-            self.graph.replay()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._step(self.batch_size if i < self.full_steps else self.tail)
+
+# A stack keeps its weights in NCHW even on the CPU (where single runs use channels_last): its
+# grouped convolutions ran 1.2x faster that way (docs/BENCHMARKS.md, 2026-11-23).
+STACK_LAYOUT = torch.contiguous_format
+
+
+class StackedEngine(Engine):
+    """Two or more runs that differ only in their seed, trained as one StackedModel (train_many)."""
+
+    stacks = True
+
+    def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
+        if train_cfg.augment:
+            return "augmentation is drawn per run, not per stack member"
+        if model_cfg.dropout > 0:
+            return "dropout masks drawn for a stack differ from those of a run alone"
+        if model_cfg.has_batch_norm:
+            return "BatchNorm's running statistics are not stacked"
+        return None
+
+    def prepare(self, runs, x_train, y_train, losses) -> Prepared:
+        device = x_train.device
+        train_cfg = runs[0][1]  # the runs differ only in their seed
+        model = StackedModel([init_model(m, t.seed, device).to(memory_format=STACK_LAYOUT) for m, t in runs])
+        optimizer = make_optimizer(model, train_cfg, capturable=device.type == "cuda")
+        stepper = StackedStep(model, optimizer, x_train, y_train, train_cfg.batch_size, losses)
+        return Prepared(stepper, [model.member(s) for s in range(len(runs))],
+                        [lambda s=s: model.member_state_dict(s) for s in range(len(runs))])
