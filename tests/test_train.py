@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mnist_lab.data import datasets as data
-from mnist_lab.nets.models import ModelConfig, get_preset
+from mnist_lab.nets.model import ModelConfig
+from mnist_lab.nets.presets import get_preset
 from mnist_lab.training.loop import TrainConfig, evaluate, init_model, make_optimizer, resolve_device, train, warm_up
 
 LAB5 = get_preset("lab5").model

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lab.nets.models import ModelConfig, plain_conv_padding
+from mnist_lab.nets.model import ModelConfig, plain_conv_padding
 
 # How `fast_convs` rewrites convolution gradients: "" (cuDNN's own), "bias" (two short
 # reductions for the bias gradient), "bias+wgrad" (also one GEMM for a 1-channel input's weight

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lab.nets.models import ModelConfig, build_model
+from mnist_lab.nets.model import ModelConfig, build_model
 
 # "auto": the fastest measured path that supports the run. "stacked" (train_many only): runs that
 # differ only in their seed train as one vmapped network (stacked.py); "auto" does not pick it

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mnist_lab.data.datasets import DATASETS, DataConfig, TensorData, normalization
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
-from mnist_lab.nets.models import ModelConfig, build_model, count_params, describe, summarize
+from mnist_lab.nets.model import ModelConfig, build_model, count_params, describe, summarize
 from mnist_lab.training import engines
 from mnist_lab.training.engines import ENGINE_NAMES as ENGINES  # noqa: F401 - the names a TrainConfig may ask for
 from mnist_lab.training.engines import fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported

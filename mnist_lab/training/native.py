@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnist_lab.nets.models import ModelConfig, plain_conv_padding
+from mnist_lab.nets.model import ModelConfig, plain_conv_padding
 from mnist_lab.paths import default_cache_dir
 from mnist_lab.training.threads import one_torch_thread
 
@@ -179,7 +179,7 @@ def first_test(lib: ctypes.CDLL, reference: nn.Module | None = None) -> None:
     NativeUnavailable where the outputs or the gradients differ."""
     import copy
 
-    from mnist_lab.nets.models import build_model
+    from mnist_lab.nets.model import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -251,7 +251,7 @@ def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str 
 
 def native_unsupported(model_cfg: ModelConfig, device: torch.device) -> str | None:
     """Why the cpu-native engine cannot run this network here (then `train` uses 'plain'), or None."""
-    from mnist_lab.nets.models import build_model
+    from mnist_lab.nets.model import build_model
 
     if device.type != "cpu":
         return "the hand-written kernels are for the CPU"

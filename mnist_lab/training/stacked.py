@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from mnist_lab.nets.models import ModelConfig
+from mnist_lab.nets.model import ModelConfig
 
 
 def stacked_unsupported(model_cfg: ModelConfig, train_cfg=None) -> str | None:
