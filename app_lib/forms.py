@@ -6,7 +6,8 @@ from mnist_lab.data.datasets import DATASETS, DataConfig
 from mnist_lab.errors import ConfigError
 from mnist_lab.i18n import N_
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
-from mnist_lab.nets.models import PRESETS, ModelConfig, Preset
+from mnist_lab.nets.model import ModelConfig
+from mnist_lab.nets.presets import PRESETS, Preset
 from mnist_lab.training.loop import TrainConfig
 
 SUBSETS = [256, 500, 1000, 2000, 5000, 10000, 20000, 30000, DATASETS["mnist"].train_count]  # last: all images

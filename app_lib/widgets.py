@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from mnist_lab import i18n
-from mnist_lab.nets.models import ModelConfig, summarize
+from mnist_lab.nets.model import ModelConfig, summarize
 from mnist_lab.service.jobs import JobSpec, JobView
 from mnist_lab.service.policy import estimate_seconds
 

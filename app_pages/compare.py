@@ -27,7 +27,7 @@ from app_lib.widgets import (
 )
 from mnist_lab.data.datasets import MNIST, DataConfig
 from mnist_lab.lab.experiments import compare_default_train, compare_reading, compare_table, summarize_over_seeds
-from mnist_lab.nets.models import count_params, describe
+from mnist_lab.nets.model import count_params, describe
 from mnist_lab.service.jobs import JobSpec
 
 quick = quick_defaults()

@@ -9,7 +9,8 @@ from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_di
 from app_lib.text import plain
 from app_lib.widgets import headers
 from mnist_lab.data.datasets import MNIST
-from mnist_lab.nets.models import PRESETS, count_params
+from mnist_lab.nets.model import count_params
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.training.native import kernel_state
 
 st.title(_("MNIST CNN Lab"))

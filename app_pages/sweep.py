@@ -25,7 +25,7 @@ from app_lib.widgets import (
 )
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import summarize_over_seeds, sweep_table
-from mnist_lab.nets.models import count_params
+from mnist_lab.nets.model import count_params
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.training.loop import TrainConfig
 

@@ -37,7 +37,8 @@ from app_lib.widgets import (
 )
 from mnist_lab.data.datasets import MNIST, NORMALIZATIONS, normalization
 from mnist_lab.errors import StoreError
-from mnist_lab.nets.models import PRESETS, count_params, describe
+from mnist_lab.nets.model import count_params, describe
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.training.preflight import preflight
 

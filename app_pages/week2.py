@@ -28,7 +28,7 @@ from mnist_lab.lab.lessons import (
     read_lesson,
     summarize_lesson,
 )
-from mnist_lab.nets.models import count_params, describe
+from mnist_lab.nets.model import count_params, describe
 from mnist_lab.service.jobs import lesson_spec
 
 DEFAULTS = dict(lesson="shuffle", full=False, seeds=LESSONS["shuffle"].seeds, images=LESSONS["shuffle"].train_limit)

@@ -30,7 +30,8 @@ import torch.nn.functional as F  # noqa: E402
 from bench_train import run_classic, run_engine, write_torchvision_layout  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, TensorData, normalization, prepare_data  # noqa: E402
-from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.nets.model import build_model  # noqa: E402
+from mnist_lab.nets.presets import get_preset  # noqa: E402
 from mnist_lab.training.loop import TrainConfig, evaluate, train  # noqa: E402
 from mnist_lab.training.preflight import resolve_device  # noqa: E402
 

@@ -29,7 +29,7 @@ import torch
 from mnist_lab.training import threads
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import get_data
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.training.loop import TrainConfig, train
 
 mode, hogs, nice = {mode!r}, {hogs}, {nice}

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
-from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.nets.model import build_model  # noqa: E402
+from mnist_lab.nets.presets import get_preset  # noqa: E402
 from mnist_lab.training.step import PlainStep  # noqa: E402
 
 VARIANTS = {  # name -> options of `run`; "engine" is what train() does on the CPU (step.PlainStep)

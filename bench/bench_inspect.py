@@ -26,7 +26,8 @@ import torch  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, load_raw  # noqa: E402
 from mnist_lab.lab import inspection as ir  # noqa: E402
-from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.nets.model import build_model  # noqa: E402
+from mnist_lab.nets.presets import get_preset  # noqa: E402
 from mnist_lab.runs.weights import SavedRun  # noqa: E402
 from mnist_lab.training.loop import TrainConfig  # noqa: E402
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mnist_lab.nets.models import ModelConfig, build_model, cnn_config, get_preset  # noqa: E402
+from mnist_lab.nets.model import ModelConfig, build_model  # noqa: E402
+from mnist_lab.nets.presets import cnn_config, get_preset  # noqa: E402
 from mnist_lab.training.native import NativeCNN, load_library  # noqa: E402
 
 NETS = {

@@ -164,7 +164,7 @@ def refresh_and_stop(browser, tmp: Path, env: dict, tag: str = "",
 def app_vs_cli(tmp: Path, epochs: int) -> dict:
     """Lab-5 on all 60,000 images: per-epoch seconds through a worker vs the CLI."""
     from mnist_lab.data.datasets import DataConfig
-    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.nets.presets import PRESETS
     from mnist_lab.service.jobs import JobSpec, StoreRunner
     from mnist_lab.service.worker import spawn_worker
     from mnist_lab.training.loop import TrainConfig

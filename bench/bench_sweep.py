@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
-from mnist_lab.nets.models import cnn_config, get_preset  # noqa: E402
+from mnist_lab.nets.presets import cnn_config, get_preset  # noqa: E402
 from mnist_lab.training.loop import TrainConfig, train, train_many  # noqa: E402
 from mnist_lab.training.preflight import resolve_device  # noqa: E402
 

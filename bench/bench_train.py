@@ -25,7 +25,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mnist_lab.data.datasets import DataConfig, encode_idx, load_mnist, normalization, prepare_data  # noqa: E402
-from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.nets.model import build_model  # noqa: E402
+from mnist_lab.nets.presets import get_preset  # noqa: E402
 from mnist_lab.training.engines import ENGINE_NAMES  # noqa: E402
 from mnist_lab.training.loop import TrainConfig, select_engine, train  # noqa: E402
 from mnist_lab.training.preflight import resolve_device  # noqa: E402

@@ -67,10 +67,17 @@ def _cell(value: Any) -> Any:
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """The `cls` instance `data` (a `to_dict` form) describes: lists become tuples, nested
     dicts the nested configs, a block list its typed blocks (by each one's `type`). A field
-    left out takes its default; anything else that does not fit is a ConfigError."""
+    left out takes its default; anything else that does not fit is a ConfigError. A `cls` that
+    is a base class of config dataclasses (nets' `Block`) stands for the subclass `data['type']`
+    names, so a new block type needs no change here."""
     where = where or cls.__name__
     if not isinstance(data, Mapping):
         raise ConfigError(where, data, _NOT_OBJECT, where=where)
+    if options := _variants(cls):  # a base class (Block): the subclass its 'type' names
+        kind = data.get("type")
+        if not isinstance(kind, str) or kind not in options:
+            raise ConfigError(where, dict(data), _NO_TYPE, where=where, options=", ".join(options))
+        cls = options[kind]
     hints = _hints(cls)
     settable = {f.name: f for f in dataclasses.fields(cls) if f.init}
     fixed = {f.name: f.default for f in dataclasses.fields(cls) if not f.init}
@@ -162,6 +169,23 @@ def _from_cell(hint: Any, cell: Any, where: str) -> Any:
     return cell
 
 
+def _variants(hint: Any) -> dict[str, type]:
+    """{type name: class} of the config dataclasses below `hint` that carry a fixed 'type' field,
+    when `hint` is a class that is not a config dataclass itself (a base such as nets' Block);
+    else {}. Read afresh on each call: a block type module imported later counts too."""
+    if not isinstance(hint, type) or typing.get_origin(hint) is not None or dataclasses.is_dataclass(hint):
+        return {}
+    found, todo = {}, list(hint.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo += cls.__subclasses__()
+        fixed = {f.name: f.default for f in dataclasses.fields(cls) if not f.init} \
+            if dataclasses.is_dataclass(cls) else {}
+        if isinstance(fixed.get("type"), str):
+            found.setdefault(fixed["type"], cls)
+    return found
+
+
 @cache
 def _hints(cls: type) -> dict[str, Any]:
     if not dataclasses.is_dataclass(cls):
@@ -191,13 +215,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     hint = _without_none(hint)
     if hint is Any:
         return value
-    if _is_union(hint):  # a union of config dataclasses told apart by their 'type' field (the blocks)
-        options = {_type_name(c): c for c in typing.get_args(hint)}
-        kind = value.get("type") if isinstance(value, Mapping) else None
-        if kind not in options:
-            raise ConfigError(where, value, _NO_TYPE, where=where, options=", ".join(options))
-        return from_dict(options[kind], value, where)
-    if dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint) or (hint not in _KINDS and _variants(hint)):
         return from_dict(hint, value, where)
     origin = typing.get_origin(hint)
     if origin is tuple:
@@ -220,17 +238,10 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _type_name(cls: type) -> str:
-    field = next((f for f in dataclasses.fields(cls) if f.name == "type" and not f.init), None)
-    if field is None:
-        raise TypeError(f"{cls.__name__} in a union needs a fixed 'type' field")
-    return field.default
-
-
 def _kind(hint: Any) -> str:
     hint = _without_none(hint)
     if typing.get_origin(hint) is tuple:
         return N_("a list")
-    if dataclasses.is_dataclass(hint) or _is_union(hint):
+    if dataclasses.is_dataclass(hint) or _is_union(hint) or (hint not in _KINDS and _variants(hint)):
         return N_("an object of settings")
     return _KINDS.get(hint, str(hint))

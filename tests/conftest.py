@@ -62,7 +62,7 @@ def broken_db(tmp_path):
     its header still reads, so SQLite opens it, and only a check or a read finds the damage."""
     import sqlite3
 
-    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.nets.presets import PRESETS
     from mnist_lab.runs.store import ResultStore, run_row
     from mnist_lab.training.loop import TrainConfig
 

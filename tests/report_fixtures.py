@@ -5,7 +5,8 @@ import math
 from dataclasses import replace
 
 from mnist_lab.data.datasets import DataConfig
-from mnist_lab.nets.models import PRESETS, ModelConfig, cnn_config, count_params, match_fc_width
+from mnist_lab.nets.model import ModelConfig, count_params, match_fc_width
+from mnist_lab.nets.presets import PRESETS, cnn_config
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.training.loop import EpochMetrics, TrainConfig
 

@@ -20,7 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from app_lib.shared import WORKER_IDLE_ENV, quick_defaults, spawned_workers
 from mnist_lab.lab.experiments import run_single
-from mnist_lab.nets.models import PRESETS, count_params
+from mnist_lab.nets.model import count_params
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.service.jobs import StoreRunner

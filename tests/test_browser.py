@@ -217,7 +217,8 @@ def test_a_lesson_runs_from_the_week2_page(server, browser):
 def test_the_language_switch_survives_a_reload_with_the_settings(server, browser):
     from dataclasses import replace
 
-    from mnist_lab.nets.models import PRESETS, count_params
+    from mnist_lab.nets.model import count_params
+    from mnist_lab.nets.presets import PRESETS
 
     params = f"{count_params(replace(PRESETS['tiny-cnn'].model, kernel_size=3)):,}"
     page = new_page(browser)
@@ -248,7 +249,7 @@ def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, ti
     """The drawing canvas (streamlit-drawable-canvas) with real mouse strokes: a prediction
     appears; a click on a confusion-matrix cell opens its gallery; the Runs page links the run."""
     from mnist_lab.lab.experiments import run_single
-    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.nets.presets import PRESETS
     from mnist_lab.training.loop import TrainConfig
 
     run = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), tiny_data.config, store=ResultStore(server.db),

@@ -17,7 +17,10 @@ from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.lab.lessons import LessonConfig
-from mnist_lab.nets.models import PRESETS, ConvStage, ModelConfig
+from mnist_lab.nets.blocks.base import BLOCK_TYPES, Block
+from mnist_lab.nets.blocks.conv import ConvStage
+from mnist_lab.nets.model import ModelConfig
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import RENAMED
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.training.loop import TrainConfig
@@ -37,6 +40,8 @@ def strategy(hint, row: bool = False) -> st.SearchStrategy:
     if typing.get_origin(hint) is tuple:
         item = strategy(args[0], row) if not (row and args[0] is int) else st.integers(0, 10**6)
         return st.lists(item, max_size=4).map(tuple)
+    if hint is Block:  # the base of the block types: any registered one
+        return st.one_of([strategy(cls, row) for cls in BLOCK_TYPES.values()])
     if dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
         return st.builds(hint, **{f.name: strategy(hints[f.name], row) for f in dataclasses.fields(hint) if f.init})

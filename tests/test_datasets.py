@@ -249,7 +249,7 @@ def test_the_cli_refuses_a_network_that_does_not_fit_before_loading_anything(cap
 
 def test_experiments_refuse_a_network_that_does_not_fit_before_loading(monkeypatch):
     from mnist_lab.lab import experiments
-    from mnist_lab.nets.models import PRESETS
+    from mnist_lab.nets.presets import PRESETS
     from mnist_lab.training.loop import TrainConfig
 
     monkeypatch.setattr(experiments, "get_data", lambda *a, **k: pytest.fail("nothing may be loaded"))
@@ -654,7 +654,7 @@ ACCURACY_FLOOR = 0.78
                                                 f"({data.FASHION_DEBIAN_DIR} is missing): make datasets installs it "
                                                 "where apt works")
 def test_fashion_mnist_from_debian_is_the_original_and_trains(tmp_cache):
-    from mnist_lab.nets.models import cnn_config
+    from mnist_lab.nets.presets import cnn_config
     from mnist_lab.training.loop import TrainConfig, train
 
     raw = data.load_dataset("fashion-mnist", use_cache=False)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_lab.nets.models import ModelConfig, cnn_config, get_preset
+from mnist_lab.nets.model import ModelConfig
+from mnist_lab.nets.presets import cnn_config, get_preset
 from mnist_lab.training import engines, native
 from mnist_lab.training.cuda_graph import GraphStep
 from mnist_lab.training.loop import TrainConfig, train, train_many

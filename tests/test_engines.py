@@ -11,7 +11,8 @@ import threading
 import pytest
 import torch
 
-from mnist_lab.nets.models import ModelConfig, build_model, cnn_config, get_preset
+from mnist_lab.nets.model import ModelConfig, build_model
+from mnist_lab.nets.presets import cnn_config, get_preset
 from mnist_lab.training import cuda_graph as fast
 from mnist_lab.training.engines import ENGINE_NAMES
 from mnist_lab.training.loop import TrainConfig, fallback_reason, select_engine, train, train_many

@@ -19,7 +19,8 @@ from mnist_lab.lab.experiments import (
     run_sweep,
     summarize_over_seeds,
 )
-from mnist_lab.nets.models import PRESETS, count_params, match_fc_width
+from mnist_lab.nets.model import count_params, match_fc_width
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import TrainConfig
 

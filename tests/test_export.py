@@ -21,7 +21,8 @@ from mnist_lab.data.datasets import DataConfig, encode_idx, prepare_data
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.experiments import run_single
 from mnist_lab.lab.export import build_script, export_run, network_source
-from mnist_lab.nets.models import PRESETS, ModelConfig, build_model
+from mnist_lab.nets.model import ModelConfig, build_model
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import SavedRun
 from mnist_lab.training.loop import TrainConfig
@@ -183,7 +184,8 @@ def test_a_residual_network_is_inspected_and_exported_with_its_block_source(expo
     the confusion matrix gives its accuracy, and the script carries the block's own source."""
     from dataclasses import replace
 
-    from mnist_lab.nets.models import ResidualBlock, summarize
+    from mnist_lab.nets.blocks.residual import ResidualBlock
+    from mnist_lab.nets.model import summarize
 
     cfg = replace(PRESETS["resnet-small"].model, in_channels=1, image_size=28)
     store = ResultStore(tmp_path / "results.sqlite")

@@ -22,7 +22,7 @@ from mnist_lab.cli import main as cli
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError, StoreError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, compare_reading, read_compare
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline

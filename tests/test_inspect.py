@@ -18,7 +18,8 @@ from mnist_lab.cli.main import main
 from mnist_lab.data.datasets import DataConfig, permute_pixels, prepare_data, to_float
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.experiments import run_single
-from mnist_lab.nets.models import PRESETS, ModelConfig, build_model, summarize
+from mnist_lab.nets.model import ModelConfig, build_model, summarize
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import SavedRun, weights_path
 from mnist_lab.training.loop import TrainConfig

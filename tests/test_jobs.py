@@ -17,7 +17,7 @@ import pytest
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import JobSpec, QueueFullError, StoreRunner
 from mnist_lab.service.worker import Worker, WorkerConfig, spawn_worker

@@ -21,7 +21,7 @@ from mnist_lab.lab import lessons
 from mnist_lab.lab.lessons import LESSONS, LessonConfig, plan, read_lesson, run_lesson, stored_lessons, summarize_lesson
 from mnist_lab.lab.report import build_report
 from mnist_lab.lab.verdicts import FLAT_ACC, judge
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, lesson_jobs, lesson_spec
 from mnist_lab.service.policy import estimate_seconds, job_models

@@ -8,23 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lab.nets.models import (
-    PRESETS,
-    Conv1x1,
-    ConvStage,
-    LayerRow,
-    ModelConfig,
-    Residual,
-    build_model,
-    cnn_config,
-    count_params,
-    describe,
-    fc_config,
-    fc_params,
-    get_preset,
-    match_fc_width,
-    summarize,
-)
+from mnist_lab.nets.blocks.base import LayerRow
+from mnist_lab.nets.blocks.conv import ConvStage
+from mnist_lab.nets.blocks.conv1x1 import Conv1x1
+from mnist_lab.nets.blocks.residual import Residual
+from mnist_lab.nets.model import ModelConfig, build_model, count_params, describe, fc_params, match_fc_width, summarize
+from mnist_lab.nets.presets import PRESETS, cnn_config, fc_config, get_preset
 
 PINNED_PARAMS = {"lab5": 8490, "padded-16-32": 417482, "tiny-fc": 6442, "tiny-cnn": 6422,  # lab-spec.md
                  "cifar-course": 62006, "lenet-cifar": 121182, "vgg16-cifar": 14728266,  # lab-spec.md, week 2
@@ -277,7 +266,7 @@ def test_fc_refuses_cnn_only_settings(extra):
 def test_plain_conv_padding_names_the_convolutions_the_fast_paths_rewrite():
     from torch import nn
 
-    from mnist_lab.nets.models import plain_conv_padding
+    from mnist_lab.nets.model import plain_conv_padding
 
     assert plain_conv_padding(nn.Conv2d(1, 4, 5, padding="same")) == 2
     assert plain_conv_padding(nn.Conv2d(1, 4, 5, padding="valid")) == 0
@@ -327,7 +316,7 @@ def test_residual_net_takes_grey_or_colour_images():
 
 
 def test_residual_block_adds_its_shortcut():
-    from mnist_lab.nets.models import ResidualBlock
+    from mnist_lab.nets.blocks.residual import ResidualBlock
 
     torch.manual_seed(0)
     block = ResidualBlock(4, 4).eval()
@@ -369,18 +358,19 @@ def test_block_lists_are_refused_naming_the_block(cfg, field, fragments):
 
 
 def test_block_lists_round_trip_through_json():
-    from mnist_lab.nets.models import block_from_dict, block_to_dict
+    from mnist_lab import codec
+    from mnist_lab.nets.blocks.base import Block
 
     for name in ("vgg16-cifar", "resnet-small"):
         blocks = get_preset(name).model.blocks
-        assert tuple(block_from_dict(block_to_dict(b)) for b in blocks) == blocks
+        assert tuple(codec.from_json(Block, codec.to_json(b)) for b in blocks) == blocks
     with pytest.raises(ValueError, match="no setting colour"):
-        block_from_dict({"type": "conv", "channels": [4], "colour": 1})
+        codec.from_dict(Block, {"type": "conv", "channels": [4], "colour": 1})
 
 
 def test_a_halving_residual_block_projects_every_other_pixel():
     """The projection shortcut equals a 1x1 convolution with stride 2 (what ResNet writes)."""
-    from mnist_lab.nets.models import ResidualBlock
+    from mnist_lab.nets.blocks.residual import ResidualBlock
 
     torch.manual_seed(0)
     block = ResidualBlock(4, 8, stride=2).eval()

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_lab.nets.models import ModelConfig, build_model, cnn_config, get_preset
+from mnist_lab.nets.model import ModelConfig, build_model
+from mnist_lab.nets.presets import cnn_config, get_preset
 from mnist_lab.training import native
 from mnist_lab.training.loop import TrainConfig, select_engine, train
 

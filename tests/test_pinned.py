@@ -27,7 +27,8 @@ from mnist_lab.cli.main import main as cli_main
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError, load_mnist, prepare_data
 from mnist_lab.lab.findings import model_from_row
 from mnist_lab.lab.lessons import plan
-from mnist_lab.nets.models import PRESETS, build_model, count_params, describe
+from mnist_lab.nets.model import build_model, count_params, describe
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import load_weights
 from mnist_lab.service.jobs import JobSpec, StoreRunner

@@ -9,7 +9,7 @@ import pytest
 
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.service.policy import LimitError, ServerPolicy, estimate_seconds, forward_macs
 from mnist_lab.training.loop import TrainConfig

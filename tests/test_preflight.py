@@ -16,7 +16,7 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.lab import experiments
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, run_lesson
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, StoreRunner, lesson_spec
 from mnist_lab.training import loop

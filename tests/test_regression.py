@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from mnist_lab.data import datasets as data
-from mnist_lab.nets.models import PRESETS, build_model, count_params
+from mnist_lab.nets.model import build_model, count_params
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.training.loop import TrainConfig, train
 
 PINNED = {

@@ -25,7 +25,7 @@ from mnist_lab.lab import figures
 from mnist_lab.lab.findings import TODO, compute_findings, level_off, moving_mean
 from mnist_lab.lab.report import build_report, to_markdown, write_report
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, judge
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.store import ITERATION_COLUMNS, ResultStore
 

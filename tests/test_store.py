@@ -15,7 +15,7 @@ import pytest
 
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import run_single
-from mnist_lab.nets.models import PRESETS
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
 from mnist_lab.training.loop import TrainConfig
 
@@ -174,7 +174,7 @@ def test_run_columns_derive_from_the_config_dataclasses():
     happened are stored as what was asked for."""
     import dataclasses
 
-    from mnist_lab.nets.models import ModelConfig
+    from mnist_lab.nets.model import ModelConfig
     from mnist_lab.runs.store import RENAMED
 
     for cls in (ModelConfig, TrainConfig, DataConfig):

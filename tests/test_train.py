@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mnist_lab.data import datasets as data
-from mnist_lab.nets.models import ModelConfig, get_preset
+from mnist_lab.nets.model import ModelConfig
+from mnist_lab.nets.presets import get_preset
 from mnist_lab.training.loop import TrainConfig, evaluate, train, warm_up
 from mnist_lab.training.preflight import resolve_device
 from mnist_lab.training.step import init_model, make_optimizer

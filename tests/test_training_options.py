@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.nets.models import build_model, cnn_config, get_preset
+from mnist_lab.nets.model import build_model
+from mnist_lab.nets.presets import cnn_config, get_preset
 from mnist_lab.training import engines
 from mnist_lab.training.loop import TrainConfig, evaluate, fallback_reason, select_engine, train, train_many
 from mnist_lab.training.step import Augment
@@ -158,7 +159,9 @@ def test_the_registry_knows_every_engine_and_which_one_no_benchmark_backs():
 
 
 def test_a_residual_net_trains_and_its_weights_include_batchnorm_statistics(data256):
-    from mnist_lab.nets.models import ConvStage, ModelConfig, Residual
+    from mnist_lab.nets.blocks.conv import ConvStage
+    from mnist_lab.nets.blocks.residual import Residual
+    from mnist_lab.nets.model import ModelConfig
 
     model_cfg = ModelConfig(conv_channels=(), blocks=(ConvStage((4,), batch_norm=True, pool=False), Residual(4),
                                                       Residual(8, stride=2)), head="gap-fc")

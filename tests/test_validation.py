@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mnist_lab.data import datasets as data
 from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
-from mnist_lab.nets.models import ModelConfig
+from mnist_lab.nets.model import ModelConfig
 from mnist_lab.training.engines import ENGINE_NAMES
 from mnist_lab.training.loop import TrainConfig, train
 
@@ -162,8 +162,9 @@ def test_sweep_and_compare_configs_are_refused_with_field_value_and_fix(sweep, c
 def test_importing_the_core_never_imports_streamlit():
     """`mnist_lab` is the core: every module of it imports without Streamlit (STYLE.md)."""
     root = Path(__file__).resolve().parents[1]
-    modules = sorted(p.stem for p in (root / "mnist_lab").glob("*.py") if p.stem != "__main__")
-    code = (f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module('mnist_lab.' + m)\n"
+    modules = sorted(".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (root / "mnist_lab").rglob("*.py") if p.stem != "__main__")
+    code = (f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
             "print(sorted(k for k in sys.modules if k.split('.')[0] == 'streamlit'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

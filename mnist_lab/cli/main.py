@@ -37,7 +37,8 @@ from mnist_lab.cli.common import gettext as _
 from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError
 from mnist_lab.errors import ConfigError, StoreError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, summarize_over_seeds
-from mnist_lab.nets.models import PRESETS, ModelConfig, count_params, get_preset
+from mnist_lab.nets.model import ModelConfig, count_params
+from mnist_lab.nets.presets import PRESETS, get_preset
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline

@@ -16,18 +16,9 @@ import pandas as pd
 from mnist_lab.data.datasets import DataConfig, TensorData, prepare_data
 from mnist_lab.errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
 from mnist_lab.i18n import N_, Message, mean_sd_texts, render
-from mnist_lab.nets.models import (
-    KERNEL_RANGE,
-    MAX_CHANNELS,
-    MAX_CONV_BLOCKS,
-    MAX_WIDTH,
-    PRESETS,
-    ModelConfig,
-    cnn_config,
-    count_params,
-    describe,
-    match_fc_width,
-)
+from mnist_lab.nets.blocks.base import KERNEL_RANGE, MAX_CHANNELS
+from mnist_lab.nets.model import MAX_CONV_BLOCKS, MAX_WIDTH, ModelConfig, count_params, describe, match_fc_width
+from mnist_lab.nets.presets import PRESETS, cnn_config
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.training import engines
 from mnist_lab.training.loop import (

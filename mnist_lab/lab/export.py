@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mnist_lab.lab.inspection import LoadedRun, normalization
-from mnist_lab.nets.models import count_params, describe, summarize
+from mnist_lab.nets.model import count_params, describe, summarize
 
 # the lab's dataset names -> torchvision's dataset classes
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
@@ -92,7 +92,7 @@ STANDARD = {  # standard layer -> the constructor call that rebuilds it from its
 
 
 def _custom_call(m: nn.Module, classes: dict[str, str]) -> str:
-    """A lab-defined module (mnist_lab.models): its class source is copied into the script, and
+    """A lab-defined module (a block's, mnist_lab.nets.blocks): its class source is copied into the script, and
     it is constructed from the attributes named like its __init__ parameters."""
     cls = type(m)
     if not cls.__module__.startswith("mnist_lab"):

@@ -19,7 +19,7 @@ from mnist_lab.lab.verdicts import (
     compare_groups,
     judge,
 )
-from mnist_lab.nets.models import ModelConfig, describe, summarize
+from mnist_lab.nets.model import ModelConfig, describe, summarize
 from mnist_lab.runs.store import ResultStore
 
 LEVEL_BAND = 0.10  # levelled off: the moving mean stays within 10% of its total fall of the final value

@@ -18,7 +18,7 @@ from torch import nn
 
 from mnist_lab.data import datasets as data_mod
 from mnist_lab.data.datasets import DataConfig, RawSplits
-from mnist_lab.nets.models import ModelConfig, build_model
+from mnist_lab.nets.model import ModelConfig, build_model
 from mnist_lab.runs.weights import SavedRun
 from mnist_lab.training.loop import TrainConfig
 from mnist_lab.training.step import fast_memory_format

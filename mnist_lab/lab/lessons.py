@@ -19,7 +19,8 @@ from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int
 from mnist_lab.i18n import N_
 from mnist_lab.lab.experiments import MAX_SEEDS, ProgressFn, run_many, summarize_over_seeds
 from mnist_lab.lab.verdicts import FLAT_ACC, Comparison, judge
-from mnist_lab.nets.models import PRESETS, ModelConfig, cnn_config
+from mnist_lab.nets.model import ModelConfig
+from mnist_lab.nets.presets import PRESETS, cnn_config
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig, new_run_id
 from mnist_lab.training.preflight import preflight

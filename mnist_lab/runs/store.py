@@ -21,7 +21,7 @@ import pandas as pd
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import StoreError
-from mnist_lab.nets.models import ModelConfig
+from mnist_lab.nets.model import ModelConfig
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs import schema
 from mnist_lab.training.loop import EpochMetrics, Progress, RunResult, TrainConfig, run_label  # noqa: F401 - run_label re-exported

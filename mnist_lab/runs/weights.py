@@ -15,7 +15,7 @@ import torch
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
-from mnist_lab.nets.models import ModelConfig
+from mnist_lab.nets.model import ModelConfig
 from mnist_lab.training.loop import RunResult, TrainConfig
 
 FORMAT = "mnist_lab-run/1"

@@ -18,7 +18,7 @@ from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
-from mnist_lab.nets.models import ModelConfig, describe
+from mnist_lab.nets.model import ModelConfig, describe
 from mnist_lab.runs.store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
 from mnist_lab.training.loop import CancelFlag, Progress, TrainConfig
 from mnist_lab.training.preflight import preflight

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mnist_lab.data.datasets import DATASETS
-from mnist_lab.nets.models import summarize
+from mnist_lab.nets.model import summarize
 
 MODES = ("local", "shared")
 ENV = dict(mode="MNIST_LAB_MODE", teacher_token="MNIST_LAB_TEACHER_TOKEN", class_view="MNIST_LAB_CLASS_VIEW",
@@ -98,7 +98,7 @@ class ServerPolicy:
 
 def job_models(spec) -> list[tuple[object, int]]:
     """(model config, parameters) of every run a job trains."""
-    from mnist_lab.nets.models import count_params
+    from mnist_lab.nets.model import count_params
 
     if spec.kind == "train":
         cfgs = [spec.model]
@@ -121,13 +121,7 @@ _RATE = {"cpu": (30e9, 0.4e-3), "cuda": (1.5e12, 0.15e-3)}
 
 def forward_macs(cfg) -> int:
     """Multiply-adds of one forward pass of one image (convolutions and linear layers)."""
-    total = 0
-    for row in summarize(cfg):
-        if row.layer.startswith(("Conv2d", "Residual")):  # a residual block: its convs at its output size
-            total += row.params * math.prod(row.output_shape[1:])
-        elif row.layer.startswith("Linear"):
-            total += row.params
-    return total
+    return sum(row.macs for row in summarize(cfg))  # each block type counts its own layers' rows
 
 
 def estimate_seconds(spec, device_type: str = "cpu") -> float:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lab.nets.models import ModelConfig, plain_conv_padding
+from mnist_lab.nets.model import ModelConfig, plain_conv_padding
 from mnist_lab.training.step import Engine, PlainStep, Prepared, cpu_state, init_model, make_optimizer
 
 # How `fast_convs` rewrites convolution gradients: "" (cuDNN's own), "bias" (two short

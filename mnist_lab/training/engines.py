@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_lab.nets.models import ModelConfig
+from mnist_lab.nets.model import ModelConfig
 from mnist_lab.training.cuda_graph import GraphEngine
 from mnist_lab.training.native import NativeEngine
 from mnist_lab.training.stacked import StackedEngine

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mnist_lab.data.datasets import DataConfig, TensorData, normalization
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
-from mnist_lab.nets.models import ModelConfig, build_model, count_params, describe
+from mnist_lab.nets.model import ModelConfig, build_model, count_params, describe
 from mnist_lab.training import engines
 from mnist_lab.training.engines import ENGINE_NAMES
 from mnist_lab.training.preflight import preflight, resolve_device

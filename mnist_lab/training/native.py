@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnist_lab.nets.models import ModelConfig, build_model, plain_conv_padding
+from mnist_lab.nets.model import ModelConfig, build_model, plain_conv_padding
 from mnist_lab.paths import default_cache_dir
 from mnist_lab.training.step import Augment, Engine, PlainStep, Prepared, cpu_state, init_model, make_optimizer
 from mnist_lab.training.threads import ThreadGovernor, one_torch_thread

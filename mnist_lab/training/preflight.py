@@ -14,7 +14,7 @@ import torch
 
 from mnist_lab.data.datasets import DataConfig, DatasetSpec
 from mnist_lab.errors import ConfigError
-from mnist_lab.nets.models import ModelConfig, summarize
+from mnist_lab.nets.model import ModelConfig, summarize
 
 
 class TrainSettings(Protocol):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from mnist_lab.nets.models import ModelConfig
+from mnist_lab.nets.model import ModelConfig
 from mnist_lab.training.cuda_graph import GraphStep, capture_graph
 from mnist_lab.training.step import Engine, Prepared, init_model, make_optimizer
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lab.nets.models import ModelConfig, build_model
+from mnist_lab.nets.model import ModelConfig, build_model
 
 
 class Stepper(Protocol):
