@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from mnist_lab.data.datasets import DataConfig, load_raw  # noqa: E402
 from mnist_lab.lab import inspection as ir  # noqa: E402
 from mnist_lab.nets.models import build_model, get_preset  # noqa: E402
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.weights import SavedRun  # noqa: E402
 from mnist_lab.training.loop import TrainConfig  # noqa: E402
 
@@ -74,7 +75,8 @@ def browser(strokes: int) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_inspect_"))
     store = ResultStore(tmp / "results.sqlite")
-    kept = run_single(get_preset("lab5").model, TrainConfig(epochs=1), DataConfig(train_limit=2048), store=store)
+    kept = run_single(get_preset("lab5").model, TrainConfig(epochs=1), DataConfig(train_limit=2048),
+                      record=Recorder(store))
     app = AppServer(tmp / "results.sqlite", tmp / "streamlit.log", env={"MNIST_LAB_WORKER_WARM": "0"}).start()
     times = []
     try:
