@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,9 +19,15 @@ from mnist_lab import codec
 from mnist_lab.errors import ConfigError
 from mnist_lab.i18n import N_
 
-# A config as codec.to_dict writes it: a dict, decoded by whoever reads the event (the codec, which
-# decodes the events' other fields, passes it through; `from_dict` checks that it is a dict).
+# A config as JSON carries it (`config_dict`), decoded by whoever reads the event with the codec
+# (which passes it through when it decodes the event's other fields; `from_dict` checks it is a dict).
 ConfigDict = Any
+
+
+def config_dict(cfg: Any) -> ConfigDict:
+    """`cfg` in the form a RunStarted carries it: codec.to_dict as JSON has it (lists, not tuples),
+    so an event is equal to itself after crossing JSON."""
+    return json.loads(codec.to_json(cfg))
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,9 @@ class RunStarted(Event):
     writes them: `codec.from_dict(ModelConfig, event.model)`), where, and on which path."""
 
     kind: ClassVar[str] = "start"
-    model: ConfigDict  # codec.to_dict(a ModelConfig)
-    train: ConfigDict  # codec.to_dict(a TrainConfig)
-    data: ConfigDict  # codec.to_dict(a DataConfig)
+    model: ConfigDict  # config_dict(a ModelConfig)
+    train: ConfigDict  # config_dict(a TrainConfig)
+    data: ConfigDict  # config_dict(a DataConfig)
     label: str  # for legends: the one asked for, else the network and its data settings
     engine: str  # the training path that runs it
     device: str  # e.g. "cpu" or "cuda (NVIDIA H100)"

@@ -21,14 +21,21 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from mnist_lab import codec
 from mnist_lab.data.datasets import DATASETS, DataConfig, TensorData, normalization
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
 from mnist_lab.nets.models import ModelConfig, build_model, count_params, describe, summarize
 from mnist_lab.training import engines
 from mnist_lab.training.engines import ENGINE_NAMES as ENGINES  # noqa: F401 - the names a TrainConfig may ask for
 from mnist_lab.training.engines import fast_memory_format, init_model, make_optimizer  # noqa: F401 - re-exported
-from mnist_lab.training.events import EpochEnded, EpochMetrics, Event, Iterations, RunEnded, RunStarted
+from mnist_lab.training.events import (
+    EpochEnded,
+    EpochMetrics,
+    Event,
+    Iterations,
+    RunEnded,
+    RunStarted,
+    config_dict,
+)
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 1000
@@ -326,8 +333,8 @@ class _RunLog:
         self.sent = 0  # iterations already handed to the callback
         self.permutation = data.permutation  # sent with the weights: the pixel order they were trained on
         r = self.result
-        emit(RunStarted(run_id=run_id, epoch=1, step=0, total_steps=self.total_steps, model=codec.to_dict(model_cfg),
-                        train=codec.to_dict(train_cfg), data=codec.to_dict(data.config), label=r.label,
+        emit(RunStarted(run_id=run_id, epoch=1, step=0, total_steps=self.total_steps, model=config_dict(model_cfg),
+                        train=config_dict(train_cfg), data=config_dict(data.config), label=r.label,
                         engine=engine, device=r.device, params=r.params, steps_per_epoch=self.steps_per_epoch,
                         started_at=r.started_at, data_source=r.data_source))
         self.closed = False  # finish() has run (a diverged run in a stack ends before the others)
