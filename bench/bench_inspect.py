@@ -28,6 +28,7 @@ from mnist_lab.data.datasets import DataConfig, load_raw  # noqa: E402
 from mnist_lab.lab import inspection as ir  # noqa: E402
 from mnist_lab.nets.model import build_model  # noqa: E402
 from mnist_lab.nets.presets import get_preset  # noqa: E402
+from mnist_lab.runs.recorder import Recorder  # noqa: E402
 from mnist_lab.runs.weights import SavedRun  # noqa: E402
 from mnist_lab.training.loop import TrainConfig  # noqa: E402
 
@@ -75,7 +76,8 @@ def browser(strokes: int) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_inspect_"))
     store = ResultStore(tmp / "results.sqlite")
-    kept = run_single(get_preset("lab5").model, TrainConfig(epochs=1), DataConfig(train_limit=2048), store=store)
+    kept = run_single(get_preset("lab5").model, TrainConfig(epochs=1), DataConfig(train_limit=2048),
+                      record=Recorder(store))
     app = AppServer(tmp / "results.sqlite", tmp / "streamlit.log", env={"MNIST_LAB_WORKER_WARM": "0"}).start()
     times = []
     try:

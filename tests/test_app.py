@@ -23,6 +23,7 @@ from mnist_lab.lab.experiments import run_single
 from mnist_lab.nets.model import count_params
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.training.loop import TrainConfig
@@ -319,7 +320,8 @@ def test_fc_vs_cnn_matches_the_fc_width_and_reads_the_result():
 def test_runs_page_overlays_and_deletes_stored_runs(db, tiny_data):
     store = ResultStore(db)
     for seed in (0, 1):
-        run_single(PRESETS["tiny-fc"].model, TrainConfig(seed=seed, device="cpu"), tiny_data.config, store=store,
+        run_single(PRESETS["tiny-fc"].model, TrainConfig(seed=seed, device="cpu"), tiny_data.config,
+                   record=Recorder(store),
                    data=tiny_data)
     at = open_page("runs")
     assert len(at.multiselect(key="runs_selected").value) == 2
@@ -336,7 +338,8 @@ def test_runs_page_overlays_and_deletes_stored_runs(db, tiny_data):
 
 def test_runs_page_does_not_delete_a_run_still_training(db, tiny_data):
     store = ResultStore(db)
-    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=store, data=tiny_data)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
+               record=Recorder(store), data=tiny_data)
     done = store.runs()["run_id"].item()
     store.start_run(run_row("training-now", PRESETS["tiny-fc"].model, TrainConfig(), tiny_data.config,
                             label="still training"))  # status 'running', as the recorder writes it
@@ -371,7 +374,8 @@ def test_runs_page_lets_a_run_whose_process_died_be_deleted(db, tiny_data):
 def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
     store = ResultStore(db)
     for seed in (0, 1, 2, 3):
-        run_single(PRESETS["tiny-fc"].model, TrainConfig(seed=seed, device="cpu"), tiny_data.config, store=store,
+        run_single(PRESETS["tiny-fc"].model, TrainConfig(seed=seed, device="cpu"), tiny_data.config,
+                   record=Recorder(store),
                    data=tiny_data, label=f"seed {seed}")
     ids = list(store.runs()["run_id"])
     at = open_page("runs")
@@ -400,7 +404,8 @@ def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_li
 
     store = ResultStore(db)  # a run of another workspace (and a CLI run of the local one)
     with store.context(job_id="j-other", workspace="someone-else-entirely"):
-        run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=store, data=tiny_data)
+        run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
+                   record=Recorder(store), data=tiny_data)
     runs = open_page("runs")
     assert any("No runs yet" in i.value for i in runs.info)  # not this session's
     assert not any(str(db) in c.value for c in runs.caption)  # no server path in shared mode
@@ -451,7 +456,7 @@ def test_a_hostile_link_is_shown_as_text_not_as_a_link():
 
 
 def test_a_hostile_runs_link_loads_no_image(db, tiny_data):
-    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=ResultStore(db),
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, record=Recorder(ResultStore(db)),
                data=tiny_data)
     hostile = "`![t](http://127.0.0.1:9/track.png)`"
     at = open_page("runs", query={"experiment": hostile})
@@ -474,7 +479,8 @@ def test_a_damaged_database_is_explained_on_the_page(page, broken_db, monkeypatc
 
 def test_runs_show_accuracy_in_percent_and_a_diverged_run_with_its_message(db, tiny_data):
     store = ResultStore(db)
-    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, store=store, data=tiny_data)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
+               record=Recorder(store), data=tiny_data)
     fine = store.runs()
     store.start_run(run_row("went-nan", PRESETS["tiny-fc"].model, TrainConfig(lr=10), tiny_data.config,
                             status="diverged", diverged_at=7, message="The loss became nan at iteration 7: lower it."))

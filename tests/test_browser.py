@@ -21,6 +21,7 @@ if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; `make browsers` does it)",
                 allow_module_level=True)
 
+from mnist_lab.runs.recorder import Recorder  # noqa: E402
 from mnist_lab.runs.store import ResultStore  # noqa: E402
 
 expect = sync_api.expect
@@ -252,7 +253,8 @@ def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, ti
     from mnist_lab.nets.presets import PRESETS
     from mnist_lab.training.loop import TrainConfig
 
-    run = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), tiny_data.config, store=ResultStore(server.db),
+    run = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), tiny_data.config,
+                     record=Recorder(ResultStore(server.db)),
                      data=tiny_data)
     page = new_page(browser)
     page.goto(f"{server.url}/inspect?run={run.run_id}")

@@ -21,6 +21,7 @@ from mnist_lab.lab.experiments import (
 )
 from mnist_lab.nets.model import count_params, match_fc_width
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import TrainConfig
 
@@ -47,7 +48,7 @@ def test_sweep_refuses_when_nothing_is_valid():
 def test_sweep_one_row_per_run(tmp_path, mnist_raw):
     store = ResultStore(tmp_path / "r.sqlite")
     sweep = SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), hidden_units=(0, 8), seeds=2, base_channels=4)
-    result = run_sweep(sweep, FAST, TINY, store=store)
+    result = run_sweep(sweep, FAST, TINY, record=Recorder(store))
     table = result.table
     assert list(table.columns) == SWEEP_COLUMNS
     assert len(table) == 2 * 1 * 2 * 2
@@ -159,7 +160,7 @@ def test_sweep_on_a_gpu_trains_side_by_side_and_records_every_run(tmp_path, mnis
     store = ResultStore(tmp_path / "r.sqlite")
     sweep = SweepConfig(conv_layers=(1, 2), kernel_sizes=(3, 5), seeds=2, base_channels=8)
     cuda = TrainConfig(epochs=2, batch_size=64, device="cuda")
-    result = run_sweep(sweep, cuda, TINY, store=store)
+    result = run_sweep(sweep, cuda, TINY, record=Recorder(store))
     assert len(result.table) == 8 and result.table["status"].eq("finished").all()
     assert set(result.table["engine"]) == {"cuda-graph"}
     runs = store.runs().set_index("run_id")
@@ -176,7 +177,7 @@ def test_run_many_records_each_run_with_its_own_epoch_length(tmp_path, mnist_raw
 
     store = ResultStore(tmp_path / "r.sqlite")
     jobs = [(PRESETS["tiny-fc"].model, TrainConfig(epochs=2, batch_size=bs), f"batch {bs}") for bs in (64, 32)]
-    results = run_many(jobs, TINY, store=store)
+    results = run_many(jobs, TINY, record=Recorder(store))
     for result, per_epoch in zip(results, (2, 4)):  # 128 images / 64 and / 32
         iters = store.iterations([result.run_id])
         assert iters["epoch"].tolist() == [1] * per_epoch + [2] * per_epoch

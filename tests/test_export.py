@@ -23,6 +23,7 @@ from mnist_lab.lab.experiments import run_single
 from mnist_lab.lab.export import build_script, export_run, network_source
 from mnist_lab.nets.model import ModelConfig, build_model
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import SavedRun
 from mnist_lab.training.loop import TrainConfig
@@ -52,7 +53,8 @@ def exported(tmp_path_factory, mnist_raw):
     runs = {}
     for name, preset, permute, engine in (("lab5", "lab5", False, "plain"), ("perm", "tiny-cnn", True, "auto")):
         data_cfg = DataConfig(train_limit=256, test_limit=2000, permute_pixels=permute)
-        result = run_single(PRESETS[preset].model, TrainConfig(epochs=1, engine=engine), data_cfg, store=store,
+        result = run_single(PRESETS[preset].model, TrainConfig(epochs=1, engine=engine), data_cfg,
+                            record=Recorder(store),
                             data=prepare_data(data_cfg, raw=mnist_raw))
         folder = tmp / name
         zipfile.ZipFile(export_run(ir.load_run(store, result.run_id), tmp / "zips")).extractall(folder)
@@ -158,7 +160,8 @@ def test_a_fashion_mnist_run_is_inspected_and_exported_with_its_class_names(tmp_
     except DataUnavailableError:
         pytest.skip("no offline Fashion-MNIST (Debian: apt-get install dataset-fashion-mnist)")
     store = ResultStore(tmp_path / "results.sqlite")
-    result = run_single(ModelConfig(conv_channels=(6, 6), hidden=(50,)), TrainConfig(epochs=1), data_cfg, store=store)
+    result = run_single(ModelConfig(conv_channels=(6, 6), hidden=(50,)), TrainConfig(epochs=1), data_cfg,
+                        record=Recorder(store))
     run = ir.load_run(store, result.run_id)
     assert run.class_names[0] == "T-shirt/top" and len(run.class_names) == 10
     assert ir.confusion(run, *ir.evaluated_images(run)).accuracy == result.final_test_acc
@@ -190,7 +193,7 @@ def test_a_residual_network_is_inspected_and_exported_with_its_block_source(expo
     cfg = replace(PRESETS["resnet-small"].model, in_channels=1, image_size=28)
     store = ResultStore(tmp_path / "results.sqlite")
     result = run_single(cfg, TrainConfig(epochs=1, lr=0.05, momentum=0.9, engine="plain"),
-                        DataConfig(train_limit=128, test_limit=2000), store=store)
+                        DataConfig(train_limit=128, test_limit=2000), record=Recorder(store))
     run = ir.load_run(store, result.run_id)
     assert run.model_cfg == cfg
     x, y = ir.evaluated_images(run)

@@ -20,6 +20,7 @@ from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.experiments import run_single
 from mnist_lab.nets.model import ModelConfig, build_model, summarize
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import SavedRun, weights_path
 from mnist_lab.training.loop import TrainConfig
@@ -38,7 +39,8 @@ def kept(tmp_path_factory, mnist_raw):
                                           ("fc", "tiny-fc", False, "plain")):
         data_cfg = DataConfig(train_limit=512, test_limit=1000, permute_pixels=permute)
         data = prepare_data(data_cfg, raw=mnist_raw)
-        result = run_single(PRESETS[preset].model, TrainConfig(epochs=1, engine=engine), data_cfg, store=store,
+        result = run_single(PRESETS[preset].model, TrainConfig(epochs=1, engine=engine), data_cfg,
+                            record=Recorder(store),
                             data=data)
         out[name] = (result, data)
     return out
@@ -68,7 +70,8 @@ def test_weights_round_trip_to_the_runs_exact_accuracy(kept, mnist_raw):
 
 def test_weights_are_safetensors_and_go_with_the_run(tmp_path, tiny_data):
     store = ResultStore(tmp_path / "r.sqlite")
-    result = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1), tiny_data.config, store=store, data=tiny_data)
+    result = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1), tiny_data.config,
+                        record=Recorder(store), data=tiny_data)
     path = weights_path(store.path, result.run_id)
     assert path == tmp_path / "r.sqlite.weights" / f"{result.run_id}.safetensors"
     blob = path.read_bytes()

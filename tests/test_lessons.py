@@ -22,6 +22,7 @@ from mnist_lab.lab.lessons import LESSONS, LessonConfig, plan, read_lesson, run_
 from mnist_lab.lab.report import build_report
 from mnist_lab.lab.verdicts import FLAT_ACC, judge
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, lesson_jobs, lesson_spec
 from mnist_lab.service.policy import estimate_seconds, job_models
@@ -45,7 +46,7 @@ def test_every_lesson_runs_end_to_end_and_its_reading_matches_its_numbers(name, 
     spec = lesson_spec(cfg, device="cpu")
     variants, skipped = plan(cfg, spec.train, spec.data)
     store = ResultStore(tmp_path / "r.sqlite")
-    result = run_lesson(cfg, spec.train, spec.data, store=store)
+    result = run_lesson(cfg, spec.train, spec.data, record=Recorder(store))
     assert result.status == "finished"
     table = result.table
     assert len(table) == 2 * len(variants) == spec.runs_total() and set(table["status"]) == {"finished"}

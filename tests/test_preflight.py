@@ -17,6 +17,7 @@ from mnist_lab.lab import experiments
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, run_lesson
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, StoreRunner, lesson_spec
 from mnist_lab.training import loop
@@ -95,14 +96,16 @@ def test_every_experiment_refuses_before_any_data_loads(no_data, tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
     cifar = DataConfig(dataset="cifar10")
     with pytest.raises(ConfigError, match="in_channels = 1 but CIFAR-10 needs 3"):
-        run_single(LAB5, TrainConfig(), cifar, store=store)
+        run_single(LAB5, TrainConfig(), cifar, record=Recorder(store))
     with pytest.raises(ConfigError, match="in_channels = 1 but CIFAR-10 needs 3"):
-        run_sweep(SweepConfig(conv_layers=(1,), kernel_sizes=(3,), seeds=1), TrainConfig(), cifar, store=store)
+        run_sweep(SweepConfig(conv_layers=(1,), kernel_sizes=(3,), seeds=1), TrainConfig(), cifar,
+                  record=Recorder(store))
     with pytest.raises(ConfigError, match="in_channels = 1 but CIFAR-10 needs 3"):
-        run_compare(CompareConfig(seeds=1), TrainConfig(), cifar, store=store)
+        run_compare(CompareConfig(seeds=1), TrainConfig(), cifar, record=Recorder(store))
     with pytest.raises(ConfigError, match="larger than the 100 training images"):
         spec = lesson_spec(LessonConfig("epoch-batch", seeds=1, train_limit=100), device="cpu")
-        run_lesson(spec.lesson, spec.train, spec.data, store=store)  # batch 256 of 100 images, before batch 16 trains
+        # batch 256 of 100 images, before batch 16 trains
+        run_lesson(spec.lesson, spec.train, spec.data, record=Recorder(store))
     assert len(store.runs()) == 0
 
 

@@ -27,6 +27,7 @@ from mnist_lab.lab.report import build_report, to_markdown, write_report
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, judge
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ITERATION_COLUMNS, ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -417,9 +418,9 @@ def test_report_from_runs_that_really_trained(tmp_path, mnist_raw):
     store = ResultStore(tmp_path / "trained.sqlite")
     tiny, cfg = DataConfig(train_limit=256, test_limit=500), TrainConfig(epochs=1, device="cpu")
     sweep = run_sweep(SweepConfig(conv_layers=(1, 2), kernel_sizes=(5,), seeds=2, base_channels=4), cfg, tiny,
-                      store=store)
-    run_compare(CompareConfig(seeds=1), cfg, tiny, store=store)
-    single = run_single(PRESETS["lab5"].model, TrainConfig(epochs=2, device="cpu"), tiny, store=store)
+                      record=Recorder(store))
+    run_compare(CompareConfig(seeds=1), cfg, tiny, record=Recorder(store))
+    single = run_single(PRESETS["lab5"].model, TrainConfig(epochs=2, device="cpu"), tiny, record=Recorder(store))
     fs = compute_findings(store)
     assert fs.loss.numbers["run_id"] == single.run_id and fs.loss.numbers["iterations"] == len(single.losses) == 8
     assert fs.loss.numbers["per_epoch"][-1]["test_acc"] == pytest.approx(single.final_test_acc)

@@ -16,6 +16,7 @@ import pytest
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import run_single
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
 from mnist_lab.training.loop import TrainConfig
 
@@ -37,7 +38,7 @@ def test_csv_columns_are_pinned(tmp_path):
 
 def test_the_csvs_hold_what_was_trained_with_accuracy_as_a_fraction(tmp_path, mnist_raw):
     store = ResultStore(tmp_path / "r.sqlite")
-    result = run_single(PRESETS["tiny-cnn"].model, TrainConfig(epochs=1, batch_size=64), TINY, store=store)
+    result = run_single(PRESETS["tiny-cnn"].model, TrainConfig(epochs=1, batch_size=64), TINY, record=Recorder(store))
     paths = store.export_csv(tmp_path / "out")
     runs, epochs, iters = (pd.read_csv(paths[t]) for t in ("runs", "epochs", "iterations"))
     [row] = runs.itertuples()
@@ -56,7 +57,7 @@ def test_run_is_recorded_while_it_trains(tmp_path, mnist_raw):
         if event.kind == "epoch":
             seen.append((len(store.epochs()), len(store.iterations())))
 
-    result = run_single(PRESETS["tiny-cnn"].model, TrainConfig(epochs=2, batch_size=64), TINY, store=store,
+    result = run_single(PRESETS["tiny-cnn"].model, TrainConfig(epochs=2, batch_size=64), TINY, record=Recorder(store),
                         on_progress=peek)
     assert seen == [(1, 4), (2, 8)]  # 256 images / 64 = 4 iterations per epoch
     runs = store.runs()
@@ -73,8 +74,8 @@ def test_run_is_recorded_while_it_trains(tmp_path, mnist_raw):
 
 def test_delete_and_filter_by_run(tmp_path, mnist_raw):
     store = ResultStore(tmp_path / "r.sqlite")
-    a = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, seed=1), TINY, store=store)
-    b = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, seed=2), TINY, store=store)
+    a = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, seed=1), TINY, record=Recorder(store))
+    b = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, seed=2), TINY, record=Recorder(store))
     assert set(store.runs()["run_id"]) == {a.run_id, b.run_id}
     assert set(store.iterations([a.run_id])["run_id"]) == {a.run_id}
     assert store.delete_runs([a.run_id]) == 1
@@ -165,7 +166,7 @@ def test_a_run_deleted_while_training_leaves_no_orphan_rows(tmp_path, mnist_raw)
         if event.kind == "epoch" and event.epoch == 1:
             store.delete_runs([event.run_id])
 
-    run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=2), TINY, store=store, on_progress=delete_midway)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=2), TINY, record=Recorder(store), on_progress=delete_midway)
     assert store.runs().empty and store.epochs().empty and store.iterations().empty
 
 

@@ -18,7 +18,8 @@ from mnist_lab.i18n import N_
 from mnist_lab.lab.experiments import diverged_runs
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
-from mnist_lab.training.loop import Progress, RunResult
+from mnist_lab.training.events import EpochEnded, Event, Iterations
+from mnist_lab.training.loop import RunResult
 
 _lang = i18n.DEFAULT  # this run's language, 'en' or 'zh_CN' (set_language)
 
@@ -141,10 +142,10 @@ class ProgressBar:
 
         self.bar = tqdm(total=total, unit="it", file=sys.stderr, disable=quiet, dynamic_ncols=True)
 
-    def __call__(self, event: Progress) -> None:
-        if event.kind == "iterations":
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Iterations):
             self.bar.update(len(event.losses))
-        elif event.kind == "epoch" and event.metrics is not None:
+        elif isinstance(event, EpochEnded):
             m = event.metrics
             self.bar.set_postfix_str(_("epoch {epoch} test accuracy {acc}").format(epoch=m.epoch,
                                                                                      acc=i18n.pct(m.test_acc)))

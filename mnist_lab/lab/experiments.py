@@ -1,6 +1,7 @@
 """The lab's experiments on top of `train`: a single run, the conv-layers x kernel-size sweep,
 and the equal-parameter FC-vs-CNN comparison on normal and permuted pixels, with summaries
-of mean ± standard deviation over seeds.
+of mean ± standard deviation over seeds. They report through training events (`record`, then
+`on_progress`), each run's start tagged with its experiment and group; they hold no store.
 """
 from __future__ import annotations
 
@@ -17,23 +18,21 @@ from mnist_lab.data.datasets import DataConfig, TensorData, prepare_data
 from mnist_lab.errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
 from mnist_lab.i18n import N_, Message, mean_sd_texts, render
 from mnist_lab.nets.blocks.base import KERNEL_RANGE, MAX_CHANNELS
-from mnist_lab.nets.model import MAX_CONV_BLOCKS, MAX_WIDTH, ModelConfig, count_params, describe, match_fc_width
+from mnist_lab.nets.model import MAX_CONV_BLOCKS, MAX_WIDTH, ModelConfig, describe, match_fc_width
 from mnist_lab.nets.presets import PRESETS, cnn_config
-from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.training import engines
+from mnist_lab.training.events import Event, RunEnded, RunStarted
 from mnist_lab.training.loop import (
     CancelFlag,
-    Progress,
     RunResult,
     TrainConfig,
-    device_label,
     new_run_id,
     train,
     train_many,
 )
 from mnist_lab.training.preflight import preflight, resolve_device
 
-ProgressFn = Callable[[Progress], None]
+EventFn = Callable[[Event], None]
 
 _DATA_MEMO: OrderedDict[tuple, TensorData] = OrderedDict()
 _DATA_LOCK = threading.Lock()
@@ -57,63 +56,54 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
         return _DATA_MEMO[key]
 
 
-def _chain(*fns: ProgressFn | None) -> ProgressFn:
-    live = [f for f in fns if f is not None]
+class _Reporter:
+    """Sends each event to `record`, then to `on_progress`, each run's start tagged with its
+    experiment and group; knows which runs have started and not ended, so that a failure can end
+    them ('failed') and the record says they did not finish."""
 
-    def call(event: Progress) -> None:
-        for f in live:
+    def __init__(self, record: EventFn | None, on_progress: EventFn | None, experiment: str, group_id: str):
+        self.live = [f for f in (record, on_progress) if f is not None]
+        self.record = record
+        self.experiment, self.group_id = experiment, group_id
+        self.open: dict[str, None] = {}  # run ids started and not ended, in start order
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            event = replace(event, experiment=self.experiment, group_id=self.group_id)
+            self.open[event.run_id] = None
+        elif isinstance(event, RunEnded):
+            self.open.pop(event.run_id, None)
+        for f in self.live:
             f(event)
-    return call
 
-
-def _start_runs(store: ResultStore | None, jobs: list[tuple[ModelConfig, TrainConfig, str]], run_ids: list[str],
-                data_cfg: DataConfig, data: TensorData, experiment: str, group_id: str) -> ProgressFn | None:
-    """Write each run's row (status 'running') before it trains; return the callback that
-    records iterations and epochs as they arrive."""
-    if store is None:
-        return None
-    recorders = {}
-    for (model_cfg, train_cfg, label), run_id in zip(jobs, run_ids):
-        steps_per_epoch = -(-len(data.x_train) // train_cfg.batch_size)
-        store.start_run(run_row(run_id, model_cfg, train_cfg, data_cfg, experiment=experiment, group_id=group_id,
-                                label=label, device=device_label(data.device), params=count_params(model_cfg),
-                                data_source=data.source, started_at=pd.Timestamp.now(tz="UTC").isoformat(),
-                                steps_per_epoch=steps_per_epoch))
-        recorders[run_id] = store.recorder(steps_per_epoch)
-    return lambda event: recorders[event.run_id](event)
-
-
-def _finish_runs(store: ResultStore | None, results: list[RunResult], data: TensorData | None = None) -> None:
-    for result in results if store is not None else ():
-        store.save_weights(result, data.permutation if data is not None else None)  # before 'finished' is seen
-        store.finish_run(result.run_id, result.status, result.seconds, engine=result.engine,
-                         epochs_done=len(result.epochs), final_test_acc=result.final_test_acc,
-                         diverged_at=result.diverged_at, message=result.message)
+    def fail_open(self) -> None:
+        """End every run still open as 'failed' (what it recorded is kept)."""
+        for run_id in list(self.open):
+            self.open.pop(run_id)
+            if self.record is not None:
+                with contextlib.suppress(StoreError):  # the database itself may be what failed
+                    self.record(RunEnded(run_id=run_id, epoch=0, step=0, total_steps=0, status="failed",
+                                         seconds=0.0))
 
 
 def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
-               store: ResultStore | None = None, on_progress: ProgressFn | None = None,
+               record: EventFn | None = None, on_progress: EventFn | None = None,
                cancel: CancelFlag | None = None, experiment: str = "single", group_id: str = "",
                label: str = "", data: TensorData | None = None) -> RunResult:
-    """Train one model; with a store, every iteration and epoch is written as it finishes."""
+    """Train one model; `record` (a runs.recorder.Recorder, say) gets every event as it happens,
+    then `on_progress`."""
     preflight(model_cfg, train_cfg, data_cfg, n_train=None if data is None else len(data.x_train))  # before data loads
     data = data if data is not None else get_data(data_cfg, train_cfg.device)
-    run_id = new_run_id()
-    record = _start_runs(store, [(model_cfg, train_cfg, label)], [run_id], data_cfg, data, experiment, group_id)
+    report = _Reporter(record, on_progress, experiment, group_id)
     try:
-        result = train(model_cfg, train_cfg, data, on_progress=_chain(record, on_progress), cancel=cancel,
-                       run_id=run_id, label=label)
+        return train(model_cfg, train_cfg, data, on_progress=report, cancel=cancel, label=label)
     except BaseException:
-        if store is not None:
-            with contextlib.suppress(StoreError):  # the database itself may be what failed
-                store.finish_run(run_id, "failed", 0.0)
+        report.fail_open()
         raise
-    _finish_runs(store, [result], data)
-    return result
 
 
 def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataConfig, *,
-             store: ResultStore | None = None, on_progress: ProgressFn | None = None,
+             record: EventFn | None = None, on_progress: EventFn | None = None,
              cancel: CancelFlag | None = None, experiment: str = "sweep", group_id: str = "") -> list[RunResult]:
     """Train (model, training, label) jobs sharing one dataset. On a GPU, or when they ask for
     a stacking engine, through `train_many` (side by side, or stacked); otherwise one after
@@ -129,22 +119,17 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
         for model_cfg, train_cfg, label in jobs:
             if cancel is not None and cancel.is_set():
                 break
-            results.append(run_single(model_cfg, train_cfg, data_cfg, store=store, on_progress=on_progress,
+            results.append(run_single(model_cfg, train_cfg, data_cfg, record=record, on_progress=on_progress,
                                       cancel=cancel, experiment=experiment, group_id=group_id, label=label,
                                       data=data))
         return results
-    run_ids = [new_run_id() for _ in jobs]
-    record = _start_runs(store, jobs, run_ids, data_cfg, data, experiment, group_id)
+    report = _Reporter(record, on_progress, experiment, group_id)
     try:
-        results = train_many([(m, t) for m, t, _ in jobs], data, on_progress=_chain(record, on_progress),
-                             cancel=cancel, run_ids=run_ids, labels=[label for _, _, label in jobs])
+        return train_many([(m, t) for m, t, _ in jobs], data, on_progress=report, cancel=cancel,
+                          labels=[label for _, _, label in jobs])
     except BaseException:
-        for run_id in run_ids if store is not None else ():
-            with contextlib.suppress(StoreError):
-                store.finish_run(run_id, "failed", 0.0)
+        report.fail_open()
         raise
-    _finish_runs(store, results, data)
-    return results
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -230,7 +215,7 @@ class SweepResult:
 
 
 def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
-              store: ResultStore | None = None, on_progress: ProgressFn | None = None,
+              record: EventFn | None = None, on_progress: EventFn | None = None,
               cancel: CancelFlag | None = None) -> SweepResult:
     """Every valid (conv layers, kernel, hidden) cell, `sweep.seeds` times; one row per run."""
     cells, skipped = sweep.cells()
@@ -240,7 +225,7 @@ def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, 
             label = f"{layers} conv × k{kernel}" + (f" + FC {hidden}" if hidden else "")
             jobs.append((cfg, replace(train_cfg, seed=seed), label))
             keys.append((layers, kernel, hidden, seed))
-    results = run_many(jobs, data_cfg, store=store, on_progress=on_progress, cancel=cancel, experiment="sweep",
+    results = run_many(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment="sweep",
                        group_id="sweep-" + new_run_id())
     rows = []
     for result, (layers, kernel, hidden, seed) in zip(results, keys):
@@ -327,7 +312,7 @@ def compare_default_train() -> TrainConfig:
 
 
 def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
-                store: ResultStore | None = None, on_progress: ProgressFn | None = None,
+                record: EventFn | None = None, on_progress: EventFn | None = None,
                 cancel: CancelFlag | None = None) -> CompareResult:
     """FC and CNN, each on normal and on permuted pixels (one fixed permutation), `seeds` times."""
     models = compare.models()
@@ -337,7 +322,7 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
         cell_data_cfg = replace(data_cfg, permute_pixels=permute, permutation_seed=compare.permutation_seed)
         keys = [(name, cfg, seed) for name, cfg in models.items() for seed in range(compare.seeds)]
         jobs = [(cfg, replace(train_cfg, seed=seed), f"{name} / {pixels}") for name, cfg, seed in keys]
-        done = run_many(jobs, cell_data_cfg, store=store, on_progress=on_progress, cancel=cancel,
+        done = run_many(jobs, cell_data_cfg, record=record, on_progress=on_progress, cancel=cancel,
                         experiment="compare", group_id=group_id)
         results += done
         rows += [dict(model=name, pixels=pixels, seed=seed, params=r.params, test_acc=r.final_test_acc,

@@ -17,11 +17,11 @@ import pandas as pd
 from mnist_lab.data.datasets import DATASETS, DataConfig
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int
 from mnist_lab.i18n import N_
-from mnist_lab.lab.experiments import MAX_SEEDS, ProgressFn, run_many, summarize_over_seeds
+from mnist_lab.lab.experiments import MAX_SEEDS, EventFn, run_many, summarize_over_seeds
 from mnist_lab.lab.verdicts import FLAT_ACC, Comparison, judge
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.nets.presets import PRESETS, cnn_config
-from mnist_lab.runs.store import ResultStore
+from mnist_lab.runs.store import ResultStore  # read: the report's stored lessons
 from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig, new_run_id
 from mnist_lab.training.preflight import preflight
 
@@ -274,8 +274,8 @@ class LessonResult:
     status: str = "finished"  # or "stopped"
 
 
-def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, store: ResultStore | None = None,
-               on_progress: ProgressFn | None = None, cancel: CancelFlag | None = None) -> LessonResult:
+def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, record: EventFn | None = None,
+               on_progress: EventFn | None = None, cancel: CancelFlag | None = None) -> LessonResult:
     """Every variant of the lesson, `cfg.n_seeds()` times (seeds 0 ..), variants that share their
     data settings trained together by `run_many`; one table row per run."""
     variants, skipped = plan(cfg, train, data)
@@ -294,7 +294,7 @@ def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, store
         if cancel is not None and cancel.is_set():
             break
         jobs = [(v.model, replace(v.train, seed=seed), v.label) for v, seed in keys]
-        done = run_many(jobs, data_cfg, store=store, on_progress=on_progress, cancel=cancel, experiment=EXPERIMENT,
+        done = run_many(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment=EXPERIMENT,
                         group_id=group_id)
         results += done
         for r, (v, seed) in zip(done, keys):

@@ -24,7 +24,7 @@ from mnist_lab.errors import StoreError
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs import schema
-from mnist_lab.training.loop import EpochMetrics, Progress, RunResult, TrainConfig, run_label  # noqa: F401 - run_label re-exported
+from mnist_lab.training.loop import EpochMetrics, TrainConfig, run_label  # noqa: F401 - run_label re-exported
 
 IDENTITY_COLUMNS = ["run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device",
                     "engine", "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message"]
@@ -260,18 +260,6 @@ class ResultStore:
         sets = ", ".join(f"{k} = ?" for k in ("status", "seconds", *fields))
         self._write(f"UPDATE runs SET {sets} WHERE run_id = ?", (status, seconds, *fields.values(), run_id))
 
-    def recorder(self, steps_per_epoch: int) -> Callable[[Progress], None]:
-        """An `on_progress` callback that writes each event as it arrives."""
-        def record(event: Progress) -> None:
-            if event.kind == "iterations":
-                self.add_iterations(event.run_id, event.first_iteration, event.losses, steps_per_epoch)
-            elif event.kind == "epoch" and event.metrics is not None:
-                self.add_epoch(event.run_id, event.metrics)
-            elif event.kind == "start":  # the path that trains it is known once training starts
-                self._write("UPDATE runs SET engine = ?, steps_per_epoch = ? WHERE run_id = ?",
-                            (event.engine, event.steps_per_epoch or steps_per_epoch, event.run_id))
-        return record
-
     @explained
     def delete_runs(self, run_ids: Iterable[str]) -> int:
         ids = list(run_ids)
@@ -289,12 +277,12 @@ class ResultStore:
 
     # ------------------------------------------------------------------------------ weights
     @explained
-    def save_weights(self, result: RunResult, permutation=None) -> Path | None:
-        """Keep a run's final weights (and the pixel permutation it trained on) beside the
-        database, in `<db>.weights/<run_id>.safetensors`; nothing when the result has none."""
+    def save_weights(self, run) -> Path:
+        """Keep a run's final weights (a `weights.SavedRun`: with the pixel permutation it trained
+        on, and its configs) beside the database, in `<db>.weights/<run_id>.safetensors`."""
         from mnist_lab.runs.weights import save_weights
 
-        return save_weights(self.path, result, permutation)
+        return save_weights(self.path, run)
 
     def load_weights(self, run_id: str):
         """The run's `weights.SavedRun`; FileNotFoundError when it has none."""

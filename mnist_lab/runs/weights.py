@@ -16,7 +16,7 @@ import torch
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.nets.model import ModelConfig
-from mnist_lab.training.loop import RunResult, TrainConfig
+from mnist_lab.training.loop import TrainConfig
 
 FORMAT = "mnist_lab-run/1"
 PERMUTATION_KEY = "__permutation__"  # not a state_dict key (those are module paths such as conv1.weight)
@@ -55,20 +55,18 @@ def _configs_from(meta: dict[str, str]) -> tuple[ModelConfig, TrainConfig, DataC
             codec.from_json(DataConfig, meta["data"], "data"))
 
 
-def save_weights(db_path: str | Path, result: RunResult, permutation: torch.Tensor | None = None) -> Path | None:
-    """Write `result.state_dict` (None: nothing to keep, returns None). Written to a temporary
-    name, then renamed: a reader never sees half a file."""
+def save_weights(db_path: str | Path, run: SavedRun) -> Path:
+    """Write `run` (its weights, permutation and configs). Written to a temporary name, then
+    renamed: a reader never sees half a file."""
     from safetensors.torch import save_file
 
-    if result.state_dict is None:
-        return None
-    path = weights_path(db_path, result.run_id)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
-    if permutation is not None:
-        tensors[PERMUTATION_KEY] = permutation.detach().cpu().to(torch.int64).contiguous()
-    meta = dict(format=FORMAT, run_id=result.run_id, status=result.status,
-                test_acc=json.dumps(result.final_test_acc), model=json.dumps(codec.to_dict(result.model_cfg)),
-                train=json.dumps(codec.to_dict(result.train_cfg)), data=json.dumps(codec.to_dict(result.data_cfg)))
+    path = weights_path(db_path, run.run_id)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in run.state_dict.items()}
+    if run.permutation is not None:
+        tensors[PERMUTATION_KEY] = run.permutation.detach().cpu().to(torch.int64).contiguous()
+    meta = dict(format=FORMAT, run_id=run.run_id, status=run.status, test_acc=json.dumps(run.test_acc),
+                model=json.dumps(codec.to_dict(run.model_cfg)), train=json.dumps(codec.to_dict(run.train_cfg)),
+                data=json.dumps(codec.to_dict(run.data_cfg)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

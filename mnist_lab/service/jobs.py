@@ -19,8 +19,10 @@ from mnist_lab.data.datasets import DataConfig, DataUnavailableError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
 from mnist_lab.nets.model import ModelConfig, describe
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
-from mnist_lab.training.loop import CancelFlag, Progress, TrainConfig
+from mnist_lab.training.events import Event
+from mnist_lab.training.loop import CancelFlag, TrainConfig
 from mnist_lab.training.preflight import preflight
 
 KINDS = ("train", "sweep", "compare", "lesson")
@@ -110,23 +112,24 @@ def lesson_spec(cfg: LessonConfig, device: str = "auto", engine: str = "auto", d
 
 
 def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None = None,
-            on_progress: Callable[[Progress], None] | None = None) -> Any:
-    """Train the job in this process, every run recorded in `store` as it goes; returns the
-    experiment's result (its `.status` is 'finished' or 'stopped'). Raises what the core raises
-    (ValueError for bad input)."""
+            on_progress: Callable[[Event], None] | None = None) -> Any:
+    """Train the job in this process, every run's events recorded in `store` as they happen (one
+    `Recorder`); returns the experiment's result (its `.status` is 'finished' or 'stopped').
+    Raises what the core raises (ValueError for bad input)."""
     spec.validate()
+    record = Recorder(store) if store is not None else None
     if spec.kind == "train":
-        return run_single(spec.model, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel,
+        return run_single(spec.model, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel,
                           label=spec.label)
     if spec.kind == "sweep":
-        return run_sweep(spec.sweep, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+        return run_sweep(spec.sweep, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel)
     if spec.kind == "lesson":
-        return run_lesson(spec.lesson, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
-    return run_compare(spec.compare, spec.train, spec.data, store=store, on_progress=on_progress, cancel=cancel)
+        return run_lesson(spec.lesson, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel)
+    return run_compare(spec.compare, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel)
 
 
 def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
-               on_progress: Callable[[Progress], None] | None = None, poll_s: float = 0.25) -> Any:
+               on_progress: Callable[[Event], None] | None = None, poll_s: float = 0.25) -> Any:
     """Train a job in this process (the CLI) as a job of the local workspace: it is listed beside
     the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
     spec.preflight()

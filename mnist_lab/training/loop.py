@@ -3,7 +3,8 @@ randperm, every iteration's loss kept on the device and read back in chunks, pro
 a callback, a cancel flag that keeps everything finished so far. ONE epoch loop (`_train_units`)
 drives the stepper of whichever engine the registry (engines.py) picks (step.py's plain
 reference step, cuda_graph.py's CUDA graph, native.py's C++ conv blocks, stacked.py's vmapped
-seeds), for `train` and `train_many` alike.
+seeds), for `train` and `train_many` alike. Progress goes out as events (events.py): run
+started, iteration losses, epoch results, run ended.
 """
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, ne
 from mnist_lab.nets.model import ModelConfig, build_model, count_params, describe
 from mnist_lab.training import engines
 from mnist_lab.training.engines import ENGINE_NAMES
+from mnist_lab.training.events import (
+    EpochEnded,
+    EpochMetrics,
+    Event,
+    Iterations,
+    RunEnded,
+    RunStarted,
+    config_dict,
+)
 from mnist_lab.training.preflight import preflight, resolve_device
 from mnist_lab.training.step import Stepper
 
@@ -97,37 +107,6 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return "cpu"
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int  # 1-based
-    train_loss: float  # mean of this epoch's iteration losses
-    test_loss: float
-    test_acc: float  # fraction in [0, 1]
-    seconds: float  # wall time of the epoch's training and evaluation
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What `on_progress` receives. kind: 'start' (the run's engine is known), 'iterations' (new
-    losses), 'epoch', or 'end'."""
-
-    run_id: str
-    kind: str
-    epoch: int  # 1-based epoch in progress (or just finished)
-    step: int  # iterations done so far
-    total_steps: int
-    losses: tuple[float, ...] = ()  # the new iteration losses since the previous event
-    first_iteration: int = 0  # 1-based global iteration number of losses[0]
-    metrics: EpochMetrics | None = None
-    elapsed_s: float = 0.0
-    eta_s: float | None = None
-    status: str = "running"
-    engine: str = ""  # the training path ('start' events)
-    message: str = ""  # on 'end': why a run ended early (diverged)
-    label: str = ""  # the run's label for legends ('start' events)
-    steps_per_epoch: int = 0  # iterations per epoch ('start' events)
 
 
 @dataclass
@@ -258,7 +237,7 @@ class _RunLog:
     read back in chunks, progress events, epoch metrics."""
 
     def __init__(self, run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
-                 engine: str, emit: Callable[[Progress], None], losses: torch.Tensor | None = None,
+                 engine: str, emit: Callable[[Event], None], losses: torch.Tensor | None = None,
                  label: str = ""):
         device = data.device
         self.steps_per_epoch = math.ceil(len(data.x_train) / train_cfg.batch_size)
@@ -268,7 +247,7 @@ class _RunLog:
         self.result = RunResult(run_id=run_id, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data.config,
                                 params=count_params(model_cfg), device=device_label(device), engine=engine,
                                 status="running", steps_per_epoch=self.steps_per_epoch,
-                                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                started_at=datetime.now(timezone.utc).isoformat(),
                                 data_source=data.source, label=label or run_label(model_cfg, data.config))
         self.weights: Callable[[], dict[str, torch.Tensor]] | None = None  # the run's weights, read at finish()
         self.emit = emit
@@ -277,8 +256,12 @@ class _RunLog:
         self.next_emit = self.t0 + self.every_s
         self.step = 0  # iterations done (or, on the GPU, queued)
         self.sent = 0  # iterations already handed to the callback
-        emit(Progress(run_id, "start", 1, 0, self.total_steps, engine=engine, label=self.result.label,
-                      steps_per_epoch=self.steps_per_epoch))
+        self.permutation = data.permutation  # sent with the weights: the pixel order they were trained on
+        r = self.result
+        emit(RunStarted(run_id=run_id, epoch=1, step=0, total_steps=self.total_steps, model=config_dict(model_cfg),
+                        train=config_dict(train_cfg), data=config_dict(data.config), label=r.label,
+                        engine=engine, device=r.device, params=r.params, steps_per_epoch=self.steps_per_epoch,
+                        started_at=r.started_at, data_source=r.data_source))
         self.closed = False  # finish() has run (a diverged run in a stack ends before the others)
 
     def _eta(self) -> float:
@@ -303,8 +286,9 @@ class _RunLog:
                 chunk, self.step = chunk[:bad], self.sent + bad
             self.result.losses.extend(chunk)
             emit_first, self.sent = self.sent + 1, self.step
-            self.emit(Progress(self.result.run_id, "iterations", epoch, self.step, self.total_steps, tuple(chunk),
-                               emit_first, elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
+            self.emit(Iterations(run_id=self.result.run_id, epoch=epoch, step=self.step, total_steps=self.total_steps,
+                                 first_iteration=emit_first, losses=tuple(chunk),
+                                 elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
         if timed:
             self.next_emit = time.perf_counter() + self.every_s
 
@@ -328,8 +312,8 @@ class _RunLog:
         metrics = EpochMetrics(epoch, sum(epoch_losses) / len(epoch_losses), test_loss, test_acc,
                                time.perf_counter() - epoch_t0)
         self.result.epochs.append(metrics)
-        self.emit(Progress(self.result.run_id, "epoch", epoch, self.step, self.total_steps, metrics=metrics,
-                           elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
+        self.emit(EpochEnded(run_id=self.result.run_id, epoch=epoch, step=self.step, total_steps=self.total_steps,
+                             metrics=metrics, elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
 
     def finish(self, stopped: bool) -> RunResult:
         result = self.result
@@ -340,8 +324,11 @@ class _RunLog:
         if self.weights is not None:
             result.state_dict = self.weights()
         result.seconds = time.perf_counter() - self.t0
-        self.emit(Progress(result.run_id, "end", len(result.epochs), self.step, self.total_steps,
-                           elapsed_s=result.seconds, eta_s=0.0, status=result.status, message=result.message))
+        self.emit(RunEnded(run_id=result.run_id, epoch=len(result.epochs), step=self.step,
+                           total_steps=self.total_steps, elapsed_s=result.seconds, status=result.status,
+                           seconds=result.seconds, epochs_done=len(result.epochs),
+                           final_test_acc=result.final_test_acc, diverged_at=result.diverged_at,
+                           message=result.message, weights=result.state_dict, permutation=self.permutation))
         return result
 
 
@@ -352,7 +339,7 @@ def _check_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData)
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
-          on_progress: Callable[[Progress], None] | None = None, cancel: CancelFlag | None = None,
+          on_progress: Callable[[Event], None] | None = None, cancel: CancelFlag | None = None,
           run_id: str | None = None, label: str = "") -> RunResult:
     """Train one model; return every iteration's loss, every finished epoch's metrics and the
     final weights.
@@ -372,7 +359,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TensorData,
 
 
 def train_many(jobs: Sequence[tuple[ModelConfig, TrainConfig]], data: TensorData,
-               on_progress: Callable[[Progress], None] | None = None, cancel: CancelFlag | None = None,
+               on_progress: Callable[[Event], None] | None = None, cancel: CancelFlag | None = None,
                run_ids: Sequence[str] | None = None, labels: Sequence[str] | None = None) -> list[RunResult]:
     """Train every (model_cfg, train_cfg) job; result k is what `train(*jobs[k], data)` returns
     alone. On a GPU the runs whose engine trains side by side (cuda-graph) do, each replaying its
@@ -457,7 +444,7 @@ def _on_stream(stream: torch.cuda.Stream | None):
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
-def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, emit: Callable[[Progress], None],
+def _make_unit(jobs: list[tuple[ModelConfig, TrainConfig]], data: TensorData, emit: Callable[[Event], None],
                run_ids: list[str], labels: list[str], engine: engines.Engine) -> _Unit:
     """A unit for `jobs` (one run, or a stack for a stacking engine), set up by the engine."""
     device = data.device
@@ -491,7 +478,7 @@ def _end_diverged(active: list[_Unit]) -> None:
 
 
 def _train_units(units_jobs: list[list[tuple[ModelConfig, TrainConfig]]], data: TensorData,
-                 emit: Callable[[Progress], None], cancel: CancelFlag | None, run_ids: list[list[str]],
+                 emit: Callable[[Event], None], cancel: CancelFlag | None, run_ids: list[list[str]],
                  labels: list[list[str]], unit_engines: list[engines.Engine]) -> list[list[RunResult]]:
     """THE epoch loop, for one run (`train`) or several units of runs on one device
     (`train_many`), stepped in turn: on a GPU each unit (one run, or a stack of runs) on its own
