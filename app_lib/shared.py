@@ -17,6 +17,7 @@ from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.policy import ServerPolicy
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.service.worker import spawn_worker
 from mnist_lab.training.loop import device_label, resolve_device, warm_up
 
@@ -45,8 +46,18 @@ def result_store() -> ResultStore:
     return _store(str(default_db_path()))  # keyed by path, so $MNIST_LAB_DB is honoured
 
 
+@st.cache_resource
+def _queue(path: str) -> JobQueue:
+    return JobQueue(_store(path))
+
+
+def job_queue() -> JobQueue:
+    """The job queue and worker registry in the result store's file."""
+    return _queue(str(default_db_path()))
+
+
 def runner() -> StoreRunner:
-    return StoreRunner(result_store(), queue_limit=server_policy().queue_limit)
+    return StoreRunner(result_store(), queue_limit=server_policy().queue_limit, queue=job_queue())
 
 
 @st.cache_resource
@@ -62,7 +73,7 @@ def ensure_workers() -> None:
     store, policy = result_store(), server_policy()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     wanted = policy.workers or max(gpus, 1)
-    live = {w["slot"] for w in store.live_workers()}
+    live = {w["slot"] for w in job_queue().live_workers()}
     spawned = spawned_workers()
     idle = os.environ.get(WORKER_IDLE_ENV)
     for slot in range(wanted):

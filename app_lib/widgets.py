@@ -17,7 +17,7 @@ from mnist_lab.service.policy import estimate_seconds
 
 from .charts import loss_figure
 from .lang import N_, _, render_error
-from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
+from .shared import PAGE_KINDS, ensure_workers, job_queue, result_store, runner, server_policy, workspace
 from .text import percent, plain
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
@@ -260,7 +260,7 @@ def job_panel(kind: str, draw: Callable[[JobView], None], shows: Callable[[JobVi
     @st.fragment(run_every=(QUEUED_POLL_S if waiting else POLL_S) if polling else None)
     def panel() -> None:
         if polling:
-            result_store().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
+            job_queue().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
             ensure_workers()  # and replace it, so queued jobs go on
         view = runner().poll(first.id)
         if view is None:

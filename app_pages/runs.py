@@ -7,6 +7,7 @@ from app_lib.charts import accuracy_figure, overlay_figure
 from app_lib.lang import _, bound, ngettext, render_error
 from app_lib.shared import (
     init_state,
+    job_queue,
     may_change,
     mirror_query,
     result_store,
@@ -26,7 +27,7 @@ SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_te
 st.title(_("Runs"))
 try:
     store = result_store()
-    store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
+    job_queue().mark_interrupted()  # jobs and runs whose process died since (a killed CLI run, a restarted server)
     scope = run_scope()  # None: every run; else this session's own workspace (shared mode)
     runs = store.visible_runs(scope)
 except StoreError as exc:

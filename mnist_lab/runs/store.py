@@ -1,6 +1,6 @@
-"""Results and jobs: tidy tables (runs, epochs, iterations) in SQLite, written as runs progress
-so an interrupted run keeps what it finished, exported to CSV; and the `jobs` and `workers`
-tables through which the app, the CLI and worker processes submit, follow and stop training.
+"""Results: tidy tables (runs, epochs, iterations) in SQLite, written as runs progress so an
+interrupted run keeps what it finished, exported to CSV, with each run's kept weights beside
+them. The job queue and the worker registry over the same file are service/queue.py's.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import platform
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
@@ -62,14 +61,7 @@ ITERATION_COLUMNS = ["run_id", "epoch", "iteration", "loss"]
 # it and that job's workspace (who may see, stop and delete it on a shared server).
 _OWNER = "owner"
 _PRIVATE = (_OWNER, "job_id", "workspace")
-WORKER_STALE_S = 30.0  # a worker that has not written its heartbeat for this long is gone
 LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
-
-JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
-               "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
-JOB_ACTIVE = ("queued", "running")
-WORKER_COLUMNS = ["worker", "slot", "device", "parent_pid", "started_at", "heartbeat_at", "job_id"]
-
 
 
 
@@ -166,7 +158,7 @@ def _quick_check(conn: sqlite3.Connection) -> None:
 
 
 class ResultStore:
-    """SQLite (WAL) store of runs, epochs, iterations, jobs and workers. Safe to share between
+    """SQLite (WAL) store of runs, epochs and iterations. Safe to share between
     threads and processes; every write is its own transaction, so a killed process loses at most
     the write in flight."""
 
@@ -219,18 +211,12 @@ class ResultStore:
 
     @explained
     def mark_interrupted(self) -> int:
-        """Mark 'interrupted' every run and job still 'running' whose process, on this machine, no
-        longer exists (killed, crashed, machine restarted), with that reason: a run keeps what it
+        """Mark 'interrupted' every run still 'running' whose process, on this machine, no longer
+        exists (killed, crashed, machine restarted), with that reason: a run keeps what it
         finished and can be deleted. Runs of live processes and of other machines are left alone.
-        Returns how many runs changed."""
+        Returns how many runs changed. (A job's dead worker is the queue's: JobQueue.mark_interrupted.)"""
         with self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
-            jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
-        for job_id, worker in jobs:
-            if owner_dead(worker):
-                self.finish_job(job_id, "interrupted",
-                                reason=f"the worker process ({worker}) ended before the job finished "
-                                       "(killed or crashed)")
         dead = [run_id for run_id, owner in runs if owner_dead(owner)]
         if dead:
             marks = ", ".join("?" for _ in dead)
@@ -238,6 +224,17 @@ class ResultStore:
                         f"'its process (' || {_OWNER} || ') ended before the run finished (killed or crashed)') "
                         f"WHERE status = 'running' AND run_id IN ({marks})", tuple(dead))
         return len(dead)
+
+    @explained
+    def end_job_runs(self, job_id: str, status: str, reason: str) -> None:
+        """A job ended with `status`: its runs cut short with it say why (`reason`), and an
+        interrupted job's run in progress is interrupted too."""
+        with self._lock, self._conn:
+            if status == "interrupted":  # the run it was training was cut short with it
+                self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
+                                   "('running', 'stopped')", (job_id,))
+            self._conn.execute("UPDATE runs SET stop_reason = ? WHERE job_id = ? AND status IN ('stopped', "
+                               "'interrupted') AND COALESCE(stop_reason, '') = ''", (reason, job_id))
 
     def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
         rows = [(run_id, (it - 1) // steps_per_epoch + 1, it, loss, run_id)
@@ -322,113 +319,7 @@ class ResultStore:
 
         return has_weights(self.path, run_ids)
 
-    # ------------------------------------------------------------------------------ jobs
-    @explained
-    def submit_job(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
-        """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
-        with self._lock, self._conn:
-            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
-                               "created_at) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, "
-                               "'queued', ?, ?)", (job_id, workspace, kind, label, spec, runs_total, time.time()))
-
-    @explained
-    def start_job_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
-        """A job that this process trains itself (the CLI): 'running' at once, owned by this process."""
-        with self._lock, self._conn:
-            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
-                               "created_at, started_at, worker) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
-                               "jobs), ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                               (job_id, workspace, kind, label, spec, runs_total, time.time(), time.time(), owner_id()))
-
-    @explained
-    def claim_job(self, worker: str) -> dict | None:
-        """Atomically take the oldest queued job whose workspace has nothing running (one job per
-        workspace at a time, however many workers), mark it 'running' for `worker`; None if none."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
-            try:
-                row = self._conn.execute(
-                    f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE status = 'queued' AND workspace NOT IN "
-                    "(SELECT workspace FROM jobs WHERE status = 'running') ORDER BY seq LIMIT 1").fetchone()
-                if row is not None:
-                    self._conn.execute("UPDATE jobs SET status = 'running', started_at = ?, worker = ? "
-                                       "WHERE job_id = ?", (time.time(), worker, row[0]))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        if row is None:
-            return None
-        job = dict(zip(JOB_COLUMNS, row))
-        job.update(status="running", worker=worker)
-        return job
-
-    @explained
-    def request_stop(self, job_id: str, reason: str = "stopped by you") -> bool:
-        """Ask a job to stop: a queued one ends at once, a running one at its next iteration (its
-        worker reads the request). Returns whether the job was still active."""
-        with self._lock, self._conn:
-            n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
-                                   "finished_at = ? WHERE job_id = ? AND status = 'queued'",
-                                   (reason, time.time(), job_id)).rowcount
-            n += self._conn.execute("UPDATE jobs SET stop_requested = 1, stop_reason = ? WHERE job_id = ? AND "
-                                    "status = 'running' AND stop_requested = 0", (reason, job_id)).rowcount
-        return n > 0
-
-    @explained
-    def stop_requested(self, job_id: str) -> bool:
-        with self._lock:
-            row = self._conn.execute("SELECT stop_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return bool(row and row[0])
-
-    @explained
-    def finish_job(self, job_id: str, status: str, reason: str = "", error: str = "") -> None:
-        """End a job, and give its runs that ended early (stopped, interrupted) the job's reason."""
-        with self._lock, self._conn:
-            self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
-                               "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
-                               (status, reason, reason, error, time.time(), job_id))
-            why = self._conn.execute("SELECT stop_reason FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            why = why[0] if why else reason
-            if status == "interrupted":  # the run it was training was cut short with it
-                self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
-                                   "('running', 'stopped')", (job_id,))
-            self._conn.execute("UPDATE runs SET stop_reason = ? WHERE job_id = ? AND status IN ('stopped', "
-                               "'interrupted') AND COALESCE(stop_reason, '') = ''", (why, job_id))
-
-    @explained
-    def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
-             kinds: Iterable[str] | None = None, statuses: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
-        """Jobs newest first, optionally of one workspace, some ids, kinds or statuses."""
-        where, params = [], []
-        if workspace is not None:
-            where.append("workspace = ?")
-            params.append(workspace)
-        for column, values in (("job_id", job_ids), ("kind", kinds), ("status", statuses)):
-            if values is not None:
-                values = list(values)
-                where.append(f"{column} IN ({', '.join('?' for _ in values) or 'NULL'})")
-                params += values
-        sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
-        return [dict(zip(JOB_COLUMNS, r)) for r in rows]
-
-    def job(self, job_id: str) -> dict | None:
-        found = self.jobs(job_ids=[job_id], limit=1)
-        return found[0] if found else None
-
-    @explained
-    def queue_position(self, job_id: str) -> int:
-        """1-based place among the queued jobs (0 when not queued)."""
-        with self._lock:
-            row = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
-                                     "(SELECT seq FROM jobs WHERE job_id = ? AND status = 'queued')",
-                                     (job_id,)).fetchone()
-        return int(row[0]) if row else 0
-
+    # ------------------------------------------------------------------------------ runs of jobs
     def job_runs(self, job_id: str) -> pd.DataFrame:
         """The runs a job has started, in start order, with how many iterations each has stored."""
         return pd.DataFrame(self.job_run_rows(job_id), columns=[*RUN_COLUMNS, "iterations_done"])
@@ -476,41 +367,6 @@ class ResultStore:
                                       f"({', '.join('?' for _ in ids)}) AND COALESCE(job_id, '') != ''",
                                       ids).fetchall()
         return dict(rows)
-
-    # ------------------------------------------------------------------------------ workers
-    @explained
-    def register_worker(self, worker: str, slot: int, device: str, parent_pid: int | None) -> bool:
-        """Claim worker slot `slot` for `worker`, unless a live worker already holds it."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._conn.execute("SELECT worker, heartbeat_at FROM workers WHERE slot = ?", (slot,)).fetchall()
-                live = [w for w, beat in rows if w != worker and not owner_dead(w)
-                        and time.time() - (beat or 0) < WORKER_STALE_S]
-                if not live:
-                    self._conn.execute("DELETE FROM workers WHERE slot = ?", (slot,))
-                    self._conn.execute("INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, '')",
-                                       (worker, slot, device, parent_pid, time.time(), time.time()))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return not live
-
-    def worker_heartbeat(self, worker: str, job_id: str = "") -> None:
-        self._write("UPDATE workers SET heartbeat_at = ?, job_id = ? WHERE worker = ?", (time.time(), job_id, worker))
-
-    def unregister_worker(self, worker: str) -> None:
-        self._write("DELETE FROM workers WHERE worker = ?", (worker,))
-
-    @explained
-    def live_workers(self) -> list[dict]:
-        """Workers whose process is alive (on this machine) and whose heartbeat is recent."""
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers").fetchall()
-        now = time.time()
-        return [dict(zip(WORKER_COLUMNS, r)) for r in rows
-                if not owner_dead(r[0]) and now - (r[5] or 0) < WORKER_STALE_S]
 
     # ------------------------------------------------------------------------------ reads
     @explained

@@ -1,5 +1,5 @@
-"""Training jobs as data in the results store: a `JobSpec` (what to train, as JSON), the small
-runner interface the pages and the CLI use (submit, poll, stop), the store-backed runner, and
+"""Training jobs as data in the results database: a `JobSpec` (what to train, as JSON), the small
+runner interface the pages and the CLI use (submit, poll, stop), the queue-backed runner, and
 `execute`, which a worker process (worker.py) or the CLI calls to train one job. Another
 executor (a Ray cluster, say) can run the same specs. Never imports streamlit.
 """
@@ -19,7 +19,8 @@ from mnist_lab.data.datasets import DataConfig, DataUnavailableError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
 from mnist_lab.nets.models import ModelConfig, describe
-from mnist_lab.runs.store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
+from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
+from mnist_lab.service.queue import JOB_ACTIVE, JobQueue
 from mnist_lab.training.loop import CancelFlag, Progress, TrainConfig
 
 KINDS = ("train", "sweep", "compare", "lesson")
@@ -112,12 +113,13 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
     spec.validate()
     job_id = uuid.uuid4().hex
-    store.start_job_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+    queue = JobQueue(store)
+    queue.start_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(poll_s):
-            if store.stop_requested(job_id):
+            if queue.stop_requested(job_id):
                 cancel.set()
     watcher = threading.Thread(target=watch, name="mnist-lab-stop-watch", daemon=True)
     watcher.start()
@@ -126,14 +128,15 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
             result = execute(spec, store, cancel=cancel, on_progress=on_progress)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        store.finish_job(job_id, "interrupted" if interrupted else "failed",
+        queue.finish(job_id, "interrupted" if interrupted else "failed",
                          reason="aborted with a second Ctrl-C" if interrupted else "", error=readable_error(exc))
         raise
     finally:
         done.set()
         watcher.join()
-    by_ctrl_c = result.status == "stopped" and not store.stop_requested(job_id)  # else the request says why
-    store.finish_job(job_id, result.status, reason="stopped with Ctrl-C" if by_ctrl_c else "")
+    by_ctrl_c = result.status == "stopped" and not queue.stop_requested(job_id)  # else the request says why
+    queue.finish(job_id, result.status, reason="stopped with Ctrl-C" if by_ctrl_c else "")
+    queue.close()
     return result
 
 
@@ -210,9 +213,10 @@ def _spec(text: str) -> JobSpec | None:
         return None
 
 
-def job_view(store: ResultStore, row: dict) -> JobView:
+def job_view(queue: JobQueue, row: dict) -> JobView:
+    """The job `row` (a `JobQueue.jobs` row) and its runs as the store has them now."""
     now = time.time()
-    rows = store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
+    rows = queue.store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
     runs = [RunView(r["run_id"], r["label"] or "", r["status"], int(r["iterations_done"]),
                     int(r["steps_per_epoch"] or 0) * int(r["epochs"] or 0), int(r["steps_per_epoch"] or 0),
                     int(r["epochs_done"] or 0), r["final_test_acc"], r["engine"] or "", r["stop_reason"] or "")
@@ -235,7 +239,7 @@ def job_view(store: ResultStore, row: dict) -> JobView:
     elif status == "running" and fraction > 0:
         eta = elapsed / fraction * (1 - fraction)
     return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
-                   store.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
+                   queue.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
                    elapsed, eta, row["error"] or "", row["stop_reason"] or "", bool(row["stop_requested"]),
                    _spec(row["spec"]), row["created_at"] or 0.0)
 
@@ -253,38 +257,40 @@ class JobRunner(Protocol):
 
 
 class StoreRunner:
-    """Jobs queued in the results store and trained by worker processes that watch it
+    """Jobs queued in the results database and trained by worker processes that watch it
     (`python -m mnist_lab worker`, or the one the app starts). A workspace may have one job
-    training and `queue_limit` more waiting."""
+    training and `queue_limit` more waiting. `queue`: the store's JobQueue when the caller keeps
+    one open (the app), else one of its own."""
 
-    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT):
+    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT, queue: JobQueue | None = None):
         self.store = store
+        self.queue = queue if queue is not None else JobQueue(store)
         self.queue_limit = queue_limit
 
     def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str:
         spec.validate()
         runs_total = spec.runs_total()  # validates a sweep's cells too
-        active = [j for j in self.store.jobs(workspace=workspace, limit=1000) if j["status"] in JOB_ACTIVE]
+        active = self.queue.jobs(workspace=workspace, statuses=JOB_ACTIVE, limit=1000)
         if len(active) >= 1 + self.queue_limit:
             raise QueueFullError(f"You already have {len(active)} jobs training or waiting (at most "
                                  f"{1 + self.queue_limit}): wait for one to finish, or stop one, then start this one.")
         job_id = uuid.uuid4().hex  # unguessable
-        self.store.submit_job(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total)
+        self.queue.submit(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total)
         return job_id
 
     def poll(self, job_id: str) -> JobView | None:
-        row = self.store.job(job_id) if job_id else None
-        return job_view(self.store, row) if row else None
+        row = self.queue.job(job_id) if job_id else None
+        return job_view(self.queue, row) if row else None
 
     def stop(self, job_id: str, reason: str = "stopped by you") -> bool:
-        return self.store.request_stop(job_id, reason)
+        return self.queue.request_stop(job_id, reason)
 
     def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, active: bool = False,
              limit: int = 20) -> list[JobView]:
         """A workspace's jobs (every workspace's for None), newest first; only queued and
         running ones if `active`."""
-        rows = self.store.jobs(workspace=workspace, kinds=kinds, statuses=JOB_ACTIVE if active else None, limit=limit)
-        return [job_view(self.store, row) for row in rows]
+        rows = self.queue.jobs(workspace=workspace, kinds=kinds, statuses=JOB_ACTIVE if active else None, limit=limit)
+        return [job_view(self.queue, row) for row in rows]
 
     def wait(self, job_id: str, timeout: float, every_s: float = 0.1) -> JobView | None:
         """Poll until the job ends or `timeout` seconds pass (tests, scripts); its last view."""
