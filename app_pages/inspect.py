@@ -14,7 +14,7 @@ from app_lib.inspect_charts import (
     tile,
 )
 from app_lib.lang import _, current
-from app_lib.shared import result_store, run_scope
+from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
 from app_lib.widgets import label_words, table
 from mnist_lab.errors import StoreError
@@ -42,7 +42,7 @@ def test_arrays(db: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
 st.title(_("Inspect a trained network"))
 try:
     store = result_store()
-    runs = store.visible_runs(run_scope())
+    runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
 except StoreError as exc:
     st.error(plain(str(exc)), icon=":material/database:")
     st.stop()
@@ -62,6 +62,8 @@ if st.session_state.insp_run not in labels:
 run_id = st.selectbox(_("Run"), list(labels), format_func=labels.get, key="insp_run")
 st.query_params["run"] = run_id
 db = str(store.path)
+if not runner().may_see_run(run_id):  # another workspace's run: not loaded, not even named
+    st.stop()
 try:
     run = loaded(db, run_id)
     conf = confusion_of(db, run_id)

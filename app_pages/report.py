@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app_lib.lang import N_, _, current
-from app_lib.shared import result_store, run_scope
+from app_lib.shared import result_store, run_scope, runner
 from app_lib.text import local_times
 from app_lib.widgets import label_words
 from mnist_lab.lab.report import build_report, findings_json, to_docx, to_html, to_markdown_zip
@@ -38,7 +38,7 @@ store = result_store()
 lang = current()
 
 scope = run_scope()
-runs = store.visible_runs(scope)
+runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
 done = runs[runs["status"] == "finished"]
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
 names = {r.run_id: f"{label_words(r.label)} · {t} · {r.run_id[-6:]}"

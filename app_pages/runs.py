@@ -29,7 +29,7 @@ try:
     store = result_store()
     job_queue().mark_interrupted()  # jobs and runs whose process died since (a killed CLI run, a restarted server)
     scope = run_scope()  # None: every run; else this session's own workspace (shared mode)
-    runs = store.visible_runs(scope)
+    runs = runner().runs()
 except StoreError as exc:
     st.error(plain(render_error(exc)), icon=":material/database:")
     st.stop()
@@ -139,8 +139,7 @@ if training:
     jobs = store.run_jobs(training)
 
     def stop() -> None:
-        for job_id in set(jobs.values()):
-            runner().stop(job_id, STOPPED_BY_YOU)
+        runner().stop_runs(sorted(training), STOPPED_BY_YOU)
     st.button(_("Stop the {n} selected run(s) still training").format(n=len(training)), key="runs_stop_btn",
               on_click=stop, disabled=not jobs,
               help=_("Ends each at its next iteration (a sweep or comparison stops as a whole); what it finished is "
@@ -151,7 +150,7 @@ if training:
 
 
 def delete() -> None:
-    store.delete_runs(deletable)
+    runner().delete_runs(deletable)
     st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r not in deletable]
     st.session_state.runs_sure = False
 

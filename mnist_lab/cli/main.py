@@ -40,6 +40,7 @@ from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, 
 from mnist_lab.nets.models import PRESETS, ModelConfig, count_params, get_preset
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.access import LOCAL
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.training.loop import ENGINES, TrainConfig, fallback_reason, resolve_device
 
@@ -227,7 +228,7 @@ def cmd_report(args) -> int:
     if args.db is not None and not Path(args.db).is_file():
         raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
                          .format(db=args.db))
-    report = build_report(ResultStore(args.db), lang(), run_id=args.run)
+    report = build_report(ResultStore(args.db), lang(), run_id=args.run, workspace=LOCAL.scope)  # the local user's
     paths = write_report(report, args.out)
     for warning in report.warnings:
         print(_("note: {warning}").format(warning=warning), file=sys.stderr)

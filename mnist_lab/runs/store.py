@@ -368,6 +368,17 @@ class ResultStore:
                                       ids).fetchall()
         return dict(rows)
 
+    @explained
+    def run_workspaces(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """run_id -> the workspace it belongs to (a run of none is the local user's)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(f"SELECT run_id, COALESCE(NULLIF(workspace, ''), '{LOCAL_WORKSPACE}') FROM runs "
+                                      f"WHERE run_id IN ({', '.join('?' for _ in ids)})", ids).fetchall()
+        return dict(rows)
+
     # ------------------------------------------------------------------------------ reads
     @explained
     def _read(self, table: str, columns: list[str], run_ids: Iterable[str] | None, order: str) -> pd.DataFrame:

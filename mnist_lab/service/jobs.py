@@ -20,6 +20,7 @@ from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, r
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
 from mnist_lab.nets.models import ModelConfig, describe
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
+from mnist_lab.service.access import LOCAL, Asker, allowed, may
 from mnist_lab.service.queue import JOB_ACTIVE, JobQueue
 from mnist_lab.training.loop import CancelFlag, Progress, TrainConfig
 
@@ -249,7 +250,7 @@ def job_view(queue: JobQueue, row: dict) -> JobView:
 class JobRunner(Protocol):
     """What a page or a tool needs to have jobs trained somewhere else."""
 
-    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str: ...
+    def submit(self, spec: JobSpec, workspace: str | None = None) -> str: ...
 
     def poll(self, job_id: str) -> JobView | None: ...
 
@@ -258,16 +259,21 @@ class JobRunner(Protocol):
 
 class StoreRunner:
     """Jobs queued in the results database and trained by worker processes that watch it
-    (`python -m mnist_lab worker`, or the one the app starts). A workspace may have one job
+    (`python -m mnist_lab worker`, or the one the app starts), acting for `asker`: it polls,
+    lists, stops and deletes only what `access.may` lets them. A workspace may have one job
     training and `queue_limit` more waiting. `queue`: the store's JobQueue when the caller keeps
     one open (the app), else one of its own."""
 
-    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT, queue: JobQueue | None = None):
+    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT, queue: JobQueue | None = None,
+                 asker: Asker = LOCAL):
         self.store = store
         self.queue = queue if queue is not None else JobQueue(store)
         self.queue_limit = queue_limit
+        self.asker = asker
 
-    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str:
+    def submit(self, spec: JobSpec, workspace: str | None = None) -> str:
+        """Queue `spec` in `workspace` (the asker's own by default)."""
+        workspace = self.asker.workspace if workspace is None else workspace
         spec.validate()
         runs_total = spec.runs_total()  # validates a sweep's cells too
         active = self.queue.jobs(workspace=workspace, statuses=JOB_ACTIVE, limit=1000)
@@ -279,18 +285,39 @@ class StoreRunner:
         return job_id
 
     def poll(self, job_id: str) -> JobView | None:
+        """The job as it is now; None when there is none, or the asker may not see it."""
         row = self.queue.job(job_id) if job_id else None
-        return job_view(self.queue, row) if row else None
+        return job_view(self.queue, row) if row and may(self.asker, "see", row) else None
 
     def stop(self, job_id: str, reason: str = "stopped by you") -> bool:
-        return self.queue.request_stop(job_id, reason)
+        """Ask the job to stop; False when it is no longer active or the asker may not stop it."""
+        row = self.queue.job(job_id) if job_id else None
+        return bool(row) and may(self.asker, "stop", row) and self.queue.request_stop(job_id, reason)
 
     def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, active: bool = False,
              limit: int = 20) -> list[JobView]:
-        """A workspace's jobs (every workspace's for None), newest first; only queued and
-        running ones if `active`."""
+        """A workspace's jobs (every workspace's for None) that the asker may see, newest first;
+        only queued and running ones if `active`."""
         rows = self.queue.jobs(workspace=workspace, kinds=kinds, statuses=JOB_ACTIVE if active else None, limit=limit)
-        return [job_view(self.queue, row) for row in rows]
+        return [job_view(self.queue, row) for row in allowed(self.asker, "see", rows)]
+
+    def runs(self):
+        """The runs the asker may see (a DataFrame: `ResultStore.visible_runs`)."""
+        return self.store.visible_runs(self.asker.scope)
+
+    def may_see_run(self, run_id: str) -> bool:
+        owners = self.store.run_workspaces([run_id])
+        return run_id in owners and may(self.asker, "see", owners[run_id])
+
+    def stop_runs(self, run_ids: list[str], reason: str = "stopped by you") -> int:
+        """Stop the jobs that train `run_ids` (a sweep or comparison stops as a whole), those the
+        asker may stop; returns how many jobs were asked to stop."""
+        return sum(self.stop(job_id, reason) for job_id in set(self.store.run_jobs(run_ids).values()))
+
+    def delete_runs(self, run_ids: list[str]) -> int:
+        """Delete the runs among `run_ids` that the asker may delete; returns how many were."""
+        owners = self.store.run_workspaces(run_ids)
+        return self.store.delete_runs([r for r in run_ids if r in owners and may(self.asker, "delete", owners[r])])
 
     def wait(self, job_id: str, timeout: float, every_s: float = 0.1) -> JobView | None:
         """Poll until the job ends or `timeout` seconds pass (tests, scripts); its last view."""
