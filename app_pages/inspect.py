@@ -16,7 +16,7 @@ from app_lib.inspect_charts import (
 from app_lib.lang import _, current
 from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
-from app_lib.widgets import label_words, table
+from app_lib.widgets import run_labels, table
 from mnist_lab.errors import StoreError
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.export import export_zip
@@ -52,7 +52,8 @@ if runs.empty:
     st.info(_("No run can be inspected yet: runs keep their weights from this version on. Train one on the Train "
               "page, then come back."))
     st.stop()
-labels = {r.run_id: f"{label_words(r.label)} · {percent(r.final_test_acc)} · {r.run_id}" for r in runs.itertuples()}
+labels = {r.run_id: f"{label} · {percent(r.final_test_acc)} · {r.run_id}"
+          for r, label in zip(runs.itertuples(), run_labels(runs))}
 asked = st.query_params.get("run")
 if "insp_run" not in st.session_state or (asked in labels and asked != st.session_state.get("insp_asked")):
     st.session_state.insp_run = asked if asked in labels else next(iter(labels))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mnist_lab.data.datasets import DataConfig
+from mnist_lab.i18n import Message, render_stored
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.nets.models import PRESETS
 from mnist_lab.runs.store import ResultStore
@@ -154,10 +155,11 @@ def test_stop_from_another_process_ends_the_job_and_keeps_what_it_did(db, worker
     worker = worker_proc()
     wait_until(lambda: running_epoch(store, job_id, 1), what="the second epoch")
     code = ("import sys; from mnist_lab.runs.store import ResultStore; from mnist_lab.service.queue import JobQueue; "
-            "sys.exit(0 if JobQueue(ResultStore(sys.argv[1])).request_stop(sys.argv[2], 'stopped by you') else 1)")
+            "sys.exit(0 if JobQueue(ResultStore(sys.argv[1])).request_stop(sys.argv[2]) else 1)")
     subprocess.run([sys.executable, "-c", code, str(db), job_id], cwd=ROOT, check=True)
     view = StoreRunner(store).wait(job_id, timeout=30)
-    assert view.status == "stopped" and view.stop_reason == "stopped by you"
+    assert view.status == "stopped" and view.stop_reason == "stopped by you"  # its English; the code beside it
+    assert render_stored(view.stop_message, "zh_CN") == "由你停止" == render_stored(view.runs[0].stop_message, "zh_CN")
     run = store.runs()
     assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
     done = len(store.iterations())
@@ -199,6 +201,8 @@ def test_a_signalled_worker_ends_cleanly_and_says_why(db, worker_proc, sig):
     run = ResultStore(db).runs()
     assert run["status"].item() == "interrupted"
     assert run["stop_reason"].item() == f"the worker was stopped ({signal.Signals(sig).name}) while it trained"
+    assert render_stored(ResultStore(db).visible_runs(None)["stop_reason_msg"].item(), "zh_CN") == \
+        f"训练过程中训练进程被停止了（{signal.Signals(sig).name}）"
     queue = JobQueue(store)
     assert queue.job(job_id)["status"] == "interrupted" and not queue.live_workers()
 
@@ -227,7 +231,7 @@ def test_one_worker_per_slot(db):
     second.id = "otherhost:42"  # another process; slot 0 is held by a live worker
     assert second.run(max_jobs=1) == 1
     assert [w["worker"] for w in store.live_workers()] == [live.id]
-    live.quit_reason = "the test ended"
+    live.quit_reason = Message.verbatim("the test ended")
     thread.join(10)
     assert not thread.is_alive() and store.live_workers() == []
 

@@ -28,7 +28,7 @@ from mnist_lab.nets.models import (
     describe,
     match_fc_width,
 )
-from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore, run_row
+from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore, run_row
 from mnist_lab.training.loop import (
     CancelFlag,
     Progress,
@@ -262,7 +262,8 @@ def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, 
     jobs, keys = [], []
     for layers, kernel, hidden, cfg in cells:
         for seed in range(sweep.seeds):
-            label = f"{layers} conv × k{kernel}" + (f" + FC {hidden}" if hidden else "")
+            rest = f"k{kernel}" + (f" + FC {hidden}" if hidden else "")  # the architecture: no words to translate
+            label = Message(N_("{n} conv × {rest}"), {"n": layers, "rest": rest})
             jobs.append((cfg, replace(train_cfg, seed=seed), label))
             keys.append((layers, kernel, hidden, seed))
     results = run_many(jobs, data_cfg, store=store, on_progress=on_progress, cancel=cancel, experiment="sweep",
@@ -361,7 +362,9 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
     for pixels, permute in (("normal", False), ("permuted", True)):
         cell_data_cfg = replace(data_cfg, permute_pixels=permute, permutation_seed=compare.permutation_seed)
         keys = [(name, cfg, seed) for name, cfg in models.items() for seed in range(compare.seeds)]
-        jobs = [(cfg, replace(train_cfg, seed=seed), f"{name} / {pixels}") for name, cfg, seed in keys]
+        # a label is a str or a Message (shown in the reader's language; its English in runs.csv)
+        jobs = [(cfg, replace(train_cfg, seed=seed), Message(N_("{model} / {pixels}"), dict(model=name, pixels=pixels)))
+                for name, cfg, seed in keys]
         done = run_many(jobs, cell_data_cfg, store=store, on_progress=on_progress, cancel=cancel,
                         experiment="compare", group_id=group_id)
         results += done
@@ -489,5 +492,5 @@ def results_frames(results: list[RunResult], experiment: str = "single") -> dict
         spe = max(r.steps_per_epoch, 1)
         iterations += [dict(run_id=r.run_id, epoch=(i // spe) + 1, iteration=i + 1, loss=loss)
                        for i, loss in enumerate(r.losses)]
-    return {"runs": pd.DataFrame(runs), "epochs": pd.DataFrame(epochs, columns=EPOCH_COLUMNS),
+    return {"runs": pd.DataFrame(runs, columns=RUN_COLUMNS), "epochs": pd.DataFrame(epochs, columns=EPOCH_COLUMNS),
             "iterations": pd.DataFrame(iterations, columns=ITERATION_COLUMNS)}

@@ -20,10 +20,11 @@ import pandas as pd
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import StoreError
+from mnist_lab.i18n import N_, SEPARATOR, Message, render_stored, to_stored
 from mnist_lab.nets.models import ModelConfig
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs import schema
-from mnist_lab.training.loop import EpochMetrics, Progress, RunResult, TrainConfig, run_label  # noqa: F401 - run_label re-exported
+from mnist_lab.training.loop import EpochMetrics, Progress, RunResult, TrainConfig, label_parts, run_label  # noqa: F401 - run_label re-exported
 
 IDENTITY_COLUMNS = ["run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device",
                     "engine", "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message"]
@@ -61,32 +62,46 @@ ITERATION_COLUMNS = ["run_id", "epoch", "iteration", "loss"]
 # it and that job's workspace (who may see, stop and delete it on a shared server).
 _OWNER = "owner"
 _PRIVATE = (_OWNER, "job_id", "workspace")
+# Not exported either: the label and the stop reason as stored messages (i18n.to_stored), which
+# each reader renders in their language; `label` and `stop_reason` keep their English for runs.csv.
+# NULL in a run of an earlier version: its English is shown as it is.
+MESSAGES = ("label_msg", "stop_reason_msg")
+VISIBLE_EXTRA = ["workspace", "job_id", *MESSAGES]  # visible_runs' columns beyond RUN_COLUMNS (not in runs.csv)
 LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
 
 
 
 def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
-            experiment: str = "single", group_id: str = "", label: str = "", status: str = "running",
+            experiment: str = "single", group_id: str = "", label: str | Message = "", status: str = "running",
             started_at: str = "", seconds: float = 0.0, device: str = "", engine: str = "", params: int = 0,
             final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
             steps_per_epoch: int = 0, stop_reason: str = "", diverged_at: int | None = None,
             message: str = "") -> dict:
     """One `runs` row: identity, outcome, every config field (tuples as 'a-b', block lists as
-    JSON), library versions."""
+    JSON), library versions; and `label_msg`, the label as a stored message. `label` is a Message,
+    or text (a lesson variant's msgid, a cell's name: looked up in the catalog, else shown as
+    given); none: the run's default label (`label_parts`)."""
     import torch
 
     from mnist_lab import __version__
 
     # every key here is a column: RUN_COLUMNS derives from the same dataclass fields
     row = {**codec.to_row(data_cfg, RENAMED), **codec.to_row(train_cfg, RENAMED), **codec.to_row(model_cfg, RENAMED)}
-    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or run_label(model_cfg, data_cfg),
+    if isinstance(label, Message):
+        parts, english = [label], str(label)
+    elif label:  # a msgid or a person's words, never formatted (it may hold braces)
+        parts, english = [Message(label)], label
+    else:
+        parts = label_parts(model_cfg, data_cfg)
+        english = SEPARATOR.join(str(part) for part in parts)
+    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=english, label_msg=to_stored(parts),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
                diverged_at=diverged_at, message=message, steps_per_epoch=steps_per_epoch, stop_reason=stop_reason,
                conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__,
                torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
-    return {c: row.get(c) for c in RUN_COLUMNS}
+    return {c: row.get(c) for c in (*RUN_COLUMNS, "label_msg")}
 
 
 def _torchvision_version() -> str:
@@ -202,11 +217,11 @@ class ResultStore:
             self._context = previous
 
     def start_run(self, row: dict) -> None:
-        cols = ", ".join([*RUN_COLUMNS, *_PRIVATE])
-        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(_PRIVATE)))
+        cols = ", ".join([*RUN_COLUMNS, *MESSAGES, *_PRIVATE])
+        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(MESSAGES) + len(_PRIVATE)))
         ctx = self._context
         self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
-                    (*(row.get(c) for c in RUN_COLUMNS), owner_id(), ctx.get("job_id", ""),
+                    (*(row.get(c) for c in (*RUN_COLUMNS, *MESSAGES)), owner_id(), ctx.get("job_id", ""),
                      ctx.get("workspace", LOCAL_WORKSPACE)))
 
     @explained
@@ -217,24 +232,29 @@ class ResultStore:
         Returns how many runs changed. (A job's dead worker is the queue's: JobQueue.mark_interrupted.)"""
         with self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
-        dead = [run_id for run_id, owner in runs if owner_dead(owner)]
-        if dead:
-            marks = ", ".join("?" for _ in dead)
-            self._write(f"UPDATE runs SET status = 'interrupted', stop_reason = COALESCE(NULLIF(stop_reason, ''), "
-                        f"'its process (' || {_OWNER} || ') ended before the run finished (killed or crashed)') "
-                        f"WHERE status = 'running' AND run_id IN ({marks})", tuple(dead))
+        dead = [(run_id, owner) for run_id, owner in runs if owner_dead(owner)]
+        why = [Message(N_("its process ({owner}) ended before the run finished (killed or crashed)"), {"owner": owner})
+               for _, owner in dead]
+        # a reason it already has (its job's, written first) is kept
+        self._write("UPDATE runs SET status = 'interrupted', "
+                    "stop_reason_msg = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason_msg END, "
+                    "stop_reason = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason END "
+                    "WHERE status = 'running' AND run_id = ?",
+                    [(to_stored(m), str(m), run_id) for m, (run_id, _) in zip(why, dead)])
         return len(dead)
 
     @explained
     def end_job_runs(self, job_id: str, status: str, reason: str) -> None:
-        """A job ended with `status`: its runs cut short with it say why (`reason`), and an
-        interrupted job's run in progress is interrupted too."""
+        """A job ended with `status`: its runs cut short with it say why (`reason`, a stored
+        message; the English beside it for runs.csv), and an interrupted job's run in progress is
+        interrupted too."""
         with self._lock, self._conn:
             if status == "interrupted":  # the run it was training was cut short with it
                 self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
                                    "('running', 'stopped')", (job_id,))
-            self._conn.execute("UPDATE runs SET stop_reason = ? WHERE job_id = ? AND status IN ('stopped', "
-                               "'interrupted') AND COALESCE(stop_reason, '') = ''", (reason, job_id))
+            self._conn.execute("UPDATE runs SET stop_reason = ?, stop_reason_msg = ? WHERE job_id = ? AND status IN "
+                               "('stopped', 'interrupted') AND COALESCE(stop_reason, '') = ''",
+                               (render_stored(reason, "en"), reason or None, job_id))
 
     def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
         rows = [(run_id, (it - 1) // steps_per_epoch + 1, it, loss, run_id)
@@ -345,10 +365,10 @@ class ResultStore:
 
     @explained
     def visible_runs(self, workspace: str | None) -> pd.DataFrame:
-        """`runs()` plus each run's workspace and job, restricted to one workspace (None: every
-        run, for a local user or a teacher)."""
+        """`runs()` plus each run's workspace and job and its stored messages (VISIBLE_EXTRA),
+        restricted to one workspace (None: every run, for a local user or a teacher)."""
         sql = (f"SELECT {', '.join(RUN_COLUMNS)}, COALESCE(workspace, '{LOCAL_WORKSPACE}') AS workspace, "
-               "job_id FROM runs")
+               f"job_id, {', '.join(MESSAGES)} FROM runs")
         params: list = []
         if workspace is not None:
             sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') = ?"

@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError
+from mnist_lab.i18n import N_, Message, render, render_stored
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
 from mnist_lab.nets.models import ModelConfig, describe
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.access import LOCAL, Asker, allowed, may
-from mnist_lab.service.queue import JOB_ACTIVE, JobQueue
+from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_YOU, JobQueue
 from mnist_lab.training.loop import CancelFlag, Progress, TrainConfig
 
 KINDS = ("train", "sweep", "compare", "lesson")
@@ -130,25 +131,33 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         queue.finish(job_id, "interrupted" if interrupted else "failed",
-                         reason="aborted with a second Ctrl-C" if interrupted else "", error=readable_error(exc))
+                     reason=Message(N_("aborted with a second Ctrl-C")) if interrupted else None,
+                     error=readable_error(exc))
         raise
     finally:
         done.set()
         watcher.join()
     by_ctrl_c = result.status == "stopped" and not queue.stop_requested(job_id)  # else the request says why
-    queue.finish(job_id, result.status, reason="stopped with Ctrl-C" if by_ctrl_c else "")
+    queue.finish(job_id, result.status, reason=Message(N_("stopped with Ctrl-C")) if by_ctrl_c else None)
     queue.close()
     return result
 
 
-def readable_error(exc: BaseException) -> str:
-    """A message a student can act on: the core's own ValueError text, or the exception named."""
+def readable_error(exc: BaseException) -> Message:
+    """A message a student can act on, as data: the core's refusal (its template and values), its
+    own ValueError text, or the exception named (those two shown as they are in every language)."""
+    template, params = getattr(exc, "template", None), getattr(exc, "params", None)
+    if isinstance(template, str) and isinstance(params, dict):
+        message = Message(template, {k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+                                     for k, v in params.items()})
+        if render(message, "en") == render(exc, "en"):  # its values survive storing (a tuple, an object may not)
+            return message
     if isinstance(exc, (ValueError, DataUnavailableError)):
-        return str(exc)
+        return Message.verbatim(str(exc))
     if isinstance(exc, MemoryError):
-        return "Out of memory: use a smaller training subset, batch size or network."
+        return Message(N_("Out of memory: use a smaller training subset, batch size or network."))
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return Message.verbatim(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------------ views
@@ -166,7 +175,8 @@ class RunView:
     epochs_done: int
     final_test_acc: float | None
     engine: str
-    stop_reason: str
+    stop_reason: str  # in English (runs.csv's); `stop_message` is what a reader renders
+    stop_message: str = ""  # the stored message (i18n.render_stored); '' for none
 
 
 @dataclass(frozen=True)
@@ -184,11 +194,13 @@ class JobView:
     fraction: float  # of the whole job, in [0, 1]
     elapsed_s: float  # since the job left the queue
     eta_s: float | None
-    error: str
-    stop_reason: str
+    error: str  # in English; `error_message` is the stored message a reader renders
+    stop_reason: str  # in English; `stop_message` is the stored message a reader renders
     stop_requested: bool
     spec: JobSpec | None
     created_at: float
+    error_message: str = ""
+    stop_message: str = ""
 
     @property
     def active(self) -> bool:
@@ -203,7 +215,7 @@ def _seconds_since(iso: str | None, now: float) -> float | None:
 
 
 _VIEW_COLUMNS = ("run_id", "label", "status", "started_at", "steps_per_epoch", "epochs", "epochs_done",
-                 "final_test_acc", "engine", "stop_reason")
+                 "final_test_acc", "engine", "stop_reason", "stop_reason_msg")
 
 
 @lru_cache(maxsize=256)
@@ -220,7 +232,8 @@ def job_view(queue: JobQueue, row: dict) -> JobView:
     rows = queue.store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
     runs = [RunView(r["run_id"], r["label"] or "", r["status"], int(r["iterations_done"]),
                     int(r["steps_per_epoch"] or 0) * int(r["epochs"] or 0), int(r["steps_per_epoch"] or 0),
-                    int(r["epochs_done"] or 0), r["final_test_acc"], r["engine"] or "", r["stop_reason"] or "")
+                    int(r["epochs_done"] or 0), r["final_test_acc"], r["engine"] or "", r["stop_reason"] or "",
+                    r["stop_reason_msg"] or r["stop_reason"] or "")
             for r in rows]
     total = max(int(row["runs_total"] or 1), 1)
     done = sum(r.status != "running" for r in runs)
@@ -241,8 +254,9 @@ def job_view(queue: JobQueue, row: dict) -> JobView:
         eta = elapsed / fraction * (1 - fraction)
     return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
                    queue.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
-                   elapsed, eta, row["error"] or "", row["stop_reason"] or "", bool(row["stop_requested"]),
-                   _spec(row["spec"]), row["created_at"] or 0.0)
+                   elapsed, eta, render_stored(row["error"], "en"), render_stored(row["stop_reason"], "en"),
+                   bool(row["stop_requested"]), _spec(row["spec"]), row["created_at"] or 0.0, row["error"] or "",
+                   row["stop_reason"] or "")
 
 
 # ------------------------------------------------------------------------------------ runners
@@ -254,7 +268,7 @@ class JobRunner(Protocol):
 
     def poll(self, job_id: str) -> JobView | None: ...
 
-    def stop(self, job_id: str, reason: str = "stopped by you") -> bool: ...
+    def stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool: ...
 
 
 class StoreRunner:
@@ -289,7 +303,7 @@ class StoreRunner:
         row = self.queue.job(job_id) if job_id else None
         return job_view(self.queue, row) if row and may(self.asker, "see", row) else None
 
-    def stop(self, job_id: str, reason: str = "stopped by you") -> bool:
+    def stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool:
         """Ask the job to stop; False when it is no longer active or the asker may not stop it."""
         row = self.queue.job(job_id) if job_id else None
         return bool(row) and may(self.asker, "stop", row) and self.queue.request_stop(job_id, reason)
@@ -309,7 +323,7 @@ class StoreRunner:
         owners = self.store.run_workspaces([run_id])
         return run_id in owners and may(self.asker, "see", owners[run_id])
 
-    def stop_runs(self, run_ids: list[str], reason: str = "stopped by you") -> int:
+    def stop_runs(self, run_ids: list[str], reason: Message = STOPPED_BY_YOU) -> int:
         """Stop the jobs that train `run_ids` (a sweep or comparison stops as a whole), those the
         asker may stop; returns how many jobs were asked to stop."""
         return sum(self.stop(job_id, reason) for job_id in set(self.store.run_jobs(run_ids).values()))

@@ -10,11 +10,14 @@ import threading
 import time
 from collections.abc import Iterable
 
+from mnist_lab.i18n import N_, Message, to_stored
 from mnist_lab.runs.store import ResultStore, explained, owner_dead, owner_id
 
 JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
                "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
 JOB_ACTIVE = ("queued", "running")
+# A job's `stop_reason` and `error` are stored messages (i18n.to_stored); a reader renders them.
+STOPPED_BY_YOU = Message(N_("stopped by you"))
 WORKER_COLUMNS = ["worker", "slot", "device", "parent_pid", "started_at", "heartbeat_at", "job_id"]
 WORKER_STALE_S = 30.0  # a worker that has not written its heartbeat for this long is gone
 
@@ -79,10 +82,10 @@ class JobQueue:
         return job
 
     @explained
-    def request_stop(self, job_id: str, reason: str = "stopped by you") -> bool:
+    def request_stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool:
         """Ask a job to stop, saying why: a queued one ends at once, a running one at its next
         iteration (its worker reads the request). Returns whether the job was still active."""
-        why = reason
+        why = to_stored(reason)
         with self._lock, self._conn:
             n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
                                    "finished_at = ? WHERE job_id = ? AND status = 'queued'",
@@ -98,14 +101,15 @@ class JobQueue:
         return bool(row and row[0])
 
     @explained
-    def finish(self, job_id: str, status: str, reason: str = "", error: str = "") -> None:
+    def finish(self, job_id: str, status: str, reason: Message | None = None, error: Message | None = None) -> None:
         """End a job, and give its runs that ended early (stopped, interrupted) the job's reason
         (the one given here, else the stop request's)."""
-        given = reason
+        given = to_stored(reason) if reason is not None else ""
+        failed = to_stored(error) if error is not None else ""
         with self._lock, self._conn:
             self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
                                "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
-                               (status, given, given, error, time.time(), job_id))
+                               (status, given, given, failed, time.time(), job_id))
             row = self._conn.execute("SELECT stop_reason FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         self.store.end_job_runs(job_id, status, row[0] if row and row[0] else given)
 
@@ -152,8 +156,9 @@ class JobQueue:
             jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
         for job_id, worker in jobs:
             if owner_dead(worker):
-                self.finish(job_id, "interrupted",
-                            reason=f"the worker process ({worker}) ended before the job finished (killed or crashed)")
+                self.finish(job_id, "interrupted", reason=Message(
+                    N_("the worker process ({worker}) ended before the job finished (killed or crashed)"),
+                    {"worker": worker}))
         return self.store.mark_interrupted()
 
     # ------------------------------------------------------------------------------ workers

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnist_lab.i18n import N_, Message
 from mnist_lab.runs.store import ResultStore, owner_dead, owner_id
 from mnist_lab.service.jobs import JobSpec, execute, readable_error
 from mnist_lab.service.queue import JobQueue
@@ -44,14 +45,14 @@ class Worker:
         self.queue = JobQueue(self.store)
         self.id = owner_id()
         self.cancel = threading.Event()  # the job in progress should end now
-        self.quit_reason = ""  # set when the whole worker should end (a signal, the server gone)
+        self.quit_reason: Message | None = None  # set when the whole worker should end (a signal, the server gone)
         self.job_id = ""
 
     # ------------------------------------------------------------------------------ signals
     def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        who = "the server" if self.cfg.parent_pid else "the worker"
-        self.quit_reason = self.quit_reason or f"{who} was stopped ({name}) while it trained"
+        why = (N_("the server was stopped ({signal}) while it trained") if self.cfg.parent_pid else
+               N_("the worker was stopped ({signal}) while it trained"))
+        self.quit_reason = self.quit_reason or Message(why, {"signal": signal.Signals(signum).name})
         self.cancel.set()
 
     def _parent_gone(self) -> bool:
@@ -114,11 +115,13 @@ class Worker:
             if self.queue.stop_requested(job_id):
                 self.cancel.set()
             if self._parent_gone():
-                self.quit_reason = self.quit_reason or "the server stopped (restarted or killed) while it trained"
+                self.quit_reason = self.quit_reason or Message(
+                    N_("the server stopped (restarted or killed) while it trained"))
                 self.cancel.set()
             limit = self.cfg.max_job_s
             if limit is not None and time.monotonic() - started > limit:
-                self.queue.request_stop(job_id, f"timed out: jobs on this server may train for at most {limit:.0f} s")
+                self.queue.request_stop(job_id, Message(
+                    N_("timed out: jobs on this server may train for at most {limit} s"), {"limit": f"{limit:.0f}"}))
                 self.cancel.set()
             if time.monotonic() - beat > HEARTBEAT_S:
                 self.queue.heartbeat(self.id, job_id)
