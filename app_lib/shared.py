@@ -15,8 +15,10 @@ from mnist_lab.data.datasets import DATASETS, MNIST, DataConfig, RawSplits, Samp
 from mnist_lab.i18n import N_
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
+from mnist_lab.service.access import Asker, may
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.policy import ServerPolicy
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.service.worker import spawn_worker
 from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
@@ -46,8 +48,20 @@ def result_store() -> ResultStore:
     return _store(str(default_db_path()))  # keyed by path, so $MNIST_LAB_DB is honoured
 
 
+@st.cache_resource
+def _queue(path: str) -> JobQueue:
+    return JobQueue(_store(path))
+
+
+def job_queue() -> JobQueue:
+    """The job queue and worker registry in the result store's file."""
+    return _queue(str(default_db_path()))
+
+
 def runner() -> StoreRunner:
-    return StoreRunner(result_store(), queue_limit=server_policy().queue_limit)
+    """The job runner acting for this session (`asker`): it shows, stops and deletes only what
+    `mnist_lab.service.access.may` lets this session."""
+    return StoreRunner(result_store(), queue_limit=server_policy().queue_limit, queue=job_queue(), asker=asker())
 
 
 @st.cache_resource
@@ -63,7 +77,7 @@ def ensure_workers() -> None:
     store, policy = result_store(), server_policy()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     wanted = policy.workers or max(gpus, 1)
-    live = {w["slot"] for w in store.live_workers()}
+    live = {w["slot"] for w in job_queue().live_workers()}
     spawned = spawned_workers()
     idle = os.environ.get(WORKER_IDLE_ENV)
     for slot in range(wanted):
@@ -97,18 +111,20 @@ def is_teacher() -> bool:
     return server_policy().is_teacher(st.session_state.get("teacher_token"))
 
 
+def asker() -> Asker:
+    """Who this session is, for `mnist_lab.service.access.may`: its workspace and role."""
+    return server_policy().asker(workspace(), st.session_state.get("teacher_token"))
+
+
 def run_scope() -> str | None:
     """Whose runs this session may see: None for every run (a local user, a teacher, or a
     shared server with the class view on), else its own workspace."""
-    policy = server_policy()
-    if not policy.shared or policy.class_view or is_teacher():
-        return None
-    return workspace()
+    return asker().scope
 
 
 def may_change(run_workspace: str | None) -> bool:
     """Whether this session may stop or delete a run of `run_workspace`."""
-    return not server_policy().shared or is_teacher() or run_workspace == workspace()
+    return may(asker(), "delete", run_workspace)
 
 
 @st.cache_resource

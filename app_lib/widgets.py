@@ -11,22 +11,18 @@ import pandas as pd
 import streamlit as st
 
 from mnist_lab import i18n
+from mnist_lab.i18n import render_stored
 from mnist_lab.nets.model import ModelConfig, summarize
 from mnist_lab.service.jobs import JobSpec, JobView
 from mnist_lab.service.policy import estimate_seconds
 
 from .charts import loss_figure
-from .lang import N_, _, render_error
-from .shared import PAGE_KINDS, ensure_workers, result_store, runner, server_policy, workspace
+from .lang import N_, _, current, render_error
+from .shared import PAGE_KINDS, ensure_workers, job_queue, result_store, runner, server_policy, workspace
 from .text import percent, plain
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
 QUEUED_POLL_S = 3.0  # a job with others ahead only moves up the queue: every refresh costs its browser a redraw
-STOPPED_BY_YOU = N_("stopped by you")  # a stop reason the store keeps in English; shown through _()
-# The reasons the app and the CLI store (in English, as data), as msgids: the Runs page shows them via _().
-STOP_REASONS = (STOPPED_BY_YOU, N_("stopped with Ctrl-C"), N_("aborted with a second Ctrl-C"), N_("stopped"),
-                N_("interrupted"))
-
 # The jargon the pages use, explained once (msgids; shown through _() as help texts).
 PADDING_HELP = N_("'valid': no padding, so each k×k convolution shrinks the image by k−1 pixels (28 → 24 for k=5) "
                   "and deep nets with big kernels do not fit. 'same': zeros are added around the border so the "
@@ -75,51 +71,21 @@ WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N
                    N_("all")))
 
 
-# A run's label is stored in English (mnist_lab.store.run_label, the experiments' cell names): its
-# known parts are worded here where it is shown; anything else (a label a person wrote) stays as it is.
-_LABEL_PARTS = [(re.compile(r"^([\d,]+) images$"), N_("{n} images")),
-                (re.compile(r"^(\w+) normalisation$"), N_("{n} normalisation")),
-                (re.compile(r"^(\d+) conv × (k\d+.*)$"), N_("{n} conv × {rest}"))]
+def said(stored: object, english: object = "") -> str:
+    """A stored message (a stop reason, an error, a run's label: mnist_lab.i18n.to_stored) in the
+    session's language; without one (a run of an earlier version), its stored `english` as it is."""
+    return render_stored(stored, current(), english)
 
 
-def label_words(label: str) -> str:
-    """A stored run label ('FC 8-8-10 · 256 images', 'CNN / permuted') in the session's language."""
-    parts = []
-    for part in str(label).split(" · "):
-        if " / " in part:
-            part = " / ".join(_(w) if w in WORDS else w for w in part.split(" / "))
-        elif part == "permuted pixels":
-            part = _("permuted pixels")
-        for pattern, template in _LABEL_PARTS:
-            if m := pattern.match(part):
-                part = _(template).format(n=m.group(1), rest=m.group(2) if pattern.groups > 1 else "")
-        parts.append(part)
-    return " · ".join(parts)
+def run_labels(runs: pd.DataFrame) -> pd.Series:
+    """Each run's label in the session's language (`runs`: ResultStore.visible_runs rows)."""
+    return pd.Series([said(m, e) for e, m in zip(runs["label"], runs["label_msg"])], index=runs.index, dtype=object)
 
 
-# The stop reasons the worker and the store write with values inside (stored in English, as data).
-_REASONS = [
-    (re.compile(r"^the worker process \((?P<worker>.+)\) ended before the job finished \(killed or crashed\)$"),
-     N_("the worker process ({worker}) ended before the job finished (killed or crashed)")),
-    (re.compile(r"^its process \((?P<owner>.+)\) ended before the run finished \(killed or crashed\)$"),
-     N_("its process ({owner}) ended before the run finished (killed or crashed)")),
-    (re.compile(r"^timed out: jobs on this server may train for at most (?P<limit>\d+) s$"),
-     N_("timed out: jobs on this server may train for at most {limit} s")),
-    (re.compile(r"^the server was stopped \((?P<signal>\w+)\) while it trained$"),
-     N_("the server was stopped ({signal}) while it trained")),
-    (re.compile(r"^the worker was stopped \((?P<signal>\w+)\) while it trained$"),
-     N_("the worker was stopped ({signal}) while it trained")),
-]
-FIXED_REASONS = (N_("the server stopped (restarted or killed) while it trained"),)
-
-
-def reason_words(reason: str) -> str:
-    """A stored stop reason in the session's language: the app's fixed reasons are msgids, the
-    ones with a value inside (a process, a limit, a signal) are matched and worded here."""
-    for pattern, template in _REASONS:
-        if m := pattern.match(str(reason)):
-            return _(template).format(**m.groupdict())
-    return _(reason) if reason else ""
+def stop_reasons(runs: pd.DataFrame) -> pd.Series:
+    """Each run's stop reason in the session's language ('' for none)."""
+    return pd.Series([said(m, e) for e, m in zip(runs["stop_reason"], runs["stop_reason_msg"])], index=runs.index,
+                     dtype=object)
 
 
 def words(column: pd.Series) -> pd.Series:
@@ -210,7 +176,7 @@ def expected_time(spec: JobSpec) -> str:
 
 
 def _status(view: JobView) -> None:
-    stop = lambda: runner().stop(view.id, STOPPED_BY_YOU)  # noqa: E731
+    stop = lambda: runner().stop(view.id)  # noqa: E731 - the reason: 'stopped by you'
     if view.status == "queued":
         st.info(_("Queued — position {n} in line for the training device (one job trains at a time).")
                 .format(n=view.position))
@@ -235,15 +201,15 @@ def _status(view: JobView) -> None:
                    "momentum) and train again; what it did is kept on the Runs page.")
                  .format(time=duration(view.elapsed_s)), icon=":material/trending_up:")
     elif view.status in ("stopped", "interrupted"):
-        # the app's own reasons are msgids; others show as given
-        why = plain(reason_words(view.stop_reason or view.status))
+        # a stored message, in this session's language; an earlier version's English as it is
+        why = plain(said(view.stop_message) or _(view.status))
         template = (_("Stopped ({why}) after {time}. Everything finished before that is kept, here and on the Runs "
                       "page.") if view.status == "stopped" else
                     _("Interrupted ({why}) after {time}. Everything finished before that is kept, here and on the "
                       "Runs page."))
         st.warning(template.format(why=why, time=duration(view.elapsed_s)))
     else:
-        st.error(_("The job failed: {error}").format(error=plain(view.error)))
+        st.error(_("The job failed: {error}").format(error=plain(said(view.error_message, view.error))))
 
 
 def job_panel(kind: str, draw: Callable[[JobView], None], shows: Callable[[JobView], bool] | None = None) -> None:
@@ -260,7 +226,7 @@ def job_panel(kind: str, draw: Callable[[JobView], None], shows: Callable[[JobVi
     @st.fragment(run_every=(QUEUED_POLL_S if waiting else POLL_S) if polling else None)
     def panel() -> None:
         if polling:
-            result_store().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
+            job_queue().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
             ensure_workers()  # and replace it, so queued jobs go on
         view = runner().poll(first.id)
         if view is None:

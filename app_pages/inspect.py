@@ -14,9 +14,9 @@ from app_lib.inspect_charts import (
     tile,
 )
 from app_lib.lang import _, current
-from app_lib.shared import result_store, run_scope
+from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
-from app_lib.widgets import label_words, table
+from app_lib.widgets import run_labels, table
 from mnist_lab.errors import StoreError
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.export import export_zip
@@ -44,7 +44,7 @@ def test_arrays(db: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
 st.title(_("Inspect a trained network"))
 try:
     store = result_store()
-    runs = store.visible_runs(run_scope())
+    runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
 except StoreError as exc:
     st.error(plain(str(exc)), icon=":material/database:")
     st.stop()
@@ -54,7 +54,8 @@ if runs.empty:
     st.info(_("No run can be inspected yet: runs keep their weights from this version on. Train one on the Train "
               "page, then come back."))
     st.stop()
-labels = {r.run_id: f"{label_words(r.label)} · {percent(r.final_test_acc)} · {r.run_id}" for r in runs.itertuples()}
+labels = {r.run_id: f"{label} · {percent(r.final_test_acc)} · {r.run_id}"
+          for r, label in zip(runs.itertuples(), run_labels(runs))}
 asked = st.query_params.get("run")
 if "insp_run" not in st.session_state or (asked in labels and asked != st.session_state.get("insp_asked")):
     st.session_state.insp_run = asked if asked in labels else next(iter(labels))
@@ -64,6 +65,8 @@ if st.session_state.insp_run not in labels:
 run_id = st.selectbox(_("Run"), list(labels), format_func=labels.get, key="insp_run")
 st.query_params["run"] = run_id
 db = str(store.path)
+if not runner().may_see_run(run_id):  # another workspace's run: not loaded, not even named
+    st.stop()
 try:
     run = loaded(db, run_id)
     conf = confusion_of(db, run_id)

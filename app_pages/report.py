@@ -8,9 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from app_lib.lang import N_, _, current
-from app_lib.shared import result_store, run_scope
+from app_lib.shared import result_store, run_scope, runner
 from app_lib.text import local_times
-from app_lib.widgets import label_words
+from app_lib.widgets import run_labels
 from mnist_lab.lab.report import build_report, findings_json, to_docx, to_html, to_markdown_zip
 
 MIME = {"report.html": "text/html", "report.docx": "application/vnd.openxmlformats-officedocument."
@@ -38,11 +38,11 @@ store = result_store()
 lang = current()
 
 scope = run_scope()
-runs = store.visible_runs(scope)
+runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
 done = runs[runs["status"] == "finished"]
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
-names = {r.run_id: f"{label_words(r.label)} · {t} · {r.run_id[-6:]}"
-         for r, t in zip(done.itertuples(), local_times(done["started_at"], tz))}
+names = {r.run_id: f"{label} · {t} · {r.run_id[-6:]}"
+         for r, label, t in zip(done.itertuples(), run_labels(done), local_times(done["started_at"], tz))}
 run_id = st.selectbox(_("Run for requirement 1 (the loss of every iteration)"), list(names), format_func=names.get,
                       key="report_run", placeholder=_("no finished run yet"),
                       help=_("Newest first; the report's other sections use every finished sweep and comparison."))

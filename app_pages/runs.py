@@ -7,6 +7,7 @@ from app_lib.charts import accuracy_figure, overlay_figure
 from app_lib.lang import _, bound, ngettext, render_error
 from app_lib.shared import (
     init_state,
+    job_queue,
     may_change,
     mirror_query,
     result_store,
@@ -16,8 +17,9 @@ from app_lib.shared import (
     workspace,
 )
 from app_lib.text import local_times, percent, plain
-from app_lib.widgets import COLUMNS, STOPPED_BY_YOU, csv_button, headers, label_words, reason_words, table, words
+from app_lib.widgets import COLUMNS, csv_button, headers, run_labels, stop_reasons, table, words
 from mnist_lab.errors import StoreError
+from mnist_lab.runs.store import VISIBLE_EXTRA
 
 SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
          "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds",
@@ -26,9 +28,10 @@ SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_te
 st.title(_("Runs"))
 try:
     store = result_store()
-    store.mark_interrupted()  # runs whose process died since (a killed CLI run, a restarted server)
+    job_queue().mark_interrupted()  # jobs and runs whose process died since (a killed CLI run, a restarted server)
     scope = run_scope()  # None: every run; else this session's own workspace (shared mode)
-    runs = store.visible_runs(scope)
+    runs = runner().runs()
+    runs = runs.assign(label_shown=run_labels(runs))  # in this session's language
 except StoreError as exc:
     st.error(plain(render_error(exc)), icon=":material/database:")
     st.stop()
@@ -62,7 +65,7 @@ if experiments:
 if statuses:
     shown = shown[shown["status"].isin(statuses)]
 if text:
-    shown = shown[shown["label"].str.contains(text, case=False, regex=False)]
+    shown = shown[shown["label_shown"].str.contains(text, case=False, regex=False)]
 
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
 kept = store.inspectable(shown["run_id"])  # runs whose weights are kept open on the Inspect page
@@ -71,8 +74,8 @@ shown = shown.assign(inspect=[f"./inspect?run={r}{ws}" if r in kept else None fo
 started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
-                          stop_reason=shown["stop_reason"].fillna("").map(reason_words), status=words(shown["status"]),
-                          experiment=words(shown["experiment"]), label=shown["label"].map(label_words)),
+                          stop_reason=stop_reasons(shown), status=words(shown["status"]),
+                          experiment=words(shown["experiment"]), label=shown["label_shown"]),
       hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),
     "started_at": st.column_config.TextColumn(_("started ({tz})").format(tz=tz)),
@@ -83,9 +86,9 @@ if (shown["status"] == "diverged").any():
     st.caption(":material/trending_up: " + _("{n} run(s) diverged (the loss became NaN or infinite): the message "
                                              "column says where; lower the learning rate.")
                .format(n=(shown["status"] == "diverged").sum()))
-csv_button(shown.drop(columns=["workspace", "job_id", "inspect"]), "runs.csv", key="runs_table_csv_btn")
+csv_button(shown.drop(columns=[*VISIBLE_EXTRA, "label_shown", "inspect"]), "runs.csv", key="runs_table_csv_btn")
 
-names = {r.run_id: f"{label_words(r.label)} · {_(r.status)} · {t} · {r.run_id[-6:]}"
+names = {r.run_id: f"{r.label_shown} · {_(r.status)} · {t} · {r.run_id[-6:]}"
          for r, t in zip(runs.itertuples(), local_times(runs["started_at"], tz))}
 SELECTED = list(shown["run_id"][:3])
 init_state("runs_", dict(selected=SELECTED), dict(selected=list(names)))
@@ -99,7 +102,7 @@ if not selected:
     st.stop()
 
 iterations, epochs = store.iterations(selected), store.epochs(selected)
-labels = runs.set_index("run_id")["label"].map(label_words)
+labels = runs.set_index("run_id")["label_shown"]
 short = {rid: f"{labels[rid].split(' · ')[0]} · {rid[-6:]}" for rid in selected}
 a, b = st.columns(2)
 with a:
@@ -112,11 +115,12 @@ with b:
     csv_button(epochs, "epochs.csv", key="runs_epochs_csv_btn")
 
 st.subheader(_("Configurations side by side"))
-chosen = runs.drop(columns=["workspace", "job_id"]).set_index("run_id").loc[selected]
+chosen = runs.drop(columns=[*VISIBLE_EXTRA, "label_shown"]).set_index("run_id").loc[selected]
 configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent)).round(4).T.rename_axis("field")
 configs.columns = [short[c] for c in configs.columns]  # the CSV's: the store's values and field names
 shown_configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent),
-                              label=chosen["label"].map(label_words), status=words(chosen["status"]),
+                              label=runs.set_index("run_id").loc[selected, "label_shown"],
+                              status=words(chosen["status"]),
                               experiment=words(chosen["experiment"]),
                               started_at=list(local_times(chosen["started_at"], tz))).round(4).T.astype(str)
 shown_configs = shown_configs.rename_axis("field")
@@ -138,8 +142,7 @@ if training:
     jobs = store.run_jobs(training)
 
     def stop() -> None:
-        for job_id in set(jobs.values()):
-            runner().stop(job_id, STOPPED_BY_YOU)
+        runner().stop_runs(sorted(training))  # 'stopped by you'
     st.button(_("Stop the {n} selected run(s) still training").format(n=len(training)), key="runs_stop_btn",
               on_click=stop, disabled=not jobs,
               help=_("Ends each at its next iteration (a sweep or comparison stops as a whole); what it finished is "
@@ -150,7 +153,7 @@ if training:
 
 
 def delete() -> None:
-    store.delete_runs(deletable)
+    runner().delete_runs(deletable)
     st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r not in deletable]
     st.session_state.runs_sure = False
 

@@ -38,6 +38,7 @@ import psutil  # noqa: E402
 from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer  # noqa: E402
 
 from mnist_lab.runs.store import ResultStore  # noqa: E402
+from mnist_lab.service.queue import JobQueue  # noqa: E402
 
 JOB = "preset=lab5&train_limit=20000&epochs=3"
 PROGRESS = re.compile(r"step [\d,]+ of")
@@ -61,10 +62,10 @@ def start_jobs(browser, url: str, n: int, query: str) -> list:
 
 
 def wait_all(db: Path, n: int, timeout: float = 900) -> None:
-    store = ResultStore(db)
+    queue = JobQueue(ResultStore(db))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = store.jobs(limit=1000)
+        jobs = queue.jobs(limit=1000)
         if len(jobs) >= n and all(j["status"] not in ("queued", "running") for j in jobs):
             return
         time.sleep(0.5)
@@ -121,7 +122,7 @@ def many(browser, n: int, tmp: Path, env: dict) -> dict:
                                                                   else None))
         wait_all(server.db, n)
         cpu = (cpu_seconds(proc) - c0) / (time.monotonic() - t0) * 100
-        statuses = [j["status"] for j in ResultStore(server.db).jobs(limit=1000)]
+        statuses = [j["status"] for j in JobQueue(ResultStore(server.db)).jobs(limit=1000)]
         for ctx in browser_ctx:
             ctx.close()
         return dict(positions=positions, statuses=statuses, cpu=cpu, rss=proc.memory_info().rss / 2**20)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import gettext
 import io
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -109,7 +110,9 @@ def mean_sd_texts(summary, gettext=None) -> list[str]:
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": None, "para": None,
             "ConfigError": (3,), "StoreError": (3,), "need_int": (3,), "need_float": (3,), "need_bool": (3,),
             "need_choice": {4: (3,), 5: (5,)}, "need_ints": (3,), "need_seed": (3,)}
-_UNTRANSLATED = ("value",)  # a refusal's params that are the user's own input: shown as given
+# params shown as given, never looked up in the catalog: a refusal's `value` (the user's own input),
+# a verbatim `text` (Message.verbatim: a sentence with no template, a name a person gave)
+_UNTRANSLATED = ("value", "text")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,77 @@ class Message:
 
     def __str__(self) -> str:
         return self.template.format(**self.params)
+
+    @classmethod
+    def verbatim(cls, text: str) -> Message:
+        """Text with no template of its own (the core's plain ValueError, a label a person typed):
+        shown as it is in every language."""
+        return cls("{text}", {"text": str(text)})
+
+
+# ------------------------------------------------------------------------------ stored messages
+# What the core stores for a person to read (a stop reason, an error, a run's label) is a code:
+# JSON of one Message, {"template": msgid, "params": {...}}, or of a list of them (a label's parts,
+# shown joined by SEPARATOR). Each reader renders it in their language. Text that is not such
+# JSON (written before messages were stored as codes) is shown as it is; it is never parsed.
+SEPARATOR = " · "
+
+
+def to_stored(message: Message | Sequence[Message]) -> str:
+    """The stored form of a Message, or of a label's parts (a list)."""
+    if isinstance(message, Message):
+        return json.dumps({"template": message.template, "params": message.params}, ensure_ascii=False)
+    return json.dumps([{"template": m.template, "params": m.params} for m in message], ensure_ascii=False)
+
+
+def _message(item: object) -> Message | None:
+    if (isinstance(item, dict) and set(item) == {"template", "params"} and isinstance(item["template"], str)
+            and isinstance(item["params"], dict)):
+        return Message(item["template"], item["params"])
+    return None
+
+
+def from_stored(text: object) -> list[Message] | None:
+    """The Message parts `to_stored` wrote; None for anything else (empty, or an earlier version's
+    English sentence)."""
+    if not isinstance(text, str) or not text.startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    items = data if isinstance(data, list) else [data]
+    parts = [_message(item) for item in items]
+    return parts if parts and all(p is not None for p in parts) else None
+
+
+def word(message: Message, lang: str | None = None) -> str:
+    """One Message in `lang`: its template and its msgid params translated (never the ones in
+    _UNTRANSLATED); a template without params is not formatted (a label may hold braces); a
+    translation that does not format gives the English; English that does not format, the template."""
+    t = translator(lang)
+    params = {k: t.gettext(v) if k not in _UNTRANSLATED and isinstance(v, str) and v else v
+              for k, v in message.params.items()}
+    if not params:
+        return t.gettext(message.template)
+    for template, values in ((t.gettext(message.template), params), (message.template, message.params)):
+        try:
+            return template.format(**values)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            continue
+    return message.template
+
+
+def render_stored(text: object, lang: str | None = None, english: object = "") -> str:
+    """A stored message (`to_stored`) in `lang`. Anything else is an earlier version's English,
+    shown as it is: `text` itself, or where there is no text (None, NaN, ''), `english` (the
+    English column beside an empty code column)."""
+    if not (isinstance(text, str) and text):
+        text = english
+    parts = from_stored(text)
+    if parts is None:
+        return text if isinstance(text, str) else ""
+    return SEPARATOR.join(word(part, lang) for part in parts)
 
 
 def N_(message: str) -> str:

@@ -26,6 +26,7 @@ from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.service.jobs import StoreRunner
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -400,7 +401,7 @@ def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_li
     assert len(token) >= 16
     at.button(key="train_go_btn").click().run()
     assert any("at most 2 epochs" in e.value and "make run" in e.value for e in at.error)
-    assert ResultStore(db).jobs() == []  # refused before anything was queued
+    assert JobQueue(ResultStore(db)).jobs() == []  # refused before anything was queued
 
     store = ResultStore(db)  # a run of another workspace (and a CLI run of the local one)
     with store.context(job_id="j-other", workspace="someone-else-entirely"):

@@ -198,6 +198,31 @@ def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkey
 
 # ---------------------------------------------------------------------------------- the core's words on pages
 
+def test_lesson_labels_show_in_chinese_on_the_runs_and_report_pages(tmp_path, monkeypatch):
+    """A lesson's variant label is stored as a code (its msgid): the Runs table and the Report's
+    run picker word it in the reader's language; a run's own default label keeps its architecture."""
+    from mnist_lab.runs.store import run_row
+
+    zh = i18n.translator("zh_CN").gettext
+    store = ResultStore(tmp_path / "r.sqlite")
+    model, data = PRESETS["tiny-fc"].model, DataConfig(train_limit=256)
+    for run_id, label in (("r-bn", "BatchNorm after each convolution"), ("r-plain", "plain deep CNN")):
+        store.start_run(run_row(run_id, model, TrainConfig(), data, experiment="lesson", label=label,
+                                status="finished", final_test_acc=0.9, started_at="2026-12-07T00:00:00+00:00"))
+    store.start_run(run_row("r-own", model, TrainConfig(), data, status="finished", final_test_acc=0.9,
+                            started_at="2026-12-07T00:00:01+00:00"))
+    for run_id in ("r-bn", "r-plain", "r-own"):
+        store.add_iterations(run_id, 1, [2.3, 2.1, 1.9, 1.8], steps_per_epoch=4)
+    monkeypatch.setenv(DB_ENV, str(store.path))
+    runs = open_page("runs", {"lang": "zh_CN"})
+    labels = set(runs.dataframe[0].value["标签"])
+    assert labels == {zh("BatchNorm after each convolution"), zh("plain deep CNN"), "FC 8-8-10 · 256 张图像"}
+    report = open_page("report", {"lang": "zh_CN"})
+    shown = report.selectbox(key="report_run").options  # as drawn: the labels in the session's language
+    assert any(text.startswith(zh("plain deep CNN")) for text in shown), shown
+
+
+
 def test_the_cores_refusals_show_in_chinese_on_the_train_page():
     at = open_page("train", {"lang": "zh_CN"})
     at.slider(key="train_layers").set_value(3).run()  # Lab-5: k5, valid padding: 28 -> 12 -> 4 -> no room
@@ -323,20 +348,45 @@ def test_cli_help_and_errors_in_chinese(capsys, monkeypatch):
     assert "unrecognized arguments: --nope" in capsys.readouterr().err
 
 
-def test_stored_stop_reasons_with_values_are_worded_in_chinese(monkeypatch):
-    """The worker and the store keep their reasons in English (data); the pages word them."""
-    import streamlit as st
+def test_stored_stop_reasons_are_codes_worded_in_the_readers_language():
+    """The worker, the queue and the store keep a reason as a code with its values (data); each
+    reader words it. Earlier versions' English, which is no code, is shown as it is, never parsed."""
+    from mnist_lab.i18n import Message, from_stored, render_stored, to_stored
 
-    from app_lib.widgets import reason_words
+    reasons = [
+        (Message("the worker process ({worker}) ended before the job finished (killed or crashed)",
+                 {"worker": "host:123"}), "训练进程（host:123）在任务完成前结束了（被终止或崩溃）"),
+        (Message("timed out: jobs on this server may train for at most {limit} s", {"limit": "600"}),
+         "超时：这个服务器上的任务最多只能训练 600 秒"),
+        (Message("the server was stopped ({signal}) while it trained", {"signal": "SIGTERM"}),
+         "训练过程中服务器被停止了（SIGTERM）"),
+        (Message("stopped by you"), "由你停止"),
+        (Message.verbatim("Batch size 1024 is {too} large"), "Batch size 1024 is {too} large"),  # no template: as is
+    ]
+    for message, chinese in reasons:
+        stored = to_stored(message)
+        assert from_stored(stored) == [message]
+        assert render_stored(stored, "zh_CN") == chinese and render_stored(stored, "en") == str(message)
+    assert render_stored("the worker was stopped (SIGTERM) while it trained", "zh_CN") == \
+        "the worker was stopped (SIGTERM) while it trained"  # an earlier version's English: as stored
+    assert render_stored("", "zh_CN") == render_stored(None, "zh_CN") == render_stored(float("nan")) == ""
+    assert from_stored('{"template": "x"}') is None and from_stored("[1]") is None and from_stored("{no json") is None
 
-    monkeypatch.setitem(st.session_state, "_lang", "zh_CN")
-    assert reason_words("the worker process (host:123) ended before the job finished (killed or crashed)") == \
-        "训练进程（host:123）在任务完成前结束了（被终止或崩溃）"
-    assert reason_words("timed out: jobs on this server may train for at most 600 s") == \
-        "超时：这个服务器上的任务最多只能训练 600 秒"
-    assert reason_words("the server was stopped (SIGTERM) while it trained") == "训练过程中服务器被停止了（SIGTERM）"
-    assert reason_words("stopped by you") == "由你停止" and reason_words("") == ""
-    assert reason_words("a reason someone wrote") == "a reason someone wrote"  # unknown: shown as given
+
+def test_a_runs_label_is_stored_as_parts_and_worded_in_the_readers_language():
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.i18n import render_stored, to_stored
+    from mnist_lab.nets.presets import PRESETS
+    from mnist_lab.training.loop import label_parts, run_label
+
+    data = DataConfig(train_limit=2000, permute_pixels=True, normalize="none")
+    parts = label_parts(PRESETS["lab5"].model, data)
+    english = run_label(PRESETS["lab5"].model, data)
+    assert english.startswith("CNN ") and english.endswith(" · none normalisation · permuted pixels · 2,000 images")
+    assert render_stored(to_stored(parts), "en") == english
+    chinese = render_stored(to_stored(parts), "zh_CN")
+    assert chinese.split(" · ")[0] == english.split(" · ")[0]  # the architecture: data, the same in every language
+    assert "2,000 张图像" in chinese and "打乱的像素" in chinese and "images" not in chinese
 
 
 def test_an_accuracy_over_seeds_is_worded_in_the_readers_language():

@@ -16,10 +16,12 @@ import pytest
 
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError
+from mnist_lab.i18n import Message, render_stored
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import JobSpec, QueueFullError, StoreRunner
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.service.worker import Worker, WorkerConfig, spawn_worker
 from mnist_lab.training.loop import TrainConfig
 
@@ -119,14 +121,14 @@ def test_a_workspace_may_queue_two_jobs_behind_its_running_one(db):
 
 
 def test_a_workspace_trains_one_job_at_a_time_however_many_workers(db):
-    store = ResultStore(db)
-    runner = StoreRunner(store)
+    queue = JobQueue(ResultStore(db))
+    runner = StoreRunner(queue.store, queue=queue)
     a1, a2, b1 = runner.submit(tiny_job(), "a"), runner.submit(tiny_job(), "a"), runner.submit(tiny_job(), "b")
-    assert store.claim_job("w1")["job_id"] == a1
-    assert store.claim_job("w2")["job_id"] == b1  # a2 waits: workspace a already trains a1
-    assert store.claim_job("w3") is None
-    store.finish_job(a1, "finished")
-    assert store.claim_job("w3")["job_id"] == a2
+    assert queue.claim("w1")["job_id"] == a1
+    assert queue.claim("w2")["job_id"] == b1  # a2 waits: workspace a already trains a1
+    assert queue.claim("w3") is None
+    queue.finish(a1, "finished")
+    assert queue.claim("w3")["job_id"] == a2
 
 
 def test_a_worker_trains_queued_jobs_in_order_and_a_page_need_not_watch(db):
@@ -137,13 +139,13 @@ def test_a_worker_trains_queued_jobs_in_order_and_a_page_need_not_watch(db):
     with pytest.raises(ValueError, match="Batch size 1024 is larger than the 256 training images"):
         runner.submit(bad_spec)  # ... refused at submit by the pre-flight check, so nothing is queued ...
     bad = "queued-before-the-check"  # ... and a worker handed such a job anyway fails it with the same message
-    store.submit_job(bad, LOCAL_WORKSPACE, bad_spec.kind, bad_spec.title, bad_spec.to_json(), 1)
+    JobQueue(store).submit(bad, LOCAL_WORKSPACE, bad_spec.kind, bad_spec.title, bad_spec.to_json(), 1)
     Worker(WorkerConfig(db=str(db), warm=False)).run(max_jobs=3)  # nobody polls meanwhile
     views = [runner.poll(j) for j in (first, second, bad)]
     assert [v.status for v in views] == ["finished", "finished", "failed"]
     assert views[0].runs[0].step == 4 and views[1].runs[0].step == 8  # 256 / 64 per epoch, every one stored
     assert views[0].created_at < views[1].created_at
-    started = [store.job(j)["started_at"] for j in (first, second)]
+    started = [runner.queue.job(j)["started_at"] for j in (first, second)]
     assert started[0] < started[1]
     assert views[2].error.startswith("Batch size 1024 is larger than the 256 training images")
     runs = store.runs()
@@ -158,11 +160,12 @@ def test_stop_from_another_process_ends_the_job_and_keeps_what_it_did(db, worker
     job_id = StoreRunner(store).submit(long_job())
     worker = worker_proc()
     wait_until(lambda: running_epoch(store, job_id, 1), what="the second epoch")
-    code = ("import sys; from mnist_lab.runs.store import ResultStore; "
-            "sys.exit(0 if ResultStore(sys.argv[1]).request_stop(sys.argv[2], 'stopped by you') else 1)")
+    code = ("import sys; from mnist_lab.runs.store import ResultStore; from mnist_lab.service.queue import JobQueue; "
+            "sys.exit(0 if JobQueue(ResultStore(sys.argv[1])).request_stop(sys.argv[2]) else 1)")
     subprocess.run([sys.executable, "-c", code, str(db), job_id], cwd=ROOT, check=True)
     view = StoreRunner(store).wait(job_id, timeout=30)
-    assert view.status == "stopped" and view.stop_reason == "stopped by you"
+    assert view.status == "stopped" and view.stop_reason == "stopped by you"  # its English; the code beside it
+    assert render_stored(view.stop_message, "zh_CN") == "由你停止" == render_stored(view.runs[0].stop_message, "zh_CN")
     run = store.runs()
     assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
     done = len(store.iterations())
@@ -177,7 +180,8 @@ def test_kill_9_mid_epoch_loses_no_finished_epoch_and_marks_the_run(db, worker_p
     wait_until(lambda: running_epoch(store, job_id, 2), what="the third epoch")
     worker.send_signal(signal.SIGKILL)
     worker.wait(30)
-    kept = ResultStore(db)  # the next opening (the app, a new worker) marks what was cut short
+    queue = JobQueue(ResultStore(db))  # the next opening (the app, a new worker) marks what was cut short
+    kept = queue.store
     run = kept.runs()
     assert run["status"].item() == "interrupted"
     assert "ended before" in run["stop_reason"].item() and str(worker.pid) in run["stop_reason"].item()
@@ -186,7 +190,7 @@ def test_kill_9_mid_epoch_loses_no_finished_epoch_and_marks_the_run(db, worker_p
     assert run["engine"].item() == "plain" and run["seconds"].item() >= epochs["seconds"].sum() - 1e-6 > 0
     its = kept.iterations()
     assert list(its["iteration"]) == list(range(1, len(its) + 1)) and len(its) >= 2 * 313  # no gap, no half row
-    job = kept.job(job_id)
+    job = queue.job(job_id)
     assert job["status"] == "interrupted" and str(worker.pid) in job["stop_reason"]
 
 
@@ -203,7 +207,10 @@ def test_a_signalled_worker_ends_cleanly_and_says_why(db, worker_proc, sig):
     run = ResultStore(db).runs()
     assert run["status"].item() == "interrupted"
     assert run["stop_reason"].item() == f"the worker was stopped ({signal.Signals(sig).name}) while it trained"
-    assert store.job(job_id)["status"] == "interrupted" and not store.live_workers()
+    assert render_stored(ResultStore(db).visible_runs(None)["stop_reason_msg"].item(), "zh_CN") == \
+        f"训练过程中训练进程被停止了（{signal.Signals(sig).name}）"
+    queue = JobQueue(store)
+    assert queue.job(job_id)["status"] == "interrupted" and not queue.live_workers()
 
 
 def test_a_worker_whose_server_is_gone_stops_and_marks_the_run(db, worker_proc):
@@ -221,7 +228,7 @@ def test_a_worker_whose_server_is_gone_stops_and_marks_the_run(db, worker_proc):
 
 
 def test_one_worker_per_slot(db):
-    store = ResultStore(db)
+    store = JobQueue(ResultStore(db))  # who holds the slots
     live = Worker(WorkerConfig(db=str(db), warm=False))
     thread = threading.Thread(target=live.run, daemon=True)
     thread.start()
@@ -230,7 +237,7 @@ def test_one_worker_per_slot(db):
     second.id = "otherhost:42"  # another process; slot 0 is held by a live worker
     assert second.run(max_jobs=1) == 1
     assert [w["worker"] for w in store.live_workers()] == [live.id]
-    live.quit_reason = "the test ended"
+    live.quit_reason = Message.verbatim("the test ended")
     thread.join(10)
     assert not thread.is_alive() and store.live_workers() == []
 
@@ -240,7 +247,7 @@ def test_a_worker_started_by_the_app_gives_running_jobs_the_device(db):
     store = ResultStore(db)
     job_id = StoreRunner(store).submit(replace(tiny_job(), train=TrainConfig(device="auto")))
     Worker(WorkerConfig(db=str(db), device="cpu", warm=False)).run(max_jobs=1)
-    assert store.job(job_id)["status"] == "finished" and store.runs()["device"].item() == "cpu"
+    assert JobQueue(store).job(job_id)["status"] == "finished" and store.runs()["device"].item() == "cpu"
 
 
 def test_a_job_over_the_workers_time_limit_is_stopped_as_timed_out(db):

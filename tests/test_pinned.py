@@ -25,6 +25,7 @@ from safetensors import safe_open
 # ---- every mnist_lab import of this file ----
 from mnist_lab.cli.main import main as cli_main
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError, load_mnist, prepare_data
+from mnist_lab.i18n import render_stored
 from mnist_lab.lab.findings import model_from_row
 from mnist_lab.lab.lessons import plan
 from mnist_lab.nets.model import build_model, count_params, describe
@@ -32,6 +33,7 @@ from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import load_weights
 from mnist_lab.service.jobs import JobSpec, StoreRunner
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import TrainConfig, train
 
 PINNED = Path(__file__).parent / "pinned"
@@ -182,7 +184,9 @@ def test_old_db_lists_the_same_runs_jobs_and_weights(old_db):
                for _, r in runs.iterrows()]
         assert got == EXPECTED["runs"]
         assert sorted(store.inspectable(runs["run_id"])) == EXPECTED["inspectable"]
-        jobs = [{k: j[k] for k in EXPECTED["jobs"][0]} for j in store.jobs(limit=1000)]
+        # a job's stop reason and error are stored as codes since schema version 2: the same English
+        jobs = [{k: render_stored(j[k], "en") if k in ("stop_reason", "error") else j[k] for k in EXPECTED["jobs"][0]}
+                for j in JobQueue(store).jobs(limit=1000)]
         assert jobs == EXPECTED["jobs"]
         views = [dict(id=v.id, status=v.status, position=v.position, runs=[r.run_id for r in v.runs],
                       runs_total=v.runs_total, spec_decodes=v.spec is not None)

@@ -20,6 +20,7 @@ from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec, StoreRunner, lesson_spec
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.training import loop
 from mnist_lab.training.loop import TrainConfig
 from mnist_lab.training.preflight import check_fits, preflight
@@ -120,7 +121,7 @@ def test_the_job_runner_refuses_at_submit_and_queues_nothing(no_data, tmp_path):
     for spec in bad:
         with pytest.raises(ConfigError):
             runner.submit(spec)
-    assert store.jobs(workspace=None, limit=100) == []
+    assert JobQueue(store).jobs(workspace=None, limit=100) == []
     good = JobSpec("train", TrainConfig(), DataConfig(train_limit=500), model=LAB5)
     assert good.run_configs() == [(LAB5, TrainConfig(), DataConfig(train_limit=500))]
     assert len(JobSpec("sweep", TrainConfig(), DataConfig(), sweep=SweepConfig(seeds=1)).run_configs()) == 9

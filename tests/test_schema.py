@@ -73,3 +73,41 @@ def test_a_file_from_a_newer_version_is_refused_untouched(tmp_path):
         ResultStore(path)
     assert str(path) in str(caught.value)
     assert _columns(path, "runs") == [] and _version(path) == schema.VERSION + 1
+
+
+def test_version_1_to_2_fixed_reasons_and_lesson_labels_become_codes_the_rest_shows_as_stored(tmp_path):
+    """Version 1 stored English sentences; version 2 stores codes. The sentences that are msgids
+    (the fixed stop reasons, a lesson variant's label) are converted by exact match; any other
+    stored English is left as it is, and shown so in every language."""
+    from mnist_lab.i18n import render_stored
+
+    path = tmp_path / "v1.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.isolation_level = None
+        schema.MIGRATIONS[0].apply(conn)
+        conn.execute("PRAGMA user_version = 1")
+        rows = [("r1", "stopped", "stopped by you", "lesson", "BatchNorm after each convolution"),
+                ("r2", "interrupted", "the worker was stopped (SIGTERM) while it trained", "single",
+                 "CNN 2×k5 valid [10-20] · 2,000 images"),
+                ("r3", "finished", "", "sweep", "2 conv × k5")]
+        conn.executemany("INSERT INTO runs (run_id, status, stop_reason, experiment, label) VALUES (?, ?, ?, ?, ?)",
+                         rows)
+        conn.executemany("INSERT INTO jobs (job_id, seq, workspace, status, stop_reason, error) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [("j1", 1, "local", "stopped", "stopped with Ctrl-C", ""),
+                          ("j2", 2, "local", "failed", "", "Batch size 1024 is larger than the 256 training images")])
+    store = ResultStore(path)
+    assert _version(path) == schema.VERSION >= 2
+    runs = store.visible_runs(None).set_index("run_id")
+    assert list(store.runs().columns) == RUN_COLUMNS  # runs.csv keeps its columns
+    assert list(runs.loc[["r1", "r2", "r3"], "label"]) == [r[4] for r in rows]  # the English stays for runs.csv
+    assert list(runs.loc[["r1", "r2"], "stop_reason"]) == [r[2] for r in rows[:2]]
+    said = {r: (render_stored(row["label_msg"], "zh_CN", row["label"]),
+                render_stored(row["stop_reason_msg"], "zh_CN", row["stop_reason"])) for r, row in runs.iterrows()}
+    assert said["r1"] == ("每个卷积之后加批归一化（BatchNorm）", "由你停止")
+    assert said["r2"] == ("CNN 2×k5 valid [10-20] · 2,000 images", "the worker was stopped (SIGTERM) while it trained")
+    assert said["r3"] == ("2 conv × k5", "")
+    with sqlite3.connect(path) as conn:
+        jobs = dict(conn.execute("SELECT job_id, stop_reason || '|' || error FROM jobs").fetchall())
+    assert render_stored(jobs["j1"].split("|")[0], "zh_CN") == "用 Ctrl-C 停止"
+    assert jobs["j2"] == "|Batch size 1024 is larger than the 256 training images"  # an error as stored

@@ -196,3 +196,26 @@ def test_a_block_list_is_stored_as_json_and_read_back(tmp_path):
         assert model_from_row(row.to_dict()) == model
         assert row["augment"] in (1, True) and row["engine_requested"] == "auto"
     assert store.runs().set_index("run_id").loc["run-lab5", "blocks"] in ("", None)
+
+
+def test_a_runs_label_is_stored_as_a_code_beside_its_english(tmp_path):
+    """runs.csv keeps the English label; the code beside it (not exported) is worded per reader:
+    a lesson variant's msgid in Chinese, a person's own words (braces and all) as given."""
+    from mnist_lab.i18n import N_, Message, render_stored
+    from mnist_lab.runs.store import run_row
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    model = PRESETS["tiny-fc"].model
+    labels = {"lesson": "BatchNorm after each convolution", "own": "my {net} run",
+              "sweep": Message(N_("{n} conv × {rest}"), {"n": 2, "rest": "k5 + FC 100"}), "default": ""}
+    for run_id, label in labels.items():
+        store.start_run(run_row(run_id, model, TrainConfig(), TINY, label=label))
+    runs = store.visible_runs(None).set_index("run_id")
+    assert "label_msg" not in store.runs().columns and list(store.runs().columns) == RUN_COLUMNS
+    english = runs["label"].to_dict()
+    assert english == {"lesson": "BatchNorm after each convolution", "own": "my {net} run",
+                       "sweep": "2 conv × k5 + FC 100", "default": "FC 8-8-10 · 256 images"}
+    zh = {r: render_stored(runs.loc[r, "label_msg"], "zh_CN") for r in labels}
+    assert zh == {"lesson": "每个卷积之后加批归一化（BatchNorm）", "own": "my {net} run",
+                  "sweep": "2 个卷积层 × k5 + FC 100", "default": "FC 8-8-10 · 256 张图像"}
+    assert {r: render_stored(runs.loc[r, "label_msg"], "en") for r in labels} == english

@@ -13,6 +13,7 @@ import pandas as pd
 from mnist_lab.cli.common import check_out, db_help
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.access import LOCAL, may
 
 
 def _open_run(args):
@@ -22,7 +23,8 @@ def _open_run(args):
         raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
                          .format(db=args.db))
     store = ResultStore(args.db)
-    if store.runs([args.run_id]).empty:
+    owners = store.run_workspaces([args.run_id])
+    if args.run_id not in owners or not may(LOCAL, "see", owners[args.run_id]):  # the CLI is the local user
         raise ValueError(_("No run {run_id} in {db}: copy a run id from `runs.csv` or the Runs page.")
                          .format(run_id=args.run_id, db=store.path))
     try:

@@ -41,6 +41,7 @@ from mnist_lab.nets.model import ModelConfig, count_params
 from mnist_lab.nets.presets import PRESETS, get_preset
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.access import LOCAL
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.training.engines import ENGINE_NAMES
 from mnist_lab.training.loop import TrainConfig, fallback_reason
@@ -227,7 +228,7 @@ def cmd_report(args) -> int:
     if args.db is not None and not Path(args.db).is_file():
         raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
                          .format(db=args.db))
-    report = build_report(ResultStore(args.db), lang(), run_id=args.run)
+    report = build_report(ResultStore(args.db), lang(), run_id=args.run, workspace=LOCAL.scope)  # the local user's
     paths = write_report(report, args.out)
     for warning in report.warnings:
         print(_("note: {warning}").format(warning=warning), file=sys.stderr)

@@ -222,7 +222,8 @@ def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, 
     jobs, keys = [], []
     for layers, kernel, hidden, cfg in cells:
         for seed in range(sweep.seeds):
-            label = f"{layers} conv × k{kernel}" + (f" + FC {hidden}" if hidden else "")
+            rest = f"k{kernel}" + (f" + FC {hidden}" if hidden else "")  # the architecture: no words to translate
+            label = Message(N_("{n} conv × {rest}"), {"n": layers, "rest": rest})
             jobs.append((cfg, replace(train_cfg, seed=seed), label))
             keys.append((layers, kernel, hidden, seed))
     results = run_many(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment="sweep",
@@ -321,7 +322,9 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
     for pixels, permute in (("normal", False), ("permuted", True)):
         cell_data_cfg = replace(data_cfg, permute_pixels=permute, permutation_seed=compare.permutation_seed)
         keys = [(name, cfg, seed) for name, cfg in models.items() for seed in range(compare.seeds)]
-        jobs = [(cfg, replace(train_cfg, seed=seed), f"{name} / {pixels}") for name, cfg, seed in keys]
+        # a label is a str or a Message (shown in the reader's language; its English in runs.csv)
+        jobs = [(cfg, replace(train_cfg, seed=seed), Message(N_("{model} / {pixels}"), dict(model=name, pixels=pixels)))
+                for name, cfg, seed in keys]
         done = run_many(jobs, cell_data_cfg, record=record, on_progress=on_progress, cancel=cancel,
                         experiment="compare", group_id=group_id)
         results += done

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
+from mnist_lab.i18n import from_stored
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.runs.weights import SavedRun
@@ -40,7 +41,8 @@ class Recorder:
         train_cfg = codec.from_dict(TrainConfig, event.train, "train")
         data_cfg = codec.from_dict(DataConfig, event.data, "data")
         self.store.start_run(run_row(event.run_id, model_cfg, train_cfg, data_cfg, experiment=event.experiment,
-                                     group_id=event.group_id, label=event.label, started_at=event.started_at,
+                                     group_id=event.group_id, label=from_stored(event.label_msg) or event.label,
+                                     started_at=event.started_at,
                                      device=event.device, engine=event.engine, params=event.params,
                                      data_source=event.data_source, steps_per_epoch=event.steps_per_epoch))
         self._started[event.run_id] = (event, model_cfg, train_cfg, data_cfg)

@@ -4,6 +4,7 @@ tables is one more migration here, with a test that starts from the version befo
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,35 @@ def _v1(conn: sqlite3.Connection) -> None:
     _add_columns(conn, "runs", RUNS_V1)
 
 
+# The sentences version 1 stored whole that are msgids of the catalog (the app's fixed stop reasons):
+# version 2 stores them as codes, so they show in the reader's language. Exact matches only; any
+# other stored English (a reason with a value inside, an error) stays as it is and is shown so.
+FIXED_REASONS_V1 = ("stopped by you", "stopped with Ctrl-C", "aborted with a second Ctrl-C",
+                    "the server stopped (restarted or killed) while it trained")
+LESSON_EXPERIMENT = "lesson"  # version 1's runs of a lesson: their label is the variant's msgid
+
+
+def _code(template: str) -> str:
+    """A stored message of version 2 (i18n.to_stored's form, written out so this migration never changes)."""
+    return json.dumps({"template": template, "params": {}}, ensure_ascii=False)
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    """Version 2: messages stored as codes. Runs gain `label_msg` and `stop_reason_msg` (their
+    English stays in `label` and `stop_reason` for runs.csv); a job's `stop_reason` and `error`
+    hold a code. Version 1's fixed stop reasons and lesson variant labels become codes; the rest
+    of its English is left as it is (NULL codes: shown as stored)."""
+    _add_columns(conn, "runs", ["label_msg", "stop_reason_msg"])
+    for reason in FIXED_REASONS_V1:
+        conn.execute("UPDATE runs SET stop_reason_msg = ? WHERE stop_reason = ?", (_code(reason), reason))
+        conn.execute("UPDATE jobs SET stop_reason = ? WHERE stop_reason = ?", (_code(reason), reason))
+    labels = conn.execute("SELECT DISTINCT label FROM runs WHERE experiment = ? AND COALESCE(label, '') != ''",
+                          (LESSON_EXPERIMENT,)).fetchall()
+    for (label,) in labels:
+        conn.execute("UPDATE runs SET label_msg = ? WHERE experiment = ? AND label = ?",
+                     (json.dumps([json.loads(_code(label))], ensure_ascii=False), LESSON_EXPERIMENT, label))
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the user_version a file has after it
@@ -69,6 +99,7 @@ class Migration:
 
 MIGRATIONS: list[Migration] = [
     Migration(1, "the runs, epochs, iterations, jobs and workers tables", _v1),
+    Migration(2, "messages stored as codes: runs.label_msg and stop_reason_msg; fixed reasons and lesson labels", _v2),
 ]
 VERSION = MIGRATIONS[-1].version  # the version this code writes
 

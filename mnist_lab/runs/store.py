@@ -1,6 +1,6 @@
-"""Results and jobs: tidy tables (runs, epochs, iterations) in SQLite, written as runs progress
-so an interrupted run keeps what it finished, exported to CSV; and the `jobs` and `workers`
-tables through which the app, the CLI and worker processes submit, follow and stop training.
+"""Results: tidy tables (runs, epochs, iterations) in SQLite, written as runs progress so an
+interrupted run keeps what it finished, exported to CSV, with each run's kept weights beside
+them. The job queue and the worker registry over the same file are service/queue.py's.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import platform
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
@@ -21,10 +20,11 @@ import pandas as pd
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import StoreError
+from mnist_lab.i18n import N_, SEPARATOR, Message, render_stored, to_stored
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs import schema
-from mnist_lab.training.loop import EpochMetrics, TrainConfig, run_label  # noqa: F401 - run_label re-exported
+from mnist_lab.training.loop import EpochMetrics, TrainConfig, label_parts
 
 IDENTITY_COLUMNS = ["run_id", "experiment", "group_id", "label", "status", "started_at", "seconds", "device",
                     "engine", "params", "seed", "final_test_acc", "epochs_done", "diverged_at", "message"]
@@ -62,39 +62,49 @@ ITERATION_COLUMNS = ["run_id", "epoch", "iteration", "loss"]
 # it and that job's workspace (who may see, stop and delete it on a shared server).
 _OWNER = "owner"
 _PRIVATE = (_OWNER, "job_id", "workspace")
-WORKER_STALE_S = 30.0  # a worker that has not written its heartbeat for this long is gone
+# Not exported either: the label and the stop reason as stored messages (i18n.to_stored), which
+# each reader renders in their language; `label` and `stop_reason` keep their English for runs.csv.
+# NULL in a run of an earlier version: its English is shown as it is.
+MESSAGES = ("label_msg", "stop_reason_msg")
+VISIBLE_EXTRA = ["workspace", "job_id", *MESSAGES]  # visible_runs' columns beyond RUN_COLUMNS (not in runs.csv)
 LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
-
-JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
-               "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
-JOB_ACTIVE = ("queued", "running")
-WORKER_COLUMNS = ["worker", "slot", "device", "parent_pid", "started_at", "heartbeat_at", "job_id"]
-
 
 
 
 def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
-            experiment: str = "single", group_id: str = "", label: str = "", status: str = "running",
+            experiment: str = "single", group_id: str = "", label: str | Message | list[Message] = "",
+            status: str = "running",
             started_at: str = "", seconds: float = 0.0, device: str = "", engine: str = "", params: int = 0,
             final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
             steps_per_epoch: int = 0, stop_reason: str = "", diverged_at: int | None = None,
             message: str = "") -> dict:
     """One `runs` row: identity, outcome, every config field (tuples as 'a-b', block lists as
-    JSON), library versions."""
+    JSON), library versions; and `label_msg`, the label as a stored message. `label` is a Message
+    (or its parts), or text (a lesson variant's msgid, a cell's name: looked up in the catalog, else shown as
+    given); none: the run's default label (`label_parts`)."""
     import torch
 
     from mnist_lab import __version__
 
     # every key here is a column: RUN_COLUMNS derives from the same dataclass fields
     row = {**codec.to_row(data_cfg, RENAMED), **codec.to_row(train_cfg, RENAMED), **codec.to_row(model_cfg, RENAMED)}
-    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=label or run_label(model_cfg, data_cfg),
+    if isinstance(label, Message):
+        parts, english = [label], str(label)
+    elif isinstance(label, list) and label:  # a label's parts, as to_stored keeps them
+        parts, english = label, SEPARATOR.join(str(part) for part in label)
+    elif label:  # a msgid or a person's words, never formatted (it may hold braces)
+        parts, english = [Message(label)], label
+    else:
+        parts = label_parts(model_cfg, data_cfg)
+        english = SEPARATOR.join(str(part) for part in parts)
+    row.update(run_id=run_id, experiment=experiment, group_id=group_id, label=english, label_msg=to_stored(parts),
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
                diverged_at=diverged_at, message=message, steps_per_epoch=steps_per_epoch, stop_reason=stop_reason,
                conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__,
                torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
-    return {c: row.get(c) for c in RUN_COLUMNS}
+    return {c: row.get(c) for c in (*RUN_COLUMNS, "label_msg")}
 
 
 def _torchvision_version() -> str:
@@ -166,7 +176,7 @@ def _quick_check(conn: sqlite3.Connection) -> None:
 
 
 class ResultStore:
-    """SQLite (WAL) store of runs, epochs, iterations, jobs and workers. Safe to share between
+    """SQLite (WAL) store of runs, epochs and iterations. Safe to share between
     threads and processes; every write is its own transaction, so a killed process loses at most
     the write in flight."""
 
@@ -210,34 +220,44 @@ class ResultStore:
             self._context = previous
 
     def start_run(self, row: dict) -> None:
-        cols = ", ".join([*RUN_COLUMNS, *_PRIVATE])
-        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(_PRIVATE)))
+        cols = ", ".join([*RUN_COLUMNS, *MESSAGES, *_PRIVATE])
+        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(MESSAGES) + len(_PRIVATE)))
         ctx = self._context
         self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
-                    (*(row.get(c) for c in RUN_COLUMNS), owner_id(), ctx.get("job_id", ""),
+                    (*(row.get(c) for c in (*RUN_COLUMNS, *MESSAGES)), owner_id(), ctx.get("job_id", ""),
                      ctx.get("workspace", LOCAL_WORKSPACE)))
 
     @explained
     def mark_interrupted(self) -> int:
-        """Mark 'interrupted' every run and job still 'running' whose process, on this machine, no
-        longer exists (killed, crashed, machine restarted), with that reason: a run keeps what it
+        """Mark 'interrupted' every run still 'running' whose process, on this machine, no longer
+        exists (killed, crashed, machine restarted), with that reason: a run keeps what it
         finished and can be deleted. Runs of live processes and of other machines are left alone.
-        Returns how many runs changed."""
+        Returns how many runs changed. (A job's dead worker is the queue's: JobQueue.mark_interrupted.)"""
         with self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
-            jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
-        for job_id, worker in jobs:
-            if owner_dead(worker):
-                self.finish_job(job_id, "interrupted",
-                                reason=f"the worker process ({worker}) ended before the job finished "
-                                       "(killed or crashed)")
-        dead = [run_id for run_id, owner in runs if owner_dead(owner)]
-        if dead:
-            marks = ", ".join("?" for _ in dead)
-            self._write(f"UPDATE runs SET status = 'interrupted', stop_reason = COALESCE(NULLIF(stop_reason, ''), "
-                        f"'its process (' || {_OWNER} || ') ended before the run finished (killed or crashed)') "
-                        f"WHERE status = 'running' AND run_id IN ({marks})", tuple(dead))
+        dead = [(run_id, owner) for run_id, owner in runs if owner_dead(owner)]
+        why = [Message(N_("its process ({owner}) ended before the run finished (killed or crashed)"), {"owner": owner})
+               for _, owner in dead]
+        # a reason it already has (its job's, written first) is kept
+        self._write("UPDATE runs SET status = 'interrupted', "
+                    "stop_reason_msg = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason_msg END, "
+                    "stop_reason = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason END "
+                    "WHERE status = 'running' AND run_id = ?",
+                    [(to_stored(m), str(m), run_id) for m, (run_id, _) in zip(why, dead)])
         return len(dead)
+
+    @explained
+    def end_job_runs(self, job_id: str, status: str, reason: str) -> None:
+        """A job ended with `status`: its runs cut short with it say why (`reason`, a stored
+        message; the English beside it for runs.csv), and an interrupted job's run in progress is
+        interrupted too."""
+        with self._lock, self._conn:
+            if status == "interrupted":  # the run it was training was cut short with it
+                self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
+                                   "('running', 'stopped')", (job_id,))
+            self._conn.execute("UPDATE runs SET stop_reason = ?, stop_reason_msg = ? WHERE job_id = ? AND status IN "
+                               "('stopped', 'interrupted') AND COALESCE(stop_reason, '') = ''",
+                               (render_stored(reason, "en"), reason or None, job_id))
 
     def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
         rows = [(run_id, (it - 1) // steps_per_epoch + 1, it, loss, run_id)
@@ -296,113 +316,7 @@ class ResultStore:
 
         return has_weights(self.path, run_ids)
 
-    # ------------------------------------------------------------------------------ jobs
-    @explained
-    def submit_job(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
-        """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
-        with self._lock, self._conn:
-            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
-                               "created_at) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, "
-                               "'queued', ?, ?)", (job_id, workspace, kind, label, spec, runs_total, time.time()))
-
-    @explained
-    def start_job_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
-        """A job that this process trains itself (the CLI): 'running' at once, owned by this process."""
-        with self._lock, self._conn:
-            self._conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, "
-                               "created_at, started_at, worker) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
-                               "jobs), ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                               (job_id, workspace, kind, label, spec, runs_total, time.time(), time.time(), owner_id()))
-
-    @explained
-    def claim_job(self, worker: str) -> dict | None:
-        """Atomically take the oldest queued job whose workspace has nothing running (one job per
-        workspace at a time, however many workers), mark it 'running' for `worker`; None if none."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
-            try:
-                row = self._conn.execute(
-                    f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE status = 'queued' AND workspace NOT IN "
-                    "(SELECT workspace FROM jobs WHERE status = 'running') ORDER BY seq LIMIT 1").fetchone()
-                if row is not None:
-                    self._conn.execute("UPDATE jobs SET status = 'running', started_at = ?, worker = ? "
-                                       "WHERE job_id = ?", (time.time(), worker, row[0]))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        if row is None:
-            return None
-        job = dict(zip(JOB_COLUMNS, row))
-        job.update(status="running", worker=worker)
-        return job
-
-    @explained
-    def request_stop(self, job_id: str, reason: str = "stopped by you") -> bool:
-        """Ask a job to stop: a queued one ends at once, a running one at its next iteration (its
-        worker reads the request). Returns whether the job was still active."""
-        with self._lock, self._conn:
-            n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
-                                   "finished_at = ? WHERE job_id = ? AND status = 'queued'",
-                                   (reason, time.time(), job_id)).rowcount
-            n += self._conn.execute("UPDATE jobs SET stop_requested = 1, stop_reason = ? WHERE job_id = ? AND "
-                                    "status = 'running' AND stop_requested = 0", (reason, job_id)).rowcount
-        return n > 0
-
-    @explained
-    def stop_requested(self, job_id: str) -> bool:
-        with self._lock:
-            row = self._conn.execute("SELECT stop_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return bool(row and row[0])
-
-    @explained
-    def finish_job(self, job_id: str, status: str, reason: str = "", error: str = "") -> None:
-        """End a job, and give its runs that ended early (stopped, interrupted) the job's reason."""
-        with self._lock, self._conn:
-            self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
-                               "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
-                               (status, reason, reason, error, time.time(), job_id))
-            why = self._conn.execute("SELECT stop_reason FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            why = why[0] if why else reason
-            if status == "interrupted":  # the run it was training was cut short with it
-                self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
-                                   "('running', 'stopped')", (job_id,))
-            self._conn.execute("UPDATE runs SET stop_reason = ? WHERE job_id = ? AND status IN ('stopped', "
-                               "'interrupted') AND COALESCE(stop_reason, '') = ''", (why, job_id))
-
-    @explained
-    def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
-             kinds: Iterable[str] | None = None, statuses: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
-        """Jobs newest first, optionally of one workspace, some ids, kinds or statuses."""
-        where, params = [], []
-        if workspace is not None:
-            where.append("workspace = ?")
-            params.append(workspace)
-        for column, values in (("job_id", job_ids), ("kind", kinds), ("status", statuses)):
-            if values is not None:
-                values = list(values)
-                where.append(f"{column} IN ({', '.join('?' for _ in values) or 'NULL'})")
-                params += values
-        sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
-        return [dict(zip(JOB_COLUMNS, r)) for r in rows]
-
-    def job(self, job_id: str) -> dict | None:
-        found = self.jobs(job_ids=[job_id], limit=1)
-        return found[0] if found else None
-
-    @explained
-    def queue_position(self, job_id: str) -> int:
-        """1-based place among the queued jobs (0 when not queued)."""
-        with self._lock:
-            row = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
-                                     "(SELECT seq FROM jobs WHERE job_id = ? AND status = 'queued')",
-                                     (job_id,)).fetchone()
-        return int(row[0]) if row else 0
-
+    # ------------------------------------------------------------------------------ runs of jobs
     def job_runs(self, job_id: str) -> pd.DataFrame:
         """The runs a job has started, in start order, with how many iterations each has stored."""
         return pd.DataFrame(self.job_run_rows(job_id), columns=[*RUN_COLUMNS, "iterations_done"])
@@ -428,10 +342,10 @@ class ResultStore:
 
     @explained
     def visible_runs(self, workspace: str | None) -> pd.DataFrame:
-        """`runs()` plus each run's workspace and job, restricted to one workspace (None: every
-        run, for a local user or a teacher)."""
+        """`runs()` plus each run's workspace and job and its stored messages (VISIBLE_EXTRA),
+        restricted to one workspace (None: every run, for a local user or a teacher)."""
         sql = (f"SELECT {', '.join(RUN_COLUMNS)}, COALESCE(workspace, '{LOCAL_WORKSPACE}') AS workspace, "
-               "job_id FROM runs")
+               f"job_id, {', '.join(MESSAGES)} FROM runs")
         params: list = []
         if workspace is not None:
             sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') = ?"
@@ -451,40 +365,16 @@ class ResultStore:
                                       ids).fetchall()
         return dict(rows)
 
-    # ------------------------------------------------------------------------------ workers
     @explained
-    def register_worker(self, worker: str, slot: int, device: str, parent_pid: int | None) -> bool:
-        """Claim worker slot `slot` for `worker`, unless a live worker already holds it."""
+    def run_workspaces(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """run_id -> the workspace it belongs to (a run of none is the local user's)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._conn.execute("SELECT worker, heartbeat_at FROM workers WHERE slot = ?", (slot,)).fetchall()
-                live = [w for w, beat in rows if w != worker and not owner_dead(w)
-                        and time.time() - (beat or 0) < WORKER_STALE_S]
-                if not live:
-                    self._conn.execute("DELETE FROM workers WHERE slot = ?", (slot,))
-                    self._conn.execute("INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, '')",
-                                       (worker, slot, device, parent_pid, time.time(), time.time()))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return not live
-
-    def worker_heartbeat(self, worker: str, job_id: str = "") -> None:
-        self._write("UPDATE workers SET heartbeat_at = ?, job_id = ? WHERE worker = ?", (time.time(), job_id, worker))
-
-    def unregister_worker(self, worker: str) -> None:
-        self._write("DELETE FROM workers WHERE worker = ?", (worker,))
-
-    @explained
-    def live_workers(self) -> list[dict]:
-        """Workers whose process is alive (on this machine) and whose heartbeat is recent."""
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers").fetchall()
-        now = time.time()
-        return [dict(zip(WORKER_COLUMNS, r)) for r in rows
-                if not owner_dead(r[0]) and now - (r[5] or 0) < WORKER_STALE_S]
+            rows = self._conn.execute(f"SELECT run_id, COALESCE(NULLIF(workspace, ''), '{LOCAL_WORKSPACE}') FROM runs "
+                                      f"WHERE run_id IN ({', '.join('?' for _ in ids)})", ids).fetchall()
+        return dict(rows)
 
     # ------------------------------------------------------------------------------ reads
     @explained

@@ -1,5 +1,5 @@
-"""Training jobs as data in the results store: a `JobSpec` (what to train, as JSON), the small
-runner interface the pages and the CLI use (submit, poll, stop), the store-backed runner, and
+"""Training jobs as data in the results database: a `JobSpec` (what to train, as JSON), the small
+runner interface the pages and the CLI use (submit, poll, stop), the queue-backed runner, and
 `execute`, which a worker process (worker.py) or the CLI calls to train one job. Another
 executor (a Ray cluster, say) can run the same specs. Never imports streamlit.
 """
@@ -16,11 +16,14 @@ from typing import Any, Protocol
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError
+from mnist_lab.i18n import N_, Message, render, render_stored
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
 from mnist_lab.nets.model import ModelConfig, describe
 from mnist_lab.runs.recorder import Recorder
-from mnist_lab.runs.store import JOB_ACTIVE, LOCAL_WORKSPACE, ResultStore
+from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
+from mnist_lab.service.access import LOCAL, Asker, allowed, may
+from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_YOU, JobQueue
 from mnist_lab.training.events import Event
 from mnist_lab.training.loop import CancelFlag, TrainConfig
 from mnist_lab.training.preflight import preflight
@@ -134,12 +137,13 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
     spec.preflight()
     job_id = uuid.uuid4().hex
-    store.start_job_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+    queue = JobQueue(store)
+    queue.start_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(poll_s):
-            if store.stop_requested(job_id):
+            if queue.stop_requested(job_id):
                 cancel.set()
     watcher = threading.Thread(target=watch, name="mnist-lab-stop-watch", daemon=True)
     watcher.start()
@@ -148,25 +152,34 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
             result = execute(spec, store, cancel=cancel, on_progress=on_progress)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        store.finish_job(job_id, "interrupted" if interrupted else "failed",
-                         reason="aborted with a second Ctrl-C" if interrupted else "", error=readable_error(exc))
+        queue.finish(job_id, "interrupted" if interrupted else "failed",
+                     reason=Message(N_("aborted with a second Ctrl-C")) if interrupted else None,
+                     error=readable_error(exc))
         raise
     finally:
         done.set()
         watcher.join()
-    by_ctrl_c = result.status == "stopped" and not store.stop_requested(job_id)  # else the request says why
-    store.finish_job(job_id, result.status, reason="stopped with Ctrl-C" if by_ctrl_c else "")
+    by_ctrl_c = result.status == "stopped" and not queue.stop_requested(job_id)  # else the request says why
+    queue.finish(job_id, result.status, reason=Message(N_("stopped with Ctrl-C")) if by_ctrl_c else None)
+    queue.close()
     return result
 
 
-def readable_error(exc: BaseException) -> str:
-    """A message a student can act on: the core's own ValueError text, or the exception named."""
+def readable_error(exc: BaseException) -> Message:
+    """A message a student can act on, as data: the core's refusal (its template and values), its
+    own ValueError text, or the exception named (those two shown as they are in every language)."""
+    template, params = getattr(exc, "template", None), getattr(exc, "params", None)
+    if isinstance(template, str) and isinstance(params, dict):
+        message = Message(template, {k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+                                     for k, v in params.items()})
+        if render(message, "en") == render(exc, "en"):  # its values survive storing (a tuple, an object may not)
+            return message
     if isinstance(exc, (ValueError, DataUnavailableError)):
-        return str(exc)
+        return Message.verbatim(str(exc))
     if isinstance(exc, MemoryError):
-        return "Out of memory: use a smaller training subset, batch size or network."
+        return Message(N_("Out of memory: use a smaller training subset, batch size or network."))
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return Message.verbatim(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------------ views
@@ -184,7 +197,8 @@ class RunView:
     epochs_done: int
     final_test_acc: float | None
     engine: str
-    stop_reason: str
+    stop_reason: str  # in English (runs.csv's); `stop_message` is what a reader renders
+    stop_message: str = ""  # the stored message (i18n.render_stored); '' for none
 
 
 @dataclass(frozen=True)
@@ -202,11 +216,13 @@ class JobView:
     fraction: float  # of the whole job, in [0, 1]
     elapsed_s: float  # since the job left the queue
     eta_s: float | None
-    error: str
-    stop_reason: str
+    error: str  # in English; `error_message` is the stored message a reader renders
+    stop_reason: str  # in English; `stop_message` is the stored message a reader renders
     stop_requested: bool
     spec: JobSpec | None
     created_at: float
+    error_message: str = ""
+    stop_message: str = ""
 
     @property
     def active(self) -> bool:
@@ -221,7 +237,7 @@ def _seconds_since(iso: str | None, now: float) -> float | None:
 
 
 _VIEW_COLUMNS = ("run_id", "label", "status", "started_at", "steps_per_epoch", "epochs", "epochs_done",
-                 "final_test_acc", "engine", "stop_reason")
+                 "final_test_acc", "engine", "stop_reason", "stop_reason_msg")
 
 
 @lru_cache(maxsize=256)
@@ -232,12 +248,14 @@ def _spec(text: str) -> JobSpec | None:
         return None
 
 
-def job_view(store: ResultStore, row: dict) -> JobView:
+def job_view(queue: JobQueue, row: dict) -> JobView:
+    """The job `row` (a `JobQueue.jobs` row) and its runs as the store has them now."""
     now = time.time()
-    rows = store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
+    rows = queue.store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
     runs = [RunView(r["run_id"], r["label"] or "", r["status"], int(r["iterations_done"]),
                     int(r["steps_per_epoch"] or 0) * int(r["epochs"] or 0), int(r["steps_per_epoch"] or 0),
-                    int(r["epochs_done"] or 0), r["final_test_acc"], r["engine"] or "", r["stop_reason"] or "")
+                    int(r["epochs_done"] or 0), r["final_test_acc"], r["engine"] or "", r["stop_reason"] or "",
+                    r["stop_reason_msg"] or r["stop_reason"] or "")
             for r in rows]
     total = max(int(row["runs_total"] or 1), 1)
     done = sum(r.status != "running" for r in runs)
@@ -257,9 +275,10 @@ def job_view(store: ResultStore, row: dict) -> JobView:
     elif status == "running" and fraction > 0:
         eta = elapsed / fraction * (1 - fraction)
     return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
-                   store.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
-                   elapsed, eta, row["error"] or "", row["stop_reason"] or "", bool(row["stop_requested"]),
-                   _spec(row["spec"]), row["created_at"] or 0.0)
+                   queue.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
+                   elapsed, eta, render_stored(row["error"], "en"), render_stored(row["stop_reason"], "en"),
+                   bool(row["stop_requested"]), _spec(row["spec"]), row["created_at"] or 0.0, row["error"] or "",
+                   row["stop_reason"] or "")
 
 
 # ------------------------------------------------------------------------------------ runners
@@ -267,46 +286,74 @@ def job_view(store: ResultStore, row: dict) -> JobView:
 class JobRunner(Protocol):
     """What a page or a tool needs to have jobs trained somewhere else."""
 
-    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str: ...
+    def submit(self, spec: JobSpec, workspace: str | None = None) -> str: ...
 
     def poll(self, job_id: str) -> JobView | None: ...
 
-    def stop(self, job_id: str, reason: str = "stopped by you") -> bool: ...
+    def stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool: ...
 
 
 class StoreRunner:
-    """Jobs queued in the results store and trained by worker processes that watch it
-    (`python -m mnist_lab worker`, or the one the app starts). A workspace may have one job
-    training and `queue_limit` more waiting."""
+    """Jobs queued in the results database and trained by worker processes that watch it
+    (`python -m mnist_lab worker`, or the one the app starts), acting for `asker`: it polls,
+    lists, stops and deletes only what `access.may` lets them. A workspace may have one job
+    training and `queue_limit` more waiting. `queue`: the store's JobQueue when the caller keeps
+    one open (the app), else one of its own."""
 
-    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT):
+    def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT, queue: JobQueue | None = None,
+                 asker: Asker = LOCAL):
         self.store = store
+        self.queue = queue if queue is not None else JobQueue(store)
         self.queue_limit = queue_limit
+        self.asker = asker
 
-    def submit(self, spec: JobSpec, workspace: str = LOCAL_WORKSPACE) -> str:
+    def submit(self, spec: JobSpec, workspace: str | None = None) -> str:
+        """Queue `spec` in `workspace` (the asker's own by default)."""
+        workspace = self.asker.workspace if workspace is None else workspace
         spec.preflight()  # refused here, not by a worker after it has loaded the data
         runs_total = spec.runs_total()  # validates a sweep's cells too
-        active = [j for j in self.store.jobs(workspace=workspace, limit=1000) if j["status"] in JOB_ACTIVE]
+        active = self.queue.jobs(workspace=workspace, statuses=JOB_ACTIVE, limit=1000)
         if len(active) >= 1 + self.queue_limit:
             raise QueueFullError(f"You already have {len(active)} jobs training or waiting (at most "
                                  f"{1 + self.queue_limit}): wait for one to finish, or stop one, then start this one.")
         job_id = uuid.uuid4().hex  # unguessable
-        self.store.submit_job(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total)
+        self.queue.submit(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total)
         return job_id
 
     def poll(self, job_id: str) -> JobView | None:
-        row = self.store.job(job_id) if job_id else None
-        return job_view(self.store, row) if row else None
+        """The job as it is now; None when there is none, or the asker may not see it."""
+        row = self.queue.job(job_id) if job_id else None
+        return job_view(self.queue, row) if row and may(self.asker, "see", row) else None
 
-    def stop(self, job_id: str, reason: str = "stopped by you") -> bool:
-        return self.store.request_stop(job_id, reason)
+    def stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool:
+        """Ask the job to stop; False when it is no longer active or the asker may not stop it."""
+        row = self.queue.job(job_id) if job_id else None
+        return bool(row) and may(self.asker, "stop", row) and self.queue.request_stop(job_id, reason)
 
     def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, active: bool = False,
              limit: int = 20) -> list[JobView]:
-        """A workspace's jobs (every workspace's for None), newest first; only queued and
-        running ones if `active`."""
-        rows = self.store.jobs(workspace=workspace, kinds=kinds, statuses=JOB_ACTIVE if active else None, limit=limit)
-        return [job_view(self.store, row) for row in rows]
+        """A workspace's jobs (every workspace's for None) that the asker may see, newest first;
+        only queued and running ones if `active`."""
+        rows = self.queue.jobs(workspace=workspace, kinds=kinds, statuses=JOB_ACTIVE if active else None, limit=limit)
+        return [job_view(self.queue, row) for row in allowed(self.asker, "see", rows)]
+
+    def runs(self):
+        """The runs the asker may see (a DataFrame: `ResultStore.visible_runs`)."""
+        return self.store.visible_runs(self.asker.scope)
+
+    def may_see_run(self, run_id: str) -> bool:
+        owners = self.store.run_workspaces([run_id])
+        return run_id in owners and may(self.asker, "see", owners[run_id])
+
+    def stop_runs(self, run_ids: list[str], reason: Message = STOPPED_BY_YOU) -> int:
+        """Stop the jobs that train `run_ids` (a sweep or comparison stops as a whole), those the
+        asker may stop; returns how many jobs were asked to stop."""
+        return sum(self.stop(job_id, reason) for job_id in set(self.store.run_jobs(run_ids).values()))
+
+    def delete_runs(self, run_ids: list[str]) -> int:
+        """Delete the runs among `run_ids` that the asker may delete; returns how many were."""
+        owners = self.store.run_workspaces(run_ids)
+        return self.store.delete_runs([r for r in run_ids if r in owners and may(self.asker, "delete", owners[r])])
 
     def wait(self, job_id: str, timeout: float, every_s: float = 0.1) -> JobView | None:
         """Poll until the job ends or `timeout` seconds pass (tests, scripts); its last view."""

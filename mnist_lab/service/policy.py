@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.nets.model import summarize
+from mnist_lab.service.access import Asker
 
 MODES = ("local", "shared")
 ENV = dict(mode="MNIST_LAB_MODE", teacher_token="MNIST_LAB_TEACHER_TOKEN", class_view="MNIST_LAB_CLASS_VIEW",
@@ -73,6 +74,11 @@ class ServerPolicy:
 
     def is_teacher(self, token: str | None) -> bool:
         return bool(self.teacher_token) and token == self.teacher_token
+
+    def asker(self, workspace: str, token: str | None = None) -> Asker:
+        """Who a session of this server is, for `access.may`: its workspace, and whether it gave
+        the teacher token."""
+        return Asker(workspace, shared=self.shared, teacher=self.is_teacher(token), class_view=self.class_view)
 
     def check(self, spec, device_type: str) -> None:
         """Refuse, in shared mode, a job over this server's limits, saying how to run it locally."""

@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnist_lab.i18n import N_, Message
 from mnist_lab.runs.store import ResultStore, owner_dead, owner_id
 from mnist_lab.service.jobs import JobSpec, execute, readable_error
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
 
@@ -41,16 +43,17 @@ class Worker:
     def __init__(self, cfg: WorkerConfig):
         self.cfg = cfg
         self.store = ResultStore(cfg.db)
+        self.queue = JobQueue(self.store)
         self.id = owner_id()
         self.cancel = threading.Event()  # the job in progress should end now
-        self.quit_reason = ""  # set when the whole worker should end (a signal, the server gone)
+        self.quit_reason: Message | None = None  # set when the whole worker should end (a signal, the server gone)
         self.job_id = ""
 
     # ------------------------------------------------------------------------------ signals
     def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        who = "the server" if self.cfg.parent_pid else "the worker"
-        self.quit_reason = self.quit_reason or f"{who} was stopped ({name}) while it trained"
+        why = (N_("the server was stopped ({signal}) while it trained") if self.cfg.parent_pid else
+               N_("the worker was stopped ({signal}) while it trained"))
+        self.quit_reason = self.quit_reason or Message(why, {"signal": signal.Signals(signum).name})
         self.cancel.set()
 
     def _parent_gone(self) -> bool:
@@ -64,7 +67,7 @@ class Worker:
         device = resolve_device(self.cfg.device)
         if self.cfg.nice > 0:
             _lower_priority(self.cfg.nice)
-        if not self.store.register_worker(self.id, self.cfg.slot, device_label(device), self.cfg.parent_pid):
+        if not self.queue.register_worker(self.id, self.cfg.slot, device_label(device), self.cfg.parent_pid):
             print(f"worker: slot {self.cfg.slot} of {self.store.path} is served by another live worker",
                   file=sys.stderr)
             return 1
@@ -79,11 +82,11 @@ class Worker:
             while not self.quit_reason and (max_jobs is None or done < max_jobs):
                 now = time.monotonic()
                 if now - beat > HEARTBEAT_S:
-                    self.store.worker_heartbeat(self.id)
+                    self.queue.heartbeat(self.id)
                     beat = now
                 if self._parent_gone():
                     break
-                job = self.store.claim_job(self.id)
+                job = self.queue.claim(self.id)
                 if job is None:
                     if self.cfg.idle_exit_s is not None and now - idle_since > self.cfg.idle_exit_s:
                         break
@@ -93,7 +96,7 @@ class Worker:
                 done += 1
                 idle_since = time.monotonic()
         finally:
-            self.store.unregister_worker(self.id)
+            self.queue.unregister_worker(self.id)
         return 0
 
     def _warm(self, device) -> None:
@@ -110,17 +113,19 @@ class Worker:
         """While a job trains: read stop requests, the parent's health and the time limit."""
         beat = 0.0
         while not done.wait(POLL_S):
-            if self.store.stop_requested(job_id):
+            if self.queue.stop_requested(job_id):
                 self.cancel.set()
             if self._parent_gone():
-                self.quit_reason = self.quit_reason or "the server stopped (restarted or killed) while it trained"
+                self.quit_reason = self.quit_reason or Message(
+                    N_("the server stopped (restarted or killed) while it trained"))
                 self.cancel.set()
             limit = self.cfg.max_job_s
             if limit is not None and time.monotonic() - started > limit:
-                self.store.request_stop(job_id, f"timed out: jobs on this server may train for at most {limit:.0f} s")
+                self.queue.request_stop(job_id, Message(
+                    N_("timed out: jobs on this server may train for at most {limit} s"), {"limit": f"{limit:.0f}"}))
                 self.cancel.set()
             if time.monotonic() - beat > HEARTBEAT_S:
-                self.store.worker_heartbeat(self.id, job_id)
+                self.queue.heartbeat(self.id, job_id)
                 beat = time.monotonic()
 
     def _train(self, job: dict, device) -> None:
@@ -139,17 +144,17 @@ class Worker:
             with self.store.context(job_id=job_id, workspace=job["workspace"]):
                 status = execute(spec, self.store, cancel=self.cancel).status
         except Exception as exc:  # noqa: BLE001 - the page shows it; the runs so far are in the store
-            self.store.finish_job(job_id, "failed", error=readable_error(exc))
+            self.queue.finish(job_id, "failed", error=readable_error(exc))
             print(f"worker: job {job_id} failed: {exc!r}", file=sys.stderr, flush=True)
         else:
             if self.quit_reason and status != "finished":
-                self.store.finish_job(job_id, "interrupted", reason=self.quit_reason)
+                self.queue.finish(job_id, "interrupted", reason=self.quit_reason)
             else:
-                self.store.finish_job(job_id, status)
+                self.queue.finish(job_id, status)
         finally:
             done.set()
             watcher.join()
-            self.store.worker_heartbeat(self.id)
+            self.queue.heartbeat(self.id)
 
 
 def _lower_priority(nice: int) -> None:

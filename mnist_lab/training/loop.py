@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from mnist_lab.data.datasets import DataConfig, TensorData, normalization
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_float, need_int, need_seed
+from mnist_lab.i18n import N_, SEPARATOR, Message, to_stored
 from mnist_lab.nets.model import ModelConfig, build_model, count_params, describe
 from mnist_lab.training import engines
 from mnist_lab.training.engines import ENGINE_NAMES
@@ -157,17 +158,23 @@ def fallback_reason(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torc
     return engines.select(model_cfg, train_cfg, device).why_not
 
 
-def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
-    """A run's default label: its network, and the data settings that change results when they
-    are not the lab's defaults (normalisation, permuted pixels, a subset)."""
-    parts = [describe(model_cfg)]
+def label_parts(model_cfg: ModelConfig, data_cfg: DataConfig) -> list[Message]:
+    """A run's default label as data: its network (the architecture, the same in every language)
+    and the data settings that change results when they are not the lab's defaults
+    (normalisation, permuted pixels, a subset), each a msgid with its values."""
+    parts = [Message.verbatim(describe(model_cfg))]
     if normalization(data_cfg.normalize, data_cfg.dataset) != normalization("dataset", data_cfg.dataset):
-        parts.append(f"{data_cfg.normalize} normalisation")
+        parts.append(Message(N_("{n} normalisation"), {"n": data_cfg.normalize}))
     if data_cfg.permute_pixels:
-        parts.append("permuted pixels")
+        parts.append(Message(N_("permuted pixels")))
     if data_cfg.train_limit is not None:
-        parts.append(f"{data_cfg.train_limit:,} images")
-    return " · ".join(parts)
+        parts.append(Message(N_("{n} images"), {"n": f"{data_cfg.train_limit:,}"}))
+    return parts
+
+
+def run_label(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
+    """A run's default label in English (the runs table's `label`, runs.csv)."""
+    return SEPARATOR.join(str(part) for part in label_parts(model_cfg, data_cfg))
 
 
 def warm_up(device: str | torch.device = "auto") -> float:
@@ -248,7 +255,7 @@ class _RunLog:
                                 params=count_params(model_cfg), device=device_label(device), engine=engine,
                                 status="running", steps_per_epoch=self.steps_per_epoch,
                                 started_at=datetime.now(timezone.utc).isoformat(),
-                                data_source=data.source, label=label or run_label(model_cfg, data.config))
+                                data_source=data.source, label=str(label) or run_label(model_cfg, data.config))
         self.weights: Callable[[], dict[str, torch.Tensor]] | None = None  # the run's weights, read at finish()
         self.emit = emit
         self.every_s = train_cfg.progress_every_s
@@ -260,6 +267,7 @@ class _RunLog:
         r = self.result
         emit(RunStarted(run_id=run_id, epoch=1, step=0, total_steps=self.total_steps, model=config_dict(model_cfg),
                         train=config_dict(train_cfg), data=config_dict(data.config), label=r.label,
+                        label_msg=to_stored(label if isinstance(label, Message) else Message(label)) if label else "",
                         engine=engine, device=r.device, params=r.params, steps_per_epoch=self.steps_per_epoch,
                         started_at=r.started_at, data_source=r.data_source))
         self.closed = False  # finish() has run (a diverged run in a stack ends before the others)

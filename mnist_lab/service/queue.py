@@ -1,0 +1,197 @@
+"""The job queue and the worker registry: the `jobs` and `workers` tables of the results
+database, through which the app, the CLI and worker processes submit, claim, follow and stop
+training. Their own connection to the store's file (runs/schema.py owns every table); what a
+job's end means for its runs is asked of the ResultStore, which alone writes runs.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+
+from mnist_lab.i18n import N_, Message, to_stored
+from mnist_lab.runs.store import ResultStore, explained, owner_dead, owner_id
+
+JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
+               "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
+JOB_ACTIVE = ("queued", "running")
+# A job's `stop_reason` and `error` are stored messages (i18n.to_stored); a reader renders them.
+STOPPED_BY_YOU = Message(N_("stopped by you"))
+WORKER_COLUMNS = ["worker", "slot", "device", "parent_pid", "started_at", "heartbeat_at", "job_id"]
+WORKER_STALE_S = 30.0  # a worker that has not written its heartbeat for this long is gone
+
+
+class JobQueue:
+    """Jobs and workers in the results database `store` opened (and brought to the current
+    schema). Safe to share between threads and processes; every write is its own transaction."""
+
+    @explained
+    def __init__(self, store: ResultStore):
+        self.store = store
+        self.path = store.path
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self.mark_interrupted()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @explained
+    def _write(self, sql: str, params: tuple = ()) -> int:
+        with self._lock, self._conn:
+            return self._conn.execute(sql, params).rowcount
+
+    # ------------------------------------------------------------------------------ jobs
+    @explained
+    def submit(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
+        """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
+        self._write("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at) "
+                    "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, 'queued', ?, ?)",
+                    (job_id, workspace, kind, label, spec, runs_total, time.time()))
+
+    @explained
+    def start_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
+        """A job that this process trains itself (the CLI): 'running' at once, owned by this process."""
+        self._write("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at, "
+                    "started_at, worker) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, "
+                    "'running', ?, ?, ?, ?)",
+                    (job_id, workspace, kind, label, spec, runs_total, time.time(), time.time(), owner_id()))
+
+    @explained
+    def claim(self, worker: str) -> dict | None:
+        """Atomically take the oldest queued job whose workspace has nothing running (one job per
+        workspace at a time, however many workers), mark it 'running' for `worker`; None if none."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
+            try:
+                row = self._conn.execute(
+                    f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE status = 'queued' AND workspace NOT IN "
+                    "(SELECT workspace FROM jobs WHERE status = 'running') ORDER BY seq LIMIT 1").fetchone()
+                if row is not None:
+                    self._conn.execute("UPDATE jobs SET status = 'running', started_at = ?, worker = ? "
+                                       "WHERE job_id = ?", (time.time(), worker, row[0]))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        if row is None:
+            return None
+        job = dict(zip(JOB_COLUMNS, row))
+        job.update(status="running", worker=worker)
+        return job
+
+    @explained
+    def request_stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool:
+        """Ask a job to stop, saying why: a queued one ends at once, a running one at its next
+        iteration (its worker reads the request). Returns whether the job was still active."""
+        why = to_stored(reason)
+        with self._lock, self._conn:
+            n = self._conn.execute("UPDATE jobs SET status = 'stopped', stop_reason = ?, stop_requested = 1, "
+                                   "finished_at = ? WHERE job_id = ? AND status = 'queued'",
+                                   (why, time.time(), job_id)).rowcount
+            n += self._conn.execute("UPDATE jobs SET stop_requested = 1, stop_reason = ? WHERE job_id = ? AND "
+                                    "status = 'running' AND stop_requested = 0", (why, job_id)).rowcount
+        return n > 0
+
+    @explained
+    def stop_requested(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT stop_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    @explained
+    def finish(self, job_id: str, status: str, reason: Message | None = None, error: Message | None = None) -> None:
+        """End a job, and give its runs that ended early (stopped, interrupted) the job's reason
+        (the one given here, else the stop request's)."""
+        given = to_stored(reason) if reason is not None else ""
+        failed = to_stored(error) if error is not None else ""
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
+                               "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
+                               (status, given, given, failed, time.time(), job_id))
+            row = self._conn.execute("SELECT stop_reason FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        self.store.end_job_runs(job_id, status, row[0] if row and row[0] else given)
+
+    @explained
+    def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
+             kinds: Iterable[str] | None = None, statuses: Iterable[str] | None = None, limit: int = 50) -> list[dict]:
+        """Jobs newest first, optionally of one workspace, some ids, kinds or statuses."""
+        where, params = [], []
+        if workspace is not None:
+            where.append("workspace = ?")
+            params.append(workspace)
+        for column, values in (("job_id", job_ids), ("kind", kinds), ("status", statuses)):
+            if values is not None:
+                values = list(values)
+                where.append(f"{column} IN ({', '.join('?' for _ in values) or 'NULL'})")
+                params += values
+        sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
+        return [dict(zip(JOB_COLUMNS, r)) for r in rows]
+
+    def job(self, job_id: str) -> dict | None:
+        found = self.jobs(job_ids=[job_id], limit=1)
+        return found[0] if found else None
+
+    @explained
+    def queue_position(self, job_id: str) -> int:
+        """1-based place among the queued jobs (0 when not queued)."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
+                                     "(SELECT seq FROM jobs WHERE job_id = ? AND status = 'queued')",
+                                     (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @explained
+    def mark_interrupted(self) -> int:
+        """Mark 'interrupted' every job still 'running' whose worker, on this machine, no longer
+        exists (killed, crashed, machine restarted), its runs with it and the reason; then every
+        run left running by a dead process (ResultStore.mark_interrupted). Returns how many runs
+        changed."""
+        with self._lock:
+            jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
+        for job_id, worker in jobs:
+            if owner_dead(worker):
+                self.finish(job_id, "interrupted", reason=Message(
+                    N_("the worker process ({worker}) ended before the job finished (killed or crashed)"),
+                    {"worker": worker}))
+        return self.store.mark_interrupted()
+
+    # ------------------------------------------------------------------------------ workers
+    @explained
+    def register_worker(self, worker: str, slot: int, device: str, parent_pid: int | None) -> bool:
+        """Claim worker slot `slot` for `worker`, unless a live worker already holds it."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute("SELECT worker, heartbeat_at FROM workers WHERE slot = ?", (slot,)).fetchall()
+                live = [w for w, beat in rows if w != worker and not owner_dead(w)
+                        and time.time() - (beat or 0) < WORKER_STALE_S]
+                if not live:
+                    self._conn.execute("DELETE FROM workers WHERE slot = ?", (slot,))
+                    self._conn.execute("INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, '')",
+                                       (worker, slot, device, parent_pid, time.time(), time.time()))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return not live
+
+    def heartbeat(self, worker: str, job_id: str = "") -> None:
+        self._write("UPDATE workers SET heartbeat_at = ?, job_id = ? WHERE worker = ?", (time.time(), job_id, worker))
+
+    def unregister_worker(self, worker: str) -> None:
+        self._write("DELETE FROM workers WHERE worker = ?", (worker,))
+
+    @explained
+    def live_workers(self) -> list[dict]:
+        """Workers whose process is alive (on this machine) and whose heartbeat is recent."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers").fetchall()
+        now = time.time()
+        return [dict(zip(WORKER_COLUMNS, r)) for r in rows
+                if not owner_dead(r[0]) and now - (r[5] or 0) < WORKER_STALE_S]
