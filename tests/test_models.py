@@ -279,7 +279,7 @@ def test_plain_conv_padding_names_the_convolutions_the_fast_paths_rewrite():
 
 def test_networks_that_train_differently_get_different_labels():
     from mnist_lab.data.datasets import DataConfig
-    from mnist_lab.runs.store import run_label
+    from mnist_lab.training.loop import run_label
 
     base = get_preset("lab5").model
     variants = [base, replace(base, batch_norm=True), replace(base, softmax_before_loss=True),

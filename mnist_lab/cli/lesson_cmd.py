@@ -41,7 +41,8 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--train-limit", type=int, help=_("override the lesson's number of training images"))
     p.add_argument("--test-limit", type=int, help=_("override the lesson's number of test images"))
     p.add_argument("--device", default="auto", help=_("auto (CUDA if present), cpu, cuda"))
-    p.add_argument("--engine", choices=ENGINE_NAMES, default="auto")
+    p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
+                   help=_("training path (as for train; auto: the fastest)"))
     p.add_argument("--data-dir", help=_("datasets in torchvision's layout"))
     p.add_argument("--out", type=Path, help=_("directory for the CSV tables"))
     p.add_argument("--db", type=Path, help=db_help())
