@@ -82,6 +82,12 @@ def run_labels(runs: pd.DataFrame) -> pd.Series:
     return pd.Series([said(m, e) for e, m in zip(runs["label"], runs["label_msg"])], index=runs.index, dtype=object)
 
 
+def run_messages(runs: pd.DataFrame) -> pd.Series:
+    """Each run's message (why it diverged) in the session's language ('' for none)."""
+    return pd.Series([said(m, e) for e, m in zip(runs["message"], runs["message_msg"])], index=runs.index,
+                     dtype=object)
+
+
 def stop_reasons(runs: pd.DataFrame) -> pd.Series:
     """Each run's stop reason in the session's language ('' for none)."""
     return pd.Series([said(m, e) for e, m in zip(runs["stop_reason"], runs["stop_reason_msg"])], index=runs.index,

@@ -17,7 +17,7 @@ from app_lib.shared import (
     workspace,
 )
 from app_lib.text import local_times, percent, plain
-from app_lib.widgets import COLUMNS, csv_button, headers, run_labels, stop_reasons, table, words
+from app_lib.widgets import COLUMNS, csv_button, headers, run_labels, run_messages, stop_reasons, table, words
 from mnist_lab.errors import StoreError
 from mnist_lab.runs.store import VISIBLE_EXTRA
 
@@ -74,7 +74,7 @@ shown = shown.assign(inspect=[f"./inspect?run={r}{ws}" if r in kept else None fo
 started = local_times(shown["started_at"], tz)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
-                          stop_reason=stop_reasons(shown), status=words(shown["status"]),
+                          stop_reason=stop_reasons(shown), message=run_messages(shown), status=words(shown["status"]),
                           experiment=words(shown["experiment"]), label=shown["label_shown"]),
       hide_index=True, width="stretch", column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),

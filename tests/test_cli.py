@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from mnist_lab.cli.main import main
+from mnist_lab.i18n import render_stored
+from mnist_lab.runs.store import ResultStore
 
 
 def test_presets_lists_the_four_networks(capsys):
@@ -278,6 +280,21 @@ def test_a_diverging_run_ends_with_exit_3_and_says_where(tmp_path, capsys, mnist
     assert iters["loss"].notna().all() and row.epochs_done == 0  # stopped at once, in the first epoch
     assert f"at iteration {row.diverged_at}" in row.message and "lower the learning rate" in row.message.lower()
     assert f"diverged: run {row.run_id}: {row.message}" in err and ": diverged," in printed
+
+
+def test_a_diverged_runs_message_is_stored_as_data_and_worded_in_chinese(tmp_path, capsys, mnist_raw):
+    db = tmp_path / "r.sqlite"
+    code = main(["train", "--kind", "fc", "--hidden", "256", "256", "--lr", "10", "--momentum", "0.9",
+                 "--batch-size", "16", "--train-limit", "2000", "--device", "cpu", "--db", str(db), "--quiet",
+                 "--lang", "zh"])
+    err = capsys.readouterr().err
+    assert code == 3
+    row = ResultStore(db).visible_runs(None).iloc[0]
+    assert row["message"].startswith("The loss became") and "training diverged" in row["message"]  # runs.csv: English
+    assert render_stored(row["message_msg"], "en") == row["message"]
+    chinese = render_stored(row["message_msg"], "zh_CN")
+    assert f"第 {row['diverged_at']} 次迭代时损失值变为" in chinese and "训练发散了" in chinese
+    assert f"已发散：运行 {row['run_id']}：{chinese}" in err
 
 
 def test_a_database_that_fails_while_training_stops_with_one_line(tmp_path, capsys, monkeypatch, mnist_raw):

@@ -111,3 +111,17 @@ def test_version_1_to_2_fixed_reasons_and_lesson_labels_become_codes_the_rest_sh
         jobs = dict(conn.execute("SELECT job_id, stop_reason || '|' || error FROM jobs").fetchall())
     assert render_stored(jobs["j1"].split("|")[0], "zh_CN") == "用 Ctrl-C 停止"
     assert jobs["j2"] == "|Batch size 1024 is larger than the 256 training images"  # an error as stored
+
+
+def test_version_2_to_3_keeps_a_diverged_runs_english_and_adds_its_code_column(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.isolation_level = None
+        for migration in schema.MIGRATIONS[:2]:
+            migration.apply(conn)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("INSERT INTO runs (run_id, status, message) VALUES ('r1', 'diverged', 'The loss became nan at "
+                     "iteration 7: training diverged.')")
+    store = ResultStore(path)
+    row = store.visible_runs(None).iloc[0]
+    assert row["message"] == "The loss became nan at iteration 7: training diverged." and row["message_msg"] is None

@@ -127,7 +127,8 @@ def report_diverged(results: list[RunResult]) -> int:
     """One stderr line per diverged run; the exit code."""
     bad = diverged_runs(results)
     for r in bad:
-        print(_("diverged: run {id}: {message}").format(id=r.run_id, message=r.message), file=sys.stderr)
+        message = i18n.render_stored(r.message_msg, lang(), r.message)
+        print(_("diverged: run {id}: {message}").format(id=r.run_id, message=message), file=sys.stderr)
     if bad and len(results) > 1:
         print(_("{n} of {total} runs diverged; the summaries count finished runs only.").format(
             n=len(bad), total=len(results)), file=sys.stderr)

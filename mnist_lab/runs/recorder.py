@@ -57,4 +57,5 @@ class Recorder:
         known = dict(epochs_done=event.epochs_done, final_test_acc=event.final_test_acc,
                      diverged_at=event.diverged_at)
         self.store.finish_run(event.run_id, event.status, event.seconds, message=event.message,
+                              message_msg=event.message_msg or None,
                               **{k: v for k, v in known.items() if v is not None})

@@ -90,6 +90,12 @@ def _v2(conn: sqlite3.Connection) -> None:
                      (json.dumps([json.loads(_code(label))], ensure_ascii=False), LESSON_EXPERIMENT, label))
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    """Version 3: a diverged run's message stored as a code too (`message_msg` beside the English
+    `message` of runs.csv). Messages stored before stay as they are (NULL code: shown as stored)."""
+    _add_columns(conn, "runs", ["message_msg"])
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the user_version a file has after it
@@ -100,6 +106,7 @@ class Migration:
 MIGRATIONS: list[Migration] = [
     Migration(1, "the runs, epochs, iterations, jobs and workers tables", _v1),
     Migration(2, "messages stored as codes: runs.label_msg and stop_reason_msg; fixed reasons and lesson labels", _v2),
+    Migration(3, "a diverged run's message stored as a code: runs.message_msg", _v3),
 ]
 VERSION = MIGRATIONS[-1].version  # the version this code writes
 

@@ -65,7 +65,7 @@ _PRIVATE = (_OWNER, "job_id", "workspace")
 # Not exported either: the label and the stop reason as stored messages (i18n.to_stored), which
 # each reader renders in their language; `label` and `stop_reason` keep their English for runs.csv.
 # NULL in a run of an earlier version: its English is shown as it is.
-MESSAGES = ("label_msg", "stop_reason_msg")
+MESSAGES = ("label_msg", "stop_reason_msg", "message_msg")
 VISIBLE_EXTRA = ["workspace", "job_id", *MESSAGES]  # visible_runs' columns beyond RUN_COLUMNS (not in runs.csv)
 LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
 

@@ -102,7 +102,8 @@ class RunEnded(Event):
     epochs_done: int | None = None
     final_test_acc: float | None = None
     diverged_at: int | None = None  # 1-based iteration whose loss was NaN or infinite
-    message: str = ""  # why the run ended early, for a person (diverged runs)
+    message: str = ""  # why the run ended early, for a person (diverged runs), in English
+    message_msg: str = ""  # the same as a stored message (i18n.to_stored)
     # the final weights on the CPU (build_model(model_cfg).state_dict()'s keys) and the pixel
     # permutation the run trained on; sent as safetensors bytes
     weights: dict[str, torch.Tensor] | None = dataclasses.field(default=None, repr=False, compare=False)

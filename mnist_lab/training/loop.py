@@ -127,7 +127,8 @@ class RunResult:
     seconds: float = 0.0
     data_source: str = ""
     diverged_at: int | None = None  # 1-based iteration whose loss was NaN or infinite
-    message: str = ""  # why the run ended early, for a person (diverged runs)
+    message: str = ""  # why the run ended early, for a person (diverged runs), in English
+    message_msg: str = ""  # the same as a stored message (i18n.to_stored), worded in each reader's language
     # the final weights on the CPU, keys exactly those of build_model(model_cfg).state_dict(),
     # for finished, stopped and diverged runs alike (the inspect and export features read them)
     state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
@@ -239,6 +240,15 @@ def _on_device(data: TensorData, device: torch.device) -> TensorData:
                       data.y_test.to(device), data.source, data.permutation, data.config)
 
 
+# Why a run diverged, by what became NaN or infinite: the training loss (at the iteration it did)
+# or the test loss (after the last iteration trained)
+_DIVERGED = {
+    "loss": N_("The loss became {value} at iteration {iteration}: training diverged. Lower the learning rate (now "
+               "{lr}, try {lower}), or use a smaller momentum or batch normalisation."),
+    "test loss": N_("The test loss became {value} after iteration {iteration}: training diverged. Lower the learning "
+                    "rate (now {lr}, try {lower}), or use a smaller momentum or batch normalisation."),
+}
+
 class _RunLog:
     """What every engine does around its steps: the result record, the device-side loss buffer
     read back in chunks, progress events, epoch metrics."""
@@ -304,10 +314,9 @@ class _RunLog:
         """`iteration`: the one whose loss was not finite, or for the test loss the last one trained."""
         lr = self.result.train_cfg.lr
         self.result.diverged_at = iteration
-        when = "at" if what == "loss" else "after"
-        self.result.message = (f"The {what} became {value} {when} iteration {iteration}: training diverged. Lower the "
-                               f"learning rate (now {lr:g}, try {lr / 10:g}), or use a smaller momentum or batch "
-                               "normalisation.")
+        message = Message(_DIVERGED[what], dict(value=str(value), iteration=iteration, lr=f"{lr:g}",
+                                                lower=f"{lr / 10:g}"))
+        self.result.message, self.result.message_msg = str(message), to_stored(message)
 
     def epoch_done(self, epoch: int, epoch_t0: float, test_loss: float, test_acc: float) -> None:
         if self.diverged:
@@ -336,7 +345,8 @@ class _RunLog:
                            total_steps=self.total_steps, elapsed_s=result.seconds, status=result.status,
                            seconds=result.seconds, epochs_done=len(result.epochs),
                            final_test_acc=result.final_test_acc, diverged_at=result.diverged_at,
-                           message=result.message, weights=result.state_dict, permutation=self.permutation))
+                           message=result.message, message_msg=result.message_msg, weights=result.state_dict,
+                           permutation=self.permutation))
         return result
 
 
