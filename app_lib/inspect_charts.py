@@ -1,4 +1,4 @@
-"""Pictures for the Inspect page, from the numpy arrays mnist_lab.inspect_run returns: the
+"""Pictures for the Inspect page, from the numpy arrays mnist_lab.lab.inspection returns: the
 confusion matrix as a clickable heatmap, channels tiled into one image, probabilities as bars.
 No streamlit here."""
 from __future__ import annotations

@@ -32,6 +32,7 @@ from app_lib.widgets import (
     layer_table,
     live_losses,
     refusal,
+    said,
     start_job,
     table,
 )
@@ -169,7 +170,9 @@ def draw(view) -> None:
     if run is None:
         return
     if run.status == "diverged":
-        message = result_store().runs([run.run_id])["message"].item() or _("The loss became NaN or infinite.")
+        row = next(r for r in result_store().job_run_rows(view.id, ["run_id", "message", "message_msg"])
+                   if r["run_id"] == run.run_id)
+        message = said(row["message_msg"], row["message"]) or _("The loss became NaN or infinite.")
         st.error(_("**Diverged.** {message}").format(message=plain(message)), icon=":material/trending_up:")
     st.plotly_chart(loss_figure(live_losses(run.run_id), run.steps_per_epoch, _=_), key="train_loss_chart")
     store, ids = result_store(), [run.run_id]

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_lab import fast  # noqa: E402
 from mnist_lab.data.datasets import DataConfig, prepare_data  # noqa: E402
 from mnist_lab.nets.presets import cnn_config, get_preset  # noqa: E402
+from mnist_lab.training import cuda_graph as fast  # noqa: E402
 from mnist_lab.training.cuda_graph import GraphStep, fast_convs  # noqa: E402
 from mnist_lab.training.loop import TrainConfig  # noqa: E402
 from mnist_lab.training.step import init_model, make_optimizer  # noqa: E402

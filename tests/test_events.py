@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig, prepare_data
 from mnist_lab.errors import ConfigError
+from mnist_lab.i18n import render_stored
 from mnist_lab.lab.experiments import run_single
 from mnist_lab.nets.model import ModelConfig, build_model
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training import events as ev
+from mnist_lab.training.events import Iterations
 from mnist_lab.training.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,3 +186,16 @@ def test_only_the_recorder_writes_runs():
                         isinstance(owner, ast.Name) and owner.id == "store":
                     writers.add(path.relative_to(ROOT).as_posix())
     assert writers == {"mnist_lab/runs/recorder.py"}
+
+
+def test_a_diverging_run_sends_no_empty_iterations_event(mnist_raw):
+    """The loss that diverges is not sent: a chunk left empty by it is no event at all."""
+    data = prepare_data(DataConfig(train_limit=2000, test_limit=100), device="cpu", raw=mnist_raw)
+    model = ModelConfig(kind="fc", conv_channels=(), hidden=(256, 256))
+    events = []
+    result = train(model, TrainConfig(lr=10.0, momentum=0.9, batch_size=16, engine="plain", progress_every_s=0),
+                   data, on_progress=events.append)
+    assert result.status == "diverged"
+    chunks = [e.losses for e in events if isinstance(e, Iterations)]
+    assert all(chunks) and sum(len(c) for c in chunks) == len(result.losses) == result.diverged_at - 1
+    assert "training diverged" in result.message and render_stored(result.message_msg, "en") == result.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,10 +15,12 @@ import pandas as pd
 import pytest
 
 from mnist_lab.data.datasets import DataConfig
+from mnist_lab.i18n import render_stored
 from mnist_lab.lab.experiments import run_single
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
+from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,3 +222,34 @@ def test_a_runs_label_is_stored_as_a_code_beside_its_english(tmp_path):
     assert zh == {"lesson": "每个卷积之后加批归一化（BatchNorm）", "own": "my {net} run",
                   "sweep": "2 个卷积层 × k5 + FC 100", "default": "FC 8-8-10 · 256 张图像"}
     assert {r: render_stored(runs.loc[r, "label_msg"], "en") for r in labels} == english
+
+
+def test_a_runs_default_label_is_stored_as_its_parts_and_worded_in_chinese(tmp_path, mnist_raw):
+    store = ResultStore(tmp_path / "r.sqlite")
+    data = DataConfig(train_limit=256, test_limit=100, permute_pixels=True)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1), data, record=Recorder(store))
+    row = store.visible_runs(None).iloc[0]
+    assert row["label"] == "FC 8-8-10 · permuted pixels · 256 images"  # runs.csv: English, as before
+    assert render_stored(row["label_msg"], "en") == row["label"]
+    assert render_stored(row["label_msg"], "zh_CN") == "FC 8-8-10 · 打乱的像素 · 256 张图像"
+
+
+def test_a_dead_workers_job_gives_its_runs_the_jobs_reason_not_the_runs(tmp_path):
+    """The store opens first (and ends the runs of dead processes), the queue second: a run of a job
+    the queue still lists as running is left to the queue, which ends it with the job's reason."""
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).close()
+    dead = f"{socket.gethostname()}:999999999"  # no such process on this machine
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, status, worker) "
+                     "VALUES ('j1', 1, 'local', 'train', 'running', ?)", (dead,))
+        conn.execute("INSERT INTO runs (run_id, status, job_id, workspace, owner) "
+                     "VALUES ('r1', 'running', 'j1', 'local', ?)", (dead,))
+        conn.execute("INSERT INTO runs (run_id, status, job_id, workspace, owner) "
+                     "VALUES ('r2', 'running', '', 'local', ?)", (dead,))  # a run of no job (an old CLI)
+    store = ResultStore(path)  # ends r2 at once; r1 waits for its job
+    assert dict(zip(store.runs()["run_id"], store.runs()["status"])) == {"r1": "running", "r2": "interrupted"}
+    JobQueue(store).mark_interrupted()
+    runs = store.runs().set_index("run_id")
+    assert runs.loc["r1", "status"] == "interrupted" and "worker process" in runs.loc["r1", "stop_reason"]
+    assert runs.loc["r2", "stop_reason"].startswith("its process")

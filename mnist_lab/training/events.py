@@ -61,8 +61,8 @@ class RunStarted(Event):
     train: ConfigDict  # config_dict(a TrainConfig)
     data: ConfigDict  # config_dict(a DataConfig)
     label: str  # for legends, in English: the one asked for, else the network and its data settings
-    # the label as data (i18n.to_stored of its Message parts), worded in each reader's language;
-    # '' when none was asked for (the reader words the default label's own parts)
+    # the label as data (i18n.to_stored of its Message parts: the one asked for, else the default
+    # label's network and data settings), worded in each reader's language
     label_msg: str = ""
     engine: str  # the training path that runs it
     device: str  # e.g. "cpu" or "cuda (NVIDIA H100)"

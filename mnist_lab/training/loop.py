@@ -277,7 +277,8 @@ class _RunLog:
         r = self.result
         emit(RunStarted(run_id=run_id, epoch=1, step=0, total_steps=self.total_steps, model=config_dict(model_cfg),
                         train=config_dict(train_cfg), data=config_dict(data.config), label=r.label,
-                        label_msg=to_stored(label if isinstance(label, Message) else Message(label)) if label else "",
+                        label_msg=to_stored([label] if isinstance(label, Message) else [Message(label)] if label
+                                            else label_parts(model_cfg, data.config)),
                         engine=engine, device=r.device, params=r.params, steps_per_epoch=self.steps_per_epoch,
                         started_at=r.started_at, data_source=r.data_source))
         self.closed = False  # finish() has run (a diverged run in a stack ends before the others)
@@ -304,9 +305,10 @@ class _RunLog:
                 chunk, self.step = chunk[:bad], self.sent + bad
             self.result.losses.extend(chunk)
             emit_first, self.sent = self.sent + 1, self.step
-            self.emit(Iterations(run_id=self.result.run_id, epoch=epoch, step=self.step, total_steps=self.total_steps,
-                                 first_iteration=emit_first, losses=tuple(chunk),
-                                 elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
+            if chunk:  # a run whose first unread loss diverged has none to send
+                self.emit(Iterations(run_id=self.result.run_id, epoch=epoch, step=self.step,
+                                     total_steps=self.total_steps, first_iteration=emit_first, losses=tuple(chunk),
+                                     elapsed_s=time.perf_counter() - self.t0, eta_s=self._eta()))
         if timed:
             self.next_emit = time.perf_counter() + self.every_s
 
