@@ -234,9 +234,9 @@ def test_a_runs_default_label_is_stored_as_its_parts_and_worded_in_chinese(tmp_p
     assert render_stored(row["label_msg"], "zh_CN") == "FC 8-8-10 · 打乱的像素 · 256 张图像"
 
 
-def test_a_dead_workers_job_gives_its_runs_the_jobs_reason_not_the_runs(tmp_path):
-    """The store opens first (and ends the runs of dead processes), the queue second: a run of a job
-    the queue still lists as running is left to the queue, which ends it with the job's reason."""
+def test_a_dead_process_run_is_ended_by_any_reader_and_its_job_by_the_queue(tmp_path):
+    """Opening the store ends the runs of dead processes at once (a CLI `report` needs no queue);
+    the queue then ends their job, whose own reason names the worker."""
     path = tmp_path / "r.sqlite"
     ResultStore(path).close()
     dead = f"{socket.gethostname()}:999999999"  # no such process on this machine
@@ -245,11 +245,11 @@ def test_a_dead_workers_job_gives_its_runs_the_jobs_reason_not_the_runs(tmp_path
                      "VALUES ('j1', 1, 'local', 'train', 'running', ?)", (dead,))
         conn.execute("INSERT INTO runs (run_id, status, job_id, workspace, owner) "
                      "VALUES ('r1', 'running', 'j1', 'local', ?)", (dead,))
-        conn.execute("INSERT INTO runs (run_id, status, job_id, workspace, owner) "
-                     "VALUES ('r2', 'running', '', 'local', ?)", (dead,))  # a run of no job (an old CLI)
-    store = ResultStore(path)  # ends r2 at once; r1 waits for its job
-    assert dict(zip(store.runs()["run_id"], store.runs()["status"])) == {"r1": "running", "r2": "interrupted"}
-    JobQueue(store).mark_interrupted()
-    runs = store.runs().set_index("run_id")
-    assert runs.loc["r1", "status"] == "interrupted" and "worker process" in runs.loc["r1", "stop_reason"]
-    assert runs.loc["r2", "stop_reason"].startswith("its process")
+    store = ResultStore(path)
+    run = store.runs().iloc[0]
+    assert run.status == "interrupted" and run.stop_reason.startswith(f"its process ({dead}) ended before")
+    queue = JobQueue(store)
+    queue.mark_interrupted()
+    job = queue.job("j1")
+    assert job["status"] == "interrupted" and "worker process" in render_stored(job["stop_reason"], "en")
+    assert store.runs().iloc[0].stop_reason == run.stop_reason  # the reason said first is kept

@@ -234,14 +234,13 @@ class ResultStore:
         finished and can be deleted. Runs of live processes and of other machines are left alone.
         Returns how many runs changed. (A job's dead worker is the queue's: JobQueue.mark_interrupted.)"""
         with self._lock:
-            # a run of a job the queue still lists as running is the queue's to end (with its job's reason)
-            runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running' AND NOT EXISTS "
-                                      "(SELECT 1 FROM jobs WHERE jobs.job_id = runs.job_id AND jobs.status = 'running')"
-                                      ).fetchall()
+            runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
         dead = [(run_id, owner) for run_id, owner in runs if owner_dead(owner)]
         why = [Message(N_("its process ({owner}) ended before the run finished (killed or crashed)"), {"owner": owner})
                for _, owner in dead]
-        # a reason it already has (its job's, written by the queue) is kept
+        # a reason it already has is kept. Any reader of the store ends a dead process's runs at once
+        # (a killed CLI run, a killed worker's run); the queue then ends their job with its own reason
+        # (JobQueue.mark_interrupted), and the run keeps the one said first: both name the process
         self._write("UPDATE runs SET status = 'interrupted', "
                     "stop_reason_msg = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason_msg END, "
                     "stop_reason = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason END "
