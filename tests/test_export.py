@@ -208,3 +208,58 @@ def test_a_residual_network_is_inspected_and_exported_with_its_block_source(expo
     out = _run(script, "--data-dir", str(mnist_dir), "--evaluate")
     correct, n = map(int, re.search(r"\((\d+)/(\d+)\)", out).groups())
     assert f"{result.params:,} parameters" in out and correct / n == result.final_test_acc
+
+
+HOSTILE = [
+    'x"""\nimport os; os.system("touch {marker}")\n"""',  # the issue's repro: out of the docstring
+    "x'''\nopen({marker!r}, 'w')\n'''",
+    '"; open("{marker}", "w"); x = "',
+    "\\\nopen('{marker}', 'w')  # a backslash joining lines",
+    "{{run_id}} {{0}} %s ${{HOME}}",  # format and shell placeholders stay text
+    "\u2028\u2029\x00\x1b[31m red",  # line separators, a NUL and an escape code
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE)
+def test_a_weights_files_text_never_becomes_code_in_the_exported_script(exported, tmp_path, payload):
+    """Everything outside that reaches the script (here a crafted weights file's status) is a
+    Python literal: the script parses to the same statements, holds the text as a string, and
+    running it never runs the text."""
+    import ast
+    import dataclasses
+
+    result, folder = exported["lab5"]
+    run = ir.load_run(ResultStore(folder.parent / "results.sqlite"), result.run_id)
+    marker = tmp_path / "PWNED"
+    status = payload.format(marker=str(marker))
+    hostile = dataclasses.replace(run, saved=dataclasses.replace(run.saved, status=status))
+    script, plain = build_script(hostile), build_script(run)
+
+    def shape(source: str) -> list[str]:  # the statements, with every string constant blanked
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                node.value = ""
+        return [ast.dump(statement) for statement in tree.body]
+
+    assert shape(script) == shape(plain)
+    strings = [n.value for n in ast.walk(ast.parse(script)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    assert f"{status}, test accuracy {100 * result.final_test_acc:.2f}%" in strings
+    path = tmp_path / "train_hostile.py"
+    path.write_text(script, encoding="utf-8")
+    _run(path, "--help")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("test_acc", "0.5", "not a fraction"), ("test_acc", float("nan"), "not a fraction"),
+    ("test_acc", 2.0, "not a fraction"),
+    ("status", ["finished"], "not text"), ("run_id", 'r"""\nimport os', "is not a run id"),
+])
+def test_a_crafted_weights_file_is_refused_before_a_script_is_written(exported, field, value, words):
+    import dataclasses
+
+    result, folder = exported["lab5"]
+    run = ir.load_run(ResultStore(folder.parent / "results.sqlite"), result.run_id)
+    with pytest.raises(ValueError, match=words):
+        build_script(dataclasses.replace(run, saved=dataclasses.replace(run.saved, **{field: value})))

@@ -18,6 +18,7 @@ from torch import nn
 
 from mnist_lab.lab.inspection import LoadedRun, normalization
 from mnist_lab.nets.model import count_params, describe, summarize
+from mnist_lab.runs.weights import valid_run_id
 
 # the lab's dataset names -> torchvision's dataset classes
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
@@ -151,7 +152,8 @@ def network_source(run: LoadedRun, class_name: str = "Net") -> str:
         forward.append(f"        x = self.{name}(x){comment}")
     in_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     head = [f"class {class_name}(nn.Module):",
-            f'    """{describe(cfg)}: {count_params(run.model):,} parameters (run {run.run_id})."""',
+            # the docstring as a Python string literal (repr): no text of the run can end it early
+            f"    {f'{describe(cfg)}: {count_params(run.model):,} parameters (run {run.run_id}).'!r}",
             "",
             "    def __init__(self):",
             "        super().__init__()",
@@ -172,7 +174,7 @@ _SCRIPT = '''"""Run {run_id} of the MNIST CNN Lab as a standalone PyTorch progra
     python {script} --data-dir DATA --evaluate   load weights.pt and report the test accuracy
 
 DATA is torchvision's dataset folder (it downloads {dataset_class} there if the files are missing).
-Network: {label}. Trained in the lab: {status}, test accuracy {acc}.
+The network, and how the run ended in the lab: NETWORK and TRAINED_IN_THE_LAB below.
 """
 import argparse
 from pathlib import Path
@@ -185,6 +187,9 @@ from torchvision import datasets
 HERE = Path(__file__).resolve().parent
 
 # the run's settings
+RUN_ID = {run_id!r}
+NETWORK = {label!r}
+TRAINED_IN_THE_LAB = {trained!r}  # the run's status and test accuracy there
 DATASET = datasets.{dataset_class}
 MEAN, STD = {mean!r}, {std!r}  # per channel, on pixels scaled to [0, 1]
 PERMUTE_PIXELS = {permute}  # one fixed pixel order for every image, saved in permutation.pt
@@ -286,17 +291,37 @@ def script_name(run: LoadedRun) -> str:
     return f"train_{run.run_id}.py"
 
 
+def _check_exportable(run: LoadedRun) -> None:
+    """What the script is written from must be what the lab writes: a run id of letters, digits
+    and _.- (it names the file and stands in the docstring), configs that validate, and a test
+    accuracy that is a fraction or nothing. A crafted weights file is refused here, whole."""
+    if not valid_run_id(run.run_id):
+        raise ValueError(f"{run.run_id!r} is not a run id: the exporter writes scripts for the lab's runs only.")
+    for cfg in (run.model_cfg, run.train_cfg, run.data_cfg):
+        cfg.validate()
+    acc = run.saved.test_acc
+    if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1):
+        raise ValueError(f"The run's stored test accuracy {acc!r} is not a fraction in [0, 1]: its weights file was "
+                         "not written by this lab, or is damaged.")
+    if not isinstance(run.saved.status, str):
+        raise ValueError(f"The run's stored status {run.saved.status!r} is not text: its weights file was not written "
+                         "by this lab, or is damaged.")
+
+
 def build_script(run: LoadedRun) -> str:
     """The standalone training/evaluation program of `run` (see the module docstring)."""
     data_cfg, train_cfg = run.data_cfg, run.train_cfg
     if data_cfg.dataset not in TORCHVISION_DATASETS:
         raise ValueError(f"The exporter knows no torchvision dataset for {data_cfg.dataset!r}; it writes scripts for "
                          f"{', '.join(sorted(set(TORCHVISION_DATASETS.values())))}.")
+    _check_exportable(run)
     mean, std = normalization(data_cfg)
     acc = "—" if run.saved.test_acc is None else f"{100 * run.saved.test_acc:.2f}%"
+    # Every value goes in as a Python literal (repr) or, for the file and class names, only after
+    # checks that leave nothing but letters, digits and _.-: a weights file's text never becomes code.
     return _SCRIPT.format(
         run_id=run.run_id, script=script_name(run), dataset_class=TORCHVISION_DATASETS[data_cfg.dataset],
-        label=describe(run.model_cfg), status=run.saved.status, acc=acc, mean=mean, std=std,
+        label=describe(run.model_cfg), trained=f"{run.saved.status}, test accuracy {acc}", mean=mean, std=std,
         permute=run.permutation is not None, train_limit=data_cfg.train_limit, test_limit=data_cfg.test_limit,
         epochs=train_cfg.epochs, batch_size=train_cfg.batch_size, optimizer=train_cfg.optimizer, lr=train_cfg.lr,
         momentum=train_cfg.momentum, seed=train_cfg.seed, shuffle=train_cfg.shuffle,

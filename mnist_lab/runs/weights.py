@@ -41,9 +41,14 @@ def weights_dir(db_path: str | Path) -> Path:
     return Path(f"{db_path}.weights")
 
 
+def valid_run_id(run_id: object) -> bool:
+    """A run id as the lab writes them: letters, digits and _.- only (never a path or code)."""
+    return isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) is not None
+
+
 def weights_path(db_path: str | Path, run_id: str) -> Path:
     """The file of `run_id`; a run id that could name another place (/, ..) is refused."""
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+    if not valid_run_id(run_id):
         raise ValueError(f"{run_id!r} is not a run id: copy one from the Runs page or `runs.csv`.")
     return weights_dir(db_path) / f"{run_id}.safetensors"
 
