@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from mnist_lab.cli.main import main
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.errors import ConfigError
 from mnist_lab.i18n import render_stored
 from mnist_lab.runs.store import ResultStore
 
@@ -311,3 +313,31 @@ def test_a_database_that_fails_while_training_stops_with_one_line(tmp_path, caps
     assert code == 2 and err.count("error:") == 1 and len(err.strip().splitlines()) == 1
     assert f"{db} cannot be used (database or disk is full)" in err and f"mv {db} {db}.broken" in err
     assert ResultStore(db).runs()["status"].item() == "failed"  # the run's row says it did not finish
+
+
+@pytest.mark.parametrize("line, words", [
+    ("train --train-limit 99999999999999999999", "MNIST has 60,000 images in that split"),
+    ("train --train-limit 10000000", "choose at most 60,000"),  # never quietly cut to the whole set
+    ("lesson softmax --test-limit 99999999999999999999", "MNIST has 10,000 images in that split"),
+    ("lesson softmax --epochs 99999999999999999999", "A lesson trains 1 to 1000 epochs"),
+    ("worker --slot 99999999999999999999999", "--slot must be 0 to 1023"),
+    ("worker --max-job-seconds nan", "--max-job-seconds must be a number of seconds above 0"),
+    ("worker --max-job-seconds -1", "--max-job-seconds must be a number of seconds above 0"),
+    ("worker --idle-exit -5", "--idle-exit must be a number of seconds above 0"),
+    ("worker --idle-exit inf", "--idle-exit must be a number of seconds above 0"),
+])
+def test_huge_and_non_finite_numbers_are_refused_in_one_line_leaving_nothing(tmp_path, capsys, line, words):
+    db = tmp_path / "r.sqlite"
+    code = main([*line.split(), "--db", str(db)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and words in err and "Traceback" not in err
+    assert not db.exists()  # refused before the database is opened
+
+
+def test_a_limit_beyond_the_dataset_is_a_config_error_in_the_api():
+    for config in (DataConfig(train_limit=2**70), DataConfig(test_limit=10_001),
+                   DataConfig("cifar10", train_limit=50_001)):
+        with pytest.raises(ConfigError) as caught:
+            config.validate()
+        assert caught.value.field in ("train_limit", "test_limit")
+    DataConfig("cifar10", train_limit=50_000, test_limit=10_000).validate()

@@ -8,6 +8,7 @@ the language of `--lang zh|en` (any command) or LANGUAGE / LC_ALL / LANG, throug
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sqlite3
 import sys
@@ -47,6 +48,8 @@ from mnist_lab.training.engines import ENGINE_NAMES
 from mnist_lab.training.loop import TrainConfig, fallback_reason
 from mnist_lab.training.preflight import preflight, resolve_device
 
+MAX_SLOT = 1023  # worker slots: one per GPU, so a few in practice
+MAX_SECONDS = 7 * 24 * 3600  # a week: any time limit beyond is a mistake, not a setting
 
 def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
     g = p.add_argument_group(_("training"))
@@ -212,8 +215,12 @@ def cmd_compare(args) -> int:
 def cmd_worker(args) -> int:
     from mnist_lab.service.worker import Worker, WorkerConfig
 
-    if args.slot < 0:
-        raise ValueError(_("--slot must be 0 or more; got {value}.").format(value=args.slot))
+    if not 0 <= args.slot <= MAX_SLOT:
+        raise ValueError(_("--slot must be 0 to {high}; got {value}.").format(high=MAX_SLOT, value=args.slot))
+    for flag, value in (("--max-job-seconds", args.max_job_seconds), ("--idle-exit", args.idle_exit)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+            raise ValueError(_("{flag} must be a number of seconds above 0 and at most {high}; got {value}. Leave it "
+                               "out for no limit.").format(flag=flag, high=MAX_SECONDS, value=value))
     if not 0 <= args.nice <= 19:
         raise ValueError(_("--nice must be 0 to 19; got {value}.").format(value=args.nice))
     return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,

@@ -252,6 +252,11 @@ class DataConfig:
             if limit < 1:
                 raise ConfigError(name, limit, "{name} must be at least 1 image (got {value!r}); leave it empty for "
                                   "all.", name=name)
+            total = self.spec.train_count if name == "train_limit" else self.spec.test_count
+            if limit > total:  # never quietly cut to the whole set (and no huge number goes further)
+                raise ConfigError(name, limit, "{name} is {value!r}, but {title} has {total:,} images in that split: "
+                                  "choose at most {total:,}, or leave it empty for all of them.", name=name,
+                                  title=self.spec.title, total=total)
         need_bool("permute_pixels", self.permute_pixels, "Permute pixels")
         need_seed("permutation_seed", self.permutation_seed, "Permutation seed")
         if self.data_dir is not None and not (isinstance(self.data_dir, str) and self.data_dir):

@@ -22,7 +22,7 @@ from mnist_lab.lab.verdicts import FLAT_ACC, Comparison, judge
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.nets.presets import PRESETS, cnn_config
 from mnist_lab.runs.store import ResultStore  # read: the report's stored lessons
-from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig, new_run_id
+from mnist_lab.training.loop import MAX_EPOCHS, CancelFlag, RunResult, TrainConfig, new_run_id
 from mnist_lab.training.preflight import preflight
 
 EXPERIMENT = "lesson"  # the runs' `experiment` in the store; their group_id is "lesson:NAME:ID"
@@ -181,6 +181,16 @@ class LessonConfig:
             if value is not None and need_int(name, value, name, example) < 1:
                 raise ConfigError(name, value, "{name} must be at least 1 (got {value!r}); leave it out for the "
                                   "lesson's own setting.", name=name)
+        if self.epochs is not None and self.epochs > MAX_EPOCHS:
+            raise ConfigError("epochs", self.epochs, "A lesson trains 1 to {high} epochs; got {value!r}. Leave it out "
+                              "for the lesson's own setting.", high=MAX_EPOCHS)
+        spec = DATASETS[self.resolved_dataset()]
+        for name, total in (("train_limit", spec.train_count), ("test_limit", spec.test_count)):
+            value = getattr(self, name)
+            if value is not None and value > total:
+                raise ConfigError(name, value, "{name} is {value!r}, but {title} has {total:,} images in that split: "
+                                  "choose at most {total:,}, or leave it out for the lesson's own setting.",
+                                  name=name, title=spec.title, total=total)
 
 
 @dataclass(frozen=True)
