@@ -341,3 +341,16 @@ def test_a_limit_beyond_the_dataset_is_a_config_error_in_the_api():
             config.validate()
         assert caught.value.field in ("train_limit", "test_limit")
     DataConfig("cifar10", train_limit=50_000, test_limit=10_000).validate()
+
+
+@pytest.mark.parametrize("line", ["inspect ../etc --out {out}", "export no-such-run --out {out}",
+                                  "worker --device bogus", "worker --device cuda:7"])
+def test_a_refused_line_leaves_no_folder_and_no_database(tmp_path, capsys, line):
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    if line.startswith(("inspect", "export")):
+        ResultStore(db).close()  # a database exists; the run does not
+    before = db.exists()
+    code = main([*line.format(out=out).split(), "--db", str(db)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1
+    assert not out.exists() and db.exists() == before

@@ -36,8 +36,8 @@ def _open_run(args):
 def cmd_inspect(args) -> int:
     from mnist_lab.lab.inspection import confusion, evaluated_images
 
+    run = _open_run(args)  # a refused run id leaves no --out folder behind
     check_out(args.out)
-    run = _open_run(args)
     conf = confusion(run, *evaluated_images(run))
     names = run.class_names
     counts = pd.DataFrame(conf.counts, index=pd.Index(names, name="true"), columns=names)
@@ -71,8 +71,8 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from mnist_lab.lab.export import export_run
 
+    run = _open_run(args)  # a refused run id leaves no --out folder behind
     check_out(args.out)
-    run = _open_run(args)
     print(_("wrote {path}").format(path=export_run(run, args.out)))
     return 0
 

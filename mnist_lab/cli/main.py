@@ -223,6 +223,7 @@ def cmd_worker(args) -> int:
                                "out for no limit.").format(flag=flag, high=MAX_SECONDS, value=value))
     if not 0 <= args.nice <= 19:
         raise ValueError(_("--nice must be 0 to 19; got {value}.").format(value=args.nice))
+    resolve_device(args.device)  # a device this machine lacks is refused before the database is opened
     return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,
                                parent_pid=args.parent_pid, idle_exit_s=args.idle_exit,
                                max_job_s=args.max_job_seconds, warm=not args.no_warm,
