@@ -80,16 +80,20 @@ class JobSpec:
             return self.label
         return describe(self.model) if self.kind == "train" and self.model else self.kind
 
+    def runs_per_config(self) -> int:
+        """Runs of each of `run_configs()`: its seeds (the comparison's, on both pixel orders)."""
+        if self.kind == "sweep":
+            return self.sweep.seeds
+        if self.kind == "compare":
+            return 2 * self.compare.seeds
+        if self.kind == "lesson":
+            return self.lesson.n_seeds()
+        return 1
+
     def runs_total(self) -> int:
         """How many runs the job will train (1, a sweep's valid cells × seeds, 4 × seeds, or a lesson's
         variants × seeds)."""
-        if self.kind == "sweep":
-            return len(self.sweep.cells()[0]) * self.sweep.seeds
-        if self.kind == "compare":
-            return 4 * self.compare.seeds
-        if self.kind == "lesson":
-            return len(lesson_jobs(self))
-        return 1
+        return len(self.run_configs()) * self.runs_per_config()
 
     def to_json(self) -> str:
         return codec.to_json(self)

@@ -106,17 +106,7 @@ def job_models(spec) -> list[tuple[object, int]]:
     """(model config, parameters) of every run a job trains."""
     from mnist_lab.nets.model import count_params
 
-    if spec.kind == "train":
-        cfgs = [spec.model]
-    elif spec.kind == "sweep":
-        cfgs = [cfg for *_, cfg in spec.sweep.cells()[0] for _ in range(spec.sweep.seeds)]
-    elif spec.kind == "lesson":
-        from mnist_lab.service.jobs import lesson_jobs
-
-        cfgs = [run.model for run in lesson_jobs(spec)]
-    else:
-        cfgs = [cfg for cfg in spec.compare.models().values() for _ in range(2 * spec.compare.seeds)]
-    return [(cfg, count_params(cfg)) for cfg in cfgs]
+    return [(cfg, count_params(cfg)) for cfg, _, _ in spec.run_configs() for _ in range(spec.runs_per_config())]
 
 
 # Effective multiply-adds per second of a training step, and a fixed cost per step, measured on
