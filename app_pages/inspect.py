@@ -13,13 +13,15 @@ from app_lib.inspect_charts import (
     probability_figure,
     tile,
 )
-from app_lib.lang import _, current
+from app_lib.lang import _, current, render_error
 from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
 from app_lib.widgets import run_labels, table
 from mnist_lab.errors import StoreError
+from mnist_lab.i18n import word
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.export import export_zip
+from mnist_lab.runs.weights import nonfinite_warning
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
@@ -68,11 +70,30 @@ db = str(store.path)
 if not runner().may_see_run(run_id):  # another workspace's run: not loaded, not even named
     st.stop()
 try:
-    run = loaded(db, run_id)
+    run = loaded(db, run_id)  # a damaged or crafted weights file is refused whole (WeightsError), in words
+except (OSError, ValueError, RuntimeError) as exc:  # weights deleted meanwhile, or refused
+    st.error(plain(render_error(exc)))
+    st.stop()
+
+
+def export_tab() -> None:
+    st.caption(_("A zip with the weights (safetensors and a PyTorch state_dict) and train_{run}.py: the network as an "
+                 "nn.Module, the data, the optimiser and a training loop printing every iteration's loss; "
+                 "`--evaluate` reports this run's test accuracy. It needs only torch and torchvision.").format(
+        run=run_id))
+    st.download_button(_("Download the run as a program (.zip)"), data=lambda: export_zip(run),
+                       file_name=f"run_{run_id}.zip", mime="application/zip", key="insp_export")
+
+
+if (warning := nonfinite_warning(run.saved)) is not None:  # a diverged run: its accuracy and predictions mean nothing
+    st.warning(plain(word(warning, current())), icon=":material/warning:")
+    export_tab()  # the program still reproduces the run, divergence included
+    st.stop()
+try:
     conf = confusion_of(db, run_id)
     x_test, y_test = test_arrays(db, run_id)
-except (OSError, ValueError, RuntimeError) as exc:  # weights deleted meanwhile, data unavailable
-    st.error(plain(str(exc)))
+except (OSError, ValueError, RuntimeError) as exc:  # data unavailable
+    st.error(plain(render_error(exc)))
     st.stop()
 names, permuted = ir.class_names(run.data_cfg, current()), run.permutation is not None
 st.caption(_("{n:,} test images · test accuracy {acc} · {status}{perm}").format(
@@ -151,7 +172,14 @@ def own_digit() -> None:
     for slot, (rid, col) in enumerate(zip([run_id, second], st.columns(2))):
         if rid is None:
             continue
-        other = loaded(db, rid)
+        try:
+            other = loaded(db, rid)
+        except (OSError, ValueError, RuntimeError) as exc:  # its weights deleted meanwhile, or refused
+            col.error(plain(render_error(exc)))
+            continue
+        if (other_warning := nonfinite_warning(other.saved)) is not None:
+            col.warning(plain(word(other_warning, current())), icon=":material/warning:")
+            continue
         result = ir.predict(other, image)
         with col:
             st.image([enlarge(image, 6), enlarge(tile(result.seen), 6)], caption=[
@@ -202,9 +230,4 @@ with tab_maps:
             col.image(grid, width="stretch", caption=f"{m.name} {m.shape}")  # as wide as its column
 
 with tab_export:
-    st.caption(_("A zip with the weights (safetensors and a PyTorch state_dict) and train_{run}.py: the network as an "
-                 "nn.Module, the data, the optimiser and a training loop printing every iteration's loss; "
-                 "`--evaluate` reports this run's test accuracy. It needs only torch and torchvision.").format(
-        run=run_id))
-    st.download_button(_("Download the run as a program (.zip)"), data=lambda: export_zip(run),
-                       file_name=f"run_{run_id}.zip", mime="application/zip", key="insp_export")
+    export_tab()

@@ -90,3 +90,14 @@ def need_seed(field: str, value: Any, name: str) -> int:
         raise ConfigError(field, value, "{name} must be between 0 and 2**63 - 1; got {value!r}. Choose a "
                           "smaller, non-negative seed such as 0.", name=name)
     return value
+
+
+class WeightsError(ValueError):
+    """A run's weights file that cannot be used as it is: damaged, or crafted (runs/weights.py
+    says each way). `run_id` names the run, never the file's path; `template` and `params` as
+    ConfigError (a param may be an i18n.Message, the bad setting's own refusal)."""
+
+    def __init__(self, run_id: str, template: str, /, **params: Any):
+        self.run_id, self.template = run_id, template
+        self.params = {"run_id": run_id, **params}
+        super().__init__(template.format(**self.params))

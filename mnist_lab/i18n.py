@@ -109,7 +109,8 @@ def mean_sd_texts(summary, gettext=None) -> list[str]:
 # it is given one, is its 5th (Babel's per-arity spec: pybabel's `-k need_choice:5,5t`).
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": None, "para": None,
             "ConfigError": (3,), "StoreError": (3,), "need_int": (3,), "need_float": (3,), "need_bool": (3,),
-            "need_choice": {4: (3,), 5: (5,)}, "need_ints": (3,), "need_seed": (3,)}
+            "need_choice": {4: (3,), 5: (5,)}, "need_ints": (3,), "need_seed": (3,),
+            "WeightsError": (2,)}
 # params shown as given, never looked up in the catalog: a refusal's `value` (the user's own input),
 # a verbatim `text` (Message.verbatim: a sentence with no template, a name a person gave)
 _UNTRANSLATED = ("value", "text")
@@ -207,7 +208,7 @@ def N_(message: str) -> str:
 def render(err: BaseException | Message, lang: str | None = None) -> str:
     """An exception (or a Message) as a sentence in `lang`: its `.template` translated through the
     catalog and formatted with its `.params` (ConfigError, StoreError, DataUnavailableError, ...),
-    each param that is itself a msgid (a field's name, a detail) translated too; the user's own
+    each param that is itself a msgid (a field's name, a detail) or a Message translated too; the user's own
     `value` is shown as given. An exception without a template, or whose translation does not
     format, gives its English str()."""
     template = getattr(err, "template", None)
@@ -216,7 +217,9 @@ def render(err: BaseException | Message, lang: str | None = None) -> str:
     t = translator(lang)
     params = dict(getattr(err, "params", None) or {})
     for key, value in params.items():
-        if key not in _UNTRANSLATED and isinstance(value, str) and value:
+        if isinstance(value, Message):  # a refusal that carries another's (a weights file's bad setting)
+            params[key] = word(value, lang)
+        elif key not in _UNTRANSLATED and isinstance(value, str) and value:
             params[key] = t.gettext(value)
     try:
         return t.gettext(template).format(**params)

@@ -6,13 +6,17 @@ ValueErrors, printed by cli.main as one `error:` line.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from mnist_lab.cli.common import check_out, db_help
+from mnist_lab import i18n
+from mnist_lab.cli.common import check_out, db_help, lang
 from mnist_lab.cli.common import gettext as _
+from mnist_lab.errors import WeightsError
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.runs.weights import NONFINITE, nonfinite_warning
 from mnist_lab.service.access import LOCAL, may
 
 
@@ -36,8 +40,9 @@ def _open_run(args):
 def cmd_inspect(args) -> int:
     from mnist_lab.lab.inspection import confusion, evaluated_images
 
-    run = _open_run(args)  # a refused run id leaves no --out folder behind
+    run = _open_run(args)  # a refused run id (or weights file) leaves no --out folder behind
     check_out(args.out)
+    warning = nonfinite_warning(run.saved)
     conf = confusion(run, *evaluated_images(run))
     names = run.class_names
     counts = pd.DataFrame(conf.counts, index=pd.Index(names, name="true"), columns=names)
@@ -45,11 +50,14 @@ def cmd_inspect(args) -> int:
     counts.to_csv(paths[0])
     conf.per_class().to_csv(paths[1], index=False)
     conf.misclassified().to_csv(paths[2], index=False)
-    print(_("run {run_id}: test accuracy {acc:.2f}% on {n:,} images; most confused:").format(
-        run_id=run.run_id, acc=100 * conf.accuracy, n=conf.n))
-    pairs = conf.confused_pairs(5)
-    if len(pairs):
-        print(pairs[["true_name", "predicted_name", "count"]].to_string(index=False))
+    if warning is not None:  # instead of an accuracy that means nothing
+        _warn(warning)
+    else:
+        print(_("run {run_id}: test accuracy {acc:.2f}% on {n:,} images; most confused:").format(
+            run_id=run.run_id, acc=100 * conf.accuracy, n=conf.n))
+        pairs = conf.confused_pairs(5)
+        if len(pairs):
+            print(pairs[["true_name", "predicted_name", "count"]].to_string(index=False))
     print(_("wrote {paths}").format(paths=", ".join(str(p) for p in paths)))
     return 0
 
@@ -58,6 +66,8 @@ def cmd_predict(args) -> int:
     from mnist_lab.lab.inspection import check_size, decode_image, predict, prepare_upload
 
     run = _open_run(args)
+    if run.saved.nonfinite:  # its probabilities would all be NaN
+        raise WeightsError(run.run_id, NONFINITE, names=", ".join(run.saved.nonfinite))
     for path in args.images:
         if not path.is_file():
             raise ValueError(_("{path} is not a file: give image files (PNG, JPEG).").format(path=path))
@@ -71,10 +81,19 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from mnist_lab.lab.export import export_run
 
-    run = _open_run(args)  # a refused run id leaves no --out folder behind
+    run = _open_run(args)  # a refused run id (or weights file) leaves no --out folder behind
     check_out(args.out)
+    # NaN weights are exported, with the warning: the script and settings reproduce the divergence,
+    # and the weights are what the run left (its run.json says 'diverged')
+    warning = nonfinite_warning(run.saved)
+    if warning is not None:
+        _warn(warning)
     print(_("wrote {path}").format(path=export_run(run, args.out)))
     return 0
+
+
+def _warn(message: i18n.Message) -> None:
+    print(_("warning: {message}").format(message=i18n.word(message, lang())), file=sys.stderr)
 
 
 def add_inspect_commands(sub, parents=()) -> None:

@@ -292,8 +292,10 @@ def confusion_numbers(store: ResultStore, run_id: str, pairs: int = 5) -> dict |
         return None
     try:
         run = load_run(store, run_id)
+        if run.saved.nonfinite:  # a diverged run's NaN weights: its confusion matrix means nothing
+            return None
         conf = confusion(run, *evaluated_images(run))
-    except (OSError, ValueError, DataUnavailableError):
+    except (OSError, ValueError, DataUnavailableError):  # a refused weights file (WeightsError) among them
         return None
     return dict(class_names=conf.class_names, counts=conf.counts.tolist(), n=conf.n, accuracy=conf.accuracy,
                 pairs=conf.confused_pairs(pairs).to_dict("records"))

@@ -4,7 +4,9 @@ trained on, and its configs as JSON metadata. safetensors only stores tensors: l
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -14,13 +16,62 @@ from pathlib import Path
 import torch
 
 from mnist_lab import codec
-from mnist_lab.data.datasets import DataConfig
-from mnist_lab.nets.model import ModelConfig
+from mnist_lab.data.datasets import DATASETS, DataConfig
+from mnist_lab.errors import ConfigError, WeightsError, is_int
+from mnist_lab.i18n import N_, Message
+from mnist_lab.nets.model import ModelConfig, build_model, describe
 from mnist_lab.training.loop import TrainConfig
+from mnist_lab.training.preflight import check_fits
 
 FORMAT = "mnist_lab-run/1"
 PERMUTATION_KEY = "__permutation__"  # not a state_dict key (those are module paths such as conv1.weight)
+KEPT_STATUSES = ("finished", "stopped", "diverged")  # how a run that hands its weights over ends (training.loop)
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+_META_KEYS = ("format", "run_id", "status", "test_acc", "model", "train", "data")  # what save_weights writes
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_DTYPE_NAMES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.bool: "BOOL"}
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+# One refusal per way a weights file can be wrong; each names the run (never the file's path) and
+# what to do. A crafted file is refused whole, before any of it is used.
+_SHORT = N_("The weights file of run {run_id} is empty or cut short ({size} bytes): it was damaged. Delete the run "
+            "and train it again.")
+_HEADER = N_("The weights file of run {run_id} is not a safetensors file this lab can read: {detail}. It is damaged "
+             "or was not written by this lab; delete the run and train it again.")
+_UNREADABLE = N_("The weights file of run {run_id} cannot be read ({detail}): it is damaged. Delete the run and train "
+                 "it again.")
+_FORMAT = N_("The weights file of run {run_id} is not a weights file of this lab (format {value!r}); delete the run "
+             "and train it again.")
+_META_UNKNOWN = N_("The weights file of run {run_id} holds entries this lab never writes ({names}): it was not "
+                   "written by this lab. Delete the run and train it again.")
+_META_MISSING = N_("The weights file of run {run_id} lacks its {names} entry: it was not written by this lab, or is "
+                   "damaged. Delete the run and train it again.")
+_NOT_JSON = N_("The {field} entry of the weights file of run {run_id} is not JSON text: it was damaged. Delete the "
+               "run and train it again.")
+_NOT_OBJECT = N_("The {field} entry of the weights file of run {run_id} must be a JSON object of settings; got "
+                 "{value!r}. It was not written by this lab; delete the run and train it again.")
+_RUN_ID_MISMATCH = N_("The weights file of run {run_id} says it holds run {value!r}: it was copied from another run. "
+                      "Delete the run and train it again.")
+_STATUS = N_("The weights file of run {run_id} gives the status {value!r}; a run keeps its weights only as {options}. "
+             "Delete the run and train it again.")
+_TEST_ACC = N_("The weights file of run {run_id} gives the test accuracy {value!r}; it must be a fraction from 0 to 1, "
+               "or null. Delete the run and train it again.")
+_SETTINGS = N_("The weights file of run {run_id} holds settings this lab cannot use: {detail}")
+_MISSING_KEYS = N_("The weights file of run {run_id} lacks the tensor(s) {names} of its network ({network}): it was "
+                   "damaged or altered. Delete the run and train it again.")
+_EXTRA_KEYS = N_("The weights file of run {run_id} holds tensor(s) {names} that its network ({network}) does not have: "
+                 "it was altered. Delete the run and train it again.")
+_SHAPE = N_("In the weights file of run {run_id}, tensor {name} has shape {shape}, but its network needs {want}: it "
+            "was altered. Delete the run and train it again.")
+_DTYPE = N_("In the weights file of run {run_id}, tensor {name} is {dtype}, but its network needs {want}: it was "
+            "altered. Delete the run and train it again.")
+_PERMUTATION = N_("The pixel permutation in the weights file of run {run_id} must be {n} int64 positions, each once; "
+                  "{detail}. Delete the run and train it again.")
+NONFINITE = N_("The weights of run {run_id} contain NaN/inf values (tensor {names}): the run diverged; its "
+               "predictions are meaningless.")
 
 
 @dataclass
@@ -35,6 +86,7 @@ class SavedRun:
     permutation: torch.Tensor | None  # int64 (H*W,), the fixed pixel order, or None
     status: str  # finished, stopped or diverged
     test_acc: float | None  # the run's last epoch's test accuracy (fraction)
+    nonfinite: tuple[str, ...] = ()  # the tensors holding NaN or inf (a diverged run): load_weights names them
 
 
 def weights_dir(db_path: str | Path) -> Path:
@@ -51,13 +103,6 @@ def weights_path(db_path: str | Path, run_id: str) -> Path:
     if not valid_run_id(run_id):
         raise ValueError(f"{run_id!r} is not a run id: copy one from the Runs page or `runs.csv`.")
     return weights_dir(db_path) / f"{run_id}.safetensors"
-
-
-def _configs_from(meta: dict[str, str]) -> tuple[ModelConfig, TrainConfig, DataConfig]:
-    """The configs a weights file's metadata holds, decoded by the one codec (strictly: an unknown
-    or mistyped field is a ConfigError naming it; a missing one takes its default)."""
-    return (codec.from_json(ModelConfig, meta["model"], "model"), codec.from_json(TrainConfig, meta["train"], "train"),
-            codec.from_json(DataConfig, meta["data"], "data"))
 
 
 def save_weights(db_path: str | Path, run: SavedRun) -> Path:
@@ -83,24 +128,201 @@ def save_weights(db_path: str | Path, run: SavedRun) -> Path:
 
 
 def load_weights(db_path: str | Path, run_id: str) -> SavedRun:
-    """The run's weights, permutation and configs; FileNotFoundError says why there are none."""
-    from safetensors import safe_open
+    """The run's weights, permutation and configs; FileNotFoundError says why there are none.
 
+    The file is untrusted input, checked whole before anything is used: its header (against the
+    file's size, before safetensors reads it), its metadata (format, run id, status, accuracy,
+    the configs decoded by the codec and validated), every tensor's name, shape and dtype against
+    the network its configs build (so no tensor is larger than the network's own) and the pixel
+    permutation. Each way it can be wrong is a WeightsError naming the run and the problem.
+    NaN or infinite weights (a diverged run) are loaded and named in `nonfinite`."""
     path = weights_path(db_path, run_id)
     if not path.is_file():
         raise FileNotFoundError(f"Run {run_id} has no saved weights (runs trained before weights were kept, and "
                                 "failed or interrupted runs, have none): train it again to inspect it.")
-    tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for key in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-            tensors[key] = f.get_tensor(key)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a weights file of this lab (format {meta.get('format')!r}).")
-    model_cfg, train_cfg, data_cfg = _configs_from(meta)
+    entries, meta = _read_header(path, run_id)
+    status, test_acc, model_cfg, train_cfg, data_cfg = _check_metadata(meta, run_id)
+    _check_tensors(entries, model_cfg, data_cfg, run_id)
+    tensors = _read_tensors(path, run_id)
     permutation = tensors.pop(PERMUTATION_KEY, None)
-    return SavedRun(run_id, model_cfg, train_cfg, data_cfg, tensors, permutation, meta.get("status", ""),
-                    json.loads(meta.get("test_acc", "null")))
+    if permutation is not None and not torch.equal(permutation.sort().values, torch.arange(len(permutation))):
+        raise WeightsError(run_id, _PERMUTATION, n=len(permutation), detail=N_("a position is repeated or out of "
+                                                                                 "range"))
+    nonfinite = tuple(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    return SavedRun(run_id, model_cfg, train_cfg, data_cfg, tensors, permutation, status, test_acc, nonfinite)
+
+
+def nonfinite_warning(saved: SavedRun) -> Message | None:
+    """The sentence every reader of a run with NaN or infinite weights shows (instead of its
+    accuracy or predictions), or None when its weights are all finite."""
+    if not saved.nonfinite:
+        return None
+    return Message(NONFINITE, dict(run_id=saved.run_id, names=", ".join(saved.nonfinite)))
+
+
+# ------------------------------------------------------------------------ the checks
+
+def _read_header(path: Path, run_id: str) -> tuple[dict[str, dict], dict]:
+    """The safetensors header's tensor entries and its metadata, each checked against the file:
+    an 8-byte little-endian length, that many bytes of a JSON object, then the tensors' bytes,
+    each entry's [begin, end) inside them and as long as its dtype and shape say."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise WeightsError(run_id, _SHORT, size=size)
+        n = int.from_bytes(head, "little")
+        if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
+            raise WeightsError(run_id, _HEADER, detail=N_("its header claims more bytes than the file holds"))
+        blob = f.read(n)
+    try:
+        header = json.loads(blob)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise WeightsError(run_id, _HEADER, detail=N_("its header is not JSON")) from None
+    if not isinstance(header, dict):
+        raise WeightsError(run_id, _HEADER, detail=N_("its header is not a table of tensors"))
+    meta = header.pop("__metadata__", None)
+    if not (isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
+        raise WeightsError(run_id, _HEADER, detail=N_("it has no metadata, or metadata that is not text"))
+    data_bytes = size - 8 - n
+    for entry in header.values():
+        if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}
+                and isinstance(entry["dtype"], str) and isinstance(entry["shape"], list)
+                and all(is_int(d) and 0 <= d < 2**40 for d in entry["shape"])
+                and isinstance(entry["data_offsets"], list) and len(entry["data_offsets"]) == 2
+                and all(is_int(o) for o in entry["data_offsets"])):
+            raise WeightsError(run_id, _HEADER, detail=N_("a tensor's entry is malformed"))
+        begin, end = entry["data_offsets"]
+        width = _DTYPE_BYTES.get(entry["dtype"])
+        if not 0 <= begin <= end <= data_bytes or (width is not None and end - begin != width * math.prod(
+                entry["shape"])):
+            raise WeightsError(run_id, _HEADER, detail=N_("a tensor's bytes lie outside the file or do not match its "
+                                                          "shape"))
+    return header, meta
+
+
+def _check_metadata(meta: dict[str, str], run_id: str) -> tuple[str, float | None, ModelConfig, TrainConfig,
+                                                                   DataConfig]:
+    """The metadata's values, each of the type and range the lab writes; the configs decoded by
+    the codec and validated as a run's are before it trains (the device aside: inspecting runs
+    on the CPU)."""
+    if meta.get("format") != FORMAT:
+        raise WeightsError(run_id, _FORMAT, value=_Cut.of(meta.get("format")))
+    unknown = sorted(set(meta) - set(_META_KEYS))
+    if unknown:
+        raise WeightsError(run_id, _META_UNKNOWN, names=", ".join(_short(k) for k in unknown))
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise WeightsError(run_id, _META_MISSING, names=", ".join(missing))
+    if meta["run_id"] != run_id:
+        raise WeightsError(run_id, _RUN_ID_MISMATCH, value=_Cut.of(meta["run_id"]))
+    if meta["status"] not in KEPT_STATUSES:
+        raise WeightsError(run_id, _STATUS, value=_Cut.of(meta["status"]), options=", ".join(KEPT_STATUSES))
+    values = {k: _json(meta[k], k, run_id) for k in ("test_acc", "model", "train", "data")}
+    acc = values["test_acc"]
+    if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
+                                and 0 <= acc <= 1):
+        raise WeightsError(run_id, _TEST_ACC, value=_Cut.of(acc))
+    for key in ("model", "train", "data"):
+        if not isinstance(values[key], dict):
+            raise WeightsError(run_id, _NOT_OBJECT, field=key, value=_Cut.of(values[key]))
+    try:
+        model_cfg = codec.from_dict(ModelConfig, values["model"], "model")
+        train_cfg = codec.from_dict(TrainConfig, values["train"], "train")
+        data_cfg = codec.from_dict(DataConfig, values["data"], "data")
+        if data_cfg.dataset in DATASETS:
+            data_cfg = _earlier_limits(data_cfg)
+        model_cfg.validate()
+        data_cfg.validate()
+        check_fits(model_cfg, data_cfg.spec)
+        dataclasses.replace(train_cfg, device="cpu").validate(n_train=data_cfg.n_train())
+    except ConfigError as exc:
+        params = {k: _Cut.of(v) if k == "value" else v for k, v in exc.params.items()}
+        raise WeightsError(run_id, _SETTINGS, detail=Message(exc.template, params)) from None
+    return meta["status"], None if acc is None else float(acc), model_cfg, train_cfg, data_cfg
+
+
+def _earlier_limits(data_cfg: DataConfig) -> DataConfig:
+    """A train or test limit beyond the dataset, as earlier versions kept them (they meant: all
+    of it, and that is what the run trained on), becomes None: the same run, and it validates."""
+    spec = data_cfg.spec
+    limits = {}
+    for name, total in (("train_limit", spec.train_count), ("test_limit", spec.test_count)):
+        value = getattr(data_cfg, name)
+        if is_int(value) and value > total:
+            limits[name] = None
+    return dataclasses.replace(data_cfg, **limits) if limits else data_cfg
+
+
+def _check_tensors(entries: dict[str, dict], model_cfg: ModelConfig, data_cfg: DataConfig, run_id: str) -> None:
+    """The file's tensors are exactly the network's state_dict (every name, shape and dtype) and,
+    for a permuted-pixel run only, its permutation: int64, one position per pixel. The network is
+    built on the meta device: shapes without memory, however large the configs claim it is."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        expected = {k: (list(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype)))
+                    for k, v in build_model(model_cfg).state_dict().items()}
+    spec = data_cfg.spec
+    n_pixels = spec.image_size * spec.image_size
+    if data_cfg.permute_pixels:
+        expected[PERMUTATION_KEY] = ([n_pixels], "I64")
+    if not data_cfg.permute_pixels and PERMUTATION_KEY in entries:
+        raise WeightsError(run_id, _PERMUTATION, n=n_pixels, detail=N_("its settings say the pixels were not "
+                                                                       "permuted, yet it holds a permutation"))
+    missing = [k for k in expected if k not in entries]
+    if missing:
+        if missing == [PERMUTATION_KEY]:
+            raise WeightsError(run_id, _PERMUTATION, n=n_pixels, detail=N_("it holds none"))
+        raise WeightsError(run_id, _MISSING_KEYS, names=", ".join(_short(k) for k in missing),
+                           network=describe(model_cfg))
+    extra = [k for k in entries if k not in expected]
+    if extra:
+        raise WeightsError(run_id, _EXTRA_KEYS, names=", ".join(_short(k) for k in extra[:5]),
+                           network=describe(model_cfg))
+    for name, (shape, dtype) in expected.items():
+        got = entries[name]
+        if name == PERMUTATION_KEY and (got["dtype"] != dtype or got["shape"] != shape):
+            raise WeightsError(run_id, _PERMUTATION, n=n_pixels, detail=N_("it is not one int64 position per pixel"))
+        if got["shape"] != shape:
+            raise WeightsError(run_id, _SHAPE, name=name, shape=tuple(got["shape"]), want=tuple(shape))
+        if got["dtype"] != dtype:
+            raise WeightsError(run_id, _DTYPE, name=name, dtype=_short(got["dtype"]), want=dtype)
+
+
+def _read_tensors(path: Path, run_id: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a file whose header passed _read_header and _check_tensors; whatever else
+    safetensors finds wrong is still one refusal."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - a safetensors handle
+    except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
+        raise WeightsError(run_id, _UNREADABLE, detail=_short(str(exc))) from None
+
+
+def _json(text: str, field: str, run_id: str):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise WeightsError(run_id, _NOT_JSON, field=field) from None
+
+
+class _Cut(str):
+    """A crafted value's repr cut short, shown by `{value!r}` as it is (no second pair of quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    @classmethod
+    def of(cls, value: object, limit: int = 80) -> object:
+        text = repr(value)
+        return value if len(text) <= limit else cls(text[:limit] + "…")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A crafted value as shown in a message: its repr, cut to `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def has_weights(db_path: str | Path, run_ids: Iterable[str]) -> set[str]:
