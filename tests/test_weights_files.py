@@ -329,3 +329,15 @@ def test_any_metadata_of_strings_loads_or_is_refused(tmp_path_factory, changes, 
     else:
         assert saved.status in ("finished", "stopped", "diverged") and saved.run_id == RUN
         assert saved.test_acc is None or 0 <= saved.test_acc <= 1
+
+
+def test_a_bad_setting_is_worded_whole_in_the_readers_language(tmp_path):
+    """The refusal carries the setting's own refusal (an i18n.Message), worded by the same catalog."""
+    db = tmp_path / "r.sqlite"
+    _plant(db, dict((v[0], v[1]) for v in VARIANTS)["unknown dataset"])
+    with pytest.raises(WeightsError) as info:
+        load_weights(db, RUN)
+    zh = i18n.render(info.value, "zh")
+    assert zh.startswith(f"运行 {RUN} 的权重文件含有本实验室无法使用的设置：") and "未知的数据集 'imagenet'" in zh
+    assert str(info.value) == (f"The weights file of run {RUN} holds settings this lab cannot use: Unknown dataset "
+                               "'imagenet'. Choose one of: mnist, fashion-mnist, cifar10.")
