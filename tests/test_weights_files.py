@@ -341,3 +341,15 @@ def test_a_bad_setting_is_worded_whole_in_the_readers_language(tmp_path):
     assert zh.startswith(f"运行 {RUN} 的权重文件含有本实验室无法使用的设置：") and "未知的数据集 'imagenet'" in zh
     assert str(info.value) == (f"The weights file of run {RUN} holds settings this lab cannot use: Unknown dataset "
                                "'imagenet'. Choose one of: mnist, fashion-mnist, cifar10.")
+
+
+def test_the_report_shows_no_confusion_matrix_for_nan_weights_or_a_refused_file(db):
+    from mnist_lab.lab.findings import confusion_numbers
+
+    _plant(db, dict((v[0], v[1]) for v in VARIANTS)["truncated"])
+    tensors, meta = _good()
+    tensors["fc1.bias"][0] = float("nan")
+    meta["run_id"] = "nan-run"
+    _plant(db, _bytes(tensors, meta), "nan-run")
+    store = ResultStore(db)
+    assert confusion_numbers(store, RUN) is None and confusion_numbers(store, "nan-run") is None
