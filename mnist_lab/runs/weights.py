@@ -1,6 +1,7 @@
 """A run's final weights on disk: one safetensors file per run beside the results database
 (`<db>.weights/<run_id>.safetensors`) holding the state_dict, the pixel permutation the run
-trained on, and its configs as JSON metadata. safetensors only stores tensors: loading never runs code.
+trained on, and its configs as JSON metadata. safetensors only stores tensors: loading never runs code,
+and a file is untrusted input, checked whole before use (load_weights: one WeightsError per way it is wrong).
 """
 from __future__ import annotations
 
