@@ -105,14 +105,15 @@ def _read_only(folder: Path) -> None:
 # ------------------------------------------------------------------------------ classification
 
 @pytest.mark.parametrize("code, words", [
-    (13, "the disk is full"), (8, "is read-only here"), (26, MOVE_ASIDE), (11, MOVE_ASIDE)])
+    (13, "the disk is full"), (8, "is read-only here"), (5, "check the file and its folder"), (26, MOVE_ASIDE),
+    (11, MOVE_ASIDE)])
 def test_sqlites_result_code_decides_the_message(code, words, tmp_path):
     exc = sqlite3.OperationalError("whatever SQLite said")
     exc.sqlite_errorcode = code  # as the sqlite3 module sets it (Python >= 3.11)
     message = str(store_failure(tmp_path / "r.sqlite", exc))
     assert words in message
-    if words != MOVE_ASIDE:
-        assert MOVE_ASIDE not in message and "not damaged" in message
+    if words != MOVE_ASIDE:  # a healthy file is never to be moved aside
+        assert MOVE_ASIDE not in message
 
 
 def test_a_full_disk_is_named_in_chinese_too(tmp_path):
@@ -172,6 +173,25 @@ def test_a_full_database_through_the_api_raises_a_disk_full_store_error(tmp_path
     assert caught.value.disk_full
     run = store.runs().iloc[0]
     assert run["status"] == "failed" and run["stop_reason"] == DISK_FULL_REASON
+
+
+def test_a_workers_job_on_a_full_database_ends_failed_disk_full(tmp_path, monkeypatch, mnist_raw):
+    from mnist_lab.service.jobs import StoreRunner
+    from mnist_lab.service.worker import Worker, WorkerConfig
+
+    db = tmp_path / "r.sqlite"
+    spec = JobSpec("train", TrainConfig(device="cpu", batch_size=16, epochs=2), DataConfig(train_limit=2048),
+                   model=PRESETS["tiny-fc"].model)
+    job_id = StoreRunner(ResultStore(db)).submit(spec)
+    _cap_pages(monkeypatch)
+    assert Worker(WorkerConfig(db=str(db), device="cpu", warm=False)).run(max_jobs=1) == 0
+    monkeypatch.undo()
+    store = ResultStore(db)
+    view = StoreRunner(store).poll(job_id)
+    assert view.status == "failed" and "the disk is full" in view.error and MOVE_ASIDE not in view.error
+    [run] = view.runs
+    assert run.status == "failed" and run.stop_reason == DISK_FULL_REASON
+    assert not disk_full_owners(db)
 
 
 def test_a_failed_run_never_has_an_empty_reason(tmp_path, mnist_raw):

@@ -158,11 +158,12 @@ def owner_dead(owner: str | None) -> bool:
 
 # SQLite's primary result codes (sqlite3.h) that say what is wrong with the file, and the same by
 # SQLite's own words (sqlite3_errstr) for an error that carries no code.
-SQLITE_ERROR, SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, \
-    SQLITE_NOTADB = 1, 3, 8, 10, 11, 13, 14, 26
+SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, \
+    SQLITE_CANTOPEN, SQLITE_NOTADB = 3, 5, 6, 7, 8, 10, 11, 13, 14, 26
 _CODE_OF_WORDS = {"database or disk is full": SQLITE_FULL, "attempt to write a readonly database": SQLITE_READONLY,
                   "file is not a database": SQLITE_NOTADB, "database disk image is malformed": SQLITE_CORRUPT,
-                  "unable to open database file": SQLITE_CANTOPEN, "disk I/O error": SQLITE_IOERR}
+                  "unable to open database file": SQLITE_CANTOPEN, "disk I/O error": SQLITE_IOERR,
+                  "database is locked": SQLITE_BUSY}
 LOW_SPACE = 1 << 20  # bytes free below which a failed write is put down to a full disk
 NOT_A_FILE = N_("a device, pipe or kernel file, not a file on disk")
 
@@ -240,6 +241,8 @@ def store_failure(path: str | Path, exc: BaseException) -> StoreError:
         return StoreError(path, detail, STORE_READ_ONLY)
     if code in (SQLITE_CANTOPEN, SQLITE_IOERR):
         return StoreError(path, detail, STORE_FULL if _low_space(path) else STORE_UNUSABLE)
+    if code in (SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM):  # a healthy file that another process holds, say
+        return StoreError(path, detail, STORE_UNUSABLE)
     return StoreError(path, detail)  # not a database, malformed, not our tables: damaged; move it aside
 
 
