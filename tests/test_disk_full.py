@@ -375,3 +375,15 @@ def test_write_files_is_all_or_nothing(tmp_path):
     assert old.read_text() == "the old table\n"  # untouched: nothing was renamed into place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder", "runs.csv"]  # no temporary left
     assert write_files({old: "the new table\n"}) == [old] and old.read_text() == "the new table\n"
+
+
+def test_any_other_write_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch, capsys):
+    """A write outside the store and the output helpers (a raw OSError) still says 'disk full'."""
+    from mnist_lab.cli import main as cli_main
+
+    def presets_on_a_full_disk(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "somewhere"))
+    monkeypatch.setattr(cli_main, "cmd_presets", presets_on_a_full_disk)
+    assert main(["presets"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'somewhere'} could not be written: the disk is full" in line and "Errno" not in line

@@ -8,6 +8,7 @@ the language of `--lang zh|en` (any command) or LANGUAGE / LC_ALL / LANG, throug
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import signal
 import sqlite3
@@ -37,7 +38,7 @@ from mnist_lab.cli.common import (
 )
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError
-from mnist_lab.errors import ConfigError, OutputError, StoreError
+from mnist_lab.errors import ConfigError, OutputError, StoreError, output_error
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, summarize_over_seeds
 from mnist_lab.nets.model import ModelConfig, count_params
 from mnist_lab.nets.presets import PRESETS, get_preset
@@ -335,7 +336,14 @@ def _main(argv: list[str]) -> int:
     except (ValueError, DataUnavailableError, StoreError, OutputError) as exc:
         print(_("error: {message}").format(message=i18n.render(exc, lang())), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (OSError, sqlite3.Error) as exc:
+    except OSError as exc:
+        if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # a full or read-only disk
+            print(_("error: {message}").format(message=i18n.render(output_error(exc.filename, exc), lang())),
+                  file=sys.stderr)
+        else:
+            print(_("error: {message} (check the --out and --db paths)").format(message=exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except sqlite3.Error as exc:
         print(_("error: {message} (check the --out and --db paths)").format(message=exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
