@@ -4,11 +4,13 @@ sentence. Also the small checks every config's `validate()` is written with.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mnist_lab.i18n import N_
+from mnist_lab.i18n import N_, Message
 
 SQLITE_INT_MAX = 2**63 - 1  # seeds are stored as SQLite's signed 64-bit INTEGER
 
@@ -25,17 +27,74 @@ class ConfigError(ValueError):
         super().__init__(template.format(**self.params))
 
 
+# What can be wrong with the results database, each with what to do. Only a damaged file is to be
+# moved aside: a full disk or a read-only place leaves a healthy database that must be kept.
+STORE_DAMAGED = N_("The results database {path} cannot be used ({detail}). Move it aside "
+                   "(mv {path} {path}.broken) and run again: a new, empty one is created; "
+                   "or choose another file with --db or MNIST_LAB_DB.")
+STORE_FULL = N_("The results database {path} cannot be written: the disk is full ({detail}). Free some space on "
+                "that disk, or choose another file with --db or MNIST_LAB_DB; the database itself is not damaged.")
+STORE_READ_ONLY = N_("The results database {path} is read-only here ({detail}): the file or its folder cannot be "
+                     "written. Make them writable, or choose another file with --db or MNIST_LAB_DB; the database "
+                     "itself is not damaged.")
+STORE_NOT_A_FILE = N_("The results database {path} is not a regular file ({detail}): give the name of a database "
+                      "file with --db or MNIST_LAB_DB, e.g. results.sqlite in a folder of yours.")
+STORE_UNUSABLE = N_("The results database {path} cannot be used ({detail}): check the file and its folder, or "
+                    "choose another file with --db or MNIST_LAB_DB.")
+# A run (or a job) that a full disk cut short: its stored reason, the same whoever records it.
+DISK_FULL_REASON = N_("disk full: the results database could not take more rows")
+
+
 class StoreError(RuntimeError):
     """The results database cannot be read or written; the message names the file and what to do
-    (`template` with `params` path and detail, as ConfigError)."""
+    (`template` with `params` path and detail, as ConfigError). `disk_full`: the disk (or the
+    database's page limit) was full, so the file is healthy and a run cut short says so."""
 
     def __init__(self, path: Any, detail: str, template: str | None = None):
         self.path, self.detail = str(path), detail
-        self.template = template or N_("The results database {path} cannot be used ({detail}). Move it aside "
-                                       "(mv {path} {path}.broken) and run again: a new, empty one is created; "
-                                       "or choose another file with --db or MNIST_LAB_DB.")
+        self.template = template or STORE_DAMAGED
         self.params = {"path": self.path, "detail": detail}
         super().__init__(self.template.format(**self.params))
+
+    @property
+    def disk_full(self) -> bool:
+        return self.template == STORE_FULL
+
+
+class OutputError(RuntimeError):
+    """A file the user asked for (--out: CSV tables, the report, an exported run) could not be
+    written; as StoreError, `template` with `params` path and detail. Nothing half-written is left
+    (paths.write_files)."""
+
+    def __init__(self, path: Any, detail: str, template: str):
+        self.path, self.detail, self.template = str(path), detail, template
+        self.params = {"path": self.path, "detail": detail}
+        super().__init__(template.format(**self.params))
+
+
+def output_error(path: Any, exc: OSError) -> OutputError:
+    """The OSError of writing under `path` (a folder the user named), named as what it is: a full
+    disk, a read-only place, a file where a folder should be, or the system's own words."""
+    detail = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(path, detail, N_("{path} could not be written: the disk is full ({detail}). Free some "
+                                            "space there or choose another folder; no file was left half-written."))
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OutputError(path, detail, N_("{path} could not be written: it is read-only ({detail}). Choose a "
+                                            "folder you can write to."))
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return OutputError(path, detail, N_("{path} is a file, not a folder ({detail}): name a folder for the "
+                                            "output (it is created if missing)."))
+    return OutputError(path, detail, N_("{path} could not be written ({detail}): choose another folder."))
+
+
+@contextlib.contextmanager
+def writing(path: Any) -> Iterator[None]:
+    """Any OSError while writing output under `path` becomes one OutputError naming its cause."""
+    try:
+        yield
+    except OSError as exc:
+        raise output_error(path, exc) from None
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -101,3 +160,18 @@ class WeightsError(ValueError):
         self.run_id, self.template = run_id, template
         self.params = {"run_id": run_id, **params}
         super().__init__(template.format(**self.params))
+
+
+def failure_reason(exc: BaseException) -> Message:
+    """Why a run failed, as the message stored with it (never empty): a full disk says so, a
+    refusal keeps its template and values, anything else is named with its own words."""
+    if isinstance(exc, StoreError) and exc.disk_full:
+        return Message(DISK_FULL_REASON)
+    template, params = getattr(exc, "template", None), getattr(exc, "params", None)
+    if isinstance(template, str) and template and isinstance(params, dict) and all(
+            isinstance(v, (str, int, float, bool)) or v is None for v in params.values()):
+        return Message(template, dict(params))
+    if isinstance(exc, KeyboardInterrupt):
+        return Message(N_("aborted with a second Ctrl-C"))
+    text = str(exc).strip()
+    return Message.verbatim(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -1,8 +1,12 @@
 """Where the project's files go on this machine: the cache (decoded datasets, built kernels,
-downloads) and the default results database. Each can be moved by an environment variable."""
+downloads) and the default results database, each movable by an environment variable; and how
+every output file is written (whole or not at all: `write_files`)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 CACHE_DIR_ENV = "MNIST_LAB_CACHE_DIR"
@@ -15,3 +19,34 @@ def default_cache_dir() -> Path:
 
 def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or default_cache_dir() / "results.sqlite")
+
+
+def write_files(contents: Mapping[str | Path, bytes | str]) -> list[Path]:
+    """Write every file of `contents` (path -> bytes, or text as UTF-8) all or nothing: each goes
+    to a temporary name in its own folder first (flushed to disk), and only when all are written
+    are they renamed into place. On any failure (a full disk, a read-only folder) the temporary
+    files are removed and every existing file is left as it was: never a 0-byte or half file.
+    Raises the OSError; returns the paths written."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in contents.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+            staged.append((tmp, path))
+            with open(tmp, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    return [path for _, path in staged]
+
+
+def write_file(path: str | Path, data: bytes | str) -> Path:
+    """One file, written as `write_files` writes (a temporary name, then renamed)."""
+    return write_files({path: data})[0]

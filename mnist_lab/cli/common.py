@@ -158,10 +158,7 @@ class ProgressBar:
 def export_tables(store: ResultStore, out: Path | None, run_ids: list[str], extra: dict[str, pd.DataFrame]) -> None:
     if out is None:
         return
-    paths = store.export_csv(out, run_ids)
-    for name, frame in extra.items():
-        paths[name] = out / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
+    paths = store.export_csv(out, run_ids, extra)  # every table or none (an OutputError says why)
     print(_("wrote {files}").format(files=", ".join(str(p) for p in paths.values())))
 
 

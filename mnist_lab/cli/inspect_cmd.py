@@ -14,7 +14,8 @@ import pandas as pd
 from mnist_lab import i18n
 from mnist_lab.cli.common import check_out, db_help, lang
 from mnist_lab.cli.common import gettext as _
-from mnist_lab.errors import WeightsError
+from mnist_lab.errors import WeightsError, writing
+from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import NONFINITE, nonfinite_warning
 from mnist_lab.service.access import LOCAL, may
@@ -47,9 +48,9 @@ def cmd_inspect(args) -> int:
     names = run.class_names
     counts = pd.DataFrame(conf.counts, index=pd.Index(names, name="true"), columns=names)
     paths = [args.out / "confusion.csv", args.out / "per_class.csv", args.out / "misclassified.csv"]
-    counts.to_csv(paths[0])
-    conf.per_class().to_csv(paths[1], index=False)
-    conf.misclassified().to_csv(paths[2], index=False)
+    with writing(args.out):  # the three files or none (a full disk, a read-only folder: said so)
+        write_files({paths[0]: counts.to_csv(), paths[1]: conf.per_class().to_csv(index=False),
+                     paths[2]: conf.misclassified().to_csv(index=False)})
     if warning is not None:  # instead of an accuracy that means nothing
         _warn(warning)
     else:

@@ -8,6 +8,7 @@ the language of `--lang zh|en` (any command) or LANGUAGE / LC_ALL / LANG, throug
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import signal
 import sqlite3
@@ -24,6 +25,7 @@ from mnist_lab.cli.common import (
     EXIT_STOPPED,
     Parser,
     ProgressBar,
+    check_out,
     db_help,
     export_tables,
     lang,
@@ -36,7 +38,7 @@ from mnist_lab.cli.common import (
 )
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError
-from mnist_lab.errors import ConfigError, StoreError
+from mnist_lab.errors import ConfigError, OutputError, StoreError, output_error
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, summarize_over_seeds
 from mnist_lab.nets.model import ModelConfig, count_params
 from mnist_lab.nets.presets import PRESETS, get_preset
@@ -237,6 +239,7 @@ def cmd_report(args) -> int:
         raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
                          .format(db=args.db))
     report = build_report(ResultStore(args.db), lang(), run_id=args.run, workspace=LOCAL.scope)  # the local user's
+    check_out(args.out)  # a file named as --out is refused, after the database (a refusal makes no folder)
     paths = write_report(report, args.out)
     for warning in report.warnings:
         print(_("note: {warning}").format(warning=warning), file=sys.stderr)
@@ -330,10 +333,17 @@ def _main(argv: list[str]) -> int:
     try:
         code = args.func(args)
         return EXIT_STOPPED if args.cancel.is_set() else code
-    except (ValueError, DataUnavailableError, StoreError) as exc:
+    except (ValueError, DataUnavailableError, StoreError, OutputError) as exc:
         print(_("error: {message}").format(message=i18n.render(exc, lang())), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (OSError, sqlite3.Error) as exc:
+    except OSError as exc:
+        if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # a full or read-only disk
+            print(_("error: {message}").format(message=i18n.render(output_error(exc.filename, exc), lang())),
+                  file=sys.stderr)
+        else:
+            print(_("error: {message} (check the --out and --db paths)").format(message=exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except sqlite3.Error as exc:
         print(_("error: {message} (check the --out and --db paths)").format(message=exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from mnist_lab.data.datasets import DataConfig, TensorData, prepare_data
-from mnist_lab.errors import ConfigError, StoreError, need_bool, need_choice, need_int, need_ints, need_seed
-from mnist_lab.i18n import N_, Message, mean_sd_texts, render
+from mnist_lab.errors import (
+    ConfigError,
+    StoreError,
+    failure_reason,
+    need_bool,
+    need_choice,
+    need_int,
+    need_ints,
+    need_seed,
+)
+from mnist_lab.i18n import N_, Message, mean_sd_texts, render, to_stored
 from mnist_lab.nets.blocks.base import KERNEL_RANGE, MAX_CHANNELS
 from mnist_lab.nets.model import MAX_CONV_BLOCKS, MAX_WIDTH, ModelConfig, describe, match_fc_width
 from mnist_lab.nets.presets import PRESETS, cnn_config
@@ -62,8 +71,7 @@ class _Reporter:
     them ('failed') and the record says they did not finish."""
 
     def __init__(self, record: EventFn | None, on_progress: EventFn | None, experiment: str, group_id: str):
-        self.live = [f for f in (record, on_progress) if f is not None]
-        self.record = record
+        self.record, self.on_progress = record, on_progress
         self.experiment, self.group_id = experiment, group_id
         self.open: dict[str, None] = {}  # run ids started and not ended, in start order
 
@@ -71,19 +79,23 @@ class _Reporter:
         if isinstance(event, RunStarted):
             event = replace(event, experiment=self.experiment, group_id=self.group_id)
             self.open[event.run_id] = None
-        elif isinstance(event, RunEnded):
+        if self.record is not None:
+            self.record(event)
+        if isinstance(event, RunEnded):  # recorded: a run whose end could not be (a full disk) stays open
             self.open.pop(event.run_id, None)
-        for f in self.live:
-            f(event)
+        if self.on_progress is not None:
+            self.on_progress(event)
 
-    def fail_open(self) -> None:
-        """End every run still open as 'failed' (what it recorded is kept)."""
+    def fail_open(self, exc: BaseException) -> None:
+        """End every run still open as 'failed', saying why (`exc`: a full disk, a refusal, an
+        error by name); what it recorded is kept."""
+        why = failure_reason(exc)
         for run_id in list(self.open):
             self.open.pop(run_id)
             if self.record is not None:
                 with contextlib.suppress(StoreError):  # the database itself may be what failed
                     self.record(RunEnded(run_id=run_id, epoch=0, step=0, total_steps=0, status="failed",
-                                         seconds=0.0))
+                                         seconds=0.0, message=str(why), message_msg=to_stored(why)))
 
 
 def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
@@ -97,8 +109,8 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
     report = _Reporter(record, on_progress, experiment, group_id)
     try:
         return train(model_cfg, train_cfg, data, on_progress=report, cancel=cancel, label=label)
-    except BaseException:
-        report.fail_open()
+    except BaseException as exc:
+        report.fail_open(exc)
         raise
 
 
@@ -127,8 +139,8 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
     try:
         return train_many([(m, t) for m, t, _ in jobs], data, on_progress=report, cancel=cancel,
                           labels=[label for _, _, label in jobs])
-    except BaseException:
-        report.fail_open()
+    except BaseException as exc:
+        report.fail_open(exc)
         raise
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnist_lab.errors import writing
 from mnist_lab.lab.inspection import LoadedRun, normalization
 from mnist_lab.nets.model import count_params, describe, summarize
+from mnist_lab.paths import write_file
 from mnist_lab.runs.weights import valid_run_id
 
 # the lab's dataset names -> torchvision's dataset classes
@@ -367,7 +369,7 @@ def export_zip(run: LoadedRun) -> bytes:
 def export_run(run: LoadedRun, out_dir: str | Path) -> Path:
     """Write `run_<id>.zip` into `out_dir` (created if missing); returns its path."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"run_{run.run_id}.zip"
-    path.write_bytes(export_zip(run))
-    return path
+    data = export_zip(run)  # refused (a crafted run) before anything is written
+    with writing(out):  # whole or not at all (a full disk, a read-only folder: an OutputError saying so)
+        return write_file(path, data)

@@ -16,10 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mnist_lab.data.datasets import MNIST
+from mnist_lab.errors import writing
 from mnist_lab.i18n import integer, number, pct, resolve_lang, translator
 from mnist_lab.lab import figures
 from mnist_lab.lab.findings import Finding, Findings, compute_findings, moving_mean
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, Comparison, Group
+from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
 
 
@@ -649,13 +651,11 @@ def findings_json(report: Report) -> str:
 def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     """report.html, report.docx, report_md.zip, findings.json and (with a chosen run) iterations.csv."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     contents = {"report.html": to_html(report).encode("utf-8"), "report.docx": to_docx(report),
                 "report_md.zip": to_markdown_zip(report), "findings.json": findings_json(report).encode("utf-8")}
     if report.iterations_csv:
         contents["iterations.csv"] = report.iterations_csv.encode("utf-8")
-    paths = {}
-    for name, data in contents.items():
-        paths[name] = out / name
-        paths[name].write_bytes(data)
+    paths = {name: out / name for name in contents}
+    with writing(out):  # all the files or none (a full disk, a read-only folder: an OutputError saying so)
+        write_files({paths[name]: data for name, data in contents.items()})
     return paths

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
-from mnist_lab.i18n import from_stored
+from mnist_lab.i18n import N_, SEPARATOR, Message, from_stored, to_stored
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.runs.weights import SavedRun
@@ -56,6 +56,11 @@ class Recorder:
         # what the run knows of itself; a run that failed part-way keeps the epochs it recorded
         known = dict(epochs_done=event.epochs_done, final_test_acc=event.final_test_acc,
                      diverged_at=event.diverged_at)
-        self.store.finish_run(event.run_id, event.status, event.seconds, message=event.message,
-                              message_msg=event.message_msg or None,
+        if event.status == "failed":  # why it stopped (a full disk, an error), never empty
+            why = from_stored(event.message_msg) or [Message.verbatim(event.message) if event.message else
+                                                     Message(N_("the run failed; no reason was given"))]
+            said = dict(stop_reason=SEPARATOR.join(str(m) for m in why), stop_reason_msg=to_stored(why[0]))
+        else:
+            said = dict(message=event.message, message_msg=event.message_msg or None)
+        self.store.finish_run(event.run_id, event.status, event.seconds, **said,
                               **{k: v for k, v in known.items() if v is not None})

@@ -5,11 +5,14 @@ them. The job queue and the worker registry over the same file are service/queue
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import glob
 import os
 import platform
 import socket
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import fields
@@ -19,10 +22,18 @@ import pandas as pd
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig
-from mnist_lab.errors import StoreError
+from mnist_lab.errors import (
+    DISK_FULL_REASON,
+    STORE_FULL,
+    STORE_NOT_A_FILE,
+    STORE_READ_ONLY,
+    STORE_UNUSABLE,
+    StoreError,
+    writing,
+)
 from mnist_lab.i18n import N_, SEPARATOR, Message, render_stored, to_stored
 from mnist_lab.nets.model import ModelConfig
-from mnist_lab.paths import default_db_path
+from mnist_lab.paths import default_db_path, write_files
 from mnist_lab.runs import schema
 from mnist_lab.training.loop import EpochMetrics, TrainConfig, label_parts
 
@@ -145,9 +156,132 @@ def owner_dead(owner: str | None) -> bool:
     return host == socket.gethostname() and not _process_alive(pid)
 
 
+# SQLite's primary result codes (sqlite3.h) that say what is wrong with the file, and the same by
+# SQLite's own words (sqlite3_errstr) for an error that carries no code.
+SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, \
+    SQLITE_CANTOPEN, SQLITE_NOTADB = 3, 5, 6, 7, 8, 10, 11, 13, 14, 26
+_CODE_OF_WORDS = {"database or disk is full": SQLITE_FULL, "attempt to write a readonly database": SQLITE_READONLY,
+                  "file is not a database": SQLITE_NOTADB, "database disk image is malformed": SQLITE_CORRUPT,
+                  "unable to open database file": SQLITE_CANTOPEN, "disk I/O error": SQLITE_IOERR,
+                  "database is locked": SQLITE_BUSY}
+LOW_SPACE = 1 << 20  # bytes free below which a failed write is put down to a full disk
+NOT_A_FILE = N_("a device, pipe or kernel file, not a file on disk")
+
+
+def _sqlite_code(exc: BaseException | None) -> int | None:
+    """The primary SQLite result code of `exc` or of what it wraps (pandas wraps read errors)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if isinstance(code, int):
+                return code & 0xFF  # an extended code's low byte is its primary code
+            return next((c for words, c in _CODE_OF_WORDS.items() if words in str(exc)), None)
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _nearest_folder(path: Path) -> Path:
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _read_only(path: Path) -> bool:
+    """The file, or the folder its journal goes in, cannot be written here (its permissions, a
+    read-only mount: os.access says so even to root)."""
+    return (path.exists() and not os.access(path, os.W_OK)) or not os.access(_nearest_folder(path), os.W_OK)
+
+
+def _low_space(path: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(_nearest_folder(path)).free < LOW_SPACE
+    except OSError:
+        return False
+
+
+def special_file(path: Path) -> bool:
+    """Not a file on disk, though it may look like one: a device, a pipe, or a kernel file such as
+    /proc/version (size 0, yet it reads text)."""
+    try:
+        if path.is_dir() or not path.exists():
+            return False
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        if st.st_size == 0:
+            with open(path, "rb") as f:
+                return bool(f.read(1))
+    except OSError:
+        return False
+    return False
+
+
+def store_failure(path: str | Path, exc: BaseException) -> StoreError:
+    """What a failure of the database file is, as the StoreError that says what to do: a full disk
+    (free space; the file is healthy), a read-only file or folder, a device or kernel file, or a
+    damaged file (only then: move it aside). SQLite's result code decides where it gives one."""
+    path = Path(path)
+    detail = getattr(exc, "strerror", None) or str(exc).rpartition(": ")[2] or str(exc)
+    code = _sqlite_code(exc)
+    if special_file(path):
+        return StoreError(path, NOT_A_FILE, STORE_NOT_A_FILE)
+    if code is None and isinstance(exc, OSError):  # the folder, the weights beside it
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreError(path, detail, STORE_FULL)
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return StoreError(path, detail, STORE_READ_ONLY)
+        return StoreError(path, detail, STORE_UNUSABLE)
+    if code == SQLITE_FULL:
+        return StoreError(path, detail, STORE_FULL)
+    if code in (SQLITE_READONLY, SQLITE_PERM) or (code in (SQLITE_CANTOPEN, SQLITE_IOERR) and _read_only(path)):
+        return StoreError(path, detail, STORE_READ_ONLY)
+    if code in (SQLITE_CANTOPEN, SQLITE_IOERR):
+        return StoreError(path, detail, STORE_FULL if _low_space(path) else STORE_UNUSABLE)
+    if code in (SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM):  # a healthy file that another process holds, say
+        return StoreError(path, detail, STORE_UNUSABLE)
+    return StoreError(path, detail)  # not a database, malformed, not our tables: damaged; move it aside
+
+
+# A process whose write found the disk full leaves an empty marker beside the database (creating
+# an empty file needs no data blocks, so it works on a full disk), named after it:
+# `<db>.disk-full.<pid>@<host>`. If it could not end its runs and job itself (their rows did not
+# fit either), the next process to open the store, once that process is gone, ends them 'failed'
+# with DISK_FULL_REASON instead of blaming a killed worker. The marker goes when nothing of that
+# process is left running.
+_FULL_MARK = ".disk-full."
+
+
+def _full_marker(db: Path, owner: str) -> Path:
+    host, _, pid = owner.rpartition(":")
+    return db.with_name(f"{db.name}{_FULL_MARK}{pid}@{host}")
+
+
+def note_disk_full(db: str | Path, owner: str | None = None) -> None:
+    """Say, beside the database, that this process (`owner`) found the disk full."""
+    with contextlib.suppress(OSError):
+        _full_marker(Path(db), owner or owner_id()).touch()
+
+
+def disk_full_owners(db: str | Path) -> set[str]:
+    """The processes ('host:pid') that found the disk full while writing `db` and may have left
+    runs or a job unended."""
+    db = Path(db)
+    try:
+        found = db.parent.glob(f"{glob.escape(db.name)}{_FULL_MARK}*")
+        names = [p.name[len(db.name) + len(_FULL_MARK):] for p in found]
+    except OSError:
+        return set()
+    return {f"{host}:{pid}" for pid, _, host in (n.partition("@") for n in names) if pid.isdigit() and host}
+
+
 def explained(method: Callable) -> Callable:
-    """Any failure of the database file (malformed, full disk, read-only, a folder that cannot be
-    made) as one StoreError naming the file and how to move it aside."""
+    """Any failure of the database file (a full disk, a read-only file or folder, a device, a
+    damaged file, a folder that cannot be made) as one StoreError naming the file and what to do
+    (store_failure); a full disk also leaves this process's marker (note_disk_full)."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         try:
@@ -155,8 +289,11 @@ def explained(method: Callable) -> Callable:
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:  # pandas' DatabaseError, which wraps read errors, is an OSError
-            detail = getattr(exc, "strerror", None) or str(exc).rpartition(": ")[2] or str(exc)
-            raise StoreError(getattr(self, "path", "?"), detail) from None
+            path = getattr(self, "path", "?")
+            error = store_failure(path, exc)
+            if error.disk_full and path != "?":
+                note_disk_full(path)
+            raise error from None
     return run
 
 
@@ -167,6 +304,8 @@ def _check_place(path: Path) -> None:
     if path.parent.exists() and not path.parent.is_dir():
         raise StoreError(path, f"{path.parent} is a file", "The results database {path} cannot be created ({detail}): "
                          "choose another file with --db or MNIST_LAB_DB.")
+    if special_file(path):
+        raise StoreError(path, NOT_A_FILE, STORE_NOT_A_FILE)
 
 
 def _quick_check(conn: sqlite3.Connection) -> None:
@@ -180,11 +319,29 @@ class ResultStore:
     threads and processes; every write is its own transaction, so a killed process loses at most
     the write in flight."""
 
-    @explained
     def __init__(self, path: str | Path | None = None):
-        """Open (or create) the database and check it (PRAGMA quick_check): a damaged or unwritable
-        file raises StoreError naming it and how to move it aside, before anything trains."""
+        """Open (or create) the database and check it (PRAGMA quick_check): a damaged, full or
+        read-only file raises StoreError naming it and what to do, before anything trains. A file
+        this open created and could not set up is removed: a refusal leaves no 0-byte database."""
         self.path = Path(path) if path else default_db_path()
+        new = not os.path.lexists(self.path)
+        try:
+            self._open()
+        except BaseException:
+            if new:
+                self._remove_unborn()
+            raise
+
+    def _remove_unborn(self) -> None:
+        with contextlib.suppress(AttributeError, sqlite3.Error):
+            self._conn.close()
+        for leftover in (*(Path(f"{self.path}{end}") for end in ("", "-wal", "-shm", "-journal")),
+                         _full_marker(self.path, owner_id())):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+
+    @explained
+    def _open(self) -> None:
         _check_place(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -229,36 +386,62 @@ class ResultStore:
 
     @explained
     def mark_interrupted(self) -> int:
-        """Mark 'interrupted' every run still 'running' whose process, on this machine, no longer
-        exists (killed, crashed, machine restarted), with that reason: a run keeps what it
-        finished and can be deleted. Runs of live processes and of other machines are left alone.
-        Returns how many runs changed. (A job's dead worker is the queue's: JobQueue.mark_interrupted.)"""
+        """End every run still 'running' whose process, on this machine, no longer exists, with the
+        reason: 'interrupted' (killed, crashed, machine restarted), or 'failed' with
+        DISK_FULL_REASON when that process found the disk full (its marker, note_disk_full) and
+        could not record its end itself. A run keeps what it finished and can be deleted. Runs of
+        live processes and of other machines are left alone. Returns how many runs changed. (A job's
+        dead worker is the queue's: JobQueue.mark_interrupted.)"""
         with self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
         dead = [(run_id, owner) for run_id, owner in runs if owner_dead(owner)]
-        why = [Message(N_("its process ({owner}) ended before the run finished (killed or crashed)"), {"owner": owner})
-               for _, owner in dead]
+        full = disk_full_owners(self.path)
+        ends = [("failed", Message(DISK_FULL_REASON)) if owner in full else
+                ("interrupted", Message(N_("its process ({owner}) ended before the run finished (killed or crashed)"),
+                                        {"owner": owner}))
+                for _, owner in dead]
         # a reason it already has is kept. Any reader of the store ends a dead process's runs at once
         # (a killed CLI run, a killed worker's run); the queue then ends their job with its own reason
         # (JobQueue.mark_interrupted), and the run keeps the one said first: both name the process
-        self._write("UPDATE runs SET status = 'interrupted', "
+        self._write("UPDATE runs SET status = ?, "
                     "stop_reason_msg = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason_msg END, "
                     "stop_reason = CASE WHEN COALESCE(stop_reason, '') = '' THEN ? ELSE stop_reason END "
                     "WHERE status = 'running' AND run_id = ?",
-                    [(to_stored(m), str(m), run_id) for m, (run_id, _) in zip(why, dead)])
+                    [(status, to_stored(m), str(m), run_id) for (status, m), (run_id, _) in zip(ends, dead)])
+        for owner in full:
+            if owner_dead(owner):
+                self.forget_disk_full(owner)
         return len(dead)
+
+    @explained
+    def forget_disk_full(self, owner: str | None = None) -> None:
+        """Remove the full-disk marker of `owner` (this process by default) once nothing of it is
+        left running (its runs and its job were ended, by itself or by mark_interrupted)."""
+        owner = owner or owner_id()
+        marker = _full_marker(self.path, owner)
+        if not marker.exists():
+            return
+        with self._lock:
+            running = self._conn.execute(
+                f"SELECT (SELECT COUNT(*) FROM runs WHERE status = 'running' AND {_OWNER} = ?) + "
+                "(SELECT COUNT(*) FROM jobs WHERE status = 'running' AND worker = ?)", (owner, owner)).fetchone()[0]
+        if not running:
+            marker.unlink(missing_ok=True)
 
     @explained
     def end_job_runs(self, job_id: str, status: str, reason: str) -> None:
         """A job ended with `status`: its runs cut short with it say why (`reason`, a stored
-        message; the English beside it for runs.csv), and an interrupted job's run in progress is
-        interrupted too."""
+        message; the English beside it for runs.csv). An interrupted job's run in progress is
+        interrupted too, a failed job's fails (with the job's error: never an empty reason)."""
         with self._lock, self._conn:
             if status == "interrupted":  # the run it was training was cut short with it
                 self._conn.execute("UPDATE runs SET status = 'interrupted' WHERE job_id = ? AND status IN "
                                    "('running', 'stopped')", (job_id,))
+            elif status == "failed":  # a run whose own end could not be recorded
+                self._conn.execute("UPDATE runs SET status = 'failed' WHERE job_id = ? AND status = 'running'",
+                                   (job_id,))
             self._conn.execute("UPDATE runs SET stop_reason = ?, stop_reason_msg = ? WHERE job_id = ? AND status IN "
-                               "('stopped', 'interrupted') AND COALESCE(stop_reason, '') = ''",
+                               "('stopped', 'interrupted', 'failed') AND COALESCE(stop_reason, '') = ''",
                                (render_stored(reason, "en"), reason or None, job_id))
 
     def add_iterations(self, run_id: str, first_iteration: int, losses: Iterable[float], steps_per_epoch: int) -> None:
@@ -400,15 +583,17 @@ class ResultStore:
     def iterations(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         return self._read("iterations", ITERATION_COLUMNS, run_ids, "run_id, iteration")
 
-    def export_csv(self, out_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict[str, Path]:
-        """Write runs.csv, epochs.csv and iterations.csv; return their paths."""
+    def export_csv(self, out_dir: str | Path, run_ids: Iterable[str] | None = None,
+                   extra: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
+        """Write runs.csv, epochs.csv and iterations.csv (and `<name>.csv` of each `extra` table)
+        whole or not at all (paths.write_files); return their paths. A folder that cannot take
+        them is an OutputError naming why (a full disk, read-only)."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         ids = list(run_ids) if run_ids is not None else None
-        paths = {}
-        for name, frame in (("runs", self.runs(ids)), ("epochs", self.epochs(ids)),
-                            ("iterations", self.iterations(ids))):
-            paths[name] = out / f"{name}.csv"
-            frame.to_csv(paths[name], index=False)
+        tables = {"runs": self.runs(ids), "epochs": self.epochs(ids), "iterations": self.iterations(ids),
+                  **(extra or {})}
+        paths = {name: out / f"{name}.csv" for name in tables}
+        with writing(out):
+            write_files({paths[name]: frame.to_csv(index=False) for name, frame in tables.items()})
         return paths
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from mnist_lab.data.datasets import DATASETS, DataConfig
 from mnist_lab.errors import ConfigError, WeightsError, is_int
 from mnist_lab.i18n import N_, Message
 from mnist_lab.nets.model import ModelConfig, build_model, describe
+from mnist_lab.paths import write_file
 from mnist_lab.training.loop import TrainConfig
 from mnist_lab.training.preflight import check_fits
 
@@ -108,8 +108,8 @@ def weights_path(db_path: str | Path, run_id: str) -> Path:
 
 def save_weights(db_path: str | Path, run: SavedRun) -> Path:
     """Write `run` (its weights, permutation and configs). Written to a temporary name, then
-    renamed: a reader never sees half a file."""
-    from safetensors.torch import save_file
+    renamed (paths.write_file): a reader never sees half a file."""
+    from safetensors.torch import save
 
     path = weights_path(db_path, run.run_id)
     tensors = {k: v.detach().cpu().contiguous() for k, v in run.state_dict.items()}
@@ -118,14 +118,7 @@ def save_weights(db_path: str | Path, run: SavedRun) -> Path:
     meta = dict(format=FORMAT, run_id=run.run_id, status=run.status, test_acc=json.dumps(run.test_acc),
                 model=json.dumps(codec.to_dict(run.model_cfg)), train=json.dumps(codec.to_dict(run.train_cfg)),
                 data=json.dumps(codec.to_dict(run.data_cfg)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_file(path, save(tensors, metadata=meta))  # an OSError (a full disk) leaves nothing behind
 
 
 def load_weights(db_path: str | Path, run_id: str) -> SavedRun:

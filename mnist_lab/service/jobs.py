@@ -5,6 +5,7 @@ executor (a Ray cluster, say) can run the same specs. Never imports streamlit.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError
+from mnist_lab.errors import StoreError
 from mnist_lab.i18n import N_, Message, render, render_stored
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
@@ -156,9 +158,12 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
             result = execute(spec, store, cancel=cancel, on_progress=on_progress)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        queue.finish(job_id, "interrupted" if interrupted else "failed",
-                     reason=Message(N_("aborted with a second Ctrl-C")) if interrupted else None,
-                     error=readable_error(exc))
+        # what went wrong is what is raised: a database that cannot take the job's end either (a full
+        # disk) leaves it to the next open (store.note_disk_full)
+        with contextlib.suppress(StoreError):
+            queue.finish(job_id, "interrupted" if interrupted else "failed",
+                         reason=Message(N_("aborted with a second Ctrl-C")) if interrupted else None,
+                         error=readable_error(exc))
         raise
     finally:
         done.set()

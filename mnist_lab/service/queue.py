@@ -10,8 +10,9 @@ import threading
 import time
 from collections.abc import Iterable
 
+from mnist_lab.errors import DISK_FULL_REASON
 from mnist_lab.i18n import N_, Message, to_stored
-from mnist_lab.runs.store import ResultStore, explained, owner_dead, owner_id
+from mnist_lab.runs.store import ResultStore, disk_full_owners, explained, owner_dead, owner_id
 
 JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
                "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
@@ -110,8 +111,11 @@ class JobQueue:
             self._conn.execute("UPDATE jobs SET status = ?, stop_reason = CASE WHEN ? != '' THEN ? ELSE stop_reason "
                                "END, error = ?, finished_at = ? WHERE job_id = ? AND status IN ('queued', 'running')",
                                (status, given, given, failed, time.time(), job_id))
-            row = self._conn.execute("SELECT stop_reason FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        self.store.end_job_runs(job_id, status, row[0] if row and row[0] else given)
+            row = self._conn.execute("SELECT stop_reason, worker FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        reason = row[0] if row and row[0] else given
+        self.store.end_job_runs(job_id, status, failed or reason if status == "failed" else reason)
+        if row and row[1] == owner_id():  # this process's own job is recorded: a full disk it met is settled
+            self.store.forget_disk_full()
 
     @explained
     def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,
@@ -149,13 +153,17 @@ class JobQueue:
     @explained
     def mark_interrupted(self) -> int:
         """Mark 'interrupted' every job still 'running' whose worker, on this machine, no longer
-        exists (killed, crashed, machine restarted), its runs with it and the reason; then every
+        exists (killed, crashed, machine restarted), its runs with it and the reason ('failed',
+        DISK_FULL_REASON, where that worker found the disk full: store.note_disk_full); then every
         run left running by a dead process (ResultStore.mark_interrupted). Returns how many runs
         changed."""
         with self._lock:
             jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
+        full = disk_full_owners(self.path)  # those that found the disk full could not end their job
         for job_id, worker in jobs:
-            if owner_dead(worker):
+            if owner_dead(worker) and worker in full:
+                self.finish(job_id, "failed", error=Message(DISK_FULL_REASON))
+            elif owner_dead(worker):
                 self.finish(job_id, "interrupted", reason=Message(
                     N_("the worker process ({worker}) ended before the job finished (killed or crashed)"),
                     {"worker": worker}))
