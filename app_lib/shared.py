@@ -240,7 +240,8 @@ def init_state(prefix: str, defaults: dict[str, Any], limits: dict[str, Any] | N
                     raise ValueError(name)
             except (ValueError, OverflowError):  # int('inf') overflows
                 value = default
-                ignored.append(f"{name}={params[name]}")
+                text = params[name]
+                ignored.append(f"{name}={text if len(text) <= 80 else text[:79] + '…'}")  # a link's length is not ours
         st.session_state[key] = value
     if ignored:  # the values are the link's own text: shown as text, never as markdown
         st.warning(_("This link has values the page cannot use, so their defaults are shown instead: {values}.")

@@ -59,6 +59,9 @@ if runs.empty:
 labels = {r.run_id: f"{label} · {percent(r.final_test_acc)} · {r.run_id}"
           for r, label in zip(runs.itertuples(), run_labels(runs))}
 asked = st.query_params.get("run")
+if asked is not None and asked not in labels:  # unknown, or another workspace's: the same words, nothing named
+    st.warning(_("This link has values the page cannot use, so their defaults are shown instead: {values}.")
+               .format(values=plain(f"run={asked[:80]}")), icon=":material/link_off:")
 if "insp_run" not in st.session_state or (asked in labels and asked != st.session_state.get("insp_asked")):
     st.session_state.insp_run = asked if asked in labels else next(iter(labels))
     st.session_state.insp_asked = asked
@@ -157,12 +160,13 @@ def own_digit() -> None:
     image = None
     try:
         if upload is not None:
-            ir.check_size(upload.size, upload.name)
-            image = ir.prepare_upload(ir.decode_image(upload.getvalue(), name=upload.name), run)
+            name = upload.name if len(upload.name) <= 80 else upload.name[:79] + "…"  # the browser's text
+            ir.check_size(upload.size, name)  # before its bytes are read
+            image = ir.prepare_upload(ir.decode_image(upload.getvalue(), name=name), run)
         elif ink is not None:
             image = ir.prepare_digit(ink)
-    except ValueError as exc:  # ImageRefused, or an empty drawing
-        st.error(plain(str(exc)))
+    except ValueError as exc:  # ImageRefused: too large, not an image, a bomb, an empty drawing
+        st.error(plain(render_error(exc)))
     st.session_state.insp_digit = image  # for the feature maps tab
     if image is None:
         return

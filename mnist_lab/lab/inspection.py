@@ -10,6 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from torch import nn
 
 from mnist_lab.data import datasets as data_mod
 from mnist_lab.data.datasets import DataConfig, RawSplits
+from mnist_lab.i18n import N_
 from mnist_lab.nets.model import ModelConfig, build_model
 from mnist_lab.runs.weights import SavedRun
 from mnist_lab.training.loop import TrainConfig
@@ -290,14 +292,20 @@ def saliency(run: LoadedRun, x: torch.Tensor, target: int, original_order: bool 
 # ------------------------------------------------------------------------ your own digit
 
 class ImageRefused(ValueError):
-    """An upload that is not a usable image: the message says why and what to upload instead."""
+    """An upload (or drawing) that is not a usable image: the message says why and what to upload
+    instead. `template` (an English msgid) and `params` let a page word it in its reader's
+    language (i18n.render); `value` is the file's own name, shown as given."""
+
+    def __init__(self, template: str, /, **params: Any):
+        self.template, self.params = template, params
+        super().__init__(template.format(**params))
 
 
 def check_size(n_bytes: int, name: str = "the file", max_bytes: int = MAX_UPLOAD_BYTES) -> None:
     """Refuse (ImageRefused) a file larger than `max_bytes`, before reading it."""
     if n_bytes > max_bytes:
-        raise ImageRefused(f"{name} is {n_bytes / 2**20:.1f} MiB; images up to {max_bytes // 2**20} MiB are "
-                           "accepted. Upload a smaller picture of one digit.")
+        raise ImageRefused(N_("{value} is {size:.1f} MiB; images up to {most} MiB are accepted. Upload a smaller "
+                              "picture of one digit."), value=name, size=n_bytes / 2**20, most=max_bytes // 2**20)
 
 
 def decode_image(blob: bytes, name: str = "the file", max_bytes: int = MAX_UPLOAD_BYTES,
@@ -314,17 +322,21 @@ def decode_image(blob: bytes, name: str = "the file", max_bytes: int = MAX_UPLOA
             img = Image.open(io.BytesIO(blob), formats=UPLOAD_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageRefused(f"{name} is {w}×{h} pixels; up to {max_pixels:,} pixels are accepted. Upload a "
-                                   "smaller picture of one digit.")
+                raise ImageRefused(N_("{value} is {w}×{h} pixels; up to {most:,} pixels are accepted. Upload a "
+                                      "smaller picture of one digit."), value=name, w=w, h=h, most=max_pixels)
             img.load()
         except ImageRefused:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRefused(f"{name} is not an image this lab reads ({type(exc).__name__}): upload a PNG, JPEG, "
-                               "GIF, BMP or WebP picture.") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageRefused(f"{name} could not be decoded as an image ({exc}): upload a PNG or JPEG picture.") \
-                from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own, larger limit
+            raise ImageRefused(N_("{value} declares more pixels than this lab accepts (up to {most:,}), as a "
+                                  "decompression bomb does. Upload a smaller picture of one digit."),
+                               value=name, most=max_pixels) from None
+        except UnidentifiedImageError as exc:
+            raise ImageRefused(N_("{value} is not an image this lab reads ({kind}): upload a PNG, JPEG, GIF, BMP or "
+                                  "WebP picture."), value=name, kind=type(exc).__name__) from None
+        except (OSError, SyntaxError, ValueError, MemoryError) as exc:
+            raise ImageRefused(N_("{value} could not be decoded as an image ({kind}): upload a PNG or JPEG picture."),
+                               value=name, kind=str(exc)[:120] or type(exc).__name__) from None
     return img
 
 
@@ -352,7 +364,7 @@ def prepare_digit(ink: np.ndarray) -> np.ndarray:
         raise ValueError(f"prepare_digit takes a grey image (H, W); got shape {ink.shape}")
     mask = ink > 0.1 * ink.max() if ink.max() > 0 else np.zeros_like(ink, dtype=bool)
     if not mask.any():
-        raise ValueError("The drawing is empty: draw a digit (or upload a picture of one).")
+        raise ImageRefused(N_("The drawing is empty: draw a digit (or upload a picture of one)."))
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape
