@@ -48,7 +48,7 @@ try:
     store = result_store()
     runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
 except StoreError as exc:
-    st.error(plain(str(exc)), icon=":material/database:")
+    st.error(plain(render_error(exc)), icon=":material/database:")
     st.stop()
 kept = store.inspectable(runs["run_id"])
 runs = runs[runs["run_id"].isin(kept)]
