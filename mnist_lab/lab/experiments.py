@@ -76,13 +76,15 @@ class _Reporter:
         for f in self.live:
             f(event)
 
-    def fail_open(self) -> None:
-        """End every run still open as 'failed' (what it recorded is kept)."""
+    def fail_open(self, exc: BaseException) -> None:
+        """End every run still open (what it recorded is kept): 'interrupted' when `exc` is a
+        KeyboardInterrupt (a second Ctrl-C: the job's end gives it its reason), else 'failed'."""
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         for run_id in list(self.open):
             self.open.pop(run_id)
             if self.record is not None:
                 with contextlib.suppress(StoreError):  # the database itself may be what failed
-                    self.record(RunEnded(run_id=run_id, epoch=0, step=0, total_steps=0, status="failed",
+                    self.record(RunEnded(run_id=run_id, epoch=0, step=0, total_steps=0, status=status,
                                          seconds=0.0))
 
 
@@ -97,8 +99,8 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
     report = _Reporter(record, on_progress, experiment, group_id)
     try:
         return train(model_cfg, train_cfg, data, on_progress=report, cancel=cancel, label=label)
-    except BaseException:
-        report.fail_open()
+    except BaseException as exc:
+        report.fail_open(exc)
         raise
 
 
@@ -127,8 +129,8 @@ def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataCon
     try:
         return train_many([(m, t) for m, t, _ in jobs], data, on_progress=report, cancel=cancel,
                           labels=[label for _, _, label in jobs])
-    except BaseException:
-        report.fail_open()
+    except BaseException as exc:
+        report.fail_open(exc)
         raise
 
 

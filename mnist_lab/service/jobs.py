@@ -158,7 +158,7 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
         interrupted = isinstance(exc, KeyboardInterrupt)
         queue.finish(job_id, "interrupted" if interrupted else "failed",
                      reason=Message(N_("aborted with a second Ctrl-C")) if interrupted else None,
-                     error=readable_error(exc))
+                     error=None if interrupted else readable_error(exc))
         raise
     finally:
         done.set()
