@@ -48,15 +48,15 @@ GOOD = {
 }
 NUMBERS = [HUGE, "-" + HUGE, "-1", "0", "nan", "inf", "-inf", "1e999", "x", "", "2.5", "0x10", "1e3", "9" * 400]
 CHOICES = ["bogus", "", "../x", "CPU", "sgd;rm", "'"]
-PATHS = ["../", "../../x", "/proc/version", "/proc/mnist-lab-x", "/etc/passwd", "/dev/null", "{file}", "{empty}",
-         "/nonexistent/x", "{passwd}"]
+PATHS = ["../", "../../x", "/proc/version", "/proc/mnist-lab-x/y", "/etc/passwd", "/dev/null", "{file}", "{empty}",
+         "{file}/x", "{passwd}"]  # never a path this process could create outside its folder (it may run as root)
 CONFLICTS = {  # a flag the line's run would ignore, or a wrong flag for the command
     "train": ["--preset tiny-fc --kernel-size 3", "--preset tiny-fc --padding same", "--preset tiny-fc --batch-norm",
               "--permutation-seed 5", "--optimizer adam --momentum 0.9", "--kind fc --pool-before-relu",
               "--train-limit 10000000", "--seeds 2", "--bogus"],
     "sweep": ["--seed 3", "--permutation-seed 2", "--optimizer adam --momentum 0.5", "--preset lab5", "--kind fc"],
     "compare": ["--seed 1", "--permute-pixels", "--optimizer adam --momentum 0.9", "--conv-layers 1"],
-    "lesson": ["--seed 1", "--dataset cifar10", "--permute-pixels", "--bogus"],
+    "lesson": ["--seed 1", "--dataset cifar10", "--permute-pixels", "--bogus", "--train 5"],
     "worker": ["--seeds 3", "--epochs 1"],
     "report": ["--seed 1", "--db /proc/version"],
     "inspect": ["--seed 1", "--lang xx"],
@@ -66,7 +66,8 @@ CONFLICTS = {  # a flag the line's run would ignore, or a wrong flag for the com
 }
 # Hand-written: each expected to be refused (exit 2).
 HAND = [
-    "", "fly", "--lang xx presets", "train --lang", "presets --seed 1",
+    "", "fly", "--lang xx presets", "train --lang", "presets --seed 1", "lesson softmax --seed 1",
+    "train --train-lim 5", "worker --idle 5",
     "train --preset tiny-fc --kernel-size 3", "train --preset tiny-fc --padding same",
     "train --preset tiny-fc --pool-before-relu", "train --kind fc --kernel-size 5",
     "train --preset tiny-fc --batch-norm",
@@ -126,6 +127,7 @@ def make_template(folder: Path) -> str:
                      str(folder / "r.sqlite")]) == 0
     with sqlite3.connect(folder / "r.sqlite") as conn:
         run_id = conn.execute("SELECT run_id FROM runs").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all in the file: a later open changes nothing
     from PIL import Image
 
     Image.new("L", (28, 28), 0).save(folder / "digit.png")
@@ -148,7 +150,7 @@ def rows(db: Path) -> tuple[int, ...]:
 def argv_of(line: str, top: Path, run_id: str) -> list[str]:
     argv = [w.format(run=run_id, out=top / "out", file=top / "a-file", empty=top / "empty", img=top / "digit.png",
                      passwd=top / "passwd") for w in shlex.split(line)]
-    command = next((w for w in argv if not w.startswith("-")), "")
+    command = next((w for w in argv if w in GOOD), "")
     if command in (*TRAINS, "worker", "report", "inspect", "predict", "export") and "--db" not in argv:
         argv += ["--db", str(top / "r.sqlite")]
     return argv
@@ -161,7 +163,7 @@ def run_one(line: str, template: Path, run_id: str, real_process: bool) -> dict:
         cwd = top / "a" / "b"  # ../ and ../../x stay inside this folder
         cwd.mkdir(parents=True)
         argv = argv_of(line, top, run_id)
-        before, counts = snapshot(top), rows(top / "r.sqlite")
+        counts, before = rows(top / "r.sqlite"), snapshot(top)
         t0 = time.perf_counter()
         escaped = None
         if real_process:
@@ -194,6 +196,7 @@ def main_bench() -> int:
     parser.add_argument("--n", type=int, default=200, help="lines in all (hand-written first, then mutations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subprocess", type=int, default=10, help="of them, how many also run as a real process")
+    parser.add_argument("--show-accepted", action="store_true", help="list the lines accepted, with what they said")
     opts = parser.parse_args()
     rng = random.Random(opts.seed)
     lines = [(line, "refused") for line in HAND][:opts.n]
@@ -219,8 +222,8 @@ def main_bench() -> int:
     }
     commands = {}
     for r in results:
-        words = [w for w in shlex.split(r["line"]) if not w.startswith("-")]
-        commands[words[0] if words else "(none)"] = commands.get(words[0] if words else "(none)", 0) + 1
+        name = next((w for w in shlex.split(r["line"]) if w in GOOD), "(none)")
+        commands[name] = commands.get(name, 0) + 1
     print(f"{len(results)} lines ({sum(r['kind'] == 'refused' for r in results)} hand-written, "
           f"{sum(r['kind'] == 'mutated' for r in results)} mutations, {len(ADJUSTED)} adjusted, "
           f"{sum('process' in r['kind'] for r in results)} also as a real process) in "
@@ -233,6 +236,10 @@ def main_bench() -> int:
         for r in bad[:5]:
             print(f"    {r['line']!r} -> {r['code']} {r['escaped'] or ''} left={r['left']} changed={r['changed']} "
                   f"err={r['err'][:200]!r}")
+    if opts.show_accepted:
+        for r in results:
+            if r["code"] in (0, 3):
+                print(f"accepted: {r['line']!r} -> {r['code']} err={r['err'][-200:]!r}")
     return 1 if any(failures.values()) else 0
 
 

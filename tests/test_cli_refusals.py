@@ -125,6 +125,8 @@ REFUSED = [
     # choices, names and paths
     ("train --device bogus", ["Unknown device 'bogus'"]),
     ("train --optimizer rmsprop", ["invalid choice: 'rmsprop'"]),
+    ("lesson softmax --seed 1", ["unrecognized arguments: --seed 1"]),  # never an abbreviation of --seeds
+    ("train --train-lim 5", ["unrecognized arguments: --train-lim 5"]),
     ("lesson", ["Name a lesson"]),
     ("lesson nope", ["Unknown lesson 'nope'"]),
     ("lesson shuffle --dataset cifar10", ["The lesson does not run on 'cifar10'"]),

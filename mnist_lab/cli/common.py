@@ -85,7 +85,13 @@ def language(value: str) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with its refusal as one `error:` line like every other refusal (no usage block)."""
+    """argparse, with its refusal as one `error:` line like every other refusal (no usage block),
+    and no abbreviated flags: `lesson --seed 3` must not quietly mean --seeds 3 (every command's
+    parser is this class, so each refuses a flag it does not have)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, _("error: {message} (see {prog} --help)").format(message=message, prog=self.prog)
