@@ -18,6 +18,7 @@ from mnist_lab.i18n import N_
 from mnist_lab.lab.experiments import diverged_runs
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.jobs import JobSpec
 from mnist_lab.training.events import EpochEnded, Event, Iterations
 from mnist_lab.training.loop import RunResult
 
@@ -84,27 +85,46 @@ def language(value: str) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with its refusal as one `error:` line like every other refusal (no usage block)."""
+    """argparse, with its refusal as one `error:` line like every other refusal (no usage block),
+    and no abbreviated flags: `lesson --seed 3` must not quietly mean --seeds 3 (every command's
+    parser is this class, so each refuses a flag it does not have)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, _("error: {message} (see {prog} --help)").format(message=message, prog=self.prog)
                   + "\n")
 
 
-def check_out(out: Path | None) -> None:
-    """--out must be a directory this process can write, checked before anything trains."""
+def check_out(out: Path | None) -> list[Path]:
+    """--out must be a directory this process can write, checked before anything trains. Returns
+    the folders it created (the innermost last), for a later refusal to remove."""
     if out is None:
-        return
+        return []
     if out.exists() and not out.is_dir():
         raise ValueError(_("--out {out} is a file, not a directory: name a directory (it is created if missing).")
                          .format(out=out))
+    created = [p for p in (out, *out.parents) if not p.exists()][::-1]
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
+        remove_folders(created)
         raise ValueError(_("--out {out} cannot be written ({why}): choose a directory you can write to.")
                          .format(out=out, why=exc.strerror or exc)) from None
+    return created
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Remove the (still empty) folders a refused command created, innermost first."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def check_data_dir(data_dir: str | None) -> None:
@@ -116,11 +136,28 @@ def check_data_dir(data_dir: str | None) -> None:
         raise ValueError(template.format(dir=data_dir))
 
 
-def open_store(args) -> ResultStore:
-    """Every output checked before training: --out, --data-dir, then the database (opened and checked)."""
-    check_out(args.out)
+def open_store(args, spec: JobSpec | None = None) -> ResultStore:
+    """Every input checked before anything is written: --data-dir and the data `spec` trains on
+    (loaded, so a machine without it leaves no job row), --out, then the database (opened and
+    checked); then the line's adjustments said. A refusal leaves no folder behind."""
     check_data_dir(args.data_dir)
-    return ResultStore(args.db)
+    if spec is not None:
+        spec.load_data()
+    created = check_out(args.out)
+    try:
+        store = ResultStore(args.db)
+    except BaseException:
+        remove_folders(created)
+        raise
+    for line in getattr(args, "notes", ()):
+        print(line, file=sys.stderr)
+    return store
+
+
+def note(args, message: str, prefix: bool = True) -> None:
+    """How the command line was adjusted (`note: ` + message, or the line as it is), said on stderr
+    by `open_store` once the whole line is accepted: a refused line prints its one error line only."""
+    args.notes = [*getattr(args, "notes", ()), _("note: {warning}").format(warning=message) if prefix else message]
 
 
 def report_diverged(results: list[RunResult]) -> int:

@@ -12,11 +12,11 @@ import pandas as pd
 from mnist_lab.cli.common import (
     EXIT_BAD_INPUT,
     ProgressBar,
-    check_data_dir,
-    check_out,
     db_help,
     export_tables,
     lang,
+    note,
+    open_store,
     report_diverged,
 )
 from mnist_lab.cli.common import gettext as _
@@ -59,7 +59,6 @@ def _list() -> int:
 
 
 def cmd_lesson(args) -> int:
-    from mnist_lab.runs.store import ResultStore
     from mnist_lab.service.jobs import run_inline
     from mnist_lab.service.policy import estimate_seconds
     from mnist_lab.training.preflight import resolve_device
@@ -75,18 +74,13 @@ def cmd_lesson(args) -> int:
     lesson = cfg.lesson
     print(f"{_(lesson.title)}: {_(lesson.question)}")
     for s in skipped:
-        print(_("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason), file=sys.stderr)
+        note(args, _("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason), prefix=False)
     seconds = estimate_seconds(spec, resolve_device(spec.train.device).type)
     print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}, about {seconds:.0f} s here.").format(
         runs=spec.runs_total(), variants=len(variants), seeds=cfg.n_seeds(), dataset=spec.data.dataset,
         seconds=seconds))
-    check_out(args.out)
-    check_data_dir(args.data_dir)
-    store = ResultStore(args.db)
-    steps = sum(-(-v.data.n_train() // v.train.batch_size) * v.train.epochs for v in variants)
-    bar = ProgressBar(steps * cfg.n_seeds(), args.quiet)
     try:
-        result = run_inline(spec, store, args.cancel, on_progress=bar)
+        store = open_store(args, spec)  # the data first: without it, nothing is written
     except DataUnavailableError as exc:  # how to get the files, then where the lesson runs without them
         print(_("error: {message}").format(message=render(exc, lang())), file=sys.stderr)
         others = [d for d in datasets_for(lesson) if d != spec.data.dataset]
@@ -94,6 +88,10 @@ def cmd_lesson(args) -> int:
             print(_("This lesson also runs on {datasets}: add --dataset {first}.").format(
                 datasets=", ".join(others), first=others[0]), file=sys.stderr)
         return EXIT_BAD_INPUT
+    steps = sum(-(-v.data.n_train() // v.train.batch_size) * v.train.epochs for v in variants)
+    bar = ProgressBar(steps * cfg.n_seeds(), args.quiet)
+    try:
+        result = run_inline(spec, store, args.cancel, on_progress=bar)
     finally:
         bar.close()
     table = result.summary.assign(variant=[_(v) for v in result.summary["variant"]],

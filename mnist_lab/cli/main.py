@@ -31,6 +31,7 @@ from mnist_lab.cli.common import (
     lang,
     lang_of,
     language,
+    note,
     open_store,
     report_diverged,
     set_language,
@@ -52,6 +53,8 @@ from mnist_lab.training.preflight import preflight, resolve_device
 
 MAX_SLOT = 1023  # worker slots: one per GPU, so a few in practice
 MAX_SECONDS = 7 * 24 * 3600  # a week: any time limit beyond is a mistake, not a setting
+MAX_PID = 2**22  # Linux's highest possible process id (pid_max's ceiling)
+MAX_JOBS = 10**6  # --max-jobs (tests, benchmarks): a bound, so no huge number reaches the loop
 
 def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
     g = p.add_argument_group(_("training"))
@@ -60,7 +63,7 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     g.add_argument("--lr", type=float, help=_("learning rate"))
     g.add_argument("--momentum", type=float, help=_("momentum (SGD)"))
     g.add_argument("--optimizer", choices=["sgd", "adam"], help=_("optimiser"))
-    g.add_argument("--seed", type=int, default=0, help=_("random seed: initial weights and batch order"))
+    g.add_argument("--seed", type=int, help=_("random seed: initial weights and batch order (default 0)"))
     g.add_argument("--no-shuffle", action="store_true", help=_("same batch order every epoch"))
     g.add_argument("--augment", action="store_true", help=_("random shifts (and flips for colour images) per batch"))
     g.add_argument("--sort-by-label", action="store_true",
@@ -75,7 +78,7 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     d.add_argument("--dataset", choices=list(DATASETS), help=_("default: the preset's (mnist for the lab's nets)"))
     d.add_argument("--normalize", choices=list(NORMALIZATIONS), help=_("pixel normalisation"))
     d.add_argument("--permute-pixels", action="store_true", help=_("shuffle pixels by one fixed permutation"))
-    d.add_argument("--permutation-seed", type=int, default=0, help=_("which fixed permutation"))
+    d.add_argument("--permutation-seed", type=int, help=_("which fixed permutation (default 0)"))
     d.add_argument("--data-dir", help=_("datasets in torchvision's layout (ROOT/MNIST/raw, ROOT/FashionMNIST/raw, "
                                         "ROOT/cifar-10-batches-py or ROOT/cifar-10-python.tar.gz)"))
     o = p.add_argument_group(_("output"))
@@ -101,6 +104,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConfig, DataConfig]:
+    """The run's three configs from the flags over the preset's, checked whole (preflight), then
+    every flag this run would not use refused by name, never silently dropped."""
     preset = get_preset(getattr(args, "preset", None) or default_preset)
     model = preset.model
     overrides = {k: getattr(args, k, None) for k in ("kind", "kernel_size", "padding", "pool_before_relu",
@@ -121,16 +126,59 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
     pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
     train_cfg = TrainConfig(epochs=pick(args.epochs, 1), batch_size=pick(args.batch_size, preset.batch_size),
                             optimizer=pick(args.optimizer, preset.optimizer), lr=pick(args.lr, preset.lr),
-                            momentum=pick(args.momentum, preset.momentum), seed=args.seed,
-                            device=args.device, shuffle=not args.no_shuffle, engine=args.engine,
-                            augment=args.augment, sort_by_label=args.sort_by_label)
+                            momentum=pick(args.momentum, preset.momentum), seed=pick(args.seed, 0),
+                            device=args.device, shuffle=not (args.no_shuffle or args.sort_by_label),
+                            engine=args.engine, augment=args.augment, sort_by_label=args.sort_by_label)
     data_cfg = DataConfig(dataset=pick(args.dataset, preset.dataset),
                           normalize=pick(args.normalize, preset.normalize),
                           train_limit=args.train_limit,
-                          permute_pixels=args.permute_pixels, permutation_seed=args.permutation_seed,
+                          permute_pixels=args.permute_pixels, permutation_seed=pick(args.permutation_seed, 0),
                           data_dir=args.data_dir)
-    preflight(model, train_cfg, data_cfg)  # before loading anything
+    preflight(model, train_cfg, data_cfg)  # before loading anything: each value, then the flags together
+    _refuse_unused_flags(args, preset.name, model, train_cfg)
+    if args.sort_by_label and not args.no_shuffle:
+        note(args, _("--sort-by-label trains on the images in label order, which shuffling would undo: training with "
+               "--no-shuffle."))
     return model, train_cfg, data_cfg
+
+
+def _refuse_unused_flags(args, preset: str, model: ModelConfig, train_cfg: TrainConfig) -> None:
+    """A flag the run would ignore is refused, naming it and why, before anything is opened."""
+    if model.kind == "fc":  # --batch-norm and --conv-channels are the ModelConfig's own refusals
+        given = [f for f in ("kernel_size", "padding", "pool_before_relu") if getattr(args, f, None) is not None]
+        if given:
+            raise ConfigError(given[0], getattr(args, given[0]), "Preset {preset!r} with kind 'fc' is a fully "
+                              "connected network with no conv blocks, so --{flag} does not apply to it; leave the "
+                              "flag out, or train a CNN (--kind cnn, or a preset such as lab5).", preset=preset,
+                              flag=given[0].replace("_", "-"))
+    if args.momentum is not None and train_cfg.optimizer == "adam":
+        raise ConfigError("momentum", args.momentum, "--momentum {value!r} does nothing with the Adam optimiser (it "
+                          "keeps its own running averages); leave --momentum out, or use --optimizer sgd.")
+    if args.command in ("sweep", "compare"):
+        if args.seed is not None:
+            raise ConfigError("seed", args.seed, "{command} trains each network with seeds 0 to {last} (--seeds "
+                              "{n}), so --seed does not apply; leave it out, and choose how many seeds with --seeds.",
+                              command=args.command, last=args.seeds - 1, n=args.seeds)
+    if args.command == "compare":
+        if args.permute_pixels:
+            raise ConfigError("permute_pixels", True, "compare trains every network on normal and on permuted "
+                              "pixels already, so --permute-pixels does not apply; leave it out (--permutation-seed "
+                              "picks the permutation).")
+    elif args.permutation_seed is not None and not args.permute_pixels:
+        raise ConfigError("permutation_seed", args.permutation_seed, "--permutation-seed picks the permutation of "
+                          "--permute-pixels, which is not given, so it would change nothing; add --permute-pixels, "
+                          "or leave --permutation-seed out.")
+
+
+def _distinct(args, flag: str) -> tuple[int, ...]:
+    """A sweep's values once each, in the order given; a repeat is dropped and said (it would train the
+    same networks again and count them as more seeds)."""
+    values = list(getattr(args, flag.replace("-", "_")))
+    distinct = tuple(dict.fromkeys(values))
+    if len(distinct) < len(values):
+        note(args, _("--{flag} lists a value more than once: training {values} once each.").format(
+            flag=flag, values=" ".join(map(str, distinct))))
+    return distinct
 
 
 def _steps(train_cfg: TrainConfig, data_cfg: DataConfig) -> int:
@@ -146,10 +194,11 @@ def cmd_presets(args) -> int:
 
 def cmd_train(args) -> int:
     model, train_cfg, data_cfg = _configs(args)
-    store = open_store(args)
+    spec = JobSpec("train", train_cfg, data_cfg, model=model)
+    store = open_store(args, spec)
     bar = ProgressBar(_steps(train_cfg, data_cfg), args.quiet)
     try:
-        result = run_inline(JobSpec("train", train_cfg, data_cfg, model=model), store, args.cancel, on_progress=bar)
+        result = run_inline(spec, store, args.cancel, on_progress=bar)
     finally:
         bar.close()
     table = pd.DataFrame([dict(epoch=m.epoch, train_loss=round(m.train_loss, 4), test_loss=round(m.test_loss, 4),
@@ -167,19 +216,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    train_cfg, data_cfg = _configs(args)[1:]
-    sweep = SweepConfig(conv_layers=tuple(args.conv_layers), kernel_sizes=tuple(args.kernel_sizes),
-                        hidden_units=tuple(args.hidden_units), seeds=args.seeds,
+    sweep = SweepConfig(conv_layers=_distinct(args, "conv-layers"), kernel_sizes=_distinct(args, "kernel-sizes"),
+                        hidden_units=_distinct(args, "hidden-units"), seeds=args.seeds,
                         base_channels=args.base_channels, padding=args.sweep_padding)
-    cells, skipped = sweep.cells()
+    cells, skipped = sweep.cells()  # validates: the sweep's own values first
+    train_cfg, data_cfg = _configs(args)[1:]
     for s in skipped:
-        print(_("skipped {layers} conv × k{k}: {why}").format(layers=s["conv_layers"], k=s["kernel_size"],
-                                                              why=i18n.render(s["error"], lang())), file=sys.stderr)
-    store = open_store(args)
+        note(args, _("skipped {layers} conv × k{k}: {why}").format(layers=s["conv_layers"], k=s["kernel_size"],
+                                                                   why=i18n.render(s["error"], lang())), prefix=False)
+    spec = JobSpec("sweep", train_cfg, data_cfg, sweep=sweep, label=f"sweep of {len(cells)} networks")
+    store = open_store(args, spec)
     bar = ProgressBar(_steps(train_cfg, data_cfg) * len(cells) * sweep.seeds, args.quiet)
     try:
-        result = run_inline(JobSpec("sweep", train_cfg, data_cfg, sweep=sweep, label=f"sweep of {len(cells)} networks"),
-                            store, args.cancel, on_progress=bar)
+        result = run_inline(spec, store, args.cancel, on_progress=bar)
     finally:
         bar.close()
     summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
@@ -191,17 +240,17 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)[1:]  # its optimiser and batch
     compare = CompareConfig(cnn=get_preset(args.cnn_preset).model, seeds=args.seeds,
-                            permutation_seed=args.permutation_seed)
-    models = compare.models()
+                            permutation_seed=args.permutation_seed or 0)
+    compare.validate()  # the comparison's own values first
+    train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)[1:]  # its optimiser and batch
+    spec = JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN")
+    store = open_store(args, spec)
     print(" vs ".join(_("{name}: {n} parameters").format(name=name, n=i18n.integer(count_params(cfg)))
-                      for name, cfg in models.items()))
-    store = open_store(args)
+                      for name, cfg in compare.models().items()))
     bar = ProgressBar(_steps(train_cfg, data_cfg) * 4 * compare.seeds, args.quiet)
     try:
-        result = run_inline(JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN"), store,
-                            args.cancel, on_progress=bar)
+        result = run_inline(spec, store, args.cancel, on_progress=bar)
     finally:
         bar.close()
     pivot = (result.summary.assign(text=i18n.mean_sd_texts(result.summary, _))
@@ -225,6 +274,10 @@ def cmd_worker(args) -> int:
                                "out for no limit.").format(flag=flag, high=MAX_SECONDS, value=value))
     if not 0 <= args.nice <= 19:
         raise ValueError(_("--nice must be 0 to 19; got {value}.").format(value=args.nice))
+    for flag, value, high in (("--max-jobs", args.max_jobs, MAX_JOBS), ("--parent-pid", args.parent_pid, MAX_PID)):
+        if value is not None and not 1 <= value <= high:
+            raise ValueError(_("{flag} must be 1 to {high}; got {value}. Leave it out for none.")
+                             .format(flag=flag, high=high, value=value))
     resolve_device(args.device)  # a device this machine lacks is refused before the database is opened
     return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,
                                parent_pid=args.parent_pid, idle_exit_s=args.idle_exit,

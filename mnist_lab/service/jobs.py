@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from mnist_lab import codec
+from mnist_lab.data import datasets
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError
 from mnist_lab.errors import StoreError
 from mnist_lab.i18n import N_, Message, render, render_stored
@@ -75,6 +76,13 @@ class JobSpec:
         queued or any data loads: a ConfigError names the field, the value and what to change."""
         for model_cfg, train_cfg, data_cfg in self.run_configs():
             preflight(model_cfg, train_cfg, data_cfg)
+
+    def load_data(self) -> None:
+        """Load every dataset the job's runs train on (once per process: datasets.load_raw, which the
+        runs then reuse), so data this machine cannot have is refused (DataUnavailableError) before
+        any job or run row is written. Call after `preflight`, which loads nothing."""
+        for data_cfg in {(d.dataset, d.data_dir): d for *_, d in self.run_configs()}.values():
+            datasets.load_raw(data_cfg)
 
     @property
     def title(self) -> str:
@@ -142,6 +150,7 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     """Train a job in this process (the CLI) as a job of the local workspace: it is listed beside
     the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
     spec.preflight()
+    spec.load_data()  # data that cannot be had leaves no 'failed' job behind
     job_id = uuid.uuid4().hex
     queue = JobQueue(store)
     queue.start_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
@@ -163,7 +172,7 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
         with contextlib.suppress(StoreError):
             queue.finish(job_id, "interrupted" if interrupted else "failed",
                          reason=Message(N_("aborted with a second Ctrl-C")) if interrupted else None,
-                         error=readable_error(exc))
+                         error=None if interrupted else readable_error(exc))
         raise
     finally:
         done.set()

@@ -97,7 +97,7 @@ class RunEnded(Event):
     knows neither its epochs nor its accuracy)."""
 
     kind: ClassVar[str] = "end"
-    status: str  # "finished", "stopped", "diverged" or "failed"
+    status: str  # "finished", "stopped", "diverged", "failed" or "interrupted" (a second Ctrl-C)
     seconds: float
     epochs_done: int | None = None
     final_test_acc: float | None = None
