@@ -229,6 +229,14 @@ def test_each_hostile_spec_of_the_issue_is_one_config_error(text, field):
     assert str(caught.value)  # one sentence, rendered
 
 
+def test_a_document_over_the_size_cap_is_refused_before_it_is_parsed():
+    text = spec_text(**{"model.hidden": [50] * 400_000})
+    with pytest.raises(ConfigError, match="characters of JSON") as caught:
+        JobSpec.from_json(text)
+    assert caught.value.field == "job" and len(repr(caught.value.value)) < 100  # the refusal does not carry it all
+    assert len(JobSpec("train", CPU, TINY, model=PRESETS["vgg16-cifar"].model).to_json()) < 10_000
+
+
 def test_sweep_seeds_and_values_are_capped():
     for sweep in (SweepConfig(seeds=10**6), SweepConfig(conv_layers=(1,) * 1000), SweepConfig(kernel_sizes=(3,) * 17)):
         with pytest.raises(ConfigError):
@@ -245,6 +253,14 @@ def test_a_lesson_spec_whose_dataset_is_unknown_is_a_config_error_not_a_key_erro
         with pytest.raises(ConfigError) as caught:
             accept(JobSpec.from_json(json.dumps(json.loads(broken.to_json()))))
         assert caught.value.field in ("dataset", "job.data.dataset")
+
+
+def test_a_lesson_spec_whose_data_is_another_dataset_than_its_lesson_is_refused():
+    spec = lesson_spec(LessonConfig(name="shuffle", dataset="fashion-mnist", seeds=1), device="cpu")
+    accept(spec)
+    with pytest.raises(ConfigError) as caught:
+        accept(dataclasses.replace(spec, data=dataclasses.replace(spec.data, dataset="mnist")))
+    assert caught.value.field == "data.dataset"
 
 
 def test_a_spec_built_in_code_with_wrong_parts_is_refused_by_validate():

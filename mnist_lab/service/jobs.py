@@ -79,6 +79,10 @@ class JobSpec:
         self.data.validate()  # before the kind's part: a lesson's variants are fitted to its dataset
         self.train.validate()
         parts[self.kind][0].validate()
+        if self.kind == "lesson" and self.data.dataset != self.lesson.resolved_dataset():  # else trained silently
+            raise ConfigError("data.dataset", self.data.dataset, "The lesson is set to run on {lesson} but the job's "
+                              "data is {value!r}; make them the same (lesson_spec builds both).",
+                              lesson=self.lesson.resolved_dataset())
 
     def run_configs(self) -> list[tuple[ModelConfig, TrainConfig, DataConfig]]:
         """(network, training, data) of each distinct run the job trains, seeds aside: one, a
