@@ -59,7 +59,7 @@ def hostile(rng: random.Random):
 PLAUSIBLE = {
     "kind": ["cnn", "fc"], "conv_channels": [[10, 20], [8], [4, 8, 16], [16, 32, 64, 128]],
     "kernel_size": [1, 3, 5, 7], "padding": ["valid", "same"], "pool_before_relu": [True, False],
-    "batch_norm": [True, False], "dropout": [0.0, 0.25, 0.5], "hidden": [[], [50], [32, 16]],
+    "batch_norm": [True, False], "dropout": [0.0, 0.25, 0.5], "hidden": [[], [50], [32, 16], [256, 256]],
     "softmax_before_loss": [False, True], "in_channels": [1, 3], "image_size": [28, 32], "n_classes": [10],
     "head": ["fc", "gap", "gap-fc"], "blocks": [[], [], [{"type": "conv", "channels": 8}]],
     "epochs": [1, 2], "batch_size": [16, 32, 64], "optimizer": ["sgd", "adam"],
@@ -120,6 +120,13 @@ def random_spec_dict(rng: random.Random) -> dict:
         spec[name] = make()
         if name == "compare" and rng.random() < 0.5:
             spec[name]["cnn"] = model() | {"kind": "cnn"}
+    lesson = spec.get("lesson")
+    if isinstance(lesson, dict) and str(lesson.get("name", "shuffle")) in LESSONS and rng.random() < 0.8:
+        try:  # mostly the dataset the lesson runs on, as lesson_spec writes it
+            spec["data"]["dataset"] = LessonConfig(name=lesson.get("name", "shuffle"),
+                                                   dataset=lesson.get("dataset", "")).resolved_dataset()
+        except (TypeError, KeyError, ValueError):
+            pass  # a hostile name or dataset: left as drawn
     if rng.random() < 0.03:  # a part another kind uses
         spec[rng.choice(["model", "sweep", "compare", "lesson"])] = {}
     if rng.random() < 0.2:
@@ -254,7 +261,8 @@ def accept(spec: JobSpec) -> None:
 
 def tiny(spec: JobSpec) -> JobSpec:
     """The spec cut to a quick run: 64 images, 1 epoch, one seed, the CPU, at most 2 values per sweep axis."""
-    train = replace(spec.train, epochs=1, device="cpu", batch_size=min(spec.train.batch_size, 32),
+    # batches of at most 8 (8 steps): enough for lr 10 to blow a wide FC net up, as on full data
+    train = replace(spec.train, epochs=1, device="cpu", batch_size=min(spec.train.batch_size, 8),
                     eval_batch_size=min(spec.train.eval_batch_size, 1000))
     data = replace(spec.data, train_limit=64, test_limit=64)
     out = replace(spec, train=train, data=data)
