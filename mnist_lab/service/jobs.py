@@ -76,7 +76,7 @@ class JobSpec:
             if not isinstance(part, cls):
                 raise ConfigError(field, part, "{field} must be a {cls} config; got {value!r}.", field=field,
                                   cls=cls.__name__)
-        self.data.validate()  # before the kind's part: a lesson's variants are fitted to its dataset
+        self.data.validate()  # each config whole here: plan() fits a lesson to the dataset named
         self.train.validate()
         parts[self.kind][0].validate()
         if self.kind == "lesson" and self.data.dataset != self.lesson.resolved_dataset():  # else trained silently
