@@ -374,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                 kind = "trained"
             except (ValueError, DataUnavailableError) as exc:
                 kind = f"refused ({type(exc).__name__})"
+                if args.why:
+                    print(f"  not trained: {str(exc)[:150]}")
             except Exception as exc:  # noqa: BLE001 - what the campaign counts
                 kind = f"ESCAPED {type(exc).__name__}"
                 escapes.append(("execute", f"{kind}: {str(exc)[:100]}", small.to_json()[:300]))
