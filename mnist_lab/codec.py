@@ -30,6 +30,10 @@ _MISSING = N_("{where} lacks the setting(s) {names}, which have no default; it w
 _NO_TYPE = N_("{where} must name its block type as one of {options}; got {value!r}.")
 _NOT_JSON = N_("{where} is not JSON text ({detail}); it was written by another program, or damaged.")
 
+_TOO_LONG = N_("{where} is {n:,} characters of JSON, and a config is at most {high:,}; it was written by another "
+               "program, or damaged.")
+MAX_JSON_CHARS = 1_000_000  # the largest spec (VGG16's block list) is about 3 kB
+
 _KINDS = {int: N_("a whole number"), float: N_("a number"), bool: N_("true or false"), str: N_("text")}
 
 
@@ -102,6 +106,8 @@ def from_json(cls: type[T], text: Any, where: str = "") -> T:
     where = where or cls.__name__
     if not isinstance(text, (str, bytes)):
         raise ConfigError(where, text, _WRONG_TYPE, where=where, kind=_KINDS[str])
+    if len(text) > MAX_JSON_CHARS:  # refused before parsing: no time or memory spent on it
+        raise ConfigError(where, text[:80], _TOO_LONG, where=where, n=len(text), high=MAX_JSON_CHARS)
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:

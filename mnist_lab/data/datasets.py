@@ -228,6 +228,15 @@ def describe_normalization(name: str, dataset: str = "mnist") -> str:
 
 # ------------------------------------------------------------------------------------ config
 
+MAX_PATH = 1024  # characters of a data directory a config may name
+
+
+def _usable_path(path: str) -> bool:
+    """Text the file system can be asked about: printable, not too long, no folder name over 255 bytes."""
+    return (len(path) <= MAX_PATH and path.isprintable()
+            and all(len(part.encode("utf-8", "surrogatepass")) <= 255 for part in path.replace("\\", "/").split("/")))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "mnist"  # a key of DATASETS
@@ -266,6 +275,10 @@ class DataConfig:
         if self.data_dir is not None and not (isinstance(self.data_dir, str) and self.data_dir):
             raise ConfigError("data_dir", self.data_dir, "The data directory must be a path given as text; got "
                               "{value!r}. Give a folder such as '/data', or leave it out.")
+        if self.data_dir is not None and not _usable_path(self.data_dir):  # else OSError/ValueError at load time
+            raise ConfigError("data_dir", self.data_dir, "The data directory {value!r} is not a usable path: at most "
+                              "{high} printable characters, each folder name at most 255 bytes. Give a folder such "
+                              "as '/data', or leave it out.", high=MAX_PATH)
 
     def n_train(self) -> int:
         """Training images this config uses (the limit, at most the whole training set)."""

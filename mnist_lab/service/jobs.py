@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from mnist_lab import codec
 from mnist_lab.data import datasets
 from mnist_lab.data.datasets import DataConfig, DataUnavailableError
-from mnist_lab.errors import StoreError
+from mnist_lab.errors import ConfigError, StoreError, need_choice
 from mnist_lab.i18n import N_, Message, render, render_stored
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
@@ -33,6 +33,7 @@ from mnist_lab.training.preflight import preflight
 
 KINDS = ("train", "sweep", "compare", "lesson")
 QUEUE_LIMIT = 2  # jobs a workspace may have waiting besides the one that trains
+MAX_LABEL = 200  # characters of a job's label (its title on the pages)
 
 
 class QueueFullError(ValueError):
@@ -53,11 +54,37 @@ class JobSpec:
     label: str = ""
 
     def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"Unknown job kind '{self.kind}'; choose one of {', '.join(KINDS)}.")
-        part = {"train": self.model, "sweep": self.sweep, "compare": self.compare, "lesson": self.lesson}[self.kind]
-        if part is None:
-            raise ValueError(f"A '{self.kind}' job needs its {self.kind} configuration.")
+        """Check the spec whole before anything acts on it (ConfigError, a ValueError, naming the
+        field): its kind, its label, and each config it carries; the configs the kind does not
+        use must be absent (never silently ignored)."""
+        need_choice("kind", self.kind, "Job kind", KINDS, "Unknown job kind {value!r}; choose one of {options}.")
+        if not isinstance(self.label, str) or len(self.label) > MAX_LABEL or not self.label.isprintable():
+            raise ConfigError("label", self.label, "A job's label is at most {high} printable characters; got "
+                              "{value!r}. Write a shorter one, or leave it empty.", high=MAX_LABEL)
+        parts = {"train": (self.model, ModelConfig), "sweep": (self.sweep, SweepConfig),
+                 "compare": (self.compare, CompareConfig), "lesson": (self.lesson, LessonConfig)}
+        for kind, (part, cls) in sorted(parts.items(), key=lambda item: item[0] != self.kind):  # its own first
+            field = "model" if kind == "train" else kind
+            if kind == self.kind and part is None:
+                raise ConfigError(field, part, "A {kind!r} job needs its {field} configuration; it was written by "
+                                  "another program, or damaged.", kind=kind, field=field)
+            if kind != self.kind and part is not None:
+                raise ConfigError(field, part, "A {kind!r} job does not use a {field} configuration; leave it out "
+                                  "(it would be ignored).", kind=self.kind, field=field)
+            if part is not None and not isinstance(part, cls):
+                raise ConfigError(field, part, "{field} must be a {cls} config; got {value!r}.", field=field,
+                                  cls=cls.__name__)
+        for field, part, cls in (("train", self.train, TrainConfig), ("data", self.data, DataConfig)):
+            if not isinstance(part, cls):
+                raise ConfigError(field, part, "{field} must be a {cls} config; got {value!r}.", field=field,
+                                  cls=cls.__name__)
+        self.data.validate()  # each config whole here: plan() fits a lesson to the dataset named
+        self.train.validate()
+        parts[self.kind][0].validate()
+        if self.kind == "lesson" and self.data.dataset != self.lesson.resolved_dataset():  # else trained silently
+            raise ConfigError("data.dataset", self.data.dataset, "The lesson is set to run on {lesson} but the job's "
+                              "data is {value!r}; make them the same (lesson_spec builds both).",
+                              lesson=self.lesson.resolved_dataset())
 
     def run_configs(self) -> list[tuple[ModelConfig, TrainConfig, DataConfig]]:
         """(network, training, data) of each distinct run the job trains, seeds aside: one, a
