@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from test_weights_files import MODEL, RUN, VARIANTS, _bytes, _good  # noqa: E402
+from test_weights_files import MODEL, RUN, VARIANTS, file_bytes, good_file  # noqa: E402
 
 from mnist_lab import i18n  # noqa: E402
 from mnist_lab.cli.main import main as cli_main  # noqa: E402
@@ -52,7 +52,7 @@ def payload(canary: Path) -> str:
 
 def mutated(rng: random.Random, canary: Path) -> tuple[str, bytes]:
     """One random mutation of a real Lab-5 weights file: (what was done, the file's bytes)."""
-    tensors, meta = _good(permute=rng.random() < 0.3)
+    tensors, meta = good_file(permute=rng.random() < 0.3)
     kind = rng.choice(MUTATIONS)
     if kind == "metadata":
         key = rng.choice([*meta, "extra"])
@@ -79,7 +79,7 @@ def mutated(rng: random.Random, canary: Path) -> tuple[str, bytes]:
         tensors.pop(rng.choice(list(tensors)))
     elif kind == "add tensor":
         tensors[rng.choice(["evil", "conv9.weight", "__main__"])] = torch.zeros(rng.randrange(1, 100))
-    blob = bytearray(_bytes(tensors, meta))
+    blob = bytearray(file_bytes(tensors, meta))
     n = int.from_bytes(blob[:8], "little")
     if kind == "header bytes":
         for _ in range(rng.randrange(1, 6)):
@@ -99,10 +99,10 @@ def crafted(n: int, seed: int, canary: Path) -> list[tuple[str, bytes]]:
     files = [(name, blob) for name, blob, _ in VARIANTS]
     for name, value, permute in (("nan weights", float("nan"), False), ("inf weights", float("inf"), True),
                                  ("good file", None, True)):
-        tensors, meta = _good(permute)
+        tensors, meta = good_file(permute)
         if value is not None:
             tensors["fc1.weight"][0, :3] = value
-        files.append((name, _bytes(tensors, meta)))
+        files.append((name, file_bytes(tensors, meta)))
     files = files[:n]
     rng = random.Random(seed)
     while len(files) < n:

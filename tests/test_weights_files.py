@@ -30,7 +30,7 @@ RUN = "crafted-1"
 MODEL = PRESETS["lab5"].model
 
 
-def _good(permute: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def good_file(permute: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata save_weights writes for an untrained Lab-5 run."""
     torch.manual_seed(0)
     tensors = {k: v.clone() for k, v in build_model(MODEL).state_dict().items()}
@@ -43,7 +43,7 @@ def _good(permute: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, meta
 
 
-def _bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+def file_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
     from safetensors.torch import save
 
     return save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
@@ -56,13 +56,13 @@ def _raw(header: object, data: bytes = b"") -> bytes:
 
 
 def _with(**changes) -> bytes:
-    tensors, meta = _good()
+    tensors, meta = good_file()
     for k, v in changes.items():
         if v is None:
             meta.pop(k)
         else:
             meta[k] = v
-    return _bytes(tensors, meta)
+    return file_bytes(tensors, meta)
 
 
 def _model(**changes) -> str:
@@ -74,21 +74,21 @@ def _data(**changes) -> str:
 
 
 def _tensors(change) -> bytes:
-    tensors, meta = _good()
+    tensors, meta = good_file()
     change(tensors)
-    return _bytes(tensors, meta)
+    return file_bytes(tensors, meta)
 
 
 def _perm(perm: torch.Tensor | None, permute: bool = True) -> bytes:
-    tensors, meta = _good(permute)
+    tensors, meta = good_file(permute)
     tensors.pop(PERMUTATION_KEY, None)
     if perm is not None:
         tensors[PERMUTATION_KEY] = perm
-    return _bytes(tensors, meta)
+    return file_bytes(tensors, meta)
 
 
 def _header_entry(change) -> bytes:
-    blob = _bytes(*_good())
+    blob = file_bytes(*good_file())
     n = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8:8 + n])
     change(header)
@@ -101,8 +101,8 @@ def _dup(p: torch.Tensor) -> torch.Tensor:
     return p
 
 
-_GOOD = _bytes(*_good())
-_KEY = next(iter(_good()[0]))  # conv1.weight
+_GOOD = file_bytes(*good_file())
+_KEY = next(iter(good_file()[0]))  # conv1.weight
 HOSTILE = 'x"""\nimport os; os.system("touch /tmp/PWNED")\n"""'
 
 # (name, file bytes, a phrase the refusal must hold)
@@ -185,19 +185,19 @@ def test_each_crafted_file_is_one_refusal_naming_the_problem(tmp_path, name, blo
 
 def test_a_good_file_loads_and_so_do_settings_an_earlier_version_wrote(tmp_path):
     db = tmp_path / "r.sqlite"
-    tensors, meta = _good(permute=True)
-    _plant(db, _bytes(tensors, meta))
+    tensors, meta = good_file(permute=True)
+    _plant(db, file_bytes(tensors, meta))
     saved = load_weights(db, RUN)
     assert saved.nonfinite == () and saved.test_acc == 0.5 and saved.status == "finished"
     assert torch.equal(saved.permutation, tensors[PERMUTATION_KEY]) and saved.data_cfg.permute_pixels
     assert set(saved.state_dict) == set(tensors) - {PERMUTATION_KEY}
     # a run trained on a GPU, with a train limit beyond MNIST (earlier versions cut it to all 60,000)
-    tensors, meta = _good()
+    tensors, meta = good_file()
     meta.update(train=json.dumps({**codec.to_dict(TrainConfig()), "device": "cuda:3"}),
                 data=_data(train_limit=10_000_000), test_acc="null")
     meta.pop("train")
     meta["train"] = json.dumps({**codec.to_dict(TrainConfig()), "device": "cuda:3"})
-    _plant(db, _bytes(tensors, meta))
+    _plant(db, file_bytes(tensors, meta))
     saved = load_weights(db, RUN)
     assert saved.train_cfg.device == "cuda:3" and saved.data_cfg.train_limit is None and saved.test_acc is None
     # and what save_weights writes loads back exactly
@@ -211,9 +211,9 @@ def test_a_good_file_loads_and_so_do_settings_an_earlier_version_wrote(tmp_path)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_nonfinite_weights_load_and_are_named(tmp_path, value):
     db = tmp_path / "r.sqlite"
-    tensors, meta = _good()
+    tensors, meta = good_file()
     tensors["fc1.bias"][3] = value
-    _plant(db, _bytes(tensors, meta))
+    _plant(db, file_bytes(tensors, meta))
     saved = load_weights(db, RUN)
     assert saved.nonfinite == ("fc1.bias",)
     from mnist_lab.runs.weights import nonfinite_warning
@@ -263,10 +263,10 @@ def test_the_cli_refuses_a_crafted_file_in_one_line_and_writes_nothing(db, tmp_p
 
 
 def test_the_cli_names_nan_weights(db, tmp_path, capsys):
-    tensors, meta = _good()
+    tensors, meta = good_file()
     tensors["fc1.weight"][0, 0] = float("nan")
     meta["run_id"], meta["status"] = "nan-run", "diverged"
-    _plant(db, _bytes(tensors, meta), "nan-run")
+    _plant(db, file_bytes(tensors, meta), "nan-run")
     assert main(["inspect", "nan-run", "--out", str(tmp_path / "o"), "--db", str(db)]) == 0
     out = capsys.readouterr()
     assert "NaN/inf" in out.err and "fc1.weight" in out.err and "%" not in out.out  # no bare accuracy
@@ -285,10 +285,10 @@ def test_the_inspect_page_refuses_a_crafted_file_and_names_nan_weights(db, monke
     from streamlit.testing.v1 import AppTest
 
     _plant(db, dict((v[0], v[1]) for v in VARIANTS)["unknown dataset"])
-    tensors, meta = _good()
+    tensors, meta = good_file()
     tensors["conv2.bias"][:] = float("inf")
     meta["run_id"] = "nan-run"
-    _plant(db, _bytes(tensors, meta), "nan-run")
+    _plant(db, file_bytes(tensors, meta), "nan-run")
     monkeypatch.setenv("MNIST_LAB_DB", str(db))
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.query_params["run"] = RUN
@@ -305,7 +305,7 @@ def test_the_inspect_page_refuses_a_crafted_file_and_names_nan_weights(db, monke
 
 # ---------------------------------------------------------------------------------- any metadata
 
-_, _META = _good()
+_, _META = good_file()
 _TEXT = st.text(max_size=30) | st.sampled_from(["null", "[]", "{}", "0.5", "NaN", "1e999", '"x"', "[" * 2000,
                                                 "finished", "diverged", RUN, FORMAT])
 
@@ -319,9 +319,9 @@ _TEXT = st.text(max_size=30) | st.sampled_from(["null", "[]", "{}", "0.5", "NaN"
        dropped=st.sets(st.sampled_from(list(_META)), max_size=2))
 def test_any_metadata_of_strings_loads_or_is_refused(tmp_path_factory, changes, dropped):
     db = tmp_path_factory.mktemp("meta") / "r.sqlite"
-    tensors, meta = _good()
+    tensors, meta = good_file()
     meta = {k: v for k, v in {**meta, **changes}.items() if k not in dropped}
-    _plant(db, _bytes(tensors, meta))
+    _plant(db, file_bytes(tensors, meta))
     try:
         saved = load_weights(db, RUN)
     except WeightsError as exc:
@@ -347,9 +347,9 @@ def test_the_report_shows_no_confusion_matrix_for_nan_weights_or_a_refused_file(
     from mnist_lab.lab.findings import confusion_numbers
 
     _plant(db, dict((v[0], v[1]) for v in VARIANTS)["truncated"])
-    tensors, meta = _good()
+    tensors, meta = good_file()
     tensors["fc1.bias"][0] = float("nan")
     meta["run_id"] = "nan-run"
-    _plant(db, _bytes(tensors, meta), "nan-run")
+    _plant(db, file_bytes(tensors, meta), "nan-run")
     store = ResultStore(db)
     assert confusion_numbers(store, RUN) is None and confusion_numbers(store, "nan-run") is None
