@@ -47,7 +47,7 @@ def _open_run(args):
         return load_run(store, args.run_id)
     except WeightsError:  # NoWeightsError among them (also an OSError)
         raise
-    except OSError as exc:  # not a full disk or a read-only folder: the file could not be read
+    except OSError as exc:  # reading it failed (a permission, an I/O error): not "could not be written"
         raise ValueError(_("The weights file of run {run_id} cannot be read ({why}): check that you may read {path}.")
                          .format(run_id=args.run_id, why=exc.strerror or exc, path=exc.filename)) from None
 
