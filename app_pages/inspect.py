@@ -43,6 +43,15 @@ def test_arrays(db: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     return x.numpy(), y.numpy()
 
 
+def problem(exc: BaseException) -> str:
+    """A refusal in the session's language; an OSError of this server (a file deleted meanwhile, a
+    permission) by its cause only, never with its path (a server's folders are not the student's)."""
+    if isinstance(exc, OSError) and not getattr(exc, "template", None):
+        return _("A file on the server could not be read ({detail}). Try again, or tell whoever runs the lab.").format(
+            detail=exc.strerror or type(exc).__name__)
+    return render_error(exc)
+
+
 st.title(_("Inspect a trained network"))
 try:
     store = result_store()
@@ -75,7 +84,7 @@ if not runner().may_see_run(run_id):  # another workspace's run: not loaded, not
 try:
     run = loaded(db, run_id)  # a damaged or crafted weights file is refused whole (WeightsError), in words
 except (OSError, ValueError, RuntimeError) as exc:  # weights deleted meanwhile, or refused
-    st.error(plain(render_error(exc)))
+    st.error(plain(problem(exc)))
     st.stop()
 
 
@@ -96,7 +105,7 @@ try:
     conf = confusion_of(db, run_id)
     x_test, y_test = test_arrays(db, run_id)
 except (OSError, ValueError, RuntimeError) as exc:  # data unavailable
-    st.error(plain(render_error(exc)))
+    st.error(plain(problem(exc)))
     st.stop()
 names, permuted = ir.class_names(run.data_cfg, current()), run.permutation is not None
 st.caption(_("{n:,} test images · test accuracy {acc} · {status}{perm}").format(
@@ -179,7 +188,7 @@ def own_digit() -> None:
         try:
             other = loaded(db, rid)
         except (OSError, ValueError, RuntimeError) as exc:  # its weights deleted meanwhile, or refused
-            col.error(plain(render_error(exc)))
+            col.error(plain(problem(exc)))
             continue
         if (other_warning := nonfinite_warning(other.saved)) is not None:
             col.warning(plain(word(other_warning, current())), icon=":material/warning:")

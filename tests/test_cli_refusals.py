@@ -9,12 +9,17 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from mnist_lab import i18n, paths
 from mnist_lab.cli.main import main
 from mnist_lab.data import datasets
+from mnist_lab.lab import export
+from mnist_lab.lab.inspection import load_run
+from mnist_lab.runs import weights
 from mnist_lab.runs.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,9 +216,120 @@ def test_an_adjustment_is_said_in_the_readers_language(place, kept_run, capsys):
     code = run_line("train --preset tiny-fc --sort-by-label --no-shuffle --train-limit 128 --lang zh", place,
                     kept_run[1])
     assert code == 0 and capsys.readouterr().err == ""  # --no-shuffle given: nothing adjusted
+    code = run_line("train --preset tiny-fc --sort-by-label --train-limit 128 --lang zh", place, kept_run[1])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.strip() == "注意：--sort-by-label 按标签顺序训练图像，而打乱顺序会抵消这一点：按 --no-shuffle 训练。"
+    newest = ResultStore(place / "r.sqlite").runs().sort_values("started_at").iloc[-1]
+    assert newest["sort_by_label"] and not newest["shuffle"]  # adjusted as said
     code = run_line("train --preset tiny-fc --kernel-size 3 --lang zh", place, kept_run[1])
     err = capsys.readouterr().err
     assert code == 2 and "预设 'tiny-fc'" in err and "--kernel-size 对它不适用" in err
+
+
+# ------------------------------------------------------------------ inspect, export and report leave nothing
+
+def _unavailable(cfg):
+    raise datasets.DataUnavailableError("{title} could not be loaded in this test.", title="MNIST")
+
+
+@pytest.mark.parametrize("line", ["inspect {run} --out {out}/a/b", "export {run} --out {out}/a/b"])
+def test_a_refusal_after_the_out_check_removes_the_folders_it_made(line, place, kept_run, monkeypatch, capsys):
+    """The data unavailable (inspect) or the run refused by the exporter (export): found after --out
+    was checked (and made), so the folders made for it are removed again."""
+    monkeypatch.setattr(datasets, "load_raw", _unavailable)
+    monkeypatch.setattr(export, "TORCHVISION_DATASETS", {})
+    before = snapshot(place)
+    assert run_line(line, place, kept_run[1]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert ("could not be loaded in this test" if line.startswith("inspect") else "knows no torchvision") in err
+    assert snapshot(place) == before and not (place / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["inspect", "no-such-run"], ["export", "no-such-run"], ["report"],
+                                  ["predict", "no-such-run", "x.png"]])
+def test_without_db_a_refused_line_creates_no_default_database(argv, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(paths.CACHE_DIR_ENV, str(cache))
+    monkeypatch.delenv(paths.DB_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", str(tmp_path / "out")] if argv[0] != "predict" else []
+    assert main([*argv, *out]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: No results database at {cache / 'results.sqlite'}: train something first, or " \
+                          "pass the right --db.", err
+    assert not list(tmp_path.iterdir())  # no database, no folder for it, no --out
+
+
+def test_without_db_the_default_database_is_used_when_it_exists(place, kept_run, monkeypatch, capsys):
+    monkeypatch.setenv(paths.DB_ENV, str(place / "r.sqlite"))
+    assert main(["export", kept_run[1], "--out", str(place / "out")]) == 0
+    assert (place / "out" / f"run_{kept_run[1]}.zip").is_file(), capsys.readouterr().err
+
+
+# ------------------------------------------------------------- messages in the reader's language
+
+NO_WEIGHTS_ZH = ("运行 {run_id} 没有保存的权重（在保存权重之前训练的运行，以及失败或中断的运行，都没有权重）："
+                 "请重新训练它再查看。")
+
+def test_the_inspect_and_export_refusals_are_said_in_chinese(place, kept_run, monkeypatch, capsys):
+    """The refusals that were English f-strings: no weights, not a run id, the exporter's checks."""
+    store = ResultStore(place / "r.sqlite")
+    run = load_run(store, kept_run[1])
+    refusals = []
+    for call in (lambda: weights.weights_path(place / "r.sqlite", "../x"),
+                 lambda: weights.load_weights(place / "r.sqlite", "no-such-run"),
+                 lambda: export.build_script(replace(run, saved=replace(run.saved, run_id="a b"))),
+                 lambda: export.build_script(replace(run, saved=replace(run.saved, test_acc=1.5))),
+                 lambda: export.build_script(replace(run, saved=replace(run.saved, status=["finished"]))),
+                 lambda: export.build_script(replace(run, saved=replace(run.saved, data_cfg=replace(run.data_cfg,
+                                                                                                   dataset="nope"))))):
+        with pytest.raises(ValueError) as info:
+            call()
+        refusals.append(info.value)
+    said = [i18n.render(exc, "zh_CN") for exc in refusals]
+    assert said == ["'../x' 不是运行编号：请从 Runs 页面或 `runs.csv` 中复制一个。",
+                    NO_WEIGHTS_ZH.format(run_id="no-such-run"),
+                    "'a b' 不是运行编号：导出器只为本实验室的运行生成脚本。",
+                    "该运行保存的测试准确率 1.5 不是 [0, 1] 之间的比例：它的权重文件不是本实验室写的，或已损坏。",
+                    "该运行保存的状态 ['finished'] 不是文本：它的权重文件不是本实验室写的，或已损坏。",
+                    "导出器不知道与 'nope' 对应的 torchvision 数据集；它只为 CIFAR10, FashionMNIST, MNIST 生成脚本。"]
+    assert isinstance(refusals[1], FileNotFoundError)  # what load_weights' callers catch
+    # on the command line: a kept run whose weights file is gone, in one Chinese line
+    weights.weights_path(place / "r.sqlite", kept_run[1]).unlink()
+    assert run_line("inspect {run} --out {out} --lang zh", place, kept_run[1]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "错误：" + NO_WEIGHTS_ZH.format(run_id=kept_run[1]) and not (place / "out").exists()
+
+
+def test_an_unreadable_weights_file_is_named_as_such(place, kept_run, monkeypatch, capsys):
+    def denied(db_path, run_id):
+        raise PermissionError(13, "Permission denied", f"{db_path}.weights/{run_id}.safetensors")
+
+    monkeypatch.setattr(weights, "load_weights", denied)
+    assert run_line("export {run} --out {out}", place, kept_run[1]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: The weights file of run {kept_run[1]} cannot be read (Permission denied)"), err
+    assert "could not be written" not in err and not (place / "out").exists()
+
+
+def test_the_inspect_page_shows_an_os_error_without_its_path(place, kept_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    secret = "/srv/lab-secret-folder"
+
+    def denied(db_path, run_id):
+        raise PermissionError(13, "Permission denied", f"{secret}/{run_id}.safetensors")
+
+    monkeypatch.setattr(weights, "load_weights", denied)
+    monkeypatch.setenv(paths.DB_ENV, str(place / "r.sqlite"))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "inspect.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    [error] = at.error
+    shown = error.value.replace("\\", "")  # markdown-escaped
+    assert "could not be read (Permission denied)" in shown and secret not in shown and "safetensors" not in shown
 
 
 def test_a_real_process_refuses_a_huge_number_in_one_line(tmp_path):

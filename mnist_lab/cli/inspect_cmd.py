@@ -6,51 +6,77 @@ ValueErrors, printed by cli.main as one `error:` line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from mnist_lab import i18n
-from mnist_lab.cli.common import check_out, db_help, lang
+from mnist_lab.cli.common import check_out, db_help, lang, remove_folders
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.errors import WeightsError, writing
-from mnist_lab.paths import write_files
+from mnist_lab.paths import default_db_path, write_files
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.runs.weights import NONFINITE, nonfinite_warning
 from mnist_lab.service.access import LOCAL, may
 
 
+def existing_store(db: Path | None) -> ResultStore:
+    """The results database --db names, or the default one: it must exist already (looking inside
+    runs never creates a database, not even the default one)."""
+    path = Path(db) if db is not None else default_db_path()
+    if not path.is_file():
+        raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
+                         .format(db=path))
+    return ResultStore(path)
+
+
 def _open_run(args):
+    """The run the line names, loaded; a run without weights, or whose weights file is refused, is a
+    WeightsError (in the reader's language)."""
     from mnist_lab.lab.inspection import load_run
 
-    if args.db is not None and not Path(args.db).is_file():
-        raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
-                         .format(db=args.db))
-    store = ResultStore(args.db)
+    store = existing_store(args.db)
     owners = store.run_workspaces([args.run_id])
     if args.run_id not in owners or not may(LOCAL, "see", owners[args.run_id]):  # the CLI is the local user
         raise ValueError(_("No run {run_id} in {db}: copy a run id from `runs.csv` or the Runs page.")
                          .format(run_id=args.run_id, db=store.path))
     try:
         return load_run(store, args.run_id)
-    except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from None
+    except WeightsError:  # NoWeightsError among them (also an OSError)
+        raise
+    except OSError as exc:  # reading it failed (a permission, an I/O error): not "could not be written"
+        raise ValueError(_("The weights file of run {run_id} cannot be read ({why}): check that you may read {path}.")
+                         .format(run_id=args.run_id, why=exc.strerror or exc, path=exc.filename)) from None
+
+
+@contextlib.contextmanager
+def out_folder(out: Path) -> Iterator[None]:
+    """check_out(out), then the command's work: a refusal or failure inside (the data unavailable,
+    a refused export, a full disk) removes the folders the check created."""
+    created = check_out(out)
+    try:
+        yield
+    except BaseException:
+        remove_folders(created)
+        raise
 
 
 def cmd_inspect(args) -> int:
     from mnist_lab.lab.inspection import confusion, evaluated_images
 
     run = _open_run(args)  # a refused run id (or weights file) leaves no --out folder behind
-    check_out(args.out)
-    warning = nonfinite_warning(run.saved)
-    conf = confusion(run, *evaluated_images(run))
-    names = run.class_names
-    counts = pd.DataFrame(conf.counts, index=pd.Index(names, name="true"), columns=names)
-    paths = [args.out / "confusion.csv", args.out / "per_class.csv", args.out / "misclassified.csv"]
-    with writing(args.out):  # the three files or none (a full disk, a read-only folder: said so)
-        write_files({paths[0]: counts.to_csv(), paths[1]: conf.per_class().to_csv(index=False),
-                     paths[2]: conf.misclassified().to_csv(index=False)})
+    with out_folder(args.out):  # nor does missing data or a failed write
+        warning = nonfinite_warning(run.saved)
+        conf = confusion(run, *evaluated_images(run))
+        names = run.class_names
+        counts = pd.DataFrame(conf.counts, index=pd.Index(names, name="true"), columns=names)
+        paths = [args.out / "confusion.csv", args.out / "per_class.csv", args.out / "misclassified.csv"]
+        with writing(args.out):  # the three files or none (a full disk, a read-only folder: said so)
+            write_files({paths[0]: counts.to_csv(), paths[1]: conf.per_class().to_csv(index=False),
+                         paths[2]: conf.misclassified().to_csv(index=False)})
     if warning is not None:  # instead of an accuracy that means nothing
         _warn(warning)
     else:
@@ -83,13 +109,14 @@ def cmd_export(args) -> int:
     from mnist_lab.lab.export import export_run
 
     run = _open_run(args)  # a refused run id (or weights file) leaves no --out folder behind
-    check_out(args.out)
+    with out_folder(args.out):  # nor does a run the exporter refuses, or a failed write
+        path = export_run(run, args.out)
     # NaN weights are exported, with the warning: the script and settings reproduce the divergence,
     # and the weights are what the run left (its run.json says 'diverged')
     warning = nonfinite_warning(run.saved)
     if warning is not None:
         _warn(warning)
-    print(_("wrote {path}").format(path=export_run(run, args.out)))
+    print(_("wrote {path}").format(path=path))
     return 0
 
 

@@ -25,7 +25,6 @@ from mnist_lab.cli.common import (
     EXIT_STOPPED,
     Parser,
     ProgressBar,
-    check_out,
     db_help,
     export_tables,
     lang,
@@ -44,7 +43,6 @@ from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, 
 from mnist_lab.nets.model import ModelConfig, count_params
 from mnist_lab.nets.presets import PRESETS, get_preset
 from mnist_lab.paths import default_db_path
-from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.access import LOCAL
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.training.engines import ENGINE_NAMES
@@ -286,14 +284,13 @@ def cmd_worker(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from mnist_lab.cli.inspect_cmd import existing_store, out_folder
     from mnist_lab.lab.report import FILES, build_report, write_report
 
-    if args.db is not None and not Path(args.db).is_file():
-        raise ValueError(_("No results database at {db}: train something first, or pass the right --db.")
-                         .format(db=args.db))
-    report = build_report(ResultStore(args.db), lang(), run_id=args.run, workspace=LOCAL.scope)  # the local user's
-    check_out(args.out)  # a file named as --out is refused, after the database (a refusal makes no folder)
-    paths = write_report(report, args.out)
+    store = existing_store(args.db)  # never a new database, not even the default one
+    report = build_report(store, lang(), run_id=args.run, workspace=LOCAL.scope)  # the local user's
+    with out_folder(args.out):  # a file named as --out is refused, after the database; a failed write leaves no folder
+        paths = write_report(report, args.out)
     for warning in report.warnings:
         print(_("note: {warning}").format(warning=warning), file=sys.stderr)
     print(_("wrote {files}").format(files=", ".join(str(paths[name]) for name in FILES if name in paths)))

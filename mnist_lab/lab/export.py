@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnist_lab.errors import writing
+from mnist_lab.errors import ConfigError, WeightsError, writing
 from mnist_lab.lab.inspection import LoadedRun, normalization
 from mnist_lab.nets.model import count_params, describe, summarize
 from mnist_lab.paths import write_file
@@ -298,24 +298,25 @@ def _check_exportable(run: LoadedRun) -> None:
     and _.- (it names the file and stands in the docstring), configs that validate, and a test
     accuracy that is a fraction or nothing. A crafted weights file is refused here, whole."""
     if not valid_run_id(run.run_id):
-        raise ValueError(f"{run.run_id!r} is not a run id: the exporter writes scripts for the lab's runs only.")
+        raise WeightsError(run.run_id, "{value!r} is not a run id: the exporter writes scripts for the lab's runs "
+                           "only.", value=run.run_id)
     for cfg in (run.model_cfg, run.train_cfg, run.data_cfg):
         cfg.validate()
     acc = run.saved.test_acc
     if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1):
-        raise ValueError(f"The run's stored test accuracy {acc!r} is not a fraction in [0, 1]: its weights file was "
-                         "not written by this lab, or is damaged.")
+        raise WeightsError(run.run_id, "The run's stored test accuracy {value!r} is not a fraction in [0, 1]: its "
+                           "weights file was not written by this lab, or is damaged.", value=acc)
     if not isinstance(run.saved.status, str):
-        raise ValueError(f"The run's stored status {run.saved.status!r} is not text: its weights file was not written "
-                         "by this lab, or is damaged.")
+        raise WeightsError(run.run_id, "The run's stored status {value!r} is not text: its weights file was not "
+                           "written by this lab, or is damaged.", value=run.saved.status)
 
 
 def build_script(run: LoadedRun) -> str:
     """The standalone training/evaluation program of `run` (see the module docstring)."""
     data_cfg, train_cfg = run.data_cfg, run.train_cfg
     if data_cfg.dataset not in TORCHVISION_DATASETS:
-        raise ValueError(f"The exporter knows no torchvision dataset for {data_cfg.dataset!r}; it writes scripts for "
-                         f"{', '.join(sorted(set(TORCHVISION_DATASETS.values())))}.")
+        raise ConfigError("dataset", data_cfg.dataset, "The exporter knows no torchvision dataset for {value!r}; it "
+                          "writes scripts for {names}.", names=", ".join(sorted(set(TORCHVISION_DATASETS.values()))))
     _check_exportable(run)
     mean, std = normalization(data_cfg)
     acc = "—" if run.saved.test_acc is None else f"{100 * run.saved.test_acc:.2f}%"

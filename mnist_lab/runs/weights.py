@@ -73,6 +73,13 @@ _PERMUTATION = N_("The pixel permutation in the weights file of run {run_id} mus
                   "{detail}. Delete the run and train it again.")
 NONFINITE = N_("The weights of run {run_id} contain NaN/inf values (tensor {names}): the run diverged; its "
                "predictions are meaningless.")
+NO_WEIGHTS = N_("Run {run_id} has no saved weights (runs trained before weights were kept, and failed or interrupted "
+                "runs, have none): train it again to inspect it.")
+
+
+class NoWeightsError(WeightsError, FileNotFoundError):
+    """A run that kept no weights file: a WeightsError (worded through the catalog, refused as one
+    line by the CLI) that is also the FileNotFoundError callers of load_weights catch."""
 
 
 @dataclass
@@ -102,7 +109,7 @@ def valid_run_id(run_id: object) -> bool:
 def weights_path(db_path: str | Path, run_id: str) -> Path:
     """The file of `run_id`; a run id that could name another place (/, ..) is refused."""
     if not valid_run_id(run_id):
-        raise ValueError(f"{run_id!r} is not a run id: copy one from the Runs page or `runs.csv`.")
+        raise ConfigError("run_id", run_id, "{value!r} is not a run id: copy one from the Runs page or `runs.csv`.")
     return weights_dir(db_path) / f"{run_id}.safetensors"
 
 
@@ -122,7 +129,8 @@ def save_weights(db_path: str | Path, run: SavedRun) -> Path:
 
 
 def load_weights(db_path: str | Path, run_id: str) -> SavedRun:
-    """The run's weights, permutation and configs; FileNotFoundError says why there are none.
+    """The run's weights, permutation and configs; NoWeightsError (a FileNotFoundError) says why there
+    are none.
 
     The file is untrusted input, checked whole before anything is used: its header (against the
     file's size, before safetensors reads it), its metadata (format, run id, status, accuracy,
@@ -132,8 +140,7 @@ def load_weights(db_path: str | Path, run_id: str) -> SavedRun:
     NaN or infinite weights (a diverged run) are loaded and named in `nonfinite`."""
     path = weights_path(db_path, run_id)
     if not path.is_file():
-        raise FileNotFoundError(f"Run {run_id} has no saved weights (runs trained before weights were kept, and "
-                                "failed or interrupted runs, have none): train it again to inspect it.")
+        raise NoWeightsError(run_id, NO_WEIGHTS)
     entries, meta = _read_header(path, run_id)
     status, test_acc, model_cfg, train_cfg, data_cfg = _check_metadata(meta, run_id)
     _check_tensors(entries, model_cfg, data_cfg, run_id)
