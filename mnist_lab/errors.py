@@ -41,8 +41,29 @@ STORE_NOT_A_FILE = N_("The results database {path} is not a regular file ({detai
                       "file with --db or MNIST_LAB_DB, e.g. results.sqlite in a folder of yours.")
 STORE_UNUSABLE = N_("The results database {path} cannot be used ({detail}): check the file and its folder, or "
                     "choose another file with --db or MNIST_LAB_DB.")
+# The folder beside the database that keeps each run's weights (<db>.weights/): its own messages,
+# for a healthy database whose weights folder cannot be written.
+WEIGHTS_FULL = N_("The weights folder {path} cannot be written: the disk is full ({detail}). Free some space on "
+                  "that disk, or choose another database with --db or MNIST_LAB_DB (its weights go beside it).")
+WEIGHTS_READ_ONLY = N_("The weights folder {path} is read-only here ({detail}): make it writable, or choose another "
+                       "database with --db or MNIST_LAB_DB (its weights go beside it); the database is not damaged.")
+WEIGHTS_UNUSABLE = N_("The weights folder {path} cannot be written ({detail}): check it, or choose another database "
+                      "with --db or MNIST_LAB_DB (its weights go beside it).")
 # A run (or a job) that a full disk cut short: its stored reason, the same whoever records it.
 DISK_FULL_REASON = N_("disk full: the results database could not take more rows")
+# Why a run or a job ended, when the results database (or its weights folder) failed: stored with
+# the run and shown to every reader, so without the file's path (a server's, in shared mode).
+STORE_REASONS = {
+    STORE_FULL: DISK_FULL_REASON,
+    STORE_READ_ONLY: N_("the results database became read-only"),
+    STORE_NOT_A_FILE: N_("the results database is not a regular file"),
+    STORE_UNUSABLE: N_("the results database could not be used"),
+    STORE_DAMAGED: N_("the results database is damaged"),
+    WEIGHTS_FULL: N_("disk full: the run's weights could not be saved"),
+    WEIGHTS_READ_ONLY: N_("the weights folder is read-only: the run's weights could not be saved"),
+    WEIGHTS_UNUSABLE: N_("the run's weights could not be saved"),
+}
+OUT_OF_MEMORY = N_("Out of memory: use a smaller training subset, batch size or network.")
 
 
 class StoreError(RuntimeError):
@@ -58,7 +79,12 @@ class StoreError(RuntimeError):
 
     @property
     def disk_full(self) -> bool:
-        return self.template == STORE_FULL
+        return self.template in (STORE_FULL, WEIGHTS_FULL)
+
+    @property
+    def reason(self) -> str:
+        """Why a run or job it cut short ended, without the path (a msgid of STORE_REASONS)."""
+        return STORE_REASONS.get(self.template, N_("the results database could not be used"))
 
 
 class OutputError(RuntimeError):
@@ -163,15 +189,28 @@ class WeightsError(ValueError):
 
 
 def failure_reason(exc: BaseException) -> Message:
-    """Why a run failed, as the message stored with it (never empty): a full disk says so, a
-    refusal keeps its template and values, anything else is named with its own words."""
-    if isinstance(exc, StoreError) and exc.disk_full:
-        return Message(DISK_FULL_REASON)
-    template, params = getattr(exc, "template", None), getattr(exc, "params", None)
-    if isinstance(template, str) and template and isinstance(params, dict) and all(
-            isinstance(v, (str, int, float, bool)) or v is None for v in params.values()):
-        return Message(template, dict(params))
+    """What went wrong, as the message stored with a run (its stop reason) and with its job (its
+    error): never empty. The one place an exception becomes such a message.
+
+    A database or weights-folder failure says what it was without the file's path (readers of a
+    shared server see it); a second Ctrl-C and running out of memory are named; a refusal keeps its
+    template and values (a value that is not plain data is kept as its repr, if the English stays the
+    same), else its English words; anything else is named with its type and its own words."""
+    if isinstance(exc, StoreError):
+        return Message(exc.reason)
     if isinstance(exc, KeyboardInterrupt):
         return Message(N_("aborted with a second Ctrl-C"))
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
+        return Message(OUT_OF_MEMORY)
+    template, params = getattr(exc, "template", None), getattr(exc, "params", None)
+    if isinstance(template, str) and template and isinstance(params, dict):
+        message = Message(template, {k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+                                     for k, v in params.items()})
+        with contextlib.suppress(Exception):  # a template that does not format with the repr'd values
+            if str(message) == str(exc):  # its values survive storing (a tuple, an object may not)
+                return message
+        return Message.verbatim(str(exc))
     text = str(exc).strip()
+    if isinstance(exc, ValueError) and text:  # the core's own refusal: its words are the message
+        return Message.verbatim(text)
     return Message.verbatim(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -6,26 +6,46 @@ nothing is left 0-byte, and a run cut short ends 'failed' with the reason "disk 
 even when the database could not take that row (the next open ends them)."""
 from __future__ import annotations
 
+import dataclasses
+import errno
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from mnist_lab.cli.main import main
 from mnist_lab.data.datasets import DataConfig
-from mnist_lab.errors import DISK_FULL_REASON, STORE_FULL, OutputError, StoreError, writing
-from mnist_lab.i18n import render, render_stored
+from mnist_lab.errors import (
+    DISK_FULL_REASON,
+    OUT_OF_MEMORY,
+    STORE_FULL,
+    WEIGHTS_FULL,
+    WEIGHTS_READ_ONLY,
+    WEIGHTS_UNUSABLE,
+    ConfigError,
+    OutputError,
+    StoreError,
+    failure_reason,
+    writing,
+)
+from mnist_lab.i18n import N_, Message, render, render_stored, to_stored
+from mnist_lab.lab.experiments import run_many, run_single
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import write_files
 from mnist_lab.runs import store as store_module
+from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore, disk_full_owners, run_row, store_failure
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.service.queue import JobQueue
+from mnist_lab.training.events import Iterations, RunEnded
 from mnist_lab.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +179,8 @@ def test_a_full_database_ends_the_run_and_its_job_failed_disk_full(tmp_path, mon
     assert run["status"] == "failed" and run["stop_reason"] == DISK_FULL_REASON
     assert render_stored(run["stop_reason_msg"], "zh_CN") == "磁盘已满：结果数据库无法再写入更多行"
     [job] = JobQueue(store).jobs()
-    assert job["status"] == "failed" and "the disk is full" in render_stored(job["error"], "en")
+    # the job's error is its runs' reason (errors.failure_reason), without the database's path (finding 3, 11)
+    assert job["status"] == "failed" and render_stored(job["error"], "en") == DISK_FULL_REASON
     assert not disk_full_owners(db)  # both ends were recorded: no marker left
 
 
@@ -188,7 +209,7 @@ def test_a_workers_job_on_a_full_database_ends_failed_disk_full(tmp_path, monkey
     monkeypatch.undo()
     store = ResultStore(db)
     view = StoreRunner(store).poll(job_id)
-    assert view.status == "failed" and "the disk is full" in view.error and MOVE_ASIDE not in view.error
+    assert view.status == "failed" and view.error == DISK_FULL_REASON and str(db) not in view.error
     [run] = view.runs
     assert run.status == "failed" and run.stop_reason == DISK_FULL_REASON
     assert not disk_full_owners(db)
@@ -387,3 +408,220 @@ def test_any_other_write_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch, 
     assert main(["presets"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"{tmp_path / 'somewhere'} could not be written: the disk is full" in line and "Errno" not in line
+
+
+# ------------------------------------------------------------------------------ reasons (review of issue 21)
+# The weights folder named as such, a reason stored whole and without a path, a run cut short by
+# Ctrl-C through the API saying so, no weights kept by a failed run, a disk-full marker that does not
+# outlive its cause, and one function for a run's reason and a job's error (errors.failure_reason).
+
+def _tiny_spec(**train) -> JobSpec:
+    return JobSpec("train", TrainConfig(device="cpu", batch_size=16, **train), DataConfig(train_limit=256),
+                   model=PRESETS["tiny-fc"].model)
+
+
+@pytest.mark.parametrize("errno_, words, zh", [
+    (errno.EACCES, "is read-only here", "只读"), (errno.ENOSPC, "the disk is full", "磁盘已满"),
+    (errno.EIO, "cannot be written", "无法写入")])
+def test_a_weights_folder_that_cannot_be_written_is_named_as_the_weights_folder(tmp_path, monkeypatch, mnist_raw,
+                                                                                errno_, words, zh):
+    from mnist_lab.runs import weights as weights_module
+
+    def refused(path, data):
+        raise OSError(errno_, os.strerror(errno_), str(path))
+    monkeypatch.setattr(weights_module, "write_file", refused)
+    db = tmp_path / "srv" / "r.sqlite"
+    store = ResultStore(db)
+    with pytest.raises(StoreError) as caught:
+        run_inline(_tiny_spec(), store, threading.Event())
+    error = caught.value
+    assert error.template in (WEIGHTS_FULL, WEIGHTS_READ_ONLY, WEIGHTS_UNUSABLE)
+    assert str(error).startswith(f"The weights folder {db}.weights ") and words in str(error)
+    assert "results database" not in str(error) and MOVE_ASIDE not in str(error)
+    assert zh in render(error, "zh_CN") and error.disk_full == (errno_ == errno.ENOSPC)
+    [run] = store.visible_runs(None).to_dict("records")
+    [job] = JobQueue(store).jobs()
+    assert run["status"] == "failed" and job["status"] == "failed"
+    for stored in (run["stop_reason_msg"], job["error"]):  # the Runs page's words: no server path
+        assert "weights" in render_stored(stored, "en") and str(tmp_path) not in stored
+        assert render_stored(stored, "zh_CN") != render_stored(stored, "en")  # translated
+    assert run["stop_reason"] == render_stored(run["stop_reason_msg"], "en") == render_stored(job["error"], "en")
+    assert not store.inspectable([run["run_id"]]) and not disk_full_owners(db)
+
+
+def test_a_weights_folder_that_is_a_file_is_named_and_the_database_kept(tmp_path, capsys, mnist_raw):
+    db = tmp_path / "r.sqlite"
+    Path(f"{db}.weights").write_text("not a folder")
+    assert main(["train", *TINY, "--train-limit", "64", "--db", str(db)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"The weights folder {db}.weights cannot be written" in line and MOVE_ASIDE not in line
+    [run] = ResultStore(db).runs().to_dict("records")
+    assert run["status"] == "failed" and run["stop_reason"] == "the run's weights could not be saved"
+
+
+def test_every_store_failure_is_stored_without_its_path(tmp_path):
+    for code in (13, 8, 5, 26):
+        exc = sqlite3.OperationalError("whatever SQLite said")
+        exc.sqlite_errorcode = code
+        error = store_failure(tmp_path / "secret" / "r.sqlite", exc)
+        reason = failure_reason(error)
+        assert "secret" not in to_stored(reason) and "{path}" not in reason.template and not reason.params
+        assert render(reason, "zh_CN") != str(reason)  # each has its translation
+    assert str(failure_reason(store_failure(tmp_path / "r.sqlite", OSError(28, "No space left")))) == DISK_FULL_REASON
+
+
+def test_a_reason_of_several_parts_is_stored_whole_in_every_language(tmp_path, mnist_raw):
+    store = ResultStore(tmp_path / "r.sqlite")
+    recorder = Recorder(store)
+    parts = [Message(DISK_FULL_REASON), Message(N_("aborted with a second Ctrl-C"))]
+
+    def record(event):  # a run that ends failed for two reasons, as a remote executor may send it
+        if isinstance(event, RunEnded):
+            event = dataclasses.replace(event, status="failed", weights=None, message=" · ".join(map(str, parts)),
+                                        message_msg=to_stored(parts))
+        recorder(event)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu", batch_size=64), DataConfig(train_limit=128),
+               record=record)
+    run = store.visible_runs(None).iloc[0]
+    assert run["stop_reason"] == f"{DISK_FULL_REASON} · aborted with a second Ctrl-C"
+    zh = render_stored(run["stop_reason_msg"], "zh_CN")
+    assert zh == "磁盘已满：结果数据库无法再写入更多行 · 第二次按 Ctrl-C 中止"
+
+
+@pytest.mark.parametrize("how", ["run_single", "run_many", "run_many stacked"])
+def test_a_second_ctrl_c_through_the_api_gives_the_run_its_reason(tmp_path, mnist_raw, how):
+    """No job (run_single/run_many called directly): no queue.finish fills the reason in."""
+    store = ResultStore(tmp_path / "r.sqlite")
+    engine = "stacked" if "stacked" in how else "auto"
+    train = [TrainConfig(device="cpu", batch_size=64, seed=s, engine=engine) for s in (0, 1)]
+    data = DataConfig(train_limit=256)
+
+    def ctrl_c(event):
+        if isinstance(event, Iterations):
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        if how == "run_single":
+            run_single(PRESETS["tiny-fc"].model, train[0], data, record=Recorder(store), on_progress=ctrl_c)
+        else:
+            run_many([(PRESETS["tiny-fc"].model, t, "") for t in train], data, record=Recorder(store),
+                     on_progress=ctrl_c)
+    runs = store.visible_runs(None).to_dict("records")
+    assert runs and all(r["status"] == "interrupted" for r in runs)
+    for run in runs:
+        assert run["stop_reason"] == "aborted with a second Ctrl-C"
+        assert render_stored(run["stop_reason_msg"], "zh_CN") == "第二次按 Ctrl-C 中止"
+
+
+def test_a_run_whose_end_cannot_be_recorded_keeps_no_weights(tmp_path, monkeypatch, mnist_raw):
+    """The weights are saved, then the row saying 'finished' does not fit (a full disk): the run
+    ends failed, and a failed run is never listed on the Inspect page."""
+    db = tmp_path / "r.sqlite"
+    store = ResultStore(db)
+    finish = ResultStore.finish_run
+
+    def full_at_finished(self, run_id, status, seconds, **fields):
+        if status == "finished":
+            raise StoreError(self.path, "database or disk is full", STORE_FULL)
+        return finish(self, run_id, status, seconds, **fields)
+    monkeypatch.setattr(ResultStore, "finish_run", full_at_finished)
+    with pytest.raises(StoreError):
+        run_inline(_tiny_spec(), store, threading.Event())
+    [run] = store.runs().to_dict("records")
+    assert run["status"] == "failed" and run["stop_reason"] == DISK_FULL_REASON
+    assert not store.inspectable([run["run_id"]])
+    assert not list(Path(f"{db}.weights").glob("*.safetensors"))
+
+
+_FULL_THEN_KILLED = textwrap.dedent("""
+    import os, signal, sys
+    from datetime import datetime, timezone
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.errors import StoreError
+    from mnist_lab.nets.presets import PRESETS
+    from mnist_lab.runs.store import ResultStore, disk_full_owners, run_row
+    from mnist_lab.training.loop import TrainConfig
+
+    store = ResultStore(sys.argv[1])
+    model = PRESETS["tiny-fc"].model
+
+    def start(run_id):
+        store.start_run(run_row(run_id, model, TrainConfig(), DataConfig(),
+                                started_at=datetime.now(timezone.utc).isoformat()))
+    start("cut-short")
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+    try:
+        store.add_iterations("cut-short", 1, [0.5] * 5000, 100)
+    except StoreError as exc:
+        assert exc.disk_full
+    assert disk_full_owners(sys.argv[1])  # the marker says so
+    store._conn.execute("PRAGMA max_page_count = 1000000")  # space again
+    store.finish_run("cut-short", "failed", 0.0, stop_reason="disk full")  # its end is recorded
+    start("later")  # the process goes on, then is killed
+    print(len(disk_full_owners(sys.argv[1])), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_process_that_wrote_again_after_a_full_disk_is_not_blamed_on_it_when_killed(tmp_path):
+    db = tmp_path / "r.sqlite"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _FULL_THEN_KILLED, str(db)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == -9 and done.stdout.strip() == "0", done.stdout + done.stderr  # settled: no marker
+    runs = {r["run_id"]: r for r in ResultStore(db).runs().to_dict("records")}
+    assert runs["cut-short"]["status"] == "failed"
+    assert runs["later"]["status"] == "interrupted" and "killed or crashed" in runs["later"]["stop_reason"]
+
+
+def test_a_disk_full_marker_older_than_a_run_does_not_blame_it(tmp_path):
+    """A marker left by a process (its end unrecorded, or its pid since given to another): a run
+    or job of that pid started after it was not cut short by that full disk."""
+    db = tmp_path / "r.sqlite"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = store_module.owner_id(int(gone.stdout))
+    store_module.note_disk_full(db, dead)
+    marker = next(tmp_path.glob("r.sqlite.disk-full.*"))
+    os.utime(marker, (time.time() - 3600, time.time() - 3600))  # an hour ago
+    store = ResultStore(db)
+    with store.context(job_id="later-job"):
+        store.start_run(run_row("later", PRESETS["tiny-fc"].model, TrainConfig(), DataConfig(),
+                                started_at=datetime.now(timezone.utc).isoformat()))
+    queue = JobQueue(store)
+    queue.start_inline("later-job", "local", "train", "t", "{}", 1)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET owner = ?", (dead,))
+        conn.execute("UPDATE jobs SET worker = ?", (dead,))
+    store.close()
+    queue.close()
+    store = ResultStore(db)
+    [job] = JobQueue(store).jobs()
+    run = store.runs().iloc[0]
+    assert run["status"] == "interrupted" and "killed or crashed" in run["stop_reason"]
+    assert job["status"] == "interrupted" and not job["error"]
+    assert not disk_full_owners(db)  # its process is gone and nothing of it is left running
+
+
+def test_one_function_words_a_runs_reason_and_a_jobs_error(tmp_path, mnist_raw):
+    from mnist_lab.service.jobs import readable_error
+
+    assert readable_error is failure_reason
+    assert failure_reason(MemoryError()).template == OUT_OF_MEMORY
+    assert "内存" in render(failure_reason(MemoryError()), "zh_CN")
+    listed = ConfigError("kernel_sizes", [3, 5], "Kernel sizes {value} are too large for {name}.", name="lab5")
+    kept = failure_reason(listed)  # a list value is kept as its repr, the template kept for translation
+    assert kept.template == listed.template and kept.params["value"] == "[3, 5]" and str(kept) == str(listed)
+    json.loads(to_stored(kept))
+    assert str(failure_reason(ValueError("bad input"))) == "bad input"
+    assert str(failure_reason(RuntimeError("boom"))) == "RuntimeError: boom"
+    assert str(failure_reason(KeyboardInterrupt())) == "aborted with a second Ctrl-C"
+    assert str(failure_reason(RuntimeError())) == "RuntimeError"
+    store = ResultStore(tmp_path / "r.sqlite")
+
+    def boom(event):
+        raise MemoryError
+    with pytest.raises(MemoryError):
+        run_inline(_tiny_spec(), store, threading.Event(), on_progress=boom)
+    run = store.visible_runs(None).iloc[0]
+    [job] = JobQueue(store).jobs()
+    assert run["status"] == "failed" and run["stop_reason_msg"] == job["error"] == to_stored(Message(OUT_OF_MEMORY))

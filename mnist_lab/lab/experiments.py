@@ -87,18 +87,17 @@ class _Reporter:
             self.on_progress(event)
 
     def fail_open(self, exc: BaseException) -> None:
-        """End every run still open (what it recorded is kept): 'interrupted' when `exc` is a
-        KeyboardInterrupt (a second Ctrl-C: the job's end gives it its reason), else 'failed', saying
-        why (a full disk, a refusal, an error by name)."""
+        """End every run still open (what it recorded is kept), saying why (errors.failure_reason:
+        a second Ctrl-C, a full disk, a refusal, an error by name; never empty): 'interrupted' when
+        `exc` is a KeyboardInterrupt, else 'failed'."""
         why = failure_reason(exc)
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         for run_id in list(self.open):
             self.open.pop(run_id)
             if self.record is not None:
                 with contextlib.suppress(StoreError):  # the database itself may be what failed
-                    said = dict(message=str(why), message_msg=to_stored(why)) if status == "failed" else {}
                     self.record(RunEnded(run_id=run_id, epoch=0, step=0, total_steps=0, status=status,
-                                         seconds=0.0, **said))
+                                         seconds=0.0, message=str(why), message_msg=to_stored(why)))
 
 
 def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,

@@ -49,18 +49,30 @@ class Recorder:
 
     def _end(self, event: RunEnded) -> None:
         started = self._started.pop(event.run_id, None)
-        if started is not None and event.weights is not None:  # kept before 'finished' is seen
+        saved = False
+        if started is not None and event.weights is not None and event.status != "failed":  # kept before 'finished'
             _, model_cfg, train_cfg, data_cfg = started
             self.store.save_weights(SavedRun(event.run_id, model_cfg, train_cfg, data_cfg, event.weights,
                                              event.permutation, event.status, event.final_test_acc))
+            saved = True
         # what the run knows of itself; a run that failed part-way keeps the epochs it recorded
         known = dict(epochs_done=event.epochs_done, final_test_acc=event.final_test_acc,
                      diverged_at=event.diverged_at)
-        if event.status == "failed":  # why it stopped (a full disk, an error), never empty
-            why = from_stored(event.message_msg) or [Message.verbatim(event.message) if event.message else
-                                                     Message(N_("the run failed; no reason was given"))]
-            said = dict(stop_reason=SEPARATOR.join(str(m) for m in why), stop_reason_msg=to_stored(why[0]))
+        if event.status in ("failed", "interrupted"):  # why it ended early (a full disk, an error, a second Ctrl-C)
+            why = from_stored(event.message_msg) or ([Message.verbatim(event.message)] if event.message else [])
+            if not why and event.status == "failed":  # a failed run's reason is never empty
+                why = [Message(N_("the run failed; no reason was given"))]
+            # every part, in each reader's language; none: the job's end gives its reason (end_job_runs)
+            said = dict(stop_reason=SEPARATOR.join(str(m) for m in why),
+                        stop_reason_msg=to_stored(why if len(why) > 1 else why[0])) if why else {}
         else:
             said = dict(message=event.message, message_msg=event.message_msg or None)
-        self.store.finish_run(event.run_id, event.status, event.seconds, **said,
-                              **{k: v for k, v in known.items() if v is not None})
+        try:
+            self.store.finish_run(event.run_id, event.status, event.seconds, **said,
+                                  **{k: v for k, v in known.items() if v is not None})
+        except BaseException:
+            if saved:  # a run whose end was not recorded is ended 'failed' (or by the next open): no weights
+                self.store.delete_weights([event.run_id])
+            raise
+        if event.status == "failed":  # a failed run is not inspectable, whatever an earlier end kept
+            self.store.delete_weights([event.run_id])

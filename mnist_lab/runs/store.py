@@ -16,6 +16,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,9 @@ from mnist_lab.errors import (
     STORE_NOT_A_FILE,
     STORE_READ_ONLY,
     STORE_UNUSABLE,
+    WEIGHTS_FULL,
+    WEIGHTS_READ_ONLY,
+    WEIGHTS_UNUSABLE,
     StoreError,
     writing,
 )
@@ -246,12 +250,26 @@ def store_failure(path: str | Path, exc: BaseException) -> StoreError:
     return StoreError(path, detail)  # not a database, malformed, not our tables: damaged; move it aside
 
 
+def weights_failure(folder: str | Path, exc: OSError) -> StoreError:
+    """An OSError of writing a run's weights into `folder` (<db>.weights/), named as the weights
+    folder's, not the database's: a full disk, a read-only folder, or the system's own words."""
+    detail = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(folder, detail, WEIGHTS_FULL)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(folder, detail, WEIGHTS_READ_ONLY)
+    return StoreError(folder, detail, WEIGHTS_UNUSABLE)
+
+
 # A process whose write found the disk full leaves an empty marker beside the database (creating
 # an empty file needs no data blocks, so it works on a full disk), named after it:
-# `<db>.disk-full.<pid>@<host>`. If it could not end its runs and job itself (their rows did not
-# fit either), the next process to open the store, once that process is gone, ends them 'failed'
-# with DISK_FULL_REASON instead of blaming a killed worker. The marker goes when nothing of that
-# process is left running.
+# `<db>.disk-full.<pid>@<host>`, its time (mtime) the last time it did. If it could not end its runs
+# and job itself (their rows did not fit either), the next process to open the store, once that
+# process is gone, ends them 'failed' with DISK_FULL_REASON instead of blaming a killed worker:
+# only those that started before that time (a run or job started later, by a process that went on
+# once there was space again, or by another process given the same pid, was not cut short by it).
+# The marker goes when nothing of that process is left running, or at its next successful write to
+# the database once it has ended every run and job of its own that was running then.
 _FULL_MARK = ".disk-full."
 
 
@@ -261,21 +279,45 @@ def _full_marker(db: Path, owner: str) -> Path:
 
 
 def note_disk_full(db: str | Path, owner: str | None = None) -> None:
-    """Say, beside the database, that this process (`owner`) found the disk full."""
+    """Say, beside the database, that this process (`owner`) found the disk full, now."""
     with contextlib.suppress(OSError):
         _full_marker(Path(db), owner or owner_id()).touch()
 
 
-def disk_full_owners(db: str | Path) -> set[str]:
+def disk_full_since(db: str | Path) -> dict[str, float]:
     """The processes ('host:pid') that found the disk full while writing `db` and may have left
-    runs or a job unended."""
+    runs or a job unended, each with when it last did (seconds since the epoch)."""
     db = Path(db)
+    found: dict[str, float] = {}
     try:
-        found = db.parent.glob(f"{glob.escape(db.name)}{_FULL_MARK}*")
-        names = [p.name[len(db.name) + len(_FULL_MARK):] for p in found]
+        markers = list(db.parent.glob(f"{glob.escape(db.name)}{_FULL_MARK}*"))
     except OSError:
-        return set()
-    return {f"{host}:{pid}" for pid, _, host in (n.partition("@") for n in names) if pid.isdigit() and host}
+        return found
+    for marker in markers:
+        pid, _, host = marker.name[len(db.name) + len(_FULL_MARK):].partition("@")
+        if pid.isdigit() and host:
+            with contextlib.suppress(OSError):
+                found[f"{host}:{pid}"] = marker.stat().st_mtime
+    return found
+
+
+def disk_full_owners(db: str | Path) -> set[str]:
+    """The processes ('host:pid') with a full-disk marker beside `db` (disk_full_since)."""
+    return set(disk_full_since(db))
+
+
+def cut_by_full_disk(full: dict[str, float], owner: str | None, started: object) -> bool:
+    """Whether a run or job of `owner` that started at `started` (an ISO 8601 time, as runs store
+    it, or seconds since the epoch, as jobs do) and was left running is put down to the full disk
+    its process found: it has a marker, and the run or job started before it. A start that cannot
+    be read (an earlier version's) is."""
+    if owner not in full:
+        return False
+    try:
+        when = datetime.fromisoformat(started).timestamp() if isinstance(started, str) else float(started)
+    except (TypeError, ValueError, OverflowError):
+        return True
+    return when <= full[owner]
 
 
 def explained(method: Callable) -> Callable:
@@ -285,7 +327,7 @@ def explained(method: Callable) -> Callable:
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         try:
-            return method(self, *args, **kwargs)
+            result = method(self, *args, **kwargs)
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:  # pandas' DatabaseError, which wraps read errors, is an OSError
@@ -293,8 +335,48 @@ def explained(method: Callable) -> Callable:
             error = store_failure(path, exc)
             if error.disk_full and path != "?":
                 note_disk_full(path)
+                _FULL_NOTED.add(str(path))
             raise error from None
+        if _FULL_NOTED and str(getattr(self, "path", "?")) in _FULL_NOTED and method.__name__ in _WRITES:
+            settle_disk_full(self)
+        return result
     return run
+
+
+# What this process found full (database paths, as strings), until a later write there succeeds
+# and it has nothing left unended (settle_disk_full); the methods whose success tells.
+_FULL_NOTED: set[str] = set()
+_WRITES = {"_write", "add_epoch", "end_job_runs", "finish", "delete_runs"}
+
+
+def settle_disk_full(store) -> None:
+    """A write of this process to `store` succeeded after it found the disk full: once no run or
+    job of its own that started before its marker is still running (their ends were recorded), the
+    marker goes, so that a later kill of this process is not put down to that full disk."""
+    path = Path(store.path)
+    owner = owner_id()
+    marker = _full_marker(path, owner)
+    try:
+        since = marker.stat().st_mtime
+    except OSError:
+        _FULL_NOTED.discard(str(path))
+        return
+    conn = getattr(store, "_conn", None)
+    if conn is None:
+        return
+    try:
+        with store._lock:
+            runs = conn.execute(f"SELECT started_at FROM runs WHERE status = 'running' AND {_OWNER} = ?",
+                                (owner,)).fetchall()
+            jobs = conn.execute("SELECT started_at FROM jobs WHERE status = 'running' AND worker = ?",
+                                (owner,)).fetchall()
+    except sqlite3.Error:
+        return
+    if any(cut_by_full_disk({owner: since}, owner, started) for (started,) in (*runs, *jobs)):
+        return
+    with contextlib.suppress(OSError):
+        marker.unlink(missing_ok=True)
+    _FULL_NOTED.discard(str(path))
 
 
 def _check_place(path: Path) -> None:
@@ -395,11 +477,13 @@ class ResultStore:
         with self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
         dead = [(run_id, owner) for run_id, owner in runs if owner_dead(owner)]
-        full = disk_full_owners(self.path)
-        ends = [("failed", Message(DISK_FULL_REASON)) if owner in full else
+        with self._lock:
+            started = dict(self._conn.execute("SELECT run_id, started_at FROM runs WHERE status = 'running'"))
+        full = disk_full_since(self.path)
+        ends = [("failed", Message(DISK_FULL_REASON)) if cut_by_full_disk(full, owner, started.get(run_id)) else
                 ("interrupted", Message(N_("its process ({owner}) ended before the run finished (killed or crashed)"),
                                         {"owner": owner}))
-                for _, owner in dead]
+                for run_id, owner in dead]
         # a reason it already has is kept. Any reader of the store ends a dead process's runs at once
         # (a killed CLI run, a killed worker's run); the queue then ends their job with its own reason
         # (JobQueue.mark_interrupted), and the run keeps the one said first: both name the process
@@ -481,13 +565,28 @@ class ResultStore:
         return n
 
     # ------------------------------------------------------------------------------ weights
-    @explained
     def save_weights(self, run) -> Path:
         """Keep a run's final weights (a `weights.SavedRun`: with the pixel permutation it trained
-        on, and its configs) beside the database, in `<db>.weights/<run_id>.safetensors`."""
-        from mnist_lab.runs.weights import save_weights
+        on, and its configs) beside the database, in `<db>.weights/<run_id>.safetensors`. A folder
+        that cannot take them is a StoreError naming the weights folder (weights_failure)."""
+        from mnist_lab.runs.weights import save_weights, weights_dir
 
-        return save_weights(self.path, run)
+        try:
+            return save_weights(self.path, run)
+        except OSError as exc:
+            error = weights_failure(weights_dir(self.path), exc)
+            if error.disk_full:
+                note_disk_full(self.path)
+                _FULL_NOTED.add(str(self.path))
+            raise error from None
+
+    def delete_weights(self, run_ids: Iterable[str]) -> int:
+        """Remove the kept weights of `run_ids` (a run that ended failed keeps none); how many."""
+        from mnist_lab.runs.weights import delete_weights
+
+        with contextlib.suppress(OSError):
+            return delete_weights(self.path, run_ids)
+        return 0
 
     def load_weights(self, run_id: str):
         """The run's `weights.SavedRun`; FileNotFoundError when it has none."""

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 from mnist_lab import codec
 from mnist_lab.data import datasets
-from mnist_lab.data.datasets import DataConfig, DataUnavailableError
-from mnist_lab.errors import ConfigError, StoreError, need_choice
-from mnist_lab.i18n import N_, Message, render, render_stored
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.errors import ConfigError, StoreError, failure_reason, need_choice
+from mnist_lab.i18n import N_, Message, render_stored
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
 from mnist_lab.nets.model import ModelConfig, describe
@@ -197,9 +197,9 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
         # what went wrong is what is raised: a database that cannot take the job's end either (a full
         # disk) leaves it to the next open (store.note_disk_full)
         with contextlib.suppress(StoreError):
-            queue.finish(job_id, "interrupted" if interrupted else "failed",
-                         reason=Message(N_("aborted with a second Ctrl-C")) if interrupted else None,
-                         error=None if interrupted else readable_error(exc))
+            why = failure_reason(exc)  # the same words as its runs' (a second Ctrl-C, a full disk, ...)
+            queue.finish(job_id, "interrupted" if interrupted else "failed", reason=why if interrupted else None,
+                         error=None if interrupted else why)
         raise
     finally:
         done.set()
@@ -210,21 +210,9 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     return result
 
 
-def readable_error(exc: BaseException) -> Message:
-    """A message a student can act on, as data: the core's refusal (its template and values), its
-    own ValueError text, or the exception named (those two shown as they are in every language)."""
-    template, params = getattr(exc, "template", None), getattr(exc, "params", None)
-    if isinstance(template, str) and isinstance(params, dict):
-        message = Message(template, {k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
-                                     for k, v in params.items()})
-        if render(message, "en") == render(exc, "en"):  # its values survive storing (a tuple, an object may not)
-            return message
-    if isinstance(exc, (ValueError, DataUnavailableError)):
-        return Message.verbatim(str(exc))
-    if isinstance(exc, MemoryError):
-        return Message(N_("Out of memory: use a smaller training subset, batch size or network."))
-    text = str(exc).strip()
-    return Message.verbatim(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+# What went wrong, as the message stored with a job (its error) and with its runs (their reason):
+# one function for both, errors.failure_reason; this name is the one the worker imports.
+readable_error = failure_reason
 
 
 # ------------------------------------------------------------------------------------ views

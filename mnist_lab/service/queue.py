@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from mnist_lab.errors import DISK_FULL_REASON
 from mnist_lab.i18n import N_, Message, to_stored
-from mnist_lab.runs.store import ResultStore, disk_full_owners, explained, owner_dead, owner_id
+from mnist_lab.runs.store import ResultStore, cut_by_full_disk, disk_full_since, explained, owner_dead, owner_id
 
 JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
                "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
@@ -154,14 +154,15 @@ class JobQueue:
     def mark_interrupted(self) -> int:
         """Mark 'interrupted' every job still 'running' whose worker, on this machine, no longer
         exists (killed, crashed, machine restarted), its runs with it and the reason ('failed',
-        DISK_FULL_REASON, where that worker found the disk full: store.note_disk_full); then every
+        DISK_FULL_REASON, where that worker found the disk full after the job started:
+        store.note_disk_full); then every
         run left running by a dead process (ResultStore.mark_interrupted). Returns how many runs
         changed."""
         with self._lock:
-            jobs = self._conn.execute("SELECT job_id, worker FROM jobs WHERE status = 'running'").fetchall()
-        full = disk_full_owners(self.path)  # those that found the disk full could not end their job
-        for job_id, worker in jobs:
-            if owner_dead(worker) and worker in full:
+            jobs = self._conn.execute("SELECT job_id, worker, started_at FROM jobs WHERE status = 'running'").fetchall()
+        full = disk_full_since(self.path)  # those that found the disk full could not end their job
+        for job_id, worker, started in jobs:
+            if owner_dead(worker) and cut_by_full_disk(full, worker, started):
                 self.finish(job_id, "failed", error=Message(DISK_FULL_REASON))
             elif owner_dead(worker):
                 self.finish(job_id, "interrupted", reason=Message(
