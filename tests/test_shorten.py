@@ -2,9 +2,11 @@
 compiled kernels (paths.write_file), and the rebuilt-cache note in the reader's language."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +22,13 @@ from mnist_lab.errors import ConfigError, WeightsError, shorten
 from mnist_lab.i18n import Message
 from mnist_lab.nets.model import ModelConfig, build_model
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.weights import SavedRun, load_weights, save_weights, weights_path
 from mnist_lab.training.loop import TrainConfig
 
 HOSTILE = "a\nb\x1b[31mred\u202eX" + "y" * 10_000
 RUN = "hostile-1"
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 
 def assert_one_safe_line(text: str, most: int) -> None:
@@ -212,3 +216,25 @@ def test_the_app_says_a_rebuilt_cache_without_the_servers_path(monkeypatch, code
     assert "/srv" not in note and "mnist.npz" not in note
     assert ("The MNIST cache was not used (cannot read the cache: the checksum" in note if code == "en" else
             "MNIST 缓存未被使用（cannot read 缓存" in note), note
+
+
+@pytest.mark.parametrize("code,words", [("en", "The MNIST cache was not used (cannot read the cache: the checksum"),
+                                        ("zh_CN", "MNIST 缓存未被使用（cannot read 缓存")])
+def test_the_home_page_says_a_rebuilt_cache_once_in_the_sessions_language(mnist_raw, tmp_path, monkeypatch, code,
+                                                                          words):
+    from streamlit.testing.v1 import AppTest
+
+    from app_lib import shared
+
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "results.sqlite"))
+    monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")
+    rebuilt = dataclasses.replace(mnist_raw, rebuilt=_rebuilt("/srv/lab/.cache/mnist.npz"))
+    monkeypatch.setattr(shared, "_raw", lambda dataset: rebuilt)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["lang"] = code
+    at.run()  # the home page
+    assert not at.exception, at.exception
+    said = [i.value.replace("\\", "") for i in at.info if "/srv" in i.value or words[:10] in i.value.replace("\\", "")]
+    assert len(said) == 1 and words in said[0] and "/srv" not in said[0], [i.value for i in at.info]
+    at.run()  # a rerun of the same session: said once
+    assert not [i for i in at.info if words[:10] in i.value.replace("\\", "")]
