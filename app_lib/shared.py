@@ -11,7 +11,17 @@ from typing import Any
 
 import streamlit as st
 
-from mnist_lab.data.datasets import DATASETS, MNIST, DataConfig, RawSplits, SampleGrid, load_raw, sample_grid
+from mnist_lab.data.datasets import (
+    DATASETS,
+    MNIST,
+    CacheRebuiltWarning,
+    DataConfig,
+    RawSplits,
+    SampleGrid,
+    load_raw,
+    sample_grid,
+)
+from mnist_lab.errors import shorten
 from mnist_lab.i18n import N_
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
@@ -160,9 +170,23 @@ def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
     """(the decoded tensors of `dataset`, '') or (None, why it is unavailable)."""
     try:
         with st.spinner(_("Loading {dataset} (once per server)…").format(dataset=DATASETS[dataset].title)):
-            return _raw(dataset), ""  # the spinner shows only if it takes a moment
+            raw = _raw(dataset)  # the spinner shows only if it takes a moment
     except Exception as exc:  # noqa: BLE001 - shown on the page, retried on the next run
         return None, render_error(exc)  # in the session's language where the error is a template
+    if raw.rebuilt is not None and not st.session_state.get(f"data_rebuilt_{dataset}"):
+        st.session_state[f"data_rebuilt_{dataset}"] = True  # said once to each session, not on every rerun
+        st.info(plain(rebuilt_note(raw.rebuilt)), icon=":material/cached:")
+    return raw, ""
+
+
+def rebuilt_note(warning: CacheRebuiltWarning) -> str:
+    """Why the data cache was rebuilt, in the session's language, naming no server path: "the cache"."""
+    params = warning.params
+    why, path = str(params.get("why", "")), str(params.get("path", ""))
+    if path:
+        why = why.replace(path, _("the cache"))
+    return _("The {title} cache was not used ({why}); it was rebuilt from the original files.").format(
+        title=params.get("title", ""), why=why)
 
 
 def mnist() -> tuple[RawSplits | None, str]:
@@ -241,7 +265,7 @@ def init_state(prefix: str, defaults: dict[str, Any], limits: dict[str, Any] | N
             except (ValueError, OverflowError):  # int('inf') overflows
                 value = default
                 text = params[name]
-                ignored.append(f"{name}={text if len(text) <= 80 else text[:79] + '…'}")  # a link's length is not ours
+                ignored.append(f"{name}={shorten(text, quote=False)}")  # the link's text: one line, its length not ours
         st.session_state[key] = value
     if ignored:  # the values are the link's own text: shown as text, never as markdown
         st.warning(_("This link has values the page cannot use, so their defaults are shown instead: {values}.")

@@ -17,7 +17,7 @@ from app_lib.lang import _, current, render_error
 from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
 from app_lib.widgets import run_labels, table
-from mnist_lab.errors import StoreError
+from mnist_lab.errors import StoreError, shorten
 from mnist_lab.i18n import word
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.export import export_zip
@@ -70,7 +70,7 @@ labels = {r.run_id: f"{label} · {percent(r.final_test_acc)} · {r.run_id}"
 asked = st.query_params.get("run")
 if asked is not None and asked not in labels:  # unknown, or another workspace's: the same words, nothing named
     st.warning(_("This link has values the page cannot use, so their defaults are shown instead: {values}.")
-               .format(values=plain(f"run={asked[:80]}")), icon=":material/link_off:")
+               .format(values=plain(f"run={shorten(asked, quote=False)}")), icon=":material/link_off:")
 if "insp_run" not in st.session_state or (asked in labels and asked != st.session_state.get("insp_asked")):
     st.session_state.insp_run = asked if asked in labels else next(iter(labels))
     st.session_state.insp_asked = asked
@@ -169,7 +169,7 @@ def own_digit() -> None:
     image = None
     try:
         if upload is not None:
-            name = upload.name if len(upload.name) <= 80 else upload.name[:79] + "…"  # the browser's text
+            name = shorten(upload.name, quote=False)  # the browser's text: one line, cut
             ir.check_size(upload.size, name)  # before its bytes are read
             image = ir.prepare_upload(ir.decode_image(upload.getvalue(), name=name), run)
         elif ink is not None:

@@ -15,19 +15,19 @@ from collections.abc import Mapping
 from functools import cache, reduce
 from typing import Any, TypeVar
 
-from mnist_lab.errors import ConfigError, is_int
+from mnist_lab.errors import ConfigError, is_int, shorten
 from mnist_lab.i18n import N_
 
 T = TypeVar("T")
 
-_NOT_OBJECT = N_("{where} must be an object of settings (JSON {{...}}); got {value!r}. It was written by another "
+_NOT_OBJECT = N_("{where} must be an object of settings (JSON {{...}}); got {value}. It was written by another "
                  "program, or damaged: write it again.")
 _UNKNOWN = N_("{where} has no setting {names} (its settings: {known}); leave it out. It may have been written by "
               "another version of mnist_lab.")
-_WRONG_TYPE = N_("{where} must be {kind}; got {value!r}. Write it as {kind}.")
+_WRONG_TYPE = N_("{where} must be {kind}; got {value}. Write it as {kind}.")
 _MISSING = N_("{where} lacks the setting(s) {names}, which have no default; it was written by another program, "
               "or damaged.")
-_NO_TYPE = N_("{where} must name its block type as one of {options}; got {value!r}.")
+_NO_TYPE = N_("{where} must name its block type as one of {options}; got {value}.")
 _NOT_JSON = N_("{where} is not JSON text ({detail}); it was written by another program, or damaged.")
 
 _TOO_LONG = N_("{where} is {n:,} characters of JSON, and a config is at most {high:,}; it was written by another "
@@ -76,23 +76,24 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     names, so a new block type needs no change here."""
     where = where or cls.__name__
     if not isinstance(data, Mapping):
-        raise ConfigError(where, data, _NOT_OBJECT, where=where)
+        raise _refused(where, data, _NOT_OBJECT, where=where)
     if options := _variants(cls):  # a base class (Block): the subclass its 'type' names
         kind = data.get("type")
         if not isinstance(kind, str) or kind not in options:
-            raise ConfigError(where, dict(data), _NO_TYPE, where=where, options=", ".join(options))
+            raise _refused(where, dict(data), _NO_TYPE, where=where, options=", ".join(options))
         cls = options[kind]
     hints = _hints(cls)
     settable = {f.name: f for f in dataclasses.fields(cls) if f.init}
     fixed = {f.name: f.default for f in dataclasses.fields(cls) if not f.init}
     unknown = sorted(str(k) for k in data if k not in settable and k not in fixed)
     if unknown:
-        raise ConfigError(where, dict(data), _UNKNOWN, where=where, names=", ".join(unknown),
+        names = ", ".join(k if k.isidentifier() and len(k) <= 40 else shorten(k) for k in unknown[:5])
+        raise ConfigError(where, dict(data), _UNKNOWN, where=where, names=names + (", …" if len(unknown) > 5 else ""),
                           known=", ".join(settable))
     for name, default in fixed.items():  # a block's 'type': it must say what the class is
         if name in data and data[name] != default:
             field = f"{where}.{name}"
-            raise ConfigError(field, data[name], _WRONG_TYPE, where=field, kind=repr(default))
+            raise _refused(field, data[name], _WRONG_TYPE, where=field, kind=repr(default))
     missing = [name for name, f in settable.items() if name not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -101,17 +102,23 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     return cls(**values)
 
 
+def _refused(field: str, value: Any, template: str, /, **params: Any) -> ConfigError:
+    """A refusal whose message shows `value` as errors.shorten does (someone else's text, maybe
+    huge or holding control characters); the ConfigError's `.value` keeps it whole."""
+    return ConfigError(field, value, template, **params, value=shorten(value))
+
+
 def from_json(cls: type[T], text: Any, where: str = "") -> T:
     """`from_dict` of JSON text; text that is not JSON is a ConfigError too."""
     where = where or cls.__name__
     if not isinstance(text, (str, bytes)):
-        raise ConfigError(where, text, _WRONG_TYPE, where=where, kind=_KINDS[str])
+        raise _refused(where, text, _WRONG_TYPE, where=where, kind=_KINDS[str])
     if len(text) > MAX_JSON_CHARS:  # refused before parsing: no time or memory spent on it
-        raise ConfigError(where, text[:80], _TOO_LONG, where=where, n=len(text), high=MAX_JSON_CHARS)
+        raise ConfigError(where, shorten(text), _TOO_LONG, where=where, n=len(text), high=MAX_JSON_CHARS)
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise ConfigError(where, text, _NOT_JSON, where=where, detail=str(exc)[:80]) from None
+        raise ConfigError(where, text, _NOT_JSON, where=where, detail=shorten(str(exc), quote=False)) from None
     return from_dict(cls, data, where)
 
 
@@ -151,13 +158,13 @@ def _from_cell(hint: Any, cell: Any, where: str) -> Any:
             try:
                 return [int(v) for v in cell.split("-")]
             except ValueError:
-                raise ConfigError(where, cell, _WRONG_TYPE, where=where, kind=N_("whole numbers joined by '-'")) \
+                raise _refused(where, cell, _WRONG_TYPE, where=where, kind=N_("whole numbers joined by '-'")) \
                     from None
         if isinstance(cell, str):
             try:
                 return json.loads(cell)
             except ValueError as exc:
-                raise ConfigError(where, cell, _NOT_JSON, where=where, detail=str(exc)[:80]) from None
+                raise ConfigError(where, cell, _NOT_JSON, where=where, detail=shorten(str(exc), quote=False)) from None
         if is_int(cell):  # one number stored as a number: ('10',) read back by SQLite's type affinity
             return [cell]
         return cell
@@ -165,7 +172,7 @@ def _from_cell(hint: Any, cell: Any, where: str) -> Any:
         try:
             return json.loads(cell)
         except ValueError as exc:
-            raise ConfigError(where, cell, _NOT_JSON, where=where, detail=str(exc)[:80]) from None
+            raise ConfigError(where, cell, _NOT_JSON, where=where, detail=shorten(str(exc), quote=False)) from None
     if hint in (int, bool) and isinstance(cell, float) and cell.is_integer():
         cell = int(cell)
     if hint is bool and is_int(cell) and cell in (0, 1):
@@ -217,7 +224,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     if value is None:
         if _is_union(hint) and type(None) in typing.get_args(hint):
             return None
-        raise ConfigError(where, value, _WRONG_TYPE, where=where, kind=_kind(hint))
+        raise _refused(where, value, _WRONG_TYPE, where=where, kind=_kind(hint))
     hint = _without_none(hint)
     if hint is Any:
         return value
@@ -226,7 +233,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(where, value, _WRONG_TYPE, where=where, kind=_kind(hint))
+            raise _refused(where, value, _WRONG_TYPE, where=where, kind=_kind(hint))
         item = typing.get_args(hint)[0]
         return tuple(_value(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is bool:
@@ -240,7 +247,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     else:
         raise TypeError(f"the codec cannot decode a field of type {hint!r} ({where})")
     if not ok:
-        raise ConfigError(where, value, _WRONG_TYPE, where=where, kind=_kind(hint))
+        raise _refused(where, value, _WRONG_TYPE, where=where, kind=_kind(hint))
     return value
 
 

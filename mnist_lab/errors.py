@@ -123,6 +123,36 @@ def writing(path: Any) -> Iterator[None]:
         raise output_error(path, exc) from None
 
 
+class _Shown(str):
+    """Text `shorten` made: already a repr, so `{value!r}` shows it as it is (no second pair of
+    quotes) and `shorten` of it is itself. Stored (i18n.to_stored) it is a plain str again, so a
+    template fed shortened text says `{value}`."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def shorten(value: Any, limit: int = 80, *, quote: bool = True) -> str:
+    """Someone else's value (a crafted file's entry, a link's text, an exception's words) as a
+    message shows it: its repr, so newlines, ANSI escapes, bidi overrides and every other
+    unprintable character are escaped (one line that reads as it is), cut to `limit` characters
+    with "…". `quote=False` drops a text's quotes (a name, a detail), still escaped. Text it made
+    is kept as it is (only cut), never quoted twice."""
+    if isinstance(value, _Shown):
+        text = str(value)
+    else:
+        text = repr(value)
+        if not quote and isinstance(value, str):
+            text = text[1:-1]
+        # An object's own repr may hold raw control characters (a str's never does); a huge one is
+        # cut before it is looked at.
+        cut = len(text) > limit
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+        if cut:
+            text += "…"
+    return _Shown(text if len(text) <= limit else text[:limit - 1] + "…")
+
+
 # ------------------------------------------------------------------------------------ checks
 # Types only; each config's validate() then checks ranges with its own sentence.
 

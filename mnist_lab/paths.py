@@ -22,11 +22,14 @@ def default_db_path() -> Path:
 
 
 def write_files(contents: Mapping[str | Path, bytes | str]) -> list[Path]:
-    """Write every file of `contents` (path -> bytes, or text as UTF-8) all or nothing: each goes
-    to a temporary name in its own folder first (flushed to disk), and only when all are written
-    are they renamed into place. On any failure (a full disk, a read-only folder) the temporary
-    files are removed and every existing file is left as it was: never a 0-byte or half file.
-    Raises the OSError; returns the paths written."""
+    """Write every file of `contents` (path -> bytes, or text as UTF-8), never leaving a 0-byte or
+    half file: each goes to a temporary name of its own (pid and a random part: concurrent writers
+    never share one) in its own folder, flushed to disk, and only when all are written are they
+    renamed into place, one by one. A failure while writing (a full disk, a read-only folder) is
+    all or nothing: the temporary files are removed, every existing file is left as it was. A
+    rename that fails after others succeeded (rare: the name became a folder, the folder lost its
+    write permission) leaves the files renamed so far new and the rest as they were, each file
+    whole. Raises the OSError; returns the paths written."""
     staged: list[tuple[Path, Path]] = []
     try:
         for path, data in contents.items():

@@ -5,15 +5,19 @@ progress bar, the CSV export and Ctrl-C. Command modules import these; none impo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import tempfile
 import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from mnist_lab import i18n
+from mnist_lab.data.datasets import CacheRebuiltWarning
 from mnist_lab.i18n import N_
 from mnist_lab.lab.experiments import diverged_runs
 from mnist_lab.paths import default_db_path
@@ -158,6 +162,24 @@ def note(args, message: str, prefix: bool = True) -> None:
     """How the command line was adjusted (`note: ` + message, or the line as it is), said on stderr
     by `open_store` once the whole line is accepted: a refused line prints its one error line only."""
     args.notes = [*getattr(args, "notes", ()), _("note: {warning}").format(warning=message) if prefix else message]
+
+
+@contextlib.contextmanager
+def warnings_as_notes() -> Iterator[None]:
+    """While a command runs, a warning the core words for its reader (CacheRebuiltWarning: the
+    data cache was rebuilt) is one `note: ` line on stderr in this run's language, when it happens;
+    any other warning is shown as Python shows it."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if isinstance(message, CacheRebuiltWarning):
+            print(_("note: {warning}").format(warning=i18n.render(message, lang())), file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores showwarning (and the filters) afterwards
+        warnings.showwarning = show
+        yield
 
 
 def report_diverged(results: list[RunResult]) -> int:

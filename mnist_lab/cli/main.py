@@ -35,6 +35,7 @@ from mnist_lab.cli.common import (
     report_diverged,
     set_language,
     stop_on_ctrl_c,
+    warnings_as_notes,
 )
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, DataConfig, DataUnavailableError
@@ -381,7 +382,8 @@ def _main(argv: list[str]) -> int:
     args.cancel = threading.Event()
     previous = stop_on_ctrl_c(args.cancel)
     try:
-        code = args.func(args)
+        with warnings_as_notes():
+            code = args.func(args)
         return EXIT_STOPPED if args.cancel.is_set() else code
     except (ValueError, DataUnavailableError, StoreError, OutputError) as exc:
         print(_("error: {message}").format(message=i18n.render(exc, lang())), file=sys.stderr)

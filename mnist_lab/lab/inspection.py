@@ -19,6 +19,7 @@ from torch import nn
 
 from mnist_lab.data import datasets as data_mod
 from mnist_lab.data.datasets import DataConfig, RawSplits
+from mnist_lab.errors import shorten
 from mnist_lab.i18n import N_
 from mnist_lab.nets.model import ModelConfig, build_model
 from mnist_lab.runs.weights import SavedRun
@@ -336,7 +337,7 @@ def decode_image(blob: bytes, name: str = "the file", max_bytes: int = MAX_UPLOA
                                   "WebP picture."), value=name, kind=type(exc).__name__) from None
         except (OSError, SyntaxError, ValueError, MemoryError) as exc:
             raise ImageRefused(N_("{value} could not be decoded as an image ({kind}): upload a PNG or JPEG picture."),
-                               value=name, kind=str(exc)[:120] or type(exc).__name__) from None
+                               value=name, kind=shorten(str(exc), 120, quote=False) or type(exc).__name__) from None
     return img
 
 

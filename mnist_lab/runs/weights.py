@@ -17,7 +17,7 @@ import torch
 
 from mnist_lab import codec
 from mnist_lab.data.datasets import DATASETS, DataConfig
-from mnist_lab.errors import ConfigError, WeightsError, is_int
+from mnist_lab.errors import ConfigError, WeightsError, is_int, shorten
 from mnist_lab.i18n import N_, Message
 from mnist_lab.nets.model import ModelConfig, build_model, describe
 from mnist_lab.paths import write_file
@@ -44,7 +44,7 @@ _HEADER = N_("The weights file of run {run_id} is not a safetensors file this la
              "or was not written by this lab; delete the run and train it again.")
 _UNREADABLE = N_("The weights file of run {run_id} cannot be read ({detail}): it is damaged. Delete the run and train "
                  "it again.")
-_FORMAT = N_("The weights file of run {run_id} is not a weights file of this lab (format {value!r}); delete the run "
+_FORMAT = N_("The weights file of run {run_id} is not a weights file of this lab (format {value}); delete the run "
              "and train it again.")
 _META_UNKNOWN = N_("The weights file of run {run_id} holds entries this lab never writes ({names}): it was not "
                    "written by this lab. Delete the run and train it again.")
@@ -53,12 +53,12 @@ _META_MISSING = N_("The weights file of run {run_id} lacks its {names} entry: it
 _NOT_JSON = N_("The {field} entry of the weights file of run {run_id} is not JSON text: it was damaged. Delete the "
                "run and train it again.")
 _NOT_OBJECT = N_("The {field} entry of the weights file of run {run_id} must be a JSON object of settings; got "
-                 "{value!r}. It was not written by this lab; delete the run and train it again.")
-_RUN_ID_MISMATCH = N_("The weights file of run {run_id} says it holds run {value!r}: it was copied from another run. "
+                 "{value}. It was not written by this lab; delete the run and train it again.")
+_RUN_ID_MISMATCH = N_("The weights file of run {run_id} says it holds run {value}: it was copied from another run. "
                       "Delete the run and train it again.")
-_STATUS = N_("The weights file of run {run_id} gives the status {value!r}; a run keeps its weights only as {options}. "
+_STATUS = N_("The weights file of run {run_id} gives the status {value}; a run keeps its weights only as {options}. "
              "Delete the run and train it again.")
-_TEST_ACC = N_("The weights file of run {run_id} gives the test accuracy {value!r}; it must be a fraction from 0 to 1, "
+_TEST_ACC = N_("The weights file of run {run_id} gives the test accuracy {value}; it must be a fraction from 0 to 1, "
                "or null. Delete the run and train it again.")
 _SETTINGS = N_("The weights file of run {run_id} holds settings this lab cannot use: {detail}")
 _MISSING_KEYS = N_("The weights file of run {run_id} lacks the tensor(s) {names} of its network ({network}): it was "
@@ -208,25 +208,25 @@ def _check_metadata(meta: dict[str, str], run_id: str) -> tuple[str, float | Non
     the codec and validated as a run's are before it trains (the device aside: inspecting runs
     on the CPU)."""
     if meta.get("format") != FORMAT:
-        raise WeightsError(run_id, _FORMAT, value=_Cut.of(meta.get("format")))
+        raise WeightsError(run_id, _FORMAT, value=shorten(meta.get("format")))
     unknown = sorted(set(meta) - set(_META_KEYS))
     if unknown:
-        raise WeightsError(run_id, _META_UNKNOWN, names=", ".join(_short(k) for k in unknown))
+        raise WeightsError(run_id, _META_UNKNOWN, names=", ".join(shorten(k, quote=False) for k in unknown))
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise WeightsError(run_id, _META_MISSING, names=", ".join(missing))
     if meta["run_id"] != run_id:
-        raise WeightsError(run_id, _RUN_ID_MISMATCH, value=_Cut.of(meta["run_id"]))
+        raise WeightsError(run_id, _RUN_ID_MISMATCH, value=shorten(meta["run_id"]))
     if meta["status"] not in KEPT_STATUSES:
-        raise WeightsError(run_id, _STATUS, value=_Cut.of(meta["status"]), options=", ".join(KEPT_STATUSES))
+        raise WeightsError(run_id, _STATUS, value=shorten(meta["status"]), options=", ".join(KEPT_STATUSES))
     values = {k: _json(meta[k], k, run_id) for k in ("test_acc", "model", "train", "data")}
     acc = values["test_acc"]
     if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
                                 and 0 <= acc <= 1):
-        raise WeightsError(run_id, _TEST_ACC, value=_Cut.of(acc))
+        raise WeightsError(run_id, _TEST_ACC, value=shorten(acc))
     for key in ("model", "train", "data"):
         if not isinstance(values[key], dict):
-            raise WeightsError(run_id, _NOT_OBJECT, field=key, value=_Cut.of(values[key]))
+            raise WeightsError(run_id, _NOT_OBJECT, field=key, value=shorten(values[key]))
     try:
         model_cfg = codec.from_dict(ModelConfig, values["model"], "model")
         train_cfg = codec.from_dict(TrainConfig, values["train"], "train")
@@ -238,7 +238,7 @@ def _check_metadata(meta: dict[str, str], run_id: str) -> tuple[str, float | Non
         check_fits(model_cfg, data_cfg.spec)
         dataclasses.replace(train_cfg, device="cpu").validate(n_train=data_cfg.n_train())
     except ConfigError as exc:
-        params = {k: _Cut.of(v) if k == "value" else v for k, v in exc.params.items()}
+        params = {k: shorten(v) if k == "value" else v for k, v in exc.params.items()}
         raise WeightsError(run_id, _SETTINGS, detail=Message(exc.template, params)) from None
     return meta["status"], None if acc is None else float(acc), model_cfg, train_cfg, data_cfg
 
@@ -273,20 +273,20 @@ def _check_tensors(entries: dict[str, dict], model_cfg: ModelConfig, data_cfg: D
     if missing:
         if missing == [PERMUTATION_KEY]:
             raise WeightsError(run_id, _PERMUTATION, n=n_pixels, detail=N_("it holds none"))
-        raise WeightsError(run_id, _MISSING_KEYS, names=", ".join(_short(k) for k in missing),
+        raise WeightsError(run_id, _MISSING_KEYS, names=", ".join(shorten(k, quote=False) for k in missing),
                            network=describe(model_cfg))
     extra = [k for k in entries if k not in expected]
     if extra:
-        raise WeightsError(run_id, _EXTRA_KEYS, names=", ".join(_short(k) for k in extra[:5]),
+        raise WeightsError(run_id, _EXTRA_KEYS, names=", ".join(shorten(k, quote=False) for k in extra[:5]),
                            network=describe(model_cfg))
     for name, (shape, dtype) in expected.items():
         got = entries[name]
         if name == PERMUTATION_KEY and (got["dtype"] != dtype or got["shape"] != shape):
             raise WeightsError(run_id, _PERMUTATION, n=n_pixels, detail=N_("it is not one int64 position per pixel"))
         if got["shape"] != shape:
-            raise WeightsError(run_id, _SHAPE, name=name, shape=tuple(got["shape"]), want=tuple(shape))
+            raise WeightsError(run_id, _SHAPE, name=name, shape=shorten(tuple(got["shape"])), want=tuple(shape))
         if got["dtype"] != dtype:
-            raise WeightsError(run_id, _DTYPE, name=name, dtype=_short(got["dtype"]), want=dtype)
+            raise WeightsError(run_id, _DTYPE, name=name, dtype=shorten(got["dtype"], quote=False), want=dtype)
 
 
 def _read_tensors(path: Path, run_id: str) -> dict[str, torch.Tensor]:
@@ -298,7 +298,7 @@ def _read_tensors(path: Path, run_id: str) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - a safetensors handle
     except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
-        raise WeightsError(run_id, _UNREADABLE, detail=_short(str(exc))) from None
+        raise WeightsError(run_id, _UNREADABLE, detail=shorten(str(exc), quote=False)) from None
 
 
 def _json(text: str, field: str, run_id: str):
@@ -306,24 +306,6 @@ def _json(text: str, field: str, run_id: str):
         return json.loads(text)
     except (ValueError, RecursionError):
         raise WeightsError(run_id, _NOT_JSON, field=field) from None
-
-
-class _Cut(str):
-    """A crafted value's repr cut short, shown by `{value!r}` as it is (no second pair of quotes)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    @classmethod
-    def of(cls, value: object, limit: int = 80) -> object:
-        text = repr(value)
-        return value if len(text) <= limit else cls(text[:limit] + "…")
-
-
-def _short(value: object, limit: int = 80) -> str:
-    """A crafted value as shown in a message: its repr, cut to `limit` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def has_weights(db_path: str | Path, run_ids: Iterable[str]) -> set[str]:

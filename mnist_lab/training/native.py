@@ -200,6 +200,9 @@ def first_test(lib: ctypes.CDLL, reference: nn.Module | None = None) -> None:
 
 
 def _build(compiler: str, path: Path) -> None:
+    """Compile the kernels to `path` as paths.write_file writes a file, though the compiler writes
+    the bytes itself (so not through it): a temporary name unique to this call in the same folder,
+    flushed to disk, then renamed; a failed or concurrent build never leaves half a library."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
@@ -211,6 +214,8 @@ def _build(compiler: str, path: Path) -> None:
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["no message"])[0]
             raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {first}")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the compiler's bytes on disk before the name says they are there
         os.replace(tmp, path)  # atomic: a process building at the same time never loads half a file
     except (OSError, subprocess.TimeoutExpired) as e:
         raise NativeUnavailable(f"{compiler} could not build the CPU kernels: {e}") from None
