@@ -1,33 +1,58 @@
 """Report: the lab report written from the stored runs, in the session's language (the sidebar's
 switch) — each section's numbers, direction and figures — and its files to download (HTML, Word,
-Markdown, findings.json). The words come from the gettext catalogs (mnist_lab/locale); the page
-only lays them out."""
+Markdown, findings.json, iterations.csv). The words come from the gettext catalogs
+(mnist_lab/locale); the page only lays them out. Requirement 1's run defaults to the lab's own
+network on the full training set (report.requirement1_run) and is kept in the URL (?run=); the
+cover's name / student ID / class are personal, so kept with the session, never in the URL."""
 import re
 
 import pandas as pd
 import streamlit as st
 
-from app_lib.lang import N_, _, current
-from app_lib.shared import result_store, run_scope, runner
+from app_lib.lang import N_, _, current, ngettext, render_error
+from app_lib.shared import init_state, mirror_query, result_store, run_scope, runner
 from app_lib.text import local_times
 from app_lib.widgets import run_labels
-from mnist_lab.lab.report import build_report, findings_json, to_docx, to_html, to_markdown_zip
+from mnist_lab.lab.report import (
+    COVER,
+    COVER_LIMIT,
+    Cover,
+    build_report,
+    findings_json,
+    is_lab_run,
+    requirement1_run,
+    to_docx,
+    to_html,
+    to_markdown_zip,
+)
 
 MIME = {"report.html": "text/html", "report.docx": "application/vnd.openxmlformats-officedocument."
-        "wordprocessingml.document", "report_md.zip": "application/zip", "findings.json": "application/json"}
+        "wordprocessingml.document", "report_md.zip": "application/zip", "findings.json": "application/json",
+        "iterations.csv": "text/csv"}
 
 
 LABELS = {"report.html": N_("HTML (print to PDF)"), "report.docx": N_("Word (.docx)"),
-          "report_md.zip": N_("Markdown + figures (.zip)"), "findings.json": N_("findings.json")}
+          "report_md.zip": N_("Markdown + figures (.zip)"), "findings.json": N_("findings.json"),
+          "iterations.csv": N_("iterations.csv")}
+COVER_KEYS = {key: f"report_cover_{key}" for key in COVER}  # the session's cover (not widgets: kept across pages)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def build(db: str, lang: str, run_id: str | None, scope: str | None, signature: tuple) -> tuple:
+def build(db: str, lang: str, run_id: str | None, scope: str | None, signature: tuple, cover: Cover,
+          tz: str) -> tuple:
     """Blocks and files of one report; `signature` changes whenever the runs do."""
-    report = build_report(result_store(), lang, run_id=run_id, workspace=scope)
+    report = build_report(result_store(), lang, run_id=run_id, workspace=scope, cover=cover, tz=tz)
     files = {"report.html": to_html(report).encode("utf-8"), "report.docx": to_docx(report),
              "report_md.zip": to_markdown_zip(report), "findings.json": findings_json(report).encode("utf-8")}
+    if report.iterations_csv:
+        files["iterations.csv"] = report.iterations_csv.encode("utf-8")
     return report.blocks, files
+
+
+def cover_from_session() -> Cover:
+    """Who hands the report in, as this session typed it. The seam for shared mode, where these
+    will come from the sign-in (and the fields be read-only)."""
+    return Cover(**{key: str(st.session_state.get(COVER_KEYS[key]) or "") for key in COVER})
 
 
 def md(text: str) -> str:
@@ -41,14 +66,42 @@ scope = run_scope()
 runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
 done = runs[runs["status"] == "finished"]
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
-names = {r.run_id: f"{label} · {t} · {r.run_id[-6:]}"
-         for r, label, t in zip(done.itertuples(), run_labels(done), local_times(done["started_at"], tz))}
+default_run, fallback = requirement1_run(done)
+lab = [is_lab_run(row) for _i, row in done.iterrows()]  # the lab's own network on the full set: listed first
+order = sorted(range(len(done)), key=lambda i: not lab[i])  # stable: newest first within each
+names = {}
+for i, r, label, t in zip(range(len(done)), done.itertuples(), run_labels(done),
+                          local_times(done["started_at"], tz)):
+    prefix = _("Lab 5 net, full training set") + " · " if lab[i] else ""
+    n = 0 if pd.isna(r.epochs_done) else int(r.epochs_done)
+    names[r.run_id] = f"{prefix}{label} · {ngettext('{n} epoch', '{n} epochs', n).format(n=n)} · {t} · {r.run_id[-6:]}"
+names = {list(names)[i]: names[list(names)[i]] for i in order}
+init_state("report_", dict(run=default_run or ""), dict(run=list(names)) if names else None)
+if st.session_state.get("report_run") not in names:  # a run deleted since, or none yet
+    st.session_state["report_run"] = default_run
 run_id = st.selectbox(_("Run for requirement 1 (the loss of every iteration)"), list(names), format_func=names.get,
                       key="report_run", placeholder=_("no finished run yet"),
-                      help=_("Newest first; the report's other sections use every finished sweep and comparison."))
+                      help=_("The lab's own network on the full training set first (the newest of them is the "
+                             "default), then every other finished run, newest first; the report's other sections "
+                             "use every finished sweep and comparison."))
+mirror_query({"run": run_id or ""}, {"run": default_run or ""})
+
+with st.expander(_("Cover: name, student ID, class"), expanded=not any(vars(cover_from_session()).values())):
+    st.caption(_("Printed on the report's cover; kept only while this browser session lasts."))
+    cols = st.columns(3)
+    for col, key in zip(cols, COVER):
+        widget = COVER_KEYS[key] + "_input"  # Streamlit forgets a widget's value on other pages; the session keeps it
+        if widget not in st.session_state:
+            st.session_state[widget] = st.session_state.get(COVER_KEYS[key], "")
+        st.session_state[COVER_KEYS[key]] = col.text_input(_(COVER[key]), key=widget, max_chars=COVER_LIMIT)
+try:
+    cover = cover_from_session().validate()
+except ValueError as exc:
+    st.error(render_error(exc))
+    cover = Cover()
 signature = (len(runs), tuple(runs["run_id"]), tuple(runs["status"]), int(runs["epochs_done"].fillna(0).sum()))
 with st.spinner(_("Writing the report…")):
-    blocks, files = build(str(store.path), lang, run_id, scope, signature)
+    blocks, files = build(str(store.path), lang, run_id, scope, signature, cover, tz)
 
 cols = st.columns(len(files))
 for col, (name, data) in zip(cols, files.items()):
@@ -71,7 +124,7 @@ for b in blocks:
     elif b.kind == "list":
         st.markdown("\n".join(f"- {md(item)}" for item in b.items))
     elif b.kind == "code":
-        st.code(b.text, language="bash")
+        st.code(b.text, language=b.name or "bash")
     elif b.kind == "table":
         st.dataframe(pd.DataFrame(b.rows, columns=b.header), hide_index=True)
     elif b.kind == "figure":

@@ -272,7 +272,7 @@ def test_report_writes_every_file(full, tmp_path):
     headings = [p.text for p in doc.paragraphs if p.style.name.startswith(("Heading", "Title"))]
     for heading in HEADINGS_ZH:
         assert heading in headings
-    assert len(doc.inline_shapes) == 5 and len(doc.tables) == 7
+    assert len(doc.inline_shapes) == 5 and len(doc.tables) == 7 + 1  # + the depth × kernel grid
     page = paths["report.html"].read_text("utf-8")
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 5 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
@@ -399,7 +399,7 @@ def test_report_page_shows_the_sections_and_downloads(full, monkeypatch):
     assert not at.exception, at.exception
     assert at.title[0].value == "实验五 采用卷积神经网络分类MNIST数据集"
     assert [s.value for s in at.subheader][1:4] == [h for h in HEADINGS_ZH if h.startswith("实验要求")]
-    assert len(at.get("download_button")) == 4 and len(at.get("image")) == 5
+    assert len(at.get("download_button")) == 5 and len(at.get("image")) == 5  # iterations.csv too
     run = compute_findings(full).depth.groups[-1].run_ids[0]
     at.session_state["_lang"] = "en"  # what the app's sidebar switch sets (app_lib/lang.py)
     at.selectbox(key="report_run").set_value(run)

@@ -284,12 +284,27 @@ def cmd_worker(args) -> int:
                                nice=args.nice)).run(max_jobs=args.max_jobs)
 
 
+def local_zone() -> str | None:
+    """This machine's time zone as an IANA name (TZ, else /etc/localtime's link); None: UTC."""
+    import os
+
+    zone = os.environ.get("TZ", "").lstrip(":")
+    if not zone:
+        try:
+            zone = str(Path("/etc/localtime").resolve()).split("zoneinfo/", 1)[1]
+        except (OSError, IndexError):
+            return None
+    return zone
+
+
 def cmd_report(args) -> int:
     from mnist_lab.cli.inspect_cmd import existing_store, out_folder
-    from mnist_lab.lab.report import FILES, build_report, write_report
+    from mnist_lab.lab.report import FILES, Cover, build_report, write_report
 
+    cover = Cover(args.name, args.student_id, args.class_name).validate()  # before anything is opened
     store = existing_store(args.db)  # never a new database, not even the default one
-    report = build_report(store, lang(), run_id=args.run, workspace=LOCAL.scope)  # the local user's
+    report = build_report(store, lang(), run_id=args.run, workspace=LOCAL.scope, cover=cover,
+                          tz=local_zone())  # the local user's
     with out_folder(args.out):  # a file named as --out is refused, after the database; a failed write leaves no folder
         paths = write_report(report, args.out)
     for warning in report.warnings:
@@ -342,7 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", _("the lab report from the stored runs: HTML, Word, Markdown, findings.json"))
     p.add_argument("--out", type=Path, required=True, help=_("directory for the report's files"))
     p.add_argument("--db", type=Path, help=db_help())
-    p.add_argument("--run", help=_("run for requirement 1, the loss of every iteration (default: the newest finished)"))
+    p.add_argument("--run", help=_("run for requirement 1, the loss of every iteration (default: the newest finished "
+                                   "run of the lab's own network on the full training set)"))
+    p.add_argument("--name", default="", help=_("your name, printed on the report's cover"))
+    p.add_argument("--student-id", default="", help=_("your student ID, printed on the report's cover"))
+    p.add_argument("--class", dest="class_name", default="", help=_("your class, printed on the report's cover"))
     p.set_defaults(func=cmd_report)
 
     p = command("worker", _("train the app's queued jobs (one worker per GPU; the app starts one itself)"))

@@ -18,7 +18,7 @@ from torch import nn
 
 from mnist_lab.errors import ConfigError, WeightsError, writing
 from mnist_lab.lab.inspection import LoadedRun, normalization
-from mnist_lab.nets.model import count_params, describe, summarize
+from mnist_lab.nets.model import ModelConfig, count_params, describe, summarize
 from mnist_lab.paths import write_file
 from mnist_lab.runs.weights import valid_run_id
 
@@ -143,11 +143,16 @@ def network_source(run: LoadedRun, class_name: str = "Net") -> str:
     """The run's network as a readable nn.Module class: one attribute per layer, named as in the
     lab (so the state_dict keys are the same), built in the same order (so the same seed gives
     the same initial weights), and a forward pass with each layer's output shape."""
+    return module_source(run.model_cfg, run.model, run.run_id, class_name)
+
+
+def module_source(cfg: ModelConfig, model: nn.Module, run_id: str, class_name: str = "Net") -> str:
+    """`network_source` from a network's config and its built modules (weights not needed: a model
+    built on torch's meta device will do), for a run that kept no weights (the report's appendix)."""
     classes: dict[str, str] = {}
-    shapes = {row.name: row.output_shape for row in summarize(run.model_cfg)}
-    cfg = run.model_cfg
+    shapes = {row.name: row.output_shape for row in summarize(cfg)}
     init, forward = [], []
-    for name, child in run.model.named_children():
+    for name, child in model.named_children():
         init.append(f"        self.{name} = {layer_call(child, classes)}")
         shape = shapes.get(name)
         comment = f"  # -> {tuple(shape)}" if shape is not None else ""
@@ -155,7 +160,7 @@ def network_source(run: LoadedRun, class_name: str = "Net") -> str:
     in_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     head = [f"class {class_name}(nn.Module):",
             # the docstring as a Python string literal (repr): no text of the run can end it early
-            f"    {f'{describe(cfg)}: {count_params(run.model):,} parameters (run {run.run_id}).'!r}",
+            f"    {f'{describe(cfg)}: {count_params(model):,} parameters (run {run_id}).'!r}",
             "",
             "    def __init__(self):",
             "        super().__init__()",

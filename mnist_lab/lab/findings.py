@@ -410,3 +410,33 @@ def compute_findings(store: ResultStore, run_id: str | None = None, workspace: s
                     devices=sorted({str(d) for d in done["device"] if not _blank(d)}),
                     data_sources=sorted({str(d) for d in done["data_source"] if not _blank(d)}),
                     lessons=stored_lessons(store, workspace))
+
+
+# ------------------------------------------------------------------------------ requirements 2 and 3: the grid
+
+GRID_FREE = ("conv_layers", "conv_channels", "kernel_size")  # what a depth × kernel sweep varies
+
+
+def sweep_grid(runs: pd.DataFrame) -> dict | None:
+    """The whole depth × kernel sweep: of the sweep runs that share every other setting, the set
+    with the most (conv layers, kernel) cells, then the most runs, then the newest; one run per
+    (cell, seed), the newest. {'layers': [...], 'kernels': [...], 'cells': {(layers, kernel): Group},
+    'fixed': the shared settings}; None without a sweep of two cells or more."""
+    done = _finished(runs, "sweep")
+    if done.empty:
+        return None
+    context = [c for c in CONTEXT if c not in GRID_FREE]
+    keyed = done.assign(_ctx=done[context].map(_key).apply(tuple, axis=1))
+    parts = [part.sort_values("started_at", ascending=False).drop_duplicates(["conv_layers", "kernel_size", "seed"])
+             .drop(columns="_ctx") for _, part in keyed.groupby("_ctx", sort=False)]
+    cells = lambda p: len(p[["conv_layers", "kernel_size"]].drop_duplicates())  # noqa: E731
+    part = max(parts, key=lambda p: (cells(p), len(p), p["started_at"].max()))
+    if cells(part) < 2:
+        return None
+    layers, kernels = part["conv_layers"].astype(int), part["kernel_size"].astype(int)
+    grid = {(int(a), int(k)): _group(f"{int(a)}×{int(k)}", part[(layers == a) & (kernels == k)])
+            for a, k in sorted({(int(a), int(k)) for a, k in zip(layers, kernels)})}
+    fixed = {c: (None if _blank(part.iloc[0][c]) else part.iloc[0][c]) for c in context}
+    fixed["seeds"] = sorted({int(s) for s in part["seed"]})
+    return dict(layers=sorted({a for a, _ in grid}), kernels=sorted({k for _, k in grid}), cells=grid,
+                fixed=_clean(fixed))

@@ -14,12 +14,15 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pandas as pd
 
 from mnist_lab.data.datasets import MNIST
-from mnist_lab.errors import writing
+from mnist_lab.errors import ConfigError, writing
 from mnist_lab.i18n import integer, number, pct, resolve_lang, translator
 from mnist_lab.lab import figures
-from mnist_lab.lab.findings import Finding, Findings, compute_findings, moving_mean
+from mnist_lab.lab.findings import Finding, Findings, compute_findings, model_from_row, moving_mean, sweep_grid
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, Comparison, Group
 from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
@@ -47,6 +50,10 @@ H_REFLECT = N_("Reflections")  # the lab sheet's 实验心得体会, left for th
 H_SETUP = N_("Setup")
 H_RULE = N_("How a direction is decided")
 H_LESSONS = N_("Week 2: the notes' questions as experiments")
+H_APPENDIX = N_("Appendix: the network's code")
+LAB_PRESET = "lab5"  # the lab's own network: requirement 1's run is one of it on the full training set
+COVER_LIMIT = 60  # characters in a cover field
+COVER = {"name": N_("Name"), "student_id": N_("Student ID"), "class_name": N_("Class")}
 DIRECTIONS = {UP: N_("up"), DOWN: N_("down"), FLAT: N_("flat"), UNCLEAR: N_("not distinguishable")}
 PIXELS = {"normal": N_("normal pixels"), "permuted": N_("permuted pixels")}
 PAGES = (N_("Train"), N_("Sweep: depth × kernel"), N_("FC vs CNN"))  # findings.TODO's pages, as the app names them
@@ -78,6 +85,60 @@ class Report:
 
     def figures(self) -> list[Block]:
         return [b for b in self.blocks if b.kind == "figure"]
+
+
+@dataclass(frozen=True)
+class Cover:
+    """Who hands the report in, printed on its cover: text a person typed (kept with the session in
+    the app, given on the command line), so checked and shown as text, never as code."""
+
+    name: str = ""
+    student_id: str = ""
+    class_name: str = ""
+
+    def validate(self) -> Cover:
+        for key in COVER:
+            value = getattr(self, key)
+            if not isinstance(value, str):
+                raise ConfigError(key, value, "{field} must be text.", field=COVER[key])
+            if len(value) > COVER_LIMIT:
+                raise ConfigError(key, value, "{field} is too long: at most {limit} characters.",
+                                  field=COVER[key], limit=COVER_LIMIT)
+            if not value.isprintable():
+                raise ConfigError(key, value, "{field} may hold only printable characters (no line breaks or "
+                                  "control characters).", field=COVER[key])
+        return self
+
+    def clean(self) -> Cover:
+        """The same cover with every field stripped of surrounding spaces."""
+        return Cover(*(getattr(self, key).strip() for key in COVER))
+
+
+def is_lab_run(row) -> bool:
+    """A finished run of the lab's own network (the lab5 preset) on the full MNIST training set."""
+    from mnist_lab.nets.presets import PRESETS
+
+    if row["status"] != "finished" or row["dataset"] != "mnist" or bool(row["permute_pixels"] == 1):
+        return False
+    if not (row["train_limit"] is None or pd.isna(row["train_limit"]) or int(row["train_limit"]) == 0):
+        return False
+    try:
+        return model_from_row(row) == PRESETS[LAB_PRESET].model
+    except (ValueError, TypeError):  # a row the codec cannot read is not the lab's network
+        return False
+
+
+def requirement1_run(runs: pd.DataFrame) -> tuple[str | None, bool]:
+    """Requirement 1's default run: the newest finished run of the lab's own network on the full
+    training set; without one, the newest finished run, with `fallback` True (the report says so).
+    (None, False) without a finished run."""
+    done = runs[runs["status"] == "finished"].sort_values("started_at", ascending=False)
+    if done.empty:
+        return None, False
+    for _, row in done.iterrows():
+        if is_lab_run(row):
+            return str(row["run_id"]), False
+    return str(done.iloc[0]["run_id"]), True
 
 
 class _Writer:
@@ -158,9 +219,23 @@ def _direction_table(w: _Writer, steps: list[Comparison], names: dict[str, str])
 
 # ------------------------------------------------------------------------------ sections
 
-def _setup(w: _Writer, fs: Findings, db: str) -> None:
+def local_now(tz: str | None) -> str:
+    """Now in time zone `tz` (an IANA name, e.g. the browser's), named; 'UTC' when unknown."""
+    try:
+        zone, name = ZoneInfo(tz), tz
+    except (ValueError, TypeError, OSError, KeyError):  # None, '', an unknown or malformed name
+        zone, name = timezone.utc, "UTC"
+    return f"{datetime.now(zone).strftime('%Y-%m-%d %H:%M')} {name}"
+
+
+def _cover(w: _Writer, cover: Cover) -> None:
+    for key in COVER:  # a blank field stays a line to fill in by hand
+        w.para("{field}: {value}", field=w._(COVER[key]), value=getattr(cover, key) or "_" * 16)
+
+
+def _setup(w: _Writer, fs: Findings, db: str, tz: str | None) -> None:
     w.add("h2", w._(H_SETUP))
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = local_now(tz)
     w.para("Generated on {date} from the {n} finished runs in the results database {db}. Devices: {devices}. "
            "Data: {sources}.", date=date, n=integer(fs.runs_considered), db=db,
            devices=", ".join(fs.devices) or "—", sources=", ".join(fs.data_sources) or "—")
@@ -171,8 +246,14 @@ def _setup(w: _Writer, fs: Findings, db: str) -> None:
         "under 0.1 points is called flat.", n=integer(MNIST.test_count))
 
 
-def _loss(w: _Writer, f: Finding, store: ResultStore) -> str:
+def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) -> str:
     w.add("h3", w._(H_REQ1))
+    if fallback and f.available:
+        w.add("note", w.say("There is no finished run of the lab's own network (the {preset} preset) on the full "
+                            "training set yet, so this section reads the newest finished run instead. For the "
+                            "lab's answer, train it on the “{page}” page, or on the command line:",
+                            preset=LAB_PRESET, page=w._("Train")))
+        w.add("code", f"python -m mnist_lab train --preset {LAB_PRESET} --epochs 3")
     if not f.available:
         _todo(w, f)
         return ""
@@ -493,32 +574,79 @@ def _lessons(w: _Writer, stored: list) -> None:
             w.add("p", text)
 
 
+def _grid(w: _Writer, grid: dict | None) -> None:
+    """Requirements 2 and 3 whole: every (conv+pool layers, kernel size) cell of the sweep."""
+    if grid is None:
+        return
+    fx = grid["fixed"]
+    w.para("The whole sweep ({padding} padding, {epochs} epoch(s), random seeds {seeds}): test accuracy, mean ± sd "
+           "over seeds, for every number of conv+pool layers (rows) and kernel size (columns); — where a setting "
+           "was not run.", padding=fx["padding"], epochs=fx["epochs"], seeds=", ".join(map(str, fx["seeds"])))
+    cells = grid["cells"]
+    w.add("table", header=[w._("conv+pool layers"), *(w.say("kernel size {k}×{k}", k=k) for k in grid["kernels"])],
+          rows=[[str(a), *(_acc(cells[a, k]) if (a, k) in cells else "—" for k in grid["kernels"])]
+                for a in grid["layers"]])
+
+
+def _appendix(w: _Writer, store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> None:
+    """The requirement-1 run's network as PyTorch code, as the export writes it (built on the meta
+    device: no weights needed, no memory, no random numbers drawn)."""
+    if run_id is None or run_id not in set(runs["run_id"]):
+        return
+    import torch
+
+    from mnist_lab.lab.export import module_source
+    from mnist_lab.nets.model import build_model
+
+    try:
+        cfg = model_from_row(runs[runs["run_id"] == run_id].iloc[0])
+        with torch.device("meta"):
+            source = module_source(cfg, build_model(cfg), run_id)
+    except (ValueError, TypeError):  # a row the codec cannot read: no code to show
+        return
+    w.add("h2", w._(H_APPENDIX))
+    w.para("The network of run {run_id} as PyTorch code, as python -m mnist_lab export writes it:", run_id=run_id)
+    w.add("code", source, name="python")
+
+
 def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
-                 workspace: str | None = None, findings: Findings | None = None) -> Report:
-    """The whole report in `lang` ('zh', 'zh_CN' or 'en'; None: from the environment)."""
+                 workspace: str | None = None, findings: Findings | None = None, cover: Cover | None = None,
+                 tz: str | None = None) -> Report:
+    """The whole report in `lang` ('zh', 'zh_CN' or 'en'; None: from the environment). Requirement
+    1 reads `run_id`, by default `requirement1_run`'s; `cover`: who hands it in; `tz`: the
+    reader's time zone (an IANA name; None: UTC)."""
+    cover = (cover or Cover()).validate().clean()
     lang = resolve_lang(lang)
+    runs = store.visible_runs(workspace)
+    fallback = False
+    if run_id is None and findings is None:
+        run_id, fallback = requirement1_run(runs)
     fs = findings or compute_findings(store, run_id=run_id, workspace=workspace)
+    shown = fs.loss.numbers.get("run_id") if fs.loss.available else None
     cjk = figures.cjk_font() is not None
     w = _Writer(lang, cjk)
     w.add("h1", w._(TITLE))
     w.add("p", w._(SUBTITLE))
+    _cover(w, cover)
     warnings = []
     if lang != "en" and not cjk:
         warnings.append(w._("No font with Chinese glyphs (Noto Sans CJK) was found, so the figures are labelled in "
                             "English; install fonts-noto-cjk (make fonts) for Chinese labels."))
         w.add("note", warnings[-1])
-    _setup(w, fs, store.path.name)
+    _setup(w, fs, store.path.name, tz)
     w.add("h2", w._(H_CONTENT))
     w.add("h2", w._(H_RESULTS))
-    csv = _loss(w, fs.loss, store)
+    csv = _loss(w, fs.loss, store, fallback)
     _factor_results(w, fs.depth, H_REQ2, "conv_layers")
     _factor_results(w, fs.kernel, H_REQ3, "kernel_size")
+    _grid(w, sweep_grid(runs))
     _depth_analysis(w, fs.depth)
     _kernel_analysis(w, fs.kernel)
     _summary(w, fs.analysis, fs.loss)
     _lessons(w, fs.lessons)
     w.add("h2", w._(H_REFLECT))
     w.para("(Your own thoughts: what surprised you, what you would change, what you would try next.)")
+    _appendix(w, store, runs, shown)
     return Report(lang, w.blocks, fs, csv, warnings)
 
 
@@ -583,7 +711,7 @@ def to_markdown(report: Report) -> str:
         elif b.kind == "list":
             out.append("\n".join(f"- {i}" for i in b.items))
         elif b.kind == "code":
-            out.append(f"```bash\n{b.text}\n```")
+            out.append(f"```{b.name or 'bash'}\n{b.text}\n```")
         elif b.kind == "table":
             out.append("\n".join(["| " + " | ".join(_md_cell(h) for h in b.header) + " |",
                                   "|" + "---|" * len(b.header)]
