@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 from report_fixtures import add_run, add_sweep
 from streamlit.testing.v1 import AppTest
 
@@ -124,7 +125,11 @@ def test_cli_cover_flags_and_refusal(store, tmp_path, capsys):
 
 def test_the_appendix_has_the_networks_code_as_the_export_writes_it(store):
     lab = add_run(store, LAB, 0.98)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
     text = to_markdown(build_report(store, "en"))
+    assert torch.equal(torch.rand(3), expected)  # built on the meta device: no random numbers drawn
     code = text[text.index("## Appendix: the network's code"):]
     assert f"The network of run {lab} as PyTorch code" in code and "```python\nclass Net(nn.Module):" in code
     assert "self.conv1 = nn.Conv2d(1, 10, kernel_size=5" in code and "self.conv2 = nn.Conv2d(10, 20" in code
