@@ -12,6 +12,7 @@ import streamlit as st
 
 from mnist_lab import i18n
 from mnist_lab.i18n import render_stored
+from mnist_lab.lab.verdicts import NOT_LEARNED
 from mnist_lab.nets.model import ModelConfig, summarize
 from mnist_lab.service.jobs import JobSpec, JobView
 from mnist_lab.service.policy import estimate_seconds
@@ -64,11 +65,12 @@ COLUMNS = {
     "inspect": N_("inspect"), "class": N_("class"), "images": N_("images"), "correct": N_("correct"),
     "accuracy": N_("accuracy"), "true_name": N_("true"), "predicted_name": N_("predicted"), "count": N_("images"),
     "share": N_("share of the true class"),
+    "verdict": N_("did it learn?"), "not_learned": N_("did not learn"), "learned": N_("learned"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
                    N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"), N_("compare"), N_("none"),
-                   N_("all")))
+                   N_("all"), N_("learned"), N_("did not learn")))
 
 
 def said(stored: object, english: object = "") -> str:
@@ -112,6 +114,15 @@ def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> N
     keyed by the data's own column names."""
     config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in (column_config or {}).items()}
     st.dataframe(headers(frame), column_config=config, **kwargs)
+
+
+def not_learned_note(verdicts: pd.Series) -> None:
+    """A caption when runs finished without learning (lab/verdicts.py's rule), with what to change."""
+    bad = int((verdicts == NOT_LEARNED).sum())
+    if bad:
+        st.warning(_("{n} of {total} runs did not learn: test accuracy under chance + 10 points or a final training "
+                     "loss near a uniform guess's. Train longer (more epochs or more training images) or try "
+                     "another learning rate.").format(n=bad, total=len(verdicts)), icon=":material/school:")
 
 
 def mean_sd_texts(summary: pd.DataFrame) -> list[str]:
