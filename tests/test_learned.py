@@ -121,3 +121,28 @@ def test_a_learned_variant_beats_one_that_did_not_as_best():
     assert r.best == "logits into CrossEntropyLoss"
     assert r.contrasts[0].verdict == "did not learn"
 
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+def test_the_cli_names_a_run_at_chance_and_says_what_to_change(tmp_path, capsys, mnist_raw):
+    from mnist_lab.cli.main import main
+
+    code = main(["train", "--preset", "lab5", "--epochs", "1", "--train-limit", "64",
+                 "--device", "cpu", "--db", str(tmp_path / "r.sqlite"), "--quiet"])
+    assert code == 0  # not learning is a finding, not an error
+    out = capsys.readouterr().out
+    assert "did not learn: run " in out and "(chance is 10.00%)" in out and "Train longer" in out
+    main(["train", "--preset", "lab5", "--epochs", "1", "--train-limit", "64",
+          "--device", "cpu", "--db", str(tmp_path / "r.sqlite"), "--quiet", "--lang", "zh_CN"])
+    assert "没有学会：运行 " in capsys.readouterr().out
+
+
+def test_the_cli_lesson_table_marks_a_variant_that_did_not_learn(tmp_path, capsys, mnist_raw):
+    from mnist_lab.cli.main import main
+
+    main(["lesson", "softmax", "--seeds", "1", "--train-limit", "64", "--test-limit", "200", "--device", "cpu",
+          "--db", str(tmp_path / "r.sqlite"), "--quiet"])
+    out = capsys.readouterr().out
+    assert "(1 run, no spread): did not learn" in out
+    assert "softmax before CrossEntropyLoss did not learn, and that is this lesson's finding" in out
