@@ -11,8 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from mnist_lab import i18n
+from mnist_lab.data.datasets import DATASETS
 from mnist_lab.i18n import render_stored
-from mnist_lab.lab.verdicts import NOT_LEARNED
+from mnist_lab.lab.verdicts import NOT_LEARNED, chance, did_learn, loss_bar
 from mnist_lab.nets.model import ModelConfig, summarize
 from mnist_lab.service.jobs import JobSpec, JobView
 from mnist_lab.service.policy import estimate_seconds
@@ -120,9 +121,24 @@ def not_learned_note(verdicts: pd.Series) -> None:
     """A caption when runs finished without learning (lab/verdicts.py's rule), with what to change."""
     bad = int((verdicts == NOT_LEARNED).sum())
     if bad:
-        st.warning(_("{n} of {total} runs did not learn: test accuracy under chance + 10 points or a final training "
-                     "loss near a uniform guess's. Train longer (more epochs or more training images) or try "
-                     "another learning rate.").format(n=bad, total=len(verdicts)), icon=":material/school:")
+        st.caption(":material/school: " + _(
+            "{n} of {total} runs did not learn: test accuracy under chance + 10 points or a final training loss near "
+            "a uniform guess's. Train longer (more epochs or more training images) or try another learning rate.")
+            .format(n=bad, total=len(verdicts)))
+
+
+def run_learned_note(run_id: str, epochs: pd.DataFrame, dataset: str) -> None:
+    """A finished run that did not learn (lab/verdicts.py's rule): its numbers and what to change."""
+    if not len(epochs) or dataset not in DATASETS:
+        return
+    last, n_classes = epochs.sort_values("epoch").iloc[-1], DATASETS[dataset].n_classes
+    if did_learn(last["test_acc"], last["train_loss"], n_classes):
+        return
+    st.warning(_("did not learn: run {id}: {acc} test accuracy (chance is {chance}) and a final training loss of "
+                 "{loss:.3f} (a run that learned is below {bar:.3f}). Train longer (more epochs or more training "
+                 "images) or try another learning rate.").format(
+        id=run_id, acc=i18n.pct(float(last["test_acc"])), chance=i18n.pct(chance(n_classes)),
+        loss=float(last["train_loss"]), bar=loss_bar(n_classes)), icon=":material/school:")
 
 
 def mean_sd_texts(summary: pd.DataFrame) -> list[str]:

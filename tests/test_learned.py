@@ -146,3 +146,45 @@ def test_the_cli_lesson_table_marks_a_variant_that_did_not_learn(tmp_path, capsy
     out = capsys.readouterr().out
     assert "(1 run, no spread): did not learn" in out
     assert "softmax before CrossEntropyLoss did not learn, and that is this lesson's finding" in out
+
+
+# ------------------------------------------------------------------------------ the report
+
+def test_the_report_says_when_its_requirement_1_run_did_not_learn(tmp_path):
+    from report_fixtures import add_run
+
+    from mnist_lab.lab.findings import compute_findings
+    from mnist_lab.lab.report import build_report, to_markdown
+    from mnist_lab.nets.presets import PRESETS
+    from mnist_lab.runs.store import ResultStore
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    learned = add_run(store, PRESETS["lab5"].model, 0.98)
+    add_run(store, PRESETS["lab5"].model, 0.1, losses=[2.30] * 40)  # the newest: at chance, its loss never fell
+    assert compute_findings(store).loss.numbers["learned"] is False
+    assert compute_findings(store, run_id=learned).loss.numbers["learned"] is True
+    en, zh = (to_markdown(build_report(store, lang)) for lang in ("en", "zh"))
+    assert "This run did not learn: 10.00% test accuracy" in en and "这次运行没有学会" in zh
+    assert "did not learn" not in to_markdown(build_report(store, "en", run_id=learned)).split("## ")[2]
+
+
+def test_the_report_compares_a_group_at_chance_as_did_not_learn(tmp_path):
+    from report_fixtures import add_run
+
+    from mnist_lab.lab.findings import compute_findings
+    from mnist_lab.lab.report import build_report, to_markdown
+    from mnist_lab.nets.presets import cnn_config
+    from mnist_lab.runs.store import ResultStore
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    for layers, mean, losses in ((1, 0.97, None), (2, 0.98, None), (3, 0.11, [2.30] * 40)):
+        for seed, off in enumerate((-0.002, 0.0, 0.002)):
+            add_run(store, cnn_config(layers, 5), mean + off, seed=seed, experiment="sweep", group_id="sweep-1",
+                    losses=losses, label=f"{layers} conv × k5")
+    depth = compute_findings(store).depth
+    assert [g.learned for g in depth.groups] == [True, True, False]
+    en, zh = (to_markdown(build_report(store, lang)) for lang in ("en", "zh"))
+    assert "11.00% ± 0.20: did not learn" in en  # the table's cell
+    assert ("test accuracy fell by 86.00 points (97.00% → 11.00%): 3 conv+pool layers did not learn." in en)
+    assert "| 2 conv+pool layers | 3 conv+pool layers | -87.00 | 0.40 | did not learn |" in en  # the step table
+    assert "没有学会" in zh

@@ -32,6 +32,7 @@ class Group:
     seeds: list[int]
     run_ids: list[str]
     values: list[float]  # each run's test accuracy
+    learned: bool = True  # most of its finished runs learned (did_learn); True where unknown
 
 
 @dataclass(frozen=True)
