@@ -188,3 +188,13 @@ def test_the_report_compares_a_group_at_chance_as_did_not_learn(tmp_path):
     assert ("test accuracy fell by 86.00 points (97.00% → 11.00%): 3 conv+pool layers did not learn." in en)
     assert "| 2 conv+pool layers | 3 conv+pool layers | -87.00 | 0.40 | did not learn |" in en  # the step table
     assert "没有学会" in zh
+
+
+def test_fc_vs_cnn_reading_warns_when_a_cell_did_not_learn():
+    from mnist_lab.lab.experiments import read_compare
+
+    cells = [("FC", "normal", 0.88, True), ("CNN", "normal", 0.96, True), ("FC", "permuted", 0.85, True),
+             ("CNN", "permuted", 0.11, False)]
+    s = pd.DataFrame([dict(model=m, pixels=p, n=3, mean=v, sd=0.01, text="", learned=ok) for m, p, v, ok in cells])
+    assert read_compare(s).startswith("1 of the four cells did not learn, so the differences below say little")
+    assert "did not learn" not in read_compare(s.assign(learned=True))

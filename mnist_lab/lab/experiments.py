@@ -452,7 +452,13 @@ def compare_reading(summary: pd.DataFrame) -> list[Message]:
         word = "ties" if abs(lead) < 0.05 else "beats" if lead > 0 else "trails"
         return Message(_VERSUS[pixels][word], dict(lead=one(abs(lead)), cnn=one(cnn), fc=one(fc)))
 
-    lines = [versus("normal", lead_normal, cnnn, fcn), versus("permuted", lead_permuted, cnnp, fcp),
+    lines = []
+    bad = sum(not bool(getattr(cell[k], "learned", True)) for k in need)
+    if bad:  # verdicts.did_learn: a cell at chance makes every difference below say little
+        lines.append(Message(N_("{n} of the four cells did not learn, so the differences below say little: train "
+                                "longer (more epochs or more training images) or try another learning rate."),
+                             dict(n=bad)))
+    lines += [versus("normal", lead_normal, cnnn, fcn), versus("permuted", lead_permuted, cnnp, fcp),
              Message(N_("Shuffling the pixels costs the CNN {cnn} points and the FC net {fc} points."),
                      dict(cnn=one(cnnn - cnnp), fc=one(fcn - fcp)))]
     if lead_normal > 0 and lead_permuted < -0.5:
