@@ -5,10 +5,11 @@ the report's findings and the week-2 lessons alike:
   2. |diff| <= spread: the seeds overlap, "not distinguishable" (reason `within_spread`).
   3. Distinguishable and |diff| < the flat threshold (0.1 accuracy points; 0.01 in loss): "flat".
   4. Otherwise "up" or "down" by the sign of diff.
-Did it learn? (`did_learn`): at least chance + 10 points of test accuracy and a final training loss
-below 0.9 × ln(classes); a comparison is "not distinguishable" only between variants that both learned.
 sd(A) + sd(B) is a deliberately cautious bar (two ±1 sd bands that do not touch); with the 3
 seeds a lab can afford, a t-test's p-value would pretend to more precision than there is.
+And the one rule for a single run, `did_learn`: at least chance + 10 points of test accuracy and a
+final training loss below 0.9 × ln(classes). Readers compare a group that did not learn *as* such;
+"not distinguishable" is said only between groups that both learned.
 """
 from __future__ import annotations
 
