@@ -11,7 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from mnist_lab import i18n
+from mnist_lab.data.datasets import DATASETS
 from mnist_lab.i18n import render_stored
+from mnist_lab.lab.verdicts import NOT_LEARNED, chance, did_learn, loss_bar
 from mnist_lab.nets.model import ModelConfig, summarize
 from mnist_lab.service.jobs import JobSpec, JobView
 from mnist_lab.service.policy import estimate_seconds
@@ -64,11 +66,12 @@ COLUMNS = {
     "inspect": N_("inspect"), "class": N_("class"), "images": N_("images"), "correct": N_("correct"),
     "accuracy": N_("accuracy"), "true_name": N_("true"), "predicted_name": N_("predicted"), "count": N_("images"),
     "share": N_("share of the true class"),
+    "verdict": N_("did it learn?"), "not_learned": N_("did not learn"), "learned": N_("learned"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
                    N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"), N_("compare"), N_("none"),
-                   N_("all")))
+                   N_("all"), N_("learned"), N_("did not learn")))
 
 
 def said(stored: object, english: object = "") -> str:
@@ -112,6 +115,30 @@ def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> N
     keyed by the data's own column names."""
     config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in (column_config or {}).items()}
     st.dataframe(headers(frame), column_config=config, **kwargs)
+
+
+def not_learned_note(verdicts: pd.Series) -> None:
+    """A caption when runs finished without learning (lab/verdicts.py's rule), with what to change."""
+    bad = int((verdicts == NOT_LEARNED).sum())
+    if bad:
+        st.caption(":material/school: " + _(
+            "{n} of {total} runs did not learn: test accuracy under chance + 10 points or a final training loss near "
+            "a uniform guess's. Train longer (more epochs or more training images) or try another learning rate.")
+            .format(n=bad, total=len(verdicts)))
+
+
+def run_learned_note(run_id: str, epochs: pd.DataFrame, dataset: str) -> None:
+    """A finished run that did not learn (lab/verdicts.py's rule): its numbers and what to change."""
+    if not len(epochs) or dataset not in DATASETS:
+        return
+    last, n_classes = epochs.sort_values("epoch").iloc[-1], DATASETS[dataset].n_classes
+    if did_learn(last["test_acc"], last["train_loss"], n_classes):
+        return
+    st.warning(_("did not learn: run {id}: {acc} test accuracy (chance is {chance}) and a final training loss of "
+                 "{loss:.3f} (a run that learned is below {bar:.3f}). Train longer (more epochs or more training "
+                 "images) or try another learning rate.").format(
+        id=run_id, acc=i18n.pct(float(last["test_acc"])), chance=i18n.pct(chance(n_classes)),
+        loss=float(last["train_loss"]), bar=loss_bar(n_classes)), icon=":material/school:")
 
 
 def mean_sd_texts(summary: pd.DataFrame) -> list[str]:

@@ -20,6 +20,7 @@ from app_lib.widgets import (
     job_panel,
     live_runs,
     mean_sd_texts,
+    not_learned_note,
     refusal,
     start_job,
     table,
@@ -98,7 +99,8 @@ def draw(view) -> None:
         live_runs(view, plan, ("pixels", "model", "seed"), key="cmp_live_chart")
         return
     store = result_store()
-    runs_table = compare_table(store.job_runs(view.id), view.spec.compare)
+    runs = store.job_runs(view.id)
+    runs_table = compare_table(runs, view.spec.compare, store.epochs(list(runs["run_id"])))
     if runs_table.empty:
         return
     summary = summarize_over_seeds(runs_table, ["model", "pixels"])
@@ -121,8 +123,10 @@ def draw(view) -> None:
         st.caption(":material/trending_up: " + _("{n} of {total} runs diverged (the loss became NaN or infinite) and "
                                                  "are not in the means; lower the learning rate.")
                    .format(n=diverged, total=len(runs_table)))
+    not_learned_note(runs_table["verdict"])
     st.subheader(_("Runs"))
     table(runs_table.assign(test_acc=runs_table["test_acc"] * 100, status=words(runs_table["status"]),
+                            verdict=words(runs_table["verdict"]),
                             pixels=words(runs_table["pixels"])),
           hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
     csv_button(runs_table, "compare_runs.csv", key="cmp_runs_csv_btn")

@@ -1,6 +1,7 @@
 """Runs: every run in the result store (it survives refreshes and restarts) — filter, overlay
 loss curves, compare configurations, export as CSV, delete. The filters and the selection are
 mirrored in the URL, so a link reopens the same comparison."""
+import pandas as pd
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, overlay_figure
@@ -17,13 +18,24 @@ from app_lib.shared import (
     workspace,
 )
 from app_lib.text import local_times, percent, plain
-from app_lib.widgets import COLUMNS, csv_button, headers, run_labels, run_messages, stop_reasons, table, words
+from app_lib.widgets import (
+    COLUMNS,
+    csv_button,
+    headers,
+    not_learned_note,
+    run_labels,
+    run_messages,
+    stop_reasons,
+    table,
+    words,
+)
 from mnist_lab.errors import StoreError
+from mnist_lab.lab.experiments import final_train_loss, stored_verdict
 from mnist_lab.runs.store import VISIBLE_EXTRA
 
-SHOWN = ["started_at", "label", "experiment", "status", "stop_reason", "final_test_acc", "params", "epochs_done",
-         "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device", "seconds",
-         "message", "inspect", "run_id"]
+SHOWN = ["started_at", "label", "experiment", "status", "verdict", "stop_reason", "final_test_acc", "params",
+         "epochs_done", "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device",
+         "seconds", "message", "inspect", "run_id"]
 
 st.title(_("Runs"))
 try:
@@ -72,8 +84,12 @@ kept = store.inspectable(shown["run_id"])  # runs whose weights are kept open on
 ws = f"&ws={workspace()}" if server_policy().shared else ""
 shown = shown.assign(inspect=[f"./inspect?run={r}{ws}" if r in kept else None for r in shown["run_id"]])
 started = local_times(shown["started_at"], tz)
+loss = final_train_loss(store.epochs(list(shown["run_id"])))
+verdicts = pd.Series([stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
+                      for r in shown.itertuples()], index=shown.index, dtype=object)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
-table(shown[SHOWN].assign(started_at=started, train_limit=images, final_test_acc=shown["final_test_acc"] * 100,
+table(shown.assign(verdict=words(verdicts))[SHOWN].assign(started_at=started, train_limit=images,
+                                                         final_test_acc=shown["final_test_acc"] * 100,
                           stop_reason=stop_reasons(shown), message=run_messages(shown), status=words(shown["status"]),
                           experiment=words(shown["experiment"]), label=shown["label_shown"]),
       hide_index=True, width="stretch", column_config={
@@ -86,6 +102,7 @@ if (shown["status"] == "diverged").any():
     st.caption(":material/trending_up: " + _("{n} run(s) diverged (the loss became NaN or infinite): the message "
                                              "column says where; lower the learning rate.")
                .format(n=(shown["status"] == "diverged").sum()))
+not_learned_note(verdicts)
 csv_button(shown.drop(columns=[*VISIBLE_EXTRA, "label_shown", "inspect"]), "runs.csv", key="runs_table_csv_btn")
 
 names = {r.run_id: f"{r.label_shown} · {_(r.status)} · {t} · {r.run_id[-6:]}"

@@ -18,6 +18,7 @@ from app_lib.widgets import (
     job_panel,
     live_runs,
     mean_sd_texts,
+    not_learned_note,
     refusal,
     start_job,
     table,
@@ -122,8 +123,10 @@ def draw(view) -> None:
         st.caption(":material/trending_up: " + _("{n} of {total} runs diverged (the loss became NaN or infinite) and "
                                                  "are not in the means; lower the learning rate.")
                    .format(n=diverged, total=len(runs_table)))
+    not_learned_note(runs_table["verdict"])
     st.subheader(_("Runs"))
-    table(runs_table.assign(test_acc=runs_table["test_acc"] * 100, status=words(runs_table["status"])),
+    table(runs_table.assign(test_acc=runs_table["test_acc"] * 100, status=words(runs_table["status"]),
+                            verdict=words(runs_table["verdict"])),
           hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
     csv_button(runs_table, "sweep_runs.csv", key="sweep_runs_csv_btn")
     labels = {r.run_id: _("{layers}×k{k} seed {seed}").format(layers=r.conv_layers, k=r.kernel_size, seed=r.seed)

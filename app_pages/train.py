@@ -32,6 +32,7 @@ from app_lib.widgets import (
     layer_table,
     live_losses,
     refusal,
+    run_learned_note,
     said,
     start_job,
     table,
@@ -192,6 +193,8 @@ def draw(view) -> None:
                   column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("train_loss", "test_loss")})
             if len(epochs) > 1:
                 st.plotly_chart(accuracy_figure(epochs[["epoch", "test_acc"]], _=_), key="train_accuracy_chart")
+    if not view.active and run.status == "finished" and view.spec is not None:
+        run_learned_note(run.run_id, epochs, view.spec.data.dataset)
     if not view.active:
         row = store.runs(ids)
         if len(row):

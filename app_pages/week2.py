@@ -15,8 +15,10 @@ from app_lib.widgets import (
     job_panel,
     live_runs,
     mean_sd_texts,
+    not_learned_note,
     refusal,
     start_job,
+    words,
 )
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.lab.lessons import (
@@ -134,12 +136,15 @@ def draw(view) -> None:
             "variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"), "params": _("parameters"),
             "seconds": _("seconds per run"), "iterations": _("iterations per run")}), hide_index=True)
         csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
-    st.info("\n\n".join(plain(line) for line in read_lesson(shown, summary).render(_)), icon=":material/lightbulb:")
+    reading = read_lesson(shown, summary, view.spec.data.dataset)
+    st.info("\n\n".join(plain(line) for line in reading.render(_)), icon=":material/lightbulb:")
+    not_learned_note(table["verdict"])
     costs = [(m, axis) for m, axis in (("seconds", _("seconds per run")), ("iterations", _("iterations per run")))
              if m in shown.metrics]
     for col, (metric, axis) in zip(st.columns(2) if costs else [], costs):
         col.plotly_chart(lesson_figure(shown_summary, metric, axis, axis), key=f"w2_{metric}_chart")
-    st.dataframe(table.assign(variant=[_(v) for v in table["variant"]], test_acc=table["test_acc"] * 100),
+    st.dataframe(table.assign(variant=[_(v) for v in table["variant"]], test_acc=table["test_acc"] * 100,
+                              verdict=words(table["verdict"])),
                  hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
     csv_button(table, f"lesson_{cfg.name}_runs.csv", label=_("Runs (CSV)"), key="w2_runs_csv_btn")
 

@@ -84,21 +84,26 @@ def number(x: float, digits: int = 3) -> str:
     return f"{x:,.{digits}f}"
 
 
-def mean_sd(mean: float, sd: float, n: int, diverged: int = 0, gettext=None) -> str:
+def mean_sd(mean: float, sd: float, n: int, diverged: int = 0, gettext=None, not_learned: int = 0) -> str:
     """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
-    '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean.
-    Worded by `gettext` (English without one)."""
+    '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean, and
+    its runs that did not learn (lab/verdicts.py's rule). Worded by `gettext` (English without one)."""
     _ = gettext or (lambda s: s)
     text = f"{pct(mean)} ± {100 * sd:.2f}" if n > 1 else _(N_("{acc} (1 run, no spread)")).format(acc=pct(mean))
+    if not_learned and not_learned >= n:
+        text = _(N_("{text}: did not learn")).format(text=text)
+    elif not_learned:
+        text = _(N_("{text}, {n} of {total} did not learn")).format(text=text, n=not_learned, total=n)
     if diverged:
         text = _(N_("{text}, {n} diverged (not counted)")).format(text=text, n=diverged)
     return text
 
 
 def mean_sd_texts(summary, gettext=None) -> list[str]:
-    """`mean_sd` of each row of a `summarize_over_seeds` frame (mean, sd, n, diverged)."""
-    return [mean_sd(m, s, n, d, gettext) for m, s, n, d in
-            summary[["mean", "sd", "n", "diverged"]].itertuples(index=False)]
+    """`mean_sd` of each row of a `summarize_over_seeds` frame (mean, sd, n, diverged, not_learned)."""
+    learned = summary["not_learned"] if "not_learned" in summary else [0] * len(summary)
+    return [mean_sd(m, s, n, d, gettext, int(x)) for (m, s, n, d), x in
+            zip(summary[["mean", "sd", "n", "diverged"]].itertuples(index=False), learned)]
 
 
 # ------------------------------------------------------------------------------ messages

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 from app_lib.shared import WORKER_IDLE_ENV, quick_defaults, spawned_workers
 from mnist_lab.errors import shorten
 from mnist_lab.lab.experiments import run_single
+from mnist_lab.lab.verdicts import did_learn
 from mnist_lab.nets.model import count_params
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
@@ -620,3 +621,23 @@ def test_plain_text_breaks_the_autolinks_a_browser_would_still_make():
         rendered = plain(text)
         assert "\u2060" in rendered and not AUTOLINK.search(rendered)
         assert rendered.replace("\u2060", "").replace("\\", "") == text  # the same characters, shown
+
+
+def test_a_run_that_did_not_learn_is_named_on_the_train_and_runs_pages(db):
+    """4 iterations of the tiny FC net stay at chance: the Train page says so with what to change,
+    and the Runs page marks it in its table and a caption, in Chinese too."""
+    at = open_page("train")
+    at.selectbox(key="train_preset").set_value("tiny-fc").run()
+    at.select_slider(key="train_train_limit").set_value(256).run()
+    at.slider(key="train_epochs").set_value(1).run()
+    at.button(key="train_go_btn").click().run()
+    finish(at, "train")
+    run = ResultStore(db).runs().iloc[0]
+    epochs = ResultStore(db).epochs([run["run_id"]]).iloc[-1]
+    assert not did_learn(epochs["test_acc"], epochs["train_loss"], 10)  # the premise: at chance
+    assert any(w.value.startswith("did not learn: run ") and "Train longer" in w.value for w in at.warning)
+    runs = open_page("runs")
+    assert "did not learn" in list(runs.dataframe[0].value["did it learn?"])
+    assert any("1 of 1 runs did not learn" in c.value for c in runs.caption)
+    zh = open_page("runs", query={"lang": "zh_CN"})
+    assert "没有学会" in list(zh.dataframe[0].value["学会了吗？"])

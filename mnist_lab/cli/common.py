@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_lab import i18n
-from mnist_lab.data.datasets import CacheRebuiltWarning
+from mnist_lab.data.datasets import DATASETS, CacheRebuiltWarning
 from mnist_lab.i18n import N_
-from mnist_lab.lab.experiments import diverged_runs
+from mnist_lab.lab.experiments import diverged_runs, run_verdict
+from mnist_lab.lab.verdicts import NOT_LEARNED, chance, loss_bar
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec
@@ -180,6 +181,23 @@ def warnings_as_notes() -> Iterator[None]:
     with warnings.catch_warnings():  # restores showwarning (and the filters) afterwards
         warnings.showwarning = show
         yield
+
+
+def report_not_learned(results: list[RunResult]) -> None:
+    """The runs that finished without learning (lab/verdicts.py's rule), with what to change: one
+    line naming a single run's numbers, or a count over several."""
+    bad = [r for r in results if run_verdict(r) == NOT_LEARNED]
+    if len(results) == 1 and bad:
+        r, n_classes = bad[0], DATASETS[bad[0].data_cfg.dataset].n_classes
+        print(_("did not learn: run {id}: {acc} test accuracy (chance is {chance}) and a final training loss of "
+                "{loss:.3f} (a run that learned is below {bar:.3f}). Train longer (more epochs or more training "
+                "images) or try another learning rate.").format(
+            id=r.run_id, acc=i18n.pct(r.epochs[-1].test_acc), chance=i18n.pct(chance(n_classes)),
+            loss=r.epochs[-1].train_loss, bar=loss_bar(n_classes)))
+    elif bad:
+        print(_("{n} of {total} runs did not learn: test accuracy under chance + 10 points or a final training "
+                "loss near a uniform guess's. Train longer (more epochs or more training images) or try "
+                "another learning rate.").format(n=len(bad), total=len(results)))
 
 
 def report_diverged(results: list[RunResult]) -> int:

@@ -33,6 +33,7 @@ from mnist_lab.cli.common import (
     note,
     open_store,
     report_diverged,
+    report_not_learned,
     set_language,
     stop_on_ctrl_c,
     warnings_as_notes,
@@ -210,6 +211,7 @@ def cmd_train(args) -> int:
         print(_("note: the plain loop ran because {why}").format(why=why))
     if len(table):
         print(table.to_string(index=False))
+    report_not_learned([result])
     export_tables(store, args.out, [result.run_id], {})
     return report_diverged([result])
 
@@ -234,6 +236,7 @@ def cmd_sweep(args) -> int:
     summary = summary.assign(text=i18n.mean_sd_texts(summary, _))
     print(summary[["conv_layers", "kernel_size", "hidden_units", "n", "diverged", "text"]]
           .rename(columns={"text": _("test accuracy (mean ± sd)")}).to_string(index=False))
+    report_not_learned(result.results)
     export_tables(store, args.out, list(result.table["run_id"]), {"sweep": result.table})
     return report_diverged(result.results)
 
@@ -257,6 +260,7 @@ def cmd_compare(args) -> int:
     print(_("test accuracy, mean ± sd over {n} seed(s):").format(n=compare.seeds))
     print(pivot.to_string())
     print(read_compare(result.summary, lang()))
+    report_not_learned(result.results)
     export_tables(store, args.out, list(result.table["run_id"]),
             {"compare": result.table[["model", "pixels", "seed", "params", "test_acc", "run_id"]]})
     return report_diverged(result.results)

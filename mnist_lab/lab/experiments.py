@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from mnist_lab.data.datasets import DataConfig, TensorData, prepare_data
+from mnist_lab.data.datasets import DATASETS, DataConfig, TensorData, prepare_data
 from mnist_lab.errors import (
     ConfigError,
     StoreError,
@@ -26,6 +26,7 @@ from mnist_lab.errors import (
     need_seed,
 )
 from mnist_lab.i18n import N_, Message, mean_sd_texts, render, to_stored
+from mnist_lab.lab.verdicts import NOT_LEARNED, learning_verdict
 from mnist_lab.nets.blocks.base import KERNEL_RANGE, MAX_CHANNELS
 from mnist_lab.nets.model import MAX_CONV_BLOCKS, MAX_WIDTH, ModelConfig, describe, match_fc_width
 from mnist_lab.nets.presets import PRESETS, cnn_config
@@ -217,7 +218,8 @@ class SweepConfig:
 
 
 SWEEP_COLUMNS = ["run_id", "conv_layers", "kernel_size", "hidden_units", "channels", "seed", "params",
-                 "status", "epochs_done", "train_loss", "test_loss", "test_acc", "seconds", "engine", "device"]
+                 "status", "epochs_done", "train_loss", "test_loss", "test_acc", "seconds", "engine", "device",
+                 "verdict"]
 
 
 @dataclass
@@ -250,7 +252,7 @@ def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, 
                          params=result.params, status=result.status, epochs_done=len(result.epochs),
                          train_loss=last.train_loss if last else None, test_loss=last.test_loss if last else None,
                          test_acc=last.test_acc if last else None, seconds=result.seconds,
-                         engine=result.engine, device=result.device))
+                         engine=result.engine, device=result.device, verdict=run_verdict(result)))
     stopped = len(results) < len(jobs) or any(r.status == "stopped" for r in results)
     return SweepResult(results, pd.DataFrame(rows, columns=SWEEP_COLUMNS), skipped,
                        "stopped" if stopped else "finished")
@@ -270,7 +272,9 @@ def sweep_table(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                          train_loss=None if end is None else end["train_loss"],
                          test_loss=None if end is None else end["test_loss"],
                          test_acc=None if end is None else end["test_acc"], seconds=r.seconds, engine=r.engine,
-                         device=r.device))
+                         device=r.device,
+                         verdict=stored_verdict(r.status, None if end is None else end["test_acc"],
+                                                None if end is None else end["train_loss"], r.dataset)))
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 
 
@@ -305,7 +309,7 @@ class CompareConfig:
         return {"FC": fc, "CNN": self.cnn}
 
 
-COMPARE_COLUMNS = ["model", "pixels", "seed", "params", "test_acc", "run_id", "architecture", "status"]
+COMPARE_COLUMNS = ["model", "pixels", "seed", "params", "test_acc", "run_id", "architecture", "status", "verdict"]
 
 
 @dataclass
@@ -343,7 +347,7 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
                         experiment="compare", group_id=group_id)
         results += done
         rows += [dict(model=name, pixels=pixels, seed=seed, params=r.params, test_acc=r.final_test_acc,
-                      run_id=r.run_id, architecture=describe(cfg), status=r.status)
+                      run_id=r.run_id, architecture=describe(cfg), status=r.status, verdict=run_verdict(r))
                  for r, (name, cfg, seed) in zip(done, keys)]
     expected = 2 * len(models) * compare.seeds
     status = "stopped" if len(results) < expected or any(r.status == "stopped" for r in results) else "finished"
@@ -351,23 +355,50 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
     return CompareResult(results, table, summarize_over_seeds(table, ["model", "pixels"]), status)
 
 
-def compare_table(runs: pd.DataFrame, compare: CompareConfig) -> pd.DataFrame:
-    """COMPARE_COLUMNS rows rebuilt from a comparison's stored runs."""
+def compare_table(runs: pd.DataFrame, compare: CompareConfig, epochs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """COMPARE_COLUMNS rows rebuilt from a comparison's stored runs (and their epochs, for the verdict)."""
     models = compare.models()
+    loss = final_train_loss(epochs)
     rows = []
     for r in runs.itertuples():
         name = "FC" if r.kind == "fc" else "CNN"
         acc = None if r.status != "finished" or r.final_test_acc != r.final_test_acc else r.final_test_acc
         rows.append(dict(model=name, pixels="permuted" if r.permute_pixels else "normal", seed=int(r.seed),
                          params=int(r.params), test_acc=acc, run_id=r.run_id, architecture=describe(models[name]),
-                         status=r.status))
+                         status=r.status, verdict=stored_verdict(r.status, acc, loss.get(r.run_id), r.dataset)))
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def run_verdict(result: RunResult) -> str | None:
+    """verdicts.learning_verdict of a run just trained: learned, did not learn, diverged (None: stopped)."""
+    last = result.epochs[-1] if result.epochs else None
+    return learning_verdict(result.status, None if last is None else last.test_acc,
+                            None if last is None else last.train_loss, DATASETS[result.data_cfg.dataset].n_classes)
+
+
+def stored_verdict(status: str, test_acc, train_loss, dataset: str) -> str | None:
+    """verdicts.learning_verdict of a stored run (its dataset's classes; an unknown dataset: None)."""
+    spec = DATASETS.get(str(dataset))
+    if spec is None:
+        return None
+    blank = lambda v: v is None or v != v  # noqa: E731  (NaN)
+    return learning_verdict(status, None if blank(test_acc) else float(test_acc),
+                            None if blank(train_loss) else float(train_loss), spec.n_classes)
+
+
+def final_train_loss(epochs: pd.DataFrame | None) -> dict[str, float]:
+    """Each run's last epoch's training loss, from the store's epochs frame."""
+    if epochs is None or not len(epochs):
+        return {}
+    last = epochs.sort_values("epoch").groupby("run_id").last()
+    return {str(k): float(v) for k, v in last["train_loss"].items()}
 
 
 def summarize_over_seeds(table: pd.DataFrame, by: list[str], value: str = "test_acc") -> pd.DataFrame:
     """Mean, sample standard deviation and count `n` of `value` per group, over finished runs
     only; `diverged` counts the group's runs whose loss became NaN or infinite (never averaged in),
-    and `text` says so."""
+    `not_learned` its finished runs that did not learn (verdicts.did_learn, from a `verdict` column),
+    `learned` whether most of its finished runs learned, and `text` says so."""
     done = table.dropna(subset=[value])
     if "status" in done:
         done = done[done["status"] == "finished"]
@@ -380,6 +411,13 @@ def summarize_over_seeds(table: pd.DataFrame, by: list[str], value: str = "test_
                            for key in out[by].itertuples(index=False, name=None)]
     else:
         out["diverged"] = 0
+    if "verdict" in done and len(out):
+        counts = done[done["verdict"] == NOT_LEARNED].groupby(by, sort=False).size()
+        out["not_learned"] = [int(counts.get(key if len(by) > 1 else key[0], 0))
+                              for key in out[by].itertuples(index=False, name=None)]
+    else:
+        out["not_learned"] = 0
+    out["learned"] = 2 * out["not_learned"] < out["n"]
     out["text"] = mean_sd_texts(out)  # English; a page or the CLI words it again in its language
     return out
 
@@ -414,7 +452,13 @@ def compare_reading(summary: pd.DataFrame) -> list[Message]:
         word = "ties" if abs(lead) < 0.05 else "beats" if lead > 0 else "trails"
         return Message(_VERSUS[pixels][word], dict(lead=one(abs(lead)), cnn=one(cnn), fc=one(fc)))
 
-    lines = [versus("normal", lead_normal, cnnn, fcn), versus("permuted", lead_permuted, cnnp, fcp),
+    lines = []
+    bad = sum(not bool(getattr(cell[k], "learned", True)) for k in need)
+    if bad:  # verdicts.did_learn: a cell at chance makes every difference below say little
+        lines.append(Message(N_("{n} of the four cells did not learn, so the differences below say little: train "
+                                "longer (more epochs or more training images) or try another learning rate."),
+                             dict(n=bad)))
+    lines += [versus("normal", lead_normal, cnnn, fcn), versus("permuted", lead_permuted, cnnp, fcp),
              Message(N_("Shuffling the pixels costs the CNN {cnn} points and the FC net {fc} points."),
                      dict(cnn=one(cnnn - cnnp), fc=one(fcn - fcp)))]
     if lead_normal > 0 and lead_permuted < -0.5:

@@ -10,10 +10,12 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from mnist_lab import codec
+from mnist_lab.lab.experiments import final_train_loss, stored_verdict
 from mnist_lab.lab.lessons import stored_lessons
 from mnist_lab.lab.verdicts import (
     FLAT_ACC,
     FLAT_LOSS,
+    NOT_LEARNED,
     Comparison,
     Group,
     compare_groups,
@@ -147,9 +149,10 @@ def _group(level: str, runs: pd.DataFrame) -> Group:
     runs = runs.sort_values("seed")
     acc = [float(v) for v in runs["final_test_acc"]]
     sd = float(pd.Series(acc).std()) if len(acc) > 1 else 0.0
+    not_learned = int((runs["verdict"] == NOT_LEARNED).sum()) if "verdict" in runs else 0
     return Group(level=level, n=len(acc), mean=float(sum(acc) / len(acc)), sd=sd, params=int(runs["params"].max()),
                  seconds=float(runs["seconds"].astype(float).mean()), seeds=[int(s) for s in runs["seed"]],
-                 run_ids=list(runs["run_id"]), values=acc)
+                 run_ids=list(runs["run_id"]), values=acc, learned=2 * not_learned < len(acc))
 
 
 def _finished(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame:
@@ -277,6 +280,8 @@ def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> 
                    level_off_frac=None if level_it is None else level_it / len(losses),
                    steps_per_epoch=0 if _blank(row["steps_per_epoch"]) else int(row["steps_per_epoch"]),
                    per_epoch=per_epoch, final_test_acc=float(row["final_test_acc"]), settings=_clean(settings),
+                   learned=row.get("verdict") != NOT_LEARNED,
+                   final_train_loss=per_epoch[-1]["train_loss"] if per_epoch else None,
                    confusion=confusion_numbers(store, run_id))
     return Finding("loss", True, trend.direction, numbers, overall=trend, params=int(row["params"]),
                    seconds=float(row["seconds"]), run_ids=[run_id])
@@ -402,6 +407,9 @@ def compute_findings(store: ResultStore, run_id: str | None = None, workspace: s
     """Every section's finding from the runs `workspace` may see (None: all of them);
     section 1 reads `run_id` (default: the newest finished run)."""
     runs = store.visible_runs(workspace)
+    loss = final_train_loss(store.epochs(list(runs["run_id"]))) if len(runs) else {}
+    runs = runs.assign(verdict=[stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
+                                for r in runs.itertuples()]) if len(runs) else runs.assign(verdict=[])
     done = _finished(runs)
     return Findings(loss=loss_finding(store, runs, run_id),
                     depth=factor_finding(runs, "depth", "conv_layers", "depth"),

@@ -17,8 +17,15 @@ import pandas as pd
 from mnist_lab.data.datasets import DATASETS, DataConfig
 from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int
 from mnist_lab.i18n import N_
-from mnist_lab.lab.experiments import MAX_SEEDS, EventFn, run_many, summarize_over_seeds
-from mnist_lab.lab.verdicts import FLAT_ACC, Comparison, judge
+from mnist_lab.lab.experiments import (
+    MAX_SEEDS,
+    EventFn,
+    run_many,
+    run_verdict,
+    stored_verdict,
+    summarize_over_seeds,
+)
+from mnist_lab.lab.verdicts import CHANCE_MARGIN, FLAT_ACC, Comparison, chance, judge, loss_bar
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.nets.presets import PRESETS, cnn_config
 from mnist_lab.runs.store import ResultStore  # read: the report's stored lessons
@@ -40,6 +47,7 @@ class Change:
     model: str | Mapping | tuple | None = None
     train: Mapping = field(default_factory=dict)  # TrainConfig fields to replace
     data: Mapping = field(default_factory=dict)  # DataConfig fields to replace
+    hurts: bool = False  # meant to stop the network learning: its "did not learn" is the lesson's finding
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
               "epoch, and what does an order sorted by label do?"),
            (Change(N_("shuffled every epoch")),
             Change(N_("same order every epoch"), train={"shuffle": False}),
-            Change(N_("sorted by label"), train={"shuffle": False, "sort_by_label": True})),
+            Change(N_("sorted by label"), train={"shuffle": False, "sort_by_label": True}, hurts=True)),
            epochs=2),
     Lesson("normalize", N_("Normalisation"),
            N_("Does it matter how the pixels are normalised: not at all, with mean 0.5 and std 0.5, or with the "
@@ -103,7 +111,7 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            N_("What happens to accuracy when a softmax is put before CrossEntropyLoss, which already applies "
               "log-softmax?"),
            (Change(N_("logits into CrossEntropyLoss")),
-            Change(N_("softmax before CrossEntropyLoss"), model={"softmax_before_loss": True}))),
+            Change(N_("softmax before CrossEntropyLoss"), model={"softmax_before_loss": True}, hurts=True))),
     Lesson("batchnorm", N_("BatchNorm on or off"),
            N_("Does BatchNorm after each convolution raise accuracy?"),
            (Change(N_("without BatchNorm")),
@@ -270,7 +278,7 @@ def plan(cfg: LessonConfig, train: TrainConfig, data: DataConfig) -> tuple[list[
 # ------------------------------------------------------------------------------------ running
 
 LESSON_COLUMNS = ["variant", "seed", "params", "batch_size", "test_acc", "test_loss", "seconds", "iterations",
-                  "run_id", "status"]
+                  "run_id", "status", "train_loss", "verdict"]
 
 
 @dataclass
@@ -311,12 +319,13 @@ def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, recor
             last = r.epochs[-1] if r.epochs else None
             rows.append(dict(variant=v.label, seed=seed, params=r.params, batch_size=v.train.batch_size,
                              test_acc=last.test_acc if last else None, test_loss=last.test_loss if last else None,
-                             seconds=r.seconds, iterations=len(r.losses), run_id=r.run_id, status=r.status))
+                             seconds=r.seconds, iterations=len(r.losses), run_id=r.run_id, status=r.status,
+                             train_loss=last.train_loss if last else None, verdict=run_verdict(r)))
     table = pd.DataFrame(rows, columns=LESSON_COLUMNS)
     expected = len(variants) * cfg.n_seeds()
     stopped = len(results) < expected or any(r.status == "stopped" for r in results)
     summary = summarize_lesson(table, [v.label for v in variants])
-    return LessonResult(cfg, results, table, summary, read_lesson(cfg.lesson, summary), skipped,
+    return LessonResult(cfg, results, table, summary, read_lesson(cfg.lesson, summary, data.dataset), skipped,
                         "stopped" if stopped else "finished")
 
 
@@ -332,14 +341,16 @@ def lesson_table(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                          test_acc=float(end["test_acc"]) if finished else None,
                          test_loss=float(end["test_loss"]) if finished else None, seconds=float(r.seconds or 0.0),
                          iterations=int(r.steps_per_epoch or 0) * int(r.epochs_done or 0), run_id=r.run_id,
-                         status=r.status))
+                         status=r.status, train_loss=float(end["train_loss"]) if end is not None else None,
+                         verdict=stored_verdict(r.status, end["test_acc"] if end is not None else None,
+                                                end["train_loss"] if end is not None else None, r.dataset)))
     return pd.DataFrame(rows, columns=LESSON_COLUMNS)
 
 
 def summarize_lesson(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
     """Per variant, over its finished runs: n, test accuracy mean and sd (and `text`, mean ± sd),
-    diverged runs, parameters, median seconds (one run may pay a warm-up) and mean iterations per
-    run; in `order` if given."""
+    diverged runs, runs that did not learn and whether the variant learned (`learned`), parameters,
+    median seconds (one run may pay a warm-up) and mean iterations per run; in `order` if given."""
     acc = summarize_over_seeds(table, ["variant"])
     done = table[(table["status"] == "finished") & table["test_acc"].notna()]
     cost = done.groupby("variant", sort=False).agg(params=("params", "max"), seconds=("seconds", "median"),
@@ -362,8 +373,13 @@ class Line:
     terms: tuple[str, ...] = ()
 
     def render(self, gettext: Callable[[str], str] = lambda s: s) -> str:
-        values = {k: (gettext(v) if k in self.terms else v) for k, v in self.values.items()}
+        def word(v):  # a term, or a list of terms joined
+            return ", ".join(gettext(x) for x in v) if isinstance(v, (list, tuple)) else gettext(v)
+        values = {k: (word(v) if k in self.terms else v) for k, v in self.values.items()}
         return gettext(self.msgid).format(**values)
+
+
+NEITHER_LEARNED, A_DID_NOT_LEARN, B_DID_NOT_LEARN = "neither learned", "baseline did not learn", "did not learn"
 
 
 @dataclass(frozen=True)
@@ -381,6 +397,17 @@ class Contrast:
     seconds_b: float
     iterations_a: float  # mean iterations per run
     iterations_b: float
+    learned_a: bool = True  # verdicts.did_learn, over the variant's runs (most of them learned)
+    learned_b: bool = True
+
+    @property
+    def verdict(self) -> str:
+        """The comparison's direction when both learned; else which one did not learn."""
+        if self.learned_a and self.learned_b:
+            return self.comparison.direction
+        if not (self.learned_a or self.learned_b):
+            return NEITHER_LEARNED
+        return B_DID_NOT_LEARN if self.learned_a else A_DID_NOT_LEARN
 
 
 @dataclass
@@ -394,11 +421,24 @@ class Reading:
         return [line.render(gettext) for line in self.lines]
 
 
-def _accuracy_line(c: Contrast) -> Line:
+def _accuracy_line(c: Contrast, n_classes: int) -> Line:
     cmp = c.comparison
     values = dict(a=c.baseline, b=c.variant, ma=100 * c.mean_a, mb=100 * c.mean_b, diff=100 * abs(cmp.diff),
                   signed=100 * cmp.diff, spread=100 * cmp.spread, n=cmp.n_min)
-    if cmp.direction == "up":
+    if c.verdict == NEITHER_LEARNED:
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a}, but neither learned (chance is "
+                   "{chance:.2f}%): a difference between runs that did not learn says nothing, so they are not "
+                   "compared.")
+        values["chance"] = 100 * chance(n_classes)
+    elif c.verdict == B_DID_NOT_LEARN:
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a}, {diff:.2f} points lower: {b} did not "
+                   "learn (chance is {chance:.2f}%), {a} did.")
+        values["chance"] = 100 * chance(n_classes)
+    elif c.verdict == A_DID_NOT_LEARN:
+        msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a}, {diff:.2f} points higher: {b} learned, "
+                   "{a} did not (chance is {chance:.2f}%).")
+        values["chance"] = 100 * chance(n_classes)
+    elif cmp.direction == "up":
         msgid = N_("{b}: {mb:.2f}% test accuracy against {ma:.2f}% for {a}, {diff:.2f} points higher, more than "
                    "the spread over seeds ({spread:.2f} points).")
     elif cmp.direction == "down":
@@ -424,41 +464,75 @@ def _cost_line(c: Contrast) -> Line:
                      sa=c.seconds_a, sb=c.seconds_b, ratio=ratio), ("a", "b"))
 
 
-def read_lesson(lesson: Lesson, summary: pd.DataFrame) -> Reading:
+def _not_learned_line(change: Change | None, label: str, n_classes: int) -> Line:
+    """What a variant that did not learn means: the lesson's finding, or what to change."""
+    if change is not None and change.hurts:
+        return Line(N_("{v} did not learn, and that is this lesson's finding: this change stops the network "
+                       "learning."), dict(v=label), ("v",))
+    return Line(N_("{v} did not learn: its test accuracy stayed below chance + {margin:.0f} points ({bar:.2f}%) or "
+                   "its final training loss stayed above {loss:.2f}. Train longer (more epochs or more training "
+                   "images) or try another learning rate before reading it."),
+                dict(v=label, margin=100 * CHANCE_MARGIN, bar=100 * (chance(n_classes) + CHANCE_MARGIN),
+                     loss=loss_bar(n_classes)), ("v",))
+
+
+def read_lesson(lesson: Lesson, summary: pd.DataFrame, dataset: str | None = None) -> Reading:
     """The reading of a lesson's summary: every variant against the baseline by the findings'
-    rule (|diff| > sd A + sd B, at least 2 seeds each), its cost in parameters and seconds (and
-    iterations where the lesson compares them), and the best variant if one is ahead of all."""
+    rule (|diff| > sd A + sd B, at least 2 seeds each) when both learned (verdicts.did_learn; a
+    variant that did not learn is read as such, with what to change), its cost in parameters and
+    seconds (and iterations where the lesson compares them), and the best variant if one is
+    ahead of all. `dataset` (default: the lesson's first) gives the number of classes."""
+    n_classes = DATASETS[dataset or lesson.datasets[0]].n_classes
     rows = [r for r in summary.itertuples() if r.n >= 1]
     if len(rows) < 2:
         return Reading(lesson.name, [], None, [Line(N_("Not enough finished runs to compare: at least two variants "
                                                         "need a finished run."))])
+    learned = {r.variant: bool(getattr(r, "learned", True)) for r in rows}
     a = rows[0]
     contrasts = [Contrast(a.variant, b.variant, judge(a.variant, b.variant, b.mean - a.mean, a.sd + b.sd,
                                                       min(a.n, b.n), FLAT_ACC),
                           float(a.mean), float(b.mean), int(a.params), int(b.params), float(a.seconds),
-                          float(b.seconds), float(a.iterations), float(b.iterations)) for b in rows[1:]]
+                          float(b.seconds), float(a.iterations), float(b.iterations), learned[a.variant],
+                          learned[b.variant]) for b in rows[1:]]
     lines = []
     for c in contrasts:
-        lines.append(_accuracy_line(c))
+        lines.append(_accuracy_line(c, n_classes))
         if "iterations" in lesson.metrics:
             lines.append(Line(N_("{b} takes {ib:,.0f} iterations per run against {ia:,.0f} for {a}, for the same "
                                  "training images."),
                               dict(a=c.baseline, b=c.variant, ia=c.iterations_a, ib=c.iterations_b), ("a", "b")))
         lines.append(_cost_line(c))
-    best = None
-    for r in rows:  # ahead of every other variant beyond the spread
-        beats = [judge(o.variant, r.variant, r.mean - o.mean, r.sd + o.sd, min(r.n, o.n), FLAT_ACC)
-                 for o in rows if o is not r]
-        if all(b.direction == "up" for b in beats):
-            best = r.variant
-    if best is not None:
-        lines.append(Line(N_("Best here: {best}, ahead of every other variant by more than the spread over seeds."),
-                          dict(best=best), ("best",)))
-    else:
-        n = min(int(r.n) for r in rows)
-        lines.append(Line(N_("No variant is ahead of all the others by more than the spread over seeds (at least "
-                             "{n} seed(s) per variant)."), dict(n=n)))
+    changes = {c.label: c for c in lesson.changes}
+    lines += [_not_learned_line(changes.get(r.variant), r.variant, n_classes) for r in rows if not learned[r.variant]]
+    lines.append(_best_line(rows, learned))
+    best = lines[-1].values["best"] if lines[-1].msgid == BEST else None
     return Reading(lesson.name, contrasts, best, lines)
+
+
+BEST = N_("Best here: {best}, ahead of every other variant by more than the spread over seeds.")
+
+
+def _best_line(rows: list, learned: dict[str, bool]) -> Line:
+    """Which variants lead, in words that agree with the contrasts: a variant that did not learn is
+    behind every one that did; among those that learned, the direction rule decides."""
+    ok = [r for r in rows if learned[r.variant]]
+    if not ok:
+        return Line(N_("No variant learned here: train longer (more epochs or more training images) before "
+                       "comparing them."))
+
+    def ahead(r, o) -> bool:  # r ahead of o beyond the spread
+        return judge(o.variant, r.variant, r.mean - o.mean, r.sd + o.sd, min(r.n, o.n), FLAT_ACC).direction == "up"
+
+    for r in ok:
+        if all(ahead(r, o) for o in ok if o is not r):
+            return Line(BEST, dict(best=r.variant), ("best",))
+    top = [r.variant for r in ok if not any(ahead(o, r) for o in ok if o is not r)]
+    if len(top) < len(rows):
+        return Line(N_("Ahead of the rest, but not distinguishable from each other: {top}."), dict(top=top),
+                    ("top",))
+    n = min(int(r.n) for r in rows)
+    return Line(N_("No variant is ahead of all the others by more than the spread over seeds (at least "
+                   "{n} seed(s) per variant)."), dict(n=n))
 
 
 # ------------------------------------------------------------------------------------ from the store

@@ -168,14 +168,26 @@ class _Writer:
 
 # ------------------------------------------------------------------------------ shared sentences
 
-def _acc(g: Group) -> str:
-    return f"{pct(g.mean)} ± {pct(g.sd)[:-1]}" if g.n > 1 else pct(g.mean)
+def _acc(g: Group, w: _Writer | None = None) -> str:
+    text = f"{pct(g.mean)} ± {pct(g.sd)[:-1]}" if g.n > 1 else pct(g.mean)
+    return text if g.learned or w is None else w.say("{text}: did not learn", text=text)
 
 
-def _comparison(w: _Writer, c: Comparison, a: str, b: str, ma: float, mb: float) -> str:
-    """One sentence: how test accuracy moved from group a to group b, and whether that counts."""
+def _comparison(w: _Writer, c: Comparison, a: str, b: str, ma: float, mb: float,
+                learned: tuple[bool, bool] = (True, True)) -> str:
+    """One sentence: how test accuracy moved from group a to group b, and whether that counts;
+    groups that did not learn (verdicts.did_learn) are said to, not compared by the spread."""
     values = dict(a=a, b=b, diff=f"{100 * abs(c.diff):.2f}", signed=f"{100 * c.diff:+.2f}", ma=pct(ma), mb=pct(mb),
                   spread=f"{100 * c.spread:.2f}")
+    if not any(learned):
+        return w.say("From {a} to {b}, test accuracy moved {signed} points ({ma} → {mb}), but neither learned: "
+                     "train longer (more epochs or more training images) before comparing them.", **values)
+    if not learned[1]:
+        return w.say("From {a} to {b}, test accuracy fell by {diff} points ({ma} → {mb}): {b} did not learn.",
+                     **values)
+    if not learned[0]:
+        return w.say("From {a} to {b}, test accuracy rose by {diff} points ({ma} → {mb}): {a} did not learn.",
+                     **values)
     if c.direction == UP:
         return w.say("From {a} to {b}, test accuracy rose by {diff} points ({ma} → {mb}), more than the spread "
                      "over seeds ({spread} points).", **values)
@@ -210,11 +222,14 @@ def _cost(w: _Writer, f: Finding) -> None:
           .format(n=n, params=integer(f.params), seconds=number(f.seconds, 1)))
 
 
-def _direction_table(w: _Writer, steps: list[Comparison], names: dict[str, str]) -> None:
+def _direction_table(w: _Writer, steps: list[Comparison], names: dict[str, str],
+                     learned: dict[str, bool] | None = None) -> None:
+    ok = learned or {}
     w.add("table", header=[w._("from"), w._("to"), w._("difference (points)"), w._("spread sd A + sd B (points)"),
                            w._("direction")],
           rows=[[names.get(c.a, c.a), names.get(c.b, c.b), f"{100 * c.diff:+.2f}", f"{100 * c.spread:.2f}",
-                 w._(DIRECTIONS[c.direction])] for c in steps])
+                 w._(DIRECTIONS[c.direction]) if ok.get(c.a, True) and ok.get(c.b, True) else w._("did not learn")]
+                for c in steps])
 
 
 # ------------------------------------------------------------------------------ sections
@@ -264,6 +279,10 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
         run_id=n["run_id"], label=s["label"], epochs=s["epochs"], batch=s["batch_size"], optimizer=s["optimizer"],
         lr=lr, momentum=momentum, seed=s["seed"], device=s["device"] or "—",
         engine=s["engine"] or "—", dataset=s["dataset"], source=s["data_source"] or "—")
+    if not n.get("learned", True):
+        w.para("This run did not learn: {acc} test accuracy, under chance + 10 points, or a final training loss that "
+               "stayed near a uniform guess's. Train longer (more epochs or more training images) or try another "
+               "learning rate, and report a run that learned.", acc=pct(n["final_test_acc"]))
     w.para("The loss of every one of its {n} iterations is recorded: the full table is iterations.csv (columns "
         "run_id, epoch, iteration, loss).", n=integer(n["iterations"]))
     values = dict(w=n["window"], first=number(n["first_mean"]), last=number(n["last_mean"]),
@@ -346,12 +365,13 @@ def _factor_results(w: _Writer, f: Finding, heading: str, factor: str) -> None:
     names = {g.level: _level_name(w, factor, g.level) for g in f.groups}
     w.add("table", header=[w._("setting"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"), w._("parameters"),
                            w._("seconds per run"), w._("last feature map")],
-          rows=[[names[g.level], str(g.n), _acc(g), integer(g.params), number(g.seconds, 1),
+          rows=[[names[g.level], str(g.n), _acc(g, w), integer(g.params), number(g.seconds, 1),
                  f"{n['feature_map'][g.level]}×{n['feature_map'][g.level]}"] for g in f.groups])
     first, last = f.groups[0], f.groups[-1]
-    w.add("p", _comparison(w, f.overall, names[first.level], names[last.level], first.mean, last.mean))
+    w.add("p", _comparison(w, f.overall, names[first.level], names[last.level], first.mean, last.mean,
+                           (first.learned, last.learned)))
     if len(f.groups) > 2:
-        _direction_table(w, f.steps, names)
+        _direction_table(w, f.steps, names, {g.level: g.learned for g in f.groups})
     best = max(f.groups, key=lambda g: g.mean)
     w.para("The highest mean test accuracy: {best} ({acc}).", best=names[best.level], acc=_acc(best))
     xlabel = w.fig_t.gettext("conv+pool layers") if factor == "conv_layers" else w.fig_t.gettext("kernel size")
@@ -469,13 +489,14 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
         w.add("table", header=[w._("network"), w._("pixels"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
                                w._("parameters")],
               rows=[[w._("CNN") if m == "CNN" else w._("FC net"), w._(PIXELS[p]), str(g[f"{m} / {p}"].n),
-                     _acc(g[f"{m} / {p}"]), integer(g[f"{m} / {p}"].params)] for m, p in cells])
+                     _acc(g[f"{m} / {p}"], w), integer(g[f"{m} / {p}"].params)] for m, p in cells])
         w.figure("fc_vs_cnn.png", figures.compare_figure(
             {(m, p): (g[f"{m} / {p}"].mean, g[f"{m} / {p}"].sd) for m, p in cells}, w.fig_t.gettext, w.cjk),
             w._("Figure: FC net and CNN with about the same number of parameters, on normal and on permuted pixels "
                 "(mean ± sd over seeds)."))
         for cmp in f.steps[:4]:
-            w.add("p", _comparison(w, cmp, names[cmp.a], names[cmp.b], g[cmp.a].mean, g[cmp.b].mean))
+            w.add("p", _comparison(w, cmp, names[cmp.a], names[cmp.b], g[cmp.a].mean, g[cmp.b].mean,
+                                   (g[cmp.a].learned, g[cmp.b].learned)))
         gap = f.steps[4]
         values = dict(gap=f"{100 * abs(gap.diff):.2f}", spread=f"{100 * gap.spread:.2f}")
         if gap.direction == UP:
@@ -528,7 +549,7 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
         cmp = Comparison(**sm["comparison"])
         w.add("p", _comparison(w, cmp, w._("the network without softmax"), w._("the same network with a softmax "
                                                                               "before CrossEntropyLoss"),
-                               without.mean, with_sm.mean))
+                               without.mean, with_sm.mean, (without.learned, with_sm.learned)))
         if cmp.direction == DOWN:
             w.para("The softmax before the loss hurt: CrossEntropyLoss already applies log-softmax, so the outputs are "
                 "squashed twice, the gradients shrink and training slows down.")
@@ -542,6 +563,11 @@ def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
     _todo(w, f)
     if f.available:
         _cost(w, f)
+
+
+def _lesson_acc(w: _Writer, row: dict) -> str:
+    text = f"{pct(row['mean'])} ± {pct(row['sd'])[:-1]}"
+    return text if row.get("learned", True) else w.say("{text}: did not learn", text=text)
 
 
 def _lessons(w: _Writer, stored: list) -> None:
@@ -562,7 +588,7 @@ def _lessons(w: _Writer, stored: list) -> None:
                images=integer(item.train_limit) if item.train_limit else w._("all"))
         w.add("table", header=[w._("variant"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
                                w._("parameters"), w._("seconds per run")],
-              rows=[[w._(r["variant"]), str(r["n"]), f"{pct(r['mean'])} ± {pct(r['sd'])[:-1]}",
+              rows=[[w._(r["variant"]), str(r["n"]), _lesson_acc(w, r),
                      integer(r["params"]), number(r["seconds"], 2)] for r in item.summary])
         labels = ["\n".join(textwrap.wrap(w.fig_t.gettext(r["variant"]), 22)) for r in item.summary]
         w.figure(f"lesson_{item.name}.png", figures.levels_figure(
