@@ -243,9 +243,11 @@ def newest_finished(runs: pd.DataFrame) -> str | None:
     return None if done.empty else str(done.sort_values("started_at", ascending=False).iloc[0]["run_id"])
 
 
-def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> Finding:
-    """Section 1: a run's every-iteration loss, where it levelled off, its per-epoch accuracy."""
-    chosen = run_id is not None
+def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None, picked: bool = True) -> Finding:
+    """Section 1: a run's every-iteration loss, where it levelled off, its per-epoch accuracy.
+    `picked`: the reader chose `run_id` (one that cannot be read is refused); else it is a default
+    (one without a loss curve leaves the section to do)."""
+    chosen = run_id is not None and picked
     run_id = run_id or newest_finished(runs)
     if run_id is None:
         return Finding("loss", available=False, todo=[_todo("loss")])
@@ -403,15 +405,16 @@ def analysis_finding(runs: pd.DataFrame) -> Finding:
                    steps[-1] if steps else None, params=params, seconds=seconds, run_ids=ids, todo=todo)
 
 
-def compute_findings(store: ResultStore, run_id: str | None = None, workspace: str | None = None) -> Findings:
+def compute_findings(store: ResultStore, run_id: str | None = None, workspace: str | None = None,
+                     picked: bool = True) -> Findings:
     """Every section's finding from the runs `workspace` may see (None: all of them);
-    section 1 reads `run_id` (default: the newest finished run)."""
+    section 1 reads `run_id` (default: the newest finished run; `picked`: the reader chose it)."""
     runs = store.visible_runs(workspace)
     loss = final_train_loss(store.epochs(list(runs["run_id"]))) if len(runs) else {}
     runs = runs.assign(verdict=[stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
                                 for r in runs.itertuples()]) if len(runs) else runs.assign(verdict=[])
     done = _finished(runs)
-    return Findings(loss=loss_finding(store, runs, run_id),
+    return Findings(loss=loss_finding(store, runs, run_id, picked),
                     depth=factor_finding(runs, "depth", "conv_layers", "depth"),
                     kernel=factor_finding(runs, "kernel", "kernel_size", "kernel"),
                     analysis=analysis_finding(runs), runs_considered=len(done),

@@ -644,10 +644,10 @@ def build_report(store: ResultStore, lang: str | None = None, run_id: str | None
     cover = (cover or Cover()).validate().clean()
     lang = resolve_lang(lang)
     runs = store.visible_runs(workspace)
-    fallback = False
+    fallback, picked = False, run_id is not None
     if run_id is None and findings is None:
         run_id, fallback = requirement1_run(runs)
-    fs = findings or compute_findings(store, run_id=run_id, workspace=workspace)
+    fs = findings or compute_findings(store, run_id=run_id, workspace=workspace, picked=picked)
     shown = fs.loss.numbers.get("run_id") if fs.loss.available else None
     cjk = figures.cjk_font() is not None
     w = _Writer(lang, cjk)
