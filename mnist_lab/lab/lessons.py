@@ -83,7 +83,7 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            (Change(N_("no normalisation (pixels in [0, 1])"), data={"normalize": "none"}),
             Change(N_("mean 0.5, std 0.5"), data={"normalize": "half"}),
             Change(N_("the dataset's mean and std"), data={"normalize": "dataset"})),
-           datasets=("mnist", "fashion-mnist", "cifar10"),
+           epochs=2, datasets=("mnist", "fashion-mnist", "cifar10"),
            why=N_("Normalising centres the pixels near 0 with a similar scale, so the first layer's gradients are "
                   "well sized and training converges faster and more steadily.")),
     Lesson("epoch-batch", N_("Epoch vs batch"),
@@ -92,7 +92,7 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            (Change(N_("batch size 16"), train={"batch_size": 16}),
             Change(N_("batch size 64"), train={"batch_size": 64}),
             Change(N_("batch size 256"), train={"batch_size": 256})),
-           metrics=("test_acc", "seconds", "iterations"),
+           epochs=2, train_limit=20000, metrics=("test_acc", "seconds", "iterations"),
            why=N_("An epoch is one pass over every training image. A smaller batch makes more, noisier updates per "
                   "epoch (more iterations, more time); a larger batch makes fewer, smoother ones.")),
     Lesson("head", N_("1×1 convolution vs a fully-connected head"),
