@@ -58,6 +58,7 @@ name = st.selectbox(_("Lesson"), list(LESSONS), format_func=lambda n: _(LESSONS[
 lesson = LESSONS[name]
 st.subheader(_(lesson.title))
 st.markdown(_(lesson.question))
+st.caption(_(lesson.why))
 datasets = datasets_for(lesson)
 spec, problem = None, ""
 st.session_state.setdefault(f"w2_dataset_{name}", datasets[0])

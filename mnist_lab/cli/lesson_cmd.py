@@ -103,5 +103,6 @@ def cmd_lesson(args) -> int:
     print(table[list(columns)].rename(columns=columns).to_string(index=False))
     for line in result.reading.render(_):
         print(line)
+    print(_("Why: {why}").format(why=_(lesson.why)))
     export_tables(store, args.out, list(result.table["run_id"]), {f"lesson_{cfg.name}": result.table})
     return report_diverged(result.results)

@@ -61,11 +61,13 @@ class Lesson:
     datasets: tuple[str, ...] = ("mnist", "fashion-mnist")  # where it makes sense; the first is the default
     metrics: tuple[str, ...] = ("test_acc",)  # test_acc (always read), seconds, iterations: what is charted
     seeds: int = 3
-    # quick settings (about 2 minutes on a 2-core CPU); "full settings" train every image
+    # quick settings (at most about 90 s per lesson on an idle 2-core CPU: bench/bench_lessons.py);
+    # "full settings" train every image
     epochs: int = 1
     train_limit: int | None = 10000  # training images
     test_limit: int | None = None  # test images evaluated (None: all)
     full_epochs: int = 3
+    why: str = ""  # msgid: why the effect happens, in one or two sentences of the course's words
 
 
 _SEQ = dict(optimizer="adam", lr=0.001, momentum=0.0)  # the lessons whose nets train poorly with SGD 0.01
@@ -77,21 +79,28 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            (Change(N_("shuffled every epoch")),
             Change(N_("same order every epoch"), train={"shuffle": False}),
             Change(N_("sorted by label"), train={"shuffle": False, "sort_by_label": True}, hurts=True)),
-           epochs=2),
+           epochs=2,
+           why=N_("shuffle=True gives every epoch a new random order: more randomness in the updates, less "
+                  "overfitting. Batches sorted by label hold one class each, so every update pulls the network "
+                  "toward that class and it forgets the others: it does not learn.")),
     Lesson("normalize", N_("Normalisation"),
            N_("Does it matter how the pixels are normalised: not at all, with mean 0.5 and std 0.5, or with the "
               "dataset's own mean and standard deviation?"),
            (Change(N_("no normalisation (pixels in [0, 1])"), data={"normalize": "none"}),
             Change(N_("mean 0.5, std 0.5"), data={"normalize": "half"}),
             Change(N_("the dataset's mean and std"), data={"normalize": "dataset"})),
-           datasets=("mnist", "fashion-mnist", "cifar10")),
+           epochs=2, datasets=("mnist", "fashion-mnist", "cifar10"),
+           why=N_("Normalising centres the pixels near 0 with a similar scale, so the first layer's gradients are "
+                  "well sized and training converges faster and more steadily.")),
     Lesson("epoch-batch", N_("Epoch vs batch"),
            N_("One epoch shows the network every training image once; the batch size decides how many iterations "
               "that takes. With the same images, how do iterations, wall time and accuracy change?"),
            (Change(N_("batch size 16"), train={"batch_size": 16}),
             Change(N_("batch size 64"), train={"batch_size": 64}),
             Change(N_("batch size 256"), train={"batch_size": 256})),
-           metrics=("test_acc", "seconds", "iterations")),
+           epochs=2, train_limit=20000, metrics=("test_acc", "seconds", "iterations"),
+           why=N_("An epoch is one pass over every training image. A smaller batch makes more, noisier updates per "
+                  "epoch (more iterations, more time); a larger batch makes fewer, smoother ones.")),
     Lesson("head", N_("1×1 convolution vs a fully-connected head"),
            N_("A 1×1 convolution keeps the spatial layout and changes the number of channels; a fully-connected "
               "head flattens the feature map and loses it. How do parameters and accuracy compare?"),
@@ -99,29 +108,44 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
                    model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="fc"))),
             Change(N_("1×1 convolution → global average pooling head"),
                    model=("cnn", dict(conv_layers=2, kernel_size=3, base_channels=16, head="gap")))),
-           base_train=_SEQ),
+           base_train=dict(_SEQ, lr=0.01), epochs=2,  # the GAP head reached 35% in 1 epoch at lr 0.001
+           why=N_("A 1×1 convolution keeps the spatial layout and only changes the number of channels; with global "
+                  "average pooling after it, the head needs far fewer parameters than a fully-connected layer on "
+                  "the flattened feature map.")),
     Lesson("residual", N_("Residual learning"),
            N_("Does a deep CNN train better with shortcut connections (residual blocks) than the same depth "
               "without them?"),
            (Change(N_("plain deep CNN"), model="plain-small"),
             Change(N_("the same depth with shortcuts"), model="resnet-small")),
            preset="resnet-small",
-           datasets=("mnist", "fashion-mnist", "cifar10"), train_limit=2000, test_limit=1000),  # 13 convs: slow
+           # 13 convs: slow. Batch 32 (157 iterations): at 128 (16 iterations on 2,000 images) both stayed at chance
+           base_train=dict(batch_size=32), datasets=("mnist", "fashion-mnist", "cifar10"), train_limit=5000,
+           test_limit=1000,
+           why=N_("A shortcut adds a block's input to its output, so the block only learns the residual F(x) = "
+                  "H(x) − x; the gradient flows back through the shortcut unchanged, which is why a deep network "
+                  "with shortcuts trains where the same depth without them struggles.")),
     Lesson("softmax", N_("Softmax before CrossEntropyLoss"),
            N_("What happens to accuracy when a softmax is put before CrossEntropyLoss, which already applies "
               "log-softmax?"),
            (Change(N_("logits into CrossEntropyLoss")),
-            Change(N_("softmax before CrossEntropyLoss"), model={"softmax_before_loss": True}, hurts=True))),
+            Change(N_("softmax before CrossEntropyLoss"), model={"softmax_before_loss": True}, hurts=True)),
+           why=N_("CrossEntropyLoss already applies log-softmax to the logits. A softmax before it squashes the "
+                  "outputs into [0, 1], so the loss saturates, its gradients become tiny and accuracy drops.")),
     Lesson("batchnorm", N_("BatchNorm on or off"),
            N_("Does BatchNorm after each convolution raise accuracy?"),
            (Change(N_("without BatchNorm")),
-            Change(N_("BatchNorm after each convolution"), model={"batch_norm": True}))),
+            Change(N_("BatchNorm after each convolution"), model={"batch_norm": True})),
+           why=N_("BatchNorm normalises each convolution's outputs over the batch to mean 0 and variance 1 (then "
+                  "scales and shifts them), so later layers see a steadier input; training converges faster.")),
     Lesson("augment", N_("Data augmentation"),
            N_("Does augmenting the training images (small random shifts; crops and flips on CIFAR-10) raise test "
               "accuracy?"),
            (Change(N_("no augmentation")),
             Change(N_("augmentation on"), train={"augment": True})),
-           epochs=2, datasets=("mnist", "fashion-mnist", "cifar10")),
+           epochs=2, datasets=("mnist", "fashion-mnist", "cifar10"),
+           why=N_("Augmentation shows the network slightly shifted (on CIFAR-10, cropped and flipped) copies of the "
+                  "training images: more varied data, less overfitting. Its gain shows over many epochs; a short run "
+                  "may not show it.")),
     Lesson("cifar-nets", N_("The course's CIFAR-10 net vs LeNet vs VGG16"),
            N_("The notes' CIFAR-10 net reaches 62% after 10 epochs; how do LeNet and a VGG16 with BatchNorm "
               "compare on the same images?"),
@@ -129,8 +153,11 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
             Change(N_("LeNet"), model="lenet-cifar"),
             Change(N_("VGG16 with BatchNorm"), model="vgg16-cifar")),
            preset="cifar-course",
-           datasets=("cifar10", "mnist", "fashion-mnist"), seeds=2, train_limit=1000, test_limit=1000,
-           full_epochs=10, metrics=("test_acc", "seconds")),
+           datasets=("cifar10", "mnist", "fashion-mnist"), seeds=2, train_limit=2000, test_limit=1000,
+           epochs=2, base_train=_SEQ,  # SGD 0.01 stayed at chance on the MNIST fallback in 63 iterations
+           full_epochs=10, metrics=("test_acc", "seconds"),
+           why=N_("A deeper network with more channels (VGG16, with BatchNorm) can learn richer features than the "
+                  "course's net or LeNet, but it has far more parameters and needs more epochs and time to show it.")),
 )}
 
 

@@ -583,6 +583,7 @@ def _lessons(w: _Writer, stored: list) -> None:
         lesson = LESSONS[item.name]
         w.add("h3", w._(lesson.title))
         w.add("p", w._(lesson.question))
+        w.add("p", w._(lesson.why))
         w.para("Dataset {dataset}, {epochs} epoch(s), {images} training images; command: "
                "python -m mnist_lab lesson {name}.", dataset=item.dataset, epochs=item.epochs, name=item.name,
                images=integer(item.train_limit) if item.train_limit else w._("all"))
