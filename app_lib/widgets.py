@@ -15,8 +15,8 @@ from mnist_lab.data.datasets import DATASETS
 from mnist_lab.i18n import render_stored
 from mnist_lab.lab.verdicts import NOT_LEARNED, chance, did_learn, loss_bar
 from mnist_lab.nets.model import ModelConfig, summarize
+from mnist_lab.service.estimate import estimate_seconds
 from mnist_lab.service.jobs import JobSpec, JobView
-from mnist_lab.service.policy import estimate_seconds
 
 from .charts import loss_figure
 from .lang import N_, _, current, render_error
@@ -98,8 +98,9 @@ def stop_reasons(runs: pd.DataFrame) -> pd.Series:
 
 
 def words(column: pd.Series) -> pd.Series:
-    """A column of status / pixels / experiment words in the session's language."""
-    return column.map(lambda w: _(w) if isinstance(w, str) and w in WORDS else w)
+    """A column of status / pixels / experiment / verdict words in the session's language; a missing
+    one (None, NaN: e.g. no verdict for a stopped run) is blank, not a grey "None"."""
+    return column.map(lambda w: _(w) if isinstance(w, str) and w in WORDS else ("" if w is None or w != w else w))
 
 
 def headers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -205,7 +206,7 @@ def duration(seconds: float | None) -> str:
 def expected_time(spec: JobSpec) -> str:
     from mnist_lab.training.preflight import resolve_device
 
-    return duration(estimate_seconds(spec, resolve_device(spec.train.device).type))
+    return duration(estimate_seconds(spec, resolve_device(spec.train.device).type, now=True))  # the machine now
 
 
 def _status(view: JobView) -> None:

@@ -26,6 +26,7 @@ from mnist_lab.lab.lessons import (
     LessonConfig,
     datasets_for,
     lesson_table,
+    loss_texts,
     plan,
     read_lesson,
     summarize_lesson,
@@ -128,13 +129,17 @@ def draw(view) -> None:
     if summary.empty:
         st.info(_("No run finished, so there is nothing to summarise."))
         return
-    shown_summary = summary.assign(variant=[_(v) for v in summary["variant"]], text=mean_sd_texts(summary))
+    shown_summary = summary.assign(variant=[_(v) for v in summary["variant"]], text=mean_sd_texts(summary),
+                                   loss=loss_texts(summary))
     a, b = st.columns(2)
     a.plotly_chart(lesson_figure(shown_summary, "test_acc", _("Test accuracy, mean ± sd over seeds"),
                                  _("test accuracy (%)")), key="w2_acc_chart")
     with b:
-        st.dataframe(shown_summary[["variant", "n", "text", "params", "seconds", "iterations"]].rename(columns={
-            "variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"), "params": _("parameters"),
+        columns = ["variant", "n", "text", *(["loss"] if "train_loss" in shown.metrics else []), "params", "seconds",
+                   "iterations"]
+        st.dataframe(shown_summary[columns].rename(columns={
+            "variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"),
+            "loss": _("final training loss, mean ± sd"), "params": _("parameters"),
             "seconds": _("seconds per run"), "iterations": _("iterations per run")}), hide_index=True)
         csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
     reading = read_lesson(shown, summary, view.spec.data.dataset)

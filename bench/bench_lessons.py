@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mnist_lab.data.datasets import DataUnavailableError, load_raw  # noqa: E402
 from mnist_lab.lab.experiments import run_verdict  # noqa: E402
 from mnist_lab.lab.lessons import LESSONS, LessonConfig, run_lesson  # noqa: E402
 from mnist_lab.service.jobs import lesson_spec  # noqa: E402
@@ -31,6 +32,12 @@ def bench(name: str, args) -> bool:
     cfg = LessonConfig(name, dataset=args.dataset if args.dataset in LESSONS[name].datasets else "",
                        seeds=args.seeds, epochs=args.epochs, train_limit=args.train_limit, test_limit=args.test_limit)
     spec = lesson_spec(cfg, device=args.device, engine=args.engine)
+    try:
+        load_raw(spec.data)  # before timing; a dataset this machine lacks: the lesson's next one
+    except DataUnavailableError:
+        others = [d for d in LESSONS[name].datasets if d != spec.data.dataset]
+        print(f"\n{name}: no {spec.data.dataset} here; on {others[0]} instead (the page's fallback)")
+        return bench(name, argparse.Namespace(**{**vars(args), "dataset": others[0]}))
     start = time.perf_counter()
     result = run_lesson(cfg, spec.train, spec.data)
     wall = time.perf_counter() - start

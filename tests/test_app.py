@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -641,3 +642,11 @@ def test_a_run_that_did_not_learn_is_named_on_the_train_and_runs_pages(db):
     assert any("1 of 1 runs did not learn" in c.value for c in runs.caption)
     zh = open_page("runs", query={"lang": "zh_CN"})
     assert "没有学会" in list(zh.dataframe[0].value["学会了吗？"])
+
+
+def test_a_run_without_a_verdict_shows_a_blank_not_none():
+    """A stopped or failed run has no did-it-learn verdict: its cell is blank, as are other missing words."""
+    from app_lib.widgets import words
+
+    assert list(words(pd.Series(["learned", None, float("nan"), "did not learn"], dtype=object))) == [
+        "learned", "", "", "did not learn"]

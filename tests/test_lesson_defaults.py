@@ -24,7 +24,7 @@ PINNED = {
     "softmax": (1, 10000, None, 3, {}),
     "batchnorm": (1, 10000, None, 3, {}),
     "augment": (2, 10000, None, 3, {}),
-    "cifar-nets": (2, 2000, 1000, 2, {"optimizer": "adam", "lr": 0.001, "momentum": 0.0}),
+    "cifar-nets": (2, 1000, 500, 2, {"optimizer": "adam", "lr": 0.003, "momentum": 0.0}),
 }
 
 
@@ -70,11 +70,11 @@ def test_the_cli_says_why_after_its_reading(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_residual_lessons_default_learns_and_shows_its_point(mnist_raw):
-    """One seed of the residual lesson at its defaults (about 17 s on 2 cores): both variants learn,
-    and the one with shortcuts is clearly ahead (issue 22: at 16 iterations both sat at chance)."""
+    """One seed of the residual lesson at its defaults (about 15 s on 2 cores): both variants learn,
+    and the one with shortcuts trains clearly better (issue 22: at 16 iterations both sat at chance)."""
     cfg = LessonConfig("residual", seeds=1)
     spec = lesson_spec(cfg, device="cpu")
     result = run_lesson(cfg, spec.train, spec.data)
-    acc = {r.label: r.epochs[-1].test_acc for r in result.results}
-    assert [run_verdict(r) for r in result.results] == ["learned", "learned"], acc
-    assert acc["the same depth with shortcuts"] > acc["plain deep CNN"] + 0.05, acc
+    loss = {r.label: r.epochs[-1].train_loss for r in result.results}
+    assert [run_verdict(r) for r in result.results] == ["learned", "learned"], loss
+    assert loss["the same depth with shortcuts"] < loss["plain deep CNN"] - 0.05, loss  # it trains better

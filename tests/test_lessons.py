@@ -380,3 +380,30 @@ def test_week2_page_without_cifar10_says_how_to_get_it_and_offers_mnist(app_db, 
     at.radio(key="w2_dataset_cifar-nets").set_value("mnist").run()
     assert not at.exception and not at.button(key="w2_go_btn").disabled
     assert any("VGG16 with BatchNorm" in c.value for c in at.caption)  # skipped on 28×28, with the reason
+
+
+def test_the_residual_lesson_reads_the_final_training_loss_too():
+    """At the residual lesson's budget test accuracy swings from seed to seed; the final training
+    loss, which shortcuts change, is read by the same rule, in both languages, and shown."""
+    def with_loss(groups, losses):
+        frame = pd.DataFrame([dict(variant=g[0], seed=i, params=g[2], batch_size=32, test_acc=a, test_loss=0.1,
+                                   seconds=g[3], iterations=g[4], run_id=f"{g[0]}{i}", status="finished",
+                                   train_loss=lo) for g, ls in zip(groups, losses) for i, (a, lo) in
+                              enumerate(zip(g[1], ls))], columns=lessons.LESSON_COLUMNS)
+        return summarize_lesson(frame)
+
+    groups = (("plain deep CNN", [0.66, 0.72, 0.89], 172234, 7.0, 157),
+              ("the same depth with shortcuts", [0.90, 0.91, 0.76], 174986, 8.0, 157))
+    s = with_loss(groups, ([0.83, 0.85, 0.89], [0.66, 0.63, 0.71]))
+    assert lessons.loss_texts(s) == ["0.857 ± 0.031", "0.667 ± 0.040"]
+    r = read_lesson(LESSONS["residual"], s)
+    text = r.render()
+    assert "not distinguishable with 3 seeds" in text[0]  # the accuracy: within its spread
+    assert text[1] == ("the same depth with shortcuts: final training loss 0.667 against 0.857 for plain deep CNN, "
+                       "lower by more than the spread over seeds (0.071): it trains better.")
+    assert "训练得更好" in r.render(ZH)[1]
+    flat = read_lesson(LESSONS["residual"], with_loss(groups, ([0.70, 0.75, 0.80], [0.70, 0.74, 0.81]))).render()
+    assert "no clear difference (3 seed(s)" in flat[1]
+    no_loss = read_lesson(LESSONS["residual"], summary(*groups)).render()  # no training loss known: no loss line
+    assert not any("training loss" in line for line in no_loss)
+    assert not any("training loss" in line for line in read_lesson(LESSONS["batchnorm"], s).render())

@@ -59,10 +59,9 @@ def test_limits_refuse_a_big_job_in_shared_mode_only():
 
 def test_the_estimate_grows_with_the_work():
     assert forward_macs(PRESETS["lab5"].model) == 24 * 24 * 260 + 8 * 8 * 5020 + 3210  # conv1, conv2, fc
-    one = estimate_seconds(lab5(epochs=1), "cpu")
+    one = estimate_seconds(lab5(epochs=1), "cpu")  # measured here (training/throughput.py)
     assert 1 < one < 10  # measured 2.2-2.6 s per Lab-5 epoch on the 2-core CPU (docs/BENCHMARKS.md)
-    assert estimate_seconds(lab5(epochs=3), "cpu") == pytest.approx(3 * one)
-    assert estimate_seconds(lab5(epochs=1), "cuda") < one / 5
+    assert 2.5 * one < estimate_seconds(lab5(epochs=3), "cpu") <= 3 * one  # the run's set-up once
     compare = JobSpec("compare", TrainConfig(), DataConfig(), compare=CompareConfig(seeds=2))
     assert estimate_seconds(compare, "cpu") > estimate_seconds(JobSpec("train", TrainConfig(), DataConfig(),
                                                                        model=PRESETS["tiny-cnn"].model), "cpu")

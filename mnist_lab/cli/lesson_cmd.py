@@ -22,7 +22,7 @@ from mnist_lab.cli.common import (
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.data.datasets import DataUnavailableError
 from mnist_lab.i18n import mean_sd_texts, render
-from mnist_lab.lab.lessons import LESSONS, LessonConfig, datasets_for, plan
+from mnist_lab.lab.lessons import LESSONS, LessonConfig, datasets_for, loss_texts, plan
 from mnist_lab.service.jobs import lesson_spec
 from mnist_lab.training.engines import ENGINE_NAMES
 
@@ -59,8 +59,8 @@ def _list() -> int:
 
 
 def cmd_lesson(args) -> int:
+    from mnist_lab.service.estimate import estimate_seconds
     from mnist_lab.service.jobs import run_inline
-    from mnist_lab.service.policy import estimate_seconds
     from mnist_lab.training.preflight import resolve_device
 
     if args.list:
@@ -75,7 +75,7 @@ def cmd_lesson(args) -> int:
     print(f"{_(lesson.title)}: {_(lesson.question)}")
     for s in skipped:
         note(args, _("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason), prefix=False)
-    seconds = estimate_seconds(spec, resolve_device(spec.train.device).type)
+    seconds = estimate_seconds(spec, resolve_device(spec.train.device).type, now=True)
     print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}, about {seconds:.0f} s here.").format(
         runs=spec.runs_total(), variants=len(variants), seeds=cfg.n_seeds(), dataset=spec.data.dataset,
         seconds=seconds))
@@ -95,8 +95,9 @@ def cmd_lesson(args) -> int:
     finally:
         bar.close()
     table = result.summary.assign(variant=[_(v) for v in result.summary["variant"]],
-                                  text=mean_sd_texts(result.summary, _))
+                                  text=mean_sd_texts(result.summary, _), loss=loss_texts(result.summary))
     columns = {"variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"),
+               **({"loss": _("final training loss, mean ± sd")} if "train_loss" in lesson.metrics else {}),
                "params": _("parameters"), "seconds": _("seconds per run")}
     if "iterations" in lesson.metrics:
         columns["iterations"] = _("iterations per run")

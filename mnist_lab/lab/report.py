@@ -572,7 +572,7 @@ def _lesson_acc(w: _Writer, row: dict) -> str:
 
 def _lessons(w: _Writer, stored: list) -> None:
     """Each week-2 lesson's newest runs: the question, the settings, mean ± sd per variant, the reading."""
-    from mnist_lab.lab.lessons import LESSONS
+    from mnist_lab.lab.lessons import LESSONS, loss_texts
 
     w.add("h2", w._(H_LESSONS))
     if not stored:
@@ -587,9 +587,12 @@ def _lessons(w: _Writer, stored: list) -> None:
         w.para("Dataset {dataset}, {epochs} epoch(s), {images} training images; command: "
                "python -m mnist_lab lesson {name}.", dataset=item.dataset, epochs=item.epochs, name=item.name,
                images=integer(item.train_limit) if item.train_limit else w._("all"))
+        loss = "train_loss" in lesson.metrics  # the lesson reads the final training loss too
         w.add("table", header=[w._("variant"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"),
+                               *([w._("final training loss, mean ± sd")] if loss else []),
                                w._("parameters"), w._("seconds per run")],
               rows=[[w._(r["variant"]), str(r["n"]), _lesson_acc(w, r),
+                     *(loss_texts(pd.DataFrame([r])) if loss else []),
                      integer(r["params"]), number(r["seconds"], 2)] for r in item.summary])
         labels = ["\n".join(textwrap.wrap(w.fig_t.gettext(r["variant"]), 22)) for r in item.summary]
         w.figure(f"lesson_{item.name}.png", figures.levels_figure(

@@ -26,10 +26,11 @@ from mnist_lab.nets.model import ModelConfig, describe
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.access import LOCAL, Asker, allowed, may
+from mnist_lab.service.estimate import eta_seconds, run_estimates
 from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_YOU, JobQueue
 from mnist_lab.training.events import Event
 from mnist_lab.training.loop import CancelFlag, TrainConfig
-from mnist_lab.training.preflight import preflight
+from mnist_lab.training.preflight import preflight, resolve_device
 
 KINDS = ("train", "sweep", "compare", "lesson")
 QUEUE_LIMIT = 2  # jobs a workspace may have waiting besides the one that trains
@@ -281,6 +282,18 @@ def _spec(text: str) -> JobSpec | None:
         return None
 
 
+@lru_cache(maxsize=64)
+def _estimates(text: str) -> tuple[float, ...] | None:
+    """Each run's idle-machine estimate (estimate.run_estimates) of the job written as `text`; None
+    where it cannot be estimated here (its device is not on this machine). Measured once per
+    network in this process: never again while the job trains (that would slow it)."""
+    spec = _spec(text)
+    try:
+        return tuple(run_estimates(spec, resolve_device(spec.train.device).type))
+    except (ValueError, RuntimeError):
+        return None
+
+
 def job_view(queue: JobQueue, row: dict) -> JobView:
     """The job `row` (a `JobQueue.jobs` row) and its runs as the store has them now."""
     now = time.time()
@@ -299,18 +312,23 @@ def job_view(queue: JobQueue, row: dict) -> JobView:
     started, finished = row["started_at"], row["finished_at"]
     elapsed = ((finished or now) - started) if started else 0.0
     eta = None
+    spec = _spec(row["spec"])
     if status not in JOB_ACTIVE:
         eta = 0.0
-    elif status == "running" and total == 1 and current is not None and current.step:
-        run_elapsed = _seconds_since(rows[-1]["started_at"], now)  # without the data loading
-        if run_elapsed is not None:
-            eta = run_elapsed / part * (1 - part)
-    elif status == "running" and fraction > 0:
-        eta = elapsed / fraction * (1 - fraction)
+    elif status == "running":
+        estimates = _estimates(row["spec"]) if spec is not None else None
+        if estimates and len(estimates) == total:  # the job's pace against its measured-throughput estimate
+            eta = eta_seconds(estimates, done, part, elapsed)
+        elif total == 1 and current is not None and current.step:
+            run_elapsed = _seconds_since(rows[-1]["started_at"], now)  # without the data loading
+            if run_elapsed is not None:
+                eta = run_elapsed / part * (1 - part)
+        elif fraction > 0:
+            eta = elapsed / fraction * (1 - fraction)
     return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
                    queue.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
                    elapsed, eta, render_stored(row["error"], "en"), render_stored(row["stop_reason"], "en"),
-                   bool(row["stop_requested"]), _spec(row["spec"]), row["created_at"] or 0.0, row["error"] or "",
+                   bool(row["stop_requested"]), spec, row["created_at"] or 0.0, row["error"] or "",
                    row["stop_reason"] or "")
 
 

@@ -5,7 +5,6 @@ of a job's training time those limits use. Read from the environment (or `--mode
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.nets.model import summarize
 from mnist_lab.service.access import Asker
+from mnist_lab.service.estimate import estimate_seconds
 
 MODES = ("local", "shared")
 ENV = dict(mode="MNIST_LAB_MODE", teacher_token="MNIST_LAB_TEACHER_TOKEN", class_view="MNIST_LAB_CLASS_VIEW",
@@ -109,29 +109,6 @@ def job_models(spec) -> list[tuple[object, int]]:
     return [(cfg, count_params(cfg)) for cfg, _, _ in spec.run_configs() for _ in range(spec.runs_per_config())]
 
 
-# Effective multiply-adds per second of a training step, and a fixed cost per step, measured on
-# the Lab-5 net (docs/BENCHMARKS.md: 2.5 s per CPU epoch on 2 cores, 0.18 s on an H100). Rough
-# by design: a limit needs the order of magnitude, not the second.
-_RATE = {"cpu": (30e9, 0.4e-3), "cuda": (1.5e12, 0.15e-3)}
-
-
 def forward_macs(cfg) -> int:
     """Multiply-adds of one forward pass of one image (convolutions and linear layers)."""
     return sum(row.macs for row in summarize(cfg))  # each block type counts its own layers' rows
-
-
-def estimate_seconds(spec, device_type: str = "cpu") -> float:
-    """Expected training time of a job on a device of this type: forward + backward (3x the
-    forward's multiply-adds) of every training image, one forward of every test image, per epoch."""
-    if spec.kind == "lesson":  # its variants differ in batch size, data and epochs: run by run
-        from mnist_lab.service.jobs import lesson_jobs
-
-        return sum(estimate_seconds(run, device_type) for run in lesson_jobs(spec))
-    rate, per_step = _RATE.get(device_type, _RATE["cpu"])
-    n_train, n_test = spec.data.n_train(), spec.data.n_test()  # the dataset spec's counts where there is no limit
-    steps = math.ceil(n_train / spec.train.batch_size)
-    seconds = 0.0
-    for cfg, _ in job_models(spec):
-        macs = forward_macs(cfg)
-        seconds += spec.train.epochs * ((3 * n_train + n_test) * macs / rate + steps * per_step)
-    return seconds

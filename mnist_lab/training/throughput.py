@@ -1,0 +1,154 @@
+"""Measured training throughput: how long one iteration of THIS network at THIS batch size takes on
+this machine, through the engine a lone run of it trains with, and how long one test image takes to
+evaluate. The time estimates (service/estimate.py) are built from these figures, not
+from a multiply-add count: the same multiply-adds cost very different times in a 13-conv residual
+stack, a BatchNorm layer, a global-average-pooling head or the C++ kernels.
+
+A measurement trains a few steps on random images of the dataset's shape (a step costs the same
+whatever the pixels) for about MEASURE_S seconds: once per network, batch size, optimiser, engine
+and device in a process, again when the figure is older than FRESH_S and the caller asks for the
+machine as it is now. Two figures are kept per key: the FASTEST measured (the idle-machine
+estimate: what a limit uses, so a refusal does not flap with load) and the LATEST (the machine
+now: what an ETA starts from).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from mnist_lab.nets.model import ModelConfig
+from mnist_lab.training import engines
+from mnist_lab.training.events import config_dict
+
+MEASURE_S = 0.25  # seconds of timed training steps per measurement (and half that of evaluation)
+MAX_STEPS = 40  # ... but no more steps than this
+WARM_STEPS = 1  # untimed first steps: allocation, a graph capture, the kernels' first call
+FRESH_S = 30.0  # a measurement younger than this is the machine "now"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One network's cost on one device, through one engine."""
+
+    step_s: float  # one training iteration at the run's batch size
+    eval_image_s: float  # evaluating one test image
+    setup_s: float  # setting the run up: building the model and the engine's stepper
+    engine: str  # the engine a lone run of it trains with
+    measured_at: float  # time.monotonic() of the measurement
+
+    def run_seconds(self, epochs: int, n_train: int, n_test: int, batch_size: int) -> float:
+        """A run's training time: set-up, then per epoch every iteration and one pass over the test images."""
+        steps = math.ceil(n_train / batch_size)
+        return self.setup_s + epochs * (steps * self.step_s + n_test * self.eval_image_s)
+
+
+_LOCK = threading.Lock()
+_FASTEST: dict[tuple, Throughput] = {}
+_LATEST: dict[tuple, Throughput] = {}
+_WARM: set[str] = set()  # device types this process has measured on: its one-time start-up is paid
+
+
+def _key(model_cfg: ModelConfig, train_cfg, device: torch.device) -> tuple:
+    """What a step's cost depends on (not the seed, epochs, learning rate or data size)."""
+    return (repr(sorted(config_dict(model_cfg).items())), train_cfg.batch_size, train_cfg.optimizer,
+            bool(train_cfg.augment), train_cfg.engine, train_cfg.eval_batch_size, str(device))
+
+
+def throughput(model_cfg: ModelConfig, train_cfg, device: torch.device | str, n_classes: int,
+               now: bool = False) -> Throughput:
+    """The cost of training `model_cfg` with `train_cfg` on `device`: the fastest figure measured in
+    this process (the idle estimate), or with `now`, a figure at most FRESH_S old (measured again
+    when older). The first call for a network measures it (about MEASURE_S × 1.5 plus set-up)."""
+    device = torch.device(device)
+    key = _key(model_cfg, train_cfg, device)
+    with _LOCK:
+        latest = _LATEST.get(key)
+        if latest is not None and (not now or time.monotonic() - latest.measured_at < FRESH_S):
+            return latest if now else _FASTEST[key]
+        measured = measure(model_cfg, train_cfg, device, n_classes)
+        _LATEST[key] = measured
+        best = _FASTEST.get(key)
+        if best is None or measured.step_s < best.step_s:
+            _FASTEST[key] = best = measured
+        return measured if now else best
+
+
+def forget() -> None:
+    """Drop every figure (tests; a machine whose load or hardware changed)."""
+    with _LOCK:
+        _FASTEST.clear()
+        _LATEST.clear()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: int) -> Throughput:
+    """Time a few training steps and evaluations of this network, as a lone run trains it, on
+    random images of its input shape. Leaves the global RNG as it was (the runs draw from it). The
+    first measurement on a device type in a process is taken twice and the first discarded: it
+    pays the process's one-time start-up (about a second on the CPU), which no run pays again."""
+    if device.type not in _WARM:
+        _WARM.add(device.type)
+        measure(model_cfg, train_cfg, device, n_classes)
+    engine = engines.select(model_cfg, train_cfg, device).engine
+    batch = train_cfg.batch_size
+    slots = 4  # distinct batches the steps cycle through
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        shape = (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
+        x = torch.randn(slots * batch, *shape, device=device)
+        y = torch.randint(0, n_classes, (slots * batch,), device=device)
+        losses = torch.zeros(1, WARM_STEPS + MAX_STEPS, device=device)
+        engine.warm_up(device)  # a one-time cost (the C++ kernels' load) a run does not pay again
+        t0 = time.perf_counter()
+        prepared = engine.prepare([(model_cfg, replace(train_cfg, seed=0))], x, y, losses)
+        stepper = prepared.stepper
+        stepper.start_epoch(torch.arange(len(x)))
+        for i in range(WARM_STEPS):
+            stepper.step(i % slots)
+        _sync(device)
+        first = time.perf_counter() - t0
+        steps, start = 0, time.perf_counter()
+        # one timed step at least; more while under MEASURE_S, unless the first step alone took longer
+        # (a big network): then no measurement costs much more than two steps (a shared server
+        # measures what a visitor asks for)
+        while steps < 1 or (first < MEASURE_S and steps < MAX_STEPS
+                            and (steps < 2 or time.perf_counter() - start < MEASURE_S)):
+            stepper.step(steps % slots)
+            steps += 1
+            if device.type == "cuda" and steps % 8 == 0:
+                _sync(device)
+        _sync(device)
+        step_s = (time.perf_counter() - start) / steps
+        setup = max(first - WARM_STEPS * step_s, 0.0)  # set-up and the first step's extra cost
+        eval_s = _eval_seconds(prepared.models[0], shape, train_cfg.eval_batch_size, device)
+    return Throughput(step_s, eval_s, setup, engine.name, time.monotonic())
+
+
+@torch.inference_mode()
+def _eval_seconds(model: torch.nn.Module, shape: tuple[int, ...], eval_batch: int, device: torch.device) -> float:
+    """Seconds per image of the loop's evaluation (model.eval(), chunks of `eval_batch`)."""
+    x = torch.randn(min(eval_batch, 256), *shape, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.perf_counter()
+        model(x[:8]).argmax(1)  # the eval path's first call; sizes the timed chunk
+        _sync(device)
+        guess = (time.perf_counter() - start) / 8
+        n = max(8, min(len(x), int(MEASURE_S / 2 / max(guess, 1e-9))))
+        images, start = 0, time.perf_counter()
+        while images < n or (time.perf_counter() - start < MEASURE_S / 2 and images < 20 * n):
+            model(x[:n]).argmax(1)
+            images += n
+        _sync(device)
+        return (time.perf_counter() - start) / images
+    finally:
+        model.train(was_training)
