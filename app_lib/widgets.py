@@ -206,7 +206,10 @@ def duration(seconds: float | None) -> str:
 def expected_time(spec: JobSpec) -> str:
     from mnist_lab.training.preflight import resolve_device
 
-    return duration(estimate_seconds(spec, resolve_device(spec.train.device).type, now=True))  # the machine now
+    try:
+        return duration(estimate_seconds(spec, resolve_device(spec.train.device).type, now=True))  # the machine now
+    except Exception:  # noqa: BLE001 - the page's rules catch the config's problems; an estimate never breaks it
+        return duration(None)
 
 
 def _status(view: JobView) -> None:

@@ -35,8 +35,9 @@ from mnist_lab.lab.experiments import CompareConfig, SweepConfig  # noqa: E402
 from mnist_lab.lab.lessons import LESSONS, LessonConfig  # noqa: E402
 from mnist_lab.nets.presets import PRESETS  # noqa: E402
 from mnist_lab.runs.store import ResultStore  # noqa: E402
+from mnist_lab.service.estimate import estimate_seconds  # noqa: E402
 from mnist_lab.service.jobs import KINDS, JobSpec, execute, lesson_jobs, lesson_spec  # noqa: E402
-from mnist_lab.service.policy import ServerPolicy, estimate_seconds  # noqa: E402
+from mnist_lab.service.policy import ServerPolicy  # noqa: E402
 from mnist_lab.training.loop import TrainConfig  # noqa: E402
 
 # ------------------------------------------------------------------------------------ values

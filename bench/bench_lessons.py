@@ -35,9 +35,13 @@ def bench(name: str, args) -> bool:
     try:
         load_raw(spec.data)  # before timing; a dataset this machine lacks: the lesson's next one
     except DataUnavailableError:
-        others = [d for d in LESSONS[name].datasets if d != spec.data.dataset]
+        tried = [*getattr(args, "tried", []), spec.data.dataset]
+        others = [d for d in LESSONS[name].datasets if d not in tried]
+        if not others:
+            print(f"\n{name}: none of its datasets is here ({', '.join(tried)}): not run")
+            return False
         print(f"\n{name}: no {spec.data.dataset} here; on {others[0]} instead (the page's fallback)")
-        return bench(name, argparse.Namespace(**{**vars(args), "dataset": others[0]}))
+        return bench(name, argparse.Namespace(**{**vars(args), "dataset": others[0], "tried": tried}))
     start = time.perf_counter()
     result = run_lesson(cfg, spec.train, spec.data)
     wall = time.perf_counter() - start
@@ -49,8 +53,8 @@ def bench(name: str, args) -> bool:
     for r in result.results:
         by_label.setdefault(r.label, []).append(r)
     for label, runs in by_label.items():
-        accs = [100 * r.epochs[-1].test_acc for r in runs if r.epochs]
-        losses = [r.epochs[-1].train_loss for r in runs if r.epochs]
+        accs = [100 * r.epochs[-1].test_acc for r in runs if r.epochs] or [float("nan")]  # none ended an epoch
+        losses = [r.epochs[-1].train_loss for r in runs if r.epochs] or [float("nan")]
         yes = [run_verdict(r) == "learned" for r in runs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         should = not any(c.hurts for c in LESSONS[name].changes if c.label == label)

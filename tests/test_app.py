@@ -28,6 +28,7 @@ from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore, run_row
+from mnist_lab.service.estimate import estimate_seconds
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import TrainConfig
@@ -283,6 +284,9 @@ def test_touching_widgets_leaves_a_running_job_alone_and_stop_keeps_its_results(
     while not runner.poll(job_id).runs or not runner.poll(job_id).runs[0].step:  # training, not loading
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    running = runner.poll(job_id)  # its ETA: the page's measured estimate, scaled by the job's own pace
+    whole = estimate_seconds(running.spec, "cpu")
+    assert running.eta_s is not None and 0 < running.eta_s <= 3 * whole, (running.eta_s, whole)
     at.run()
     at.button(key="train_stop_btn").click().run()  # the panel's Stop
     view = runner.wait(job_id, timeout=60)

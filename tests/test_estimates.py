@@ -27,8 +27,8 @@ def priced(monkeypatch):
     """Every network costs 1 ms per training image in its batch, 0.1 ms per test image, 0.5 s set-up."""
     seen = []
 
-    def fake(model_cfg, train_cfg, device_type, n_classes, now=False):
-        seen.append((model_cfg, train_cfg.batch_size, device_type, n_classes, now))
+    def fake(model_cfg, train_cfg, device, n_classes, now=False, measure_missing=True):
+        seen.append((model_cfg, train_cfg.batch_size, str(device), n_classes, now))
         return Throughput(train_cfg.batch_size * 1e-3, 1e-4, 0.5, "plain", 0.0)
     monkeypatch.setattr(estimate, "throughput", fake)
     return seen
@@ -96,10 +96,60 @@ def test_a_real_measurement_times_the_engine_a_lone_run_uses_and_leaves_the_rng_
 
 def test_the_eta_trusts_the_jobs_own_pace_as_more_of_it_is_done():
     runs = [10.0, 10.0, 30.0, 30.0]  # seconds each, in training order (total 80)
-    assert estimate.eta_seconds(runs, 0, 0.0, 5.0) == 80.0  # still preparing its data: the whole estimate
-    assert estimate.eta_seconds(runs, 2, 0.0, 20.0) == pytest.approx(60.0)  # on pace
-    assert estimate.eta_seconds(runs, 2, 0.0, 40.0) == pytest.approx(120.0)  # twice as slow as estimated
-    assert estimate.eta_seconds(runs, 2, 0.5, 70.0) == pytest.approx(45.0 * 2)  # 35 s done in 70: half the pace
-    early = estimate.eta_seconds(runs, 0, 0.1, 3.0)  # 1 s of 80 done, three times slower: not trusted yet
-    assert 79.0 < early < 79.0 * 3 and early < 79.0 * 1.5
-    assert estimate.eta_seconds(runs, 4, 0.0, 90.0) == 0.0
+    assert estimate.eta_seconds(runs, [], 0.0) == 80.0  # nothing started: the whole estimate
+    assert estimate.eta_seconds(runs, [1, 1], 20.0) == pytest.approx(60.0)  # on pace
+    assert estimate.eta_seconds(runs, [1, 1], 40.0) == pytest.approx(120.0)  # twice as slow as estimated
+    assert estimate.eta_seconds(runs, [1, 1, 0.5], 70.0) == pytest.approx(45.0 * 2)  # 35 s done in 70
+    early = estimate.eta_seconds(runs, [0.1], 3.0)  # 1 s of 80 done, three times slower: not trusted yet
+    assert 79.0 < early < 79.0 * 1.5
+    assert estimate.eta_seconds(runs, [1, 1, 1, 1], 90.0) == 0.0
+
+
+def test_runs_side_by_side_count_each_ones_progress():
+    """On a GPU several runs train at once: four runs half done after 10 s leave about 10 s."""
+    assert estimate.eta_seconds([10.0] * 4, [0.5] * 4, 10.0) == pytest.approx(10.0)
+
+
+def test_the_measurement_restarts_its_batches_for_an_engine_that_keeps_its_own_position(monkeypatch):
+    """The CUDA-graph step ignores `i` and moves through the epoch's order itself: the measurement
+    starts a new 'epoch' of its 4 batches every 4 steps (before, step 5 read past the order; on a
+    GPU a device-side assert). Driven on the CPU, where the same step runs without capture."""
+    from mnist_lab.training import engines
+
+    monkeypatch.setattr(engines, "select", lambda *a: engines.Choice(engines.REGISTRY["cuda-graph"], None))
+    monkeypatch.setattr(throughput, "MEASURE_S", 0.05)
+    cost = throughput.measure(PRESETS["tiny-cnn"].model, TrainConfig(batch_size=16), torch.device("cpu"), 10)
+    assert cost.engine == "cuda-graph" and cost.step_s > 0
+
+
+def test_what_is_not_measured_gets_the_formulas_figure(monkeypatch):
+    """A network the formula puts above MAX_MEASURED_STEP_S per step is never run (a visitor's huge
+    design must not hold the server), nor is one whose measurement fails; nothing is raised."""
+    from mnist_lab.nets.presets import cnn_config
+
+    throughput.forget()
+    huge = cnn_config(conv_layers=2, kernel_size=9, base_channels=256)  # billions of multiply-adds an image
+    monkeypatch.setattr(throughput, "measure", lambda *a: pytest.fail("measured"))
+    try:
+        cost = throughput.throughput(huge, TrainConfig(batch_size=512), "cpu", 10)
+        assert cost.engine == "formula" and cost.step_s > throughput.MAX_MEASURED_STEP_S
+
+        def out_of_memory(*a):
+            raise RuntimeError("CUDA out of memory")
+        monkeypatch.setattr(throughput, "measure", out_of_memory)
+        cost = throughput.throughput(PRESETS["lab5"].model, TrainConfig(), "cpu", 10)
+        assert cost.engine == "formula" and 0 < cost.step_s < 0.1
+    finally:
+        throughput.forget()
+
+
+def test_a_poll_never_measures_and_says_when_it_has_no_figures(monkeypatch):
+    throughput.forget()
+    job = JobSpec("train", TrainConfig(epochs=1), DataConfig(train_limit=640), model=PRESETS["tiny-fc"].model)
+    try:
+        assert estimate.run_estimates(job, "cpu", measure_missing=False) is None  # nothing known yet
+        assert len(estimate.run_estimates(job, "cpu")) == 1  # measured (what a page does before it starts)
+        monkeypatch.setattr(throughput, "measure", lambda *a: pytest.fail("measured again"))
+        assert len(estimate.run_estimates(job, "cpu", measure_missing=False)) == 1
+    finally:
+        throughput.forget()

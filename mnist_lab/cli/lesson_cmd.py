@@ -75,7 +75,7 @@ def cmd_lesson(args) -> int:
     print(f"{_(lesson.title)}: {_(lesson.question)}")
     for s in skipped:
         note(args, _("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason), prefix=False)
-    seconds = estimate_seconds(spec, resolve_device(spec.train.device).type, now=True)
+    seconds = estimate_seconds(spec, resolve_device(spec.train.device).type, now=True)  # the machine now
     print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}, about {seconds:.0f} s here.").format(
         runs=spec.runs_total(), variants=len(variants), seeds=cfg.n_seeds(), dataset=spec.data.dataset,
         seconds=seconds))

@@ -282,15 +282,27 @@ def _spec(text: str) -> JobSpec | None:
         return None
 
 
-@lru_cache(maxsize=64)
-def _estimates(text: str) -> tuple[float, ...] | None:
-    """Each run's idle-machine estimate (estimate.run_estimates) of the job written as `text`; None
-    where it cannot be estimated here (its device is not on this machine). Measured once per
-    network in this process: never again while the job trains (that would slow it)."""
+class _NoFigures(Exception):
+    """A network of the job has no measured figure in this process yet (lru_cache keeps no exception)."""
+
+
+@lru_cache(maxsize=256)
+def _known_estimates(text: str) -> tuple[float, ...]:
     spec = _spec(text)
+    found = run_estimates(spec, resolve_device(spec.train.device).type, measure_missing=False)
+    if found is None:
+        raise _NoFigures
+    return tuple(found)
+
+
+def _estimates(text: str) -> tuple[float, ...] | None:
+    """Each run's idle-machine estimate (estimate.run_estimates) of the job written as `text`, from
+    the figures this process already has (the page measured them before the job started); None
+    where one is missing (nothing is measured while the job trains: that would slow it) or its
+    device is not on this machine."""
     try:
-        return tuple(run_estimates(spec, resolve_device(spec.train.device).type))
-    except (ValueError, RuntimeError):
+        return _known_estimates(text)
+    except Exception:  # noqa: BLE001 - an ETA is never worth a failed poll: the plain ETA stands in
         return None
 
 
@@ -317,8 +329,11 @@ def job_view(queue: JobQueue, row: dict) -> JobView:
         eta = 0.0
     elif status == "running":
         estimates = _estimates(row["spec"]) if spec is not None else None
-        if estimates and len(estimates) == total:  # the job's pace against its measured-throughput estimate
-            eta = eta_seconds(estimates, done, part, elapsed)
+        first = _seconds_since(rows[0]["started_at"], now) if rows else None  # after the data loaded
+        if estimates and len(estimates) == total and len(runs) <= total:  # its pace against its estimate
+            progress = [1.0 if r.status != "running" else (r.step / r.total_steps if r.total_steps else 0.0)
+                        for r in runs]
+            eta = eta_seconds(list(estimates), progress, first or 0.0)
         elif total == 1 and current is not None and current.step:
             run_elapsed = _seconds_since(rows[-1]["started_at"], now)  # without the data loading
             if run_elapsed is not None:

@@ -1,15 +1,18 @@
 """Measured training throughput: how long one iteration of THIS network at THIS batch size takes on
 this machine, through the engine a lone run of it trains with, and how long one test image takes to
-evaluate. The time estimates (service/estimate.py) are built from these figures, not
-from a multiply-add count: the same multiply-adds cost very different times in a 13-conv residual
-stack, a BatchNorm layer, a global-average-pooling head or the C++ kernels.
+evaluate. The time estimates (service/estimate.py) are built from these figures, not from a
+multiply-add count: the same multiply-adds cost very different times in a 13-conv residual stack,
+a BatchNorm layer, a global-average-pooling head or the C++ kernels.
 
 A measurement trains a few steps on random images of the dataset's shape (a step costs the same
-whatever the pixels) for about MEASURE_S seconds: once per network, batch size, optimiser, engine
-and device in a process, again when the figure is older than FRESH_S and the caller asks for the
-machine as it is now. Two figures are kept per key: the FASTEST measured (the idle-machine
-estimate: what a limit uses, so a refusal does not flap with load) and the LATEST (the machine
-now: what an ETA starts from).
+whatever the pixels) for about MEASURE_S seconds, once per network, batch size, optimiser, engine
+and device in a process; again, for the caller that asks for the machine as it is now, when its
+figure is older than FRESH_S. Two figures are kept per key: the FASTEST measured (the idle-machine
+estimate: what a limit uses, so a refusal does not flap with load) and the LATEST.
+
+What is never measured: a network whose step the multiply-add formula puts above MAX_MEASURED_STEP_S
+(a visitor's 900-million-parameter design must not hold a shared server's CPU for minutes), and one
+whose measurement fails (out of memory, say): those get the formula's figure (`engine` "formula").
 """
 from __future__ import annotations
 
@@ -20,14 +23,20 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from mnist_lab.nets.model import ModelConfig
+from mnist_lab.nets.model import ModelConfig, summarize
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.training import engines
 from mnist_lab.training.events import config_dict
 
-MEASURE_S = 0.25  # seconds of timed training steps per measurement (and half that of evaluation)
+MEASURE_S = 0.2  # seconds of timed training steps per measurement (and a quarter of that of evaluation)
 MAX_STEPS = 40  # ... but no more steps than this
 WARM_STEPS = 1  # untimed first steps: allocation, a graph capture, the kernels' first call
-FRESH_S = 30.0  # a measurement younger than this is the machine "now"
+FRESH_S = 60.0  # a measurement younger than this is the machine "now"
+MAX_MEASURED_STEP_S = 5.0  # a network the formula puts above this per step is not measured (VGG16: 4)
+# The formula's effective multiply-adds per second of a training step and its fixed cost per step,
+# from the Lab-5 net (docs/BENCHMARKS.md: 2.5 s per CPU epoch on 2 cores, 0.18 s on an H100). Rough
+# by design: it only stands in where nothing was measured.
+FORMULA_RATE = {"cpu": (30e9, 0.4e-3), "cuda": (1.5e12, 0.15e-3)}
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,8 @@ class Throughput:
         return self.setup_s + epochs * (steps * self.step_s + n_test * self.eval_image_s)
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # guards the tables below, never held while measuring
+_KEY_LOCKS: dict[tuple, threading.Lock] = {}  # one per key: a network is measured once, others wait for it
 _FASTEST: dict[tuple, Throughput] = {}
 _LATEST: dict[tuple, Throughput] = {}
 _WARM: set[str] = set()  # device types this process has measured on: its one-time start-up is paid
@@ -59,21 +69,32 @@ def _key(model_cfg: ModelConfig, train_cfg, device: torch.device) -> tuple:
 
 
 def throughput(model_cfg: ModelConfig, train_cfg, device: torch.device | str, n_classes: int,
-               now: bool = False) -> Throughput:
+               now: bool = False, measure_missing: bool = True) -> Throughput | None:
     """The cost of training `model_cfg` with `train_cfg` on `device`: the fastest figure measured in
-    this process (the idle estimate), or with `now`, a figure at most FRESH_S old (measured again
-    when older). The first call for a network measures it (about MEASURE_S × 1.5 plus set-up)."""
+    this process (the idle estimate), or with `now` a figure at most FRESH_S old (measured again
+    when older). The first call for a network measures it (about MEASURE_S × 1.25 plus its set-up);
+    with `measure_missing` False it returns None instead (a poll while a job trains must not
+    measure: that would slow the job)."""
     device = torch.device(device)
     key = _key(model_cfg, train_cfg, device)
     with _LOCK:
         latest = _LATEST.get(key)
         if latest is not None and (not now or time.monotonic() - latest.measured_at < FRESH_S):
             return latest if now else _FASTEST[key]
-        measured = measure(model_cfg, train_cfg, device, n_classes)
-        _LATEST[key] = measured
-        best = _FASTEST.get(key)
-        if best is None or measured.step_s < best.step_s:
-            _FASTEST[key] = best = measured
+        if not measure_missing and latest is None:
+            return None
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:
+        with _LOCK:  # measured by another thread while this one waited
+            latest = _LATEST.get(key)
+            if latest is not None and (not now or time.monotonic() - latest.measured_at < FRESH_S):
+                return latest if now else _FASTEST[key]
+        measured = _measure_or_formula(model_cfg, train_cfg, device, n_classes)
+        with _LOCK:
+            _LATEST[key] = measured
+            best = _FASTEST.get(key)
+            if best is None or measured.step_s < best.step_s:
+                _FASTEST[key] = best = measured
         return measured if now else best
 
 
@@ -84,6 +105,28 @@ def forget() -> None:
         _LATEST.clear()
 
 
+def formula(model_cfg: ModelConfig, train_cfg, device: torch.device) -> Throughput:
+    """The multiply-add formula's figure: forward + backward (3x the forward's multiply-adds) of a
+    batch, one forward of a test image; what stands in where nothing was measured."""
+    rate, per_step = FORMULA_RATE.get(device.type, FORMULA_RATE["cpu"])
+    macs = sum(row.macs for row in summarize(model_cfg))
+    return Throughput(3 * macs * train_cfg.batch_size / rate + per_step, macs / rate, 0.0, "formula",
+                      time.monotonic())
+
+
+def _measure_or_formula(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: int) -> Throughput:
+    rough = formula(model_cfg, train_cfg, device)
+    if rough.step_s > MAX_MEASURED_STEP_S:
+        return rough
+    try:
+        return measure(model_cfg, train_cfg, device, n_classes)
+    except Exception:  # noqa: BLE001 - out of memory, a kernel refusing the sizes: the training will say why
+        return rough
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the server process keeps no memory the worker's runs need
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -92,11 +135,13 @@ def _sync(device: torch.device) -> None:
 def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: int) -> Throughput:
     """Time a few training steps and evaluations of this network, as a lone run trains it, on
     random images of its input shape. Leaves the global RNG as it was (the runs draw from it). The
-    first measurement on a device type in a process is taken twice and the first discarded: it
-    pays the process's one-time start-up (about a second on the CPU), which no run pays again."""
+    first measurement on a device type in a process first measures a small network and discards
+    that: it pays the process's one-time start-up (about a second on the CPU), which no run pays again."""
     if device.type not in _WARM:
         _WARM.add(device.type)
-        measure(model_cfg, train_cfg, device, n_classes)
+        small = PRESETS["tiny-cnn"].model
+        measure(replace(small, in_channels=model_cfg.in_channels, image_size=model_cfg.image_size),
+                replace(train_cfg, batch_size=64, augment=False), device, n_classes)
     engine = engines.select(model_cfg, train_cfg, device).engine
     batch = train_cfg.batch_size
     slots = 4  # distinct batches the steps cycle through
@@ -109,10 +154,14 @@ def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: 
         engine.warm_up(device)  # a one-time cost (the C++ kernels' load) a run does not pay again
         t0 = time.perf_counter()
         prepared = engine.prepare([(model_cfg, replace(train_cfg, seed=0))], x, y, losses)
-        stepper = prepared.stepper
-        stepper.start_epoch(torch.arange(len(x)))
-        for i in range(WARM_STEPS):
+        stepper, order = prepared.stepper, torch.arange(len(x))
+
+        def step(i: int) -> None:  # the 4 batches over and over: a new "epoch" of them every 4 steps
+            if i % slots == 0:
+                stepper.start_epoch(order)  # (the CUDA graph step keeps its own position in the order)
             stepper.step(i % slots)
+        for i in range(WARM_STEPS):
+            step(i)
         _sync(device)
         first = time.perf_counter() - t0
         steps, start = 0, time.perf_counter()
@@ -121,7 +170,7 @@ def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: 
         # measures what a visitor asks for)
         while steps < 1 or (first < MEASURE_S and steps < MAX_STEPS
                             and (steps < 2 or time.perf_counter() - start < MEASURE_S)):
-            stepper.step(steps % slots)
+            step(WARM_STEPS + steps)
             steps += 1
             if device.type == "cuda" and steps % 8 == 0:
                 _sync(device)
@@ -143,9 +192,9 @@ def _eval_seconds(model: torch.nn.Module, shape: tuple[int, ...], eval_batch: in
         model(x[:8]).argmax(1)  # the eval path's first call; sizes the timed chunk
         _sync(device)
         guess = (time.perf_counter() - start) / 8
-        n = max(8, min(len(x), int(MEASURE_S / 2 / max(guess, 1e-9))))
+        n = max(8, min(len(x), int(MEASURE_S / 4 / max(guess, 1e-9))))
         images, start = 0, time.perf_counter()
-        while images < n or (time.perf_counter() - start < MEASURE_S / 2 and images < 20 * n):
+        while images < n or (time.perf_counter() - start < MEASURE_S / 4 and images < 20 * n):
             model(x[:n]).argmax(1)
             images += n
         _sync(device)
