@@ -29,7 +29,7 @@ from torch import nn
 from mnist_lab.nets.model import ModelConfig, build_model, plain_conv_padding
 from mnist_lab.paths import default_cache_dir
 from mnist_lab.training.step import Augment, Engine, PlainStep, Prepared, cpu_state, init_model, make_optimizer
-from mnist_lab.training.threads import ThreadGovernor, one_torch_thread
+from mnist_lab.training.threads import WINDOW_S, ThreadGovernor, one_torch_thread
 
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
@@ -427,6 +427,7 @@ class NativeEngine(Engine):
 
     devices = ("cpu",)
     wrong_device = "runs on the CPU only"
+    settle_s = 2 * WINDOW_S + 0.05  # the thread governor's first window and its one-window trial of fewer threads
 
     def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
         return native_unsupported(model_cfg)

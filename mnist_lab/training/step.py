@@ -168,6 +168,7 @@ class Engine:
     wrong_device: ClassVar[str] = ""  # why it does not run on another device type
     stacks: ClassVar[bool] = False  # trains two or more runs that differ only in their seed, as one
     side_by_side: ClassVar[bool] = False  # on a GPU, trains beside other units on its own CUDA stream
+    settle_s: ClassVar[float] = 0.0  # seconds of steps before its pace is steady (a throughput measurement waits)
 
     def can_run(self, model_cfg: ModelConfig, train_cfg, device: torch.device, alone: bool = True) -> str | None:
         """Why this engine cannot train this config on `device` (a lone run when `alone`), or None."""
