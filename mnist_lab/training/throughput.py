@@ -18,6 +18,7 @@ whose measurement fails (out of memory, say): those get the formula's figure (`e
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from mnist_lab.training import engines
 from mnist_lab.training.events import config_dict
 
 MEASURE_S = 0.2  # seconds of timed training steps per measurement
-MAX_STEPS = 40  # ... but no more steps than this
+MAX_STEPS = 200  # ... but no more steps than this
 WARM_STEPS = 1  # untimed first steps: allocation, a graph capture, the kernels' first call
 FRESH_S = 60.0  # a measurement younger than this is the machine "now"
 MAX_MEASURED_STEP_S = 5.0  # a network the formula puts above this per step is not measured (VGG16: 4)
@@ -151,7 +152,7 @@ def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: 
         shape = (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
         x = torch.randn(slots * batch, *shape, device=device)
         y = torch.randint(0, n_classes, (slots * batch,), device=device)
-        losses = torch.zeros(1, WARM_STEPS + 51 * MAX_STEPS, device=device)  # a slot per step
+        losses = torch.zeros(1, WARM_STEPS + 11 * MAX_STEPS, device=device)  # a slot per step
         engine.warm_up(device)  # a one-time cost (the C++ kernels' load) a run does not pay again
         t0 = time.perf_counter()
         prepared = engine.prepare([(model_cfg, replace(train_cfg, seed=0))], x, y, losses)
@@ -167,21 +168,25 @@ def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: 
         first = time.perf_counter() - t0
         done = WARM_STEPS
         settled = time.perf_counter() + engine.settle_s  # e.g. the native engine's thread count, chosen as it goes
-        while first < MEASURE_S and time.perf_counter() < settled and done < 50 * MAX_STEPS:
+        while first < MEASURE_S and time.perf_counter() < settled and done < 10 * MAX_STEPS:
             step(done)
             done += 1
-        steps, start = 0, time.perf_counter()
+        steps, start, times = 0, time.perf_counter(), []
         # one timed step at least; more while under MEASURE_S, unless the first step alone took longer
         # (a big network): then no measurement costs much more than two steps (a shared server
         # measures what a visitor asks for)
         while steps < 1 or (first < MEASURE_S and steps < MAX_STEPS
                             and (steps < 2 or time.perf_counter() - start < MEASURE_S)):
+            t = time.perf_counter()
             step(done + steps)
             steps += 1
             if device.type == "cuda" and steps % 8 == 0:
                 _sync(device)
+            times.append(time.perf_counter() - t)
         _sync(device)
-        step_s = (time.perf_counter() - start) / steps
+        # on the CPU the median step: a moment's interference (another process, the threads of a run
+        # that just ended still spinning) moves the mean of a short measurement by half
+        step_s = statistics.median(times) if device.type == "cpu" else (time.perf_counter() - start) / steps
         setup = max(first - WARM_STEPS * step_s, 0.0)  # set-up and the first step's extra cost
     # A test image costs about a third of a training image (one forward pass against forward +
     # backward): within 25% of the evaluation timed alone for every preset (Lab-5 18 against 16-22 µs,
