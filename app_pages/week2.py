@@ -39,7 +39,7 @@ LIMITS = dict(lesson=list(LESSONS), full=[False, True], seeds=(1, 5), images=SUB
 
 
 def lesson_defaults() -> None:
-    """The picked lesson's own seeds and training images (they finish in about 2 minutes)."""
+    """The picked lesson's own seeds and training images (they finish in about 90 s or less on 2 idle CPU cores)."""
     picked = LESSONS[st.session_state.w2_lesson]
     st.session_state.w2_seeds, st.session_state.w2_images = picked.seeds, picked.train_limit or SUBSETS[-1]
 

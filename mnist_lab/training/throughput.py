@@ -18,7 +18,6 @@ whose measurement fails (out of memory, say): those get the formula's figure (`e
 from __future__ import annotations
 
 import math
-import statistics
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -171,22 +170,20 @@ def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: 
         while first < MEASURE_S and time.perf_counter() < settled and done < 10 * MAX_STEPS:
             step(done)
             done += 1
-        steps, start, times = 0, time.perf_counter(), []
+        steps, start = 0, time.perf_counter()
         # one timed step at least; more while under MEASURE_S, unless the first step alone took longer
         # (a big network): then no measurement costs much more than two steps (a shared server
         # measures what a visitor asks for)
         while steps < 1 or (first < MEASURE_S and steps < MAX_STEPS
                             and (steps < 2 or time.perf_counter() - start < MEASURE_S)):
-            t = time.perf_counter()
             step(done + steps)
             steps += 1
             if device.type == "cuda" and steps % 8 == 0:
                 _sync(device)
-            times.append(time.perf_counter() - t)
         _sync(device)
-        # on the CPU the median step: a moment's interference (another process, the threads of a run
-        # that just ended still spinning) moves the mean of a short measurement by half
-        step_s = statistics.median(times) if device.type == "cpu" else (time.perf_counter() - start) / steps
+        # the mean step, over up to 200 steps or 0.2 s: not the median, which on a busy machine hides
+        # the steps that waited for a core (tiny-fc beside a busy process: median 0.6 s an epoch, 2.2 s real)
+        step_s = (time.perf_counter() - start) / steps
         setup = max(first - WARM_STEPS * step_s, 0.0)  # set-up and the first step's extra cost
     # A test image costs about a third of a training image (one forward pass against forward +
     # backward): within 25% of the evaluation timed alone for every preset (Lab-5 18 against 16-22 µs,
