@@ -29,7 +29,7 @@ from mnist_lab.nets.presets import PRESETS
 from mnist_lab.training import engines
 from mnist_lab.training.events import config_dict
 
-MEASURE_S = 0.2  # seconds of timed training steps per measurement
+MEASURE_S = 0.4  # seconds of timed training steps per measurement (busy machines vary: 0.2 s swung 1.2-3.7 ms)
 MAX_STEPS = 200  # ... but no more steps than this
 WARM_STEPS = 1  # untimed first steps: allocation, a graph capture, the kernels' first call
 FRESH_S = 60.0  # a measurement younger than this is the machine "now"
@@ -181,7 +181,7 @@ def measure(model_cfg: ModelConfig, train_cfg, device: torch.device, n_classes: 
             if device.type == "cuda" and steps % 8 == 0:
                 _sync(device)
         _sync(device)
-        # the mean step, over up to 200 steps or 0.2 s: not the median, which on a busy machine hides
+        # the mean step, over up to 200 steps or MEASURE_S: not the median, which on a busy machine hides
         # the steps that waited for a core (tiny-fc beside a busy process: median 0.6 s an epoch, 2.2 s real)
         step_s = (time.perf_counter() - start) / steps
         setup = max(first - WARM_STEPS * step_s, 0.0)  # set-up and the first step's extra cost
