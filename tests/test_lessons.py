@@ -402,6 +402,7 @@ def test_the_residual_lesson_reads_the_final_training_loss_too():
     assert text[1] == ("the same depth with shortcuts: final training loss 0.667 against 0.857 for plain deep CNN, "
                        "lower by more than the spread over seeds (0.071): it trains better.")
     assert "训练得更好" in r.render(ZH)[1]
+    assert text[-1].startswith("No variant is ahead of all the others in test accuracy")  # says which measure
     flat = read_lesson(LESSONS["residual"], with_loss(groups, ([0.70, 0.75, 0.80], [0.70, 0.74, 0.81]))).render()
     assert "no clear difference (3 seed(s)" in flat[1]
     no_loss = read_lesson(LESSONS["residual"], summary(*groups)).render()  # no training loss known: no loss line

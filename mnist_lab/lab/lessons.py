@@ -573,7 +573,7 @@ def read_lesson(lesson: Lesson, summary: pd.DataFrame, dataset: str | None = Non
         lines.append(_cost_line(c))
     changes = {c.label: c for c in lesson.changes}
     lines += [_not_learned_line(changes.get(r.variant), r.variant, n_classes) for r in rows if not learned[r.variant]]
-    lines.append(_best_line(rows, learned))
+    lines.append(_best_line(rows, learned, "train_loss" in lesson.metrics))
     best = lines[-1].values["best"] if lines[-1].msgid == BEST else None
     return Reading(lesson.name, contrasts, best, lines)
 
@@ -581,9 +581,10 @@ def read_lesson(lesson: Lesson, summary: pd.DataFrame, dataset: str | None = Non
 BEST = N_("Best here: {best}, ahead of every other variant by more than the spread over seeds.")
 
 
-def _best_line(rows: list, learned: dict[str, bool]) -> Line:
+def _best_line(rows: list, learned: dict[str, bool], more_metrics: bool = False) -> Line:
     """Which variants lead, in words that agree with the contrasts: a variant that did not learn is
-    behind every one that did; among those that learned, the direction rule decides."""
+    behind every one that did; among those that learned, the direction rule decides (on test
+    accuracy: `more_metrics` says so where the lesson read another measure too)."""
     ok = [r for r in rows if learned[r.variant]]
     if not ok:
         return Line(N_("No variant learned here: train longer (more epochs or more training images) before "
@@ -600,6 +601,9 @@ def _best_line(rows: list, learned: dict[str, bool]) -> Line:
         return Line(N_("Ahead of the rest, but not distinguishable from each other: {top}."), dict(top=top),
                     ("top",))
     n = min(int(r.n) for r in rows)
+    if more_metrics:  # the lesson read another measure too: say which one this line is about
+        return Line(N_("No variant is ahead of all the others in test accuracy by more than the spread over seeds "
+                       "(at least {n} seed(s) per variant)."), dict(n=n))
     return Line(N_("No variant is ahead of all the others by more than the spread over seeds (at least "
                    "{n} seed(s) per variant)."), dict(n=n))
 
