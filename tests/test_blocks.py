@@ -185,9 +185,9 @@ def test_a_block_list_field_is_typed_by_the_base_so_new_types_need_no_codec_chan
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_multiply_adds_are_counted_by_each_row_as_the_time_estimate_did(name):
-    """policy.forward_macs sums the rows' own `macs`; before, it sniffed the layer names (a conv or
+    """throughput.forward_macs sums the rows' own `macs`; before, it sniffed the layer names (a conv or
     residual row: its parameters at every output position; a linear row: its parameters)."""
-    from mnist_lab.service.policy import forward_macs
+    from mnist_lab.training.throughput import forward_macs
 
     rows = summarize(PRESETS[name].model)
     sniffed = sum(r.params * math.prod(r.output_shape[1:]) if r.layer.startswith(("Conv2d", "Residual"))

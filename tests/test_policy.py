@@ -11,8 +11,9 @@ from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.service.jobs import JobSpec
-from mnist_lab.service.policy import LimitError, ServerPolicy, estimate_seconds, forward_macs
+from mnist_lab.service.policy import LimitError, ServerPolicy, estimate_seconds
 from mnist_lab.training.loop import TrainConfig
+from mnist_lab.training.throughput import forward_macs
 
 
 def lab5(epochs: int = 1, train_limit: int | None = None) -> JobSpec:

@@ -1,6 +1,6 @@
 """How a server shares itself: the mode (local: one user; shared: a class or a hosted demo, each
-browser its own workspace), the teacher token, the queue and per-job limits, and the estimate
-of a job's training time those limits use. Read from the environment (or `--mode` after
+browser its own workspace), the teacher token, the queue and per-job limits (checked against
+service/estimate.py's idle-machine estimate). Read from the environment (or `--mode` after
 `streamlit run streamlit_app.py --`). No streamlit here.
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mnist_lab.data.datasets import DATASETS
-from mnist_lab.nets.model import summarize
 from mnist_lab.service.access import Asker
 from mnist_lab.service.estimate import estimate_seconds
 
@@ -107,8 +106,3 @@ def job_models(spec) -> list[tuple[object, int]]:
     from mnist_lab.nets.model import count_params
 
     return [(cfg, count_params(cfg)) for cfg, _, _ in spec.run_configs() for _ in range(spec.runs_per_config())]
-
-
-def forward_macs(cfg) -> int:
-    """Multiply-adds of one forward pass of one image (convolutions and linear layers)."""
-    return sum(row.macs for row in summarize(cfg))  # each block type counts its own layers' rows

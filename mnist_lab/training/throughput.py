@@ -106,11 +106,16 @@ def forget() -> None:
         _LATEST.clear()
 
 
+def forward_macs(cfg: ModelConfig) -> int:
+    """Multiply-adds of one forward pass of one image (convolutions and linear layers)."""
+    return sum(row.macs for row in summarize(cfg))  # each block type counts its own layers' rows
+
+
 def formula(model_cfg: ModelConfig, train_cfg, device: torch.device) -> Throughput:
     """The multiply-add formula's figure: forward + backward (3x the forward's multiply-adds) of a
     batch, one forward of a test image; what stands in where nothing was measured."""
     rate, per_step = FORMULA_RATE.get(device.type, FORMULA_RATE["cpu"])
-    macs = sum(row.macs for row in summarize(model_cfg))
+    macs = forward_macs(model_cfg)
     return Throughput(3 * macs * train_cfg.batch_size / rate + per_step, macs / rate, 0.0, "formula",
                       time.monotonic())
 
