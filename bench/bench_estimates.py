@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_cifar import random_cifar  # noqa: E402
 
 from mnist_lab.data import datasets  # noqa: E402
 from mnist_lab.data.datasets import DATASETS, DataConfig, RawSplits  # noqa: E402
@@ -45,14 +46,11 @@ PRESET_TEST = {"vgg16-cifar": 1000, "resnet-small": 2000, "plain-small": 2000}
 
 
 def synthetic_cifar(real_load):
-    """datasets.load_raw, except CIFAR-10: random uint8 images of its exact shape and counts."""
+    """datasets.load_raw, except CIFAR-10: bench_cifar's random uint8 images of its exact shape and counts."""
     spec = DATASETS["cifar10"]
-    rng = np.random.default_rng(0)
-    shape = (spec.channels, spec.image_size, spec.image_size)
-    fake = RawSplits(torch.from_numpy(rng.integers(0, 256, (spec.train_count, *shape), dtype=np.uint8)),
-                     torch.from_numpy(rng.integers(0, 10, spec.train_count)),
-                     torch.from_numpy(rng.integers(0, 256, (spec.test_count, *shape), dtype=np.uint8)),
-                     torch.from_numpy(rng.integers(0, 10, spec.test_count)), source="synthetic")
+    x_train, y_train, x_test, y_test = random_cifar(spec.train_count, spec.test_count)
+    chw = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # noqa: E731  (N, C, H, W) as loaded
+    fake = RawSplits(chw(x_train), torch.from_numpy(y_train), chw(x_test), torch.from_numpy(y_test), source="synthetic")
 
     def load_raw(cfg: DataConfig) -> RawSplits:
         return fake if cfg.dataset == "cifar10" else real_load(cfg)

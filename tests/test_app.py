@@ -240,13 +240,19 @@ def test_a_link_cannot_pick_another_workspaces_run(db, tiny_data, monkeypatch):
     assert theirs not in "".join(str(c.value) for c in [*at.caption, *at.markdown])  # nothing of theirs shown
 
 
-def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
+def train_tiny_fc() -> AppTest:
+    """The Train page after one epoch of the tiny FC net on 256 images (4 iterations: it stays at chance)."""
     at = open_page("train")
     at.selectbox(key="train_preset").set_value("tiny-fc").run()
     at.select_slider(key="train_train_limit").set_value(256).run()
     at.slider(key="train_epochs").set_value(1).run()
     at.button(key="train_go_btn").click().run()
     finish(at, "train")
+    return at
+
+
+def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
+    at = train_tiny_fc()
     assert at.success[0].value.startswith("Finished")
     assert len(at.get("plotly_chart")) == 1  # the loss of every iteration
     assert {"iterations.csv", "epochs.csv", "runs.csv"} <= set(downloads(at))
@@ -631,12 +637,7 @@ def test_plain_text_breaks_the_autolinks_a_browser_would_still_make():
 def test_a_run_that_did_not_learn_is_named_on_the_train_and_runs_pages(db):
     """4 iterations of the tiny FC net stay at chance: the Train page says so with what to change,
     and the Runs page marks it in its table and a caption, in Chinese too."""
-    at = open_page("train")
-    at.selectbox(key="train_preset").set_value("tiny-fc").run()
-    at.select_slider(key="train_train_limit").set_value(256).run()
-    at.slider(key="train_epochs").set_value(1).run()
-    at.button(key="train_go_btn").click().run()
-    finish(at, "train")
+    at = train_tiny_fc()
     run = ResultStore(db).runs().iloc[0]
     epochs = ResultStore(db).epochs([run["run_id"]]).iloc[-1]
     assert not did_learn(epochs["test_acc"], epochs["train_loss"], 10)  # the premise: at chance
