@@ -1,4 +1,4 @@
-"""Command line: `python -m mnist_lab presets | train | sweep | compare | lesson | worker`, writing the
+"""Command line: `python -m mnist_lab presets | train | sweep | compare | lesson | worker | data`, writing the
 same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
 local workspace (so the app's Runs page can stop them); `worker` serves the app's queued jobs.
 Bad input ends with one `error:` line and exit code 2 before anything trains, never a
@@ -384,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mnist_lab.cli.inspect_cmd import add_inspect_commands  # inspect, predict, export
 
     add_inspect_commands(sub, parents=[lang_flag])
+
+    from mnist_lab.cli.data_cmd import add_parser as add_data_parser  # data idx
+
+    add_data_parser(sub, parents=[lang_flag])
     return parser
 
 

@@ -141,6 +141,7 @@ _IDX_FILES = {  # split -> (images, labels), the same names for MNIST and Fashio
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+IDX_FILES = _IDX_FILES  # for data.offline, which writes them
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 CIFAR_META = "batches.meta"

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnist_lab.data.datasets import DATASETS
 from mnist_lab.errors import ConfigError, WeightsError, writing
 from mnist_lab.lab.inspection import LoadedRun, normalization
 from mnist_lab.nets.model import ModelConfig, count_params, describe, summarize
 from mnist_lab.paths import write_file
 from mnist_lab.runs.weights import valid_run_id
 
+OFFLINE_COPY_COMMAND = "python -m mnist_lab data idx"  # cli/data_cmd.py: writes a dataset's IDX files
 # the lab's dataset names -> torchvision's dataset classes
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
@@ -177,13 +179,16 @@ def module_source(cfg: ModelConfig, model: nn.Module, run_id: str, class_name: s
 
 _SCRIPT = '''"""Run {run_id} of the MNIST CNN Lab as a standalone PyTorch program (torch + torchvision only).
 
-    python {script} --data-dir DATA              train from scratch, printing every iteration's loss
-    python {script} --data-dir DATA --evaluate   load weights.pt and report the test accuracy
+    python {script} --data DATA              train from scratch, printing every iteration's loss
+    python {script} --data DATA --evaluate   load weights.pt and report the test accuracy
 
-DATA is torchvision's dataset folder (it downloads {dataset_class} there if the files are missing).
+DATA (default ./data) is a folder in torchvision's layout: DATA/{looks_in}. Nothing is downloaded
+unless you add --download. Without a network, write the lab's offline copy there first:
+    {how_to_get_doc}
 The network, and how the run ended in the lab: NETWORK and TRAINED_IN_THE_LAB below.
 """
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -198,6 +203,8 @@ RUN_ID = {run_id!r}
 NETWORK = {label!r}
 TRAINED_IN_THE_LAB = {trained!r}  # the run's status and test accuracy there
 DATASET = datasets.{dataset_class}
+LOOKS_IN = {looks_in!r}  # where DATASET's files are under the data folder
+OFFLINE_COPY = {offline_copy!r}  # the lab's command that writes them there (+ the folder)
 MEAN, STD = {mean!r}, {std!r}  # per channel, on pixels scaled to [0, 1]
 PERMUTE_PIXELS = {permute}  # one fixed pixel order for every image, saved in permutation.pt
 TRAIN_LIMIT = {train_limit!r}  # first N training images (None: all)
@@ -215,9 +222,24 @@ EVAL_BATCH_SIZE = {eval_batch_size!r}
 {network}
 
 
-def load_split(root, train, limit):
+def open_dataset(root, train, download):
+    """torchvision's dataset from `root`; missing files end the program with one line saying where
+    it looked and how to put them there (downloading only with --download)."""
+    try:
+        return DATASET(root, train=train, download=download)
+    except (RuntimeError, OSError) as exc:  # torchvision's "Dataset not found", or a failed download
+        where = Path(root).resolve() / LOOKS_IN
+        how = f"{{OFFLINE_COPY}} {{root}}" if OFFLINE_COPY else f"put {{LOOKS_IN}} in {{root}}"
+        if download:
+            sys.exit(f"error: {{DATASET.__name__}} could not be downloaded into {{where}} ({{exc}}). Without a "
+                     f"network, write the lab's offline copy there instead: {{how}}")
+        sys.exit(f"error: no {{DATASET.__name__}} files in {{where}}. Write the lab's offline copy there: {{how}} "
+                 "(or add --download to fetch it from the internet)")
+
+
+def load_split(root, train, limit, download=False):
     """Images as float tensors (N, C, H, W), normalised (and pixel-permuted), labels (N,)."""
-    ds = DATASET(root, train=train, download=True)
+    ds = open_dataset(root, train, download)
     x = torch.as_tensor(ds.data)  # uint8 (N, H, W), or (N, H, W, C) for colour
     y = torch.as_tensor(ds.targets, dtype=torch.int64)
     if limit is not None:
@@ -266,7 +288,9 @@ def train(model, x_train, y_train, x_test, y_test, epochs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="data", help="torchvision dataset folder")
+    parser.add_argument("--data", "--data-dir", dest="data", default="data",
+                        help=f"torchvision-layout folder holding {{LOOKS_IN}} (default ./data)")
+    parser.add_argument("--download", action="store_true", help="download the dataset if it is not in --data")
     parser.add_argument("--evaluate", action="store_true", help="load the weights and report the test accuracy")
     parser.add_argument("--weights", type=Path, default=HERE / "weights.pt")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
@@ -274,7 +298,7 @@ def main():
     parser.add_argument("--save", type=Path, default=HERE / "trained.pt", help="where training saves its weights")
     args = parser.parse_args()
 
-    x_test, y_test = load_split(args.data_dir, False, TEST_LIMIT)
+    x_test, y_test = load_split(args.data, False, TEST_LIMIT, args.download)
     torch.manual_seed(SEED)  # the initial weights
     model = Net()
     print(f"{{sum(p.numel() for p in model.parameters()):,}} parameters")
@@ -283,7 +307,7 @@ def main():
         correct, acc = evaluate(model, x_test, y_test)
         print(f"test accuracy: {{100 * acc:.2f}}% ({{correct}}/{{len(x_test)}})")
         return
-    x_train, y_train = load_split(args.data_dir, True, args.train_limit)
+    x_train, y_train = load_split(args.data, True, args.train_limit, args.download)
     train(model, x_train, y_train, x_test, y_test, args.epochs)
     torch.save(model.state_dict(), args.save)
     print(f"saved the weights to {{args.save}}")
@@ -292,6 +316,15 @@ def main():
 if __name__ == "__main__":
     main()
 '''
+
+
+def data_folder(dataset: str) -> tuple[str, str]:
+    """Where the script finds `dataset` under its data folder (torchvision's layout), and the lab's
+    command that writes it there (+ the folder), or '' for a dataset with no IDX form."""
+    spec = DATASETS[dataset]
+    if spec.file_format != "idx":
+        return spec.folder, ""
+    return f"{spec.folder}/raw", f"{OFFLINE_COPY_COMMAND} --dataset {spec.name} --out"
 
 
 def script_name(run: LoadedRun) -> str:
@@ -327,8 +360,11 @@ def build_script(run: LoadedRun) -> str:
     acc = "—" if run.saved.test_acc is None else f"{100 * run.saved.test_acc:.2f}%"
     # Every value goes in as a Python literal (repr) or, for the file and class names, only after
     # checks that leave nothing but letters, digits and _.-: a weights file's text never becomes code.
+    looks_in, offline_copy = data_folder(data_cfg.dataset)
     return _SCRIPT.format(
         run_id=run.run_id, script=script_name(run), dataset_class=TORCHVISION_DATASETS[data_cfg.dataset],
+        looks_in=looks_in, offline_copy=offline_copy, how_to_get_doc=f"{offline_copy} DATA" if offline_copy else
+        f"put {looks_in} (from cifar-10-python.tar.gz) in DATA",
         label=describe(run.model_cfg), trained=f"{run.saved.status}, test accuracy {acc}", mean=mean, std=std,
         permute=run.permutation is not None, train_limit=data_cfg.train_limit, test_limit=data_cfg.test_limit,
         epochs=train_cfg.epochs, batch_size=train_cfg.batch_size, optimizer=train_cfg.optimizer, lr=train_cfg.lr,
@@ -340,6 +376,20 @@ def _torch_bytes(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def _readme_data(run: LoadedRun) -> str:
+    """The README's part on where the script finds its data, and how to put it there offline."""
+    looks_in, offline_copy = data_folder(run.data_cfg.dataset)
+    script = script_name(run)
+    how = (f"write the lab's offline copy there first, with the lab installed (no network needed; it checks "
+           f"each file against the published MD5s):\n\n    {offline_copy} data\n" if offline_copy else
+           "put the folder `cifar-10-batches-py/` (unpacked from `cifar-10-python.tar.gz`) in `data/`.\n")
+    return (f"\n## Data\n\nThe script reads torchvision's layout from the folder `--data` names (default `./data`): "
+            f"`data/{looks_in}`. It downloads nothing unless you add `--download`; without a network, {how}\n"
+            f"Then:\n\n    python {script} --data data --evaluate\n\n"
+            "When the files are missing, the script says where it looked and this command, and exits with an "
+            "error (no traceback).\n")
 
 
 def export_zip(run: LoadedRun) -> bytes:
@@ -361,7 +411,7 @@ def export_zip(run: LoadedRun) -> bytes:
                       "- `weights.safetensors`, `weights.pt`: the trained weights (the same tensors).\n"
                       + ("- `permutation.pt`: the fixed pixel order the run trained on.\n"
                          if run.permutation is not None else "")
-                      + "- `run.json`: every setting of the run.\n").encode("utf-8"),
+                      + "- `run.json`: every setting of the run.\n" + _readme_data(run)).encode("utf-8"),
     }
     if run.permutation is not None:
         files["permutation.pt"] = _torch_bytes(run.permutation.clone())
