@@ -4,11 +4,11 @@ import streamlit as st
 
 from app_lib.charts import digits_figure
 from app_lib.forms import preset_words
-from app_lib.lang import _
+from app_lib.lang import _, render_error
 from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits
 from app_lib.text import plain
 from app_lib.widgets import headers
-from mnist_lab.data.datasets import MNIST
+from mnist_lab.data.datasets import MNIST, source_message
 from mnist_lab.nets.model import count_params
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.training.native import kernel_state
@@ -47,7 +47,7 @@ with intro:
     else:
         st.success(_("**MNIST ready:** {train} training and {test} test images, {size}×{size} grey, from {source}.")
                    .format(train=f"{len(raw.x_train):,}", test=f"{len(raw.x_test):,}", size=MNIST.image_size,
-                           source=plain(raw.source)),
+                           source=plain(render_error(source_message(raw)))),  # where from, in the reader's words
                    icon=":material/check_circle:")
     st.page_link("app_pages/train.py", label=_("**Train** one network and watch every iteration's loss live"),
                  icon=":material/model_training:")

