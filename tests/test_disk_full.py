@@ -410,6 +410,21 @@ def test_any_other_write_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch, 
     assert f"{tmp_path / 'somewhere'} could not be written: the disk is full" in line and "Errno" not in line
 
 
+def test_data_idx_on_a_full_disk_says_so_and_leaves_nothing(tmp_path, monkeypatch, capsys, mnist_raw):
+    """`data idx` writes its four files through write_files: a full disk is one line, and neither a
+    file nor the folders it made are left."""
+    from mnist_lab.data import offline
+
+    def full(contents):
+        raise OSError(errno.ENOSPC, "No space left on device", str(next(iter(contents))))
+    monkeypatch.setattr(offline, "load_dataset", lambda spec, data_dir=None: mnist_raw)
+    monkeypatch.setattr(offline, "write_files", full)
+    out = tmp_path / "new" / "data"
+    assert main(["data", "idx", "--out", str(out)]) == 2
+    assert f"{out} could not be written: the disk is full" in _one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------ reasons (review of issue 21)
 # The weights folder named as such, a reason stored whole and without a path, a run cut short by
 # Ctrl-C through the API saying so, no weights kept by a failed run, a disk-full marker that does not

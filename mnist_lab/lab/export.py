@@ -231,7 +231,8 @@ def open_dataset(root, train, download):
         where = Path(root).resolve() / LOOKS_IN
         how = f"{{OFFLINE_COPY}} {{root}}" if OFFLINE_COPY else f"put {{LOOKS_IN}} in {{root}}"
         if download:
-            sys.exit(f"error: {{DATASET.__name__}} could not be downloaded into {{where}} ({{exc}}). Without a "
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # one line
+            sys.exit(f"error: {{DATASET.__name__}} could not be downloaded into {{where}} ({{why}}). Without a "
                      f"network, write the lab's offline copy there instead: {{how}}")
         sys.exit(f"error: no {{DATASET.__name__}} files in {{where}}. Write the lab's offline copy there: {{how}} "
                  "(or add --download to fetch it from the internet)")
