@@ -403,3 +403,37 @@ def test_an_accuracy_over_seeds_is_worded_in_the_readers_language():
                                                                    "11.73% (1 run, no spread)"]
     assert i18n.mean_sd_texts(summary, i18n.translator("zh_CN").gettext) == ["98.16% ± 0.15，1 次发散（未计入）",
                                                                             "11.73%（1 次运行，无离散程度）"]
+
+
+# ---------------------------------------------------------------------------------- the Sweep page's reading
+
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+def test_the_sweep_page_shows_the_mean_sd_grid_the_best_cell_and_the_reading(lang, trained_db, monkeypatch):
+    """After the fixture's 1-layer × k3/k5 sweep (2 seeds): the grid of mean ± sd with its seed
+    counts, which cell is best by the direction rule, and the report's reading of requirement 3
+    (one depth only: no requirement-2 reading), all in the session's language."""
+    from mnist_lab.lab.findings import sweep_grid, with_verdicts
+    from mnist_lab.lab.sweep_reading import best_cell, read_sweep
+
+    monkeypatch.setenv(DB_ENV, str(trained_db))
+    store = ResultStore(trained_db)
+    runs = with_verdicts(store, store.runs())
+    at = open_page("sweep", {"lang": lang})
+    zh = i18n.translator(lang)
+    grid = next(df.value for df in at.dataframe if zh.gettext("kernel size {k}×{k}").format(k=5) in df.value.columns)
+    assert grid.index.name == zh.gettext("conv+pool layers") and list(grid.index) == [1]
+    cell = grid.iloc[0, 0]
+    assert re.fullmatch(r"\d+\.\d\d% ± \d+\.\d\d.*", cell) and zh.ngettext("{text} ({n} run)", "{text} ({n} runs)",
+                                                                           2).format(text="", n=2) in cell
+    best = i18n.render(best_cell(sweep_grid(runs)), lang)
+    assert any(info.value.replace("\\", "") == best for info in at.info)
+    reading = read_sweep(runs)
+    assert reading.depth == [] and len(reading.kernel) >= 4
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert zh.gettext("Requirement 3: the kernel size") in shown
+    assert zh.gettext("Requirement 2: the number of conv+pool layers") not in shown
+    for block in reading.kernel:  # the report's own sentences, worded once
+        for message in block if isinstance(block, list) else [block]:
+            assert i18n.render(message, lang) in shown
+    if lang == "zh_CN":
+        assert_chinese(at)
