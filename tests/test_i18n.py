@@ -437,3 +437,76 @@ def test_the_sweep_page_shows_the_mean_sd_grid_the_best_cell_and_the_reading(lan
             assert i18n.render(message, lang) in shown
     if lang == "zh_CN":
         assert_chinese(at)
+
+
+# ---------------------------------------------------------------------------------- one number format
+
+PERCENT = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s?%")
+BARE_INTEGER = re.compile(r"(?<![\w.,])\d{5,}(?![\w,]|\.\d)")  # 10000 and up with no thousands separator
+DATE = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(?::\d\d)?|\d{8}-\d{6}")
+
+
+def numbers_shown(at: AppTest) -> list[tuple[str, str]]:
+    """(where, text) of the page's texts, metric values and table cells that are text."""
+    shown = texts(at) + [("Metric", m.value) for m in at.get("metric")]
+    for kind in ("dataframe", "table"):
+        for node in at.get(kind):
+            frame = node.value
+            shown += [(f"{kind}.cell", v) for c in frame.columns if frame[c].dtype == object
+                      for v in frame[c] if isinstance(v, str)]
+    return [(where, DATE.sub(" ", RUN_ID.sub(" ", text))) for where, text in shown]
+
+
+def test_i18n_seconds_and_counted_messages():
+    assert i18n.seconds(7.83) == "7.8 s" and i18n.seconds(8) == "8.0 s" and i18n.seconds(0.04) == "0.0 s"
+    assert i18n.seconds(59.94) == "59.9 s" and i18n.seconds(59.96) == "1 min 00 s"
+    assert i18n.seconds(125.4) == "2 min 05 s" and i18n.seconds(7260) == "121 min 00 s"
+    assert i18n.seconds(7.83, i18n.translator("zh_CN").gettext) == "7.8 秒"
+    layers = [i18n.Message.ngettext("{n} conv+pool layer", "{n} conv+pool layers", n) for n in (1, 3)]
+    assert [str(m) for m in layers] == ["1 conv+pool layer", "3 conv+pool layers"]
+    assert i18n.render(layers[1], "zh_CN") == "3 个卷积+池化层"
+    nested = i18n.Message("The highest mean test accuracy: {best} ({acc}).",
+                          dict(best=layers[0], acc=i18n.Message.verbatim("99.10% ± 0.05")))
+    assert str(nested) == "The highest mean test accuracy: 1 conv+pool layer (99.10% ± 0.05)."
+    assert i18n.render(nested, "zh_CN") == "平均测试准确率最高的设置：1 个卷积+池化层（99.10% ± 0.05）。"
+
+
+def test_tables_show_counts_with_separators_and_seconds_with_one_decimal():
+    import pandas as pd
+
+    from app_lib.widgets import column_formats
+
+    frame = pd.DataFrame(dict(params=[14728266], seconds=[7.83], label=["a"], test_acc=[99.3]))
+    formats = {k: v["type_config"]["format"] for k, v in column_formats(frame).items()}
+    assert formats == {"params": "localized", "seconds": "%.1f"}  # accuracies: the page's own "%.2f"
+    assert column_formats(frame.assign(params=["14,728,266"])).keys() == {"seconds"}  # text stays text
+
+
+@pytest.mark.parametrize("page", ["train", "sweep", "compare", "runs", "inspect"])
+def test_every_percentage_has_two_decimals_and_big_numbers_have_separators(page, trained_db, monkeypatch):
+    """The one number format on pages with runs (docs/I18N.md, "Numbers"): in texts, metrics and
+    text cells every percentage has exactly 2 decimals and no integer from 10,000 up lacks its
+    separators (run ids and times aside); numeric table columns of counts are formatted with
+    separators, accuracies (%) with 2 decimals; chart hovers show accuracies with 2 decimals."""
+    monkeypatch.setenv(DB_ENV, str(trained_db))
+    at = open_page(page)
+    bad = [(where, text) for where, text in numbers_shown(at)
+           if any("." not in p or len(p.split(".")[1]) != 2 for p in PERCENT.findall(text))
+           or BARE_INTEGER.search(text)]
+    assert not bad, bad
+    for node in at.dataframe:
+        formats = {c["label"] if "label" in c else name: c.get("type_config", {}).get("format")
+                   for name, c in json.loads(node.proto.columns or "{}").items()}
+        frame = node.value
+        for column in frame.columns:
+            if frame[column].dtype.kind in "iuf" and (frame[column].abs() >= 10_000).any():
+                assert formats.get(column) == "localized", (column, formats)
+            if frame[column].dtype.kind == "f" and "%" in str(column):
+                assert formats.get(column) == "%.2f", (column, formats)
+    for node in at.get("plotly_chart"):
+        for trace in json.loads(node.proto.spec)["data"]:
+            template = trace.get("hovertemplate", "")
+            for axis in ("x", "y", "z"):  # an accuracy axis (in %) shows 2 decimals on hover
+                if f"%{{{axis}}}" in template and "%" in str(trace.get(axis + "axis", "")):
+                    raise AssertionError(template)
+            assert not re.search(r"accuracy[^<]*=%\{[xyz]\}", template), template

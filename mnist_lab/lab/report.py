@@ -276,7 +276,7 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
     w.para("The loss of every one of its {n} iterations is recorded: the full table is iterations.csv (columns "
         "run_id, epoch, iteration, loss).", n=integer(n["iterations"]))
     values = dict(w=n["window"], first=number(n["first_mean"]), last=number(n["last_mean"]),
-                  frac=pct(abs(n["fell_frac"]), 1))
+                  frac=pct(abs(n["fell_frac"])))
     if f.direction == DOWN:
         w.para("The moving mean of the loss over {w} iterations fell from {first} to {last}, {frac} lower.", **values)
     elif f.direction == UP:
@@ -327,7 +327,7 @@ def _confusion(w: _Writer, c: dict | None) -> None:
     if c["pairs"]:
         w.para("The pairs it confused most: {pairs}.", pairs=w._("; ").join(
             w.say("{true} taken for {pred} {count} times ({share} of the {true}s)", true=p["true_name"],
-                  pred=p["predicted_name"], count=integer(p["count"]), share=pct(p["share"], 1))
+                  pred=p["predicted_name"], count=integer(p["count"]), share=pct(p["share"]))
             for p in c["pairs"]))
 
 
