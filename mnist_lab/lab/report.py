@@ -276,7 +276,7 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
     w.para("The loss of every one of its {n} iterations is recorded: the full table is iterations.csv (columns "
         "run_id, epoch, iteration, loss).", n=integer(n["iterations"]))
     values = dict(w=n["window"], first=number(n["first_mean"]), last=number(n["last_mean"]),
-                  frac=pct(abs(n["fell_frac"])))
+                  frac=pct(abs(n["fell_frac"]), 1))  # a share of the loss, pinned by test_report
     if f.direction == DOWN:
         w.para("The moving mean of the loss over {w} iterations fell from {first} to {last}, {frac} lower.", **values)
     elif f.direction == UP:
