@@ -283,9 +283,9 @@ def test_the_fc_vs_cnn_reading_is_data_rendered_in_either_language():
     rows = [("FC", "normal", 0.88), ("CNN", "normal", 0.96), ("FC", "permuted", 0.85), ("CNN", "permuted", 0.80)]
     summary = pd.DataFrame([dict(model=m, pixels=p, n=3, mean=v, sd=0.01) for m, p, v in rows])
     reading = compare_reading(summary)
-    assert reading[0].params == {"lead": "8.0", "cnn": "96.0", "fc": "88.0"}
+    assert reading[0].params == {"lead": "8.0", "cnn": "96.00", "fc": "88.00"}
     zh = read_compare(summary, "zh_CN")
-    assert "卷积神经网络比全连接网络高 8.0 个百分点（96.0% 对 88.0%）" in zh and "局部性" in zh
+    assert "卷积神经网络比全连接网络高 8.0 个百分点（96.00% 对 88.00%）" in zh and "局部性" in zh
     assert "beats the FC net by 8.0 points" in read_compare(summary)
 
 
