@@ -12,6 +12,9 @@ def _english(message: str) -> str:
     return message
 
 
+# Hover numbers in the one format (docs/I18N.md, "Numbers"), as d3-format specs: accuracies in % with 2
+# decimals, seconds with 1, counts with thousands separators.
+HOVER = {"acc": ":.2f", "seconds": ":.1f", "count": ":,.0f"}
 SMOOTH = 20  # iterations in the moving average drawn over the raw loss
 LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), height=340, legend=dict(orientation="h", y=-0.2))
 
@@ -95,7 +98,7 @@ def accuracy_figure(epochs: pd.DataFrame, color: str | None = None, title: str |
     a marker at epoch 1, not a dot on a 0-2 axis."""
     frame = epochs.assign(test_acc_pct=epochs["test_acc"] * 100)
     fig = px.line(frame, x="epoch", y="test_acc_pct", color=color, markers=True,
-                  title=title or _("Test accuracy per epoch"),
+                  title=title or _("Test accuracy per epoch"), hover_data={"test_acc_pct": HOVER["acc"]},
                   labels={"test_acc_pct": _("test accuracy (%)"), "epoch": _("epoch"), "run": _("run")})
     last = int(frame["epoch"].max()) if len(frame) else 1
     fig.update_traces(marker=dict(size=9))
@@ -112,7 +115,7 @@ def error_line_figure(summary: pd.DataFrame, x: str, color: str, title: str, _=_
     """Mean test accuracy vs `x`, one line per `color`, error bars = sd over seeds."""
     frame = summary.assign(acc=summary["mean"] * 100, sd_pct=summary["sd"] * 100, **{color: summary[color].astype(str)})
     fig = px.line(frame.sort_values(x), x=x, y="acc", color=color, error_y="sd_pct", markers=True, title=title,
-                  hover_data={"n": True, "text": True},
+                  hover_data={"acc": HOVER["acc"], "sd_pct": False, "n": True, "text": True},
                   labels={x: _(AXES[x]), color: _(AXES[color]), "n": _("runs"), "text": _("mean ± sd")})
     fig.update_layout(yaxis_title=_("test accuracy (%)"), xaxis_title=_(AXES[x]),
                       xaxis=dict(tickmode="array", tickvals=sorted(frame[x].unique())),
@@ -127,6 +130,8 @@ def heatmap_figure(summary: pd.DataFrame, _=_english) -> go.Figure:
     fig = px.imshow(grid, text_auto=".2f", color_continuous_scale="Blues", aspect="auto",
                     labels=dict(x=_("kernel size"), y=_("conv+pool layers"), color=_("test accuracy (%)")),
                     title=_("Mean test accuracy (%): depth × kernel size"))
+    fig.update_traces(hovertemplate=f"{_('conv+pool layers')}: %{{y}}<br>{_('kernel size')}: %{{x}}<br>"
+                                    f"{_('test accuracy (%)')}: %{{z:.2f}}<extra></extra>")
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     fig.update_layout(**{**LAYOUT, "legend": {}})
@@ -139,7 +144,8 @@ def params_figure(table: pd.DataFrame, _=_english) -> go.Figure:
                                                      conv_layers=lambda t: t["conv_layers"].astype(str),
                                                      kernel_size=lambda t: t["kernel_size"].astype(str))
     fig = px.scatter(frame, x="params", y="acc", color="conv_layers", symbol="kernel_size", log_x=True,
-                     hover_data=["seed", "channels"], title=_("Parameters vs test accuracy"),
+                     hover_data={"seed": True, "channels": True, "acc": HOVER["acc"], "params": HOVER["count"]},
+                     title=_("Parameters vs test accuracy"),
                      labels={"conv_layers": _("conv+pool layers"), "kernel_size": _("kernel size"),
                              "seed": _("random seed"), "channels": _("channels"), "params": _("parameters"),
                              "acc": _("test accuracy (%)")})
@@ -153,7 +159,8 @@ def compare_figure(summary: pd.DataFrame, _=_english) -> go.Figure:
     frame = summary.assign(acc=summary["mean"] * 100, sd_pct=summary["sd"] * 100,
                            pixels=summary["pixels"].map(lambda p: _(p)))  # 'normal' / 'permuted'
     fig = px.bar(frame, x="model", y="acc", color="pixels", barmode="group", error_y="sd_pct",
-                 hover_data={"n": True}, title=_("Test accuracy, mean ± sd over seeds"),
+                 hover_data={"acc": HOVER["acc"], "sd_pct": False, "n": True},
+                 title=_("Test accuracy, mean ± sd over seeds"),
                  labels={"model": _("network"), "pixels": _("pixels"), "n": _("runs"), "acc": _("test accuracy (%)")})
     fig.update_layout(yaxis_title=_("test accuracy (%)"), xaxis_title=_("network"), **LAYOUT)
     return fig
@@ -179,8 +186,10 @@ def lesson_figure(summary: pd.DataFrame, metric: str, title: str, axis: str) -> 
     as mean ± sd over seeds (metric 'test_acc', in %), or the mean 'seconds' / 'iterations' per run."""
     if metric == "test_acc":
         frame = summary.assign(y=summary["mean"] * 100, err=summary["sd"] * 100)
-        fig = px.bar(frame, x="variant", y="y", error_y="err", hover_data={"text": True, "n": True}, title=title)
+        fig = px.bar(frame, x="variant", y="y", error_y="err", title=title,
+                     hover_data={"y": HOVER["acc"], "err": False, "text": True, "n": True})
     else:
-        fig = px.bar(summary, x="variant", y=metric, title=title)
+        fig = px.bar(summary, x="variant", y=metric, title=title,
+                     hover_data={metric: HOVER["seconds"] if metric == "seconds" else HOVER["count"]})
     fig.update_layout(yaxis_title=axis, xaxis_title="", **LAYOUT)
     return fig

@@ -60,7 +60,7 @@ def probability_figure(probs: np.ndarray, names: list[str], title: str) -> go.Fi
     best = int(np.argmax(probs))
     fig = go.Figure(go.Bar(x=names, y=probs, marker_color=["#1f77b4" if i == best else "#c7c7c7"
                                                            for i in range(len(names))],
-                           hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
+                           hovertemplate="%{x}: %{y:.2%}<extra></extra>"))
     fig.update_layout(**{**LAYOUT, "height": 240}, title=title, yaxis=dict(range=[0, 1], tickformat=".0%"))
     fig.update_xaxes(type="category")
     return fig

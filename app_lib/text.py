@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import string
 
+from mnist_lab.i18n import pct
+
 _PUNCTUATION = frozenset(string.punctuation)  # CommonMark lets a backslash escape any of these
 
 
@@ -31,7 +33,7 @@ def percent(fraction: object) -> str:
         value = float(fraction)
     except (TypeError, ValueError):
         return ""
-    return "" if value != value else f"{100 * value:.2f}%"
+    return "" if value != value else pct(value)
 
 
 def local_times(iso_utc, tz: str):

@@ -111,10 +111,25 @@ def headers(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+# How a table shows a numeric column (docs/I18N.md, "Numbers"): counts with thousands separators,
+# seconds with one decimal; accuracies are the pages' own ("%.2f" of a percentage), CSVs keep every digit.
+FORMATS = {"params": "localized", "parameters": "localized", "images": "localized", "count": "localized",
+           "train_limit": "localized", "test_limit": "localized", "iteration": "localized",
+           "iterations": "localized", "steps_per_epoch": "localized", "seconds": "%.1f"}
+
+
+def column_formats(frame: pd.DataFrame) -> dict:
+    """The default NumberColumn of each numeric column of `frame` that FORMATS names."""
+    return {c: st.column_config.NumberColumn(format=FORMATS[c]) for c in frame.columns
+            if c in FORMATS and pd.api.types.is_numeric_dtype(frame[c])}
+
+
 def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> None:
-    """st.dataframe of `frame` with its headers in the session's language; `column_config` is
-    keyed by the data's own column names."""
-    config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in (column_config or {}).items()}
+    """st.dataframe of `frame` with its headers in the session's language and its numbers in the
+    one format (FORMATS, unless `column_config` says otherwise); `column_config` is keyed by the
+    data's own column names."""
+    given = {**column_formats(frame), **(column_config or {})}
+    config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in given.items()}
     st.dataframe(headers(frame), column_config=config, **kwargs)
 
 
@@ -195,12 +210,8 @@ def refusal(kind: str) -> None:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "…"
-    seconds = int(round(seconds))
-    if seconds >= 60:
-        return _("{min} min {s} s").format(min=seconds // 60, s=f"{seconds % 60:02d}")
-    return _("{s} s").format(s=seconds)
+    """A time in the session's language by the one rule (mnist_lab.i18n.seconds); '…' when unknown."""
+    return "…" if seconds is None else i18n.seconds(seconds, _)
 
 
 def expected_time(spec: JobSpec) -> str:

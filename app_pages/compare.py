@@ -114,7 +114,8 @@ def draw(view) -> None:
     with a:
         st.subheader(_("Test accuracy, mean ± sd"), help=_(MEAN_SD_HELP))
         st.dataframe(headers(grid.assign(parameters=params).rename_axis("model").rename_axis(columns=None)),
-                     width="stretch")
+                     width="stretch",
+                     column_config={_("parameters"): st.column_config.NumberColumn(format="localized")})
         csv_button(summary, "compare_summary.csv", key="cmp_summary_csv_btn")
         st.info(" ".join(plain(render_error(m)) for m in compare_reading(summary)))
     b.plotly_chart(compare_figure(summary, _=_), key="cmp_bars")

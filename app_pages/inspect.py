@@ -146,7 +146,8 @@ with tab_cm:
     shown = cell[:24]
     if len(shown):
         st.image([enlarge(x_test[i], 3) for i in shown], caption=[
-            f"#{i}: {names[int(y_test[i])]} → {names[int(conf.y_pred[i])]} ({conf.confidence[i]:.0%})" for i in shown])
+            f"#{i}: {names[int(y_test[i])]} → {names[int(conf.y_pred[i])]} ({percent(conf.confidence[i])})"
+            for i in shown])
 
 @st.fragment
 def own_digit() -> None:
@@ -199,7 +200,7 @@ def own_digit() -> None:
                 _("prepared 28×28"), _("what the network receives (permuted)") if other.permutation is not None
                 else _("what the network receives (normalised)")])
             with st.container(key=f"insp_top_{slot}"):  # top-3; the key marks it for the browser test and bench
-                st.markdown(" · ".join(f"**{plain(n)}** {p:.1%}" for _c, n, p in result.top))
+                st.markdown(" · ".join(f"**{plain(n)}** {percent(p)}" for _c, n, p in result.top))
             st.plotly_chart(probability_figure(result.probs, ir.class_names(other.data_cfg, current()), labels[rid]),
                             key=f"insp_p_{rid}")
 
@@ -228,7 +229,7 @@ with tab_maps:
     cols[0].image(enlarge(image, 6), caption=_("the image"))
     if permuted:
         cols[1].image(enlarge(tile(result.seen), 6), caption=_("what the network sees: the same pixels shuffled"))
-    cols[-2].markdown("\n".join(f"{k}. **{plain(n)}** {p:.1%}" for k, (_c, n, p) in enumerate(result.top, 1)))
+    cols[-2].markdown("\n".join(f"{k}. **{plain(n)}** {percent(p)}" for k, (_c, n, p) in enumerate(result.top, 1)))
     cols[-1].plotly_chart(heat(sal, _("saliency for {c}").format(c=names[target])), key="insp_sal")
     st.subheader(_("Feature maps, block by block"))
     maps = ir.feature_maps(run, x)

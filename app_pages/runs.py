@@ -136,6 +136,8 @@ chosen = runs.drop(columns=[*VISIBLE_EXTRA, "label_shown"]).set_index("run_id").
 configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent)).round(4).T.rename_axis("field")
 configs.columns = [short[c] for c in configs.columns]  # the CSV's: the store's values and field names
 shown_configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent),
+                              params=chosen["params"].map(lambda n: "" if n != n else f"{int(n):,}"),
+                              seconds=chosen["seconds"].map(lambda x: "" if x is None or x != x else f"{x:,.1f}"),
                               label=runs.set_index("run_id").loc[selected, "label_shown"],
                               status=words(chosen["status"]),
                               experiment=words(chosen["experiment"]),

@@ -6,6 +6,7 @@ import streamlit as st
 from app_lib.charts import error_line_figure, heatmap_figure, overlay_figure, params_figure
 from app_lib.forms import SUBSETS, build_sweep_cfg, data_limit
 from app_lib.lang import _, ngettext, render_error
+from app_lib.reading import reading_markdown
 from app_lib.shared import init_state, mirror_query, on_gpu, quick_defaults, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
@@ -26,6 +27,8 @@ from app_lib.widgets import (
 )
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import summarize_over_seeds, sweep_table
+from mnist_lab.lab.findings import with_verdicts
+from mnist_lab.lab.sweep_reading import read_sweep
 from mnist_lab.nets.model import count_params
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.training.loop import TrainConfig
@@ -118,6 +121,18 @@ def draw(view) -> None:
     a.plotly_chart(heatmap_figure(summary, _=_), key="sweep_heatmap")
     b.plotly_chart(params_figure(runs_table, _=_), key="sweep_params_chart")
     csv_button(summary, "sweep_summary.csv", key="sweep_summary_csv_btn")
+    st.subheader(_("Test accuracy per cell, mean ± sd over seeds"))
+    cells = summary.assign(text=[t if n < 2 else ngettext("{text} ({n} run)", "{text} ({n} runs)", n)
+                                 .format(text=t, n=n) for t, n in zip(summary["text"], summary["n"])])
+    grid = cells.pivot(index="conv_layers", columns="kernel_size", values="text").fillna("—")
+    table(grid.rename(columns=lambda k: _("kernel size {k}×{k}").format(k=k)).rename_axis(columns=None))
+    reading = read_sweep(with_verdicts(store, runs))
+    if reading.best is not None:
+        st.info(reading_markdown([reading.best]), icon=":material/emoji_events:")
+    for heading, blocks in ((_("Requirement 2: the number of conv+pool layers"), reading.depth),
+                            (_("Requirement 3: the kernel size"), reading.kernel)):
+        if blocks:
+            st.markdown(f"**{plain(heading)}**\n\n" + reading_markdown(blocks))
     diverged = int((runs_table["status"] == "diverged").sum())
     if diverged:
         st.caption(":material/trending_up: " + _("{n} of {total} runs diverged (the loss became NaN or infinite) and "

@@ -156,7 +156,7 @@ with right:
         m2.markdown(f"**{plain(describe(model_cfg))}**  \n" + plain(about))
         with st.expander(_("Layers: output shape and parameters"), expanded="_train_job" not in st.session_state):
             table(layers, hide_index=True, width="stretch",
-                  column_config={"params": st.column_config.NumberColumn(format="%d")})
+                  column_config={"params": st.column_config.NumberColumn(format="localized")})
             csv_button(layers, "layers.csv", key="train_layers_csv_btn")
 
 

@@ -9,6 +9,7 @@ from app_lib.lang import _, render_error
 from app_lib.shared import init_state, mirror_query, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
+    column_formats,
     csv_button,
     expected_time,
     job_active,
@@ -80,7 +81,7 @@ except ValueError as exc:
 if spec is not None and not problem:
     st.dataframe([{_("variant"): _(v.label), _("network"): describe(v.model), _("parameters"): count_params(v.model),
                    _("batch size"): v.train.batch_size, _("normalisation"): v.data.normalize} for v in variants],
-                 hide_index=True)
+                 hide_index=True, column_config={_("parameters"): st.column_config.NumberColumn(format="localized")})
     for s in skipped:
         st.caption(plain(_("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason)))
     if spec.data.dataset == "cifar10":
@@ -140,7 +141,9 @@ def draw(view) -> None:
         st.dataframe(shown_summary[columns].rename(columns={
             "variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"),
             "loss": _("final training loss, mean ± sd"), "params": _("parameters"),
-            "seconds": _("seconds per run"), "iterations": _("iterations per run")}), hide_index=True)
+            "seconds": _("seconds per run"), "iterations": _("iterations per run")}), hide_index=True,
+            column_config={_(k): st.column_config.NumberColumn(format=f) for k, f in (
+                ("parameters", "localized"), ("seconds per run", "%.1f"), ("iterations per run", "localized"))})
         csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
     reading = read_lesson(shown, summary, view.spec.data.dataset)
     st.info("\n\n".join(plain(line) for line in reading.render(_)), icon=":material/lightbulb:")
@@ -151,7 +154,8 @@ def draw(view) -> None:
         col.plotly_chart(lesson_figure(shown_summary, metric, axis, axis), key=f"w2_{metric}_chart")
     st.dataframe(table.assign(variant=[_(v) for v in table["variant"]], test_acc=table["test_acc"] * 100,
                               verdict=words(table["verdict"])),
-                 hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
+                 hide_index=True, column_config={**column_formats(table),
+                                                 "test_acc": st.column_config.NumberColumn(format="%.2f")})
     csv_button(table, f"lesson_{cfg.name}_runs.csv", label=_("Runs (CSV)"), key="w2_runs_csv_btn")
 
 

@@ -84,6 +84,16 @@ def number(x: float, digits: int = 3) -> str:
     return f"{x:,.{digits}f}"
 
 
+def seconds(x: float, gettext=None) -> str:
+    """A duration as a person reads it: one decimal under a minute ('7.8 s'), then whole minutes and
+    seconds ('2 min 05 s'). Worded by `gettext` (English without one)."""
+    _ = gettext or (lambda s: s)
+    if x < 59.95:  # what rounds to 60.0 s is shown as a minute
+        return _(N_("{s} s")).format(s=f"{max(x, 0.0):.1f}")
+    total = int(round(x))
+    return _(N_("{min} min {s} s")).format(min=f"{total // 60:,}", s=f"{total % 60:02d}")
+
+
 def mean_sd(mean: float, sd: float, n: int, diverged: int = 0, gettext=None, not_learned: int = 0) -> str:
     """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
     '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean, and
@@ -129,9 +139,17 @@ class Message:
     words them; str() is English."""
     template: str
     params: dict = field(default_factory=dict)
+    plural: str = ""  # the plural msgid of a counted sentence (Message.ngettext; never stored)
 
     def __str__(self) -> str:
-        return self.template.format(**{k: _param(k, v, DEFAULT) for k, v in self.params.items()})
+        english = self.plural if self.plural and self.params.get("n") != 1 else self.template
+        return english.format(**{k: _param(k, v, DEFAULT) for k, v in self.params.items()})
+
+    @classmethod
+    def ngettext(cls, singular: str, plural: str, n: int, **params) -> Message:
+        """A counted sentence: `singular` or `plural` by `n` (and the catalog's plural rule), `n` among
+        its params. Named so that pybabel and the catalog test extract both msgids."""
+        return cls(singular, {"n": n, **params}, plural)
 
     @classmethod
     def verbatim(cls, text: str) -> Message:
@@ -220,10 +238,11 @@ def word(message: Message, lang: str | None = None) -> str:
     if not message.params:
         return t.gettext(message.template)
     params = {k: _param(k, v, lang) for k, v in message.params.items()}
-    english = {k: _param(k, v, DEFAULT) for k, v in message.params.items()}
-    for template, values in ((t.gettext(message.template), params), (message.template, english)):
+    own = (t.ngettext(message.template, message.plural, int(message.params.get("n", 0))) if message.plural
+           else t.gettext(message.template))
+    for words in (lambda: own.format(**params), lambda: str(message)):
         try:
-            return template.format(**values)
+            return words()
         except (KeyError, IndexError, ValueError, AttributeError):
             continue
     return message.template
@@ -253,6 +272,8 @@ def render(err: BaseException | Message, lang: str | None = None) -> str:
     each param that is itself a msgid (a field's name, a detail) or a Message translated too; the user's own
     `value` is shown as given. An exception without a template, or whose translation does not
     format, gives its English str()."""
+    if isinstance(err, Message) and err.plural:  # a counted sentence
+        return word(err, lang)
     template = getattr(err, "template", None)
     if not isinstance(template, str) or not template:
         return str(err)

@@ -92,7 +92,7 @@ def test_compare_matches_fc_to_cnn_and_fills_the_2x2(mnist_raw):
     assert set(result.summary.columns) >= {"model", "pixels", "n", "mean", "sd", "text"}
     # the reading quotes this run's own numbers (the CNN on normal pixels, one decimal)
     cnn_normal = result.summary.set_index(["model", "pixels"]).loc[("CNN", "normal"), "mean"]
-    assert f"({100 * cnn_normal:.1f}% vs" in result.reading
+    assert f"({100 * cnn_normal:.2f}% vs" in result.reading
 
 
 def test_summary_is_mean_and_sample_sd():

@@ -283,9 +283,9 @@ def test_the_fc_vs_cnn_reading_is_data_rendered_in_either_language():
     rows = [("FC", "normal", 0.88), ("CNN", "normal", 0.96), ("FC", "permuted", 0.85), ("CNN", "permuted", 0.80)]
     summary = pd.DataFrame([dict(model=m, pixels=p, n=3, mean=v, sd=0.01) for m, p, v in rows])
     reading = compare_reading(summary)
-    assert reading[0].params == {"lead": "8.0", "cnn": "96.0", "fc": "88.0"}
+    assert reading[0].params == {"lead": "8.0", "cnn": "96.00", "fc": "88.00"}
     zh = read_compare(summary, "zh_CN")
-    assert "卷积神经网络比全连接网络高 8.0 个百分点（96.0% 对 88.0%）" in zh and "局部性" in zh
+    assert "卷积神经网络比全连接网络高 8.0 个百分点（96.00% 对 88.00%）" in zh and "局部性" in zh
     assert "beats the FC net by 8.0 points" in read_compare(summary)
 
 
@@ -403,3 +403,115 @@ def test_an_accuracy_over_seeds_is_worded_in_the_readers_language():
                                                                    "11.73% (1 run, no spread)"]
     assert i18n.mean_sd_texts(summary, i18n.translator("zh_CN").gettext) == ["98.16% ± 0.15，1 次发散（未计入）",
                                                                             "11.73%（1 次运行，无离散程度）"]
+
+
+# ---------------------------------------------------------------------------------- the Sweep page's reading
+
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+def test_the_sweep_page_shows_the_mean_sd_grid_the_best_cell_and_the_reading(lang, trained_db, monkeypatch):
+    """After the fixture's 1-layer × k3/k5 sweep (2 seeds): the grid of mean ± sd with its seed
+    counts, which cell is best by the direction rule, and the report's reading of requirement 3
+    (one depth only: no requirement-2 reading), all in the session's language."""
+    from mnist_lab.lab.findings import sweep_grid, with_verdicts
+    from mnist_lab.lab.sweep_reading import best_cell, read_sweep
+
+    monkeypatch.setenv(DB_ENV, str(trained_db))
+    store = ResultStore(trained_db)
+    runs = with_verdicts(store, store.runs())
+    at = open_page("sweep", {"lang": lang})
+    zh = i18n.translator(lang)
+    grid = next(df.value for df in at.dataframe if zh.gettext("kernel size {k}×{k}").format(k=5) in df.value.columns)
+    assert grid.index.name == zh.gettext("conv+pool layers") and list(grid.index) == [1]
+    cell = grid.iloc[0, 0]
+    assert re.fullmatch(r"\d+\.\d\d% ± \d+\.\d\d.*", cell) and zh.ngettext("{text} ({n} run)", "{text} ({n} runs)",
+                                                                           2).format(text="", n=2) in cell
+    best = i18n.render(best_cell(sweep_grid(runs)), lang)
+    assert any(info.value.replace("\\", "") == best for info in at.info)
+    reading = read_sweep(runs)
+    assert reading.depth == [] and len(reading.kernel) >= 4
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert zh.gettext("Requirement 3: the kernel size") in shown
+    assert zh.gettext("Requirement 2: the number of conv+pool layers") not in shown
+    for block in reading.kernel:  # the report's own sentences, worded once
+        for message in block if isinstance(block, list) else [block]:
+            assert i18n.render(message, lang) in shown
+    if lang == "zh_CN":
+        assert_chinese(at)
+
+
+# ---------------------------------------------------------------------------------- one number format
+
+PERCENT = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s?%")
+BARE_INTEGER = re.compile(r"(?<![\w.,])\d{5,}(?![\w,]|\.\d)")  # 10000 and up with no thousands separator
+DATE = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(?::\d\d)?|\d{8}-\d{6}")
+
+
+def numbers_shown(at: AppTest) -> list[tuple[str, str]]:
+    """(where, text) of the page's texts, metric values and table cells that are text."""
+    shown = texts(at) + [("Metric", m.value) for m in at.get("metric")]
+    for kind in ("dataframe", "table"):
+        for node in at.get(kind):
+            frame = node.value
+            shown += [(f"{kind}.cell", v) for c in frame.columns if frame[c].dtype == object
+                      for v in frame[c] if isinstance(v, str)]
+    return [(where, DATE.sub(" ", RUN_ID.sub(" ", text))) for where, text in shown]
+
+
+def test_i18n_seconds_and_counted_messages():
+    assert i18n.seconds(7.83) == "7.8 s" and i18n.seconds(8) == "8.0 s" and i18n.seconds(0.04) == "0.0 s"
+    assert i18n.seconds(59.94) == "59.9 s" and i18n.seconds(59.96) == "1 min 00 s"
+    assert i18n.seconds(125.4) == "2 min 05 s" and i18n.seconds(7260) == "121 min 00 s"
+    assert i18n.seconds(7.83, i18n.translator("zh_CN").gettext) == "7.8 秒"
+    layers = [i18n.Message.ngettext("{n} conv+pool layer", "{n} conv+pool layers", n) for n in (1, 3)]
+    assert [str(m) for m in layers] == ["1 conv+pool layer", "3 conv+pool layers"]
+    assert i18n.render(layers[1], "zh_CN") == "3 个卷积+池化层"
+    nested = i18n.Message("The highest mean test accuracy: {best} ({acc}).",
+                          dict(best=layers[0], acc=i18n.Message.verbatim("99.10% ± 0.05")))
+    assert str(nested) == "The highest mean test accuracy: 1 conv+pool layer (99.10% ± 0.05)."
+    assert i18n.render(nested, "zh_CN") == "平均测试准确率最高的设置：1 个卷积+池化层（99.10% ± 0.05）。"
+
+
+def test_tables_show_counts_with_separators_and_seconds_with_one_decimal():
+    import pandas as pd
+
+    from app_lib.widgets import column_formats
+
+    frame = pd.DataFrame(dict(params=[14728266], seconds=[7.83], label=["a"], test_acc=[99.3]))
+    formats = {k: v["type_config"]["format"] for k, v in column_formats(frame).items()}
+    assert formats == {"params": "localized", "seconds": "%.1f"}  # accuracies: the page's own "%.2f"
+    assert column_formats(frame.assign(params=["14,728,266"])).keys() == {"seconds"}  # text stays text
+
+
+@pytest.mark.parametrize("page", ["train", "sweep", "compare", "runs", "inspect"])
+def test_every_percentage_has_two_decimals_and_big_numbers_have_separators(page, trained_db, monkeypatch):
+    """The one number format on pages with runs (docs/I18N.md, "Numbers"): in texts, metrics and
+    text cells every percentage has exactly 2 decimals and no integer from 10,000 up lacks its
+    separators (run ids and times aside); numeric table columns of counts are formatted with
+    separators, accuracies (%) with 2 decimals; chart hovers show accuracies with 2 decimals."""
+    monkeypatch.setenv(DB_ENV, str(trained_db))
+    at = open_page(page)
+    bad = [(where, text) for where, text in numbers_shown(at)
+           if any("." not in p or len(p.split(".")[1]) != 2 for p in PERCENT.findall(text))
+           or BARE_INTEGER.search(text)]
+    assert not bad, bad
+    checked = set()
+    for node in at.dataframe:
+        formats = {c["label"] if "label" in c else name: c.get("type_config", {}).get("format")
+                   for name, c in json.loads(node.proto.columns or "{}").items()}
+        frame = node.value
+        for column in frame.columns:
+            if frame[column].dtype.kind in "iuf" and (frame[column].abs() >= 10_000).any():
+                assert formats.get(column) == "localized", (column, formats)
+            if frame[column].dtype.kind == "f" and "%" in str(column):
+                assert formats.get(column) == "%.2f", (column, formats)
+            if frame[column].dtype.kind in "iuf" and str(column).startswith("seconds"):  # 7.8 / 8.0, never 8
+                assert formats.get(column) == "%.1f", (column, formats)
+                checked.add(page)
+    for node in at.get("plotly_chart"):
+        for trace in json.loads(node.proto.spec)["data"]:
+            template = trace.get("hovertemplate", "")
+            for axis in ("x", "y", "z"):  # an accuracy axis (in %) shows 2 decimals on hover
+                if f"%{{{axis}}}" in template and "%" in str(trace.get(axis + "axis", "")):
+                    raise AssertionError(template)
+            assert not re.search(r"accuracy[^<]*=%\{[xyz]\}", template), template
+    assert checked == ({page} if page in ("train", "sweep", "runs") else set())  # a seconds column was there to check

@@ -101,7 +101,7 @@ def cmd_predict(args) -> int:
         check_size(path.stat().st_size, str(path))  # before reading it
         image = prepare_upload(decode_image(path.read_bytes(), name=str(path)), run)
         top = predict(run, image).top
-        print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for _c, name, p in top))
+        print(f"{path}: " + ", ".join(f"{name} {i18n.pct(p)}" for _c, name, p in top))
     return 0
 
 

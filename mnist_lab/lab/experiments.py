@@ -446,11 +446,11 @@ def compare_reading(summary: pd.DataFrame) -> list[Message]:
         return [Message(N_("Not every cell has a finished run yet, so there is nothing to compare."))]
     fcn, cnnn, fcp, cnnp = (100 * cell[k].mean for k in need)
     lead_normal, lead_permuted = cnnn - fcn, cnnp - fcp  # the CNN's lead in points; negative: it trails
-    one = "{:.1f}".format  # accuracies and points here: one decimal
+    one, acc = "{:.1f}".format, "{:.2f}".format  # points here: one decimal; accuracies (%) as everywhere: two
 
     def versus(pixels: str, lead: float, cnn: float, fc: float) -> Message:
         word = "ties" if abs(lead) < 0.05 else "beats" if lead > 0 else "trails"
-        return Message(_VERSUS[pixels][word], dict(lead=one(abs(lead)), cnn=one(cnn), fc=one(fc)))
+        return Message(_VERSUS[pixels][word], dict(lead=one(abs(lead)), cnn=acc(cnn), fc=acc(fc)))
 
     lines = []
     bad = sum(not bool(getattr(cell[k], "learned", True)) for k in need)

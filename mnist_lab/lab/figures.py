@@ -125,7 +125,7 @@ def compare_figure(cells: dict[tuple[str, str], tuple[float, float]], _: Callabl
             xs = [i + (j - 0.5) * 0.38 for i in range(len(models))]
             ax.bar(xs, means, width=0.36, yerr=sds, capsize=4, color=color, label=name)
             for xi, m in zip(xs, means):
-                ax.annotate(f"{m:.1f}%", (xi, m), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+                ax.annotate(f"{m:.2f}%", (xi, m), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
         low = min(100 * v[0] for v in cells.values())
         ax.set_ylim(max(0.0, low - 10), 100)
         ax.set_xticks(range(len(models)), [_("FC net"), _("CNN")])

@@ -405,14 +405,18 @@ def analysis_finding(runs: pd.DataFrame) -> Finding:
                    steps[-1] if steps else None, params=params, seconds=seconds, run_ids=ids, todo=todo)
 
 
+def with_verdicts(store: ResultStore, runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` (store rows) with each run's `verdict` (experiments.stored_verdict: did it learn?)."""
+    loss = final_train_loss(store.epochs(list(runs["run_id"]))) if len(runs) else {}
+    return runs.assign(verdict=[stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
+                                for r in runs.itertuples()]) if len(runs) else runs.assign(verdict=[])
+
+
 def compute_findings(store: ResultStore, run_id: str | None = None, workspace: str | None = None,
                      picked: bool = True) -> Findings:
     """Every section's finding from the runs `workspace` may see (None: all of them);
     section 1 reads `run_id` (default: the newest finished run; `picked`: the reader chose it)."""
-    runs = store.visible_runs(workspace)
-    loss = final_train_loss(store.epochs(list(runs["run_id"]))) if len(runs) else {}
-    runs = runs.assign(verdict=[stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
-                                for r in runs.itertuples()]) if len(runs) else runs.assign(verdict=[])
+    runs = with_verdicts(store, store.visible_runs(workspace))
     done = _finished(runs)
     return Findings(loss=loss_finding(store, runs, run_id, picked),
                     depth=factor_finding(runs, "depth", "conv_layers", "depth"),

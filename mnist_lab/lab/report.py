@@ -20,9 +20,20 @@ import pandas as pd
 
 from mnist_lab.data.datasets import MNIST
 from mnist_lab.errors import ConfigError, writing
-from mnist_lab.i18n import integer, number, pct, resolve_lang, translator
+from mnist_lab.i18n import Message, integer, number, pct, resolve_lang, translator, word
 from mnist_lab.lab import figures
 from mnist_lab.lab.findings import Finding, Findings, compute_findings, model_from_row, moving_mean, sweep_grid
+from mnist_lab.lab.sweep_reading import (
+    accuracy,
+    best_cell,
+    comparison,
+    depth_analysis,
+    highest,
+    kernel_analysis,
+    level_name,
+    overall,
+    settings,
+)
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, Comparison, Group
 from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
@@ -145,6 +156,7 @@ class _Writer:
     """Builds the blocks in one language; `say` is gettext then str.format with the values."""
 
     def __init__(self, lang: str, cjk_figures: bool):
+        self.lang = lang
         self.t = translator(lang)
         self.fig_t = self.t if cjk_figures or lang == "en" else translator("en")
         self.cjk = cjk_figures and lang != "en"
@@ -152,6 +164,9 @@ class _Writer:
 
     def _(self, msgid: str) -> str:
         return self.t.gettext(msgid)
+
+    def word(self, message: Message) -> str:
+        return word(message, self.lang)
 
     def say(self, msgid: str, **values) -> str:
         return self.t.gettext(msgid).format(**values)
@@ -169,39 +184,14 @@ class _Writer:
 # ------------------------------------------------------------------------------ shared sentences
 
 def _acc(g: Group, w: _Writer | None = None) -> str:
-    text = f"{pct(g.mean)} ± {pct(g.sd)[:-1]}" if g.n > 1 else pct(g.mean)
-    return text if g.learned or w is None else w.say("{text}: did not learn", text=text)
+    """sweep_reading.accuracy in the writer's language; without a writer, the bare numbers."""
+    return str(accuracy(g, verdict=False)) if w is None else w.word(accuracy(g))
 
 
 def _comparison(w: _Writer, c: Comparison, a: str, b: str, ma: float, mb: float,
                 learned: tuple[bool, bool] = (True, True)) -> str:
-    """One sentence: how test accuracy moved from group a to group b, and whether that counts;
-    groups that did not learn (verdicts.did_learn) are said to, not compared by the spread."""
-    values = dict(a=a, b=b, diff=f"{100 * abs(c.diff):.2f}", signed=f"{100 * c.diff:+.2f}", ma=pct(ma), mb=pct(mb),
-                  spread=f"{100 * c.spread:.2f}")
-    if not any(learned):
-        return w.say("From {a} to {b}, test accuracy moved {signed} points ({ma} → {mb}), but neither learned: "
-                     "train longer (more epochs or more training images) before comparing them.", **values)
-    if not learned[1]:
-        return w.say("From {a} to {b}, test accuracy fell by {diff} points ({ma} → {mb}): {b} did not learn.",
-                     **values)
-    if not learned[0]:
-        return w.say("From {a} to {b}, test accuracy rose by {diff} points ({ma} → {mb}): {a} did not learn.",
-                     **values)
-    if c.direction == UP:
-        return w.say("From {a} to {b}, test accuracy rose by {diff} points ({ma} → {mb}), more than the spread "
-                     "over seeds ({spread} points).", **values)
-    if c.direction == DOWN:
-        return w.say("From {a} to {b}, test accuracy fell by {diff} points ({ma} → {mb}), more than the spread "
-                     "over seeds ({spread} points).", **values)
-    if c.direction == FLAT:
-        return w.say("From {a} to {b}, test accuracy is flat: it moved {signed} points ({ma} → {mb}), beyond the "
-                     "spread over seeds but under 0.1 points.", **values)
-    if c.reason == "one_seed":
-        return w.say("From {a} to {b}, test accuracy moved {signed} points ({ma} → {mb}), but with 1 seed per "
-                     "setting there is no spread, so the two cannot be distinguished.", **values)
-    return w.say("From {a} to {b}, test accuracy moved {signed} points ({ma} → {mb}), not more than the spread over "
-                 "seeds ({spread} points): the two cannot be distinguished.", **values)
+    """sweep_reading.comparison between two groups named `a` and `b` (already in the writer's language)."""
+    return w.word(comparison(c, Message.verbatim(a), Message.verbatim(b), ma, mb, learned))
 
 
 def _todo(w: _Writer, f: Finding) -> None:
@@ -286,7 +276,7 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
     w.para("The loss of every one of its {n} iterations is recorded: the full table is iterations.csv (columns "
         "run_id, epoch, iteration, loss).", n=integer(n["iterations"]))
     values = dict(w=n["window"], first=number(n["first_mean"]), last=number(n["last_mean"]),
-                  frac=pct(abs(n["fell_frac"]), 1))
+                  frac=pct(abs(n["fell_frac"]), 1))  # a share of the loss, pinned by test_report
     if f.direction == DOWN:
         w.para("The moving mean of the loss over {w} iterations fell from {first} to {last}, {frac} lower.", **values)
     elif f.direction == UP:
@@ -337,14 +327,21 @@ def _confusion(w: _Writer, c: dict | None) -> None:
     if c["pairs"]:
         w.para("The pairs it confused most: {pairs}.", pairs=w._("; ").join(
             w.say("{true} taken for {pred} {count} times ({share} of the {true}s)", true=p["true_name"],
-                  pred=p["predicted_name"], count=integer(p["count"]), share=pct(p["share"], 1))
+                  pred=p["predicted_name"], count=integer(p["count"]), share=pct(p["share"]))
             for p in c["pairs"]))
 
 
 def _level_name(w: _Writer, factor: str, level: str) -> str:
-    if factor == "conv_layers":
-        return w.t.ngettext("{n} conv+pool layer", "{n} conv+pool layers", int(level)).format(n=level)
-    return w.say("kernel size {k}×{k}", k=level)
+    return w.word(level_name(factor, level))
+
+
+def _reading(w: _Writer, blocks: list) -> None:
+    """sweep_reading's blocks: a Message is a paragraph, a list of them a list."""
+    for block in blocks:
+        if isinstance(block, list):
+            w.add("list", items=[w.word(m) for m in block])
+        else:
+            w.add("p", w.word(block))
 
 
 def _factor_results(w: _Writer, f: Finding, heading: str, factor: str) -> None:
@@ -352,28 +349,17 @@ def _factor_results(w: _Writer, f: Finding, heading: str, factor: str) -> None:
     if not f.available:
         _todo(w, f)
         return
-    n, fx = f.numbers, f.fixed
-    if factor == "conv_layers":
-        w.para("Sweep runs with kernel size {k}, {padding} padding, {epochs} epoch(s), random seeds {seeds}: only the "
-            "number of conv+pool blocks changes (the channels double from block to block).", k=fx["kernel_size"],
-            padding=fx["padding"], epochs=fx["epochs"], seeds=", ".join(map(str, fx["seeds"])))
-    else:
-        w.para("Sweep runs with {layers} conv+pool block(s) (channels {channels}), {padding} padding, {epochs} "
-               "epoch(s), random seeds {seeds}: only the kernel size changes.",
-               layers=fx["conv_layers"], channels=fx["conv_channels"], padding=fx["padding"], epochs=fx["epochs"],
-               seeds=", ".join(map(str, fx["seeds"])))
+    n = f.numbers
+    w.add("p", w.word(settings(f, factor)))
     names = {g.level: _level_name(w, factor, g.level) for g in f.groups}
     w.add("table", header=[w._("setting"), w._("runs (seeds)"), w._("test accuracy, mean ± sd"), w._("parameters"),
                            w._("seconds per run"), w._("last feature map")],
           rows=[[names[g.level], str(g.n), _acc(g, w), integer(g.params), number(g.seconds, 1),
                  f"{n['feature_map'][g.level]}×{n['feature_map'][g.level]}"] for g in f.groups])
-    first, last = f.groups[0], f.groups[-1]
-    w.add("p", _comparison(w, f.overall, names[first.level], names[last.level], first.mean, last.mean,
-                           (first.learned, last.learned)))
+    w.add("p", w.word(overall(f, factor)))
     if len(f.groups) > 2:
         _direction_table(w, f.steps, names, {g.level: g.learned for g in f.groups})
-    best = max(f.groups, key=lambda g: g.mean)
-    w.para("The highest mean test accuracy: {best} ({acc}).", best=names[best.level], acc=_acc(best))
+    w.add("p", w.word(highest(f, factor)))
     xlabel = w.fig_t.gettext("conv+pool layers") if factor == "conv_layers" else w.fig_t.gettext("kernel size")
     w.figure(f"accuracy_vs_{factor}.png",
              figures.levels_figure([g.level for g in f.groups], [g.values for g in f.groups],
@@ -396,39 +382,7 @@ def _depth_analysis(w: _Writer, f: Finding) -> None:
         w.para("Without sweep runs over the number of layers, the report cannot say how depth changed accuracy here "
             "(see requirement 2).")
         return
-    first, last = f.groups[0], f.groups[-1]
-    a, b = _level_name(w, "conv_layers", first.level), _level_name(w, "conv_layers", last.level)
-    n = f.numbers
-    if f.direction == UP:
-        w.para("In these runs more conv+pool layers helped ({a}: {ma}, {b}: {mb}): each further block sees a larger "
-            "part of the digit (a larger receptive field) and combines simpler patterns into more abstract ones.",
-            a=a, b=b, ma=_acc(first), mb=_acc(last))
-    elif f.direction == DOWN:
-        w.para("In these runs more conv+pool layers did worse ({a}: {ma}, {b}: {mb}). Likely reasons, from these runs' "
-            "settings:", a=a, b=b, ma=_acc(first), mb=_acc(last))
-        reasons = []
-        if n["epochs"] <= 2:
-            reasons.append(w.say("only {epochs} epoch(s) of training: a deeper network has more to fit and usually "
-                                 "needs more epochs to catch up;", epochs=n["epochs"]))
-        size = n["feature_map"][last.level]
-        if size <= 3:
-            reasons.append(w.say("after {b} the feature map is only {size}×{size} pixels ({padding} padding, each "
-                                 "pooling halves it), so little spatial layout is left for the classifier;",
-                                 b=b, size=size, padding=n["padding"]))
-        if not n["batch_norm"] and int(last.level) >= 3:
-            reasons.append(w._("without BatchNorm or residual connections the training signal weakens on its way "
-                               "back through more layers (vanishing gradients), so the first layers learn slowly;"))
-        if not reasons:
-            reasons.append(w._("none of the usual causes (few epochs, tiny feature maps, no BatchNorm) applies here: "
-                               "compare the deep and the shallow runs' loss curves on the Runs page."))
-        w.add("list", items=reasons)
-    else:
-        w.para("In these runs the number of conv+pool layers made no distinguishable difference ({a}: {ma}, {b}: "
-               "{mb}): MNIST digits are simple enough that a shallow network already finds the useful patterns; more "
-               "seeds, more epochs or a harder dataset may separate them.", a=a, b=b, ma=_acc(first), mb=_acc(last))
-    w.para("What the extra depth cost: {pa} parameters and {sa} s per run with {a}, {pb} parameters and {sb} s per run "
-        "with {b}.", a=a, b=b, pa=integer(first.params), pb=integer(last.params), sa=number(first.seconds, 1),
-        sb=number(last.seconds, 1))
+    _reading(w, depth_analysis(f))
 
 
 def _kernel_analysis(w: _Writer, f: Finding) -> None:
@@ -439,34 +393,7 @@ def _kernel_analysis(w: _Writer, f: Finding) -> None:
         w.para("Without sweep runs over the kernel size, the report cannot say how it changed accuracy here (see "
             "requirement 3).")
         return
-    first, last = f.groups[0], f.groups[-1]
-    a, b = _level_name(w, "kernel_size", first.level), _level_name(w, "kernel_size", last.level)
-    n = f.numbers
-    values = dict(a=a, b=b, ma=_acc(first), mb=_acc(last), pa=integer(first.params), pb=integer(last.params),
-                  sa=number(first.seconds, 1), sb=number(last.seconds, 1))
-    if f.direction == UP:
-        w.para("Larger kernels did better here ({a}: {ma}, {b}: {mb}): each convolution covers more of a stroke at "
-               "once, so the network sees larger shapes with the same number of layers.", **values)
-    elif f.direction == DOWN:
-        w.para("Larger kernels did worse here ({a}: {ma}, {b}: {mb}). Likely reasons, from these runs' settings:",
-               **values)
-        reasons = []
-        if last.params > first.params:
-            reasons.append(w.say("{b} has {pb} parameters against {pa} for {a}: more weights to fit in {epochs} "
-                                 "epoch(s);", epochs=n["epochs"], **values))
-        if n["padding"] == "valid":
-            reasons.append(w.say("with valid padding each convolution cuts k−1 pixels, so larger kernels leave "
-                                 "smaller feature maps ({sa_map}×{sa_map} against {sb_map}×{sb_map});",
-                                 sa_map=n["feature_map"][first.level], sb_map=n["feature_map"][last.level]))
-        if not reasons:
-            reasons.append(w._("none of the usual causes (more weights, smaller feature maps) applies here: compare "
-                               "the runs' loss curves on the Runs page."))
-        w.add("list", items=reasons)
-    else:
-        w.para("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on {size}×{size} digits "
-               "with pooling between the layers, even small kernels cover a whole stroke after a block or two, while "
-               "larger kernels mostly add parameters ({pa} → {pb}) and time ({sa} s → {sb} s per run).",
-               size=MNIST.image_size, **values)
+    _reading(w, kernel_analysis(f))
 
 
 def _summary(w: _Writer, f: Finding, loss: Finding) -> None:
@@ -616,6 +543,7 @@ def _grid(w: _Writer, grid: dict | None) -> None:
     w.add("table", header=[w._("conv+pool layers"), *(w.say("kernel size {k}×{k}", k=k) for k in grid["kernels"])],
           rows=[[str(a), *(_acc(cells[a, k]) if (a, k) in cells else "—" for k in grid["kernels"])]
                 for a in grid["layers"]])
+    w.add("p", w.word(best_cell(grid)))
 
 
 def _appendix(w: _Writer, store: ResultStore, runs: pd.DataFrame, run_id: str | None) -> None:
