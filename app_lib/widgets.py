@@ -111,11 +111,12 @@ def headers(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> None:
+def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs):
     """st.dataframe of `frame` with its headers in the session's language; `column_config` is
-    keyed by the data's own column names."""
+    keyed by the data's own column names. Returns what st.dataframe does (its selection, when
+    `on_select` is given)."""
     config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in (column_config or {}).items()}
-    st.dataframe(headers(frame), column_config=config, **kwargs)
+    return st.dataframe(headers(frame), column_config=config, **kwargs)
 
 
 def not_learned_note(verdicts: pd.Series) -> None:
