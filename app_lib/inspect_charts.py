@@ -1,6 +1,6 @@
 """Pictures for the Inspect page, from the numpy arrays mnist_lab.lab.inspection returns: the
-confusion matrix as a clickable heatmap, channels tiled into one image, probabilities as bars.
-No streamlit here."""
+confusion matrix as a clickable heatmap, channels tiled into one image (filters and feature maps
+with gaps between them), probabilities as bars. No streamlit here."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,6 +32,14 @@ def confusion_figure(counts: np.ndarray, names: list[str], normalized: bool, tit
     return fig
 
 
+def _stretched(m: np.ndarray) -> np.ndarray:
+    """One channel (H, W) as grey uint8, stretched to its own min..max (a flat one is black)."""
+    m = m.astype(np.float32)
+    lo, hi = float(m.min()), float(m.max())
+    m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    return (m * 255).round().astype(np.uint8)
+
+
 def tile(maps: np.ndarray, columns: int | None = None, scale: int = 1, pad: int = 1) -> np.ndarray:
     """Channels (C, H, W) as one grey uint8 image: a grid of C tiles, each stretched to its own
     min..max, `pad` pixels of mid-grey between them, every pixel repeated `scale` times."""
@@ -40,12 +48,30 @@ def tile(maps: np.ndarray, columns: int | None = None, scale: int = 1, pad: int 
     rows = int(np.ceil(c / columns))
     out = np.full((rows * (h + pad) - pad, columns * (w + pad) - pad), 128, dtype=np.uint8)
     for i in range(c):
-        m = maps[i].astype(np.float32)
-        lo, hi = float(m.min()), float(m.max())
-        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
         r, q = divmod(i, columns)
-        out[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = (m * 255).round().astype(np.uint8)
+        out[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = _stretched(maps[i])
     return np.kron(out, np.ones((scale, scale), dtype=np.uint8)) if scale > 1 else out
+
+
+def mosaic(maps: np.ndarray, columns: int | None = None, scale: int = 1, gap: int | None = None) -> np.ndarray:
+    """Channels (C, H, W) as one RGBA uint8 picture (rows * (H*scale + gap) - gap, ...): each tile
+    stretched to its own min..max and enlarged `scale` times, `gap` fully transparent pixels
+    between tiles (default: as wide as one enlarged pixel, at least 4). The page shows through
+    the gaps, so the tiles read as separate filters whatever their own grey levels (a grey gap
+    disappears next to grey weights)."""
+    c, h, w = maps.shape
+    gap = max(4, scale) if gap is None else gap
+    columns = columns or int(np.ceil(np.sqrt(c)))
+    rows = int(np.ceil(c / columns))
+    th, tw = h * scale, w * scale
+    out = np.zeros((rows * (th + gap) - gap, columns * (tw + gap) - gap, 4), dtype=np.uint8)  # transparent
+    for i in range(c):
+        r, q = divmod(i, columns)
+        grey = np.kron(_stretched(maps[i]), np.ones((scale, scale), dtype=np.uint8))
+        cell = out[r * (th + gap):r * (th + gap) + th, q * (tw + gap):q * (tw + gap) + tw]
+        cell[..., :3] = grey[..., None]
+        cell[..., 3] = 255
+    return out
 
 
 def enlarge(image: np.ndarray, scale: int) -> np.ndarray:

@@ -124,13 +124,14 @@ def column_formats(frame: pd.DataFrame) -> dict:
             if c in FORMATS and pd.api.types.is_numeric_dtype(frame[c])}
 
 
-def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs) -> None:
+def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs):
     """st.dataframe of `frame` with its headers in the session's language and its numbers in the
     one format (FORMATS, unless `column_config` says otherwise); `column_config` is keyed by the
-    data's own column names."""
+    data's own column names. Returns what st.dataframe does (its selection, when `on_select`
+    is given)."""
     given = {**column_formats(frame), **(column_config or {})}
     config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in given.items()}
-    st.dataframe(headers(frame), column_config=config, **kwargs)
+    return st.dataframe(headers(frame), column_config=config, **kwargs)
 
 
 def not_learned_note(verdicts: pd.Series) -> None:

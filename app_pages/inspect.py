@@ -10,6 +10,7 @@ from app_lib.inspect_charts import (
     confusion_figure,
     enlarge,
     heat,
+    mosaic,
     probability_figure,
     tile,
 )
@@ -149,19 +150,32 @@ with tab_cm:
             f"#{i}: {names[int(y_test[i])]} → {names[int(conf.y_pred[i])]} ({percent(conf.confidence[i])})"
             for i in shown])
 
+
+def maps_tab_changes(before: np.ndarray | None, image: np.ndarray | None) -> bool:
+    """Whether a new drawing or upload changes the feature maps tab: its "your drawing" choice
+    appears or goes, or the drawing it shows is another one."""
+    if (before is None) != (image is None):
+        return True
+    return (image is not None and st.session_state.get("insp_source") == _("your drawing")
+            and not np.array_equal(before, image))
+
+
 @st.fragment
 def own_digit() -> None:
     """Drawing reruns only this part of the page: the drawn digit reaches its prediction fast."""
     mnist_like = run.data_cfg.dataset == "mnist"
-    st.caption(_("Draw a digit (white on black) or upload a picture of one. It is prepared as MNIST's digits were: "
-                 "its bounding box scaled into 20×20, centred by its centre of mass in 28×28.") if mnist_like
-               else _("Upload a picture: it is resized to the dataset's image size."))
+    # the instruction beside the canvas, not above it: the canvas's toolbar cannot cover it there
+    beside, note = st.columns([1, 2]) if mnist_like else (None, st.container())
+    note.caption(_("Draw a digit (white on black) or upload a picture of one. It is prepared as MNIST's digits were: "
+                   "its bounding box scaled into 20×20, centred by its centre of mass in 28×28.") if mnist_like
+                 else _("Upload a picture: it is resized to the dataset's image size."))
     ink = None
     if mnist_like:
         from streamlit_drawable_canvas import st_canvas
 
-        drawn = st_canvas(stroke_width=18, stroke_color="#FFFFFF", background_color="#000000", height=224, width=224,
-                          drawing_mode="freedraw", return_image_data=True, key="insp_canvas")
+        with beside:
+            drawn = st_canvas(stroke_width=18, stroke_color="#FFFFFF", background_color="#000000", height=224,
+                              width=224, drawing_mode="freedraw", return_image_data=True, key="insp_canvas")
         rgba = drawn.image_data if drawn is not None else None  # (H, W, 4) uint8
         if rgba is not None and rgba[..., :3].max() > 0:
             ink = (rgba[..., :3].max(axis=2) * (rgba[..., 3] / 255.0)).astype(np.float32)
@@ -177,7 +191,10 @@ def own_digit() -> None:
             image = ir.prepare_digit(ink)
     except ValueError as exc:  # ImageRefused: too large, not an image, a bomb, an empty drawing
         st.error(plain(render_error(exc)))
+    before = st.session_state.get("insp_digit")
     st.session_state.insp_digit = image  # for the feature maps tab
+    if maps_tab_changes(before, image):
+        st.rerun()  # this fragment's reruns leave the tab below as it was drawn: draw the page again
     if image is None:
         return
     others = [r for r in labels if r != run_id]
@@ -211,7 +228,7 @@ with tab_digit:
 with tab_maps:
     filters = ir.first_layer_filters(run)  # (out, C, kh, kw)
     st.subheader(_("First layer's filters"))
-    grid = tile(filters[:, 0], columns=min(len(filters), 16), scale=max(1, 48 // filters.shape[-1]))
+    grid = mosaic(filters[:, 0], columns=min(len(filters), 16), scale=max(1, 48 // filters.shape[-1]))
     st.image(grid, width=min(grid.shape[1], 1000),
              caption=_("{n} filters of {k}×{k} (channel 1)").format(n=len(filters), k=filters.shape[-1]))
     source = st.radio(_("Image"), [_("a test image"), _("your drawing")], horizontal=True, key="insp_source",
@@ -240,7 +257,7 @@ with tab_maps:
         stages = [m for m in maps if m.block == block]
         st.markdown(_("**Block {b}**").format(b=block) if block else _("**Input layers**"))
         for m, col in zip(stages, st.columns(len(stages))):
-            grid = tile(m.maps, scale=max(1, 96 // m.shape[-1]))
+            grid = mosaic(m.maps, scale=max(1, 96 // m.shape[-1]))
             col.image(grid, width="stretch", caption=f"{m.name} {m.shape}")  # as wide as its column
 
 with tab_export:

@@ -15,7 +15,6 @@ from app_lib.shared import (
     run_scope,
     runner,
     server_policy,
-    workspace,
 )
 from app_lib.text import local_times, percent, plain
 from app_lib.widgets import (
@@ -33,9 +32,9 @@ from mnist_lab.errors import StoreError
 from mnist_lab.lab.experiments import final_train_loss, stored_verdict
 from mnist_lab.runs.store import VISIBLE_EXTRA
 
-SHOWN = ["started_at", "label", "experiment", "status", "verdict", "stop_reason", "final_test_acc", "params",
-         "epochs_done", "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels", "device",
-         "seconds", "message", "inspect", "run_id"]
+SHOWN = ["inspect", "started_at", "label", "experiment", "status", "verdict", "stop_reason", "final_test_acc",
+         "params", "epochs_done", "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels",
+         "device", "seconds", "message", "run_id"]  # inspect first: seen without scrolling to the right
 
 st.title(_("Runs"))
 try:
@@ -81,23 +80,34 @@ if text:
 
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
 kept = store.inspectable(shown["run_id"])  # runs whose weights are kept open on the Inspect page
-ws = f"&ws={workspace()}" if server_policy().shared else ""
-shown = shown.assign(inspect=[f"./inspect?run={r}{ws}" if r in kept else None for r in shown["run_id"]])
+shown = shown.assign(inspect=[_("Inspect") if r in kept else "" for r in shown["run_id"]])
 started = local_times(shown["started_at"], tz)
 loss = final_train_loss(store.epochs(list(shown["run_id"])))
 verdicts = pd.Series([stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
                       for r in shown.itertuples()], index=shown.index, dtype=object)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
-table(shown.assign(verdict=words(verdicts))[SHOWN].assign(started_at=started, train_limit=images,
+picked = table(shown.assign(verdict=words(verdicts))[SHOWN].assign(started_at=started, train_limit=images,
                                                          final_test_acc=shown["final_test_acc"] * 100,
                           stop_reason=stop_reasons(shown), message=run_messages(shown), status=words(shown["status"]),
                           experiment=words(shown["experiment"]), label=shown["label_shown"]),
-      hide_index=True, width="stretch", column_config={
+      hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="pick_run_row",
+      column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),
     "started_at": st.column_config.TextColumn(_("started ({tz})").format(tz=tz)),
-    "inspect": st.column_config.LinkColumn(display_text=_("Inspect"),
-                                           help=_("Runs whose weights are kept: open one on the Inspect page")),
+    # a link column would open a new tab: a selected row's link below opens the Inspect page in this one
+    "inspect": st.column_config.TextColumn(pinned=True, help=_("Runs whose weights are kept: select the row, then "
+                                                               "open it on the Inspect page")),
 })
+rows = picked.selection.rows if picked is not None else []
+# positions in the table as given, whatever its sorting on screen (a filter changed since may leave one past its end)
+row = shown.iloc[rows[0]] if rows and rows[0] < len(shown) else None
+if row is not None and row["run_id"] in kept:  # in this tab: the session (its language, its workspace) goes along
+    st.page_link("app_pages/inspect.py", label=_("Inspect {label}").format(label=plain(row["label_shown"])),
+                 icon=":material/visibility:", query_params={"run": row["run_id"]})
+elif row is not None:
+    st.caption(_("This run's weights were not kept, so it cannot be inspected."))
+else:
+    st.caption(_("Select a run's row to open it on the Inspect page."))
 if (shown["status"] == "diverged").any():
     st.caption(":material/trending_up: " + _("{n} run(s) diverged (the loss became NaN or infinite): the message "
                                              "column says where; lower the learning rate.")
@@ -109,10 +119,19 @@ names = {r.run_id: f"{r.label_shown} · {_(r.status)} · {t} · {r.run_id[-6:]}"
          for r, t in zip(runs.itertuples(), local_times(runs["started_at"], tz))}
 SELECTED = list(shown["run_id"][:3])
 init_state("runs_", dict(selected=SELECTED), dict(selected=list(names)))
-st.session_state.runs_selected = [r for r in st.session_state.runs_selected if r in names]  # deleted ones go
-options = list(dict.fromkeys([*shown["run_id"], *st.session_state.runs_selected]))
-selected = st.multiselect(_("Runs to compare"), options, format_func=names.get, key="runs_selected",
+# The picker follows the filters, as the table does: a selected run they now hide leaves the comparison (the charts
+# compare what the table shows, and the link says so); when none is left, the filtered runs' newest three come in.
+before = [r for r in st.session_state.runs_selected if r in names]  # deleted ones go
+st.session_state.runs_selected = [r for r in before if r in set(shown["run_id"])]
+hidden = len(before) - len(st.session_state.runs_selected)
+if hidden and not st.session_state.runs_selected:
+    st.session_state.runs_selected = SELECTED
+selected = st.multiselect(_("Runs to compare"), list(shown["run_id"]), format_func=names.get, key="runs_selected",
                           placeholder=_("Choose options"))
+if hidden:
+    st.caption(ngettext("{n} selected run is hidden by the filters above, so it left the comparison.",
+                        "{n} selected runs are hidden by the filters above, so they left the comparison.",
+                        hidden).format(n=hidden))
 mirror_query(dict(experiment=experiments, status=statuses, text=text, selected=selected),
              {**FILTERS, "selected": SELECTED})
 if not selected:

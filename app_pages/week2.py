@@ -9,6 +9,7 @@ from app_lib.lang import _, render_error
 from app_lib.shared import init_state, mirror_query, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
+    FORMATS,
     column_formats,
     csv_button,
     expected_time,
@@ -37,6 +38,9 @@ from mnist_lab.service.jobs import lesson_spec
 
 DEFAULTS = dict(lesson="shuffle", full=False, seeds=LESSONS["shuffle"].seeds, images=LESSONS["shuffle"].train_limit)
 LIMITS = dict(lesson=list(LESSONS), full=[False, True], seeds=(1, 5), images=SUBSETS)  # what a link may set
+# the summary's columns (pixels: small 75, medium 200) fit the page's width together: none is cut off on the right
+SUMMARY_WIDTHS = dict(variant="medium", n="small", text="medium", loss="medium", params="small", seconds="small",
+                      iterations="small")
 
 
 def lesson_defaults() -> None:
@@ -132,22 +136,23 @@ def draw(view) -> None:
         return
     shown_summary = summary.assign(variant=[_(v) for v in summary["variant"]], text=mean_sd_texts(summary),
                                    loss=loss_texts(summary))
+    columns = ["variant", "n", "text", *(["loss"] if "train_loss" in shown.metrics else []), "params", "seconds",
+               "iterations"]
+    headers = {"variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"),
+               "loss": _("final training loss, mean ± sd"), "params": _("parameters"),
+               "seconds": _("seconds per run"), "iterations": _("iterations per run")}
+    st.dataframe(shown_summary[columns].rename(columns=headers), hide_index=True, width="stretch",
+                 column_config={headers[c]: (st.column_config.NumberColumn(width=SUMMARY_WIDTHS[c], format=FORMATS[c])
+                                             if c in FORMATS else st.column_config.Column(width=SUMMARY_WIDTHS[c]))
+                                for c in columns})
+    csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
     a, b = st.columns(2)
     a.plotly_chart(lesson_figure(shown_summary, "test_acc", _("Test accuracy, mean ± sd over seeds"),
                                  _("test accuracy (%)")), key="w2_acc_chart")
-    with b:
-        columns = ["variant", "n", "text", *(["loss"] if "train_loss" in shown.metrics else []), "params", "seconds",
-                   "iterations"]
-        st.dataframe(shown_summary[columns].rename(columns={
-            "variant": _("variant"), "n": _("runs"), "text": _("test accuracy, mean ± sd"),
-            "loss": _("final training loss, mean ± sd"), "params": _("parameters"),
-            "seconds": _("seconds per run"), "iterations": _("iterations per run")}), hide_index=True,
-            column_config={_(k): st.column_config.NumberColumn(format=f) for k, f in (
-                ("parameters", "localized"), ("seconds per run", "%.1f"), ("iterations per run", "localized"))})
-        csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
     reading = read_lesson(shown, summary, view.spec.data.dataset)
-    st.info("\n\n".join(plain(line) for line in reading.render(_)), icon=":material/lightbulb:")
-    not_learned_note(table["verdict"])
+    with b:  # the reading beside the chart it reads
+        st.info("\n\n".join(plain(line) for line in reading.render(_)), icon=":material/lightbulb:")
+        not_learned_note(table["verdict"])
     costs = [(m, axis) for m, axis in (("seconds", _("seconds per run")), ("iterations", _("iterations per run")))
              if m in shown.metrics]
     for col, (metric, axis) in zip(st.columns(2) if costs else [], costs):

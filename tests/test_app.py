@@ -4,6 +4,7 @@ sliders, an impossible network disables training with the core's message, and ti
 jobs are trained by the worker process the app starts for it, as in production."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -465,6 +466,56 @@ def test_a_runs_link_reopens_the_same_filters_and_comparison(db, tiny_data):
     gone = open_page("runs", query={"selected": "no-such-run", "status": "finished"})
     assert gone.multiselect(key="runs_status").value == ["finished"]
     assert any("selected=no-such-run" in shown(w.value) for w in gone.warning)
+
+
+def test_runs_page_shows_inspect_first_and_opens_a_selected_run_in_this_tab(db, tiny_data):
+    store = ResultStore(db)
+    run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config, record=Recorder(store),
+               data=tiny_data)
+    store.start_run(run_row("no-weights", PRESETS["tiny-fc"].model, TrainConfig(), tiny_data.config, label="old",
+                            status="finished"))  # a run from before weights were kept
+    at = open_page("runs")
+    runs_table = at.dataframe[0]
+    assert list(runs_table.value.columns[:2]) == ["inspect", "started"]  # no scrolling to the right for it
+    assert json.loads(runs_table.proto.columns)["inspect"]["pinned"] is True
+    by_id = dict(zip(runs_table.value["run"], runs_table.value["inspect"]))
+    kept = next(r for r in by_id if r != "no-weights")
+    assert by_id == {kept: "Inspect", "no-weights": ""}
+    assert not at.get("page_link") and any("Select a run's row" in c.value for c in at.caption)
+    row = list(runs_table.value["run"]).index(kept)
+    at.session_state["pick_run_row"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception, at.exception
+    [link] = at.get("page_link")
+    assert link.proto.page.endswith("inspect") and link.proto.query_string == f"run={kept}"
+    assert not link.proto.external  # Streamlit's own navigation: this tab, this session
+    at.session_state["pick_run_row"] = {"selection": {"rows": [1 - row], "columns": [], "cells": []}}
+    at.run()
+    assert not at.get("page_link") and any("weights were not kept" in c.value for c in at.caption)
+
+
+def test_the_comparison_picker_follows_the_filters_above_it(db, tiny_data):
+    store = ResultStore(db)
+    for rid, experiment in (("a-single", "single"), ("b-sweep", "sweep"), ("c-sweep", "sweep")):
+        store.start_run(run_row(rid, PRESETS["tiny-fc"].model, TrainConfig(), tiny_data.config, experiment=experiment,
+                                label=rid, status="finished"))
+    at = open_page("runs")
+
+    def offered() -> list[str]:  # the picker's options by label (each shown as 'label · status · time · id')
+        return sorted(o.split(" · ")[0] for o in at.multiselect(key="runs_selected").options)
+    assert offered() == ["a-single", "b-sweep", "c-sweep"]
+    at.multiselect(key="runs_selected").set_value(["a-single", "b-sweep"]).run()
+    at.multiselect(key="runs_experiment").set_value(["sweep"]).run()
+    assert not at.exception, at.exception
+    assert offered() == ["b-sweep", "c-sweep"]  # only what the filters show, as the table
+    assert at.multiselect(key="runs_selected").value == ["b-sweep"]  # the hidden one left; the other stays
+    assert any("1 selected run is hidden by the filters above" in c.value for c in at.caption)
+    assert at.query_params["selected"] == "b-sweep"  # the link says what is compared
+    at.multiselect(key="runs_experiment").set_value(["single"]).run()  # every picked run hidden: the newest shown
+    assert at.multiselect(key="runs_selected").value == ["a-single"]
+    at.multiselect(key="runs_experiment").set_value([]).run()  # no filter: every run offered again, the pick kept
+    assert offered() == ["a-single", "b-sweep", "c-sweep"]
+    assert at.multiselect(key="runs_selected").value == ["a-single"]
 
 
 def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_limits(db, monkeypatch, tiny_data):

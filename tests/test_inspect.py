@@ -294,6 +294,44 @@ def test_the_inspect_page_predicts_a_good_upload(kept, monkeypatch):
     assert any("%" in m.value for m in at.markdown)  # its top-3
 
 
+def test_a_new_drawing_is_offered_on_the_feature_map_tab_at_once(kept, monkeypatch):
+    """The drawing and upload live in a fragment, whose reruns leave the feature-map tab as it
+    was drawn: a digit that appears, goes, or changes while that tab shows it reruns the page."""
+    import streamlit
+
+    reruns = []
+    real_rerun = streamlit.rerun
+    monkeypatch.setattr(streamlit, "rerun", lambda *a, **kw: (reruns.append(1), real_rerun(*a, **kw)))
+    result, _ = kept["lab5"]
+    at = _inspect(kept["store"].path, monkeypatch, {"run": result.run_id})
+    assert at.radio(key="insp_source").disabled and not reruns
+    seven = _png(Image.fromarray(_stroke(120, 120, (10, 30, 110, 90))))
+    at.get("file_uploader")[0].upload("seven.png", seven, "image/png").run()
+    assert not at.exception, at.exception
+    assert not at.radio(key="insp_source").disabled and len(reruns) == 1
+    at.radio(key="insp_source").set_value("your drawing").run()
+    assert len(reruns) == 1  # the same drawing: nothing to draw again
+    top3 = [m.value for m in at.markdown if m.value.startswith("1. ")]
+    digit_tab = [m.value for m in at.markdown if " · " in m.value and "%" in m.value]
+    assert top3 and digit_tab and top3[0].split("\n")[0].split(" ", 1)[1] in digit_tab[0]  # the maps tab's image
+    at.get("file_uploader")[0].upload("zero.png", _png(Image.fromarray(_stroke(120, 120, (20, 20, 100, 100)))),
+                                      "image/png").run()
+    assert len(reruns) == 2 and not at.exception  # another drawing while the maps tab shows the drawing
+
+
+def test_filters_are_drawn_apart_with_transparent_gaps():
+    from app_lib.inspect_charts import mosaic
+
+    filters = np.random.default_rng(0).normal(size=(6, 5, 5))
+    grid = mosaic(filters, columns=4, scale=9)
+    assert grid.shape == (2 * 45 + 9, 4 * 45 + 3 * 9, 4) and grid.dtype == np.uint8
+    opaque = grid[..., 3] == 255
+    assert opaque.sum() == 6 * 45 * 45  # every tile whole, nothing else
+    assert not opaque[:, 45:54].any() and not opaque[45:54, :].any()  # the gaps: the page shows through
+    assert grid[:45, :45, 0].min() == 0 and grid[:45, :45, 0].max() == 255  # each tile to its own min..max
+    assert (grid[:45, :45, 0] == grid[:45, :45, 2]).all()  # grey
+
+
 @pytest.mark.parametrize("asked", ["../../../etc/passwd", "99999999999999999999999", "\u202e𝟗\u0301 ☃",
                                    "x" * 5000, "no-such-run"])
 def test_a_hostile_run_link_opens_nothing_it_names(asked, kept, monkeypatch):

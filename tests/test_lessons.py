@@ -5,6 +5,7 @@ round-trips and is estimated run by run; the CLI, the report section, the Week 2
 and the catalog entries."""
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import replace
 from pathlib import Path
@@ -346,6 +347,11 @@ def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
     assert len(at.get("plotly_chart")) == 1  # test accuracy, mean ± sd (softmax compares no seconds)
     assert any("test accuracy against" in i.value for i in at.info)
     assert {"Summary (CSV)", "Runs (CSV)"} <= {b.label for b in at.get("download_button")}
+    [summary] = [d for d in at.dataframe if "test accuracy, mean ± sd" in d.value.columns]
+    widths = {name: c.get("width") for name, c in json.loads(summary.proto.columns).items() if name != "_index"}
+    assert widths == {"variant": "medium", "runs": "small", "test accuracy, mean ± sd": "medium",
+                      "parameters": "small", "seconds per run": "small", "iterations per run": "small"}
+    assert not any("test accuracy, mean ± sd" in d.value.columns for c in at.columns for d in c.dataframe)  # full width
     at.selectbox(key="w2_lesson").set_value("shuffle").run()  # another lesson: softmax's results are not its own
     assert not at.exception, at.exception
     assert not at.get("plotly_chart") and "Summary (CSV)" not in {b.label for b in at.get("download_button")}

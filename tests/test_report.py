@@ -294,6 +294,41 @@ def test_report_writes_every_file(full, tmp_path):
     assert set(iters["run_id"]) == {found["loss"]["numbers"]["run_id"]}
 
 
+def test_the_confusion_matrix_keeps_four_digit_counts_on_one_line(store, tmp_path, monkeypatch):
+    """Word sized the matrix's columns to its headers and broke "1,127" inside its cell ("1,12/7"):
+    the .docx sets 8 pt type, a fixed layout of equal count columns and no wrapping in a count."""
+    from docx import Document
+    from docx.oxml.ns import qn
+    from docx.shared import Cm, Pt
+
+    from mnist_lab.lab import findings, report
+
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    counts = [[1127 if t == p else t + p for p in range(10)] for t in range(10)]
+    monkeypatch.setattr(findings, "confusion_numbers", lambda *a, **kw: dict(
+        class_names=names, counts=counts, n=sum(map(sum, counts)), accuracy=0.98, pairs=[]))
+    add_run(store, PRESETS["lab5"].model, 0.98)
+    paths = write_report(build_report(store, "en"), tmp_path / "out")
+    doc = Document(str(paths["report.docx"]))
+    [matrix] = [t for t in doc.tables if t.cell(0, 0).text == "true / predicted"]
+    assert matrix.autofit is False  # w:tblLayout fixed: Word keeps the widths
+    section = doc.sections[-1]
+    text_width = section.page_width - section.left_margin - section.right_margin
+    widths = [c.width for c in matrix.rows[1].cells]
+    assert sum(widths) <= text_width and len(set(widths[1:])) == 1
+    assert widths[1] >= Cm(1.2)  # 5 characters of 8 pt (about 0.65 cm) and the cell's margins (2 × 0.19 cm)
+    for r, row in enumerate(matrix.rows):
+        assert [c.width for c in row.cells] == widths
+        for c, cell in enumerate(row.cells):
+            assert all(run.font.size == Pt(report.COUNT_PT) for p in cell.paragraphs for run in p.runs)
+            if r and c:
+                assert cell._tc.tcPr.find(qn("w:noWrap")) is not None
+    assert [matrix.cell(t + 1, t + 1).text for t in range(10)] == ["1,127"] * 10  # the unbroken number
+    page = paths["report.html"].read_text("utf-8")
+    assert '<table class="counts">' in page and "td + td { white-space: nowrap;" in page
+    assert "<td>1,127</td>" in page
+
+
 def test_both_languages_give_the_same_numbers(full_text):
     number = re.compile(r"[-+]?\d[\d,]*\.\d+%?|\d{1,3}(?:,\d{3})+")
     assert sorted(number.findall(full_text["en"])) == sorted(number.findall(full_text["zh"]))

@@ -78,6 +78,7 @@ class Block:
     items: list[str] = field(default_factory=list)  # list items
     header: list[str] = field(default_factory=list)  # table
     rows: list[list[str]] = field(default_factory=list)
+    counts: bool = False  # table: a grid of counts after a name column (the confusion matrix), set to fit the page
     png: bytes = b""  # figure
     name: str = ""  # figure file name
 
@@ -323,7 +324,7 @@ def _confusion(w: _Writer, c: dict | None) -> None:
     w.para("Confusion matrix of this run on its {n} test images (rows: the true class; columns: the predicted "
            "class; the diagonal is what it got right, {acc} in all):", n=integer(c["n"]), acc=pct(c["accuracy"]))
     w.add("table", header=[w._("true / predicted"), *names],
-          rows=[[names[t], *(integer(v) for v in row)] for t, row in enumerate(c["counts"])])
+          rows=[[names[t], *(integer(v) for v in row)] for t, row in enumerate(c["counts"])], counts=True)
     if c["pairs"]:
         w.para("The pairs it confused most: {pairs}.", pairs=w._("; ").join(
             w.say("{true} taken for {pred} {count} times ({share} of the {true}s)", true=p["true_name"],
@@ -617,6 +618,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.3em; margin-top: 1.6em; } h3 { font-s
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f0f0f0; }
+table.counts { font-size: 0.8em; } table.counts td + td { white-space: nowrap; text-align: right; }
 figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { font-size: 0.9em; color: #555; }
 pre { background: #f6f6f6; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
 .note { border-left: 4px solid #e0a000; padding-left: 0.8em; }
@@ -643,7 +645,8 @@ def to_html(report: Report) -> str:
         elif b.kind == "table":
             head = "".join(f"<th>{e(h)}</th>" for h in b.header)
             body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            kind = ' class="counts"' if b.counts else ""  # a count never breaks across lines
+            parts.append(f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif b.kind == "figure":
             data = base64.b64encode(b.png).decode("ascii")
             parts.append(f'<figure><img alt="{e(b.text)}" src="data:image/png;base64,{data}">'
@@ -722,12 +725,45 @@ def to_docx(report: Report) -> bytes:
             for row in b.rows:
                 for cell, text in zip(table.add_row().cells, row):
                     cell.text = text
+            if b.counts:
+                section = doc.sections[-1]
+                _fit_counts(table, section.page_width - section.left_margin - section.right_margin)
         elif b.kind == "figure":
             doc.add_picture(io.BytesIO(b.png), width=Cm(15))
             doc.add_paragraph(b.text, style="Caption")
     buffer = io.BytesIO()
     doc.save(buffer)
     return buffer.getvalue()
+
+
+COUNT_PT = 8  # the confusion matrix's type size in the .docx: "1,127" and its cell margins fit a tenth of the page
+
+
+def _fit_counts(table, text_width: int) -> None:
+    """A grid of counts (the confusion matrix) in Word: small type, a fixed layout (Word would
+    otherwise size the columns to the headers and break "1,127" inside its cell) with a name
+    column and equal count columns filling the text width (EMU), no wrapping in a count."""
+    from docx.enum.text import WD_ALIGN_PARAGRAPH
+    from docx.oxml import OxmlElement
+    from docx.shared import Pt, Twips
+
+    table.autofit = False  # w:tblLayout fixed: the widths below hold
+    k = len(table.columns) - 1
+    twips = text_width // Twips(1)  # Word keeps widths in whole twips: their sum stays within the page
+    first = twips * 4 // 25  # 16%: "true / predicted", "T-shirt/top"
+    widths = [Twips(first), *([Twips((twips - first) // k)] * k)]
+    for column, width in zip(table.columns, widths):
+        column.width = width  # w:gridCol
+    for r, row in enumerate(table.rows):
+        for c, (cell, width) in enumerate(zip(row.cells, widths)):
+            cell.width = width  # w:tcW, what Word reads
+            for paragraph in cell.paragraphs:
+                for run in paragraph.runs:
+                    run.font.size = Pt(COUNT_PT)
+                if r and c:
+                    paragraph.alignment = WD_ALIGN_PARAGRAPH.RIGHT
+            if r and c:  # python-docx has no call for it: the cell property as Word writes it
+                cell._tc.get_or_add_tcPr().append(OxmlElement("w:noWrap"))
 
 
 def findings_json(report: Report) -> str:
