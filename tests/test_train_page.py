@@ -15,13 +15,15 @@ from app_lib import widgets
 from app_lib.forms import LAB_PRESETS, PRESET_WORDS, SLIDER_PRESETS, preset_option, preset_words
 from app_lib.shared import WORKER_IDLE_ENV, spawned_workers
 from mnist_lab import i18n
-from mnist_lab.data.datasets import DATASETS, FASHION_MNIST, load_dataset
+from mnist_lab.data.datasets import DATASETS, FASHION_MNIST, DataUnavailableError, load_dataset
+from mnist_lab.errors import failure_reason
 from mnist_lab.lab.lessons import fit
 from mnist_lab.nets.model import count_params
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
-from mnist_lab.runs.store import ResultStore
+from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline
+from mnist_lab.service.queue import JobQueue
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 CJK = re.compile(r"[\u3400-\u9fff]")
@@ -170,6 +172,25 @@ def test_every_preset_has_chinese_words_on_home_and_train():
     train = open_page(query={"lang": "zh_CN", "preset": "cifar-course"})
     assert any(zh("The course's CIFAR-10 net") in shown(m.value) and "课程讲义第 2 周" in shown(m.value)
                and "MNIST 的 1×28×28 图像" in shown(m.value) for m in train.markdown)
+
+
+def test_a_dataset_that_cannot_be_had_fails_its_job_in_words_not_a_crash(submitted, db, tmp_path):
+    """CIFAR-10 has no offline copy here: the worker's failure (stored as errors.failure_reason
+    makes it) is shown by the page as the job's error, with what to choose instead."""
+    at = open_page(query={"dataset": "cifar10", "train_limit": "256", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    (spec,) = submitted
+    with pytest.raises(DataUnavailableError) as refused:  # what the worker meets where no copy is found
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    queue = JobQueue(ResultStore(db))
+    queue.start_inline("j-cifar", LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+    queue.finish("j-cifar", "failed", error=failure_reason(refused.value))
+    again = open_page(query={"dataset": "cifar10"})
+    assert not again.exception
+    assert shown(again.error[0].value).startswith("The job failed: The CIFAR-10 directory")
+    assert any("Choose MNIST above" in c.value for c in again.caption)
+    zh = open_page(query={"dataset": "cifar10", "lang": "zh_CN"})  # the frame in Chinese, the reason as the core has it
+    assert shown(zh.error[0].value).startswith("任务失败：") and any("在上方选择 MNIST" in c.value for c in zh.caption)
 
 
 @pytest.mark.slow
