@@ -72,7 +72,7 @@ def preset_title(name: str, _=str) -> str:
 
 
 def preset_option(name: str, _=str) -> str:
-    """A preset as a menu shows it: its title after whose it is (the lab's or week 2's)."""
+    """A preset as the menu shows it: whose network it is (Lab 5 or Week 2), then its title."""
     group = N_("Lab 5 · {title}") if name in LAB_PRESETS else N_("Week 2 · {title}")
     return _(group).format(title=preset_title(name, _))
 

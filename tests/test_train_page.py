@@ -107,9 +107,11 @@ def test_fashion_mnist_a_residual_net_and_no_shuffle_make_the_job(submitted):
 
 
 def test_the_sliders_and_the_week2_nets_follow_the_dataset(submitted):
-    at = open_page(query={"dataset": "cifar10"})
+    at = open_page(query={"train_limit": "60000"})
+    at.selectbox(key="train_dataset").set_value("cifar10").run()
     assert params_shown(at) == count_params(fit(PRESETS["lab5"].model, "cifar10")) == 10790  # lab5 on 3×32×32
     assert at.select_slider(key="train_train_limit").options[-1] == "50,000"
+    assert at.select_slider(key="train_train_limit").value == 50000  # all of MNIST became all of CIFAR-10
     assert "mean 0.4914, 0.4822, 0.4465, sd 0.247, 0.2435, 0.2616" in at.selectbox(key="train_normalize").options[0]
     assert "1024 pixel positions" in at.checkbox(key="train_permute").help
     assert any("CIFAR-10 comes with no package here" in i.value for i in at.info)
