@@ -223,7 +223,9 @@ def keep_page_state() -> None:
 
 
 def _cast(text: str, like: Any) -> Any:
-    if isinstance(like, bool):
+    if isinstance(like, bool):  # a switch: anything else is refused, not read as off
+        if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(text)
         return text.lower() in ("1", "true", "yes", "on")
     if isinstance(like, int):
         return int(float(text))

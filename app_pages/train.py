@@ -1,21 +1,26 @@
-"""Train: pick a lab network or build one, see its layers and parameters as you change it,
-train it in the background and watch every iteration's loss live."""
+"""Train: pick a dataset and a network (the lab's, week 2's, or one built with the sliders), see its
+layers and parameters as you change it, train it in the background and watch every iteration's loss live."""
+from dataclasses import fields
 from functools import partial
 
 import streamlit as st
 
 from app_lib.charts import accuracy_figure, loss_figure
 from app_lib.forms import (
+    ALL_SUBSETS,
     BATCH_SIZES,
+    DATASET_WORDS,
+    LAB_PRESETS,
     SLIDER_PRESETS,
-    SUBSETS,
     build_data_cfg,
     build_model_cfg,
     build_train_cfg,
     matching_preset,
-    preset_title,
+    preset_model,
+    preset_option,
     preset_values,
     preset_words,
+    subsets,
 )
 from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
@@ -37,25 +42,30 @@ from app_lib.widgets import (
     start_job,
     table,
 )
-from mnist_lab.data.datasets import MNIST, NORMALIZATIONS, normalization
+from mnist_lab.data.datasets import DATASETS, NORMALIZATIONS, normalization
 from mnist_lab.errors import StoreError
-from mnist_lab.nets.model import count_params, describe
+from mnist_lab.nets.model import ModelConfig, count_params, describe
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.training.preflight import preflight
 
 quick = quick_defaults()
-BASE = dict(preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epochs"], seed=0,
-            train_limit=quick["train_limit"], permute=False)
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+BASE = dict(dataset="mnist", preset="lab5", **preset_values(PRESETS["lab5"]), epochs=quick["epochs"], seed=0,
+            train_limit=quick["train_limit"], permute=False, shuffle=True)
 # A shared link names a preset; its other parameters are differences from that preset.
-link_preset = st.query_params.get("preset") if st.query_params.get("preset") in SLIDER_PRESETS else "lab5"
+link_preset = st.query_params.get("preset") if st.query_params.get("preset") in PRESETS else "lab5"
 DEFAULTS = {**BASE, "preset": link_preset, **preset_values(PRESETS[link_preset])}
 # What each widget accepts: (low, high) or the options; a link's values are checked against it.
-LIMITS = dict(preset=SLIDER_PRESETS, kind=["cnn", "fc"], layers=(1, 4), kernel=(1, 9), padding=["valid", "same"],
-              channels=(1, 512), dropout=(0.0, 0.8), optimizer=["sgd", "adam"], lr=(0.0001, 10.0),
-              momentum=(0.0, 0.99), batch_size=BATCH_SIZES, epochs=(1, 20), seed=(0, 1_000_000),
-              train_limit=SUBSETS, normalize=list(NORMALIZATIONS))
+LIMITS = dict(dataset=list(DATASETS), preset=list(PRESETS), kind=["cnn", "fc"], layers=(1, 4), kernel=(1, 9),
+              padding=["valid", "same"], channels=(1, 512), dropout=(0.0, 0.8), optimizer=["sgd", "adam"],
+              lr=(0.0001, 10.0), momentum=(0.0, 0.99), batch_size=BATCH_SIZES, epochs=(1, 20), seed=(0, 1_000_000),
+              train_limit=ALL_SUBSETS, normalize=list(NORMALIZATIONS), shuffle=[True, False])
 init_state("train_", DEFAULTS, LIMITS)
+dataset = DATASETS[st.session_state.train_dataset]
+if st.session_state.train_train_limit not in subsets(dataset.name):  # 60,000 on MNIST: all 50,000 of CIFAR-10
+    st.session_state.train_train_limit = min(subsets(dataset.name),
+                                             key=lambda n: abs(n - st.session_state.train_train_limit))
 try:
     result_store()  # opened and checked once per server: a damaged database is explained, not trained into
     store_problem = ""
@@ -72,11 +82,19 @@ st.title(_("Train a network"))
 left, right = st.columns([1, 2], gap="large")
 with left:
     gettext_now = bound()
-    st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p, t=gettext_now: preset_title(p, t),
+    dataset = DATASETS[st.selectbox(_("Dataset"), LIMITS["dataset"], key="train_dataset",
+                                    format_func=lambda d, t=gettext_now: t(DATASET_WORDS[d]),
+                                    help=_("The images the network learns from and is tested on."))]
+    st.selectbox(_("Preset"), LIMITS["preset"], format_func=lambda p, t=gettext_now: preset_option(p, t),
                  key="train_preset", on_change=load_preset,
-                 help=_("Loads one of the lab's four networks with its optimiser settings."))
-    kind = st.radio(_("Network"), LIMITS["kind"], key="train_kind", horizontal=True,
-                    format_func={"cnn": _("Convolutional"), "fc": _("Fully connected")}.get)
+                 help=_("Loads one of the lab's four networks or one of week 2's, with its optimiser settings."))
+    fixed = st.session_state.train_preset not in SLIDER_PRESETS  # a week-2 network the sliders cannot describe
+    if fixed:
+        st.caption(":material/lock: " + _("The sliders cannot describe this network, so its layers are fixed (see "
+                                          "them on the right); pick one of the lab's presets to build your own. "
+                                          "The training settings below apply to it."))
+    kind = "fixed" if fixed else st.radio(_("Network"), LIMITS["kind"], key="train_kind", horizontal=True,
+                                          format_func={"cnn": _("Convolutional"), "fc": _("Fully connected")}.get)
     c1, c2 = st.columns(2)
     if kind == "cnn":
         c1.slider(_("Conv + pool layers"), *LIMITS["layers"], key="train_layers",
@@ -89,11 +107,12 @@ with left:
         st.checkbox(_("Double the channels every block"), key="train_double")
         st.checkbox(_("Pool before ReLU (Lab-5 order)"), key="train_pool_first")
         st.checkbox(_("BatchNorm after each conv"), key="train_batch_norm")
-    st.text_input(_("Hidden FC units (comma-separated, empty for none)"), key="train_hidden")
-    st.slider(_("Dropout"), *LIMITS["dropout"], step=0.05, key="train_dropout",
-              help=_("The probability that each input of a fully-connected layer is zeroed during training."))
-    st.checkbox(_("Softmax before the loss"), key="train_softmax",
-                help=_("The course notes' mistake: CrossEntropyLoss already applies log-softmax."))
+    if not fixed:
+        st.text_input(_("Hidden FC units (comma-separated, empty for none)"), key="train_hidden")
+        st.slider(_("Dropout"), *LIMITS["dropout"], step=0.05, key="train_dropout",
+                  help=_("The probability that each input of a fully-connected layer is zeroed during training."))
+        st.checkbox(_("Softmax before the loss"), key="train_softmax",
+                    help=_("The course notes' mistake: CrossEntropyLoss already applies log-softmax."))
     st.divider()
     c1, c2 = st.columns(2)
     optimizer = c1.selectbox(_("Optimiser"), LIMITS["optimizer"], format_func=str.upper, key="train_optimizer")
@@ -105,26 +124,39 @@ with left:
     c1.slider(_("Epochs"), *LIMITS["epochs"], key="train_epochs",
               help=_("One epoch is one pass over all the training images."))
     c2.number_input(_("Seed"), *LIMITS["seed"], key="train_seed", help=_(SEED_HELP))
-    st.select_slider(_("Training images"), LIMITS["train_limit"], key="train_train_limit", format_func="{:,}".format,
+    st.select_slider(_("Training images"), subsets(dataset.name), key="train_train_limit", format_func="{:,}".format,
                      help=_("The first N of the {train}; the test set is always all {test}.").format(
-                         train=f"{MNIST.train_count:,}", test=f"{MNIST.test_count:,}"))
-    norm_labels = {n: _("{name}: mean {mean}, sd {sd}").format(
-        name=n, mean=", ".join(f"{x:g}" for x in sorted(set(normalization(n, "mnist")[0]))),
-        sd=", ".join(f"{x:g}" for x in sorted(set(normalization(n, "mnist")[1])))) for n in LIMITS["normalize"]}
+                         train=f"{dataset.train_count:,}", test=f"{dataset.test_count:,}"))
+
+    def channels(x: tuple[float, ...]) -> str:  # one number where every channel has it, else R, G, B in order
+        return ", ".join(f"{v:g}" for v in x) if len(set(x)) > 1 else f"{x[0]:g}"
+
+    norm_labels = {n: _("{name}: mean {mean}, sd {sd}").format(name=n, mean=channels(normalization(n, dataset.name)[0]),
+                                                               sd=channels(normalization(n, dataset.name)[1]))
+                   for n in LIMITS["normalize"]}
     st.selectbox(_("Normalisation"), LIMITS["normalize"], key="train_normalize", format_func=norm_labels.get,
                  help=_("Each pixel becomes (pixel − mean) / sd before it enters the network."))
+    st.toggle(_("Shuffle"), key="train_shuffle",
+              help=_("On: a new random batch order every epoch. Off: the same order every epoch (the Week 2 lesson "
+                     "'Shuffle on or off' compares them)."))
     st.checkbox(_("Permuted pixels"), key="train_permute",
-                help=_("One fixed shuffle of the {n} pixel positions.").format(n=MNIST.n_pixels))
+                help=_("One fixed shuffle of the {n} pixel positions.").format(n=dataset.n_pixels))
+    if dataset.name == "cifar10":
+        st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
+                  "data directory, or let torchvision download it. MNIST and Fashion-MNIST train without it."),
+                icon=":material/info:")
 
     v = values("train_", DEFAULTS)
     mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})
     try:
-        model_cfg, train_cfg, data_cfg = build_model_cfg(v), build_train_cfg(v), build_data_cfg(v)
+        model_cfg = preset_model(v["preset"], dataset.name) if fixed else build_model_cfg(v)
+        train_cfg, data_cfg = build_train_cfg(v), build_data_cfg(v)
         preflight(model_cfg, train_cfg, data_cfg)  # the core's one check: configs, fit, batch, device, memory
         layers = layer_table(model_cfg)
-        problem = ""
+        problem, locked = "", False
     except ValueError as exc:
         problem = render_error(exc)
+        locked = fixed and getattr(exc, "field", None) in MODEL_FIELDS  # the network itself, which no widget changes
         st.caption(":material/warning: " + _("Fix the network first: see the message beside the controls."))
     busy = not store_problem and job_active("train")
     if not problem:
@@ -144,13 +176,21 @@ with right:
         st.error(plain(store_problem), icon=":material/database:")
     if problem:
         st.error(plain(problem), icon=":material/warning:")
+        if locked:
+            st.caption(_("This network is trained as it is: choose another dataset or another preset."))
     else:
-        same = matching_preset(v)
+        same = v["preset"] if fixed else matching_preset(v)
         m1, m2 = st.columns([1, 3])
         m1.metric(_("Parameters"), f"{int(layers['params'].sum()):,}")
         if same:
             title, _layers, published = preset_words(same, _)
-            about = _("The lab's {preset}; published result: {result}.").format(preset=title, result=published)
+            about = (_("The lab's {preset}; published result: {result}.") if same in LAB_PRESETS else
+                     _("Week 2 of the course notes: {preset}. Published result: {result}.")).format(
+                preset=title, result=published)
+            made = PRESETS[same].model
+            if (made.in_channels, made.image_size) != (dataset.channels, dataset.image_size):
+                about += " " + _("Its input is fitted to {dataset}'s {shape} images.").format(
+                    dataset=dataset.title, shape=f"{dataset.channels}×{dataset.image_size}×{dataset.image_size}")
         else:
             about = _("A custom network.")
         m2.markdown(f"**{plain(describe(model_cfg))}**  \n" + plain(about))
@@ -164,9 +204,11 @@ def draw(view) -> None:
     if view.spec is not None and view.spec.model is not None:  # the job's own network, whatever the widgets say now
         spec = view.spec
         images = spec.data.n_train()
-        st.markdown(_("**This run:** {network} · {params} parameters · {epochs} epoch(s) on {images} images")
+        st.markdown(_("**This run:** {network} · {params} parameters · {epochs} epoch(s) on {images} {dataset} images")
                     .format(network=plain(describe(spec.model)), params=f"{count_params(spec.model):,}",
-                            epochs=spec.train.epochs, images=f"{images:,}"))
+                            epochs=spec.train.epochs, images=f"{images:,}", dataset=spec.data.spec.title))
+    if view.status == "failed" and view.spec is not None and view.spec.data.dataset != "mnist":
+        st.caption(_("Choose MNIST above to train on data that is always here."))
     run = view.runs[-1] if view.runs else None
     if run is None:
         return

@@ -183,7 +183,7 @@ def test_a_bad_link_loads_with_the_defaults_and_says_what_it_ignored(page, query
 SETTINGS = {  # what each page reads from its link (its DEFAULTS' names)
     "train": ("preset", "kind", "layers", "kernel", "padding", "channels", "double", "pool_first", "batch_norm",
               "dropout", "hidden", "softmax", "optimizer", "lr", "momentum", "batch_size", "epochs", "seed",
-              "train_limit", "normalize", "permute"),
+              "train_limit", "normalize", "permute", "dataset", "shuffle"),
     "sweep": ("layers", "kernels", "seeds", "epochs", "train_limit", "channels", "padding", "hidden", "optimizer",
               "lr"),
     "compare": ("layers", "kernel", "channels", "double", "hidden", "seeds", "epochs", "train_limit", "perm_seed"),
