@@ -286,7 +286,7 @@ def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, ti
     page.mouse.up()
     expect(page.get_by_text("prepared 28×28")).to_be_visible(timeout=30_000)
     top3 = page.locator(".st-key-insp_top_0")
-    expect(top3).to_have_text(re.compile(r"^\d \d+\.\d% · \d \d+\.\d% · \d \d+\.\d%$"), timeout=10_000)
+    expect(top3).to_have_text(re.compile(r"^\d \d+\.\d\d% · \d \d+\.\d\d% · \d \d+\.\d\d%$"), timeout=10_000)
 
     page.goto(f"{server.url}/runs")
     expect(page.get_by_text("Inspect").first).to_be_visible(timeout=60_000)
