@@ -31,6 +31,7 @@ from app_lib.widgets import (
     job_panel,
     layer_table,
     live_losses,
+    normalization_words,
     refusal,
     run_learned_note,
     said,
@@ -109,7 +110,7 @@ with left:
                      help=_("The first N of the {train}; the test set is always all {test}.").format(
                          train=f"{MNIST.train_count:,}", test=f"{MNIST.test_count:,}"))
     norm_labels = {n: _("{name}: mean {mean}, sd {sd}").format(
-        name=n, mean=", ".join(f"{x:g}" for x in sorted(set(normalization(n, "mnist")[0]))),
+        name=normalization_words(n), mean=", ".join(f"{x:g}" for x in sorted(set(normalization(n, "mnist")[0]))),
         sd=", ".join(f"{x:g}" for x in sorted(set(normalization(n, "mnist")[1])))) for n in LIMITS["normalize"]}
     st.selectbox(_("Normalisation"), LIMITS["normalize"], key="train_normalize", format_func=norm_labels.get,
                  help=_("Each pixel becomes (pixel − mean) / sd before it enters the network."))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from mnist_lab.data.datasets import MNIST
 from mnist_lab.errors import ConfigError, writing
-from mnist_lab.i18n import integer, number, pct, resolve_lang, translator
+from mnist_lab.i18n import integer, number, pct, render_stored, resolve_lang, translator
 from mnist_lab.lab import figures
 from mnist_lab.lab.findings import Finding, Findings, compute_findings, model_from_row, moving_mean, sweep_grid
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, Comparison, Group
@@ -145,6 +145,7 @@ class _Writer:
     """Builds the blocks in one language; `say` is gettext then str.format with the values."""
 
     def __init__(self, lang: str, cjk_figures: bool):
+        self.lang = lang
         self.t = translator(lang)
         self.fig_t = self.t if cjk_figures or lang == "en" else translator("en")
         self.cjk = cjk_figures and lang != "en"
@@ -276,7 +277,8 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
     lr, momentum = f"{s['lr']:g}", f"{s['momentum']:g}"
     w.para("Run {run_id}: {label}; {epochs} epoch(s), batch size {batch}, {optimizer}, learning rate {lr}, momentum "
         "{momentum}, random seed {seed}; trained on {device} ({engine} engine); data: {dataset} from {source}.",
-        run_id=n["run_id"], label=s["label"], epochs=s["epochs"], batch=s["batch_size"], optimizer=s["optimizer"],
+        run_id=n["run_id"], label=render_stored(s.get("label_msg"), w.lang, s["label"]), epochs=s["epochs"],
+        batch=s["batch_size"], optimizer=s["optimizer"],
         lr=lr, momentum=momentum, seed=s["seed"], device=s["device"] or "—",
         engine=s["engine"] or "—", dataset=s["dataset"], source=s["data_source"] or "—")
     if not n.get("learned", True):
