@@ -58,7 +58,7 @@ NOT_WORDS = re.compile(r"""
     |run_id、epoch、iteration、loss  # iterations.csv's columns, as the report names them
     |\b\d+(?:\.\d+)?e[-+]?\d+\b|(?<![A-Za-z0-9])[A-Za-z](?![A-Za-z0-9])  # 1e-09; one letter: k×k, N images
     |%\{[^}]*\}|<[^>]*>|:material/[a-z_]+:  # Plotly's and Markdown's markup, an icon
-    |\b[A-Z][A-Za-z0-9]*(?=\()|\b[a-z]+\d+\b|\?[\w=&.-]+  # a layer: Linear(320→10), fc1; a link's query
+    |\b[A-Z][A-Za-z0-9]*(?=\()|\b[a-z]+(?:_[a-z]+)*\d+\b|\?[\w=&.-]+  # a layer: Linear(320→10), fc_relu1; a query
     |'[^'\s]*'  # the user's own value, quoted as given: '5x'
     """, re.VERBOSE)
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:(?:[-_.]|\+\+)[A-Za-z0-9]*)*")
@@ -287,7 +287,8 @@ def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkey
     at.toggle(key="runs_only_diff").set_value(False).run()  # every field, not only those that differ
     configs = at.dataframe[-1].value  # side by side: field names, statuses and times worded, times local
     assert configs.index.name == "字段" and "开始时间" in configs.index and "测试准确率（%）" in configs.index
-    assert set(configs.loc["状态"]) == {"已完成"}
+    assert set(configs.loc["状态"]) == {"失败", "已停止", "已完成"}  # the newest three runs
+    assert set(configs.loc["停止原因"]) == {"内存不足：请用更小的训练子集、批大小或网络。", "由你停止", ""}
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in configs.loc["开始时间"])
 
 
