@@ -116,7 +116,8 @@ def error_line_figure(summary: pd.DataFrame, x: str, color: str, title: str, _=_
     frame = summary.assign(acc=summary["mean"] * 100, sd_pct=summary["sd"] * 100, **{color: summary[color].astype(str)})
     fig = px.line(frame.sort_values(x), x=x, y="acc", color=color, error_y="sd_pct", markers=True, title=title,
                   hover_data={"acc": HOVER["acc"], "sd_pct": False, "n": True, "text": True},
-                  labels={x: _(AXES[x]), color: _(AXES[color]), "n": _("runs"), "text": _("mean ± sd")})
+                  labels={x: _(AXES[x]), color: _(AXES[color]), "n": _("runs"), "text": _("mean ± sd"),
+                          "acc": _("test accuracy (%)")})
     fig.update_layout(yaxis_title=_("test accuracy (%)"), xaxis_title=_(AXES[x]),
                       xaxis=dict(tickmode="array", tickvals=sorted(frame[x].unique())),
                       yaxis=dict(range=accuracy_range(pd.concat([frame["acc"] - frame["sd_pct"],
@@ -177,19 +178,21 @@ def digits_figure(images: np.ndarray, labels: np.ndarray, cols: int, titles: lis
         ann.text = names[int(ann.text.split("=")[1])]
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
+    fig.update_traces(hovertemplate=None, hoverinfo="skip")  # a pixel's x, y and colour say nothing to a student
     fig.update_layout(height=row_height * rows + 20, margin=dict(l=0, r=0, t=25, b=0))
     return fig
 
 
-def lesson_figure(summary: pd.DataFrame, metric: str, title: str, axis: str) -> go.Figure:
+def lesson_figure(summary: pd.DataFrame, metric: str, title: str, axis: str, _=_english) -> go.Figure:
     """A lesson's variants side by side (`variant` already in the page's language): test accuracy
     as mean ± sd over seeds (metric 'test_acc', in %), or the mean 'seconds' / 'iterations' per run."""
+    labels = {"variant": _("variant"), "text": _("mean ± sd"), "n": _("runs"), "y": axis, metric: axis}
     if metric == "test_acc":
         frame = summary.assign(y=summary["mean"] * 100, err=summary["sd"] * 100)
-        fig = px.bar(frame, x="variant", y="y", error_y="err", title=title,
+        fig = px.bar(frame, x="variant", y="y", error_y="err", title=title, labels=labels,
                      hover_data={"y": HOVER["acc"], "err": False, "text": True, "n": True})
     else:
-        fig = px.bar(summary, x="variant", y=metric, title=title,
+        fig = px.bar(summary, x="variant", y=metric, title=title, labels=labels,
                      hover_data={metric: HOVER["seconds"] if metric == "seconds" else HOVER["count"]})
     fig.update_layout(yaxis_title=axis, xaxis_title="", **LAYOUT)
     return fig

@@ -67,11 +67,15 @@ COLUMNS = {
     "accuracy": N_("accuracy"), "true_name": N_("true"), "predicted_name": N_("predicted"), "count": N_("images"),
     "share": N_("share of the true class"),
     "verdict": N_("did it learn?"), "not_learned": N_("did not learn"), "learned": N_("learned"),
+    "variant": N_("variant"), "iterations": N_("iterations"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
                    N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"), N_("compare"), N_("none"),
-                   N_("all"), N_("learned"), N_("did not learn")))
+                   N_("all"), N_("learned"), N_("did not learn"), N_("lesson")))
+# A run's normalisation (DataConfig.normalize, mnist_lab.data.NORMALIZATIONS) in a few words.
+NORMALIZE_WORDS = {"dataset": N_("the dataset's own"), "half": N_("fixed 0.5"), "none": N_("none"),
+                   "mnist": N_("MNIST's own")}
 
 
 def said(stored: object, english: object = "") -> str:
@@ -101,6 +105,11 @@ def words(column: pd.Series) -> pd.Series:
     """A column of status / pixels / experiment / verdict words in the session's language; a missing
     one (None, NaN: e.g. no verdict for a stopped run) is blank, not a grey "None"."""
     return column.map(lambda w: _(w) if isinstance(w, str) and w in WORDS else ("" if w is None or w != w else w))
+
+
+def normalization_words(code: str) -> str:
+    """A normalisation's code ('dataset', 'half', ...) in the session's language; an unknown one as it is."""
+    return _(NORMALIZE_WORDS[code]) if code in NORMALIZE_WORDS else code
 
 
 def headers(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from app_lib.widgets import (
     COLUMNS,
     csv_button,
     headers,
+    normalization_words,
     not_learned_note,
     run_labels,
     run_messages,
@@ -152,6 +153,7 @@ with b:
 
 st.subheader(_("Configurations side by side"))
 chosen = runs.drop(columns=[*VISIBLE_EXTRA, "label_shown"]).set_index("run_id").loc[selected]
+stored = runs.set_index("run_id").loc[selected]  # with the stored messages' codes, worded below
 configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent)).round(4).T.rename_axis("field")
 configs.columns = [short[c] for c in configs.columns]  # the CSV's: the store's values and field names
 shown_configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percent),
@@ -160,6 +162,8 @@ shown_configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percen
                               label=runs.set_index("run_id").loc[selected, "label_shown"],
                               status=words(chosen["status"]),
                               experiment=words(chosen["experiment"]),
+                              stop_reason=stop_reasons(stored), message=run_messages(stored),
+                              normalize=chosen["normalize"].map(normalization_words),
                               started_at=list(local_times(chosen["started_at"], tz))).round(4).T.astype(str)
 shown_configs = shown_configs.rename_axis("field")
 shown_configs.columns = configs.columns  # what the table shows: words and times in the session's language and zone

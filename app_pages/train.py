@@ -36,6 +36,7 @@ from app_lib.widgets import (
     job_panel,
     layer_table,
     live_losses,
+    normalization_words,
     refusal,
     run_learned_note,
     said,
@@ -131,9 +132,9 @@ with left:
     def channels(x: tuple[float, ...]) -> str:  # one number where every channel has it, else R, G, B in order
         return ", ".join(f"{v:g}" for v in x) if len(set(x)) > 1 else f"{x[0]:g}"
 
-    norm_labels = {n: _("{name}: mean {mean}, sd {sd}").format(name=n, mean=channels(normalization(n, dataset.name)[0]),
-                                                               sd=channels(normalization(n, dataset.name)[1]))
-                   for n in LIMITS["normalize"]}
+    norm_labels = {n: _("{name}: mean {mean}, sd {sd}").format(
+        name=normalization_words(n), mean=channels(normalization(n, dataset.name)[0]),
+        sd=channels(normalization(n, dataset.name)[1])) for n in LIMITS["normalize"]}
     st.selectbox(_("Normalisation"), LIMITS["normalize"], key="train_normalize", format_func=norm_labels.get,
                  help=_("Each pixel becomes (pixel − mean) / sd before it enters the network."))
     st.toggle(_("Shuffle"), key="train_shuffle",

@@ -10,18 +10,19 @@ from app_lib.shared import init_state, mirror_query, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
     FORMATS,
-    column_formats,
     csv_button,
     expected_time,
     job_active,
     job_panel,
     live_runs,
     mean_sd_texts,
+    normalization_words,
     not_learned_note,
     refusal,
     start_job,
     words,
 )
+from app_lib.widgets import table as show_table
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.lab.lessons import (
     LESSONS,
@@ -84,7 +85,8 @@ except ValueError as exc:
     st.error(plain(problem), icon=":material/warning:")
 if spec is not None and not problem:
     st.dataframe([{_("variant"): _(v.label), _("network"): describe(v.model), _("parameters"): count_params(v.model),
-                   _("batch size"): v.train.batch_size, _("normalisation"): v.data.normalize} for v in variants],
+                   _("batch size"): v.train.batch_size, _("normalisation"): normalization_words(v.data.normalize)}
+                  for v in variants],
                  hide_index=True, column_config={_("parameters"): st.column_config.NumberColumn(format="localized")})
     for s in skipped:
         st.caption(plain(_("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason)))
@@ -148,7 +150,7 @@ def draw(view) -> None:
     csv_button(summary, f"lesson_{cfg.name}_summary.csv", label=_("Summary (CSV)"), key="w2_summary_csv_btn")
     a, b = st.columns(2)
     a.plotly_chart(lesson_figure(shown_summary, "test_acc", _("Test accuracy, mean ± sd over seeds"),
-                                 _("test accuracy (%)")), key="w2_acc_chart")
+                                 _("test accuracy (%)"), _=_), key="w2_acc_chart")
     reading = read_lesson(shown, summary, view.spec.data.dataset)
     with b:  # the reading beside the chart it reads
         st.info("\n\n".join(plain(line) for line in reading.render(_)), icon=":material/lightbulb:")
@@ -156,11 +158,10 @@ def draw(view) -> None:
     costs = [(m, axis) for m, axis in (("seconds", _("seconds per run")), ("iterations", _("iterations per run")))
              if m in shown.metrics]
     for col, (metric, axis) in zip(st.columns(2) if costs else [], costs):
-        col.plotly_chart(lesson_figure(shown_summary, metric, axis, axis), key=f"w2_{metric}_chart")
-    st.dataframe(table.assign(variant=[_(v) for v in table["variant"]], test_acc=table["test_acc"] * 100,
-                              verdict=words(table["verdict"])),
-                 hide_index=True, column_config={**column_formats(table),
-                                                 "test_acc": st.column_config.NumberColumn(format="%.2f")})
+        col.plotly_chart(lesson_figure(shown_summary, metric, axis, axis, _=_), key=f"w2_{metric}_chart")
+    show_table(table.assign(variant=[_(v) for v in table["variant"]], test_acc=table["test_acc"] * 100,
+                            status=words(table["status"]), verdict=words(table["verdict"])),
+               hide_index=True, column_config={"test_acc": st.column_config.NumberColumn(format="%.2f")})
     csv_button(table, f"lesson_{cfg.name}_runs.csv", label=_("Runs (CSV)"), key="w2_runs_csv_btn")
 
 

@@ -289,7 +289,7 @@ def test_the_inspect_and_export_refusals_are_said_in_chinese(place, kept_run, mo
             call()
         refusals.append(info.value)
     said = [i18n.render(exc, "zh_CN") for exc in refusals]
-    assert said == ["'../x' 不是运行编号：请从 Runs 页面或 `runs.csv` 中复制一个。",
+    assert said == ["'../x' 不是运行编号：请从“运行记录”页面或 `runs.csv` 中复制一个。",
                     NO_WEIGHTS_ZH.format(run_id="no-such-run"),
                     "'a b' 不是运行编号：导出器只为本实验室的运行生成脚本。",
                     "该运行保存的测试准确率 1.5 不是 [0, 1] 之间的比例：它的权重文件不是本实验室写的，或已损坏。",

@@ -1,16 +1,20 @@
 """The bilingual interface: every page rendered in zh_CN (AppTest) shows no English sentence,
 every msgid the code uses has a zh_CN translation, the core's refusals reach the Train page and
 the CLI in Chinese, and the language follows the link, the browser and the sidebar's switch.
-Tiny jobs (256 images) are trained in this process into a tmp store, so the job panels, tables
-and charts of every page are drawn; the app's worker process has nothing to do."""
+Tiny jobs (64 to 256 images) of every kind are trained in this process into a tmp store, so the
+job panels, tables and charts of every page are drawn; the app's worker process has nothing to do.
+The checker is word-level: every ASCII word a page shows, in Chinese text too, is an allowed name
+or identifier (ALLOWED, NOT_WORDS)."""
 from __future__ import annotations
 
 import json
 import re
 import string
 import threading
+from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
@@ -22,10 +26,12 @@ from mnist_lab.cli import main as cli
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError, StoreError
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig, compare_reading, read_compare
+from mnist_lab.lab.lessons import LESSONS, LessonConfig
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.store import ResultStore
-from mnist_lab.service.jobs import JobSpec, run_inline
+from mnist_lab.service.jobs import JobSpec, StoreRunner, lesson_spec, run_inline
+from mnist_lab.training.events import Iterations
 from mnist_lab.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,24 +40,35 @@ PAGES = ["home", "train", "sweep", "compare", "week2", "runs", "inspect", "repor
 SOURCES = ["streamlit_app.py", "app_pages", "app_lib", "mnist_lab"]  # every file that words something
 
 CJK = re.compile(r"[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]")
-# What may stay as it is in Chinese: names of things (datasets, layers, optimisers, engines, file
-# formats, the options 'valid' / 'same'), units, numbers and symbols. Nothing here is a sentence.
-ALLOWED = re.compile(r"""\b(?:English|Fashion-MNIST|CIFAR-10|MNIST|CNN|FC|ReLU|SGD|ADAM|Adam|CSV|CUDA|GPU|CPU|cpu|cuda
-                      |plain|cpu-native|valid|same
-                      |Softmax|BatchNorm|Dropout|Conv2d|Linear|MaxPool2d|Flatten|HTML|Word|Markdown|docx|zip|json
-                      |findings|csv|iterations|epochs|runs|layers|configs|sweep_summary|sweep_runs|sweep_iterations
-                      |compare_summary|compare_runs|compare_iterations|report|UTC|k\d+|r\d+|lr|\w+\.(?:csv|json|html|docx|zip))\b""",
-                     re.VERBOSE)
-ICON = re.compile(r":material/[a-z_]+:")
-RUN_ID = re.compile(r"\b(?:\d{8}-\d{6}-)?[0-9a-f]{6}\b|\br\d+\b")  # run ids (and their last 6 hex digits)
-
+# The only ASCII words a Chinese page may show: names of things (datasets, networks, layers,
+# optimisers, engines, libraries, file formats), units and identifiers, compared without case.
+# Nothing here is an English word of a sentence: every other word fails, in Chinese text too
+# ("任务失败：CIFAR-10 could not be loaded" fails on could, not, be, loaded).
+ALLOWED = frozenset(word.lower() for word in """
+    MNIST Fashion-MNIST CIFAR-10 CNN FC FC2Layer LeNet VGG16 MaxPool2 Flatten ReLU BatchNorm Dropout softmax
+    log-softmax logits CrossEntropyLoss SGD Adam lr epoch valid same plain cpu-native CPU GPU CUDA PyTorch torch
+    torchvision nn.Module state_dict safetensors C++ SQLite CSV HTML PDF Markdown Word zip NaN UTC vs
+""".split())
+# Not words: a run's id, a file's name or path, a command-line flag, a kernel (k5), one letter (the
+# k of k×k, N images), Markdown and Plotly's markup (%{y}, <br>), a Material icon.
+NOT_WORDS = re.compile(r"""
+    \b(?:\d{8}-\d{6}-)?[0-9a-f]{6}\b|\br\d+\b|\bk\d+\b  # a run id (its last 6 hex digits), a kernel: k5
+    |[\w.-]*\.(?:csv|json|html|docx|zip|md|py|sqlite)\b|(?:/[\w.+-]+)+/?  # a file's name, a path
+    |python\ -m\ mnist_lab(?:\ [\w-]+)*|make\ run|(?<!\w)--?[a-z][\w-]*|\w+=(?:True|False)  # a command, a flag, code
+    |run_id、epoch、iteration、loss  # iterations.csv's columns, as the report names them
+    |\b\d+(?:\.\d+)?e[-+]?\d+\b|(?<![A-Za-z0-9])[A-Za-z](?![A-Za-z0-9])  # 1e-09; one letter: k×k, N images
+    |%\{[^}]*\}|<[^>]*>|:material/[a-z_]+:  # Plotly's and Markdown's markup, an icon
+    |\b[A-Z][A-Za-z0-9]*(?=\()|\b[a-z]+(?:_[a-z]+)*\d+\b|\?[\w=&.-]+  # a layer: Linear(320→10), fc_relu1; a query
+    |'[^'\s]*'  # the user's own value, quoted as given: '5x'
+    """, re.VERBOSE)
+WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:(?:[-_.]|\+\+)[A-Za-z0-9]*)*")
 
 def english_left(text: str) -> str:
-    """The letters of `text` that are neither Chinese nor an allowed technical token ('' if none)."""
-    if CJK.search(text):
-        return ""
-    rest = ALLOWED.sub(" ", RUN_ID.sub(" ", ICON.sub(" ", text.replace("\\", ""))))
-    return "".join(c for c in rest if c.isalpha())
+    """The ASCII words of `text` that are neither an allowed name nor an identifier, in Chinese
+    text too, joined by spaces ('' if none)."""
+    text = text.replace("\\", "")  # Markdown's escapes
+    words = [w.rstrip("._-") for w in WORD.findall(NOT_WORDS.sub(" ", text))]
+    return " ".join(w for w in words if w and w.lower() not in ALLOWED)
 
 
 def texts(at: AppTest) -> list[tuple[str, str]]:
@@ -66,6 +83,8 @@ def texts(at: AppTest) -> list[tuple[str, str]]:
 
     def walk(node):
         kind = type(node).__name__
+        if getattr(node, "key", None) == "lang_pick":  # "Language / 语言": each language in its own words
+            return
         for attr in ("value",) if kind in ("Title", "Header", "Subheader", "Markdown", "Caption", "Info", "Warning",
                                            "Error", "Success", "Text") else ():
             add(kind, getattr(node, attr))
@@ -74,20 +93,34 @@ def texts(at: AppTest) -> list[tuple[str, str]]:
                 add(f"{kind}.{attr}", getattr(node, attr, None))
             except (AttributeError, KeyError, TypeError):
                 pass
-        if kind in ("Radio", "Selectbox", "Multiselect") and node.key not in ("runs_selected", "report_run",
-                                                                               "insp_run", "insp_second"):
-            for option in node.options:  # the run pickers' options are the runs' own labels
+        if kind in ("Radio", "Selectbox", "Multiselect", "SelectSlider"):
+            for option in node.options:  # the run pickers' options too: each run's label, worded
                 add(f"{kind}.options", str(option))
         if kind in ("Dataframe", "Table"):
             frame = node.value
             for name in [*frame.columns, frame.index.name]:
                 add(f"{kind}.header", str(name) if name is not None else None)
+            for column in frame.columns:  # the cells of text columns (a status, a label, a variant)
+                if not pd.api.types.is_numeric_dtype(frame[column]):
+                    for cell in frame[column].dropna().unique():
+                        add(f"{kind}.cell", str(cell) if isinstance(cell, str) else None)
+            if not pd.api.types.is_numeric_dtype(frame.index):
+                for cell in frame.index:
+                    add(f"{kind}.index", cell)
         if kind == "UnknownElement" and node.type == "plotly_chart":
-            layout = json.loads(node.proto.spec)["layout"]
-            for part in ("title", "xaxis", "yaxis"):
+            spec = json.loads(node.proto.spec)
+            layout = spec["layout"]
+            for part in ("title", "xaxis", "yaxis", "legend", "coloraxis"):
                 title = layout.get(part, {}) if part != "title" else {"title": layout.get("title", {})}
                 text = title.get("title", {})
                 add(f"chart.{part}", text.get("text") if isinstance(text, dict) else text)
+            for annotation in layout.get("annotations", ()):
+                add("chart.annotation", annotation.get("text"))
+            for trace in spec.get("data", ()):  # legend names and hover texts
+                for part in ("name", "hovertemplate", "text", "legendgrouptitle"):
+                    value = trace.get(part)
+                    for text in value if isinstance(value, list) else [value]:
+                        add(f"chart.trace.{part}", text.get("text") if isinstance(text, dict) else text)
         if kind == "UnknownElement" and node.type in ("page_link", "download_button"):
             add(node.type, node.proto.label)
         children = getattr(node, "children", None)
@@ -103,17 +136,42 @@ def texts(at: AppTest) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def trained_db(tmp_path_factory, mnist_raw) -> Path:
-    """A store with one finished job of each page's kind (2 epochs, a 2-seed sweep cell, a
-    1-seed comparison), trained here on 256 images, as the app's worker would."""
+    """A store holding runs of every kind, trained here on 64 to 256 images as the app's worker
+    would: a train job (2 epochs), a 2-seed sweep cell, a 1-seed comparison, every lesson (1
+    seed, 1 epoch), a run stopped by you, a diverged run, a run that did not learn and a failed job."""
     path = tmp_path_factory.mktemp("i18n") / "results.sqlite"
     store, cancel = ResultStore(path), threading.Event()
     data = DataConfig(train_limit=256, test_limit=500)
     train = TrainConfig(epochs=2, device="cpu", engine="plain")
-    run_inline(JobSpec("train", train, data, model=PRESETS["tiny-fc"].model), store, cancel)
     one = TrainConfig(epochs=1, device="cpu", engine="plain")
+    run_inline(JobSpec("train", train, data, model=PRESETS["tiny-fc"].model), store, cancel)
     run_inline(JobSpec("sweep", one, data, sweep=SweepConfig(conv_layers=(1,), kernel_sizes=(3, 5), seeds=2,
                                                             base_channels=2), label="sweep"), store, cancel)
     run_inline(JobSpec("compare", one, data, compare=CompareConfig(seeds=1), label="FC vs CNN"), store, cancel)
+    for name in LESSONS:  # as few images as the largest batch of the lesson (256, 128, else 64)
+        n = {"epoch-batch": 256, "residual": 128}.get(name, 64)
+        cfg = LessonConfig(name, dataset="mnist", seeds=1, epochs=1, train_limit=n, test_limit=100)
+        run_inline(lesson_spec(cfg, device="cpu", engine="plain"), store, cancel)
+    tiny = PRESETS["tiny-fc"].model
+    few = DataConfig(train_limit=64, test_limit=100)
+    wide, fast = replace(tiny, hidden=(256, 256)), replace(one, lr=10.0, momentum=0.9, batch_size=16)
+    run_inline(JobSpec("train", fast, data, model=wide), store, cancel)  # diverges at iteration 7
+    two_steps = replace(few, train_limit=128)  # a finished run of one iteration has no loss curve for the report
+    run_inline(JobSpec("train", replace(one, lr=1e-9), two_steps, model=tiny), store, cancel)  # did not learn
+    runner, stop = StoreRunner(store), threading.Event()
+
+    def stop_it(event):  # the Stop button of a page, pressed after the run's first losses
+        if isinstance(event, Iterations) and not stop.is_set():
+            for view in runner.jobs(None, active=True):
+                runner.stop(view.id)
+            stop.set()  # at once (the job's own watcher would see the request within poll_s)
+    run_inline(JobSpec("train", train, data, model=tiny), store, stop, on_progress=stop_it)
+
+    def out_of_memory(event):
+        if isinstance(event, Iterations):
+            raise MemoryError
+    with pytest.raises(MemoryError):
+        run_inline(JobSpec("train", one, few, model=tiny), store, threading.Event(), on_progress=out_of_memory)
     store.close()
     return path
 
@@ -162,8 +220,10 @@ def test_every_page_in_chinese_shows_no_english_sentence(page, trained_db, monke
     assert at.session_state["_lang"] == "zh_CN" and at.query_params["lang"] == "zh_CN"
     assert assert_chinese(at) >= 8
     charts = len(at.get("plotly_chart"))
-    if page in ("train", "sweep", "compare"):  # the finished job's panel, with its results
-        assert at.success[0].value.startswith("用时") and charts >= {"train": 2, "sweep": 5, "compare": 3}[page]
+    if page in ("sweep", "compare"):  # the finished job's panel, with its results
+        assert at.success[0].value.startswith("用时") and charts >= {"sweep": 5, "compare": 3}[page]
+    if page == "train":  # the newest train job, the one that failed, says why in Chinese
+        assert at.error[0].value == "任务失败：内存不足：请用更小的训练子集、批大小或网络。" and charts >= 1
     if page == "compare":
         assert "卷积神经网络" in at.info[0].value and "百分点" in at.info[0].value
 
@@ -175,10 +235,27 @@ def test_every_page_in_chinese_without_runs(page):
 
 
 def test_the_checker_can_fail():
-    assert english_left("Train a network") == "Trainanetwork"
+    assert english_left("Train a network") == "Train network"  # 'a' is one letter, as the k of k×k
     assert english_left("训练网络") == "" and english_left("CNN 2×k5 valid [10-20]") == ""
+    assert english_left("任务失败：CIFAR-10 could not be loaded") == "could not be loaded"  # Chinese around it too
+    assert english_left("variant=%{x}<br>acc=%{y}") == "variant acc"  # a chart's hover text, without its markup
+    assert english_left("运行 20261207-093351-55f9fd 在 /tmp/r.sqlite 中；`--evaluate` 用 train_55f9fd.py") == ""
     at = open_page("train")  # English
     assert any(english_left(text) for _, text in texts(at))
+
+
+def test_a_refused_job_says_why_in_chinese(tmp_path, monkeypatch):
+    """A shared server's limit (the estimate over the allowed seconds): the refusal is a template
+    worded in the reader's language, with its numbers, and nothing is queued."""
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    monkeypatch.setenv("MNIST_LAB_MAX_JOB_SECONDS", "1")
+    at = open_page("train", {"lang": "zh_CN", "preset": "tiny-fc", "epochs": "1"})
+    at.button(key="train_go_btn").click().run()
+    refusal = next(e.value for e in at.error if "共享服务器" in e.value)
+    assert re.search(r"这个任务在这里大约要训练 \d+ 秒，而这个共享服务器每个任务最多允许 1 秒", refusal)
+    assert "make run" in refusal
+    assert_chinese(at)
+    assert not StoreRunner(ResultStore(tmp_path / "results.sqlite")).jobs(None)  # nothing queued
 
 
 def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkeypatch):
@@ -186,13 +263,15 @@ def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkey
     at = open_page("runs", {"lang": "zh_CN"})
     table = at.dataframe[0].value
     assert {"测试准确率（%）", "开始时间", "状态", "标签"} <= set(table.columns)
-    assert set(table["状态"]) == {"已完成"} and set(table["停止原因"]) == {""}  # gettext("") is the catalog's header
+    assert set(table["状态"]) == {"已完成", "已停止", "已发散", "失败"}
+    assert set(table["停止原因"]) == {"", "由你停止", "内存不足：请用更小的训练子集、批大小或网络。"}  # not gettext("")
     assert at.multiselect(key="runs_selected").value  # the newest three, compared below
     assert len(at.get("plotly_chart")) == 2
     at.toggle(key="runs_only_diff").set_value(False).run()  # every field, not only those that differ
     configs = at.dataframe[-1].value  # side by side: field names, statuses and times worded, times local
     assert configs.index.name == "字段" and "开始时间" in configs.index and "测试准确率（%）" in configs.index
-    assert set(configs.loc["状态"]) == {"已完成"}
+    assert set(configs.loc["状态"]) == {"失败", "已停止", "已完成"}  # the newest three runs
+    assert set(configs.loc["停止原因"]) == {"内存不足：请用更小的训练子集、批大小或网络。", "由你停止", ""}
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in configs.loc["开始时间"])
 
 
@@ -444,6 +523,7 @@ def test_the_sweep_page_shows_the_mean_sd_grid_the_best_cell_and_the_reading(lan
 PERCENT = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s?%")
 BARE_INTEGER = re.compile(r"(?<![\w.,])\d{5,}(?![\w,]|\.\d)")  # 10000 and up with no thousands separator
 DATE = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(?::\d\d)?|\d{8}-\d{6}")
+RUN_ID = re.compile(r"\b(?:\d{8}-\d{6}-)?[0-9a-f]{6}\b|\br\d+\b")  # run ids (and their last 6 hex digits)
 
 
 def numbers_shown(at: AppTest) -> list[tuple[str, str]]:
@@ -515,3 +595,25 @@ def test_every_percentage_has_two_decimals_and_big_numbers_have_separators(page,
                     raise AssertionError(template)
             assert not re.search(r"accuracy[^<]*=%\{[xyz]\}", template), template
     assert checked == ({page} if page in ("train", "sweep", "runs") else set())  # a seconds column was there to check
+
+
+def test_an_engines_reason_is_worded_in_the_readers_language(tmp_path, capsys):
+    """Why a fast engine cannot run a config stays English text (`why_not`, what tests and logs
+    read) and carries its msgid and values, so the CLI's note is in the reader's language."""
+    import torch
+
+    from mnist_lab.training import engines
+    from mnist_lab.training.step import Reason, reason_message
+
+    choice = engines.select(PRESETS["tiny-fc"].model, TrainConfig(engine="cpu-native"), torch.device("cpu"))
+    assert choice.why_not == "cpu-native: a fully-connected net has no conv blocks"
+    [(name, reason)] = choice.why_not_parts
+    assert (name, i18n.word(reason, "zh_CN")) == ("cpu-native", "全连接网络没有卷积模块")
+    big = Reason("the network is too big for the CPU kernels ({mib} MiB of gradient sums per step, more than "
+                 "{limit} MiB)", mib="900", limit=512)
+    assert "too big" in big and big.endswith("more than 512 MiB)")  # still the English text
+    assert i18n.word(reason_message(big), "zh_CN") == \
+        "这个网络对 CPU 内核来说太大了（每步 900 MiB 的梯度累加，超过了 512 MiB）"
+    assert cli.main(["train", "--lang", "zh", "--preset", "tiny-fc", "--epochs", "1", "--train-limit", "128",
+                     "--device", "cpu", "--engine", "cpu-native", "--db", str(tmp_path / "r.sqlite"), "--quiet"]) == 0
+    assert "注意：使用了普通训练循环，因为 cpu-native：全连接网络没有卷积模块" in capsys.readouterr().out

@@ -48,7 +48,7 @@ from mnist_lab.paths import default_db_path
 from mnist_lab.service.access import LOCAL
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.training.engines import ENGINE_NAMES
-from mnist_lab.training.loop import TrainConfig, fallback_reason
+from mnist_lab.training.loop import TrainConfig, fallback_reasons
 from mnist_lab.training.preflight import preflight, resolve_device
 
 MAX_SLOT = 1023  # worker slots: one per GPU, so a few in practice
@@ -207,7 +207,9 @@ def cmd_train(args) -> int:
     print(_("run {id}: {status}, {params} parameters, {n} iterations on {device} ({engine} engine), {seconds} s")
           .format(id=result.run_id, status=_(result.status), params=i18n.integer(result.params), n=len(result.losses),
                   device=result.device, engine=result.engine, seconds=f"{result.seconds:.1f}"))
-    if why := fallback_reason(model, train_cfg, resolve_device(train_cfg.device)):
+    if reasons := fallback_reasons(model, train_cfg, resolve_device(train_cfg.device)):
+        why = "; ".join(_("{engine}: {reason}").format(engine=name, reason=i18n.word(reason, lang()))
+                        for name, reason in reasons)
         print(_("note: the plain loop ran because {why}").format(why=why))
     if len(table):
         print(table.to_string(index=False))

@@ -273,9 +273,9 @@ def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None, pic
     per_epoch = [dict(epoch=int(e.epoch), train_loss=float(e.train_loss), test_loss=float(e.test_loss),
                       test_acc=float(e.test_acc)) for e in epochs.itertuples()]
     settings = {c: (None if _blank(row[c]) else row[c]) for c in
-                ("label", "experiment", "kind", "conv_channels", "kernel_size", "padding", "epochs", "batch_size",
-                 "optimizer", "lr", "momentum", "seed", "device", "engine", "dataset", "normalize", "train_limit",
-                 "permute_pixels", "data_source", "started_at", "softmax_before_loss")}
+                ("label", "label_msg", "experiment", "kind", "conv_channels", "kernel_size", "padding", "epochs",
+                 "batch_size", "optimizer", "lr", "momentum", "seed", "device", "engine", "dataset", "normalize",
+                 "train_limit", "permute_pixels", "data_source", "started_at", "softmax_before_loss")}
     numbers = dict(run_id=run_id, iterations=len(losses), window=w, first_mean=ma[0], last_mean=ma[-1],
                    first_loss=losses[0], last_loss=losses[-1], fell=fell, fell_frac=fell / ma[0] if ma[0] else 0.0,
                    band=band, level_off_iteration=level_it,

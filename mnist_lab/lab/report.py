@@ -20,7 +20,7 @@ import pandas as pd
 
 from mnist_lab.data.datasets import MNIST
 from mnist_lab.errors import ConfigError, writing
-from mnist_lab.i18n import Message, integer, number, pct, resolve_lang, translator, word
+from mnist_lab.i18n import Message, integer, number, pct, render_stored, resolve_lang, translator, word
 from mnist_lab.lab import figures
 from mnist_lab.lab.findings import Finding, Findings, compute_findings, model_from_row, moving_mean, sweep_grid
 from mnist_lab.lab.sweep_reading import (
@@ -267,7 +267,8 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
     lr, momentum = f"{s['lr']:g}", f"{s['momentum']:g}"
     w.para("Run {run_id}: {label}; {epochs} epoch(s), batch size {batch}, {optimizer}, learning rate {lr}, momentum "
         "{momentum}, random seed {seed}; trained on {device} ({engine} engine); data: {dataset} from {source}.",
-        run_id=n["run_id"], label=s["label"], epochs=s["epochs"], batch=s["batch_size"], optimizer=s["optimizer"],
+        run_id=n["run_id"], label=render_stored(s.get("label_msg"), w.lang, s["label"]), epochs=s["epochs"],
+        batch=s["batch_size"], optimizer=s["optimizer"],
         lr=lr, momentum=momentum, seed=s["seed"], device=s["device"] or "—",
         engine=s["engine"] or "—", dataset=s["dataset"], source=s["data_source"] or "—")
     if not n.get("learned", True):

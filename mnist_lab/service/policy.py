@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mnist_lab.data.datasets import DATASETS
+from mnist_lab.i18n import N_
 from mnist_lab.service.access import Asker
 from mnist_lab.service.estimate import estimate_seconds
 
@@ -22,7 +23,15 @@ ENV = dict(mode="MNIST_LAB_MODE", teacher_token="MNIST_LAB_TEACHER_TOKEN", class
 
 
 class LimitError(ValueError):
-    """A job larger than this shared server allows."""
+    """A job larger than this shared server allows: `template` (an English msgid) and its `params`,
+    worded in the reader's language by `i18n.render` as the core's other refusals."""
+
+    def __init__(self, template: str, /, **params):
+        self.template, self.params = template, params
+        super().__init__(template.format(**params))
+
+
+RUN_LOCALLY = N_("Run bigger jobs on your own machine: `make run` there, or `python -m mnist_lab`.")
 
 
 @dataclass(frozen=True)
@@ -83,22 +92,22 @@ class ServerPolicy:
         """Refuse, in shared mode, a job over this server's limits, saying how to run it locally."""
         if not self.shared:
             return
-        local = "Run bigger jobs on your own machine: `make run` there, or `python -m mnist_lab`."
         n_images = spec.data.n_train()  # the dataset's own count when there is no limit
         if spec.train.epochs > self.max_epochs:
-            raise LimitError(f"This shared server trains at most {self.max_epochs} epochs per run; you asked for "
-                             f"{spec.train.epochs}. {local}")
+            raise LimitError(N_("This shared server trains at most {limit} epochs per run; you asked for {epochs}. "
+                                "{local}"), limit=self.max_epochs, epochs=spec.train.epochs, local=RUN_LOCALLY)
         if n_images > self.max_train_images:
-            raise LimitError(f"This shared server trains on at most {self.max_train_images:,} images; choose "
-                             f"fewer training images. {local}")
+            raise LimitError(N_("This shared server trains on at most {limit:,} images; choose fewer training images. "
+                                "{local}"), limit=self.max_train_images, local=RUN_LOCALLY)
         params = max(count for _, count in job_models(spec))
         if params > self.max_params:
-            raise LimitError(f"This shared server trains networks of at most {self.max_params:,} parameters; this "
-                             f"one has {params:,}. {local}")
+            raise LimitError(N_("This shared server trains networks of at most {limit:,} parameters; this one has "
+                                "{params:,}. {local}"), limit=self.max_params, params=params, local=RUN_LOCALLY)
         seconds = estimate_seconds(spec, device_type)
         if seconds > self.max_job_seconds:
-            raise LimitError(f"This job would train for about {seconds:.0f} s here, and this shared server allows "
-                             f"{self.max_job_seconds:.0f} s per job: use fewer epochs, images or seeds. {local}")
+            raise LimitError(N_("This job would train for about {seconds} s here, and this shared server allows "
+                                "{limit} s per job: use fewer epochs, images or seeds. {local}"),
+                             seconds=round(seconds), limit=round(self.max_job_seconds), local=RUN_LOCALLY)
 
 
 def job_models(spec) -> list[tuple[object, int]]:

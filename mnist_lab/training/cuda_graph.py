@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_lab.i18n import N_
 from mnist_lab.nets.model import ModelConfig, plain_conv_padding
 from mnist_lab.training.step import Engine, PlainStep, Prepared, cpu_state, init_model, make_optimizer
 
@@ -183,14 +184,14 @@ class GraphEngine(Engine):
     """GraphStep over a network whose convolutions have the faster backward (fast_convs), on CUDA."""
 
     devices = ("cuda",)
-    wrong_device = "needs a CUDA device"
+    wrong_device = N_("needs a CUDA device")
     side_by_side = True
 
     def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
         if train_cfg.augment:
-            return "augmentation draws its crops and flips outside the captured step"
+            return N_("augmentation draws its crops and flips outside the captured step")
         if model_cfg.dropout > 0:
-            return "dropout inside a graph draws other masks than the plain loop, so the runs would not agree"
+            return N_("dropout inside a graph draws other masks than the plain loop, so the runs would not agree")
         return None
 
     def prepare(self, runs, x_train, y_train, losses) -> Prepared:

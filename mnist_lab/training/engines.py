@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
+from mnist_lab.i18n import Message
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.training.cuda_graph import GraphEngine
 from mnist_lab.training.native import NativeEngine
 from mnist_lab.training.stacked import StackedEngine
-from mnist_lab.training.step import Engine, PlainEngine
+from mnist_lab.training.step import Engine, PlainEngine, reason_message
 
 AUTO = "auto"  # the fastest measured engine that runs the config on its device (Engine.default_on)
 
@@ -38,6 +39,8 @@ ENGINE_NAMES = (AUTO, *REGISTRY)  # what a TrainConfig may ask for
 class Choice:
     engine: Engine  # what a lone run trains with
     why_not: str | None  # why the engine asked for ('auto' included) does not run it, or None
+    # the same, for a reader in any language: (engine name, its reason as a Message) per engine tried
+    why_not_parts: tuple[tuple[str, Message], ...] = ()
 
 
 def _candidates(requested: str, device: torch.device) -> list[Engine]:
@@ -57,8 +60,9 @@ def select(model_cfg: ModelConfig, train_cfg, device: torch.device) -> Choice:
         reason = engine.can_run(model_cfg, train_cfg, device)
         if reason is None:
             return Choice(engine, None)
-        reasons.append(f"{engine.name}: {reason}")
-    return Choice(FALLBACK, "; ".join(reasons) or None)
+        reasons.append((engine.name, reason))
+    return Choice(FALLBACK, "; ".join(f"{name}: {reason}" for name, reason in reasons) or None,
+                  tuple((name, reason_message(reason)) for name, reason in reasons))
 
 
 def warm_up(device: torch.device) -> None:

@@ -159,6 +159,12 @@ def fallback_reason(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torc
     return engines.select(model_cfg, train_cfg, device).why_not
 
 
+def fallback_reasons(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> list[tuple[str, Message]]:
+    """`fallback_reason` as data, for a reader in any language: (engine, why it cannot run it) for
+    each engine tried; [] when the engine asked for runs it."""
+    return list(engines.select(model_cfg, train_cfg, device).why_not_parts)
+
+
 def label_parts(model_cfg: ModelConfig, data_cfg: DataConfig) -> list[Message]:
     """A run's default label as data: its network (the architecture, the same in every language)
     and the data settings that change results when they are not the lab's defaults

@@ -26,9 +26,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnist_lab.i18n import N_
 from mnist_lab.nets.model import ModelConfig, build_model, plain_conv_padding
 from mnist_lab.paths import default_cache_dir
-from mnist_lab.training.step import Augment, Engine, PlainStep, Prepared, cpu_state, init_model, make_optimizer
+from mnist_lab.training.step import (
+    Augment,
+    Engine,
+    PlainStep,
+    Prepared,
+    Reason,
+    cpu_state,
+    init_model,
+    make_optimizer,
+)
 from mnist_lab.training.threads import WINDOW_S, ThreadGovernor, one_torch_thread
 
 SOURCE = Path(__file__).with_name("conv_blocks.cpp")
@@ -228,31 +238,31 @@ def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str 
     children = list(model.children())
     flatten = next((i for i, m in enumerate(children) if isinstance(m, nn.Flatten)), None)
     if flatten is None:
-        return [], [], "the network has no conv blocks"
+        return [], [], N_("the network has no conv blocks")
     convs, block = [], []
     for m in children[:flatten] + [None]:  # None closes the last block
         if isinstance(m, nn.Conv2d) or m is None:
             if block and sorted(type(b).__name__ for b in block[1:]) != ["MaxPool2d", "ReLU"]:
                 found = ", ".join(sorted({type(b).__name__ for b in block[1:]} - {"MaxPool2d", "ReLU"})) or \
-                    "a block without its pool"
-                return [], [], ("the kernels run conv -> max-pool -> ReLU blocks only (no BatchNorm); this net has "
-                                f"{found}")
+                    N_("a block without its pool")
+                return [], [], Reason(N_("the kernels run conv -> max-pool -> ReLU blocks only (no BatchNorm); this "
+                                         "net has {found}"), found=found)
             block = [m]
             if m is not None:
                 convs.append(m)
         else:
             block.append(m)
     if not convs:
-        return [], [], "the network has no conv blocks"
+        return [], [], N_("the network has no conv blocks")
     for conv in convs:
         if conv.padding == "same" and conv.kernel_size[0] % 2 == 0:
-            return [], [], "'same' padding with an even kernel pads unevenly"
+            return [], [], N_("'same' padding with an even kernel pads unevenly")
         if plain_conv_padding(conv) is None:
-            return [], [], "the kernels run square stride-1 convolutions with a bias and even zero padding only"
+            return [], [], N_("the kernels run square stride-1 convolutions with a bias and even zero padding only")
     pools = [m for m in children[:flatten] if isinstance(m, nn.MaxPool2d)]
     if any(p.kernel_size not in (2, (2, 2)) or p.stride not in (2, (2, 2)) or p.padding not in (0, (0, 0))
            or p.ceil_mode or p.dilation not in (1, (1, 1)) for p in pools):
-        return [], [], "the kernels pool 2x2 with stride 2 only"
+        return [], [], N_("the kernels pool 2x2 with stride 2 only")
     return convs, children[flatten:], None
 
 
@@ -260,7 +270,7 @@ def native_unsupported(model_cfg: ModelConfig) -> str | None:
     """Why the kernels cannot run this network on this machine's CPU (then `train` uses the plain
     loop), or None."""
     if model_cfg.kind != "cnn":
-        return "a fully-connected net has no conv blocks"
+        return N_("a fully-connected net has no conv blocks")
     with torch.device("meta"):
         convs, _, reason = _split(build_model(model_cfg))
     if reason:
@@ -273,8 +283,8 @@ def native_unsupported(model_cfg: ModelConfig) -> str | None:
     scratch = 4 * most_chunks * sum(lib.conv_blocks_gradient_floats(c.in_channels, c.out_channels, c.kernel_size[0])
                                     for c in convs)
     if scratch > SCRATCH_LIMIT:
-        return (f"the network is too big for the CPU kernels ({scratch / 2**20:.0f} MiB of gradient sums per step, "
-                f"more than {SCRATCH_LIMIT // 2**20} MiB)")
+        return Reason(N_("the network is too big for the CPU kernels ({mib} MiB of gradient sums per step, more than "
+                         "{limit} MiB)"), mib=f"{scratch / 2**20:.0f}", limit=SCRATCH_LIMIT // 2**20)
     return None
 
 
@@ -426,7 +436,7 @@ class NativeEngine(Engine):
     """PlainStep over a CNN whose conv blocks run in the C++ kernels (NativeCNN), on the CPU."""
 
     devices = ("cpu",)
-    wrong_device = "runs on the CPU only"
+    wrong_device = N_("runs on the CPU only")
     settle_s = 2 * WINDOW_S + 0.05  # the thread governor's first window and its one-window trial of fewer threads
 
     def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from mnist_lab.i18n import N_
 from mnist_lab.nets.model import ModelConfig
 from mnist_lab.training.cuda_graph import GraphStep, capture_graph
 from mnist_lab.training.step import Engine, Prepared, init_model, make_optimizer
@@ -125,11 +126,11 @@ class StackedEngine(Engine):
 
     def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
         if train_cfg.augment:
-            return "augmentation is drawn per run, not per stack member"
+            return N_("augmentation is drawn per run, not per stack member")
         if model_cfg.dropout > 0:
-            return "dropout masks drawn for a stack differ from those of a run alone"
+            return N_("dropout masks drawn for a stack differ from those of a run alone")
         if model_cfg.has_batch_norm:
-            return "BatchNorm's running statistics are not stacked"
+            return N_("BatchNorm's running statistics are not stacked")
         return None
 
     def prepare(self, runs, x_train, y_train, losses) -> Prepared:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_lab.i18n import N_, Message
 from mnist_lab.nets.model import ModelConfig, build_model
 
 
@@ -142,6 +143,22 @@ def cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 Run = tuple[ModelConfig, object]  # (model_cfg, train_cfg): one run an engine sets up
 
 
+class Reason(str):
+    """Why an engine cannot run a config: its English text (what `can_run` returns, a str), which
+    keeps its msgid and values so a reader sees it in their language (`reason_message`)."""
+
+    def __new__(cls, template: str, /, **params) -> Reason:
+        reason = super().__new__(cls, template.format(**params))
+        reason.template, reason.params = template, params
+        return reason
+
+
+def reason_message(reason: str) -> Message:
+    """A `can_run` reason as a Message: a Reason's template and values, else the text as a msgid
+    (every plain reason is one, marked with N_)."""
+    return Message(reason.template, dict(reason.params)) if isinstance(reason, Reason) else Message(reason)
+
+
 @dataclass
 class Prepared:
     """What an engine sets up for its runs (one, or a stack): the stepper that trains them and, per
@@ -175,7 +192,7 @@ class Engine:
         if device.type not in self.devices:
             return self.wrong_device
         if self.stacks and alone:
-            return "trains two or more seeds of one config together (sweep, compare); a lone run does not"
+            return N_("trains two or more seeds of one config together (sweep, compare); a lone run does not")
         return self.unsupported(model_cfg, train_cfg, device)
 
     def unsupported(self, model_cfg: ModelConfig, train_cfg, device: torch.device) -> str | None:
