@@ -188,8 +188,10 @@ def to_stored(message: Message | Sequence[Message]) -> str:
 
 
 def _storable(params: dict) -> dict:
-    """A Worded param is stored as its messages (a stored list), worded again by each reader."""
-    return {k: to_stored(list(v.parts)) if isinstance(v, Worded) else v for k, v in params.items()}
+    """A Worded param is stored as its messages (a stored list), a Message param as a stored one:
+    both worded again by each reader."""
+    return {k: to_stored(list(v.parts)) if isinstance(v, Worded) else to_stored(v) if isinstance(v, Message) else v
+            for k, v in params.items()}
 
 
 def _message(item: object) -> Message | None:

@@ -328,6 +328,9 @@ def test_while_it_trains_the_epochs_are_a_static_table_and_the_grid_comes_at_the
     assert not [t for t in at.table if t.value.index.name == "epoch"]
     grid = [d for d in at.dataframe if "epoch" in d.value.columns]
     assert len(grid) == 1 and grid[0].proto.columns.count('"%.4f"') == 2  # 0.1860, not 0.186, for both losses
+    seconds = {c.get("label", name): c.get("type_config", {}).get("format")
+               for name, c in json.loads(grid[0].proto.columns).items()}
+    assert seconds.get("seconds") == "%.1f", seconds  # 8.0, not 8 beside 7.8 (the one number format)
 
 
 def test_a_refreshed_page_finds_its_job_again():

@@ -1044,6 +1044,7 @@ class TensorData:
     source: str
     permutation: torch.Tensor | None = None  # the pixel permutation applied, if any
     config: DataConfig = field(default_factory=DataConfig)
+    origin: Message | None = field(default=None, repr=False, compare=False)  # `source` as a message (source_message)
 
     @property
     def device(self) -> torch.device:
@@ -1086,6 +1087,7 @@ def prepare_data(cfg: DataConfig, device: str | torch.device = "cpu", raw: RawSp
         source=raw.source,
         permutation=perm,
         config=cfg,
+        origin=raw.origin,
     )
 
 

@@ -81,7 +81,7 @@ class Findings:
     analysis: Finding
     runs_considered: int  # finished runs in the store (in the reader's scope)
     devices: list[str]
-    data_sources: list[str]
+    data_sources: list[tuple[str, str | None]]  # (English, stored message or None) of each source
     lessons: list = field(default_factory=list)  # lessons.StoredLesson: each week-2 lesson's newest runs
 
     def sections(self) -> list[Finding]:
@@ -275,7 +275,8 @@ def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None, pic
     settings = {c: (None if _blank(row[c]) else row[c]) for c in
                 ("label", "label_msg", "experiment", "kind", "conv_channels", "kernel_size", "padding", "epochs",
                  "batch_size", "optimizer", "lr", "momentum", "seed", "device", "engine", "dataset", "normalize",
-                 "train_limit", "permute_pixels", "data_source", "started_at", "softmax_before_loss")}
+                 "train_limit", "permute_pixels", "data_source", "data_source_msg", "started_at",
+                 "softmax_before_loss")}
     numbers = dict(run_id=run_id, iterations=len(losses), window=w, first_mean=ma[0], last_mean=ma[-1],
                    first_loss=losses[0], last_loss=losses[-1], fell=fell, fell_frac=fell / ma[0] if ma[0] else 0.0,
                    band=band, level_off_iteration=level_it,
@@ -423,7 +424,8 @@ def compute_findings(store: ResultStore, run_id: str | None = None, workspace: s
                     kernel=factor_finding(runs, "kernel", "kernel_size", "kernel"),
                     analysis=analysis_finding(runs), runs_considered=len(done),
                     devices=sorted({str(d) for d in done["device"] if not _blank(d)}),
-                    data_sources=sorted({str(d) for d in done["data_source"] if not _blank(d)}),
+                    data_sources=sorted({(str(d), None if _blank(m) else str(m)) for d, m in
+                                         zip(done["data_source"], done["data_source_msg"]) if not _blank(d)}),
                     lessons=stored_lessons(store, workspace))
 
 

@@ -244,7 +244,8 @@ def _setup(w: _Writer, fs: Findings, db: str, tz: str | None) -> None:
     date = local_now(tz)
     w.para("Generated on {date} from the {n} finished runs in the results database {db}. Devices: {devices}. "
            "Data: {sources}.", date=date, n=integer(fs.runs_considered), db=db,
-           devices=", ".join(fs.devices) or "—", sources=", ".join(fs.data_sources) or "—")
+           devices=", ".join(fs.devices) or "—",
+           sources=", ".join(dict.fromkeys(render_stored(m, w.lang, e) for e, m in fs.data_sources)) or "—")
     w.add("h3", w._(H_RULE))
     w.para("Accuracy is the share of the {n} test images classified correctly. A difference between two settings "
         "counts only when it is larger than the sum of their standard deviations over seeds (sd A + sd B); with "
@@ -270,7 +271,8 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
         run_id=n["run_id"], label=render_stored(s.get("label_msg"), w.lang, s["label"]), epochs=s["epochs"],
         batch=s["batch_size"], optimizer=s["optimizer"],
         lr=lr, momentum=momentum, seed=s["seed"], device=s["device"] or "—",
-        engine=s["engine"] or "—", dataset=s["dataset"], source=s["data_source"] or "—")
+        engine=s["engine"] or "—", dataset=s["dataset"],
+        source=render_stored(s.get("data_source_msg"), w.lang, s["data_source"]) or "—")
     if not n.get("learned", True):
         w.para("This run did not learn: {acc} test accuracy, under chance + 10 points, or a final training loss that "
                "stayed near a uniform guess's. Train longer (more epochs or more training images) or try another "

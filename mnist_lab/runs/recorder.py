@@ -44,7 +44,8 @@ class Recorder:
                                      group_id=event.group_id, label=from_stored(event.label_msg) or event.label,
                                      started_at=event.started_at,
                                      device=event.device, engine=event.engine, params=event.params,
-                                     data_source=event.data_source, steps_per_epoch=event.steps_per_epoch))
+                                     data_source=event.data_source, data_source_msg=event.data_source_msg,
+                                     steps_per_epoch=event.steps_per_epoch))
         self._started[event.run_id] = (event, model_cfg, train_cfg, data_cfg)
 
     def _end(self, event: RunEnded) -> None:

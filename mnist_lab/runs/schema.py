@@ -96,6 +96,12 @@ def _v3(conn: sqlite3.Connection) -> None:
     _add_columns(conn, "runs", ["message_msg"])
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    """Version 4: where a run's data came from stored as a code too (`data_source_msg` beside the
+    English `data_source` of runs.csv). Runs recorded before keep their English (NULL code)."""
+    _add_columns(conn, "runs", ["data_source_msg"])
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the user_version a file has after it
@@ -107,6 +113,7 @@ MIGRATIONS: list[Migration] = [
     Migration(1, "the runs, epochs, iterations, jobs and workers tables", _v1),
     Migration(2, "messages stored as codes: runs.label_msg and stop_reason_msg; fixed reasons and lesson labels", _v2),
     Migration(3, "a diverged run's message stored as a code: runs.message_msg", _v3),
+    Migration(4, "where a run's data came from stored as a code: runs.data_source_msg", _v4),
 ]
 VERSION = MIGRATIONS[-1].version  # the version this code writes
 

@@ -80,7 +80,7 @@ _PRIVATE = (_OWNER, "job_id", "workspace")
 # Not exported either: the label and the stop reason as stored messages (i18n.to_stored), which
 # each reader renders in their language; `label` and `stop_reason` keep their English for runs.csv.
 # NULL in a run of an earlier version: its English is shown as it is.
-MESSAGES = ("label_msg", "stop_reason_msg", "message_msg")
+MESSAGES = ("label_msg", "stop_reason_msg", "message_msg", "data_source_msg")
 VISIBLE_EXTRA = ["workspace", "job_id", *MESSAGES]  # visible_runs' columns beyond RUN_COLUMNS (not in runs.csv)
 LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
 
@@ -90,7 +90,7 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
             experiment: str = "single", group_id: str = "", label: str | Message | list[Message] = "",
             status: str = "running",
             started_at: str = "", seconds: float = 0.0, device: str = "", engine: str = "", params: int = 0,
-            final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "",
+            final_test_acc: float | None = None, epochs_done: int = 0, data_source: str = "", data_source_msg: str = "",
             steps_per_epoch: int = 0, stop_reason: str = "", diverged_at: int | None = None,
             message: str = "") -> dict:
     """One `runs` row: identity, outcome, every config field (tuples as 'a-b', block lists as
@@ -116,10 +116,11 @@ def run_row(run_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data_cf
                status=status, started_at=started_at, seconds=seconds, device=device, engine=engine,
                params=params, seed=train_cfg.seed, final_test_acc=final_test_acc, epochs_done=epochs_done,
                diverged_at=diverged_at, message=message, steps_per_epoch=steps_per_epoch, stop_reason=stop_reason,
-               conv_layers=model_cfg.conv_layers, data_source=data_source, torch_version=torch.__version__,
+               conv_layers=model_cfg.conv_layers, data_source=data_source, data_source_msg=data_source_msg or None,
+               torch_version=torch.__version__,
                torchvision_version=_torchvision_version(),
                python_version=platform.python_version(), mnist_lab_version=__version__)
-    return {c: row.get(c) for c in (*RUN_COLUMNS, "label_msg")}
+    return {c: row.get(c) for c in (*RUN_COLUMNS, "label_msg", "data_source_msg")}
 
 
 def _torchvision_version() -> str:

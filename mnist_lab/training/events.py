@@ -69,7 +69,8 @@ class RunStarted(Event):
     params: int
     steps_per_epoch: int
     started_at: str  # ISO 8601, UTC
-    data_source: str = ""
+    data_source: str = ""  # where the data came from, in English (runs.csv)
+    data_source_msg: str = ""  # the same as a stored message (i18n.to_stored), worded per reader
     experiment: str = "single"  # which experiment trained it (the lab tags its runs)
     group_id: str = ""  # the runs of one sweep, comparison or lesson share it
 

@@ -243,7 +243,7 @@ def _on_device(data: TensorData, device: torch.device) -> TensorData:
     if data.device == device:
         return data
     return TensorData(data.x_train.to(device), data.y_train.to(device), data.x_test.to(device),
-                      data.y_test.to(device), data.source, data.permutation, data.config)
+                      data.y_test.to(device), data.source, data.permutation, data.config, data.origin)
 
 
 # Why a run diverged, by what became NaN or infinite: the training loss (at the iteration it did)
@@ -286,7 +286,8 @@ class _RunLog:
                         label_msg=to_stored([label] if isinstance(label, Message) else [Message(label)] if label
                                             else label_parts(model_cfg, data.config)),
                         engine=engine, device=r.device, params=r.params, steps_per_epoch=self.steps_per_epoch,
-                        started_at=r.started_at, data_source=r.data_source))
+                        started_at=r.started_at, data_source=r.data_source,
+                        data_source_msg=to_stored([data.origin]) if data.origin is not None else ""))
         self.closed = False  # finish() has run (a diverged run in a stack ends before the others)
 
     def _eta(self) -> float:
