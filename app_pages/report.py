@@ -100,8 +100,12 @@ except ValueError as exc:
     st.error(render_error(exc))
     cover = Cover()
 signature = (len(runs), tuple(runs["run_id"]), tuple(runs["status"]), int(runs["epochs_done"].fillna(0).sum()))
-with st.spinner(_("Writing the report…")):
-    blocks, files = build(str(store.path), lang, run_id, scope, signature, cover, tz)
+try:
+    with st.spinner(_("Writing the report…")):
+        blocks, files = build(str(store.path), lang, run_id, scope, signature, cover, tz)
+except ValueError as exc:  # a run that cannot be read (e.g. one iteration): said in the reader's words, not a traceback
+    st.error(md(render_error(exc)), icon=":material/warning:")
+    st.stop()
 
 cols = st.columns(len(files))
 for col, (name, data) in zip(cols, files.items()):

@@ -217,3 +217,16 @@ def test_report_page_refuses_a_bad_cover_field_in_one_line(store, monkeypatch):
     assert not at.exception, at.exception
     assert [e.value for e in at.error] == ["班级只能包含可打印字符（不能有换行或控制字符）。"]
     assert not any("计科" in m.value for m in at.markdown)
+
+
+def test_report_page_says_in_chinese_why_a_run_of_one_iteration_cannot_be_read(store, monkeypatch):
+    one = add_run(store, LAB, 0.98, steps=1)  # finished after a single iteration: no loss curve to read
+    monkeypatch.setenv(DB_ENV, str(store.path))
+    monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(name, raising=False)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "report.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="report_run").value == one
+    assert [e.value for e in at.error] == [f"运行“{one}”只记录了 1 次迭代：请选择一个真正训练过的运行。"]
+    assert not at.get("download_button")  # no half-written report offered

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from mnist_lab import codec
+from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import final_train_loss, stored_verdict
 from mnist_lab.lab.lessons import stored_lessons
 from mnist_lab.lab.verdicts import (
@@ -252,14 +253,15 @@ def loss_finding(store: ResultStore, runs: pd.DataFrame, run_id: str | None, pic
     if run_id is None:
         return Finding("loss", available=False, todo=[_todo("loss")])
     if run_id not in set(runs["run_id"]):
-        raise ValueError(f"No run '{run_id}' in the results database (or not one you may see).")
+        raise ConfigError("run", run_id, "No run '{value}' in the results database (or not one you may see).")
     row = runs[runs["run_id"] == run_id].iloc[0]
     iters = store.iterations([run_id])
     losses = [float(v) for v in iters["loss"]]
     if len(losses) < 2 and not chosen:
         return Finding("loss", available=False, todo=[_todo("loss")])
     if len(losses) < 2:
-        raise ValueError(f"Run '{run_id}' has {len(losses)} recorded iteration(s); choose a run that trained.")
+        raise ConfigError("run", run_id, "Run '{value}' has {n} recorded iteration(s); choose a run that trained.",
+                          n=len(losses))
     w = loss_window(len(losses))
     ma = moving_mean(losses, w)
     first, last = losses[:w], losses[-w:]
