@@ -3,6 +3,7 @@ progress with ETA, Stop), the live loss curves read incrementally, CSV download 
 per-layer table, and the sidebar list of this workspace's jobs."""
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 
@@ -141,6 +142,12 @@ def table(frame: pd.DataFrame, column_config: dict | None = None, **kwargs):
     given = {**column_formats(frame), **(column_config or {})}
     config = {(_(COLUMNS[k]) if k in COLUMNS else k): v for k, v in given.items()}
     return st.dataframe(headers(frame), column_config=config, **kwargs)
+
+
+def rows_key(prefix: str, ids) -> str:
+    """A row-selecting table's key for these rows: Streamlit keeps a selection by position, so new
+    rows or another filter must start a new one rather than select a neighbour."""
+    return f"{prefix}_{hashlib.sha1(chr(31).join(map(str, ids)).encode()).hexdigest()[:12]}"
 
 
 def not_learned_note(verdicts: pd.Series) -> None:

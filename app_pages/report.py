@@ -102,7 +102,9 @@ except ValueError as exc:
 signature = (len(runs), tuple(runs["run_id"]), tuple(runs["status"]), int(runs["epochs_done"].fillna(0).sum()))
 try:
     with st.spinner(_("Writing the report…")):
-        blocks, files = build(str(store.path), lang, run_id, scope, signature, cover, tz)
+        # the default run is the report's own choice: one it cannot read leaves section 1 to do, not the report
+        blocks, files = build(str(store.path), lang, None if run_id == default_run else run_id, scope, signature,
+                              cover, tz)
 except ValueError as exc:  # a run that cannot be read (e.g. one iteration): said in the reader's words, not a traceback
     st.error(md(render_error(exc)), icon=":material/warning:")
     st.stop()

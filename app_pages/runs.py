@@ -23,6 +23,7 @@ from app_lib.widgets import (
     headers,
     normalization_words,
     not_learned_note,
+    rows_key,
     run_labels,
     run_messages,
     stop_reasons,
@@ -91,7 +92,9 @@ picked = table(shown.assign(verdict=words(verdicts))[SHOWN].assign(started_at=st
                                                          final_test_acc=shown["final_test_acc"] * 100,
                           stop_reason=stop_reasons(shown), message=run_messages(shown), status=words(shown["status"]),
                           experiment=words(shown["experiment"]), label=shown["label_shown"]),
-      hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="pick_run_row",
+      hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+      # a selection is kept by position: new rows or another filter start a new one (never a neighbour's run)
+      key=rows_key("pick_run_row", shown["run_id"]),
       column_config={
     "final_test_acc": st.column_config.NumberColumn(format="%.2f"),
     "started_at": st.column_config.TextColumn(_("started ({tz})").format(tz=tz)),

@@ -5,7 +5,7 @@ import streamlit as st
 
 from app_lib.charts import lesson_figure
 from app_lib.forms import SUBSETS
-from app_lib.lang import _, render_error
+from app_lib.lang import _, bound, render_error
 from app_lib.shared import init_state, mirror_query, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
@@ -60,7 +60,8 @@ st.markdown(_("Each lesson trains a few variants of one network, several seeds e
               "reads the result from the numbers: a difference counts only when it is larger than the spread "
               "over seeds."))
 
-name = st.selectbox(_("Lesson"), list(LESSONS), format_func=lambda n: _(LESSONS[n].title), key="w2_lesson",
+gettext_now = bound()  # AppTest may call a format_func outside the page's run
+name = st.selectbox(_("Lesson"), list(LESSONS), format_func=lambda n: gettext_now(LESSONS[n].title), key="w2_lesson",
                     on_change=lesson_defaults)
 lesson = LESSONS[name]
 st.subheader(_(lesson.title))
@@ -89,7 +90,8 @@ if spec is not None and not problem:
                   for v in variants],
                  hide_index=True, column_config={_("parameters"): st.column_config.NumberColumn(format="localized")})
     for s in skipped:
-        st.caption(plain(_("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason)))
+        reason = render_error(s.why or s.reason)
+        st.caption(plain(_("Skipped {label}: {reason}").format(label=_(s.label), reason=reason)))
     if spec.data.dataset == "cifar10":
         st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
                   "data directory, or let torchvision download it. MNIST and Fashion-MNIST run this lesson "

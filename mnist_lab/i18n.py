@@ -94,6 +94,14 @@ def seconds(x: float, gettext=None) -> str:
     return _(N_("{min} min {s} s")).format(min=f"{total // 60:,}", s=f"{total % 60:02d}")
 
 
+def duration(x: float) -> Message:
+    """`seconds(x)` as a Message, for the core's sentences (worded by each reader)."""
+    if x < 59.95:
+        return Message(N_("{s} s"), {"s": f"{max(x, 0.0):.1f}"})
+    total = int(round(x))
+    return Message(N_("{min} min {s} s"), {"min": f"{total // 60:,}", "s": f"{total % 60:02d}"})
+
+
 def mean_sd(mean: float, sd: float, n: int, diverged: int = 0, gettext=None, not_learned: int = 0) -> str:
     """An accuracy over seeds as a person reads it: '98.12% ± 0.21' (sd in points), or
     '98.12% (1 run, no spread)'; with the group's diverged runs, which are not in the mean, and

@@ -21,6 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_lib.shared import WORKER_IDLE_ENV, quick_defaults, spawned_workers
+from app_lib.widgets import rows_key
 from mnist_lab.errors import shorten
 from mnist_lab.lab.experiments import run_single
 from mnist_lab.lab.verdicts import did_learn
@@ -486,13 +487,15 @@ def test_runs_page_shows_inspect_first_and_opens_a_selected_run_in_this_tab(db, 
     assert by_id == {kept: "Inspect", "no-weights": ""}
     assert not at.get("page_link") and any("Select a run's row" in c.value for c in at.caption)
     row = list(runs_table.value["run"]).index(kept)
-    at.session_state["pick_run_row"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    key = rows_key("pick_run_row", runs_table.value["run"])  # the rows as shown: a new set, a new selection
+    assert key in at.session_state
+    at.session_state[key] = {"selection": {"rows": [row], "columns": [], "cells": []}}
     at.run()
     assert not at.exception, at.exception
     [link] = at.get("page_link")
     assert link.proto.page.endswith("inspect") and link.proto.query_string == f"run={kept}"
     assert not link.proto.external  # Streamlit's own navigation: this tab, this session
-    at.session_state["pick_run_row"] = {"selection": {"rows": [1 - row], "columns": [], "cells": []}}
+    at.session_state[key] = {"selection": {"rows": [1 - row], "columns": [], "cells": []}}
     at.run()
     assert not at.get("page_link") and any("weights were not kept" in c.value for c in at.caption)
 

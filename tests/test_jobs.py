@@ -169,7 +169,8 @@ def test_stop_from_another_process_ends_the_job_and_keeps_what_it_did(db, worker
     run = store.runs()
     assert run["status"].item() == "stopped" and run["stop_reason"].item() == "stopped by you"
     done = len(store.iterations())
-    assert run["epochs_done"].item() * 313 < done < 50 * 313  # finished epochs and the iterations after them
+    # the finished epochs and the iterations after them (none when the stop came as an epoch ended)
+    assert run["epochs_done"].item() * 313 <= done < 50 * 313
     assert worker.poll() is None  # the worker lives on for the next job
 
 

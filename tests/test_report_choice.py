@@ -227,6 +227,11 @@ def test_report_page_says_in_chinese_why_a_run_of_one_iteration_cannot_be_read(s
         monkeypatch.delenv(name, raising=False)
     at = AppTest.from_file(str(ROOT / "app_pages" / "report.py"), default_timeout=60).run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="report_run").value == one
+    # the report's own default: section 1 is left to do, the rest of the report is there
+    assert at.selectbox(key="report_run").value == one and not at.error and at.get("download_button")
+    add_run(store, LAB, 0.985, epochs=3, steps=30)  # a newer lab run becomes the default
+    at = AppTest.from_file(str(ROOT / "app_pages" / "report.py"), default_timeout=60).run()
+    at.selectbox(key="report_run").set_value(one).run()  # the reader picks the one-iteration run
+    assert not at.exception, at.exception
     assert [e.value for e in at.error] == [f"运行“{one}”只记录了 1 次迭代：请选择一个真正训练过的运行。"]
     assert not at.get("download_button")  # no half-written report offered

@@ -22,6 +22,7 @@ from mnist_lab.cli.common import (
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.data.datasets import DataUnavailableError
 from mnist_lab.i18n import mean_sd_texts, render
+from mnist_lab.i18n import seconds as i18n_seconds
 from mnist_lab.lab.lessons import LESSONS, LessonConfig, datasets_for, loss_texts, plan
 from mnist_lab.service.jobs import lesson_spec
 from mnist_lab.training.engines import ENGINE_NAMES
@@ -74,11 +75,12 @@ def cmd_lesson(args) -> int:
     lesson = cfg.lesson
     print(f"{_(lesson.title)}: {_(lesson.question)}")
     for s in skipped:
-        note(args, _("Skipped {label}: {reason}").format(label=_(s.label), reason=s.reason), prefix=False)
+        note(args, _("Skipped {label}: {reason}").format(label=_(s.label), reason=render(s.why or s.reason, lang())),
+             prefix=False)
     seconds = estimate_seconds(spec, resolve_device(spec.train.device).type, now=True)  # the machine now
-    print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}, about {seconds:.0f} s here.").format(
+    print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}, about {time} here.").format(
         runs=spec.runs_total(), variants=len(variants), seeds=cfg.n_seeds(), dataset=spec.data.dataset,
-        seconds=seconds))
+        time=i18n_seconds(seconds, _)))
     try:
         store = open_store(args, spec)  # the data first: without it, nothing is written
     except DataUnavailableError as exc:  # how to get the files, then where the lesson runs without them

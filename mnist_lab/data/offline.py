@@ -93,6 +93,8 @@ def write_idx(dataset: str | DatasetSpec, out_dir: str | Path, data_dir: str | N
     for path in paths:  # read back: what is on the disk is what torchvision will read
         md5 = _md5(path)
         if md5 != spec.md5[path.name]:
+            for written in paths:  # no copy that torchvision would read as the original is left behind
+                written.unlink(missing_ok=True)
             raise DataFileError(N_("{path} has MD5 {md5} once written, not the original {stem}'s {want}: the "
                                    "disk did not keep it whole."), path=str(path), md5=md5, stem=path.name,
                                 want=spec.md5[path.name])

@@ -188,6 +188,7 @@ unless you add --download. Without a network, write the lab's offline copy there
 The network, and how the run ended in the lab: NETWORK and TRAINED_IN_THE_LAB below.
 """
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -229,7 +230,7 @@ def open_dataset(root, train, download):
         return DATASET(root, train=train, download=download)
     except (RuntimeError, OSError) as exc:  # torchvision's "Dataset not found", or a failed download
         where = Path(root).resolve() / LOOKS_IN
-        how = f"{{OFFLINE_COPY}} {{root}}" if OFFLINE_COPY else f"put {{LOOKS_IN}} in {{root}}"
+        how = f"{{OFFLINE_COPY}} {{shlex.quote(str(root))}}" if OFFLINE_COPY else f"put {{LOOKS_IN}} in {{root}}"
         if download:
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # one line
             sys.exit(f"error: {{DATASET.__name__}} could not be downloaded into {{where}} ({{why}}). Without a "

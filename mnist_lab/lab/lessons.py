@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from mnist_lab.data.datasets import DATASETS, DataConfig
-from mnist_lab.errors import ConfigError, need_bool, need_choice, need_int
-from mnist_lab.i18n import N_
+from mnist_lab.errors import ConfigError, failure_reason, need_bool, need_choice, need_int
+from mnist_lab.i18n import N_, Message, Worded
 from mnist_lab.lab.experiments import (
     MAX_SEEDS,
     EventFn,
@@ -248,6 +248,7 @@ class Variant:
 class Skipped:
     label: str  # msgid
     reason: str  # English text: the network's geometry refusal
+    why: Message | None = None  # the same refusal as a message, worded in the reader's language (i18n.render)
 
 
 def fit(model: ModelConfig, dataset: str) -> ModelConfig:
@@ -302,7 +303,7 @@ def plan(cfg: LessonConfig, train: TrainConfig, data: DataConfig) -> tuple[list[
             model = fit(_model(change, base), data.dataset)
             model.validate()
         except ValueError as exc:
-            skipped.append(Skipped(change.label, str(exc)))
+            skipped.append(Skipped(change.label, str(exc), failure_reason(exc)))
             continue
         vdata = replace(data, **change.data)
         vdata = replace(vdata, normalize=_normalize(vdata.normalize))
@@ -335,7 +336,8 @@ def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, recor
     if len(variants) < 2:
         raise ConfigError("name", cfg.name, "The lesson {value!r} cannot compare anything on {dataset}: {why}. "
                           "Choose another dataset.", dataset=data.dataset,
-                          why="; ".join(f"{s.label}: {s.reason}" for s in skipped) or "fewer than 2 variants")
+                          why=Worded(Message(N_("{label}: {reason}"), {"label": s.label, "reason": s.why or s.reason})
+                                     for s in skipped) or N_("fewer than 2 variants"))
     for v in variants:  # every variant, before any data loads (run_many checks only its own group)
         preflight(v.model, v.train, v.data)
     group_id = f"{EXPERIMENT}:{cfg.name}:{new_run_id()}"

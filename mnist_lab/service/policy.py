@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mnist_lab.data.datasets import DATASETS
-from mnist_lab.i18n import N_
+from mnist_lab.i18n import N_, duration, integer
 from mnist_lab.service.access import Asker
 from mnist_lab.service.estimate import estimate_seconds
 
@@ -97,17 +97,18 @@ class ServerPolicy:
             raise LimitError(N_("This shared server trains at most {limit} epochs per run; you asked for {epochs}. "
                                 "{local}"), limit=self.max_epochs, epochs=spec.train.epochs, local=RUN_LOCALLY)
         if n_images > self.max_train_images:
-            raise LimitError(N_("This shared server trains on at most {limit:,} images; choose fewer training images. "
-                                "{local}"), limit=self.max_train_images, local=RUN_LOCALLY)
+            raise LimitError(N_("This shared server trains on at most {limit} images; choose fewer training images. "
+                                "{local}"), limit=integer(self.max_train_images), local=RUN_LOCALLY)
         params = max(count for _, count in job_models(spec))
         if params > self.max_params:
-            raise LimitError(N_("This shared server trains networks of at most {limit:,} parameters; this one has "
-                                "{params:,}. {local}"), limit=self.max_params, params=params, local=RUN_LOCALLY)
+            raise LimitError(N_("This shared server trains networks of at most {limit} parameters; this one has "
+                                "{params}. {local}"), limit=integer(self.max_params), params=integer(params),
+                             local=RUN_LOCALLY)
         seconds = estimate_seconds(spec, device_type)
         if seconds > self.max_job_seconds:
-            raise LimitError(N_("This job would train for about {seconds} s here, and this shared server allows "
-                                "{limit} s per job: use fewer epochs, images or seeds. {local}"),
-                             seconds=round(seconds), limit=round(self.max_job_seconds), local=RUN_LOCALLY)
+            raise LimitError(N_("This job would train for about {time} here, and this shared server allows {limit} "
+                                "per job: use fewer epochs, images or seeds. {local}"),
+                             time=duration(seconds), limit=duration(self.max_job_seconds), local=RUN_LOCALLY)
 
 
 def job_models(spec) -> list[tuple[object, int]]:
