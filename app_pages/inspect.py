@@ -174,6 +174,8 @@ def own_digit() -> None:
         from streamlit_drawable_canvas import st_canvas
 
         with beside:
+            # room above the canvas: its toolbar is drawn over what is above it (here, the tabs to click)
+            st.markdown("<div style='height:2.5rem'></div>", unsafe_allow_html=True)
             drawn = st_canvas(stroke_width=18, stroke_color="#FFFFFF", background_color="#000000", height=224,
                               width=224, drawing_mode="freedraw", return_image_data=True, key="insp_canvas")
         rgba = drawn.image_data if drawn is not None else None  # (H, W, 4) uint8
