@@ -188,7 +188,7 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
         server_policy().check(spec, resolve_device(spec.train.device).type)
         job_id = runner().submit(spec, workspace())
     except ValueError as exc:
-        st.session_state[f"_{kind}_refused"] = plain(render_error(exc))
+        st.session_state[f"_{kind}_refused"] = exc  # worded when shown: a language switch words it again
         return None
     ensure_workers()
     st.session_state[f"_{kind}_job"] = job_id
@@ -222,8 +222,8 @@ def job_active(kind: str, shows: Callable[[JobView], bool] | None = None) -> boo
 
 def refusal(kind: str) -> None:
     """The last refused start on this page, if any (shown until a start succeeds)."""
-    if why := st.session_state.get(f"_{kind}_refused"):
-        st.error(why, icon=":material/block:")
+    if (why := st.session_state.get(f"_{kind}_refused")) is not None:
+        st.error(plain(render_error(why)), icon=":material/block:")
 
 
 def duration(seconds: float | None) -> str:

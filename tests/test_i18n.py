@@ -258,6 +258,8 @@ def test_a_refused_job_says_why_in_chinese(tmp_path, monkeypatch):
     assert "make run" in refusal
     assert_chinese(at)
     assert not StoreRunner(ResultStore(tmp_path / "results.sqlite")).jobs(None)  # nothing queued
+    at.selectbox(key="lang_pick").set_value("en").run()  # the refusal is worded again in the new language
+    assert any(e.value.startswith("This job would train for about") for e in at.error), [e.value for e in at.error]
 
 
 def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkeypatch):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mnist_lab.data.datasets import MNIST
-from mnist_lab.i18n import N_, Message, integer, number, pct
+from mnist_lab.i18n import N_, Message, duration, integer, pct
 from mnist_lab.lab.findings import Finding, factor_finding, sweep_grid
 from mnist_lab.lab.verdicts import DOWN, FLAT, UP, Comparison, Group, compare_groups
 
@@ -130,10 +130,10 @@ def depth_analysis(f: Finding) -> list[Block]:
                               "{ma}, {b}: {mb}): MNIST digits are simple enough that a shallow network already finds "
                               "the useful patterns; more seeds, more epochs or a harder dataset may separate them."),
                            dict(a=a, b=b, ma=accuracy(first), mb=accuracy(last))))
-    out.append(Message(N_("What the extra depth cost: {pa} parameters and {sa} s per run with {a}, {pb} parameters "
-                          "and {sb} s per run with {b}."),
-                       dict(a=a, b=b, pa=integer(first.params), pb=integer(last.params), sa=number(first.seconds, 1),
-                            sb=number(last.seconds, 1))))
+    out.append(Message(N_("What the extra depth cost: {pa} parameters and {sa} per run with {a}, {pb} parameters "
+                          "and {sb} per run with {b}."),
+                       dict(a=a, b=b, pa=integer(first.params), pb=integer(last.params), sa=duration(first.seconds),
+                            sb=duration(last.seconds))))
     return out
 
 
@@ -144,7 +144,7 @@ def kernel_analysis(f: Finding) -> list[Block]:
     a, b = level_name("kernel_size", first.level), level_name("kernel_size", last.level)
     n = f.numbers
     values = dict(a=a, b=b, ma=accuracy(first), mb=accuracy(last), pa=integer(first.params),
-                  pb=integer(last.params), sa=number(first.seconds, 1), sb=number(last.seconds, 1))
+                  pb=integer(last.params), sa=duration(first.seconds), sb=duration(last.seconds))
     if f.direction == UP:
         return [Message(N_("Larger kernels did better here ({a}: {ma}, {b}: {mb}): each convolution covers more of a "
                            "stroke at once, so the network sees larger shapes with the same number of layers."),
@@ -165,8 +165,8 @@ def kernel_analysis(f: Finding) -> list[Block]:
                            "settings:"), values), reasons]
     return [Message(N_("Kernel size made no distinguishable difference here ({a}: {ma}, {b}: {mb}): on {size}×{size} "
                        "digits with pooling between the layers, even small kernels cover a whole stroke after a "
-                       "block or two, while larger kernels mostly add parameters ({pa} → {pb}) and time ({sa} s → "
-                       "{sb} s per run)."), dict(values, size=MNIST.image_size))]
+                       "block or two, while larger kernels mostly add parameters ({pa} → {pb}) and time ({sa} → "
+                       "{sb} per run)."), dict(values, size=MNIST.image_size))]
 
 
 def factor_reading(f: Finding, factor: str) -> list[Block]:
