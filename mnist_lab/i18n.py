@@ -133,7 +133,7 @@ def mean_sd_texts(summary, gettext=None) -> list[str]:
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "say": None, "para": None,
             "ConfigError": (3,), "StoreError": (3,), "need_int": (3,), "need_float": (3,), "need_bool": (3,),
             "need_choice": {4: (3,), 5: (5,)}, "need_ints": (3,), "need_seed": (3,),
-            "WeightsError": (2,)}
+            "WeightsError": (2,), "DataError": (1,), "DataFileError": (1,), "DataUnavailableError": (1,)}
 # params shown as given, never looked up in the catalog: a refusal's `value` (the user's own input),
 # a verbatim `text` (Message.verbatim: a sentence with no template, a name a person gave)
 _UNTRANSLATED = ("value", "text")
@@ -178,6 +178,9 @@ class Worded(str):
         text = super().__new__(cls, "\n".join(str(part) for part in parts))
         text.parts = parts
         return text
+
+    def __getnewargs__(self):  # pickle and copy build it again from its messages, not from its letters
+        return (self.parts,)
 
 
 # ------------------------------------------------------------------------------ stored messages

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import pickle
+import re
 import struct
 import tarfile
 import types
@@ -663,6 +664,60 @@ def test_a_truncated_fashion_file_is_refused(small_fashion, tmp_path):
     (bad / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(data.DataFileError, match="train-images-idx3-ubyte.gz cannot be read as gzip"):
         data.load_idx_dir(tmp_path, spec)
+
+
+def _damage_fashion(case: str, root: Path, spec: data.DatasetSpec, tmp_path: Path) -> tuple[Path, data.DatasetSpec]:
+    """A named directory for `case`, and the spec it is loaded with."""
+    if case == "missing":
+        return tmp_path / "nowhere", spec
+    if case == "empty":
+        return tmp_path, spec
+    if case == "other data":  # the small files against the published checksums
+        return root, data.FASHION_MNIST
+    if case == "other counts":  # the original files, other published counts per class
+        return root, dataclasses.replace(spec, test_class_counts=(2,) + (1,) * 8 + (0,))
+    bad = tmp_path / "FashionMNIST" / "raw"
+    bad.mkdir(parents=True)
+    for p in (root / "FashionMNIST" / "raw").iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    blob = gzip.decompress((bad / "train-images-idx3-ubyte.gz").read_bytes())
+    blob = b"\x00\x00\x0d" + blob[3:] if case == "not IDX" else blob[:-5]  # a float IDX; a cut payload
+    (bad / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(blob, compresslevel=1))
+    return tmp_path, spec
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not IDX", "cut payload", "other data", "other counts"])
+def test_a_named_directory_refusal_is_all_chinese_in_zh(case, small_fashion, tmp_cache, tmp_path):
+    """The refusal, its file's own reason (`detail`) and where the data came from are worded by each
+    reader, when raised and as stored with a job (errors.failure_reason); the English stays as it was."""
+    from test_i18n import CJK, english_left
+
+    from mnist_lab import i18n
+    from mnist_lab.errors import failure_reason
+
+    root, spec = small_fashion[:2]
+    where, spec = _damage_fashion(case, root, spec, tmp_path)
+    with pytest.raises(data.DataUnavailableError) as info:
+        data.load_dataset(spec, data_dir=str(where))
+    err = info.value
+    english, zh = str(err), i18n.render(err, "zh_CN")
+    assert english.startswith(f"The Fashion-MNIST directory {where} (from --data-dir or {data.DATA_DIR_ENV})")
+    assert zh.startswith(f"Fashion-MNIST 数据目录 {where}（来自 --data-dir 或 {data.DATA_DIR_ENV}）")
+    # what is left are names: a file format, a checksum and its digests, a file's and a folder's name, a variable
+    names = {"IDX", "MD5", "train-images", "ubyte", "FashionMNIST", "raw", data.DATA_DIR_ENV}
+    assert [w for w in english_left(zh).split() if w not in names and not re.fullmatch("[0-9a-f]{32}", w)] == [], zh
+    detail = {"missing": "不存在", "empty": "中没有 train-images-idx3-ubyte（已查找 FashionMNIST/raw",
+              "not IDX": "不是可用的 IDX 文件：不是无符号字节（uint8）的 IDX 文件",
+              "cut payload": "不是可用的 IDX 文件：IDX 数据有 15675 字节，文件头写的却是 (20, 28, 28)",
+              "other data": "train-images-idx3-ubyte.gz 的 MD5 是", "other counts": "来自目录 "}[case]
+    assert detail in zh and CJK.search(zh)
+    if case == "other counts":
+        assert "Fashion-MNIST 测试标签：各类数量 (1, 1, 1, 1, 1, 1, 1, 1, 1, 1) 与公布的" in zh
+    if isinstance(err.params.get("detail"), i18n.Worded):  # copied or pickled, it keeps its messages
+        again = pickle.loads(pickle.dumps(err.params["detail"]))
+        assert again == err.params["detail"] and again.parts == err.params["detail"].parts
+    stored = i18n.to_stored(failure_reason(err))  # a job's error, a run's stop reason
+    assert i18n.render_stored(stored, "zh_CN") == zh and i18n.render_stored(stored, "en") == english
 
 
 # ------------------------------------------------------------------ sample grids

@@ -128,21 +128,22 @@ class DatasetSpec:
     def verify(self, raw: RawSplits) -> None:
         """Refuse tensors that are not this dataset: uint8 images of the right shape and the
         published number of images per class in each split."""
-        for split, x, y, counts in (("train", raw.x_train, raw.y_train, self.train_class_counts),
-                                    ("test", raw.x_test, raw.y_test, self.test_class_counts)):
+        for split, x, y, counts in ((N_("train"), raw.x_train, raw.y_train, self.train_class_counts),
+                                    (N_("test"), raw.x_test, raw.y_test, self.test_class_counts)):
             want = self.raw_shape(sum(counts))
             if tuple(x.shape) != want or x.dtype != torch.uint8:
                 raise DataFileError("{title} {split} images from {source}: expected uint8 {want}, got {dtype} {got}",
-                                    title=self.title, split=split, source=raw.source, want=want,
+                                    title=self.title, split=split, source=_source(raw), want=want,
                                     dtype=str(x.dtype).replace("torch.", ""), got=tuple(x.shape))
             in_range = len(y) == 0 or (int(y.min()) >= 0 and int(y.max()) < self.n_classes)
             if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x) or not in_range:
                 raise DataFileError("{title} {split} labels from {source}: expected {n} int64 labels in 0..{top}",
-                                    title=self.title, split=split, source=raw.source, n=len(x), top=self.n_classes - 1)
+                                    title=self.title, split=split, source=_source(raw), n=len(x),
+                                    top=self.n_classes - 1)
             got = tuple(torch.bincount(y, minlength=self.n_classes).tolist())
             if got != tuple(counts):
                 raise DataFileError("{title} {split} labels from {source}: counts {got} differ from the published "
-                                    "{counts}", title=self.title, split=split, source=raw.source, got=got,
+                                    "{counts}", title=self.title, split=split, source=_source(raw), got=got,
                                     counts=tuple(counts))
 
 
@@ -359,12 +360,12 @@ def _open_maybe_gz(path: Path) -> bytes:
 def decode_idx(blob: bytes) -> np.ndarray:
     """Decode an IDX file (the original MNIST format) into a uint8 array."""
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] != 0x08:
-        raise ValueError("not an unsigned-byte IDX file")
+        raise DataFileError("not an unsigned-byte IDX file")
     ndim = blob[3]
     dims = struct.unpack(f">{ndim}I", blob[4:4 + 4 * ndim])
     data = np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"IDX payload has {data.size} bytes, header says {dims}")
+        raise DataFileError("IDX payload has {size} bytes, header says {dims}", size=data.size, dims=dims)
     return data.reshape(dims)
 
 
@@ -398,13 +399,13 @@ def load_idx_dir(root: str | Path, spec: DatasetSpec = MNIST) -> RawSplits:
                 blob = _open_maybe_gz(path)
             except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
                 raise DataFileError("{path} cannot be read as {kind}: {detail} (corrupt or truncated)", path=str(path),
-                                    kind="gzip" if path.suffix == ".gz" else "a file",
+                                    kind="gzip" if path.suffix == ".gz" else N_("a file"),
                                     detail=str(exc) or type(exc).__name__) from None
             try:
                 arrays[stem] = decode_idx(blob)
             except (ValueError, struct.error) as exc:
-                raise DataFileError("{path} is not a usable IDX file: {detail}", path=str(path), detail=str(exc)) \
-                    from None
+                raise DataFileError("{path} is not a usable IDX file: {detail}", path=str(path),
+                                    detail=_detail(exc)) from None
             md5 = hashlib.md5(blob).hexdigest()
             if md5 != spec.md5[stem]:
                 raise DataFileError("{path} has MD5 {md5}, not the original {stem}'s {want}: the file is altered, "
@@ -452,7 +453,7 @@ def verify_idx_md5(raw: RawSplits, spec: DatasetSpec = MNIST) -> None:
     for stem, md5 in idx_md5s(raw).items():
         if md5 != spec.md5[stem]:
             raise DataFileError("{title} {stem} from {source} has MD5 {md5}, not the original {want}: the copy is "
-                                "altered or incomplete", title=spec.title, stem=stem, source=raw.source, md5=md5,
+                                "altered or incomplete", title=spec.title, stem=stem, source=_source(raw), md5=md5,
                                 want=spec.md5[stem])
 
 
@@ -599,8 +600,10 @@ class RefusedPickle(pickle.UnpicklingError):
 
     def __init__(self, module: str, name: str):
         self.module, self.name = module, name
-        super().__init__(f"it names {module}.{name}, which a CIFAR-10 batch never contains; refused without "
-                         "running it")
+        self.template = N_("it names {module}.{name}, which a CIFAR-10 batch never contains; refused without "
+                           "running it")
+        self.params = {"module": module, "name": name}
+        super().__init__(self.template.format(**self.params))
 
 
 class CifarUnpickler(pickle.Unpickler):
@@ -626,7 +629,7 @@ def _unpickle_cifar(blob: bytes, where: str) -> dict:
     try:
         obj = CifarUnpickler(io.BytesIO(blob)).load()
     except RefusedPickle as exc:
-        raise DataFileError("{where} is refused: {detail}", where=where, detail=str(exc)) from None
+        raise DataFileError("{where} is refused: {detail}", where=where, detail=_detail(exc)) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, struct.error) as exc:
         raise DataFileError("{where} is not a usable CIFAR-10 pickle ({detail}): truncated, altered or another "
@@ -711,8 +714,8 @@ def load_cifar10_archive(path: str | Path, spec: DatasetSpec = CIFAR10) -> RawSp
                 if not _safe_member_name(member.name) or not (member.isfile() or member.isdir()):
                     raise DataFileError("{path} is refused: its member {member!r} is {kind}, which the CIFAR-10 "
                                         "archive never contains", path=str(path), member=member.name,
-                                        kind="a link or special file" if _safe_member_name(member.name)
-                                        else "a path outside its folder")
+                                        kind=N_("a link or special file") if _safe_member_name(member.name)
+                                        else N_("a path outside its folder"))
                 parts = PurePosixPath(member.name).parts
                 if member.isfile() and len(parts) == 2 and parts[0] == spec.folder:
                     files[parts[1]] = tar.extractfile(member).read()
@@ -986,20 +989,37 @@ def load_mnist(data_dir: str | None = None, use_cache: bool = True) -> RawSplits
     return load_dataset(MNIST, data_dir, use_cache)
 
 
+def _source(raw: RawSplits) -> str:
+    """Where `raw` came from as a refusal's value: its English, worded by each reader."""
+    return Worded([source_message(raw)])
+
+
+def _detail(exc: Exception) -> str:
+    """An exception as the `detail` of a refusal: one that has a template (a DataFileError) as a
+    Worded message each reader words, anything else (the OS's, zlib's words) as its English."""
+    if isinstance(getattr(exc, "template", None), str) and isinstance(getattr(exc, "params", None), dict):
+        return Worded([failure_reason(exc)])
+    return str(exc) or type(exc).__name__
+
+
 def _load_named_dir(spec: DatasetSpec, data_dir: str) -> RawSplits:
     """The directory a person named, read directly each time (IDX decodes fast), never replaced
     by another source: a typo or a damaged file must not silently train on other data."""
-    where = "The {title} directory {path} (from --data-dir or {env})"
-    instead = "or leave out --data-dir (and unset {env}) to use the offline sources or a download"
     params = dict(title=spec.title, path=data_dir, env=DATA_DIR_ENV)
     if not Path(data_dir).is_dir():
-        raise DataUnavailableError(f"{where} does not exist: fix the path, {instead}.", **params)
+        raise DataUnavailableError("The {title} directory {path} (from --data-dir or {env}) does not exist: fix the "
+                                   "path, or leave out --data-dir (and unset {env}) to use the offline sources or a "
+                                   "download.", **params)
     try:
         raw = load_idx_dir(data_dir, spec) if spec.file_format == "idx" else load_cifar10_from_dir(data_dir, spec)
         spec.verify(raw)
     except (OSError, ValueError) as exc:
-        raise DataUnavailableError(f"{where} cannot be used: {{detail}}. Put the original {{title}} files there, "
-                                   f"{instead}.", reason=exc, detail=str(exc), **params) from None
+        # the file's own refusal, worded by each reader (its English is str(exc))
+        detail = _detail(exc)
+        raise DataUnavailableError("The {title} directory {path} (from --data-dir or {env}) cannot be used: {detail}. "
+                                   "Put the original {title} files there, or leave out --data-dir (and unset {env}) "
+                                   "to use the offline sources or a download.", reason=exc, detail=detail,
+                                   **params) from None
     raw.files = None  # read each time, never cached
     return raw
 
@@ -1084,7 +1104,7 @@ def prepare_data(cfg: DataConfig, device: str | torch.device = "cpu", raw: RawSp
         y_train=y_train.to(device),
         x_test=x_test.to(device),
         y_test=y_test.to(device),
-        source=raw.source,
+        source=_source(raw),
         permutation=perm,
         config=cfg,
         origin=raw.origin,
