@@ -81,3 +81,16 @@ def broken_db(tmp_path):
         f.write(bytes(range(256)) * 16)
     assert pages >= 8
     return path
+
+
+@pytest.fixture(scope="module")
+def no_worker_left_running():
+    """The worker processes the app started for a module's page tests end with the module
+    (`pytestmark = pytest.mark.usefixtures("no_worker_left_running")`)."""
+    yield
+    from app_lib.shared import spawned_workers
+
+    for proc in spawned_workers().values():
+        proc.terminate()
+    for proc in spawned_workers().values():
+        proc.wait(30)

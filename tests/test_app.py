@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from apptest import app_db, open_page
 from streamlit.testing.v1 import AppTest
 
-from app_lib.shared import WORKER_IDLE_ENV, quick_defaults, spawned_workers
+from app_lib.shared import quick_defaults
 from app_lib.widgets import rows_key
 from mnist_lab.errors import shorten
 from mnist_lab.lab.experiments import run_single
@@ -35,36 +36,13 @@ from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import TrainConfig
 
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+pytestmark = pytest.mark.usefixtures("no_worker_left_running")
 PAGES = ["home", "train", "sweep", "compare", "week2", "runs"]
 
 
 @pytest.fixture(autouse=True)
 def db(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "results.sqlite"
-    monkeypatch.setenv(DB_ENV, str(path))
-    monkeypatch.setenv(WORKER_IDLE_ENV, "5")  # each test's worker leaves soon after its test
-    monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")  # tiny jobs: no need to load all of MNIST ahead
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def no_worker_left_running():
-    """The workers the app started for these tests end with them."""
-    yield
-    for proc in spawned_workers().values():
-        proc.terminate()
-    for proc in spawned_workers().values():
-        proc.wait(30)
-
-
-def open_page(page: str, query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params.update(query or {})
-    at.run()
-    at.switch_page(f"app_pages/{page}.py").run()
-    assert not at.exception, at.exception
-    return at
+    return app_db(tmp_path / "results.sqlite", monkeypatch)
 
 
 def job_of(at: AppTest, kind: str):

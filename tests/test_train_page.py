@@ -9,42 +9,28 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from apptest import app_db, open_page
 from streamlit.testing.v1 import AppTest
 
 from app_lib import widgets
 from app_lib.forms import LAB_PRESETS, PRESET_WORDS, SLIDER_PRESETS, preset_option, preset_words
-from app_lib.shared import WORKER_IDLE_ENV, spawned_workers
 from mnist_lab import i18n
 from mnist_lab.data.datasets import DATASETS, FASHION_MNIST, DataUnavailableError, load_dataset
 from mnist_lab.errors import failure_reason
 from mnist_lab.lab.lessons import fit
 from mnist_lab.nets.model import count_params
 from mnist_lab.nets.presets import PRESETS
-from mnist_lab.paths import DB_ENV
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.service.queue import JobQueue
 
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+pytestmark = pytest.mark.usefixtures("no_worker_left_running")
 CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @pytest.fixture(autouse=True)
 def db(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "results.sqlite"
-    monkeypatch.setenv(DB_ENV, str(path))
-    monkeypatch.setenv(WORKER_IDLE_ENV, "5")
-    monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def no_worker_left_running():
-    yield
-    for proc in spawned_workers().values():
-        proc.terminate()
-    for proc in spawned_workers().values():
-        proc.wait(30)
+    return app_db(tmp_path / "results.sqlite", monkeypatch)
 
 
 @pytest.fixture
@@ -53,15 +39,6 @@ def submitted(monkeypatch) -> list[JobSpec]:
     specs = []
     monkeypatch.setattr(widgets, "start_job", lambda kind, spec: specs.append(spec))
     return specs
-
-
-def open_page(page: str = "train", query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params.update(query or {})
-    at.run()
-    at.switch_page(f"app_pages/{page}.py").run()
-    assert not at.exception, at.exception
-    return at
 
 
 def shown(markdown: str) -> str:
@@ -78,7 +55,7 @@ def keys(at: AppTest) -> set[str]:
 
 
 def test_fashion_mnist_a_residual_net_and_no_shuffle_make_the_job(submitted):
-    at = open_page()
+    at = open_page("train")
     assert at.selectbox(key="train_dataset").options == [f"{d.title}: " + w for d, w in zip(
         DATASETS.values(), ("handwritten digits", "clothes, shoes and bags", "colour photos of animals and vehicles"))]
     assert at.selectbox(key="train_preset").options[:5] == ["Lab 5 · Lab-5 net", "Lab 5 · Padded 16/32 CNN",
@@ -107,7 +84,7 @@ def test_fashion_mnist_a_residual_net_and_no_shuffle_make_the_job(submitted):
 
 
 def test_the_sliders_and_the_week2_nets_follow_the_dataset(submitted):
-    at = open_page(query={"train_limit": "60000"})
+    at = open_page("train", {"train_limit": "60000"})
     at.selectbox(key="train_dataset").set_value("cifar10").run()
     assert params_shown(at) == count_params(fit(PRESETS["lab5"].model, "cifar10")) == 10790  # lab5 on 3×32×32
     assert at.select_slider(key="train_train_limit").options[-1] == "50,000"
@@ -132,24 +109,24 @@ def test_the_sliders_and_the_week2_nets_follow_the_dataset(submitted):
 
 def test_a_link_keeps_the_dataset_the_preset_and_shuffle():
     query = {"dataset": "fashion-mnist", "preset": "plain-small", "shuffle": "0", "train_limit": "256"}
-    at = open_page(query=query)
+    at = open_page("train", query)
     assert not at.warning
     state = {k: at.session_state["train_" + k] for k in query}
     assert state == {"dataset": "fashion-mnist", "preset": "plain-small", "shuffle": False, "train_limit": 256}
     assert params_shown(at) == count_params(PRESETS["plain-small"].model)
     link = {k: at.query_params[k] for k in at.query_params}
     assert {k: link[k] for k in query} == query and "lr" not in link  # only what differs from the preset
-    again = open_page(query=link)
+    again = open_page("train", link)
     assert {k: again.session_state["train_" + k] for k in query} == state
 
 
 def test_a_link_whose_count_exceeds_the_dataset_takes_all_of_it():
-    at = open_page(query={"dataset": "cifar10", "train_limit": "60000"})
+    at = open_page("train", {"dataset": "cifar10", "train_limit": "60000"})
     assert not at.warning and at.session_state["train_train_limit"] == 50000
 
 
 def test_a_bad_dataset_preset_or_shuffle_in_a_link_is_refused():
-    at = open_page(query={"dataset": "emnist", "preset": "resnet-huge", "shuffle": "maybe", "epochs": "2"})
+    at = open_page("train", {"dataset": "emnist", "preset": "resnet-huge", "shuffle": "maybe", "epochs": "2"})
     (warning,) = at.warning
     for part in ("dataset=emnist", "preset=resnet-huge", "shuffle=maybe"):
         assert part in shown(warning.value)
@@ -171,7 +148,7 @@ def test_every_preset_has_chinese_words_on_home_and_train():
     rows = home.table[0].value
     assert {zh("The course's CIFAR-10 net"), zh("A small residual net")} <= set(rows.index)
     assert "no result given" not in rows.to_string() and "13 same-padded" not in rows.to_string()
-    train = open_page(query={"lang": "zh_CN", "preset": "cifar-course"})
+    train = open_page("train", {"lang": "zh_CN", "preset": "cifar-course"})
     assert any(zh("The course's CIFAR-10 net") in shown(m.value) and "课程讲义第 2 周" in shown(m.value)
                and "MNIST 的 1×28×28 图像" in shown(m.value) for m in train.markdown)
 
@@ -179,7 +156,7 @@ def test_every_preset_has_chinese_words_on_home_and_train():
 def test_a_dataset_that_cannot_be_had_fails_its_job_in_words_not_a_crash(submitted, db, tmp_path):
     """CIFAR-10 has no offline copy here: the worker's failure (stored as errors.failure_reason
     makes it) is shown by the page as the job's error, with what to choose instead."""
-    at = open_page(query={"dataset": "cifar10", "train_limit": "256", "epochs": "1"})
+    at = open_page("train", {"dataset": "cifar10", "train_limit": "256", "epochs": "1"})
     at.button(key="train_go_btn").click().run()
     (spec,) = submitted
     with pytest.raises(DataUnavailableError) as refused:  # what the worker meets where no copy is found
@@ -187,11 +164,12 @@ def test_a_dataset_that_cannot_be_had_fails_its_job_in_words_not_a_crash(submitt
     queue = JobQueue(ResultStore(db))
     queue.start_inline("j-cifar", LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
     queue.finish("j-cifar", "failed", error=failure_reason(refused.value))
-    again = open_page(query={"dataset": "cifar10"})
+    again = open_page("train", {"dataset": "cifar10"})
     assert not again.exception
     assert shown(again.error[0].value).startswith("The job failed: The CIFAR-10 directory")
     assert any("Choose MNIST above" in c.value for c in again.caption)
-    zh = open_page(query={"dataset": "cifar10", "lang": "zh_CN"})  # the frame in Chinese, the reason as the core has it
+    # the frame in Chinese, the reason as the core has it
+    zh = open_page("train", {"dataset": "cifar10", "lang": "zh_CN"})
     assert shown(zh.error[0].value).startswith("任务失败：") and any("在上方选择 MNIST" in c.value for c in zh.caption)
 
 
@@ -203,7 +181,7 @@ def test_a_residual_net_trains_on_fashion_mnist_as_the_page_asks(submitted, db):
         load_dataset(FASHION_MNIST)
     except Exception as exc:  # noqa: BLE001 - any reason it cannot be had here
         pytest.skip(f"no offline Fashion-MNIST here (Debian: apt-get install dataset-fashion-mnist): {exc}")
-    at = open_page(query={"dataset": "fashion-mnist", "preset": "resnet-small", "shuffle": "0",
+    at = open_page("train", {"dataset": "fashion-mnist", "preset": "resnet-small", "shuffle": "0",
                           "train_limit": "256", "epochs": "1"})
     at.button(key="train_go_btn").click().run()
     (spec,) = submitted
