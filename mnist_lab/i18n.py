@@ -88,15 +88,13 @@ def seconds(x: float, gettext=None) -> str:
     """A duration as a person reads it: one decimal under a minute ('7.8 s'), then whole minutes and
     seconds ('2 min 05 s'). Worded by `gettext` (English without one)."""
     _ = gettext or (lambda s: s)
-    if x < 59.95:  # what rounds to 60.0 s is shown as a minute
-        return _(N_("{s} s")).format(s=f"{max(x, 0.0):.1f}")
-    total = int(round(x))
-    return _(N_("{min} min {s} s")).format(min=f"{total // 60:,}", s=f"{total % 60:02d}")
+    d = duration(x)
+    return _(d.template).format(**d.params)
 
 
 def duration(x: float) -> Message:
     """`seconds(x)` as a Message, for the core's sentences (worded by each reader)."""
-    if x < 59.95:
+    if x < 59.95:  # what rounds to 60.0 s is shown as a minute
         return Message(N_("{s} s"), {"s": f"{max(x, 0.0):.1f}"})
     total = int(round(x))
     return Message(N_("{min} min {s} s"), {"min": f"{total // 60:,}", "s": f"{total % 60:02d}"})

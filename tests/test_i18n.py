@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from apptest import app_db, open_page
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
 from streamlit.testing.v1 import AppTest
 
-from app_lib.shared import WORKER_IDLE_ENV, spawned_workers
 from mnist_lab import i18n
 from mnist_lab.cli import main as cli
 from mnist_lab.data.datasets import DataConfig
@@ -35,7 +35,7 @@ from mnist_lab.training.events import Iterations
 from mnist_lab.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "streamlit_app.py")
+pytestmark = pytest.mark.usefixtures("no_worker_left_running")
 PAGES = ["home", "train", "sweep", "compare", "week2", "runs", "inspect", "report"]
 SOURCES = ["streamlit_app.py", "app_pages", "app_lib", "mnist_lab"]  # every file that words something
 
@@ -178,29 +178,9 @@ def trained_db(tmp_path_factory, mnist_raw) -> Path:
 
 @pytest.fixture(autouse=True)
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv(DB_ENV, str(tmp_path / "results.sqlite"))
-    monkeypatch.setenv(WORKER_IDLE_ENV, "5")
-    monkeypatch.setenv("MNIST_LAB_WORKER_WARM", "0")
+    app_db(tmp_path / "results.sqlite", monkeypatch)
     for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def no_worker_left_running():
-    yield
-    for proc in spawned_workers().values():
-        proc.terminate()
-    for proc in spawned_workers().values():
-        proc.wait(30)
-
-
-def open_page(page: str, query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params.update(query or {})
-    at.run()
-    at.switch_page(f"app_pages/{page}.py").run()
-    assert not at.exception, at.exception
-    return at
 
 
 def assert_chinese(at: AppTest) -> int:
@@ -608,14 +588,14 @@ def test_an_engines_reason_is_worded_in_the_readers_language(tmp_path, capsys):
     import torch
 
     from mnist_lab.training import engines
-    from mnist_lab.training.step import Reason, reason_message
+    from mnist_lab.training.step import reason_message
 
     choice = engines.select(PRESETS["tiny-fc"].model, TrainConfig(engine="cpu-native"), torch.device("cpu"))
     assert choice.why_not == "cpu-native: a fully-connected net has no conv blocks"
     [(name, reason)] = choice.why_not_parts
     assert (name, i18n.word(reason, "zh_CN")) == ("cpu-native", "全连接网络没有卷积模块")
-    big = Reason("the network is too big for the CPU kernels ({mib} MiB of gradient sums per step, more than "
-                 "{limit} MiB)", mib="900", limit=512)
+    big = i18n.Worded([i18n.Message("the network is too big for the CPU kernels ({mib} MiB of gradient sums per "
+                                     "step, more than {limit} MiB)", {"mib": "900", "limit": 512})])
     assert "too big" in big and big.endswith("more than 512 MiB)")  # still the English text
     assert i18n.word(reason_message(big), "zh_CN") == \
         "这个网络对 CPU 内核来说太大了（每步 900 MiB 的梯度累加，超过了 512 MiB）"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnist_lab.i18n import N_
+from mnist_lab.i18n import N_, Message, Worded
 from mnist_lab.nets.model import ModelConfig, build_model, plain_conv_padding
 from mnist_lab.paths import default_cache_dir
 from mnist_lab.training.step import (
@@ -34,7 +34,6 @@ from mnist_lab.training.step import (
     Engine,
     PlainStep,
     Prepared,
-    Reason,
     cpu_state,
     init_model,
     make_optimizer,
@@ -245,8 +244,8 @@ def _split(model: nn.Sequential) -> tuple[list[nn.Conv2d], list[nn.Module], str 
             if block and sorted(type(b).__name__ for b in block[1:]) != ["MaxPool2d", "ReLU"]:
                 found = ", ".join(sorted({type(b).__name__ for b in block[1:]} - {"MaxPool2d", "ReLU"})) or \
                     N_("a block without its pool")
-                return [], [], Reason(N_("the kernels run conv -> max-pool -> ReLU blocks only (no BatchNorm); this "
-                                         "net has {found}"), found=found)
+                return [], [], Worded([Message(N_("the kernels run conv -> max-pool -> ReLU blocks only (no "
+                                                  "BatchNorm); this net has {found}"), {"found": found})])
             block = [m]
             if m is not None:
                 convs.append(m)
@@ -283,8 +282,9 @@ def native_unsupported(model_cfg: ModelConfig) -> str | None:
     scratch = 4 * most_chunks * sum(lib.conv_blocks_gradient_floats(c.in_channels, c.out_channels, c.kernel_size[0])
                                     for c in convs)
     if scratch > SCRATCH_LIMIT:
-        return Reason(N_("the network is too big for the CPU kernels ({mib} MiB of gradient sums per step, more than "
-                         "{limit} MiB)"), mib=f"{scratch / 2**20:.0f}", limit=SCRATCH_LIMIT // 2**20)
+        return Worded([Message(N_("the network is too big for the CPU kernels ({mib} MiB of gradient sums per step, "
+                                  "more than {limit} MiB)"), {"mib": f"{scratch / 2**20:.0f}",
+                                                              "limit": SCRATCH_LIMIT // 2**20})])
     return None
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lab.i18n import N_, Message
+from mnist_lab.i18n import N_, Message, Worded
 from mnist_lab.nets.model import ModelConfig, build_model
 
 
@@ -143,20 +143,10 @@ def cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 Run = tuple[ModelConfig, object]  # (model_cfg, train_cfg): one run an engine sets up
 
 
-class Reason(str):
-    """Why an engine cannot run a config: its English text (what `can_run` returns, a str), which
-    keeps its msgid and values so a reader sees it in their language (`reason_message`)."""
-
-    def __new__(cls, template: str, /, **params) -> Reason:
-        reason = super().__new__(cls, template.format(**params))
-        reason.template, reason.params = template, params
-        return reason
-
-
 def reason_message(reason: str) -> Message:
-    """A `can_run` reason as a Message: a Reason's template and values, else the text as a msgid
-    (every plain reason is one, marked with N_)."""
-    return Message(reason.template, dict(reason.params)) if isinstance(reason, Reason) else Message(reason)
+    """A `can_run` reason (a str) as a Message: a reason with values is an `i18n.Worded` of its one
+    message; any other is its own msgid (every plain reason is marked with N_)."""
+    return reason.parts[0] if isinstance(reason, Worded) else Message(reason)
 
 
 @dataclass
