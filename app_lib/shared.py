@@ -179,6 +179,19 @@ def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
     return raw, ""
 
 
+# An absolute path on the server (the data, cache, download or database folder, a file in one); not
+# a URL's path, a "~" path or a fraction: what a student of a shared server must not be shown.
+SERVER_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)*[\w.+-]+/?")
+
+
+def without_server_paths(text: str) -> str:
+    """`text` as a browser may show it: on a shared server every absolute path becomes "a folder
+    on the server" (the teacher reads the detail in the server's log or CLI); locally, as it is."""
+    if not server_policy().shared or not isinstance(text, str):
+        return text
+    return SERVER_PATH.sub(_("(a folder on the server)"), text)
+
+
 def rebuilt_note(warning: CacheRebuiltWarning) -> str:
     """Why the data cache was rebuilt, in the session's language, naming no server path: "the cache"."""
     params = warning.params

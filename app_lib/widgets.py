@@ -21,7 +21,16 @@ from mnist_lab.service.jobs import JobSpec, JobView
 
 from .charts import loss_figure
 from .lang import N_, _, current, render_error
-from .shared import PAGE_KINDS, ensure_workers, job_queue, result_store, runner, server_policy, workspace
+from .shared import (
+    PAGE_KINDS,
+    ensure_workers,
+    job_queue,
+    result_store,
+    runner,
+    server_policy,
+    without_server_paths,
+    workspace,
+)
 from .text import percent, plain
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
@@ -81,8 +90,9 @@ NORMALIZE_WORDS = {"dataset": N_("the dataset's own"), "half": N_("fixed 0.5"), 
 
 def said(stored: object, english: object = "") -> str:
     """A stored message (a stop reason, an error, a run's label: mnist_lab.i18n.to_stored) in the
-    session's language; without one (a run of an earlier version), its stored `english` as it is."""
-    return render_stored(stored, current(), english)
+    session's language; without one (a run of an earlier version), its stored `english` as it is.
+    On a shared server, with no server path in it."""
+    return without_server_paths(render_stored(stored, current(), english))
 
 
 def run_labels(runs: pd.DataFrame) -> pd.Series:

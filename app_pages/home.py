@@ -5,7 +5,7 @@ import streamlit as st
 from app_lib.charts import digits_figure
 from app_lib.forms import preset_words
 from app_lib.lang import _, render_error
-from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits
+from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits, without_server_paths
 from app_lib.text import plain
 from app_lib.widgets import headers
 from mnist_lab.data.datasets import MNIST, source_message
@@ -47,7 +47,8 @@ with intro:
     else:
         st.success(_("**MNIST ready:** {train} training and {test} test images, {size}×{size} grey, from {source}.")
                    .format(train=f"{len(raw.x_train):,}", test=f"{len(raw.x_test):,}", size=MNIST.image_size,
-                           source=plain(render_error(source_message(raw)))),  # where from, in the reader's words
+                           # where from, in the reader's words (no server path on a shared server)
+                           source=plain(without_server_paths(render_error(source_message(raw))))),
                    icon=":material/check_circle:")
     st.page_link("app_pages/train.py", label=_("**Train** one network and watch every iteration's loss live"),
                  icon=":material/model_training:")

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from app_lib import widgets
 from app_lib.forms import LAB_PRESETS, PRESET_WORDS, SLIDER_PRESETS, preset_option, preset_words
 from mnist_lab import i18n
-from mnist_lab.data.datasets import DATASETS, FASHION_MNIST, DataUnavailableError, load_dataset
+from mnist_lab.data.datasets import DATASETS, FASHION_MNIST, DataConfig, DataUnavailableError, load_dataset
 from mnist_lab.errors import failure_reason
 from mnist_lab.lab.lessons import fit
 from mnist_lab.nets.model import count_params
@@ -23,6 +23,7 @@ from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.jobs import JobSpec, run_inline
 from mnist_lab.service.queue import JobQueue
+from mnist_lab.training.loop import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("no_worker_left_running")
 CJK = re.compile(r"[\u3400-\u9fff]")
@@ -171,6 +172,25 @@ def test_a_dataset_that_cannot_be_had_fails_its_job_in_words_not_a_crash(submitt
     # the frame in Chinese, the reason as the core has it
     zh = open_page("train", {"dataset": "cifar10", "lang": "zh_CN"})
     assert shown(zh.error[0].value).startswith("任务失败：") and any("在上方选择 MNIST" in c.value for c in zh.caption)
+
+
+def test_on_a_shared_server_a_failed_jobs_reason_names_no_server_folder(db, tmp_path, monkeypatch):
+    """The loader's message names the folders it looked in (useful on one's own machine): a student
+    of a shared server sees "a folder on the server" in their place, in either language."""
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    with pytest.raises(DataUnavailableError) as refused:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    assert str(tmp_path) in str(refused.value)  # the detail is there, for the server's own log
+    ws = "w" * 24  # the student's workspace, as their link carries it
+    spec = JobSpec("train", TrainConfig(epochs=1), DataConfig(dataset="cifar10", train_limit=256),
+                   model=PRESETS["cifar-course"].model)
+    queue = JobQueue(ResultStore(db))
+    queue.start_inline("j-cifar", ws, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+    queue.finish("j-cifar", "failed", error=failure_reason(refused.value))
+    for lang, words in (("en", "(a folder on the server)"), ("zh_CN", "（服务器上的某个文件夹）")):
+        at = open_page("train", {"dataset": "cifar10", "ws": ws, "lang": lang})
+        error = shown(at.error[0].value)
+        assert words in error and str(tmp_path) not in error and not re.search(r"(?<![\w.:/~])/[\w.+-]+/", error)
 
 
 @pytest.mark.slow
