@@ -525,6 +525,7 @@ class Accounts:
         if account:
             keys.append(account)
         with self._transaction() as conn:
+            conn.execute("DELETE FROM signin_failures WHERE last_at < ?", (now - WINDOW_S,))  # forgotten ones
             for key in keys:
                 # a count older than the window starts again
                 conn.execute("INSERT INTO signin_failures (key, failures, first_at, last_at) VALUES (?, 1, ?, ?) "
