@@ -308,3 +308,35 @@ def test_a_visitor_gets_a_fresh_anonymous_workspace_held_in_a_session(accounts):
     assert first.role == "visitor" and first.workspace.startswith("visitor:") and first != second
     assert len(first.workspace) == len("visitor:") + 22 and first.student_id == first.name == ""
     assert accounts.session(accounts.open_session(first, IP)) == first
+
+
+# ------------------------------------------------------------------------------ the CLI (a headless teacher)
+
+def test_the_class_command_loads_a_roster_prints_codes_resets_and_clears_failures(tmp_path, capsys):
+    from mnist_lab.cli.main import main
+
+    db, roster = tmp_path / "class.sqlite", tmp_path / "roster.csv"
+    roster.write_bytes("学号,姓名\n1,A\n1,B\n".encode())
+    assert main(["--lang", "zh", "class", "roster", str(roster), "--db", str(db)]) == 2
+    assert capsys.readouterr().err == "错误：名单第 3 行与第 2 行的学号 '1' 重复：请只保留一行。\n"
+    assert not db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["roster.csv"]  # nothing written
+
+    roster.write_bytes("\ufeff学号,姓名\n0012,张三\n".encode())
+    assert main(["class", "roster", str(roster), "--db", str(db)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["student", "ID", "student", "name", "one-time", "code"]
+    sid, name, code = table[1].split()
+    assert (sid, name, len(code)) == ("0012", "张三", 8)
+    store = ResultStore(db)
+    accounts = Accounts(store, server_secret(db))  # the server's secret: the file the command made
+    assert accounts.sign_in("0012", "张三", code, IP, new_pin="123456").student_id == "0012"
+    assert main(["class", "codes", "--db", str(db)]) == 0 and "0 one-time codes" in capsys.readouterr().out
+    assert main(["class", "reset", "0012", "--db", str(db)]) == 0
+    assert accounts.step("0012") == "code" and "0012" in capsys.readouterr().out
+    with pytest.raises(SignInError):
+        accounts.sign_in("0012", "张三", "WRONGCOD", IP, new_pin="654321")
+    assert main(["class", "failures", "--db", str(db)]) == 0
+    assert f"client:{IP}" in capsys.readouterr().out
+    assert main(["class", "failures", "--clear", "--db", str(db)]) == 0 and accounts.failures() == []
+    accounts.close()
+    store.close()
