@@ -287,6 +287,19 @@ def test_a_flood_against_an_account_delays_its_owner_at_most_30_s_and_never_lock
     other.close()
 
 
+def test_tries_sent_at_the_same_moment_are_throttled_as_if_sent_one_by_one(accounts, clock):
+    from concurrent.futures import ThreadPoolExecutor
+
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    servers = [Accounts(accounts.store, SECRET, clock=clock) for _ in range(8)]  # a connection each, as processes
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda a: _try(a, clock, IP), servers))
+    assert sorted(waits).count(0.0) == identity.FREE_TRIES  # the rest were told to wait, unchecked
+    assert {f["key"]: f["failures"] for f in accounts.failures()}[f"client:{IP}"] == identity.FREE_TRIES
+    for server in servers:
+        server.close()
+
+
 def test_wrong_teacher_tokens_are_throttled_and_compared_in_constant_time(accounts, clock):
     with pytest.raises(SignInError, match="no teacher token"):
         accounts.sign_in_teacher("x", "", IP)
