@@ -212,8 +212,12 @@ def test_a_wrong_id_name_pin_or_code_all_read_the_same(accounts):
 def test_a_roster_takes_back_ids_claimed_before_it(accounts):
     who = accounts.sign_in("1", "Mallory", "", IP, new_pin="123456")  # no roster yet: anyone claims any id
     cookie = accounts.open_session(who, IP)
+    off = accounts.open_session(accounts.sign_in("9", "Off", "", IP, new_pin="123456"), IP)
     code = accounts.import_roster("学号,姓名\n1,Ann\n")["1"]
     assert accounts.session(cookie) is None and accounts.step("1") == "code"
+    assert accounts.session(off) is None  # left off the roster: signed out, and refused from now on
+    with pytest.raises(SignInError, match="not on the class's roster"):
+        accounts.step("9")
     with pytest.raises(SignInError):
         accounts.sign_in("1", "Mallory", "123456", IP)
     assert accounts.sign_in("1", "Ann", code, IP, new_pin="777777").name == "Ann"

@@ -346,8 +346,9 @@ class Accounts:
         each student is added, or their name updated, on the roster. A student new to the roster
         (unknown, or an id claimed before there was one) gets a one-time code and loses a PIN they
         set themselves (the roster, not whoever claimed the id first, says who it is); a student
-        already on it keeps their PIN. Returns {student_id: code} for every student without a PIN:
-        the only place plain codes exist."""
+        already on it keeps their PIN; a claimed id left off it is signed out. Returns
+        {student_id: code} for every student of the roster without a PIN: the only place plain
+        codes exist."""
         students = parse_roster(csv_text)
         now = self.clock()
         with self._transaction() as conn:
@@ -360,6 +361,9 @@ class Accounts:
             conn.executemany("INSERT INTO students (student_id, name, on_roster, created_at) VALUES (?, ?, 1, ?) "
                              "ON CONFLICT (student_id) DO UPDATE SET name = excluded.name, on_roster = 1",
                              [(sid, name, now) for sid, name in students])
+            # ids claimed before any roster and left off it can sign in no more: their sessions end too
+            conn.execute("DELETE FROM sessions WHERE role = 'student' AND student_id IN "
+                         "(SELECT student_id FROM students WHERE COALESCE(on_roster, 0) = 0)")
             ids = [sid for sid, _ in students]
             without_pin = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE pin_hash IS NULL")}
             return self._issue(conn, [sid for sid in ids if sid in without_pin])
@@ -388,11 +392,13 @@ class Accounts:
     @explained
     def issue_codes(self, student_ids: list[str] | None = None) -> dict[str, str]:
         """New one-time codes (replacing earlier ones) for the students among `student_ids` (None:
-        every student) who have no PIN; an unknown id refuses them all."""
+        every student who can sign in: those on the roster, if there is one) who have no PIN; an
+        unknown id refuses them all."""
         with self._transaction() as conn:
             without_pin = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE pin_hash IS NULL")}
             if student_ids is None:
-                wanted = sorted(without_pin)
+                on_roster = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE on_roster = 1")}
+                wanted = sorted(without_pin & on_roster if on_roster else without_pin)
             else:
                 known = {sid for (sid,) in conn.execute("SELECT student_id FROM students")}
                 unknown = [sid for sid in student_ids if sid not in known]
