@@ -36,7 +36,7 @@ def test_a_thing_is_a_workspace_a_row_or_an_object_and_a_run_of_none_is_the_loca
         == ["bob-ws", "bob-ws", "bob-ws", "local", "local", "local"]
     assert allowed(ALICE, "see", [{"workspace": "alice-ws", "n": 1}, {"workspace": "bob-ws", "n": 2}]) \
         == [{"workspace": "alice-ws", "n": 1}]
-    assert (ALICE.scope, CLASS.scope, TEACHER.scope, LOCAL.scope) == ("alice-ws", None, None, None)
+    assert (ALICE.scope, CLASS.scope, TEACHER.scope, LOCAL.scope) == (("alice-ws",), None, None, None)
 
 
 def test_the_server_policy_says_who_a_session_is():
