@@ -10,6 +10,8 @@ import pytest
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import CompareConfig, SweepConfig
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.service.access import LOCAL, Asker, may
+from mnist_lab.service.identity import Identity
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.service.policy import LimitError, ServerPolicy, estimate_seconds
 from mnist_lab.training.loop import TrainConfig
@@ -28,7 +30,7 @@ def test_the_mode_comes_from_the_environment_or_the_script_arguments():
     p = ServerPolicy.from_env({"MNIST_LAB_MODE": "shared", "MNIST_LAB_MAX_EPOCHS": "3", "MNIST_LAB_CLASS_VIEW": "1",
                                "MNIST_LAB_QUEUE_LIMIT": "0", "MNIST_LAB_TEACHER_TOKEN": "t0k"}, [])
     assert (p.max_epochs, p.class_view, p.queue_limit) == (3, True, 0)
-    assert p.is_teacher("t0k") and not p.is_teacher("") and not ServerPolicy().is_teacher("")
+    assert p.teacher_token == "t0k"  # the teacher signs in with it (identity.Accounts.sign_in_teacher)
 
 
 @pytest.mark.parametrize("env, message", [
@@ -111,3 +113,17 @@ def test_the_demo_mode_keeps_every_shared_protection_without_sign_in_and_with_it
 def test_a_bad_quota_setting_names_its_variable(env, message):
     with pytest.raises(ValueError, match=message):
         ServerPolicy.from_env(env, [])
+
+
+def test_the_asker_is_the_signed_in_person_and_no_one_signed_in_sees_nothing():
+    shared, demo = ServerPolicy(mode="shared", class_view=True), ServerPolicy(mode="demo")
+    student = Identity("student", "student:s01", "s01", "Li Lei")
+    alice = shared.asker(student)
+    assert alice == Asker("student:s01", shared=True, class_view=True, student_id="s01", name="Li Lei")
+    assert shared.asker(Identity("teacher", "teacher")).teacher and not alice.teacher
+    nobody = shared.asker(None)
+    assert (nobody.workspace, nobody.scope, nobody.class_view) == ("", (), False)  # the class view needs a sign-in
+    assert not may(nobody, "see", "student:s01") and not may(nobody, "see", {"workspace": ""})
+    visitor = demo.asker(Identity("visitor", "visitor:abc"))
+    assert visitor.demo and visitor.scope == ("visitor:abc", "local")  # its own runs and the examples
+    assert ServerPolicy().asker(None) == LOCAL == ServerPolicy().asker(student)  # a local install: its one user

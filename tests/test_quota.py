@@ -19,6 +19,7 @@ from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.runs.weights import weights_path
 from mnist_lab.service import quota
+from mnist_lab.service.identity import Identity
 from mnist_lab.service.jobs import JobSpec, StoreRunner
 from mnist_lab.service.policy import LimitError, ServerPolicy
 from mnist_lab.service.queue import JobQueue
@@ -91,9 +92,9 @@ def test_each_cap_refuses_the_job_before_anything_is_queued_with_what_to_do(stor
         add_run(store, f"r{i}", "alice")
     SHARED.check(start, "cpu", quota.standing(store, "bob"))  # bob keeps nothing: allowed
     too_many = refused("alice")
-    assert "You keep 3 runs on this server and this job adds 1; each person may keep at most 3" in str(too_many)
+    assert "Runs you keep on this server: 3; this job adds 1, and each person may keep at most 3" in str(too_many)
     assert "Delete old runs on the Runs page" in str(too_many)
-    assert i18n.render(too_many, "zh_CN").startswith("你在这个服务器上保存了 3 次运行")
+    assert i18n.render(too_many, "zh_CN").startswith("你在这个服务器上保存的运行：3 次")
     assert "运行记录" in i18n.render(too_many, "zh_CN")
 
     add_run(store, "big", "carol", weights=990_000)
@@ -115,18 +116,14 @@ def test_each_cap_refuses_the_job_before_anything_is_queued_with_what_to_do(stor
 def test_the_demo_caps_jobs_per_client_ip_across_visitor_workspaces(store):
     demo = ServerPolicy.from_env({"MNIST_LAB_MODE": "demo"}, [])
     assert (demo.queue_limit, demo.max_client_jobs) == (0, 1)
-    queue = JobQueue(store)
-    queue.submit("j1", "visitor:a", "train", "one", lab5().to_json(), 1)
-    with sqlite3.connect(store.path) as conn:
-        if "client" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:
-            pytest.skip("jobs.client comes with schema 5")
-        conn.execute("UPDATE jobs SET client = '10.0.0.7' WHERE job_id = 'j1'")
+    visitor = demo.asker(Identity("visitor", "visitor:a"))
+    job = StoreRunner(store, queue_limit=demo.queue_limit, asker=visitor, client="10.0.0.7").submit(lab5())
     assert quota.client_jobs(store, "10.0.0.7") == 1 and quota.client_jobs(store, "10.0.0.8") == 0
-    with pytest.raises(LimitError, match="1 jobs from your network are already training or waiting here") as info:
+    with pytest.raises(LimitError, match=r"Jobs from your network training or waiting here: 1 \(at most 1\)") as info:
         demo.check(lab5(), "cpu", quota.standing(store, "visitor:b", "10.0.0.7"))  # a fresh workspace, same IP
-    assert "来自你所在网络的 1 个任务" in i18n.render(info.value, "zh_CN")
+    assert "来自你所在网络、正在这里训练或等待的任务：1 个" in i18n.render(info.value, "zh_CN")
     demo.check(lab5(), "cpu", quota.standing(store, "visitor:c", "10.0.0.8"))  # another client
-    queue.finish("j1", "finished")
+    JobQueue(store).finish(job, "finished")
     demo.check(lab5(), "cpu", quota.standing(store, "visitor:b", "10.0.0.7"))  # its job ended
 
 
@@ -164,3 +161,55 @@ def test_a_job_spec_may_not_name_a_server_folder_in_shared_or_demo_mode(monkeypa
     monkeypatch.setenv("MNIST_LAB_DATA_DIR", "/srv/secret")
     ServerPolicy(mode="shared").check(spec, "cpu")  # the server's own folder, named
     ServerPolicy(mode="shared").check(lab5(), "cpu")
+
+
+def _app_script():
+    """One run of the app's own code: its workers looked after (the demo's prune hook), then a Train start."""
+    import streamlit as st
+
+    from app_lib.shared import ensure_workers
+    from app_lib.widgets import start_job
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.nets.presets import PRESETS
+    from mnist_lab.service.jobs import JobSpec
+    from mnist_lab.training.loop import TrainConfig
+
+    ensure_workers()
+    if st.session_state.get("start"):
+        start_job("train", JobSpec("train", TrainConfig(device="cpu"), DataConfig(train_limit=256, test_limit=256),
+                                   model=PRESETS["tiny-cnn"].model))
+
+
+def test_the_app_prunes_a_demo_at_most_every_ten_minutes_and_refuses_a_full_one_before_queueing(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from app_lib.shared import pruned_at
+    from tests.apptest import app_db
+
+    db = app_db(tmp_path / "demo.sqlite", monkeypatch)
+    monkeypatch.setenv("MNIST_LAB_MODE", "demo")
+    store, day = ResultStore(db), 24 * 3600
+    queue = JobQueue(store)
+    assert queue.register_worker("test-worker", 0, "cpu", None)  # a live worker: the app starts none
+    add_run(store, "old-1", "visitor:aaaa", age_s=2 * day)
+    add_run(store, "example", "local", age_s=2 * day)
+    at = AppTest.from_function(_app_script, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert set(store.runs()["run_id"]) == {"example"}  # pruned on the first run of the page
+    add_run(store, "old-2", "visitor:bbbb", age_s=2 * day)
+    at.run()
+    assert set(store.runs()["run_id"]) == {"example", "old-2"}  # not again within ten minutes
+    pruned_at()[str(db)] -= 601
+    at.run()
+    assert set(store.runs()["run_id"]) == {"example"}
+
+    monkeypatch.setenv("MNIST_LAB_MAX_TOTAL_GB", "0.00001")  # 10 KB: less than the database itself
+    at.session_state["start"] = True
+    at.run()
+    assert not at.exception, at.exception
+    assert isinstance(at.session_state["_train_refused"], LimitError)
+    assert "This demo's space for results is full for now" in str(at.session_state["_train_refused"])
+    assert queue.jobs(limit=10) == []  # refused before anything was queued
+    queue.close()
+    store.close()

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from mnist_lab.data.datasets import DATA_DIR_ENV, DATASETS
 from mnist_lab.errors import ConfigError
 from mnist_lab.i18n import N_, Message, duration, integer
-from mnist_lab.service.access import Asker
+from mnist_lab.service.access import LOCAL, Asker
 from mnist_lab.service.estimate import estimate_seconds
+from mnist_lab.service.identity import Identity
 from mnist_lab.service.quota import Standing, job_bytes
 
 MODES = ("local", "shared", "demo")
@@ -65,7 +66,7 @@ def hours(n: float) -> Message:
 @dataclass(frozen=True)
 class ServerPolicy:
     mode: str = "local"  # "local" (every run is yours), "shared" (a class: students sign in) or "demo" (public)
-    teacher_token: str = ""  # shared mode: whoever gives it signs in as the teacher
+    teacher_token: str = ""  # shared mode: whoever gives it signs in as the teacher (identity.Accounts)
     class_view: bool = False  # shared mode: everyone may see (not stop or delete) every run
     queue_limit: int = 2  # jobs a workspace may have waiting besides the one training
     workers: int | None = None  # training processes; None: one per GPU, one on a CPU machine
@@ -134,13 +135,16 @@ class ServerPolicy:
                    max_total_gb=number("max_total_gb", float), max_client_jobs=number("max_client_jobs", int),
                    keep_hours=number("keep_hours", float))
 
-    def is_teacher(self, token: str | None) -> bool:
-        return bool(self.teacher_token) and token == self.teacher_token
-
-    def asker(self, workspace: str, token: str | None = None) -> Asker:
-        """Who a session of this server is, for `access.may`: its workspace, and whether it gave
-        the teacher token."""
-        return Asker(workspace, shared=self.shared, teacher=self.is_teacher(token), class_view=self.class_view)
+    def asker(self, identity: Identity | None) -> Asker:
+        """Who a session of this server is, for `access.may`: the signed-in person (or demo visitor)
+        `identity`; None, no one signed in, is an asker with no workspace that sees nothing. A local
+        install's one user is `access.LOCAL` whatever is given."""
+        if not self.shared:
+            return LOCAL
+        if identity is None:
+            return Asker("", shared=True, demo=self.demo)
+        return Asker(identity.workspace, shared=True, teacher=identity.role == "teacher", class_view=self.class_view,
+                     demo=self.demo, student_id=identity.student_id, name=identity.name)
 
     def check(self, spec, device_type: str, standing: Standing | None = None) -> None:
         """Refuse, in shared and demo mode, a job over this server's limits (saying how to run it
@@ -178,12 +182,12 @@ class ServerPolicy:
     def check_quota(self, spec, standing: Standing) -> None:
         """The per-client, per-person and total caps (quota.py's figures), in that order."""
         if self.max_client_jobs is not None and standing.client_jobs >= self.max_client_jobs:
-            raise LimitError(N_("{jobs} jobs from your network are already training or waiting here (at most "
-                                "{limit}): wait for one to finish, then start this one."),
+            raise LimitError(N_("Jobs from your network training or waiting here: {jobs} (at most {limit}). Wait for "
+                                "one to finish, then start this one."),
                              jobs=standing.client_jobs, limit=self.max_client_jobs)
         runs, new = standing.usage.runs, spec.runs_total()
         if runs + new > self.max_runs:
-            raise LimitError(N_("You keep {runs} runs on this server and this job adds {new}; each person may keep "
+            raise LimitError(N_("Runs you keep on this server: {runs}; this job adds {new}, and each person may keep "
                                 "at most {limit}. {delete}"), runs=integer(runs), new=integer(new),
                              limit=integer(self.max_runs), delete=DELETE_OLD)
         used, adds = standing.usage.bytes, job_bytes(spec)
