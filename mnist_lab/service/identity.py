@@ -229,7 +229,8 @@ def parse_roster(csv_text: str) -> list[tuple[str, str]]:
         raise ConfigError("roster", type(csv_text).__name__, N_("The roster must be text (a CSV file)."))
     text = csv_text.removeprefix("\ufeff")  # Excel's UTF-8 files begin with a BOM
     try:
-        rows = [(n, [cell.strip() for cell in row]) for n, row in enumerate(csv.reader(io.StringIO(text)), start=1)]
+        lines = csv.reader(io.StringIO(text), strict=True)  # a stray quote is refused, not read on
+        rows = [(n, [cell.strip() for cell in row]) for n, row in enumerate(lines, start=1)]
     except csv.Error as exc:
         raise ConfigError("roster", shorten(str(exc), quote=False), N_("The roster cannot be read as CSV ({value}): "
                           "save it from the spreadsheet as CSV (UTF-8).")) from None
@@ -524,6 +525,7 @@ class Accounts:
         if account:
             keys.append(account)
         with self._transaction() as conn:
+            conn.execute("DELETE FROM signin_failures WHERE last_at < ?", (now - WINDOW_S,))  # forgotten ones
             for key in keys:
                 # a count older than the window starts again
                 conn.execute("INSERT INTO signin_failures (key, failures, first_at, last_at) VALUES (?, 1, ?, ?) "
