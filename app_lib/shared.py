@@ -184,10 +184,18 @@ def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
 SERVER_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)*[\w.+-]+/?")
 
 
+def reads_public() -> bool:
+    """Whether this session reads errors in their public form (app_lib.lang.render_error): a student
+    or visitor of a shared or demo server. The teacher and a local user read the detail (the path,
+    the command) that tells them what to fix."""
+    return server_policy().shared and not is_teacher()
+
+
 def without_server_paths(text: str) -> str:
-    """`text` as a browser may show it: on a shared server every absolute path becomes "a folder
-    on the server" (the teacher reads the detail in the server's log or CLI); locally, as it is."""
-    if not server_policy().shared or not isinstance(text, str):
+    """`text` as a browser may show it: for a student or visitor of a shared server every absolute
+    path becomes "a folder on the server" (the last net behind the public forms of
+    app_lib.lang.render_error); for the teacher and locally, as it is."""
+    if not reads_public() or not isinstance(text, str):
         return text
     return SERVER_PATH.sub(_("(a folder on the server)"), text)
 

@@ -13,14 +13,13 @@ import streamlit as st
 
 from mnist_lab import i18n
 from mnist_lab.data.datasets import DATASETS
-from mnist_lab.i18n import render_stored
 from mnist_lab.lab.verdicts import NOT_LEARNED, chance, did_learn, loss_bar
 from mnist_lab.nets.model import ModelConfig, summarize
 from mnist_lab.service.estimate import estimate_seconds
 from mnist_lab.service.jobs import JobSpec, JobView
 
 from .charts import loss_figure
-from .lang import N_, _, current, render_error
+from .lang import N_, _, render_error, render_said
 from .shared import (
     PAGE_KINDS,
     ensure_workers,
@@ -28,7 +27,6 @@ from .shared import (
     result_store,
     runner,
     server_policy,
-    without_server_paths,
     workspace,
 )
 from .text import percent, plain
@@ -91,8 +89,8 @@ NORMALIZE_WORDS = {"dataset": N_("the dataset's own"), "half": N_("fixed 0.5"), 
 def said(stored: object, english: object = "") -> str:
     """A stored message (a stop reason, an error, a run's label: mnist_lab.i18n.to_stored) in the
     session's language; without one (a run of an earlier version), its stored `english` as it is.
-    On a shared server, with no server path in it."""
-    return without_server_paths(render_stored(stored, current(), english))
+    A student of a shared server reads its public form (app_lib.lang.render_said)."""
+    return render_said(stored, english)
 
 
 def run_labels(runs: pd.DataFrame) -> pd.Series:

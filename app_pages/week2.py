@@ -24,6 +24,7 @@ from app_lib.widgets import (
 )
 from app_lib.widgets import table as show_table
 from mnist_lab.data.datasets import DATASETS
+from mnist_lab.errors import StoreError
 from mnist_lab.lab.lessons import (
     LESSONS,
     LessonConfig,
@@ -56,6 +57,11 @@ if first_visit and not {"seeds", "images"} & set(st.query_params):
     lesson_defaults()  # a link to a lesson starts from that lesson's settings
 
 st.title(_("Week 2: the notes' questions as experiments"))
+try:
+    result_store()  # opened and checked once per server: a damaged database is said here, not raised below
+except StoreError as exc:
+    st.error(plain(render_error(exc)), icon=":material/database:")
+    st.stop()
 st.markdown(_("Each lesson trains a few variants of one network, several seeds each, on the same images, and "
               "reads the result from the numbers: a difference counts only when it is larger than the spread "
               "over seeds."))
