@@ -167,7 +167,8 @@ def _raw(dataset: str) -> RawSplits:
 
 
 def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
-    """(the decoded tensors of `dataset`, '') or (None, why it is unavailable)."""
+    """(the decoded tensors of `dataset`, '') or (None, why it is unavailable: for a student of a
+    shared server its public form, for the teacher and a local user where to put the files)."""
     try:
         with st.spinner(_("Loading {dataset} (once per server)…").format(dataset=DATASETS[dataset].title)):
             raw = _raw(dataset)  # the spinner shows only if it takes a moment
@@ -175,7 +176,7 @@ def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
         return None, render_error(exc)  # in the session's language where the error is a template
     if raw.rebuilt is not None and not st.session_state.get(f"data_rebuilt_{dataset}"):
         st.session_state[f"data_rebuilt_{dataset}"] = True  # said once to each session, not on every rerun
-        st.info(plain(rebuilt_note(raw.rebuilt)), icon=":material/cached:")
+        st.info(plain(without_server_paths(rebuilt_note(raw.rebuilt))), icon=":material/cached:")
     return raw, ""
 
 

@@ -6,7 +6,7 @@ import streamlit as st
 from app_lib.charts import lesson_figure
 from app_lib.forms import SUBSETS
 from app_lib.lang import _, bound, render_error
-from app_lib.shared import init_state, mirror_query, result_store, values
+from app_lib.shared import init_state, mirror_query, reads_public, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
     FORMATS,
@@ -99,9 +99,13 @@ if spec is not None and not problem:
         reason = render_error(s.why or s.reason)
         st.caption(plain(_("Skipped {label}: {reason}").format(label=_(s.label), reason=reason)))
     if spec.data.dataset == "cifar10":
-        st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
-                  "data directory, or let torchvision download it. MNIST and Fashion-MNIST run this lesson "
-                  "without it."), icon=":material/info:")
+        if reads_public():  # the server's folders are the teacher's
+            st.info(_("CIFAR-10 comes with no package: where this server lacks it, your teacher can add it. MNIST and "
+                      "Fashion-MNIST run without it."), icon=":material/info:")
+        else:
+            st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
+                      "data directory, or let torchvision download it. MNIST and Fashion-MNIST run this lesson "
+                      "without it."), icon=":material/info:")
     st.caption(_("{runs} runs, {epochs} epoch(s) each. Expected training time on this device: about {time}.")
                .format(runs=spec.runs_total(), epochs=spec.train.epochs, time=expected_time(spec)))
 mirror_query(values("w2_", DEFAULTS), DEFAULTS)

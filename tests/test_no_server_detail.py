@@ -222,11 +222,13 @@ def test_a_damaged_database_shows_no_path_or_command_on_any_page(mode, lang, dam
 def test_a_failed_cifar_job_and_a_crashed_run_show_no_folder_or_download(mode, lang, failed_cifar, monkeypatch):
     monkeypatch.setenv("MNIST_LAB_MODE", mode)
     monkeypatch.setattr(data, "load_cifar10_from_torchvision", lambda root, spec: (_ for _ in ()).throw(OSError()))
-    for page, query in (("train", {"dataset": "cifar10"}), ("week2", {"lesson": "cifar-nets"}), ("runs", {})):
+    for page, query in (("train", {"dataset": "cifar10"}), ("week2", {"lesson": "cifar-nets"}), ("runs", {}),
+                        ("report", {})):
         at = open_as("student", page, lang, query)
         assert not at.exception, (page, at.exception)
         assert_no_detail(at, str(failed_cifar))
-        if page != "runs":
+        if page in ("train", "week2"):
+            assert "cifar-10-python.tar.gz" not in everything(at)  # where to put the files is the teacher's
             assert any("CIFAR-10" in e.value.replace("\\", "") for e in at.error), (page, [e.value for e in at.error])
 
 
