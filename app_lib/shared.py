@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -196,9 +197,18 @@ def without_server_paths(text: str) -> str:
     """`text` as a browser may show it: for a student or visitor of a shared server every absolute
     path becomes "a folder on the server" (the last net behind the public forms of
     app_lib.lang.render_error); for the teacher and locally, as it is."""
-    if not reads_public() or not isinstance(text, str):
-        return text
-    return SERVER_PATH.sub(_("(a folder on the server)"), text)
+    hide = path_hider()
+    return text if hide is None else hide(text)
+
+
+def path_hider() -> Callable[[Any], Any] | None:
+    """`without_server_paths` decided now, for text made later outside the page's run (a download
+    built when clicked, the text cells of a CSV); None where nothing is hidden (the teacher, a local
+    user)."""
+    if not reads_public():
+        return None
+    folder = _("(a folder on the server)")
+    return lambda value: SERVER_PATH.sub(folder, value) if isinstance(value, str) else value
 
 
 def rebuilt_note(warning: CacheRebuiltWarning) -> str:

@@ -24,6 +24,7 @@ from .shared import (
     PAGE_KINDS,
     ensure_workers,
     job_queue,
+    path_hider,
     result_store,
     runner,
     server_policy,
@@ -330,9 +331,17 @@ def live_losses(run_id: str) -> np.ndarray:
 
 def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str, label: str | None = None,
                key: str | None = None) -> None:
-    """A download button for `frame` as CSV; a callable frame is only built when clicked."""
+    """A download button for `frame` as CSV; a callable frame is only built when clicked. A student
+    of a shared server gets no server path in any cell either (a crashed run's English reason)."""
+    hide = path_hider()  # decided in the page's run: a callable frame is built when clicked
+
     def data() -> str:
-        return (frame() if callable(frame) else frame).to_csv(index=False)
+        table = frame() if callable(frame) else frame
+        if hide is not None:
+            table = table.copy()
+            for column in table.select_dtypes(include=["object", "string"]).columns:
+                table[column] = table[column].map(hide)
+        return table.to_csv(index=False)
     st.download_button(label or file_name, data=data if callable(frame) else data(), file_name=file_name,
                        mime="text/csv", on_click="ignore", key=key or f"{file_name}_btn", icon=":material/download:")
 

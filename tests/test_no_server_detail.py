@@ -232,6 +232,31 @@ def test_a_failed_cifar_job_and_a_crashed_run_show_no_folder_or_download(mode, l
             assert any("CIFAR-10" in e.value.replace("\\", "") for e in at.error), (page, [e.value for e in at.error])
 
 
+def downloads(monkeypatch) -> dict[str, str]:
+    """file name -> the text of each CSV download button a page draws (their data is not an element)."""
+    import streamlit as st
+    got, button = {}, st.download_button
+
+    def recorded(label, data=None, file_name=None, *args, **kwargs):
+        if isinstance(file_name, str) and file_name.endswith(".csv"):
+            got[file_name] = data() if callable(data) else data
+        return button(label, data, file_name, *args, **kwargs)
+    monkeypatch.setattr(st, "download_button", recorded)
+    return got
+
+
+@pytest.mark.parametrize("who, mode", [("student", "shared"), ("teacher", "shared")])
+def test_a_students_runs_csv_holds_no_server_path_the_teachers_does(who, mode, failed_cifar, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    got = downloads(monkeypatch)
+    open_as(who, "runs", "en")
+    path = f"{failed_cifar}/cache/torchvision/blob.bin"
+    assert "run-crashed" in got["runs.csv"]
+    assert (path in got["runs.csv"]) == (who == "teacher")
+    if who == "student":
+        assert not any(LEAKS.search(text) for text in got.values()), got
+
+
 @pytest.mark.parametrize("mode", public_modes())
 @pytest.mark.parametrize("lang", ["en", "zh_CN"])
 def test_a_crafted_weights_file_shows_no_path(mode, lang, crafted_weights, monkeypatch):
