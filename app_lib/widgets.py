@@ -13,22 +13,21 @@ import streamlit as st
 
 from mnist_lab import i18n
 from mnist_lab.data.datasets import DATASETS
-from mnist_lab.i18n import render_stored
 from mnist_lab.lab.verdicts import NOT_LEARNED, chance, did_learn, loss_bar
 from mnist_lab.nets.model import ModelConfig, summarize
 from mnist_lab.service.estimate import estimate_seconds
 from mnist_lab.service.jobs import JobSpec, JobView
 
 from .charts import loss_figure
-from .lang import N_, _, current, render_error
+from .lang import N_, _, render_error, render_said
 from .shared import (
     PAGE_KINDS,
     ensure_workers,
     job_queue,
+    path_hider,
     result_store,
     runner,
     server_policy,
-    without_server_paths,
     workspace,
 )
 from .text import percent, plain
@@ -91,8 +90,8 @@ NORMALIZE_WORDS = {"dataset": N_("the dataset's own"), "half": N_("fixed 0.5"), 
 def said(stored: object, english: object = "") -> str:
     """A stored message (a stop reason, an error, a run's label: mnist_lab.i18n.to_stored) in the
     session's language; without one (a run of an earlier version), its stored `english` as it is.
-    On a shared server, with no server path in it."""
-    return without_server_paths(render_stored(stored, current(), english))
+    A student of a shared server reads its public form (app_lib.lang.render_said)."""
+    return render_said(stored, english)
 
 
 def run_labels(runs: pd.DataFrame) -> pd.Series:
@@ -336,9 +335,17 @@ def live_losses(run_id: str) -> np.ndarray:
 
 def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str, label: str | None = None,
                key: str | None = None) -> None:
-    """A download button for `frame` as CSV; a callable frame is only built when clicked."""
+    """A download button for `frame` as CSV; a callable frame is only built when clicked. A student
+    of a shared server gets no server path in any cell either (a crashed run's English reason)."""
+    hide = path_hider()  # decided in the page's run: a callable frame is built when clicked
+
     def data() -> str:
-        return (frame() if callable(frame) else frame).to_csv(index=False)
+        table = frame() if callable(frame) else frame
+        if hide is not None:
+            table = table.copy()
+            for column in table.select_dtypes(include=["object", "string"]).columns:
+                table[column] = table[column].map(hide)
+        return table.to_csv(index=False)
     st.download_button(label or file_name, data=data if callable(frame) else data(), file_name=file_name,
                        mime="text/csv", on_click="ignore", key=key or f"{file_name}_btn", icon=":material/download:")
 

@@ -27,6 +27,7 @@ from app_lib.widgets import (
     words,
 )
 from mnist_lab.data.datasets import MNIST, DataConfig
+from mnist_lab.errors import StoreError
 from mnist_lab.lab.experiments import compare_default_train, compare_reading, compare_table, summarize_over_seeds
 from mnist_lab.nets.model import count_params, describe
 from mnist_lab.service.jobs import JobSpec
@@ -39,6 +40,11 @@ LIMITS = dict(layers=(1, 3), kernel=(1, 9), channels=(1, 64), seeds=(1, 5), epoc
 init_state("cmp_", DEFAULTS, LIMITS)
 
 st.title(_("FC vs CNN with the same number of parameters"))
+try:
+    result_store()  # opened and checked once per server: a damaged database is said here, not raised below
+except StoreError as exc:
+    st.error(plain(render_error(exc)), icon=":material/database:")
+    st.stop()
 st.markdown(_("The course notes' experiment: a tiny CNN and a fully-connected net of (almost) the same size, each "
               "trained on normal digits and on digits whose {n} pixels are shuffled by **one fixed permutation** "
               "(the same for every image). Defaults: the notes' Tiny CNN, SGD lr 0.01, momentum 0.5, batch 64.")

@@ -11,8 +11,9 @@ import streamlit as st
 
 from app_lib.lang import N_, _, current, ngettext, render_error
 from app_lib.shared import init_state, mirror_query, result_store, run_scope, runner
-from app_lib.text import local_times
+from app_lib.text import local_times, plain
 from app_lib.widgets import run_labels
+from mnist_lab.errors import StoreError
 from mnist_lab.lab.report import (
     COVER,
     COVER_LIMIT,
@@ -59,11 +60,14 @@ def md(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>#|$~])", r"\\\1", text)  # the report's text is plain, not Markdown
 
 
-store = result_store()
 lang = current()
-
-scope = run_scope()
-runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
+try:
+    store = result_store()
+    scope = run_scope()
+    runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
+except StoreError as exc:  # a damaged database: said as the other pages say it
+    st.error(plain(render_error(exc)), icon=":material/database:")
+    st.stop()
 done = runs[runs["status"] == "finished"]
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
 default_run, fallback = requirement1_run(done)

@@ -26,6 +26,7 @@ from app_lib.widgets import (
     words,
 )
 from mnist_lab.data.datasets import DataConfig
+from mnist_lab.errors import StoreError
 from mnist_lab.lab.experiments import summarize_over_seeds, sweep_table
 from mnist_lab.lab.findings import with_verdicts
 from mnist_lab.lab.sweep_reading import read_sweep
@@ -43,6 +44,11 @@ LIMITS = dict(layers=[1, 2, 3, 4], kernels=[1, 3, 5, 7, 9], seeds=(1, 5), epochs
 init_state("sweep_", DEFAULTS, LIMITS)
 
 st.title(_("Sweep: conv layers × kernel size"))
+try:
+    result_store()  # opened and checked once per server: a damaged database is said here, not raised below
+except StoreError as exc:
+    st.error(plain(render_error(exc)), icon=":material/database:")
+    st.stop()
 st.markdown(_("Each cell is a CNN with *n* conv → ReLU → max-pool blocks (channels doubling every block) and a "
               "*k*×*k* kernel, trained once per seed. Error bars show the standard deviation over seeds."),
             help=_(MEAN_SD_HELP))

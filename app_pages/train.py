@@ -23,7 +23,7 @@ from app_lib.forms import (
     subsets,
 )
 from app_lib.lang import _, bound, render_error
-from app_lib.shared import init_state, mirror_query, quick_defaults, result_store, values
+from app_lib.shared import init_state, mirror_query, quick_defaults, reads_public, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
     ENGINE_HELP,
@@ -143,9 +143,13 @@ with left:
     st.checkbox(_("Permuted pixels"), key="train_permute",
                 help=_("One fixed shuffle of the {n} pixel positions.").format(n=dataset.n_pixels))
     if dataset.name == "cifar10":
-        st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
-                  "data directory, or let torchvision download it. MNIST and Fashion-MNIST train without it."),
-                icon=":material/info:")
+        if reads_public():  # the server's folders are the teacher's
+            st.info(_("CIFAR-10 comes with no package: where this server lacks it, your teacher can add it. MNIST and "
+                      "Fashion-MNIST run without it."), icon=":material/info:")
+        else:
+            st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
+                      "data directory, or let torchvision download it. MNIST and Fashion-MNIST train without it."),
+                    icon=":material/info:")
 
     v = values("train_", DEFAULTS)
     mirror_query(v, {**BASE, **preset_values(PRESETS[v["preset"]])})

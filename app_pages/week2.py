@@ -6,7 +6,7 @@ import streamlit as st
 from app_lib.charts import lesson_figure
 from app_lib.forms import SUBSETS
 from app_lib.lang import _, bound, render_error
-from app_lib.shared import init_state, mirror_query, result_store, values
+from app_lib.shared import init_state, mirror_query, reads_public, result_store, values
 from app_lib.text import plain
 from app_lib.widgets import (
     FORMATS,
@@ -24,6 +24,7 @@ from app_lib.widgets import (
 )
 from app_lib.widgets import table as show_table
 from mnist_lab.data.datasets import DATASETS
+from mnist_lab.errors import StoreError
 from mnist_lab.lab.lessons import (
     LESSONS,
     LessonConfig,
@@ -56,6 +57,11 @@ if first_visit and not {"seeds", "images"} & set(st.query_params):
     lesson_defaults()  # a link to a lesson starts from that lesson's settings
 
 st.title(_("Week 2: the notes' questions as experiments"))
+try:
+    result_store()  # opened and checked once per server: a damaged database is said here, not raised below
+except StoreError as exc:
+    st.error(plain(render_error(exc)), icon=":material/database:")
+    st.stop()
 st.markdown(_("Each lesson trains a few variants of one network, several seeds each, on the same images, and "
               "reads the result from the numbers: a difference counts only when it is larger than the spread "
               "over seeds."))
@@ -93,9 +99,13 @@ if spec is not None and not problem:
         reason = render_error(s.why or s.reason)
         st.caption(plain(_("Skipped {label}: {reason}").format(label=_(s.label), reason=reason)))
     if spec.data.dataset == "cifar10":
-        st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
-                  "data directory, or let torchvision download it. MNIST and Fashion-MNIST run this lesson "
-                  "without it."), icon=":material/info:")
+        if reads_public():  # the server's folders are the teacher's
+            st.info(_("CIFAR-10 comes with no package: where this server lacks it, your teacher can add it. MNIST and "
+                      "Fashion-MNIST run without it."), icon=":material/info:")
+        else:
+            st.info(_("CIFAR-10 comes with no package here: put cifar-10-batches-py/ or cifar-10-python.tar.gz in the "
+                      "data directory, or let torchvision download it. MNIST and Fashion-MNIST run this lesson "
+                      "without it."), icon=":material/info:")
     st.caption(_("{runs} runs, {epochs} epoch(s) each. Expected training time on this device: about {time}.")
                .format(runs=spec.runs_total(), epochs=spec.train.epochs, time=expected_time(spec)))
 mirror_query(values("w2_", DEFAULTS), DEFAULTS)

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mnist_lab.i18n import N_, Message
+from mnist_lab.i18n import N_, Message, from_stored
 
 SQLITE_INT_MAX = 2**63 - 1  # seeds are stored as SQLite's signed 64-bit INTEGER
 
@@ -65,6 +65,24 @@ STORE_REASONS = {
 }
 OUT_OF_MEMORY = N_("Out of memory: use a smaller training subset, batch size or network.")
 
+# ------------------------------------------------------------------------------ public forms
+# A refusal that names the server's own files, folders or commands (the database's path and `mv`, the
+# data folder and `curl`) has a public form: what a student or visitor of a shared or demo server reads
+# in its place, without them, saying what they can do. The teacher and a local user read the detail.
+# An exception says its own as a `public` Message (StoreError here, DataError in mnist_lab/data, ...).
+PUBLIC = "public"  # the param of a stored failure (failure_reason) that keeps its public form beside the detail
+PUBLIC_FAILED = N_("Something went wrong on the server. Try again later; if it happens again, tell your teacher.")
+PUBLIC_STORE = {
+    STORE_DAMAGED: N_("The results database of this server is damaged: runs cannot be shown or saved now. Tell your "
+                      "teacher; the teacher's page says what to do."),
+    STORE_FULL: N_("The server's disk is full: nothing new can be saved now. Tell your teacher, and try again "
+                   "later."),
+    WEIGHTS_FULL: N_("The server's disk is full: nothing new can be saved now. Tell your teacher, and try again "
+                     "later."),
+}
+PUBLIC_STORE_UNUSABLE = N_("The server cannot use its results database right now. Tell your teacher, and try again "
+                           "later.")
+
 
 class StoreError(RuntimeError):
     """The results database cannot be read or written; the message names the file and what to do
@@ -86,6 +104,11 @@ class StoreError(RuntimeError):
         """Why a run or job it cut short ended, without the path (a msgid of STORE_REASONS)."""
         return STORE_REASONS.get(self.template, N_("the results database could not be used"))
 
+    @property
+    def public(self) -> Message:
+        """What a student of a shared server reads: no path, no command (the teacher reads the detail)."""
+        return Message(PUBLIC_STORE.get(self.template, PUBLIC_STORE_UNUSABLE))
+
 
 class OutputError(RuntimeError):
     """A file the user asked for (--out: CSV tables, the report, an exported run) could not be
@@ -96,6 +119,14 @@ class OutputError(RuntimeError):
         self.path, self.detail, self.template = str(path), detail, template
         self.params = {"path": self.path, "detail": detail}
         super().__init__(template.format(**self.params))
+
+    @property
+    def public(self) -> Message:
+        return Message(PUBLIC_OUTPUT)
+
+
+PUBLIC_OUTPUT = N_("The file could not be written on the server. Try again later; if it happens again, tell your "
+                   "teacher.")
 
 
 def output_error(path: Any, exc: OSError) -> OutputError:
@@ -210,12 +241,41 @@ def need_seed(field: str, value: Any, name: str) -> int:
 class WeightsError(ValueError):
     """A run's weights file that cannot be used as it is: damaged, or crafted (runs/weights.py
     says each way). `run_id` names the run, never the file's path; `template` and `params` as
-    ConfigError (a param may be an i18n.Message, the bad setting's own refusal)."""
+    ConfigError (a param may be an i18n.Message, the bad setting's own refusal). Its public form
+    says only that the file cannot be used (what is inside a server's file is the teacher's)."""
 
     def __init__(self, run_id: str, template: str, /, **params: Any):
         self.run_id, self.template = run_id, template
         self.params = {"run_id": run_id, **params}
         super().__init__(template.format(**self.params))
+
+    @property
+    def public(self) -> Message:
+        return Message(PUBLIC_WEIGHTS, {"run_id": self.run_id})
+
+
+PUBLIC_WEIGHTS = N_("The saved weights of run {run_id} cannot be used: the file is damaged or was altered. Delete "
+                    "the run and train it again; if it happens again, tell your teacher.")
+
+
+def public_form(item: object) -> Message | None:
+    """What a student or visitor of a shared server reads in place of `item`, or None where `item`
+    names nothing of the server (a refusal of their own settings: shown as it is). `item` is an
+    exception (its `public`; a crash that is no refusal: PUBLIC_FAILED), a failure_reason Message,
+    or such a Message stored (i18n.to_stored): their public form is their PUBLIC param."""
+    if isinstance(item, BaseException):
+        public = getattr(item, "public", None)
+        if public is None and not isinstance(item, ValueError) and not getattr(item, "template", None):
+            return Message(PUBLIC_FAILED)  # the server's own failure: its words are the teacher's
+    elif isinstance(item, Message):
+        public = item.params.get(PUBLIC)
+    else:
+        parts = from_stored(item)
+        public = parts[0].params.get(PUBLIC) if parts and len(parts) == 1 else None
+    if isinstance(public, str):  # stored with its message
+        parts = from_stored(public)
+        public = parts[0] if parts and len(parts) == 1 else None
+    return public if isinstance(public, Message) else None
 
 
 def failure_reason(exc: BaseException) -> Message:
@@ -225,13 +285,24 @@ def failure_reason(exc: BaseException) -> Message:
     A database or weights-folder failure says what it was without the file's path (readers of a
     shared server see it); a second Ctrl-C and running out of memory are named; a refusal keeps its
     template and values (a value that is not plain data is kept as its repr, if the English stays the
-    same), else its English words; anything else is named with its type and its own words."""
+    same), else its English words; anything else is named with its type and its own words. Where
+    those name the server's files or commands, the public form (`public_form`) is kept beside them
+    as the PUBLIC param (str() and the English column stay the detail)."""
     if isinstance(exc, StoreError):
         return Message(exc.reason)
     if isinstance(exc, KeyboardInterrupt):
         return Message(N_("aborted with a second Ctrl-C"))
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's is a RuntimeError
         return Message(OUT_OF_MEMORY)
+    message = _reason(exc)
+    public = public_form(exc)
+    if public is not None:  # kept beside the detail, so each reader words the form that is theirs
+        message = Message(message.template, {**message.params, PUBLIC: public})
+    return message
+
+
+def _reason(exc: BaseException) -> Message:
+    """failure_reason's detail: the refusal's template and values, else its words."""
     template, params = getattr(exc, "template", None), getattr(exc, "params", None)
     if isinstance(template, str) and template and isinstance(params, dict):
         message = Message(template, {k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)

@@ -176,7 +176,7 @@ def test_a_dataset_that_cannot_be_had_fails_its_job_in_words_not_a_crash(submitt
 
 def test_on_a_shared_server_a_failed_jobs_reason_names_no_server_folder(db, tmp_path, monkeypatch):
     """The loader's message names the folders it looked in (useful on one's own machine): a student
-    of a shared server sees "a folder on the server" in their place, in either language."""
+    of a shared server reads its public form (no folder, no command), in either language."""
     monkeypatch.setenv("MNIST_LAB_MODE", "shared")
     with pytest.raises(DataUnavailableError) as refused:
         load_dataset("cifar10", data_dir=str(tmp_path))
@@ -187,7 +187,7 @@ def test_on_a_shared_server_a_failed_jobs_reason_names_no_server_folder(db, tmp_
     queue = JobQueue(ResultStore(db))
     queue.start_inline("j-cifar", ws, spec.kind, spec.title, spec.to_json(), spec.runs_total())
     queue.finish("j-cifar", "failed", error=failure_reason(refused.value))
-    for lang, words in (("en", "(a folder on the server)"), ("zh_CN", "（服务器上的某个文件夹）")):
+    for lang, words in (("en", "cannot be loaded on this server"), ("zh_CN", "本服务器现在无法加载")):
         at = open_page("train", {"dataset": "cifar10", "ws": ws, "lang": lang})
         error = shown(at.error[0].value)
         assert words in error and str(tmp_path) not in error and not re.search(r"(?<![\w.:/~])/[\w.+-]+/", error)

@@ -48,6 +48,17 @@ class DataError(RuntimeError):
         self.template, self.params = template, params
         super().__init__(template.format(**params))
 
+    @property
+    def public(self) -> Message:
+        """What a student of a shared server reads (errors.public_form): no folder, file or command."""
+        return Message(PUBLIC_DATA_FILE)
+
+
+# A data refusal's public form: the server's folders and the commands that fill them are the teacher's.
+PUBLIC_DATA_FILE = N_("A data file on this server is damaged or altered, so it is not used. Tell your teacher.")
+PUBLIC_DATA_UNAVAILABLE = N_("{title} cannot be loaded on this server right now. Tell your teacher: the teacher's "
+                             "view of this page says how to provide it.")
+
 
 class SourceMissing(FileNotFoundError):
     """A default source that is not on this machine (a package not installed, an archive not
@@ -65,6 +76,10 @@ class DataUnavailableError(DataError):
     def __init__(self, template: str, /, reason: Exception | None = None, **params: Any):
         self.reason = reason
         super().__init__(template, **params)
+
+    @property
+    def public(self) -> Message:
+        return Message(PUBLIC_DATA_UNAVAILABLE, {"title": self.params.get("title", "")})
 
 
 class DataFileError(DataError, ValueError):

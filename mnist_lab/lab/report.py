@@ -240,12 +240,17 @@ def _cover(w: _Writer, cover: Cover) -> None:
 
 
 def _setup(w: _Writer, fs: Findings, db: str, tz: str | None) -> None:
+    """The report's setup: where its runs come from (`db`: the database's file name, '' for a student)."""
     w.add("h2", w._(H_SETUP))
     date = local_now(tz)
-    w.para("Generated on {date} from the {n} finished runs in the results database {db}. Devices: {devices}. "
-           "Data: {sources}.", date=date, n=integer(fs.runs_considered), db=db,
-           devices=", ".join(fs.devices) or "—",
-           sources=", ".join(dict.fromkeys(render_stored(m, w.lang, e) for e, m in fs.data_sources)) or "—")
+    values = dict(date=date, n=integer(fs.runs_considered), devices=", ".join(fs.devices) or "—",
+                  sources=", ".join(dict.fromkeys(render_stored(m, w.lang, e) for e, m in fs.data_sources)) or "—")
+    if db:
+        w.para("Generated on {date} from the {n} finished runs in the results database {db}. Devices: {devices}. "
+               "Data: {sources}.", db=db, **values)
+    else:  # a student's report names no file of the server
+        w.para("Generated on {date} from your {n} finished runs on this server. Devices: {devices}. Data: {sources}.",
+               **values)
     w.add("h3", w._(H_RULE))
     w.para("Accuracy is the share of the {n} test images classified correctly. A difference between two settings "
         "counts only when it is larger than the sum of their standard deviations over seeds (sd A + sd B); with "
@@ -592,11 +597,14 @@ def build_report(store: ResultStore, lang: str | None = None, run_id: str | None
     w.add("p", w._(SUBTITLE))
     _cover(w, cover)
     warnings = []
+    own = workspace is None  # the machine's own user or the teacher; else a student, who is told no server detail
     if lang != "en" and not cjk:
         warnings.append(w._("No font with Chinese glyphs (Noto Sans CJK) was found, so the figures are labelled in "
-                            "English; install fonts-noto-cjk (make fonts) for Chinese labels."))
+                            "English; install fonts-noto-cjk (make fonts) for Chinese labels.") if own else
+                        w._("No font with Chinese glyphs was found on this server, so the figures are labelled in "
+                            "English; your teacher can add one."))
         w.add("note", warnings[-1])
-    _setup(w, fs, store.path.name, tz)
+    _setup(w, fs, store.path.name if own else "", tz)
     w.add("h2", w._(H_CONTENT))
     w.add("h2", w._(H_RESULTS))
     csv = _loss(w, fs.loss, store, fallback)

@@ -79,7 +79,12 @@ NO_WEIGHTS = N_("Run {run_id} has no saved weights (runs trained before weights 
 
 class NoWeightsError(WeightsError, FileNotFoundError):
     """A run that kept no weights file: a WeightsError (worded through the catalog, refused as one
-    line by the CLI) that is also the FileNotFoundError callers of load_weights catch."""
+    line by the CLI) that is also the FileNotFoundError callers of load_weights catch. It names
+    nothing of the server, so everyone reads it as it is."""
+
+    @property
+    def public(self) -> None:
+        return None
 
 
 @dataclass

@@ -1,0 +1,320 @@
+"""No server detail in a student's or visitor's browser (issue 24): over a damaged database, a failed
+CIFAR-10 job whose error names the cache folder and the download command, a run whose crafted weights
+file names a server path, and a page that raises, every element a shared (or demo) page draws is
+scanned for an absolute path, a traceback, a command or a server file name, in both languages; the
+teacher and a local user read the detail. The pages run in AppTest; no training, no worker."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import save_file
+from streamlit import config as st_config
+from streamlit.testing.v1 import AppTest
+
+from app_lib import shared
+from mnist_lab.data import datasets as data
+from mnist_lab.errors import PUBLIC, STORE_DAMAGED, StoreError, failure_reason, public_form
+from mnist_lab.i18n import Message, from_stored, render, to_stored
+from mnist_lab.lab.lessons import LessonConfig
+from mnist_lab.nets.model import build_model
+from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore, run_row
+from mnist_lab.runs.weights import SavedRun, save_weights
+from mnist_lab.service import policy
+from mnist_lab.service.jobs import JobSpec, lesson_spec
+from mnist_lab.service.queue import JobQueue
+from mnist_lab.training.loop import TrainConfig
+from tests.apptest import APP, app_db
+
+STUDENT = "s" * 24  # the student's workspace (today the link's ws token; a signed-in student's once merged)
+TEACHER_TOKEN = "t" * 24
+PAGES = ("home", "train", "sweep", "compare", "week2", "runs", "inspect", "report")
+# What a student's browser must never show (besides the test's own folder, by name)
+LEAKS = re.compile(r"""(?<![\w.:/~\\])/(?:[\w.+-]+/)+[\w.+-]*  # an absolute path of two parts or more
+                   |Traceback|File\ "|\bmv\ |\bcurl\b|mkdir\ -p|\.safetensors|\.sqlite""", re.VERBOSE)
+
+
+# ------------------------------------------------------------------------------------- who opens a page
+
+def public_modes() -> list:
+    """shared, and demo where this build has it (i24-limits adds it: ServerPolicy.shared is True for both)."""
+    return ["shared", pytest.param("demo", marks=pytest.mark.skipif("demo" not in policy.MODES,
+                                                                     reason="this build has no demo mode yet"))]
+
+
+def open_as(who: str, page: str, lang: str, query: dict | None = None) -> AppTest:
+    """`page` as `who` ('student', 'teacher' or 'local') opens it; the mode is the env's. The one place
+    that knows how a session becomes a student's or the teacher's."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"lang": lang, **(query or {})})
+    if who == "student":
+        at.query_params["ws"] = STUDENT
+    if who == "teacher":
+        at.session_state["teacher_token"] = TEACHER_TOKEN
+    at.run()
+    if page != "home":
+        at.switch_page(f"app_pages/{page}.py").run()
+    return at
+
+
+def shown(at: AppTest) -> list[str]:
+    """Every text of every element the page drew: each element's whole message (markdown, captions,
+    alerts, labels, helps, options, expanders, exceptions with their stack, charts' specs) and each
+    table's headers and cells."""
+    found = []
+
+    def walk(node) -> None:
+        kind = type(node).__name__
+        if kind in ("Dataframe", "Table"):
+            found.append(node.value.to_csv())
+        elif getattr(node, "proto", None) is not None:
+            found.append(str(node.proto))
+        children = getattr(node, "children", None)
+        for child in (children.values() if isinstance(children, dict) else ()):
+            walk(child)
+
+    walk(at._tree)
+    return found
+
+
+MEDIA = re.compile(r"/(?:mock/)?media/[0-9a-f]+\.\w+")  # Streamlit's own URL of a download, not a server file
+
+
+def assert_no_detail(at: AppTest, *secrets: str) -> None:
+    texts = shown(at)
+    assert texts, "the page drew nothing"
+    for text in texts:
+        text = MEDIA.sub("", text)
+        leak = LEAKS.search(text)
+        assert leak is None, (leak.group(), text[:2000])
+        for secret in secrets:
+            assert secret not in text, (secret, text[:2000])
+
+
+def everything(at: AppTest) -> str:
+    return "\n".join(shown(at))
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(autouse=True)
+def server(tmp_path, monkeypatch):
+    """A tmp database and cache; no worker (the jobs here are over); the teacher token set; the
+    option Streamlit's own exception display reads (a shared run sets it for the process) restored."""
+    app_db(tmp_path / "results.sqlite", monkeypatch)
+    monkeypatch.setenv("MNIST_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("MNIST_LAB_TEACHER_TOKEN", TEACHER_TOKEN)
+    monkeypatch.setattr("app_lib.shared.ensure_workers", lambda: shared.result_store())  # opened, as it does
+    details = st_config.get_option("client.showErrorDetails")
+    yield tmp_path
+    st_config.set_option("client.showErrorDetails", details)
+
+
+@pytest.fixture
+def damaged(server) -> Path:
+    """A results database whose file is garbage after a valid header."""
+    db = server / "results.sqlite"
+    db.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
+    return db
+
+
+def cifar_unavailable(monkeypatch) -> data.DataUnavailableError:
+    """The refusal of a server without CIFAR-10 and without a network: it names the download folder
+    and the curl line that fills it."""
+    def offline(root, spec):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(data, "load_cifar10_from_torchvision", offline)
+    with pytest.raises(data.DataUnavailableError) as refused:
+        data.load_dataset("cifar10", use_cache=False)
+    assert "curl" in str(refused.value) and str(data.download_dir()) in str(refused.value)
+    return refused.value
+
+
+@pytest.fixture
+def failed_cifar(server, monkeypatch) -> Path:
+    """The student's failed CIFAR-10 train job and lesson job (their error: the loader's refusal), and
+    a run of theirs that a crash ended with a server path in its words."""
+    error = failure_reason(cifar_unavailable(monkeypatch))
+    store = ResultStore(server / "results.sqlite")
+    queue = JobQueue(store)
+    train = JobSpec("train", TrainConfig(epochs=1), data.DataConfig(dataset="cifar10", train_limit=256),
+                    model=PRESETS["cifar-course"].model)
+    lesson = lesson_spec(LessonConfig("cifar-nets", dataset="cifar10", seeds=1, epochs=1, train_limit=256))
+    for job_id, spec in (("j-train", train), ("j-lesson", lesson)):
+        queue.start_inline(job_id, STUDENT, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+        queue.finish(job_id, "failed", error=error)
+    with store.context("j-train", STUDENT):
+        store.start_run(run_row("run-crashed", PRESETS["tiny-fc"].model, TrainConfig(), data.DataConfig()))
+    crash = failure_reason(RuntimeError(f"cannot map {server}/cache/torchvision/blob.bin"))
+    store.finish_run("run-crashed", "failed", 1.0, stop_reason=str(crash), stop_reason_msg=to_stored(crash))
+    store.close()
+    return server
+
+
+@pytest.fixture
+def crafted_weights(server) -> Path:
+    """A run of the student's whose weights file carries an entry named after a server file."""
+    store = ResultStore(server / "results.sqlite")
+    model = PRESETS["tiny-fc"].model
+    with store.context("", STUDENT):
+        store.start_run(run_row("run-w", model, TrainConfig(), data.DataConfig(), status="finished"))
+    store.finish_run("run-w", "finished", 1.0)
+    path = save_weights(store.path, SavedRun("run-w", model, TrainConfig(), data.DataConfig(),
+                                             build_model(model).state_dict(), None, "finished", 0.5))
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(tensors, str(path), metadata={**meta, str(path): "1"})
+    store.close()
+    return path
+
+
+def raising(monkeypatch) -> str:
+    """Home's first call into the server raises, naming a server file."""
+    words = "cannot open /srv/lab/secret.sqlite"
+
+    def boom():
+        raise RuntimeError(words)
+    monkeypatch.setattr("app_lib.shared.device_name", boom)
+    return words
+
+
+# ------------------------------------------------------------------------------------------- the core
+
+def test_each_refusal_that_names_the_server_has_a_public_form_kept_with_its_stored_failure(tmp_path, monkeypatch):
+    refusal = cifar_unavailable(monkeypatch)
+    damaged = StoreError(tmp_path / "r.sqlite", "file is not a database", STORE_DAMAGED)
+    for exc in (refusal, damaged, RuntimeError(f"{tmp_path} is gone")):
+        public = public_form(exc)
+        assert public is not None
+        for lang in ("en", "zh_CN"):
+            words = render(public, lang)
+            assert words and not LEAKS.search(words) and str(tmp_path) not in words
+    assert render(public_form(refusal), "zh_CN") != render(public_form(refusal), "en")
+    assert public_form(ValueError("a refusal of the student's own setting")) is None  # shown as it is
+    stored = to_stored(failure_reason(refusal))
+    assert str(failure_reason(refusal)) == str(refusal)  # the English column keeps the detail
+    assert public_form(stored) == public_form(refusal)  # read from the code, no sentence parsed back
+    assert from_stored(stored)[0].template == refusal.template and PUBLIC in from_stored(stored)[0].params
+    assert public_form(to_stored(Message("{text}", {"text": "an earlier version's words"}))) is None
+
+
+# ------------------------------------------------------------------------------- a student's browser
+
+@pytest.mark.parametrize("mode", public_modes())
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+def test_a_damaged_database_shows_no_path_or_command_on_any_page(mode, lang, damaged, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    for page in PAGES:
+        at = open_as("student", page, lang)
+        assert not at.exception, (page, at.exception)
+        assert_no_detail(at, str(damaged))
+        if page in ("train", "runs", "inspect"):
+            assert at.error, page  # said, in words a student can act on
+    assert ("老师" if lang == "zh_CN" else "teacher") in everything(at)
+
+
+@pytest.mark.parametrize("mode", public_modes())
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+def test_a_failed_cifar_job_and_a_crashed_run_show_no_folder_or_download(mode, lang, failed_cifar, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    monkeypatch.setattr(data, "load_cifar10_from_torchvision", lambda root, spec: (_ for _ in ()).throw(OSError()))
+    for page, query in (("train", {"dataset": "cifar10"}), ("week2", {"lesson": "cifar-nets"}), ("runs", {}),
+                        ("report", {})):
+        at = open_as("student", page, lang, query)
+        assert not at.exception, (page, at.exception)
+        assert_no_detail(at, str(failed_cifar))
+        if page in ("train", "week2"):
+            assert "cifar-10-python.tar.gz" not in everything(at)  # where to put the files is the teacher's
+            assert any("CIFAR-10" in e.value.replace("\\", "") for e in at.error), (page, [e.value for e in at.error])
+
+
+def downloads(monkeypatch) -> dict[str, str]:
+    """file name -> the text of each CSV download button a page draws (their data is not an element)."""
+    import streamlit as st
+    got, button = {}, st.download_button
+
+    def recorded(label, data=None, file_name=None, *args, **kwargs):
+        if isinstance(file_name, str) and file_name.endswith(".csv"):
+            got[file_name] = data() if callable(data) else data
+        return button(label, data, file_name, *args, **kwargs)
+    monkeypatch.setattr(st, "download_button", recorded)
+    return got
+
+
+@pytest.mark.parametrize("who, mode", [("student", "shared"), ("teacher", "shared")])
+def test_a_students_runs_csv_holds_no_server_path_the_teachers_does(who, mode, failed_cifar, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    got = downloads(monkeypatch)
+    open_as(who, "runs", "en")
+    path = f"{failed_cifar}/cache/torchvision/blob.bin"
+    assert "run-crashed" in got["runs.csv"]
+    assert (path in got["runs.csv"]) == (who == "teacher")
+    if who == "student":
+        assert not any(LEAKS.search(text) for text in got.values()), got
+
+
+@pytest.mark.parametrize("mode", public_modes())
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+def test_a_crafted_weights_file_shows_no_path(mode, lang, crafted_weights, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    at = open_as("student", "inspect", lang)
+    assert not at.exception, at.exception
+    assert_no_detail(at, str(crafted_weights))
+    assert at.error and "run-w" in at.error[0].value.replace("\\", "")
+
+
+@pytest.mark.parametrize("mode", public_modes())
+def test_a_page_that_raises_shows_no_traceback(mode, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    words = raising(monkeypatch)
+    for lang in ("en", "zh_CN"):
+        at = open_as("student", "home", lang)
+        assert at.exception  # Streamlit's own box, with its words only
+        assert_no_detail(at, words, "RuntimeError")
+
+
+# --------------------------------------------------------------------------- the teacher and a local user
+
+@pytest.mark.parametrize("who, mode", [("teacher", "shared"), ("local", "local")])
+def test_the_teacher_and_a_local_user_read_the_detail(who, mode, damaged, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    for lang in ("en", "zh_CN"):
+        for page in ("train", "runs", "inspect"):
+            at = open_as(who, page, lang)
+            text = everything(at).replace("\\", "")
+            assert str(damaged) in text and "mv " in text, (page, lang)
+
+
+@pytest.mark.parametrize("who, mode", [("teacher", "shared"), ("local", "local")])
+def test_the_teacher_reads_the_crash_and_a_local_user_the_download(who, mode, failed_cifar, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    for lang in ("en", "zh_CN"):
+        text = everything(open_as(who, "runs", lang)).replace("\\", "")
+        assert f"{failed_cifar}/cache/torchvision/blob.bin" in text, lang  # every run, the crash in its words
+    if who == "local":  # the student's job is theirs alone; a local user's own failed job says where and how
+        store = ResultStore(failed_cifar / "results.sqlite")
+        queue = JobQueue(store)
+        queue.start_inline("j-local", LOCAL_WORKSPACE, "train", "CIFAR-10", queue.job("j-train")["spec"], 1)
+        queue.finish("j-local", "failed", error=failure_reason(cifar_unavailable(monkeypatch)))
+        store.close()
+        text = everything(open_as(who, "train", "en", {"dataset": "cifar10"})).replace("\\", "")
+        assert "curl" in text and str(data.download_dir()) in text
+
+
+@pytest.mark.parametrize("who, mode", [("teacher", "shared"), ("local", "local")])
+def test_the_teacher_reads_what_is_wrong_in_a_weights_file(who, mode, crafted_weights, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    text = everything(open_as(who, "inspect", "en")).replace("\\", "")
+    assert "entries this lab never writes" in text and str(crafted_weights)[:40] in text
+
+
+def test_a_local_user_reads_the_traceback_of_a_page_that_raises(monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", "local")
+    st_config.set_option("client.showErrorDetails", "full")  # what `make run` passes
+    words = raising(monkeypatch)
+    at = open_as("local", "home", "en")
+    assert at.exception and words in at.exception[0].message and at.exception[0].stack_trace
