@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import threading
 from typing import Any
 
@@ -25,7 +24,7 @@ from mnist_lab.errors import shorten
 from mnist_lab.i18n import N_
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
-from mnist_lab.service.access import Asker, may
+from mnist_lab.service.access import LOCAL, Asker, may
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.policy import ServerPolicy
 from mnist_lab.service.queue import JobQueue
@@ -34,14 +33,14 @@ from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
 
 from .lang import _, render_error
+from .session import current
 from .text import plain
 
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_", "w2_")  # page-only widget keys kept across pages
 PAGE_KINDS = {"train": N_("Train"), "sweep": N_("Sweep"), "compare": N_("FC vs CNN"),
               "lesson": N_("Week 2")}  # job kind -> page (msgids)
-RESERVED_QUERY = ("ws", "lang")  # kept in the URL on every page: the workspace token (shared mode), the language
+RESERVED_QUERY = ("lang",)  # kept in the URL on every page: the language (nothing that grants access)
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 def server_policy() -> ServerPolicy:
@@ -103,27 +102,24 @@ def ensure_workers() -> None:
 
 
 def workspace() -> str:
-    """This browser session's workspace: 'local' on a local install; in shared mode an
-    unguessable token kept in the URL (`ws`), so a refresh or a second tab finds the same runs."""
+    """This session's workspace: 'local' on a local install; in shared mode the signed-in person's
+    ('student:<id>', 'teacher'), in demo mode the visitor's; '' when no one is signed in (sees nothing)."""
     if not server_policy().shared:
         return LOCAL_WORKSPACE
-    token = st.session_state.get("_workspace")
-    if token is None:
-        given = st.query_params.get("ws", "")
-        token = given if _TOKEN.fullmatch(given or "") else secrets.token_urlsafe(18)
-        st.session_state["_workspace"] = token
-    if st.query_params.get("ws") != token:
-        st.query_params["ws"] = token
-    return token
+    who = current()
+    return who.workspace if who is not None else ""
 
 
 def is_teacher() -> bool:
-    return server_policy().is_teacher(st.session_state.get("teacher_token"))
+    who = current()
+    return who is not None and who.role == "teacher"
 
 
 def asker() -> Asker:
-    """Who this session is, for `mnist_lab.service.access.may`: its workspace and role."""
-    return server_policy().asker(workspace(), st.session_state.get("teacher_token"))
+    """Who this session is, for `mnist_lab.service.access.may`: the signed-in person (mode local: the
+    local user)."""
+    policy = server_policy()
+    return policy.asker(current()) if policy.shared else LOCAL
 
 
 def run_scope() -> str | None:
