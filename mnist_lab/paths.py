@@ -1,6 +1,6 @@
 """Where the project's files go on this machine: the cache (decoded datasets, built kernels,
-downloads) and the default results database, each movable by an environment variable; and how
-every output file is written (whole or not at all: `write_files`)."""
+downloads), the default results database and the server's secret beside it, each movable by an
+environment variable; and how every output file is written (whole or not at all: `write_files`)."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +19,13 @@ def default_cache_dir() -> Path:
 
 def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or default_cache_dir() / "results.sqlite")
+
+
+def secret_path(db: str | Path) -> Path:
+    """The server's signing secret beside the results database `db` (`<db>.secret`: sessions
+    signed with it stay valid across restarts and every server process on that database)."""
+    db = Path(db)
+    return db.with_name(f"{db.name}.secret")
 
 
 def write_files(contents: Mapping[str | Path, bytes | str]) -> list[Path]:

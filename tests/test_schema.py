@@ -8,7 +8,7 @@ import pytest
 
 from mnist_lab.errors import StoreError
 from mnist_lab.runs import schema
-from mnist_lab.runs.store import RUN_COLUMNS, ResultStore
+from mnist_lab.runs.store import CSV_COLUMNS, ResultStore
 
 
 def _columns(path, table: str) -> list[str]:
@@ -26,7 +26,7 @@ def test_a_new_database_is_at_the_newest_version_with_every_column_the_code_writ
     ResultStore(path).close()
     assert _version(path) == schema.VERSION
     # a config field added without a migration would be a column the table lacks: this fails first
-    assert set(RUN_COLUMNS) <= set(_columns(path, "runs"))
+    assert set(CSV_COLUMNS) <= set(_columns(path, "runs"))
     assert [m.version for m in schema.MIGRATIONS] == list(range(1, schema.VERSION + 1))
 
 
@@ -99,7 +99,7 @@ def test_version_1_to_2_fixed_reasons_and_lesson_labels_become_codes_the_rest_sh
     store = ResultStore(path)
     assert _version(path) == schema.VERSION >= 2
     runs = store.visible_runs(None).set_index("run_id")
-    assert list(store.runs().columns) == RUN_COLUMNS  # runs.csv keeps its columns
+    assert list(store.runs().columns) == CSV_COLUMNS  # runs.csv keeps its columns (owners at the end: schema 5)
     assert list(runs.loc[["r1", "r2", "r3"], "label"]) == [r[4] for r in rows]  # the English stays for runs.csv
     assert list(runs.loc[["r1", "r2"], "stop_reason"]) == [r[2] for r in rows[:2]]
     said = {r: (render_stored(row["label_msg"], "zh_CN", row["label"]),
@@ -125,3 +125,34 @@ def test_version_2_to_3_keeps_a_diverged_runs_english_and_adds_its_code_column(t
     store = ResultStore(path)
     row = store.visible_runs(None).iloc[0]
     assert row["message"] == "The loss became nan at iteration 7: training diverged." and row["message_msg"] is None
+
+
+def test_version_4_to_5_runs_and_jobs_gain_empty_owners_and_the_sign_in_tables_appear(tmp_path):
+    """A database of version 4 (before sign-in): its runs and jobs list with empty owners (an
+    unnamed workspace), runs.csv ends with the owner columns, and the sign-in tables exist."""
+    from mnist_lab.service.jobs import StoreRunner
+
+    path = tmp_path / "v4.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.isolation_level = None
+        for migration in schema.MIGRATIONS[:4]:
+            migration.apply(conn)
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute("INSERT INTO runs (run_id, status, workspace, job_id, started_at) "
+                     "VALUES ('r1', 'finished', 'tok-abc', 'j1', '2026-12-01T10:00:00')")
+        conn.execute("INSERT INTO runs (run_id, status, started_at) VALUES ('r2', 'finished', '2026-12-01T09:00:00')")
+        conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at) "
+                     "VALUES ('j1', 1, 'tok-abc', 'train', 't', '{}', 'finished', 1, 0)")
+    store = ResultStore(path)
+    assert _version(path) == schema.VERSION == 5
+    runs = store.visible_runs(None).set_index("run_id")
+    assert list(runs.loc[["r1", "r2"], "workspace"]) == ["tok-abc", "local"]
+    assert list(runs["student_id"]) == ["", ""] and list(runs["student_name"]) == ["", ""]
+    assert list(store.visible_runs(("tok-abc",))["run_id"]) == ["r1"]  # a ?ws= workspace stays as it was
+    assert list(store.runs().columns)[-2:] == ["student_id", "student_name"]
+    views = StoreRunner(store).jobs(None)
+    assert [(v.id, v.workspace, v.student_id, v.student_name) for v in views] == [("j1", "tok-abc", "", "")]
+    for table in ("students", "sessions", "signin_failures"):
+        assert _columns(path, table)
+    assert {"student_id", "student_name", "client"} <= set(_columns(path, "jobs"))
+    store.close()

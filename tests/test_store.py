@@ -19,7 +19,7 @@ from mnist_lab.i18n import render_stored
 from mnist_lab.lab.experiments import run_single
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.recorder import Recorder
-from mnist_lab.runs.store import EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
+from mnist_lab.runs.store import CSV_COLUMNS, EPOCH_COLUMNS, ITERATION_COLUMNS, RUN_COLUMNS, ResultStore
 from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import TrainConfig
 
@@ -96,7 +96,7 @@ def test_older_database_gains_new_columns(tmp_path):
         conn.execute("INSERT INTO runs VALUES ('old-1', 'finished')")
     store = ResultStore(path)
     runs = store.runs()
-    assert list(runs.columns) == RUN_COLUMNS and runs.iloc[0].run_id == "old-1"
+    assert list(runs.columns) == CSV_COLUMNS and runs.iloc[0].run_id == "old-1"
 
 
 @pytest.mark.slow
@@ -214,7 +214,7 @@ def test_a_runs_label_is_stored_as_a_code_beside_its_english(tmp_path):
     for run_id, label in labels.items():
         store.start_run(run_row(run_id, model, TrainConfig(), TINY, label=label))
     runs = store.visible_runs(None).set_index("run_id")
-    assert "label_msg" not in store.runs().columns and list(store.runs().columns) == RUN_COLUMNS
+    assert "label_msg" not in store.runs().columns and list(store.runs().columns) == CSV_COLUMNS
     english = runs["label"].to_dict()
     assert english == {"lesson": "BatchNorm after each convolution", "own": "my {net} run",
                        "sweep": "2 conv × k5 + FC 100", "default": "FC 8-8-10 · 256 images"}

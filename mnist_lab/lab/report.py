@@ -572,9 +572,10 @@ def _appendix(w: _Writer, store: ResultStore, runs: pd.DataFrame, run_id: str | 
 
 
 def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
-                 workspace: str | None = None, findings: Findings | None = None, cover: Cover | None = None,
-                 tz: str | None = None) -> Report:
-    """The whole report in `lang` ('zh', 'zh_CN' or 'en'; None: from the environment). Requirement
+                 workspace: str | tuple[str, ...] | None = None, findings: Findings | None = None,
+                 cover: Cover | None = None, tz: str | None = None) -> Report:
+    """The whole report in `lang` ('zh', 'zh_CN' or 'en'; None: from the environment), from the
+    runs of `workspace` (one, or a tuple: `access.Asker.scope`; None: every run). Requirement
     1 reads `run_id`, by default `requirement1_run`'s; `cover`: who hands it in; `tz`: the
     reader's time zone (an IANA name; None: UTC)."""
     cover = (cover or Cover()).validate().clean()

@@ -102,6 +102,28 @@ def _v4(conn: sqlite3.Connection) -> None:
     _add_columns(conn, "runs", ["data_source_msg"])
 
 
+# Version 5's tables of a class server's sign-in (service/identity.py): the students (a roster's, or
+# those who claimed an id), the signed-in sessions, and the wrong tries counted per client and account.
+_TABLES_V5 = """
+CREATE TABLE IF NOT EXISTS students (student_id TEXT PRIMARY KEY, name TEXT NOT NULL, on_roster INTEGER,
+    code_hash TEXT, pin_hash TEXT, created_at REAL, pin_set_at REAL);
+CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, role TEXT, workspace TEXT, student_id TEXT,
+    name TEXT, client TEXT, created_at REAL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS signin_failures (key TEXT PRIMARY KEY, failures INTEGER, first_at REAL, last_at REAL);
+"""
+
+
+def _v5(conn: sqlite3.Connection) -> None:
+    """Version 5: every run and job has an owner a teacher can read. Runs and jobs gain
+    `student_id` and `student_name` (NULL before: an unnamed workspace), jobs the `client` that
+    submitted them; and the sign-in tables (students, sessions, signin_failures)."""
+    _add_columns(conn, "runs", ["student_id", "student_name"])
+    _add_columns(conn, "jobs", ["student_id", "student_name", "client"])
+    for statement in _TABLES_V5.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the user_version a file has after it
@@ -114,6 +136,8 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "messages stored as codes: runs.label_msg and stop_reason_msg; fixed reasons and lesson labels", _v2),
     Migration(3, "a diverged run's message stored as a code: runs.message_msg", _v3),
     Migration(4, "where a run's data came from stored as a code: runs.data_source_msg", _v4),
+    Migration(5, "owners and sign-in: runs/jobs.student_id, student_name, jobs.client; students, sessions, "
+                 "signin_failures", _v5),
 ]
 VERSION = MIGRATIONS[-1].version  # the version this code writes
 

@@ -83,6 +83,12 @@ _PRIVATE = (_OWNER, "job_id", "workspace")
 MESSAGES = ("label_msg", "stop_reason_msg", "message_msg", "data_source_msg")
 VISIBLE_EXTRA = ["workspace", "job_id", *MESSAGES]  # visible_runs' columns beyond RUN_COLUMNS (not in runs.csv)
 LOCAL_WORKSPACE = "local"  # the one user of a local install; CLI runs belong to it
+# Who a run belongs to, for a teacher to read (schema 5): the signed-in student's 学号 and 姓名,
+# written from its job; '' for a run of the local user, the teacher, a visitor or an earlier
+# version (an unnamed workspace). runs.csv ends with them.
+OWNER_COLUMNS = ["student_id", "student_name"]
+CSV_COLUMNS = [*RUN_COLUMNS, *OWNER_COLUMNS]  # runs.csv's columns, in order
+_OWNER_READ = [f"COALESCE({c}, '') AS {c}" for c in OWNER_COLUMNS]
 
 
 
@@ -450,22 +456,25 @@ class ResultStore:
                 self._conn.executemany(sql, rows)
 
     @contextlib.contextmanager
-    def context(self, job_id: str = "", workspace: str = LOCAL_WORKSPACE):
-        """Runs started inside belong to `job_id` and `workspace` (a worker sets it per job)."""
+    def context(self, job_id: str = "", workspace: str = LOCAL_WORKSPACE, student_id: str = "",
+                student_name: str = ""):
+        """Runs started inside belong to `job_id` and `workspace`, and to the student who submitted
+        the job (a worker sets it per job from the job's row)."""
         previous = self._context
-        self._context = dict(job_id=job_id, workspace=workspace)
+        self._context = dict(job_id=job_id, workspace=workspace, student_id=student_id, student_name=student_name)
         try:
             yield self
         finally:
             self._context = previous
 
     def start_run(self, row: dict) -> None:
-        cols = ", ".join([*RUN_COLUMNS, *MESSAGES, *_PRIVATE])
-        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(MESSAGES) + len(_PRIVATE)))
+        cols = ", ".join([*RUN_COLUMNS, *MESSAGES, *_PRIVATE, *OWNER_COLUMNS])
+        marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + len(MESSAGES) + len(_PRIVATE) + len(OWNER_COLUMNS)))
         ctx = self._context
         self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
                     (*(row.get(c) for c in (*RUN_COLUMNS, *MESSAGES)), owner_id(), ctx.get("job_id", ""),
-                     ctx.get("workspace", LOCAL_WORKSPACE)))
+                     ctx.get("workspace", LOCAL_WORKSPACE), ctx.get("student_id") or None,
+                     ctx.get("student_name") or None))
 
     @explained
     def mark_interrupted(self) -> int:
@@ -626,15 +635,16 @@ class ResultStore:
         return [r[0] for r in rows], [r[1] for r in rows]
 
     @explained
-    def visible_runs(self, workspace: str | None) -> pd.DataFrame:
-        """`runs()` plus each run's workspace and job and its stored messages (VISIBLE_EXTRA),
-        restricted to one workspace (None: every run, for a local user or a teacher)."""
-        sql = (f"SELECT {', '.join(RUN_COLUMNS)}, COALESCE(workspace, '{LOCAL_WORKSPACE}') AS workspace, "
-               f"job_id, {', '.join(MESSAGES)} FROM runs")
+    def visible_runs(self, scope: str | Iterable[str] | None) -> pd.DataFrame:
+        """`runs()` (its owner columns too) plus each run's workspace and job and its stored messages
+        (VISIBLE_EXTRA), restricted to the workspaces of `scope`: one workspace, a tuple of them
+        (access.Asker.scope), or None for every run (a local user or a teacher)."""
+        sql = (f"SELECT {', '.join([*RUN_COLUMNS, *_OWNER_READ])}, "
+               f"COALESCE(workspace, '{LOCAL_WORKSPACE}') AS workspace, job_id, {', '.join(MESSAGES)} FROM runs")
         params: list = []
-        if workspace is not None:
-            sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') = ?"
-            params.append(workspace)
+        if scope is not None:
+            params = [scope] if isinstance(scope, str) else list(scope)
+            sql += f" WHERE COALESCE(workspace, '{LOCAL_WORKSPACE}') IN ({', '.join('?' for _ in params) or 'NULL'})"
         with self._lock:
             return pd.read_sql_query(sql + " ORDER BY started_at DESC, run_id", self._conn, params=params)
 
@@ -669,13 +679,14 @@ class ResultStore:
         if run_ids is not None:
             params = list(run_ids)
             if not params:
-                return pd.DataFrame(columns=columns)
+                return pd.DataFrame(columns=[c.rpartition(" AS ")[2] for c in columns])
             sql += f" WHERE run_id IN ({', '.join('?' for _ in params)})"
         with self._lock:
             return pd.read_sql_query(sql + f" ORDER BY {order}", self._conn, params=params)
 
     def runs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        return self._read("runs", RUN_COLUMNS, run_ids, "started_at DESC, run_id")
+        """The runs (every one, or `run_ids`), newest first, with runs.csv's columns (CSV_COLUMNS)."""
+        return self._read("runs", [*RUN_COLUMNS, *_OWNER_READ], run_ids, "started_at DESC, run_id")
 
     def epochs(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         return self._read("epochs", EPOCH_COLUMNS, run_ids, "run_id, epoch")

@@ -27,7 +27,7 @@ from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.access import LOCAL, Asker, allowed, may
 from mnist_lab.service.estimate import eta_seconds, run_estimates
-from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_YOU, JobQueue
+from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_TEACHER, STOPPED_BY_YOU, JobQueue
 from mnist_lab.training.events import Event
 from mnist_lab.training.loop import CancelFlag, TrainConfig
 from mnist_lab.training.preflight import preflight, resolve_device
@@ -257,6 +257,8 @@ class JobView:
     created_at: float
     error_message: str = ""
     stop_message: str = ""
+    student_id: str = ""  # who submitted it: the student's 学号 and 姓名 ('' for anyone else, or before schema 5)
+    student_name: str = ""
 
     @property
     def active(self) -> bool:
@@ -344,7 +346,7 @@ def job_view(queue: JobQueue, row: dict) -> JobView:
                    queue.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
                    elapsed, eta, render_stored(row["error"], "en"), render_stored(row["stop_reason"], "en"),
                    bool(row["stop_requested"]), spec, row["created_at"] or 0.0, row["error"] or "",
-                   row["stop_reason"] or "")
+                   row["stop_reason"] or "", row.get("student_id") or "", row.get("student_name") or "")
 
 
 # ------------------------------------------------------------------------------------ runners
@@ -356,7 +358,7 @@ class JobRunner(Protocol):
 
     def poll(self, job_id: str) -> JobView | None: ...
 
-    def stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool: ...
+    def stop(self, job_id: str, reason: Message | None = None) -> bool: ...
 
 
 class StoreRunner:
@@ -364,17 +366,20 @@ class StoreRunner:
     (`python -m mnist_lab worker`, or the one the app starts), acting for `asker`: it polls,
     lists, stops and deletes only what `access.may` lets them. A workspace may have one job
     training and `queue_limit` more waiting. `queue`: the store's JobQueue when the caller keeps
-    one open (the app), else one of its own."""
+    one open (the app), else one of its own. `client`: the submitting browser's address, kept on
+    its jobs for the teacher."""
 
     def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT, queue: JobQueue | None = None,
-                 asker: Asker = LOCAL):
+                 asker: Asker = LOCAL, client: str = ""):
         self.store = store
         self.queue = queue if queue is not None else JobQueue(store)
         self.queue_limit = queue_limit
         self.asker = asker
+        self.client = client
 
     def submit(self, spec: JobSpec, workspace: str | None = None) -> str:
-        """Queue `spec` in `workspace` (the asker's own by default)."""
+        """Queue `spec` in `workspace` (the asker's own by default), owned by the asker's student
+        (its 学号 and 姓名 go on the job and every run it trains)."""
         workspace = self.asker.workspace if workspace is None else workspace
         spec.preflight()  # refused here, not by a worker after it has loaded the data
         runs_total = spec.runs_total()  # validates a sweep's cells too
@@ -383,7 +388,8 @@ class StoreRunner:
             raise QueueFullError(f"You already have {len(active)} jobs training or waiting (at most "
                                  f"{1 + self.queue_limit}): wait for one to finish, or stop one, then start this one.")
         job_id = uuid.uuid4().hex  # unguessable
-        self.queue.submit(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total)
+        self.queue.submit(job_id, workspace, spec.kind, spec.title, spec.to_json(), runs_total,
+                          self.asker.student_id, self.asker.name if self.asker.student_id else "", self.client)
         return job_id
 
     def poll(self, job_id: str) -> JobView | None:
@@ -391,10 +397,20 @@ class StoreRunner:
         row = self.queue.job(job_id) if job_id else None
         return job_view(self.queue, row) if row and may(self.asker, "see", row) else None
 
-    def stop(self, job_id: str, reason: Message = STOPPED_BY_YOU) -> bool:
-        """Ask the job to stop; False when it is no longer active or the asker may not stop it."""
+    def stop(self, job_id: str, reason: Message | None = None) -> bool:
+        """Ask the job to stop; False when it is no longer active or the asker may not stop it. The
+        reason, unless given: "stopped by the teacher" when the teacher stops another workspace's
+        job, else "stopped by you"."""
         row = self.queue.job(job_id) if job_id else None
-        return bool(row) and may(self.asker, "stop", row) and self.queue.request_stop(job_id, reason)
+        if not row or not may(self.asker, "stop", row):
+            return False
+        return self.queue.request_stop(job_id, reason or self.stop_reason(row))
+
+    def stop_reason(self, job: dict) -> Message:
+        """Why a job this asker stops ended, as its owner reads it."""
+        if self.asker.shared and self.asker.teacher and job.get("workspace") != self.asker.workspace:
+            return STOPPED_BY_TEACHER
+        return STOPPED_BY_YOU
 
     def jobs(self, workspace: str | None, kinds: tuple[str, ...] | None = None, active: bool = False,
              limit: int = 20) -> list[JobView]:
@@ -411,7 +427,7 @@ class StoreRunner:
         owners = self.store.run_workspaces([run_id])
         return run_id in owners and may(self.asker, "see", owners[run_id])
 
-    def stop_runs(self, run_ids: list[str], reason: Message = STOPPED_BY_YOU) -> int:
+    def stop_runs(self, run_ids: list[str], reason: Message | None = None) -> int:
         """Stop the jobs that train `run_ids` (a sweep or comparison stops as a whole), those the
         asker may stop; returns how many jobs were asked to stop."""
         return sum(self.stop(job_id, reason) for job_id in set(self.store.run_jobs(run_ids).values()))

@@ -15,10 +15,15 @@ from mnist_lab.i18n import N_, Message, to_stored
 from mnist_lab.runs.store import ResultStore, cut_by_full_disk, disk_full_since, explained, owner_dead, owner_id
 
 JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
-               "stop_reason", "error", "created_at", "started_at", "finished_at", "worker"]
+               "stop_reason", "error", "created_at", "started_at", "finished_at", "worker",
+               # who submitted it (schema 5; '' before): the student's 学号 and 姓名, the browser's address
+               "student_id", "student_name", "client"]
+_OWNER_READ = ["COALESCE(student_id, '')", "COALESCE(student_name, '')", "COALESCE(client, '')"]
+_SELECT_JOBS = f"SELECT {', '.join([*JOB_COLUMNS[:-3], *_OWNER_READ])} FROM jobs"
 JOB_ACTIVE = ("queued", "running")
 # A job's `stop_reason` and `error` are stored messages (i18n.to_stored); a reader renders them.
 STOPPED_BY_YOU = Message(N_("stopped by you"))
+STOPPED_BY_TEACHER = Message(N_("stopped by the teacher"))  # a teacher stopped another workspace's job
 WORKER_COLUMNS = ["worker", "slot", "device", "parent_pid", "started_at", "heartbeat_at", "job_id"]
 WORKER_STALE_S = 30.0  # a worker that has not written its heartbeat for this long is gone
 
@@ -45,11 +50,14 @@ class JobQueue:
 
     # ------------------------------------------------------------------------------ jobs
     @explained
-    def submit(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
-        """Queue a job (`spec`: its configs as JSON); workers take queued jobs in `seq` order."""
-        self._write("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at) "
-                    "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, 'queued', ?, ?)",
-                    (job_id, workspace, kind, label, spec, runs_total, time.time()))
+    def submit(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int,
+               student_id: str = "", student_name: str = "", client: str = "") -> None:
+        """Queue a job (`spec`: its configs as JSON) for `workspace` and the student who submitted
+        it from `client`; workers take queued jobs in `seq` order."""
+        self._write("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at, "
+                    "student_id, student_name, client) "
+                    "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    (job_id, workspace, kind, label, spec, runs_total, time.time(), student_id, student_name, client))
 
     @explained
     def start_inline(self, job_id: str, workspace: str, kind: str, label: str, spec: str, runs_total: int) -> None:
@@ -67,7 +75,7 @@ class JobQueue:
             self._conn.execute("BEGIN IMMEDIATE")  # no other process claims between the read and the write
             try:
                 row = self._conn.execute(
-                    f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE status = 'queued' AND workspace NOT IN "
+                    f"{_SELECT_JOBS} WHERE status = 'queued' AND workspace NOT IN "
                     "(SELECT workspace FROM jobs WHERE status = 'running') ORDER BY seq LIMIT 1").fetchone()
                 if row is not None:
                     self._conn.execute("UPDATE jobs SET status = 'running', started_at = ?, worker = ? "
@@ -130,7 +138,7 @@ class JobQueue:
                 values = list(values)
                 where.append(f"{column} IN ({', '.join('?' for _ in values) or 'NULL'})")
                 params += values
-        sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+        sql = _SELECT_JOBS
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:

@@ -141,7 +141,8 @@ class Worker:
                 from dataclasses import replace
 
                 spec = replace(spec, train=replace(spec.train, device=str(device)))
-            with self.store.context(job_id=job_id, workspace=job["workspace"]):
+            with self.store.context(job_id=job_id, workspace=job["workspace"], student_id=job.get("student_id") or "",
+                                    student_name=job.get("student_name") or ""):
                 status = execute(spec, self.store, cancel=self.cancel).status
         except Exception as exc:  # noqa: BLE001 - the page shows it; the runs so far are in the store
             self.queue.finish(job_id, "failed", error=readable_error(exc))

@@ -1,0 +1,310 @@
+"""Sign-in for a shared server (service/identity.py): a roster checked whole, one-time codes used
+once, PINs hashed, a throttle that slows wrong tries without locking anyone out, signed expiring
+sessions, the server's secret; and runs owned by the student who submitted them."""
+from __future__ import annotations
+
+import inspect
+import os
+import stat
+
+import pytest
+
+from mnist_lab.errors import ConfigError
+from mnist_lab.i18n import render
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.service import identity
+from mnist_lab.service.identity import (
+    SESSION_MAX_AGE_S,
+    Accounts,
+    Identity,
+    SignInError,
+    Throttled,
+    check_pin,
+    hash_pin,
+    parse_roster,
+    server_secret,
+)
+
+SECRET = b"k" * 32
+IP = "10.0.0.7"
+
+
+class Clock:
+    """A fake time.time: tests move it forward instead of sleeping."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def accounts(tmp_path, clock) -> Accounts:
+    store = ResultStore(tmp_path / "r.sqlite")
+    found = Accounts(store, SECRET, clock=clock)
+    yield found
+    found.close()
+    store.close()
+
+
+def test_without_a_roster_an_id_is_claimed_with_a_pin_then_signs_in_with_it(accounts):
+    assert not accounts.has_roster() and accounts.step("2024001") == "new_pin"
+    who = accounts.sign_in("2024001", "Ann Lee", "", IP, new_pin="123456")
+    assert who == Identity("student", "student:2024001", "2024001", "Ann Lee")
+    assert accounts.step("2024001") == "pin"
+    assert accounts.sign_in(" 2024001 ", "ann  lee", "123456", IP) == who  # case and spaces of the name do not count
+    assert [e.student_id for e in accounts.roster()] == ["2024001"] and not accounts.roster()[0].on_roster
+
+
+def test_a_session_cookie_signs_in_until_it_expires_or_is_closed(accounts, clock):
+    who = accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    cookie = accounts.open_session(who, IP)
+    session_id, expires, signature = cookie.split(".")
+    assert int(expires) == int(clock.now) + SESSION_MAX_AGE_S and len(signature) == 64
+    assert accounts.session(cookie) == who
+    assert [s["student_id"] for s in accounts.sessions()] == ["s1"]
+    clock.now += SESSION_MAX_AGE_S + 1
+    assert accounts.session(cookie) is None and accounts.sessions() == []
+    again = accounts.open_session(who, IP)
+    accounts.close_session(again)
+    assert accounts.session(again) is None
+
+
+def test_a_tampered_forged_or_malformed_cookie_is_nobody(accounts, clock):
+    who = accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    cookie = accounts.open_session(who, IP)
+    session_id, expires, signature = cookie.split(".")
+    later = f"{session_id}.{int(expires) + 10**6}.{signature}"  # a longer life, same signature
+    flipped = cookie[:-1] + ("0" if cookie[-1] != "0" else "1")
+    other_key = Accounts(accounts.store, b"x" * 32, clock=clock).open_session(who, IP)  # another server's secret
+    for bad in (later, flipped, other_key, "", None, "abc", cookie + ".x", cookie.upper(), "a" * 5000, 42):
+        assert accounts.session(bad) is None, bad
+    assert accounts.session(cookie) == who
+
+
+def test_a_cookie_of_a_deleted_session_is_nobody(accounts):
+    who = accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    cookie = accounts.open_session(who, IP)
+    with accounts._conn:
+        accounts._conn.execute("DELETE FROM sessions")
+    assert accounts.session(cookie) is None
+
+
+def test_a_pin_is_stored_as_an_scrypt_hash_that_verifies(accounts):
+    stored = hash_pin("123456")
+    name, n, r, p, salt, digest = stored.split("$")
+    assert (name, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert (len(bytes.fromhex(salt)), len(bytes.fromhex(digest))) == (16, 32)
+    assert "123456" not in stored and hash_pin("123456") != stored  # salted
+    assert check_pin("123456", stored) and not check_pin("123457", stored)
+    for broken in ("", None, "scrypt$x", "md5$1$1$1$00$00", stored.replace("scrypt", "scrypt2")):
+        assert not check_pin("123456", broken)
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    (pin_hash,) = accounts._conn.execute("SELECT pin_hash FROM students").fetchone()
+    assert pin_hash.startswith("scrypt$16384$8$1$") and check_pin("123456", pin_hash)
+
+
+def test_the_server_secret_is_a_0600_file_beside_the_database_unless_the_environment_gives_one(tmp_path):
+    db = tmp_path / "r.sqlite"
+    secret = server_secret(db, environ={})
+    path = tmp_path / "r.sqlite.secret"
+    assert len(secret) == 32 and path.read_bytes() == secret
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert server_secret(db, environ={}) == secret  # made once
+    assert [p.name for p in tmp_path.iterdir()] == ["r.sqlite.secret"]  # no temporary file left
+    assert server_secret(db, environ={"MNIST_LAB_SECRET": "e" * 40}) == b"e" * 40
+    with pytest.raises(ConfigError, match="MNIST_LAB_SECRET is too short") as caught:
+        server_secret(db, environ={"MNIST_LAB_SECRET": "s3cr3t"})
+    assert "s3cr3t" not in str(caught.value)  # the secret is never shown
+
+
+def test_every_secret_is_compared_in_constant_time():
+    source = inspect.getsource(identity)
+    assert source.count("hmac.compare_digest") >= 4
+    assert "==" not in inspect.getsource(identity.same_secret)
+    assert identity.same_secret("tok", "tok") and not identity.same_secret("tok", "tok-longer")
+
+
+def test_a_refusal_is_one_translated_line(accounts):
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    with pytest.raises(SignInError) as caught:
+        accounts.sign_in("s1", "Ann", "000000", IP)
+    assert render(caught.value, "en") == "The student ID, name or PIN is wrong: check them and try again."
+    assert render(caught.value, "zh_CN") == "学号、姓名或 PIN 不对：请检查后再试。"
+    assert render(Throttled(1.2), "zh_CN") == "这台设备或这个账号错误尝试太多：请等 2 秒后再试。"
+    with pytest.raises(ConfigError) as caught:
+        parse_roster("学号,姓名\n0012,张三\n0012,李四\n")
+    assert render(caught.value, "zh_CN") == "名单第 3 行与第 2 行的学号 '0012' 重复：请只保留一行。"
+
+
+# ------------------------------------------------------------------------------ roster and codes
+
+def test_a_roster_with_a_bom_either_header_and_leading_zeros_keeps_ids_as_text(accounts):
+    codes = accounts.import_roster("\ufeff学号,姓名\r\n0012, 张三 \r\n\r\nA-7,Li Si\r\n")
+    assert sorted(codes) == ["0012", "A-7"]
+    assert all(len(c) == 8 and set(c) <= set(identity.CODE_ALPHABET) for c in codes.values())
+    assert not set(identity.CODE_ALPHABET) & set("01OIL")  # nothing to misread on paper
+    assert [(e.student_id, e.name, e.on_roster, e.pin_set, e.code_pending) for e in accounts.roster()] \
+        == [("0012", "张三", True, False, True), ("A-7", "Li Si", True, False, True)]
+    assert accounts.has_roster() and accounts.step("0012") == "code"
+    assert parse_roster("Student_ID,Name\n007,Bond\n") == [("007", "Bond")]
+    stored = [h for (h,) in accounts._conn.execute("SELECT code_hash FROM students")]
+    assert all(h.startswith("hmac-sha256$") for h in stored)
+    assert not any(code in h for code in codes.values() for h in stored)  # kept only hashed
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("", "The roster is empty"),
+    ("id,who\n1,A\n", "The roster's first line must be the header 学号,姓名 (or student_id,name); it is 'id,who'."),
+    ("学号,姓名\n", "The roster has a header but no students"),
+    ("学号,姓名\n1,A\n2,B,extra\n", "Row 3 of the roster has 3 columns"),
+    ("学号,姓名\n1,A\n2 3,B\n", "Row 3 of the roster: the student ID '2 3' may hold only letters"),
+    ("学号,姓名\n1,A\n2,\n", "Row 3 of the roster: the name '' must be 1 to 40 printable characters."),
+    ("学号,姓名\n1,A\n2," + "x" * 41 + "\n", "Row 3 of the roster: the name 'xxx"),
+    ("学号,姓名\n1,A\n2,\"B\tC\"\n", "Row 3 of the roster: the name 'B\\tC'"),
+    ("学号,姓名\n1,A\n1,B\n", "Row 3 of the roster repeats the student ID '1' of row 2"),
+    ("学号,姓名\n" + "".join(f"{i},N{i}\n" for i in range(2001)), "The roster has 2001 students; at most 2000"),
+    ("学号,姓名\n1,\"A\n", "The roster cannot be read as CSV"),
+])
+def test_a_roster_is_checked_whole_and_a_refused_one_writes_nothing(accounts, text, says):
+    accounts.import_roster("学号,姓名\n9,Earlier\n")
+    before = accounts.roster()
+    with pytest.raises(ConfigError) as caught:
+        accounts.import_roster(text)
+    assert says in str(caught.value)
+    assert "\n" not in str(caught.value) and render(caught.value, "zh_CN") != str(caught.value)
+    assert accounts.roster() == before
+
+
+def test_a_one_time_code_sets_the_pin_once_and_is_used_up(accounts):
+    code = accounts.import_roster("学号,姓名\n0012,张三\n")["0012"]
+    with pytest.raises(SignInError, match="PIN of 6 to 12 digits"):  # the new PIN is checked before the code
+        accounts.sign_in("0012", "张三", code, IP, new_pin="12ab")
+    who = accounts.sign_in("0012", "张三", code.lower()[:4] + "-" + code[4:], IP, new_pin="24681357")
+    assert who == Identity("student", "student:0012", "0012", "张三")
+    assert accounts.step("0012") == "pin" and not accounts.roster()[0].code_pending
+    with pytest.raises(SignInError, match="name or PIN is wrong"):
+        accounts.sign_in("0012", "张三", code, IP, new_pin="11112222")  # the code again: used up
+    assert accounts.sign_in("0012", "张三", "24681357", IP) == who
+
+
+def test_a_wrong_id_name_pin_or_code_all_read_the_same(accounts):
+    codes = accounts.import_roster("学号,姓名\n1,Ann\n2,Bob\n")
+    accounts.sign_in("1", "Ann", codes["1"], IP, new_pin="123456")
+    said = set()
+    wrong = [("1", "Anna", "123456", None), ("1", "Ann", "654321", None), ("3", "Cat", "123456", None),
+             ("2", "Bob", "WRONGCOD", "123456"), ("2", "Bo", codes["2"], "123456"), ("bad id!", "Ann", "123456", None)]
+    for n, (student_id, name, secret, new_pin) in enumerate(wrong):
+        with pytest.raises(SignInError) as caught:
+            accounts.sign_in(student_id, name, secret, f"10.0.1.{n}", new_pin=new_pin)
+        said.add(str(caught.value))
+    assert said == {"The student ID, name or PIN is wrong: check them and try again."}
+    with pytest.raises(SignInError, match="not on the class's roster"):
+        accounts.step("3")  # only the form's first step tells an id apart
+
+
+def test_a_roster_takes_back_ids_claimed_before_it(accounts):
+    who = accounts.sign_in("1", "Mallory", "", IP, new_pin="123456")  # no roster yet: anyone claims any id
+    cookie = accounts.open_session(who, IP)
+    code = accounts.import_roster("学号,姓名\n1,Ann\n")["1"]
+    assert accounts.session(cookie) is None and accounts.step("1") == "code"
+    with pytest.raises(SignInError):
+        accounts.sign_in("1", "Mallory", "123456", IP)
+    assert accounts.sign_in("1", "Ann", code, IP, new_pin="777777").name == "Ann"
+    assert accounts.import_roster("学号,姓名\n1,Ann Lee\n2,Bob\n").keys() == {"2"}  # on it already: keeps the PIN
+    assert accounts.sign_in("1", "ann lee", "777777", IP).name == "Ann Lee"
+
+
+def test_a_reset_clears_the_pin_ends_the_sessions_and_gives_a_new_code(accounts):
+    code = accounts.import_roster("学号,姓名\n1,Ann\n")["1"]
+    who = accounts.sign_in("1", "Ann", code, IP, new_pin="123456")
+    cookies = [accounts.open_session(who, IP), accounts.open_session(who, "10.0.0.8")]
+    fresh = accounts.reset("1")
+    assert fresh != code and all(accounts.session(c) is None for c in cookies) and accounts.sessions() == []
+    with pytest.raises(SignInError):
+        accounts.sign_in("1", "Ann", "123456", IP)  # the old PIN is gone
+    assert accounts.sign_in("1", "Ann", fresh, IP, new_pin="654321") == who
+    with pytest.raises(ConfigError, match="There is no student 'nobody'"):
+        accounts.reset("nobody")
+    assert accounts.issue_codes() == {}  # everyone has a PIN
+    accounts.import_roster("学号,姓名\n1,Ann\n2,Bob\n")
+    assert accounts.issue_codes(["1", "2"]).keys() == {"2"}
+    with pytest.raises(ConfigError):
+        accounts.issue_codes(["2", "ghost"])
+
+
+# ------------------------------------------------------------------------------ throttle
+
+def _try(accounts: Accounts, clock: Clock, client: str, pin: str = "000000") -> float:
+    """One wrong try from `client` for account s1; the wait it was told (0: it was looked at)."""
+    try:
+        accounts.sign_in("s1", "Ann", pin, client)
+    except Throttled as slowed:
+        return slowed.wait_s
+    except SignInError:
+        return 0.0
+    raise AssertionError("signed in with a wrong PIN")
+
+
+def test_wrong_tries_are_free_three_times_then_wait_1_2_4_seconds_up_to_a_cap(accounts, clock):
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    waits = []
+    for _ in range(10):
+        wait = _try(accounts, clock, IP)
+        if wait:  # told to wait: no try counted; come back when told
+            waits.append(wait)
+            clock.now += wait
+            assert _try(accounts, clock, IP) == 0.0
+    assert waits == [1, 2, 4, 8, 16, 32, 60]  # the account's cap is 30 s, this client's 60 s
+    assert accounts.wait_seconds(IP, "s1") == 60
+    assert {f["key"]: f["failures"] for f in accounts.failures()} == {f"client:{IP}": 10, "account:s1": 10}
+    clock.now += identity.WINDOW_S + 61  # quiet for the window: forgotten
+    assert accounts.wait_seconds(IP, "s1") == 0
+
+
+def test_a_flood_against_an_account_delays_its_owner_at_most_30_s_and_never_locks_them_out(accounts, clock):
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    attacker = "10.9.9.9"
+    for _ in range(12):  # as fast as the throttle lets the attacker
+        clock.now += _try(accounts, clock, attacker)
+        _try(accounts, clock, attacker)
+    assert accounts.wait_seconds("10.0.0.50", "s1") <= identity.ACCOUNT_CAP_S == 30
+    assert accounts.wait_seconds(attacker, "s1") == 60
+    other = Accounts(accounts.store, SECRET, clock=clock)  # another server process: the same counts
+    with pytest.raises(Throttled):
+        other.sign_in("s1", "Ann", "123456", "10.0.0.50")  # even the right PIN waits: not looked at
+    clock.now += 30
+    assert other.sign_in("s1", "Ann", "123456", "10.0.0.50").student_id == "s1"
+    assert accounts.wait_seconds("10.0.0.50", "s1") == 0  # the success cleared the account
+    assert 0 < accounts.wait_seconds(attacker, "s1") <= 30  # the attacker's own client still waits
+    assert accounts.clear_failures(f"client:{attacker}") == 1 and accounts.wait_seconds(attacker, "s1") == 0
+    other.close()
+
+
+def test_wrong_teacher_tokens_are_throttled_and_compared_in_constant_time(accounts, clock):
+    with pytest.raises(SignInError, match="no teacher token"):
+        accounts.sign_in_teacher("x", "", IP)
+    for guess in ("a", "s3cret-token-longer", "s3cret-tokeX"):  # shorter, longer, one character off
+        with pytest.raises(SignInError, match="teacher token is wrong"):
+            accounts.sign_in_teacher(guess, "s3cret-token", IP)
+    with pytest.raises(Throttled) as caught:
+        accounts.sign_in_teacher("s3cret-token", "s3cret-token", IP)
+    assert caught.value.wait_s == 1
+    assert "account:teacher" in {f["key"] for f in accounts.failures()}
+    clock.now += 1
+    assert accounts.sign_in_teacher("s3cret-token", "s3cret-token", IP) == Identity("teacher", "teacher")
+    assert accounts.failures() == []
+    assert "compare_digest" in inspect.getsource(identity.same_secret)
+
+
+def test_a_visitor_gets_a_fresh_anonymous_workspace_held_in_a_session(accounts):
+    first, second = accounts.visitor(IP), accounts.visitor(IP)
+    assert first.role == "visitor" and first.workspace.startswith("visitor:") and first != second
+    assert len(first.workspace) == len("visitor:") + 22 and first.student_id == first.name == ""
+    assert accounts.session(accounts.open_session(first, IP)) == first
