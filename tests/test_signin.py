@@ -216,3 +216,21 @@ def test_the_report_cover_takes_the_signed_in_students_name_and_id(db):
     assert at.text_input(key="report_cover_name_input").disabled
     assert at.text_input(key="report_cover_student_id_input").value == "2024001"
     assert not at.text_input(key="report_cover_class_name_input").disabled
+
+
+def test_a_demo_visitor_gets_a_workspace_and_sees_the_examples_read_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", "demo")
+    db = app_db(tmp_path / "results.sqlite", monkeypatch)
+    store = ResultStore(db)
+    store.start_run(run_row("r-example", PRESETS["tiny-fc"].model, TrainConfig(), DataConfig(), label="example",
+                            status="finished"))  # trained by the operator on the CLI: the local workspace
+    at = open_page("runs")
+    assert at.title[0].value == "Runs" and not at.exception  # no sign-in page
+    who = accounts(db).session(at.session_state[SESSION_KEY])
+    assert who.role == "visitor" and who.workspace.startswith("visitor:")
+    assert list(at.dataframe[0].value["run"]) == ["r-example"]
+    assert any("the examples can be looked at, not stopped or deleted" in c.value for c in at.caption)
+    assert any("belong to someone else" in c.value for c in at.caption)
+    assert at.button(key="runs_delete_btn").disabled and not at.checkbox(key="runs_sure").value
+    assert at.checkbox(key="runs_sure").disabled
+    assert not at.sidebar.button  # no sign-out for a visitor
