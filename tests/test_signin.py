@@ -234,3 +234,22 @@ def test_a_demo_visitor_gets_a_workspace_and_sees_the_examples_read_only(tmp_pat
     assert at.button(key="runs_delete_btn").disabled and not at.checkbox(key="runs_sure").value
     assert at.checkbox(key="runs_sure").disabled
     assert not at.sidebar.button  # no sign-out for a visitor
+
+
+def test_a_run_the_teacher_stops_says_so_to_its_student(db):
+    from mnist_lab.service.jobs import JobSpec
+    from mnist_lab.service.queue import JobQueue
+
+    store, alice = ResultStore(db), student("s1", "Alice")
+    spec = JobSpec("train", TrainConfig(epochs=1), DataConfig(train_limit=256), model=PRESETS["tiny-fc"].model)
+    queue = JobQueue(store)
+    queue.start_inline("j-alice", alice.workspace, "train", spec.title, spec.to_json(), 1)  # training (this process)
+    with store.context(job_id="j-alice", workspace=alice.workspace, student_id="s1", student_name="Alice"):
+        store.start_run(run_row("r-live", PRESETS["tiny-fc"].model, TrainConfig(), DataConfig(), status="running"))
+    teacher = open_page("runs", who=TEACHER)
+    teacher.button(key="runs_stop_btn").click().run()
+    assert not teacher.exception
+    queue.finish("j-alice", "stopped")  # what the worker does at the next iteration
+    assert "stopped by the teacher" in queue.jobs()[0]["stop_reason"]  # the job's reason, as stored
+    at = open_page("train", who=alice)
+    assert any(w.value.startswith("Stopped (stopped by the teacher) after") for w in at.warning)
