@@ -253,3 +253,13 @@ def test_a_run_the_teacher_stops_says_so_to_its_student(db):
     assert "stopped by the teacher" in queue.jobs()[0]["stop_reason"]  # the job's reason, as stored
     at = open_page("train", who=alice)
     assert any(w.value.startswith("Stopped (stopped by the teacher) after") for w in at.warning)
+
+
+def test_a_damaged_database_stops_the_sign_in_page_without_a_path(broken_db, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    app_db(broken_db, monkeypatch)
+    at = app()
+    assert not at.exception and at.title[0].value == "Sign in to MNIST CNN Lab"
+    [error] = at.error
+    assert "results database" in error.value and str(broken_db.parent) not in error.value.replace("\\", "")
+    assert not pin_inputs(at) and not at.get("text_input")
