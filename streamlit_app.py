@@ -1,11 +1,13 @@
 """MNIST CNN Lab — the dashboard's entry point: `streamlit run streamlit_app.py`.
 Sets up what every page shares, then runs the page the user picked (app_pages/; not `pages/`,
 which Streamlit would also auto-load as an old-style multipage app for the first visitor of a
-deep link such as /train)."""
+deep link such as /train). Shared mode: until someone signs in, every address shows the sign-in
+page, and after it the same address opens its page. Demo mode: a visitor needs no sign-in."""
 import streamlit as st
 
 from app_lib.lang import _, keep_in_url, language_picker
-from app_lib.shared import ensure_workers, keep_page_state, server_policy, workspace
+from app_lib.session import accounts, client, current, sign_in_as, sign_out, write_cookie
+from app_lib.shared import ensure_workers, keep_page_state, server_policy
 from app_lib.widgets import share_link, sidebar_jobs
 from mnist_lab.errors import StoreError
 
@@ -14,31 +16,48 @@ policy = server_policy()
 if policy.shared:  # no traceback, file path or other workspace's data reaches a browser
     st.set_option("client.showErrorDetails", "none")
 keep_page_state()
-workspace()  # shared mode: this browser's token, kept in the URL
 keep_in_url()  # the language: a shared link opens in it
 try:
+    who = current() if policy.shared else None
+    if policy.demo and who is None:  # a visitor: an anonymous workspace, kept by the same signed cookie
+        sign_in_as(who := accounts().visitor(client()))
     ensure_workers()  # training happens in worker processes, never in this server
     store_ok = True
 except StoreError:  # a damaged database: the pages say so and how to move it aside
-    store_ok = False
+    who, store_ok = None, False
 
-page = st.navigation([
-    st.Page("app_pages/home.py", title=_("Home"), icon=":material/home:", default=True),
-    st.Page("app_pages/train.py", title=_("Train"), icon=":material/model_training:", url_path="train"),
-    st.Page("app_pages/sweep.py", title=_("Sweep: depth × kernel"), icon=":material/grid_on:", url_path="sweep"),
-    st.Page("app_pages/compare.py", title=_("FC vs CNN"), icon=":material/compare_arrows:", url_path="compare"),
-    st.Page("app_pages/week2.py", title=_("Week 2"), icon=":material/science:", url_path="week2"),
-    st.Page("app_pages/runs.py", title=_("Runs"), icon=":material/history:", url_path="runs"),
-    st.Page("app_pages/inspect.py", title=_("Inspect"), icon=":material/visibility:", url_path="inspect"),
-    st.Page("app_pages/report.py", title=_("Report"), icon=":material/description:", url_path="report"),
-])
+PAGES = [  # (file, title, icon, url path)
+    ("home", _("Home"), ":material/home:", ""),
+    ("train", _("Train"), ":material/model_training:", "train"),
+    ("sweep", _("Sweep: depth × kernel"), ":material/grid_on:", "sweep"),
+    ("compare", _("FC vs CNN"), ":material/compare_arrows:", "compare"),
+    ("week2", _("Week 2"), ":material/science:", "week2"),
+    ("runs", _("Runs"), ":material/history:", "runs"),
+    ("inspect", _("Inspect"), ":material/visibility:", "inspect"),
+    ("report", _("Report"), ":material/description:", "report"),
+]
+if policy.signin and who is None:
+    # every address of the app shows the sign-in form and keeps its path and query: once signed in, the same
+    # address (a copied link) opens its page and settings for whoever signed in
+    page = st.navigation([st.Page("app_pages/signin.py", title=_("Sign in"), icon=":material/login:",
+                                  url_path=path or None, default=not path) for _f, _t, _i, path in PAGES],
+                         position="hidden")
+else:
+    pages = [st.Page(f"app_pages/{name}.py", title=title, icon=icon, url_path=path or None, default=not path)
+             for name, title, icon, path in PAGES]
+    if who is not None and who.role == "teacher":
+        pages.append(st.Page("app_pages/teacher.py", title=_("Class"), icon=":material/school:",
+                             url_path="teacher"))
+    page = st.navigation(pages)
 with st.sidebar:
     language_picker()
-    if store_ok:
+    if who is not None and who.role != "visitor":
+        st.caption(":material/person: " + (_("Signed in as the teacher") if who.role == "teacher" else
+                                           _("Signed in as {name} ({id})").format(name=who.name, id=who.student_id)))
+        st.button(_("Sign out"), key="sign_out_btn", on_click=sign_out, icon=":material/logout:")
+    if store_ok and (who is not None or not policy.shared):  # a signed-in person's jobs (local: every job)
         sidebar_jobs()
-    if policy.shared:
+    if policy.shared and who is not None:
         share_link()
-        if policy.teacher_token:
-            st.text_input(_("Teacher token"), type="password", key="teacher_token",
-                          help=_("Shows and exports every run on this server."))
+    write_cookie()  # a sign-in or sign-out of the last run: the browser keeps (or drops) its cookie now
 page.run()

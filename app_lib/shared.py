@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import sqlite3
 import threading
 import time
@@ -39,15 +38,15 @@ from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
 
 from .lang import _, render_error
+from .session import client, current
 from .text import plain
 
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_", "w2_")  # page-only widget keys kept across pages
 PAGE_KINDS = {"train": N_("Train"), "sweep": N_("Sweep"), "compare": N_("FC vs CNN"),
               "lesson": N_("Week 2")}  # job kind -> page (msgids)
-RESERVED_QUERY = ("ws", "lang")  # kept in the URL on every page: the workspace token (shared mode), the language
+RESERVED_QUERY = ("lang",)  # kept in the URL on every page: the language (nothing that grants access)
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
 PRUNE_EVERY_S = 600.0  # demo mode: visitors' old runs are looked for at most this often
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 def server_policy() -> ServerPolicy:
@@ -76,8 +75,10 @@ def job_queue() -> JobQueue:
 
 def runner() -> StoreRunner:
     """The job runner acting for this session (`asker`): it shows, stops and deletes only what
-    `mnist_lab.service.access.may` lets this session."""
-    return StoreRunner(result_store(), queue_limit=server_policy().queue_limit, queue=job_queue(), asker=asker())
+    `mnist_lab.service.access.may` lets this session; its jobs keep the browser's address (shared mode)."""
+    policy = server_policy()
+    return StoreRunner(result_store(), queue_limit=policy.queue_limit, queue=job_queue(), asker=asker(),
+                       client=client() if policy.shared else "")
 
 
 @st.cache_resource
@@ -120,28 +121,24 @@ def pruned_at() -> dict:
 
 
 def workspace() -> str:
-    """This browser session's workspace: 'local' on a local install; in shared mode an
-    unguessable token kept in the URL (`ws`), so a refresh or a second tab finds the same runs."""
+    """This session's workspace: 'local' on a local install; in shared mode the signed-in person's
+    ('student:<id>', 'teacher'), in demo mode the visitor's; '' when no one is signed in (sees nothing)."""
     if not server_policy().shared:
         return LOCAL_WORKSPACE
-    token = st.session_state.get("_workspace")
-    if token is None:
-        given = st.query_params.get("ws", "")
-        token = given if _TOKEN.fullmatch(given or "") else secrets.token_urlsafe(18)
-        st.session_state["_workspace"] = token
-    if st.query_params.get("ws") != token:
-        st.query_params["ws"] = token
-    return token
+    who = current()
+    return who.workspace if who is not None else ""
 
 
 def is_teacher() -> bool:
-    return False  # the teacher signs in (i24-app: current().role == "teacher")
+    who = current()
+    return who is not None and who.role == "teacher"
 
 
 def asker() -> Asker:
-    """Who this session is, for `mnist_lab.service.access.may` (i24-app: the signed-in person)."""
+    """Who this session is, for `mnist_lab.service.access.may`: the signed-in person (mode local: the
+    local user)."""
     policy = server_policy()
-    return policy.asker(None) if policy.shared else LOCAL
+    return policy.asker(current()) if policy.shared else LOCAL
 
 
 def run_scope() -> str | None:

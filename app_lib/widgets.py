@@ -77,6 +77,10 @@ COLUMNS = {
     "share": N_("share of the true class"),
     "verdict": N_("did it learn?"), "not_learned": N_("did not learn"), "learned": N_("learned"),
     "variant": N_("variant"), "iterations": N_("iterations"),
+    "student_id": N_("student ID"), "student_name": N_("student name"), "code": N_("one-time code"),
+    "on_roster": N_("on the class list"), "pin_set": N_("PIN set"), "code_pending": N_("code not used yet"),
+    "failures": N_("wrong tries"), "first_at": N_("first"), "last_at": N_("last"), "role": N_("role"),
+    "client": N_("computer"), "created_at": N_("signed in"), "expires_at": N_("expires"), "who": N_("who"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
@@ -402,12 +406,37 @@ def live_runs(view: JobView, plan: list[tuple], columns: tuple[str, ...], key: s
 
 
 def share_link() -> None:
-    """Shared mode: a link to this page and its settings without the workspace token, so
-    whoever opens it gets the same setup in a workspace of their own."""
+    """Shared mode: a link to this page and its settings. It carries nothing that signs anyone in,
+    so whoever opens it gets the same setup with their own runs (after signing in)."""
     from urllib.parse import urlencode, urlsplit, urlunsplit
 
     with st.popover(_("Share this setup"), icon=":material/share:"):
         base = urlsplit(st.context.url or "")
-        query = {k: v for k, v in st.query_params.to_dict().items() if k != "ws"}
-        st.code(urlunsplit((base.scheme, base.netloc, base.path, urlencode(query), "")), language=None)
-        st.caption(_("The link carries the page's settings, never your workspace: your runs stay yours."))
+        st.code(urlunsplit((base.scheme, base.netloc, base.path, urlencode(st.query_params.to_dict()), "")),
+                language=None)
+        st.caption(_("The link carries the page's settings, never your sign-in: whoever opens it sees their own "
+                     "runs."))
+
+
+UNNAMED = N_("(unnamed workspace)")  # a run of an earlier version's workspace, or of no student
+OWNER_WORDS = {"teacher": N_("the teacher"), "local": N_("the server's operator")}  # workspaces that are no student
+
+
+def owner_names(runs: pd.DataFrame) -> pd.Series:
+    """Who each run (or job) belongs to, as the teacher reads it: the student's name, else what the
+    workspace is (the teacher, a visitor, an earlier version's unnamed workspace)."""
+    def name(student: object, workspace: object) -> str:
+        if isinstance(student, str) and student:
+            return student
+        if isinstance(workspace, str) and workspace.startswith("visitor:"):
+            return _("a visitor")
+        return _(OWNER_WORDS.get(workspace, UNNAMED))
+    ids = runs["workspace"] if "workspace" in runs else pd.Series([None] * len(runs), index=runs.index)
+    return pd.Series([name(s, w) for s, w in zip(runs["student_name"], ids)], index=runs.index, dtype=object)
+
+
+def with_owners(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (rows with a run_id: iterations, epochs) with its runs' student_id and student_name
+    appended, as runs.csv has them (blank for a run of no student)."""
+    owners = runs.set_index("run_id")[["student_id", "student_name"]]
+    return frame.join(owners, on="run_id").fillna({"student_id": "", "student_name": ""})

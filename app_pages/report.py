@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app_lib.lang import N_, _, current, ngettext, render_error
+from app_lib.session import current as current_identity
 from app_lib.shared import init_state, mirror_query, result_store, run_scope, runner
 from app_lib.text import local_times, plain
 from app_lib.widgets import run_labels
@@ -39,7 +40,7 @@ COVER_KEYS = {key: f"report_cover_{key}" for key in COVER}  # the session's cove
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def build(db: str, lang: str, run_id: str | None, scope: str | None, signature: tuple, cover: Cover,
+def build(db: str, lang: str, run_id: str | None, scope: tuple[str, ...] | None, signature: tuple, cover: Cover,
           tz: str) -> tuple:
     """Blocks and files of one report; `signature` changes whenever the runs do."""
     report = build_report(result_store(), lang, run_id=run_id, workspace=scope, cover=cover, tz=tz)
@@ -51,9 +52,18 @@ def build(db: str, lang: str, run_id: str | None, scope: str | None, signature: 
 
 
 def cover_from_session() -> Cover:
-    """Who hands the report in, as this session typed it. The seam for shared mode, where these
-    will come from the sign-in (and the fields be read-only)."""
-    return Cover(**{key: str(st.session_state.get(COVER_KEYS[key]) or "") for key in COVER})
+    """Who hands the report in: a signed-in student's name and student ID from the sign-in (fixed),
+    the rest (and everything on a local install) as this session typed it."""
+    typed = {key: str(st.session_state.get(COVER_KEYS[key]) or "") for key in COVER}
+    return Cover(**{**typed, **signed_in_cover()})
+
+
+def signed_in_cover() -> dict[str, str]:
+    """The cover fields the sign-in fixes: a student's name and student ID; none for anyone else."""
+    who = current_identity()
+    if who is None or who.role != "student":
+        return {}
+    return {"name": who.name[:COVER_LIMIT], "student_id": who.student_id[:COVER_LIMIT]}
 
 
 def md(text: str) -> str:
@@ -91,13 +101,18 @@ run_id = st.selectbox(_("Run for requirement 1 (the loss of every iteration)"), 
 mirror_query({"run": run_id or ""}, {"run": default_run or ""})
 
 with st.expander(_("Cover: name, student ID, class"), expanded=not any(vars(cover_from_session()).values())):
-    st.caption(_("Printed on the report's cover; kept only while this browser session lasts."))
+    fixed = signed_in_cover()
+    st.caption(_("Printed on the report's cover; kept only while this browser session lasts.") + (
+        " " + _("Your name and student ID are those you signed in with.") if fixed else ""))
     cols = st.columns(3)
     for col, key in zip(cols, COVER):
         widget = COVER_KEYS[key] + "_input"  # Streamlit forgets a widget's value on other pages; the session keeps it
-        if widget not in st.session_state:
+        if key in fixed:
+            st.session_state[widget] = fixed[key]
+        elif widget not in st.session_state:
             st.session_state[widget] = st.session_state.get(COVER_KEYS[key], "")
-        st.session_state[COVER_KEYS[key]] = col.text_input(_(COVER[key]), key=widget, max_chars=COVER_LIMIT)
+        st.session_state[COVER_KEYS[key]] = col.text_input(_(COVER[key]), key=widget, max_chars=COVER_LIMIT,
+                                                           disabled=key in fixed)
 try:
     cover = cover_from_session().validate()
 except ValueError as exc:

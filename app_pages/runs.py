@@ -23,11 +23,13 @@ from app_lib.widgets import (
     headers,
     normalization_words,
     not_learned_note,
+    owner_names,
     rows_key,
     run_labels,
     run_messages,
     stop_reasons,
     table,
+    with_owners,
     words,
 )
 from mnist_lab.errors import StoreError
@@ -37,6 +39,8 @@ from mnist_lab.runs.store import VISIBLE_EXTRA
 SHOWN = ["inspect", "started_at", "label", "experiment", "status", "verdict", "stop_reason", "final_test_acc",
          "params", "epochs_done", "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels",
          "device", "seconds", "message", "run_id"]  # inspect first: seen without scrolling to the right
+
+OWNERS = ["student_id", "student_name"]  # shown to whoever sees other people's runs (the teacher, the class view)
 
 st.title(_("Runs"))
 try:
@@ -48,7 +52,11 @@ try:
 except StoreError as exc:
     st.error(plain(render_error(exc)), icon=":material/database:")
     st.stop()
-if scope is not None:  # no server path to a shared browser
+if scope is not None and server_policy().demo:  # a visitor: theirs and the examples, read-only
+    where = ngettext("{n} run: yours and this server's examples (the examples can be looked at, not stopped or "
+                     "deleted)", "{n} runs: yours and this server's examples (the examples can be looked at, not "
+                     "stopped or deleted)", len(runs)).format(n=f"{len(runs):,}")
+elif scope is not None:  # no server path to a shared browser
     where = ngettext("{n} run of yours (other people's runs on this server are not shown)",
                      "{n} runs of yours (other people's runs on this server are not shown)",
                      len(runs)).format(n=f"{len(runs):,}")
@@ -63,6 +71,7 @@ if runs.empty:
     st.info(_("No runs yet: train something on the Train, Sweep or FC vs CNN page."))
     st.stop()
 
+owners_shown = server_policy().shared and scope is None  # scope None: every run of the server
 EXPERIMENTS, STATUSES = sorted(runs["experiment"].unique()), sorted(runs["status"].unique())
 FILTERS = dict(experiment=[], status=[], text="")
 init_state("runs_", FILTERS, dict(experiment=EXPERIMENTS, status=STATUSES))
@@ -78,7 +87,11 @@ if experiments:
 if statuses:
     shown = shown[shown["status"].isin(statuses)]
 if text:
-    shown = shown[shown["label_shown"].str.contains(text, case=False, regex=False)]
+    hit = shown["label_shown"].str.contains(text, case=False, regex=False)
+    if owners_shown:  # the teacher finds a student's runs by name or student ID too
+        hit |= shown["student_name"].fillna("").str.contains(text, case=False, regex=False)
+        hit |= shown["student_id"].fillna("").str.contains(text, case=False, regex=False)
+    shown = shown[hit]
 
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
 kept = store.inspectable(shown["run_id"])  # runs whose weights are kept open on the Inspect page
@@ -88,7 +101,10 @@ loss = final_train_loss(store.epochs(list(shown["run_id"])))
 verdicts = pd.Series([stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
                       for r in shown.itertuples()], index=shown.index, dtype=object)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
-picked = table(shown.assign(verdict=words(verdicts))[SHOWN].assign(started_at=started, train_limit=images,
+columns = [*SHOWN[:2], *OWNERS, *SHOWN[2:]] if owners_shown else SHOWN
+picked = table(shown.assign(verdict=words(verdicts), student_name=owner_names(shown),
+                            student_id=shown["student_id"].fillna(""))[columns].assign(
+                          started_at=started, train_limit=images,
                                                          final_test_acc=shown["final_test_acc"] * 100,
                           stop_reason=stop_reasons(shown), message=run_messages(shown), status=words(shown["status"]),
                           experiment=words(shown["experiment"]), label=shown["label_shown"]),
@@ -147,12 +163,12 @@ short = {rid: f"{labels[rid].split(' · ')[0]} · {rid[-6:]}" for rid in selecte
 a, b = st.columns(2)
 with a:
     st.plotly_chart(overlay_figure(iterations.assign(run=iterations["run_id"].map(short)), _=_), key="runs_overlay")
-    csv_button(iterations, "iterations.csv", key="runs_iterations_csv_btn")
+    csv_button(with_owners(iterations, runs), "iterations.csv", key="runs_iterations_csv_btn")
 with b:
     if not epochs.empty:
         st.plotly_chart(accuracy_figure(epochs.assign(run=epochs["run_id"].map(short)), color="run", _=_),
                         key="runs_accuracy")
-    csv_button(epochs, "epochs.csv", key="runs_epochs_csv_btn")
+    csv_button(with_owners(epochs, runs), "epochs.csv", key="runs_epochs_csv_btn")
 
 st.subheader(_("Configurations side by side"))
 chosen = runs.drop(columns=[*VISIBLE_EXTRA, "label_shown"]).set_index("run_id").loc[selected]

@@ -1,5 +1,6 @@
-"""A real `streamlit run` of the dashboard on a free local port, for the browser test and the
-session benchmark (bench/bench_sessions.py): start, stop (any signal), restart on the same port."""
+"""A real `streamlit run` of the dashboard on a free local port, for the browser tests and the
+session benchmark (bench/bench_sessions.py): start, stop (any signal), restart on the same port; and
+a student's sign-in on a shared server's page (playwright)."""
 from __future__ import annotations
 
 import os
@@ -60,3 +61,19 @@ class AppServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(timeout)
+
+
+def sign_in_student(page, student_id: str, name: str, pin: str) -> None:
+    """A playwright `page` showing the sign-in page: the student tab's two forms. Without a roster,
+    the first sign-in claims the ID with a new PIN (typed twice); later ones ask for the PIN."""
+    page.get_by_label("Student ID").fill(student_id)
+    page.get_by_label("Name").fill(name)
+    page.get_by_role("button", name="Next").click()
+    new = page.get_by_label("New PIN again")
+    page.get_by_label("PIN", exact=True).or_(page.get_by_label("New PIN (6 to 12 digits)")).wait_for()
+    if new.count():
+        page.get_by_label("New PIN (6 to 12 digits)").fill(pin)
+        new.fill(pin)
+    else:
+        page.get_by_label("PIN", exact=True).fill(pin)
+    page.get_by_role("button", name="Sign in", exact=True).click()

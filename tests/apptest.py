@@ -1,13 +1,18 @@
 """What the page tests share (AppTest): the app's entry point, a page opened as a browser would
-reach it, and a tmp results database whose worker (if a test starts one) leaves soon after."""
+reach it (signed in as someone, in shared mode), and a tmp results database whose worker (if a test
+starts one) leaves soon after."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from app_lib.session import KEY as SESSION_KEY
 from app_lib.shared import WORKER_IDLE_ENV
 from mnist_lab.paths import DB_ENV
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.identity import Accounts, Identity, server_secret
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
@@ -20,10 +25,31 @@ def app_db(path: Path, monkeypatch) -> Path:
     return path
 
 
-def open_page(page: str, query: dict | None = None) -> AppTest:
-    """The app opened (with `query` in its link), then `app_pages/<page>.py`, as a click in the sidebar."""
+def student(student_id: str, name: str = "") -> Identity:
+    """A signed-in student, as identity.Accounts makes one."""
+    return Identity("student", f"student:{student_id}", student_id, name or f"Student {student_id}")
+
+
+TEACHER = Identity("teacher", "teacher", "", "")
+
+
+def session_for(who: Identity) -> str:
+    """The session cookie a sign-in of `who` leaves (on the app's database, $MNIST_LAB_DB). AppTest
+    sends no cookies, so a test hands it to the session the way the app keeps it (app_lib.session.KEY)."""
+    store = ResultStore(os.environ[DB_ENV])
+    try:
+        return Accounts(store, server_secret(store.path)).open_session(who, "")
+    finally:
+        store.close()
+
+
+def open_page(page: str, query: dict | None = None, who: Identity | None = None) -> AppTest:
+    """The app opened (with `query` in its link, signed in as `who`), then `app_pages/<page>.py`, as a
+    click in the sidebar."""
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params.update(query or {})
+    if who is not None:
+        at.session_state[SESSION_KEY] = session_for(who)
     at.run()
     at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception, at.exception

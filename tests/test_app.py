@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from apptest import app_db, open_page
+from apptest import app_db, open_page, student
 from streamlit.testing.v1 import AppTest
 
 from app_lib.shared import quick_defaults
@@ -185,7 +185,7 @@ def test_every_setting_of_a_link_survives_hostile_values(page, db, tiny_data):
     prefix = {"train": "train_", "sweep": "sweep_", "compare": "cmp_", "week2": "w2_", "runs": "runs_"}[page]
     for shift in range(len(HOSTILE_VALUES)):
         query = {name: HOSTILE_VALUES[(i + shift) % len(HOSTILE_VALUES)] for i, name in enumerate(SETTINGS[page])}
-        at = open_page(page, query={**query, "lang": query[SETTINGS[page][0]], "ws": "../x"})
+        at = open_page(page, query={**query, "lang": query[SETTINGS[page][0]]})
         assert not at.exception, at.exception
         # one warning (Runs: one for its filters, one for its picked runs, which depend on the filters)
         assert len(at.warning) <= (2 if page == "runs" else 1)
@@ -201,20 +201,21 @@ def test_every_setting_of_a_link_survives_hostile_values(page, db, tiny_data):
 
 
 def test_a_link_cannot_pick_another_workspaces_run(db, tiny_data, monkeypatch):
-    """Shared mode: `selected` in a Runs link picks only among the session's own runs; another
-    workspace's run id is answered as an unknown one (named back as the link's text, nothing of it shown)."""
+    """Shared mode: `selected` in a Runs link picks only among the signed-in student's own runs; another
+    student's run id is answered as an unknown one (named back as the link's text, nothing of it shown)."""
     monkeypatch.setenv("MNIST_LAB_MODE", "shared")
     store = ResultStore(db)
     ids = {}
-    for ws in ("my-own-workspace-token-1", "someone-else-entirely-2"):
-        with store.context(job_id=f"j-{ws}", workspace=ws):
-            ids[ws] = run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
-                                 record=Recorder(store), data=tiny_data).run_id
-    theirs = ids["someone-else-entirely-2"]
-    at = open_page("runs", query={"ws": "my-own-workspace-token-1", "selected": theirs})
-    assert at.multiselect(key="runs_selected").value == [ids["my-own-workspace-token-1"]]  # the default: your own
+    for who in (student("s1"), student("s2")):
+        with store.context(job_id=f"j-{who.student_id}", workspace=who.workspace, student_id=who.student_id,
+                           student_name=who.name):
+            ids[who.student_id] = run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
+                                             record=Recorder(store), data=tiny_data).run_id
+    theirs = ids["s2"]
+    at = open_page("runs", query={"selected": theirs}, who=student("s1"))
+    assert at.multiselect(key="runs_selected").value == [ids["s1"]]  # the default: your own
     assert not any(theirs in o for o in at.multiselect(key="runs_selected").options)
-    unknown = open_page("runs", query={"ws": "my-own-workspace-token-1", "selected": "20990101-000000-000000"})
+    unknown = open_page("runs", query={"selected": "20990101-000000-000000"}, who=student("s1"))
     assert shown(at.warning[0].value).replace(theirs, "X") == shown(unknown.warning[0].value).replace(
         "20990101-000000-000000", "X")  # the same answer as for a run that does not exist
     assert theirs not in "".join(str(c.value) for c in [*at.caption, *at.markdown])  # nothing of theirs shown
@@ -502,25 +503,25 @@ def test_the_comparison_picker_follows_the_filters_above_it(db, tiny_data):
     assert at.multiselect(key="runs_selected").value == ["a-single"]
 
 
-def test_shared_mode_gives_each_session_a_workspace_and_refuses_jobs_over_the_limits(db, monkeypatch, tiny_data):
+def test_shared_mode_gives_each_student_a_workspace_and_refuses_jobs_over_the_limits(db, monkeypatch, tiny_data):
     monkeypatch.setenv("MNIST_LAB_MODE", "shared")
     monkeypatch.setenv("MNIST_LAB_MAX_EPOCHS", "2")
-    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "3"})
-    token = at.query_params["ws"]
-    assert len(token) >= 16
+    at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "3"}, who=student("s1"))
+    assert "ws" not in at.query_params  # nothing in a URL grants access
     at.button(key="train_go_btn").click().run()
     assert any("at most 2 epochs" in e.value and "make run" in e.value for e in at.error)
     assert JobQueue(ResultStore(db)).jobs() == []  # refused before anything was queued
 
-    store = ResultStore(db)  # a run of another workspace (and a CLI run of the local one)
-    with store.context(job_id="j-other", workspace="someone-else-entirely"):
+    store = ResultStore(db)  # a run of another student (and a CLI run of the local one)
+    other = student("s2")
+    with store.context(job_id="j-other", workspace=other.workspace, student_id="s2", student_name=other.name):
         run_single(PRESETS["tiny-fc"].model, TrainConfig(device="cpu"), tiny_data.config,
                    record=Recorder(store), data=tiny_data)
-    runs = open_page("runs")
-    assert any("No runs yet" in i.value for i in runs.info)  # not this session's
+    runs = open_page("runs", who=student("s1"))
+    assert any("No runs yet" in i.value for i in runs.info)  # not this student's
     assert not any(str(db) in c.value for c in runs.caption)  # no server path in shared mode
     assert any("0 runs of yours (other people's runs on this server are not shown)" in c.value for c in runs.caption)
-    again = open_page("runs", query={"ws": "someone-else-entirely"})  # its owner's link
+    again = open_page("runs", who=other)  # its owner, signed in
     assert len(again.multiselect(key="runs_selected").value) == 1
     assert not any("belong to someone else" in c.value for c in again.caption)
     assert any(c.value.startswith("1 run of yours") for c in again.caption)

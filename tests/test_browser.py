@@ -2,8 +2,8 @@
 by the app, as in production), Debian's Chromium driven by Playwright. A tiny run draws its
 chart and its iterations.csv is the store's; a refresh mid-run finds the same job, its chart
 continues and Stop works; a second tab sees the job; a server restart mid-run leaves the run
-'interrupted' with its reason and finished epochs; in shared mode two workspaces neither see
-nor stop each other's runs; a week-2 lesson runs from its page; the sidebar's language switch
+'interrupted' with its reason and finished epochs; in shared mode two signed-in students neither
+see nor stop each other's runs; a week-2 lesson runs from its page; the sidebar's language switch
 survives a reload with the page's settings, and a Chinese browser opens in Chinese."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import signal
 import time
 
 import pytest
-from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer
+from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer, sign_in_student
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if not os.access(CHROMIUM, os.X_OK):
@@ -169,17 +169,17 @@ def test_a_server_restart_mid_run_leaves_the_run_interrupted_with_its_reason(ser
     assert "terminate called" not in server.log.read_text()
 
 
-def test_two_workspaces_in_shared_mode_neither_see_nor_stop_each_other(shared_server, browser):
+def test_two_students_in_shared_mode_neither_see_nor_stop_each_other(shared_server, browser):
     alice, bob = new_page(browser), browser.new_context().new_page()  # two browsers, two sessions
     alice.goto(f"{shared_server.url}/train?{LONG}")
+    sign_in_student(alice, "alice", "Alice", "11223344")  # the link's page opens once she is signed in
     alice.get_by_role("button", name="Train", exact=True).click()
     wait_for_training(alice)
-    token = re.search(r"[?&]ws=([\w-]+)", alice.url).group(1)
-    assert len(token) >= 16
+    assert "ws=" not in alice.url  # nothing in the address grants access
 
-    bob.goto(f"{shared_server.url}/train?{LONG}")
+    bob.goto(alice.url)  # her copied link: the sign-in page, then the same setup for Bob
+    sign_in_student(bob, "bob", "Bob", "55667788")
     expect(bob.get_by_role("button", name="Train", exact=True)).to_be_enabled(timeout=60_000)
-    assert token not in bob.url
     expect(bob.get_by_text(re.compile(r"step [\d,]+ of"))).to_have_count(0)  # Alice's job is not Bob's
     bob.goto(f"{shared_server.url}/runs")
     expect(bob.get_by_text("No runs yet")).to_be_visible(timeout=30_000)
@@ -187,10 +187,10 @@ def test_two_workspaces_in_shared_mode_neither_see_nor_stop_each_other(shared_se
 
     store = ResultStore(shared_server.db)
     assert store.runs()["status"].item() == "running"  # untouched by Bob
-    alice.goto(f"{shared_server.url}/runs?ws={token}")
+    alice.goto(f"{shared_server.url}/runs")  # still signed in (the session cookie)
     expect(alice.get_by_text(re.compile(r"^1 run of yours \(other people.s runs"))).to_be_visible(timeout=30_000)
-    alice.goto(f"{shared_server.url}/train?ws={token}")
-    wait_for_training(alice)  # her job, found again through her token
+    alice.goto(f"{shared_server.url}/train")
+    wait_for_training(alice)  # her job, found again through her sign-in
     page_stop(alice).click()
     expect(alice.get_by_text("Stopped (stopped by you)")).to_be_visible(timeout=15_000)
     assert store.runs()["stop_reason"].item() == "stopped by you"

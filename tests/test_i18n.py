@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from apptest import app_db, open_page
+from apptest import app_db, open_page, student
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
 from streamlit.testing.v1 import AppTest
@@ -230,7 +230,8 @@ def test_a_refused_job_says_why_in_chinese(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_LAB_MODE", "shared")
     monkeypatch.setenv("MNIST_LAB_MAX_JOB_SECONDS", "1")
     # Lab-5 on 20,000 images for 3 epochs: seconds on any CPU, over the 1 s allowed whatever was measured before
-    at = open_page("train", {"lang": "zh_CN", "preset": "lab5", "epochs": "3", "train_limit": "20000"})
+    at = open_page("train", {"lang": "zh_CN", "preset": "lab5", "epochs": "3", "train_limit": "20000"},
+                   who=student("s1", "张三"))
     at.button(key="train_go_btn").click().run()
     refusal = next(e.value for e in at.error if "共享服务器" in e.value)
     time = r"(\d+\\?\.\d 秒|\d+ 分 \d\d 秒)"  # i18n.seconds (Markdown escapes its point)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from apptest import SESSION_KEY, session_for, student
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -236,10 +237,12 @@ def test_inspect_page(kept, monkeypatch):
     assert any("no feature maps" in i.value for i in at.info)
 
 
-def _inspect(db: Path, monkeypatch, query: dict) -> AppTest:
+def _inspect(db: Path, monkeypatch, query: dict, who=None) -> AppTest:
     monkeypatch.setenv("MNIST_LAB_DB", str(db))
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.query_params.update(query)
+    if who is not None:  # shared mode: signed in as `who` (AppTest sends no cookie; the session keeps it)
+        at.session_state[SESSION_KEY] = session_for(who)
     at.run()
     assert not at.exception, at.exception
     return at
@@ -349,21 +352,22 @@ def test_a_link_to_another_workspaces_run_opens_only_your_own(tmp_path, tiny_dat
     monkeypatch.setenv("MNIST_LAB_MODE", "shared")
     db = tmp_path / "results.sqlite"
     store = ResultStore(db)
-    mine, theirs = "my-own-workspace-token-1", "someone-else-entirely-2"
+    mine, theirs = student("s1"), student("s2")
     ids = {}
-    for ws in (mine, theirs):
-        with store.context(job_id=f"j-{ws}", workspace=ws):
-            ids[ws] = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, engine="plain"), tiny_data.config,
-                                 record=Recorder(store), data=tiny_data).run_id
-    at = _inspect(db, monkeypatch, {"ws": mine, "run": ids[theirs]})
+    for who in (mine, theirs):
+        with store.context(job_id=f"j-{who.student_id}", workspace=who.workspace, student_id=who.student_id,
+                           student_name=who.name):
+            ids[who] = run_single(PRESETS["tiny-fc"].model, TrainConfig(epochs=1, engine="plain"), tiny_data.config,
+                                  record=Recorder(store), data=tiny_data).run_id
+    at = _inspect(db, monkeypatch, {"run": ids[theirs]}, who=mine)
     picker = at.selectbox(key="insp_run")
     assert picker.value == ids[mine] and len(picker.options) == 1 and ids[mine] in picker.options[0]
     [warning] = [w.value for w in at.warning]
-    nothing = _inspect(db, monkeypatch, {"ws": mine, "run": "no-such-run-at-all"}).warning[0].value
+    nothing = _inspect(db, monkeypatch, {"run": "no-such-run-at-all"}, who=mine).warning[0].value
     assert warning.replace(ids[theirs].replace("-", "\\-"), "X") == nothing.replace("no\\-such\\-run\\-at\\-all", "X")
     assert ids[theirs] not in _all_text(at).replace("\\", "").replace(f"run={ids[theirs]}", "")  # only echoed once
     assert at.query_params["run"] == ids[mine]
-    stranger = _inspect(db, monkeypatch, {"run": ids[theirs]})  # a new session without a token: no runs at all
+    stranger = _inspect(db, monkeypatch, {"run": ids[theirs]})  # a session no one signed in to: no runs at all
     assert any("No run can be inspected yet" in i.value for i in stranger.info)
     assert not stranger.get("selectbox")
 

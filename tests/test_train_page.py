@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from apptest import app_db, open_page
+from apptest import app_db, open_page, student
 from streamlit.testing.v1 import AppTest
 
 from app_lib import widgets
@@ -181,14 +181,14 @@ def test_on_a_shared_server_a_failed_jobs_reason_names_no_server_folder(db, tmp_
     with pytest.raises(DataUnavailableError) as refused:
         load_dataset("cifar10", data_dir=str(tmp_path))
     assert str(tmp_path) in str(refused.value)  # the detail is there, for the server's own log
-    ws = "w" * 24  # the student's workspace, as their link carries it
+    ws = student("s1").workspace  # the signed-in student's
     spec = JobSpec("train", TrainConfig(epochs=1), DataConfig(dataset="cifar10", train_limit=256),
                    model=PRESETS["cifar-course"].model)
     queue = JobQueue(ResultStore(db))
     queue.start_inline("j-cifar", ws, spec.kind, spec.title, spec.to_json(), spec.runs_total())
     queue.finish("j-cifar", "failed", error=failure_reason(refused.value))
     for lang, words in (("en", "cannot be loaded on this server"), ("zh_CN", "本服务器现在无法加载")):
-        at = open_page("train", {"dataset": "cifar10", "ws": ws, "lang": lang})
+        at = open_page("train", {"dataset": "cifar10", "lang": lang}, who=student("s1"))
         error = shown(at.error[0].value)
         assert words in error and str(tmp_path) not in error and not re.search(r"(?<![\w.:/~])/[\w.+-]+/", error)
 

@@ -1,0 +1,108 @@
+"""Who this browser is signed in as (shared mode: a student or the teacher; demo mode: an anonymous
+visitor): a signed, expiring session cookie (mnist_lab.service.identity) read through
+`st.context.cookies` when a browser session starts, and kept in `st.session_state` after (within
+one session Streamlit's cookies stay as the page's first request sent them). No URL carries it.
+
+The cookie is written by a few lines of script on the page itself (`st.html`, no iframe), so it
+is `SameSite=Strict`, `Max-Age`, `Path=/` and, served over HTTPS, `Secure` as we say; a cookie
+set from JavaScript cannot be HttpOnly, so it holds only a short-lived signed session id.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import streamlit as st
+
+from mnist_lab.paths import default_db_path
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.identity import SESSION_COOKIE, Accounts, Identity, server_secret, session_max_age_s
+from mnist_lab.service.policy import ServerPolicy
+
+KEY = "_session"  # session state: this browser session's cookie value ("" once signed out)
+PENDING = "_session_cookie"  # session state: (value, max_age) the next run writes into the browser
+KEEP_ON_SIGN_OUT = ("_lang", "lang_pick")  # the language outlives a sign-out; nothing of the person does
+SECURE_ENV = "MNIST_LAB_SECURE_COOKIE"  # 1: always mark the cookie Secure (HTTPS that the app cannot see)
+TRUST_PROXY_ENV = "MNIST_LAB_TRUST_PROXY"  # 1: the client is X-Forwarded-For's first entry (behind a proxy)
+COOKIE_SAFE = re.compile(r"[A-Za-z0-9._-]*")  # what identity.open_session's values are made of
+
+
+@st.cache_resource
+def _accounts(path: str) -> Accounts:
+    return Accounts(ResultStore(path), server_secret(path))
+
+
+def accounts() -> Accounts:
+    """The server's students, sessions and sign-in throttle, in the result store's file."""
+    return _accounts(str(default_db_path()))
+
+
+def _text(value: object) -> str:
+    """A request's header, cookie or address as text ('' when missing: AppTest has no browser request)."""
+    return value if isinstance(value, str) else ""
+
+
+def _on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def secure() -> bool:
+    """Whether the browser reached us over HTTPS (then the cookie is Secure): the page's own URL,
+    a proxy's X-Forwarded-Proto, or MNIST_LAB_SECURE_COOKIE=1."""
+    forwarded = _text(st.context.headers.get("X-Forwarded-Proto")).split(",")[0].strip().lower()
+    return _text(st.context.url).startswith("https:") or forwarded == "https" or _on(SECURE_ENV)
+
+
+def client() -> str:
+    """The browser's address for the sign-in throttle ('' when unknown, e.g. on localhost): behind a
+    trusted proxy (MNIST_LAB_TRUST_PROXY=1) the first X-Forwarded-For entry, else the connection's."""
+    if _on(TRUST_PROXY_ENV):
+        forwarded = _text(st.context.headers.get("X-Forwarded-For")).split(",")[0].strip()
+        if forwarded:
+            return forwarded[:64]
+    return _text(st.context.ip_address)
+
+
+def current() -> Identity | None:
+    """This session's signed-in person, or None (always on a local install). Checked against the
+    store on every call, so a session the teacher ended (a PIN reset) or one that expired ends here too."""
+    if not ServerPolicy.from_env().shared:
+        return None
+    if KEY not in st.session_state:  # the session's first run: the cookie its page was opened with
+        st.session_state[KEY] = _text(st.context.cookies.get(SESSION_COOKIE))
+    value = st.session_state[KEY]
+    return accounts().session(value) if value else None
+
+
+def sign_in_as(who: Identity) -> None:
+    """Open a session for `who` and have the browser keep its cookie (written on the next run)."""
+    age = session_max_age_s()  # $MNIST_LAB_SESSION_HOURS, else a class day
+    value = accounts().open_session(who, client(), age)
+    st.session_state[KEY] = value
+    st.session_state[PENDING] = (value, age)
+
+
+def sign_out() -> None:
+    """End the session here and in the store, forget everything of its person in this browser
+    session (the language stays), and delete the cookie."""
+    accounts().close_session(st.session_state.get(KEY) or None)
+    for key in list(st.session_state):
+        if key not in KEEP_ON_SIGN_OUT:
+            del st.session_state[key]
+    st.session_state[KEY] = ""
+    st.session_state[PENDING] = ("", 0)
+
+
+def write_cookie() -> None:
+    """Write (or, Max-Age=0, delete) the session cookie a sign-in or sign-out left to write. Called
+    once per run by the app: an element drawn in a finished run is one the browser renders."""
+    pending = st.session_state.pop(PENDING, None)
+    if pending is None:
+        return
+    value, age = pending
+    if not COOKIE_SAFE.fullmatch(value):  # never quote anything else into a script
+        raise ValueError("not a session cookie value")
+    attrs = f"Max-Age={int(age)}; Path=/; SameSite=Strict" + ("; Secure" if secure() else "")
+    # value: "<id>.<expiry>.<hex>" from identity.open_session, cookie-safe characters only
+    st.html(f"<script>document.cookie = '{SESSION_COOKIE}={value}; {attrs}';</script>",
+            unsafe_allow_javascript=True)
