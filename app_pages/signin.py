@@ -2,6 +2,8 @@
 one-time code from the teacher and a new PIN, a new PIN where there is no roster, or the PIN), or
 the teacher with the token. Every address shows this page until someone signs in; then the same
 address opens its own page (streamlit_app.py). Wrong tries are slowed down, never locked out."""
+import logging
+
 import streamlit as st
 
 from app_lib.lang import N_, _, render_error
@@ -91,6 +93,7 @@ st.title(_("Sign in to MNIST CNN Lab"))
 try:
     accounts()
 except StoreError as exc:  # a damaged database: said without a server path; the teacher reads the detail on the server
+    logging.getLogger("mnist_lab").error("%s", exc)  # nobody can sign in to read it on a page: the server's log has it
     st.error(plain(without_server_paths(render_error(exc))), icon=":material/database:")
     st.stop()
 st.caption(_("Your runs are kept under your student ID. Signing in again on another computer finds them."))
