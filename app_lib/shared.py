@@ -3,9 +3,12 @@ MNIST, the device, the server's policy) and the per-session state around them: t
 widget values that survive page switches, and the query string that mirrors a page's setup."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import threading
+import time
 from typing import Any
 
 import streamlit as st
@@ -20,7 +23,7 @@ from mnist_lab.data.datasets import (
     load_raw,
     sample_grid,
 )
-from mnist_lab.errors import shorten
+from mnist_lab.errors import StoreError, shorten
 from mnist_lab.i18n import N_
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
@@ -28,6 +31,7 @@ from mnist_lab.service.access import LOCAL, Asker, may
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.policy import ServerPolicy
 from mnist_lab.service.queue import JobQueue
+from mnist_lab.service.quota import prune_visitors
 from mnist_lab.service.worker import spawn_worker
 from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
@@ -41,6 +45,7 @@ PAGE_KINDS = {"train": N_("Train"), "sweep": N_("Sweep"), "compare": N_("FC vs C
               "lesson": N_("Week 2")}  # job kind -> page (msgids)
 RESERVED_QUERY = ("lang",)  # kept in the URL on every page: the language (nothing that grants access)
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
+PRUNE_EVERY_S = 600.0  # demo mode: visitors' old runs are looked for at most this often
 
 
 def server_policy() -> ServerPolicy:
@@ -80,7 +85,8 @@ def spawned_workers() -> dict:
 
 def ensure_workers() -> None:
     """Start the worker processes this store lacks: one per GPU, one on a CPU machine (or
-    MNIST_LAB_WORKERS). A worker started elsewhere (`python -m mnist_lab worker`) counts."""
+    MNIST_LAB_WORKERS). A worker started elsewhere (`python -m mnist_lab worker`) counts. In demo
+    mode, at most every PRUNE_EVERY_S, delete the visitors' runs older than the keep time."""
     import torch
 
     store, policy = result_store(), server_policy()
@@ -99,6 +105,16 @@ def ensure_workers() -> None:
                                     idle_exit_s=float(idle) if idle else None,
                                     max_job_s=2 * policy.max_job_seconds if policy.shared else None,
                                     log=store.path.with_name("worker.log"))  # beside its database
+    last = pruned_at()
+    if policy.demo and time.monotonic() - last.get(str(store.path), -PRUNE_EVERY_S) >= PRUNE_EVERY_S:
+        last[str(store.path)] = time.monotonic()  # claimed before it runs: one session prunes, the rest go on
+        with contextlib.suppress(sqlite3.Error, OSError, StoreError):  # a busy or full disk: tried again later
+            prune_visitors(store, job_queue(), policy.keep_hours * 3600)
+
+
+@st.cache_resource
+def pruned_at() -> dict:
+    return {}  # database -> time.monotonic() when the demo last pruned its visitors' old runs
 
 
 def workspace() -> str:

@@ -196,11 +196,15 @@ def mean_sd_texts(summary: pd.DataFrame) -> list[str]:
 def start_job(kind: str, spec: JobSpec) -> str | None:
     """Queue `spec` for this workspace; remember it as the page's job. A refusal (the server's
     limits, a full queue, a bad config) is shown as a message and nothing is queued."""
+    from mnist_lab.service.quota import standing
     from mnist_lab.training.preflight import resolve_device
 
     try:
-        server_policy().check(spec, resolve_device(spec.train.device).type)
-        job_id = runner().submit(spec, workspace())
+        policy, run = server_policy(), runner()
+        # what this person and the server keep, and the jobs from this browser's address (the demo's cap)
+        kept = standing(result_store(), workspace(), run.client) if policy.shared else None
+        policy.check(spec, resolve_device(spec.train.device).type, kept)
+        job_id = run.submit(spec, workspace())
     except ValueError as exc:
         st.session_state[f"_{kind}_refused"] = exc  # worded when shown: a language switch words it again
         return None
