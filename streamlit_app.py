@@ -55,7 +55,7 @@ with st.sidebar:
         st.caption(":material/person: " + (_("Signed in as the teacher") if who.role == "teacher" else
                                            _("Signed in as {name} ({id})").format(name=who.name, id=who.student_id)))
         st.button(_("Sign out"), key="sign_out_btn", on_click=sign_out, icon=":material/logout:")
-    if store_ok and who is not None or not policy.shared:
+    if store_ok and (who is not None or not policy.shared):  # a signed-in person's jobs (local: every job)
         sidebar_jobs()
     if policy.shared and who is not None:
         share_link()

@@ -16,7 +16,7 @@ import streamlit as st
 
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
-from mnist_lab.service.identity import SESSION_COOKIE, SESSION_MAX_AGE_S, Accounts, Identity, server_secret
+from mnist_lab.service.identity import SESSION_COOKIE, Accounts, Identity, server_secret, session_max_age_s
 from mnist_lab.service.policy import ServerPolicy
 
 KEY = "_session"  # session state: this browser session's cookie value ("" once signed out)
@@ -24,7 +24,6 @@ PENDING = "_session_cookie"  # session state: (value, max_age) the next run writ
 KEEP_ON_SIGN_OUT = ("_lang", "lang_pick")  # the language outlives a sign-out; nothing of the person does
 SECURE_ENV = "MNIST_LAB_SECURE_COOKIE"  # 1: always mark the cookie Secure (HTTPS that the app cannot see)
 TRUST_PROXY_ENV = "MNIST_LAB_TRUST_PROXY"  # 1: the client is X-Forwarded-For's first entry (behind a proxy)
-HOURS_ENV = "MNIST_LAB_SESSION_HOURS"  # how long a sign-in lasts (default: identity.SESSION_MAX_AGE_S)
 COOKIE_SAFE = re.compile(r"[A-Za-z0-9._-]*")  # what identity.open_session's values are made of
 
 
@@ -38,13 +37,9 @@ def accounts() -> Accounts:
     return _accounts(str(default_db_path()))
 
 
-def max_age_s() -> int:
-    text = os.environ.get(HOURS_ENV, "").strip()
-    try:
-        hours = float(text) if text else 0.0
-    except ValueError:
-        hours = 0.0
-    return int(hours * 3600) if hours > 0 else SESSION_MAX_AGE_S
+def _text(value: object) -> str:
+    """A request's header, cookie or address as text ('' when missing: AppTest has no browser request)."""
+    return value if isinstance(value, str) else ""
 
 
 def _on(name: str) -> bool:
@@ -54,18 +49,18 @@ def _on(name: str) -> bool:
 def secure() -> bool:
     """Whether the browser reached us over HTTPS (then the cookie is Secure): the page's own URL,
     a proxy's X-Forwarded-Proto, or MNIST_LAB_SECURE_COOKIE=1."""
-    forwarded = (st.context.headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
-    return (st.context.url or "").startswith("https:") or forwarded == "https" or _on(SECURE_ENV)
+    forwarded = _text(st.context.headers.get("X-Forwarded-Proto")).split(",")[0].strip().lower()
+    return _text(st.context.url).startswith("https:") or forwarded == "https" or _on(SECURE_ENV)
 
 
 def client() -> str:
     """The browser's address for the sign-in throttle ('' when unknown, e.g. on localhost): behind a
     trusted proxy (MNIST_LAB_TRUST_PROXY=1) the first X-Forwarded-For entry, else the connection's."""
     if _on(TRUST_PROXY_ENV):
-        forwarded = (st.context.headers.get("X-Forwarded-For") or "").split(",")[0].strip()
+        forwarded = _text(st.context.headers.get("X-Forwarded-For")).split(",")[0].strip()
         if forwarded:
             return forwarded[:64]
-    return st.context.ip_address or ""
+    return _text(st.context.ip_address)
 
 
 def current() -> Identity | None:
@@ -74,16 +69,17 @@ def current() -> Identity | None:
     if not ServerPolicy.from_env().shared:
         return None
     if KEY not in st.session_state:  # the session's first run: the cookie its page was opened with
-        st.session_state[KEY] = st.context.cookies.get(SESSION_COOKIE) or ""
+        st.session_state[KEY] = _text(st.context.cookies.get(SESSION_COOKIE))
     value = st.session_state[KEY]
     return accounts().session(value) if value else None
 
 
 def sign_in_as(who: Identity) -> None:
     """Open a session for `who` and have the browser keep its cookie (written on the next run)."""
-    value = accounts().open_session(who, client(), max_age_s())
+    age = session_max_age_s()  # $MNIST_LAB_SESSION_HOURS, else a class day
+    value = accounts().open_session(who, client(), age)
     st.session_state[KEY] = value
-    st.session_state[PENDING] = (value, max_age_s())
+    st.session_state[PENDING] = (value, age)
 
 
 def sign_out() -> None:

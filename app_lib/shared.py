@@ -37,7 +37,7 @@ from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
 
 from .lang import _, render_error
-from .session import current
+from .session import client, current
 from .text import plain
 
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_", "w2_")  # page-only widget keys kept across pages
@@ -74,8 +74,10 @@ def job_queue() -> JobQueue:
 
 def runner() -> StoreRunner:
     """The job runner acting for this session (`asker`): it shows, stops and deletes only what
-    `mnist_lab.service.access.may` lets this session."""
-    return StoreRunner(result_store(), queue_limit=server_policy().queue_limit, queue=job_queue(), asker=asker())
+    `mnist_lab.service.access.may` lets this session; its jobs keep the browser's address (shared mode)."""
+    policy = server_policy()
+    return StoreRunner(result_store(), queue_limit=policy.queue_limit, queue=job_queue(), asker=asker(),
+                       client=client() if policy.shared else "")
 
 
 @st.cache_resource

@@ -6,8 +6,9 @@ import streamlit as st
 
 from app_lib.lang import N_, _, render_error
 from app_lib.session import accounts, client, sign_in_as
-from app_lib.shared import server_policy
+from app_lib.shared import server_policy, without_server_paths
 from app_lib.text import plain
+from mnist_lab.errors import StoreError
 
 STEP = "signin_step"  # session state: (student ID, name, what to ask) once the first form is sent
 ERROR = "signin_error"  # session state: the last refusal, worded when shown (a language switch words it again)
@@ -87,6 +88,11 @@ def teacher_form() -> None:
 
 
 st.title(_("Sign in to MNIST CNN Lab"))
+try:
+    accounts()
+except StoreError as exc:  # a damaged database: said without a server path; the teacher reads the detail on the server
+    st.error(plain(without_server_paths(render_error(exc))), icon=":material/database:")
+    st.stop()
 st.caption(_("Your runs are kept under your student ID. Signing in again on another computer finds them."))
 if (why := st.session_state.get(ERROR)) is not None:
     st.error(plain(_(why) if isinstance(why, str) else render_error(why)), icon=":material/block:")

@@ -231,7 +231,7 @@ def test_a_refused_job_says_why_in_chinese(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_LAB_MAX_JOB_SECONDS", "1")
     # Lab-5 on 20,000 images for 3 epochs: seconds on any CPU, over the 1 s allowed whatever was measured before
     at = open_page("train", {"lang": "zh_CN", "preset": "lab5", "epochs": "3", "train_limit": "20000"},
-                   who=student("s1"))
+                   who=student("s1", "张三"))
     at.button(key="train_go_btn").click().run()
     refusal = next(e.value for e in at.error if "共享服务器" in e.value)
     time = r"(\d+\\?\.\d 秒|\d+ 分 \d\d 秒)"  # i18n.seconds (Markdown escapes its point)

@@ -212,8 +212,12 @@ def test_a_wrong_id_name_pin_or_code_all_read_the_same(accounts):
 def test_a_roster_takes_back_ids_claimed_before_it(accounts):
     who = accounts.sign_in("1", "Mallory", "", IP, new_pin="123456")  # no roster yet: anyone claims any id
     cookie = accounts.open_session(who, IP)
+    off = accounts.open_session(accounts.sign_in("9", "Off", "", IP, new_pin="123456"), IP)
     code = accounts.import_roster("学号,姓名\n1,Ann\n")["1"]
     assert accounts.session(cookie) is None and accounts.step("1") == "code"
+    assert accounts.session(off) is None  # left off the roster: signed out, and refused from now on
+    with pytest.raises(SignInError, match="not on the class's roster"):
+        accounts.step("9")
     with pytest.raises(SignInError):
         accounts.sign_in("1", "Mallory", "123456", IP)
     assert accounts.sign_in("1", "Ann", code, IP, new_pin="777777").name == "Ann"
@@ -287,6 +291,19 @@ def test_a_flood_against_an_account_delays_its_owner_at_most_30_s_and_never_lock
     other.close()
 
 
+def test_tries_sent_at_the_same_moment_are_throttled_as_if_sent_one_by_one(accounts, clock):
+    from concurrent.futures import ThreadPoolExecutor
+
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    servers = [Accounts(accounts.store, SECRET, clock=clock) for _ in range(8)]  # a connection each, as processes
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda a: _try(a, clock, IP), servers))
+    assert sorted(waits).count(0.0) == identity.FREE_TRIES  # the rest were told to wait, unchecked
+    assert {f["key"]: f["failures"] for f in accounts.failures()}[f"client:{IP}"] == identity.FREE_TRIES
+    for server in servers:
+        server.close()
+
+
 def test_wrong_teacher_tokens_are_throttled_and_compared_in_constant_time(accounts, clock):
     with pytest.raises(SignInError, match="no teacher token"):
         accounts.sign_in_teacher("x", "", IP)
@@ -308,3 +325,35 @@ def test_a_visitor_gets_a_fresh_anonymous_workspace_held_in_a_session(accounts):
     assert first.role == "visitor" and first.workspace.startswith("visitor:") and first != second
     assert len(first.workspace) == len("visitor:") + 22 and first.student_id == first.name == ""
     assert accounts.session(accounts.open_session(first, IP)) == first
+
+
+# ------------------------------------------------------------------------------ the CLI (a headless teacher)
+
+def test_the_class_command_loads_a_roster_prints_codes_resets_and_clears_failures(tmp_path, capsys):
+    from mnist_lab.cli.main import main
+
+    db, roster = tmp_path / "class.sqlite", tmp_path / "roster.csv"
+    roster.write_bytes("学号,姓名\n1,A\n1,B\n".encode())
+    assert main(["--lang", "zh", "class", "roster", str(roster), "--db", str(db)]) == 2
+    assert capsys.readouterr().err == "错误：名单第 3 行与第 2 行的学号 '1' 重复：请只保留一行。\n"
+    assert not db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["roster.csv"]  # nothing written
+
+    roster.write_bytes("\ufeff学号,姓名\n0012,张三\n".encode())
+    assert main(["class", "roster", str(roster), "--db", str(db)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["student", "ID", "student", "name", "one-time", "code"]
+    sid, name, code = table[1].split()
+    assert (sid, name, len(code)) == ("0012", "张三", 8)
+    store = ResultStore(db)
+    accounts = Accounts(store, server_secret(db))  # the server's secret: the file the command made
+    assert accounts.sign_in("0012", "张三", code, IP, new_pin="123456").student_id == "0012"
+    assert main(["class", "codes", "--db", str(db)]) == 0 and "0 one-time codes" in capsys.readouterr().out
+    assert main(["class", "reset", "0012", "--db", str(db)]) == 0
+    assert accounts.step("0012") == "code" and "0012" in capsys.readouterr().out
+    with pytest.raises(SignInError):
+        accounts.sign_in("0012", "张三", "WRONGCOD", IP, new_pin="654321")
+    assert main(["class", "failures", "--db", str(db)]) == 0
+    assert f"client:{IP}" in capsys.readouterr().out
+    assert main(["class", "failures", "--clear", "--db", str(db)]) == 0 and accounts.failures() == []
+    accounts.close()
+    store.close()

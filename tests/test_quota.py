@@ -71,7 +71,7 @@ def test_a_jobs_bytes_are_projected_from_the_measured_rows_and_its_weights():
     ten = quota.job_bytes(lab5(epochs=10, train_limit=None))  # 938 steps an epoch
     weights = count_params(LAB5) * 4 + quota.WEIGHTS_HEADER_BYTES
     assert ten == 9380 * quota.ITERATION_ROW_BYTES + 10 * quota.EPOCH_ROW_BYTES + quota.RUN_ROW_BYTES + weights
-    assert 0.7e6 < ten < 0.9e6  # bench/bench_bytes.py measured 0.81 MB for this run
+    assert 0.75e6 < ten < 0.9e6  # bench/bench_bytes.py measured 0.77-0.81 MB for this run
     compare = JobSpec("compare", TrainConfig(), DataConfig(train_limit=640), compare=CompareConfig(seeds=2))
     per_run = [quota.job_bytes(replace(compare, compare=None, kind="train", model=cfg))
                for cfg in compare.compare.models().values()]

@@ -8,9 +8,9 @@ no cookies: a session is handed to the app as it keeps one (apptest.session_for)
 from __future__ import annotations
 
 import pytest
-from apptest import APP, TEACHER, app_db, open_page, student
+from apptest import APP, TEACHER, app_db, open_page, session_for, student
 from streamlit.testing.v1 import AppTest
-from test_i18n import assert_chinese
+from test_i18n import assert_chinese, english_left, texts
 
 from app_lib.session import KEY as SESSION_KEY
 from mnist_lab.data.datasets import DataConfig
@@ -41,11 +41,6 @@ def app(query: dict | None = None) -> AppTest:
     return at.run()
 
 
-def texts(at: AppTest) -> str:
-    return "\n".join(str(e.value) for kind in ("title", "markdown", "caption", "error", "warning", "info", "success")
-                     for e in getattr(at, kind))
-
-
 def student_form(at: AppTest, student_id: str, name: str) -> AppTest:
     at.text_input(key="signin_id").set_value(student_id)
     at.text_input(key="signin_name").set_value(name)
@@ -58,23 +53,31 @@ def submit(at: AppTest, form: str) -> AppTest:
     return button.click().run()
 
 
+def pin_inputs(at: AppTest) -> list:
+    return [t for t in at.get("text_input") if t.key.startswith(("signin_secret", "signin_pin"))]
+
+
 def test_not_signed_in_every_address_shows_the_sign_in_page_and_then_opens_it(db):
     at = app()
     assert at.title[0].value == "Sign in to MNIST CNN Lab" and not at.exception
     with pytest.raises(ValueError):  # no other page is registered before a sign-in
         at.switch_page("app_pages/runs.py")
     store = ResultStore(db)
-    store.start_run(run_row("r-teach", PRESETS["tiny-fc"].model, TrainConfig(), DataConfig(), status="finished"))
+    for run_id in ("r-old", "r-new"):
+        store.start_run(run_row(run_id, PRESETS["tiny-fc"].model, TrainConfig(), DataConfig(), status="finished"))
 
-    deep = open_page("runs", query={"selected": "r-teach", "status": "finished"}, who=TEACHER)  # a copied link
-    deep.session_state[SESSION_KEY] = ""  # no one signed in on this browser: same address, the sign-in page
+    deep = AppTest.from_file(APP, default_timeout=60)  # a browser whose pages once listed Runs (to reach its address)
+    deep.session_state[SESSION_KEY] = session_for(TEACHER)
+    deep.run().switch_page("app_pages/runs.py")
+    deep.session_state[SESSION_KEY] = ""  # no one signed in any more: a copied link opened fresh
+    deep.query_params.update({"selected": "r-old", "status": "finished"})
     deep.run()
-    assert deep.title[0].value == "Sign in to MNIST CNN Lab"
-    assert deep.query_params["selected"] == "r-teach"  # the link is kept for after the sign-in
+    assert deep.title[0].value == "Sign in to MNIST CNN Lab" and not deep.get("multiselect")
+    assert deep.query_params["selected"] == "r-old"  # the link is kept for after the sign-in
     deep.text_input(key="signin_token").set_value(TOKEN)
     submit(deep, "signin_teacher_form")
-    assert deep.title[0].value == "Runs" and not deep.exception  # the same page, its settings
-    assert deep.multiselect(key="runs_selected").value == ["r-teach"]
+    assert deep.title[0].value == "Runs" and not deep.exception  # the same page, the link's settings
+    assert deep.multiselect(key="runs_selected").value == ["r-old"]
     assert deep.multiselect(key="runs_status").value == ["finished"]
     assert any("Signed in as the teacher" in c.value for c in deep.sidebar.caption)
 
@@ -97,7 +100,7 @@ def test_a_roster_student_signs_in_with_the_code_then_with_a_pin(db):
 
     again = app()  # another browser: the PIN now
     student_form(again, "2024001", "张三")
-    assert again.text_input(key="signin_secret").label == "PIN" and not again.get("text_input")[3:]
+    assert again.text_input(key="signin_secret").label == "PIN" and not pin_inputs(again)[1:]  # no new PIN
     again.text_input(key="signin_secret").set_value("135790")
     submit(again, "signin_secret_form")
     assert any("Signed in as 张三 (2024001)" in c.value for c in again.sidebar.caption)
@@ -105,7 +108,7 @@ def test_a_roster_student_signs_in_with_the_code_then_with_a_pin(db):
     assert again.title[0].value == "Sign in to MNIST CNN Lab" and again.session_state[SESSION_KEY] == ""
     outsider = app()
     student_form(outsider, "9999999", "王五")  # not on the roster
-    assert outsider.error and not outsider.get("text_input")[2:]
+    assert len(outsider.error) == 1 and not pin_inputs(outsider)  # said why; nothing asked
 
 
 def test_without_a_roster_a_student_claims_an_id_and_wrong_pins_are_slowed(db):
@@ -172,7 +175,8 @@ def test_the_class_page_in_chinese(db):
     at = open_page("teacher", {"lang": "zh_CN"}, who=TEACHER)
     at.button(key="teacher_issue_btn").click().run()
     assert at.title[0].value == "班级" and len(at.dataframe) == 4  # codes, students, failures, who is signed in
-    assert_chinese(at)
+    codes = set(at.dataframe[0].value.iloc[:, 2])  # the codes themselves: letters and digits, not words
+    assert not [(where, text) for where, text in texts(at) if text not in codes and english_left(text)]
 
 
 def test_a_student_cannot_open_the_class_page(db):
@@ -212,3 +216,50 @@ def test_the_report_cover_takes_the_signed_in_students_name_and_id(db):
     assert at.text_input(key="report_cover_name_input").disabled
     assert at.text_input(key="report_cover_student_id_input").value == "2024001"
     assert not at.text_input(key="report_cover_class_name_input").disabled
+
+
+def test_a_demo_visitor_gets_a_workspace_and_sees_the_examples_read_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", "demo")
+    db = app_db(tmp_path / "results.sqlite", monkeypatch)
+    store = ResultStore(db)
+    store.start_run(run_row("r-example", PRESETS["tiny-fc"].model, TrainConfig(), DataConfig(), label="example",
+                            status="finished"))  # trained by the operator on the CLI: the local workspace
+    at = open_page("runs")
+    assert at.title[0].value == "Runs" and not at.exception  # no sign-in page
+    who = accounts(db).session(at.session_state[SESSION_KEY])
+    assert who.role == "visitor" and who.workspace.startswith("visitor:")
+    assert list(at.dataframe[0].value["run"]) == ["r-example"]
+    assert any("the examples can be looked at, not stopped or deleted" in c.value for c in at.caption)
+    assert any("belong to someone else" in c.value for c in at.caption)
+    assert at.button(key="runs_delete_btn").disabled and not at.checkbox(key="runs_sure").value
+    assert at.checkbox(key="runs_sure").disabled
+    assert not at.sidebar.button  # no sign-out for a visitor
+
+
+def test_a_run_the_teacher_stops_says_so_to_its_student(db):
+    from mnist_lab.service.jobs import JobSpec
+    from mnist_lab.service.queue import JobQueue
+
+    store, alice = ResultStore(db), student("s1", "Alice")
+    spec = JobSpec("train", TrainConfig(epochs=1), DataConfig(train_limit=256), model=PRESETS["tiny-fc"].model)
+    queue = JobQueue(store)
+    queue.start_inline("j-alice", alice.workspace, "train", spec.title, spec.to_json(), 1)  # training (this process)
+    with store.context(job_id="j-alice", workspace=alice.workspace, student_id="s1", student_name="Alice"):
+        store.start_run(run_row("r-live", PRESETS["tiny-fc"].model, TrainConfig(), DataConfig(), status="running"))
+    teacher = open_page("runs", who=TEACHER)
+    teacher.button(key="runs_stop_btn").click().run()
+    assert not teacher.exception
+    queue.finish("j-alice", "stopped")  # what the worker does at the next iteration
+    assert "stopped by the teacher" in queue.jobs()[0]["stop_reason"]  # the job's reason, as stored
+    at = open_page("train", who=alice)
+    assert any(w.value.startswith("Stopped (stopped by the teacher) after") for w in at.warning)
+
+
+def test_a_damaged_database_stops_the_sign_in_page_without_a_path(broken_db, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    app_db(broken_db, monkeypatch)
+    at = app()
+    assert not at.exception and at.title[0].value == "Sign in to MNIST CNN Lab"
+    [error] = at.error
+    assert "results database" in error.value and str(broken_db.parent) not in error.value.replace("\\", "")
+    assert not pin_inputs(at) and not at.get("text_input")

@@ -390,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mnist_lab.cli.data_cmd import add_parser as add_data_parser  # data idx
 
     add_data_parser(sub, parents=[lang_flag])
+
+    from mnist_lab.cli.class_cmd import add_parser as add_class_parser  # class roster/codes/reset/failures
+
+    add_class_parser(sub, parents=[lang_flag])
     return parser
 
 

@@ -195,6 +195,14 @@ def session_max_age_s(environ: Mapping[str, str] | None = None) -> int:
     return int(hours * 3600)
 
 
+def throttle_wait(failures: int, last_at: float, cap: float, now: float) -> float:
+    """Seconds a key with `failures` wrong tries, the last at `last_at`, must still wait: none for
+    the first FREE_TRIES, then 1, 2, 4 ... up to `cap` after the last one; none once WINDOW_S passed."""
+    if failures < FREE_TRIES or now - last_at > WINDOW_S:
+        return 0.0
+    return max(last_at + min(2.0 ** (failures - FREE_TRIES), cap) - now, 0.0)
+
+
 def student_workspace(student_id: str) -> str:
     return STUDENT_PREFIX + student_id
 
@@ -338,8 +346,9 @@ class Accounts:
         each student is added, or their name updated, on the roster. A student new to the roster
         (unknown, or an id claimed before there was one) gets a one-time code and loses a PIN they
         set themselves (the roster, not whoever claimed the id first, says who it is); a student
-        already on it keeps their PIN. Returns {student_id: code} for every student without a PIN:
-        the only place plain codes exist."""
+        already on it keeps their PIN; a claimed id left off it is signed out. Returns
+        {student_id: code} for every student of the roster without a PIN: the only place plain
+        codes exist."""
         students = parse_roster(csv_text)
         now = self.clock()
         with self._transaction() as conn:
@@ -352,6 +361,9 @@ class Accounts:
             conn.executemany("INSERT INTO students (student_id, name, on_roster, created_at) VALUES (?, ?, 1, ?) "
                              "ON CONFLICT (student_id) DO UPDATE SET name = excluded.name, on_roster = 1",
                              [(sid, name, now) for sid, name in students])
+            # ids claimed before any roster and left off it can sign in no more: their sessions end too
+            conn.execute("DELETE FROM sessions WHERE role = 'student' AND student_id IN "
+                         "(SELECT student_id FROM students WHERE COALESCE(on_roster, 0) = 0)")
             ids = [sid for sid, _ in students]
             without_pin = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE pin_hash IS NULL")}
             return self._issue(conn, [sid for sid in ids if sid in without_pin])
@@ -380,11 +392,13 @@ class Accounts:
     @explained
     def issue_codes(self, student_ids: list[str] | None = None) -> dict[str, str]:
         """New one-time codes (replacing earlier ones) for the students among `student_ids` (None:
-        every student) who have no PIN; an unknown id refuses them all."""
+        every student who can sign in: those on the roster, if there is one) who have no PIN; an
+        unknown id refuses them all."""
         with self._transaction() as conn:
             without_pin = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE pin_hash IS NULL")}
             if student_ids is None:
-                wanted = sorted(without_pin)
+                on_roster = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE on_roster = 1")}
+                wanted = sorted(without_pin & on_roster if on_roster else without_pin)
             else:
                 known = {sid for (sid,) in conn.execute("SELECT student_id FROM students")}
                 unknown = [sid for sid in student_ids if sid not in known]
@@ -423,30 +437,34 @@ class Accounts:
         wait = self.wait_seconds(client, student_id or None)
         if wait > 0:
             raise Throttled(wait)
-        row = self._student(student_id) if ID_PATTERN.fullmatch(student_id) else None
+        well_formed = ID_PATTERN.fullmatch(student_id) is not None
+        row = self._student(student_id) if well_formed else None
         roster = self.has_roster()
         if row is not None and roster and not row["on_roster"]:
             row = None  # an id claimed before the roster: not this class's any more
-        if row is not None and row["pin_hash"]:
+        way = ("pin" if row is not None and row["pin_hash"] else "code" if row is not None and row["code_hash"]
+               else "claim" if not roster and well_formed else "none")
+        # the form's own mistakes, before any secret is looked at: nothing learnt, nothing counted
+        if way == "claim" and not _valid_name(name):
+            raise SignInError(BAD_NAME)
+        if way in ("code", "claim") and not _valid_pin(new_pin):
+            raise SignInError(BAD_PIN)
+        # counted before it is checked, in one transaction with the throttle's check: tries sent
+        # at once from many tabs or processes wait their turn like tries sent one by one
+        self._count_try(client, _account_key(student_id) if well_formed else None)
+        if way == "pin":
             ok = check_pin(secret, row["pin_hash"]) and _same_name(name, row["name"])
             who = self._signed_in(student_id, row["name"]) if ok else None
-        elif row is not None and row["code_hash"]:
-            if not _valid_pin(new_pin):
-                raise SignInError(BAD_PIN)  # before the code is looked at: nothing learnt, nothing counted
+        elif way == "code":
             code_ok = hmac.compare_digest(self._code_hash(student_id, secret), row["code_hash"])
             who = self._set_pin(student_id, row["name"], new_pin, row["code_hash"]) \
                 if code_ok and _same_name(name, row["name"]) else None
-        elif not roster and ID_PATTERN.fullmatch(student_id):  # no roster: the id is free to claim
-            if not _valid_name(name):
-                raise SignInError(BAD_NAME)
-            if not _valid_pin(new_pin):
-                raise SignInError(BAD_PIN)
+        elif way == "claim":  # no roster: the id is free to claim
             who = self._claim(student_id, name, new_pin)
         else:
             check_pin(secret, _DUMMY_HASH)  # as long as a wrong PIN takes: no account is told apart
             who = None
         if who is None:
-            self._fail(client, student_id)
             raise SignInError(WRONG_SIGN_IN)
         self.clear_failures(_client_key(client))
         self.clear_failures(_account_key(student_id))
@@ -485,8 +503,8 @@ class Accounts:
         wait = self.wait_seconds(client, None, account=_TEACHER_KEY)
         if wait > 0:
             raise Throttled(wait)
+        self._count_try(client, _TEACHER_KEY)
         if not same_secret(token if isinstance(token, str) else "", teacher_token):
-            self._fail(client, None, account=_TEACHER_KEY)
             raise SignInError(WRONG_TOKEN)
         self.clear_failures(_client_key(client))
         self.clear_failures(_TEACHER_KEY)
@@ -497,36 +515,41 @@ class Accounts:
         return Identity("visitor", VISITOR_PREFIX + secrets.token_urlsafe(16))
 
     # -------------------------------------------------------------------------- throttle
-    def _wait_for(self, key: str, cap: float, now: float) -> float:
-        rows = self._rows("SELECT failures, last_at FROM signin_failures WHERE key = ?", (key,))
-        if not rows:
-            return 0.0
-        failures, last = rows[0]
-        if failures < FREE_TRIES or now - last > WINDOW_S:
-            return 0.0
-        return max(last + min(2.0 ** (failures - FREE_TRIES), cap) - now, 0.0)
+    def _keys(self, client: str, account: str | None) -> list[tuple[str, float]]:
+        """The throttle's keys of a try, each with its cap. An unknown client ('') has no count of
+        its own (it would be everyone's behind it); its account still does."""
+        return [*([(_client_key(client), CLIENT_CAP_S)] if client else []),
+                *([(account, ACCOUNT_CAP_S)] if account else [])]
+
+    def _waits(self, conn: sqlite3.Connection, keys: list[tuple[str, float]], now: float) -> float:
+        wait = 0.0
+        for key, cap in keys:
+            row = conn.execute("SELECT failures, last_at FROM signin_failures WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                wait = max(wait, throttle_wait(row[0], row[1], cap, now))
+        return wait
 
     def wait_seconds(self, client: str, student_id: str | None, account: str | None = None) -> float:
         """How long before the next try from `client` for `student_id` (or `account`, a key) is
         looked at: the longer of the client's and the account's waits (0: now). An unknown client
         ('') has no count of its own (it would be everyone's behind it); its accounts still do."""
-        now = self.clock()
-        keys = [(_client_key(client), CLIENT_CAP_S)] if client else []
         account = account or (_account_key(student_id) if student_id else None)
-        if account:
-            keys.append((account, ACCOUNT_CAP_S))
-        return max((self._wait_for(key, cap, now) for key, cap in keys), default=0.0)
+        with self._lock:
+            return self._waits(self._conn, self._keys(client, account), self.clock())
 
     @explained
-    def _fail(self, client: str, student_id: str | None, account: str | None = None) -> None:
+    def _count_try(self, client: str, account: str | None) -> None:
+        """Count a try as wrong before its secret is checked (a success clears it), unless it must
+        wait: then Throttled, and nothing counted. One transaction, so tries at the same moment
+        from several tabs or server processes are counted one after another."""
         now = self.clock()
-        keys = [_client_key(client)] if client else []
-        account = account or (_account_key(student_id) if student_id and ID_PATTERN.fullmatch(student_id) else None)
-        if account:
-            keys.append(account)
+        keys = self._keys(client, account)
         with self._transaction() as conn:
             conn.execute("DELETE FROM signin_failures WHERE last_at < ?", (now - WINDOW_S,))  # forgotten ones
-            for key in keys:
+            wait = self._waits(conn, keys, now)
+            if wait > 0:
+                raise Throttled(wait)
+            for key, _cap in keys:
                 # a count older than the window starts again
                 conn.execute("INSERT INTO signin_failures (key, failures, first_at, last_at) VALUES (?, 1, ?, ?) "
                              "ON CONFLICT (key) DO UPDATE SET "

@@ -77,7 +77,7 @@ class ServerPolicy:
     max_job_seconds: float = 900.0  # estimated before it starts; enforced by the worker too
     # Shared and demo mode only: what one person (a workspace) and the whole server keep. Sized for 60
     # students over a term on a 50 GB disk (bench/bench_bytes.py: a Lab-5 run of 10 epochs keeps
-    # about 0.81 MB): 60 x 500 MB = 30 GB of results, the rest for the system, Python and the data.
+    # 0.77-0.81 MB): 60 x 500 MB = 30 GB of results, the rest for the system, Python and the data.
     max_runs: int = 500  # runs kept per person
     max_mb: float = 500.0  # MB (10^6 bytes) of rows and weights kept per person
     max_total_gb: float = 30.0  # GB of results on the server (the database's pages in use + weights)

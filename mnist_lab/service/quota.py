@@ -19,14 +19,14 @@ from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.runs.weights import valid_run_id, weights_dir, weights_path
 from mnist_lab.service.queue import JOB_ACTIVE, JobQueue
 
-# Bytes a run keeps, measured by bench/bench_bytes.py (SQLite 4 KiB pages, no VACUUM; measured 82.3,
-# 273, 353 and 1,336 B for Lab-5), rounded up: a row of `iterations` (with its primary-key index), a
-# row of `epochs`, a row of `runs`, and a weights file's safetensors header beyond its float32
-# tensors (its configs as JSON: longer for a deeper network). A Lab-5 run of 10 epochs on 60,000
-# images keeps about 0.81 MB, 96% of it its iteration rows.
+# Bytes a run keeps, measured by bench/bench_bytes.py (SQLite 4 KiB pages, no VACUUM; two runs gave
+# 78-82, 205-273, 353-508 and 1,336 B for Lab-5: pages fill unevenly), rounded up: a row of
+# `iterations` (with its primary-key index), a row of `epochs`, a row of `runs`, and a weights
+# file's safetensors header beyond its float32 tensors (its configs as JSON: longer for a deeper
+# network). A Lab-5 run of 10 epochs on 60,000 images keeps 0.77-0.81 MB, 95% of it iteration rows.
 ITERATION_ROW_BYTES = 85
 EPOCH_ROW_BYTES = 280
-RUN_ROW_BYTES = 400
+RUN_ROW_BYTES = 500
 WEIGHTS_HEADER_BYTES = 1_500
 VISITOR_PREFIX = "visitor:"  # a demo visitor's workspace (identity.py)
 
