@@ -40,7 +40,7 @@ if policy.signin and who is None:
     # every address of the app shows the sign-in form and keeps its path and query: once signed in, the same
     # address (a copied link) opens its page and settings for whoever signed in
     page = st.navigation([st.Page("app_pages/signin.py", title=_("Sign in"), icon=":material/login:",
-                                  url_path=path or None, default=not path) for _f, _t, _i, path in PAGES],
+                                  url_path=path or None, default=not path) for *_page, path in [*PAGES, ("teacher",)]],
                          position="hidden")
 else:
     pages = [st.Page(f"app_pages/{name}.py", title=title, icon=icon, url_path=path or None, default=not path)
