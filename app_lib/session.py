@@ -23,7 +23,7 @@ KEY = "_session"  # session state: this browser session's cookie value ("" once 
 PENDING = "_session_cookie"  # session state: (value, max_age) the next run writes into the browser
 KEEP_ON_SIGN_OUT = ("_lang", "lang_pick")  # the language outlives a sign-out; nothing of the person does
 SECURE_ENV = "MNIST_LAB_SECURE_COOKIE"  # 1: always mark the cookie Secure (HTTPS that the app cannot see)
-TRUST_PROXY_ENV = "MNIST_LAB_TRUST_PROXY"  # 1: the client is X-Forwarded-For's first entry (behind a proxy)
+TRUST_PROXY_ENV = "MNIST_LAB_TRUST_PROXY"  # 1: the client is the last X-Forwarded-For entry (behind your own proxy)
 COOKIE_SAFE = re.compile(r"[A-Za-z0-9._-]*")  # what identity.open_session's values are made of
 
 
@@ -55,9 +55,11 @@ def secure() -> bool:
 
 def client() -> str:
     """The browser's address for the sign-in throttle ('' when unknown, e.g. on localhost): behind a
-    trusted proxy (MNIST_LAB_TRUST_PROXY=1) the first X-Forwarded-For entry, else the connection's."""
+    trusted proxy (MNIST_LAB_TRUST_PROXY=1) the last X-Forwarded-For entry (the one that proxy added:
+    the entries before it are whatever the browser sent, so a guesser could forge a new address for
+    every try), else the connection's."""
     if _on(TRUST_PROXY_ENV):
-        forwarded = _text(st.context.headers.get("X-Forwarded-For")).split(",")[0].strip()
+        forwarded = _text(st.context.headers.get("X-Forwarded-For")).split(",")[-1].strip()
         if forwarded:
             return forwarded[:64]
     return _text(st.context.ip_address)

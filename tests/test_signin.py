@@ -263,3 +263,20 @@ def test_a_damaged_database_stops_the_sign_in_page_without_a_path(broken_db, mon
     [error] = at.error
     assert "results database" in error.value and str(broken_db.parent) not in error.value.replace("\\", "")
     assert not pin_inputs(at) and not at.get("text_input")
+
+
+def test_behind_a_trusted_proxy_the_client_is_the_address_the_proxy_saw(monkeypatch):
+    """The throttle counts per address: behind the server's own proxy that is the entry the proxy
+    appended (the last); the entries before it are the browser's to forge, one per guess."""
+    from types import SimpleNamespace
+
+    from app_lib import session
+
+    context = SimpleNamespace(headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3"}, ip_address="127.0.0.9")
+    monkeypatch.setattr(session, "st", SimpleNamespace(context=context))
+    monkeypatch.delenv(session.TRUST_PROXY_ENV, raising=False)
+    assert session.client() == "127.0.0.9"  # no proxy trusted: the connection's own address
+    monkeypatch.setenv(session.TRUST_PROXY_ENV, "1")
+    assert session.client() == "10.1.2.3"
+    context.headers = {}
+    assert session.client() == "127.0.0.9"
