@@ -8,6 +8,7 @@ from mnist_lab.data.datasets import DataConfig
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore, run_row
 from mnist_lab.service.access import EXAMPLES_WORKSPACE, LOCAL, Asker, allowed, may, workspace_of
+from mnist_lab.service.identity import Identity
 from mnist_lab.service.jobs import JobSpec, StoreRunner
 from mnist_lab.service.policy import ServerPolicy
 from mnist_lab.training.loop import TrainConfig
@@ -39,11 +40,15 @@ def test_a_thing_is_a_workspace_a_row_or_an_object_and_a_run_of_none_is_the_loca
     assert (ALICE.scope, CLASS.scope, TEACHER.scope, LOCAL.scope) == (("alice-ws",), None, None, None)
 
 
-def test_the_server_policy_says_who_a_session_is():
+def test_the_server_policy_says_who_a_signed_in_session_is():
     policy = ServerPolicy(mode="shared", teacher_token="s3cret")
-    assert policy.asker("alice-ws", "wrong") == ALICE
-    assert policy.asker("teacher-ws", "s3cret") == TEACHER
-    assert ServerPolicy().asker("local") == LOCAL
+    alice = policy.asker(Identity("student", "student:2023001", "2023001", "Alice"))
+    assert (alice.workspace, alice.student_id, alice.name, alice.teacher) == ("student:2023001", "2023001", "Alice",
+                                                                              False)
+    assert policy.asker(Identity("teacher", "teacher")).teacher
+    nobody = policy.asker(None)  # not signed in: sees nothing, whatever the class view says
+    assert nobody.scope == () and not may(nobody, "see", "student:2023001")
+    assert ServerPolicy().asker(None) == LOCAL  # a local install: its one user
 
 
 def _run(store: ResultStore, run_id: str, workspace: str, job_id: str = "") -> None:
