@@ -74,7 +74,7 @@ PUBLIC = "public"  # the param of a stored failure (failure_reason) that keeps i
 PUBLIC_FAILED = N_("Something went wrong on the server. Try again later; if it happens again, tell your teacher.")
 PUBLIC_STORE = {
     STORE_DAMAGED: N_("The results database of this server is damaged: runs cannot be shown or saved now. Tell your "
-                      "teacher; the teacher's page says what to do."),
+                      "teacher: the server's log says what is wrong and what to do."),
     STORE_FULL: N_("The server's disk is full: nothing new can be saved now. Tell your teacher, and try again "
                    "later."),
     WEIGHTS_FULL: N_("The server's disk is full: nothing new can be saved now. Tell your teacher, and try again "
