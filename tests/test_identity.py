@@ -372,6 +372,14 @@ def test_wrong_teacher_tokens_are_throttled_and_compared_in_constant_time(accoun
     assert "compare_digest" in inspect.getsource(identity.same_secret)
 
 
+def test_a_throttle_key_reads_back_as_kind_client_and_student():
+    assert [identity.key_parts(k) for k in ("client:10.0.0.7", "account:2024001", "token:teacher",
+                                            "pair:10.0.0.7|account:2024001", "pair:::1|token:teacher",
+                                            "account:teacher", "weird")] \
+        == [("client", "10.0.0.7", ""), ("account", "", "2024001"), ("teacher", "", ""),
+            ("pair", "10.0.0.7", "2024001"), ("pair", "::1", ""), ("account", "", "teacher"), ("", "", "")]
+
+
 def test_an_unknown_client_is_counted_by_the_account_alone(accounts, clock):
     accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
     waits = _flood(accounts, clock, "", 5)

@@ -736,6 +736,25 @@ class Accounts:
         return [dict(zip(columns, row)) for row in rows]
 
 
+def key_parts(key: str) -> tuple[str, str, str]:
+    """A throttle key (Accounts.failures) read back: (kind, client, student id), kind one of
+    "client" ('client:<ip>'), "account" ('account:<id>'), "teacher" ('token:teacher') and "pair"
+    ('pair:<ip>|account:<id>' or 'pair:<ip>|token:teacher': then the student id is '' for the
+    teacher's token). For the teacher's page; an unknown key is ("", "", "")."""
+    kind, _sep, rest = key.partition(":")
+    if kind == "client":
+        return "client", rest, ""
+    if kind == "account":
+        return "account", "", rest
+    if key == TEACHER_KEY:
+        return "teacher", "", ""
+    if kind == "pair":
+        client, _sep, account = rest.rpartition("|")
+        _kind, _client, student_id = key_parts(account)
+        return ("pair", client, student_id) if _kind in ("account", "teacher") else ("", "", "")
+    return "", "", ""
+
+
 def _pair_key(client: str, account: str) -> str:
     return f"pair:{client}|{account}"
 
