@@ -9,6 +9,7 @@ set from JavaScript cannot be HttpOnly, so it holds only a short-lived signed se
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 
@@ -53,16 +54,44 @@ def secure() -> bool:
     return _text(st.context.url).startswith("https:") or forwarded == "https" or _on(SECURE_ENV)
 
 
+def _loopback(address: str) -> bool:
+    """Whether the connection comes from this machine (where the server's own proxy runs); an
+    unknown address (None or '': a unix socket, AppTest) counts as this machine."""
+    if not address:
+        return True
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _key(address: str) -> str:
+    """The throttle's key of an address: an IPv6 client by its /64 (one machine can hold the whole
+    /64 and take a new address for every try), IPv4 as it is."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%")[0])
+    except ValueError:
+        return address.strip()[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def client() -> str:
-    """The browser's address for the sign-in throttle ('' when unknown, e.g. on localhost): behind a
-    trusted proxy (MNIST_LAB_TRUST_PROXY=1) the last X-Forwarded-For entry (the one that proxy added:
-    the entries before it are whatever the browser sent, so a guesser could forge a new address for
-    every try), else the connection's."""
-    if _on(TRUST_PROXY_ENV):
+    """The browser's address for the sign-in throttle ('' when unknown, e.g. on localhost), an IPv6
+    one as its /64: behind a trusted proxy (MNIST_LAB_TRUST_PROXY=1) the last X-Forwarded-For entry
+    (the one that proxy added: the entries before it are whatever the browser sent, so a guesser
+    could forge a new address for every try), read only when the connection itself comes from this
+    machine (a browser connecting straight to the server could forge the header); else the
+    connection's."""
+    own = _text(st.context.ip_address)
+    if _on(TRUST_PROXY_ENV) and _loopback(own):
         forwarded = _text(st.context.headers.get("X-Forwarded-For")).split(",")[-1].strip()
         if forwarded:
-            return forwarded[:64]
-    return _text(st.context.ip_address)
+            return _key(forwarded)
+    return _key(own) if own else ""
 
 
 def current() -> Identity | None:

@@ -2,6 +2,7 @@
 student's first sign-in, printable; the students and their PINs (reset one); repeated wrong sign-ins
 (clear them); who is signed in. The accounts themselves are mnist_lab.service.identity's."""
 import html
+from urllib.parse import urlsplit
 
 import pandas as pd
 import streamlit as st
@@ -56,6 +57,16 @@ def printable(codes: pd.DataFrame, address: str) -> str:
             f"<th>{html.escape(_('one-time code'))}</th></tr>{rows}</table></html>")
 
 
+def app_address() -> str:
+    """The app's own address for the slips: the scheme, host and Streamlit's base path of the URL this
+    page was opened at (never the page's path /teacher, its query or fragment)."""
+    parts = urlsplit(st.context.url or "")
+    if not parts.scheme or not parts.netloc:
+        return ""
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"{parts.scheme}://{parts.netloc}/" + (f"{base}/" if base else "")
+
+
 if not is_teacher():  # the navigation offers this page to the teacher only; a guessed address gets nothing
     st.error(_("Only the teacher can open this page."), icon=":material/lock:")
     st.stop()
@@ -91,7 +102,7 @@ if codes := st.session_state.get(CODES):
                  "older one."))
     shown = codes_table(codes)
     table(shown, hide_index=True)
-    address = st.context.url or ""
+    address = app_address()
     st.download_button(_("Printable codes (HTML)"), printable(shown, address), file_name="codes.html",
                        mime="text/html", on_click="ignore", key="teacher_codes_html_btn", icon=":material/print:")
     csv_button(shown, "codes.csv", label=_("Codes (CSV)"), key="teacher_codes_csv_btn")

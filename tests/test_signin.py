@@ -280,3 +280,15 @@ def test_behind_a_trusted_proxy_the_client_is_the_address_the_proxy_saw(monkeypa
     assert session.client() == "10.1.2.3"
     context.headers = {}
     assert session.client() == "127.0.0.9"
+    context.headers = {"X-Forwarded-For": "10.1.2.3"}
+    context.ip_address = "203.0.113.7"  # a browser connecting straight to the server: its header is its own
+    assert session.client() == "203.0.113.7"
+    context.ip_address = "::1"  # the proxy on this machine over IPv6
+    assert session.client() == "10.1.2.3"
+    context.ip_address = None  # unknown (a unix socket): this machine
+    assert session.client() == "10.1.2.3"
+    context.headers = {"X-Forwarded-For": "2001:db8:1:2:aaaa::1"}  # an IPv6 client: its /64 (it holds them all)
+    assert session.client() == "2001:db8:1:2::/64"
+    monkeypatch.delenv(session.TRUST_PROXY_ENV)
+    context.ip_address = "2001:db8:1:2:bbbb::9"
+    assert session.client() == "2001:db8:1:2::/64"
