@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 import streamlit as st
 
@@ -92,6 +93,16 @@ def client() -> str:
         if forwarded:
             return _key(forwarded)
     return _key(own) if own else ""
+
+
+def app_address() -> str:
+    """The app's own address for the slips: the scheme, host and Streamlit's base path of the URL this
+    page was opened at (never the page's path /teacher, its query or fragment)."""
+    parts = urlsplit(st.context.url or "")
+    if not parts.scheme or not parts.netloc:
+        return ""
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"{parts.scheme}://{parts.netloc}/" + (f"{base}/" if base else "")
 
 
 def current() -> Identity | None:

@@ -2,13 +2,12 @@
 student's first sign-in, printable; the students and their PINs (reset one); repeated wrong sign-ins
 (clear them); who is signed in. The accounts themselves are mnist_lab.service.identity's."""
 import html
-from urllib.parse import urlsplit
 
 import pandas as pd
 import streamlit as st
 
 from app_lib.lang import N_, _, current, render_error
-from app_lib.session import accounts
+from app_lib.session import accounts, app_address
 from app_lib.shared import is_teacher
 from app_lib.text import local_times, plain
 from app_lib.widgets import csv_button, table
@@ -55,16 +54,6 @@ def printable(codes: pd.DataFrame, address: str) -> str:
             f"<h1>{html.escape(_('One-time codes'))}</h1><p>{html.escape(steps)}</p>"
             f"<table><tr><th>{html.escape(_('student ID'))}</th><th>{html.escape(_('student name'))}</th>"
             f"<th>{html.escape(_('one-time code'))}</th></tr>{rows}</table></html>")
-
-
-def app_address() -> str:
-    """The app's own address for the slips: the scheme, host and Streamlit's base path of the URL this
-    page was opened at (never the page's path /teacher, its query or fragment)."""
-    parts = urlsplit(st.context.url or "")
-    if not parts.scheme or not parts.netloc:
-        return ""
-    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
-    return f"{parts.scheme}://{parts.netloc}/" + (f"{base}/" if base else "")
 
 
 if not is_teacher():  # the navigation offers this page to the teacher only; a guessed address gets nothing
