@@ -201,7 +201,7 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
     try:
         policy, run = server_policy(), runner()
         # what this person and the server keep, and the jobs from this browser's address (the demo's cap)
-        kept = standing(result_store(), workspace(), run.client) if policy.shared else None
+        kept = standing(result_store(), workspace(), run.client, unknown_is_one=policy.demo) if policy.shared else None
         policy.check(spec, resolve_device(spec.train.device).type, kept)
         job_id = run.submit(spec, workspace())
     except ValueError as exc:
