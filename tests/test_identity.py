@@ -256,50 +256,97 @@ def _try(accounts: Accounts, clock: Clock, client: str, pin: str = "000000") -> 
     raise AssertionError("signed in with a wrong PIN")
 
 
-def test_wrong_tries_are_free_three_times_then_wait_1_2_4_seconds_up_to_a_cap(accounts, clock):
-    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+def _flood(accounts: Accounts, clock: Clock, client: str, tries: int) -> list[float]:
+    """`tries` wrong tries from `client` for s1, each as soon as the throttle lets it; the waits told."""
     waits = []
-    for _ in range(10):
-        wait = _try(accounts, clock, IP)
+    for _ in range(tries):
+        wait = _try(accounts, clock, client)
         if wait:  # told to wait: no try counted; come back when told
             waits.append(wait)
             clock.now += wait
-            assert _try(accounts, clock, IP) == 0.0
-    assert waits == [1, 2, 4, 8, 16, 32, 60]  # the account's cap is 30 s, this client's 60 s
+            assert _try(accounts, clock, client) == 0.0
+    return waits
+
+
+def test_a_pair_flood_waits_1_2_4_seconds_up_to_30_then_the_clients_60(accounts, clock):
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    waits = _flood(accounts, clock, IP, 16)
+    # the pair (3 free, cap 30 s), then the client's own count (10 free, cap 60 s) takes over
+    assert waits == [1, 2, 4, 8, 16, 30, 30, 30, 30, 30, 30, 30, 32]
     assert accounts.wait_seconds(IP, "s1") == 60
-    assert {f["key"]: f["failures"] for f in accounts.failures()} == {f"client:{IP}": 10, "account:s1": 10}
+    assert {f["key"]: f["failures"] for f in accounts.failures()} \
+        == {f"client:{IP}": 16, "account:s1": 16, f"pair:{IP}|account:s1": 16}
     clock.now += identity.WINDOW_S + 61  # quiet for the window: forgotten
     assert accounts.wait_seconds(IP, "s1") == 0
 
 
-def test_a_flood_against_an_account_delays_its_owner_at_most_30_s_and_never_locks_them_out(accounts, clock):
+def test_the_owner_signs_in_at_once_from_their_own_browser_during_a_flood_against_their_account(accounts, clock):
     accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
-    attacker = "10.9.9.9"
-    for _ in range(12):  # as fast as the throttle lets the attacker
-        clock.now += _try(accounts, clock, attacker)
-        _try(accounts, clock, attacker)
-    assert accounts.wait_seconds("10.0.0.50", "s1") <= identity.ACCOUNT_CAP_S == 30
-    assert accounts.wait_seconds(attacker, "s1") == 60
+    attacker, owner = "10.9.9.9", "10.0.0.50"
+    _flood(accounts, clock, attacker, 12)
+    _try(accounts, clock, attacker)  # the attacker's last try: told to wait
+    assert accounts.wait_seconds(owner, "s1") == 0  # never failed on it: the account's count does not touch them
     other = Accounts(accounts.store, SECRET, clock=clock)  # another server process: the same counts
-    with pytest.raises(Throttled):
-        other.sign_in("s1", "Ann", "123456", "10.0.0.50")  # even the right PIN waits: not looked at
+    assert other.sign_in("s1", "Ann", "123456", owner).student_id == "s1"  # at once, right after the flood
+    assert 0 < accounts.wait_seconds(attacker, "s1")  # the owner's success cleared nothing of the attacker's
+    # an owner's typo during the flood: now they share the account's wait, at most 30 s
+    with pytest.raises(SignInError):
+        other.sign_in("s1", "Ann", "999999", owner)
+    assert 0 < accounts.wait_seconds(owner, "s1") <= identity.ACCOUNT_CAP_S == 30
     clock.now += 30
-    assert other.sign_in("s1", "Ann", "123456", "10.0.0.50").student_id == "s1"
-    assert accounts.wait_seconds("10.0.0.50", "s1") == 0  # the success cleared the account
-    assert 0 < accounts.wait_seconds(attacker, "s1") <= 30  # the attacker's own client still waits
-    assert accounts.clear_failures(f"client:{attacker}") == 1 and accounts.wait_seconds(attacker, "s1") == 0
+    assert other.sign_in("s1", "Ann", "123456", owner).student_id == "s1"
+    assert accounts.clear_failures(f"client:{attacker}") == 1
     other.close()
 
 
-def test_tries_sent_at_the_same_moment_are_throttled_as_if_sent_one_by_one(accounts, clock):
+def test_twelve_students_behind_one_address_sign_in_at_the_same_moment(accounts, clock):
+    from concurrent.futures import ThreadPoolExecutor
+
+    nat = "10.0.0.1"  # a classroom behind one NAT address
+    students = [(f"s{i}", f"Student {i}") for i in range(12)]
+    for sid, name in students:
+        accounts.sign_in(sid, name, "", f"10.1.0.{sid[1:]}", new_pin="123456")
+    for sid, name in students[:5]:  # a few typos first
+        with pytest.raises(SignInError):
+            accounts.sign_in(sid, name, "654321", nat)
+    servers = [Accounts(accounts.store, SECRET, clock=clock) for _ in students]
+    with ThreadPoolExecutor(12) as pool:
+        who = list(pool.map(lambda a_s: a_s[0].sign_in(a_s[1][0], a_s[1][1], "123456", nat), zip(servers, students)))
+    assert [w.student_id for w in who] == [sid for sid, _ in students]
+    for server in servers:
+        server.close()
+
+
+def test_own_successes_never_reset_the_clients_count_and_step_is_throttled_with_it(accounts, clock):
+    codes = accounts.import_roster("学号,姓名\nme,Mallory\n" + "".join(f"v{i},V{i}\n" for i in range(12)))
+    accounts.sign_in("me", "Mallory", codes["me"], IP, new_pin="123456")
+    told = []
+    for i in range(12):  # a sign-in to her own account, then a guess at a classmate's code, over and over
+        try:
+            assert accounts.sign_in("me", "Mallory", "123456", IP).student_id == "me"
+        except Throttled as slowed:
+            told.append(slowed.wait_s)
+            break
+        assert accounts.step(f"v{i}", IP) == "code"
+        with pytest.raises(SignInError):
+            accounts.sign_in(f"v{i}", f"V{i}", "WRONGCOD", IP, new_pin="111111")
+    assert told == [1] and i == 10  # 10 free for the client, then it waits, successes or not
+    assert {f["key"]: f["failures"] for f in accounts.failures()}[f"client:{IP}"] == 10
+    with pytest.raises(Throttled):
+        accounts.step("v11", IP)  # the list is learnt no faster than it is guessed
+    assert accounts.step("v11", "10.0.0.8") == "code"  # another computer is not slowed
+    assert {f["key"]: f["failures"] for f in accounts.failures()}[f"client:{IP}"] == 10  # step counted nothing
+
+
+def test_tries_of_one_pair_sent_at_the_same_moment_are_counted_as_if_sent_one_by_one(accounts, clock):
     from concurrent.futures import ThreadPoolExecutor
 
     accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
     servers = [Accounts(accounts.store, SECRET, clock=clock) for _ in range(8)]  # a connection each, as processes
     with ThreadPoolExecutor(8) as pool:
         waits = list(pool.map(lambda a: _try(a, clock, IP), servers))
-    assert sorted(waits).count(0.0) == identity.FREE_TRIES  # the rest were told to wait, unchecked
-    assert {f["key"]: f["failures"] for f in accounts.failures()}[f"client:{IP}"] == identity.FREE_TRIES
+    assert sorted(waits).count(0.0) == identity.PAIR_FREE_TRIES  # the rest were told to wait, unchecked
+    assert {f["key"]: f["failures"] for f in accounts.failures()}[f"pair:{IP}|account:s1"] == identity.FREE_TRIES
     for server in servers:
         server.close()
 
@@ -313,11 +360,90 @@ def test_wrong_teacher_tokens_are_throttled_and_compared_in_constant_time(accoun
     with pytest.raises(Throttled) as caught:
         accounts.sign_in_teacher("s3cret-token", "s3cret-token", IP)
     assert caught.value.wait_s == 1
-    assert "account:teacher" in {f["key"] for f in accounts.failures()}
+    # a student who claims the id "teacher" has another key: her successes clear nothing of the token's
+    assert accounts.sign_in("teacher", "Eve", "", IP, new_pin="123456").student_id == "teacher"
+    assert accounts.sign_in("teacher", "Eve", "123456", IP).student_id == "teacher"
+    with pytest.raises(Throttled):
+        accounts.sign_in_teacher("s3cret-token", "s3cret-token", IP)
+    assert {f["key"] for f in accounts.failures()} == {"token:teacher", f"pair:{IP}|token:teacher", f"client:{IP}"}
     clock.now += 1
     assert accounts.sign_in_teacher("s3cret-token", "s3cret-token", IP) == Identity("teacher", "teacher")
-    assert accounts.failures() == []
+    assert {f["key"] for f in accounts.failures()} == {"token:teacher", f"client:{IP}"}  # the pair's cleared
     assert "compare_digest" in inspect.getsource(identity.same_secret)
+
+
+def test_a_throttle_key_reads_back_as_kind_client_and_student():
+    assert [identity.key_parts(k) for k in ("client:10.0.0.7", "account:2024001", "token:teacher",
+                                            "pair:10.0.0.7|account:2024001", "pair:::1|token:teacher",
+                                            "account:teacher", "weird")] \
+        == [("client", "10.0.0.7", ""), ("account", "", "2024001"), ("teacher", "", ""),
+            ("pair", "10.0.0.7", "2024001"), ("pair", "::1", ""), ("account", "", "teacher"), ("", "", "")]
+
+
+def test_an_unknown_client_is_counted_by_the_account_alone(accounts, clock):
+    accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    waits = _flood(accounts, clock, "", 5)
+    assert waits == [1, 2] and {f["key"] for f in accounts.failures()} == {"account:s1"}
+    clock.now += 4
+    assert accounts.sign_in("s1", "Ann", "123456", "").student_id == "s1"  # its own try taken back, no more
+    assert {f["key"]: f["failures"] for f in accounts.failures()} == {"account:s1": 5}
+
+
+# ------------------------------------------------------------------------------ class changes
+
+def test_a_re_import_keeps_the_codes_handed_out_and_issue_codes_replaces_them(accounts):
+    first = accounts.import_roster("学号,姓名\n1,Ann\n2,Bob\n")
+    assert accounts.import_roster("学号,姓名\n1,Ann\n2,Bob\n3,Cat\n").keys() == {"3"}  # only the newcomer
+    assert accounts.sign_in("1", "Ann", first["1"], IP, new_pin="123456").student_id == "1"  # the slip still works
+    again = accounts.issue_codes(["2"])  # explicit: replaces Bob's lost slip
+    with pytest.raises(SignInError):
+        accounts.sign_in("2", "Bob", first["2"], IP, new_pin="123456")
+    assert accounts.sign_in("2", "Bob", again["2"], IP, new_pin="123456").student_id == "2"
+
+
+def test_a_teacher_session_ends_when_the_teacher_token_changes(accounts):
+    teacher = accounts.sign_in_teacher("tok-one", "tok-one", IP)
+    cookie = accounts.open_session(teacher, IP, teacher_token="tok-one")
+    assert accounts.session(cookie, teacher_token="tok-one") == teacher
+    assert accounts.session(cookie, teacher_token="tok-two") is None
+    assert accounts.session(cookie, teacher_token="") is None  # no token on the server any more
+    (mac,) = accounts._conn.execute("SELECT token_mac FROM sessions").fetchone()
+    assert len(mac) == 64 and "tok-one" not in mac
+    unkeyed = accounts.open_session(teacher, IP)  # opened without the token: refused where one is checked
+    assert accounts.session(unkeyed, teacher_token="tok-one") is None
+    student = accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    assert accounts.session(accounts.open_session(student, IP), teacher_token="tok-two") == student
+
+
+def test_close_sessions_signs_out_one_student_or_everyone_but_the_teacher(accounts):
+    ann = accounts.sign_in("s1", "Ann", "", IP, new_pin="123456")
+    bob = accounts.sign_in("s2", "Bob", "", IP, new_pin="123456")
+    teacher = accounts.open_session(Identity("teacher", "teacher"), IP, teacher_token="t")
+    ann_cookies = [accounts.open_session(ann, IP), accounts.open_session(ann, "10.0.0.8")]
+    bob_cookie = accounts.open_session(bob, IP)
+    assert accounts.close_sessions("s1") == 2 and all(accounts.session(c) is None for c in ann_cookies)
+    assert accounts.session(bob_cookie) == bob
+    assert accounts.close_sessions() == 0
+    assert accounts.close_sessions(everyone=True, keep=teacher) == 1
+    assert accounts.session(bob_cookie) is None and accounts.session(teacher, teacher_token="t").role == "teacher"
+    assert accounts.close_sessions(everyone=True) == 1 and accounts.sessions() == []
+
+
+def test_removing_a_student_ends_their_account_and_sessions_but_keeps_their_runs(accounts):
+    codes = accounts.import_roster("学号,姓名\n1,Ann\n2,Bob\n")
+    cookie = accounts.open_session(accounts.sign_in("1", "Ann", codes["1"], IP, new_pin="123456"), IP)
+    with accounts._conn:
+        accounts._conn.execute("INSERT INTO runs (run_id, status, workspace, student_id, student_name) "
+                               "VALUES ('r1', 'finished', 'student:1', '1', 'Ann')")
+    accounts.remove("1")
+    assert [e.student_id for e in accounts.roster()] == ["2"] and accounts.session(cookie) is None
+    with pytest.raises(SignInError, match="not on the class's roster"):
+        accounts.step("1")
+    runs = accounts.store.visible_runs(None)
+    assert list(zip(runs["run_id"], runs["student_id"], runs["student_name"])) == [("r1", "1", "Ann")]
+    with pytest.raises(ConfigError, match="There is no student '1'"):
+        accounts.remove("1")
+    assert accounts.import_roster("学号,姓名\n2,Bob\n") == {} and len(accounts.roster()) == 1  # never removes
 
 
 def test_a_visitor_gets_a_fresh_anonymous_workspace_held_in_a_session(accounts):
@@ -355,5 +481,9 @@ def test_the_class_command_loads_a_roster_prints_codes_resets_and_clears_failure
     assert main(["class", "failures", "--db", str(db)]) == 0
     assert f"client:{IP}" in capsys.readouterr().out
     assert main(["class", "failures", "--clear", "--db", str(db)]) == 0 and accounts.failures() == []
+    assert main(["class", "remove", "0012", "--db", str(db)]) == 0 and accounts.roster() == []
+    assert "removed 0012" in capsys.readouterr().out
+    assert main(["--lang", "zh", "class", "remove", "0012", "--db", str(db)]) == 2
+    assert capsys.readouterr().err.startswith("错误：")
     accounts.close()
     store.close()

@@ -155,4 +155,5 @@ def test_version_4_to_5_runs_and_jobs_gain_empty_owners_and_the_sign_in_tables_a
     for table in ("students", "sessions", "signin_failures"):
         assert _columns(path, table)
     assert {"student_id", "student_name", "client"} <= set(_columns(path, "jobs"))
+    assert "token_mac" in _columns(path, "sessions")  # a teacher's session ends when the token changes
     store.close()

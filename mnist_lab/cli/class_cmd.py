@@ -1,7 +1,8 @@
 """`python -m mnist_lab class ...`: a shared server's class, for a teacher at a terminal (the same as
 the app's teacher page). `roster FILE` loads the roster (a CSV of 学号,姓名) and prints the one-time
 codes, `codes [ID...]` prints new codes for students without a PIN, `reset ID` clears a PIN,
-`failures [--clear]` lists (or clears) the counted wrong sign-in tries. Each with --db.
+`remove ID` takes a student off the class (a new roster never does), `failures [--clear]` lists
+(or clears) the counted wrong sign-in tries. Each with --db.
 """
 from __future__ import annotations
 
@@ -67,6 +68,13 @@ def cmd_reset(args) -> int:
     return 0
 
 
+def cmd_remove(args) -> int:
+    accounts = _accounts(existing_store(args.db))
+    accounts.remove(args.id)
+    print(_("removed {id} from the class: their runs stay").format(id=args.id))
+    return 0
+
+
 def cmd_failures(args) -> int:
     accounts = _accounts(existing_store(args.db))
     if args.clear:
@@ -80,7 +88,7 @@ def cmd_failures(args) -> int:
 
 
 def add_parser(sub, parents=()) -> None:
-    """Register `class` (roster, codes, reset, failures) on the main parser's subcommands."""
+    """Register `class` (roster, codes, reset, remove, failures) on the main parser's subcommands."""
     text = _("a shared server's class: roster, one-time codes, PIN resets, wrong sign-in tries")
     group = sub.add_parser("class", help=text, description=text, parents=list(parents))
     what = group.add_subparsers(dest="class_command", required=True)
@@ -99,6 +107,9 @@ def add_parser(sub, parents=()) -> None:
     p = command("reset", _("clear a student's PIN, sign them out and print their new one-time code"))
     p.add_argument("id", metavar="ID", help=_("the student ID"))
     p.set_defaults(func=cmd_reset)
+    p = command("remove", _("take a student off the class (their PIN, code and sessions); their runs stay"))
+    p.add_argument("id", metavar="ID", help=_("the student ID"))
+    p.set_defaults(func=cmd_remove)
     p = command("failures", _("list the counted wrong sign-in tries (per client and per account)"))
     p.add_argument("--clear", action="store_true", help=_("forget them all"))
     p.set_defaults(func=cmd_failures)

@@ -103,12 +103,13 @@ def _v4(conn: sqlite3.Connection) -> None:
 
 
 # Version 5's tables of a class server's sign-in (service/identity.py): the students (a roster's, or
-# those who claimed an id), the signed-in sessions, and the wrong tries counted per client and account.
+# those who claimed an id), the signed-in sessions (a teacher's with an HMAC of the token it signed in
+# with: a changed token ends it), and the wrong tries counted per client and account.
 _TABLES_V5 = """
 CREATE TABLE IF NOT EXISTS students (student_id TEXT PRIMARY KEY, name TEXT NOT NULL, on_roster INTEGER,
     code_hash TEXT, pin_hash TEXT, created_at REAL, pin_set_at REAL);
 CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, role TEXT, workspace TEXT, student_id TEXT,
-    name TEXT, client TEXT, created_at REAL, expires_at REAL);
+    name TEXT, client TEXT, created_at REAL, expires_at REAL, token_mac TEXT);
 CREATE TABLE IF NOT EXISTS signin_failures (key TEXT PRIMARY KEY, failures INTEGER, first_at REAL, last_at REAL);
 """
 

@@ -49,12 +49,26 @@ PIN_PATTERN = re.compile(r"[0-9]{6,12}")
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 8
 
-# The throttle: after FREE_TRIES wrong tries for a key within WINDOW_S of the last one, the next
-# try waits min(2 ** (failures - FREE_TRIES), cap) seconds after the last failure.
-FREE_TRIES = 3
+# The throttle slows wrong tries and never locks anyone out. Three counts, each a row of
+# signin_failures, forgotten WINDOW_S after its last failure:
+# - pair `pair:<client>|<account key>` (one computer guessing one account): counted BEFORE the
+#   secret is checked, in one transaction with the throttle's check (tries sent at once wait their
+#   turn), cleared by that pair's success. PAIR_FREE_TRIES free, then 1, 2, 4 ... s after the last
+#   one, capped at ACCOUNT_CAP_S.
+# - account `account:<student id>` or `token:teacher` (every computer guessing one account): counted
+#   after a wrong check only, never cleared by a success. It delays only clients that have failed
+#   on this account themselves (their pair count >= 1), by f(max(pair, account failures)) capped
+#   at ACCOUNT_CAP_S: the owner typing the right PIN from their own browser is never delayed.
+# - client `client:<ip>` (one computer spraying many accounts): counted after a wrong check only,
+#   never cleared by a success (its own or another account's); CLIENT_FREE_TRIES free (a classroom
+#   behind one NAT address makes typos), then 1, 2, 4 ... s, capped at CLIENT_CAP_S.
+PAIR_FREE_TRIES = 3
+CLIENT_FREE_TRIES = 10
+FREE_TRIES = PAIR_FREE_TRIES  # of a pair or an account
 WINDOW_S = 15 * 60
 CLIENT_CAP_S = 60.0  # a client that keeps guessing
-ACCOUNT_CAP_S = 30.0  # an account: a classmate's flood delays its owner by at most this much
+ACCOUNT_CAP_S = 30.0  # a pair or an account: a classmate's flood delays nobody else, and no one longer than this
+TEACHER_KEY = "token:teacher"  # the teacher token's account key (no student id holds a ':')
 
 # scrypt for PINs (hashlib's, RFC 7914): n=2**14, r=8, p=1 takes ~50 ms and 16 MiB a try
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
@@ -195,12 +209,12 @@ def session_max_age_s(environ: Mapping[str, str] | None = None) -> int:
     return int(hours * 3600)
 
 
-def throttle_wait(failures: int, last_at: float, cap: float, now: float) -> float:
+def throttle_wait(failures: int, last_at: float, cap: float, now: float, free: int = FREE_TRIES) -> float:
     """Seconds a key with `failures` wrong tries, the last at `last_at`, must still wait: none for
-    the first FREE_TRIES, then 1, 2, 4 ... up to `cap` after the last one; none once WINDOW_S passed."""
-    if failures < FREE_TRIES or now - last_at > WINDOW_S:
+    the first `free`, then 1, 2, 4 ... up to `cap` after the last one; none once WINDOW_S passed."""
+    if failures < free or now - last_at > WINDOW_S:
         return 0.0
-    return max(last_at + min(2.0 ** (failures - FREE_TRIES), cap) - now, 0.0)
+    return max(last_at + min(2.0 ** (failures - free), cap) - now, 0.0)
 
 
 def student_workspace(student_id: str) -> str:
@@ -346,9 +360,11 @@ class Accounts:
         each student is added, or their name updated, on the roster. A student new to the roster
         (unknown, or an id claimed before there was one) gets a one-time code and loses a PIN they
         set themselves (the roster, not whoever claimed the id first, says who it is); a student
-        already on it keeps their PIN; a claimed id left off it is signed out. Returns
-        {student_id: code} for every student of the roster without a PIN: the only place plain
-        codes exist."""
+        already on it keeps their PIN, and a code already handed out stays valid (a re-import
+        voids no slip); a claimed id left off it is signed out. A re-import never removes anyone
+        (Accounts.remove does). Returns {student_id: code} for the codes issued now, to students of
+        the roster with neither a PIN nor a pending code: the only place plain codes exist
+        (issue_codes replaces lost ones)."""
         students = parse_roster(csv_text)
         now = self.clock()
         with self._transaction() as conn:
@@ -356,8 +372,8 @@ class Accounts:
             newcomers = [sid for sid, _ in students if sid in known and not known[sid]]
             for sid in newcomers:
                 conn.execute("DELETE FROM sessions WHERE student_id = ?", (sid,))
-            conn.executemany("UPDATE students SET pin_hash = NULL, pin_set_at = NULL WHERE student_id = ?",
-                             [(sid,) for sid in newcomers])
+            conn.executemany("UPDATE students SET pin_hash = NULL, pin_set_at = NULL, code_hash = NULL "
+                             "WHERE student_id = ?", [(sid,) for sid in newcomers])
             conn.executemany("INSERT INTO students (student_id, name, on_roster, created_at) VALUES (?, ?, 1, ?) "
                              "ON CONFLICT (student_id) DO UPDATE SET name = excluded.name, on_roster = 1",
                              [(sid, name, now) for sid, name in students])
@@ -365,8 +381,9 @@ class Accounts:
             conn.execute("DELETE FROM sessions WHERE role = 'student' AND student_id IN "
                          "(SELECT student_id FROM students WHERE COALESCE(on_roster, 0) = 0)")
             ids = [sid for sid, _ in students]
-            without_pin = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE pin_hash IS NULL")}
-            return self._issue(conn, [sid for sid in ids if sid in without_pin])
+            waiting = {sid for (sid,) in conn.execute("SELECT student_id FROM students WHERE pin_hash IS NULL "
+                                                      "AND code_hash IS NULL")}
+            return self._issue(conn, [sid for sid in ids if sid in waiting])
 
     def roster(self) -> list[RosterEntry]:
         """Every student (on the roster or not), by student id."""
@@ -390,6 +407,17 @@ class Accounts:
             return self._issue(conn, [student_id])[student_id]
 
     @explained
+    def remove(self, student_id: str) -> None:
+        """Take a student off the class: their row (PIN, code, place on the roster) and their
+        sessions go; their runs and jobs stay, shown with the 学号 and 姓名 they were made with.
+        ConfigError for an unknown id."""
+        with self._transaction() as conn:
+            if conn.execute("DELETE FROM students WHERE student_id = ?", (student_id,)).rowcount == 0:
+                raise ConfigError("student_id", shorten(student_id), N_("There is no student {value}: check the "
+                                  "student ID."))
+            conn.execute("DELETE FROM sessions WHERE role = 'student' AND student_id = ?", (student_id,))
+
+    @explained
     def issue_codes(self, student_ids: list[str] | None = None) -> dict[str, str]:
         """New one-time codes (replacing earlier ones) for the students among `student_ids` (None:
         every student who can sign in: those on the roster, if there is one) who have no PIN; an
@@ -409,10 +437,15 @@ class Accounts:
             return self._issue(conn, wanted)
 
     # -------------------------------------------------------------------------- sign-in (student)
-    def step(self, student_id: str) -> str:
+    def step(self, student_id: str, client: str = "") -> str:
         """What the sign-in form must ask for `student_id`: "pin" (it has one), "code" (its first
         sign-in: the teacher's one-time code, then a new PIN) or "new_pin" (no roster: an id nobody
-        has claims it). SignInError for a malformed id, or one not on the roster."""
+        has claims it). SignInError for a malformed id, or one not on the roster. Counts nothing,
+        but Throttled while `client` itself must wait (a sprayer learns the roster no faster than
+        it may guess)."""
+        wait = self.wait_seconds(client, None) if client else 0.0
+        if wait > 0:
+            raise Throttled(wait)
         if not isinstance(student_id, str) or not ID_PATTERN.fullmatch(student_id.strip()):
             raise SignInError(BAD_ID)
         row = self._student(student_id.strip())
@@ -429,15 +462,16 @@ class Accounts:
         """A student signs in with 学号, 姓名 and `secret`: their PIN, or on a first sign-in the
         one-time code with `new_pin` (6 to 12 digits), which becomes their PIN (the code is used
         up). Without a roster an unknown id claims it with `name` and `new_pin`. Throttled first
-        (raised without looking at the secret); a wrong id, name or secret is one SignInError,
-        counted against `client` and the account. A success clears both counts."""
+        (raised without looking at the secret: see the throttle's constants); a wrong id, name or
+        secret is one SignInError, counted for the pair, the account and `client`. A success clears
+        only its pair's count (never the client's or the account's)."""
         student_id = student_id.strip() if isinstance(student_id, str) else ""
         name = name.strip() if isinstance(name, str) else ""
         secret = secret if isinstance(secret, str) else ""
-        wait = self.wait_seconds(client, student_id or None)
+        well_formed = ID_PATTERN.fullmatch(student_id) is not None
+        wait = self.wait_seconds(client, student_id if well_formed else None)
         if wait > 0:
             raise Throttled(wait)
-        well_formed = ID_PATTERN.fullmatch(student_id) is not None
         row = self._student(student_id) if well_formed else None
         roster = self.has_roster()
         if row is not None and roster and not row["on_roster"]:
@@ -449,9 +483,10 @@ class Accounts:
             raise SignInError(BAD_NAME)
         if way in ("code", "claim") and not _valid_pin(new_pin):
             raise SignInError(BAD_PIN)
-        # counted before it is checked, in one transaction with the throttle's check: tries sent
-        # at once from many tabs or processes wait their turn like tries sent one by one
-        self._count_try(client, _account_key(student_id) if well_formed else None)
+        # the pair's try counted before it is checked, in one transaction with the throttle's check:
+        # tries sent at once from many tabs or processes wait their turn like tries sent one by one
+        account = _account_key(student_id) if well_formed else None
+        self._count_try(client, account)
         if way == "pin":
             ok = check_pin(secret, row["pin_hash"]) and _same_name(name, row["name"])
             who = self._signed_in(student_id, row["name"]) if ok else None
@@ -465,9 +500,9 @@ class Accounts:
             check_pin(secret, _DUMMY_HASH)  # as long as a wrong PIN takes: no account is told apart
             who = None
         if who is None:
+            self._count_failure(client, account)
             raise SignInError(WRONG_SIGN_IN)
-        self.clear_failures(_client_key(client))
-        self.clear_failures(_account_key(student_id))
+        self._count_success(client, account)
         return who
 
     def _signed_in(self, student_id: str, name: str) -> Identity:
@@ -497,17 +532,17 @@ class Accounts:
 
     def sign_in_teacher(self, token: str, teacher_token: str, client: str) -> Identity:
         """The teacher signs in with the server's token (compared in constant time, throttled as a
-        student's PIN is, under the account 'teacher')."""
+        student's PIN is, under its own account key TEACHER_KEY, which no student id can take)."""
         if not teacher_token:
             raise SignInError(NO_TEACHER)
-        wait = self.wait_seconds(client, None, account=_TEACHER_KEY)
+        wait = self.wait_seconds(client, None, account=TEACHER_KEY)
         if wait > 0:
             raise Throttled(wait)
-        self._count_try(client, _TEACHER_KEY)
+        self._count_try(client, TEACHER_KEY)
         if not same_secret(token if isinstance(token, str) else "", teacher_token):
+            self._count_failure(client, TEACHER_KEY)
             raise SignInError(WRONG_TOKEN)
-        self.clear_failures(_client_key(client))
-        self.clear_failures(_TEACHER_KEY)
+        self._count_success(client, TEACHER_KEY)
         return Identity("teacher", TEACHER_WORKSPACE)
 
     def visitor(self, client: str) -> Identity:
@@ -515,51 +550,89 @@ class Accounts:
         return Identity("visitor", VISITOR_PREFIX + secrets.token_urlsafe(16))
 
     # -------------------------------------------------------------------------- throttle
-    def _keys(self, client: str, account: str | None) -> list[tuple[str, float]]:
-        """The throttle's keys of a try, each with its cap. An unknown client ('') has no count of
-        its own (it would be everyone's behind it); its account still does."""
-        return [*([(_client_key(client), CLIENT_CAP_S)] if client else []),
-                *([(account, ACCOUNT_CAP_S)] if account else [])]
+    def _waits(self, conn: sqlite3.Connection, client: str, account: str | None, now: float) -> float:
+        """How long a try from `client` for the account key `account` must wait now (the
+        throttle's rules: see its constants). An unknown client ('': no address, e.g. a proxy that
+        hides it and MNIST_LAB_TRUST_PROXY unset) has no client or pair count of its own, since it
+        would be everyone's behind that proxy; its tries count for the account, before the check,
+        and the account's wait applies to it whoever sent the flood: behind such a proxy the owner
+        waits out a classmate's flood (at most ACCOUNT_CAP_S) and a sprayer of many accounts is not
+        slowed per computer. Give the app each browser's address (MNIST_LAB_TRUST_PROXY=1)."""
 
-    def _waits(self, conn: sqlite3.Connection, keys: list[tuple[str, float]], now: float) -> float:
-        wait = 0.0
-        for key, cap in keys:
+        def count(key: str) -> tuple[int, float]:
             row = conn.execute("SELECT failures, last_at FROM signin_failures WHERE key = ?", (key,)).fetchone()
-            if row is not None:
-                wait = max(wait, throttle_wait(row[0], row[1], cap, now))
+            return (0, 0.0) if row is None or now - row[1] > WINDOW_S else (int(row[0]), float(row[1]))
+
+        wait = 0.0
+        if client:
+            n_client, last_client = count(_client_key(client))
+            wait = throttle_wait(n_client, last_client, CLIENT_CAP_S, now, free=CLIENT_FREE_TRIES)
+        if account:
+            n_account, last_account = count(account)
+            if not client:
+                wait = max(wait, throttle_wait(n_account, last_account, ACCOUNT_CAP_S, now))
+            else:
+                n_pair, last_pair = count(_pair_key(client, account))
+                if n_pair >= 1:  # the account's failures delay only those who failed on it themselves
+                    wait = max(wait, throttle_wait(max(n_pair, n_account), max(last_pair, last_account),
+                                                   ACCOUNT_CAP_S, now))
         return wait
 
     def wait_seconds(self, client: str, student_id: str | None, account: str | None = None) -> float:
-        """How long before the next try from `client` for `student_id` (or `account`, a key) is
-        looked at: the longer of the client's and the account's waits (0: now). An unknown client
-        ('') has no count of its own (it would be everyone's behind it); its accounts still do."""
+        """How long before the next try from `client` for `student_id` (or `account`, a key such
+        as TEACHER_KEY) is looked at (0: now); with neither, the client's own wait (a sprayer's)."""
         account = account or (_account_key(student_id) if student_id else None)
         with self._lock:
-            return self._waits(self._conn, self._keys(client, account), self.clock())
+            return self._waits(self._conn, client, account, self.clock())
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, key: str, now: float, by: int = 1) -> None:
+        """Add `by` to `key`'s count (a count older than the window starts again)."""
+        conn.execute("INSERT INTO signin_failures (key, failures, first_at, last_at) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (key) DO UPDATE SET "
+                     "failures = CASE WHEN ? - last_at > ? THEN excluded.failures ELSE failures + excluded.failures "
+                     "END, first_at = CASE WHEN ? - last_at > ? THEN excluded.first_at ELSE first_at END, "
+                     "last_at = excluded.last_at", (key, by, now, now, now, WINDOW_S, now, WINDOW_S))
 
     @explained
     def _count_try(self, client: str, account: str | None) -> None:
-        """Count a try as wrong before its secret is checked (a success clears it), unless it must
-        wait: then Throttled, and nothing counted. One transaction, so tries at the same moment
-        from several tabs or server processes are counted one after another."""
+        """Before a secret is checked: Throttled if the try must wait (nothing counted), else the
+        try counted as wrong for its pair (an unknown client: for its account), in the same
+        transaction, so tries at the same moment from several tabs or server processes are counted
+        one after another. _count_success takes it back, _count_failure adds the rest."""
         now = self.clock()
-        keys = self._keys(client, account)
         with self._transaction() as conn:
             conn.execute("DELETE FROM signin_failures WHERE last_at < ?", (now - WINDOW_S,))  # forgotten ones
-            wait = self._waits(conn, keys, now)
+            wait = self._waits(conn, client, account, now)
             if wait > 0:
                 raise Throttled(wait)
-            for key, _cap in keys:
-                # a count older than the window starts again
-                conn.execute("INSERT INTO signin_failures (key, failures, first_at, last_at) VALUES (?, 1, ?, ?) "
-                             "ON CONFLICT (key) DO UPDATE SET "
-                             "failures = CASE WHEN ? - last_at > ? THEN 1 ELSE failures + 1 END, "
-                             "first_at = CASE WHEN ? - last_at > ? THEN excluded.first_at ELSE first_at END, "
-                             "last_at = excluded.last_at", (key, now, now, now, WINDOW_S, now, WINDOW_S))
+            if account:
+                self._bump(conn, _pair_key(client, account) if client else account, now)
+
+    @explained
+    def _count_failure(self, client: str, account: str | None) -> None:
+        """After a wrong check: the account's and the client's counts (the pair's was counted before)."""
+        now = self.clock()
+        with self._transaction() as conn:
+            if account and client:
+                self._bump(conn, account, now)
+            if client:
+                self._bump(conn, _client_key(client), now)
+
+    @explained
+    def _count_success(self, client: str, account: str | None) -> None:
+        """After a right check: the pair's count is cleared (an unknown client's own try taken back
+        from the account); the client's and the account's counts stay."""
+        with self._transaction() as conn:
+            if client:
+                conn.execute("DELETE FROM signin_failures WHERE key = ?", (_pair_key(client, account),))
+            else:
+                conn.execute("UPDATE signin_failures SET failures = failures - 1 WHERE key = ? AND failures > 0",
+                             (account,))
 
     def failures(self) -> list[dict]:
-        """The counted wrong tries (key 'client:<ip>', 'account:<id>' or 'account:teacher',
-        failures, first_at, last_at), the most recent first: the teacher's page."""
+        """The counted wrong tries (key 'client:<ip>', 'account:<id>', 'token:teacher' or
+        'pair:<ip>|<account key>', failures, first_at, last_at), the most recent first: the teacher's page."""
         rows = self._rows("SELECT key, failures, first_at, last_at FROM signin_failures ORDER BY last_at DESC")
         return [dict(zip(("key", "failures", "first_at", "last_at"), row)) for row in rows]
 
@@ -575,19 +648,28 @@ class Accounts:
     def _signature(self, session_id: str, expires: int) -> str:
         return hmac.new(self.secret, f"{session_id}.{expires}".encode(), hashlib.sha256).hexdigest()
 
+    def _token_mac(self, teacher_token: str) -> str:
+        """The teacher token as a session row keeps it: an HMAC keyed with the server's secret."""
+        return hmac.new(self.secret, f"teacher-token:{teacher_token}".encode(), hashlib.sha256).hexdigest()
+
     @explained
-    def open_session(self, who: Identity, client: str, max_age_s: int = SESSION_MAX_AGE_S) -> str:
+    def open_session(self, who: Identity, client: str, max_age_s: int = SESSION_MAX_AGE_S,
+                     teacher_token: str | None = None) -> str:
         """Start a session for `who`; returns the cookie's value, "<session id>.<expires>.<signature>"
-        (the session id is random, the signature an HMAC-SHA256 with the server's secret). Expired
-        sessions are removed on the way."""
+        (the session id is random, the signature an HMAC-SHA256 with the server's secret). A
+        teacher's session keeps an HMAC of `teacher_token` (the token it signed in with), so that
+        changing MNIST_LAB_TEACHER_TOKEN ends it (session()). Expired sessions are removed on the way."""
         if who.role not in ROLES:
             raise ValueError(f"Unknown role '{who.role}'; choose one of {', '.join(ROLES)}.")
         now = self.clock()
         session_id, expires = secrets.token_hex(16), int(now + max_age_s)
+        token_mac = self._token_mac(teacher_token) if who.role == "teacher" and teacher_token else None
         with self._transaction() as conn:
             conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-            conn.execute(f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (session_id, who.role, who.workspace, who.student_id, who.name, client, now, expires))
+            conn.execute(f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}, token_mac) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (session_id, who.role, who.workspace, who.student_id, who.name, client, now, expires,
+                          token_mac))
         return f"{session_id}.{expires}.{self._signature(session_id, expires)}"
 
     def _session_id(self, cookie: object) -> str | None:
@@ -602,17 +684,27 @@ class Accounts:
             return None
         return session_id if expires > self.clock() else None
 
-    def session(self, cookie: str | None) -> Identity | None:
+    def session(self, cookie: str | None, teacher_token: str | None = None) -> Identity | None:
         """Who the cookie value `cookie` signs in: None unless its form, signature and expiry are
-        right and its session still exists (not signed out, not revoked by a PIN reset)."""
+        right and its session still exists (not signed out, not revoked by a PIN reset). Given the
+        server's `teacher_token` ('' : none now), a teacher's session also needs the token it was
+        opened with to be that one still (compared in constant time): a changed token signs the
+        teacher out everywhere. None checks no token (the CLI, tests)."""
         session_id = self._session_id(cookie)
         if session_id is None:
             return None
-        rows = self._rows("SELECT role, workspace, COALESCE(student_id, ''), COALESCE(name, '') FROM sessions "
-                          "WHERE session_id = ? AND expires_at > ?", (session_id, self.clock()))
+        rows = self._rows("SELECT role, workspace, COALESCE(student_id, ''), COALESCE(name, ''), "
+                          "COALESCE(token_mac, '') FROM sessions WHERE session_id = ? AND expires_at > ?",
+                          (session_id, self.clock()))
         if not rows or rows[0][0] not in ROLES:
             return None
-        return Identity(*rows[0])
+        role, workspace, student_id, name, token_mac = rows[0]
+        if role == "teacher" and teacher_token is not None:
+            expected = self._token_mac(teacher_token) if teacher_token else ""
+            # both sides always hashed and compared: no early exit tells a missing mac from a wrong one
+            if not (same_secret(token_mac, expected) and expected):
+                return None
+        return Identity(role, workspace, student_id, name)
 
     @explained
     def close_session(self, cookie: str | None) -> None:
@@ -622,6 +714,20 @@ class Accounts:
             with self._transaction() as conn:
                 conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
 
+    @explained
+    def close_sessions(self, student_id: str | None = None, everyone: bool = False, keep: str | None = None) -> int:
+        """Sign out a person (`student_id`: every session of theirs) or, with `everyone`, every
+        session except the one the cookie `keep` names (the teacher's own, when given). How many
+        sessions ended."""
+        with self._transaction() as conn:
+            if everyone:
+                kept = self._session_id(keep) or ""
+                return conn.execute("DELETE FROM sessions WHERE session_id != ?", (kept,)).rowcount
+            if student_id is None:
+                return 0
+            return conn.execute("DELETE FROM sessions WHERE role = 'student' AND student_id = ?",
+                                (student_id,)).rowcount
+
     def sessions(self) -> list[dict]:
         """The live sessions, newest first (the teacher's "who is signed in"), without their ids."""
         columns = SESSION_COLUMNS[1:]
@@ -630,7 +736,27 @@ class Accounts:
         return [dict(zip(columns, row)) for row in rows]
 
 
-_TEACHER_KEY = "account:teacher"
+def key_parts(key: str) -> tuple[str, str, str]:
+    """A throttle key (Accounts.failures) read back: (kind, client, student id), kind one of
+    "client" ('client:<ip>'), "account" ('account:<id>'), "teacher" ('token:teacher') and "pair"
+    ('pair:<ip>|account:<id>' or 'pair:<ip>|token:teacher': then the student id is '' for the
+    teacher's token). For the teacher's page; an unknown key is ("", "", "")."""
+    kind, _sep, rest = key.partition(":")
+    if kind == "client":
+        return "client", rest, ""
+    if kind == "account":
+        return "account", "", rest
+    if key == TEACHER_KEY:
+        return "teacher", "", ""
+    if kind == "pair":
+        client, _sep, account = rest.rpartition("|")
+        _kind, _client, student_id = key_parts(account)
+        return ("pair", client, student_id) if _kind in ("account", "teacher") else ("", "", "")
+    return "", "", ""
+
+
+def _pair_key(client: str, account: str) -> str:
+    return f"pair:{client}|{account}"
 
 
 def _client_key(client: str) -> str:
