@@ -26,6 +26,7 @@ PENDING = "_session_cookie"  # session state: (value, max_age) the next run writ
 KEEP_ON_SIGN_OUT = ("_lang", "lang_pick")  # the language outlives a sign-out; nothing of the person does
 SECURE_ENV = "MNIST_LAB_SECURE_COOKIE"  # 1: always mark the cookie Secure (HTTPS that the app cannot see)
 TRUST_PROXY_ENV = "MNIST_LAB_TRUST_PROXY"  # 1: the client is the last X-Forwarded-For entry (behind your own proxy)
+MODE_ROLES = {"shared": ("student", "teacher"), "demo": ("visitor",)}  # who a session of each mode may be
 COOKIE_SAFE = re.compile(r"[A-Za-z0-9._-]*")  # what identity.open_session's values are made of
 
 
@@ -108,18 +109,24 @@ def app_address() -> str:
 def current() -> Identity | None:
     """This session's signed-in person, or None (always on a local install). Checked against the
     store on every call, so a session the teacher ended (a PIN reset) or one that expired ends here too."""
-    if not ServerPolicy.from_env().shared:
+    policy = ServerPolicy.from_env()
+    if not policy.shared:
         return None
     if KEY not in st.session_state:  # the session's first run: the cookie its page was opened with
         st.session_state[KEY] = _text(st.context.cookies.get(SESSION_COOKIE))
     value = st.session_state[KEY]
-    return accounts().session(value) if value else None
+    # a teacher's session holds only while the server's token is the one it was opened with
+    who = accounts().session(value, teacher_token=policy.teacher_token) if value else None
+    if who is None or who.role not in MODE_ROLES["demo" if policy.demo else "shared"]:
+        return None  # e.g. a visitor's cookie after the server turned from demo to shared: a stranger, not a student
+    return who
 
 
 def sign_in_as(who: Identity) -> None:
     """Open a session for `who` and have the browser keep its cookie (written on the next run)."""
     age = session_max_age_s()  # $MNIST_LAB_SESSION_HOURS, else a class day
-    value = accounts().open_session(who, client(), age)
+    # a teacher's session keeps (a MAC of) the token it signed in with: a new MNIST_LAB_TEACHER_TOKEN ends it
+    value = accounts().open_session(who, client(), age, teacher_token=ServerPolicy.from_env().teacher_token or None)
     st.session_state[KEY] = value
     st.session_state[PENDING] = (value, age)
 

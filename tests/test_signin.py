@@ -16,7 +16,7 @@ from app_lib.session import KEY as SESSION_KEY
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore, run_row
-from mnist_lab.service.identity import Accounts, server_secret
+from mnist_lab.service.identity import Accounts, Identity, server_secret
 from mnist_lab.training.loop import TrainConfig
 
 TOKEN = "teacher-token-for-tests"
@@ -364,3 +364,43 @@ def test_a_class_view_student_sees_no_classmates_names_and_reports_their_own_run
     text = "\n".join(str(m.value) for m in report.markdown)
     assert "results database" not in text and "results.sqlite" not in text and "make fonts" not in text
     assert "from your" in text
+
+
+def test_a_session_counts_only_in_its_own_mode_and_a_teachers_only_with_the_current_token(db, monkeypatch):
+    def opened(cookie: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.session_state[SESSION_KEY] = cookie
+        return at.run()
+
+    visitor = session_for(Identity("visitor", "visitor:" + "v" * 22))  # a demo's cookie on a class server
+    assert opened(visitor).title[0].value == "Sign in to MNIST CNN Lab"
+    cookie = session_for(TEACHER)
+    assert opened(cookie).sidebar.button(key="sign_out_btn")  # the token it signed in with
+    monkeypatch.setenv("MNIST_LAB_TEACHER_TOKEN", "a-new-token-" + "x" * 12)  # the teacher changed it
+    assert opened(cookie).title[0].value == "Sign in to MNIST CNN Lab"
+    monkeypatch.setenv("MNIST_LAB_MODE", "demo")  # a student's cookie on a demo: a visitor, not the student
+    at = open_page("runs", who=student("s1", "Alice"))
+    who = accounts(db).session(at.session_state[SESSION_KEY])
+    assert who.role == "visitor" and not any("Alice" in c.value for c in at.sidebar.caption)
+
+
+def test_the_teacher_signs_a_student_or_everyone_out_and_removes_a_student(db):
+    accounts(db).import_roster(ROSTER)
+    alice_cookie, bob_cookie = session_for(student("2024001", "张三")), session_for(student("2024002", "李四"))
+    at = open_page("teacher", who=TEACHER)
+    mine = at.session_state[SESSION_KEY]
+    at.selectbox(key="teacher_sign_out_id").set_value("2024001")
+    at.button(key="teacher_sign_out_btn").click().run()
+    assert not at.exception
+    assert accounts(db).session(alice_cookie) is None and accounts(db).session(bob_cookie) is not None
+    other_teacher = session_for(TEACHER)
+    at.button(key="teacher_sign_out_all_btn").click().run()
+    assert accounts(db).session(bob_cookie) is None and accounts(db).session(other_teacher) is None
+    assert accounts(db).session(mine) is not None and at.sidebar.button(key="sign_out_btn")  # the teacher stays
+
+    at.selectbox(key="teacher_remove_id").set_value("2024002")
+    assert at.button(key="teacher_remove_btn").disabled  # confirm first
+    at.checkbox(key="teacher_remove_sure").check().run()
+    at.button(key="teacher_remove_btn").click().run()
+    assert not at.exception
+    assert {e.student_id for e in accounts(db).roster()} == {"2024001"}
