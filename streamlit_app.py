@@ -8,6 +8,7 @@ import streamlit as st
 from app_lib.lang import _, keep_in_url, language_picker
 from app_lib.session import accounts, client, current, sign_in_as, sign_out, write_cookie
 from app_lib.shared import ensure_workers, keep_page_state, server_policy
+from app_lib.text import plain
 from app_lib.widgets import share_link, sidebar_jobs
 from mnist_lab.errors import StoreError
 
@@ -52,8 +53,9 @@ else:
 with st.sidebar:
     language_picker()
     if who is not None and who.role != "visitor":
-        st.caption(":material/person: " + (_("Signed in as the teacher") if who.role == "teacher" else
-                                           _("Signed in as {name} ({id})").format(name=who.name, id=who.student_id)))
+        st.caption(":material/person: " + (  # a name is the student's own text: shown as its characters
+            _("Signed in as the teacher") if who.role == "teacher" else
+            _("Signed in as {name} ({id})").format(name=plain(who.name), id=plain(who.student_id))))
         st.button(_("Sign out"), key="sign_out_btn", on_click=sign_out, icon=":material/logout:")
     if store_ok and (who is not None or not policy.shared):  # a signed-in person's jobs (local: every job)
         sidebar_jobs()

@@ -9,8 +9,10 @@ set from JavaScript cannot be HttpOnly, so it holds only a short-lived signed se
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 import streamlit as st
 
@@ -24,6 +26,7 @@ PENDING = "_session_cookie"  # session state: (value, max_age) the next run writ
 KEEP_ON_SIGN_OUT = ("_lang", "lang_pick")  # the language outlives a sign-out; nothing of the person does
 SECURE_ENV = "MNIST_LAB_SECURE_COOKIE"  # 1: always mark the cookie Secure (HTTPS that the app cannot see)
 TRUST_PROXY_ENV = "MNIST_LAB_TRUST_PROXY"  # 1: the client is the last X-Forwarded-For entry (behind your own proxy)
+MODE_ROLES = {"shared": ("student", "teacher"), "demo": ("visitor",)}  # who a session of each mode may be
 COOKIE_SAFE = re.compile(r"[A-Za-z0-9._-]*")  # what identity.open_session's values are made of
 
 
@@ -53,33 +56,77 @@ def secure() -> bool:
     return _text(st.context.url).startswith("https:") or forwarded == "https" or _on(SECURE_ENV)
 
 
+def _loopback(address: str) -> bool:
+    """Whether the connection comes from this machine (where the server's own proxy runs); an
+    unknown address (None or '': a unix socket, AppTest) counts as this machine."""
+    if not address:
+        return True
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _key(address: str) -> str:
+    """The throttle's key of an address: an IPv6 client by its /64 (one machine can hold the whole
+    /64 and take a new address for every try), IPv4 as it is."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%")[0])
+    except ValueError:
+        return address.strip()[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def client() -> str:
-    """The browser's address for the sign-in throttle ('' when unknown, e.g. on localhost): behind a
-    trusted proxy (MNIST_LAB_TRUST_PROXY=1) the last X-Forwarded-For entry (the one that proxy added:
-    the entries before it are whatever the browser sent, so a guesser could forge a new address for
-    every try), else the connection's."""
-    if _on(TRUST_PROXY_ENV):
+    """The browser's address for the sign-in throttle ('' when unknown, e.g. on localhost), an IPv6
+    one as its /64: behind a trusted proxy (MNIST_LAB_TRUST_PROXY=1) the last X-Forwarded-For entry
+    (the one that proxy added: the entries before it are whatever the browser sent, so a guesser
+    could forge a new address for every try), read only when the connection itself comes from this
+    machine (a browser connecting straight to the server could forge the header); else the
+    connection's."""
+    own = _text(st.context.ip_address)
+    if _on(TRUST_PROXY_ENV) and _loopback(own):
         forwarded = _text(st.context.headers.get("X-Forwarded-For")).split(",")[-1].strip()
         if forwarded:
-            return forwarded[:64]
-    return _text(st.context.ip_address)
+            return _key(forwarded)
+    return _key(own) if own else ""
+
+
+def app_address() -> str:
+    """The app's own address for the slips: the scheme, host and Streamlit's base path of the URL this
+    page was opened at (never the page's path /teacher, its query or fragment)."""
+    parts = urlsplit(st.context.url or "")
+    if not parts.scheme or not parts.netloc:
+        return ""
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"{parts.scheme}://{parts.netloc}/" + (f"{base}/" if base else "")
 
 
 def current() -> Identity | None:
     """This session's signed-in person, or None (always on a local install). Checked against the
     store on every call, so a session the teacher ended (a PIN reset) or one that expired ends here too."""
-    if not ServerPolicy.from_env().shared:
+    policy = ServerPolicy.from_env()
+    if not policy.shared:
         return None
     if KEY not in st.session_state:  # the session's first run: the cookie its page was opened with
         st.session_state[KEY] = _text(st.context.cookies.get(SESSION_COOKIE))
     value = st.session_state[KEY]
-    return accounts().session(value) if value else None
+    # a teacher's session holds only while the server's token is the one it was opened with
+    who = accounts().session(value, teacher_token=policy.teacher_token) if value else None
+    if who is None or who.role not in MODE_ROLES["demo" if policy.demo else "shared"]:
+        return None  # e.g. a visitor's cookie after the server turned from demo to shared: a stranger, not a student
+    return who
 
 
 def sign_in_as(who: Identity) -> None:
     """Open a session for `who` and have the browser keep its cookie (written on the next run)."""
     age = session_max_age_s()  # $MNIST_LAB_SESSION_HOURS, else a class day
-    value = accounts().open_session(who, client(), age)
+    # a teacher's session keeps (a MAC of) the token it signed in with: a new MNIST_LAB_TEACHER_TOKEN ends it
+    value = accounts().open_session(who, client(), age, teacher_token=ServerPolicy.from_env().teacher_token or None)
     st.session_state[KEY] = value
     st.session_state[PENDING] = (value, age)
 

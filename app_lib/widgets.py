@@ -201,7 +201,7 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
     try:
         policy, run = server_policy(), runner()
         # what this person and the server keep, and the jobs from this browser's address (the demo's cap)
-        kept = standing(result_store(), workspace(), run.client) if policy.shared else None
+        kept = standing(result_store(), workspace(), run.client, unknown_is_one=policy.demo) if policy.shared else None
         policy.check(spec, resolve_device(spec.train.device).type, kept)
         job_id = run.submit(spec, workspace())
     except ValueError as exc:
@@ -337,6 +337,16 @@ def live_losses(run_id: str) -> np.ndarray:
     return losses
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def no_formula(value: object) -> object:
+    """A text cell as a spreadsheet shows it, never runs it: one starting with = + - @ TAB or CR
+    (a student's name '=HYPERLINK(...)') gets a leading ' (OWASP's CSV injection advice). Numbers
+    and missing values stay as they are (a negative number is a number)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str, label: str | None = None,
                key: str | None = None) -> None:
     """A download button for `frame` as CSV; a callable frame is only built when clicked. A student
@@ -344,11 +354,9 @@ def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str,
     hide = path_hider()  # decided in the page's run: a callable frame is built when clicked
 
     def data() -> str:
-        table = frame() if callable(frame) else frame
-        if hide is not None:
-            table = table.copy()
-            for column in table.select_dtypes(include=["object", "string"]).columns:
-                table[column] = table[column].map(hide)
+        table = (frame() if callable(frame) else frame).copy()
+        for column in table.select_dtypes(include=["object", "string"]).columns:
+            table[column] = table[column].map(lambda v: no_formula(hide(v) if hide is not None else v))
         return table.to_csv(index=False)
     st.download_button(label or file_name, data=data if callable(frame) else data(), file_name=file_name,
                        mime="text/csv", on_click="ignore", key=key or f"{file_name}_btn", icon=":material/download:")

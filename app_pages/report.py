@@ -11,7 +11,7 @@ import streamlit as st
 
 from app_lib.lang import N_, _, current, ngettext, render_error
 from app_lib.session import current as current_identity
-from app_lib.shared import init_state, mirror_query, result_store, run_scope, runner
+from app_lib.shared import asker, init_state, mirror_query, reads_public, result_store, run_scope, runner
 from app_lib.text import local_times, plain
 from app_lib.widgets import run_labels
 from mnist_lab.errors import StoreError
@@ -41,9 +41,10 @@ COVER_KEYS = {key: f"report_cover_{key}" for key in COVER}  # the session's cove
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def build(db: str, lang: str, run_id: str | None, scope: tuple[str, ...] | None, signature: tuple, cover: Cover,
-          tz: str) -> tuple:
-    """Blocks and files of one report; `signature` changes whenever the runs do."""
-    report = build_report(result_store(), lang, run_id=run_id, workspace=scope, cover=cover, tz=tz)
+          tz: str, detail: bool) -> tuple:
+    """Blocks and files of one report; `signature` changes whenever the runs do; `detail`: its reader
+    may see the server's detail (the teacher, a local user)."""
+    report = build_report(result_store(), lang, run_id=run_id, workspace=scope, cover=cover, tz=tz, detail=detail)
     files = {"report.html": to_html(report).encode("utf-8"), "report.docx": to_docx(report),
              "report_md.zip": to_markdown_zip(report), "findings.json": findings_json(report).encode("utf-8")}
     if report.iterations_csv:
@@ -73,8 +74,12 @@ def md(text: str) -> str:
 lang = current()
 try:
     store = result_store()
-    scope = run_scope()
+    scope, detail = run_scope(), not reads_public()
+    if scope is None and not detail:  # a student of a class view sees the class's runs; the report is their own
+        scope = (asker().workspace,)
     runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
+    if scope is not None:
+        runs = runs[runs["workspace"].isin(scope)]
 except StoreError as exc:  # a damaged database: said as the other pages say it
     st.error(plain(render_error(exc)), icon=":material/database:")
     st.stop()
@@ -123,7 +128,7 @@ try:
     with st.spinner(_("Writing the report…")):
         # the default run is the report's own choice: one it cannot read leaves section 1 to do, not the report
         blocks, files = build(str(store.path), lang, None if run_id == default_run else run_id, scope, signature,
-                              cover, tz)
+                              cover, tz, detail)
 except ValueError as exc:  # a run that cannot be read (e.g. one iteration): said in the reader's words, not a traceback
     st.error(md(render_error(exc)), icon=":material/warning:")
     st.stop()

@@ -7,10 +7,13 @@ import streamlit as st
 from app_lib.charts import accuracy_figure, overlay_figure
 from app_lib.lang import _, bound, ngettext, render_error
 from app_lib.shared import (
+    asker,
     init_state,
+    is_teacher,
     job_queue,
     may_change,
     mirror_query,
+    path_hider,
     result_store,
     run_scope,
     runner,
@@ -71,7 +74,11 @@ if runs.empty:
     st.info(_("No runs yet: train something on the Train, Sweep or FC vs CNN page."))
     st.stop()
 
-owners_shown = server_policy().shared and scope is None  # scope None: every run of the server
+owners_shown = server_policy().shared and is_teacher()  # a class view's student sees runs, not classmates' names
+if server_policy().shared and not owners_shown:  # in every CSV too: a student's own runs keep their name
+    others = runs["workspace"] != asker().workspace
+    runs = runs.assign(student_id=runs["student_id"].mask(others, None),
+                       student_name=runs["student_name"].mask(others, None))
 EXPERIMENTS, STATUSES = sorted(runs["experiment"].unique()), sorted(runs["status"].unique())
 FILTERS = dict(experiment=[], status=[], text="")
 init_state("runs_", FILTERS, dict(experiment=EXPERIMENTS, status=STATUSES))
@@ -184,6 +191,8 @@ shown_configs = chosen.assign(final_test_acc=chosen["final_test_acc"].map(percen
                               stop_reason=stop_reasons(stored), message=run_messages(stored),
                               normalize=chosen["normalize"].map(normalization_words),
                               started_at=list(local_times(chosen["started_at"], tz))).round(4).T.astype(str)
+if (hide := path_hider()) is not None:  # a run's data folder ('directory /srv/...') is the server's detail
+    shown_configs = shown_configs.map(hide)
 shown_configs = shown_configs.rename_axis("field")
 shown_configs.columns = configs.columns  # what the table shows: words and times in the session's language and zone
 differs = configs.astype(str).nunique(axis=1) > 1

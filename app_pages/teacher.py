@@ -7,10 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from app_lib.lang import N_, _, current, render_error
-from app_lib.session import accounts
+from app_lib.session import KEY as SESSION_KEY
+from app_lib.session import accounts, app_address
 from app_lib.shared import is_teacher
 from app_lib.text import local_times, plain
 from app_lib.widgets import csv_button, table
+from mnist_lab.service.identity import key_parts
 
 CODES = "teacher_codes"  # session state: {student ID: code} issued in this session (plain codes exist only here)
 MAX_ROSTER_BYTES = 256 * 1024  # 2,000 rows of 学号, 姓名 fit in far less
@@ -18,11 +20,18 @@ ROLES = {"student": N_("student"), "teacher": N_("teacher"), "visitor": N_("visi
 
 
 def who_failed(key: str) -> str:
-    """A throttle key ('client:<ip>', 'account:<id>', 'account:teacher') as the teacher reads it."""
-    kind, _sep, name = key.partition(":")
+    """A throttle key (identity.key_parts: a computer, an account, the teacher's token, or one
+    computer's tries at one account) as the teacher reads it."""
+    kind, address, student_id = key_parts(key)
+    computer = _("computer {address}").format(address=address or _("unknown"))
+    account = _("student {id}").format(id=student_id) if student_id else _("the teacher's account")
     if kind == "client":
-        return _("computer {address}").format(address=name or _("unknown"))
-    return _("the teacher's account") if name == "teacher" else _("student {id}").format(id=name)
+        return computer
+    if kind in ("account", "teacher"):
+        return account
+    if kind == "pair":
+        return _("{account} from {computer}").format(account=account, computer=computer)
+    return key
 
 
 def times(seconds: pd.Series) -> pd.Series:
@@ -91,7 +100,7 @@ if codes := st.session_state.get(CODES):
                  "older one."))
     shown = codes_table(codes)
     table(shown, hide_index=True)
-    address = st.context.url or ""
+    address = app_address()
     st.download_button(_("Printable codes (HTML)"), printable(shown, address), file_name="codes.html",
                        mime="text/html", on_click="ignore", key="teacher_codes_html_btn", icon=":material/print:")
     csv_button(shown, "codes.csv", label=_("Codes (CSV)"), key="teacher_codes_csv_btn")
@@ -111,6 +120,16 @@ else:
         if st.button(_("Reset the PIN"), key="teacher_reset_btn", disabled=not sure):
             remember({chosen: accounts().reset(chosen)})
             st.session_state.pop("teacher_reset_sure", None)
+            st.rerun()
+    with st.expander(_("Remove a student from the class list")):
+        st.caption(_("Their PIN, one-time code and sessions go; their runs stay, under the student ID and name they "
+                     "were made with. Without a class list, anyone could then claim this student ID."))
+        gone = st.selectbox(_("Student"), list(names), format_func=names.get, key="teacher_remove_id")
+        sure = st.checkbox(_("Yes, remove this student from the class list"), key="teacher_remove_sure")
+        if st.button(_("Remove from the class list"), key="teacher_remove_btn", disabled=not sure):
+            accounts().remove(gone)
+            st.session_state[CODES] = {k: v for k, v in st.session_state.get(CODES, {}).items() if k != gone}
+            st.session_state.pop("teacher_remove_sure", None)
             st.rerun()
 
 st.subheader(_("Wrong sign-ins"))
@@ -137,3 +156,15 @@ else:
     table(sessions.rename(columns={"name": "student_name"}).assign(
         role=sessions["role"].map(lambda r: _(ROLES.get(r, r))), created_at=times(sessions["created_at"]),
         expires_at=times(sessions["expires_at"])), hide_index=True)
+    signed_in = {e["student_id"]: f"{e['name']} ({e['student_id']})" for e in accounts().sessions()
+                 if e["role"] == "student" and e["student_id"]}
+    c1, c2 = st.columns(2)
+    if signed_in:
+        out = c1.selectbox(_("Student"), list(signed_in), format_func=signed_in.get, key="teacher_sign_out_id")
+        if c1.button(_("Sign this student out"), key="teacher_sign_out_btn", icon=":material/logout:"):
+            accounts().close_sessions(student_id=out)
+            st.rerun()
+    if c2.button(_("Sign everyone out"), key="teacher_sign_out_all_btn", icon=":material/group_off:",
+                 help=_("Every student and visitor session ends, and any other teacher session; yours stays.")):
+        accounts().close_sessions(everyone=True, keep=st.session_state.get(SESSION_KEY) or None)
+        st.rerun()

@@ -38,7 +38,9 @@ def session_for(who: Identity) -> str:
     sends no cookies, so a test hands it to the session the way the app keeps it (app_lib.session.KEY)."""
     store = ResultStore(os.environ[DB_ENV])
     try:
-        return Accounts(store, server_secret(store.path)).open_session(who, "")
+        # a teacher's session holds the server's token it signed in with ($MNIST_LAB_TEACHER_TOKEN)
+        return Accounts(store, server_secret(store.path)).open_session(
+            who, "", teacher_token=os.environ.get("MNIST_LAB_TEACHER_TOKEN") or None)
     finally:
         store.close()
 

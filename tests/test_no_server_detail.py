@@ -27,6 +27,7 @@ from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore, run_row
 from mnist_lab.runs.weights import SavedRun, save_weights
 from mnist_lab.service import policy
+from mnist_lab.service.identity import Identity
 from mnist_lab.service.jobs import JobSpec, lesson_spec
 from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import TrainConfig
@@ -48,6 +49,14 @@ def public_modes() -> list:
                                                                      reason="this build has no demo mode yet"))]
 
 
+def reader(who: str) -> Identity:
+    """The signed-in 'student' or 'teacher'; on a demo the 'student' is a visitor (a demo takes no other
+    role) holding the student's workspace, so that the fixtures' runs are theirs."""
+    if who == "teacher":
+        return TEACHER
+    return Identity("visitor", STUDENT) if os.environ.get("MNIST_LAB_MODE") == "demo" else student("s1")
+
+
 def open_as(who: str, page: str, lang: str, query: dict | None = None) -> AppTest:
     """`page` as `who` ('student', 'teacher' or 'local') opens it; the mode is the env's. The one place
     that knows how a session becomes a student's or the teacher's."""
@@ -55,7 +64,7 @@ def open_as(who: str, page: str, lang: str, query: dict | None = None) -> AppTes
     at.query_params.update({"lang": lang, **(query or {})})
     if who in ("student", "teacher"):
         with contextlib.suppress(StoreError):  # a damaged database: nobody can sign in, the sign-in page says so
-            at.session_state[SESSION_KEY] = session_for(student("s1") if who == "student" else TEACHER)
+            at.session_state[SESSION_KEY] = session_for(reader(who))
     at.run()
     if page != "home":
         try:
@@ -329,3 +338,63 @@ def test_a_local_user_reads_the_traceback_of_a_page_that_raises(monkeypatch):
     words = raising(monkeypatch)
     at = open_as("local", "home", "en")
     assert at.exception and words in at.exception[0].message and at.exception[0].stack_trace
+
+
+FOLDER = "/srv/lab-data/mnist"  # MNIST_LAB_DATA_DIR on the server: a run's data_source names it
+
+
+@pytest.fixture
+def from_a_folder(server) -> str:
+    """A finished run of the student's, and one of a classmate's, whose data came from the server's
+    data folder: 'directory /srv/lab-data/mnist' (English and stored message) and data_dir."""
+    store = ResultStore(server / "results.sqlite")
+    source = data.from_directory(FOLDER)
+    for run_id, who in (("run-folder", student("s1")), ("run-mate", student("s2", "=HYPERLINK(\"x\")"))):
+        with store.context(job_id=f"j-{run_id}", workspace=who.workspace, student_id=who.student_id,
+                           student_name=who.name):
+            store.start_run(run_row(run_id, PRESETS["tiny-fc"].model, TrainConfig(), data.DataConfig(data_dir=FOLDER),
+                                    label=run_id, data_source=str(source), data_source_msg=to_stored([source])))
+        store.add_iterations(run_id, 1, [2.3 - 0.01 * i for i in range(40)], 10)
+        store.finish_run(run_id, "finished", 1.0, final_test_acc=0.5, epochs_done=4)
+    store.close()
+    return FOLDER
+
+
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+@pytest.mark.parametrize("mode", public_modes())
+def test_a_run_from_a_data_folder_names_no_folder_on_the_runs_page_or_in_the_report(mode, lang, from_a_folder,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    got = downloads(monkeypatch)
+    runs = open_as("student", "runs", lang, {"selected": "run-folder"})
+    assert any("configs" in name for name in got) and "run-folder" in got["runs.csv"]
+    assert_no_detail(runs, from_a_folder)
+    assert not any(from_a_folder in text for text in got.values()), got
+    report = open_as("student", "report", lang)
+    assert_no_detail(report, from_a_folder)
+    assert ("(a folder on the server)" if lang == "en" else "（服务器上的某个文件夹）") in everything(report)
+
+
+def test_the_teacher_reads_the_data_folder_on_the_runs_page_and_in_the_report(from_a_folder, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    got = downloads(monkeypatch)
+    runs = open_as("teacher", "runs", "en", {"selected": "run-folder"})
+    assert from_a_folder in everything(runs) and from_a_folder in got["runs.csv"]
+    assert from_a_folder in everything(open_as("teacher", "report", "en"))
+
+
+def test_the_core_report_names_the_folder_only_for_a_reader_of_the_detail(from_a_folder, server):
+    from mnist_lab.lab.report import build_report, findings_json, to_html
+
+    store = ResultStore(server / "results.sqlite")
+    try:
+        mine = build_report(store, "en", workspace=(STUDENT,))
+        assert from_a_folder not in to_html(mine) and from_a_folder not in findings_json(mine)
+        assert "results.sqlite" not in to_html(mine)
+        everyone = build_report(store, "en", workspace=None, detail=False)  # a class view's student
+        assert from_a_folder not in to_html(everyone) and from_a_folder not in findings_json(everyone)
+        assert "results.sqlite" not in to_html(everyone)
+        teacher = build_report(store, "en", workspace=None)
+        assert from_a_folder in to_html(teacher) and "results.sqlite" in to_html(teacher)
+    finally:
+        store.close()

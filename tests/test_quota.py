@@ -213,3 +213,38 @@ def test_the_app_prunes_a_demo_at_most_every_ten_minutes_and_refuses_a_full_one_
     assert queue.jobs(limit=10) == []  # refused before anything was queued
     queue.close()
     store.close()
+
+
+def test_jobs_waiting_or_training_count_toward_the_caps(store):
+    """Queueing is no way past the caps: a workspace's queued and training jobs count their runs
+    and projected bytes (less what a training one has stored), every workspace's count in the total."""
+    runner = StoreRunner(store, queue_limit=10, asker=SHARED.asker(Identity("student", "student:s1", "s1", "A")))
+    waiting = runner.submit(lab5())
+    assert quota.usage(store, "student:s1") == quota.Usage(1, quota.job_bytes(lab5()))
+    assert quota.usage(store, "student:s2") == quota.Usage(0, 0)
+    assert quota.total_bytes(store) == quota.stored_bytes(store) + quota.job_bytes(lab5())
+    runner.submit(lab5())
+    runner.submit(lab5())  # three queued: the fourth run would pass max_runs=3
+    with pytest.raises(LimitError, match="Runs you keep on this server: 3; this job adds 1"):
+        SHARED.check(lab5(), "cpu", quota.standing(store, "student:s1"))
+    big = replace(SHARED, max_runs=100, max_mb=1000.0, max_total_gb=4 * quota.job_bytes(lab5()) / 1e9)
+    with pytest.raises(LimitError, match="disk quota for results is full"):  # s2 keeps nothing; the queue fills it
+        big.check(lab5(), "cpu", quota.standing(store, "student:s2"))
+    # a training job's stored run counts once: as a stored run, not again as one to come
+    with store.context(job_id=waiting, workspace="student:s1"):
+        store.start_run(run_row("r-live", LAB5, TrainConfig(), DataConfig(), status="running", epochs_done=1,
+                                steps_per_epoch=10))
+    assert quota.usage(store, "student:s1").runs == 3
+    for job_id in [j["job_id"] for j in JobQueue(store).jobs(limit=10)]:
+        JobQueue(store).finish(job_id, "finished")
+    assert quota.usage(store, "student:s1").runs == 1 and quota.total_bytes(store) == quota.stored_bytes(store)
+
+
+def test_in_the_demo_every_unknown_client_is_one_client(store):
+    demo = ServerPolicy.from_env({"MNIST_LAB_MODE": "demo"}, [])
+    visitor = demo.asker(Identity("visitor", "visitor:a"))
+    StoreRunner(store, queue_limit=demo.queue_limit, asker=visitor, client="").submit(lab5())
+    assert quota.client_jobs(store, "") == 0 and quota.client_jobs(store, "", unknown_is_one=True) == 1
+    with pytest.raises(LimitError, match=r"Jobs from your network training or waiting here: 1 \(at most 1\)"):
+        demo.check(lab5(), "cpu", quota.standing(store, "visitor:b", "", unknown_is_one=True))
+    demo.check(lab5(), "cpu", quota.standing(store, "visitor:c", "10.0.0.8", unknown_is_one=True))  # a known one

@@ -16,7 +16,7 @@ from app_lib.session import KEY as SESSION_KEY
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore, run_row
-from mnist_lab.service.identity import Accounts, server_secret
+from mnist_lab.service.identity import Accounts, Identity, server_secret
 from mnist_lab.training.loop import TrainConfig
 
 TOKEN = "teacher-token-for-tests"
@@ -280,3 +280,127 @@ def test_behind_a_trusted_proxy_the_client_is_the_address_the_proxy_saw(monkeypa
     assert session.client() == "10.1.2.3"
     context.headers = {}
     assert session.client() == "127.0.0.9"
+    context.headers = {"X-Forwarded-For": "10.1.2.3"}
+    context.ip_address = "203.0.113.7"  # a browser connecting straight to the server: its header is its own
+    assert session.client() == "203.0.113.7"
+    context.ip_address = "::1"  # the proxy on this machine over IPv6
+    assert session.client() == "10.1.2.3"
+    context.ip_address = None  # unknown (a unix socket): this machine
+    assert session.client() == "10.1.2.3"
+    context.headers = {"X-Forwarded-For": "2001:db8:1:2:aaaa::1"}  # an IPv6 client: its /64 (it holds them all)
+    assert session.client() == "2001:db8:1:2::/64"
+    monkeypatch.delenv(session.TRUST_PROXY_ENV)
+    context.ip_address = "2001:db8:1:2:bbbb::9"
+    assert session.client() == "2001:db8:1:2::/64"
+
+
+def test_the_slips_address_is_the_apps_not_the_class_pages(monkeypatch):
+    """The printed slips say where to sign in: the scheme, host and base path, not /teacher."""
+    from types import SimpleNamespace
+
+    from app_lib import session
+
+    options = {"server.baseUrlPath": ""}
+    fake = SimpleNamespace(context=SimpleNamespace(url="https://lab.example.edu:8501/teacher?lang=zh_CN#codes"),
+                           get_option=options.get)
+    monkeypatch.setattr(session, "st", fake)
+    assert session.app_address() == "https://lab.example.edu:8501/"
+    options["server.baseUrlPath"] = "/mnist/"
+    fake.context.url = "https://lab.example.edu/mnist/teacher"
+    assert session.app_address() == "https://lab.example.edu/mnist/"
+    fake.context.url = None  # unknown (AppTest)
+    assert session.app_address() == ""
+
+
+def test_the_sidebar_shows_a_name_as_its_characters(db):
+    at = open_page("home", who=student("s9", "**Boss** [click](https://evil.example)"))
+    [caption] = [c.value for c in at.sidebar.caption if "Signed in as" in c.value]
+    assert "\\*\\*Boss\\*\\* \\[click\\]\\(https\u2060\\:" in caption  # escaped: no bold, no link
+
+
+def test_a_csv_cell_that_starts_a_formula_is_text_in_the_teachers_runs_csv(db, monkeypatch):
+    import streamlit as st
+
+    from app_lib.widgets import no_formula
+
+    store = ResultStore(db)
+    _owned(store, "r-evil", student("s1", "=HYPERLINK(\"http://x\",\"y\")"))
+    _owned(store, "r-plus", student("s2", "+SUM(1)"))
+    got, button = {}, st.download_button
+
+    def recorded(label, data=None, file_name=None, *args, **kwargs):
+        got[file_name] = data() if callable(data) else data
+        return button(label, data, file_name, *args, **kwargs)
+    monkeypatch.setattr(st, "download_button", recorded)
+    open_page("runs", who=TEACHER)
+    text = got["runs.csv"]
+    assert "'=HYPERLINK" in text and "'+SUM(1)" in text
+    assert not any(cell.startswith(("=", "+", "@")) for line in text.splitlines() for cell in line.split(","))
+    assert [no_formula(v) for v in ("-1", "@a", "\tx", "\rx", "a=b", -1.5, None)] == \
+        ["'-1", "'@a", "'\tx", "'\rx", "a=b", -1.5, None]
+
+
+def test_a_class_view_student_sees_no_classmates_names_and_reports_their_own_runs(db, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_CLASS_VIEW", "1")
+    store = ResultStore(db)
+    alice, bob = student("s1", "Alice"), student("s2", "Bob")
+    _owned(store, "r-alice", alice)
+    _owned(store, "r-bob", bob)
+    import streamlit as st
+    got, button = {}, st.download_button
+
+    def recorded(label, data=None, file_name=None, *args, **kwargs):
+        got[file_name] = data() if callable(data) else data
+        return button(label, data, file_name, *args, **kwargs)
+    monkeypatch.setattr(st, "download_button", recorded)
+    at = open_page("runs", who=alice)
+    frame = at.dataframe[0].value
+    assert set(frame["run"]) == {"r-alice", "r-bob"}  # the class view: every run
+    assert "student name" not in frame.columns and "student ID" not in frame.columns
+    assert "Bob" not in got["runs.csv"] and "s2" not in got["runs.csv"] and "Alice" in got["runs.csv"]
+    report = open_page("report", who=alice)
+    options = report.selectbox(key="report_run").options
+    assert any("r-alice" in o for o in options) and not any("r-bob" in o for o in options)  # their own runs
+    text = "\n".join(str(m.value) for m in report.markdown)
+    assert "results database" not in text and "results.sqlite" not in text and "make fonts" not in text
+    assert "from your" in text
+
+
+def test_a_session_counts_only_in_its_own_mode_and_a_teachers_only_with_the_current_token(db, monkeypatch):
+    def opened(cookie: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.session_state[SESSION_KEY] = cookie
+        return at.run()
+
+    visitor = session_for(Identity("visitor", "visitor:" + "v" * 22))  # a demo's cookie on a class server
+    assert opened(visitor).title[0].value == "Sign in to MNIST CNN Lab"
+    cookie = session_for(TEACHER)
+    assert opened(cookie).sidebar.button(key="sign_out_btn")  # the token it signed in with
+    monkeypatch.setenv("MNIST_LAB_TEACHER_TOKEN", "a-new-token-" + "x" * 12)  # the teacher changed it
+    assert opened(cookie).title[0].value == "Sign in to MNIST CNN Lab"
+    monkeypatch.setenv("MNIST_LAB_MODE", "demo")  # a student's cookie on a demo: a visitor, not the student
+    at = open_page("runs", who=student("s1", "Alice"))
+    who = accounts(db).session(at.session_state[SESSION_KEY])
+    assert who.role == "visitor" and not any("Alice" in c.value for c in at.sidebar.caption)
+
+
+def test_the_teacher_signs_a_student_or_everyone_out_and_removes_a_student(db):
+    accounts(db).import_roster(ROSTER)
+    alice_cookie, bob_cookie = session_for(student("2024001", "张三")), session_for(student("2024002", "李四"))
+    at = open_page("teacher", who=TEACHER)
+    mine = at.session_state[SESSION_KEY]
+    at.selectbox(key="teacher_sign_out_id").set_value("2024001")
+    at.button(key="teacher_sign_out_btn").click().run()
+    assert not at.exception
+    assert accounts(db).session(alice_cookie) is None and accounts(db).session(bob_cookie) is not None
+    other_teacher = session_for(TEACHER)
+    at.button(key="teacher_sign_out_all_btn").click().run()
+    assert accounts(db).session(bob_cookie) is None and accounts(db).session(other_teacher) is None
+    assert accounts(db).session(mine) is not None and at.sidebar.button(key="sign_out_btn")  # the teacher stays
+
+    at.selectbox(key="teacher_remove_id").set_value("2024002")
+    assert at.button(key="teacher_remove_btn").disabled  # confirm first
+    at.checkbox(key="teacher_remove_sure").check().run()
+    at.button(key="teacher_remove_btn").click().run()
+    assert not at.exception
+    assert {e.student_id for e in accounts(db).roster()} == {"2024001"}

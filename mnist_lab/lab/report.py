@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+import re
 import textwrap
 import zipfile
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class Report:
     findings: Findings
     iterations_csv: str  # the chosen run's every-iteration losses
     warnings: list[str] = field(default_factory=list)
+    detail: bool = True  # its reader may see the server's detail (else findings.json names no server path either)
 
     @property
     def title(self) -> str:
@@ -153,11 +155,17 @@ def requirement1_run(runs: pd.DataFrame) -> tuple[str | None, bool]:
     return str(done.iloc[0]["run_id"]), True
 
 
+SERVER_FOLDER = N_("(a folder on the server)")
+# an absolute path (POSIX, or a Windows drive's) in a sentence; not a URL's path nor a relative one
+SERVER_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)*[\w.+-]+/?|\b[A-Za-z]:\\[^\s,;()]*")
+
+
 class _Writer:
     """Builds the blocks in one language; `say` is gettext then str.format with the values."""
 
-    def __init__(self, lang: str, cjk_figures: bool):
+    def __init__(self, lang: str, cjk_figures: bool, detail: bool = True):
         self.lang = lang
+        self.detail = detail  # the reader may see the server's own detail (its files' paths)
         self.t = translator(lang)
         self.fig_t = self.t if cjk_figures or lang == "en" else translator("en")
         self.cjk = cjk_figures and lang != "en"
@@ -180,6 +188,13 @@ class _Writer:
 
     def figure(self, name: str, png: bytes, caption: str) -> None:
         self.add("figure", caption, png=png, name=name)
+
+    def source(self, stored: object, english: object) -> str:
+        """Where a run's data came from (its stored message, else its English) in this language; for
+        a reader who may not see the server's detail, every absolute path in it as "(a folder on the
+        server)" (a run whose data came from MNIST_LAB_DATA_DIR says 'directory /srv/...')."""
+        text = render_stored(stored, self.lang, english)
+        return text if self.detail else SERVER_PATH.sub(self._(SERVER_FOLDER), text)
 
 
 # ------------------------------------------------------------------------------ shared sentences
@@ -244,7 +259,7 @@ def _setup(w: _Writer, fs: Findings, db: str, tz: str | None) -> None:
     w.add("h2", w._(H_SETUP))
     date = local_now(tz)
     values = dict(date=date, n=integer(fs.runs_considered), devices=", ".join(fs.devices) or "—",
-                  sources=", ".join(dict.fromkeys(render_stored(m, w.lang, e) for e, m in fs.data_sources)) or "—")
+                  sources=", ".join(dict.fromkeys(w.source(m, e) for e, m in fs.data_sources)) or "—")
     if db:
         w.para("Generated on {date} from the {n} finished runs in the results database {db}. Devices: {devices}. "
                "Data: {sources}.", db=db, **values)
@@ -277,7 +292,7 @@ def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) ->
         batch=s["batch_size"], optimizer=s["optimizer"],
         lr=lr, momentum=momentum, seed=s["seed"], device=s["device"] or "—",
         engine=s["engine"] or "—", dataset=s["dataset"],
-        source=render_stored(s.get("data_source_msg"), w.lang, s["data_source"]) or "—")
+        source=w.source(s.get("data_source_msg"), s["data_source"]) or "—")
     if not n.get("learned", True):
         w.para("This run did not learn: {acc} test accuracy, under chance + 10 points, or a final training loss that "
                "stayed near a uniform guess's. Train longer (more epochs or more training images) or try another "
@@ -578,11 +593,14 @@ def _appendix(w: _Writer, store: ResultStore, runs: pd.DataFrame, run_id: str | 
 
 def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
                  workspace: str | tuple[str, ...] | None = None, findings: Findings | None = None,
-                 cover: Cover | None = None, tz: str | None = None) -> Report:
+                 cover: Cover | None = None, tz: str | None = None, detail: bool | None = None) -> Report:
     """The whole report in `lang` ('zh', 'zh_CN' or 'en'; None: from the environment), from the
     runs of `workspace` (one, or a tuple: `access.Asker.scope`; None: every run). Requirement
     1 reads `run_id`, by default `requirement1_run`'s; `cover`: who hands it in; `tz`: the
-    reader's time zone (an IANA name; None: UTC)."""
+    reader's time zone (an IANA name; None: UTC); `detail`: whether the reader may see the server's
+    detail (the database's file, the data folders' paths, how to install fonts): the machine's own
+    user and the teacher may, a student or visitor of a shared server not (None: only when the
+    report reads every run, `workspace` None)."""
     cover = (cover or Cover()).validate().clean()
     lang = resolve_lang(lang)
     runs = store.visible_runs(workspace)
@@ -592,12 +610,12 @@ def build_report(store: ResultStore, lang: str | None = None, run_id: str | None
     fs = findings or compute_findings(store, run_id=run_id, workspace=workspace, picked=picked)
     shown = fs.loss.numbers.get("run_id") if fs.loss.available else None
     cjk = figures.cjk_font() is not None
-    w = _Writer(lang, cjk)
+    own = workspace is None if detail is None else detail  # else a student, who is told no server detail
+    w = _Writer(lang, cjk, own)
     w.add("h1", w._(TITLE))
     w.add("p", w._(SUBTITLE))
     _cover(w, cover)
     warnings = []
-    own = workspace is None  # the machine's own user or the teacher; else a student, who is told no server detail
     if lang != "en" and not cjk:
         warnings.append(w._("No font with Chinese glyphs (Noto Sans CJK) was found, so the figures are labelled in "
                             "English; install fonts-noto-cjk (make fonts) for Chinese labels.") if own else
@@ -618,7 +636,7 @@ def build_report(store: ResultStore, lang: str | None = None, run_id: str | None
     w.add("h2", w._(H_REFLECT))
     w.para("(Your own thoughts: what surprised you, what you would change, what you would try next.)")
     _appendix(w, store, runs, shown)
-    return Report(lang, w.blocks, fs, csv, warnings)
+    return Report(lang, w.blocks, fs, csv, warnings, own)
 
 
 # ------------------------------------------------------------------------------ renderers
@@ -778,8 +796,21 @@ def _fit_counts(table, text_width: int) -> None:
                 cell._tc.get_or_add_tcPr().append(OxmlElement("w:noWrap"))
 
 
+def _no_paths(value: object, folder: str) -> object:
+    if isinstance(value, str):
+        return SERVER_PATH.sub(folder, value)
+    if isinstance(value, dict):
+        return {k: _no_paths(v, folder) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_paths(v, folder) for v in value]
+    return value
+
+
 def findings_json(report: Report) -> str:
-    return json.dumps(dict(lang=report.lang, **report.findings.to_dict()), ensure_ascii=False, indent=2)
+    found = dict(lang=report.lang, **report.findings.to_dict())
+    if not report.detail:  # a student's: the data sources' folders (and any other path) as "(a folder on the server)"
+        found = _no_paths(found, translator(report.lang).gettext(SERVER_FOLDER))
+    return json.dumps(found, ensure_ascii=False, indent=2)
 
 
 def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:

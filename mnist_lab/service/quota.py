@@ -66,22 +66,65 @@ def _file_bytes(path: Path) -> int:
         return 0
 
 
-def usage(store: ResultStore, workspace: str) -> Usage:
-    """`workspace`'s runs and bytes: one SQL sum over its runs (an iteration row per step of each
-    epoch done, an epoch row per epoch) and a stat of each run's weights file."""
-    with _connect(store.path) as conn:
-        rows = conn.execute("SELECT run_id, COALESCE(epochs_done, 0), COALESCE(epochs_done, 0) * "
-                            "COALESCE(steps_per_epoch, 0) FROM runs WHERE COALESCE(NULLIF(workspace, ''), ?) = ?",
-                            (LOCAL_WORKSPACE, workspace)).fetchall()
+def _run_bytes(store: ResultStore, rows: list[tuple]) -> int:
+    """Bytes of stored runs (rows of run_id, epochs done, steps done): their rows as measured and a
+    stat of each weights file."""
     weights = sum(_file_bytes(weights_path(store.path, run_id)) for run_id, *_ in rows if valid_run_id(run_id))
     epochs, steps = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    return Usage(len(rows), len(rows) * RUN_ROW_BYTES + epochs * EPOCH_ROW_BYTES + steps * ITERATION_ROW_BYTES
-                 + weights)
+    return len(rows) * RUN_ROW_BYTES + epochs * EPOCH_ROW_BYTES + steps * ITERATION_ROW_BYTES + weights
 
 
-def total_bytes(store: ResultStore) -> int:
+_RUN_FIGURES = "run_id, COALESCE(epochs_done, 0), COALESCE(epochs_done, 0) * COALESCE(steps_per_epoch, 0)"
+
+
+def active_usage(store: ResultStore, workspace: str | None = None) -> Usage:
+    """What the jobs queued or training (of `workspace`; None: every workspace's) will still add:
+    for each, its runs_total and its spec's projected bytes (job_bytes), less the runs and bytes it
+    has already stored (those count as stored runs). A spec that cannot be read counts its runs only."""
+    from mnist_lab.service.jobs import JobSpec
+
+    marks = ", ".join("?" for _ in JOB_ACTIVE)
+    where, params = f"status IN ({marks})", list(JOB_ACTIVE)
+    if workspace is not None:
+        where += " AND COALESCE(NULLIF(workspace, ''), ?) = ?"
+        params += [LOCAL_WORKSPACE, workspace]
+    with _connect(store.path) as conn:
+        jobs = conn.execute(f"SELECT job_id, spec, COALESCE(runs_total, 0) FROM jobs WHERE {where}",
+                            params).fetchall()
+        stored = {job_id: conn.execute(f"SELECT {_RUN_FIGURES} FROM runs WHERE job_id = ?", (job_id,)).fetchall()
+                  for job_id, *_ in jobs}
+    runs = nbytes = 0
+    for job_id, spec, total in jobs:
+        done = stored[job_id]
+        runs += max(int(total) - len(done), 0)
+        try:
+            projected = job_bytes(JobSpec.from_json(spec))
+        except Exception:  # noqa: BLE001 - an unreadable or older spec: its runs still count
+            continue
+        nbytes += max(projected - _run_bytes(store, done), 0)
+    return Usage(runs, nbytes)
+
+
+def usage(store: ResultStore, workspace: str) -> Usage:
+    """`workspace`'s runs and bytes: one SQL sum over its runs (an iteration row per step of each
+    epoch done, an epoch row per epoch) and a stat of each run's weights file, plus what its jobs
+    queued or training will still add (`active_usage`): a person cannot pass the caps by queueing."""
+    with _connect(store.path) as conn:
+        rows = conn.execute(f"SELECT {_RUN_FIGURES} FROM runs WHERE COALESCE(NULLIF(workspace, ''), ?) = ?",
+                            (LOCAL_WORKSPACE, workspace)).fetchall()
+    pending = active_usage(store, workspace)
+    return Usage(len(rows) + pending.runs, _run_bytes(store, rows) + pending.bytes)
+
+
+def total_bytes(store: ResultStore, pending: bool = True) -> int:
     """The results on the server's disk: the database's pages in use (a deleted run's pages are
-    free for the next rows, though the file keeps its size) and the weights folder's files."""
+    free for the next rows, though the file keeps its size) and the weights folder's files; with
+    `pending`, plus what every job queued or training will still add (`active_usage`)."""
+    return stored_bytes(store) + (active_usage(store).bytes if pending else 0)
+
+
+def stored_bytes(store: ResultStore) -> int:
+    """The results on the server's disk now (total_bytes without the jobs still to come)."""
     with _connect(store.path) as conn:
         pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0]
                              for p in ("page_count", "freelist_count", "page_size"))
@@ -92,22 +135,26 @@ def total_bytes(store: ResultStore) -> int:
     return db
 
 
-def client_jobs(store: ResultStore, client: str) -> int:
-    """Jobs queued or training that were submitted from `client` (an IP); 0 for an unknown client
-    or a database without the column (before schema 5)."""
-    if not client:
+def client_jobs(store: ResultStore, client: str, unknown_is_one: bool = False) -> int:
+    """Jobs queued or training that were submitted from `client` (an IP); 0 for a database without
+    the column (before schema 5). An unknown client ('') counts 0, or with `unknown_is_one` (the
+    demo) as one client shared by every unknown one: behind a proxy that is not trusted every
+    visitor looks the same, and they share the cap (the safe side)."""
+    if not client and not unknown_is_one:
         return 0
     marks = ", ".join("?" for _ in JOB_ACTIVE)
     with _connect(store.path) as conn:
         try:
-            return conn.execute(f"SELECT COUNT(*) FROM jobs WHERE client = ? AND status IN ({marks})",
+            return conn.execute(f"SELECT COUNT(*) FROM jobs WHERE COALESCE(client, '') = ? AND status IN ({marks})",
                                 (client, *JOB_ACTIVE)).fetchone()[0]
         except sqlite3.OperationalError:  # no such column: an older file
             return 0
 
 
-def standing(store: ResultStore, workspace: str, client: str = "") -> Standing:
-    return Standing(usage(store, workspace), total_bytes(store), client_jobs(store, client))
+def standing(store: ResultStore, workspace: str, client: str = "", unknown_is_one: bool = False) -> Standing:
+    """What `workspace` keeps and has coming, the server's total with every active job's, and the
+    active jobs of `client` (`unknown_is_one`: the demo, where an unknown client is one client)."""
+    return Standing(usage(store, workspace), total_bytes(store), client_jobs(store, client, unknown_is_one))
 
 
 def job_bytes(spec) -> int:
