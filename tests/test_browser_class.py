@@ -28,7 +28,7 @@ if not os.access(CHROMIUM, os.X_OK):
                 allow_module_level=True)
 
 from mnist_lab.runs.store import ResultStore  # noqa: E402
-from mnist_lab.service.identity import SESSION_COOKIE, Accounts, server_secret  # noqa: E402
+from mnist_lab.service.identity import SESSION_COOKIE, TEACHER_KEY, Accounts, server_secret  # noqa: E402
 
 expect = sync_api.expect
 TOKEN = "class-test-teacher-token"
@@ -349,7 +349,9 @@ def test_a_class_signs_in_trains_and_sees_only_its_own_runs(class_server, demo_s
     time.sleep(accounts.wait_seconds("", "2024001") + 0.1)
     try_secret(a2, "PIN", PINS["2024001"], "Sign in")
     signed_in_as(a2, "Signed in as 张三 (2024001)")
-    assert counted(accounts, "account:2024001") == 0  # a success clears the account's count
+    # A success takes back only its own try: the account keeps its wrong tries (they slow only computers
+    # that failed on it; every browser here is on 127.0.0.1, an unknown address, so all of them share it).
+    assert counted(accounts, "account:2024001") == n
     flood_s = time.monotonic() - t0
 
     mark("pin flood")
@@ -360,13 +362,13 @@ def test_a_class_signs_in_trains_and_sees_only_its_own_runs(class_server, demo_s
         page.goto(url)
         expect(page.get_by_role("heading", name=SIGN_IN)).to_be_visible(timeout=60_000)
         page.get_by_role("tab", name="Teacher").click()
-    flood(guesser, accounts, "account:teacher", "guess", "Teacher token", "Sign in as the teacher",
+    flood(guesser, accounts, TEACHER_KEY, "guess", "Teacher token", "Sign in as the teacher",
           "The teacher token is wrong.")
     try_secret(teacher2, "Teacher token", TOKEN, "Sign in as the teacher")  # the right token, within the wait
     expect(teacher2.get_by_text(THROTTLED)).to_be_visible(timeout=30_000)
     teacher.goto(f"{url}/teacher")
     expect(teacher.get_by_text("Repeated wrong PINs or tokens")).to_be_visible(timeout=30_000)
-    time.sleep(accounts.wait_seconds("", None, account="account:teacher") + 0.1)
+    time.sleep(accounts.wait_seconds("", None, account=TEACHER_KEY) + 0.1)
     try_secret(teacher2, "Teacher token", TOKEN, "Sign in as the teacher")
     signed_in_as(teacher2, "Signed in as the teacher")
 
