@@ -12,16 +12,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import time
 from urllib.parse import urlsplit
 
 import streamlit as st
 
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service import identity
 from mnist_lab.service.identity import SESSION_COOKIE, Accounts, Identity, server_secret, session_max_age_s
 from mnist_lab.service.policy import ServerPolicy
 
 KEY = "_session"  # session state: this browser session's cookie value ("" once signed out)
+CHECKED = "_session_checked"  # session state: (what was checked, when, who it was): current() keeps it a moment
+CHECK_KEPT_S = 5.0
 PENDING = "_session_cookie"  # session state: (value, max_age) the next run writes into the browser
 KEEP_ON_SIGN_OUT = ("_lang", "lang_pick")  # the language outlives a sign-out; nothing of the person does
 SECURE_ENV = "MNIST_LAB_SECURE_COOKIE"  # 1: always mark the cookie Secure (HTTPS that the app cannot see)
@@ -115,8 +119,16 @@ def current() -> Identity | None:
     if KEY not in st.session_state:  # the session's first run: the cookie its page was opened with
         st.session_state[KEY] = _text(st.context.cookies.get(SESSION_COOKIE))
     value = st.session_state[KEY]
-    # a teacher's session holds only while the server's token is the one it was opened with
-    who = accounts().session(value, teacher_token=policy.teacher_token) if value else None
+    # A page's run asks several times, and a class's pages poll every few seconds: the check is kept
+    # for CHECK_KEPT_S unless this process changed accounts since (a reset or a sign-out here counts
+    # at once; one by the CLI within CHECK_KEPT_S), so 30 pages do not queue on the accounts' database.
+    stamp = (value, policy.teacher_token, policy.mode, identity.writes())
+    kept = st.session_state.get(CHECKED)
+    if kept is not None and kept[0] == stamp and time.monotonic() - kept[1] < CHECK_KEPT_S:
+        who = kept[2]
+    else:  # a teacher's session holds only while the server's token is the one it was opened with
+        who = accounts().session(value, teacher_token=policy.teacher_token) if value else None
+        st.session_state[CHECKED] = (stamp, time.monotonic(), who)
     if who is None or who.role not in MODE_ROLES["demo" if policy.demo else "shared"]:
         return None  # e.g. a visitor's cookie after the server turned from demo to shared: a stranger, not a student
     return who

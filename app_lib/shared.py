@@ -120,6 +120,24 @@ def pruned_at() -> dict:
     return {}  # database -> time.monotonic() when the demo last pruned its visitors' old runs
 
 
+@st.cache_resource
+def _done_at() -> dict:
+    return {"lock": threading.Lock()}  # (what, database) -> time.monotonic() it was last done
+
+
+def due(what: str, every_s: float) -> bool:
+    """Whether `what` (upkeep every page's poll would otherwise repeat: looking for dead workers) is
+    due in this server process, at most once every `every_s` seconds for its database, whichever
+    session asks. A class's 30 pages polling each second would otherwise each do it."""
+    done = _done_at()
+    key, now = (what, str(default_db_path())), time.monotonic()
+    with done["lock"]:
+        if now - done.get(key, -float("inf")) < every_s:
+            return False
+        done[key] = now
+        return True
+
+
 def workspace() -> str:
     """This session's workspace: 'local' on a local install; in shared mode the signed-in person's
     ('student:<id>', 'teacher'), in demo mode the visitor's; '' when no one is signed in (sees nothing)."""

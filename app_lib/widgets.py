@@ -22,6 +22,7 @@ from .charts import loss_figure
 from .lang import N_, _, render_error, render_said
 from .shared import (
     PAGE_KINDS,
+    due,
     ensure_workers,
     job_queue,
     path_hider,
@@ -33,6 +34,8 @@ from .shared import (
 from .text import percent, plain
 
 POLL_S = 1.0  # seconds between refreshes of a running job's panel
+SIDEBAR_POLL_S = 4.0  # the sidebar's summary of one's jobs: the page's own panel is the live view
+UPKEEP_S = 2.0  # seconds between looks for a dead worker, whichever page polls (shared.due)
 QUEUED_POLL_S = 3.0  # a job with others ahead only moves up the queue: every refresh costs its browser a redraw
 # The jargon the pages use, explained once (msgids; shown through _() as help texts).
 PADDING_HELP = N_("'valid': no padding, so each k×k convolution shrinks the image by k−1 pixels (28 → 24 for k=5) "
@@ -307,7 +310,7 @@ def job_panel(kind: str, draw: Callable[[JobView], None], shows: Callable[[JobVi
 
     @st.fragment(run_every=(QUEUED_POLL_S if waiting else POLL_S) if polling else None)
     def panel() -> None:
-        if polling:
+        if polling and due("job upkeep", UPKEEP_S):  # once per server process, not once per polling page
             job_queue().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
             ensure_workers()  # and replace it, so queued jobs go on
         view = runner().poll(first.id)
@@ -388,7 +391,7 @@ def sidebar_jobs() -> None:
     def mine() -> list[JobView]:
         return runner().jobs(workspace(), active=True, limit=10)
 
-    @st.fragment(run_every=2 * POLL_S if mine() else None)
+    @st.fragment(run_every=SIDEBAR_POLL_S if mine() else None)
     def jobs() -> None:
         for view in mine():
             where = (_("queued #{n}").format(n=view.position) if view.status == "queued"

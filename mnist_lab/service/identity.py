@@ -298,6 +298,17 @@ _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _COOKIE = re.compile(r"([0-9a-f]{32})\.([0-9]{1,12})\.([0-9a-f]{64})")
 
 
+_writes = 0  # write transactions on accounts and sessions by this process (see writes())
+
+
+def writes() -> int:
+    """How many times this process has written accounts or sessions (a sign-in, a reset, a sign-out):
+    a reader that keeps a session's check for a moment (app_lib/session.py) checks again once this
+    changes, so an ending made in this process counts at once; one made by another process (the CLI)
+    within that moment."""
+    return _writes
+
+
 class Accounts:
     """The class's accounts and sessions in the results database `store` opened (schema 5), with
     `secret` (server_secret) signing cookies and keying one-time codes; `clock` gives the time
@@ -323,6 +334,7 @@ class Accounts:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: no other process writes between its reads and writes)."""
+        global _writes
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -331,6 +343,8 @@ class Accounts:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                _writes += 1
 
     @explained
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
