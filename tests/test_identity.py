@@ -487,3 +487,15 @@ def test_the_class_command_loads_a_roster_prints_codes_resets_and_clears_failure
     assert capsys.readouterr().err.startswith("错误：")
     accounts.close()
     store.close()
+
+
+def test_a_right_token_leaves_no_wrong_sign_in_on_the_teachers_list(tmp_path):
+    """A try is counted before its secret is checked and taken back when it was right: the Class
+    page's list of wrong sign-ins then shows nothing for it (it showed '0 wrong tries')."""
+    store = ResultStore(tmp_path / "r.sqlite")
+    accounts = Accounts(store, b"k" * 32)
+    accounts.sign_in_teacher("right-token-123", "right-token-123", "")
+    assert accounts.failures() == []
+    with pytest.raises(SignInError):
+        accounts.sign_in_teacher("wrong", "right-token-123", "")
+    assert [f["failures"] for f in accounts.failures()] and all(f["failures"] > 0 for f in accounts.failures())

@@ -646,8 +646,10 @@ class Accounts:
 
     def failures(self) -> list[dict]:
         """The counted wrong tries (key 'client:<ip>', 'account:<id>', 'token:teacher' or
-        'pair:<ip>|<account key>', failures, first_at, last_at), the most recent first: the teacher's page."""
-        rows = self._rows("SELECT key, failures, first_at, last_at FROM signin_failures ORDER BY last_at DESC")
+        'pair:<ip>|<account key>', failures, first_at, last_at), the most recent first: the teacher's page.
+        A key whose only tries were taken back (they succeeded) is no wrong try and is not listed."""
+        rows = self._rows("SELECT key, failures, first_at, last_at FROM signin_failures WHERE failures > 0 "
+                          "ORDER BY last_at DESC")
         return [dict(zip(("key", "failures", "first_at", "last_at"), row)) for row in rows]
 
     @explained
