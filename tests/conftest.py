@@ -94,3 +94,16 @@ def no_worker_left_running():
         proc.terminate()
     for proc in spawned_workers().values():
         proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Debian Chromium per module of real-browser tests (tests/test_browser*.py, which
+    skip, with the reason, where playwright or Chromium is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    from app_server import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

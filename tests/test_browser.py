@@ -14,7 +14,7 @@ import signal
 import time
 
 import pytest
-from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer, sign_in_student
+from app_server import CHROMIUM, AppServer, sign_in_student
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if not os.access(CHROMIUM, os.X_OK):
@@ -43,14 +43,6 @@ def shared_server(tmp_path_factory):
     app = AppServer(tmp / "results.sqlite", tmp / "streamlit.log", env={"MNIST_LAB_MODE": "shared"}).start()
     yield app
     app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def new_page(browser):

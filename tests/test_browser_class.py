@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app_server import CHROMIUM, CHROMIUM_ARGS, AppServer, sign_in_student
+from app_server import CHROMIUM, AppServer, sign_in_student
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if not os.access(CHROMIUM, os.X_OK):
@@ -63,14 +63,6 @@ def demo_server(class_server):
     with ThreadPoolExecutor(1) as pool:
         yield pool.submit(app.start)
         app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def new_browser(browser):

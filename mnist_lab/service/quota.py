@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.runs.weights import valid_run_id, weights_dir, weights_path
+from mnist_lab.service.identity import VISITOR_PREFIX
 from mnist_lab.service.queue import JOB_ACTIVE, JobQueue
 
 # Bytes a run keeps, measured by bench/bench_bytes.py (SQLite 4 KiB pages, no VACUUM; two runs gave
@@ -28,7 +29,6 @@ ITERATION_ROW_BYTES = 85
 EPOCH_ROW_BYTES = 280
 RUN_ROW_BYTES = 500
 WEIGHTS_HEADER_BYTES = 1_500
-VISITOR_PREFIX = "visitor:"  # a demo visitor's workspace (identity.py)
 
 
 @dataclass(frozen=True)
