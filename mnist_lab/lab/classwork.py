@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mnist_lab.codec import to_row
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.errors import writing
 from mnist_lab.i18n import N_, Message, integer
@@ -26,8 +27,9 @@ from mnist_lab.lab.findings import (
 )
 from mnist_lab.lab.lessons import EXPERIMENT as LESSON_EXPERIMENT
 from mnist_lab.lab.lessons import LESSONS, group_lesson
-from mnist_lab.lab.report import is_lab_run
+from mnist_lab.lab.report import LAB_PRESET, is_lab_run
 from mnist_lab.lab.sweep_reading import SweepReading, read_sweep
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import TrainConfig
@@ -51,6 +53,11 @@ CELLS = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permu
 COMPARE_SHARED = ["epochs", "batch_size", "optimizer", "lr", "momentum", "dataset", "normalize", "train_limit",
                   "test_limit"]
 COMPARE_NET = [c for c in CONTEXT if c not in COMPARE_SHARED and c != "permute_pixels"]  # one network's settings
+LAB5_ROW = to_row(PRESETS[LAB_PRESET].model)  # the lab's network as store cells
+# The columns the progress and the readings use: a narrow frame is much faster to take row subsets of.
+USED_COLUMNS = list(dict.fromkeys([*CONTEXT, *LAB5_ROW, "run_id", "experiment", "group_id", "status", "started_at",
+                                   "seed", "params", "seconds", "final_test_acc", "verdict", "student_id",
+                                   "student_name"]))
 TABLES = ("progress", "pooled_grid", "pooled_compare")  # write_class_tables' CSVs
 
 
@@ -61,6 +68,9 @@ def class_runs(store: ResultStore) -> pd.DataFrame:
     (findings.with_verdicts semantics), the epochs read once for all."""
     runs = store.visible_runs(None)
     runs = runs[runs["student_id"] != ""].reset_index(drop=True)
+    # plain Python strings: the pages and the pooling take many small row subsets, which numpy's take
+    # does far faster than Arrow's (pandas' default string columns); copy() puts the columns back in one block
+    runs = runs.astype({c: object for c in runs.columns if pd.api.types.is_string_dtype(runs[c])}).copy()
     return verdicts_from(runs, store.epochs() if len(runs) else None)
 
 
@@ -80,6 +90,9 @@ def _finished(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame
 def _lab_net_students(done: pd.DataFrame) -> set[str]:
     """Students with a finished run of the lab's network on the full training set (report.is_lab_run),
     each distinct network and data setting decided once."""
+    lab = LAB5_ROW  # the cheap part of is_lab_run first
+    done = done[(done["dataset"] == "mnist") & (done["kind"] == lab["kind"])
+                & (done["kernel_size"] == lab["kernel_size"]) & (done["conv_channels"] == lab["conv_channels"])]
     if done.empty:
         return set()
     columns = [c for c in ("kind", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
@@ -132,7 +145,7 @@ def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -
     finished run. lab5_done: lab_net, depth and kernel all DONE. runs / finished: every run / the
     finished ones; last_activity: the newest run's started_at (None without runs)."""
     names = dict(roster)
-    owned = runs[runs["student_id"] != ""]
+    owned = runs[runs["student_id"] != ""][[c for c in USED_COLUMNS if c in runs]]
     newest = owned.sort_values(["started_at", "run_id"], ascending=[False, True]).drop_duplicates("student_id")
     found = dict(zip(newest["student_id"], newest["student_name"]))
     ids = sorted(set(names) | set(found))
@@ -223,8 +236,8 @@ def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
         settings = shared_settings(done.iloc[0], GRID_CONTEXT)
         kept_done = kept[kept["status"] == "finished"]
         settings["seeds"] = sorted({int(s) for s in kept_done["seed"]})
-        out.append(PooledGrid(settings, cells, kept.reset_index(drop=True), read_sweep(kept),
-                              int(done["student_id"].nunique())))
+        reading = read_sweep(kept[[c for c in USED_COLUMNS if c in kept]])
+        out.append(PooledGrid(settings, cells, kept.reset_index(drop=True), reading, int(done["student_id"].nunique())))
     return sorted(out, key=lambda g: (len(g.cells), int(g.cells["n"].sum()), g.runs["started_at"].max()),
                   reverse=True)
 
