@@ -126,7 +126,8 @@ def realistic_class(store: ResultStore, students: int = 60, runs_per_student: in
     """`students` students with `runs_per_student` runs each, every iteration kept: two Lab-5 runs of
     10 epochs on the full set, a 27-run depth × kernel sweep and a 12-run comparison of 1 epoch on
     6,000 images, lesson runs for the rest (a fifth sweep with lr 0.05, a third with seeds 3-5, a sixth
-    with one seed; a tenth runs no comparison; a few runs stopped or diverged). Written with executemany in one transaction per student."""
+    with one seed; a tenth runs no comparison; a few runs stopped or diverged). Written with
+    executemany, one transaction per student: 60 × 100 make about 110 MB in about 7 s."""
     rng = random.Random(0)
     rows_template: dict = {}
     cols = [*RUN_COLUMNS, *MESSAGES, "owner", "job_id", "workspace", *OWNER_COLUMNS]

@@ -217,7 +217,7 @@ def _ints(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
     """Every set of sweep runs sharing all settings but depth/channels/kernel with >= 2 cells;
-    the most cells first, then the most runs, then the newest."""
+    the most cells first, then the most runs (finished, before deduplication), then the newest."""
     sweeps = runs[(runs["experiment"] == "sweep") & ((runs["status"] == "diverged") | (
         (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
     if sweeps.empty:
@@ -238,7 +238,7 @@ def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
         settings["seeds"] = sorted({int(s) for s in kept_done["seed"]})
         reading = read_sweep(kept[[c for c in USED_COLUMNS if c in kept]])
         out.append(PooledGrid(settings, cells, kept.reset_index(drop=True), reading, int(done["student_id"].nunique())))
-    return sorted(out, key=lambda g: (len(g.cells), int(g.cells["n"].sum()), g.runs["started_at"].max()),
+    return sorted(out, key=lambda g: (len(g.cells), int(g.cells["runs"].sum()), g.runs["started_at"].max()),
                   reverse=True)
 
 
@@ -258,7 +258,9 @@ def _compare_sets(compares: pd.DataFrame) -> pd.Series:
 
 def pooled_compares(runs: pd.DataFrame) -> list[PooledCompare]:
     """Finished compare runs pooled across students and jobs by their settings (both networks, training,
-    data), deduplicated by (network, pixel order, seed); the most cells first, then most runs."""
+    data), deduplicated by (network, pixel order, seed); the most cells first, then the most runs
+    (finished, before deduplication), then the newest. A comparison's runs are the runs of one job
+    (group_id); jobs whose runs share the same training, data and networks pool together."""
     compares = runs[(runs["experiment"] == "compare") & ((runs["status"] == "diverged") | (
         (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
     if compares.empty:
@@ -284,7 +286,7 @@ def pooled_compares(runs: pd.DataFrame) -> list[PooledCompare]:
         settings["seeds"] = sorted({int(s) for s in kept.loc[kept["status"] == "finished", "seed"]})
         out.append(PooledCompare(settings, cells, kept.drop(columns=["model", "pixels"]).reset_index(drop=True),
                                  compare_reading(cells), int(done["student_id"].nunique())))
-    return sorted(out, key=lambda c: (len(c.cells), int(c.cells["n"].sum()), c.runs["started_at"].max()),
+    return sorted(out, key=lambda c: (len(c.cells), int(c.cells["runs"].sum()), c.runs["started_at"].max()),
                   reverse=True)
 
 
@@ -320,7 +322,7 @@ def _flat(settings: dict, prefix: str = "") -> dict:
             out.update(_flat(value, f"{prefix}{key}_"))
         elif key == "seeds":
             out[f"{prefix}{key}"] = " ".join(map(str, value))
-        elif value is not None or isinstance(settings, dict):
+        else:
             out[f"{prefix}{key}"] = value
     return out
 
