@@ -275,10 +275,8 @@ def pooled_compares(runs: pd.DataFrame) -> list[PooledCompare]:
             continue
         cells, kept = _pool(part, ["model", "pixels"])
         cells = _ints(cells.dropna(subset=["runs"]), ["runs", "duplicates"])
-        order = {cell: i for i, cell in enumerate(CELLS)}
-        cells = cells.iloc[sorted(range(len(cells)), key=lambda i: order[(cells["model"].iloc[i],
-                                                                          cells["pixels"].iloc[i])])]
-        cells = cells.reset_index(drop=True)[COMPARE_POOL_COLUMNS]
+        order = [CELLS.index(cell) for cell in zip(cells["model"], cells["pixels"])]
+        cells = cells.assign(_order=order).sort_values("_order").reset_index(drop=True)[COMPARE_POOL_COLUMNS]
         settings = shared_settings(done.iloc[0], COMPARE_SHARED)
         for name, kind in (("cnn", "CNN"), ("fc", "FC")):
             net = done[done["model"] == kind]
@@ -305,14 +303,14 @@ def settings_text(settings: dict) -> Message:
                                count=integer(int(limit))) if limit else Message(N_("all training images")))
     optimizer = str(settings.get("optimizer") or "")
     values = dict(dataset=spec.title if spec else str(settings.get("dataset") or ""),
-                  epochs=Message.ngettext("{n} epoch", "{n} epochs", epochs), batch=settings.get("batch_size"),
+                  length=Message.ngettext("{n} epoch", "{n} epochs", epochs), batch=settings.get("batch_size"),
                   optimizer=OPTIMIZER_NAMES.get(optimizer, optimizer), lr=f"{float(settings.get('lr') or 0):g}",
                   images=images)
     momentum = settings.get("momentum")
     if optimizer == "sgd" and momentum is not None and float(momentum) != TrainConfig.momentum:
-        return Message(N_("{dataset}, {epochs}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
+        return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
                        dict(values, momentum=f"{float(settings['momentum']):g}"))
-    return Message(N_("{dataset}, {epochs}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
+    return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:

@@ -468,14 +468,14 @@ def grid_cells(part: pd.DataFrame) -> int:
     return len(part[GRID_CELL].drop_duplicates())
 
 
-def sweep_sets(runs: pd.DataFrame, newest: bool = True) -> list[pd.DataFrame]:
+def sweep_sets(runs: pd.DataFrame) -> list[pd.DataFrame]:
     """Every set of finished sweep runs that share all settings but depth, channels and kernel
-    (GRID_CONTEXT), each with one run per (cell, seed): the newest (`newest` False: the earliest)."""
+    (GRID_CONTEXT), each with one run per (cell, seed): the newest."""
     done = finished_runs(runs, "sweep")
     if done.empty:
         return []
     keyed = done.assign(_ctx=context_keys(done, GRID_CONTEXT))
-    return [part.sort_values("started_at", ascending=not newest).drop_duplicates([*GRID_CELL, "seed"])
+    return [part.sort_values("started_at", ascending=False).drop_duplicates([*GRID_CELL, "seed"])
             .drop(columns="_ctx") for _, part in keyed.groupby("_ctx", sort=False)]
 
 
