@@ -95,10 +95,7 @@ def _lab_net_students(done: pd.DataFrame) -> set[str]:
                 & (done["kernel_size"] == lab["kernel_size"]) & (done["conv_channels"] == lab["conv_channels"])]
     if done.empty:
         return set()
-    columns = [c for c in ("kind", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
-                           "dropout", "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes",
-                           "blocks", "head", "dataset", "permute_pixels", "train_limit") if c in done]
-    keys = context_keys(done, columns)
+    keys = context_keys(done, [c for c in (*LAB5_ROW, "dataset", "permute_pixels", "train_limit") if c in done])
     verdict = {key: is_lab_run(done.loc[index]) for index, key in keys.drop_duplicates().items()}
     return set(done.loc[keys.map(verdict).astype(bool), "student_id"])
 
@@ -112,8 +109,8 @@ def _factor_states(sweeps: pd.DataFrame, factor: str) -> dict[str, str]:
     keyed = sweeps.assign(_ctx=context_keys(sweeps, context))
     seeds = keyed.groupby(["student_id", "_ctx", factor])["seed"].nunique()
     slices = seeds.groupby(level=["student_id", "_ctx"]).agg(["size", "min"])
-    done = slices[(slices["size"] >= 2) & (slices["min"] >= MIN_SEEDS)].index.get_level_values("student_id")
-    return {s: (DONE if s in set(done) else PARTIAL) for s in sweeps["student_id"].unique()}
+    done = set(slices[(slices["size"] >= 2) & (slices["min"] >= MIN_SEEDS)].index.get_level_values("student_id"))
+    return {s: (DONE if s in done else PARTIAL) for s in sweeps["student_id"].unique()}
 
 
 def _cell_names(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -183,14 +180,14 @@ def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -
 class PooledGrid:
     settings: dict  # what every pooled run shares: findings.CONTEXT minus GRID_FREE, plus "seeds" (sorted)
     cells: pd.DataFrame  # GRID_COLUMNS, sorted by conv_layers, kernel_size
-    runs: pd.DataFrame  # the pooled runs after deduplication (store rows + verdict, with student_id)
+    runs: pd.DataFrame  # the pooled runs after deduplication (store rows + verdict, with student_id; diverged too)
     reading: SweepReading  # sweep_reading.read_sweep(runs): the best cell, requirements 2 and 3, directions
     students: int  # distinct students in this set
 
 
 @dataclass
 class PooledCompare:
-    settings: dict  # training and data (COMPARE_SHARED), each network's settings ("cnn", "fc"), "seeds"
+    settings: dict  # training and data (COMPARE_SHARED), each network's settings ("cnn", "fc": {} if none), "seeds"
     cells: pd.DataFrame  # COMPARE_POOL_COLUMNS, rows FC/CNN x normal/permuted present (CELLS order)
     runs: pd.DataFrame  # the pooled runs after deduplication
     reading: list[Message]  # experiments.compare_reading over the cells
@@ -280,7 +277,7 @@ def pooled_compares(runs: pd.DataFrame) -> list[PooledCompare]:
         settings = shared_settings(done.iloc[0], COMPARE_SHARED)
         for name, kind in (("cnn", "CNN"), ("fc", "FC")):
             net = done[done["model"] == kind]
-            settings[name] = shared_settings(net.iloc[0], COMPARE_NET) if len(net) else None
+            settings[name] = shared_settings(net.iloc[0], COMPARE_NET) if len(net) else {}
         settings["seeds"] = sorted({int(s) for s in kept.loc[kept["status"] == "finished", "seed"]})
         out.append(PooledCompare(settings, cells, kept.drop(columns=["model", "pixels"]).reset_index(drop=True),
                                  compare_reading(cells), int(done["student_id"].nunique())))
