@@ -246,8 +246,9 @@ def read_spec(text: object) -> tuple[str, list[tuple[str, str, str]]]:
               and 0 < len(entry[0]) <= MAX_WORKSPACE and entry[0].isprintable()
               and ID_PATTERN.fullmatch(entry[1]) is not None and len(entry[2]) <= MAX_NAME and entry[2].isprintable())
         if not ok:
-            raise ConfigError(f"job.students[{i}]", shorten(entry), N_("A class job's student must be a workspace, "
-                              "a student ID and a name; got {value}."))
+            field = f"job.students[{i}]"
+            raise ConfigError(field, shorten(entry), N_("A class job's student must be a workspace, a student ID "
+                                                        "and a name; got {value}."))
         checked.append((entry[0], entry[1], entry[2]))
     return lang, checked
 
