@@ -144,7 +144,7 @@ def test_version_4_to_5_runs_and_jobs_gain_empty_owners_and_the_sign_in_tables_a
         conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at) "
                      "VALUES ('j1', 1, 'tok-abc', 'train', 't', '{}', 'finished', 1, 0)")
     store = ResultStore(path)
-    assert _version(path) == schema.VERSION == 5
+    assert _version(path) == schema.VERSION == 6
     runs = store.visible_runs(None).set_index("run_id")
     assert list(runs.loc[["r1", "r2"], "workspace"]) == ["tok-abc", "local"]
     assert list(runs["student_id"]) == ["", ""] and list(runs["student_name"]) == ["", ""]

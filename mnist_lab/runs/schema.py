@@ -125,6 +125,13 @@ def _v5(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _v6(conn: sqlite3.Connection) -> None:
+    """Version 6: a class job's progress (the teacher's reports zip or the term's export: how many
+    students' reports or tables are written), `jobs.units_done`, 0 for every job before."""
+    if "units_done" not in _columns(conn, "jobs"):
+        conn.execute("ALTER TABLE jobs ADD COLUMN units_done INTEGER NOT NULL DEFAULT 0")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the user_version a file has after it
@@ -139,6 +146,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "where a run's data came from stored as a code: runs.data_source_msg", _v4),
     Migration(5, "owners and sign-in: runs/jobs.student_id, student_name, jobs.client; students, sessions, "
                  "signin_failures", _v5),
+    Migration(6, "a class job's progress: jobs.units_done", _v6),
 ]
 VERSION = MIGRATIONS[-1].version  # the version this code writes
 

@@ -574,6 +574,16 @@ class ResultStore:
         delete_weights(self.path, ids)
         return n
 
+    @explained
+    def compact(self) -> None:
+        """Rewrite the file without the free pages deleted rows left (VACUUM), the write-ahead log
+        folded in and emptied first and after: no byte of a deleted row stays in the database's files
+        (the end of term)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("VACUUM")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # ------------------------------------------------------------------------------ weights
     def save_weights(self, run) -> Path:
         """Keep a run's final weights (a `weights.SavedRun`: with the pixel permutation it trained

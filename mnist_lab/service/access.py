@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from mnist_lab.runs.store import LOCAL_WORKSPACE
 
-ACTIONS = ("see", "stop", "delete")
+ACTIONS = ("see", "stop", "delete", "class")  # "class": build the class's reports and exports, end the term
 # Demo mode: the runs trained on the server by its operator (the CLI: the local workspace) are
 # the examples every visitor sees and none may stop or delete.
 EXAMPLES_WORKSPACE = LOCAL_WORKSPACE
@@ -59,11 +59,14 @@ def workspace_of(thing: Any) -> str:
 
 def may(asker: Asker, action: str, thing: Any) -> bool:
     """Whether `asker` may `action` ('see', 'stop' or 'delete') the run or job `thing` (anything
-    `workspace_of` reads; None asks about every run at once)."""
+    `workspace_of` reads; None asks about every run at once), or act on the whole class ('class',
+    `thing` None: build every student's report, export the term's data, end the term)."""
     if action not in ACTIONS:
         raise ValueError(f"Unknown action '{action}'; choose one of {', '.join(ACTIONS)}.")
     if not asker.shared or asker.teacher:
         return True
+    if action == "class":  # the whole class's data: the teacher's and a local user's only
+        return False
     if thing is not None and asker.demo and workspace_of(thing) == EXAMPLES_WORKSPACE:
         return action == "see"  # the examples: everyone's to see, nobody's to change
     if action == "see" and asker.class_view:

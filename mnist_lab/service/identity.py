@@ -209,6 +209,14 @@ def session_max_age_s(environ: Mapping[str, str] | None = None) -> int:
     return int(hours * 3600)
 
 
+def class_roster(store: ResultStore) -> list[tuple[str, str]]:
+    """(学号, 姓名) of every student on the roster, by 学号: read without the server's secret (the
+    class's tables and exports need no signing)."""
+    with contextlib.closing(sqlite3.connect(store.path, timeout=30)) as conn:
+        return conn.execute("SELECT student_id, name FROM students WHERE COALESCE(on_roster, 0) = 1 "
+                            "ORDER BY student_id").fetchall()
+
+
 def throttle_wait(failures: int, last_at: float, cap: float, now: float, free: int = FREE_TRIES) -> float:
     """Seconds a key with `failures` wrong tries, the last at `last_at`, must still wait: none for
     the first `free`, then 1, 2, 4 ... up to `cap` after the last one; none once WINDOW_S passed."""
@@ -659,6 +667,16 @@ class Accounts:
             if key is None:
                 return conn.execute("DELETE FROM signin_failures").rowcount
             return conn.execute("DELETE FROM signin_failures WHERE key = ?", (key,)).rowcount
+
+    @explained
+    def clear_class(self) -> dict[str, int]:
+        """The end of term: every student (roster, codes, PINs), the sessions of students and
+        visitors, and every counted wrong sign-in go; the teacher's sessions stay. Returns how many
+        rows of each went: {"students", "sessions", "failures"}."""
+        with self._transaction() as conn:
+            return {"students": conn.execute("DELETE FROM students").rowcount,
+                    "sessions": conn.execute("DELETE FROM sessions WHERE COALESCE(role, '') != 'teacher'").rowcount,
+                    "failures": conn.execute("DELETE FROM signin_failures").rowcount}
 
     # -------------------------------------------------------------------------- sessions
     def _signature(self, session_id: str, expires: int) -> str:

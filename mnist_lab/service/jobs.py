@@ -33,6 +33,9 @@ from mnist_lab.training.loop import CancelFlag, TrainConfig
 from mnist_lab.training.preflight import preflight, resolve_device
 
 KINDS = ("train", "sweep", "compare", "lesson")
+# The teacher's class jobs (service/class_jobs.py): no JobSpec, no runs; a zip of the class's reports or of
+# the term's data, `units_done` of `runs_total` items written so far.
+CLASS_KINDS = ("reports", "export")
 QUEUE_LIMIT = 2  # jobs a workspace may have waiting besides the one that trains
 MAX_LABEL = 200  # characters of a job's label (its title on the pages)
 
@@ -259,6 +262,7 @@ class JobView:
     stop_message: str = ""
     student_id: str = ""  # who submitted it: the student's 学号 and 姓名 ('' for anyone else, or before schema 5)
     student_name: str = ""
+    units_done: int = 0  # a class job's items (students' reports, tables) written so far
 
     @property
     def active(self) -> bool:
@@ -311,6 +315,8 @@ def _estimates(text: str) -> tuple[float, ...] | None:
 def job_view(queue: JobQueue, row: dict) -> JobView:
     """The job `row` (a `JobQueue.jobs` row) and its runs as the store has them now."""
     now = time.time()
+    if row["kind"] in CLASS_KINDS:
+        return _class_job_view(queue, row, now)
     rows = queue.store.job_run_rows(row["job_id"], _VIEW_COLUMNS) if row["status"] != "queued" else []
     runs = [RunView(r["run_id"], r["label"] or "", r["status"], int(r["iterations_done"]),
                     int(r["steps_per_epoch"] or 0) * int(r["epochs"] or 0), int(r["steps_per_epoch"] or 0),
@@ -346,7 +352,25 @@ def job_view(queue: JobQueue, row: dict) -> JobView:
                    queue.queue_position(row["job_id"]) if status == "queued" else 0, tuple(runs), total, fraction,
                    elapsed, eta, render_stored(row["error"], "en"), render_stored(row["stop_reason"], "en"),
                    bool(row["stop_requested"]), spec, row["created_at"] or 0.0, row["error"] or "",
-                   row["stop_reason"] or "", row.get("student_id") or "", row.get("student_name") or "")
+                   row["stop_reason"] or "", row.get("student_id") or "", row.get("student_name") or "",
+                   int(row.get("units_done") or 0))
+
+
+def _class_job_view(queue: JobQueue, row: dict, now: float) -> JobView:
+    """A class job (CLASS_KINDS): its progress is `units_done` of `runs_total`; it has no runs and
+    its spec (students and a language, class_jobs') is never read as a JobSpec."""
+    total = max(int(row["runs_total"] or 1), 1)
+    units = int(row.get("units_done") or 0)
+    status = row["status"]
+    fraction = 1.0 if status == "finished" else min(units / total, 1.0)
+    started, finished = row["started_at"], row["finished_at"]
+    elapsed = ((finished or now) - started) if started else 0.0
+    eta = 0.0 if status not in JOB_ACTIVE else (elapsed / fraction * (1 - fraction) if fraction > 0 else None)
+    return JobView(row["job_id"], row["workspace"], row["kind"], row["label"] or row["kind"], status,
+                   queue.queue_position(row["job_id"]) if status == "queued" else 0, (), total, fraction,
+                   elapsed, eta, render_stored(row["error"], "en"), render_stored(row["stop_reason"], "en"),
+                   bool(row["stop_requested"]), None, row["created_at"] or 0.0, row["error"] or "",
+                   row["stop_reason"] or "", row.get("student_id") or "", row.get("student_name") or "", units)
 
 
 # ------------------------------------------------------------------------------------ runners

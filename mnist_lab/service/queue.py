@@ -17,9 +17,11 @@ from mnist_lab.runs.store import ResultStore, cut_by_full_disk, disk_full_since,
 JOB_COLUMNS = ["job_id", "seq", "workspace", "kind", "label", "spec", "status", "runs_total", "stop_requested",
                "stop_reason", "error", "created_at", "started_at", "finished_at", "worker",
                # who submitted it (schema 5; '' before): the student's 学号 and 姓名, the browser's address
-               "student_id", "student_name", "client"]
-_OWNER_READ = ["COALESCE(student_id, '')", "COALESCE(student_name, '')", "COALESCE(client, '')"]
-_SELECT_JOBS = f"SELECT {', '.join([*JOB_COLUMNS[:-3], *_OWNER_READ])} FROM jobs"
+               "student_id", "student_name", "client",
+               "units_done"]  # a class job's progress (schema 6): students' reports or tables written
+_OWNER_READ = ["COALESCE(student_id, '')", "COALESCE(student_name, '')", "COALESCE(client, '')",
+               "COALESCE(units_done, 0)"]
+_SELECT_JOBS = f"SELECT {', '.join([*JOB_COLUMNS[:-4], *_OWNER_READ])} FROM jobs"
 JOB_ACTIVE = ("queued", "running")
 # A job's `stop_reason` and `error` are stored messages (i18n.to_stored); a reader renders them.
 STOPPED_BY_YOU = Message(N_("stopped by you"))
@@ -124,6 +126,18 @@ class JobQueue:
         self.store.end_job_runs(job_id, status, failed or reason if status == "failed" else reason)
         if row and row[1] == owner_id():  # this process's own job is recorded: a full disk it met is settled
             self.store.forget_disk_full()
+
+    def set_units_done(self, job_id: str, n: int) -> None:
+        """A class job's progress: `n` of its `runs_total` items (reports, tables) written."""
+        self._write("UPDATE jobs SET units_done = ? WHERE job_id = ?", (int(n), job_id))
+
+    @explained
+    def delete_jobs(self, job_ids: Iterable[str]) -> int:
+        """Remove the rows of `job_ids` (the end of term; their runs are the store's to delete); how many."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        return self._write(f"DELETE FROM jobs WHERE job_id IN ({', '.join('?' for _ in ids)})", tuple(ids))
 
     @explained
     def jobs(self, workspace: str | None = None, job_ids: Iterable[str] | None = None,

@@ -81,10 +81,12 @@ def active_usage(store: ResultStore, workspace: str | None = None) -> Usage:
     """What the jobs queued or training (of `workspace`; None: every workspace's) will still add:
     for each, its runs_total and its spec's projected bytes (job_bytes), less the runs and bytes it
     has already stored (those count as stored runs). A spec that cannot be read counts its runs only."""
-    from mnist_lab.service.jobs import JobSpec
+    from mnist_lab.service.jobs import CLASS_KINDS, JobSpec
 
     marks = ", ".join("?" for _ in JOB_ACTIVE)
-    where, params = f"status IN ({marks})", list(JOB_ACTIVE)
+    # a class job (the teacher's zip of reports or data) trains no run
+    where = f"status IN ({marks}) AND kind NOT IN ({', '.join('?' for _ in CLASS_KINDS)})"
+    params = [*JOB_ACTIVE, *CLASS_KINDS]
     if workspace is not None:
         where += " AND COALESCE(NULLIF(workspace, ''), ?) = ?"
         params += [LOCAL_WORKSPACE, workspace]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mnist_lab.i18n import N_, Message
 from mnist_lab.runs.store import ResultStore, owner_dead, owner_id
-from mnist_lab.service.jobs import JobSpec, execute, readable_error
+from mnist_lab.service.jobs import CLASS_KINDS, JobSpec, execute, readable_error
 from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
@@ -136,14 +136,12 @@ class Worker:
                                    name="mnist-lab-stop-watch", daemon=True)
         watcher.start()
         try:
-            spec = JobSpec.from_json(job["spec"])
-            if spec.train.device == "auto":  # this worker's device, whatever the submitter had
-                from dataclasses import replace
+            if job["kind"] in CLASS_KINDS:  # the teacher's zip of reports or of the term's data
+                from mnist_lab.service.class_jobs import execute_class_job  # python-docx and the report's figures
 
-                spec = replace(spec, train=replace(spec.train, device=str(device)))
-            with self.store.context(job_id=job_id, workspace=job["workspace"], student_id=job.get("student_id") or "",
-                                    student_name=job.get("student_name") or ""):
-                status = execute(spec, self.store, cancel=self.cancel).status
+                status = execute_class_job(job, self.store, self.queue, self.cancel)
+            else:
+                status = self._execute(job, device)
         except Exception as exc:  # noqa: BLE001 - the page shows it; the runs so far are in the store
             self.queue.finish(job_id, "failed", error=readable_error(exc))
             print(f"worker: job {job_id} failed: {exc!r}", file=sys.stderr, flush=True)
@@ -156,6 +154,17 @@ class Worker:
             done.set()
             watcher.join()
             self.queue.heartbeat(self.id)
+
+    def _execute(self, job: dict, device) -> str:
+        """Train the training job `job` (its JobSpec) in this process; its status."""
+        spec = JobSpec.from_json(job["spec"])
+        if spec.train.device == "auto":  # this worker's device, whatever the submitter had
+            from dataclasses import replace
+
+            spec = replace(spec, train=replace(spec.train, device=str(device)))
+        with self.store.context(job_id=job["job_id"], workspace=job["workspace"],
+                                student_id=job.get("student_id") or "", student_name=job.get("student_name") or ""):
+            return execute(spec, self.store, cancel=self.cancel).status
 
 
 def _lower_priority(nice: int) -> None:
