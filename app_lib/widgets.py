@@ -15,6 +15,7 @@ from mnist_lab import i18n
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.lab.verdicts import NOT_LEARNED, chance, did_learn, loss_bar
 from mnist_lab.nets.model import ModelConfig, summarize
+from mnist_lab.service.class_jobs import class_job_file, submit_class_job
 from mnist_lab.service.estimate import estimate_seconds
 from mnist_lab.service.jobs import JobSpec, JobView
 
@@ -466,8 +467,6 @@ def with_owners(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def class_job_panel(kind: str, label: str, file_name: str) -> None:
     """A class job (mnist_lab.service.class_jobs: "reports", "export"): the button that queues it,
     its progress while it builds (polled), Stop, and its zip to download once finished."""
-    from mnist_lab.service.class_jobs import class_job_file, submit_class_job
-
     def latest() -> JobView | None:
         mine = runner().jobs(workspace(), kinds=(kind,), limit=1)
         return mine[0] if mine else None

@@ -11,6 +11,7 @@ from app_lib.text import local_times, percent, plain
 from app_lib.widgets import class_job_panel, csv_button, run_labels, table, words
 from mnist_lab.errors import StoreError
 from mnist_lab.lab.classwork import STEPS, class_runs, progress_table, student_runs
+from mnist_lab.service.class_jobs import report_name, student_report
 
 STATES = {"all": _("all"), "done": _("lab 5 done"), "under_way": _("under way"), "not_started": _("not started")}
 RUN_COLUMNS = ["started_at", "label", "experiment", "status", "verdict", "final_test_acc", "epochs_done", "epochs",
@@ -83,11 +84,9 @@ else:
     name = str(row["student_name"] or "")
     workspace = mine["workspace"].iloc[0] if len(mine) else f"student:{student_id}"
 
-    def report() -> bytes:
-        from mnist_lab.service.class_jobs import student_report
-
+    def report() -> bytes:  # built when clicked: a report takes a few seconds
         return student_report(result_store(), workspace, student_id, name, lang)
-    st.download_button(_("Report (.docx)"), data=report, file_name=f"{student_id}_{name}.docx".replace("/", "_"),
+    st.download_button(_("Report (.docx)"), data=report, file_name=report_name(student_id, name),
                        mime="application/vnd.openxmlformats-officedocument.wordprocessingml.document",
                        on_click="ignore", key="class_report_btn", icon=":material/description:",
                        disabled=mine.empty)
