@@ -126,6 +126,27 @@ def _key(value):
     return str(value)
 
 
+def context_keys(runs: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Each run's settings in `columns` as one comparable tuple (`_key`: NaN, None and '' alike; 1 and
+    1.0 alike), each distinct value keyed once."""
+    memo: dict = {}
+
+    def key(v):
+        try:
+            return memo[type(v), v]
+        except KeyError:
+            memo[type(v), v] = out = _key(v)
+            return out
+
+    columns_keyed = [[key(v) for v in runs[c].tolist()] for c in columns]
+    return pd.Series(list(zip(*columns_keyed)) if len(runs) else [], index=runs.index, dtype=object)
+
+
+def shared_settings(row, columns: list[str]) -> dict:
+    """`row`'s settings in `columns`, blanks as None, JSON-safe (what a set of runs shares)."""
+    return _clean({c: (None if _blank(row[c]) else row[c]) for c in columns})
+
+
 def _ints(text) -> tuple[int, ...]:
     return () if _blank(text) else tuple(int(v) for v in str(text).split("-"))
 
@@ -156,7 +177,7 @@ def _group(level: str, runs: pd.DataFrame) -> Group:
                  run_ids=list(runs["run_id"]), values=acc, learned=2 * not_learned < len(acc))
 
 
-def _finished(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame:
+def finished_runs(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame:
     done = runs[(runs["status"] == "finished") & runs["final_test_acc"].notna()]
     return done if experiment is None else done[done["experiment"] == experiment]
 
@@ -166,7 +187,7 @@ def _slices(runs: pd.DataFrame, factor: str) -> list[pd.DataFrame]:
     the newest, so a repeated sweep adds seeds instead of counting one seed twice."""
     free = FACTOR_FREE[factor]
     context = [c for c in CONTEXT if c not in free]
-    keyed = runs.assign(_ctx=runs[context].map(_key).apply(tuple, axis=1)) if len(runs) else runs.assign(_ctx=[])
+    keyed = runs.assign(_ctx=context_keys(runs, context))
     out = []
     for _, part in keyed.groupby("_ctx", sort=False):
         part = part.sort_values("started_at", ascending=False).drop_duplicates([factor, "seed"])
@@ -184,15 +205,14 @@ def _pick_slice(slices: list[pd.DataFrame], factor: str) -> pd.DataFrame | None:
 
 def _fixed(part: pd.DataFrame, factor: str) -> dict:
     """The settings a slice's runs share, and their seeds."""
-    row = part.iloc[0]
-    fixed = {c: (None if _blank(row[c]) else row[c]) for c in CONTEXT if c not in FACTOR_FREE[factor]}
+    fixed = shared_settings(part.iloc[0], [c for c in CONTEXT if c not in FACTOR_FREE[factor]])
     fixed["seeds"] = sorted({int(s) for s in part["seed"]})
-    return _clean(fixed)
+    return fixed
 
 
 def factor_finding(runs: pd.DataFrame, section: str, factor: str, todo_key: str) -> Finding:
     """Test accuracy against one factor (conv layers or kernel size) from sweep runs."""
-    part = _pick_slice(_slices(_finished(runs, "sweep"), factor), factor)
+    part = _pick_slice(_slices(finished_runs(runs, "sweep"), factor), factor)
     if part is None:
         return Finding(section, available=False, todo=[_todo(todo_key)])
     levels = sorted(part[factor].astype(int).unique())
@@ -315,7 +335,7 @@ def confusion_numbers(store: ResultStore, run_id: str, pairs: int = 5) -> dict |
 
 def _compare_cells(runs: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     """The newest comparison with the most of its four cells (FC/CNN × normal/permuted)."""
-    done = _finished(runs, "compare")
+    done = finished_runs(runs, "compare")
     if done.empty:
         return {}
     best = None
@@ -330,7 +350,7 @@ def _compare_cells(runs: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
 
 def _softmax_pair(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Finished runs with softmax before the loss, and the same settings without it."""
-    done = _finished(runs).copy()
+    done = finished_runs(runs).copy()
     done["softmax_before_loss"] = done["softmax_before_loss"].map(lambda v: bool(_key(v)))
     best = None
     for part in _slices(done, "softmax_before_loss"):
@@ -410,7 +430,12 @@ def analysis_finding(runs: pd.DataFrame) -> Finding:
 
 def with_verdicts(store: ResultStore, runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` (store rows) with each run's `verdict` (experiments.stored_verdict: did it learn?)."""
-    loss = final_train_loss(store.epochs(list(runs["run_id"]))) if len(runs) else {}
+    return verdicts_from(runs, store.epochs(list(runs["run_id"])) if len(runs) else None)
+
+
+def verdicts_from(runs: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
+    """`with_verdicts` from epochs already read (the store's epochs frame, any superset of the runs')."""
+    loss = final_train_loss(epochs) if len(runs) else {}
     return runs.assign(verdict=[stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
                                 for r in runs.itertuples()]) if len(runs) else runs.assign(verdict=[])
 
@@ -420,7 +445,7 @@ def compute_findings(store: ResultStore, run_id: str | None = None, workspace: s
     """Every section's finding from the runs `workspace` may see (None: all of them);
     section 1 reads `run_id` (default: the newest finished run; `picked`: the reader chose it)."""
     runs = with_verdicts(store, store.visible_runs(workspace))
-    done = _finished(runs)
+    done = finished_runs(runs)
     return Findings(loss=loss_finding(store, runs, run_id, picked),
                     depth=factor_finding(runs, "depth", "conv_layers", "depth"),
                     kernel=factor_finding(runs, "kernel", "kernel_size", "kernel"),
@@ -434,6 +459,24 @@ def compute_findings(store: ResultStore, run_id: str | None = None, workspace: s
 # ------------------------------------------------------------------------------ requirements 2 and 3: the grid
 
 GRID_FREE = ("conv_layers", "conv_channels", "kernel_size")  # what a depth × kernel sweep varies
+GRID_CONTEXT = [c for c in CONTEXT if c not in GRID_FREE]  # what the runs of one depth × kernel grid share
+GRID_CELL = ["conv_layers", "kernel_size"]
+
+
+def grid_cells(part: pd.DataFrame) -> int:
+    """How many (conv layers, kernel) cells a set of sweep runs fills."""
+    return len(part[GRID_CELL].drop_duplicates())
+
+
+def sweep_sets(runs: pd.DataFrame, newest: bool = True) -> list[pd.DataFrame]:
+    """Every set of finished sweep runs that share all settings but depth, channels and kernel
+    (GRID_CONTEXT), each with one run per (cell, seed): the newest (`newest` False: the earliest)."""
+    done = finished_runs(runs, "sweep")
+    if done.empty:
+        return []
+    keyed = done.assign(_ctx=context_keys(done, GRID_CONTEXT))
+    return [part.sort_values("started_at", ascending=not newest).drop_duplicates([*GRID_CELL, "seed"])
+            .drop(columns="_ctx") for _, part in keyed.groupby("_ctx", sort=False)]
 
 
 def sweep_grid(runs: pd.DataFrame) -> dict | None:
@@ -441,21 +484,16 @@ def sweep_grid(runs: pd.DataFrame) -> dict | None:
     with the most (conv layers, kernel) cells, then the most runs, then the newest; one run per
     (cell, seed), the newest. {'layers': [...], 'kernels': [...], 'cells': {(layers, kernel): Group},
     'fixed': the shared settings}; None without a sweep of two cells or more."""
-    done = _finished(runs, "sweep")
-    if done.empty:
+    parts = sweep_sets(runs)
+    if not parts:
         return None
-    context = [c for c in CONTEXT if c not in GRID_FREE]
-    keyed = done.assign(_ctx=done[context].map(_key).apply(tuple, axis=1))
-    parts = [part.sort_values("started_at", ascending=False).drop_duplicates(["conv_layers", "kernel_size", "seed"])
-             .drop(columns="_ctx") for _, part in keyed.groupby("_ctx", sort=False)]
-    cells = lambda p: len(p[["conv_layers", "kernel_size"]].drop_duplicates())  # noqa: E731
-    part = max(parts, key=lambda p: (cells(p), len(p), p["started_at"].max()))
-    if cells(part) < 2:
+    part = max(parts, key=lambda p: (grid_cells(p), len(p), p["started_at"].max()))
+    if grid_cells(part) < 2:
         return None
     layers, kernels = part["conv_layers"].astype(int), part["kernel_size"].astype(int)
     grid = {(int(a), int(k)): _group(f"{int(a)}×{int(k)}", part[(layers == a) & (kernels == k)])
             for a, k in sorted({(int(a), int(k)) for a, k in zip(layers, kernels)})}
-    fixed = {c: (None if _blank(part.iloc[0][c]) else part.iloc[0][c]) for c in context}
+    fixed = shared_settings(part.iloc[0], GRID_CONTEXT)
     fixed["seeds"] = sorted({int(s) for s in part["seed"]})
     return dict(layers=sorted({a for a, _ in grid}), kernels=sorted({k for _, k in grid}), cells=grid,
-                fixed=_clean(fixed))
+                fixed=fixed)

@@ -1,0 +1,338 @@
+"""A class's work as data, for the teacher: each student's progress through lab 5 (the report's
+rules: findings.py's slices, report.is_lab_run, the week-2 lessons), and the class's pooled
+experiment (every student's runs with the same settings, one run per configuration and seed, read
+by sweep_reading.read_sweep and experiments.compare_reading). The pages and the CLI word it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_lab.data.datasets import DATASETS
+from mnist_lab.errors import writing
+from mnist_lab.i18n import N_, Message, integer
+from mnist_lab.lab.experiments import compare_reading, summarize_over_seeds
+from mnist_lab.lab.findings import (
+    CONTEXT,
+    FACTOR_FREE,
+    GRID_CELL,
+    GRID_CONTEXT,
+    context_keys,
+    shared_settings,
+    verdicts_from,
+)
+from mnist_lab.lab.lessons import EXPERIMENT as LESSON_EXPERIMENT
+from mnist_lab.lab.lessons import LESSONS, group_lesson
+from mnist_lab.lab.report import is_lab_run
+from mnist_lab.lab.sweep_reading import SweepReading, read_sweep
+from mnist_lab.paths import write_files
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.training.loop import TrainConfig
+
+DONE, PARTIAL, MISSING = "done", "partial", "missing"  # a step's state; app_lib/widgets.py WORDS words them
+STEPS = ("lab_net", "depth", "kernel", "compare")  # lab 5's requirements 1-3, then the FC-vs-CNN comparison
+PROGRESS_COLUMNS = ["student_id", "student_name", "on_roster", "lab_net", "depth", "kernel", "compare",
+                    "lessons", "lessons_total", "lab5_done", "runs", "finished", "last_activity"]
+MIN_SEEDS = 2  # seeds a level or a cell needs before its spread (and so a direction) means anything
+
+# n: distinct seeds pooled (one run per configuration and seed: two students with the same settings and seed
+# trained the same run; the earliest such run is kept); mean/sd: test accuracy fraction (sample sd over the n);
+# students: distinct student_ids that trained the cell (before deduplication); runs: finished runs before
+# deduplication; duplicates = runs - n; not_learned/diverged/learned/text as experiments.summarize_over_seeds.
+GRID_COLUMNS = ["conv_layers", "kernel_size", "n", "mean", "sd", "students", "runs", "duplicates",
+                "not_learned", "diverged", "learned", "text"]
+COMPARE_POOL_COLUMNS = ["model", "pixels", "n", "mean", "sd", "students", "runs", "duplicates",
+                        "not_learned", "diverged", "learned", "text"]
+CELLS = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permuted")]  # the comparison's order
+# What the runs of one comparison share beside its two networks: training and data (not the pixel order).
+COMPARE_SHARED = ["epochs", "batch_size", "optimizer", "lr", "momentum", "dataset", "normalize", "train_limit",
+                  "test_limit"]
+COMPARE_NET = [c for c in CONTEXT if c not in COMPARE_SHARED and c != "permute_pixels"]  # one network's settings
+TABLES = ("progress", "pooled_grid", "pooled_compare")  # write_class_tables' CSVs
+
+
+# ------------------------------------------------------------------------------ the runs
+
+def class_runs(store: ResultStore) -> pd.DataFrame:
+    """Every run with an owner (student_id != ''): store.visible_runs(None) rows plus `verdict`
+    (findings.with_verdicts semantics), the epochs read once for all."""
+    runs = store.visible_runs(None)
+    runs = runs[runs["student_id"] != ""].reset_index(drop=True)
+    return verdicts_from(runs, store.epochs() if len(runs) else None)
+
+
+def student_runs(runs: pd.DataFrame, student_id: str) -> pd.DataFrame:
+    """That student's rows, newest first."""
+    mine = runs[runs["student_id"] == student_id]
+    return mine.sort_values(["started_at", "run_id"], ascending=[False, True])
+
+
+def _finished(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame:
+    done = runs[(runs["status"] == "finished") & runs["final_test_acc"].notna()]
+    return done if experiment is None else done[done["experiment"] == experiment]
+
+
+# ------------------------------------------------------------------------------ progress
+
+def _lab_net_students(done: pd.DataFrame) -> set[str]:
+    """Students with a finished run of the lab's network on the full training set (report.is_lab_run),
+    each distinct network and data setting decided once."""
+    if done.empty:
+        return set()
+    columns = [c for c in ("kind", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
+                           "dropout", "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes",
+                           "blocks", "head", "dataset", "permute_pixels", "train_limit") if c in done]
+    keys = context_keys(done, columns)
+    verdict = {key: is_lab_run(done.loc[index]) for index, key in keys.drop_duplicates().items()}
+    return set(done.loc[keys.map(verdict).astype(bool), "student_id"])
+
+
+def _factor_states(sweeps: pd.DataFrame, factor: str) -> dict[str, str]:
+    """Per student with a finished sweep run: DONE where one slice (all settings but `factor`) has two
+    levels or more, each with MIN_SEEDS seeds or more; else PARTIAL."""
+    if sweeps.empty:
+        return {}
+    context = [c for c in CONTEXT if c not in FACTOR_FREE[factor]]
+    keyed = sweeps.assign(_ctx=context_keys(sweeps, context))
+    seeds = keyed.groupby(["student_id", "_ctx", factor])["seed"].nunique()
+    slices = seeds.groupby(level=["student_id", "_ctx"]).agg(["size", "min"])
+    done = slices[(slices["size"] >= 2) & (slices["min"] >= MIN_SEEDS)].index.get_level_values("student_id")
+    return {s: (DONE if s in set(done) else PARTIAL) for s in sweeps["student_id"].unique()}
+
+
+def _cell_names(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    model = runs["kind"].map(lambda k: "FC" if k == "fc" else "CNN")
+    pixels = runs["permute_pixels"].map(lambda p: "permuted" if bool(p) and p == p else "normal")
+    return model, pixels
+
+
+def _compare_states(compares: pd.DataFrame) -> dict[str, str]:
+    """Per student with a finished compare run: DONE where one comparison (a job's group) has all four
+    cells with MIN_SEEDS seeds or more (as the report reads it); else PARTIAL."""
+    if compares.empty:
+        return {}
+    model, pixels = _cell_names(compares)
+    seeds = compares.assign(_cell=model + "/" + pixels).groupby(["student_id", "group_id", "_cell"])["seed"].nunique()
+    groups = seeds.groupby(level=["student_id", "group_id"]).agg(["size", "min"])
+    done = set(groups[(groups["size"] == len(CELLS)) & (groups["min"] >= MIN_SEEDS)].index.get_level_values(0))
+    return {s: (DONE if s in done else PARTIAL) for s in compares["student_id"].unique()}
+
+
+def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -> pd.DataFrame:
+    """PROGRESS_COLUMNS, one row per student of `roster` ((学号, 姓名), on_roster True) and per other
+    student_id found in `runs` (on_roster False, name from their newest run), sorted by student_id.
+    lab_net: DONE = a finished run of the lab's network on the full training set (report.is_lab_run);
+    PARTIAL = some other finished run (the report falls back to it); MISSING = none. depth / kernel:
+    DONE = a sweep slice (findings' rules) with >= 2 levels of the factor and >= 2 seeds at every level;
+    PARTIAL = any finished sweep run but not that. compare: DONE = FC/CNN x normal/permuted all four cells
+    with >= 2 seeds; PARTIAL = any finished compare run. lessons: week-2 lessons with a group with a
+    finished run. lab5_done: lab_net, depth and kernel all DONE. runs / finished: every run / the
+    finished ones; last_activity: the newest run's started_at (None without runs)."""
+    names = dict(roster)
+    owned = runs[runs["student_id"] != ""]
+    newest = owned.sort_values(["started_at", "run_id"], ascending=[False, True]).drop_duplicates("student_id")
+    found = dict(zip(newest["student_id"], newest["student_name"]))
+    ids = sorted(set(names) | set(found))
+    done = _finished(owned)
+    lab_net = _lab_net_students(done)
+    any_done = set(done["student_id"])
+    sweeps = done[done["experiment"] == "sweep"]
+    depth, kernel = _factor_states(sweeps, "conv_layers"), _factor_states(sweeps, "kernel_size")
+    compare = _compare_states(done[done["experiment"] == "compare"])
+    lessons_done = done[done["experiment"] == LESSON_EXPERIMENT]
+    lesson_of = {g: group_lesson(g) for g in lessons_done["group_id"].unique()}
+    lesson_names = lessons_done["group_id"].map(lesson_of)
+    lessons = lessons_done.assign(_lesson=lesson_names).dropna(subset=["_lesson"]).groupby("student_id")[
+        "_lesson"].nunique()
+    counts = owned.groupby("student_id").size()
+    finished = owned[owned["status"] == "finished"].groupby("student_id").size()
+    last = owned.groupby("student_id")["started_at"].max()
+    rows = []
+    for sid in ids:
+        state = dict(lab_net=DONE if sid in lab_net else PARTIAL if sid in any_done else MISSING,
+                     depth=depth.get(sid, MISSING), kernel=kernel.get(sid, MISSING), compare=compare.get(sid, MISSING))
+        rows.append(dict(student_id=sid, student_name=names.get(sid, found.get(sid, "")), on_roster=sid in names,
+                         **state, lessons=int(lessons.get(sid, 0)), lessons_total=len(LESSONS),
+                         lab5_done=all(state[s] == DONE for s in ("lab_net", "depth", "kernel")),
+                         runs=int(counts.get(sid, 0)), finished=int(finished.get(sid, 0)),
+                         last_activity=last.get(sid) if sid in last else None))
+    table = pd.DataFrame(rows, columns=PROGRESS_COLUMNS)
+    table["last_activity"] = table["last_activity"].astype(object).where(table["last_activity"].notna(), None)
+    return table
+
+
+# ------------------------------------------------------------------------------ the pooled experiment
+
+@dataclass
+class PooledGrid:
+    settings: dict  # what every pooled run shares: findings.CONTEXT minus GRID_FREE, plus "seeds" (sorted)
+    cells: pd.DataFrame  # GRID_COLUMNS, sorted by conv_layers, kernel_size
+    runs: pd.DataFrame  # the pooled runs after deduplication (store rows + verdict, with student_id)
+    reading: SweepReading  # sweep_reading.read_sweep(runs): the best cell, requirements 2 and 3, directions
+    students: int  # distinct students in this set
+
+
+@dataclass
+class PooledCompare:
+    settings: dict  # training and data (COMPARE_SHARED), each network's settings ("cnn", "fc"), "seeds"
+    cells: pd.DataFrame  # COMPARE_POOL_COLUMNS, rows FC/CNN x normal/permuted present (CELLS order)
+    runs: pd.DataFrame  # the pooled runs after deduplication
+    reading: list[Message]  # experiments.compare_reading over the cells
+    students: int
+
+
+def _pool(part: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One set's runs pooled by `by` (the cell): (per-cell counts and summarize_over_seeds, the runs
+    kept: one per cell and seed, the earliest, finished and diverged apart)."""
+    part = part.sort_values(["started_at", "run_id"])
+    kept = part.drop_duplicates([*by, "seed", "status"])
+    finished = part[part["status"] == "finished"]
+    table = kept.assign(test_acc=kept["final_test_acc"].where(kept["status"] == "finished"))
+    summary = summarize_over_seeds(table, by)
+    counts = finished.groupby(by, sort=False).agg(students=("student_id", "nunique"), runs=("run_id", "size"))
+    cells = summary.merge(counts.reset_index(), on=by, how="left")
+    cells["duplicates"] = cells["runs"] - cells["n"]
+    return cells, kept
+
+
+def _ints(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return frame.astype({c: int for c in columns})
+
+
+def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
+    """Every set of sweep runs sharing all settings but depth/channels/kernel with >= 2 cells;
+    the most cells first, then the most runs, then the newest."""
+    sweeps = runs[(runs["experiment"] == "sweep") & ((runs["status"] == "diverged") | (
+        (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
+    if sweeps.empty:
+        return []
+    sweeps = sweeps.assign(conv_layers=sweeps["conv_layers"].astype(int), kernel_size=sweeps["kernel_size"].astype(int))
+    keyed = sweeps.assign(_ctx=context_keys(sweeps, GRID_CONTEXT))
+    out = []
+    for _, part in keyed.groupby("_ctx", sort=False):
+        part = part.drop(columns="_ctx")
+        done = part[part["status"] == "finished"]
+        if len(done[GRID_CELL].drop_duplicates()) < 2:
+            continue
+        cells, kept = _pool(part, GRID_CELL)
+        cells = _ints(cells.dropna(subset=["runs"]), ["conv_layers", "kernel_size", "runs", "duplicates"])
+        cells = cells.sort_values(GRID_CELL).reset_index(drop=True)[GRID_COLUMNS]
+        settings = shared_settings(done.iloc[0], GRID_CONTEXT)
+        kept_done = kept[kept["status"] == "finished"]
+        settings["seeds"] = sorted({int(s) for s in kept_done["seed"]})
+        out.append(PooledGrid(settings, cells, kept.reset_index(drop=True), read_sweep(kept),
+                              int(done["student_id"].nunique())))
+    return sorted(out, key=lambda g: (len(g.cells), int(g.cells["n"].sum()), g.runs["started_at"].max()),
+                  reverse=True)
+
+
+def _compare_sets(compares: pd.DataFrame) -> pd.Series:
+    """Each compare run's set: its job's group keyed by the training and data its runs share and each
+    network's settings, so jobs run alike (by any student) pool together."""
+    shared = context_keys(compares, COMPARE_SHARED)
+    net = context_keys(compares, COMPARE_NET)
+    shared_of: dict[str, set] = {}
+    nets_of: dict[str, set] = {}
+    for group, kind, one_shared, one_net in zip(compares["group_id"], compares["kind"], shared, net):
+        shared_of.setdefault(group, set()).add(one_shared)
+        nets_of.setdefault(group, set()).add((str(kind), one_net))
+    per_group = {g: (tuple(sorted(shared_of[g], key=repr)), tuple(sorted(nets_of[g], key=repr))) for g in shared_of}
+    return compares["group_id"].map(per_group)
+
+
+def pooled_compares(runs: pd.DataFrame) -> list[PooledCompare]:
+    """Finished compare runs pooled across students and jobs by their settings (both networks, training,
+    data), deduplicated by (network, pixel order, seed); the most cells first, then most runs."""
+    compares = runs[(runs["experiment"] == "compare") & ((runs["status"] == "diverged") | (
+        (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
+    if compares.empty:
+        return []
+    model, pixels = _cell_names(compares)
+    keyed = compares.assign(model=model, pixels=pixels, _set=_compare_sets(compares))
+    out = []
+    for _, part in keyed.groupby("_set", sort=False):
+        part = part.drop(columns="_set")
+        done = part[part["status"] == "finished"]
+        if done.empty:
+            continue
+        cells, kept = _pool(part, ["model", "pixels"])
+        cells = _ints(cells.dropna(subset=["runs"]), ["runs", "duplicates"])
+        order = {cell: i for i, cell in enumerate(CELLS)}
+        cells = cells.iloc[sorted(range(len(cells)), key=lambda i: order[(cells["model"].iloc[i],
+                                                                          cells["pixels"].iloc[i])])]
+        cells = cells.reset_index(drop=True)[COMPARE_POOL_COLUMNS]
+        settings = shared_settings(done.iloc[0], COMPARE_SHARED)
+        for name, kind in (("cnn", "CNN"), ("fc", "FC")):
+            net = done[done["model"] == kind]
+            settings[name] = shared_settings(net.iloc[0], COMPARE_NET) if len(net) else None
+        settings["seeds"] = sorted({int(s) for s in kept.loc[kept["status"] == "finished", "seed"]})
+        out.append(PooledCompare(settings, cells, kept.drop(columns=["model", "pixels"]).reset_index(drop=True),
+                                 compare_reading(cells), int(done["student_id"].nunique())))
+    return sorted(out, key=lambda c: (len(c.cells), int(c.cells["n"].sum()), c.runs["started_at"].max()),
+                  reverse=True)
+
+
+# ------------------------------------------------------------------------------ words and files
+
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
+
+
+def settings_text(settings: dict) -> Message:
+    """A short description of a pooled set for a selectbox or heading: dataset, epochs, batch size,
+    optimiser and lr, training images, e.g. "MNIST, 1 epoch, batch 64, SGD lr 0.01, 6,000 training images"."""
+    spec = DATASETS.get(str(settings.get("dataset")))
+    epochs = int(settings.get("epochs") or 0)
+    limit = settings.get("train_limit")
+    images = (Message.ngettext("{count} training image", "{count} training images", int(limit),
+                               count=integer(int(limit))) if limit else Message(N_("all training images")))
+    optimizer = str(settings.get("optimizer") or "")
+    values = dict(dataset=spec.title if spec else str(settings.get("dataset") or ""),
+                  epochs=Message.ngettext("{n} epoch", "{n} epochs", epochs), batch=settings.get("batch_size"),
+                  optimizer=OPTIMIZER_NAMES.get(optimizer, optimizer), lr=f"{float(settings.get('lr') or 0):g}",
+                  images=images)
+    momentum = settings.get("momentum")
+    if optimizer == "sgd" and momentum is not None and float(momentum) != TrainConfig.momentum:
+        return Message(N_("{dataset}, {epochs}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
+                       dict(values, momentum=f"{float(settings['momentum']):g}"))
+    return Message(N_("{dataset}, {epochs}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}_"))
+        elif key == "seeds":
+            out[f"{prefix}{key}"] = " ".join(map(str, value))
+        elif value is not None or isinstance(settings, dict):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _with_sets(pools: list, columns: list[str]) -> pd.DataFrame:
+    frames = [pool.cells.assign(set=i, **_flat(pool.settings)) for i, pool in enumerate(pools, start=1)]
+    if not frames:
+        return pd.DataFrame(columns=["set", *columns])
+    table = pd.concat(frames, ignore_index=True)
+    return table[["set", *columns, *[c for c in table.columns if c not in columns and c != "set"]]]
+
+
+def pooled_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{"pooled_grid": every grid's cells with a leading `set` column (1 = first) and its settings
+    columns; "pooled_compare": likewise}: what the CSVs hold."""
+    return {"pooled_grid": _with_sets(pooled_grids(runs), GRID_COLUMNS),
+            "pooled_compare": _with_sets(pooled_compares(runs), COMPARE_POOL_COLUMNS)}
+
+
+def write_class_tables(store: ResultStore, roster: Iterable[tuple[str, str]], out_dir: str | Path) -> dict[str, Path]:
+    """progress.csv, pooled_grid.csv, pooled_compare.csv in `out_dir`, each whole or none
+    (paths.write_files inside errors.writing(out)); returns name -> path."""
+    runs = class_runs(store)
+    tables = {"progress": progress_table(runs, roster), **pooled_tables(runs)}
+    out = Path(out_dir)
+    with writing(out):
+        paths = write_files({out / f"{name}.csv": tables[name].to_csv(index=False) for name in TABLES})
+    return dict(zip(TABLES, paths))
