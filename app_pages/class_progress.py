@@ -4,7 +4,7 @@
 import pandas as pd
 import streamlit as st
 
-from app_lib.lang import LANGUAGES, _, ngettext, render_error
+from app_lib.lang import _, ngettext, render_error
 from app_lib.session import accounts
 from app_lib.shared import is_teacher, result_store
 from app_lib.text import local_times, percent, plain
@@ -79,7 +79,8 @@ else:
                            started_at=list(local_times(mine["started_at"], tz)))
         table(rows[[c for c in RUN_COLUMNS if c in rows]], hide_index=True)
     row = progress.set_index("student_id").loc[student_id]
-    lang = st.radio(_("Report language"), ["zh_CN", "en"], format_func=LANGUAGES.get, horizontal=True,
+    report_langs = {"zh_CN": _("Chinese"), "en": _("English")}  # in the reader's words: a choice of theirs
+    lang = st.radio(_("Report language"), list(report_langs), format_func=report_langs.get, horizontal=True,
                     key="class_report_lang")
     name = str(row["student_name"] or "")
     workspace = mine["workspace"].iloc[0] if len(mine) else f"student:{student_id}"
