@@ -9,7 +9,7 @@ from app_lib.lang import _, ngettext, render_error
 from app_lib.reading import reading_markdown
 from app_lib.shared import is_teacher, result_store
 from app_lib.text import plain
-from app_lib.widgets import MEAN_SD_HELP, csv_button, headers, mean_sd_texts, not_learned_note, table, words
+from app_lib.widgets import MEAN_SD_HELP, csv_button, headers, mean_sd_texts, not_learned_note, table
 from mnist_lab.errors import StoreError
 from mnist_lab.lab.classwork import class_runs, pooled_compares, pooled_grids, pooled_tables, settings_text
 
@@ -24,7 +24,7 @@ def cell_texts(cells) -> list[str]:
 def set_names(sets) -> dict[int, str]:
     """Each pooled set (a PooledGrid or PooledCompare) as a picker shows it."""
     return {i: _("{settings} · {students} students · {runs} runs").format(
-        settings=plain(render_error(settings_text(s.settings))), students=s.students,
+        settings=render_error(settings_text(s.settings)), students=s.students,
         runs=f"{int(s.cells['runs'].sum()):,}")
         for i, s in enumerate(sets)}
 
@@ -42,10 +42,13 @@ except StoreError as exc:
 st.markdown(_("Every student's finished runs with the same settings, pooled: two students who trained the same "
               "network with the same settings and seed trained the same run, so it counts once (the earliest)."),
             help=_(MEAN_SD_HELP))
-csv_button(lambda: pooled_tables(runs)["pooled_grid"], "pooled_grid.csv", label=_("Depth × kernel (CSV)"),
-           key="pooled_grid_csv_btn")
-csv_button(lambda: pooled_tables(runs)["pooled_compare"], "pooled_compare.csv", label=_("FC vs CNN (CSV)"),
-           key="pooled_compare_csv_btn")
+c1, c2, _rest = st.columns([1, 1, 2])
+with c1:
+    csv_button(lambda: pooled_tables(runs)["pooled_grid"], "pooled_grid.csv", label=_("Depth × kernel (CSV)"),
+               key="pooled_grid_csv_btn")
+with c2:
+    csv_button(lambda: pooled_tables(runs)["pooled_compare"], "pooled_compare.csv", label=_("FC vs CNN (CSV)"),
+               key="pooled_compare_csv_btn")
 
 st.header(_("Depth × kernel size"), divider="gray")
 if not grids:
@@ -62,20 +65,20 @@ else:
                    key="pooled_kernel_chart")
     a.plotly_chart(heatmap_figure(cells, _=_), key="pooled_heatmap")
     with b:
-        st.subheader(_("Test accuracy per cell, mean ± sd over seeds"))
-        pivot = cells.pivot(index="conv_layers", columns="kernel_size", values="text").fillna("—")
-        table(pivot.rename(columns=lambda k: _("kernel size {k}×{k}").format(k=k)).rename_axis(columns=None))
-        duplicates = int(cells["duplicates"].sum())
-        if duplicates:
-            st.caption(ngettext("{n} run repeated another student's settings and seed and counts once.",
-                                "{n} runs repeated another student's settings and seed and count once.",
-                                duplicates).format(n=f"{duplicates:,}"))
-    if grid.reading.best is not None:
-        st.info(reading_markdown([grid.reading.best]), icon=":material/emoji_events:")
-    for heading, blocks in ((_("Requirement 2: the number of conv+pool layers"), grid.reading.depth),
-                            (_("Requirement 3: the kernel size"), grid.reading.kernel)):
-        if blocks:
-            st.markdown(f"**{plain(heading)}**\n\n" + reading_markdown(blocks))
+        if grid.reading.best is not None:
+            st.info(reading_markdown([grid.reading.best]), icon=":material/emoji_events:")
+        for heading, blocks in ((_("Requirement 2: the number of conv+pool layers"), grid.reading.depth),
+                                (_("Requirement 3: the kernel size"), grid.reading.kernel)):
+            if blocks:
+                st.markdown(f"**{plain(heading)}**\n\n" + reading_markdown(blocks))
+    st.subheader(_("Test accuracy per cell, mean ± sd over seeds"))
+    pivot = cells.pivot(index="conv_layers", columns="kernel_size", values="text").fillna("—")
+    table(pivot.rename(columns=lambda k: _("kernel size {k}×{k}").format(k=k)).rename_axis(columns=None))
+    duplicates = int(cells["duplicates"].sum())
+    if duplicates:
+        st.caption(ngettext("{n} run repeated another student's settings and seed and counts once.",
+                            "{n} runs repeated another student's settings and seed and count once.",
+                            duplicates).format(n=f"{duplicates:,}"))
     not_learned_note(grid.runs["verdict"])
 
 st.header(_("FC vs CNN"), divider="gray")
@@ -86,12 +89,12 @@ else:
     pick = st.selectbox(_("Settings"), list(names), format_func=names.get, key="pooled_compare_set")
     pooled = compares[pick]
     cells = pooled.cells.assign(text=cell_texts(pooled.cells))
-    a, b = st.columns([2, 3])
+    a, b = st.columns([1, 1])
     with a:
-        shown = cells.assign(pixels=words(cells["pixels"]))
-        st.dataframe(headers(shown.pivot(index="model", columns="pixels", values="text")
-                             .reindex([m for m in ("FC", "CNN") if m in set(shown["model"])])
-                             .rename_axis("model").rename_axis(columns=None)), width="stretch")
+        pivot = cells.pivot(index="model", columns="pixels", values="text")
+        pivot = pivot.reindex(index=[m for m in ("FC", "CNN") if m in pivot.index],
+                              columns=[p for p in ("normal", "permuted") if p in pivot.columns])
+        st.dataframe(headers(pivot.rename(columns=_).rename_axis("model").rename_axis(columns=None)), width="stretch")
         if pooled.reading:
             st.info(" ".join(plain(render_error(m)) for m in pooled.reading))
     b.plotly_chart(compare_figure(pooled.cells, _=_), key="pooled_compare_bars")

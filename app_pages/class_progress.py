@@ -14,6 +14,8 @@ from mnist_lab.lab.classwork import STEPS, class_runs, progress_table, student_r
 from mnist_lab.service.class_jobs import report_name, student_report
 
 STATES = {"all": _("all"), "done": _("lab 5 done"), "under_way": _("under way"), "not_started": _("not started")}
+SHOWN = ["student_id", "student_name", "lab5_done", *STEPS, "lessons", "runs", "finished", "last_activity",
+         "on_roster"]  # the progress table's columns as the page orders them (the CSV keeps PROGRESS_COLUMNS')
 RUN_COLUMNS = ["started_at", "label", "experiment", "status", "verdict", "final_test_acc", "epochs_done", "epochs",
                "train_limit", "seed", "run_id"]  # the Runs page's first columns
 
@@ -59,13 +61,13 @@ if chosen_state != "all":
 tz = st.context.timezone or "UTC"
 view = shown.assign(**{step: words(shown[step]) for step in STEPS},
                     lessons=[f"{n} / {t}" for n, t in zip(shown["lessons"], shown["lessons_total"])],
-                    last_activity=list(local_times(shown["last_activity"], tz))).drop(columns=["lessons_total"])
+                    last_activity=list(local_times(shown["last_activity"], tz)))[SHOWN]
 st.caption(ngettext("{n} student shown", "{n} students shown", len(view)).format(n=f"{len(view):,}"))
 table(view, hide_index=True, key="class_progress_table")
 csv_button(progress, "progress.csv", label=_("Progress (CSV)"), key="class_progress_csv_btn")
 
 st.subheader(_("One student"))
-names = {r.student_id: f"{plain(r.student_name or '')} ({plain(r.student_id)})" for r in shown.itertuples()}
+names = {r.student_id: f"{r.student_name or ''} ({r.student_id})" for r in shown.itertuples()}  # a picker's text
 if not names:
     st.caption(_("No student matches the filter."))
 else:

@@ -41,8 +41,8 @@ st.caption(_("Deletes every student's runs, their weights files and jobs, the cl
 if not n:
     st.info(_("There is no student's data to delete."))
     st.stop()
-typed = st.number_input(_("Type the number of students ({n}) to confirm").format(n=n), min_value=0, value=0,
-                        step=1, key="term_confirm")
+typed = st.columns(3)[0].number_input(_("Type the number of students ({n}) to confirm").format(n=n), min_value=0,
+                                     value=0, step=1, key="term_confirm")
 saved = st.checkbox(_("I have downloaded the export"), key="term_saved")
 ready = int(typed) == n and saved
 if st.button(_("Delete the class's data"), key="term_delete_btn", type="primary", disabled=not ready,

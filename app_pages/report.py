@@ -77,7 +77,7 @@ def whose_report(runs: pd.DataFrame) -> tuple[str, ...] | None:
     or every run (None)."""
     students = runs.loc[runs["student_id"].fillna("") != "", ["workspace", "student_id", "student_name"]]
     students = students.drop_duplicates("workspace").sort_values("student_id")
-    choices = {OWN: _("My own runs"), **{r.workspace: f"{plain(r.student_name)} ({plain(r.student_id)})"
+    choices = {OWN: _("My own runs"), **{r.workspace: f"{r.student_name or ''} ({r.student_id})"
                                          for r in students.itertuples()}, EVERY: _("Every run")}
     if st.session_state.get("report_whose") not in choices:  # a student deleted at the end of term
         st.session_state["report_whose"] = OWN

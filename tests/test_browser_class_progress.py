@@ -20,11 +20,10 @@ if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; `make browsers` does it)",
                 allow_module_level=True)
 
-from tests.class_fixtures import lab5_complete, lab5_half  # noqa: E402
-
 from mnist_lab.lab.classwork import class_runs, pooled_tables  # noqa: E402
 from mnist_lab.runs.store import ResultStore  # noqa: E402
 from mnist_lab.service.identity import Accounts, server_secret  # noqa: E402
+from tests.class_fixtures import lab5_complete, lab5_half  # noqa: E402
 
 expect = sync_api.expect
 TOKEN = "class-progress-teacher-token"

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 from apptest import APP, TEACHER, app_db, open_page, session_for, student
 from streamlit.testing.v1 import AppTest
-from tests.class_fixtures import lab5_complete, lab5_half
 
 from app_lib.session import KEY as SESSION_KEY
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.identity import Accounts, server_secret
+from mnist_lab.service.jobs import StoreRunner
+from mnist_lab.service.queue import JobQueue
+from tests.class_fixtures import lab5_complete, lab5_half
 
+pytestmark = pytest.mark.usefixtures("no_worker_left_running")
 TOKEN = "class-pages-teacher-token"
 ROSTER = "学号,姓名\n2024001,张三\n2024002,李四\n2024003,王五\n"
 CLASS_PAGES = ["class_progress", "class_pooled", "class_term"]
@@ -136,3 +139,18 @@ def test_the_teacher_chooses_whose_report(db):
     assert not at.exception
     cover = {t.key: t.value for t in at.text_input}
     assert cover["report_cover_name_input"] == "张三" and cover["report_cover_student_id_input"] == "2024001"
+
+
+def test_all_reports_build_as_a_job_and_download_as_a_zip(db):
+    at = open_page("class_progress", who=TEACHER)
+    at.button(key="class_reports_btn").click().run()
+    assert not at.exception and not at.error
+    queue = JobQueue(ResultStore(db))
+    [job] = queue.jobs(kinds=["reports"])
+    assert job["workspace"] == "teacher" and job["runs_total"] == 3  # the class list: a report each, even without runs
+    assert at.button(key="class_reports_btn").disabled  # one at a time
+    view = StoreRunner(queue.store, queue=queue).wait(job["job_id"], timeout=90)
+    assert view is not None and view.status == "finished", view
+    at.run()
+    [zip_button] = [b for b in at.get("download_button") if b.proto.label == "Download class_reports.zip"]
+    assert not at.button(key="class_reports_btn").disabled
