@@ -12,6 +12,7 @@ alone (classwork.class_runs + pooled_grids + pooled_compares, median of 5). Targ
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import statistics
@@ -24,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from apptest import TEACHER, open_page  # noqa: E402
-from tests.class_fixtures import realistic_class  # noqa: E402
 
 from mnist_lab.lab.classwork import class_runs, pooled_compares, pooled_grids  # noqa: E402
 from mnist_lab.runs.store import ResultStore  # noqa: E402
+from tests.class_fixtures import realistic_class  # noqa: E402
 
 TARGETS = {"Progress page": 2.0, "Class results page": 2.0, "pooled tables": 1.0}  # seconds
 REPEATS = 5
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=60)
     parser.add_argument("--runs", type=int, default=100, help="runs per student")
     args = parser.parse_args()
+    logging.getLogger("streamlit").setLevel(logging.ERROR)  # AppTest's bare-mode warnings, one per cached call
 
     with tempfile.TemporaryDirectory(prefix="bench_class_page_") as tmp:
         db = Path(tmp) / "results.sqlite"
