@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mnist_lab.codec import to_row
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.errors import writing
 from mnist_lab.i18n import N_, Message, integer
@@ -26,8 +27,9 @@ from mnist_lab.lab.findings import (
 )
 from mnist_lab.lab.lessons import EXPERIMENT as LESSON_EXPERIMENT
 from mnist_lab.lab.lessons import LESSONS, group_lesson
-from mnist_lab.lab.report import is_lab_run
+from mnist_lab.lab.report import LAB_PRESET, is_lab_run
 from mnist_lab.lab.sweep_reading import SweepReading, read_sweep
+from mnist_lab.nets.presets import PRESETS
 from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import TrainConfig
@@ -51,6 +53,11 @@ CELLS = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permu
 COMPARE_SHARED = ["epochs", "batch_size", "optimizer", "lr", "momentum", "dataset", "normalize", "train_limit",
                   "test_limit"]
 COMPARE_NET = [c for c in CONTEXT if c not in COMPARE_SHARED and c != "permute_pixels"]  # one network's settings
+LAB5_ROW = to_row(PRESETS[LAB_PRESET].model)  # the lab's network as store cells
+# The columns the progress and the readings use: a narrow frame is much faster to take row subsets of.
+USED_COLUMNS = list(dict.fromkeys([*CONTEXT, *LAB5_ROW, "run_id", "experiment", "group_id", "status", "started_at",
+                                   "seed", "params", "seconds", "final_test_acc", "verdict", "student_id",
+                                   "student_name"]))
 TABLES = ("progress", "pooled_grid", "pooled_compare")  # write_class_tables' CSVs
 
 
@@ -61,6 +68,9 @@ def class_runs(store: ResultStore) -> pd.DataFrame:
     (findings.with_verdicts semantics), the epochs read once for all."""
     runs = store.visible_runs(None)
     runs = runs[runs["student_id"] != ""].reset_index(drop=True)
+    # plain Python strings: the pages and the pooling take many small row subsets, which numpy's take
+    # does far faster than Arrow's (pandas' default string columns); copy() puts the columns back in one block
+    runs = runs.astype({c: object for c in runs.columns if pd.api.types.is_string_dtype(runs[c])}).copy()
     return verdicts_from(runs, store.epochs() if len(runs) else None)
 
 
@@ -80,12 +90,12 @@ def _finished(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame
 def _lab_net_students(done: pd.DataFrame) -> set[str]:
     """Students with a finished run of the lab's network on the full training set (report.is_lab_run),
     each distinct network and data setting decided once."""
+    lab = LAB5_ROW  # the cheap part of is_lab_run first
+    done = done[(done["dataset"] == "mnist") & (done["kind"] == lab["kind"])
+                & (done["kernel_size"] == lab["kernel_size"]) & (done["conv_channels"] == lab["conv_channels"])]
     if done.empty:
         return set()
-    columns = [c for c in ("kind", "conv_channels", "kernel_size", "padding", "pool_before_relu", "batch_norm",
-                           "dropout", "hidden", "softmax_before_loss", "in_channels", "image_size", "n_classes",
-                           "blocks", "head", "dataset", "permute_pixels", "train_limit") if c in done]
-    keys = context_keys(done, columns)
+    keys = context_keys(done, [c for c in (*LAB5_ROW, "dataset", "permute_pixels", "train_limit") if c in done])
     verdict = {key: is_lab_run(done.loc[index]) for index, key in keys.drop_duplicates().items()}
     return set(done.loc[keys.map(verdict).astype(bool), "student_id"])
 
@@ -99,8 +109,8 @@ def _factor_states(sweeps: pd.DataFrame, factor: str) -> dict[str, str]:
     keyed = sweeps.assign(_ctx=context_keys(sweeps, context))
     seeds = keyed.groupby(["student_id", "_ctx", factor])["seed"].nunique()
     slices = seeds.groupby(level=["student_id", "_ctx"]).agg(["size", "min"])
-    done = slices[(slices["size"] >= 2) & (slices["min"] >= MIN_SEEDS)].index.get_level_values("student_id")
-    return {s: (DONE if s in set(done) else PARTIAL) for s in sweeps["student_id"].unique()}
+    done = set(slices[(slices["size"] >= 2) & (slices["min"] >= MIN_SEEDS)].index.get_level_values("student_id"))
+    return {s: (DONE if s in done else PARTIAL) for s in sweeps["student_id"].unique()}
 
 
 def _cell_names(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -132,7 +142,7 @@ def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -
     finished run. lab5_done: lab_net, depth and kernel all DONE. runs / finished: every run / the
     finished ones; last_activity: the newest run's started_at (None without runs)."""
     names = dict(roster)
-    owned = runs[runs["student_id"] != ""]
+    owned = runs[runs["student_id"] != ""][[c for c in USED_COLUMNS if c in runs]]
     newest = owned.sort_values(["started_at", "run_id"], ascending=[False, True]).drop_duplicates("student_id")
     found = dict(zip(newest["student_id"], newest["student_name"]))
     ids = sorted(set(names) | set(found))
@@ -170,14 +180,14 @@ def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -
 class PooledGrid:
     settings: dict  # what every pooled run shares: findings.CONTEXT minus GRID_FREE, plus "seeds" (sorted)
     cells: pd.DataFrame  # GRID_COLUMNS, sorted by conv_layers, kernel_size
-    runs: pd.DataFrame  # the pooled runs after deduplication (store rows + verdict, with student_id)
+    runs: pd.DataFrame  # the pooled runs after deduplication (store rows + verdict, with student_id; diverged too)
     reading: SweepReading  # sweep_reading.read_sweep(runs): the best cell, requirements 2 and 3, directions
     students: int  # distinct students in this set
 
 
 @dataclass
 class PooledCompare:
-    settings: dict  # training and data (COMPARE_SHARED), each network's settings ("cnn", "fc"), "seeds"
+    settings: dict  # training and data (COMPARE_SHARED), each network's settings ("cnn", "fc": {} if none), "seeds"
     cells: pd.DataFrame  # COMPARE_POOL_COLUMNS, rows FC/CNN x normal/permuted present (CELLS order)
     runs: pd.DataFrame  # the pooled runs after deduplication
     reading: list[Message]  # experiments.compare_reading over the cells
@@ -204,7 +214,7 @@ def _ints(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
     """Every set of sweep runs sharing all settings but depth/channels/kernel with >= 2 cells;
-    the most cells first, then the most runs, then the newest."""
+    the most cells first, then the most runs (finished, before deduplication), then the newest."""
     sweeps = runs[(runs["experiment"] == "sweep") & ((runs["status"] == "diverged") | (
         (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
     if sweeps.empty:
@@ -223,9 +233,9 @@ def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
         settings = shared_settings(done.iloc[0], GRID_CONTEXT)
         kept_done = kept[kept["status"] == "finished"]
         settings["seeds"] = sorted({int(s) for s in kept_done["seed"]})
-        out.append(PooledGrid(settings, cells, kept.reset_index(drop=True), read_sweep(kept),
-                              int(done["student_id"].nunique())))
-    return sorted(out, key=lambda g: (len(g.cells), int(g.cells["n"].sum()), g.runs["started_at"].max()),
+        reading = read_sweep(kept[[c for c in USED_COLUMNS if c in kept]])
+        out.append(PooledGrid(settings, cells, kept.reset_index(drop=True), reading, int(done["student_id"].nunique())))
+    return sorted(out, key=lambda g: (len(g.cells), int(g.cells["runs"].sum()), g.runs["started_at"].max()),
                   reverse=True)
 
 
@@ -245,7 +255,9 @@ def _compare_sets(compares: pd.DataFrame) -> pd.Series:
 
 def pooled_compares(runs: pd.DataFrame) -> list[PooledCompare]:
     """Finished compare runs pooled across students and jobs by their settings (both networks, training,
-    data), deduplicated by (network, pixel order, seed); the most cells first, then most runs."""
+    data), deduplicated by (network, pixel order, seed); the most cells first, then the most runs
+    (finished, before deduplication), then the newest. A comparison's runs are the runs of one job
+    (group_id); jobs whose runs share the same training, data and networks pool together."""
     compares = runs[(runs["experiment"] == "compare") & ((runs["status"] == "diverged") | (
         (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
     if compares.empty:
@@ -260,18 +272,16 @@ def pooled_compares(runs: pd.DataFrame) -> list[PooledCompare]:
             continue
         cells, kept = _pool(part, ["model", "pixels"])
         cells = _ints(cells.dropna(subset=["runs"]), ["runs", "duplicates"])
-        order = {cell: i for i, cell in enumerate(CELLS)}
-        cells = cells.iloc[sorted(range(len(cells)), key=lambda i: order[(cells["model"].iloc[i],
-                                                                          cells["pixels"].iloc[i])])]
-        cells = cells.reset_index(drop=True)[COMPARE_POOL_COLUMNS]
+        order = [CELLS.index(cell) for cell in zip(cells["model"], cells["pixels"])]
+        cells = cells.assign(_order=order).sort_values("_order").reset_index(drop=True)[COMPARE_POOL_COLUMNS]
         settings = shared_settings(done.iloc[0], COMPARE_SHARED)
         for name, kind in (("cnn", "CNN"), ("fc", "FC")):
             net = done[done["model"] == kind]
-            settings[name] = shared_settings(net.iloc[0], COMPARE_NET) if len(net) else None
+            settings[name] = shared_settings(net.iloc[0], COMPARE_NET) if len(net) else {}
         settings["seeds"] = sorted({int(s) for s in kept.loc[kept["status"] == "finished", "seed"]})
         out.append(PooledCompare(settings, cells, kept.drop(columns=["model", "pixels"]).reset_index(drop=True),
                                  compare_reading(cells), int(done["student_id"].nunique())))
-    return sorted(out, key=lambda c: (len(c.cells), int(c.cells["n"].sum()), c.runs["started_at"].max()),
+    return sorted(out, key=lambda c: (len(c.cells), int(c.cells["runs"].sum()), c.runs["started_at"].max()),
                   reverse=True)
 
 
@@ -290,14 +300,14 @@ def settings_text(settings: dict) -> Message:
                                count=integer(int(limit))) if limit else Message(N_("all training images")))
     optimizer = str(settings.get("optimizer") or "")
     values = dict(dataset=spec.title if spec else str(settings.get("dataset") or ""),
-                  epochs=Message.ngettext("{n} epoch", "{n} epochs", epochs), batch=settings.get("batch_size"),
+                  length=Message.ngettext("{n} epoch", "{n} epochs", epochs), batch=settings.get("batch_size"),
                   optimizer=OPTIMIZER_NAMES.get(optimizer, optimizer), lr=f"{float(settings.get('lr') or 0):g}",
                   images=images)
     momentum = settings.get("momentum")
     if optimizer == "sgd" and momentum is not None and float(momentum) != TrainConfig.momentum:
-        return Message(N_("{dataset}, {epochs}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
+        return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
                        dict(values, momentum=f"{float(settings['momentum']):g}"))
-    return Message(N_("{dataset}, {epochs}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
+    return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
@@ -307,7 +317,7 @@ def _flat(settings: dict, prefix: str = "") -> dict:
             out.update(_flat(value, f"{prefix}{key}_"))
         elif key == "seeds":
             out[f"{prefix}{key}"] = " ".join(map(str, value))
-        elif value is not None or isinstance(settings, dict):
+        else:
             out[f"{prefix}{key}"] = value
     return out
 

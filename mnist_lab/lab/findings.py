@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from mnist_lab import codec
@@ -128,18 +129,14 @@ def _key(value):
 
 def context_keys(runs: pd.DataFrame, columns: list[str]) -> pd.Series:
     """Each run's settings in `columns` as one comparable tuple (`_key`: NaN, None and '' alike; 1 and
-    1.0 alike), each distinct value keyed once."""
-    memo: dict = {}
-
-    def key(v):
-        try:
-            return memo[type(v), v]
-        except KeyError:
-            memo[type(v), v] = out = _key(v)
-            return out
-
-    columns_keyed = [[key(v) for v in runs[c].tolist()] for c in columns]
-    return pd.Series(list(zip(*columns_keyed)) if len(runs) else [], index=runs.index, dtype=object)
+    1.0 alike), each column's distinct values keyed once."""
+    keyed = []
+    for c in columns:
+        codes, distinct = pd.factorize(runs[c].astype(object), use_na_sentinel=False)
+        keys = np.empty(len(distinct), dtype=object)
+        keys[:] = [_key(v) for v in distinct]
+        keyed.append(keys[codes])
+    return pd.Series(list(zip(*keyed)) if len(runs) else [], index=runs.index, dtype=object)
 
 
 def shared_settings(row, columns: list[str]) -> dict:
@@ -435,9 +432,12 @@ def with_verdicts(store: ResultStore, runs: pd.DataFrame) -> pd.DataFrame:
 
 def verdicts_from(runs: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
     """`with_verdicts` from epochs already read (the store's epochs frame, any superset of the runs')."""
-    loss = final_train_loss(epochs) if len(runs) else {}
-    return runs.assign(verdict=[stored_verdict(r.status, r.final_test_acc, loss.get(r.run_id), r.dataset)
-                                for r in runs.itertuples()]) if len(runs) else runs.assign(verdict=[])
+    if not len(runs):
+        return runs.assign(verdict=[])
+    loss = final_train_loss(epochs)
+    columns = (runs[c].tolist() for c in ("status", "final_test_acc", "run_id", "dataset"))
+    return runs.assign(verdict=[stored_verdict(status, acc, loss.get(run_id), dataset)
+                                for status, acc, run_id, dataset in zip(*columns)])
 
 
 def compute_findings(store: ResultStore, run_id: str | None = None, workspace: str | None = None,
@@ -468,14 +468,14 @@ def grid_cells(part: pd.DataFrame) -> int:
     return len(part[GRID_CELL].drop_duplicates())
 
 
-def sweep_sets(runs: pd.DataFrame, newest: bool = True) -> list[pd.DataFrame]:
+def sweep_sets(runs: pd.DataFrame) -> list[pd.DataFrame]:
     """Every set of finished sweep runs that share all settings but depth, channels and kernel
-    (GRID_CONTEXT), each with one run per (cell, seed): the newest (`newest` False: the earliest)."""
+    (GRID_CONTEXT), each with one run per (cell, seed): the newest."""
     done = finished_runs(runs, "sweep")
     if done.empty:
         return []
     keyed = done.assign(_ctx=context_keys(done, GRID_CONTEXT))
-    return [part.sort_values("started_at", ascending=not newest).drop_duplicates([*GRID_CELL, "seed"])
+    return [part.sort_values("started_at", ascending=False).drop_duplicates([*GRID_CELL, "seed"])
             .drop(columns="_ctx") for _, part in keyed.groupby("_ctx", sort=False)]
 
 
