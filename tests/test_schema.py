@@ -157,3 +157,26 @@ def test_version_4_to_5_runs_and_jobs_gain_empty_owners_and_the_sign_in_tables_a
     assert {"student_id", "student_name", "client"} <= set(_columns(path, "jobs"))
     assert "token_mac" in _columns(path, "sessions")  # a teacher's session ends when the token changes
     store.close()
+
+
+def test_version_5_to_6_jobs_gain_units_done_and_an_old_job_still_lists(tmp_path):
+    """A database of version 5: its jobs read with units_done 0 and list as before."""
+    from mnist_lab.service.jobs import StoreRunner
+    from mnist_lab.service.queue import JobQueue
+
+    path = tmp_path / "v5.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.isolation_level = None
+        for migration in schema.MIGRATIONS[:5]:
+            migration.apply(conn)
+        conn.execute("PRAGMA user_version = 5")
+        conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at, "
+                     "student_id, student_name) VALUES ('j1', 1, 'student:7', 'train', 't', '{}', 'finished', 1, 0, "
+                     "'7', '张三')")
+    store = ResultStore(path)
+    assert _version(path) == schema.VERSION == 6
+    assert "units_done" in _columns(path, "jobs")
+    assert JobQueue(store).job("j1")["units_done"] == 0
+    views = StoreRunner(store).jobs(None)
+    assert [(v.id, v.status, v.student_name, v.units_done) for v in views] == [("j1", "finished", "张三", 0)]
+    store.close()

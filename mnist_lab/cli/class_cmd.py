@@ -1,23 +1,31 @@
 """`python -m mnist_lab class ...`: a shared server's class, for a teacher at a terminal (the same as
-the app's teacher page). `roster FILE` loads the roster (a CSV of 学号,姓名) and prints the one-time
-codes, `codes [ID...]` prints new codes for students without a PIN, `reset ID` clears a PIN,
-`remove ID` takes a student off the class (a new roster never does), `failures [--clear]` lists
-(or clears) the counted wrong sign-in tries. Each with --db.
+the app's class pages). `class --out DIR` writes the class's progress and pooled tables as CSV;
+`roster FILE` loads the roster (a CSV of 学号,姓名) and prints the one-time codes, `codes [ID...]`
+prints new codes for students without a PIN, `reset ID` clears a PIN, `remove ID` takes a student
+off the class (a new roster never does), `failures [--clear]` lists (or clears) the counted wrong
+sign-in tries; `reports` writes every student's report as one zip, `export` the term's data, and
+`end-term` exports, then deletes the class's data after a typed confirmation. Each with --db.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from mnist_lab.cli.common import db_help
+from mnist_lab import i18n
+from mnist_lab.cli.common import db_help, lang, language
 from mnist_lab.cli.common import gettext as _
-from mnist_lab.cli.inspect_cmd import existing_store
-from mnist_lab.errors import shorten
+from mnist_lab.cli.inspect_cmd import existing_store, out_folder
+from mnist_lab.errors import ConfigError, shorten
+from mnist_lab.lab import classwork
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
-from mnist_lab.service.identity import Accounts, parse_roster, server_secret
+from mnist_lab.service import class_jobs
+from mnist_lab.service.identity import Accounts, class_roster, parse_roster, server_secret
+from mnist_lab.service.queue import JobQueue
 
 MAX_ROSTER_BYTES = 1 << 20  # a roster of 2,000 students is well under 100 KB
 
@@ -87,15 +95,107 @@ def cmd_failures(args) -> int:
     return 0
 
 
+def cmd_tables(args) -> int:
+    """`class --out DIR`: progress.csv, pooled_grid.csv and pooled_compare.csv, and a short summary."""
+    if args.out is None:
+        raise ValueError(_("Give --out DIR for the class's tables, or a command (see class --help)."))
+    store = existing_store(args.db)
+    roster = class_roster(store)
+    with out_folder(args.out):
+        paths = classwork.write_class_tables(store, roster, args.out)
+    runs = classwork.class_runs(store)
+    progress = classwork.progress_table(runs, roster)
+    print(_("{n} students, {done} of them finished lab 5 (requirements 1 to 3)").format(
+        n=len(progress), done=int(progress["lab5_done"].sum()) if len(progress) else 0))
+    grids = classwork.pooled_grids(runs)
+    if grids:
+        grid = grids[0]
+        print(_("the largest pooled depth × kernel set: {cells} cells, {runs} runs of {students} students ({settings})")
+              .format(cells=len(grid.cells), runs=len(grid.runs), students=grid.students,
+                      settings=i18n.render(classwork.settings_text(grid.settings), lang())))
+    print(_("wrote {files}").format(files=", ".join(str(p) for p in paths.values())))
+    return 0
+
+
+def _bar(total: int, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, file=sys.stderr, disable=quiet, dynamic_ncols=True)
+
+
+def _zip(args, store: ResultStore, name: str, build) -> Path | None:
+    """Build one zip into --out with a progress bar; None when Ctrl-C stopped it (no zip left)."""
+    target = args.out / name
+    with out_folder(args.out):
+        bar = _bar(0, args.quiet)
+        try:
+            def on_done(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+            build(store, target, on_done, args.cancel)
+        except class_jobs.Stopped:
+            print(_("stopped: no zip was written"), file=sys.stderr)
+            return None
+        finally:
+            bar.close()
+    print(_("wrote {files}").format(files=target))
+    return target
+
+
+def cmd_reports(args) -> int:
+    store = existing_store(args.db)
+    students = class_jobs.class_students(store)
+    if not students:
+        raise ConfigError("students", 0, class_jobs.NO_STUDENTS)
+    _zip(args, store, "class_reports.zip", lambda store, target, on_done, cancel: class_jobs.reports_zip(
+        store, students, args.report_lang, target, on_done, cancel))
+    return 0
+
+
+def _export(args, store: ResultStore) -> Path | None:
+    return _zip(args, store, "class_export.zip", lambda store, target, on_done, cancel: class_jobs.export_zip(
+        store, class_roster(store), lang(), target, on_done, cancel))
+
+
+def cmd_export(args) -> int:
+    _export(args, existing_store(args.db))
+    return 0
+
+
+def cmd_end_term(args) -> int:
+    """The export first, then the number of students typed (or --confirm), then the deletion."""
+    store = existing_store(args.db)
+    n = len(class_jobs.class_students(store))
+    if args.confirm is not None and args.confirm != n:  # refused before anything is written
+        raise ConfigError("confirm", args.confirm, class_jobs.WRONG_CONFIRM, n=n)
+    if _export(args, store) is None:
+        return 0
+    confirm = args.confirm
+    if confirm is None:
+        typed = input(_("{n} students: their runs, weights, jobs and sign-ins will be deleted. Type the number of "
+                        "students to confirm: ").format(n=n)).strip()
+        confirm = int(typed) if typed.isdigit() else typed
+    cleared = class_jobs.end_term(store, JobQueue(store), _accounts(store), confirm)
+    print(_("deleted {runs} runs, {jobs} jobs, {students} students, {sessions} sessions and {files} files").format(
+        runs=cleared.runs, jobs=cleared.jobs, students=cleared.students, sessions=cleared.sessions,
+        files=cleared.files))
+    return 0
+
+
 def add_parser(sub, parents=()) -> None:
     """Register `class` (roster, codes, reset, remove, failures) on the main parser's subcommands."""
-    text = _("a shared server's class: roster, one-time codes, PIN resets, wrong sign-in tries")
+    text = _("a shared server's class: progress and pooled tables (--out), roster, one-time codes, PIN resets, "
+             "wrong sign-in tries, every report, the term's export and its end")
     group = sub.add_parser("class", help=text, description=text, parents=list(parents))
-    what = group.add_subparsers(dest="class_command", required=True)
+    group.add_argument("--db", type=Path, help=db_help())
+    group.add_argument("--out", type=Path, help=_("directory for progress.csv, pooled_grid.csv and pooled_compare.csv"))
+    group.set_defaults(func=cmd_tables)
+    what = group.add_subparsers(dest="class_command")
 
     def command(name: str, help: str):
         p = what.add_parser(name, help=help, description=help, parents=list(parents))
-        p.add_argument("--db", type=Path, help=db_help())
+        # `class --db X roster F` and `class roster F --db X` both: no default here overrides the class's
+        p.add_argument("--db", type=Path, default=argparse.SUPPRESS, help=db_help())
         return p
 
     p = command("roster", _("load the roster (a CSV file: 学号,姓名 or student_id,name) and print the one-time codes"))
@@ -113,3 +213,20 @@ def add_parser(sub, parents=()) -> None:
     p = command("failures", _("list the counted wrong sign-in tries (per client and per account)"))
     p.add_argument("--clear", action="store_true", help=_("forget them all"))
     p.set_defaults(func=cmd_failures)
+
+    def zip_command(name: str, help: str):
+        p = command(name, help)
+        p.add_argument("--out", type=Path, required=True, help=_("directory for the zip"))
+        p.add_argument("--quiet", action="store_true", help=_("no progress bar"))
+        return p
+
+    p = zip_command("reports", _("every student's report (.docx, with their name and student ID) in one zip"))
+    p.add_argument("--report-lang", type=language, default="zh_CN", help=_("the reports' language: zh (default) or en"))
+    p.set_defaults(func=cmd_reports)
+    p = zip_command("export", _("the term's data in one zip: students, progress, pooled tables, runs, epochs, "
+                                "iterations, jobs"))
+    p.set_defaults(func=cmd_export)
+    p = zip_command("end-term", _("export the term's data, then delete the class's runs, weights, jobs and sign-ins "
+                                  "(the teacher's own runs stay)"))
+    p.add_argument("--confirm", type=int, metavar="N", help=_("the number of students, instead of typing it"))
+    p.set_defaults(func=cmd_end_term)

@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from datetime import datetime
@@ -580,9 +581,17 @@ class ResultStore:
         folded in and emptied first and after: no byte of a deleted row stays in the database's files
         (the end of term)."""
         with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint()
             self._conn.execute("VACUUM")
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint()
+
+    def _checkpoint(self, tries: int = 25) -> None:
+        """Fold the write-ahead log into the file and empty it, waiting (up to ~5 s) for another
+        connection's read to end: while one reads, the log cannot be emptied."""
+        for _ in range(tries):
+            if self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
+                return
+            time.sleep(0.2)
 
     # ------------------------------------------------------------------------------ weights
     def save_weights(self, run) -> Path:
