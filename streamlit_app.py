@@ -37,18 +37,24 @@ PAGES = [  # (file, title, icon, url path)
     ("inspect", _("Inspect"), ":material/visibility:", "inspect"),
     ("report", _("Report"), ":material/description:", "report"),
 ]
+CLASS = [  # the teacher's pages: (file, title, icon, url path)
+    ("class_progress", _("Progress"), ":material/checklist:", "class"),
+    ("class_pooled", _("Class results"), ":material/query_stats:", "pooled"),
+    ("teacher", _("Sign-in and class list"), ":material/school:", "teacher"),
+    ("class_term", _("End of term"), ":material/event_busy:", "term"),
+]
 if policy.signin and who is None:
     # every address of the app shows the sign-in form and keeps its path and query: once signed in, the same
     # address (a copied link) opens its page and settings for whoever signed in
     page = st.navigation([st.Page("app_pages/signin.py", title=_("Sign in"), icon=":material/login:",
-                                  url_path=path or None, default=not path) for *_page, path in [*PAGES, ("teacher",)]],
+                                  url_path=path or None, default=not path) for *_page, path in [*PAGES, *CLASS]],
                          position="hidden")
 else:
     pages = [st.Page(f"app_pages/{name}.py", title=title, icon=icon, url_path=path or None, default=not path)
              for name, title, icon, path in PAGES]
-    if who is not None and who.role == "teacher":
-        pages.append(st.Page("app_pages/teacher.py", title=_("Class"), icon=":material/school:",
-                             url_path="teacher"))
+    if who is not None and who.role == "teacher":  # the course's pages, then the class's (issue 25)
+        pages = {_("Course"): pages, _("Class"): [st.Page(f"app_pages/{name}.py", title=title, icon=icon, url_path=path)
+                                                  for name, title, icon, path in CLASS]}
     page = st.navigation(pages)
 with st.sidebar:
     language_picker()

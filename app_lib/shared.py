@@ -43,7 +43,8 @@ from .text import plain
 
 KEPT_PREFIXES = ("train_", "sweep_", "cmp_", "runs_", "w2_")  # page-only widget keys kept across pages
 PAGE_KINDS = {"train": N_("Train"), "sweep": N_("Sweep"), "compare": N_("FC vs CNN"),
-              "lesson": N_("Week 2")}  # job kind -> page (msgids)
+              "lesson": N_("Week 2"), "reports": N_("All reports"),
+              "export": N_("End of term")}  # job kind -> page (msgids); reports/export: jobs.CLASS_KINDS
 RESERVED_QUERY = ("lang",)  # kept in the URL on every page: the language (nothing that grants access)
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
 PRUNE_EVERY_S = 600.0  # demo mode: visitors' old runs are looked for at most this often

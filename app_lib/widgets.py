@@ -15,13 +15,16 @@ from mnist_lab import i18n
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.lab.verdicts import NOT_LEARNED, chance, did_learn, loss_bar
 from mnist_lab.nets.model import ModelConfig, summarize
+from mnist_lab.service.class_jobs import class_job_file, submit_class_job
 from mnist_lab.service.estimate import estimate_seconds
 from mnist_lab.service.jobs import JobSpec, JobView
 
 from .charts import loss_figure
-from .lang import N_, _, render_error, render_said
+from .lang import N_, _, current, render_error, render_said
+from .session import client
 from .shared import (
     PAGE_KINDS,
+    asker,
     due,
     ensure_workers,
     job_queue,
@@ -84,11 +87,18 @@ COLUMNS = {
     "on_roster": N_("on the class list"), "pin_set": N_("PIN set"), "code_pending": N_("code not used yet"),
     "failures": N_("wrong tries"), "first_at": N_("first"), "last_at": N_("last"), "role": N_("role"),
     "client": N_("computer"), "created_at": N_("signed in"), "expires_at": N_("expires"), "who": N_("who"),
+    # the class pages (issue 25): lab 5's steps per student, the pooled experiment
+    "lab_net": N_("1: the lab's network"), "depth": N_("2: depth series"), "kernel": N_("3: kernel series"),
+    "compare": N_("FC vs CNN"), "lessons": N_("week-2 lessons"), "lessons_total": N_("lessons in all"),
+    "lab5_done": N_("lab 5 done"), "runs": N_("runs"), "finished": N_("finished runs"),
+    "last_activity": N_("last activity"), "students": N_("students"), "duplicates": N_("duplicates"),
+    "seeds": N_("seeds"), "set": N_("set"),
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
                    N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"), N_("compare"), N_("none"),
-                   N_("all"), N_("learned"), N_("did not learn"), N_("lesson")))
+                   N_("all"), N_("learned"), N_("did not learn"), N_("lesson"),
+                   N_("done"), N_("partial"), N_("missing")))  # lab/classwork.py's DONE, PARTIAL, MISSING
 # A run's normalisation (DataConfig.normalize, mnist_lab.data.NORMALIZATIONS) in a few words.
 NORMALIZE_WORDS = {"dataset": N_("the dataset's own"), "half": N_("fixed 0.5"), "none": N_("none"),
                    "mnist": N_("MNIST's own")}
@@ -141,7 +151,8 @@ def headers(frame: pd.DataFrame) -> pd.DataFrame:
 # seconds with one decimal; accuracies are the pages' own ("%.2f" of a percentage), CSVs keep every digit.
 FORMATS = {"params": "localized", "parameters": "localized", "images": "localized", "count": "localized",
            "train_limit": "localized", "test_limit": "localized", "iteration": "localized",
-           "iterations": "localized", "steps_per_epoch": "localized", "seconds": "%.1f"}
+           "iterations": "localized", "steps_per_epoch": "localized", "seconds": "%.1f", "runs": "localized",
+           "finished": "localized", "duplicates": "localized"}
 
 
 def column_formats(frame: pd.DataFrame) -> dict:
@@ -451,3 +462,53 @@ def with_owners(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     appended, as runs.csv has them (blank for a run of no student)."""
     owners = runs.set_index("run_id")[["student_id", "student_name"]]
     return frame.join(owners, on="run_id").fillna({"student_id": "", "student_name": ""})
+
+
+def class_job_panel(kind: str, label: str, file_name: str) -> None:
+    """A class job (mnist_lab.service.class_jobs: "reports", "export"): the button that queues it,
+    its progress while it builds (polled), Stop, and its zip to download once finished."""
+    def latest() -> JobView | None:
+        mine = runner().jobs(workspace(), kinds=(kind,), limit=1)
+        return mine[0] if mine else None
+
+    first = latest()
+    busy = first is not None and first.active
+    if st.button(label, key=f"class_{kind}_btn", disabled=busy, icon=":material/folder_zip:"):
+        try:
+            submit_class_job(job_queue(), kind, asker(), current(), client())
+            st.session_state.pop(f"_class_{kind}_refused", None)
+            ensure_workers()
+            st.rerun()
+        except ValueError as exc:
+            st.session_state[f"_class_{kind}_refused"] = exc
+    if (why := st.session_state.get(f"_class_{kind}_refused")) is not None:
+        st.error(plain(render_error(why)), icon=":material/block:")
+    if first is None:
+        return
+
+    @st.fragment(run_every=POLL_S if busy else None)
+    def panel() -> None:
+        view = runner().poll(first.id)
+        if view is None:
+            return
+        if busy and not view.active:
+            st.rerun()  # finished: one full run draws the download
+        if view.active:
+            text = (_("Queued — position {n} in line.").format(n=view.position) if view.status == "queued" else
+                    _("{done} of {total} done · {time} elapsed").format(done=view.units_done, total=view.runs_total,
+                                                                        time=duration(view.elapsed_s)))
+            st.progress(view.fraction, text=text)
+            st.button(_("Stop"), key=f"class_{kind}_stop_btn", on_click=lambda: runner().stop(view.id))
+            return
+        job = job_queue().job(view.id)
+        path = class_job_file(result_store().path, job) if job is not None else None
+        if view.status == "finished" and path is not None:
+            st.download_button(_("Download {name}").format(name=file_name), data=path.read_bytes,
+                               file_name=file_name, mime="application/zip", on_click="ignore",
+                               key=f"class_{kind}_dl_btn", icon=":material/download:")
+        elif view.status in ("stopped", "interrupted"):
+            st.warning(_("Stopped before it was finished: nothing to download. Build it again."))
+        elif view.status != "finished":
+            st.error(_("The job failed: {error}").format(error=plain(said(view.error_message, view.error))))
+
+    panel()

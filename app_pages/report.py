@@ -11,7 +11,7 @@ import streamlit as st
 
 from app_lib.lang import N_, _, current, ngettext, render_error
 from app_lib.session import current as current_identity
-from app_lib.shared import asker, init_state, mirror_query, reads_public, result_store, run_scope, runner
+from app_lib.shared import asker, init_state, is_teacher, mirror_query, reads_public, result_store, run_scope, runner
 from app_lib.text import local_times, plain
 from app_lib.widgets import run_labels
 from mnist_lab.errors import StoreError
@@ -36,6 +36,8 @@ MIME = {"report.html": "text/html", "report.docx": "application/vnd.openxmlforma
 LABELS = {"report.html": N_("HTML (print to PDF)"), "report.docx": N_("Word (.docx)"),
           "report_md.zip": N_("Markdown + figures (.zip)"), "findings.json": N_("findings.json"),
           "iterations.csv": N_("iterations.csv")}
+OWN, EVERY = "", "*"  # the teacher's "whose report" choices besides a student's workspace
+CHOSEN = "_report_student"  # session state: (学号, 姓名) of the student whose report the teacher reads, or None
 COVER_KEYS = {key: f"report_cover_{key}" for key in COVER}  # the session's cover (not widgets: kept across pages)
 
 
@@ -62,9 +64,29 @@ def cover_from_session() -> Cover:
 def signed_in_cover() -> dict[str, str]:
     """The cover fields the sign-in fixes: a student's name and student ID; none for anyone else."""
     who = current_identity()
+    if who is not None and who.role == "teacher" and (chosen := st.session_state.get(CHOSEN)):
+        student_id, name = chosen  # the teacher reads one student's report: that student's cover
+        return {"name": name[:COVER_LIMIT], "student_id": student_id[:COVER_LIMIT]}
     if who is None or who.role != "student":
         return {}
     return {"name": who.name[:COVER_LIMIT], "student_id": who.student_id[:COVER_LIMIT]}
+
+
+def whose_report(runs: pd.DataFrame) -> tuple[str, ...] | None:
+    """The teacher's choice of whose runs the report reads: their own, one student's (by workspace),
+    or every run (None)."""
+    students = runs.loc[runs["student_id"].fillna("") != "", ["workspace", "student_id", "student_name"]]
+    students = students.drop_duplicates("workspace").sort_values("student_id")
+    choices = {OWN: _("My own runs"), **{r.workspace: f"{r.student_name or ''} ({r.student_id})"
+                                         for r in students.itertuples()}, EVERY: _("Every run")}
+    if st.session_state.get("report_whose") not in choices:  # a student deleted at the end of term
+        st.session_state["report_whose"] = OWN
+    whose = st.selectbox(_("Whose report"), list(choices), format_func=choices.get, key="report_whose",
+                         help=_("A student's report is the one they download themselves, from their runs."))
+    picked = students[students["workspace"] == whose]
+    st.session_state[CHOSEN] = ((str(picked.iloc[0]["student_id"]), str(picked.iloc[0]["student_name"] or ""))
+                                 if len(picked) else None)
+    return None if whose == EVERY else (asker().workspace,) if whose == OWN else (whose,)
 
 
 def md(text: str) -> str:
@@ -78,6 +100,8 @@ try:
     if scope is None and not detail:  # a student of a class view sees the class's runs; the report is their own
         scope = (asker().workspace,)
     runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
+    if is_teacher():  # whose report: the teacher's own runs (the default), one student's, or every run
+        scope = whose_report(runs)
     if scope is not None:
         runs = runs[runs["workspace"].isin(scope)]
 except StoreError as exc:  # a damaged database: said as the other pages say it

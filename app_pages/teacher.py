@@ -1,4 +1,4 @@
-"""Class (the teacher only): the class list (a CSV of 学号, 姓名) and the one-time codes for each
+"""Sign-in and class list (the teacher only): the class list (a CSV of 学号, 姓名) and the one-time codes for each
 student's first sign-in, printable; the students and their PINs (reset one); repeated wrong sign-ins
 (clear them); who is signed in. The accounts themselves are mnist_lab.service.identity's."""
 import html
@@ -68,7 +68,7 @@ def printable(codes: pd.DataFrame, address: str) -> str:
 if not is_teacher():  # the navigation offers this page to the teacher only; a guessed address gets nothing
     st.error(_("Only the teacher can open this page."), icon=":material/lock:")
     st.stop()
-st.title(_("Class"))
+st.title(_("Sign-in and class list"))
 
 st.subheader(_("Class list"))
 st.caption(_("A CSV file with the columns 学号,姓名 (or student_id,name), one student per row. With a class list, each "

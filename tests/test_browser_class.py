@@ -244,7 +244,7 @@ def test_a_class_signs_in_trains_and_sees_only_its_own_runs(class_server, demo_s
     expect(teacher.get_by_role("heading", name=SIGN_IN)).to_be_visible(timeout=60_000)
     sign_in_teacher(teacher, TOKEN)
     signed_in_as(teacher, "Signed in as the teacher")
-    expect(teacher.get_by_role("heading", name="Class", exact=True)).to_be_visible(timeout=30_000)
+    expect(teacher.get_by_role("heading", name="Sign-in and class list", exact=True)).to_be_visible(timeout=30_000)
     roster = "学号,姓名\n" + "".join(f"{i},{n}\n" for i, n in STUDENTS.items())
     teacher.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
         files=[{"name": "class.csv", "mimeType": "text/csv", "buffer": roster.encode("utf-8")}])

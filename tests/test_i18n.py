@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import string
 import threading
 from dataclasses import replace
@@ -206,6 +207,36 @@ def test_every_page_in_chinese_shows_no_english_sentence(page, trained_db, monke
         assert at.error[0].value == "任务失败：内存不足：请用更小的训练子集、批大小或网络。" and charts >= 1
     if page == "compare":
         assert "卷积神经网络" in at.info[0].value and "百分点" in at.info[0].value
+
+
+@pytest.mark.parametrize("page", ["class_progress", "class_pooled", "class_term", "teacher", "report"])
+def test_every_class_page_in_chinese_shows_no_english_sentence(page, tmp_path, monkeypatch):
+    """The teacher's pages (issue 25) in shared mode over three students' runs written without training
+    (tests/class_fixtures.py): one finished lab 5, one half, one nothing."""
+    from apptest import TEACHER
+
+    from mnist_lab.data.datasets import FROM_PACKAGE
+    from mnist_lab.service.identity import Accounts, server_secret
+    from tests.class_fixtures import lab5_complete, lab5_half
+
+    monkeypatch.setenv("MNIST_LAB_MODE", "shared")
+    monkeypatch.setenv("MNIST_LAB_TEACHER_TOKEN", "i18n-teacher-token")
+    store = ResultStore(app_db(tmp_path / "class.sqlite", monkeypatch))
+    Accounts(store, server_secret(store.path)).import_roster("学号,姓名\n2024001,张三\n2024002,李四\n2024003,王五\n")
+    lab5_complete(store, "2024001", "张三")
+    lab5_half(store, "2024002", "李四")
+    store.close()
+    with sqlite3.connect(tmp_path / "class.sqlite") as conn:  # where the data came from, as a worker stores it
+        conn.execute("UPDATE runs SET data_source_msg = ?", (i18n.to_stored([FROM_PACKAGE]),))
+    at = open_page(page, {"lang": "zh_CN"}, who=TEACHER)
+    assert assert_chinese(at) >= 8
+    if page == "class_progress":
+        assert at.title[0].value == "进度" and len(at.dataframe) == 2  # the class, the chosen student's runs
+    if page == "class_pooled":
+        assert at.title[0].value == "班级结果" and len(at.get("plotly_chart")) >= 3
+    if page == "report":  # one student's report, as the teacher reads it
+        at.selectbox(key="report_whose").set_value("student:2024001").run()
+        assert_chinese(at)
 
 
 @pytest.mark.parametrize("page", ["runs", "sweep", "compare", "week2", "inspect", "report"])

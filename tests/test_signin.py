@@ -174,7 +174,8 @@ def test_the_class_page_in_chinese(db):
         accounts(db).sign_in("2024001", "张三", "000000", "10.0.0.9", new_pin="123456")
     at = open_page("teacher", {"lang": "zh_CN"}, who=TEACHER)
     at.button(key="teacher_issue_btn").click().run()
-    assert at.title[0].value == "班级" and len(at.dataframe) == 4  # codes, students, failures, who is signed in
+    assert at.title[0].value == "登录与班级名单"
+    assert len(at.dataframe) == 4  # codes, students, failures, who is signed in
     codes = set(at.dataframe[0].value.iloc[:, 2])  # the codes themselves: letters and digits, not words
     assert not [(where, text) for where, text in texts(at) if text not in codes and english_left(text)]
 
