@@ -599,12 +599,12 @@ class ResultStore:
                 raise store_failure(self.path, exc) from None
 
     @explained
-    def compact(self, max_wait_s: float = COMPACT_WAIT_S) -> None:
+    def compact(self, max_wait_s: float | None = None) -> None:
         """Rewrite the file without the free pages deleted rows left (VACUUM), the write-ahead log
         folded in and emptied first and after: no byte of a deleted row stays in the database's files
         (the end of term). While another connection reads, the log cannot be emptied: each try waits
-        a moment, all of them at most `max_wait_s`, then StoreError(COMPACT_BUSY) says so."""
-        deadline = time.monotonic() + max_wait_s
+        a moment, all of them at most `max_wait_s` (COMPACT_WAIT_S), then StoreError(COMPACT_BUSY) says so."""
+        deadline = time.monotonic() + (COMPACT_WAIT_S if max_wait_s is None else max_wait_s)
         with self._lock:
             self._conn.execute("PRAGMA busy_timeout = 100")  # not the connection's 30 s per try
             try:

@@ -433,8 +433,7 @@ def end_term(store: ResultStore, queue: JobQueue, accounts: Accounts, confirm: i
     n = len(class_students(store))
     if not isinstance(confirm, int) or isinstance(confirm, bool) or confirm != n:
         raise ConfigError("confirm", shorten(confirm, quote=False), WRONG_CONFIRM, n=n)
-    with contextlib.closing(_read_conn(store)) as conn:  # refused before anything changes
-        _refuse_unfinished(conn, confirm, snapshot)
+    check_term_ready(store, confirm, snapshot)  # refused before anything changes
     marker = _ending_marker(store.path)
     marker.touch()
     try:
@@ -472,7 +471,14 @@ def end_term(store: ResultStore, queue: JobQueue, accounts: Accounts, confirm: i
     return cleared
 
 
-def _refuse_unfinished(conn: sqlite3.Connection, confirm: int, snapshot: str | None) -> None:
+def check_term_ready(store: ResultStore, confirm: object = None, snapshot: str | None = None) -> None:
+    """What end_term checks before it changes anything (the CLI asks before it exports): ConfigError
+    while a class job is queued or running, or when the class has runs or jobs newer than `snapshot`."""
+    with contextlib.closing(_read_conn(store)) as conn:
+        _refuse_unfinished(conn, confirm, snapshot)
+
+
+def _refuse_unfinished(conn: sqlite3.Connection, confirm: object, snapshot: str | None) -> None:
     """ConfigError while a class job is queued or running, or (`snapshot`) the export lacks some of the class."""
     active = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {CLASS_JOB_ROWS} AND status IN "
                           f"({', '.join('?' for _ in JOB_ACTIVE)})", JOB_ACTIVE).fetchone()[0]
