@@ -15,7 +15,7 @@ from mnist_lab.codec import to_row
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.errors import writing
 from mnist_lab.i18n import N_, Message, integer
-from mnist_lab.lab.experiments import compare_reading, summarize_over_seeds
+from mnist_lab.lab.experiments import SweepConfig, compare_reading, summarize_over_seeds
 from mnist_lab.lab.findings import (
     COMPARE_CELLS,
     CONTEXT,
@@ -62,6 +62,9 @@ USED_COLUMNS = list(dict.fromkeys([*CONTEXT, *LAB5_ROW, "run_id", "experiment", 
                                    "seed", "params", "seconds", "final_test_acc", "verdict", "student_id",
                                    "student_name"]))
 TABLES = ("progress", "pooled_grid", "pooled_compare")  # write_class_tables' CSVs
+# A grid's set: what its runs share (GRID_CONTEXT) and the first block's channels, from which the sweep's
+# family doubles (a different starting width is a different experiment); a pooled grid's settings have both.
+GRID_SET = [*GRID_CONTEXT, "first_channels"]
 
 
 # ------------------------------------------------------------------------------ the runs
@@ -181,7 +184,8 @@ def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -
 
 @dataclass
 class PooledGrid:
-    settings: dict  # what every pooled run shares: findings.CONTEXT minus GRID_FREE, plus "seeds" (sorted)
+    settings: dict  # what every pooled run shares: GRID_SET (findings.CONTEXT minus GRID_FREE, "first_channels"),
+    # plus "seeds" (sorted)
     cells: pd.DataFrame  # GRID_COLUMNS, sorted by conv_layers, kernel_size
     runs: pd.DataFrame  # the pooled runs after deduplication (store rows + verdict, with student_id; diverged too)
     reading: SweepReading  # sweep_reading.read_sweep(runs): the best cell, requirements 2 and 3, directions
@@ -195,6 +199,12 @@ class PooledCompare:
     runs: pd.DataFrame  # the pooled runs after deduplication
     reading: list[Message]  # experiments.compare_reading over the cells
     students: int
+
+
+def first_channels(conv_channels) -> int | None:
+    """The first conv block's channels of a stored `conv_channels` ("16-32-64" -> 16; None for an FC net)."""
+    text = "" if conv_channels is None or conv_channels != conv_channels else str(conv_channels)
+    return int(text.split("-")[0]) if text else None
 
 
 def _pool(part: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -216,14 +226,16 @@ def _ints(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
-    """Every set of sweep runs sharing all settings but depth/channels/kernel with >= 2 cells;
-    the most cells first, then the most runs (finished, before deduplication), then the newest."""
+    """Every set of sweep runs sharing all settings but depth/channels/kernel, and the first block's
+    channels (GRID_SET), with >= 2 cells; the most cells first, then the most runs (finished, before
+    deduplication), then the newest."""
     sweeps = runs[(runs["experiment"] == "sweep") & ((runs["status"] == "diverged") | (
         (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
     if sweeps.empty:
         return []
     sweeps = sweeps.assign(conv_layers=sweeps["conv_layers"].astype(int), kernel_size=sweeps["kernel_size"].astype(int))
-    keyed = sweeps.assign(_ctx=context_keys(sweeps, GRID_CONTEXT))
+    width = sweeps["conv_channels"].map(first_channels)
+    keyed = sweeps.assign(_ctx=context_keys(sweeps.assign(first_channels=width), GRID_SET))
     out = []
     for _, part in keyed.groupby("_ctx", sort=False):
         part = part.drop(columns="_ctx")
@@ -234,6 +246,7 @@ def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
         cells = _ints(cells.dropna(subset=["runs"]), ["conv_layers", "kernel_size", "runs", "duplicates"])
         cells = cells.sort_values(GRID_CELL).reset_index(drop=True)[GRID_COLUMNS]
         settings = shared_settings(done.iloc[0], GRID_CONTEXT)
+        settings["first_channels"] = first_channels(done["conv_channels"].iloc[0])
         kept_done = kept[kept["status"] == "finished"]
         settings["seeds"] = sorted({int(s) for s in kept_done["seed"]})
         reading = read_sweep(kept[[c for c in USED_COLUMNS if c in kept]])
@@ -295,7 +308,8 @@ OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
 
 def settings_text(settings: dict) -> Message:
     """A short description of a pooled set for a selectbox or heading: dataset, epochs, batch size,
-    optimiser and lr, training images, e.g. "MNIST, 1 epoch, batch 64, SGD lr 0.01, 6,000 training images"."""
+    optimiser and lr, training images, e.g. "MNIST, 1 epoch, batch 64, SGD lr 0.01, 6,000 training images",
+    and a grid's first block's channels where not the Sweep page's (SweepConfig.base_channels)."""
     spec = DATASETS.get(str(settings.get("dataset")))
     epochs = int(settings.get("epochs") or 0)
     limit = settings.get("train_limit")
@@ -308,9 +322,14 @@ def settings_text(settings: dict) -> Message:
                   images=images)
     momentum = settings.get("momentum")
     if optimizer == "sgd" and momentum is not None and float(momentum) != TrainConfig.momentum:
-        return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
+        text = Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
                        dict(values, momentum=f"{float(settings['momentum']):g}"))
-    return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
+    else:
+        text = Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
+    width = settings.get("first_channels")
+    if width is not None and int(width) != SweepConfig.base_channels:
+        return Message(N_("{settings}, {channels} channels in the first block"), dict(settings=text, channels=width))
+    return text
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
