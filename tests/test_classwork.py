@@ -10,9 +10,11 @@ from mnist_lab.errors import OutputError
 from mnist_lab.i18n import render
 from mnist_lab.lab import classwork as cw
 from mnist_lab.lab.classwork import DONE, MISSING, PARTIAL
+from mnist_lab.lab.findings import compute_findings
 from mnist_lab.nets.model import match_fc_width
-from mnist_lab.nets.presets import PRESETS
+from mnist_lab.nets.presets import PRESETS, cnn_config
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service.identity import student_workspace
 from tests.class_fixtures import LAB5, add_run, lab5_complete, lab5_half, sweep_model
 
 
@@ -23,10 +25,12 @@ def store(tmp_path):
     s.close()
 
 
-def sweep(store, sid, name, cells, seeds, acc=lambda layers, kernel, seed: 0.96, lr=None, status="finished"):
+def sweep(store, sid, name, cells, seeds, acc=lambda layers, kernel, seed: 0.96, lr=None, status="finished",
+          channels=16):
     for layers, kernel in cells:
         for seed in seeds:
-            add_run(store, student_id=sid, student_name=name, experiment="sweep", model=sweep_model(layers, kernel),
+            add_run(store, student_id=sid, student_name=name, experiment="sweep",
+                    model=cnn_config(layers, kernel, base_channels=channels),
                     seed=seed, acc=acc(layers, kernel, seed), group_id=f"sweep-{sid}", train_limit=6000, lr=lr,
                     status=status)
 
@@ -108,6 +112,62 @@ def test_lab_net_partial_compare_and_lessons(store):
         PARTIAL, PARTIAL, 2, 8, 7]
 
 
+def _report_states(store, runs: pd.DataFrame, sid: str) -> dict[str, str]:
+    """What the student's own report (findings.compute_findings over their workspace) says of depth,
+    kernel and the comparison, as progress states."""
+    found = compute_findings(store, workspace=student_workspace(sid))
+    mine = runs[(runs["student_id"] == sid) & (runs["status"] == "finished")]
+    states = {}
+    for step, finding, available, experiment in (
+            ("depth", found.depth, found.depth.available, "sweep"),
+            ("kernel", found.kernel, found.kernel.available, "sweep"),
+            ("compare", found.analysis, "compare" in found.analysis.numbers, "compare")):
+        todo = [t for t in finding.todo if t.experiment == step]
+        assert not available or all(t.why == "one_seed" for t in todo)
+        tried = (mine["experiment"] == experiment).any()
+        states[step] = DONE if available and not todo else PARTIAL if available or tried else MISSING
+    return states
+
+
+def test_progress_says_what_each_students_report_says(store):
+    """Progress and the student's report read the same sweep slice and comparison (findings' picking),
+    for every student of a small class with mixed histories: the rules cannot drift apart."""
+    cells_2x2 = [(1, 3), (1, 5), (2, 3), (2, 5)]
+    sweep(store, "s01", "A", cells_2x2, seeds=(0, 1))  # then a newer 3-depth sweep on one seed (another lr):
+    sweep(store, "s01", "A", [(1, 5), (2, 5), (3, 5)], seeds=(0,), lr=0.05)  # the report reads it: one seed
+    sweep(store, "s02", "B", cells_2x2, seeds=(0, 1))
+    sweep(store, "s02", "B", [(1, 3), (1, 5), (1, 7)], seeds=(0,), lr=0.05)  # likewise for the kernel
+    sweep(store, "s03", "C", cells_2x2, seeds=(0,))  # one seed
+    sweep(store, "s04", "D", [(1, 5), (2, 5)], seeds=(0, 1))  # two depths, one kernel
+    sweep(store, "s05", "E", cells_2x2, seeds=(0, 1))
+    sweep(store, "s05", "E", [(2, 3), (2, 5)], seeds=(2,), status="diverged")  # diverged: not a seed
+    sweep(store, "s06", "F", [(1, 5)], seeds=(0,), status="diverged")  # nothing finished
+    compare(store, "s07", "G", seeds=(0, 1), group="compare-7a")
+    compare(store, "s07", "G", seeds=(0,), group="compare-7b")  # newest with all four cells: one seed
+    compare(store, "s08", "H", seeds=(0, 1), group="compare-8a")
+    add_run(store, student_id="s08", student_name="H", experiment="compare", model=PRESETS["tiny-cnn"].model,
+            group_id="compare-8b", train_limit=6000)  # newer, one cell: the report keeps the full one
+    compare(store, "s09", "I", seeds=(0, 1), group="compare-9")
+    add_run(store, student_id="s09", student_name="I", experiment="compare", model=PRESETS["tiny-cnn"].model,
+            group_id="compare-9", train_limit=6000, seed=1, permute=True, status="diverged")
+    compare(store, "s10", "J", seeds=(0,), group="compare-10", acc={("FC", False): 0.9, ("CNN", False): 0.96,
+                                                                   ("FC", True): 0.89, ("CNN", True): 0.8})
+    runs = cw.class_runs(store)
+    roster = [(f"s{i:02d}", "") for i in range(1, 13)]
+    table = cw.progress_table(runs, roster).set_index("student_id")
+    for sid in table.index:
+        assert table.loc[sid, ["depth", "kernel", "compare"]].to_dict() == _report_states(store, runs, sid), sid
+    states = table[["depth", "kernel", "compare"]]
+    assert states.loc["s01"].tolist() == [PARTIAL, DONE, MISSING]  # any slice with 2 seeds once made it DONE
+    assert states.loc["s02"].tolist() == [DONE, PARTIAL, MISSING]
+    assert states.loc["s03"].tolist() == [PARTIAL, PARTIAL, MISSING]
+    assert states.loc["s04"].tolist() == [DONE, PARTIAL, MISSING]
+    assert states.loc["s05"].tolist() == [DONE, DONE, MISSING]
+    assert states.loc["s06"].tolist() == [MISSING, MISSING, MISSING]
+    assert states["compare"].loc[["s07", "s08", "s09", "s10", "s11"]].tolist() == [PARTIAL, DONE, DONE, PARTIAL,
+                                                                                   MISSING]
+
+
 def test_student_runs_newest_first(store):
     lab5_complete(store, "s1", "A")
     lab5_half(store, "s2", "B")
@@ -161,6 +221,40 @@ def test_other_settings_are_another_set_and_the_largest_set_comes_first(store):
     assert [len(g.cells) for g in grids] == [3, 2]
     sweep(store, "s4", "D", [(1, 3), (2, 3), (3, 3)], seeds=(0,))  # the lr 0.01 set grows to 5 cells
     assert [g.settings["lr"] for g in cw.pooled_grids(cw.class_runs(store))] == [0.01, 0.05]
+
+
+def test_another_first_block_width_is_another_set(store):
+    sweep(store, "s1", "A", TWO_BY_ONE, seeds=(0, 1), channels=8, acc=lambda a, k, s: 0.95)
+    sweep(store, "s2", "B", TWO_BY_ONE, seeds=(0, 1), channels=32, acc=lambda a, k, s: 0.98)
+    runs = cw.class_runs(store)
+    grids = cw.pooled_grids(runs)
+    assert sorted(g.settings["first_channels"] for g in grids) == [8, 32]
+    for grid in grids:
+        assert grid.cells[["n", "runs", "duplicates", "students"]].values.tolist() == [[2, 2, 0, 1]] * 2
+        assert len(grid.runs) == 4 and grid.runs["student_id"].nunique() == 1
+        width = grid.settings["first_channels"]
+        assert grid.cells["mean"].tolist() == pytest.approx([0.95 if width == 8 else 0.98] * 2)
+        text = cw.settings_text(grid.settings)
+        assert render(text, "en").endswith(f", {width} channels in the first block")
+        assert render(text, "zh_CN").endswith(f"，第一个卷积块 {width} 个通道")
+    table = cw.pooled_tables(runs)["pooled_grid"]
+    assert sorted(set(table["first_channels"])) == [8, 32] and table["duplicates"].sum() == 0
+    sweep(store, "s3", "C", TWO_BY_ONE, seeds=(0,))  # the Sweep page's width is not said
+    (usual,) = [g for g in cw.pooled_grids(cw.class_runs(store)) if g.settings["first_channels"] == 16]
+    assert "channels" not in render(cw.settings_text(usual.settings), "en")
+
+
+def test_a_finished_and_a_diverged_run_of_one_cell_and_seed(store):
+    sweep(store, "s1", "A", TWO_BY_ONE, seeds=(0,), acc=lambda a, k, s: 0.97)
+    sweep(store, "s2", "B", [(1, 5)], seeds=(0,), acc=lambda a, k, s: 0.5, status="diverged")
+    sweep(store, "s3", "C", [(1, 5)], seeds=(0,), acc=lambda a, k, s: 0.93)  # the same run again, later
+    (grid,) = cw.pooled_grids(cw.class_runs(store))
+    cell = grid.cells.set_index(["conv_layers", "kernel_size"]).loc[(1, 5)]
+    assert cell[["n", "diverged", "runs", "duplicates", "students"]].tolist() == [1, 1, 2, 1, 2]
+    assert cell["mean"] == pytest.approx(0.97) and cell["sd"] == 0  # the earliest finished run, once
+    kept = grid.runs[(grid.runs["conv_layers"] == 1) & (grid.runs["kernel_size"] == 5)]
+    assert sorted(zip(kept["student_id"], kept["status"])) == [("s1", "finished"), ("s2", "diverged")]
+    assert grid.settings["seeds"] == [0]
 
 
 def test_runs_that_did_not_learn_or_diverged_are_counted_not_averaged(store):

@@ -15,13 +15,17 @@ from mnist_lab.codec import to_row
 from mnist_lab.data.datasets import DATASETS
 from mnist_lab.errors import writing
 from mnist_lab.i18n import N_, Message, integer
-from mnist_lab.lab.experiments import compare_reading, summarize_over_seeds
+from mnist_lab.lab.experiments import SweepConfig, compare_reading, summarize_over_seeds
 from mnist_lab.lab.findings import (
+    COMPARE_CELLS,
     CONTEXT,
-    FACTOR_FREE,
     GRID_CELL,
     GRID_CONTEXT,
     context_keys,
+    factor_slices,
+    has_spread,
+    pick_slice,
+    picked_comparisons,
     shared_settings,
     verdicts_from,
 )
@@ -38,7 +42,6 @@ DONE, PARTIAL, MISSING = "done", "partial", "missing"  # a step's state; app_lib
 STEPS = ("lab_net", "depth", "kernel", "compare")  # lab 5's requirements 1-3, then the FC-vs-CNN comparison
 PROGRESS_COLUMNS = ["student_id", "student_name", "on_roster", "lab_net", "depth", "kernel", "compare",
                     "lessons", "lessons_total", "lab5_done", "runs", "finished", "last_activity"]
-MIN_SEEDS = 2  # seeds a level or a cell needs before its spread (and so a direction) means anything
 
 # n: distinct seeds pooled (one run per configuration and seed: two students with the same settings and seed
 # trained the same run; the earliest such run is kept); mean/sd: test accuracy fraction (sample sd over the n);
@@ -48,7 +51,7 @@ GRID_COLUMNS = ["conv_layers", "kernel_size", "n", "mean", "sd", "students", "ru
                 "not_learned", "diverged", "learned", "text"]
 COMPARE_POOL_COLUMNS = ["model", "pixels", "n", "mean", "sd", "students", "runs", "duplicates",
                         "not_learned", "diverged", "learned", "text"]
-CELLS = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permuted")]  # the comparison's order
+CELLS = COMPARE_CELLS  # the comparison's order
 # What the runs of one comparison share beside its two networks: training and data (not the pixel order).
 COMPARE_SHARED = ["epochs", "batch_size", "optimizer", "lr", "momentum", "dataset", "normalize", "train_limit",
                   "test_limit"]
@@ -59,6 +62,9 @@ USED_COLUMNS = list(dict.fromkeys([*CONTEXT, *LAB5_ROW, "run_id", "experiment", 
                                    "seed", "params", "seconds", "final_test_acc", "verdict", "student_id",
                                    "student_name"]))
 TABLES = ("progress", "pooled_grid", "pooled_compare")  # write_class_tables' CSVs
+# A grid's set: what its runs share (GRID_CONTEXT) and the first block's channels, from which the sweep's
+# family doubles (a different starting width is a different experiment); a pooled grid's settings have both.
+GRID_SET = [*GRID_CONTEXT, "first_channels"]
 
 
 # ------------------------------------------------------------------------------ the runs
@@ -101,16 +107,17 @@ def _lab_net_students(done: pd.DataFrame) -> set[str]:
 
 
 def _factor_states(sweeps: pd.DataFrame, factor: str) -> dict[str, str]:
-    """Per student with a finished sweep run: DONE where one slice (all settings but `factor`) has two
-    levels or more, each with MIN_SEEDS seeds or more; else PARTIAL."""
-    if sweeps.empty:
-        return {}
-    context = [c for c in CONTEXT if c not in FACTOR_FREE[factor]]
-    keyed = sweeps.assign(_ctx=context_keys(sweeps, context))
-    seeds = keyed.groupby(["student_id", "_ctx", factor])["seed"].nunique()
-    slices = seeds.groupby(level=["student_id", "_ctx"]).agg(["size", "min"])
-    done = set(slices[(slices["size"] >= 2) & (slices["min"] >= MIN_SEEDS)].index.get_level_values("student_id"))
-    return {s: (DONE if s in done else PARTIAL) for s in sweeps["student_id"].unique()}
+    """Per student with a finished sweep run: DONE where the slice their report reads (findings.pick_slice
+    over findings.factor_slices, every student's slices cut at once) has a spread at every level
+    (findings.has_spread: no "one_seed" todo); else PARTIAL."""
+    slices: dict[str, list[pd.DataFrame]] = {}
+    for part in factor_slices(sweeps, factor, by=("student_id",)):
+        slices.setdefault(part["student_id"].iloc[0], []).append(part)
+    states = {}
+    for sid, parts in slices.items():
+        picked = pick_slice(parts, factor)
+        states[sid] = DONE if picked is not None and has_spread(picked.groupby(factor).size()) else PARTIAL
+    return states
 
 
 def _cell_names(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -120,27 +127,26 @@ def _cell_names(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 
 def _compare_states(compares: pd.DataFrame) -> dict[str, str]:
-    """Per student with a finished compare run: DONE where one comparison (a job's group) has all four
-    cells with MIN_SEEDS seeds or more (as the report reads it); else PARTIAL."""
+    """Per student with a finished compare run: DONE where the comparison their report reads
+    (findings.picked_comparisons) has all four cells, each with a spread (findings.has_spread); else PARTIAL."""
     if compares.empty:
         return {}
-    model, pixels = _cell_names(compares)
-    seeds = compares.assign(_cell=model + "/" + pixels).groupby(["student_id", "group_id", "_cell"])["seed"].nunique()
-    groups = seeds.groupby(level=["student_id", "group_id"]).agg(["size", "min"])
-    done = set(groups[(groups["size"] == len(CELLS)) & (groups["min"] >= MIN_SEEDS)].index.get_level_values(0))
-    return {s: (DONE if s in done else PARTIAL) for s in compares["student_id"].unique()}
+    picked = picked_comparisons(compares, by="student_id")
+    sizes = picked.groupby(["student_id", "cell"]).size()
+    return {sid: DONE if len(cells) == len(CELLS) and has_spread(cells) else PARTIAL
+            for sid, cells in sizes.groupby(level="student_id")}
 
 
 def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -> pd.DataFrame:
     """PROGRESS_COLUMNS, one row per student of `roster` ((学号, 姓名), on_roster True) and per other
     student_id found in `runs` (on_roster False, name from their newest run), sorted by student_id.
     lab_net: DONE = a finished run of the lab's network on the full training set (report.is_lab_run);
-    PARTIAL = some other finished run (the report falls back to it); MISSING = none. depth / kernel:
-    DONE = a sweep slice (findings' rules) with >= 2 levels of the factor and >= 2 seeds at every level;
-    PARTIAL = any finished sweep run but not that. compare: DONE = FC/CNN x normal/permuted all four cells
-    with >= 2 seeds; PARTIAL = any finished compare run. lessons: week-2 lessons with a group with a
-    finished run. lab5_done: lab_net, depth and kernel all DONE. runs / finished: every run / the
-    finished ones; last_activity: the newest run's started_at (None without runs)."""
+    PARTIAL = some other finished run (the report falls back to it); MISSING = none. depth / kernel /
+    compare: what the student's own report reads (findings: the slice or comparison it picks): DONE = that
+    section available with no "one_seed" todo (>= 2 levels, >= 2 runs at every level; all four cells with
+    >= 2 runs each); PARTIAL = any finished run of the experiment but not that; MISSING = none. lessons:
+    week-2 lessons with a group with a finished run. lab5_done: lab_net, depth and kernel all DONE.
+    runs / finished: every run / the finished ones; last_activity: the newest run's started_at (None without runs)."""
     names = dict(roster)
     owned = runs[runs["student_id"] != ""][[c for c in USED_COLUMNS if c in runs]]
     newest = owned.sort_values(["started_at", "run_id"], ascending=[False, True]).drop_duplicates("student_id")
@@ -178,7 +184,8 @@ def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -
 
 @dataclass
 class PooledGrid:
-    settings: dict  # what every pooled run shares: findings.CONTEXT minus GRID_FREE, plus "seeds" (sorted)
+    settings: dict  # what every pooled run shares: GRID_SET (findings.CONTEXT minus GRID_FREE, "first_channels"),
+    # plus "seeds" (sorted)
     cells: pd.DataFrame  # GRID_COLUMNS, sorted by conv_layers, kernel_size
     runs: pd.DataFrame  # the pooled runs after deduplication (store rows + verdict, with student_id; diverged too)
     reading: SweepReading  # sweep_reading.read_sweep(runs): the best cell, requirements 2 and 3, directions
@@ -192,6 +199,12 @@ class PooledCompare:
     runs: pd.DataFrame  # the pooled runs after deduplication
     reading: list[Message]  # experiments.compare_reading over the cells
     students: int
+
+
+def first_channels(conv_channels) -> int | None:
+    """The first conv block's channels of a stored `conv_channels` ("16-32-64" -> 16; None for an FC net)."""
+    text = "" if conv_channels is None or conv_channels != conv_channels else str(conv_channels)
+    return int(text.split("-")[0]) if text else None
 
 
 def _pool(part: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -213,14 +226,16 @@ def _ints(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
-    """Every set of sweep runs sharing all settings but depth/channels/kernel with >= 2 cells;
-    the most cells first, then the most runs (finished, before deduplication), then the newest."""
+    """Every set of sweep runs sharing all settings but depth/channels/kernel, and the first block's
+    channels (GRID_SET), with >= 2 cells; the most cells first, then the most runs (finished, before
+    deduplication), then the newest."""
     sweeps = runs[(runs["experiment"] == "sweep") & ((runs["status"] == "diverged") | (
         (runs["status"] == "finished") & runs["final_test_acc"].notna()))]
     if sweeps.empty:
         return []
     sweeps = sweeps.assign(conv_layers=sweeps["conv_layers"].astype(int), kernel_size=sweeps["kernel_size"].astype(int))
-    keyed = sweeps.assign(_ctx=context_keys(sweeps, GRID_CONTEXT))
+    width = sweeps["conv_channels"].map(first_channels)
+    keyed = sweeps.assign(_ctx=context_keys(sweeps.assign(first_channels=width), GRID_SET))
     out = []
     for _, part in keyed.groupby("_ctx", sort=False):
         part = part.drop(columns="_ctx")
@@ -231,6 +246,7 @@ def pooled_grids(runs: pd.DataFrame) -> list[PooledGrid]:
         cells = _ints(cells.dropna(subset=["runs"]), ["conv_layers", "kernel_size", "runs", "duplicates"])
         cells = cells.sort_values(GRID_CELL).reset_index(drop=True)[GRID_COLUMNS]
         settings = shared_settings(done.iloc[0], GRID_CONTEXT)
+        settings["first_channels"] = first_channels(done["conv_channels"].iloc[0])
         kept_done = kept[kept["status"] == "finished"]
         settings["seeds"] = sorted({int(s) for s in kept_done["seed"]})
         reading = read_sweep(kept[[c for c in USED_COLUMNS if c in kept]])
@@ -292,7 +308,8 @@ OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
 
 def settings_text(settings: dict) -> Message:
     """A short description of a pooled set for a selectbox or heading: dataset, epochs, batch size,
-    optimiser and lr, training images, e.g. "MNIST, 1 epoch, batch 64, SGD lr 0.01, 6,000 training images"."""
+    optimiser and lr, training images, e.g. "MNIST, 1 epoch, batch 64, SGD lr 0.01, 6,000 training images",
+    and a grid's first block's channels where not the Sweep page's (SweepConfig.base_channels)."""
     spec = DATASETS.get(str(settings.get("dataset")))
     epochs = int(settings.get("epochs") or 0)
     limit = settings.get("train_limit")
@@ -305,9 +322,14 @@ def settings_text(settings: dict) -> Message:
                   images=images)
     momentum = settings.get("momentum")
     if optimizer == "sgd" and momentum is not None and float(momentum) != TrainConfig.momentum:
-        return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
+        text = Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr} momentum {momentum}, {images}"),
                        dict(values, momentum=f"{float(settings['momentum']):g}"))
-    return Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
+    else:
+        text = Message(N_("{dataset}, {length}, batch {batch}, {optimizer} lr {lr}, {images}"), values)
+    width = settings.get("first_channels")
+    if width is not None and int(width) != SweepConfig.base_channels:
+        return Message(N_("{settings}, {channels} channels in the first block"), dict(settings=text, channels=width))
+    return text
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:

@@ -26,6 +26,7 @@ from mnist_lab.lab.verdicts import (
 from mnist_lab.nets.model import ModelConfig, describe, summarize
 from mnist_lab.runs.store import ResultStore
 
+MIN_RUNS = 2  # runs a level (a group) needs before its spread, and so a direction, means anything
 LEVEL_BAND = 0.10  # levelled off: the moving mean stays within 10% of its total fall of the final value
 
 # Settings that must be equal for runs to be compared as one experiment (all but the factor).
@@ -179,25 +180,31 @@ def finished_runs(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataF
     return done if experiment is None else done[done["experiment"] == experiment]
 
 
-def _slices(runs: pd.DataFrame, factor: str) -> list[pd.DataFrame]:
-    """Runs split by every setting except `factor`, each slice with one run per (level, seed):
-    the newest, so a repeated sweep adds seeds instead of counting one seed twice."""
-    free = FACTOR_FREE[factor]
-    context = [c for c in CONTEXT if c not in free]
-    keyed = runs.assign(_ctx=context_keys(runs, context))
-    out = []
-    for _, part in keyed.groupby("_ctx", sort=False):
-        part = part.sort_values("started_at", ascending=False).drop_duplicates([factor, "seed"])
-        out.append(part.drop(columns="_ctx"))
-    return out
+def factor_slices(runs: pd.DataFrame, factor: str, by: tuple[str, ...] = ()) -> list[pd.DataFrame]:
+    """Runs split by every setting except `factor` (and by the columns `by`: a class's runs split per
+    student at once), each slice with one run per (level, seed): the newest, so a repeated sweep adds
+    seeds instead of counting one seed twice. Newest first, each slice where its newest run is."""
+    context = [*by, *(c for c in CONTEXT if c not in FACTOR_FREE[factor])]
+    runs = runs.sort_values("started_at", ascending=False, kind="stable")
+    keys = context_keys(runs, context)
+    kept = ~pd.DataFrame({"ctx": keys, "level": runs[factor], "seed": runs["seed"]}).duplicated().to_numpy()
+    runs, keys = runs[kept], keys[kept]
+    groups = sorted(keys.groupby(keys, sort=False).indices.values(), key=lambda rows: rows[0])
+    return [runs.take(rows) for rows in groups]
 
 
-def _pick_slice(slices: list[pd.DataFrame], factor: str) -> pd.DataFrame | None:
-    """The slice with the most levels of the factor, then the most runs, then the newest."""
-    usable = [s for s in slices if s[factor].nunique() >= 2]
-    if not usable:
-        return None
-    return max(usable, key=lambda s: (s[factor].nunique(), len(s), s["started_at"].max()))
+def pick_slice(slices: list[pd.DataFrame], factor: str) -> pd.DataFrame | None:
+    """The slice the report reads: the most levels of the factor (two or more), then the most runs,
+    then the newest (the first of equals)."""
+    ranked = [(s[factor].nunique(), len(s), s["started_at"].max(), -i) for i, s in enumerate(slices)]
+    usable = [r for r in ranked if r[0] >= 2]
+    return slices[-max(usable)[3]] if usable else None
+
+
+def has_spread(sizes) -> bool:
+    """Whether every group (its number of runs in `sizes`) has MIN_RUNS runs or more: else the section's
+    direction has no spread to judge by and its todo says to run more seeds ("one_seed")."""
+    return min(sizes) >= MIN_RUNS
 
 
 def _fixed(part: pd.DataFrame, factor: str) -> dict:
@@ -209,7 +216,7 @@ def _fixed(part: pd.DataFrame, factor: str) -> dict:
 
 def factor_finding(runs: pd.DataFrame, section: str, factor: str, todo_key: str) -> Finding:
     """Test accuracy against one factor (conv layers or kernel size) from sweep runs."""
-    part = _pick_slice(_slices(finished_runs(runs, "sweep"), factor), factor)
+    part = pick_slice(factor_slices(finished_runs(runs, "sweep"), factor), factor)
     if part is None:
         return Finding(section, available=False, todo=[_todo(todo_key)])
     levels = sorted(part[factor].astype(int).unique())
@@ -225,7 +232,7 @@ def factor_finding(runs: pd.DataFrame, section: str, factor: str, todo_key: str)
     numbers = dict(factor=factor, levels=[int(v) for v in levels], best=best.level, feature_map=maps,
                    formulas=formulas, epochs=int(part["epochs"].iloc[0]), padding=part["padding"].iloc[0],
                    batch_norm=bool(part["batch_norm"].iloc[0]))
-    todo = [_todo(todo_key, "one_seed")] if min(g.n for g in groups) < 2 else []
+    todo = [] if has_spread(g.n for g in groups) else [_todo(todo_key, "one_seed")]
     return Finding(section, True, overall.direction, numbers, groups, steps, overall, _fixed(part, factor),
                    params=max(g.params for g in groups), seconds=float(part["seconds"].astype(float).sum()),
                    run_ids=list(part["run_id"]), todo=todo)
@@ -330,19 +337,34 @@ def confusion_numbers(store: ResultStore, run_id: str, pairs: int = 5) -> dict |
 
 # ------------------------------------------------------------------------------ section 4: analysis
 
-def _compare_cells(runs: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
-    """The newest comparison with the most of its four cells (FC/CNN × normal/permuted)."""
+COMPARE_CELLS = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permuted")]
+
+
+def compare_cell(kind, permute) -> tuple[str, str]:
+    """A compare run's cell: (FC or CNN, normal or permuted)."""
+    return "CNN" if kind == "cnn" else "FC", "permuted" if bool(permute) else "normal"
+
+
+def picked_comparisons(runs: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """The comparison the report reads, for all `runs` or per value of the column `by` (a class's
+    students at once): of the finished compare runs, the job (group) with the most of its four cells
+    (FC/CNN × normal/permuted), then the newest (the first of equals); its runs, each with its `cell`."""
     done = finished_runs(runs, "compare")
-    if done.empty:
-        return {}
-    best = None
-    for _, part in done.groupby("group_id", sort=False):
-        cells = {("CNN" if k == "cnn" else "FC", "permuted" if bool(p) else "normal"): c
-                 for (k, p), c in part.groupby(["kind", part["permute_pixels"].astype(bool)])}
-        key = (len(cells), part["started_at"].max())
-        if best is None or key > best[0]:
-            best = (key, cells)
-    return best[1]
+    cell = pd.Series([compare_cell(k, p) for k, p in zip(done["kind"], done["permute_pixels"])], index=done.index,
+                     dtype=object)
+    jobs = pd.DataFrame({"owner": done[by] if by else 0, "group": done["group_id"], "cell": cell.map("/".join),
+                         "newest": done["started_at"]}, index=done.index)
+    ranked = jobs.groupby(["owner", "group"], sort=False).agg(cells=("cell", "nunique"), newest=("newest", "max"))
+    best = ranked.sort_values(["cells", "newest"], ascending=False, kind="stable").reset_index()
+    best = best.drop_duplicates("owner")
+    chosen = pd.MultiIndex.from_frame(jobs[["owner", "group"]]).isin(pd.MultiIndex.from_frame(best[["owner", "group"]]))
+    return done[chosen].assign(cell=cell[chosen])
+
+
+def compare_cells(runs: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """The comparison the report reads (picked_comparisons): each of its cells' runs."""
+    picked = picked_comparisons(runs).drop(columns="cell")
+    return {compare_cell(k, p): c for (k, p), c in picked.groupby(["kind", picked["permute_pixels"].astype(bool)])}
 
 
 def _softmax_pair(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -350,7 +372,7 @@ def _softmax_pair(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | Non
     done = finished_runs(runs).copy()
     done["softmax_before_loss"] = done["softmax_before_loss"].map(lambda v: bool(_key(v)))
     best = None
-    for part in _slices(done, "softmax_before_loss"):
+    for part in factor_slices(done, "softmax_before_loss"):
         with_sm, without = part[part["softmax_before_loss"]], part[~part["softmax_before_loss"]]
         if len(with_sm) and len(without):
             key = (min(len(with_sm), len(without)), part["started_at"].max())
@@ -374,11 +396,11 @@ def _weight_sharing(cfg: ModelConfig) -> dict:
 def analysis_finding(runs: pd.DataFrame) -> Finding:
     """Section 4: FC vs CNN on normal and permuted pixels (locality, weight sharing), parameter
     formulas, and what a softmax before the loss does."""
-    cells = _compare_cells(runs)
+    cells = compare_cells(runs)
     numbers: dict = {}
     groups, steps, todo, ids, seconds, params = [], [], [], [], 0.0, 0
     direction = None
-    need = [("FC", "normal"), ("CNN", "normal"), ("FC", "permuted"), ("CNN", "permuted")]
+    need = COMPARE_CELLS
     if all(k in cells for k in need):
         g = {k: _group(f"{k[0]} / {k[1]}", cells[k]) for k in need}
         groups = list(g.values())
@@ -404,7 +426,7 @@ def analysis_finding(runs: pd.DataFrame) -> Finding:
             ids += list(frame["run_id"])
             seconds += float(frame["seconds"].astype(float).sum())
         params = max(x.params for x in groups)
-        if min(x.n for x in groups) < 2:
+        if not has_spread(x.n for x in groups):
             todo.append(_todo("compare", "one_seed"))
     else:
         todo.append(_todo("compare"))
