@@ -4,11 +4,11 @@
 import pandas as pd
 import streamlit as st
 
-from app_lib.lang import _, ngettext, render_error
+from app_lib.lang import N_, _, ngettext, render_error
 from app_lib.session import accounts
 from app_lib.shared import is_teacher, result_store
 from app_lib.text import local_times, percent, plain
-from app_lib.widgets import class_job_panel, csv_button, run_labels, table, words
+from app_lib.widgets import COLUMNS, FORMATS, class_job_panel, csv_button, run_labels, table, words
 from mnist_lab.errors import StoreError
 from mnist_lab.lab.classwork import STEPS, class_runs, progress_table, student_runs
 from mnist_lab.service import identity
@@ -18,8 +18,12 @@ STATES = {"all": _("all"), "done": _("lab 5 done"), "under_way": _("under way"),
 SHOWN = ["student_id", "student_name", "lab5_done", *STEPS, "lessons", "runs", "last_activity", "on_roster"]
 # the progress table's columns as the page orders them, narrow enough for a laptop's width (the CSV keeps every
 # one of PROGRESS_COLUMNS, 'finished' too)
-NARROW = {column: st.column_config.Column(width="small") for column in ("lab5_done", *STEPS, "lessons",
-                                                                       "on_roster")}
+SHORT = {"lab_net": N_("1: lab net"), "depth": N_("2: depth"), "kernel": N_("3: kernel"),
+         "lessons": N_("week 2")}  # the table's short headers; the whole header (COLUMNS) is each one's help
+NARROW = {"lab5_done": st.column_config.CheckboxColumn(width="small"),
+          "on_roster": st.column_config.CheckboxColumn(width="small"),
+          "runs": st.column_config.NumberColumn(format=FORMATS["runs"], width="small"),
+          **{c: st.column_config.Column(_(label), help=_(COLUMNS[c])) for c, label in SHORT.items()}}
 RUN_COLUMNS = ["started_at", "label", "experiment", "status", "verdict", "final_test_acc", "epochs_done", "epochs",
                "train_limit", "seed", "run_id"]  # the Runs page's first columns
 
