@@ -352,14 +352,7 @@ def live_losses(run_id: str) -> np.ndarray:
     return losses
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
-
-
-def no_formula(value: object) -> object:
-    """A text cell as a spreadsheet shows it, never runs it: one starting with = + - @ TAB or CR
-    (a student's name '=HYPERLINK(...)') gets a leading ' (OWASP's CSV injection advice). Numbers
-    and missing values stay as they are (a negative number is a number)."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+from mnist_lab.paths import no_formula  # noqa: E402  (the CSV guard: the core's exports use it too)
 
 
 def csv_button(frame: pd.DataFrame | Callable[[], pd.DataFrame], file_name: str, label: str | None = None,

@@ -60,3 +60,21 @@ def write_files(contents: Mapping[str | Path, bytes | str]) -> list[Path]:
 def write_file(path: str | Path, data: bytes | str) -> Path:
     """One file, written as `write_files` writes (a temporary name, then renamed)."""
     return write_files({path: data})[0]
+
+
+# ------------------------------------------------------------------------------ CSV for a person
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def no_formula(value: object) -> object:
+    """A text cell as a spreadsheet shows it, never runs it: one starting with = + - @ TAB or CR
+    (a student's name '=HYPERLINK(...)') gets a leading ' (OWASP's CSV injection advice). Numbers
+    and missing values stay as they are (a negative number is a number)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def csv_text(frame, header: bool = True) -> str:
+    """`frame` (a pandas DataFrame) as the CSV text pandas writes (no index), every text cell
+    through `no_formula`: what every CSV written for a person (an export, a download) holds."""
+    text = frame.select_dtypes(include=["object", "string"]).columns  # numbers are never formulas
+    return frame.assign(**{c: frame[c].map(no_formula) for c in text}).to_csv(index=False, header=header)

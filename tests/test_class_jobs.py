@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from docx import Document
 
-from mnist_lab.errors import ConfigError
+from mnist_lab.errors import ConfigError, StoreError
 from mnist_lab.nets.model import build_model
 from mnist_lab.nets.presets import PRESETS, cnn_config
 from mnist_lab.runs.store import CSV_COLUMNS, ResultStore
@@ -26,18 +27,20 @@ from mnist_lab.service.access import LOCAL, Asker, may
 from mnist_lab.service.class_jobs import (
     EXPORT_FILES,
     class_job_file,
+    class_snapshot,
     class_students,
     end_term,
+    export_snapshot,
     export_zip,
     exports_dir,
     report_name,
     reports_zip,
     submit_class_job,
 )
-from mnist_lab.service.identity import Accounts, Identity, SignInError
+from mnist_lab.service.identity import Accounts, Identity, SignInError, class_roster
 from mnist_lab.service.jobs import StoreRunner, job_view
 from mnist_lab.service.queue import JobQueue
-from mnist_lab.service.worker import Worker, WorkerConfig
+from mnist_lab.service.worker import Worker, WorkerConfig, job_time_limit
 from mnist_lab.training.loop import TrainConfig
 from tests.report_fixtures import DEFAULT_DATA, add_run
 
@@ -172,6 +175,11 @@ def test_a_class_job_is_the_teachers_one_at_a_time_and_its_view_counts_units(sto
     json.dumps({"lang": "fr", "students": []}), json.dumps({"lang": "en", "students": [["w", "id", "n", "x"]]}),
     json.dumps({"lang": "en", "students": [], "out": "/etc"}),
     json.dumps({"lang": "en", "students": [["student:a", "a", "line\nbreak"]]}),
+    # a workspace that is not the 学号's: the teacher's or a local user's runs in a student's report
+    json.dumps({"lang": "en", "students": [["teacher", "Z9Q7X3K1", "甄嬛测"]]}),
+    json.dumps({"lang": "en", "students": [["local", "Z9Q7X3K1", "甄嬛测"]]}),
+    json.dumps({"lang": "en", "students": [["student:Q4W8E2R6", "Z9Q7X3K1", "甄嬛测"]]}),
+    json.dumps({"lang": "en", "students": [], "snapshot": "../x"}),
 ])
 def test_a_tampered_spec_fails_the_job_with_a_clear_error_and_no_zip(store, spec):
     queue = JobQueue(store)
@@ -291,3 +299,134 @@ def test_end_term_leaves_no_trace_of_the_class(class_store):
         data = path.read_bytes() if path.exists() else b""
         for sid, name in PEOPLE:
             assert sid.encode() not in data and name.encode() not in data, path.name
+
+
+# ---------------------------------------------------------------------------------- review findings
+
+def test_end_term_refuses_a_job_queued_while_it_signs_the_class_out_and_class_jobs_meanwhile(class_store,
+                                                                                              monkeypatch):
+    store, queue, accounts, mine, teacher, job_id = class_store
+    clear = accounts.clear_class
+    refused = []
+
+    def and_meanwhile():  # a student's page that checked its session just before: its job is queued after
+        gone = clear()
+        queue.submit("job-late", "student:Q4W8E2R6", "train", "t", "{}", 1, "Q4W8E2R6", "沈眉庄测", "10.0.0.7")
+        with pytest.raises(ConfigError, match="being ended") as exc:
+            submit_class_job(queue, "export", TEACHER, "en")
+        refused.append(exc.value)
+        return gone
+    monkeypatch.setattr(accounts, "clear_class", and_meanwhile)
+    runs = len(store.runs())
+    with pytest.raises(ConfigError, match="1 jobs of the class are still queued"):
+        end_term(store, queue, accounts, 2)
+    assert refused and len(store.runs()) == runs and queue.job("job-late")["status"] == "queued"  # nothing deleted
+    assert [s["role"] for s in accounts.sessions()] == ["teacher"]  # but the class was signed out first
+    monkeypatch.setattr(accounts, "clear_class", clear)
+    queue.request_stop("job-late")
+    queue.finish("job-late", "stopped")
+    cleared = end_term(store, queue, accounts, 2)
+    assert cleared.jobs == 2 + 1 + 1 and queue.jobs(limit=100) == [] and list(store.runs()["run_id"]) == [mine]
+    assert submit_class_job(queue, "export", TEACHER, "en")  # the marker went with the end of term
+
+
+def test_end_term_deletes_what_the_export_writes_and_nothing_newer_than_its_snapshot(class_store, tmp_path):
+    store, queue, accounts, mine, *_ = class_store
+    with store.context(job_id="", workspace="student:Q4W8E2R6"):  # an earlier version's run: no owner columns
+        legacy = add_run(store, PRESETS["lab5"].model, 0.9, steps=10)
+    job_id = submit_class_job(queue, "export", TEACHER, "en")
+    snapshot = export_snapshot(queue.job(job_id))
+    assert snapshot == json.loads(queue.job(job_id)["spec"])["snapshot"] and export_snapshot({"kind": "train"}) is None
+    queue.request_stop(job_id)
+    queue.finish(job_id, "stopped")
+    export_zip(store, class_roster(store), "en", tmp_path / "e.zip")
+    with zipfile.ZipFile(tmp_path / "e.zip") as zf:
+        exported = set(pd.read_csv(zf.open("runs.csv"))["run_id"])
+    queue.submit("job-new", "student:Z9Q7X3K1", "train", "t", "{}", 1, "Z9Q7X3K1", "甄嬛测")  # after the export
+    queue.finish("job-new", "finished")
+    with pytest.raises(ConfigError, match="newer than the export"):
+        end_term(store, queue, accounts, 2, snapshot=snapshot)
+    with pytest.raises(ConfigError, match="snapshot must be"):
+        end_term(store, queue, accounts, 2, snapshot="yesterday")
+    before = set(store.runs()["run_id"])
+    assert legacy in exported and before - exported == {mine}  # the export holds every run that will go
+    end_term(store, queue, accounts, 2, snapshot=class_snapshot(store))
+    assert list(store.runs()["run_id"]) == [mine]
+
+
+def test_compact_gives_up_after_its_wait_while_another_program_reads_and_end_term_says_so(class_store, monkeypatch):
+    store, queue, accounts, mine, *_ = class_store
+    monkeypatch.setattr("mnist_lab.runs.store.COMPACT_WAIT_S", 1.0)  # 10 s on a server; the same path
+    reader = sqlite3.connect(store.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM runs").fetchone()  # a read transaction holds the log
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="could not be compacted because another program"):
+        end_term(store, queue, accounts, 2)
+    assert time.monotonic() - started < 5  # not 2 x 25 tries of the connection's 30 s busy wait
+    assert list(store.runs()["run_id"]) == [mine]  # the class was deleted all the same
+    with pytest.raises(StoreError, match="could not be compacted"):
+        store.compact(max_wait_s=0.3)
+    reader.rollback()
+    reader.close()
+    assert end_term(store, queue, accounts, 0).runs == 0  # run again without the reader: compacted
+    assert not Path(f"{store.path}-wal").exists() or Path(f"{store.path}-wal").stat().st_size == 0
+    for sid, name in PEOPLE:
+        assert sid.encode() not in store.path.read_bytes() and name.encode() not in store.path.read_bytes()
+
+
+def test_class_jobs_have_no_time_limit_and_a_reports_job_outlives_it(store):
+    assert job_time_limit(60.0, "train") == 60.0 and job_time_limit(60.0, "sweep") == 60.0
+    assert job_time_limit(60.0, "reports") is None and job_time_limit(60.0, "export") is None
+    assert job_time_limit(None, "train") is None
+    for sid, name in PEOPLE:
+        student_runs(store, sid, name, complete=False)
+    queue = JobQueue(store)
+    job_id = submit_class_job(queue, "reports", TEACHER, "en")
+    Worker(WorkerConfig(db=str(store.path), warm=False, device="cpu", max_job_s=0.01)).run(max_jobs=1)
+    assert queue.job(job_id)["status"] == "finished"
+
+
+def test_report_names_that_collide_get_a_number(store, tmp_path):
+    students = [("student:A1", "A1", "x/y"), ("student:A1_x", "A1_x", "y"), ("student:a1", "a1", "X y")]
+    reports_zip(store, students, "en", tmp_path / "r.zip")
+    with zipfile.ZipFile(tmp_path / "r.zip") as zf:
+        assert zf.namelist() == ["A1_x_y.docx", "A1_x_y-2.docx", "a1_X_y-3.docx"]
+
+
+def test_a_finished_class_job_removes_older_zips_of_its_kind_and_stale_temporary_files(store):
+    student_runs(store, "Z9Q7X3K1", "甄嬛测", complete=False)
+    queue = JobQueue(store)
+    worker = Worker(WorkerConfig(db=str(store.path), warm=False, device="cpu"))
+    first = submit_class_job(queue, "export", TEACHER, "en")
+    worker.run(max_jobs=1)
+    folder = exports_dir(store.path)
+    stale, fresh = folder / ".x.zip.1-aa.tmp", folder / ".y.zip.2-bb.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half")
+    old = time.time() - 2 * class_jobs.STALE_TMP_S
+    os.utime(stale, (old, old))
+    reports = submit_class_job(queue, "reports", TEACHER, "en")
+    worker.run(max_jobs=1)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{first}.zip", f"{reports}.zip", fresh.name])
+    second = submit_class_job(queue, "export", TEACHER, "en")
+    worker.run(max_jobs=1)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{second}.zip", f"{reports}.zip", fresh.name])
+    assert class_job_file(store.path, queue.job(first)) is None
+
+
+FORMULAS = [("F1", "=HYPERLINK(\"http://x\",\"y\")"), ("F2", "@SUM(1)")]
+
+
+def test_every_csv_of_the_export_quotes_a_name_a_spreadsheet_would_run(store, tmp_path):
+    from tests.class_fixtures import lab5_half
+
+    for sid, name in FORMULAS:
+        lab5_half(store, sid, name)
+    export_zip(store, class_roster(store), "en", tmp_path / "e.zip")
+    with zipfile.ZipFile(tmp_path / "e.zip") as zf:
+        for name in ("students.csv", "progress.csv", "runs.csv"):
+            names = set(pd.read_csv(zf.open(name), keep_default_na=False)["student_name"])
+            assert names == {"'" + n for _, n in FORMULAS}, name
+    paths = store.export_csv(tmp_path / "csv")
+    assert set(pd.read_csv(paths["runs"], keep_default_na=False)["student_name"]) == {"'" + n for _, n in FORMULAS}

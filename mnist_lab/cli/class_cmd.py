@@ -9,7 +9,9 @@ sign-in tries; `reports` writes every student's report as one zip, `export` the 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from mnist_lab.cli.common import db_help, lang, language
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.cli.inspect_cmd import existing_store, out_folder
 from mnist_lab.errors import ConfigError, shorten
+from mnist_lab.i18n import N_
 from mnist_lab.lab import classwork
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
@@ -28,6 +31,9 @@ from mnist_lab.service.identity import Accounts, class_roster, parse_roster, ser
 from mnist_lab.service.queue import JobQueue
 
 MAX_ROSTER_BYTES = 1 << 20  # a roster of 2,000 students is well under 100 KB
+EXIT_STOPPED = 130  # as main's: Ctrl-C
+NOTHING_TYPED = N_("Nothing was typed (the input ended): to end the term, type the number of students, {n}, at the "
+                   "prompt, or give --confirm {n}.")
 
 
 def _accounts(store: ResultStore) -> Accounts:
@@ -123,9 +129,23 @@ def _bar(total: int, quiet: bool):
     return tqdm(total=total, file=sys.stderr, disable=quiet, dynamic_ncols=True)
 
 
+def _target(args, name: str) -> Path:
+    """--out/name, refused (before anything is written) when --out is missing or the zip is there
+    already: an earlier export is never overwritten (end-term twice into one folder would leave an
+    export of an emptied class)."""
+    if args.out is None:
+        raise ValueError(_("Give --out DIR for the zip (class --out DIR {command}, or class {command} --out DIR).")
+                         .format(command=args.class_command))
+    target = args.out / name
+    if target.exists() or target.is_symlink():
+        raise ValueError(_("{file} is already there: move it away or choose another --out (nothing was written).")
+                         .format(file=target))
+    return target
+
+
 def _zip(args, store: ResultStore, name: str, build) -> Path | None:
     """Build one zip into --out with a progress bar; None when Ctrl-C stopped it (no zip left)."""
-    target = args.out / name
+    target = _target(args, name)
     with out_folder(args.out):
         bar = _bar(0, args.quiet)
         try:
@@ -143,6 +163,7 @@ def _zip(args, store: ResultStore, name: str, build) -> Path | None:
 
 
 def cmd_reports(args) -> int:
+    _target(args, "class_reports.zip")
     store = existing_store(args.db)
     students = class_jobs.class_students(store)
     if not students:
@@ -158,24 +179,54 @@ def _export(args, store: ResultStore) -> Path | None:
 
 
 def cmd_export(args) -> int:
+    _target(args, "class_export.zip")
     _export(args, existing_store(args.db))
     return 0
 
 
+def _typed_number(n: int, cancel: threading.Event) -> int | None:
+    """The number of students typed at the prompt; None when Ctrl-C aborted it. The input ended
+    (EOF) or anything but ASCII digits: ConfigError."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C interrupts the prompt, not after it
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        typed = input(_("{n} students: their runs, weights, jobs and sign-ins will be deleted. Type the number of "
+                        "students to confirm: ").format(n=n)).strip()
+    except KeyboardInterrupt:
+        return None
+    except EOFError:
+        raise ConfigError("confirm", "", NOTHING_TYPED, n=n) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if cancel.is_set():
+        return None
+    if not (typed.isascii() and typed.isdigit()) or len(typed) > 9:  # '²' and '٣' are digits to str.isdigit
+        raise ConfigError("confirm", shorten(typed), class_jobs.WRONG_CONFIRM, n=n)
+    return int(typed)
+
+
 def cmd_end_term(args) -> int:
-    """The export first, then the number of students typed (or --confirm), then the deletion."""
+    """The export first, then the number of students typed (or --confirm), then the deletion of
+    what the export holds (end_term refuses if the class changed since its snapshot)."""
+    _target(args, "class_export.zip")
     store = existing_store(args.db)
     n = len(class_jobs.class_students(store))
     if args.confirm is not None and args.confirm != n:  # refused before anything is written
         raise ConfigError("confirm", args.confirm, class_jobs.WRONG_CONFIRM, n=n)
-    if _export(args, store) is None:
+    class_jobs.check_term_ready(store, args.confirm)  # a job still training: no export to throw away
+    snapshot = class_jobs.class_snapshot(store)  # before the export reads the store
+    if (exported := _export(args, store)) is None:
         return 0
     confirm = args.confirm
     if confirm is None:
-        typed = input(_("{n} students: their runs, weights, jobs and sign-ins will be deleted. Type the number of "
-                        "students to confirm: ").format(n=n)).strip()
-        confirm = int(typed) if typed.isdigit() else typed
-    cleared = class_jobs.end_term(store, JobQueue(store), _accounts(store), confirm)
+        confirm = _typed_number(n, args.cancel)
+        if confirm is None:
+            print("\n" + _("aborted: nothing was deleted (the export is in {file})").format(file=exported),
+                  file=sys.stderr)
+            return EXIT_STOPPED
+    cleared = class_jobs.end_term(store, JobQueue(store), _accounts(store), confirm, snapshot=snapshot)
     print(_("deleted {runs} runs, {jobs} jobs, {students} students, {sessions} sessions and {files} files").format(
         runs=cleared.runs, jobs=cleared.jobs, students=cleared.students, sessions=cleared.sessions,
         files=cleared.files))
@@ -216,7 +267,8 @@ def add_parser(sub, parents=()) -> None:
 
     def zip_command(name: str, help: str):
         p = command(name, help)
-        p.add_argument("--out", type=Path, required=True, help=_("directory for the zip"))
+        # `class --out DIR export` and `class export --out DIR` both: no default here overrides the class's
+        p.add_argument("--out", type=Path, default=argparse.SUPPRESS, help=_("directory for the zip"))
         p.add_argument("--quiet", action="store_true", help=_("no progress bar"))
         return p
 

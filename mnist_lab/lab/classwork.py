@@ -30,7 +30,7 @@ from mnist_lab.lab.lessons import LESSONS, group_lesson
 from mnist_lab.lab.report import LAB_PRESET, is_lab_run
 from mnist_lab.lab.sweep_reading import SweepReading, read_sweep
 from mnist_lab.nets.presets import PRESETS
-from mnist_lab.paths import write_files
+from mnist_lab.paths import csv_text, write_files
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.training.loop import TrainConfig
 
@@ -344,5 +344,5 @@ def write_class_tables(store: ResultStore, roster: Iterable[tuple[str, str]], ou
     tables = {"progress": progress_table(runs, roster), **pooled_tables(runs)}
     out = Path(out_dir)
     with writing(out):
-        paths = write_files({out / f"{name}.csv": tables[name].to_csv(index=False) for name in TABLES})
+        paths = write_files({out / f"{name}.csv": csv_text(tables[name]) for name in TABLES})
     return dict(zip(TABLES, paths))

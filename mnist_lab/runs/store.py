@@ -38,7 +38,7 @@ from mnist_lab.errors import (
 )
 from mnist_lab.i18n import N_, SEPARATOR, Message, render_stored, to_stored
 from mnist_lab.nets.model import ModelConfig
-from mnist_lab.paths import default_db_path, write_files
+from mnist_lab.paths import csv_text, default_db_path, write_files
 from mnist_lab.runs import schema
 from mnist_lab.training.loop import EpochMetrics, TrainConfig, label_parts
 
@@ -404,6 +404,12 @@ def _quick_check(conn: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(problems[0])
 
 
+BUSY_TIMEOUT_S = 30  # how long a write waits for another process's write to end
+COMPACT_WAIT_S = 10.0  # how long compact() waits, in all, for other connections' reads to end
+COMPACT_BUSY = N_("The results database {path} could not be compacted: another program is reading it ({detail}). "
+                  "Close it (a database browser, a backup, another server on this file) and try again.")
+
+
 class ResultStore:
     """SQLite (WAL) store of runs, epochs and iterations. Safe to share between
     threads and processes; every write is its own transaction, so a killed process loses at most
@@ -436,7 +442,7 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._context: dict[str, str] = {}  # job_id / workspace written into the runs started
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         with self._lock, self._conn:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -575,22 +581,56 @@ class ResultStore:
         delete_weights(self.path, ids)
         return n
 
+    @contextlib.contextmanager
+    def immediate(self):
+        """One write transaction on this store's connection, yielding it: BEGIN IMMEDIATE (no other
+        process writes between its reads and its writes), committed when the block ends, rolled
+        back when it raises. A failure of the database file is a StoreError (store_failure)."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                self._conn.commit()
+            except sqlite3.Error as exc:
+                raise store_failure(self.path, exc) from None
+
     @explained
-    def compact(self) -> None:
+    def compact(self, max_wait_s: float | None = None) -> None:
         """Rewrite the file without the free pages deleted rows left (VACUUM), the write-ahead log
         folded in and emptied first and after: no byte of a deleted row stays in the database's files
-        (the end of term)."""
+        (the end of term). While another connection reads, the log cannot be emptied: each try waits
+        a moment, all of them at most `max_wait_s` (COMPACT_WAIT_S), then StoreError(COMPACT_BUSY) says so."""
+        deadline = time.monotonic() + (COMPACT_WAIT_S if max_wait_s is None else max_wait_s)
         with self._lock:
-            self._checkpoint()
-            self._conn.execute("VACUUM")
-            self._checkpoint()
+            self._conn.execute("PRAGMA busy_timeout = 100")  # not the connection's 30 s per try
+            try:
+                self._checkpoint(deadline)
+                try:
+                    self._conn.execute("VACUUM")
+                except sqlite3.OperationalError as exc:  # locked or busy: another connection is in the way
+                    raise StoreError(self.path, str(exc), COMPACT_BUSY) from None
+                self._checkpoint(deadline)
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
 
-    def _checkpoint(self, tries: int = 25) -> None:
-        """Fold the write-ahead log into the file and empty it, waiting (up to ~5 s) for another
-        connection's read to end: while one reads, the log cannot be emptied."""
-        for _ in range(tries):
-            if self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
+    def _checkpoint(self, deadline: float) -> None:
+        """Fold the write-ahead log into the file and empty it, trying again until `deadline`
+        (time.monotonic()) while another connection's read holds it; then StoreError(COMPACT_BUSY)."""
+        while True:
+            try:
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                busy, why = 1, str(exc)
+            else:
+                why = "a reader holds the write-ahead log"
+            if busy == 0:
                 return
+            if time.monotonic() >= deadline:
+                raise StoreError(self.path, why, COMPACT_BUSY)
             time.sleep(0.2)
 
     # ------------------------------------------------------------------------------ weights
@@ -724,6 +764,6 @@ class ResultStore:
                   **(extra or {})}
         paths = {name: out / f"{name}.csv" for name in tables}
         with writing(out):
-            write_files({paths[name]: frame.to_csv(index=False) for name, frame in tables.items()})
+            write_files({paths[name]: csv_text(frame) for name, frame in tables.items()})
         return paths
 

@@ -12,18 +12,21 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from mnist_lab.errors import ConfigError, need_choice, shorten
+from mnist_lab.errors import ConfigError, StoreError, need_choice, shorten
 from mnist_lab.i18n import N_, resolve_lang, translator
 from mnist_lab.lab import classwork
 from mnist_lab.lab.report import Cover, build_report, to_docx
+from mnist_lab.paths import csv_text
 from mnist_lab.runs.store import CSV_COLUMNS, EPOCH_COLUMNS, ITERATION_COLUMNS, ResultStore
 from mnist_lab.service.access import Asker, may
 from mnist_lab.service.identity import ID_PATTERN, MAX_NAME, Accounts, class_roster, student_workspace
@@ -39,7 +42,15 @@ EXPORT_FILES = ("students.csv", "progress.csv", "pooled_grid.csv", "pooled_compa
                 "iterations.csv", "jobs.csv", "README.txt")
 # jobs.csv: a student's jobs without what may be private or unreadable (the spec, the browser's address)
 EXPORT_JOB_COLUMNS = [c for c in JOB_COLUMNS if c not in ("spec", "client")]
+STALE_TMP_S = 3600  # a temporary file in exports/ older than this was left by a killed worker
+ENDING_S = 600  # an end-of-term marker older than this was left by a killed process
+# The class's rows, one filter for what the export writes and what the end of term deletes: a run or job
+# with an owner, or in a student's workspace (an earlier version's run may have no owner columns)...
+STUDENT_ROWS = "(COALESCE(student_id, '') != '' OR COALESCE(workspace, '') LIKE 'student:%')"
+# ...and for jobs, the teacher's class jobs too (their zips name every student)
+CLASS_JOB_ROWS = f"({STUDENT_ROWS} OR kind IN ({', '.join(repr(k) for k in CLASS_KINDS)}))"
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+_SNAPSHOT = re.compile(r"(\d{1,18})/(\d{1,12}\.\d{6})")  # class_snapshot: "<job seq>/<time.time()>"
 _UNSAFE = re.compile(r"[^\w\-]+")  # what a file name keeps of a name: letters (any script), digits, _ and -
 
 NOT_TEACHER = N_("Only the teacher may build the class's reports and exports or end the term.")
@@ -47,6 +58,12 @@ ALREADY_BUILDING = N_("The class's {kind} are already being built: wait for that
 NO_STUDENTS = N_("There are no students yet: load the class list, or wait for students to train.")
 WRONG_CONFIRM = N_("To end the term, type the number of students, {n}, to confirm; got {value}.")
 STILL_TRAINING = N_("{n} jobs of the class are still queued or running: stop them (or wait), then end the term.")
+ENDING = N_("The term is being ended: no class job can be started now.")
+NOT_EXPORTED = N_("{n} of the class's runs or jobs are newer than the export (or were still training when it was "
+                  "built): build the export again, download it, then end the term.")
+NOT_COMPACTED = N_("The class was deleted, but the database {path} could not be compacted because another program "
+                   "is reading it ({detail}), so deleted bytes may stay in the file: close that program (a database "
+                   "browser, a backup, another server on this file) and run the end of term again.")
 README = N_("""The term's data of the class, exported by MNIST CNN Lab.
 
 students.csv: every student (student ID, name, whether on the class list).
@@ -84,15 +101,13 @@ def class_job_file(db_path: str | Path, job: dict) -> Path | None:
 
 def class_students(store: ResultStore) -> list[tuple[str, str, str]]:
     """(workspace, 学号, 姓名) of every student on the roster and every other student who has runs,
-    by 学号: a student with runs has the workspace and name of their newest run (the roster's name
-    if on it), one without the workspace a sign-in would give them."""
-    owned = store.visible_runs(None)[["student_id", "student_name", "workspace"]]  # newest first
+    by 学号: the workspace a sign-in gives them (where their jobs train), the roster's name, else
+    the name of their newest run."""
+    owned = store.visible_runs(None)[["student_id", "student_name"]]  # newest first
     owned = owned[owned["student_id"] != ""].drop_duplicates("student_id")
-    found = {sid: (ws, name) for sid, name, ws in owned.itertuples(index=False)}
+    found = dict(owned.itertuples(index=False))
     roster = dict(class_roster(store))
-    ids = sorted(set(roster) | set(found))
-    return [(found[sid][0] if sid in found else student_workspace(sid), sid,
-             roster.get(sid) or found[sid][1]) for sid in ids]
+    return [(student_workspace(sid), sid, roster.get(sid) or found[sid]) for sid in sorted(set(roster) | set(found))]
 
 
 def report_name(student_id: str, name: str) -> str:
@@ -100,6 +115,18 @@ def report_name(student_id: str, name: str) -> str:
     cannot hold (a slash, a space, a control character) made '_'."""
     stem = _UNSAFE.sub("_", f"{student_id}_{name}").strip("_") or "student"
     return f"{stem[:100]}.docx"
+
+
+def _unique(file_name: str, used: set[str]) -> str:
+    """`file_name`, or "<stem>-2.docx", "-3", ... when a name in `used` (casefolded) has it already
+    (two names that differ only in what a file name cannot hold, or in case); added to `used`."""
+    stem, suffix = os.path.splitext(file_name)
+    candidate, n = file_name, 1
+    while candidate.casefold() in used:
+        n += 1
+        candidate = f"{stem}-{n}{suffix}"
+    used.add(candidate.casefold())
+    return candidate
 
 
 def student_report(store: ResultStore, workspace: str, student_id: str, name: str, lang: str) -> bytes:
@@ -142,10 +169,12 @@ def reports_zip(store: ResultStore, students: Iterable[tuple[str, str, str]], la
     report_name(学号, 姓名) in the zip `target`, written whole; `on_done(done, total)` after each;
     Stopped (and no zip) when `cancel` is set between two reports. Returns how many reports."""
     students = list(students)
+    used: set[str] = set()  # the names taken, casefolded: a zip unpacked on Windows or macOS ignores case
     with _whole_zip(target) as zf:
         for done, (workspace, student_id, name) in enumerate(students, start=1):
             _check(cancel)
-            zf.writestr(report_name(student_id, name), student_report(store, workspace, student_id, name, lang))
+            zf.writestr(_unique(report_name(student_id, name), used),
+                        student_report(store, workspace, student_id, name, lang))
             if on_done is not None:
                 on_done(done, len(students))
         _check(cancel)
@@ -156,9 +185,6 @@ def _read_conn(store: ResultStore) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{store.path}?mode=ro", uri=True, timeout=30)
 
 
-_STUDENT_RUN = "COALESCE(r.student_id, '') != ''"
-
-
 def _stream_csv(zf: zipfile.ZipFile, name: str, conn: sqlite3.Connection, sql: str, columns: list[str],
                 cancel: threading.Event | None) -> None:
     """The rows of `sql` as the CSV `name` in the zip, CHUNK_ROWS at a time (never the whole table in
@@ -167,7 +193,7 @@ def _stream_csv(zf: zipfile.ZipFile, name: str, conn: sqlite3.Connection, sql: s
         out.write(",".join(columns) + "\n")
         for chunk in pd.read_sql_query(sql, conn, chunksize=CHUNK_ROWS):
             _check(cancel)
-            chunk.to_csv(out, header=False, index=False)
+            out.write(csv_text(chunk, header=False))  # run_id and labels are text a spreadsheet reads
 
 
 def export_zip(store: ResultStore, accounts_roster: Iterable[tuple[str, str]], lang: str, target: Path,
@@ -196,23 +222,23 @@ def export_zip(store: ResultStore, accounts_roster: Iterable[tuple[str, str]], l
     tables = classwork.pooled_tables(runs)
     with _whole_zip(target) as zf, contextlib.closing(_read_conn(store)) as conn:
         _check(cancel)
-        step(zf, "students.csv", students.to_csv(index=False))
-        step(zf, "progress.csv", classwork.progress_table(runs, roster).to_csv(index=False))
-        step(zf, "pooled_grid.csv", tables["pooled_grid"].to_csv(index=False))
-        step(zf, "pooled_compare.csv", tables["pooled_compare"].to_csv(index=False))
-        owned = ", ".join(f"COALESCE(r.{c}, '') AS {c}" if c in ("student_id", "student_name") else f"r.{c}"
+        step(zf, "students.csv", csv_text(students))
+        step(zf, "progress.csv", csv_text(classwork.progress_table(runs, roster)))
+        step(zf, "pooled_grid.csv", csv_text(tables["pooled_grid"]))
+        step(zf, "pooled_compare.csv", csv_text(tables["pooled_compare"]))
+        owned = ", ".join(f"COALESCE({c}, '') AS {c}" if c in ("student_id", "student_name") else c
                           for c in CSV_COLUMNS)
-        _stream_csv(zf, "runs.csv", conn, f"SELECT {owned} FROM runs r WHERE {_STUDENT_RUN} "
-                    "ORDER BY r.started_at DESC, r.run_id", CSV_COLUMNS, cancel)
+        _stream_csv(zf, "runs.csv", conn, f"SELECT {owned} FROM runs WHERE {STUDENT_ROWS} "
+                    "ORDER BY started_at DESC, run_id", CSV_COLUMNS, cancel)
         step(zf, "runs.csv")
         for name, table, columns, order in (("epochs.csv", "epochs", EPOCH_COLUMNS, "epoch"),
                                             ("iterations.csv", "iterations", ITERATION_COLUMNS, "iteration")):
             picked = ", ".join(f"t.{c}" for c in columns)
-            _stream_csv(zf, name, conn, f"SELECT {picked} FROM {table} t JOIN runs r ON r.run_id = t.run_id "
-                        f"WHERE {_STUDENT_RUN} ORDER BY t.run_id, t.{order}", columns, cancel)
+            _stream_csv(zf, name, conn, f"SELECT {picked} FROM {table} t WHERE t.run_id IN "
+                        f"(SELECT run_id FROM runs WHERE {STUDENT_ROWS}) ORDER BY t.run_id, t.{order}", columns, cancel)
             step(zf, name)
-        _stream_csv(zf, "jobs.csv", conn, f"SELECT {', '.join(EXPORT_JOB_COLUMNS)} FROM jobs r "
-                    f"WHERE {_STUDENT_RUN} ORDER BY seq", EXPORT_JOB_COLUMNS, cancel)
+        _stream_csv(zf, "jobs.csv", conn, f"SELECT {', '.join(EXPORT_JOB_COLUMNS)} FROM jobs "
+                    f"WHERE {STUDENT_ROWS} ORDER BY seq", EXPORT_JOB_COLUMNS, cancel)
         step(zf, "jobs.csv")
         step(zf, "README.txt", translator(resolve_lang(lang)).gettext(README))
     return total
@@ -220,20 +246,40 @@ def export_zip(store: ResultStore, accounts_roster: Iterable[tuple[str, str]], l
 
 # ------------------------------------------------------------------------------ class jobs
 
-def _spec_json(lang: str, students: list[tuple[str, str, str]]) -> str:
-    return json.dumps({"lang": lang, "students": [list(s) for s in students]}, ensure_ascii=False)
+def _spec_json(lang: str, students: list[tuple[str, str, str]], snapshot: str | None = None) -> str:
+    spec = {"lang": lang, "students": [list(s) for s in students]}
+    if snapshot is not None:  # an export: what it holds, for end_term(snapshot=...)
+        spec["snapshot"] = snapshot
+    return json.dumps(spec, ensure_ascii=False)
 
 
-def read_spec(text: object) -> tuple[str, list[tuple[str, str, str]]]:
-    """A class job's spec read back and checked whole: (language, [(workspace, 学号, 姓名), ...]);
-    ConfigError naming the field for anything else (a damaged or tampered row)."""
+def _load_spec(text: object) -> dict:
     try:
         spec = json.loads(text) if isinstance(text, str) else None
     except ValueError:
         spec = None
-    if not isinstance(spec, dict) or set(spec) != {"lang", "students"}:
+    if not isinstance(spec, dict) or set(spec) - {"snapshot"} != {"lang", "students"}:
         raise ConfigError("job", shorten(text), N_("A class job's settings must be its language and students; got "
                                                    "{value}: it was written by another program, or damaged."))
+    if "snapshot" in spec and not (isinstance(spec["snapshot"], str) and _SNAPSHOT.fullmatch(spec["snapshot"])):
+        raise ConfigError("job.snapshot", shorten(spec["snapshot"]), N_("A class job's snapshot must be a job number "
+                                                                        "and a time; got {value}."))
+    return spec
+
+
+def export_snapshot(job: dict) -> str | None:
+    """The snapshot (class_snapshot) an export job `job` (a JobQueue row) was built after, to pass
+    to end_term(snapshot=...); None for another job or a spec without one."""
+    if job.get("kind") != "export":
+        return None
+    return _load_spec(job.get("spec")).get("snapshot")
+
+
+def read_spec(text: object) -> tuple[str, list[tuple[str, str, str]]]:
+    """A class job's spec read back and checked whole: (language, [(workspace, 学号, 姓名), ...]),
+    each workspace the one of that 学号 (a tampered row cannot build a report of the teacher's or a
+    local user's runs); ConfigError naming the field for anything else (a damaged or tampered row)."""
+    spec = _load_spec(text)
     lang, students = spec["lang"], spec["students"]
     if lang not in ("en", "zh_CN"):
         raise ConfigError("job.lang", shorten(lang), N_("A class job's language must be en or zh_CN; got {value}."))
@@ -243,8 +289,8 @@ def read_spec(text: object) -> tuple[str, list[tuple[str, str, str]]]:
     checked = []
     for i, entry in enumerate(students):
         ok = (isinstance(entry, list) and len(entry) == 3 and all(isinstance(x, str) for x in entry)
-              and 0 < len(entry[0]) <= MAX_WORKSPACE and entry[0].isprintable()
-              and ID_PATTERN.fullmatch(entry[1]) is not None and len(entry[2]) <= MAX_NAME and entry[2].isprintable())
+              and 0 < len(entry[0]) <= MAX_WORKSPACE and ID_PATTERN.fullmatch(entry[1]) is not None
+              and entry[0] == student_workspace(entry[1]) and len(entry[2]) <= MAX_NAME and entry[2].isprintable())
         if not ok:
             field = f"job.students[{i}]"
             raise ConfigError(field, shorten(entry), N_("A class job's student must be a workspace, a student ID "
@@ -260,6 +306,8 @@ def submit_class_job(queue: JobQueue, kind: str, asker: Asker, lang: str, client
     need_choice("kind", kind, "Class job", CLASS_KINDS)
     if not may(asker, "class", None):
         raise ConfigError("kind", kind, NOT_TEACHER)
+    if _ending(queue.store):
+        raise ConfigError("kind", kind, ENDING)
     if queue.jobs(kinds=[kind], statuses=JOB_ACTIVE, limit=1):
         raise ConfigError("kind", kind, ALREADY_BUILDING, kind=N_("reports") if kind == "reports" else N_("exports"))
     students = class_students(queue.store)
@@ -267,7 +315,9 @@ def submit_class_job(queue: JobQueue, kind: str, asker: Asker, lang: str, client
         raise ConfigError("kind", kind, NO_STUDENTS)
     job_id = uuid.uuid4().hex
     total = len(students) if kind == "reports" else len(EXPORT_FILES)
-    queue.submit(job_id, asker.workspace, kind, "", _spec_json(resolve_lang(lang), students), total, client=client)
+    snapshot = class_snapshot(queue.store) if kind == "export" else None  # before it is queued: it reads later
+    queue.submit(job_id, asker.workspace, kind, "", _spec_json(resolve_lang(lang), students, snapshot), total,
+                 client=client)
     return job_id
 
 
@@ -292,7 +342,24 @@ def execute_class_job(job: dict, store: ResultStore, queue: JobQueue, cancel: th
             export_zip(store, class_roster(store), lang, target, on_done, cancel)
     except Stopped:
         return "stopped"
+    older = [j["job_id"] for j in queue.jobs(kinds=[job["kind"]], limit=10**6) if j["job_id"] != job_id]
+    prune_exports(store.path, older)
     return "finished"
+
+
+def prune_exports(db_path: str | Path, job_ids: Iterable[str], now: float | None = None) -> int:
+    """Remove the zips of the class jobs `job_ids` (older ones of the kind a job just built) and the
+    temporary files a killed worker left (older than STALE_TMP_S) from `<db>.exports/`; how many."""
+    folder, now = exports_dir(db_path), time.time() if now is None else now
+    gone = [folder / f"{j}.zip" for j in job_ids if _JOB_ID.fullmatch(str(j))]
+    with contextlib.suppress(OSError):
+        gone += [p for p in folder.glob(".*.tmp") if now - p.stat().st_mtime > STALE_TMP_S]
+    removed = 0
+    for path in gone:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 # ------------------------------------------------------------------------------ the end of term
@@ -308,47 +375,114 @@ class TermCleared:
     files: int  # weights files and class zips
 
 
-def _student_run_ids(store: ResultStore) -> list[str]:
-    runs = store.visible_runs(None)[["run_id", "student_id", "workspace"]]
-    owned = (runs["student_id"] != "") | runs["workspace"].str.startswith("student:")
-    return list(runs.loc[owned, "run_id"])
+def class_snapshot(store: ResultStore) -> str:
+    """What an export about to read the store will hold, for end_term(snapshot=...): the newest
+    job's number and the time now, as "<seq>/<time.time()>". Take it before the export reads."""
+    with contextlib.closing(_read_conn(store)) as conn:
+        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0]
+    return f"{int(seq)}/{time.time():.6f}"
 
 
-def end_term(store: ResultStore, queue: JobQueue, accounts: Accounts, confirm: int) -> TermCleared:
+def _not_exported(conn: sqlite3.Connection, snapshot: str) -> int:
+    """How many of the class's jobs and runs an export taken at `snapshot` may lack: a job queued
+    after it, or one that started or ended after it (its runs were still training), or a run that
+    started after it."""
+    match = _SNAPSHOT.fullmatch(snapshot) if isinstance(snapshot, str) else None
+    if match is None:
+        raise ConfigError("snapshot", shorten(snapshot), N_("An export's snapshot must be a job number and a time; "
+                                                            "got {value}."))
+    seq, at = int(match[1]), float(match[2])
+    jobs = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {STUDENT_ROWS} AND (seq > ? OR COALESCE(started_at, 0) > ? "
+                        "OR COALESCE(finished_at, 0) > ?)", (seq, at, at)).fetchone()[0]
+    runs = 0
+    for (started,) in conn.execute(f"SELECT started_at FROM runs WHERE {STUDENT_ROWS}"):
+        with contextlib.suppress(TypeError, ValueError, OverflowError):  # an earlier version's start: not newer
+            runs += datetime.fromisoformat(started).timestamp() > at
+    return jobs + runs
+
+
+def _ending_marker(db_path: str | Path) -> Path:
+    db = Path(db_path)
+    return db.with_name(f"{db.name}.ending")
+
+
+def _ending(store: ResultStore) -> bool:
+    """Whether an end of term is under way on this database (its marker, younger than ENDING_S)."""
+    with contextlib.suppress(OSError):
+        return time.time() - _ending_marker(store.path).stat().st_mtime < ENDING_S
+    return False
+
+
+def end_term(store: ResultStore, queue: JobQueue, accounts: Accounts, confirm: int,
+             snapshot: str | None = None) -> TermCleared:
     """Delete the class: every student's runs (epochs, iterations, weights files), every student's
     job and every class job (and its zip), the students, their codes and PINs, the sessions of
     students and visitors and every counted wrong sign-in; the teacher's own runs and session stay.
     `confirm` must be the number of students (class_students); refused while a student's or a class
-    job is queued or running. The database is compacted after, so no deleted byte stays in it."""
+    job is queued or running. `snapshot`: class_snapshot() taken before the export was read (the
+    CLI's, or export_snapshot(job) of the page's export job); then refused if any of the class's runs
+    or jobs is newer, so nothing is deleted that the export lacks. The class's rows are the ones the
+    export writes (STUDENT_ROWS; for jobs CLASS_JOB_ROWS).
+
+    In this order, so that nothing the class submits meanwhile survives: the students and visitors
+    are signed out first and class jobs refused (no one can queue a job any more), then ONE write
+    transaction checks again and deletes the jobs, runs, epochs, iterations, students, sessions and
+    wrong sign-ins; then the weights files and zips go, and the database is compacted, so no deleted
+    byte stays in it (a program reading it meanwhile: StoreError NOT_COMPACTED, after the deletion:
+    run it again, with 0 students, once that program is closed)."""
     n = len(class_students(store))
     if not isinstance(confirm, int) or isinstance(confirm, bool) or confirm != n:
         raise ConfigError("confirm", shorten(confirm, quote=False), WRONG_CONFIRM, n=n)
-    jobs = queue.jobs(limit=10**9)
-    ours = [j for j in jobs if j["student_id"] or j["kind"] in CLASS_KINDS
-            or str(j["workspace"] or "").startswith("student:")]
-    active = [j for j in ours if j["status"] in JOB_ACTIVE]
-    if active:
-        raise ConfigError("confirm", confirm, STILL_TRAINING, n=len(active))
-    run_ids = _student_run_ids(store)
-    files = 0
-    for start in range(0, len(run_ids), 500):  # well under SQLite's limit on an IN list
-        chunk = run_ids[start:start + 500]
-        files += len(store.inspectable(chunk))
-        store.delete_runs(chunk)
-    for job in ours:
-        path = exports_dir(store.path) / f"{job['job_id']}.zip"
-        if _JOB_ID.fullmatch(str(job["job_id"])) and path.is_file():
-            path.unlink()
-            files += 1
-    folder = exports_dir(store.path)
-    if folder.is_dir():  # a temporary file a killed worker left: the folder is the class jobs' only
-        for leftover in folder.iterdir():
-            if leftover.is_file() and (leftover.suffix in (".zip", ".tmp")):
-                leftover.unlink()
-                files += 1
+    check_term_ready(store, confirm, snapshot)  # refused before anything changes
+    marker = _ending_marker(store.path)
+    marker.touch()
+    try:
+        signed_out = accounts.clear_class()  # from here no student's or visitor's session is valid
+        with store.immediate() as conn:
+            _refuse_unfinished(conn, confirm, snapshot)  # a job queued meanwhile: nothing was deleted
+            run_ids = [r for (r,) in conn.execute(f"SELECT run_id FROM runs WHERE {STUDENT_ROWS}")]
+            job_ids = [j for (j,) in conn.execute(f"SELECT job_id FROM jobs WHERE {CLASS_JOB_ROWS}")]
+            class_runs = f"run_id IN (SELECT run_id FROM runs WHERE {STUDENT_ROWS})"
+            conn.execute(f"DELETE FROM iterations WHERE {class_runs}")
+            conn.execute(f"DELETE FROM epochs WHERE {class_runs}")
+            runs = conn.execute(f"DELETE FROM runs WHERE {STUDENT_ROWS}").rowcount
+            jobs = conn.execute(f"DELETE FROM jobs WHERE {CLASS_JOB_ROWS}").rowcount
+            # what Accounts.clear_class deleted, again: anyone who signed in between
+            students = conn.execute("DELETE FROM students").rowcount
+            sessions = conn.execute("DELETE FROM sessions WHERE COALESCE(role, '') != 'teacher'").rowcount
+            conn.execute("DELETE FROM signin_failures")
+        files = store.delete_weights(run_ids) + prune_exports(store.path, job_ids, now=float("inf"))
+        folder = exports_dir(store.path)
+        if folder.is_dir():  # the class jobs' folder: anything left in it (a zip without its job) goes too
+            for leftover in folder.iterdir():
+                if leftover.is_file() and leftover.suffix in (".zip", ".tmp"):
+                    leftover.unlink()
+                    files += 1
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    finally:
         with contextlib.suppress(OSError):
-            folder.rmdir()
-    deleted_jobs = queue.delete_jobs([j["job_id"] for j in ours])
-    cleared = accounts.clear_class()
-    store.compact()
-    return TermCleared(len(run_ids), deleted_jobs, cleared["students"], cleared["sessions"], files)
+            marker.unlink()
+    cleared = TermCleared(runs, jobs, signed_out["students"] + students, signed_out["sessions"] + sessions, files)
+    try:
+        store.compact()
+    except StoreError as exc:
+        raise StoreError(exc.path, exc.detail, NOT_COMPACTED) from None
+    return cleared
+
+
+def check_term_ready(store: ResultStore, confirm: object = None, snapshot: str | None = None) -> None:
+    """What end_term checks before it changes anything (the CLI asks before it exports): ConfigError
+    while a class job is queued or running, or when the class has runs or jobs newer than `snapshot`."""
+    with contextlib.closing(_read_conn(store)) as conn:
+        _refuse_unfinished(conn, confirm, snapshot)
+
+
+def _refuse_unfinished(conn: sqlite3.Connection, confirm: object, snapshot: str | None) -> None:
+    """ConfigError while a class job is queued or running, or (`snapshot`) the export lacks some of the class."""
+    active = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {CLASS_JOB_ROWS} AND status IN "
+                          f"({', '.join('?' for _ in JOB_ACTIVE)})", JOB_ACTIVE).fetchone()[0]
+    if active:
+        raise ConfigError("confirm", confirm, STILL_TRAINING, n=active)
+    if snapshot is not None and (newer := _not_exported(conn, snapshot)):
+        raise ConfigError("snapshot", shorten(snapshot), NOT_EXPORTED, n=newer)

@@ -109,8 +109,8 @@ class Worker:
             print(f"worker: MNIST not loaded ahead ({readable_error(exc)})", file=sys.stderr)
         warm_up(device)
 
-    def _watch(self, job_id: str, started: float, done: threading.Event) -> None:
-        """While a job trains: read stop requests, the parent's health and the time limit."""
+    def _watch(self, job_id: str, started: float, done: threading.Event, limit: float | None) -> None:
+        """While a job trains: read stop requests, the parent's health and the time limit `limit` (s)."""
         beat = 0.0
         while not done.wait(POLL_S):
             if self.queue.stop_requested(job_id):
@@ -119,7 +119,6 @@ class Worker:
                 self.quit_reason = self.quit_reason or Message(
                     N_("the server stopped (restarted or killed) while it trained"))
                 self.cancel.set()
-            limit = self.cfg.max_job_s
             if limit is not None and time.monotonic() - started > limit:
                 self.queue.request_stop(job_id, Message(
                     N_("timed out: jobs on this server may train for at most {limit} s"), {"limit": f"{limit:.0f}"}))
@@ -132,7 +131,8 @@ class Worker:
         job_id = job["job_id"]
         self.cancel.clear()
         done = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(job_id, time.monotonic(), done),
+        limit = job_time_limit(self.cfg.max_job_s, job["kind"])
+        watcher = threading.Thread(target=self._watch, args=(job_id, time.monotonic(), done, limit),
                                    name="mnist-lab-stop-watch", daemon=True)
         watcher.start()
         try:
@@ -165,6 +165,13 @@ class Worker:
         with self.store.context(job_id=job["job_id"], workspace=job["workspace"],
                                 student_id=job.get("student_id") or "", student_name=job.get("student_name") or ""):
             return execute(spec, self.store, cancel=self.cancel).status
+
+
+def job_time_limit(max_job_s: float | None, kind: str) -> float | None:
+    """How long a job of `kind` may run (s; None: no limit): the server's limit on a training job
+    (max_job_s, meant for students' training), none for the teacher's class jobs (sixty reports
+    take minutes, and stopping them leaves nothing)."""
+    return None if kind in CLASS_KINDS else max_job_s
 
 
 def _lower_priority(nice: int) -> None:
