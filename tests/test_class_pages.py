@@ -5,7 +5,10 @@ pools the sweeps; End of term deletes only after the right number is typed; a st
 opening a class page gets only the refusal."""
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -265,7 +268,8 @@ def test_an_export_older_than_a_students_run_holds_the_delete(db):
             started_at=datetime.now(UTC).isoformat())
     store.close()  # 王五 trains after the export started: it misses that run
     at.run()
-    assert [w.value for w in at.warning][0].startswith("Students trained after this export was started")
+    [warning] = at.warning  # end_term's own check (the export's snapshot): what it would refuse
+    assert re.sub(r"\\(.)", r"\1", warning.value).startswith("1 of the class's runs or jobs are newer than the export")
     at.number_input(key="term_confirm").set_value(3).run()
     at.checkbox(key="term_saved").check().run()
     assert at.button(key="term_delete_btn").disabled
@@ -280,3 +284,22 @@ def test_without_an_export_the_delete_waits(db):
     at.checkbox(key="term_saved").check().run()
     assert at.button(key="term_delete_btn").disabled
     assert "The delete waits for an export built after the students' last run." in [c.value for c in at.caption]
+
+
+def test_an_export_without_a_snapshot_is_dated_by_its_start(db):
+    job = export_now(db)  # as an earlier version queued it: no snapshot in its spec
+    spec = json.loads(job["spec"])
+    del spec["snapshot"]
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # the row as the earlier version wrote it
+        conn.execute("UPDATE jobs SET spec = ? WHERE job_id = ?", (json.dumps(spec), job["job_id"]))
+    at = open_page("class_term", who=TEACHER)
+    assert not at.warning
+    store = ResultStore(db)
+    add_run(store, student_id="2024003", student_name="王五", experiment="single", model=LAB5,
+            started_at=datetime.now(UTC).isoformat())
+    store.close()
+    at.run()
+    assert [w.value for w in at.warning][0].startswith("Students trained after this export was started")
+    at.number_input(key="term_confirm").set_value(3).run()
+    at.checkbox(key="term_saved").check().run()
+    assert at.button(key="term_delete_btn").disabled
