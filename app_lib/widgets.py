@@ -40,6 +40,7 @@ POLL_S = 1.0  # seconds between refreshes of a running job's panel
 SIDEBAR_POLL_S = 4.0  # the sidebar's summary of one's jobs: the page's own panel is the live view
 UPKEEP_S = 2.0  # seconds between looks for a dead worker, whichever page polls (shared.due)
 QUEUED_POLL_S = 3.0  # a job with others ahead only moves up the queue: every refresh costs its browser a redraw
+CLASS_POLL_S = 2.5  # a class job building: it counts whole reports (seconds each), so a second's refresh shows nothing
 # The jargon the pages use, explained once (msgids; shown through _() as help texts).
 PADDING_HELP = N_("'valid': no padding, so each k×k convolution shrinks the image by k−1 pixels (28 → 24 for k=5) "
                   "and deep nets with big kernels do not fit. 'same': zeros are added around the border so the "
@@ -457,9 +458,10 @@ def with_owners(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return frame.join(owners, on="run_id").fillna({"student_id": "", "student_name": ""})
 
 
-def class_job_panel(kind: str, label: str, file_name: str) -> None:
-    """A class job (mnist_lab.service.class_jobs: "reports", "export"): the button that queues it,
-    its progress while it builds (polled), Stop, and its zip to download once finished."""
+def class_job_panel(kind: str, label: str, file_name: str, lang: str | None = None) -> None:
+    """A class job (mnist_lab.service.class_jobs: "reports", "export"): the button that queues it
+    (built in `lang`, the page's language when None), its progress while it builds (polled), Stop,
+    and its zip to download once finished."""
     def latest() -> JobView | None:
         mine = runner().jobs(workspace(), kinds=(kind,), limit=1)
         return mine[0] if mine else None
@@ -468,7 +470,7 @@ def class_job_panel(kind: str, label: str, file_name: str) -> None:
     busy = first is not None and first.active
     if st.button(label, key=f"class_{kind}_btn", disabled=busy, icon=":material/folder_zip:"):
         try:
-            submit_class_job(job_queue(), kind, asker(), current(), client())
+            submit_class_job(job_queue(), kind, asker(), lang or current(), client())
             st.session_state.pop(f"_class_{kind}_refused", None)
             ensure_workers()
             st.rerun()
@@ -479,13 +481,15 @@ def class_job_panel(kind: str, label: str, file_name: str) -> None:
     if first is None:
         return
 
-    @st.fragment(run_every=POLL_S if busy else None)
+    queued = first.status == "queued"
+
+    @st.fragment(run_every=(QUEUED_POLL_S if queued else CLASS_POLL_S) if busy else None)
     def panel() -> None:
         view = runner().poll(first.id)
         if view is None:
             return
-        if busy and not view.active:
-            st.rerun()  # finished: one full run draws the download
+        if busy and (not view.active or queued and view.status != "queued"):
+            st.rerun()  # finished: one full run draws the download; started: polled at the building pace
         if view.active:
             text = (_("Queued — position {n} in line.").format(n=view.position) if view.status == "queued" else
                     _("{done} of {total} done · {time} elapsed").format(done=view.units_done, total=view.runs_total,

@@ -27,6 +27,7 @@ from mnist_lab.lab.report import (
     to_html,
     to_markdown_zip,
 )
+from mnist_lab.service.class_jobs import class_students
 
 MIME = {"report.html": "text/html", "report.docx": "application/vnd.openxmlformats-officedocument."
         "wordprocessingml.document", "report_md.zip": "application/zip", "findings.json": "application/json",
@@ -39,6 +40,7 @@ LABELS = {"report.html": N_("HTML (print to PDF)"), "report.docx": N_("Word (.do
 OWN, EVERY = "", "*"  # the teacher's "whose report" choices besides a student's workspace
 CHOSEN = "_report_student"  # session state: (学号, 姓名) of the student whose report the teacher reads, or None
 COVER_KEYS = {key: f"report_cover_{key}" for key in COVER}  # the session's cover (not widgets: kept across pages)
+SHOWN_FIXED = "_report_cover_fixed"  # session state: the cover fields last shown fixed (not the session's own)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -72,20 +74,17 @@ def signed_in_cover() -> dict[str, str]:
     return {"name": who.name[:COVER_LIMIT], "student_id": who.student_id[:COVER_LIMIT]}
 
 
-def whose_report(runs: pd.DataFrame) -> tuple[str, ...] | None:
-    """The teacher's choice of whose runs the report reads: their own, one student's (by workspace),
-    or every run (None)."""
-    students = runs.loc[runs["student_id"].fillna("") != "", ["workspace", "student_id", "student_name"]]
-    students = students.drop_duplicates("workspace").sort_values("student_id")
-    choices = {OWN: _("My own runs"), **{r.workspace: f"{r.student_name or ''} ({r.student_id})"
-                                         for r in students.itertuples()}, EVERY: _("Every run")}
+def whose_report() -> tuple[str, ...] | None:
+    """The teacher's choice of whose runs the report reads: their own, one student's (their workspace,
+    学号 and the class list's name: class_jobs.class_students), or every run (None)."""
+    students = {ws: (sid, name) for ws, sid, name in class_students(result_store())}
+    choices = {OWN: _("My own runs"), **{ws: f"{name} ({sid})" for ws, (sid, name) in students.items()},
+               EVERY: _("Every run")}
     if st.session_state.get("report_whose") not in choices:  # a student deleted at the end of term
         st.session_state["report_whose"] = OWN
     whose = st.selectbox(_("Whose report"), list(choices), format_func=choices.get, key="report_whose",
                          help=_("A student's report is the one they download themselves, from their runs."))
-    picked = students[students["workspace"] == whose]
-    st.session_state[CHOSEN] = ((str(picked.iloc[0]["student_id"]), str(picked.iloc[0]["student_name"] or ""))
-                                 if len(picked) else None)
+    st.session_state[CHOSEN] = students.get(whose)
     return None if whose == EVERY else (asker().workspace,) if whose == OWN else (whose,)
 
 
@@ -101,7 +100,9 @@ try:
         scope = (asker().workspace,)
     runs = runner().runs()  # only the runs this session may see (mnist_lab.service.access)
     if is_teacher():  # whose report: the teacher's own runs (the default), one student's, or every run
-        scope = whose_report(runs)
+        scope = whose_report()
+        if st.session_state[CHOSEN] is not None:  # the report the student downloads: no server detail
+            detail = False
     if scope is not None:
         runs = runs[runs["workspace"].isin(scope)]
 except StoreError as exc:  # a damaged database: said as the other pages say it
@@ -131,17 +132,21 @@ mirror_query({"run": run_id or ""}, {"run": default_run or ""})
 
 with st.expander(_("Cover: name, student ID, class"), expanded=not any(vars(cover_from_session()).values())):
     fixed = signed_in_cover()
+    whose_words = (_("The student's name and student ID, from the class list.") if st.session_state.get(CHOSEN)
+                   else _("Your name and student ID are those you signed in with."))
     st.caption(_("Printed on the report's cover; kept only while this browser session lasts.") + (
-        " " + _("Your name and student ID are those you signed in with.") if fixed else ""))
+        " " + whose_words if fixed else ""))
     cols = st.columns(3)
     for col, key in zip(cols, COVER):
         widget = COVER_KEYS[key] + "_input"  # Streamlit forgets a widget's value on other pages; the session keeps it
-        if key in fixed:
+        if key in fixed:  # shown, never saved: the session's own cover stays the teacher's
             st.session_state[widget] = fixed[key]
-        elif widget not in st.session_state:
+        elif widget not in st.session_state or key in st.session_state.get(SHOWN_FIXED, ()):
             st.session_state[widget] = st.session_state.get(COVER_KEYS[key], "")
-        st.session_state[COVER_KEYS[key]] = col.text_input(_(COVER[key]), key=widget, max_chars=COVER_LIMIT,
-                                                           disabled=key in fixed)
+        typed = col.text_input(_(COVER[key]), key=widget, max_chars=COVER_LIMIT, disabled=key in fixed)
+        if key not in fixed:
+            st.session_state[COVER_KEYS[key]] = typed
+    st.session_state[SHOWN_FIXED] = tuple(fixed)
 try:
     cover = cover_from_session().validate()
 except ValueError as exc:

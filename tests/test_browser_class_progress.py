@@ -88,6 +88,11 @@ def test_the_teacher_follows_the_class_and_downloads_a_report_and_the_pooled_tab
     assert [m.split() for m in metrics.all_inner_texts()] == [["students", "3"], ["lab", "5", "done", "1"],
                                                              ["under", "way", "1"], ["not", "started", "1"]]
 
+    # the whole table fits a 1400 px window: no column (last activity) cut off at the right
+    grid = page.get_by_test_id("stDataFrame").first.locator(".dvn-scroller")
+    width, shown = grid.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert width <= shown + 1, (width, shown)
+
     progress = list(csv.DictReader(io.StringIO(downloaded(page, "Progress (CSV)").decode("utf-8"))))
     assert [(r["student_id"], r["student_name"], r["lab5_done"]) for r in progress] == [
         ("2024001", "张三", "True"), ("2024002", "李四", "False"), ("2024003", "王五", "False")]
