@@ -380,7 +380,10 @@ def test_the_teacher_reads_the_data_folder_on_the_runs_page_and_in_the_report(fr
     got = downloads(monkeypatch)
     runs = open_as("teacher", "runs", "en", {"selected": "run-folder"})
     assert from_a_folder in everything(runs) and from_a_folder in got["runs.csv"]
-    assert from_a_folder in everything(open_as("teacher", "report", "en"))
+    report = open_as("teacher", "report", "en")  # by default the teacher's own runs: this run is another's
+    assert from_a_folder not in everything(report)
+    report.selectbox(key="report_whose").set_value("*").run()  # every run on the server: the teacher reads detail
+    assert from_a_folder in everything(report)
 
 
 def test_the_core_report_names_the_folder_only_for_a_reader_of_the_detail(from_a_folder, server):
