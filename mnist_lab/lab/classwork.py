@@ -23,6 +23,7 @@ from mnist_lab.lab.findings import (
     GRID_CONTEXT,
     context_keys,
     factor_slices,
+    finished_runs,
     has_spread,
     pick_slice,
     picked_comparisons,
@@ -86,11 +87,6 @@ def student_runs(runs: pd.DataFrame, student_id: str) -> pd.DataFrame:
     return mine.sort_values(["started_at", "run_id"], ascending=[False, True])
 
 
-def _finished(runs: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame:
-    done = runs[(runs["status"] == "finished") & runs["final_test_acc"].notna()]
-    return done if experiment is None else done[done["experiment"] == experiment]
-
-
 # ------------------------------------------------------------------------------ progress
 
 def _lab_net_students(done: pd.DataFrame) -> set[str]:
@@ -152,7 +148,7 @@ def progress_table(runs: pd.DataFrame, roster: Iterable[tuple[str, str]] = ()) -
     newest = owned.sort_values(["started_at", "run_id"], ascending=[False, True]).drop_duplicates("student_id")
     found = dict(zip(newest["student_id"], newest["student_name"]))
     ids = sorted(set(names) | set(found))
-    done = _finished(owned)
+    done = finished_runs(owned)
     lab_net = _lab_net_students(done)
     any_done = set(done["student_id"])
     sweeps = done[done["experiment"] == "sweep"]
