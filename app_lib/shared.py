@@ -153,6 +153,14 @@ def is_teacher() -> bool:
     return who is not None and who.role == "teacher"
 
 
+def teacher_only() -> None:
+    """The first line of every class page: anyone but the teacher reads one refusal and nothing else.
+    The navigation offers these pages to the teacher only; this stops a guessed address or a page run directly."""
+    if not is_teacher():
+        st.error(_("Only the teacher can open this page."), icon=":material/lock:")
+        st.stop()
+
+
 def asker() -> Asker:
     """Who this session is, for `mnist_lab.service.access.may`: the signed-in person (mode local: the
     local user)."""

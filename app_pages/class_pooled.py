@@ -7,7 +7,7 @@ import streamlit as st
 from app_lib.charts import compare_figure, error_line_figure, heatmap_figure
 from app_lib.lang import _, ngettext, render_error
 from app_lib.reading import reading_markdown
-from app_lib.shared import is_teacher, result_store
+from app_lib.shared import result_store, teacher_only
 from app_lib.text import plain
 from app_lib.widgets import MEAN_SD_HELP, csv_button, headers, mean_sd_texts, not_learned_note, table
 from mnist_lab.errors import StoreError
@@ -29,9 +29,7 @@ def set_names(sets) -> dict[int, str]:
         for i, s in enumerate(sets)}
 
 
-if not is_teacher():  # the navigation offers this page to the teacher only; a guessed address gets nothing
-    st.error(_("Only the teacher can open this page."), icon=":material/lock:")
-    st.stop()
+teacher_only()
 st.title(_("Class results"))
 try:
     runs = class_runs(result_store())

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_lib.lang import N_, _, ngettext, render_error
 from app_lib.session import accounts
-from app_lib.shared import is_teacher, result_store
+from app_lib.shared import result_store, teacher_only
 from app_lib.text import local_times, percent, plain
 from app_lib.widgets import COLUMNS, FORMATS, class_job_panel, csv_button, run_labels, table, words
 from mnist_lab.errors import StoreError
@@ -27,9 +27,7 @@ NARROW = {"lab5_done": st.column_config.CheckboxColumn(width="small"),
 RUN_COLUMNS = ["started_at", "label", "experiment", "status", "verdict", "final_test_acc", "epochs_done", "epochs",
                "train_limit", "seed", "run_id"]  # the Runs page's first columns
 
-if not is_teacher():  # the navigation offers this page to the teacher only; a guessed address gets nothing
-    st.error(_("Only the teacher can open this page."), icon=":material/lock:")
-    st.stop()
+teacher_only()
 st.title(_("Progress"))
 try:
     store = result_store()

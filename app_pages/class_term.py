@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_lib.lang import _, render_error
 from app_lib.session import accounts
-from app_lib.shared import is_teacher, job_queue, result_store
+from app_lib.shared import job_queue, result_store, teacher_only
 from app_lib.text import local_times, plain
 from app_lib.widgets import class_job_panel
 from mnist_lab.errors import ConfigError, StoreError
@@ -39,9 +39,7 @@ def out_of_date(store: ResultStore, export: dict) -> str | None:
     return None
 
 
-if not is_teacher():  # the navigation offers this page to the teacher only; a guessed address gets nothing
-    st.error(_("Only the teacher can open this page."), icon=":material/lock:")
-    st.stop()
+teacher_only()
 st.title(_("End of term"))
 try:
     store = result_store()

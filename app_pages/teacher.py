@@ -9,7 +9,7 @@ import streamlit as st
 from app_lib.lang import N_, _, current, render_error
 from app_lib.session import KEY as SESSION_KEY
 from app_lib.session import accounts, app_address
-from app_lib.shared import is_teacher
+from app_lib.shared import teacher_only
 from app_lib.text import local_times, plain
 from app_lib.widgets import csv_button, table
 from mnist_lab.service.identity import key_parts
@@ -65,9 +65,7 @@ def printable(codes: pd.DataFrame, address: str) -> str:
             f"<th>{html.escape(_('one-time code'))}</th></tr>{rows}</table></html>")
 
 
-if not is_teacher():  # the navigation offers this page to the teacher only; a guessed address gets nothing
-    st.error(_("Only the teacher can open this page."), icon=":material/lock:")
-    st.stop()
+teacher_only()
 st.title(_("Sign-in and class list"))
 
 st.subheader(_("Class list"))
