@@ -47,3 +47,11 @@ def local_times(iso_utc, tz: str):
     except Exception:  # noqa: BLE001 - an unknown zone name: keep UTC
         pass
     return times.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("")
+
+
+def epoch_times(seconds, tz: str):
+    """Unix times (as the job queue and the sign-ins keep them; None for none) as local_times words them."""
+    import pandas as pd
+
+    when = pd.to_datetime(pd.Series(seconds, dtype="float64"), unit="s", utc=True)
+    return local_times(when.map(lambda t: None if pd.isna(t) else t.isoformat()), tz)

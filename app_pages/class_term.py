@@ -7,19 +7,13 @@ import streamlit as st
 from app_lib.lang import _, render_error
 from app_lib.session import accounts
 from app_lib.shared import job_queue, result_store, teacher_only
-from app_lib.text import local_times, plain
+from app_lib.text import epoch_times, plain
 from app_lib.widgets import class_job_panel
 from mnist_lab.errors import ConfigError, StoreError
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.class_jobs import check_term_ready, class_job_file, class_students, end_term, export_snapshot
 
 GONE = "_term_cleared"  # session state: what the deletion removed (class_jobs.TermCleared)
-
-
-def local_time(epoch_s: float | None, tz: str) -> str:
-    """A job's time (seconds since the epoch, as the queue keeps it) as the browser's local time."""
-    when = pd.to_datetime(epoch_s, unit="s", utc=True) if epoch_s else None
-    return local_times([when.isoformat()] if when is not None else [None], tz).iloc[0]
 
 
 def out_of_date(store: ResultStore, export: dict) -> str | None:
@@ -62,7 +56,8 @@ st.caption(_("One zip: the students (student ID, name, on the class list), their
 class_job_panel("export", _("Build the export (.zip)"), "class_export.zip")
 tz = st.context.timezone or "UTC"  # the browser's time zone; the store keeps UTC
 if export is not None:
-    st.caption(_("The export was built at {time} ({tz}).").format(time=local_time(export["finished_at"], tz), tz=tz))
+    built = epoch_times([export["finished_at"]], tz).iloc[0]
+    st.caption(_("The export was built at {time} ({tz}).").format(time=built, tz=tz))
 if stale:
     st.warning(stale, icon=":material/update:")
 

@@ -10,7 +10,7 @@ from app_lib.lang import N_, _, current, render_error
 from app_lib.session import KEY as SESSION_KEY
 from app_lib.session import accounts, app_address
 from app_lib.shared import teacher_only
-from app_lib.text import local_times, plain
+from app_lib.text import epoch_times, plain
 from app_lib.widgets import csv_button, table
 from mnist_lab.service.identity import key_parts
 
@@ -36,8 +36,7 @@ def who_failed(key: str) -> str:
 
 def times(seconds: pd.Series) -> pd.Series:
     """Unix times as the browser's local 'YYYY-MM-DD HH:MM:SS'."""
-    iso = pd.to_datetime(seconds, unit="s", utc=True).map(lambda t: t.isoformat())
-    return local_times(iso, st.context.timezone or "UTC")
+    return epoch_times(seconds, st.context.timezone or "UTC").set_axis(seconds.index)
 
 
 def remember(codes: dict[str, str]) -> None:
