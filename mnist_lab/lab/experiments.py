@@ -104,14 +104,15 @@ class _Reporter:
 def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
                record: EventFn | None = None, on_progress: EventFn | None = None,
                cancel: CancelFlag | None = None, experiment: str = "single", group_id: str = "",
-               label: str = "", data: TensorData | None = None) -> RunResult:
+               label: str = "", data: TensorData | None = None, run_id: str | None = None) -> RunResult:
     """Train one model; `record` (a runs.recorder.Recorder, say) gets every event as it happens,
-    then `on_progress`."""
+    then `on_progress`. `run_id`: the one its events carry (an executor that retries a run keeps
+    it); a new one by default."""
     preflight(model_cfg, train_cfg, data_cfg, n_train=None if data is None else len(data.x_train))  # before data loads
     data = data if data is not None else get_data(data_cfg, train_cfg.device)
     report = _Reporter(record, on_progress, experiment, group_id)
     try:
-        return train(model_cfg, train_cfg, data, on_progress=report, cancel=cancel, label=label)
+        return train(model_cfg, train_cfg, data, on_progress=report, cancel=cancel, run_id=run_id, label=label)
     except BaseException as exc:
         report.fail_open(exc)
         raise
