@@ -10,6 +10,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -96,25 +97,30 @@ def check_versions(ours: dict[str, str]) -> None:
 
 # ------------------------------------------------------------------------------ on a node
 
-class StopFlag:
-    """The Ray actor behind a job's Stop: the driver sets it, the job's tasks read it."""
+class StopBoard:
+    """The Ray actor behind Stop, one per driver process (made once: a new actor per job costs a
+    worker start, seconds on a small node, during which a Stop would not arrive): the driver marks
+    a job's key stopped, the job's tasks read it."""
 
     def __init__(self) -> None:
-        self.stopped = False
+        self.stopped: set[str] = set()
 
-    def set(self) -> None:
-        self.stopped = True
+    def set(self, key: str) -> None:
+        self.stopped.add(key)
 
-    def is_set(self) -> bool:
-        return self.stopped
+    def is_set(self, key: str) -> bool:
+        return key in self.stopped
+
+    def forget(self, key: str) -> None:
+        self.stopped.discard(key)
 
 
 class RemoteFlag:
-    """A CancelFlag for the training loop on a node: asks the StopFlag actor at most every
-    STOP_POLL_S (the loop checks every iteration), without blocking the loop while it waits."""
+    """A CancelFlag for the training loop on a node: asks the StopBoard actor about its job's `key`
+    at most every STOP_POLL_S (the loop checks every iteration), never blocking the loop."""
 
-    def __init__(self, actor: Any):
-        self.actor, self.stopped, self.pending, self.asked = actor, False, None, 0.0
+    def __init__(self, board: Any, key: str):
+        self.board, self.key, self.stopped, self.pending, self.asked = board, key, False, None, 0.0
 
     def is_set(self) -> bool:
         if self.stopped:
@@ -125,14 +131,16 @@ class RemoteFlag:
             if ready:
                 self.stopped, self.pending = bool(ray.get(self.pending)), None
         elif time.monotonic() - self.asked >= STOP_POLL_S:
-            self.pending, self.asked = self.actor.is_set.remote(), time.monotonic()
+            self.pending, self.asked = self.board.is_set.remote(self.key), time.monotonic()
         return self.stopped
 
 
-def train_events(spec_json: str, run_id: str, driver_versions: dict[str, str], stop: Any) -> Iterator[dict]:
+def train_events(spec_json: str, run_id: str, driver_versions: dict[str, str], board: Any,
+                 key: str) -> Iterator[dict]:
     """The task: train the 'train' job `spec_json` as run `run_id` on this node and yield each of
-    its events as `events.to_dict` writes it; a failure is yielded as {'kind': 'error', 'message':
-    its stored reason}, never raised (only plain data leaves the node)."""
+    its events as `events.to_dict` writes it, stopping when `board` (a StopBoard) has `key`; a
+    failure is yielded as {'kind': 'error', 'message': its stored reason}, never raised (only plain
+    data leaves the node)."""
     out: queue.Queue = queue.Queue()
 
     def work() -> None:
@@ -142,7 +150,7 @@ def train_events(spec_json: str, run_id: str, driver_versions: dict[str, str], s
             if spec.kind not in KINDS:
                 raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
             run_single(spec.model, spec.train, spec.data, on_progress=lambda e: out.put(events.to_dict(e)),
-                       cancel=RemoteFlag(stop), label=spec.label, run_id=run_id)
+                       cancel=RemoteFlag(board, key), label=spec.label, run_id=run_id)
         except Exception as exc:  # noqa: BLE001 - sent to the driver as data
             out.put({"kind": "error", "message": to_stored(failure_reason(exc))})
         finally:
@@ -158,10 +166,10 @@ def train_events(spec_json: str, run_id: str, driver_versions: dict[str, str], s
 
 @lru_cache(maxsize=1)
 def _remotes() -> tuple[Any, Any]:
-    """(the streaming task, the stop actor class), made remote once per process."""
+    """(the streaming task, this driver's StopBoard actor), made once per process."""
     ray = import_ray()
     task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0)(train_events)
-    return task, ray.remote(num_cpus=0)(StopFlag)
+    return task, ray.remote(num_cpus=0)(StopBoard).remote()
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -176,12 +184,12 @@ def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None 
     if spec.kind not in KINDS:
         raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
     ray = connect(address)
-    task, flag_cls = _remotes()
-    stop = flag_cls.remote()
+    task, board = _remotes()
     run = RemoteRun(new_run_id())
-    gen = task.remote(spec.to_json(), run.run_id, versions(), stop)
+    key = uuid.uuid4().hex  # the job's, on the board
+    gen = task.remote(spec.to_json(), run.run_id, versions(), board, key)
     done = threading.Event()
-    watcher = threading.Thread(target=_watch_stop, args=(ray, cancel, stop, gen, done), daemon=True,
+    watcher = threading.Thread(target=_watch_stop, args=(ray, cancel, board, key, gen, done), daemon=True,
                                name="mnist-lab-ray-stop")
     watcher.start()
     record = Recorder(store) if store is not None else None
@@ -205,18 +213,19 @@ def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None 
     finally:
         done.set()
         watcher.join()
-        ray.kill(stop)
+        board.forget.remote(key)
     return run
 
 
-def _watch_stop(ray: Any, cancel: CancelFlag | None, stop: Any, gen: Any, done: threading.Event) -> None:
+def _watch_stop(ray: Any, cancel: CancelFlag | None, board: Any, key: str, gen: Any,
+                done: threading.Event) -> None:
     """Pass a Stop on to the task's flag; cancel the task by force when it has not ended
     STOP_GRACE_S later."""
     if cancel is None:
         return
     while not done.wait(STOP_POLL_S):
         if cancel.is_set():
-            stop.set.remote()
+            board.set.remote(key)
             if not done.wait(STOP_GRACE_S):
                 ray.cancel(gen, force=True)
             return

@@ -1,0 +1,159 @@
+"""The Ray executor (service/ray_executor.py) on a 2-node local cluster that the tests start with
+`ray start` on 127.0.0.1 under token authentication: a 'train' job trained through Ray writes the
+store rows a local run writes, with the same losses; a Stop ends it as a local Stop does. Skipped
+(with the reason) where Ray is not installed; the module's own refusals are tested without it."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_lab.data.datasets import DataConfig
+from mnist_lab.errors import ConfigError
+from mnist_lab.nets.presets import PRESETS
+from mnist_lab.runs.store import ResultStore
+from mnist_lab.service import ray_executor
+from mnist_lab.service.jobs import JobSpec, execute
+from mnist_lab.training.events import Iterations
+from mnist_lab.training.loop import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+# what may differ between two trainings of the same run: when, how long, and the run's own id
+VARYING = {"run_id", "started_at", "finished_at", "seconds", "updated_at", "heartbeat_at"}
+
+
+def tiny_spec(epochs: int = 1, train_limit: int = 256) -> JobSpec:
+    """Lab 5 on 256 images, batch 8 (32 iterations), plain engine, CPU, seed 0."""
+    return JobSpec("train", TrainConfig(epochs=epochs, batch_size=8, device="cpu", engine="plain", seed=0),
+                   DataConfig(train_limit=train_limit, test_limit=500), model=PRESETS["lab5"].model)
+
+
+# ------------------------------------------------------------------------------ without Ray
+
+def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ConfigError, match=r"needs Ray \(ray==2\.60\.0\)"):
+        ray_executor.execute(tiny_spec(), None)
+
+
+def test_a_node_refuses_a_spec_from_another_version():
+    ray_executor.check_versions(ray_executor.versions())
+    with pytest.raises(ConfigError, match="install the same version on every node"):
+        ray_executor.check_versions({**ray_executor.versions(), "torch": "0.0.1"})
+
+
+def test_the_task_sends_a_refusal_as_data_not_an_exception():
+    """What leaves a node is plain data: a failure is an 'error' event with its stored reason."""
+    old = {**ray_executor.versions(), "mnist_lab": "0.0.0"}
+    [item] = list(ray_executor.train_events(tiny_spec().to_json(), "run-x", old, None, "key"))
+    assert item["kind"] == "error" and "mnist_lab" in item["message"] and "0.0.0" in item["message"]
+
+
+# ------------------------------------------------------------------------------ on a cluster
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two 1-CPU nodes on 127.0.0.1 with token authentication, and this process as their driver;
+    `ray stop --force` always ends them."""
+    token = secrets.token_hex(16)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")  # before Ray loads
+    try:
+        import ray
+    except ImportError:
+        _restore(saved)
+        pytest.skip("Ray is not installed (the optional extra 'ray': ray==2.60.0)")
+    ray_root = str(Path(ray.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), ray_root]))  # the nodes' workers import both
+    cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    address = f"127.0.0.1:{_free_port()}"
+    node = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(80 << 20),
+            "--disable-usage-stats"]
+    try:
+        subprocess.run([*cli, "start", "--head", "--port", address.split(":")[1], "--include-dashboard", "false",
+                        *node], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([*cli, "start", "--address", address, *node], env=env, check=True, capture_output=True,
+                       timeout=120)
+        ray_executor.connect(address)
+        yield ray
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([*cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _restore(saved)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def one_thread():
+    """Local runs on one thread, as a task on a 1-CPU share trains (Ray sets OMP_NUM_THREADS to its
+    CPUs): a CPU's sums in another order would differ in the last bits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _rows(store: ResultStore, table: str) -> list[dict]:
+    frame = getattr(store, table)()
+    return [{k: v for k, v in row.items() if k not in VARYING} for row in frame.to_dict("records")]
+
+
+def test_cluster_has_two_nodes_behind_token_auth(cluster):
+    assert cluster.cluster_resources()["CPU"] == 2.0
+    assert len([n for n in cluster.nodes() if n["Alive"]]) == 2
+
+
+def test_a_train_job_through_ray_writes_what_a_local_run_writes(cluster, one_thread, tmp_path):
+    spec = tiny_spec()
+    seen = []
+    remote_store, local_store = ResultStore(tmp_path / "ray.sqlite"), ResultStore(tmp_path / "local.sqlite")
+    remote = ray_executor.execute(spec, remote_store, on_progress=seen.append)
+    local = execute(spec, local_store)
+    assert remote.status == local.status == "finished"
+    assert len(remote.losses) == 32 and remote.losses[:30] == list(local.losses)[:30]
+    assert remote.final_test_acc == local.final_test_acc
+    assert [type(e).__name__ for e in seen][0] == "RunStarted" and type(seen[-1]).__name__ == "RunEnded"
+    for table in ("runs", "epochs", "iterations"):
+        assert _rows(remote_store, table) == _rows(local_store, table), table
+    saved = remote_store.load_weights(remote.run_id)
+    assert saved.model_cfg == spec.model and saved.status == "finished"
+    local_weights = local_store.load_weights(local.run_id).state_dict
+    assert all(torch.equal(saved.state_dict[k], local_weights[k]) for k in local_weights)
+
+
+def test_stop_reaches_the_task_and_keeps_what_finished(cluster, tmp_path):
+    spec = tiny_spec(epochs=20, train_limit=2048)  # 5,120 iterations: minutes if the Stop were missed
+    store, cancel, asked = ResultStore(tmp_path / "ray.sqlite"), threading.Event(), []
+
+    def stop_at_first_losses(event):
+        if isinstance(event, Iterations) and not cancel.is_set():
+            asked.append(time.monotonic())
+            cancel.set()
+
+    run = ray_executor.execute(spec, store, cancel=cancel, on_progress=stop_at_first_losses)
+    assert run.status == "stopped" and time.monotonic() - asked[0] < 2.0
+    [row] = store.runs().to_dict("records")
+    assert row["status"] == "stopped" and 0 < len(run.losses) < 5120
+    assert len(store.iterations()) == len(run.losses)  # every loss streamed is kept
