@@ -18,6 +18,7 @@ import torch
 
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError
+from mnist_lab.lab.experiments import SweepConfig
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service import ray_executor
@@ -53,7 +54,8 @@ def test_a_node_refuses_a_spec_from_another_version():
 def test_the_task_sends_a_refusal_as_data_not_an_exception():
     """What leaves a node is plain data: a failure is an 'error' event with its stored reason."""
     old = {**ray_executor.versions(), "mnist_lab": "0.0.0"}
-    [item] = list(ray_executor.train_events(tiny_spec().to_json(), "run-x", old, None, "key"))
+    [run] = ray_executor.plan(tiny_spec())
+    [item] = list(ray_executor.train_events(run, old, None, "key"))
     assert item["kind"] == "error" and "mnist_lab" in item["message"] and "0.0.0" in item["message"]
 
 
@@ -129,9 +131,10 @@ def test_a_train_job_through_ray_writes_what_a_local_run_writes(cluster, one_thr
     spec = tiny_spec()
     seen = []
     remote_store, local_store = ResultStore(tmp_path / "ray.sqlite"), ResultStore(tmp_path / "local.sqlite")
-    remote = ray_executor.execute(spec, remote_store, on_progress=seen.append)
+    job = ray_executor.execute(spec, remote_store, on_progress=seen.append)
+    [remote] = job.runs
     local = execute(spec, local_store)
-    assert remote.status == local.status == "finished"
+    assert job.status == remote.status == local.status == "finished"
     assert len(remote.losses) == 32 and remote.losses[:30] == list(local.losses)[:30]
     assert remote.final_test_acc == local.final_test_acc
     assert [type(e).__name__ for e in seen][0] == "RunStarted" and type(seen[-1]).__name__ == "RunEnded"
@@ -152,8 +155,27 @@ def test_stop_reaches_the_task_and_keeps_what_finished(cluster, tmp_path):
             asked.append(time.monotonic())
             cancel.set()
 
-    run = ray_executor.execute(spec, store, cancel=cancel, on_progress=stop_at_first_losses)
-    assert run.status == "stopped" and time.monotonic() - asked[0] < 2.0
+    job = ray_executor.execute(spec, store, cancel=cancel, on_progress=stop_at_first_losses)
+    [run] = job.runs
+    assert job.status == run.status == "stopped" and time.monotonic() - asked[0] < 2.0
     [row] = store.runs().to_dict("records")
     assert row["status"] == "stopped" and 0 < len(run.losses) < 5120
     assert len(store.iterations()) == len(run.losses)  # every loss streamed is kept
+
+
+def test_a_sweep_fans_out_one_task_per_run_with_the_local_results(cluster, one_thread, tmp_path):
+    """2 x 1 cells x 2 seeds on the two nodes: run for run, the local sweep's losses, accuracies and rows."""
+    spec = JobSpec("sweep", tiny_spec().train, tiny_spec().data,
+                   sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=2))
+    remote_store, local_store = ResultStore(tmp_path / "ray.sqlite"), ResultStore(tmp_path / "local.sqlite")
+    job = ray_executor.execute(spec, remote_store)
+    local = execute(spec, local_store)
+    assert job.status == local.status == "finished" and len(job.runs) == len(local.results) == 4
+    for remote, there in zip(job.runs, local.results, strict=True):  # the plan's order is the local order
+        assert remote.losses[:30] == list(there.losses)[:30] and remote.final_test_acc == there.final_test_acc
+
+    def by_config(store):
+        rows = _rows(store, "runs")
+        assert len({r["group_id"] for r in rows}) == 1 and rows[0]["group_id"].startswith("sweep-")
+        return sorted(({k: v for k, v in r.items() if k != "group_id"} for r in rows), key=repr)
+    assert by_config(remote_store) == by_config(local_store)

@@ -231,10 +231,10 @@ class SweepResult:
     status: str = "finished"  # or "stopped"
 
 
-def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
-              record: EventFn | None = None, on_progress: EventFn | None = None,
-              cancel: CancelFlag | None = None) -> SweepResult:
-    """Every valid (conv layers, kernel, hidden) cell, `sweep.seeds` times; one row per run."""
+def sweep_runs(sweep: SweepConfig, train_cfg: TrainConfig) -> tuple[list[tuple[ModelConfig, TrainConfig, Message]],
+                                                                    list[tuple[int, int, int, int]], list[dict]]:
+    """The sweep's runs in training order: (network, training, label) of each valid cell and seed,
+    their (conv layers, kernel, hidden, seed) keys, and the cells skipped (`sweep.cells()`'s)."""
     cells, skipped = sweep.cells()
     jobs, keys = [], []
     for layers, kernel, hidden, cfg in cells:
@@ -243,6 +243,14 @@ def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, 
             label = Message(N_("{n} conv × {rest}"), {"n": layers, "rest": rest})
             jobs.append((cfg, replace(train_cfg, seed=seed), label))
             keys.append((layers, kernel, hidden, seed))
+    return jobs, keys, skipped
+
+
+def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
+              record: EventFn | None = None, on_progress: EventFn | None = None,
+              cancel: CancelFlag | None = None) -> SweepResult:
+    """Every valid (conv layers, kernel, hidden) cell, `sweep.seeds` times; one row per run."""
+    jobs, keys, skipped = sweep_runs(sweep, train_cfg)
     results = run_many(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment="sweep",
                        group_id="sweep-" + new_run_id())
     rows = []

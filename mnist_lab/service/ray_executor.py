@@ -1,5 +1,5 @@
-"""The Ray executor (first slice: 'train' jobs): a job's run trains as one Ray streaming task that
-yields its training events as JSON-safe dicts (training.events.to_dict: the final weights as
+"""The Ray executor (so far 'train' and 'sweep' jobs): each run of a job trains as one Ray streaming
+task that yields its training events as JSON-safe dicts (training.events.to_dict: the final weights as
 safetensors bytes in base64); this process, the only one that writes the store, replays them into
 `Recorder(store)`, so the store gets the rows a local run writes. A Stop reaches the task's loop as
 its own cancel flag through a small Ray actor. Ray is imported only when used (the extra `ray`).
@@ -21,7 +21,7 @@ import torch
 import mnist_lab
 from mnist_lab.errors import ConfigError, failure_reason
 from mnist_lab.i18n import N_, Message, from_stored, to_stored
-from mnist_lab.lab.experiments import run_single
+from mnist_lab.lab.experiments import run_single, sweep_runs
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
 from mnist_lab.service.jobs import JobSpec
@@ -33,7 +33,7 @@ ADDRESS_ENV = "MNIST_LAB_RAY_ADDRESS"  # the cluster a Ray driver joins ("127.0.
 RAY_PIN = "ray==2.60.0"
 STOP_POLL_S = 0.1  # how often a task asks the stop actor (its loop checks its flag every iteration)
 STOP_GRACE_S = 10.0  # after a Stop, how long the task has to end by itself before it is cancelled by force
-KINDS = ("train",)  # the job kinds this executor trains so far
+KINDS = ("train", "sweep")  # the job kinds this executor trains so far
 
 _NO_RAY = N_("The Ray executor needs Ray ({pin}), which is not installed here ({detail}): install the extra "
              "'ray' (pip install 'mnist-lab[ray]'), or train with the local worker.")
@@ -48,7 +48,7 @@ class RemoteRun:
     """What the driver saw of a run trained on the cluster: its id, its end, its losses and epochs."""
 
     run_id: str
-    status: str = "failed"  # 'finished', 'stopped', 'diverged' or 'failed', as a local run's
+    status: str = "pending"  # 'running', then 'finished', 'stopped', 'diverged' or 'failed' as a local run's
     losses: list[float] = field(default_factory=list)
     epochs: list[events.EpochMetrics] = field(default_factory=list)
     final_test_acc: float | None = None
@@ -135,22 +135,26 @@ class RemoteFlag:
         return self.stopped
 
 
-def train_events(spec_json: str, run_id: str, driver_versions: dict[str, str], board: Any,
-                 key: str) -> Iterator[dict]:
-    """The task: train the 'train' job `spec_json` as run `run_id` on this node and yield each of
-    its events as `events.to_dict` writes it, stopping when `board` (a StopBoard) has `key`; a
-    failure is yielded as {'kind': 'error', 'message': its stored reason}, never raised (only plain
-    data leaves the node)."""
+def train_events(run: dict[str, str], driver_versions: dict[str, str], board: Any, key: str) -> Iterator[dict]:
+    """The task: train the run `run` (a `plan` item: its 'train' spec as JSON, run id, stored
+    label, experiment and group) on this node and yield each of its events as `events.to_dict`
+    writes it, stopping when `board` (a StopBoard) has `key`; a run whose job was stopped before it
+    began yields nothing (as a local sweep does not start it). A failure is yielded as {'kind':
+    'error', 'message': its stored reason}, never raised: only plain data leaves the node."""
     out: queue.Queue = queue.Queue()
 
     def work() -> None:
         try:
             check_versions(driver_versions)
-            spec = JobSpec.from_json(spec_json)
-            if spec.kind not in KINDS:
-                raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
+            spec = JobSpec.from_json(run["spec"])
+            if spec.kind != "train":
+                raise ConfigError("kind", spec.kind, _NOT_YET, options="train")
+            label = (from_stored(run["label"]) or [spec.label])[0]
+            if board is not None and import_ray().get(board.is_set.remote(key)):
+                return
             run_single(spec.model, spec.train, spec.data, on_progress=lambda e: out.put(events.to_dict(e)),
-                       cancel=RemoteFlag(board, key), label=spec.label, run_id=run_id)
+                       cancel=RemoteFlag(board, key), label=label, run_id=run["run_id"],
+                       experiment=run["experiment"], group_id=run["group_id"])
         except Exception as exc:  # noqa: BLE001 - sent to the driver as data
             out.put({"kind": "error", "message": to_stored(failure_reason(exc))})
         finally:
@@ -164,6 +168,22 @@ def train_events(spec_json: str, run_id: str, driver_versions: dict[str, str], b
     worker.join()
 
 
+def plan(spec: JobSpec) -> list[dict[str, str]]:
+    """The job's runs as the tasks get them, in the order a local worker trains them: each a
+    'train' spec (JSON), its run id, label (a stored Message, or '' for the spec's own), experiment
+    and group, the tags run_single gives them locally."""
+    spec.validate()
+    if spec.kind == "train":
+        return [dict(spec=spec.to_json(), run_id=new_run_id(), label="", experiment="single", group_id="")]
+    if spec.kind == "sweep":
+        jobs, _, _ = sweep_runs(spec.sweep, spec.train)
+        group = "sweep-" + new_run_id()
+        return [dict(spec=JobSpec("train", train_cfg, spec.data, model=model_cfg).to_json(), run_id=new_run_id(),
+                     label=to_stored(label), experiment="sweep", group_id=group)
+                for model_cfg, train_cfg, label in jobs]
+    raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
+
+
 @lru_cache(maxsize=1)
 def _remotes() -> tuple[Any, Any]:
     """(the streaming task, this driver's StopBoard actor), made once per process."""
@@ -174,52 +194,85 @@ def _remotes() -> tuple[Any, Any]:
 
 # ------------------------------------------------------------------------------ the driver
 
+@dataclass
+class RemoteJob:
+    """What the driver saw of a job trained on the cluster: its runs in plan order (those that
+    started), and its status ('finished', or 'stopped' when any run stopped or never began)."""
+
+    status: str
+    runs: list[RemoteRun]
+
+
 def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None = None,
-            on_progress: Callable[[Event], None] | None = None, address: str | None = None) -> RemoteRun:
-    """service.jobs.execute on the cluster: train `spec` (kind 'train') as one Ray task whose
-    events this process records in `store` (one Recorder) as they arrive, then passes to
-    `on_progress`. A set `cancel` stops the run as a local Stop does (what finished is kept);
-    a failure on the node ends the run 'failed' with its reason and raises RemoteError."""
-    spec.validate()
+            on_progress: Callable[[Event], None] | None = None, address: str | None = None) -> RemoteJob:
+    """service.jobs.execute on the cluster: each run of `spec` (a 'train' job, or a sweep: one task
+    per run) trains as a Ray task; this process records every event in `store` (one Recorder) as it
+    arrives, then passes it to `on_progress`. A set `cancel` stops the runs as a local Stop does
+    (what finished is kept; runs not begun never start); a failure on a node ends the runs it left
+    open 'failed' with its reason, stops the others and raises RemoteError."""
     if spec.kind not in KINDS:
         raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
+    runs = plan(spec)
     ray = connect(address)
     task, board = _remotes()
-    run = RemoteRun(new_run_id())
     key = uuid.uuid4().hex  # the job's, on the board
-    gen = task.remote(spec.to_json(), run.run_id, versions(), board, key)
+    gens = [task.remote(run, versions(), board, key) for run in runs]
+    arrived: queue.Queue = queue.Queue()  # (task index, event dict, or _DONE, or a RayError)
+    pumps = [threading.Thread(target=_pump, args=(ray, k, gen, arrived), daemon=True, name="mnist-lab-ray-pump")
+             for k, gen in enumerate(gens)]
+    for pump in pumps:
+        pump.start()
     done = threading.Event()
-    watcher = threading.Thread(target=_watch_stop, args=(ray, cancel, board, key, gen, done), daemon=True,
+    watcher = threading.Thread(target=_watch_stop, args=(ray, cancel, board, key, gens, done), daemon=True,
                                name="mnist-lab-ray-stop")
     watcher.start()
     record = Recorder(store) if store is not None else None
+    seen = {run["run_id"]: RemoteRun(run["run_id"]) for run in runs}
     open_runs: set[str] = set()
+    failure: Message | None = None
     try:
-        for ref in gen:
-            data = ray.get(ref)
-            if data.get("kind") == "error":
-                _fail_open(record, open_runs, data.get("message", ""))
-                raise RemoteError(_message(data.get("message")))
-            event = events.from_dict(data, "ray event")
-            _note(run, open_runs, event)
-            if record is not None:
-                record(event)
-            if on_progress is not None:
-                on_progress(event)
-    except ray.exceptions.RayError as exc:  # the task or its node died, or it was cancelled by force
-        why = failure_reason(exc)
-        _fail_open(record, open_runs, to_stored(why))
-        raise RemoteError(why) from None
+        for _ in range(len(gens)):  # the one thread that writes the store: this one
+            while (item := arrived.get())[1] is not _DONE:
+                _, data = item
+                if isinstance(data, BaseException) or data.get("kind") == "error":
+                    why = failure_reason(data) if isinstance(data, BaseException) else _message(data.get("message"))
+                    failure = failure or why
+                    board.set.remote(key)  # the job has failed: the other runs stop
+                    continue
+                event = events.from_dict(data, "ray event")
+                if event.run_id not in seen:  # not a run of this job: nothing to record
+                    continue
+                _note(seen[event.run_id], open_runs, event)
+                if record is not None:
+                    record(event)
+                if on_progress is not None:
+                    on_progress(event)
+        if failure is not None:
+            _fail_open(record, open_runs, to_stored(failure))
+            raise RemoteError(failure)
     finally:
         done.set()
         watcher.join()
         board.forget.remote(key)
-    return run
+    started = [seen[run["run_id"]] for run in runs if seen[run["run_id"]].status != "pending"]
+    stopped = len(started) < len(runs) or any(r.status == "stopped" for r in started)
+    return RemoteJob("stopped" if stopped else "finished", started)
 
 
-def _watch_stop(ray: Any, cancel: CancelFlag | None, board: Any, key: str, gen: Any,
+def _pump(ray: Any, k: int, gen: Any, arrived: queue.Queue) -> None:
+    """Move task `k`'s events to `arrived` as they come, then _DONE (after a RayError, if it died)."""
+    try:
+        for ref in gen:
+            arrived.put((k, ray.get(ref)))
+    except ray.exceptions.RayError as exc:  # its worker or node died, or it was cancelled by force
+        arrived.put((k, exc))
+    finally:
+        arrived.put((k, _DONE))
+
+
+def _watch_stop(ray: Any, cancel: CancelFlag | None, board: Any, key: str, gens: list[Any],
                 done: threading.Event) -> None:
-    """Pass a Stop on to the task's flag; cancel the task by force when it has not ended
+    """Pass a Stop on to the job's tasks; cancel them by force when they have not ended
     STOP_GRACE_S later."""
     if cancel is None:
         return
@@ -227,13 +280,15 @@ def _watch_stop(ray: Any, cancel: CancelFlag | None, board: Any, key: str, gen: 
         if cancel.is_set():
             board.set.remote(key)
             if not done.wait(STOP_GRACE_S):
-                ray.cancel(gen, force=True)
+                for gen in gens:
+                    ray.cancel(gen, force=True)
             return
 
 
 def _note(run: RemoteRun, open_runs: set[str], event: Event) -> None:
     if isinstance(event, RunStarted):
         open_runs.add(event.run_id)
+        run.status = "running"
     elif isinstance(event, Iterations):
         run.losses.extend(event.losses)
     elif isinstance(event, EpochEnded):
