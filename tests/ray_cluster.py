@@ -141,30 +141,49 @@ def start_cluster(nodes: int = 2, cpus: int = 1, object_store_mb: int = 100) -> 
     return LocalCluster(nodes, cpus, object_store_mb)
 
 
+_SHARED: list = []  # [cluster, users, saved env]: one cluster even where a module imports the fixture too
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One 2-node cluster for every Ray test of the pytest run, this process its driver
-    (ray_executor.connect); skipped with the reason where Ray is not installed."""
-    saved = {k: os.environ.get(k) for k in AUTH_ENV}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
+    (ray_executor.connect); skipped with the reason where Ray is not installed. (A module that imports
+    this fixture gets its own pytest fixture, but still this one cluster: it is counted, not restarted.)"""
+    if not _SHARED:
+        saved = {k: os.environ.get(k) for k in AUTH_ENV}
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
+        try:
+            import ray  # noqa: F401 - after the token is in the environment
+        except ImportError:
+            _restore(saved)
+            pytest.skip("Ray is not installed (the optional extra 'ray': ray==2.60.0)")
+        try:
+            cluster = start_cluster()
+        except BaseException:
+            _restore(saved)
+            raise
+        _SHARED.extend([cluster, 0, saved])
+    _SHARED[1] += 1
     try:
-        import ray
-    except ImportError:
-        _restore(saved)
-        pytest.skip("Ray is not installed (the optional extra 'ray': ray==2.60.0)")
-    from mnist_lab.service import ray_executor
+        from mnist_lab.service import ray_executor
 
-    cluster = None
-    try:
-        cluster = start_cluster()
-        ray_executor.connect(cluster.address)
-        yield cluster
+        ray_executor.connect(_SHARED[0].address)
+        yield _SHARED[0]
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        if cluster is not None:
-            cluster.stop()
-        _restore(saved)
+        _SHARED[1] -= 1
+        if _SHARED[1] == 0:
+            _end_shared()
+
+
+def _end_shared() -> None:
+    import ray
+
+    cluster, _, saved = _SHARED
+    _SHARED.clear()
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.stop()
+    _restore(saved)
 
 
 def _restore(saved: dict[str, str | None]) -> None:
