@@ -82,10 +82,15 @@ class LocalCluster:
         return found
 
     def kill_node(self, i: int) -> None:
-        """SIGKILL node `i`'s raylet (i >= 1: never the head), as when a machine dies under its tasks."""
+        """SIGKILL node `i`'s raylet (i >= 1: never the head), then every other process of the node (its
+        workers, agents), as when a machine dies under its tasks. (A worker outlives its killed raylet
+        for seconds here: it went on training and streaming to the driver, so the raylet alone is not
+        a node's death.)"""
         if i < 1:
             raise ValueError("kill_node: the head node (0) stays up")
-        for pid in self.pids(i, "raylet/raylet"):
+        raylets = self.pids(i, "raylet/raylet")
+        doomed = raylets + _descendants(raylets) + self.pids(i)  # its workers are the raylet's children
+        for pid in doomed:
             _kill(pid)
 
     def env(self) -> dict[str, str]:
@@ -101,12 +106,32 @@ class LocalCluster:
         self.stopped = True
         for _ in range(3):  # processes that a dying raylet was starting appear late
             pids = self.pids()
+            pids += _descendants(pids)
             if not pids:
                 break
             for pid in pids:
                 _kill(pid)
             time.sleep(0.3)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _descendants(pids: list[int]) -> list[int]:
+    """The processes started (transitively) by `pids`."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], list(pids)
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def _kill(pid: int) -> None:

@@ -235,3 +235,79 @@ def test_a_lesson_through_ray_gives_the_local_table_summary_and_reading(ray_clus
     def words(reading):  # its "Cost of ..." line says how long the runs took
         return [line for line in reading.render() if not line.startswith("Cost of")]
     assert words(job.reading) == words(local.reading)
+
+
+# ------------------------------------------------------------------------------ node failures (last: they kill nodes)
+
+def _hold_the_head():
+    """A task that holds the head node's CPU (released by ray.cancel), so the job's tasks train on worker nodes."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"])
+    return ray.remote(num_cpus=1)(lambda s: __import__("time").sleep(s)).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote(120)
+
+
+def test_a_run_whose_node_dies_is_retried_under_its_run_id_with_the_same_losses(ray_cluster, one_thread, tmp_path):
+    """2 runs on the worker node (the head held): while the 2nd trains the node dies and a new one joins;
+    the 1st (finished) is kept, the 2nd trains again there under the same run id (its first rows gone)
+    with an uninterrupted run's losses."""
+    import ray
+
+    spec = JobSpec("sweep", replace(tiny_spec().train, batch_size=4), tiny_spec(train_limit=1024).data,
+                   sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=1))  # 256 iterations a run
+    seen, killed = [], []
+
+    def on_progress(event):
+        seen.append(event)
+        if not killed and isinstance(event, Iterations) and len({e.run_id for e in seen}) == 2:
+            killed.append(len(ray_cluster.nodes) - 1)
+            ray_cluster.kill_node(killed[-1])
+            ray_cluster.add_node()  # where the retry trains
+    store, hold = ResultStore(tmp_path / "ray.sqlite"), _hold_the_head()
+    try:
+        job = ray_executor.execute(spec, store, on_progress=on_progress)
+    finally:
+        ray.cancel(hold, force=True)
+    local = execute(spec, None)
+    starts = [e.run_id for e in seen if type(e).__name__ == "RunStarted"]
+    assert killed and len(starts) == 3 and starts[1] == starts[2] and len(set(starts)) == 2  # the 2nd, retried
+    assert job.status == "finished" and [r.status for r in job.results] == ["finished"] * 2
+    assert [r.losses for r in job.results] == [list(r.losses) for r in local.results]
+    assert [r.final_test_acc for r in job.results] == [r.final_test_acc for r in local.results]
+    runs, iterations = store.runs(), store.iterations()
+    assert sorted(runs["run_id"]) == sorted(r.run_id for r in job.results) and set(runs["status"]) == {"finished"}
+    for result in job.results:  # exactly one copy of each run's rows
+        mine = iterations[iterations["run_id"] == result.run_id]
+        assert list(mine["loss"]) == result.losses and mine["iteration"].is_unique and len(mine) == 256
+        assert store.load_weights(result.run_id).status == "finished"
+
+
+def test_a_run_whose_node_dies_twice_ends_failed_with_the_reason(ray_cluster, tmp_path):
+    """The head's CPU held by another task, so the run trains on a worker node; that node is killed at the
+    run's first losses and a new one joins; the retry trains there and that node is killed too: the run
+    ends 'failed' with the reason, and RemoteError is raised."""
+    import ray
+
+    hold, kills, starts = _hold_the_head(), [], []
+
+    def on_progress(event):
+        if type(event).__name__ == "RunStarted":
+            starts.append(event.run_id)
+        elif isinstance(event, Iterations) and len(kills) < len(starts):  # each attempt's first losses
+            kills.append(len(ray_cluster.nodes) - 1)
+            ray_cluster.kill_node(kills[-1])
+            if len(kills) == 1:
+                ray_cluster.add_node()  # where the retry trains
+    store = ResultStore(tmp_path / "ray.sqlite")
+    try:
+        with pytest.raises(ray_executor.RemoteError) as raised:
+            ray_executor.execute(tiny_spec(train_limit=2048), store, on_progress=on_progress)  # 256 iterations
+    finally:
+        ray.cancel(hold, force=True)
+        ray_cluster.add_node()
+    assert len(kills) == 2 and len(starts) == 2 and len(set(starts)) == 1  # the same run id, twice
+    [row] = store.runs().to_dict("records")
+    assert row["status"] == "failed" and row["stop_reason"] and str(raised.value)
+    assert row["run_id"] == starts[0] and len(store.iterations()) < 256

@@ -237,11 +237,15 @@ def _remotes() -> tuple[Any, Any]:
     belongs to the connection that made it, so after ray.shutdown() and a new ray.init the old
     handle is dropped, never called."""
     ray = import_ray()
+    import ray.util.scheduling_strategies  # noqa: F401, F811 - loaded on demand
     job_id = ray.get_runtime_context().get_job_id()
     if job_id not in _REMOTES:
         _REMOTES.clear()
         task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0)(train_unit)
-        _REMOTES[job_id] = (task, ray.remote(num_cpus=0)(StopBoard).remote())
+        # on the driver's own node: a board on a worker node would die with it, and every Stop with it
+        here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)
+        _REMOTES[job_id] = (task, ray.remote(num_cpus=0)(StopBoard).options(scheduling_strategy=here).remote())
     return _REMOTES[job_id]
 
 
