@@ -237,6 +237,36 @@ def test_a_lesson_through_ray_gives_the_local_table_summary_and_reading(ray_clus
     assert words(job.reading) == words(local.reading)
 
 
+def test_a_stacked_sweep_trains_one_task_per_cell_with_the_local_stacked_losses(ray_cluster, one_thread, tmp_path):
+    """Engine 'stacked' on the CPU: each cell's seeds are one task (one stack, as run_many stacks them
+    locally), a RunStarted per seed; the same losses and accuracies as the local stacked sweep."""
+    spec = JobSpec("sweep", replace(tiny_spec().train, engine="stacked"), tiny_spec().data,
+                   sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=2))
+    seen = []
+    job = ray_executor.execute(spec, ResultStore(tmp_path / "ray.sqlite"), on_progress=seen.append)
+    local = execute(spec, None)
+    assert [type(e).__name__ for e in seen].count("RunStarted") == 4
+    assert [r.engine for r in job.results] == [r.engine for r in local.results] == ["stacked"] * 4
+    assert [r.losses for r in job.results] == [list(r.losses) for r in local.results]
+    assert [r.final_test_acc for r in job.results] == [r.final_test_acc for r in local.results]
+
+
+def test_the_data_loads_once_per_node_process_not_per_run(ray_cluster, tmp_path):
+    """6 runs on one data setting: each node's worker prepares it once (lab.experiments.get_data's memo),
+    so fewer loads than runs."""
+    import ray
+
+    spec = JobSpec("sweep", tiny_spec().train, tiny_spec(train_limit=96).data,
+                   sweep=SweepConfig(conv_layers=(1, 2, 3), kernel_sizes=(3,), seeds=2))
+    job = ray_executor.execute(spec, None)
+    assert job.status == "finished" and len(job.results) == 6
+    key = (spec.data, "cpu")
+    probe = ray.remote(num_cpus=1)(lambda k: (__import__("os").getpid(),
+                                              __import__("mnist_lab.lab.experiments", fromlist=["x"]).DATA_LOADS[k]))
+    loads = dict(ray.get([probe.remote(key) for _ in range(4)]))  # the nodes' worker processes
+    assert 1 <= sum(loads.values()) <= 2 and max(loads.values()) == 1
+
+
 # ------------------------------------------------------------------------------ node failures (last: they kill nodes)
 
 def _hold_the_head():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -50,6 +50,7 @@ _DATA_LOCK = threading.Lock()
 # Prepared datasets kept per process (~220 MB each at 60,000 images): 2 covers the FC-vs-CNN
 # comparison (normal + permuted); a hosted 1 GB tier may want 1.
 DATA_MEMO_SIZE = int(os.environ.get("MNIST_LAB_DATA_MEMO", "2"))
+DATA_LOADS: Counter = Counter()  # (data config, device): times this process prepared it (a Ray node's tests)
 MAX_SEEDS = 100  # runs per cell of a sweep or comparison
 MAX_SWEEP_VALUES = 16  # values per sweep axis
 
@@ -61,6 +62,7 @@ def get_data(data_cfg: DataConfig, device: str = "auto") -> TensorData:
     with _DATA_LOCK:
         if key not in _DATA_MEMO:
             _DATA_MEMO[key] = prepare_data(data_cfg, dev)
+            DATA_LOADS[key] += 1
             while len(_DATA_MEMO) > max(DATA_MEMO_SIZE, 1):
                 _DATA_MEMO.popitem(last=False)
         _DATA_MEMO.move_to_end(key)

@@ -41,7 +41,7 @@ STOP_POLL_S = 0.1  # how often a task asks the stop actor (its loop checks its f
 STOP_GRACE_S = 10.0  # after a Stop, how long the task has to end by itself before it is cancelled by force
 MAX_ATTEMPTS = 2  # a task whose worker or node dies is trained once more (same run ids, same seeds)
 # a task's share of one GPU by its network's parameters (a stack of seeds: the sum): several small MNIST
-# jobs share a GPU (Lab 5, 0.1 M parameters: 1/8), a week-2 VGG16 on CIFAR (15 M) takes a whole one
+# jobs share a GPU (Lab 5, 8,490 parameters: 1/8), a week-2 VGG16 on CIFAR (14.7 M) takes a whole one
 GPU_SHARES = ((2_000_000, 0.125), (8_000_000, 0.25), (12_000_000, 0.5))
 
 _NO_RAY = N_("The Ray executor needs Ray ({pin}), which is not installed here ({detail}): install the extra "
