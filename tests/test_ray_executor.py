@@ -17,7 +17,7 @@ import torch
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError
 from mnist_lab.i18n import N_, Message
-from mnist_lab.lab.experiments import CompareConfig, CompareResult, SweepConfig
+from mnist_lab.lab.experiments import CompareConfig, CompareResult, SweepConfig, run_many
 from mnist_lab.lab.lessons import LessonConfig, LessonResult
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.store import ResultStore
@@ -49,6 +49,23 @@ def test_a_node_refuses_a_spec_from_another_version():
     ray_executor.check_versions(ray_executor.versions())
     with pytest.raises(ConfigError, match="install the same version on every node"):
         ray_executor.check_versions({**ray_executor.versions(), "torch": "0.0.1"})
+
+
+def test_jobs_execute_trains_every_kind_through_a_given_runner(tmp_path):
+    """The runner seam: with runner=run_many (wrapped to watch it) a 'train' job is one call of one job,
+    tagged 'single', and returns the local RunResult; a sweep's runs all go through it."""
+    calls = []
+
+    def watching(jobs, data_cfg, **kw):
+        calls.append((len(jobs), kw["experiment"], kw["group_id"]))
+        return run_many(jobs, data_cfg, **kw)
+    spec = tiny_spec(train_limit=64)
+    run = execute(spec, ResultStore(tmp_path / "a.sqlite"), runner=watching)
+    assert calls == [(1, "single", "")] and isinstance(run, RunResult) and run.status == "finished"
+    assert run.losses == list(execute(spec, None).losses)
+    sweep = JobSpec("sweep", spec.train, spec.data, sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=1))
+    result = execute(sweep, None, runner=watching)
+    assert calls[1][:2] == (2, "sweep") and calls[1][2].startswith("sweep-") and len(result.table) == 2
 
 
 def _unit(spec: JobSpec) -> dict:
