@@ -151,3 +151,19 @@ def test_the_cli_trains_a_sweep_and_a_comparison_on_ray(ray_cluster, tmp_path, c
     printed = capsys.readouterr().out
     assert "test accuracy, mean ± sd over 1 seed(s):" in printed and "FC" in printed and "CNN" in printed
     assert (store.visible_runs(None)["experiment"] == "compare").sum() == 4  # FC and CNN, normal and permuted
+
+
+def test_a_killed_ray_driver_leaves_its_run_interrupted_as_a_local_worker_does(ray_worker, tmp_path):
+    db = tmp_path / "ray.sqlite"
+    store = ResultStore(db)
+    job_id = StoreRunner(store, asker=ALICE).submit(long_job())
+    worker = ray_worker(db)
+    wait_until(lambda: len(store.job_runs(job_id)) == 1 and store.job_runs(job_id)["iterations_done"].item() > 0,
+               timeout=180, what="the run's first iterations in the store")
+    worker.kill()  # SIGKILL: the driver cannot say why; its tasks die with it (Ray: their owner is gone)
+    worker.wait(30)
+    queue = JobQueue(ResultStore(db))  # the next opening (the app, a new worker) marks what was cut short
+    run = queue.store.runs()
+    assert run["status"].item() == "interrupted" and str(worker.pid) in run["stop_reason"].item()
+    job = queue.job(job_id)
+    assert job["status"] == "interrupted" and str(worker.pid) in job["stop_reason"]
