@@ -50,7 +50,7 @@ RESERVED_QUERY = ("lang",)  # kept in the URL on every page: the language (nothi
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
 # With MNIST_LAB_EXECUTOR=ray, how many jobs train at once (each a Ray driver process, its runs spread over the
 # cluster): a sweep fans out by itself, but one student's single run is one task, so a class's jobs must overlap
-# to use several GPU boxes; each driver is a Python process with torch and Ray (~0.3 GB) on the class server and
+# to use several GPU boxes; each driver is a process with torch and Ray (615 MiB measured) on the class server and
 # every driver writes the one SQLite file, so a few, not one per student. MNIST_LAB_WORKERS sets it.
 RAY_DRIVERS = 4
 PRUNE_EVERY_S = 600.0  # demo mode: visitors' old runs are looked for at most this often
