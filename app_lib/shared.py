@@ -28,6 +28,7 @@ from mnist_lab.errors import StoreError, shorten
 from mnist_lab.i18n import N_
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
+from mnist_lab.service import executors
 from mnist_lab.service.access import LOCAL, Asker, may
 from mnist_lab.service.jobs import StoreRunner
 from mnist_lab.service.policy import ServerPolicy
@@ -47,6 +48,11 @@ PAGE_KINDS = {"train": N_("Train"), "sweep": N_("Sweep"), "compare": N_("FC vs C
               "export": N_("End of term")}  # job kind -> page (msgids); reports/export: jobs.CLASS_KINDS
 RESERVED_QUERY = ("lang",)  # kept in the URL on every page: the language (nothing that grants access)
 WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after this long idle
+# With MNIST_LAB_EXECUTOR=ray, how many jobs train at once (each a Ray driver process, its runs spread over the
+# cluster): a sweep fans out by itself, but one student's single run is one task, so a class's jobs must overlap
+# to use several GPU boxes; each driver is a process with torch and Ray (615 MiB measured) on the class server and
+# every driver writes the one SQLite file, so a few, not one per student. MNIST_LAB_WORKERS sets it.
+RAY_DRIVERS = 4
 PRUNE_EVERY_S = 600.0  # demo mode: visitors' old runs are looked for at most this often
 
 
@@ -88,14 +94,16 @@ def spawned_workers() -> dict:
 
 
 def ensure_workers() -> None:
-    """Start the worker processes this store lacks: one per GPU, one on a CPU machine (or
-    MNIST_LAB_WORKERS). A worker started elsewhere (`python -m mnist_lab worker`) counts. In demo
+    """Start the worker processes this store lacks: one per GPU, one on a CPU machine, RAY_DRIVERS
+    Ray drivers with MNIST_LAB_EXECUTOR=ray (MNIST_LAB_WORKERS wins over each). A worker started
+    elsewhere (`python -m mnist_lab worker`) counts. In demo
     mode, at most every PRUNE_EVERY_S, delete the visitors' runs older than the keep time."""
     import torch
 
     store, policy = result_store(), server_policy()
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    wanted = policy.workers or max(gpus, 1)
+    executor = executors.choose()  # MNIST_LAB_EXECUTOR; the child reads MNIST_LAB_RAY_ADDRESS and Ray's token itself
+    gpus = 0 if executor == "ray" else torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = policy.workers or (RAY_DRIVERS if executor == "ray" else max(gpus, 1))
     live = {w["slot"] for w in job_queue().live_workers()}
     spawned = spawned_workers()
     idle = os.environ.get(WORKER_IDLE_ENV)
@@ -104,8 +112,8 @@ def ensure_workers() -> None:
         proc = spawned.get(key)
         if slot in live or (proc is not None and proc.poll() is None):
             continue
-        device = f"cuda:{slot % gpus}" if gpus else "cpu"
-        spawned[key] = spawn_worker(store.path, slot, device, parent_pid=os.getpid(),
+        device = "auto" if executor == "ray" else f"cuda:{slot % gpus}" if gpus else "cpu"  # Ray: the node's
+        spawned[key] = spawn_worker(store.path, slot, device, parent_pid=os.getpid(), executor=executor,
                                     idle_exit_s=float(idle) if idle else None,
                                     max_job_s=2 * policy.max_job_seconds if policy.shared else None,
                                     log=store.path.with_name("worker.log"))  # beside its database

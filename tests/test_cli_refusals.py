@@ -125,6 +125,12 @@ REFUSED = [
     ("worker --max-jobs 0", ["--max-jobs must be 1 to 1000000; got 0"]),
     (f"worker --parent-pid {HUGE}", ["--parent-pid must be 1 to 4194304"]),
     ("worker --parent-pid -5", ["--parent-pid must be 1 to"]),
+    # the executor: a Ray address the local executor would ignore, a Ray worker's device (the node's)
+    ("train --ray-address 10.0.0.1:6379", ["--ray-address '10.0.0.1:6379' is only for the Ray executor"]),
+    ("lesson softmax --executor local --ray-address h:1", ["--ray-address 'h:1' is only for the Ray executor"]),
+    ("worker --ray-address 10.0.0.1:6379", ["is only for the Ray executor"]),
+    ("sweep --executor bogus", ["invalid choice: 'bogus'"]),
+    ("worker --executor ray --device cpu", ["a Ray worker's runs train on the device their node picks"]),
     # choices, names and paths
     ("train --device bogus", ["Unknown device 'bogus'"]),
     ("train --optimizer rmsprop", ["invalid choice: 'rmsprop'"]),

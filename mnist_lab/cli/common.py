@@ -23,6 +23,7 @@ from mnist_lab.lab.experiments import diverged_runs, run_verdict
 from mnist_lab.lab.verdicts import NOT_LEARNED, chance, loss_bar
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service import executors
 from mnist_lab.service.jobs import JobSpec
 from mnist_lab.training.events import EpochEnded, Event, Iterations
 from mnist_lab.training.loop import RunResult
@@ -101,6 +102,27 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, _("error: {message} (see {prog} --help)").format(message=message, prog=self.prog)
                   + "\n")
+
+
+def add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """--executor and --ray-address (train, sweep, compare, lesson, worker)."""
+    g = p.add_argument_group(_("executor"))
+    g.add_argument("--executor", choices=executors.EXECUTORS,
+                   help=_("where the runs train: local (this process) or ray (the Ray cluster, this process its "
+                          "driver); default: MNIST_LAB_EXECUTOR, else local"))
+    g.add_argument("--ray-address", help=_("the Ray cluster's head, HOST:PORT (with --executor ray; default: "
+                                           "MNIST_LAB_RAY_ADDRESS, else Ray's own lookup)"))
+
+
+def executor_of(args) -> executors.Execute:
+    """What trains this command's job: the executor its flags (else the environment) choose, a Ray
+    cluster joined now, so that a refusal comes before anything is written. Sets args.executor to
+    the name chosen."""
+    args.executor = executors.choose(args.executor)
+    executors.check_address(args.executor, args.ray_address)
+    execute = executors.executor(args.executor, args.ray_address)
+    executors.connect(args.executor, args.ray_address)
+    return execute
 
 
 def check_out(out: Path | None) -> list[Path]:

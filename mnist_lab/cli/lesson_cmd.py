@@ -12,7 +12,9 @@ import pandas as pd
 from mnist_lab.cli.common import (
     EXIT_BAD_INPUT,
     ProgressBar,
+    add_executor_flags,
     db_help,
+    executor_of,
     export_tables,
     lang,
     note,
@@ -48,6 +50,7 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--out", type=Path, help=_("directory for the CSV tables"))
     p.add_argument("--db", type=Path, help=db_help())
     p.add_argument("--quiet", action="store_true", help=_("no progress bar"))
+    add_executor_flags(p)
     p.set_defaults(func=cmd_lesson)
 
 
@@ -72,6 +75,7 @@ def cmd_lesson(args) -> int:
                        train_limit=args.train_limit, test_limit=args.test_limit)
     spec = lesson_spec(cfg, device=args.device, engine=args.engine, data_dir=args.data_dir)
     variants, skipped = plan(cfg, spec.train, spec.data)
+    execute = executor_of(args)  # a Ray cluster joined (or refused) before anything is written or measured
     lesson = cfg.lesson
     print(f"{_(lesson.title)}: {_(lesson.question)}")
     for s in skipped:
@@ -93,7 +97,7 @@ def cmd_lesson(args) -> int:
     steps = sum(-(-v.data.n_train() // v.train.batch_size) * v.train.epochs for v in variants)
     bar = ProgressBar(steps * cfg.n_seeds(), args.quiet)
     try:
-        result = run_inline(spec, store, args.cancel, on_progress=bar)
+        result = run_inline(spec, store, args.cancel, on_progress=bar, executor=execute)
     finally:
         bar.close()
     table = result.summary.assign(variant=[_(v) for v in result.summary["variant"]],

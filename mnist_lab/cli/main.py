@@ -25,7 +25,9 @@ from mnist_lab.cli.common import (
     EXIT_STOPPED,
     Parser,
     ProgressBar,
+    add_executor_flags,
     db_help,
+    executor_of,
     export_tables,
     lang,
     lang_of,
@@ -85,6 +87,7 @@ def _add_training_flags(p: argparse.ArgumentParser, epochs: int | None = None) -
     o.add_argument("--out", type=Path, help=_("directory for the CSV tables"))
     o.add_argument("--db", type=Path, help=db_help())
     o.add_argument("--quiet", action="store_true", help=_("no progress bar"))
+    add_executor_flags(p)
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -195,10 +198,11 @@ def cmd_presets(args) -> int:
 def cmd_train(args) -> int:
     model, train_cfg, data_cfg = _configs(args)
     spec = JobSpec("train", train_cfg, data_cfg, model=model)
+    execute = executor_of(args)
     store = open_store(args, spec)
     bar = ProgressBar(_steps(train_cfg, data_cfg), args.quiet)
     try:
-        result = run_inline(spec, store, args.cancel, on_progress=bar)
+        result = run_inline(spec, store, args.cancel, on_progress=bar, executor=execute)
     finally:
         bar.close()
     table = pd.DataFrame([dict(epoch=m.epoch, train_loss=round(m.train_loss, 4), test_loss=round(m.test_loss, 4),
@@ -207,7 +211,7 @@ def cmd_train(args) -> int:
     print(_("run {id}: {status}, {params} parameters, {n} iterations on {device} ({engine} engine), {seconds} s")
           .format(id=result.run_id, status=_(result.status), params=i18n.integer(result.params), n=len(result.losses),
                   device=result.device, engine=result.engine, seconds=f"{result.seconds:.1f}"))
-    if reasons := fallback_reasons(model, train_cfg, resolve_device(train_cfg.device)):
+    if args.executor == "local" and (reasons := fallback_reasons(model, train_cfg, resolve_device(train_cfg.device))):
         why = "; ".join(_("{engine}: {reason}").format(engine=name, reason=i18n.word(reason, lang()))
                         for name, reason in reasons)
         print(_("note: the plain loop ran because {why}").format(why=why))
@@ -228,10 +232,11 @@ def cmd_sweep(args) -> int:
         note(args, _("skipped {layers} conv × k{k}: {why}").format(layers=s["conv_layers"], k=s["kernel_size"],
                                                                    why=i18n.render(s["error"], lang())), prefix=False)
     spec = JobSpec("sweep", train_cfg, data_cfg, sweep=sweep, label=f"sweep of {len(cells)} networks")
+    execute = executor_of(args)
     store = open_store(args, spec)
     bar = ProgressBar(_steps(train_cfg, data_cfg) * len(cells) * sweep.seeds, args.quiet)
     try:
-        result = run_inline(spec, store, args.cancel, on_progress=bar)
+        result = run_inline(spec, store, args.cancel, on_progress=bar, executor=execute)
     finally:
         bar.close()
     summary = summarize_over_seeds(result.table, ["conv_layers", "kernel_size", "hidden_units"])
@@ -249,12 +254,13 @@ def cmd_compare(args) -> int:
     compare.validate()  # the comparison's own values first
     train_cfg, data_cfg = _configs(args, default_preset=args.cnn_preset)[1:]  # its optimiser and batch
     spec = JobSpec("compare", train_cfg, data_cfg, compare=compare, label="FC vs CNN")
+    execute = executor_of(args)
     store = open_store(args, spec)
     print(" vs ".join(_("{name}: {n} parameters").format(name=name, n=i18n.integer(count_params(cfg)))
                       for name, cfg in compare.models().items()))
     bar = ProgressBar(_steps(train_cfg, data_cfg) * 4 * compare.seeds, args.quiet)
     try:
-        result = run_inline(spec, store, args.cancel, on_progress=bar)
+        result = run_inline(spec, store, args.cancel, on_progress=bar, executor=execute)
     finally:
         bar.close()
     pivot = (result.summary.assign(text=i18n.mean_sd_texts(result.summary, _))
@@ -269,6 +275,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from mnist_lab.service.executors import check_address, choose
     from mnist_lab.service.worker import Worker, WorkerConfig
 
     if not 0 <= args.slot <= MAX_SLOT:
@@ -283,11 +290,17 @@ def cmd_worker(args) -> int:
         if value is not None and not 1 <= value <= high:
             raise ValueError(_("{flag} must be 1 to {high}; got {value}. Leave it out for none.")
                              .format(flag=flag, high=high, value=value))
-    resolve_device(args.device)  # a device this machine lacks is refused before the database is opened
+    executor = choose(args.executor)
+    check_address(executor, args.ray_address)
+    if executor == "local":
+        resolve_device(args.device)  # a device this machine lacks is refused before the database is opened
+    elif args.device != "auto":
+        raise ConfigError("device", args.device, "--device {value!r} is for the local executor: a Ray worker's runs "
+                          "train on the device their node picks (auto); leave --device out.")
     return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,
                                parent_pid=args.parent_pid, idle_exit_s=args.idle_exit,
-                               max_job_s=args.max_job_seconds, warm=not args.no_warm,
-                               nice=args.nice)).run(max_jobs=args.max_jobs)
+                               max_job_s=args.max_job_seconds, warm=not args.no_warm, nice=args.nice,
+                               executor=executor, ray_address=args.ray_address)).run(max_jobs=args.max_jobs)
 
 
 def local_zone() -> str | None:
@@ -381,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nice", type=int, default=0, help=_("lower the worker's CPU priority by this much (0-19)"))
     p.add_argument("--max-jobs", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the app's server: end with it
+    add_executor_flags(p)
     p.set_defaults(func=cmd_worker)
 
     from mnist_lab.cli.inspect_cmd import add_inspect_commands  # inspect, predict, export

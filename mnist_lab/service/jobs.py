@@ -193,9 +193,12 @@ def not_started(spec: JobSpec) -> RunResult:
 
 
 def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
-               on_progress: Callable[[Event], None] | None = None, poll_s: float = 0.25) -> Any:
-    """Train a job in this process (the CLI) as a job of the local workspace: it is listed beside
-    the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`."""
+               on_progress: Callable[[Event], None] | None = None, poll_s: float = 0.25,
+               executor: Callable[..., Any] | None = None) -> Any:
+    """Train a job from this process (the CLI) as a job of the local workspace: it is listed beside
+    the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`.
+    `executor` trains it (execute's signature; None: `execute`, here; service/executors.py's Ray
+    executor: on the cluster, its events recorded here)."""
     spec.preflight()
     spec.load_data()  # data that cannot be had leaves no 'failed' job behind
     job_id = uuid.uuid4().hex
@@ -211,7 +214,7 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     watcher.start()
     try:
         with store.context(job_id=job_id, workspace=LOCAL_WORKSPACE):
-            result = execute(spec, store, cancel=cancel, on_progress=on_progress)
+            result = (executor or execute)(spec, store, cancel=cancel, on_progress=on_progress)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         # what went wrong is what is raised: a database that cannot take the job's end either (a full

@@ -2,6 +2,8 @@
 progress as it goes; honours a stop request within a second; marks what it cannot finish
 (stopped by a signal, its server gone) 'interrupted' with the reason. `python -m mnist_lab
 worker` runs one; the app starts one per training device when none is running for its store.
+With `--executor ray` it is a Ray cluster's driver: its jobs train on the cluster's nodes, and it
+records what they stream back (service/executors.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from mnist_lab.i18n import N_, Message
 from mnist_lab.runs.store import ResultStore, owner_dead, owner_id
-from mnist_lab.service.jobs import CLASS_KINDS, JobSpec, execute, readable_error
+from mnist_lab.service import executors
+from mnist_lab.service.jobs import CLASS_KINDS, JobSpec, readable_error
 from mnist_lab.service.queue import JobQueue
 from mnist_lab.training.loop import device_label, warm_up
 from mnist_lab.training.preflight import resolve_device
@@ -37,11 +40,17 @@ class WorkerConfig:
     max_job_s: float | None = None  # stop a job that trains longer ("timed out")
     warm: bool = True  # load MNIST and warm the device up before the first job
     nice: int = 0  # lower CPU priority (POSIX nice): a server's pages stay responsive while it trains
+    executor: str = "local"  # 'local': jobs train in this process; 'ray': on the cluster, this process its driver
+    ray_address: str | None = None  # the cluster (HOST:PORT) for 'ray'; None: $MNIST_LAB_RAY_ADDRESS, else Ray's lookup
 
 
 class Worker:
     def __init__(self, cfg: WorkerConfig):
+        """A Ray driver joins its cluster first: one that cannot is refused (ConfigError) before the
+        database is opened."""
         self.cfg = cfg
+        executors.connect(cfg.executor, cfg.ray_address)  # nothing for the local executor
+        self.execute = executors.executor(cfg.executor, cfg.ray_address)  # jobs.execute's signature
         self.store = ResultStore(cfg.db)
         self.queue = JobQueue(self.store)
         self.id = owner_id()
@@ -64,19 +73,22 @@ class Worker:
     def run(self, max_jobs: int | None = None) -> int:
         """Serve jobs until a signal, the parent's end, `idle_exit_s` idle or `max_jobs` jobs.
         Returns the process exit code (0; 1 when another worker already holds the slot)."""
-        device = resolve_device(self.cfg.device)
+        remote = self.cfg.executor != "local"
+        device = resolve_device("cpu" if remote else self.cfg.device)  # a Ray driver trains nothing itself
+        cluster = self.cfg.ray_address or os.environ.get(executors.ADDRESS_ENV) or "auto"
+        where = f"Ray {cluster}" if remote else device_label(device)
         if self.cfg.nice > 0:
             _lower_priority(self.cfg.nice)
-        if not self.queue.register_worker(self.id, self.cfg.slot, device_label(device), self.cfg.parent_pid):
+        if not self.queue.register_worker(self.id, self.cfg.slot, where, self.cfg.parent_pid):
             print(f"worker: slot {self.cfg.slot} of {self.store.path} is served by another live worker",
                   file=sys.stderr)
             return 1
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
-        print(f"worker {self.id}: serving {self.store.path} on {device_label(device)}", file=sys.stderr, flush=True)
+        print(f"worker {self.id}: serving {self.store.path} on {where}", file=sys.stderr, flush=True)
         try:
-            if self.cfg.warm:
+            if self.cfg.warm and not remote:  # a Ray driver's runs load their data on the nodes
                 self._warm(device)
             done, idle_since, beat = 0, time.monotonic(), 0.0
             while not self.quit_reason and (max_jobs is None or done < max_jobs):
@@ -156,15 +168,16 @@ class Worker:
             self.queue.heartbeat(self.id)
 
     def _execute(self, job: dict, device) -> str:
-        """Train the training job `job` (its JobSpec) in this process; its status."""
+        """Train the training job `job` (its JobSpec) with this worker's executor (in this process, or
+        on the Ray cluster); its status. Its runs get the job's store context either way."""
         spec = JobSpec.from_json(job["spec"])
-        if spec.train.device == "auto":  # this worker's device, whatever the submitter had
+        if spec.train.device == "auto" and self.cfg.executor == "local":  # this worker's device (a node: its own)
             from dataclasses import replace
 
             spec = replace(spec, train=replace(spec.train, device=str(device)))
         with self.store.context(job_id=job["job_id"], workspace=job["workspace"],
                                 student_id=job.get("student_id") or "", student_name=job.get("student_name") or ""):
-            return execute(spec, self.store, cancel=self.cancel).status
+            return self.execute(spec, self.store, cancel=self.cancel).status
 
 
 def job_time_limit(max_job_s: float | None, kind: str) -> float | None:
@@ -188,8 +201,10 @@ def _lower_priority(nice: int) -> None:
 
 def spawn_worker(db: str | Path, slot: int = 0, device: str = "auto", parent_pid: int | None = None,
                  idle_exit_s: float | None = None, max_job_s: float | None = None,
-                 log: str | Path | None = None) -> subprocess.Popen:
-    """Start `python -m mnist_lab worker` for the store `db` as a child process (the app's way)."""
+                 log: str | Path | None = None, executor: str | None = None,
+                 ray_address: str | None = None) -> subprocess.Popen:
+    """Start `python -m mnist_lab worker` for the store `db` as a child process (the app's way); with
+    `executor` 'ray' a driver of the cluster at `ray_address` (None: the child reads the environment)."""
     root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "mnist_lab", "worker", "--db", str(db), "--slot", str(slot), "--device", device]
     if parent_pid is not None:  # started by a server: end with it, and leave its pages the CPU they need
@@ -200,6 +215,10 @@ def spawn_worker(db: str | Path, slot: int = 0, device: str = "auto", parent_pid
         cmd += ["--max-job-seconds", str(max_job_s)]
     if os.environ.get("MNIST_LAB_WORKER_WARM", "1") == "0":
         cmd += ["--no-warm"]
+    if executor is not None:
+        cmd += ["--executor", executor]
+    if ray_address is not None:
+        cmd += ["--ray-address", ray_address]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if log:

@@ -1,0 +1,194 @@
+"""The executor choice (service/executors.py) without Ray: the local worker by default, the flag over
+$MNIST_LAB_EXECUTOR, a bad name refused with the choices; 'ray' without Ray installed is one
+translated refusal naming the extra, before anything is written (worker, CLI), and an address
+nothing answers at is refused in seconds; spawn_worker and the app pass the choice on."""
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from mnist_lab import i18n
+from mnist_lab.cli.main import main
+from mnist_lab.errors import ConfigError
+from mnist_lab.service import executors, jobs, ray_executor, worker
+from mnist_lab.service.worker import Worker, WorkerConfig, spawn_worker
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """This process as one without Ray installed (`import ray` fails), whatever the environment has."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    """Ray 'installed' but never joined: what connect() checks before it asks Ray."""
+    monkeypatch.setattr(ray_executor, "import_ray", lambda: object())
+    joined = []
+    monkeypatch.setattr(ray_executor, "connect", joined.append)
+    return joined
+
+
+def test_the_choice_is_the_flag_then_the_environment_then_local(monkeypatch):
+    monkeypatch.delenv(executors.EXECUTOR_ENV, raising=False)
+    assert executors.choose() == "local"
+    monkeypatch.setenv(executors.EXECUTOR_ENV, "ray")
+    assert executors.choose() == "ray"
+    assert executors.choose("local") == "local"  # a flag wins over the environment
+    monkeypatch.setenv(executors.EXECUTOR_ENV, " ")
+    assert executors.choose() == "local"
+
+
+def test_an_unknown_executor_is_refused_with_the_choices_in_both_languages(monkeypatch):
+    monkeypatch.setenv(executors.EXECUTOR_ENV, "da\tsk")
+    with pytest.raises(ConfigError) as info:
+        executors.choose()
+    assert info.value.field == "executor"
+    assert str(info.value) == r"Unknown executor 'da\tsk' (from MNIST_LAB_EXECUTOR): choose one of local, ray."
+    assert "MNIST_LAB_EXECUTOR" in i18n.render(info.value, "zh_CN") and "未知" in i18n.render(info.value, "zh_CN")
+    with pytest.raises(ConfigError, match="from --executor"):
+        executors.choose("bogus")
+
+
+def test_local_is_jobs_execute_and_joins_nothing(monkeypatch, fake_ray):
+    monkeypatch.delenv(executors.EXECUTOR_ENV, raising=False)
+    assert executors.executor() is jobs.execute
+    assert executors.executor("local", None) is jobs.execute
+    executors.connect("local", "10.0.0.1:6379")
+    assert fake_ray == []
+    with pytest.raises(ConfigError, match="only for the Ray executor"):
+        executors.check_address("local", "10.0.0.1:6379")
+    executors.check_address("ray", "10.0.0.1:6379")
+    executors.check_address("local", None)
+
+
+def test_ray_without_ray_installed_names_the_extra(no_ray):
+    for call in (executors.executor, executors.connect):
+        with pytest.raises(ConfigError) as info:
+            call("ray", None)
+        assert "pip install 'mnist-lab[ray]'" in str(info.value) and "ray==2.60.0" in str(info.value)
+        assert "可选依赖" in i18n.render(info.value, "zh_CN")
+
+
+def test_ray_executor_is_a_closure_over_ray_executor_execute(monkeypatch, fake_ray):
+    calls = []
+    monkeypatch.setattr(ray_executor, "execute", lambda *a, **kw: calls.append((a, kw)) or "result")
+    execute = executors.executor("ray", "10.0.0.1:6379")
+    assert execute("spec", "store", cancel="flag") == "result"
+    assert calls == [(("spec", "store"), dict(cancel="flag", on_progress=None, address="10.0.0.1:6379"))]
+
+
+def test_an_address_nothing_answers_at_is_refused_in_seconds(fake_ray, monkeypatch):
+    monkeypatch.setattr(executors, "REACH_S", 1.0)
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"Nothing answers at the Ray address 127.0.0.1:{port}"):
+        executors.connect("ray", f"127.0.0.1:{port}")
+    for bad in ("127.0.0.1", "host:port", ":6379", "h:0", "h:70000"):
+        with pytest.raises(ConfigError, match="is not HOST:PORT"):
+            executors.connect("ray", bad)
+    assert fake_ray == []  # Ray was never asked (it would wait a minute and more)
+
+
+def test_a_cluster_that_refuses_the_driver_is_one_line(fake_ray, monkeypatch):
+    def refuse(address):
+        raise ConnectionError("Authentication failed: the token does not match\n  (a long Ray explanation)")
+
+    monkeypatch.setattr(ray_executor, "connect", refuse)
+    with socket.create_server(("127.0.0.1", 0)) as server:  # something answers: Ray itself is asked
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(ConfigError) as info:
+            executors.connect("ray", address)
+    assert str(info.value).startswith(f"Could not join the Ray cluster at {address} (Authentication failed")
+    assert "long Ray explanation" not in str(info.value) and "RAY_AUTH_TOKEN" in str(info.value)
+    monkeypatch.setenv(executors.ADDRESS_ENV, address)  # the environment's address when none is given
+    with pytest.raises(ConfigError, match="Nothing answers"):
+        executors.connect("ray", None)
+
+
+def test_a_ray_worker_without_ray_is_refused_before_the_database_is_opened(no_ray, tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    with pytest.raises(ConfigError, match="mnist-lab"):
+        Worker(WorkerConfig(db=str(db), executor="ray"))
+    assert main(["worker", "--executor", "ray", "--db", str(db), "--lang", "zh"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("错误") and "mnist-lab[ray]" in err and "Traceback" not in err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("command", [["train"], ["sweep", "--seeds", "1"], ["compare", "--seeds", "1"],
+                                     ["lesson", "softmax"]])
+def test_the_cli_with_ray_but_without_ray_is_one_error_line_and_writes_nothing(command, no_ray, tmp_path, capsys):
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    code = main([*command, "--executor", "ray", "--device", "cpu", "--quiet", "--db", str(db), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: The Ray executor needs Ray") and err.count("\n") == 1, err
+    assert not db.exists() and not out.exists()
+
+
+def test_the_cli_refuses_a_bogus_executor_and_an_address_without_ray(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(executors.EXECUTOR_ENV, raising=False)
+    db = tmp_path / "r.sqlite"
+    assert main(["sweep", "--executor", "bogus", "--db", str(db)]) == 2
+    assert "invalid choice: 'bogus' (choose from 'local', 'ray')" in capsys.readouterr().err
+    assert main(["train", "--ray-address", "10.0.0.1:6379", "--device", "cpu", "--db", str(db)]) == 2
+    assert "--ray-address '10.0.0.1:6379' is only for the Ray executor" in capsys.readouterr().err
+    assert main(["worker", "--executor", "ray", "--device", "cpu", "--db", str(db)]) == 2
+    assert "a Ray worker's runs train on the device their node picks" in capsys.readouterr().err
+    monkeypatch.setenv(executors.EXECUTOR_ENV, "spark")
+    assert main(["worker", "--db", str(db)]) == 2
+    assert "Unknown executor 'spark' (from MNIST_LAB_EXECUTOR)" in capsys.readouterr().err
+    assert not db.exists()
+
+
+def test_spawn_worker_passes_the_executor_on(monkeypatch, tmp_path):
+    started = []
+    monkeypatch.setattr(worker.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    spawn_worker(tmp_path / "r.sqlite")
+    spawn_worker(tmp_path / "r.sqlite", executor="ray", ray_address="10.0.0.1:6379")
+    local, ray = started
+    assert "--executor" not in local and "--ray-address" not in local  # the child reads the environment
+    assert ray[ray.index("--executor") + 1] == "ray" and ray[ray.index("--ray-address") + 1] == "10.0.0.1:6379"
+    assert WorkerConfig().executor == "local" and WorkerConfig().ray_address is None
+
+
+def _ensure_workers_script():
+    from app_lib.shared import ensure_workers
+
+    ensure_workers()
+
+
+@pytest.mark.parametrize("executor, workers, expected", [("ray", None, 4), ("ray", "2", 2), ("local", None, 1)])
+def test_the_app_spawns_its_workers_with_the_environments_executor(executor, workers, expected, tmp_path,
+                                                                   monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.apptest import app_db
+
+    app_db(tmp_path / "app.sqlite", monkeypatch)
+    monkeypatch.setenv(executors.EXECUTOR_ENV, executor)
+    if workers:
+        monkeypatch.setenv("MNIST_LAB_WORKERS", workers)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    spawned = []
+
+    class Running:
+        def poll(self):
+            return None
+
+    monkeypatch.setattr("app_lib.shared.spawn_worker", lambda db, slot, device, **kw: spawned.append(
+        (slot, device, kw["executor"], kw["log"].name)) or Running())
+    at = AppTest.from_function(_ensure_workers_script, default_timeout=30)
+    try:
+        at.run()
+    finally:  # no stand-in left in the server's cache for conftest's no_worker_left_running to stop
+        from app_lib.shared import spawned_workers
+
+        for key in [k for k in spawned_workers() if k[0] == str(tmp_path / "app.sqlite")]:
+            del spawned_workers()[key]
+    assert not at.exception, at.exception
+    device = "auto" if executor == "ray" else "cpu"  # a Ray driver's runs: the node's device
+    assert spawned == [(slot, device, executor, "worker.log") for slot in range(expected)]
