@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from ray_cluster import ray_cluster  # noqa: F401 - one Ray cluster per session for every module (issue 26)
 
 from mnist_lab import paths
 from mnist_lab.data import datasets as data

@@ -1,17 +1,13 @@
-"""The Ray executor (service/ray_executor.py) on a 2-node local cluster that the tests start with
-`ray start` on 127.0.0.1 under token authentication: a 'train' job trained through Ray writes the
-store rows a local run writes, with the same losses; a Stop ends it as a local Stop does. Skipped
-(with the reason) where Ray is not installed; the module's own refusals are tested without it."""
+"""The Ray executor (service/ray_executor.py) on the session's 2-node local cluster (the `ray_cluster`
+fixture of tests/ray_cluster.py, registered in conftest.py: 127.0.0.1, token authentication): a 'train'
+job trained through Ray writes the store rows a local run writes, with the same losses; a Stop ends it
+as a local Stop does. Skipped (with the reason) where Ray is not installed; the module's own refusals
+are tested without it."""
 from __future__ import annotations
 
-import os
-import secrets
-import socket
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +22,6 @@ from mnist_lab.service.jobs import JobSpec, execute
 from mnist_lab.training.events import Iterations
 from mnist_lab.training.loop import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 # what may differ between two trainings of the same run: when, how long, and the run's own id
 VARYING = {"run_id", "started_at", "finished_at", "seconds", "updated_at", "heartbeat_at"}
 
@@ -61,52 +56,6 @@ def test_the_task_sends_a_refusal_as_data_not_an_exception():
 
 # ------------------------------------------------------------------------------ on a cluster
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Two 1-CPU nodes on 127.0.0.1 with token authentication, and this process as their driver;
-    `ray stop --force` always ends them."""
-    token = secrets.token_hex(16)
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")  # before Ray loads
-    try:
-        import ray
-    except ImportError:
-        _restore(saved)
-        pytest.skip("Ray is not installed (the optional extra 'ray': ray==2.60.0)")
-    ray_root = str(Path(ray.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), ray_root]))  # the nodes' workers import both
-    cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    address = f"127.0.0.1:{_free_port()}"
-    node = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(80 << 20),
-            "--disable-usage-stats"]
-    try:
-        subprocess.run([*cli, "start", "--head", "--port", address.split(":")[1], "--include-dashboard", "false",
-                        *node], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([*cli, "start", "--address", address, *node], env=env, check=True, capture_output=True,
-                       timeout=120)
-        ray_executor.connect(address)
-        yield ray
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        subprocess.run([*cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        _restore(saved)
-
-
-def _restore(saved: dict[str, str | None]) -> None:
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 @pytest.fixture
 def one_thread():
     """Local runs on one thread, as a task on a 1-CPU share trains (Ray sets OMP_NUM_THREADS to its
@@ -122,12 +71,29 @@ def _rows(store: ResultStore, table: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in VARYING} for row in frame.to_dict("records")]
 
 
-def test_cluster_has_two_nodes_behind_token_auth(cluster):
-    assert cluster.cluster_resources()["CPU"] == 2.0
-    assert len([n for n in cluster.nodes() if n["Alive"]]) == 2
+def test_cluster_has_two_nodes_behind_token_auth(ray_cluster):
+    import ray
+
+    assert ray.cluster_resources()["CPU"] == 2.0
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    assert ray_cluster.address.startswith("127.0.0.1:") and ray_cluster.env()["RAY_AUTH_MODE"] == "token"
 
 
-def test_a_train_job_through_ray_writes_what_a_local_run_writes(cluster, one_thread, tmp_path):
+def test_a_new_connection_gets_new_task_and_stop_handles(ray_cluster, tmp_path):
+    """The StopBoard actor belongs to a connection: after ray.shutdown() and a new ray.init the
+    driver must make a new one, not call the dead one's handle."""
+    import ray
+
+    first = ray_executor._remotes()
+    ray.shutdown()
+    ray_executor.connect(ray_cluster.address)
+    second = ray_executor._remotes()
+    assert second[1] is not first[1] and ray_executor._remotes() is second
+    job = ray_executor.execute(tiny_spec(train_limit=64), ResultStore(tmp_path / "ray.sqlite"))
+    assert job.status == "finished"
+
+
+def test_a_train_job_through_ray_writes_what_a_local_run_writes(ray_cluster, one_thread, tmp_path):
     spec = tiny_spec()
     seen = []
     remote_store, local_store = ResultStore(tmp_path / "ray.sqlite"), ResultStore(tmp_path / "local.sqlite")
@@ -146,7 +112,7 @@ def test_a_train_job_through_ray_writes_what_a_local_run_writes(cluster, one_thr
     assert all(torch.equal(saved.state_dict[k], local_weights[k]) for k in local_weights)
 
 
-def test_stop_reaches_the_task_and_keeps_what_finished(cluster, tmp_path):
+def test_stop_reaches_the_task_and_keeps_what_finished(ray_cluster, tmp_path):
     spec = tiny_spec(epochs=20, train_limit=2048)  # 5,120 iterations: minutes if the Stop were missed
     store, cancel, asked = ResultStore(tmp_path / "ray.sqlite"), threading.Event(), []
 
@@ -163,7 +129,7 @@ def test_stop_reaches_the_task_and_keeps_what_finished(cluster, tmp_path):
     assert len(store.iterations()) == len(run.losses)  # every loss streamed is kept
 
 
-def test_a_sweep_fans_out_one_task_per_run_with_the_local_results(cluster, one_thread, tmp_path):
+def test_a_sweep_fans_out_one_task_per_run_with_the_local_results(ray_cluster, one_thread, tmp_path):
     """2 x 1 cells x 2 seeds on the two nodes: run for run, the local sweep's losses, accuracies and rows."""
     spec = JobSpec("sweep", tiny_spec().train, tiny_spec().data,
                    sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=2))

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -184,12 +183,20 @@ def plan(spec: JobSpec) -> list[dict[str, str]]:
     raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
 
 
-@lru_cache(maxsize=1)
+_REMOTES: dict[str, tuple[Any, Any]] = {}  # the connection's job id: its (task, StopBoard)
+
+
 def _remotes() -> tuple[Any, Any]:
-    """(the streaming task, this driver's StopBoard actor), made once per process."""
+    """(the streaming task, this driver's StopBoard actor), made once per connection: an actor
+    belongs to the connection that made it, so after ray.shutdown() and a new ray.init the old
+    handle is dropped, never called."""
     ray = import_ray()
-    task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0)(train_events)
-    return task, ray.remote(num_cpus=0)(StopBoard).remote()
+    job_id = ray.get_runtime_context().get_job_id()
+    if job_id not in _REMOTES:
+        _REMOTES.clear()
+        task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0)(train_events)
+        _REMOTES[job_id] = (task, ray.remote(num_cpus=0)(StopBoard).remote())
+    return _REMOTES[job_id]
 
 
 # ------------------------------------------------------------------------------ the driver
