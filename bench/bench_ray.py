@@ -18,9 +18,10 @@ Sections:
                 expected: this measures the cost)
   stop          a long run through Ray stopped at its first losses: seconds from the Stop to the
                 run's end at the driver, 5 tries (goal < 2 s)
-  node-kill     a 2 x 2 x 2-seed sweep through Ray whose second node's raylet is SIGKILLed when the
-                first run ends: no finished run lost, the interrupted run retried under its run id,
-                and every run's losses those of an uninterrupted (local, 1 thread) sweep (PASS/FAIL)
+  node-kill     a 2 x 2 x 2-seed sweep through Ray whose second node's raylet is SIGKILLed once a run
+                has finished and both nodes train one: no finished run lost, the interrupted run retried
+                under its run id, every run's losses those of an uninterrupted (local, 1 thread) sweep,
+                and the executor takes the next job (PASS/FAIL)
   gpu           with CUDA and a GPU in the cluster only: 8 concurrent Lab-5 jobs through Ray's GPU
                 fractions against the same 8 one after another
 
@@ -213,23 +214,31 @@ def node_kill(cluster: Any, args: argparse.Namespace) -> bool:
     ended_before_kill: list[str] = []
     killed: list[float] = []
 
+    open_runs: set[str] = set()
+
     def on_progress(event: Any) -> None:
         if isinstance(event, RunStarted):
             key = (event.label, event.train["seed"])
             starts[key] += 1
             run_ids[key], streamed[event.run_id] = event.run_id, []
+            open_runs.add(event.run_id)
         elif isinstance(event, Iterations):
             streamed[event.run_id].extend(event.losses)
-        elif isinstance(event, RunEnded):
-            accuracy[event.run_id] = event.final_test_acc
-            if not killed:
-                ended_before_kill.append(event.run_id)
+            # mid-sweep: a run has finished, and both nodes (1 CPU each) train one now
+            if not killed and ended_before_kill and len(open_runs) >= 2:
                 cluster.kill_node(1)  # SIGKILL the second node's raylet: the task it runs dies with it
                 killed.append(time.perf_counter())
-                print(f"[node-kill] a run ended ({event.status}); SIGKILLed node 1's raylet", flush=True)
+                print(f"[node-kill] {len(ended_before_kill)} run(s) ended, {len(open_runs)} training: "
+                      "SIGKILLed node 1's raylet", flush=True)
+        elif isinstance(event, RunEnded):
+            accuracy[event.run_id] = event.final_test_acc
+            open_runs.discard(event.run_id)
+            if not killed:
+                ended_before_kill.append(event.run_id)
 
+    ray_executor.execute(sweep_spec((1, 2), (3,), 1, 256, test_limit=500), None)  # both nodes' workers warm
     print(f"\n[node-kill] 2 x 2 x 2-seed sweep through Ray, {spec.data.train_limit} images, 1 epoch, CPU, plain; "
-          "node 1's raylet SIGKILLed when the first run ends")
+          "node 1's raylet SIGKILLed mid-sweep")
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
         store = ResultStore(Path(tmp) / "ray.sqlite")
         t0 = time.perf_counter()
