@@ -15,7 +15,7 @@ Sections:
   sweep27       the 27-run sweep (3 x 3 x 3 seeds, 1 epoch, 2,000 images per run for training and for
                 test, CPU, plain) through Ray on the 2 one-CPU nodes against the local worker at its
                 default threads, each recorded into its own store: wall times and their ratio (on 2
-                cores no speed-up is expected: this measures the cost)
+                cores no speed-up is expected: this measures the cost); both warmed by a 2-run sweep
   stop          a long run through Ray stopped at its first losses: seconds from the Stop to the
                 run's end at the driver, 5 tries (goal < 2 s)
   node-kill     a 2 x 2 x 2-seed sweep through Ray whose second node's raylet is SIGKILLed once a run
@@ -186,6 +186,9 @@ def sweep27(cluster: Any, args: argparse.Namespace) -> bool:
         spec, shape = sweep_spec((1, 2), (3, 5), 1, 500, test_limit=500), "2 x 2 x 1 seed, 500 images"
     else:
         spec, shape = sweep_spec((1, 2, 3), (3, 5, 7), 3, 2000, test_limit=2000), "3 x 3 x 3 seeds, 2,000 images"
+    warm = sweep_spec((1, 2), (3,), 1, 256, test_limit=500)  # the data loaded, both nodes' workers started
+    jobs.execute(warm, None)
+    ray_executor.execute(warm, None)
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
         local_store, remote_store = ResultStore(Path(tmp) / "local.sqlite"), ResultStore(Path(tmp) / "ray.sqlite")
         local, local_s = timed(lambda: jobs.execute(spec, local_store))
@@ -194,7 +197,8 @@ def sweep27(cluster: Any, args: argparse.Namespace) -> bool:
         local_store.close()
         remote_store.close()
     runs = len(runs_of(local))
-    print(f"\n[sweep27] {shape} (training and test), 1 epoch, CPU, plain; each recorded into its own store")
+    print(f"\n[sweep27] {shape} (training and test), 1 epoch, CPU, plain; each recorded into its own store, "
+          "both warm")
     print(f"local worker ({torch.get_num_threads()} threads): {local_s:.2f} s ({runs} runs, {rows[0]} rows)")
     print(f"Ray, {_nodes(cluster)} one-CPU nodes:     {remote_s:.2f} s ({len(runs_of(remote))} runs, {rows[1]} rows)")
     print(f"ratio Ray / local: {remote_s / local_s:.2f}; per run: local {local_s / runs:.3f} s, "
