@@ -11,6 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import pandas as pd
 
@@ -118,34 +119,56 @@ def run_single(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataCon
         raise
 
 
-def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str]], data_cfg: DataConfig, *,
+def run_many(jobs: list[tuple[ModelConfig, TrainConfig, str | Message]], data_cfg: DataConfig, *,
              record: EventFn | None = None, on_progress: EventFn | None = None,
              cancel: CancelFlag | None = None, experiment: str = "sweep", group_id: str = "") -> list[RunResult]:
     """Train (model, training, label) jobs sharing one dataset. On a GPU, or when they ask for
     a stacking engine, through `train_many` (side by side, or stacked); otherwise one after
-    another. Each result is what it would be alone."""
+    another. Each result is what it would be alone. (The lab's default `Runner`.)"""
+    return run_group(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment=experiment,
+                     group_id=group_id)
+
+
+def run_group(jobs: list[tuple[ModelConfig, TrainConfig, str | Message]], data_cfg: DataConfig, *,
+              record: EventFn | None = None, on_progress: EventFn | None = None,
+              cancel: CancelFlag | None = None, experiment: str = "sweep", group_id: str = "",
+              run_ids: list[str] | None = None) -> list[RunResult]:
+    """run_many, with the runs' ids given (`run_ids`, one per job; new ones by default): an
+    executor that trains a group elsewhere, and retries it, keeps the ids it chose."""
     if not jobs:
         return []
+    run_ids = list(run_ids) if run_ids is not None else [new_run_id() for _ in jobs]
     for model_cfg, train_cfg, _ in jobs:
         preflight(model_cfg, train_cfg, data_cfg)  # every run, before any data loads
     data = get_data(data_cfg, jobs[0][1].device)
     together = data.device.type == "cuda" or any(engines.asks_to_stack(t) for _, t, _ in jobs)
     if not together or len(jobs) == 1:
         results = []
-        for model_cfg, train_cfg, label in jobs:
+        for (model_cfg, train_cfg, label), run_id in zip(jobs, run_ids):
             if cancel is not None and cancel.is_set():
                 break
             results.append(run_single(model_cfg, train_cfg, data_cfg, record=record, on_progress=on_progress,
                                       cancel=cancel, experiment=experiment, group_id=group_id, label=label,
-                                      data=data))
+                                      data=data, run_id=run_id))
         return results
     report = _Reporter(record, on_progress, experiment, group_id)
     try:
         return train_many([(m, t) for m, t, _ in jobs], data, on_progress=report, cancel=cancel,
-                          labels=[label for _, _, label in jobs])
+                          labels=[label for _, _, label in jobs], run_ids=run_ids)
     except BaseException as exc:
         report.fail_open(exc)
         raise
+
+
+class Runner(Protocol):
+    """What trains a list of (network, training, label) jobs on one dataset for the lab's
+    experiments: `run_many` (this process), or an executor's (service.ray_executor.RayRunner: a
+    cluster). Results in `jobs` order; those not begun after a Stop are left out."""
+
+    def __call__(self, jobs: list[tuple[ModelConfig, TrainConfig, str | Message]], data_cfg: DataConfig, *,
+                 record: EventFn | None = None, on_progress: EventFn | None = None,
+                 cancel: CancelFlag | None = None, experiment: str = "sweep",
+                 group_id: str = "") -> list[RunResult]: ...
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -248,10 +271,11 @@ def sweep_runs(sweep: SweepConfig, train_cfg: TrainConfig) -> tuple[list[tuple[M
 
 def run_sweep(sweep: SweepConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
               record: EventFn | None = None, on_progress: EventFn | None = None,
-              cancel: CancelFlag | None = None) -> SweepResult:
-    """Every valid (conv layers, kernel, hidden) cell, `sweep.seeds` times; one row per run."""
+              cancel: CancelFlag | None = None, runner: Runner = run_many) -> SweepResult:
+    """Every valid (conv layers, kernel, hidden) cell, `sweep.seeds` times; one row per run;
+    `runner` trains them (run_many: in this process)."""
     jobs, keys, skipped = sweep_runs(sweep, train_cfg)
-    results = run_many(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment="sweep",
+    results = runner(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment="sweep",
                        group_id="sweep-" + new_run_id())
     rows = []
     for result, (layers, kernel, hidden, seed) in zip(results, keys):
@@ -341,8 +365,9 @@ def compare_default_train() -> TrainConfig:
 
 def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataConfig, *,
                 record: EventFn | None = None, on_progress: EventFn | None = None,
-                cancel: CancelFlag | None = None) -> CompareResult:
-    """FC and CNN, each on normal and on permuted pixels (one fixed permutation), `seeds` times."""
+                cancel: CancelFlag | None = None, runner: Runner = run_many) -> CompareResult:
+    """FC and CNN, each on normal and on permuted pixels (one fixed permutation), `seeds` times;
+    `runner` trains them (run_many: in this process)."""
     models = compare.models()
     group_id = "compare-" + new_run_id()
     results, rows = [], []
@@ -352,7 +377,7 @@ def run_compare(compare: CompareConfig, train_cfg: TrainConfig, data_cfg: DataCo
         # a label is a str or a Message (shown in the reader's language; its English in runs.csv)
         jobs = [(cfg, replace(train_cfg, seed=seed), Message(N_("{model} / {pixels}"), dict(model=name, pixels=pixels)))
                 for name, cfg, seed in keys]
-        done = run_many(jobs, cell_data_cfg, record=record, on_progress=on_progress, cancel=cancel,
+        done = runner(jobs, cell_data_cfg, record=record, on_progress=on_progress, cancel=cancel,
                         experiment="compare", group_id=group_id)
         results += done
         rows += [dict(model=name, pixels=pixels, seed=seed, params=r.params, test_acc=r.final_test_acc,

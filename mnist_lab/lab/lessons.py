@@ -21,6 +21,7 @@ from mnist_lab.i18n import N_, Message, Worded
 from mnist_lab.lab.experiments import (
     MAX_SEEDS,
     EventFn,
+    Runner,
     run_many,
     run_verdict,
     stored_verdict,
@@ -329,9 +330,10 @@ class LessonResult:
 
 
 def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, record: EventFn | None = None,
-               on_progress: EventFn | None = None, cancel: CancelFlag | None = None) -> LessonResult:
+               on_progress: EventFn | None = None, cancel: CancelFlag | None = None,
+               runner: Runner = run_many) -> LessonResult:
     """Every variant of the lesson, `cfg.n_seeds()` times (seeds 0 ..), variants that share their
-    data settings trained together by `run_many`; one table row per run."""
+    data settings trained together by `runner` (run_many: in this process); one table row per run."""
     variants, skipped = plan(cfg, train, data)
     if len(variants) < 2:
         raise ConfigError("name", cfg.name, "The lesson {value!r} cannot compare anything on {dataset}: {why}. "
@@ -349,7 +351,7 @@ def run_lesson(cfg: LessonConfig, train: TrainConfig, data: DataConfig, *, recor
         if cancel is not None and cancel.is_set():
             break
         jobs = [(v.model, replace(v.train, seed=seed), v.label) for v, seed in keys]
-        done = run_many(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment=EXPERIMENT,
+        done = runner(jobs, data_cfg, record=record, on_progress=on_progress, cancel=cancel, experiment=EXPERIMENT,
                         group_id=group_id)
         results += done
         for r, (v, seed) in zip(done, keys):

@@ -20,16 +20,16 @@ from mnist_lab.data import datasets
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError, StoreError, failure_reason, need_choice
 from mnist_lab.i18n import N_, Message, render_stored
-from mnist_lab.lab.experiments import CompareConfig, SweepConfig, run_compare, run_single, run_sweep
+from mnist_lab.lab.experiments import CompareConfig, Runner, SweepConfig, run_compare, run_single, run_sweep
 from mnist_lab.lab.lessons import LessonConfig, base_configs, plan, run_lesson
-from mnist_lab.nets.model import ModelConfig, describe
+from mnist_lab.nets.model import ModelConfig, count_params, describe
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
 from mnist_lab.service.access import LOCAL, Asker, allowed, may
 from mnist_lab.service.estimate import eta_seconds, run_estimates
 from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_TEACHER, STOPPED_BY_YOU, JobQueue
 from mnist_lab.training.events import Event
-from mnist_lab.training.loop import CancelFlag, TrainConfig
+from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig
 from mnist_lab.training.preflight import preflight, resolve_device
 
 KINDS = ("train", "sweep", "compare", "lesson")
@@ -160,20 +160,36 @@ def lesson_spec(cfg: LessonConfig, device: str = "auto", engine: str = "auto", d
 
 
 def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None = None,
-            on_progress: Callable[[Event], None] | None = None) -> Any:
+            on_progress: Callable[[Event], None] | None = None, runner: Runner | None = None) -> Any:
     """Train the job in this process, every run's events recorded in `store` as they happen (one
     `Recorder`); returns the experiment's result (its `.status` is 'finished' or 'stopped').
-    Raises what the core raises (ValueError for bad input)."""
+    `runner`: what trains the runs (an executor's, e.g. service.ray_executor.RayRunner); None: this
+    process, as always. Raises what the core raises (ValueError for bad input)."""
     spec.validate()
     record = Recorder(store) if store is not None else None
     if spec.kind == "train":
-        return run_single(spec.model, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel,
-                          label=spec.label)
+        if runner is None:
+            return run_single(spec.model, spec.train, spec.data, record=record, on_progress=on_progress,
+                              cancel=cancel, label=spec.label)
+        done = runner([(spec.model, spec.train, spec.label)], spec.data, record=record, on_progress=on_progress,
+                      cancel=cancel, experiment="single", group_id="")
+        return done[0] if done else not_started(spec)
+    more = {} if runner is None else {"runner": runner}
     if spec.kind == "sweep":
-        return run_sweep(spec.sweep, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel)
+        return run_sweep(spec.sweep, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel,
+                         **more)
     if spec.kind == "lesson":
-        return run_lesson(spec.lesson, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel)
-    return run_compare(spec.compare, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel)
+        return run_lesson(spec.lesson, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel,
+                          **more)
+    return run_compare(spec.compare, spec.train, spec.data, record=record, on_progress=on_progress, cancel=cancel,
+                       **more)
+
+
+def not_started(spec: JobSpec) -> RunResult:
+    """A 'train' job's result when a Stop came before its run began (a runner left it out): stopped,
+    no run id, nothing trained."""
+    return RunResult(run_id="", model_cfg=spec.model, train_cfg=spec.train, data_cfg=spec.data,
+                     params=count_params(spec.model), device="", engine="", status="stopped", label=spec.label)
 
 
 def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,

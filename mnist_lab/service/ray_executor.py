@@ -1,8 +1,11 @@
-"""The Ray executor (so far 'train' and 'sweep' jobs): each run of a job trains as one Ray streaming
-task that yields its training events as JSON-safe dicts (training.events.to_dict: the final weights as
-safetensors bytes in base64); this process, the only one that writes the store, replays them into
-`Recorder(store)`, so the store gets the rows a local run writes. A Stop reaches the task's loop as
-its own cancel flag through a small Ray actor. Ray is imported only when used (the extra `ray`).
+"""The Ray executor: every kind of job ('train', 'sweep', 'compare', 'lesson') through the lab's
+runner seam (`jobs.execute(..., runner=RayRunner(...))`): each run (or each group of seeds the
+stacked engine trains as one) is one Ray streaming task that yields its training events as JSON-safe
+dicts (training.events.to_dict: the final weights as safetensors bytes in base64); this process, the
+only one that writes the store, replays them into the job's `Recorder(store)`, so the store gets the
+rows a local run writes, and rebuilds each RunResult from them. A Stop reaches the task's loop as its
+own cancel flag through a small Ray actor; a task whose worker or node dies is trained again once
+under the same run ids. Ray is imported only when used (the extra `ray`).
 """
 from __future__ import annotations
 
@@ -12,27 +15,34 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 import mnist_lab
+from mnist_lab.data.datasets import DataConfig
 from mnist_lab.errors import ConfigError, failure_reason
 from mnist_lab.i18n import N_, Message, from_stored, to_stored
-from mnist_lab.lab.experiments import run_single, sweep_runs
+from mnist_lab.lab.experiments import EventFn, run_group
+from mnist_lab.nets.model import ModelConfig, count_params
 from mnist_lab.runs.recorder import Recorder
 from mnist_lab.runs.store import ResultStore
+from mnist_lab.service import jobs
 from mnist_lab.service.jobs import JobSpec
-from mnist_lab.training import events
+from mnist_lab.training import engines, events
 from mnist_lab.training.events import EpochEnded, Event, Iterations, RunEnded, RunStarted
-from mnist_lab.training.loop import CancelFlag, new_run_id
+from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig, new_run_id
+from mnist_lab.training.preflight import resolve_device
 
 ADDRESS_ENV = "MNIST_LAB_RAY_ADDRESS"  # the cluster a Ray driver joins ("127.0.0.1:6379"); else Ray's own
 RAY_PIN = "ray==2.60.0"
 STOP_POLL_S = 0.1  # how often a task asks the stop actor (its loop checks its flag every iteration)
 STOP_GRACE_S = 10.0  # after a Stop, how long the task has to end by itself before it is cancelled by force
-KINDS = ("train", "sweep")  # the job kinds this executor trains so far
+MAX_ATTEMPTS = 2  # a task whose worker or node dies is trained once more (same run ids, same seeds)
+# a task's share of one GPU by its network's parameters (a stack of seeds: the sum): several small MNIST
+# jobs share a GPU (Lab 5, 0.1 M parameters: 1/8), a week-2 VGG16 on CIFAR (15 M) takes a whole one
+GPU_SHARES = ((2_000_000, 0.125), (8_000_000, 0.25), (12_000_000, 0.5))
 
 _NO_RAY = N_("The Ray executor needs Ray ({pin}), which is not installed here ({detail}): install the extra "
              "'ray' (pip install 'mnist-lab[ray]'), or train with the local worker.")
@@ -40,17 +50,6 @@ _NOT_YET = N_("The Ray executor trains {options} jobs so far; a {value!r} job tr
 _VERSION = N_("This Ray node runs {name} {theirs}, but the job was written by {name} {ours}: install the same "
               "version on every node of the cluster.")
 _DONE = object()  # the end of a task's event queue
-
-
-@dataclass
-class RemoteRun:
-    """What the driver saw of a run trained on the cluster: its id, its end, its losses and epochs."""
-
-    run_id: str
-    status: str = "pending"  # 'running', then 'finished', 'stopped', 'diverged' or 'failed' as a local run's
-    losses: list[float] = field(default_factory=list)
-    epochs: list[events.EpochMetrics] = field(default_factory=list)
-    final_test_acc: float | None = None
 
 
 class RemoteError(Exception):
@@ -134,26 +133,63 @@ class RemoteFlag:
         return self.stopped
 
 
-def train_events(run: dict[str, str], driver_versions: dict[str, str], board: Any, key: str) -> Iterator[dict]:
-    """The task: train the run `run` (a `plan` item: its 'train' spec as JSON, run id, stored
-    label, experiment and group) on this node and yield each of its events as `events.to_dict`
-    writes it, stopping when `board` (a StopBoard) has `key`; a run whose job was stopped before it
-    began yields nothing (as a local sweep does not start it). A failure is yielded as {'kind':
-    'error', 'message': its stored reason}, never raised: only plain data leaves the node."""
+def task_resources(spec_or_model_train: Any, cluster_gpus: bool) -> dict[str, float]:
+    """What one task asks the cluster for: a JobSpec ('train'), a (network, training) pair, or a list
+    of pairs (a stack of seeds). One CPU; where the cluster has GPUs and the run may use one (device
+    'auto' or 'cuda'), also a fraction of a GPU sized to its parameters (GPU_SHARES, a stack: the
+    sum; capped at 1): several small MNIST jobs share one GPU, a large net takes a whole one."""
+    if isinstance(spec_or_model_train, JobSpec):
+        pairs = [(spec_or_model_train.model, spec_or_model_train.train)]
+    elif isinstance(spec_or_model_train, tuple):
+        pairs = [spec_or_model_train]
+    else:
+        pairs = list(spec_or_model_train)
+    if not cluster_gpus or all(str(train.device).startswith("cpu") for _, train in pairs):
+        return {"num_cpus": 1}
+    params = sum(count_params(model) for model, _ in pairs)
+    share = next((share for limit, share in GPU_SHARES if params <= limit), 1.0)
+    return {"num_cpus": 1, "num_gpus": share}
+
+
+def cap_gpu_memory(device: str, fraction: float) -> bool:
+    """On a node: cap this process's CUDA memory to its task's GPU fraction (others share the GPU),
+    when `device` resolves to CUDA here; says whether it did."""
+    if not 0 < fraction < 1:
+        return False
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return False
+    torch.cuda.set_per_process_memory_fraction(fraction, dev)
+    return True
+
+
+def train_unit(unit: dict[str, Any], driver_versions: dict[str, str], board: Any, key: str) -> Iterator[dict]:
+    """The task: train `unit` (plain data made by `units`: its runs, each a 'train' spec as JSON, a
+    run id and a stored label; their experiment and group; the GPU fraction it was given) on this
+    node through lab.experiments.run_group (one run, or a stack of seeds), and yield each event as
+    `events.to_dict` writes it, stopping when `board` (a StopBoard) has `key`; a unit whose job was
+    stopped before it began yields nothing (as a local sweep does not start it). A failure is
+    yielded as {'kind': 'error', 'message': its stored reason}, never raised: only plain data leaves
+    the node."""
     out: queue.Queue = queue.Queue()
 
     def work() -> None:
         try:
             check_versions(driver_versions)
-            spec = JobSpec.from_json(run["spec"])
-            if spec.kind != "train":
-                raise ConfigError("kind", spec.kind, _NOT_YET, options="train")
-            label = (from_stored(run["label"]) or [spec.label])[0]
+            specs = [JobSpec.from_json(run["spec"]) for run in unit["runs"]]
+            for spec in specs:
+                if spec.kind != "train":
+                    raise ConfigError("kind", spec.kind, _NOT_YET, options="train")
             if board is not None and import_ray().get(board.is_set.remote(key)):
                 return
-            run_single(spec.model, spec.train, spec.data, on_progress=lambda e: out.put(events.to_dict(e)),
-                       cancel=RemoteFlag(board, key), label=label, run_id=run["run_id"],
-                       experiment=run["experiment"], group_id=run["group_id"])
+            cap_gpu_memory(specs[0].train.device, float(unit.get("gpu_fraction") or 0))
+            labels = [(from_stored(run["label_msg"]) or [spec.label])[0] if run["label_msg"] else spec.label
+                      for spec, run in zip(specs, unit["runs"])]
+            run_group([(spec.model, spec.train, label) for spec, label in zip(specs, labels)], specs[0].data,
+                      on_progress=lambda e: out.put(events.to_dict(e)),
+                      cancel=RemoteFlag(board, key) if board is not None else None,
+                      experiment=unit["experiment"], group_id=unit["group_id"],
+                      run_ids=[run["run_id"] for run in unit["runs"]])
         except Exception as exc:  # noqa: BLE001 - sent to the driver as data
             out.put({"kind": "error", "message": to_stored(failure_reason(exc))})
         finally:
@@ -167,20 +203,30 @@ def train_events(run: dict[str, str], driver_versions: dict[str, str], board: An
     worker.join()
 
 
-def plan(spec: JobSpec) -> list[dict[str, str]]:
-    """The job's runs as the tasks get them, in the order a local worker trains them: each a
-    'train' spec (JSON), its run id, label (a stored Message, or '' for the spec's own), experiment
-    and group, the tags run_single gives them locally."""
-    spec.validate()
-    if spec.kind == "train":
-        return [dict(spec=spec.to_json(), run_id=new_run_id(), label="", experiment="single", group_id="")]
-    if spec.kind == "sweep":
-        jobs, _, _ = sweep_runs(spec.sweep, spec.train)
-        group = "sweep-" + new_run_id()
-        return [dict(spec=JobSpec("train", train_cfg, spec.data, model=model_cfg).to_json(), run_id=new_run_id(),
-                     label=to_stored(label), experiment="sweep", group_id=group)
-                for model_cfg, train_cfg, label in jobs]
-    raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
+Job = tuple[ModelConfig, TrainConfig, "str | Message"]
+
+
+def units(jobs: list[Job]) -> list[list[int]]:
+    """The tasks a runner call makes of `jobs`, as lists of job indices in the local order: one per
+    run, except that runs asking for a stacking engine that differ only in their seed are one task
+    (the group run_many would stack: train_many stacks them there)."""
+    groups: dict[Any, list[int]] = {}
+    for k, (model_cfg, train_cfg, _) in enumerate(jobs):
+        stack = engines.asks_to_stack(train_cfg) and len(jobs) > 1
+        groups.setdefault((model_cfg, replace(train_cfg, seed=0)) if stack else k, []).append(k)
+    return list(groups.values())
+
+
+def unit_data(jobs: list[Job], data_cfg: DataConfig, group: list[int], experiment: str, group_id: str,
+              run_ids: list[str], gpu_fraction: float) -> dict[str, Any]:
+    """One task's argument: plain data only (JSON specs, ids, stored labels)."""
+    runs = []
+    for k in group:
+        model_cfg, train_cfg, label = jobs[k]
+        text = label if isinstance(label, str) else ""
+        runs.append(dict(spec=JobSpec("train", train_cfg, data_cfg, model=model_cfg, label=text).to_json(),
+                         run_id=run_ids[k], label_msg="" if isinstance(label, str) else to_stored(label)))
+    return dict(runs=runs, experiment=experiment, group_id=group_id, gpu_fraction=gpu_fraction)
 
 
 _REMOTES: dict[str, tuple[Any, Any]] = {}  # the connection's job id: its (task, StopBoard)
@@ -194,7 +240,7 @@ def _remotes() -> tuple[Any, Any]:
     job_id = ray.get_runtime_context().get_job_id()
     if job_id not in _REMOTES:
         _REMOTES.clear()
-        task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0)(train_events)
+        task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0)(train_unit)
         _REMOTES[job_id] = (task, ray.remote(num_cpus=0)(StopBoard).remote())
     return _REMOTES[job_id]
 
@@ -202,118 +248,189 @@ def _remotes() -> tuple[Any, Any]:
 # ------------------------------------------------------------------------------ the driver
 
 @dataclass
-class RemoteJob:
-    """What the driver saw of a job trained on the cluster: its runs in plan order (those that
-    started), and its status ('finished', or 'stopped' when any run stopped or never began)."""
+class _Run:
+    """What the driver saw of one run: its start, losses, epochs and end."""
 
-    status: str
-    runs: list[RemoteRun]
+    started: RunStarted | None = None
+    losses: list[float] = field(default_factory=list)
+    epochs: list[events.EpochMetrics] = field(default_factory=list)
+    ended: RunEnded | None = None
+
+
+class RayRunner:
+    """A lab.experiments.Runner that trains on the cluster: `(jobs, data_cfg, *, record, on_progress,
+    cancel, experiment, group_id) -> list[RunResult]`, as run_many does (results in `jobs` order;
+    those not begun after a Stop left out). One per job (its Stop key on the board); close() at the end."""
+
+    def __init__(self, address: str | None = None):
+        self.ray = connect(address)
+        self.task, self.board = _remotes()
+        self.key = uuid.uuid4().hex  # the job's, on the board
+        self.stopped = False  # a Stop reached the board (later calls start nothing)
+
+    def close(self) -> None:
+        self.board.forget.remote(self.key)
+
+    def __call__(self, jobs: list[Job], data_cfg: DataConfig, *, record: EventFn | None = None,
+                 on_progress: EventFn | None = None, cancel: CancelFlag | None = None,
+                 experiment: str = "sweep", group_id: str = "") -> list[RunResult]:
+        if not jobs or self.stopped or (cancel is not None and cancel.is_set()):
+            return []
+        ray = self.ray
+        run_ids = [new_run_id() for _ in jobs]
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        groups = units(jobs)
+        asks = [task_resources([jobs[k][:2] for k in group], gpus) for group in groups]
+        args = [unit_data(jobs, data_cfg, group, experiment, group_id, run_ids, ask.get("num_gpus", 0.0))
+                for group, ask in zip(groups, asks)]
+        unit_of = {run_ids[k]: u for u, group in enumerate(groups) for k in group}
+        seen = {run_id: _Run() for run_id in run_ids}
+        arrived: queue.Queue = queue.Queue()  # (unit, attempt, event dict, or _DONE, or a RayError)
+        gens: list[Any] = [None] * len(groups)
+        attempts = [0] * len(groups)
+
+        def submit(u: int) -> None:
+            attempts[u] += 1
+            gens[u] = self.task.options(**asks[u]).remote(args[u], versions(), self.board, self.key)
+            threading.Thread(target=_pump, args=(ray, u, attempts[u], gens[u], arrived), daemon=True,
+                             name="mnist-lab-ray-pump").start()
+
+        for u in range(len(groups)):
+            submit(u)
+        done, forced = threading.Event(), threading.Event()
+        watcher = threading.Thread(target=self._watch_stop, args=(cancel, gens, done, forced), daemon=True,
+                                   name="mnist-lab-ray-stop")
+        watcher.start()
+        failure: Message | None = None
+        live = set(range(len(groups)))
+        try:
+            while live:  # the one thread that writes the store: this one
+                u, attempt, data = arrived.get()
+                if attempt != attempts[u]:  # an earlier attempt's, after its retry was sent
+                    continue
+                if data is _DONE:
+                    live.discard(u)
+                elif isinstance(data, BaseException):
+                    open_ids = [i for i in _open(seen) if unit_of[i] == u]
+                    if forced.is_set() or self.stopped or (cancel is not None and cancel.is_set()):
+                        _end_open(record, on_progress, seen, open_ids, "stopped", None)  # a Stop: not retried
+                    elif attempts[u] < MAX_ATTEMPTS and not isinstance(data, ray.exceptions.TaskCancelledError):
+                        self._forget(record, seen, [run["run_id"] for run in args[u]["runs"]])
+                        submit(u)  # the same run ids and seeds; its first attempt's rows are gone
+                    else:
+                        failure = failure or failure_reason(data)
+                        self.board.set.remote(self.key)  # the job has failed: its other runs stop
+                elif data.get("kind") == "error":
+                    failure = failure or _message(data.get("message"))
+                    self.board.set.remote(self.key)
+                else:
+                    event = events.from_dict(data, "ray event")
+                    if event.run_id not in seen:  # not a run of this call: nothing to record
+                        continue
+                    _note(seen[event.run_id], event)
+                    if record is not None:
+                        record(event)
+                    if on_progress is not None:
+                        on_progress(event)
+            if failure is not None:
+                _end_open(record, None, seen, _open(seen), "failed", failure)
+                raise RemoteError(failure)
+        finally:
+            done.set()
+            watcher.join()
+        return [_result(jobs[k], data_cfg, run_ids[k], seen[run_ids[k]]) for k in range(len(jobs))
+                if seen[run_ids[k]].started is not None]
+
+    def _forget(self, record: EventFn | None, seen: dict[str, _Run], run_ids: list[str]) -> None:
+        """Before a retry: the first attempt's rows of these runs go (the retry's replace them)."""
+        if isinstance(record, Recorder):
+            record.store.delete_runs(run_ids)
+        for run_id in run_ids:
+            seen[run_id] = _Run()
+
+    def _watch_stop(self, cancel: CancelFlag | None, gens: list[Any], done: threading.Event,
+                    forced: threading.Event) -> None:
+        """Pass a Stop on to the job's tasks; cancel them by force (never retried) when they have not
+        ended STOP_GRACE_S later."""
+        if cancel is None:
+            return
+        while not done.wait(STOP_POLL_S):
+            if cancel.is_set():
+                self.stopped = True
+                self.board.set.remote(self.key)
+                if not done.wait(STOP_GRACE_S):
+                    forced.set()
+                    for gen in gens:
+                        self.ray.cancel(gen, force=True)
+                return
 
 
 def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None = None,
-            on_progress: Callable[[Event], None] | None = None, address: str | None = None) -> RemoteJob:
-    """service.jobs.execute on the cluster: each run of `spec` (a 'train' job, or a sweep: one task
-    per run) trains as a Ray task; this process records every event in `store` (one Recorder) as it
-    arrives, then passes it to `on_progress`. A set `cancel` stops the runs as a local Stop does
-    (what finished is kept; runs not begun never start); a failure on a node ends the runs it left
-    open 'failed' with its reason, stops the others and raises RemoteError."""
-    if spec.kind not in KINDS:
-        raise ConfigError("kind", spec.kind, _NOT_YET, options=", ".join(KINDS))
-    runs = plan(spec)
-    ray = connect(address)
-    task, board = _remotes()
-    key = uuid.uuid4().hex  # the job's, on the board
-    gens = [task.remote(run, versions(), board, key) for run in runs]
-    arrived: queue.Queue = queue.Queue()  # (task index, event dict, or _DONE, or a RayError)
-    pumps = [threading.Thread(target=_pump, args=(ray, k, gen, arrived), daemon=True, name="mnist-lab-ray-pump")
-             for k, gen in enumerate(gens)]
-    for pump in pumps:
-        pump.start()
-    done = threading.Event()
-    watcher = threading.Thread(target=_watch_stop, args=(ray, cancel, board, key, gens, done), daemon=True,
-                               name="mnist-lab-ray-stop")
-    watcher.start()
-    record = Recorder(store) if store is not None else None
-    seen = {run["run_id"]: RemoteRun(run["run_id"]) for run in runs}
-    open_runs: set[str] = set()
-    failure: Message | None = None
+            on_progress: Callable[[Event], None] | None = None, address: str | None = None) -> Any:
+    """service.jobs.execute on the cluster at `address`: the same result type for each kind
+    (RunResult, SweepResult, CompareResult, LessonResult), every event recorded in `store` (one
+    Recorder) as it arrives, then passed to `on_progress`. A set `cancel` stops the runs as a local
+    Stop does (what finished is kept; runs not begun never start); a run that fails on the cluster
+    after its retry ends 'failed' with its reason, the others stop, and RemoteError is raised."""
+    runner = RayRunner(address)
     try:
-        for _ in range(len(gens)):  # the one thread that writes the store: this one
-            while (item := arrived.get())[1] is not _DONE:
-                _, data = item
-                if isinstance(data, BaseException) or data.get("kind") == "error":
-                    why = failure_reason(data) if isinstance(data, BaseException) else _message(data.get("message"))
-                    failure = failure or why
-                    board.set.remote(key)  # the job has failed: the other runs stop
-                    continue
-                event = events.from_dict(data, "ray event")
-                if event.run_id not in seen:  # not a run of this job: nothing to record
-                    continue
-                _note(seen[event.run_id], open_runs, event)
-                if record is not None:
-                    record(event)
-                if on_progress is not None:
-                    on_progress(event)
-        if failure is not None:
-            _fail_open(record, open_runs, to_stored(failure))
-            raise RemoteError(failure)
+        return jobs.execute(spec, store, cancel=cancel, on_progress=on_progress, runner=runner)
     finally:
-        done.set()
-        watcher.join()
-        board.forget.remote(key)
-    started = [seen[run["run_id"]] for run in runs if seen[run["run_id"]].status != "pending"]
-    stopped = len(started) < len(runs) or any(r.status == "stopped" for r in started)
-    return RemoteJob("stopped" if stopped else "finished", started)
+        runner.close()
 
 
-def _pump(ray: Any, k: int, gen: Any, arrived: queue.Queue) -> None:
-    """Move task `k`'s events to `arrived` as they come, then _DONE (after a RayError, if it died)."""
+def _pump(ray: Any, u: int, attempt: int, gen: Any, arrived: queue.Queue) -> None:
+    """Move task `u`'s events to `arrived` as they come, then _DONE (after a RayError, if it died)."""
     try:
         for ref in gen:
-            arrived.put((k, ray.get(ref)))
+            arrived.put((u, attempt, ray.get(ref)))
     except ray.exceptions.RayError as exc:  # its worker or node died, or it was cancelled by force
-        arrived.put((k, exc))
+        arrived.put((u, attempt, exc))
     finally:
-        arrived.put((k, _DONE))
+        arrived.put((u, attempt, _DONE))
 
 
-def _watch_stop(ray: Any, cancel: CancelFlag | None, board: Any, key: str, gens: list[Any],
-                done: threading.Event) -> None:
-    """Pass a Stop on to the job's tasks; cancel them by force when they have not ended
-    STOP_GRACE_S later."""
-    if cancel is None:
-        return
-    while not done.wait(STOP_POLL_S):
-        if cancel.is_set():
-            board.set.remote(key)
-            if not done.wait(STOP_GRACE_S):
-                for gen in gens:
-                    ray.cancel(gen, force=True)
-            return
-
-
-def _note(run: RemoteRun, open_runs: set[str], event: Event) -> None:
+def _note(run: _Run, event: Event) -> None:
     if isinstance(event, RunStarted):
-        open_runs.add(event.run_id)
-        run.status = "running"
+        run.started = event
     elif isinstance(event, Iterations):
         run.losses.extend(event.losses)
     elif isinstance(event, EpochEnded):
         run.epochs.append(event.metrics)
     elif isinstance(event, RunEnded):
-        open_runs.discard(event.run_id)
-        run.status, run.final_test_acc = event.status, event.final_test_acc
+        run.ended = event
+
+
+def _open(seen: dict[str, _Run]) -> list[str]:
+    return [run_id for run_id, run in seen.items() if run.started is not None and run.ended is None]
+
+
+def _end_open(record: EventFn | None, on_progress: EventFn | None, seen: dict[str, _Run], run_ids: list[str],
+              status: str, why: Message | None) -> None:
+    """End runs that started and did not end: 'failed' with the reason, or 'stopped'."""
+    for run_id in run_ids:
+        end = RunEnded(run_id=run_id, epoch=0, step=0, total_steps=0, status=status, seconds=0.0,
+                       message=str(why) if why else "", message_msg=to_stored(why) if why else "")
+        _note(seen[run_id], end)
+        if record is not None:
+            record(end)
+        if on_progress is not None:
+            on_progress(end)
+
+
+def _result(job: Job, data_cfg: DataConfig, run_id: str, run: _Run) -> RunResult:
+    """The RunResult a local run returns, rebuilt from the events the task streamed."""
+    start, end = run.started, run.ended
+    assert start is not None
+    return RunResult(run_id=run_id, model_cfg=job[0], train_cfg=job[1], data_cfg=data_cfg, params=start.params,
+                     device=start.device, engine=start.engine, status=end.status if end else "failed",
+                     losses=list(run.losses), epochs=list(run.epochs), steps_per_epoch=start.steps_per_epoch,
+                     started_at=start.started_at, seconds=end.seconds if end else 0.0,
+                     data_source=start.data_source, diverged_at=end.diverged_at if end else None,
+                     message=end.message if end else "", message_msg=end.message_msg if end else "",
+                     state_dict=end.weights if end else None, label=start.label)
 
 
 def _message(stored: Any) -> Message:
     parts = from_stored(stored)
     return parts[0] if parts else Message(N_("the run failed; no reason was given"))
-
-
-def _fail_open(record: Recorder | None, open_runs: set[str], stored: str) -> None:
-    """End the runs that started and did not end 'failed', with the stored reason."""
-    for run_id in sorted(open_runs):
-        if record is not None:
-            record(RunEnded(run_id=run_id, epoch=0, step=0, total_steps=0, status="failed", seconds=0.0,
-                            message=str(_message(stored)), message_msg=stored))
-    open_runs.clear()
