@@ -128,7 +128,7 @@ def same_results(cluster: Any, args: argparse.Namespace) -> bool:
         if engine == "cpu-native" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")):
             print(f"\n[same-results] engine {engine}: skipped: no C++ compiler (g++) on this machine")
             continue
-        spec = sweep_spec((1, 2), (3, 5), 2, limit, test_limit=2000, engine=engine)
+        spec = sweep_spec((1, 2), (3, 5), 2, limit, test_limit=500 if args.quick else 2000, engine=engine)
         with OneThread():
             local, local_s = timed(lambda spec=spec: jobs.execute(spec, None))
         engines: dict[str, str] = {}  # run id: the path it trained on, on its node
@@ -209,7 +209,7 @@ def sweep27(cluster: Any, args: argparse.Namespace) -> bool:
 
 
 def node_kill(cluster: Any, args: argparse.Namespace) -> bool:
-    spec = sweep_spec((1, 2), (3, 5), 2, 1000 if args.quick else 2000, test_limit=2000)
+    spec = sweep_spec((1, 2), (3, 5), 2, 1000 if args.quick else 2000, test_limit=500 if args.quick else 2000)
     with OneThread():
         reference = runs_of(jobs.execute(spec, None))
     starts: Counter[tuple[str, int]] = Counter()  # (label, seed): RunStarted events (2: retried)
@@ -220,11 +220,14 @@ def node_kill(cluster: Any, args: argparse.Namespace) -> bool:
     killed: list[float] = []
 
     open_runs: set[str] = set()
+    retry_began: list[float] = []
 
     def on_progress(event: Any) -> None:
         if isinstance(event, RunStarted):
             key = (event.label, event.train["seed"])
             starts[key] += 1
+            if starts[key] == 2 and not retry_began:
+                retry_began.append(time.perf_counter())
             run_ids[key], streamed[event.run_id] = event.run_id, []
             open_runs.add(event.run_id)
         elif isinstance(event, Iterations):
@@ -252,12 +255,14 @@ def node_kill(cluster: Any, args: argparse.Namespace) -> bool:
             error = None
         except Exception as exc:  # noqa: BLE001 - what the section shows
             error = exc
-        wall = time.perf_counter() - t0
+        ended = time.perf_counter()
+        wall = ended - t0
         rows = {row["run_id"]: row for row in store.runs().to_dict("records")}
         kept = store.iterations().groupby("run_id")["loss"].apply(list).to_dict()
         store.close()
-    print(f"wall {wall:.2f} s" + (f"; the job ended {time.perf_counter() - killed[0]:.2f} s after the kill"
-                                  if killed else "; no run ended: no node was killed"))
+    print(f"wall {wall:.2f} s" + (f"; after the kill: the retry began {retry_began[0] - killed[0]:.2f} s, "
+                                  if retry_began and killed else "; ")
+          + (f"the job ended {ended - killed[0]:.2f} s after it" if killed else "no node was killed"))
     if error is not None:
         print(f"the job raised {type(error).__name__}: {str(error)[:240]}")
     print(f"{'#':>2s} {'run':>16s} {'seed':>4s} {'starts':>6s} {'stored status':>13s} {'stored losses':>13s} "
