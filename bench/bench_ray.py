@@ -15,7 +15,8 @@ Sections:
   sweep27       the 27-run sweep (3 x 3 x 3 seeds, 1 epoch, 2,000 images per run for training and for
                 test, CPU, plain) through Ray on the 2 one-CPU nodes against the local worker at its
                 default threads, each recorded into its own store: wall times and their ratio (on 2
-                cores no speed-up is expected: this measures the cost); both warmed by a 2-run sweep
+                cores no speed-up is expected: this measures the cost); both warmed by a 2-run sweep;
+                then the local sweep again on 1 thread (a busy machine hurts 2 threads the most)
   stop          a long run through Ray stopped at its first losses: seconds from the Stop to the
                 run's end at the driver, 5 tries (goal < 2 s)
   node-kill     a 2 x 2 x 2-seed sweep through Ray whose second node's raylet is SIGKILLed once a run
@@ -196,13 +197,17 @@ def sweep27(cluster: Any, args: argparse.Namespace) -> bool:
         rows = len(local_store.runs()), len(remote_store.runs())
         local_store.close()
         remote_store.close()
+    with OneThread():  # the same CPU work per run as a 1-CPU task: a busy machine hurts 2 threads the most
+        _, one_s = timed(lambda: jobs.execute(spec, None))
     runs = len(runs_of(local))
     print(f"\n[sweep27] {shape} (training and test), 1 epoch, CPU, plain; each recorded into its own store, "
           "both warm")
     print(f"local worker ({torch.get_num_threads()} threads): {local_s:.2f} s ({runs} runs, {rows[0]} rows)")
     print(f"Ray, {_nodes(cluster)} one-CPU nodes:     {remote_s:.2f} s ({len(runs_of(remote))} runs, {rows[1]} rows)")
-    print(f"ratio Ray / local: {remote_s / local_s:.2f}; per run: local {local_s / runs:.3f} s, "
-          f"Ray {remote_s / runs:.3f} s")
+    print(f"local at 1 thread, no store:  {one_s:.2f} s")
+    print(f"ratio Ray / local worker: {remote_s / local_s:.2f} (Ray / local at 1 thread: {remote_s / one_s:.2f}); "
+          f"per run: local {local_s / runs:.3f} s, Ray {remote_s / runs:.3f} s; load average now "
+          f"{os.getloadavg()[0]:.2f}")
     ok = rows[0] == rows[1] == runs and local.status == remote.status == "finished"
     print(f"sweep27: {verdict(ok)} (every run finished and recorded on both paths)")
     return ok
