@@ -16,6 +16,7 @@ help:
 	@echo "make run    set up .venv and start the app (streamlit run streamlit_app.py)"
 	@echo "make test   set up .venv, run the linters (ruff, lint-imports) and the whole test suite"
 	@echo "make bench  time the training engine (bench/bench_train.py)"
+	@echo "make ray    add the optional Ray extra (the Ray executor, docs/DEPLOY.md; make test does it)"
 
 setup: $(STAMP)
 
