@@ -4,8 +4,12 @@ translated refusal naming the extra, before anything is written (worker, CLI), a
 nothing answers at is refused in seconds; spawn_worker and the app pass the choice on."""
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
+import threading
+import time
 
 import pytest
 
@@ -93,13 +97,40 @@ def test_an_address_nothing_answers_at_is_refused_in_seconds(fake_ray, monkeypat
     assert fake_ray == []  # Ray was never asked (it would wait a minute and more)
 
 
+@contextlib.contextmanager
+def answering(reply: bytes | None):
+    """A server on 127.0.0.1 that sends `reply` to whoever connects (None: reads, says nothing); yields
+    its address. A gRPC server (a Ray head) answers an HTTP/2 opening with a SETTINGS frame."""
+    server = socket.create_server(("127.0.0.1", 0))
+    conns = []
+
+    def serve():
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                conns.append(conn)
+                if reply is not None:
+                    conn.sendall(reply)
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # ends the accept() under way (close alone would not)
+        server.close()
+        for conn in conns:
+            conn.close()
+
+
+GRPC_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an empty HTTP/2 SETTINGS frame
+
+
 def test_a_cluster_that_refuses_the_driver_is_one_line(fake_ray, monkeypatch):
     def refuse(address):
         raise ConnectionError("Authentication failed: the token does not match\n  (a long Ray explanation)")
 
     monkeypatch.setattr(ray_executor, "connect", refuse)
-    with socket.create_server(("127.0.0.1", 0)) as server:  # something answers: Ray itself is asked
-        address = f"127.0.0.1:{server.getsockname()[1]}"
+    with answering(GRPC_SETTINGS) as address:  # it answers as a gRPC server: Ray itself is asked
         with pytest.raises(ConfigError) as info:
             executors.connect("ray", address)
     assert str(info.value).startswith(f"Could not join the Ray cluster at {address} (Authentication failed")
@@ -107,6 +138,53 @@ def test_a_cluster_that_refuses_the_driver_is_one_line(fake_ray, monkeypatch):
     monkeypatch.setenv(executors.ADDRESS_ENV, address)  # the environment's address when none is given
     with pytest.raises(ConfigError, match="Nothing answers"):
         executors.connect("ray", None)
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n", None, b""])
+def test_an_address_that_answers_but_not_as_a_ray_head_is_refused_in_seconds(reply, fake_ray, monkeypatch):
+    monkeypatch.setattr(executors, "REACH_S", 1.0)
+    started = time.monotonic()
+    with answering(reply) as address:
+        with pytest.raises(ConfigError) as info:
+            executors.connect("ray", address)
+    assert time.monotonic() - started < 3.0 and fake_ray == []  # Ray, which retries for minutes, never asked
+    assert str(info.value).startswith(f"Something answers at {address}, but not as a Ray cluster's head")
+    assert "\n" not in str(info.value) and "Ray" in i18n.render(info.value, "zh_CN")
+    assert "头节点" in i18n.render(info.value, "zh_CN")
+
+
+def test_a_join_that_does_not_end_is_refused_after_join_s(fake_ray, monkeypatch):
+    monkeypatch.setattr(executors, "JOIN_S", 0.3)
+    release = threading.Event()
+    monkeypatch.setattr(ray_executor, "connect", lambda address: release.wait(10))
+    try:
+        with answering(GRPC_SETTINGS) as address:
+            with pytest.raises(ConfigError, match=r"did not let this machine join within 0.3 s") as info:
+                executors.connect("ray", address)
+    finally:
+        release.set()
+    assert "0.3" in i18n.render(info.value, "zh_CN")
+
+
+def test_joining_leaves_this_processs_signal_handlers_as_they_were(fake_ray, monkeypatch):
+    """ray.init (on the main thread) makes SIGTERM a sys.exit: a killed CLI run would be 'failed'."""
+    def ray_like_join(address):
+        with contextlib.suppress(ValueError):  # off the main thread Ray sets nothing (nor can it)
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        fake_ray.append(address)
+
+    monkeypatch.setattr(ray_executor, "connect", ray_like_join)
+    mine = lambda signum, frame: None  # noqa: E731
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signal.signal(signal.SIGINT, mine)
+        with answering(GRPC_SETTINGS) as address:
+            executors.connect("ray", address)
+        assert fake_ray == [address]
+        assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM] and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_a_ray_worker_without_ray_is_refused_before_the_database_is_opened(no_ray, tmp_path, capsys):

@@ -4,8 +4,12 @@ point (the worker, the CLI's training commands, the app's workers), from a flag 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +21,11 @@ EXECUTOR_ENV = "MNIST_LAB_EXECUTOR"  # 'local' (default) or 'ray'
 ADDRESS_ENV = "MNIST_LAB_RAY_ADDRESS"  # the cluster a Ray driver joins (ray_executor.ADDRESS_ENV, read there too)
 EXECUTORS = ("local", "ray")
 REACH_S = 3.0  # how long joining waits for the cluster's head to answer before it is refused
+JOIN_S = 60.0  # how long ray.init may take once the head answers as a gRPC server (a live cluster: seconds)
+# An HTTP/2 client's opening (its preface and an empty SETTINGS frame): a Ray head (a gRPC server) answers
+# with its own SETTINGS frame at once; anything else (a web server, ssh, a database) does not.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
 
 Execute = Callable[..., Any]  # jobs.execute's signature: (spec, store, cancel=None, on_progress=None) -> result
 
@@ -27,6 +36,11 @@ _BAD_ADDRESS = N_("The Ray address {value} is not HOST:PORT (e.g. 10.0.0.1:6379,
                   "address): set --ray-address or MNIST_LAB_RAY_ADDRESS.")
 _UNREACHABLE = N_("Nothing answers at the Ray address {value} ({detail}): start the cluster's head there (ray start "
                   "--head), or fix --ray-address / MNIST_LAB_RAY_ADDRESS.")
+_NOT_RAY = N_("Something answers at {value}, but not as a Ray cluster's head (no gRPC answer within {seconds} s): "
+              "give the head's address (the one `ray start --head` printed), or fix --ray-address / "
+              "MNIST_LAB_RAY_ADDRESS.")
+_SLOW = N_("The Ray cluster at {value} did not let this machine join within {seconds} s: check that it is the head's "
+           "address, that RAY_AUTH_MODE=token and RAY_AUTH_TOKEN are the cluster's, and the cluster's Ray version.")
 _REFUSED = N_("Could not join the Ray cluster at {value} ({detail}): check that RAY_AUTH_MODE=token and "
               "RAY_AUTH_TOKEN are the cluster's, and that this machine runs the cluster's Ray version.")
 
@@ -76,24 +90,83 @@ def connect(name: str | None = None, address: str | None = None) -> None:
     address = address or os.environ.get(ADDRESS_ENV) or None
     if address:
         _reach(address)
+    shown = shorten(address or "auto", quote=False)
+    outcome: list[BaseException | None] = []
+
+    def join() -> None:
+        try:
+            ray_executor.connect(address)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - said below, in this thread's caller
+            outcome.append(exc)
+    # ray.init from another thread, so that a join Ray would retry for minutes is refused after JOIN_S;
+    # there it leaves SIGTERM alone (on the main thread it makes SIGTERM a SystemExit, and a killed CLI run
+    # 'failed' instead of 'interrupted'): whatever it sets, this process's handlers are put back after it.
+    handlers = _handlers()
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    ray_worker_log.addFilter(_not_main_thread_note)
     try:
-        ray_executor.connect(address)
-    except Exception as exc:  # noqa: BLE001 - Ray's own errors (auth, versions, no cluster): one line
-        raise ConfigError("ray_address", shorten(address or "auto", quote=False), _REFUSED,
-                          detail=shorten(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                                         quote=False)) from None
+        joiner = threading.Thread(target=join, name="mnist-lab-ray-join", daemon=True)
+        joiner.start()
+        joiner.join(JOIN_S)
+    finally:
+        ray_worker_log.removeFilter(_not_main_thread_note)
+        _restore(handlers)
+    if not outcome:  # Ray would go on retrying for minutes: this process is refused (and exits)
+        raise ConfigError("ray_address", shown, _SLOW, seconds=f"{JOIN_S:g}")
+    if (exc := outcome[0]) is not None:  # Ray's own errors (auth, versions, no cluster): one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("ray_address", shown, _REFUSED, detail=shorten(first, quote=False)) from None
+
+
+def _handlers() -> dict[int, Any]:
+    """This process's SIGTERM and SIGINT handlers (none off the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(sig, handler)
+
+
+def _not_main_thread_note(record: logging.LogRecord) -> bool:
+    """Ray's warning that ray.init off the main thread sets no SIGTERM handler: wanted here, so unsaid."""
+    return "SIGTERM handler is not set" not in record.getMessage()
 
 
 def _reach(address: str) -> None:
-    """Refuse an address that is not HOST:PORT, or at which nothing answers within REACH_S (ray.init
-    would wait a minute and more before it says so)."""
+    """Refuse an address that is not HOST:PORT, at which nothing answers within REACH_S, or at which
+    something answers but not as a gRPC server (a Ray head is one): ray.init would retry for minutes
+    before it says so."""
     shown = shorten(address, quote=False)
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError("ray_address", shown, _BAD_ADDRESS)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_S):
-            pass
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_S)
     except OSError as exc:
         raise ConfigError("ray_address", shown, _UNREACHABLE, detail=shorten(exc.strerror or str(exc) or
                                                                              type(exc).__name__, quote=False)) from None
+    with conn:
+        if not _speaks_grpc(conn):
+            raise ConfigError("ray_address", shown, _NOT_RAY, seconds=f"{REACH_S:g}")
+
+
+def _speaks_grpc(conn: socket.socket) -> bool:
+    """Whether the peer answers an HTTP/2 opening with a SETTINGS frame within REACH_S, as a gRPC
+    server does (a web server answers HTTP/1 or closes; ssh, a database send their own greeting)."""
+    try:
+        conn.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:  # a timeout too
+        return False
+    return head[3] == _H2_SETTINGS
