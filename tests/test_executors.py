@@ -5,6 +5,7 @@ nothing answers at is refused in seconds; spawn_worker and the app pass the choi
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -151,6 +152,28 @@ def test_an_address_that_answers_but_not_as_a_ray_head_is_refused_in_seconds(rep
     assert str(info.value).startswith(f"Something answers at {address}, but not as a Ray cluster's head")
     assert "\n" not in str(info.value) and "Ray" in i18n.render(info.value, "zh_CN")
     assert "头节点" in i18n.render(info.value, "zh_CN")
+
+
+def test_rays_own_stderr_is_held_aside_and_a_refused_token_is_said_in_one_line(fake_ray, monkeypatch, capfd):
+    def c_core_join(address):  # what Ray's C++ core does: a line per retry on file descriptor 2
+        for _ in range(3):
+            os.write(2, b"[2026-12-07 19:25:46,014 W 1 2] gcs_client.cc:210: Failed to get cluster ID from GCS "
+                        b"server: Unauthenticated: RPC error: InvalidAuthToken: Authentication token is missing\n")
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")
+
+    monkeypatch.setattr(ray_executor, "connect", c_core_join)
+    with answering(GRPC_SETTINGS) as address:
+        with pytest.raises(ConfigError) as info:
+            executors.connect("ray", address)
+    assert capfd.readouterr().err == ""
+    assert str(info.value).startswith(f"The Ray cluster at {address} refused this machine's token")
+    assert "令牌" in i18n.render(info.value, "zh_CN")
+    monkeypatch.setattr(ray_executor, "connect", lambda address: os.write(2, b"[I] a joined driver's notes\n"))
+    with answering(GRPC_SETTINGS) as address:
+        executors.connect("ray", address)
+    assert capfd.readouterr().err == ""
+    print("after the join", file=sys.stderr)  # file descriptor 2 is this process's again
+    assert capfd.readouterr().err == "after the join\n"
 
 
 def test_a_join_that_does_not_end_is_refused_after_join_s(fake_ray, monkeypatch):

@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,9 @@ JOIN_S = 60.0  # how long ray.init may take once the head answers as a gRPC serv
 # with its own SETTINGS frame at once; anything else (a web server, ssh, a database) does not.
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 _H2_SETTINGS = 4
+# How many times ray.init asks the head before it gives up (Ray's default: 20, one a second, each a line on
+# stderr); a live head answers the first. An operator's own RAY_gcs_server_port_wait_time_s wins.
+_GCS_TRIES = ("RAY_gcs_server_port_wait_time_s", "5")
 
 Execute = Callable[..., Any]  # jobs.execute's signature: (spec, store, cancel=None, on_progress=None) -> result
 
@@ -41,6 +46,8 @@ _NOT_RAY = N_("Something answers at {value}, but not as a Ray cluster's head (no
               "MNIST_LAB_RAY_ADDRESS.")
 _SLOW = N_("The Ray cluster at {value} did not let this machine join within {seconds} s: check that it is the head's "
            "address, that RAY_AUTH_MODE=token and RAY_AUTH_TOKEN are the cluster's, and the cluster's Ray version.")
+_BAD_TOKEN = N_("The Ray cluster at {value} refused this machine's token: set RAY_AUTH_MODE=token and the cluster's "
+                "RAY_AUTH_TOKEN (the one its head was started with) in this machine's environment.")
 _REFUSED = N_("Could not join the Ray cluster at {value} ({detail}): check that RAY_AUTH_MODE=token and "
               "RAY_AUTH_TOKEN are the cluster's, and that this machine runs the cluster's Ray version.")
 
@@ -102,21 +109,45 @@ def connect(name: str | None = None, address: str | None = None) -> None:
     # ray.init from another thread, so that a join Ray would retry for minutes is refused after JOIN_S;
     # there it leaves SIGTERM alone (on the main thread it makes SIGTERM a SystemExit, and a killed CLI run
     # 'failed' instead of 'interrupted'): whatever it sets, this process's handlers are put back after it.
+    # Ray's C++ core writes each retry to this process's stderr (a worker's log): held aside, read for why.
     handlers = _handlers()
     ray_worker_log = logging.getLogger("ray._private.worker")
     ray_worker_log.addFilter(_not_main_thread_note)
+    os.environ.setdefault(*_GCS_TRIES)
     try:
-        joiner = threading.Thread(target=join, name="mnist-lab-ray-join", daemon=True)
-        joiner.start()
-        joiner.join(JOIN_S)
+        with _stderr_aside() as said:
+            joiner = threading.Thread(target=join, name="mnist-lab-ray-join", daemon=True)
+            joiner.start()
+            joiner.join(JOIN_S)
     finally:
         ray_worker_log.removeFilter(_not_main_thread_note)
         _restore(handlers)
+    if "InvalidAuthToken" in said[0] or "Unauthenticated" in said[0]:
+        raise ConfigError("ray_address", shown, _BAD_TOKEN)
     if not outcome:  # Ray would go on retrying for minutes: this process is refused (and exits)
         raise ConfigError("ray_address", shown, _SLOW, seconds=f"{JOIN_S:g}")
     if (exc := outcome[0]) is not None:  # Ray's own errors (auth, versions, no cluster): one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError("ray_address", shown, _REFUSED, detail=shorten(first, quote=False)) from None
+
+
+@contextlib.contextmanager
+def _stderr_aside():
+    """File descriptor 2 (where C++ code writes) into a temporary file while the block runs; yields a
+    one-item list that then holds what was written there (its last 64 KiB)."""
+    said = [""]
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as aside:
+        saved = os.dup(2)
+        os.dup2(aside.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            size = aside.seek(0, os.SEEK_END)
+            aside.seek(max(0, size - 65536))
+            said[0] = aside.read().decode("utf-8", "replace")
 
 
 def _handlers() -> dict[int, Any]:
