@@ -222,7 +222,7 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
     except ValueError as exc:
         st.session_state[f"_{kind}_refused"] = exc  # worded when shown: a language switch words it again
         return None
-    ensure_workers()
+    ensure_workers(say=False)  # the entry point says a bad executor once, at the top of the page
     st.session_state[f"_{kind}_job"] = job_id
     st.session_state.pop(f"_{kind}_refused", None)
     return job_id
@@ -324,7 +324,7 @@ def job_panel(kind: str, draw: Callable[[JobView], None], shows: Callable[[JobVi
     def panel() -> None:
         if polling and due("job upkeep", UPKEEP_S):  # once per server process, not once per polling page
             job_queue().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
-            ensure_workers()  # and replace it, so queued jobs go on
+            ensure_workers(say=False)  # and replace it, so queued jobs go on
         view = runner().poll(first.id)
         if view is None:
             st.info(_("This job is no longer in the store."))
@@ -472,7 +472,7 @@ def class_job_panel(kind: str, label: str, file_name: str, lang: str | None = No
         try:
             submit_class_job(job_queue(), kind, asker(), lang or current(), client())
             st.session_state.pop(f"_class_{kind}_refused", None)
-            ensure_workers()
+            ensure_workers(say=False)
             st.rerun()
         except ValueError as exc:
             st.session_state[f"_class_{kind}_refused"] = exc
