@@ -82,10 +82,23 @@ def job_queue() -> JobQueue:
 
 def runner() -> StoreRunner:
     """The job runner acting for this session (`asker`): it shows, stops and deletes only what
-    `mnist_lab.service.access.may` lets this session; its jobs keep the browser's address (shared mode)."""
+    `mnist_lab.service.access.may` lets this session; its jobs keep the browser's address (shared mode);
+    with MNIST_LAB_EXECUTOR=ray its jobs' devices are the cluster's, not this server's."""
     policy = server_policy()
     return StoreRunner(result_store(), queue_limit=policy.queue_limit, queue=job_queue(), asker=asker(),
-                       client=client() if policy.shared else "")
+                       client=client() if policy.shared else "", remote=server_executor() == "ray")
+
+
+def server_executor() -> str:
+    """What trains this server's jobs: 'local' or 'ray' ($MNIST_LAB_EXECUTOR, checked once); 'local'
+    while its value is refused (ensure_workers says so, and starts no worker)."""
+    return checked_executor(os.environ.get(executors.EXECUTOR_ENV, ""))[0] or "local"
+
+
+def job_device(device: str) -> str:
+    """The device type a job naming `device` trains on, for its limits and estimates: this server's
+    with the local executor; the Ray cluster's (a GPU if it has one) with MNIST_LAB_EXECUTOR=ray."""
+    return executors.device_type(device, server_executor())
 
 
 @st.cache_resource

@@ -27,10 +27,12 @@ from .shared import (
     asker,
     due,
     ensure_workers,
+    job_device,
     job_queue,
     path_hider,
     result_store,
     runner,
+    server_executor,
     server_policy,
     workspace,
 )
@@ -211,13 +213,12 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
     """Queue `spec` for this workspace; remember it as the page's job. A refusal (the server's
     limits, a full queue, a bad config) is shown as a message and nothing is queued."""
     from mnist_lab.service.quota import standing
-    from mnist_lab.training.preflight import resolve_device
 
     try:
         policy, run = server_policy(), runner()
         # what this person and the server keep, and the jobs from this browser's address (the demo's cap)
         kept = standing(result_store(), workspace(), run.client, unknown_is_one=policy.demo) if policy.shared else None
-        policy.check(spec, resolve_device(spec.train.device).type, kept)
+        policy.check(spec, job_device(spec.train.device), kept)  # with Ray: the cluster's device
         job_id = run.submit(spec, workspace())
     except ValueError as exc:
         st.session_state[f"_{kind}_refused"] = exc  # worded when shown: a language switch words it again
@@ -264,10 +265,9 @@ def duration(seconds: float | None) -> str:
 
 
 def expected_time(spec: JobSpec) -> str:
-    from mnist_lab.training.preflight import resolve_device
-
-    try:
-        return duration(estimate_seconds(spec, resolve_device(spec.train.device).type, now=True))  # the machine now
+    try:  # the machine now (with Ray: the cluster's device, from its idle figures)
+        device = job_device(spec.train.device)
+        return duration(estimate_seconds(spec, device, now=server_executor() == "local"))
     except Exception:  # noqa: BLE001 - the page's rules catch the config's problems; an estimate never breaks it
         return duration(None)
 

@@ -11,14 +11,17 @@ import socket
 import sys
 import threading
 import time
+import types
 
 import pytest
 
 from mnist_lab import i18n
 from mnist_lab.cli.main import main
+from mnist_lab.data import datasets
 from mnist_lab.errors import ConfigError
 from mnist_lab.service import executors, jobs, ray_executor, worker
 from mnist_lab.service.worker import Worker, WorkerConfig, spawn_worker
+from mnist_lab.training.preflight import resolve_device
 
 
 @pytest.fixture
@@ -319,3 +322,82 @@ def test_a_bad_executor_in_the_servers_environment_is_one_line_on_the_page_check
     [line] = [e.value.replace("\\", "") for e in at.error]  # markdown's escapes (app_lib.text.plain) off
     assert line.startswith("No job trains until this is fixed: Unknown executor 'spark' (from MNIST_LAB_EXECUTOR)")
     assert "\n" not in line and checks == [None] and spawned == []
+
+
+@pytest.fixture
+def cluster(monkeypatch, fake_ray):
+    """A joined Ray 'cluster' whose resources the test sets; counts how often it is asked."""
+    state = {"resources": {"CPU": 8.0, "GPU": 2.0}, "asked": 0}
+
+    def resources():
+        state["asked"] += 1
+        return dict(state["resources"])
+    monkeypatch.setattr(ray_executor, "import_ray", lambda: types.SimpleNamespace(cluster_resources=resources))
+    monkeypatch.delenv(executors.ADDRESS_ENV, raising=False)
+    monkeypatch.setattr(executors, "_clusters", {})
+    return state
+
+
+def test_limits_and_estimates_use_the_clusters_device_with_ray_and_this_machines_locally(cluster, monkeypatch):
+    here = resolve_device("auto").type
+    assert executors.device_type("auto", "local") == here and executors.device_type("cpu", "local") == "cpu"
+    assert cluster["asked"] == 0  # the local executor asks no cluster
+    assert executors.device_type("auto", "ray") == "cuda"  # a node has a GPU, whatever this machine has
+    assert executors.device_type("cuda:1", "ray") == "cuda" and executors.device_type("cpu", "ray") == "cpu"
+    cluster["resources"] = {"CPU": 8.0}  # the GPU box leaves: seen once the kept answer is CLUSTER_CACHE_S old
+    assert executors.device_type("auto", "ray") == "cuda" and cluster["asked"] == 1
+    monkeypatch.setattr(executors, "CLUSTER_CACHE_S", 0.0)
+    assert executors.device_type("auto", "ray") == "cpu" and cluster["asked"] == 2
+
+    def refuse(address):
+        raise ConnectionError("no cluster")
+    monkeypatch.setattr(ray_executor, "connect", refuse)
+    assert executors.cluster_device() is None and executors.device_type("auto", "ray") == here  # as before
+
+
+def test_a_ray_server_checks_its_jobs_against_the_cluster_not_itself(cluster, tmp_path, monkeypatch):
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.nets.presets import PRESETS
+    from mnist_lab.runs.store import ResultStore
+    from mnist_lab.service.policy import ServerPolicy
+    from mnist_lab.training.loop import TrainConfig
+
+    spec = jobs.JobSpec("train", TrainConfig(epochs=50), DataConfig(), model=PRESETS["lab5"].model)
+    policy = ServerPolicy(mode="shared", max_epochs=50, max_job_seconds=60)
+    policy.check(spec, executors.device_type("auto", "ray"))  # 50 epochs of lab5 on the cluster's GPU: in time
+    with pytest.raises(ValueError, match="would train for about"):
+        policy.check(spec, "cpu")  # what a CPU-only class server estimated for itself before
+    store = ResultStore(tmp_path / "r.sqlite")
+
+    def this_machine(*configs):
+        raise ConfigError("batch_size", 64, "Training this network needs more memory than this machine has.")
+    monkeypatch.setattr(jobs, "preflight", this_machine)  # training.preflight: this machine's device memory
+    assert jobs.StoreRunner(store, remote=True).submit(spec)  # the nodes check their own
+    with pytest.raises(ConfigError, match="than this machine has"):
+        jobs.StoreRunner(store).submit(spec)  # locally: exactly as before
+
+
+@pytest.mark.parametrize("command", [["sweep", "--seeds", "1"], ["lesson", "softmax"]])
+def test_the_cli_with_ray_leaves_the_device_and_the_data_to_the_nodes(command, cluster, tmp_path, monkeypatch,
+                                                                     capsys):
+    """No data here (nor this machine's memory asked): the job reaches the cluster."""
+    asked = []
+
+    def on_the_cluster(spec, store, cancel=None, on_progress=None):
+        asked.append(spec)
+        raise ConfigError("executor", "ray", "The cluster says no.")
+    on_the_cluster.remote = True
+    monkeypatch.setattr(executors, "executor", lambda name=None, address=None: on_the_cluster)
+    monkeypatch.setattr(executors, "connect", lambda name=None, address=None: None)
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    code = main([*command, "--executor", "ray", "--data-dir", str(empty), "--quiet",
+                 "--db", str(tmp_path / "r.sqlite")])
+    out, err = capsys.readouterr()
+    assert code == 2 and err == "error: The cluster says no.\n", err
+    [spec] = asked
+    assert spec.train.device == "auto" and spec.data.data_dir == str(empty)
+    if command[0] == "lesson":  # its estimate is the cluster's, said as such (not "here")
+        assert "of training on the Ray cluster's GPU" in out and " here." not in out
+    with pytest.raises(datasets.DataUnavailableError):
+        datasets.load_raw(spec.data)  # what a local run would have been refused with

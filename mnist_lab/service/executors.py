@@ -12,12 +12,14 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from mnist_lab.errors import ConfigError, shorten
 from mnist_lab.i18n import N_
 from mnist_lab.service.jobs import JobSpec, execute
+from mnist_lab.training.preflight import resolve_device
 
 EXECUTOR_ENV = "MNIST_LAB_EXECUTOR"  # 'local' (default) or 'ray'
 ADDRESS_ENV = "MNIST_LAB_RAY_ADDRESS"  # the cluster a Ray driver joins (ray_executor.ADDRESS_ENV, read there too)
@@ -26,6 +28,7 @@ REACH_S = 3.0  # how long joining waits for the cluster's head to answer before 
 JOIN_S = 60.0  # how long ray.init may take once the head answers as a gRPC server (a live cluster: seconds)
 # An HTTP/2 client's opening (its preface and an empty SETTINGS frame): a Ray head (a gRPC server) answers
 # with its own SETTINGS frame at once; anything else (a web server, ssh, a database) does not.
+CLUSTER_CACHE_S = 60.0  # how long what the Ray cluster has (a GPU or not) is kept before it is asked again
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 _H2_SETTINGS = 4
 # How many times ray.init asks the head before it gives up (Ray's default: 20, one a second, each a line on
@@ -82,7 +85,46 @@ def executor(name: str | None = None, address: str | None = None) -> Execute:
     def execute_on_ray(spec: JobSpec, store, cancel=None, on_progress=None) -> Any:
         return ray_executor.execute(spec, store, cancel=cancel, on_progress=on_progress, address=address)
 
+    execute_on_ray.remote = True  # jobs.run_inline: the nodes resolve the device and load the data
     return execute_on_ray
+
+
+def device_type(device: str, name: str | None = None, address: str | None = None) -> str:
+    """The device type ('cpu' or 'cuda') a job's runs train on, which its limits and time estimates
+    use: this machine's (resolve_device) with the local executor, exactly as before; with Ray the
+    type named, or for 'auto' the cluster's: 'cuda' when some node has a GPU (`cluster_device`),
+    this machine's when the cluster cannot be asked."""
+    if choose(name) == "local":
+        return resolve_device(device).type
+    if isinstance(device, str) and device.strip() not in ("", "auto"):
+        return "cuda" if device.strip().startswith("cuda") else resolve_device(device).type
+    return cluster_device(address) or resolve_device("auto").type
+
+
+_clusters: dict[str, tuple[float, str | None]] = {}  # address -> (when asked, 'cuda' / 'cpu' / None)
+_clusters_lock = threading.Lock()
+
+
+def cluster_device(address: str | None = None) -> str | None:
+    """'cuda' when some node of the Ray cluster at `address` (None: $MNIST_LAB_RAY_ADDRESS) has a
+    GPU, else 'cpu'; None when it cannot be joined. This process joins it as a driver (`connect`);
+    the answer is kept CLUSTER_CACHE_S (a GPU box that joins or leaves is seen within that)."""
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    key = address or ""
+    with _clusters_lock:
+        asked = _clusters.get(key)
+        if asked is not None and time.monotonic() - asked[0] < CLUSTER_CACHE_S:
+            return asked[1]
+        try:
+            connect("ray", address)
+            from mnist_lab.service import ray_executor
+
+            gpus = float(ray_executor.import_ray().cluster_resources().get("GPU", 0))
+            found: str | None = "cuda" if gpus > 0 else "cpu"
+        except Exception:  # noqa: BLE001 - a cluster that cannot be asked: this machine's device, as before
+            found = None
+        _clusters[key] = (time.monotonic(), found)
+        return found
 
 
 def connect(name: str | None = None, address: str | None = None) -> None:
