@@ -1,7 +1,10 @@
 """The executor choice (service/executors.py) without Ray: the local worker by default, the flag over
-$MNIST_LAB_EXECUTOR, a bad name refused with the choices; 'ray' without Ray installed is one
-translated refusal naming the extra, before anything is written (worker, CLI), and an address
-nothing answers at is refused in seconds; spawn_worker and the app pass the choice on."""
+$MNIST_LAB_EXECUTOR, a bad name refused with the choices (on an app page: one line, checked once);
+'ray' without Ray installed is one translated refusal naming the extra, before anything is written
+(worker, CLI); an address nothing answers at, or something that is no Ray head, is refused in
+seconds, a join that does not end after JOIN_S, Ray's own stderr held aside, the process's signal
+handlers kept; with Ray, limits and estimates use the cluster's device and this machine's data and
+memory are not asked; spawn_worker and the app pass the choice on."""
 from __future__ import annotations
 
 import contextlib

@@ -2,8 +2,10 @@
 Ray): a worker started as the app starts one, with executor 'ray', trains a student's queued sweep
 on the cluster and the store gets the rows a local worker writes (owner columns, job, labels,
 losses); a stop request in the store ends its run within ~2 s with what finished kept, and a killed
-driver leaves its run 'interrupted'; the CLI's `sweep --executor ray` prints and exports as it does
-locally (compare and lesson through Ray: tests/test_ray_executor.py)."""
+driver leaves its run 'interrupted'; the CLI as a separate process with the cluster's address and
+token: `sweep --executor ray` prints and exports as it does locally with nothing of Ray's on stderr,
+a wrong token is one translated line, a SIGTERMed `train` is left 'interrupted' as a local one
+(compare and lesson through Ray: tests/test_ray_executor.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -92,6 +94,7 @@ def test_a_ray_worker_trains_a_students_queued_sweep_as_a_local_worker_does(ray_
     log = (tmp_path / "worker.log").read_text()
     assert view is not None and view.status == "finished", log
     assert "serving" in log and "Ray 127.0.0.1:" in log and worker.poll() is None  # alive for the next job
+    assert "gcs_client" not in log and "rpc_client" not in log and "SIGTERM handler" not in log  # Ray's own noise
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a one-CPU Ray task's threads: the same losses bit for bit
     try:
