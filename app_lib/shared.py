@@ -24,7 +24,7 @@ from mnist_lab.data.datasets import (
     load_raw,
     sample_grid,
 )
-from mnist_lab.errors import StoreError, shorten
+from mnist_lab.errors import ConfigError, StoreError, shorten
 from mnist_lab.i18n import N_
 from mnist_lab.paths import default_db_path
 from mnist_lab.runs.store import LOCAL_WORKSPACE, ResultStore
@@ -82,10 +82,23 @@ def job_queue() -> JobQueue:
 
 def runner() -> StoreRunner:
     """The job runner acting for this session (`asker`): it shows, stops and deletes only what
-    `mnist_lab.service.access.may` lets this session; its jobs keep the browser's address (shared mode)."""
+    `mnist_lab.service.access.may` lets this session; its jobs keep the browser's address (shared mode);
+    with MNIST_LAB_EXECUTOR=ray its jobs' devices are the cluster's, not this server's."""
     policy = server_policy()
     return StoreRunner(result_store(), queue_limit=policy.queue_limit, queue=job_queue(), asker=asker(),
-                       client=client() if policy.shared else "")
+                       client=client() if policy.shared else "", remote=server_executor() == "ray")
+
+
+def server_executor() -> str:
+    """What trains this server's jobs: 'local' or 'ray' ($MNIST_LAB_EXECUTOR, checked once); 'local'
+    while its value is refused (ensure_workers says so, and starts no worker)."""
+    return checked_executor(os.environ.get(executors.EXECUTOR_ENV, ""))[0] or "local"
+
+
+def job_device(device: str) -> str:
+    """The device type a job naming `device` trains on, for its limits and estimates: this server's
+    with the local executor; the Ray cluster's (a GPU if it has one) with MNIST_LAB_EXECUTOR=ray."""
+    return executors.device_type(device, server_executor())
 
 
 @st.cache_resource
@@ -93,15 +106,36 @@ def spawned_workers() -> dict:
     return {}  # (database, slot) -> the worker Popen this server started
 
 
-def ensure_workers() -> None:
+@st.cache_resource(show_spinner=False)
+def checked_executor(value: str) -> tuple[str, ConfigError | None]:
+    """The executor $MNIST_LAB_EXECUTOR (`value`) names, checked once per value this server sees:
+    ('local' or 'ray', None), or ('', the refusal naming the choices)."""
+    try:
+        return executors.choose(), None
+    except ConfigError as exc:
+        return "", exc
+
+
+def ensure_workers(say: bool = True) -> None:
     """Start the worker processes this store lacks: one per GPU, one on a CPU machine, RAY_DRIVERS
     Ray drivers with MNIST_LAB_EXECUTOR=ray (MNIST_LAB_WORKERS wins over each). A worker started
-    elsewhere (`python -m mnist_lab worker`) counts. In demo
+    elsewhere (`python -m mnist_lab worker`) counts. A bad MNIST_LAB_EXECUTOR starts none: the page
+    says so in one line (`say`; the app's entry point, once per page run), queued jobs wait. In demo
     mode, at most every PRUNE_EVERY_S, delete the visitors' runs older than the keep time."""
+    store, policy = result_store(), server_policy()
+    # MNIST_LAB_EXECUTOR; the child reads MNIST_LAB_RAY_ADDRESS and Ray's token itself
+    executor, refused = checked_executor(os.environ.get(executors.EXECUTOR_ENV, ""))
+    if refused is None:
+        _spawn_workers(store, policy, executor)
+    elif say:
+        st.error(plain(_("No job trains until this is fixed: {why}").format(why=render_error(refused))),
+                 icon=":material/error:")
+    _prune(store, policy)
+
+
+def _spawn_workers(store: ResultStore, policy: ServerPolicy, executor: str) -> None:
     import torch
 
-    store, policy = result_store(), server_policy()
-    executor = executors.choose()  # MNIST_LAB_EXECUTOR; the child reads MNIST_LAB_RAY_ADDRESS and Ray's token itself
     gpus = 0 if executor == "ray" else torch.cuda.device_count() if torch.cuda.is_available() else 0
     wanted = policy.workers or (RAY_DRIVERS if executor == "ray" else max(gpus, 1))
     live = {w["slot"] for w in job_queue().live_workers()}
@@ -117,6 +151,9 @@ def ensure_workers() -> None:
                                     idle_exit_s=float(idle) if idle else None,
                                     max_job_s=2 * policy.max_job_seconds if policy.shared else None,
                                     log=store.path.with_name("worker.log"))  # beside its database
+
+
+def _prune(store: ResultStore, policy: ServerPolicy) -> None:
     last = pruned_at()
     if policy.demo and time.monotonic() - last.get(str(store.path), -PRUNE_EVERY_S) >= PRUNE_EVERY_S:
         last[str(store.path)] = time.monotonic()  # claimed before it runs: one session prunes, the rest go on

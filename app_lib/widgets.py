@@ -27,10 +27,12 @@ from .shared import (
     asker,
     due,
     ensure_workers,
+    job_device,
     job_queue,
     path_hider,
     result_store,
     runner,
+    server_executor,
     server_policy,
     workspace,
 )
@@ -211,18 +213,17 @@ def start_job(kind: str, spec: JobSpec) -> str | None:
     """Queue `spec` for this workspace; remember it as the page's job. A refusal (the server's
     limits, a full queue, a bad config) is shown as a message and nothing is queued."""
     from mnist_lab.service.quota import standing
-    from mnist_lab.training.preflight import resolve_device
 
     try:
         policy, run = server_policy(), runner()
         # what this person and the server keep, and the jobs from this browser's address (the demo's cap)
         kept = standing(result_store(), workspace(), run.client, unknown_is_one=policy.demo) if policy.shared else None
-        policy.check(spec, resolve_device(spec.train.device).type, kept)
+        policy.check(spec, job_device(spec.train.device), kept)  # with Ray: the cluster's device
         job_id = run.submit(spec, workspace())
     except ValueError as exc:
         st.session_state[f"_{kind}_refused"] = exc  # worded when shown: a language switch words it again
         return None
-    ensure_workers()
+    ensure_workers(say=False)  # the entry point says a bad executor once, at the top of the page
     st.session_state[f"_{kind}_job"] = job_id
     st.session_state.pop(f"_{kind}_refused", None)
     return job_id
@@ -264,10 +265,9 @@ def duration(seconds: float | None) -> str:
 
 
 def expected_time(spec: JobSpec) -> str:
-    from mnist_lab.training.preflight import resolve_device
-
-    try:
-        return duration(estimate_seconds(spec, resolve_device(spec.train.device).type, now=True))  # the machine now
+    try:  # the machine now (with Ray: the cluster's device, from its idle figures)
+        device = job_device(spec.train.device)
+        return duration(estimate_seconds(spec, device, now=server_executor() == "local"))
     except Exception:  # noqa: BLE001 - the page's rules catch the config's problems; an estimate never breaks it
         return duration(None)
 
@@ -324,7 +324,7 @@ def job_panel(kind: str, draw: Callable[[JobView], None], shows: Callable[[JobVi
     def panel() -> None:
         if polling and due("job upkeep", UPKEEP_S):  # once per server process, not once per polling page
             job_queue().mark_interrupted()  # a worker that died mid-job: say so, not 'running' forever
-            ensure_workers()  # and replace it, so queued jobs go on
+            ensure_workers(say=False)  # and replace it, so queued jobs go on
         view = runner().poll(first.id)
         if view is None:
             st.info(_("This job is no longer in the store."))
@@ -472,7 +472,7 @@ def class_job_panel(kind: str, label: str, file_name: str, lang: str | None = No
         try:
             submit_class_job(job_queue(), kind, asker(), lang or current(), client())
             st.session_state.pop(f"_class_{kind}_refused", None)
-            ensure_workers()
+            ensure_workers(say=False)
             st.rerun()
         except ValueError as exc:
             st.session_state[f"_class_{kind}_refused"] = exc

@@ -2,11 +2,14 @@
 Ray): a worker started as the app starts one, with executor 'ray', trains a student's queued sweep
 on the cluster and the store gets the rows a local worker writes (owner columns, job, labels,
 losses); a stop request in the store ends its run within ~2 s with what finished kept, and a killed
-driver leaves its run 'interrupted'; the CLI's `sweep --executor ray` prints and exports as it does
-locally (compare and lesson through Ray: tests/test_ray_executor.py)."""
+driver leaves its run 'interrupted'; the CLI as a separate process with the cluster's address and
+token: `sweep --executor ray` prints and exports as it does locally with nothing of Ray's on stderr,
+a wrong token is one translated line, a SIGTERMed `train` is left 'interrupted' as a local one
+(compare and lesson through Ray: tests/test_ray_executor.py)."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,6 @@ import pytest
 import torch
 from ray_cluster import ray_cluster  # noqa: F401
 
-from mnist_lab.cli.main import main
 from mnist_lab.data.datasets import DataConfig
 from mnist_lab.lab.experiments import SweepConfig
 from mnist_lab.nets.presets import PRESETS
@@ -26,6 +28,7 @@ from mnist_lab.service.queue import JobQueue
 from mnist_lab.service.worker import Worker, WorkerConfig, spawn_worker
 from mnist_lab.training.loop import TrainConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = DataConfig(train_limit=256, test_limit=256)
 ALICE = Asker("student:s1", shared=True, student_id="s1", name="Alice")
 # what a run's row keeps whichever executor trained it (ids, times, the writing process aside)
@@ -91,6 +94,7 @@ def test_a_ray_worker_trains_a_students_queued_sweep_as_a_local_worker_does(ray_
     log = (tmp_path / "worker.log").read_text()
     assert view is not None and view.status == "finished", log
     assert "serving" in log and "Ray 127.0.0.1:" in log and worker.poll() is None  # alive for the next job
+    assert "gcs_client" not in log and "rpc_client" not in log and "SIGTERM handler" not in log  # Ray's own noise
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a one-CPU Ray task's threads: the same losses bit for bit
     try:
@@ -146,14 +150,22 @@ def test_a_stop_in_the_store_ends_a_ray_run_within_two_seconds_and_a_killed_driv
     assert job["status"] == "interrupted" and str(worker.pid) in job["stop_reason"]
 
 
-def test_the_cli_trains_a_sweep_on_ray(ray_cluster, tmp_path, capsys):  # noqa: F811
+def cli(*argv: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnist_lab", *argv], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_the_cli_trains_a_sweep_on_ray(ray_cluster, tmp_path):  # noqa: F811
+    """A separate process, `python -m mnist_lab sweep --executor ray --ray-address ADDR`, with the cluster's
+    token in its environment only: the address and the token are what it joins with."""
     db, out = tmp_path / "cli.sqlite", tmp_path / "out"
-    common = ["--executor", "ray", "--ray-address", ray_cluster.address, "--train-limit", "256", "--device", "cpu",
-              "--engine", "plain", "--quiet", "--db", str(db)]
-    assert main(["sweep", "--conv-layers", "1", "--kernel-sizes", "3", "--seeds", "2", "--base-channels", "4",
-                 "--out", str(out), *common]) == 0
-    printed = capsys.readouterr().out
-    assert "test accuracy (mean ± sd)" in printed and "±" in printed
+    env = {k: v for k, v in ray_cluster.env().items() if k not in ("MNIST_LAB_RAY_ADDRESS", "RAY_ADDRESS")}
+    done = cli("sweep", "--conv-layers", "1", "--kernel-sizes", "3", "--seeds", "2", "--base-channels", "4",
+               "--out", str(out), "--executor", "ray", "--ray-address", ray_cluster.address, "--train-limit", "256",
+               "--device", "cpu", "--engine", "plain", "--quiet", "--db", str(db), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy (mean ± sd)" in done.stdout and "±" in done.stdout
+    assert done.stderr == "", done.stderr  # nothing of Ray's own (its C++ core's lines, its warnings)
     assert len((out / "sweep.csv").read_text().splitlines()) == 1 + 2
     store = ResultStore(db)
     runs = store.visible_runs(None)
@@ -161,3 +173,45 @@ def test_the_cli_trains_a_sweep_on_ray(ray_cluster, tmp_path, capsys):  # noqa: 
     assert set(runs["status"]) == {"finished"} and len(store.iterations()) == 2 * 4
     [job] = JobQueue(store).jobs(limit=10)
     assert job["kind"] == "sweep" and job["status"] == "finished" and set(runs["job_id"]) == {job["job_id"]}
+
+
+def test_the_cli_with_a_wrong_token_is_one_line_and_writes_nothing(ray_cluster, tmp_path):  # noqa: F811
+    db = tmp_path / "cli.sqlite"
+    env = {**ray_cluster.env(), "RAY_AUTH_TOKEN": "0" * 32}
+    started = time.monotonic()
+    done = cli("train", "--preset", "tiny-fc", "--executor", "ray", "--ray-address", ray_cluster.address,
+               "--train-limit", "64", "--quiet", "--db", str(db), "--lang", "zh", env=env, timeout=120)
+    took = time.monotonic() - started
+    print(f"wrong token refused in {took:.1f} s; stderr {done.stderr!r}")
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("错误") and "令牌" in done.stderr, done.stderr
+    assert "RAY_AUTH_TOKEN" in done.stderr and "Traceback" not in done.stderr and not db.exists()
+    assert took < 60
+
+
+def test_a_killed_cli_ray_run_is_interrupted_as_a_local_one(ray_cluster, tmp_path):  # noqa: F811
+    """ray.init makes SIGTERM a sys.exit (the run would be 'failed: SystemExit'); the CLI keeps its own."""
+    db = tmp_path / "cli.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_lab", "train", "--preset", "tiny-fc", "--epochs", "50",
+                             "--train-limit", "20000", "--device", "cpu", "--executor", "ray", "--ray-address",
+                             ray_cluster.address, "--quiet", "--db", str(db)],
+                            env=ray_cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def training() -> bool:
+            if not db.exists():
+                return False
+            return len(ResultStore(db).iterations()) > 0
+        wait_until(training, timeout=180, what="the CLI run's first iterations in the store")
+        proc.terminate()  # SIGTERM, as a shell's kill or a scheduler's
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == -15, err  # killed by the signal, as a local CLI run is (no SystemExit)
+    queue = JobQueue(ResultStore(db))  # the next opening marks what was cut short
+    [job] = queue.jobs(limit=10)
+    [run_id] = queue.store.job_runs(job["job_id"])["run_id"]
+    run = queue.store.runs([run_id])
+    assert run["status"].item() == "interrupted" and str(proc.pid) in run["stop_reason"].item()
+    assert job["status"] == "interrupted" and "SystemExit" not in str(job.get("error"))

@@ -165,10 +165,11 @@ def check_data_dir(data_dir: str | None) -> None:
 
 def open_store(args, spec: JobSpec | None = None) -> ResultStore:
     """Every input checked before anything is written: --data-dir and the data `spec` trains on
-    (loaded, so a machine without it leaves no job row), --out, then the database (opened and
-    checked); then the line's adjustments said. A refusal leaves no folder behind."""
+    (loaded, so a machine without it leaves no job row; with --executor ray the nodes load theirs),
+    --out, then the database (opened and checked); then the line's adjustments said. A refusal
+    leaves no folder behind."""
     check_data_dir(args.data_dir)
-    if spec is not None:
+    if spec is not None and getattr(args, "executor", None) != "ray":
         spec.load_data()
     created = check_out(args.out)
     try:

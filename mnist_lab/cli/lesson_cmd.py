@@ -26,6 +26,7 @@ from mnist_lab.data.datasets import DataUnavailableError
 from mnist_lab.i18n import mean_sd_texts, render
 from mnist_lab.i18n import seconds as i18n_seconds
 from mnist_lab.lab.lessons import LESSONS, LessonConfig, datasets_for, loss_texts, plan
+from mnist_lab.service import executors
 from mnist_lab.service.jobs import lesson_spec
 from mnist_lab.training.engines import ENGINE_NAMES
 
@@ -81,10 +82,18 @@ def cmd_lesson(args) -> int:
     for s in skipped:
         note(args, _("Skipped {label}: {reason}").format(label=_(s.label), reason=render(s.why or s.reason, lang())),
              prefix=False)
-    seconds = estimate_seconds(spec, resolve_device(spec.train.device).type, now=True)  # the machine now
-    print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}, about {time} here.").format(
-        runs=spec.runs_total(), variants=len(variants), seeds=cfg.n_seeds(), dataset=spec.data.dataset,
-        time=i18n_seconds(seconds, _)))
+    if args.executor == "local":
+        seconds = estimate_seconds(spec, resolve_device(spec.train.device).type, now=True)  # the machine now
+        print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}, about {time} here.").format(
+            runs=spec.runs_total(), variants=len(variants), seeds=cfg.n_seeds(), dataset=spec.data.dataset,
+            time=i18n_seconds(seconds, _)))
+    else:  # the cluster's device (a GPU if a node has one), its idle figures: its nodes' load is not seen here
+        device = executors.device_type(spec.train.device, args.executor, args.ray_address)
+        seconds = estimate_seconds(spec, device)
+        print(_("{runs} runs ({variants} variants × {seeds} seeds) on {dataset}: about {time} of training on the "
+                "Ray cluster's {device}, its nodes training runs side by side.").format(
+            runs=spec.runs_total(), variants=len(variants), seeds=cfg.n_seeds(), dataset=spec.data.dataset,
+            time=i18n_seconds(seconds, _), device="GPU" if device == "cuda" else "CPU"))
     try:
         store = open_store(args, spec)  # the data first: without it, nothing is written
     except DataUnavailableError as exc:  # how to get the files, then where the lesson runs without them

@@ -47,11 +47,12 @@ from mnist_lab.lab.experiments import CompareConfig, SweepConfig, read_compare, 
 from mnist_lab.nets.model import ModelConfig, count_params
 from mnist_lab.nets.presets import PRESETS, get_preset
 from mnist_lab.paths import default_db_path
+from mnist_lab.service import executors
 from mnist_lab.service.access import LOCAL
-from mnist_lab.service.jobs import JobSpec, run_inline
+from mnist_lab.service.jobs import JobSpec, check_run, run_inline
 from mnist_lab.training.engines import ENGINE_NAMES
 from mnist_lab.training.loop import TrainConfig, fallback_reasons
-from mnist_lab.training.preflight import preflight, resolve_device
+from mnist_lab.training.preflight import resolve_device
 
 MAX_SLOT = 1023  # worker slots: one per GPU, so a few in practice
 MAX_SECONDS = 7 * 24 * 3600  # a week: any time limit beyond is a mistake, not a setting
@@ -137,7 +138,8 @@ def _configs(args, default_preset: str = "lab5") -> tuple[ModelConfig, TrainConf
                           train_limit=args.train_limit,
                           permute_pixels=args.permute_pixels, permutation_seed=pick(args.permutation_seed, 0),
                           data_dir=args.data_dir)
-    preflight(model, train_cfg, data_cfg)  # before loading anything: each value, then the flags together
+    # before loading anything: each value, then the flags together (with Ray, the device is the node's to check)
+    check_run(model, train_cfg, data_cfg, remote=executors.choose(getattr(args, "executor", None)) == "ray")
     _refuse_unused_flags(args, preset.name, model, train_cfg)
     if args.sort_by_label and not args.no_shuffle:
         note(args, _("--sort-by-label trains on the images in label order, which shuffling would undo: training with "

@@ -30,7 +30,7 @@ from mnist_lab.service.estimate import eta_seconds, run_estimates
 from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_TEACHER, STOPPED_BY_YOU, JobQueue
 from mnist_lab.training.events import Event
 from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig
-from mnist_lab.training.preflight import preflight, resolve_device
+from mnist_lab.training.preflight import check_fits, preflight, resolve_device
 
 KINDS = ("train", "sweep", "compare", "lesson")
 # The teacher's class jobs (service/class_jobs.py): no JobSpec, no runs; a zip of the class's reports or of
@@ -102,11 +102,13 @@ class JobSpec:
             return [(cfg, self.train, self.data) for cfg in self.compare.models().values()]
         return [(v.model, v.train, v.data) for v in plan(self.lesson, self.train, self.data)[0]]
 
-    def preflight(self) -> None:
+    def preflight(self, remote: bool = False) -> None:
         """The one pre-flight check (training.preflight) of every run of the job, before it is
-        queued or any data loads: a ConfigError names the field, the value and what to change."""
+        queued or any data loads: a ConfigError names the field, the value and what to change.
+        `remote`: the runs train on a Ray cluster's nodes, which resolve the device and check its
+        memory themselves: this machine's memory is not asked."""
         for model_cfg, train_cfg, data_cfg in self.run_configs():
-            preflight(model_cfg, train_cfg, data_cfg)
+            check_run(model_cfg, train_cfg, data_cfg, remote)
 
     def load_data(self) -> None:
         """Load every dataset the job's runs train on (once per process: datasets.load_raw, which the
@@ -151,6 +153,19 @@ def lesson_jobs(spec: JobSpec) -> list[JobSpec]:
     variants, _ = plan(spec.lesson, spec.train, spec.data)
     return [JobSpec("train", replace(v.train, seed=s), v.data, model=v.model, label=v.label)
             for v in variants for s in range(spec.lesson.n_seeds())]
+
+
+def check_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConfig, remote: bool = False) -> None:
+    """training.preflight for a run trained in this process; for one a Ray node trains (`remote`),
+    the same checks but this machine's device memory (the node checks its own). The device's name is
+    still resolved here (TrainConfig.validate): an explicit 'cuda' needs a GPU on this machine too."""
+    if not remote:
+        preflight(model_cfg, train_cfg, data_cfg)
+        return
+    model_cfg.validate()
+    data_cfg.validate()
+    check_fits(model_cfg, data_cfg.spec)
+    train_cfg.validate(n_train=data_cfg.n_train())
 
 
 def lesson_spec(cfg: LessonConfig, device: str = "auto", engine: str = "auto", data_dir: str | None = None) -> JobSpec:
@@ -198,9 +213,12 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     """Train a job from this process (the CLI) as a job of the local workspace: it is listed beside
     the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`.
     `executor` trains it (execute's signature; None: `execute`, here; service/executors.py's Ray
-    executor: on the cluster, its events recorded here)."""
-    spec.preflight()
-    spec.load_data()  # data that cannot be had leaves no 'failed' job behind
+    executor: on the cluster, its events recorded here, its data loaded and its device's memory checked
+    on the nodes, not here)."""
+    remote = bool(getattr(executor, "remote", False))
+    spec.preflight(remote)
+    if not remote:
+        spec.load_data()  # data that cannot be had leaves no 'failed' job behind
     job_id = uuid.uuid4().hex
     queue = JobQueue(store)
     queue.start_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
@@ -410,21 +428,23 @@ class StoreRunner:
     lists, stops and deletes only what `access.may` lets them. A workspace may have one job
     training and `queue_limit` more waiting. `queue`: the store's JobQueue when the caller keeps
     one open (the app), else one of its own. `client`: the submitting browser's address, kept on
-    its jobs for the teacher."""
+    its jobs for the teacher. `remote`: its workers drive a Ray cluster (MNIST_LAB_EXECUTOR=ray),
+    whose nodes check a job's device memory: this machine's is not asked (check_run)."""
 
     def __init__(self, store: ResultStore, queue_limit: int = QUEUE_LIMIT, queue: JobQueue | None = None,
-                 asker: Asker = LOCAL, client: str = ""):
+                 asker: Asker = LOCAL, client: str = "", remote: bool = False):
         self.store = store
         self.queue = queue if queue is not None else JobQueue(store)
         self.queue_limit = queue_limit
         self.asker = asker
         self.client = client
+        self.remote = remote
 
     def submit(self, spec: JobSpec, workspace: str | None = None) -> str:
         """Queue `spec` in `workspace` (the asker's own by default), owned by the asker's student
         (its 学号 and 姓名 go on the job and every run it trains)."""
         workspace = self.asker.workspace if workspace is None else workspace
-        spec.preflight()  # refused here, not by a worker after it has loaded the data
+        spec.preflight(self.remote)  # refused here, not by a worker after it has loaded the data
         runs_total = spec.runs_total()  # validates a sweep's cells too
         active = self.queue.jobs(workspace=workspace, statuses=JOB_ACTIVE, limit=1000)
         if len(active) >= 1 + self.queue_limit:
