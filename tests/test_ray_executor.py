@@ -225,6 +225,8 @@ def test_a_new_connection_gets_new_task_and_stop_handles(ray_cluster, tmp_path):
     ray_executor.connect(ray_cluster.address)
     second = ray_executor._remotes()
     assert second[-1] is not first[-1] and ray_executor._remotes() is second
+    # a task with a GPU share gets a process of its own (its CUDA device and memory cap are its alone)
+    assert second[1]._max_calls == 1 and second[0]._max_calls != 1
     run = ray_executor.execute(tiny_spec(train_limit=64), ResultStore(tmp_path / "ray.sqlite"))
     assert run.status == "finished"
 
