@@ -119,9 +119,71 @@ def test_a_task_caps_its_cuda_memory_to_its_fraction(monkeypatch):
     monkeypatch.setattr(ray_executor, "resolve_device", lambda device: torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
     assert ray_executor.cap_gpu_memory("auto", 0.125) and calls == [(0.125, torch.device("cuda", 0))]
-    assert not ray_executor.cap_gpu_memory("auto", 1.0) and not ray_executor.cap_gpu_memory("auto", 0.0)
+    # a whole GPU is set too: a process that ran a 1/8 task before must not stay capped at 1/8
+    assert ray_executor.cap_gpu_memory("auto", 1.0) and calls[-1] == (1.0, torch.device("cuda", 0))
+    assert not ray_executor.cap_gpu_memory("auto", 0.0) and len(calls) == 2
     monkeypatch.setattr(ray_executor, "resolve_device", lambda device: torch.device("cpu"))
-    assert not ray_executor.cap_gpu_memory("auto", 0.125) and len(calls) == 1
+    assert not ray_executor.cap_gpu_memory("auto", 0.125) and len(calls) == 2
+
+
+def test_a_remote_error_is_one_translated_line_as_a_refusal_is():
+    """RemoteError renders as a ConfigError does (i18n.render, the CLI's error line) and its stored
+    reason (failure_reason) keeps its template and values, so each reader reads it in their language."""
+    from mnist_lab.errors import failure_reason
+    from mnist_lab.i18n import render
+
+    exc = ray_executor.RemoteError(ray_executor.no_node({"num_cpus": 4}))
+    assert isinstance(exc, ValueError) and "asks for 4 CPU and 0 GPU" in render(exc, "en")
+    assert "集群中没有机器" in render(exc, "zh_CN") and "\n" not in render(exc, "zh_CN")
+    why = failure_reason(exc)
+    assert why.template == exc.template and why.params["cpus"] == "4"
+
+
+def test_a_task_no_live_node_can_run_fails_its_job_after_a_while(monkeypatch):
+    """The driver's watch on queued tasks: a task whose ask no live node has (counted in all, not free)
+    fails the job after NO_NODE_WAIT_S, with the reason; one a node can run waits."""
+    nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}, {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1.0}}]
+    assert ray_executor.feasible({"num_cpus": 1}, nodes)
+    assert not ray_executor.feasible({"num_cpus": 1, "num_gpus": 0.125}, nodes)  # the GPU box is dead
+    fake = type("FakeRay", (), {"nodes": staticmethod(lambda: nodes)})()
+    monkeypatch.setattr(ray_executor, "FEASIBLE_POLL_S", 0.0)
+    monkeypatch.setattr(ray_executor, "NO_NODE_WAIT_S", 0.05)
+    waiting = ray_executor._Waiting(fake, [{"num_cpus": 1}, {"num_cpus": 1, "num_gpus": 0.125}])
+    assert waiting.check({0}) is None and waiting.check({0, 1}) is None  # the GPU task waits ...
+    time.sleep(0.06)
+    why = waiting.check({0, 1})  # ... until NO_NODE_WAIT_S is over
+    assert why is not None and why.params == {"cpus": "1", "gpus": "0.125"}
+
+
+def _cli(monkeypatch, capsys, tmp_path, execute):
+    from mnist_lab.cli.main import main
+    from mnist_lab.service import executors
+
+    monkeypatch.setattr(executors, "executor", lambda name=None, address=None: execute)
+    monkeypatch.setattr(executors, "connect", lambda name=None, address=None: None)
+    code = main(["train", "--executor", "ray", "--device", "cpu", "--train-limit", "64", "--epochs", "1", "--quiet",
+                 "--db", str(tmp_path / "x.sqlite"), "--lang", "zh_CN"])
+    return code, capsys.readouterr()
+
+
+def test_the_cli_says_a_run_failed_on_the_cluster_in_one_line(monkeypatch, capsys, tmp_path):
+    from mnist_lab.service.queue import JobQueue
+
+    def failing(spec, store, cancel=None, on_progress=None):
+        raise ray_executor.RemoteError(ray_executor.no_node({"num_cpus": 4}))
+    code, out = _cli(monkeypatch, capsys, tmp_path, failing)
+    lines = out.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "集群中没有机器" in lines[0] and "Traceback" not in out.err
+    [job] = JobQueue(ResultStore(tmp_path / "x.sqlite")).jobs(limit=5)
+    assert job["status"] == "failed" and "no machine of the cluster" in str(job["error"])
+
+
+def test_the_cli_says_a_train_job_stopped_before_its_run_began(monkeypatch, capsys, tmp_path):
+    from mnist_lab.service.jobs import not_started
+
+    code, out = _cli(monkeypatch, capsys, tmp_path, lambda spec, store, cancel=None, on_progress=None:
+                     not_started(spec))
+    assert code == 0 and "在运行开始之前就已停止" in out.out and "run :" not in out.out and "运行 ：" not in out.out
 
 
 # ------------------------------------------------------------------------------ on a cluster
@@ -162,7 +224,9 @@ def test_a_new_connection_gets_new_task_and_stop_handles(ray_cluster, tmp_path):
     ray.shutdown()
     ray_executor.connect(ray_cluster.address)
     second = ray_executor._remotes()
-    assert second[1] is not first[1] and ray_executor._remotes() is second
+    assert second[-1] is not first[-1] and ray_executor._remotes() is second
+    # a task with a GPU share gets a process of its own (its CUDA device and memory cap are its alone)
+    assert second[1]._max_calls == 1 and second[0]._max_calls != 1
     run = ray_executor.execute(tiny_spec(train_limit=64), ResultStore(tmp_path / "ray.sqlite"))
     assert run.status == "finished"
 
@@ -284,6 +348,86 @@ def test_the_data_loads_once_per_node_process_not_per_run(ray_cluster, tmp_path)
     assert 1 <= sum(loads.values()) <= 2 and max(loads.values()) == 1
 
 
+def test_ray_failures_are_retried_only_for_a_lost_machine_and_say_so_without_rays_words(ray_cluster):
+    """A lost worker or node is trained again; a RayTaskError (the run's code failed on the node) and a
+    cancel are not. The stored reason keeps the exception's type (or a refusal's template), never Ray's
+    text (machines, addresses, commands)."""
+    import ray
+
+    died = ray.exceptions.NodeDiedError("Node IP: 192.0.2.2, node ID abc, use `ray logs raylet.out -ip 192.0.2.2`")
+    crashed = ray.exceptions.WorkerCrashedError()
+    coded = ray.exceptions.RayTaskError("train_unit", "Traceback ...", ImportError("No module named 'x'\nmore"))
+    refused = ray.exceptions.RayTaskError("train_unit", "Traceback ...",
+                                          ConfigError("versions", "1", "got {value!r} on 192.0.2.2"))
+    assert ray_executor.machine_lost(ray, died) and ray_executor.machine_lost(ray, crashed)
+    assert not ray_executor.machine_lost(ray, coded)
+    assert not ray_executor.machine_lost(ray, ray.exceptions.TaskCancelledError())
+    why = ray_executor.lost_reason(ray, died)
+    assert why.params == {"error": "NodeDiedError"} and "192.0.2.2" not in str(why)
+    assert ray_executor.lost_reason(ray, coded).params == {"error": "ImportError: No module named 'x'"}
+    assert ray_executor.lost_reason(ray, refused).template == "got {value!r} on 192.0.2.2"
+
+
+def _hold_every_cpu():
+    """Tasks that hold each node's CPU (released by ray.cancel), running before this returns."""
+    import ray
+
+    holds = [ray.remote(num_cpus=1)(lambda s: __import__("time").sleep(s)).remote(120) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return holds
+
+
+def test_stop_cancels_queued_tasks_at_once(ray_cluster, tmp_path):
+    """Every CPU busy: the sweep's tasks wait in the cluster's queue; a Stop cancels them at once (not after
+    STOP_GRACE_S): nothing trained, nothing recorded."""
+    import ray
+
+    spec = JobSpec("sweep", tiny_spec().train, tiny_spec().data,
+                   sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=1))
+    cancel, holds = threading.Event(), _hold_every_cpu()
+    threading.Timer(1.0, cancel.set).start()
+    try:
+        began = time.monotonic()
+        job = ray_executor.execute(spec, ResultStore(tmp_path / "ray.sqlite"), cancel=cancel)
+        took = time.monotonic() - began - 1.0
+    finally:
+        for hold in holds:
+            ray.cancel(hold, force=True)
+    assert job.status == "stopped" and job.results == [] and took < 3.0
+    assert len(ResultStore(tmp_path / "ray.sqlite").runs()) == 0
+
+
+def test_a_task_no_node_can_run_fails_the_job_at_once(ray_cluster, monkeypatch, tmp_path):
+    """An ask no node has in all (4 CPUs on 1-CPU nodes) would wait in Ray's queue for ever: the job fails
+    before anything is submitted, with the reason."""
+    monkeypatch.setattr(ray_executor, "task_resources", lambda *a, **k: {"num_cpus": 4})
+    began = time.monotonic()
+    with pytest.raises(ray_executor.RemoteError, match="asks for 4 CPU"):
+        ray_executor.execute(tiny_spec(train_limit=64), ResultStore(tmp_path / "ray.sqlite"))
+    assert time.monotonic() - began < 5 and len(ResultStore(tmp_path / "ray.sqlite").runs()) == 0
+
+
+def test_an_exception_on_the_driver_stops_the_tasks_and_ends_the_runs(ray_cluster, tmp_path):
+    """on_progress raises at the first losses: the task stops (its CPU is free again within seconds, not
+    minutes of training) and the run ends 'failed' with the reason, not left 'running'."""
+    import ray
+
+    def boom(event):
+        if isinstance(event, Iterations):
+            raise RuntimeError("on_progress failed")
+    store = ResultStore(tmp_path / "ray.sqlite")
+    with pytest.raises(RuntimeError, match="on_progress failed"):
+        ray_executor.execute(tiny_spec(epochs=20, train_limit=2048), store, on_progress=boom)  # minutes to train
+    [row] = store.runs().to_dict("records")
+    assert row["status"] == "failed" and "on_progress failed" in row["stop_reason"]
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == 2
+
+
 # ------------------------------------------------------------------------------ node failures (last: they kill nodes)
 
 def _hold_the_head():
@@ -358,3 +502,10 @@ def test_a_run_whose_node_dies_twice_ends_failed_with_the_reason(ray_cluster, tm
     [row] = store.runs().to_dict("records")
     assert row["status"] == "failed" and row["stop_reason"] and str(raised.value)
     assert row["run_id"] == starts[0] and len(store.iterations()) < 256
+    # the reason in each reader's language, with the exception's type only: no machine's address, no command
+    from mnist_lab.i18n import render
+
+    assert "127.0.0.1" not in row["stop_reason"] and "ray logs" not in row["stop_reason"]
+    assert "again when the run was trained once more" in row["stop_reason"]
+    zh = render(raised.value, "zh_CN")
+    assert "重新训练一次时又停止了" in zh and "127.0.0.1" not in zh

@@ -207,6 +207,9 @@ def cmd_train(args) -> int:
         result = run_inline(spec, store, args.cancel, on_progress=bar, executor=execute)
     finally:
         bar.close()
+    if not result.run_id:  # stopped before its run began (on a cluster, while queued): nothing trained, no run
+        print(_("stopped before the run began: nothing was trained"))
+        return 0
     table = pd.DataFrame([dict(epoch=m.epoch, train_loss=round(m.train_loss, 4), test_loss=round(m.test_loss, 4),
                                test_acc=f"{100 * m.test_acc:.2f}%", seconds=round(m.seconds, 2))
                           for m in result.epochs])

@@ -9,6 +9,7 @@ under the same run ids. Ray is imported only when used (the extra `ray`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -22,7 +23,7 @@ import torch
 
 import mnist_lab
 from mnist_lab.data.datasets import DataConfig
-from mnist_lab.errors import ConfigError, failure_reason
+from mnist_lab.errors import ConfigError, StoreError, failure_reason, public_form, shorten
 from mnist_lab.i18n import N_, Message, from_stored, to_stored
 from mnist_lab.lab.experiments import EventFn, run_group
 from mnist_lab.nets.model import ModelConfig, count_params
@@ -40,6 +41,9 @@ RAY_PIN = "ray==2.60.0"
 STOP_POLL_S = 0.1  # how often a task asks the stop actor (its loop checks its flag every iteration)
 STOP_GRACE_S = 10.0  # after a Stop, how long the task has to end by itself before it is cancelled by force
 MAX_ATTEMPTS = 2  # a task whose worker or node dies is trained once more (same run ids, same seeds)
+NO_NODE_WAIT_S = 30.0  # how long a task no live node can run waits for one to join before its job fails
+FEASIBLE_POLL_S = 2.0  # how often the driver looks for a live node for its queued tasks
+ABORT_GRACE_S = 2.0  # after an exception on the driver, how long its tasks have to stop before a forced cancel
 # a task's share of one GPU by its network's parameters (a stack of seeds: the sum): several small MNIST
 # jobs share a GPU (Lab 5, 8,490 parameters: 1/8), a week-2 VGG16 on CIFAR (14.7 M) takes a whole one
 GPU_SHARES = ((2_000_000, 0.125), (8_000_000, 0.25), (12_000_000, 0.5))
@@ -49,16 +53,29 @@ _NO_RAY = N_("The Ray executor needs Ray ({pin}), which is not installed here ({
 _NOT_YET = N_("The Ray executor trains {options} jobs so far; a {value!r} job trains with the local worker.")
 _VERSION = N_("This Ray node runs {name} {theirs}, but the job was written by {name} {ours}: install the same "
               "version on every node of the cluster.")
+# why a run ended on the cluster, when it was Ray (not the run) that failed: only the exception's type is kept,
+# never Ray's own words (they name machines, addresses and commands of the cluster)
+_MACHINE_LOST = N_("the machine training this run stopped, and again when the run was trained once more ({error})")
+_CLUSTER_FAILED = N_("the cluster could not train this run ({error})")
+_NO_NODE = N_("no machine of the cluster can train this run: it asks for {cpus} CPU and {gpus} GPU, and no live node "
+              "has that much; start a node that does, or ask your teacher")
 _DONE = object()  # the end of a task's event queue
 
 
-class RemoteError(Exception):
-    """A task that failed on the cluster, with its reason as data (template and params, so that
-    errors.failure_reason keeps it in each reader's language)."""
+class RemoteError(ValueError):
+    """A run that failed on the cluster, with its reason as data: `template` and `params` as
+    ConfigError's, so it is one translated line wherever a refusal is (i18n.render, the CLI's
+    `error:` line, errors.failure_reason keeps it in each reader's language). A ValueError: what
+    the job asked could not be trained, said in words (no traceback)."""
 
     def __init__(self, message: Message):
         self.template, self.params = message.template, dict(message.params)
         super().__init__(str(message))
+
+    @property
+    def public(self) -> Message | None:
+        """Its reason's public form (errors.public_form), if the reason has one."""
+        return public_form(Message(self.template, self.params))
 
 
 def import_ray() -> Any:
@@ -151,15 +168,26 @@ def task_resources(spec_or_model_train: Any, cluster_gpus: bool) -> dict[str, fl
     return {"num_cpus": 1, "num_gpus": share}
 
 
+def feasible(ask: dict[str, float], nodes: list[dict]) -> bool:
+    """Whether some live node of `nodes` (ray.nodes()) has in all what a task `ask`s for (not what is
+    free now: a busy node frees its share later)."""
+    return any(node.get("Alive") and all(node.get("Resources", {}).get(name, 0.0) >= amount
+                                         for name, amount in (("CPU", ask.get("num_cpus", 0)),
+                                                              ("GPU", ask.get("num_gpus", 0))))
+               for node in nodes)
+
+
 def cap_gpu_memory(device: str, fraction: float) -> bool:
     """On a node: cap this process's CUDA memory to its task's GPU fraction (others share the GPU),
-    when `device` resolves to CUDA here; says whether it did."""
-    if not 0 < fraction < 1:
+    when `device` resolves to CUDA here; says whether it did. Always set (a whole GPU: 1.0), so a
+    process that ran a smaller share before is not left capped at it. (A GPU task's process trains
+    one task only, `_remotes`: the GPU Ray gave it is its cuda:0.)"""
+    if not fraction > 0:
         return False
     dev = resolve_device(device)
     if dev.type != "cuda":
         return False
-    torch.cuda.set_per_process_memory_fraction(fraction, dev)
+    torch.cuda.set_per_process_memory_fraction(min(float(fraction), 1.0), dev)
     return True
 
 
@@ -203,6 +231,15 @@ def train_unit(unit: dict[str, Any], driver_versions: dict[str, str], board: Any
     worker.join()
 
 
+def train_unit_on_gpu(unit: dict[str, Any], driver_versions: dict[str, str], board: Any,
+                      key: str) -> Iterator[dict]:
+    """train_unit for a task given a GPU share: its own remote function, made with max_calls=1 (one
+    task per worker process, as Ray does for a GPU task it is told of in the decorator; .options()
+    cannot ask it): a process keeps the CUDA device and memory cap of its first task, and Ray gives
+    the next task another GPU (CUDA_VISIBLE_DEVICES) on a box with several."""
+    yield from train_unit(unit, driver_versions, board, key)
+
+
 Job = tuple[ModelConfig, TrainConfig, "str | Message"]
 
 
@@ -229,23 +266,25 @@ def unit_data(jobs: list[Job], data_cfg: DataConfig, group: list[int], experimen
     return dict(runs=runs, experiment=experiment, group_id=group_id, gpu_fraction=gpu_fraction)
 
 
-_REMOTES: dict[str, tuple[Any, Any]] = {}  # the connection's job id: its (task, StopBoard)
+_REMOTES: dict[str, tuple[Any, Any, Any]] = {}  # the connection's job id: its (task, GPU task, StopBoard)
 
 
-def _remotes() -> tuple[Any, Any]:
-    """(the streaming task, this driver's StopBoard actor), made once per connection: an actor
-    belongs to the connection that made it, so after ray.shutdown() and a new ray.init the old
-    handle is dropped, never called."""
+def _remotes() -> tuple[Any, Any, Any]:
+    """(the streaming task, the same for a task with a GPU share (one task per process), this
+    driver's StopBoard actor), made once per connection: an actor belongs to the connection that
+    made it, so after ray.shutdown() and a new ray.init the old handle is dropped, never called."""
     ray = import_ray()
     import ray.util.scheduling_strategies  # noqa: F401, F811 - loaded on demand
     job_id = ray.get_runtime_context().get_job_id()
     if job_id not in _REMOTES:
         _REMOTES.clear()
         task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0)(train_unit)
+        gpu_task = ray.remote(num_returns="streaming", num_cpus=1, max_retries=0, max_calls=1)(train_unit_on_gpu)
         # on the driver's own node: a board on a worker node would die with it, and every Stop with it
         here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=False)
-        _REMOTES[job_id] = (task, ray.remote(num_cpus=0)(StopBoard).options(scheduling_strategy=here).remote())
+        _REMOTES[job_id] = (task, gpu_task,
+                            ray.remote(num_cpus=0)(StopBoard).options(scheduling_strategy=here).remote())
     return _REMOTES[job_id]
 
 
@@ -268,7 +307,7 @@ class RayRunner:
 
     def __init__(self, address: str | None = None):
         self.ray = connect(address)
-        self.task, self.board = _remotes()
+        self.task, self.gpu_task, self.board = _remotes()
         self.key = uuid.uuid4().hex  # the job's, on the board
         self.stopped = False  # a Stop reached the board (later calls start nothing)
 
@@ -282,47 +321,71 @@ class RayRunner:
             return []
         ray = self.ray
         run_ids = [new_run_id() for _ in jobs]
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        nodes = ray.nodes()
+        gpus = any(node.get("Alive") and node.get("Resources", {}).get("GPU", 0) > 0 for node in nodes)
         groups = units(jobs)
         asks = [task_resources([jobs[k][:2] for k in group], gpus) for group in groups]
+        for ask in asks:  # a task no node can run would wait for ever: the job fails now, nothing trained
+            if not feasible(ask, nodes):
+                raise RemoteError(no_node(ask))
         args = [unit_data(jobs, data_cfg, group, experiment, group_id, run_ids, ask.get("num_gpus", 0.0))
                 for group, ask in zip(groups, asks)]
-        unit_of = {run_ids[k]: u for u, group in enumerate(groups) for k in group}
+        unit_runs = [[run_ids[k] for k in group] for group in groups]
         seen = {run_id: _Run() for run_id in run_ids}
         arrived: queue.Queue = queue.Queue()  # (unit, attempt, event dict, or _DONE, or a RayError)
         gens: list[Any] = [None] * len(groups)
         attempts = [0] * len(groups)
+        begun: set[tuple[int, int]] = set()  # (unit, attempt) that sent something: it runs on a node
+
+        def queued() -> set[int]:  # the units whose task has not begun on a node
+            return {u for u in list(live) if (u, attempts[u]) not in begun}
 
         def submit(u: int) -> None:
             attempts[u] += 1
-            gens[u] = self.task.options(**asks[u]).remote(args[u], versions(), self.board, self.key)
-            threading.Thread(target=_pump, args=(ray, u, attempts[u], gens[u], arrived), daemon=True,
+            task = self.gpu_task if asks[u].get("num_gpus") else self.task
+            gens[u] = task.options(**asks[u]).remote(args[u], versions(), self.board, self.key)
+            threading.Thread(target=_pump, args=(ray, u, attempts[u], gens[u], arrived, begun), daemon=True,
                              name="mnist-lab-ray-pump").start()
 
         for u in range(len(groups)):
             submit(u)
         done, forced = threading.Event(), threading.Event()
-        watcher = threading.Thread(target=self._watch_stop, args=(cancel, gens, done, forced), daemon=True,
+        watcher = threading.Thread(target=self._watch_stop, args=(cancel, gens, queued, done, forced), daemon=True,
                                    name="mnist-lab-ray-stop")
         watcher.start()
         failure: Message | None = None
         live = set(range(len(groups)))
+        waiting = _Waiting(ray, asks)
         try:
             while live:  # the one thread that writes the store: this one
-                u, attempt, data = arrived.get()
+                if failure is None and (failure := waiting.check(queued())) is not None:
+                    self.board.set.remote(self.key)  # no node for a queued task: the job fails, the others stop
+                    for u in queued():
+                        ray.cancel(gens[u])
+                try:
+                    u, attempt, data = arrived.get(timeout=FEASIBLE_POLL_S)
+                except queue.Empty:
+                    continue
                 if attempt != attempts[u]:  # an earlier attempt's, after its retry was sent
                     continue
                 if data is _DONE:
                     live.discard(u)
                 elif isinstance(data, BaseException):
-                    open_ids = [i for i in _open(seen) if unit_of[i] == u]
-                    if forced.is_set() or self.stopped or (cancel is not None and cancel.is_set()):
-                        _end_open(record, on_progress, seen, open_ids, "stopped", None)  # a Stop: not retried
-                    elif attempts[u] < MAX_ATTEMPTS and not isinstance(data, ray.exceptions.TaskCancelledError):
-                        self._forget(record, seen, [run["run_id"] for run in args[u]["runs"]])
-                        submit(u)  # the same run ids and seeds; its first attempt's rows are gone
+                    stopping = forced.is_set() or self.stopped or (cancel is not None and cancel.is_set())
+                    mine = unit_runs[u]
+                    if stopping:  # a Stop: what it trained is kept, not retried
+                        _end_open(record, on_progress, seen, [i for i in _open(seen) if i in mine], "stopped", None)
+                    elif all(seen[i].ended is not None for i in mine):
+                        pass  # its runs had all ended before its machine went: kept as they are
+                    elif failure is None and attempts[u] < MAX_ATTEMPTS and machine_lost(ray, data):
+                        if feasible(asks[u], ray.nodes()):
+                            self._forget(record, seen, mine)
+                            submit(u)  # the same run ids and seeds; its first attempt's rows are gone
+                        else:
+                            failure = no_node(asks[u])
+                            self.board.set.remote(self.key)
                     else:
-                        failure = failure or failure_reason(data)
+                        failure = failure or lost_reason(ray, data)
                         self.board.set.remote(self.key)  # the job has failed: its other runs stop
                 elif data.get("kind") == "error":
                     failure = failure or _message(data.get("message"))
@@ -338,12 +401,41 @@ class RayRunner:
                         on_progress(event)
             if failure is not None:
                 _end_open(record, None, seen, _open(seen), "failed", failure)
-                raise RemoteError(failure)
+        except BaseException as exc:  # on the driver (the store, a bad event, on_progress): no task goes on
+            self._abort(exc, gens, live, queued(), arrived, attempts, record, seen)
+            raise
         finally:
             done.set()
             watcher.join()
+        if failure is not None:
+            raise RemoteError(failure)
         return [_result(jobs[k], data_cfg, run_ids[k], seen[run_ids[k]]) for k in range(len(jobs))
                 if seen[run_ids[k]].started is not None]
+
+    def _abort(self, exc: BaseException, gens: list[Any], live: set[int], queued: set[int], arrived: queue.Queue,
+               attempts: list[int], record: EventFn | None, seen: dict[str, _Run]) -> None:
+        """After an exception on the driver: the job's tasks stop (queued ones are cancelled at once, a
+        running one that has not ended ABORT_GRACE_S later by force), and its open runs end as the
+        local _Reporter.fail_open ends them: 'interrupted' after a Ctrl-C, else 'failed' with the reason."""
+        with contextlib.suppress(Exception):
+            self.board.set.remote(self.key)
+            for u in queued:
+                self.ray.cancel(gens[u])
+            deadline = time.monotonic() + ABORT_GRACE_S
+            while live and (left := deadline - time.monotonic()) > 0:
+                try:
+                    u, attempt, data = arrived.get(timeout=left)
+                except queue.Empty:
+                    break
+                if data is _DONE and attempt == attempts[u]:
+                    live.discard(u)
+            for u in live:
+                self.ray.cancel(gens[u], force=True)
+        why = failure_reason(exc)
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        for run_id in _open(seen):
+            with contextlib.suppress(StoreError):  # the database itself may be what failed
+                _end_open(record, None, seen, [run_id], status, why)
 
     def _forget(self, record: EventFn | None, seen: dict[str, _Run], run_ids: list[str]) -> None:
         """Before a retry: the first attempt's rows of these runs go (the retry's replace them)."""
@@ -352,21 +444,82 @@ class RayRunner:
         for run_id in run_ids:
             seen[run_id] = _Run()
 
-    def _watch_stop(self, cancel: CancelFlag | None, gens: list[Any], done: threading.Event,
-                    forced: threading.Event) -> None:
-        """Pass a Stop on to the job's tasks; cancel them by force (never retried) when they have not
-        ended STOP_GRACE_S later."""
+    def _watch_stop(self, cancel: CancelFlag | None, gens: list[Any], queued: Callable[[], set[int]],
+                    done: threading.Event, forced: threading.Event) -> None:
+        """Pass a Stop on to the job's tasks: those still queued on the cluster are cancelled at once
+        (they never begin), those training stop by their flag, and are cancelled by force (never
+        retried) when they have not ended STOP_GRACE_S later."""
         if cancel is None:
             return
         while not done.wait(STOP_POLL_S):
             if cancel.is_set():
                 self.stopped = True
                 self.board.set.remote(self.key)
+                for u in queued():
+                    self.ray.cancel(gens[u])
                 if not done.wait(STOP_GRACE_S):
                     forced.set()
                     for gen in gens:
                         self.ray.cancel(gen, force=True)
                 return
+
+
+class _Waiting:
+    """The driver's watch on its queued tasks: a task that no live node can run (its node, the only one
+    with a GPU, died; the head has no CPU to give) for NO_NODE_WAIT_S fails its job with the reason,
+    where Ray would keep it queued for ever. Looked at every FEASIBLE_POLL_S."""
+
+    def __init__(self, ray: Any, asks: list[dict[str, float]]):
+        self.ray, self.asks = ray, asks
+        self.since: dict[int, float] = {}
+        self.checked = time.monotonic()
+
+    def check(self, queued: set[int]) -> Message | None:
+        now = time.monotonic()
+        if now - self.checked < FEASIBLE_POLL_S or not queued:
+            return None
+        self.checked = now
+        nodes = self.ray.nodes()
+        for u in sorted(queued):
+            if feasible(self.asks[u], nodes):
+                self.since.pop(u, None)
+            elif now - self.since.setdefault(u, now) >= NO_NODE_WAIT_S:
+                return no_node(self.asks[u])
+        return None
+
+
+def no_node(ask: dict[str, float]) -> Message:
+    return Message(_NO_NODE, {"cpus": f"{ask.get('num_cpus', 0):g}", "gpus": f"{ask.get('num_gpus', 0):g}"})
+
+
+# Ray's errors for a task whose worker process, node or results were lost: the machine, not the run
+_MACHINE_ERRORS = ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError",
+                   "OutOfMemoryError")
+
+
+def machine_lost(ray: Any, exc: BaseException) -> bool:
+    """Whether a task's RayError says its machine (worker, node, object) was lost: only then is it
+    trained again; a failure of the run itself (RayTaskError: its code raised) would fail again."""
+    kinds = tuple(getattr(ray.exceptions, name) for name in _MACHINE_ERRORS if hasattr(ray.exceptions, name))
+    return isinstance(exc, kinds) and not isinstance(exc, ray.exceptions.TaskCancelledError)
+
+
+def lost_reason(ray: Any, exc: BaseException) -> Message:
+    """Why a run the cluster could not train ended, in each reader's language and without Ray's own
+    words (they name the cluster's machines, addresses and commands): a lost machine (after the
+    retry) or Ray's failure by its type; an error of the run's code on the node by its cause (a
+    refusal's template, else its first line, shortened)."""
+    if machine_lost(ray, exc):
+        return Message(_MACHINE_LOST, {"error": type(exc).__name__})
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            if isinstance(getattr(cause, "template", None), str):
+                return failure_reason(cause)
+            words = (str(cause).strip().splitlines() or [""])[0]
+            detail = f"{type(cause).__name__}: {words}" if words else type(cause).__name__
+            return Message(_CLUSTER_FAILED, {"error": str(shorten(detail, quote=False))})
+    return Message(_CLUSTER_FAILED, {"error": type(exc).__name__})
 
 
 def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None = None,
@@ -383,11 +536,14 @@ def execute(spec: JobSpec, store: ResultStore | None, cancel: CancelFlag | None 
         runner.close()
 
 
-def _pump(ray: Any, u: int, attempt: int, gen: Any, arrived: queue.Queue) -> None:
-    """Move task `u`'s events to `arrived` as they come, then _DONE (after a RayError, if it died)."""
+def _pump(ray: Any, u: int, attempt: int, gen: Any, arrived: queue.Queue, begun: set[tuple[int, int]]) -> None:
+    """Move task `u`'s events to `arrived` as they come, then _DONE (after a RayError, if it died);
+    (u, attempt) joins `begun` with its first event (it runs on a node: a Stop no longer cancels it at once)."""
     try:
         for ref in gen:
-            arrived.put((u, attempt, ray.get(ref)))
+            item = ray.get(ref)
+            begun.add((u, attempt))
+            arrived.put((u, attempt, item))
     except ray.exceptions.RayError as exc:  # its worker or node died, or it was cancelled by force
         arrived.put((u, attempt, exc))
     finally:
