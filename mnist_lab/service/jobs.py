@@ -30,7 +30,7 @@ from mnist_lab.service.estimate import eta_seconds, run_estimates
 from mnist_lab.service.queue import JOB_ACTIVE, STOPPED_BY_TEACHER, STOPPED_BY_YOU, JobQueue
 from mnist_lab.training.events import Event
 from mnist_lab.training.loop import CancelFlag, RunResult, TrainConfig
-from mnist_lab.training.preflight import check_fits, preflight, resolve_device
+from mnist_lab.training.preflight import check_configs, preflight, resolve_device
 
 KINDS = ("train", "sweep", "compare", "lesson")
 # The teacher's class jobs (service/class_jobs.py): no JobSpec, no runs; a zip of the class's reports or of
@@ -159,13 +159,10 @@ def check_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data_cfg: DataConf
     """training.preflight for a run trained in this process; for one a Ray node trains (`remote`),
     the same checks but this machine's device memory (the node checks its own). The device's name is
     still resolved here (TrainConfig.validate): an explicit 'cuda' needs a GPU on this machine too."""
-    if not remote:
+    if remote:
+        check_configs(model_cfg, train_cfg, data_cfg)
+    else:
         preflight(model_cfg, train_cfg, data_cfg)
-        return
-    model_cfg.validate()
-    data_cfg.validate()
-    check_fits(model_cfg, data_cfg.spec)
-    train_cfg.validate(n_train=data_cfg.n_train())
 
 
 def lesson_spec(cfg: LessonConfig, device: str = "auto", engine: str = "auto", data_dir: str | None = None) -> JobSpec:

@@ -35,13 +35,21 @@ def preflight(model_cfg: ModelConfig, train_cfg: TrainSettings, data_cfg: DataCo
     config's own checks, the network against the dataset spec, the batch size against the
     training images (`n_train`, else the number `data_cfg` uses), the device and its memory.
     Returns the device the run trains on."""
+    check_configs(model_cfg, train_cfg, data_cfg, n_train)
+    device = resolve_device(train_cfg.device)
+    check_memory(model_cfg, train_cfg, device)
+    return device
+
+
+def check_configs(model_cfg: ModelConfig, train_cfg: TrainSettings, data_cfg: DataConfig,
+                  n_train: int | None = None) -> None:
+    """preflight's checks of the configs alone (each config, the network against the dataset spec,
+    the batch size against the training images), not of a device's memory: for a run that another
+    machine trains (a Ray node checks its own)."""
     model_cfg.validate()
     data_cfg.validate()
     check_fits(model_cfg, data_cfg.spec)
     train_cfg.validate(n_train=data_cfg.n_train() if n_train is None else n_train)
-    device = resolve_device(train_cfg.device)
-    check_memory(model_cfg, train_cfg, device)
-    return device
 
 
 def check_fits(model_cfg: ModelConfig, spec: DatasetSpec) -> None:
