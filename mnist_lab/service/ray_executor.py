@@ -136,11 +136,12 @@ class RemoteFlag:
 
     def __init__(self, board: Any, key: str):
         self.board, self.key, self.stopped, self.pending, self.asked = board, key, False, None, 0.0
+        self.ray = import_ray()  # once: is_set runs every iteration of the loop
 
     def is_set(self) -> bool:
         if self.stopped:
             return True
-        ray = import_ray()
+        ray = self.ray
         if self.pending is not None:
             ready, _ = ray.wait([self.pending], timeout=0)
             if ready:
