@@ -368,13 +368,23 @@ def test_ray_failures_are_retried_only_for_a_lost_machine_and_say_so_without_ray
     assert ray_executor.lost_reason(ray, refused).template == "got {value!r} on 192.0.2.2"
 
 
-def _hold_every_cpu():
-    """Tasks that hold each node's CPU (released by ray.cancel), running before this returns."""
+def _hold_every_cpu(folder):
+    """Tasks that hold each node's CPU (released by ray.cancel), running before this returns: each has
+    said so (a marker file), not merely been counted off the free CPUs (that count can still hold an
+    earlier test's tasks that are ending, and a sweep's task could then take a CPU before a hold)."""
     import ray
 
-    holds = [ray.remote(num_cpus=1)(lambda s: __import__("time").sleep(s)).remote(120) for _ in range(2)]
+    def hold(marker: str, seconds: float) -> None:  # (nested: Ray ships it by value to the nodes)
+        import pathlib
+        import time
+
+        pathlib.Path(marker).touch()  # it runs
+        time.sleep(seconds)
+
+    markers = [folder / f"hold-{k}" for k in range(2)]
+    holds = [ray.remote(num_cpus=1)(hold).remote(str(m), 120) for m in markers]
     deadline = time.monotonic() + 60
-    while ray.available_resources().get("CPU", 0) > 0 and time.monotonic() < deadline:
+    while not all(m.exists() for m in markers) and time.monotonic() < deadline:
         time.sleep(0.1)
     return holds
 
@@ -386,7 +396,7 @@ def test_stop_cancels_queued_tasks_at_once(ray_cluster, tmp_path):
 
     spec = JobSpec("sweep", tiny_spec().train, tiny_spec().data,
                    sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=1))
-    cancel, holds = threading.Event(), _hold_every_cpu()
+    cancel, holds = threading.Event(), _hold_every_cpu(tmp_path)
     threading.Timer(1.0, cancel.set).start()
     try:
         began = time.monotonic()
