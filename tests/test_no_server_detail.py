@@ -1,6 +1,7 @@
 """No server detail in a student's or visitor's browser (issue 24): over a damaged database, a failed
 CIFAR-10 job whose error names the cache folder and the download command, a run whose crafted weights
-file names a server path, and a page that raises, every element a shared (or demo) page draws is
+file names a server path, a sweep the Ray cluster failed (a node's error naming a path, a lost node's
+address), and a page that raises, every element a shared (or demo) page draws is
 scanned for an absolute path, a traceback, a command or a server file name, in both languages; the
 teacher and a local user read the detail. The pages run in AppTest; no training, no worker."""
 from __future__ import annotations
@@ -21,6 +22,7 @@ from app_lib.session import KEY as SESSION_KEY
 from mnist_lab.data import datasets as data
 from mnist_lab.errors import PUBLIC, STORE_DAMAGED, StoreError, failure_reason, public_form
 from mnist_lab.i18n import Message, from_stored, render, to_stored
+from mnist_lab.lab.experiments import SweepConfig
 from mnist_lab.lab.lessons import LessonConfig
 from mnist_lab.nets.model import build_model
 from mnist_lab.nets.presets import PRESETS
@@ -401,3 +403,52 @@ def test_the_core_report_names_the_folder_only_for_a_reader_of_the_detail(from_a
         assert from_a_folder in to_html(teacher) and "results.sqlite" in to_html(teacher)
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------------------------- the Ray executor
+
+@pytest.fixture
+def failed_on_ray(server) -> Path:
+    """The student's sweep that the Ray executor failed (issue 26): one run whose node raised an error
+    naming a server path (its reason: service.ray_executor.lost_reason of Ray's RayTaskError), one
+    whose machine was lost twice (Ray's own words name the node's address: only the error's kind is
+    kept). Ray's exception classes are stood in for: the reasons are what the driver stores."""
+    from mnist_lab.service import ray_executor
+
+    class RayTaskError(Exception):
+        cause = FileNotFoundError(f"[Errno 2] No such file or directory: '{server}/nodes/cifar-10-batches-py'")
+
+    class NodeDiedError(Exception):
+        pass
+
+    class TaskCancelledError(Exception):
+        pass
+
+    fake_ray = type("ray", (), {"exceptions": type("exceptions", (), {
+        "RayTaskError": RayTaskError, "NodeDiedError": NodeDiedError, "TaskCancelledError": TaskCancelledError})})
+    crashed = ray_executor.lost_reason(fake_ray, RayTaskError())
+    lost = ray_executor.lost_reason(fake_ray, NodeDiedError("Node IP: 192.0.2.2, node ID: 8009: ray logs raylet.out"))
+    assert "NodeDiedError" in str(lost) and "192.0.2.2" not in str(lost)
+    store = ResultStore(server / "results.sqlite")
+    queue = JobQueue(store)
+    spec = JobSpec("sweep", TrainConfig(epochs=1), data.DataConfig(train_limit=256),
+                   sweep=SweepConfig(conv_layers=(1, 2), kernel_sizes=(3,), seeds=1))
+    queue.start_inline("j-ray", STUDENT, spec.kind, spec.title, spec.to_json(), spec.runs_total())
+    with store.context("j-ray", STUDENT):
+        for run_id, why in (("run-ray-crashed", crashed), ("run-ray-lost", lost)):
+            store.start_run(run_row(run_id, PRESETS["lab5"].model, TrainConfig(), data.DataConfig()))
+            store.finish_run(run_id, "failed", 1.0, stop_reason=str(why), stop_reason_msg=to_stored(why))
+    queue.finish("j-ray", "failed", error=crashed)
+    store.close()
+    return server
+
+
+@pytest.mark.parametrize("mode", public_modes())
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+def test_a_sweep_the_ray_cluster_failed_shows_no_server_path_or_node_address(mode, lang, failed_on_ray, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_MODE", mode)
+    for page in ("runs", "sweep"):
+        at = open_as("student", page, lang)
+        assert not at.exception, (page, at.exception)
+        assert_no_detail(at, str(failed_on_ray), "192.0.2.2", "raylet")
+    assert ("集群" if lang == "zh_CN" else "cluster") in everything(open_as("student", "runs", lang))
