@@ -148,7 +148,7 @@ def fuzzed_spec(draw) -> str:
         elif how == "retype":
             value = json.dumps(node) if not isinstance(node, str) else {"text": node}
         else:
-            value = draw(HOSTILE)
+            value = copy.deepcopy(draw(HOSTILE))  # a shared example ([1] * 5000): a later mutation must not change it
         doc = put(doc, path, value)
     return json.dumps(doc)
 
