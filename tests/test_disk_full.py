@@ -640,3 +640,18 @@ def test_one_function_words_a_runs_reason_and_a_jobs_error(tmp_path, mnist_raw):
     run = store.visible_runs(None).iloc[0]
     [job] = JobQueue(store).jobs()
     assert run["status"] == "failed" and run["stop_reason_msg"] == job["error"] == to_stored(Message(OUT_OF_MEMORY))
+
+
+def test_a_start_a_few_milliseconds_after_the_markers_coarse_file_time_counts_as_before_it():
+    """A file's time comes from the kernel's coarse clock (a tick behind time.time()), so a job that
+    started just before its process found the disk full can carry a start a few ms after the marker's
+    time (seen in CI: the job ended 'interrupted'). Within the slack it is the full disk's; a run
+    started seconds later is not."""
+    marked = 1_800_000_000.0
+    full = {"host:42": marked}
+    assert store_module.cut_by_full_disk(full, "host:42", marked + 0.004)
+    assert store_module.cut_by_full_disk(full, "host:42", datetime.fromtimestamp(marked + 0.004, timezone.utc)
+                                         .isoformat())
+    assert not store_module.cut_by_full_disk(full, "host:42", marked + 60)
+    assert not store_module.cut_by_full_disk(full, "host:7", marked)  # no marker of its own
+    assert store_module.cut_by_full_disk(full, "host:42", "not a time")  # an earlier version's start

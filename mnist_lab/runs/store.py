@@ -279,6 +279,9 @@ def weights_failure(folder: str | Path, exc: OSError) -> StoreError:
 # The marker goes when nothing of that process is left running, or at its next successful write to
 # the database once it has ended every run and job of its own that was running then.
 _FULL_MARK = ".disk-full."
+# A file's time is the kernel's coarse clock (a tick, up to ~10 ms, behind time.time() on Linux; 2 s
+# steps on FAT): a run or job that started up to this long after its marker's time counts as before it.
+_MARK_TIME_SLACK_S = 2.0
 
 
 def _full_marker(db: Path, owner: str) -> Path:
@@ -317,15 +320,15 @@ def disk_full_owners(db: str | Path) -> set[str]:
 def cut_by_full_disk(full: dict[str, float], owner: str | None, started: object) -> bool:
     """Whether a run or job of `owner` that started at `started` (an ISO 8601 time, as runs store
     it, or seconds since the epoch, as jobs do) and was left running is put down to the full disk
-    its process found: it has a marker, and the run or job started before it. A start that cannot
-    be read (an earlier version's) is."""
+    its process found: it has a marker, and the run or job started before it (within the slack of a
+    file's time, _MARK_TIME_SLACK_S). A start that cannot be read (an earlier version's) is."""
     if owner not in full:
         return False
     try:
         when = datetime.fromisoformat(started).timestamp() if isinstance(started, str) else float(started)
     except (TypeError, ValueError, OverflowError):
         return True
-    return when <= full[owner]
+    return when <= full[owner] + _MARK_TIME_SLACK_S
 
 
 def explained(method: Callable) -> Callable:
