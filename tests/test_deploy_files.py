@@ -299,6 +299,13 @@ def test_ms_deploy_fields_name_their_source():
     assert all(field.get("x-source") in sources for field in schema["properties"].values())
 
 
+def test_modelscope_readme_chinese_first_and_copies_the_root_files():
+    text = (MODELSCOPE / "README.md").read_text()
+    assert text.index("## 中文") < text.index("## English")
+    assert "cp deploy/modelscope/Dockerfile deploy/modelscope/ms_deploy.json ." in text  # the studio's root
+    assert "需要外网" in text and "outside network is needed" in text
+
+
 def test_ms_deploy_environment_agrees_with_the_image():
     """Reportedly ignored for a Docker app; where it is read, it must not say something else."""
     config = json.loads((MODELSCOPE / "ms_deploy.json").read_text())
