@@ -260,3 +260,33 @@ def test_a_job_over_the_workers_time_limit_is_stopped_as_timed_out(db):
     run = store.runs()
     assert run["status"].item() == "stopped" and run["stop_reason"].item().startswith("timed out")
     assert 0 < len(store.iterations()) < 50 * 313
+
+
+def test_a_worker_process_started_under_its_predecessors_id_ends_what_that_one_left_running(tmp_path):
+    """A restarted container gives its worker the same pid, so the job a killed worker left 'running'
+    names a live process: the new one. A worker process started by the CLI (fresh_process) knows it
+    has trained nothing yet and ends those rows 'interrupted'; a worker inside another process
+    (fresh_process False: the process may be training) leaves them alone."""
+    from mnist_lab.runs.store import owner_id, run_row
+
+    def left_running(db):
+        store = ResultStore(db)
+        with store.context(job_id="old-job"):
+            store.start_run(run_row("old-run", PRESETS["tiny-fc"].model, TrainConfig(), DataConfig()))
+        JobQueue(store).start_inline("old-job", "local", "train", "t", "{}", 1)  # worker: this process's id
+        store.close()
+
+    def statuses(db):
+        store = ResultStore(db)
+        return store.runs().iloc[0]["status"], JobQueue(store).job("old-job")["status"]
+
+    kept, ended = tmp_path / "kept.sqlite", tmp_path / "ended.sqlite"
+    for db in (kept, ended):
+        left_running(db)
+        assert JobQueue(ResultStore(db)).job("old-job")["worker"] == owner_id()
+    Worker(WorkerConfig(db=str(kept), warm=False, device="cpu")).run(max_jobs=0)
+    assert statuses(kept) == ("running", "running")
+    Worker(WorkerConfig(db=str(ended), warm=False, device="cpu", fresh_process=True)).run(max_jobs=0)
+    assert statuses(ended) == ("interrupted", "interrupted")
+    store = ResultStore(ended)
+    assert "killed or crashed" in render_stored(JobQueue(store).job("old-job")["stop_reason"], "en")

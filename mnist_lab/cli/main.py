@@ -305,7 +305,8 @@ def cmd_worker(args) -> int:
     return Worker(WorkerConfig(db=str(args.db) if args.db else None, device=args.device, slot=args.slot,
                                parent_pid=args.parent_pid, idle_exit_s=args.idle_exit,
                                max_job_s=args.max_job_seconds, warm=not args.no_warm, nice=args.nice,
-                               executor=executor, ray_address=args.ray_address)).run(max_jobs=args.max_jobs)
+                               executor=executor, ray_address=args.ray_address,
+                               fresh_process=True)).run(max_jobs=args.max_jobs)
 
 
 def local_zone() -> str | None:

@@ -15,7 +15,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -487,8 +487,9 @@ class ResultStore:
                      ctx.get("student_name") or None))
 
     @explained
-    def mark_interrupted(self) -> int:
-        """End every run still 'running' whose process, on this machine, no longer exists, with the
+    def mark_interrupted(self, gone: Collection[str] = ()) -> int:
+        """End every run still 'running' whose process, on this machine, no longer exists (or is one
+        of `gone`: a process just started under a predecessor's id), with the
         reason: 'interrupted' (killed, crashed, machine restarted), or 'failed' with
         DISK_FULL_REASON when that process found the disk full (its marker, note_disk_full) and
         could not record its end itself. A run keeps what it finished and can be deleted. Runs of
@@ -496,7 +497,7 @@ class ResultStore:
         dead worker is the queue's: JobQueue.mark_interrupted.)"""
         with self._lock:
             runs = self._conn.execute(f"SELECT run_id, {_OWNER} FROM runs WHERE status = 'running'").fetchall()
-        dead = [(run_id, owner) for run_id, owner in runs if owner_dead(owner)]
+        dead = [(run_id, owner) for run_id, owner in runs if owner_dead(owner) or owner in gone]
         with self._lock:
             started = dict(self._conn.execute("SELECT run_id, started_at FROM runs WHERE status = 'running'"))
         full = disk_full_since(self.path)
@@ -513,7 +514,7 @@ class ResultStore:
                     "WHERE status = 'running' AND run_id = ?",
                     [(status, to_stored(m), str(m), run_id) for (status, m), (run_id, _) in zip(ends, dead)])
         for owner in full:
-            if owner_dead(owner):
+            if owner_dead(owner) or owner in gone:
                 self.forget_disk_full(owner)
         return len(dead)
 

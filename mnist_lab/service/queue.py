@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from mnist_lab.errors import DISK_FULL_REASON
 from mnist_lab.i18n import N_, Message, to_stored
@@ -173,9 +173,10 @@ class JobQueue:
         return int(row[0]) if row else 0
 
     @explained
-    def mark_interrupted(self) -> int:
+    def mark_interrupted(self, gone: Collection[str] = ()) -> int:
         """Mark 'interrupted' every job still 'running' whose worker, on this machine, no longer
-        exists (killed, crashed, machine restarted), its runs with it and the reason ('failed',
+        exists (killed, crashed, machine restarted), or is one of `gone` (a process just started, whose
+        id a predecessor had: a restarted container reuses pids), its runs with it and the reason ('failed',
         DISK_FULL_REASON, where that worker found the disk full after the job started:
         store.note_disk_full); then every
         run left running by a dead process (ResultStore.mark_interrupted). Returns how many runs
@@ -184,13 +185,14 @@ class JobQueue:
             jobs = self._conn.execute("SELECT job_id, worker, started_at FROM jobs WHERE status = 'running'").fetchall()
         full = disk_full_since(self.path)  # those that found the disk full could not end their job
         for job_id, worker, started in jobs:
-            if owner_dead(worker) and cut_by_full_disk(full, worker, started):
+            dead = owner_dead(worker) or worker in gone
+            if dead and cut_by_full_disk(full, worker, started):
                 self.finish(job_id, "failed", error=Message(DISK_FULL_REASON))
-            elif owner_dead(worker):
+            elif dead:
                 self.finish(job_id, "interrupted", reason=Message(
                     N_("the worker process ({worker}) ended before the job finished (killed or crashed)"),
                     {"worker": worker}))
-        return self.store.mark_interrupted()
+        return self.store.mark_interrupted(gone)
 
     # ------------------------------------------------------------------------------ workers
     @explained

@@ -42,6 +42,9 @@ class WorkerConfig:
     nice: int = 0  # lower CPU priority (POSIX nice): a server's pages stay responsive while it trains
     executor: str = "local"  # 'local': jobs train in this process; 'ray': on the cluster, this process its driver
     ray_address: str | None = None  # the cluster (HOST:PORT) for 'ray'; None: $MNIST_LAB_RAY_ADDRESS, else Ray's lookup
+    # this process was started to be the worker (the CLI): a job or run still 'running' under its id
+    # ('host:pid') is a predecessor's, e.g. the same pid in a restarted container, never its own
+    fresh_process: bool = False
 
 
 class Worker:
@@ -83,6 +86,8 @@ class Worker:
             print(f"worker: slot {self.cfg.slot} of {self.store.path} is served by another live worker",
                   file=sys.stderr)
             return 1
+        if self.cfg.fresh_process:
+            self.queue.mark_interrupted(gone={self.id})
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
