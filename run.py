@@ -609,6 +609,9 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
         return execute(plan, root, args.dry_run)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `python run.py test --dry-run | head`: the reader stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
