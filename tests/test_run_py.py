@@ -275,8 +275,9 @@ def test_the_report_names_the_wheel_and_why_the_cpu_engine_is_plain(monkeypatch,
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
 def test_the_make_targets_are_run_py():
     def dry(*args: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "OPTS", "PYTHON")}
         return subprocess.run(["make", "-n", "-s", *args, "PYTHON=python3.11"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=30, check=True).stdout.split("\n")[:-1]
+                              text=True, timeout=30, check=True, env=env).stdout.split("\n")[:-1]
 
     assert dry("run") == ["python3.11 run.py app "]
     assert dry("test") == ["python3.11 run.py test "]
