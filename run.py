@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -536,12 +537,15 @@ def run_one(argv: list, root: Path, kw: dict) -> int:
         return 127
     try:
         return proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the child too (one console): let it finish stopping
+    except KeyboardInterrupt:  # in a console Ctrl-C reaches the child too; a signal to run.py alone is passed on
         try:
+            if os.name != "nt":
+                proc.send_signal(signal.SIGINT)
             proc.wait(timeout=30)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        except (OSError, subprocess.TimeoutExpired, KeyboardInterrupt):
             proc.kill()
-        return 130
+            proc.wait()
+        raise  # stopped, not failed: main exits 130 without a word
 
 
 class Parser(argparse.ArgumentParser):
