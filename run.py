@@ -223,6 +223,13 @@ def check_index_url(url: str) -> str:
     return url
 
 
+def valid_index_url(url: object) -> bool:
+    try:
+        return isinstance(url, str) and check_index_url(url) == url
+    except Refusal:
+        return False
+
+
 # ------------------------------------------------------------------------------ paths
 
 
@@ -290,8 +297,9 @@ def write_stamp(venv: Path, stamp: dict) -> None:
 def stamp_covers(stamp: dict, wanted: dict) -> bool:
     """pip can be skipped: the same inputs and torch build, and at least the extras wanted (a
     different index alone re-installs nothing: any index serves the same pins)."""
-    return (stamp.get("inputs") == wanted["inputs"] and stamp.get("cpu") == wanted["cpu"]
-            and set(wanted["extras"]) <= set(stamp.get("extras") or ()))
+    extras = stamp.get("extras")
+    return (stamp.get("inputs") == wanted["inputs"] and stamp.get("cpu") is wanted["cpu"]
+            and isinstance(extras, list) and set(wanted["extras"]) <= {e for e in extras if isinstance(e, str)})
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -337,12 +345,12 @@ def plan_setup(plan: Plan, root: Path, venv: Path, command: str, args, system: s
         plan.note(say("cpu_native_os", system={"Darwin": "macOS"}.get(system, system),
                       mps=say("mps") if system == "Darwin" else ""))
         cpu = False
-    if not cpu and stamp.get("cpu") and system == "Linux":
+    if not cpu and stamp.get("cpu") is True and system == "Linux":
         plan.note(say("cpu_kept", venv=venv))
         cpu = True
     index_url = args.index_url or MIRRORS.get(args.mirror or "")
-    if not index_url and isinstance(stamp.get("index_url"), str) and stamp["index_url"]:
-        index_url = check_index_url(stamp["index_url"])
+    if not index_url and valid_index_url(stamp.get("index_url")):  # a stamp is a file: checked like an option
+        index_url = stamp["index_url"]
         plan.note(say("index_kept", url=index_url))
     wanted = make_stamp(root, extras, cpu, index_url)
     if stamp_covers(stamp, wanted):
