@@ -13,6 +13,7 @@ from app_lib.shared import (
     job_queue,
     may_change,
     mirror_query,
+    page_file,
     path_hider,
     result_store,
     run_scope,
@@ -129,7 +130,7 @@ rows = picked.selection.rows if picked is not None else []
 # positions in the table as given, whatever its sorting on screen (a filter changed since may leave one past its end)
 row = shown.iloc[rows[0]] if rows and rows[0] < len(shown) else None
 if row is not None and row["run_id"] in kept:  # in this tab: the session (its language, its workspace) goes along
-    st.page_link("app_pages/inspect.py", label=_("Inspect {label}").format(label=plain(row["label_shown"])),
+    st.page_link(page_file("inspect"), label=_("Inspect {label}").format(label=plain(row["label_shown"])),
                  icon=":material/visibility:", query_params={"run": row["run_id"]})
 elif row is not None:
     st.caption(_("This run's weights were not kept, so it cannot be inspected."))
