@@ -34,15 +34,12 @@ def start_module():
 
 
 @st.cache_resource(show_spinner=False)
-def prepared() -> str:
-    """'' once this process is set up (the examples building in the background), else why not."""
+def prepare() -> None:
+    """Once per server process, the settings checked, MNIST cached, the examples building in the background.
+    A refused setting raises start.SettingError, which is not cached: the next page run checks again."""
     start = start_module()
     st.secrets.load_if_toml_exists()  # the app's root-level secrets become environment variables
-    try:
-        settings = start.resolve(target="cloud")
-    except start.SettingError as exc:
-        print(f"start.py: {exc}", flush=True)  # the host's log: the whole line, for the app's owner
-        return str(exc)
+    settings = start.resolve(target="cloud")
     os.environ.update(settings.environment())  # this server, its workers and the builder read the same
     try:
         start.check_data(settings)
@@ -51,14 +48,15 @@ def prepared() -> str:
     if settings.examples != "off":  # its output goes to the host's log
         subprocess.Popen([sys.executable, str(ROOT / "deploy" / "start.py"), "--target", "cloud", "--prepare-only"],
                          cwd=ROOT, env=os.environ.copy(), start_new_session=True)
-    return ""
 
 
-problem = prepared()
-if problem:  # a secret the app cannot use: the one line that says which (no server path), nothing else
+try:
+    prepare()
+except start_module().SettingError as exc:  # a secret the app cannot use: the one line that says which, nothing else
     from app_lib.shared import SERVER_PATH
 
-    st.error(SERVER_PATH.sub("(a folder on the server)", problem), icon=":material/error:")
+    print(f"start.py: {exc}", flush=True)  # the host's log: the whole line, for the app's owner
+    st.error(SERVER_PATH.sub("(a folder on the server)", str(exc)), icon=":material/error:")  # no server path
     st.stop()
 os.chdir(ROOT)  # the host starts here already; a local `streamlit run` of this file from elsewhere too
 runpy.run_path(str(ROOT / "streamlit_app.py"), run_name="__main__")
