@@ -24,11 +24,12 @@ is one line naming the variable and what to set, and exit code 2:
     (the server's own variables, MNIST_LAB_TEACHER_TOKEN, MNIST_LAB_MAX_* ..., are checked here too)
 
 Before the server starts, once: MNIST is found and checked against its published checksums (and
-cached), and in demo mode the example runs are built unless the store has them, under a file lock
-beside the store, so a second start (another container on the same volume, a restart) waits and
-finds them built. Then this process becomes `python -m streamlit run streamlit_app.py ...` (os.execv;
-on Windows a child process, waited for). `--prepare-only` stops after the preparation (an image's
-build step); `--dry-run` prints the resolved settings and the command and touches nothing.
+cached), and in demo mode the example runs are built unless the store has them, under the lock
+mnist_lab.service.examples keeps beside the store, so a second start (another container on the same
+volume, a restart) waits and finds them built. Then this process becomes
+`python -m streamlit run streamlit_app.py ...` (os.execve; on Windows a child process, waited for).
+`--prepare-only` stops after the preparation (an image's build step); `--dry-run` prints the
+resolved settings and the command and touches nothing.
 
 Standard library and mnist_lab only: Streamlit is not imported here.
 """
@@ -183,37 +184,6 @@ def resolve(env=None, target: str | None = None) -> Settings:
 
 # ------------------------------------------------------------------------------ preparing, once
 
-@contextlib.contextmanager
-def store_lock(db: Path):
-    """An exclusive lock on `<db>.examples.lock` while the examples are checked or built: a second start
-    on the same store waits here, then finds them built (fcntl on POSIX, msvcrt on Windows)."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".examples.lock"), "a+b") as f:
-        if os.name == "nt":
-            import msvcrt
-
-            f.seek(0)
-            while True:
-                try:
-                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
-                    break
-                except OSError:
-                    continue
-            try:
-                yield
-            finally:
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def check_data(settings: Settings, say=print) -> None:
     """MNIST found and checked against its published MD5s (then cached, so the app and its workers load
     it in about a second); says where it came from. Raises the loader's DataError."""
@@ -225,14 +195,13 @@ def check_data(settings: Settings, say=print) -> None:
 
 
 def build_examples(settings: Settings, say=print) -> None:
-    """The demo's example runs, built once per store (mnist_lab.service.examples.ensure_examples) under
-    the store's lock."""
+    """The demo's example runs, built once per store: ensure_examples holds the store's build lock
+    (`<db>.examples.lock`), so a second start on the same store waits, then finds them built."""
     if settings.examples == "off":
         return
     from mnist_lab.service.examples import ensure_examples
 
-    with store_lock(settings.db):
-        built = ensure_examples(settings.db, scale=settings.examples)
+    built = ensure_examples(settings.db, scale=settings.examples)
     say(f"start.py: example runs ({settings.examples}) " + ("built" if built else "already in the store"))
 
 
