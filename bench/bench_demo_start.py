@@ -1,7 +1,9 @@
 """The demo's start on one core (issue 27's target: interactive in under 20 s once the examples are built;
 building them under 3 minutes). Builds the example set with `deploy/start.py --prepare-only` (timed), then
 starts `taskset -c 0 python deploy/start.py` (target modelscope, demo mode, no C++ compiler) and times,
-from the start, the health answer and Home rendered in Chromium with the examples' line.
+from the start, the health answer and Home rendered in Chromium with the examples' line. Everything in a
+fresh folder: the store and the data cache (MNIST_LAB_CACHE_DIR) start empty, as in a new image, and the
+preparation fills the cache as an image's build step would; each timed start is a new server process.
 
     python bench/bench_demo_start.py [--scale full|tiny] [--runs 3]
 """
