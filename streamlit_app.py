@@ -7,7 +7,7 @@ import streamlit as st
 
 from app_lib.lang import _, keep_in_url, language_picker
 from app_lib.session import accounts, client, current, sign_in_as, sign_out, write_cookie
-from app_lib.shared import ensure_workers, keep_page_state, server_policy
+from app_lib.shared import ensure_workers, keep_page_state, page_file, server_policy
 from app_lib.text import plain
 from app_lib.widgets import share_link, sidebar_jobs
 from mnist_lab.errors import StoreError
@@ -46,14 +46,14 @@ CLASS = [  # the teacher's pages: (file, title, icon, url path)
 if policy.signin and who is None:
     # every address of the app shows the sign-in form and keeps its path and query: once signed in, the same
     # address (a copied link) opens its page and settings for whoever signed in
-    page = st.navigation([st.Page("app_pages/signin.py", title=_("Sign in"), icon=":material/login:",
+    page = st.navigation([st.Page(page_file("signin"), title=_("Sign in"), icon=":material/login:",
                                   url_path=path or None, default=not path) for *_page, path in [*PAGES, *CLASS]],
                          position="hidden")
 else:
-    pages = [st.Page(f"app_pages/{name}.py", title=title, icon=icon, url_path=path or None, default=not path)
+    pages = [st.Page(page_file(name), title=title, icon=icon, url_path=path or None, default=not path)
              for name, title, icon, path in PAGES]
     if who is not None and who.role == "teacher":  # the course's pages, then the class's (issue 25)
-        pages = {_("Course"): pages, _("Class"): [st.Page(f"app_pages/{name}.py", title=title, icon=icon, url_path=path)
+        pages = {_("Course"): pages, _("Class"): [st.Page(page_file(name), title=title, icon=icon, url_path=path)
                                                   for name, title, icon, path in CLASS]}
     page = st.navigation(pages)
 with st.sidebar:

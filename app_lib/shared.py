@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -54,6 +55,14 @@ WORKER_IDLE_ENV = "MNIST_LAB_WORKER_IDLE_S"  # an app-started worker exits after
 # every driver writes the one SQLite file, so a few, not one per student. MNIST_LAB_WORKERS sets it.
 RAY_DRIVERS = 4
 PRUNE_EVERY_S = 600.0  # demo mode: visitors' old runs are looked for at most this often
+PAGES_DIR = Path(__file__).resolve().parents[1] / "app_pages"
+
+
+def page_file(name: str) -> str:
+    """`app_pages/<name>.py` as an absolute path, for st.Page and st.page_link: both resolve a relative
+    path against the MAIN script's folder, which is deploy/streamlit-cloud/ when Community Cloud runs
+    that entry, so a relative "app_pages/..." would name a file that is not there."""
+    return str(PAGES_DIR / f"{name}.py")
 
 
 def server_policy() -> ServerPolicy:

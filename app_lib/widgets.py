@@ -96,12 +96,15 @@ COLUMNS = {
     "lab5_done": N_("lab 5 done"), "runs": N_("runs"), "finished": N_("finished runs"),
     "last_activity": N_("last activity"), "students": N_("students"), "duplicates": N_("duplicates"),
     "seeds": N_("seeds"), "set": N_("set"),
+    "example": N_("example"),  # a demo's Runs page: the server's example runs (service/examples.py)
 }
 # Cell values that are words (a run's status, the pixels, an experiment): translated where shown.
 WORDS = frozenset((N_("finished"), N_("running"), N_("queued"), N_("stopped"), N_("interrupted"), N_("diverged"),
                    N_("failed"), N_("normal"), N_("permuted"), N_("single"), N_("sweep"), N_("compare"), N_("none"),
                    N_("all"), N_("learned"), N_("did not learn"), N_("lesson"),
-                   N_("done"), N_("partial"), N_("missing")))  # lab/classwork.py's DONE, PARTIAL, MISSING
+                   N_("done"), N_("partial"), N_("missing"),  # lab/classwork.py's DONE, PARTIAL, MISSING
+                   N_("Example")))  # a demo's example run (EXAMPLE)
+EXAMPLE = "Example"
 # A run's normalisation (DataConfig.normalize, mnist_lab.data.NORMALIZATIONS) in a few words.
 NORMALIZE_WORDS = {"dataset": N_("the dataset's own"), "half": N_("fixed 0.5"), "none": N_("none"),
                    "mnist": N_("MNIST's own")}

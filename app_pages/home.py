@@ -5,12 +5,23 @@ import streamlit as st
 from app_lib.charts import digits_figure
 from app_lib.forms import preset_words
 from app_lib.lang import _, render_error
-from app_lib.shared import device_name, mnist, on_gpu, quick_defaults, sample_digits, without_server_paths
+from app_lib.shared import (
+    device_name,
+    mnist,
+    on_gpu,
+    page_file,
+    quick_defaults,
+    result_store,
+    sample_digits,
+    server_policy,
+    without_server_paths,
+)
 from app_lib.text import plain
 from app_lib.widgets import headers
 from mnist_lab.data.datasets import MNIST, source_message
 from mnist_lab.nets.model import count_params
 from mnist_lab.nets.presets import PRESETS
+from mnist_lab.service.examples import SCALES, examples_ready
 from mnist_lab.training.native import kernel_state
 
 st.title(_("MNIST CNN Lab"))
@@ -50,19 +61,28 @@ with intro:
                            # where from, in the reader's words (no server path on a shared server)
                            source=plain(without_server_paths(render_error(source_message(raw))))),
                    icon=":material/check_circle:")
-    st.page_link("app_pages/train.py", label=_("**Train** one network and watch every iteration's loss live"),
+    if server_policy().demo and any(examples_ready(result_store().path, scale) for scale in SCALES):
+        st.info(_("**This demo comes with finished example runs:** the lab's four networks, a depth × kernel sweep, "
+                  "FC vs CNN and a week-2 lesson. Look at them before you train anything:"),
+                icon=":material/auto_awesome:")
+        runs_link, inspect_link, report_link = st.columns(3)
+        runs_link.page_link(page_file("runs"), label=_("The example runs"), icon=":material/history:")
+        inspect_link.page_link(page_file("inspect"), label=_("Inspect an example"), icon=":material/visibility:")
+        report_link.page_link(page_file("report"), label=_("A report from the examples"),
+                              icon=":material/description:")
+    st.page_link(page_file("train"), label=_("**Train** one network and watch every iteration's loss live"),
                  icon=":material/model_training:")
-    st.page_link("app_pages/sweep.py", label=_("**Sweep** conv layers × kernel size (lab tasks 2 and 3)"),
+    st.page_link(page_file("sweep"), label=_("**Sweep** conv layers × kernel size (lab tasks 2 and 3)"),
                  icon=":material/grid_on:")
-    st.page_link("app_pages/compare.py", label=_("**FC vs CNN** with equal parameters, on normal and permuted pixels"),
+    st.page_link(page_file("compare"), label=_("**FC vs CNN** with equal parameters, on normal and permuted pixels"),
                  icon=":material/compare_arrows:")
-    st.page_link("app_pages/week2.py", label=_("**Week 2**: the course notes' questions as ready experiments"),
+    st.page_link(page_file("week2"), label=_("**Week 2**: the course notes' questions as ready experiments"),
                  icon=":material/science:")
-    st.page_link("app_pages/runs.py", label=_("**Runs**: every run so far, compared, exported as CSV"),
+    st.page_link(page_file("runs"), label=_("**Runs**: every run so far, compared, exported as CSV"),
                  icon=":material/history:")
-    st.page_link("app_pages/inspect.py", label=_("**Inspect** a trained network: confusion matrix, feature maps, "
+    st.page_link(page_file("inspect"), label=_("**Inspect** a trained network: confusion matrix, feature maps, "
                                                  "your own digit"), icon=":material/visibility:")
-    st.page_link("app_pages/report.py", label=_("**Report**: the lab report written from your runs"),
+    st.page_link(page_file("report"), label=_("**Report**: the lab report written from your runs"),
                  icon=":material/description:")
 with digits:
     images, labels = sample_digits(20)

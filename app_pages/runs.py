@@ -13,6 +13,7 @@ from app_lib.shared import (
     job_queue,
     may_change,
     mirror_query,
+    page_file,
     path_hider,
     result_store,
     run_scope,
@@ -22,6 +23,7 @@ from app_lib.shared import (
 from app_lib.text import local_times, percent, plain
 from app_lib.widgets import (
     COLUMNS,
+    EXAMPLE,
     csv_button,
     headers,
     normalization_words,
@@ -38,6 +40,7 @@ from app_lib.widgets import (
 from mnist_lab.errors import StoreError
 from mnist_lab.lab.experiments import final_train_loss, stored_verdict
 from mnist_lab.runs.store import VISIBLE_EXTRA
+from mnist_lab.service.access import EXAMPLES_WORKSPACE
 
 SHOWN = ["inspect", "started_at", "label", "experiment", "status", "verdict", "stop_reason", "final_test_acc",
          "params", "epochs_done", "epochs", "train_limit", "optimizer", "lr", "batch_size", "seed", "permute_pixels",
@@ -109,7 +112,10 @@ verdicts = pd.Series([stored_verdict(r.status, r.final_test_acc, loss.get(r.run_
                       for r in shown.itertuples()], index=shown.index, dtype=object)
 images = shown["train_limit"].map(lambda n: _("all") if n is None or n != n else f"{int(n):,}")  # None/NaN: all
 columns = [*SHOWN[:2], *OWNERS, *SHOWN[2:]] if owners_shown else SHOWN
-picked = table(shown.assign(verdict=words(verdicts), student_name=owner_names(shown),
+if server_policy().demo:  # the examples every visitor sees, marked as such
+    columns = [columns[0], "example", *columns[1:]]
+examples = words(shown["workspace"].map(lambda w: EXAMPLE if w == EXAMPLES_WORKSPACE else ""))
+picked = table(shown.assign(verdict=words(verdicts), student_name=owner_names(shown), example=examples,
                             student_id=shown["student_id"].fillna(""))[columns].assign(
                           started_at=started, train_limit=images,
                                                          final_test_acc=shown["final_test_acc"] * 100,
@@ -129,7 +135,7 @@ rows = picked.selection.rows if picked is not None else []
 # positions in the table as given, whatever its sorting on screen (a filter changed since may leave one past its end)
 row = shown.iloc[rows[0]] if rows and rows[0] < len(shown) else None
 if row is not None and row["run_id"] in kept:  # in this tab: the session (its language, its workspace) goes along
-    st.page_link("app_pages/inspect.py", label=_("Inspect {label}").format(label=plain(row["label_shown"])),
+    st.page_link(page_file("inspect"), label=_("Inspect {label}").format(label=plain(row["label_shown"])),
                  icon=":material/visibility:", query_params={"run": row["run_id"]})
 elif row is not None:
     st.caption(_("This run's weights were not kept, so it cannot be inspected."))

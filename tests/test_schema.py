@@ -144,7 +144,7 @@ def test_version_4_to_5_runs_and_jobs_gain_empty_owners_and_the_sign_in_tables_a
         conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at) "
                      "VALUES ('j1', 1, 'tok-abc', 'train', 't', '{}', 'finished', 1, 0)")
     store = ResultStore(path)
-    assert _version(path) == schema.VERSION == 6
+    assert _version(path) == schema.VERSION >= 6
     runs = store.visible_runs(None).set_index("run_id")
     assert list(runs.loc[["r1", "r2"], "workspace"]) == ["tok-abc", "local"]
     assert list(runs["student_id"]) == ["", ""] and list(runs["student_name"]) == ["", ""]
@@ -174,9 +174,31 @@ def test_version_5_to_6_jobs_gain_units_done_and_an_old_job_still_lists(tmp_path
                      "student_id, student_name) VALUES ('j1', 1, 'student:7', 'train', 't', '{}', 'finished', 1, 0, "
                      "'7', '张三')")
     store = ResultStore(path)
-    assert _version(path) == schema.VERSION == 6
+    assert _version(path) == schema.VERSION >= 6
     assert "units_done" in _columns(path, "jobs")
     assert JobQueue(store).job("j1")["units_done"] == 0
     views = StoreRunner(store).jobs(None)
     assert [(v.id, v.status, v.student_name, v.units_done) for v in views] == [("j1", "finished", "张三", 0)]
     store.close()
+
+
+def test_version_6_to_7_the_examples_table_appears_empty_and_nothing_is_an_example(tmp_path):
+    """A database of version 6: it gains the demo's examples table, empty, so none of its jobs (the
+    operator's own runs included) counts as the example set, which is not ready."""
+    from mnist_lab.service.examples import examples_ready
+
+    path = tmp_path / "v6.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.isolation_level = None
+        for migration in schema.MIGRATIONS[:6]:
+            migration.apply(conn)
+        conn.execute("PRAGMA user_version = 6")
+        conn.execute("INSERT INTO jobs (job_id, seq, workspace, kind, label, spec, status, runs_total, created_at) "
+                     "VALUES ('j1', 1, 'local', 'train', 't', '{}', 'finished', 1, 0)")
+    assert not examples_ready(path, "tiny") and _version(path) == 6  # a check reads only: no migration
+    ResultStore(path).close()
+    assert _version(path) == schema.VERSION >= 7
+    assert _columns(path, "examples") == ["name", "version", "scale", "job_id", "built_at"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0] == 0
+    assert not examples_ready(path, "tiny")

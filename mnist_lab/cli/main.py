@@ -1,5 +1,5 @@
-"""Command line: `python -m mnist_lab presets | train | sweep | compare | lesson | worker | data`, writing the
-same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
+"""Command line: `python -m mnist_lab presets | train | sweep | compare | lesson | worker | data | examples`,
+writing the same CSV tables as the app. train / sweep / compare train in this process, listed as jobs of the
 local workspace (so the app's Runs page can stop them); `worker` serves the app's queued jobs.
 Bad input ends with one `error:` line and exit code 2 before anything trains, never a
 traceback; a run whose loss became NaN or infinite ends with exit code 3. Help and messages are in
@@ -414,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mnist_lab.cli.class_cmd import add_parser as add_class_parser  # class roster/codes/reset/failures
 
     add_class_parser(sub, parents=[lang_flag])
+
+    from mnist_lab.cli.examples_cmd import add_parser as add_examples_parser  # the public demo's example runs
+
+    add_examples_parser(sub, parents=[lang_flag])
     return parser
 
 

@@ -132,6 +132,13 @@ def _v6(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE jobs ADD COLUMN units_done INTEGER NOT NULL DEFAULT 0")
 
 
+def _v7(conn: sqlite3.Connection) -> None:
+    """Version 7: the demo's example set (service/examples.py): which job of the local workspace
+    is which example, of which version of the set and at which scale. Nothing before it is one."""
+    conn.execute("CREATE TABLE IF NOT EXISTS examples (name TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+                 "scale TEXT NOT NULL, job_id TEXT NOT NULL, built_at REAL)")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the user_version a file has after it
@@ -147,6 +154,7 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "owners and sign-in: runs/jobs.student_id, student_name, jobs.client; students, sessions, "
                  "signin_failures", _v5),
     Migration(6, "a class job's progress: jobs.units_done", _v6),
+    Migration(7, "the demo's example set: the examples table (name, version, scale, job_id)", _v7),
 ]
 VERSION = MIGRATIONS[-1].version  # the version this code writes
 

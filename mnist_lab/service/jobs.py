@@ -206,9 +206,10 @@ def not_started(spec: JobSpec) -> RunResult:
 
 def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
                on_progress: Callable[[Event], None] | None = None, poll_s: float = 0.25,
-               executor: Callable[..., Any] | None = None) -> Any:
+               executor: Callable[..., Any] | None = None, job_id: str | None = None) -> Any:
     """Train a job from this process (the CLI) as a job of the local workspace: it is listed beside
     the workers' jobs, and a stop request from another process (the Runs page) sets `cancel`.
+    `job_id`: the id its row gets (the demo's examples record it first); a new one by default.
     `executor` trains it (execute's signature; None: `execute`, here; service/executors.py's Ray
     executor: on the cluster, its events recorded here, its data loaded and its device's memory checked
     on the nodes, not here)."""
@@ -216,7 +217,7 @@ def run_inline(spec: JobSpec, store: ResultStore, cancel: threading.Event,
     spec.preflight(remote)
     if not remote:
         spec.load_data()  # data that cannot be had leaves no 'failed' job behind
-    job_id = uuid.uuid4().hex
+    job_id = job_id or uuid.uuid4().hex
     queue = JobQueue(store)
     queue.start_inline(job_id, LOCAL_WORKSPACE, spec.kind, spec.title, spec.to_json(), spec.runs_total())
     done = threading.Event()
