@@ -24,7 +24,7 @@ ROOT_FILES = {"run.py", "packages.txt", "requirements.txt", "streamlit_app.py", 
 MADE_BY_READER = {"deploy/docker/.env"}
 # Where the code reads its settings: the app, the core, the start module and images, run.py.
 CODE = ["mnist_lab", "app_lib", "app_pages", "streamlit_app.py", "deploy", "run.py"]
-VAR = re.compile(r"MNIST_LAB_[A-Z0-9_]*[A-Z0-9]")
+VAR = re.compile(r"MNIST_LAB_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_]*\*)")  # not a family: MNIST_LAB_MAX_*
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
