@@ -257,9 +257,18 @@ def test_streamlit_cloud_pins_cpu_torch():
     if not cloud.exists():
         pytest.skip("deploy/streamlit-cloud/requirements.txt is not in this checkout")
     listed = pins(cloud)
+    declared = {canonicalize_name(Requirement(d).name): Requirement(d) for d in pyproject()["project"]["dependencies"]}
     for name in ("torch", "torchvision"):
-        assert Version(next(iter(listed[name].specifier)).version).local == "cpu", f"{name} +cpu on the cloud"
-    assert "download.pytorch.org/whl/cpu" in cloud.read_text()
+        # a direct wheel URL (the one form uv and pip both install from PyTorch's CPU index) or a +cpu pin
+        req = listed[name]
+        if req.url:
+            wheel = req.url.rsplit("/", 1)[-1].replace("%2B", "+")
+            version = Version(wheel.split("-")[1])
+            assert req.url.startswith("https://download.pytorch.org/whl/cpu/"), f"{name} from PyTorch's CPU index"
+        else:
+            version = Version(next(iter(req.specifier)).version)
+        assert version.local == "cpu", f"{name} +cpu on the cloud"
+        assert str(declared[name].specifier) == f"=={version.public}", "the torch pyproject.toml tests with"
 
 
 # ------------------------------------------------------------------------------ ModelScope
