@@ -34,8 +34,9 @@ MIRRORS = {  # PyPI mirrors reachable from mainland China
     "aliyun": "https://mirrors.aliyun.com/pypi/simple/",
     "ustc": "https://mirrors.ustc.edu.cn/pypi/simple",
 }
-APP_ARGS = ["-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
-            "--client.showErrorDetails", "full"]
+# the app starts through deploy/start.py, the one start module of every target (local: 127.0.0.1,
+# errors shown in full on the page); options after `--` go on to `streamlit run`
+APP_ARGS = [str(Path("deploy", "start.py")), "--target", "local"]
 EXTRAS = {"app": ("test",), "setup": ("test",), "test": ("test", "ray"), "system": ()}
 
 # What the tests use from Debian (never required: without each, what it says skips).
@@ -493,7 +494,7 @@ def build_plan(args, root: Path, system: str) -> Plan:
     if pip_runs or args.command == "setup":
         plan.call(lambda: report(vpy, root), "say which torch wheel and CPU engine the venv has")
     if args.command == "app":
-        plan.run([vpy, *APP_ARGS, *args.extra], "streamlit", foreground=True)
+        plan.run([vpy, *APP_ARGS, *(["--", *args.extra] if args.extra else [])], "streamlit", foreground=True)
     elif args.command == "test":
         plan.run([venv_script(venv, "ruff", system), "check", "."], "ruff")
         plan.run([venv_script(venv, "lint-imports", system)], "lint-imports")

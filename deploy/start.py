@@ -43,6 +43,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,11 +86,12 @@ class Settings:
     def script(self) -> str:
         return ENTRY.get(self.target, "streamlit_app.py")
 
-    def command(self, python: str = sys.executable) -> list[str]:
-        """The server's command line, run from the repository's root (so .streamlit/config.toml is read)."""
+    def command(self, python: str = sys.executable, extra: Sequence[str] = ()) -> list[str]:
+        """The server's command line, run from the repository's root (so .streamlit/config.toml is read);
+        `extra`: the operator's own `streamlit run` options (after `--`), last so that they win."""
         return [python, "-m", "streamlit", "run", self.script, "--server.port", str(self.port),
                 "--server.address", self.address, "--server.headless", "true",
-                "--browser.gatherUsageStats", "false", "--client.showErrorDetails", self.error_details]
+                "--browser.gatherUsageStats", "false", "--client.showErrorDetails", self.error_details, *extra]
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The server's environment: `base` with the resolved mode, examples and store, so the app, its
@@ -210,10 +212,10 @@ def prepare(settings: Settings, say=print) -> None:
     build_examples(settings, say)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, extra: Sequence[str] = ()) -> int:
     """Become the Streamlit server (POSIX: exec, so signals reach it directly); on Windows run it and wait."""
     os.chdir(ROOT)
-    cmd, env = settings.command(), settings.environment()
+    cmd, env = settings.command(extra=extra), settings.environment()
     sys.stdout.flush()
     if os.name == "nt":
         return subprocess.call(cmd, env=env)
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="local, docker, modelscope or cloud (default: $MNIST_LAB_TARGET or local)")
     parser.add_argument("--prepare-only", action="store_true", help="check the data and build the examples, then stop")
     parser.add_argument("--dry-run", action="store_true", help="print the settings and the command; change nothing")
+    parser.add_argument("streamlit_args", nargs="*", metavar="-- STREAMLIT_OPTION",
+                        help="after --: more `streamlit run` options, e.g. -- --server.port 8502")
     args = parser.parse_args(argv)
     try:
         settings = resolve(target=args.target)
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for name in ("target", "port", "address", "mode", "examples", "db", "data_dir", "error_details"):
             print(f"{name}={getattr(settings, name) if getattr(settings, name) is not None else ''}")
-        print("command=" + shlex.join(settings.command()))
+        print("command=" + shlex.join(settings.command(extra=args.streamlit_args)))
         return 0
     try:
         os.environ.update(settings.environment())  # the examples' workers (if any) read the same store and mode
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.prepare_only:
         return 0
-    return serve(settings)
+    return serve(settings, args.streamlit_args)
 
 
 if __name__ == "__main__":

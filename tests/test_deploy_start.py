@@ -151,6 +151,13 @@ def test_dry_run_prints_the_command_and_touches_nothing(env, capsys, target, fla
     assert out["target"] == target and not (env / "store").exists()
 
 
+def test_the_operators_own_streamlit_options_come_last_so_they_win(env, capsys):
+    """`run.py app -- --server.port 8502` passes its options on through the start module."""
+    assert start.main(["--dry-run", "--target", "local", "--", "--server.port", "8502"]) == 0
+    command = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())["command"].split()
+    assert command[-2:] == ["--server.port", "8502"] and command.count("--server.port") == 2
+
+
 def test_dry_run_of_the_cloud_target_runs_the_hosts_main_file(env, capsys):
     assert start.main(["--dry-run", "--target", "cloud"]) == 0
     assert "streamlit run deploy/streamlit-cloud/streamlit_app.py" in capsys.readouterr().out

@@ -85,10 +85,13 @@ def refused(done: subprocess.CompletedProcess) -> str:
 def test_app_sets_up_then_starts_streamlit_on_localhost(repo):
     done = run_py(repo, "app", "--dry-run")
     assert done.returncode == 0, done.stderr
+    # through the one start module of every target: local is 127.0.0.1 with errors in full
+    # (tests/test_deploy_start.py); options after -- go on to streamlit run
     assert steps(done.stdout) == fresh_setup(repo, "test") + [
-        f"{repo}/.venv/bin/python -m streamlit run streamlit_app.py --server.address 127.0.0.1 "
-        "--client.showErrorDetails full"]
+        f"{repo}/.venv/bin/python deploy/start.py --target local"]
     assert not (repo / ".venv").exists()  # a dry run made nothing
+    more = run_py(repo, "app", "--dry-run", "--", "--server.port", "8502")
+    assert steps(more.stdout)[-1] == f"{repo}/.venv/bin/python deploy/start.py --target local -- --server.port 8502"
 
 
 def test_test_sets_up_with_ray_then_runs_the_linters_then_pytest(repo):
