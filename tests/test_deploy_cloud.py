@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import streamlit as st
 import tomllib
 from apptest import app_db
 from packaging.requirements import Requirement
@@ -73,11 +74,19 @@ def test_every_page_reference_is_absolute():
 
 @pytest.fixture
 def cloud_env(tmp_path, monkeypatch):
+    """The entry writes its settings into os.environ (for its server and workers) and caches its preparation
+    per process: both are undone after each test, so no later test runs in the cloud's demo mode."""
     app_db(tmp_path / "results.sqlite", monkeypatch)
     monkeypatch.setenv("MNIST_LAB_EXAMPLES", "off")  # the background builder is start.py's (test_deploy_start)
     for name in ("MNIST_LAB_MODE", "MNIST_LAB_TARGET", "MNIST_LAB_PORT", "PORT", "MNIST_LAB_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
+        monkeypatch.setenv(name, "")  # recorded, so the value the entry sets is taken back
+        monkeypatch.delenv(name)
+    saved = dict(os.environ)
+    st.cache_resource.clear()
+    yield tmp_path
+    st.cache_resource.clear()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_a_bad_secret_is_one_line_on_the_page(cloud_env, monkeypatch):

@@ -31,6 +31,9 @@ def test_the_mode_comes_from_the_environment_or_the_script_arguments():
                                "MNIST_LAB_QUEUE_LIMIT": "0", "MNIST_LAB_TEACHER_TOKEN": "t0k"}, [])
     assert (p.max_epochs, p.class_view, p.queue_limit) == (3, True, 0)
     assert p.teacher_token == "t0k"  # the teacher signs in with it (identity.Accounts.sign_in_teacher)
+    # 0 workers: the app starts none (compose's worker service trains); unset: the app's own default
+    assert ServerPolicy.from_env({"MNIST_LAB_WORKERS": "0"}, []).workers == 0
+    assert ServerPolicy.from_env({}, []).workers is None
 
 
 @pytest.mark.parametrize("env, message", [

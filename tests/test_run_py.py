@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def steps(out: str) -> list[str]:
 
 def pip(repo: Path, *targets: str, index: str | None = None, cpu: bool = False) -> str:
     options = ([f"--index-url {index}"] if index else []) + ([f"--extra-index-url {rp.CPU_INDEX}"] if cpu else [])
-    return " ".join([f"{repo}/.venv/bin/python -m pip install", *options, *targets])
+    return " ".join([f"{repo}/.venv/bin/python -m pip install", *options, *map(shlex.quote, targets)])
 
 
 def fresh_setup(repo: Path, extras: str, index: str | None = None, cpu: bool = False) -> list[str]:
@@ -323,3 +324,9 @@ def test_parse_keeps_arguments_for_pytest_and_streamlit():
     assert rp.parse(["app", "--", "--server.port", "8502"]).extra == ["--server.port", "8502"]
     assert rp.parse(["system", "--", "fonts", "compiler"]).extra == ["fonts", "compiler"]
     assert rp.parse(["test"]).extra == []
+
+
+def test_a_printed_step_can_be_pasted_into_the_shell():
+    """A folder named R&D, a $ or a ; in a path is quoted, as the shell would need it."""
+    argv = ["/home/me/R&D lab/.venv/bin/python", "-m", "pip", "install", "-e", ".[test]", "a;b", "$HOME"]
+    assert shlex.split(rp.show(argv)) == argv

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from mnist_lab import i18n
-from mnist_lab.cli.common import ProgressBar, check_data_dir, db_help
+from mnist_lab.cli.common import EXIT_STOPPED, ProgressBar, check_data_dir, db_help
 from mnist_lab.cli.common import gettext as _
 from mnist_lab.paths import default_db_path
 from mnist_lab.service.examples import SCALES, build_examples, example_specs, examples_ready, total_steps
@@ -52,7 +52,7 @@ def cmd_examples(args) -> int:
         bar.close()
     if args.cancel.is_set():
         print(_("stopped: the examples finished so far are kept; run the command again to train the rest"))
-        return 0
+        return EXIT_STOPPED  # not 0: `examples && start` must not go on with a partial set
     runs = sum(e.spec.runs_total() for e in example_specs(args.scale))
     print(_("trained the demo's example runs ({scale} set): {jobs} jobs, {runs} runs, in {time}, into {db}").format(
         scale=args.scale, jobs=len(job_ids), runs=runs, time=i18n.seconds(time.perf_counter() - start, _),

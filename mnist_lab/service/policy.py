@@ -27,7 +27,9 @@ ENV = dict(mode="MNIST_LAB_MODE", teacher_token="MNIST_LAB_TEACHER_TOKEN", class
            max_job_seconds="MNIST_LAB_MAX_JOB_SECONDS", max_runs="MNIST_LAB_MAX_RUNS", max_mb="MNIST_LAB_MAX_MB",
            max_total_gb="MNIST_LAB_MAX_TOTAL_GB", max_client_jobs="MNIST_LAB_MAX_CLIENT_JOBS",
            keep_hours="MNIST_LAB_DEMO_KEEP_HOURS")
-ZERO_ALLOWED = ("queue_limit",)  # 0: nothing waits besides the job that trains
+# 0 allowed: a queue of 0 (nothing waits besides the job that trains); 0 workers (the app starts none:
+# they run elsewhere, e.g. compose's worker service)
+ZERO_ALLOWED = ("queue_limit", "workers")
 # A public demo's own defaults (an environment variable still overrides each): one job at a time per
 # visitor and per client IP, a few small runs each, a small total, visitors' runs kept a day.
 DEMO_DEFAULTS = dict(queue_limit=0, max_client_jobs=1, max_epochs=5, max_job_seconds=120.0, max_runs=20,
@@ -69,7 +71,7 @@ class ServerPolicy:
     teacher_token: str = ""  # shared mode: whoever gives it signs in as the teacher (identity.Accounts)
     class_view: bool = False  # shared mode: everyone may see (not stop or delete) every run
     queue_limit: int = 2  # jobs a workspace may have waiting besides the one training
-    workers: int | None = None  # training processes; None: one per GPU, one on a CPU machine
+    workers: int | None = None  # training processes the app starts; None: one per GPU, one on a CPU machine; 0: none
     # Shared and demo mode only: the largest job one workspace may start.
     max_epochs: int = 20
     max_train_images: int = max(spec.train_count for spec in DATASETS.values())  # every image of any dataset
