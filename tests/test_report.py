@@ -500,3 +500,25 @@ def test_the_catalog_uses_the_glossary_terms():
             if re.search(r"\b" + re.escape(en), msgid, re.IGNORECASE) and zh not in msgstr:
                 wrong.append(f"{en!r} → {zh!r}: {msgid!r} = {msgstr!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_report_says_how_many_test_images_its_accuracies_come_from():
+    """A demo's examples are scored on 2,000 test images: the report must not say 10,000."""
+    import pandas as pd
+
+    from mnist_lab.lab.findings import test_counts
+    from mnist_lab.lab.report import tested_on
+
+    full = pd.DataFrame({"dataset": ["mnist", "fashion-mnist"], "test_limit": [None, float("nan")]})
+    assert test_counts(full) == [10000]
+    mixed = pd.DataFrame({"dataset": ["mnist", "mnist", "mnist"], "test_limit": [2000, None, 2000]})
+    assert test_counts(mixed) == [2000, 10000]
+    assert test_counts(pd.DataFrame({"dataset": ["mnist"], "test_limit": [50000]})) == [10000]  # at most the set
+
+    class Seen:  # what tested_on reads of the findings
+        test_images: list
+
+    seen = Seen()
+    for counts, said in (([2000], "2,000"), ([2000, 10000], "2,000–10,000"), ([], "10,000")):
+        seen.test_images = counts
+        assert tested_on(seen) == said

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_lab import codec
+from mnist_lab.data.datasets import DATASETS, MNIST
 from mnist_lab.errors import ConfigError
 from mnist_lab.lab.experiments import final_train_loss, stored_verdict
 from mnist_lab.lab.lessons import stored_lessons
@@ -86,6 +87,7 @@ class Findings:
     devices: list[str]
     data_sources: list[tuple[str, str | None]]  # (English, stored message or None) of each source
     lessons: list = field(default_factory=list)  # lessons.StoredLesson: each week-2 lesson's newest runs
+    test_images: list[int] = field(default_factory=list)  # the test images the finished runs evaluated on (each count)
 
     def sections(self) -> list[Finding]:
         return [self.loss, self.depth, self.kernel, self.analysis]
@@ -475,7 +477,17 @@ def compute_findings(store: ResultStore, run_id: str | None = None, workspace: s
                     devices=sorted({str(d) for d in done["device"] if not _blank(d)}),
                     data_sources=sorted({(str(d), None if _blank(m) else str(m)) for d, m in
                                          zip(done["data_source"], done["data_source_msg"]) if not _blank(d)}),
-                    lessons=stored_lessons(store, workspace))
+                    lessons=stored_lessons(store, workspace), test_images=test_counts(done))
+
+
+def test_counts(done: pd.DataFrame) -> list[int]:
+    """How many test images the finished runs were scored on, each count once (a run with a test
+    limit, e.g. a demo's example, saw fewer than its dataset's test set)."""
+    counts = set()
+    for name, limit in zip(done["dataset"], done["test_limit"]):
+        spec = DATASETS.get(str(name), MNIST)
+        counts.add(spec.test_count if _blank(limit) else min(int(limit), spec.test_count))
+    return sorted(counts)
 
 
 # ------------------------------------------------------------------------------ requirements 2 and 3: the grid

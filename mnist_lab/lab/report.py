@@ -254,6 +254,12 @@ def _cover(w: _Writer, cover: Cover) -> None:
         w.para("{field}: {value}", field=w._(COVER[key]), value=getattr(cover, key) or "_" * 16)
 
 
+def tested_on(fs: Findings) -> str:
+    """The test images behind the accuracies: one count, or the range when runs saw different ones."""
+    counts = fs.test_images or [MNIST.test_count]
+    return integer(counts[0]) if len(counts) == 1 else f"{integer(counts[0])}–{integer(counts[-1])}"
+
+
 def _setup(w: _Writer, fs: Findings, db: str, tz: str | None) -> None:
     """The report's setup: where its runs come from (`db`: the database's file name, '' for a student)."""
     w.add("h2", w._(H_SETUP))
@@ -270,7 +276,7 @@ def _setup(w: _Writer, fs: Findings, db: str, tz: str | None) -> None:
     w.para("Accuracy is the share of the {n} test images classified correctly. A difference between two settings "
         "counts only when it is larger than the sum of their standard deviations over seeds (sd A + sd B); with "
         "one seed per setting there is no spread, so it cannot be distinguished. A change that counts but is "
-        "under 0.1 points is called flat.", n=integer(MNIST.test_count))
+        "under 0.1 points is called flat.", n=tested_on(fs))
 
 
 def _loss(w: _Writer, f: Finding, store: ResultStore, fallback: bool = False) -> str:
