@@ -23,6 +23,7 @@ from mnist_lab.data.datasets import MNIST
 from mnist_lab.errors import ConfigError, writing
 from mnist_lab.i18n import Message, integer, number, pct, render_stored, resolve_lang, translator, word
 from mnist_lab.lab import figures
+from mnist_lab.lab.architecture import build_diagram
 from mnist_lab.lab.findings import Finding, Findings, compute_findings, model_from_row, moving_mean, sweep_grid
 from mnist_lab.lab.sweep_reading import (
     accuracy,
@@ -36,6 +37,7 @@ from mnist_lab.lab.sweep_reading import (
     settings,
 )
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, Comparison, Group
+from mnist_lab.nets.model import ModelConfig
 from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
 
@@ -593,8 +595,21 @@ def _appendix(w: _Writer, store: ResultStore, runs: pd.DataFrame, run_id: str | 
     except (ValueError, TypeError):  # a row the codec cannot read: no code to show
         return
     w.add("h2", w._(H_APPENDIX))
+    _network_drawn(w, cfg, run_id)
     w.para("The network of run {run_id} as PyTorch code, as python -m mnist_lab export writes it:", run_id=run_id)
     w.add("code", source, name="python")
+
+
+def _network_drawn(w: _Writer, cfg: ModelConfig, run_id: str) -> None:
+    """The run's network drawn (lab.architecture, as the app draws it) beside its per-layer table."""
+    diagram = build_diagram(cfg)
+    lang = w.lang if w.fig_t is w.t else "en"  # the figure's own words: English without a CJK font
+    w.figure("network.png", figures.architecture_figure(diagram, w.fig_t.gettext, w.cjk, lang),
+             w.say("The network of run {run_id}: each box is a block's output (channels × height × width), with its "
+                   "parameters; dotted arcs are residual shortcuts.", run_id=run_id))
+    w.add("table", header=[w._("layer"), w._("output shape"), w._("parameters"), w._("formula")],
+          rows=[[f"{r.name}: {w._(r.layer)}", " × ".join(map(str, r.output_shape)), integer(r.params),
+                 w._(r.formula)] for r in diagram.rows])  # a layer's words ("ReLU", "no parameters") translated
 
 
 def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
