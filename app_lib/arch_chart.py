@@ -35,13 +35,14 @@ def architecture_figure(diagram: Diagram, _=_english, lang: str = "en", height: 
             notes.append(dict(x=box.x, y=0, ax=prev.x + prev.width, ay=0, xref="x", yref="y", axref="x", ayref="y",
                               text="", showarrow=True, arrowhead=2, arrowsize=0.8, arrowwidth=1, arrowcolor="#777"))
         said = [word(m, lang) for m in box.notes]
-        below = [f"<b>{box.label if box.kind != 'input' else _('input')}</b>", shape_text(box.shape)]
+        name = box.label if box.kind != "input" else _("input")
+        below = [f"<b>{name}</b>", shape_text(box.shape)]
         if box.params:
             below.append(_("{n} parameters").format(n=f"{box.params:,}"))
         below += [f"<span style='color:#555;font-size:9px'>{s}</span>" for s in said]
         notes.append(dict(x=box.centre, y=-half, yshift=-4, text="<br>".join(below), showarrow=False, yanchor="top",
                           font=dict(size=10)))
-        lines = [f"<b>{box.label}</b> → {shape_text(box.shape)}", *said]
+        lines = [f"<b>{name}</b> → {shape_text(box.shape)}", *said]
         lines += [f"{r.name}: {r.formula}" for r in box.rows if r.params]
         hover_x.append(box.centre)
         hover_y.append(0)
