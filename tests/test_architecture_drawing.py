@@ -144,3 +144,23 @@ def test_the_report_has_the_network_drawn_beside_its_layer_table(tmp_path):
         assert len(to_docx(report)) > 20_000
     finally:
         store.close()
+
+
+def test_the_inspect_page_draws_the_chosen_runs_network(tmp_path, monkeypatch, tiny_data):
+    from mnist_lab.data.datasets import DataConfig
+    from mnist_lab.lab.experiments import run_single
+    from mnist_lab.runs.recorder import Recorder
+    from mnist_lab.training.loop import TrainConfig
+
+    store = ResultStore(app_db(tmp_path / "results.sqlite", monkeypatch))
+    try:
+        cfg = ModelConfig(conv_channels=(), blocks=(BLOCK_TYPES["residual"](4, stride=2),), head="gap-fc")
+        run = run_single(cfg, TrainConfig(epochs=1, engine="plain"), DataConfig(train_limit=512, test_limit=1000),
+                         record=Recorder(store), data=tiny_data)
+    finally:
+        store.close()
+    at = open_page("inspect", {"run": run.run_id})
+    (chart,) = [c for c in at.get("plotly_chart") if "insp_arch_chart" in str(c.proto.id)]
+    spec = json.loads(chart.proto.spec)
+    assert f"{count_params(cfg):,}" in spec["layout"]["title"]["text"]
+    assert [s["type"] for s in spec["layout"]["shapes"]].count("path") == 1  # its one residual shortcut
