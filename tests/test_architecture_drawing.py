@@ -76,7 +76,9 @@ def test_kernel_pooling_and_the_flattening_are_annotated():
     vgg = build_diagram(PRESETS["vgg16-cifar"].model)
     assert [str(m) for m in vgg.boxes[3].notes] == ["conv 3×3, same padding", "3 convolutions", "BatchNorm",
                                                     "ReLU, then max-pool 2×2"]
-    dropped = build_diagram(cnn_config(2, 3, hidden=(32,), dropout=0.25))
+    dropped = build_diagram(cnn_config(2, 3, hidden=(32,), dropout=0.25, softmax_before_loss=True))
+    check(cnn_config(2, 3, hidden=(32,), dropout=0.25, softmax_before_loss=True))  # every row in a box
+    assert [r.name for r in dropped.boxes[-1].rows] == ["drop2", "fc2", "softmax"]
     assert [str(m) for m in dropped.boxes[-2].notes] == ["dropout 0.25", "fully connected", "ReLU"]
 
 

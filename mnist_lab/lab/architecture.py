@@ -161,10 +161,10 @@ def build_diagram(cfg: ModelConfig) -> Diagram:
         c, h = shape[0], shape[-1]
     # The head: a box per layer that changes the shape or has weights; dropout and ReLU are notes
     # on the box they lead into or follow.
-    pending: list[Message] = []
+    pending: list[tuple[LayerRow, Message]] = []  # a dropout: drawn with the layer it feeds
     for row in rows[at:]:
         if row.name.startswith("drop"):
-            pending.append(Message(N_("dropout {p}"), dict(p=f"{cfg.dropout:g}")))
+            pending.append((row, Message(N_("dropout {p}"), dict(p=f"{cfg.dropout:g}"))))
         elif row.name.startswith("fc_relu") or row.name == "softmax":
             last = boxes[-1]
             note = Message(N_("ReLU")) if row.name != "softmax" else Message(HEAD_NOTES["softmax"])
@@ -175,7 +175,7 @@ def build_diagram(cfg: ModelConfig) -> Diagram:
             if row.name == "flatten":
                 what = Message(N_("flatten {shape} → {n}"), dict(shape="×".join(map(str, boxes[-1].shape)),
                                                                   n=f"{row.output_shape[0]:,}"))
-            add("head", row.name, row.output_shape, (row,), (*pending, what))
+            add("head", row.name, row.output_shape, (*(r for r, _ in pending), row), (*(m for _, m in pending), what))
             pending = []
     return Diagram(tuple(boxes), tuple(arcs), sum(r.params for r in rows), boxes[-1].x + boxes[-1].width)
 

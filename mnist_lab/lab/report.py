@@ -14,6 +14,7 @@ import textwrap
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -600,11 +601,17 @@ def _appendix(w: _Writer, store: ResultStore, runs: pd.DataFrame, run_id: str | 
     w.add("code", source, name="python")
 
 
+@lru_cache(maxsize=16)
+def _network_png(cfg: ModelConfig, lang: str, cjk: bool) -> bytes:
+    """The network's figure (0.3-0.7 s of matplotlib), kept: a class's reports mostly draw the same few nets."""
+    return figures.architecture_figure(build_diagram(cfg), translator(lang).gettext, cjk, lang)
+
+
 def _network_drawn(w: _Writer, cfg: ModelConfig, run_id: str) -> None:
     """The run's network drawn (lab.architecture, as the app draws it) beside its per-layer table."""
     diagram = build_diagram(cfg)
     lang = w.lang if w.fig_t is w.t else "en"  # the figure's own words: English without a CJK font
-    w.figure("network.png", figures.architecture_figure(diagram, w.fig_t.gettext, w.cjk, lang),
+    w.figure("network.png", _network_png(cfg, lang, w.cjk),
              w.say("The network of run {run_id}: each box is a block's output (channels × height × width), with its "
                    "parameters; dotted arcs are residual shortcuts.", run_id=run_id))
     w.add("table", header=[w._("layer"), w._("output shape"), w._("parameters"), w._("formula")],
