@@ -39,7 +39,7 @@ def architecture_figure(diagram: Diagram, _=_english, lang: str = "en", height: 
             notes.append(dict(x=box.x, y=0, ax=prev.x + prev.width, ay=0, xref="x", yref="y", axref="x", ayref="y",
                               text="", showarrow=True, arrowhead=2, arrowsize=0.8, arrowwidth=1, arrowcolor="#777"))
         said = [word(m, lang) for m in box.notes]
-        name = box.label if box.kind != "input" else _("input")
+        name = word(box.label, lang)
         if dense:
             below = [shape_text(box.shape)]
         else:

@@ -11,9 +11,10 @@ import re
 import pytest
 from apptest import app_db, open_page
 from report_fixtures import add_run
+from test_i18n import english_left
 
 from app_lib.arch_chart import architecture_figure
-from mnist_lab.i18n import word
+from mnist_lab.i18n import translator, word
 from mnist_lab.lab import figures
 from mnist_lab.lab.architecture import NOTES, build_diagram, shape_text
 from mnist_lab.lab.report import build_report, to_docx, to_html
@@ -39,14 +40,16 @@ def check(cfg: ModelConfig) -> None:
         assert box.rows and box.shape == box.rows[-1].output_shape, box
     blocks = [b for b in d.boxes if b.kind == "block"]
     assert len(blocks) == len(cfg.stages())
-    assert [b.label for b in blocks] == [s.describe() for s in cfg.stages()]
+    assert [str(b.label) for b in blocks] == [f"block {i}" for i in range(1, len(cfg.stages()) + 1)]
     maps = [b for b in d.boxes if len(b.shape) == 3]
     for a, b in zip(maps, maps[1:]):  # a bigger side is a taller box, more channels a wider one (sqrt / log scaling)
         assert (a.shape[-1] > b.shape[-1]) <= (a.height >= b.height)
         assert (a.shape[0] > b.shape[0]) <= (a.width >= b.width)
     xs = [b.x for b in d.boxes]
     assert xs == sorted(xs) and all(b.x + b.width < c.x for b, c in zip(d.boxes, d.boxes[1:]))  # no overlap
-    flatten = next(b for b in d.boxes if b.label == "flatten")
+    flatten = next(b for b in d.boxes if b.rows and b.rows[-1].name == "flatten")
+    assert str(flatten.label) == "Flatten"
+    assert all(str(b.label) in [r.layer for r in b.rows] for b in d.boxes if b.kind == "head")
     assert flatten.shape == (math.prod(d.boxes[d.boxes.index(flatten) - 1].shape),)
 
 
@@ -103,6 +106,15 @@ def test_the_figure_builds_for_every_preset(name):
     assert f"{d.params:,}" in fig.layout.title.text
     hover = fig.data[0].hovertext
     assert len(hover) == len(d.boxes) and all(r.formula in "".join(hover) for r in d.rows if r.params)
+
+
+@pytest.mark.parametrize("cfg", [p.model for p in PRESETS.values()] + [alone(b) for b in EXAMPLES],
+                         ids=[*PRESETS, *map(repr, EXAMPLES)])
+def test_in_chinese_the_drawing_shows_no_english_word(cfg):
+    """What the figure writes (title, labels, notes, arcs, hovers) passes the pages' Chinese check (test_i18n)."""
+    fig = architecture_figure(build_diagram(cfg), _=translator("zh_CN").gettext, lang="zh_CN")
+    texts = [fig.layout.title.text, *(a.text for a in fig.layout.annotations), *fig.data[0].hovertext]
+    assert not [t for t in texts if english_left(t)], [english_left(t) for t in texts if english_left(t)]
 
 
 def test_the_report_figure_draws_in_both_languages():

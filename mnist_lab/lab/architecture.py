@@ -42,7 +42,7 @@ def _conv_notes(block, c_in: int, h_in: int, shape: tuple[int, ...]) -> Notes:
 
 
 def _residual_notes(block, c_in: int, h_in: int, shape: tuple[int, ...]) -> Notes:
-    notes = [Message(N_("2 × conv 3×3 + BN"))]
+    notes = [Message(N_("2 × conv 3×3 + BatchNorm"))]
     if block.stride == 2:
         notes.append(Message(N_("stride 2")))
     notes.append(Message(N_("ReLU")))
@@ -69,7 +69,7 @@ class Box:
     """One drawn box: the input, a feature block, or a head layer, after its operation."""
 
     kind: str  # "input", "block" (a feature block) or "head"
-    label: str  # a symbol, the same in every language: the block's describe(), a layer's name
+    label: Message  # "input", "block {i}", or a head layer's PyTorch name (Message.verbatim)
     shape: tuple[int, ...]  # its output per example: (C, H, W), or (features,)
     rows: tuple[LayerRow, ...]  # the summary rows it stands for, with their parameter formulas
     notes: tuple[Message, ...]  # what happens between the previous box and this one
@@ -142,22 +142,22 @@ def build_diagram(cfg: ModelConfig) -> Diagram:
     arcs: list[Arc] = []
     x = 0.0
 
-    def add(kind: str, label: str, shape: tuple[int, ...], own: tuple[LayerRow, ...], notes: tuple) -> None:
+    def add(kind: str, label: Message, shape: tuple[int, ...], own: tuple[LayerRow, ...], notes: tuple) -> None:
         nonlocal x
         box = Box(kind, label, shape, own, notes, x, _width(shape), _height(shape, side, features))
         boxes.append(box)
         x += box.width + (GAP if kind != "head" else 1.5 * GAP)  # the head's thin bars: room for their notes
 
-    add("input", "input", (cfg.in_channels, side, side), (), ())
+    add("input", Message(N_("input")), (cfg.in_channels, side, side), (), ())
     at, c, h = 0, cfg.in_channels, side
-    for block, n in zip(cfg.stages(), _rows_per_block(cfg, rows)):
+    for i, (block, n) in enumerate(zip(cfg.stages(), _rows_per_block(cfg, rows)), 1):
         own = tuple(rows[at:at + n])
         at += n
         shape = own[-1].output_shape
         notes, shortcut = NOTES.get(block.type, lambda *a: ((), None))(block, c, h, shape)
         if shortcut is not None:
             arcs.append(Arc(len(boxes) - 1, len(boxes), shortcut))
-        add("block", block.describe(), shape, own, notes)
+        add("block", Message(N_("block {i}"), dict(i=i)), shape, own, notes)
         c, h = shape[0], shape[-1]
     # The head: a box per layer that changes the shape or has weights; dropout and ReLU are notes
     # on the box they lead into or follow.
@@ -175,7 +175,8 @@ def build_diagram(cfg: ModelConfig) -> Diagram:
             if row.name == "flatten":
                 what = Message(N_("flatten {shape} → {n}"), dict(shape="×".join(map(str, boxes[-1].shape)),
                                                                   n=f"{row.output_shape[0]:,}"))
-            add("head", row.name, row.output_shape, (*(r for r, _ in pending), row), (*(m for _, m in pending), what))
+            add("head", Message.verbatim(row.layer), row.output_shape, (*(r for r, _ in pending), row),
+                (*(m for _, m in pending), what))
             pending = []
     return Diagram(tuple(boxes), tuple(arcs), sum(r.params for r in rows), boxes[-1].x + boxes[-1].width)
 

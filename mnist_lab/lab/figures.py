@@ -158,8 +158,7 @@ def architecture_figure(diagram: Diagram, _: Callable[[str], str], cjk: bool, la
                 prev = diagram.boxes[i - 1]
                 ax.annotate("", (box.x, 0), (prev.x + prev.width, 0),
                             arrowprops=dict(arrowstyle="->", color=GREY, linewidth=0.8))
-            label = box.label if box.kind != "input" else _("input")
-            below = [label, shape_text(box.shape)] + ([_("{n} parameters").format(n=f"{box.params:,}")]
+            below = [word(box.label, lang), shape_text(box.shape)] + ([_("{n} parameters").format(n=f"{box.params:,}")]
                                                       if box.params else [])
             ax.text(box.centre, -half - 0.12, "\n".join(below), ha="center", va="top", fontsize=6.5)
             if box.notes:  # under the shape and parameters: the arcs have the space above
