@@ -42,7 +42,7 @@ def _conv_notes(block, c_in: int, h_in: int, shape: tuple[int, ...]) -> Notes:
 
 
 def _residual_notes(block, c_in: int, h_in: int, shape: tuple[int, ...]) -> Notes:
-    notes = [Message(N_("2 × conv 3×3 + BatchNorm"))]
+    notes = [Message(N_("2 × conv 3×3")), Message(N_("BatchNorm"))]
     if block.stride == 2:
         notes.append(Message(N_("stride 2")))
     notes.append(Message(N_("ReLU")))

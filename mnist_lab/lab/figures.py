@@ -150,6 +150,8 @@ def architecture_figure(diagram: Diagram, _: Callable[[str], str], cjk: bool, la
         ax.grid(False)
         ax.set_axis_off()
         colours = {"input": "#c7c7c7", "block": "#9db4d8", "head": "#f5c08a"}
+        # many boxes: every other box's notes go below its neighbours', so that they do not overlap
+        stagger = 7 * max(len(b.notes) for b in diagram.boxes) if len(diagram.boxes) > 8 else 0
         for i, box in enumerate(diagram.boxes):
             half = box.height / 2
             ax.add_patch(Rectangle((box.x, -half), box.width, box.height, facecolor=colours[box.kind],
@@ -160,10 +162,13 @@ def architecture_figure(diagram: Diagram, _: Callable[[str], str], cjk: bool, la
                             arrowprops=dict(arrowstyle="->", color=GREY, linewidth=0.8))
             below = [word(box.label, lang), shape_text(box.shape)] + ([_("{n} parameters").format(n=f"{box.params:,}")]
                                                       if box.params else [])
-            ax.text(box.centre, -half - 0.12, "\n".join(below), ha="center", va="top", fontsize=6.5)
-            if box.notes:  # under the shape and parameters: the arcs have the space above
-                ax.text(box.centre, -half - 0.3 - 0.32 * len(below), "\n".join(word(m, lang) for m in box.notes),
-                        ha="center", va="top", fontsize=5.5, color="#444444")
+            ax.annotate("\n".join(below), (box.centre, -half), xytext=(0, -3), textcoords="offset points",
+                        ha="center", va="top", fontsize=6.5)
+            if box.notes:  # under the shape and parameters (lines of 6.5 pt): the arcs have the space above
+                ax.annotate("\n".join(word(m, lang) for m in box.notes), (box.centre, -half),
+                            xytext=(0, -6 - 8 * len(below) - stagger * (i % 2)), textcoords="offset points",
+                            ha="center", va="top",
+                            fontsize=5.5, color="#444444")
         for arc in diagram.arcs:
             a, b = diagram.boxes[arc.start], diagram.boxes[arc.end]
             ax.add_patch(FancyArrowPatch((a.centre, a.height / 2), (b.centre, b.height / 2),
@@ -173,6 +178,6 @@ def architecture_figure(diagram: Diagram, _: Callable[[str], str], cjk: bool, la
             ax.text((a.centre + b.centre) / 2, max(a.height, b.height) / 2 + 0.35 * (b.centre - a.centre),
                     word(arc.note, lang), ha="center", va="bottom", fontsize=5.5, color=ORANGE)
         ax.set_xlim(-0.6, diagram.width + 0.6)
-        ax.set_ylim(-top - 3.2, top + (1.6 if diagram.arcs else 0.3))
+        ax.set_ylim(-top - (3.6 if stagger else 2.6), top + (1.6 if diagram.arcs else 0.3))
         ax.set_title(_("The network: {n} parameters").format(n=f"{diagram.params:,}"), fontsize=9)
         return _png(fig)
