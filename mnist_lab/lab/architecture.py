@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mnist_lab.i18n import N_, Message
 from mnist_lab.nets.blocks.base import Block, LayerRow, Walk
@@ -61,7 +61,7 @@ NOTES: dict[str, Callable[[Block, int, int, tuple[int, ...]], Notes]] = {
 
 # The head's layers, by their summary row's name (nets.model writes them): what each does.
 HEAD_NOTES = {"head_conv": N_("conv 1×1 to the classes"), "gap": N_("global average pooling"),
-              "flatten": N_("flatten"), "softmax": N_("softmax before the loss")}
+              "softmax": N_("softmax before the loss")}
 
 
 @dataclass(frozen=True)
@@ -166,10 +166,8 @@ def build_diagram(cfg: ModelConfig) -> Diagram:
         if row.name.startswith("drop"):
             pending.append((row, Message(N_("dropout {p}"), dict(p=f"{cfg.dropout:g}"))))
         elif row.name.startswith("fc_relu") or row.name == "softmax":
-            last = boxes[-1]
             note = Message(N_("ReLU")) if row.name != "softmax" else Message(HEAD_NOTES["softmax"])
-            boxes[-1] = Box(last.kind, last.label, last.shape, (*last.rows, row), (*last.notes, note), last.x,
-                            last.width, last.height)
+            boxes[-1] = replace(boxes[-1], rows=(*boxes[-1].rows, row), notes=(*boxes[-1].notes, note))
         else:
             what = Message(HEAD_NOTES[row.name]) if row.name in HEAD_NOTES else Message(N_("fully connected"))
             if row.name == "flatten":
