@@ -614,9 +614,13 @@ def _network_drawn(w: _Writer, cfg: ModelConfig, run_id: str) -> None:
     w.figure("network.png", _network_png(cfg, lang, w.cjk),
              w.say("The network of run {run_id}: each box is a block's output (channels × height × width), with its "
                    "parameters; dotted arcs are residual shortcuts.", run_id=run_id))
-    w.add("table", header=[w._("layer"), w._("output shape"), w._("parameters"), w._("formula")],
-          rows=[[f"{r.name}: {w._(r.layer)}", " × ".join(map(str, r.output_shape)), integer(r.params),
-                 w._(r.formula)] for r in diagram.rows])  # a layer's words ("ReLU", "no parameters") translated
+    rows = []
+    for before, box in zip(diagram.boxes, diagram.boxes[1:]):
+        for r in box.rows:  # a layer's words ("ReLU", "no parameters", the flattening's) translated
+            formula = (w.say("{product} = {n} features", product="×".join(map(str, before.shape)),
+                             n=r.output_shape[0]) if r.name == "flatten" else w._(r.formula))
+            rows.append([f"{r.name}: {w._(r.layer)}", " × ".join(map(str, r.output_shape)), integer(r.params), formula])
+    w.add("table", header=[w._("layer"), w._("output shape"), w._("parameters"), w._("formula")], rows=rows)
 
 
 def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
