@@ -6,6 +6,7 @@ PyTorch program. Deep link: /inspect?run=RUN_ID."""
 import numpy as np
 import streamlit as st
 
+from app_lib.arch_chart import show_architecture
 from app_lib.inspect_charts import (
     confusion_figure,
     enlarge,
@@ -113,6 +114,7 @@ st.caption(_("{n:,} test images · test accuracy {acc} · {status}{perm}").forma
     n=conf.n, acc=percent(conf.accuracy), status=_(run.saved.status),
     perm=_(" · trained on permuted pixels") if permuted else ""))
 
+show_architecture(run.model_cfg, key="insp_arch_chart", expanded=False)
 tab_cm, tab_digit, tab_maps, tab_export = st.tabs([_("Confusion matrix"), _("Your own digit"),
                                                    _("Filters and feature maps"), _("Export")])
 with tab_cm:

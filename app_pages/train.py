@@ -5,6 +5,7 @@ from functools import partial
 
 import streamlit as st
 
+from app_lib.arch_chart import show_architecture
 from app_lib.charts import accuracy_figure, loss_figure
 from app_lib.forms import (
     ALL_SUBSETS,
@@ -199,6 +200,7 @@ with right:
         else:
             about = _("A custom network.")
         m2.markdown(f"**{plain(describe(model_cfg))}**  \n" + plain(about))
+        show_architecture(model_cfg, key="train_arch_chart")  # redrawn as the sliders move
         with st.expander(_("Layers: output shape and parameters"), expanded="_train_job" not in st.session_state):
             table(layers, hide_index=True, width="stretch",
                   column_config={"params": st.column_config.NumberColumn(format="localized")})

@@ -272,17 +272,18 @@ def test_report_writes_every_file(full, tmp_path):
     headings = [p.text for p in doc.paragraphs if p.style.name.startswith(("Heading", "Title"))]
     for heading in HEADINGS_ZH:
         assert heading in headings
-    assert len(doc.inline_shapes) == 5 and len(doc.tables) == 7 + 1  # + the depth × kernel grid
+    # + the depth × kernel grid; + the appendix's network drawn and its per-layer table (issue 28)
+    assert len(doc.inline_shapes) == 5 + 1 and len(doc.tables) == 7 + 1 + 1
     page = paths["report.html"].read_text("utf-8")
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 5 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert len(images) == 6 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert '<html lang="zh-CN">' in page and "@media print" in page and "src=\"http" not in page
     for heading in HEADINGS_ZH:
         assert heading in page
     with zipfile.ZipFile(paths["report_md.zip"]) as z:
         md = z.read("report.md").decode("utf-8")
         pictures = re.findall(r"\]\((figures/[^)]+)\)", md)
-        assert len(pictures) == 5 and all(z.read(p)[:4] == b"\x89PNG" for p in pictures)
+        assert len(pictures) == 6 and all(z.read(p)[:4] == b"\x89PNG" for p in pictures)
     found = json.loads(paths["findings.json"].read_text("utf-8"))
     assert found["lang"] == "zh_CN" and found["rule"]["flat_accuracy"] == 0.001
     assert found["rule"]["min_runs_per_group"] == 2
@@ -342,7 +343,7 @@ def test_chinese_figures_have_every_glyph(full):
         report = build_report(full, "zh")
     missing = [str(w.message) for w in caught if "missing from" in str(w.message)]
     assert not missing and not report.warnings
-    assert len(report.figures()) == 5
+    assert len(report.figures()) == 6  # the network drawn (lab.architecture) in the appendix
 
 
 def test_without_a_cjk_font_figures_fall_back_to_english(full, monkeypatch):
@@ -434,7 +435,7 @@ def test_report_page_shows_the_sections_and_downloads(full, monkeypatch):
     assert not at.exception, at.exception
     assert at.title[0].value == "实验五 采用卷积神经网络分类MNIST数据集"
     assert [s.value for s in at.subheader][1:4] == [h for h in HEADINGS_ZH if h.startswith("实验要求")]
-    assert len(at.get("download_button")) == 5 and len(at.get("image")) == 5  # iterations.csv too
+    assert len(at.get("download_button")) == 5 and len(at.get("image")) == 6  # iterations.csv too; the network drawn
     run = compute_findings(full).depth.groups[-1].run_ids[0]
     at.session_state["_lang"] = "en"  # what the app's sidebar switch sets (app_lib/lang.py)
     at.selectbox(key="report_run").set_value(run)

@@ -1,6 +1,7 @@
 """The report's static figures (matplotlib, Agg) as PNG bytes: the every-iteration loss, test
-accuracy per epoch, accuracy against depth or kernel size, FC vs CNN. Chinese labels use Noto
-Sans CJK (or another CJK font) when one is installed; `cjk_font()` says whether one is.
+accuracy per epoch, accuracy against depth or kernel size, FC vs CNN, the network drawn
+(lab.architecture's diagram). Chinese labels use Noto Sans CJK (or another CJK font) when one is
+installed; `cjk_font()` says whether one is.
 """
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display, safe in a server thread
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, Rectangle  # noqa: E402
+
+from mnist_lab.i18n import word  # noqa: E402
+from mnist_lab.lab.architecture import Diagram, shape_text  # noqa: E402
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Zen Hei",
              "Microsoft YaHei", "PingFang SC", "SimHei", "Noto Sans CJK JP", "Noto Sans CJK TC")
@@ -131,4 +136,48 @@ def compare_figure(cells: dict[tuple[str, str], tuple[float, float]], _: Callabl
         ax.set_xticks(range(len(models)), [_("FC net"), _("CNN")])
         ax.set_ylabel(_("test accuracy (%)"))
         ax.legend(frameon=False, loc="best")
+        return _png(fig)
+
+
+def architecture_figure(diagram: Diagram, _: Callable[[str], str], cjk: bool, lang: str = "en") -> bytes:
+    """The network drawn as the app draws it (app_lib/arch_chart.py), from lab.architecture's
+    diagram: a box per block scaled to its output shape, what it does above, its shape and
+    parameters below, residual shortcuts as arcs. `lang` words the diagram's Messages."""
+    top = max(b.height for b in diagram.boxes) / 2
+    with _style(cjk):
+        fig = Figure(figsize=(max(5.0, min(12.0, 0.5 * diagram.width + 1.5)), 3.6))
+        ax = fig.add_subplot()
+        ax.grid(False)
+        ax.set_axis_off()
+        colours = {"input": "#c7c7c7", "block": "#9db4d8", "head": "#f5c08a"}
+        # many boxes: every other box's notes go below its neighbours', so that they do not overlap
+        stagger = 7 * max(len(b.notes) for b in diagram.boxes) if len(diagram.boxes) > 8 else 0
+        for i, box in enumerate(diagram.boxes):
+            half = box.height / 2
+            ax.add_patch(Rectangle((box.x, -half), box.width, box.height, facecolor=colours[box.kind],
+                                   edgecolor=BLUE, linewidth=0.8))
+            if i:
+                prev = diagram.boxes[i - 1]
+                ax.annotate("", (box.x, 0), (prev.x + prev.width, 0),
+                            arrowprops=dict(arrowstyle="->", color=GREY, linewidth=0.8))
+            below = [word(box.label, lang), shape_text(box.shape)] + ([_("{n} parameters").format(n=f"{box.params:,}")]
+                                                      if box.params else [])
+            ax.annotate("\n".join(below), (box.centre, -half), xytext=(0, -3), textcoords="offset points",
+                        ha="center", va="top", fontsize=6.5)
+            if box.notes:  # under the shape and parameters (lines of 6.5 pt): the arcs have the space above
+                ax.annotate("\n".join(word(m, lang) for m in box.notes), (box.centre, -half),
+                            xytext=(0, -6 - 8 * len(below) - stagger * (i % 2)), textcoords="offset points",
+                            ha="center", va="top",
+                            fontsize=5.5, color="#444444")
+        for arc in diagram.arcs:
+            a, b = diagram.boxes[arc.start], diagram.boxes[arc.end]
+            ax.add_patch(FancyArrowPatch((a.centre, a.height / 2), (b.centre, b.height / 2),
+                                         connectionstyle=f"arc3,rad={-0.6 if a.height == b.height else -0.4}",
+                                         arrowstyle="->", color=ORANGE, linestyle=":", linewidth=1.0,
+                                         mutation_scale=8))
+            ax.text((a.centre + b.centre) / 2, max(a.height, b.height) / 2 + 0.35 * (b.centre - a.centre),
+                    word(arc.note, lang), ha="center", va="bottom", fontsize=5.5, color=ORANGE)
+        ax.set_xlim(-0.6, diagram.width + 0.6)
+        ax.set_ylim(-top - (3.6 if stagger else 2.6), top + (1.6 if diagram.arcs else 0.3))
+        ax.set_title(_("The network: {n} parameters").format(n=f"{diagram.params:,}"), fontsize=9)
         return _png(fig)

@@ -14,6 +14,7 @@ import textwrap
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -23,6 +24,7 @@ from mnist_lab.data.datasets import MNIST
 from mnist_lab.errors import ConfigError, writing
 from mnist_lab.i18n import Message, integer, number, pct, render_stored, resolve_lang, translator, word
 from mnist_lab.lab import figures
+from mnist_lab.lab.architecture import build_diagram
 from mnist_lab.lab.findings import Finding, Findings, compute_findings, model_from_row, moving_mean, sweep_grid
 from mnist_lab.lab.sweep_reading import (
     accuracy,
@@ -36,6 +38,7 @@ from mnist_lab.lab.sweep_reading import (
     settings,
 )
 from mnist_lab.lab.verdicts import DOWN, FLAT, UNCLEAR, UP, Comparison, Group
+from mnist_lab.nets.model import ModelConfig
 from mnist_lab.paths import write_files
 from mnist_lab.runs.store import ResultStore
 
@@ -593,8 +596,31 @@ def _appendix(w: _Writer, store: ResultStore, runs: pd.DataFrame, run_id: str | 
     except (ValueError, TypeError):  # a row the codec cannot read: no code to show
         return
     w.add("h2", w._(H_APPENDIX))
+    _network_drawn(w, cfg, run_id)
     w.para("The network of run {run_id} as PyTorch code, as python -m mnist_lab export writes it:", run_id=run_id)
     w.add("code", source, name="python")
+
+
+@lru_cache(maxsize=16)
+def _network_png(cfg: ModelConfig, lang: str, cjk: bool) -> bytes:
+    """The network's figure (0.3-0.7 s of matplotlib), kept: a class's reports mostly draw the same few nets."""
+    return figures.architecture_figure(build_diagram(cfg), translator(lang).gettext, cjk, lang)
+
+
+def _network_drawn(w: _Writer, cfg: ModelConfig, run_id: str) -> None:
+    """The run's network drawn (lab.architecture, as the app draws it) beside its per-layer table."""
+    diagram = build_diagram(cfg)
+    lang = w.lang if w.fig_t is w.t else "en"  # the figure's own words: English without a CJK font
+    w.figure("network.png", _network_png(cfg, lang, w.cjk),
+             w.say("The network of run {run_id}: each box is a block's output (channels × height × width), with its "
+                   "parameters; dotted arcs are residual shortcuts.", run_id=run_id))
+    rows = []
+    for before, box in zip(diagram.boxes, diagram.boxes[1:]):
+        for r in box.rows:  # a layer's words ("ReLU", "no parameters", the flattening's) translated
+            formula = (w.say("{product} = {n} features", product="×".join(map(str, before.shape)),
+                             n=r.output_shape[0]) if r.name == "flatten" else w._(r.formula))
+            rows.append([f"{r.name}: {w._(r.layer)}", " × ".join(map(str, r.output_shape)), integer(r.params), formula])
+    w.add("table", header=[w._("layer"), w._("output shape"), w._("parameters"), w._("formula")], rows=rows)
 
 
 def build_report(store: ResultStore, lang: str | None = None, run_id: str | None = None,
