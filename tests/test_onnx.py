@@ -10,9 +10,12 @@ import io
 import json
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
+
+PAGE = Path(__file__).resolve().parents[1] / "app_pages" / "inspect.py"
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install 'mnist-lab[onnx]'")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed: pip install 'mnist-lab[onnx]'")
@@ -166,3 +169,22 @@ def test_an_exporter_failure_leaves_the_rest_of_the_export_whole(runs, monkeypat
     files = zipfile.ZipFile(io.BytesIO(ex.export_zip(run, on_note=notes.append))).namelist()
     assert "model.onnx" not in files and f"train_{run.run_id}.py" in files
     assert len(notes) == 1 and "RuntimeError" in str(notes[0]) and "/srv" not in str(notes[0])
+
+
+@pytest.mark.parametrize("lang, netron, missing", [("en", "open it in Netron", "Install them with"),
+                                                   ("zh_CN", "在 Netron 中打开", "安装后再导出")])
+def test_the_inspect_pages_export_tab_says_how_to_open_it_in_netron(runs, monkeypatch, lang, netron, missing):
+    from streamlit.testing.v1 import AppTest
+
+    store, run, _onnx, _readme = runs["lab5"]
+    monkeypatch.setenv("MNIST_LAB_DB", str(store.path))
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.query_params.update(run=run.run_id, lang=lang)
+    at.run()
+    assert not at.exception, at.exception
+    captions = "\n".join(c.value for c in at.caption)
+    assert netron in captions and "netron.app" in captions and missing not in captions
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # the onnx extra missing: the tab says how to get it
+    at.run()
+    captions = "\n".join(c.value for c in at.caption)
+    assert missing in captions and "mnist\\-lab\\[onnx\\]" in captions and netron not in captions
