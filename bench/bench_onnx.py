@@ -42,7 +42,8 @@ def loaded(preset: str) -> LoadedRun:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["lab5", "tiny-fc", "tiny-cnn", "padded-16-32",
-                                                          "resnet-small"])
+                                                          "resnet-small"],
+                        choices=[name for name, p in PRESETS.items() if p.dataset == "mnist"])  # checked on MNIST
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if (missing := ex.onnx_unavailable()) is not None:

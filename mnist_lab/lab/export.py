@@ -214,8 +214,8 @@ def onnx_metadata(run: LoadedRun) -> dict[str, str]:
     perm = run.permutation
     return {
         "input": "float32 (N, C, H, W): pixels scaled to [0, 1], minus mean, divided by std per channel"
-                 + (", then the H*W pixel positions reordered: x.flatten(2)[..., permutation].reshape(x.shape)"
-                    if perm is not None else ""),
+                 + (", then the H*W pixel positions reordered: "
+                    "x.reshape(N, C, H * W)[..., permutation].reshape(N, C, H, W)" if perm is not None else ""),
         "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
         "permutation": json.dumps(None if perm is None else [int(i) for i in perm.tolist()]),
         "dataset": run.data_cfg.dataset, "class_names": json.dumps(run.class_names, ensure_ascii=False),
@@ -550,8 +550,9 @@ def _readme_onnx(run: LoadedRun, note: Message | None) -> str:
         return f"\n## model.onnx\n\nNot in this export: {note}\n"
     c, size = run.model_cfg.in_channels, run.model_cfg.image_size
     mean, std = normalization(run.data_cfg)
-    permuted = ("then its pixel positions reordered as the run trained: `x.flatten(2)[..., permutation]"
-                ".reshape(x.shape)`, with `permutation` from the metadata (the same order as `permutation.pt`)"
+    permuted = ("then its pixel positions reordered as the run trained: `x.reshape(N, C, H * W)[..., "
+                "permutation].reshape(N, C, H, W)`, with `permutation` from the metadata (the same order as "
+                "`permutation.pt`)"
                 if run.permutation is not None else "not permuted")
     return (f"\n## model.onnx\n\nThe trained network in ONNX, for Netron, onnxruntime or any ONNX runtime. Its "
             f"input `{ONNX_INPUT}` is float32 (N, {c}, {size}, {size}), any N: the pixels scaled to [0, 1], minus "
@@ -559,7 +560,10 @@ def _readme_onnx(run: LoadedRun, note: Message | None) -> str:
             f"`{_output_name(run.model)}` is (N, {run.model_cfg.n_classes}), one score per class in the order of "
             "the metadata's `class_names`. "
             "The model's metadata (metadata_props) holds mean, std, permutation, dataset, class_names, run_id and "
-            "mnist_lab_version.\n\n"
+            "mnist_lab_version. With onnxruntime (`pip install onnxruntime numpy`):\n\n"
+            "    import onnxruntime as ort\n"
+            "    session = ort.InferenceSession(\"model.onnx\")\n"
+            f"    scores = session.run(None, {{\"{ONNX_INPUT}\": x}})[0]  # x: numpy float32, made as above\n\n"
             "To see the network, open `model.onnx` in Netron: drop it on https://netron.app in a browser, or "
             "`pip install netron` and run `netron model.onnx` (it opens a local page). Click a node to see its "
             "kernel sizes, strides and weights.\n")
