@@ -40,7 +40,7 @@ ray:
 run:
 	$(RUN_PY) app $(OPTS)
 
-# Set up with the test and ray extras and the Debian packages the tests use, then the linters first
+# Set up with the test, ray and onnx extras and the Debian packages the tests use, then the linters first
 # (seconds: ruff, then the layering contracts of pyproject.toml), then pytest; the first that fails
 # stops it.
 test:

@@ -38,7 +38,7 @@ MIRRORS = {  # PyPI mirrors reachable from mainland China
 # the app starts through deploy/start.py, the one start module of every target (local: 127.0.0.1,
 # errors shown in full on the page); options after `--` go on to `streamlit run`
 APP_ARGS = [str(Path("deploy", "start.py")), "--target", "local"]
-EXTRAS = {"app": ("test",), "setup": ("test",), "test": ("test", "ray"), "system": ()}
+EXTRAS = {"app": ("test",), "setup": ("test",), "test": ("test", "ray", "onnx"), "system": ()}
 
 # What the tests use from Debian (never required: without each, what it says skips).
 CHROMIUM = "/usr/bin/chromium"
@@ -572,8 +572,8 @@ def build_parser() -> Parser:
                epilog="Arguments after -- go to streamlit (app) or pytest (test). "
                "Exit codes: 0 done, 2 refused (nothing done), else the failing step's.")
     p.add_argument("command", choices=["app", "test", "setup", "system"],
-                   help="app: set up, then start the app on 127.0.0.1; test: set up with the test and ray "
-                   "extras, then ruff, lint-imports, pytest; setup: set up only; system: only the Debian "
+                   help="app: set up, then start the app on 127.0.0.1; test: set up with the test, ray "
+                   "and onnx extras, then ruff, lint-imports, pytest; setup: set up only; system: only the Debian "
                    "packages the tests use (browsers, fonts, datasets, compiler)")
     p.add_argument("--cpu", action="store_true", help=f"Linux: CPU-only torch from {CPU_INDEX} (no CUDA libraries, "
                    "several GB smaller); macOS and Windows wheels are CPU-only already")

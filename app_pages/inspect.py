@@ -22,7 +22,7 @@ from app_lib.widgets import run_labels, table
 from mnist_lab.errors import StoreError, shorten
 from mnist_lab.i18n import word
 from mnist_lab.lab import inspection as ir
-from mnist_lab.lab.export import export_zip
+from mnist_lab.lab.export import export_zip, onnx_unavailable
 from mnist_lab.runs.weights import nonfinite_warning
 
 
@@ -95,6 +95,13 @@ def export_tab() -> None:
                  "nn.Module, the data, the optimiser and a training loop printing every iteration's loss; "
                  "`--evaluate` reports this run's test accuracy. It needs only torch and torchvision.").format(
         run=run_id))
+    if (missing := onnx_unavailable()) is None:
+        st.caption(_("The zip also holds model.onnx, the trained network in ONNX. To see its layers, shapes and "
+                     "weights, open it in Netron: drop it on [netron.app](https://netron.app), or run `pip install "
+                     "netron` and then `netron model.onnx`. It takes the image normalised (and, for a permuted run, "
+                     "permuted) as this run's network does; the zip's README.md says how."))
+    else:
+        st.caption(plain(word(missing, current())))
     st.download_button(_("Download the run as a program (.zip)"), data=lambda: export_zip(run),
                        file_name=f"run_{run_id}.zip", mime="application/zip", key="insp_export")
 

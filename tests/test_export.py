@@ -20,7 +20,7 @@ from mnist_lab.cli.main import main
 from mnist_lab.data.datasets import DataConfig, encode_idx, prepare_data
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab.experiments import run_single
-from mnist_lab.lab.export import build_script, export_run, network_source
+from mnist_lab.lab.export import build_script, export_run, network_source, onnx_unavailable
 from mnist_lab.nets.model import ModelConfig, build_model
 from mnist_lab.nets.presets import PRESETS
 from mnist_lab.runs.recorder import Recorder
@@ -77,7 +77,8 @@ def test_the_exported_script_reproduces_the_runs_test_accuracy(exported, mnist_d
     script = folder / f"train_{result.run_id}.py"
     names = {p.name for p in folder.iterdir()}
     assert names == {script.name, "weights.safetensors", "weights.pt", "run.json", "README.md"} \
-        | ({"permutation.pt"} if name == "perm" else set())
+        | ({"permutation.pt"} if name == "perm" else set()) \
+        | ({"model.onnx"} if onnx_unavailable() is None else set())  # with the onnx extra (tests/test_onnx.py)
     source = script.read_text()
     compile(source, str(script), "exec")
     assert "import mnist_lab" not in source and "from mnist_lab" not in source

@@ -95,10 +95,10 @@ def test_app_sets_up_then_starts_streamlit_on_localhost(repo):
     assert steps(more.stdout)[-1] == f"{repo}/.venv/bin/python deploy/start.py --target local -- --server.port 8502"
 
 
-def test_test_sets_up_with_ray_then_runs_the_linters_then_pytest(repo):
+def test_test_sets_up_with_ray_and_onnx_then_runs_the_linters_then_pytest(repo):
     done = run_py(repo, "test", "--dry-run", "--", "-k", "codec")
     assert done.returncode == 0, done.stderr
-    assert steps(done.stdout) == fresh_setup(repo, "test,ray") + [
+    assert steps(done.stdout) == fresh_setup(repo, "test,ray,onnx") + [
         f"{repo}/.venv/bin/ruff check .", f"{repo}/.venv/bin/lint-imports",
         f"{repo}/.venv/bin/python -m pytest -k codec"]
 
@@ -184,7 +184,7 @@ def test_the_stamp_skips_pip_until_what_pip_installs_from_changes(made):
     again = run_py(made, "app", "--dry-run")
     assert steps(again.stdout) == [f"{made}/.venv/bin/python " + " ".join(rp.APP_ARGS)]
     assert "pip: nothing changed" in again.stdout
-    assert steps(run_py(made, "test", "--dry-run").stdout)[:2] == fresh_setup(made, "test,ray")[1:]  # + ray
+    assert steps(run_py(made, "test", "--dry-run").stdout)[:2] == fresh_setup(made, "test,ray,onnx")[1:]  # + ray, onnx
     with open(made / "pyproject.toml", "a") as f:
         f.write("\n# a change\n")
     assert steps(run_py(made, "setup", "--dry-run").stdout) == fresh_setup(made, "test")[1:]

@@ -1,6 +1,7 @@
 """Command line for looking inside a kept run: `inspect RUN_ID --out DIR` (confusion.csv,
 per_class.csv, misclassified.csv), `predict RUN_ID IMAGE...` (top-3 per image) and
-`export RUN_ID --out DIR` (the zip with the weights and the standalone script). Refusals are
+`export RUN_ID --out DIR` (the zip with the weights, the standalone script and, with the onnx
+extra, model.onnx). Refusals are
 ValueErrors, printed by cli.main as one `error:` line.
 """
 from __future__ import annotations
@@ -109,13 +110,16 @@ def cmd_export(args) -> int:
     from mnist_lab.lab.export import export_run
 
     run = _open_run(args)  # a refused run id (or weights file) leaves no --out folder behind
+    notes: list[i18n.Message] = []  # why model.onnx is not in the zip (the onnx extra missing), said after it
     with out_folder(args.out):  # nor does a run the exporter refuses, or a failed write
-        path = export_run(run, args.out)
+        path = export_run(run, args.out, on_note=notes.append)
     # NaN weights are exported, with the warning: the script and settings reproduce the divergence,
     # and the weights are what the run left (its run.json says 'diverged')
     warning = nonfinite_warning(run.saved)
     if warning is not None:
         _warn(warning)
+    for note in notes:
+        _warn(note)
     print(_("wrote {path}").format(path=path))
     return 0
 
@@ -143,7 +147,7 @@ def add_inspect_commands(sub, parents=()) -> None:
     p.add_argument("--db", type=Path, help=db_help())
     p.set_defaults(func=cmd_predict)
 
-    p = command("export", _("a run as a zip: weights and a standalone PyTorch script"))
+    p = command("export", _("a run as a zip: weights, a standalone PyTorch script and model.onnx (for Netron)"))
     p.add_argument("--out", type=Path, required=True, help=_("directory for run_<id>.zip"))
     p.add_argument("--db", type=Path, help=db_help())
     p.set_defaults(func=cmd_export)
