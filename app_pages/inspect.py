@@ -17,6 +17,7 @@ from app_lib.inspect_charts import (
 from app_lib.lang import _, current, render_error
 from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
+from app_lib.trace_panel import trace_panel
 from app_lib.widgets import run_labels, table
 from mnist_lab.errors import StoreError, shorten
 from mnist_lab.i18n import word
@@ -113,8 +114,9 @@ st.caption(_("{n:,} test images · test accuracy {acc} · {status}{perm}").forma
     n=conf.n, acc=percent(conf.accuracy), status=_(run.saved.status),
     perm=_(" · trained on permuted pixels") if permuted else ""))
 
-tab_cm, tab_digit, tab_maps, tab_export = st.tabs([_("Confusion matrix"), _("Your own digit"),
-                                                   _("Filters and feature maps"), _("Export")])
+tab_cm, tab_digit, tab_maps, tab_trace, tab_export = st.tabs([_("Confusion matrix"), _("Your own digit"),
+                                                              _("Filters and feature maps"), _("Trace a unit"),
+                                                              _("Export")])
 with tab_cm:
     normalized = st.toggle(_("Row-normalised (share of each true class)"), key="insp_norm")
     fig = confusion_figure(conf.counts, names, normalized, _("Confusion matrix (click a cell)"), _("predicted"),
@@ -261,6 +263,9 @@ with tab_maps:
         for m, col in zip(stages, st.columns(len(stages))):
             grid = mosaic(m.maps, scale=max(1, 96 // m.shape[-1]))
             col.image(grid, width="stretch", caption=f"{m.name} {m.shape}")  # as wide as its column
+
+with tab_trace:
+    trace_panel(run, x_test)
 
 with tab_export:
     export_tab()
