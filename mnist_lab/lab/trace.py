@@ -249,10 +249,10 @@ class Trace:
 
     @property
     def pre_activation(self) -> float:
-        """The value that enters ReLU (after BatchNorm and the shortcut), or the last value."""
+        """The unit's own value before any ReLU or pool: the sum + bias after BatchNorm and the shortcut."""
         value = self.total
         for step in self.steps:
-            if isinstance(step, ReluStep):
+            if isinstance(step, (ReluStep, PoolStep)):
                 return step.before
             value = step.after
         return value
