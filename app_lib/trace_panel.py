@@ -53,9 +53,10 @@ def show_conv(t: tr.Trace, layer: tr.ConvLayer) -> None:
     i = 0
     if n_in > 1:
         sums = t.products.reshape(n_in, -1).sum(axis=1)
+        # worded now: a format_func runs again outside this run (AppTest), where the language may differ
+        words = {c: _("channel {c}: products sum to {s}").format(c=c, s=number(sums[c])) for c in range(n_in)}
         i = st.selectbox(_("Input channel shown"), range(n_in), index=int(np.argmax(np.abs(sums))),
-                         format_func=lambda c: _("channel {c}: products sum to {s}").format(c=c, s=number(sums[c])),
-                         key="insp_tr_in")
+                         format_func=words.get, key="insp_tr_in")
     where = _("the input image") if layer.block == 1 and not layer.in_block and not layer.before else \
         _("the previous layer's output")
     cols = st.columns(3)
@@ -152,9 +153,9 @@ def trace_panel(run: ir.LoadedRun, x_test: np.ndarray) -> None:
         index = st.number_input(_("Test image number"), 0, len(x_test) - 1, 0, key="insp_tr_index")
         image = x_test[int(index)]
     by_name = {layer.name: layer for layer in layers}
+    words = {layer.name: layer_label(layer) for layer in layers}
     a, b = st.columns(2)
-    name = a.selectbox(_("Convolution"), list(by_name), format_func=lambda n: layer_label(by_name[n]),
-                       key="insp_tr_layer")
+    name = a.selectbox(_("Convolution"), list(by_name), format_func=words.get, key="insp_tr_layer")
     layer = by_name[name]
     if st.session_state.get("insp_tr_channel", 0) >= layer.out_channels:
         st.session_state.insp_tr_channel = 0

@@ -262,9 +262,10 @@ def _check_unit(layer: ConvLayer, shape: tuple[int, ...], channel: int, y: int, 
     c, h, w = shape
     for name, value, high in (("channel", channel, c), ("y", y, h), ("x", x, w)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < high:
-            raise ConfigError(name, value, N_("{name} of a unit of {layer} must be 0 to {high}; got {value!r}. Pick a "
-                                              "unit inside its {c}×{h}×{w} feature map."),
-                              name=name, layer=layer.name, high=high - 1, c=c, h=h, w=w)
+            raise ConfigError(name, (channel, y, x), N_("Unit {value!r} is outside the {c}×{h}×{w} feature map of "
+                                                        "{layer}: pick a channel 0 to {cm}, a row 0 to {hm} and a "
+                                                        "column 0 to {wm}."),
+                              layer=layer.name, c=c, h=h, w=w, cm=c - 1, hm=h - 1, wm=w - 1)
 
 
 def _module(model: nn.Module, path: tuple[str, ...]) -> nn.Module:
