@@ -121,6 +121,8 @@ def show_field(t: tr.Trace, image: np.ndarray) -> None:
     st.plotly_chart(field_figure(image, t.box, None, _("receptive field on the image")), key="insp_tr_field")
     st.caption(_("Rows {t}–{b}, columns {l}–{r}: {n}×{n} pixels, 1 + Σ (kernel − 1) × the strides before it; parts "
                  "outside the image are padding.").format(t=t_, b=b, l=left, r=right, n=t.field_size))
+    if len(t.growth) > 2:
+        st.caption(_("It grows layer by layer: {sizes} pixels a side.").format(sizes=" → ".join(map(str, t.growth))))
 
 
 def top_patches(run: ir.LoadedRun, x_test: np.ndarray, layer: tr.ConvLayer, channel: int) -> None:
@@ -136,6 +138,9 @@ def top_patches(run: ir.LoadedRun, x_test: np.ndarray, layer: tr.ConvLayer, chan
     with st.spinner(_("Going through the test images…")):
         units = tr.top_units(run, torch.from_numpy(x_test), layer.name, channel, TOP_K)
     done.add(key)
+    if run.permutation is not None:
+        st.caption(_("This run was trained on permuted pixels: each crop is of the shuffled image the network "
+                     "received."))
     st.image([crop_picture(u.patch) for u in units], caption=[
         _("#{i}: {v} at ({y}, {x})").format(i=u.index, v=number(u.value), y=u.y, x=u.x) for u in units])
 

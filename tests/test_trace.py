@@ -147,6 +147,7 @@ def test_the_receptive_field_is_the_analytic_one_and_nothing_outside_it_counts()
     run = loaded(PRESETS["lab5"].model)
     sizes = {layer.name: tr.receptive_size([*layer.before, layer.geometry]) for layer in tr.conv_layers(run)}
     assert sizes == {"conv1": 5, "conv2": 14}  # 5; 5 + (2-1)*1 + (5-1)*2
+    assert tr.field_growth([*tr.find_layer(run, "conv2").before, (5, 1, 0)]) == [1, 5, 6, 14]
     res = loaded(PRESETS["resnet-small"].model)
     assert tr.receptive_size([*tr.find_layer(res, "res6.conv2").before, (3, 1, 1)]) == 53
     for name, cfg in (("lab5", PRESETS["lab5"].model), ("k5-same-bn", CONFIGS["k5-same-bn"]),
@@ -255,17 +256,20 @@ def stored(tmp_path_factory, mnist_raw):
     from mnist_lab.runs.store import ResultStore
 
     db = tmp_path_factory.mktemp("trace") / "results.sqlite"
-    data_cfg = DataConfig(train_limit=256, test_limit=200)
-    result = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), data_cfg, record=Recorder(ResultStore(db)),
-                        data=prepare_data(data_cfg, raw=mnist_raw))
-    return db, result.run_id
+    ids = {}
+    for permuted in (False, True):
+        data_cfg = DataConfig(train_limit=256, test_limit=200, permute_pixels=permuted)
+        ids[permuted] = run_single(PRESETS["lab5"].model, TrainConfig(epochs=1), data_cfg,
+                                   record=Recorder(ResultStore(db)), data=prepare_data(data_cfg, raw=mnist_raw)).run_id
+    return db, ids
 
 
-@pytest.mark.parametrize("lang", ["en", "zh_CN"])
-def test_the_trace_tab_shows_the_sum_and_the_networks_value(lang, stored, monkeypatch):
+@pytest.mark.parametrize("lang, permuted", [("en", False), ("zh_CN", True)])
+def test_the_trace_tab_shows_the_sum_and_the_networks_value(lang, permuted, stored, monkeypatch):
     from test_i18n import english_left, texts
 
-    db, run_id = stored
+    db, ids = stored
+    run_id = ids[permuted]
     monkeypatch.setenv("MNIST_LAB_DB", str(db))
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.query_params.update(run=run_id, lang=lang)
@@ -291,6 +295,8 @@ def test_the_trace_tab_shows_the_sum_and_the_networks_value(lang, stored, monkey
     captions = [c for image in at.get("image") for c in image.captions]
     best = f"#{units[0].index}{'：' if lang == 'zh_CN' else ': '}{units[0].value:.4f}"
     assert any(c.startswith(best) for c in captions), (best, captions)
+    field_words = " ".join(c.value for c in at.caption)
+    assert ("打乱后图像中 14×14 的方框" in field_words) == permuted  # conv2: 5 + 1 + 4 × 2
     if lang == "zh_CN":
         assert "网络自己算出" in shown
         mine = [(where, text) for where, text in texts(at) if english_left(text)]

@@ -132,11 +132,16 @@ def receptive_box(ops: list[Geometry] | tuple[Geometry, ...], y: int, x: int) ->
 
 def receptive_size(ops: list[Geometry] | tuple[Geometry, ...]) -> int:
     """The analytic formula: r = 1 + sum_l (k_l - 1) * (product of the strides before l)."""
-    r, jump = 1, 1
+    return field_growth(ops)[-1]
+
+
+def field_growth(ops: list[Geometry] | tuple[Geometry, ...]) -> list[int]:
+    """The receptive field's side after each spatial op, from one pixel: how it grows layer by layer."""
+    sizes, jump = [1], 1
     for k, s, _p in ops:
-        r += (k - 1) * jump
+        sizes.append(sizes[-1] + (k - 1) * jump)
         jump *= s
-    return r
+    return sizes
 
 
 # ------------------------------------------------------------------------ one forward pass, recorded
@@ -226,6 +231,7 @@ class Trace:
     x: int
     box: tuple[int, int, int, int]  # receptive field on the network's input (top, left, bottom, right), inclusive
     field_size: int  # rows (= columns) it spans, by the formula (the image's edge may cut the box)
+    growth: list[int]  # the field's side after each conv and pool from the input to this unit: 1, 5, 6, 14
     field_mask: np.ndarray  # (H, W) bool: the input pixels in the field, in the original pixel order
     permuted: bool  # the input's pixels were shuffled: the field's box is in the shuffled image
     patch: np.ndarray  # (C_in, k, k) float32: the conv's input under the kernel; padding reads 0
@@ -314,8 +320,9 @@ def trace(run: LoadedRun, x: torch.Tensor, layer: str, channel: int, y: int, x_:
     if run.permutation is not None:  # the box is in the shuffled image: where those pixels came from
         mask = unpermute(torch.from_numpy(mask)[None].float(), run.permutation)[0].numpy() > 0.5
     steps = _steps(run, conv_layer, inputs, outputs, channel, y, x_, network)
-    return Trace(conv_layer, channel, y, x_, box, receptive_size(ops), mask, run.permutation is not None, patch,
-                 ~inside, (int(r0), int(c0)), kernel, products, bias, total, network, steps)
+    return Trace(conv_layer, channel, y, x_, box, receptive_size(ops), field_growth(ops), mask,
+                 run.permutation is not None, patch, ~inside, (int(r0), int(c0)), kernel, products, bias, total,
+                 network, steps)
 
 
 def _bn(bn: nn.BatchNorm2d, channel: int, before: float, network: float) -> BatchNormStep:
