@@ -19,6 +19,7 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.i18n import N_
 from mnist_lab.lab.inspection import LoadedRun, unpermute
 from mnist_lab.nets.blocks.residual import ResidualBlock
+from mnist_lab.training.step import fast_memory_format
 
 Geometry = tuple[int, int, int]  # (kernel, stride, top/left padding) of one spatial operation
 
@@ -418,7 +419,7 @@ class ExcitationCache:
         self._items: OrderedDict[tuple, Excitations] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, run: LoadedRun, images: torch.Tensor, layer: str, batch_size: int = 500) -> Excitations:
+    def get(self, run: LoadedRun, images: torch.Tensor, layer: str, batch_size: int = 2000) -> Excitations:
         key = (run.run_id, id(run.model), layer, len(images))
         with self._lock:
             if key in self._items:
@@ -442,13 +443,14 @@ def pre_activations(run: LoadedRun, x: torch.Tensor, layer: ConvLayer) -> torch.
     return outputs[".".join(layer.pre_path)]
 
 
-def excitations(run: LoadedRun, images: torch.Tensor, layer: str, batch_size: int = 500) -> Excitations:
+def excitations(run: LoadedRun, images: torch.Tensor, layer: str, batch_size: int = 2000) -> Excitations:
     """Uncached: every image of uint8 `images` (N, H, W) or (N, C, H, W) through the network up to
     the convolution `layer`, each channel's max over the map kept."""
     conv_layer = find_layer(run, layer)
+    layout = fast_memory_format(run.model_cfg, torch.device("cpu"))  # as the confusion matrix runs it
     best, where, width = [], [], 1
     for i in range(0, len(images), batch_size):
-        x = run.inputs(images[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+        x = run.inputs(images[i:i + batch_size]).contiguous(memory_format=layout)
         maps = pre_activations(run, x, conv_layer).float()
         width = maps.shape[-1]
         values, idx = maps.flatten(2).max(dim=2)  # (B, C)
