@@ -78,6 +78,10 @@ def grid_figure(values: np.ndarray, title: str, padded: np.ndarray | None = None
 
 
 def crop_picture(patch: np.ndarray, scale: int = 8) -> np.ndarray:
-    """A receptive field's crop, uint8 (C, h, w), as a picture (h*scale, w*scale[, 3])."""
-    image = patch[0] if patch.shape[0] == 1 else patch.transpose(1, 2, 0)
-    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    """A receptive field's crop, uint8 (C, h, w), as a picture (h*scale + 2, w*scale + 2, 3) in a
+    mid-grey frame, so white ink at its edge still reads against a light page."""
+    image = np.repeat(np.repeat(patch, scale, axis=1), scale, axis=2)  # (C, H, W)
+    image = np.broadcast_to(image, (3, *image.shape[1:])) if image.shape[0] == 1 else image
+    framed = np.full((3, image.shape[1] + 2, image.shape[2] + 2), 128, dtype=np.uint8)
+    framed[:, 1:-1, 1:-1] = image
+    return np.ascontiguousarray(framed.transpose(1, 2, 0))

@@ -15,6 +15,7 @@ from mnist_lab.lab import inspection as ir
 from mnist_lab.lab import trace as tr
 
 TOP_K = 9
+QUIET = {"displayModeBar": False}  # the toolbar would cover the small charts' titles
 
 
 def number(v: float) -> str:
@@ -35,7 +36,7 @@ def pick_unit(fmap: np.ndarray, channel: int, layer: tr.ConvLayer) -> tuple[int,
     y0, x0 = st.session_state.get("insp_tr_y", 0), st.session_state.get("insp_tr_x", 0)
     fig = map_figure(fmap, y0, x0, _("{name}, channel {c}, before ReLU (click a unit)").format(
         name=layer.name, c=channel), _("value"))
-    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="insp_tr_map")
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="insp_tr_map", config=QUIET)
     points = [q for q in (event or {}).get("selection", {}).get("points", []) if q.get("curve_number") == 1]
     clicked = divmod(int(points[0]["point_index"]), w) if points else None
     if clicked and clicked != st.session_state.get("insp_tr_clicked"):
@@ -61,14 +62,14 @@ def show_conv(t: tr.Trace, layer: tr.ConvLayer) -> None:
         _("the previous layer's output")
     cols = st.columns(3)
     cols[0].plotly_chart(grid_figure(t.patch[i], _("patch of {where}").format(where=where), t.padded),
-                         key="insp_tr_patch")
-    cols[1].plotly_chart(grid_figure(t.kernel[i], _("kernel")), key="insp_tr_kernel")
-    cols[2].plotly_chart(grid_figure(t.products[i], _("patch × kernel")), key="insp_tr_products")
+                         key="insp_tr_patch", config=QUIET)
+    cols[1].plotly_chart(grid_figure(t.kernel[i], _("kernel")), key="insp_tr_kernel", config=QUIET)
+    cols[2].plotly_chart(grid_figure(t.products[i], _("patch × kernel")), key="insp_tr_products", config=QUIET)
     if t.padded.any():
         st.caption(_("Grey cells lie outside the previous map: zero padding, so they read 0."))
     k = t.kernel.shape[-1]
     with st.container(key="insp_tr_sum"):
-        st.markdown(_("Sum of the {n} products ({c} channels × {k}×{k}) = **{s}**; + bias {b} = **{v}**").format(
+        st.markdown(_("Sum of the {n} products ({c}×{k}×{k}) = **{s}**; + bias {b} = **{v}**").format(
             n=t.products.size, c=n_in, k=k, s=number(t.sum), b=number(t.bias), v=number(t.total)))
         if t.agrees:
             st.success(_("The network computed: {v} (the same number).").format(v=number(t.network)),
@@ -102,7 +103,7 @@ def show_steps(t: tr.Trace) -> None:
             ty, tx = step.top_left
             mark = (t.y - max(ty, 0), t.x - max(tx, 0))  # the unit's cell (one pool follows a convolution)
             a, b = st.columns([1, 2])
-            a.plotly_chart(grid_figure(step.window, _("max-pool window"), mark=mark), key="insp_tr_pool")
+            a.plotly_chart(grid_figure(step.window, _("max-pool window"), mark=mark), key="insp_tr_pool", config=QUIET)
             b.markdown((_("**Max-pool**: the window's largest value is this unit's, {out}: it is **kept** (at {at} of "
                           "the pooled map)") if step.kept else
                         _("**Max-pool**: the window's largest value is {out}, not this unit's {v}: it is **dropped**"))
@@ -113,12 +114,13 @@ def show_field(t: tr.Trace, image: np.ndarray) -> None:
     t_, left, b, right = t.box
     if t.permuted:
         fig = field_figure(image, None, t.field_mask, _("receptive field on the image"))
-        st.plotly_chart(fig, key="insp_tr_field")
+        st.plotly_chart(fig, key="insp_tr_field", config=QUIET)
         st.caption(_("This run was trained on permuted pixels: the unit reads a {r}×{r} box of the shuffled image, "
                      "that is these {n} pixels scattered over the digit.").format(r=t.field_size,
                                                                                     n=int(t.field_mask.sum())))
         return
-    st.plotly_chart(field_figure(image, t.box, None, _("receptive field on the image")), key="insp_tr_field")
+    st.plotly_chart(field_figure(image, t.box, None, _("receptive field on the image")), key="insp_tr_field",
+                    config=QUIET)
     st.caption(_("Rows {t}–{b}, columns {l}–{r}: {n}×{n} pixels, 1 + Σ (kernel − 1) × the strides before it; parts "
                  "outside the image are padding.").format(t=t_, b=b, l=left, r=right, n=t.field_size))
     if len(t.growth) > 2:
