@@ -69,8 +69,9 @@ def grid_figure(values: np.ndarray, title: str, padded: np.ndarray | None = None
                                colorscale="RdBu", zmid=0, showscale=False,
                                hovertemplate="(%{y}, %{x}) %{text}<extra></extra>"))
     if padded is not None and padded.any():
+        only = [[text[r][c] if padded[r, c] else "" for c in range(k_w)] for r in range(k_h)]  # no double text
         fig.add_trace(go.Heatmap(z=np.where(padded, 1.0, np.nan), colorscale=[[0, "#bbbbbb"], [1, "#bbbbbb"]],
-                                 text=text, texttemplate="%{text}", showscale=False, hoverinfo="skip"))
+                                 text=only, texttemplate="%{text}", showscale=False, hoverinfo="skip"))
     if mark is not None:
         r, c = mark
         fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color="#ffbf00", width=3))
