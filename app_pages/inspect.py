@@ -18,6 +18,7 @@ from app_lib.inspect_charts import (
 from app_lib.lang import _, current, render_error
 from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
+from app_lib.trace_panel import trace_panel
 from app_lib.widgets import run_labels, table
 from mnist_lab.errors import StoreError, shorten
 from mnist_lab.i18n import word
@@ -122,8 +123,9 @@ st.caption(_("{n:,} test images · test accuracy {acc} · {status}{perm}").forma
     perm=_(" · trained on permuted pixels") if permuted else ""))
 
 show_architecture(run.model_cfg, key="insp_arch_chart", expanded=False)
-tab_cm, tab_digit, tab_maps, tab_export = st.tabs([_("Confusion matrix"), _("Your own digit"),
-                                                   _("Filters and feature maps"), _("Export")])
+tab_cm, tab_digit, tab_maps, tab_trace, tab_export = st.tabs([_("Confusion matrix"), _("Your own digit"),
+                                                              _("Filters and feature maps"), _("Trace a unit"),
+                                                              _("Export")])
 with tab_cm:
     normalized = st.toggle(_("Row-normalised (share of each true class)"), key="insp_norm")
     fig = confusion_figure(conf.counts, names, normalized, _("Confusion matrix (click a cell)"), _("predicted"),
@@ -270,6 +272,9 @@ with tab_maps:
         for m, col in zip(stages, st.columns(len(stages))):
             grid = mosaic(m.maps, scale=max(1, 96 // m.shape[-1]))
             col.image(grid, width="stretch", caption=f"{m.name} {m.shape}")  # as wide as its column
+
+with tab_trace:
+    trace_panel(run, x_test)
 
 with tab_export:
     export_tab()
