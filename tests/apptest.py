@@ -56,3 +56,9 @@ def open_page(page: str, query: dict | None = None, who: Identity | None = None)
     at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception, at.exception
     return at
+
+
+def result_charts(at: AppTest) -> list:
+    """The page's plotly charts of results: every chart but the network's drawing (issue 28: the Train and
+    Inspect pages draw the architecture, keys *_arch_chart)."""
+    return [c for c in at.get("plotly_chart") if "_arch_chart" not in str(c.proto.id)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from apptest import app_db, open_page, student
+from apptest import app_db, open_page, result_charts, student
 from streamlit.testing.v1 import AppTest
 
 from app_lib.shared import quick_defaults
@@ -87,7 +87,7 @@ def test_every_page_loads(page):
 def test_home_shows_the_device_mnist_and_digits():
     at = open_page("home")
     assert any("60,000 training" in s.value for s in at.success)
-    assert len(at.get("plotly_chart")) == 1  # the 4x5 grid
+    assert len(result_charts(at)) == 1  # the 4x5 grid
     assert len(at.get("page_link")) == 7  # Train, Sweep, FC vs CNN, Week 2, Runs, Inspect, Report
 
 
@@ -235,7 +235,7 @@ def train_tiny_fc() -> AppTest:
 def test_a_tiny_training_run_shows_its_loss_chart_and_csvs(db):
     at = train_tiny_fc()
     assert at.success[0].value.startswith("Finished")
-    assert len(at.get("plotly_chart")) == 1  # the loss of every iteration
+    assert len(result_charts(at)) == 1  # the loss of every iteration
     assert {"iterations.csv", "epochs.csv", "runs.csv"} <= set(downloads(at))
     run_id = ResultStore(db).runs()["run_id"].item()
     assert len(ResultStore(db).iterations([run_id])) == 4  # 256 images / batch 64
@@ -254,7 +254,7 @@ def test_two_epochs_add_the_test_accuracy_chart():
     at = open_page("train", query={"preset": "tiny-fc", "train_limit": "256", "epochs": "2"})
     at.button(key="train_go_btn").click().run()
     finish(at, "train")
-    assert len(at.get("plotly_chart")) == 2  # loss of every iteration, test accuracy per epoch
+    assert len(result_charts(at)) == 2  # loss of every iteration, test accuracy per epoch
     assert len(at.dataframe[-1].value) == 2  # one row per epoch
 
 
@@ -301,7 +301,7 @@ def test_while_it_trains_the_epochs_are_a_static_table_and_the_grid_comes_at_the
     epoch_rows = [t.value for t in epoch_tables]
     assert len(epoch_rows) == 1 and 1 in epoch_rows[0].index and epoch_rows[0]["test accuracy"].str.endswith("%").all()
     assert not epoch_tables[0].proto.hide_index  # the browser shows the epochs
-    assert len(at.get("plotly_chart")) == 1 and not [d for d in at.dataframe if "epoch" in d.value.columns]
+    assert len(result_charts(at)) == 1 and not [d for d in at.dataframe if "epoch" in d.value.columns]
     at.button(key="train_stop_btn").click().run()
     runner.wait(job_id, timeout=60)
     at.run()
@@ -335,7 +335,7 @@ def test_a_tiny_sweep_lists_skipped_cells_and_draws_every_chart():
     assert "4 layers × k3" in at.warning[0].value  # skipped, with the reason
     at.button(key="sweep_go_btn").click().run()
     finish(at, "sweep")
-    assert len(at.get("plotly_chart")) == 5  # vs depth, vs kernel, heatmap, params, loss curves
+    assert len(result_charts(at)) == 5  # vs depth, vs kernel, heatmap, params, loss curves
     assert {"sweep_summary.csv", "sweep_runs.csv", "sweep_iterations.csv"} <= set(downloads(at))
 
 
@@ -384,7 +384,7 @@ def test_runs_page_overlays_and_deletes_stored_runs(db, tiny_data):
                    data=tiny_data)
     at = open_page("runs")
     assert len(at.multiselect(key="runs_selected").value) == 2
-    assert len(at.get("plotly_chart")) == 2  # loss curves, accuracy per epoch
+    assert len(result_charts(at)) == 2  # loss curves, accuracy per epoch
     assert {"runs.csv", "iterations.csv", "epochs.csv", "configs.csv"} <= set(downloads(at))
     keep = at.multiselect(key="runs_selected").value[0]
     at.multiselect(key="runs_selected").set_value([keep]).run()

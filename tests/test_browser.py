@@ -251,7 +251,8 @@ def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, ti
     page = new_page(browser)
     page.goto(f"{server.url}/inspect?run={run.run_id}")
     expect(page.get_by_text("Confusion matrix (click a cell)")).to_be_visible(timeout=60_000)
-    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    # the confusion matrix: the first VISIBLE plot (the network's drawing above the tabs is folded away)
+    plot = page.locator(".js-plotly-plot .nsewdrag").locator("visible=true").first
     expect(plot).to_be_visible(timeout=30_000)
     gallery = page.get_by_text(re.compile(r"test image\(s\) of class 9 predicted as 4"))
     for _ in range(5):  # plotly binds its click handler a moment after the plot is drawn

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from apptest import APP, TEACHER, app_db, open_page, session_for, student
+from apptest import APP, TEACHER, app_db, open_page, result_charts, session_for, student
 from streamlit.testing.v1 import AppTest
 
 from app_lib.session import KEY as SESSION_KEY
@@ -100,7 +100,7 @@ def test_a_students_runs_and_report_download(db):
 def test_class_results_pool_the_students_sweeps(db):
     at = open_page("class_pooled", who=TEACHER)
     assert at.title[0].value == "Class results" and not at.exception
-    assert len(at.get("plotly_chart")) >= 3  # depth and kernel lines, the heat map
+    assert len(result_charts(at)) >= 3  # depth and kernel lines, the heat map
     grid = at.dataframe[0].value
     assert grid.shape == (2, 2) and all("seeds" in str(cell) for cell in grid.to_numpy().ravel())
     labels = {b.proto.label for b in at.get("download_button")}

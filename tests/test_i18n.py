@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from apptest import app_db, open_page, student
+from apptest import app_db, open_page, result_charts, student
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
 from streamlit.testing.v1 import AppTest
@@ -199,7 +199,7 @@ def test_every_page_in_chinese_shows_no_english_sentence(page, trained_db, monke
     at = open_page(page, {"lang": "zh_CN"})
     assert at.session_state["_lang"] == "zh_CN" and at.query_params["lang"] == "zh_CN"
     assert assert_chinese(at) >= 8
-    charts = len(at.get("plotly_chart"))
+    charts = len(result_charts(at))
     if page in ("sweep", "compare"):  # the finished job's panel, with its results
         assert at.success[0].value.startswith("用时") and charts >= {"sweep": 5, "compare": 3}[page]
     if page == "train":  # the newest train job, the one that failed, says why in Chinese
@@ -229,7 +229,7 @@ def test_every_class_page_in_chinese_shows_no_english_sentence(page, tmp_path, m
     if page == "class_progress":
         assert at.title[0].value == "进度" and len(at.dataframe) == 2  # the class, the chosen student's runs
     if page == "class_pooled":
-        assert at.title[0].value == "班级结果" and len(at.get("plotly_chart")) >= 3
+        assert at.title[0].value == "班级结果" and len(result_charts(at)) >= 3
     if page == "report":  # one student's report, as the teacher reads it
         at.selectbox(key="report_whose").set_value("student:2024001").run()
         assert_chinese(at)
@@ -278,7 +278,7 @@ def test_the_runs_page_in_chinese_lists_runs_with_local_times(trained_db, monkey
     assert set(table["状态"]) == {"已完成", "已停止", "已发散", "失败"}
     assert set(table["停止原因"]) == {"", "由你停止", "内存不足：请用更小的训练子集、批大小或网络。"}  # not gettext("")
     assert at.multiselect(key="runs_selected").value  # the newest three, compared below
-    assert len(at.get("plotly_chart")) == 2
+    assert len(result_charts(at)) == 2
     at.toggle(key="runs_only_diff").set_value(False).run()  # every field, not only those that differ
     configs = at.dataframe[-1].value  # side by side: field names, statuses and times worded, times local
     assert configs.index.name == "字段" and "开始时间" in configs.index and "测试准确率（%）" in configs.index
@@ -599,7 +599,7 @@ def test_every_percentage_has_two_decimals_and_big_numbers_have_separators(page,
             if frame[column].dtype.kind in "iuf" and str(column).startswith("seconds"):  # 7.8 / 8.0, never 8
                 assert formats.get(column) == "%.1f", (column, formats)
                 checked.add(page)
-    for node in at.get("plotly_chart"):
+    for node in at.get("plotly_chart"):  # every chart, the network drawing too
         for trace in json.loads(node.proto.spec)["data"]:
             template = trace.get("hovertemplate", "")
             for axis in ("x", "y", "z"):  # an accuracy axis (in %) shows 2 decimals on hover

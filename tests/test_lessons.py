@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from apptest import result_charts
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
 from report_fixtures import add_run
@@ -344,7 +345,7 @@ def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
     assert view.status == "finished", view.error
     at.run()
     assert not at.exception, at.exception
-    assert len(at.get("plotly_chart")) == 1  # test accuracy, mean ± sd (softmax compares no seconds)
+    assert len(result_charts(at)) == 1  # test accuracy, mean ± sd (softmax compares no seconds)
     assert any("test accuracy against" in i.value for i in at.info)
     assert {"Summary (CSV)", "Runs (CSV)"} <= {b.label for b in at.get("download_button")}
     [summary] = [d for d in at.dataframe if "test accuracy, mean ± sd" in d.value.columns]
@@ -354,10 +355,10 @@ def test_week2_page_runs_a_tiny_lesson_as_a_worker_job(app_db):
     assert not any("test accuracy, mean ± sd" in d.value.columns for c in at.columns for d in c.dataframe)  # full width
     at.selectbox(key="w2_lesson").set_value("shuffle").run()  # another lesson: softmax's results are not its own
     assert not at.exception, at.exception
-    assert not at.get("plotly_chart") and "Summary (CSV)" not in {b.label for b in at.get("download_button")}
+    assert not result_charts(at) and "Summary (CSV)" not in {b.label for b in at.get("download_button")}
     assert [s.value for s in at.subheader] == [LESSONS["shuffle"].title]
     at.selectbox(key="w2_lesson").set_value("softmax").run()  # and back: they are still there
-    assert len(at.get("plotly_chart")) == 1 and at.session_state["_lesson_job"] == view.id
+    assert len(result_charts(at)) == 1 and at.session_state["_lesson_job"] == view.id
 
 
 def test_week2_page_without_cifar10_says_how_to_get_it_and_offers_mnist(app_db, tmp_path, monkeypatch):
