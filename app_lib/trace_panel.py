@@ -11,6 +11,7 @@ import torch
 from app_lib.lang import _, render_error
 from app_lib.text import plain
 from app_lib.trace_charts import crop_picture, field_figure, grid_figure, map_figure
+from app_lib.widgets import pick_image
 from mnist_lab.lab import inspection as ir
 from mnist_lab.lab import trace as tr
 
@@ -152,13 +153,7 @@ def trace_panel(run: ir.LoadedRun, x_test: np.ndarray) -> None:
     if not layers:
         st.info(_("A fully-connected network has no convolution to trace: each of its units reads every pixel."))
         return
-    source = st.radio(_("Image"), [_("a test image"), _("your drawing")], horizontal=True, key="insp_tr_source",
-                      disabled=st.session_state.get("insp_digit") is None)
-    if source == _("your drawing") and st.session_state.get("insp_digit") is not None:
-        image = st.session_state.insp_digit
-    else:
-        index = st.number_input(_("Test image number"), 0, len(x_test) - 1, 0, key="insp_tr_index")
-        image = x_test[int(index)]
+    image = pick_image(x_test, "insp_tr_source", "insp_tr_index")
     by_name = {layer.name: layer for layer in layers}
     words = {layer.name: layer_label(layer) for layer in layers}
     a, b = st.columns(2)

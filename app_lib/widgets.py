@@ -512,3 +512,15 @@ def class_job_panel(kind: str, label: str, file_name: str, lang: str | None = No
             st.error(_("The job failed: {error}").format(error=plain(said(view.error_message, view.error))))
 
     panel()
+
+
+def pick_image(x_test: np.ndarray, source_key: str, index_key: str) -> np.ndarray:
+    """The image a panel of the Inspect page looks at: a test image by number, or the student's drawing
+    (session_state.insp_digit, once there is one)."""
+    drawn = st.session_state.get("insp_digit")
+    source = st.radio(_("Image"), [_("a test image"), _("your drawing")], horizontal=True,
+                      key=source_key, disabled=drawn is None)
+    if source == _("your drawing") and drawn is not None:
+        return drawn
+    index = st.number_input(_("Test image number"), 0, len(x_test) - 1, 0, key=index_key)
+    return x_test[int(index)]

@@ -19,7 +19,7 @@ from app_lib.lang import _, current, render_error
 from app_lib.shared import result_store, runner
 from app_lib.text import percent, plain
 from app_lib.trace_panel import trace_panel
-from app_lib.widgets import run_labels, table
+from app_lib.widgets import pick_image, run_labels, table
 from mnist_lab.errors import StoreError, shorten
 from mnist_lab.i18n import word
 from mnist_lab.lab import inspection as ir
@@ -244,13 +244,7 @@ with tab_maps:
     grid = mosaic(filters[:, 0], columns=min(len(filters), 16), scale=max(1, 48 // filters.shape[-1]))
     st.image(grid, width=min(grid.shape[1], 1000),
              caption=_("{n} filters of {k}×{k} (channel 1)").format(n=len(filters), k=filters.shape[-1]))
-    source = st.radio(_("Image"), [_("a test image"), _("your drawing")], horizontal=True, key="insp_source",
-                      disabled=st.session_state.get("insp_digit") is None)
-    if source == _("your drawing") and st.session_state.get("insp_digit") is not None:
-        image = st.session_state.insp_digit
-    else:
-        index = st.number_input(_("Test image number"), 0, len(x_test) - 1, 0, key="insp_index")
-        image = x_test[int(index)]
+    image = pick_image(x_test, "insp_source", "insp_index")
     result = ir.predict(run, image)
     x = ir.network_input(run, image)
     target = result.top[0][0]
