@@ -26,7 +26,7 @@ from mnist_lab.service.policy import ServerPolicy
 KEY = "_session"  # session state: this browser session's cookie value ("" once signed out)
 CHECKED = "_session_checked"  # session state: (what was checked, when, who it was): current() keeps it a moment
 CHECK_KEPT_S = 5.0
-PENDING = "_session_cookie"  # session state: (value, max_age) the next run writes into the browser
+PENDING = "_session_cookie"  # session state: (value, expires at) the browser must hold; every run writes it
 KEEP_ON_SIGN_OUT = ("_lang", "lang_pick")  # the language outlives a sign-out; nothing of the person does
 SECURE_ENV = "MNIST_LAB_SECURE_COOKIE"  # 1: always mark the cookie Secure (HTTPS that the app cannot see)
 TRUST_PROXY_ENV = "MNIST_LAB_TRUST_PROXY"  # 1: the client is the last X-Forwarded-For entry (behind your own proxy)
@@ -140,7 +140,7 @@ def sign_in_as(who: Identity) -> None:
     # a teacher's session keeps (a MAC of) the token it signed in with: a new MNIST_LAB_TEACHER_TOKEN ends it
     value = accounts().open_session(who, client(), age, teacher_token=ServerPolicy.from_env().teacher_token or None)
     st.session_state[KEY] = value
-    st.session_state[PENDING] = (value, age)
+    st.session_state[PENDING] = (value, int(time.time()) + age)
 
 
 def sign_out() -> None:
@@ -155,15 +155,26 @@ def sign_out() -> None:
 
 
 def write_cookie() -> None:
-    """Write (or, Max-Age=0, delete) the session cookie a sign-in or sign-out left to write. Called
-    once per run by the app: an element drawn in a finished run is one the browser renders."""
-    pending = st.session_state.pop(PENDING, None)
+    """Write (or, Max-Age=0, delete) the session cookie of this session's last sign-in or sign-out.
+    Written by every run after it, not once: a run cut short by a rerun (a sign-in's own, a fragment's)
+    can leave its element unrendered, and a student who opens another address at once would then
+    find no cookie. Max-Age is what is left of the session; once the session ended elsewhere (another
+    tab signed out, the teacher reset the PIN) nothing is written, so no tab brings back a dead cookie.
+    A sign-out's deletion is written once: that run draws the sign-in page, which no rerun cuts short,
+    and a later sign-in in another tab must not lose its cookie to this one."""
+    pending = st.session_state.get(PENDING)
     if pending is None:
         return
-    value, age = pending
+    value, expires = pending
+    if not value:
+        st.session_state.pop(PENDING, None)
+    elif current() is None:  # ended meanwhile (signed out in another tab, reset, expired): keep quiet
+        st.session_state.pop(PENDING, None)
+        return
     if not COOKIE_SAFE.fullmatch(value):  # never quote anything else into a script
         raise ValueError("not a session cookie value")
-    attrs = f"Max-Age={int(age)}; Path=/; SameSite=Strict" + ("; Secure" if secure() else "")
+    age = max(0, int(expires) - int(time.time())) if value else 0
+    attrs = f"Max-Age={age}; Path=/; SameSite=Strict" + ("; Secure" if secure() else "")
     # value: "<id>.<expiry>.<hex>" from identity.open_session, cookie-safe characters only
     st.html(f"<script>document.cookie = '{SESSION_COOKIE}={value}; {attrs}';</script>",
             unsafe_allow_javascript=True)

@@ -77,3 +77,16 @@ def sign_in_student(page, student_id: str, name: str, pin: str) -> None:
     else:
         page.get_by_label("PIN", exact=True).fill(pin)
     page.get_by_role("button", name="Sign in", exact=True).click()
+
+
+def session_cookies(context, held: bool = True, within_s: float = 10.0) -> list[dict]:
+    """The playwright browser `context`'s session cookies once it holds one (held=True) or none
+    (held=False): the page writes or deletes it as it renders, so a test that opens another address
+    right after a sign-in or sign-out waits for it, as a person's next click comes later anyway."""
+    from mnist_lab.service.identity import SESSION_COOKIE
+
+    deadline = time.monotonic() + within_s
+    while bool(cookies := [c for c in context.cookies() if c["name"] == SESSION_COOKIE]) != held:
+        assert time.monotonic() < deadline, "no session cookie" if held else "the session cookie outlived the sign-out"
+        time.sleep(0.2)
+    return cookies

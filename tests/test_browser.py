@@ -14,7 +14,7 @@ import signal
 import time
 
 import pytest
-from app_server import CHROMIUM, AppServer, sign_in_student
+from app_server import CHROMIUM, AppServer, session_cookies, sign_in_student
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if not os.access(CHROMIUM, os.X_OK):
@@ -173,6 +173,7 @@ def test_two_students_in_shared_mode_neither_see_nor_stop_each_other(shared_serv
     sign_in_student(bob, "bob", "Bob", "55667788")
     expect(bob.get_by_role("button", name="Train", exact=True)).to_be_enabled(timeout=60_000)
     expect(bob.get_by_text(re.compile(r"step [\d,]+ of"))).to_have_count(0)  # Alice's job is not Bob's
+    session_cookies(bob.context)  # his sign-in is kept by the browser before he opens another address
     bob.goto(f"{shared_server.url}/runs")
     expect(bob.get_by_text("No runs yet")).to_be_visible(timeout=30_000)
     assert "results.sqlite" not in bob.content()  # no server path in shared mode

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app_server import CHROMIUM, AppServer, sign_in_student
+from app_server import CHROMIUM, AppServer, session_cookies, sign_in_student
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if not os.access(CHROMIUM, os.X_OK):
@@ -28,7 +28,7 @@ if not os.access(CHROMIUM, os.X_OK):
                 allow_module_level=True)
 
 from mnist_lab.runs.store import ResultStore  # noqa: E402
-from mnist_lab.service.identity import SESSION_COOKIE, TEACHER_KEY, Accounts, server_secret  # noqa: E402
+from mnist_lab.service.identity import TEACHER_KEY, Accounts, server_secret  # noqa: E402
 
 expect = sync_api.expect
 TOKEN = "class-test-teacher-token"
@@ -101,11 +101,7 @@ def test_the_session_cookie_keeps_a_student_signed_in_until_sign_out(class_serve
     expect(page.get_by_role("heading", name="Runs")).to_be_visible(timeout=30_000)  # the link's own page
     assert "status=finished" in page.url
 
-    deadline = time.monotonic() + 10  # the cookie is written by the page, as it renders
-    while not (cookies := [c for c in context.cookies() if c["name"] == SESSION_COOKIE]):
-        assert time.monotonic() < deadline, "no session cookie"
-        time.sleep(0.2)
-    [cookie] = cookies
+    [cookie] = session_cookies(context)  # written by the page, as it renders
     assert cookie["sameSite"] == "Strict" and cookie["path"] == "/"
     assert 3600 < cookie["expires"] - time.time() <= 13 * 3600  # a class day, not a session cookie (-1)
     assert not cookie["secure"]  # plain http on 127.0.0.1; over https it is Secure
@@ -126,10 +122,7 @@ def test_the_session_cookie_keeps_a_student_signed_in_until_sign_out(class_serve
 
     page.get_by_test_id("stSidebar").get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name=SIGN_IN)).to_be_visible(timeout=30_000)
-    deadline = time.monotonic() + 10
-    while [c for c in context.cookies() if c["name"] == SESSION_COOKIE]:
-        assert time.monotonic() < deadline, "the session cookie outlived the sign-out"
-        time.sleep(0.2)
+    session_cookies(context, held=False)
     page.reload()
     expect(page.get_by_role("heading", name=SIGN_IN)).to_be_visible(timeout=60_000)
     assert not re.search(r"Signed in as", page.get_by_test_id("stSidebar").inner_text())

@@ -7,6 +7,8 @@ shows a student only their own runs; the report's cover takes the student's sign
 no cookies: a session is handed to the app as it keeps one (apptest.session_for)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from apptest import APP, TEACHER, app_db, open_page, session_for, student
 from streamlit.testing.v1 import AppTest
@@ -405,3 +407,41 @@ def test_the_teacher_signs_a_student_or_everyone_out_and_removes_a_student(db):
     at.button(key="teacher_remove_btn").click().run()
     assert not at.exception
     assert {e.student_id for e in accounts(db).roster()} == {"2024001"}
+
+
+def cookie_scripts(at: AppTest) -> list[str]:
+    """The session-cookie scripts this run drew (st.html in the sidebar)."""
+    return [e.proto.body for e in at.sidebar.get("html") if "document.cookie" in e.proto.body]
+
+
+def test_every_run_writes_the_cookie_until_the_session_ends_and_a_sign_out_deletes_it_once(db):
+    """A run cut short by a rerun may never render its cookie element: each run of a live session
+    writes it again (with what is left of the session), so opening another address at once finds
+    it; a session ended elsewhere writes nothing more; a sign-out's deletion is written once."""
+    at = app()
+    student_form(at, "s42", "Alice")
+    at.text_input(key="signin_pin1").set_value("24682468")
+    at.text_input(key="signin_pin2").set_value("24682468")
+    submit(at, "signin_secret_form")
+    cookie = at.session_state[SESSION_KEY]
+    for _run in range(2):  # the sign-in's run and the next
+        [script] = cookie_scripts(at)
+        assert f"mnist_lab_session={cookie};" in script and "SameSite=Strict" in script
+        age = int(re.search(r"Max-Age=(\d+)", script).group(1))
+        assert 3600 < age <= 13 * 3600
+        at.run()
+
+    accounts(db).close_session(cookie)  # e.g. signed out in another tab of the same browser
+    at.run()
+    assert cookie_scripts(at) == [] and not any("Signed in as" in c.value for c in at.sidebar.caption)
+
+    at = app()
+    student_form(at, "s42", "Alice")
+    at.text_input(key="signin_secret").set_value("24682468")
+    submit(at, "signin_secret_form")
+    assert cookie_scripts(at)
+    at.sidebar.button(key="sign_out_btn").click().run()
+    [script] = cookie_scripts(at)
+    assert "mnist_lab_session=;" in script and "Max-Age=0;" in script
+    at.run()
+    assert cookie_scripts(at) == []
