@@ -132,15 +132,20 @@ def top_patches(run: ir.LoadedRun, x_test: np.ndarray, layer: tr.ConvLayer, chan
     st.subheader(_("What this filter looks for"))
     done = st.session_state.setdefault("insp_tr_done", set())
     key = (run.run_id, layer.name)
+    searched = tr.searched_images(run, layer.name, len(x_test))  # a deep network: the first images that fit
+    among = (_("all {n} test images").format(n=f"{searched:,}") if searched == len(x_test) else
+             _("the first {n} of the {total} test images (a deeper network: all of them would take minutes)").format(
+                 n=f"{searched:,}", total=f"{len(x_test):,}"))
     if key not in done:
         st.caption(_("The {k} test images that excite channel {c} of {name} most, each cut to the unit's receptive "
-                     "field. It goes through every test image once per convolution (a few seconds), then it is "
-                     "kept.").format(k=TOP_K, c=channel, name=layer.name))
+                     "field. Once per convolution it goes through {among} (a few seconds), then it is kept.").format(
+                         k=TOP_K, c=channel, name=layer.name, among=among))
         if not st.button(_("Find them"), key="insp_tr_find"):
             return
     with st.spinner(_("Going through the test images…")):
-        units = tr.top_units(run, torch.from_numpy(x_test), layer.name, channel, TOP_K)
+        units = tr.top_units(run, torch.from_numpy(x_test), layer.name, channel, TOP_K, searched=searched)
     done.add(key)
+    st.caption(_("Searched: {among}.").format(among=among))
     if run.permutation is not None:
         st.caption(_("This run was trained on permuted pixels: each crop is of the shuffled image the network "
                      "received."))

@@ -247,6 +247,33 @@ def test_top_k_is_the_brute_force_top_k_and_is_computed_once(cfg):
         tr.top_units(run, images, "conv1", 4, cache=cache)
 
 
+def test_a_deep_network_searches_the_first_test_images_that_fit_the_budget(monkeypatch):
+    """The search's cost is counted (two operations per multiply-add, up to the convolution); a
+    network whose 10,000 images would not fit the budget searches the first ones that do, in whole
+    steps and never fewer than the minimum, and its top k are the top k among those images."""
+    run = loaded(ModelConfig(conv_channels=(4, 6), kernel_size=3), seed=3)
+    x = torch.zeros(1, 1, 28, 28)
+    conv1, conv2 = tr.conv_layers(run)
+    out1, out2 = (tr.pre_activations(run, x, layer) for layer in (conv1, conv2))
+    first = 2 * out1.numel() * 1 * 9
+    assert tr.flops_to(run, "conv1") == first
+    assert tr.flops_to(run, "conv2") == first + 2 * out2.numel() * 4 * 9
+    assert tr.searched_images(run, "conv2", 10_000) == 10_000  # the default budget: all of them
+
+    per_image = tr.flops_to(run, "conv2")
+    monkeypatch.setattr(tr, "SEARCH_BUDGET_FLOPS", per_image * 1_234)
+    assert tr.searched_images(run, "conv2", 10_000) == 1_000  # whole steps of 500
+    assert tr.searched_images(run, "conv2", 800) == 800
+    monkeypatch.setattr(tr, "SEARCH_BUDGET_FLOPS", per_image * 10)
+    assert tr.searched_images(run, "conv2", 10_000) == tr.SEARCH_MIN_IMAGES
+    assert tr.searched_images(run, "conv2", tr.SEARCH_MIN_IMAGES - 50) == tr.SEARCH_MIN_IMAGES - 50
+
+    images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    some = tr.top_units(run, images, "conv2", 2, k=4, cache=None, searched=25)
+    assert [u.index for u in some] == [u.index for u in tr.top_units(run, images[:25], "conv2", 2, k=4, cache=None)]
+    assert all(u.index < 25 for u in some)
+
+
 # ------------------------------------------------------------------------ the page
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_lab.data.datasets import permute_pixels
 from mnist_lab.errors import ConfigError
@@ -459,10 +460,42 @@ def excitations(run: LoadedRun, images: torch.Tensor, layer: str, batch_size: in
     return Excitations(conv_layer, np.concatenate(best), np.concatenate(where), width)
 
 
+# The search's cost, as floating-point operations through the network up to the convolution: about
+# 4 s on a 2-core CPU (bench/bench_trace.py). The Lab-5 net and the other MNIST presets without
+# shortcuts search all 10,000 test images within it; resnet-small, plain-small and VGG16 search the
+# first images that fit (never fewer than SEARCH_MIN_IMAGES), and the page says how many.
+SEARCH_BUDGET_FLOPS = 8e10
+SEARCH_MIN_IMAGES, SEARCH_STEP = 250, 500
+
+
+def flops_to(run: LoadedRun, layer: str) -> int:
+    """Floating-point operations (2 per multiply-add, torch's FlopCounterMode) one image costs from
+    the network's input through the convolution `layer`, its BatchNorm included."""
+    conv_layer = find_layer(run, layer)
+    size = run.model_cfg.image_size
+    x = torch.zeros(1, run.model_cfg.in_channels, size, size)
+    with FlopCounterMode(display=False) as counter:
+        pre_activations(run, x, conv_layer)
+    return int(counter.get_total_flops())
+
+
+def searched_images(run: LoadedRun, layer: str, available: int) -> int:
+    """How many of the `available` test images (the first ones) the top-k search of `layer` goes
+    through: all of them when that fits SEARCH_BUDGET_FLOPS, else the most whole SEARCH_STEPs that
+    fit, at least SEARCH_MIN_IMAGES (or all, when there are fewer)."""
+    per_image = max(flops_to(run, layer), 1)
+    if per_image * available <= SEARCH_BUDGET_FLOPS:
+        return available
+    fit = int(SEARCH_BUDGET_FLOPS // per_image) // SEARCH_STEP * SEARCH_STEP
+    return min(available, max(fit, SEARCH_MIN_IMAGES))
+
+
 def top_units(run: LoadedRun, images: torch.Tensor, layer: str, channel: int, k: int = 9,
-              cache: ExcitationCache | None = CACHE) -> list[TopUnit]:
+              cache: ExcitationCache | None = CACHE, searched: int | None = None) -> list[TopUnit]:
     """The k test images whose channel `channel` of `layer` reaches the highest pre-activation,
-    highest first, each with the unit where it does and the input cut to that unit's field."""
+    highest first, each with the unit where it does and the input cut to that unit's field. Only the
+    first `searched` images are gone through (searched_images() gives the page's count; None: all)."""
+    images = images if searched is None else images[:searched]
     found = cache.get(run, images, layer) if cache is not None else excitations(run, images, layer)
     n_channels = found.best.shape[1]
     if not isinstance(channel, (int, np.integer)) or not 0 <= channel < n_channels:
