@@ -7,11 +7,10 @@ layers' parameter formulas (nets.model.summarize), and residual shortcuts as arc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from mnist_lab.i18n import N_, Message
-from mnist_lab.nets.blocks.base import Block, LayerRow, Walk
+from mnist_lab.nets.blocks.base import LayerRow, Walk
 from mnist_lab.nets.model import ModelConfig, summarize
 
 # Layout units (the drawings' data coordinates): boxes sit on y = 0, centred, GAP apart.
@@ -20,44 +19,6 @@ MIN_HEIGHT = 0.25
 CHANNEL_WIDTH = 0.22  # width per doubling of the channels: log2(1 + C)
 VECTOR_WIDTH = 0.18  # a flattened or fully-connected layer's (features,) bar
 GAP = 1.2  # between boxes: where the arrow and its notes go
-
-# What a block does to its input, by block type: each block type's notes and its shortcut (if
-# any). A new block type adds its entry here; tests/test_architecture_drawing.py checks every
-# registered type has one.
-Notes = tuple[tuple[Message, ...], Message | None]  # (what it does, its shortcut's kind or None)
-
-
-def _conv_notes(block, c_in: int, h_in: int, shape: tuple[int, ...]) -> Notes:
-    notes = [Message(N_("conv {k}×{k}, {padding} padding"), dict(k=block.kernel_size, padding=block.padding))]
-    if len(block.channels) > 1:
-        notes.append(Message.ngettext("{n} convolution", "{n} convolutions", len(block.channels)))
-    if block.batch_norm:
-        notes.append(Message(N_("BatchNorm")))
-    if block.pool:
-        order = N_("max-pool 2×2, then ReLU") if block.pool_before_relu else N_("ReLU, then max-pool 2×2")
-        notes.append(Message(order))
-    else:
-        notes.append(Message(N_("ReLU")))
-    return tuple(notes), None
-
-
-def _residual_notes(block, c_in: int, h_in: int, shape: tuple[int, ...]) -> Notes:
-    notes = [Message(N_("2 × conv 3×3")), Message(N_("BatchNorm"))]
-    if block.stride == 2:
-        notes.append(Message(N_("stride 2")))
-    notes.append(Message(N_("ReLU")))
-    if not block.shortcut:
-        return (*notes, Message(N_("no shortcut"))), None
-    project = block.stride != 1 or c_in != block.channels
-    return tuple(notes), Message(N_("+ 1×1 projection") if project else N_("+ identity"))
-
-
-def _conv1x1_notes(block, c_in: int, h_in: int, shape: tuple[int, ...]) -> Notes:
-    return (Message(N_("conv 1×1")), *([Message(N_("ReLU"))] if block.relu else [])), None
-
-
-NOTES: dict[str, Callable[[Block, int, int, tuple[int, ...]], Notes]] = {
-    "conv": _conv_notes, "residual": _residual_notes, "conv1x1": _conv1x1_notes}
 
 # The head's layers, by their summary row's name (nets.model writes them): what each does.
 HEAD_NOTES = {"head_conv": N_("conv 1×1 to the classes"), "gap": N_("global average pooling"),
@@ -149,16 +110,16 @@ def build_diagram(cfg: ModelConfig) -> Diagram:
         x += box.width + (GAP if kind != "head" else 1.5 * GAP)  # the head's thin bars: room for their notes
 
     add("input", Message(N_("input")), (cfg.in_channels, side, side), (), ())
-    at, c, h = 0, cfg.in_channels, side
+    at, c = 0, cfg.in_channels
     for i, (block, n) in enumerate(zip(cfg.stages(), _rows_per_block(cfg, rows)), 1):
         own = tuple(rows[at:at + n])
         at += n
         shape = own[-1].output_shape
-        notes, shortcut = NOTES.get(block.type, lambda *a: ((), None))(block, c, h, shape)
+        notes, shortcut = block.drawing_notes(c)  # each block type says what it does
         if shortcut is not None:
             arcs.append(Arc(len(boxes) - 1, len(boxes), shortcut))
         add("block", Message(N_("block {i}"), dict(i=i)), shape, own, notes)
-        c, h = shape[0], shape[-1]
+        c = shape[0]
     # The head: a box per layer that changes the shape or has weights; dropout and ReLU are notes
     # on the box they lead into or follow.
     pending: list[tuple[LayerRow, Message]] = []  # a dropout: drawn with the layer it feeds

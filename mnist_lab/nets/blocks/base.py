@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 from torch import nn
 
 from mnist_lab.errors import ConfigError, is_int
-from mnist_lab.i18n import N_
+from mnist_lab.i18n import N_, Message
 
 KERNEL_RANGE = (1, 9)
 MAX_CHANNELS = 512  # per convolution
@@ -86,6 +86,12 @@ class Block:
 
     @property
     def has_batch_norm(self) -> bool:
+        raise NotImplementedError
+
+    def drawing_notes(self, c_in: int) -> tuple[tuple[Message, ...], Message | None]:
+        """For the network's drawing (lab/architecture.py): what the block does to a `c_in`-channel
+        input, as Messages in order ('conv 3×3, same padding', 'BatchNorm', 'ReLU, then max-pool
+        2×2'), and its shortcut's kind ('+ identity', '+ 1×1 projection') or None."""
         raise NotImplementedError
 
     @classmethod

@@ -9,7 +9,7 @@ from functools import partial
 from torch import nn
 
 from mnist_lab.errors import is_int
-from mnist_lab.i18n import N_
+from mnist_lab.i18n import N_, Message
 from mnist_lab.nets.blocks.base import KERNEL_RANGE, Block, Layer, LayerRow, Walk, conv_row, register_block, relu_row
 
 # The geometry refusals, by whether the network is the sliders' family (True) or a block list.
@@ -90,6 +90,19 @@ class ConvStage(Block):
     @property
     def has_batch_norm(self) -> bool:
         return self.batch_norm
+
+    def drawing_notes(self, c_in: int) -> tuple[tuple[Message, ...], Message | None]:
+        notes = [Message(N_("conv {k}×{k}, {padding} padding"), dict(k=self.kernel_size, padding=self.padding))]
+        if len(self.channels) > 1:
+            notes.append(Message.ngettext("{n} convolution", "{n} convolutions", len(self.channels)))
+        if self.batch_norm:
+            notes.append(Message(N_("BatchNorm")))
+        if self.pool:
+            order = N_("max-pool 2×2, then ReLU") if self.pool_before_relu else N_("ReLU, then max-pool 2×2")
+            notes.append(Message(order))
+        else:
+            notes.append(Message(N_("ReLU")))
+        return tuple(notes), None
 
     @classmethod
     def examples(cls) -> tuple[Block, ...]:

@@ -7,6 +7,7 @@ from functools import partial
 
 from torch import nn
 
+from mnist_lab.i18n import N_, Message
 from mnist_lab.nets.blocks.base import Block, Layer, Walk, conv_row, register_block, relu_row
 
 
@@ -39,6 +40,9 @@ class Conv1x1(Block):
     @property
     def has_batch_norm(self) -> bool:
         return False
+
+    def drawing_notes(self, c_in: int) -> tuple[tuple[Message, ...], Message | None]:
+        return (Message(N_("conv 1×1")), *([Message(N_("ReLU"))] if self.relu else [])), None
 
     @classmethod
     def examples(cls) -> tuple[Block, ...]:

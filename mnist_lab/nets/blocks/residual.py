@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lab.i18n import N_
+from mnist_lab.i18n import N_, Message
 from mnist_lab.nets.blocks.base import Block, Layer, LayerRow, Walk, register_block
 
 
@@ -55,6 +55,16 @@ class Residual(Block):
     @property
     def has_batch_norm(self) -> bool:
         return True
+
+    def drawing_notes(self, c_in: int) -> tuple[tuple[Message, ...], Message | None]:
+        notes = [Message(N_("2 × conv 3×3")), Message(N_("BatchNorm"))]
+        if self.stride == 2:
+            notes.append(Message(N_("stride 2")))
+        notes.append(Message(N_("ReLU")))
+        if not self.shortcut:
+            return (*notes, Message(N_("no shortcut"))), None
+        project = self.stride != 1 or c_in != self.channels
+        return tuple(notes), Message(N_("+ 1×1 projection") if project else N_("+ identity"))
 
     @classmethod
     def examples(cls) -> tuple[Block, ...]:
