@@ -300,6 +300,13 @@ def test_the_trace_tab_shows_the_sum_and_the_networks_value(lang, permuted, stor
     db, ids = stored
     run_id = ids[permuted]
     monkeypatch.setenv("MNIST_LAB_DB", str(db))
+    searched = None  # en: the Lab-5 net searches all 200 test images; zh_CN: a budget cut to the first 100
+    if lang == "zh_CN":
+        monkeypatch.setattr(tr, "SEARCH_MIN_IMAGES", 50)
+        monkeypatch.setattr(tr, "SEARCH_STEP", 50)
+        monkeypatch.setattr(tr, "flops_to", lambda run, layer: 1)  # 1 FLOP an image: 120 fit, 100 in steps of 50
+        monkeypatch.setattr(tr, "SEARCH_BUDGET_FLOPS", 120)
+        searched = 100
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.query_params.update(run=run_id, lang=lang)
     at.session_state["_lang"] = lang
@@ -320,12 +327,14 @@ def test_the_trace_tab_shows_the_sum_and_the_networks_value(lang, permuted, stor
     assert len(at.get("plotly_chart")) >= 6  # the map, the field, patch, kernel, products, the pool's window
     at.button(key="insp_tr_find").click().run()
     assert not at.exception, at.exception
-    units = tr.top_units(loaded_run, x_test, "conv2", 3)
+    units = tr.top_units(loaded_run, x_test, "conv2", 3, searched=searched)
     captions = [c for image in at.get("image") for c in image.captions]
     best = f"#{units[0].index}{'：' if lang == 'zh_CN' else ': '}{units[0].value:.4f}"
     assert any(c.startswith(best) for c in captions), (best, captions)
     field_words = " ".join(c.value for c in at.caption)
     assert ("打乱后图像中 14×14 的方框" in field_words) == permuted  # conv2: 5 + 1 + 4 × 2
+    said = "查找范围：200 张测试图像中的前 100 张" if lang == "zh_CN" else "Searched: all 200 test images."
+    assert any(c.value.startswith(said) for c in at.caption), field_words
     if lang == "zh_CN":
         assert "网络自己算出" in shown
         mine = [(where, text) for where, text in texts(at) if english_left(text)]
