@@ -241,7 +241,8 @@ def test_the_language_switch_survives_a_reload_with_the_settings(server, browser
 
 def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, tiny_data):
     """The drawing canvas (streamlit-drawable-canvas) with real mouse strokes: a prediction
-    appears; a click on a confusion-matrix cell opens its gallery; the Runs page links the run."""
+    appears; a click on a confusion-matrix cell opens its gallery; a click on a unit of the drawing's
+    feature map traces it (issue 28); the Runs page links the run."""
     from mnist_lab.lab.experiments import run_single
     from mnist_lab.nets.presets import PRESETS
     from mnist_lab.training.loop import TrainConfig
@@ -281,6 +282,26 @@ def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, ti
     expect(page.get_by_text("prepared 28×28")).to_be_visible(timeout=30_000)
     top3 = page.locator(".st-key-insp_top_0")
     expect(top3).to_have_text(re.compile(r"^\d \d+\.\d\d% · \d \d+\.\d\d% · \d \d+\.\d\d%$"), timeout=10_000)
+
+    # issue 28: the same drawing, one unit of conv1 clicked and traced back to it
+    page.get_by_role("tab", name="Trace a unit").click()
+    page.locator(".st-key-insp_tr_source").get_by_text("your drawing").click()
+    expect(page.locator(".st-key-insp_tr_source").get_by_role("radio", name="your drawing")).to_be_checked()
+    fmap = page.locator(".st-key-insp_tr_map .nsewdrag").first
+    expect(fmap).to_be_visible(timeout=30_000)
+    field = page.get_by_text(re.compile(r"^Rows \d+–\d+, columns \d+–\d+: 5×5 pixels")).first
+    traced = page.get_by_text(re.compile(r"^Unit \(0, 1[0-9], 1[0-9]\) of conv1")).first  # the map's middle
+    for _ in range(5):  # plotly binds its click handler a moment after the plot is drawn
+        box = fmap.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        try:
+            expect(traced).to_be_visible(timeout=6_000)
+            break
+        except AssertionError:
+            continue
+    expect(traced).to_be_visible(timeout=1_000)
+    expect(field).to_be_visible()
+    expect(page.get_by_text(re.compile(r"The network computed: -?\d+\.\d{4} \(the same number\)"))).to_be_visible()
 
     page.goto(f"{server.url}/runs")
     expect(page.get_by_text("Inspect").first).to_be_visible(timeout=60_000)
