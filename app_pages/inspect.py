@@ -163,12 +163,12 @@ with tab_cm:
 
 
 def maps_tab_changes(before: np.ndarray | None, image: np.ndarray | None) -> bool:
-    """Whether a new drawing or upload changes the feature maps tab: its "your drawing" choice
-    appears or goes, or the drawing it shows is another one."""
+    """Whether a new drawing or upload changes the feature maps tab or the trace tab: their "your
+    drawing" choice appears or goes, or the drawing one of them shows is another one."""
     if (before is None) != (image is None):
         return True
-    return (image is not None and st.session_state.get("insp_source") == _("your drawing")
-            and not np.array_equal(before, image))
+    shown = any(st.session_state.get(key) == _("your drawing") for key in ("insp_source", "insp_tr_source"))
+    return image is not None and shown and not np.array_equal(before, image)
 
 
 @st.fragment

@@ -298,8 +298,8 @@ def test_the_inspect_page_predicts_a_good_upload(kept, monkeypatch):
 
 
 def test_a_new_drawing_is_offered_on_the_feature_map_tab_at_once(kept, monkeypatch):
-    """The drawing and upload live in a fragment, whose reruns leave the feature-map tab as it
-    was drawn: a digit that appears, goes, or changes while that tab shows it reruns the page."""
+    """The drawing and upload live in a fragment, whose reruns leave the feature-map and trace tabs
+    as they were drawn: a digit that appears, goes, or changes while either shows it reruns the page."""
     import streamlit
 
     reruns = []
@@ -320,6 +320,12 @@ def test_a_new_drawing_is_offered_on_the_feature_map_tab_at_once(kept, monkeypat
     at.get("file_uploader")[0].upload("zero.png", _png(Image.fromarray(_stroke(120, 120, (20, 20, 100, 100)))),
                                       "image/png").run()
     assert len(reruns) == 2 and not at.exception  # another drawing while the maps tab shows the drawing
+
+    at.radio(key="insp_source").set_value("a test image").run()
+    at.radio(key="insp_tr_source").set_value("your drawing").run()  # the trace tab shows it now (issue 28)
+    assert len(reruns) == 2
+    at.get("file_uploader")[0].upload("seven.png", seven, "image/png").run()
+    assert len(reruns) == 3 and not at.exception  # another drawing while only the trace tab shows the drawing
 
 
 def test_filters_are_drawn_apart_with_transparent_gaps():
