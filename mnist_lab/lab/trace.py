@@ -468,15 +468,25 @@ SEARCH_BUDGET_FLOPS = 8e10
 SEARCH_MIN_IMAGES, SEARCH_STEP = 250, 500
 
 
+_FLOPS: OrderedDict[tuple, int] = OrderedDict()  # flops_to's answers by (network, layer): a page asks every rerun
+
+
 def flops_to(run: LoadedRun, layer: str) -> int:
     """Floating-point operations (2 per multiply-add, torch's FlopCounterMode) one image costs from
-    the network's input through the convolution `layer`, its BatchNorm included."""
-    conv_layer = find_layer(run, layer)
-    size = run.model_cfg.image_size
-    x = torch.zeros(1, run.model_cfg.in_channels, size, size)
-    with FlopCounterMode(display=False) as counter:
-        pre_activations(run, x, conv_layer)
-    return int(counter.get_total_flops())
+    the network's input through the convolution `layer`, its BatchNorm included. Counted once per
+    network and layer (a one-image forward pass: up to ~30 ms for VGG16), then kept: the weights do
+    not change it."""
+    key = (run.model_cfg, layer)
+    if key not in _FLOPS:
+        conv_layer = find_layer(run, layer)
+        size = run.model_cfg.image_size
+        x = torch.zeros(1, run.model_cfg.in_channels, size, size)
+        with FlopCounterMode(display=False) as counter:
+            pre_activations(run, x, conv_layer)
+        _FLOPS[key] = int(counter.get_total_flops())
+        while len(_FLOPS) > 256:
+            _FLOPS.popitem(last=False)
+    return _FLOPS[key]
 
 
 def searched_images(run: LoadedRun, layer: str, available: int) -> int:
