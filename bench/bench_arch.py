@@ -13,14 +13,13 @@ machine the best is the least disturbed).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import plotly.io  # noqa: E402
+from bench_inspect import timed as seconds  # noqa: E402  (this folder: the benches' one timing helper)
 
 from app_lib.arch_chart import architecture_figure  # noqa: E402
 from mnist_lab.i18n import translator  # noqa: E402
@@ -33,13 +32,8 @@ TARGET_MS = 150
 
 def timed(fn, repeats: int) -> tuple[float, float]:
     """(median, best) milliseconds of `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times), min(times)
+    median, best = seconds(fn, repeats)
+    return 1000 * median, 1000 * best
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ cost, so the networks are freshly initialised.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from bench_inspect import timed  # noqa: E402  (this folder: the benches' one timing helper)
 
 from mnist_lab.data.datasets import DataConfig, load_raw  # noqa: E402
 from mnist_lab.lab import inspection as ir  # noqa: E402
@@ -29,17 +29,6 @@ from mnist_lab.nets.model import build_model  # noqa: E402
 from mnist_lab.nets.presets import get_preset  # noqa: E402
 from mnist_lab.runs.weights import SavedRun  # noqa: E402
 from mnist_lab.training.loop import TrainConfig  # noqa: E402
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(median, best) seconds of `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def once(fn) -> float:
