@@ -67,6 +67,23 @@ def step_shown(page) -> int:
     return int(re.search(r"step ([\d,]+) of", text).group(1).replace(",", ""))
 
 
+def click_plot_until(page, plot, fx: float, fy: float, shown) -> None:
+    """Click a plotly plot's drag area at (fx, fy) of its width and height until `shown` is visible:
+    plotly binds its click handler a moment after the plot is drawn."""
+    for _ in range(5):
+        expect(plot).to_be_visible(timeout=30_000)
+        box = plot.bounding_box()
+        if box is None:  # a rerun replaced the plot between the two calls
+            continue
+        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+        try:
+            expect(shown).to_be_visible(timeout=6_000)
+            break
+        except AssertionError:
+            continue
+    expect(shown).to_be_visible(timeout=1_000)
+
+
 def wait_for_training(page) -> None:
     expect(page.get_by_text(re.compile(r"step [\d,]+ of"))).to_be_visible(timeout=90_000)
     expect(page.locator(LINE).first).to_be_visible(timeout=30_000)
@@ -257,15 +274,7 @@ def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, ti
     plot = page.locator(".js-plotly-plot .nsewdrag").locator("visible=true").first
     expect(plot).to_be_visible(timeout=30_000)
     gallery = page.get_by_text(re.compile(r"test image\(s\) of class 9 predicted as 4"))
-    for _ in range(5):  # plotly binds its click handler a moment after the plot is drawn
-        box = plot.bounding_box()
-        page.mouse.click(box["x"] + 4.5 * box["width"] / 10, box["y"] + 9.5 * box["height"] / 10)  # true 9 → 4
-        try:
-            expect(gallery).to_be_visible(timeout=6_000)
-            break
-        except AssertionError:
-            continue
-    expect(gallery).to_be_visible(timeout=1_000)
+    click_plot_until(page, plot, 0.45, 0.95, gallery)  # true 9 → 4
 
     page.get_by_role("tab", name="Your own digit").click()
     canvas = page.locator("canvas.upper-canvas").first
@@ -291,15 +300,7 @@ def test_a_digit_drawn_on_the_inspect_page_gets_a_prediction(server, browser, ti
     expect(fmap).to_be_visible(timeout=30_000)
     field = page.get_by_text(re.compile(r"^Rows \d+–\d+, columns \d+–\d+: 5×5 pixels")).first
     traced = page.get_by_text(re.compile(r"^Unit \(0, 1[0-9], 1[0-9]\) of conv1")).first  # the map's middle
-    for _ in range(5):  # plotly binds its click handler a moment after the plot is drawn
-        box = fmap.bounding_box()
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        try:
-            expect(traced).to_be_visible(timeout=6_000)
-            break
-        except AssertionError:
-            continue
-    expect(traced).to_be_visible(timeout=1_000)
+    click_plot_until(page, fmap, 0.5, 0.5, traced)
     expect(field).to_be_visible()
     expect(page.get_by_text(re.compile(r"The network computed: -?\d+\.\d{4} \(the same number\)"))).to_be_visible()
 
