@@ -88,6 +88,19 @@ def test_the_check_can_fail(runs, mnist_raw):
     assert not check.agrees and check.differ > 100 and not check.logits_close
 
 
+@pytest.mark.parametrize("name", ["lab5", "residual"])
+def test_model_onnx_names_no_file_of_the_server(runs, name):
+    """The exporter records each node's Python stack trace (this machine's paths: the venv, the app's
+    folder); a shared server's student downloads the zip, so export_onnx drops them, keeping the
+    node names and scopes Netron shows."""
+    _store, _run, onnx_bytes, _readme = runs[name]
+    root = str(Path(__file__).resolve().parents[1]).encode()
+    assert sys.prefix.encode() not in onnx_bytes and root not in onnx_bytes and b'File "' not in onnx_bytes
+    model = onnx.load_from_string(onnx_bytes)
+    keys = {p.key for node in model.graph.node for p in node.metadata_props}
+    assert ex._STACK_TRACE not in keys and "pkg.torch.onnx.name_scopes" in keys
+
+
 @pytest.mark.parametrize("name", ["lab5", "permuted-fc"])
 def test_the_metadata_says_what_the_input_is_and_whose_network_it_is(runs, name):
     _store, run, onnx_bytes, _readme = runs[name]

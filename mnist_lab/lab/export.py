@@ -242,11 +242,31 @@ def export_onnx(run: LoadedRun) -> bytes:
                                     output_names=[_output_name(model)],
                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
     proto = program.model_proto
+    _drop_stack_traces(proto.graph)  # they name this server's files (its Python, the app's folder)
     proto.doc_string = f"MNIST CNN Lab run {run.run_id}: {describe(cfg)}"
     for key, value in onnx_metadata(run).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()
+
+
+def _drop_stack_traces(graph) -> None:
+    """Remove the exporter's per-node Python stack traces (metadata 'pkg.torch.onnx.stack_trace',
+    file paths of this machine) from an onnx GraphProto and its subgraphs; the node names, scopes and
+    operators Netron shows stay."""
+    for node in graph.node:
+        kept = [(p.key, p.value) for p in node.metadata_props if p.key != _STACK_TRACE]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            for key, value in kept:
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
+        for attribute in node.attribute:  # an If's or a Loop's own graphs
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                _drop_stack_traces(sub)
+
+
+_STACK_TRACE = "pkg.torch.onnx.stack_trace"
 
 
 def _onnx_member(run: LoadedRun) -> tuple[bytes | None, Message | None]:
